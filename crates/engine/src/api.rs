@@ -1,0 +1,153 @@
+//! The engine's inputs and outputs: the whole contract with its shell.
+
+use drover_model::{
+    ActionId, ActionOutcome, ActionRecord, Beat, Changes, CreateService, Fault, Image, InstanceId, ServiceView,
+};
+use serde::{Deserialize, Serialize};
+use std::time::Duration;
+
+/// Tunables. Each default says where it comes from.
+#[derive(Clone, Debug)]
+pub struct Config {
+    /// Silence after which an instance is `uncertain`. Agents beat every
+    /// second; three missed beats is Patroni's loop_wait-scale reaction.
+    pub uncertain_after: Duration,
+    /// Silence after which an instance is presumed `unavailable` without any
+    /// corroboration (and no probe answered). Heroku waits two minutes on a
+    /// confirmed-dead primary; with no evidence at all we wait longer.
+    pub presumed_dead_after: Duration,
+    /// After a control-plane restart, silence is not held against anyone for
+    /// this long: agents need time to find the new process.
+    pub restart_grace: Duration,
+    /// How often an uncertain instance is probed out of band.
+    pub probe_interval: Duration,
+    /// A running action attempt without a result is retried after this.
+    pub action_timeout: Duration,
+    /// Attempts before an action is failed and a human is needed.
+    pub max_action_attempts: u32,
+    /// A provisioned or restarted instance must heartbeat within this.
+    pub install_timeout: Duration,
+    /// Share of a zone's (or the fleet's) instances turning uncertain within
+    /// `brake_window` that engages the mass-uncertainty brake.
+    pub brake_share: f64,
+    pub brake_window: Duration,
+    /// Fewer uncertain instances than this never engage the brake: in a
+    /// tiny fleet one failure is already over 10%.
+    pub brake_min_instances: u32,
+    /// Destructive actions running at once per zone.
+    pub zone_budget: u32,
+    /// Default bound on a follower's lag for it to be promoted.
+    pub max_failover_lag_bytes: u64,
+    /// Providers this control plane can dispatch to.
+    pub providers: Vec<String>,
+    pub default_provider: String,
+    pub default_zones: Vec<String>,
+    pub default_team: String,
+}
+
+impl Default for Config {
+    fn default() -> Self {
+        Config {
+            uncertain_after: Duration::from_secs(3),
+            presumed_dead_after: Duration::from_secs(300),
+            restart_grace: Duration::from_secs(30),
+            probe_interval: Duration::from_secs(5),
+            action_timeout: Duration::from_secs(60),
+            max_action_attempts: 5,
+            install_timeout: Duration::from_secs(600),
+            brake_share: 0.10,
+            brake_window: Duration::from_secs(60),
+            brake_min_instances: 5,
+            zone_budget: 16,
+            max_failover_lag_bytes: 16 * 1024 * 1024,
+            providers: vec!["sim".into()],
+            default_provider: "sim".into(),
+            default_zones: vec!["zone-a".into(), "zone-b".into(), "zone-c".into()],
+            default_team: "platform".into(),
+        }
+    }
+}
+
+/// Everything that can happen to the engine.
+#[derive(Clone, Debug)]
+pub enum Input {
+    /// A batch of heartbeats from agents or a provider.
+    Heartbeats(Vec<Beat>),
+    /// A provider says, on its own, that an instance is gone.
+    ProviderReport { instance: InstanceId, gone: bool, detail: String },
+    /// A provider finished one attempt of an action.
+    ActionResult { action: ActionId, attempt: u32, outcome: ActionOutcome },
+    /// An operator (or API client) asks for something.
+    Command { actor: String, command: Command },
+    /// Time passed: fire whatever deadlines are due.
+    Tick,
+}
+
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub enum Command {
+    CreateService(CreateService),
+    DeleteService { name: String },
+    Chaos { instance: InstanceId, fault: Fault },
+    /// Add an image to the catalog (idempotent: images are content-addressed).
+    RegisterImage(Image),
+}
+
+impl Command {
+    pub fn name(&self) -> &'static str {
+        match self {
+            Command::CreateService(_) => "services.create",
+            Command::DeleteService { .. } => "services.delete",
+            Command::Chaos { .. } => "chaos",
+            Command::RegisterImage(_) => "images.register",
+        }
+    }
+}
+
+/// What the engine answers a command with.
+#[derive(Clone, Debug)]
+pub enum Reply {
+    Service(Box<ServiceView>),
+    Action(Box<ActionRecord>),
+    Image(Box<Image>),
+    Heartbeats(HeartbeatReceipt),
+}
+
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+pub struct HeartbeatReceipt {
+    pub accepted: u32,
+    /// Duplicates or reordered beats (seq not newer than the last one).
+    pub stale: u32,
+    /// Ids the engine does not know (terminated, or never existed).
+    pub unknown: Vec<InstanceId>,
+}
+
+/// A command the engine refused, and why; the shell maps these to 4xx.
+#[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
+pub enum CommandError {
+    #[error("{0}")]
+    NotFound(String),
+    #[error("{0}")]
+    Conflict(String),
+    #[error("{0}")]
+    Invalid(String),
+}
+
+/// Everything one step decided.
+#[derive(Debug, Default)]
+pub struct Outputs {
+    /// Must be durable before `dispatch` is sent or `reply` is given.
+    pub changes: Changes,
+    /// Actions to hand to providers once `changes` are durable.
+    pub dispatch: Vec<ActionRecord>,
+    pub reply: Option<Result<Reply, CommandError>>,
+}
+
+impl Outputs {
+    pub fn extend(&mut self, other: Outputs) {
+        self.changes.extend(other.changes);
+        self.dispatch.extend(other.dispatch);
+        if other.reply.is_some() {
+            self.reply = other.reply;
+        }
+    }
+}

@@ -1,0 +1,169 @@
+//! Actions: the only way the engine changes the fleet. Each is a durable
+//! record with an id, a state and an attempt count; providers carry them out
+//! idempotently, so a retry after a crash never harms.
+
+use crate::{ActionId, ImageId, InstanceId, Role, ServiceId, Timestamp};
+use serde::{Deserialize, Serialize};
+use std::fmt;
+
+#[derive(Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize, utoipa::ToSchema)]
+#[serde(rename_all = "snake_case")]
+pub enum Fault {
+    /// The process dies (kill -9).
+    Crash,
+    /// The process stops answering but stays (SIGSTOP).
+    Hang,
+    /// The instance runs but the control plane no longer hears it.
+    Partition,
+    /// Undo `hang` and `partition`.
+    Heal,
+}
+impl Fault {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Fault::Crash => "crash",
+            Fault::Hang => "hang",
+            Fault::Partition => "partition",
+            Fault::Heal => "heal",
+        }
+    }
+}
+impl fmt::Display for Fault {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+impl fmt::Debug for Fault {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+#[derive(Clone, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
+#[serde(tag = "kind", rename_all = "snake_case")]
+pub enum ActionKind {
+    /// Build a new instance from `image` (followers copy the primary).
+    Provision { role: Role, zone: String, image: ImageId },
+    /// Ask the provider, out of band, whether the instance is alive.
+    Probe,
+    /// Make sure the instance can no longer accept writes.
+    Fence,
+    /// Make a follower the primary.
+    Promote,
+    Restart,
+    /// Stop the instance for good.
+    Retire,
+    /// Keep its logs and data, free its compute.
+    Archive,
+    /// Delete everything left of it.
+    Terminate,
+    /// Chaos: inject a fault.
+    InjectFault { fault: Fault },
+}
+
+impl ActionKind {
+    pub fn name(&self) -> &'static str {
+        match self {
+            ActionKind::Provision { .. } => "provision",
+            ActionKind::Probe => "probe",
+            ActionKind::Fence => "fence",
+            ActionKind::Promote => "promote",
+            ActionKind::Restart => "restart",
+            ActionKind::Retire => "retire",
+            ActionKind::Archive => "archive",
+            ActionKind::Terminate => "terminate",
+            ActionKind::InjectFault { .. } => "inject_fault",
+        }
+    }
+    /// Destructive actions change what serves the service; they pause under
+    /// the mass-uncertainty brake and count against zone budgets.
+    pub fn is_destructive(&self) -> bool {
+        matches!(
+            self,
+            ActionKind::Provision { .. } | ActionKind::Fence | ActionKind::Promote | ActionKind::Restart
+        )
+    }
+}
+impl fmt::Debug for ActionKind {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.name())
+    }
+}
+
+#[derive(Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize, utoipa::ToSchema)]
+#[serde(rename_all = "snake_case")]
+pub enum ActionState {
+    /// Decided and durable, waiting for a zone budget.
+    Pending,
+    /// Dispatched to its provider; a result is awaited.
+    Running,
+    Succeeded,
+    /// Failed after its last attempt.
+    Failed,
+    /// No longer needed (the situation changed before it could run).
+    Cancelled,
+}
+impl ActionState {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            ActionState::Pending => "pending",
+            ActionState::Running => "running",
+            ActionState::Succeeded => "succeeded",
+            ActionState::Failed => "failed",
+            ActionState::Cancelled => "cancelled",
+        }
+    }
+    pub fn is_open(self) -> bool {
+        matches!(self, ActionState::Pending | ActionState::Running)
+    }
+}
+impl fmt::Display for ActionState {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+impl fmt::Debug for ActionState {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+impl std::str::FromStr for ActionState {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, String> {
+        Ok(match s {
+            "pending" => ActionState::Pending,
+            "running" => ActionState::Running,
+            "succeeded" => ActionState::Succeeded,
+            "failed" => ActionState::Failed,
+            "cancelled" => ActionState::Cancelled,
+            other => return Err(format!("unknown action state {other:?}")),
+        })
+    }
+}
+
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize, utoipa::ToSchema)]
+pub struct ActionRecord {
+    pub id: ActionId,
+    pub service: ServiceId,
+    pub instance: InstanceId,
+    #[serde(flatten)]
+    pub kind: ActionKind,
+    pub state: ActionState,
+    /// Dispatches so far. A result for an older attempt is stale and dropped.
+    pub attempts: u32,
+    pub cause: String,
+    pub created_at: Timestamp,
+    pub updated_at: Timestamp,
+    /// When a running attempt times out, or a retry is due.
+    pub deadline: Timestamp,
+    pub error: Option<String>,
+}
+
+/// What a provider reports for one attempt of an action.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(tag = "outcome", rename_all = "snake_case")]
+pub enum ActionOutcome {
+    Succeeded { detail: Option<String> },
+    /// `retryable` false means trying again cannot help.
+    Failed { error: String, retryable: bool },
+}

@@ -1,0 +1,67 @@
+//! Plain data shared by every layer of Drover: what is persisted, sent over
+//! HTTP and handed between the engine and its shell. No behaviour beyond
+//! parsing and naming lives here.
+
+mod action;
+mod event;
+mod facts;
+mod ids;
+mod image;
+mod service;
+mod states;
+mod time;
+
+pub use action::{ActionKind, ActionOutcome, ActionRecord, ActionState, Fault};
+pub use event::{AuditEntry, Event, EventSubject};
+pub use facts::{Beat, Facts};
+pub use ids::{ActionId, InstanceId, ServiceId};
+pub use image::{Image, ImageId};
+pub use service::{CreateService, EngineKind, InstanceRecord, InstanceView, Plan, Role, ServiceRecord, ServiceView};
+pub use states::{InstanceState, ServiceState};
+pub use time::Timestamp;
+
+/// Everything the engine needs to resume after a restart: what the store
+/// holds of live services, instances, open actions and images.
+#[derive(Clone, Debug, Default)]
+pub struct Snapshot {
+    /// Services not yet deleted.
+    pub services: Vec<ServiceRecord>,
+    /// Instances not yet terminated.
+    pub instances: Vec<InstanceRecord>,
+    /// Actions still pending or running.
+    pub actions: Vec<ActionRecord>,
+    pub images: Vec<Image>,
+}
+
+/// What one engine step decided that must be durable before anyone is told:
+/// the current record of everything that changed, plus the log entries.
+/// Records are upserts by id; applying the same `Changes` twice is harmless.
+#[derive(Clone, Debug, Default)]
+pub struct Changes {
+    pub services: Vec<ServiceRecord>,
+    pub instances: Vec<InstanceRecord>,
+    pub actions: Vec<ActionRecord>,
+    pub images: Vec<Image>,
+    pub events: Vec<Event>,
+    pub audit: Vec<AuditEntry>,
+}
+
+impl Changes {
+    pub fn is_empty(&self) -> bool {
+        self.services.is_empty()
+            && self.instances.is_empty()
+            && self.actions.is_empty()
+            && self.images.is_empty()
+            && self.events.is_empty()
+            && self.audit.is_empty()
+    }
+    /// Appends `other`, keeping order (later records win on upsert).
+    pub fn extend(&mut self, other: Changes) {
+        self.services.extend(other.services);
+        self.instances.extend(other.instances);
+        self.actions.extend(other.actions);
+        self.images.extend(other.images);
+        self.events.extend(other.events);
+        self.audit.extend(other.audit);
+    }
+}

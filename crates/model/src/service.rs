@@ -1,0 +1,236 @@
+//! Services (what a customer holds) and instances (its servers).
+
+use crate::{Facts, ImageId, InstanceId, InstanceState, ServiceId, ServiceState, Timestamp};
+use serde::{Deserialize, Serialize};
+use std::fmt;
+
+#[derive(Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize, utoipa::ToSchema)]
+#[serde(rename_all = "snake_case")]
+pub enum EngineKind {
+    Postgres,
+    Redis,
+    Kafka,
+}
+
+impl EngineKind {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            EngineKind::Postgres => "postgres",
+            EngineKind::Redis => "redis",
+            EngineKind::Kafka => "kafka",
+        }
+    }
+}
+impl fmt::Display for EngineKind {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+impl fmt::Debug for EngineKind {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+#[derive(Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize, utoipa::ToSchema)]
+#[serde(rename_all = "snake_case")]
+pub enum Role {
+    Primary,
+    Follower,
+}
+impl Role {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Role::Primary => "primary",
+            Role::Follower => "follower",
+        }
+    }
+}
+impl fmt::Display for Role {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+impl fmt::Debug for Role {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+/// What the customer bought: how many followers and how they replicate.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
+pub struct Plan {
+    pub followers: u8,
+    /// Synchronous replication: a commit is acknowledged once a follower has it.
+    pub sync: bool,
+    /// A follower further behind than this is not promoted (data loss bound).
+    pub max_failover_lag_bytes: u64,
+}
+
+/// The body of `POST /v1/services`.
+#[derive(Clone, Debug, Serialize, Deserialize, utoipa::ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct CreateService {
+    pub name: String,
+    pub engine: EngineKind,
+    #[serde(default)]
+    pub followers: u8,
+    #[serde(default)]
+    pub provider: Option<String>,
+    #[serde(default)]
+    pub sync: Option<bool>,
+    #[serde(default)]
+    pub team: Option<String>,
+    #[serde(default)]
+    pub zones: Option<Vec<String>>,
+    #[serde(default)]
+    pub max_failover_lag_bytes: Option<u64>,
+}
+
+/// The most followers a plan may ask for; more is a typo, not a plan.
+pub const MAX_FOLLOWERS: u8 = 8;
+
+impl CreateService {
+    /// Checks what can be checked without the fleet; returns what is wrong.
+    pub fn validate(&self) -> Result<(), String> {
+        let name = &self.name;
+        if name.is_empty() || name.len() > 63 {
+            return Err(format!("name must be 1 to 63 characters, got {}", name.len()));
+        }
+        if !name.bytes().all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-')
+            || name.starts_with('-')
+        {
+            return Err(format!(
+                "name {name:?} may hold only lowercase letters, digits and '-', and must not start with '-'"
+            ));
+        }
+        if self.followers > MAX_FOLLOWERS {
+            return Err(format!("followers must be at most {MAX_FOLLOWERS}, got {}", self.followers));
+        }
+        if self.sync == Some(true) && self.followers == 0 {
+            return Err("sync replication needs at least one follower".into());
+        }
+        if let Some(zones) = &self.zones {
+            if zones.is_empty() || zones.len() > 16 {
+                return Err("zones must list 1 to 16 zones".into());
+            }
+            if zones.iter().any(|z| z.is_empty() || z.len() > 63) {
+                return Err("each zone name must be 1 to 63 characters".into());
+            }
+        }
+        if let Some(team) = &self.team {
+            if team.is_empty() || team.len() > 63 {
+                return Err("team must be 1 to 63 characters".into());
+            }
+        }
+        Ok(())
+    }
+}
+
+/// A service as persisted.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct ServiceRecord {
+    pub id: ServiceId,
+    pub name: String,
+    pub engine: EngineKind,
+    pub plan: Plan,
+    pub team: String,
+    pub zones: Vec<String>,
+    pub image: ImageId,
+    pub provider: String,
+    pub state: ServiceState,
+    pub created_at: Timestamp,
+    pub state_since: Timestamp,
+}
+
+/// An instance as persisted: everything but heartbeat facts, which live in
+/// memory only.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct InstanceRecord {
+    pub id: InstanceId,
+    pub service: ServiceId,
+    pub role: Role,
+    pub zone: String,
+    pub provider: String,
+    pub image: ImageId,
+    pub state: InstanceState,
+    /// The provider confirmed this instance can no longer accept writes.
+    pub fenced: bool,
+    /// Restarts tried since it was last available; a restart that does not
+    /// bring it back leads to a rebuild.
+    pub restarts: u32,
+    pub created_at: Timestamp,
+    pub state_since: Timestamp,
+}
+
+/// An instance as shown by the API: the record plus what memory knows.
+#[derive(Clone, Debug, Serialize, Deserialize, utoipa::ToSchema)]
+pub struct InstanceView {
+    pub id: InstanceId,
+    pub service: String,
+    pub role: Role,
+    pub zone: String,
+    pub provider: String,
+    pub image: String,
+    pub state: InstanceState,
+    pub fenced: bool,
+    pub writable: bool,
+    pub state_since: Timestamp,
+    pub last_heartbeat_at: Option<Timestamp>,
+    pub facts: Facts,
+}
+
+/// A service as shown by the API.
+#[derive(Clone, Debug, Serialize, Deserialize, utoipa::ToSchema)]
+pub struct ServiceView {
+    pub id: ServiceId,
+    pub name: String,
+    pub engine: EngineKind,
+    pub state: ServiceState,
+    pub plan: Plan,
+    pub team: String,
+    pub zones: Vec<String>,
+    pub provider: String,
+    pub image: String,
+    pub created_at: Timestamp,
+    pub state_since: Timestamp,
+    /// What the engine is doing about it right now, if anything.
+    pub remedy: Option<String>,
+    pub instances: Vec<InstanceView>,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn req(name: &str) -> CreateService {
+        CreateService {
+            name: name.into(),
+            engine: EngineKind::Postgres,
+            followers: 1,
+            provider: None,
+            sync: None,
+            team: None,
+            zones: None,
+            max_failover_lag_bytes: None,
+        }
+    }
+
+    #[test]
+    fn names_are_dns_labels() {
+        assert!(req("db1").validate().is_ok());
+        assert!(req("").validate().is_err());
+        assert!(req("DB").validate().is_err());
+        assert!(req("-x").validate().is_err());
+        assert!(req(&"a".repeat(64)).validate().is_err());
+        assert!(req("a b").validate().is_err());
+    }
+
+    #[test]
+    fn unknown_fields_are_refused() {
+        let e = serde_json::from_str::<CreateService>(r#"{"name":"a","engine":"postgres","folowers":1}"#)
+            .unwrap_err();
+        assert!(e.to_string().contains("folowers"), "{e}");
+        assert!(serde_json::from_str::<CreateService>(r#"{"name":"a","engine":"mysql"}"#).is_err());
+    }
+}
