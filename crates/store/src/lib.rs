@@ -1,1 +1,122 @@
+//! The durable store of the control plane.
+//!
+//! The engine holds the fleet in memory; after each step the runtime shell
+//! hands the store a [`Changes`] and waits for [`Store::commit`] to return
+//! before it dispatches or acknowledges anything. On restart the shell calls
+//! [`Store::load`] and hands the [`Snapshot`] to the engine.
+//!
+//! [`SqliteStore`] is the embedded backend (one file, WAL mode, one writer
+//! thread that group-commits concurrent callers).
 
+mod rows;
+mod sqlite;
+mod writer;
+
+pub use sqlite::{SqliteStore, WriterCounters};
+
+use drover_model::{ActionRecord, AuditEntry, Changes, Event, InstanceId, ServiceId, Snapshot};
+use std::path::PathBuf;
+use std::sync::Arc;
+
+/// Events returned when a filter names no limit: a page a dashboard can show.
+pub const DEFAULT_EVENT_LIMIT: usize = 1000;
+/// The most rows any single read returns (events, audit, actions), whatever
+/// the caller asks: bounds the memory and the time one request can take. Page
+/// with `after_seq` for more.
+pub const MAX_READ_LIMIT: usize = 10_000;
+
+#[derive(Debug, thiserror::Error)]
+pub enum StoreError {
+    #[error("cannot open the store database {path}: {source}; check that the directory exists and is writable by this process")]
+    Open {
+        path: PathBuf,
+        #[source]
+        source: rusqlite::Error,
+    },
+    #[error("{path} is not a SQLite database (or it is encrypted or damaged); point the store at the Drover database file, or at a path that does not exist yet to start an empty store")]
+    NotADatabase { path: PathBuf },
+    #[error("cannot set up the store database {path} ({step}): {detail}; check that the file and its directory are writable and that no other program holds an exclusive lock on it")]
+    Setup {
+        path: PathBuf,
+        step: &'static str,
+        detail: String,
+    },
+    #[error("migrating the schema of {path} failed: {source}; if the database was last used by a newer Drover, run that version or restore a backup made by this one")]
+    Migration {
+        path: PathBuf,
+        #[source]
+        source: refinery::Error,
+    },
+    #[error("store database error while {operation}: {source}")]
+    Database {
+        operation: &'static str,
+        #[source]
+        source: rusqlite::Error,
+    },
+    #[error("cannot encode {table} record {id} as JSON: {source}; this is a bug in the model's serialization, nothing of this commit was written")]
+    Encode {
+        table: &'static str,
+        id: String,
+        #[source]
+        source: serde_json::Error,
+    },
+    #[error("the stored {table} record {id} cannot be decoded: {source}; the database was written by an incompatible Drover or edited by hand: restore a backup or fix the row")]
+    CorruptRecord {
+        table: &'static str,
+        id: String,
+        #[source]
+        source: serde_json::Error,
+    },
+    #[error("the stored {table} row {id} has an invalid {column}: {detail}; the database was written by an incompatible Drover or edited by hand")]
+    CorruptColumn {
+        table: &'static str,
+        id: String,
+        column: &'static str,
+        detail: String,
+    },
+    /// Every caller whose batch was in the failed transaction gets this, all
+    /// sharing one cause; none of their changes were written.
+    #[error("commit of {batches} batch(es) failed and none of them was written: {cause}")]
+    CommitFailed {
+        batches: usize,
+        #[source]
+        cause: Arc<StoreError>,
+    },
+    #[error("the store's writer thread has stopped, so nothing can be committed; restart the control plane (the logs say why it stopped)")]
+    WriterStopped,
+}
+
+#[derive(Clone, Debug, Default)]
+pub struct EventFilter {
+    /// Matches `Event.service` (the service name).
+    pub service: Option<String>,
+    pub instance: Option<InstanceId>,
+    /// Only events with `seq` greater than this.
+    pub after_seq: Option<u64>,
+    /// Defaults to [`DEFAULT_EVENT_LIMIT`], clamped to [`MAX_READ_LIMIT`].
+    pub limit: Option<usize>,
+}
+
+pub trait Store: Send + Sync + 'static {
+    /// Live state to resume from: services whose state != deleted, instances
+    /// whose state != terminated, actions whose state is pending or running,
+    /// all images.
+    fn load(&self) -> Result<Snapshot, StoreError>;
+    /// Durably applies `changes` in ONE transaction: upserts each record by id
+    /// (later entries in the same Vec win), appends events and audit entries,
+    /// assigning them increasing `seq` (the seq they carry is ignored).
+    /// Returns only once on disk. Concurrent callers are group-committed.
+    fn commit(&self, changes: Changes) -> Result<(), StoreError>;
+    /// Events in ascending seq order, filtered.
+    fn events(&self, filter: &EventFilter) -> Result<Vec<Event>, StoreError>;
+    /// The most recent audit entries, in ascending seq, at most `limit`
+    /// (itself clamped to [`MAX_READ_LIMIT`]).
+    fn audit(&self, limit: usize) -> Result<Vec<AuditEntry>, StoreError>;
+    /// Actions in any state, newest first, optionally of one service, at most
+    /// `limit` (itself clamped to [`MAX_READ_LIMIT`]).
+    fn actions(
+        &self,
+        service: Option<ServiceId>,
+        limit: usize,
+    ) -> Result<Vec<ActionRecord>, StoreError>;
+}

@@ -1,0 +1,270 @@
+//! Records to rows and back. Encoding happens on the caller's thread, before
+//! the batch reaches the writer: the writer only runs SQL, and a record that
+//! cannot be encoded fails its own commit instead of its whole group.
+
+use crate::StoreError;
+use drover_model::{AuditEntry, Changes, Event};
+use rusqlite::{params, Transaction};
+use serde::de::DeserializeOwned;
+use serde::Serialize;
+
+pub(crate) struct ServiceRow {
+    id: String,
+    name: String,
+    state: &'static str,
+    created_at: i64,
+    state_since: i64,
+    record: String,
+}
+
+pub(crate) struct InstanceRow {
+    id: String,
+    service_id: String,
+    state: &'static str,
+    created_at: i64,
+    state_since: i64,
+    record: String,
+}
+
+pub(crate) struct ActionRow {
+    id: String,
+    service_id: String,
+    instance_id: String,
+    kind: &'static str,
+    state: &'static str,
+    created_at: i64,
+    updated_at: i64,
+    deadline: i64,
+    record: String,
+}
+
+pub(crate) struct ImageRow {
+    id: String,
+    engine: &'static str,
+    version: String,
+    created_at: i64,
+    record: String,
+}
+
+pub(crate) struct EventRow {
+    at: i64,
+    service: Option<String>,
+    instance_id: Option<String>,
+    record: String,
+}
+
+pub(crate) struct AuditRow {
+    at: i64,
+    actor: String,
+    record: String,
+}
+
+/// One caller's `Changes`, ready for SQL.
+#[derive(Default)]
+pub(crate) struct EncodedChanges {
+    services: Vec<ServiceRow>,
+    instances: Vec<InstanceRow>,
+    actions: Vec<ActionRow>,
+    images: Vec<ImageRow>,
+    events: Vec<EventRow>,
+    audit: Vec<AuditRow>,
+}
+
+fn to_json<T: Serialize>(
+    table: &'static str,
+    id: impl ToString,
+    value: &T,
+) -> Result<String, StoreError> {
+    serde_json::to_string(value).map_err(|source| StoreError::Encode {
+        table,
+        id: id.to_string(),
+        source,
+    })
+}
+
+pub(crate) fn encode(changes: &Changes) -> Result<EncodedChanges, StoreError> {
+    let mut out = EncodedChanges::default();
+    for s in &changes.services {
+        out.services.push(ServiceRow {
+            id: s.id.to_string(),
+            name: s.name.clone(),
+            state: s.state.as_str(),
+            created_at: s.created_at.micros(),
+            state_since: s.state_since.micros(),
+            record: to_json("services", s.id, s)?,
+        });
+    }
+    for i in &changes.instances {
+        out.instances.push(InstanceRow {
+            id: i.id.to_string(),
+            service_id: i.service.to_string(),
+            state: i.state.as_str(),
+            created_at: i.created_at.micros(),
+            state_since: i.state_since.micros(),
+            record: to_json("instances", i.id, i)?,
+        });
+    }
+    for a in &changes.actions {
+        out.actions.push(ActionRow {
+            id: a.id.to_string(),
+            service_id: a.service.to_string(),
+            instance_id: a.instance.to_string(),
+            kind: a.kind.name(),
+            state: a.state.as_str(),
+            created_at: a.created_at.micros(),
+            updated_at: a.updated_at.micros(),
+            deadline: a.deadline.micros(),
+            record: to_json("actions", a.id, a)?,
+        });
+    }
+    for m in &changes.images {
+        out.images.push(ImageRow {
+            id: m.id.0.clone(),
+            engine: m.engine.as_str(),
+            version: m.version.clone(),
+            created_at: m.created_at.micros(),
+            record: to_json("images", &m.id, m)?,
+        });
+    }
+    for (n, e) in changes.events.iter().enumerate() {
+        out.events.push(EventRow {
+            at: e.at.micros(),
+            service: e.service.clone(),
+            instance_id: e.instance.map(|i| i.to_string()),
+            // The carried seq is ignored: the column is the truth, and reads
+            // overwrite the field from it.
+            record: to_json("events", format_args!("#{n} of the batch"), e)?,
+        });
+    }
+    for (n, a) in changes.audit.iter().enumerate() {
+        out.audit.push(AuditRow {
+            at: a.at.micros(),
+            actor: a.actor.clone(),
+            record: to_json("audit", format_args!("#{n} of the batch"), a)?,
+        });
+    }
+    Ok(out)
+}
+
+/// Writes one batch inside the writer's open transaction.
+pub(crate) fn apply(tx: &Transaction<'_>, batch: &EncodedChanges) -> rusqlite::Result<()> {
+    if !batch.services.is_empty() {
+        let mut stmt = tx.prepare_cached(
+            "INSERT INTO services (id, name, state, created_at, state_since, record)
+             VALUES (?1, ?2, ?3, ?4, ?5, ?6)
+             ON CONFLICT (id) DO UPDATE SET name = excluded.name, state = excluded.state,
+               created_at = excluded.created_at, state_since = excluded.state_since, record = excluded.record",
+        )?;
+        for r in &batch.services {
+            stmt.execute(params![
+                r.id,
+                r.name,
+                r.state,
+                r.created_at,
+                r.state_since,
+                r.record
+            ])?;
+        }
+    }
+    if !batch.instances.is_empty() {
+        let mut stmt = tx.prepare_cached(
+            "INSERT INTO instances (id, service_id, state, created_at, state_since, record)
+             VALUES (?1, ?2, ?3, ?4, ?5, ?6)
+             ON CONFLICT (id) DO UPDATE SET service_id = excluded.service_id, state = excluded.state,
+               created_at = excluded.created_at, state_since = excluded.state_since, record = excluded.record",
+        )?;
+        for r in &batch.instances {
+            stmt.execute(params![
+                r.id,
+                r.service_id,
+                r.state,
+                r.created_at,
+                r.state_since,
+                r.record
+            ])?;
+        }
+    }
+    if !batch.actions.is_empty() {
+        let mut stmt = tx.prepare_cached(
+            "INSERT INTO actions (id, service_id, instance_id, kind, state, created_at, updated_at, deadline, record)
+             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9)
+             ON CONFLICT (id) DO UPDATE SET service_id = excluded.service_id, instance_id = excluded.instance_id,
+               kind = excluded.kind, state = excluded.state, created_at = excluded.created_at,
+               updated_at = excluded.updated_at, deadline = excluded.deadline, record = excluded.record",
+        )?;
+        for r in &batch.actions {
+            stmt.execute(params![
+                r.id,
+                r.service_id,
+                r.instance_id,
+                r.kind,
+                r.state,
+                r.created_at,
+                r.updated_at,
+                r.deadline,
+                r.record
+            ])?;
+        }
+    }
+    if !batch.images.is_empty() {
+        let mut stmt = tx.prepare_cached(
+            "INSERT INTO images (id, engine, version, created_at, record) VALUES (?1, ?2, ?3, ?4, ?5)
+             ON CONFLICT (id) DO UPDATE SET engine = excluded.engine, version = excluded.version,
+               created_at = excluded.created_at, record = excluded.record",
+        )?;
+        for r in &batch.images {
+            stmt.execute(params![r.id, r.engine, r.version, r.created_at, r.record])?;
+        }
+    }
+    if !batch.events.is_empty() {
+        let mut stmt = tx.prepare_cached(
+            "INSERT INTO events (at, service, instance_id, record) VALUES (?1, ?2, ?3, ?4)",
+        )?;
+        for r in &batch.events {
+            stmt.execute(params![r.at, r.service, r.instance_id, r.record])?;
+        }
+    }
+    if !batch.audit.is_empty() {
+        let mut stmt =
+            tx.prepare_cached("INSERT INTO audit (at, actor, record) VALUES (?1, ?2, ?3)")?;
+        for r in &batch.audit {
+            stmt.execute(params![r.at, r.actor, r.record])?;
+        }
+    }
+    Ok(())
+}
+
+pub(crate) fn decode<T: DeserializeOwned>(
+    table: &'static str,
+    id: &str,
+    record: &str,
+) -> Result<T, StoreError> {
+    serde_json::from_str(record).map_err(|source| StoreError::CorruptRecord {
+        table,
+        id: id.to_string(),
+        source,
+    })
+}
+
+pub(crate) fn seq_from_column(table: &'static str, seq: i64) -> Result<u64, StoreError> {
+    u64::try_from(seq).map_err(|_| StoreError::CorruptColumn {
+        table,
+        id: seq.to_string(),
+        column: "seq",
+        detail: format!("{seq} is negative"),
+    })
+}
+
+pub(crate) fn decode_event(seq: i64, record: &str) -> Result<Event, StoreError> {
+    let seq_u = seq_from_column("events", seq)?;
+    let mut event: Event = decode("events", &seq.to_string(), record)?;
+    event.seq = seq_u;
+    Ok(event)
+}
+
+pub(crate) fn decode_audit(seq: i64, record: &str) -> Result<AuditEntry, StoreError> {
+    let seq_u = seq_from_column("audit", seq)?;
+    let mut entry: AuditEntry = decode("audit", &seq.to_string(), record)?;
+    entry.seq = seq_u;
+    Ok(entry)
+}
