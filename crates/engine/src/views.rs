@@ -1,0 +1,79 @@
+//! Read-only views of the fleet for the API.
+
+use crate::Engine;
+use drover_model::{InstanceId, InstanceView, ServiceView, Timestamp};
+
+impl Engine {
+    pub fn service_view(&self, name: &str) -> Option<ServiceView> {
+        let &slot = self.service_names.get(name)?;
+        self.service_view_slot(slot, 0)
+    }
+
+    /// Every live service, by name.
+    pub fn service_views(&self) -> Vec<ServiceView> {
+        let mut v: Vec<ServiceView> = self.services.iter().filter_map(|(s, _)| self.service_view_slot(s, 0)).collect();
+        v.sort_by(|a, b| a.name.cmp(&b.name));
+        v
+    }
+
+    pub fn instance_view(&self, id: InstanceId) -> Option<InstanceView> {
+        let &slot = self.instance_index.get(&id)?;
+        self.instance_view_slot(slot)
+    }
+
+    pub(crate) fn instance_view_slot(&self, slot: u32) -> Option<InstanceView> {
+        let i = self.instances.get(slot)?;
+        let s = self.services.get(i.service)?;
+        Some(InstanceView {
+            id: i.id,
+            service: s.name.to_string(),
+            role: i.role,
+            zone: self.zones.name(i.zone).into(),
+            provider: self.providers.name(i.provider).into(),
+            image: self.images.id(i.image).0,
+            state: i.state,
+            fenced: i.fenced,
+            writable: i.writable(),
+            state_since: Timestamp(i.state_since),
+            last_heartbeat_at: (i.last_heartbeat > 0).then_some(Timestamp(i.last_heartbeat)),
+            facts: i.facts(),
+        })
+    }
+
+    pub(crate) fn service_view_slot(&self, slot: u32, _now: i64) -> Option<ServiceView> {
+        let s = self.services.get(slot)?;
+        let mut instances: Vec<InstanceView> = s.instances.iter().filter_map(|&i| self.instance_view_slot(i)).collect();
+        // Primary first, then by creation.
+        instances.sort_by_key(|v| (v.role != drover_model::Role::Primary || v.fenced, v.id));
+        let remedy = {
+            let mut open: Vec<String> = self
+                .actions
+                .values()
+                .filter(|a| a.remedy && a.record.service == s.id)
+                .map(|a| format!("{} {} ({}, attempt {})", a.record.kind.name(), a.record.instance, a.record.state, a.record.attempts))
+                .collect();
+            open.sort();
+            if s.needs_human {
+                open.push("needs a human: a remedy failed".into());
+            } else if s.held {
+                open.push("held by the mass-uncertainty brake".into());
+            }
+            (!open.is_empty()).then(|| open.join("; "))
+        };
+        Some(ServiceView {
+            id: s.id,
+            name: s.name.to_string(),
+            engine: s.engine,
+            state: s.state,
+            plan: s.plan.clone(),
+            team: self.teams.name(s.team).into(),
+            zones: s.zones.iter().map(|&z| self.zones.name(z).to_string()).collect(),
+            provider: self.providers.name(s.provider).into(),
+            image: self.images.id(s.image).0,
+            created_at: Timestamp(s.created_at),
+            state_since: Timestamp(s.state_since),
+            remedy,
+            instances,
+        })
+    }
+}

@@ -1,0 +1,407 @@
+//! A test harness around the pure engine: a tiny fake fleet that carries out
+//! actions at once and heartbeats, an in-memory "store" that applies every
+//! `Changes`, and invariant checks after every step.
+
+#![allow(dead_code)]
+
+use drover_engine::{Command, Config, Engine, Input, Outputs, Reply};
+use drover_model::*;
+use std::collections::{BTreeMap, HashMap, VecDeque};
+use std::time::Duration;
+
+pub const T0: i64 = 1_800_000_000_000_000;
+
+#[derive(Clone, Debug)]
+pub struct W {
+    pub service: ServiceId,
+    pub role: Role,
+    pub crashed: bool,
+    pub hung: bool,
+    pub partitioned: bool,
+    pub fenced: bool,
+    pub running: bool,
+    pub wal: u64,
+    pub seq: u64,
+    /// Makes restarts fail for this instance.
+    pub broken_for_good: bool,
+}
+
+#[derive(Default)]
+pub struct World {
+    pub insts: BTreeMap<InstanceId, W>,
+    /// Kinds of action that fail (non-retryable) in this world.
+    pub failing: Vec<&'static str>,
+    pub executed: Vec<(ActionId, u32, &'static str, InstanceId)>,
+}
+
+impl World {
+    fn alive(w: &W) -> bool {
+        w.running && !w.crashed && !w.hung
+    }
+    fn primary_of(&self, service: ServiceId) -> Option<&W> {
+        self.insts.values().find(|w| w.service == service && w.role == Role::Primary && !w.fenced && w.running)
+    }
+    pub fn execute(&mut self, a: &ActionRecord) -> ActionOutcome {
+        self.executed.push((a.id, a.attempts, a.kind.name(), a.instance));
+        let ok = ActionOutcome::Succeeded { detail: None };
+        let fail = |e: &str| ActionOutcome::Failed { error: e.into(), retryable: false };
+        if self.failing.contains(&a.kind.name()) {
+            return fail("configured to fail");
+        }
+        match &a.kind {
+            ActionKind::Provision { role, .. } => {
+                self.insts.entry(a.instance).or_insert(W {
+                    service: a.service,
+                    role: *role,
+                    crashed: false,
+                    hung: false,
+                    partitioned: false,
+                    fenced: false,
+                    running: true,
+                    wal: 0,
+                    seq: 0,
+                    broken_for_good: false,
+                });
+                ok
+            }
+            kind => {
+                let Some(w) = self.insts.get_mut(&a.instance) else {
+                    return match kind {
+                        ActionKind::Fence | ActionKind::Retire | ActionKind::Archive | ActionKind::Terminate => ok,
+                        _ => fail("no such instance"),
+                    };
+                };
+                match kind {
+                    ActionKind::Probe => {
+                        if World::alive(w) {
+                            ok
+                        } else {
+                            fail("not answering")
+                        }
+                    }
+                    ActionKind::Fence => {
+                        if w.hung {
+                            w.hung = false;
+                            w.crashed = true;
+                        }
+                        w.fenced = true;
+                        ok
+                    }
+                    ActionKind::Promote => {
+                        if !World::alive(w) || w.fenced {
+                            fail("cannot promote")
+                        } else {
+                            w.role = Role::Primary;
+                            ok
+                        }
+                    }
+                    ActionKind::Restart => {
+                        if w.broken_for_good || !w.running {
+                            fail("does not start")
+                        } else {
+                            w.crashed = false;
+                            w.hung = false;
+                            ok
+                        }
+                    }
+                    ActionKind::Retire => {
+                        w.running = false;
+                        ok
+                    }
+                    ActionKind::Archive => ok,
+                    ActionKind::Terminate => {
+                        self.insts.remove(&a.instance);
+                        ok
+                    }
+                    ActionKind::InjectFault { fault } => {
+                        match fault {
+                            Fault::Crash => w.crashed = true,
+                            Fault::Hang => w.hung = true,
+                            Fault::Partition => w.partitioned = true,
+                            Fault::Heal => {
+                                w.hung = false;
+                                w.partitioned = false
+                            }
+                        }
+                        ok
+                    }
+                    ActionKind::Provision { .. } => unreachable!(),
+                }
+            }
+        }
+    }
+
+    pub fn beats(&mut self) -> Vec<Beat> {
+        let primaries: HashMap<ServiceId, (bool, u64)> = self
+            .insts
+            .values()
+            .filter(|w| w.role == Role::Primary && !w.fenced && w.running)
+            .map(|w| (w.service, (World::alive(w), w.wal)))
+            .collect();
+        let mut beats = Vec::new();
+        for (id, w) in self.insts.iter_mut() {
+            if !World::alive(w) || w.partitioned {
+                if World::alive(w) && w.role == Role::Primary && !w.fenced {
+                    w.wal += 100;
+                }
+                continue;
+            }
+            w.seq += 1;
+            let mut facts = Facts { role: Some(w.role), ..Default::default() };
+            if w.role == Role::Primary {
+                if !w.fenced {
+                    w.wal += 100;
+                }
+                facts.writable = Some(!w.fenced);
+            } else {
+                let up = primaries.get(&w.service).copied();
+                let streaming = up.is_some_and(|(alive, _)| alive);
+                if let Some((true, pwal)) = up {
+                    w.wal = pwal;
+                }
+                facts.upstream_streaming = Some(streaming);
+                facts.replication_lag_bytes = Some(up.map(|(_, p)| p.saturating_sub(w.wal)).unwrap_or(0));
+                facts.writable = Some(false);
+            }
+            facts.wal_position = Some(w.wal);
+            beats.push(Beat { instance: *id, seq: w.seq, facts });
+        }
+        beats
+    }
+
+    /// Writable for real: a primary that runs, is not fenced and not crashed.
+    pub fn writable_count(&self, service: ServiceId) -> usize {
+        self.insts
+            .values()
+            .filter(|w| w.service == service && w.role == Role::Primary && !w.fenced && w.running && !w.crashed)
+            .count()
+    }
+}
+
+/// Upserts by id, like the SQLite store.
+#[derive(Default, Clone)]
+pub struct MemStore {
+    pub services: BTreeMap<ServiceId, ServiceRecord>,
+    pub instances: BTreeMap<InstanceId, InstanceRecord>,
+    pub actions: BTreeMap<ActionId, ActionRecord>,
+    pub images: BTreeMap<ImageId, Image>,
+    pub events: Vec<Event>,
+    pub audit: Vec<AuditEntry>,
+}
+
+impl MemStore {
+    pub fn apply(&mut self, c: &Changes) {
+        for s in &c.services {
+            self.services.insert(s.id, s.clone());
+        }
+        for i in &c.instances {
+            self.instances.insert(i.id, i.clone());
+        }
+        for a in &c.actions {
+            self.actions.insert(a.id, a.clone());
+        }
+        for i in &c.images {
+            self.images.insert(i.id.clone(), i.clone());
+        }
+        self.events.extend(c.events.iter().cloned());
+        self.audit.extend(c.audit.iter().cloned());
+    }
+    pub fn snapshot(&self) -> Snapshot {
+        Snapshot {
+            services: self.services.values().filter(|s| s.state != ServiceState::Deleted).cloned().collect(),
+            instances: self.instances.values().filter(|i| i.state != InstanceState::Terminated).cloned().collect(),
+            actions: self.actions.values().filter(|a| a.state.is_open()).cloned().collect(),
+            images: self.images.values().cloned().collect(),
+        }
+    }
+}
+
+pub fn fast_config() -> Config {
+    Config {
+        uncertain_after: Duration::from_secs(3),
+        presumed_dead_after: Duration::from_secs(60),
+        restart_grace: Duration::from_secs(10),
+        probe_interval: Duration::from_secs(5),
+        action_timeout: Duration::from_secs(20),
+        install_timeout: Duration::from_secs(30),
+        ..Config::default()
+    }
+}
+
+pub fn image(engine: EngineKind) -> Image {
+    Image::new(engine, "15-test", BTreeMap::new(), BTreeMap::from([("postgresql-15".into(), "15.18".into())]), Timestamp(T0))
+}
+
+pub struct H {
+    pub e: Engine,
+    pub config: Config,
+    pub now: i64,
+    pub world: World,
+    pub store: MemStore,
+    pub inflight: VecDeque<ActionRecord>,
+    /// Execute dispatched actions automatically while time advances.
+    pub auto_execute: bool,
+    pub heartbeat_every: i64,
+    last_beat: i64,
+    pub dispatched: Vec<ActionRecord>,
+}
+
+impl H {
+    pub fn new(config: Config) -> H {
+        let e = Engine::new(config.clone(), 7);
+        let mut h = H {
+            e,
+            config,
+            now: T0,
+            world: World::default(),
+            store: MemStore::default(),
+            inflight: VecDeque::new(),
+            auto_execute: true,
+            heartbeat_every: 1_000_000,
+            last_beat: 0,
+            dispatched: Vec::new(),
+        };
+        for engine in [EngineKind::Postgres, EngineKind::Redis] {
+            h.command(Command::RegisterImage(image(engine))).expect("image registers");
+        }
+        h
+    }
+
+    pub fn step(&mut self, input: Input) -> Option<Result<Reply, drover_engine::CommandError>> {
+        let out = self.e.step(input, Timestamp(self.now));
+        self.absorb(out)
+    }
+
+    pub fn absorb(&mut self, out: Outputs) -> Option<Result<Reply, drover_engine::CommandError>> {
+        self.store.apply(&out.changes);
+        for a in &out.dispatch {
+            if a.kind == ActionKind::Promote {
+                let v = self.e.instance_view(a.instance).expect("promote target exists");
+                let svc = self.e.service_view(&v.service).expect("service");
+                assert!(
+                    svc.instances.iter().all(|i| !(i.role == Role::Primary && !i.fenced && i.state.is_member())),
+                    "promotion dispatched while an unfenced primary remains: {svc:#?}"
+                );
+            }
+        }
+        self.dispatched.extend(out.dispatch.iter().cloned());
+        self.inflight.extend(out.dispatch);
+        self.check_invariants();
+        out.reply
+    }
+
+    pub fn check_invariants(&self) {
+        for s in self.e.service_views() {
+            let writable = s.instances.iter().filter(|i| i.writable).count();
+            assert!(writable <= 1, "two writable primaries in the engine: {s:#?}");
+            assert!(self.world.writable_count(s.id) <= 1, "two writable primaries in the world for {}", s.name);
+        }
+        for ev in &self.store.events {
+            if ev.subject == EventSubject::Instance {
+                if let (Some(f), Some(t)) = (&ev.from, &ev.to) {
+                    if let (Ok(f), Ok(t)) = (f.parse::<InstanceState>(), t.parse::<InstanceState>()) {
+                        assert!(f.can_become(t), "illegal transition logged: {ev:?}");
+                    }
+                }
+            }
+            if ev.subject == EventSubject::Fleet {
+                assert!(!ev.cause.contains("illegal transition"), "engine attempted an illegal transition: {ev:?}");
+                assert!(!ev.cause.contains("safety invariant"), "{ev:?}");
+            }
+        }
+    }
+
+    pub fn command(&mut self, c: Command) -> Result<Reply, drover_engine::CommandError> {
+        self.step(Input::Command { actor: "test".into(), command: c }).expect("commands reply")
+    }
+
+    pub fn create(&mut self, name: &str, followers: u8) -> ServiceView {
+        let req = CreateService {
+            name: name.into(),
+            engine: EngineKind::Postgres,
+            followers,
+            provider: Some("sim".into()),
+            sync: Some(followers > 0),
+            team: None,
+            zones: None,
+            max_failover_lag_bytes: None,
+        };
+        match self.command(Command::CreateService(req)) {
+            Ok(Reply::Service(v)) => *v,
+            other => panic!("create failed: {other:?}"),
+        }
+    }
+
+    /// Executes every dispatched action now (and what they lead to).
+    pub fn run_actions(&mut self) {
+        let mut guard = 0;
+        while let Some(a) = self.inflight.pop_front() {
+            guard += 1;
+            assert!(guard < 10_000, "runaway actions");
+            let outcome = self.world.execute(&a);
+            self.step(Input::ActionResult { action: a.id, attempt: a.attempts, outcome });
+        }
+    }
+
+    /// Advances time in 100 ms steps: beats every `heartbeat_every`, a tick
+    /// every step, actions executed as they come.
+    pub fn advance(&mut self, d: Duration) {
+        let end = self.now + d.as_micros() as i64;
+        while self.now < end {
+            self.now += 100_000;
+            if self.now - self.last_beat >= self.heartbeat_every {
+                self.last_beat = self.now;
+                let beats = self.world.beats();
+                if !beats.is_empty() {
+                    self.step(Input::Heartbeats(beats));
+                }
+            }
+            self.step(Input::Tick);
+            if self.auto_execute {
+                self.run_actions();
+            }
+        }
+    }
+
+    pub fn service(&self, name: &str) -> ServiceView {
+        self.e.service_view(name).unwrap_or_else(|| panic!("no service {name}"))
+    }
+
+    pub fn primary(&self, name: &str) -> InstanceView {
+        self.service(name).instances.into_iter().find(|i| i.writable).expect("a writable primary")
+    }
+
+    pub fn followers(&self, name: &str) -> Vec<InstanceView> {
+        self.service(name).instances.into_iter().filter(|i| i.role == Role::Follower).collect()
+    }
+
+    pub fn chaos(&mut self, instance: InstanceId, fault: Fault) {
+        self.command(Command::Chaos { instance, fault }).expect("chaos accepted");
+        self.run_actions();
+    }
+
+    pub fn events_for(&self, instance: InstanceId) -> Vec<&Event> {
+        self.store.events.iter().filter(|e| e.instance == Some(instance)).collect()
+    }
+
+    /// Transitions of an instance, as "from->to".
+    pub fn transitions(&self, instance: InstanceId) -> Vec<String> {
+        self.events_for(instance)
+            .into_iter()
+            .filter(|e| e.subject == EventSubject::Instance)
+            .map(|e| format!("{}->{}", e.from.as_deref().unwrap_or("-"), e.to.as_deref().unwrap_or("-")))
+            .collect()
+    }
+
+    pub fn succeeded(&self, kind: &str) -> Vec<&ActionRecord> {
+        self.store.actions.values().filter(|a| a.kind.name() == kind && a.state == ActionState::Succeeded).collect()
+    }
+
+    /// Simulates kill -9 and restart: a new engine from what was committed.
+    pub fn crash_and_restore(&mut self) {
+        self.inflight.clear();
+        let (e, out) = Engine::restore(self.config.clone(), 99, self.store.snapshot(), Timestamp(self.now));
+        self.e = e;
+        self.absorb(out);
+    }
+}
