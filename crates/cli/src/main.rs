@@ -1,1 +1,356 @@
-fn main() {}
+//! `drover`: `drover serve` runs the control plane; every other subcommand
+//! is a thin HTTP client of a running server.
+
+mod bench;
+mod client;
+mod output;
+
+use clap::{Args, Parser, Subcommand};
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::process::ExitCode;
+use std::time::Duration;
+
+#[derive(Parser)]
+#[command(name = "drover", version, about = "Drover: a control plane for fleets of managed databases")]
+struct Cli {
+    /// URL of the Drover server the client subcommands talk to.
+    #[arg(long, global = true, env = "DROVER_URL", default_value = "http://127.0.0.1:7700")]
+    server: String,
+    /// Print the server's raw JSON instead of tables.
+    #[arg(long, global = true)]
+    json: bool,
+    /// Who issues commands, recorded in the audit trail.
+    #[arg(long, global = true, env = "DROVER_ACTOR")]
+    actor: Option<String>,
+    #[command(subcommand)]
+    command: Cmd,
+}
+
+#[derive(Subcommand)]
+enum Cmd {
+    /// Run the control plane (HTTP API, engine, sim provider).
+    Serve(ServeArgs),
+    /// Create, list, show and delete services.
+    #[command(subcommand)]
+    Services(ServicesCmd),
+    /// Show instances.
+    #[command(subcommand)]
+    Instances(InstancesCmd),
+    /// The event log: transitions and action steps with their causes.
+    Events {
+        #[arg(long)]
+        service: Option<String>,
+        #[arg(long)]
+        instance: Option<String>,
+        /// Only events after this sequence number.
+        #[arg(long)]
+        after: Option<u64>,
+        #[arg(long)]
+        limit: Option<usize>,
+    },
+    /// Inject a fault into an instance.
+    Chaos {
+        #[arg(long)]
+        instance: String,
+        /// crash, hang, partition or heal.
+        #[arg(long, value_parser = ["crash", "hang", "partition", "heal"])]
+        fault: String,
+    },
+    /// Send heartbeats by hand.
+    #[command(subcommand)]
+    Heartbeats(HeartbeatsCmd),
+    /// Actions the engine decided and how they went.
+    Actions {
+        #[arg(long)]
+        service: Option<String>,
+        #[arg(long)]
+        limit: Option<usize>,
+    },
+    /// The audit trail of commands.
+    Audit {
+        #[arg(long)]
+        limit: Option<usize>,
+    },
+    /// The image catalog.
+    Images,
+    /// Benchmarks.
+    #[command(subcommand)]
+    Bench(BenchCmd),
+}
+
+#[derive(Args)]
+struct ServeArgs {
+    /// Where the store (drover.db) and the sim fleet (sim-provider.json) live.
+    #[arg(long, env = "DROVER_DATA_DIR", default_value = "./drover-data")]
+    data_dir: PathBuf,
+    #[arg(long, env = "DROVER_LISTEN", default_value = "127.0.0.1:7700")]
+    listen: SocketAddr,
+    /// Silence after which an instance is `uncertain`.
+    #[arg(long, env = "DROVER_UNCERTAIN_AFTER_MS")]
+    uncertain_after_ms: Option<u64>,
+    /// Silence after which an instance is presumed `unavailable` (fractions allowed).
+    #[arg(long, env = "DROVER_PRESUMED_DEAD_AFTER_SECS")]
+    presumed_dead_after_secs: Option<f64>,
+    /// After a restart, silence is not held against anyone for this long.
+    #[arg(long, env = "DROVER_RESTART_GRACE_SECS")]
+    restart_grace_secs: Option<f64>,
+    /// How often an uncertain instance is probed.
+    #[arg(long, env = "DROVER_PROBE_INTERVAL_MS")]
+    probe_interval_ms: Option<u64>,
+    /// A running action attempt without a result is retried after this.
+    #[arg(long, env = "DROVER_ACTION_TIMEOUT_MS")]
+    action_timeout_ms: Option<u64>,
+    /// A new or restarted instance must heartbeat within this.
+    #[arg(long, env = "DROVER_INSTALL_TIMEOUT_SECS")]
+    install_timeout_secs: Option<f64>,
+    /// How often the sim fleet's agents heartbeat.
+    #[arg(long, env = "DROVER_HEARTBEAT_INTERVAL_MS")]
+    heartbeat_interval_ms: Option<u64>,
+    /// How long a sim action takes.
+    #[arg(long, env = "DROVER_ACTION_LATENCY_MS")]
+    action_latency_ms: Option<u64>,
+}
+
+#[derive(Subcommand)]
+enum ServicesCmd {
+    /// Create a service.
+    Create {
+        name: String,
+        #[arg(long, value_parser = ["postgres", "redis", "kafka"], default_value = "postgres")]
+        engine: String,
+        #[arg(long, default_value_t = 1)]
+        followers: u8,
+        #[arg(long)]
+        provider: Option<String>,
+        /// Synchronous replication.
+        #[arg(long)]
+        sync: bool,
+        #[arg(long)]
+        team: Option<String>,
+        /// Zones, comma-separated.
+        #[arg(long, value_delimiter = ',')]
+        zones: Option<Vec<String>>,
+    },
+    List,
+    Show { name: String },
+    Delete { name: String },
+}
+
+#[derive(Subcommand)]
+enum InstancesCmd {
+    Show { id: String },
+}
+
+#[derive(Subcommand)]
+enum HeartbeatsCmd {
+    /// Send one heartbeat.
+    Send {
+        #[arg(long)]
+        instance: String,
+        #[arg(long)]
+        seq: u64,
+        /// Facts as JSON, e.g. '{"role":"primary","writable":true}'.
+        #[arg(long)]
+        facts: Option<String>,
+    },
+}
+
+#[derive(Subcommand)]
+enum BenchCmd {
+    /// Heartbeat ingest through the engine, in process.
+    Heartbeats {
+        #[arg(long, default_value_t = 100_000)]
+        instances: usize,
+    },
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    let runtime = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
+        Ok(rt) => rt,
+        Err(e) => {
+            eprintln!("error: cannot start the async runtime: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    let result = runtime.block_on(run(cli));
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("error: {e:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+async fn run(cli: Cli) -> anyhow::Result<()> {
+    let client = client::Client::new(&cli.server, cli.actor.clone())?;
+    let json = cli.json;
+    match cli.command {
+        Cmd::Serve(args) => serve(args).await,
+        Cmd::Bench(BenchCmd::Heartbeats { instances }) => {
+            bench::heartbeats(instances);
+            Ok(())
+        }
+        Cmd::Services(cmd) => match cmd {
+            ServicesCmd::Create { name, engine, followers, provider, sync, team, zones } => {
+                let mut body = serde_json::json!({ "name": name, "engine": engine, "followers": followers });
+                if let Some(p) = provider {
+                    body["provider"] = p.into();
+                }
+                if sync {
+                    body["sync"] = true.into();
+                }
+                if let Some(t) = team {
+                    body["team"] = t.into();
+                }
+                if let Some(z) = zones {
+                    body["zones"] = z.into();
+                }
+                let v = client.post("/v1/services", body).await?;
+                output::service(&v, json);
+                Ok(())
+            }
+            ServicesCmd::List => {
+                let v = client.get("/v1/services", &[]).await?;
+                output::services(&v, json);
+                Ok(())
+            }
+            ServicesCmd::Show { name } => {
+                let v = client.get(&format!("/v1/services/{}", client::path_segment(&name)), &[]).await?;
+                output::service(&v, json);
+                Ok(())
+            }
+            ServicesCmd::Delete { name } => {
+                let v = client.delete(&format!("/v1/services/{}", client::path_segment(&name))).await?;
+                output::service(&v, json);
+                Ok(())
+            }
+        },
+        Cmd::Instances(InstancesCmd::Show { id }) => {
+            let v = client.get(&format!("/v1/instances/{}", client::path_segment(&id)), &[]).await?;
+            output::instance(&v, json);
+            Ok(())
+        }
+        Cmd::Events { service, instance, after, limit } => {
+            let mut query = Vec::new();
+            push(&mut query, "service", service);
+            push(&mut query, "instance", instance);
+            push(&mut query, "after", after);
+            push(&mut query, "limit", limit);
+            let v = client.get("/v1/events", &query).await?;
+            output::events(&v, json);
+            Ok(())
+        }
+        Cmd::Chaos { instance, fault } => {
+            let v = client.post("/v1/chaos", serde_json::json!({ "instance": instance, "fault": fault })).await?;
+            output::actions(&serde_json::Value::Array(vec![v.clone()]), json, Some(&v));
+            Ok(())
+        }
+        Cmd::Heartbeats(HeartbeatsCmd::Send { instance, seq, facts }) => {
+            let facts: serde_json::Value = match facts {
+                None => serde_json::json!({}),
+                Some(text) => serde_json::from_str(&text)
+                    .map_err(|e| anyhow::anyhow!("--facts is not valid JSON: {e}"))?,
+            };
+            let body = serde_json::json!({ "beats": [{ "instance": instance, "seq": seq, "facts": facts }] });
+            let v = client.post("/v1/heartbeats", body).await?;
+            output::receipt(&v, json);
+            Ok(())
+        }
+        Cmd::Actions { service, limit } => {
+            let mut query = Vec::new();
+            push(&mut query, "service", service);
+            push(&mut query, "limit", limit);
+            let v = client.get("/v1/actions", &query).await?;
+            output::actions(&v, json, None);
+            Ok(())
+        }
+        Cmd::Audit { limit } => {
+            let mut query = Vec::new();
+            push(&mut query, "limit", limit);
+            let v = client.get("/v1/audit", &query).await?;
+            output::audit(&v, json);
+            Ok(())
+        }
+        Cmd::Images => {
+            let v = client.get("/v1/images", &[]).await?;
+            output::images(&v, json);
+            Ok(())
+        }
+    }
+}
+
+fn push(query: &mut Vec<(&'static str, String)>, key: &'static str, value: Option<impl ToString>) {
+    if let Some(v) = value {
+        query.push((key, v.to_string()));
+    }
+}
+
+fn secs(s: f64, flag: &str) -> anyhow::Result<Duration> {
+    Duration::try_from_secs_f64(s).map_err(|e| anyhow::anyhow!("{flag} {s} is not a usable duration: {e}"))
+}
+
+async fn serve(args: ServeArgs) -> anyhow::Result<()> {
+    tracing_subscriber::fmt()
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_default_env()
+                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info")),
+        )
+        .init();
+    let mut opts = drover_server::ServeOptions::new(&args.data_dir, args.listen);
+    if let Some(ms) = args.uncertain_after_ms {
+        opts.engine.uncertain_after = Duration::from_millis(ms);
+    }
+    if let Some(s) = args.presumed_dead_after_secs {
+        opts.engine.presumed_dead_after = secs(s, "--presumed-dead-after-secs")?;
+    }
+    if let Some(s) = args.restart_grace_secs {
+        opts.engine.restart_grace = secs(s, "--restart-grace-secs")?;
+    }
+    if let Some(ms) = args.probe_interval_ms {
+        opts.engine.probe_interval = Duration::from_millis(ms);
+    }
+    if let Some(ms) = args.action_timeout_ms {
+        opts.engine.action_timeout = Duration::from_millis(ms);
+    }
+    if let Some(s) = args.install_timeout_secs {
+        opts.engine.install_timeout = secs(s, "--install-timeout-secs")?;
+    }
+    if let Some(ms) = args.heartbeat_interval_ms {
+        opts.sim.heartbeat_interval = Duration::from_millis(ms.max(1));
+    }
+    if let Some(ms) = args.action_latency_ms {
+        opts.sim.action_latency = Duration::from_millis(ms);
+    }
+    drover_server::serve(opts, shutdown_signal()).await
+}
+
+/// Completes on Ctrl-C or SIGTERM.
+async fn shutdown_signal() {
+    let ctrl_c = async {
+        if let Err(e) = tokio::signal::ctrl_c().await {
+            tracing::warn!(error = %e, "cannot listen for Ctrl-C");
+            std::future::pending::<()>().await;
+        }
+    };
+    #[cfg(unix)]
+    let terminate = async {
+        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+            Ok(mut s) => {
+                s.recv().await;
+            }
+            Err(e) => {
+                tracing::warn!(error = %e, "cannot listen for SIGTERM");
+                std::future::pending::<()>().await;
+            }
+        }
+    };
+    #[cfg(not(unix))]
+    let terminate = std::future::pending::<()>();
+    tokio::select! {
+        _ = ctrl_c => {},
+        _ = terminate => {},
+    }
+}

@@ -1,1 +1,256 @@
+//! The runtime shell of Drover: it feeds the pure engine from HTTP,
+//! providers and timers, persists what the engine decides before anyone is
+//! told, and dispatches the engine's actions to providers.
+//!
+//! - `runtime`: the engine actor (one task owns the `Engine`), group commit,
+//!   action dispatch, provider events.
+//! - `http`: the axum routes; `openapi`: their OpenAPI document.
+//! - `error`: the `{"error"}` shape and the extractors that produce it.
+//! - `telemetry`: Prometheus metrics.
 
+pub mod error;
+pub mod http;
+pub mod openapi;
+pub mod runtime;
+pub mod telemetry;
+
+use anyhow::Context;
+use drover_engine::{Command, Engine, Input};
+use drover_model::{EngineKind, Image};
+use drover_providers::{Provider, SimConfig, SimProvider};
+use drover_store::{SqliteStore, Store};
+use std::collections::{BTreeMap, HashMap};
+use std::future::Future;
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::sync::{Arc, OnceLock};
+use tokio::net::TcpListener;
+use tokio::sync::{mpsc, watch};
+use tokio::task::JoinHandle;
+
+pub use http::ACTOR_HEADER;
+
+/// Everything `drover serve` is told.
+#[derive(Clone, Debug)]
+pub struct ServeOptions {
+    /// Holds `drover.db` (the store) and `sim-provider.json` (the sim fleet).
+    pub data_dir: PathBuf,
+    pub listen: SocketAddr,
+    pub engine: drover_engine::Config,
+    pub sim: SimConfig,
+}
+
+impl ServeOptions {
+    pub fn new(data_dir: impl Into<PathBuf>, listen: SocketAddr) -> Self {
+        ServeOptions {
+            data_dir: data_dir.into(),
+            listen,
+            engine: drover_engine::Config::default(),
+            sim: SimConfig::default(),
+        }
+    }
+}
+
+/// Binds `opts.listen`, starts up, serves until `shutdown` completes, then
+/// stops cleanly (in-flight requests finish, the engine's last batch commits).
+pub async fn serve(opts: ServeOptions, shutdown: impl Future<Output = ()> + Send + 'static) -> anyhow::Result<()> {
+    let listener = TcpListener::bind(opts.listen)
+        .await
+        .with_context(|| format!("cannot listen on {}", opts.listen))?;
+    run(listener, opts, shutdown).await
+}
+
+/// A server started in the background (tests use port 0 and read `addr`).
+pub struct RunningServer {
+    pub addr: SocketAddr,
+    stop: Option<tokio::sync::oneshot::Sender<()>>,
+    task: JoinHandle<anyhow::Result<()>>,
+}
+
+impl RunningServer {
+    /// Base URL, e.g. `http://127.0.0.1:40123`.
+    pub fn url(&self) -> String {
+        format!("http://{}", self.addr)
+    }
+    /// Asks the server to stop and waits until it has.
+    pub async fn stop(mut self) -> anyhow::Result<()> {
+        if let Some(stop) = self.stop.take() {
+            let _ = stop.send(());
+        }
+        self.task.await.context("server task panicked")?
+    }
+    /// Aborts the server task without a clean shutdown (not a real crash:
+    /// blocking store work already started still finishes).
+    pub fn abort(self) {
+        self.task.abort();
+    }
+}
+
+/// Binds (port 0 picks a free port) and starts serving in a background
+/// task; returns once the address is bound. `/healthz` answers 503 until
+/// start-up is done, then 200.
+pub async fn start(opts: ServeOptions) -> anyhow::Result<RunningServer> {
+    let listener = TcpListener::bind(opts.listen)
+        .await
+        .with_context(|| format!("cannot listen on {}", opts.listen))?;
+    let addr = listener.local_addr()?;
+    let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+    let task = tokio::spawn(run(listener, opts, async move {
+        let _ = stopped.await;
+    }));
+    Ok(RunningServer { addr, stop: Some(stop), task })
+}
+
+/// The sim images registered at start-up, one per engine kind. Images are
+/// content-addressed, so registering them again on every start is a no-op.
+pub fn default_images(now: drover_model::Timestamp) -> Vec<Image> {
+    let image = |engine, version: &str, packages: &[(&str, &str)]| {
+        let packages: BTreeMap<String, String> =
+            packages.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect();
+        Image::new(engine, version, BTreeMap::new(), packages, now)
+    };
+    vec![
+        image(EngineKind::Postgres, "15-sim", &[("postgresql-15", "15.18"), ("openssl", "3.0.17")]),
+        image(EngineKind::Redis, "7.0-sim", &[("redis-server", "7.0.15"), ("openssl", "3.0.17")]),
+        image(EngineKind::Kafka, "3.7-sim", &[("kafka", "3.7.2"), ("openjdk-17-jre", "17.0.16")]),
+    ]
+}
+
+async fn run(
+    listener: TcpListener,
+    opts: ServeOptions,
+    shutdown: impl Future<Output = ()> + Send + 'static,
+) -> anyhow::Result<()> {
+    let addr = listener.local_addr()?;
+    let state = http::AppState { ready: Arc::new(OnceLock::new()), metrics: telemetry::install() };
+    let (stop_tx, stop_rx) = watch::channel(false);
+
+    // Serve from the first moment so /healthz can say 503 while we start.
+    let mut http_stop = stop_rx.clone();
+    let app = http::router(state.clone());
+    let http_task = tokio::spawn(async move {
+        axum::serve(listener, app)
+            .with_graceful_shutdown(async move {
+                let _ = http_stop.wait_for(|stop| *stop).await;
+            })
+            .await
+    });
+    tracing::info!(%addr, data_dir = %opts.data_dir.display(), "drover listening; starting up");
+
+    let shutdown = async move {
+        shutdown.await;
+        tracing::info!("shutdown requested");
+    };
+    tokio::pin!(shutdown);
+
+    let actor_task = tokio::select! {
+        started = start_up(&opts, &state, stop_rx.clone()) => match started {
+            Ok(task) => Some(task),
+            Err(e) => {
+                let _ = stop_tx.send(true);
+                let _ = http_task.await;
+                return Err(e);
+            }
+        },
+        _ = &mut shutdown => None,
+    };
+    if actor_task.is_some() {
+        tracing::info!(%addr, "drover ready");
+        (&mut shutdown).await;
+    }
+
+    let _ = stop_tx.send(true);
+    if let Some(actor) = actor_task {
+        let _ = actor.await;
+    }
+    match http_task.await {
+        Ok(result) => result.context("HTTP server failed")?,
+        Err(e) => return Err(anyhow::anyhow!("HTTP server task panicked: {e}")),
+    }
+    tracing::info!("drover stopped");
+    Ok(())
+}
+
+/// Opens the store and the provider, restores the engine, registers the
+/// default images, starts the actor and the provider, then marks ready.
+async fn start_up(
+    opts: &ServeOptions,
+    state: &http::AppState,
+    stop: watch::Receiver<bool>,
+) -> anyhow::Result<JoinHandle<()>> {
+    std::fs::create_dir_all(&opts.data_dir)
+        .with_context(|| format!("cannot create data directory {}", opts.data_dir.display()))?;
+    let db_path = opts.data_dir.join("drover.db");
+    let store: Arc<dyn Store> = {
+        let path = db_path.clone();
+        let store = tokio::task::spawn_blocking(move || SqliteStore::open(&path))
+            .await?
+            .with_context(|| format!("cannot open the store at {}", db_path.display()))?;
+        Arc::new(store)
+    };
+    let sim_path = opts.data_dir.join("sim-provider.json");
+    let sim = SimProvider::open(&sim_path, opts.sim.clone())
+        .with_context(|| format!("cannot open the sim provider at {}", sim_path.display()))?;
+    let sim: Arc<dyn Provider> = sim;
+
+    // Every provider name the engine may assign maps to the sim for now:
+    // the sim is the only provider implemented. A real provider registers
+    // under its own name here and the dispatcher routes by instance.
+    let mut providers: HashMap<String, Arc<dyn Provider>> = HashMap::new();
+    for name in opts.engine.providers.iter().chain([&opts.engine.default_provider]) {
+        providers.insert(name.clone(), sim.clone());
+    }
+
+    let snapshot = {
+        let store = store.clone();
+        tokio::task::spawn_blocking(move || store.load()).await?.context("cannot load the store")?
+    };
+    tracing::info!(
+        services = snapshot.services.len(),
+        instances = snapshot.instances.len(),
+        open_actions = snapshot.actions.len(),
+        images = snapshot.images.len(),
+        "store loaded"
+    );
+    let now = runtime::now();
+    let seed = (now.0 as u64) ^ ((std::process::id() as u64) << 32);
+    let (mut engine, restored) = Engine::restore(opts.engine.clone(), seed, snapshot, now);
+    let mut changes = restored.changes;
+    // Dispatched only after the commit below, like every other output.
+    let mut redispatch = restored.dispatch;
+
+    for image in default_images(now) {
+        let out = engine.step(
+            Input::Command { actor: "system".into(), command: Command::RegisterImage(image.clone()) },
+            now,
+        );
+        if let Some(Err(e)) = &out.reply {
+            tracing::warn!(image = %image.id, error = %e, "default image refused");
+        }
+        changes.extend(out.changes);
+        redispatch.extend(out.dispatch);
+    }
+    runtime::commit(&store, changes)
+        .await
+        .map_err(|e| anyhow::anyhow!("cannot persist the restored state: {e}"))?;
+
+    let (tx, inbox) = mpsc::channel(runtime::QUEUE_CAPACITY);
+    let handle = runtime::EngineHandle::new(tx);
+    let dispatcher = runtime::Dispatcher::new(providers.clone(), sim.clone(), handle.clone());
+    if !redispatch.is_empty() {
+        tracing::info!(actions = redispatch.len(), "re-dispatching actions that were running before the restart");
+    }
+    dispatcher.dispatch(&engine, redispatch);
+
+    let actor = runtime::Actor { engine, store: store.clone(), dispatcher, inbox, shutdown: stop };
+    let actor_task = tokio::spawn(actor.run());
+
+    let (provider_tx, provider_rx) = mpsc::channel(1024);
+    runtime::forward_provider_events(provider_rx, handle.clone());
+    sim.start(provider_tx);
+
+    let mut names: Vec<String> = providers.keys().cloned().collect();
+    names.sort();
+    let _ = state.ready.set(http::Ready { engine: handle, store, providers: names });
+    Ok(actor_task)
+}

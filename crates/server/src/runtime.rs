@@ -1,0 +1,292 @@
+//! The engine actor: one task owns the `Engine`. Everything that changes the
+//! fleet (HTTP commands, heartbeats, provider results and reports, ticks)
+//! arrives on one channel and is stepped in arrival order. Each loop drains
+//! what is queued, commits everything it decided in ONE store transaction
+//! (group commit), and only after that commit answers callers and dispatches
+//! actions: nobody is told about a change that a crash could lose.
+
+use crate::error::ApiError;
+use crate::telemetry;
+use drover_engine::{Engine, Input, Reply};
+use drover_model::{ActionRecord, Changes, Timestamp};
+use drover_providers::{Provider, ProviderEvent};
+use drover_store::Store;
+use std::collections::HashMap;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+use tokio::sync::{mpsc, oneshot, watch};
+
+/// Messages drained per loop: bounds the latency one loop adds to the first
+/// caller in it, while still amortising one commit over many inputs.
+pub const MAX_BATCH: usize = 1024;
+/// Queue in front of the actor; when full, HTTP callers wait (backpressure).
+pub const QUEUE_CAPACITY: usize = 16 * 1024;
+/// The loop wakes at least this often even when the engine has no deadline,
+/// so a deadline added by an input is never slept through for long.
+const MAX_IDLE: Duration = Duration::from_secs(1);
+/// Floor on the wait before a tick: an engine that keeps reporting a past
+/// deadline must not spin a core.
+const MIN_TICK_WAIT: Duration = Duration::from_millis(5);
+
+pub type ReplySender = oneshot::Sender<Result<Reply, ApiError>>;
+pub type Query = Box<dyn FnOnce(&Engine) + Send + 'static>;
+
+pub enum Msg {
+    Input { input: Input, reply: Option<ReplySender> },
+    /// Read-only look at the engine. Run after the commit of any input that
+    /// came before it (read-your-writes).
+    Query(Query),
+}
+
+pub fn now() -> Timestamp {
+    Timestamp(jiff::Timestamp::now().as_microsecond())
+}
+
+/// The handle HTTP handlers and providers use to reach the actor.
+#[derive(Clone)]
+pub struct EngineHandle {
+    tx: mpsc::Sender<Msg>,
+}
+
+impl EngineHandle {
+    pub fn new(tx: mpsc::Sender<Msg>) -> Self {
+        EngineHandle { tx }
+    }
+
+    /// Steps `input` and waits until what it decided is durable.
+    pub async fn call(&self, input: Input) -> Result<Reply, ApiError> {
+        let (reply, rx) = oneshot::channel();
+        self.tx
+            .send(Msg::Input { input, reply: Some(reply) })
+            .await
+            .map_err(|_| ApiError::unavailable("the engine is shutting down"))?;
+        rx.await.map_err(|_| ApiError::unavailable("the engine stopped before answering"))?
+    }
+
+    /// Runs `f` on the engine, after every input queued before it is committed.
+    pub async fn query<R, F>(&self, f: F) -> Result<R, ApiError>
+    where
+        R: Send + 'static,
+        F: FnOnce(&Engine) -> R + Send + 'static,
+    {
+        let (tx, rx) = oneshot::channel();
+        let query: Query = Box::new(move |engine: &Engine| {
+            let _ = tx.send(f(engine));
+        });
+        self.tx
+            .send(Msg::Query(query))
+            .await
+            .map_err(|_| ApiError::unavailable("the engine is shutting down"))?;
+        rx.await.map_err(|_| ApiError::unavailable("the engine stopped before answering"))
+    }
+
+    /// Queues an input without waiting for its outcome.
+    pub async fn send(&self, input: Input) -> bool {
+        self.tx.send(Msg::Input { input, reply: None }).await.is_ok()
+    }
+}
+
+/// Hands actions to the providers that carry them out and feeds the results
+/// back to the engine.
+///
+/// Action records do not name their provider, so the provider is looked up
+/// from the instance's view (`InstanceView::provider`); an instance the
+/// engine cannot show (yet) goes to the default provider. Today every
+/// configured provider name maps to the one sim provider (see `lib.rs`).
+#[derive(Clone)]
+pub struct Dispatcher {
+    providers: HashMap<String, Arc<dyn Provider>>,
+    default_provider: Arc<dyn Provider>,
+    engine: EngineHandle,
+}
+
+impl Dispatcher {
+    pub fn new(
+        providers: HashMap<String, Arc<dyn Provider>>,
+        default_provider: Arc<dyn Provider>,
+        engine: EngineHandle,
+    ) -> Self {
+        Dispatcher { providers, default_provider, engine }
+    }
+
+    pub fn dispatch(&self, engine: &Engine, actions: Vec<ActionRecord>) {
+        for action in actions {
+            let provider = engine
+                .instance_view(action.instance)
+                .and_then(|v| self.providers.get(&v.provider).cloned())
+                .unwrap_or_else(|| self.default_provider.clone());
+            let kind = action.kind.name();
+            metrics::counter!(telemetry::ACTIONS_DISPATCHED, "kind" => kind).increment(1);
+            tracing::info!(action = %action.id, kind, instance = %action.instance, attempt = action.attempts,
+                provider = provider.name(), "dispatching action");
+            let (id, attempt) = (action.id, action.attempts);
+            let execution = provider.execute(action);
+            let handle = self.engine.clone();
+            tokio::spawn(async move {
+                let outcome = execution.await;
+                let label = match &outcome {
+                    drover_model::ActionOutcome::Succeeded { .. } => "succeeded",
+                    drover_model::ActionOutcome::Failed { .. } => "failed",
+                };
+                metrics::counter!(telemetry::ACTION_RESULTS, "kind" => kind, "outcome" => label).increment(1);
+                tracing::debug!(action = %id, kind, attempt, outcome = label, "action attempt finished");
+                handle.send(Input::ActionResult { action: id, attempt, outcome }).await;
+            });
+        }
+    }
+}
+
+/// Forwards what providers report on their own to the engine.
+pub fn forward_provider_events(mut events: mpsc::Receiver<ProviderEvent>, engine: EngineHandle) {
+    tokio::spawn(async move {
+        while let Some(event) = events.recv().await {
+            let input = match event {
+                ProviderEvent::Beats(beats) => {
+                    metrics::counter!(telemetry::HEARTBEATS_RECEIVED).increment(beats.len() as u64);
+                    Input::Heartbeats(beats)
+                }
+                ProviderEvent::Gone { instance, detail } => {
+                    tracing::warn!(%instance, %detail, "provider reports instance gone");
+                    Input::ProviderReport { instance, gone: true, detail }
+                }
+            };
+            if !engine.send(input).await {
+                break;
+            }
+        }
+    });
+}
+
+/// Commits `changes` on a blocking thread; records latency and failures.
+pub async fn commit(store: &Arc<dyn Store>, changes: Changes) -> Result<(), String> {
+    if changes.is_empty() {
+        return Ok(());
+    }
+    let store = store.clone();
+    let started = Instant::now();
+    let result = tokio::task::spawn_blocking(move || store.commit(changes)).await;
+    metrics::histogram!(telemetry::COMMIT_SECONDS).record(started.elapsed().as_secs_f64());
+    let result = match result {
+        Ok(Ok(())) => Ok(()),
+        Ok(Err(e)) => Err(e.to_string()),
+        Err(join) => Err(format!("store commit task failed: {join}")),
+    };
+    if result.is_err() {
+        metrics::counter!(telemetry::COMMIT_FAILURES).increment(1);
+    }
+    result
+}
+
+pub struct Actor {
+    pub engine: Engine,
+    pub store: Arc<dyn Store>,
+    pub dispatcher: Dispatcher,
+    pub inbox: mpsc::Receiver<Msg>,
+    pub shutdown: watch::Receiver<bool>,
+}
+
+impl Actor {
+    pub async fn run(mut self) {
+        let mut batch: Vec<Msg> = Vec::with_capacity(MAX_BATCH);
+        loop {
+            let wait = self.wait_for_deadline();
+            tokio::select! {
+                biased;
+                _ = self.shutdown.changed() => break,
+                received = self.inbox.recv_many(&mut batch, MAX_BATCH) => {
+                    if received == 0 {
+                        break;
+                    }
+                }
+                _ = tokio::time::sleep(wait) => {}
+            }
+            self.handle_batch(&mut batch).await;
+            if *self.shutdown.borrow() {
+                break;
+            }
+        }
+        tracing::info!("engine actor stopped");
+    }
+
+    fn wait_for_deadline(&self) -> Duration {
+        match self.engine.next_deadline() {
+            Some(deadline) => {
+                let micros = deadline.0.saturating_sub(now().0).max(0) as u64;
+                Duration::from_micros(micros).clamp(MIN_TICK_WAIT, MAX_IDLE)
+            }
+            None => MAX_IDLE,
+        }
+    }
+
+    async fn handle_batch(&mut self, batch: &mut Vec<Msg>) {
+        let now = now();
+        metrics::histogram!(telemetry::ENGINE_BATCH_SIZE).record(batch.len() as f64);
+        let mut changes = Changes::default();
+        let mut dispatch = Vec::new();
+        let mut replies: Vec<(ReplySender, Result<Reply, ApiError>)> = Vec::new();
+        let mut deferred: Vec<Query> = Vec::new();
+        let mut steps = 0u64;
+
+        if self.engine.next_deadline().is_some_and(|d| d <= now) {
+            let out = self.engine.step(Input::Tick, now);
+            steps += 1;
+            changes.extend(out.changes);
+            dispatch.extend(out.dispatch);
+        }
+        for msg in batch.drain(..) {
+            match msg {
+                Msg::Input { input, reply } => {
+                    if let Input::Heartbeats(beats) = &input {
+                        if reply.is_some() {
+                            // Provider beats are counted where they arrive.
+                            metrics::counter!(telemetry::HEARTBEATS_RECEIVED).increment(beats.len() as u64);
+                        }
+                    }
+                    let out = self.engine.step(input, now);
+                    steps += 1;
+                    changes.extend(out.changes);
+                    dispatch.extend(out.dispatch);
+                    if let Some(reply) = reply {
+                        let answer = match out.reply {
+                            Some(Ok(r)) => Ok(r),
+                            Some(Err(e)) => Err(ApiError::from(e)),
+                            None => Err(ApiError::internal("the engine gave no answer to this request")),
+                        };
+                        replies.push((reply, answer));
+                    }
+                }
+                Msg::Query(query) => {
+                    if steps == 0 {
+                        query(&self.engine);
+                    } else {
+                        deferred.push(query);
+                    }
+                }
+            }
+        }
+        metrics::counter!(telemetry::ENGINE_STEPS).increment(steps);
+
+        match commit(&self.store, changes).await {
+            Ok(()) => {
+                for (reply, answer) in replies {
+                    let _ = reply.send(answer);
+                }
+                self.dispatcher.dispatch(&self.engine, dispatch);
+            }
+            Err(error) => {
+                // The engine's memory is now ahead of the store. Later commits
+                // upsert the newest records again; the running actions that
+                // were not dispatched time out and are retried by the engine.
+                tracing::error!(%error, actions = dispatch.len(), "group commit failed; nothing dispatched, callers told");
+                for (reply, _) in replies {
+                    let _ = reply.send(Err(ApiError::unavailable(format!(
+                        "the store could not persist this change: {error}; retry later"
+                    ))));
+                }
+            }
+        }
+        for query in deferred {
+            query(&self.engine);
+        }
+    }
+}
