@@ -1,0 +1,501 @@
+//! The simulated world as plain data: what each simulated machine is doing,
+//! how an action changes it, and what its agent would report on a heartbeat.
+//! No clock, no I/O: callers pass `now` (Unix microseconds), which keeps the
+//! rules testable without timing.
+
+use drover_model::{ActionKind, ActionOutcome, ActionRecord, Beat, Facts, Fault, InstanceId, Role, ServiceId};
+use serde::{Deserialize, Serialize};
+use std::collections::{BTreeMap, HashMap};
+
+/// How fast a writable simulated primary's WAL grows. Driven by wall-clock
+/// time rather than by beats, so a primary keeps "writing" while the control
+/// plane is down and its WAL never steps back across a restart. 64 KiB/s is
+/// a quiet database; the value only has to make growth visible every beat.
+pub const WAL_BYTES_PER_SECOND: u64 = 64 * 1024;
+
+/// Version of the state file layout; bump it on any incompatible change.
+pub const STATE_FORMAT: u64 = 1;
+
+/// One simulated instance: a machine running one server of a service.
+#[derive(Clone, Debug, Serialize, Deserialize, PartialEq)]
+pub struct SimInstance {
+    pub id: InstanceId,
+    pub service: ServiceId,
+    pub role: Role,
+    pub zone: String,
+    /// Crash, Hang or Partition; never Heal. One fault at a time: a later
+    /// Hang or Partition replaces an earlier one, a Crash sticks until Restart.
+    pub fault: Option<Fault>,
+    /// The provider made sure it cannot accept writes. Permanent: a fenced
+    /// instance is replaced, never un-fenced (a restart keeps the fence).
+    pub fenced: bool,
+    /// False once retired: no process, no beats.
+    pub running: bool,
+    pub archived: bool,
+    pub wal_position: u64,
+    /// Sequence number of the last beat sent for it.
+    pub seq: u64,
+}
+
+impl SimInstance {
+    /// The process runs and answers (it may still be partitioned from the control plane).
+    fn is_alive(&self) -> bool {
+        self.running && !matches!(self.fault, Some(Fault::Crash) | Some(Fault::Hang))
+    }
+    /// Accepts writes, so its WAL grows. A partitioned primary still serves its clients.
+    fn is_writing(&self) -> bool {
+        self.is_alive() && self.role == Role::Primary && !self.fenced
+    }
+}
+
+/// The state file as written to disk.
+#[derive(Serialize, Deserialize)]
+pub struct StateFile {
+    pub format: u64,
+    /// The moment the WAL positions below were last advanced to.
+    pub wal_clock_micros: i64,
+    pub instances: Vec<SimInstance>,
+}
+
+/// Just the version, read first so an old or newer layout gets its own error.
+#[derive(Deserialize)]
+pub struct StateFileHeader {
+    pub format: u64,
+}
+
+/// What applying one action did.
+pub struct Applied {
+    pub outcome: ActionOutcome,
+    /// The world changed and must be persisted before the outcome is reported.
+    pub changed: bool,
+    /// The target does not exist: report it gone (see `SimProvider` docs).
+    pub gone: Option<String>,
+}
+
+#[derive(Default)]
+pub struct World {
+    /// Ordered by id so the state file is stable and diffs stay readable.
+    instances: BTreeMap<InstanceId, SimInstance>,
+    /// The moment every writing primary's WAL was last advanced to.
+    wal_clock_micros: i64,
+    /// A follower's last reported lag, kept when its primary is gone and the
+    /// true lag is unknown. Memory only: after a restart it starts at 0.
+    last_lag: HashMap<InstanceId, u64>,
+}
+
+fn succeeded(detail: impl Into<String>) -> ActionOutcome {
+    ActionOutcome::Succeeded { detail: Some(detail.into()) }
+}
+fn refused(error: impl Into<String>) -> ActionOutcome {
+    ActionOutcome::Failed { error: error.into(), retryable: false }
+}
+
+impl World {
+    pub fn empty(now: i64) -> World {
+        World { wal_clock_micros: now, ..World::default() }
+    }
+
+    /// Rebuilds the world from its file. Machines kept running while nobody
+    /// watched: primaries' WAL advances to `now`, and beat sequence numbers
+    /// restart from `now` in microseconds so they stay monotonic across a
+    /// restart without persisting every beat.
+    pub fn from_state(state: StateFile, now: i64) -> Result<World, String> {
+        let count = state.instances.len();
+        let mut instances = BTreeMap::new();
+        for mut instance in state.instances {
+            if instance.fault == Some(Fault::Heal) {
+                return Err(format!("instance {} has fault \"heal\", which is not a state", instance.id));
+            }
+            instance.seq = instance.seq.max(now.max(0) as u64);
+            instances.insert(instance.id, instance);
+        }
+        if instances.len() != count {
+            return Err("an instance id appears more than once".into());
+        }
+        let mut world = World { instances, wal_clock_micros: state.wal_clock_micros, last_lag: HashMap::new() };
+        world.advance_wal(now);
+        Ok(world)
+    }
+
+    pub fn to_state(&self) -> StateFile {
+        StateFile {
+            format: STATE_FORMAT,
+            wal_clock_micros: self.wal_clock_micros,
+            instances: self.instances.values().cloned().collect(),
+        }
+    }
+
+    pub fn get(&self, id: InstanceId) -> Option<&SimInstance> {
+        self.instances.get(&id)
+    }
+
+    pub fn instances(&self) -> impl Iterator<Item = &SimInstance> {
+        self.instances.values()
+    }
+
+    /// Carries out one attempt of `action` on the world. Idempotent by
+    /// construction: every branch checks whether the effect already holds.
+    pub fn apply(&mut self, action: &ActionRecord, now: i64) -> Applied {
+        let id = action.instance;
+        let before = self.instances.get(&id).cloned();
+        let (outcome, gone) = self.apply_kind(action, now);
+        let changed = before.as_ref() != self.instances.get(&id);
+        Applied { outcome, changed, gone: gone.then(|| format!("no simulated instance {id} exists")) }
+    }
+
+    /// The outcome, and whether the target is unknown in a way that means its
+    /// machine is gone.
+    fn apply_kind(&mut self, action: &ActionRecord, now: i64) -> (ActionOutcome, bool) {
+        let id = action.instance;
+        if let ActionKind::Provision { role, zone, image: _ } = &action.kind {
+            return (self.provision(action.service, id, *role, zone, now), false);
+        }
+        let Some(instance) = self.instances.get_mut(&id) else {
+            let unknown = format!("no simulated instance {id}");
+            return match &action.kind {
+                ActionKind::Fence => (succeeded(format!("{unknown}: nothing left that could write")), false),
+                ActionKind::Retire | ActionKind::Archive | ActionKind::Terminate => {
+                    (succeeded(format!("{unknown}: already gone")), false)
+                }
+                _ => {
+                    (refused(format!("{unknown}: the machine does not exist (never provisioned, or terminated)")), true)
+                }
+            };
+        };
+        let outcome = match &action.kind {
+            ActionKind::Provision { .. } => unreachable!("handled above"),
+            ActionKind::Probe => probe(instance),
+            ActionKind::Fence => fence(instance),
+            ActionKind::Promote => promote(instance),
+            ActionKind::Restart => restart(instance),
+            ActionKind::Retire => {
+                if instance.running {
+                    instance.running = false;
+                    succeeded("retired: process stopped for good")
+                } else {
+                    succeeded("already retired")
+                }
+            }
+            ActionKind::Archive => {
+                let detail = if instance.archived {
+                    "already archived"
+                } else if instance.running {
+                    "retired, then archived (it was still running)"
+                } else {
+                    "archived"
+                };
+                instance.running = false;
+                instance.archived = true;
+                succeeded(detail)
+            }
+            ActionKind::Terminate => {
+                self.instances.remove(&id);
+                self.last_lag.remove(&id);
+                succeeded("terminated: nothing left of it")
+            }
+            ActionKind::InjectFault { fault } => inject(instance, *fault),
+        };
+        (outcome, false)
+    }
+
+    fn provision(&mut self, service: ServiceId, id: InstanceId, role: Role, zone: &str, now: i64) -> ActionOutcome {
+        if let Some(existing) = self.instances.get(&id) {
+            if existing.service != service {
+                return refused(format!(
+                    "instance id {id} already belongs to service {}, not {service}",
+                    existing.service
+                ));
+            }
+            return succeeded("already provisioned");
+        }
+        self.instances.insert(
+            id,
+            SimInstance {
+                id,
+                service,
+                role,
+                zone: zone.to_string(),
+                fault: None,
+                fenced: false,
+                running: true,
+                archived: false,
+                wal_position: 0,
+                seq: now.max(0) as u64,
+            },
+        );
+        succeeded(format!("provisioned as {role} in {zone}"))
+    }
+
+    /// Grows every writing primary's WAL for the time since the last advance.
+    fn advance_wal(&mut self, now: i64) {
+        let elapsed = now.saturating_sub(self.wal_clock_micros);
+        if elapsed <= 0 {
+            // The wall clock stepped back: hold positions rather than rewind.
+            return;
+        }
+        let bytes = (elapsed as u128 * WAL_BYTES_PER_SECOND as u128 / 1_000_000) as u64;
+        if bytes == 0 {
+            // Keep the clock so short intervals accumulate.
+            return;
+        }
+        for instance in self.instances.values_mut().filter(|i| i.is_writing()) {
+            instance.wal_position = instance.wal_position.saturating_add(bytes);
+        }
+        self.wal_clock_micros = now;
+    }
+
+    /// One heartbeat round at `now`: advances WAL and replication, then
+    /// returns a beat for every instance the control plane can hear (running,
+    /// not crashed, not hung, not partitioned). O(instances).
+    pub fn heartbeat(&mut self, now: i64) -> Vec<Beat> {
+        self.advance_wal(now);
+
+        // Each service's current primary: running, unfenced, role primary.
+        // Should there be more than one (the engine erred), followers stream
+        // from a live one, then from the furthest ahead.
+        struct Upstream {
+            wal: u64,
+            alive: bool,
+        }
+        let mut upstreams: HashMap<ServiceId, Upstream> = HashMap::new();
+        for primary in self.instances.values().filter(|i| i.running && !i.fenced && i.role == Role::Primary) {
+            let candidate = Upstream { wal: primary.wal_position, alive: primary.is_alive() };
+            upstreams
+                .entry(primary.service)
+                .and_modify(|best| {
+                    if (candidate.alive, candidate.wal) > (best.alive, best.wal) {
+                        *best = Upstream { ..candidate };
+                    }
+                })
+                .or_insert(Upstream { ..candidate });
+        }
+
+        let mut beats = Vec::new();
+        for instance in self.instances.values_mut().filter(|i| i.running) {
+            let mut facts = Facts { role: Some(instance.role), ..Facts::default() };
+            match instance.role {
+                Role::Primary => facts.writable = Some(!instance.fenced),
+                Role::Follower => {
+                    let upstream = upstreams.get(&instance.service);
+                    // A partitioned follower still streams: the partition is
+                    // between the control plane and the instance only.
+                    let streaming = instance.is_alive() && upstream.is_some_and(|u| u.alive);
+                    if let (true, Some(upstream)) = (streaming, upstream) {
+                        instance.wal_position = upstream.wal;
+                    }
+                    let lag = match upstream {
+                        Some(upstream) => upstream.wal.saturating_sub(instance.wal_position),
+                        None => self.last_lag.get(&instance.id).copied().unwrap_or(0),
+                    };
+                    self.last_lag.insert(instance.id, lag);
+                    facts.writable = Some(false);
+                    facts.replication_lag_bytes = Some(lag);
+                    facts.upstream_streaming = Some(streaming);
+                }
+            }
+            facts.wal_position = Some(instance.wal_position);
+            if instance.is_alive() && instance.fault != Some(Fault::Partition) {
+                instance.seq += 1;
+                beats.push(Beat { instance: instance.id, seq: instance.seq, facts });
+            }
+        }
+        beats
+    }
+}
+
+fn probe(instance: &SimInstance) -> ActionOutcome {
+    if !instance.running {
+        return refused("retired: no process runs");
+    }
+    match instance.fault {
+        Some(Fault::Crash) => refused("process crashed: nothing listens"),
+        Some(Fault::Hang) => refused("process hung: it accepts connections but answers nothing"),
+        Some(Fault::Partition) => succeeded("alive (reached out of band; the control plane cannot hear it)"),
+        Some(Fault::Heal) | None => succeeded("alive"),
+    }
+}
+
+fn fence(instance: &mut SimInstance) -> ActionOutcome {
+    let was_fenced = instance.fenced;
+    instance.fenced = true;
+    let detail = match instance.fault {
+        Some(Fault::Hang) => {
+            // A hung process may wake up and write: kill it.
+            instance.fault = Some(Fault::Crash);
+            "hung process killed and fenced"
+        }
+        Some(Fault::Crash) if was_fenced => "already fenced (and crashed)",
+        Some(Fault::Crash) => "crashed: it already cannot write; fenced",
+        _ if was_fenced => "already fenced",
+        _ if !instance.running => "retired: nothing runs; fenced",
+        Some(Fault::Partition) => "fenced out of band (partitioned from the control plane)",
+        _ => "fenced",
+    };
+    succeeded(detail)
+}
+
+fn promote(instance: &mut SimInstance) -> ActionOutcome {
+    if !instance.running {
+        return refused("cannot promote a retired instance");
+    }
+    match instance.fault {
+        Some(Fault::Crash) => return refused("cannot promote: process crashed"),
+        Some(Fault::Hang) => return refused("cannot promote: process hung"),
+        _ => {}
+    }
+    if instance.fenced {
+        return refused("cannot promote a fenced instance: it must never accept writes again");
+    }
+    if instance.role == Role::Primary {
+        return succeeded("already primary");
+    }
+    instance.role = Role::Primary;
+    succeeded("promoted to primary")
+}
+
+fn restart(instance: &mut SimInstance) -> ActionOutcome {
+    if !instance.running {
+        return refused("cannot restart a retired instance");
+    }
+    let detail = match instance.fault {
+        Some(Fault::Crash) | Some(Fault::Hang) => {
+            instance.fault = None;
+            "process restarted"
+        }
+        // The network is not the process: a restart does not heal a partition.
+        Some(Fault::Partition) => "process restarted; still partitioned from the control plane",
+        Some(Fault::Heal) | None => "process restarted",
+    };
+    succeeded(detail)
+}
+
+fn inject(instance: &mut SimInstance, fault: Fault) -> ActionOutcome {
+    if !instance.running {
+        return refused(format!("cannot inject {fault}: the instance is retired"));
+    }
+    match (fault, instance.fault) {
+        (Fault::Heal, Some(Fault::Crash)) => succeeded("nothing healed: a crashed process needs a restart"),
+        (Fault::Heal, Some(Fault::Hang) | Some(Fault::Partition)) => {
+            instance.fault = None;
+            succeeded("healed")
+        }
+        (Fault::Heal, _) => succeeded("nothing to heal"),
+        (Fault::Crash, _) => {
+            instance.fault = Some(Fault::Crash);
+            succeeded("crashed")
+        }
+        // Setting a hang or partition on a dead process would bring it back.
+        (_, Some(Fault::Crash)) => refused(format!("cannot inject {fault}: the process crashed; restart it first")),
+        (fault, _) => {
+            instance.fault = Some(fault);
+            succeeded(format!("{fault} injected"))
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use drover_model::{ActionId, ActionState, ImageId, Timestamp};
+
+    const T0: i64 = 1_800_000_000_000_000;
+
+    fn action(service: ServiceId, instance: InstanceId, kind: ActionKind) -> ActionRecord {
+        ActionRecord {
+            id: ActionId::new_at(T0, instance.0.as_u128() as u64),
+            service,
+            instance,
+            kind,
+            state: ActionState::Running,
+            attempts: 1,
+            cause: "test".into(),
+            created_at: Timestamp(T0),
+            updated_at: Timestamp(T0),
+            deadline: Timestamp(T0),
+            error: None,
+        }
+    }
+    fn provision(role: Role) -> ActionKind {
+        ActionKind::Provision { role, zone: "zone-a".into(), image: ImageId("img".into()) }
+    }
+    fn beat_of(beats: &[Beat], id: InstanceId) -> Option<&Beat> {
+        beats.iter().find(|b| b.instance == id)
+    }
+
+    #[test]
+    fn primary_wal_grows_with_time_and_streaming_follower_copies_it() {
+        let service = ServiceId::new_at(T0, 1);
+        let (p, f) = (InstanceId::new_at(T0, 1), InstanceId::new_at(T0, 2));
+        let mut world = World::empty(T0);
+        world.apply(&action(service, p, provision(Role::Primary)), T0);
+        world.apply(&action(service, f, provision(Role::Follower)), T0);
+
+        let beats = world.heartbeat(T0 + 1_000_000);
+        let primary = &beat_of(&beats, p).unwrap().facts;
+        assert_eq!(primary.wal_position, Some(WAL_BYTES_PER_SECOND));
+        assert_eq!(primary.writable, Some(true));
+        let follower = &beat_of(&beats, f).unwrap().facts;
+        assert_eq!(follower.wal_position, Some(WAL_BYTES_PER_SECOND));
+        assert_eq!(follower.replication_lag_bytes, Some(0));
+        assert_eq!(follower.upstream_streaming, Some(true));
+        assert_eq!(follower.writable, Some(false));
+
+        // Fenced: the primary stops writing, followers lose their upstream.
+        world.apply(&action(service, p, ActionKind::Fence), T0);
+        let beats = world.heartbeat(T0 + 2_000_000);
+        let primary = &beat_of(&beats, p).unwrap().facts;
+        assert_eq!(primary.wal_position, Some(WAL_BYTES_PER_SECOND));
+        assert_eq!(primary.writable, Some(false));
+        assert_eq!(beat_of(&beats, f).unwrap().facts.upstream_streaming, Some(false));
+    }
+
+    #[test]
+    fn follower_of_crashed_primary_keeps_its_wal_and_reports_the_gap() {
+        let service = ServiceId::new_at(T0, 1);
+        let (p, f) = (InstanceId::new_at(T0, 1), InstanceId::new_at(T0, 2));
+        let mut world = World::empty(T0);
+        world.apply(&action(service, p, provision(Role::Primary)), T0);
+        world.apply(&action(service, f, provision(Role::Follower)), T0);
+        world.heartbeat(T0 + 1_000_000);
+        // The follower crashes, the primary writes on, then the primary crashes.
+        world.apply(&action(service, f, ActionKind::InjectFault { fault: Fault::Crash }), T0);
+        world.heartbeat(T0 + 2_000_000);
+        world.apply(&action(service, f, ActionKind::Restart), T0);
+        world.apply(&action(service, p, ActionKind::InjectFault { fault: Fault::Crash }), T0);
+        let beats = world.heartbeat(T0 + 3_000_000);
+        assert!(beat_of(&beats, p).is_none(), "a crashed primary does not beat");
+        let follower = &beat_of(&beats, f).unwrap().facts;
+        assert_eq!(follower.upstream_streaming, Some(false));
+        assert_eq!(follower.wal_position, Some(WAL_BYTES_PER_SECOND));
+        assert_eq!(follower.replication_lag_bytes, Some(WAL_BYTES_PER_SECOND));
+        // Once the primary is fenced it is no upstream at all: the last lag is kept.
+        world.apply(&action(service, p, ActionKind::Fence), T0);
+        let beats = world.heartbeat(T0 + 4_000_000);
+        assert_eq!(beat_of(&beats, f).unwrap().facts.replication_lag_bytes, Some(WAL_BYTES_PER_SECOND));
+    }
+
+    #[test]
+    fn seq_restarts_from_wall_clock_and_wal_advances_while_nobody_watched() {
+        let service = ServiceId::new_at(T0, 1);
+        let p = InstanceId::new_at(T0, 1);
+        let mut world = World::empty(T0);
+        world.apply(&action(service, p, provision(Role::Primary)), T0);
+        let last = world.heartbeat(T0 + 1_000_000)[0].seq;
+        let saved = world.to_state();
+        let mut reopened = World::from_state(saved, T0 + 3_000_000).unwrap();
+        assert_eq!(reopened.get(p).unwrap().wal_position, 3 * WAL_BYTES_PER_SECOND);
+        let next = reopened.heartbeat(T0 + 3_000_001)[0].seq;
+        assert!(next > last, "seq {next} must exceed {last} after a reopen");
+    }
+
+    #[test]
+    fn a_wall_clock_stepping_back_never_rewinds_wal() {
+        let service = ServiceId::new_at(T0, 1);
+        let p = InstanceId::new_at(T0, 1);
+        let mut world = World::empty(T0);
+        world.apply(&action(service, p, provision(Role::Primary)), T0);
+        world.heartbeat(T0 + 2_000_000);
+        let beats = world.heartbeat(T0 + 1_000_000);
+        assert_eq!(beats[0].facts.wal_position, Some(2 * WAL_BYTES_PER_SECOND));
+    }
+}
