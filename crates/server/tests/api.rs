@@ -1,0 +1,271 @@
+//! Happy paths of every route, through real HTTP.
+
+mod common;
+
+use common::{followers, primary};
+use serde_json::{json, Value};
+use std::time::Duration;
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn healthz_answers_ok_once_ready() {
+    let mut t = common::start().await;
+    let (status, body) = t.get("/healthz").await;
+    assert_eq!((status, body), (200, json!({"status": "ok"})));
+    t.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_created_service_becomes_available_and_is_listed_shown_and_audited() {
+    let mut t = common::start().await;
+    let created = t.create_service("db1", 1).await;
+    assert_eq!(created["name"], "db1");
+    assert!(created["state"].is_string(), "{created}");
+    let instances = created["instances"].as_array().expect("instances");
+    assert_eq!(instances.len(), 2, "{created}");
+    for i in instances {
+        assert!(i["id"].is_string() && i["role"].is_string() && i["state"].is_string() && i["zone"].is_string(), "{i}");
+    }
+
+    let (status, dup) = t
+        .post("/v1/services", json!({"name": "db1", "engine": "postgres", "followers": 1}))
+        .await;
+    assert_eq!(status, 409, "{dup}");
+    assert!(dup["error"].is_string());
+
+    let service = t.wait_available("db1", Duration::from_secs(15)).await;
+    assert_eq!(primary(&service)["state"], "available");
+    assert_eq!(followers(&service).len(), 1);
+
+    let (status, list) = t.get("/v1/services").await;
+    assert_eq!(status, 200);
+    assert!(list.as_array().unwrap().iter().any(|s| s["name"] == "db1"), "{list}");
+
+    let id = primary(&service)["id"].as_str().unwrap().to_string();
+    let (status, instance) = t.get(&format!("/v1/instances/{id}")).await;
+    assert_eq!(status, 200, "{instance}");
+    assert_eq!(instance["id"], id.as_str());
+    assert_eq!(instance["role"], "primary");
+
+    let events = t.events("service=db1").await;
+    assert!(!events.is_empty());
+    for e in &events {
+        for key in ["instance", "from", "to", "cause", "at"] {
+            assert!(e.get(key).is_some(), "event lacks {key}: {e}");
+        }
+    }
+    assert!(
+        events.iter().any(|e| e["instance"] == id.as_str() && e["to"] == "available"),
+        "no event of the primary becoming available: {events:?}"
+    );
+    let by_instance = t.events(&format!("instance={id}")).await;
+    assert!(!by_instance.is_empty() && by_instance.iter().all(|e| e["instance"] == id.as_str()));
+    let limited = t.events("service=db1&limit=1").await;
+    assert_eq!(limited.len(), 1);
+    let last_seq = events.iter().filter_map(|e| e["seq"].as_u64()).max().unwrap();
+    assert!(t.events(&format!("service=db1&after={last_seq}")).await.is_empty());
+
+    let (status, actions) = t.get("/v1/actions?service=db1").await;
+    assert_eq!(status, 200);
+    let actions = actions.as_array().unwrap().clone();
+    assert!(
+        actions.iter().filter(|a| a["kind"] == "provision" && a["state"] == "succeeded").count() >= 2,
+        "{actions:?}"
+    );
+    let (status, all_actions) = t.get("/v1/actions").await;
+    assert_eq!(status, 200);
+    assert!(all_actions.as_array().unwrap().len() >= actions.len());
+
+    let (status, audit) = t.get("/v1/audit").await;
+    assert_eq!(status, 200);
+    assert!(
+        audit.as_array().unwrap().iter().any(|a| a["command"] == "services.create" && a["actor"] == "api"),
+        "{audit}"
+    );
+    t.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_actor_header_is_recorded_in_the_audit_trail() {
+    let mut t = common::start().await;
+    let r = t
+        .http
+        .post(t.at("/v1/services"))
+        .header(drover_server::ACTOR_HEADER, "alice")
+        .json(&json!({"name": "db-alice", "engine": "redis", "followers": 0}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 201);
+    let (_, audit) = t.get("/v1/audit").await;
+    assert!(audit.as_array().unwrap().iter().any(|a| a["actor"] == "alice"), "{audit}");
+    t.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn deleting_a_service_answers_202_deleting_and_404_when_unknown() {
+    let mut t = common::start().await;
+    t.create_service("gone", 0).await;
+    let (status, view) = t.delete("/v1/services/gone").await;
+    assert_eq!(status, 202, "{view}");
+    assert_eq!(view["state"], "deleting");
+    let (status, body) = t.delete("/v1/services/never-was").await;
+    assert_eq!(status, 404, "{body}");
+    assert!(body["error"].is_string());
+    t.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn heartbeats_are_counted_and_unknown_instances_reported() {
+    let mut t = common::start().await;
+    let service = t.create_service("hb", 0).await;
+    let id = primary(&service)["id"].as_str().unwrap().to_string();
+    let stranger = "01890a5d-ac96-774b-bcce-b302099a8057";
+    let (status, receipt) = t
+        .post(
+            "/v1/heartbeats",
+            json!({"beats": [
+                {"instance": id, "seq": 1_000_000_000u64, "facts": {"role": "primary", "writable": true}},
+                {"instance": stranger, "seq": 1}
+            ]}),
+        )
+        .await;
+    assert_eq!(status, 200, "{receipt}");
+    assert_eq!(receipt["unknown"], json!([stranger]), "{receipt}");
+    assert!(receipt["accepted"].as_u64().is_some() && receipt["stale"].as_u64().is_some());
+
+    let (status, empty) = t.post("/v1/heartbeats", json!({"beats": []})).await;
+    assert_eq!((status, empty["accepted"].clone()), (200, json!(0)));
+
+    let text = t.http.get(t.at("/metrics")).send().await.unwrap().text().await.unwrap();
+    let line = text
+        .lines()
+        .find(|l| l.starts_with("drover_heartbeats_received_total"))
+        .unwrap_or_else(|| panic!("no heartbeat counter in /metrics:\n{text}"));
+    let count: f64 = line.rsplit(' ').next().unwrap().parse().unwrap();
+    assert!(count >= 2.0, "{line}");
+    t.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn metrics_show_engine_counters_and_fleet_gauges_without_ids() {
+    let mut t = common::start().await;
+    t.create_service("m1", 1).await;
+    t.wait_available("m1", Duration::from_secs(15)).await;
+    let r = t.http.get(t.at("/metrics")).send().await.unwrap();
+    assert_eq!(r.status(), 200);
+    assert!(r.headers()["content-type"].to_str().unwrap().starts_with("text/plain"));
+    let text = r.text().await.unwrap();
+    for name in [
+        "drover_heartbeats_received_total",
+        "drover_engine_steps_total",
+        "drover_store_commit_seconds_bucket",
+        "drover_actions_dispatched_total{kind=\"provision\"}",
+        "drover_instances{state=\"available\"}",
+        "drover_services{state=\"available\"}",
+    ] {
+        assert!(text.contains(name), "/metrics lacks {name}:\n{text}");
+    }
+    assert!(!text.contains("m1"), "a service name leaked into a label");
+    t.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn default_images_are_registered_at_start_up() {
+    let mut t = common::start().await;
+    let (status, images) = t.get("/v1/images").await;
+    assert_eq!(status, 200);
+    let images = images.as_array().unwrap();
+    for engine in ["postgres", "redis", "kafka"] {
+        assert!(images.iter().any(|i| i["engine"] == engine), "no {engine} image: {images:?}");
+    }
+    let pg = images.iter().find(|i| i["engine"] == "postgres").unwrap();
+    assert_eq!(pg["packages"]["postgresql-15"], "15.18");
+    assert!(pg["id"].as_str().unwrap().starts_with("sha256:"));
+    t.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn chaos_answers_202_with_the_action_record() {
+    let mut t = common::start().await;
+    t.create_service("chaos1", 1).await;
+    let service = t.wait_available("chaos1", Duration::from_secs(15)).await;
+    let follower = followers(&service)[0]["id"].as_str().unwrap().to_string();
+    let (status, action) = t.post("/v1/chaos", json!({"instance": follower, "fault": "partition"})).await;
+    assert_eq!(status, 202, "{action}");
+    assert_eq!(action["kind"], "inject_fault");
+    assert_eq!(action["fault"], "partition");
+    assert_eq!(action["instance"], follower.as_str());
+    let (status, body) = t
+        .post("/v1/chaos", json!({"instance": "01890a5d-ac96-774b-bcce-b302099a8057", "fault": "crash"}))
+        .await;
+    assert_eq!(status, 404, "{body}");
+    t.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn openapi_lists_every_route() {
+    let mut t = common::start().await;
+    let (status, doc) = t.get("/openapi.json").await;
+    assert_eq!(status, 200);
+    assert!(doc["openapi"].as_str().unwrap().starts_with("3."), "{}", doc["openapi"]);
+    let paths = doc["paths"].as_object().expect("paths");
+    let expect: &[(&str, &[&str])] = &[
+        ("/healthz", &["get"]),
+        ("/v1/services", &["get", "post"]),
+        ("/v1/services/{name}", &["get", "delete"]),
+        ("/v1/instances/{id}", &["get"]),
+        ("/v1/events", &["get"]),
+        ("/v1/heartbeats", &["post"]),
+        ("/v1/chaos", &["post"]),
+        ("/v1/actions", &["get"]),
+        ("/v1/audit", &["get"]),
+        ("/v1/images", &["get"]),
+        ("/metrics", &["get"]),
+        ("/openapi.json", &["get"]),
+    ];
+    for (path, methods) in expect {
+        let item: &Value = paths.get(*path).unwrap_or_else(|| panic!("{path} missing from the OpenAPI document"));
+        for m in *methods {
+            assert!(item.get(*m).is_some(), "{m} {path} missing");
+        }
+    }
+    for schema in ["ServiceView", "CreateService", "ActionRecord", "Event", "ErrorBody"] {
+        assert!(doc["components"]["schemas"].get(schema).is_some(), "schema {schema} missing");
+    }
+    t.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn state_survives_a_clean_restart_on_the_same_data_dir() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().to_path_buf();
+    let first = drover_server::start(common::fast_options(&path)).await.unwrap();
+    let http = reqwest::Client::new();
+    let url = first.url();
+    common::poll(Duration::from_secs(10), "first healthy", || async {
+        let r = http.get(format!("{url}/healthz")).send().await.ok()?;
+        (r.status() == 200).then_some(())
+    })
+    .await;
+    let r = http
+        .post(format!("{url}/v1/services"))
+        .json(&json!({"name": "keep", "engine": "postgres", "followers": 1}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 201);
+    first.stop().await.unwrap();
+
+    let second = drover_server::start(common::fast_options(&path)).await.unwrap();
+    let url = second.url();
+    let service = common::poll(Duration::from_secs(10), "service after restart", || async {
+        let r = http.get(format!("{url}/v1/services/keep")).send().await.ok()?;
+        if r.status() != 200 {
+            return None;
+        }
+        r.json::<Value>().await.ok()
+    })
+    .await;
+    assert_eq!(service["name"], "keep");
+    second.stop().await.unwrap();
+}
