@@ -32,6 +32,8 @@ pub struct World {
     /// Kinds of action that fail (non-retryable) in this world.
     pub failing: Vec<&'static str>,
     pub executed: Vec<(ActionId, u32, &'static str, InstanceId)>,
+    /// Terminated ids: a late, duplicate Provision must not bring one back.
+    pub tombstones: std::collections::BTreeSet<InstanceId>,
 }
 
 impl World {
@@ -49,6 +51,7 @@ impl World {
             return fail("configured to fail");
         }
         match &a.kind {
+            ActionKind::Provision { .. } if self.tombstones.contains(&a.instance) => fail("instance was terminated"),
             ActionKind::Provision { role, .. } => {
                 self.insts.entry(a.instance).or_insert(W {
                     service: a.service,
@@ -111,6 +114,7 @@ impl World {
                     ActionKind::Archive => ok,
                     ActionKind::Terminate => {
                         self.insts.remove(&a.instance);
+                        self.tombstones.insert(a.instance);
                         ok
                     }
                     ActionKind::InjectFault { fault } => {
@@ -244,6 +248,7 @@ pub struct H {
     pub heartbeat_every: i64,
     last_beat: i64,
     pub dispatched: Vec<ActionRecord>,
+    pub restarts: u64,
 }
 
 impl H {
@@ -260,6 +265,7 @@ impl H {
             heartbeat_every: 1_000_000,
             last_beat: 0,
             dispatched: Vec::new(),
+            restarts: 0,
         };
         for engine in [EngineKind::Postgres, EngineKind::Redis] {
             h.command(Command::RegisterImage(image(engine))).expect("image registers");
@@ -400,7 +406,11 @@ impl H {
     /// Simulates kill -9 and restart: a new engine from what was committed.
     pub fn crash_and_restore(&mut self) {
         self.inflight.clear();
-        let (e, out) = Engine::restore(self.config.clone(), 99, self.store.snapshot(), Timestamp(self.now));
+        // A new process draws a new seed (ids are time + seeded randomness;
+        // the same seed in the same millisecond would mint the same ids).
+        self.restarts += 1;
+        let seed = 1000 + self.restarts;
+        let (e, out) = Engine::restore(self.config.clone(), seed, self.store.snapshot(), Timestamp(self.now));
         self.e = e;
         self.absorb(out);
     }
