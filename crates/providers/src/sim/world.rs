@@ -55,6 +55,10 @@ pub struct StateFile {
     /// The moment the WAL positions below were last advanced to.
     pub wal_clock_micros: i64,
     pub instances: Vec<SimInstance>,
+    /// Ids terminated for good: a late duplicate Provision must not bring
+    /// one back (the engine's safety property test found that hazard).
+    #[serde(default)]
+    pub terminated: Vec<InstanceId>,
 }
 
 /// Just the version, read first so an old or newer layout gets its own error.
@@ -81,6 +85,8 @@ pub struct World {
     /// A follower's last reported lag, kept when its primary is gone and the
     /// true lag is unknown. Memory only: after a restart it starts at 0.
     last_lag: HashMap<InstanceId, u64>,
+    /// Tombstones of terminated ids.
+    terminated: std::collections::BTreeSet<InstanceId>,
 }
 
 fn succeeded(detail: impl Into<String>) -> ActionOutcome {
@@ -112,7 +118,12 @@ impl World {
         if instances.len() != count {
             return Err("an instance id appears more than once".into());
         }
-        let mut world = World { instances, wal_clock_micros: state.wal_clock_micros, last_lag: HashMap::new() };
+        let mut world = World {
+            instances,
+            wal_clock_micros: state.wal_clock_micros,
+            last_lag: HashMap::new(),
+            terminated: state.terminated.into_iter().collect(),
+        };
         world.advance_wal(now);
         Ok(world)
     }
@@ -122,6 +133,7 @@ impl World {
             format: STATE_FORMAT,
             wal_clock_micros: self.wal_clock_micros,
             instances: self.instances.values().cloned().collect(),
+            terminated: self.terminated.iter().copied().collect(),
         }
     }
 
@@ -191,6 +203,7 @@ impl World {
             ActionKind::Terminate => {
                 self.instances.remove(&id);
                 self.last_lag.remove(&id);
+                self.terminated.insert(id);
                 succeeded("terminated: nothing left of it")
             }
             ActionKind::InjectFault { fault } => inject(instance, *fault),
@@ -199,6 +212,9 @@ impl World {
     }
 
     fn provision(&mut self, service: ServiceId, id: InstanceId, role: Role, zone: &str, now: i64) -> ActionOutcome {
+        if self.terminated.contains(&id) {
+            return refused(format!("instance {id} was terminated; a terminated id is never provisioned again"));
+        }
         if let Some(existing) = self.instances.get(&id) {
             if existing.service != service {
                 return refused(format!(
@@ -420,6 +436,20 @@ mod tests {
     }
     fn beat_of(beats: &[Beat], id: InstanceId) -> Option<&Beat> {
         beats.iter().find(|b| b.instance == id)
+    }
+
+    #[test]
+    fn a_late_duplicate_provision_never_resurrects_a_terminated_instance() {
+        let service = ServiceId::new_at(T0, 1);
+        let p = InstanceId::new_at(T0, 1);
+        let mut world = World::empty(T0);
+        world.apply(&action(service, p, provision(Role::Primary)), T0);
+        world.apply(&action(service, p, ActionKind::Terminate), T0);
+        let again = world.apply(&action(service, p, provision(Role::Primary)), T0);
+        assert!(matches!(again.outcome, ActionOutcome::Failed { retryable: false, .. }), "{:?}", again.outcome);
+        assert!(world.get(p).is_none());
+        let reopened = World::from_state(world.to_state(), T0).unwrap();
+        assert!(reopened.terminated.contains(&p), "tombstones survive a restart");
     }
 
     #[test]
