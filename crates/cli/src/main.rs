@@ -162,6 +162,9 @@ enum BenchCmd {
     Heartbeats {
         #[arg(long, default_value_t = 100_000)]
         instances: usize,
+        /// Rounds of one heartbeat per instance (one simulated second each).
+        #[arg(long, default_value_t = 10)]
+        rounds: usize,
     },
 }
 
@@ -189,10 +192,7 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
     let json = cli.json;
     match cli.command {
         Cmd::Serve(args) => serve(args).await,
-        Cmd::Bench(BenchCmd::Heartbeats { instances }) => {
-            bench::heartbeats(instances);
-            Ok(())
-        }
+        Cmd::Bench(BenchCmd::Heartbeats { instances, rounds }) => bench::heartbeats(instances, rounds),
         Cmd::Services(cmd) => match cmd {
             ServicesCmd::Create { name, engine, followers, provider, sync, team, zones } => {
                 let mut body = serde_json::json!({ "name": name, "engine": engine, "followers": followers });
@@ -298,6 +298,8 @@ async fn serve(args: ServeArgs) -> anyhow::Result<()> {
             tracing_subscriber::EnvFilter::try_from_default_env()
                 .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info")),
         )
+        .with_writer(std::io::stderr)
+        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
         .init();
     let mut opts = drover_server::ServeOptions::new(&args.data_dir, args.listen);
     if let Some(ms) = args.uncertain_after_ms {
