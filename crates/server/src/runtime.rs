@@ -290,3 +290,130 @@ impl Actor {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use drover_model::{ActionOutcome, AuditEntry, CreateService, EngineKind, Event, ServiceId, Snapshot};
+    use drover_providers::BoxFuture;
+    use drover_store::{EventFilter, StoreError};
+    use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+
+    /// A store whose commits fail while `broken` is set.
+    #[derive(Default)]
+    struct FlakyStore {
+        broken: AtomicBool,
+        commits: AtomicUsize,
+    }
+    impl Store for FlakyStore {
+        fn load(&self) -> Result<Snapshot, StoreError> {
+            Ok(Snapshot::default())
+        }
+        fn commit(&self, _changes: Changes) -> Result<(), StoreError> {
+            if self.broken.load(Ordering::SeqCst) {
+                return Err(StoreError::WriterStopped);
+            }
+            self.commits.fetch_add(1, Ordering::SeqCst);
+            Ok(())
+        }
+        fn events(&self, _filter: &EventFilter) -> Result<Vec<Event>, StoreError> {
+            Ok(Vec::new())
+        }
+        fn audit(&self, _limit: usize) -> Result<Vec<AuditEntry>, StoreError> {
+            Ok(Vec::new())
+        }
+        fn actions(&self, _service: Option<ServiceId>, _limit: usize) -> Result<Vec<ActionRecord>, StoreError> {
+            Ok(Vec::new())
+        }
+    }
+
+    /// A provider that only counts what it is asked to do and never answers.
+    #[derive(Default)]
+    struct CountingProvider {
+        executed: AtomicUsize,
+    }
+    impl Provider for CountingProvider {
+        fn name(&self) -> &str {
+            "sim"
+        }
+        fn execute(&self, _action: ActionRecord) -> BoxFuture<ActionOutcome> {
+            self.executed.fetch_add(1, Ordering::SeqCst);
+            Box::pin(std::future::pending())
+        }
+        fn start(&self, _sink: mpsc::Sender<ProviderEvent>) {}
+    }
+
+    fn create(name: &str) -> Input {
+        Input::Command {
+            actor: "test".into(),
+            command: drover_engine::Command::CreateService(CreateService {
+                name: name.into(),
+                engine: EngineKind::Postgres,
+                followers: 1,
+                provider: None,
+                sync: None,
+                team: None,
+                zones: None,
+                max_failover_lag_bytes: None,
+            }),
+        }
+    }
+
+    fn actor(store: Arc<FlakyStore>, provider: Arc<CountingProvider>) -> (EngineHandle, watch::Sender<bool>) {
+        let now = now();
+        let config = drover_engine::Config::default();
+        let (mut engine, _) = Engine::restore(config, 7, Snapshot::default(), now);
+        for image in crate::default_images(now) {
+            engine.step(Input::Command { actor: "system".into(), command: drover_engine::Command::RegisterImage(image) }, now);
+        }
+        let (tx, inbox) = mpsc::channel(QUEUE_CAPACITY);
+        let handle = EngineHandle::new(tx);
+        let provider: Arc<dyn Provider> = provider;
+        let dispatcher = Dispatcher::new(HashMap::from([("sim".to_string(), provider.clone())]), provider, handle.clone());
+        let (stop, shutdown) = watch::channel(false);
+        tokio::spawn(Actor { engine, store, dispatcher, inbox, shutdown }.run());
+        (handle, stop)
+    }
+
+    #[tokio::test]
+    async fn a_failed_commit_answers_503_and_dispatches_nothing() {
+        let store = Arc::new(FlakyStore::default());
+        let provider = Arc::new(CountingProvider::default());
+        let (handle, _stop) = actor(store.clone(), provider.clone());
+
+        store.broken.store(true, Ordering::SeqCst);
+        let refused = handle.call(create("db1")).await.err().expect("a failed commit is not a success");
+        assert_eq!(refused.status, axum::http::StatusCode::SERVICE_UNAVAILABLE, "{refused}");
+        assert_eq!(provider.executed.load(Ordering::SeqCst), 0, "dispatched before a durable commit");
+
+        store.broken.store(false, Ordering::SeqCst);
+        let created = handle.call(create("db2")).await.expect("created once the store works");
+        assert!(matches!(created, Reply::Service(_)));
+        assert!(store.commits.load(Ordering::SeqCst) >= 1);
+        assert!(provider.executed.load(Ordering::SeqCst) >= 2, "provisions dispatched after the commit");
+    }
+
+    #[tokio::test]
+    async fn a_query_queued_after_a_command_in_the_same_batch_sees_its_result() {
+        let store = Arc::new(FlakyStore::default());
+        let provider = Arc::new(CountingProvider::default());
+        let (handle, _stop) = actor(store.clone(), provider);
+        // Current-thread runtime: the actor cannot run before we yield, so
+        // both messages land in one batch, the command first.
+        let (reply, replied) = oneshot::channel();
+        handle.tx.try_send(Msg::Input { input: create("db1"), reply: Some(reply) }).ok().unwrap();
+        let (seen, saw) = oneshot::channel();
+        let commits_before_query = store.clone();
+        handle
+            .tx
+            .try_send(Msg::Query(Box::new(move |e: &Engine| {
+                let _ = seen.send((e.service_view("db1").is_some(), commits_before_query.commits.load(Ordering::SeqCst)));
+            })))
+            .ok()
+            .unwrap();
+        assert!(replied.await.unwrap().is_ok());
+        let (visible, commits) = saw.await.unwrap();
+        assert!(visible, "the query did not see the command before it");
+        assert!(commits >= 1, "the query ran before the command's commit");
+    }
+}
