@@ -1,0 +1,26 @@
+# Shared set-up for scripts/run and scripts/test.
+
+# Debian packages the tests and the local provider need. None yet for the
+# sim provider; later issues add postgresql, pgbouncer, pgbackrest, redis.
+DEBIAN_PACKAGES=()
+
+ensure_toolchain() {
+  if ! command -v cargo >/dev/null 2>&1; then
+    echo "error: cargo is not installed; install Rust from https://rustup.rs and run this again" >&2
+    exit 1
+  fi
+}
+
+ensure_packages() {
+  local missing=()
+  for p in "${DEBIAN_PACKAGES[@]}"; do
+    dpkg -s "$p" >/dev/null 2>&1 || missing+=("$p")
+  done
+  [ ${#missing[@]} -eq 0 ] && return 0
+  if [ "$(id -u)" -ne 0 ]; then
+    echo "error: missing Debian packages: ${missing[*]}; run as root or: sudo apt-get install -y ${missing[*]}" >&2
+    exit 1
+  fi
+  echo "installing ${missing[*]}…" >&2
+  apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "${missing[@]}" >/dev/null
+}
