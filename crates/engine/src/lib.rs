@@ -1074,7 +1074,7 @@ impl Engine {
                 // deadline (already scheduled) catches one that never comes.
                 self.schedule_instance(slot, now);
             }
-            ActionKind::InjectFault { .. } => {}
+            ActionKind::InjectFault { .. } | ActionKind::Backup | ActionKind::VerifyRestore => {}
         }
     }
 
@@ -1100,7 +1100,7 @@ impl Engine {
                     self.mark_dirty(s);
                 }
             }
-            ActionKind::Probe | ActionKind::InjectFault { .. } => {}
+            ActionKind::Probe | ActionKind::InjectFault { .. } | ActionKind::Backup | ActionKind::VerifyRestore => {}
         }
     }
 
@@ -1326,6 +1326,17 @@ impl Engine {
         }
     }
 
+    fn provision_kind(&self, sslot: u32, role: Role, zone: u16, image: u32) -> ActionKind {
+        let s = self.services.get(sslot);
+        ActionKind::Provision {
+            role,
+            zone: self.zones.name(zone).to_string(),
+            image: self.images.id(image),
+            service_name: s.map(|s| s.name.to_string()).unwrap_or_default(),
+            sync: s.is_some_and(|s| s.plan.sync),
+        }
+    }
+
     fn zone_for_new_member(&self, sslot: u32) -> u16 {
         let Some(s) = self.services.get(sslot) else { return 0 };
         let count = |z: u16| {
@@ -1358,7 +1369,7 @@ impl Engine {
         });
         self.instance_changed(slot, out);
         self.schedule_instance(slot, now);
-        let kind = ActionKind::Provision { role, zone: self.zones.name(zone).to_string(), image: self.images.id(image) };
+        let kind = self.provision_kind(sslot, role, zone, image);
         let remedy = true;
         self.open_action(slot, kind, cause, remedy, now, out);
         Some(slot)
@@ -1552,7 +1563,7 @@ impl Engine {
             });
             self.instance_changed(slot, out);
             self.schedule_instance(slot, now);
-            let kind = ActionKind::Provision { role, zone: self.zones.name(zone).to_string(), image: self.images.id(image) };
+            let kind = self.provision_kind(sslot, role, zone, image);
             self.open_action(slot, kind, "service created", false, now, out);
         }
         self.service_view_slot(sslot, now)

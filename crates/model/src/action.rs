@@ -43,7 +43,18 @@ impl fmt::Debug for Fault {
 #[serde(tag = "kind", rename_all = "snake_case")]
 pub enum ActionKind {
     /// Build a new instance from `image` (followers copy the primary).
-    Provision { role: Role, zone: String, image: ImageId },
+    Provision {
+        role: Role,
+        zone: String,
+        image: ImageId,
+        /// The service's name: providers name routers, databases and backup
+        /// stanzas after it.
+        #[serde(default)]
+        service_name: String,
+        /// The plan replicates synchronously.
+        #[serde(default)]
+        sync: bool,
+    },
     /// Ask the provider, out of band, whether the instance is alive.
     Probe,
     /// Make sure the instance can no longer accept writes.
@@ -59,6 +70,11 @@ pub enum ActionKind {
     Terminate,
     /// Chaos: inject a fault.
     InjectFault { fault: Fault },
+    /// Take a base backup of the service now (target: its primary).
+    Backup,
+    /// Restore the latest backup into a scratch instance, check it, and
+    /// record the result (target: the primary whose backups are verified).
+    VerifyRestore,
 }
 
 impl ActionKind {
@@ -73,6 +89,8 @@ impl ActionKind {
             ActionKind::Archive => "archive",
             ActionKind::Terminate => "terminate",
             ActionKind::InjectFault { .. } => "inject_fault",
+            ActionKind::Backup => "backup",
+            ActionKind::VerifyRestore => "verify_restore",
         }
     }
     /// Destructive actions change what serves the service; they pause under

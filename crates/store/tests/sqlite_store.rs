@@ -151,6 +151,8 @@ fn commit_then_load_round_trips_every_record_exactly() {
         role: Role::Follower,
         zone: "b".into(),
         image: image("15.18").id,
+        service_name: "db1".into(),
+        sync: true,
     };
     let a1 = action(1, s1.id, i1.id, provision, ActionState::Pending);
     let a2 = action(

@@ -129,6 +129,13 @@ impl World {
                         }
                         ok
                     }
+                    ActionKind::Backup | ActionKind::VerifyRestore => {
+                        if World::alive(w) {
+                            ok
+                        } else {
+                            fail("not answering")
+                        }
+                    }
                     ActionKind::Provision { .. } => unreachable!(),
                 }
             }
