@@ -6,6 +6,7 @@
 //! engine. `sim` is the simulated fleet; `local` (real PostgreSQL processes)
 //! and cloud providers plug in behind the same trait later.
 
+pub mod runas;
 pub mod sim;
 
 pub use sim::{SimConfig, SimInstance, SimProvider};
