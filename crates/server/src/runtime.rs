@@ -382,7 +382,7 @@ mod tests {
         let (handle, _stop) = actor(store.clone(), provider.clone());
 
         store.broken.store(true, Ordering::SeqCst);
-        let refused = handle.call(create("db1")).await.err().expect("a failed commit is not a success");
+        let refused = handle.call(create("db1")).await.expect_err("a failed commit is not a success");
         assert_eq!(refused.status, axum::http::StatusCode::SERVICE_UNAVAILABLE, "{refused}");
         assert_eq!(provider.executed.load(Ordering::SeqCst), 0, "dispatched before a durable commit");
 
