@@ -38,6 +38,11 @@ pub struct Config {
     pub zone_budget: u32,
     /// Default bound on a follower's lag for it to be promoted.
     pub max_failover_lag_bytes: u64,
+    /// Base backups are taken this often per service (None: only on demand).
+    pub backup_interval: Option<Duration>,
+    /// Restore tests run this often per service (None: only on demand). An
+    /// unexercised backup is not a backup.
+    pub verify_interval: Option<Duration>,
     /// Providers this control plane can dispatch to.
     pub providers: Vec<String>,
     pub default_provider: String,
@@ -60,6 +65,9 @@ impl Default for Config {
             brake_min_instances: 5,
             zone_budget: 16,
             max_failover_lag_bytes: 16 * 1024 * 1024,
+            // Heroku takes daily base backups and keeps WAL continuously.
+            backup_interval: Some(Duration::from_secs(24 * 3600)),
+            verify_interval: Some(Duration::from_secs(7 * 24 * 3600)),
             providers: vec!["sim".into()],
             default_provider: "sim".into(),
             default_zones: vec!["zone-a".into(), "zone-b".into(), "zone-c".into()],
@@ -88,6 +96,12 @@ pub enum Command {
     CreateService(CreateService),
     DeleteService { name: String },
     Chaos { instance: InstanceId, fault: Fault },
+    /// Planned: fence the primary, promote the most advanced follower.
+    Switchover { name: String },
+    /// Take a base backup now.
+    TakeBackup { name: String },
+    /// Restore the latest backup into a scratch instance and check it now.
+    VerifyBackup { name: String },
     /// Add an image to the catalog (idempotent: images are content-addressed).
     RegisterImage(Image),
 }
@@ -98,6 +112,9 @@ impl Command {
             Command::CreateService(_) => "services.create",
             Command::DeleteService { .. } => "services.delete",
             Command::Chaos { .. } => "chaos",
+            Command::Switchover { .. } => "services.switchover",
+            Command::TakeBackup { .. } => "backups.take",
+            Command::VerifyBackup { .. } => "backups.verify",
             Command::RegisterImage(_) => "images.register",
         }
     }

@@ -118,6 +118,18 @@ pub struct Svc {
     pub dirty: bool,
     /// A remedy failed for good: a human must look.
     pub needs_human: bool,
+    /// Boxed: most services in a big fleet never need more than the default.
+    pub backups: Box<drover_model::BackupStatus>,
+    /// A Backup / VerifyRestore action is open (at most one of each).
+    pub backup_running: bool,
+    pub verify_running: bool,
+    /// A restore test failed: take a fresh backup, then test it again.
+    pub verify_after_backup: bool,
+    /// Restore tests failed in a row; after the second, stop and ask a human
+    /// rather than loop backup → test → backup.
+    pub verify_failures: u8,
+    pub next_backup_at: i64,
+    pub next_verify_at: i64,
 }
 
 /// A slab: stable `u32` slots with reuse.

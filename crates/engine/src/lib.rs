@@ -91,9 +91,14 @@ pub struct Engine {
     actions: HashMap<ActionId, OpenAction>,
     instance_timers: Wheel<u32>,
     action_timers: Wheel<ActionId>,
+    /// Backup and restore-test schedules, per service.
+    service_timers: Wheel<u32>,
     dirty: Vec<u32>,
     held: Vec<u32>,
+    /// Silence is not held against instances restored at `restored_at`
+    /// until `grace_until`; instances created later get no grace.
     grace_until: i64,
+    restored_at: i64,
     state_counts: [u64; 10],
 }
 
@@ -128,9 +133,11 @@ impl Engine {
             actions: HashMap::new(),
             instance_timers: Wheel::new(BUCKET_MICROS),
             action_timers: Wheel::new(BUCKET_MICROS),
+            service_timers: Wheel::new(BUCKET_MICROS),
             dirty: Vec::new(),
             held: Vec::new(),
             grace_until: 0,
+            restored_at: i64::MIN,
             state_counts: [0; 10],
         }
     }
@@ -157,6 +164,7 @@ impl Engine {
         let now = now.0;
         let mut out = Outputs::default();
         e.grace_until = now + micros(e.config.restart_grace);
+        e.restored_at = now;
         for image in snapshot.images {
             e.images.insert(image);
         }
@@ -183,12 +191,20 @@ impl Engine {
                 deleting: rec.state == ServiceState::Deleting,
                 held: false,
                 dirty: false,
-                needs_human: false,
+                needs_human: rec.needs_human,
+                backups: Box::new(rec.backups.clone()),
+                backup_running: false,
+                verify_running: false,
+                verify_after_backup: false,
+                verify_failures: 0,
+                next_backup_at: NEVER,
+                next_verify_at: NEVER,
             };
             let slot = e.services.insert(svc);
             e.service_names.insert(rec.name.into(), slot);
             e.service_ids.insert(rec.id, slot);
             service_by_id.insert(rec.id, slot);
+            e.schedule_backups(slot, now);
         }
         let mut orphans = 0;
         for rec in snapshot.instances {
@@ -248,6 +264,13 @@ impl Engine {
             let sslot = e.instances.get(islot).map(|i| i.service).unwrap_or(0);
             let remedy = is_remedy(&rec.kind);
             let budget_zone = e.budget_zone(&rec.kind, islot);
+            if let Some(s) = e.services.get_mut(sslot) {
+                match rec.kind {
+                    ActionKind::Backup => s.backup_running = true,
+                    ActionKind::VerifyRestore => s.verify_running = true,
+                    _ => {}
+                }
+            }
             if remedy {
                 if let Some(s) = e.services.get_mut(sslot) {
                     s.open_remedies += 1;
@@ -353,7 +376,11 @@ impl Engine {
 
     /// The earliest time a `Tick` has work to do.
     pub fn next_deadline(&self) -> Option<Timestamp> {
-        [self.instance_timers.next(), self.action_timers.next()].into_iter().flatten().min().map(Timestamp)
+        [self.instance_timers.next(), self.action_timers.next(), self.service_timers.next()]
+            .into_iter()
+            .flatten()
+            .min()
+            .map(Timestamp)
     }
 
     // ------------------------------------------------------------------
@@ -497,15 +524,25 @@ impl Engine {
         self.instance_timers.schedule(at, slot);
     }
 
+    /// Until when silence is forgiven for this instance: only instances that
+    /// existed before a restart get the grace period.
+    fn grace(&self, inst: &Inst) -> i64 {
+        if inst.created_at < self.restored_at {
+            self.grace_until
+        } else {
+            0
+        }
+    }
+
     /// When this instance next needs a look, given its state.
     fn instance_deadline(&self, inst: &Inst, _now: i64) -> i64 {
         let c = &self.config;
         match inst.state {
-            InstanceState::Available => (inst.last_heartbeat + micros(c.uncertain_after)).max(self.grace_until),
+            InstanceState::Available => (inst.last_heartbeat + micros(c.uncertain_after)).max(self.grace(inst)),
             InstanceState::Uncertain => {
                 let dead = (inst.last_heartbeat.max(inst.last_probe_ok) + micros(c.presumed_dead_after))
-                    .max(self.grace_until);
-                dead.min(inst.next_probe_at.max(self.grace_until))
+                    .max(self.grace(inst));
+                dead.min(inst.next_probe_at.max(self.grace(inst)))
             }
             InstanceState::Installing | InstanceState::Restarting | InstanceState::Upgrading => {
                 inst.state_since + micros(c.install_timeout)
@@ -523,6 +560,11 @@ impl Engine {
                 }
                 self.check_instance(slot, now, out);
                 self.schedule_instance(slot, now);
+            }
+        }
+        for (_, slots) in self.service_timers.pop_due(now) {
+            for sslot in slots {
+                self.scheduled_backup_work(sslot, now, out);
             }
         }
         for (_, ids) in self.action_timers.pop_due(now) {
@@ -544,7 +586,7 @@ impl Engine {
         let silent_for = Duration::from_micros((now - inst.last_heartbeat).max(0) as u64);
         match inst.state {
             InstanceState::Available => {
-                if now >= (inst.last_heartbeat + micros(c.uncertain_after)).max(self.grace_until) {
+                if now >= (inst.last_heartbeat + micros(c.uncertain_after)).max(self.grace(inst)) {
                     let cause = format!("no heartbeat for {:.1}s", silent_for.as_secs_f64());
                     if self.transition(slot, InstanceState::Uncertain, &cause, now, out) {
                         self.corroborate_from_followers(slot, now, out);
@@ -556,7 +598,7 @@ impl Engine {
             }
             InstanceState::Uncertain => {
                 let dead_at = (inst.last_heartbeat.max(inst.last_probe_ok) + micros(c.presumed_dead_after))
-                    .max(self.grace_until);
+                    .max(self.grace(inst));
                 let braked = self.is_braked(inst.zone);
                 if now >= dead_at && !braked {
                     let cause = format!(
@@ -910,6 +952,13 @@ impl Engine {
                 i.probing = false;
             }
         }
+        if let Some(svc) = sslot.and_then(|s| self.services.get_mut(s)) {
+            match a.record.kind {
+                ActionKind::Backup => svc.backup_running = false,
+                ActionKind::VerifyRestore => svc.verify_running = false,
+                _ => {}
+            }
+        }
         if a.durable {
             let cause = match &a.record.error {
                 Some(e) if state != ActionState::Succeeded => format!("{}: {e}", a.record.kind.name()),
@@ -1074,7 +1123,11 @@ impl Engine {
                 // deadline (already scheduled) catches one that never comes.
                 self.schedule_instance(slot, now);
             }
-            ActionKind::InjectFault { .. } | ActionKind::Backup | ActionKind::VerifyRestore => {}
+            ActionKind::Backup | ActionKind::VerifyRestore => {
+                let Some(sslot) = self.instances.get(slot).map(|i| i.service) else { return };
+                self.backup_result(sslot, kind, None, detail, now, out);
+            }
+            ActionKind::InjectFault { .. } => {}
         }
     }
 
@@ -1094,21 +1147,20 @@ impl Engine {
                 // Without a confirmed fence nothing may be promoted; without
                 // a retire the instance lingers. Both need a person.
                 if let Some(s) = sslot {
-                    if let Some(svc) = self.services.get_mut(s) {
-                        svc.needs_human = true;
-                    }
-                    self.mark_dirty(s);
+                    self.set_needs_human(s, out);
                 }
             }
-            ActionKind::Probe | ActionKind::InjectFault { .. } | ActionKind::Backup | ActionKind::VerifyRestore => {}
+            ActionKind::Backup | ActionKind::VerifyRestore => {
+                if let Some(s) = sslot {
+                    self.backup_result(s, kind, Some(error), None, now, out);
+                }
+            }
+            ActionKind::Probe | ActionKind::InjectFault { .. } => {}
         }
     }
 
     fn invariant_broken(&mut self, sslot: u32, what: &str, now: i64, out: &mut Outputs) {
-        let s = self.services.get_mut(sslot);
-        if let Some(s) = s {
-            s.needs_human = true;
-        }
+        self.set_needs_human(sslot, out);
         let s = self.services.get(sslot);
         out.changes.events.push(Event {
             seq: 0,
@@ -1415,6 +1467,193 @@ impl Engine {
     }
 
     // ------------------------------------------------------------------
+    // Backups and restore tests
+    // ------------------------------------------------------------------
+
+    fn set_needs_human(&mut self, sslot: u32, out: &mut Outputs) {
+        let Some(svc) = self.services.get_mut(sslot) else { return };
+        if !svc.needs_human {
+            svc.needs_human = true;
+            if let Some(rec) = self.service_record(sslot) {
+                out.changes.services.push(rec);
+            }
+        }
+        self.mark_dirty(sslot);
+    }
+
+    /// Computes when the next backup and restore test are due, and arms the
+    /// service's timer for the earlier one.
+    fn schedule_backups(&mut self, sslot: u32, now: i64) {
+        let (backup_every, verify_every) = (self.config.backup_interval, self.config.verify_interval);
+        // Spread first backups over an hour so a fleet created at once does
+        // not back up at once.
+        let jitter = (self.rng.next_u64() % 3_600_000_000) as i64;
+        let Some(s) = self.services.get_mut(sslot) else { return };
+        s.next_backup_at = match backup_every {
+            None => NEVER,
+            Some(every) => match s.backups.last_backup_at {
+                Some(t) => t.0 + micros(every),
+                None => now + micros(every.min(Duration::from_secs(600))) + jitter,
+            },
+        };
+        s.next_verify_at = match verify_every {
+            None => NEVER,
+            Some(every) => match (s.backups.last_verified_restore_at, s.backups.last_backup_at) {
+                (Some(t), _) => t.0 + micros(every),
+                // Never tested: test the first backup within the hour.
+                (None, Some(b)) => b.0 + micros(every.min(Duration::from_secs(3600))),
+                (None, None) => s.next_backup_at.saturating_add(micros(every.min(Duration::from_secs(3600)))),
+            },
+        };
+        let next = s.next_backup_at.min(s.next_verify_at);
+        if next != NEVER {
+            self.service_timers.schedule(next.max(now), sslot);
+        }
+    }
+
+    fn scheduled_backup_work(&mut self, sslot: u32, now: i64, out: &mut Outputs) {
+        let Some(s) = self.services.get(sslot) else { return };
+        let (backup_due, verify_due) = (s.next_backup_at <= now, s.next_verify_at <= now);
+        if !backup_due && !verify_due {
+            // A stale timer entry; the schedule moved on.
+            if s.next_backup_at.min(s.next_verify_at) != NEVER {
+                let next = s.next_backup_at.min(s.next_verify_at);
+                self.service_timers.schedule(next, sslot);
+            }
+            return;
+        }
+        let healthy = !s.deleting && self.current_primary(sslot).and_then(|p| self.instances.get(p)).is_some_and(|p| p.state == InstanceState::Available);
+        if !healthy {
+            // Try again later; a backup of a failing service waits for it.
+            self.service_timers.schedule(now + micros(Duration::from_secs(600)), sslot);
+            return;
+        }
+        if backup_due {
+            let _ = self.open_backup_action(sslot, ActionKind::Backup, "scheduled base backup", now, out);
+        } else if verify_due {
+            let _ = self.open_backup_action(sslot, ActionKind::VerifyRestore, "scheduled restore test", now, out);
+        }
+        // Re-arm from the current schedule (results move it forward).
+        if let Some(s) = self.services.get_mut(sslot) {
+            if backup_due {
+                s.next_backup_at = now + micros(Duration::from_secs(600));
+            } else {
+                s.next_verify_at = now + micros(Duration::from_secs(600));
+            }
+            let next = s.next_backup_at.min(s.next_verify_at);
+            self.service_timers.schedule(next, sslot);
+        }
+    }
+
+    fn open_backup_action(&mut self, sslot: u32, kind: ActionKind, cause: &str, now: i64, out: &mut Outputs) -> Result<ActionId, CommandError> {
+        let name = self.services.get(sslot).map(|s| s.name.to_string()).unwrap_or_default();
+        let running = self.services.get(sslot).is_some_and(|s| match kind {
+            ActionKind::Backup => s.backup_running,
+            _ => s.verify_running,
+        });
+        if running {
+            return Err(CommandError::Conflict(format!("a {} of {name:?} is already running", kind.name())));
+        }
+        let target = self
+            .current_primary(sslot)
+            .filter(|&p| self.instances.get(p).is_some_and(|i| i.state == InstanceState::Available))
+            .ok_or_else(|| CommandError::Conflict(format!("{name:?} has no available primary to work from right now")))?;
+        let id = self
+            .open_action(target, kind.clone(), cause, false, now, out)
+            .ok_or_else(|| CommandError::NotFound(format!("no service named {name:?}")))?;
+        if let Some(s) = self.services.get_mut(sslot) {
+            match kind {
+                ActionKind::Backup => s.backup_running = true,
+                _ => s.verify_running = true,
+            }
+        }
+        Ok(id)
+    }
+
+    /// Records a backup or restore-test outcome. A failed restore test is a
+    /// finding with a remedy: take a fresh backup, then test that one.
+    fn backup_result(&mut self, sslot: u32, kind: &ActionKind, error: Option<&str>, detail: Option<&str>, now: i64, out: &mut Outputs) {
+        let Some(s) = self.services.get_mut(sslot) else { return };
+        let mut follow_up = None;
+        let mut escalate = false;
+        match (kind, error) {
+            (ActionKind::Backup, None) => {
+                s.backups.last_backup_at = Some(Timestamp(now));
+                s.backups.last_backup_error = None;
+                if s.verify_after_backup {
+                    s.verify_after_backup = false;
+                    follow_up = Some((ActionKind::VerifyRestore, "restore test of the fresh backup taken after a failed test"));
+                }
+            }
+            (ActionKind::Backup, Some(e)) => s.backups.last_backup_error = Some(e.to_string()),
+            (_, None) => {
+                s.backups.last_verified_restore_at = Some(Timestamp(now));
+                s.backups.last_verify_ok = Some(true);
+                s.backups.last_verify_error = None;
+                s.verify_failures = 0;
+            }
+            (_, Some(e)) => {
+                s.backups.last_verify_ok = Some(false);
+                s.backups.last_verify_error = Some(e.to_string());
+                s.verify_failures = s.verify_failures.saturating_add(1);
+                if s.verify_failures == 1 {
+                    s.verify_after_backup = true;
+                    follow_up = Some((ActionKind::Backup, "restore test failed: take a fresh full backup, then test it"));
+                } else {
+                    escalate = true;
+                }
+            }
+        }
+        let (id, name) = (s.id, s.name.to_string());
+        let what = match (kind, error) {
+            (ActionKind::Backup, None) => format!("base backup taken{}", detail.map(|d| format!(": {d}")).unwrap_or_default()),
+            (ActionKind::Backup, Some(e)) => format!("base backup failed: {e}"),
+            (_, None) => format!("restore test passed{}", detail.map(|d| format!(": {d}")).unwrap_or_default()),
+            (_, Some(e)) => format!("restore test FAILED: {e}"),
+        };
+        out.changes.events.push(Event {
+            seq: 0,
+            at: Timestamp(now),
+            subject: EventSubject::Service,
+            service: Some(name),
+            service_id: Some(id),
+            instance: None,
+            action: None,
+            from: None,
+            to: Some(if error.is_none() { "ok".into() } else { "failed".into() }),
+            cause: what,
+        });
+        if escalate {
+            let s = self.services.get(sslot);
+            out.changes.events.push(Event {
+                seq: 0,
+                at: Timestamp(now),
+                subject: EventSubject::Fleet,
+                service: s.map(|s| s.name.to_string()),
+                service_id: s.map(|s| s.id),
+                instance: None,
+                action: None,
+                from: None,
+                to: Some("needs_human".into()),
+                cause: "restore tests keep failing, also on a fresh backup: a human must look at the backups".into(),
+            });
+        }
+        if let Some(rec) = self.service_record(sslot) {
+            out.changes.services.push(rec);
+        }
+        self.schedule_backups(sslot, now);
+        if let Some((kind, cause)) = follow_up {
+            // The running flag of the finished action is cleared after this
+            // returns; clear it now so the follow-up can open.
+            if let Some(s) = self.services.get_mut(sslot) {
+                s.backup_running = false;
+                s.verify_running = false;
+            }
+            let _ = self.open_backup_action(sslot, kind, cause, now, out);
+        }
+    }
+
+    // ------------------------------------------------------------------
     // Commands
     // ------------------------------------------------------------------
 
@@ -1457,6 +1696,32 @@ impl Engine {
                 rec.map(|r| Reply::Action(Box::new(r)))
                     .ok_or_else(|| CommandError::Invalid("chaos action could not be opened".into()))
             }
+            Command::Switchover { name } => {
+                let sslot = self.live_service(&name)?;
+                let s = self.services.get(sslot).ok_or_else(|| CommandError::NotFound(name.clone()))?;
+                if s.open_remedies > 0 {
+                    return Err(CommandError::Conflict(format!("a remedy of {name:?} is under way; switch over when it finishes")));
+                }
+                let primary = self
+                    .current_primary(sslot)
+                    .filter(|&p| self.instances.get(p).is_some_and(|i| i.state == InstanceState::Available))
+                    .ok_or_else(|| CommandError::Conflict(format!("{name:?} has no available primary to switch over from")))?;
+                if self.best_follower(sslot, now).is_none() {
+                    return Err(CommandError::Conflict(format!(
+                        "{name:?} has no healthy follower within the lag bound to switch over to"
+                    )));
+                }
+                self.open_action(primary, ActionKind::Fence, "switchover: fence the primary, then promote the most advanced follower", true, now, out);
+                self.mark_dirty(sslot);
+                self.reconcile_dirty(now, out);
+                self.service_view_slot(sslot, now)
+                    .map(|v| Reply::Service(Box::new(v)))
+                    .ok_or_else(|| CommandError::NotFound(name.clone()))
+            }
+            Command::TakeBackup { name } => self.backup_command(&name, ActionKind::Backup, "backup requested", now, out),
+            Command::VerifyBackup { name } => {
+                self.backup_command(&name, ActionKind::VerifyRestore, "restore test requested", now, out)
+            }
             Command::RegisterImage(image) => {
                 let expected = Image::new(
                     image.engine,
@@ -1479,6 +1744,25 @@ impl Engine {
                 Ok(Reply::Image(Box::new(image)))
             }
         }
+    }
+
+    fn live_service(&self, name: &str) -> Result<u32, CommandError> {
+        let &sslot = self
+            .service_names
+            .get(name)
+            .ok_or_else(|| CommandError::NotFound(format!("no service named {name:?}")))?;
+        if self.services.get(sslot).is_some_and(|s| s.deleting) {
+            return Err(CommandError::Conflict(format!("service {name:?} is being deleted")));
+        }
+        Ok(sslot)
+    }
+
+    fn backup_command(&mut self, name: &str, kind: ActionKind, cause: &str, now: i64, out: &mut Outputs) -> Result<Reply, CommandError> {
+        let sslot = self.live_service(name)?;
+        let id = self.open_backup_action(sslot, kind, cause, now, out)?;
+        let rec = self.actions.get(&id).map(|a| a.record.clone());
+        rec.map(|r| Reply::Action(Box::new(r)))
+            .ok_or_else(|| CommandError::Invalid("the action finished before it could be shown".into()))
     }
 
     fn create_service(&mut self, req: CreateService, now: i64, out: &mut Outputs) -> Result<Reply, CommandError> {
@@ -1523,10 +1807,18 @@ impl Engine {
             held: false,
             dirty: false,
             needs_human: false,
+            backups: Box::default(),
+            backup_running: false,
+            verify_running: false,
+            verify_after_backup: false,
+            verify_failures: 0,
+            next_backup_at: NEVER,
+            next_verify_at: NEVER,
         };
         let sslot = self.services.insert(svc);
         self.service_names.insert(req.name.clone().into(), sslot);
         self.service_ids.insert(id, sslot);
+        self.schedule_backups(sslot, now);
         out.changes.events.push(Event {
             seq: 0,
             at: Timestamp(now),
@@ -1663,6 +1955,8 @@ impl Engine {
             state: s.state,
             created_at: Timestamp(s.created_at),
             state_since: Timestamp(s.state_since),
+            needs_human: s.needs_human,
+            backups: (*s.backups).clone(),
         })
     }
 
@@ -1763,7 +2057,10 @@ fn is_remedy(kind: &ActionKind) -> bool {
 fn command_target(c: &Command) -> Option<String> {
     match c {
         Command::CreateService(r) => Some(r.name.clone()),
-        Command::DeleteService { name } => Some(name.clone()),
+        Command::DeleteService { name }
+        | Command::Switchover { name }
+        | Command::TakeBackup { name }
+        | Command::VerifyBackup { name } => Some(name.clone()),
         Command::Chaos { instance, .. } => Some(instance.to_string()),
         Command::RegisterImage(i) => Some(i.id.to_string()),
     }

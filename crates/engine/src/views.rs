@@ -73,6 +73,9 @@ impl Engine {
             created_at: Timestamp(s.created_at),
             state_since: Timestamp(s.state_since),
             remedy,
+            needs_human: s.needs_human,
+            url: None,
+            backups: (*s.backups).clone(),
             instances,
         })
     }

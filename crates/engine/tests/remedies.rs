@@ -378,3 +378,14 @@ fn a_fence_that_fails_for_good_stops_the_failover_and_asks_for_a_human() {
     assert_eq!(v.state, ServiceState::Unavailable);
     assert!(v.remedy.unwrap_or_default().contains("human"));
 }
+
+#[test]
+fn instances_created_after_a_restart_get_no_grace() {
+    let mut h = H::new(fast_config());
+    h.crash_and_restore(); // a fresh start: the grace period begins now
+    ready(&mut h, "db1", 0);
+    let p = h.primary("db1").id;
+    h.world.insts.get_mut(&p).unwrap().partitioned = true;
+    h.advance(Duration::from_secs(4));
+    assert_eq!(h.e.instance_view(p).unwrap().state, InstanceState::Uncertain, "3 s of silence counts at once");
+}

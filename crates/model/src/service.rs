@@ -141,6 +141,22 @@ pub struct ServiceRecord {
     pub state: ServiceState,
     pub created_at: Timestamp,
     pub state_since: Timestamp,
+    /// A remedy failed for good; automation stops until a person acts.
+    #[serde(default)]
+    pub needs_human: bool,
+    #[serde(default)]
+    pub backups: BackupStatus,
+}
+
+/// What is known of a service's backups and their restore tests.
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize, utoipa::ToSchema)]
+pub struct BackupStatus {
+    pub last_backup_at: Option<Timestamp>,
+    pub last_backup_error: Option<String>,
+    pub last_verified_restore_at: Option<Timestamp>,
+    /// Outcome of the latest restore test (None: never tested).
+    pub last_verify_ok: Option<bool>,
+    pub last_verify_error: Option<String>,
 }
 
 /// An instance as persisted: everything but heartbeat facts, which live in
@@ -196,6 +212,11 @@ pub struct ServiceView {
     pub state_since: Timestamp,
     /// What the engine is doing about it right now, if anything.
     pub remedy: Option<String>,
+    pub needs_human: bool,
+    /// The stable endpoint clients use; it never changes across failover,
+    /// switchover or replacement. Filled by the provider (none for `sim`).
+    pub url: Option<String>,
+    pub backups: BackupStatus,
     pub instances: Vec<InstanceView>,
 }
 

@@ -1,6 +1,6 @@
 //! The SQLite store through its public API, on real files.
 
-use drover_model::{
+use drover_model::{BackupStatus, 
     ActionId, ActionKind, ActionRecord, ActionState, AuditEntry, Changes, EngineKind, Event,
     EventSubject, Fault, Image, InstanceId, InstanceRecord, InstanceState, Plan, Role, ServiceId,
     ServiceRecord, ServiceState, Timestamp,
@@ -65,6 +65,8 @@ fn service(n: u64, name: &str, state: ServiceState) -> ServiceRecord {
         state,
         created_at: Timestamp(T0 + n as i64),
         state_since: Timestamp(T0 + 10 + n as i64),
+        needs_human: n % 2 == 0,
+        backups: BackupStatus { last_backup_at: Some(Timestamp(T0 + 5)), ..Default::default() },
     }
 }
 
