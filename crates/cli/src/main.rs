@@ -135,6 +135,21 @@ enum ServicesCmd {
     List,
     Show { name: String },
     Delete { name: String },
+    /// Planned switchover to the most advanced follower.
+    Switchover { name: String },
+    /// Backups, restore tests and service checks.
+    #[command(subcommand)]
+    Backups(BackupsCmd),
+    /// Backups, replication, security and performance checks.
+    Checks { name: String },
+}
+
+#[derive(Subcommand)]
+enum BackupsCmd {
+    /// Take a base backup now.
+    Take { name: String },
+    /// Restore the latest backup into a scratch instance and check it now.
+    Verify { name: String },
 }
 
 #[derive(Subcommand)]
@@ -220,6 +235,29 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
             ServicesCmd::Show { name } => {
                 let v = client.get(&format!("/v1/services/{}", client::path_segment(&name)), &[]).await?;
                 output::service(&v, json);
+                Ok(())
+            }
+            ServicesCmd::Switchover { name } => {
+                let v = client
+                    .post(&format!("/v1/services/{}/switchover", client::path_segment(&name)), serde_json::json!({}))
+                    .await?;
+                output::service(&v, json);
+                Ok(())
+            }
+            ServicesCmd::Backups(cmd) => {
+                let (name, suffix) = match cmd {
+                    BackupsCmd::Take { name } => (name, "backups"),
+                    BackupsCmd::Verify { name } => (name, "backups/verify"),
+                };
+                let v = client
+                    .post(&format!("/v1/services/{}/{suffix}", client::path_segment(&name)), serde_json::json!({}))
+                    .await?;
+                output::actions(&serde_json::Value::Array(vec![v.clone()]), json, Some(&v));
+                Ok(())
+            }
+            ServicesCmd::Checks { name } => {
+                let v = client.get(&format!("/v1/services/{}/checks", client::path_segment(&name)), &[]).await?;
+                output::checks(&v, json);
                 Ok(())
             }
             ServicesCmd::Delete { name } => {

@@ -67,6 +67,10 @@ pub fn service(v: &Value, json: bool) {
         println!("plan     {} follower(s), sync {}", text(plan, "followers"), text(plan, "sync"));
     }
     println!("provider {}  team {}", text(v, "provider"), text(v, "team"));
+    let url = text(v, "url");
+    if !url.is_empty() {
+        println!("url      {url}");
+    }
     let remedy = text(v, "remedy");
     if !remedy.is_empty() {
         println!("remedy   {remedy}");
@@ -184,4 +188,18 @@ pub fn receipt(v: &Value, json: bool) {
     }
     let unknown = items(v.get("unknown").unwrap_or(&Value::Null)).len();
     println!("accepted {}  stale {}  unknown {}", text(v, "accepted"), text(v, "stale"), unknown);
+}
+
+/// `GET /v1/services/{name}/checks`: one row per check.
+pub fn checks(v: &Value, json: bool) {
+    if json {
+        return print_json(v);
+    }
+    let mut t = table(&["CHECK", "STATUS", "SUMMARY"]);
+    if let Some(map) = v.as_object() {
+        for (name, check) in map {
+            t.add_row(vec![name.clone(), text(check, "status"), text(check, "summary")]);
+        }
+    }
+    println!("{t}");
 }

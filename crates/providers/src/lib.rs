@@ -36,6 +36,12 @@ pub trait Provider: Send + Sync + 'static {
     /// Starts the provider's background work (the sim's heartbeat loop), sending into `sink`.
     /// Must be called from within a tokio runtime. The work stops when the sink is closed.
     fn start(&self, sink: tokio::sync::mpsc::Sender<ProviderEvent>);
+    /// The stable endpoint clients use for a service (by name), if this
+    /// provider gives one. It must not change across failover, switchover
+    /// or replacement.
+    fn service_url(&self, _service: &str) -> Option<String> {
+        None
+    }
 }
 
 /// Why a provider could not be opened or could not keep its own state.

@@ -33,6 +33,17 @@ pub struct Ready {
     pub engine: EngineHandle,
     pub store: Arc<dyn Store>,
     pub providers: Vec<String>,
+    pub provider_objects: std::collections::HashMap<String, Arc<dyn drover_providers::Provider>>,
+}
+
+impl Ready {
+    /// Adds what only the provider knows (the stable URL) to a view.
+    fn complete(&self, mut view: ServiceView) -> ServiceView {
+        if let Some(p) = self.provider_objects.get(&view.provider) {
+            view.url = p.service_url(&view.name);
+        }
+        view
+    }
 }
 
 #[derive(Clone)]
@@ -52,6 +63,9 @@ pub fn router(state: AppState) -> Router {
         .route("/healthz", get(healthz))
         .route("/v1/services", post(create_service).get(list_services))
         .route("/v1/services/{name}", get(show_service).delete(delete_service))
+        .route("/v1/services/{name}/switchover", post(post_switchover))
+        .route("/v1/services/{name}/backups", post(post_backup))
+        .route("/v1/services/{name}/backups/verify", post(post_verify_backup))
         .route("/v1/instances/{id}", get(show_instance))
         .route("/v1/events", get(list_events))
         .route("/v1/heartbeats", post(post_heartbeats))
@@ -139,7 +153,7 @@ pub(crate) async fn create_service(
     match ready.engine.call(Input::Command { actor, command: Command::CreateService(request) }).await? {
         Reply::Service(view) => {
             let location = HeaderValue::from_str(&format!("/v1/services/{}", view.name)).ok();
-            let mut response = (StatusCode::CREATED, Json(*view)).into_response();
+            let mut response = (StatusCode::CREATED, Json(ready.complete(*view))).into_response();
             if let Some(location) = location {
                 response.headers_mut().insert(header::LOCATION, location);
             }
@@ -154,7 +168,8 @@ pub(crate) async fn create_service(
     responses((status = 200, body = Vec<ServiceView>)))]
 pub(crate) async fn list_services(State(state): State<AppState>) -> Result<Json<Vec<ServiceView>>, ApiError> {
     let ready = state.ready()?;
-    Ok(Json(ready.engine.query(|engine| engine.service_views()).await?))
+    let views = ready.engine.query(|engine| engine.service_views()).await?;
+    Ok(Json(views.into_iter().map(|v| ready.complete(v)).collect()))
 }
 
 /// One service with its instances.
@@ -171,8 +186,62 @@ pub(crate) async fn show_service(
         .engine
         .query(move |engine| engine.service_view(&lookup))
         .await?
-        .map(Json)
+        .map(|v| Json(ready.complete(v)))
         .ok_or_else(|| ApiError::not_found(format!("no service named {name:?}")))
+}
+
+/// Planned switchover: fence the primary (routers pause clients), promote
+/// the most advanced follower, build a new follower, retire the old primary.
+#[utoipa::path(post, path = "/v1/services/{name}/switchover", tag = "services",
+    params(("name" = String, Path, description = "Service name"),
+        ("x-drover-actor" = Option<String>, Header, description = "Who asks, for the audit trail")),
+    responses((status = 202, body = ServiceView), (status = 404, body = ErrorBody), (status = 409, body = ErrorBody)))]
+pub(crate) async fn post_switchover(
+    State(state): State<AppState>,
+    headers: HeaderMap,
+    Path(name): Path<String>,
+) -> Result<Response, ApiError> {
+    let ready = state.ready()?;
+    let actor = actor(&headers)?;
+    match ready.engine.call(Input::Command { actor, command: Command::Switchover { name } }).await? {
+        Reply::Service(view) => Ok((StatusCode::ACCEPTED, Json(ready.complete(*view))).into_response()),
+        other => Err(unexpected(other)),
+    }
+}
+
+/// Take a base backup now.
+#[utoipa::path(post, path = "/v1/services/{name}/backups", tag = "backups",
+    params(("name" = String, Path, description = "Service name"),
+        ("x-drover-actor" = Option<String>, Header, description = "Who asks, for the audit trail")),
+    responses((status = 202, body = ActionRecord), (status = 404, body = ErrorBody), (status = 409, body = ErrorBody)))]
+pub(crate) async fn post_backup(
+    State(state): State<AppState>,
+    headers: HeaderMap,
+    Path(name): Path<String>,
+) -> Result<Response, ApiError> {
+    action_command(state, headers, Command::TakeBackup { name }).await
+}
+
+/// Restore the latest backup into a scratch instance and check it, now.
+#[utoipa::path(post, path = "/v1/services/{name}/backups/verify", tag = "backups",
+    params(("name" = String, Path, description = "Service name"),
+        ("x-drover-actor" = Option<String>, Header, description = "Who asks, for the audit trail")),
+    responses((status = 202, body = ActionRecord), (status = 404, body = ErrorBody), (status = 409, body = ErrorBody)))]
+pub(crate) async fn post_verify_backup(
+    State(state): State<AppState>,
+    headers: HeaderMap,
+    Path(name): Path<String>,
+) -> Result<Response, ApiError> {
+    action_command(state, headers, Command::VerifyBackup { name }).await
+}
+
+async fn action_command(state: AppState, headers: HeaderMap, command: Command) -> Result<Response, ApiError> {
+    let ready = state.ready()?;
+    let actor = actor(&headers)?;
+    match ready.engine.call(Input::Command { actor, command }).await? {
+        Reply::Action(action) => Ok((StatusCode::ACCEPTED, Json(*action)).into_response()),
+        other => Err(unexpected(other)),
+    }
 }
 
 /// Delete a service: its instances are retired, then archived.
@@ -188,7 +257,7 @@ pub(crate) async fn delete_service(
     let ready = state.ready()?;
     let actor = actor(&headers)?;
     match ready.engine.call(Input::Command { actor, command: Command::DeleteService { name } }).await? {
-        Reply::Service(view) => Ok((StatusCode::ACCEPTED, Json(*view)).into_response()),
+        Reply::Service(view) => Ok((StatusCode::ACCEPTED, Json(ready.complete(*view))).into_response()),
         other => Err(unexpected(other)),
     }
 }

@@ -251,6 +251,6 @@ async fn start_up(
 
     let mut names: Vec<String> = providers.keys().cloned().collect();
     names.sort();
-    let _ = state.ready.set(http::Ready { engine: handle, store, providers: names });
+    let _ = state.ready.set(http::Ready { engine: handle, store, providers: names, provider_objects: providers });
     Ok(actor_task)
 }

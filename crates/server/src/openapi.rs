@@ -4,7 +4,7 @@
 use crate::error::ErrorBody;
 use crate::http::{self, ChaosRequest, HeartbeatBatch, HeartbeatReceiptDoc, Health};
 use drover_model::{
-    ActionKind, ActionRecord, ActionState, AuditEntry, Beat, CreateService, EngineKind, Event, EventSubject, Facts,
+    ActionKind, ActionRecord, ActionState, AuditEntry, BackupStatus, Beat, CreateService, EngineKind, Event, EventSubject, Facts,
     Fault, Image, InstanceState, InstanceView, Plan, Role, ServiceState, ServiceView,
 };
 use std::sync::OnceLock;
@@ -19,6 +19,9 @@ use utoipa::OpenApi;
         http::list_services,
         http::show_service,
         http::delete_service,
+        http::post_switchover,
+        http::post_backup,
+        http::post_verify_backup,
         http::show_instance,
         http::list_events,
         http::post_heartbeats,
@@ -32,7 +35,7 @@ use utoipa::OpenApi;
     components(schemas(
         ErrorBody, Health, CreateService, ServiceView, InstanceView, Plan, Role, EngineKind, ServiceState,
         InstanceState, Facts, Beat, HeartbeatBatch, HeartbeatReceiptDoc, ChaosRequest, Fault, ActionRecord,
-        ActionKind, ActionState, Event, EventSubject, AuditEntry, Image,
+        ActionKind, ActionState, Event, EventSubject, AuditEntry, Image, BackupStatus,
     ))
 )]
 pub struct ApiDoc;
