@@ -1,0 +1,918 @@
+//! Backups with pgBackRest: continuous WAL archiving into a backup repository,
+//! base backups (full, differential, incremental), and restore verification
+//! (restore the latest backup into a scratch instance, replay the archived WAL,
+//! check it, throw it away): an unexercised backup is not a backup.
+//!
+//! A [`BackupRepo`] is one directory holding everything pgBackRest needs:
+//!
+//! ```text
+//! root/
+//!   repo/     the backup store (repo1-path) when the repository is local
+//!   conf/pgbackrest.conf        [global]: repository, log, lock and spool settings
+//!   conf/conf.d/<stanza>.conf   [<stanza>]: where that service's PostgreSQL is
+//!   log/      pgBackRest's logs, and the scratch server's log of the last verification
+//!   lock/     pgBackRest's lock files
+//!   spool/    pgBackRest's spool (asynchronous archiving)
+//! ```
+//!
+//! One stanza per service. Every pgBackRest and PostgreSQL process runs as
+//! [`RunAs`] (never as root: PostgreSQL refuses it, and a root-owned file in the
+//! repository would break the next archive-push).
+
+use crate::runas::RunAs;
+use drover_model::Timestamp;
+use serde::{Deserialize, Serialize};
+use std::path::{Path, PathBuf};
+use std::process::Stdio;
+use std::time::{Duration, Instant};
+
+/// Where pgBackRest is when it is not found on PATH (Debian's package puts it here).
+pub const DEFAULT_PGBACKREST: &str = "/usr/bin/pgbackrest";
+
+/// Full backups kept; older ones (and the differential/incremental backups and WAL
+/// that depend on them) are expired after each backup. Four weekly fulls keep about a
+/// month of point-in-time recovery, and bound the repository's size.
+pub const RETENTION_FULL: u32 = 4;
+
+/// How long pgBackRest waits for a WAL segment to reach the archive (`check`, and the
+/// end of a backup). Archiving a 16 MiB segment locally takes well under a second; a
+/// minute covers a loaded machine or a slow object store, and an archive_command that
+/// is broken fails the check in bounded time.
+pub const ARCHIVE_TIMEOUT: Duration = Duration::from_secs(60);
+
+/// Limit for the short commands (stanza-create, check, info, verify of one backup set).
+/// `check` may wait [`ARCHIVE_TIMEOUT`]; the rest is slack.
+pub const COMMAND_TIMEOUT: Duration = Duration::from_secs(300);
+
+/// Limit for one backup or restore. Generous: a large database takes hours, and a
+/// backup killed half-way is wasted work; a hung one must still end some day.
+pub const BACKUP_TIMEOUT: Duration = Duration::from_secs(12 * 3600);
+
+/// How long the scratch instance may take to replay the archived WAL and end recovery.
+pub const RECOVERY_TIMEOUT: Duration = Duration::from_secs(3600);
+
+/// How long a fast shutdown of the scratch instance may take before it is killed.
+pub const SCRATCH_STOP_TIMEOUT: Duration = Duration::from_secs(60);
+
+/// Lines of the scratch server's log quoted in an error.
+const LOG_TAIL_LINES: usize = 20;
+
+/// Kind of base backup (pgBackRest `--type`).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum BackupKind {
+    /// Every file.
+    Full,
+    /// Files changed since the last full backup.
+    Diff,
+    /// Files changed since the last backup of any kind.
+    Incr,
+}
+
+impl BackupKind {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            BackupKind::Full => "full",
+            BackupKind::Diff => "diff",
+            BackupKind::Incr => "incr",
+        }
+    }
+    fn parse(s: &str) -> Option<BackupKind> {
+        match s {
+            "full" => Some(BackupKind::Full),
+            "diff" => Some(BackupKind::Diff),
+            "incr" => Some(BackupKind::Incr),
+            _ => None,
+        }
+    }
+}
+
+/// Where the backup store lives. All repository settings (`repo1-*`) come from here,
+/// so an S3-compatible store is one more variant writing `repo1-type=s3`,
+/// `repo1-s3-bucket`, `repo1-s3-endpoint`, `repo1-s3-region`, keys... in
+/// [`RepoStorage::settings`], and nothing else changes.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum RepoStorage {
+    /// A directory on this machine (the default: `root/repo`).
+    Posix { path: PathBuf },
+}
+
+impl RepoStorage {
+    /// The `[global]` lines describing the repository.
+    fn settings(&self) -> Vec<(String, String)> {
+        match self {
+            RepoStorage::Posix { path } => vec![
+                ("repo1-type".into(), "posix".into()),
+                ("repo1-path".into(), path.display().to_string()),
+            ],
+        }
+    }
+}
+
+/// The PostgreSQL instance a stanza backs up.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct PgTarget {
+    pub data_dir: PathBuf,
+    pub port: u16,
+    /// Directory of the Unix socket (`unix_socket_directories`): pgBackRest connects through it.
+    pub socket_dir: PathBuf,
+    /// Directory of `postgres`, `initdb`... of the instance's major version.
+    pub bin_dir: PathBuf,
+}
+
+/// One backup in the repository, from `pgbackrest info`.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct BackupInfo {
+    /// pgBackRest's label, e.g. `20261121-220510F` (a full) or `20261121-220510F_20261122-010000I`.
+    pub label: String,
+    pub kind: BackupKind,
+    pub started_at: Timestamp,
+    pub finished_at: Timestamp,
+    /// Size of the database the backup restores to.
+    pub size_bytes: u64,
+    /// Size of this backup in the repository (compressed; only the changed files for diff/incr).
+    pub repo_size_bytes: u64,
+    /// First and last WAL segment needed to make this backup consistent.
+    pub wal_start: String,
+    pub wal_stop: String,
+    /// Label of the backup this one depends on (diff/incr), if any.
+    pub prior: Option<String>,
+}
+
+/// The result of one restore verification.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct VerifyReport {
+    /// Label of the backup restored.
+    pub backup: String,
+    pub ok: bool,
+    pub checked_at: Timestamp,
+    pub duration: Duration,
+    /// What was checked and what was seen, one line each, in order.
+    pub evidence: Vec<String>,
+    /// Why it failed, with what to do.
+    pub error: Option<String>,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum BackupError {
+    #[error("cannot {operation} {path}: {source}; check that the directory exists and is writable by this process")]
+    Io {
+        operation: &'static str,
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("invalid stanza name {0:?}: use letters, digits, '-' and '_' only (it names a config section and a directory)")]
+    InvalidStanza(String),
+    #[error("cannot start {program}: {source}; install pgBackRest and PostgreSQL (Debian: apt-get install pgbackrest postgresql-15)")]
+    Spawn {
+        program: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("pgbackrest {command} of stanza {stanza} failed ({status}): {output}; {hint} (full log in {log_dir})")]
+    Command {
+        command: String,
+        stanza: String,
+        status: String,
+        /// What pgBackRest printed (its ERROR lines).
+        output: String,
+        hint: &'static str,
+        log_dir: PathBuf,
+    },
+    #[error("pgbackrest {command} of stanza {stanza} did not finish within {timeout:?} and was killed; look at its log in {log_dir}")]
+    Timeout { command: String, stanza: String, timeout: Duration, log_dir: PathBuf },
+    #[error("cannot read the output of pgbackrest {command}: {reason}; is this pgBackRest 2.x?")]
+    Parse { command: String, reason: String },
+    #[error("stanza {stanza} has no backup in the repository; take one first (backup)")]
+    NoBackup { stanza: String },
+    #[error("backup of stanza {stanza} reported success but no new backup is listed; look at the backup log in {log_dir}")]
+    BackupMissing { stanza: String, log_dir: PathBuf },
+    #[error("scratch directory {path} holds a running server (postmaster.pid present); stop it or choose another scratch directory")]
+    ScratchInUse { path: PathBuf },
+}
+
+impl BackupError {
+    fn io<'a>(operation: &'static str, path: &'a Path) -> impl FnOnce(std::io::Error) -> BackupError + 'a {
+        move |source| BackupError::Io { operation, path: path.to_path_buf(), source }
+    }
+}
+
+/// A pgBackRest repository with its configuration, logs and locks under one root.
+#[derive(Clone, Debug)]
+pub struct BackupRepo {
+    root: PathBuf,
+    run_as: RunAs,
+    storage: RepoStorage,
+    pgbackrest: PathBuf,
+    db_user: Option<String>,
+}
+
+impl BackupRepo {
+    /// Opens (creating as needed) the repository under `root`, owned by `run_as`,
+    /// with the backup store in `root/repo`.
+    pub fn open(root: &Path, run_as: RunAs) -> Result<BackupRepo, BackupError> {
+        let storage = RepoStorage::Posix { path: root.join("repo") };
+        BackupRepo::open_with_storage(root, run_as, storage)
+    }
+
+    /// Same as [`BackupRepo::open`] with the backup store elsewhere.
+    pub fn open_with_storage(root: &Path, run_as: RunAs, storage: RepoStorage) -> Result<BackupRepo, BackupError> {
+        let root = absolute(root)?;
+        let repo = BackupRepo { root, run_as, storage, pgbackrest: find_pgbackrest(), db_user: None };
+        for (dir, mode) in [("", 0o750), ("conf", 0o750), ("conf/conf.d", 0o750), ("log", 0o750), ("lock", 0o750), ("spool", 0o750)] {
+            let path = repo.root.join(dir);
+            repo.run_as.prepare_dir(&path, mode).map_err(BackupError::io("create", &path))?;
+        }
+        match &repo.storage {
+            RepoStorage::Posix { path } => {
+                repo.run_as.prepare_dir(path, 0o750).map_err(BackupError::io("create the backup store", path))?
+            }
+        }
+        repo.write_global_config()?;
+        Ok(repo)
+    }
+
+    /// The database role pgBackRest connects as (`pg1-user`). By default the server
+    /// user's own name, which is the superuser `initdb` creates when run as that user.
+    pub fn with_db_user(mut self, user: impl Into<String>) -> BackupRepo {
+        self.db_user = Some(user.into());
+        self
+    }
+
+    /// Uses this pgBackRest binary (absolute path) instead of the one found on PATH.
+    pub fn with_pgbackrest(mut self, program: PathBuf) -> BackupRepo {
+        self.pgbackrest = program;
+        self
+    }
+
+    pub fn root(&self) -> &Path {
+        &self.root
+    }
+    pub fn config_path(&self) -> PathBuf {
+        self.root.join("conf/pgbackrest.conf")
+    }
+    fn include_dir(&self) -> PathBuf {
+        self.root.join("conf/conf.d")
+    }
+    pub fn log_dir(&self) -> PathBuf {
+        self.root.join("log")
+    }
+    /// Where the backup store is when it is a local directory.
+    pub fn local_store(&self) -> Option<&Path> {
+        match &self.storage {
+            RepoStorage::Posix { path } => Some(path),
+        }
+    }
+
+    /// The archive_command for postgresql.conf: absolute paths, this repository's
+    /// configuration, the stanza. Paths that need it are single-quoted for the shell,
+    /// so when writing it into postgresql.conf double any `'` as usual.
+    pub fn archive_command(&self, stanza: &str) -> String {
+        format!("{} archive-push %p", self.command_prefix(stanza))
+    }
+
+    /// The restore_command matching [`BackupRepo::archive_command`] (for followers
+    /// that fetch WAL from the archive).
+    pub fn restore_command(&self, stanza: &str) -> String {
+        format!("{} archive-get %f \"%p\"", self.command_prefix(stanza))
+    }
+
+    fn command_prefix(&self, stanza: &str) -> String {
+        format!(
+            "{} --config={} --config-include-path={} --stanza={}",
+            shell_quote(&self.pgbackrest.display().to_string()),
+            shell_quote(&self.config_path().display().to_string()),
+            shell_quote(&self.include_dir().display().to_string()),
+            shell_quote(stanza)
+        )
+    }
+
+    fn write_global_config(&self) -> Result<(), BackupError> {
+        let mut lines = vec!["[global]".to_string()];
+        for (k, v) in self.storage.settings() {
+            lines.push(format!("{k}={v}"));
+        }
+        let settings = [
+            ("repo1-retention-full", RETENTION_FULL.to_string()),
+            ("log-path", self.log_dir().display().to_string()),
+            ("lock-path", self.root.join("lock").display().to_string()),
+            ("spool-path", self.root.join("spool").display().to_string()),
+            // Errors and warnings on stderr (captured into BackupError); stdout stays
+            // clean for `info --output=json`; the file log has the detail.
+            ("log-level-console", "off".into()),
+            ("log-level-stderr", "warn".into()),
+            ("log-level-file", "info".into()),
+            // Checkpoint at once when a backup starts instead of waiting for the next one.
+            ("start-fast", "y".into()),
+            ("archive-timeout", ARCHIVE_TIMEOUT.as_secs().to_string()),
+        ];
+        for (k, v) in settings {
+            lines.push(format!("{k}={v}"));
+        }
+        write_owned(&self.config_path(), &(lines.join("\n") + "\n"), &self.run_as)
+    }
+
+    fn stanza_config(&self, stanza: &str, pg: &PgTarget) -> String {
+        let mut s = format!(
+            "[{stanza}]\npg1-path={}\npg1-port={}\npg1-socket-path={}\n",
+            pg.data_dir.display(),
+            pg.port,
+            pg.socket_dir.display()
+        );
+        if let Some(user) = &self.db_user {
+            s.push_str(&format!("pg1-user={user}\n"));
+        }
+        s
+    }
+
+    /// Makes the stanza ready: writes its configuration section, creates it in the
+    /// repository (idempotent), and runs `pgbackrest check`, which proves that the
+    /// instance's archive_command delivers WAL to the repository. The instance must be
+    /// running with archive_mode=on and [`BackupRepo::archive_command`].
+    pub async fn ensure_stanza(&self, stanza: &str, pg: &PgTarget) -> Result<(), BackupError> {
+        check_stanza_name(stanza)?;
+        let path = self.include_dir().join(format!("{stanza}.conf"));
+        write_owned(&path, &self.stanza_config(stanza, pg), &self.run_as)?;
+        self.run(stanza, &["stanza-create"], COMMAND_TIMEOUT, HINT_STANZA_CREATE).await?;
+        self.check(stanza).await
+    }
+
+    /// `pgbackrest check`: the instance is reachable and a forced WAL switch reaches the archive.
+    pub async fn check(&self, stanza: &str) -> Result<(), BackupError> {
+        check_stanza_name(stanza)?;
+        self.run(stanza, &["check"], COMMAND_TIMEOUT, HINT_CHECK).await.map(|_| ())
+    }
+
+    /// Takes a backup of the stanza's instance now and returns it as listed by `info`.
+    pub async fn backup(&self, stanza: &str, pg: &PgTarget, kind: BackupKind) -> Result<BackupInfo, BackupError> {
+        check_stanza_name(stanza)?;
+        let _ = pg; // the stanza's configuration (written by ensure_stanza) says where the instance is
+        let before: Vec<String> = self.list(stanza).await?.into_iter().map(|b| b.label).collect();
+        let type_arg = format!("--type={}", kind.as_str());
+        self.run(stanza, &["backup", &type_arg], BACKUP_TIMEOUT, HINT_BACKUP).await?;
+        let after = self.list(stanza).await?;
+        after
+            .into_iter()
+            .rev()
+            .find(|b| !before.contains(&b.label))
+            .ok_or_else(|| BackupError::BackupMissing { stanza: stanza.into(), log_dir: self.log_dir() })
+    }
+
+    /// The stanza's backups, oldest first (empty when the stanza has none or does not exist).
+    pub async fn list(&self, stanza: &str) -> Result<Vec<BackupInfo>, BackupError> {
+        check_stanza_name(stanza)?;
+        let out = self.run(stanza, &["info", "--output=json"], COMMAND_TIMEOUT, HINT_INFO).await?;
+        parse_info(&out.stdout, stanza)
+    }
+
+    /// `pgbackrest verify` of one backup set: re-reads every file of the set from the
+    /// repository and checks it against the checksum recorded in its manifest.
+    /// Returns pgBackRest's report lines, or an error describing what is invalid.
+    /// (pgBackRest 2.45 exits 0 even when it finds invalid files: the report is parsed.)
+    pub async fn verify_backup(&self, stanza: &str, label: &str) -> Result<Vec<String>, String> {
+        let set = format!("--set={label}");
+        let out = self
+            .run(stanza, &["verify", &set, "--output=text", "--verbose"], COMMAND_TIMEOUT, HINT_VERIFY)
+            .await
+            .map_err(|e| e.to_string())?;
+        let lines: Vec<String> = out.stdout.lines().map(|l| l.trim().to_string()).filter(|l| !l.is_empty()).collect();
+        // pgBackRest 2.45 checks the whole repository even with --set: a damaged older
+        // backup or WAL segment fails the verification too (the repository is damaged).
+        let ours_valid = lines.iter().any(|l| l.starts_with(&format!("backup: {label}, status: valid")));
+        let failed = lines.iter().any(|l| l == "status: error" || l.contains("status: invalid"))
+            || !lines.iter().any(|l| l == "status: ok")
+            || !ours_valid;
+        if failed {
+            return Err(format!(
+                "pgbackrest verify found backup {label} of stanza {stanza} damaged in the repository: {}; \
+                 do not rely on it: take a new full backup now, and find out what altered the repository \
+                 (disk errors, another writer); the invalid files are named in {}",
+                lines.join(" | "),
+                self.log_dir().join(format!("{stanza}-verify.log")).display()
+            ));
+        }
+        Ok(lines)
+    }
+
+    /// Restores the latest backup into `scratch_dir` (created fresh; a leftover of an
+    /// earlier run is removed), starts PostgreSQL on `port` as run_as until it has
+    /// replayed all archived WAL and ended recovery, runs the checks, stops it and deletes
+    /// `scratch_dir`. The checks: `pgbackrest verify` of the set (repository checksums)
+    /// before anything, pgBackRest's own checksum checks during restore, `SELECT 1`,
+    /// `pg_is_in_recovery()` false, and either `canary` (a query that must return a row,
+    /// tried in each database) or at least one user table.
+    ///
+    /// Problems of the backup give `Ok` with `ok: false` and the reason in `error`;
+    /// `Err` only when there is nothing to verify or the repository cannot be read.
+    pub async fn verify_restore(
+        &self,
+        stanza: &str,
+        scratch_dir: &Path,
+        port: u16,
+        bin_dir: &Path,
+        canary: Option<&str>,
+    ) -> Result<VerifyReport, BackupError> {
+        check_stanza_name(stanza)?;
+        let started = Instant::now();
+        let checked_at = now();
+        let backups = self.list(stanza).await?;
+        let latest = backups.last().ok_or_else(|| BackupError::NoBackup { stanza: stanza.into() })?.clone();
+        let scratch_dir = absolute(scratch_dir)?;
+        if scratch_dir.join("postmaster.pid").exists() {
+            return Err(BackupError::ScratchInUse { path: scratch_dir });
+        }
+        let mut evidence = vec![format!(
+            "latest backup {} ({}, {} bytes, finished {})",
+            latest.label,
+            latest.kind.as_str(),
+            latest.size_bytes,
+            latest.finished_at.to_rfc3339()
+        )];
+        let result = self.restore_and_check(stanza, &latest, &scratch_dir, port, bin_dir, canary, &mut evidence).await;
+        // The scratch copy is thrown away whatever happened (the guard inside has stopped the server).
+        if scratch_dir.exists() {
+            if let Err(e) = std::fs::remove_dir_all(&scratch_dir) {
+                evidence.push(format!("could not delete scratch directory {}: {e}", scratch_dir.display()));
+            }
+        }
+        let error = result.err();
+        tracing::info!(stanza, backup = %latest.label, ok = error.is_none(), error = ?error, "verified restore");
+        Ok(VerifyReport {
+            backup: latest.label,
+            ok: error.is_none(),
+            checked_at,
+            duration: started.elapsed(),
+            evidence,
+            error,
+        })
+    }
+
+    #[allow(clippy::too_many_arguments)]
+    async fn restore_and_check(
+        &self,
+        stanza: &str,
+        backup: &BackupInfo,
+        scratch_dir: &Path,
+        port: u16,
+        bin_dir: &Path,
+        canary: Option<&str>,
+        evidence: &mut Vec<String>,
+    ) -> Result<(), String> {
+        // 1. The repository's copy: every file's checksum against the manifest.
+        let t = Instant::now();
+        let report = self.verify_backup(stanza, &backup.label).await?;
+        evidence.push(format!("pgbackrest verify --set={} passed in {:?}: {}", backup.label, t.elapsed(), report.join(" | ")));
+
+        // 2. Restore into a fresh directory; pgBackRest checks each file's checksum as it writes it.
+        if scratch_dir.exists() {
+            std::fs::remove_dir_all(scratch_dir)
+                .map_err(|e| format!("cannot clear scratch directory {}: {e}", scratch_dir.display()))?;
+        }
+        self.run_as
+            .prepare_dir(scratch_dir, 0o700)
+            .map_err(|e| format!("cannot create scratch directory {}: {e}", scratch_dir.display()))?;
+        let t = Instant::now();
+        let pg1_path = format!("--pg1-path={}", scratch_dir.display());
+        let set = format!("--set={}", backup.label);
+        self.run(stanza, &["restore", &pg1_path, &set, "--type=default", "--archive-mode=off"], BACKUP_TIMEOUT, HINT_RESTORE)
+            .await
+            .map_err(|e| e.to_string())?;
+        evidence.push(format!("restored {} into {} in {:?} (file checksums checked by pgBackRest)", backup.label, scratch_dir.display(), t.elapsed()));
+
+        // Only this process may reach the scratch server: no TCP, socket in the 0700 scratch directory.
+        let hba = scratch_dir.join("pg_hba.conf");
+        write_owned(&hba, "# drover restore verification: local socket only, in a 0700 directory\nlocal all all trust\n", &self.run_as)
+            .map_err(|e| e.to_string())?;
+
+        // 3. Start it and let it replay the archive to its end.
+        let log_path = self.log_dir().join(format!("verify-restore-{stanza}.log"));
+        let t = Instant::now();
+        let mut server = ScratchServer::start(&self.run_as, bin_dir, scratch_dir, port, &log_path)?;
+        let client = match server.wait_until_promoted(scratch_dir, port, &self.connect_users()).await {
+            Ok(c) => c,
+            Err(e) => {
+                server.stop().await;
+                return Err(format!("{e}; last lines of the scratch server's log {}: {}", log_path.display(), log_tail(&log_path)));
+            }
+        };
+        evidence.push(format!("scratch server on port {port} replayed the archived WAL and ended recovery in {:?}", t.elapsed()));
+        let checked = run_restore_checks(&client, scratch_dir, port, &server.user, canary, evidence).await;
+        drop(client);
+        server.stop().await;
+        evidence.push("scratch server stopped".into());
+        checked
+    }
+
+    /// Roles to try when connecting to the scratch copy: its superuser is whoever ran initdb.
+    fn connect_users(&self) -> Vec<String> {
+        let mut users = Vec::new();
+        if let Some(u) = &self.db_user {
+            users.push(u.clone());
+        }
+        users.push(self.run_as.user.clone());
+        users.push("postgres".into());
+        users.dedup();
+        users
+    }
+
+    async fn run(&self, stanza: &str, args: &[&str], timeout: Duration, hint: &'static str) -> Result<CommandOutput, BackupError> {
+        let mut cmd = tokio::process::Command::new(&self.pgbackrest);
+        cmd.arg(format!("--config={}", self.config_path().display()))
+            .arg(format!("--config-include-path={}", self.include_dir().display()))
+            .arg(format!("--stanza={stanza}"))
+            .args(args)
+            .current_dir(&self.root)
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .kill_on_drop(true);
+        self.run_as.apply_tokio(&mut cmd);
+        let command = args.join(" ");
+        tracing::debug!(stanza, command, "pgbackrest");
+        let child = cmd.spawn().map_err(|source| BackupError::Spawn { program: self.pgbackrest.clone(), source })?;
+        let output = match tokio::time::timeout(timeout, child.wait_with_output()).await {
+            Ok(r) => r.map_err(|source| BackupError::Spawn { program: self.pgbackrest.clone(), source })?,
+            Err(_) => {
+                return Err(BackupError::Timeout { command, stanza: stanza.into(), timeout, log_dir: self.log_dir() });
+            }
+        };
+        let stdout = String::from_utf8_lossy(&output.stdout).into_owned();
+        let stderr = String::from_utf8_lossy(&output.stderr).into_owned();
+        if !output.status.success() {
+            let text = if stderr.trim().is_empty() { stdout.trim() } else { stderr.trim() };
+            return Err(BackupError::Command {
+                command,
+                stanza: stanza.into(),
+                status: output.status.to_string(),
+                output: one_line(text),
+                hint,
+                log_dir: self.log_dir(),
+            });
+        }
+        Ok(CommandOutput { stdout })
+    }
+}
+
+const HINT_STANZA_CREATE: &str = "check that PostgreSQL is running at the stanza's pg1-path, port and socket directory, \
+     that the server user can connect to it through the socket, and that the repository is writable by the server user";
+const HINT_CHECK: &str = "WAL archiving is not working: the instance needs archive_mode=on, wal_level=replica or logical, and \
+     archive_command set to BackupRepo::archive_command for this stanza (then reload); its log shows why archive-push failed";
+const HINT_BACKUP: &str = "check that the instance is running and archiving (pgbackrest check) and that the repository has free space";
+const HINT_INFO: &str = "check that the repository is readable by the server user";
+const HINT_VERIFY: &str = "check that the repository is readable by the server user";
+const HINT_RESTORE: &str = "a file of the backup could not be read back intact: the backup is damaged; take a new full backup now \
+     and find out what altered the repository";
+
+struct CommandOutput {
+    stdout: String,
+}
+
+/// A PostgreSQL restored for verification, our child: killed if dropped while running.
+struct ScratchServer {
+    child: Option<tokio::process::Child>,
+    /// The role the checks connected as.
+    user: String,
+}
+
+impl ScratchServer {
+    fn start(run_as: &RunAs, bin_dir: &Path, data_dir: &Path, port: u16, log_path: &Path) -> Result<ScratchServer, String> {
+        let log = std::fs::File::create(log_path).map_err(|e| format!("cannot create log file {}: {e}", log_path.display()))?;
+        let log2 = log.try_clone().map_err(|e| format!("cannot open log file {}: {e}", log_path.display()))?;
+        let _ = run_as.chown(log_path);
+        let mut cmd = tokio::process::Command::new(bin_dir.join("postgres"));
+        cmd.arg("-D").arg(data_dir).arg("-p").arg(port.to_string()).arg("-k").arg(data_dir);
+        // Whatever the restored postgresql.conf says: no TCP, never archive into the
+        // production stanza, never wait for a synchronous standby, never stream from the
+        // primary, no TLS files needed, log to our file.
+        for setting in [
+            "listen_addresses=",
+            "archive_mode=off",
+            "synchronous_standby_names=",
+            "primary_conninfo=",
+            "ssl=off",
+            "logging_collector=off",
+            "log_destination=stderr",
+            "hot_standby=on",
+        ] {
+            cmd.arg("-c").arg(setting);
+        }
+        cmd.current_dir(data_dir).stdin(Stdio::null()).stdout(Stdio::from(log)).stderr(Stdio::from(log2)).kill_on_drop(true);
+        run_as.apply_tokio(&mut cmd);
+        let child = cmd.spawn().map_err(|e| format!("cannot start {}: {e}", bin_dir.join("postgres").display()))?;
+        Ok(ScratchServer { child: Some(child), user: run_as.user.clone() })
+    }
+
+    /// Waits until the server accepts connections and `pg_is_in_recovery()` is false.
+    async fn wait_until_promoted(&mut self, socket_dir: &Path, port: u16, users: &[String]) -> Result<tokio_postgres::Client, String> {
+        let deadline = Instant::now() + RECOVERY_TIMEOUT;
+        let mut last_error = String::from("not tried yet");
+        loop {
+            if let Some(child) = self.child.as_mut() {
+                if let Ok(Some(status)) = child.try_wait() {
+                    self.child = None;
+                    return Err(format!("the restored server exited ({status}) before recovery ended"));
+                }
+            }
+            for user in users {
+                match connect(socket_dir, port, user, "postgres").await {
+                    Ok(client) => match client.query_one("SELECT pg_is_in_recovery()", &[]).await {
+                        Ok(row) if !row.get::<_, bool>(0) => {
+                            self.user = user.clone();
+                            return Ok(client);
+                        }
+                        Ok(_) => last_error = "still in recovery".into(),
+                        Err(e) => last_error = e.to_string(),
+                    },
+                    Err(e) => last_error = format!("connect as {user}: {e}"),
+                }
+                if !last_error.contains("does not exist") {
+                    break; // the role exists; no need to try the others
+                }
+            }
+            if Instant::now() >= deadline {
+                return Err(format!("the restored server did not end recovery within {RECOVERY_TIMEOUT:?} (last: {last_error})"));
+            }
+            tokio::time::sleep(Duration::from_millis(200)).await;
+        }
+    }
+
+    /// Fast shutdown, then kill if it lingers.
+    async fn stop(&mut self) {
+        let Some(mut child) = self.child.take() else { return };
+        if let Some(pid) = child.id() {
+            let _ = nix::sys::signal::kill(nix::unistd::Pid::from_raw(pid as i32), nix::sys::signal::Signal::SIGINT);
+        }
+        if tokio::time::timeout(SCRATCH_STOP_TIMEOUT, child.wait()).await.is_err() {
+            let _ = child.start_kill();
+            let _ = child.wait().await;
+        }
+    }
+}
+
+impl Drop for ScratchServer {
+    fn drop(&mut self) {
+        if let Some(child) = self.child.as_mut() {
+            // Dropped mid-verification (cancelled): SIGQUIT makes the postmaster take its
+            // backends down with it; kill_on_drop sends SIGKILL after.
+            if let Some(pid) = child.id() {
+                let _ = nix::sys::signal::kill(nix::unistd::Pid::from_raw(pid as i32), nix::sys::signal::Signal::SIGQUIT);
+            }
+        }
+    }
+}
+
+async fn run_restore_checks(
+    client: &tokio_postgres::Client,
+    socket_dir: &Path,
+    port: u16,
+    user: &str,
+    canary: Option<&str>,
+    evidence: &mut Vec<String>,
+) -> Result<(), String> {
+    let one: i32 = client.query_one("SELECT 1", &[]).await.map_err(|e| format!("SELECT 1 failed: {e}"))?.get(0);
+    if one != 1 {
+        return Err(format!("SELECT 1 returned {one}"));
+    }
+    evidence.push("SELECT 1 returned 1".into());
+    let in_recovery: bool = client.query_one("SELECT pg_is_in_recovery()", &[]).await.map_err(|e| e.to_string())?.get(0);
+    if in_recovery {
+        return Err("the restored server is still in recovery".into());
+    }
+    evidence.push("pg_is_in_recovery() is false: recovery ended at the end of the archive".into());
+    let databases: Vec<String> = client
+        .query("SELECT datname FROM pg_database WHERE datallowconn AND NOT datistemplate ORDER BY datname", &[])
+        .await
+        .map_err(|e| format!("cannot list databases: {e}"))?
+        .iter()
+        .map(|r| r.get(0))
+        .collect();
+    evidence.push(format!("databases: {}", databases.join(", ")));
+    let mut user_tables = 0i64;
+    let mut canary_found_in = None;
+    let mut canary_errors = Vec::new();
+    for db in &databases {
+        let c = connect(socket_dir, port, user, db).await.map_err(|e| format!("cannot connect to database {db}: {e}"))?;
+        let n: i64 = c
+            .query_one("SELECT count(*) FROM pg_catalog.pg_tables WHERE schemaname NOT IN ('pg_catalog', 'information_schema')", &[])
+            .await
+            .map_err(|e| format!("cannot count tables in {db}: {e}"))?
+            .get(0);
+        evidence.push(format!("database {db}: {n} user tables"));
+        user_tables += n;
+        if let (Some(q), None) = (canary, &canary_found_in) {
+            match c.simple_query(q).await {
+                Ok(msgs) if msgs.iter().any(|m| matches!(m, tokio_postgres::SimpleQueryMessage::Row(_))) => {
+                    canary_found_in = Some(db.clone())
+                }
+                Ok(_) => canary_errors.push(format!("{db}: no row")),
+                Err(e) => canary_errors.push(format!("{db}: {}", e.as_db_error().map(|d| d.message().to_string()).unwrap_or(e.to_string()))),
+            }
+        }
+    }
+    match canary {
+        Some(q) => match canary_found_in {
+            Some(db) => evidence.push(format!("canary query returned a row in database {db}: {q}")),
+            None => {
+                return Err(format!(
+                    "the canary query returned no row in any database of the restored copy ({}): {q}; the backup \
+                     or the archived WAL after it is missing data",
+                    canary_errors.join("; ")
+                ))
+            }
+        },
+        None if user_tables == 0 => {
+            return Err("the restored copy has no user tables: the backup holds no data, or this is the wrong stanza; \
+                        pass a canary query to prove recent data is there"
+                .into())
+        }
+        None => evidence.push(format!("{user_tables} user tables found")),
+    }
+    Ok(())
+}
+
+async fn connect(socket_dir: &Path, port: u16, user: &str, db: &str) -> Result<tokio_postgres::Client, tokio_postgres::Error> {
+    let (client, connection) = tokio_postgres::Config::new()
+        .host_path(socket_dir)
+        .port(port)
+        .user(user)
+        .dbname(db)
+        .application_name("drover-verify-restore")
+        .connect_timeout(Duration::from_secs(5))
+        .connect(tokio_postgres::NoTls)
+        .await?;
+    tokio::spawn(async move {
+        let _ = connection.await;
+    });
+    Ok(client)
+}
+
+#[derive(Deserialize)]
+struct InfoStanza {
+    name: String,
+    #[serde(default)]
+    backup: Vec<InfoBackup>,
+}
+
+#[derive(Deserialize)]
+struct InfoBackup {
+    label: String,
+    #[serde(rename = "type")]
+    kind: String,
+    timestamp: InfoTimestamp,
+    info: InfoSizes,
+    archive: Option<InfoArchive>,
+    prior: Option<String>,
+    #[serde(default)]
+    error: Option<bool>,
+}
+
+#[derive(Deserialize)]
+struct InfoTimestamp {
+    start: i64,
+    stop: i64,
+}
+
+#[derive(Deserialize)]
+struct InfoSizes {
+    size: u64,
+    repository: InfoRepoSize,
+}
+
+#[derive(Deserialize)]
+struct InfoRepoSize {
+    delta: u64,
+}
+
+#[derive(Deserialize)]
+struct InfoArchive {
+    start: Option<String>,
+    stop: Option<String>,
+}
+
+fn parse_info(json: &str, stanza: &str) -> Result<Vec<BackupInfo>, BackupError> {
+    let parse_err = |reason: String| BackupError::Parse { command: "info --output=json".into(), reason };
+    let stanzas: Vec<InfoStanza> = serde_json::from_str(json).map_err(|e| parse_err(e.to_string()))?;
+    let mut out = Vec::new();
+    for s in stanzas.into_iter().filter(|s| s.name == stanza) {
+        for b in s.backup {
+            if b.error == Some(true) {
+                // pgBackRest found page checksum errors while backing up: still listed, but logged.
+                tracing::warn!(stanza, label = %b.label, "pgbackrest reports page checksum errors in this backup");
+            }
+            let kind = BackupKind::parse(&b.kind).ok_or_else(|| parse_err(format!("unknown backup type {:?}", b.kind)))?;
+            let archive = b.archive.unwrap_or(InfoArchive { start: None, stop: None });
+            out.push(BackupInfo {
+                label: b.label,
+                kind,
+                started_at: Timestamp::from_micros(b.timestamp.start.saturating_mul(1_000_000)),
+                finished_at: Timestamp::from_micros(b.timestamp.stop.saturating_mul(1_000_000)),
+                size_bytes: b.info.size,
+                repo_size_bytes: b.info.repository.delta,
+                wal_start: archive.start.unwrap_or_default(),
+                wal_stop: archive.stop.unwrap_or_default(),
+                prior: b.prior,
+            });
+        }
+    }
+    Ok(out)
+}
+
+fn check_stanza_name(stanza: &str) -> Result<(), BackupError> {
+    let valid = !stanza.is_empty()
+        && stanza.len() <= 64
+        && stanza.chars().all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '_');
+    if valid {
+        Ok(())
+    } else {
+        Err(BackupError::InvalidStanza(stanza.into()))
+    }
+}
+
+fn now() -> Timestamp {
+    Timestamp::from_micros(jiff::Timestamp::now().as_microsecond())
+}
+
+fn absolute(path: &Path) -> Result<PathBuf, BackupError> {
+    std::path::absolute(path).map_err(BackupError::io("resolve", path))
+}
+
+fn find_pgbackrest() -> PathBuf {
+    if let Some(paths) = std::env::var_os("PATH") {
+        for dir in std::env::split_paths(&paths) {
+            let candidate = dir.join("pgbackrest");
+            if candidate.is_absolute() && candidate.is_file() {
+                return candidate;
+            }
+        }
+    }
+    PathBuf::from(DEFAULT_PGBACKREST)
+}
+
+/// Writes `contents` to `path` (atomically: temp file + rename), owned by `run_as`, mode 0640.
+fn write_owned(path: &Path, contents: &str, run_as: &RunAs) -> Result<(), BackupError> {
+    use std::os::unix::fs::PermissionsExt;
+    let tmp = path.with_extension("tmp");
+    std::fs::write(&tmp, contents).map_err(BackupError::io("write", &tmp))?;
+    std::fs::set_permissions(&tmp, std::fs::Permissions::from_mode(0o640)).map_err(BackupError::io("set permissions of", &tmp))?;
+    run_as.chown(&tmp).map_err(BackupError::io("give to the server user", &tmp))?;
+    std::fs::rename(&tmp, path).map_err(BackupError::io("replace", path))
+}
+
+fn shell_quote(s: &str) -> String {
+    let plain = !s.is_empty() && s.chars().all(|c| c.is_ascii_alphanumeric() || "/._-=+:,@%".contains(c));
+    if plain {
+        s.to_string()
+    } else {
+        format!("'{}'", s.replace('\'', r"'\''"))
+    }
+}
+
+fn one_line(s: &str) -> String {
+    s.lines().map(str::trim).filter(|l| !l.is_empty()).collect::<Vec<_>>().join(" | ")
+}
+
+fn log_tail(path: &Path) -> String {
+    match std::fs::read_to_string(path) {
+        Ok(s) => {
+            let lines: Vec<&str> = s.lines().collect();
+            lines[lines.len().saturating_sub(LOG_TAIL_LINES)..].join(" | ")
+        }
+        Err(e) => format!("(cannot read: {e})"),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn info_json_of_pgbackrest_2_45_parses_into_backups() {
+        let json = r#"[{"archive":[{"database":{"id":1,"repo-key":1},"id":"15-1","max":"000000010000000000000003","min":"000000010000000000000001"}],"backup":[{"archive":{"start":"000000010000000000000002","stop":"000000010000000000000003"},"backrest":{"format":5,"version":"2.45"},"database":{"id":1,"repo-key":1},"error":false,"info":{"delta":22992162,"repository":{"delta":3043310,"size":3043310},"size":22992162},"label":"20261121-220510F","lsn":{"start":"0/2000028","stop":"0/3000050"},"prior":null,"reference":null,"timestamp":{"start":1795298710,"stop":1795298718},"type":"full"}],"cipher":"none","db":[{"id":1,"repo-key":1,"system-id":7710749209015556438,"version":"15"}],"name":"s1","repo":[{"cipher":"none","key":1,"status":{"code":0,"message":"ok"}}],"status":{"code":0,"lock":{"backup":{"held":false}},"message":"ok"}}]"#;
+        let backups = parse_info(json, "s1").unwrap();
+        assert_eq!(backups.len(), 1);
+        let b = &backups[0];
+        assert_eq!(b.label, "20261121-220510F");
+        assert_eq!(b.kind, BackupKind::Full);
+        assert_eq!(b.size_bytes, 22992162);
+        assert_eq!(b.repo_size_bytes, 3043310);
+        assert_eq!(b.finished_at.micros() - b.started_at.micros(), 8_000_000);
+        assert_eq!(b.wal_start, "000000010000000000000002");
+        assert!(parse_info(json, "other").unwrap().is_empty());
+    }
+
+    #[test]
+    fn stanza_names_cannot_inject_configuration() {
+        assert!(check_stanza_name("svc-1_a").is_ok());
+        for bad in ["", "a]\n[global", "a b", "../x"] {
+            assert!(check_stanza_name(bad).is_err(), "{bad:?}");
+        }
+    }
+
+    #[test]
+    fn archive_command_quotes_paths_that_need_it() {
+        assert_eq!(shell_quote("/usr/bin/pgbackrest"), "/usr/bin/pgbackrest");
+        assert_eq!(shell_quote("/tmp/my dir"), "'/tmp/my dir'");
+        assert_eq!(shell_quote("a'b"), r"'a'\''b'");
+    }
+}
