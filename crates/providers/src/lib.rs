@@ -6,6 +6,7 @@
 //! engine. `sim` is the simulated fleet; `local` (real PostgreSQL processes)
 //! and cloud providers plug in behind the same trait later.
 
+pub mod local;
 pub mod checks;
 pub mod pgbackrest;
 pub mod runas;

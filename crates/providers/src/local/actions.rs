@@ -1,0 +1,670 @@
+//! The engine's actions carried out on real servers. Each is idempotent: a
+//! repeat reports success when the effect already holds.
+
+use super::postgres::{self, ServerSettings};
+use super::process::{self, ProcState};
+use super::registry::{InstanceEntry, Lifecycle, ServiceEntry};
+use super::{lock, router, Inner, MAX_ROUTER_PAUSE, ROUTER_COMMAND_TIMEOUT};
+use drover_model::{ActionKind, ActionOutcome, ActionRecord, Fault, InstanceId, Role, ServiceId};
+use nix::sys::signal::Signal;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+/// How long a new follower may take to start streaming after it starts.
+const STREAM_TIMEOUT: Duration = Duration::from_secs(60);
+/// How long until the primary reports a synchronous standby after ALTER SYSTEM.
+const SYNC_TIMEOUT: Duration = Duration::from_secs(10);
+/// pg_promote's own wait.
+const PROMOTE_WAIT_SECONDS: u32 = 60;
+/// Probe: the server must answer SELECT 1 within this (the brief's 1 s).
+const PROBE_TIMEOUT: Duration = Duration::from_secs(1);
+/// One SQL statement the provider runs as part of an action.
+const SQL_TIMEOUT: Duration = Duration::from_secs(10);
+/// Quorum sync replication to any one streaming follower (Patroni's
+/// non-strict synchronous mode, see `Inner::adjust_sync`).
+pub const SYNC_STANDBYS: &str = "ANY 1 (*)";
+
+/// Why one attempt failed.
+pub struct Failure {
+    error: String,
+    retryable: bool,
+}
+fn retry(error: impl Into<String>) -> Failure {
+    Failure { error: error.into(), retryable: true }
+}
+fn fatal(error: impl Into<String>) -> Failure {
+    Failure { error: error.into(), retryable: false }
+}
+impl From<String> for Failure {
+    /// Unclassified errors (I/O, a server slow to start) are worth a retry.
+    fn from(error: String) -> Failure {
+        retry(error)
+    }
+}
+
+type Done = Result<Option<String>, Failure>;
+
+impl Inner {
+    pub(super) async fn execute(self: &Arc<Self>, action: ActionRecord) -> ActionOutcome {
+        let guard = self.instance_lock(action.instance);
+        let _one_at_a_time = guard.lock().await;
+        let started = Instant::now();
+        let id = action.instance;
+        let result = match &action.kind {
+            ActionKind::Provision { role, service_name, sync, .. } => {
+                self.provision(id, action.service, *role, service_name, *sync).await
+            }
+            ActionKind::Probe => self.probe(id).await,
+            ActionKind::Fence => self.fence(id).await,
+            ActionKind::Promote => self.promote(id).await,
+            ActionKind::Restart => self.restart(id).await,
+            ActionKind::Retire => self.retire(id).await,
+            ActionKind::Archive => self.archive(id).await,
+            ActionKind::Terminate => self.terminate(id).await,
+            ActionKind::InjectFault { fault } => self.inject(id, *fault).await,
+            ActionKind::Backup | ActionKind::VerifyRestore => Err(fatal(format!(
+                "{} on the local provider is not wired yet (pgBackRest support is coming)",
+                action.kind.name()
+            ))),
+        };
+        let outcome = match result {
+            Ok(detail) => ActionOutcome::Succeeded { detail },
+            Err(Failure { error, retryable }) => ActionOutcome::Failed { error, retryable },
+        };
+        tracing::info!(
+            action = %action.id,
+            kind = action.kind.name(),
+            instance = %id,
+            attempt = action.attempts,
+            elapsed_ms = started.elapsed().as_millis() as u64,
+            outcome = ?outcome,
+            "local action executed"
+        );
+        outcome
+    }
+
+    async fn provision(
+        self: &Arc<Self>,
+        id: InstanceId,
+        service_id: ServiceId,
+        role: Role,
+        service_name: &str,
+        sync: bool,
+    ) -> Done {
+        let existing = {
+            let registry = lock(&self.registry);
+            if registry.tombstones.contains(&id) {
+                return Err(fatal(format!("instance {id} was terminated; a terminated id is never provisioned again")));
+            }
+            registry.instances.get(&id).cloned()
+        };
+        if let Some(entry) = &existing {
+            match entry.lifecycle {
+                Lifecycle::Active if entry.fenced => {
+                    return Err(fatal(format!("instance {id} is fenced; provision a new instance instead")))
+                }
+                Lifecycle::Active => {
+                    // Already built: make sure it runs (a repeat after a crash).
+                    self.start_server(id, entry).await?;
+                    if entry.role == Role::Primary {
+                        self.ensure_router(entry.service).await?;
+                    }
+                    return Ok(Some("already provisioned".into()));
+                }
+                Lifecycle::Retired | Lifecycle::Archived => {
+                    return Err(fatal(format!("instance {id} was retired; it is not provisioned again")))
+                }
+                Lifecycle::Provisioning => {
+                    // A half-built attempt: start over in the same place.
+                    self.stop_server(id, Some(entry)).await?;
+                    let _ = std::fs::remove_dir_all(&entry.dir);
+                }
+            }
+        }
+        let entry = self.register(id, service_id, role, service_name, sync, existing)?;
+        self.run_as.prepare_dir(&entry.dir, 0o700).map_err(|e| format!("instance dir: {e}"))?;
+        match role {
+            Role::Primary => self.build_primary(&entry).await?,
+            Role::Follower => self.build_follower(&entry).await?,
+        }
+        self.start_server(id, &entry).await?;
+        if role == Role::Follower {
+            self.wait_streaming(&entry).await?;
+        }
+        {
+            let mut registry = lock(&self.registry);
+            if let Some(stored) = registry.instances.get_mut(&id) {
+                stored.lifecycle = Lifecycle::Active;
+            }
+            if role == Role::Primary {
+                if let Some(service) = registry.services.get_mut(&service_id) {
+                    service.primary = Some(id);
+                }
+            }
+        }
+        self.save()?;
+        match role {
+            Role::Primary => {
+                let service_guard = self.service_lock(service_id);
+                let _held = service_guard.lock().await;
+                self.ensure_router(service_id).await?;
+                self.resume_router(service_id).await;
+            }
+            Role::Follower => {
+                if sync {
+                    self.adjust_sync(service_id).await?;
+                }
+            }
+        }
+        Ok(Some(format!("{role} on port {}", entry.port)))
+    }
+
+    /// Records the new instance (and its service, on first use) with fresh
+    /// ports, durably, before anything is built: the ports survive a crash.
+    fn register(
+        &self,
+        id: InstanceId,
+        service_id: ServiceId,
+        role: Role,
+        service_name: &str,
+        sync: bool,
+        existing: Option<InstanceEntry>,
+    ) -> Result<InstanceEntry, Failure> {
+        let entry = {
+            let mut registry = lock(&self.registry);
+            let mut used = registry.ports_in_use();
+            if !registry.services.contains_key(&service_id) {
+                let router_port = free_port(&used)?;
+                used.insert(router_port);
+                let password = random_password()?;
+                registry.services.insert(
+                    service_id,
+                    ServiceEntry { name: service_name.to_string(), router_port, password, primary: None, sync },
+                );
+            } else if let Some(service) = registry.services.get_mut(&service_id) {
+                service.sync = sync;
+            }
+            let port = match &existing {
+                Some(e) => e.port,
+                None => free_port(&used)?,
+            };
+            let entry = InstanceEntry {
+                service: service_id,
+                service_name: service_name.to_string(),
+                role,
+                port,
+                dir: self.root.join("instances").join(id.to_string()),
+                lifecycle: Lifecycle::Provisioning,
+                fenced: false,
+                fault: None,
+            };
+            registry.instances.insert(id, entry.clone());
+            entry
+        };
+        self.save()?;
+        Ok(entry)
+    }
+
+    fn settings(&self) -> ServerSettings<'_> {
+        ServerSettings { archive_command: self.config.archive_command.as_deref(), control_user: &self.control_user }
+    }
+
+    async fn build_primary(&self, entry: &InstanceEntry) -> Result<(), Failure> {
+        let password = self.service(entry.service)?.password;
+        let pgdata = entry.pgdata();
+        self.run_as.prepare_dir(&pgdata, 0o700).map_err(|e| format!("pgdata: {e}"))?;
+        let pwfile = entry.dir.join("initdb.pw");
+        postgres::write_owned(&self.run_as, &pwfile, &password, 0o600)?;
+        let mut initdb = tokio::process::Command::new(self.binaries.path("initdb"));
+        initdb
+            .arg("-D")
+            .arg(&pgdata)
+            .arg(format!("--username={}", postgres::ROLE))
+            .arg(format!("--pwfile={}", pwfile.display()))
+            .args(["--auth-local=peer", "--auth-host=scram-sha-256", "--data-checksums"])
+            .args(["--locale=C", "--encoding=UTF8"])
+            .current_dir(&entry.dir)
+            .env("LC_ALL", "C");
+        self.run_as.apply_tokio(&mut initdb);
+        let result = postgres::run(initdb, "initdb").await;
+        let _ = std::fs::remove_file(&pwfile);
+        result?;
+        postgres::write_config(&self.run_as, entry, &self.settings())?;
+        Ok(())
+    }
+
+    async fn build_follower(&self, entry: &InstanceEntry) -> Result<(), Failure> {
+        let service = self.service(entry.service)?;
+        let primary = self.current_primary(entry.service).ok_or_else(|| {
+            retry(format!("service {} has no running, unfenced primary to copy a follower from", service.name))
+        })?;
+        let pgdata = entry.pgdata();
+        self.run_as.prepare_dir(&pgdata, 0o700).map_err(|e| format!("pgdata: {e}"))?;
+        let conninfo = postgres::primary_conninfo(primary.port, &service.password, &entry_id_name(entry));
+        let mut basebackup = tokio::process::Command::new(self.binaries.path("pg_basebackup"));
+        basebackup
+            .arg("-D")
+            .arg(&pgdata)
+            .args(["-R", "-X", "stream", "-c", "fast", "--no-password", "-d", &conninfo])
+            .current_dir(&entry.dir)
+            .env("LC_ALL", "C");
+        self.run_as.apply_tokio(&mut basebackup);
+        postgres::run(basebackup, "pg_basebackup").await?;
+        postgres::write_config(&self.run_as, entry, &self.settings())?;
+        postgres::set_primary_conninfo(&self.run_as, &pgdata, &conninfo)?;
+        Ok(())
+    }
+
+    fn service(&self, id: ServiceId) -> Result<ServiceEntry, Failure> {
+        lock(&self.registry).services.get(&id).cloned().ok_or_else(|| fatal(format!("unknown service {id}")))
+    }
+
+    /// The service's primary when it is active, unfenced and its postmaster runs.
+    fn current_primary(&self, service: ServiceId) -> Option<InstanceEntry> {
+        let id = lock(&self.registry).services.get(&service)?.primary?;
+        let entry = self.entry(id)?;
+        let running = self.server(id).is_some_and(|p| p.is_running());
+        (entry.should_run() && running).then_some(entry)
+    }
+
+    async fn wait_streaming(&self, entry: &InstanceEntry) -> Result<(), Failure> {
+        let deadline = Instant::now() + STREAM_TIMEOUT;
+        loop {
+            let status = postgres::execute(entry, "SELECT status FROM pg_stat_wal_receiver", SQL_TIMEOUT).await;
+            if let Ok(rows) = &status {
+                if rows.first().and_then(|r| r.as_deref()) == Some("streaming") {
+                    return Ok(());
+                }
+            }
+            if Instant::now() >= deadline {
+                return Err(retry(format!(
+                    "follower not streaming after {STREAM_TIMEOUT:?} ({status:?}); log: {}",
+                    postgres::log_tail(entry)
+                )));
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    }
+
+    /// Patroni's non-strict synchronous mode: a sync service's primary waits
+    /// for ANY 1 streaming follower, and runs async while none streams
+    /// (availability over blocking every write). Called when a follower
+    /// starts streaming and by the heartbeat loop when a primary's count of
+    /// streaming followers changes between none and some.
+    pub(super) async fn adjust_sync(&self, service_id: ServiceId) -> Result<(), String> {
+        let guard = self.service_lock(service_id);
+        let _held = guard.lock().await;
+        let Some(service) = lock(&self.registry).services.get(&service_id).cloned() else { return Ok(()) };
+        let Some(primary) = self.current_primary(service_id) else { return Ok(()) };
+        let streaming = postgres::execute(
+            &primary,
+            "SELECT count(*) FROM pg_stat_replication WHERE state = 'streaming' AND application_name <> 'pg_basebackup'",
+            SQL_TIMEOUT,
+        )
+        .await?;
+        let streaming: u32 = streaming.first().cloned().flatten().and_then(|n| n.parse().ok()).unwrap_or(0);
+        let current = postgres::execute(&primary, "SHOW synchronous_standby_names", SQL_TIMEOUT).await?;
+        let current = current.first().cloned().flatten().unwrap_or_default();
+        let wanted = if service.sync && streaming > 0 { SYNC_STANDBYS } else { "" };
+        if current == wanted {
+            return Ok(());
+        }
+        let sql = format!("ALTER SYSTEM SET synchronous_standby_names = {}", postgres::conf_quote(wanted));
+        postgres::execute(&primary, &sql, SQL_TIMEOUT).await?;
+        postgres::execute(&primary, "SELECT pg_reload_conf()", SQL_TIMEOUT).await?;
+        tracing::info!(service = %service.name, synchronous_standby_names = wanted, streaming, "replication mode changed");
+        if wanted.is_empty() {
+            return Ok(());
+        }
+        // Confirm: a follower is counted as synchronous (quorum).
+        let deadline = Instant::now() + SYNC_TIMEOUT;
+        loop {
+            let rows = postgres::execute(
+                &primary,
+                "SELECT count(*) FROM pg_stat_replication WHERE sync_state IN ('sync', 'quorum')",
+                SQL_TIMEOUT,
+            )
+            .await?;
+            if rows.first().cloned().flatten().is_some_and(|n| n != "0") {
+                return Ok(());
+            }
+            if Instant::now() >= deadline {
+                return Err(format!("no synchronous follower reported {SYNC_TIMEOUT:?} after enabling sync"));
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+
+    async fn probe(&self, id: InstanceId) -> Done {
+        let entry = self.entry(id).ok_or_else(|| fatal("unknown instance"))?;
+        if !entry.should_run() {
+            return Err(fatal(format!("instance is {}", if entry.fenced { "fenced" } else { "not active" })));
+        }
+        let process = self.server(id).ok_or_else(|| fatal("no postmaster"))?;
+        match process::proc_state(process.pid) {
+            ProcState::Live if !process.has_exited() => {}
+            state => return Err(fatal(format!("postmaster {} is {state:?}", process.pid))),
+        }
+        postgres::answers(&entry, PROBE_TIMEOUT).await.map_err(fatal)?;
+        Ok(Some("answers SELECT 1".into()))
+    }
+
+    async fn fence(self: &Arc<Self>, id: InstanceId) -> Done {
+        let Some(entry) = self.entry(id) else {
+            return Ok(Some("unknown instance: nothing can write".into()));
+        };
+        let routed_here = lock(&self.registry).services.get(&entry.service).and_then(|s| s.primary) == Some(id);
+        if routed_here && !entry.fenced {
+            // Clients queue at the router instead of erroring while the
+            // primary changes. Best effort: a fence never waits on the router.
+            self.pause_router(entry.service).await;
+        }
+        self.stop_server(id, Some(&entry)).await?;
+        let newly = {
+            let mut registry = lock(&self.registry);
+            match registry.instances.get_mut(&id) {
+                Some(stored) if !stored.fenced => {
+                    stored.fenced = true;
+                    true
+                }
+                _ => false,
+            }
+        };
+        self.save()?;
+        Ok(Some(if newly { "stopped and fenced" } else { "already fenced" }.into()))
+    }
+
+    async fn promote(self: &Arc<Self>, id: InstanceId) -> Done {
+        let entry = self.entry(id).ok_or_else(|| fatal("unknown instance"))?;
+        let result = self.promote_inner(id, &entry).await;
+        if result.is_err() {
+            // Never leave clients queued behind a failed promotion.
+            self.resume_router(entry.service).await;
+        }
+        result
+    }
+
+    async fn promote_inner(self: &Arc<Self>, id: InstanceId, entry: &InstanceEntry) -> Done {
+        if !entry.should_run() {
+            return Err(fatal(format!("cannot promote: instance is {}", if entry.fenced { "fenced" } else { "not active" })));
+        }
+        if !self.server(id).is_some_and(|p| p.is_running()) {
+            return Err(fatal("cannot promote: its postmaster is not running"));
+        }
+        // Never two writable primaries: the old one must be fenced (or dead) first.
+        let old = lock(&self.registry).services.get(&entry.service).and_then(|s| s.primary).filter(|p| *p != id);
+        if let Some(old) = old {
+            if self.entry(old).is_some_and(|e| e.should_run()) && self.server(old).is_some_and(|p| !p.has_exited()) {
+                return Err(fatal(format!("cannot promote: the primary {old} still runs unfenced; fence it first")));
+            }
+        }
+        let recovery = postgres::execute(entry, "SELECT pg_is_in_recovery()", SQL_TIMEOUT).await?;
+        let was_follower = recovery.first().cloned().flatten().as_deref() == Some("t");
+        if was_follower {
+            let sql = format!("SELECT pg_promote(wait => true, wait_seconds => {PROMOTE_WAIT_SECONDS})");
+            let done = postgres::execute(entry, &sql, Duration::from_secs(PROMOTE_WAIT_SECONDS as u64 + 5)).await?;
+            if done.first().cloned().flatten().as_deref() != Some("t") {
+                return Err(retry(format!("pg_promote did not finish within {PROMOTE_WAIT_SECONDS} s")));
+            }
+        }
+        // No follower streams from it yet: async until one does (adjust_sync).
+        postgres::execute(entry, "ALTER SYSTEM SET synchronous_standby_names = ''", SQL_TIMEOUT).await?;
+        postgres::execute(entry, "SELECT pg_reload_conf()", SQL_TIMEOUT).await?;
+        let others: Vec<(InstanceId, InstanceEntry)> = {
+            let mut registry = lock(&self.registry);
+            if let Some(stored) = registry.instances.get_mut(&id) {
+                stored.role = Role::Primary;
+            }
+            if let Some(service) = registry.services.get_mut(&entry.service) {
+                service.primary = Some(id);
+            }
+            registry
+                .instances
+                .iter()
+                .filter(|(other, e)| {
+                    **other != id && e.service == entry.service && e.role == Role::Follower && e.should_run()
+                })
+                .map(|(other, e)| (*other, e.clone()))
+                .collect()
+        };
+        self.save()?;
+        {
+            let guard = self.service_lock(entry.service);
+            let _held = guard.lock().await;
+            self.ensure_router(entry.service).await?;
+            self.resume_router(entry.service).await;
+        }
+        // Other followers follow the new primary: primary_conninfo reloads
+        // without a restart since PostgreSQL 13, and recovery_target_timeline
+        // = latest lets them cross the promotion. One that cannot (it was
+        // ahead) stops streaming and is replaced by the engine.
+        let password = self.service(entry.service)?.password;
+        for (other, other_entry) in others {
+            let conninfo = postgres::primary_conninfo(entry.port, &password, &other.to_string());
+            let sql = format!("ALTER SYSTEM SET primary_conninfo = {}", postgres::conf_quote(&conninfo));
+            let repoint = async {
+                postgres::execute(&other_entry, &sql, SQL_TIMEOUT).await?;
+                postgres::execute(&other_entry, "SELECT pg_reload_conf()", SQL_TIMEOUT).await
+            };
+            if let Err(error) = repoint.await {
+                tracing::warn!(follower = %other, %error, "cannot re-point follower at the new primary");
+            }
+        }
+        Ok(Some(if was_follower { "promoted; router switched" } else { "already primary; router switched" }.into()))
+    }
+
+    async fn restart(self: &Arc<Self>, id: InstanceId) -> Done {
+        let entry = self.entry(id).ok_or_else(|| fatal("unknown instance"))?;
+        if entry.fenced {
+            return Err(fatal("instance is fenced: it is never started again"));
+        }
+        if entry.lifecycle != Lifecycle::Active {
+            return Err(fatal(format!("instance is {:?}, not active", entry.lifecycle)));
+        }
+        let healthy = self.server(id).is_some_and(|p| p.is_running())
+            && postgres::answers(&entry, PROBE_TIMEOUT).await.is_ok();
+        if !healthy {
+            // Hung or half-dead: kill the group (a stopped group is killed at once).
+            if self.server(id).is_some() {
+                self.stop_server(id, Some(&entry)).await?;
+            }
+            self.start_server(id, &entry).await?;
+        }
+        {
+            let mut registry = lock(&self.registry);
+            if let Some(stored) = registry.instances.get_mut(&id) {
+                if matches!(stored.fault, Some(Fault::Hang) | Some(Fault::Crash)) {
+                    stored.fault = None;
+                }
+            }
+        }
+        self.save()?;
+        let routed_here = lock(&self.registry).services.get(&entry.service).and_then(|s| s.primary) == Some(id);
+        if routed_here {
+            self.resume_router(entry.service).await;
+        }
+        Ok(Some(if healthy { "already running" } else { "restarted" }.into()))
+    }
+
+    async fn retire(&self, id: InstanceId) -> Done {
+        let Some(entry) = self.entry(id) else { return Ok(Some("unknown instance: nothing to retire".into())) };
+        self.stop_server(id, Some(&entry)).await?;
+        {
+            let mut registry = lock(&self.registry);
+            if let Some(stored) = registry.instances.get_mut(&id) {
+                if matches!(stored.lifecycle, Lifecycle::Active | Lifecycle::Provisioning) {
+                    stored.lifecycle = Lifecycle::Retired;
+                }
+            }
+        }
+        self.save()?;
+        Ok(Some("stopped for good".into()))
+    }
+
+    async fn archive(&self, id: InstanceId) -> Done {
+        let Some(entry) = self.entry(id) else { return Ok(Some("unknown instance: nothing to archive".into())) };
+        if entry.lifecycle == Lifecycle::Archived {
+            return Ok(Some("already archived".into()));
+        }
+        self.stop_server(id, Some(&entry)).await?;
+        let target = self.root.join("archive").join(id.to_string());
+        if entry.dir.exists() {
+            if target.exists() {
+                return Err(fatal(format!("{} already exists; move it aside", target.display())));
+            }
+            std::fs::rename(&entry.dir, &target)
+                .map_err(|e| format!("cannot move {} to {}: {e}", entry.dir.display(), target.display()))?;
+        }
+        {
+            let mut registry = lock(&self.registry);
+            if let Some(stored) = registry.instances.get_mut(&id) {
+                stored.dir = target.clone();
+                stored.lifecycle = Lifecycle::Archived;
+            }
+        }
+        self.save()?;
+        Ok(Some(format!("data kept in {}", target.display())))
+    }
+
+    async fn terminate(&self, id: InstanceId) -> Done {
+        let Some(entry) = self.entry(id) else {
+            let tombstoned = lock(&self.registry).tombstones.insert(id);
+            if tombstoned {
+                self.save()?;
+            }
+            return Ok(Some("nothing left".into()));
+        };
+        self.stop_server(id, Some(&entry)).await?;
+        for dir in [entry.dir.clone(), self.root.join("archive").join(id.to_string())] {
+            match std::fs::remove_dir_all(&dir) {
+                Ok(()) => {}
+                Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+                Err(e) => return Err(retry(format!("cannot delete {}: {e}", dir.display()))),
+            }
+        }
+        let service_empty = {
+            let mut registry = lock(&self.registry);
+            registry.instances.remove(&id);
+            registry.tombstones.insert(id);
+            if let Some(service) = registry.services.get_mut(&entry.service) {
+                if service.primary == Some(id) {
+                    service.primary = None;
+                }
+            }
+            !registry.instances.values().any(|e| e.service == entry.service)
+        };
+        self.save()?;
+        if service_empty {
+            // Nothing left to route to. The service entry (port, password)
+            // stays so a new instance of the same service keeps its URL.
+            let router = lock(&self.routers).remove(&entry.service);
+            if let Some(router) = router {
+                router.stop(Signal::SIGTERM, self.config.stop_timeout).await?;
+            }
+        }
+        lock(&self.instance_locks).remove(&id);
+        Ok(Some("deleted".into()))
+    }
+
+    async fn inject(&self, id: InstanceId, fault: Fault) -> Done {
+        let entry = self.entry(id).ok_or_else(|| fatal("unknown instance"))?;
+        let process = self.server(id).filter(|p| !p.has_exited());
+        let detail = match (fault, &process) {
+            (Fault::Crash, Some(p)) => {
+                process::signal_process(p.pid, Signal::SIGKILL);
+                "postmaster killed (SIGKILL)"
+            }
+            (Fault::Crash, None) => "not running",
+            (Fault::Hang, Some(p)) => {
+                p.signal_family(Signal::SIGSTOP);
+                "postmaster and its backends stopped (SIGSTOP)"
+            }
+            (Fault::Hang, None) => return Err(fatal("cannot hang: not running")),
+            (Fault::Partition, _) => "heartbeats withheld",
+            (Fault::Heal, p) => {
+                if let Some(p) = p {
+                    p.signal_family(Signal::SIGCONT);
+                }
+                "healed"
+            }
+        };
+        {
+            let mut registry = lock(&self.registry);
+            if let Some(stored) = registry.instances.get_mut(&id) {
+                stored.fault = if fault == Fault::Heal { None } else { Some(fault) };
+            }
+        }
+        if fault == Fault::Heal || fault == Fault::Hang {
+            // A heartbeat connection stuck on the stopped server is useless.
+            lock(&self.beat_clients).remove(&id);
+        }
+        self.save()?;
+        let _ = entry;
+        Ok(Some(detail.into()))
+    }
+
+    /// Pauses the service's router (bounded wait) and arms the watchdog that
+    /// resumes it if nothing else does within [`MAX_ROUTER_PAUSE`].
+    async fn pause_router(self: &Arc<Self>, service_id: ServiceId) {
+        let Ok(service) = self.service(service_id) else { return };
+        if !lock(&self.routers).get(&service_id).is_some_and(|p| !p.has_exited()) {
+            return;
+        }
+        // PAUSE waits for running transactions: on a dead or hung primary
+        // it may never complete. The admin connection is dropped on timeout,
+        // but pgbouncer stays in "pausing" and queues new clients: enough.
+        if let Err(error) = router::pause(&service, ROUTER_COMMAND_TIMEOUT).await {
+            tracing::info!(service = %service.name, %error, "router pause not confirmed; fencing anyway");
+        }
+        let paused_at = Instant::now();
+        lock(&self.paused).insert(service_id, paused_at);
+        let weak = Arc::downgrade(self);
+        tokio::spawn(async move {
+            tokio::time::sleep(MAX_ROUTER_PAUSE).await;
+            let Some(inner) = weak.upgrade() else { return };
+            let still = lock(&inner.paused).get(&service_id) == Some(&paused_at);
+            if still {
+                tracing::warn!(%service_id, "router paused too long (no promotion followed): resuming");
+                inner.resume_router(service_id).await;
+            }
+        });
+    }
+
+    pub(super) async fn resume_router(&self, service_id: ServiceId) {
+        lock(&self.paused).remove(&service_id);
+        let Ok(service) = self.service(service_id) else { return };
+        if !lock(&self.routers).get(&service_id).is_some_and(|p| !p.has_exited()) {
+            return;
+        }
+        if let Err(error) = router::resume(&service, ROUTER_COMMAND_TIMEOUT).await {
+            tracing::warn!(service = %service.name, %error, "cannot resume router");
+        }
+    }
+}
+
+fn entry_id_name(entry: &InstanceEntry) -> String {
+    // The instance id is the last part of its directory.
+    entry.dir.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default()
+}
+
+/// A free loopback port not already in the registry.
+fn free_port(used: &std::collections::BTreeSet<u16>) -> Result<u16, Failure> {
+    for _ in 0..100 {
+        let listener = std::net::TcpListener::bind(("127.0.0.1", 0)).map_err(|e| format!("cannot find a free port: {e}"))?;
+        let port = listener.local_addr().map_err(|e| e.to_string())?.port();
+        if !used.contains(&port) {
+            return Ok(port);
+        }
+    }
+    Err(retry("no free loopback port found in 100 tries"))
+}
+
+/// 24 random bytes as hex (safe in URLs, conninfo and config files).
+fn random_password() -> Result<String, Failure> {
+    use std::io::Read;
+    let mut bytes = [0u8; 24];
+    std::fs::File::open("/dev/urandom")
+        .and_then(|mut f| f.read_exact(&mut bytes))
+        .map_err(|e| format!("cannot read /dev/urandom: {e}"))?;
+    Ok(bytes.iter().map(|b| format!("{b:02x}")).collect())
+}

@@ -1,0 +1,277 @@
+//! PostgreSQL itself: finding its binaries, initdb, the configuration files
+//! this provider owns, and the SQL it runs over an instance's unix socket.
+
+use super::registry::InstanceEntry;
+use crate::runas::RunAs;
+use std::io;
+use std::os::unix::fs::PermissionsExt;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+use tokio_postgres::{Client, NoTls};
+
+/// Debian's postgresql-15, used when `pg_config` is missing or names a
+/// folder without a `postgres` binary.
+const DEFAULT_BINDIR: &str = "/usr/lib/postgresql/15/bin";
+/// The login role of every service (initdb's bootstrap superuser): the
+/// provider, pgbouncer and clients of the stable URL all log in as it.
+pub const ROLE: &str = "drover";
+/// The pg_ident.conf map that lets the control plane's OS user (root in CI)
+/// and the server user log in over the socket as `drover` with peer auth.
+const IDENT_MAP: &str = "drover";
+/// Unix socket paths are limited to 107 bytes (sun_path).
+const MAX_SOCKET_PATH: usize = 100;
+
+#[derive(Clone, Debug)]
+pub struct Binaries {
+    pub bindir: PathBuf,
+}
+
+impl Binaries {
+    /// From `pg_config --bindir`, falling back to Debian's postgresql-15.
+    pub fn find() -> io::Result<Binaries> {
+        let from_pg_config = std::process::Command::new("pg_config")
+            .arg("--bindir")
+            .output()
+            .ok()
+            .filter(|o| o.status.success())
+            .map(|o| PathBuf::from(String::from_utf8_lossy(&o.stdout).trim()));
+        for candidate in from_pg_config.into_iter().chain([PathBuf::from(DEFAULT_BINDIR)]) {
+            if candidate.join("postgres").is_file() && candidate.join("initdb").is_file() {
+                return Ok(Binaries { bindir: candidate });
+            }
+        }
+        Err(io::Error::other(format!(
+            "no PostgreSQL binaries found (pg_config --bindir, then {DEFAULT_BINDIR}); install postgresql-15"
+        )))
+    }
+    pub fn path(&self, name: &str) -> PathBuf {
+        self.bindir.join(name)
+    }
+}
+
+/// Runs a short command to completion; an error carries the tail of its output.
+pub async fn run(mut command: tokio::process::Command, what: &str) -> Result<(), String> {
+    command.stdin(std::process::Stdio::null()).kill_on_drop(true);
+    let output = command.output().await.map_err(|e| format!("cannot run {what}: {e}"))?;
+    if output.status.success() {
+        return Ok(());
+    }
+    let mut text = String::from_utf8_lossy(&output.stderr).into_owned();
+    text.push_str(&String::from_utf8_lossy(&output.stdout));
+    Err(format!("{what} failed ({}): {}", output.status, tail(&text, 1500)))
+}
+
+pub fn tail(text: &str, max: usize) -> String {
+    let text = text.trim();
+    if text.len() <= max {
+        return text.to_string();
+    }
+    let mut start = text.len() - max;
+    while !text.is_char_boundary(start) {
+        start += 1;
+    }
+    format!("…{}", &text[start..])
+}
+
+/// The last lines of an instance's server log, for error messages.
+pub fn log_tail(entry: &InstanceEntry) -> String {
+    std::fs::read_to_string(entry.log_dir().join("postgres.log")).map(|t| tail(&t, 800)).unwrap_or_default()
+}
+
+/// Writes `contents` to `path`, owned by the server user, with `mode`.
+pub fn write_owned(run_as: &RunAs, path: &Path, contents: &str, mode: u32) -> Result<(), String> {
+    let error = |e: io::Error| format!("cannot write {}: {e}", path.display());
+    std::fs::write(path, contents).map_err(error)?;
+    std::fs::set_permissions(path, std::fs::Permissions::from_mode(mode)).map_err(error)?;
+    run_as.chown(path).map_err(error)
+}
+
+/// A value quoted for postgresql.conf.
+pub fn conf_quote(value: &str) -> String {
+    format!("'{}'", value.replace('\'', "''"))
+}
+
+/// Checks the socket path fits before PostgreSQL fails with a vaguer error.
+pub fn check_socket_path(entry: &InstanceEntry) -> Result<(), String> {
+    let path = entry.socket_dir().join(format!(".s.PGSQL.{}", entry.port));
+    if path.as_os_str().len() > MAX_SOCKET_PATH {
+        return Err(format!(
+            "socket path {} is longer than {MAX_SOCKET_PATH} bytes (the unix socket limit); open the local \
+             provider on a shorter data directory",
+            path.display()
+        ));
+    }
+    Ok(())
+}
+
+pub struct ServerSettings<'a> {
+    pub archive_command: Option<&'a str>,
+    /// The OS user of this process (peer-mapped to `drover`).
+    pub control_user: &'a str,
+}
+
+/// Writes postgresql.conf, pg_hba.conf and pg_ident.conf: the whole
+/// configuration this provider wants, the same for primaries and followers
+/// (a follower's copies came from its primary and name the primary's port).
+pub fn write_config(run_as: &RunAs, entry: &InstanceEntry, settings: &ServerSettings<'_>) -> Result<(), String> {
+    let pgdata = entry.pgdata();
+    let socket = entry.socket_dir();
+    let mut conf = format!(
+        "# Written by drover's local provider; changes here are overwritten.\n\
+         listen_addresses = '127.0.0.1'\n\
+         port = {port}\n\
+         unix_socket_directories = {socket}\n\
+         unix_socket_permissions = 0777\n\
+         max_connections = 100\n\
+         # Many small servers share one machine.\n\
+         shared_buffers = 32MB\n\
+         dynamic_shared_memory_type = posix\n\
+         wal_level = replica\n\
+         max_wal_senders = 10\n\
+         max_replication_slots = 10\n\
+         # Lets a follower that fell behind catch up without a slot.\n\
+         wal_keep_size = 256MB\n\
+         hot_standby = on\n\
+         hot_standby_feedback = on\n\
+         # pg_rewind needs it; cheap.\n\
+         wal_log_hints = on\n\
+         fsync = on\n\
+         synchronous_commit = on\n\
+         log_destination = 'stderr'\n\
+         logging_collector = off\n\
+         log_line_prefix = '%m [%p] '\n\
+         datestyle = 'iso, mdy'\n\
+         timezone = 'UTC'\n\
+         lc_messages = 'C'\n",
+        port = entry.port,
+        socket = conf_quote(&socket.to_string_lossy()),
+    );
+    if let Some(template) = settings.archive_command {
+        let command = template.replace("{stanza}", &entry.service_name);
+        conf.push_str(&format!("archive_mode = on\narchive_command = {}\n", conf_quote(&command)));
+    }
+    write_owned(run_as, &pgdata.join("postgresql.conf"), &conf, 0o600)?;
+    let hba = format!(
+        "# Written by drover's local provider.\n\
+         local all all peer map={IDENT_MAP}\n\
+         host all all 127.0.0.1/32 scram-sha-256\n\
+         host replication all 127.0.0.1/32 scram-sha-256\n"
+    );
+    write_owned(run_as, &pgdata.join("pg_hba.conf"), &hba, 0o600)?;
+    let mut ident = format!("# Written by drover's local provider.\n{IDENT_MAP} {} {ROLE}\n", run_as.user);
+    if settings.control_user != run_as.user {
+        ident.push_str(&format!("{IDENT_MAP} {} {ROLE}\n", settings.control_user));
+    }
+    write_owned(run_as, &pgdata.join("pg_ident.conf"), &ident, 0o600)
+}
+
+/// The conninfo a follower streams with.
+pub fn primary_conninfo(primary_port: u16, password: &str, application_name: &str) -> String {
+    format!("host=127.0.0.1 port={primary_port} user={ROLE} password={password} application_name={application_name}")
+}
+
+/// Sets `primary_conninfo` in postgresql.auto.conf (where pg_basebackup -R
+/// and ALTER SYSTEM put it) before the server first starts.
+pub fn set_primary_conninfo(run_as: &RunAs, pgdata: &Path, conninfo: &str) -> Result<(), String> {
+    let path = pgdata.join("postgresql.auto.conf");
+    let old = std::fs::read_to_string(&path).unwrap_or_default();
+    let mut text: String = old
+        .lines()
+        .filter(|line| !line.trim_start().starts_with("primary_conninfo"))
+        .map(|line| format!("{line}\n"))
+        .collect();
+    text.push_str(&format!("primary_conninfo = {}\n", conf_quote(conninfo)));
+    write_owned(run_as, &path, &text, 0o600)?;
+    let signal = pgdata.join("standby.signal");
+    if !signal.exists() {
+        write_owned(run_as, &signal, "", 0o600)?;
+    }
+    Ok(())
+}
+
+/// Connects over the instance's unix socket (peer auth) within `timeout`.
+pub async fn connect(entry: &InstanceEntry, timeout: Duration) -> Result<Client, String> {
+    let mut config = tokio_postgres::Config::new();
+    config
+        .host_path(entry.socket_dir())
+        .port(entry.port)
+        .user(ROLE)
+        .dbname("postgres")
+        .application_name("drover-local-provider")
+        .connect_timeout(timeout);
+    let connecting = config.connect(NoTls);
+    let (client, connection) = tokio::time::timeout(timeout, connecting)
+        .await
+        .map_err(|_| format!("no connection within {timeout:?}"))?
+        .map_err(|e| format!("cannot connect: {}", error_text(&e)))?;
+    tokio::spawn(async move {
+        let _ = connection.await;
+    });
+    Ok(client)
+}
+
+/// The server's own message when there is one (tokio-postgres' Display
+/// says only "db error").
+pub fn error_text(error: &tokio_postgres::Error) -> String {
+    match error.as_db_error() {
+        Some(db) => format!("{}: {}", db.severity(), db.message()),
+        None => {
+            let mut text = error.to_string();
+            let mut source = std::error::Error::source(error);
+            while let Some(inner) = source {
+                text.push_str(&format!(": {inner}"));
+                source = inner.source();
+            }
+            text
+        }
+    }
+}
+
+/// Connects and runs `SELECT 1`, all within `timeout`.
+pub async fn answers(entry: &InstanceEntry, timeout: Duration) -> Result<(), String> {
+    let attempt = async {
+        let client = connect(entry, timeout).await?;
+        client.simple_query("SELECT 1").await.map_err(|e| error_text(&e))?;
+        Ok::<(), String>(())
+    };
+    tokio::time::timeout(timeout, attempt).await.map_err(|_| format!("no answer to SELECT 1 within {timeout:?}"))?
+}
+
+/// Runs one statement (simple protocol) on a fresh socket connection.
+pub async fn execute(entry: &InstanceEntry, sql: &str, timeout: Duration) -> Result<Vec<Option<String>>, String> {
+    let attempt = async {
+        let client = connect(entry, timeout).await?;
+        let messages = client.simple_query(sql).await.map_err(|e| error_text(&e))?;
+        let mut values = Vec::new();
+        for message in messages {
+            if let tokio_postgres::SimpleQueryMessage::Row(row) = message {
+                values.push(row.get(0).map(str::to_string));
+            }
+        }
+        Ok::<_, String>(values)
+    };
+    tokio::time::timeout(timeout, attempt).await.map_err(|_| format!("`{sql}` did not finish within {timeout:?}"))?
+}
+
+/// "16/B374D848" → 0x16_B374D848.
+pub fn parse_lsn(text: &str) -> Option<u64> {
+    let (high, low) = text.split_once('/')?;
+    Some((u64::from_str_radix(high, 16).ok()? << 32) | u64::from_str_radix(low, 16).ok()?)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn lsn_text_becomes_a_byte_position() {
+        assert_eq!(parse_lsn("0/3000060"), Some(0x3000060));
+        assert_eq!(parse_lsn("16/B374D848"), Some(0x16_B374_D848));
+        assert_eq!(parse_lsn("junk"), None);
+    }
+
+    #[test]
+    fn conf_values_escape_quotes() {
+        assert_eq!(conf_quote("it's"), "'it''s'");
+    }
+}

@@ -1,0 +1,150 @@
+//! The local provider's memory of what it built: instances and services,
+//! persisted as one JSON file replaced atomically (temp file, fsync, rename,
+//! fsync of the directory) before an action reports its outcome, so a
+//! control plane killed with -9 finds on restart every server it started,
+//! its port, its data directory and whether it should be running.
+//!
+//! The file holds the services' passwords: it is written with mode 0600.
+
+use crate::ProviderError;
+use drover_model::{Fault, InstanceId, Role, ServiceId};
+use serde::{Deserialize, Serialize};
+use std::collections::{BTreeMap, BTreeSet};
+use std::fs::{self, File, OpenOptions};
+use std::io::{ErrorKind, Write};
+use std::os::unix::fs::OpenOptionsExt;
+use std::path::{Path, PathBuf};
+
+/// Bumped when the file's shape changes in a way older builds cannot read.
+pub const REGISTRY_FORMAT: u64 = 1;
+
+/// Where an instance is in its life, as far as this provider is concerned.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Lifecycle {
+    /// Being built: its data directory may be half-made; a repeat Provision
+    /// starts over.
+    Provisioning,
+    /// Built; runs unless fenced.
+    Active,
+    /// Stopped for good; its data directory is where it was.
+    Retired,
+    /// Stopped; its data directory moved under `archive/`.
+    Archived,
+}
+
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct InstanceEntry {
+    pub service: ServiceId,
+    pub service_name: String,
+    pub role: Role,
+    pub port: u16,
+    /// `instances/<id>`: holds `pgdata/`, `socket/` and `logs/`.
+    pub dir: PathBuf,
+    pub lifecycle: Lifecycle,
+    /// Confirmed unable to accept writes; never started again.
+    pub fenced: bool,
+    /// The chaos fault in force (hang or partition), if any.
+    #[serde(default)]
+    pub fault: Option<Fault>,
+}
+
+impl InstanceEntry {
+    pub fn pgdata(&self) -> PathBuf {
+        self.dir.join("pgdata")
+    }
+    pub fn socket_dir(&self) -> PathBuf {
+        self.dir.join("socket")
+    }
+    pub fn log_dir(&self) -> PathBuf {
+        self.dir.join("logs")
+    }
+    /// Whether the registry says a postmaster should be running for it.
+    pub fn should_run(&self) -> bool {
+        self.lifecycle == Lifecycle::Active && !self.fenced
+    }
+}
+
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct ServiceEntry {
+    pub name: String,
+    /// The pgbouncer port clients use: fixed for the service's life.
+    pub router_port: u16,
+    /// The login role `drover`'s password, shared by the servers and the router.
+    pub password: String,
+    /// The instance the router sends clients to.
+    pub primary: Option<InstanceId>,
+    /// The plan replicates synchronously.
+    pub sync: bool,
+}
+
+#[derive(Clone, Debug, Default, Serialize, Deserialize)]
+pub struct Registry {
+    pub format: u64,
+    pub instances: BTreeMap<InstanceId, InstanceEntry>,
+    pub services: BTreeMap<ServiceId, ServiceEntry>,
+    /// Terminated ids: a late duplicate Provision of one is refused.
+    pub tombstones: BTreeSet<InstanceId>,
+}
+
+impl Registry {
+    pub fn empty() -> Registry {
+        Registry { format: REGISTRY_FORMAT, ..Registry::default() }
+    }
+
+    /// Every port the registry holds, so a new one is never handed out twice.
+    pub fn ports_in_use(&self) -> BTreeSet<u16> {
+        let mut ports: BTreeSet<u16> = self.instances.values().map(|i| i.port).collect();
+        ports.extend(self.services.values().map(|s| s.router_port));
+        ports
+    }
+}
+
+fn io_error<'a>(operation: &'static str, path: &'a Path) -> impl FnOnce(std::io::Error) -> ProviderError + 'a {
+    move |source| ProviderError::Io { operation, path: path.to_path_buf(), source }
+}
+
+/// Reads the registry at `path`; `Ok(None)` when there is none yet.
+pub fn read(path: &Path) -> Result<Option<Registry>, ProviderError> {
+    let bytes = match fs::read(path) {
+        Ok(bytes) => bytes,
+        Err(e) if e.kind() == ErrorKind::NotFound => return Ok(None),
+        Err(e) => return Err(io_error("read the local provider's state file", path)(e)),
+    };
+    #[derive(Deserialize)]
+    struct Header {
+        format: u64,
+    }
+    let corrupt = |reason: String| ProviderError::CorruptState { path: path.to_path_buf(), reason };
+    let header: Header = serde_json::from_slice(&bytes).map_err(|e| corrupt(format!("not a local registry: {e}")))?;
+    if header.format != REGISTRY_FORMAT {
+        return Err(ProviderError::UnsupportedStateFormat {
+            path: path.to_path_buf(),
+            found: header.format,
+            supported: REGISTRY_FORMAT,
+        });
+    }
+    serde_json::from_slice(&bytes).map(Some).map_err(|e| corrupt(e.to_string()))
+}
+
+/// Replaces the file at `path` with the registry: temp file (mode 0600: it
+/// holds passwords), fsync, rename, fsync of the directory.
+pub fn write(path: &Path, registry: &Registry) -> Result<(), ProviderError> {
+    // Plain structs with string keys: serializing cannot fail.
+    let bytes = serde_json::to_vec_pretty(registry).expect("the local registry always serializes to JSON");
+    let directory = path.parent().map(Path::to_path_buf).unwrap_or_else(|| PathBuf::from("."));
+    let temporary = directory.join(".state.json.tmp");
+    let mut file = OpenOptions::new()
+        .write(true)
+        .create(true)
+        .truncate(true)
+        .mode(0o600)
+        .open(&temporary)
+        .map_err(io_error("create", &temporary))?;
+    file.write_all(&bytes).map_err(io_error("write", &temporary))?;
+    file.sync_all().map_err(io_error("fsync", &temporary))?;
+    drop(file);
+    fs::rename(&temporary, path).map_err(io_error("rename the new local registry over", path))?;
+    File::open(&directory).and_then(|d| d.sync_all()).map_err(io_error("fsync the directory", &directory))?;
+    Ok(())
+}
