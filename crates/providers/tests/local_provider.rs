@@ -409,3 +409,56 @@ async fn a_reopened_provider_adopts_running_servers_restarts_dead_ones_and_beats
     }
     eprintln!("TIMING adopted kill -9 -> Gone: {:?}", crashed_at.elapsed());
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_dead_sync_follower_does_not_block_writes_and_restart_brings_it_back_streaming() {
+    let dir = temp_dir();
+    let h = Harness::new(&dir, "payments");
+    let (primary, follower) = h.pair().await;
+    let mut events = h.events();
+    let url = h.url();
+    let client = through_router(&url).await.unwrap();
+    client.batch_execute("CREATE TABLE items (id int)").await.unwrap();
+
+    h.ok(follower, ActionKind::InjectFault { fault: Fault::Crash }).await;
+    // Non-strict synchronous mode: with no follower streaming, the primary
+    // goes async within a heartbeat round or two instead of blocking.
+    let started = Instant::now();
+    tokio::time::timeout(Duration::from_secs(10), client.batch_execute("INSERT INTO items VALUES (1)"))
+        .await
+        .expect("a write completes without its sync follower")
+        .unwrap();
+    eprintln!("TIMING write with the sync follower dead: {:?}", started.elapsed());
+
+    h.ok(follower, ActionKind::Restart).await;
+    beats_until(&mut events, Duration::from_secs(15), |b| {
+        beat_of(b, follower).is_some_and(|f| f.facts.upstream_streaming == Some(true))
+    })
+    .await;
+    // Sync again once it streams.
+    let on_primary = h.direct(primary).await;
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        let rows = on_primary.simple_query("SELECT sync_state FROM pg_stat_replication").await.unwrap();
+        if rows.iter().any(|m| matches!(m, tokio_postgres::SimpleQueryMessage::Row(r) if r.get(0) == Some("quorum"))) {
+            break;
+        }
+        assert!(Instant::now() < deadline, "the restarted follower is not synchronous again");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+
+    // A router killed behind the provider's back comes back on the same URL.
+    let pid_file = h.dir.join("local/routers").join(h.service.to_string()).join("pgbouncer.pid");
+    let router_pid: i32 = std::fs::read_to_string(&pid_file).unwrap().trim().parse().unwrap();
+    nix::sys::signal::kill(nix::unistd::Pid::from_raw(router_pid), nix::sys::signal::Signal::SIGKILL).unwrap();
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        if let Ok(client) = through_router(&url).await {
+            if client.batch_execute("INSERT INTO items VALUES (2)").await.is_ok() {
+                break;
+            }
+        }
+        assert!(Instant::now() < deadline, "the router did not come back");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}

@@ -93,6 +93,7 @@ impl Inner {
             }
         }
         self.keep_sync_mode(&samples);
+        self.keep_routers();
         // Lag: the service's primary position (this round) minus the follower's.
         let primary_lsn: HashMap<ServiceId, u64> =
             samples.iter().filter(|s| !s.in_recovery).filter_map(|s| Some((s.service, s.lsn?))).collect();
@@ -178,6 +179,25 @@ impl Inner {
             tokio::spawn(async move {
                 if let Err(error) = inner.adjust_sync(service).await {
                     tracing::warn!(%service, %error, "cannot adjust synchronous replication");
+                }
+            });
+        }
+    }
+
+    /// A router that died unasked is started again (same port, same
+    /// config): the service URL must keep working.
+    fn keep_routers(self: &Arc<Self>) {
+        let dead: Vec<ServiceId> =
+            lock(&self.routers).iter().filter(|(_, p)| p.has_exited()).map(|(service, _)| *service).collect();
+        for service in dead {
+            lock(&self.routers).remove(&service);
+            let inner = self.clone();
+            tokio::spawn(async move {
+                let guard = inner.service_lock(service);
+                let _held = guard.lock().await;
+                match inner.ensure_router(service).await {
+                    Ok(()) => tracing::info!(%service, "router restarted"),
+                    Err(error) => tracing::warn!(%service, %error, "cannot restart router"),
                 }
             });
         }

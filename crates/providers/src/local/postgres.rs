@@ -18,6 +18,10 @@ pub const ROLE: &str = "drover";
 /// The pg_ident.conf map that lets the control plane's OS user (root in CI)
 /// and the server user log in over the socket as `drover` with peer auth.
 const IDENT_MAP: &str = "drover";
+/// A follower (and pg_basebackup) gives up connecting to a primary that does
+/// not answer after this long, and tries again (walreceiver) or fails (the
+/// Provision is retried) instead of hanging on a hung primary.
+const REPLICATION_CONNECT_TIMEOUT_SECONDS: u32 = 10;
 /// Unix socket paths are limited to 107 bytes (sun_path).
 const MAX_SOCKET_PATH: usize = 100;
 
@@ -167,7 +171,10 @@ pub fn write_config(run_as: &RunAs, entry: &InstanceEntry, settings: &ServerSett
 
 /// The conninfo a follower streams with.
 pub fn primary_conninfo(primary_port: u16, password: &str, application_name: &str) -> String {
-    format!("host=127.0.0.1 port={primary_port} user={ROLE} password={password} application_name={application_name}")
+    format!(
+        "host=127.0.0.1 port={primary_port} user={ROLE} password={password} application_name={application_name} \
+         connect_timeout={REPLICATION_CONNECT_TIMEOUT_SECONDS}"
+    )
 }
 
 /// Sets `primary_conninfo` in postgresql.auto.conf (where pg_basebackup -R
