@@ -170,15 +170,13 @@ pub enum BackupError {
         #[source]
         source: std::io::Error,
     },
-    #[error("pgbackrest {command} of stanza {stanza} failed ({status}): {output}; {hint} (full log in {log_dir})")]
+    #[error("pgbackrest {command} of stanza {stanza} failed: {detail}; {hint}")]
     Command {
         command: String,
         stanza: String,
-        status: String,
-        /// What pgBackRest printed (its ERROR lines).
-        output: String,
+        /// Exit status, what pgBackRest printed (its ERROR lines), where its full log is.
+        detail: String,
         hint: &'static str,
-        log_dir: PathBuf,
     },
     #[error("pgbackrest {command} of stanza {stanza} did not finish within {timeout:?} and was killed; look at its log in {log_dir}")]
     Timeout { command: String, stanza: String, timeout: Duration, log_dir: PathBuf },
@@ -486,7 +484,7 @@ impl BackupRepo {
             .map_err(|e| e.to_string())?;
 
         // 3. Start it and let it replay the archive to its end.
-        let log_path = self.log_dir().join(format!("verify-restore-{stanza}.log"));
+        let log_path = self.log_dir().join(format!("verify-restore-{stanza}-{port}.log"));
         let t = Instant::now();
         let mut server = ScratchServer::start(&self.run_as, bin_dir, scratch_dir, port, &log_path)?;
         let client = match server.wait_until_promoted(scratch_dir, port, &self.connect_users()).await {
@@ -544,10 +542,8 @@ impl BackupRepo {
             return Err(BackupError::Command {
                 command,
                 stanza: stanza.into(),
-                status: output.status.to_string(),
-                output: one_line(text),
+                detail: format!("{} ({}; full log in {})", one_line(text), output.status, self.log_dir().display()),
                 hint,
-                log_dir: self.log_dir(),
             });
         }
         Ok(CommandOutput { stdout })
@@ -597,7 +593,8 @@ impl ScratchServer {
         ] {
             cmd.arg("-c").arg(setting);
         }
-        cmd.current_dir(data_dir).stdin(Stdio::null()).stdout(Stdio::from(log)).stderr(Stdio::from(log2)).kill_on_drop(true);
+        // Not kill_on_drop: SIGKILL would orphan the backends; Drop sends SIGQUIT instead.
+        cmd.current_dir(data_dir).stdin(Stdio::null()).stdout(Stdio::from(log)).stderr(Stdio::from(log2));
         run_as.apply_tokio(&mut cmd);
         let child = cmd.spawn().map_err(|e| format!("cannot start {}: {e}", bin_dir.join("postgres").display()))?;
         Ok(ScratchServer { child: Some(child), user: run_as.user.clone() })
@@ -653,8 +650,8 @@ impl ScratchServer {
 impl Drop for ScratchServer {
     fn drop(&mut self) {
         if let Some(child) = self.child.as_mut() {
-            // Dropped mid-verification (cancelled): SIGQUIT makes the postmaster take its
-            // backends down with it; kill_on_drop sends SIGKILL after.
+            // Dropped mid-verification (cancelled): SIGQUIT is PostgreSQL's immediate
+            // shutdown, the postmaster takes its backends down with it; tokio reaps it.
             if let Some(pid) = child.id() {
                 let _ = nix::sys::signal::kill(nix::unistd::Pid::from_raw(pid as i32), nix::sys::signal::Signal::SIGQUIT);
             }

@@ -155,3 +155,25 @@ async fn verify_restore_catches_a_corrupted_backup_and_leaves_nothing_running() 
         .unwrap();
     assert!(!probe.status.success(), "a scratch server is still running");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_stanza_without_archiving_fails_with_what_to_do_and_has_nothing_to_verify() {
+    let tmp = tempdir();
+    let run_as = drover_providers::runas::RunAs::for_servers().unwrap();
+    let repo = drover_providers::pgbackrest::BackupRepo::open(&tmp.path().join("backups"), run_as).unwrap();
+    // archive_mode off: pgbackrest check must refuse, and say how to fix it.
+    let pg = backup_support::TestPg::start(&tmp.path().join("pg"), None, None);
+    let err = repo.ensure_stanza("noarchive", &pg.target()).await.expect_err("check fails without archiving");
+    let message = err.to_string();
+    eprintln!("{message}");
+    assert!(message.contains("pgbackrest check of stanza noarchive failed"), "{message}");
+    assert!(message.contains("archive_mode"), "says what is wrong: {message}");
+    assert!(message.contains("archive_command"), "says what to do: {message}");
+
+    let err = repo
+        .verify_restore("noarchive", &tmp.path().join("scratch"), free_port(), &bin_dir(), None)
+        .await
+        .expect_err("no backup to verify");
+    assert!(matches!(err, drover_providers::pgbackrest::BackupError::NoBackup { .. }), "{err}");
+    assert!(repo.verify_restore("bad]name", &tmp.path().join("scratch"), 1, &bin_dir(), None).await.is_err());
+}
