@@ -429,9 +429,11 @@ impl BackupRepo {
         )];
         let result = self.restore_and_check(stanza, &latest, &scratch_dir, port, bin_dir, canary, &mut evidence).await;
         // The scratch copy is thrown away whatever happened (the guard inside has stopped the server).
-        if scratch_dir.exists() {
-            if let Err(e) = std::fs::remove_dir_all(&scratch_dir) {
-                evidence.push(format!("could not delete scratch directory {}: {e}", scratch_dir.display()));
+        for dir in [scratch_dir.clone(), tablespace_dir(&scratch_dir)] {
+            if dir.exists() {
+                if let Err(e) = std::fs::remove_dir_all(&dir) {
+                    evidence.push(format!("could not delete scratch directory {}: {e}", dir.display()));
+                }
             }
         }
         let error = result.err();
@@ -463,9 +465,10 @@ impl BackupRepo {
         evidence.push(format!("pgbackrest verify --set={} passed in {:?}: {}", backup.label, t.elapsed(), report.join(" | ")));
 
         // 2. Restore into a fresh directory; pgBackRest checks each file's checksum as it writes it.
-        if scratch_dir.exists() {
-            std::fs::remove_dir_all(scratch_dir)
-                .map_err(|e| format!("cannot clear scratch directory {}: {e}", scratch_dir.display()))?;
+        for dir in [scratch_dir.to_path_buf(), tablespace_dir(scratch_dir)] {
+            if dir.exists() {
+                std::fs::remove_dir_all(&dir).map_err(|e| format!("cannot clear scratch directory {}: {e}", dir.display()))?;
+            }
         }
         self.run_as
             .prepare_dir(scratch_dir, 0o700)
@@ -473,7 +476,14 @@ impl BackupRepo {
         let t = Instant::now();
         let pg1_path = format!("--pg1-path={}", scratch_dir.display());
         let set = format!("--set={}", backup.label);
-        self.run(stanza, &["restore", &pg1_path, &set, "--type=default", "--archive-mode=off"], BACKUP_TIMEOUT, HINT_RESTORE)
+        // Tablespaces would otherwise be restored to their production paths: map them beside the scratch copy.
+        let tablespaces = tablespace_dir(scratch_dir);
+        self.run_as
+            .prepare_dir(&tablespaces, 0o700)
+            .map_err(|e| format!("cannot create scratch tablespace directory {}: {e}", tablespaces.display()))?;
+        let map_all = format!("--tablespace-map-all={}", tablespaces.display());
+        let args = ["restore", &pg1_path, &set, "--type=default", "--archive-mode=off", &map_all];
+        self.run(stanza, &args, BACKUP_TIMEOUT, HINT_RESTORE)
             .await
             .map_err(|e| e.to_string())?;
         evidence.push(format!("restored {} into {} in {:?} (file checksums checked by pgBackRest)", backup.label, scratch_dir.display(), t.elapsed()));
@@ -557,8 +567,9 @@ const HINT_CHECK: &str = "WAL archiving is not working: the instance needs archi
 const HINT_BACKUP: &str = "check that the instance is running and archiving (pgbackrest check) and that the repository has free space";
 const HINT_INFO: &str = "check that the repository is readable by the server user";
 const HINT_VERIFY: &str = "check that the repository is readable by the server user";
-const HINT_RESTORE: &str = "a file of the backup could not be read back intact: the backup is damaged; take a new full backup now \
-     and find out what altered the repository";
+const HINT_RESTORE: &str = "if pgBackRest reports a checksum, format or decompression error, the backup is damaged: take a new \
+     full backup now and find out what altered the repository; otherwise check that the scratch directory is writable by the \
+     server user and has room for the database";
 
 struct CommandOutput {
     stdout: String,
@@ -813,6 +824,13 @@ fn parse_info(json: &str, stanza: &str) -> Result<Vec<BackupInfo>, BackupError> 
         }
     }
     Ok(out)
+}
+
+/// Where a verification restores tablespaces: beside the scratch data directory.
+fn tablespace_dir(scratch_dir: &Path) -> PathBuf {
+    let mut name = scratch_dir.file_name().unwrap_or_default().to_os_string();
+    name.push(".tablespaces");
+    scratch_dir.with_file_name(name)
 }
 
 fn check_stanza_name(stanza: &str) -> Result<(), BackupError> {

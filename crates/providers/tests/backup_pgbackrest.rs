@@ -62,8 +62,16 @@ async fn verify_restore_recovers_a_row_written_after_the_backup_from_archived_wa
     let tmp = tempdir();
     let (repo, pg) = archiving_instance(tmp.path(), "good").await;
     let client = pg.connect().await;
-    client.batch_execute("CREATE TABLE drover_canary (v text)").await.unwrap();
+    // The canary lives in a tablespace outside the data directory: the restore must map
+    // it beside the scratch copy, never onto the production path (pgBackRest refuses a
+    // non-empty target, so a missing mapping fails the verification).
+    let ts = tmp.path().join("tablespace");
+    pg.run_as.prepare_dir(&ts, 0o700).unwrap();
+    client.batch_execute(&format!("CREATE TABLESPACE canary_space LOCATION '{}'", ts.display())).await.unwrap();
+    client.batch_execute("CREATE TABLE drover_canary (v text) TABLESPACE canary_space").await.unwrap();
     client.execute("INSERT INTO drover_canary VALUES ('before')", &[]).await.unwrap();
+    let ts_entries = || std::fs::read_dir(&ts).unwrap().count();
+    let ts_before = ts_entries();
     let backup = repo.backup("good", &pg.target(), BackupKind::Full).await.unwrap();
 
     // Written after the backup: only the archived WAL can bring it back. One statement
@@ -88,6 +96,9 @@ async fn verify_restore_recovers_a_row_written_after_the_backup_from_archived_wa
         assert!(evidence.contains(expected), "evidence lacks {expected:?}:\n{evidence}");
     }
     assert!(!scratch.exists(), "scratch directory deleted");
+    assert!(!tmp.path().join("scratch.tablespaces").exists(), "scratch tablespaces deleted");
+    assert_eq!(ts_entries(), ts_before, "the production tablespace directory is untouched");
+    assert_eq!(pg.connect().await.query("SELECT 1 FROM drover_canary", &[]).await.unwrap().len(), 2, "production still works");
 
     // A canary that is not there fails the verification.
     let report = repo
