@@ -324,14 +324,18 @@ impl BackupRepo {
         s
     }
 
+    fn write_stanza_config(&self, stanza: &str, pg: &PgTarget) -> Result<(), BackupError> {
+        let path = self.include_dir().join(format!("{stanza}.conf"));
+        write_owned(&path, &self.stanza_config(stanza, pg), &self.run_as)
+    }
+
     /// Makes the stanza ready: writes its configuration section, creates it in the
     /// repository (idempotent), and runs `pgbackrest check`, which proves that the
     /// instance's archive_command delivers WAL to the repository. The instance must be
     /// running with archive_mode=on and [`BackupRepo::archive_command`].
     pub async fn ensure_stanza(&self, stanza: &str, pg: &PgTarget) -> Result<(), BackupError> {
         check_stanza_name(stanza)?;
-        let path = self.include_dir().join(format!("{stanza}.conf"));
-        write_owned(&path, &self.stanza_config(stanza, pg), &self.run_as)?;
+        self.write_stanza_config(stanza, pg)?;
         self.run(stanza, &["stanza-create"], COMMAND_TIMEOUT, HINT_STANZA_CREATE).await?;
         self.check(stanza).await
     }
@@ -345,7 +349,9 @@ impl BackupRepo {
     /// Takes a backup of the stanza's instance now and returns it as listed by `info`.
     pub async fn backup(&self, stanza: &str, pg: &PgTarget, kind: BackupKind) -> Result<BackupInfo, BackupError> {
         check_stanza_name(stanza)?;
-        let _ = pg; // the stanza's configuration (written by ensure_stanza) says where the instance is
+        // The stanza's primary may have changed since ensure_stanza (failover): point it at `pg`.
+        // A promoted follower keeps the cluster's system id, so the stanza stays valid.
+        self.write_stanza_config(stanza, pg)?;
         let before: Vec<String> = self.list(stanza).await?.into_iter().map(|b| b.label).collect();
         let type_arg = format!("--type={}", kind.as_str());
         self.run(stanza, &["backup", &type_arg], BACKUP_TIMEOUT, HINT_BACKUP).await?;

@@ -188,3 +188,40 @@ async fn a_stanza_without_archiving_fails_with_what_to_do_and_has_nothing_to_ver
     assert!(matches!(err, drover_providers::pgbackrest::BackupError::NoBackup { .. }), "{err}");
     assert!(repo.verify_restore("bad]name", &tmp.path().join("scratch"), 1, &bin_dir(), None).await.is_err());
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn verify_restore_catches_a_corrupted_archived_wal_segment() {
+    let tmp = tempdir();
+    let (repo, pg) = archiving_instance(tmp.path(), "walrot").await;
+    let client = pg.connect().await;
+    client.batch_execute("CREATE TABLE drover_canary (v text)").await.unwrap();
+    repo.backup("walrot", &pg.target(), BackupKind::Full).await.unwrap();
+    client.execute("INSERT INTO drover_canary VALUES ('after')", &[]).await.unwrap();
+    let segment: String = client.query_one("SELECT pg_walfile_name(pg_current_wal_lsn())", &[]).await.unwrap().get(0);
+    client.query_one("SELECT pg_switch_wal()", &[]).await.unwrap();
+    wait_archived(&client, &segment).await;
+
+    // The segment holding the row written after the backup rots in the repository.
+    let dir = repo.local_store().unwrap().join("archive/walrot/15-1").join(&segment[..16]);
+    let file = std::fs::read_dir(&dir)
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .find(|p| p.file_name().unwrap().to_string_lossy().starts_with(&segment))
+        .expect("archived segment");
+    let mut bytes = std::fs::read(&file).unwrap();
+    let mid = bytes.len() / 2;
+    for b in &mut bytes[mid..mid + 16] {
+        *b ^= 0xff;
+    }
+    std::fs::write(&file, bytes).unwrap();
+
+    let scratch = tmp.path().join("scratch");
+    let report = repo
+        .verify_restore("walrot", &scratch, free_port(), &bin_dir(), Some("SELECT 1 FROM drover_canary WHERE v = 'after'"))
+        .await
+        .expect("verify_restore");
+    assert!(!report.ok, "{report:#?}");
+    let error = report.error.as_deref().unwrap();
+    assert!(error.contains("damaged") && error.contains("total valid WAL"), "names the WAL problem: {error}");
+    assert!(!scratch.exists());
+}
