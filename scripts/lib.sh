@@ -1,8 +1,8 @@
 # Shared set-up for scripts/run and scripts/test.
 
-# Debian packages the tests and the local provider need. None yet for the
-# sim provider; later issues add postgresql, pgbouncer, pgbackrest, redis.
-DEBIAN_PACKAGES=()
+# Debian packages the local provider and its tests need: PostgreSQL 15,
+# pgbouncer (the stable URL) and pgBackRest (backups and restore tests).
+DEBIAN_PACKAGES=(postgresql-15 pgbouncer pgbackrest)
 
 ensure_toolchain() {
   if ! command -v cargo >/dev/null 2>&1; then
