@@ -74,24 +74,62 @@ pub fn proc_state(pid: i32) -> ProcState {
 
 /// The live (non-zombie) processes in group `group` or working in `dir`.
 pub fn family(group: i32, dir: Option<&Path>) -> Vec<i32> {
-    let Ok(entries) = std::fs::read_dir("/proc") else { return Vec::new() };
+    let Ok(entries) = std::fs::read_dir("/proc") else {
+        return Vec::new();
+    };
     entries
         .flatten()
-        .filter_map(|entry| entry.file_name().to_str().and_then(|n| n.parse::<i32>().ok()))
+        .filter_map(|entry| {
+            entry
+                .file_name()
+                .to_str()
+                .and_then(|n| n.parse::<i32>().ok())
+        })
         .filter(|pid| match stat(*pid) {
             Some((state, g)) if !matches!(state, 'Z' | 'X' | 'x') => {
                 g == group
-                    || dir.is_some_and(|d| std::fs::read_link(format!("/proc/{pid}/cwd")).is_ok_and(|cwd| cwd == d))
+                    || dir.is_some_and(|d| {
+                        std::fs::read_link(format!("/proc/{pid}/cwd")).is_ok_and(|cwd| cwd == d)
+                    })
             }
             _ => false,
         })
         .collect()
 }
 
+/// Kills every live process working in `dir` (the leftovers of a
+/// postmaster that died while we were away: orphaned backends keep its
+/// shared memory and stop a new postmaster from starting) and waits until
+/// they are gone.
+pub async fn kill_leftovers(dir: &Path) -> Result<(), String> {
+    let Ok(dir) = dir.canonicalize() else { return Ok(()) };
+    let deadline = Instant::now() + KILL_WAIT;
+    loop {
+        // No process group of its own: group -1 matches nothing.
+        let leftovers = family(-1, Some(&dir));
+        if leftovers.is_empty() {
+            return Ok(());
+        }
+        if Instant::now() >= deadline {
+            return Err(format!("processes {leftovers:?} in {} survive SIGKILL", dir.display()));
+        }
+        for pid in leftovers {
+            signal_process(pid, Signal::SIGKILL);
+        }
+        tokio::time::sleep(STOP_POLL_INTERVAL).await;
+    }
+}
+
 /// The command line of `pid`, arguments joined by spaces.
 pub fn cmdline(pid: i32) -> Option<String> {
     let bytes = std::fs::read(format!("/proc/{pid}/cmdline")).ok()?;
-    Some(bytes.split(|b| *b == 0).map(|part| String::from_utf8_lossy(part).into_owned()).collect::<Vec<_>>().join(" "))
+    Some(
+        bytes
+            .split(|b| *b == 0)
+            .map(|part| String::from_utf8_lossy(part).into_owned())
+            .collect::<Vec<_>>()
+            .join(" "),
+    )
 }
 
 pub fn signal_group(group: i32, signal: Signal) {
@@ -130,7 +168,10 @@ impl ServerProcess {
     ) -> io::Result<ServerProcess> {
         command.process_group(0).kill_on_drop(false);
         let mut child = command.spawn()?;
-        let pid = child.id().ok_or_else(|| io::Error::other("the spawned server exited at once"))? as i32;
+        let pid = child
+            .id()
+            .ok_or_else(|| io::Error::other("the spawned server exited at once"))?
+            as i32;
         let (sender, exit) = watch::channel(None);
         let stopping = Arc::new(AtomicBool::new(false));
         let asked = stopping.clone();
@@ -144,7 +185,12 @@ impl ServerProcess {
                 on_unexpected_exit(detail);
             }
         });
-        Ok(ServerProcess { pid, workdir: workdir.and_then(|d| d.canonicalize().ok()), exit, stopping })
+        Ok(ServerProcess {
+            pid,
+            workdir: workdir.and_then(|d| d.canonicalize().ok()),
+            exit,
+            stopping,
+        })
     }
 
     /// Watches `pid`, a process we did not spawn, by polling /proc.
@@ -173,7 +219,12 @@ impl ServerProcess {
                 on_unexpected_exit(detail);
             }
         });
-        ServerProcess { pid, workdir: workdir.and_then(|d| d.canonicalize().ok()), exit, stopping }
+        ServerProcess {
+            pid,
+            workdir: workdir.and_then(|d| d.canonicalize().ok()),
+            exit,
+            stopping,
+        }
     }
 
     pub fn has_exited(&self) -> bool {
@@ -228,7 +279,10 @@ impl ServerProcess {
             tokio::time::sleep(STOP_POLL_INTERVAL).await;
         }
         if self.family_alive() {
-            return Err(format!("process group {} still alive {KILL_WAIT:?} after SIGKILL", self.pid));
+            return Err(format!(
+                "process group {} still alive {KILL_WAIT:?} after SIGKILL",
+                self.pid
+            ));
         }
         Ok(())
     }
@@ -255,7 +309,9 @@ impl ServerProcess {
 fn describe_status(status: std::process::ExitStatus) -> String {
     use std::os::unix::process::ExitStatusExt;
     if let Some(signal) = status.signal() {
-        let name = Signal::try_from(signal).map(|s| s.as_str().to_string()).unwrap_or_else(|_| signal.to_string());
+        let name = Signal::try_from(signal)
+            .map(|s| s.as_str().to_string())
+            .unwrap_or_else(|_| signal.to_string());
         format!("killed by signal {name}")
     } else if let Some(code) = status.code() {
         format!("exited with status {code}")
