@@ -45,6 +45,21 @@ pub trait Provider: Send + Sync + 'static {
     fn service_url(&self, _service: &str) -> Option<String> {
         None
     }
+    /// What only the provider can see of a service's servers: security and
+    /// performance checks, and its primary's view of replication. The
+    /// default (the `sim` provider) sees nothing: those checks are `unknown`.
+    fn service_checks(&self, _service: &str) -> BoxFuture<ProviderChecks> {
+        Box::pin(async { ProviderChecks::default() })
+    }
+}
+
+/// See [`Provider::service_checks`].
+#[derive(Clone, Debug, Default)]
+pub struct ProviderChecks {
+    pub security: Option<checks::Check>,
+    pub performance: Option<checks::Check>,
+    /// The primary's `pg_stat_replication`, when it could be asked.
+    pub followers: Option<Vec<checks::FollowerFacts>>,
 }
 
 /// Why a provider could not be opened or could not keep its own state.

@@ -64,6 +64,7 @@ pub fn router(state: AppState) -> Router {
         .route("/v1/services", post(create_service).get(list_services))
         .route("/v1/services/{name}", get(show_service).delete(delete_service))
         .route("/v1/services/{name}/switchover", post(post_switchover))
+        .route("/v1/services/{name}/checks", get(service_checks))
         .route("/v1/services/{name}/backups", post(post_backup))
         .route("/v1/services/{name}/backups/verify", post(post_verify_backup))
         .route("/v1/instances/{id}", get(show_instance))
@@ -207,6 +208,28 @@ pub(crate) async fn post_switchover(
         Reply::Service(view) => Ok((StatusCode::ACCEPTED, Json(ready.complete(*view))).into_response()),
         other => Err(unexpected(other)),
     }
+}
+
+/// Backups, replication, security and performance checks of a service.
+#[utoipa::path(get, path = "/v1/services/{name}/checks", tag = "services",
+    params(("name" = String, Path, description = "Service name")),
+    responses((status = 200, body = crate::checks::ServiceChecks), (status = 404, body = ErrorBody)))]
+pub(crate) async fn service_checks(
+    State(state): State<AppState>,
+    Path(name): Path<String>,
+) -> Result<Json<crate::checks::ServiceChecks>, ApiError> {
+    let ready = state.ready()?;
+    let lookup = name.clone();
+    let view = ready
+        .engine
+        .query(move |engine| engine.service_view(&lookup))
+        .await?
+        .ok_or_else(|| ApiError::not_found(format!("no service named {name:?}")))?;
+    let provider = match ready.provider_objects.get(&view.provider) {
+        Some(p) => p.service_checks(&view.name).await,
+        None => drover_providers::ProviderChecks::default(),
+    };
+    Ok(Json(crate::checks::compose(&view, provider, crate::runtime::now())))
 }
 
 /// Take a base backup now.

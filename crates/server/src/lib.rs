@@ -8,7 +8,8 @@
 //! - `error`: the `{"error"}` shape and the extractors that produce it.
 //! - `telemetry`: Prometheus metrics.
 
-pub mod error;
+pub mod checks;
+mod error;
 pub mod http;
 pub mod openapi;
 pub mod runtime;

@@ -43,6 +43,15 @@ async fn backups_and_restore_tests_on_demand_are_recorded_on_the_service() {
     let t = common::start().await;
     t.create_service("bk", 1).await;
     t.wait_available("bk", Duration::from_secs(15)).await;
+    let (status, checks) = t.get("/v1/services/bk/checks").await;
+    assert_eq!(status, 200, "{checks}");
+    assert_eq!(checks["backups"]["status"], "crit", "no backup yet is a finding: {checks}");
+    assert!(checks["backups"]["last_backup_at"].is_null());
+    assert_eq!(checks["replication"]["status"], "ok", "{checks}");
+    assert_eq!(checks["security"]["status"], "unknown");
+    assert_eq!(checks["performance"]["status"], "unknown");
+    let (status, _) = t.get("/v1/services/nope/checks").await;
+    assert_eq!(status, 404);
     let (status, action) = t.post("/v1/services/bk/backups", json!({})).await;
     assert_eq!(status, 202, "{action}");
     assert_eq!(action["kind"], "backup");
@@ -60,6 +69,9 @@ async fn backups_and_restore_tests_on_demand_are_recorded_on_the_service() {
     })
     .await;
     assert!(!s["backups"]["last_verified_restore_at"].is_null());
+    let (_, checks) = t.get("/v1/services/bk/checks").await;
+    assert_eq!(checks["backups"]["status"], "ok", "fresh and verified: {checks}");
+    assert!(!checks["backups"]["last_verified_restore_at"].is_null());
     let events = t.events("service=bk").await;
     assert!(events.iter().any(|e| e["cause"].as_str().unwrap_or("").contains("restore test passed")), "{events:#?}");
 }

@@ -1,0 +1,91 @@
+//! `GET /v1/services/{name}/checks`: backups, replication, security and
+//! performance, each `ok` | `warn` | `crit` | `unknown` with evidence.
+//! Backups come from what the engine recorded; replication from the
+//! provider's view of the primary, or else from heartbeat facts; security
+//! and performance only from a provider that runs real servers.
+
+use drover_model::{Role, ServiceView, Timestamp};
+use drover_providers::checks::{self, BackupPolicy, Check, FollowerFacts, ReplicationPlan, Status};
+use drover_providers::ProviderChecks;
+use serde::Serialize;
+
+#[derive(Serialize, utoipa::ToSchema)]
+pub struct ServiceChecks {
+    #[schema(value_type = Object)]
+    pub backups: BackupsCheck,
+    #[schema(value_type = Object)]
+    pub replication: Check,
+    #[schema(value_type = Object)]
+    pub security: Check,
+    #[schema(value_type = Object)]
+    pub performance: Check,
+}
+
+#[derive(Serialize)]
+pub struct BackupsCheck {
+    #[serde(flatten)]
+    pub check: Check,
+    pub last_backup_at: Option<Timestamp>,
+    pub last_verified_restore_at: Option<Timestamp>,
+    pub last_verify_ok: Option<bool>,
+}
+
+pub fn compose(view: &ServiceView, provider: ProviderChecks, now: Timestamp) -> ServiceChecks {
+    let b = &view.backups;
+    let backups = BackupsCheck {
+        check: checks::backups(b.last_backup_at, b.last_verified_restore_at, b.last_verify_ok, now, &BackupPolicy::default()),
+        last_backup_at: b.last_backup_at,
+        last_verified_restore_at: b.last_verified_restore_at,
+        last_verify_ok: b.last_verify_ok,
+    };
+    let plan = ReplicationPlan { followers: usize::from(view.plan.followers), synchronous: view.plan.sync };
+    let from_facts;
+    let followers = match &provider.followers {
+        Some(f) => Some(f.as_slice()),
+        None => {
+            from_facts = followers_from_heartbeats(view);
+            Some(from_facts.as_slice())
+        }
+    };
+    let mut replication = checks::replication(&plan, followers);
+    if provider.followers.is_none() {
+        if let Some(obj) = replication.evidence.as_object_mut() {
+            obj.insert("source".into(), "heartbeat facts of the followers".into());
+        }
+    }
+    let unknown = |what: &str| Check {
+        status: Status::Unknown,
+        summary: format!("the {} provider runs no real server to inspect for {what}", view.provider),
+        evidence: serde_json::json!({ "provider": view.provider }),
+    };
+    ServiceChecks {
+        backups,
+        replication,
+        security: provider.security.unwrap_or_else(|| unknown("security")),
+        performance: provider.performance.unwrap_or_else(|| unknown("performance")),
+    }
+}
+
+/// Followers as their own heartbeats describe them. Which one is the sync
+/// standby is not reported by heartbeats: in a synchronous plan the most
+/// advanced streaming follower is taken as it.
+fn followers_from_heartbeats(view: &ServiceView) -> Vec<FollowerFacts> {
+    let mut followers: Vec<FollowerFacts> = view
+        .instances
+        .iter()
+        .filter(|i| i.role == Role::Follower && i.state.is_member())
+        .map(|i| FollowerFacts {
+            name: i.id.to_string(),
+            streaming: i.state == drover_model::InstanceState::Available && i.facts.upstream_streaming == Some(true),
+            lag_bytes: i.facts.replication_lag_bytes,
+            replay_lag: None,
+            sync_state: "async".into(),
+        })
+        .collect();
+    if view.plan.sync {
+        if let Some(f) = followers.iter_mut().filter(|f| f.streaming).min_by_key(|f| f.lag_bytes.unwrap_or(u64::MAX)) {
+            f.sync_state = "sync".into();
+        }
+    }
+    followers
+}
