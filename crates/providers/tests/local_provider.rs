@@ -381,7 +381,7 @@ async fn kill_9_of_the_primary_is_reported_at_once_and_failover_keeps_the_url_an
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn hang_fails_probes_heal_restores_them_and_partition_silences_beats_while_the_router_serves()
+async fn hang_fails_probes_heal_restores_them_partition_silences_beats_and_a_hung_server_is_fenced_at_once()
 {
     let dir = temp_dir();
     let h = Harness::new(&dir, "inventory");
@@ -448,6 +448,38 @@ async fn hang_fails_probes_heal_restores_them_and_partition_silences_beats_while
         beat_of(b, primary).is_some()
     })
     .await;
+
+    // A hung primary is fenced at once (a stopped process cannot shut down: it is killed).
+    let pgdata = h
+        .provider
+        .instance_info(primary)
+        .unwrap()
+        .data_dir
+        .canonicalize()
+        .unwrap();
+    h.ok(primary, ActionKind::InjectFault { fault: Fault::Hang })
+        .await;
+    let fencing = Instant::now();
+    h.ok(primary, ActionKind::Fence).await;
+    assert!(
+        fencing.elapsed() < Duration::from_secs(3),
+        "fence of a hung server took {:?}",
+        fencing.elapsed()
+    );
+    let survivors: Vec<_> = std::fs::read_dir("/proc")
+        .unwrap()
+        .flatten()
+        .filter(|e| std::fs::read_link(e.path().join("cwd")).is_ok_and(|cwd| cwd == pgdata))
+        .filter(|e| {
+            std::fs::read_to_string(e.path().join("stat"))
+                .is_ok_and(|st| !st.rsplit(')').next().unwrap().trim_start().starts_with('Z'))
+        })
+        .collect();
+    assert!(
+        survivors.is_empty(),
+        "processes of the fenced server survive: {survivors:?}"
+    );
+    assert!(h.provider.instance_info(primary).unwrap().fenced);
 }
 
 /// Runs `kind` twice and checks both attempts succeed.
