@@ -110,6 +110,13 @@ struct ServeArgs {
     /// How long a sim action takes.
     #[arg(long, env = "DROVER_ACTION_LATENCY_MS")]
     action_latency_ms: Option<u64>,
+    /// Provider of services created without one: `local` runs real
+    /// PostgreSQL here, `sim` simulates instances.
+    #[arg(long, env = "DROVER_DEFAULT_PROVIDER", default_value = "local", value_parser = ["local", "sim"])]
+    default_provider: String,
+    /// Do not run the local provider (real PostgreSQL processes).
+    #[arg(long, env = "DROVER_NO_LOCAL")]
+    no_local: bool,
 }
 
 #[derive(Subcommand)]
@@ -363,6 +370,10 @@ async fn serve(args: ServeArgs) -> anyhow::Result<()> {
     }
     if let Some(ms) = args.action_latency_ms {
         opts.sim.action_latency = Duration::from_millis(ms);
+    }
+    opts.engine.default_provider = args.default_provider;
+    if !args.no_local {
+        opts.local = Some(drover_providers::local::LocalConfig::default());
     }
     drover_server::serve(opts, shutdown_signal()).await
 }

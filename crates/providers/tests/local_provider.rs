@@ -36,6 +36,7 @@ fn test_config() -> LocalConfig {
         stop_timeout: Duration::from_secs(5),
         kill_servers_on_drop: true,
         archive_command: None,
+        backups: None,
     }
 }
 
@@ -718,4 +719,39 @@ async fn a_dead_sync_follower_does_not_block_writes_and_restart_brings_it_back_s
         assert!(Instant::now() < deadline, "the router did not come back");
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
+}
+
+/// Backup and VerifyRestore actions run pgBackRest against the service's
+/// primary; a restore test passes on a good backup, and the service's checks
+/// see the real server.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn backup_then_restore_test_through_the_provider_and_real_checks() {
+    let dir = temp_dir();
+    let run_as = drover_providers::runas::RunAs::for_servers().unwrap();
+    let repo = drover_providers::pgbackrest::BackupRepo::open(&dir.path().join("bk"), run_as).unwrap();
+    let config = LocalConfig { backups: Some(repo), ..test_config() };
+    let h = Harness::open(&dir, "ledger", ServiceId::new_at(now_micros(), fresh_id()), config);
+    let primary = instance_id();
+    h.ok(primary, h.provision_kind(Role::Primary)).await;
+    let client = through_router(&h.url()).await.expect("connect through the router");
+    client
+        .batch_execute("CREATE TABLE items (id int PRIMARY KEY); INSERT INTO items VALUES (1), (2)")
+        .await
+        .unwrap();
+    match h.run(primary, ActionKind::Backup).await {
+        ActionOutcome::Succeeded { detail } => assert!(detail.unwrap_or_default().contains("bytes")),
+        failed => panic!("backup failed: {failed:?}"),
+    }
+    match h.run(primary, ActionKind::VerifyRestore).await {
+        ActionOutcome::Succeeded { detail } => {
+            let detail = detail.unwrap_or_default();
+            assert!(detail.contains("restored and checked"), "{detail}");
+        }
+        failed => panic!("restore test failed: {failed:?}"),
+    }
+    let checks = h.provider.service_checks("ledger").await;
+    let security = checks.security.expect("security is checked on a real server");
+    assert_ne!(security.status, drover_providers::checks::Status::Crit, "{security:?}");
+    assert!(checks.performance.is_some());
+    assert!(checks.followers.expect("pg_stat_replication answered").is_empty(), "no follower in this service");
 }

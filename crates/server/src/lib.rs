@@ -18,6 +18,9 @@ pub mod telemetry;
 use anyhow::Context;
 use drover_engine::{Command, Engine, Input};
 use drover_model::{EngineKind, Image};
+use drover_providers::local::{LocalConfig, LocalProvider};
+use drover_providers::pgbackrest::BackupRepo;
+use drover_providers::runas::RunAs;
 use drover_providers::{Provider, SimConfig, SimProvider};
 use drover_store::{SqliteStore, Store};
 use std::collections::{BTreeMap, HashMap};
@@ -39,6 +42,9 @@ pub struct ServeOptions {
     pub listen: SocketAddr,
     pub engine: drover_engine::Config,
     pub sim: SimConfig,
+    /// Run real PostgreSQL processes here (the `local` provider). `None`
+    /// keeps only the sim (fast in-process tests).
+    pub local: Option<LocalConfig>,
 }
 
 impl ServeOptions {
@@ -48,6 +54,7 @@ impl ServeOptions {
             listen,
             engine: drover_engine::Config::default(),
             sim: SimConfig::default(),
+            local: None,
         }
     }
 }
@@ -193,13 +200,28 @@ async fn start_up(
     let sim = SimProvider::open(&sim_path, opts.sim.clone())
         .with_context(|| format!("cannot open the sim provider at {}", sim_path.display()))?;
     let sim: Arc<dyn Provider> = sim;
-
-    // Every provider name the engine may assign maps to the sim for now:
-    // the sim is the only provider implemented. A real provider registers
-    // under its own name here and the dispatcher routes by instance.
     let mut providers: HashMap<String, Arc<dyn Provider>> = HashMap::new();
-    for name in opts.engine.providers.iter().chain([&opts.engine.default_provider]) {
-        providers.insert(name.clone(), sim.clone());
+    providers.insert("sim".into(), sim.clone());
+    let mut extra_images = Vec::new();
+    if let Some(local_config) = &opts.local {
+        match open_local(&opts.data_dir, local_config.clone()).await {
+            Ok((local, image)) => {
+                providers.insert("local".into(), local);
+                extra_images.extend(image);
+            }
+            Err(e) => tracing::warn!(error = %e, "the local provider is not available; only `sim` services can be created"),
+        }
+    }
+    // The engine may assign only providers that opened.
+    let mut engine_config = opts.engine.clone();
+    engine_config.providers = {
+        let mut names: Vec<String> = providers.keys().cloned().collect();
+        names.sort();
+        names
+    };
+    if !providers.contains_key(&engine_config.default_provider) {
+        tracing::warn!(wanted = %engine_config.default_provider, "default provider not available; using sim");
+        engine_config.default_provider = "sim".into();
     }
 
     let snapshot = {
@@ -215,12 +237,13 @@ async fn start_up(
     );
     let now = runtime::now();
     let seed = (now.0 as u64) ^ ((std::process::id() as u64) << 32);
-    let (mut engine, restored) = Engine::restore(opts.engine.clone(), seed, snapshot, now);
+    let (mut engine, restored) = Engine::restore(engine_config, seed, snapshot, now);
     let mut changes = restored.changes;
     // Dispatched only after the commit below, like every other output.
     let mut redispatch = restored.dispatch;
 
-    for image in default_images(now) {
+    // The real image last: the engine builds new services from the newest.
+    for image in default_images(now).into_iter().chain(extra_images) {
         let out = engine.step(
             Input::Command { actor: "system".into(), command: Command::RegisterImage(image.clone()) },
             now,
@@ -237,7 +260,11 @@ async fn start_up(
 
     let (tx, inbox) = mpsc::channel(runtime::QUEUE_CAPACITY);
     let handle = runtime::EngineHandle::new(tx);
-    let dispatcher = runtime::Dispatcher::new(providers.clone(), sim.clone(), handle.clone());
+    let dispatcher = runtime::Dispatcher::new(
+        providers.clone(),
+        providers.get(&engine.config().default_provider).cloned().unwrap_or_else(|| sim.clone()),
+        handle.clone(),
+    );
     if !redispatch.is_empty() {
         tracing::info!(actions = redispatch.len(), "re-dispatching actions that were running before the restart");
     }
@@ -248,10 +275,63 @@ async fn start_up(
 
     let (provider_tx, provider_rx) = mpsc::channel(1024);
     runtime::forward_provider_events(provider_rx, handle.clone());
-    sim.start(provider_tx);
+    for provider in providers.values() {
+        provider.start(provider_tx.clone());
+    }
+    drop(provider_tx);
 
     let mut names: Vec<String> = providers.keys().cloned().collect();
     names.sort();
     let _ = state.ready.set(http::Ready { engine: handle, store, providers: names, provider_objects: providers });
     Ok(actor_task)
+}
+
+/// Opens the local provider with continuous WAL archiving into a pgBackRest
+/// repository under the data dir, and describes the image it builds from:
+/// the binaries' own version, the configuration it writes, and the package
+/// manifest as dpkg reports it.
+async fn open_local(
+    data_dir: &std::path::Path,
+    mut config: LocalConfig,
+) -> anyhow::Result<(Arc<dyn Provider>, Option<Image>)> {
+    let run_as = RunAs::for_servers().context("cannot find or create the user servers run as")?;
+    let repo = BackupRepo::open(&data_dir.join("local").join("backups"), run_as)
+        .context("cannot prepare the pgBackRest repository")?;
+    if config.backups.is_none() {
+        config.backups = Some(repo);
+    }
+    let local = LocalProvider::open(data_dir, config).context("cannot open the local provider")?;
+    let image = local_postgres_image().await;
+    Ok((local, image))
+}
+
+/// The image of the local provider's PostgreSQL, content-addressed.
+async fn local_postgres_image() -> Option<Image> {
+    let bindir = tokio::process::Command::new("pg_config").arg("--bindir").output().await.ok()?;
+    let bindir = String::from_utf8_lossy(&bindir.stdout).trim().to_string();
+    let version = tokio::process::Command::new(format!("{bindir}/postgres")).arg("--version").output().await.ok()?;
+    let version = String::from_utf8_lossy(&version.stdout).trim().to_string();
+    let manifest = tokio::process::Command::new("dpkg-query")
+        .args(["-W", "-f", "${Package} ${Version}\\n", "postgresql-15", "libpq5", "pgbouncer", "pgbackrest", "openssl", "libc6"])
+        .output()
+        .await
+        .ok()?;
+    let packages: BTreeMap<String, String> = String::from_utf8_lossy(&manifest.stdout)
+        .lines()
+        .filter_map(|l| l.split_once(' ').map(|(p, v)| (p.to_string(), v.to_string())))
+        .collect();
+    let configuration: BTreeMap<String, String> = [
+        ("bindir", bindir.as_str()),
+        ("template", "drover local provider v1"),
+        ("wal_level", "replica"),
+        ("synchronous_commit", "on"),
+        ("synchronous_mode", "non-strict (async while no follower streams)"),
+        ("archive", "pgbackrest"),
+        ("router", "pgbouncer, pool_mode=transaction"),
+        ("auth", "scram-sha-256 over TCP, peer on the local socket"),
+    ]
+    .into_iter()
+    .map(|(k, v)| (k.to_string(), v.to_string()))
+    .collect();
+    Some(Image::new(EngineKind::Postgres, version, configuration, packages, runtime::now()))
 }

@@ -74,10 +74,8 @@ impl Inner {
             ActionKind::Archive => self.archive(id).await,
             ActionKind::Terminate => self.terminate(id).await,
             ActionKind::InjectFault { fault } => self.inject(id, *fault).await,
-            ActionKind::Backup | ActionKind::VerifyRestore => Err(fatal(format!(
-                "{} on the local provider is not wired yet (pgBackRest support is coming)",
-                action.kind.name()
-            ))),
+            ActionKind::Backup => self.backup(id).await,
+            ActionKind::VerifyRestore => self.verify_restore(id, action.id).await,
         };
         let outcome = match result {
             Ok(detail) => ActionOutcome::Succeeded { detail },
@@ -313,6 +311,11 @@ impl Inner {
             .ok_or_else(|| fatal(format!("unknown service {id}")))
     }
 
+    /// [`Inner::current_primary`], for the checks.
+    pub(super) fn current_primary_entry(&self, service: ServiceId) -> Option<InstanceEntry> {
+        self.current_primary(service)
+    }
+
     /// The service's primary when it is active, unfenced and its postmaster runs.
     fn current_primary(&self, service: ServiceId) -> Option<InstanceEntry> {
         let id = lock(&self.registry).services.get(&service)?.primary?;
@@ -410,6 +413,64 @@ impl Inner {
                 ));
             }
             tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+
+    /// A full base backup of the service from `id` (its primary) into the
+    /// pgBackRest repository; the stanza is created on first use.
+    async fn backup(&self, id: InstanceId) -> Done {
+        let repo = self.config.backups.clone().ok_or_else(|| fatal("no backup repository is configured for the local provider"))?;
+        let entry = self.entry(id).ok_or_else(|| fatal("unknown instance"))?;
+        if !entry.should_run() {
+            return Err(fatal("the instance does not run: back up from the running primary"));
+        }
+        let target = self.pg_target(&entry);
+        let stanza = entry.service_name.clone();
+        repo.ensure_stanza(&stanza, &target).await.map_err(|e| retry(e.to_string()))?;
+        let info = repo
+            .backup(&stanza, &target, crate::pgbackrest::BackupKind::Full)
+            .await
+            .map_err(|e| retry(e.to_string()))?;
+        Ok(Some(format!("backup {} of {} bytes", info.label, info.size_bytes)))
+    }
+
+    /// Restores the service's latest backup into a scratch server, checks
+    /// it, and throws it away. A backup that does not restore is a failure
+    /// (not retried: a retry would restore the same broken backup).
+    async fn verify_restore(&self, id: InstanceId, action: drover_model::ActionId) -> Done {
+        let repo = self.config.backups.clone().ok_or_else(|| fatal("no backup repository is configured for the local provider"))?;
+        let entry = self.entry(id).ok_or_else(|| fatal("unknown instance"))?;
+        let port = {
+            let registry = lock(&self.registry);
+            free_port(&registry.ports_in_use())?
+        };
+        let scratch = self.root.join("scratch").join(action.to_string());
+        let report = repo
+            .verify_restore(&entry.service_name, &scratch, port, &self.binaries.bindir, None)
+            .await
+            .map_err(|e| fatal(e.to_string()))?;
+        if report.ok {
+            Ok(Some(format!(
+                "backup {} restored and checked in {:.1}s: {}",
+                report.backup,
+                report.duration.as_secs_f64(),
+                report.evidence.join("; ")
+            )))
+        } else {
+            Err(fatal(format!(
+                "backup {} did not restore: {}",
+                report.backup,
+                report.error.unwrap_or_else(|| report.evidence.join("; "))
+            )))
+        }
+    }
+
+    fn pg_target(&self, entry: &InstanceEntry) -> crate::pgbackrest::PgTarget {
+        crate::pgbackrest::PgTarget {
+            data_dir: entry.pgdata(),
+            port: entry.port,
+            socket_dir: entry.socket_dir(),
+            bin_dir: self.binaries.bindir.clone(),
         }
     }
 

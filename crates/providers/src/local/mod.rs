@@ -68,6 +68,10 @@ pub struct LocalConfig {
     /// PostgreSQL's archive_command, `{stanza}` replaced by the service
     /// name; archiving is off when None.
     pub archive_command: Option<String>,
+    /// Where Backup and VerifyRestore go (one stanza per service, named
+    /// after it). When set and `archive_command` is None, WAL is archived
+    /// into it too.
+    pub backups: Option<crate::pgbackrest::BackupRepo>,
 }
 
 impl Default for LocalConfig {
@@ -77,6 +81,7 @@ impl Default for LocalConfig {
             stop_timeout: Duration::from_secs(10),
             kill_servers_on_drop: false,
             archive_command: None,
+            backups: None,
         }
     }
 }
@@ -149,7 +154,12 @@ impl LocalProvider {
     /// the servers and routers that still run and restarts (in the
     /// background) those that should run but do not. Must be called inside a
     /// tokio runtime. One process per data dir: nothing locks it.
-    pub fn open(data_dir: &Path, config: LocalConfig) -> Result<Arc<LocalProvider>, ProviderError> {
+    pub fn open(data_dir: &Path, mut config: LocalConfig) -> Result<Arc<LocalProvider>, ProviderError> {
+        if config.archive_command.is_none() {
+            if let Some(repo) = &config.backups {
+                config.archive_command = Some(repo.archive_command("{stanza}"));
+            }
+        }
         let root = data_dir.join("local");
         let state_path = root.join("state.json");
         let io = |operation: &'static str, path: &Path| {
@@ -657,5 +667,38 @@ impl Provider for LocalProvider {
         *lock(&self.inner.sink) = Some(sink.clone());
         let inner = self.inner.clone();
         tokio::spawn(async move { inner.heartbeat_loop(sink, generation).await });
+    }
+
+    fn service_url(&self, service: &str) -> Option<String> {
+        LocalProvider::service_url(self, service)
+    }
+
+    /// Security, performance and replication as the service's primary sees
+    /// them, over its local socket.
+    fn service_checks(&self, service: &str) -> BoxFuture<crate::ProviderChecks> {
+        let inner = self.inner.clone();
+        let service = service.to_string();
+        Box::pin(async move {
+            let primary = {
+                let registry = lock(&inner.registry);
+                registry
+                    .services
+                    .iter()
+                    .find(|(_, s)| s.name == service)
+                    .and_then(|(id, _)| Some(*id))
+            };
+            let Some(entry) = primary.and_then(|id| inner.current_primary_entry(id)) else {
+                return crate::ProviderChecks::default();
+            };
+            let client = match postgres::connect(&entry, Duration::from_secs(3)).await {
+                Ok(c) => c,
+                Err(_) => return crate::ProviderChecks::default(),
+            };
+            let policy = crate::checks::SecurityPolicy { require_tls: false, service_user: None };
+            let security = crate::checks::security(&client, &entry.pgdata(), &policy).await;
+            let performance = crate::checks::performance(&client).await;
+            let followers = crate::checks::follower_facts(&client).await.ok();
+            crate::ProviderChecks { security: Some(security), performance: Some(performance), followers }
+        })
     }
 }
