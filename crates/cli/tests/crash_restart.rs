@@ -30,6 +30,8 @@ impl Server {
             .args(["--probe-interval-ms", "200"])
             .args(["--action-timeout-ms", "3000"])
             .args(["--heartbeat-interval-ms", "100"])
+            // This test is about the control plane: the sim fleet only.
+            .args(["--default-provider", "sim", "--no-local"])
             // Slower than other tests on purpose: the kill must land while a
             // fence or promote is in flight, so each needs a visible window.
             .args(["--action-latency-ms", "250"])

@@ -43,8 +43,13 @@ pub async fn start() -> TestServer {
 }
 
 pub async fn start_with(tweak: impl FnOnce(&mut ServeOptions)) -> TestServer {
+    start_in(tempfile::tempdir().expect("temp dir"), tweak).await
+}
+
+/// Like [`start_with`], in a given temp dir (the local provider wants short
+/// paths: unix socket paths are limited to ~100 bytes).
+pub async fn start_in(dir: tempfile::TempDir, tweak: impl FnOnce(&mut ServeOptions)) -> TestServer {
     init_logs();
-    let dir = tempfile::tempdir().expect("temp dir");
     let mut opts = fast_options(dir.path());
     tweak(&mut opts);
     let server = drover_server::start(opts).await.expect("server starts");

@@ -1,0 +1,268 @@
+//! The local provider end to end: real PostgreSQL 15 processes (as user
+//! `drover` when run as root), pgbouncer as the stable URL, pgBackRest, all
+//! driven through the HTTP API of an in-process server.
+
+mod common;
+
+use common::{followers, poll, primary};
+use serde_json::{json, Value};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+const SLOW: Duration = Duration::from_secs(120);
+
+fn id(v: &Value) -> String {
+    v["id"].as_str().unwrap_or_default().to_string()
+}
+
+/// Kills, on drop, every process whose working directory is under `dir`
+/// (PostgreSQL backends setsid(), so process groups are not enough): no
+/// server outlives its test, also when the test fails.
+struct Reaper(std::path::PathBuf);
+
+impl Drop for Reaper {
+    fn drop(&mut self) {
+        let Ok(entries) = std::fs::read_dir("/proc") else { return };
+        for e in entries.flatten() {
+            let Ok(pid) = e.file_name().to_string_lossy().parse::<i32>() else { continue };
+            if let Ok(cwd) = std::fs::read_link(e.path().join("cwd")) {
+                if cwd.starts_with(&self.0) {
+                    unsafe_kill(pid);
+                }
+            }
+        }
+    }
+}
+
+fn unsafe_kill(pid: i32) {
+    let _ = std::process::Command::new("kill").args(["-9", &pid.to_string()]).status();
+}
+
+async fn start_local() -> (common::TestServer, Reaper) {
+    let dir = tempfile::Builder::new().prefix("dv").tempdir_in("/tmp").unwrap();
+    let t = common::start_in(dir, |opts| {
+        opts.engine.default_provider = "local".into();
+        opts.engine.uncertain_after = Duration::from_secs(2);
+        opts.engine.install_timeout = Duration::from_secs(120);
+        opts.engine.action_timeout = Duration::from_secs(60);
+        opts.engine.backup_interval = None;
+        opts.engine.verify_interval = None;
+        opts.local = Some(drover_providers::local::LocalConfig {
+            probe_interval: Duration::from_millis(300),
+            kill_servers_on_drop: true,
+            ..Default::default()
+        });
+    })
+    .await;
+    let reaper = Reaper(t.dir.path().to_path_buf());
+    (t, reaper)
+}
+
+async fn create_pg(t: &common::TestServer, name: &str) -> Value {
+    let (status, body) = t
+        .post("/v1/services", json!({"name": name, "engine": "postgres", "followers": 1, "provider": "local", "sync": true}))
+        .await;
+    assert_eq!(status, 201, "{body}");
+    t.wait_available(name, SLOW).await
+}
+
+async fn connect(url: &str) -> Option<tokio_postgres::Client> {
+    let (client, connection) = tokio::time::timeout(Duration::from_secs(3), tokio_postgres::connect(url, tokio_postgres::NoTls))
+        .await
+        .ok()?
+        .ok()?;
+    tokio::spawn(connection);
+    Some(client)
+}
+
+/// Inserts 1, 2, 3, ... through `url`, one autocommit statement each
+/// (simple protocol: pgbouncer in transaction mode), recording every
+/// acknowledged value and every failed statement.
+struct Writer {
+    acked: Arc<Mutex<Vec<u64>>>,
+    failures: Arc<AtomicU64>,
+    stop: Arc<AtomicBool>,
+    task: tokio::task::JoinHandle<()>,
+}
+
+impl Writer {
+    fn start(url: String) -> Writer {
+        let acked = Arc::new(Mutex::new(Vec::new()));
+        let failures = Arc::new(AtomicU64::new(0));
+        let stop = Arc::new(AtomicBool::new(false));
+        let (a, f, s) = (acked.clone(), failures.clone(), stop.clone());
+        let task = tokio::spawn(async move {
+            let mut next = 1u64;
+            let mut client = None;
+            while !s.load(Ordering::SeqCst) {
+                if client.is_none() {
+                    client = connect(&url).await;
+                    if client.is_none() {
+                        f.fetch_add(1, Ordering::SeqCst);
+                        tokio::time::sleep(Duration::from_millis(50)).await;
+                        continue;
+                    }
+                }
+                let c = client.as_ref().unwrap();
+                let sql = format!("INSERT INTO writes VALUES ({next})");
+                match tokio::time::timeout(Duration::from_secs(5), c.batch_execute(&sql)).await {
+                    Ok(Ok(())) => {
+                        a.lock().unwrap().push(next);
+                        next += 1;
+                    }
+                    _ => {
+                        f.fetch_add(1, Ordering::SeqCst);
+                        client = None;
+                        tokio::time::sleep(Duration::from_millis(50)).await;
+                    }
+                }
+            }
+        });
+        Writer { acked, failures, stop, task }
+    }
+    fn acked(&self) -> usize {
+        self.acked.lock().unwrap().len()
+    }
+    async fn finish(self) -> (Vec<u64>, u64) {
+        self.stop.store(true, Ordering::SeqCst);
+        let _ = self.task.await;
+        (self.acked.lock().unwrap().clone(), self.failures.load(Ordering::SeqCst))
+    }
+}
+
+async fn rows(url: &str) -> std::collections::BTreeSet<u64> {
+    let c = connect(url).await.expect("connect to read back");
+    let msgs = c.simple_query("SELECT n FROM writes").await.expect("read back");
+    msgs.iter()
+        .filter_map(|m| match m {
+            tokio_postgres::SimpleQueryMessage::Row(r) => r.get(0).and_then(|v| v.parse().ok()),
+            _ => None,
+        })
+        .collect()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn kill_9_of_the_primary_fails_over_behind_the_same_url_without_losing_an_acknowledged_write() {
+    let (mut t, _reaper) = start_local().await;
+    let before = create_pg(&t, "pgfo").await;
+    let url = before["url"].as_str().expect("a local service has a stable URL").to_string();
+    assert!(url.starts_with("postgres://"), "{url}");
+    let old_primary = id(&primary(&before));
+    let c = connect(&url).await.expect("connect through the URL");
+    c.batch_execute("CREATE TABLE writes (n bigint PRIMARY KEY)").await.unwrap();
+
+    let writer = Writer::start(url.clone());
+    poll(SLOW, "writes flowing", || async { (writer.acked() > 50).then_some(()) }).await;
+    let (status, body) = t.post("/v1/chaos", json!({"instance": old_primary, "fault": "crash"})).await;
+    assert_eq!(status, 202, "{body}");
+    let acked_at_kill = writer.acked();
+    poll(SLOW, "writes resume through the same URL", || async { (writer.acked() > acked_at_kill + 50).then_some(()) }).await;
+    let after = poll(SLOW, "a new follower streams", || async {
+        let s = t.service("pgfo").await;
+        let fs = followers(&s);
+        let streaming = fs.iter().any(|f| f["state"] == "available" && f["facts"]["upstream_streaming"] == true);
+        (id(&primary(&s)) != old_primary && streaming && s["state"] == "available").then_some(s)
+    })
+    .await;
+    assert_eq!(after["url"], Value::String(url.clone()), "the URL never changes");
+    let (acked, _failures) = writer.finish().await;
+    let present = rows(&url).await;
+    let lost: Vec<&u64> = acked.iter().filter(|n| !present.contains(n)).collect();
+    assert!(lost.is_empty(), "{} acknowledged writes lost (sync mode): {:?}", lost.len(), &lost[..lost.len().min(10)]);
+    let events = t.events(&format!("instance={old_primary}")).await;
+    assert!(events.iter().any(|e| e["to"] == "unavailable" && e["cause"].as_str().unwrap_or("").contains("provider")), "{events:#?}");
+    t.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn switchover_under_load_fails_no_statement_and_backups_restore_and_corruption_is_caught() {
+    let (mut t, _reaper) = start_local().await;
+    let before = create_pg(&t, "pgsw").await;
+    let url = before["url"].as_str().unwrap().to_string();
+    let old_primary = id(&primary(&before));
+    let c = connect(&url).await.unwrap();
+    c.batch_execute("CREATE TABLE writes (n bigint PRIMARY KEY)").await.unwrap();
+    drop(c);
+    let writer = Writer::start(url.clone());
+    poll(SLOW, "writes flowing", || async { (writer.acked() > 50).then_some(()) }).await;
+    let (status, body) = t.post("/v1/services/pgsw/switchover", json!({})).await;
+    assert_eq!(status, 202, "{body}");
+    poll(SLOW, "switched over with a new follower streaming", || async {
+        let s = t.service("pgsw").await;
+        let streaming = followers(&s).iter().any(|f| f["state"] == "available" && f["facts"]["upstream_streaming"] == true);
+        (id(&primary(&s)) != old_primary && streaming && s["state"] == "available").then_some(())
+    })
+    .await;
+    let at = writer.acked();
+    poll(SLOW, "writes after the switchover", || async { (writer.acked() > at + 20).then_some(()) }).await;
+    let (acked, failures) = writer.finish().await;
+    assert_eq!(failures, 0, "the router paused clients: no statement failed");
+    let present = rows(&url).await;
+    assert!(acked.iter().all(|n| present.contains(n)), "an acknowledged write is missing");
+
+    // Backups: take one, restore-test it, then corrupt it and see it caught.
+    let (status, body) = t.post("/v1/services/pgsw/backups", json!({})).await;
+    assert_eq!(status, 202, "{body}");
+    poll(SLOW, "backup recorded", || async {
+        let s = t.service("pgsw").await;
+        (!s["backups"]["last_backup_at"].is_null()).then_some(())
+    })
+    .await;
+    let (status, body) = t.post("/v1/services/pgsw/backups/verify", json!({})).await;
+    assert_eq!(status, 202, "{body}");
+    poll(SLOW, "restore test passed", || async {
+        let s = t.service("pgsw").await;
+        (s["backups"]["last_verify_ok"] == true).then_some(())
+    })
+    .await;
+    let (_, checks) = t.get("/v1/services/pgsw/checks").await;
+    assert_eq!(checks["backups"]["status"], "ok", "{checks}");
+    assert_ne!(checks["security"]["status"], "unknown", "a real server is inspected: {checks}");
+    assert_ne!(checks["performance"]["status"], "unknown", "{checks}");
+    assert_eq!(checks["replication"]["status"], "ok", "{checks}");
+
+    // Corrupt one data file of the backup set in the repository.
+    let repo = t.dir.path().join("local/backups/repo/backup/pgsw");
+    let victim = walk(&repo)
+        .into_iter()
+        .filter(|p| p.to_string_lossy().contains("pg_data/base/") && std::fs::metadata(p).map(|m| m.len() > 1000).unwrap_or(false))
+        .next()
+        .expect("a data file in the backup set");
+    let mut bytes = std::fs::read(&victim).unwrap();
+    let mid = bytes.len() / 2;
+    for b in &mut bytes[mid..mid + 64] {
+        *b ^= 0xff;
+    }
+    std::fs::write(&victim, bytes).unwrap();
+    let (status, body) = t.post("/v1/services/pgsw/backups/verify", json!({})).await;
+    assert_eq!(status, 202, "{body}");
+    let s = poll(SLOW, "the corrupted backup is caught", || async {
+        let s = t.service("pgsw").await;
+        (s["backups"]["last_verify_ok"] == false).then_some(s)
+    })
+    .await;
+    let error = s["backups"]["last_verify_error"].as_str().unwrap_or("").to_string();
+    assert!(!error.is_empty(), "{s}");
+    let events = t.events("service=pgsw").await;
+    assert!(events.iter().any(|e| e["cause"].as_str().unwrap_or("").contains("restore test FAILED")), "{events:#?}");
+    t.stop().await;
+}
+
+fn walk(dir: &std::path::Path) -> Vec<std::path::PathBuf> {
+    let mut out = Vec::new();
+    let mut stack = vec![dir.to_path_buf()];
+    while let Some(d) = stack.pop() {
+        let Ok(entries) = std::fs::read_dir(&d) else { continue };
+        for e in entries.flatten() {
+            let p = e.path();
+            if p.is_dir() {
+                stack.push(p);
+            } else {
+                out.push(p);
+            }
+        }
+    }
+    out.sort();
+    out
+}
