@@ -188,6 +188,13 @@ enum BenchCmd {
         #[arg(long, default_value_t = 10)]
         rounds: usize,
     },
+    /// Kill -9 failovers of a real local HA pair under write load.
+    Failover {
+        #[arg(long, default_value = "postgres")]
+        engine: String,
+        #[arg(long, default_value_t = 5)]
+        runs: usize,
+    },
 }
 
 fn main() -> ExitCode {
@@ -215,6 +222,7 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
     match cli.command {
         Cmd::Serve(args) => serve(args).await,
         Cmd::Bench(BenchCmd::Heartbeats { instances, rounds }) => bench::heartbeats(instances, rounds),
+        Cmd::Bench(BenchCmd::Failover { engine, runs }) => bench::failover(&engine, runs).await,
         Cmd::Services(cmd) => match cmd {
             ServicesCmd::Create { name, engine, followers, provider, sync, team, zones } => {
                 let mut body = serde_json::json!({ "name": name, "engine": engine, "followers": followers });
