@@ -38,6 +38,11 @@ const BUCKET_MICROS: i64 = 50_000;
 /// rebuilt from its image (Heroku: restart first, replace when that fails).
 const MAX_RESTARTS: u32 = 1;
 
+/// A deadline that passed without effect (it waits on an open action or on
+/// the brake) is looked at again after this, not on every tick: with time
+/// advancing tick by tick it was a busy loop per such instance.
+const RECHECK_MICROS: i64 = 1_000_000;
+
 /// Longest wait between retries of a failed action attempt.
 const MAX_RETRY_BACKOFF: Duration = Duration::from_secs(60);
 
@@ -613,6 +618,22 @@ impl Engine {
         self.instance_timers.schedule(at, slot);
     }
 
+    fn reschedule_after_check(&mut self, slot: u32, now: i64) {
+        let Some(inst) = self.instances.get(slot) else { return };
+        let at = self.instance_deadline(inst, now);
+        if at == NEVER {
+            return;
+        }
+        let at = if at <= now { now + RECHECK_MICROS } else { at };
+        let key = self.instance_timers.key(at);
+        let Some(inst) = self.instances.get_mut(slot) else { return };
+        if inst.check_at == key {
+            return;
+        }
+        inst.check_at = key;
+        self.instance_timers.schedule(at, slot);
+    }
+
     /// When this instance next needs a look, given its state.
     fn instance_deadline(&self, inst: &Inst, _now: i64) -> i64 {
         let c = &self.config;
@@ -621,9 +642,14 @@ impl Engine {
             InstanceState::Available if inst.covered => NEVER,
             InstanceState::Available => (inst.last_heartbeat + micros(c.uncertain_after)).max(self.grace_until),
             InstanceState::Uncertain => {
+                let probe = inst.next_probe_at.max(self.grace_until);
+                if self.is_braked(inst.zone) {
+                    // Silence does not count under the brake: only probes do.
+                    return probe;
+                }
                 let dead = (inst.last_heartbeat.max(inst.last_probe_ok) + micros(c.presumed_dead_after))
                     .max(self.grace_until);
-                dead.min(inst.next_probe_at.max(self.grace_until))
+                dead.min(probe)
             }
             InstanceState::Installing | InstanceState::Restarting | InstanceState::Upgrading => {
                 inst.state_since + micros(c.install_timeout)
@@ -640,7 +666,7 @@ impl Engine {
                     _ => continue, // stale entry: the instance moved on
                 }
                 self.check_instance(slot, now, out);
-                self.schedule_instance(slot, now);
+                self.reschedule_after_check(slot, now);
             }
         }
         for (_, zones) in self.zone_timers.pop_due(now) {
@@ -1470,16 +1496,16 @@ impl Engine {
                 .filter(|&&i| self.instances.get(i).is_some_and(|x| x.zone == z && x.state.is_member() && !x.fenced))
                 .count()
         };
-        // Ties go to the zone with fewer leavers (fenced or retiring members
-        // still present): do not place a replacement where its predecessor
-        // just failed; that zone may be the one that is down.
+        // A zone where a member of this service just failed (a leaver:
+        // fenced or retiring, still present) comes last: it may be the zone
+        // that is down, and provisioning into it would fail and repeat.
         let leavers = |z: u16| {
             s.instances
                 .iter()
                 .filter(|&&i| self.instances.get(i).is_some_and(|x| x.zone == z && (!x.state.is_member() || x.fenced)))
                 .count()
         };
-        s.zones.iter().copied().min_by_key(|&z| (count(z), leavers(z))).unwrap_or(0)
+        s.zones.iter().copied().min_by_key(|&z| (leavers(z) > 0, count(z), leavers(z))).unwrap_or(0)
     }
 
     fn provision(&mut self, sslot: u32, role: Role, zone: u16, cause: &str, now: i64, out: &mut Outputs) -> Option<u32> {
