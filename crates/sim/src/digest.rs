@@ -5,19 +5,24 @@
 use drover_model::{Event, EventSubject};
 use sha2::{Digest, Sha256};
 use std::io::Write;
-use std::sync::mpsc::{sync_channel, SyncSender};
+use std::sync::mpsc::{sync_channel, Receiver, SyncSender};
 use std::thread::JoinHandle;
 
 /// Batches in flight between the engine thread and the hasher.
 const QUEUE_BATCHES: usize = 64;
 
-/// Events sent to the hasher at once.
-const BATCH: usize = 8192;
+/// Bytes of encoded events sent to the hasher at once.
+const CHUNK: usize = 1 << 20;
 
+/// Events are encoded on the engine thread (a copy, and their memory is
+/// freed by the thread that allocated it) and hashed on another.
 pub struct EventLog {
-    pending: Vec<Event>,
-    tx: Option<SyncSender<Vec<Event>>>,
-    worker: Option<JoinHandle<(String, u64)>>,
+    buf: Vec<u8>,
+    events: u64,
+    dump: Option<Box<dyn Write + Send>>,
+    tx: Option<SyncSender<Vec<u8>>>,
+    spare: Receiver<Vec<u8>>,
+    worker: Option<JoinHandle<String>>,
 }
 
 pub fn encode(e: &Event, buf: &mut Vec<u8>) {
@@ -61,50 +66,51 @@ mod uuid_bytes {
 
 impl EventLog {
     /// `dump`: also write every event as one JSON line (small runs only).
-    pub fn start(mut dump: Option<Box<dyn Write + Send>>) -> EventLog {
-        let (tx, rx) = sync_channel::<Vec<Event>>(QUEUE_BATCHES);
+    pub fn start(dump: Option<Box<dyn Write + Send>>) -> EventLog {
+        let (tx, rx) = sync_channel::<Vec<u8>>(QUEUE_BATCHES);
+        let (give_back, spare) = sync_channel::<Vec<u8>>(QUEUE_BATCHES);
         let worker = std::thread::spawn(move || {
             let mut hasher = Sha256::new();
-            let mut buf = Vec::with_capacity(1 << 16);
-            let mut n = 0u64;
-            for batch in rx {
-                buf.clear();
-                for e in &batch {
-                    encode(e, &mut buf);
-                    if let Some(w) = dump.as_mut() {
-                        let _ = serde_json::to_writer(&mut *w, e);
-                        let _ = w.write_all(b"\n");
-                    }
-                }
-                n += batch.len() as u64;
-                hasher.update(&buf);
+            for mut chunk in rx {
+                hasher.update(&chunk);
+                chunk.clear();
+                let _ = give_back.try_send(chunk);
             }
-            if let Some(w) = dump.as_mut() {
-                let _ = w.flush();
-            }
-            (hex::encode(hasher.finalize()), n)
+            hex::encode(hasher.finalize())
         });
-        EventLog { pending: Vec::with_capacity(BATCH), tx: Some(tx), worker: Some(worker) }
+        EventLog { buf: Vec::with_capacity(CHUNK), events: 0, dump, tx: Some(tx), spare, worker: Some(worker) }
     }
 
     pub fn push(&mut self, events: Vec<Event>) {
-        self.pending.extend(events);
-        if self.pending.len() >= BATCH {
+        for e in &events {
+            encode(e, &mut self.buf);
+            if let Some(w) = self.dump.as_mut() {
+                let _ = serde_json::to_writer(&mut *w, e);
+                let _ = w.write_all(b"\n");
+            }
+        }
+        self.events += events.len() as u64;
+        if self.buf.len() >= CHUNK {
             self.flush();
         }
     }
 
     fn flush(&mut self) {
-        let batch = std::mem::replace(&mut self.pending, Vec::with_capacity(BATCH));
+        let next = self.spare.try_recv().unwrap_or_else(|_| Vec::with_capacity(CHUNK));
+        let chunk = std::mem::replace(&mut self.buf, next);
         if let Some(tx) = &self.tx {
-            let _ = tx.send(batch);
+            let _ = tx.send(chunk);
         }
     }
 
     /// The hex digest and the number of events.
     pub fn finish(mut self) -> (String, u64) {
         self.flush();
+        if let Some(w) = self.dump.as_mut() {
+            let _ = w.flush();
+        }
         drop(self.tx.take());
-        self.worker.take().and_then(|w| w.join().ok()).unwrap_or_else(|| (String::new(), 0))
+        let digest = self.worker.take().and_then(|w| w.join().ok()).unwrap_or_default();
+        (digest, self.events)
     }
 }

@@ -95,3 +95,54 @@ impl Report {
         serde_json::to_string(self).unwrap_or_else(|_| "{}".into())
     }
 }
+
+/// One report from the reports of the shards of one run. Counts add up;
+/// peaks add up too (an upper bound of the fleet's peak: the shards' peaks
+/// coincide when one fault hits them all at once); recovery is the slowest
+/// shard's; the digest is SHA-256 over the shards' digests in order.
+pub fn merge(parts: &[Report]) -> Report {
+    use sha2::{Digest, Sha256};
+    let mut m = parts[0].clone();
+    let mut hasher = Sha256::new();
+    hasher.update(parts[0].digest.as_bytes());
+    let mut ack_total = parts[0].mean_minutes_to_acknowledge * parts[0].pages_human as f64;
+    for p in &parts[1..] {
+        hasher.update(p.digest.as_bytes());
+        ack_total += p.mean_minutes_to_acknowledge * p.pages_human as f64;
+        m.services += p.services;
+        m.instances += p.instances;
+        m.recovered_seconds = match (m.recovered_seconds, p.recovered_seconds) {
+            (Some(a), Some(b)) => Some(a.max(b)),
+            _ => None,
+        };
+        m.max_unavailable += p.max_unavailable;
+        m.max_not_available_in_engine += p.max_not_available_in_engine;
+        m.failovers += p.failovers;
+        m.replacements += p.replacements;
+        m.restarts += p.restarts;
+        m.probes += p.probes;
+        m.pages_human += p.pages_human;
+        m.pages_bot += p.pages_bot;
+        m.after_hours_pages += p.after_hours_pages;
+        m.writes_lost += p.writes_lost;
+        m.writes_lost_sync += p.writes_lost_sync;
+        m.writes_lost_async += p.writes_lost_async;
+        m.services_needing_human += p.services_needing_human;
+        m.person_years_avoided += p.person_years_avoided;
+        m.person_hours_spent += p.person_hours_spent;
+        m.brake_engaged += p.brake_engaged;
+        m.advisory_instances_left += p.advisory_instances_left;
+        m.engine_events += p.engine_events;
+        m.safety_violations += p.safety_violations;
+        if m.first_violation.is_none() {
+            m.first_violation = p.first_violation.clone();
+        }
+        m.converged &= p.converged;
+    }
+    m.person_years_avoided = (m.person_years_avoided * 1000.0).round() / 1000.0;
+    m.person_hours_spent = (m.person_hours_spent * 10.0).round() / 10.0;
+    m.mean_minutes_to_acknowledge =
+        if m.pages_human > 0 { (ack_total / m.pages_human as f64 * 10.0).round() / 10.0 } else { 0.0 };
+    m.digest = hex::encode(hasher.finalize());
+    m
+}

@@ -186,17 +186,50 @@ struct Sim {
     people: People,
     log: EventLog,
     c: Counters,
+    shard: u32,
+    shards: u32,
 }
 
 fn micros(secs: f64) -> i64 {
     (secs * SEC) as i64
 }
 
+/// Fleets at least this large are split over two control-plane shards, each
+/// its own engine on its own thread (services by index parity), as several
+/// control-plane nodes would split a real fleet. Smaller fleets run in one.
+pub const SHARD_FROM_SERVICES: u64 = 100_000;
+
 pub fn run(opts: Options) -> Result<Report, SimError> {
     let wall = Instant::now();
-    let sc = opts.scenario;
+    let shards: u64 = if opts.services >= SHARD_FROM_SERVICES { 2 } else { 1 };
+    if shards == 1 {
+        let mut r = run_shard(&opts, 0, 1)?;
+        r.wall_seconds = (wall.elapsed().as_secs_f64() * 100.0).round() / 100.0;
+        return Ok(r);
+    }
+    let results: Vec<Result<Report, SimError>> = std::thread::scope(|scope| {
+        let handles: Vec<_> = (0..shards).map(|k| {
+            let opts = &opts;
+            scope.spawn(move || run_shard(opts, k, shards))
+        }).collect();
+        handles.into_iter().map(|h| h.join().unwrap_or_else(|_| Err(SimError::Build("a shard panicked".into())))).collect()
+    });
+    let mut reports = Vec::new();
+    for r in results {
+        reports.push(r?);
+    }
+    let mut m = crate::report::merge(&reports);
+    m.services = opts.services;
+    m.wall_seconds = (wall.elapsed().as_secs_f64() * 100.0).round() / 100.0;
+    Ok(m)
+}
+
+fn run_shard(opts: &Options, shard: u64, shards: u64) -> Result<Report, SimError> {
+    let wall = Instant::now();
+    let sc = opts.scenario.clone();
+    let services = (opts.services + shards - 1 - shard) / shards;
     let t = &sc.timing;
-    let budget = ((opts.services as f64) * t.zone_budget_per_1000_services / 1000.0).ceil().max(16.0) as u32;
+    let budget = ((services as f64) * t.zone_budget_per_1000_services / 1000.0).ceil().max(16.0) as u32;
     let config = Config {
         uncertain_after: Duration::from_secs_f64(t.uncertain_after_secs),
         presumed_dead_after: Duration::from_secs_f64(t.presumed_dead_after_secs),
@@ -210,16 +243,17 @@ pub fn run(opts: Options) -> Result<Report, SimError> {
         ..Config::default()
     };
     let dump: Option<Box<dyn std::io::Write + Send>> = match &opts.event_log {
-        Some(p) => Some(Box::new(std::io::BufWriter::new(std::fs::File::create(p).map_err(|e| SimError::EventLog {
+        Some(p) if shards == 1 => Some(Box::new(std::io::BufWriter::new(std::fs::File::create(p).map_err(|e| SimError::EventLog {
             path: p.display().to_string(),
             message: e.to_string(),
         })?))),
-        None => None,
+        _ => None, // the event log is written by single-shard runs only
     };
-    let mut rng = ChaCha8Rng::seed_from_u64(opts.seed);
+    // Shard 0 of a single-shard run draws exactly what the seed says.
+    let mut rng = ChaCha8Rng::seed_from_u64(opts.seed.wrapping_add(shard.wrapping_mul(0x9E37_79B9_7F4A_7C15)));
     let engine_seed = rng.random::<u64>();
     let mut engine = Engine::new(config, engine_seed);
-    engine.reserve((opts.services as usize) * 5 / 2);
+    engine.reserve((services as usize) * 5 / 2);
     let zones = sc
         .fleet
         .zones
@@ -243,10 +277,10 @@ pub fn run(opts: Options) -> Result<Report, SimError> {
         now: T0 - BUILD,
         seq: 0,
         queue: BinaryHeap::new(),
-        insts: Vec::with_capacity((opts.services as usize) * 5 / 2),
-        by_id: HashMap::with_capacity((opts.services as usize) * 5 / 2),
-        svcs: Vec::with_capacity(opts.services as usize),
-        svc_by_id: HashMap::with_capacity(opts.services as usize),
+        insts: Vec::with_capacity((services as usize) * 5 / 2),
+        by_id: HashMap::with_capacity((services as usize) * 5 / 2),
+        svcs: Vec::with_capacity(services as usize),
+        svc_by_id: HashMap::with_capacity(services as usize),
         zones,
         hosts: Vec::new(),
         backup_down: false,
@@ -258,12 +292,14 @@ pub fn run(opts: Options) -> Result<Report, SimError> {
         people,
         log: EventLog::start(dump),
         c: Counters::default(),
+        shard: shard as u32,
+        shards: shards as u32,
     };
-    sim.build(opts.services)?;
+    sim.build(services)?;
     let end = T0 + micros(sim.sc.hours * 3600.0);
     sim.main_loop(end);
     let instances = sim.insts.len() as u64;
-    Ok(sim.finish(opts.services, opts.seed, instances, wall))
+    Ok(sim.finish(services, opts.seed, instances, wall))
 }
 
 impl Sim {
@@ -309,7 +345,7 @@ impl Sim {
             let [lo, hi] = self.sc.fleet.write_bytes_per_sec;
             let rate = u64::from(self.rng.random_range(lo.min(hi)..=hi.max(lo)));
             let req = CreateService {
-                name: service_name(i as u32),
+                name: service_name(i as u32 * self.shards + self.shard),
                 engine: EngineKind::Postgres,
                 followers,
                 provider: None,
@@ -498,7 +534,7 @@ impl Sim {
                 }
             }
             EventSubject::Service => {
-                let Some(s) = e.service.as_deref().and_then(service_index) else { return };
+                let Some(s) = e.service.as_deref().and_then(service_index).map(|g| g / self.shards) else { return };
                 let Some(to) = e.to.as_deref().and_then(|t| t.parse::<ServiceState>().ok()) else { return };
                 self.service_state(s, to, &e.cause);
             }
