@@ -43,8 +43,61 @@ pub struct Scenario {
     pub background: Background,
     #[serde(default)]
     pub people: PeopleSpec,
+    /// As written: one flat table per fault, so a parse error names its key.
     #[serde(default, rename = "fault")]
+    raw_faults: Vec<RawFault>,
+    #[serde(skip)]
     pub faults: Vec<FaultSpec>,
+}
+
+#[derive(Clone, Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawFault {
+    kind: String,
+    at_hours: f64,
+    duration_hours: Option<f64>,
+    zone: Option<String>,
+    down_secs: Option<[f64; 2]>,
+    up_secs: Option<[f64; 2]>,
+    share: Option<f64>,
+    extra_lag_bytes: Option<u64>,
+    name: Option<String>,
+}
+
+impl RawFault {
+    fn into_spec(self, n: usize) -> Result<FaultSpec, String> {
+        let kind = self.kind.clone();
+        let need = |field: &str| format!("fault {n} ({kind}): missing field `{field}`");
+        let at_hours = self.at_hours;
+        let duration_hours = || self.duration_hours.ok_or_else(|| need("duration_hours"));
+        let zone = || self.zone.clone().ok_or_else(|| need("zone"));
+        Ok(match self.kind.as_str() {
+            "zone-loss" => FaultSpec::ZoneLoss { zone: zone()?, at_hours, duration_hours: duration_hours()? },
+            "network-cut" => FaultSpec::NetworkCut { zone: zone()?, at_hours, duration_hours: duration_hours()? },
+            "flap" => FaultSpec::Flap {
+                zone: zone()?,
+                at_hours,
+                duration_hours: duration_hours()?,
+                down_secs: self.down_secs.ok_or_else(|| need("down_secs"))?,
+                up_secs: self.up_secs.ok_or_else(|| need("up_secs"))?,
+            },
+            "slow-disks" => FaultSpec::SlowDisks {
+                share: self.share.ok_or_else(|| need("share"))?,
+                at_hours,
+                duration_hours: duration_hours()?,
+                extra_lag_bytes: self.extra_lag_bytes.ok_or_else(|| need("extra_lag_bytes"))?,
+            },
+            "backup-store-outage" => FaultSpec::BackupStoreOutage { at_hours, duration_hours: duration_hours()? },
+            "pager-outage" => FaultSpec::PagerOutage { at_hours, duration_hours: duration_hours()? },
+            "advisory" => FaultSpec::Advisory { at_hours, name: self.name.clone().ok_or_else(|| need("name"))? },
+            other => {
+                return Err(format!(
+                    "fault {n}: unknown `kind` {other:?}; one of zone-loss, network-cut, flap, slow-disks, \
+                     backup-store-outage, pager-outage, advisory"
+                ))
+            }
+        })
+    }
 }
 
 fn default_hours() -> f64 {
@@ -176,8 +229,7 @@ impl Default for PeopleSpec {
     }
 }
 
-#[derive(Clone, Debug, Deserialize)]
-#[serde(tag = "kind", rename_all = "kebab-case", deny_unknown_fields)]
+#[derive(Clone, Debug)]
 pub enum FaultSpec {
     /// Every host of a zone is lost (power, cooling), and comes back.
     ZoneLoss { zone: String, at_hours: f64, duration_hours: f64 },
@@ -227,9 +279,12 @@ impl Scenario {
     }
 
     pub fn parse(file: &str, text: &str) -> Result<Scenario, ScenarioError> {
-        let s: Scenario =
+        let mut s: Scenario =
             toml::from_str(text).map_err(|e| ScenarioError::Parse { file: file.into(), message: e.to_string() })?;
         let invalid = |m: String| ScenarioError::Invalid { file: file.into(), message: m };
+        for (n, raw) in std::mem::take(&mut s.raw_faults).into_iter().enumerate() {
+            s.faults.push(raw.into_spec(n + 1).map_err(invalid)?);
+        }
         if s.fleet.zones.is_empty() || s.fleet.zones.len() > 200 {
             return Err(invalid("fleet.zones must list 1 to 200 zones".into()));
         }
