@@ -28,11 +28,14 @@ pub struct Report {
     pub pages_bot: u64,
     pub after_hours_pages: u64,
     pub mean_minutes_to_acknowledge: f64,
-    /// Acknowledged writes lost, bytes: for synchronous plans (must be 0)
-    /// and asynchronous ones (the lag at promotion).
+    /// Acknowledged writes lost, bytes, in total; then at promotion for
+    /// synchronous plans (must be 0) and asynchronous ones (the lag).
     pub writes_lost: u64,
     pub writes_lost_sync: u64,
     pub writes_lost_async: u64,
+    /// Lost when no follower survived and the primary was rebuilt from the
+    /// backup store (a double failure: the unarchived tail is gone).
+    pub writes_lost_rebuild: u64,
     pub services_needing_human: u64,
     pub person_years_avoided: f64,
     pub person_hours_spent: f64,
@@ -73,7 +76,10 @@ impl Report {
             ("pages to humans", format!("{} ({} after hours, {:.1} min to ack on average)", self.pages_human, self.after_hours_pages, self.mean_minutes_to_acknowledge)),
             ("pages to the bot tier", self.pages_bot.to_string()),
             ("brake engaged", self.brake_engaged.to_string()),
-            ("acknowledged writes lost", format!("{} B (sync plans {} B, async {} B)", self.writes_lost, self.writes_lost_sync, self.writes_lost_async)),
+            ("acknowledged writes lost", format!(
+                    "{} B (failovers of sync plans {} B, of async plans {} B; rebuilds after double failures {} B)",
+                    self.writes_lost, self.writes_lost_sync, self.writes_lost_async, self.writes_lost_rebuild
+                )),
             ("services that needed a human", self.services_needing_human.to_string()),
             ("manual effort avoided", format!("{:.2} person-years", self.person_years_avoided)),
             ("human effort spent", format!("{:.1} person-hours", self.person_hours_spent)),
@@ -127,6 +133,7 @@ pub fn merge(parts: &[Report]) -> Report {
         m.writes_lost += p.writes_lost;
         m.writes_lost_sync += p.writes_lost_sync;
         m.writes_lost_async += p.writes_lost_async;
+        m.writes_lost_rebuild += p.writes_lost_rebuild;
         m.services_needing_human += p.services_needing_human;
         m.person_years_avoided += p.person_years_avoided;
         m.person_hours_spent += p.person_hours_spent;

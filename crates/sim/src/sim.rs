@@ -151,6 +151,7 @@ struct Counters {
     minutes_avoided: f64,
     writes_lost_sync: u64,
     writes_lost_async: u64,
+    writes_lost_rebuild: u64,
     services_needing_human: u64,
     brake_engaged: u64,
     violations: u64,
@@ -667,6 +668,15 @@ impl Sim {
                 .max();
             if let Some(b) = best {
                 acked = b;
+            } else if let Some(b) = members
+                .iter()
+                .filter(|&&f| self.insts[f as usize].role == Role::Follower)
+                .map(|&f| self.position(f))
+                .max()
+            {
+                // No follower was streaming: commits waited for one, so
+                // only what a follower confirmed before it went was acknowledged.
+                acked = b.min(pos);
             }
         }
         let svc = &mut self.svcs[s as usize];
@@ -882,11 +892,8 @@ impl Sim {
                 let svc = &mut self.svcs[s as usize];
                 let restored = if svc.writer.is_none() { svc.acked.saturating_sub(svc.rate * ARCHIVE_EVERY_SECS) } else { svc.anchor };
                 let lost = svc.acked.saturating_sub(restored);
-                if svc.sync {
-                    self.c.writes_lost_sync += lost;
-                } else {
-                    self.c.writes_lost_async += lost;
-                }
+                // No follower survived to be promoted: a double failure.
+                self.c.writes_lost_rebuild += lost;
                 svc.anchor = restored;
                 svc.acked = restored;
                 frozen = restored;
@@ -1227,9 +1234,10 @@ impl Sim {
             } else {
                 0.0
             },
-            writes_lost: c.writes_lost_sync + c.writes_lost_async,
+            writes_lost: c.writes_lost_sync + c.writes_lost_async + c.writes_lost_rebuild,
             writes_lost_sync: c.writes_lost_sync,
             writes_lost_async: c.writes_lost_async,
+            writes_lost_rebuild: c.writes_lost_rebuild,
             services_needing_human: c.services_needing_human,
             person_years_avoided: (c.minutes_avoided / MINUTES_PER_PERSON_YEAR * 1000.0).round() / 1000.0,
             person_hours_spent: (ps.person_minutes / 60.0 * 10.0).round() / 10.0,

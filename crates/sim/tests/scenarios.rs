@@ -94,3 +94,15 @@ fn a_scenario_that_does_not_parse_names_the_file_and_the_field() {
     let missing = Scenario::load("no-such-scenario").unwrap_err().to_string();
     assert!(missing.contains("zone-outage"), "lists the built-in ones: {missing}");
 }
+
+#[test]
+fn a_fleet_of_synchronous_plans_loses_no_acknowledged_write_in_a_zone_outage() {
+    let mut scenario = Scenario::load("zone-outage").unwrap();
+    scenario.fleet.sync_share = 1.0;
+    scenario.background.process_crash_per_instance_day = 0.0;
+    scenario.background.host_loss_per_host_day = 0.0;
+    let r = run(Options { scenario, services: SMALL, seed: 5, event_log: None }).unwrap();
+    assert_safe(&r);
+    assert!(r.failovers > 0);
+    assert_eq!(r.writes_lost, 0, "{r:#?}");
+}
