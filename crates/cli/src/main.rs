@@ -77,6 +77,21 @@ enum Cmd {
     /// Benchmarks.
     #[command(subcommand)]
     Bench(BenchCmd),
+    /// Run the deterministic fleet simulator: the real engine over a
+    /// simulated fleet (scenarios: docs/scenarios.md). Last line: JSON.
+    Sim {
+        /// A built-in scenario (zone-outage, object-store-outage,
+        /// kernel-cve-roll, control-plane-partition, flapping-network) or a path.
+        #[arg(long)]
+        scenario: String,
+        #[arg(long, default_value_t = 10_000)]
+        services: u64,
+        #[arg(long, default_value_t = 1)]
+        seed: u64,
+        /// Also write every engine event as JSON lines to this file.
+        #[arg(long)]
+        event_log: Option<PathBuf>,
+    },
 }
 
 #[derive(Args)]
@@ -223,6 +238,9 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
         Cmd::Serve(args) => serve(args).await,
         Cmd::Bench(BenchCmd::Heartbeats { instances, rounds }) => bench::heartbeats(instances, rounds),
         Cmd::Bench(BenchCmd::Failover { engine, runs }) => bench::failover(&engine, runs).await,
+        Cmd::Sim { scenario, services, seed, event_log } => {
+            drover_sim::command(&scenario, services, seed, event_log).map(|_| ()).map_err(anyhow::Error::msg)
+        }
         Cmd::Services(cmd) => match cmd {
             ServicesCmd::Create { name, engine, followers, provider, sync, team, zones } => {
                 let mut body = serde_json::json!({ "name": name, "engine": engine, "followers": followers });

@@ -89,6 +89,17 @@ pub enum Input {
     Command { actor: String, command: Command },
     /// Time passed: fire whatever deadlines are due.
     Tick,
+    /// A zone's heartbeat collector renews its lease. Agents beat to a
+    /// collector in their zone; it forwards only beats whose facts changed
+    /// (as `Heartbeats`) and, once a second, this one lease: "every instance
+    /// I cover is alive now". `cover` adds instances it heard (each counts
+    /// as a heartbeat without new facts); `withdraw` removes instances it no
+    /// longer hears: they count as last heard at the previous renewal and
+    /// are judged on their own deadlines again. When the lease itself is
+    /// not renewed within `uncertain_after`, every covered instance of the
+    /// zone is judged as silent since the last renewal. A covered instance
+    /// costs nothing per second: one deadline per zone, not per instance.
+    ZoneLease { zone: String, cover: Vec<InstanceId>, withdraw: Vec<InstanceId> },
 }
 
 #[derive(Clone, Debug, Serialize, Deserialize)]

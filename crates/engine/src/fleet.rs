@@ -54,6 +54,10 @@ pub struct Inst {
     pub probing: bool,
     /// Follower fact: its replication stream from the primary is broken.
     pub upstream_broken: bool,
+    /// Vouched for by its zone's heartbeat lease (`Input::ZoneLease`): while
+    /// covered it has no deadline of its own and counts as heard whenever
+    /// the lease was last renewed.
+    pub covered: bool,
     pub writable_fact: Option<bool>,
     pub restarts: u32,
     pub created_at: i64,

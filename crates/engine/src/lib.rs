@@ -38,6 +38,11 @@ const BUCKET_MICROS: i64 = 50_000;
 /// rebuilt from its image (Heroku: restart first, replace when that fails).
 const MAX_RESTARTS: u32 = 1;
 
+/// A deadline that passed without effect (it waits on an open action or on
+/// the brake) is looked at again after this, not on every tick: with time
+/// advancing tick by tick it was a busy loop per such instance.
+const RECHECK_MICROS: i64 = 1_000_000;
+
 /// Longest wait between retries of a failed action attempt.
 const MAX_RETRY_BACKOFF: Duration = Duration::from_secs(60);
 
@@ -72,6 +77,10 @@ struct ZoneState {
     braked_since: Option<i64>,
     running_budgeted: u32,
     waiting: VecDeque<ActionId>,
+    /// Last renewal of the zone's heartbeat lease (0: never).
+    lease_at: i64,
+    /// Instances covered by that lease.
+    covered: u32,
 }
 
 pub struct Engine {
@@ -93,6 +102,8 @@ pub struct Engine {
     action_timers: Wheel<ActionId>,
     /// Backup and restore-test schedules, per service.
     service_timers: Wheel<u32>,
+    /// Expiry checks of zone heartbeat leases.
+    zone_timers: Wheel<u16>,
     dirty: Vec<u32>,
     held: Vec<u32>,
     /// Silence is not held against instances restored at `restored_at`
@@ -134,6 +145,7 @@ impl Engine {
             instance_timers: Wheel::new(BUCKET_MICROS),
             action_timers: Wheel::new(BUCKET_MICROS),
             service_timers: Wheel::new(BUCKET_MICROS),
+            zone_timers: Wheel::new(BUCKET_MICROS),
             dirty: Vec::new(),
             held: Vec::new(),
             grace_until: 0,
@@ -227,6 +239,7 @@ impl Engine {
                 fenced: rec.fenced,
                 probing: false,
                 upstream_broken: false,
+                covered: false,
                 writable_fact: None,
                 restarts: rec.restarts,
                 created_at: rec.created_at.0,
@@ -369,6 +382,10 @@ impl Engine {
                 self.fire_timers(now, &mut out);
                 self.update_brakes(now, &mut out);
             }
+            Input::ZoneLease { zone, cover, withdraw } => {
+                let receipt = self.zone_lease(&zone, &cover, &withdraw, now, &mut out);
+                out.reply = Some(Ok(Reply::Heartbeats(receipt)));
+            }
         }
         self.reconcile_dirty(now, &mut out);
         out
@@ -376,7 +393,7 @@ impl Engine {
 
     /// The earliest time a `Tick` has work to do.
     pub fn next_deadline(&self) -> Option<Timestamp> {
-        [self.instance_timers.next(), self.action_timers.next(), self.service_timers.next()]
+        [self.instance_timers.next(), self.action_timers.next(), self.service_timers.next(), self.zone_timers.next()]
             .into_iter()
             .flatten()
             .min()
@@ -400,7 +417,12 @@ impl Engine {
             let Some(inst) = self.instances.get_mut(slot) else { continue };
             // A seq not newer is a duplicate or reordered beat, unless the
             // agent restarted (its seq starts over) after a silence.
-            if beat.seq <= inst.last_seq && now - inst.last_heartbeat < uncertain_after {
+            let heard = if inst.covered {
+                inst.last_heartbeat.max(self.zone_state.get(usize::from(inst.zone)).map_or(0, |z| z.lease_at))
+            } else {
+                inst.last_heartbeat
+            };
+            if beat.seq <= inst.last_seq && now - heard < uncertain_after {
                 receipt.stale += 1;
                 continue;
             }
@@ -493,7 +515,7 @@ impl Engine {
         let witness = self.services.get(p.service).and_then(|s| {
             s.instances.iter().copied().find(|&i| {
                 self.instances.get(i).is_some_and(|f| {
-                    f.role == Role::Follower && f.state == InstanceState::Available && f.upstream_broken && f.last_heartbeat >= fresh
+                    f.role == Role::Follower && f.state == InstanceState::Available && f.upstream_broken && self.heard_at(f) >= fresh
                 })
             })
         });
@@ -502,6 +524,101 @@ impl Engine {
             if let Some(wid) = wid {
                 self.evidence(primary, &format!("follower {wid} reports its replication stream from it broke"), now, out);
             }
+        }
+    }
+
+    // ------------------------------------------------------------------
+    // Zone heartbeat leases
+    // ------------------------------------------------------------------
+
+    /// When an instance was last heard: its own last beat, or its zone's
+    /// lease renewal while the lease covers it.
+    fn heard_at(&self, inst: &Inst) -> i64 {
+        if inst.covered {
+            inst.last_heartbeat.max(self.zone_state.get(usize::from(inst.zone)).map_or(0, |z| z.lease_at))
+        } else {
+            inst.last_heartbeat
+        }
+    }
+
+    fn zone_lease(
+        &mut self,
+        zone: &str,
+        cover: &[InstanceId],
+        withdraw: &[InstanceId],
+        now: i64,
+        out: &mut Outputs,
+    ) -> HeartbeatReceipt {
+        let mut receipt = HeartbeatReceipt::default();
+        let z = self.zone(zone);
+        let previous = self.zone_state[usize::from(z)].lease_at;
+        for id in withdraw {
+            let Some(&slot) = self.instance_index.get(id) else { continue };
+            let Some(inst) = self.instances.get_mut(slot) else { continue };
+            if inst.covered && inst.zone == z {
+                inst.covered = false;
+                inst.last_heartbeat = inst.last_heartbeat.max(previous);
+                let zs = self.zone_mut(z);
+                zs.covered = zs.covered.saturating_sub(1);
+                self.schedule_instance(slot, now);
+            }
+        }
+        self.zone_state[usize::from(z)].lease_at = now;
+        self.zone_timers.schedule((now + micros(self.config.uncertain_after)).max(self.grace_until), z);
+        for id in cover {
+            let Some(&slot) = self.instance_index.get(id) else {
+                if receipt.unknown.len() < 100 {
+                    receipt.unknown.push(*id);
+                }
+                continue;
+            };
+            let Some(inst) = self.instances.get_mut(slot) else { continue };
+            if inst.zone != z {
+                receipt.stale += 1;
+                continue;
+            }
+            receipt.accepted += 1;
+            inst.last_heartbeat = now;
+            let (state, fenced) = (inst.state, inst.fenced);
+            match state {
+                InstanceState::Uncertain | InstanceState::Installing | InstanceState::Restarting => {
+                    self.transition(slot, InstanceState::Available, "heard through its zone's heartbeat lease", now, out);
+                }
+                InstanceState::Unavailable if !fenced && !self.has_open_action_on(slot) => {
+                    self.transition(slot, InstanceState::Available, "heard again through its zone's heartbeat lease", now, out);
+                }
+                _ => {}
+            }
+            let Some(inst) = self.instances.get_mut(slot) else { continue };
+            if inst.state == InstanceState::Available && !inst.covered {
+                inst.covered = true;
+                self.zone_mut(z).covered += 1;
+            }
+        }
+        receipt
+    }
+
+    /// A zone's lease deadline: if it was not renewed in time, every
+    /// instance it covers is judged as silent since the last renewal.
+    fn check_zone_lease(&mut self, z: u16, now: i64, out: &mut Outputs) {
+        let Some(zs) = self.zone_state.get(usize::from(z)) else { return };
+        let expires = (zs.lease_at + micros(self.config.uncertain_after)).max(self.grace_until);
+        if zs.covered == 0 || now < expires {
+            return;
+        }
+        let lease_at = zs.lease_at;
+        // Proportional to the fleet, but only when a whole zone's lease
+        // lapses: rare, and every instance found is about to change anyway.
+        let lapsed: Vec<u32> =
+            self.instances.iter().filter(|(_, i)| i.covered && i.zone == z).map(|(slot, _)| slot).collect();
+        self.zone_mut(z).covered = 0;
+        for slot in lapsed {
+            if let Some(inst) = self.instances.get_mut(slot) {
+                inst.covered = false;
+                inst.last_heartbeat = inst.last_heartbeat.max(lease_at);
+            }
+            self.check_instance(slot, now, out);
+            self.schedule_instance(slot, now);
         }
     }
 
@@ -534,15 +651,38 @@ impl Engine {
         }
     }
 
+    fn reschedule_after_check(&mut self, slot: u32, now: i64) {
+        let Some(inst) = self.instances.get(slot) else { return };
+        let at = self.instance_deadline(inst, now);
+        if at == NEVER {
+            return;
+        }
+        let at = if at <= now { now + RECHECK_MICROS } else { at };
+        let key = self.instance_timers.key(at);
+        let Some(inst) = self.instances.get_mut(slot) else { return };
+        if inst.check_at == key {
+            return;
+        }
+        inst.check_at = key;
+        self.instance_timers.schedule(at, slot);
+    }
+
     /// When this instance next needs a look, given its state.
     fn instance_deadline(&self, inst: &Inst, _now: i64) -> i64 {
         let c = &self.config;
         match inst.state {
+            // A covered instance is judged by its zone's lease deadline.
+            InstanceState::Available if inst.covered => NEVER,
             InstanceState::Available => (inst.last_heartbeat + micros(c.uncertain_after)).max(self.grace(inst)),
             InstanceState::Uncertain => {
+                let probe = inst.next_probe_at.max(self.grace(inst));
+                if self.is_braked(inst.zone) {
+                    // Silence does not count under the brake: only probes do.
+                    return probe;
+                }
                 let dead = (inst.last_heartbeat.max(inst.last_probe_ok) + micros(c.presumed_dead_after))
                     .max(self.grace(inst));
-                dead.min(inst.next_probe_at.max(self.grace(inst)))
+                dead.min(probe)
             }
             InstanceState::Installing | InstanceState::Restarting | InstanceState::Upgrading => {
                 inst.state_since + micros(c.install_timeout)
@@ -559,7 +699,12 @@ impl Engine {
                     _ => continue, // stale entry: the instance moved on
                 }
                 self.check_instance(slot, now, out);
-                self.schedule_instance(slot, now);
+                self.reschedule_after_check(slot, now);
+            }
+        }
+        for (_, zones) in self.zone_timers.pop_due(now) {
+            for z in zones {
+                self.check_zone_lease(z, now, out);
             }
         }
         for (_, slots) in self.service_timers.pop_due(now) {
@@ -583,10 +728,10 @@ impl Engine {
     fn check_instance(&mut self, slot: u32, now: i64, out: &mut Outputs) {
         let Some(inst) = self.instances.get(slot) else { return };
         let c = &self.config;
-        let silent_for = Duration::from_micros((now - inst.last_heartbeat).max(0) as u64);
+        let silent_for = Duration::from_micros((now - self.heard_at(inst)).max(0) as u64);
         match inst.state {
             InstanceState::Available => {
-                if now >= (inst.last_heartbeat + micros(c.uncertain_after)).max(self.grace(inst)) {
+                if !inst.covered && now >= (inst.last_heartbeat + micros(c.uncertain_after)).max(self.grace(inst)) {
                     let cause = format!("no heartbeat for {:.1}s", silent_for.as_secs_f64());
                     if self.transition(slot, InstanceState::Uncertain, &cause, now, out) {
                         self.corroborate_from_followers(slot, now, out);
@@ -656,11 +801,24 @@ impl Engine {
             });
             return false;
         }
+        let uncovered_zone = if inst.covered { Some(inst.zone) } else { None };
         inst.state = to;
         inst.state_since = now;
         if to == InstanceState::Available {
             inst.restarts = 0;
         }
+        if let Some(z) = uncovered_zone {
+            // Only an available instance is covered: leaving `available`
+            // ends the cover; it was last heard at the lease's renewal.
+            let lease_at = self.zone_state.get(usize::from(z)).map_or(0, |zs| zs.lease_at);
+            if let Some(inst) = self.instances.get_mut(slot) {
+                inst.covered = false;
+                inst.last_heartbeat = inst.last_heartbeat.max(lease_at);
+            }
+            let zs = self.zone_mut(z);
+            zs.covered = zs.covered.saturating_sub(1);
+        }
+        let Some(inst) = self.instances.get_mut(slot) else { return false };
         let (zone, sslot, id) = (inst.zone, inst.service, inst.id);
         self.state_counts[state_index(from)] -= 1;
         self.state_counts[state_index(to)] += 1;
@@ -1230,7 +1388,7 @@ impl Engine {
                 x.role == Role::Follower
                     && !x.fenced
                     && x.state == InstanceState::Available
-                    && x.last_heartbeat >= fresh
+                    && self.heard_at(x) >= fresh
                     && x.lag_bytes.unwrap_or(0) <= s.plan.max_failover_lag_bytes
             })
             .max_by(|(_, a), (_, b)| {
@@ -1397,7 +1555,16 @@ impl Engine {
                 .filter(|&&i| self.instances.get(i).is_some_and(|x| x.zone == z && x.state.is_member() && !x.fenced))
                 .count()
         };
-        s.zones.iter().copied().min_by_key(|&z| count(z)).unwrap_or(0)
+        // A zone where a member of this service just failed (a leaver:
+        // fenced or retiring, still present) comes last: it may be the zone
+        // that is down, and provisioning into it would fail and repeat.
+        let leavers = |z: u16| {
+            s.instances
+                .iter()
+                .filter(|&&i| self.instances.get(i).is_some_and(|x| x.zone == z && (!x.state.is_member() || x.fenced)))
+                .count()
+        };
+        s.zones.iter().copied().min_by_key(|&z| (leavers(z) > 0, count(z), leavers(z))).unwrap_or(0)
     }
 
     fn provision(&mut self, sslot: u32, role: Role, zone: u16, cause: &str, now: i64, out: &mut Outputs) -> Option<u32> {
@@ -1906,6 +2073,10 @@ impl Engine {
 
     fn remove_instance(&mut self, slot: u32) {
         let Some(inst) = self.instances.remove(slot) else { return };
+        if inst.covered {
+            let zs = self.zone_mut(inst.zone);
+            zs.covered = zs.covered.saturating_sub(1);
+        }
         self.instance_index.remove(&inst.id);
         self.state_counts[state_index(inst.state)] -= 1;
         if let Some(s) = self.services.get_mut(inst.service) {
@@ -2032,6 +2203,7 @@ fn new_instance(id: InstanceId, sslot: u32, image: u32, zone: u16, provider: u16
         fenced: false,
         probing: false,
         upstream_broken: false,
+        covered: false,
         writable_fact: None,
         restarts: 0,
         created_at: now,

@@ -35,7 +35,7 @@ impl Engine {
             fenced: i.fenced,
             writable: i.writable(),
             state_since: Timestamp(i.state_since),
-            last_heartbeat_at: (i.last_heartbeat > 0).then_some(Timestamp(i.last_heartbeat)),
+            last_heartbeat_at: (self.heard_at(i) > 0).then_some(Timestamp(self.heard_at(i))),
             facts: i.facts(),
         })
     }

@@ -1,0 +1,307 @@
+//! Scenario files: TOML, documented in docs/scenarios.md. The built-in ones
+//! are embedded so `--scenario zone-outage` works from any directory.
+
+use serde::Deserialize;
+use std::path::Path;
+
+/// The scenarios shipped in `scenarios/`, by name.
+pub const BUILT_IN: &[(&str, &str)] = &[
+    ("zone-outage", include_str!("../../../scenarios/zone-outage.toml")),
+    ("object-store-outage", include_str!("../../../scenarios/object-store-outage.toml")),
+    ("kernel-cve-roll", include_str!("../../../scenarios/kernel-cve-roll.toml")),
+    ("control-plane-partition", include_str!("../../../scenarios/control-plane-partition.toml")),
+    ("flapping-network", include_str!("../../../scenarios/flapping-network.toml")),
+];
+
+#[derive(Debug, thiserror::Error)]
+pub enum ScenarioError {
+    #[error("no scenario named {name:?}: built in are {}; or give a path to a .toml file", BUILT_IN.iter().map(|(n, _)| *n).collect::<Vec<_>>().join(", "))]
+    Unknown { name: String },
+    #[error("cannot read scenario file {file}: {message}")]
+    Read { file: String, message: String },
+    #[error("scenario file {file} does not parse: {message}")]
+    Parse { file: String, message: String },
+    #[error("scenario file {file}: {message}")]
+    Invalid { file: String, message: String },
+}
+
+#[derive(Clone, Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Scenario {
+    pub name: String,
+    pub description: String,
+    /// Simulated time after the fleet is built.
+    #[serde(default = "default_hours")]
+    pub hours: f64,
+    #[serde(default)]
+    pub fleet: FleetSpec,
+    #[serde(default)]
+    pub timing: Timing,
+    #[serde(default)]
+    pub provider: ProviderSpec,
+    #[serde(default)]
+    pub background: Background,
+    #[serde(default)]
+    pub people: PeopleSpec,
+    /// As written: one flat table per fault, so a parse error names its key.
+    #[serde(default, rename = "fault")]
+    raw_faults: Vec<RawFault>,
+    #[serde(skip)]
+    pub faults: Vec<FaultSpec>,
+}
+
+#[derive(Clone, Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawFault {
+    kind: String,
+    at_hours: f64,
+    duration_hours: Option<f64>,
+    zone: Option<String>,
+    down_secs: Option<[f64; 2]>,
+    up_secs: Option<[f64; 2]>,
+    share: Option<f64>,
+    extra_lag_bytes: Option<u64>,
+    name: Option<String>,
+}
+
+impl RawFault {
+    fn into_spec(self, n: usize) -> Result<FaultSpec, String> {
+        let kind = self.kind.clone();
+        let need = |field: &str| format!("fault {n} ({kind}): missing field `{field}`");
+        let at_hours = self.at_hours;
+        let duration_hours = || self.duration_hours.ok_or_else(|| need("duration_hours"));
+        let zone = || self.zone.clone().ok_or_else(|| need("zone"));
+        Ok(match self.kind.as_str() {
+            "zone-loss" => FaultSpec::ZoneLoss { zone: zone()?, at_hours, duration_hours: duration_hours()? },
+            "network-cut" => FaultSpec::NetworkCut { zone: zone()?, at_hours, duration_hours: duration_hours()? },
+            "flap" => FaultSpec::Flap {
+                zone: zone()?,
+                at_hours,
+                duration_hours: duration_hours()?,
+                down_secs: self.down_secs.ok_or_else(|| need("down_secs"))?,
+                up_secs: self.up_secs.ok_or_else(|| need("up_secs"))?,
+            },
+            "slow-disks" => FaultSpec::SlowDisks {
+                share: self.share.ok_or_else(|| need("share"))?,
+                at_hours,
+                duration_hours: duration_hours()?,
+                extra_lag_bytes: self.extra_lag_bytes.ok_or_else(|| need("extra_lag_bytes"))?,
+            },
+            "backup-store-outage" => FaultSpec::BackupStoreOutage { at_hours, duration_hours: duration_hours()? },
+            "pager-outage" => FaultSpec::PagerOutage { at_hours, duration_hours: duration_hours()? },
+            "advisory" => FaultSpec::Advisory { at_hours, name: self.name.clone().ok_or_else(|| need("name"))? },
+            other => {
+                return Err(format!(
+                    "fault {n}: unknown `kind` {other:?}; one of zone-loss, network-cut, flap, slow-disks, \
+                     backup-store-outage, pager-outage, advisory"
+                ))
+            }
+        })
+    }
+}
+
+fn default_hours() -> f64 {
+    24.0
+}
+
+#[derive(Clone, Debug, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct FleetSpec {
+    pub zones: Vec<String>,
+    /// Share of services with two followers; the rest have one.
+    pub two_follower_share: f64,
+    /// Share of services whose plan is synchronous.
+    pub sync_share: f64,
+    pub instances_per_host: u32,
+    /// Primary write rate, bytes per second, drawn uniformly.
+    pub write_bytes_per_sec: [u32; 2],
+    /// Steady lag of an asynchronous follower, bytes, drawn uniformly.
+    pub async_lag_bytes: [u32; 2],
+}
+
+impl Default for FleetSpec {
+    fn default() -> Self {
+        FleetSpec {
+            zones: vec!["zone-a".into(), "zone-b".into(), "zone-c".into()],
+            two_follower_share: 0.2,
+            sync_share: 0.7,
+            instances_per_host: 32,
+            write_bytes_per_sec: [1_000, 200_000],
+            async_lag_bytes: [0, 2_000_000],
+        }
+    }
+}
+
+#[derive(Clone, Debug, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct Timing {
+    pub uncertain_after_secs: f64,
+    pub presumed_dead_after_secs: f64,
+    pub probe_interval_secs: f64,
+    pub action_timeout_secs: f64,
+    pub install_timeout_secs: f64,
+    /// How often each zone's collector renews its lease.
+    pub lease_every_secs: f64,
+    /// Destructive remedies at once per zone, per 1,000 services (at least
+    /// 16, the engine default). An operator of a million services runs
+    /// thousands of rebuilds at once; 16 would take weeks after a zone loss.
+    pub zone_budget_per_1000_services: f64,
+}
+
+impl Default for Timing {
+    fn default() -> Self {
+        Timing {
+            uncertain_after_secs: 3.0,
+            presumed_dead_after_secs: 300.0,
+            probe_interval_secs: 5.0,
+            action_timeout_secs: 60.0,
+            install_timeout_secs: 600.0,
+            lease_every_secs: 1.0,
+            zone_budget_per_1000_services: 20.0,
+        }
+    }
+}
+
+/// Latencies in seconds, drawn uniformly from [min, max].
+#[derive(Clone, Debug, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct ProviderSpec {
+    pub provision_secs: [f64; 2],
+    pub boot_secs: [f64; 2],
+    pub restart_secs: [f64; 2],
+    pub fence_secs: [f64; 2],
+    pub promote_secs: [f64; 2],
+    pub retire_secs: [f64; 2],
+    pub archive_secs: [f64; 2],
+    pub terminate_secs: [f64; 2],
+    pub probe_secs: [f64; 2],
+    /// Share of attempts that fail with a retryable error.
+    pub failure_rate: f64,
+}
+
+impl Default for ProviderSpec {
+    fn default() -> Self {
+        ProviderSpec {
+            // Provider calls answer within the engine's action timeout (60 s);
+            // the long part of building a member is its boot and catch-up.
+            provision_secs: [10.0, 45.0],
+            boot_secs: [60.0, 300.0],
+            restart_secs: [5.0, 30.0],
+            fence_secs: [1.0, 8.0],
+            promote_secs: [1.0, 5.0],
+            retire_secs: [5.0, 30.0],
+            archive_secs: [5.0, 40.0],
+            terminate_secs: [5.0, 30.0],
+            probe_secs: [0.2, 2.0],
+            failure_rate: 0.01,
+        }
+    }
+}
+
+/// Failures that happen on any day, per instance (or host) per day.
+#[derive(Clone, Debug, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct Background {
+    pub process_crash_per_instance_day: f64,
+    pub host_loss_per_host_day: f64,
+}
+
+impl Default for Background {
+    fn default() -> Self {
+        Background { process_crash_per_instance_day: 0.0005, host_loss_per_host_day: 0.0005 }
+    }
+}
+
+#[derive(Clone, Debug, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct PeopleSpec {
+    /// Minutes to acknowledge a page in the day, drawn uniformly.
+    pub ack_minutes: [f64; 2],
+    /// Acknowledging at night (22:00-07:00) takes this many times longer.
+    pub night_factor: f64,
+    /// Minutes a person works on what needs a human, drawn uniformly.
+    pub fix_minutes: [f64; 2],
+}
+
+impl Default for PeopleSpec {
+    fn default() -> Self {
+        PeopleSpec { ack_minutes: [2.0, 15.0], night_factor: 3.0, fix_minutes: [20.0, 120.0] }
+    }
+}
+
+#[derive(Clone, Debug)]
+pub enum FaultSpec {
+    /// Every host of a zone is lost (power, cooling), and comes back.
+    ZoneLoss { zone: String, at_hours: f64, duration_hours: f64 },
+    /// The control plane cannot reach a zone; the zone itself is healthy.
+    NetworkCut { zone: String, at_hours: f64, duration_hours: f64 },
+    /// Links from the control plane to a zone go down and up.
+    Flap { zone: String, at_hours: f64, duration_hours: f64, down_secs: [f64; 2], up_secs: [f64; 2] },
+    /// A share of followers write slowly and lag by `extra_lag_bytes`.
+    SlowDisks { share: f64, at_hours: f64, duration_hours: f64, extra_lag_bytes: u64 },
+    /// The backup/WAL store is unavailable: new members cannot be built.
+    BackupStoreOutage { at_hours: f64, duration_hours: f64 },
+    /// The pager provider delivers nothing; pages wait until it is back.
+    PagerOutage { at_hours: f64, duration_hours: f64 },
+    /// A kernel advisory: every instance existing at `at_hours` is replaced
+    /// in its service's daily maintenance window (one hour, drawn per service).
+    Advisory { at_hours: f64, name: String },
+}
+
+impl FaultSpec {
+    pub fn window(&self) -> (f64, f64) {
+        match self {
+            FaultSpec::ZoneLoss { at_hours, duration_hours, .. }
+            | FaultSpec::NetworkCut { at_hours, duration_hours, .. }
+            | FaultSpec::Flap { at_hours, duration_hours, .. }
+            | FaultSpec::SlowDisks { at_hours, duration_hours, .. }
+            | FaultSpec::BackupStoreOutage { at_hours, duration_hours }
+            | FaultSpec::PagerOutage { at_hours, duration_hours } => (*at_hours, at_hours + duration_hours),
+            // Windows are drawn within the next day.
+            FaultSpec::Advisory { at_hours, .. } => (*at_hours, at_hours + 25.0),
+        }
+    }
+}
+
+impl Scenario {
+    /// A built-in name, or a path to a TOML file.
+    pub fn load(name_or_path: &str) -> Result<Scenario, ScenarioError> {
+        if let Some((name, text)) = BUILT_IN.iter().find(|(n, _)| *n == name_or_path) {
+            return Scenario::parse(&format!("scenarios/{name}.toml"), text);
+        }
+        let path = Path::new(name_or_path);
+        if path.extension().is_some_and(|e| e == "toml") || path.exists() {
+            let text = std::fs::read_to_string(path)
+                .map_err(|e| ScenarioError::Read { file: name_or_path.into(), message: e.to_string() })?;
+            return Scenario::parse(name_or_path, &text);
+        }
+        Err(ScenarioError::Unknown { name: name_or_path.into() })
+    }
+
+    pub fn parse(file: &str, text: &str) -> Result<Scenario, ScenarioError> {
+        let mut s: Scenario =
+            toml::from_str(text).map_err(|e| ScenarioError::Parse { file: file.into(), message: e.to_string() })?;
+        let invalid = |m: String| ScenarioError::Invalid { file: file.into(), message: m };
+        for (n, raw) in std::mem::take(&mut s.raw_faults).into_iter().enumerate() {
+            s.faults.push(raw.into_spec(n + 1).map_err(invalid)?);
+        }
+        if s.fleet.zones.is_empty() || s.fleet.zones.len() > 200 {
+            return Err(invalid("fleet.zones must list 1 to 200 zones".into()));
+        }
+        if !(s.hours > 0.0) {
+            return Err(invalid("hours must be positive".into()));
+        }
+        for f in &s.faults {
+            let zone = match f {
+                FaultSpec::ZoneLoss { zone, .. } | FaultSpec::NetworkCut { zone, .. } | FaultSpec::Flap { zone, .. } => Some(zone),
+                _ => None,
+            };
+            if let Some(z) = zone {
+                if !s.fleet.zones.contains(z) {
+                    return Err(invalid(format!("fault names zone {z:?}, not one of fleet.zones {:?}", s.fleet.zones)));
+                }
+            }
+        }
+        Ok(s)
+    }
+}

@@ -1,0 +1,108 @@
+//! Simulation runs with fixed seeds on small fleets: determinism, safety,
+//! and what each scenario must (and must not) cause.
+
+use drover_sim::{run, Options, Report, Scenario, ScenarioError};
+
+const SMALL: u64 = 300;
+
+fn sim(name: &str, services: u64, seed: u64) -> Report {
+    let scenario = Scenario::load(name).expect("built-in scenario loads");
+    run(Options { scenario, services, seed, event_log: None }).expect("simulation runs")
+}
+
+fn assert_safe(r: &Report) {
+    assert_eq!(r.safety_violations, 0, "{}: {:?}", r.scenario, r.first_violation);
+}
+
+#[test]
+fn every_scenario_is_deterministic_for_a_seed_and_differs_for_another() {
+    for (name, _) in drover_sim::scenario::BUILT_IN {
+        let a = sim(name, SMALL, 7);
+        let b = sim(name, SMALL, 7);
+        assert_eq!(a.digest, b.digest, "{name}: same seed, different event log");
+        assert_eq!(a.deterministic(), b.deterministic(), "{name}: same seed, different report");
+        assert!(a.engine_events > 0);
+        let c = sim(name, SMALL, 8);
+        assert_ne!(a.digest, c.digest, "{name}: another seed gave the same event log");
+        assert_safe(&a);
+        assert_safe(&c);
+    }
+}
+
+#[test]
+fn a_control_plane_partition_causes_no_failover_and_no_outage() {
+    let r = sim("control-plane-partition", SMALL, 1);
+    assert_safe(&r);
+    assert_eq!(r.failovers, 0, "{r:#?}");
+    assert_eq!(r.max_unavailable, 0, "the zone was healthy: no customer saw an outage");
+    assert!(r.max_not_available_in_engine > 0, "the engine did lose sight of the zone");
+    assert!(r.brake_engaged > 0, "the brake engaged");
+    assert!(r.converged, "{r:#?}");
+}
+
+#[test]
+fn a_zone_outage_fails_over_loses_no_synchronous_write_and_recovers() {
+    let r = sim("zone-outage", SMALL, 1);
+    assert_safe(&r);
+    assert!(r.failovers > 0, "{r:#?}");
+    assert!(r.replacements > 0);
+    assert_eq!(r.writes_lost_sync, 0, "synchronous plans lose no acknowledged write");
+    assert!(r.max_unavailable > 0);
+    assert!(r.converged, "everything healed after the zone returned: {r:#?}");
+    let recovered = r.recovered_seconds.expect("recovered");
+    assert!(recovered > 0.0 && recovered < 12.0 * 3600.0, "{recovered}");
+}
+
+#[test]
+fn synchronous_plans_lose_no_acknowledged_write_in_any_scenario() {
+    for (name, _) in drover_sim::scenario::BUILT_IN {
+        let r = sim(name, SMALL, 3);
+        assert_safe(&r);
+        assert_eq!(r.writes_lost_sync, 0, "{name}: {r:#?}");
+        assert!(r.converged, "{name}: {r:#?}");
+    }
+}
+
+#[test]
+fn the_kernel_advisory_replaces_every_affected_instance() {
+    let r = sim("kernel-cve-roll", SMALL, 1);
+    assert_eq!(r.advisory_instances_left, 0);
+    assert!(r.replacements >= SMALL * 2, "{r:#?}");
+}
+
+#[test]
+fn a_scenario_that_does_not_parse_names_the_file_and_the_field() {
+    let bad = "name = \"x\"\ndescription = \"y\"\n[[fault]]\nkind = \"zone-loss\"\nzone = \"zone-a\"\nat_hours = \"soon\"\nduration_hours = 1.0\n";
+    let err = Scenario::parse("scenarios/bad.toml", bad).unwrap_err();
+    let msg = err.to_string();
+    assert!(matches!(err, ScenarioError::Parse { .. }));
+    assert!(msg.contains("scenarios/bad.toml"), "{msg}");
+    assert!(msg.contains("at_hours"), "{msg}");
+
+    let unknown = "name = \"x\"\ndescription = \"y\"\n[timing]\nuncertain_after = 3\n";
+    let msg = Scenario::parse("mine.toml", unknown).unwrap_err().to_string();
+    assert!(msg.contains("mine.toml") && msg.contains("uncertain_after"), "{msg}");
+
+    let zone = "name = \"x\"\ndescription = \"y\"\n[[fault]]\nkind = \"network-cut\"\nzone = \"zone-z\"\nat_hours = 1.0\nduration_hours = 1.0\n";
+    let msg = Scenario::parse("z.toml", zone).unwrap_err().to_string();
+    assert!(msg.contains("z.toml") && msg.contains("zone-z"), "{msg}");
+
+    let no_zone = "name = \"x\"\ndescription = \"y\"\n[[fault]]\nkind = \"zone-loss\"\nat_hours = 1.0\nduration_hours = 1.0\n";
+    let msg = Scenario::parse("nz.toml", no_zone).unwrap_err().to_string();
+    assert!(msg.contains("nz.toml") && msg.contains("`zone`"), "{msg}");
+
+    let missing = Scenario::load("no-such-scenario").unwrap_err().to_string();
+    assert!(missing.contains("zone-outage"), "lists the built-in ones: {missing}");
+}
+
+#[test]
+fn a_fleet_of_synchronous_plans_loses_no_acknowledged_write_in_a_zone_outage() {
+    let mut scenario = Scenario::load("zone-outage").unwrap();
+    scenario.fleet.sync_share = 1.0;
+    scenario.background.process_crash_per_instance_day = 0.0;
+    scenario.background.host_loss_per_host_day = 0.0;
+    let r = run(Options { scenario, services: SMALL, seed: 5, event_log: None }).unwrap();
+    assert_safe(&r);
+    assert!(r.failovers > 0);
+    assert_eq!(r.writes_lost, 0, "{r:#?}");
+}
