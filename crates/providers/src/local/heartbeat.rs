@@ -4,11 +4,11 @@
 //! delays the others' beats. One `ProviderEvent::Beats` per round.
 
 use super::postgres;
+use super::probe::{round_facts, Sample, FACTS_SQL};
 use super::registry::InstanceEntry;
 use super::{lock, Inner};
 use crate::ProviderEvent;
-use drover_model::{Beat, Facts, Fault, InstanceId, Role, ServiceId};
-use std::collections::HashMap;
+use drover_model::{Beat, Fault, InstanceId, ServiceId};
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::Duration;
@@ -19,27 +19,6 @@ const MIN_PROBE_INTERVAL: Duration = Duration::from_millis(10);
 /// The most one instance's beat query may take; a slower server is silent
 /// this round (and its connection is dropped and made again next round).
 const MAX_BEAT_TIMEOUT: Duration = Duration::from_millis(800);
-
-const FACTS_SQL: &str = "SELECT pg_is_in_recovery(), \
-     (CASE WHEN pg_is_in_recovery() THEN pg_last_wal_replay_lsn() ELSE pg_current_wal_lsn() END)::text, \
-     (SELECT count(*) FROM pg_stat_activity)::int4, \
-     COALESCE((SELECT status = 'streaming' FROM pg_stat_wal_receiver LIMIT 1), false), \
-     (SELECT count(*) FROM pg_stat_replication WHERE state = 'streaming' AND application_name <> 'pg_basebackup')::int4, \
-     current_setting('synchronous_standby_names'), \
-     current_setting('default_transaction_read_only') = 'off'";
-
-/// What one instance answered.
-struct Sample {
-    id: InstanceId,
-    service: ServiceId,
-    in_recovery: bool,
-    lsn: Option<u64>,
-    connections: u32,
-    streaming: bool,
-    streaming_followers: u32,
-    sync_names: String,
-    read_write: bool,
-}
 
 impl Inner {
     pub(super) async fn heartbeat_loop(
@@ -99,36 +78,12 @@ impl Inner {
         self.keep_sync_mode(&samples);
         self.keep_routers();
         // Lag: the service's primary position (this round) minus the follower's.
-        let primary_lsn: HashMap<ServiceId, u64> = samples
-            .iter()
-            .filter(|s| !s.in_recovery)
-            .filter_map(|s| Some((s.service, s.lsn?)))
-            .collect();
-        samples
-            .iter()
-            .map(|s| {
-                let role = if s.in_recovery {
-                    Role::Follower
-                } else {
-                    Role::Primary
-                };
-                let lag = match (s.in_recovery, s.lsn, primary_lsn.get(&s.service)) {
-                    (true, Some(mine), Some(theirs)) => Some(theirs.saturating_sub(mine)),
-                    _ => None,
-                };
-                Beat {
-                    instance: s.id,
-                    seq: self.next_seq(),
-                    facts: Facts {
-                        role: Some(role),
-                        writable: Some(!s.in_recovery && s.read_write),
-                        wal_position: s.lsn,
-                        replication_lag_bytes: lag,
-                        upstream_streaming: s.in_recovery.then_some(s.streaming),
-                        connections: Some(s.connections),
-                        last_backup_at: None,
-                    },
-                }
+        round_facts(&samples)
+            .into_iter()
+            .map(|(instance, facts)| Beat {
+                instance,
+                seq: self.next_seq(),
+                facts,
             })
             .collect()
     }
@@ -165,18 +120,7 @@ impl Inner {
                 return None;
             }
         };
-        let lsn: Option<String> = row.get(1);
-        Some(Sample {
-            id,
-            service: entry.service,
-            in_recovery: row.get(0),
-            lsn: lsn.as_deref().and_then(postgres::parse_lsn),
-            connections: row.get::<_, i32>(2).max(0) as u32,
-            streaming: row.get(3),
-            streaming_followers: row.get::<_, i32>(4).max(0) as u32,
-            sync_names: row.get(5),
-            read_write: row.get(6),
-        })
+        Some(Sample::from_row(id, entry.service, &row))
     }
 
     /// Non-strict synchronous mode (see `adjust_sync`): a sync service's

@@ -20,7 +20,10 @@
 
 mod actions;
 mod heartbeat;
+pub mod host;
+pub mod lease;
 mod postgres;
+pub mod probe;
 mod process;
 pub mod registry;
 mod router;

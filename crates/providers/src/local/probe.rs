@@ -1,0 +1,211 @@
+//! One probe of one PostgreSQL instance: the query every heartbeat runs and
+//! how its answer becomes [`Facts`]. Shared by the in-process heartbeat loop
+//! of `drover serve` (kept-open connections, see `heartbeat`) and by the
+//! standalone `drover agent` ([`probe_host`], fresh connections), so both
+//! report exactly the same facts.
+
+use super::LocalInstanceInfo;
+use drover_model::{Facts, InstanceId, Role, ServiceId};
+use std::collections::HashMap;
+use std::path::Path;
+use std::time::Duration;
+use tokio_postgres::{Client, NoTls};
+
+/// Role, WAL position, connections, replication state, and whether the
+/// server accepts writes (the agent's self-fence sets
+/// default_transaction_read_only).
+pub(super) const FACTS_SQL: &str = "SELECT pg_is_in_recovery(), \
+     (CASE WHEN pg_is_in_recovery() THEN pg_last_wal_replay_lsn() ELSE pg_current_wal_lsn() END)::text, \
+     (SELECT count(*) FROM pg_stat_activity)::int4, \
+     COALESCE((SELECT status = 'streaming' FROM pg_stat_wal_receiver LIMIT 1), false), \
+     (SELECT count(*) FROM pg_stat_replication WHERE state = 'streaming' AND application_name <> 'pg_basebackup')::int4, \
+     current_setting('synchronous_standby_names'), \
+     current_setting('default_transaction_read_only') = 'off'";
+
+/// What one instance answered to [`FACTS_SQL`].
+#[derive(Clone, Debug)]
+pub struct Sample {
+    pub id: InstanceId,
+    pub service: ServiceId,
+    pub in_recovery: bool,
+    pub lsn: Option<u64>,
+    pub connections: u32,
+    pub streaming: bool,
+    pub streaming_followers: u32,
+    pub sync_names: String,
+    pub read_write: bool,
+}
+
+impl Sample {
+    pub(super) fn from_row(id: InstanceId, service: ServiceId, row: &tokio_postgres::Row) -> Sample {
+        let lsn: Option<String> = row.get(1);
+        Sample {
+            id,
+            service,
+            in_recovery: row.get(0),
+            lsn: lsn.as_deref().and_then(super::postgres::parse_lsn),
+            connections: row.get::<_, i32>(2).max(0) as u32,
+            streaming: row.get(3),
+            streaming_followers: row.get::<_, i32>(4).max(0) as u32,
+            sync_names: row.get(5),
+            read_write: row.get(6),
+        }
+    }
+
+    /// The facts of this sample; `primary_lsn` is its service's primary
+    /// position seen in the same round (a follower's lag is measured against it).
+    pub fn facts(&self, primary_lsn: Option<u64>) -> Facts {
+        let role = if self.in_recovery { Role::Follower } else { Role::Primary };
+        let lag = match (self.in_recovery, self.lsn, primary_lsn) {
+            (true, Some(mine), Some(theirs)) => Some(theirs.saturating_sub(mine)),
+            _ => None,
+        };
+        Facts {
+            role: Some(role),
+            writable: Some(!self.in_recovery && self.read_write),
+            wal_position: self.lsn,
+            replication_lag_bytes: lag,
+            upstream_streaming: self.in_recovery.then_some(self.streaming),
+            connections: Some(self.connections),
+            last_backup_at: None,
+        }
+    }
+}
+
+/// The facts of one round's samples, in the same order, with each
+/// follower's lag measured against its service's primary in that round.
+pub fn round_facts(samples: &[Sample]) -> Vec<(InstanceId, Facts)> {
+    let primary_lsn: HashMap<ServiceId, u64> = samples
+        .iter()
+        .filter(|s| !s.in_recovery)
+        .filter_map(|s| Some((s.service, s.lsn?)))
+        .collect();
+    samples
+        .iter()
+        .map(|s| (s.id, s.facts(primary_lsn.get(&s.service).copied())))
+        .collect()
+}
+
+/// Connects to an instance over its unix socket (peer auth, as `drover`)
+/// within `timeout`. The caller's OS user must be mapped in pg_ident.conf:
+/// the server user and the user that ran the control plane are.
+pub async fn connect(
+    socket_dir: &Path,
+    port: u16,
+    application_name: &str,
+    timeout: Duration,
+) -> Result<Client, String> {
+    let mut config = tokio_postgres::Config::new();
+    config
+        .host_path(socket_dir)
+        .port(port)
+        .user(super::postgres::ROLE)
+        .dbname("postgres")
+        .application_name(application_name)
+        .connect_timeout(timeout);
+    let (client, connection) = tokio::time::timeout(timeout, config.connect(NoTls))
+        .await
+        .map_err(|_| format!("no connection within {timeout:?}"))?
+        .map_err(|e| format!("cannot connect: {}", super::postgres::error_text(&e)))?;
+    tokio::spawn(async move {
+        let _ = connection.await;
+    });
+    Ok(client)
+}
+
+/// How the agent's connections show in pg_stat_activity.
+pub const AGENT_APPLICATION_NAME: &str = "drover-agent";
+
+/// Probes one instance on a fresh connection, all within `timeout`; None
+/// when it does not answer (it is then silent this round).
+pub async fn probe_sample(id: InstanceId, info: &LocalInstanceInfo, timeout: Duration) -> Option<Sample> {
+    let attempt = async {
+        let client = connect(&info.socket_dir, info.port, AGENT_APPLICATION_NAME, timeout).await?;
+        client
+            .query_one(FACTS_SQL, &[])
+            .await
+            .map_err(|e| super::postgres::error_text(&e))
+    };
+    match tokio::time::timeout(timeout, attempt).await {
+        Ok(Ok(row)) => Some(Sample::from_row(id, info.service, &row)),
+        Ok(Err(error)) => {
+            tracing::debug!(instance = %id, %error, "probe failed");
+            None
+        }
+        Err(_) => {
+            tracing::debug!(instance = %id, "probe timed out");
+            None
+        }
+    }
+}
+
+/// One instance's facts (no replication lag: that needs its primary's
+/// position from the same round, see [`probe_host`]).
+pub async fn probe_instance(id: InstanceId, info: &LocalInstanceInfo, timeout: Duration) -> Option<Facts> {
+    probe_sample(id, info, timeout).await.map(|s| s.facts(None))
+}
+
+/// Probes every instance concurrently (one hung server never delays the
+/// others), each within `timeout`; returns the facts of those that
+/// answered, followers' lag measured against their primary's position in
+/// this round when that primary is on this host.
+pub async fn probe_host(instances: &[(InstanceId, LocalInstanceInfo)], timeout: Duration) -> Vec<(InstanceId, Facts)> {
+    let mut probes = tokio::task::JoinSet::new();
+    for (id, info) in instances {
+        let (id, info) = (*id, info.clone());
+        probes.spawn(async move { probe_sample(id, &info, timeout).await });
+    }
+    let mut samples = Vec::new();
+    while let Some(joined) = probes.join_next().await {
+        if let Ok(Some(sample)) = joined {
+            samples.push(sample);
+        }
+    }
+    samples.sort_by_key(|s| s.id);
+    round_facts(&samples)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn sample(id: u64, service: u64, in_recovery: bool, lsn: u64, read_write: bool) -> Sample {
+        Sample {
+            id: InstanceId::new_at(1, id),
+            service: ServiceId::new_at(1, service),
+            in_recovery,
+            lsn: Some(lsn),
+            connections: 3,
+            streaming: true,
+            streaming_followers: 0,
+            sync_names: String::new(),
+            read_write,
+        }
+    }
+
+    #[test]
+    fn followers_lag_behind_their_own_services_primary() {
+        let facts = round_facts(&[
+            sample(1, 1, false, 1000, true),
+            sample(2, 1, true, 400, true),
+            sample(3, 2, true, 10, true),
+        ]);
+        assert_eq!(facts[0].1.role, Some(Role::Primary));
+        assert_eq!(facts[0].1.writable, Some(true));
+        assert_eq!(facts[0].1.replication_lag_bytes, None);
+        assert_eq!(facts[0].1.upstream_streaming, None);
+        assert_eq!(facts[1].1.role, Some(Role::Follower));
+        assert_eq!(facts[1].1.writable, Some(false));
+        assert_eq!(facts[1].1.replication_lag_bytes, Some(600));
+        assert_eq!(facts[1].1.upstream_streaming, Some(true));
+        // Its primary is not on this host (or did not answer): no lag claimed.
+        assert_eq!(facts[2].1.replication_lag_bytes, None);
+    }
+
+    #[test]
+    fn a_read_only_primary_is_not_writable() {
+        let facts = round_facts(&[sample(1, 1, false, 1000, false)]);
+        assert_eq!(facts[0].1.role, Some(Role::Primary));
+        assert_eq!(facts[0].1.writable, Some(false));
+    }
+}
