@@ -1,6 +1,7 @@
 //! `drover`: `drover serve` runs the control plane; every other subcommand
 //! is a thin HTTP client of a running server.
 
+mod agent;
 mod bench;
 mod client;
 mod output;
@@ -77,6 +78,20 @@ enum Cmd {
     /// Benchmarks.
     #[command(subcommand)]
     Bench(BenchCmd),
+    /// Run the standalone agent of this host: probe its instances every
+    /// interval, send batched heartbeats to --server, hold the primaries'
+    /// lease and fence them when it cannot renew (docs/agent.md).
+    Agent {
+        /// The local provider's data dir; only `local/state.json` is read.
+        #[arg(long, env = "DROVER_DATA_DIR", default_value = "./drover-data")]
+        data_dir: PathBuf,
+        /// How often every instance is probed and a batch is sent.
+        #[arg(long, default_value_t = 1000)]
+        interval_ms: u64,
+        /// Fence the primaries when no batch was acknowledged for this long.
+        #[arg(long, default_value_t = drover_providers::local::lease::DEFAULT_LEASE_TTL.as_secs_f64())]
+        lease_secs: f64,
+    },
     /// Run the deterministic fleet simulator: the real engine over a
     /// simulated fleet (scenarios: docs/scenarios.md). Last line: JSON.
     Sim {
@@ -236,6 +251,16 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
     let json = cli.json;
     match cli.command {
         Cmd::Serve(args) => serve(args).await,
+        Cmd::Agent { data_dir, interval_ms, lease_secs } => {
+            agent::init_logs();
+            let options = agent::Options {
+                data_dir,
+                server: cli.server.clone(),
+                interval: Duration::from_millis(interval_ms),
+                lease_ttl: secs(lease_secs, "--lease-secs")?,
+            };
+            agent::run(options, shutdown_signal()).await
+        }
         Cmd::Bench(BenchCmd::Heartbeats { instances, rounds }) => bench::heartbeats(instances, rounds),
         Cmd::Bench(BenchCmd::Failover { engine, runs }) => bench::failover(&engine, runs).await,
         Cmd::Sim { scenario, services, seed, event_log } => {
