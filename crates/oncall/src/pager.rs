@@ -1,0 +1,949 @@
+//! The pager: `Pager::step(input, now) -> Outputs`. Alerts open, join,
+//! deduplicate into and resolve pages; ticks escalate them through the
+//! team's policy; acknowledgements stop escalation. Every page change is a
+//! transition and a post in the company-wide feed. No clock, no I/O.
+
+use crate::config::{Config, Contact, Step, Target, Team};
+use drover_model::Timestamp;
+use serde::{Deserialize, Serialize};
+use std::collections::{BTreeSet, HashMap, VecDeque};
+use std::fmt;
+use std::str::FromStr;
+use uuid::Uuid;
+
+macro_rules! id_type {
+    ($(#[$doc:meta])* $name:ident) => {
+        $(#[$doc])*
+        #[derive(Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
+        #[serde(transparent)]
+        pub struct $name(pub Uuid);
+        impl $name {
+            /// A UUID v7 from `micros` and a counter-derived `entropy`: the
+            /// pager mints ids without a clock or the OS's randomness.
+            pub fn new_at(micros: i64, entropy: u64) -> Self {
+                let millis = (micros.max(0) / 1000) as u64;
+                let mut random = [0u8; 10];
+                random[..8].copy_from_slice(&entropy.to_be_bytes());
+                random[8..].copy_from_slice(&((micros.max(0) % 1000) as u16).to_be_bytes());
+                $name(*uuid::Builder::from_unix_timestamp_millis(millis, &random).as_uuid())
+            }
+        }
+        impl fmt::Display for $name {
+            fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+                fmt::Display::fmt(&self.0, f)
+            }
+        }
+        impl fmt::Debug for $name {
+            fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+                fmt::Display::fmt(&self.0, f)
+            }
+        }
+        impl FromStr for $name {
+            type Err = uuid::Error;
+            fn from_str(s: &str) -> Result<Self, Self::Err> {
+                Uuid::parse_str(s).map($name)
+            }
+        }
+    };
+}
+
+id_type!(
+    /// One page: what a person (or the bot tier) is asked to handle.
+    PageId
+);
+id_type!(
+    /// One notification to one recipient.
+    NotificationId
+);
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum AlertAction {
+    Trigger,
+    Acknowledge,
+    Resolve,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Severity {
+    Critical,
+    Error,
+    Warning,
+    Info,
+}
+
+impl Severity {
+    pub fn name(self) -> &'static str {
+        match self {
+            Severity::Critical => "critical",
+            Severity::Error => "error",
+            Severity::Warning => "warning",
+            Severity::Info => "info",
+        }
+    }
+    pub fn parse(text: &str) -> Option<Severity> {
+        match text.to_ascii_lowercase().as_str() {
+            "critical" => Some(Severity::Critical),
+            "error" => Some(Severity::Error),
+            "warning" => Some(Severity::Warning),
+            "info" => Some(Severity::Info),
+            _ => None,
+        }
+    }
+}
+
+/// An alert from anywhere: Alertmanager, the Events API v2, the engine.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct Alert {
+    /// The identity that deduplicates: repeats of an open key join its page.
+    pub dedup_key: String,
+    pub action: AlertAction,
+    pub summary: String,
+    pub source: String,
+    pub severity: Severity,
+    /// Team name; unknown or absent routes to the default team.
+    pub team: Option<String>,
+    /// Alerts of one service and team group into one open page.
+    pub service: Option<String>,
+    pub component: Option<String>,
+    pub group: Option<String>,
+    /// What kind of alert (for "noisiest alerts"): Alertmanager's
+    /// `alertname`, the Events API's `class`, the engine's cause kind.
+    pub class: Option<String>,
+    /// `alertmanager`, `events-v2`, `engine`.
+    pub origin: String,
+    pub details: serde_json::Value,
+}
+
+impl Alert {
+    pub fn trigger(dedup_key: impl Into<String>, summary: impl Into<String>) -> Alert {
+        Alert {
+            dedup_key: dedup_key.into(),
+            action: AlertAction::Trigger,
+            summary: summary.into(),
+            source: "test".into(),
+            severity: Severity::Critical,
+            team: None,
+            service: None,
+            component: None,
+            group: None,
+            class: None,
+            origin: "test".into(),
+            details: serde_json::Value::Null,
+        }
+    }
+    pub fn with_action(mut self, action: AlertAction) -> Alert {
+        self.action = action;
+        self
+    }
+    pub fn resolve(dedup_key: impl Into<String>) -> Alert {
+        Alert::trigger(dedup_key, "").with_action(AlertAction::Resolve)
+    }
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum PageStatus {
+    Triggered,
+    Acknowledged,
+    Resolved,
+}
+
+impl PageStatus {
+    pub fn name(self) -> &'static str {
+        match self {
+            PageStatus::Triggered => "triggered",
+            PageStatus::Acknowledged => "acknowledged",
+            PageStatus::Resolved => "resolved",
+        }
+    }
+}
+
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct Page {
+    pub id: PageId,
+    /// The key of the alert that opened it.
+    pub dedup_key: String,
+    pub summary: String,
+    pub source: String,
+    pub severity: Severity,
+    pub team: String,
+    pub service: Option<String>,
+    pub class: Option<String>,
+    pub origin: String,
+    pub status: PageStatus,
+    /// Index of the escalation step the page is at (0: the bot tier).
+    pub level: u32,
+    /// That step's target: `bot`, `level1`, `level2`, `manager`, `incident_commander`.
+    pub level_name: String,
+    pub opened_at: Timestamp,
+    pub acknowledged_at: Option<Timestamp>,
+    pub acknowledged_by: Option<String>,
+    pub resolved_at: Option<Timestamp>,
+    pub resolved_by: Option<String>,
+    /// Every alert key that joined this page.
+    pub alert_keys: BTreeSet<String>,
+    /// Keys still firing.
+    pub open_alerts: BTreeSet<String>,
+    /// Trigger events received, repeats included.
+    pub alerts: u64,
+    /// People notified, in order (a person appears once).
+    pub notified: Vec<String>,
+    /// Held in the bot tier because its alert flaps.
+    pub flapping: bool,
+    /// Times the alert reopened while held.
+    pub flaps: u32,
+    /// Opened within the team's business hours.
+    pub business_hours: bool,
+    /// Next escalation, re-notification or (held pages) quiet-resolve.
+    pub next_at: Option<Timestamp>,
+    /// Re-notifications sent while acknowledged.
+    pub renotified: u32,
+    pub details: serde_json::Value,
+}
+
+impl Page {
+    pub fn is_open(&self) -> bool {
+        self.status != PageStatus::Resolved
+    }
+    /// Handled by the bot tier alone: no person was ever notified.
+    pub fn bot_only(&self) -> bool {
+        self.notified.is_empty()
+    }
+}
+
+/// A status or level change of a page, with who or what caused it.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct Transition {
+    pub page: PageId,
+    pub at: Timestamp,
+    pub from: String,
+    pub to: String,
+    pub level: u32,
+    pub by: String,
+    pub cause: String,
+}
+
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case", tag = "kind")]
+pub enum Recipient {
+    Person { name: String, contacts: Vec<Contact> },
+    /// The team's chat, where anyone may acknowledge.
+    TeamChat { team: String, contacts: Vec<Contact> },
+}
+
+impl Recipient {
+    pub fn contacts(&self) -> &[Contact] {
+        match self {
+            Recipient::Person { contacts, .. } | Recipient::TeamChat { contacts, .. } => contacts,
+        }
+    }
+    pub fn label(&self) -> String {
+        match self {
+            Recipient::Person { name, .. } => name.clone(),
+            Recipient::TeamChat { team, .. } => format!("#{team} chat"),
+        }
+    }
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum NotifyReason {
+    /// The bot tier's chat post in business hours.
+    Chat,
+    /// A page reached this person's level.
+    Page,
+    /// Still unacknowledged at the last level.
+    Repeat,
+    /// Acknowledged but still open too long.
+    Renotify,
+}
+
+/// One message to one recipient. The shell renders links and tries the
+/// recipient's contacts in order.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct Notification {
+    pub id: NotificationId,
+    pub page: PageId,
+    pub at: Timestamp,
+    pub recipient: Recipient,
+    pub reason: NotifyReason,
+    pub text: String,
+}
+
+/// A line in the company-wide feed: every page event is visible to everyone.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct FeedPost {
+    pub at: Timestamp,
+    pub page: Option<PageId>,
+    pub team: Option<String>,
+    pub text: String,
+}
+
+#[derive(Clone, Debug)]
+pub enum Input {
+    Alert(Alert),
+    Acknowledge { page: PageId, by: String },
+    Resolve { page: PageId, by: String },
+    /// Time passed: escalate, re-notify, close quiet flapping pages.
+    Tick,
+}
+
+/// What an alert did.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct AlertOutcome {
+    pub dedup_key: String,
+    /// `opened`, `deduplicated`, `grouped`, `acknowledged`, `resolved`, `ignored`.
+    pub result: String,
+    pub page: Option<PageId>,
+}
+
+#[derive(Clone, Debug)]
+pub enum Reply {
+    Alert(AlertOutcome),
+    Page(Box<Page>),
+}
+
+#[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
+pub enum PagerError {
+    #[error("{0}")]
+    NotFound(String),
+    #[error("{0}")]
+    Invalid(String),
+}
+
+#[derive(Debug, Default)]
+pub struct Outputs {
+    /// Pages created or changed (upsert by id; later wins).
+    pub pages: Vec<Page>,
+    pub transitions: Vec<Transition>,
+    pub notifications: Vec<Notification>,
+    pub feed: Vec<FeedPost>,
+    pub reply: Option<Result<Reply, PagerError>>,
+}
+
+impl Outputs {
+    pub fn is_empty(&self) -> bool {
+        self.pages.is_empty() && self.transitions.is_empty() && self.notifications.is_empty() && self.feed.is_empty()
+    }
+    pub fn extend(&mut self, other: Outputs) {
+        self.pages.extend(other.pages);
+        self.transitions.extend(other.transitions);
+        self.notifications.extend(other.notifications);
+        self.feed.extend(other.feed);
+        if other.reply.is_some() {
+            self.reply = other.reply;
+        }
+    }
+}
+
+/// Longest summary kept (the Events API v2's own limit).
+pub const MAX_SUMMARY: usize = 1024;
+
+pub struct Pager {
+    config: Config,
+    /// Open pages (and held flapping pages waiting to go quiet).
+    pages: HashMap<PageId, Page>,
+    /// Alert key → its open page.
+    by_key: HashMap<String, PageId>,
+    /// (team, service) → the open page that groups its alerts.
+    by_group: HashMap<(String, String), PageId>,
+    /// Alert key → when it opened within the flapping window.
+    opens: HashMap<String, VecDeque<i64>>,
+    /// (due, page): work per tick is proportional to what is due.
+    timers: BTreeSet<(i64, PageId)>,
+    seed: u64,
+    counter: u64,
+}
+
+fn micros(d: std::time::Duration) -> i64 {
+    d.as_micros().min(i64::MAX as u128) as i64
+}
+
+fn truncate(mut s: String, max: usize) -> String {
+    if s.len() > max {
+        let mut cut = max;
+        while !s.is_char_boundary(cut) {
+            cut -= 1;
+        }
+        s.truncate(cut);
+    }
+    s
+}
+
+impl Pager {
+    pub fn new(config: Config, seed: u64) -> Pager {
+        Pager {
+            config,
+            pages: HashMap::new(),
+            by_key: HashMap::new(),
+            by_group: HashMap::new(),
+            opens: HashMap::new(),
+            timers: BTreeSet::new(),
+            seed,
+            counter: 0,
+        }
+    }
+
+    /// Rebuilds the pager after a restart from the open pages and the pages
+    /// opened within the flapping window (any status).
+    pub fn restore(config: Config, seed: u64, open: Vec<Page>, recent: &[Page]) -> Pager {
+        let mut pager = Pager::new(config, seed);
+        let mut recent: Vec<&Page> = recent.iter().collect();
+        recent.sort_by_key(|p| p.opened_at);
+        for p in recent {
+            pager.opens.entry(p.dedup_key.clone()).or_default().push_back(p.opened_at.0);
+        }
+        for mut page in open {
+            if !page.is_open() {
+                continue;
+            }
+            let steps = pager.config.team(&page.team).map(|t| t.escalation.len()).unwrap_or(1).max(1) as u32;
+            page.level = page.level.min(steps - 1);
+            pager.index(&page);
+            pager.pages.insert(page.id, page);
+        }
+        pager
+    }
+
+    pub fn config(&self) -> &Config {
+        &self.config
+    }
+
+    pub fn open_pages(&self) -> impl Iterator<Item = &Page> {
+        self.pages.values()
+    }
+
+    pub fn page(&self, id: PageId) -> Option<&Page> {
+        self.pages.get(&id)
+    }
+
+    pub fn next_deadline(&self) -> Option<Timestamp> {
+        self.timers.first().map(|&(t, _)| Timestamp(t))
+    }
+
+    fn index(&mut self, page: &Page) {
+        for key in &page.open_alerts {
+            self.by_key.insert(key.clone(), page.id);
+        }
+        if page.flapping {
+            self.by_key.insert(page.dedup_key.clone(), page.id);
+        }
+        if let Some(s) = &page.service {
+            self.by_group.insert((page.team.clone(), s.clone()), page.id);
+        }
+        if let Some(t) = page.next_at {
+            self.timers.insert((t.0, page.id));
+        }
+    }
+
+    fn next_entropy(&mut self) -> u64 {
+        self.counter += 1;
+        // splitmix64 of seed and counter: distinct, reproducible.
+        let mut z = self.seed.wrapping_add(self.counter.wrapping_mul(0x9E37_79B9_7F4A_7C15));
+        z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
+        z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
+        z ^ (z >> 31)
+    }
+
+    pub fn step(&mut self, input: Input, now: Timestamp) -> Outputs {
+        let mut out = Outputs::default();
+        match input {
+            Input::Tick => self.tick(now, &mut out),
+            Input::Alert(alert) => {
+                let reply = self.alert(alert, now, &mut out).map(Reply::Alert);
+                out.reply = Some(reply);
+            }
+            Input::Acknowledge { page, by } => {
+                let reply = self.acknowledge(page, &by, now, &mut out).map(|p| Reply::Page(Box::new(p)));
+                out.reply = Some(reply);
+            }
+            Input::Resolve { page, by } => {
+                let reply = self.resolve_by_id(page, &by, "resolved by hand", now, &mut out).map(|p| Reply::Page(Box::new(p)));
+                out.reply = Some(reply);
+            }
+        }
+        out
+    }
+
+    fn set_timer(&mut self, id: PageId, at: Option<Timestamp>) {
+        let Some(page) = self.pages.get_mut(&id) else { return };
+        if let Some(old) = page.next_at {
+            self.timers.remove(&(old.0, id));
+        }
+        page.next_at = at;
+        if let Some(t) = at {
+            self.timers.insert((t.0, id));
+        }
+    }
+
+    fn team_name(&self, wanted: Option<&str>) -> (String, Option<String>) {
+        match wanted {
+            Some(t) if self.config.team(t).is_some() => (t.to_string(), None),
+            Some(t) => (
+                self.config.default_team.clone(),
+                Some(format!("team {t:?} is not configured; routed to {}", self.config.default_team)),
+            ),
+            None => (self.config.default_team.clone(), None),
+        }
+    }
+
+    fn alert(&mut self, alert: Alert, now: Timestamp, out: &mut Outputs) -> Result<AlertOutcome, PagerError> {
+        if alert.dedup_key.is_empty() {
+            return Err(PagerError::Invalid("an alert needs a dedup key".into()));
+        }
+        let key = alert.dedup_key.clone();
+        let outcome = |result: &str, page: Option<PageId>| AlertOutcome { dedup_key: key.clone(), result: result.into(), page };
+        match alert.action {
+            AlertAction::Trigger => {
+                if let Some(&id) = self.by_key.get(&key) {
+                    let quiet_timer = {
+                        let page = self.pages.get_mut(&id).expect("by_key points at an open page");
+                        page.alerts += 1;
+                        let reopened = !page.open_alerts.contains(&key);
+                        if reopened {
+                            page.open_alerts.insert(key.clone());
+                            page.flaps += 1;
+                        }
+                        reopened && page.flapping
+                    };
+                    if quiet_timer {
+                        // Reopened while held: record it, stop the quiet countdown.
+                        self.opens.entry(key.clone()).or_default().push_back(now.0);
+                        self.set_timer(id, None);
+                    }
+                    out.pages.push(self.pages[&id].clone());
+                    return Ok(outcome("deduplicated", Some(id)));
+                }
+                let (team, note) = self.team_name(alert.team.as_deref());
+                // Same service and team already paging: join it.
+                if let Some(service) = &alert.service {
+                    if let Some(&id) = self.by_group.get(&(team.clone(), service.clone())) {
+                        let text = {
+                            let page = self.pages.get_mut(&id).expect("by_group points at an open page");
+                            page.alert_keys.insert(key.clone());
+                            page.open_alerts.insert(key.clone());
+                            page.alerts += 1;
+                            format!("[{team}] {} joined page {} ({service}): {}", key, id, alert.summary)
+                        };
+                        self.by_key.insert(key.clone(), id);
+                        out.feed.push(FeedPost { at: now, page: Some(id), team: Some(team.clone()), text });
+                        out.pages.push(self.pages[&id].clone());
+                        return Ok(outcome("grouped", Some(id)));
+                    }
+                }
+                let opens = {
+                    let window = micros(self.config.flapping.window);
+                    let q = self.opens.entry(key.clone()).or_default();
+                    while q.front().is_some_and(|&t| t <= now.0 - window) {
+                        q.pop_front();
+                    }
+                    q.push_back(now.0);
+                    q.len() as u32
+                };
+                let flapping = opens >= self.config.flapping.threshold;
+                let id = self.open_page(alert, team.clone(), flapping, now, out);
+                if let Some(note) = note {
+                    out.feed.push(FeedPost { at: now, page: Some(id), team: Some(team.clone()), text: note });
+                }
+                if flapping {
+                    out.feed.push(FeedPost {
+                        at: now,
+                        page: Some(id),
+                        team: Some(team),
+                        text: format!(
+                            "{key} is flapping: opened {opens} times within {}; held in the bot tier, nobody is paged until it settles",
+                            human(self.config.flapping.window)
+                        ),
+                    });
+                }
+                Ok(outcome("opened", Some(id)))
+            }
+            AlertAction::Acknowledge => match self.by_key.get(&key).copied() {
+                Some(id) => {
+                    let by = format!("{} ({})", alert.origin, alert.source);
+                    self.acknowledge(id, &by, now, out)?;
+                    Ok(outcome("acknowledged", Some(id)))
+                }
+                // Like the Events API: an acknowledge for nothing open is dropped.
+                None => Ok(outcome("ignored", None)),
+            },
+            AlertAction::Resolve => {
+                let Some(id) = self.by_key.get(&key).copied() else {
+                    return Ok(outcome("ignored", None));
+                };
+                let (empty, flapping) = {
+                    let page = self.pages.get_mut(&id).expect("by_key points at an open page");
+                    page.open_alerts.remove(&key);
+                    (page.open_alerts.is_empty(), page.flapping)
+                };
+                if flapping {
+                    // Keep the key pointing here so a reopen joins the held page.
+                    if empty {
+                        let quiet = now.plus(self.config.flapping.quiet);
+                        self.set_timer(id, Some(quiet));
+                    }
+                    out.pages.push(self.pages[&id].clone());
+                    return Ok(outcome("resolved", Some(id)));
+                }
+                self.by_key.remove(&key);
+                if empty {
+                    let by = alert.origin.clone();
+                    self.resolve_by_id(id, &by, "its alerts resolved", now, out)?;
+                } else {
+                    out.pages.push(self.pages[&id].clone());
+                }
+                Ok(outcome("resolved", Some(id)))
+            }
+        }
+    }
+
+    fn open_page(&mut self, alert: Alert, team: String, flapping: bool, now: Timestamp, out: &mut Outputs) -> PageId {
+        let id = PageId::new_at(now.0, self.next_entropy());
+        let business_hours =
+            self.config.team(&team).is_some_and(|t| t.business_hours.contains(now, &t.time_zone));
+        let key = alert.dedup_key.clone();
+        let page = Page {
+            id,
+            dedup_key: key.clone(),
+            summary: truncate(if alert.summary.is_empty() { key.clone() } else { alert.summary }, MAX_SUMMARY),
+            source: alert.source,
+            severity: alert.severity,
+            team: team.clone(),
+            service: alert.service,
+            class: alert.class,
+            origin: alert.origin.clone(),
+            status: PageStatus::Triggered,
+            level: 0,
+            level_name: String::new(),
+            opened_at: now,
+            acknowledged_at: None,
+            acknowledged_by: None,
+            resolved_at: None,
+            resolved_by: None,
+            alert_keys: BTreeSet::from([key.clone()]),
+            open_alerts: BTreeSet::from([key.clone()]),
+            alerts: 1,
+            notified: Vec::new(),
+            flapping,
+            flaps: 0,
+            business_hours,
+            next_at: None,
+            renotified: 0,
+            details: alert.details,
+        };
+        self.by_key.insert(key, id);
+        if let Some(s) = &page.service {
+            self.by_group.insert((team.clone(), s.clone()), id);
+        }
+        out.transitions.push(Transition {
+            page: id,
+            at: now,
+            from: "none".into(),
+            to: "triggered".into(),
+            level: 0,
+            by: alert.origin,
+            cause: page.summary.clone(),
+        });
+        out.feed.push(FeedPost {
+            at: now,
+            page: Some(id),
+            team: Some(team),
+            text: format!("[{}] page {} opened: {} ({}, from {})", page.team, id, page.summary, page.severity.name(), page.source),
+        });
+        self.pages.insert(id, page);
+        self.enter_step(id, 0, "opened", now, out);
+        id
+    }
+
+    /// Moves `id` to escalation step `index` and notifies its target. A step
+    /// with nobody to notify is skipped (and said so in the feed).
+    fn enter_step(&mut self, id: PageId, mut index: usize, cause: &str, now: Timestamp, out: &mut Outputs) {
+        let mut cause = cause.to_string();
+        loop {
+            let Some(page) = self.pages.get(&id) else { return };
+            let Some(team) = self.config.team(&page.team).or_else(|| self.config.team(&self.config.default_team)) else { return };
+            let steps = team.escalation.len();
+            index = index.min(steps - 1);
+            let step: Step = team.escalation[index].clone();
+            let business = team.business_hours.contains(now, &team.time_zone);
+            let from_level = page.level;
+            let first = page.level_name.is_empty();
+            let level_name = step.target.label();
+            let (recipient, skipped) = self.recipient(team, &step.target, now);
+            let team_name = team.name.clone();
+            {
+                let page = self.pages.get_mut(&id).expect("checked above");
+                page.level = index as u32;
+                page.level_name = level_name.clone();
+            }
+            if !first {
+                out.transitions.push(Transition {
+                    page: id,
+                    at: now,
+                    from: format!("level {from_level}"),
+                    to: format!("level {index} ({level_name})"),
+                    level: index as u32,
+                    by: "escalation".into(),
+                    cause: cause.clone(),
+                });
+            }
+            let page = &self.pages[&id];
+            let summary = page.summary.clone();
+            let held = page.flapping;
+            match (&step.target, recipient) {
+                (Target::Bot, _) => {
+                    let text = if business {
+                        format!("[{team_name}] bot tier has page {id}: {summary}. The remedy runs; anyone may acknowledge.")
+                    } else {
+                        format!("[{team_name}] bot tier has page {id}: {summary}. The remedy runs.")
+                    };
+                    out.feed.push(FeedPost { at: now, page: Some(id), team: Some(team_name.clone()), text });
+                    if business && !held {
+                        let contacts = self.config.team(&team_name).map(|t| t.chat.clone()).unwrap_or_default();
+                        let text = format!(
+                            "Page {id} ({team_name}): {summary}. The bot tier is running the remedy; anyone may acknowledge."
+                        );
+                        self.notify(id, Recipient::TeamChat { team: team_name.clone(), contacts }, NotifyReason::Chat, text, now, out);
+                    }
+                }
+                (_, Some(recipient)) => {
+                    let name = recipient.label();
+                    let text = format!("Page {id} ({team_name}, {level_name}): {summary}");
+                    self.notify(id, recipient, NotifyReason::Page, text, now, out);
+                    out.feed.push(FeedPost {
+                        at: now,
+                        page: Some(id),
+                        team: Some(team_name.clone()),
+                        text: format!("[{team_name}] page {id} escalated to {level_name}: {name} notified"),
+                    });
+                }
+                (_, None) => {
+                    out.feed.push(FeedPost {
+                        at: now,
+                        page: Some(id),
+                        team: Some(team_name.clone()),
+                        text: format!("[{team_name}] page {id}: {skipped}; skipping {level_name}"),
+                    });
+                    if index + 1 < steps {
+                        index += 1;
+                        cause = format!("{level_name} skipped: {skipped}");
+                        continue;
+                    }
+                }
+            }
+            // Held (flapping) pages stay with the bot: no timer until they go quiet.
+            let timer = if held && matches!(step.target, Target::Bot) {
+                None
+            } else {
+                let wait = if business { step.business_hours_timeout.unwrap_or(step.timeout) } else { step.timeout };
+                Some(now.plus(wait))
+            };
+            self.set_timer(id, timer);
+            out.pages.push(self.pages[&id].clone());
+            return;
+        }
+    }
+
+    /// Who a target means now; `None` with the reason when nobody.
+    fn recipient(&self, team: &Team, target: &Target, now: Timestamp) -> (Option<Recipient>, String) {
+        let person = |name: &str| -> Recipient {
+            let contacts = self.config.person(Some(team), name).map(|p| p.contacts.clone()).unwrap_or_default();
+            Recipient::Person { name: name.to_string(), contacts }
+        };
+        match target {
+            Target::Bot => (None, String::new()),
+            Target::Schedule(s) => match team.schedule(s).and_then(|s| s.on_call(now)) {
+                Some(p) => (Some(person(p)), String::new()),
+                None => (None, format!("nobody is on call in {s}")),
+            },
+            Target::Person(p) => (Some(person(p)), String::new()),
+            Target::Manager => match &team.manager {
+                Some(m) => (Some(person(m)), String::new()),
+                None => (None, "the team has no manager configured".into()),
+            },
+            Target::IncidentCommander => match self.config.incident_commanders.on_call(now) {
+                Some(p) => (Some(person(p)), String::new()),
+                None => (None, "no incident commander is on call".into()),
+            },
+        }
+    }
+
+    fn notify(&mut self, page: PageId, recipient: Recipient, reason: NotifyReason, text: String, now: Timestamp, out: &mut Outputs) {
+        if let Recipient::Person { name, .. } = &recipient {
+            if let Some(p) = self.pages.get_mut(&page) {
+                if !p.notified.contains(name) {
+                    p.notified.push(name.clone());
+                }
+            }
+        }
+        let id = NotificationId::new_at(now.0, self.next_entropy());
+        out.notifications.push(Notification { id, page, at: now, recipient, reason, text });
+    }
+
+    fn acknowledge(&mut self, id: PageId, by: &str, now: Timestamp, out: &mut Outputs) -> Result<Page, PagerError> {
+        let Some(page) = self.pages.get_mut(&id) else {
+            return Err(PagerError::NotFound(format!("no open page {id}")));
+        };
+        if page.status == PageStatus::Acknowledged {
+            return Ok(page.clone());
+        }
+        page.status = PageStatus::Acknowledged;
+        page.acknowledged_at = Some(now);
+        page.acknowledged_by = Some(by.to_string());
+        let (team, level, summary) = (page.team.clone(), page.level, page.summary.clone());
+        let held = page.flapping;
+        let after = self.config.team(&team).map(|t| t.renotify_acknowledged_after).unwrap_or(crate::config::DEFAULT_RENOTIFY_ACKNOWLEDGED);
+        // A held page keeps its quiet countdown; others wait for re-notification.
+        if !(held && self.pages[&id].open_alerts.is_empty()) {
+            self.set_timer(id, Some(now.plus(after)));
+        }
+        out.transitions.push(Transition {
+            page: id,
+            at: now,
+            from: "triggered".into(),
+            to: "acknowledged".into(),
+            level,
+            by: by.to_string(),
+            cause: "acknowledged".into(),
+        });
+        out.feed.push(FeedPost { at: now, page: Some(id), team: Some(team.clone()), text: format!("[{team}] page {id} acknowledged by {by}: {summary}") });
+        let page = self.pages[&id].clone();
+        out.pages.push(page.clone());
+        Ok(page)
+    }
+
+    fn resolve_by_id(&mut self, id: PageId, by: &str, cause: &str, now: Timestamp, out: &mut Outputs) -> Result<Page, PagerError> {
+        let Some(mut page) = self.pages.remove(&id) else {
+            return Err(PagerError::NotFound(format!("no open page {id}")));
+        };
+        if let Some(t) = page.next_at.take() {
+            self.timers.remove(&(t.0, id));
+        }
+        for key in page.alert_keys.iter().chain(std::iter::once(&page.dedup_key)) {
+            if self.by_key.get(key) == Some(&id) {
+                self.by_key.remove(key);
+            }
+        }
+        if let Some(s) = &page.service {
+            let g = (page.team.clone(), s.clone());
+            if self.by_group.get(&g) == Some(&id) {
+                self.by_group.remove(&g);
+            }
+        }
+        let from = page.status;
+        page.status = PageStatus::Resolved;
+        page.resolved_at = Some(now);
+        page.resolved_by = Some(by.to_string());
+        page.open_alerts.clear();
+        out.transitions.push(Transition {
+            page: id,
+            at: now,
+            from: from.name().into(),
+            to: "resolved".into(),
+            level: page.level,
+            by: by.to_string(),
+            cause: cause.to_string(),
+        });
+        let team = page.team.clone();
+        let lasted = human(now.since(page.opened_at));
+        let text = if page.flapping {
+            format!(
+                "[{team}] flapping page {id} settled: {} reopened {} times over {lasted}, held in the bot tier; nobody was paged",
+                page.dedup_key, page.flaps
+            )
+        } else if page.bot_only() {
+            format!("[{team}] page {id} resolved by {by} after {lasted}, handled by the bot tier alone: {}", page.summary)
+        } else {
+            format!("[{team}] page {id} resolved by {by} after {lasted}: {}", page.summary)
+        };
+        out.feed.push(FeedPost { at: now, page: Some(id), team: Some(team), text });
+        out.pages.push(page.clone());
+        Ok(page)
+    }
+
+    fn tick(&mut self, now: Timestamp, out: &mut Outputs) {
+        while let Some(&(due, id)) = self.timers.first() {
+            if due > now.0 {
+                break;
+            }
+            self.timers.remove(&(due, id));
+            let Some(page) = self.pages.get_mut(&id) else { continue };
+            page.next_at = None;
+            let page = page.clone();
+            let team = self.config.team(&page.team).cloned();
+            let Some(team) = team else { continue };
+            if page.flapping && page.open_alerts.is_empty() {
+                let _ = self.resolve_by_id(id, "bot", "flapping alert stayed quiet", now, out);
+                continue;
+            }
+            match page.status {
+                PageStatus::Triggered => {
+                    let steps = team.escalation.len();
+                    let index = page.level as usize;
+                    let waited = human(now.since(page.opened_at));
+                    if index + 1 < steps {
+                        let cause = format!("not acknowledged at {} (open {waited})", page.level_name);
+                        self.enter_step(id, index + 1, &cause, now, out);
+                    } else {
+                        // The last level keeps being paged until someone answers.
+                        let step = &team.escalation[index];
+                        let (recipient, skipped) = self.recipient(&team, &step.target, now);
+                        let text = format!("STILL UNACKNOWLEDGED after {waited}: page {id} ({}): {}", team.name, page.summary);
+                        match recipient {
+                            Some(r) => self.notify(id, r, NotifyReason::Repeat, text, now, out),
+                            None => out.feed.push(FeedPost { at: now, page: Some(id), team: Some(team.name.clone()), text: format!("{text}; {skipped}") }),
+                        }
+                        out.feed.push(FeedPost {
+                            at: now,
+                            page: Some(id),
+                            team: Some(team.name.clone()),
+                            text: format!("[{}] page {id} still unacknowledged at the last level ({}) after {waited}", team.name, page.level_name),
+                        });
+                        self.set_timer(id, Some(now.plus(step.timeout)));
+                        out.pages.push(self.pages[&id].clone());
+                    }
+                }
+                PageStatus::Acknowledged => {
+                    let by = page.acknowledged_by.clone().unwrap_or_default();
+                    let open_for = human(now.since(page.opened_at));
+                    let text = format!("Page {id} ({}) acknowledged by {by} is still open after {open_for}: {}", team.name, page.summary);
+                    // The acknowledger if it is a known person, else whoever holds the level now.
+                    let recipient = match self.config.person(Some(&team), &by) {
+                        Some(p) => Some(Recipient::Person { name: p.name.clone(), contacts: p.contacts.clone() }),
+                        None => self.recipient(&team, &team.escalation[(page.level as usize).min(team.escalation.len() - 1)].target, now).0,
+                    };
+                    let recipient = recipient.unwrap_or(Recipient::TeamChat { team: team.name.clone(), contacts: team.chat.clone() });
+                    self.notify(id, recipient, NotifyReason::Renotify, text, now, out);
+                    if let Some(p) = self.pages.get_mut(&id) {
+                        p.renotified += 1;
+                    }
+                    out.feed.push(FeedPost {
+                        at: now,
+                        page: Some(id),
+                        team: Some(team.name.clone()),
+                        text: format!("[{}] page {id} acknowledged by {by} still open after {open_for}; re-notified", team.name),
+                    });
+                    self.set_timer(id, Some(now.plus(team.renotify_acknowledged_after)));
+                    out.pages.push(self.pages[&id].clone());
+                }
+                PageStatus::Resolved => {}
+            }
+        }
+    }
+}
+
+/// "3m", "1h 5m", "45s".
+pub fn human(d: std::time::Duration) -> String {
+    let s = d.as_secs();
+    if s < 60 {
+        format!("{s}s")
+    } else if s < 3600 {
+        if s % 60 == 0 { format!("{}m", s / 60) } else { format!("{}m {}s", s / 60, s % 60) }
+    } else if s % 3600 == 0 {
+        format!("{}h", s / 3600)
+    } else {
+        format!("{}h {}m", s / 3600, (s % 3600) / 60)
+    }
+}
