@@ -34,6 +34,8 @@ pub struct Ready {
     pub store: Arc<dyn Store>,
     pub providers: Vec<String>,
     pub provider_objects: std::collections::HashMap<String, Arc<dyn drover_providers::Provider>>,
+    /// The pager actor (on-call).
+    pub oncall: crate::oncall::PagerHandle,
 }
 
 impl Ready {
@@ -76,6 +78,7 @@ pub fn router(state: AppState) -> Router {
         .route("/v1/images", get(list_images))
         .route("/metrics", get(metrics_text))
         .route("/openapi.json", get(openapi_json))
+        .merge(crate::oncall::routes())
         .fallback(no_route)
         .method_not_allowed_fallback(wrong_method)
         .layer(DefaultBodyLimit::max(MAX_BODY_BYTES))

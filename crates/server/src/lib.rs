@@ -11,6 +11,7 @@
 pub mod checks;
 mod error;
 pub mod http;
+pub mod oncall;
 pub mod openapi;
 pub mod runtime;
 pub mod telemetry;
@@ -152,7 +153,7 @@ async fn run(
     tokio::pin!(shutdown);
 
     let actor_task = tokio::select! {
-        started = start_up(&opts, &state, stop_rx.clone()) => match started {
+        started = start_up(&opts, &state, stop_rx.clone(), addr) => match started {
             Ok(task) => Some(task),
             Err(e) => {
                 let _ = stop_tx.send(true);
@@ -185,6 +186,7 @@ async fn start_up(
     opts: &ServeOptions,
     state: &http::AppState,
     stop: watch::Receiver<bool>,
+    addr: SocketAddr,
 ) -> anyhow::Result<JoinHandle<()>> {
     std::fs::create_dir_all(&opts.data_dir)
         .with_context(|| format!("cannot create data directory {}", opts.data_dir.display()))?;
@@ -270,8 +272,18 @@ async fn start_up(
     }
     dispatcher.dispatch(&engine, redispatch);
 
-    let actor = runtime::Actor { engine, store: store.clone(), dispatcher, inbox, shutdown: stop };
-    let actor_task = tokio::spawn(actor.run());
+    // On-call: engine events that need a person become alerts.
+    let (tap, engine_events) = oncall::event_tap();
+    let (oncall, oncall_task) =
+        oncall::start(&opts.data_dir, format!("http://{addr}"), Some(handle.clone()), Some(engine_events), stop.clone())
+            .await
+            .context("cannot start the pager")?;
+    let actor = runtime::Actor { engine, store: store.clone(), dispatcher, inbox, shutdown: stop, tap: Some(tap) };
+    let engine_task = tokio::spawn(actor.run());
+    let actor_task = tokio::spawn(async move {
+        let _ = engine_task.await;
+        let _ = oncall_task.await;
+    });
 
     let (provider_tx, provider_rx) = mpsc::channel(1024);
     runtime::forward_provider_events(provider_rx, handle.clone());
@@ -282,7 +294,7 @@ async fn start_up(
 
     let mut names: Vec<String> = providers.keys().cloned().collect();
     names.sort();
-    let _ = state.ready.set(http::Ready { engine: handle, store, providers: names, provider_objects: providers });
+    let _ = state.ready.set(http::Ready { engine: handle, store, providers: names, provider_objects: providers, oncall });
     Ok(actor_task)
 }
 

@@ -177,12 +177,20 @@ pub async fn commit(store: &Arc<dyn Store>, changes: Changes) -> Result<(), Stri
     result
 }
 
+/// Where committed engine events that pass `filter` are copied (the pager
+/// turns some into alerts). Sent only after the commit, never blocking.
+pub struct EventTap {
+    pub filter: fn(&drover_model::Event) -> bool,
+    pub tx: mpsc::UnboundedSender<Vec<drover_model::Event>>,
+}
+
 pub struct Actor {
     pub engine: Engine,
     pub store: Arc<dyn Store>,
     pub dispatcher: Dispatcher,
     pub inbox: mpsc::Receiver<Msg>,
     pub shutdown: watch::Receiver<bool>,
+    pub tap: Option<EventTap>,
 }
 
 impl Actor {
@@ -266,8 +274,15 @@ impl Actor {
         }
         metrics::counter!(telemetry::ENGINE_STEPS).increment(steps);
 
+        let tapped: Vec<drover_model::Event> = match &self.tap {
+            Some(tap) => changes.events.iter().filter(|e| (tap.filter)(e)).cloned().collect(),
+            None => Vec::new(),
+        };
         match commit(&self.store, changes).await {
             Ok(()) => {
+                if let (Some(tap), false) = (&self.tap, tapped.is_empty()) {
+                    let _ = tap.tx.send(tapped);
+                }
                 for (reply, answer) in replies {
                     let _ = reply.send(answer);
                 }
@@ -371,7 +386,7 @@ mod tests {
         let provider: Arc<dyn Provider> = provider;
         let dispatcher = Dispatcher::new(HashMap::from([("sim".to_string(), provider.clone())]), provider, handle.clone());
         let (stop, shutdown) = watch::channel(false);
-        tokio::spawn(Actor { engine, store, dispatcher, inbox, shutdown }.run());
+        tokio::spawn(Actor { engine, store, dispatcher, inbox, shutdown, tap: None }.run());
         (handle, stop)
     }
 

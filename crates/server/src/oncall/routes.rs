@@ -1,0 +1,310 @@
+//! On-call HTTP routes: integrations in, pages, acknowledgements (API and
+//! signed links), the feed, pager metrics and their chart.
+
+use super::PagerHandle;
+use crate::error::{ApiError, Json, Path, Query};
+use crate::http::AppState;
+use axum::extract::State;
+use axum::http::{header, HeaderMap, HeaderValue, StatusCode};
+use axum::response::{IntoResponse, Response};
+use axum::routing::{get, post};
+use axum::Router;
+use drover_oncall::integrations::{self, AlertmanagerPayload, EventV2};
+use drover_oncall::{metrics, sign, AlertOutcome, Input, Page, PageId, PageStatus, Reply};
+use serde::{Deserialize, Serialize};
+
+/// Default and largest number of pages or feed posts listed.
+pub const DEFAULT_LIMIT: usize = 200;
+pub const MAX_LIMIT: usize = 10_000;
+/// Weeks of metrics by default and at most.
+pub const DEFAULT_WEEKS: usize = 8;
+pub const MAX_WEEKS: usize = 104;
+
+pub fn routes() -> Router<AppState> {
+    Router::new()
+        .route("/v1/integrations/alertmanager", post(post_alertmanager))
+        .route("/v1/integrations/events-v2", post(post_event_v2))
+        .route("/v1/pages", get(list_pages))
+        .route("/v1/pages/{id}", get(show_page))
+        .route("/v1/pages/{id}/ack", post(post_ack).get(link_ack))
+        .route("/v1/pages/{id}/resolve", post(post_resolve).get(link_resolve))
+        .route("/v1/pager/metrics", get(pager_metrics))
+        .route("/v1/pager/metrics.svg", get(pager_metrics_svg))
+        .route("/v1/pager/feed", get(pager_feed))
+        .route("/v1/pager/oncall", get(on_call_now))
+}
+
+fn pager(state: &AppState) -> Result<&PagerHandle, ApiError> {
+    state
+        .ready
+        .get()
+        .map(|r| &r.oncall)
+        .ok_or_else(|| ApiError::unavailable("Drover is starting; retry in a moment"))
+}
+
+async fn blocking<R: Send + 'static>(
+    f: impl FnOnce() -> Result<R, super::store::OncallStoreError> + Send + 'static,
+) -> Result<R, ApiError> {
+    match tokio::task::spawn_blocking(f).await {
+        Ok(Ok(v)) => Ok(v),
+        Ok(Err(e)) => Err(ApiError::unavailable(format!("the on-call store could not answer: {e}"))),
+        Err(e) => Err(ApiError::internal(format!("on-call store task failed: {e}"))),
+    }
+}
+
+fn parse_page_id(text: &str) -> Result<PageId, ApiError> {
+    text.parse().map_err(|e| ApiError::bad_request(format!("page id {text:?} is not a UUID: {e}")))
+}
+
+/// Alertmanager's webhook receiver (payload version 4): one page per group.
+pub(crate) async fn post_alertmanager(
+    State(state): State<AppState>,
+    Json(payload): Json<AlertmanagerPayload>,
+) -> Result<Json<AlertOutcome>, ApiError> {
+    let pager = pager(&state)?;
+    let alert = integrations::from_alertmanager(&payload).map_err(ApiError::bad_request)?;
+    match pager.call(Input::Alert(alert)).await? {
+        Reply::Alert(outcome) => Ok(Json(outcome)),
+        Reply::Page(_) => Err(ApiError::internal("the pager answered an alert with a page")),
+    }
+}
+
+#[derive(Serialize)]
+pub struct EventResponse {
+    status: &'static str,
+    message: &'static str,
+    dedup_key: String,
+    /// What Drover did with it (`opened`, `deduplicated`, …) and the page.
+    result: String,
+    page: Option<PageId>,
+}
+
+/// Events API v2: trigger, acknowledge, resolve by `dedup_key`.
+pub(crate) async fn post_event_v2(State(state): State<AppState>, Json(event): Json<EventV2>) -> Result<Response, ApiError> {
+    let pager = pager(&state)?;
+    let alert = integrations::from_event_v2(&event, &pager.config, || {
+        drover_oncall::PageId::new_at(crate::runtime::now().0, rand_u64()).to_string()
+    })
+    .map_err(ApiError::bad_request)?;
+    match pager.call(Input::Alert(alert)).await? {
+        Reply::Alert(o) => Ok((
+            StatusCode::ACCEPTED,
+            Json(EventResponse { status: "success", message: "Event processed", dedup_key: o.dedup_key, result: o.result, page: o.page }),
+        )
+            .into_response()),
+        Reply::Page(_) => Err(ApiError::internal("the pager answered an event with a page")),
+    }
+}
+
+fn rand_u64() -> u64 {
+    use std::hash::{BuildHasher, Hasher};
+    let mut h = std::collections::hash_map::RandomState::new().build_hasher();
+    h.write_i64(crate::runtime::now().0);
+    h.finish()
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct PagesQuery {
+    /// `triggered`, `acknowledged`, `resolved`, or `open` (the first two).
+    status: Option<String>,
+    team: Option<String>,
+    limit: Option<usize>,
+}
+
+/// Pages, newest first.
+pub(crate) async fn list_pages(State(state): State<AppState>, Query(q): Query<PagesQuery>) -> Result<Json<Vec<Page>>, ApiError> {
+    let pager = pager(&state)?;
+    let limit = q.limit.unwrap_or(DEFAULT_LIMIT).clamp(1, MAX_LIMIT);
+    let (status, open_only) = match q.status.as_deref() {
+        None => (None, false),
+        Some("open") => (None, true),
+        Some("triggered") => (Some(PageStatus::Triggered), false),
+        Some("acknowledged") => (Some(PageStatus::Acknowledged), false),
+        Some("resolved") => (Some(PageStatus::Resolved), false),
+        Some(other) => {
+            return Err(ApiError::bad_request(format!("status {other:?} must be triggered, acknowledged, resolved or open")))
+        }
+    };
+    let store = pager.store.clone();
+    let team = q.team.clone();
+    let mut pages = blocking(move || store.pages(status, team.as_deref(), if open_only { MAX_LIMIT } else { limit })).await?;
+    if open_only {
+        pages.retain(|p| p.is_open());
+        pages.truncate(limit);
+    }
+    Ok(Json(pages))
+}
+
+#[derive(Serialize)]
+pub struct PageDetail {
+    #[serde(flatten)]
+    page: Page,
+    transitions: Vec<drover_oncall::Transition>,
+    notifications: Vec<super::store::NotificationRecord>,
+}
+
+/// One page with its transitions and notifications.
+pub(crate) async fn show_page(State(state): State<AppState>, Path(id): Path<String>) -> Result<Json<PageDetail>, ApiError> {
+    let pager = pager(&state)?;
+    let id = parse_page_id(&id)?;
+    let store = pager.store.clone();
+    let detail = blocking(move || {
+        let Some(page) = store.page(id)? else { return Ok(None) };
+        Ok(Some(PageDetail { page, transitions: store.transitions(id)?, notifications: store.notifications(id)? }))
+    })
+    .await?;
+    detail.map(Json).ok_or_else(|| ApiError::not_found(format!("no page {id}")))
+}
+
+fn who(headers: &HeaderMap) -> String {
+    headers
+        .get(crate::http::ACTOR_HEADER)
+        .and_then(|v| v.to_str().ok())
+        .map(str::trim)
+        .filter(|v| !v.is_empty() && v.len() <= 128)
+        .unwrap_or("api")
+        .to_string()
+}
+
+async fn act(pager: &PagerHandle, id: PageId, input: Input) -> Result<Page, ApiError> {
+    match pager.call(input).await {
+        Ok(Reply::Page(p)) => Ok(*p),
+        Ok(Reply::Alert(_)) => Err(ApiError::internal("the pager answered with an alert outcome")),
+        Err(e) if e.status == StatusCode::NOT_FOUND => {
+            // Not open: say whether it exists at all.
+            let store = pager.store.clone();
+            match blocking(move || store.page(id)).await? {
+                Some(p) => Err(ApiError::new(
+                    StatusCode::CONFLICT,
+                    format!("page {id} is already {} (at {})", p.status.name(), p.resolved_at.map(|t| t.to_string()).unwrap_or_default()),
+                )),
+                None => Err(ApiError::not_found(format!("no page {id}"))),
+            }
+        }
+        Err(e) => Err(e),
+    }
+}
+
+pub(crate) async fn post_ack(State(state): State<AppState>, headers: HeaderMap, Path(id): Path<String>) -> Result<Json<Page>, ApiError> {
+    let pager = pager(&state)?;
+    let id = parse_page_id(&id)?;
+    Ok(Json(act(pager, id, Input::Acknowledge { page: id, by: who(&headers) }).await?))
+}
+
+pub(crate) async fn post_resolve(State(state): State<AppState>, headers: HeaderMap, Path(id): Path<String>) -> Result<Json<Page>, ApiError> {
+    let pager = pager(&state)?;
+    let id = parse_page_id(&id)?;
+    Ok(Json(act(pager, id, Input::Resolve { page: id, by: who(&headers) }).await?))
+}
+
+#[derive(Debug, Deserialize)]
+pub struct SignedQuery {
+    sig: Option<String>,
+}
+
+async fn signed(state: AppState, id: String, q: SignedQuery, action: &'static str) -> Result<Json<Page>, ApiError> {
+    let pager = pager(&state)?;
+    let id = parse_page_id(&id)?;
+    let sig = q.sig.ok_or_else(|| ApiError::new(StatusCode::FORBIDDEN, "this link needs its sig parameter; use the link from the notification"))?;
+    if !sign::verify(&pager.secret, id, action, &sig) {
+        return Err(ApiError::new(StatusCode::FORBIDDEN, "the link's signature does not match this page and action"));
+    }
+    let input = match action {
+        "ack" => Input::Acknowledge { page: id, by: "signed link".into() },
+        _ => Input::Resolve { page: id, by: "signed link".into() },
+    };
+    Ok(Json(act(pager, id, input).await?))
+}
+
+/// The acknowledge link in a notification (`?sig=` is HMAC of page id and action).
+pub(crate) async fn link_ack(State(state): State<AppState>, Path(id): Path<String>, Query(q): Query<SignedQuery>) -> Result<Json<Page>, ApiError> {
+    signed(state, id, q, "ack").await
+}
+
+pub(crate) async fn link_resolve(State(state): State<AppState>, Path(id): Path<String>, Query(q): Query<SignedQuery>) -> Result<Json<Page>, ApiError> {
+    signed(state, id, q, "resolve").await
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct MetricsQuery {
+    team: Option<String>,
+    weeks: Option<usize>,
+    /// RFC 3339: metrics as of this instant (default: now).
+    at: Option<String>,
+}
+
+async fn compute_metrics(state: &AppState, q: MetricsQuery) -> Result<(String, Vec<metrics::WeekMetrics>), ApiError> {
+    let pager = pager(state)?;
+    let team_name = q.team.unwrap_or_else(|| pager.config.default_team.clone());
+    let team = pager.config.team(&team_name).cloned().ok_or_else(|| {
+        ApiError::not_found(format!(
+            "no team {team_name:?}; teams: {}",
+            pager.config.teams.iter().map(|t| t.name.as_str()).collect::<Vec<_>>().join(", ")
+        ))
+    })?;
+    let weeks = q.weeks.unwrap_or(DEFAULT_WEEKS);
+    if weeks == 0 || weeks > MAX_WEEKS {
+        return Err(ApiError::bad_request(format!("weeks must be 1 to {MAX_WEEKS}")));
+    }
+    let now = match q.at {
+        Some(t) => drover_model::Timestamp::parse(&t).map_err(ApiError::bad_request)?,
+        None => crate::runtime::now(),
+    };
+    // Three extra weeks feed the first week's rolling average; one more for zone slack.
+    let since = drover_model::Timestamp(now.0 - (weeks as i64 + 4) * 7 * 86_400_000_000);
+    let store = pager.store.clone();
+    let name = team_name.clone();
+    let pages = blocking(move || store.team_pages_since(&name, since)).await?;
+    Ok((team_name, metrics::weekly(&team, &pages, now, weeks)))
+}
+
+/// Pager metrics per week for a team, oldest week first.
+pub(crate) async fn pager_metrics(State(state): State<AppState>, Query(q): Query<MetricsQuery>) -> Result<Json<Vec<metrics::WeekMetrics>>, ApiError> {
+    Ok(Json(compute_metrics(&state, q).await?.1))
+}
+
+/// The same as an SVG bar chart.
+pub(crate) async fn pager_metrics_svg(State(state): State<AppState>, Query(q): Query<MetricsQuery>) -> Result<Response, ApiError> {
+    let (team, weeks) = compute_metrics(&state, q).await?;
+    Ok(([(header::CONTENT_TYPE, HeaderValue::from_static("image/svg+xml"))], metrics::svg(&team, &weeks)).into_response())
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct FeedQuery {
+    limit: Option<usize>,
+    after: Option<i64>,
+}
+
+/// The company-wide feed, newest first: every page event.
+pub(crate) async fn pager_feed(State(state): State<AppState>, Query(q): Query<FeedQuery>) -> Result<Json<Vec<super::store::FeedRecord>>, ApiError> {
+    let pager = pager(&state)?;
+    let store = pager.store.clone();
+    let limit = q.limit.unwrap_or(DEFAULT_LIMIT).clamp(1, MAX_LIMIT);
+    Ok(Json(blocking(move || store.feed(limit, q.after)).await?))
+}
+
+#[derive(Serialize)]
+pub struct OnCall {
+    team: String,
+    schedule: String,
+    person: Option<String>,
+    next_handoff: Option<drover_model::Timestamp>,
+}
+
+/// Who is on call now, per team schedule (and the incident commander).
+pub(crate) async fn on_call_now(State(state): State<AppState>) -> Result<Json<Vec<OnCall>>, ApiError> {
+    let pager = pager(&state)?;
+    let now = crate::runtime::now();
+    let mut out = Vec::new();
+    for t in &pager.config.teams {
+        for s in &t.schedules {
+            out.push(OnCall { team: t.name.clone(), schedule: s.name.clone(), person: s.on_call(now).map(str::to_string), next_handoff: s.next_handoff(now) });
+        }
+    }
+    let ic = &pager.config.incident_commanders;
+    out.push(OnCall { team: "*".into(), schedule: ic.name.clone(), person: ic.on_call(now).map(str::to_string), next_handoff: ic.next_handoff(now) });
+    Ok(Json(out))
+}
