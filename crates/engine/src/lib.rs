@@ -786,19 +786,7 @@ impl Engine {
         let from = inst.state;
         if !from.can_become(to) {
             let (id, sslot) = (inst.id, inst.service);
-            let service = self.services.get(sslot);
-            out.changes.events.push(Event {
-                seq: 0,
-                at: Timestamp(now),
-                subject: EventSubject::Fleet,
-                service: service.map(|s| s.name.to_string()),
-                service_id: service.map(|s| s.id),
-                instance: Some(id),
-                action: None,
-                from: Some(from.as_str().into()),
-                to: Some(to.as_str().into()),
-                cause: format!("illegal transition refused ({cause})"),
-            });
+            out.changes.events.push(self.event(now, EventSubject::Fleet, Some(sslot), Some(id), Some(from.as_str()), Some(to.as_str()), format!("illegal transition refused ({cause})")));
             return false;
         }
         let uncovered_zone = if inst.covered { Some(inst.zone) } else { None };
@@ -848,19 +836,7 @@ impl Engine {
             }
             self.update_brakes(now, out);
         }
-        let service = self.services.get(sslot);
-        out.changes.events.push(Event {
-            seq: 0,
-            at: Timestamp(now),
-            subject: EventSubject::Instance,
-            service: service.map(|s| s.name.to_string()),
-            service_id: service.map(|s| s.id),
-            instance: Some(id),
-            action: None,
-            from: Some(from.as_str().into()),
-            to: Some(to.as_str().into()),
-            cause: cause.into(),
-        });
+        out.changes.events.push(self.event(now, EventSubject::Instance, Some(sslot), Some(id), Some(from.as_str()), Some(to.as_str()), cause));
         if let Some(rec) = self.instance_record(slot) {
             out.changes.instances.push(rec);
         }
@@ -880,18 +856,7 @@ impl Engine {
         }
         s.state = to;
         s.state_since = now;
-        out.changes.events.push(Event {
-            seq: 0,
-            at: Timestamp(now),
-            subject: EventSubject::Service,
-            service: Some(s.name.to_string()),
-            service_id: Some(s.id),
-            instance: None,
-            action: None,
-            from: Some(from.as_str().into()),
-            to: Some(to.as_str().into()),
-            cause: cause.into(),
-        });
+        out.changes.events.push(self.event(now, EventSubject::Service, Some(sslot), None, Some(from.as_str()), Some(to.as_str()), cause));
         if let Some(rec) = self.service_record(sslot) {
             out.changes.services.push(rec);
         }
@@ -1250,19 +1215,7 @@ impl Engine {
                     i.upstream_broken = false;
                     i.id
                 };
-                let s = self.services.get(sslot);
-                out.changes.events.push(Event {
-                    seq: 0,
-                    at: Timestamp(now),
-                    subject: EventSubject::Instance,
-                    service: s.map(|s| s.name.to_string()),
-                    service_id: s.map(|s| s.id),
-                    instance: Some(id),
-                    action: None,
-                    from: Some("follower".into()),
-                    to: Some("primary".into()),
-                    cause: format!("promoted{}", detail.map(|d| format!(": {d}")).unwrap_or_default()),
-                });
+                out.changes.events.push(self.event(now, EventSubject::Instance, Some(sslot), Some(id), Some("follower"), Some("primary"), format!("promoted{}", detail.map(|d| format!(": {d}")).unwrap_or_default())));
                 self.instance_changed(slot, out);
             }
             ActionKind::Retire => {
@@ -1319,19 +1272,7 @@ impl Engine {
 
     fn invariant_broken(&mut self, sslot: u32, what: &str, now: i64, out: &mut Outputs) {
         self.set_needs_human(sslot, out);
-        let s = self.services.get(sslot);
-        out.changes.events.push(Event {
-            seq: 0,
-            at: Timestamp(now),
-            subject: EventSubject::Fleet,
-            service: s.map(|s| s.name.to_string()),
-            service_id: s.map(|s| s.id),
-            instance: None,
-            action: None,
-            from: None,
-            to: Some("needs_human".into()),
-            cause: format!("safety invariant at risk: {what}"),
-        });
+        out.changes.events.push(self.event(now, EventSubject::Fleet, Some(sslot), None, None, Some("needs_human"), format!("safety invariant at risk: {what}")));
     }
 
     fn has_open_action_on(&self, slot: u32) -> bool {
@@ -1573,19 +1514,7 @@ impl Engine {
         let id = InstanceId::new_at(now, self.rng.next_u64());
         let inst = new_instance(id, sslot, image, zone, provider, role, now);
         let slot = self.add_instance(inst);
-        let svc = self.services.get(sslot);
-        out.changes.events.push(Event {
-            seq: 0,
-            at: Timestamp(now),
-            subject: EventSubject::Instance,
-            service: svc.map(|s| s.name.to_string()),
-            service_id: svc.map(|s| s.id),
-            instance: Some(id),
-            action: None,
-            from: None,
-            to: Some(InstanceState::Installing.as_str().into()),
-            cause: format!("{cause} ({role} in {})", self.zones.name(zone)),
-        });
+        out.changes.events.push(self.event(now, EventSubject::Instance, Some(sslot), Some(id), None, Some(InstanceState::Installing.as_str()), format!("{cause} ({role} in {})", self.zones.name(zone))));
         self.instance_changed(slot, out);
         self.schedule_instance(slot, now);
         let kind = self.provision_kind(sslot, role, zone, image);
@@ -1771,39 +1700,15 @@ impl Engine {
                 }
             }
         }
-        let (id, name) = (s.id, s.name.to_string());
         let what = match (kind, error) {
             (ActionKind::Backup, None) => format!("base backup taken{}", detail.map(|d| format!(": {d}")).unwrap_or_default()),
             (ActionKind::Backup, Some(e)) => format!("base backup failed: {e}"),
             (_, None) => format!("restore test passed{}", detail.map(|d| format!(": {d}")).unwrap_or_default()),
             (_, Some(e)) => format!("restore test FAILED: {e}"),
         };
-        out.changes.events.push(Event {
-            seq: 0,
-            at: Timestamp(now),
-            subject: EventSubject::Service,
-            service: Some(name),
-            service_id: Some(id),
-            instance: None,
-            action: None,
-            from: None,
-            to: Some(if error.is_none() { "ok".into() } else { "failed".into() }),
-            cause: what,
-        });
+        out.changes.events.push(self.event(now, EventSubject::Service, Some(sslot), None, None, Some(if error.is_none() { "ok" } else { "failed" }), what));
         if escalate {
-            let s = self.services.get(sslot);
-            out.changes.events.push(Event {
-                seq: 0,
-                at: Timestamp(now),
-                subject: EventSubject::Fleet,
-                service: s.map(|s| s.name.to_string()),
-                service_id: s.map(|s| s.id),
-                instance: None,
-                action: None,
-                from: None,
-                to: Some("needs_human".into()),
-                cause: "restore tests keep failing, also on a fresh backup: a human must look at the backups".into(),
-            });
+            out.changes.events.push(self.event(now, EventSubject::Fleet, Some(sslot), None, None, Some("needs_human"), "restore tests keep failing, also on a fresh backup: a human must look at the backups"));
         }
         if let Some(rec) = self.service_record(sslot) {
             out.changes.services.push(rec);
@@ -1986,18 +1891,7 @@ impl Engine {
         self.service_names.insert(req.name.clone().into(), sslot);
         self.service_ids.insert(id, sslot);
         self.schedule_backups(sslot, now);
-        out.changes.events.push(Event {
-            seq: 0,
-            at: Timestamp(now),
-            subject: EventSubject::Service,
-            service: Some(req.name.clone()),
-            service_id: Some(id),
-            instance: None,
-            action: None,
-            from: None,
-            to: Some(ServiceState::Provisioning.as_str().into()),
-            cause: "created".into(),
-        });
+        out.changes.events.push(self.event(now, EventSubject::Service, Some(sslot), None, None, Some(ServiceState::Provisioning.as_str()), "created"));
         if let Some(rec) = self.service_record(sslot) {
             out.changes.services.push(rec);
         }
@@ -2008,18 +1902,7 @@ impl Engine {
             let zone = zones[k % zones.len()];
             let iid = InstanceId::new_at(now, self.rng.next_u64());
             let slot = self.add_instance(new_instance(iid, sslot, image, zone, provider, role, now));
-            out.changes.events.push(Event {
-                seq: 0,
-                at: Timestamp(now),
-                subject: EventSubject::Instance,
-                service: Some(req.name.clone()),
-                service_id: Some(id),
-                instance: Some(iid),
-                action: None,
-                from: None,
-                to: Some(InstanceState::Installing.as_str().into()),
-                cause: format!("service created ({role} in {})", self.zones.name(zone)),
-            });
+            out.changes.events.push(self.event(now, EventSubject::Instance, Some(sslot), Some(iid), None, Some(InstanceState::Installing.as_str()), format!("service created ({role} in {})", self.zones.name(zone))));
             self.instance_changed(slot, out);
             self.schedule_instance(slot, now);
             let kind = self.provision_kind(sslot, role, zone, image);
@@ -2129,6 +2012,33 @@ impl Engine {
             needs_human: s.needs_human,
             backups: (*s.backups).clone(),
         })
+    }
+
+    /// An event, with the name and id of service `sslot` filled in.
+    #[allow(clippy::too_many_arguments)]
+    fn event(
+        &self,
+        now: i64,
+        subject: EventSubject,
+        sslot: Option<u32>,
+        instance: Option<InstanceId>,
+        from: Option<&str>,
+        to: Option<&str>,
+        cause: impl Into<String>,
+    ) -> Event {
+        let service = sslot.and_then(|s| self.services.get(s));
+        Event {
+            seq: 0,
+            at: Timestamp(now),
+            subject,
+            service: service.map(|s| s.name.to_string()),
+            service_id: service.map(|s| s.id),
+            instance,
+            action: None,
+            from: from.map(str::to_string),
+            to: to.map(str::to_string),
+            cause: cause.into(),
+        }
     }
 
     fn action_event(&self, rec: &ActionRecord, from: ActionState, cause: &str, now: i64) -> Event {
