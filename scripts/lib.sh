@@ -2,7 +2,7 @@
 
 # Debian packages the local provider and its tests need: PostgreSQL 15,
 # pgbouncer (the stable URL) and pgBackRest (backups and restore tests).
-DEBIAN_PACKAGES=(postgresql-15 pgbouncer pgbackrest)
+DEBIAN_PACKAGES=(postgresql-15 pgbouncer pgbackrest prometheus-alertmanager)
 
 ensure_toolchain() {
   if ! command -v cargo >/dev/null 2>&1; then
