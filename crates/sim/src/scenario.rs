@@ -146,6 +146,11 @@ pub struct Timing {
     /// 16, the engine default). An operator of a million services runs
     /// thousands of rebuilds at once; 16 would take weeks after a zone loss.
     pub zone_budget_per_1000_services: f64,
+    /// Scheduled base backups per service (0: none; they still run on
+    /// demand). The engine's default is daily.
+    pub backup_interval_hours: f64,
+    /// Scheduled restore tests per service (0: none). Default weekly.
+    pub verify_interval_hours: f64,
 }
 
 impl Default for Timing {
@@ -158,6 +163,8 @@ impl Default for Timing {
             install_timeout_secs: 600.0,
             lease_every_secs: 1.0,
             zone_budget_per_1000_services: 20.0,
+            backup_interval_hours: 24.0,
+            verify_interval_hours: 168.0,
         }
     }
 }

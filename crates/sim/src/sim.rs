@@ -238,6 +238,8 @@ fn run_shard(opts: &Options, shard: u64, shards: u64) -> Result<Report, SimError
         action_timeout: Duration::from_secs_f64(t.action_timeout_secs),
         install_timeout: Duration::from_secs_f64(t.install_timeout_secs),
         zone_budget: budget,
+        backup_interval: (t.backup_interval_hours > 0.0).then(|| Duration::from_secs_f64(t.backup_interval_hours * 3600.0)),
+        verify_interval: (t.verify_interval_hours > 0.0).then(|| Duration::from_secs_f64(t.verify_interval_hours * 3600.0)),
         providers: vec!["sim".into()],
         default_provider: "sim".into(),
         default_zones: sc.fleet.zones.clone(),
