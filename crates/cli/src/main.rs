@@ -5,6 +5,7 @@ mod agent;
 mod bench;
 mod client;
 mod output;
+mod pages;
 
 use clap::{Args, Parser, Subcommand};
 use std::net::SocketAddr;
@@ -75,6 +76,19 @@ enum Cmd {
     },
     /// The image catalog.
     Images,
+    /// Pages: list them, show one, acknowledge or resolve.
+    Pages {
+        #[command(subcommand)]
+        cmd: Option<pages::PagesCmd>,
+        /// triggered, acknowledged, resolved or open.
+        #[arg(long)]
+        status: Option<String>,
+        #[arg(long)]
+        team: Option<String>,
+    },
+    /// Pager metrics, the company-wide feed, who is on call.
+    #[command(subcommand)]
+    Pager(pages::PagerCmd),
     /// Benchmarks.
     #[command(subcommand)]
     Bench(BenchCmd),
@@ -225,6 +239,16 @@ enum BenchCmd {
         #[arg(long, default_value_t = 5)]
         runs: usize,
     },
+    /// Alert ingest with deduplication through the pager and oncall.db.
+    Alerts {
+        #[arg(long, default_value_t = 200_000)]
+        alerts: usize,
+        /// Distinct dedup keys; the rest are repeats.
+        #[arg(long, default_value_t = 1_000)]
+        keys: usize,
+        #[arg(long, default_value_t = 4)]
+        producers: usize,
+    },
 }
 
 fn main() -> ExitCode {
@@ -263,6 +287,9 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
         }
         Cmd::Bench(BenchCmd::Heartbeats { instances, rounds }) => bench::heartbeats(instances, rounds),
         Cmd::Bench(BenchCmd::Failover { engine, runs }) => bench::failover(&engine, runs).await,
+        Cmd::Bench(BenchCmd::Alerts { alerts, keys, producers }) => pages::bench_alerts(alerts, keys, producers).await,
+        Cmd::Pages { cmd, status, team } => pages::pages(&client, cmd, status, team, json).await,
+        Cmd::Pager(cmd) => pages::pager(&client, &cli.server, cmd, json).await,
         Cmd::Sim { scenario, services, seed, event_log } => {
             drover_sim::command(&scenario, services, seed, event_log).map(|_| ()).map_err(anyhow::Error::msg)
         }
