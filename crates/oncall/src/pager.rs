@@ -281,6 +281,8 @@ pub struct FeedPost {
     pub text: String,
 }
 
+/// Alerts dominate the input stream; boxing them would cost an allocation each.
+#[allow(clippy::large_enum_variant)]
 #[derive(Clone, Debug)]
 pub enum Input {
     Alert(Alert),
@@ -940,8 +942,8 @@ pub fn human(d: std::time::Duration) -> String {
     if s < 60 {
         format!("{s}s")
     } else if s < 3600 {
-        if s % 60 == 0 { format!("{}m", s / 60) } else { format!("{}m {}s", s / 60, s % 60) }
-    } else if s % 3600 == 0 {
+        if s.is_multiple_of(60) { format!("{}m", s / 60) } else { format!("{}m {}s", s / 60, s % 60) }
+    } else if s.is_multiple_of(3600) {
         format!("{}h", s / 3600)
     } else {
         format!("{}h {}m", s / 3600, (s % 3600) / 60)

@@ -45,6 +45,7 @@ pub const SECRET_FILE: &str = "oncall.secret";
 type Answer = Result<Reply, ApiError>;
 type Query = Box<dyn FnOnce(&Pager) + Send + 'static>;
 
+#[allow(clippy::large_enum_variant)]
 enum Msg {
     Step { input: Input, reply: Option<oneshot::Sender<Answer>> },
     Query(Query),
