@@ -4,6 +4,19 @@
 # pgbouncer (the stable URL) and pgBackRest (backups and restore tests).
 DEBIAN_PACKAGES=(postgresql-15 pgbouncer pgbackrest prometheus-alertmanager)
 
+# Python packages the tests need: a real SMTP server for e-mail pages.
+PYTHON_PACKAGES=(aiosmtpd)
+
+ensure_python_packages() {
+  local missing=()
+  for p in "${PYTHON_PACKAGES[@]}"; do
+    python3 -c "import $p" >/dev/null 2>&1 || missing+=("$p")
+  done
+  [ ${#missing[@]} -eq 0 ] && return 0
+  echo "installing Python packages ${missing[*]}…" >&2
+  python3 -m pip install --quiet "${missing[@]}" >/dev/null
+}
+
 ensure_toolchain() {
   if ! command -v cargo >/dev/null 2>&1; then
     echo "error: cargo is not installed; install Rust from https://rustup.rs and run this again" >&2
