@@ -59,6 +59,14 @@ id_type!(
     /// One durable, idempotent action of the engine.
     ActionId
 );
+id_type!(
+    /// One page: what a person (or the bot tier) is asked to handle.
+    PageId
+);
+id_type!(
+    /// One notification of a page to one recipient.
+    NotificationId
+);
 
 #[cfg(test)]
 mod tests {

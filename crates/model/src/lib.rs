@@ -14,7 +14,7 @@ mod time;
 pub use action::{ActionKind, ActionOutcome, ActionRecord, ActionState, Fault};
 pub use event::{AuditEntry, Event, EventSubject};
 pub use facts::{Beat, Facts};
-pub use ids::{ActionId, InstanceId, ServiceId};
+pub use ids::{ActionId, InstanceId, NotificationId, PageId, ServiceId};
 pub use image::{Image, ImageId};
 pub use service::{BackupStatus, CreateService, EngineKind, InstanceRecord, InstanceView, Plan, Role, ServiceRecord, ServiceView};
 pub use states::{InstanceState, ServiceState};

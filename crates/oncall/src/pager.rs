@@ -7,54 +7,9 @@ use crate::config::{Config, Contact, Step, Target, Team};
 use drover_model::Timestamp;
 use serde::{Deserialize, Serialize};
 use std::collections::{BTreeSet, HashMap, VecDeque};
-use std::fmt;
-use std::str::FromStr;
-use uuid::Uuid;
 
-macro_rules! id_type {
-    ($(#[$doc:meta])* $name:ident) => {
-        $(#[$doc])*
-        #[derive(Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
-        #[serde(transparent)]
-        pub struct $name(pub Uuid);
-        impl $name {
-            /// A UUID v7 from `micros` and a counter-derived `entropy`: the
-            /// pager mints ids without a clock or the OS's randomness.
-            pub fn new_at(micros: i64, entropy: u64) -> Self {
-                let millis = (micros.max(0) / 1000) as u64;
-                let mut random = [0u8; 10];
-                random[..8].copy_from_slice(&entropy.to_be_bytes());
-                random[8..].copy_from_slice(&((micros.max(0) % 1000) as u16).to_be_bytes());
-                $name(*uuid::Builder::from_unix_timestamp_millis(millis, &random).as_uuid())
-            }
-        }
-        impl fmt::Display for $name {
-            fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-                fmt::Display::fmt(&self.0, f)
-            }
-        }
-        impl fmt::Debug for $name {
-            fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-                fmt::Display::fmt(&self.0, f)
-            }
-        }
-        impl FromStr for $name {
-            type Err = uuid::Error;
-            fn from_str(s: &str) -> Result<Self, Self::Err> {
-                Uuid::parse_str(s).map($name)
-            }
-        }
-    };
-}
-
-id_type!(
-    /// One page: what a person (or the bot tier) is asked to handle.
-    PageId
-);
-id_type!(
-    /// One notification to one recipient.
-    NotificationId
-);
+// Ids are the model's UUID v7 ids, minted from `now` and a counter.
+pub use drover_model::{NotificationId, PageId};
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
