@@ -222,6 +222,20 @@ async fn openapi_lists_every_route() {
         ("/v1/images", &["get"]),
         ("/metrics", &["get"]),
         ("/openapi.json", &["get"]),
+        ("/v1/services/{name}/switchover", &["post"]),
+        ("/v1/services/{name}/backups", &["post"]),
+        ("/v1/services/{name}/backups/verify", &["post"]),
+        ("/v1/services/{name}/checks", &["get"]),
+        ("/v1/integrations/alertmanager", &["post"]),
+        ("/v1/integrations/events-v2", &["post"]),
+        ("/v1/pages", &["get"]),
+        ("/v1/pages/{id}", &["get"]),
+        ("/v1/pages/{id}/ack", &["get", "post"]),
+        ("/v1/pages/{id}/resolve", &["get", "post"]),
+        ("/v1/pager/metrics", &["get"]),
+        ("/v1/pager/metrics.svg", &["get"]),
+        ("/v1/pager/feed", &["get"]),
+        ("/v1/pager/oncall", &["get"]),
     ];
     for (path, methods) in expect {
         let item: &Value = paths.get(*path).unwrap_or_else(|| panic!("{path} missing from the OpenAPI document"));

@@ -57,6 +57,7 @@ fn parse_page_id(text: &str) -> Result<PageId, ApiError> {
 }
 
 /// Alertmanager's webhook receiver (payload version 4): one page per group.
+#[utoipa::path(post, path = "/v1/integrations/alertmanager", tag = "oncall", request_body(content = Object, description = "Prometheus Alertmanager webhook payload, version 4"), responses((status = 202, description = "Alerts taken: one page per alert group"), (status = 400, body = crate::error::ErrorBody), (status = 422, body = crate::error::ErrorBody)))]
 pub(crate) async fn post_alertmanager(
     State(state): State<AppState>,
     Json(payload): Json<AlertmanagerPayload>,
@@ -80,6 +81,7 @@ pub struct EventResponse {
 }
 
 /// Events API v2: trigger, acknowledge, resolve by `dedup_key`.
+#[utoipa::path(post, path = "/v1/integrations/events-v2", tag = "oncall", request_body(content = Object, description = "PagerDuty Events API v2 shaped event: routing_key, event_action, dedup_key, payload"), responses((status = 202, description = "Event processed"), (status = 400, body = crate::error::ErrorBody)))]
 pub(crate) async fn post_event_v2(State(state): State<AppState>, Json(event): Json<EventV2>) -> Result<Response, ApiError> {
     let pager = pager(&state)?;
     let alert = integrations::from_event_v2(&event, &pager.config, || {
@@ -113,6 +115,7 @@ pub struct PagesQuery {
 }
 
 /// Pages, newest first.
+#[utoipa::path(get, path = "/v1/pages", tag = "oncall", params(("status" = Option<String>, Query, description = "triggered, acknowledged, resolved or open"), ("team" = Option<String>, Query, description = "Only this team's pages"), ("limit" = Option<usize>, Query, description = "At most this many")), responses((status = 200, description = "Pages: id, status, dedup_key, summary, team, level, ...", body = Object)))]
 pub(crate) async fn list_pages(State(state): State<AppState>, Query(q): Query<PagesQuery>) -> Result<Json<Vec<Page>>, ApiError> {
     let pager = pager(&state)?;
     let limit = q.limit.unwrap_or(DEFAULT_LIMIT).clamp(1, MAX_LIMIT);
@@ -145,6 +148,7 @@ pub struct PageDetail {
 }
 
 /// One page with its transitions and notifications.
+#[utoipa::path(get, path = "/v1/pages/{id}", tag = "oncall", params(("id" = String, Path, description = "Page id (UUID)")), responses((status = 200, description = "A page with its transitions and notifications", body = Object), (status = 404, body = crate::error::ErrorBody)))]
 pub(crate) async fn show_page(State(state): State<AppState>, Path(id): Path<String>) -> Result<Json<PageDetail>, ApiError> {
     let pager = pager(&state)?;
     let id = parse_page_id(&id)?;
@@ -186,12 +190,14 @@ async fn act(pager: &PagerHandle, id: PageId, input: Input) -> Result<Page, ApiE
     }
 }
 
+#[utoipa::path(post, path = "/v1/pages/{id}/ack", tag = "oncall", params(("id" = String, Path, description = "Page id (UUID)")), responses((status = 200, description = "The acknowledged page", body = Object), (status = 404, body = crate::error::ErrorBody), (status = 409, body = crate::error::ErrorBody)))]
 pub(crate) async fn post_ack(State(state): State<AppState>, headers: HeaderMap, Path(id): Path<String>) -> Result<Json<Page>, ApiError> {
     let pager = pager(&state)?;
     let id = parse_page_id(&id)?;
     Ok(Json(act(pager, id, Input::Acknowledge { page: id, by: who(&headers) }).await?))
 }
 
+#[utoipa::path(post, path = "/v1/pages/{id}/resolve", tag = "oncall", params(("id" = String, Path, description = "Page id (UUID)")), responses((status = 200, description = "The resolved page", body = Object), (status = 404, body = crate::error::ErrorBody), (status = 409, body = crate::error::ErrorBody)))]
 pub(crate) async fn post_resolve(State(state): State<AppState>, headers: HeaderMap, Path(id): Path<String>) -> Result<Json<Page>, ApiError> {
     let pager = pager(&state)?;
     let id = parse_page_id(&id)?;
@@ -218,10 +224,12 @@ async fn signed(state: AppState, id: String, q: SignedQuery, action: &'static st
 }
 
 /// The acknowledge link in a notification (`?sig=` is HMAC of page id and action).
+#[utoipa::path(get, path = "/v1/pages/{id}/ack", tag = "oncall", params(("id" = String, Path, description = "Page id (UUID)"), ("sig" = String, Query, description = "The link's signature")), responses((status = 200, description = "Acknowledged through a signed link", body = Object), (status = 403, body = crate::error::ErrorBody)))]
 pub(crate) async fn link_ack(State(state): State<AppState>, Path(id): Path<String>, Query(q): Query<SignedQuery>) -> Result<Json<Page>, ApiError> {
     signed(state, id, q, "ack").await
 }
 
+#[utoipa::path(get, path = "/v1/pages/{id}/resolve", tag = "oncall", params(("id" = String, Path, description = "Page id (UUID)"), ("sig" = String, Query, description = "The link's signature")), responses((status = 200, description = "Resolved through a signed link", body = Object), (status = 403, body = crate::error::ErrorBody)))]
 pub(crate) async fn link_resolve(State(state): State<AppState>, Path(id): Path<String>, Query(q): Query<SignedQuery>) -> Result<Json<Page>, ApiError> {
     signed(state, id, q, "resolve").await
 }
@@ -261,11 +269,13 @@ async fn compute_metrics(state: &AppState, q: MetricsQuery) -> Result<(String, V
 }
 
 /// Pager metrics per week for a team, oldest week first.
+#[utoipa::path(get, path = "/v1/pager/metrics", tag = "oncall", params(("team" = Option<String>, Query, description = "Team"), ("weeks" = Option<usize>, Query, description = "Weeks back")), responses((status = 200, description = "One object per week: pages, rolling_average_4w, pages_per_on_call_person, business/off/sleep hours, time to acknowledge and resolve, bot-only share, noisiest", body = Object), (status = 404, body = crate::error::ErrorBody)))]
 pub(crate) async fn pager_metrics(State(state): State<AppState>, Query(q): Query<MetricsQuery>) -> Result<Json<Vec<metrics::WeekMetrics>>, ApiError> {
     Ok(Json(compute_metrics(&state, q).await?.1))
 }
 
 /// The same as an SVG bar chart.
+#[utoipa::path(get, path = "/v1/pager/metrics.svg", tag = "oncall", params(("team" = Option<String>, Query, description = "Team"), ("weeks" = Option<usize>, Query, description = "Weeks back")), responses((status = 200, description = "The weekly pager chart", content_type = "image/svg+xml", body = String)))]
 pub(crate) async fn pager_metrics_svg(State(state): State<AppState>, Query(q): Query<MetricsQuery>) -> Result<Response, ApiError> {
     let (team, weeks) = compute_metrics(&state, q).await?;
     Ok(([(header::CONTENT_TYPE, HeaderValue::from_static("image/svg+xml"))], metrics::svg(&team, &weeks)).into_response())
@@ -279,6 +289,7 @@ pub struct FeedQuery {
 }
 
 /// The company-wide feed, newest first: every page event.
+#[utoipa::path(get, path = "/v1/pager/feed", tag = "oncall", responses((status = 200, description = "The company-wide feed: every page change, visible to all", body = Object)))]
 pub(crate) async fn pager_feed(State(state): State<AppState>, Query(q): Query<FeedQuery>) -> Result<Json<Vec<super::store::FeedRecord>>, ApiError> {
     let pager = pager(&state)?;
     let store = pager.store.clone();
@@ -295,6 +306,7 @@ pub struct OnCall {
 }
 
 /// Who is on call now, per team schedule (and the incident commander).
+#[utoipa::path(get, path = "/v1/pager/oncall", tag = "oncall", responses((status = 200, description = "Who is on call now, per team and level", body = Object)))]
 pub(crate) async fn on_call_now(State(state): State<AppState>) -> Result<Json<Vec<OnCall>>, ApiError> {
     let pager = pager(&state)?;
     let now = crate::runtime::now();
