@@ -188,3 +188,47 @@ async fn a_failover_interrupted_by_kill_9_completes_after_restart_without_promot
     assert_eq!(promoted[0]["instance"], old_follower.as_str());
     drop(second);
 }
+
+/// Pages survive a kill -9 of the control plane: a page acknowledged before
+/// the kill is still open and acknowledged after the restart, and a repeat of
+/// its alert is deduplicated into it rather than paging anew.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn pages_survive_kill_9_and_still_deduplicate() {
+    let dir = tempfile::tempdir().unwrap();
+    let data = dir.path().join("data");
+    let log = dir.path().join("drover.log");
+    let port = free_port();
+    let api = Api { http: reqwest::Client::builder().timeout(Duration::from_secs(10)).build().unwrap(), url: format!("http://127.0.0.1:{port}") };
+    let event = json!({
+        "routing_key": "platform",
+        "event_action": "trigger",
+        "dedup_key": "disk-db7",
+        "payload": {"summary": "disk almost full on db7", "source": "db7", "severity": "critical"}
+    });
+
+    let mut first = Server::spawn(&data, port, log.clone());
+    api.wait_healthy(&first).await;
+    let (status, body) = api.post("/v1/integrations/events-v2", event.clone()).await;
+    assert_eq!(status, 202, "{body}");
+    let page_id = body["page"].as_str().map(str::to_string).unwrap_or_else(|| panic!("no page id in {body}"));
+    let (status, body) = api.post(&format!("/v1/pages/{page_id}/ack"), json!({})).await;
+    assert_eq!(status, 200, "{body}");
+    first.kill9();
+
+    let second = Server::spawn(&data, port, log.clone());
+    api.wait_healthy(&second).await;
+    let pages = match api.get("/v1/pages").await {
+        Some((200, Value::Array(p))) => p,
+        other => panic!("pages after restart: {other:?}\n{}", second.log_tail()),
+    };
+    let page = pages.iter().find(|p| p["id"] == page_id.as_str()).unwrap_or_else(|| panic!("page lost by kill -9: {pages:#?}"));
+    assert_eq!(page["status"], "acknowledged", "{page}");
+    let (status, body) = api.post("/v1/integrations/events-v2", event).await;
+    assert_eq!(status, 202, "{body}");
+    assert_eq!(body["page"].as_str(), Some(page_id.as_str()), "the repeat joins the same page: {body}");
+    let pages = match api.get("/v1/pages").await {
+        Some((200, Value::Array(p))) => p,
+        other => panic!("{other:?}"),
+    };
+    assert_eq!(pages.iter().filter(|p| p["dedup_key"].as_str().unwrap_or("").contains("disk-db7")).count(), 1);
+}
