@@ -199,7 +199,9 @@ pub async fn failover(engine: &str, runs: usize) -> anyhow::Result<()> {
                             continue;
                         }
                     }
-                    let sql = format!("INSERT INTO writes (n) VALUES ({next})");
+                    // A commit whose answer was lost in the crash is retried:
+                    // it must not fail forever on its own row.
+                    let sql = format!("INSERT INTO writes (n) VALUES ({next}) ON CONFLICT DO NOTHING");
                     let ok = match &client {
                         Some(c) => matches!(tokio::time::timeout(Duration::from_secs(5), c.batch_execute(&sql)).await, Ok(Ok(()))),
                         None => false,

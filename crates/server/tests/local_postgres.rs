@@ -105,7 +105,9 @@ impl Writer {
                     }
                 }
                 let c = client.as_ref().unwrap();
-                let sql = format!("INSERT INTO writes VALUES ({next})");
+                // A commit whose answer was lost in the crash is retried: it
+                // must not fail forever on its own row.
+                let sql = format!("INSERT INTO writes VALUES ({next}) ON CONFLICT DO NOTHING");
                 match tokio::time::timeout(Duration::from_secs(5), c.batch_execute(&sql)).await {
                     Ok(Ok(())) => {
                         a.lock().unwrap().push(next);
