@@ -308,17 +308,11 @@ impl Engine {
                 }
             }
         }
-        out.changes.events.push(Event {
-            seq: 0,
-            at: Timestamp(now),
-            subject: EventSubject::Fleet,
-            service: None,
-            service_id: None,
-            instance: None,
-            action: None,
-            from: None,
-            to: Some("running".into()),
-            cause: format!(
+        out.changes.events.push(fleet_event(
+            now,
+            None,
+            "running",
+            format!(
                 "control plane started: {} services, {} instances, {} actions resumed, {} pending; \
                  silence ignored for {:?}{}",
                 e.services.len(),
@@ -328,7 +322,7 @@ impl Engine {
                 e.config.restart_grace,
                 if orphans > 0 { format!("; {orphans} instances without a service skipped") } else { String::new() }
             ),
-        });
+        ));
         let slots: Vec<u32> = e.services.iter().map(|(s, _)| s).collect();
         for s in slots {
             e.mark_dirty(s);
@@ -2148,7 +2142,7 @@ fn command_target(c: &Command) -> Option<String> {
     }
 }
 
-fn fleet_event(now: i64, from: &str, to: &str, cause: String) -> Event {
+fn fleet_event(now: i64, from: impl Into<Option<&'static str>>, to: &str, cause: String) -> Event {
     Event {
         seq: 0,
         at: Timestamp(now),
@@ -2157,7 +2151,7 @@ fn fleet_event(now: i64, from: &str, to: &str, cause: String) -> Event {
         service_id: None,
         instance: None,
         action: None,
-        from: Some(from.into()),
+        from: from.into().map(str::to_string),
         to: Some(to.into()),
         cause,
     }

@@ -205,12 +205,7 @@ pub(crate) async fn post_switchover(
     headers: HeaderMap,
     Path(name): Path<String>,
 ) -> Result<Response, ApiError> {
-    let ready = state.ready()?;
-    let actor = actor(&headers)?;
-    match ready.engine.call(Input::Command { actor, command: Command::Switchover { name } }).await? {
-        Reply::Service(view) => Ok((StatusCode::ACCEPTED, Json(ready.complete(*view))).into_response()),
-        other => Err(unexpected(other)),
-    }
+    service_command(state, headers, Command::Switchover { name }).await
 }
 
 /// Backups, replication, security and performance checks of a service.
@@ -280,9 +275,14 @@ pub(crate) async fn delete_service(
     headers: HeaderMap,
     Path(name): Path<String>,
 ) -> Result<Response, ApiError> {
+    service_command(state, headers, Command::DeleteService { name }).await
+}
+
+/// A command answered with the service, accepted (202).
+async fn service_command(state: AppState, headers: HeaderMap, command: Command) -> Result<Response, ApiError> {
     let ready = state.ready()?;
     let actor = actor(&headers)?;
-    match ready.engine.call(Input::Command { actor, command: Command::DeleteService { name } }).await? {
+    match ready.engine.call(Input::Command { actor, command }).await? {
         Reply::Service(view) => Ok((StatusCode::ACCEPTED, Json(ready.complete(*view))).into_response()),
         other => Err(unexpected(other)),
     }
