@@ -269,8 +269,12 @@ impl Agent {
         let acknowledged = outcome.is_ok();
         if self.reachable != Some(acknowledged) {
             match &outcome {
-                Ok(()) => tracing::info!(server = %self.base, beats = beats.len(), "heartbeats acknowledged; lease renewed"),
-                Err(error) => tracing::warn!(server = %self.base, %error, "heartbeats not acknowledged; the lease runs out unless renewed"),
+                Ok(()) => {
+                    tracing::info!(server = %self.base, beats = beats.len(), "heartbeats acknowledged; lease renewed")
+                }
+                Err(error) => {
+                    tracing::warn!(server = %self.base, %error, "heartbeats not acknowledged; the lease runs out unless renewed")
+                }
             }
         } else if let Err(error) = &outcome {
             tracing::debug!(%error, "heartbeats not acknowledged");

@@ -49,7 +49,8 @@ pub fn heartbeats(instances: usize, rounds: usize) -> anyhow::Result<()> {
             zones: None,
             max_failover_lag_bytes: None,
         };
-        let out = engine.step(Input::Command { actor: "bench".into(), command: Command::CreateService(req) }, Timestamp(now));
+        let out =
+            engine.step(Input::Command { actor: "bench".into(), command: Command::CreateService(req) }, Timestamp(now));
         match out.reply {
             Some(Ok(Reply::Service(v))) => ids.extend(v.instances.iter().map(|i| (i.id, i.role))),
             other => anyhow::bail!("creating a service failed: {other:?}"),
@@ -76,7 +77,10 @@ pub fn heartbeats(instances: usize, rounds: usize) -> anyhow::Result<()> {
     }
     let rss_after = resident_bytes();
     let setup_secs = setup.elapsed().as_secs_f64();
-    println!("fleet of {n} instances built in {setup_secs:.1}s; resident memory grew {} MiB", (rss_after.saturating_sub(rss_before)) >> 20);
+    println!(
+        "fleet of {n} instances built in {setup_secs:.1}s; resident memory grew {} MiB",
+        (rss_after.saturating_sub(rss_before)) >> 20
+    );
 
     let mut busy = Duration::ZERO;
     let mut total = 0u64;
@@ -95,11 +99,16 @@ pub fn heartbeats(instances: usize, rounds: usize) -> anyhow::Result<()> {
             }
         }
         let out = engine.step(Input::Tick, Timestamp(now));
-        anyhow::ensure!(out.changes.is_empty(), "round {round}: healthy heartbeats caused changes: {:?}", out.changes.events.first());
+        anyhow::ensure!(
+            out.changes.is_empty(),
+            "round {round}: healthy heartbeats caused changes: {:?}",
+            out.changes.events.first()
+        );
         busy += start.elapsed();
     }
     let stats = engine.stats();
-    let available = stats.instances_by_state.iter().find(|(s, _)| s.as_str() == "available").map(|(_, c)| *c).unwrap_or(0);
+    let available =
+        stats.instances_by_state.iter().find(|(s, _)| s.as_str() == "available").map(|(_, c)| *c).unwrap_or(0);
     anyhow::ensure!(available as usize == n, "expected every instance available, found {available} of {n}");
     anyhow::ensure!(stale == 0, "{stale} beats were refused as stale");
     let per_sec = total as f64 / busy.as_secs_f64();
@@ -153,7 +162,8 @@ pub async fn failover(engine: &str, runs: usize) -> anyhow::Result<()> {
     anyhow::ensure!(engine == "postgres", "only --engine postgres has a local provider so far");
     let _ = tracing_subscriber::fmt()
         .with_env_filter(
-            tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("warn")),
+            tracing_subscriber::EnvFilter::try_from_default_env()
+                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("warn")),
         )
         .with_writer(std::io::stderr)
         .try_init();
@@ -320,7 +330,10 @@ pub async fn failover(engine: &str, runs: usize) -> anyhow::Result<()> {
 
 async fn pg_connect(url: &str) -> Option<tokio_postgres::Client> {
     let (client, connection) =
-        tokio::time::timeout(Duration::from_secs(3), tokio_postgres::connect(url, tokio_postgres::NoTls)).await.ok()?.ok()?;
+        tokio::time::timeout(Duration::from_secs(3), tokio_postgres::connect(url, tokio_postgres::NoTls))
+            .await
+            .ok()?
+            .ok()?;
     tokio::spawn(connection);
     Some(client)
 }
@@ -336,8 +349,12 @@ async fn wait_ready(http: &reqwest::Client, api: &str, not_primary: Option<&str>
     loop {
         let s = service_json(http, api).await?;
         let instances = s["instances"].as_array().cloned().unwrap_or_default();
-        let primary_ok = instances.iter().any(|i| i["writable"] == true && i["state"] == "available" && Some(i["id"].as_str().unwrap_or("")) != not_primary);
-        let follower_ok = instances.iter().any(|i| i["role"] == "follower" && i["state"] == "available" && i["facts"]["upstream_streaming"] == true);
+        let primary_ok = instances.iter().any(|i| {
+            i["writable"] == true && i["state"] == "available" && Some(i["id"].as_str().unwrap_or("")) != not_primary
+        });
+        let follower_ok = instances
+            .iter()
+            .any(|i| i["role"] == "follower" && i["state"] == "available" && i["facts"]["upstream_streaming"] == true);
         if s["state"] == "available" && primary_ok && follower_ok && instances.len() == 2 {
             return Ok(s);
         }

@@ -47,7 +47,13 @@ impl Client {
         self.send(Method::DELETE, path, &[], None).await
     }
 
-    async fn send(&self, method: Method, path: &str, query: &[(&str, String)], body: Option<Value>) -> anyhow::Result<Value> {
+    async fn send(
+        &self,
+        method: Method,
+        path: &str,
+        query: &[(&str, String)],
+        body: Option<Value>,
+    ) -> anyhow::Result<Value> {
         let url = format!("{}{}", self.base, path);
         let mut request = self.http.request(method, &url).query(query);
         if let Some(actor) = &self.actor {
@@ -68,10 +74,8 @@ impl Client {
             }
         })?;
         let status = response.status();
-        let text = response
-            .text()
-            .await
-            .map_err(|e| anyhow!("cannot read the answer from Drover at {}: {e}", self.base))?;
+        let text =
+            response.text().await.map_err(|e| anyhow!("cannot read the answer from Drover at {}: {e}", self.base))?;
         let value: Option<Value> = serde_json::from_str(&text).ok();
         if status.is_success() {
             return value.ok_or_else(|| anyhow!("Drover answered {status} with a body that is not JSON"));

@@ -184,15 +184,23 @@ enum ServicesCmd {
         zones: Option<Vec<String>>,
     },
     List,
-    Show { name: String },
-    Delete { name: String },
+    Show {
+        name: String,
+    },
+    Delete {
+        name: String,
+    },
     /// Planned switchover to the most advanced follower.
-    Switchover { name: String },
+    Switchover {
+        name: String,
+    },
     /// Backups, restore tests and service checks.
     #[command(subcommand)]
     Backups(BackupsCmd),
     /// Backups, replication, security and performance checks.
-    Checks { name: String },
+    Checks {
+        name: String,
+    },
 }
 
 #[derive(Subcommand)]
@@ -374,8 +382,9 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
         Cmd::Heartbeats(HeartbeatsCmd::Send { instance, seq, facts }) => {
             let facts: serde_json::Value = match facts {
                 None => serde_json::json!({}),
-                Some(text) => serde_json::from_str(&text)
-                    .map_err(|e| anyhow::anyhow!("--facts is not valid JSON: {e}"))?,
+                Some(text) => {
+                    serde_json::from_str(&text).map_err(|e| anyhow::anyhow!("--facts is not valid JSON: {e}"))?
+                }
             };
             let body = serde_json::json!({ "beats": [{ "instance": instance, "seq": seq, "facts": facts }] });
             let v = client.post("/v1/heartbeats", body).await?;

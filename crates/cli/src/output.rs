@@ -95,7 +95,19 @@ pub fn instance(v: &Value, json: bool) {
         return print_json(v);
     }
     let mut t = table(&["FIELD", "VALUE"]);
-    for key in ["id", "service", "role", "state", "state_since", "zone", "provider", "image", "writable", "fenced", "last_heartbeat_at"] {
+    for key in [
+        "id",
+        "service",
+        "role",
+        "state",
+        "state_since",
+        "zone",
+        "provider",
+        "image",
+        "writable",
+        "fenced",
+        "last_heartbeat_at",
+    ] {
         t.add_row(vec![key.to_string(), text(v, key)]);
     }
     if let Some(Value::Object(facts)) = v.get("facts") {
@@ -158,7 +170,14 @@ pub fn audit(v: &Value, json: bool) {
     }
     let mut t = table(&["SEQ", "AT", "ACTOR", "COMMAND", "TARGET", "OUTCOME"]);
     for a in items(v) {
-        t.add_row(vec![text(a, "seq"), text(a, "at"), text(a, "actor"), text(a, "command"), text(a, "target"), text(a, "outcome")]);
+        t.add_row(vec![
+            text(a, "seq"),
+            text(a, "at"),
+            text(a, "actor"),
+            text(a, "command"),
+            text(a, "target"),
+            text(a, "outcome"),
+        ]);
     }
     println!("{t}");
 }
@@ -170,14 +189,18 @@ pub fn images(v: &Value, json: bool) {
     let mut t = table(&["IMAGE", "ENGINE", "VERSION", "PACKAGES", "CREATED"]);
     for i in items(v) {
         let packages = match i.get("packages") {
-            Some(Value::Object(p)) => p
-                .iter()
-                .map(|(k, v)| format!("{k} {}", v.as_str().unwrap_or_default()))
-                .collect::<Vec<_>>()
-                .join(", "),
+            Some(Value::Object(p)) => {
+                p.iter().map(|(k, v)| format!("{k} {}", v.as_str().unwrap_or_default())).collect::<Vec<_>>().join(", ")
+            }
             _ => String::new(),
         };
-        t.add_row(vec![short_image(&text(i, "id")), text(i, "engine"), text(i, "version"), packages, text(i, "created_at")]);
+        t.add_row(vec![
+            short_image(&text(i, "id")),
+            text(i, "engine"),
+            text(i, "version"),
+            packages,
+            text(i, "created_at"),
+        ]);
     }
     println!("{t}");
 }

@@ -64,13 +64,28 @@ fn pages_table(v: &Value) {
     let mut t = table(&["ID", "STATUS", "TEAM", "LEVEL", "OPENED", "ALERTS", "SUMMARY"]);
     for p in items(v) {
         let level = format!("{} {}", text(p, "level"), text(p, "level_name"));
-        let status = if p["flapping"] == true { format!("{} (flapping)", text(p, "status")) } else { text(p, "status") };
-        t.add_row(vec![text(p, "id"), status, text(p, "team"), level, text(p, "opened_at"), text(p, "alerts"), text(p, "summary")]);
+        let status =
+            if p["flapping"] == true { format!("{} (flapping)", text(p, "status")) } else { text(p, "status") };
+        t.add_row(vec![
+            text(p, "id"),
+            status,
+            text(p, "team"),
+            level,
+            text(p, "opened_at"),
+            text(p, "alerts"),
+            text(p, "summary"),
+        ]);
     }
     println!("{t}");
 }
 
-pub async fn pages(client: &Client, cmd: Option<PagesCmd>, status: Option<String>, team: Option<String>, json: bool) -> anyhow::Result<()> {
+pub async fn pages(
+    client: &Client,
+    cmd: Option<PagesCmd>,
+    status: Option<String>,
+    team: Option<String>,
+    json: bool,
+) -> anyhow::Result<()> {
     let v = match cmd {
         None => {
             let mut query = Vec::new();
@@ -96,13 +111,27 @@ pub async fn pages(client: &Client, cmd: Option<PagesCmd>, status: Option<String
             println!("{t}");
             let mut t = table(&["AT", "TO", "REASON", "STATE", "CHANNEL", "ATTEMPTS", "ERROR"]);
             for n in items(&v["notifications"]) {
-                let to = n["recipient"].get("name").or_else(|| n["recipient"].get("team")).map(|x| text(&serde_json::json!({"x": x}), "x")).unwrap_or_default();
-                t.add_row(vec![text(n, "at"), to, text(n, "reason"), text(n, "state"), text(n, "channel"), text(n, "attempts"), text(n, "error")]);
+                let to = n["recipient"]
+                    .get("name")
+                    .or_else(|| n["recipient"].get("team"))
+                    .map(|x| text(&serde_json::json!({"x": x}), "x"))
+                    .unwrap_or_default();
+                t.add_row(vec![
+                    text(n, "at"),
+                    to,
+                    text(n, "reason"),
+                    text(n, "state"),
+                    text(n, "channel"),
+                    text(n, "attempts"),
+                    text(n, "error"),
+                ]);
             }
             println!("{t}");
             return Ok(());
         }
-        Some(PagesCmd::Ack { id }) => client.post(&format!("/v1/pages/{}/ack", path_segment(&id)), serde_json::json!({})).await?,
+        Some(PagesCmd::Ack { id }) => {
+            client.post(&format!("/v1/pages/{}/ack", path_segment(&id)), serde_json::json!({})).await?
+        }
         Some(PagesCmd::Resolve { id }) => {
             client.post(&format!("/v1/pages/{}/resolve", path_segment(&id)), serde_json::json!({})).await?
         }
@@ -136,7 +165,11 @@ pub async fn pager(client: &Client, server: &str, cmd: PagerCmd, json: bool) -> 
             let v = client.get("/v1/pager/metrics", &query).await?;
             if let Some(path) = svg {
                 let url = format!("{}/v1/pager/metrics.svg", server.trim_end_matches('/'));
-                let response = reqwest::Client::new().get(&url).query(&query).send().await
+                let response = reqwest::Client::new()
+                    .get(&url)
+                    .query(&query)
+                    .send()
+                    .await
                     .map_err(|e| anyhow::anyhow!("cannot fetch the chart from {url}: {e}"))?;
                 if !response.status().is_success() {
                     anyhow::bail!("the chart request failed: {}", response.status());
@@ -150,10 +183,24 @@ pub async fn pager(client: &Client, server: &str, cmd: PagerCmd, json: bool) -> 
                 return Ok(());
             }
             let mut t = table(&[
-                "WEEK", "PAGES", "4W AVG", "TO PEOPLE", "PER ON-CALL", "BUSINESS", "OFF HOURS", "SLEEP", "MTTA", "MTTR", "BOT ONLY", "NOISIEST",
+                "WEEK",
+                "PAGES",
+                "4W AVG",
+                "TO PEOPLE",
+                "PER ON-CALL",
+                "BUSINESS",
+                "OFF HOURS",
+                "SLEEP",
+                "MTTA",
+                "MTTR",
+                "BOT ONLY",
+                "NOISIEST",
             ]);
             for w in items(&v) {
-                let noisiest = items(&w["noisiest"]).first().map(|n| format!("{} ({})", text(n, "alert"), text(n, "pages"))).unwrap_or_default();
+                let noisiest = items(&w["noisiest"])
+                    .first()
+                    .map(|n| format!("{} ({})", text(n, "alert"), text(n, "pages")))
+                    .unwrap_or_default();
                 t.add_row(vec![
                     text(w, "week"),
                     text(w, "pages"),

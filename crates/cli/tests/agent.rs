@@ -9,7 +9,9 @@
 //! dropped (`kill_servers_on_drop`), and a reaper kills whatever still runs
 //! in the test's directory.
 
-use drover_model::{ActionId, ActionKind, ActionOutcome, ActionRecord, ActionState, ImageId, InstanceId, Role, ServiceId, Timestamp};
+use drover_model::{
+    ActionId, ActionKind, ActionOutcome, ActionRecord, ActionState, ImageId, InstanceId, Role, ServiceId, Timestamp,
+};
 use drover_providers::local::probe::{connect, probe_instance};
 use drover_providers::local::{LocalConfig, LocalInstanceInfo, LocalProvider};
 use drover_providers::Provider;

@@ -120,7 +120,10 @@ async fn a_failover_interrupted_by_kill_9_completes_after_restart_without_promot
     let data = dir.path().join("data");
     let log = dir.path().join("drover.log");
     let port = free_port();
-    let api = Api { http: reqwest::Client::builder().timeout(Duration::from_secs(10)).build().unwrap(), url: format!("http://127.0.0.1:{port}") };
+    let api = Api {
+        http: reqwest::Client::builder().timeout(Duration::from_secs(10)).build().unwrap(),
+        url: format!("http://127.0.0.1:{port}"),
+    };
 
     let mut first = Server::spawn(&data, port, log.clone());
     api.wait_healthy(&first).await;
@@ -131,7 +134,8 @@ async fn a_failover_interrupted_by_kill_9_completes_after_restart_without_promot
     let deadline = Instant::now() + GENEROUS;
     let before = loop {
         let s = api.service("crashy").await;
-        let all = s["instances"].as_array().is_some_and(|i| i.len() == 2 && i.iter().all(|i| i["state"] == "available"));
+        let all =
+            s["instances"].as_array().is_some_and(|i| i.len() == 2 && i.iter().all(|i| i["state"] == "available"));
         if s["state"] == "available" && all {
             break s;
         }
@@ -148,9 +152,8 @@ async fn a_failover_interrupted_by_kill_9_completes_after_restart_without_promot
     let deadline = Instant::now() + GENEROUS;
     let in_flight = loop {
         let actions = api.actions("crashy").await;
-        if let Some(a) = actions
-            .iter()
-            .find(|a| (a["kind"] == "fence" || a["kind"] == "promote") && a["state"] == "running")
+        if let Some(a) =
+            actions.iter().find(|a| (a["kind"] == "fence" || a["kind"] == "promote") && a["state"] == "running")
         {
             break a.clone();
         }
@@ -183,7 +186,8 @@ async fn a_failover_interrupted_by_kill_9_completes_after_restart_without_promot
     assert_eq!(writable.len(), 1, "exactly one writable primary: {after:#}");
 
     let actions = api.actions("crashy").await;
-    let promoted: Vec<&Value> = actions.iter().filter(|a| a["kind"] == "promote" && a["state"] == "succeeded").collect();
+    let promoted: Vec<&Value> =
+        actions.iter().filter(|a| a["kind"] == "promote" && a["state"] == "succeeded").collect();
     assert_eq!(promoted.len(), 1, "exactly one successful promote: {actions:#?}");
     assert_eq!(promoted[0]["instance"], old_follower.as_str());
     drop(second);
@@ -198,7 +202,10 @@ async fn pages_survive_kill_9_and_still_deduplicate() {
     let data = dir.path().join("data");
     let log = dir.path().join("drover.log");
     let port = free_port();
-    let api = Api { http: reqwest::Client::builder().timeout(Duration::from_secs(10)).build().unwrap(), url: format!("http://127.0.0.1:{port}") };
+    let api = Api {
+        http: reqwest::Client::builder().timeout(Duration::from_secs(10)).build().unwrap(),
+        url: format!("http://127.0.0.1:{port}"),
+    };
     let event = json!({
         "routing_key": "platform",
         "event_action": "trigger",
@@ -221,7 +228,10 @@ async fn pages_survive_kill_9_and_still_deduplicate() {
         Some((200, Value::Array(p))) => p,
         other => panic!("pages after restart: {other:?}\n{}", second.log_tail()),
     };
-    let page = pages.iter().find(|p| p["id"] == page_id.as_str()).unwrap_or_else(|| panic!("page lost by kill -9: {pages:#?}"));
+    let page = pages
+        .iter()
+        .find(|p| p["id"] == page_id.as_str())
+        .unwrap_or_else(|| panic!("page lost by kill -9: {pages:#?}"));
     assert_eq!(page["status"], "acknowledged", "{page}");
     let (status, body) = api.post("/v1/integrations/events-v2", event).await;
     assert_eq!(status, 202, "{body}");

@@ -105,14 +105,25 @@ pub enum Input {
 #[derive(Clone, Debug, Serialize, Deserialize)]
 pub enum Command {
     CreateService(CreateService),
-    DeleteService { name: String },
-    Chaos { instance: InstanceId, fault: Fault },
+    DeleteService {
+        name: String,
+    },
+    Chaos {
+        instance: InstanceId,
+        fault: Fault,
+    },
     /// Planned: fence the primary, promote the most advanced follower.
-    Switchover { name: String },
+    Switchover {
+        name: String,
+    },
     /// Take a base backup now.
-    TakeBackup { name: String },
+    TakeBackup {
+        name: String,
+    },
     /// Restore the latest backup into a scratch instance and check it now.
-    VerifyBackup { name: String },
+    VerifyBackup {
+        name: String,
+    },
     /// Add an image to the catalog (idempotent: images are content-addressed).
     RegisterImage(Image),
 }

@@ -21,8 +21,8 @@ pub use api::{Command, CommandError, Config, HeartbeatReceipt, Input, Outputs, R
 
 use drover_model::{
     ActionId, ActionKind, ActionOutcome, ActionRecord, ActionState, AuditEntry, Beat, CreateService, Event,
-    EventSubject, Fault, Image, InstanceId, InstanceRecord, InstanceState, Plan, Role, ServiceId,
-    ServiceRecord, ServiceState, Snapshot, Timestamp,
+    EventSubject, Fault, Image, InstanceId, InstanceRecord, InstanceState, Plan, Role, ServiceId, ServiceRecord,
+    ServiceState, Snapshot, Timestamp,
 };
 use fleet::{Images, Inst, Interner, Slab, Svc, Wheel, NEVER};
 use hashbrown::HashMap;
@@ -509,14 +509,22 @@ impl Engine {
         let witness = self.services.get(p.service).and_then(|s| {
             s.instances.iter().copied().find(|&i| {
                 self.instances.get(i).is_some_and(|f| {
-                    f.role == Role::Follower && f.state == InstanceState::Available && f.upstream_broken && self.heard_at(f) >= fresh
+                    f.role == Role::Follower
+                        && f.state == InstanceState::Available
+                        && f.upstream_broken
+                        && self.heard_at(f) >= fresh
                 })
             })
         });
         if let Some(w) = witness {
             let wid = self.instances.get(w).map(|f| f.id);
             if let Some(wid) = wid {
-                self.evidence(primary, &format!("follower {wid} reports its replication stream from it broke"), now, out);
+                self.evidence(
+                    primary,
+                    &format!("follower {wid} reports its replication stream from it broke"),
+                    now,
+                    out,
+                );
             }
         }
     }
@@ -576,10 +584,22 @@ impl Engine {
             let (state, fenced) = (inst.state, inst.fenced);
             match state {
                 InstanceState::Uncertain | InstanceState::Installing | InstanceState::Restarting => {
-                    self.transition(slot, InstanceState::Available, "heard through its zone's heartbeat lease", now, out);
+                    self.transition(
+                        slot,
+                        InstanceState::Available,
+                        "heard through its zone's heartbeat lease",
+                        now,
+                        out,
+                    );
                 }
                 InstanceState::Unavailable if !fenced && !self.has_open_action_on(slot) => {
-                    self.transition(slot, InstanceState::Available, "heard again through its zone's heartbeat lease", now, out);
+                    self.transition(
+                        slot,
+                        InstanceState::Available,
+                        "heard again through its zone's heartbeat lease",
+                        now,
+                        out,
+                    );
                 }
                 _ => {}
             }
@@ -674,8 +694,8 @@ impl Engine {
                     // Silence does not count under the brake: only probes do.
                     return probe;
                 }
-                let dead = (inst.last_heartbeat.max(inst.last_probe_ok) + micros(c.presumed_dead_after))
-                    .max(self.grace(inst));
+                let dead =
+                    (inst.last_heartbeat.max(inst.last_probe_ok) + micros(c.presumed_dead_after)).max(self.grace(inst));
                 dead.min(probe)
             }
             InstanceState::Installing | InstanceState::Restarting | InstanceState::Upgrading => {
@@ -736,8 +756,8 @@ impl Engine {
                 }
             }
             InstanceState::Uncertain => {
-                let dead_at = (inst.last_heartbeat.max(inst.last_probe_ok) + micros(c.presumed_dead_after))
-                    .max(self.grace(inst));
+                let dead_at =
+                    (inst.last_heartbeat.max(inst.last_probe_ok) + micros(c.presumed_dead_after)).max(self.grace(inst));
                 let braked = self.is_braked(inst.zone);
                 if now >= dead_at && !braked {
                     let cause = format!(
@@ -780,7 +800,15 @@ impl Engine {
         let from = inst.state;
         if !from.can_become(to) {
             let (id, sslot) = (inst.id, inst.service);
-            out.changes.events.push(self.event(now, EventSubject::Fleet, Some(sslot), Some(id), Some(from.as_str()), Some(to.as_str()), format!("illegal transition refused ({cause})")));
+            out.changes.events.push(self.event(
+                now,
+                EventSubject::Fleet,
+                Some(sslot),
+                Some(id),
+                Some(from.as_str()),
+                Some(to.as_str()),
+                format!("illegal transition refused ({cause})"),
+            ));
             return false;
         }
         let uncovered_zone = if inst.covered { Some(inst.zone) } else { None };
@@ -830,7 +858,15 @@ impl Engine {
             }
             self.update_brakes(now, out);
         }
-        out.changes.events.push(self.event(now, EventSubject::Instance, Some(sslot), Some(id), Some(from.as_str()), Some(to.as_str()), cause));
+        out.changes.events.push(self.event(
+            now,
+            EventSubject::Instance,
+            Some(sslot),
+            Some(id),
+            Some(from.as_str()),
+            Some(to.as_str()),
+            cause,
+        ));
         if let Some(rec) = self.instance_record(slot) {
             out.changes.instances.push(rec);
         }
@@ -850,7 +886,15 @@ impl Engine {
         }
         s.state = to;
         s.state_since = now;
-        out.changes.events.push(self.event(now, EventSubject::Service, Some(sslot), None, Some(from.as_str()), Some(to.as_str()), cause));
+        out.changes.events.push(self.event(
+            now,
+            EventSubject::Service,
+            Some(sslot),
+            None,
+            Some(from.as_str()),
+            Some(to.as_str()),
+            cause,
+        ));
         if let Some(rec) = self.service_record(sslot) {
             out.changes.services.push(rec);
         }
@@ -983,7 +1027,12 @@ impl Engine {
             let z = budget_zone.unwrap_or_default();
             self.zone_mut(z).waiting.push_back(id);
             let rec = self.actions[&id].record.clone();
-            out.changes.events.push(self.action_event(&rec, ActionState::Pending, "waiting for the zone's remedy budget", now));
+            out.changes.events.push(self.action_event(
+                &rec,
+                ActionState::Pending,
+                "waiting for the zone's remedy budget",
+                now,
+            ));
             out.changes.actions.push(rec);
         } else {
             if let Some(z) = budget_zone {
@@ -1028,7 +1077,13 @@ impl Engine {
         let Some(a) = self.actions.get_mut(&id) else { return };
         if a.record.attempts >= max {
             let error = a.record.error.clone().unwrap_or_else(|| "no result".into());
-            self.finish_action(id, ActionState::Failed, Some(format!("gave up after {max} attempts: {error}")), now, out);
+            self.finish_action(
+                id,
+                ActionState::Failed,
+                Some(format!("gave up after {max} attempts: {error}")),
+                now,
+                out,
+            );
             return;
         }
         let from = a.record.state;
@@ -1165,7 +1220,8 @@ impl Engine {
                 }
                 let attempts = a.record.attempts;
                 if retryable && attempts < self.config.max_action_attempts {
-                    let backoff = (Duration::from_secs(1) * 2u32.saturating_pow(attempts.min(6))).min(MAX_RETRY_BACKOFF);
+                    let backoff =
+                        (Duration::from_secs(1) * 2u32.saturating_pow(attempts.min(6))).min(MAX_RETRY_BACKOFF);
                     let Some(a) = self.actions.get_mut(&id) else { return };
                     a.record.error = Some(error);
                     a.record.deadline = Timestamp(now + micros(backoff));
@@ -1200,7 +1256,12 @@ impl Engine {
                 let Some(sslot) = self.instances.get(slot).map(|i| i.service) else { return };
                 if let Some(p) = self.current_primary(sslot) {
                     if p != slot {
-                        self.invariant_broken(sslot, "a promotion succeeded while another primary is writable", now, out);
+                        self.invariant_broken(
+                            sslot,
+                            "a promotion succeeded while another primary is writable",
+                            now,
+                            out,
+                        );
                     }
                 }
                 let id = {
@@ -1209,7 +1270,15 @@ impl Engine {
                     i.upstream_broken = false;
                     i.id
                 };
-                out.changes.events.push(self.event(now, EventSubject::Instance, Some(sslot), Some(id), Some("follower"), Some("primary"), format!("promoted{}", detail.map(|d| format!(": {d}")).unwrap_or_default())));
+                out.changes.events.push(self.event(
+                    now,
+                    EventSubject::Instance,
+                    Some(sslot),
+                    Some(id),
+                    Some("follower"),
+                    Some("primary"),
+                    format!("promoted{}", detail.map(|d| format!(": {d}")).unwrap_or_default()),
+                ));
                 self.instance_changed(slot, out);
             }
             ActionKind::Retire => {
@@ -1266,14 +1335,21 @@ impl Engine {
 
     fn invariant_broken(&mut self, sslot: u32, what: &str, now: i64, out: &mut Outputs) {
         self.set_needs_human(sslot, out);
-        out.changes.events.push(self.event(now, EventSubject::Fleet, Some(sslot), None, None, Some("needs_human"), format!("safety invariant at risk: {what}")));
+        out.changes.events.push(self.event(
+            now,
+            EventSubject::Fleet,
+            Some(sslot),
+            None,
+            None,
+            Some("needs_human"),
+            format!("safety invariant at risk: {what}"),
+        ));
     }
 
     fn has_open_action_on(&self, slot: u32) -> bool {
         let Some(inst) = self.instances.get(slot) else { return false };
         let Some(s) = self.services.get(inst.service) else { return false };
-        s.open_remedies > 0
-            && self.actions.values().any(|a| a.remedy && a.record.instance == inst.id)
+        s.open_remedies > 0 && self.actions.values().any(|a| a.remedy && a.record.instance == inst.id)
     }
 
     // ------------------------------------------------------------------
@@ -1377,7 +1453,8 @@ impl Engine {
             self.reconcile_deleting(sslot, &members, now, out);
             return;
         }
-        let writable: Vec<u32> = members.iter().copied().filter(|&i| self.instances.get(i).is_some_and(|x| x.writable())).collect();
+        let writable: Vec<u32> =
+            members.iter().copied().filter(|&i| self.instances.get(i).is_some_and(|x| x.writable())).collect();
         if writable.len() > 1 {
             self.invariant_broken(sslot, "two writable primaries", now, out);
             return;
@@ -1392,9 +1469,23 @@ impl Engine {
                 if self.best_follower(sslot, now).is_some() {
                     self.open_action(p, ActionKind::Fence, "failover: fence the unavailable primary", true, now, out);
                 } else if restarts < MAX_RESTARTS {
-                    self.open_action(p, ActionKind::Restart, "primary unavailable and no follower can take over: restart it", true, now, out);
+                    self.open_action(
+                        p,
+                        ActionKind::Restart,
+                        "primary unavailable and no follower can take over: restart it",
+                        true,
+                        now,
+                        out,
+                    );
                 } else {
-                    self.open_action(p, ActionKind::Fence, "restart did not bring the primary back: fence it, then rebuild", true, now, out);
+                    self.open_action(
+                        p,
+                        ActionKind::Fence,
+                        "restart did not bring the primary back: fence it, then rebuild",
+                        true,
+                        now,
+                        out,
+                    );
                 }
                 return;
             }
@@ -1402,15 +1493,30 @@ impl Engine {
             // No writable primary: every primary is fenced (or none exists).
             if let Some(f) = self.best_follower(sslot, now) {
                 debug_assert!(self.current_primary(sslot).is_none());
-                self.open_action(f, ActionKind::Promote, "failover: promote the most advanced healthy follower", true, now, out);
+                self.open_action(
+                    f,
+                    ActionKind::Promote,
+                    "failover: promote the most advanced healthy follower",
+                    true,
+                    now,
+                    out,
+                );
                 return;
             }
-            let anchor = members.iter().copied().find(|&i| self.instances.get(i).is_some_and(|x| x.role == Role::Primary));
+            let anchor =
+                members.iter().copied().find(|&i| self.instances.get(i).is_some_and(|x| x.role == Role::Primary));
             let zone = anchor
                 .and_then(|a| self.instances.get(a).map(|x| x.zone))
                 .or_else(|| self.services.get(sslot).and_then(|s| s.zones.first().copied()))
                 .unwrap_or(0);
-            self.provision(sslot, Role::Primary, zone, "no primary and no follower to promote: rebuild the primary from its image", now, out);
+            self.provision(
+                sslot,
+                Role::Primary,
+                zone,
+                "no primary and no follower to promote: rebuild the primary from its image",
+                now,
+                out,
+            );
             return;
         }
         // A writable primary exists. Followers next.
@@ -1421,17 +1527,33 @@ impl Engine {
                 if !self.brake_allows(sslot, i, now, out) {
                     return;
                 }
-                self.open_action(i, ActionKind::Retire, "follower unavailable: retire it, a replacement follows", true, now, out);
+                self.open_action(
+                    i,
+                    ActionKind::Retire,
+                    "follower unavailable: retire it, a replacement follows",
+                    true,
+                    now,
+                    out,
+                );
                 return;
             }
         }
         let followers = members
             .iter()
-            .filter(|&&i| self.instances.get(i).is_some_and(|x| x.role == Role::Follower && x.state.is_member() && !x.fenced))
+            .filter(|&&i| {
+                self.instances.get(i).is_some_and(|x| x.role == Role::Follower && x.state.is_member() && !x.fenced)
+            })
             .count();
         if followers < usize::from(plan_followers) {
             let zone = self.zone_for_new_member(sslot);
-            self.provision(sslot, Role::Follower, zone, "plan has fewer followers than it asks for: build one", now, out);
+            self.provision(
+                sslot,
+                Role::Follower,
+                zone,
+                "plan has fewer followers than it asks for: build one",
+                now,
+                out,
+            );
             return;
         }
         // Leavers: fenced old primaries retire; retired archive; archived terminate.
@@ -1502,13 +1624,29 @@ impl Engine {
         s.zones.iter().copied().min_by_key(|&z| (leavers(z) > 0, count(z), leavers(z))).unwrap_or(0)
     }
 
-    fn provision(&mut self, sslot: u32, role: Role, zone: u16, cause: &str, now: i64, out: &mut Outputs) -> Option<u32> {
+    fn provision(
+        &mut self,
+        sslot: u32,
+        role: Role,
+        zone: u16,
+        cause: &str,
+        now: i64,
+        out: &mut Outputs,
+    ) -> Option<u32> {
         let s = self.services.get(sslot)?;
         let (image, provider) = (s.image, s.provider);
         let id = InstanceId::new_at(now, self.rng.next_u64());
         let inst = new_instance(id, sslot, image, zone, provider, role, now);
         let slot = self.add_instance(inst);
-        out.changes.events.push(self.event(now, EventSubject::Instance, Some(sslot), Some(id), None, Some(InstanceState::Installing.as_str()), format!("{cause} ({role} in {})", self.zones.name(zone))));
+        out.changes.events.push(self.event(
+            now,
+            EventSubject::Instance,
+            Some(sslot),
+            Some(id),
+            None,
+            Some(InstanceState::Installing.as_str()),
+            format!("{cause} ({role} in {})", self.zones.name(zone)),
+        ));
         self.instance_changed(slot, out);
         self.schedule_instance(slot, now);
         let kind = self.provision_kind(sslot, role, zone, image);
@@ -1540,7 +1678,10 @@ impl Engine {
                 if available_followers >= usize::from(s.plan.followers) {
                     (ServiceState::Available, "primary and every planned follower available".into())
                 } else {
-                    (ServiceState::Degraded, format!("{available_followers} of {} followers available", s.plan.followers))
+                    (
+                        ServiceState::Degraded,
+                        format!("{available_followers} of {} followers available", s.plan.followers),
+                    )
                 }
             }
             Some(p) if p.state == InstanceState::Installing && s.state == ServiceState::Provisioning => {
@@ -1612,7 +1753,11 @@ impl Engine {
             }
             return;
         }
-        let healthy = !s.deleting && self.current_primary(sslot).and_then(|p| self.instances.get(p)).is_some_and(|p| p.state == InstanceState::Available);
+        let healthy = !s.deleting
+            && self
+                .current_primary(sslot)
+                .and_then(|p| self.instances.get(p))
+                .is_some_and(|p| p.state == InstanceState::Available);
         if !healthy {
             // Try again later; a backup of a failing service waits for it.
             self.service_timers.schedule(now + micros(Duration::from_secs(600)), sslot);
@@ -1635,7 +1780,14 @@ impl Engine {
         }
     }
 
-    fn open_backup_action(&mut self, sslot: u32, kind: ActionKind, cause: &str, now: i64, out: &mut Outputs) -> Result<ActionId, CommandError> {
+    fn open_backup_action(
+        &mut self,
+        sslot: u32,
+        kind: ActionKind,
+        cause: &str,
+        now: i64,
+        out: &mut Outputs,
+    ) -> Result<ActionId, CommandError> {
         let name = self.services.get(sslot).map(|s| s.name.to_string()).unwrap_or_default();
         let running = self.services.get(sslot).is_some_and(|s| match kind {
             ActionKind::Backup => s.backup_running,
@@ -1647,7 +1799,9 @@ impl Engine {
         let target = self
             .current_primary(sslot)
             .filter(|&p| self.instances.get(p).is_some_and(|i| i.state == InstanceState::Available))
-            .ok_or_else(|| CommandError::Conflict(format!("{name:?} has no available primary to work from right now")))?;
+            .ok_or_else(|| {
+                CommandError::Conflict(format!("{name:?} has no available primary to work from right now"))
+            })?;
         let id = self
             .open_action(target, kind.clone(), cause, false, now, out)
             .ok_or_else(|| CommandError::NotFound(format!("no service named {name:?}")))?;
@@ -1662,7 +1816,15 @@ impl Engine {
 
     /// Records a backup or restore-test outcome. A failed restore test is a
     /// finding with a remedy: take a fresh backup, then test that one.
-    fn backup_result(&mut self, sslot: u32, kind: &ActionKind, error: Option<&str>, detail: Option<&str>, now: i64, out: &mut Outputs) {
+    fn backup_result(
+        &mut self,
+        sslot: u32,
+        kind: &ActionKind,
+        error: Option<&str>,
+        detail: Option<&str>,
+        now: i64,
+        out: &mut Outputs,
+    ) {
         let Some(s) = self.services.get_mut(sslot) else { return };
         let mut follow_up = None;
         let mut escalate = false;
@@ -1672,7 +1834,8 @@ impl Engine {
                 s.backups.last_backup_error = None;
                 if s.verify_after_backup {
                     s.verify_after_backup = false;
-                    follow_up = Some((ActionKind::VerifyRestore, "restore test of the fresh backup taken after a failed test"));
+                    follow_up =
+                        Some((ActionKind::VerifyRestore, "restore test of the fresh backup taken after a failed test"));
                 }
             }
             (ActionKind::Backup, Some(e)) => s.backups.last_backup_error = Some(e.to_string()),
@@ -1688,21 +1851,40 @@ impl Engine {
                 s.verify_failures = s.verify_failures.saturating_add(1);
                 if s.verify_failures == 1 {
                     s.verify_after_backup = true;
-                    follow_up = Some((ActionKind::Backup, "restore test failed: take a fresh full backup, then test it"));
+                    follow_up =
+                        Some((ActionKind::Backup, "restore test failed: take a fresh full backup, then test it"));
                 } else {
                     escalate = true;
                 }
             }
         }
         let what = match (kind, error) {
-            (ActionKind::Backup, None) => format!("base backup taken{}", detail.map(|d| format!(": {d}")).unwrap_or_default()),
+            (ActionKind::Backup, None) => {
+                format!("base backup taken{}", detail.map(|d| format!(": {d}")).unwrap_or_default())
+            }
             (ActionKind::Backup, Some(e)) => format!("base backup failed: {e}"),
             (_, None) => format!("restore test passed{}", detail.map(|d| format!(": {d}")).unwrap_or_default()),
             (_, Some(e)) => format!("restore test FAILED: {e}"),
         };
-        out.changes.events.push(self.event(now, EventSubject::Service, Some(sslot), None, None, Some(if error.is_none() { "ok" } else { "failed" }), what));
+        out.changes.events.push(self.event(
+            now,
+            EventSubject::Service,
+            Some(sslot),
+            None,
+            None,
+            Some(if error.is_none() { "ok" } else { "failed" }),
+            what,
+        ));
         if escalate {
-            out.changes.events.push(self.event(now, EventSubject::Fleet, Some(sslot), None, None, Some("needs_human"), "restore tests keep failing, also on a fresh backup: a human must look at the backups"));
+            out.changes.events.push(self.event(
+                now,
+                EventSubject::Fleet,
+                Some(sslot),
+                None,
+                None,
+                Some("needs_human"),
+                "restore tests keep failing, also on a fresh backup: a human must look at the backups",
+            ));
         }
         if let Some(rec) = self.service_record(sslot) {
             out.changes.services.push(rec);
@@ -1756,7 +1938,14 @@ impl Engine {
                     return Err(CommandError::NotFound(format!("no instance {instance}")));
                 };
                 let id = self
-                    .open_action(slot, ActionKind::InjectFault { fault }, &format!("chaos: inject {fault}"), false, now, out)
+                    .open_action(
+                        slot,
+                        ActionKind::InjectFault { fault },
+                        &format!("chaos: inject {fault}"),
+                        false,
+                        now,
+                        out,
+                    )
                     .ok_or_else(|| CommandError::NotFound(format!("no instance {instance}")))?;
                 let rec = out.changes.actions.iter().rev().find(|a| a.id == id).cloned();
                 rec.map(|r| Reply::Action(Box::new(r)))
@@ -1766,25 +1955,38 @@ impl Engine {
                 let sslot = self.live_service(&name)?;
                 let s = self.services.get(sslot).ok_or_else(|| CommandError::NotFound(name.clone()))?;
                 if s.open_remedies > 0 {
-                    return Err(CommandError::Conflict(format!("a remedy of {name:?} is under way; switch over when it finishes")));
+                    return Err(CommandError::Conflict(format!(
+                        "a remedy of {name:?} is under way; switch over when it finishes"
+                    )));
                 }
                 let primary = self
                     .current_primary(sslot)
                     .filter(|&p| self.instances.get(p).is_some_and(|i| i.state == InstanceState::Available))
-                    .ok_or_else(|| CommandError::Conflict(format!("{name:?} has no available primary to switch over from")))?;
+                    .ok_or_else(|| {
+                        CommandError::Conflict(format!("{name:?} has no available primary to switch over from"))
+                    })?;
                 if self.best_follower(sslot, now).is_none() {
                     return Err(CommandError::Conflict(format!(
                         "{name:?} has no healthy follower within the lag bound to switch over to"
                     )));
                 }
-                self.open_action(primary, ActionKind::Fence, "switchover: fence the primary, then promote the most advanced follower", true, now, out);
+                self.open_action(
+                    primary,
+                    ActionKind::Fence,
+                    "switchover: fence the primary, then promote the most advanced follower",
+                    true,
+                    now,
+                    out,
+                );
                 self.mark_dirty(sslot);
                 self.reconcile_dirty(now, out);
                 self.service_view_slot(sslot, now)
                     .map(|v| Reply::Service(Box::new(v)))
                     .ok_or_else(|| CommandError::NotFound(name.clone()))
             }
-            Command::TakeBackup { name } => self.backup_command(&name, ActionKind::Backup, "backup requested", now, out),
+            Command::TakeBackup { name } => {
+                self.backup_command(&name, ActionKind::Backup, "backup requested", now, out)
+            }
             Command::VerifyBackup { name } => {
                 self.backup_command(&name, ActionKind::VerifyRestore, "restore test requested", now, out)
             }
@@ -1813,17 +2015,22 @@ impl Engine {
     }
 
     fn live_service(&self, name: &str) -> Result<u32, CommandError> {
-        let &sslot = self
-            .service_names
-            .get(name)
-            .ok_or_else(|| CommandError::NotFound(format!("no service named {name:?}")))?;
+        let &sslot =
+            self.service_names.get(name).ok_or_else(|| CommandError::NotFound(format!("no service named {name:?}")))?;
         if self.services.get(sslot).is_some_and(|s| s.deleting) {
             return Err(CommandError::Conflict(format!("service {name:?} is being deleted")));
         }
         Ok(sslot)
     }
 
-    fn backup_command(&mut self, name: &str, kind: ActionKind, cause: &str, now: i64, out: &mut Outputs) -> Result<Reply, CommandError> {
+    fn backup_command(
+        &mut self,
+        name: &str,
+        kind: ActionKind,
+        cause: &str,
+        now: i64,
+        out: &mut Outputs,
+    ) -> Result<Reply, CommandError> {
         let sslot = self.live_service(name)?;
         let id = self.open_backup_action(sslot, kind, cause, now, out)?;
         let rec = self.actions.get(&id).map(|a| a.record.clone());
@@ -1843,9 +2050,10 @@ impl Engine {
                 self.config.providers.join(", ")
             )));
         }
-        let image = self.images.latest_for(req.engine).ok_or_else(|| {
-            CommandError::Invalid(format!("no image registered for engine {}", req.engine))
-        })?;
+        let image = self
+            .images
+            .latest_for(req.engine)
+            .ok_or_else(|| CommandError::Invalid(format!("no image registered for engine {}", req.engine)))?;
         let zone_names = req.zones.clone().unwrap_or_else(|| self.config.default_zones.clone());
         let zones: Vec<u16> = zone_names.iter().map(|z| self.zone(z)).collect();
         let team = self.teams.intern(req.team.as_deref().unwrap_or(&self.config.default_team.clone()));
@@ -1885,7 +2093,15 @@ impl Engine {
         self.service_names.insert(req.name.clone().into(), sslot);
         self.service_ids.insert(id, sslot);
         self.schedule_backups(sslot, now);
-        out.changes.events.push(self.event(now, EventSubject::Service, Some(sslot), None, None, Some(ServiceState::Provisioning.as_str()), "created"));
+        out.changes.events.push(self.event(
+            now,
+            EventSubject::Service,
+            Some(sslot),
+            None,
+            None,
+            Some(ServiceState::Provisioning.as_str()),
+            "created",
+        ));
         if let Some(rec) = self.service_record(sslot) {
             out.changes.services.push(rec);
         }
@@ -1896,7 +2112,15 @@ impl Engine {
             let zone = zones[k % zones.len()];
             let iid = InstanceId::new_at(now, self.rng.next_u64());
             let slot = self.add_instance(new_instance(iid, sslot, image, zone, provider, role, now));
-            out.changes.events.push(self.event(now, EventSubject::Instance, Some(sslot), Some(iid), None, Some(InstanceState::Installing.as_str()), format!("service created ({role} in {})", self.zones.name(zone))));
+            out.changes.events.push(self.event(
+                now,
+                EventSubject::Instance,
+                Some(sslot),
+                Some(iid),
+                None,
+                Some(InstanceState::Installing.as_str()),
+                format!("service created ({role} in {})", self.zones.name(zone)),
+            ));
             self.instance_changed(slot, out);
             self.schedule_instance(slot, now);
             let kind = self.provision_kind(sslot, role, zone, image);

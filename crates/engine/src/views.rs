@@ -50,7 +50,15 @@ impl Engine {
                 .actions
                 .values()
                 .filter(|a| a.remedy && a.record.service == s.id)
-                .map(|a| format!("{} {} ({}, attempt {})", a.record.kind.name(), a.record.instance, a.record.state, a.record.attempts))
+                .map(|a| {
+                    format!(
+                        "{} {} ({}, attempt {})",
+                        a.record.kind.name(),
+                        a.record.instance,
+                        a.record.state,
+                        a.record.attempts
+                    )
+                })
                 .collect();
             open.sort();
             if s.needs_human {

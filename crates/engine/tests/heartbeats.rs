@@ -36,7 +36,10 @@ fn silence_makes_uncertain_only_after_uncertain_after_and_a_heartbeat_brings_it_
     h.world.insts.get_mut(&p).unwrap().partitioned = false;
     h.advance(Duration::from_millis(1100));
     assert_eq!(h.e.instance_view(p).unwrap().state, InstanceState::Available);
-    assert_eq!(h.transitions(p), vec!["-->installing", "installing->available", "available->uncertain", "uncertain->available"]);
+    assert_eq!(
+        h.transitions(p),
+        vec!["-->installing", "installing->available", "available->uncertain", "uncertain->available"]
+    );
     let cause = &h.events_for(p).iter().find(|e| e.to.as_deref() == Some("uncertain")).unwrap().cause;
     assert!(cause.contains("no heartbeat"), "{cause}");
 }

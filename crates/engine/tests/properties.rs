@@ -14,7 +14,11 @@ use std::time::Duration;
 #[derive(Clone, Debug)]
 enum Op {
     Advance(u64),
-    Fault { service: usize, member: usize, fault: Fault },
+    Fault {
+        service: usize,
+        member: usize,
+        fault: Fault,
+    },
     /// The provider executes only the first n dispatched actions now.
     ExecuteSome(usize),
     /// The provider loses every action in flight (they time out and retry).
@@ -23,7 +27,10 @@ enum Op {
     CrashControlPlane,
     /// A late duplicate result for an already-finished action.
     ReplayOldResult(usize),
-    Partition { service: usize, member: usize },
+    Partition {
+        service: usize,
+        member: usize,
+    },
 }
 
 fn op() -> impl Strategy<Value = Op> {
@@ -126,13 +133,17 @@ fn run(ops: Vec<Op>) {
         );
         if !needs_human {
             let plan = v.plan.followers as usize;
-            assert_eq!(v.instances.iter().filter(|i| i.role == Role::Follower && i.state == InstanceState::Available).count(), plan);
+            assert_eq!(
+                v.instances.iter().filter(|i| i.role == Role::Follower && i.state == InstanceState::Available).count(),
+                plan
+            );
             assert_eq!(v.instances.iter().filter(|i| i.writable).count(), 1);
         }
     }
     // No action finished successfully twice under one id.
     let mut seen = std::collections::HashSet::new();
-    for e in h.store.events.iter().filter(|e| e.subject == EventSubject::Action && e.to.as_deref() == Some("succeeded")) {
+    for e in h.store.events.iter().filter(|e| e.subject == EventSubject::Action && e.to.as_deref() == Some("succeeded"))
+    {
         assert!(seen.insert(e.action), "action succeeded twice: {e:?}");
     }
 }

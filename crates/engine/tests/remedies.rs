@@ -40,7 +40,11 @@ fn crashed_primary_fails_over_fence_promote_rebuild_retire_archive_terminate() {
         ]
     );
     let unavailable = h.events_for(old).into_iter().find(|e| e.to.as_deref() == Some("unavailable")).unwrap();
-    assert!(unavailable.cause.contains("replication stream") || unavailable.cause.contains("probe failed"), "{}", unavailable.cause);
+    assert!(
+        unavailable.cause.contains("replication stream") || unavailable.cause.contains("probe failed"),
+        "{}",
+        unavailable.cause
+    );
     // Order of remedies: fence, then promote, then build, then retire.
     let kinds: Vec<&str> = h
         .store
@@ -173,7 +177,11 @@ fn zone_budget_queues_remedies_and_runs_them_in_turn() {
             let outcome = h.world.execute(&a);
             h.step(Input::ActionResult { action: a.id, attempt: a.attempts, outcome });
         }
-        let running = h.e.open_actions().iter().filter(|a| a.kind == ActionKind::Restart && a.state == ActionState::Running).count();
+        let running =
+            h.e.open_actions()
+                .iter()
+                .filter(|a| a.kind == ActionKind::Restart && a.state == ActionState::Running)
+                .count();
         max_running_restarts = max_running_restarts.max(running);
         // Finish one running restart at a time.
         if let Some(pos) = h.inflight.iter().position(|a| a.kind == ActionKind::Restart) {
@@ -196,12 +204,11 @@ fn mass_uncertainty_engages_the_brake_once_and_holds_silence_based_remedies() {
     }
     h.advance(Duration::from_secs(3));
     // The control plane loses sight of zone-a, and the provider cannot be reached either.
-    let zone_a: Vec<InstanceId> = h
-        .e
-        .service_views()
-        .iter()
-        .flat_map(|s| s.instances.iter().filter(|i| i.zone == "zone-a").map(|i| i.id).collect::<Vec<_>>())
-        .collect();
+    let zone_a: Vec<InstanceId> =
+        h.e.service_views()
+            .iter()
+            .flat_map(|s| s.instances.iter().filter(|i| i.zone == "zone-a").map(|i| i.id).collect::<Vec<_>>())
+            .collect();
     assert_eq!(zone_a.len(), 10);
     for id in &zone_a {
         h.world.insts.get_mut(id).unwrap().partitioned = true;
@@ -215,9 +222,17 @@ fn mass_uncertainty_engages_the_brake_once_and_holds_silence_based_remedies() {
     assert_eq!(engaged.len(), 2, "one event for zone-a, one for the fleet: {engaged:#?}");
     assert!(engaged.iter().any(|e| e.cause.contains("zone-a")));
     for id in &zone_a {
-        assert_eq!(h.e.instance_view(*id).unwrap().state, InstanceState::Uncertain, "silence is not evidence under the brake");
+        assert_eq!(
+            h.e.instance_view(*id).unwrap().state,
+            InstanceState::Uncertain,
+            "silence is not evidence under the brake"
+        );
     }
-    assert!(h.store.actions.values().all(|a| !matches!(a.kind, ActionKind::Fence | ActionKind::Promote | ActionKind::Restart)));
+    assert!(h
+        .store
+        .actions
+        .values()
+        .all(|a| !matches!(a.kind, ActionKind::Fence | ActionKind::Promote | ActionKind::Restart)));
     // The zone comes back: instances recover and the brake releases.
     for id in &zone_a {
         h.world.insts.get_mut(id).unwrap().partitioned = false;
@@ -236,12 +251,13 @@ fn under_the_brake_fresh_evidence_still_lets_a_remedy_run() {
         h.create(&format!("db{i}"), 1);
     }
     h.advance(Duration::from_secs(3));
-    let zone_a: Vec<(String, InstanceId)> = h
-        .e
-        .service_views()
-        .iter()
-        .flat_map(|s| s.instances.iter().filter(|i| i.zone == "zone-a").map(|i| (s.name.clone(), i.id)).collect::<Vec<_>>())
-        .collect();
+    let zone_a: Vec<(String, InstanceId)> =
+        h.e.service_views()
+            .iter()
+            .flat_map(|s| {
+                s.instances.iter().filter(|i| i.zone == "zone-a").map(|i| (s.name.clone(), i.id)).collect::<Vec<_>>()
+            })
+            .collect();
     // The zone is cut off, but one primary there has really crashed.
     for (_, id) in &zone_a {
         h.world.insts.get_mut(id).unwrap().partitioned = true;
@@ -250,7 +266,11 @@ fn under_the_brake_fresh_evidence_still_lets_a_remedy_run() {
     h.world.insts.get_mut(&crashed).unwrap().crashed = true;
     h.advance(Duration::from_secs(20));
     assert!(h.store.events.iter().any(|e| e.to.as_deref() == Some("braked")));
-    assert_ne!(h.primary(&crashed_service).id, crashed, "evidence (its follower's broken stream, a failed probe) lets failover run");
+    assert_ne!(
+        h.primary(&crashed_service).id,
+        crashed,
+        "evidence (its follower's broken stream, a failed probe) lets failover run"
+    );
     // The merely-partitioned ones were not touched.
     for (name, id) in &zone_a[1..] {
         if h.e.instance_view(*id).map(|v| v.role) == Some(Role::Primary) {
@@ -307,7 +327,11 @@ fn stale_action_results_are_dropped() {
     h.create("db1", 0);
     let a = h.inflight.pop_front().unwrap();
     let out = h.e.step(
-        Input::ActionResult { action: a.id, attempt: a.attempts + 5, outcome: ActionOutcome::Succeeded { detail: None } },
+        Input::ActionResult {
+            action: a.id,
+            attempt: a.attempts + 5,
+            outcome: ActionOutcome::Succeeded { detail: None },
+        },
         Timestamp(h.now),
     );
     assert!(out.changes.is_empty(), "a result for another attempt changes nothing");

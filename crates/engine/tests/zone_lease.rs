@@ -116,7 +116,8 @@ fn a_replacement_member_is_not_placed_in_the_zone_of_the_member_it_replaces() {
     let v = h.service("db1");
     let promoted = h.primary("db1");
     assert_ne!(promoted.id, p.id);
-    let new_follower = v.instances.iter().find(|i| i.role == Role::Follower && i.state.is_member()).expect("a new follower");
+    let new_follower =
+        v.instances.iter().find(|i| i.role == Role::Follower && i.state.is_member()).expect("a new follower");
     assert_ne!(new_follower.zone, p.zone, "{v:#?}");
     assert_ne!(new_follower.zone, promoted.zone);
 }

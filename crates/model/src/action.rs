@@ -69,7 +69,9 @@ pub enum ActionKind {
     /// Delete everything left of it.
     Terminate,
     /// Chaos: inject a fault.
-    InjectFault { fault: Fault },
+    InjectFault {
+        fault: Fault,
+    },
     /// Take a base backup of the service now (target: its primary).
     Backup,
     /// Restore the latest backup into a scratch instance, check it, and
@@ -96,10 +98,7 @@ impl ActionKind {
     /// Destructive actions change what serves the service; they pause under
     /// the mass-uncertainty brake and count against zone budgets.
     pub fn is_destructive(&self) -> bool {
-        matches!(
-            self,
-            ActionKind::Provision { .. } | ActionKind::Fence | ActionKind::Promote | ActionKind::Restart
-        )
+        matches!(self, ActionKind::Provision { .. } | ActionKind::Fence | ActionKind::Promote | ActionKind::Restart)
     }
 }
 impl fmt::Debug for ActionKind {
@@ -181,7 +180,12 @@ pub struct ActionRecord {
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 #[serde(tag = "outcome", rename_all = "snake_case")]
 pub enum ActionOutcome {
-    Succeeded { detail: Option<String> },
+    Succeeded {
+        detail: Option<String>,
+    },
     /// `retryable` false means trying again cannot help.
-    Failed { error: String, retryable: bool },
+    Failed {
+        error: String,
+        retryable: bool,
+    },
 }

@@ -16,7 +16,9 @@ pub use event::{AuditEntry, Event, EventSubject};
 pub use facts::{Beat, Facts};
 pub use ids::{ActionId, InstanceId, NotificationId, PageId, ServiceId};
 pub use image::{Image, ImageId};
-pub use service::{BackupStatus, CreateService, EngineKind, InstanceRecord, InstanceView, Plan, Role, ServiceRecord, ServiceView};
+pub use service::{
+    BackupStatus, CreateService, EngineKind, InstanceRecord, InstanceView, Plan, Role, ServiceRecord, ServiceView,
+};
 pub use states::{InstanceState, ServiceState};
 pub use time::Timestamp;
 

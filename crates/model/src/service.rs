@@ -97,9 +97,7 @@ impl CreateService {
         if name.is_empty() || name.len() > 63 {
             return Err(format!("name must be 1 to 63 characters, got {}", name.len()));
         }
-        if !name.bytes().all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-')
-            || name.starts_with('-')
-        {
+        if !name.bytes().all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-') || name.starts_with('-') {
             return Err(format!(
                 "name {name:?} may hold only lowercase letters, digits and '-', and must not start with '-'"
             ));
@@ -249,8 +247,7 @@ mod tests {
 
     #[test]
     fn unknown_fields_are_refused() {
-        let e = serde_json::from_str::<CreateService>(r#"{"name":"a","engine":"postgres","folowers":1}"#)
-            .unwrap_err();
+        let e = serde_json::from_str::<CreateService>(r#"{"name":"a","engine":"postgres","folowers":1}"#).unwrap_err();
         assert!(e.to_string().contains("folowers"), "{e}");
         assert!(serde_json::from_str::<CreateService>(r#"{"name":"a","engine":"mysql"}"#).is_err());
     }

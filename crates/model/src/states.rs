@@ -125,7 +125,10 @@ impl InstanceState {
     /// States in which the instance is still a member serving (or meant to
     /// serve) its service; the rest are on their way out.
     pub fn is_member(self) -> bool {
-        !matches!(self, InstanceState::Retiring | InstanceState::Retired | InstanceState::Archived | InstanceState::Terminated)
+        !matches!(
+            self,
+            InstanceState::Retiring | InstanceState::Retired | InstanceState::Archived | InstanceState::Terminated
+        )
     }
 
     /// States that expect heartbeats, so silence is held against them.

@@ -167,7 +167,14 @@ pub struct Delivery {
 
 impl Default for Delivery {
     fn default() -> Self {
-        Delivery { feed: Vec::new(), smtp: None, public_url: None, secret: None, attempts: 3, backoff: Duration::from_millis(500) }
+        Delivery {
+            feed: Vec::new(),
+            smtp: None,
+            public_url: None,
+            secret: None,
+            attempts: 3,
+            backoff: Duration::from_millis(500),
+        }
     }
 }
 
@@ -212,7 +219,11 @@ pub const DEFAULT_RENOTIFY_ACKNOWLEDGED: Duration = Duration::from_secs(60 * 60)
 /// then the incident commander.
 pub fn default_escalation() -> Vec<Step> {
     vec![
-        Step { target: Target::Bot, timeout: DEFAULT_BOT_WAIT, business_hours_timeout: Some(DEFAULT_BOT_WAIT_BUSINESS_HOURS) },
+        Step {
+            target: Target::Bot,
+            timeout: DEFAULT_BOT_WAIT,
+            business_hours_timeout: Some(DEFAULT_BOT_WAIT_BUSINESS_HOURS),
+        },
         Step { target: Target::Schedule("level1".into()), timeout: DEFAULT_LEVEL_WAIT, business_hours_timeout: None },
         Step { target: Target::Schedule("level2".into()), timeout: DEFAULT_LEVEL_WAIT, business_hours_timeout: None },
         Step { target: Target::Manager, timeout: DEFAULT_LEVEL_WAIT, business_hours_timeout: None },
@@ -394,18 +405,22 @@ pub mod raw {
 
 /// Parses "15m", "90s", "1h 30m", "PT15M" into a duration.
 pub fn parse_duration(text: &str, what: &str) -> Result<Duration, ConfigError> {
-    let d: jiff::SignedDuration = text
-        .parse()
-        .map_err(|e| ConfigError(format!("{what}: {text:?} is not a duration ({e}); write e.g. \"15m\", \"90s\", \"1h\"")))?;
+    let d: jiff::SignedDuration = text.parse().map_err(|e| {
+        ConfigError(format!("{what}: {text:?} is not a duration ({e}); write e.g. \"15m\", \"90s\", \"1h\""))
+    })?;
     if d.is_negative() {
         return Err(ConfigError(format!("{what}: {text:?} is negative")));
     }
     Ok(d.unsigned_abs())
 }
 
-fn contacts(slack: &Option<String>, webhook: &Option<String>, email: &Option<String>, order: &Option<Vec<String>>, who: &str)
-    -> Result<Vec<Contact>, ConfigError>
-{
+fn contacts(
+    slack: &Option<String>,
+    webhook: &Option<String>,
+    email: &Option<String>,
+    order: &Option<Vec<String>>,
+    who: &str,
+) -> Result<Vec<Contact>, ConfigError> {
     let order: Vec<String> = order.clone().unwrap_or_else(|| vec!["slack".into(), "webhook".into(), "email".into()]);
     let mut out = Vec::new();
     for kind in &order {
@@ -413,7 +428,11 @@ fn contacts(slack: &Option<String>, webhook: &Option<String>, email: &Option<Str
             "slack" => (ChannelKind::Slack, slack),
             "webhook" => (ChannelKind::Webhook, webhook),
             "email" => (ChannelKind::Email, email),
-            other => return Err(ConfigError(format!("{who}: unknown channel {other:?} in order; use slack, webhook, email"))),
+            other => {
+                return Err(ConfigError(format!(
+                    "{who}: unknown channel {other:?} in order; use slack, webhook, email"
+                )))
+            }
         };
         if let Some(address) = address {
             out.push(Contact { kind, address: address.clone() });
@@ -437,20 +456,25 @@ fn weekday(text: &str) -> Result<usize, ConfigError> {
 }
 
 fn minute_of_day(text: &str, what: &str) -> Result<u16, ConfigError> {
-    let t: jiff::civil::Time =
-        text.parse().map_err(|e| ConfigError(format!("{what}: {text:?} is not a time of day ({e}); write e.g. \"08:00\"")))?;
+    let t: jiff::civil::Time = text
+        .parse()
+        .map_err(|e| ConfigError(format!("{what}: {text:?} is not a time of day ({e}); write e.g. \"08:00\"")))?;
     Ok(t.hour() as u16 * 60 + t.minute() as u16)
 }
 
 fn schedule(raw: &raw::Schedule, tz: &TimeZone, who: &str) -> Result<Schedule, ConfigError> {
     let handoff = match &raw.handoff {
-        Some(h) => h
-            .parse::<jiff::civil::DateTime>()
-            .map_err(|e| ConfigError(format!("{who}: handoff {h:?} is not a civil date-time ({e}); write e.g. \"2026-01-05T10:00:00\"")))?,
+        Some(h) => h.parse::<jiff::civil::DateTime>().map_err(|e| {
+            ConfigError(format!(
+                "{who}: handoff {h:?} is not a civil date-time ({e}); write e.g. \"2026-01-05T10:00:00\""
+            ))
+        })?,
         None => jiff::civil::date(2026, 1, 5).at(10, 0, 0, 0),
     };
     let shift = match &raw.shift {
-        Some(s) => s.parse::<jiff::Span>().map_err(|e| ConfigError(format!("{who}: shift {s:?} is not a span ({e}); write e.g. \"1w\"")))?,
+        Some(s) => s
+            .parse::<jiff::Span>()
+            .map_err(|e| ConfigError(format!("{who}: shift {s:?} is not a span ({e}); write e.g. \"1w\"")))?,
         None => jiff::Span::new().weeks(1),
     };
     let mut overrides = Vec::new();
@@ -462,7 +486,8 @@ fn schedule(raw: &raw::Schedule, tz: &TimeZone, who: &str) -> Result<Schedule, C
         }
         overrides.push(crate::schedule::Override { person: o.person.clone(), start, end });
     }
-    Schedule::new(raw.name.clone(), raw.rotation.clone(), handoff, shift, tz.clone(), overrides).map_err(|e| ConfigError(format!("{who}: {e}")))
+    Schedule::new(raw.name.clone(), raw.rotation.clone(), handoff, shift, tz.clone(), overrides)
+        .map_err(|e| ConfigError(format!("{who}: {e}")))
 }
 
 impl Config {
@@ -481,8 +506,12 @@ impl Config {
             if t.name.is_empty() || teams.iter().any(|x: &Team| x.name == t.name) {
                 return Err(ConfigError(format!("{who}: team names must be non-empty and unique")));
             }
-            let time_zone = TimeZone::get(&t.time_zone)
-                .map_err(|e| ConfigError(format!("{who}: unknown time zone {:?} ({e}); use an IANA name like Europe/Berlin", t.time_zone)))?;
+            let time_zone = TimeZone::get(&t.time_zone).map_err(|e| {
+                ConfigError(format!(
+                    "{who}: unknown time zone {:?} ({e}); use an IANA name like Europe/Berlin",
+                    t.time_zone
+                ))
+            })?;
             let business_hours = match &t.business_hours {
                 None => BusinessHours::default(),
                 Some(b) => {
@@ -507,7 +536,13 @@ impl Config {
             for p in &t.people {
                 people.push(Person {
                     name: p.name.clone(),
-                    contacts: contacts(&p.slack, &p.webhook, &p.email, &p.order, &format!("{who}: person {:?}", p.name))?,
+                    contacts: contacts(
+                        &p.slack,
+                        &p.webhook,
+                        &p.email,
+                        &p.order,
+                        &format!("{who}: person {:?}", p.name),
+                    )?,
                 });
             }
             let mut schedules = Vec::new();
@@ -515,7 +550,10 @@ impl Config {
                 let sched = schedule(s, &time_zone, &format!("{who}: schedule {:?}", s.name))?;
                 for name in sched.rotation.iter().chain(sched.overrides.iter().map(|o| &o.person)) {
                     if !people.iter().any(|p: &Person| &p.name == name) {
-                        return Err(ConfigError(format!("{who}: schedule {:?} names {name:?}, who is not in [[teams.people]]", s.name)));
+                        return Err(ConfigError(format!(
+                            "{who}: schedule {:?} names {name:?}, who is not in [[teams.people]]",
+                            s.name
+                        )));
                     }
                 }
                 schedules.push(sched);
@@ -529,7 +567,11 @@ impl Config {
                         out.push(Step {
                             target: Target::parse(&s.target).map_err(|e| ConfigError(format!("{what}: {e}")))?,
                             timeout: parse_duration(&s.timeout, &what)?,
-                            business_hours_timeout: s.business_hours_timeout.as_deref().map(|d| parse_duration(d, &what)).transpose()?,
+                            business_hours_timeout: s
+                                .business_hours_timeout
+                                .as_deref()
+                                .map(|d| parse_duration(d, &what))
+                                .transpose()?,
                         });
                     }
                     out
@@ -541,10 +583,14 @@ impl Config {
             for step in &escalation {
                 match &step.target {
                     Target::Schedule(s) if !schedules.iter().any(|x: &Schedule| &x.name == s) => {
-                        return Err(ConfigError(format!("{who}: escalation names schedule {s:?}, which the team does not define")));
+                        return Err(ConfigError(format!(
+                            "{who}: escalation names schedule {s:?}, which the team does not define"
+                        )));
                     }
                     Target::Person(p) if !people.iter().any(|x| &x.name == p) => {
-                        return Err(ConfigError(format!("{who}: escalation names person {p:?}, who is not in [[teams.people]]")));
+                        return Err(ConfigError(format!(
+                            "{who}: escalation names person {p:?}, who is not in [[teams.people]]"
+                        )));
                     }
                     _ => {}
                 }
@@ -573,8 +619,15 @@ impl Config {
         }
         let incident_commanders = match &file.incident_commanders {
             Some(s) => schedule(s, &TimeZone::UTC, "incident_commanders")?,
-            None => Schedule::new(String::new(), Vec::new(), jiff::civil::date(2026, 1, 5).at(10, 0, 0, 0), jiff::Span::new().weeks(1), TimeZone::UTC, Vec::new())
-                .map_err(ConfigError)?,
+            None => Schedule::new(
+                String::new(),
+                Vec::new(),
+                jiff::civil::date(2026, 1, 5).at(10, 0, 0, 0),
+                jiff::Span::new().weeks(1),
+                TimeZone::UTC,
+                Vec::new(),
+            )
+            .map_err(ConfigError)?,
         };
         let mut people = Vec::new();
         for p in &file.people {
@@ -585,7 +638,9 @@ impl Config {
         }
         for name in incident_commanders.rotation.iter().chain(incident_commanders.overrides.iter().map(|o| &o.person)) {
             if !people.iter().any(|p: &Person| &p.name == name) && !teams.iter().any(|t| t.person(name).is_some()) {
-                return Err(ConfigError(format!("incident_commanders names {name:?}, who is in no [[people]] or team")));
+                return Err(ConfigError(format!(
+                    "incident_commanders names {name:?}, who is in no [[people]] or team"
+                )));
             }
         }
         let mut incident_commanders = incident_commanders;

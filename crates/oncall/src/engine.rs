@@ -50,21 +50,42 @@ pub fn to_alert(event: &Event, team: Option<String>) -> Option<Alert> {
     };
     if to == "braked" {
         let scope = brake_scope(&event.cause);
-        return Some(Alert { service: None, ..alert(format!("engine:brake:{scope}"), AlertAction::Trigger, "brake_engaged", Severity::Critical) });
+        return Some(Alert {
+            service: None,
+            ..alert(format!("engine:brake:{scope}"), AlertAction::Trigger, "brake_engaged", Severity::Critical)
+        });
     }
     if event.from.as_deref() == Some("braked") {
         let scope = brake_scope(&event.cause);
-        return Some(Alert { service: None, ..alert(format!("engine:brake:{scope}"), AlertAction::Resolve, "brake_engaged", Severity::Info) });
+        return Some(Alert {
+            service: None,
+            ..alert(format!("engine:brake:{scope}"), AlertAction::Resolve, "brake_engaged", Severity::Info)
+        });
     }
     let name = service.clone()?;
     if event.cause.contains("restore test FAILED") {
-        return Some(alert(format!("engine:{name}:restore_test"), AlertAction::Trigger, "restore_test_failed", Severity::Error));
+        return Some(alert(
+            format!("engine:{name}:restore_test"),
+            AlertAction::Trigger,
+            "restore_test_failed",
+            Severity::Error,
+        ));
     }
     if event.cause.starts_with("restore test passed") {
-        return Some(alert(format!("engine:{name}:restore_test"), AlertAction::Resolve, "restore_test_failed", Severity::Info));
+        return Some(alert(
+            format!("engine:{name}:restore_test"),
+            AlertAction::Resolve,
+            "restore_test_failed",
+            Severity::Info,
+        ));
     }
     if to == "needs_human" || event.cause.contains("needs_human") || event.cause.contains("a human is needed") {
-        return Some(alert(format!("engine:{name}:needs_human"), AlertAction::Trigger, "needs_human", Severity::Critical));
+        return Some(alert(
+            format!("engine:{name}:needs_human"),
+            AlertAction::Trigger,
+            "needs_human",
+            Severity::Critical,
+        ));
     }
     if event.subject == EventSubject::Service && matches!(to, "available" | "deleted") {
         return Some(alert(format!("engine:{name}:needs_human"), AlertAction::Resolve, "needs_human", Severity::Info));

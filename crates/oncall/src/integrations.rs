@@ -137,7 +137,11 @@ pub const MAX_DEDUP_KEY: usize = 255;
 
 /// Validates an event like PagerDuty does and maps it to an alert.
 /// `generated_key` names a trigger sent without a dedup key.
-pub fn from_event_v2(event: &EventV2, config: &Config, generated_key: impl FnOnce() -> String) -> Result<Alert, String> {
+pub fn from_event_v2(
+    event: &EventV2,
+    config: &Config,
+    generated_key: impl FnOnce() -> String,
+) -> Result<Alert, String> {
     let team = config.team_for_routing_key(&event.routing_key).ok_or_else(|| {
         format!(
             "routing_key {:?} matches no team; use a team name ({}) or one of its routing_keys in oncall.toml",
@@ -171,12 +175,23 @@ pub fn from_event_v2(event: &EventV2, config: &Config, generated_key: impl FnOnc
                     return Err("payload.summary and payload.source must not be empty".into());
                 }
                 if p.summary.len() > MAX_SUMMARY {
-                    return Err(format!("payload.summary is {} characters; the limit is {MAX_SUMMARY}", p.summary.len()));
+                    return Err(format!(
+                        "payload.summary is {} characters; the limit is {MAX_SUMMARY}",
+                        p.summary.len()
+                    ));
                 }
             }
             let severity = Severity::parse(&p.severity)
                 .ok_or_else(|| format!("payload.severity {:?} must be critical, error, warning or info", p.severity))?;
-            (p.summary.clone(), p.source.clone(), severity, p.component.clone(), p.group.clone(), p.class.clone(), p.custom_details.clone())
+            (
+                p.summary.clone(),
+                p.source.clone(),
+                severity,
+                p.component.clone(),
+                p.group.clone(),
+                p.class.clone(),
+                p.custom_details.clone(),
+            )
         }
         (None, AlertAction::Trigger) => return Err("payload (summary, source, severity) is required to trigger".into()),
         (None, _) => (String::new(), "events-v2".into(), Severity::Info, None, None, None, serde_json::Value::Null),

@@ -181,11 +181,7 @@ fn escape(s: &str) -> String {
 pub fn svg(team: &str, weeks: &[WeekMetrics]) -> String {
     let (w, h, left, bottom, top) = (720.0f64, 320.0f64, 48.0f64, 40.0f64, 36.0f64);
     let plot_h = h - bottom - top;
-    let max = weeks
-        .iter()
-        .map(|m| f64::from(m.pages).max(m.rolling_average_4w))
-        .fold(1.0f64, f64::max)
-        .ceil();
+    let max = weeks.iter().map(|m| f64::from(m.pages).max(m.rolling_average_4w)).fold(1.0f64, f64::max).ceil();
     let n = weeks.len().max(1) as f64;
     let slot = (w - left - 16.0) / n;
     let bar = (slot * 0.6).max(2.0);

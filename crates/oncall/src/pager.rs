@@ -183,9 +183,15 @@ pub struct Transition {
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case", tag = "kind")]
 pub enum Recipient {
-    Person { name: String, contacts: Vec<Contact> },
+    Person {
+        name: String,
+        contacts: Vec<Contact>,
+    },
     /// The team's chat, where anyone may acknowledge.
-    TeamChat { team: String, contacts: Vec<Contact> },
+    TeamChat {
+        team: String,
+        contacts: Vec<Contact>,
+    },
 }
 
 impl Recipient {
@@ -241,8 +247,14 @@ pub struct FeedPost {
 #[derive(Clone, Debug)]
 pub enum Input {
     Alert(Alert),
-    Acknowledge { page: PageId, by: String },
-    Resolve { page: PageId, by: String },
+    Acknowledge {
+        page: PageId,
+        by: String,
+    },
+    Resolve {
+        page: PageId,
+        by: String,
+    },
     /// Time passed: escalate, re-notify, close quiet flapping pages.
     Tick,
 }
@@ -417,7 +429,8 @@ impl Pager {
                 out.reply = Some(reply);
             }
             Input::Resolve { page, by } => {
-                let reply = self.resolve_by_id(page, &by, "resolved by hand", now, &mut out).map(|p| Reply::Page(Box::new(p)));
+                let reply =
+                    self.resolve_by_id(page, &by, "resolved by hand", now, &mut out).map(|p| Reply::Page(Box::new(p)));
                 out.reply = Some(reply);
             }
         }
@@ -451,7 +464,8 @@ impl Pager {
             return Err(PagerError::Invalid("an alert needs a dedup key".into()));
         }
         let key = alert.dedup_key.clone();
-        let outcome = |result: &str, page: Option<PageId>| AlertOutcome { dedup_key: key.clone(), result: result.into(), page };
+        let outcome =
+            |result: &str, page: Option<PageId>| AlertOutcome { dedup_key: key.clone(), result: result.into(), page };
         match alert.action {
             AlertAction::Trigger => {
                 if let Some(&id) = self.by_key.get(&key) {
@@ -558,8 +572,7 @@ impl Pager {
 
     fn open_page(&mut self, alert: Alert, team: String, flapping: bool, now: Timestamp, out: &mut Outputs) -> PageId {
         let id = PageId::new_at(now.0, self.next_entropy());
-        let business_hours =
-            self.config.team(&team).is_some_and(|t| t.business_hours.contains(now, &t.time_zone));
+        let business_hours = self.config.team(&team).is_some_and(|t| t.business_hours.contains(now, &t.time_zone));
         let key = alert.dedup_key.clone();
         let page = Page {
             id,
@@ -607,7 +620,14 @@ impl Pager {
             at: now,
             page: Some(id),
             team: Some(team),
-            text: format!("[{}] page {} opened: {} ({}, from {})", page.team, id, page.summary, page.severity.name(), page.source),
+            text: format!(
+                "[{}] page {} opened: {} ({}, from {})",
+                page.team,
+                id,
+                page.summary,
+                page.severity.name(),
+                page.source
+            ),
         });
         self.pages.insert(id, page);
         self.enter_step(id, 0, "opened", now, out);
@@ -620,7 +640,10 @@ impl Pager {
         let mut cause = cause.to_string();
         loop {
             let Some(page) = self.pages.get(&id) else { return };
-            let Some(team) = self.config.team(&page.team).or_else(|| self.config.team(&self.config.default_team)) else { return };
+            let Some(team) = self.config.team(&page.team).or_else(|| self.config.team(&self.config.default_team))
+            else {
+                return;
+            };
             let steps = team.escalation.len();
             index = index.min(steps - 1);
             let step: Step = team.escalation[index].clone();
@@ -652,7 +675,9 @@ impl Pager {
             match (&step.target, recipient) {
                 (Target::Bot, _) => {
                     let text = if business {
-                        format!("[{team_name}] bot tier has page {id}: {summary}. The remedy runs; anyone may acknowledge.")
+                        format!(
+                            "[{team_name}] bot tier has page {id}: {summary}. The remedy runs; anyone may acknowledge."
+                        )
                     } else {
                         format!("[{team_name}] bot tier has page {id}: {summary}. The remedy runs.")
                     };
@@ -662,7 +687,14 @@ impl Pager {
                         let text = format!(
                             "Page {id} ({team_name}): {summary}. The bot tier is running the remedy; anyone may acknowledge."
                         );
-                        self.notify(id, Recipient::TeamChat { team: team_name.clone(), contacts }, NotifyReason::Chat, text, now, out);
+                        self.notify(
+                            id,
+                            Recipient::TeamChat { team: team_name.clone(), contacts },
+                            NotifyReason::Chat,
+                            text,
+                            now,
+                            out,
+                        );
                     }
                 }
                 (_, Some(recipient)) => {
@@ -727,7 +759,15 @@ impl Pager {
         }
     }
 
-    fn notify(&mut self, page: PageId, recipient: Recipient, reason: NotifyReason, text: String, now: Timestamp, out: &mut Outputs) {
+    fn notify(
+        &mut self,
+        page: PageId,
+        recipient: Recipient,
+        reason: NotifyReason,
+        text: String,
+        now: Timestamp,
+        out: &mut Outputs,
+    ) {
         if let Recipient::Person { name, .. } = &recipient {
             if let Some(p) = self.pages.get_mut(&page) {
                 if !p.notified.contains(name) {
@@ -751,7 +791,11 @@ impl Pager {
         page.acknowledged_by = Some(by.to_string());
         let (team, level, summary) = (page.team.clone(), page.level, page.summary.clone());
         let held = page.flapping;
-        let after = self.config.team(&team).map(|t| t.renotify_acknowledged_after).unwrap_or(crate::config::DEFAULT_RENOTIFY_ACKNOWLEDGED);
+        let after = self
+            .config
+            .team(&team)
+            .map(|t| t.renotify_acknowledged_after)
+            .unwrap_or(crate::config::DEFAULT_RENOTIFY_ACKNOWLEDGED);
         // A held page keeps its quiet countdown; others wait for re-notification.
         if !(held && self.pages[&id].open_alerts.is_empty()) {
             self.set_timer(id, Some(now.plus(after)));
@@ -765,13 +809,25 @@ impl Pager {
             by: by.to_string(),
             cause: "acknowledged".into(),
         });
-        out.feed.push(FeedPost { at: now, page: Some(id), team: Some(team.clone()), text: format!("[{team}] page {id} acknowledged by {by}: {summary}") });
+        out.feed.push(FeedPost {
+            at: now,
+            page: Some(id),
+            team: Some(team.clone()),
+            text: format!("[{team}] page {id} acknowledged by {by}: {summary}"),
+        });
         let page = self.pages[&id].clone();
         out.pages.push(page.clone());
         Ok(page)
     }
 
-    fn resolve_by_id(&mut self, id: PageId, by: &str, cause: &str, now: Timestamp, out: &mut Outputs) -> Result<Page, PagerError> {
+    fn resolve_by_id(
+        &mut self,
+        id: PageId,
+        by: &str,
+        cause: &str,
+        now: Timestamp,
+        out: &mut Outputs,
+    ) -> Result<Page, PagerError> {
         let Some(mut page) = self.pages.remove(&id) else {
             return Err(PagerError::NotFound(format!("no open page {id}")));
         };
@@ -811,7 +867,10 @@ impl Pager {
                 page.dedup_key, page.flaps
             )
         } else if page.bot_only() {
-            format!("[{team}] page {id} resolved by {by} after {lasted}, handled by the bot tier alone: {}", page.summary)
+            format!(
+                "[{team}] page {id} resolved by {by} after {lasted}, handled by the bot tier alone: {}",
+                page.summary
+            )
         } else {
             format!("[{team}] page {id} resolved by {by} after {lasted}: {}", page.summary)
         };
@@ -847,16 +906,25 @@ impl Pager {
                         // The last level keeps being paged until someone answers.
                         let step = &team.escalation[index];
                         let (recipient, skipped) = self.recipient(&team, &step.target, now);
-                        let text = format!("STILL UNACKNOWLEDGED after {waited}: page {id} ({}): {}", team.name, page.summary);
+                        let text =
+                            format!("STILL UNACKNOWLEDGED after {waited}: page {id} ({}): {}", team.name, page.summary);
                         match recipient {
                             Some(r) => self.notify(id, r, NotifyReason::Repeat, text, now, out),
-                            None => out.feed.push(FeedPost { at: now, page: Some(id), team: Some(team.name.clone()), text: format!("{text}; {skipped}") }),
+                            None => out.feed.push(FeedPost {
+                                at: now,
+                                page: Some(id),
+                                team: Some(team.name.clone()),
+                                text: format!("{text}; {skipped}"),
+                            }),
                         }
                         out.feed.push(FeedPost {
                             at: now,
                             page: Some(id),
                             team: Some(team.name.clone()),
-                            text: format!("[{}] page {id} still unacknowledged at the last level ({}) after {waited}", team.name, page.level_name),
+                            text: format!(
+                                "[{}] page {id} still unacknowledged at the last level ({}) after {waited}",
+                                team.name, page.level_name
+                            ),
                         });
                         self.set_timer(id, Some(now.plus(step.timeout)));
                         out.pages.push(self.pages[&id].clone());
@@ -865,13 +933,24 @@ impl Pager {
                 PageStatus::Acknowledged => {
                     let by = page.acknowledged_by.clone().unwrap_or_default();
                     let open_for = human(now.since(page.opened_at));
-                    let text = format!("Page {id} ({}) acknowledged by {by} is still open after {open_for}: {}", team.name, page.summary);
+                    let text = format!(
+                        "Page {id} ({}) acknowledged by {by} is still open after {open_for}: {}",
+                        team.name, page.summary
+                    );
                     // The acknowledger if it is a known person, else whoever holds the level now.
                     let recipient = match self.config.person(Some(&team), &by) {
                         Some(p) => Some(Recipient::Person { name: p.name.clone(), contacts: p.contacts.clone() }),
-                        None => self.recipient(&team, &team.escalation[(page.level as usize).min(team.escalation.len() - 1)].target, now).0,
+                        None => {
+                            self.recipient(
+                                &team,
+                                &team.escalation[(page.level as usize).min(team.escalation.len() - 1)].target,
+                                now,
+                            )
+                            .0
+                        }
                     };
-                    let recipient = recipient.unwrap_or(Recipient::TeamChat { team: team.name.clone(), contacts: team.chat.clone() });
+                    let recipient = recipient
+                        .unwrap_or(Recipient::TeamChat { team: team.name.clone(), contacts: team.chat.clone() });
                     self.notify(id, recipient, NotifyReason::Renotify, text, now, out);
                     if let Some(p) = self.pages.get_mut(&id) {
                         p.renotified += 1;
@@ -880,7 +959,10 @@ impl Pager {
                         at: now,
                         page: Some(id),
                         team: Some(team.name.clone()),
-                        text: format!("[{}] page {id} acknowledged by {by} still open after {open_for}; re-notified", team.name),
+                        text: format!(
+                            "[{}] page {id} acknowledged by {by} still open after {open_for}; re-notified",
+                            team.name
+                        ),
                     });
                     self.set_timer(id, Some(now.plus(team.renotify_acknowledged_after)));
                     out.pages.push(self.pages[&id].clone());
@@ -897,7 +979,11 @@ pub fn human(d: std::time::Duration) -> String {
     if s < 60 {
         format!("{s}s")
     } else if s < 3600 {
-        if s.is_multiple_of(60) { format!("{}m", s / 60) } else { format!("{}m {}s", s / 60, s % 60) }
+        if s.is_multiple_of(60) {
+            format!("{}m", s / 60)
+        } else {
+            format!("{}m {}s", s / 60, s % 60)
+        }
     } else if s.is_multiple_of(3600) {
         format!("{}h", s / 3600)
     } else {

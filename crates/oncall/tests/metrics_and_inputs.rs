@@ -17,7 +17,14 @@ fn at(text: &str) -> Timestamp {
 }
 
 /// A page of team db opened at `opened` (UTC), with the given history.
-fn page(opened: &str, class: &str, alerts: u64, ack_after: Option<i64>, resolve_after: Option<i64>, notified: &[&str]) -> Page {
+fn page(
+    opened: &str,
+    class: &str,
+    alerts: u64,
+    ack_after: Option<i64>,
+    resolve_after: Option<i64>,
+    notified: &[&str],
+) -> Page {
     let mut p = Pager::new(Config::from_toml(TEAM_TOML).unwrap(), 1);
     let opened = at(opened);
     let out = p.step(Input::Alert(Alert::trigger(format!("{class}-{}", opened.0), class)), opened);
@@ -100,7 +107,10 @@ fn an_alertmanager_group_is_one_alert_keyed_by_its_group_key() {
     let a = integrations::from_alertmanager(&alertmanager("firing")).unwrap();
     assert_eq!(a.dedup_key, "alertmanager:{}:{alertname=\"DiskFull\"}");
     assert_eq!((a.action, a.severity), (AlertAction::Trigger, Severity::Warning));
-    assert_eq!((a.team.as_deref(), a.service.as_deref(), a.class.as_deref()), (Some("db"), Some("orders"), Some("DiskFull")));
+    assert_eq!(
+        (a.team.as_deref(), a.service.as_deref(), a.class.as_deref()),
+        (Some("db"), Some("orders"), Some("DiskFull"))
+    );
     assert_eq!(a.summary, "disk almost full");
     let r = integrations::from_alertmanager(&alertmanager("resolved")).unwrap();
     assert_eq!((r.action, r.dedup_key), (AlertAction::Resolve, a.dedup_key));
@@ -116,14 +126,23 @@ fn events_v2_are_validated_like_pagerduty_does() {
     let ok = event(serde_json::json!({"routing_key": "db-routing-key", "event_action": "trigger",
         "payload": {"summary": "s", "source": "h", "severity": "error", "group": "orders", "class": "disk"}}));
     let a = integrations::from_event_v2(&ok, &config, || "generated".into()).unwrap();
-    assert_eq!((a.dedup_key.as_str(), a.team.as_deref(), a.service.as_deref(), a.severity), ("generated", Some("db"), Some("orders"), Severity::Error));
+    assert_eq!(
+        (a.dedup_key.as_str(), a.team.as_deref(), a.service.as_deref(), a.severity),
+        ("generated", Some("db"), Some("orders"), Severity::Error)
+    );
     let long = event(serde_json::json!({"routing_key": "db", "event_action": "resolve", "dedup_key": "k".repeat(256)}));
     assert!(integrations::from_event_v2(&long, &config, || unreachable!()).unwrap_err().contains("255"));
     let ack = event(serde_json::json!({"routing_key": "db", "event_action": "acknowledge", "dedup_key": "k"}));
     assert_eq!(integrations::from_event_v2(&ack, &config, || unreachable!()).unwrap().action, AlertAction::Acknowledge);
 }
 
-fn engine_event(subject: EventSubject, service: Option<&str>, from: Option<&str>, to: Option<&str>, cause: &str) -> Event {
+fn engine_event(
+    subject: EventSubject,
+    service: Option<&str>,
+    from: Option<&str>,
+    to: Option<&str>,
+    cause: &str,
+) -> Event {
     Event {
         seq: 1,
         at: Timestamp(0),
@@ -141,21 +160,68 @@ fn engine_event(subject: EventSubject, service: Option<&str>, from: Option<&str>
 #[test]
 fn engine_events_that_need_a_person_become_alerts_and_all_clears_resolve_them() {
     let cases = [
-        (engine_event(EventSubject::Service, Some("db1"), Some("recovering"), Some("unavailable"), "a remedy failed: a human is needed"),
-         Some(("engine:db1:needs_human", AlertAction::Trigger))),
-        (engine_event(EventSubject::Fleet, Some("db1"), None, Some("needs_human"), "safety invariant at risk: x"),
-         Some(("engine:db1:needs_human", AlertAction::Trigger))),
-        (engine_event(EventSubject::Service, Some("db1"), Some("unavailable"), Some("available"), "primary and every planned follower available"),
-         Some(("engine:db1:needs_human", AlertAction::Resolve))),
-        (engine_event(EventSubject::Fleet, None, Some("released"), Some("braked"), "mass-uncertainty brake engaged for zone-a: 9 of 30 instances"),
-         Some(("engine:brake:zone-a", AlertAction::Trigger))),
-        (engine_event(EventSubject::Fleet, None, Some("braked"), Some("released"), "mass-uncertainty brake released for zone-a: 1 instances still uncertain"),
-         Some(("engine:brake:zone-a", AlertAction::Resolve))),
-        (engine_event(EventSubject::Service, Some("db2"), None, Some("failed"), "restore test FAILED: checksum mismatch"),
-         Some(("engine:db2:restore_test", AlertAction::Trigger))),
-        (engine_event(EventSubject::Service, Some("db2"), None, Some("ok"), "restore test passed: 12 MB"),
-         Some(("engine:db2:restore_test", AlertAction::Resolve))),
-        (engine_event(EventSubject::Instance, Some("db2"), Some("available"), Some("uncertain"), "silent for 3s"), None),
+        (
+            engine_event(
+                EventSubject::Service,
+                Some("db1"),
+                Some("recovering"),
+                Some("unavailable"),
+                "a remedy failed: a human is needed",
+            ),
+            Some(("engine:db1:needs_human", AlertAction::Trigger)),
+        ),
+        (
+            engine_event(EventSubject::Fleet, Some("db1"), None, Some("needs_human"), "safety invariant at risk: x"),
+            Some(("engine:db1:needs_human", AlertAction::Trigger)),
+        ),
+        (
+            engine_event(
+                EventSubject::Service,
+                Some("db1"),
+                Some("unavailable"),
+                Some("available"),
+                "primary and every planned follower available",
+            ),
+            Some(("engine:db1:needs_human", AlertAction::Resolve)),
+        ),
+        (
+            engine_event(
+                EventSubject::Fleet,
+                None,
+                Some("released"),
+                Some("braked"),
+                "mass-uncertainty brake engaged for zone-a: 9 of 30 instances",
+            ),
+            Some(("engine:brake:zone-a", AlertAction::Trigger)),
+        ),
+        (
+            engine_event(
+                EventSubject::Fleet,
+                None,
+                Some("braked"),
+                Some("released"),
+                "mass-uncertainty brake released for zone-a: 1 instances still uncertain",
+            ),
+            Some(("engine:brake:zone-a", AlertAction::Resolve)),
+        ),
+        (
+            engine_event(
+                EventSubject::Service,
+                Some("db2"),
+                None,
+                Some("failed"),
+                "restore test FAILED: checksum mismatch",
+            ),
+            Some(("engine:db2:restore_test", AlertAction::Trigger)),
+        ),
+        (
+            engine_event(EventSubject::Service, Some("db2"), None, Some("ok"), "restore test passed: 12 MB"),
+            Some(("engine:db2:restore_test", AlertAction::Resolve)),
+        ),
+        (
+            engine_event(EventSubject::Instance, Some("db2"), Some("available"), Some("uncertain"), "silent for 3s"),
+            None,
+        ),
     ];
     for (event, expected) in cases {
         assert_eq!(engine::is_relevant(&event), expected.is_some(), "{event:?}");

@@ -104,7 +104,10 @@ fn an_unacknowledged_page_escalates_through_every_level_at_night() {
         all.extend(tick(&mut q, t0.plus(mins(m))).transitions);
     }
     let tos: Vec<&str> = all.iter().map(|t| t.to.as_str()).collect();
-    assert_eq!(tos, ["triggered", "level 1 (level1)", "level 2 (level2)", "level 3 (manager)", "level 4 (incident_commander)"]);
+    assert_eq!(
+        tos,
+        ["triggered", "level 1 (level1)", "level 2 (level2)", "level 3 (manager)", "level 4 (incident_commander)"]
+    );
     assert!(all[1].cause.contains("not acknowledged at bot"), "{}", all[1].cause);
 }
 
@@ -116,7 +119,9 @@ fn in_business_hours_the_bot_posts_to_chat_where_anyone_may_acknowledge_and_wait
     assert_eq!(out.notifications.len(), 1);
     let n = &out.notifications[0];
     assert_eq!(n.reason, NotifyReason::Chat);
-    assert!(matches!(&n.recipient, Recipient::TeamChat { team, contacts } if team == "db" && contacts[0].address == "http://chat.example/db"));
+    assert!(
+        matches!(&n.recipient, Recipient::TeamChat { team, contacts } if team == "db" && contacts[0].address == "http://chat.example/db")
+    );
     assert!(n.text.contains("anyone may acknowledge"));
     assert!(p.page(id).unwrap().business_hours);
     assert_eq!(p.page(id).unwrap().next_at, Some(t0.plus(mins(15))));
@@ -165,7 +170,8 @@ fn repeats_of_a_key_deduplicate_into_one_page() {
 fn alerts_of_one_service_and_team_group_into_one_page_until_all_resolve() {
     let mut p = pager();
     let t0 = night();
-    let alert = |key: &str| Alert { service: Some("orders-db".into()), team: Some("db".into()), ..Alert::trigger(key, key) };
+    let alert =
+        |key: &str| Alert { service: Some("orders-db".into()), team: Some("db".into()), ..Alert::trigger(key, key) };
     let out = p.step(Input::Alert(alert("disk")), t0);
     let id = out.pages[0].id;
     let out = p.step(Input::Alert(alert("lag")), t0.plus(Duration::from_secs(5)));
@@ -225,7 +231,12 @@ fn a_flapping_alert_is_held_in_the_bot_tier_and_summarised_not_paged() {
     assert_eq!((page.id, page.status), (held, PageStatus::Resolved));
     assert!(page.bot_only());
     let summary = &out.feed.last().unwrap().text;
-    assert!(summary.contains("flapping page") && summary.contains("reopened 60 times") && summary.contains("nobody was paged"), "{summary}");
+    assert!(
+        summary.contains("flapping page")
+            && summary.contains("reopened 60 times")
+            && summary.contains("nobody was paged"),
+        "{summary}"
+    );
 }
 
 #[test]

@@ -92,7 +92,11 @@ pub async fn security(client: &Client, data_dir: &Path, policy: &SecurityPolicy)
     }
 }
 
-async fn security_inner(client: &Client, data_dir: &Path, policy: &SecurityPolicy) -> Result<Check, tokio_postgres::Error> {
+async fn security_inner(
+    client: &Client,
+    data_dir: &Path,
+    policy: &SecurityPolicy,
+) -> Result<Check, tokio_postgres::Error> {
     let service_user = policy.service_user.clone().or_else(|| owner_name(data_dir));
     let mut findings = Findings::default();
 
@@ -139,7 +143,12 @@ async fn security_inner(client: &Client, data_dir: &Path, policy: &SecurityPolic
         let line = line.unwrap_or(0);
         hba.push(json!({ "line": line, "type": kind, "database": databases, "user": users, "address": address, "method": method, "error": error }));
         if let Some(e) = error {
-            findings.add(Status::Warn, format!("pg_hba.conf line {line} is invalid ({e}): fix it, the server ignores the whole file on reload"));
+            findings.add(
+                Status::Warn,
+                format!(
+                    "pg_hba.conf line {line} is invalid ({e}): fix it, the server ignores the whole file on reload"
+                ),
+            );
         }
         match method.as_str() {
             "trust" => {
@@ -167,7 +176,8 @@ async fn security_inner(client: &Client, data_dir: &Path, policy: &SecurityPolic
 
     let ssl: String = client.query_one("SHOW ssl", &[]).await?.get(0);
     if ssl != "on" && policy.require_tls {
-        findings.add(Status::Warn, "TLS is required for this service but ssl is off: install a certificate and set ssl=on");
+        findings
+            .add(Status::Warn, "TLS is required for this service but ssl is off: install a certificate and set ssl=on");
     }
     let evidence = json!({
         "superuser": superuser,
@@ -178,7 +188,8 @@ async fn security_inner(client: &Client, data_dir: &Path, policy: &SecurityPolic
         "ssl": ssl,
         "tls_required": policy.require_tls,
     });
-    Ok(findings.finish("superuser has a scram password, no trust authentication beyond the service's own socket", evidence))
+    Ok(findings
+        .finish("superuser has a scram password, no trust authentication beyond the service's own socket", evidence))
 }
 
 fn owner_name(path: &Path) -> Option<String> {
@@ -240,7 +251,10 @@ async fn performance_inner(client: &Client) -> Result<Check, tokio_postgres::Err
     let conn_status = threshold_high(conn_ratio, CONNECTIONS_WARN_RATIO, CONNECTIONS_CRIT_RATIO);
     findings.add(
         conn_status,
-        format!("{used} of {max} connections in use ({:.0}%): add a connection pooler or raise max_connections", conn_ratio * 100.0),
+        format!(
+            "{used} of {max} connections in use ({:.0}%): add a connection pooler or raise max_connections",
+            conn_ratio * 100.0
+        ),
     );
 
     let total = hits + reads;
@@ -409,11 +423,26 @@ pub fn replication(plan: &ReplicationPlan, followers: Option<&[FollowerFacts]>) 
     }
     for f in followers.iter().filter(|f| f.streaming) {
         if let Some(lag) = f.lag_bytes {
-            let s = if lag >= LAG_BYTES_CRIT { Status::Crit } else if lag >= LAG_BYTES_WARN { Status::Warn } else { Status::Ok };
-            findings.add(s, format!("follower {} is {lag} bytes behind: check its disk and network, or rebuild it", f.name));
+            let s = if lag >= LAG_BYTES_CRIT {
+                Status::Crit
+            } else if lag >= LAG_BYTES_WARN {
+                Status::Warn
+            } else {
+                Status::Ok
+            };
+            findings.add(
+                s,
+                format!("follower {} is {lag} bytes behind: check its disk and network, or rebuild it", f.name),
+            );
         }
         if let Some(lag) = f.replay_lag {
-            let s = if lag >= LAG_TIME_CRIT { Status::Crit } else if lag >= LAG_TIME_WARN { Status::Warn } else { Status::Ok };
+            let s = if lag >= LAG_TIME_CRIT {
+                Status::Crit
+            } else if lag >= LAG_TIME_WARN {
+                Status::Warn
+            } else {
+                Status::Ok
+            };
             findings.add(s, format!("follower {} replays {lag:?} behind: check its load, or rebuild it", f.name));
         }
     }
@@ -552,7 +581,11 @@ mod tests {
         let sync_plan = ReplicationPlan { followers: 1, synchronous: true };
         assert_eq!(replication(&async_plan, Some(&[f("a", true, 0, "async")])).status, Status::Ok);
         assert_eq!(replication(&async_plan, Some(&[])).status, Status::Crit);
-        assert_eq!(replication(&ReplicationPlan { followers: 2, synchronous: false }, Some(&[f("a", true, 0, "async")])).status, Status::Warn);
+        assert_eq!(
+            replication(&ReplicationPlan { followers: 2, synchronous: false }, Some(&[f("a", true, 0, "async")]))
+                .status,
+            Status::Warn
+        );
         assert_eq!(replication(&async_plan, Some(&[f("a", true, LAG_BYTES_WARN, "async")])).status, Status::Warn);
         assert_eq!(replication(&async_plan, Some(&[f("a", true, LAG_BYTES_CRIT, "async")])).status, Status::Crit);
         assert_eq!(replication(&sync_plan, Some(&[f("a", true, 0, "async")])).status, Status::Crit);

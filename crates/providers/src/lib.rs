@@ -6,8 +6,8 @@
 //! engine. `sim` is the simulated fleet; `local` (real PostgreSQL processes)
 //! and cloud providers plug in behind the same trait later.
 
-pub mod local;
 pub mod checks;
+pub mod local;
 pub mod pgbackrest;
 pub mod runas;
 pub mod sim;

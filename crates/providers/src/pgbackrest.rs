@@ -101,10 +101,9 @@ impl RepoStorage {
     /// The `[global]` lines describing the repository.
     fn settings(&self) -> Vec<(String, String)> {
         match self {
-            RepoStorage::Posix { path } => vec![
-                ("repo1-type".into(), "posix".into()),
-                ("repo1-path".into(), path.display().to_string()),
-            ],
+            RepoStorage::Posix { path } => {
+                vec![("repo1-type".into(), "posix".into()), ("repo1-path".into(), path.display().to_string())]
+            }
         }
     }
 }
@@ -162,7 +161,9 @@ pub enum BackupError {
         #[source]
         source: std::io::Error,
     },
-    #[error("invalid stanza name {0:?}: use letters, digits, '-' and '_' only (it names a config section and a directory)")]
+    #[error(
+        "invalid stanza name {0:?}: use letters, digits, '-' and '_' only (it names a config section and a directory)"
+    )]
     InvalidStanza(String),
     #[error("cannot start {program}: {source}; install pgBackRest and PostgreSQL (Debian: apt-get install pgbackrest postgresql-15)")]
     Spawn {
@@ -184,7 +185,9 @@ pub enum BackupError {
     Parse { command: String, reason: String },
     #[error("stanza {stanza} has no backup in the repository; take one first (backup)")]
     NoBackup { stanza: String },
-    #[error("backup of stanza {stanza} reported success but no new backup is listed; look at the backup log in {log_dir}")]
+    #[error(
+        "backup of stanza {stanza} reported success but no new backup is listed; look at the backup log in {log_dir}"
+    )]
     BackupMissing { stanza: String, log_dir: PathBuf },
     #[error("scratch directory {path} holds a running server (postmaster.pid present); stop it or choose another scratch directory")]
     ScratchInUse { path: PathBuf },
@@ -218,7 +221,9 @@ impl BackupRepo {
     pub fn open_with_storage(root: &Path, run_as: RunAs, storage: RepoStorage) -> Result<BackupRepo, BackupError> {
         let root = absolute(root)?;
         let repo = BackupRepo { root, run_as, storage, pgbackrest: find_pgbackrest(), db_user: None };
-        for (dir, mode) in [("", 0o750), ("conf", 0o750), ("conf/conf.d", 0o750), ("log", 0o750), ("lock", 0o750), ("spool", 0o750)] {
+        for (dir, mode) in
+            [("", 0o750), ("conf", 0o750), ("conf/conf.d", 0o750), ("log", 0o750), ("lock", 0o750), ("spool", 0o750)]
+        {
             let path = repo.root.join(dir);
             repo.run_as.prepare_dir(&path, mode).map_err(BackupError::io("create", &path))?;
         }
@@ -468,12 +473,18 @@ impl BackupRepo {
         // 1. The repository's copy: every file's checksum against the manifest.
         let t = Instant::now();
         let report = self.verify_backup(stanza, &backup.label).await?;
-        evidence.push(format!("pgbackrest verify --set={} passed in {:?}: {}", backup.label, t.elapsed(), report.join(" | ")));
+        evidence.push(format!(
+            "pgbackrest verify --set={} passed in {:?}: {}",
+            backup.label,
+            t.elapsed(),
+            report.join(" | ")
+        ));
 
         // 2. Restore into a fresh directory; pgBackRest checks each file's checksum as it writes it.
         for dir in [scratch_dir.to_path_buf(), tablespace_dir(scratch_dir)] {
             if dir.exists() {
-                std::fs::remove_dir_all(&dir).map_err(|e| format!("cannot clear scratch directory {}: {e}", dir.display()))?;
+                std::fs::remove_dir_all(&dir)
+                    .map_err(|e| format!("cannot clear scratch directory {}: {e}", dir.display()))?;
             }
         }
         self.run_as
@@ -489,15 +500,22 @@ impl BackupRepo {
             .map_err(|e| format!("cannot create scratch tablespace directory {}: {e}", tablespaces.display()))?;
         let map_all = format!("--tablespace-map-all={}", tablespaces.display());
         let args = ["restore", &pg1_path, &set, "--type=default", "--archive-mode=off", &map_all];
-        self.run(stanza, &args, BACKUP_TIMEOUT, HINT_RESTORE)
-            .await
-            .map_err(|e| e.to_string())?;
-        evidence.push(format!("restored {} into {} in {:?} (file checksums checked by pgBackRest)", backup.label, scratch_dir.display(), t.elapsed()));
+        self.run(stanza, &args, BACKUP_TIMEOUT, HINT_RESTORE).await.map_err(|e| e.to_string())?;
+        evidence.push(format!(
+            "restored {} into {} in {:?} (file checksums checked by pgBackRest)",
+            backup.label,
+            scratch_dir.display(),
+            t.elapsed()
+        ));
 
         // Only this process may reach the scratch server: no TCP, socket in the 0700 scratch directory.
         let hba = scratch_dir.join("pg_hba.conf");
-        write_owned(&hba, "# drover restore verification: local socket only, in a 0700 directory\nlocal all all trust\n", &self.run_as)
-            .map_err(|e| e.to_string())?;
+        write_owned(
+            &hba,
+            "# drover restore verification: local socket only, in a 0700 directory\nlocal all all trust\n",
+            &self.run_as,
+        )
+        .map_err(|e| e.to_string())?;
 
         // 3. Start it and let it replay the archive to its end.
         let log_path = self.log_dir().join(format!("verify-restore-{stanza}-{port}.log"));
@@ -507,10 +525,17 @@ impl BackupRepo {
             Ok(c) => c,
             Err(e) => {
                 server.stop().await;
-                return Err(format!("{e}; last lines of the scratch server's log {}: {}", log_path.display(), log_tail(&log_path)));
+                return Err(format!(
+                    "{e}; last lines of the scratch server's log {}: {}",
+                    log_path.display(),
+                    log_tail(&log_path)
+                ));
             }
         };
-        evidence.push(format!("scratch server on port {port} replayed the archived WAL and ended recovery in {:?}", t.elapsed()));
+        evidence.push(format!(
+            "scratch server on port {port} replayed the archived WAL and ended recovery in {:?}",
+            t.elapsed()
+        ));
         let checked = run_restore_checks(&client, scratch_dir, port, &server.user, canary, evidence).await;
         drop(client);
         server.stop().await;
@@ -530,7 +555,13 @@ impl BackupRepo {
         users
     }
 
-    async fn run(&self, stanza: &str, args: &[&str], timeout: Duration, hint: &'static str) -> Result<CommandOutput, BackupError> {
+    async fn run(
+        &self,
+        stanza: &str,
+        args: &[&str],
+        timeout: Duration,
+        hint: &'static str,
+    ) -> Result<CommandOutput, BackupError> {
         let mut cmd = tokio::process::Command::new(&self.pgbackrest);
         cmd.arg(format!("--config={}", self.config_path().display()))
             .arg(format!("--config-include-path={}", self.include_dir().display()))
@@ -566,11 +597,13 @@ impl BackupRepo {
     }
 }
 
-const HINT_STANZA_CREATE: &str = "check that PostgreSQL is running at the stanza's pg1-path, port and socket directory, \
+const HINT_STANZA_CREATE: &str =
+    "check that PostgreSQL is running at the stanza's pg1-path, port and socket directory, \
      that the server user can connect to it through the socket, and that the repository is writable by the server user";
 const HINT_CHECK: &str = "WAL archiving is not working: the instance needs archive_mode=on, wal_level=replica or logical, and \
      archive_command set to BackupRepo::archive_command for this stanza (then reload); its log shows why archive-push failed";
-const HINT_BACKUP: &str = "check that the instance is running and archiving (pgbackrest check) and that the repository has free space";
+const HINT_BACKUP: &str =
+    "check that the instance is running and archiving (pgbackrest check) and that the repository has free space";
 const HINT_INFO: &str = "check that the repository is readable by the server user";
 const HINT_VERIFY: &str = "check that the repository is readable by the server user";
 const HINT_RESTORE: &str = "if pgBackRest reports a checksum, format or decompression error, the backup is damaged: take a new \
@@ -589,8 +622,15 @@ struct ScratchServer {
 }
 
 impl ScratchServer {
-    fn start(run_as: &RunAs, bin_dir: &Path, data_dir: &Path, port: u16, log_path: &Path) -> Result<ScratchServer, String> {
-        let log = std::fs::File::create(log_path).map_err(|e| format!("cannot create log file {}: {e}", log_path.display()))?;
+    fn start(
+        run_as: &RunAs,
+        bin_dir: &Path,
+        data_dir: &Path,
+        port: u16,
+        log_path: &Path,
+    ) -> Result<ScratchServer, String> {
+        let log = std::fs::File::create(log_path)
+            .map_err(|e| format!("cannot create log file {}: {e}", log_path.display()))?;
         let log2 = log.try_clone().map_err(|e| format!("cannot open log file {}: {e}", log_path.display()))?;
         let _ = run_as.chown(log_path);
         let mut cmd = tokio::process::Command::new(bin_dir.join("postgres"));
@@ -618,7 +658,12 @@ impl ScratchServer {
     }
 
     /// Waits until the server accepts connections and `pg_is_in_recovery()` is false.
-    async fn wait_until_promoted(&mut self, socket_dir: &Path, port: u16, users: &[String]) -> Result<tokio_postgres::Client, String> {
+    async fn wait_until_promoted(
+        &mut self,
+        socket_dir: &Path,
+        port: u16,
+        users: &[String],
+    ) -> Result<tokio_postgres::Client, String> {
         let deadline = Instant::now() + RECOVERY_TIMEOUT;
         let mut last_error = String::from("not tried yet");
         loop {
@@ -645,7 +690,9 @@ impl ScratchServer {
                 }
             }
             if Instant::now() >= deadline {
-                return Err(format!("the restored server did not end recovery within {RECOVERY_TIMEOUT:?} (last: {last_error})"));
+                return Err(format!(
+                    "the restored server did not end recovery within {RECOVERY_TIMEOUT:?} (last: {last_error})"
+                ));
             }
             tokio::time::sleep(Duration::from_millis(200)).await;
         }
@@ -670,7 +717,8 @@ impl Drop for ScratchServer {
             // Dropped mid-verification (cancelled): SIGQUIT is PostgreSQL's immediate
             // shutdown, the postmaster takes its backends down with it; tokio reaps it.
             if let Some(pid) = child.id() {
-                let _ = nix::sys::signal::kill(nix::unistd::Pid::from_raw(pid as i32), nix::sys::signal::Signal::SIGQUIT);
+                let _ =
+                    nix::sys::signal::kill(nix::unistd::Pid::from_raw(pid as i32), nix::sys::signal::Signal::SIGQUIT);
             }
         }
     }
@@ -689,7 +737,8 @@ async fn run_restore_checks(
         return Err(format!("SELECT 1 returned {one}"));
     }
     evidence.push("SELECT 1 returned 1".into());
-    let in_recovery: bool = client.query_one("SELECT pg_is_in_recovery()", &[]).await.map_err(|e| e.to_string())?.get(0);
+    let in_recovery: bool =
+        client.query_one("SELECT pg_is_in_recovery()", &[]).await.map_err(|e| e.to_string())?.get(0);
     if in_recovery {
         return Err("the restored server is still in recovery".into());
     }
@@ -706,7 +755,8 @@ async fn run_restore_checks(
     let mut canary_found_in = None;
     let mut canary_errors = Vec::new();
     for db in &databases {
-        let c = connect(socket_dir, port, user, db).await.map_err(|e| format!("cannot connect to database {db}: {e}"))?;
+        let c =
+            connect(socket_dir, port, user, db).await.map_err(|e| format!("cannot connect to database {db}: {e}"))?;
         let n: i64 = c
             .query_one("SELECT count(*) FROM pg_catalog.pg_tables WHERE schemaname NOT IN ('pg_catalog', 'information_schema')", &[])
             .await
@@ -720,7 +770,10 @@ async fn run_restore_checks(
                     canary_found_in = Some(db.clone())
                 }
                 Ok(_) => canary_errors.push(format!("{db}: no row")),
-                Err(e) => canary_errors.push(format!("{db}: {}", e.as_db_error().map(|d| d.message().to_string()).unwrap_or(e.to_string()))),
+                Err(e) => canary_errors.push(format!(
+                    "{db}: {}",
+                    e.as_db_error().map(|d| d.message().to_string()).unwrap_or(e.to_string())
+                )),
             }
         }
     }
@@ -745,7 +798,12 @@ async fn run_restore_checks(
     Ok(())
 }
 
-async fn connect(socket_dir: &Path, port: u16, user: &str, db: &str) -> Result<tokio_postgres::Client, tokio_postgres::Error> {
+async fn connect(
+    socket_dir: &Path,
+    port: u16,
+    user: &str,
+    db: &str,
+) -> Result<tokio_postgres::Client, tokio_postgres::Error> {
     let (client, connection) = tokio_postgres::Config::new()
         .host_path(socket_dir)
         .port(port)
@@ -814,7 +872,8 @@ fn parse_info(json: &str, stanza: &str) -> Result<Vec<BackupInfo>, BackupError> 
                 // pgBackRest found page checksum errors while backing up: still listed, but logged.
                 tracing::warn!(stanza, label = %b.label, "pgbackrest reports page checksum errors in this backup");
             }
-            let kind = BackupKind::parse(&b.kind).ok_or_else(|| parse_err(format!("unknown backup type {:?}", b.kind)))?;
+            let kind =
+                BackupKind::parse(&b.kind).ok_or_else(|| parse_err(format!("unknown backup type {:?}", b.kind)))?;
             let archive = b.archive.unwrap_or(InfoArchive { start: None, stop: None });
             out.push(BackupInfo {
                 label: b.label,
@@ -875,7 +934,8 @@ fn write_owned(path: &Path, contents: &str, run_as: &RunAs) -> Result<(), Backup
     use std::os::unix::fs::PermissionsExt;
     let tmp = path.with_extension("tmp");
     std::fs::write(&tmp, contents).map_err(BackupError::io("write", &tmp))?;
-    std::fs::set_permissions(&tmp, std::fs::Permissions::from_mode(0o640)).map_err(BackupError::io("set permissions of", &tmp))?;
+    std::fs::set_permissions(&tmp, std::fs::Permissions::from_mode(0o640))
+        .map_err(BackupError::io("set permissions of", &tmp))?;
     run_as.chown(&tmp).map_err(BackupError::io("give to the server user", &tmp))?;
     std::fs::rename(&tmp, path).map_err(BackupError::io("replace", path))
 }

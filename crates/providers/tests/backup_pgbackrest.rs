@@ -34,18 +34,20 @@ async fn backup_is_listed_with_sizes_and_times_and_wal_reaches_the_repository() 
     let incr = repo.backup("listed", &pg.target(), BackupKind::Incr).await.expect("incremental backup");
     assert_eq!(incr.kind, BackupKind::Incr);
     assert_eq!(incr.prior.as_deref(), Some(full.label.as_str()));
-    assert!(incr.repo_size_bytes < full.repo_size_bytes, "an incremental holds only changed files: {incr:?} vs {full:?}");
+    assert!(
+        incr.repo_size_bytes < full.repo_size_bytes,
+        "an incremental holds only changed files: {incr:?} vs {full:?}"
+    );
 
     let listed = repo.list("listed").await.unwrap();
-    assert_eq!(listed.iter().map(|b| b.label.as_str()).collect::<Vec<_>>(), vec![full.label.as_str(), incr.label.as_str()]);
+    assert_eq!(
+        listed.iter().map(|b| b.label.as_str()).collect::<Vec<_>>(),
+        vec![full.label.as_str(), incr.label.as_str()]
+    );
 
     // WAL archiving: a switched segment lands in the repository.
     repo.check("listed").await.expect("pgbackrest check");
-    let segment: String = client
-        .query_one("SELECT pg_walfile_name(pg_current_wal_lsn())", &[])
-        .await
-        .unwrap()
-        .get(0);
+    let segment: String = client.query_one("SELECT pg_walfile_name(pg_current_wal_lsn())", &[]).await.unwrap().get(0);
     client.execute("INSERT INTO t VALUES (1)", &[]).await.unwrap();
     client.query_one("SELECT pg_switch_wal()", &[]).await.unwrap();
     wait_archived(&client, &segment).await;
@@ -92,17 +94,33 @@ async fn verify_restore_recovers_a_row_written_after_the_backup_from_archived_wa
     assert_eq!(report.error, None);
     assert_eq!(report.backup, backup.label);
     let evidence = report.evidence.join("\n");
-    for expected in ["pgbackrest verify", "restored", "SELECT 1 returned 1", "pg_is_in_recovery() is false", "canary query returned a row in database postgres"] {
+    for expected in [
+        "pgbackrest verify",
+        "restored",
+        "SELECT 1 returned 1",
+        "pg_is_in_recovery() is false",
+        "canary query returned a row in database postgres",
+    ] {
         assert!(evidence.contains(expected), "evidence lacks {expected:?}:\n{evidence}");
     }
     assert!(!scratch.exists(), "scratch directory deleted");
     assert!(!tmp.path().join("scratch.tablespaces").exists(), "scratch tablespaces deleted");
     assert_eq!(ts_entries(), ts_before, "the production tablespace directory is untouched");
-    assert_eq!(pg.connect().await.query("SELECT 1 FROM drover_canary", &[]).await.unwrap().len(), 2, "production still works");
+    assert_eq!(
+        pg.connect().await.query("SELECT 1 FROM drover_canary", &[]).await.unwrap().len(),
+        2,
+        "production still works"
+    );
 
     // A canary that is not there fails the verification.
     let report = repo
-        .verify_restore("good", &scratch, port, &bin_dir(), Some("SELECT 1 FROM drover_canary WHERE v = 'never written'"))
+        .verify_restore(
+            "good",
+            &scratch,
+            port,
+            &bin_dir(),
+            Some("SELECT 1 FROM drover_canary WHERE v = 'never written'"),
+        )
         .await
         .expect("verify_restore");
     assert!(!report.ok, "{report:#?}");
@@ -115,7 +133,10 @@ async fn verify_restore_catches_a_corrupted_backup_and_leaves_nothing_running() 
     let tmp = tempdir();
     let (repo, pg) = archiving_instance(tmp.path(), "corrupt").await;
     let client = pg.connect().await;
-    client.batch_execute("CREATE TABLE t (v text); INSERT INTO t SELECT md5(i::text) FROM generate_series(1, 20000) i").await.unwrap();
+    client
+        .batch_execute("CREATE TABLE t (v text); INSERT INTO t SELECT md5(i::text) FROM generate_series(1, 20000) i")
+        .await
+        .unwrap();
     let backup = repo.backup("corrupt", &pg.target(), BackupKind::Full).await.unwrap();
 
     // Damage the largest file of the backup set in the repository.
@@ -217,7 +238,13 @@ async fn verify_restore_catches_a_corrupted_archived_wal_segment() {
 
     let scratch = tmp.path().join("scratch");
     let report = repo
-        .verify_restore("walrot", &scratch, free_port(), &bin_dir(), Some("SELECT 1 FROM drover_canary WHERE v = 'after'"))
+        .verify_restore(
+            "walrot",
+            &scratch,
+            free_port(),
+            &bin_dir(),
+            Some("SELECT 1 FROM drover_canary WHERE v = 'after'"),
+        )
         .await
         .expect("verify_restore");
     assert!(!report.ok, "{report:#?}");

@@ -21,7 +21,12 @@ async fn security_flags_a_host_trust_line_as_crit_and_passes_scram_only_hba() {
     assert_eq!(check.status, Status::Warn, "superuser without password: {check:#?}");
     assert!(check.summary.contains("no password"), "{check:#?}");
 
-    client.batch_execute(&format!("SET password_encryption = 'scram-sha-256'; ALTER ROLE \"{user}\" PASSWORD 'correct horse'")).await.unwrap();
+    client
+        .batch_execute(&format!(
+            "SET password_encryption = 'scram-sha-256'; ALTER ROLE \"{user}\" PASSWORD 'correct horse'"
+        ))
+        .await
+        .unwrap();
     let hba = pg.data_dir.join("pg_hba.conf");
     std::fs::write(
         &hba,
@@ -35,7 +40,8 @@ async fn security_flags_a_host_trust_line_as_crit_and_passes_scram_only_hba() {
     assert_eq!(check.evidence["hba_rules"].as_array().unwrap().len(), 4);
 
     // TLS required by the plan but off.
-    let check = checks::security(&client, &pg.data_dir, &SecurityPolicy { require_tls: true, service_user: None }).await;
+    let check =
+        checks::security(&client, &pg.data_dir, &SecurityPolicy { require_tls: true, service_user: None }).await;
     assert_eq!(check.status, Status::Warn, "{check:#?}");
     assert!(check.summary.contains("ssl is off"), "{check:#?}");
 
@@ -117,9 +123,16 @@ fn backup_status_table() {
         let check = checks::backups(backup, verified, ok, now, &policy);
         assert_eq!(check.status, expected, "{case}: {check:#?}");
         assert_eq!(check.evidence["last_backup_at"], serde_json::json!(backup.map(|t| t.to_rfc3339())), "{case}");
-        assert_eq!(check.evidence["last_verified_restore_at"], serde_json::json!(verified.map(|t| t.to_rfc3339())), "{case}");
+        assert_eq!(
+            check.evidence["last_verified_restore_at"],
+            serde_json::json!(verified.map(|t| t.to_rfc3339())),
+            "{case}"
+        );
         if expected != Status::Ok {
-            assert!(!check.evidence["remedies"].as_array().unwrap().is_empty(), "{case}: a finding has a remedy: {check:#?}");
+            assert!(
+                !check.evidence["remedies"].as_array().unwrap().is_empty(),
+                "{case}: a finding has a remedy: {check:#?}"
+            );
         }
     }
     let strict = BackupPolicy { max_backup_age: hour, max_verify_age: 24 * hour };

@@ -3,8 +3,8 @@
 //! fails: the [`Harness`] guard calls `shutdown` in Drop.
 
 use drover_model::{
-    ActionId, ActionKind, ActionOutcome, ActionRecord, ActionState, Beat, Fault, ImageId,
-    InstanceId, Role, ServiceId, Timestamp,
+    ActionId, ActionKind, ActionOutcome, ActionRecord, ActionState, Beat, Fault, ImageId, InstanceId, Role, ServiceId,
+    Timestamp,
 };
 use drover_providers::local::{LocalConfig, LocalProvider};
 use drover_providers::{Provider, ProviderEvent};
@@ -16,10 +16,7 @@ use tokio::sync::mpsc;
 static COUNTER: AtomicU64 = AtomicU64::new(1);
 
 fn now_micros() -> i64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .unwrap()
-        .as_micros() as i64
+    SystemTime::now().duration_since(UNIX_EPOCH).unwrap().as_micros() as i64
 }
 
 fn fresh_id() -> u64 {
@@ -62,36 +59,17 @@ impl Drop for Harness {
 
 fn temp_dir() -> tempfile::TempDir {
     // Short paths: unix socket paths are limited to ~100 bytes.
-    tempfile::Builder::new()
-        .prefix("dl")
-        .tempdir_in("/tmp")
-        .unwrap()
+    tempfile::Builder::new().prefix("dl").tempdir_in("/tmp").unwrap()
 }
 
 impl Harness {
-    fn open(
-        dir: &tempfile::TempDir,
-        name: &str,
-        service: ServiceId,
-        config: LocalConfig,
-    ) -> Harness {
+    fn open(dir: &tempfile::TempDir, name: &str, service: ServiceId, config: LocalConfig) -> Harness {
         let provider = LocalProvider::open(dir.path(), config).expect("open the local provider");
-        Harness {
-            provider,
-            service,
-            name: name.to_string(),
-            dir: dir.path().to_path_buf(),
-            armed: true,
-        }
+        Harness { provider, service, name: name.to_string(), dir: dir.path().to_path_buf(), armed: true }
     }
 
     fn new(dir: &tempfile::TempDir, name: &str) -> Harness {
-        Harness::open(
-            dir,
-            name,
-            ServiceId::new_at(now_micros(), fresh_id()),
-            test_config(),
-        )
+        Harness::open(dir, name, ServiceId::new_at(now_micros(), fresh_id()), test_config())
     }
 
     fn record(&self, instance: InstanceId, kind: ActionKind) -> ActionRecord {
@@ -143,9 +121,7 @@ impl Harness {
     }
 
     fn url(&self) -> String {
-        self.provider
-            .service_url(&self.name)
-            .expect("the service has a URL")
+        self.provider.service_url(&self.name).expect("the service has a URL")
     }
 
     fn events(&self) -> mpsc::Receiver<ProviderEvent> {
@@ -156,20 +132,10 @@ impl Harness {
 
     /// A connection straight to one instance over its socket.
     async fn direct(&self, instance: InstanceId) -> tokio_postgres::Client {
-        let info = self
-            .provider
-            .instance_info(instance)
-            .expect("known instance");
+        let info = self.provider.instance_info(instance).expect("known instance");
         let mut config = tokio_postgres::Config::new();
-        config
-            .host_path(&info.socket_dir)
-            .port(info.port)
-            .user("drover")
-            .dbname("postgres");
-        let (client, connection) = config
-            .connect(tokio_postgres::NoTls)
-            .await
-            .expect("connect over the socket");
+        config.host_path(&info.socket_dir).port(info.port).user("drover").dbname("postgres");
+        let (client, connection) = config.connect(tokio_postgres::NoTls).await.expect("connect over the socket");
         tokio::spawn(connection);
         client
     }
@@ -183,15 +149,10 @@ async fn through_router(url: &str) -> Result<tokio_postgres::Client, tokio_postg
 }
 
 async fn count_rows(client: &tokio_postgres::Client) -> i64 {
-    let rows = client
-        .simple_query("SELECT count(*) FROM items")
-        .await
-        .expect("count");
+    let rows = client.simple_query("SELECT count(*) FROM items").await.expect("count");
     rows.iter()
         .find_map(|m| match m {
-            tokio_postgres::SimpleQueryMessage::Row(row) => {
-                Some(row.get(0).unwrap().parse().unwrap())
-            }
+            tokio_postgres::SimpleQueryMessage::Row(row) => Some(row.get(0).unwrap().parse().unwrap()),
             _ => None,
         })
         .expect("a row")
@@ -224,9 +185,7 @@ async fn a_row_written_through_the_stable_url_reaches_the_sync_follower_and_beat
     let dir = temp_dir();
     let h = Harness::new(&dir, "orders");
     let (primary, follower) = h.pair().await;
-    let client = through_router(&h.url())
-        .await
-        .expect("connect through the router");
+    let client = through_router(&h.url()).await.expect("connect through the router");
     client
         .batch_execute("CREATE TABLE items (id int PRIMARY KEY, note text); INSERT INTO items VALUES (1, 'first')")
         .await
@@ -236,28 +195,23 @@ async fn a_row_written_through_the_stable_url_reaches_the_sync_follower_and_beat
     let on_follower = h.direct(follower).await;
     let deadline = Instant::now() + Duration::from_secs(5);
     loop {
-        let seen = on_follower
-            .simple_query("SELECT note FROM items WHERE id = 1")
-            .await;
+        let seen = on_follower.simple_query("SELECT note FROM items WHERE id = 1").await;
         if let Ok(messages) = &seen {
-            if messages.iter().any(|m| matches!(m, tokio_postgres::SimpleQueryMessage::Row(r) if r.get(0) == Some("first"))) {
+            if messages
+                .iter()
+                .any(|m| matches!(m, tokio_postgres::SimpleQueryMessage::Row(r) if r.get(0) == Some("first")))
+            {
                 break;
             }
         }
-        assert!(
-            Instant::now() < deadline,
-            "row not visible on the follower: {seen:?}"
-        );
+        assert!(Instant::now() < deadline, "row not visible on the follower: {seen:?}");
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
-    let sync_state = h
-        .direct(primary)
-        .await
-        .simple_query("SELECT sync_state FROM pg_stat_replication")
-        .await
-        .unwrap();
+    let sync_state = h.direct(primary).await.simple_query("SELECT sync_state FROM pg_stat_replication").await.unwrap();
     assert!(
-        sync_state.iter().any(|m| matches!(m, tokio_postgres::SimpleQueryMessage::Row(r) if r.get(0) == Some("quorum"))),
+        sync_state
+            .iter()
+            .any(|m| matches!(m, tokio_postgres::SimpleQueryMessage::Row(r) if r.get(0) == Some("quorum"))),
         "the follower replicates synchronously"
     );
 
@@ -276,44 +230,25 @@ async fn a_row_written_through_the_stable_url_reaches_the_sync_follower_and_beat
     assert!(p.wal_position.unwrap() > 0 && f.wal_position.unwrap() > 0);
     assert!(f.replication_lag_bytes.is_some());
     assert!(p.connections.unwrap() >= 1);
-    let next = beats_until(&mut events, Duration::from_secs(5), |b| {
-        beat_of(b, primary).is_some()
-    })
-    .await;
-    assert!(
-        beat_of(&next, primary).unwrap().seq > beat_of(&beats, primary).unwrap().seq,
-        "seq grows"
-    );
+    let next = beats_until(&mut events, Duration::from_secs(5), |b| beat_of(b, primary).is_some()).await;
+    assert!(beat_of(&next, primary).unwrap().seq > beat_of(&beats, primary).unwrap().seq, "seq grows");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn kill_9_of_the_primary_is_reported_at_once_and_failover_keeps_the_url_and_every_committed_row(
-) {
+async fn kill_9_of_the_primary_is_reported_at_once_and_failover_keeps_the_url_and_every_committed_row() {
     let dir = temp_dir();
     let h = Harness::new(&dir, "ledger");
     let (primary, follower) = h.pair().await;
     let url = h.url();
     let client = through_router(&url).await.unwrap();
-    client
-        .batch_execute("CREATE TABLE items (id int PRIMARY KEY)")
-        .await
-        .unwrap();
+    client.batch_execute("CREATE TABLE items (id int PRIMARY KEY)").await.unwrap();
     for i in 0..100 {
-        client
-            .batch_execute(&format!("INSERT INTO items VALUES ({i})"))
-            .await
-            .unwrap();
+        client.batch_execute(&format!("INSERT INTO items VALUES ({i})")).await.unwrap();
     }
     let mut events = h.events();
 
     let crashed_at = Instant::now();
-    h.ok(
-        primary,
-        ActionKind::InjectFault {
-            fault: Fault::Crash,
-        },
-    )
-    .await;
+    h.ok(primary, ActionKind::InjectFault { fault: Fault::Crash }).await;
     let gone_after = loop {
         match tokio::time::timeout(Duration::from_secs(1), events.recv()).await {
             Ok(Some(ProviderEvent::Gone { instance, detail })) => {
@@ -326,10 +261,7 @@ async fn kill_9_of_the_primary_is_reported_at_once_and_failover_keeps_the_url_an
             Err(_) => panic!("no Gone within 1 s of kill -9"),
         }
     };
-    assert!(
-        gone_after < Duration::from_secs(1),
-        "Gone after {gone_after:?}"
-    );
+    assert!(gone_after < Duration::from_secs(1), "Gone after {gone_after:?}");
 
     let failover = Instant::now();
     h.ok(primary, ActionKind::Fence).await;
@@ -338,135 +270,71 @@ async fn kill_9_of_the_primary_is_reported_at_once_and_failover_keeps_the_url_an
 
     // A client connected before the crash keeps its connection: the router
     // (transaction pooling) sends its next transaction to the new primary.
-    client
-        .batch_execute("INSERT INTO items VALUES (999)")
-        .await
-        .expect("the old client connection still works");
-    let client = through_router(&url)
-        .await
-        .expect("the same URL after failover");
-    client
-        .batch_execute("INSERT INTO items VALUES (1000)")
-        .await
-        .expect("write through the same URL");
+    client.batch_execute("INSERT INTO items VALUES (999)").await.expect("the old client connection still works");
+    let client = through_router(&url).await.expect("the same URL after failover");
+    client.batch_execute("INSERT INTO items VALUES (1000)").await.expect("write through the same URL");
     let first_write = crashed_at.elapsed();
-    assert_eq!(
-        count_rows(&client).await,
-        102,
-        "every row committed before the crash survived"
-    );
+    assert_eq!(count_rows(&client).await, 102, "every row committed before the crash survived");
     assert!(h.provider.instance_info(primary).unwrap().fenced);
-    assert_eq!(
-        h.provider.instance_info(follower).unwrap().role,
-        Role::Primary
-    );
+    assert_eq!(h.provider.instance_info(follower).unwrap().role, Role::Primary);
     eprintln!("TIMING kill -9 -> Gone: {gone_after:?}; fence+promote: {failover_took:?}; kill -9 -> first write through URL: {first_write:?}");
 
     // The fenced primary is never started again.
     match h.run(primary, ActionKind::Restart).await {
-        ActionOutcome::Failed {
-            retryable: false, ..
-        } => {}
+        ActionOutcome::Failed { retryable: false, .. } => {}
         other => panic!("restart of a fenced instance: {other:?}"),
     }
     // Rounds sampled before the promotion may still be queued: wait for the new role.
     let beats = beats_until(&mut events, Duration::from_secs(5), |b| {
-        beat_of(b, follower)
-            .is_some_and(|f| f.facts.writable == Some(true) && f.facts.role == Some(Role::Primary))
+        beat_of(b, follower).is_some_and(|f| f.facts.writable == Some(true) && f.facts.role == Some(Role::Primary))
     })
     .await;
-    assert!(
-        beat_of(&beats, primary).is_none(),
-        "a fenced instance does not beat"
-    );
+    assert!(beat_of(&beats, primary).is_none(), "a fenced instance does not beat");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn hang_fails_probes_heal_restores_them_partition_silences_beats_and_a_hung_server_is_fenced_at_once()
-{
+async fn hang_fails_probes_heal_restores_them_partition_silences_beats_and_a_hung_server_is_fenced_at_once() {
     let dir = temp_dir();
     let h = Harness::new(&dir, "inventory");
     let primary = instance_id();
     h.ok(primary, h.provision_kind(Role::Primary)).await;
     h.ok(primary, ActionKind::Probe).await;
 
-    h.ok(primary, ActionKind::InjectFault { fault: Fault::Hang })
-        .await;
+    h.ok(primary, ActionKind::InjectFault { fault: Fault::Hang }).await;
     let started = Instant::now();
     match h.run(primary, ActionKind::Probe).await {
-        ActionOutcome::Failed {
-            retryable: false, ..
-        } => {}
+        ActionOutcome::Failed { retryable: false, .. } => {}
         other => panic!("probe of a hung server: {other:?}"),
     }
-    assert!(
-        started.elapsed() < Duration::from_secs(3),
-        "a probe is bounded"
-    );
-    h.ok(primary, ActionKind::InjectFault { fault: Fault::Heal })
-        .await;
+    assert!(started.elapsed() < Duration::from_secs(3), "a probe is bounded");
+    h.ok(primary, ActionKind::InjectFault { fault: Fault::Heal }).await;
     h.ok(primary, ActionKind::Probe).await;
 
     let mut events = h.events();
-    beats_until(&mut events, Duration::from_secs(5), |b| {
-        beat_of(b, primary).is_some()
-    })
-    .await;
-    h.ok(
-        primary,
-        ActionKind::InjectFault {
-            fault: Fault::Partition,
-        },
-    )
-    .await;
+    beats_until(&mut events, Duration::from_secs(5), |b| beat_of(b, primary).is_some()).await;
+    h.ok(primary, ActionKind::InjectFault { fault: Fault::Partition }).await;
     // Drain what was in flight, then watch a few rounds.
     tokio::time::sleep(Duration::from_millis(300)).await;
     while events.try_recv().is_ok() {}
     let watch_until = Instant::now() + Duration::from_millis(1200);
-    while let Ok(Some(event)) = tokio::time::timeout(
-        watch_until.saturating_duration_since(Instant::now()),
-        events.recv(),
-    )
-    .await
+    while let Ok(Some(event)) =
+        tokio::time::timeout(watch_until.saturating_duration_since(Instant::now()), events.recv()).await
     {
         if let ProviderEvent::Beats(beats) = event {
-            assert!(
-                beat_of(&beats, primary).is_none(),
-                "a partitioned instance beat"
-            );
+            assert!(beat_of(&beats, primary).is_none(), "a partitioned instance beat");
         }
     }
-    let client = through_router(&h.url())
-        .await
-        .expect("the router serves during a partition");
-    client
-        .batch_execute("CREATE TABLE items (id int); INSERT INTO items VALUES (1)")
-        .await
-        .unwrap();
-    h.ok(primary, ActionKind::InjectFault { fault: Fault::Heal })
-        .await;
-    beats_until(&mut events, Duration::from_secs(5), |b| {
-        beat_of(b, primary).is_some()
-    })
-    .await;
+    let client = through_router(&h.url()).await.expect("the router serves during a partition");
+    client.batch_execute("CREATE TABLE items (id int); INSERT INTO items VALUES (1)").await.unwrap();
+    h.ok(primary, ActionKind::InjectFault { fault: Fault::Heal }).await;
+    beats_until(&mut events, Duration::from_secs(5), |b| beat_of(b, primary).is_some()).await;
 
     // A hung primary is fenced at once (a stopped process cannot shut down: it is killed).
-    let pgdata = h
-        .provider
-        .instance_info(primary)
-        .unwrap()
-        .data_dir
-        .canonicalize()
-        .unwrap();
-    h.ok(primary, ActionKind::InjectFault { fault: Fault::Hang })
-        .await;
+    let pgdata = h.provider.instance_info(primary).unwrap().data_dir.canonicalize().unwrap();
+    h.ok(primary, ActionKind::InjectFault { fault: Fault::Hang }).await;
     let fencing = Instant::now();
     h.ok(primary, ActionKind::Fence).await;
-    assert!(
-        fencing.elapsed() < Duration::from_secs(3),
-        "fence of a hung server took {:?}",
-        fencing.elapsed()
-    );
+    assert!(fencing.elapsed() < Duration::from_secs(3), "fence of a hung server took {:?}", fencing.elapsed());
     let survivors: Vec<_> = std::fs::read_dir("/proc")
         .unwrap()
         .flatten()
@@ -476,10 +344,7 @@ async fn hang_fails_probes_heal_restores_them_partition_silences_beats_and_a_hun
                 .is_ok_and(|st| !st.rsplit(')').next().unwrap().trim_start().starts_with('Z'))
         })
         .collect();
-    assert!(
-        survivors.is_empty(),
-        "processes of the fenced server survive: {survivors:?}"
-    );
+    assert!(survivors.is_empty(), "processes of the fenced server survive: {survivors:?}");
     assert!(h.provider.instance_info(primary).unwrap().fenced);
 }
 
@@ -494,8 +359,7 @@ async fn twice(h: &Harness, instance: InstanceId, kind: ActionKind) {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn every_action_run_twice_has_the_effect_of_once_and_a_terminated_id_is_never_provisioned_again(
-) {
+async fn every_action_run_twice_has_the_effect_of_once_and_a_terminated_id_is_never_provisioned_again() {
     let dir = temp_dir();
     let h = Harness::new(&dir, "billing");
     let primary = instance_id();
@@ -503,53 +367,31 @@ async fn every_action_run_twice_has_the_effect_of_once_and_a_terminated_id_is_ne
     twice(&h, primary, h.provision_kind(Role::Primary)).await;
     let pid = h.provider.instance_info(primary).unwrap().pid;
     twice(&h, follower, h.provision_kind(Role::Follower)).await;
-    assert_eq!(
-        h.provider.instance_info(primary).unwrap().pid,
-        pid,
-        "a repeat provision does not restart it"
-    );
+    assert_eq!(h.provider.instance_info(primary).unwrap().pid, pid, "a repeat provision does not restart it");
     twice(&h, primary, ActionKind::Probe).await;
     twice(&h, primary, ActionKind::Restart).await;
-    twice(
-        &h,
-        follower,
-        ActionKind::InjectFault {
-            fault: Fault::Partition,
-        },
-    )
-    .await;
+    twice(&h, follower, ActionKind::InjectFault { fault: Fault::Partition }).await;
     twice(&h, follower, ActionKind::InjectFault { fault: Fault::Heal }).await;
     twice(&h, primary, ActionKind::Fence).await;
     assert!(h.provider.instance_info(primary).unwrap().pid.is_none());
     twice(&h, follower, ActionKind::Promote).await;
     let client = through_router(&h.url()).await.unwrap();
-    client
-        .batch_execute("CREATE TABLE items (id int)")
-        .await
-        .expect("the promoted follower takes writes");
+    client.batch_execute("CREATE TABLE items (id int)").await.expect("the promoted follower takes writes");
     twice(&h, primary, ActionKind::Retire).await;
     twice(&h, primary, ActionKind::Archive).await;
     let archived = h.dir.join("local/archive").join(primary.to_string());
-    assert!(
-        archived.join("pgdata/PG_VERSION").exists(),
-        "archive keeps the data"
-    );
+    assert!(archived.join("pgdata/PG_VERSION").exists(), "archive keeps the data");
     twice(&h, primary, ActionKind::Terminate).await;
     assert!(!archived.exists(), "terminate deletes what was left");
     assert!(h.provider.instance_info(primary).is_none());
     match h.run(primary, h.provision_kind(Role::Primary)).await {
-        ActionOutcome::Failed {
-            retryable: false,
-            error,
-        } => assert!(error.contains("terminated"), "{error}"),
+        ActionOutcome::Failed { retryable: false, error } => assert!(error.contains("terminated"), "{error}"),
         other => panic!("a late provision of a terminated id: {other:?}"),
     }
     // Fencing something never known succeeds: it cannot write.
     twice(&h, instance_id(), ActionKind::Fence).await;
     match h.run(follower, ActionKind::Backup).await {
-        ActionOutcome::Failed {
-            retryable: false, ..
-        } => {}
+        ActionOutcome::Failed { retryable: false, .. } => {}
         other => panic!("backup is not wired yet: {other:?}"),
     }
 }
@@ -559,15 +401,8 @@ async fn a_reopened_provider_adopts_running_servers_restarts_dead_ones_and_beats
     let dir = temp_dir();
     let service = ServiceId::new_at(now_micros(), fresh_id());
     // Armed until the simulated kill -9, so a failure before it stops the servers.
-    let mut first = Harness::open(
-        &dir,
-        "reports",
-        service,
-        LocalConfig {
-            kill_servers_on_drop: false,
-            ..test_config()
-        },
-    );
+    let mut first =
+        Harness::open(&dir, "reports", service, LocalConfig { kill_servers_on_drop: false, ..test_config() });
     let (primary, follower) = first.pair().await;
     let url = first.url();
     let primary_pid = first.provider.instance_info(primary).unwrap().pid.unwrap();
@@ -576,51 +411,25 @@ async fn a_reopened_provider_adopts_running_servers_restarts_dead_ones_and_beats
     // The control plane dies (kill -9: no shutdown); the follower dies while it is away.
     first.armed = false;
     drop(first);
-    nix::sys::signal::killpg(
-        nix::unistd::Pid::from_raw(follower_pid),
-        nix::sys::signal::Signal::SIGKILL,
-    )
-    .unwrap();
+    nix::sys::signal::killpg(nix::unistd::Pid::from_raw(follower_pid), nix::sys::signal::Signal::SIGKILL).unwrap();
 
     let h = Harness::open(&dir, "reports", service, test_config());
-    assert_eq!(
-        h.provider.instance_info(primary).unwrap().pid,
-        Some(primary_pid),
-        "the primary is adopted"
-    );
+    assert_eq!(h.provider.instance_info(primary).unwrap().pid, Some(primary_pid), "the primary is adopted");
     assert_eq!(h.url(), url, "the URL survives");
     let mut events = h.events();
     let beats = beats_until(&mut events, Duration::from_secs(30), |b| {
-        beat_of(b, primary).is_some()
-            && beat_of(b, follower).is_some_and(|f| f.facts.upstream_streaming == Some(true))
+        beat_of(b, primary).is_some() && beat_of(b, follower).is_some_and(|f| f.facts.upstream_streaming == Some(true))
     })
     .await;
-    assert_eq!(
-        beat_of(&beats, primary).unwrap().facts.role,
-        Some(Role::Primary)
-    );
+    assert_eq!(beat_of(&beats, primary).unwrap().facts.role, Some(Role::Primary));
     let new_follower_pid = h.provider.instance_info(follower).unwrap().pid.unwrap();
-    assert_ne!(
-        new_follower_pid, follower_pid,
-        "the dead follower was restarted"
-    );
-    let client = through_router(&url)
-        .await
-        .expect("the router was adopted or restarted");
-    client
-        .batch_execute("CREATE TABLE items (id int)")
-        .await
-        .unwrap();
+    assert_ne!(new_follower_pid, follower_pid, "the dead follower was restarted");
+    let client = through_router(&url).await.expect("the router was adopted or restarted");
+    client.batch_execute("CREATE TABLE items (id int)").await.unwrap();
 
     // An adopted postmaster's death is noticed too.
     let crashed_at = Instant::now();
-    h.ok(
-        primary,
-        ActionKind::InjectFault {
-            fault: Fault::Crash,
-        },
-    )
-    .await;
+    h.ok(primary, ActionKind::InjectFault { fault: Fault::Crash }).await;
     loop {
         match tokio::time::timeout(Duration::from_secs(1), events.recv()).await {
             Ok(Some(ProviderEvent::Gone { instance, .. })) if instance == primary => break,
@@ -639,32 +448,17 @@ async fn a_dead_sync_follower_does_not_block_writes_and_restart_brings_it_back_s
     let mut events = h.events();
     let url = h.url();
     let client = through_router(&url).await.unwrap();
-    client
-        .batch_execute("CREATE TABLE items (id int)")
-        .await
-        .unwrap();
+    client.batch_execute("CREATE TABLE items (id int)").await.unwrap();
 
-    h.ok(
-        follower,
-        ActionKind::InjectFault {
-            fault: Fault::Crash,
-        },
-    )
-    .await;
+    h.ok(follower, ActionKind::InjectFault { fault: Fault::Crash }).await;
     // Non-strict synchronous mode: with no follower streaming, the primary
     // goes async within a heartbeat round or two instead of blocking.
     let started = Instant::now();
-    tokio::time::timeout(
-        Duration::from_secs(10),
-        client.batch_execute("INSERT INTO items VALUES (1)"),
-    )
-    .await
-    .expect("a write completes without its sync follower")
-    .unwrap();
-    eprintln!(
-        "TIMING write with the sync follower dead: {:?}",
-        started.elapsed()
-    );
+    tokio::time::timeout(Duration::from_secs(10), client.batch_execute("INSERT INTO items VALUES (1)"))
+        .await
+        .expect("a write completes without its sync follower")
+        .unwrap();
+    eprintln!("TIMING write with the sync follower dead: {:?}", started.elapsed());
 
     h.ok(follower, ActionKind::Restart).await;
     beats_until(&mut events, Duration::from_secs(15), |b| {
@@ -675,44 +469,22 @@ async fn a_dead_sync_follower_does_not_block_writes_and_restart_brings_it_back_s
     let on_primary = h.direct(primary).await;
     let deadline = Instant::now() + Duration::from_secs(10);
     loop {
-        let rows = on_primary
-            .simple_query("SELECT sync_state FROM pg_stat_replication")
-            .await
-            .unwrap();
+        let rows = on_primary.simple_query("SELECT sync_state FROM pg_stat_replication").await.unwrap();
         if rows.iter().any(|m| matches!(m, tokio_postgres::SimpleQueryMessage::Row(r) if r.get(0) == Some("quorum"))) {
             break;
         }
-        assert!(
-            Instant::now() < deadline,
-            "the restarted follower is not synchronous again"
-        );
+        assert!(Instant::now() < deadline, "the restarted follower is not synchronous again");
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
 
     // A router killed behind the provider's back comes back on the same URL.
-    let pid_file = h
-        .dir
-        .join("local/routers")
-        .join(h.service.to_string())
-        .join("pgbouncer.pid");
-    let router_pid: i32 = std::fs::read_to_string(&pid_file)
-        .unwrap()
-        .trim()
-        .parse()
-        .unwrap();
-    nix::sys::signal::kill(
-        nix::unistd::Pid::from_raw(router_pid),
-        nix::sys::signal::Signal::SIGKILL,
-    )
-    .unwrap();
+    let pid_file = h.dir.join("local/routers").join(h.service.to_string()).join("pgbouncer.pid");
+    let router_pid: i32 = std::fs::read_to_string(&pid_file).unwrap().trim().parse().unwrap();
+    nix::sys::signal::kill(nix::unistd::Pid::from_raw(router_pid), nix::sys::signal::Signal::SIGKILL).unwrap();
     let deadline = Instant::now() + Duration::from_secs(10);
     loop {
         if let Ok(client) = through_router(&url).await {
-            if client
-                .batch_execute("INSERT INTO items VALUES (2)")
-                .await
-                .is_ok()
-            {
+            if client.batch_execute("INSERT INTO items VALUES (2)").await.is_ok() {
                 break;
             }
         }
@@ -734,10 +506,7 @@ async fn backup_then_restore_test_through_the_provider_and_real_checks() {
     let primary = instance_id();
     h.ok(primary, h.provision_kind(Role::Primary)).await;
     let client = through_router(&h.url()).await.expect("connect through the router");
-    client
-        .batch_execute("CREATE TABLE items (id int PRIMARY KEY); INSERT INTO items VALUES (1), (2)")
-        .await
-        .unwrap();
+    client.batch_execute("CREATE TABLE items (id int PRIMARY KEY); INSERT INTO items VALUES (1), (2)").await.unwrap();
     match h.run(primary, ActionKind::Backup).await {
         ActionOutcome::Succeeded { detail } => assert!(detail.unwrap_or_default().contains("bytes")),
         failed => panic!("backup failed: {failed:?}"),

@@ -44,7 +44,13 @@ fn action(service: ServiceId, instance: InstanceId, kind: ActionKind) -> ActionR
 }
 
 fn provision(role: Role) -> ActionKind {
-    ActionKind::Provision { role, zone: "zone-a".into(), image: ImageId("postgres-17".into()), service_name: "db".into(), sync: false }
+    ActionKind::Provision {
+        role,
+        zone: "zone-a".into(),
+        image: ImageId("postgres-17".into()),
+        service_name: "db".into(),
+        sync: false,
+    }
 }
 fn inject(fault: Fault) -> ActionKind {
     ActionKind::InjectFault { fault }

@@ -33,7 +33,13 @@ pub struct BackupsCheck {
 pub fn compose(view: &ServiceView, provider: ProviderChecks, now: Timestamp) -> ServiceChecks {
     let b = &view.backups;
     let backups = BackupsCheck {
-        check: checks::backups(b.last_backup_at, b.last_verified_restore_at, b.last_verify_ok, now, &BackupPolicy::default()),
+        check: checks::backups(
+            b.last_backup_at,
+            b.last_verified_restore_at,
+            b.last_verify_ok,
+            now,
+            &BackupPolicy::default(),
+        ),
         last_backup_at: b.last_backup_at,
         last_verified_restore_at: b.last_verified_restore_at,
         last_verify_ok: b.last_verify_ok,

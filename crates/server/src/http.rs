@@ -12,7 +12,9 @@ use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use axum::Router;
 use drover_engine::{Command, HeartbeatReceipt, Input, Reply};
-use drover_model::{ActionRecord, AuditEntry, Beat, CreateService, Event, Fault, Image, InstanceId, InstanceView, ServiceView};
+use drover_model::{
+    ActionRecord, AuditEntry, Beat, CreateService, Event, Fault, Image, InstanceId, InstanceView, ServiceView,
+};
 use drover_store::{EventFilter, Store};
 use metrics_exporter_prometheus::PrometheusHandle;
 use serde::{Deserialize, Serialize};
@@ -106,8 +108,7 @@ fn actor(headers: &HeaderMap) -> Result<String, ApiError> {
 }
 
 fn parse_instance_id(text: &str) -> Result<InstanceId, ApiError> {
-    text.parse::<InstanceId>()
-        .map_err(|e| ApiError::bad_request(format!("instance id {text:?} is not a UUID: {e}")))
+    text.parse::<InstanceId>().map_err(|e| ApiError::bad_request(format!("instance id {text:?} is not a UUID: {e}")))
 }
 
 fn unexpected(reply: Reply) -> ApiError {
@@ -346,7 +347,8 @@ pub(crate) async fn list_events(
 ) -> Result<Json<Vec<Event>>, ApiError> {
     let ready = state.ready()?;
     let instance = query.instance.as_deref().map(parse_instance_id).transpose()?;
-    let filter = EventFilter { service: query.service, instance, after_seq: query.after, limit: Some(limit(query.limit)) };
+    let filter =
+        EventFilter { service: query.service, instance, after_seq: query.after, limit: Some(limit(query.limit)) };
     let store = ready.store.clone();
     Ok(Json(blocking(move || store.events(&filter)).await?))
 }
@@ -493,10 +495,7 @@ pub(crate) async fn metrics_text(State(state): State<AppState>) -> Response {
 #[utoipa::path(get, path = "/openapi.json", tag = "health",
     responses((status = 200, description = "OpenAPI 3 document", content_type = "application/json")))]
 pub(crate) async fn openapi_json() -> Response {
-    (
-        [(header::CONTENT_TYPE, HeaderValue::from_static("application/json"))],
-        crate::openapi::document_json(),
-    )
+    ([(header::CONTENT_TYPE, HeaderValue::from_static("application/json"))], crate::openapi::document_json())
         .into_response()
 }
 

@@ -63,9 +63,7 @@ impl ServeOptions {
 /// Binds `opts.listen`, starts up, serves until `shutdown` completes, then
 /// stops cleanly (in-flight requests finish, the engine's last batch commits).
 pub async fn serve(opts: ServeOptions, shutdown: impl Future<Output = ()> + Send + 'static) -> anyhow::Result<()> {
-    let listener = TcpListener::bind(opts.listen)
-        .await
-        .with_context(|| format!("cannot listen on {}", opts.listen))?;
+    let listener = TcpListener::bind(opts.listen).await.with_context(|| format!("cannot listen on {}", opts.listen))?;
     run(listener, opts, shutdown).await
 }
 
@@ -99,9 +97,7 @@ impl RunningServer {
 /// task; returns once the address is bound. `/healthz` answers 503 until
 /// start-up is done, then 200.
 pub async fn start(opts: ServeOptions) -> anyhow::Result<RunningServer> {
-    let listener = TcpListener::bind(opts.listen)
-        .await
-        .with_context(|| format!("cannot listen on {}", opts.listen))?;
+    let listener = TcpListener::bind(opts.listen).await.with_context(|| format!("cannot listen on {}", opts.listen))?;
     let addr = listener.local_addr()?;
     let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
     let task = tokio::spawn(run(listener, opts, async move {
@@ -114,8 +110,7 @@ pub async fn start(opts: ServeOptions) -> anyhow::Result<RunningServer> {
 /// content-addressed, so registering them again on every start is a no-op.
 pub fn default_images(now: drover_model::Timestamp) -> Vec<Image> {
     let image = |engine, version: &str, packages: &[(&str, &str)]| {
-        let packages: BTreeMap<String, String> =
-            packages.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect();
+        let packages: BTreeMap<String, String> = packages.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect();
         Image::new(engine, version, BTreeMap::new(), packages, now)
     };
     vec![
@@ -211,7 +206,9 @@ async fn start_up(
                 providers.insert("local".into(), local);
                 extra_images.extend(image);
             }
-            Err(e) => tracing::warn!(error = %e, "the local provider is not available; only `sim` services can be created"),
+            Err(e) => {
+                tracing::warn!(error = %e, "the local provider is not available; only `sim` services can be created")
+            }
         }
     }
     // The engine may assign only providers that opened.
@@ -246,19 +243,15 @@ async fn start_up(
 
     // The real image last: the engine builds new services from the newest.
     for image in default_images(now).into_iter().chain(extra_images) {
-        let out = engine.step(
-            Input::Command { actor: "system".into(), command: Command::RegisterImage(image.clone()) },
-            now,
-        );
+        let out =
+            engine.step(Input::Command { actor: "system".into(), command: Command::RegisterImage(image.clone()) }, now);
         if let Some(Err(e)) = &out.reply {
             tracing::warn!(image = %image.id, error = %e, "default image refused");
         }
         changes.extend(out.changes);
         redispatch.extend(out.dispatch);
     }
-    runtime::commit(&store, changes)
-        .await
-        .map_err(|e| anyhow::anyhow!("cannot persist the restored state: {e}"))?;
+    runtime::commit(&store, changes).await.map_err(|e| anyhow::anyhow!("cannot persist the restored state: {e}"))?;
 
     let (tx, inbox) = mpsc::channel(runtime::QUEUE_CAPACITY);
     let handle = runtime::EngineHandle::new(tx);
@@ -274,10 +267,15 @@ async fn start_up(
 
     // On-call: engine events that need a person become alerts.
     let (tap, engine_events) = oncall::event_tap();
-    let (oncall, oncall_task) =
-        oncall::start(&opts.data_dir, format!("http://{addr}"), Some(handle.clone()), Some(engine_events), stop.clone())
-            .await
-            .context("cannot start the pager")?;
+    let (oncall, oncall_task) = oncall::start(
+        &opts.data_dir,
+        format!("http://{addr}"),
+        Some(handle.clone()),
+        Some(engine_events),
+        stop.clone(),
+    )
+    .await
+    .context("cannot start the pager")?;
     let actor = runtime::Actor { engine, store: store.clone(), dispatcher, inbox, shutdown: stop, tap: Some(tap) };
     let engine_task = tokio::spawn(actor.run());
     let actor_task = tokio::spawn(async move {
@@ -294,7 +292,8 @@ async fn start_up(
 
     let mut names: Vec<String> = providers.keys().cloned().collect();
     names.sort();
-    let _ = state.ready.set(http::Ready { engine: handle, store, providers: names, provider_objects: providers, oncall });
+    let _ =
+        state.ready.set(http::Ready { engine: handle, store, providers: names, provider_objects: providers, oncall });
     Ok(actor_task)
 }
 
@@ -324,7 +323,17 @@ async fn local_postgres_image() -> Option<Image> {
     let version = tokio::process::Command::new(format!("{bindir}/postgres")).arg("--version").output().await.ok()?;
     let version = String::from_utf8_lossy(&version.stdout).trim().to_string();
     let manifest = tokio::process::Command::new("dpkg-query")
-        .args(["-W", "-f", "${Package} ${Version}\\n", "postgresql-15", "libpq5", "pgbouncer", "pgbackrest", "openssl", "libc6"])
+        .args([
+            "-W",
+            "-f",
+            "${Package} ${Version}\\n",
+            "postgresql-15",
+            "libpq5",
+            "pgbouncer",
+            "pgbackrest",
+            "openssl",
+            "libc6",
+        ])
         .output()
         .await
         .ok()?;

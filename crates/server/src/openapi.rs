@@ -2,10 +2,10 @@
 //! annotations and the model's schemas. Served at `/openapi.json`.
 
 use crate::error::ErrorBody;
-use crate::http::{self, ChaosRequest, HeartbeatBatch, HeartbeatReceiptDoc, Health};
+use crate::http::{self, ChaosRequest, Health, HeartbeatBatch, HeartbeatReceiptDoc};
 use drover_model::{
-    ActionKind, ActionRecord, ActionState, AuditEntry, BackupStatus, Beat, CreateService, EngineKind, Event, EventSubject, Facts,
-    Fault, Image, InstanceState, InstanceView, Plan, Role, ServiceState, ServiceView,
+    ActionKind, ActionRecord, ActionState, AuditEntry, BackupStatus, Beat, CreateService, EngineKind, Event,
+    EventSubject, Facts, Fault, Image, InstanceState, InstanceView, Plan, Role, ServiceState, ServiceView,
 };
 use std::sync::OnceLock;
 use utoipa::OpenApi;
@@ -46,9 +46,30 @@ use utoipa::OpenApi;
         crate::oncall::routes::on_call_now,
     ),
     components(schemas(
-        ErrorBody, Health, CreateService, ServiceView, InstanceView, Plan, Role, EngineKind, ServiceState,
-        InstanceState, Facts, Beat, HeartbeatBatch, HeartbeatReceiptDoc, ChaosRequest, Fault, ActionRecord,
-        ActionKind, ActionState, Event, EventSubject, AuditEntry, Image, BackupStatus,
+        ErrorBody,
+        Health,
+        CreateService,
+        ServiceView,
+        InstanceView,
+        Plan,
+        Role,
+        EngineKind,
+        ServiceState,
+        InstanceState,
+        Facts,
+        Beat,
+        HeartbeatBatch,
+        HeartbeatReceiptDoc,
+        ChaosRequest,
+        Fault,
+        ActionRecord,
+        ActionKind,
+        ActionState,
+        Event,
+        EventSubject,
+        AuditEntry,
+        Image,
+        BackupStatus,
     ))
 )]
 pub struct ApiDoc;
@@ -60,6 +81,5 @@ pub fn document() -> utoipa::openapi::OpenApi {
 /// The document as JSON, built once.
 pub fn document_json() -> String {
     static JSON: OnceLock<String> = OnceLock::new();
-    JSON.get_or_init(|| document().to_pretty_json().unwrap_or_else(|e| format!("{{\"error\":\"{e}\"}}")))
-        .clone()
+    JSON.get_or_init(|| document().to_pretty_json().unwrap_or_else(|e| format!("{{\"error\":\"{e}\"}}"))).clone()
 }

@@ -32,7 +32,10 @@ pub type ReplySender = oneshot::Sender<Result<Reply, ApiError>>;
 pub type Query = Box<dyn FnOnce(&Engine) + Send + 'static>;
 
 pub enum Msg {
-    Input { input: Input, reply: Option<ReplySender> },
+    Input {
+        input: Input,
+        reply: Option<ReplySender>,
+    },
     /// Read-only look at the engine. Run after the commit of any input that
     /// came before it (read-your-writes).
     Query(Query),
@@ -73,10 +76,7 @@ impl EngineHandle {
         let query: Query = Box::new(move |engine: &Engine| {
             let _ = tx.send(f(engine));
         });
-        self.tx
-            .send(Msg::Query(query))
-            .await
-            .map_err(|_| ApiError::unavailable("the engine is shutting down"))?;
+        self.tx.send(Msg::Query(query)).await.map_err(|_| ApiError::unavailable("the engine is shutting down"))?;
         rx.await.map_err(|_| ApiError::unavailable("the engine stopped before answering"))
     }
 
@@ -379,12 +379,16 @@ mod tests {
         let config = drover_engine::Config::default();
         let (mut engine, _) = Engine::restore(config, 7, Snapshot::default(), now);
         for image in crate::default_images(now) {
-            engine.step(Input::Command { actor: "system".into(), command: drover_engine::Command::RegisterImage(image) }, now);
+            engine.step(
+                Input::Command { actor: "system".into(), command: drover_engine::Command::RegisterImage(image) },
+                now,
+            );
         }
         let (tx, inbox) = mpsc::channel(QUEUE_CAPACITY);
         let handle = EngineHandle::new(tx);
         let provider: Arc<dyn Provider> = provider;
-        let dispatcher = Dispatcher::new(HashMap::from([("sim".to_string(), provider.clone())]), provider, handle.clone());
+        let dispatcher =
+            Dispatcher::new(HashMap::from([("sim".to_string(), provider.clone())]), provider, handle.clone());
         let (stop, shutdown) = watch::channel(false);
         tokio::spawn(Actor { engine, store, dispatcher, inbox, shutdown, tap: None }.run());
         (handle, stop)
@@ -422,7 +426,8 @@ mod tests {
         handle
             .tx
             .try_send(Msg::Query(Box::new(move |e: &Engine| {
-                let _ = seen.send((e.service_view("db1").is_some(), commits_before_query.commits.load(Ordering::SeqCst)));
+                let _ =
+                    seen.send((e.service_view("db1").is_some(), commits_before_query.commits.load(Ordering::SeqCst)));
             })))
             .ok()
             .unwrap();

@@ -26,9 +26,7 @@ async fn a_created_service_becomes_available_and_is_listed_shown_and_audited() {
         assert!(i["id"].is_string() && i["role"].is_string() && i["state"].is_string() && i["zone"].is_string(), "{i}");
     }
 
-    let (status, dup) = t
-        .post("/v1/services", json!({"name": "db1", "engine": "postgres", "followers": 1}))
-        .await;
+    let (status, dup) = t.post("/v1/services", json!({"name": "db1", "engine": "postgres", "followers": 1})).await;
     assert_eq!(status, 409, "{dup}");
     assert!(dup["error"].is_string());
 
@@ -195,9 +193,8 @@ async fn chaos_answers_202_with_the_action_record() {
     assert_eq!(action["kind"], "inject_fault");
     assert_eq!(action["fault"], "partition");
     assert_eq!(action["instance"], follower.as_str());
-    let (status, body) = t
-        .post("/v1/chaos", json!({"instance": "01890a5d-ac96-774b-bcce-b302099a8057", "fault": "crash"}))
-        .await;
+    let (status, body) =
+        t.post("/v1/chaos", json!({"instance": "01890a5d-ac96-774b-bcce-b302099a8057", "fault": "crash"})).await;
     assert_eq!(status, 404, "{body}");
     t.stop().await;
 }

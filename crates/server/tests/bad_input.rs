@@ -48,12 +48,26 @@ async fn every_bad_input_gets_a_json_4xx_and_the_server_keeps_answering() {
         json_case("too many followers", "/v1/services", r#"{"name":"db1","engine":"postgres","followers":99}"#, 400),
         json_case("unknown provider", "/v1/services", r#"{"name":"db1","engine":"postgres","provider":"aws"}"#, 400),
         json_case("empty body", "/v1/services", "", 400),
-        json_case("chaos unknown fault", "/v1/chaos", &format!(r#"{{"instance":"{random_id}","fault":"explode"}}"#), 422),
+        json_case(
+            "chaos unknown fault",
+            "/v1/chaos",
+            &format!(r#"{{"instance":"{random_id}","fault":"explode"}}"#),
+            422,
+        ),
         json_case("chaos bad uuid", "/v1/chaos", r#"{"instance":"nope","fault":"crash"}"#, 422),
-        json_case("heartbeat without seq", "/v1/heartbeats", &format!(r#"{{"beats":[{{"instance":"{random_id}"}}]}}"#), 422),
+        json_case(
+            "heartbeat without seq",
+            "/v1/heartbeats",
+            &format!(r#"{{"beats":[{{"instance":"{random_id}"}}]}}"#),
+            422,
+        ),
         json_case("heartbeat unknown field", "/v1/heartbeats", r#"{"beats":[],"extra":1}"#, 422),
-        json_case("heartbeat bad fact type", "/v1/heartbeats",
-            &format!(r#"{{"beats":[{{"instance":"{random_id}","seq":1,"facts":{{"connections":"many"}}}}]}}"#), 422),
+        json_case(
+            "heartbeat bad fact type",
+            "/v1/heartbeats",
+            &format!(r#"{{"beats":[{{"instance":"{random_id}","seq":1,"facts":{{"connections":"many"}}}}]}}"#),
+            422,
+        ),
         case("bad uuid in path", "GET", "/v1/instances/not-a-uuid", 400),
         case("unknown instance", "GET", "/v1/instances/01890a5d-ac96-774b-bcce-b302099a8057", 404),
         case("unknown service", "GET", "/v1/services/nope", 404),
@@ -141,12 +155,8 @@ async fn every_bad_input_gets_a_json_4xx_and_the_server_keeps_answering() {
                 continue;
             }
         };
-        let content_type = response
-            .headers()
-            .get("content-type")
-            .and_then(|v| v.to_str().ok())
-            .unwrap_or_default()
-            .to_string();
+        let content_type =
+            response.headers().get("content-type").and_then(|v| v.to_str().ok()).unwrap_or_default().to_string();
         let (status, body) = common::split(response).await;
         let error = body.get("error").and_then(|e| e.as_str()).unwrap_or_default().to_string();
         if status != c.expect || error.is_empty() || !content_type.starts_with("application/json") {

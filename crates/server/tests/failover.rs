@@ -27,40 +27,26 @@ async fn a_crashed_primary_fails_over_to_its_follower_and_a_new_follower_is_buil
     let after = poll(GENEROUS, "follower promoted and a new follower available", || async {
         let s = t.service("fo").await;
         let p = primary(&s);
-        let new_followers: Vec<Value> = followers(&s)
-            .into_iter()
-            .filter(|f| id(f) != old_primary && f["state"] == "available")
-            .collect();
+        let new_followers: Vec<Value> =
+            followers(&s).into_iter().filter(|f| id(f) != old_primary && f["state"] == "available").collect();
         (id(&p) == old_follower && p["state"] == "available" && !new_followers.is_empty()).then_some(s)
     })
     .await;
-    let writable: Vec<Value> = after["instances"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .filter(|i| i["writable"] == true)
-        .cloned()
-        .collect();
+    let writable: Vec<Value> =
+        after["instances"].as_array().unwrap().iter().filter(|i| i["writable"] == true).cloned().collect();
     assert!(writable.len() <= 1, "more than one writable instance: {after}");
 
     let events = t.events(&format!("instance={old_primary}")).await;
     let lost: Vec<&Value> = events.iter().filter(|e| e["to"] == "uncertain" || e["to"] == "unavailable").collect();
-    assert!(
-        lost.iter().any(|e| e["to"] == "unavailable"),
-        "the crashed primary never became unavailable: {events:#?}"
-    );
+    assert!(lost.iter().any(|e| e["to"] == "unavailable"), "the crashed primary never became unavailable: {events:#?}");
     assert!(
         lost.iter().all(|e| !e["cause"].as_str().unwrap_or_default().is_empty()),
         "a transition without a cause: {lost:#?}"
     );
 
     let (_, actions) = t.get("/v1/actions?service=fo").await;
-    let promotes: Vec<&Value> = actions
-        .as_array()
-        .unwrap()
-        .iter()
-        .filter(|a| a["kind"] == "promote" && a["state"] == "succeeded")
-        .collect();
+    let promotes: Vec<&Value> =
+        actions.as_array().unwrap().iter().filter(|a| a["kind"] == "promote" && a["state"] == "succeeded").collect();
     assert_eq!(promotes.len(), 1, "{actions:#}");
     assert_eq!(promotes[0]["instance"], old_follower.as_str());
     t.stop().await;

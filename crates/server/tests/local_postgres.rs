@@ -61,17 +61,21 @@ async fn start_local() -> (common::TestServer, Reaper) {
 
 async fn create_pg(t: &common::TestServer, name: &str) -> Value {
     let (status, body) = t
-        .post("/v1/services", json!({"name": name, "engine": "postgres", "followers": 1, "provider": "local", "sync": true}))
+        .post(
+            "/v1/services",
+            json!({"name": name, "engine": "postgres", "followers": 1, "provider": "local", "sync": true}),
+        )
         .await;
     assert_eq!(status, 201, "{body}");
     t.wait_available(name, SLOW).await
 }
 
 async fn connect(url: &str) -> Option<tokio_postgres::Client> {
-    let (client, connection) = tokio::time::timeout(Duration::from_secs(3), tokio_postgres::connect(url, tokio_postgres::NoTls))
-        .await
-        .ok()?
-        .ok()?;
+    let (client, connection) =
+        tokio::time::timeout(Duration::from_secs(3), tokio_postgres::connect(url, tokio_postgres::NoTls))
+            .await
+            .ok()?
+            .ok()?;
     tokio::spawn(connection);
     Some(client)
 }
@@ -159,7 +163,8 @@ async fn kill_9_of_the_primary_fails_over_behind_the_same_url_without_losing_an_
     let (status, body) = t.post("/v1/chaos", json!({"instance": old_primary, "fault": "crash"})).await;
     assert_eq!(status, 202, "{body}");
     let acked_at_kill = writer.acked();
-    poll(SLOW, "writes resume through the same URL", || async { (writer.acked() > acked_at_kill + 50).then_some(()) }).await;
+    poll(SLOW, "writes resume through the same URL", || async { (writer.acked() > acked_at_kill + 50).then_some(()) })
+        .await;
     let after = poll(SLOW, "a new follower streams", || async {
         let s = t.service("pgfo").await;
         let fs = followers(&s);
@@ -173,7 +178,10 @@ async fn kill_9_of_the_primary_fails_over_behind_the_same_url_without_losing_an_
     let lost: Vec<&u64> = acked.iter().filter(|n| !present.contains(n)).collect();
     assert!(lost.is_empty(), "{} acknowledged writes lost (sync mode): {:?}", lost.len(), &lost[..lost.len().min(10)]);
     let events = t.events(&format!("instance={old_primary}")).await;
-    assert!(events.iter().any(|e| e["to"] == "unavailable" && e["cause"].as_str().unwrap_or("").contains("provider")), "{events:#?}");
+    assert!(
+        events.iter().any(|e| e["to"] == "unavailable" && e["cause"].as_str().unwrap_or("").contains("provider")),
+        "{events:#?}"
+    );
     t.stop().await;
 }
 
@@ -192,7 +200,8 @@ async fn switchover_under_load_fails_no_statement_and_backups_restore_and_corrup
     assert_eq!(status, 202, "{body}");
     poll(SLOW, "switched over with a new follower streaming", || async {
         let s = t.service("pgsw").await;
-        let streaming = followers(&s).iter().any(|f| f["state"] == "available" && f["facts"]["upstream_streaming"] == true);
+        let streaming =
+            followers(&s).iter().any(|f| f["state"] == "available" && f["facts"]["upstream_streaming"] == true);
         (id(&primary(&s)) != old_primary && streaming && s["state"] == "available").then_some(())
     })
     .await;
@@ -228,7 +237,10 @@ async fn switchover_under_load_fails_no_statement_and_backups_restore_and_corrup
     let repo = t.dir.path().join("local/backups/repo/backup/pgsw");
     let victim = walk(&repo)
         .into_iter()
-        .filter(|p| p.to_string_lossy().contains("pg_data/base/") && std::fs::metadata(p).map(|m| m.len() > 1000).unwrap_or(false))
+        .filter(|p| {
+            p.to_string_lossy().contains("pg_data/base/")
+                && std::fs::metadata(p).map(|m| m.len() > 1000).unwrap_or(false)
+        })
         .next()
         .expect("a data file in the backup set");
     let mut bytes = std::fs::read(&victim).unwrap();

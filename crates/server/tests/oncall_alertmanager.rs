@@ -29,7 +29,9 @@ fn free_port() -> u16 {
 }
 
 fn binary() -> Option<&'static str> {
-    BINARIES.into_iter().find(|b| Command::new(b).arg("--version").stdout(Stdio::null()).stderr(Stdio::null()).status().is_ok())
+    BINARIES
+        .into_iter()
+        .find(|b| Command::new(b).arg("--version").stdout(Stdio::null()).stderr(Stdio::null()).status().is_ok())
 }
 
 async fn start_alertmanager(receiver: &str) -> Alertmanager {
@@ -126,7 +128,14 @@ async fn alertmanager_groups_become_one_page_each_repeats_deduplicate_and_resolv
     // Prometheus keeps re-sending; Alertmanager repeats its notifications
     // every repeat_interval. Still two pages, the repeats counted on them.
     for _ in 0..3 {
-        post_alerts(&am, json!([alert("DiskFull", "orders", "orders-1", firing), alert("ReplicationLag", "users", "users-1", firing)])).await;
+        post_alerts(
+            &am,
+            json!([
+                alert("DiskFull", "orders", "orders-1", firing),
+                alert("ReplicationLag", "users", "users-1", firing)
+            ]),
+        )
+        .await;
         tokio::time::sleep(Duration::from_secs(2)).await;
     }
     let pages = common::poll(Duration::from_secs(20), "repeats deduplicated", || async {
@@ -137,7 +146,11 @@ async fn alertmanager_groups_become_one_page_each_repeats_deduplicate_and_resolv
     assert_eq!(pages.len(), 2, "repeats opened new pages: {pages:?}");
 
     // The disk alerts end: Alertmanager sends the group resolved.
-    post_alerts(&am, json!([alert("DiskFull", "orders", "orders-1", None), alert("DiskFull", "orders", "orders-2", None)])).await;
+    post_alerts(
+        &am,
+        json!([alert("DiskFull", "orders", "orders-1", None), alert("DiskFull", "orders", "orders-2", None)]),
+    )
+    .await;
     let id = disk["id"].as_str().unwrap().to_string();
     let resolved = common::poll(Duration::from_secs(30), "DiskFull page resolved", || async {
         let (_, p) = t.get(&format!("/v1/pages/{id}")).await;
@@ -145,7 +158,8 @@ async fn alertmanager_groups_become_one_page_each_repeats_deduplicate_and_resolv
     })
     .await;
     assert_eq!(resolved["resolved_by"], "alertmanager");
-    let transitions: Vec<&str> = resolved["transitions"].as_array().unwrap().iter().map(|t| t["to"].as_str().unwrap()).collect();
+    let transitions: Vec<&str> =
+        resolved["transitions"].as_array().unwrap().iter().map(|t| t["to"].as_str().unwrap()).collect();
     assert_eq!(transitions.first(), Some(&"triggered"));
     assert_eq!(transitions.last(), Some(&"resolved"));
     let open = alertmanager_pages(&t).await.into_iter().filter(|p| p["status"] != "resolved").count();

@@ -114,7 +114,10 @@ async fn events_v2_trigger_dedup_acknowledge_resolve_and_refusals() {
     let mut t = start(&url, 1).await;
     let (status, body) = t.post("/v1/integrations/events-v2", event("trigger", "disk-1")).await;
     assert_eq!(status, 202, "{body}");
-    assert_eq!((body["status"].as_str(), body["result"].as_str(), body["dedup_key"].as_str()), (Some("success"), Some("opened"), Some("disk-1")));
+    assert_eq!(
+        (body["status"].as_str(), body["result"].as_str(), body["dedup_key"].as_str()),
+        (Some("success"), Some("opened"), Some("disk-1"))
+    );
     let (_, again) = t.post("/v1/integrations/events-v2", event("trigger", "disk-1")).await;
     assert_eq!(again["result"], "deduplicated");
     assert_eq!(again["page"], body["page"]);
@@ -124,7 +127,10 @@ async fn events_v2_trigger_dedup_acknowledge_resolve_and_refusals() {
     let pages = pages.as_array().unwrap();
     assert_eq!(pages.len(), 1, "{pages:?}");
     let p = &pages[0];
-    assert_eq!((p["status"].as_str(), p["team"].as_str(), p["dedup_key"].as_str()), (Some("triggered"), Some("db"), Some("disk-1")));
+    assert_eq!(
+        (p["status"].as_str(), p["team"].as_str(), p["dedup_key"].as_str()),
+        (Some("triggered"), Some("db"), Some("disk-1"))
+    );
     assert_eq!((p["level"].as_u64(), p["alerts"].as_u64()), (Some(0), Some(2)));
 
     let (_, acked) = t.post("/v1/integrations/events-v2", event("acknowledge", "disk-1")).await;
@@ -137,9 +143,15 @@ async fn events_v2_trigger_dedup_acknowledge_resolve_and_refusals() {
     assert_eq!(ignored["result"], "ignored");
 
     for (bad, needle) in [
-        (json!({"routing_key": "nope", "event_action": "trigger", "payload": {"summary": "s", "source": "s", "severity": "info"}}), "routing_key"),
+        (
+            json!({"routing_key": "nope", "event_action": "trigger", "payload": {"summary": "s", "source": "s", "severity": "info"}}),
+            "routing_key",
+        ),
         (json!({"routing_key": "db", "event_action": "explode", "dedup_key": "k"}), "event_action"),
-        (json!({"routing_key": "db", "event_action": "trigger", "payload": {"summary": "s", "source": "s", "severity": "loud"}}), "severity"),
+        (
+            json!({"routing_key": "db", "event_action": "trigger", "payload": {"summary": "s", "source": "s", "severity": "loud"}}),
+            "severity",
+        ),
         (json!({"routing_key": "db", "event_action": "resolve"}), "dedup_key is required"),
         (json!({"routing_key": "db", "event_action": "trigger"}), "payload"),
     ] {
@@ -147,7 +159,8 @@ async fn events_v2_trigger_dedup_acknowledge_resolve_and_refusals() {
         assert_eq!(status, 400, "{body}");
         assert!(body["error"].as_str().unwrap().contains(needle), "{body}");
     }
-    let (status, body) = t.post("/v1/integrations/alertmanager", json!({"version": "3", "groupKey": "g", "status": "firing"})).await;
+    let (status, body) =
+        t.post("/v1/integrations/alertmanager", json!({"version": "3", "groupKey": "g", "status": "firing"})).await;
     assert_eq!(status, 400, "{body}");
     assert!(body["error"].as_str().unwrap().contains("version"), "{body}");
     t.stop().await;
@@ -164,7 +177,10 @@ async fn acknowledge_and_resolve_by_api_and_by_signed_link() {
 
     let r = t.http.post(t.at(&format!("/v1/pages/{a}/ack"))).header("x-drover-actor", "alice").send().await.unwrap();
     let (status, page) = common::split(r).await;
-    assert_eq!((status, page["status"].as_str(), page["acknowledged_by"].as_str()), (200, Some("acknowledged"), Some("alice")));
+    assert_eq!(
+        (status, page["status"].as_str(), page["acknowledged_by"].as_str()),
+        (200, Some("acknowledged"), Some("alice"))
+    );
     let (status, page) = t.post(&format!("/v1/pages/{a}/resolve"), json!({})).await;
     assert_eq!((status, page["status"].as_str()), (200, Some("resolved")));
     let (status, body) = t.post(&format!("/v1/pages/{a}/ack"), json!({})).await;
@@ -183,7 +199,10 @@ async fn acknowledge_and_resolve_by_api_and_by_signed_link() {
     let (status, _) = t.get(&format!("/v1/pages/{b}/ack")).await;
     assert_eq!(status, 403);
     let (status, page) = t.get(&format!("/v1/pages/{b}/ack?sig={ack_sig}")).await;
-    assert_eq!((status, page["status"].as_str(), page["acknowledged_by"].as_str()), (200, Some("acknowledged"), Some("signed link")));
+    assert_eq!(
+        (status, page["status"].as_str(), page["acknowledged_by"].as_str()),
+        (200, Some("acknowledged"), Some("signed link"))
+    );
     let resolve_sig = drover_oncall::sign::sign(SECRET.as_bytes(), b, "resolve");
     let (status, page) = t.get(&format!("/v1/pages/{b}/resolve?sig={resolve_sig}")).await;
     assert_eq!((status, page["status"].as_str()), (200, Some("resolved")));
@@ -198,7 +217,8 @@ async fn a_failing_channel_falls_back_and_the_feed_says_so_and_the_link_in_the_m
     let id = opened["page"].as_str().unwrap().to_string();
 
     // The bot tier waits 300 ms, then level 1 (alice): her Slack fails, her webhook works.
-    let got = common::poll(Duration::from_secs(20), "alice's webhook", || async { r.at("/alice").first().cloned() }).await;
+    let got =
+        common::poll(Duration::from_secs(20), "alice's webhook", || async { r.at("/alice").first().cloned() }).await;
     assert_eq!(got["notification"]["page"], id.as_str());
     assert!(got["text"].as_str().unwrap().contains("disk-9 is broken"), "{got}");
     let (_, page) = t.get(&format!("/v1/pages/{id}")).await;
@@ -211,7 +231,11 @@ async fn a_failing_channel_falls_back_and_the_feed_says_so_and_the_link_in_the_m
     })
     .await;
     let n = detail["notifications"].as_array().unwrap().iter().find(|n| n["state"] == "delivered").unwrap().clone();
-    assert_eq!((n["channel"].as_str(), n["attempts"].as_u64()), (Some("webhook"), Some(3)), "2 failed Slack attempts, then the webhook: {n}");
+    assert_eq!(
+        (n["channel"].as_str(), n["attempts"].as_u64()),
+        (Some("webhook"), Some(3)),
+        "2 failed Slack attempts, then the webhook: {n}"
+    );
 
     // Every page event is in the company-wide feed, the fallback too.
     let feed = common::poll(Duration::from_secs(10), "fallback in the feed", || async {
@@ -245,7 +269,11 @@ async fn a_person_with_no_working_channel_is_posted_in_the_feed() {
     t.post("/v1/integrations/events-v2", event("trigger", "x")).await;
     common::poll(Duration::from_secs(20), "could not reach bob", || async {
         let (_, feed) = t.get("/v1/pager/feed").await;
-        feed.as_array().unwrap().iter().any(|f| f["text"].as_str().unwrap().contains("could not reach bob")).then_some(())
+        feed.as_array()
+            .unwrap()
+            .iter()
+            .any(|f| f["text"].as_str().unwrap().contains("could not reach bob"))
+            .then_some(())
     })
     .await;
     assert!(r.at("/alice").is_empty());
@@ -255,7 +283,8 @@ async fn a_person_with_no_working_channel_is_posted_in_the_feed() {
 /// A real SMTP server (Python's aiosmtpd) receives the page by e-mail.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_page_reaches_a_person_by_email_over_smtp() {
-    let has_aiosmtpd = std::process::Command::new("python3").args(["-c", "import aiosmtpd"]).status().is_ok_and(|s| s.success());
+    let has_aiosmtpd =
+        std::process::Command::new("python3").args(["-c", "import aiosmtpd"]).status().is_ok_and(|s| s.success());
     // scripts/test installs it; a missing SMTP server is a failure, not a skip.
     assert!(has_aiosmtpd, "aiosmtpd is not installed: run ./scripts/test (or pip install aiosmtpd)");
     let port = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
@@ -308,8 +337,22 @@ async fn metrics_come_as_json_per_week_and_as_a_chart() {
     let weeks = weeks.as_array().unwrap();
     assert_eq!(weeks.len(), 3);
     let this = &weeks[2];
-    assert_eq!((this["pages"].as_u64(), this["bot_only"].as_u64(), this["resolved"].as_u64()), (Some(1), Some(1), Some(1)), "{this}");
-    for key in ["rolling_average_4w", "pages_per_on_call_person", "business_hours", "off_hours", "sleep_hours", "mean_time_to_acknowledge_secs", "mean_time_to_resolve_secs", "bot_only_share", "noisiest"] {
+    assert_eq!(
+        (this["pages"].as_u64(), this["bot_only"].as_u64(), this["resolved"].as_u64()),
+        (Some(1), Some(1), Some(1)),
+        "{this}"
+    );
+    for key in [
+        "rolling_average_4w",
+        "pages_per_on_call_person",
+        "business_hours",
+        "off_hours",
+        "sleep_hours",
+        "mean_time_to_acknowledge_secs",
+        "mean_time_to_resolve_secs",
+        "bot_only_share",
+        "noisiest",
+    ] {
         assert!(this.get(key).is_some(), "{key} missing: {this}");
     }
     let r = t.http.get(t.at("/v1/pager/metrics.svg?team=db&weeks=3")).send().await.unwrap();

@@ -24,15 +24,19 @@ async fn the_brake_engaging_opens_one_page_and_releasing_resolves_it() {
     }
     let page = poll(Duration::from_secs(30), "a page for the brake", || async {
         let (_, pages) = t.get("/v1/pages").await;
-        pages.as_array().and_then(|p| {
-            p.iter().find(|p| p["dedup_key"].as_str().unwrap_or("").starts_with("engine:brake")).cloned()
-        })
+        pages
+            .as_array()
+            .and_then(|p| p.iter().find(|p| p["dedup_key"].as_str().unwrap_or("").starts_with("engine:brake")).cloned())
     })
     .await;
     assert_eq!(page["status"], "triggered", "{page}");
     let (_, pages) = t.get("/v1/pages").await;
-    let engine_pages: Vec<&Value> =
-        pages.as_array().unwrap().iter().filter(|p| p["dedup_key"].as_str().unwrap_or("").starts_with("engine:")).collect();
+    let engine_pages: Vec<&Value> = pages
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|p| p["dedup_key"].as_str().unwrap_or("").starts_with("engine:"))
+        .collect();
     assert!(
         engine_pages.iter().all(|p| p["dedup_key"].as_str().unwrap().starts_with("engine:brake")),
         "only brake pages, no page per service: {engine_pages:#?}"

@@ -17,7 +17,12 @@ pub use sim::{run, Options};
 
 /// The `drover sim` subcommand: prints the table and, as the last line, the
 /// JSON report. Returns an error (non-zero exit) if a safety invariant broke.
-pub fn command(scenario: &str, services: u64, seed: u64, event_log: Option<std::path::PathBuf>) -> Result<Report, String> {
+pub fn command(
+    scenario: &str,
+    services: u64,
+    seed: u64,
+    event_log: Option<std::path::PathBuf>,
+) -> Result<Report, String> {
     let scenario = Scenario::load(scenario).map_err(|e| e.to_string())?;
     if services == 0 {
         return Err("--services must be at least 1".into());

@@ -65,7 +65,9 @@ impl Report {
             ("wall seconds", format!("{:.1}", self.wall_seconds)),
             (
                 "time to full recovery",
-                self.recovered_seconds.map(|s| format!("{:.0} s ({:.1} h)", s, s / 3600.0)).unwrap_or_else(|| "not recovered".into()),
+                self.recovered_seconds
+                    .map(|s| format!("{:.0} s ({:.1} h)", s, s / 3600.0))
+                    .unwrap_or_else(|| "not recovered".into()),
             ),
             ("peak unavailable services", self.max_unavailable.to_string()),
             ("peak services not available (engine)", self.max_not_available_in_engine.to_string()),
@@ -73,13 +75,22 @@ impl Report {
             ("replacements", self.replacements.to_string()),
             ("restarts", self.restarts.to_string()),
             ("probes", self.probes.to_string()),
-            ("pages to humans", format!("{} ({} after hours, {:.1} min to ack on average)", self.pages_human, self.after_hours_pages, self.mean_minutes_to_acknowledge)),
+            (
+                "pages to humans",
+                format!(
+                    "{} ({} after hours, {:.1} min to ack on average)",
+                    self.pages_human, self.after_hours_pages, self.mean_minutes_to_acknowledge
+                ),
+            ),
             ("pages to the bot tier", self.pages_bot.to_string()),
             ("brake engaged", self.brake_engaged.to_string()),
-            ("acknowledged writes lost", format!(
+            (
+                "acknowledged writes lost",
+                format!(
                     "{} B (failovers of sync plans {} B, of async plans {} B; rebuilds after double failures {} B)",
                     self.writes_lost, self.writes_lost_sync, self.writes_lost_async, self.writes_lost_rebuild
-                )),
+                ),
+            ),
             ("services that needed a human", self.services_needing_human.to_string()),
             ("manual effort avoided", format!("{:.2} person-years", self.person_years_avoided)),
             ("human effort spent", format!("{:.1} person-hours", self.person_hours_spent)),

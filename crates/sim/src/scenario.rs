@@ -300,7 +300,9 @@ impl Scenario {
         }
         for f in &s.faults {
             let zone = match f {
-                FaultSpec::ZoneLoss { zone, .. } | FaultSpec::NetworkCut { zone, .. } | FaultSpec::Flap { zone, .. } => Some(zone),
+                FaultSpec::ZoneLoss { zone, .. }
+                | FaultSpec::NetworkCut { zone, .. }
+                | FaultSpec::Flap { zone, .. } => Some(zone),
                 _ => None,
             };
             if let Some(z) = zone {

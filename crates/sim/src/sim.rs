@@ -209,11 +209,16 @@ pub fn run(opts: Options) -> Result<Report, SimError> {
         return Ok(r);
     }
     let results: Vec<Result<Report, SimError>> = std::thread::scope(|scope| {
-        let handles: Vec<_> = (0..shards).map(|k| {
-            let opts = &opts;
-            scope.spawn(move || run_shard(opts, k, shards))
-        }).collect();
-        handles.into_iter().map(|h| h.join().unwrap_or_else(|_| Err(SimError::Build("a shard panicked".into())))).collect()
+        let handles: Vec<_> = (0..shards)
+            .map(|k| {
+                let opts = &opts;
+                scope.spawn(move || run_shard(opts, k, shards))
+            })
+            .collect();
+        handles
+            .into_iter()
+            .map(|h| h.join().unwrap_or_else(|_| Err(SimError::Build("a shard panicked".into()))))
+            .collect()
     });
     let mut reports = Vec::new();
     for r in results {
@@ -238,18 +243,20 @@ fn run_shard(opts: &Options, shard: u64, shards: u64) -> Result<Report, SimError
         action_timeout: Duration::from_secs_f64(t.action_timeout_secs),
         install_timeout: Duration::from_secs_f64(t.install_timeout_secs),
         zone_budget: budget,
-        backup_interval: (t.backup_interval_hours > 0.0).then(|| Duration::from_secs_f64(t.backup_interval_hours * 3600.0)),
-        verify_interval: (t.verify_interval_hours > 0.0).then(|| Duration::from_secs_f64(t.verify_interval_hours * 3600.0)),
+        backup_interval: (t.backup_interval_hours > 0.0)
+            .then(|| Duration::from_secs_f64(t.backup_interval_hours * 3600.0)),
+        verify_interval: (t.verify_interval_hours > 0.0)
+            .then(|| Duration::from_secs_f64(t.verify_interval_hours * 3600.0)),
         providers: vec!["sim".into()],
         default_provider: "sim".into(),
         default_zones: sc.fleet.zones.clone(),
         ..Config::default()
     };
     let dump: Option<Box<dyn std::io::Write + Send>> = match &opts.event_log {
-        Some(p) if shards == 1 => Some(Box::new(std::io::BufWriter::new(std::fs::File::create(p).map_err(|e| SimError::EventLog {
-            path: p.display().to_string(),
-            message: e.to_string(),
-        })?))),
+        Some(p) if shards == 1 => Some(Box::new(std::io::BufWriter::new(
+            std::fs::File::create(p)
+                .map_err(|e| SimError::EventLog { path: p.display().to_string(), message: e.to_string() })?,
+        ))),
         _ => None, // the event log is written by single-shard runs only
     };
     // Shard 0 of a single-shard run draws exactly what the seed says.
@@ -261,7 +268,14 @@ fn run_shard(opts: &Options, shard: u64, shards: u64) -> Result<Report, SimError
         .fleet
         .zones
         .iter()
-        .map(|n| Zone { name: n.clone(), lost: false, cut: false, hosts: Vec::new(), pending: Vec::new(), beats: Vec::new() })
+        .map(|n| Zone {
+            name: n.clone(),
+            lost: false,
+            cut: false,
+            hosts: Vec::new(),
+            pending: Vec::new(),
+            beats: Vec::new(),
+        })
         .collect();
     let (mut fault_start, mut fault_end) = (i64::MAX, T0);
     for f in &sc.faults {
@@ -328,11 +342,14 @@ impl Sim {
     // ------------------------------------------------------------------
 
     fn build(&mut self, services: u64) -> Result<(), SimError> {
-        let image = Image::new(EngineKind::Postgres, "16.4-sim", Default::default(), Default::default(), Timestamp(self.now));
+        let image =
+            Image::new(EngineKind::Postgres, "16.4-sim", Default::default(), Default::default(), Timestamp(self.now));
         self.step(Input::Command { actor: "sim".into(), command: Command::RegisterImage(image) });
         // Hosts: enough for the fleet with head room for replacements.
         let nz = self.zones.len();
-        let per_zone = ((services as f64 * 2.3 / nz as f64) / f64::from(self.sc.fleet.instances_per_host.max(1))).ceil() as usize + 1;
+        let per_zone = ((services as f64 * 2.3 / nz as f64) / f64::from(self.sc.fleet.instances_per_host.max(1))).ceil()
+            as usize
+            + 1;
         for z in 0..nz {
             for _ in 0..per_zone {
                 self.zones[z].hosts.push(self.hosts.len() as u32);
@@ -375,7 +392,10 @@ impl Sim {
             self.c.not_available_nh += 1;
             self.c.down += 1;
             self.c.down_nh += 1;
-            let out = self.engine.step(Input::Command { actor: "sim".into(), command: Command::CreateService(req) }, Timestamp(self.now));
+            let out = self.engine.step(
+                Input::Command { actor: "sim".into(), command: Command::CreateService(req) },
+                Timestamp(self.now),
+            );
             match &out.reply {
                 Some(Ok(Reply::Service(v))) => {
                     self.svcs[idx as usize].id = v.id;
@@ -668,7 +688,11 @@ impl Sim {
             // Synchronous: a commit is acknowledged once a follower has it.
             let best = members
                 .iter()
-                .filter(|&&f| self.insts[f as usize].role == Role::Follower && self.alive(f) && self.insts[f as usize].frozen == STREAMING)
+                .filter(|&&f| {
+                    self.insts[f as usize].role == Role::Follower
+                        && self.alive(f)
+                        && self.insts[f as usize].frozen == STREAMING
+                })
                 .map(|&f| pos.saturating_sub(self.insts[f as usize].lag))
                 .max();
             if let Some(b) = best {
@@ -885,7 +909,11 @@ impl Sim {
                     let x = &self.insts[m as usize];
                     x.role == Role::Follower && x.exists && x.lag == 0
                 });
-                if has_sync { self.rng.random_range(0..65_536) } else { 0 }
+                if has_sync {
+                    self.rng.random_range(0..65_536)
+                } else {
+                    0
+                }
             } else {
                 let [lo, hi] = self.sc.fleet.async_lag_bytes;
                 u64::from(self.rng.random_range(lo.min(hi)..=hi.max(lo)))
@@ -895,7 +923,11 @@ impl Sim {
             if *role == Role::Primary {
                 // Rebuilt from the backup store: what was not archived is lost.
                 let svc = &mut self.svcs[s as usize];
-                let restored = if svc.writer.is_none() { svc.acked.saturating_sub(svc.rate * ARCHIVE_EVERY_SECS) } else { svc.anchor };
+                let restored = if svc.writer.is_none() {
+                    svc.acked.saturating_sub(svc.rate * ARCHIVE_EVERY_SECS)
+                } else {
+                    svc.anchor
+                };
                 let lost = svc.acked.saturating_sub(restored);
                 // No follower survived to be promoted: a double failure.
                 self.c.writes_lost_rebuild += lost;
@@ -953,7 +985,11 @@ impl Sim {
             ActionKind::Probe => {
                 // Out of band, through the provider's API: a cut between the
                 // control plane and a zone does not stop it.
-                if self.alive(i) { ok } else { fail("not answering", false) }
+                if self.alive(i) {
+                    ok
+                } else {
+                    fail("not answering", false)
+                }
             }
             ActionKind::Fence => {
                 // Fenced at the network level by the provider, even in a lost zone.
@@ -971,12 +1007,18 @@ impl Sim {
                 for m in members {
                     let y = &self.insts[m as usize];
                     if m != i && y.role == Role::Primary && !y.fenced && y.exists && !y.terminated {
-                        self.violation(format!("promotion of {} while primary {} of the same service is not fenced", a.instance, y.id));
+                        self.violation(format!(
+                            "promotion of {} while primary {} of the same service is not fenced",
+                            a.instance, y.id
+                        ));
                     }
                 }
                 if let Some(w) = self.svcs[s as usize].writer {
                     if w != i {
-                        self.violation(format!("two writable primaries: {} promoted while {} writes", a.instance, self.insts[w as usize].id));
+                        self.violation(format!(
+                            "two writable primaries: {} promoted while {} writes",
+                            a.instance, self.insts[w as usize].id
+                        ));
                     }
                 }
                 let pos = self.position(i);
@@ -1219,11 +1261,8 @@ impl Sim {
         self.log.push(Vec::new());
         let advisory_left = self.insts.iter().filter(|x| x.affected && x.exists).count() as u64;
         let converged = self.c.not_available_nh == 0 && self.c.down_nh == 0 && advisory_left == 0;
-        let recovered_seconds = if converged {
-            self.recovered_at.map(|t| (t - self.fault_start).max(0) as f64 / SEC)
-        } else {
-            None
-        };
+        let recovered_seconds =
+            if converged { self.recovered_at.map(|t| (t - self.fault_start).max(0) as f64 / SEC) } else { None };
         let c = &self.c;
         let ps = self.people.stats.clone();
         let (digest, events) = self.log.finish();

@@ -87,7 +87,8 @@ fn a_scenario_that_does_not_parse_names_the_file_and_the_field() {
     let msg = Scenario::parse("z.toml", zone).unwrap_err().to_string();
     assert!(msg.contains("z.toml") && msg.contains("zone-z"), "{msg}");
 
-    let no_zone = "name = \"x\"\ndescription = \"y\"\n[[fault]]\nkind = \"zone-loss\"\nat_hours = 1.0\nduration_hours = 1.0\n";
+    let no_zone =
+        "name = \"x\"\ndescription = \"y\"\n[[fault]]\nkind = \"zone-loss\"\nat_hours = 1.0\nduration_hours = 1.0\n";
     let msg = Scenario::parse("nz.toml", no_zone).unwrap_err().to_string();
     assert!(msg.contains("nz.toml") && msg.contains("`zone`"), "{msg}");
 

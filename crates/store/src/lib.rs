@@ -36,11 +36,7 @@ pub enum StoreError {
     #[error("{path} is not a SQLite database (or it is encrypted or damaged); point the store at the Drover database file, or at a path that does not exist yet to start an empty store")]
     NotADatabase { path: PathBuf },
     #[error("cannot set up the store database {path} ({step}): {detail}; check that the file and its directory are writable and that no other program holds an exclusive lock on it")]
-    Setup {
-        path: PathBuf,
-        step: &'static str,
-        detail: String,
-    },
+    Setup { path: PathBuf, step: &'static str, detail: String },
     #[error("migrating the schema of {path} failed: {source}; if the database was last used by a newer Drover, run that version or restore a backup made by this one")]
     Migration {
         path: PathBuf,
@@ -68,12 +64,7 @@ pub enum StoreError {
         source: serde_json::Error,
     },
     #[error("the stored {table} row {id} has an invalid {column}: {detail}; the database was written by an incompatible Drover or edited by hand")]
-    CorruptColumn {
-        table: &'static str,
-        id: String,
-        column: &'static str,
-        detail: String,
-    },
+    CorruptColumn { table: &'static str, id: String, column: &'static str, detail: String },
     /// Every caller whose batch was in the failed transaction gets this, all
     /// sharing one cause; none of their changes were written.
     #[error("commit of {batches} batch(es) failed and none of them was written: {cause}")]
@@ -114,9 +105,5 @@ pub trait Store: Send + Sync + 'static {
     fn audit(&self, limit: usize) -> Result<Vec<AuditEntry>, StoreError>;
     /// Actions in any state, newest first, optionally of one service, at most
     /// `limit` (itself clamped to [`MAX_READ_LIMIT`]).
-    fn actions(
-        &self,
-        service: Option<ServiceId>,
-        limit: usize,
-    ) -> Result<Vec<ActionRecord>, StoreError>;
+    fn actions(&self, service: Option<ServiceId>, limit: usize) -> Result<Vec<ActionRecord>, StoreError>;
 }

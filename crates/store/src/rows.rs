@@ -70,16 +70,8 @@ pub(crate) struct EncodedChanges {
     audit: Vec<AuditRow>,
 }
 
-fn to_json<T: Serialize>(
-    table: &'static str,
-    id: impl ToString,
-    value: &T,
-) -> Result<String, StoreError> {
-    serde_json::to_string(value).map_err(|source| StoreError::Encode {
-        table,
-        id: id.to_string(),
-        source,
-    })
+fn to_json<T: Serialize>(table: &'static str, id: impl ToString, value: &T) -> Result<String, StoreError> {
+    serde_json::to_string(value).map_err(|source| StoreError::Encode { table, id: id.to_string(), source })
 }
 
 pub(crate) fn encode(changes: &Changes) -> Result<EncodedChanges, StoreError> {
@@ -156,14 +148,7 @@ pub(crate) fn apply(tx: &Transaction<'_>, batch: &EncodedChanges) -> rusqlite::R
                created_at = excluded.created_at, state_since = excluded.state_since, record = excluded.record",
         )?;
         for r in &batch.services {
-            stmt.execute(params![
-                r.id,
-                r.name,
-                r.state,
-                r.created_at,
-                r.state_since,
-                r.record
-            ])?;
+            stmt.execute(params![r.id, r.name, r.state, r.created_at, r.state_since, r.record])?;
         }
     }
     if !batch.instances.is_empty() {
@@ -174,14 +159,7 @@ pub(crate) fn apply(tx: &Transaction<'_>, batch: &EncodedChanges) -> rusqlite::R
                created_at = excluded.created_at, state_since = excluded.state_since, record = excluded.record",
         )?;
         for r in &batch.instances {
-            stmt.execute(params![
-                r.id,
-                r.service_id,
-                r.state,
-                r.created_at,
-                r.state_since,
-                r.record
-            ])?;
+            stmt.execute(params![r.id, r.service_id, r.state, r.created_at, r.state_since, r.record])?;
         }
     }
     if !batch.actions.is_empty() {
@@ -217,16 +195,14 @@ pub(crate) fn apply(tx: &Transaction<'_>, batch: &EncodedChanges) -> rusqlite::R
         }
     }
     if !batch.events.is_empty() {
-        let mut stmt = tx.prepare_cached(
-            "INSERT INTO events (at, service, instance_id, record) VALUES (?1, ?2, ?3, ?4)",
-        )?;
+        let mut stmt =
+            tx.prepare_cached("INSERT INTO events (at, service, instance_id, record) VALUES (?1, ?2, ?3, ?4)")?;
         for r in &batch.events {
             stmt.execute(params![r.at, r.service, r.instance_id, r.record])?;
         }
     }
     if !batch.audit.is_empty() {
-        let mut stmt =
-            tx.prepare_cached("INSERT INTO audit (at, actor, record) VALUES (?1, ?2, ?3)")?;
+        let mut stmt = tx.prepare_cached("INSERT INTO audit (at, actor, record) VALUES (?1, ?2, ?3)")?;
         for r in &batch.audit {
             stmt.execute(params![r.at, r.actor, r.record])?;
         }
@@ -234,16 +210,8 @@ pub(crate) fn apply(tx: &Transaction<'_>, batch: &EncodedChanges) -> rusqlite::R
     Ok(())
 }
 
-pub(crate) fn decode<T: DeserializeOwned>(
-    table: &'static str,
-    id: &str,
-    record: &str,
-) -> Result<T, StoreError> {
-    serde_json::from_str(record).map_err(|source| StoreError::CorruptRecord {
-        table,
-        id: id.to_string(),
-        source,
-    })
+pub(crate) fn decode<T: DeserializeOwned>(table: &'static str, id: &str, record: &str) -> Result<T, StoreError> {
+    serde_json::from_str(record).map_err(|source| StoreError::CorruptRecord { table, id: id.to_string(), source })
 }
 
 pub(crate) fn seq_from_column(table: &'static str, seq: i64) -> Result<u64, StoreError> {

@@ -7,8 +7,8 @@ use crate::rows::{self, decode};
 use crate::writer::{self, Request, WriterStats};
 use crate::{EventFilter, Store, StoreError, DEFAULT_EVENT_LIMIT, MAX_READ_LIMIT};
 use drover_model::{
-    ActionRecord, ActionState, AuditEntry, Changes, Event, Image, InstanceRecord, InstanceState,
-    ServiceId, ServiceRecord, ServiceState, Snapshot,
+    ActionRecord, ActionState, AuditEntry, Changes, Event, Image, InstanceRecord, InstanceState, ServiceId,
+    ServiceRecord, ServiceState, Snapshot,
 };
 use rusqlite::types::Value;
 use rusqlite::{Connection, ErrorCode, OpenFlags};
@@ -48,9 +48,7 @@ pub struct SqliteStore {
 
 impl std::fmt::Debug for SqliteStore {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("SqliteStore")
-            .field("path", &self.path)
-            .finish_non_exhaustive()
+        f.debug_struct("SqliteStore").field("path", &self.path).finish_non_exhaustive()
     }
 }
 
@@ -69,29 +67,19 @@ impl SqliteStore {
                 if is_not_a_database(&source) {
                     StoreError::NotADatabase { path }
                 } else {
-                    StoreError::Setup {
-                        path,
-                        step,
-                        detail: source.to_string(),
-                    }
+                    StoreError::Setup { path, step, detail: source.to_string() }
                 }
             }
         };
 
         let mut conn = Connection::open(path).map_err(|source| {
             if is_not_a_database(&source) {
-                StoreError::NotADatabase {
-                    path: owned.clone(),
-                }
+                StoreError::NotADatabase { path: owned.clone() }
             } else {
-                StoreError::Open {
-                    path: owned.clone(),
-                    source,
-                }
+                StoreError::Open { path: owned.clone(), source }
             }
         })?;
-        conn.busy_timeout(BUSY_TIMEOUT)
-            .map_err(setup("setting the busy timeout"))?;
+        conn.busy_timeout(BUSY_TIMEOUT).map_err(setup("setting the busy timeout"))?;
         // Setting the journal mode reads the file header: this is where a
         // file that is not a database is found out.
         let mode: String = conn
@@ -112,37 +100,23 @@ impl SqliteStore {
         // FULL fsyncs the WAL at every commit. Group commit pays that one
         // fsync per group, not per caller, which is what makes FULL affordable
         // (CRATES.md measured ~4k single-row commits/s with FULL).
-        conn.pragma_update(None, "synchronous", "FULL")
-            .map_err(setup("setting synchronous=FULL"))?;
+        conn.pragma_update(None, "synchronous", "FULL").map_err(setup("setting synchronous=FULL"))?;
         // No foreign keys in the schema; set explicitly so nobody relies on them.
-        conn.pragma_update(None, "foreign_keys", false)
-            .map_err(setup("disabling foreign keys"))?;
+        conn.pragma_update(None, "foreign_keys", false).map_err(setup("disabling foreign keys"))?;
 
         embedded::migrations::runner()
             .run(&mut conn)
-            .map_err(|source| StoreError::Migration {
-                path: owned.clone(),
-                source,
-            })?;
+            .map_err(|source| StoreError::Migration { path: owned.clone(), source })?;
 
         // The read connection opens after the migrations, so it sees the schema.
         let reader = Connection::open_with_flags(
             path,
-            OpenFlags::SQLITE_OPEN_READ_WRITE
-                | OpenFlags::SQLITE_OPEN_NO_MUTEX
-                | OpenFlags::SQLITE_OPEN_URI,
+            OpenFlags::SQLITE_OPEN_READ_WRITE | OpenFlags::SQLITE_OPEN_NO_MUTEX | OpenFlags::SQLITE_OPEN_URI,
         )
-        .map_err(|source| StoreError::Open {
-            path: owned.clone(),
-            source,
-        })?;
-        reader
-            .busy_timeout(BUSY_TIMEOUT)
-            .map_err(setup("setting the reader's busy timeout"))?;
+        .map_err(|source| StoreError::Open { path: owned.clone(), source })?;
+        reader.busy_timeout(BUSY_TIMEOUT).map_err(setup("setting the reader's busy timeout"))?;
         // Belt and braces: only the writer thread may write.
-        reader
-            .pragma_update(None, "query_only", true)
-            .map_err(setup("making the reader read-only"))?;
+        reader.pragma_update(None, "query_only", true).map_err(setup("making the reader read-only"))?;
 
         let (queue, requests) = mpsc::channel();
         let stats = Arc::new(WriterStats::default());
@@ -157,13 +131,7 @@ impl SqliteStore {
             })?;
 
         tracing::info!(path = %owned.display(), "store opened");
-        Ok(SqliteStore {
-            path: owned,
-            queue: Some(queue),
-            writer: Some(writer),
-            reader: Mutex::new(reader),
-            stats,
-        })
+        Ok(SqliteStore { path: owned, queue: Some(queue), writer: Some(writer), reader: Mutex::new(reader), stats })
     }
 
     /// The database file this store writes.
@@ -174,9 +142,7 @@ impl SqliteStore {
     fn reader(&self) -> MutexGuard<'_, Connection> {
         // A panic while holding the lock cannot leave the connection half-used
         // (statements are finalized on unwind), so a poisoned lock is usable.
-        self.reader
-            .lock()
-            .unwrap_or_else(|poisoned| poisoned.into_inner())
+        self.reader.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
     }
 
     /// What the writer has done since open: for metrics (batches per
@@ -233,9 +199,7 @@ impl Store for SqliteStore {
     fn load(&self) -> Result<Snapshot, StoreError> {
         let mut conn = self.reader();
         // One read transaction: the four tables come from the same commit.
-        let tx = conn
-            .transaction()
-            .map_err(database("starting to load the live state"))?;
+        let tx = conn.transaction().map_err(database("starting to load the live state"))?;
         let services: Vec<ServiceRecord> = load_records(
             &tx,
             "services",
@@ -254,19 +218,10 @@ impl Store for SqliteStore {
             "SELECT id, record FROM actions WHERE state IN (?1, ?2) ORDER BY created_at, id",
             [ActionState::Pending.as_str(), ActionState::Running.as_str()],
         )?;
-        let images: Vec<Image> = load_records(
-            &tx,
-            "images",
-            "SELECT id, record FROM images ORDER BY created_at, id",
-            [],
-        )?;
+        let images: Vec<Image> =
+            load_records(&tx, "images", "SELECT id, record FROM images ORDER BY created_at, id", [])?;
         tx.finish().map_err(database("finishing the load"))?;
-        Ok(Snapshot {
-            services,
-            instances,
-            actions,
-            images,
-        })
+        Ok(Snapshot { services, instances, actions, images })
     }
 
     fn commit(&self, changes: Changes) -> Result<(), StoreError> {
@@ -276,18 +231,14 @@ impl Store for SqliteStore {
         let batch = rows::encode(&changes)?;
         let (reply, answer) = mpsc::sync_channel(1);
         let queue = self.queue.as_ref().ok_or(StoreError::WriterStopped)?;
-        queue
-            .send(Request { batch, reply })
-            .map_err(|_| StoreError::WriterStopped)?;
+        queue.send(Request { batch, reply }).map_err(|_| StoreError::WriterStopped)?;
         // The writer drops `reply` unanswered only if it died mid-group.
         answer.recv().map_err(|_| StoreError::WriterStopped)?
     }
 
     fn events(&self, filter: &EventFilter) -> Result<Vec<Event>, StoreError> {
         let limit = clamp_limit(filter.limit.unwrap_or(DEFAULT_EVENT_LIMIT));
-        let after = filter
-            .after_seq
-            .map_or(0, |s| s.min(i64::MAX as u64) as i64);
+        let after = filter.after_seq.map_or(0, |s| s.min(i64::MAX as u64) as i64);
         // Built from fixed fragments so each filter uses its own index.
         let mut sql = String::from("SELECT seq, record FROM events WHERE seq > ?");
         let mut params: Vec<Value> = vec![Value::Integer(after)];
@@ -305,9 +256,7 @@ impl Store for SqliteStore {
         let read = database("reading events");
         let conn = self.reader();
         let mut stmt = conn.prepare_cached(&sql).map_err(&read)?;
-        let mut rows = stmt
-            .query(rusqlite::params_from_iter(params))
-            .map_err(&read)?;
+        let mut rows = stmt.query(rusqlite::params_from_iter(params)).map_err(&read)?;
         let mut out = Vec::new();
         while let Some(row) = rows.next().map_err(&read)? {
             let seq: i64 = row.get(0).map_err(&read)?;
@@ -320,9 +269,8 @@ impl Store for SqliteStore {
     fn audit(&self, limit: usize) -> Result<Vec<AuditEntry>, StoreError> {
         let read = database("reading the audit trail");
         let conn = self.reader();
-        let mut stmt = conn
-            .prepare_cached("SELECT seq, record FROM audit ORDER BY seq DESC LIMIT ?1")
-            .map_err(&read)?;
+        let mut stmt =
+            conn.prepare_cached("SELECT seq, record FROM audit ORDER BY seq DESC LIMIT ?1").map_err(&read)?;
         let mut rows = stmt.query([clamp_limit(limit)]).map_err(&read)?;
         let mut out = Vec::new();
         while let Some(row) = rows.next().map_err(&read)? {
@@ -334,11 +282,7 @@ impl Store for SqliteStore {
         Ok(out)
     }
 
-    fn actions(
-        &self,
-        service: Option<ServiceId>,
-        limit: usize,
-    ) -> Result<Vec<ActionRecord>, StoreError> {
+    fn actions(&self, service: Option<ServiceId>, limit: usize) -> Result<Vec<ActionRecord>, StoreError> {
         let read = database("reading actions");
         let conn = self.reader();
         let limit = clamp_limit(limit);
@@ -352,14 +296,11 @@ impl Store for SqliteStore {
                          ORDER BY created_at DESC, id DESC LIMIT ?2",
                     )
                     .map_err(&read)?;
-                stmt.query(rusqlite::params![service.to_string(), limit])
-                    .map_err(&read)?
+                stmt.query(rusqlite::params![service.to_string(), limit]).map_err(&read)?
             }
             None => {
                 stmt = conn
-                    .prepare_cached(
-                        "SELECT id, record FROM actions ORDER BY created_at DESC, id DESC LIMIT ?1",
-                    )
+                    .prepare_cached("SELECT id, record FROM actions ORDER BY created_at DESC, id DESC LIMIT ?1")
                     .map_err(&read)?;
                 stmt.query([limit]).map_err(&read)?
             }

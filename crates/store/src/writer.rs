@@ -54,10 +54,7 @@ pub(crate) fn run(mut conn: Connection, queue: Receiver<Request>, stats: Arc<Wri
                 tracing::error!(batches, %error, "store commit failed; every batch of the group is refused");
                 let cause = Arc::new(error);
                 for request in group {
-                    let _ = request.reply.send(Err(StoreError::CommitFailed {
-                        batches,
-                        cause: Arc::clone(&cause),
-                    }));
+                    let _ = request.reply.send(Err(StoreError::CommitFailed { batches, cause: Arc::clone(&cause) }));
                 }
             }
         }
@@ -69,9 +66,7 @@ fn commit_group(conn: &mut Connection, group: &[Request]) -> Result<(), StoreErr
     let database = |operation| move |source| StoreError::Database { operation, source };
     // IMMEDIATE takes the write lock up front, so the transaction cannot fail
     // half-way for want of it.
-    let tx = conn
-        .transaction_with_behavior(TransactionBehavior::Immediate)
-        .map_err(database("beginning a commit"))?;
+    let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate).map_err(database("beginning a commit"))?;
     for request in group {
         rows::apply(&tx, &request.batch).map_err(database("writing a commit"))?;
     }
@@ -89,10 +84,7 @@ mod tests {
     struct TempDb(PathBuf);
     impl TempDb {
         fn new(name: &str) -> TempDb {
-            let path = std::env::temp_dir().join(format!(
-                "drover-store-writer-{name}-{}.db",
-                std::process::id()
-            ));
+            let path = std::env::temp_dir().join(format!("drover-store-writer-{name}-{}.db", std::process::id()));
             TempDb::remove(&path);
             TempDb(path)
         }
@@ -103,16 +95,11 @@ mod tests {
         }
         fn migrated(&self) -> Connection {
             let mut conn = Connection::open(&self.0).unwrap();
-            crate::sqlite::embedded::migrations::runner()
-                .run(&mut conn)
-                .unwrap();
+            crate::sqlite::embedded::migrations::runner().run(&mut conn).unwrap();
             conn
         }
         fn event_count(&self) -> i64 {
-            Connection::open(&self.0)
-                .unwrap()
-                .query_row("SELECT count(*) FROM events", [], |r| r.get(0))
-                .unwrap()
+            Connection::open(&self.0).unwrap().query_row("SELECT count(*) FROM events", [], |r| r.get(0)).unwrap()
         }
     }
     impl Drop for TempDb {
@@ -149,12 +136,7 @@ mod tests {
         let mut answers = Vec::new();
         for changes in batches {
             let (reply, answer) = mpsc::sync_channel(1);
-            queue
-                .send(Request {
-                    batch: rows::encode(&changes).unwrap(),
-                    reply,
-                })
-                .unwrap();
+            queue.send(Request { batch: rows::encode(&changes).unwrap(), reply }).unwrap();
             answers.push(answer);
         }
         drop(queue);
@@ -186,11 +168,7 @@ mod tests {
              BEGIN SELECT RAISE(ABORT, 'poisoned batch'); END;",
         )
         .unwrap();
-        let batches = vec![
-            one_event("fine-1"),
-            one_event("poison"),
-            one_event("fine-2"),
-        ];
+        let batches = vec![one_event("fine-1"), one_event("poison"), one_event("fine-2")];
         let (answers, stats) = run_queued(conn, batches);
         for answer in answers {
             match answer.recv().unwrap() {
@@ -202,11 +180,7 @@ mod tests {
             }
         }
         assert_eq!(stats.transactions.load(Ordering::Relaxed), 0);
-        assert_eq!(
-            db.event_count(),
-            0,
-            "a failed group must leave nothing behind"
-        );
+        assert_eq!(db.event_count(), 0, "a failed group must leave nothing behind");
 
         // The connection is still usable for the next group.
         let (answers, _) = run_queued(Connection::open(&db.0).unwrap(), vec![one_event("fine-3")]);

@@ -1,9 +1,9 @@
 //! The SQLite store through its public API, on real files.
 
-use drover_model::{BackupStatus, 
-    ActionId, ActionKind, ActionRecord, ActionState, AuditEntry, Changes, EngineKind, Event,
-    EventSubject, Fault, Image, InstanceId, InstanceRecord, InstanceState, Plan, Role, ServiceId,
-    ServiceRecord, ServiceState, Timestamp,
+use drover_model::{
+    ActionId, ActionKind, ActionRecord, ActionState, AuditEntry, BackupStatus, Changes, EngineKind, Event,
+    EventSubject, Fault, Image, InstanceId, InstanceRecord, InstanceState, Plan, Role, ServiceId, ServiceRecord,
+    ServiceState, Timestamp,
 };
 use drover_store::{EventFilter, SqliteStore, Store, StoreError, MAX_READ_LIMIT};
 use std::collections::{BTreeMap, BTreeSet, HashMap};
@@ -20,8 +20,7 @@ const T0: i64 = 1_763_700_000_000_000;
 struct TempDir(PathBuf);
 impl TempDir {
     fn new(name: &str) -> TempDir {
-        let dir = Path::new(env!("CARGO_TARGET_TMPDIR"))
-            .join(format!("store-{name}-{}", std::process::id()));
+        let dir = Path::new(env!("CARGO_TARGET_TMPDIR")).join(format!("store-{name}-{}", std::process::id()));
         let _ = std::fs::remove_dir_all(&dir);
         std::fs::create_dir_all(&dir).unwrap();
         TempDir(dir)
@@ -39,13 +38,7 @@ impl Drop for TempDir {
 fn image(version: &str) -> Image {
     let packages = BTreeMap::from([("postgresql-15".to_string(), version.to_string())]);
     let configuration = BTreeMap::from([("max_connections".to_string(), "200".to_string())]);
-    Image::new(
-        EngineKind::Postgres,
-        version,
-        configuration,
-        packages,
-        Timestamp(T0),
-    )
+    Image::new(EngineKind::Postgres, version, configuration, packages, Timestamp(T0))
 }
 
 fn service(n: u64, name: &str, state: ServiceState) -> ServiceRecord {
@@ -53,11 +46,7 @@ fn service(n: u64, name: &str, state: ServiceState) -> ServiceRecord {
         id: ServiceId::new_at(T0 + n as i64, n),
         name: name.into(),
         engine: EngineKind::Postgres,
-        plan: Plan {
-            followers: 2,
-            sync: true,
-            max_failover_lag_bytes: 16 << 20,
-        },
+        plan: Plan { followers: 2, sync: true, max_failover_lag_bytes: 16 << 20 },
         team: "payments".into(),
         zones: vec!["a".into(), "b".into()],
         image: image("15.18").id,
@@ -86,13 +75,7 @@ fn instance(n: u64, service: ServiceId, state: InstanceState) -> InstanceRecord 
     }
 }
 
-fn action(
-    n: u64,
-    service: ServiceId,
-    instance: InstanceId,
-    kind: ActionKind,
-    state: ActionState,
-) -> ActionRecord {
+fn action(n: u64, service: ServiceId, instance: InstanceId, kind: ActionKind, state: ActionState) -> ActionRecord {
     ActionRecord {
         id: ActionId::new_at(T0 + n as i64 * 1000, n),
         service,
@@ -157,13 +140,7 @@ fn commit_then_load_round_trips_every_record_exactly() {
         sync: true,
     };
     let a1 = action(1, s1.id, i1.id, provision, ActionState::Pending);
-    let a2 = action(
-        2,
-        s2.id,
-        i2.id,
-        ActionKind::InjectFault { fault: Fault::Hang },
-        ActionState::Running,
-    );
+    let a2 = action(2, s2.id, i2.id, ActionKind::InjectFault { fault: Fault::Hang }, ActionState::Running);
     let images = vec![image("15.18"), image("15.19")];
     let changes = Changes {
         services: vec![s1.clone(), s2.clone()],
@@ -179,19 +156,10 @@ fn commit_then_load_round_trips_every_record_exactly() {
     drop(store);
     let store = SqliteStore::open(&dir.db()).unwrap();
     let snap = store.load().unwrap();
-    assert_eq!(
-        sorted(&snap.services, |s| s.id),
-        sorted(&[s1, s2], |s| s.id)
-    );
-    assert_eq!(
-        sorted(&snap.instances, |i| i.id),
-        sorted(&[i1, i2], |i| i.id)
-    );
+    assert_eq!(sorted(&snap.services, |s| s.id), sorted(&[s1, s2], |s| s.id));
+    assert_eq!(sorted(&snap.instances, |i| i.id), sorted(&[i1, i2], |i| i.id));
     assert_eq!(sorted(&snap.actions, |a| a.id), sorted(&[a1, a2], |a| a.id));
-    assert_eq!(
-        sorted(&snap.images, |m| m.id.clone()),
-        sorted(&images, |m| m.id.clone())
-    );
+    assert_eq!(sorted(&snap.images, |m| m.id.clone()), sorted(&images, |m| m.id.clone()));
 }
 
 #[test]
@@ -200,13 +168,7 @@ fn upsert_replaces_and_the_last_entry_for_an_id_wins() {
     let store = SqliteStore::open(&dir.db()).unwrap();
     let s = service(1, "orders", ServiceState::Provisioning);
     let i = instance(1, s.id, InstanceState::Installing);
-    store
-        .commit(Changes {
-            services: vec![s.clone()],
-            instances: vec![i.clone()],
-            ..Default::default()
-        })
-        .unwrap();
+    store.commit(Changes { services: vec![s.clone()], instances: vec![i.clone()], ..Default::default() }).unwrap();
 
     // Same batch, same id twice: the later one wins.
     let mut degraded = s.clone();
@@ -257,11 +219,7 @@ fn load_skips_deleted_services_terminated_instances_and_finished_actions() {
             ..Default::default()
         })
         .unwrap();
-    assert_eq!(
-        store.load().unwrap().services.len(),
-        2,
-        "both services are live before the upsert"
-    );
+    assert_eq!(store.load().unwrap().services.len(), 2, "both services are live before the upsert");
 
     // A later commit moves them to their terminal states: the state column
     // must follow the record, or load would still return them.
@@ -283,11 +241,7 @@ fn load_skips_deleted_services_terminated_instances_and_finished_actions() {
     let snap = store.load().unwrap();
     assert_eq!(snap.services, vec![live]);
     assert_eq!(snap.instances, vec![i_live]);
-    assert_eq!(
-        snap.actions,
-        vec![all_actions[1].clone()],
-        "only the running one is still open"
-    );
+    assert_eq!(snap.actions, vec![all_actions[1].clone()], "only the running one is still open");
     // Finished actions are still there for the history.
     let history = store.actions(None, 100).unwrap();
     assert_eq!(history.len(), 5);
@@ -299,24 +253,12 @@ fn events_get_increasing_seq_across_commits_whatever_seq_they_carry() {
     let dir = TempDir::new("seq");
     let store = SqliteStore::open(&dir.db()).unwrap();
     for round in 0..3 {
-        let events = (0..4)
-            .map(|k| event(Some("orders"), None, &format!("r{round} e{k}")))
-            .collect();
-        store
-            .commit(Changes {
-                events,
-                ..Default::default()
-            })
-            .unwrap();
+        let events = (0..4).map(|k| event(Some("orders"), None, &format!("r{round} e{k}"))).collect();
+        store.commit(Changes { events, ..Default::default() }).unwrap();
     }
     drop(store);
     let store = SqliteStore::open(&dir.db()).unwrap();
-    store
-        .commit(Changes {
-            events: vec![event(Some("orders"), None, "after reopen")],
-            ..Default::default()
-        })
-        .unwrap();
+    store.commit(Changes { events: vec![event(Some("orders"), None, "after reopen")], ..Default::default() }).unwrap();
 
     let all = store.events(&EventFilter::default()).unwrap();
     assert_eq!(all.len(), 13);
@@ -352,116 +294,49 @@ fn event_filters_by_service_instance_after_seq_and_limit() {
         events.push(event(svc, inst, &format!("e{k}")));
     }
     events.push(event(None, None, "fleet brake"));
-    store
-        .commit(Changes {
-            events,
-            ..Default::default()
-        })
-        .unwrap();
+    store.commit(Changes { events, ..Default::default() }).unwrap();
 
-    let orders = store
-        .events(&EventFilter {
-            service: Some("orders".into()),
-            ..Default::default()
-        })
-        .unwrap();
+    let orders = store.events(&EventFilter { service: Some("orders".into()), ..Default::default() }).unwrap();
     assert_eq!(orders.len(), 20);
-    assert!(orders
-        .iter()
-        .all(|e| e.service.as_deref() == Some("orders")));
+    assert!(orders.iter().all(|e| e.service.as_deref() == Some("orders")));
     assert!(orders.windows(2).all(|w| w[0].seq < w[1].seq));
 
-    let on_x = store
-        .events(&EventFilter {
-            instance: Some(x),
-            ..Default::default()
-        })
-        .unwrap();
+    let on_x = store.events(&EventFilter { instance: Some(x), ..Default::default() }).unwrap();
     assert_eq!(on_x.len(), 10);
     assert!(on_x.iter().all(|e| e.instance == Some(x)));
 
-    let both = store
-        .events(&EventFilter {
-            service: Some("orders".into()),
-            instance: Some(y),
-            ..Default::default()
-        })
-        .unwrap();
+    let both =
+        store.events(&EventFilter { service: Some("orders".into()), instance: Some(y), ..Default::default() }).unwrap();
     assert_eq!(both.len(), 10);
     assert!(both.iter().all(|e| e.instance == Some(y)));
-    let none = store
-        .events(&EventFilter {
-            service: Some("carts".into()),
-            instance: Some(y),
-            ..Default::default()
-        })
-        .unwrap();
+    let none =
+        store.events(&EventFilter { service: Some("carts".into()), instance: Some(y), ..Default::default() }).unwrap();
     assert!(none.is_empty());
 
     let all = store.events(&EventFilter::default()).unwrap();
     assert_eq!(all.len(), 31);
     let cut = all[9].seq;
-    let after = store
-        .events(&EventFilter {
-            after_seq: Some(cut),
-            ..Default::default()
-        })
-        .unwrap();
+    let after = store.events(&EventFilter { after_seq: Some(cut), ..Default::default() }).unwrap();
     assert_eq!(after.len(), 21);
     assert!(after.iter().all(|e| e.seq > cut));
     assert_eq!(after[0].seq, all[10].seq);
 
-    let page = store
-        .events(&EventFilter {
-            after_seq: Some(cut),
-            limit: Some(5),
-            ..Default::default()
-        })
-        .unwrap();
-    assert_eq!(
-        page.iter().map(|e| e.seq).collect::<Vec<_>>(),
-        all[10..15].iter().map(|e| e.seq).collect::<Vec<_>>()
-    );
+    let page = store.events(&EventFilter { after_seq: Some(cut), limit: Some(5), ..Default::default() }).unwrap();
+    assert_eq!(page.iter().map(|e| e.seq).collect::<Vec<_>>(), all[10..15].iter().map(|e| e.seq).collect::<Vec<_>>());
 
-    let huge = store
-        .events(&EventFilter {
-            after_seq: Some(u64::MAX),
-            ..Default::default()
-        })
-        .unwrap();
-    assert!(
-        huge.is_empty(),
-        "an after_seq past i64::MAX must not wrap around"
-    );
-    assert!(store
-        .events(&EventFilter {
-            limit: Some(0),
-            ..Default::default()
-        })
-        .unwrap()
-        .is_empty());
+    let huge = store.events(&EventFilter { after_seq: Some(u64::MAX), ..Default::default() }).unwrap();
+    assert!(huge.is_empty(), "an after_seq past i64::MAX must not wrap around");
+    assert!(store.events(&EventFilter { limit: Some(0), ..Default::default() }).unwrap().is_empty());
 }
 
 #[test]
 fn event_limit_defaults_to_1000_and_is_clamped() {
     let dir = TempDir::new("limits");
     let store = SqliteStore::open(&dir.db()).unwrap();
-    let events: Vec<_> = (0..MAX_READ_LIMIT + 5)
-        .map(|k| event(Some("orders"), None, &format!("e{k}")))
-        .collect();
-    store
-        .commit(Changes {
-            events,
-            ..Default::default()
-        })
-        .unwrap();
+    let events: Vec<_> = (0..MAX_READ_LIMIT + 5).map(|k| event(Some("orders"), None, &format!("e{k}"))).collect();
+    store.commit(Changes { events, ..Default::default() }).unwrap();
     assert_eq!(store.events(&EventFilter::default()).unwrap().len(), 1000);
-    let clamped = store
-        .events(&EventFilter {
-            limit: Some(usize::MAX),
-            ..Default::default()
-        })
-        .unwrap();
+    let clamped = store.events(&EventFilter { limit: Some(usize::MAX), ..Default::default() }).unwrap();
     assert_eq!(clamped.len(), MAX_READ_LIMIT);
 }
 
@@ -471,12 +346,7 @@ fn audit_returns_the_most_recent_entries_in_ascending_seq() {
     let store = SqliteStore::open(&dir.db()).unwrap();
     for chunk in 0..3 {
         let audit = (0..4).map(|k| audit_entry(chunk * 4 + k)).collect();
-        store
-            .commit(Changes {
-                audit,
-                ..Default::default()
-            })
-            .unwrap();
+        store.commit(Changes { audit, ..Default::default() }).unwrap();
     }
     let last5 = store.audit(5).unwrap();
     assert_eq!(last5.len(), 5);
@@ -497,26 +367,13 @@ fn actions_are_listed_newest_first_and_filtered_by_service() {
     let s2 = ServiceId::new_at(T0, 2);
     let i = InstanceId::new_at(T0, 1);
     let actions: Vec<_> = (0..10)
-        .map(|n| {
-            action(
-                n,
-                if n % 2 == 0 { s1 } else { s2 },
-                i,
-                ActionKind::Restart,
-                ActionState::Succeeded,
-            )
-        })
+        .map(|n| action(n, if n % 2 == 0 { s1 } else { s2 }, i, ActionKind::Restart, ActionState::Succeeded))
         .collect();
     // Committed out of order: the listing must sort, not echo insertion.
     let mut shuffled = actions.clone();
     shuffled.reverse();
     shuffled.swap(2, 7);
-    store
-        .commit(Changes {
-            actions: shuffled,
-            ..Default::default()
-        })
-        .unwrap();
+    store.commit(Changes { actions: shuffled, ..Default::default() }).unwrap();
 
     let all = store.actions(None, 100).unwrap();
     let want: Vec<_> = actions.iter().rev().cloned().collect();
@@ -538,15 +395,9 @@ fn concurrent_commits_all_succeed_are_grouped_and_store_each_event_once() {
             let store = Arc::clone(&store);
             std::thread::spawn(move || {
                 for c in 0..COMMITS {
-                    let events = (0..2)
-                        .map(|k| event(Some(&format!("t{t}")), None, &format!("t{t} c{c} k{k}")))
-                        .collect();
-                    store
-                        .commit(Changes {
-                            events,
-                            ..Default::default()
-                        })
-                        .unwrap();
+                    let events =
+                        (0..2).map(|k| event(Some(&format!("t{t}")), None, &format!("t{t} c{c} k{k}"))).collect();
+                    store.commit(Changes { events, ..Default::default() }).unwrap();
                 }
             })
         })
@@ -558,13 +409,7 @@ fn concurrent_commits_all_succeed_are_grouped_and_store_each_event_once() {
     let mut seen: HashMap<String, usize> = HashMap::new();
     let mut after = None;
     loop {
-        let page = store
-            .events(&EventFilter {
-                after_seq: after,
-                limit: Some(500),
-                ..Default::default()
-            })
-            .unwrap();
+        let page = store.events(&EventFilter { after_seq: after, limit: Some(500), ..Default::default() }).unwrap();
         let Some(last) = page.last() else { break };
         after = Some(last.seq);
         for e in page {
@@ -574,15 +419,8 @@ fn concurrent_commits_all_succeed_are_grouped_and_store_each_event_once() {
     assert_eq!(seen.len() as u64, THREADS * COMMITS * 2);
     assert!(seen.values().all(|&n| n == 1), "an event was stored twice");
     // Events of one thread keep their commit order.
-    let t3 = store
-        .events(&EventFilter {
-            service: Some("t3".into()),
-            ..Default::default()
-        })
-        .unwrap();
-    let expect: Vec<_> = (0..COMMITS)
-        .flat_map(|c| (0..2).map(move |k| format!("t3 c{c} k{k}")))
-        .collect();
+    let t3 = store.events(&EventFilter { service: Some("t3".into()), ..Default::default() }).unwrap();
+    let expect: Vec<_> = (0..COMMITS).flat_map(|c| (0..2).map(move |k| format!("t3 c{c} k{k}"))).collect();
     assert_eq!(t3.into_iter().map(|e| e.cause).collect::<Vec<_>>(), expect);
 
     let counters = store.writer_counters();
@@ -598,14 +436,9 @@ fn opening_a_file_that_is_not_a_database_is_a_clear_error() {
     let err = SqliteStore::open(&path).unwrap_err();
     assert!(matches!(err, StoreError::NotADatabase { .. }), "{err:?}");
     let msg = err.to_string();
-    assert!(
-        msg.contains("notes.txt") && msg.contains("not a SQLite database"),
-        "{msg}"
-    );
+    assert!(msg.contains("notes.txt") && msg.contains("not a SQLite database"), "{msg}");
     // And the file was left alone.
-    assert!(std::fs::read_to_string(&path)
-        .unwrap()
-        .starts_with("these are my notes"));
+    assert!(std::fs::read_to_string(&path).unwrap().starts_with("these are my notes"));
 
     let err = SqliteStore::open(&dir.0.join("missing-dir").join("drover.db")).unwrap_err();
     assert!(matches!(err, StoreError::Open { .. }), "{err:?}");
@@ -618,21 +451,11 @@ fn a_record_that_does_not_decode_is_an_error_naming_table_and_id() {
     let store = SqliteStore::open(&dir.db()).unwrap();
     let s = service(1, "orders", ServiceState::Available);
     let i = instance(1, s.id, InstanceState::Available);
-    store
-        .commit(Changes {
-            services: vec![s.clone()],
-            instances: vec![i.clone()],
-            ..Default::default()
-        })
-        .unwrap();
+    store.commit(Changes { services: vec![s.clone()], instances: vec![i.clone()], ..Default::default() }).unwrap();
     drop(store);
 
     let raw = rusqlite::Connection::open(dir.db()).unwrap();
-    raw.execute(
-        "UPDATE instances SET record = '{\"id\": 42}' WHERE id = ?1",
-        [i.id.to_string()],
-    )
-    .unwrap();
+    raw.execute("UPDATE instances SET record = '{\"id\": 42}' WHERE id = ?1", [i.id.to_string()]).unwrap();
     drop(raw);
 
     let store = SqliteStore::open(&dir.db()).unwrap();
@@ -668,12 +491,7 @@ fn dropping_the_store_stops_the_writer_and_keeps_what_was_committed() {
     let dir = TempDir::new("drop");
     for round in 0..5 {
         let store = SqliteStore::open(&dir.db()).unwrap();
-        store
-            .commit(Changes {
-                audit: vec![audit_entry(round)],
-                ..Default::default()
-            })
-            .unwrap();
+        store.commit(Changes { audit: vec![audit_entry(round)], ..Default::default() }).unwrap();
         drop(store); // joins the writer thread; a hang here fails the test by timeout
     }
     let store = SqliteStore::open(&dir.db()).unwrap();
@@ -698,10 +516,7 @@ fn crash_batch(batch: u64) -> Changes {
     // while a transaction is half-written to the WAL.
     let padding = "x".repeat(1500);
     Changes {
-        instances: vec![InstanceRecord {
-            id,
-            ..instance(batch, ServiceId::new_at(T0, 0), InstanceState::Available)
-        }],
+        instances: vec![InstanceRecord { id, ..instance(batch, ServiceId::new_at(T0, 0), InstanceState::Available) }],
         events: (0..EVENTS_PER_BATCH)
             .map(|k| {
                 let mut e = event(Some(CRASH_SERVICE), Some(id), &format!("batch {batch}"));
@@ -749,13 +564,7 @@ fn kill_9_loses_no_acknowledged_batch_and_leaves_no_partial_one() {
     drop(SqliteStore::open(&dir.db()).unwrap());
 
     let mut child = Command::new(std::env::current_exe().unwrap())
-        .args([
-            "--exact",
-            "crash_child_writer_loop",
-            "--nocapture",
-            "--test-threads",
-            "1",
-        ])
+        .args(["--exact", "crash_child_writer_loop", "--nocapture", "--test-threads", "1"])
         .env(CRASH_CHILD_ENV, dir.db())
         .stdout(Stdio::piped())
         .stderr(Stdio::inherit())
@@ -781,10 +590,7 @@ fn kill_9_loses_no_acknowledged_batch_and_leaves_no_partial_one() {
             }
             Err(mpsc::RecvTimeoutError::Timeout) if Instant::now() < deadline => {
                 if let Some(status) = child.try_wait().unwrap() {
-                    panic!(
-                        "the child writer exited early ({status}) after {} acks",
-                        acked.len()
-                    );
+                    panic!("the child writer exited early ({status}) after {} acks", acked.len());
                 }
             }
             Err(e) => {
@@ -821,39 +627,18 @@ fn kill_9_loses_no_acknowledged_batch_and_leaves_no_partial_one() {
             *per_batch.entry(batch).or_default() += 1;
         }
     }
-    let partial: Vec<_> = per_batch
-        .iter()
-        .filter(|(_, &n)| n != EVENTS_PER_BATCH)
-        .collect();
-    assert!(
-        partial.is_empty(),
-        "batches with a partial set of events: {partial:?}"
-    );
-    let lost: Vec<_> = acked
-        .iter()
-        .filter(|b| !per_batch.contains_key(b))
-        .collect();
-    assert!(
-        lost.is_empty(),
-        "acknowledged batches missing after kill -9: {lost:?}"
-    );
+    let partial: Vec<_> = per_batch.iter().filter(|(_, &n)| n != EVENTS_PER_BATCH).collect();
+    assert!(partial.is_empty(), "batches with a partial set of events: {partial:?}");
+    let lost: Vec<_> = acked.iter().filter(|b| !per_batch.contains_key(b)).collect();
+    assert!(lost.is_empty(), "acknowledged batches missing after kill -9: {lost:?}");
 
     // The instance of a batch exists exactly when its events do.
-    let stored_instances: BTreeSet<InstanceId> = store
-        .load()
-        .unwrap()
-        .instances
-        .iter()
-        .map(|i| i.id)
-        .collect();
-    let expected_instances: BTreeSet<InstanceId> =
-        per_batch.keys().map(|&b| crash_instance_id(b)).collect();
+    let stored_instances: BTreeSet<InstanceId> = store.load().unwrap().instances.iter().map(|i| i.id).collect();
+    let expected_instances: BTreeSet<InstanceId> = per_batch.keys().map(|&b| crash_instance_id(b)).collect();
     assert_eq!(stored_instances, expected_instances);
     assert!(per_batch.len() >= acked.len());
 
     let raw = rusqlite::Connection::open(dir.db()).unwrap();
-    let check: String = raw
-        .query_row("PRAGMA integrity_check", [], |r| r.get(0))
-        .unwrap();
+    let check: String = raw.query_row("PRAGMA integrity_check", [], |r| r.get(0)).unwrap();
     assert_eq!(check, "ok");
 }

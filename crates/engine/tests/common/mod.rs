@@ -240,7 +240,13 @@ pub fn fast_config() -> Config {
 }
 
 pub fn image(engine: EngineKind) -> Image {
-    Image::new(engine, "15-test", BTreeMap::new(), BTreeMap::from([("postgresql-15".into(), "15.18".into())]), Timestamp(T0))
+    Image::new(
+        engine,
+        "15-test",
+        BTreeMap::new(),
+        BTreeMap::from([("postgresql-15".into(), "15.18".into())]),
+        Timestamp(T0),
+    )
 }
 
 pub struct H {

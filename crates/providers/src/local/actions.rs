@@ -30,16 +30,10 @@ pub struct Failure {
     retryable: bool,
 }
 fn retry(error: impl Into<String>) -> Failure {
-    Failure {
-        error: error.into(),
-        retryable: true,
-    }
+    Failure { error: error.into(), retryable: true }
 }
 fn fatal(error: impl Into<String>) -> Failure {
-    Failure {
-        error: error.into(),
-        retryable: false,
-    }
+    Failure { error: error.into(), retryable: false }
 }
 impl From<String> for Failure {
     /// Unclassified errors (I/O, a server slow to start) are worth a retry.
@@ -57,14 +51,8 @@ impl Inner {
         let started = Instant::now();
         let id = action.instance;
         let result = match &action.kind {
-            ActionKind::Provision {
-                role,
-                service_name,
-                sync,
-                ..
-            } => {
-                self.provision(id, action.service, *role, service_name, *sync)
-                    .await
+            ActionKind::Provision { role, service_name, sync, .. } => {
+                self.provision(id, action.service, *role, service_name, *sync).await
             }
             ActionKind::Probe => self.probe(id).await,
             ActionKind::Fence => self.fence(id).await,
@@ -104,18 +92,14 @@ impl Inner {
         let existing = {
             let registry = lock(&self.registry);
             if registry.tombstones.contains(&id) {
-                return Err(fatal(format!(
-                    "instance {id} was terminated; a terminated id is never provisioned again"
-                )));
+                return Err(fatal(format!("instance {id} was terminated; a terminated id is never provisioned again")));
             }
             registry.instances.get(&id).cloned()
         };
         if let Some(entry) = &existing {
             match entry.lifecycle {
                 Lifecycle::Active if entry.fenced => {
-                    return Err(fatal(format!(
-                        "instance {id} is fenced; provision a new instance instead"
-                    )))
+                    return Err(fatal(format!("instance {id} is fenced; provision a new instance instead")))
                 }
                 Lifecycle::Active => {
                     // Already built: make sure it runs (a repeat after a crash).
@@ -126,9 +110,7 @@ impl Inner {
                     return Ok(Some("already provisioned".into()));
                 }
                 Lifecycle::Retired | Lifecycle::Archived => {
-                    return Err(fatal(format!(
-                        "instance {id} was retired; it is not provisioned again"
-                    )))
+                    return Err(fatal(format!("instance {id} was retired; it is not provisioned again")))
                 }
                 Lifecycle::Provisioning => {
                     // A half-built attempt: start over in the same place.
@@ -138,9 +120,7 @@ impl Inner {
             }
         }
         let entry = self.register(id, service_id, role, service_name, sync, existing)?;
-        self.run_as
-            .prepare_dir(&entry.dir, 0o700)
-            .map_err(|e| format!("instance dir: {e}"))?;
+        self.run_as.prepare_dir(&entry.dir, 0o700).map_err(|e| format!("instance dir: {e}"))?;
         match role {
             Role::Primary => self.build_primary(&entry).await?,
             Role::Follower => self.build_follower(&entry).await?,
@@ -204,9 +184,7 @@ impl Inner {
                         sync,
                     });
                 }
-                std::collections::btree_map::Entry::Occupied(mut occupied) => {
-                    occupied.get_mut().sync = sync
-                }
+                std::collections::btree_map::Entry::Occupied(mut occupied) => occupied.get_mut().sync = sync,
             }
             let port = match &existing {
                 Some(e) => e.port,
@@ -230,18 +208,13 @@ impl Inner {
     }
 
     fn settings(&self) -> ServerSettings<'_> {
-        ServerSettings {
-            archive_command: self.config.archive_command.as_deref(),
-            control_user: &self.control_user,
-        }
+        ServerSettings { archive_command: self.config.archive_command.as_deref(), control_user: &self.control_user }
     }
 
     async fn build_primary(&self, entry: &InstanceEntry) -> Result<(), Failure> {
         let password = self.service(entry.service)?.password;
         let pgdata = entry.pgdata();
-        self.run_as
-            .prepare_dir(&pgdata, 0o700)
-            .map_err(|e| format!("pgdata: {e}"))?;
+        self.run_as.prepare_dir(&pgdata, 0o700).map_err(|e| format!("pgdata: {e}"))?;
         let pwfile = entry.dir.join("initdb.pw");
         postgres::write_owned(&self.run_as, &pwfile, &password, 0o600)?;
         let mut initdb = tokio::process::Command::new(self.binaries.path("initdb"));
@@ -250,11 +223,7 @@ impl Inner {
             .arg(&pgdata)
             .arg(format!("--username={}", postgres::ROLE))
             .arg(format!("--pwfile={}", pwfile.display()))
-            .args([
-                "--auth-local=peer",
-                "--auth-host=scram-sha-256",
-                "--data-checksums",
-            ])
+            .args(["--auth-local=peer", "--auth-host=scram-sha-256", "--data-checksums"])
             .args(["--locale=C", "--encoding=UTF8"])
             .current_dir(&entry.dir)
             .env("LC_ALL", "C");
@@ -269,31 +238,16 @@ impl Inner {
     async fn build_follower(&self, entry: &InstanceEntry) -> Result<(), Failure> {
         let service = self.service(entry.service)?;
         let primary = self.current_primary(entry.service).ok_or_else(|| {
-            retry(format!(
-                "service {} has no running, unfenced primary to copy a follower from",
-                service.name
-            ))
+            retry(format!("service {} has no running, unfenced primary to copy a follower from", service.name))
         })?;
         let pgdata = entry.pgdata();
-        self.run_as
-            .prepare_dir(&pgdata, 0o700)
-            .map_err(|e| format!("pgdata: {e}"))?;
-        let conninfo =
-            postgres::primary_conninfo(primary.port, &service.password, &entry_id_name(entry));
+        self.run_as.prepare_dir(&pgdata, 0o700).map_err(|e| format!("pgdata: {e}"))?;
+        let conninfo = postgres::primary_conninfo(primary.port, &service.password, &entry_id_name(entry));
         let mut basebackup = tokio::process::Command::new(self.binaries.path("pg_basebackup"));
         basebackup
             .arg("-D")
             .arg(&pgdata)
-            .args([
-                "-R",
-                "-X",
-                "stream",
-                "-c",
-                "fast",
-                "--no-password",
-                "-d",
-                &conninfo,
-            ])
+            .args(["-R", "-X", "stream", "-c", "fast", "--no-password", "-d", &conninfo])
             .current_dir(&entry.dir)
             .env("LC_ALL", "C");
         self.run_as.apply_tokio(&mut basebackup);
@@ -304,11 +258,7 @@ impl Inner {
     }
 
     fn service(&self, id: ServiceId) -> Result<ServiceEntry, Failure> {
-        lock(&self.registry)
-            .services
-            .get(&id)
-            .cloned()
-            .ok_or_else(|| fatal(format!("unknown service {id}")))
+        lock(&self.registry).services.get(&id).cloned().ok_or_else(|| fatal(format!("unknown service {id}")))
     }
 
     /// [`Inner::current_primary`], for the checks.
@@ -327,12 +277,7 @@ impl Inner {
     async fn wait_streaming(&self, entry: &InstanceEntry) -> Result<(), Failure> {
         let deadline = Instant::now() + STREAM_TIMEOUT;
         loop {
-            let status = postgres::execute(
-                entry,
-                "SELECT status FROM pg_stat_wal_receiver",
-                SQL_TIMEOUT,
-            )
-            .await;
+            let status = postgres::execute(entry, "SELECT status FROM pg_stat_wal_receiver", SQL_TIMEOUT).await;
             if let Ok(rows) = &status {
                 if rows.first().and_then(|r| r.as_deref()) == Some("streaming") {
                     return Ok(());
@@ -368,27 +313,14 @@ impl Inner {
             SQL_TIMEOUT,
         )
         .await?;
-        let streaming: u32 = streaming
-            .first()
-            .cloned()
-            .flatten()
-            .and_then(|n| n.parse().ok())
-            .unwrap_or(0);
-        let current =
-            postgres::execute(&primary, "SHOW synchronous_standby_names", SQL_TIMEOUT).await?;
+        let streaming: u32 = streaming.first().cloned().flatten().and_then(|n| n.parse().ok()).unwrap_or(0);
+        let current = postgres::execute(&primary, "SHOW synchronous_standby_names", SQL_TIMEOUT).await?;
         let current = current.first().cloned().flatten().unwrap_or_default();
-        let wanted = if service.sync && streaming > 0 {
-            SYNC_STANDBYS
-        } else {
-            ""
-        };
+        let wanted = if service.sync && streaming > 0 { SYNC_STANDBYS } else { "" };
         if current == wanted {
             return Ok(());
         }
-        let sql = format!(
-            "ALTER SYSTEM SET synchronous_standby_names = {}",
-            postgres::conf_quote(wanted)
-        );
+        let sql = format!("ALTER SYSTEM SET synchronous_standby_names = {}", postgres::conf_quote(wanted));
         postgres::execute(&primary, &sql, SQL_TIMEOUT).await?;
         postgres::execute(&primary, "SELECT pg_reload_conf()", SQL_TIMEOUT).await?;
         tracing::info!(service = %service.name, synchronous_standby_names = wanted, streaming, "replication mode changed");
@@ -408,9 +340,7 @@ impl Inner {
                 return Ok(());
             }
             if Instant::now() >= deadline {
-                return Err(format!(
-                    "no synchronous follower reported {SYNC_TIMEOUT:?} after enabling sync"
-                ));
+                return Err(format!("no synchronous follower reported {SYNC_TIMEOUT:?} after enabling sync"));
             }
             tokio::time::sleep(Duration::from_millis(50)).await;
         }
@@ -419,7 +349,11 @@ impl Inner {
     /// A full base backup of the service from `id` (its primary) into the
     /// pgBackRest repository; the stanza is created on first use.
     async fn backup(&self, id: InstanceId) -> Done {
-        let repo = self.config.backups.clone().ok_or_else(|| fatal("no backup repository is configured for the local provider"))?;
+        let repo = self
+            .config
+            .backups
+            .clone()
+            .ok_or_else(|| fatal("no backup repository is configured for the local provider"))?;
         let entry = self.entry(id).ok_or_else(|| fatal("unknown instance"))?;
         if !entry.should_run() {
             return Err(fatal("the instance does not run: back up from the running primary"));
@@ -438,7 +372,11 @@ impl Inner {
     /// it, and throws it away. A backup that does not restore is a failure
     /// (not retried: a retry would restore the same broken backup).
     async fn verify_restore(&self, id: InstanceId, action: drover_model::ActionId) -> Done {
-        let repo = self.config.backups.clone().ok_or_else(|| fatal("no backup repository is configured for the local provider"))?;
+        let repo = self
+            .config
+            .backups
+            .clone()
+            .ok_or_else(|| fatal("no backup repository is configured for the local provider"))?;
         let entry = self.entry(id).ok_or_else(|| fatal("unknown instance"))?;
         let port = {
             let registry = lock(&self.registry);
@@ -477,19 +415,14 @@ impl Inner {
     async fn probe(&self, id: InstanceId) -> Done {
         let entry = self.entry(id).ok_or_else(|| fatal("unknown instance"))?;
         if !entry.should_run() {
-            return Err(fatal(format!(
-                "instance is {}",
-                if entry.fenced { "fenced" } else { "not active" }
-            )));
+            return Err(fatal(format!("instance is {}", if entry.fenced { "fenced" } else { "not active" })));
         }
         let process = self.server(id).ok_or_else(|| fatal("no postmaster"))?;
         match process::proc_state(process.pid) {
             ProcState::Live if !process.has_exited() => {}
             state => return Err(fatal(format!("postmaster {} is {state:?}", process.pid))),
         }
-        postgres::answers(&entry, PROBE_TIMEOUT)
-            .await
-            .map_err(fatal)?;
+        postgres::answers(&entry, PROBE_TIMEOUT).await.map_err(fatal)?;
         Ok(Some("answers SELECT 1".into()))
     }
 
@@ -497,11 +430,7 @@ impl Inner {
         let Some(entry) = self.entry(id) else {
             return Ok(Some("unknown instance: nothing can write".into()));
         };
-        let routed_here = lock(&self.registry)
-            .services
-            .get(&entry.service)
-            .and_then(|s| s.primary)
-            == Some(id);
+        let routed_here = lock(&self.registry).services.get(&entry.service).and_then(|s| s.primary) == Some(id);
         if routed_here && !entry.fenced {
             // Clients queue at the router instead of erroring while the
             // primary changes. Best effort: a fence never waits on the router.
@@ -519,14 +448,7 @@ impl Inner {
             }
         };
         self.save()?;
-        Ok(Some(
-            if newly {
-                "stopped and fenced"
-            } else {
-                "already fenced"
-            }
-            .into(),
-        ))
+        Ok(Some(if newly { "stopped and fenced" } else { "already fenced" }.into()))
     }
 
     async fn promote(self: &Arc<Self>, id: InstanceId) -> Done {
@@ -550,44 +472,23 @@ impl Inner {
             return Err(fatal("cannot promote: its postmaster is not running"));
         }
         // Never two writable primaries: the old one must be fenced (or dead) first.
-        let old = lock(&self.registry)
-            .services
-            .get(&entry.service)
-            .and_then(|s| s.primary)
-            .filter(|p| *p != id);
+        let old = lock(&self.registry).services.get(&entry.service).and_then(|s| s.primary).filter(|p| *p != id);
         if let Some(old) = old {
-            if self.entry(old).is_some_and(|e| e.should_run())
-                && self.server(old).is_some_and(|p| !p.has_exited())
-            {
-                return Err(fatal(format!(
-                    "cannot promote: the primary {old} still runs unfenced; fence it first"
-                )));
+            if self.entry(old).is_some_and(|e| e.should_run()) && self.server(old).is_some_and(|p| !p.has_exited()) {
+                return Err(fatal(format!("cannot promote: the primary {old} still runs unfenced; fence it first")));
             }
         }
         let recovery = postgres::execute(entry, "SELECT pg_is_in_recovery()", SQL_TIMEOUT).await?;
         let was_follower = recovery.first().cloned().flatten().as_deref() == Some("t");
         if was_follower {
-            let sql =
-                format!("SELECT pg_promote(wait => true, wait_seconds => {PROMOTE_WAIT_SECONDS})");
-            let done = postgres::execute(
-                entry,
-                &sql,
-                Duration::from_secs(PROMOTE_WAIT_SECONDS as u64 + 5),
-            )
-            .await?;
+            let sql = format!("SELECT pg_promote(wait => true, wait_seconds => {PROMOTE_WAIT_SECONDS})");
+            let done = postgres::execute(entry, &sql, Duration::from_secs(PROMOTE_WAIT_SECONDS as u64 + 5)).await?;
             if done.first().cloned().flatten().as_deref() != Some("t") {
-                return Err(retry(format!(
-                    "pg_promote did not finish within {PROMOTE_WAIT_SECONDS} s"
-                )));
+                return Err(retry(format!("pg_promote did not finish within {PROMOTE_WAIT_SECONDS} s")));
             }
         }
         // No follower streams from it yet: async until one does (adjust_sync).
-        postgres::execute(
-            entry,
-            "ALTER SYSTEM SET synchronous_standby_names = ''",
-            SQL_TIMEOUT,
-        )
-        .await?;
+        postgres::execute(entry, "ALTER SYSTEM SET synchronous_standby_names = ''", SQL_TIMEOUT).await?;
         postgres::execute(entry, "SELECT pg_reload_conf()", SQL_TIMEOUT).await?;
         let others: Vec<(InstanceId, InstanceEntry)> = {
             let mut registry = lock(&self.registry);
@@ -601,10 +502,7 @@ impl Inner {
                 .instances
                 .iter()
                 .filter(|(other, e)| {
-                    **other != id
-                        && e.service == entry.service
-                        && e.role == Role::Follower
-                        && e.should_run()
+                    **other != id && e.service == entry.service && e.role == Role::Follower && e.should_run()
                 })
                 .map(|(other, e)| (*other, e.clone()))
                 .collect()
@@ -623,10 +521,7 @@ impl Inner {
         let password = self.service(entry.service)?.password;
         for (other, other_entry) in others {
             let conninfo = postgres::primary_conninfo(entry.port, &password, &other.to_string());
-            let sql = format!(
-                "ALTER SYSTEM SET primary_conninfo = {}",
-                postgres::conf_quote(&conninfo)
-            );
+            let sql = format!("ALTER SYSTEM SET primary_conninfo = {}", postgres::conf_quote(&conninfo));
             let repoint = async {
                 postgres::execute(&other_entry, &sql, SQL_TIMEOUT).await?;
                 postgres::execute(&other_entry, "SELECT pg_reload_conf()", SQL_TIMEOUT).await
@@ -635,14 +530,7 @@ impl Inner {
                 tracing::warn!(follower = %other, %error, "cannot re-point follower at the new primary");
             }
         }
-        Ok(Some(
-            if was_follower {
-                "promoted; router switched"
-            } else {
-                "already primary; router switched"
-            }
-            .into(),
-        ))
+        Ok(Some(if was_follower { "promoted; router switched" } else { "already primary; router switched" }.into()))
     }
 
     async fn restart(self: &Arc<Self>, id: InstanceId) -> Done {
@@ -651,13 +539,10 @@ impl Inner {
             return Err(fatal("instance is fenced: it is never started again"));
         }
         if entry.lifecycle != Lifecycle::Active {
-            return Err(fatal(format!(
-                "instance is {:?}, not active",
-                entry.lifecycle
-            )));
+            return Err(fatal(format!("instance is {:?}, not active", entry.lifecycle)));
         }
-        let healthy = self.server(id).is_some_and(|p| p.is_running())
-            && postgres::answers(&entry, PROBE_TIMEOUT).await.is_ok();
+        let healthy =
+            self.server(id).is_some_and(|p| p.is_running()) && postgres::answers(&entry, PROBE_TIMEOUT).await.is_ok();
         if !healthy {
             // Hung or half-dead: kill the group (a stopped group is killed at once).
             if self.server(id).is_some() {
@@ -674,22 +559,11 @@ impl Inner {
             }
         }
         self.save()?;
-        let routed_here = lock(&self.registry)
-            .services
-            .get(&entry.service)
-            .and_then(|s| s.primary)
-            == Some(id);
+        let routed_here = lock(&self.registry).services.get(&entry.service).and_then(|s| s.primary) == Some(id);
         if routed_here {
             self.resume_router(entry.service).await;
         }
-        Ok(Some(
-            if healthy {
-                "already running"
-            } else {
-                "restarted"
-            }
-            .into(),
-        ))
+        Ok(Some(if healthy { "already running" } else { "restarted" }.into()))
     }
 
     async fn retire(&self, id: InstanceId) -> Done {
@@ -700,10 +574,7 @@ impl Inner {
         {
             let mut registry = lock(&self.registry);
             if let Some(stored) = registry.instances.get_mut(&id) {
-                if matches!(
-                    stored.lifecycle,
-                    Lifecycle::Active | Lifecycle::Provisioning
-                ) {
+                if matches!(stored.lifecycle, Lifecycle::Active | Lifecycle::Provisioning) {
                     stored.lifecycle = Lifecycle::Retired;
                 }
             }
@@ -723,18 +594,10 @@ impl Inner {
         let target = self.root.join("archive").join(id.to_string());
         if entry.dir.exists() {
             if target.exists() {
-                return Err(fatal(format!(
-                    "{} already exists; move it aside",
-                    target.display()
-                )));
+                return Err(fatal(format!("{} already exists; move it aside", target.display())));
             }
-            std::fs::rename(&entry.dir, &target).map_err(|e| {
-                format!(
-                    "cannot move {} to {}: {e}",
-                    entry.dir.display(),
-                    target.display()
-                )
-            })?;
+            std::fs::rename(&entry.dir, &target)
+                .map_err(|e| format!("cannot move {} to {}: {e}", entry.dir.display(), target.display()))?;
         }
         {
             let mut registry = lock(&self.registry);
@@ -756,10 +619,7 @@ impl Inner {
             return Ok(Some("nothing left".into()));
         };
         self.stop_server(id, Some(&entry)).await?;
-        for dir in [
-            entry.dir.clone(),
-            self.root.join("archive").join(id.to_string()),
-        ] {
+        for dir in [entry.dir.clone(), self.root.join("archive").join(id.to_string())] {
             match std::fs::remove_dir_all(&dir) {
                 Ok(()) => {}
                 Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
@@ -775,10 +635,7 @@ impl Inner {
                     service.primary = None;
                 }
             }
-            !registry
-                .instances
-                .values()
-                .any(|e| e.service == entry.service)
+            !registry.instances.values().any(|e| e.service == entry.service)
         };
         self.save()?;
         if service_empty {
@@ -786,9 +643,7 @@ impl Inner {
             // stays so a new instance of the same service keeps its URL.
             let router = lock(&self.routers).remove(&entry.service);
             if let Some(router) = router {
-                router
-                    .stop(Signal::SIGTERM, self.config.stop_timeout)
-                    .await?;
+                router.stop(Signal::SIGTERM, self.config.stop_timeout).await?;
             }
         }
         lock(&self.instance_locks).remove(&id);
@@ -820,11 +675,7 @@ impl Inner {
         {
             let mut registry = lock(&self.registry);
             if let Some(stored) = registry.instances.get_mut(&id) {
-                stored.fault = if fault == Fault::Heal {
-                    None
-                } else {
-                    Some(fault)
-                };
+                stored.fault = if fault == Fault::Heal { None } else { Some(fault) };
             }
         }
         if fault == Fault::Heal || fault == Fault::Hang {
@@ -842,10 +693,7 @@ impl Inner {
         let Ok(service) = self.service(service_id) else {
             return;
         };
-        if lock(&self.routers)
-            .get(&service_id)
-            .is_none_or(|p| p.has_exited())
-        {
+        if lock(&self.routers).get(&service_id).is_none_or(|p| p.has_exited()) {
             return;
         }
         // PAUSE waits for running transactions: on a dead or hung primary
@@ -873,10 +721,7 @@ impl Inner {
         let Ok(service) = self.service(service_id) else {
             return;
         };
-        if lock(&self.routers)
-            .get(&service_id)
-            .is_none_or(|p| p.has_exited())
-        {
+        if lock(&self.routers).get(&service_id).is_none_or(|p| p.has_exited()) {
             return;
         }
         if let Err(error) = router::resume(&service, ROUTER_COMMAND_TIMEOUT).await {
@@ -887,18 +732,14 @@ impl Inner {
 
 fn entry_id_name(entry: &InstanceEntry) -> String {
     // The instance id is the last part of its directory.
-    entry
-        .dir
-        .file_name()
-        .map(|n| n.to_string_lossy().into_owned())
-        .unwrap_or_default()
+    entry.dir.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default()
 }
 
 /// A free loopback port not already in the registry.
 fn free_port(used: &std::collections::BTreeSet<u16>) -> Result<u16, Failure> {
     for _ in 0..100 {
-        let listener = std::net::TcpListener::bind(("127.0.0.1", 0))
-            .map_err(|e| format!("cannot find a free port: {e}"))?;
+        let listener =
+            std::net::TcpListener::bind(("127.0.0.1", 0)).map_err(|e| format!("cannot find a free port: {e}"))?;
         let port = listener.local_addr().map_err(|e| e.to_string())?.port();
         if !used.contains(&port) {
             return Ok(port);

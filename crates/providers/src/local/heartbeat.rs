@@ -21,11 +21,7 @@ const MIN_PROBE_INTERVAL: Duration = Duration::from_millis(10);
 const MAX_BEAT_TIMEOUT: Duration = Duration::from_millis(800);
 
 impl Inner {
-    pub(super) async fn heartbeat_loop(
-        self: Arc<Self>,
-        sink: mpsc::Sender<ProviderEvent>,
-        generation: u64,
-    ) {
+    pub(super) async fn heartbeat_loop(self: Arc<Self>, sink: mpsc::Sender<ProviderEvent>, generation: u64) {
         let period = self.config.probe_interval.max(MIN_PROBE_INTERVAL);
         let timeout = (period * 8 / 10).min(MAX_BEAT_TIMEOUT);
         let mut ticker = tokio::time::interval(period);
@@ -80,21 +76,12 @@ impl Inner {
         // Lag: the service's primary position (this round) minus the follower's.
         round_facts(&samples)
             .into_iter()
-            .map(|(instance, facts)| Beat {
-                instance,
-                seq: self.next_seq(),
-                facts,
-            })
+            .map(|(instance, facts)| Beat { instance, seq: self.next_seq(), facts })
             .collect()
     }
 
     /// One instance's facts, within `timeout`, over its kept-open connection.
-    async fn sample(
-        &self,
-        id: InstanceId,
-        entry: &InstanceEntry,
-        timeout: Duration,
-    ) -> Option<Sample> {
+    async fn sample(&self, id: InstanceId, entry: &InstanceEntry, timeout: Duration) -> Option<Sample> {
         let slot = lock(&self.beat_clients).entry(id).or_default().clone();
         // Still held by last round's query (a hung server): stay silent.
         let mut client = slot.try_lock().ok()?;
@@ -103,10 +90,7 @@ impl Inner {
                 *client = Some(postgres::connect(entry, timeout).await?);
             }
             let connection = client.as_ref().expect("connected just above");
-            connection
-                .query_one(FACTS_SQL, &[])
-                .await
-                .map_err(|e| postgres::error_text(&e))
+            connection.query_one(FACTS_SQL, &[]).await.map_err(|e| postgres::error_text(&e))
         };
         let row = match tokio::time::timeout(timeout, attempt).await {
             Ok(Ok(row)) => row,
@@ -132,12 +116,7 @@ impl Inner {
             samples
                 .iter()
                 .filter(|s| !s.in_recovery)
-                .filter(|s| {
-                    registry
-                        .services
-                        .get(&s.service)
-                        .is_some_and(|svc| svc.sync && svc.primary == Some(s.id))
-                })
+                .filter(|s| registry.services.get(&s.service).is_some_and(|svc| svc.sync && svc.primary == Some(s.id)))
                 .filter(|s| (s.streaming_followers == 0) != s.sync_names.is_empty())
                 .map(|s| s.service)
                 .collect()
@@ -155,11 +134,8 @@ impl Inner {
     /// A router that died unasked is started again (same port, same
     /// config): the service URL must keep working.
     fn keep_routers(self: &Arc<Self>) {
-        let dead: Vec<ServiceId> = lock(&self.routers)
-            .iter()
-            .filter(|(_, p)| p.has_exited())
-            .map(|(service, _)| *service)
-            .collect();
+        let dead: Vec<ServiceId> =
+            lock(&self.routers).iter().filter(|(_, p)| p.has_exited()).map(|(service, _)| *service).collect();
         for service in dead {
             lock(&self.routers).remove(&service);
             let inner = self.clone();

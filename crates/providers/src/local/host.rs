@@ -62,17 +62,12 @@ pub async fn fence_writes(info: &LocalInstanceInfo, timeout: Duration) -> Result
         let client = connect(&info.socket_dir, info.port, AGENT_APPLICATION_NAME, timeout).await?;
         let sql_error = |e: tokio_postgres::Error| super::postgres::error_text(&e);
         // One statement per call: ALTER SYSTEM cannot run in a transaction block.
-        client
-            .batch_execute("ALTER SYSTEM SET default_transaction_read_only = on")
-            .await
-            .map_err(sql_error)?;
+        client.batch_execute("ALTER SYSTEM SET default_transaction_read_only = on").await.map_err(sql_error)?;
         client.batch_execute("SELECT pg_reload_conf()").await.map_err(sql_error)?;
         let row = client.query_one(TERMINATE_CLIENTS_SQL, &[]).await.map_err(sql_error)?;
         Ok::<u32, String>(row.get::<_, i32>(0).max(0) as u32)
     };
-    tokio::time::timeout(timeout, attempt)
-        .await
-        .map_err(|_| format!("the fence did not finish within {timeout:?}"))?
+    tokio::time::timeout(timeout, attempt).await.map_err(|_| format!("the fence did not finish within {timeout:?}"))?
 }
 
 /// Lifts [`fence_writes`]: the server accepts writes again. Only after the
@@ -82,10 +77,7 @@ pub async fn unfence_writes(info: &LocalInstanceInfo, timeout: Duration) -> Resu
     let attempt = async {
         let client = connect(&info.socket_dir, info.port, AGENT_APPLICATION_NAME, timeout).await?;
         let sql_error = |e: tokio_postgres::Error| super::postgres::error_text(&e);
-        client
-            .batch_execute("ALTER SYSTEM RESET default_transaction_read_only")
-            .await
-            .map_err(sql_error)?;
+        client.batch_execute("ALTER SYSTEM RESET default_transaction_read_only").await.map_err(sql_error)?;
         client.batch_execute("SELECT pg_reload_conf()").await.map_err(sql_error)?;
         Ok::<(), String>(())
     };

@@ -58,11 +58,7 @@ impl Lease {
     /// A new agent counts its start as a renewal: it gets one TTL to reach
     /// the control plane before fencing.
     pub fn new(ttl: Duration, now: Instant) -> Lease {
-        Lease {
-            ttl,
-            renewed_at: now,
-            fenced: BTreeSet::new(),
-        }
+        Lease { ttl, renewed_at: now, fenced: BTreeSet::new() }
     }
 
     pub fn ttl(&self) -> Duration {
@@ -202,10 +198,7 @@ mod tests {
         // Only primaries are passed in; two services on one host.
         let primaries = [(id(2), true), (id(1), true)];
         let now = at(t0, 11.0);
-        assert_eq!(
-            lease.plan(now, &primaries),
-            vec![Step::Fence(id(1)), Step::Fence(id(2))]
-        );
+        assert_eq!(lease.plan(now, &primaries), vec![Step::Fence(id(1)), Step::Fence(id(2))]);
         lease.fenced_now(id(1));
         // The fence of 2 failed (server busy): asked again next round.
         assert_eq!(lease.plan(at(t0, 12.0), &[(id(1), false), (id(2), true)]), vec![Step::Fence(id(2))]);
@@ -245,10 +238,7 @@ mod tests {
         let mut lease = Lease::new(TTL, t0);
         lease.fenced_now(id(1));
         lease.renewed(at(t0, 30.0));
-        assert_eq!(
-            lease.answer(id(1), Answer::WritablePrimary, at(t0, 30.1)),
-            Some(Step::Unfence(id(1)))
-        );
+        assert_eq!(lease.answer(id(1), Answer::WritablePrimary, at(t0, 30.1)), Some(Step::Unfence(id(1))));
         // Still fenced until the un-fence itself succeeded.
         assert!(lease.is_fenced(id(1)));
         lease.unfenced(id(1));

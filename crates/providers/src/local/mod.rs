@@ -136,8 +136,7 @@ struct Inner {
     /// The last heartbeat seq handed out.
     last_seq: AtomicU64,
     /// Kept-open heartbeat connections.
-    beat_clients:
-        Mutex<HashMap<InstanceId, Arc<tokio::sync::Mutex<Option<tokio_postgres::Client>>>>>,
+    beat_clients: Mutex<HashMap<InstanceId, Arc<tokio::sync::Mutex<Option<tokio_postgres::Client>>>>>,
 }
 
 fn lock<T>(mutex: &Mutex<T>) -> MutexGuard<'_, T> {
@@ -146,10 +145,7 @@ fn lock<T>(mutex: &Mutex<T>) -> MutexGuard<'_, T> {
 }
 
 fn now_micros() -> u64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map(|d| d.as_micros() as u64)
-        .unwrap_or(0)
+    SystemTime::now().duration_since(UNIX_EPOCH).map(|d| d.as_micros() as u64).unwrap_or(0)
 }
 
 impl LocalProvider {
@@ -167,25 +163,16 @@ impl LocalProvider {
         let state_path = root.join("state.json");
         let io = |operation: &'static str, path: &Path| {
             let path = path.to_path_buf();
-            move |source: std::io::Error| ProviderError::Io {
-                operation,
-                path,
-                source,
-            }
+            move |source: std::io::Error| ProviderError::Io { operation, path, source }
         };
         let handle = tokio::runtime::Handle::try_current().map_err(|e| {
-            io(
-                "open the local provider (it needs a tokio runtime) at",
-                &root,
-            )(std::io::Error::other(e))
+            io("open the local provider (it needs a tokio runtime) at", &root)(std::io::Error::other(e))
         })?;
         let binaries = Binaries::find().map_err(io("find PostgreSQL's binaries for", &root))?;
         let run_as = RunAs::for_servers().map_err(io("choose the server user for", &root))?;
         std::fs::create_dir_all(&root).map_err(io("create the directory", &root))?;
         for sub in ["instances", "routers", "archive"] {
-            run_as
-                .prepare_dir(&root.join(sub), 0o755)
-                .map_err(io("prepare the directory", &root.join(sub)))?;
+            run_as.prepare_dir(&root.join(sub), 0o755).map_err(io("prepare the directory", &root.join(sub)))?;
         }
         let registry = match registry::read(&state_path)? {
             Some(registry) => registry,
@@ -242,22 +229,12 @@ impl LocalProvider {
             .services
             .values()
             .find(|s| s.name == service_name)
-            .map(|s| {
-                format!(
-                    "postgres://{}:{}@127.0.0.1:{}/postgres",
-                    postgres::ROLE,
-                    s.password,
-                    s.router_port
-                )
-            })
+            .map(|s| format!("postgres://{}:{}@127.0.0.1:{}/postgres", postgres::ROLE, s.password, s.router_port))
     }
 
     pub fn instance_info(&self, id: InstanceId) -> Option<LocalInstanceInfo> {
         let entry = lock(&self.inner.registry).instances.get(&id).cloned()?;
-        let pid = lock(&self.inner.servers)
-            .get(&id)
-            .filter(|p| !p.has_exited())
-            .map(|p| p.pid);
+        let pid = lock(&self.inner.servers).get(&id).filter(|p| !p.has_exited()).map(|p| p.pid);
         Some(LocalInstanceInfo {
             service: entry.service,
             service_name: entry.service_name.clone(),
@@ -280,12 +257,9 @@ impl LocalProvider {
     /// servers that should run.
     pub fn shutdown(&self) {
         self.inner.closed.store(true, Ordering::SeqCst);
-        let servers: Vec<ServerProcess> =
-            lock(&self.inner.servers).drain().map(|(_, p)| p).collect();
-        let routers: Vec<ServerProcess> =
-            lock(&self.inner.routers).drain().map(|(_, p)| p).collect();
-        let mut all: Vec<(ServerProcess, Signal)> =
-            servers.into_iter().map(|p| (p, Signal::SIGINT)).collect();
+        let servers: Vec<ServerProcess> = lock(&self.inner.servers).drain().map(|(_, p)| p).collect();
+        let routers: Vec<ServerProcess> = lock(&self.inner.routers).drain().map(|(_, p)| p).collect();
+        let mut all: Vec<(ServerProcess, Signal)> = servers.into_iter().map(|p| (p, Signal::SIGINT)).collect();
         all.extend(routers.into_iter().map(|p| (p, Signal::SIGTERM)));
         for (process, first) in &all {
             process.expect_exit();
@@ -299,10 +273,7 @@ impl LocalProvider {
             // Leftover backends, or a server that ignored `first`.
             process.stop_blocking(*first, Duration::ZERO);
         }
-        tracing::info!(
-            processes = all.len(),
-            "local provider stopped its servers and routers"
-        );
+        tracing::info!(processes = all.len(), "local provider stopped its servers and routers");
     }
 }
 
@@ -347,10 +318,7 @@ impl Inner {
         let mut last = self.last_seq.load(Ordering::SeqCst);
         loop {
             let next = now.max(last + 1);
-            match self
-                .last_seq
-                .compare_exchange(last, next, Ordering::SeqCst, Ordering::SeqCst)
-            {
+            match self.last_seq.compare_exchange(last, next, Ordering::SeqCst, Ordering::SeqCst) {
                 Ok(_) => return next,
                 Err(actual) => last = actual,
             }
@@ -365,9 +333,7 @@ impl Inner {
         let Some(sink) = lock(&self.sink).clone() else {
             return;
         };
-        if let Err(mpsc::error::TrySendError::Full(event)) =
-            sink.try_send(ProviderEvent::Gone { instance, detail })
-        {
+        if let Err(mpsc::error::TrySendError::Full(event)) = sink.try_send(ProviderEvent::Gone { instance, detail }) {
             tokio::spawn(async move {
                 let _ = sink.send(event).await;
             });
@@ -396,12 +362,8 @@ impl Inner {
             }
             match running_pid(&entry.pgdata().join("postmaster.pid"), "postgres") {
                 Some(pid) => {
-                    let process = ServerProcess::adopt(
-                        pid,
-                        Some(&entry.pgdata()),
-                        self.closed.clone(),
-                        self.on_server_exit(*id),
-                    );
+                    let process =
+                        ServerProcess::adopt(pid, Some(&entry.pgdata()), self.closed.clone(), self.on_server_exit(*id));
                     lock(&self.servers).insert(*id, process);
                     adopted += 1;
                 }
@@ -409,11 +371,8 @@ impl Inner {
             }
         }
         for service in registry.services.keys() {
-            if let Some(pid) =
-                running_pid(&router::pid_path(&self.router_dir(*service)), "pgbouncer")
-            {
-                let process =
-                    ServerProcess::adopt(pid, None, self.closed.clone(), Box::new(|_| {}));
+            if let Some(pid) = running_pid(&router::pid_path(&self.router_dir(*service)), "pgbouncer") {
+                let process = ServerProcess::adopt(pid, None, self.closed.clone(), Box::new(|_| {}));
                 lock(&self.routers).insert(*service, process);
                 adopted += 1;
             }
@@ -453,11 +412,7 @@ impl Inner {
     }
 
     /// Spawns the postmaster (if none runs) and waits until it accepts connections.
-    async fn start_server(
-        self: &Arc<Self>,
-        id: InstanceId,
-        entry: &InstanceEntry,
-    ) -> Result<(), String> {
+    async fn start_server(self: &Arc<Self>, id: InstanceId, entry: &InstanceEntry) -> Result<(), String> {
         if self.closed.load(Ordering::SeqCst) {
             return Err("the local provider is shut down".into());
         }
@@ -465,21 +420,15 @@ impl Inner {
         if existing.is_none() {
             postgres::check_socket_path(entry)?;
             process::kill_leftovers(&entry.pgdata()).await?;
-            self.run_as
-                .prepare_dir(&entry.socket_dir(), 0o755)
-                .map_err(|e| format!("socket dir: {e}"))?;
-            self.run_as
-                .prepare_dir(&entry.log_dir(), 0o700)
-                .map_err(|e| format!("log dir: {e}"))?;
+            self.run_as.prepare_dir(&entry.socket_dir(), 0o755).map_err(|e| format!("socket dir: {e}"))?;
+            self.run_as.prepare_dir(&entry.log_dir(), 0o700).map_err(|e| format!("log dir: {e}"))?;
             let log_path = entry.log_dir().join("postgres.log");
             let log = std::fs::OpenOptions::new()
                 .create(true)
                 .append(true)
                 .open(&log_path)
                 .map_err(|e| format!("cannot open {}: {e}", log_path.display()))?;
-            self.run_as
-                .chown(&log_path)
-                .map_err(|e| format!("cannot chown {}: {e}", log_path.display()))?;
+            self.run_as.chown(&log_path).map_err(|e| format!("cannot chown {}: {e}", log_path.display()))?;
             let log_err = log.try_clone().map_err(|e| e.to_string())?;
             let mut command = tokio::process::Command::new(self.binaries.path("postgres"));
             command
@@ -492,21 +441,15 @@ impl Inner {
                 .env_remove("PGDATA")
                 .env("LC_ALL", "C");
             self.run_as.apply_tokio(&mut command);
-            let process =
-                ServerProcess::spawn(command, Some(&entry.pgdata()), self.on_server_exit(id))
-                    .map_err(|e| format!("cannot spawn postgres: {e}"))?;
+            let process = ServerProcess::spawn(command, Some(&entry.pgdata()), self.on_server_exit(id))
+                .map_err(|e| format!("cannot spawn postgres: {e}"))?;
             tracing::info!(instance = %id, pid = process.pid, port = entry.port, "postmaster started");
             lock(&self.servers).insert(id, process);
         }
         self.wait_ready(id, entry, START_TIMEOUT).await
     }
 
-    async fn wait_ready(
-        &self,
-        id: InstanceId,
-        entry: &InstanceEntry,
-        timeout: Duration,
-    ) -> Result<(), String> {
+    async fn wait_ready(&self, id: InstanceId, entry: &InstanceEntry, timeout: Duration) -> Result<(), String> {
         let deadline = Instant::now() + timeout;
         loop {
             let Some(process) = self.server(id) else {
@@ -524,40 +467,25 @@ impl Inner {
                 Err(e) => e,
             };
             if Instant::now() >= deadline {
-                return Err(format!(
-                    "not accepting connections after {timeout:?}: {last_error}"
-                ));
+                return Err(format!("not accepting connections after {timeout:?}: {last_error}"));
             }
             tokio::time::sleep(Duration::from_millis(100)).await;
         }
     }
 
     /// Stops the instance's postmaster (if any), confirming the whole group dead.
-    async fn stop_server(
-        &self,
-        id: InstanceId,
-        entry: Option<&InstanceEntry>,
-    ) -> Result<(), String> {
+    async fn stop_server(&self, id: InstanceId, entry: Option<&InstanceEntry>) -> Result<(), String> {
         lock(&self.beat_clients).remove(&id);
         if let Some(process) = self.server(id) {
-            process
-                .stop(Signal::SIGINT, self.config.stop_timeout)
-                .await?;
+            process.stop(Signal::SIGINT, self.config.stop_timeout).await?;
             lock(&self.servers).remove(&id);
             return Ok(());
         }
         // Not known to us (should not happen after adoption): still make sure.
         if let Some(entry) = entry {
             if let Some(pid) = running_pid(&entry.pgdata().join("postmaster.pid"), "postgres") {
-                let process = ServerProcess::adopt(
-                    pid,
-                    Some(&entry.pgdata()),
-                    self.closed.clone(),
-                    Box::new(|_| {}),
-                );
-                process
-                    .stop(Signal::SIGINT, self.config.stop_timeout)
-                    .await?;
+                let process = ServerProcess::adopt(pid, Some(&entry.pgdata()), self.closed.clone(), Box::new(|_| {}));
+                process.stop(Signal::SIGINT, self.config.stop_timeout).await?;
             }
         }
         Ok(())
@@ -570,24 +498,15 @@ impl Inner {
             let Some(service) = registry.services.get(&service_id).cloned() else {
                 return Err("unknown service".into());
             };
-            let Some(port) = service
-                .primary
-                .and_then(|p| registry.instances.get(&p))
-                .map(|e| e.port)
-            else {
+            let Some(port) = service.primary.and_then(|p| registry.instances.get(&p)).map(|e| e.port) else {
                 return Ok(()); // nothing to route to yet
             };
             (service, port)
         };
         let dir = self.router_dir(service_id);
-        self.run_as
-            .prepare_dir(&dir, 0o700)
-            .map_err(|e| format!("router dir: {e}"))?;
+        self.run_as.prepare_dir(&dir, 0o700).map_err(|e| format!("router dir: {e}"))?;
         router::write_config(&self.run_as, &dir, &service, primary_port)?;
-        let running = lock(&self.routers)
-            .get(&service_id)
-            .filter(|p| !p.has_exited())
-            .cloned();
+        let running = lock(&self.routers).get(&service_id).filter(|p| !p.has_exited()).cloned();
         if running.is_some() {
             return router::admin(&service, "RELOAD", ROUTER_COMMAND_TIMEOUT).await;
         }
@@ -613,9 +532,7 @@ impl Inner {
         let process = ServerProcess::spawn(
             command,
             None,
-            Box::new(
-                move |detail| tracing::warn!(service = %name, %detail, "router exited unasked"),
-            ),
+            Box::new(move |detail| tracing::warn!(service = %name, %detail, "router exited unasked")),
         )
         .map_err(|e| format!("cannot spawn pgbouncer: {e}"))?;
         tracing::info!(service = %service.name, pid = process.pid, port = service.router_port, "router started");
@@ -624,16 +541,11 @@ impl Inner {
         loop {
             if process.has_exited() {
                 let log = std::fs::read_to_string(&log_path).unwrap_or_default();
-                return Err(format!(
-                    "pgbouncer exited at start: {}",
-                    postgres::tail(&log, 800)
-                ));
+                return Err(format!("pgbouncer exited at start: {}", postgres::tail(&log, 800)));
             }
             match router::admin(&service, "SHOW VERSION", Duration::from_secs(1)).await {
                 Ok(()) => return Ok(()),
-                Err(e) if Instant::now() >= deadline => {
-                    return Err(format!("router not answering: {e}"))
-                }
+                Err(e) if Instant::now() >= deadline => return Err(format!("router not answering: {e}")),
                 Err(_) => tokio::time::sleep(Duration::from_millis(50)).await,
             }
         }
@@ -648,9 +560,7 @@ fn running_pid(pid_file: &Path, program: &str) -> Option<i32> {
     if process::proc_state(pid).is_dead() {
         return None;
     }
-    process::cmdline(pid)
-        .filter(|c| c.contains(program))
-        .map(|_| pid)
+    process::cmdline(pid).filter(|c| c.contains(program)).map(|_| pid)
 }
 
 impl Provider for LocalProvider {
@@ -684,11 +594,7 @@ impl Provider for LocalProvider {
         Box::pin(async move {
             let primary = {
                 let registry = lock(&inner.registry);
-                registry
-                    .services
-                    .iter()
-                    .find(|(_, s)| s.name == service)
-                    .and_then(|(id, _)| Some(*id))
+                registry.services.iter().find(|(_, s)| s.name == service).and_then(|(id, _)| Some(*id))
             };
             let Some(entry) = primary.and_then(|id| inner.current_primary_entry(id)) else {
                 return crate::ProviderChecks::default();

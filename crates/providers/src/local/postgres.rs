@@ -39,10 +39,7 @@ impl Binaries {
             .ok()
             .filter(|o| o.status.success())
             .map(|o| PathBuf::from(String::from_utf8_lossy(&o.stdout).trim()));
-        for candidate in from_pg_config
-            .into_iter()
-            .chain([PathBuf::from(DEFAULT_BINDIR)])
-        {
+        for candidate in from_pg_config.into_iter().chain([PathBuf::from(DEFAULT_BINDIR)]) {
             if candidate.join("postgres").is_file() && candidate.join("initdb").is_file() {
                 return Ok(Binaries { bindir: candidate });
             }
@@ -58,23 +55,14 @@ impl Binaries {
 
 /// Runs a short command to completion; an error carries the tail of its output.
 pub async fn run(mut command: tokio::process::Command, what: &str) -> Result<(), String> {
-    command
-        .stdin(std::process::Stdio::null())
-        .kill_on_drop(true);
-    let output = command
-        .output()
-        .await
-        .map_err(|e| format!("cannot run {what}: {e}"))?;
+    command.stdin(std::process::Stdio::null()).kill_on_drop(true);
+    let output = command.output().await.map_err(|e| format!("cannot run {what}: {e}"))?;
     if output.status.success() {
         return Ok(());
     }
     let mut text = String::from_utf8_lossy(&output.stderr).into_owned();
     text.push_str(&String::from_utf8_lossy(&output.stdout));
-    Err(format!(
-        "{what} failed ({}): {}",
-        output.status,
-        tail(&text, 1500)
-    ))
+    Err(format!("{what} failed ({}): {}", output.status, tail(&text, 1500)))
 }
 
 pub fn tail(text: &str, max: usize) -> String {
@@ -91,9 +79,7 @@ pub fn tail(text: &str, max: usize) -> String {
 
 /// The last lines of an instance's server log, for error messages.
 pub fn log_tail(entry: &InstanceEntry) -> String {
-    std::fs::read_to_string(entry.log_dir().join("postgres.log"))
-        .map(|t| tail(&t, 800))
-        .unwrap_or_default()
+    std::fs::read_to_string(entry.log_dir().join("postgres.log")).map(|t| tail(&t, 800)).unwrap_or_default()
 }
 
 /// Writes `contents` to `path`, owned by the server user, with `mode`.
@@ -131,11 +117,7 @@ pub struct ServerSettings<'a> {
 /// Writes postgresql.conf, pg_hba.conf and pg_ident.conf: the whole
 /// configuration this provider wants, the same for primaries and followers
 /// (a follower's copies came from its primary and name the primary's port).
-pub fn write_config(
-    run_as: &RunAs,
-    entry: &InstanceEntry,
-    settings: &ServerSettings<'_>,
-) -> Result<(), String> {
+pub fn write_config(run_as: &RunAs, entry: &InstanceEntry, settings: &ServerSettings<'_>) -> Result<(), String> {
     let pgdata = entry.pgdata();
     let socket = entry.socket_dir();
     let mut conf = format!(
@@ -170,10 +152,7 @@ pub fn write_config(
     );
     if let Some(template) = settings.archive_command {
         let command = template.replace("{stanza}", &entry.service_name);
-        conf.push_str(&format!(
-            "archive_mode = on\narchive_command = {}\n",
-            conf_quote(&command)
-        ));
+        conf.push_str(&format!("archive_mode = on\narchive_command = {}\n", conf_quote(&command)));
     }
     write_owned(run_as, &pgdata.join("postgresql.conf"), &conf, 0o600)?;
     let hba = format!(
@@ -183,10 +162,7 @@ pub fn write_config(
          host replication all 127.0.0.1/32 scram-sha-256\n"
     );
     write_owned(run_as, &pgdata.join("pg_hba.conf"), &hba, 0o600)?;
-    let mut ident = format!(
-        "# Written by drover's local provider.\n{IDENT_MAP} {} {ROLE}\n",
-        run_as.user
-    );
+    let mut ident = format!("# Written by drover's local provider.\n{IDENT_MAP} {} {ROLE}\n", run_as.user);
     if settings.control_user != run_as.user {
         ident.push_str(&format!("{IDENT_MAP} {} {ROLE}\n", settings.control_user));
     }
@@ -262,23 +238,14 @@ pub fn error_text(error: &tokio_postgres::Error) -> String {
 pub async fn answers(entry: &InstanceEntry, timeout: Duration) -> Result<(), String> {
     let attempt = async {
         let client = connect(entry, timeout).await?;
-        client
-            .simple_query("SELECT 1")
-            .await
-            .map_err(|e| error_text(&e))?;
+        client.simple_query("SELECT 1").await.map_err(|e| error_text(&e))?;
         Ok::<(), String>(())
     };
-    tokio::time::timeout(timeout, attempt)
-        .await
-        .map_err(|_| format!("no answer to SELECT 1 within {timeout:?}"))?
+    tokio::time::timeout(timeout, attempt).await.map_err(|_| format!("no answer to SELECT 1 within {timeout:?}"))?
 }
 
 /// Runs one statement (simple protocol) on a fresh socket connection.
-pub async fn execute(
-    entry: &InstanceEntry,
-    sql: &str,
-    timeout: Duration,
-) -> Result<Vec<Option<String>>, String> {
+pub async fn execute(entry: &InstanceEntry, sql: &str, timeout: Duration) -> Result<Vec<Option<String>>, String> {
     let attempt = async {
         let client = connect(entry, timeout).await?;
         let messages = client.simple_query(sql).await.map_err(|e| error_text(&e))?;
@@ -290,9 +257,7 @@ pub async fn execute(
         }
         Ok::<_, String>(values)
     };
-    tokio::time::timeout(timeout, attempt)
-        .await
-        .map_err(|_| format!("`{sql}` did not finish within {timeout:?}"))?
+    tokio::time::timeout(timeout, attempt).await.map_err(|_| format!("`{sql}` did not finish within {timeout:?}"))?
 }
 
 /// "16/B374D848" → 0x16_B374D848.

@@ -75,15 +75,9 @@ impl Sample {
 /// The facts of one round's samples, in the same order, with each
 /// follower's lag measured against its service's primary in that round.
 pub fn round_facts(samples: &[Sample]) -> Vec<(InstanceId, Facts)> {
-    let primary_lsn: HashMap<ServiceId, u64> = samples
-        .iter()
-        .filter(|s| !s.in_recovery)
-        .filter_map(|s| Some((s.service, s.lsn?)))
-        .collect();
-    samples
-        .iter()
-        .map(|s| (s.id, s.facts(primary_lsn.get(&s.service).copied())))
-        .collect()
+    let primary_lsn: HashMap<ServiceId, u64> =
+        samples.iter().filter(|s| !s.in_recovery).filter_map(|s| Some((s.service, s.lsn?))).collect();
+    samples.iter().map(|s| (s.id, s.facts(primary_lsn.get(&s.service).copied()))).collect()
 }
 
 /// Connects to an instance over its unix socket (peer auth, as `drover`)
@@ -121,10 +115,7 @@ pub const AGENT_APPLICATION_NAME: &str = "drover-agent";
 pub async fn probe_sample(id: InstanceId, info: &LocalInstanceInfo, timeout: Duration) -> Option<Sample> {
     let attempt = async {
         let client = connect(&info.socket_dir, info.port, AGENT_APPLICATION_NAME, timeout).await?;
-        client
-            .query_one(FACTS_SQL, &[])
-            .await
-            .map_err(|e| super::postgres::error_text(&e))
+        client.query_one(FACTS_SQL, &[]).await.map_err(|e| super::postgres::error_text(&e))
     };
     match tokio::time::timeout(timeout, attempt).await {
         Ok(Ok(row)) => Some(Sample::from_row(id, info.service, &row)),

@@ -79,18 +79,11 @@ pub fn family(group: i32, dir: Option<&Path>) -> Vec<i32> {
     };
     entries
         .flatten()
-        .filter_map(|entry| {
-            entry
-                .file_name()
-                .to_str()
-                .and_then(|n| n.parse::<i32>().ok())
-        })
+        .filter_map(|entry| entry.file_name().to_str().and_then(|n| n.parse::<i32>().ok()))
         .filter(|pid| match stat(*pid) {
             Some((state, g)) if !matches!(state, 'Z' | 'X' | 'x') => {
                 g == group
-                    || dir.is_some_and(|d| {
-                        std::fs::read_link(format!("/proc/{pid}/cwd")).is_ok_and(|cwd| cwd == d)
-                    })
+                    || dir.is_some_and(|d| std::fs::read_link(format!("/proc/{pid}/cwd")).is_ok_and(|cwd| cwd == d))
             }
             _ => false,
         })
@@ -123,13 +116,7 @@ pub async fn kill_leftovers(dir: &Path) -> Result<(), String> {
 /// The command line of `pid`, arguments joined by spaces.
 pub fn cmdline(pid: i32) -> Option<String> {
     let bytes = std::fs::read(format!("/proc/{pid}/cmdline")).ok()?;
-    Some(
-        bytes
-            .split(|b| *b == 0)
-            .map(|part| String::from_utf8_lossy(part).into_owned())
-            .collect::<Vec<_>>()
-            .join(" "),
-    )
+    Some(bytes.split(|b| *b == 0).map(|part| String::from_utf8_lossy(part).into_owned()).collect::<Vec<_>>().join(" "))
 }
 
 pub fn signal_group(group: i32, signal: Signal) {
@@ -168,10 +155,7 @@ impl ServerProcess {
     ) -> io::Result<ServerProcess> {
         command.process_group(0).kill_on_drop(false);
         let mut child = command.spawn()?;
-        let pid = child
-            .id()
-            .ok_or_else(|| io::Error::other("the spawned server exited at once"))?
-            as i32;
+        let pid = child.id().ok_or_else(|| io::Error::other("the spawned server exited at once"))? as i32;
         let (sender, exit) = watch::channel(None);
         let stopping = Arc::new(AtomicBool::new(false));
         let asked = stopping.clone();
@@ -185,12 +169,7 @@ impl ServerProcess {
                 on_unexpected_exit(detail);
             }
         });
-        Ok(ServerProcess {
-            pid,
-            workdir: workdir.and_then(|d| d.canonicalize().ok()),
-            exit,
-            stopping,
-        })
+        Ok(ServerProcess { pid, workdir: workdir.and_then(|d| d.canonicalize().ok()), exit, stopping })
     }
 
     /// Watches `pid`, a process we did not spawn, by polling /proc.
@@ -219,12 +198,7 @@ impl ServerProcess {
                 on_unexpected_exit(detail);
             }
         });
-        ServerProcess {
-            pid,
-            workdir: workdir.and_then(|d| d.canonicalize().ok()),
-            exit,
-            stopping,
-        }
+        ServerProcess { pid, workdir: workdir.and_then(|d| d.canonicalize().ok()), exit, stopping }
     }
 
     pub fn has_exited(&self) -> bool {
@@ -279,10 +253,7 @@ impl ServerProcess {
             tokio::time::sleep(STOP_POLL_INTERVAL).await;
         }
         if self.family_alive() {
-            return Err(format!(
-                "process group {} still alive {KILL_WAIT:?} after SIGKILL",
-                self.pid
-            ));
+            return Err(format!("process group {} still alive {KILL_WAIT:?} after SIGKILL", self.pid));
         }
         Ok(())
     }
@@ -309,9 +280,7 @@ impl ServerProcess {
 fn describe_status(status: std::process::ExitStatus) -> String {
     use std::os::unix::process::ExitStatusExt;
     if let Some(signal) = status.signal() {
-        let name = Signal::try_from(signal)
-            .map(|s| s.as_str().to_string())
-            .unwrap_or_else(|_| signal.to_string());
+        let name = Signal::try_from(signal).map(|s| s.as_str().to_string()).unwrap_or_else(|_| signal.to_string());
         format!("killed by signal {name}")
     } else if let Some(code) = status.code() {
         format!("exited with status {code}")

@@ -89,10 +89,7 @@ pub struct Registry {
 
 impl Registry {
     pub fn empty() -> Registry {
-        Registry {
-            format: REGISTRY_FORMAT,
-            ..Registry::default()
-        }
+        Registry { format: REGISTRY_FORMAT, ..Registry::default() }
     }
 
     /// Every port the registry holds, so a new one is never handed out twice.
@@ -103,15 +100,8 @@ impl Registry {
     }
 }
 
-fn io_error<'a>(
-    operation: &'static str,
-    path: &'a Path,
-) -> impl FnOnce(std::io::Error) -> ProviderError + 'a {
-    move |source| ProviderError::Io {
-        operation,
-        path: path.to_path_buf(),
-        source,
-    }
+fn io_error<'a>(operation: &'static str, path: &'a Path) -> impl FnOnce(std::io::Error) -> ProviderError + 'a {
+    move |source| ProviderError::Io { operation, path: path.to_path_buf(), source }
 }
 
 /// Reads the registry at `path`; `Ok(None)` when there is none yet.
@@ -125,12 +115,8 @@ pub fn read(path: &Path) -> Result<Option<Registry>, ProviderError> {
     struct Header {
         format: u64,
     }
-    let corrupt = |reason: String| ProviderError::CorruptState {
-        path: path.to_path_buf(),
-        reason,
-    };
-    let header: Header = serde_json::from_slice(&bytes)
-        .map_err(|e| corrupt(format!("not a local registry: {e}")))?;
+    let corrupt = |reason: String| ProviderError::CorruptState { path: path.to_path_buf(), reason };
+    let header: Header = serde_json::from_slice(&bytes).map_err(|e| corrupt(format!("not a local registry: {e}")))?;
     if header.format != REGISTRY_FORMAT {
         return Err(ProviderError::UnsupportedStateFormat {
             path: path.to_path_buf(),
@@ -138,21 +124,15 @@ pub fn read(path: &Path) -> Result<Option<Registry>, ProviderError> {
             supported: REGISTRY_FORMAT,
         });
     }
-    serde_json::from_slice(&bytes)
-        .map(Some)
-        .map_err(|e| corrupt(e.to_string()))
+    serde_json::from_slice(&bytes).map(Some).map_err(|e| corrupt(e.to_string()))
 }
 
 /// Replaces the file at `path` with the registry: temp file (mode 0600: it
 /// holds passwords), fsync, rename, fsync of the directory.
 pub fn write(path: &Path, registry: &Registry) -> Result<(), ProviderError> {
     // Plain structs with string keys: serializing cannot fail.
-    let bytes =
-        serde_json::to_vec_pretty(registry).expect("the local registry always serializes to JSON");
-    let directory = path
-        .parent()
-        .map(Path::to_path_buf)
-        .unwrap_or_else(|| PathBuf::from("."));
+    let bytes = serde_json::to_vec_pretty(registry).expect("the local registry always serializes to JSON");
+    let directory = path.parent().map(Path::to_path_buf).unwrap_or_else(|| PathBuf::from("."));
     let temporary = directory.join(".state.json.tmp");
     let mut file = OpenOptions::new()
         .write(true)
@@ -161,13 +141,10 @@ pub fn write(path: &Path, registry: &Registry) -> Result<(), ProviderError> {
         .mode(0o600)
         .open(&temporary)
         .map_err(io_error("create", &temporary))?;
-    file.write_all(&bytes)
-        .map_err(io_error("write", &temporary))?;
+    file.write_all(&bytes).map_err(io_error("write", &temporary))?;
     file.sync_all().map_err(io_error("fsync", &temporary))?;
     drop(file);
     fs::rename(&temporary, path).map_err(io_error("rename the new local registry over", path))?;
-    File::open(&directory)
-        .and_then(|d| d.sync_all())
-        .map_err(io_error("fsync the directory", &directory))?;
+    File::open(&directory).and_then(|d| d.sync_all()).map_err(io_error("fsync the directory", &directory))?;
     Ok(())
 }

@@ -22,11 +22,7 @@ pub fn binary() -> PathBuf {
         return default;
     }
     std::env::var_os("PATH")
-        .and_then(|paths| {
-            std::env::split_paths(&paths)
-                .map(|p| p.join("pgbouncer"))
-                .find(|p| p.is_file())
-        })
+        .and_then(|paths| std::env::split_paths(&paths).map(|p| p.join("pgbouncer")).find(|p| p.is_file()))
         .unwrap_or(default)
 }
 
@@ -41,19 +37,9 @@ pub fn log_path(dir: &Path) -> PathBuf {
 }
 
 /// Writes pgbouncer.ini (pointing at `primary_port`) and the userlist.
-pub fn write_config(
-    run_as: &RunAs,
-    dir: &Path,
-    service: &ServiceEntry,
-    primary_port: u16,
-) -> Result<(), String> {
+pub fn write_config(run_as: &RunAs, dir: &Path, service: &ServiceEntry, primary_port: u16) -> Result<(), String> {
     let userlist = dir.join("userlist.txt");
-    write_owned(
-        run_as,
-        &userlist,
-        &format!("\"{ROLE}\" \"{}\"\n", service.password),
-        0o600,
-    )?;
+    write_owned(run_as, &userlist, &format!("\"{ROLE}\" \"{}\"\n", service.password), 0o600)?;
     let ini = format!(
         "; Written by drover's local provider for service {name}; changes here are overwritten.\n\
          [databases]\n\
@@ -103,10 +89,7 @@ pub async fn admin(service: &ServiceEntry, command: &str, timeout: Duration) -> 
         tokio::spawn(async move {
             let _ = connection.await;
         });
-        client
-            .simple_query(command)
-            .await
-            .map_err(|e| error_text(&e))?;
+        client.simple_query(command).await.map_err(|e| error_text(&e))?;
         Ok::<(), String>(())
     };
     tokio::time::timeout(timeout, attempt)

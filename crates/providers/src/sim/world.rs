@@ -438,7 +438,13 @@ mod tests {
         }
     }
     fn provision(role: Role) -> ActionKind {
-        ActionKind::Provision { role, zone: "zone-a".into(), image: ImageId("img".into()), service_name: "db".into(), sync: false }
+        ActionKind::Provision {
+            role,
+            zone: "zone-a".into(),
+            image: ImageId("img".into()),
+            service_name: "db".into(),
+            sync: false,
+        }
     }
     fn beat_of(beats: &[Beat], id: InstanceId) -> Option<&Beat> {
         beats.iter().find(|b| b.instance == id)

@@ -52,7 +52,8 @@ impl TestPg {
 
         let hba = hba.map(str::to_string).unwrap_or_else(|| format!("local all {} trust\n", run_as.user));
         std::fs::write(data_dir.join("pg_hba.conf"), hba).unwrap();
-        let mut conf = String::from("\n# drover test fixture\nlisten_addresses = ''\nwal_level = replica\nfsync = off\n");
+        let mut conf =
+            String::from("\n# drover test fixture\nlisten_addresses = ''\nwal_level = replica\nfsync = off\n");
         if let Some(cmd) = archive_command {
             conf.push_str(&format!("archive_mode = on\narchive_command = '{}'\n", cmd.replace('\'', "''")));
         }
@@ -99,13 +100,22 @@ impl TestPg {
             if let Some(Ok(Some(status))) = self.child.as_mut().map(|c| c.try_wait()) {
                 panic!("postgres exited ({status}): {}", std::fs::read_to_string(&self.log_path).unwrap_or_default());
             }
-            assert!(Instant::now() < deadline, "postgres not ready: {}", std::fs::read_to_string(&self.log_path).unwrap_or_default());
+            assert!(
+                Instant::now() < deadline,
+                "postgres not ready: {}",
+                std::fs::read_to_string(&self.log_path).unwrap_or_default()
+            );
             std::thread::sleep(Duration::from_millis(100));
         }
     }
 
     pub fn target(&self) -> PgTarget {
-        PgTarget { data_dir: self.data_dir.clone(), port: self.port, socket_dir: self.socket_dir.clone(), bin_dir: bin_dir() }
+        PgTarget {
+            data_dir: self.data_dir.clone(),
+            port: self.port,
+            socket_dir: self.socket_dir.clone(),
+            bin_dir: bin_dir(),
+        }
     }
 
     pub async fn connect(&self) -> tokio_postgres::Client {
@@ -115,7 +125,8 @@ impl TestPg {
     /// Reloads the configuration (pg_hba.conf too).
     pub fn reload(&self) {
         if let Some(c) = &self.child {
-            nix::sys::signal::kill(nix::unistd::Pid::from_raw(c.id() as i32), nix::sys::signal::Signal::SIGHUP).unwrap();
+            nix::sys::signal::kill(nix::unistd::Pid::from_raw(c.id() as i32), nix::sys::signal::Signal::SIGHUP)
+                .unwrap();
         }
     }
 }
@@ -124,7 +135,10 @@ impl Drop for TestPg {
     fn drop(&mut self) {
         if let Some(mut child) = self.child.take() {
             // Immediate shutdown: the postmaster takes its backends down with it.
-            let _ = nix::sys::signal::kill(nix::unistd::Pid::from_raw(child.id() as i32), nix::sys::signal::Signal::SIGQUIT);
+            let _ = nix::sys::signal::kill(
+                nix::unistd::Pid::from_raw(child.id() as i32),
+                nix::sys::signal::Signal::SIGQUIT,
+            );
             let deadline = Instant::now() + Duration::from_secs(10);
             while Instant::now() < deadline {
                 if let Ok(Some(_)) = child.try_wait() {
@@ -166,12 +180,22 @@ pub async fn archiving_instance(dir: &Path, stanza: &str) -> (BackupRepo, TestPg
 pub async fn wait_archived(client: &tokio_postgres::Client, segment: &str) {
     let deadline = Instant::now() + Duration::from_secs(60);
     loop {
-        let row = client.query_one("SELECT coalesce(last_archived_wal, ''), coalesce(last_failed_wal, '') FROM pg_stat_archiver", &[]).await.unwrap();
+        let row = client
+            .query_one(
+                "SELECT coalesce(last_archived_wal, ''), coalesce(last_failed_wal, '') FROM pg_stat_archiver",
+                &[],
+            )
+            .await
+            .unwrap();
         let archived: String = row.get(0);
         if archived.as_str() >= segment && archived.len() == segment.len() {
             return;
         }
-        assert!(Instant::now() < deadline, "segment {segment} not archived (last archived {archived:?}, last failed {:?})", row.get::<_, String>(1));
+        assert!(
+            Instant::now() < deadline,
+            "segment {segment} not archived (last archived {archived:?}, last failed {:?})",
+            row.get::<_, String>(1)
+        );
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
 }

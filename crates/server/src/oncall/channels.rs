@@ -37,7 +37,12 @@ fn now() -> Timestamp {
 }
 
 impl Deliverer {
-    pub fn new(store: Arc<OncallStore>, delivery: Delivery, public_url: String, secret: Vec<u8>) -> anyhow::Result<Deliverer> {
+    pub fn new(
+        store: Arc<OncallStore>,
+        delivery: Delivery,
+        public_url: String,
+        secret: Vec<u8>,
+    ) -> anyhow::Result<Deliverer> {
         let http = reqwest::Client::builder().timeout(SEND_TIMEOUT).build()?;
         Ok(Deliverer {
             inner: Arc::new(Inner {
@@ -92,7 +97,12 @@ impl Deliverer {
             "stored"
         } else {
             let text = match post.page {
-                Some(p) => format!("{}\n<{}|acknowledge> · <{}|resolve>", post.text, self.link(p, "ack"), self.link(p, "resolve")),
+                Some(p) => format!(
+                    "{}\n<{}|acknowledge> · <{}|resolve>",
+                    post.text,
+                    self.link(p, "ack"),
+                    self.link(p, "resolve")
+                ),
                 None => post.text.clone(),
             };
             let mut ok = false;
@@ -102,7 +112,11 @@ impl Deliverer {
                     break;
                 }
             }
-            if ok { "delivered" } else { "failed" }
+            if ok {
+                "delivered"
+            } else {
+                "failed"
+            }
         };
         let store = self.inner.store.clone();
         let _ = tokio::task::spawn_blocking(move || store.mark_feed(seq, state)).await;
@@ -123,7 +137,10 @@ impl Deliverer {
                 Ok(()) => {
                     let store = self.inner.store.clone();
                     let (id, kind) = (n.id.to_string(), contact.kind.name());
-                    let _ = tokio::task::spawn_blocking(move || store.mark_notification(&id, "delivered", attempts, Some(kind), None, now())).await;
+                    let _ = tokio::task::spawn_blocking(move || {
+                        store.mark_notification(&id, "delivered", attempts, Some(kind), None, now())
+                    })
+                    .await;
                     if !failures.is_empty() {
                         self.report(FeedPost {
                             at: now(),
@@ -140,14 +157,21 @@ impl Deliverer {
                     }
                     return;
                 }
-                Err(e) => failures.push(format!("{} {} failed after {tries} attempts: {e}", contact.kind.name(), contact.address)),
+                Err(e) => failures.push(format!(
+                    "{} {} failed after {tries} attempts: {e}",
+                    contact.kind.name(),
+                    contact.address
+                )),
             }
         }
         // Nothing worked (or no contact at all): the feed is the last resort.
         let why = if failures.is_empty() { "no contact configured".to_string() } else { failures.join("; ") };
         let store = self.inner.store.clone();
         let (id, err) = (n.id.to_string(), why.clone());
-        let _ = tokio::task::spawn_blocking(move || store.mark_notification(&id, "failed", attempts, Some("feed"), Some(&err), now())).await;
+        let _ = tokio::task::spawn_blocking(move || {
+            store.mark_notification(&id, "failed", attempts, Some("feed"), Some(&err), now())
+        })
+        .await;
         tracing::warn!(page = %n.page, recipient = %n.recipient.label(), reason = %why, "notification not delivered; posted to the feed");
         self.report(FeedPost {
             at: now(),
@@ -159,7 +183,13 @@ impl Deliverer {
     }
 
     /// Tries one contact with retries; returns the outcome and the attempts made.
-    async fn try_contact(&self, contact: &Contact, text: &str, body: &serde_json::Value, subject: &str) -> (Result<(), String>, u32) {
+    async fn try_contact(
+        &self,
+        contact: &Contact,
+        text: &str,
+        body: &serde_json::Value,
+        subject: &str,
+    ) -> (Result<(), String>, u32) {
         let attempts = self.inner.delivery.attempts.max(1);
         let mut backoff = self.inner.delivery.backoff;
         let mut last = String::new();

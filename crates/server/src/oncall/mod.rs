@@ -157,7 +157,12 @@ pub async fn start(
         let store = store.clone();
         let since = Timestamp(now.0 - window.as_micros() as i64);
         tokio::task::spawn_blocking(move || -> anyhow::Result<_> {
-            Ok((store.open_pages()?, store.pages_opened_since(since)?, store.pending_notifications()?, store.pending_feed()?))
+            Ok((
+                store.open_pages()?,
+                store.pages_opened_since(since)?,
+                store.pending_notifications()?,
+                store.pending_feed()?,
+            ))
         })
         .await??
     };
@@ -173,7 +178,13 @@ pub async fn start(
         deliverer.post(f.seq, f.post);
     }
     let (tx, inbox) = mpsc::channel(QUEUE_CAPACITY);
-    let handle = PagerHandle { tx, store: store.clone(), deliverer: deliverer.clone(), secret: Arc::new(secret), config: Arc::new(config) };
+    let handle = PagerHandle {
+        tx,
+        store: store.clone(),
+        deliverer: deliverer.clone(),
+        secret: Arc::new(secret),
+        config: Arc::new(config),
+    };
     let actor = Actor { pager, store, deliverer, inbox, stop };
     let task = tokio::spawn(actor.run());
     if let (Some(engine), Some(events)) = (engine, engine_events) {
@@ -183,7 +194,11 @@ pub async fn start(
 }
 
 /// Turns committed engine events into alerts, with the service's team.
-async fn bridge_engine_events(mut events: mpsc::UnboundedReceiver<Vec<Event>>, engine: EngineHandle, pager: PagerHandle) {
+async fn bridge_engine_events(
+    mut events: mpsc::UnboundedReceiver<Vec<Event>>,
+    engine: EngineHandle,
+    pager: PagerHandle,
+) {
     while let Some(batch) = events.recv().await {
         for event in batch {
             let team = match &event.service {
@@ -216,7 +231,8 @@ impl Actor {
         let mut batch = Vec::with_capacity(MAX_BATCH);
         loop {
             let wait = match self.pager.next_deadline() {
-                Some(d) => Duration::from_micros(d.0.saturating_sub(crate::runtime::now().0).max(0) as u64).clamp(MIN_TICK_WAIT, MAX_IDLE),
+                Some(d) => Duration::from_micros(d.0.saturating_sub(crate::runtime::now().0).max(0) as u64)
+                    .clamp(MIN_TICK_WAIT, MAX_IDLE),
                 None => MAX_IDLE,
             };
             tokio::select! {
@@ -300,7 +316,8 @@ impl Actor {
         // the pages again. Callers are told to retry; nobody is notified.
         tracing::error!(%error, "on-call commit failed; callers told, nothing notified");
         for (reply, _) in replies.drain(..) {
-            let _ = reply.send(Err(ApiError::unavailable(format!("the on-call store could not persist this: {error}; retry"))));
+            let _ = reply
+                .send(Err(ApiError::unavailable(format!("the on-call store could not persist this: {error}; retry"))));
         }
     }
 }
@@ -321,10 +338,15 @@ pub async fn bench_alerts(dir: &Path, alerts: usize, keys: usize, producers: usi
             let mut waits = Vec::new();
             for i in 0..per {
                 let key = format!("bench-{}", (p * per + i) % keys.max(1));
-                let alert = drover_oncall::Alert { class: Some("bench".into()), ..drover_oncall::Alert::trigger(key, "benchmark alert") };
+                let alert = drover_oncall::Alert {
+                    class: Some("bench".into()),
+                    ..drover_oncall::Alert::trigger(key, "benchmark alert")
+                };
                 let h = handle.clone();
                 // Pipelined: many alerts in flight per producer, like many HTTP clients.
-                waits.push(tokio::spawn(async move { h.call(Input::Alert(alert)).await.map(|_| ()).map_err(|e| anyhow::anyhow!("{e}")) }));
+                waits.push(tokio::spawn(async move {
+                    h.call(Input::Alert(alert)).await.map(|_| ()).map_err(|e| anyhow::anyhow!("{e}"))
+                }));
                 if waits.len() >= 256 {
                     for w in waits.drain(..) {
                         w.await??;
@@ -345,7 +367,13 @@ pub async fn bench_alerts(dir: &Path, alerts: usize, keys: usize, producers: usi
     let open = handle.query(|p| p.open_pages().count()).await.map_err(|e| anyhow::anyhow!("{e}"))?;
     drop(handle);
     task.abort();
-    Ok(BenchResult { alerts: total, distinct_keys: keys, open_pages: open, seconds: elapsed.as_secs_f64(), alerts_per_sec: total as f64 / elapsed.as_secs_f64() })
+    Ok(BenchResult {
+        alerts: total,
+        distinct_keys: keys,
+        open_pages: open,
+        seconds: elapsed.as_secs_f64(),
+        alerts_per_sec: total as f64 / elapsed.as_secs_f64(),
+    })
 }
 
 #[derive(Debug, serde::Serialize)]

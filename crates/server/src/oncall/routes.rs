@@ -35,11 +35,7 @@ pub fn routes() -> Router<AppState> {
 }
 
 fn pager(state: &AppState) -> Result<&PagerHandle, ApiError> {
-    state
-        .ready
-        .get()
-        .map(|r| &r.oncall)
-        .ok_or_else(|| ApiError::unavailable("Drover is starting; retry in a moment"))
+    state.ready.get().map(|r| &r.oncall).ok_or_else(|| ApiError::unavailable("Drover is starting; retry in a moment"))
 }
 
 async fn blocking<R: Send + 'static>(
@@ -82,7 +78,10 @@ pub struct EventResponse {
 
 /// Events API v2: trigger, acknowledge, resolve by `dedup_key`.
 #[utoipa::path(post, path = "/v1/integrations/events-v2", tag = "oncall", request_body(content = Object, description = "PagerDuty Events API v2 shaped event: routing_key, event_action, dedup_key, payload"), responses((status = 202, description = "Event processed"), (status = 400, body = crate::error::ErrorBody)))]
-pub(crate) async fn post_event_v2(State(state): State<AppState>, Json(event): Json<EventV2>) -> Result<Response, ApiError> {
+pub(crate) async fn post_event_v2(
+    State(state): State<AppState>,
+    Json(event): Json<EventV2>,
+) -> Result<Response, ApiError> {
     let pager = pager(&state)?;
     let alert = integrations::from_event_v2(&event, &pager.config, || {
         drover_oncall::PageId::new_at(crate::runtime::now().0, rand_u64()).to_string()
@@ -91,7 +90,13 @@ pub(crate) async fn post_event_v2(State(state): State<AppState>, Json(event): Js
     match pager.call(Input::Alert(alert)).await? {
         Reply::Alert(o) => Ok((
             StatusCode::ACCEPTED,
-            Json(EventResponse { status: "success", message: "Event processed", dedup_key: o.dedup_key, result: o.result, page: o.page }),
+            Json(EventResponse {
+                status: "success",
+                message: "Event processed",
+                dedup_key: o.dedup_key,
+                result: o.result,
+                page: o.page,
+            }),
         )
             .into_response()),
         Reply::Page(_) => Err(ApiError::internal("the pager answered an event with a page")),
@@ -116,7 +121,10 @@ pub struct PagesQuery {
 
 /// Pages, newest first.
 #[utoipa::path(get, path = "/v1/pages", tag = "oncall", params(("status" = Option<String>, Query, description = "triggered, acknowledged, resolved or open"), ("team" = Option<String>, Query, description = "Only this team's pages"), ("limit" = Option<usize>, Query, description = "At most this many")), responses((status = 200, description = "Pages: id, status, dedup_key, summary, team, level, ...", body = Object)))]
-pub(crate) async fn list_pages(State(state): State<AppState>, Query(q): Query<PagesQuery>) -> Result<Json<Vec<Page>>, ApiError> {
+pub(crate) async fn list_pages(
+    State(state): State<AppState>,
+    Query(q): Query<PagesQuery>,
+) -> Result<Json<Vec<Page>>, ApiError> {
     let pager = pager(&state)?;
     let limit = q.limit.unwrap_or(DEFAULT_LIMIT).clamp(1, MAX_LIMIT);
     let (status, open_only) = match q.status.as_deref() {
@@ -126,12 +134,15 @@ pub(crate) async fn list_pages(State(state): State<AppState>, Query(q): Query<Pa
         Some("acknowledged") => (Some(PageStatus::Acknowledged), false),
         Some("resolved") => (Some(PageStatus::Resolved), false),
         Some(other) => {
-            return Err(ApiError::bad_request(format!("status {other:?} must be triggered, acknowledged, resolved or open")))
+            return Err(ApiError::bad_request(format!(
+                "status {other:?} must be triggered, acknowledged, resolved or open"
+            )))
         }
     };
     let store = pager.store.clone();
     let team = q.team.clone();
-    let mut pages = blocking(move || store.pages(status, team.as_deref(), if open_only { MAX_LIMIT } else { limit })).await?;
+    let mut pages =
+        blocking(move || store.pages(status, team.as_deref(), if open_only { MAX_LIMIT } else { limit })).await?;
     if open_only {
         pages.retain(|p| p.is_open());
         pages.truncate(limit);
@@ -149,7 +160,10 @@ pub struct PageDetail {
 
 /// One page with its transitions and notifications.
 #[utoipa::path(get, path = "/v1/pages/{id}", tag = "oncall", params(("id" = String, Path, description = "Page id (UUID)")), responses((status = 200, description = "A page with its transitions and notifications", body = Object), (status = 404, body = crate::error::ErrorBody)))]
-pub(crate) async fn show_page(State(state): State<AppState>, Path(id): Path<String>) -> Result<Json<PageDetail>, ApiError> {
+pub(crate) async fn show_page(
+    State(state): State<AppState>,
+    Path(id): Path<String>,
+) -> Result<Json<PageDetail>, ApiError> {
     let pager = pager(&state)?;
     let id = parse_page_id(&id)?;
     let store = pager.store.clone();
@@ -181,7 +195,11 @@ async fn act(pager: &PagerHandle, id: PageId, input: Input) -> Result<Page, ApiE
             match blocking(move || store.page(id)).await? {
                 Some(p) => Err(ApiError::new(
                     StatusCode::CONFLICT,
-                    format!("page {id} is already {} (at {})", p.status.name(), p.resolved_at.map(|t| t.to_string()).unwrap_or_default()),
+                    format!(
+                        "page {id} is already {} (at {})",
+                        p.status.name(),
+                        p.resolved_at.map(|t| t.to_string()).unwrap_or_default()
+                    ),
                 )),
                 None => Err(ApiError::not_found(format!("no page {id}"))),
             }
@@ -191,14 +209,22 @@ async fn act(pager: &PagerHandle, id: PageId, input: Input) -> Result<Page, ApiE
 }
 
 #[utoipa::path(post, path = "/v1/pages/{id}/ack", tag = "oncall", params(("id" = String, Path, description = "Page id (UUID)")), responses((status = 200, description = "The acknowledged page", body = Object), (status = 404, body = crate::error::ErrorBody), (status = 409, body = crate::error::ErrorBody)))]
-pub(crate) async fn post_ack(State(state): State<AppState>, headers: HeaderMap, Path(id): Path<String>) -> Result<Json<Page>, ApiError> {
+pub(crate) async fn post_ack(
+    State(state): State<AppState>,
+    headers: HeaderMap,
+    Path(id): Path<String>,
+) -> Result<Json<Page>, ApiError> {
     let pager = pager(&state)?;
     let id = parse_page_id(&id)?;
     Ok(Json(act(pager, id, Input::Acknowledge { page: id, by: who(&headers) }).await?))
 }
 
 #[utoipa::path(post, path = "/v1/pages/{id}/resolve", tag = "oncall", params(("id" = String, Path, description = "Page id (UUID)")), responses((status = 200, description = "The resolved page", body = Object), (status = 404, body = crate::error::ErrorBody), (status = 409, body = crate::error::ErrorBody)))]
-pub(crate) async fn post_resolve(State(state): State<AppState>, headers: HeaderMap, Path(id): Path<String>) -> Result<Json<Page>, ApiError> {
+pub(crate) async fn post_resolve(
+    State(state): State<AppState>,
+    headers: HeaderMap,
+    Path(id): Path<String>,
+) -> Result<Json<Page>, ApiError> {
     let pager = pager(&state)?;
     let id = parse_page_id(&id)?;
     Ok(Json(act(pager, id, Input::Resolve { page: id, by: who(&headers) }).await?))
@@ -212,7 +238,9 @@ pub struct SignedQuery {
 async fn signed(state: AppState, id: String, q: SignedQuery, action: &'static str) -> Result<Json<Page>, ApiError> {
     let pager = pager(&state)?;
     let id = parse_page_id(&id)?;
-    let sig = q.sig.ok_or_else(|| ApiError::new(StatusCode::FORBIDDEN, "this link needs its sig parameter; use the link from the notification"))?;
+    let sig = q.sig.ok_or_else(|| {
+        ApiError::new(StatusCode::FORBIDDEN, "this link needs its sig parameter; use the link from the notification")
+    })?;
     if !sign::verify(&pager.secret, id, action, &sig) {
         return Err(ApiError::new(StatusCode::FORBIDDEN, "the link's signature does not match this page and action"));
     }
@@ -225,12 +253,20 @@ async fn signed(state: AppState, id: String, q: SignedQuery, action: &'static st
 
 /// The acknowledge link in a notification (`?sig=` is HMAC of page id and action).
 #[utoipa::path(get, path = "/v1/pages/{id}/ack", tag = "oncall", params(("id" = String, Path, description = "Page id (UUID)"), ("sig" = String, Query, description = "The link's signature")), responses((status = 200, description = "Acknowledged through a signed link", body = Object), (status = 403, body = crate::error::ErrorBody)))]
-pub(crate) async fn link_ack(State(state): State<AppState>, Path(id): Path<String>, Query(q): Query<SignedQuery>) -> Result<Json<Page>, ApiError> {
+pub(crate) async fn link_ack(
+    State(state): State<AppState>,
+    Path(id): Path<String>,
+    Query(q): Query<SignedQuery>,
+) -> Result<Json<Page>, ApiError> {
     signed(state, id, q, "ack").await
 }
 
 #[utoipa::path(get, path = "/v1/pages/{id}/resolve", tag = "oncall", params(("id" = String, Path, description = "Page id (UUID)"), ("sig" = String, Query, description = "The link's signature")), responses((status = 200, description = "Resolved through a signed link", body = Object), (status = 403, body = crate::error::ErrorBody)))]
-pub(crate) async fn link_resolve(State(state): State<AppState>, Path(id): Path<String>, Query(q): Query<SignedQuery>) -> Result<Json<Page>, ApiError> {
+pub(crate) async fn link_resolve(
+    State(state): State<AppState>,
+    Path(id): Path<String>,
+    Query(q): Query<SignedQuery>,
+) -> Result<Json<Page>, ApiError> {
     signed(state, id, q, "resolve").await
 }
 
@@ -270,15 +306,22 @@ async fn compute_metrics(state: &AppState, q: MetricsQuery) -> Result<(String, V
 
 /// Pager metrics per week for a team, oldest week first.
 #[utoipa::path(get, path = "/v1/pager/metrics", tag = "oncall", params(("team" = Option<String>, Query, description = "Team"), ("weeks" = Option<usize>, Query, description = "Weeks back")), responses((status = 200, description = "One object per week: pages, rolling_average_4w, pages_per_on_call_person, business/off/sleep hours, time to acknowledge and resolve, bot-only share, noisiest", body = Object), (status = 404, body = crate::error::ErrorBody)))]
-pub(crate) async fn pager_metrics(State(state): State<AppState>, Query(q): Query<MetricsQuery>) -> Result<Json<Vec<metrics::WeekMetrics>>, ApiError> {
+pub(crate) async fn pager_metrics(
+    State(state): State<AppState>,
+    Query(q): Query<MetricsQuery>,
+) -> Result<Json<Vec<metrics::WeekMetrics>>, ApiError> {
     Ok(Json(compute_metrics(&state, q).await?.1))
 }
 
 /// The same as an SVG bar chart.
 #[utoipa::path(get, path = "/v1/pager/metrics.svg", tag = "oncall", params(("team" = Option<String>, Query, description = "Team"), ("weeks" = Option<usize>, Query, description = "Weeks back")), responses((status = 200, description = "The weekly pager chart", content_type = "image/svg+xml", body = String)))]
-pub(crate) async fn pager_metrics_svg(State(state): State<AppState>, Query(q): Query<MetricsQuery>) -> Result<Response, ApiError> {
+pub(crate) async fn pager_metrics_svg(
+    State(state): State<AppState>,
+    Query(q): Query<MetricsQuery>,
+) -> Result<Response, ApiError> {
     let (team, weeks) = compute_metrics(&state, q).await?;
-    Ok(([(header::CONTENT_TYPE, HeaderValue::from_static("image/svg+xml"))], metrics::svg(&team, &weeks)).into_response())
+    Ok(([(header::CONTENT_TYPE, HeaderValue::from_static("image/svg+xml"))], metrics::svg(&team, &weeks))
+        .into_response())
 }
 
 #[derive(Debug, Deserialize)]
@@ -290,7 +333,10 @@ pub struct FeedQuery {
 
 /// The company-wide feed, newest first: every page event.
 #[utoipa::path(get, path = "/v1/pager/feed", tag = "oncall", responses((status = 200, description = "The company-wide feed: every page change, visible to all", body = Object)))]
-pub(crate) async fn pager_feed(State(state): State<AppState>, Query(q): Query<FeedQuery>) -> Result<Json<Vec<super::store::FeedRecord>>, ApiError> {
+pub(crate) async fn pager_feed(
+    State(state): State<AppState>,
+    Query(q): Query<FeedQuery>,
+) -> Result<Json<Vec<super::store::FeedRecord>>, ApiError> {
     let pager = pager(&state)?;
     let store = pager.store.clone();
     let limit = q.limit.unwrap_or(DEFAULT_LIMIT).clamp(1, MAX_LIMIT);
@@ -313,10 +359,20 @@ pub(crate) async fn on_call_now(State(state): State<AppState>) -> Result<Json<Ve
     let mut out = Vec::new();
     for t in &pager.config.teams {
         for s in &t.schedules {
-            out.push(OnCall { team: t.name.clone(), schedule: s.name.clone(), person: s.on_call(now).map(str::to_string), next_handoff: s.next_handoff(now) });
+            out.push(OnCall {
+                team: t.name.clone(),
+                schedule: s.name.clone(),
+                person: s.on_call(now).map(str::to_string),
+                next_handoff: s.next_handoff(now),
+            });
         }
     }
     let ic = &pager.config.incident_commanders;
-    out.push(OnCall { team: "*".into(), schedule: ic.name.clone(), person: ic.on_call(now).map(str::to_string), next_handoff: ic.next_handoff(now) });
+    out.push(OnCall {
+        team: "*".into(),
+        schedule: ic.name.clone(),
+        person: ic.on_call(now).map(str::to_string),
+        next_handoff: ic.next_handoff(now),
+    });
     Ok(Json(out))
 }

@@ -61,7 +61,8 @@ impl OncallStore {
         let fail = |detail: String| OncallStoreError::Open { path: path.display().to_string(), detail };
         let mut conn = Connection::open(path).map_err(|e| fail(e.to_string()))?;
         conn.busy_timeout(std::time::Duration::from_secs(5)).map_err(|e| fail(e.to_string()))?;
-        let mode: String = conn.query_row("PRAGMA journal_mode = WAL", [], |r| r.get(0)).map_err(|e| fail(e.to_string()))?;
+        let mode: String =
+            conn.query_row("PRAGMA journal_mode = WAL", [], |r| r.get(0)).map_err(|e| fail(e.to_string()))?;
         if !mode.eq_ignore_ascii_case("wal") {
             return Err(fail(format!("SQLite kept journal mode {mode:?}; use a local disk")));
         }
@@ -102,19 +103,27 @@ impl OncallStore {
                     serde_json::to_string(p).map_err(corrupt)?
                 ])?;
             }
-            let mut transition = tx.prepare_cached("INSERT INTO page_transitions (page, at, body) VALUES (?1, ?2, ?3)")?;
+            let mut transition =
+                tx.prepare_cached("INSERT INTO page_transitions (page, at, body) VALUES (?1, ?2, ?3)")?;
             for t in &out.transitions {
                 transition.execute(params![t.page.to_string(), t.at.0, serde_json::to_string(t).map_err(corrupt)?])?;
             }
-            let mut notification =
-                tx.prepare_cached("INSERT INTO notifications (id, page, at, state, body) VALUES (?1, ?2, ?3, 'pending', ?4)")?;
+            let mut notification = tx.prepare_cached(
+                "INSERT INTO notifications (id, page, at, state, body) VALUES (?1, ?2, ?3, 'pending', ?4)",
+            )?;
             for n in &out.notifications {
-                notification.execute(params![n.id.to_string(), n.page.to_string(), n.at.0, serde_json::to_string(n).map_err(corrupt)?])?;
+                notification.execute(params![
+                    n.id.to_string(),
+                    n.page.to_string(),
+                    n.at.0,
+                    serde_json::to_string(n).map_err(corrupt)?
+                ])?;
             }
         }
         let mut seqs = Vec::with_capacity(out.feed.len());
         {
-            let mut feed = tx.prepare_cached("INSERT INTO feed (at, page, team, text, state) VALUES (?1, ?2, ?3, ?4, 'pending')")?;
+            let mut feed =
+                tx.prepare_cached("INSERT INTO feed (at, page, team, text, state) VALUES (?1, ?2, ?3, ?4, 'pending')")?;
             for f in &out.feed {
                 feed.execute(params![f.at.0, f.page.map(|p| p.to_string()), f.team, f.text])?;
                 seqs.push(tx.last_insert_rowid());
@@ -179,7 +188,12 @@ impl OncallStore {
     }
 
     /// Newest first.
-    pub fn pages(&self, status: Option<PageStatus>, team: Option<&str>, limit: usize) -> Result<Vec<Page>, OncallStoreError> {
+    pub fn pages(
+        &self,
+        status: Option<PageStatus>,
+        team: Option<&str>,
+        limit: usize,
+    ) -> Result<Vec<Page>, OncallStoreError> {
         let status = status.map(|s| s.name().to_string());
         self.pages_where(
             "WHERE (?1 IS NULL OR status = ?1) AND (?2 IS NULL OR team = ?2) ORDER BY opened_at DESC, id DESC LIMIT ?3",
@@ -202,11 +216,14 @@ impl OncallStore {
         rows.map(|r| serde_json::from_str(&r?).map_err(corrupt)).collect()
     }
 
-    fn notifications_where(&self, sql: &str, args: &[&dyn rusqlite::ToSql]) -> Result<Vec<NotificationRecord>, OncallStoreError> {
+    fn notifications_where(
+        &self,
+        sql: &str,
+        args: &[&dyn rusqlite::ToSql],
+    ) -> Result<Vec<NotificationRecord>, OncallStoreError> {
         let conn = self.conn();
-        let mut stmt = conn.prepare(&format!(
-            "SELECT body, state, attempts, channel, error, delivered_at FROM notifications {sql}"
-        ))?;
+        let mut stmt = conn
+            .prepare(&format!("SELECT body, state, attempts, channel, error, delivered_at FROM notifications {sql}"))?;
         let rows = stmt.query_map(args, |r| {
             Ok((
                 r.get::<_, String>(0)?,
@@ -265,7 +282,8 @@ impl OncallStore {
         let mut out = Vec::new();
         for row in rows {
             let (seq, at, page, team, text, state) = row?;
-            let page = page.map(|p| p.parse::<PageId>().map_err(|e| OncallStoreError::Corrupt(e.to_string()))).transpose()?;
+            let page =
+                page.map(|p| p.parse::<PageId>().map_err(|e| OncallStoreError::Corrupt(e.to_string()))).transpose()?;
             out.push(FeedRecord { seq, post: FeedPost { at: Timestamp(at), page, team, text }, state });
         }
         Ok(out)

@@ -97,7 +97,10 @@ impl TestServer {
     /// Creates a service and asserts 201.
     pub async fn create_service(&self, name: &str, followers: u8) -> Value {
         let (status, body) = self
-            .post("/v1/services", serde_json::json!({"name": name, "engine": "postgres", "followers": followers, "provider": "sim"}))
+            .post(
+                "/v1/services",
+                serde_json::json!({"name": name, "engine": "postgres", "followers": followers, "provider": "sim"}),
+            )
             .await;
         assert_eq!(status, 201, "create {name}: {body}");
         body
@@ -113,9 +116,8 @@ impl TestServer {
     pub async fn wait_available(&self, name: &str, timeout: Duration) -> Value {
         poll(timeout, &format!("service {name} available"), || async {
             let s = self.service(name).await;
-            let all = s["instances"].as_array().is_some_and(|i| {
-                !i.is_empty() && i.iter().all(|i| i["state"] == "available")
-            });
+            let all =
+                s["instances"].as_array().is_some_and(|i| !i.is_empty() && i.iter().all(|i| i["state"] == "available"));
             (s["state"] == "available" && all).then_some(s)
         })
         .await
