@@ -1,7 +1,8 @@
 //! The engine's inputs and outputs: the whole contract with its shell.
 
 use drover_model::{
-    ActionId, ActionOutcome, ActionRecord, Beat, Changes, CreateService, Fault, Image, InstanceId, ServiceView,
+    ActionId, ActionOutcome, ActionRecord, Beat, Changes, CreateService, EngineKind, Fault, Image, InstanceId,
+    ServiceView,
 };
 use serde::{Deserialize, Serialize};
 use std::time::Duration;
@@ -45,6 +46,10 @@ pub struct Config {
     pub verify_interval: Option<Duration>,
     /// Providers this control plane can dispatch to.
     pub providers: Vec<String>,
+    /// The engines each provider runs (`Provider::engines`); a service of
+    /// another engine is refused. A provider missing here runs every engine
+    /// (configurations built by hand, as in the simulator and tests).
+    pub provider_engines: std::collections::BTreeMap<String, Vec<EngineKind>>,
     pub default_provider: String,
     pub default_zones: Vec<String>,
     pub default_team: String,
@@ -69,6 +74,7 @@ impl Default for Config {
             backup_interval: Some(Duration::from_secs(24 * 3600)),
             verify_interval: Some(Duration::from_secs(7 * 24 * 3600)),
             providers: vec!["sim".into()],
+            provider_engines: std::collections::BTreeMap::new(),
             default_provider: "sim".into(),
             default_zones: vec!["zone-a".into(), "zone-b".into(), "zone-c".into()],
             default_team: "platform".into(),

@@ -2050,6 +2050,21 @@ impl Engine {
                 self.config.providers.join(", ")
             )));
         }
+        if let Some(engines) = self.config.provider_engines.get(&provider_name) {
+            if !engines.contains(&req.engine) {
+                let offered: Vec<String> = self
+                    .config
+                    .provider_engines
+                    .iter()
+                    .map(|(p, e)| format!("{p} ({})", e.iter().map(|e| e.as_str()).collect::<Vec<_>>().join(", ")))
+                    .collect();
+                return Err(CommandError::Invalid(format!(
+                    "provider {provider_name:?} cannot run {} services; providers here and their engines: {}",
+                    req.engine,
+                    offered.join("; ")
+                )));
+            }
+        }
         let image = self
             .images
             .latest_for(req.engine)

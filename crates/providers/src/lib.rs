@@ -14,7 +14,7 @@ pub mod sim;
 
 pub use sim::{SimConfig, SimInstance, SimProvider};
 
-use drover_model::{ActionOutcome, ActionRecord, Beat, InstanceId};
+use drover_model::{ActionOutcome, ActionRecord, Beat, EngineKind, InstanceId};
 use std::path::PathBuf;
 
 /// What a provider tells the control plane on its own initiative.
@@ -32,6 +32,10 @@ pub type BoxFuture<T> = std::pin::Pin<Box<dyn std::future::Future<Output = T> + 
 
 pub trait Provider: Send + Sync + 'static {
     fn name(&self) -> &str;
+    /// The database engines this provider can run (or, for `sim`,
+    /// simulate). A service of any other engine is refused before anything
+    /// is built: a provider never builds a different engine than asked.
+    fn engines(&self) -> &'static [EngineKind];
     /// Carries out ONE attempt of `action`. Must be idempotent: executing the same action again (after a
     /// control-plane crash the engine re-dispatches running actions with attempts+1) is harmless and
     /// reports Succeeded if the effect already holds.

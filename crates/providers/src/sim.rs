@@ -218,6 +218,12 @@ impl Provider for SimProvider {
         "sim"
     }
 
+    /// Every engine: a simulated instance heartbeats and fails the same way
+    /// whatever it would run.
+    fn engines(&self) -> &'static [drover_model::EngineKind] {
+        &[drover_model::EngineKind::Postgres, drover_model::EngineKind::Redis, drover_model::EngineKind::Kafka]
+    }
+
     fn execute(&self, action: ActionRecord) -> BoxFuture<ActionOutcome> {
         let inner = self.inner.clone();
         Box::pin(async move {

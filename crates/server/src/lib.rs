@@ -122,9 +122,14 @@ pub fn default_images(now: drover_model::Timestamp) -> Vec<Image> {
 
 async fn run(
     listener: TcpListener,
-    opts: ServeOptions,
+    mut opts: ServeOptions,
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> anyhow::Result<()> {
+    // Every path derived from the data dir is handed to child processes
+    // that run elsewhere (initdb and postgres run as another user, in their
+    // own working directory): a relative path would point somewhere else.
+    opts.data_dir = std::path::absolute(&opts.data_dir)
+        .with_context(|| format!("cannot make the data directory {} absolute", opts.data_dir.display()))?;
     let addr = listener.local_addr()?;
     let state = http::AppState { ready: Arc::new(OnceLock::new()), metrics: telemetry::install() };
     let (stop_tx, stop_rx) = watch::channel(false);
@@ -218,6 +223,7 @@ async fn start_up(
         names.sort();
         names
     };
+    engine_config.provider_engines = providers.iter().map(|(name, p)| (name.clone(), p.engines().to_vec())).collect();
     if !providers.contains_key(&engine_config.default_provider) {
         tracing::warn!(wanted = %engine_config.default_provider, "default provider not available; using sim");
         engine_config.default_provider = "sim".into();

@@ -351,6 +351,9 @@ mod tests {
         fn name(&self) -> &str {
             "sim"
         }
+        fn engines(&self) -> &'static [drover_model::EngineKind] {
+            &[drover_model::EngineKind::Postgres]
+        }
         fn execute(&self, _action: ActionRecord) -> BoxFuture<ActionOutcome> {
             self.executed.fetch_add(1, Ordering::SeqCst);
             Box::pin(std::future::pending())

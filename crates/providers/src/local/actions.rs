@@ -190,12 +190,14 @@ impl Inner {
                 Some(e) => e.port,
                 None => free_port(&used)?,
             };
+            let dir = self.root.join("instances").join(id.to_string());
             let entry = InstanceEntry {
                 service: service_id,
                 service_name: service_name.to_string(),
                 role,
                 port,
-                dir: self.root.join("instances").join(id.to_string()),
+                socket: super::registry::socket_dir_for(id, &dir, port),
+                dir,
                 lifecycle: Lifecycle::Provisioning,
                 fenced: false,
                 fault: None,

@@ -159,12 +159,15 @@ impl LocalProvider {
                 config.archive_command = Some(repo.archive_command("{stanza}"));
             }
         }
-        let root = data_dir.join("local");
-        let state_path = root.join("state.json");
         let io = |operation: &'static str, path: &Path| {
             let path = path.to_path_buf();
             move |source: std::io::Error| ProviderError::Io { operation, path, source }
         };
+        // Paths go to servers that run as another user in another working
+        // directory: only absolute ones mean the same thing to them.
+        let data_dir = std::path::absolute(data_dir).map_err(io("make absolute the data directory", data_dir))?;
+        let root = data_dir.join("local");
+        let state_path = root.join("state.json");
         let handle = tokio::runtime::Handle::try_current().map_err(|e| {
             io("open the local provider (it needs a tokio runtime) at", &root)(std::io::Error::other(e))
         })?;
@@ -175,7 +178,15 @@ impl LocalProvider {
             run_as.prepare_dir(&root.join(sub), 0o755).map_err(io("prepare the directory", &root.join(sub)))?;
         }
         let registry = match registry::read(&state_path)? {
-            Some(registry) => registry,
+            Some(mut registry) => {
+                // A registry written by a build that kept relative paths.
+                for entry in registry.instances.values_mut() {
+                    if entry.dir.is_relative() {
+                        entry.dir = std::path::absolute(&entry.dir).map_err(io("make absolute", &entry.dir))?;
+                    }
+                }
+                registry
+            }
             None => {
                 let registry = Registry::empty();
                 registry::write(&state_path, &registry)?;
@@ -566,6 +577,11 @@ fn running_pid(pid_file: &Path, program: &str) -> Option<i32> {
 impl Provider for LocalProvider {
     fn name(&self) -> &str {
         "local"
+    }
+
+    /// PostgreSQL 15 only, for now: Redis and Kafka are later issues.
+    fn engines(&self) -> &'static [drover_model::EngineKind] {
+        &[drover_model::EngineKind::Postgres]
     }
 
     fn execute(&self, action: ActionRecord) -> BoxFuture<ActionOutcome> {

@@ -22,8 +22,7 @@ const IDENT_MAP: &str = "drover";
 /// not answer after this long, and tries again (walreceiver) or fails (the
 /// Provision is retried) instead of hanging on a hung primary.
 const REPLICATION_CONNECT_TIMEOUT_SECONDS: u32 = 10;
-/// Unix socket paths are limited to 107 bytes (sun_path).
-const MAX_SOCKET_PATH: usize = 100;
+use super::registry::MAX_SOCKET_PATH;
 
 #[derive(Clone, Debug)]
 pub struct Binaries {

@@ -47,6 +47,10 @@ pub struct InstanceEntry {
     /// The chaos fault in force (hang or partition), if any.
     #[serde(default)]
     pub fault: Option<Fault>,
+    /// Where its unix socket lives when `dir/socket` would be too long for
+    /// one (see [`InstanceEntry::socket_dir`]); None: `dir/socket`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub socket: Option<PathBuf>,
 }
 
 impl InstanceEntry {
@@ -54,7 +58,7 @@ impl InstanceEntry {
         self.dir.join("pgdata")
     }
     pub fn socket_dir(&self) -> PathBuf {
-        self.dir.join("socket")
+        self.socket.clone().unwrap_or_else(|| self.dir.join("socket"))
     }
     pub fn log_dir(&self) -> PathBuf {
         self.dir.join("logs")
@@ -147,4 +151,22 @@ pub fn write(path: &Path, registry: &Registry) -> Result<(), ProviderError> {
     fs::rename(&temporary, path).map_err(io_error("rename the new local registry over", path))?;
     File::open(&directory).and_then(|d| d.sync_all()).map_err(io_error("fsync the directory", &directory))?;
     Ok(())
+}
+
+/// The longest path of a unix socket (`sun_path` holds 108 bytes on Linux;
+/// PostgreSQL refuses paths near that).
+pub const MAX_SOCKET_PATH: usize = 100;
+
+/// Where the socket of instance `id` (built in `dir`, listening on `port`)
+/// goes: `dir/socket` when that fits the unix socket limit, otherwise a
+/// short directory of its own under the system's temporary directory
+/// (instance ids are unique, so two data dirs never share one). A data dir
+/// in a deep working directory must not stop a server from starting.
+pub fn socket_dir_for(id: InstanceId, dir: &Path, port: u16) -> Option<PathBuf> {
+    let fits = |d: &Path| d.join(format!(".s.PGSQL.{port}")).as_os_str().len() <= MAX_SOCKET_PATH;
+    if fits(&dir.join("socket")) {
+        return None;
+    }
+    let uid = nix::unistd::Uid::effective();
+    Some(std::env::temp_dir().join(format!("drover-sockets-{uid}")).join(id.0.simple().to_string()))
 }
