@@ -24,8 +24,18 @@ pub struct Config {
     pub probe_interval: Duration,
     /// A running action attempt without a result is retried after this.
     pub action_timeout: Duration,
-    /// Attempts before an action is failed and a human is needed.
+    /// Attempts of one action before it is failed.
     pub max_action_attempts: u32,
+    /// Remedies of one service that may fail in a row (each after its own
+    /// attempts) before the engine stops and a human is needed: a rebuild
+    /// that cannot work (a broken host, a bad image) must not loop forever.
+    /// Three: a failed restart, then the fence-and-rebuild it escalates to,
+    /// then one more rebuild elsewhere; a fourth would only repeat them.
+    pub max_remedy_failures: u32,
+    /// A service whose remedies have kept failing for this long needs a
+    /// human, however few failures that was (slow attempts, long backoffs).
+    /// Ten minutes: past it, a person would already want to know.
+    pub max_action_failure: Duration,
     /// A provisioned or restarted instance must heartbeat within this.
     pub install_timeout: Duration,
     /// Share of a zone's (or the fleet's) instances turning uncertain within
@@ -64,6 +74,8 @@ impl Default for Config {
             probe_interval: Duration::from_secs(5),
             action_timeout: Duration::from_secs(60),
             max_action_attempts: 5,
+            max_remedy_failures: 3,
+            max_action_failure: Duration::from_secs(600),
             install_timeout: Duration::from_secs(600),
             brake_share: 0.10,
             brake_window: Duration::from_secs(60),
@@ -132,6 +144,11 @@ pub enum Command {
     },
     /// Add an image to the catalog (idempotent: images are content-addressed).
     RegisterImage(Image),
+    /// A person looked at a service that needs a human: clear that, and let
+    /// the engine try its remedies again.
+    ResumeService {
+        name: String,
+    },
 }
 
 impl Command {
@@ -144,6 +161,7 @@ impl Command {
             Command::TakeBackup { .. } => "backups.take",
             Command::VerifyBackup { .. } => "backups.verify",
             Command::RegisterImage(_) => "images.register",
+            Command::ResumeService { .. } => "services.resume",
         }
     }
 }

@@ -122,6 +122,11 @@ pub struct Svc {
     pub dirty: bool,
     /// A remedy failed for good: a human must look.
     pub needs_human: bool,
+    /// Remedies that failed since the service was last available, and when
+    /// the first of them failed (0: none). Not persisted: a restart of the
+    /// control plane starts counting again.
+    pub remedy_failures: u32,
+    pub failing_since: i64,
     /// Boxed: most services in a big fleet never need more than the default.
     pub backups: Box<drover_model::BackupStatus>,
     /// A Backup / VerifyRestore action is open (at most one of each).

@@ -204,6 +204,8 @@ impl Engine {
                 held: false,
                 dirty: false,
                 needs_human: rec.needs_human,
+                remedy_failures: 0,
+                failing_since: 0,
                 backups: Box::new(rec.backups.clone()),
                 backup_running: false,
                 verify_running: false,
@@ -886,6 +888,11 @@ impl Engine {
         }
         s.state = to;
         s.state_since = now;
+        if to == ServiceState::Available {
+            // Healthy again: a later failure starts a new count.
+            s.remedy_failures = 0;
+            s.failing_since = 0;
+        }
         out.changes.events.push(self.event(
             now,
             EventSubject::Service,
@@ -1118,6 +1125,11 @@ impl Engine {
             if let Some(s) = sslot.and_then(|s| self.services.get_mut(s)) {
                 s.open_remedies = s.open_remedies.saturating_sub(1);
             }
+            if state == ActionState::Failed {
+                if let Some(s) = sslot {
+                    self.remedy_failed(s, &a.record, now, out);
+                }
+            }
         }
         if a.record.kind == ActionKind::Probe {
             if let Some(i) = slot.and_then(|s| self.instances.get_mut(s)) {
@@ -1343,6 +1355,45 @@ impl Engine {
             None,
             Some("needs_human"),
             format!("safety invariant at risk: {what}"),
+        ));
+    }
+
+    /// A remedy of service `sslot` failed for good (after its own attempts).
+    /// Failures in a row are counted until the service is available again;
+    /// past `max_remedy_failures` of them, or `max_action_failure` after the
+    /// first, the engine stops trying and asks for a human, once, with the
+    /// last error as evidence. `ResumeService` clears it.
+    fn remedy_failed(&mut self, sslot: u32, failed: &ActionRecord, now: i64, out: &mut Outputs) {
+        let (max_failures, max_time) = (self.config.max_remedy_failures, micros(self.config.max_action_failure));
+        let Some(s) = self.services.get_mut(sslot) else { return };
+        if s.deleting {
+            return;
+        }
+        s.remedy_failures += 1;
+        if s.failing_since == 0 {
+            s.failing_since = now;
+        }
+        let (failures, since, already) = (s.remedy_failures, s.failing_since, s.needs_human);
+        let failing_for = now - since;
+        if already || (failures < max_failures && failing_for < max_time) {
+            return;
+        }
+        self.set_needs_human(sslot, out);
+        let error = failed.error.as_deref().unwrap_or("no result");
+        out.changes.events.push(self.event(
+            now,
+            EventSubject::Service,
+            Some(sslot),
+            Some(failed.instance),
+            None,
+            Some("needs_human"),
+            format!(
+                "{failures} remedies failed in a row over {:.0}s; the engine stopped trying and a human is \
+                 needed (resume the service once it is fixed). Last: {} attempt {}: {error}",
+                Duration::from_micros(failing_for.max(0) as u64).as_secs_f64(),
+                failed.kind.name(),
+                failed.attempts,
+            ),
         ));
     }
 
@@ -1990,6 +2041,43 @@ impl Engine {
             Command::VerifyBackup { name } => {
                 self.backup_command(&name, ActionKind::VerifyRestore, "restore test requested", now, out)
             }
+            Command::ResumeService { name } => {
+                let sslot = self.live_service(&name)?;
+                let Some(s) = self.services.get_mut(sslot) else {
+                    return Err(CommandError::NotFound(format!("no service named {name:?}")));
+                };
+                let was = s.needs_human;
+                s.needs_human = false;
+                s.remedy_failures = 0;
+                s.failing_since = 0;
+                s.verify_failures = 0;
+                if was {
+                    let ids: Vec<u32> = s.instances.clone();
+                    for i in ids {
+                        // A fresh start: a restart already tried may be tried again.
+                        if let Some(inst) = self.instances.get_mut(i) {
+                            inst.restarts = 0;
+                        }
+                    }
+                    out.changes.events.push(self.event(
+                        now,
+                        EventSubject::Service,
+                        Some(sslot),
+                        None,
+                        Some("needs_human"),
+                        None,
+                        "resumed by an operator (see the audit trail): the engine tries its remedies again",
+                    ));
+                    if let Some(rec) = self.service_record(sslot) {
+                        out.changes.services.push(rec);
+                    }
+                }
+                self.mark_dirty(sslot);
+                self.reconcile_dirty(now, out);
+                self.service_view_slot(sslot, now)
+                    .map(|v| Reply::Service(Box::new(v)))
+                    .ok_or_else(|| CommandError::NotFound(name.clone()))
+            }
             Command::RegisterImage(image) => {
                 let expected = Image::new(
                     image.engine,
@@ -2096,6 +2184,8 @@ impl Engine {
             held: false,
             dirty: false,
             needs_human: false,
+            remedy_failures: 0,
+            failing_since: 0,
             backups: Box::default(),
             backup_running: false,
             verify_running: false,
@@ -2375,7 +2465,8 @@ fn command_target(c: &Command) -> Option<String> {
         Command::DeleteService { name }
         | Command::Switchover { name }
         | Command::TakeBackup { name }
-        | Command::VerifyBackup { name } => Some(name.clone()),
+        | Command::VerifyBackup { name }
+        | Command::ResumeService { name } => Some(name.clone()),
         Command::Chaos { instance, .. } => Some(instance.to_string()),
         Command::RegisterImage(i) => Some(i.id.to_string()),
     }

@@ -413,3 +413,48 @@ fn instances_created_after_a_restart_get_no_grace() {
     h.advance(Duration::from_secs(4));
     assert_eq!(h.e.instance_view(p).unwrap().state, InstanceState::Uncertain, "3 s of silence counts at once");
 }
+
+#[test]
+fn a_remedy_failing_forever_stops_needs_a_human_once_and_resume_tries_again() {
+    let mut h = H::new(fast_config());
+    ready(&mut h, "db1", 1);
+    let follower = h.followers("db1")[0].id;
+    let provisions = |h: &H| h.store.actions.values().filter(|a| a.kind.name() == "provision").count();
+    let built = provisions(&h);
+    // Every rebuild fails from now on (a broken image, a full disk).
+    h.world.failing = vec!["provision"];
+    h.chaos(follower, Fault::Crash);
+    h.advance(Duration::from_secs(3600));
+    let v = h.service("db1");
+    assert!(v.needs_human, "{v:#?}");
+    let tried = provisions(&h);
+    assert_eq!(tried - built, h.config.max_remedy_failures as usize, "it stopped trying after the limit");
+    let asks: Vec<&Event> = h.store.events.iter().filter(|e| e.to.as_deref() == Some("needs_human")).collect();
+    assert_eq!(asks.len(), 1, "a human is asked once: {asks:#?}");
+    assert!(asks[0].cause.contains("configured to fail"), "the last error is the evidence: {}", asks[0].cause);
+    assert_eq!(asks[0].service.as_deref(), Some("db1"));
+    // Nothing more happens while it waits for a person.
+    h.advance(Duration::from_secs(3600));
+    assert_eq!(provisions(&h), tried, "no retry while a human is needed");
+    assert!(h.e.open_actions().iter().all(|a| a.kind.name() == "probe"), "{:?}", h.e.open_actions());
+
+    // A person fixes the cause and resumes the service: the engine tries again.
+    h.world.failing.clear();
+    match h.command(Command::ResumeService { name: "db1".into() }) {
+        Ok(drover_engine::Reply::Service(v)) => assert!(!v.needs_human, "{v:#?}"),
+        other => panic!("resume: {other:?}"),
+    }
+    h.advance(Duration::from_secs(60));
+    let v = h.service("db1");
+    assert_eq!(v.state, ServiceState::Available, "{v:#?}");
+    assert!(!v.needs_human);
+    assert!(provisions(&h) > tried, "resume made the engine rebuild the follower");
+    let audit = h.store.audit.iter().find(|a| a.command == "services.resume").expect("resume is audited");
+    assert_eq!(audit.outcome, "ok");
+}
+
+#[test]
+fn resuming_an_unknown_service_is_refused() {
+    let mut h = H::new(fast_config());
+    assert!(matches!(h.command(Command::ResumeService { name: "nope".into() }), Err(CommandError::NotFound(_))));
+}

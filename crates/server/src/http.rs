@@ -68,6 +68,7 @@ pub fn router(state: AppState) -> Router {
         .route("/v1/services", post(create_service).get(list_services))
         .route("/v1/services/{name}", get(show_service).delete(delete_service))
         .route("/v1/services/{name}/switchover", post(post_switchover))
+        .route("/v1/services/{name}/resume", post(post_resume))
         .route("/v1/services/{name}/checks", get(service_checks))
         .route("/v1/services/{name}/backups", post(post_backup))
         .route("/v1/services/{name}/backups/verify", post(post_verify_backup))
@@ -207,6 +208,20 @@ pub(crate) async fn post_switchover(
     Path(name): Path<String>,
 ) -> Result<Response, ApiError> {
     service_command(state, headers, Command::Switchover { name }).await
+}
+
+/// Clears "needs a human" after a person looked: the engine tries its
+/// remedies again. Audited under the caller's name.
+#[utoipa::path(post, path = "/v1/services/{name}/resume", tag = "services",
+    params(("name" = String, Path, description = "Service name"),
+        ("x-drover-actor" = Option<String>, Header, description = "Who asks, for the audit trail")),
+    responses((status = 202, body = ServiceView), (status = 404, body = ErrorBody), (status = 409, body = ErrorBody)))]
+pub(crate) async fn post_resume(
+    State(state): State<AppState>,
+    headers: HeaderMap,
+    Path(name): Path<String>,
+) -> Result<Response, ApiError> {
+    service_command(state, headers, Command::ResumeService { name }).await
 }
 
 /// Backups, replication, security and performance checks of a service.

@@ -20,6 +20,7 @@ use utoipa::OpenApi;
         http::show_service,
         http::delete_service,
         http::post_switchover,
+        http::post_resume,
         http::service_checks,
         http::post_backup,
         http::post_verify_backup,

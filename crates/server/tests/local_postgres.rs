@@ -304,3 +304,106 @@ async fn a_local_service_of_an_engine_local_does_not_run_is_refused_and_nothing_
         t.post("/v1/services", json!({"name": "rd1", "engine": "redis", "followers": 1, "provider": "sim"})).await;
     assert_eq!(status, 201, "{body}");
 }
+
+/// A follower that can never be rebuilt (its primary refuses replication
+/// connections, as a broken pg_hba.conf would): the engine stops after a few
+/// failed rebuilds instead of retrying forever, marks the service as needing a
+/// human with the last error, pages its team once; `resume` after the fix
+/// makes it try again and the service heals.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_rebuild_failing_forever_needs_a_human_pages_once_and_resume_heals_it() {
+    let dir = tempfile::Builder::new().prefix("dv").tempdir_in("/tmp").unwrap();
+    let t = common::start_in(dir, |opts| {
+        opts.engine.default_provider = "local".into();
+        opts.engine.uncertain_after = Duration::from_secs(2);
+        opts.engine.install_timeout = Duration::from_secs(120);
+        opts.engine.action_timeout = Duration::from_secs(60);
+        opts.engine.backup_interval = None;
+        opts.engine.verify_interval = None;
+        // Small limits so the test takes seconds, not minutes.
+        opts.engine.max_action_attempts = 2;
+        opts.engine.max_remedy_failures = 2;
+        opts.local = Some(drover_providers::local::LocalConfig {
+            probe_interval: Duration::from_millis(300),
+            kill_servers_on_drop: true,
+            ..Default::default()
+        });
+    })
+    .await;
+    let _reaper = Reaper(t.dir.path().to_path_buf());
+    let before = create_pg(&t, "pgnh").await;
+    let url = before["url"].as_str().unwrap().to_string();
+    let primary_id = id(&primary(&before));
+    let follower_id = id(&followers(&before)[0]);
+
+    // Break replication on the primary, the way a bad config change would.
+    let state: Value =
+        serde_json::from_str(&std::fs::read_to_string(t.dir.path().join("local/state.json")).unwrap()).unwrap();
+    let primary_dir = state["instances"][&primary_id]["dir"].as_str().unwrap().to_string();
+    let hba_path = std::path::Path::new(&primary_dir).join("pgdata/pg_hba.conf");
+    let good_hba = std::fs::read_to_string(&hba_path).unwrap();
+    std::fs::write(&hba_path, format!("host replication all 127.0.0.1/32 reject\n{good_hba}")).unwrap();
+    let c = connect(&url).await.expect("connect through the URL");
+    c.simple_query("SELECT pg_reload_conf()").await.unwrap();
+
+    let (status, body) = t.post("/v1/chaos", json!({"instance": follower_id, "fault": "crash"})).await;
+    assert_eq!(status, 202, "{body}");
+    let s = poll(SLOW, "the service needs a human", || async {
+        let s = t.service("pgnh").await;
+        (s["needs_human"] == true).then_some(s)
+    })
+    .await;
+    // Its primary still serves: degraded (one follower short), not down.
+    assert_eq!(s["state"], "degraded", "{s}");
+    let events = t.events("service=pgnh").await;
+    let asks: Vec<&Value> = events.iter().filter(|e| e["to"] == "needs_human").collect();
+    assert_eq!(asks.len(), 1, "{asks:#?}");
+    let cause = asks[0]["cause"].as_str().unwrap_or_default();
+    assert!(cause.contains("provision") && cause.contains("pg_basebackup"), "the last error as evidence: {cause}");
+
+    // No retries while it waits, and exactly one page for its team.
+    let (_, actions) = t.get("/v1/actions?service=pgnh").await;
+    let provisions = |a: &Value| a.as_array().unwrap().iter().filter(|a| a["kind"] == "provision").count();
+    let tried = provisions(&actions);
+    let page = poll(SLOW, "a page for the service", || async {
+        let (_, pages) = t.get("/v1/pages").await;
+        pages.as_array().and_then(|p| p.iter().find(|p| p["dedup_key"] == "engine:pgnh:needs_human").cloned())
+    })
+    .await;
+    assert_eq!(page["status"], "triggered", "{page}");
+    assert_eq!(page["team"], "platform", "{page}");
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    let (_, actions) = t.get("/v1/actions?service=pgnh").await;
+    assert_eq!(provisions(&actions), tried, "the engine stopped trying: {actions:#}");
+    let (_, pages) = t.get("/v1/pages").await;
+    let for_service: Vec<&Value> = pages
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|p| p["service"] == "pgnh" || p["dedup_key"] == page["dedup_key"])
+        .collect();
+    assert_eq!(for_service.len(), 1, "one page, not one per failure: {for_service:#?}");
+
+    // A person fixes pg_hba.conf and resumes the service.
+    std::fs::write(&hba_path, good_hba).unwrap();
+    c.simple_query("SELECT pg_reload_conf()").await.unwrap();
+    let r = t.http.post(t.at("/v1/services/pgnh/resume")).header("x-drover-actor", "alice").json(&json!({})).send();
+    let (status, body) = common::split(r.await.unwrap()).await;
+    assert_eq!(status, 202, "{body}");
+    assert_eq!(body["needs_human"], false, "{body}");
+    poll(SLOW, "the service heals after resume", || async {
+        let s = t.service("pgnh").await;
+        (s["state"] == "available").then_some(())
+    })
+    .await;
+    let (_, audit) = t.get("/v1/audit").await;
+    assert!(
+        audit.as_array().unwrap().iter().any(|a| a["command"] == "services.resume" && a["actor"] == "alice"),
+        "{audit:#}"
+    );
+    poll(SLOW, "the page resolved once the service is available", || async {
+        let (_, pages) = t.get("/v1/pages").await;
+        pages.as_array().and_then(|p| p.iter().find(|p| p["id"] == page["id"] && p["status"] == "resolved").cloned())
+    })
+    .await;
+}

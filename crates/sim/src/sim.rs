@@ -561,6 +561,12 @@ impl Sim {
             }
             EventSubject::Service => {
                 let Some(s) = e.service.as_deref().and_then(service_index).map(|g| g / self.shards) else { return };
+                if e.to.as_deref() == Some("needs_human") {
+                    // The engine stopped trying (remedies kept failing),
+                    // whatever state the service is in.
+                    self.needs_human(s);
+                    return;
+                }
                 let Some(to) = e.to.as_deref().and_then(|t| t.parse::<ServiceState>().ok()) else { return };
                 self.service_state(s, to, &e.cause);
             }
@@ -615,17 +621,27 @@ impl Sim {
                 self.c.not_available_nh -= 1;
             }
         }
-        if to == ServiceState::Unavailable && cause.contains("human") && !svc.needs_human {
-            svc.needs_human = true;
-            if !is {
-                self.c.not_available_nh -= 1;
-            }
-            if svc.down {
-                self.c.down_nh -= 1;
-            }
-            self.c.services_needing_human += 1;
-            self.people.page_human(self.now, true, &mut self.rng);
+        if to == ServiceState::Unavailable && cause.contains("human") {
+            self.needs_human(s);
         }
+    }
+
+    /// Service `s` waits for a person: it no longer counts against
+    /// convergence, and a person is paged (once).
+    fn needs_human(&mut self, s: u32) {
+        let svc = &mut self.svcs[s as usize];
+        if svc.needs_human {
+            return;
+        }
+        svc.needs_human = true;
+        if svc.state != ServiceState::Available {
+            self.c.not_available_nh -= 1;
+        }
+        if svc.down {
+            self.c.down_nh -= 1;
+        }
+        self.c.services_needing_human += 1;
+        self.people.page_human(self.now, true, &mut self.rng);
     }
 
     // ------------------------------------------------------------------
