@@ -29,15 +29,8 @@ const FENCE_TIMEOUT: Duration = Duration::from_secs(3);
 const MAX_REQUEST_TIMEOUT: Duration = Duration::from_secs(5);
 
 /// Structured logs on stderr, `RUST_LOG` (default info), like `drover serve`.
-pub fn init_logs() {
-    tracing_subscriber::fmt()
-        .with_env_filter(
-            tracing_subscriber::EnvFilter::try_from_default_env()
-                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info")),
-        )
-        .with_writer(std::io::stderr)
-        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
-        .init();
+pub fn init_logs(format: crate::config::LogFormat) {
+    crate::config::init_logs(format)
 }
 
 #[derive(Clone, Debug)]

@@ -4,11 +4,13 @@
 mod agent;
 mod bench;
 mod client;
+mod config;
 mod output;
 mod pages;
 
-use clap::{Args, Parser, Subcommand};
-use std::net::SocketAddr;
+use clap::parser::ValueSource;
+use clap::{Args, CommandFactory, FromArgMatches, Parser, Subcommand};
+use config::{LogFormat, ServeArgs};
 use std::path::PathBuf;
 use std::process::ExitCode;
 use std::time::Duration;
@@ -16,17 +18,38 @@ use std::time::Duration;
 #[derive(Parser)]
 #[command(name = "drover", version, about = "Drover: a control plane for fleets of managed databases")]
 struct Cli {
-    /// URL of the Drover server the client subcommands talk to.
-    #[arg(long, global = true, env = "DROVER_URL", default_value = "http://127.0.0.1:7700")]
-    server: String,
+    /// URL of the Drover server the client subcommands talk to [default: http://127.0.0.1:7700].
+    #[arg(long, env = "DROVER_URL", help_heading = CLIENT_OPTIONS)]
+    server: Option<String>,
     /// Print the server's raw JSON instead of tables.
-    #[arg(long, global = true)]
+    #[arg(long, help_heading = CLIENT_OPTIONS)]
     json: bool,
     /// Who issues commands, recorded in the audit trail.
-    #[arg(long, global = true, env = "DROVER_ACTOR")]
+    #[arg(long, env = "DROVER_ACTOR", help_heading = CLIENT_OPTIONS)]
     actor: Option<String>,
     #[command(subcommand)]
     command: Cmd,
+}
+
+const CLIENT_OPTIONS: &str = "Client options (before or after the subcommand)";
+const DEFAULT_SERVER: &str = "http://127.0.0.1:7700";
+
+/// The options of the commands that talk to a server. They may be typed
+/// before the subcommand (`drover --json services list`, the top-level
+/// `Cli`'s) or anywhere after it (`drover services list --json`, these);
+/// the ones after win. Only the top-level ones read the environment, so a
+/// flag always beats `DROVER_URL` / `DROVER_ACTOR`.
+#[derive(Args, Clone, Debug, Default)]
+struct ClientArgs {
+    /// URL of the Drover server [env: DROVER_URL] [default: http://127.0.0.1:7700].
+    #[arg(long, global = true, help_heading = CLIENT_OPTIONS)]
+    server: Option<String>,
+    /// Print the server's raw JSON instead of tables.
+    #[arg(long, global = true, help_heading = CLIENT_OPTIONS)]
+    json: bool,
+    /// Who issues commands, recorded in the audit trail [env: DROVER_ACTOR].
+    #[arg(long, global = true, help_heading = CLIENT_OPTIONS)]
+    actor: Option<String>,
 }
 
 #[derive(Subcommand)]
@@ -34,13 +57,23 @@ enum Cmd {
     /// Run the control plane (HTTP API, engine, sim provider).
     Serve(ServeArgs),
     /// Create, list, show and delete services.
-    #[command(subcommand)]
-    Services(ServicesCmd),
+    Services {
+        #[command(subcommand)]
+        cmd: ServicesCmd,
+        #[command(flatten)]
+        client: ClientArgs,
+    },
     /// Show instances.
-    #[command(subcommand)]
-    Instances(InstancesCmd),
+    Instances {
+        #[command(subcommand)]
+        cmd: InstancesCmd,
+        #[command(flatten)]
+        client: ClientArgs,
+    },
     /// The event log: transitions and action steps with their causes.
     Events {
+        #[command(flatten)]
+        client: ClientArgs,
         #[arg(long)]
         service: Option<String>,
         #[arg(long)]
@@ -53,6 +86,8 @@ enum Cmd {
     },
     /// Inject a fault into an instance.
     Chaos {
+        #[command(flatten)]
+        client: ClientArgs,
         #[arg(long)]
         instance: String,
         /// crash, hang, partition or heal.
@@ -60,10 +95,16 @@ enum Cmd {
         fault: String,
     },
     /// Send heartbeats by hand.
-    #[command(subcommand)]
-    Heartbeats(HeartbeatsCmd),
+    Heartbeats {
+        #[command(subcommand)]
+        cmd: HeartbeatsCmd,
+        #[command(flatten)]
+        client: ClientArgs,
+    },
     /// Actions the engine decided and how they went.
     Actions {
+        #[command(flatten)]
+        client: ClientArgs,
         #[arg(long)]
         service: Option<String>,
         #[arg(long)]
@@ -71,15 +112,22 @@ enum Cmd {
     },
     /// The audit trail of commands.
     Audit {
+        #[command(flatten)]
+        client: ClientArgs,
         #[arg(long)]
         limit: Option<usize>,
     },
     /// The image catalog.
-    Images,
+    Images {
+        #[command(flatten)]
+        client: ClientArgs,
+    },
     /// Pages: list them, show one, acknowledge or resolve.
     Pages {
         #[command(subcommand)]
         cmd: Option<pages::PagesCmd>,
+        #[command(flatten)]
+        client: ClientArgs,
         /// triggered, acknowledged, resolved or open.
         #[arg(long)]
         status: Option<String>,
@@ -87,8 +135,12 @@ enum Cmd {
         team: Option<String>,
     },
     /// Pager metrics, the company-wide feed, who is on call.
-    #[command(subcommand)]
-    Pager(pages::PagerCmd),
+    Pager {
+        #[command(subcommand)]
+        cmd: pages::PagerCmd,
+        #[command(flatten)]
+        client: ClientArgs,
+    },
     /// Benchmarks.
     #[command(subcommand)]
     Bench(BenchCmd),
@@ -105,6 +157,12 @@ enum Cmd {
         /// Fence the primaries when no batch was acknowledged for this long.
         #[arg(long, default_value_t = drover_providers::local::lease::DEFAULT_LEASE_TTL.as_secs_f64())]
         lease_secs: f64,
+        /// URL of the control plane [env: DROVER_URL] [default: http://127.0.0.1:7700].
+        #[arg(long)]
+        server: Option<String>,
+        /// Log lines as text or as JSON objects.
+        #[arg(long, env = "DROVER_LOG_FORMAT", value_enum, default_value_t = LogFormat::Text)]
+        log_format: LogFormat,
     },
     /// Run the deterministic fleet simulator: the real engine over a
     /// simulated fleet (scenarios: docs/scenarios.md). Last line: JSON.
@@ -121,46 +179,12 @@ enum Cmd {
         #[arg(long)]
         event_log: Option<PathBuf>,
     },
-}
-
-#[derive(Args)]
-struct ServeArgs {
-    /// Where the store (drover.db) and the sim fleet (sim-provider.json) live.
-    #[arg(long, env = "DROVER_DATA_DIR", default_value = "./drover-data")]
-    data_dir: PathBuf,
-    #[arg(long, env = "DROVER_LISTEN", default_value = "127.0.0.1:7700")]
-    listen: SocketAddr,
-    /// Silence after which an instance is `uncertain`.
-    #[arg(long, env = "DROVER_UNCERTAIN_AFTER_MS")]
-    uncertain_after_ms: Option<u64>,
-    /// Silence after which an instance is presumed `unavailable` (fractions allowed).
-    #[arg(long, env = "DROVER_PRESUMED_DEAD_AFTER_SECS")]
-    presumed_dead_after_secs: Option<f64>,
-    /// After a restart, silence is not held against anyone for this long.
-    #[arg(long, env = "DROVER_RESTART_GRACE_SECS")]
-    restart_grace_secs: Option<f64>,
-    /// How often an uncertain instance is probed.
-    #[arg(long, env = "DROVER_PROBE_INTERVAL_MS")]
-    probe_interval_ms: Option<u64>,
-    /// A running action attempt without a result is retried after this.
-    #[arg(long, env = "DROVER_ACTION_TIMEOUT_MS")]
-    action_timeout_ms: Option<u64>,
-    /// A new or restarted instance must heartbeat within this.
-    #[arg(long, env = "DROVER_INSTALL_TIMEOUT_SECS")]
-    install_timeout_secs: Option<f64>,
-    /// How often the sim fleet's agents heartbeat.
-    #[arg(long, env = "DROVER_HEARTBEAT_INTERVAL_MS")]
-    heartbeat_interval_ms: Option<u64>,
-    /// How long a sim action takes.
-    #[arg(long, env = "DROVER_ACTION_LATENCY_MS")]
-    action_latency_ms: Option<u64>,
-    /// Provider of services created without one: `local` runs real
-    /// PostgreSQL here, `sim` simulates instances.
-    #[arg(long, env = "DROVER_DEFAULT_PROVIDER", default_value = "local", value_parser = ["local", "sim"])]
-    default_provider: String,
-    /// Do not run the local provider (real PostgreSQL processes).
-    #[arg(long, env = "DROVER_NO_LOCAL")]
-    no_local: bool,
+    /// Print a shell completion script, e.g.
+    /// `drover completions bash > /etc/bash_completion.d/drover`.
+    Completions {
+        #[arg(value_enum)]
+        shell: clap_complete::Shell,
+    },
 }
 
 #[derive(Subcommand)]
@@ -188,6 +212,10 @@ enum ServicesCmd {
         name: String,
     },
     Delete {
+        name: String,
+    },
+    /// Clear "needs a human": the engine tries the failed remedy again.
+    Resume {
         name: String,
     },
     /// Planned switchover to the most advanced follower.
@@ -260,7 +288,14 @@ enum BenchCmd {
 }
 
 fn main() -> ExitCode {
-    let cli = Cli::parse();
+    let matches = Cli::command().get_matches();
+    let cli = Cli::from_arg_matches(&matches).unwrap_or_else(|e| e.exit());
+    refuse_misplaced_client_flags(&cli, &matches);
+    // Whether `--no-local` / DROVER_NO_LOCAL was given at all: only then does
+    // it override the config file's `no_local`.
+    let no_local_set = matches.subcommand_matches("serve").is_some_and(|m| {
+        matches!(m.value_source("no_local"), Some(ValueSource::CommandLine | ValueSource::EnvVariable))
+    });
     let runtime = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
         Ok(rt) => rt,
         Err(e) => {
@@ -268,7 +303,7 @@ fn main() -> ExitCode {
             return ExitCode::FAILURE;
         }
     };
-    let result = runtime.block_on(run(cli));
+    let result = runtime.block_on(run(cli, no_local_set));
     match result {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
@@ -278,16 +313,94 @@ fn main() -> ExitCode {
     }
 }
 
-async fn run(cli: Cli) -> anyhow::Result<()> {
-    let client = client::Client::new(&cli.server, cli.actor.clone())?;
-    let json = cli.json;
+impl Cmd {
+    /// The client options of a command that talks to a server.
+    fn client(&self) -> Option<&ClientArgs> {
+        match self {
+            Cmd::Services { client, .. }
+            | Cmd::Instances { client, .. }
+            | Cmd::Events { client, .. }
+            | Cmd::Chaos { client, .. }
+            | Cmd::Heartbeats { client, .. }
+            | Cmd::Actions { client, .. }
+            | Cmd::Audit { client, .. }
+            | Cmd::Images { client }
+            | Cmd::Pages { client, .. }
+            | Cmd::Pager { client, .. } => Some(client),
+            Cmd::Serve(_) | Cmd::Bench(_) | Cmd::Agent { .. } | Cmd::Sim { .. } | Cmd::Completions { .. } => None,
+        }
+    }
+}
+
+/// `drover --json serve` is a mistake, not something to ignore silently:
+/// the top-level client options are accepted only before a command that
+/// takes them (`--server` also before `agent`). Exits with clap's usage error.
+fn refuse_misplaced_client_flags(cli: &Cli, matches: &clap::ArgMatches) {
+    if cli.command.client().is_some() {
+        return;
+    }
+    let agent = matches!(cli.command, Cmd::Agent { .. });
+    for flag in ["server", "json", "actor"] {
+        if agent && flag == "server" {
+            continue;
+        }
+        if matches.value_source(flag) == Some(ValueSource::CommandLine) {
+            let name = matches.subcommand_name().unwrap_or("this command");
+            Cli::command()
+                .error(
+                    clap::error::ErrorKind::ArgumentConflict,
+                    format!("--{flag} is an option of the client commands; `drover {name}` does not take it"),
+                )
+                .exit();
+        }
+    }
+}
+
+/// Prints the completion script of `shell` on standard output.
+fn completions(shell: clap_complete::Shell) -> anyhow::Result<()> {
+    let mut script = Vec::new();
+    clap_complete::generate(shell, &mut Cli::command(), "drover", &mut script);
+    match std::io::Write::write_all(&mut std::io::stdout().lock(), &script) {
+        Err(e) if e.kind() != std::io::ErrorKind::BrokenPipe => {
+            Err(anyhow::anyhow!("cannot write the completion script: {e}"))
+        }
+        _ => Ok(()),
+    }
+}
+
+impl Cli {
+    /// The server URL: after the subcommand > before it > `DROVER_URL` > default.
+    fn server_url(&self) -> String {
+        let after = match &self.command {
+            Cmd::Agent { server, .. } => server.clone(),
+            other => other.client().and_then(|c| c.server.clone()),
+        };
+        after.or_else(|| self.server.clone()).unwrap_or_else(|| DEFAULT_SERVER.to_string())
+    }
+
+    /// `--json` before or after the subcommand.
+    fn json(&self) -> bool {
+        self.json || self.command.client().is_some_and(|c| c.json)
+    }
+
+    /// The actor: after the subcommand > before it > `DROVER_ACTOR`.
+    fn actor(&self) -> Option<String> {
+        self.command.client().and_then(|c| c.actor.clone()).or_else(|| self.actor.clone())
+    }
+}
+
+async fn run(cli: Cli, no_local_set: bool) -> anyhow::Result<()> {
+    let server = cli.server_url();
+    let json = cli.json();
+    let client = client::Client::new(&server, cli.actor())?;
     match cli.command {
-        Cmd::Serve(args) => serve(args).await,
-        Cmd::Agent { data_dir, interval_ms, lease_secs } => {
-            agent::init_logs();
+        Cmd::Serve(args) => serve(args, no_local_set).await,
+        Cmd::Completions { shell } => completions(shell),
+        Cmd::Agent { data_dir, interval_ms, lease_secs, log_format, .. } => {
+            agent::init_logs(log_format);
             let options = agent::Options {
                 data_dir,
-                server: cli.server.clone(),
+                server,
                 interval: Duration::from_millis(interval_ms),
                 lease_ttl: secs(lease_secs, "--lease-secs")?,
             };
@@ -296,12 +409,12 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
         Cmd::Bench(BenchCmd::Heartbeats { instances, rounds }) => bench::heartbeats(instances, rounds),
         Cmd::Bench(BenchCmd::Failover { engine, runs }) => bench::failover(&engine, runs).await,
         Cmd::Bench(BenchCmd::Alerts { alerts, keys, producers }) => pages::bench_alerts(alerts, keys, producers).await,
-        Cmd::Pages { cmd, status, team } => pages::pages(&client, cmd, status, team, json).await,
-        Cmd::Pager(cmd) => pages::pager(&client, &cli.server, cmd, json).await,
+        Cmd::Pages { cmd, status, team, .. } => pages::pages(&client, cmd, status, team, json).await,
+        Cmd::Pager { cmd, .. } => pages::pager(&client, &server, cmd, json).await,
         Cmd::Sim { scenario, services, seed, event_log } => {
             drover_sim::command(&scenario, services, seed, event_log).map(|_| ()).map_err(anyhow::Error::msg)
         }
-        Cmd::Services(cmd) => match cmd {
+        Cmd::Services { cmd, .. } => match cmd {
             ServicesCmd::Create { name, engine, followers, provider, sync, team, zones } => {
                 let mut body = serde_json::json!({ "name": name, "engine": engine, "followers": followers });
                 if let Some(p) = provider {
@@ -327,6 +440,13 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
             }
             ServicesCmd::Show { name } => {
                 let v = client.get(&format!("/v1/services/{}", client::path_segment(&name)), &[]).await?;
+                output::service(&v, json);
+                Ok(())
+            }
+            ServicesCmd::Resume { name } => {
+                let v = client
+                    .post(&format!("/v1/services/{}/resume", client::path_segment(&name)), serde_json::json!({}))
+                    .await?;
                 output::service(&v, json);
                 Ok(())
             }
@@ -359,12 +479,12 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
                 Ok(())
             }
         },
-        Cmd::Instances(InstancesCmd::Show { id }) => {
+        Cmd::Instances { cmd: InstancesCmd::Show { id }, .. } => {
             let v = client.get(&format!("/v1/instances/{}", client::path_segment(&id)), &[]).await?;
             output::instance(&v, json);
             Ok(())
         }
-        Cmd::Events { service, instance, after, limit } => {
+        Cmd::Events { service, instance, after, limit, .. } => {
             let mut query = Vec::new();
             push(&mut query, "service", service);
             push(&mut query, "instance", instance);
@@ -374,12 +494,12 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
             output::events(&v, json);
             Ok(())
         }
-        Cmd::Chaos { instance, fault } => {
+        Cmd::Chaos { instance, fault, .. } => {
             let v = client.post("/v1/chaos", serde_json::json!({ "instance": instance, "fault": fault })).await?;
             output::actions(&serde_json::Value::Array(vec![v.clone()]), json, Some(&v));
             Ok(())
         }
-        Cmd::Heartbeats(HeartbeatsCmd::Send { instance, seq, facts }) => {
+        Cmd::Heartbeats { cmd: HeartbeatsCmd::Send { instance, seq, facts }, .. } => {
             let facts: serde_json::Value = match facts {
                 None => serde_json::json!({}),
                 Some(text) => {
@@ -391,7 +511,7 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
             output::receipt(&v, json);
             Ok(())
         }
-        Cmd::Actions { service, limit } => {
+        Cmd::Actions { service, limit, .. } => {
             let mut query = Vec::new();
             push(&mut query, "service", service);
             push(&mut query, "limit", limit);
@@ -399,14 +519,14 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
             output::actions(&v, json, None);
             Ok(())
         }
-        Cmd::Audit { limit } => {
+        Cmd::Audit { limit, .. } => {
             let mut query = Vec::new();
             push(&mut query, "limit", limit);
             let v = client.get("/v1/audit", &query).await?;
             output::audit(&v, json);
             Ok(())
         }
-        Cmd::Images => {
+        Cmd::Images { .. } => {
             let v = client.get("/v1/images", &[]).await?;
             output::images(&v, json);
             Ok(())
@@ -421,48 +541,21 @@ fn push(query: &mut Vec<(&'static str, String)>, key: &'static str, value: Optio
 }
 
 fn secs(s: f64, flag: &str) -> anyhow::Result<Duration> {
-    Duration::try_from_secs_f64(s).map_err(|e| anyhow::anyhow!("{flag} {s} is not a usable duration: {e}"))
+    config::secs(s, flag)
 }
 
-async fn serve(args: ServeArgs) -> anyhow::Result<()> {
-    tracing_subscriber::fmt()
-        .with_env_filter(
-            tracing_subscriber::EnvFilter::try_from_default_env()
-                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info")),
-        )
-        .with_writer(std::io::stderr)
-        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
-        .init();
-    let mut opts = drover_server::ServeOptions::new(&args.data_dir, args.listen);
-    if let Some(ms) = args.uncertain_after_ms {
-        opts.engine.uncertain_after = Duration::from_millis(ms);
-    }
-    if let Some(s) = args.presumed_dead_after_secs {
-        opts.engine.presumed_dead_after = secs(s, "--presumed-dead-after-secs")?;
-    }
-    if let Some(s) = args.restart_grace_secs {
-        opts.engine.restart_grace = secs(s, "--restart-grace-secs")?;
-    }
-    if let Some(ms) = args.probe_interval_ms {
-        opts.engine.probe_interval = Duration::from_millis(ms);
-    }
-    if let Some(ms) = args.action_timeout_ms {
-        opts.engine.action_timeout = Duration::from_millis(ms);
-    }
-    if let Some(s) = args.install_timeout_secs {
-        opts.engine.install_timeout = secs(s, "--install-timeout-secs")?;
-    }
-    if let Some(ms) = args.heartbeat_interval_ms {
-        opts.sim.heartbeat_interval = Duration::from_millis(ms.max(1));
-    }
-    if let Some(ms) = args.action_latency_ms {
-        opts.sim.action_latency = Duration::from_millis(ms);
-    }
-    opts.engine.default_provider = args.default_provider;
-    if !args.no_local {
-        opts.local = Some(drover_providers::local::LocalConfig::default());
-    }
-    drover_server::serve(opts, shutdown_signal()).await
+async fn serve(args: ServeArgs, no_local_set: bool) -> anyhow::Result<()> {
+    let settings = config::resolve(args, no_local_set)?;
+    config::init_logs(settings.log_format);
+    let config_file = settings.config_file.as_ref().map(|p| p.display().to_string());
+    tracing::info!(
+        config_file = config_file.as_deref().unwrap_or("none"),
+        listen = %settings.options.listen,
+        max_action_attempts = settings.options.engine.max_action_attempts,
+        max_action_failure_secs = settings.max_action_failure.map(|d| d.as_secs_f64()),
+        "settings: flags > environment > config file > defaults"
+    );
+    drover_server::serve(settings.options, shutdown_signal()).await
 }
 
 /// Completes on Ctrl-C or SIGTERM.
@@ -490,5 +583,59 @@ async fn shutdown_signal() {
     tokio::select! {
         _ = ctrl_c => {},
         _ = terminate => {},
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn parse(argv: &[&str]) -> Result<Cli, clap::Error> {
+        Cli::try_parse_from(argv)
+    }
+
+    #[test]
+    fn the_command_line_is_consistent() {
+        Cli::command().debug_assert();
+    }
+
+    #[test]
+    fn client_flags_go_before_or_after_the_subcommand() {
+        for argv in [
+            &["drover", "--json", "services", "show", "db1"][..],
+            &["drover", "services", "show", "db1", "--json"],
+            &["drover", "services", "--json", "show", "db1"],
+        ] {
+            assert!(parse(argv).unwrap().json(), "{argv:?}");
+        }
+        assert!(!parse(&["drover", "services", "list"]).unwrap().json());
+        let cli = parse(&["drover", "--server", "http://a", "services", "list", "--server", "http://b"]).unwrap();
+        assert_eq!(cli.server_url(), "http://b");
+        let cli = parse(&["drover", "--server", "http://a", "--actor", "ann", "events"]).unwrap();
+        assert_eq!(cli.server_url(), "http://a");
+        assert_eq!(cli.actor().as_deref(), Some("ann"));
+        let cli = parse(&["drover", "--actor", "ann", "events", "--actor", "bob"]).unwrap();
+        assert_eq!(cli.actor().as_deref(), Some("bob"));
+        assert_eq!(parse(&["drover", "--server", "http://a", "agent"]).unwrap().server_url(), "http://a");
+        assert_eq!(parse(&["drover", "agent", "--server", "http://b"]).unwrap().server_url(), "http://b");
+        assert_eq!(
+            parse(&["drover", "--server", "http://a", "agent", "--server", "http://b"]).unwrap().server_url(),
+            "http://b"
+        );
+        let cli = parse(&["drover", "services", "resume", "db1"]).unwrap();
+        assert!(matches!(cli.command, Cmd::Services { cmd: ServicesCmd::Resume { .. }, .. }));
+    }
+
+    #[test]
+    fn serve_and_the_offline_commands_do_not_take_client_flags_after_them() {
+        for argv in [
+            &["drover", "serve", "--json"][..],
+            &["drover", "serve", "--server", "http://a"],
+            &["drover", "serve", "--actor", "ann"],
+            &["drover", "sim", "--scenario", "zone-outage", "--json"],
+            &["drover", "agent", "--json"],
+        ] {
+            assert!(parse(argv).is_err(), "{argv:?}");
+        }
     }
 }

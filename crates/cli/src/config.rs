@@ -1,0 +1,473 @@
+//! `drover serve`'s settings: command-line flag > environment variable >
+//! config file (`drover.toml` in the data dir, or `--config PATH`) >
+//! built-in default. The keys are documented in docs/configuration.md, whose
+//! example a test parses.
+
+use anyhow::{anyhow, bail, Context};
+use clap::{Args, ValueEnum};
+use serde::Deserialize;
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+/// The config file's name in the data dir.
+pub const FILE_NAME: &str = "drover.toml";
+pub const DEFAULT_LISTEN: &str = "127.0.0.1:7700";
+pub const DEFAULT_PROVIDER: &str = "local";
+const PROVIDERS: [&str; 2] = ["local", "sim"];
+
+/// How log lines are written to standard error.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, ValueEnum, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum LogFormat {
+    /// Human-readable lines.
+    #[default]
+    Text,
+    /// One JSON object per line (timestamp, level, fields, target).
+    Json,
+}
+
+/// Installs the global tracing subscriber (filter: `RUST_LOG`, default info).
+pub fn init_logs(format: LogFormat) {
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+    let builder = tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr);
+    match format {
+        LogFormat::Text => builder.with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr())).init(),
+        LogFormat::Json => builder.json().init(),
+    }
+}
+
+/// `drover serve`'s flags. Every setting but `--data-dir` and `--config`
+/// can also be set in the config file under the flag's name with `_`.
+#[derive(Args, Debug, Default)]
+pub struct ServeArgs {
+    /// Where the store (drover.db), the sim fleet (sim-provider.json), the
+    /// local provider's servers and the config file (drover.toml) live.
+    #[arg(long, env = "DROVER_DATA_DIR", default_value = "./drover-data")]
+    pub data_dir: PathBuf,
+    /// The config file [default: drover.toml in the data dir, if it exists].
+    #[arg(long, env = "DROVER_CONFIG")]
+    pub config: Option<PathBuf>,
+    /// Address of the HTTP API [default: 127.0.0.1:7700].
+    #[arg(long, env = "DROVER_LISTEN")]
+    pub listen: Option<SocketAddr>,
+    /// Silence after which an instance is `uncertain`.
+    #[arg(long, env = "DROVER_UNCERTAIN_AFTER_MS")]
+    pub uncertain_after_ms: Option<u64>,
+    /// Silence after which an instance is presumed `unavailable` (fractions allowed).
+    #[arg(long, env = "DROVER_PRESUMED_DEAD_AFTER_SECS")]
+    pub presumed_dead_after_secs: Option<f64>,
+    /// After a restart, silence is not held against anyone for this long.
+    #[arg(long, env = "DROVER_RESTART_GRACE_SECS")]
+    pub restart_grace_secs: Option<f64>,
+    /// How often an uncertain instance is probed.
+    #[arg(long, env = "DROVER_PROBE_INTERVAL_MS")]
+    pub probe_interval_ms: Option<u64>,
+    /// A running action attempt without a result is retried after this.
+    #[arg(long, env = "DROVER_ACTION_TIMEOUT_MS")]
+    pub action_timeout_ms: Option<u64>,
+    /// A new or restarted instance must heartbeat within this.
+    #[arg(long, env = "DROVER_INSTALL_TIMEOUT_SECS")]
+    pub install_timeout_secs: Option<f64>,
+    /// How often the sim fleet's agents heartbeat.
+    #[arg(long, env = "DROVER_HEARTBEAT_INTERVAL_MS")]
+    pub heartbeat_interval_ms: Option<u64>,
+    /// How long a sim action takes.
+    #[arg(long, env = "DROVER_ACTION_LATENCY_MS")]
+    pub action_latency_ms: Option<u64>,
+    /// Attempts of a failing action before the service needs a human (at least 1).
+    #[arg(long, env = "DROVER_MAX_ACTION_ATTEMPTS")]
+    pub max_action_attempts: Option<u32>,
+    /// A remedy failing for longer than this needs a human (fractions allowed).
+    #[arg(long, env = "DROVER_MAX_ACTION_FAILURE_SECS")]
+    pub max_action_failure_secs: Option<f64>,
+    /// Provider of services created without one: `local` runs real
+    /// PostgreSQL here, `sim` simulates instances [default: local].
+    #[arg(long, env = "DROVER_DEFAULT_PROVIDER", value_parser = PROVIDERS)]
+    pub default_provider: Option<String>,
+    /// Do not run the local provider (real PostgreSQL processes).
+    #[arg(long, env = "DROVER_NO_LOCAL")]
+    pub no_local: bool,
+    /// Log lines as text or as JSON objects [default: text].
+    #[arg(long, env = "DROVER_LOG_FORMAT", value_enum)]
+    pub log_format: Option<LogFormat>,
+}
+
+/// The config file. Every key is optional; an unknown key is an error.
+#[derive(Debug, Default, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct FileConfig {
+    pub listen: Option<SocketAddr>,
+    pub uncertain_after_ms: Option<u64>,
+    pub presumed_dead_after_secs: Option<f64>,
+    pub restart_grace_secs: Option<f64>,
+    pub probe_interval_ms: Option<u64>,
+    pub action_timeout_ms: Option<u64>,
+    pub install_timeout_secs: Option<f64>,
+    pub heartbeat_interval_ms: Option<u64>,
+    pub action_latency_ms: Option<u64>,
+    pub max_action_attempts: Option<u32>,
+    pub max_action_failure_secs: Option<f64>,
+    pub default_provider: Option<String>,
+    pub no_local: Option<bool>,
+    pub log_format: Option<LogFormat>,
+}
+
+impl FileConfig {
+    /// Parses and checks a config file's text; `origin` names it in errors.
+    pub fn parse(text: &str, origin: &str) -> anyhow::Result<FileConfig> {
+        let config: FileConfig =
+            toml::from_str(text).map_err(|e| anyhow!("config file {origin}: {}", e.to_string().trim_end()))?;
+        let key = |k: &str| format!("`{k}` in config file {origin}");
+        for (k, v) in [
+            ("presumed_dead_after_secs", config.presumed_dead_after_secs),
+            ("restart_grace_secs", config.restart_grace_secs),
+            ("install_timeout_secs", config.install_timeout_secs),
+            ("max_action_failure_secs", config.max_action_failure_secs),
+        ] {
+            if let Some(s) = v {
+                secs(s, &key(k))?;
+            }
+        }
+        check_attempts(config.max_action_attempts, &key("max_action_attempts"))?;
+        check_failure_secs(config.max_action_failure_secs, &key("max_action_failure_secs"))?;
+        if let Some(p) = &config.default_provider {
+            if !PROVIDERS.contains(&p.as_str()) {
+                bail!("{} is {p:?}: expected one of {}", key("default_provider"), PROVIDERS.join(", "));
+            }
+        }
+        Ok(config)
+    }
+
+    /// Reads `--config PATH` (which must exist) or else `drover.toml` in the
+    /// data dir (which may not). Returns the file's settings and its path.
+    pub fn load(explicit: Option<&Path>, data_dir: &Path) -> anyhow::Result<(FileConfig, Option<PathBuf>)> {
+        let (path, required) = match explicit {
+            Some(p) => (p.to_path_buf(), true),
+            None => (data_dir.join(FILE_NAME), false),
+        };
+        let shown = std::path::absolute(&path).unwrap_or_else(|_| path.clone());
+        let text = match std::fs::read_to_string(&path) {
+            Ok(text) => text,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound && !required => {
+                return Ok((FileConfig::default(), None))
+            }
+            Err(e) => return Err(e).with_context(|| format!("cannot read config file {}", shown.display())),
+        };
+        let config = FileConfig::parse(&text, &shown.display().to_string())?;
+        Ok((config, Some(shown)))
+    }
+}
+
+/// What `drover serve` runs with once flags, environment and file are merged.
+#[derive(Debug)]
+pub struct Settings {
+    pub options: drover_server::ServeOptions,
+    pub log_format: LogFormat,
+    /// The config file that was read, if any.
+    pub config_file: Option<PathBuf>,
+    /// A remedy failing longer than this needs a human (`None`: the engine's default).
+    pub max_action_failure: Option<Duration>,
+}
+
+/// Merges `args` (flags and environment, which clap has already resolved)
+/// over the config file over the defaults. `no_local_set` says whether
+/// `--no-local` / `DROVER_NO_LOCAL` was given at all (its `false` is then
+/// a choice that overrides the file's `no_local = true`).
+pub fn resolve(args: ServeArgs, no_local_set: bool) -> anyhow::Result<Settings> {
+    let (file, config_file) = FileConfig::load(args.config.as_deref(), &args.data_dir)?;
+    check_attempts(args.max_action_attempts, "--max-action-attempts")?;
+    check_failure_secs(args.max_action_failure_secs, "--max-action-failure-secs")?;
+
+    let listen = match args.listen.or(file.listen) {
+        Some(l) => l,
+        None => DEFAULT_LISTEN.parse().expect("the default listen address parses"),
+    };
+    let mut opts = drover_server::ServeOptions::new(&args.data_dir, listen);
+    if let Some(ms) = args.uncertain_after_ms.or(file.uncertain_after_ms) {
+        opts.engine.uncertain_after = Duration::from_millis(ms);
+    }
+    if let Some(s) = args.presumed_dead_after_secs {
+        opts.engine.presumed_dead_after = secs(s, "--presumed-dead-after-secs")?;
+    } else if let Some(s) = file.presumed_dead_after_secs {
+        opts.engine.presumed_dead_after = secs(s, "presumed_dead_after_secs")?;
+    }
+    if let Some(s) = args.restart_grace_secs {
+        opts.engine.restart_grace = secs(s, "--restart-grace-secs")?;
+    } else if let Some(s) = file.restart_grace_secs {
+        opts.engine.restart_grace = secs(s, "restart_grace_secs")?;
+    }
+    if let Some(ms) = args.probe_interval_ms.or(file.probe_interval_ms) {
+        opts.engine.probe_interval = Duration::from_millis(ms);
+    }
+    if let Some(ms) = args.action_timeout_ms.or(file.action_timeout_ms) {
+        opts.engine.action_timeout = Duration::from_millis(ms);
+    }
+    if let Some(s) = args.install_timeout_secs {
+        opts.engine.install_timeout = secs(s, "--install-timeout-secs")?;
+    } else if let Some(s) = file.install_timeout_secs {
+        opts.engine.install_timeout = secs(s, "install_timeout_secs")?;
+    }
+    if let Some(n) = args.max_action_attempts.or(file.max_action_attempts) {
+        opts.engine.max_action_attempts = n;
+    }
+    let max_action_failure = match (args.max_action_failure_secs, file.max_action_failure_secs) {
+        (Some(s), _) => Some(secs(s, "--max-action-failure-secs")?),
+        (None, Some(s)) => Some(secs(s, "max_action_failure_secs")?),
+        (None, None) => None,
+    };
+    // LEAD: if let Some(d) = max_action_failure { opts.engine.max_action_failure = d; }
+    opts.engine.default_provider =
+        args.default_provider.or(file.default_provider).unwrap_or_else(|| DEFAULT_PROVIDER.to_string());
+    if let Some(ms) = args.heartbeat_interval_ms.or(file.heartbeat_interval_ms) {
+        opts.sim.heartbeat_interval = Duration::from_millis(ms.max(1));
+    }
+    if let Some(ms) = args.action_latency_ms.or(file.action_latency_ms) {
+        opts.sim.action_latency = Duration::from_millis(ms);
+    }
+    let no_local = if no_local_set { args.no_local } else { file.no_local.unwrap_or(false) };
+    if !no_local {
+        opts.local = Some(drover_providers::local::LocalConfig::default());
+    }
+    let log_format = args.log_format.or(file.log_format).unwrap_or_default();
+    Ok(Settings { options: opts, log_format, config_file, max_action_failure })
+}
+
+/// A number of seconds as a `Duration`, or an error naming where it came from.
+pub fn secs(s: f64, what: &str) -> anyhow::Result<Duration> {
+    Duration::try_from_secs_f64(s).map_err(|e| anyhow!("{what} {s} is not a usable duration: {e}"))
+}
+
+fn check_attempts(n: Option<u32>, what: &str) -> anyhow::Result<()> {
+    match n {
+        Some(0) => bail!("{what} is 0: at least one attempt is needed"),
+        _ => Ok(()),
+    }
+}
+
+fn check_failure_secs(s: Option<f64>, what: &str) -> anyhow::Result<()> {
+    match s {
+        Some(s) if secs(s, what)?.is_zero() => bail!("{what} is 0: a remedy needs some time to work"),
+        _ => Ok(()),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use clap::Parser;
+
+    #[derive(Parser)]
+    struct Cmd {
+        #[command(flatten)]
+        serve: ServeArgs,
+    }
+
+    /// Flags only, without the environment (tests run in parallel threads).
+    fn args(data_dir: &Path, flags: &[&str]) -> ServeArgs {
+        let mut argv = vec!["serve".to_string(), "--data-dir".into(), data_dir.display().to_string()];
+        argv.extend(flags.iter().map(|s| s.to_string()));
+        Cmd::try_parse_from(argv).expect("the flags parse").serve
+    }
+
+    const DOC: &str = include_str!("../../../docs/configuration.md");
+
+    /// The first ```toml block of docs/configuration.md.
+    fn doc_example() -> &'static str {
+        let start = DOC.find("```toml\n").expect("docs/configuration.md has a ```toml example") + "```toml\n".len();
+        let len = DOC[start..].find("```").expect("the example block is closed");
+        &DOC[start..start + len]
+    }
+
+    #[test]
+    fn the_documented_example_parses_and_sets_every_key() {
+        let c = FileConfig::parse(doc_example(), "docs/configuration.md").expect("the documented example is valid");
+        // Destructured without `..`: a new key fails to compile here until
+        // it is documented (and set) in the example.
+        let FileConfig {
+            listen,
+            uncertain_after_ms,
+            presumed_dead_after_secs,
+            restart_grace_secs,
+            probe_interval_ms,
+            action_timeout_ms,
+            install_timeout_secs,
+            heartbeat_interval_ms,
+            action_latency_ms,
+            max_action_attempts,
+            max_action_failure_secs,
+            default_provider,
+            no_local,
+            log_format,
+        } = c;
+        assert!(listen.is_some(), "listen");
+        assert!(uncertain_after_ms.is_some(), "uncertain_after_ms");
+        assert!(presumed_dead_after_secs.is_some(), "presumed_dead_after_secs");
+        assert!(restart_grace_secs.is_some(), "restart_grace_secs");
+        assert!(probe_interval_ms.is_some(), "probe_interval_ms");
+        assert!(action_timeout_ms.is_some(), "action_timeout_ms");
+        assert!(install_timeout_secs.is_some(), "install_timeout_secs");
+        assert!(heartbeat_interval_ms.is_some(), "heartbeat_interval_ms");
+        assert!(action_latency_ms.is_some(), "action_latency_ms");
+        assert!(max_action_attempts.is_some(), "max_action_attempts");
+        assert!(max_action_failure_secs.is_some(), "max_action_failure_secs");
+        assert!(default_provider.is_some(), "default_provider");
+        assert!(no_local.is_some(), "no_local");
+        assert!(log_format.is_some(), "log_format");
+    }
+
+    #[test]
+    fn the_documented_example_holds_the_real_defaults() {
+        let data = tempfile::tempdir().unwrap();
+        let other = tempfile::tempdir().unwrap();
+        let file = other.path().join("example.toml");
+        std::fs::write(&file, doc_example()).unwrap();
+        let file = file.display().to_string();
+        let documented = resolve(args(data.path(), &["--config", &file]), false).unwrap();
+        let built_in = resolve(args(data.path(), &[]), false).unwrap();
+        assert_eq!(format!("{:?}", documented.options), format!("{:?}", built_in.options));
+        assert_eq!(documented.log_format, built_in.log_format);
+        // The engine's default for a remedy failing too long (600 s).
+        assert_eq!(documented.max_action_failure, Some(Duration::from_secs(600)));
+    }
+
+    #[test]
+    fn the_doc_names_every_serve_flag_and_its_environment_variable() {
+        let cmd = <Cmd as clap::CommandFactory>::command();
+        for arg in cmd.get_arguments() {
+            let Some(long) = arg.get_long() else { continue };
+            if matches!(long, "help" | "version") {
+                continue;
+            }
+            assert!(DOC.contains(&format!("--{long}")), "docs/configuration.md does not mention --{long}");
+            if let Some(env) = arg.get_env() {
+                let env = env.to_string_lossy();
+                assert!(DOC.contains(env.as_ref()), "docs/configuration.md does not mention {env}");
+            }
+        }
+    }
+
+    #[test]
+    fn an_unknown_key_is_an_error_naming_the_key_and_the_file() {
+        let e = FileConfig::parse("listen = \"127.0.0.1:1\"\nprobe_intervall_ms = 5\n", "/etc/x/drover.toml")
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("probe_intervall_ms"), "{e}");
+        assert!(e.contains("/etc/x/drover.toml"), "{e}");
+    }
+
+    #[test]
+    fn bad_files_are_errors_not_panics() {
+        for (text, needle) in [
+            ("listen = [", "drover.toml"),
+            ("listen = \"not an address\"", "listen"),
+            ("uncertain_after_ms = -1", "uncertain_after_ms"),
+            ("uncertain_after_ms = \"3s\"", "uncertain_after_ms"),
+            ("presumed_dead_after_secs = -2.0", "presumed_dead_after_secs"),
+            ("presumed_dead_after_secs = nan", "presumed_dead_after_secs"),
+            ("restart_grace_secs = inf", "restart_grace_secs"),
+            ("max_action_attempts = 0", "max_action_attempts"),
+            ("max_action_attempts = 5000000000", "max_action_attempts"),
+            ("max_action_failure_secs = 0", "max_action_failure_secs"),
+            ("default_provider = \"aws\"", "default_provider"),
+            ("log_format = \"xml\"", "log_format"),
+            ("no_local = \"yes\"", "no_local"),
+            ("[timing]\nprobe_interval_ms = 5", "timing"),
+        ] {
+            let e = FileConfig::parse(text, "d/drover.toml").expect_err(text).to_string();
+            assert!(e.contains(needle) && e.contains("d/drover.toml"), "{text:?} gave {e}");
+        }
+    }
+
+    #[test]
+    fn a_missing_data_dir_file_is_fine_a_missing_explicit_file_is_not() {
+        let dir = tempfile::tempdir().unwrap();
+        let (c, path) = FileConfig::load(None, dir.path()).unwrap();
+        assert_eq!((c, path), (FileConfig::default(), None));
+        let missing = dir.path().join("nope.toml");
+        let e = FileConfig::load(Some(&missing), dir.path()).unwrap_err();
+        assert!(format!("{e:#}").contains("nope.toml"), "{e:#}");
+    }
+
+    #[test]
+    fn flags_beat_the_file_which_beats_the_defaults() {
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::write(
+            dir.path().join(FILE_NAME),
+            "listen = \"127.0.0.1:7801\"\nprobe_interval_ms = 250\nmax_action_attempts = 3\nno_local = true\n\
+             log_format = \"json\"\ndefault_provider = \"sim\"\nrestart_grace_secs = 1.5\n",
+        )
+        .unwrap();
+        let defaults = drover_engine::Config::default();
+
+        let s = resolve(args(dir.path(), &[]), false).unwrap();
+        assert_eq!(s.options.listen, "127.0.0.1:7801".parse().unwrap());
+        assert_eq!(s.options.engine.probe_interval, Duration::from_millis(250));
+        assert_eq!(s.options.engine.max_action_attempts, 3);
+        assert_eq!(s.options.engine.restart_grace, Duration::from_millis(1500));
+        assert_eq!(s.options.engine.default_provider, "sim");
+        assert_eq!(s.options.engine.uncertain_after, defaults.uncertain_after);
+        assert!(s.options.local.is_none());
+        assert_eq!(s.log_format, LogFormat::Json);
+        assert_eq!(s.config_file, Some(std::path::absolute(dir.path().join(FILE_NAME)).unwrap()));
+
+        let s = resolve(
+            args(
+                dir.path(),
+                &[
+                    "--listen",
+                    "127.0.0.1:7802",
+                    "--probe-interval-ms",
+                    "100",
+                    "--max-action-attempts",
+                    "7",
+                    "--log-format",
+                    "text",
+                    "--default-provider",
+                    "local",
+                    "--max-action-failure-secs",
+                    "30",
+                ],
+            ),
+            false,
+        )
+        .unwrap();
+        assert_eq!(s.options.listen, "127.0.0.1:7802".parse().unwrap());
+        assert_eq!(s.options.engine.probe_interval, Duration::from_millis(100));
+        assert_eq!(s.options.engine.max_action_attempts, 7);
+        assert_eq!(s.options.engine.default_provider, "local");
+        assert_eq!(s.log_format, LogFormat::Text);
+        assert_eq!(s.max_action_failure, Some(Duration::from_secs(30)));
+        // The file's `no_local = true` holds unless the flag or variable was given.
+        assert!(s.options.local.is_none());
+        assert!(resolve(args(dir.path(), &[]), true).unwrap().options.local.is_some());
+    }
+
+    #[test]
+    fn without_a_file_the_defaults_hold() {
+        let dir = tempfile::tempdir().unwrap();
+        let s = resolve(args(dir.path(), &[]), false).unwrap();
+        let d = drover_engine::Config::default();
+        assert_eq!(s.options.listen, DEFAULT_LISTEN.parse().unwrap());
+        assert_eq!(s.options.engine.probe_interval, d.probe_interval);
+        assert_eq!(s.options.engine.max_action_attempts, d.max_action_attempts);
+        assert_eq!(s.options.engine.default_provider, DEFAULT_PROVIDER);
+        assert!(s.options.local.is_some());
+        assert_eq!(s.log_format, LogFormat::Text);
+        assert_eq!((s.config_file, s.max_action_failure), (None, None));
+    }
+
+    #[test]
+    fn bad_flags_are_errors() {
+        let dir = tempfile::tempdir().unwrap();
+        for flags in [
+            &["--max-action-attempts", "0"][..],
+            &["--max-action-failure-secs", "0"],
+            &["--presumed-dead-after-secs=-1"],
+        ] {
+            let e = resolve(args(dir.path(), flags), false).unwrap_err().to_string();
+            assert!(e.contains(flags[0].split('=').next().unwrap()), "{flags:?} gave {e}");
+        }
+    }
+}
