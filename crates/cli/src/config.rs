@@ -76,9 +76,12 @@ pub struct ServeArgs {
     /// How long a sim action takes.
     #[arg(long, env = "DROVER_ACTION_LATENCY_MS")]
     pub action_latency_ms: Option<u64>,
-    /// Attempts of a failing action before the service needs a human (at least 1).
+    /// Attempts of one failing action before it is failed (at least 1).
     #[arg(long, env = "DROVER_MAX_ACTION_ATTEMPTS")]
     pub max_action_attempts: Option<u32>,
+    /// Remedies of a service failing in a row before it needs a human (at least 1).
+    #[arg(long, env = "DROVER_MAX_REMEDY_FAILURES")]
+    pub max_remedy_failures: Option<u32>,
     /// A remedy failing for longer than this needs a human (fractions allowed).
     #[arg(long, env = "DROVER_MAX_ACTION_FAILURE_SECS")]
     pub max_action_failure_secs: Option<f64>,
@@ -108,6 +111,7 @@ pub struct FileConfig {
     pub heartbeat_interval_ms: Option<u64>,
     pub action_latency_ms: Option<u64>,
     pub max_action_attempts: Option<u32>,
+    pub max_remedy_failures: Option<u32>,
     pub max_action_failure_secs: Option<f64>,
     pub default_provider: Option<String>,
     pub no_local: Option<bool>,
@@ -131,6 +135,7 @@ impl FileConfig {
             }
         }
         check_attempts(config.max_action_attempts, &key("max_action_attempts"))?;
+        check_attempts(config.max_remedy_failures, &key("max_remedy_failures"))?;
         check_failure_secs(config.max_action_failure_secs, &key("max_action_failure_secs"))?;
         if let Some(p) = &config.default_provider {
             if !PROVIDERS.contains(&p.as_str()) {
@@ -178,6 +183,7 @@ pub struct Settings {
 pub fn resolve(args: ServeArgs, no_local_set: bool) -> anyhow::Result<Settings> {
     let (file, config_file) = FileConfig::load(args.config.as_deref(), &args.data_dir)?;
     check_attempts(args.max_action_attempts, "--max-action-attempts")?;
+    check_attempts(args.max_remedy_failures, "--max-remedy-failures")?;
     check_failure_secs(args.max_action_failure_secs, "--max-action-failure-secs")?;
 
     let listen = match args.listen.or(file.listen) {
@@ -212,12 +218,17 @@ pub fn resolve(args: ServeArgs, no_local_set: bool) -> anyhow::Result<Settings> 
     if let Some(n) = args.max_action_attempts.or(file.max_action_attempts) {
         opts.engine.max_action_attempts = n;
     }
+    if let Some(n) = args.max_remedy_failures.or(file.max_remedy_failures) {
+        opts.engine.max_remedy_failures = n;
+    }
     let max_action_failure = match (args.max_action_failure_secs, file.max_action_failure_secs) {
         (Some(s), _) => Some(secs(s, "--max-action-failure-secs")?),
         (None, Some(s)) => Some(secs(s, "max_action_failure_secs")?),
         (None, None) => None,
     };
-    // LEAD: if let Some(d) = max_action_failure { opts.engine.max_action_failure = d; }
+    if let Some(d) = max_action_failure {
+        opts.engine.max_action_failure = d;
+    }
     opts.engine.default_provider =
         args.default_provider.or(file.default_provider).unwrap_or_else(|| DEFAULT_PROVIDER.to_string());
     if let Some(ms) = args.heartbeat_interval_ms.or(file.heartbeat_interval_ms) {
@@ -296,6 +307,7 @@ mod tests {
             heartbeat_interval_ms,
             action_latency_ms,
             max_action_attempts,
+            max_remedy_failures,
             max_action_failure_secs,
             default_provider,
             no_local,
@@ -311,6 +323,7 @@ mod tests {
         assert!(heartbeat_interval_ms.is_some(), "heartbeat_interval_ms");
         assert!(action_latency_ms.is_some(), "action_latency_ms");
         assert!(max_action_attempts.is_some(), "max_action_attempts");
+        assert!(max_remedy_failures.is_some(), "max_remedy_failures");
         assert!(max_action_failure_secs.is_some(), "max_action_failure_secs");
         assert!(default_provider.is_some(), "default_provider");
         assert!(no_local.is_some(), "no_local");
@@ -328,8 +341,8 @@ mod tests {
         let built_in = resolve(args(data.path(), &[]), false).unwrap();
         assert_eq!(format!("{:?}", documented.options), format!("{:?}", built_in.options));
         assert_eq!(documented.log_format, built_in.log_format);
-        // The engine's default for a remedy failing too long (600 s).
-        assert_eq!(documented.max_action_failure, Some(Duration::from_secs(600)));
+        // The engine's default for a remedy failing too long.
+        assert_eq!(documented.max_action_failure, Some(drover_engine::Config::default().max_action_failure));
     }
 
     #[test]
