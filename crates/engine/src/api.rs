@@ -2,7 +2,7 @@
 
 use drover_model::{
     ActionId, ActionOutcome, ActionRecord, Beat, Changes, CreateService, EngineKind, Fault, Image, InstanceId,
-    ServiceView,
+    ServiceId, ServiceView,
 };
 use serde::{Deserialize, Serialize};
 use std::time::Duration;
@@ -101,6 +101,9 @@ pub enum Input {
     Heartbeats(Vec<Beat>),
     /// A provider says, on its own, that an instance is gone.
     ProviderReport { instance: InstanceId, gone: bool, detail: String },
+    /// A provider reports on a service's router (its stable URL): it exited
+    /// unasked and was restarted, or could not be. Recorded as an event.
+    RouterReport { service: ServiceId, detail: String },
     /// A provider finished one attempt of an action.
     ActionResult { action: ActionId, attempt: u32, outcome: ActionOutcome },
     /// An operator (or API client) asks for something.

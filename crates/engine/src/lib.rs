@@ -352,6 +352,12 @@ impl Engine {
                     }
                 }
             }
+            Input::RouterReport { service, detail } => {
+                if let Some(sslot) = self.service_slot(service) {
+                    let event = self.event(now, EventSubject::Service, Some(sslot), None, None, None, detail);
+                    out.changes.events.push(event);
+                }
+            }
             Input::ActionResult { action, attempt, outcome } => {
                 self.action_result(action, attempt, outcome, now, &mut out);
             }
@@ -689,7 +695,17 @@ impl Engine {
         match inst.state {
             // A covered instance is judged by its zone's lease deadline.
             InstanceState::Available if inst.covered => NEVER,
-            InstanceState::Available => (inst.last_heartbeat + micros(c.uncertain_after)).max(self.grace(inst)),
+            InstanceState::Available => {
+                let silent_at = inst.last_heartbeat + micros(c.uncertain_after);
+                let grace = self.grace(inst);
+                if silent_at < grace {
+                    // The grace excuses silence, not evidence: a silent
+                    // instance is probed meanwhile (see check_instance).
+                    silent_at.max(inst.next_probe_at).min(grace)
+                } else {
+                    silent_at
+                }
+            }
             InstanceState::Uncertain => {
                 let probe = inst.next_probe_at.max(self.grace(inst));
                 if self.is_braked(inst.zone) {
@@ -747,7 +763,29 @@ impl Engine {
         let silent_for = Duration::from_micros((now - self.heard_at(inst)).max(0) as u64);
         match inst.state {
             InstanceState::Available => {
-                if !inst.covered && now >= (inst.last_heartbeat + micros(c.uncertain_after)).max(self.grace(inst)) {
+                let silent_at = inst.last_heartbeat + micros(c.uncertain_after);
+                if !inst.covered && now >= silent_at && now < self.grace(inst) {
+                    // Within the restart grace: silence does not make it
+                    // uncertain (agents are still finding the new control
+                    // plane), but a probe may find evidence, which counts.
+                    if now >= inst.next_probe_at {
+                        let inst = self.instances.get_mut(slot).expect("looked up above");
+                        inst.next_probe_at = now + micros(c.probe_interval);
+                        if !inst.probing {
+                            inst.probing = true;
+                            self.open_action(
+                                slot,
+                                ActionKind::Probe,
+                                "silent during the restart grace: probe it out of band",
+                                false,
+                                now,
+                                out,
+                            );
+                        }
+                    }
+                    return;
+                }
+                if !inst.covered && now >= silent_at.max(self.grace(inst)) {
                     let cause = format!("no heartbeat for {:.1}s", silent_for.as_secs_f64());
                     if self.transition(slot, InstanceState::Uncertain, &cause, now, out) {
                         self.corroborate_from_followers(slot, now, out);
@@ -1224,7 +1262,13 @@ impl Engine {
                 if kind == ActionKind::Probe {
                     self.finish_action(id, ActionState::Failed, Some(error.clone()), now, out);
                     if let Some(slot) = slot {
-                        if self.instances.get(slot).map(|i| i.state) == Some(InstanceState::Uncertain) {
+                        let silent = self.instances.get(slot).is_some_and(|i| {
+                            i.state == InstanceState::Uncertain
+                                || (i.state == InstanceState::Available
+                                    && !i.covered
+                                    && now >= i.last_heartbeat + micros(self.config.uncertain_after))
+                        });
+                        if silent {
                             self.evidence(slot, &format!("probe failed: {error}"), now, out);
                         }
                     }

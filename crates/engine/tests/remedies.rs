@@ -458,3 +458,23 @@ fn resuming_an_unknown_service_is_refused() {
     let mut h = H::new(fast_config());
     assert!(matches!(h.command(Command::ResumeService { name: "nope".into() }), Err(CommandError::NotFound(_))));
 }
+
+#[test]
+fn the_restart_grace_excuses_silence_but_not_a_failed_probe() {
+    let mut h = H::new(Config { restart_grace: Duration::from_secs(60), ..fast_config() });
+    ready(&mut h, "db1", 1);
+    let old = h.primary("db1").id;
+    let follower = h.followers("db1")[0].id;
+    h.crash_and_restore();
+    // Frozen right after the control plane came back: silent, and its probe fails.
+    h.chaos(old, Fault::Hang);
+    h.advance(Duration::from_secs(15));
+    let unavailable = h
+        .events_for(old)
+        .into_iter()
+        .find(|e| e.to.as_deref() == Some("unavailable"))
+        .cloned()
+        .unwrap_or_else(|| panic!("still waiting for the grace: {:?}", h.transitions(old)));
+    assert!(unavailable.cause.contains("probe failed"), "{}", unavailable.cause);
+    assert_eq!(h.primary("db1").id, follower, "failed over within the grace period, on evidence");
+}

@@ -14,7 +14,7 @@ pub mod sim;
 
 pub use sim::{SimConfig, SimInstance, SimProvider};
 
-use drover_model::{ActionOutcome, ActionRecord, Beat, EngineKind, InstanceId};
+use drover_model::{ActionOutcome, ActionRecord, Beat, EngineKind, InstanceId, ServiceId};
 use std::path::PathBuf;
 
 /// What a provider tells the control plane on its own initiative.
@@ -24,6 +24,13 @@ pub enum ProviderEvent {
     /// The provider knows for sure the instance is gone (its machine/process no longer exists).
     Gone {
         instance: InstanceId,
+        detail: String,
+    },
+    /// Something happened to a service's router (its stable URL) that the
+    /// event log must show: it exited unasked and was started again, or
+    /// could not be.
+    Router {
+        service: ServiceId,
         detail: String,
     },
 }

@@ -149,6 +149,10 @@ pub fn forward_provider_events(mut events: mpsc::Receiver<ProviderEvent>, engine
                     tracing::warn!(%instance, %detail, "provider reports instance gone");
                     Input::ProviderReport { instance, gone: true, detail }
                 }
+                ProviderEvent::Router { service, detail } => {
+                    tracing::warn!(%service, %detail, "provider reports on a router");
+                    Input::RouterReport { service, detail }
+                }
             };
             if !engine.send(input).await {
                 break;

@@ -407,3 +407,29 @@ async fn a_rebuild_failing_forever_needs_a_human_pages_once_and_resume_heals_it(
     })
     .await;
 }
+
+/// The router is a member of the service like its servers: killed, it is
+/// started again on the same port within a second or two, and the event log
+/// says so.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_killed_router_comes_back_on_the_same_url_and_the_event_log_says_so() {
+    let (t, _reaper) = start_local().await;
+    let (status, body) = t
+        .post("/v1/services", json!({"name": "pgrt", "engine": "postgres", "followers": 0, "provider": "local"}))
+        .await;
+    assert_eq!(status, 201, "{body}");
+    let s = t.wait_available("pgrt", SLOW).await;
+    let url = s["url"].as_str().unwrap().to_string();
+    let pid_file = t.dir.path().join("local/routers").join(id(&s)).join("pgbouncer.pid");
+    let pid = std::fs::read_to_string(&pid_file).unwrap().trim().to_string();
+    unsafe_kill(pid.parse().unwrap());
+    let event = poll(SLOW, "the router restart in the event log", || async {
+        t.events("service=pgrt").await.into_iter().find(|e| {
+            e["subject"] == "service" && e["cause"].as_str().unwrap_or("").contains("router (pgbouncer) exited unasked")
+        })
+    })
+    .await;
+    assert!(event["cause"].as_str().unwrap().contains("started again"), "{event}");
+    let c = poll(SLOW, "the same URL answers again", || async { connect(&url).await }).await;
+    c.simple_query("SELECT 1").await.unwrap();
+}

@@ -134,18 +134,28 @@ impl Inner {
     /// A router that died unasked is started again (same port, same
     /// config): the service URL must keep working.
     fn keep_routers(self: &Arc<Self>) {
-        let dead: Vec<ServiceId> =
-            lock(&self.routers).iter().filter(|(_, p)| p.has_exited()).map(|(service, _)| *service).collect();
-        for service in dead {
+        let dead: Vec<(ServiceId, String)> = lock(&self.routers)
+            .iter()
+            .filter(|(_, p)| p.has_exited())
+            .map(|(service, p)| (*service, p.exit_detail().unwrap_or_else(|| "exited".into())))
+            .collect();
+        for (service, exit) in dead {
             lock(&self.routers).remove(&service);
             let inner = self.clone();
             tokio::spawn(async move {
                 let guard = inner.service_lock(service);
                 let _held = guard.lock().await;
-                match inner.ensure_router(service).await {
-                    Ok(()) => tracing::info!(%service, "router restarted"),
-                    Err(error) => tracing::warn!(%service, %error, "cannot restart router"),
-                }
+                let detail = match inner.ensure_router(service).await {
+                    Ok(()) => {
+                        tracing::info!(%service, "router restarted");
+                        format!("router (pgbouncer) exited unasked ({exit}); started again on the same port")
+                    }
+                    Err(error) => {
+                        tracing::warn!(%service, %error, "cannot restart router");
+                        format!("router (pgbouncer) exited unasked ({exit}) and cannot be started again: {error}")
+                    }
+                };
+                inner.report_router(service, detail);
             });
         }
     }

@@ -11,8 +11,11 @@
 //! What it built is remembered in `data_dir/local/state.json` (see
 //! [`registry`]), written before an action reports its outcome. After a
 //! control-plane restart, [`LocalProvider::open`] adopts the servers and
-//! routers that still run (found through their pid files, checked in /proc)
-//! and restarts the ones the registry says should run but do not.
+//! routers that still run (found through their pid files, checked in /proc).
+//! A server the registry says should run but that did not survive is not
+//! restarted here: it is reported as gone once the engine listens
+//! ([`Provider::start`]), and the engine decides (fail over or restart) and
+//! records why. The provider reports; the engine decides.
 //!
 //! Layout under `data_dir/local/`: `state.json`, `instances/<id>/{pgdata,
 //! socket,logs}`, `routers/<service id>/` (pgbouncer.ini, userlist, log, pid)
@@ -45,9 +48,6 @@ use tokio::sync::mpsc;
 /// How long a starting server may take to accept connections. Crash
 /// recovery of a busy server can take a while; a fresh one needs ~1 s.
 const START_TIMEOUT: Duration = Duration::from_secs(60);
-/// Tries to restart a server found dead at open; then the engine's own
-/// Restart (after its probes fail) takes over.
-const RESTART_ATTEMPTS: u32 = 3;
 /// How long a router may take to answer its console after being spawned.
 const ROUTER_START_TIMEOUT: Duration = Duration::from_secs(10);
 /// Admin console commands are local and instant; PAUSE waits for running
@@ -130,6 +130,9 @@ struct Inner {
     /// When each paused router was paused (by a fence).
     paused: Mutex<HashMap<ServiceId, Instant>>,
     sink: Mutex<Option<mpsc::Sender<ProviderEvent>>>,
+    /// Servers that should have been running at open but were not, with
+    /// what was found; reported as gone when the sink is set.
+    missing_at_open: Mutex<Vec<(InstanceId, String)>>,
     /// Set on shutdown or drop: loops stop, exits are no longer news.
     closed: Arc<AtomicBool>,
     loop_generation: AtomicU64,
@@ -214,6 +217,7 @@ impl LocalProvider {
             service_locks: Mutex::new(HashMap::new()),
             paused: Mutex::new(HashMap::new()),
             sink: Mutex::new(None),
+            missing_at_open: Mutex::new(Vec::new()),
             closed: Arc::new(AtomicBool::new(false)),
             loop_generation: AtomicU64::new(0),
             last_seq: AtomicU64::new(0),
@@ -228,8 +232,18 @@ impl LocalProvider {
             to_start = to_start.len(),
             "local provider opened"
         );
-        let restarter = inner.clone();
-        handle.spawn(async move { restarter.restart_missing(to_start).await });
+        *lock(&inner.missing_at_open) = to_start
+            .into_iter()
+            .map(|id| {
+                (
+                    id,
+                    "its server was not running when the control plane started (it died while nobody watched)"
+                        .to_string(),
+                )
+            })
+            .collect();
+        let routers = inner.clone();
+        handle.spawn(async move { routers.start_missing_routers().await });
         Ok(Arc::new(LocalProvider { inner }))
     }
 
@@ -391,34 +405,40 @@ impl Inner {
         (adopted, to_start)
     }
 
-    /// Starts the servers that should run but did not survive, then makes
-    /// sure every service with a primary has its router.
-    async fn restart_missing(self: Arc<Self>, to_start: Vec<InstanceId>) {
-        for id in to_start {
-            let guard = self.instance_lock(id);
-            let _held = guard.lock().await;
-            let Some(entry) = self.entry(id) else {
-                continue;
-            };
-            if !entry.should_run() {
-                continue;
-            }
-            for attempt in 1..=RESTART_ATTEMPTS {
-                match self.start_server(id, &entry).await {
-                    Ok(()) => {
-                        tracing::info!(instance = %id, "restarted a server that did not survive");
-                        break;
-                    }
-                    Err(error) => tracing::warn!(instance = %id, attempt, %error, "cannot restart server"),
-                }
-                tokio::time::sleep(Duration::from_secs(1)).await;
-            }
-        }
+    /// Makes sure every service with a primary has its router (the URL
+    /// must answer, if only to queue clients until a failover), and says so
+    /// for each one that was not running.
+    async fn start_missing_routers(self: Arc<Self>) {
         let services: Vec<ServiceId> = lock(&self.registry).services.keys().copied().collect();
         for service in services {
-            if let Err(error) = self.ensure_router(service).await {
-                tracing::warn!(%service, %error, "cannot start router");
-            }
+            let guard = self.service_lock(service);
+            let _held = guard.lock().await;
+            let was_running = lock(&self.routers).get(&service).is_some_and(|p| !p.has_exited());
+            let result = self.ensure_router(service).await;
+            let detail = match (&result, was_running) {
+                (Ok(()), true) => continue,
+                (Ok(()), false) if !lock(&self.routers).contains_key(&service) => continue, // no primary yet
+                (Ok(()), false) => {
+                    "router (pgbouncer) was not running when the control plane started; started again on its port"
+                        .to_string()
+                }
+                (Err(error), _) => format!("router (pgbouncer) cannot be started: {error}"),
+            };
+            self.report_router(service, detail);
+        }
+    }
+
+    fn report_router(&self, service: ServiceId, detail: String) {
+        if self.closed.load(Ordering::SeqCst) {
+            return;
+        }
+        let Some(sink) = lock(&self.sink).clone() else {
+            return;
+        };
+        if let Err(mpsc::error::TrySendError::Full(event)) = sink.try_send(ProviderEvent::Router { service, detail }) {
+            tokio::spawn(async move {
+                let _ = sink.send(event).await;
+            });
         }
     }
 
@@ -594,6 +614,11 @@ impl Provider for LocalProvider {
     fn start(&self, sink: mpsc::Sender<ProviderEvent>) {
         let generation = self.inner.loop_generation.fetch_add(1, Ordering::SeqCst) + 1;
         *lock(&self.inner.sink) = Some(sink.clone());
+        // What died while nobody listened is evidence for the engine.
+        let missing = std::mem::take(&mut *lock(&self.inner.missing_at_open));
+        for (instance, detail) in missing {
+            self.inner.report_gone(instance, detail);
+        }
         let inner = self.inner.clone();
         tokio::spawn(async move { inner.heartbeat_loop(sink, generation).await });
     }

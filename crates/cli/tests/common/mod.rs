@@ -1,0 +1,123 @@
+//! The real `drover serve` binary as a child of the test, with the local
+//! provider: started, killed with -9, restarted; and every server it left
+//! behind killed when the test ends, whatever happened.
+#![allow(dead_code)]
+
+use serde_json::Value;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+/// `drover serve` started in `cwd` with `args`; on drop it and every
+/// process working under `cwd` (postmasters, backends, routers) are killed.
+pub struct Serve {
+    pub child: Option<Child>,
+    pub cwd: PathBuf,
+    pub log: PathBuf,
+    pub api: String,
+    args: Vec<String>,
+}
+
+impl Serve {
+    pub fn start(cwd: &Path, port: u16, args: &[&str]) -> Serve {
+        let mut serve = Serve {
+            child: None,
+            cwd: cwd.to_path_buf(),
+            log: cwd.join("serve.log"),
+            api: format!("http://127.0.0.1:{port}"),
+            args: args.iter().map(|s| s.to_string()).chain(["--listen".into(), format!("127.0.0.1:{port}")]).collect(),
+        };
+        serve.spawn();
+        serve
+    }
+
+    /// Starts the binary (again) with the same arguments and directory.
+    pub fn spawn(&mut self) {
+        let out = std::fs::OpenOptions::new().create(true).append(true).open(&self.log).unwrap();
+        let child = Command::new(env!("CARGO_BIN_EXE_drover"))
+            .arg("serve")
+            .args(&self.args)
+            .current_dir(&self.cwd)
+            // Nothing from the environment may point it elsewhere.
+            .env_remove("DROVER_DATA_DIR")
+            .env_remove("DROVER_DEFAULT_PROVIDER")
+            .env_remove("DROVER_NO_LOCAL")
+            .env_remove("DROVER_CONFIG")
+            .env("RUST_LOG", "info")
+            .stdin(Stdio::null())
+            .stdout(out.try_clone().unwrap())
+            .stderr(out)
+            .spawn()
+            .expect("spawn drover serve");
+        self.child = Some(child);
+    }
+
+    /// SIGKILL of the control plane only: its servers live on.
+    pub fn kill9(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
+
+    pub fn log_tail(&self) -> String {
+        let text = std::fs::read_to_string(&self.log).unwrap_or_default();
+        let lines: Vec<&str> = text.lines().collect();
+        lines[lines.len().saturating_sub(60)..].join("\n")
+    }
+
+    pub async fn wait_healthy(&self, http: &reqwest::Client, timeout: Duration) {
+        let deadline = Instant::now() + timeout;
+        while !matches!(get(http, &format!("{}/healthz", self.api)).await, Some((200, _))) {
+            assert!(Instant::now() < deadline, "drover never became healthy; log:\n{}", self.log_tail());
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    }
+}
+
+impl Drop for Serve {
+    fn drop(&mut self) {
+        self.kill9();
+        kill_everything_under(&self.cwd);
+    }
+}
+
+/// PostgreSQL backends setsid(), so process groups are not enough: find
+/// them by their working directory.
+pub fn kill_everything_under(dir: &Path) {
+    let Ok(entries) = std::fs::read_dir("/proc") else { return };
+    for e in entries.flatten() {
+        let Ok(pid) = e.file_name().to_string_lossy().parse::<i32>() else { continue };
+        if let Ok(cwd) = std::fs::read_link(e.path().join("cwd")) {
+            if cwd.starts_with(dir) {
+                let _ = Command::new("kill").args(["-9", &pid.to_string()]).status();
+            }
+        }
+    }
+}
+
+pub fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
+}
+
+pub async fn get(http: &reqwest::Client, url: &str) -> Option<(u16, Value)> {
+    let r = http.get(url).send().await.ok()?;
+    let status = r.status().as_u16();
+    Some((status, r.json().await.unwrap_or(Value::Null)))
+}
+
+/// Polls `check` every 250 ms until it returns Some, or panics after `timeout`.
+pub async fn wait_for<T, F, Fut>(timeout: Duration, what: &str, serve: &Serve, mut check: F) -> T
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = Option<T>>,
+{
+    let deadline = Instant::now() + timeout;
+    loop {
+        if let Some(v) = check().await {
+            return v;
+        }
+        assert!(Instant::now() < deadline, "timed out waiting for {what}; log:\n{}", serve.log_tail());
+        tokio::time::sleep(Duration::from_millis(250)).await;
+    }
+}
