@@ -257,6 +257,7 @@ async fn kill_9_of_the_primary_is_reported_at_once_and_failover_keeps_the_url_an
                 break crashed_at.elapsed();
             }
             Ok(Some(ProviderEvent::Beats(_))) => continue,
+            Ok(Some(ProviderEvent::Router { detail, .. })) => panic!("the router is fine: {detail}"),
             Ok(None) => panic!("channel closed"),
             Err(_) => panic!("no Gone within 1 s of kill -9"),
         }
@@ -397,7 +398,7 @@ async fn every_action_run_twice_has_the_effect_of_once_and_a_terminated_id_is_ne
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_reopened_provider_adopts_running_servers_restarts_dead_ones_and_beats_resume() {
+async fn a_reopened_provider_adopts_running_servers_reports_dead_ones_and_beats_resume() {
     let dir = temp_dir();
     let service = ServiceId::new_at(now_micros(), fresh_id());
     // Armed until the simulated kill -9, so a failure before it stops the servers.
@@ -416,7 +417,22 @@ async fn a_reopened_provider_adopts_running_servers_restarts_dead_ones_and_beats
     let h = Harness::open(&dir, "reports", service, test_config());
     assert_eq!(h.provider.instance_info(primary).unwrap().pid, Some(primary_pid), "the primary is adopted");
     assert_eq!(h.url(), url, "the URL survives");
+    // The dead follower is evidence for the engine, not restarted behind its back.
     let mut events = h.events();
+    loop {
+        match tokio::time::timeout(Duration::from_secs(5), events.recv()).await {
+            Ok(Some(ProviderEvent::Gone { instance, detail })) => {
+                assert_eq!(instance, follower);
+                assert!(detail.contains("not running when the control plane started"), "{detail}");
+                break;
+            }
+            Ok(Some(_)) => continue,
+            other => panic!("no Gone for the follower that died meanwhile: {other:?}"),
+        }
+    }
+    assert_eq!(h.provider.instance_info(follower).unwrap().pid, None, "the provider did not restart it by itself");
+    // The engine decides to restart it.
+    h.ok(follower, ActionKind::Restart).await;
     let beats = beats_until(&mut events, Duration::from_secs(30), |b| {
         beat_of(b, primary).is_some() && beat_of(b, follower).is_some_and(|f| f.facts.upstream_streaming == Some(true))
     })

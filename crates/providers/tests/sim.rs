@@ -92,6 +92,7 @@ async fn collect(events: &mut mpsc::Receiver<ProviderEvent>, window: Duration) -
         match event {
             ProviderEvent::Beats(beats) => batches.push(beats),
             ProviderEvent::Gone { instance, .. } => gone.push(instance),
+            ProviderEvent::Router { service, detail } => panic!("the sim has no routers: {service} {detail}"),
         }
     }
     (batches, gone)
