@@ -71,6 +71,8 @@ pub struct ProviderChecks {
     pub performance: Option<checks::Check>,
     /// The primary's `pg_stat_replication`, when it could be asked.
     pub followers: Option<Vec<checks::FollowerFacts>>,
+    /// The service's router (its stable URL): running and answering.
+    pub router: Option<checks::Check>,
 }
 
 /// Why a provider could not be opened or could not keep its own state.

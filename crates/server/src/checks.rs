@@ -19,6 +19,9 @@ pub struct ServiceChecks {
     pub security: Check,
     #[schema(value_type = Object)]
     pub performance: Check,
+    /// The router behind the service's stable URL.
+    #[schema(value_type = Object)]
+    pub router: Check,
 }
 
 #[derive(Serialize)]
@@ -69,6 +72,7 @@ pub fn compose(view: &ServiceView, provider: ProviderChecks, now: Timestamp) -> 
         replication,
         security: provider.security.unwrap_or_else(|| unknown("security")),
         performance: provider.performance.unwrap_or_else(|| unknown("performance")),
+        router: provider.router.unwrap_or_else(|| unknown("its router")),
     }
 }
 

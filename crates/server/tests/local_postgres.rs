@@ -232,6 +232,7 @@ async fn switchover_under_load_fails_no_statement_and_backups_restore_and_corrup
     assert_ne!(checks["security"]["status"], "unknown", "a real server is inspected: {checks}");
     assert_ne!(checks["performance"]["status"], "unknown", "{checks}");
     assert_eq!(checks["replication"]["status"], "ok", "{checks}");
+    assert_eq!(checks["router"]["status"], "ok", "{checks}");
 
     // Corrupt one data file of the backup set in the repository.
     let repo = t.dir.path().join("local/backups/repo/backup/pgsw");
@@ -432,4 +433,6 @@ async fn a_killed_router_comes_back_on_the_same_url_and_the_event_log_says_so() 
     assert!(event["cause"].as_str().unwrap().contains("started again"), "{event}");
     let c = poll(SLOW, "the same URL answers again", || async { connect(&url).await }).await;
     c.simple_query("SELECT 1").await.unwrap();
+    let (_, checks) = t.get("/v1/services/pgrt/checks").await;
+    assert_eq!(checks["router"]["status"], "ok", "{checks}");
 }

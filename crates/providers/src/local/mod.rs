@@ -428,6 +428,34 @@ impl Inner {
         }
     }
 
+    /// The router of a service: its process runs and its console answers.
+    async fn router_check(&self, service: ServiceId, entry: &registry::ServiceEntry) -> crate::checks::Check {
+        use crate::checks::{Check, Status};
+        let pid = lock(&self.routers).get(&service).filter(|p| !p.has_exited()).map(|p| p.pid);
+        let evidence = serde_json::json!({ "port": entry.router_port, "pid": pid });
+        let Some(_) = pid else {
+            return Check {
+                status: Status::Crit,
+                summary: "the router (pgbouncer) is not running: clients cannot reach the service; the provider \
+                          starts it again within a heartbeat round"
+                    .into(),
+                evidence,
+            };
+        };
+        match router::admin(entry, "SHOW VERSION", Duration::from_secs(2)).await {
+            Ok(()) => Check {
+                status: Status::Ok,
+                summary: format!("the router answers on port {}", entry.router_port),
+                evidence,
+            },
+            Err(error) => Check {
+                status: Status::Crit,
+                summary: format!("the router runs but does not answer its console: {error}"),
+                evidence,
+            },
+        }
+    }
+
     fn report_router(&self, service: ServiceId, detail: String) {
         if self.closed.load(Ordering::SeqCst) {
             return;
@@ -633,22 +661,26 @@ impl Provider for LocalProvider {
         let inner = self.inner.clone();
         let service = service.to_string();
         Box::pin(async move {
-            let primary = {
+            let found = {
                 let registry = lock(&inner.registry);
-                registry.services.iter().find(|(_, s)| s.name == service).and_then(|(id, _)| Some(*id))
+                registry.services.iter().find(|(_, s)| s.name == service).map(|(id, s)| (*id, s.clone()))
             };
-            let Some(entry) = primary.and_then(|id| inner.current_primary_entry(id)) else {
+            let Some((service_id, service_entry)) = found else {
                 return crate::ProviderChecks::default();
+            };
+            let router = Some(inner.router_check(service_id, &service_entry).await);
+            let Some(entry) = inner.current_primary_entry(service_id) else {
+                return crate::ProviderChecks { router, ..Default::default() };
             };
             let client = match postgres::connect(&entry, Duration::from_secs(3)).await {
                 Ok(c) => c,
-                Err(_) => return crate::ProviderChecks::default(),
+                Err(_) => return crate::ProviderChecks { router, ..Default::default() },
             };
             let policy = crate::checks::SecurityPolicy { require_tls: false, service_user: None };
             let security = crate::checks::security(&client, &entry.pgdata(), &policy).await;
             let performance = crate::checks::performance(&client).await;
             let followers = crate::checks::follower_facts(&client).await.ok();
-            crate::ProviderChecks { security: Some(security), performance: Some(performance), followers }
+            crate::ProviderChecks { security: Some(security), performance: Some(performance), followers, router }
         })
     }
 }
