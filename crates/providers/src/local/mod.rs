@@ -594,7 +594,7 @@ impl Provider for LocalProvider {
         Box::pin(async move {
             let primary = {
                 let registry = lock(&inner.registry);
-                registry.services.iter().find(|(_, s)| s.name == service).and_then(|(id, _)| Some(*id))
+                registry.services.iter().find(|(_, s)| s.name == service).map(|(id, _)| *id)
             };
             let Some(entry) = primary.and_then(|id| inner.current_primary_entry(id)) else {
                 return crate::ProviderChecks::default();
