@@ -8,6 +8,7 @@ use axum::http::request::Parts;
 use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
 use drover_engine::CommandError;
+use drover_model::objects::ObjectOnly;
 use serde::de::DeserializeOwned;
 use serde::Serialize;
 
@@ -91,10 +92,73 @@ impl From<PathRejection> for ApiError {
     }
 }
 
-/// `axum::Json`, with rejections as JSON errors.
-#[derive(FromRequest)]
-#[from_request(via(axum::Json), rejection(ApiError))]
+/// `axum::Json`, with rejections as JSON errors. JSON Schema counts `2.0` as
+/// an integer, and so does this extractor: a body refused only because an
+/// integer field holds an integral float is read again with such numbers
+/// as integers (only refused bodies pay for the second reading).
 pub struct Json<T>(pub T);
+
+impl<T: DeserializeOwned, S: Send + Sync> FromRequest<S> for Json<T> {
+    type Rejection = ApiError;
+
+    async fn from_request(req: axum::extract::Request, state: &S) -> Result<Self, Self::Rejection> {
+        let is_json = req
+            .headers()
+            .get(axum::http::header::CONTENT_TYPE)
+            .and_then(|v| v.to_str().ok())
+            .and_then(|v| v.split(';').next())
+            .map(|essence| essence.trim().to_ascii_lowercase())
+            .is_some_and(|m| m == "application/json" || (m.starts_with("application/") && m.ends_with("+json")));
+        if !is_json {
+            return Err(ApiError::new(
+                StatusCode::UNSUPPORTED_MEDIA_TYPE,
+                "expected a request body with `Content-Type: application/json`",
+            ));
+        }
+        let bytes =
+            axum::body::Bytes::from_request(req, state).await.map_err(|r| ApiError::new(r.status(), r.body_text()))?;
+        // A body is an object: serde would also read a struct from an array.
+        match axum::Json::<ObjectOnly<T>>::from_bytes(&bytes) {
+            Ok(axum::Json(ObjectOnly(value))) => Ok(Json(value)),
+            Err(rejection) => {
+                if matches!(rejection, JsonRejection::JsonDataError(_)) {
+                    if let Ok(mut value) = serde_json::from_slice::<serde_json::Value>(&bytes) {
+                        if integral_floats_as_integers(&mut value) {
+                            if let Ok(ObjectOnly(parsed)) = serde_json::from_value(value) {
+                                return Ok(Json(parsed));
+                            }
+                        }
+                    }
+                }
+                Err(rejection.into())
+            }
+        }
+    }
+}
+
+/// Rewrites every float with no fractional part (that fits) as an integer;
+/// says whether it changed anything.
+fn integral_floats_as_integers(value: &mut serde_json::Value) -> bool {
+    use serde_json::Value;
+    match value {
+        Value::Number(n) if n.is_f64() => {
+            let f = n.as_f64().unwrap_or(f64::NAN);
+            let integer = if f.fract() != 0.0 || !f.is_finite() {
+                None
+            } else if f >= 0.0 && f < u64::MAX as f64 {
+                Some(Value::from(f as u64))
+            } else if f < 0.0 && f >= i64::MIN as f64 {
+                Some(Value::from(f as i64))
+            } else {
+                None
+            };
+            integer.map(|i| *value = i).is_some()
+        }
+        Value::Array(items) => items.iter_mut().fold(false, |changed, v| integral_floats_as_integers(v) | changed),
+        Value::Object(fields) => fields.values_mut().fold(false, |changed, v| integral_floats_as_integers(v) | changed),
+        _ => false,
+    }
+}
 
 impl<T: Serialize> IntoResponse for Json<T> {
     fn into_response(self) -> Response {
@@ -151,6 +215,16 @@ pub struct Path<T>(pub T);
 #[cfg(test)]
 mod tests {
     use super::check_query_utf8;
+
+    #[test]
+    fn integral_floats_become_integers() {
+        let mut v = serde_json::json!({"a": 2.0, "b": [1.5, -3.0, 7], "c": "4.0", "d": 1e300});
+        assert!(super::integral_floats_as_integers(&mut v));
+        assert_eq!(v, serde_json::json!({"a": 2, "b": [1.5, -3, 7], "c": "4.0", "d": 1e300}));
+        assert!(v["a"].is_u64() && v["b"][1].is_i64());
+        let mut unchanged = serde_json::json!({"x": 1, "y": 0.5});
+        assert!(!super::integral_floats_as_integers(&mut unchanged));
+    }
 
     #[test]
     fn query_strings_must_decode_to_utf8() {
