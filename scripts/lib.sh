@@ -4,13 +4,21 @@
 # pgbouncer (the stable URL) and pgBackRest (backups and restore tests).
 DEBIAN_PACKAGES=(postgresql-15 pgbouncer pgbackrest prometheus-alertmanager)
 
-# Python packages the tests need: a real SMTP server for e-mail pages.
-PYTHON_PACKAGES=(aiosmtpd)
+# Python packages the tests need, as pip requirements: a real SMTP server
+# for e-mail pages, and schemathesis, the schema-driven fuzzer of
+# scripts/fuzz-api (pinned: its checks change between releases).
+PYTHON_PACKAGES=(aiosmtpd schemathesis==4.32.5)
 
 ensure_python_packages() {
   local missing=()
   for p in "${PYTHON_PACKAGES[@]}"; do
-    python3 -c "import $p" >/dev/null 2>&1 || missing+=("$p")
+    local name=${p%%[=<>]*} wanted=""
+    [ "$name" != "$p" ] && wanted=${p#"$name"} && wanted=${wanted#==}
+    local have
+    have=$(python3 -c "import importlib.metadata as m; print(m.version('$name'))" 2>/dev/null) || have=""
+    if [ -z "$have" ] || { [ -n "$wanted" ] && [ "$have" != "$wanted" ]; }; then
+      missing+=("$p")
+    fi
   done
   [ ${#missing[@]} -eq 0 ] && return 0
   echo "installing Python packages ${missing[*]}…" >&2

@@ -757,6 +757,8 @@ impl Engine {
         }
     }
 
+    // One arm per state with its own condition inside reads as the state table; guards would scatter it.
+    #[allow(clippy::collapsible_match)]
     fn check_instance(&mut self, slot: u32, now: i64, out: &mut Outputs) {
         let Some(inst) = self.instances.get(slot) else { return };
         let c = &self.config;
@@ -2176,7 +2178,7 @@ impl Engine {
             return Err(CommandError::Conflict(format!("a service named {:?} already exists", req.name)));
         }
         let provider_name = req.provider.clone().unwrap_or_else(|| self.config.default_provider.clone());
-        if !self.config.providers.iter().any(|p| *p == provider_name) {
+        if !self.config.providers.contains(&provider_name) {
             return Err(CommandError::Invalid(format!(
                 "provider {provider_name:?} is not available here; available: {}",
                 self.config.providers.join(", ")

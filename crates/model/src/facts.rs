@@ -36,6 +36,6 @@ pub struct Facts {
 pub struct Beat {
     pub instance: InstanceId,
     pub seq: u64,
-    #[serde(default)]
+    #[serde(default, deserialize_with = "crate::objects::object")]
     pub facts: Facts,
 }

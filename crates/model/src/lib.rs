@@ -7,6 +7,7 @@ mod event;
 mod facts;
 mod ids;
 mod image;
+pub mod objects;
 mod service;
 mod states;
 mod time;

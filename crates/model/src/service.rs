@@ -71,24 +71,31 @@ pub struct Plan {
 #[derive(Clone, Debug, Serialize, Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct CreateService {
+    /// A DNS label: lowercase letters, digits and '-', not starting with '-'.
+    #[schema(pattern = r"^[a-z0-9][a-z0-9-]*$", min_length = 1, max_length = 63)]
     pub name: String,
     pub engine: EngineKind,
+    /// Followers of the primary (at most 8); `sync: true` needs at least one.
     #[serde(default)]
+    #[schema(minimum = 0, maximum = 8)]
     pub followers: u8,
     #[serde(default)]
     pub provider: Option<String>,
     #[serde(default)]
     pub sync: Option<bool>,
     #[serde(default)]
+    #[schema(min_length = 1, max_length = 63)]
     pub team: Option<String>,
+    /// 1 to 16 zone names of 1 to 63 characters (the item rule is added in the server's openapi.rs).
     #[serde(default)]
+    #[schema(min_items = 1, max_items = 16)]
     pub zones: Option<Vec<String>>,
     #[serde(default)]
     pub max_failover_lag_bytes: Option<u64>,
 }
 
 /// The most followers a plan may ask for; more is a typo, not a plan.
-pub const MAX_FOLLOWERS: u8 = 8;
+pub const MAX_FOLLOWERS: u8 = 8; // also in CreateService's schema
 
 impl CreateService {
     /// Checks what can be checked without the fleet; returns what is wrong.
@@ -112,12 +119,12 @@ impl CreateService {
             if zones.is_empty() || zones.len() > 16 {
                 return Err("zones must list 1 to 16 zones".into());
             }
-            if zones.iter().any(|z| z.is_empty() || z.len() > 63) {
+            if zones.iter().any(|z| z.is_empty() || z.chars().count() > 63) {
                 return Err("each zone name must be 1 to 63 characters".into());
             }
         }
         if let Some(team) = &self.team {
-            if team.is_empty() || team.len() > 63 {
+            if team.is_empty() || team.chars().count() > 63 {
                 return Err("team must be 1 to 63 characters".into());
             }
         }

@@ -61,7 +61,9 @@ impl<'de> Deserialize<'de> for Timestamp {
             Text(String),
         }
         match Raw::deserialize(d)? {
-            Raw::Micros(m) => Ok(Timestamp(m)),
+            Raw::Micros(m) => jiff::Timestamp::from_microsecond(m)
+                .map(|_| Timestamp(m))
+                .map_err(|e| serde::de::Error::custom(format!("timestamp {m} µs is out of range: {e}"))),
             Raw::Text(t) => Timestamp::parse(&t).map_err(serde::de::Error::custom),
         }
     }

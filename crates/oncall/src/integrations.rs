@@ -8,7 +8,7 @@ use serde::{Deserialize, Serialize};
 use std::collections::BTreeMap;
 
 /// Alertmanager's webhook body (`version: "4"`).
-#[derive(Clone, Debug, Deserialize, Serialize)]
+#[derive(Clone, Debug, Deserialize, Serialize, utoipa::ToSchema)]
 #[serde(rename_all = "camelCase")]
 pub struct AlertmanagerPayload {
     pub version: String,
@@ -27,11 +27,11 @@ pub struct AlertmanagerPayload {
     pub common_annotations: BTreeMap<String, String>,
     #[serde(default, rename = "externalURL")]
     pub external_url: String,
-    #[serde(default)]
+    #[serde(default, deserialize_with = "drover_model::objects::objects")]
     pub alerts: Vec<AlertmanagerAlert>,
 }
 
-#[derive(Clone, Debug, Deserialize, Serialize)]
+#[derive(Clone, Debug, Deserialize, Serialize, utoipa::ToSchema)]
 #[serde(rename_all = "camelCase")]
 pub struct AlertmanagerAlert {
     pub status: String,
@@ -105,11 +105,12 @@ pub fn from_alertmanager(payload: &AlertmanagerPayload) -> Result<Alert, String>
 }
 
 /// The Events API v2 body (`POST /v2/enqueue` at PagerDuty).
-#[derive(Clone, Debug, Deserialize, Serialize)]
+#[derive(Clone, Debug, Deserialize, Serialize, utoipa::ToSchema)]
 pub struct EventV2 {
     pub routing_key: String,
     pub event_action: String,
     pub dedup_key: Option<String>,
+    #[serde(default, deserialize_with = "drover_model::objects::optional_object")]
     pub payload: Option<EventPayload>,
     pub client: Option<String>,
     pub client_url: Option<String>,
@@ -119,7 +120,7 @@ pub struct EventV2 {
     pub images: serde_json::Value,
 }
 
-#[derive(Clone, Debug, Deserialize, Serialize)]
+#[derive(Clone, Debug, Deserialize, Serialize, utoipa::ToSchema)]
 pub struct EventPayload {
     pub summary: String,
     pub source: String,

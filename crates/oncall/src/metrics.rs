@@ -18,7 +18,7 @@ pub const NOISIEST: usize = 5;
 /// Weeks in the rolling average (Heroku's "four week chunks").
 pub const ROLLING_WEEKS: usize = 4;
 
-#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct NoisyAlert {
     /// The alert's class (alertname, event class) or its dedup key.
     pub alert: String,
@@ -27,7 +27,7 @@ pub struct NoisyAlert {
     pub alerts: u64,
 }
 
-#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct WeekMetrics {
     pub team: String,
     /// Monday of the week, in the team's zone.

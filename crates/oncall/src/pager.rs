@@ -19,7 +19,7 @@ pub enum AlertAction {
     Resolve,
 }
 
-#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Serialize, Deserialize)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Serialize, Deserialize, utoipa::ToSchema)]
 #[serde(rename_all = "snake_case")]
 pub enum Severity {
     Critical,
@@ -97,7 +97,7 @@ impl Alert {
     }
 }
 
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
 #[serde(rename_all = "snake_case")]
 pub enum PageStatus {
     Triggered,
@@ -115,7 +115,7 @@ impl PageStatus {
     }
 }
 
-#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct Page {
     pub id: PageId,
     /// The key of the alert that opened it.
@@ -169,7 +169,7 @@ impl Page {
 }
 
 /// A status or level change of a page, with who or what caused it.
-#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct Transition {
     pub page: PageId,
     pub at: Timestamp,
@@ -180,7 +180,7 @@ pub struct Transition {
     pub cause: String,
 }
 
-#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize, utoipa::ToSchema)]
 #[serde(rename_all = "snake_case", tag = "kind")]
 pub enum Recipient {
     Person {
@@ -208,7 +208,7 @@ impl Recipient {
     }
 }
 
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
 #[serde(rename_all = "snake_case")]
 pub enum NotifyReason {
     /// The bot tier's chat post in business hours.
@@ -223,7 +223,7 @@ pub enum NotifyReason {
 
 /// One message to one recipient. The shell renders links and tries the
 /// recipient's contacts in order.
-#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct Notification {
     pub id: NotificationId,
     pub page: PageId,
@@ -234,7 +234,7 @@ pub struct Notification {
 }
 
 /// A line in the company-wide feed: every page event is visible to everyone.
-#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct FeedPost {
     pub at: Timestamp,
     pub page: Option<PageId>,
@@ -260,7 +260,7 @@ pub enum Input {
 }
 
 /// What an alert did.
-#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct AlertOutcome {
     pub dedup_key: String,
     /// `opened`, `deduplicated`, `grouped`, `acknowledged`, `resolved`, `ignored`.

@@ -28,7 +28,7 @@ pub const MAX_LIMIT: usize = 10_000;
 /// Header naming who issues a command, for the audit trail.
 pub const ACTOR_HEADER: &str = "x-drover-actor";
 const DEFAULT_ACTOR: &str = "api";
-const MAX_ACTOR_LEN: usize = 128;
+pub(crate) const MAX_ACTOR_LEN: usize = 128;
 
 /// What the handlers reach, filled once start-up is done.
 pub struct Ready {
@@ -90,19 +90,25 @@ pub fn router(state: AppState) -> Router {
         .with_state(state)
 }
 
-fn actor(headers: &HeaderMap) -> Result<String, ApiError> {
+/// Who issues a command: the actor header (printable ASCII, 1 to 128
+/// characters, as its schema in `openapi.rs` says) or `api` without one.
+pub(crate) fn actor(headers: &HeaderMap) -> Result<String, ApiError> {
     match headers.get(ACTOR_HEADER) {
         None => Ok(DEFAULT_ACTOR.to_string()),
         Some(value) => {
-            let text = value
-                .to_str()
-                .map_err(|_| ApiError::bad_request(format!("header {ACTOR_HEADER} must be visible ASCII")))?
-                .trim();
-            if text.is_empty() || text.len() > MAX_ACTOR_LEN {
+            let bytes = value.as_bytes();
+            if bytes.is_empty() || bytes.len() > MAX_ACTOR_LEN {
                 return Err(ApiError::bad_request(format!(
                     "header {ACTOR_HEADER} must be 1 to {MAX_ACTOR_LEN} characters"
                 )));
             }
+            let printable = bytes.iter().all(|b| (b' '..=b'~').contains(b));
+            let text = std::str::from_utf8(bytes).ok().filter(|t| printable && t.trim() == *t);
+            let text = text.ok_or_else(|| {
+                ApiError::bad_request(format!(
+                    "header {ACTOR_HEADER} must be printable ASCII without leading or trailing spaces"
+                ))
+            })?;
             Ok(text.to_string())
         }
     }
@@ -329,15 +335,27 @@ pub struct EventsQuery {
     /// Only events of this service (by name).
     service: Option<String>,
     /// Only events of this instance (UUID).
+    #[param(format = Uuid)]
     instance: Option<String>,
     /// Only events with a sequence number above this.
+    #[param(minimum = 0)]
     after: Option<u64>,
-    /// At most this many (default 1000, at most 10000).
+    /// At most this many (default 1000).
+    #[param(minimum = 1, maximum = 10000)]
     limit: Option<usize>,
 }
 
-fn limit(requested: Option<usize>) -> usize {
-    requested.unwrap_or(DEFAULT_LIMIT).clamp(1, MAX_LIMIT)
+/// The page size asked for, 1 to `max` (the range the query schemas state).
+pub(crate) fn limit_in(requested: Option<usize>, default: usize, max: usize) -> Result<usize, ApiError> {
+    match requested {
+        None => Ok(default),
+        Some(n) if (1..=max).contains(&n) => Ok(n),
+        Some(n) => Err(ApiError::bad_request(format!("limit must be 1 to {max}, got {n}"))),
+    }
+}
+
+fn limit(requested: Option<usize>) -> Result<usize, ApiError> {
+    limit_in(requested, DEFAULT_LIMIT, MAX_LIMIT)
 }
 
 async fn blocking<R: Send + 'static>(
@@ -363,7 +381,7 @@ pub(crate) async fn list_events(
     let ready = state.ready()?;
     let instance = query.instance.as_deref().map(parse_instance_id).transpose()?;
     let filter =
-        EventFilter { service: query.service, instance, after_seq: query.after, limit: Some(limit(query.limit)) };
+        EventFilter { service: query.service, instance, after_seq: query.after, limit: Some(limit(query.limit)?) };
     let store = ready.store.clone();
     Ok(Json(blocking(move || store.events(&filter)).await?))
 }
@@ -372,6 +390,7 @@ pub(crate) async fn list_events(
 #[derive(Debug, Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct HeartbeatBatch {
+    #[serde(deserialize_with = "drover_model::objects::objects")]
     pub beats: Vec<Beat>,
 }
 
@@ -436,7 +455,8 @@ pub(crate) async fn post_chaos(
 pub struct ActionsQuery {
     /// Only actions of this service (by name).
     service: Option<String>,
-    /// At most this many, newest first (default 1000, at most 10000).
+    /// At most this many, newest first (default 1000).
+    #[param(minimum = 1, maximum = 10000)]
     limit: Option<usize>,
 }
 
@@ -448,6 +468,7 @@ pub(crate) async fn list_actions(
     Query(query): Query<ActionsQuery>,
 ) -> Result<Json<Vec<ActionRecord>>, ApiError> {
     let ready = state.ready()?;
+    let limit = limit(query.limit)?;
     let service = match query.service {
         None => None,
         Some(name) => {
@@ -456,7 +477,6 @@ pub(crate) async fn list_actions(
             Some(id.ok_or_else(|| ApiError::not_found(format!("no service named {name:?}")))?)
         }
     };
-    let limit = limit(query.limit);
     let store = ready.store.clone();
     Ok(Json(blocking(move || store.actions(service, limit)).await?))
 }
@@ -465,7 +485,8 @@ pub(crate) async fn list_actions(
 #[serde(deny_unknown_fields)]
 #[into_params(parameter_in = Query)]
 pub struct AuditQuery {
-    /// At most this many, newest first (default 1000, at most 10000).
+    /// At most this many, newest first (default 1000).
+    #[param(minimum = 1, maximum = 10000)]
     limit: Option<usize>,
 }
 
@@ -477,7 +498,7 @@ pub(crate) async fn list_audit(
     Query(query): Query<AuditQuery>,
 ) -> Result<Json<Vec<AuditEntry>>, ApiError> {
     let ready = state.ready()?;
-    let limit = limit(query.limit);
+    let limit = limit(query.limit)?;
     let store = ready.store.clone();
     Ok(Json(blocking(move || store.audit(limit)).await?))
 }
@@ -509,8 +530,9 @@ pub(crate) async fn metrics_text(State(state): State<AppState>) -> Response {
 /// This document.
 #[utoipa::path(get, path = "/openapi.json", tag = "health",
     responses((status = 200, description = "OpenAPI 3 document", content_type = "application/json")))]
-pub(crate) async fn openapi_json() -> Response {
-    ([(header::CONTENT_TYPE, HeaderValue::from_static("application/json"))], crate::openapi::document_json())
+pub(crate) async fn openapi_json(State(state): State<AppState>) -> Response {
+    let providers = state.ready.get().map(|r| r.providers.as_slice());
+    ([(header::CONTENT_TYPE, HeaderValue::from_static("application/json"))], crate::openapi::document_json(providers))
         .into_response()
 }
 

@@ -1,5 +1,9 @@
 //! The OpenAPI 3 document of the HTTP API, generated from the handlers'
-//! annotations and the model's schemas. Served at `/openapi.json`.
+//! annotations and the model's schemas, then completed by [`apply_rules`]
+//! with what the annotations cannot say once for every route (the error
+//! answers every route can give, the rules of shared parameters) and what
+//! only the running server knows (its providers). Served at `/openapi.json`;
+//! `scripts/fuzz-api` holds the server to it with schemathesis.
 
 use crate::error::ErrorBody;
 use crate::http::{self, ChaosRequest, Health, HeartbeatBatch, HeartbeatReceiptDoc};
@@ -7,7 +11,7 @@ use drover_model::{
     ActionKind, ActionRecord, ActionState, AuditEntry, BackupStatus, Beat, CreateService, EngineKind, Event,
     EventSubject, Facts, Fault, Image, InstanceState, InstanceView, Plan, Role, ServiceState, ServiceView,
 };
-use std::sync::OnceLock;
+use serde_json::{json, Value};
 use utoipa::OpenApi;
 
 #[derive(OpenApi)]
@@ -79,8 +83,160 @@ pub fn document() -> utoipa::openapi::OpenApi {
     ApiDoc::openapi()
 }
 
-/// The document as JSON, built once.
-pub fn document_json() -> String {
-    static JSON: OnceLock<String> = OnceLock::new();
-    JSON.get_or_init(|| document().to_pretty_json().unwrap_or_else(|e| format!("{{\"error\":\"{e}\"}}"))).clone()
+/// The document as served: the generated one with [`apply_rules`] applied.
+/// `providers` are the running server's (None while it starts).
+pub fn document_value(providers: Option<&[String]>) -> Value {
+    let mut doc = serde_json::to_value(document()).unwrap_or_else(|e| json!({"error": e.to_string()}));
+    apply_rules(&mut doc, providers);
+    doc
+}
+
+/// The document as JSON.
+pub fn document_json(providers: Option<&[String]>) -> String {
+    serde_json::to_string_pretty(&document_value(providers)).unwrap_or_else(|e| format!("{{\"error\":\"{e}\"}}"))
+}
+
+/// The syntax of a service name, as `CreateService::validate` checks it.
+pub const SERVICE_NAME_PATTERN: &str = "^[a-z0-9][a-z0-9-]*$";
+/// Printable ASCII without leading or trailing spaces, as `http::actor` checks it.
+pub const ACTOR_PATTERN: &str = "^[!-~]([ -~]*[!-~])?$";
+
+fn error_response(description: &str) -> Value {
+    json!({
+        "description": description,
+        "content": {"application/json": {"schema": {"$ref": "#/components/schemas/ErrorBody"}}}
+    })
+}
+
+/// Completes the generated document with what every route shares and what
+/// only the running server knows. Each rule names the code that enforces it.
+pub fn apply_rules(doc: &mut Value, providers: Option<&[String]>) {
+    unsigned_ranges(doc);
+    if let Some(paths) = doc.get_mut("paths").and_then(Value::as_object_mut) {
+        for (path, item) in paths.iter_mut() {
+            let Some(item) = item.as_object_mut() else { continue };
+            for (_method, op) in item.iter_mut() {
+                complete_operation(path, op);
+            }
+        }
+    }
+    let schemas = &mut doc["components"]["schemas"];
+    // Timestamp's Deserialize: RFC 3339, or integer microseconds since the epoch in jiff's range.
+    schemas["Timestamp"] = json!({"oneOf": [
+        {"type": "string", "format": "date-time"},
+        {"type": "integer", "format": "int64", "description": "Microseconds since the Unix epoch (requests only)",
+         "minimum": jiff::Timestamp::MIN.as_second() * 1_000_000, "maximum": jiff::Timestamp::MAX.as_second() * 1_000_000}
+    ]});
+    // CreateService::validate: zone names, and sync replication needs a follower
+    // (`followers` defaults to 0).
+    let create = &mut schemas["CreateService"];
+    create["properties"]["zones"]["items"] = json!({"type": "string", "minLength": 1, "maxLength": 63});
+    create["not"] = json!({
+        "description": "sync replication needs at least one follower",
+        "required": ["sync"],
+        "properties": {"sync": {"const": true}, "followers": {"maximum": 0}}
+    });
+    // create_service: a provider this server runs.
+    if let Some(providers) = providers {
+        let mut names: Vec<Value> = providers.iter().map(|p| json!(p)).collect();
+        names.push(Value::Null);
+        create["properties"]["provider"] = json!({
+            "type": ["string", "null"],
+            "enum": names,
+            "description": "A provider this server runs (default: the server's default provider)"
+        });
+    }
+    // integrations::from_alertmanager.
+    let am = &mut schemas["AlertmanagerPayload"]["properties"];
+    am["version"] = json!({"type": "string", "enum": ["4"]});
+    am["groupKey"] = json!({"type": "string", "minLength": 1});
+    am["status"] = json!({"type": "string", "enum": ["firing", "resolved"]});
+    // integrations::from_event_v2 (the cross-field rules are in its description).
+    let ev = &mut schemas["EventV2"]["properties"];
+    ev["event_action"] = json!({"type": "string", "enum": ["trigger", "acknowledge", "resolve"]});
+    ev["dedup_key"] = json!({"type": ["string", "null"], "minLength": 1,
+        "maxLength": drover_oncall::integrations::MAX_DEDUP_KEY,
+        "description": "Required to acknowledge or resolve; a trigger without one gets a new key"});
+    schemas["EventPayload"]["properties"]["severity"] =
+        json!({"type": "string", "enum": ["critical", "error", "warning", "info"]});
+}
+
+/// utoipa writes Rust's unsigned integers as `int32`/`int64` with `minimum: 0`,
+/// which fuzzers read as capped at the signed maximum; serde accepts up to
+/// the unsigned one. Says so wherever no tighter maximum is given.
+fn unsigned_ranges(value: &mut Value) {
+    match value {
+        Value::Object(fields) => {
+            let unsigned = fields.get("minimum").and_then(Value::as_u64) == Some(0) && !fields.contains_key("maximum");
+            let widened = match fields.get("format").and_then(Value::as_str) {
+                Some("int32") if unsigned => Some(("uint32", json!(u32::MAX))),
+                Some("int64") if unsigned => Some(("uint64", json!(u64::MAX))),
+                _ => None,
+            };
+            if let Some((format, maximum)) = widened {
+                fields.insert("format".into(), json!(format));
+                fields.insert("maximum".into(), maximum);
+            }
+            fields.values_mut().for_each(unsigned_ranges);
+        }
+        Value::Array(items) => items.iter_mut().for_each(unsigned_ranges),
+        _ => {}
+    }
+}
+
+fn complete_operation(path: &str, op: &mut Value) {
+    let mut has_params = false;
+    if let Some(params) = op.get_mut("parameters").and_then(Value::as_array_mut) {
+        for p in params.iter_mut() {
+            has_params = true;
+            let name = p["name"].as_str().unwrap_or_default().to_string();
+            let place = p["in"].as_str().unwrap_or_default().to_string();
+            match (place.as_str(), name.as_str()) {
+                // http::actor.
+                ("header", crate::http::ACTOR_HEADER) => {
+                    p["schema"] = json!({"type": "string", "minLength": 1,
+                        "maxLength": crate::http::MAX_ACTOR_LEN, "pattern": ACTOR_PATTERN});
+                }
+                // No service has a name outside CreateService's rules (404 then).
+                ("path", "name") => {
+                    p["schema"] = json!({"type": "string", "minLength": 1, "maxLength": 63,
+                        "pattern": SERVICE_NAME_PATTERN});
+                }
+                // http::parse_instance_id, routes::parse_page_id.
+                ("path", "id") => p["schema"] = json!({"type": "string", "format": "uuid"}),
+                _ => {}
+            }
+        }
+    }
+    let has_body = op.get("requestBody").is_some();
+    let Some(responses) = op.get_mut("responses").and_then(Value::as_object_mut) else { return };
+    let mut add = |code: &str, description: &str| {
+        responses.entry(code.to_string()).or_insert_with(|| error_response(description));
+    };
+    if has_params || has_body {
+        add("400", "Bad input: a parameter, header or body the API refuses");
+    }
+    if has_body {
+        // error::Json and the body limit in http::router.
+        add("413", "The body is over the size limit");
+        add("415", "The body is not `Content-Type: application/json`");
+        add("422", "The body is JSON of the wrong shape (a missing, unknown or mistyped field)");
+    }
+    // AppState::ready, the engine or store unavailable; not the two routes that need neither.
+    if path != "/metrics" && path != "/openapi.json" {
+        add("503", "Drover is starting or stopping, or its store cannot answer; retry");
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn the_documented_timestamp_range_is_the_one_accepted() {
+        let doc = super::document_value(None);
+        let micros = &doc["components"]["schemas"]["Timestamp"]["oneOf"][1];
+        let (min, max) = (micros["minimum"].as_i64().unwrap(), micros["maximum"].as_i64().unwrap());
+        let parse = |m: i64| serde_json::from_value::<drover_model::Timestamp>(serde_json::json!(m)).is_ok();
+        assert!(parse(min) && parse(max));
+        assert!(!parse(min - 1) && !parse(max + 1));
+    }
 }

@@ -238,11 +238,10 @@ async fn switchover_under_load_fails_no_statement_and_backups_restore_and_corrup
     let repo = t.dir.path().join("local/backups/repo/backup/pgsw");
     let victim = walk(&repo)
         .into_iter()
-        .filter(|p| {
+        .find(|p| {
             p.to_string_lossy().contains("pg_data/base/")
                 && std::fs::metadata(p).map(|m| m.len() > 1000).unwrap_or(false)
         })
-        .next()
         .expect("a data file in the backup set");
     let mut bytes = std::fs::read(&victim).unwrap();
     let mid = bytes.len() / 2;

@@ -295,8 +295,8 @@ impl Scenario {
         if s.fleet.zones.is_empty() || s.fleet.zones.len() > 200 {
             return Err(invalid("fleet.zones must list 1 to 200 zones".into()));
         }
-        if !(s.hours > 0.0) {
-            return Err(invalid("hours must be positive".into()));
+        if !s.hours.is_finite() || s.hours <= 0.0 {
+            return Err(invalid("hours must be a positive number".into()));
         }
         for f in &s.faults {
             let zone = match f {

@@ -899,10 +899,12 @@ impl Sim {
         let ok = ActionOutcome::Succeeded { detail: None };
         let fail = |e: &str, retryable: bool| ActionOutcome::Failed { error: e.into(), retryable };
         let known = self.by_id.get(&a.instance).copied();
-        if !self.building && a.kind != ActionKind::Probe && self.sc.provider.failure_rate > 0.0 {
-            if self.rng.random_bool(self.sc.provider.failure_rate.clamp(0.0, 1.0)) {
-                return fail("provider API error (simulated)", true);
-            }
+        if !self.building
+            && a.kind != ActionKind::Probe
+            && self.sc.provider.failure_rate > 0.0
+            && self.rng.random_bool(self.sc.provider.failure_rate.clamp(0.0, 1.0))
+        {
+            return fail("provider API error (simulated)", true);
         }
         if let ActionKind::Provision { role, zone, .. } = &a.kind {
             if let Some(i) = known {

@@ -54,7 +54,7 @@ fn service(n: u64, name: &str, state: ServiceState) -> ServiceRecord {
         state,
         created_at: Timestamp(T0 + n as i64),
         state_since: Timestamp(T0 + 10 + n as i64),
-        needs_human: n % 2 == 0,
+        needs_human: n.is_multiple_of(2),
         backups: BackupStatus { last_backup_at: Some(Timestamp(T0 + 5)), ..Default::default() },
     }
 }

@@ -53,7 +53,9 @@ fn parse_page_id(text: &str) -> Result<PageId, ApiError> {
 }
 
 /// Alertmanager's webhook receiver (payload version 4): one page per group.
-#[utoipa::path(post, path = "/v1/integrations/alertmanager", tag = "oncall", request_body(content = Object, description = "Prometheus Alertmanager webhook payload, version 4"), responses((status = 202, description = "Alerts taken: one page per alert group"), (status = 400, body = crate::error::ErrorBody), (status = 422, body = crate::error::ErrorBody)))]
+#[utoipa::path(post, path = "/v1/integrations/alertmanager", tag = "oncall",
+    request_body(content = AlertmanagerPayload, description = "Prometheus Alertmanager webhook payload, version 4"),
+    responses((status = 200, description = "Alerts taken: one page per alert group", body = AlertOutcome)))]
 pub(crate) async fn post_alertmanager(
     State(state): State<AppState>,
     Json(payload): Json<AlertmanagerPayload>,
@@ -66,7 +68,7 @@ pub(crate) async fn post_alertmanager(
     }
 }
 
-#[derive(Serialize)]
+#[derive(Serialize, utoipa::ToSchema)]
 pub struct EventResponse {
     status: &'static str,
     message: &'static str,
@@ -77,7 +79,9 @@ pub struct EventResponse {
 }
 
 /// Events API v2: trigger, acknowledge, resolve by `dedup_key`.
-#[utoipa::path(post, path = "/v1/integrations/events-v2", tag = "oncall", request_body(content = Object, description = "PagerDuty Events API v2 shaped event: routing_key, event_action, dedup_key, payload"), responses((status = 202, description = "Event processed"), (status = 400, body = crate::error::ErrorBody)))]
+#[utoipa::path(post, path = "/v1/integrations/events-v2", tag = "oncall",
+    request_body(content = EventV2, description = "PagerDuty Events API v2 shaped event: routing_key (a team name or one of its routing keys), event_action, dedup_key, payload"),
+    responses((status = 202, description = "Event processed", body = EventResponse)))]
 pub(crate) async fn post_event_v2(
     State(state): State<AppState>,
     Json(event): Json<EventV2>,
@@ -110,23 +114,40 @@ fn rand_u64() -> u64 {
     h.finish()
 }
 
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, utoipa::IntoParams)]
 #[serde(deny_unknown_fields)]
+#[into_params(parameter_in = Query)]
 pub struct PagesQuery {
     /// `triggered`, `acknowledged`, `resolved`, or `open` (the first two).
+    #[param(inline, value_type = Option<PagesStatus>)]
     status: Option<String>,
+    /// Only this team's pages.
     team: Option<String>,
+    /// At most this many (default 200).
+    #[param(minimum = 1, maximum = 10000)]
     limit: Option<usize>,
 }
 
+/// The `status` filter of `GET /v1/pages` (documentation only).
+#[derive(utoipa::ToSchema)]
+#[schema(rename_all = "snake_case")]
+#[allow(dead_code)]
+enum PagesStatus {
+    Triggered,
+    Acknowledged,
+    Resolved,
+    Open,
+}
+
 /// Pages, newest first.
-#[utoipa::path(get, path = "/v1/pages", tag = "oncall", params(("status" = Option<String>, Query, description = "triggered, acknowledged, resolved or open"), ("team" = Option<String>, Query, description = "Only this team's pages"), ("limit" = Option<usize>, Query, description = "At most this many")), responses((status = 200, description = "Pages: id, status, dedup_key, summary, team, level, ...", body = Object)))]
+#[utoipa::path(get, path = "/v1/pages", tag = "oncall", params(PagesQuery),
+    responses((status = 200, description = "Pages, newest first", body = Vec<Page>)))]
 pub(crate) async fn list_pages(
     State(state): State<AppState>,
     Query(q): Query<PagesQuery>,
 ) -> Result<Json<Vec<Page>>, ApiError> {
     let pager = pager(&state)?;
-    let limit = q.limit.unwrap_or(DEFAULT_LIMIT).clamp(1, MAX_LIMIT);
+    let limit = crate::http::limit_in(q.limit, DEFAULT_LIMIT, MAX_LIMIT)?;
     let (status, open_only) = match q.status.as_deref() {
         None => (None, false),
         Some("open") => (None, true),
@@ -150,7 +171,7 @@ pub(crate) async fn list_pages(
     Ok(Json(pages))
 }
 
-#[derive(Serialize)]
+#[derive(Serialize, utoipa::ToSchema)]
 pub struct PageDetail {
     #[serde(flatten)]
     page: Page,
@@ -159,7 +180,9 @@ pub struct PageDetail {
 }
 
 /// One page with its transitions and notifications.
-#[utoipa::path(get, path = "/v1/pages/{id}", tag = "oncall", params(("id" = String, Path, description = "Page id (UUID)")), responses((status = 200, description = "A page with its transitions and notifications", body = Object), (status = 404, body = crate::error::ErrorBody)))]
+#[utoipa::path(get, path = "/v1/pages/{id}", tag = "oncall", params(("id" = String, Path, description = "Page id (UUID)")),
+    responses((status = 200, description = "A page with its transitions and notifications", body = PageDetail),
+        (status = 404, body = crate::error::ErrorBody)))]
 pub(crate) async fn show_page(
     State(state): State<AppState>,
     Path(id): Path<String>,
@@ -173,16 +196,6 @@ pub(crate) async fn show_page(
     })
     .await?;
     detail.map(Json).ok_or_else(|| ApiError::not_found(format!("no page {id}")))
-}
-
-fn who(headers: &HeaderMap) -> String {
-    headers
-        .get(crate::http::ACTOR_HEADER)
-        .and_then(|v| v.to_str().ok())
-        .map(str::trim)
-        .filter(|v| !v.is_empty() && v.len() <= 128)
-        .unwrap_or("api")
-        .to_string()
 }
 
 async fn act(pager: &PagerHandle, id: PageId, input: Input) -> Result<Page, ApiError> {
@@ -208,7 +221,12 @@ async fn act(pager: &PagerHandle, id: PageId, input: Input) -> Result<Page, ApiE
     }
 }
 
-#[utoipa::path(post, path = "/v1/pages/{id}/ack", tag = "oncall", params(("id" = String, Path, description = "Page id (UUID)")), responses((status = 200, description = "The acknowledged page", body = Object), (status = 404, body = crate::error::ErrorBody), (status = 409, body = crate::error::ErrorBody)))]
+/// Acknowledge a page.
+#[utoipa::path(post, path = "/v1/pages/{id}/ack", tag = "oncall",
+    params(("id" = String, Path, description = "Page id (UUID)"),
+        ("x-drover-actor" = Option<String>, Header, description = "Who acknowledges")),
+    responses((status = 200, description = "The acknowledged page", body = Page), (status = 404, body = crate::error::ErrorBody),
+        (status = 409, body = crate::error::ErrorBody)))]
 pub(crate) async fn post_ack(
     State(state): State<AppState>,
     headers: HeaderMap,
@@ -216,10 +234,16 @@ pub(crate) async fn post_ack(
 ) -> Result<Json<Page>, ApiError> {
     let pager = pager(&state)?;
     let id = parse_page_id(&id)?;
-    Ok(Json(act(pager, id, Input::Acknowledge { page: id, by: who(&headers) }).await?))
+    let by = crate::http::actor(&headers)?;
+    Ok(Json(act(pager, id, Input::Acknowledge { page: id, by }).await?))
 }
 
-#[utoipa::path(post, path = "/v1/pages/{id}/resolve", tag = "oncall", params(("id" = String, Path, description = "Page id (UUID)")), responses((status = 200, description = "The resolved page", body = Object), (status = 404, body = crate::error::ErrorBody), (status = 409, body = crate::error::ErrorBody)))]
+/// Resolve a page.
+#[utoipa::path(post, path = "/v1/pages/{id}/resolve", tag = "oncall",
+    params(("id" = String, Path, description = "Page id (UUID)"),
+        ("x-drover-actor" = Option<String>, Header, description = "Who resolves")),
+    responses((status = 200, description = "The resolved page", body = Page), (status = 404, body = crate::error::ErrorBody),
+        (status = 409, body = crate::error::ErrorBody)))]
 pub(crate) async fn post_resolve(
     State(state): State<AppState>,
     headers: HeaderMap,
@@ -227,7 +251,8 @@ pub(crate) async fn post_resolve(
 ) -> Result<Json<Page>, ApiError> {
     let pager = pager(&state)?;
     let id = parse_page_id(&id)?;
-    Ok(Json(act(pager, id, Input::Resolve { page: id, by: who(&headers) }).await?))
+    let by = crate::http::actor(&headers)?;
+    Ok(Json(act(pager, id, Input::Resolve { page: id, by }).await?))
 }
 
 #[derive(Debug, Deserialize)]
@@ -252,7 +277,11 @@ async fn signed(state: AppState, id: String, q: SignedQuery, action: &'static st
 }
 
 /// The acknowledge link in a notification (`?sig=` is HMAC of page id and action).
-#[utoipa::path(get, path = "/v1/pages/{id}/ack", tag = "oncall", params(("id" = String, Path, description = "Page id (UUID)"), ("sig" = String, Query, description = "The link's signature")), responses((status = 200, description = "Acknowledged through a signed link", body = Object), (status = 403, body = crate::error::ErrorBody)))]
+#[utoipa::path(get, path = "/v1/pages/{id}/ack", tag = "oncall",
+    params(("id" = String, Path, description = "Page id (UUID)"), ("sig" = String, Query, description = "The link's signature")),
+    responses((status = 200, description = "Acknowledged through a signed link", body = Page),
+        (status = 403, body = crate::error::ErrorBody), (status = 404, body = crate::error::ErrorBody),
+        (status = 409, body = crate::error::ErrorBody)))]
 pub(crate) async fn link_ack(
     State(state): State<AppState>,
     Path(id): Path<String>,
@@ -261,7 +290,11 @@ pub(crate) async fn link_ack(
     signed(state, id, q, "ack").await
 }
 
-#[utoipa::path(get, path = "/v1/pages/{id}/resolve", tag = "oncall", params(("id" = String, Path, description = "Page id (UUID)"), ("sig" = String, Query, description = "The link's signature")), responses((status = 200, description = "Resolved through a signed link", body = Object), (status = 403, body = crate::error::ErrorBody)))]
+#[utoipa::path(get, path = "/v1/pages/{id}/resolve", tag = "oncall",
+    params(("id" = String, Path, description = "Page id (UUID)"), ("sig" = String, Query, description = "The link's signature")),
+    responses((status = 200, description = "Resolved through a signed link", body = Page),
+        (status = 403, body = crate::error::ErrorBody), (status = 404, body = crate::error::ErrorBody),
+        (status = 409, body = crate::error::ErrorBody)))]
 pub(crate) async fn link_resolve(
     State(state): State<AppState>,
     Path(id): Path<String>,
@@ -270,12 +303,17 @@ pub(crate) async fn link_resolve(
     signed(state, id, q, "resolve").await
 }
 
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, utoipa::IntoParams)]
 #[serde(deny_unknown_fields)]
+#[into_params(parameter_in = Query)]
 pub struct MetricsQuery {
+    /// The team (default: the default team).
     team: Option<String>,
+    /// Weeks back (default 8).
+    #[param(minimum = 1, maximum = 104)]
     weeks: Option<usize>,
     /// RFC 3339: metrics as of this instant (default: now).
+    #[param(format = DateTime)]
     at: Option<String>,
 }
 
@@ -305,7 +343,9 @@ async fn compute_metrics(state: &AppState, q: MetricsQuery) -> Result<(String, V
 }
 
 /// Pager metrics per week for a team, oldest week first.
-#[utoipa::path(get, path = "/v1/pager/metrics", tag = "oncall", params(("team" = Option<String>, Query, description = "Team"), ("weeks" = Option<usize>, Query, description = "Weeks back")), responses((status = 200, description = "One object per week: pages, rolling_average_4w, pages_per_on_call_person, business/off/sleep hours, time to acknowledge and resolve, bot-only share, noisiest", body = Object), (status = 404, body = crate::error::ErrorBody)))]
+#[utoipa::path(get, path = "/v1/pager/metrics", tag = "oncall", params(MetricsQuery),
+    responses((status = 200, description = "One object per week", body = Vec<metrics::WeekMetrics>),
+        (status = 404, body = crate::error::ErrorBody)))]
 pub(crate) async fn pager_metrics(
     State(state): State<AppState>,
     Query(q): Query<MetricsQuery>,
@@ -314,7 +354,9 @@ pub(crate) async fn pager_metrics(
 }
 
 /// The same as an SVG bar chart.
-#[utoipa::path(get, path = "/v1/pager/metrics.svg", tag = "oncall", params(("team" = Option<String>, Query, description = "Team"), ("weeks" = Option<usize>, Query, description = "Weeks back")), responses((status = 200, description = "The weekly pager chart", content_type = "image/svg+xml", body = String)))]
+#[utoipa::path(get, path = "/v1/pager/metrics.svg", tag = "oncall", params(MetricsQuery),
+    responses((status = 200, description = "The weekly pager chart", content_type = "image/svg+xml", body = String),
+        (status = 404, body = crate::error::ErrorBody)))]
 pub(crate) async fn pager_metrics_svg(
     State(state): State<AppState>,
     Query(q): Query<MetricsQuery>,
@@ -324,26 +366,31 @@ pub(crate) async fn pager_metrics_svg(
         .into_response())
 }
 
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, utoipa::IntoParams)]
 #[serde(deny_unknown_fields)]
+#[into_params(parameter_in = Query)]
 pub struct FeedQuery {
+    /// At most this many, newest first (default 200).
+    #[param(minimum = 1, maximum = 10000)]
     limit: Option<usize>,
+    /// Only posts with a sequence number above this.
     after: Option<i64>,
 }
 
 /// The company-wide feed, newest first: every page event.
-#[utoipa::path(get, path = "/v1/pager/feed", tag = "oncall", responses((status = 200, description = "The company-wide feed: every page change, visible to all", body = Object)))]
+#[utoipa::path(get, path = "/v1/pager/feed", tag = "oncall", params(FeedQuery),
+    responses((status = 200, description = "The company-wide feed: every page change, visible to all", body = Vec<super::store::FeedRecord>)))]
 pub(crate) async fn pager_feed(
     State(state): State<AppState>,
     Query(q): Query<FeedQuery>,
 ) -> Result<Json<Vec<super::store::FeedRecord>>, ApiError> {
     let pager = pager(&state)?;
     let store = pager.store.clone();
-    let limit = q.limit.unwrap_or(DEFAULT_LIMIT).clamp(1, MAX_LIMIT);
+    let limit = crate::http::limit_in(q.limit, DEFAULT_LIMIT, MAX_LIMIT)?;
     Ok(Json(blocking(move || store.feed(limit, q.after)).await?))
 }
 
-#[derive(Serialize)]
+#[derive(Serialize, utoipa::ToSchema)]
 pub struct OnCall {
     team: String,
     schedule: String,
@@ -352,7 +399,8 @@ pub struct OnCall {
 }
 
 /// Who is on call now, per team schedule (and the incident commander).
-#[utoipa::path(get, path = "/v1/pager/oncall", tag = "oncall", responses((status = 200, description = "Who is on call now, per team and level", body = Object)))]
+#[utoipa::path(get, path = "/v1/pager/oncall", tag = "oncall",
+    responses((status = 200, description = "Who is on call now, per team schedule; team `*` is the incident commander", body = Vec<OnCall>)))]
 pub(crate) async fn on_call_now(State(state): State<AppState>) -> Result<Json<Vec<OnCall>>, ApiError> {
     let pager = pager(&state)?;
     let now = crate::runtime::now();

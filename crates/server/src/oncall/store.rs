@@ -31,7 +31,7 @@ pub struct OncallStore {
 }
 
 /// A notification as stored, with how its delivery went.
-#[derive(Clone, Debug, Serialize)]
+#[derive(Clone, Debug, Serialize, utoipa::ToSchema)]
 pub struct NotificationRecord {
     #[serde(flatten)]
     pub notification: Notification,
@@ -44,7 +44,7 @@ pub struct NotificationRecord {
     pub delivered_at: Option<Timestamp>,
 }
 
-#[derive(Clone, Debug, Serialize)]
+#[derive(Clone, Debug, Serialize, utoipa::ToSchema)]
 pub struct FeedRecord {
     pub seq: i64,
     #[serde(flatten)]
