@@ -30,6 +30,7 @@ fn instance_id() -> InstanceId {
 fn test_config() -> LocalConfig {
     LocalConfig {
         probe_interval: Duration::from_millis(200),
+        same_host_evidence: true,
         stop_timeout: Duration::from_secs(5),
         kill_servers_on_drop: true,
         archive_command: None,
@@ -264,7 +265,7 @@ async fn kill_9_of_the_primary_is_reported_at_once_and_failover_keeps_the_url_an
     assert!(gone_after < Duration::from_secs(1), "Gone after {gone_after:?}");
 
     let failover = Instant::now();
-    h.ok(primary, ActionKind::Fence).await;
+    h.ok(primary, ActionKind::Fence { immediate: true }).await;
     h.ok(follower, ActionKind::Promote).await;
     let failover_took = failover.elapsed();
 
@@ -333,7 +334,7 @@ async fn hang_fails_probes_heal_restores_them_partition_silences_beats_and_a_hun
     let pgdata = h.provider.instance_info(primary).unwrap().data_dir.canonicalize().unwrap();
     h.ok(primary, ActionKind::InjectFault { fault: Fault::Hang }).await;
     let fencing = Instant::now();
-    h.ok(primary, ActionKind::Fence).await;
+    h.ok(primary, ActionKind::Fence { immediate: true }).await;
     assert!(fencing.elapsed() < Duration::from_secs(3), "fence of a hung server took {:?}", fencing.elapsed());
     let survivors: Vec<_> = std::fs::read_dir("/proc")
         .unwrap()
@@ -372,7 +373,7 @@ async fn every_action_run_twice_has_the_effect_of_once_and_a_terminated_id_is_ne
     twice(&h, primary, ActionKind::Restart).await;
     twice(&h, follower, ActionKind::InjectFault { fault: Fault::Partition }).await;
     twice(&h, follower, ActionKind::InjectFault { fault: Fault::Heal }).await;
-    twice(&h, primary, ActionKind::Fence).await;
+    twice(&h, primary, ActionKind::Fence { immediate: true }).await;
     assert!(h.provider.instance_info(primary).unwrap().pid.is_none());
     twice(&h, follower, ActionKind::Promote).await;
     let client = through_router(&h.url()).await.unwrap();
@@ -389,7 +390,7 @@ async fn every_action_run_twice_has_the_effect_of_once_and_a_terminated_id_is_ne
         other => panic!("a late provision of a terminated id: {other:?}"),
     }
     // Fencing something never known succeeds: it cannot write.
-    twice(&h, instance_id(), ActionKind::Fence).await;
+    twice(&h, instance_id(), ActionKind::Fence { immediate: true }).await;
     match h.run(follower, ActionKind::Backup).await {
         ActionOutcome::Failed { retryable: false, .. } => {}
         other => panic!("backup is not wired yet: {other:?}"),

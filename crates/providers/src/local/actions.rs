@@ -16,8 +16,12 @@ const STREAM_TIMEOUT: Duration = Duration::from_secs(60);
 const SYNC_TIMEOUT: Duration = Duration::from_secs(10);
 /// pg_promote's own wait.
 const PROMOTE_WAIT_SECONDS: u32 = 60;
-/// Probe: the server must answer SELECT 1 within this (the brief's 1 s).
-const PROBE_TIMEOUT: Duration = Duration::from_secs(1);
+/// Probe: the server must answer SELECT 1 on a fresh connection within
+/// this. A healthy local server answers in a few milliseconds (a backend
+/// fork and one query), so 500 ms is a hundred times that, enough for a busy
+/// machine; a frozen one never answers, so this is what a frozen host costs
+/// on top of the silence (`UNCERTAIN_AFTER`): together under 2 s.
+const PROBE_TIMEOUT: Duration = Duration::from_millis(500);
 /// One SQL statement the provider runs as part of an action.
 const SQL_TIMEOUT: Duration = Duration::from_secs(10);
 /// Quorum sync replication to any one streaming follower (Patroni's
@@ -55,7 +59,7 @@ impl Inner {
                 self.provision(id, action.service, *role, service_name, *sync).await
             }
             ActionKind::Probe => self.probe(id).await,
-            ActionKind::Fence => self.fence(id).await,
+            ActionKind::Fence { immediate } => self.fence(id, *immediate).await,
             ActionKind::Promote => self.promote(id).await,
             ActionKind::Restart => self.restart(id).await,
             ActionKind::Retire => self.retire(id).await,
@@ -417,16 +421,25 @@ impl Inner {
         if !entry.should_run() {
             return Err(fatal(format!("instance is {}", if entry.fenced { "fenced" } else { "not active" })));
         }
-        let process = self.server(id).ok_or_else(|| fatal("no postmaster"))?;
-        match process::proc_state(process.pid) {
-            ProcState::Live if !process.has_exited() => {}
-            state => return Err(fatal(format!("postmaster {} is {state:?}", process.pid))),
+        if self.config.same_host_evidence {
+            // Same-host shortcuts: a dead or stopped postmaster fails the
+            // probe at once, without waiting for the query's timeout.
+            let process = self.server(id).ok_or_else(|| fatal("no postmaster"))?;
+            match process::proc_state(process.pid) {
+                ProcState::Live if !process.has_exited() => {}
+                state => return Err(fatal(format!("postmaster {} is {state:?}", process.pid))),
+            }
         }
         postgres::answers(&entry, PROBE_TIMEOUT).await.map_err(fatal)?;
         Ok(Some("answers SELECT 1".into()))
     }
 
-    async fn fence(self: &Arc<Self>, id: InstanceId) -> Done {
+    /// Stops the instance for good. `immediate` (a failover: the engine
+    /// already judged it unavailable): the router drops its connections at
+    /// once and the server is killed (the local form of powering off a
+    /// frozen host). Otherwise (a switchover): running statements finish,
+    /// clients queue, and the server shuts down cleanly.
+    async fn fence(self: &Arc<Self>, id: InstanceId, immediate: bool) -> Done {
         let Some(entry) = self.entry(id) else {
             return Ok(Some("unknown instance: nothing can write".into()));
         };
@@ -434,9 +447,13 @@ impl Inner {
         if routed_here && !entry.fenced {
             // Clients queue at the router instead of erroring while the
             // primary changes. Best effort: a fence never waits on the router.
-            self.pause_router(entry.service).await;
+            self.pause_router(entry.service, immediate).await;
         }
-        self.stop_server(id, Some(&entry)).await?;
+        if immediate {
+            self.kill_server(id, Some(&entry)).await?;
+        } else {
+            self.stop_server(id, Some(&entry)).await?;
+        }
         let newly = {
             let mut registry = lock(&self.registry);
             match registry.instances.get_mut(&id) {
@@ -687,19 +704,28 @@ impl Inner {
         Ok(Some(detail.into()))
     }
 
-    /// Pauses the service's router (bounded wait) and arms the watchdog that
-    /// resumes it if nothing else does within [`MAX_ROUTER_PAUSE`].
-    async fn pause_router(self: &Arc<Self>, service_id: ServiceId) {
+    /// Holds the service's clients at its router while the primary changes,
+    /// and arms the watchdog that resumes it if nothing else does within
+    /// [`MAX_ROUTER_PAUSE`]. `cut_off`: drop every connection at once (the
+    /// primary is unavailable: what runs on it cannot finish, and a PAUSE
+    /// would wait for it until [`ROUTER_COMMAND_TIMEOUT`]); otherwise PAUSE,
+    /// which lets running statements finish (bounded wait).
+    async fn pause_router(self: &Arc<Self>, service_id: ServiceId, cut_off: bool) {
         let Ok(service) = self.service(service_id) else {
             return;
         };
         if lock(&self.routers).get(&service_id).is_none_or(|p| p.has_exited()) {
             return;
         }
-        // PAUSE waits for running transactions: on a dead or hung primary
-        // it may never complete. The admin connection is dropped on timeout,
-        // but pgbouncer stays in "pausing" and queues new clients: enough.
-        if let Err(error) = router::pause(&service, ROUTER_COMMAND_TIMEOUT).await {
+        if cut_off {
+            if let Err(error) = router::cut_off(&service, ROUTER_COMMAND_TIMEOUT).await {
+                tracing::warn!(service = %service.name, %error, "router cut-off not confirmed; fencing anyway");
+            }
+        } else if let Err(error) = router::pause(&service, ROUTER_COMMAND_TIMEOUT).await {
+            // PAUSE waits for running transactions: on a dead or hung primary
+            // it may never complete. The admin connection is dropped on
+            // timeout, but pgbouncer stays in "pausing" and queues new
+            // clients: enough.
             tracing::info!(service = %service.name, %error, "router pause not confirmed; fencing anyway");
         }
         let paused_at = Instant::now();

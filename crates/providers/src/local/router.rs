@@ -1,7 +1,8 @@
 //! The router: one pgbouncer per service on a fixed loopback port, so the
 //! service's URL never changes when its primary does. Switching primary is
 //! PAUSE → rewrite `[databases]` → RELOAD → RESUME: clients queue during the
-//! switch instead of seeing errors.
+//! switch instead of seeing errors. A failover cuts the old primary off
+//! with `KILL` instead of PAUSE (see [`cut_off`]).
 //!
 //! pgbouncer 1.18 (Debian bookworm) does not track prepared statements in
 //! transaction pooling: clients of the URL must use the simple protocol or
@@ -15,6 +16,8 @@ use std::time::Duration;
 use tokio_postgres::NoTls;
 
 const DEFAULT_PGBOUNCER: &str = "/usr/sbin/pgbouncer";
+/// The one database a router serves (the name in the service's URL).
+const DATABASE: &str = "postgres";
 
 pub fn binary() -> PathBuf {
     let default = PathBuf::from(DEFAULT_PGBOUNCER);
@@ -43,7 +46,7 @@ pub fn write_config(run_as: &RunAs, dir: &Path, service: &ServiceEntry, primary_
     let ini = format!(
         "; Written by drover's local provider for service {name}; changes here are overwritten.\n\
          [databases]\n\
-         postgres = host=127.0.0.1 port={primary_port} dbname=postgres user={ROLE}\n\
+         {DATABASE} = host=127.0.0.1 port={primary_port} dbname=postgres user={ROLE}\n\
          \n\
          [pgbouncer]\n\
          listen_addr = 127.0.0.1\n\
@@ -58,9 +61,12 @@ pub fn write_config(run_as: &RunAs, dir: &Path, service: &ServiceEntry, primary_
          pidfile = {pidfile}\n\
          ; Clients queued behind a PAUSE (a failover) wait up to this long.\n\
          query_wait_timeout = 120\n\
-         ; Retry a failed server login quickly: right after a failover the\n\
-         ; first login may hit the old primary (default 15 s).\n\
-         server_login_retry = 1\n\
+         ; A login to the server that failed (the old primary, in the moment\n\
+         ; it died) is retried after this, and until then clients are refused.\n\
+         ; The default 15 s (and even 1 s) outlasts a whole failover: after the\n\
+         ; switch the new primary must be tried at once. Loopback connects\n\
+         ; are cheap, so retrying a dead server ten times a second costs nothing.\n\
+         server_login_retry = 0.1\n\
          server_connect_timeout = 5\n\
          ignore_startup_parameters = extra_float_digits,options\n",
         name = service.name,
@@ -98,12 +104,32 @@ pub async fn admin(service: &ServiceEntry, command: &str, timeout: Duration) -> 
         .map_err(|e| format!("router command {command}: {e}"))
 }
 
-/// RESUME, treating "not paused" as success.
+/// Ends both kinds of hold: RESUME (after PAUSE) and `RESUME <db>` (after
+/// [`cut_off`]), treating "not paused" as success.
 pub async fn resume(service: &ServiceEntry, timeout: Duration) -> Result<(), String> {
-    match admin(service, "RESUME", timeout).await {
-        Ok(()) => Ok(()),
-        Err(e) if e.contains("not paused") => Ok(()),
-        Err(e) => Err(e),
+    for command in ["RESUME".to_string(), format!("RESUME {DATABASE}")] {
+        match admin(service, &command, timeout).await {
+            Ok(()) => {}
+            Err(e) if e.contains("not paused") => {}
+            Err(e) => return Err(e),
+        }
+    }
+    Ok(())
+}
+
+/// `KILL <db>`: drops every client and server connection of the service at
+/// once and holds new clients (they wait, as behind PAUSE) until
+/// [`resume`]. For a primary already judged unavailable: PAUSE would wait
+/// for transactions that can never finish on it. KILL is refused while a
+/// PAUSE is under way; that PAUSE is ended first.
+pub async fn cut_off(service: &ServiceEntry, timeout: Duration) -> Result<(), String> {
+    let kill = format!("KILL {DATABASE}");
+    match admin(service, &kill, timeout).await {
+        Err(e) if e.contains("already suspended/paused") => {
+            resume(service, timeout).await?;
+            admin(service, &kill, timeout).await
+        }
+        other => other,
     }
 }
 
