@@ -1,8 +1,10 @@
 //! The router: one pgbouncer per service on a fixed loopback port, so the
 //! service's URL never changes when its primary does. Switching primary is
 //! PAUSE → rewrite `[databases]` → RELOAD → RESUME: clients queue during the
-//! switch instead of seeing errors. A failover cuts the old primary off
-//! with `KILL` instead of PAUSE (see [`cut_off`]).
+//! switch instead of seeing errors. A failover does not wait for the old
+//! primary: `PAUSE <db>` holds new queries, the server is killed (its
+//! connections close, the PAUSE completes), and `KILL <db>` ([`cut_off`])
+//! drops what a dead server left open.
 //!
 //! pgbouncer 1.18 (Debian bookworm) does not track prepared statements in
 //! transaction pooling: clients of the URL must use the simple protocol or
@@ -79,6 +81,15 @@ pub fn write_config(run_as: &RunAs, dir: &Path, service: &ServiceEntry, primary_
 
 /// Runs one admin console command (PAUSE, RELOAD, RESUME, SHOW …) within `timeout`.
 pub async fn admin(service: &ServiceEntry, command: &str, timeout: Duration) -> Result<(), String> {
+    admin_rows(service, command, timeout).await.map(|_| ())
+}
+
+/// [`admin`], returning the rows it answered.
+async fn admin_rows(
+    service: &ServiceEntry,
+    command: &str,
+    timeout: Duration,
+) -> Result<Vec<tokio_postgres::SimpleQueryRow>, String> {
     let attempt = async {
         let mut config = tokio_postgres::Config::new();
         config
@@ -95,8 +106,15 @@ pub async fn admin(service: &ServiceEntry, command: &str, timeout: Duration) -> 
         tokio::spawn(async move {
             let _ = connection.await;
         });
-        client.simple_query(command).await.map_err(|e| error_text(&e))?;
-        Ok::<(), String>(())
+        let messages = client.simple_query(command).await.map_err(|e| error_text(&e))?;
+        let rows = messages
+            .into_iter()
+            .filter_map(|m| match m {
+                tokio_postgres::SimpleQueryMessage::Row(row) => Some(row),
+                _ => None,
+            })
+            .collect();
+        Ok::<_, String>(rows)
     };
     tokio::time::timeout(timeout, attempt)
         .await
@@ -117,11 +135,35 @@ pub async fn resume(service: &ServiceEntry, timeout: Duration) -> Result<(), Str
     Ok(())
 }
 
+/// `PAUSE <db>`: new queries of the service wait; answers once none of its
+/// server connections is active. The database is marked paused as soon as
+/// pgbouncer reads the command ([`database_paused`] sees it), before the
+/// answer.
+pub async fn pause_database(service: &ServiceEntry, timeout: Duration) -> Result<(), String> {
+    match admin(service, &format!("PAUSE {DATABASE}"), timeout).await {
+        Ok(()) => Ok(()),
+        // A global PAUSE (a switchover) already holds everything.
+        Err(e) if e.contains("already") => Ok(()),
+        Err(e) => Err(e),
+    }
+}
+
+/// Whether the service's database is held (by `PAUSE <db>` or `KILL <db>`).
+pub async fn database_paused(service: &ServiceEntry, timeout: Duration) -> Result<bool, String> {
+    let rows = admin_rows(service, "SHOW DATABASES", timeout).await?;
+    let row = rows
+        .iter()
+        .find(|r| r.try_get("name").ok().flatten() == Some(DATABASE))
+        .ok_or_else(|| format!("the router does not list the database {DATABASE}"))?;
+    Ok(row.try_get("paused").ok().flatten() == Some("1"))
+}
+
 /// `KILL <db>`: drops every client and server connection of the service at
 /// once and holds new clients (they wait, as behind PAUSE) until
-/// [`resume`]. For a primary already judged unavailable: PAUSE would wait
-/// for transactions that can never finish on it. KILL is refused while a
-/// PAUSE is under way; that PAUSE is ended first.
+/// [`resume`]. For server connections a dead primary left open (a host
+/// powered off closes nothing): PAUSE would wait for them until its
+/// timeout. Idle clients lose their connections too, which is why it is the
+/// last resort. KILL is refused during a global PAUSE; that is ended first.
 pub async fn cut_off(service: &ServiceEntry, timeout: Duration) -> Result<(), String> {
     let kill = format!("KILL {DATABASE}");
     match admin(service, &kill, timeout).await {
