@@ -268,10 +268,13 @@ enum BenchCmd {
         #[arg(long, default_value_t = 10)]
         rounds: usize,
     },
-    /// Kill -9 failovers of a real local HA pair under write load.
+    /// Failovers of a real local HA pair under write load (a crash or a hang of its primary).
     Failover {
         #[arg(long, default_value = "postgres")]
         engine: String,
+        /// `crash` (kill -9) or `hang` (SIGSTOP, without same-host evidence).
+        #[arg(long, default_value = "crash", value_parser = ["crash", "hang"])]
+        fault: String,
         #[arg(long, default_value_t = 5)]
         runs: usize,
     },
@@ -407,7 +410,7 @@ async fn run(cli: Cli, no_local_set: bool) -> anyhow::Result<()> {
             agent::run(options, shutdown_signal()).await
         }
         Cmd::Bench(BenchCmd::Heartbeats { instances, rounds }) => bench::heartbeats(instances, rounds),
-        Cmd::Bench(BenchCmd::Failover { engine, runs }) => bench::failover(&engine, runs).await,
+        Cmd::Bench(BenchCmd::Failover { engine, fault, runs }) => bench::failover(&engine, &fault, runs).await,
         Cmd::Bench(BenchCmd::Alerts { alerts, keys, producers }) => pages::bench_alerts(alerts, keys, producers).await,
         Cmd::Pages { cmd, status, team, .. } => pages::pages(&client, cmd, status, team, json).await,
         Cmd::Pager { cmd, .. } => pages::pager(&client, &server, cmd, json).await,

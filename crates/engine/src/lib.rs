@@ -1237,7 +1237,7 @@ impl Engine {
         let Some(&slot) = self.instance_index.get(&a.record.instance) else { return false };
         let Some(inst) = self.instances.get(slot) else { return false };
         match a.record.kind {
-            ActionKind::Fence => inst.state == InstanceState::Unavailable && !inst.fenced,
+            ActionKind::Fence { .. } => inst.state == InstanceState::Unavailable && !inst.fenced,
             ActionKind::Restart => inst.state == InstanceState::Unavailable,
             ActionKind::Promote => {
                 inst.state == InstanceState::Available && self.current_primary(inst.service).is_none()
@@ -1302,7 +1302,7 @@ impl Engine {
                 }
                 self.schedule_instance(slot, now);
             }
-            ActionKind::Fence => {
+            ActionKind::Fence { .. } => {
                 if let Some(i) = self.instances.get_mut(slot) {
                     i.fenced = true;
                 }
@@ -1375,7 +1375,7 @@ impl Engine {
             ActionKind::Promote => {
                 self.evidence(slot, &format!("promotion failed: {error}"), now, out);
             }
-            ActionKind::Fence | ActionKind::Retire | ActionKind::Archive | ActionKind::Terminate => {
+            ActionKind::Fence { .. } | ActionKind::Retire | ActionKind::Archive | ActionKind::Terminate => {
                 // Without a confirmed fence nothing may be promoted; without
                 // a retire the instance lingers. Both need a person.
                 if let Some(s) = sslot {
@@ -1564,7 +1564,8 @@ impl Engine {
                 }
                 let restarts = self.instances.get(p).map(|x| x.restarts).unwrap_or(0);
                 if self.best_follower(sslot, now).is_some() {
-                    self.open_action(p, ActionKind::Fence, "failover: fence the unavailable primary", true, now, out);
+                    let fence = ActionKind::Fence { immediate: true };
+                    self.open_action(p, fence, "failover: fence the unavailable primary", true, now, out);
                 } else if restarts < MAX_RESTARTS {
                     self.open_action(
                         p,
@@ -1577,7 +1578,7 @@ impl Engine {
                 } else {
                     self.open_action(
                         p,
-                        ActionKind::Fence,
+                        ActionKind::Fence { immediate: true },
                         "restart did not bring the primary back: fence it, then rebuild",
                         true,
                         now,
@@ -2069,7 +2070,7 @@ impl Engine {
                 }
                 self.open_action(
                     primary,
-                    ActionKind::Fence,
+                    ActionKind::Fence { immediate: false },
                     "switchover: fence the primary, then promote the most advanced follower",
                     true,
                     now,

@@ -232,7 +232,7 @@ fn mass_uncertainty_engages_the_brake_once_and_holds_silence_based_remedies() {
         .store
         .actions
         .values()
-        .all(|a| !matches!(a.kind, ActionKind::Fence | ActionKind::Promote | ActionKind::Restart)));
+        .all(|a| !matches!(a.kind, ActionKind::Fence { .. } | ActionKind::Promote | ActionKind::Restart)));
     // The zone comes back: instances recover and the brake releases.
     for id in &zone_a {
         h.world.insts.get_mut(id).unwrap().partitioned = false;
@@ -290,12 +290,13 @@ fn restart_mid_failover_resumes_with_a_new_attempt_and_never_promotes_twice() {
     h.auto_execute = false;
     for _ in 0..100 {
         h.advance(Duration::from_millis(100));
-        if h.inflight.iter().any(|a| a.kind == ActionKind::Fence) {
+        if h.inflight.iter().any(|a| matches!(a.kind, ActionKind::Fence { .. })) {
             break;
         }
         h.run_actions();
     }
-    let fence = h.inflight.iter().find(|a| a.kind == ActionKind::Fence).cloned().expect("fence dispatched");
+    let fence =
+        h.inflight.iter().find(|a| matches!(a.kind, ActionKind::Fence { .. })).cloned().expect("fence dispatched");
     h.world.execute(&fence); // the provider did it; the answer is lost
     h.crash_and_restore();
     let redispatched = h.inflight.iter().find(|a| a.id == fence.id).expect("fence re-dispatched after restart");

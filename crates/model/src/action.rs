@@ -58,7 +58,16 @@ pub enum ActionKind {
     /// Ask the provider, out of band, whether the instance is alive.
     Probe,
     /// Make sure the instance can no longer accept writes.
-    Fence,
+    Fence {
+        /// Cut it off at once: its clients are disconnected and it is
+        /// stopped without a graceful shutdown. For a primary already judged
+        /// `unavailable` (a failover): nothing it runs can finish, so waiting
+        /// for its transactions only delays the promotion. False (a planned
+        /// switchover, and every record stored before this field existed):
+        /// running statements finish first and clients queue, none fails.
+        #[serde(default)]
+        immediate: bool,
+    },
     /// Make a follower the primary.
     Promote,
     Restart,
@@ -84,7 +93,7 @@ impl ActionKind {
         match self {
             ActionKind::Provision { .. } => "provision",
             ActionKind::Probe => "probe",
-            ActionKind::Fence => "fence",
+            ActionKind::Fence { .. } => "fence",
             ActionKind::Promote => "promote",
             ActionKind::Restart => "restart",
             ActionKind::Retire => "retire",
@@ -98,7 +107,10 @@ impl ActionKind {
     /// Destructive actions change what serves the service; they pause under
     /// the mass-uncertainty brake and count against zone budgets.
     pub fn is_destructive(&self) -> bool {
-        matches!(self, ActionKind::Provision { .. } | ActionKind::Fence | ActionKind::Promote | ActionKind::Restart)
+        matches!(
+            self,
+            ActionKind::Provision { .. } | ActionKind::Fence { .. } | ActionKind::Promote | ActionKind::Restart
+        )
     }
 }
 impl fmt::Debug for ActionKind {

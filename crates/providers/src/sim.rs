@@ -47,7 +47,9 @@ const MIN_HEARTBEAT_INTERVAL: Duration = Duration::from_millis(1);
 
 #[derive(Clone, Debug)]
 pub struct SimConfig {
-    /// How often every audible instance beats. 1 s matches what real agents send.
+    /// How often every audible instance beats: by default as often as the
+    /// local provider's agent ([`crate::local::HEARTBEAT_INTERVAL`]), so one
+    /// control plane's silence bound fits both.
     pub heartbeat_interval: Duration,
     /// Each execute() sleeps this long before acting, so the engine sees
     /// actions in flight as it would with a real provider.
@@ -56,7 +58,7 @@ pub struct SimConfig {
 
 impl Default for SimConfig {
     fn default() -> Self {
-        SimConfig { heartbeat_interval: Duration::from_secs(1), action_latency: Duration::from_millis(50) }
+        SimConfig { heartbeat_interval: crate::local::HEARTBEAT_INTERVAL, action_latency: Duration::from_millis(50) }
     }
 }
 

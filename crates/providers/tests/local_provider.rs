@@ -30,6 +30,7 @@ fn instance_id() -> InstanceId {
 fn test_config() -> LocalConfig {
     LocalConfig {
         probe_interval: Duration::from_millis(200),
+        same_host_evidence: true,
         stop_timeout: Duration::from_secs(5),
         kill_servers_on_drop: true,
         archive_command: None,
@@ -265,7 +266,7 @@ async fn kill_9_of_the_primary_is_reported_at_once_and_failover_keeps_the_url_an
     assert!(gone_after < Duration::from_secs(1), "Gone after {gone_after:?}");
 
     let failover = Instant::now();
-    h.ok(primary, ActionKind::Fence).await;
+    h.ok(primary, ActionKind::Fence { immediate: true }).await;
     h.ok(follower, ActionKind::Promote).await;
     let failover_took = failover.elapsed();
 
@@ -330,12 +331,23 @@ async fn hang_fails_probes_heal_restores_them_partition_silences_beats_and_a_hun
     h.ok(primary, ActionKind::InjectFault { fault: Fault::Heal }).await;
     beats_until(&mut events, Duration::from_secs(5), |b| beat_of(b, primary).is_some()).await;
 
-    // A hung primary is fenced at once (a stopped process cannot shut down: it is killed).
+    // A hung primary is fenced at once (a stopped process cannot shut down:
+    // it is killed), and a failover fence does not wait for the statement
+    // stuck on it (a PAUSE would, until its 3 s timeout): the router drops
+    // that client, which sees an error instead of hanging.
     let pgdata = h.provider.instance_info(primary).unwrap().data_dir.canonicalize().unwrap();
     h.ok(primary, ActionKind::InjectFault { fault: Fault::Hang }).await;
+    let stuck = through_router(&h.url()).await.expect("the router accepts clients of a hung server");
+    let stuck = tokio::spawn(async move { stuck.batch_execute("INSERT INTO items VALUES (2)").await });
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    assert!(!stuck.is_finished(), "the statement reached the hung server and waits");
     let fencing = Instant::now();
-    h.ok(primary, ActionKind::Fence).await;
-    assert!(fencing.elapsed() < Duration::from_secs(3), "fence of a hung server took {:?}", fencing.elapsed());
+    h.ok(primary, ActionKind::Fence { immediate: true }).await;
+    assert!(fencing.elapsed() < Duration::from_secs(2), "fence of a hung server took {:?}", fencing.elapsed());
+    match tokio::time::timeout(Duration::from_secs(2), stuck).await {
+        Ok(Ok(Err(_))) => {}
+        other => panic!("the client stuck on the hung primary should be cut off with an error: {other:?}"),
+    }
     let survivors: Vec<_> = std::fs::read_dir("/proc")
         .unwrap()
         .flatten()
@@ -350,6 +362,48 @@ async fn hang_fails_probes_heal_restores_them_partition_silences_beats_and_a_hun
 }
 
 /// Runs `kind` twice and checks both attempts succeed.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn without_same_host_evidence_a_hung_server_fails_its_probe_over_the_connection_and_a_crash_is_not_reported() {
+    let dir = temp_dir();
+    let h = Harness::open(
+        &dir,
+        "remote",
+        ServiceId::new_at(now_micros(), fresh_id()),
+        LocalConfig { same_host_evidence: false, ..test_config() },
+    );
+    let primary = instance_id();
+    h.ok(primary, h.provision_kind(Role::Primary)).await;
+    h.ok(primary, ActionKind::Probe).await;
+    let mut events = h.events();
+
+    h.ok(primary, ActionKind::InjectFault { fault: Fault::Hang }).await;
+    let started = Instant::now();
+    match h.run(primary, ActionKind::Probe).await {
+        ActionOutcome::Failed { error, retryable: false } => {
+            assert!(!error.contains("Stopped"), "not read from /proc: {error}")
+        }
+        other => panic!("probe of a hung server: {other:?}"),
+    }
+    let took = started.elapsed();
+    assert!(took >= Duration::from_millis(400), "the probe waited for its timeout, not /proc: {took:?}");
+    assert!(took < Duration::from_secs(2), "a probe is bounded: {took:?}");
+    h.ok(primary, ActionKind::InjectFault { fault: Fault::Heal }).await;
+    h.ok(primary, ActionKind::Probe).await;
+
+    while events.try_recv().is_ok() {}
+    h.ok(primary, ActionKind::InjectFault { fault: Fault::Crash }).await;
+    let watch_until = Instant::now() + Duration::from_millis(1500);
+    while let Ok(Some(event)) =
+        tokio::time::timeout(watch_until.saturating_duration_since(Instant::now()), events.recv()).await
+    {
+        assert!(!matches!(event, ProviderEvent::Gone { .. }), "a same-host report: {event:?}");
+    }
+    match h.run(primary, ActionKind::Probe).await {
+        ActionOutcome::Failed { retryable: false, .. } => {}
+        other => panic!("probe of a dead server: {other:?}"),
+    }
+}
+
 async fn twice(h: &Harness, instance: InstanceId, kind: ActionKind) {
     for attempt in 1..=2 {
         match h.run(instance, kind.clone()).await {
@@ -373,7 +427,7 @@ async fn every_action_run_twice_has_the_effect_of_once_and_a_terminated_id_is_ne
     twice(&h, primary, ActionKind::Restart).await;
     twice(&h, follower, ActionKind::InjectFault { fault: Fault::Partition }).await;
     twice(&h, follower, ActionKind::InjectFault { fault: Fault::Heal }).await;
-    twice(&h, primary, ActionKind::Fence).await;
+    twice(&h, primary, ActionKind::Fence { immediate: true }).await;
     assert!(h.provider.instance_info(primary).unwrap().pid.is_none());
     twice(&h, follower, ActionKind::Promote).await;
     let client = through_router(&h.url()).await.unwrap();
@@ -390,7 +444,7 @@ async fn every_action_run_twice_has_the_effect_of_once_and_a_terminated_id_is_ne
         other => panic!("a late provision of a terminated id: {other:?}"),
     }
     // Fencing something never known succeeds: it cannot write.
-    twice(&h, instance_id(), ActionKind::Fence).await;
+    twice(&h, instance_id(), ActionKind::Fence { immediate: true }).await;
     match h.run(follower, ActionKind::Backup).await {
         ActionOutcome::Failed { retryable: false, .. } => {}
         other => panic!("backup is not wired yet: {other:?}"),

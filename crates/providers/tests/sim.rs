@@ -206,7 +206,7 @@ async fn fence_then_promote_moves_writability_without_ever_two_writable_primarie
 
     let (before, _) = collect(&mut events, BEAT * 3).await;
     // Promoting a fenced instance is refused; fencing is what makes promotion safe.
-    assert_succeeded(&run(&sim, service, primary, ActionKind::Fence).await);
+    assert_succeeded(&run(&sim, service, primary, ActionKind::Fence { immediate: true }).await);
     let (between, _) = collect(&mut events, BEAT * 3).await;
     assert_refused(&run(&sim, service, primary, ActionKind::Promote).await);
     assert_succeeded(&run(&sim, service, follower, ActionKind::Promote).await);
@@ -231,7 +231,7 @@ async fn fencing_a_hung_instance_kills_it_and_a_fenced_instance_stays_fenced_acr
     let sim = open(dir.path());
     let (service, primary, follower) = pair(&sim).await;
     assert_succeeded(&run(&sim, service, primary, inject(Fault::Hang)).await);
-    assert_succeeded(&run(&sim, service, primary, ActionKind::Fence).await);
+    assert_succeeded(&run(&sim, service, primary, ActionKind::Fence { immediate: true }).await);
     let fenced = sim.instance(primary).unwrap();
     assert_eq!((fenced.fault, fenced.fenced), (Some(Fault::Crash), true));
 
@@ -249,7 +249,7 @@ async fn fencing_a_hung_instance_kills_it_and_a_fenced_instance_stays_fenced_acr
     assert_eq!(sim.instance(follower).unwrap().role, Role::Primary);
 
     // Fencing an id the world never had: nothing could write, so it holds.
-    let outcome = run(&sim, service, instance_id(), ActionKind::Fence).await;
+    let outcome = run(&sim, service, instance_id(), ActionKind::Fence { immediate: true }).await;
     assert!(matches!(&outcome, ActionOutcome::Succeeded { detail: Some(d) } if d.contains("no simulated instance")));
 }
 
@@ -272,7 +272,7 @@ async fn every_action_is_idempotent() {
         (follower, inject(Fault::Heal)),
         (follower, ActionKind::Promote),
         (follower, ActionKind::Restart),
-        (primary, ActionKind::Fence),
+        (primary, ActionKind::Fence { immediate: true }),
         (follower, ActionKind::Promote),
         (primary, ActionKind::Restart),
         (primary, ActionKind::Retire),
@@ -281,7 +281,7 @@ async fn every_action_is_idempotent() {
         (follower, ActionKind::Archive),
         (primary, ActionKind::Terminate),
         (primary, ActionKind::Probe),
-        (unknown, ActionKind::Fence),
+        (unknown, ActionKind::Fence { immediate: true }),
         (unknown, ActionKind::Retire),
         (unknown, ActionKind::Archive),
         (unknown, ActionKind::Terminate),
@@ -361,7 +361,7 @@ async fn the_world_survives_reopening_with_instances_faults_and_rising_seq() {
     let (other_service, lone, _) = pair(&sim).await;
     assert_succeeded(&run(&sim, service, primary, inject(Fault::Partition)).await);
     assert_succeeded(&run(&sim, service, follower, inject(Fault::Hang)).await);
-    assert_succeeded(&run(&sim, other_service, lone, ActionKind::Fence).await);
+    assert_succeeded(&run(&sim, other_service, lone, ActionKind::Fence { immediate: true }).await);
     assert_succeeded(&run(&sim, other_service, lone, inject(Fault::Crash)).await);
     let (tx, mut events) = mpsc::channel(64);
     sim.start(tx);

@@ -53,12 +53,31 @@ impl ServeOptions {
         ServeOptions {
             data_dir: data_dir.into(),
             listen,
-            engine: drover_engine::Config::default(),
+            engine: serve_engine_config(),
             sim: SimConfig::default(),
             local: None,
         }
     }
 }
+
+/// The engine's defaults, with the silence bounds of this control plane's
+/// own agents: the local provider (and the sim provider, at the same
+/// cadence) beat every `local::HEARTBEAT_INTERVAL`, so silence counts after
+/// `local::UNCERTAIN_AFTER` instead of the engine's generic 3 s (agents that
+/// beat once a second). The simulator keeps the engine's defaults.
+pub fn serve_engine_config() -> drover_engine::Config {
+    drover_engine::Config {
+        uncertain_after: drover_providers::local::UNCERTAIN_AFTER,
+        // An uncertain instance is probed again every second: a probe is one
+        // connection and one query, and a frozen primary that a first probe
+        // missed (it froze while uncertain) costs one second, not five.
+        probe_interval: SERVE_PROBE_INTERVAL,
+        ..drover_engine::Config::default()
+    }
+}
+
+/// See [`serve_engine_config`].
+const SERVE_PROBE_INTERVAL: std::time::Duration = std::time::Duration::from_secs(1);
 
 /// Binds `opts.listen`, starts up, serves until `shutdown` completes, then
 /// stops cleanly (in-flight requests finish, the engine's last batch commits).

@@ -40,8 +40,14 @@ fn unsafe_kill(pid: i32) {
 }
 
 async fn start_local() -> (common::TestServer, Reaper) {
+    start_local_with(true).await
+}
+
+/// `same_host_evidence` off: the control plane learns of a failure as a
+/// remote one would, from silence and a failed probe over a connection.
+async fn start_local_with(same_host_evidence: bool) -> (common::TestServer, Reaper) {
     let dir = tempfile::Builder::new().prefix("dv").tempdir_in("/tmp").unwrap();
-    let t = common::start_in(dir, |opts| {
+    let t = common::start_in(dir, move |opts| {
         opts.engine.default_provider = "local".into();
         opts.engine.uncertain_after = Duration::from_secs(2);
         opts.engine.install_timeout = Duration::from_secs(120);
@@ -51,6 +57,7 @@ async fn start_local() -> (common::TestServer, Reaper) {
         opts.local = Some(drover_providers::local::LocalConfig {
             probe_interval: Duration::from_millis(300),
             kill_servers_on_drop: true,
+            same_host_evidence,
             ..Default::default()
         });
     })
@@ -150,7 +157,36 @@ async fn rows(url: &str) -> std::collections::BTreeSet<u64> {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn kill_9_of_the_primary_fails_over_behind_the_same_url_without_losing_an_acknowledged_write() {
-    let (mut t, _reaper) = start_local().await;
+    let events = fail_over_under_load("crash", true).await;
+    assert!(
+        events.iter().any(|e| e["to"] == "unavailable" && e["cause"].as_str().unwrap_or("").contains("provider")),
+        "{events:#?}"
+    );
+}
+
+/// A frozen host takes its agent with it: no reaped exit, no /proc. The
+/// evidence is silence, then a probe over a connection that times out; the
+/// failover cuts the frozen primary off without waiting for it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_hung_primary_without_same_host_evidence_fails_over_on_a_failed_probe_without_losing_an_acknowledged_write() {
+    let events = fail_over_under_load("hang", false).await;
+    let unavailable: Vec<&Value> = events.iter().filter(|e| e["to"] == "unavailable").collect();
+    assert!(
+        unavailable.iter().any(|e| e["cause"].as_str().unwrap_or("").contains("probe failed")),
+        "the evidence is a failed probe: {events:#?}"
+    );
+    assert!(
+        !unavailable.iter().any(|e| e["cause"].as_str().unwrap_or("").contains("provider")),
+        "no same-host report: {events:#?}"
+    );
+}
+
+/// Creates a sync pair, writes through its URL, injects `fault` into the
+/// primary, and checks that writes resume through the same URL on a new
+/// primary with a new follower and that no acknowledged write is lost.
+/// Returns the old primary's events.
+async fn fail_over_under_load(fault: &str, same_host_evidence: bool) -> Vec<Value> {
+    let (mut t, _reaper) = start_local_with(same_host_evidence).await;
     let before = create_pg(&t, "pgfo").await;
     let url = before["url"].as_str().expect("a local service has a stable URL").to_string();
     assert!(url.starts_with("postgres://"), "{url}");
@@ -160,7 +196,7 @@ async fn kill_9_of_the_primary_fails_over_behind_the_same_url_without_losing_an_
 
     let writer = Writer::start(url.clone());
     poll(SLOW, "writes flowing", || async { (writer.acked() > 50).then_some(()) }).await;
-    let (status, body) = t.post("/v1/chaos", json!({"instance": old_primary, "fault": "crash"})).await;
+    let (status, body) = t.post("/v1/chaos", json!({"instance": old_primary, "fault": fault})).await;
     assert_eq!(status, 202, "{body}");
     let acked_at_kill = writer.acked();
     poll(SLOW, "writes resume through the same URL", || async { (writer.acked() > acked_at_kill + 50).then_some(()) })
@@ -178,11 +214,8 @@ async fn kill_9_of_the_primary_fails_over_behind_the_same_url_without_losing_an_
     let lost: Vec<&u64> = acked.iter().filter(|n| !present.contains(n)).collect();
     assert!(lost.is_empty(), "{} acknowledged writes lost (sync mode): {:?}", lost.len(), &lost[..lost.len().min(10)]);
     let events = t.events(&format!("instance={old_primary}")).await;
-    assert!(
-        events.iter().any(|e| e["to"] == "unavailable" && e["cause"].as_str().unwrap_or("").contains("provider")),
-        "{events:#?}"
-    );
     t.stop().await;
+    events
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -514,7 +514,7 @@ impl Sim {
                 self.c.probes += 1;
                 p.probe_secs
             }
-            ActionKind::Fence => p.fence_secs,
+            ActionKind::Fence { .. } => p.fence_secs,
             ActionKind::Promote => p.promote_secs,
             ActionKind::Restart => p.restart_secs,
             ActionKind::Retire => p.retire_secs,
@@ -988,13 +988,13 @@ impl Sim {
         let Some(i) = known else {
             // Unknown or long gone: stopping it again is done; anything else cannot be.
             return match a.kind {
-                ActionKind::Fence | ActionKind::Retire | ActionKind::Archive | ActionKind::Terminate => ok,
+                ActionKind::Fence { .. } | ActionKind::Retire | ActionKind::Archive | ActionKind::Terminate => ok,
                 _ => fail("no such instance", false),
             };
         };
         if self.insts[i as usize].terminated {
             return match a.kind {
-                ActionKind::Fence | ActionKind::Retire | ActionKind::Archive | ActionKind::Terminate => ok,
+                ActionKind::Fence { .. } | ActionKind::Retire | ActionKind::Archive | ActionKind::Terminate => ok,
                 _ => fail("instance was terminated", false),
             };
         }
@@ -1009,7 +1009,7 @@ impl Sim {
                     fail("not answering", false)
                 }
             }
-            ActionKind::Fence => {
+            ActionKind::Fence { .. } => {
                 // Fenced at the network level by the provider, even in a lost zone.
                 self.insts[i as usize].fenced = true;
                 if self.svcs[s as usize].writer == Some(i) {

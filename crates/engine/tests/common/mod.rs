@@ -70,7 +70,9 @@ impl World {
             kind => {
                 let Some(w) = self.insts.get_mut(&a.instance) else {
                     return match kind {
-                        ActionKind::Fence | ActionKind::Retire | ActionKind::Archive | ActionKind::Terminate => ok,
+                        ActionKind::Fence { .. } | ActionKind::Retire | ActionKind::Archive | ActionKind::Terminate => {
+                            ok
+                        }
                         _ => fail("no such instance"),
                     };
                 };
@@ -82,7 +84,7 @@ impl World {
                             fail("not answering")
                         }
                     }
-                    ActionKind::Fence => {
+                    ActionKind::Fence { .. } => {
                         if w.hung {
                             w.hung = false;
                             w.crashed = true;

@@ -14,10 +14,28 @@ use std::time::{Duration, Instant};
 const STREAM_TIMEOUT: Duration = Duration::from_secs(60);
 /// How long until the primary reports a synchronous standby after ALTER SYSTEM.
 const SYNC_TIMEOUT: Duration = Duration::from_secs(10);
-/// pg_promote's own wait.
-const PROMOTE_WAIT_SECONDS: u32 = 60;
-/// Probe: the server must answer SELECT 1 within this (the brief's 1 s).
-const PROBE_TIMEOUT: Duration = Duration::from_secs(1);
+/// How long a promotion may take to end recovery.
+const PROMOTE_WAIT: Duration = Duration::from_secs(60);
+/// How often the end of recovery is looked for after pg_promote. Its own
+/// `wait => true` looks every 100 ms, most of a fast promotion's time (it
+/// ends recovery in a few ms, without a checkpoint); a query on a kept-open
+/// connection every 5 ms costs nothing.
+const PROMOTE_POLL_INTERVAL: Duration = Duration::from_millis(5);
+/// Probe: the server must answer SELECT 1 on a fresh connection within
+/// this. A healthy local server answers in a few milliseconds (a backend
+/// fork and one query), so 500 ms is a hundred times that, enough for a busy
+/// machine; a frozen one never answers, so this is what a frozen host costs
+/// on top of the silence (`UNCERTAIN_AFTER`): together under 2 s.
+const PROBE_TIMEOUT: Duration = Duration::from_millis(500);
+/// How long a failover fence waits for the router to show that it holds new
+/// queries before killing the primary anyway. The admin console answers in
+/// milliseconds.
+const HOLD_CONFIRM_TIMEOUT: Duration = Duration::from_millis(500);
+/// How long after the kill of a held primary its connections may take to
+/// close at the router before they are dropped (`KILL <db>`). A killed local
+/// process closes its sockets at once; this bound is for a server that
+/// leaves them open.
+const DEAD_CONNECTIONS_WAIT: Duration = Duration::from_millis(200);
 /// One SQL statement the provider runs as part of an action.
 const SQL_TIMEOUT: Duration = Duration::from_secs(10);
 /// Quorum sync replication to any one streaming follower (Patroni's
@@ -55,7 +73,7 @@ impl Inner {
                 self.provision(id, action.service, *role, service_name, *sync).await
             }
             ActionKind::Probe => self.probe(id).await,
-            ActionKind::Fence => self.fence(id).await,
+            ActionKind::Fence { immediate } => self.fence(id, *immediate).await,
             ActionKind::Promote => self.promote(id).await,
             ActionKind::Restart => self.restart(id).await,
             ActionKind::Retire => self.retire(id).await,
@@ -419,26 +437,45 @@ impl Inner {
         if !entry.should_run() {
             return Err(fatal(format!("instance is {}", if entry.fenced { "fenced" } else { "not active" })));
         }
-        let process = self.server(id).ok_or_else(|| fatal("no postmaster"))?;
-        match process::proc_state(process.pid) {
-            ProcState::Live if !process.has_exited() => {}
-            state => return Err(fatal(format!("postmaster {} is {state:?}", process.pid))),
+        if self.config.same_host_evidence {
+            // Same-host shortcuts: a dead or stopped postmaster fails the
+            // probe at once, without waiting for the query's timeout.
+            let process = self.server(id).ok_or_else(|| fatal("no postmaster"))?;
+            match process::proc_state(process.pid) {
+                ProcState::Live if !process.has_exited() => {}
+                state => return Err(fatal(format!("postmaster {} is {state:?}", process.pid))),
+            }
         }
         postgres::answers(&entry, PROBE_TIMEOUT).await.map_err(fatal)?;
         Ok(Some("answers SELECT 1".into()))
     }
 
-    async fn fence(self: &Arc<Self>, id: InstanceId) -> Done {
+    /// Stops the instance for good. Clients queue at the router instead of
+    /// erroring while the primary changes (best effort: a fence never waits
+    /// long on the router). `immediate` (a failover: the engine already
+    /// judged it unavailable): nothing running on it can finish, so nothing
+    /// is waited for: the router holds new queries, the server is killed
+    /// (the local form of powering off a frozen host) and the statements
+    /// that were stuck on it fail. Otherwise (a switchover): running
+    /// statements finish first and the server shuts down cleanly.
+    async fn fence(self: &Arc<Self>, id: InstanceId, immediate: bool) -> Done {
         let Some(entry) = self.entry(id) else {
             return Ok(Some("unknown instance: nothing can write".into()));
         };
         let routed_here = lock(&self.registry).services.get(&entry.service).and_then(|s| s.primary) == Some(id);
-        if routed_here && !entry.fenced {
-            // Clients queue at the router instead of erroring while the
-            // primary changes. Best effort: a fence never waits on the router.
-            self.pause_router(entry.service).await;
+        let hold = routed_here && !entry.fenced;
+        if immediate {
+            let holding = if hold { self.hold_router(entry.service).await } else { None };
+            self.kill_server(id, Some(&entry)).await?;
+            if let Some(holding) = holding {
+                self.release_dead_connections(entry.service, holding).await;
+            }
+        } else {
+            if hold {
+                self.pause_router(entry.service).await;
+            }
+            self.stop_server(id, Some(&entry)).await?;
         }
-        self.stop_server(id, Some(&entry)).await?;
         let newly = {
             let mut registry = lock(&self.registry);
             match registry.instances.get_mut(&id) {
@@ -483,11 +520,7 @@ impl Inner {
         let recovery = postgres::execute(entry, "SELECT pg_is_in_recovery()", SQL_TIMEOUT).await?;
         let was_follower = recovery.first().cloned().flatten().as_deref() == Some("t");
         if was_follower {
-            let sql = format!("SELECT pg_promote(wait => true, wait_seconds => {PROMOTE_WAIT_SECONDS})");
-            let done = postgres::execute(entry, &sql, Duration::from_secs(PROMOTE_WAIT_SECONDS as u64 + 5)).await?;
-            if done.first().cloned().flatten().as_deref() != Some("t") {
-                return Err(retry(format!("pg_promote did not finish within {PROMOTE_WAIT_SECONDS} s")));
-            }
+            self.end_recovery(entry).await?;
         }
         // No follower streams from it yet: async until one does (adjust_sync).
         postgres::execute(entry, "ALTER SYSTEM SET synchronous_standby_names = ''", SQL_TIMEOUT).await?;
@@ -533,6 +566,38 @@ impl Inner {
             }
         }
         Ok(Some(if was_follower { "promoted; router switched" } else { "already primary; router switched" }.into()))
+    }
+
+    /// pg_promote without its wait, then polls for the end of recovery on
+    /// one connection (see [`PROMOTE_POLL_INTERVAL`]).
+    async fn end_recovery(&self, entry: &InstanceEntry) -> Result<(), Failure> {
+        let client = postgres::connect(entry, SQL_TIMEOUT).await?;
+        let query = |sql: &'static str| {
+            let client = &client;
+            async move {
+                let messages = tokio::time::timeout(SQL_TIMEOUT, client.simple_query(sql))
+                    .await
+                    .map_err(|_| format!("`{sql}` did not finish within {SQL_TIMEOUT:?}"))?
+                    .map_err(|e| postgres::error_text(&e))?;
+                Ok::<_, String>(messages.into_iter().find_map(|m| match m {
+                    tokio_postgres::SimpleQueryMessage::Row(row) => row.get(0).map(str::to_string),
+                    _ => None,
+                }))
+            }
+        };
+        if query("SELECT pg_promote(wait => false)").await?.as_deref() != Some("t") {
+            return Err(retry("pg_promote could not signal the promotion"));
+        }
+        let deadline = Instant::now() + PROMOTE_WAIT;
+        loop {
+            if query("SELECT pg_is_in_recovery()").await?.as_deref() == Some("f") {
+                return Ok(());
+            }
+            if Instant::now() >= deadline {
+                return Err(retry(format!("the promotion did not end recovery within {PROMOTE_WAIT:?}")));
+            }
+            tokio::time::sleep(PROMOTE_POLL_INTERVAL).await;
+        }
     }
 
     async fn restart(self: &Arc<Self>, id: InstanceId) -> Done {
@@ -689,8 +754,8 @@ impl Inner {
         Ok(Some(detail.into()))
     }
 
-    /// Pauses the service's router (bounded wait) and arms the watchdog that
-    /// resumes it if nothing else does within [`MAX_ROUTER_PAUSE`].
+    /// Pauses the service's router, waiting (bounded) for running
+    /// statements to finish, and arms the watchdog.
     async fn pause_router(self: &Arc<Self>, service_id: ServiceId) {
         let Ok(service) = self.service(service_id) else {
             return;
@@ -704,6 +769,64 @@ impl Inner {
         if let Err(error) = router::pause(&service, ROUTER_COMMAND_TIMEOUT).await {
             tracing::info!(service = %service.name, %error, "router pause not confirmed; fencing anyway");
         }
+        self.arm_pause_watchdog(service_id);
+    }
+
+    /// Holds new queries of the service at its router without waiting for
+    /// the running ones (`PAUSE <db>`, whose answer comes only once they end,
+    /// is left running: the returned task). Returns once the router shows the
+    /// hold (bounded by [`HOLD_CONFIRM_TIMEOUT`]), None without a router.
+    async fn hold_router(self: &Arc<Self>, service_id: ServiceId) -> Option<tokio::task::JoinHandle<()>> {
+        let service = self.service(service_id).ok()?;
+        if lock(&self.routers).get(&service_id).is_none_or(|p| p.has_exited()) {
+            return None;
+        }
+        let pausing = {
+            let service = service.clone();
+            tokio::spawn(async move {
+                if let Err(error) = router::pause_database(&service, ROUTER_COMMAND_TIMEOUT).await {
+                    tracing::info!(service = %service.name, %error, "router pause not confirmed");
+                }
+            })
+        };
+        self.arm_pause_watchdog(service_id);
+        let deadline = Instant::now() + HOLD_CONFIRM_TIMEOUT;
+        loop {
+            match router::database_paused(&service, HOLD_CONFIRM_TIMEOUT).await {
+                Ok(true) => break,
+                Ok(false) | Err(_) if Instant::now() < deadline => tokio::time::sleep(Duration::from_millis(5)).await,
+                other => {
+                    // Fence anyway: the kill does not depend on the router.
+                    tracing::warn!(service = %service.name, answer = ?other, "router hold not confirmed");
+                    break;
+                }
+            }
+        }
+        Some(pausing)
+    }
+
+    /// After the kill of a held service's primary: its server connections
+    /// close with it and the PAUSE completes, keeping idle clients connected
+    /// (transaction pooling sends their next transaction to the new
+    /// primary). Connections a dead server left open (a powered-off host
+    /// closes nothing) would keep the PAUSE waiting: past
+    /// [`DEAD_CONNECTIONS_WAIT`] the router drops them (`KILL <db>`).
+    async fn release_dead_connections(&self, service_id: ServiceId, pausing: tokio::task::JoinHandle<()>) {
+        if tokio::time::timeout(DEAD_CONNECTIONS_WAIT, pausing).await.is_ok() {
+            return;
+        }
+        let Ok(service) = self.service(service_id) else {
+            return;
+        };
+        tracing::info!(service = %service.name, "connections to the killed primary still open: cutting them off");
+        if let Err(error) = router::cut_off(&service, ROUTER_COMMAND_TIMEOUT).await {
+            tracing::warn!(service = %service.name, %error, "router cut-off failed");
+        }
+    }
+
+    /// Resumes the router if nothing else does within [`MAX_ROUTER_PAUSE`]:
+    /// clients must never stay held forever.
+    fn arm_pause_watchdog(self: &Arc<Self>, service_id: ServiceId) {
         let paused_at = Instant::now();
         lock(&self.paused).insert(service_id, paused_at);
         let weak = Arc::downgrade(self);

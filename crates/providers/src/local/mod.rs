@@ -58,11 +58,34 @@ const ROUTER_COMMAND_TIMEOUT: Duration = Duration::from_secs(3);
 /// pgbouncer's query_wait_timeout (120 s) so queued clients get an answer.
 const MAX_ROUTER_PAUSE: Duration = Duration::from_secs(60);
 
+/// How often the in-process agent beats for every running instance. A
+/// beat is one query on a kept-open local connection (well under a
+/// millisecond of server work), so four a second cost nothing, and they let
+/// [`UNCERTAIN_AFTER`] be short: a frozen primary must be writable elsewhere
+/// within 2 s (DESIGN.md), and silence is half of that budget.
+pub const HEARTBEAT_INTERVAL: Duration = Duration::from_millis(250);
+/// The engine's `uncertain_after` for a control plane whose instances beat
+/// every [`HEARTBEAT_INTERVAL`]: four missed beats. Patroni's defaults
+/// (loop_wait 10 s, ttl 30 s) tolerate three missed loops; one more here
+/// because a beat's own timeout is short (80% of the interval) and a busy
+/// machine misses one now and then. Uncertain is not unavailable: a failover
+/// still needs a failed probe.
+pub const UNCERTAIN_AFTER: Duration = Duration::from_secs(1);
+
 #[derive(Clone, Debug)]
 pub struct LocalConfig {
-    /// How often every running instance is probed for its heartbeat. 1 s
-    /// matches what real agents send.
+    /// How often every running instance is probed for its heartbeat
+    /// ([`HEARTBEAT_INTERVAL`] by default).
     pub probe_interval: Duration,
+    /// Use what only the same host can see as evidence: a postmaster's exit
+    /// reaped by this process (reported at once as `Gone`) and a stopped
+    /// (SIGSTOP, `T`) state in /proc, which fails a probe without waiting
+    /// for its timeout. True for `drover serve`: the servers are its own
+    /// children. False measures what a remote control plane would see when
+    /// a host freezes with its agent on it: silence, then a probe over the
+    /// network (a query with a timeout) that fails. `drover bench failover
+    /// --fault hang` runs with it off.
+    pub same_host_evidence: bool,
     /// How long a fast shutdown (SIGINT) may take before SIGKILL of the group.
     pub stop_timeout: Duration,
     /// Stop every server and router when the provider is dropped. Tests want
@@ -80,7 +103,8 @@ pub struct LocalConfig {
 impl Default for LocalConfig {
     fn default() -> Self {
         LocalConfig {
-            probe_interval: Duration::from_secs(1),
+            probe_interval: HEARTBEAT_INTERVAL,
+            same_host_evidence: true,
             stop_timeout: Duration::from_secs(10),
             kill_servers_on_drop: false,
             archive_command: None,
@@ -370,7 +394,13 @@ impl Inner {
         let weak: Weak<Inner> = Arc::downgrade(self);
         Box::new(move |detail| {
             if let Some(inner) = weak.upgrade() {
-                inner.report_gone(id, format!("postmaster exited: {detail}"));
+                if inner.config.same_host_evidence {
+                    inner.report_gone(id, format!("postmaster exited: {detail}"));
+                } else {
+                    // A remote control plane would not hear of it: silence
+                    // and a failed probe tell the engine instead.
+                    tracing::warn!(instance = %id, %detail, "postmaster exited (not reported: same-host evidence is off)");
+                }
             }
         })
     }
@@ -532,11 +562,28 @@ impl Inner {
         }
     }
 
-    /// Stops the instance's postmaster (if any), confirming the whole group dead.
+    /// Stops the instance's postmaster (if any) with a fast shutdown,
+    /// confirming the whole group dead.
     async fn stop_server(&self, id: InstanceId, entry: Option<&InstanceEntry>) -> Result<(), String> {
+        self.end_server(id, entry, Signal::SIGINT, self.config.stop_timeout).await
+    }
+
+    /// Kills the instance's postmaster and its backends at once (no
+    /// shutdown checkpoint, nothing waited for), confirming the group dead.
+    async fn kill_server(&self, id: InstanceId, entry: Option<&InstanceEntry>) -> Result<(), String> {
+        self.end_server(id, entry, Signal::SIGKILL, Duration::ZERO).await
+    }
+
+    async fn end_server(
+        &self,
+        id: InstanceId,
+        entry: Option<&InstanceEntry>,
+        first: Signal,
+        timeout: Duration,
+    ) -> Result<(), String> {
         lock(&self.beat_clients).remove(&id);
         if let Some(process) = self.server(id) {
-            process.stop(Signal::SIGINT, self.config.stop_timeout).await?;
+            process.stop(first, timeout).await?;
             lock(&self.servers).remove(&id);
             return Ok(());
         }
@@ -544,7 +591,7 @@ impl Inner {
         if let Some(entry) = entry {
             if let Some(pid) = running_pid(&entry.pgdata().join("postmaster.pid"), "postgres") {
                 let process = ServerProcess::adopt(pid, Some(&entry.pgdata()), self.closed.clone(), Box::new(|_| {}));
-                process.stop(Signal::SIGINT, self.config.stop_timeout).await?;
+                process.stop(first, timeout).await?;
             }
         }
         Ok(())

@@ -165,7 +165,7 @@ impl World {
         let Some(instance) = self.instances.get_mut(&id) else {
             let unknown = format!("no simulated instance {id}");
             return match &action.kind {
-                ActionKind::Fence => (succeeded(format!("{unknown}: nothing left that could write")), false),
+                ActionKind::Fence { .. } => (succeeded(format!("{unknown}: nothing left that could write")), false),
                 ActionKind::Retire | ActionKind::Archive | ActionKind::Terminate => {
                     (succeeded(format!("{unknown}: already gone")), false)
                 }
@@ -177,7 +177,7 @@ impl World {
         let outcome = match &action.kind {
             ActionKind::Provision { .. } => unreachable!("handled above"),
             ActionKind::Probe => probe(instance),
-            ActionKind::Fence => fence(instance),
+            ActionKind::Fence { .. } => fence(instance),
             ActionKind::Promote => promote(instance),
             ActionKind::Restart => restart(instance),
             ActionKind::Retire => {
@@ -483,7 +483,7 @@ mod tests {
         assert_eq!(follower.writable, Some(false));
 
         // Fenced: the primary stops writing, followers lose their upstream.
-        world.apply(&action(service, p, ActionKind::Fence), T0);
+        world.apply(&action(service, p, ActionKind::Fence { immediate: true }), T0);
         let beats = world.heartbeat(T0 + 2_000_000);
         let primary = &beat_of(&beats, p).unwrap().facts;
         assert_eq!(primary.wal_position, Some(WAL_BYTES_PER_SECOND));
@@ -511,7 +511,7 @@ mod tests {
         assert_eq!(follower.wal_position, Some(WAL_BYTES_PER_SECOND));
         assert_eq!(follower.replication_lag_bytes, Some(WAL_BYTES_PER_SECOND));
         // Once the primary is fenced it is no upstream at all: the last lag is kept.
-        world.apply(&action(service, p, ActionKind::Fence), T0);
+        world.apply(&action(service, p, ActionKind::Fence { immediate: true }), T0);
         let beats = world.heartbeat(T0 + 4_000_000);
         assert_eq!(beat_of(&beats, f).unwrap().facts.replication_lag_bytes, Some(WAL_BYTES_PER_SECOND));
     }
