@@ -412,7 +412,7 @@ mod tests {
              log_format = \"json\"\ndefault_provider = \"sim\"\nrestart_grace_secs = 1.5\n",
         )
         .unwrap();
-        let defaults = drover_engine::Config::default();
+        let defaults = drover_server::serve_engine_config();
 
         let s = resolve(args(dir.path(), &[]), false).unwrap();
         assert_eq!(s.options.listen, "127.0.0.1:7801".parse().unwrap());
@@ -461,7 +461,7 @@ mod tests {
     fn without_a_file_the_defaults_hold() {
         let dir = tempfile::tempdir().unwrap();
         let s = resolve(args(dir.path(), &[]), false).unwrap();
-        let d = drover_engine::Config::default();
+        let d = drover_server::serve_engine_config();
         assert_eq!(s.options.listen, DEFAULT_LISTEN.parse().unwrap());
         assert_eq!(s.options.engine.probe_interval, d.probe_interval);
         assert_eq!(s.options.engine.max_action_attempts, d.max_action_attempts);

@@ -152,7 +152,9 @@ enum Cmd {
         #[arg(long, env = "DROVER_DATA_DIR", default_value = "./drover-data")]
         data_dir: PathBuf,
         /// How often every instance is probed and a batch is sent.
-        #[arg(long, default_value_t = 1000)]
+        /// `drover serve` judges an instance uncertain after four missed
+        /// beats of this cadence (local::HEARTBEAT_INTERVAL).
+        #[arg(long, default_value_t = drover_providers::local::HEARTBEAT_INTERVAL.as_millis() as u64)]
         interval_ms: u64,
         /// Fence the primaries when no batch was acknowledged for this long.
         #[arg(long, default_value_t = drover_providers::local::lease::DEFAULT_LEASE_TTL.as_secs_f64())]
