@@ -46,6 +46,16 @@ async fn start_local() -> (common::TestServer, Reaper) {
 /// `same_host_evidence` off: the control plane learns of a failure as a
 /// remote one would, from silence and a failed probe over a connection.
 async fn start_local_with(same_host_evidence: bool) -> (common::TestServer, Reaper) {
+    start_local_tweaked(move |opts| {
+        if let Some(local) = opts.local.as_mut() {
+            local.same_host_evidence = same_host_evidence;
+        }
+    })
+    .await
+}
+
+/// The local provider with test timings, then `tweak`.
+async fn start_local_tweaked(tweak: impl FnOnce(&mut drover_server::ServeOptions)) -> (common::TestServer, Reaper) {
     let dir = tempfile::Builder::new().prefix("dv").tempdir_in("/tmp").unwrap();
     let t = common::start_in(dir, move |opts| {
         opts.engine.default_provider = "local".into();
@@ -57,9 +67,9 @@ async fn start_local_with(same_host_evidence: bool) -> (common::TestServer, Reap
         opts.local = Some(drover_providers::local::LocalConfig {
             probe_interval: Duration::from_millis(300),
             kill_servers_on_drop: true,
-            same_host_evidence,
             ..Default::default()
         });
+        tweak(opts);
     })
     .await;
     let reaper = Reaper(t.dir.path().to_path_buf());
@@ -345,25 +355,12 @@ async fn a_local_service_of_an_engine_local_does_not_run_is_refused_and_nothing_
 /// makes it try again and the service heals.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_rebuild_failing_forever_needs_a_human_pages_once_and_resume_heals_it() {
-    let dir = tempfile::Builder::new().prefix("dv").tempdir_in("/tmp").unwrap();
-    let t = common::start_in(dir, |opts| {
-        opts.engine.default_provider = "local".into();
-        opts.engine.uncertain_after = Duration::from_secs(2);
-        opts.engine.install_timeout = Duration::from_secs(120);
-        opts.engine.action_timeout = Duration::from_secs(60);
-        opts.engine.backup_interval = None;
-        opts.engine.verify_interval = None;
+    let (t, _reaper) = start_local_tweaked(|opts| {
         // Small limits so the test takes seconds, not minutes.
         opts.engine.max_action_attempts = 2;
         opts.engine.max_remedy_failures = 2;
-        opts.local = Some(drover_providers::local::LocalConfig {
-            probe_interval: Duration::from_millis(300),
-            kill_servers_on_drop: true,
-            ..Default::default()
-        });
     })
     .await;
-    let _reaper = Reaper(t.dir.path().to_path_buf());
     let before = create_pg(&t, "pgnh").await;
     let url = before["url"].as_str().unwrap().to_string();
     let primary_id = id(&primary(&before));
