@@ -301,6 +301,17 @@ fn main() -> ExitCode {
     let no_local_set = matches.subcommand_matches("serve").is_some_and(|m| {
         matches!(m.value_source("no_local"), Some(ValueSource::CommandLine | ValueSource::EnvVariable))
     });
+    if !matches!(cli.command, Cmd::Serve(_) | Cmd::Agent { .. } | Cmd::Bench(_)) {
+        // A client's output piped into `head` or `grep -q` ends quietly, as
+        // with every Unix tool, instead of a "Broken pipe" panic. The
+        // long-running commands keep Rust's default (SIGPIPE ignored): a
+        // closed socket or pipe is an error they handle, never their end.
+        // SAFETY: called before any other thread exists; restoring the
+        // default disposition of a signal has no other effect.
+        unsafe {
+            libc::signal(libc::SIGPIPE, libc::SIG_DFL);
+        }
+    }
     let runtime = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
         Ok(rt) => rt,
         Err(e) => {

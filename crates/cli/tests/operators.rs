@@ -333,3 +333,42 @@ fn the_agent_logs_json_when_asked() {
     assert_eq!(line["fields"]["message"], "agent started", "{first}");
     assert_eq!(line["fields"]["server"], "http://127.0.0.1:1", "{first}");
 }
+
+/// A client's output cut short by `head` ends quietly: no panic, no
+/// stack trace, on what a newcomer pipes every day. The server here is a
+/// one-shot stand-in answering a long event list (more than a pipe holds).
+#[test]
+fn client_output_into_a_closed_pipe_ends_without_a_panic() {
+    use std::io::{Read, Write};
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let port = listener.local_addr().unwrap().port();
+    let server = std::thread::spawn(move || {
+        let (mut conn, _) = listener.accept().unwrap();
+        let mut request = [0u8; 4096];
+        let _ = conn.read(&mut request);
+        let event = r#"{"seq":1,"at":"2026-11-30T07:55:15Z","subject":"service","service":"db1","service_id":null,"instance":null,"action":null,"from":"available","to":"degraded","cause":"a long enough cause to fill the table"}"#;
+        let body = format!("[{}]", vec![event; 3000].join(","));
+        let head = format!(
+            "HTTP/1.1 200 OK\r\ncontent-type: application/json\r\ncontent-length: {}\r\nconnection: close\r\n\r\n",
+            body.len()
+        );
+        let _ = conn.write_all(head.as_bytes());
+        let _ = conn.write_all(body.as_bytes());
+    });
+    let mut child = std::process::Command::new(env!("CARGO_BIN_EXE_drover"))
+        .args(["events", "--server", &format!("http://127.0.0.1:{port}")])
+        .env("RUST_BACKTRACE", "1")
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    // Read a little, then close our end while it still writes.
+    let mut stdout = child.stdout.take().unwrap();
+    let mut first = [0u8; 16];
+    stdout.read_exact(&mut first).unwrap();
+    drop(stdout);
+    let out = child.wait_with_output().unwrap();
+    server.join().unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(!stderr.contains("panicked") && !stderr.contains("stack backtrace"), "{stderr}");
+}
