@@ -254,3 +254,41 @@ impl<T> Wheel<T> {
         self.buckets.keys().next().copied()
     }
 }
+
+pub(crate) fn new_instance(
+    id: InstanceId,
+    sslot: u32,
+    image: u32,
+    zone: u16,
+    provider: u16,
+    role: Role,
+    now: i64,
+) -> Inst {
+    Inst {
+        id,
+        service: sslot,
+        image,
+        zone,
+        provider,
+        role,
+        state: InstanceState::Installing,
+        fenced: false,
+        probing: false,
+        upstream_broken: false,
+        covered: false,
+        writable_fact: None,
+        restarts: 0,
+        created_at: now,
+        state_since: now,
+        last_heartbeat: 0,
+        last_seq: 0,
+        check_at: NEVER,
+        next_probe_at: 0,
+        last_probe_ok: 0,
+        evidence_at: 0,
+        wal_position: None,
+        lag_bytes: None,
+        connections: None,
+        last_backup_at: None,
+    }
+}

@@ -1,7 +1,9 @@
 //! Read-only views of the fleet for the API.
 
-use crate::Engine;
-use drover_model::{InstanceId, InstanceView, ServiceView, Timestamp};
+use crate::{state_index, Engine, FleetStats};
+use drover_model::{
+    ActionRecord, Image, InstanceId, InstanceState, InstanceView, ServiceState, ServiceView, Timestamp,
+};
 
 impl Engine {
     pub fn service_view(&self, name: &str) -> Option<ServiceView> {
@@ -86,5 +88,43 @@ impl Engine {
             backups: (*s.backups).clone(),
             instances,
         })
+    }
+
+    /// The open actions, for checks and tests.
+    pub fn open_actions(&self) -> Vec<ActionRecord> {
+        let mut v: Vec<ActionRecord> = self.actions.values().map(|a| a.record.clone()).collect();
+        v.sort_by_key(|a| a.id);
+        v
+    }
+
+    pub fn instance_count(&self) -> usize {
+        self.instances.len()
+    }
+
+    pub fn stats(&self) -> FleetStats {
+        let mut services = [0u64; 8];
+        for (_, s) in self.services.iter() {
+            services[s.state as usize] += 1;
+        }
+        let mut braked: Vec<String> = self
+            .zone_state
+            .iter()
+            .enumerate()
+            .filter(|(_, z)| z.braked_since.is_some())
+            .map(|(i, _)| self.zones.name(i as u16).to_string())
+            .collect();
+        if self.fleet_zone.braked_since.is_some() {
+            braked.push("fleet".into());
+        }
+        FleetStats {
+            services_by_state: ServiceState::ALL.iter().map(|&s| (s, services[s as usize])).collect(),
+            instances_by_state: InstanceState::ALL.iter().map(|&s| (s, self.state_counts[state_index(s)])).collect(),
+            open_actions: self.actions.len() as u64,
+            braked,
+        }
+    }
+
+    pub fn images(&self) -> Vec<Image> {
+        self.images.list.clone()
     }
 }

@@ -1,0 +1,199 @@
+//! Backups and restore tests.
+
+use crate::api::{CommandError, Outputs};
+use crate::fleet::NEVER;
+use crate::{micros, Engine};
+use drover_model::{ActionId, ActionKind, EventSubject, InstanceState, Timestamp};
+use rand::RngCore;
+use std::time::Duration;
+
+impl Engine {
+    /// Computes when the next backup and restore test are due, and arms the
+    /// service's timer for the earlier one.
+    pub(crate) fn schedule_backups(&mut self, sslot: u32, now: i64) {
+        let (backup_every, verify_every) = (self.config.backup_interval, self.config.verify_interval);
+        // Spread first backups over an hour so a fleet created at once does
+        // not back up at once.
+        let jitter = (self.rng.next_u64() % 3_600_000_000) as i64;
+        let Some(s) = self.services.get_mut(sslot) else { return };
+        s.next_backup_at = match backup_every {
+            None => NEVER,
+            Some(every) => match s.backups.last_backup_at {
+                Some(t) => t.0 + micros(every),
+                None => now + micros(every.min(Duration::from_secs(600))) + jitter,
+            },
+        };
+        s.next_verify_at = match verify_every {
+            None => NEVER,
+            Some(every) => match (s.backups.last_verified_restore_at, s.backups.last_backup_at) {
+                (Some(t), _) => t.0 + micros(every),
+                // Never tested: test the first backup within the hour.
+                (None, Some(b)) => b.0 + micros(every.min(Duration::from_secs(3600))),
+                (None, None) => s.next_backup_at.saturating_add(micros(every.min(Duration::from_secs(3600)))),
+            },
+        };
+        let next = s.next_backup_at.min(s.next_verify_at);
+        if next != NEVER {
+            self.service_timers.schedule(next.max(now), sslot);
+        }
+    }
+
+    pub(crate) fn scheduled_backup_work(&mut self, sslot: u32, now: i64, out: &mut Outputs) {
+        let Some(s) = self.services.get(sslot) else { return };
+        let (backup_due, verify_due) = (s.next_backup_at <= now, s.next_verify_at <= now);
+        if !backup_due && !verify_due {
+            // A stale timer entry; the schedule moved on.
+            if s.next_backup_at.min(s.next_verify_at) != NEVER {
+                let next = s.next_backup_at.min(s.next_verify_at);
+                self.service_timers.schedule(next, sslot);
+            }
+            return;
+        }
+        let healthy = !s.deleting
+            && self
+                .current_primary(sslot)
+                .and_then(|p| self.instances.get(p))
+                .is_some_and(|p| p.state == InstanceState::Available);
+        if !healthy {
+            // Try again later; a backup of a failing service waits for it.
+            self.service_timers.schedule(now + micros(Duration::from_secs(600)), sslot);
+            return;
+        }
+        if backup_due {
+            let _ = self.open_backup_action(sslot, ActionKind::Backup, "scheduled base backup", now, out);
+        } else if verify_due {
+            let _ = self.open_backup_action(sslot, ActionKind::VerifyRestore, "scheduled restore test", now, out);
+        }
+        // Re-arm from the current schedule (results move it forward).
+        if let Some(s) = self.services.get_mut(sslot) {
+            if backup_due {
+                s.next_backup_at = now + micros(Duration::from_secs(600));
+            } else {
+                s.next_verify_at = now + micros(Duration::from_secs(600));
+            }
+            let next = s.next_backup_at.min(s.next_verify_at);
+            self.service_timers.schedule(next, sslot);
+        }
+    }
+
+    pub(crate) fn open_backup_action(
+        &mut self,
+        sslot: u32,
+        kind: ActionKind,
+        cause: &str,
+        now: i64,
+        out: &mut Outputs,
+    ) -> Result<ActionId, CommandError> {
+        let name = self.services.get(sslot).map(|s| s.name.to_string()).unwrap_or_default();
+        let running = self.services.get(sslot).is_some_and(|s| match kind {
+            ActionKind::Backup => s.backup_running,
+            _ => s.verify_running,
+        });
+        if running {
+            return Err(CommandError::Conflict(format!("a {} of {name:?} is already running", kind.name())));
+        }
+        let target = self
+            .current_primary(sslot)
+            .filter(|&p| self.instances.get(p).is_some_and(|i| i.state == InstanceState::Available))
+            .ok_or_else(|| {
+                CommandError::Conflict(format!("{name:?} has no available primary to work from right now"))
+            })?;
+        let id = self
+            .open_action(target, kind.clone(), cause, false, now, out)
+            .ok_or_else(|| CommandError::NotFound(format!("no service named {name:?}")))?;
+        if let Some(s) = self.services.get_mut(sslot) {
+            match kind {
+                ActionKind::Backup => s.backup_running = true,
+                _ => s.verify_running = true,
+            }
+        }
+        Ok(id)
+    }
+
+    /// Records a backup or restore-test outcome. A failed restore test is a
+    /// finding with a remedy: take a fresh backup, then test that one.
+    pub(crate) fn backup_result(
+        &mut self,
+        sslot: u32,
+        kind: &ActionKind,
+        error: Option<&str>,
+        detail: Option<&str>,
+        now: i64,
+        out: &mut Outputs,
+    ) {
+        let Some(s) = self.services.get_mut(sslot) else { return };
+        let mut follow_up = None;
+        let mut escalate = false;
+        match (kind, error) {
+            (ActionKind::Backup, None) => {
+                s.backups.last_backup_at = Some(Timestamp(now));
+                s.backups.last_backup_error = None;
+                if s.verify_after_backup {
+                    s.verify_after_backup = false;
+                    follow_up =
+                        Some((ActionKind::VerifyRestore, "restore test of the fresh backup taken after a failed test"));
+                }
+            }
+            (ActionKind::Backup, Some(e)) => s.backups.last_backup_error = Some(e.to_string()),
+            (_, None) => {
+                s.backups.last_verified_restore_at = Some(Timestamp(now));
+                s.backups.last_verify_ok = Some(true);
+                s.backups.last_verify_error = None;
+                s.verify_failures = 0;
+            }
+            (_, Some(e)) => {
+                s.backups.last_verify_ok = Some(false);
+                s.backups.last_verify_error = Some(e.to_string());
+                s.verify_failures = s.verify_failures.saturating_add(1);
+                if s.verify_failures == 1 {
+                    s.verify_after_backup = true;
+                    follow_up =
+                        Some((ActionKind::Backup, "restore test failed: take a fresh full backup, then test it"));
+                } else {
+                    escalate = true;
+                }
+            }
+        }
+        let what = match (kind, error) {
+            (ActionKind::Backup, None) => {
+                format!("base backup taken{}", detail.map(|d| format!(": {d}")).unwrap_or_default())
+            }
+            (ActionKind::Backup, Some(e)) => format!("base backup failed: {e}"),
+            (_, None) => format!("restore test passed{}", detail.map(|d| format!(": {d}")).unwrap_or_default()),
+            (_, Some(e)) => format!("restore test FAILED: {e}"),
+        };
+        out.changes.events.push(self.event(
+            now,
+            EventSubject::Service,
+            Some(sslot),
+            None,
+            None,
+            Some(if error.is_none() { "ok" } else { "failed" }),
+            what,
+        ));
+        if escalate {
+            out.changes.events.push(self.event(
+                now,
+                EventSubject::Fleet,
+                Some(sslot),
+                None,
+                None,
+                Some("needs_human"),
+                "restore tests keep failing, also on a fresh backup: a human must look at the backups",
+            ));
+        }
+        if let Some(rec) = self.service_record(sslot) {
+            out.changes.services.push(rec);
+        }
+        self.schedule_backups(sslot, now);
+        if let Some((kind, cause)) = follow_up {
+            // The running flag of the finished action is cleared after this
+            // returns; clear it now so the follow-up can open.
+            if let Some(s) = self.services.get_mut(sslot) {
+                s.backup_running = false;
+                s.verify_running = false;
+            }
+            let _ = self.open_backup_action(sslot, kind, cause, now, out);
+        }
+    }
+}

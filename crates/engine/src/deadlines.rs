@@ -1,0 +1,192 @@
+//! Deadlines.
+
+use crate::api::Outputs;
+use crate::fleet::{Inst, NEVER};
+use crate::{micros, Engine, RECHECK_MICROS};
+use drover_model::{ActionKind, ActionState, InstanceState};
+use std::time::Duration;
+
+impl Engine {
+    pub(crate) fn schedule_instance(&mut self, slot: u32, now: i64) {
+        let Some(inst) = self.instances.get(slot) else { return };
+        let at = self.instance_deadline(inst, now);
+        if at == NEVER {
+            return;
+        }
+        let key = self.instance_timers.key(at);
+        let Some(inst) = self.instances.get_mut(slot) else { return };
+        if inst.check_at == key {
+            return;
+        }
+        inst.check_at = key;
+        self.instance_timers.schedule(at, slot);
+    }
+
+    /// Until when silence is forgiven for this instance: only instances that
+    /// existed before a restart get the grace period.
+    pub(crate) fn grace(&self, inst: &Inst) -> i64 {
+        if inst.created_at < self.restored_at {
+            self.grace_until
+        } else {
+            0
+        }
+    }
+
+    pub(crate) fn reschedule_after_check(&mut self, slot: u32, now: i64) {
+        let Some(inst) = self.instances.get(slot) else { return };
+        let at = self.instance_deadline(inst, now);
+        if at == NEVER {
+            return;
+        }
+        let at = if at <= now { now + RECHECK_MICROS } else { at };
+        let key = self.instance_timers.key(at);
+        let Some(inst) = self.instances.get_mut(slot) else { return };
+        if inst.check_at == key {
+            return;
+        }
+        inst.check_at = key;
+        self.instance_timers.schedule(at, slot);
+    }
+
+    /// When this instance next needs a look, given its state.
+    pub(crate) fn instance_deadline(&self, inst: &Inst, _now: i64) -> i64 {
+        let c = &self.config;
+        match inst.state {
+            // A covered instance is judged by its zone's lease deadline.
+            InstanceState::Available if inst.covered => NEVER,
+            InstanceState::Available => {
+                let silent_at = inst.last_heartbeat + micros(c.uncertain_after);
+                let grace = self.grace(inst);
+                if silent_at < grace {
+                    // The grace excuses silence, not evidence: a silent
+                    // instance is probed meanwhile (see check_instance).
+                    silent_at.max(inst.next_probe_at).min(grace)
+                } else {
+                    silent_at
+                }
+            }
+            InstanceState::Uncertain => {
+                let probe = inst.next_probe_at.max(self.grace(inst));
+                if self.is_braked(inst.zone) {
+                    // Silence does not count under the brake: only probes do.
+                    return probe;
+                }
+                let dead =
+                    (inst.last_heartbeat.max(inst.last_probe_ok) + micros(c.presumed_dead_after)).max(self.grace(inst));
+                dead.min(probe)
+            }
+            InstanceState::Installing | InstanceState::Restarting | InstanceState::Upgrading => {
+                inst.state_since + micros(c.install_timeout)
+            }
+            _ => NEVER,
+        }
+    }
+
+    pub(crate) fn fire_timers(&mut self, now: i64, out: &mut Outputs) {
+        for (key, slots) in self.instance_timers.pop_due(now) {
+            for slot in slots {
+                match self.instances.get_mut(slot) {
+                    Some(inst) if inst.check_at == key => inst.check_at = NEVER,
+                    _ => continue, // stale entry: the instance moved on
+                }
+                self.check_instance(slot, now, out);
+                self.reschedule_after_check(slot, now);
+            }
+        }
+        for (_, zones) in self.zone_timers.pop_due(now) {
+            for z in zones {
+                self.check_zone_lease(z, now, out);
+            }
+        }
+        for (_, slots) in self.service_timers.pop_due(now) {
+            for sslot in slots {
+                self.scheduled_backup_work(sslot, now, out);
+            }
+        }
+        for (_, ids) in self.action_timers.pop_due(now) {
+            for id in ids {
+                let due = match self.actions.get(&id) {
+                    Some(a) => a.record.state == ActionState::Running && a.record.deadline.0 <= now,
+                    None => false,
+                };
+                if due {
+                    self.redispatch(id, "no result before its deadline, or retry due", now, out);
+                }
+            }
+        }
+    }
+
+    // One arm per state with its own condition inside reads as the state table; guards would scatter it.
+    #[allow(clippy::collapsible_match)]
+    pub(crate) fn check_instance(&mut self, slot: u32, now: i64, out: &mut Outputs) {
+        let Some(inst) = self.instances.get(slot) else { return };
+        let c = &self.config;
+        let silent_for = Duration::from_micros((now - self.heard_at(inst)).max(0) as u64);
+        match inst.state {
+            InstanceState::Available => {
+                let silent_at = inst.last_heartbeat + micros(c.uncertain_after);
+                if !inst.covered && now >= silent_at && now < self.grace(inst) {
+                    // Within the restart grace: silence does not make it
+                    // uncertain (agents are still finding the new control
+                    // plane), but a probe may find evidence, which counts.
+                    if now >= inst.next_probe_at {
+                        let inst = self.instances.get_mut(slot).expect("looked up above");
+                        inst.next_probe_at = now + micros(c.probe_interval);
+                        if !inst.probing {
+                            inst.probing = true;
+                            self.open_action(
+                                slot,
+                                ActionKind::Probe,
+                                "silent during the restart grace: probe it out of band",
+                                false,
+                                now,
+                                out,
+                            );
+                        }
+                    }
+                    return;
+                }
+                if !inst.covered && now >= silent_at.max(self.grace(inst)) {
+                    let cause = format!("no heartbeat for {:.1}s", silent_for.as_secs_f64());
+                    if self.transition(slot, InstanceState::Uncertain, &cause, now, out) {
+                        self.corroborate_from_followers(slot, now, out);
+                        if self.instances.get(slot).map(|i| i.state) == Some(InstanceState::Uncertain) {
+                            self.request_probe(slot, now, out);
+                        }
+                    }
+                }
+            }
+            InstanceState::Uncertain => {
+                let dead_at =
+                    (inst.last_heartbeat.max(inst.last_probe_ok) + micros(c.presumed_dead_after)).max(self.grace(inst));
+                let braked = self.is_braked(inst.zone);
+                if now >= dead_at && !braked {
+                    let cause = format!(
+                        "presumed dead: no heartbeat for {:.0}s and no probe answered",
+                        silent_for.as_secs_f64()
+                    );
+                    self.transition(slot, InstanceState::Unavailable, &cause, now, out);
+                } else if now >= inst.next_probe_at {
+                    self.request_probe(slot, now, out);
+                }
+            }
+            InstanceState::Installing | InstanceState::Restarting | InstanceState::Upgrading => {
+                if now >= inst.state_since + micros(c.install_timeout) && !self.has_open_action_on(slot) {
+                    let cause = format!("no heartbeat within {:?} of {}", c.install_timeout, inst.state);
+                    self.evidence(slot, &cause, now, out);
+                }
+            }
+            _ => {}
+        }
+    }
+
+    pub(crate) fn request_probe(&mut self, slot: u32, now: i64, out: &mut Outputs) {
+        let Some(inst) = self.instances.get_mut(slot) else { return };
+        inst.next_probe_at = now + micros(self.config.probe_interval);
+        if inst.probing {
+            return;
+        }
+        inst.probing = true;
+        self.open_action(slot, ActionKind::Probe, "instance is uncertain: probe it out of band", false, now, out);
+    }
+}
