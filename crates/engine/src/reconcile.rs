@@ -6,6 +6,70 @@ use crate::{micros, Engine, MAX_RESTARTS};
 use drover_model::{ActionKind, EventSubject, InstanceId, InstanceState, Role, ServiceState};
 use rand::RngCore;
 
+/// What reconcile decided for one service, before anything is done. A
+/// service has at most one remedy open at a time, so this is one value.
+#[derive(Clone, Debug, PartialEq)]
+pub(crate) enum Remedy {
+    /// Nothing a remedy could fix now.
+    Nothing,
+    /// A remedy is already open, or a human must look first.
+    Wait,
+    /// The mass-uncertainty brake holds the remedy against `target` until
+    /// evidence newer than the brake arrives.
+    Held { target: u32 },
+    /// A safety invariant is at risk: stop and ask a human.
+    InvariantBroken { what: &'static str },
+    /// Fence the unavailable writable primary, then `then`.
+    Fence { primary: u32, then: AfterFence },
+    /// Restart the unavailable primary: no follower can take over and it
+    /// has not been restarted yet.
+    Restart { primary: u32 },
+    /// No writable primary: promote the most advanced healthy follower.
+    Promote { follower: u32 },
+    /// No primary and no follower to promote: build a primary in `zone`
+    /// from the service's image.
+    RebuildPrimary { zone: u16 },
+    /// A follower is unavailable: retire it, a replacement follows.
+    RetireFollower { follower: u32 },
+    /// Fewer followers than the plan asks for: build one in `zone`.
+    ProvisionFollower { zone: u16 },
+    /// Move a leaver one step out (retire, archive or terminate).
+    Leave { instance: u32, kind: ActionKind, cause: &'static str },
+    /// A deleted service whose instances are all gone: forget it.
+    Forget,
+}
+
+/// What a fence of the primary makes way for.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) enum AfterFence {
+    /// A healthy follower is promoted (failover).
+    Promote,
+    /// Restarting did not help and no follower can take over: rebuild.
+    Rebuild,
+}
+
+impl Remedy {
+    /// Why, in words, for the action's and the events' `cause`.
+    pub(crate) fn cause(&self) -> &'static str {
+        match self {
+            Remedy::Nothing | Remedy::Wait | Remedy::Held { .. } | Remedy::InvariantBroken { .. } => "",
+            Remedy::Fence { then: AfterFence::Promote, .. } => "failover: fence the unavailable primary",
+            Remedy::Fence { then: AfterFence::Rebuild, .. } => {
+                "restart did not bring the primary back: fence it, then rebuild"
+            }
+            Remedy::Restart { .. } => "primary unavailable and no follower can take over: restart it",
+            Remedy::Promote { .. } => "failover: promote the most advanced healthy follower",
+            Remedy::RebuildPrimary { .. } => {
+                "no primary and no follower to promote: rebuild the primary from its image"
+            }
+            Remedy::RetireFollower { .. } => "follower unavailable: retire it, a replacement follows",
+            Remedy::ProvisionFollower { .. } => "plan has fewer followers than it asks for: build one",
+            Remedy::Leave { cause, .. } => cause,
+            Remedy::Forget => "every instance terminated",
+        }
+    }
+}
+
 impl Engine {
     pub(crate) fn mark_dirty(&mut self, sslot: u32) {
         if let Some(s) = self.services.get_mut(sslot) {
@@ -63,25 +127,25 @@ impl Engine {
             .map(|(i, _)| i)
     }
 
-    /// Under the brake, a remedy against `target` runs only on evidence
-    /// that arrived after the brake engaged.
-    pub(crate) fn brake_allows(&mut self, sslot: u32, target: u32, now: i64, out: &mut Outputs) -> bool {
-        let Some(inst) = self.instances.get(target) else { return true };
-        let Some(since) = self.braked_since(inst.zone) else { return true };
-        if inst.evidence_at >= since {
-            return true;
-        }
+    /// Whether the brake holds a remedy against `target`: under the brake,
+    /// a remedy runs only on evidence that arrived after it engaged.
+    pub(crate) fn brake_holds(&self, target: u32) -> bool {
+        let Some(inst) = self.instances.get(target) else { return false };
+        self.braked_since(inst.zone).is_some_and(|since| inst.evidence_at < since)
+    }
+
+    /// Marks the service held by the brake (released with it) and asks for
+    /// the evidence that would let the remedy against `target` go.
+    fn hold_for_evidence(&mut self, sslot: u32, target: u32, now: i64, out: &mut Outputs) {
         if let Some(s) = self.services.get_mut(sslot) {
             if !s.held {
                 s.held = true;
                 self.held.push(sslot);
             }
         }
-        // Ask for the evidence that would let it go.
-        if inst.state == InstanceState::Unavailable {
+        if self.instances.get(target).is_some_and(|i| i.state == InstanceState::Unavailable) {
             self.request_probe_unavailable(target, now, out);
         }
-        false
     }
 
     pub(crate) fn request_probe_unavailable(&mut self, slot: u32, now: i64, out: &mut Outputs) {
@@ -94,122 +158,100 @@ impl Engine {
         self.open_action(slot, ActionKind::Probe, "held by the brake: fresh evidence needed", false, now, out);
     }
 
+    /// Decides what service `sslot` needs, then does it.
     pub(crate) fn reconcile(&mut self, sslot: u32, now: i64, out: &mut Outputs) {
-        let Some(s) = self.services.get(sslot) else { return };
+        let remedy = self.decide(sslot, now);
+        self.apply(sslot, remedy, now, out);
+    }
+
+    /// What service `sslot` needs now, in the order that keeps it safe:
+    /// one writable primary first, then its followers, then the leavers.
+    /// Pure: reads the fleet and changes nothing.
+    pub(crate) fn decide(&self, sslot: u32, now: i64) -> Remedy {
+        let Some(s) = self.services.get(sslot) else { return Remedy::Nothing };
         if s.open_remedies > 0 || s.needs_human {
-            return;
+            return Remedy::Wait;
         }
-        let members: Vec<u32> = s.instances.clone();
         if s.deleting {
-            self.reconcile_deleting(sslot, &members, now, out);
-            return;
+            return self.decide_deleting(&s.instances);
         }
-        let writable: Vec<u32> =
-            members.iter().copied().filter(|&i| self.instances.get(i).is_some_and(|x| x.writable())).collect();
-        if writable.len() > 1 {
-            self.invariant_broken(sslot, "two writable primaries", now, out);
-            return;
+        let mut writable = s.instances.iter().copied().filter(|&i| self.instances.get(i).is_some_and(|x| x.writable()));
+        let primary = writable.next();
+        if writable.next().is_some() {
+            return Remedy::InvariantBroken { what: "two writable primaries" };
         }
-        if let Some(&p) = writable.first() {
-            let pstate = self.instances.get(p).map(|x| x.state);
-            if pstate == Some(InstanceState::Unavailable) {
-                if !self.brake_allows(sslot, p, now, out) {
-                    return;
-                }
-                let restarts = self.instances.get(p).map(|x| x.restarts).unwrap_or(0);
-                if self.best_follower(sslot, now).is_some() {
-                    let fence = ActionKind::Fence { immediate: true };
-                    self.open_action(p, fence, "failover: fence the unavailable primary", true, now, out);
-                } else if restarts < MAX_RESTARTS {
-                    self.open_action(
-                        p,
-                        ActionKind::Restart,
-                        "primary unavailable and no follower can take over: restart it",
-                        true,
-                        now,
-                        out,
-                    );
-                } else {
-                    self.open_action(
-                        p,
-                        ActionKind::Fence { immediate: true },
-                        "restart did not bring the primary back: fence it, then rebuild",
-                        true,
-                        now,
-                        out,
-                    );
-                }
-                return;
-            }
+        let Some(p) = primary else { return self.decide_without_primary(sslot, now) };
+        if let Some(remedy) = self.decide_for_primary(sslot, p, now) {
+            return remedy;
+        }
+        self.decide_for_followers(sslot).unwrap_or_else(|| self.decide_for_leavers(sslot))
+    }
+
+    /// The writable primary `p` is unavailable: fail over to a follower,
+    /// else restart it once, else fence it so it can be rebuilt.
+    fn decide_for_primary(&self, sslot: u32, p: u32, now: i64) -> Option<Remedy> {
+        let x = self.instances.get(p)?;
+        if x.state != InstanceState::Unavailable {
+            return None;
+        }
+        if self.brake_holds(p) {
+            return Some(Remedy::Held { target: p });
+        }
+        Some(if self.best_follower(sslot, now).is_some() {
+            Remedy::Fence { primary: p, then: AfterFence::Promote }
+        } else if x.restarts < MAX_RESTARTS {
+            Remedy::Restart { primary: p }
         } else {
-            // No writable primary: every primary is fenced (or none exists).
-            if let Some(f) = self.best_follower(sslot, now) {
-                debug_assert!(self.current_primary(sslot).is_none());
-                self.open_action(
-                    f,
-                    ActionKind::Promote,
-                    "failover: promote the most advanced healthy follower",
-                    true,
-                    now,
-                    out,
-                );
-                return;
-            }
-            let anchor =
-                members.iter().copied().find(|&i| self.instances.get(i).is_some_and(|x| x.role == Role::Primary));
-            let zone = anchor
-                .and_then(|a| self.instances.get(a).map(|x| x.zone))
-                .or_else(|| self.services.get(sslot).and_then(|s| s.zones.first().copied()))
-                .unwrap_or(0);
-            self.provision(
-                sslot,
-                Role::Primary,
-                zone,
-                "no primary and no follower to promote: rebuild the primary from its image",
-                now,
-                out,
-            );
-            return;
+            Remedy::Fence { primary: p, then: AfterFence::Rebuild }
+        })
+    }
+
+    /// No writable primary: every primary is fenced (or none exists).
+    fn decide_without_primary(&self, sslot: u32, now: i64) -> Remedy {
+        if let Some(follower) = self.best_follower(sslot, now) {
+            debug_assert!(self.current_primary(sslot).is_none());
+            return Remedy::Promote { follower };
         }
-        // A writable primary exists. Followers next.
-        let plan_followers = self.services.get(sslot).map(|s| s.plan.followers).unwrap_or(0);
-        for &i in &members {
+        let Some(s) = self.services.get(sslot) else { return Remedy::Nothing };
+        let anchor =
+            s.instances.iter().copied().find(|&i| self.instances.get(i).is_some_and(|x| x.role == Role::Primary));
+        let zone = anchor
+            .and_then(|a| self.instances.get(a).map(|x| x.zone))
+            .or_else(|| s.zones.first().copied())
+            .unwrap_or(0);
+        Remedy::RebuildPrimary { zone }
+    }
+
+    /// A writable primary exists: replace an unavailable follower, or build
+    /// the followers the plan lacks.
+    fn decide_for_followers(&self, sslot: u32) -> Option<Remedy> {
+        let s = self.services.get(sslot)?;
+        for &i in &s.instances {
             let Some(x) = self.instances.get(i) else { continue };
             if x.role == Role::Follower && x.state == InstanceState::Unavailable {
-                if !self.brake_allows(sslot, i, now, out) {
-                    return;
+                if self.brake_holds(i) {
+                    return Some(Remedy::Held { target: i });
                 }
-                self.open_action(
-                    i,
-                    ActionKind::Retire,
-                    "follower unavailable: retire it, a replacement follows",
-                    true,
-                    now,
-                    out,
-                );
-                return;
+                return Some(Remedy::RetireFollower { follower: i });
             }
         }
-        let followers = members
+        let followers = s
+            .instances
             .iter()
             .filter(|&&i| {
                 self.instances.get(i).is_some_and(|x| x.role == Role::Follower && x.state.is_member() && !x.fenced)
             })
             .count();
-        if followers < usize::from(plan_followers) {
-            let zone = self.zone_for_new_member(sslot);
-            self.provision(
-                sslot,
-                Role::Follower,
-                zone,
-                "plan has fewer followers than it asks for: build one",
-                now,
-                out,
-            );
-            return;
+        if followers < usize::from(s.plan.followers) {
+            return Some(Remedy::ProvisionFollower { zone: self.zone_for_new_member(sslot) });
         }
-        // Leavers: fenced old primaries retire; retired archive; archived terminate.
-        for &i in &members {
+        None
+    }
+
+    /// Leavers: fenced old primaries retire; retired archive; archived terminate.
+    fn decide_for_leavers(&self, sslot: u32) -> Remedy {
+        let Some(s) = self.services.get(sslot) else { return Remedy::Nothing };
+        for &i in &s.instances {
             let Some(x) = self.instances.get(i) else { continue };
             let (kind, cause) = match x.state {
                 s if s.is_member() && x.fenced => (ActionKind::Retire, "replaced: retire the fenced old primary"),
@@ -218,12 +260,13 @@ impl Engine {
                 InstanceState::Archived => (ActionKind::Terminate, "terminate the archived instance"),
                 _ => continue,
             };
-            self.open_action(i, kind, cause, true, now, out);
-            return;
+            return Remedy::Leave { instance: i, kind, cause };
         }
+        Remedy::Nothing
     }
 
-    pub(crate) fn reconcile_deleting(&mut self, sslot: u32, members: &[u32], now: i64, out: &mut Outputs) {
+    /// A deleted service: every instance steps out, then the service goes.
+    fn decide_deleting(&self, members: &[u32]) -> Remedy {
         for &i in members {
             let Some(x) = self.instances.get(i) else { continue };
             let kind = match x.state {
@@ -233,14 +276,50 @@ impl Engine {
                 InstanceState::Archived => ActionKind::Terminate,
                 _ => continue,
             };
-            self.open_action(i, kind, "service deleted by its owner", true, now, out);
-            return;
+            return Remedy::Leave { instance: i, kind, cause: "service deleted by its owner" };
         }
         if members.iter().all(|&i| self.instances.get(i).is_none()) {
-            self.set_service_state(sslot, ServiceState::Deleted, "every instance terminated", now, out);
-            if let Some(s) = self.services.remove(sslot) {
-                self.service_names.remove(&s.name);
-                self.service_ids.remove(&s.id);
+            Remedy::Forget
+        } else {
+            Remedy::Nothing
+        }
+    }
+
+    /// Does what `decide` chose: opens the one remedy, holds the service
+    /// for the brake, asks for a human, or forgets a deleted service.
+    fn apply(&mut self, sslot: u32, remedy: Remedy, now: i64, out: &mut Outputs) {
+        let cause = remedy.cause();
+        match remedy {
+            Remedy::Nothing | Remedy::Wait => {}
+            Remedy::Held { target } => self.hold_for_evidence(sslot, target, now, out),
+            Remedy::InvariantBroken { what } => self.invariant_broken(sslot, what, now, out),
+            Remedy::Fence { primary, .. } => {
+                self.open_action(primary, ActionKind::Fence { immediate: true }, cause, true, now, out);
+            }
+            Remedy::Restart { primary } => {
+                self.open_action(primary, ActionKind::Restart, cause, true, now, out);
+            }
+            Remedy::Promote { follower } => {
+                self.open_action(follower, ActionKind::Promote, cause, true, now, out);
+            }
+            Remedy::RebuildPrimary { zone } => {
+                self.provision(sslot, Role::Primary, zone, cause, now, out);
+            }
+            Remedy::RetireFollower { follower } => {
+                self.open_action(follower, ActionKind::Retire, cause, true, now, out);
+            }
+            Remedy::ProvisionFollower { zone } => {
+                self.provision(sslot, Role::Follower, zone, cause, now, out);
+            }
+            Remedy::Leave { instance, kind, .. } => {
+                self.open_action(instance, kind, cause, true, now, out);
+            }
+            Remedy::Forget => {
+                self.set_service_state(sslot, ServiceState::Deleted, cause, now, out);
+                if let Some(s) = self.services.remove(sslot) {
+                    self.service_names.remove(&s.name);
+                    self.service_ids.remove(&s.id);
+                }
             }
         }
     }
