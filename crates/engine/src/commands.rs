@@ -1,12 +1,11 @@
 //! Commands.
 
 use crate::api::{Command, CommandError, Outputs, Reply};
-use crate::fleet::new_instance;
-use crate::fleet::{Svc, NEVER};
+use crate::fleet::{Inst, Placement, ServicePlace, Svc};
 use crate::Engine;
 use drover_model::{
     ActionId, ActionKind, ActionState, CreateService, EventSubject, Image, InstanceId, InstanceState, Plan, Role,
-    ServiceId, ServiceState,
+    ServiceId, ServiceRecord, ServiceState, Timestamp,
 };
 use rand::RngCore;
 
@@ -222,38 +221,26 @@ impl Engine {
         let team = self.teams.intern(req.team.as_deref().unwrap_or(&self.config.default_team.clone()));
         let provider = self.providers.intern(&provider_name);
         let id = ServiceId::new_at(now, self.rng.next_u64());
-        let svc = Svc {
+        let rec = ServiceRecord {
             id,
-            name: req.name.clone().into(),
+            name: req.name.clone(),
             engine: req.engine,
             plan: Plan {
                 followers: req.followers,
                 sync: req.sync.unwrap_or(false),
                 max_failover_lag_bytes: req.max_failover_lag_bytes.unwrap_or(self.config.max_failover_lag_bytes),
             },
-            team,
-            zones: zones.clone(),
-            image,
-            provider,
+            team: self.teams.name(team).into(),
+            zones: zone_names,
+            image: self.images.id(image),
+            provider: provider_name,
             state: ServiceState::Provisioning,
-            created_at: now,
-            state_since: now,
-            instances: Vec::new(),
-            open_remedies: 0,
-            deleting: false,
-            held: false,
-            dirty: false,
+            created_at: Timestamp(now),
+            state_since: Timestamp(now),
             needs_human: false,
-            remedy_failures: 0,
-            failing_since: 0,
-            backups: Box::default(),
-            backup_running: false,
-            verify_running: false,
-            verify_after_backup: false,
-            verify_failures: 0,
-            next_backup_at: NEVER,
-            next_verify_at: NEVER,
+            backups: Default::default(),
         };
+        let svc = Svc::from_record(rec, ServicePlace { team, zones: zones.clone(), image, provider });
         let sslot = self.services.insert(svc);
         self.service_names.insert(req.name.clone().into(), sslot);
         self.service_ids.insert(id, sslot);
@@ -276,7 +263,7 @@ impl Engine {
             let role = if k == 0 { Role::Primary } else { Role::Follower };
             let zone = zones[k % zones.len()];
             let iid = InstanceId::new_at(now, self.rng.next_u64());
-            let slot = self.add_instance(new_instance(iid, sslot, image, zone, provider, role, now));
+            let slot = self.add_instance(Inst::new(iid, sslot, Placement { image, zone, provider }, role, now));
             out.changes.events.push(self.event(
                 now,
                 EventSubject::Instance,

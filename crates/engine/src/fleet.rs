@@ -4,7 +4,8 @@
 //! entry, which is what keeps a million of them under 1 KiB each.
 
 use drover_model::{
-    EngineKind, Facts, ImageId, InstanceId, InstanceState, Plan, Role, ServiceId, ServiceState, Timestamp,
+    EngineKind, Facts, ImageId, InstanceId, InstanceRecord, InstanceState, Plan, Role, ServiceId, ServiceRecord,
+    ServiceState, Timestamp,
 };
 use hashbrown::HashMap;
 
@@ -77,7 +78,62 @@ pub struct Inst {
     pub last_backup_at: Option<i64>,
 }
 
+/// Where an instance lives, as indices the engine interned.
+#[derive(Clone, Copy, Debug)]
+pub struct Placement {
+    pub image: u32,
+    pub zone: u16,
+    pub provider: u16,
+}
+
 impl Inst {
+    /// A new member, installing, not heard yet. The one place an `Inst` is
+    /// built: `from_record` starts from here too.
+    pub fn new(id: InstanceId, service: u32, place: Placement, role: Role, now: i64) -> Inst {
+        Inst {
+            id,
+            service,
+            image: place.image,
+            zone: place.zone,
+            provider: place.provider,
+            role,
+            state: InstanceState::Installing,
+            fenced: false,
+            probing: false,
+            upstream_broken: false,
+            covered: false,
+            writable_fact: None,
+            restarts: 0,
+            created_at: now,
+            state_since: now,
+            last_heartbeat: 0,
+            last_seq: 0,
+            check_at: NEVER,
+            next_probe_at: 0,
+            last_probe_ok: 0,
+            evidence_at: 0,
+            wal_position: None,
+            lag_bytes: None,
+            connections: None,
+            last_backup_at: None,
+        }
+    }
+
+    /// An instance restored from its record at a control-plane restart:
+    /// what was persisted, and heard "now" so that the grace period starts
+    /// from the restart. Facts arrive with its next heartbeat.
+    pub fn from_record(rec: &InstanceRecord, service: u32, place: Placement, now: i64) -> Inst {
+        Inst {
+            state: rec.state,
+            fenced: rec.fenced,
+            restarts: rec.restarts,
+            state_since: rec.state_since.0,
+            last_heartbeat: now,
+            next_probe_at: now,
+            ..Inst::new(rec.id, service, place, rec.role, rec.created_at.0)
+        }
+    }
+
     pub fn writable(&self) -> bool {
         self.role == Role::Primary && !self.fenced && self.state.is_member()
     }
@@ -139,6 +195,51 @@ pub struct Svc {
     pub verify_failures: u8,
     pub next_backup_at: i64,
     pub next_verify_at: i64,
+}
+
+/// A service's repeated names, as indices the engine interned.
+pub struct ServicePlace {
+    pub team: u16,
+    pub zones: Vec<u16>,
+    pub image: u32,
+    pub provider: u16,
+}
+
+impl Svc {
+    /// The one place an `Svc` is built: from its record (restored from the
+    /// store, or written for a new service), with its names interned in
+    /// `place`. What is not persisted (open remedies, failure counts,
+    /// schedules) starts empty.
+    pub fn from_record(rec: ServiceRecord, place: ServicePlace) -> Svc {
+        Svc {
+            id: rec.id,
+            name: rec.name.into(),
+            engine: rec.engine,
+            plan: rec.plan,
+            team: place.team,
+            zones: place.zones,
+            image: place.image,
+            provider: place.provider,
+            state: rec.state,
+            created_at: rec.created_at.0,
+            state_since: rec.state_since.0,
+            instances: Vec::new(),
+            open_remedies: 0,
+            deleting: rec.state == ServiceState::Deleting,
+            held: false,
+            dirty: false,
+            needs_human: rec.needs_human,
+            remedy_failures: 0,
+            failing_since: 0,
+            backups: Box::new(rec.backups),
+            backup_running: false,
+            verify_running: false,
+            verify_after_backup: false,
+            verify_failures: 0,
+            next_backup_at: NEVER,
+            next_verify_at: NEVER,
+        }
+    }
 }
 
 /// A slab: stable `u32` slots with reuse.
@@ -252,43 +353,5 @@ impl<T> Wheel<T> {
     }
     pub fn next(&self) -> Option<i64> {
         self.buckets.keys().next().copied()
-    }
-}
-
-pub(crate) fn new_instance(
-    id: InstanceId,
-    sslot: u32,
-    image: u32,
-    zone: u16,
-    provider: u16,
-    role: Role,
-    now: i64,
-) -> Inst {
-    Inst {
-        id,
-        service: sslot,
-        image,
-        zone,
-        provider,
-        role,
-        state: InstanceState::Installing,
-        fenced: false,
-        probing: false,
-        upstream_broken: false,
-        covered: false,
-        writable_fact: None,
-        restarts: 0,
-        created_at: now,
-        state_since: now,
-        last_heartbeat: 0,
-        last_seq: 0,
-        check_at: NEVER,
-        next_probe_at: 0,
-        last_probe_ok: 0,
-        evidence_at: 0,
-        wal_position: None,
-        lag_bytes: None,
-        connections: None,
-        last_backup_at: None,
     }
 }

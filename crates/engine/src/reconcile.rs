@@ -1,7 +1,7 @@
 //! Reconcile: one remedy at a time per service.
 
 use crate::api::Outputs;
-use crate::fleet::new_instance;
+use crate::fleet::{Inst, Placement};
 use crate::{micros, Engine, MAX_RESTARTS};
 use drover_model::{ActionKind, EventSubject, InstanceId, InstanceState, Role, ServiceState};
 use rand::RngCore;
@@ -367,7 +367,7 @@ impl Engine {
         let s = self.services.get(sslot)?;
         let (image, provider) = (s.image, s.provider);
         let id = InstanceId::new_at(now, self.rng.next_u64());
-        let inst = new_instance(id, sslot, image, zone, provider, role, now);
+        let inst = Inst::new(id, sslot, Placement { image, zone, provider }, role, now);
         let slot = self.add_instance(inst);
         out.changes.events.push(self.event(
             now,

@@ -2,12 +2,10 @@
 
 use crate::actions::is_remedy;
 use crate::api::{Config, Outputs};
-use crate::fleet::{Inst, Svc, NEVER};
+use crate::fleet::{Inst, Placement, ServicePlace, Svc};
 use crate::records::fleet_event;
 use crate::{micros, Engine, OpenAction};
-use drover_model::{
-    ActionKind, ActionRecord, ActionState, Image, ServiceId, ServiceRecord, ServiceState, Snapshot, Timestamp,
-};
+use drover_model::{ActionKind, ActionRecord, ActionState, Image, ServiceId, ServiceRecord, Snapshot, Timestamp};
 use hashbrown::HashMap;
 
 impl Engine {
@@ -29,38 +27,19 @@ impl Engine {
                 Some(&i) => i,
                 None => e.images.insert(placeholder_image(&rec)).0,
             };
-            let svc = Svc {
-                id: rec.id,
-                name: rec.name.clone().into(),
-                engine: rec.engine,
-                plan: rec.plan,
+            let place = ServicePlace {
                 team: e.teams.intern(&rec.team),
                 zones: rec.zones.iter().map(|z| e.zone(z)).collect(),
                 image,
                 provider: e.providers.intern(&rec.provider),
-                state: rec.state,
-                created_at: rec.created_at.0,
-                state_since: rec.state_since.0,
-                instances: Vec::new(),
-                open_remedies: 0,
-                deleting: rec.state == ServiceState::Deleting,
-                held: false,
-                dirty: false,
-                needs_human: rec.needs_human,
-                remedy_failures: 0,
-                failing_since: 0,
-                backups: Box::new(rec.backups.clone()),
-                backup_running: false,
-                verify_running: false,
-                verify_after_backup: false,
-                verify_failures: 0,
-                next_backup_at: NEVER,
-                next_verify_at: NEVER,
             };
+            let id = rec.id;
+            let svc = Svc::from_record(rec, place);
+            let name = svc.name.clone();
             let slot = e.services.insert(svc);
-            e.service_names.insert(rec.name.into(), slot);
-            e.service_ids.insert(rec.id, slot);
-            service_by_id.insert(rec.id, slot);
+            e.service_names.insert(name, slot);
+            e.service_ids.insert(id, slot);
+            service_by_id.insert(id, slot);
             e.schedule_backups(slot, now);
         }
         let mut orphans = 0;
@@ -73,34 +52,8 @@ impl Engine {
                 Some(&i) => i,
                 None => 0,
             };
-            let inst = Inst {
-                id: rec.id,
-                service: sslot,
-                image,
-                zone: e.zone(&rec.zone),
-                provider: e.providers.intern(&rec.provider),
-                role: rec.role,
-                state: rec.state,
-                fenced: rec.fenced,
-                probing: false,
-                upstream_broken: false,
-                covered: false,
-                writable_fact: None,
-                restarts: rec.restarts,
-                created_at: rec.created_at.0,
-                state_since: rec.state_since.0,
-                // Heard "now": the grace period starts from the restart.
-                last_heartbeat: now,
-                last_seq: 0,
-                check_at: NEVER,
-                next_probe_at: now,
-                last_probe_ok: 0,
-                evidence_at: 0,
-                wal_position: None,
-                lag_bytes: None,
-                connections: None,
-                last_backup_at: None,
-            };
+            let place = Placement { image, zone: e.zone(&rec.zone), provider: e.providers.intern(&rec.provider) };
+            let inst = Inst::from_record(&rec, sslot, place, now);
             let slot = e.add_instance(inst);
             e.schedule_instance(slot, now);
         }
