@@ -5,7 +5,9 @@ use crate::api::{Config, Outputs};
 use crate::fleet::{Inst, Placement, ServicePlace, Svc};
 use crate::records::fleet_event;
 use crate::{micros, Engine, OpenAction};
-use drover_model::{ActionKind, ActionRecord, ActionState, Image, ServiceId, ServiceRecord, Snapshot, Timestamp};
+use drover_model::{
+    ActionKind, ActionRecord, ActionState, Image, InstanceRecord, ServiceId, ServiceRecord, Snapshot, Timestamp,
+};
 use hashbrown::HashMap;
 
 impl Engine {
@@ -21,91 +23,9 @@ impl Engine {
         for image in snapshot.images {
             e.images.insert(image);
         }
-        let mut service_by_id: HashMap<ServiceId, u32> = HashMap::new();
-        for rec in snapshot.services {
-            let image = match e.images.index.get(&rec.image) {
-                Some(&i) => i,
-                None => e.images.insert(placeholder_image(&rec)).0,
-            };
-            let place = ServicePlace {
-                team: e.teams.intern(&rec.team),
-                zones: rec.zones.iter().map(|z| e.zone(z)).collect(),
-                image,
-                provider: e.providers.intern(&rec.provider),
-            };
-            let id = rec.id;
-            let svc = Svc::from_record(rec, place);
-            let name = svc.name.clone();
-            let slot = e.services.insert(svc);
-            e.service_names.insert(name, slot);
-            e.service_ids.insert(id, slot);
-            service_by_id.insert(id, slot);
-            e.schedule_backups(slot, now);
-        }
-        let mut orphans = 0;
-        for rec in snapshot.instances {
-            let Some(&sslot) = service_by_id.get(&rec.service) else {
-                orphans += 1;
-                continue;
-            };
-            let image = match e.images.index.get(&rec.image) {
-                Some(&i) => i,
-                None => 0,
-            };
-            let place = Placement { image, zone: e.zone(&rec.zone), provider: e.providers.intern(&rec.provider) };
-            let inst = Inst::from_record(&rec, sslot, place, now);
-            let slot = e.add_instance(inst);
-            e.schedule_instance(slot, now);
-        }
-        let mut resumed = 0;
-        let mut pending = 0;
-        let mut actions: Vec<ActionRecord> = snapshot.actions;
-        actions.sort_by_key(|a| (a.created_at, a.id));
-        for mut rec in actions {
-            let Some(&islot) = e.instance_index.get(&rec.instance) else {
-                // Its instance is gone: nothing left to act on.
-                let from = rec.state;
-                rec.state = ActionState::Cancelled;
-                rec.updated_at = Timestamp(now);
-                rec.error = Some("its instance no longer exists".into());
-                out.changes.events.push(e.action_event(&rec, from, "cancelled at restart: instance gone", now));
-                out.changes.actions.push(rec);
-                continue;
-            };
-            let sslot = e.instances.get(islot).map(|i| i.service).unwrap_or(0);
-            let remedy = is_remedy(&rec.kind);
-            let budget_zone = e.budget_zone(&rec.kind, islot);
-            if let Some(s) = e.services.get_mut(sslot) {
-                match rec.kind {
-                    ActionKind::Backup => s.backup_running = true,
-                    ActionKind::VerifyRestore => s.verify_running = true,
-                    _ => {}
-                }
-            }
-            if remedy {
-                if let Some(s) = e.services.get_mut(sslot) {
-                    s.open_remedies += 1;
-                }
-            }
-            let id = rec.id;
-            match rec.state {
-                ActionState::Pending => {
-                    pending += 1;
-                    if let Some(z) = budget_zone {
-                        e.zone_mut(z).waiting.push_back(id);
-                    }
-                    e.actions.insert(id, OpenAction { record: rec, remedy, budget_zone, durable: true });
-                }
-                _ => {
-                    resumed += 1;
-                    if let Some(z) = budget_zone {
-                        e.zone_mut(z).running_budgeted += 1;
-                    }
-                    e.actions.insert(id, OpenAction { record: rec, remedy, budget_zone, durable: true });
-                    e.redispatch(id, "resumed after control-plane restart", now, &mut out);
-                }
-            }
-        }
+        let service_by_id = e.restore_services(snapshot.services, now);
+        let orphans = e.restore_instances(snapshot.instances, &service_by_id, now);
+        let (resumed, pending) = e.resume_actions(snapshot.actions, now, &mut out);
         out.changes.events.push(fleet_event(
             now,
             None,
@@ -127,6 +47,115 @@ impl Engine {
         }
         e.reconcile_dirty(now, &mut out);
         (e, out)
+    }
+
+    /// Services from their records, with their backup schedules armed.
+    fn restore_services(&mut self, records: Vec<ServiceRecord>, now: i64) -> HashMap<ServiceId, u32> {
+        let mut service_by_id: HashMap<ServiceId, u32> = HashMap::new();
+        for rec in records {
+            let image = match self.images.index.get(&rec.image) {
+                Some(&i) => i,
+                None => self.images.insert(placeholder_image(&rec)).0,
+            };
+            let place = ServicePlace {
+                team: self.teams.intern(&rec.team),
+                zones: rec.zones.iter().map(|z| self.zone(z)).collect(),
+                image,
+                provider: self.providers.intern(&rec.provider),
+            };
+            let id = rec.id;
+            let svc = Svc::from_record(rec, place);
+            let name = svc.name.clone();
+            let slot = self.services.insert(svc);
+            self.service_names.insert(name, slot);
+            self.service_ids.insert(id, slot);
+            service_by_id.insert(id, slot);
+            self.schedule_backups(slot, now);
+        }
+        service_by_id
+    }
+
+    /// Instances from their records, each with its deadline. Returns how
+    /// many were skipped because their service is not in the store.
+    fn restore_instances(
+        &mut self,
+        records: Vec<InstanceRecord>,
+        service_by_id: &HashMap<ServiceId, u32>,
+        now: i64,
+    ) -> usize {
+        let mut orphans = 0;
+        for rec in records {
+            let Some(&sslot) = service_by_id.get(&rec.service) else {
+                orphans += 1;
+                continue;
+            };
+            let image = match self.images.index.get(&rec.image) {
+                Some(&i) => i,
+                None => 0,
+            };
+            let place = Placement { image, zone: self.zone(&rec.zone), provider: self.providers.intern(&rec.provider) };
+            let inst = Inst::from_record(&rec, sslot, place, now);
+            let slot = self.add_instance(inst);
+            self.schedule_instance(slot, now);
+        }
+        orphans
+    }
+
+    /// Reopens the stored actions, oldest first: pending ones queue for
+    /// their zone's budget again, running ones are dispatched again.
+    /// Returns how many were resumed and how many are pending.
+    fn resume_actions(&mut self, mut actions: Vec<ActionRecord>, now: i64, out: &mut Outputs) -> (usize, usize) {
+        let (mut resumed, mut pending) = (0, 0);
+        actions.sort_by_key(|a| (a.created_at, a.id));
+        for rec in actions {
+            match self.resume_action(rec, now, out) {
+                Some(ActionState::Pending) => pending += 1,
+                Some(_) => resumed += 1,
+                None => {}
+            }
+        }
+        (resumed, pending)
+    }
+
+    /// One stored action: cancelled if its instance is gone, else open again
+    /// with its service's and zone's counts. Returns its state if reopened.
+    fn resume_action(&mut self, mut rec: ActionRecord, now: i64, out: &mut Outputs) -> Option<ActionState> {
+        let Some(&islot) = self.instance_index.get(&rec.instance) else {
+            // Its instance is gone: nothing left to act on.
+            let from = rec.state;
+            rec.state = ActionState::Cancelled;
+            rec.updated_at = Timestamp(now);
+            rec.error = Some("its instance no longer exists".into());
+            out.changes.events.push(self.action_event(&rec, from, "cancelled at restart: instance gone", now));
+            out.changes.actions.push(rec);
+            return None;
+        };
+        let sslot = self.instances.get(islot).map(|i| i.service).unwrap_or(0);
+        let remedy = is_remedy(&rec.kind);
+        let budget_zone = self.budget_zone(&rec.kind, islot);
+        if let Some(s) = self.services.get_mut(sslot) {
+            match rec.kind {
+                ActionKind::Backup => s.backup_running = true,
+                ActionKind::VerifyRestore => s.verify_running = true,
+                _ => {}
+            }
+            if remedy {
+                s.open_remedies += 1;
+            }
+        }
+        let (id, state) = (rec.id, rec.state);
+        self.actions.insert(id, OpenAction { record: rec, remedy, budget_zone, durable: true });
+        if state == ActionState::Pending {
+            if let Some(z) = budget_zone {
+                self.zone_mut(z).waiting.push_back(id);
+            }
+        } else {
+            if let Some(z) = budget_zone {
+                self.zone_mut(z).running_budgeted += 1;
+            }
+            self.redispatch(id, "resumed after control-plane restart", now, out);
+        }
+        Some(state)
     }
 }
 
