@@ -4,8 +4,8 @@ use crate::api::{Command, CommandError, Outputs, Reply};
 use crate::fleet::{Inst, Placement, ServicePlace, Svc};
 use crate::Engine;
 use drover_model::{
-    ActionId, ActionKind, ActionState, CreateService, EventSubject, Image, InstanceId, InstanceState, Plan, Role,
-    ServiceId, ServiceRecord, ServiceState, Timestamp,
+    ActionId, ActionKind, ActionState, CreateService, EventSubject, Fault, Image, InstanceId, InstanceState, Plan,
+    Role, ServiceId, ServiceRecord, ServiceState, Timestamp,
 };
 use rand::RngCore;
 
@@ -13,146 +13,217 @@ impl Engine {
     pub(crate) fn command(&mut self, command: Command, now: i64, out: &mut Outputs) -> Result<Reply, CommandError> {
         match command {
             Command::CreateService(req) => self.create_service(req, now, out),
-            Command::DeleteService { name } => {
-                let Some(&sslot) = self.service_names.get(name.as_str()) else {
-                    return Err(CommandError::NotFound(format!("no service named {name:?}")));
-                };
-                let waiting: Vec<ActionId> = {
-                    let sid = self.services.get(sslot).map(|s| s.id);
-                    self.actions
-                        .values()
-                        .filter(|a| Some(a.record.service) == sid && a.record.state == ActionState::Pending)
-                        .map(|a| a.record.id)
-                        .collect()
-                };
-                for id in waiting {
-                    self.finish_action(id, ActionState::Cancelled, Some("service deleted".into()), now, out);
-                }
-                if let Some(s) = self.services.get_mut(sslot) {
-                    s.deleting = true;
-                    s.needs_human = false;
-                }
-                self.mark_dirty(sslot);
-                self.reconcile_dirty(now, out);
-                self.service_view_slot(sslot, now)
-                    .map(|v| Reply::Service(Box::new(v)))
-                    .ok_or_else(|| CommandError::NotFound(format!("service {name:?} is gone")))
-            }
-            Command::Chaos { instance, fault } => {
-                let Some(&slot) = self.instance_index.get(&instance) else {
-                    return Err(CommandError::NotFound(format!("no instance {instance}")));
-                };
-                let id = self
-                    .open_action(
-                        slot,
-                        ActionKind::InjectFault { fault },
-                        &format!("chaos: inject {fault}"),
-                        false,
-                        now,
-                        out,
-                    )
-                    .ok_or_else(|| CommandError::NotFound(format!("no instance {instance}")))?;
-                let rec = out.changes.actions.iter().rev().find(|a| a.id == id).cloned();
-                rec.map(|r| Reply::Action(Box::new(r)))
-                    .ok_or_else(|| CommandError::Invalid("chaos action could not be opened".into()))
-            }
-            Command::Switchover { name } => {
-                let sslot = self.live_service(&name)?;
-                let s = self.services.get(sslot).ok_or_else(|| CommandError::NotFound(name.clone()))?;
-                if s.open_remedies > 0 {
-                    return Err(CommandError::Conflict(format!(
-                        "a remedy of {name:?} is under way; switch over when it finishes"
-                    )));
-                }
-                let primary = self
-                    .current_primary(sslot)
-                    .filter(|&p| self.instances.get(p).is_some_and(|i| i.state == InstanceState::Available))
-                    .ok_or_else(|| {
-                        CommandError::Conflict(format!("{name:?} has no available primary to switch over from"))
-                    })?;
-                if self.best_follower(sslot, now).is_none() {
-                    return Err(CommandError::Conflict(format!(
-                        "{name:?} has no healthy follower within the lag bound to switch over to"
-                    )));
-                }
-                self.open_action(
-                    primary,
-                    ActionKind::Fence { immediate: false },
-                    "switchover: fence the primary, then promote the most advanced follower",
-                    true,
-                    now,
-                    out,
-                );
-                self.mark_dirty(sslot);
-                self.reconcile_dirty(now, out);
-                self.service_view_slot(sslot, now)
-                    .map(|v| Reply::Service(Box::new(v)))
-                    .ok_or_else(|| CommandError::NotFound(name.clone()))
-            }
+            Command::DeleteService { name } => self.delete_service(name, now, out),
+            Command::Chaos { instance, fault } => self.chaos(instance, fault, now, out),
+            Command::Switchover { name } => self.switchover(name, now, out),
             Command::TakeBackup { name } => {
                 self.backup_command(&name, ActionKind::Backup, "backup requested", now, out)
             }
             Command::VerifyBackup { name } => {
                 self.backup_command(&name, ActionKind::VerifyRestore, "restore test requested", now, out)
             }
-            Command::ResumeService { name } => {
-                let sslot = self.live_service(&name)?;
-                let Some(s) = self.services.get_mut(sslot) else {
-                    return Err(CommandError::NotFound(format!("no service named {name:?}")));
-                };
-                let was = s.needs_human;
-                s.needs_human = false;
-                s.remedy_failures = 0;
-                s.failing_since = 0;
-                s.verify_failures = 0;
-                if was {
-                    let ids: Vec<u32> = s.instances.clone();
-                    for i in ids {
-                        // A fresh start: a restart already tried may be tried again.
-                        if let Some(inst) = self.instances.get_mut(i) {
-                            inst.restarts = 0;
-                        }
-                    }
-                    out.changes.events.push(self.event(
-                        now,
-                        EventSubject::Service,
-                        Some(sslot),
-                        None,
-                        Some("needs_human"),
-                        None,
-                        "resumed by an operator (see the audit trail): the engine tries its remedies again",
-                    ));
-                    if let Some(rec) = self.service_record(sslot) {
-                        out.changes.services.push(rec);
-                    }
+            Command::ResumeService { name } => self.resume_service(name, now, out),
+            Command::RegisterImage(image) => self.register_image(image, out),
+        }
+    }
+
+    /// Cancels what waits for the service and starts taking it apart; the
+    /// instances leave one by one through reconcile.
+    fn delete_service(&mut self, name: String, now: i64, out: &mut Outputs) -> Result<Reply, CommandError> {
+        let Some(&sslot) = self.service_names.get(name.as_str()) else {
+            return Err(CommandError::NotFound(format!("no service named {name:?}")));
+        };
+        let waiting: Vec<ActionId> = {
+            let sid = self.services.get(sslot).map(|s| s.id);
+            self.actions
+                .values()
+                .filter(|a| Some(a.record.service) == sid && a.record.state == ActionState::Pending)
+                .map(|a| a.record.id)
+                .collect()
+        };
+        for id in waiting {
+            self.finish_action(id, ActionState::Cancelled, Some("service deleted".into()), now, out);
+        }
+        if let Some(s) = self.services.get_mut(sslot) {
+            s.deleting = true;
+            s.needs_human = false;
+        }
+        self.mark_dirty(sslot);
+        self.reconcile_dirty(now, out);
+        self.service_view_slot(sslot, now)
+            .map(|v| Reply::Service(Box::new(v)))
+            .ok_or_else(|| CommandError::NotFound(format!("service {name:?} is gone")))
+    }
+
+    /// Opens a fault injection on an instance (not a remedy: it takes no
+    /// remedy slot).
+    fn chaos(
+        &mut self,
+        instance: InstanceId,
+        fault: Fault,
+        now: i64,
+        out: &mut Outputs,
+    ) -> Result<Reply, CommandError> {
+        let Some(&slot) = self.instance_index.get(&instance) else {
+            return Err(CommandError::NotFound(format!("no instance {instance}")));
+        };
+        let id = self
+            .open_action(slot, ActionKind::InjectFault { fault }, &format!("chaos: inject {fault}"), false, now, out)
+            .ok_or_else(|| CommandError::NotFound(format!("no instance {instance}")))?;
+        let rec = out.changes.actions.iter().rev().find(|a| a.id == id).cloned();
+        rec.map(|r| Reply::Action(Box::new(r)))
+            .ok_or_else(|| CommandError::Invalid("chaos action could not be opened".into()))
+    }
+
+    /// A planned switchover: fence the healthy primary, then reconcile
+    /// promotes the most advanced follower.
+    fn switchover(&mut self, name: String, now: i64, out: &mut Outputs) -> Result<Reply, CommandError> {
+        let sslot = self.live_service(&name)?;
+        let s = self.services.get(sslot).ok_or_else(|| CommandError::NotFound(name.clone()))?;
+        if s.open_remedies > 0 {
+            return Err(CommandError::Conflict(format!(
+                "a remedy of {name:?} is under way; switch over when it finishes"
+            )));
+        }
+        let primary = self
+            .current_primary(sslot)
+            .filter(|&p| self.instances.get(p).is_some_and(|i| i.state == InstanceState::Available))
+            .ok_or_else(|| CommandError::Conflict(format!("{name:?} has no available primary to switch over from")))?;
+        if self.best_follower(sslot, now).is_none() {
+            return Err(CommandError::Conflict(format!(
+                "{name:?} has no healthy follower within the lag bound to switch over to"
+            )));
+        }
+        self.open_action(
+            primary,
+            ActionKind::Fence { immediate: false },
+            "switchover: fence the primary, then promote the most advanced follower",
+            true,
+            now,
+            out,
+        );
+        self.mark_dirty(sslot);
+        self.reconcile_dirty(now, out);
+        self.service_view_slot(sslot, now)
+            .map(|v| Reply::Service(Box::new(v)))
+            .ok_or_else(|| CommandError::NotFound(name.clone()))
+    }
+
+    /// An operator says the service is fixed: clear the failure counts and
+    /// let the engine try its remedies again.
+    fn resume_service(&mut self, name: String, now: i64, out: &mut Outputs) -> Result<Reply, CommandError> {
+        let sslot = self.live_service(&name)?;
+        let Some(s) = self.services.get_mut(sslot) else {
+            return Err(CommandError::NotFound(format!("no service named {name:?}")));
+        };
+        let was = s.needs_human;
+        s.needs_human = false;
+        s.remedy_failures = 0;
+        s.failing_since = 0;
+        s.verify_failures = 0;
+        if was {
+            let ids: Vec<u32> = s.instances.clone();
+            for i in ids {
+                // A fresh start: a restart already tried may be tried again.
+                if let Some(inst) = self.instances.get_mut(i) {
+                    inst.restarts = 0;
                 }
-                self.mark_dirty(sslot);
-                self.reconcile_dirty(now, out);
-                self.service_view_slot(sslot, now)
-                    .map(|v| Reply::Service(Box::new(v)))
-                    .ok_or_else(|| CommandError::NotFound(name.clone()))
             }
-            Command::RegisterImage(image) => {
-                let expected = Image::new(
-                    image.engine,
-                    image.version.clone(),
-                    image.configuration.clone(),
-                    image.packages.clone(),
-                    image.created_at,
-                );
-                if expected.id != image.id {
-                    return Err(CommandError::Invalid(format!(
-                        "image id {} does not match its content (expected {})",
-                        image.id, expected.id
-                    )));
-                }
-                let (i, new) = self.images.insert(image);
-                let image = self.images.list[i as usize].clone();
-                if new {
-                    out.changes.images.push(image.clone());
-                }
-                Ok(Reply::Image(Box::new(image)))
+            out.changes.events.push(self.event(
+                now,
+                EventSubject::Service,
+                Some(sslot),
+                None,
+                Some("needs_human"),
+                None,
+                "resumed by an operator (see the audit trail): the engine tries its remedies again",
+            ));
+            if let Some(rec) = self.service_record(sslot) {
+                out.changes.services.push(rec);
             }
+        }
+        self.mark_dirty(sslot);
+        self.reconcile_dirty(now, out);
+        self.service_view_slot(sslot, now)
+            .map(|v| Reply::Service(Box::new(v)))
+            .ok_or_else(|| CommandError::NotFound(name.clone()))
+    }
+
+    /// Registers an image whose id matches its content.
+    fn register_image(&mut self, image: Image, out: &mut Outputs) -> Result<Reply, CommandError> {
+        let expected = Image::new(
+            image.engine,
+            image.version.clone(),
+            image.configuration.clone(),
+            image.packages.clone(),
+            image.created_at,
+        );
+        if expected.id != image.id {
+            return Err(CommandError::Invalid(format!(
+                "image id {} does not match its content (expected {})",
+                image.id, expected.id
+            )));
+        }
+        let (i, new) = self.images.insert(image);
+        let image = self.images.list[i as usize].clone();
+        if new {
+            out.changes.images.push(image.clone());
+        }
+        Ok(Reply::Image(Box::new(image)))
+    }
+
+    /// The provider a new service goes to: the one it asks for, or the
+    /// default; refused if it is not here or cannot run the engine.
+    fn provider_for(&self, req: &CreateService) -> Result<String, CommandError> {
+        let provider_name = req.provider.clone().unwrap_or_else(|| self.config.default_provider.clone());
+        if !self.config.providers.contains(&provider_name) {
+            return Err(CommandError::Invalid(format!(
+                "provider {provider_name:?} is not available here; available: {}",
+                self.config.providers.join(", ")
+            )));
+        }
+        if let Some(engines) = self.config.provider_engines.get(&provider_name) {
+            if !engines.contains(&req.engine) {
+                let offered: Vec<String> = self
+                    .config
+                    .provider_engines
+                    .iter()
+                    .map(|(p, e)| format!("{p} ({})", e.iter().map(|e| e.as_str()).collect::<Vec<_>>().join(", ")))
+                    .collect();
+                return Err(CommandError::Invalid(format!(
+                    "provider {provider_name:?} cannot run {} services; providers here and their engines: {}",
+                    req.engine,
+                    offered.join("; ")
+                )));
+            }
+        }
+        Ok(provider_name)
+    }
+
+    /// The primary and the planned followers of a new service, spread over
+    /// its zones. Built at once, outside the remedy budget.
+    fn build_initial_members(&mut self, sslot: u32, zones: &[u16], followers: u8, now: i64, out: &mut Outputs) {
+        let Some(s) = self.services.get(sslot) else { return };
+        let (image, provider) = (s.image, s.provider);
+        let n = 1 + usize::from(followers);
+        for k in 0..n {
+            let role = if k == 0 { Role::Primary } else { Role::Follower };
+            let zone = zones[k % zones.len()];
+            let iid = InstanceId::new_at(now, self.rng.next_u64());
+            let slot = self.add_instance(Inst::new(iid, sslot, Placement { image, zone, provider }, role, now));
+            out.changes.events.push(self.event(
+                now,
+                EventSubject::Instance,
+                Some(sslot),
+                Some(iid),
+                None,
+                Some(InstanceState::Installing.as_str()),
+                format!("service created ({role} in {})", self.zones.name(zone)),
+            ));
+            self.instance_changed(slot, out);
+            self.schedule_instance(slot, now);
+            let kind = self.provision_kind(sslot, role, zone, image);
+            self.open_action(slot, kind, "service created", false, now, out);
         }
     }
 
@@ -190,28 +261,7 @@ impl Engine {
         if self.service_names.contains_key(req.name.as_str()) {
             return Err(CommandError::Conflict(format!("a service named {:?} already exists", req.name)));
         }
-        let provider_name = req.provider.clone().unwrap_or_else(|| self.config.default_provider.clone());
-        if !self.config.providers.contains(&provider_name) {
-            return Err(CommandError::Invalid(format!(
-                "provider {provider_name:?} is not available here; available: {}",
-                self.config.providers.join(", ")
-            )));
-        }
-        if let Some(engines) = self.config.provider_engines.get(&provider_name) {
-            if !engines.contains(&req.engine) {
-                let offered: Vec<String> = self
-                    .config
-                    .provider_engines
-                    .iter()
-                    .map(|(p, e)| format!("{p} ({})", e.iter().map(|e| e.as_str()).collect::<Vec<_>>().join(", ")))
-                    .collect();
-                return Err(CommandError::Invalid(format!(
-                    "provider {provider_name:?} cannot run {} services; providers here and their engines: {}",
-                    req.engine,
-                    offered.join("; ")
-                )));
-            }
-        }
+        let provider_name = self.provider_for(&req)?;
         let image = self
             .images
             .latest_for(req.engine)
@@ -257,27 +307,7 @@ impl Engine {
         if let Some(rec) = self.service_record(sslot) {
             out.changes.services.push(rec);
         }
-        // Initial members are built at once, outside the remedy budget.
-        let n = 1 + usize::from(req.followers);
-        for k in 0..n {
-            let role = if k == 0 { Role::Primary } else { Role::Follower };
-            let zone = zones[k % zones.len()];
-            let iid = InstanceId::new_at(now, self.rng.next_u64());
-            let slot = self.add_instance(Inst::new(iid, sslot, Placement { image, zone, provider }, role, now));
-            out.changes.events.push(self.event(
-                now,
-                EventSubject::Instance,
-                Some(sslot),
-                Some(iid),
-                None,
-                Some(InstanceState::Installing.as_str()),
-                format!("service created ({role} in {})", self.zones.name(zone)),
-            ));
-            self.instance_changed(slot, out);
-            self.schedule_instance(slot, now);
-            let kind = self.provision_kind(sslot, role, zone, image);
-            self.open_action(slot, kind, "service created", false, now, out);
-        }
+        self.build_initial_members(sslot, &zones, req.followers, now, out);
         self.service_view_slot(sslot, now)
             .map(|v| Reply::Service(Box::new(v)))
             .ok_or_else(|| CommandError::Invalid("service vanished while being created".into()))

@@ -32,8 +32,7 @@ pub use api::{Command, CommandError, Config, HeartbeatReceipt, Input, Outputs, R
 
 use commands::command_target;
 use drover_model::{
-    ActionId, ActionRecord, AuditEntry, EventSubject, Fault, InstanceId, InstanceState, ServiceId, ServiceState,
-    Timestamp,
+    ActionId, ActionRecord, AuditEntry, EventSubject, InstanceId, InstanceState, ServiceId, ServiceState, Timestamp,
 };
 use fleet::{Images, Inst, Interner, Slab, Svc, Wheel};
 use hashbrown::HashMap;
@@ -240,6 +239,3 @@ impl Engine {
             .map(Timestamp)
     }
 }
-
-#[allow(unused)]
-fn _assert_fault_used(_: Fault) {}
