@@ -1,4 +1,5 @@
-//! Actions.
+//! Actions: opened, budgeted per zone, dispatched, retried, finished, and
+//! what their results mean for the fleet.
 
 use crate::api::Outputs;
 use crate::{micros, Engine, OpenAction, MAX_RETRY_BACKOFF};
@@ -318,37 +319,7 @@ impl Engine {
                 }
                 self.instance_changed(slot, out);
             }
-            ActionKind::Promote => {
-                // Safety: promotion was only opened with no writable primary
-                // left; re-check and refuse to produce two.
-                let Some(sslot) = self.instances.get(slot).map(|i| i.service) else { return };
-                if let Some(p) = self.current_primary(sslot) {
-                    if p != slot {
-                        self.invariant_broken(
-                            sslot,
-                            "a promotion succeeded while another primary is writable",
-                            now,
-                            out,
-                        );
-                    }
-                }
-                let id = {
-                    let Some(i) = self.instances.get_mut(slot) else { return };
-                    i.role = Role::Primary;
-                    i.upstream_broken = false;
-                    i.id
-                };
-                out.changes.events.push(self.event(
-                    now,
-                    EventSubject::Instance,
-                    Some(sslot),
-                    Some(id),
-                    Some("follower"),
-                    Some("primary"),
-                    format!("promoted{}", detail.map(|d| format!(": {d}")).unwrap_or_default()),
-                ));
-                self.instance_changed(slot, out);
-            }
+            ActionKind::Promote => self.promoted(slot, detail, now, out),
             ActionKind::Retire => {
                 self.transition(slot, InstanceState::Retired, "retired: stopped by its provider", now, out);
             }
@@ -371,6 +342,34 @@ impl Engine {
             }
             ActionKind::InjectFault { .. } => {}
         }
+    }
+
+    /// A follower's promotion succeeded: it is the primary now.
+    fn promoted(&mut self, slot: u32, detail: Option<&str>, now: i64, out: &mut Outputs) {
+        // Safety: promotion was only opened with no writable primary
+        // left; re-check and refuse to produce two.
+        let Some(sslot) = self.instances.get(slot).map(|i| i.service) else { return };
+        if let Some(p) = self.current_primary(sslot) {
+            if p != slot {
+                self.invariant_broken(sslot, "a promotion succeeded while another primary is writable", now, out);
+            }
+        }
+        let id = {
+            let Some(i) = self.instances.get_mut(slot) else { return };
+            i.role = Role::Primary;
+            i.upstream_broken = false;
+            i.id
+        };
+        out.changes.events.push(self.event(
+            now,
+            EventSubject::Instance,
+            Some(sslot),
+            Some(id),
+            Some("follower"),
+            Some("primary"),
+            format!("promoted{}", detail.map(|d| format!(": {d}")).unwrap_or_default()),
+        ));
+        self.instance_changed(slot, out);
     }
 
     pub(crate) fn apply_failure(&mut self, slot: u32, kind: &ActionKind, error: &str, now: i64, out: &mut Outputs) {

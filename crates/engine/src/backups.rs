@@ -1,7 +1,7 @@
-//! Backups and restore tests.
+//! Backups and restore tests: their schedules and their results.
 
 use crate::api::{CommandError, Outputs};
-use crate::fleet::NEVER;
+use crate::fleet::{Svc, NEVER};
 use crate::{micros, Engine};
 use drover_model::{ActionId, ActionKind, EventSubject, InstanceState, Timestamp};
 use rand::RngCore;
@@ -122,38 +122,7 @@ impl Engine {
         out: &mut Outputs,
     ) {
         let Some(s) = self.services.get_mut(sslot) else { return };
-        let mut follow_up = None;
-        let mut escalate = false;
-        match (kind, error) {
-            (ActionKind::Backup, None) => {
-                s.backups.last_backup_at = Some(Timestamp(now));
-                s.backups.last_backup_error = None;
-                if s.verify_after_backup {
-                    s.verify_after_backup = false;
-                    follow_up =
-                        Some((ActionKind::VerifyRestore, "restore test of the fresh backup taken after a failed test"));
-                }
-            }
-            (ActionKind::Backup, Some(e)) => s.backups.last_backup_error = Some(e.to_string()),
-            (_, None) => {
-                s.backups.last_verified_restore_at = Some(Timestamp(now));
-                s.backups.last_verify_ok = Some(true);
-                s.backups.last_verify_error = None;
-                s.verify_failures = 0;
-            }
-            (_, Some(e)) => {
-                s.backups.last_verify_ok = Some(false);
-                s.backups.last_verify_error = Some(e.to_string());
-                s.verify_failures = s.verify_failures.saturating_add(1);
-                if s.verify_failures == 1 {
-                    s.verify_after_backup = true;
-                    follow_up =
-                        Some((ActionKind::Backup, "restore test failed: take a fresh full backup, then test it"));
-                } else {
-                    escalate = true;
-                }
-            }
-        }
+        let (follow_up, escalate) = note_backup_outcome(s, kind, error, now);
         let what = match (kind, error) {
             (ActionKind::Backup, None) => {
                 format!("base backup taken{}", detail.map(|d| format!(": {d}")).unwrap_or_default())
@@ -196,4 +165,45 @@ impl Engine {
             let _ = self.open_backup_action(sslot, kind, cause, now, out);
         }
     }
+}
+
+/// What a backup or restore-test outcome follows up with: another action
+/// (a fresh backup after a failed test, a test of that backup), and
+/// whether to ask a human (a test failed again on a fresh backup).
+type FollowUp = (Option<(ActionKind, &'static str)>, bool);
+
+/// Writes a backup or restore-test outcome into the service's status.
+fn note_backup_outcome(s: &mut Svc, kind: &ActionKind, error: Option<&str>, now: i64) -> FollowUp {
+    let mut follow_up = None;
+    let mut escalate = false;
+    match (kind, error) {
+        (ActionKind::Backup, None) => {
+            s.backups.last_backup_at = Some(Timestamp(now));
+            s.backups.last_backup_error = None;
+            if s.verify_after_backup {
+                s.verify_after_backup = false;
+                follow_up =
+                    Some((ActionKind::VerifyRestore, "restore test of the fresh backup taken after a failed test"));
+            }
+        }
+        (ActionKind::Backup, Some(e)) => s.backups.last_backup_error = Some(e.to_string()),
+        (_, None) => {
+            s.backups.last_verified_restore_at = Some(Timestamp(now));
+            s.backups.last_verify_ok = Some(true);
+            s.backups.last_verify_error = None;
+            s.verify_failures = 0;
+        }
+        (_, Some(e)) => {
+            s.backups.last_verify_ok = Some(false);
+            s.backups.last_verify_error = Some(e.to_string());
+            s.verify_failures = s.verify_failures.saturating_add(1);
+            if s.verify_failures == 1 {
+                s.verify_after_backup = true;
+                follow_up = Some((ActionKind::Backup, "restore test failed: take a fresh full backup, then test it"));
+            } else {
+                escalate = true;
+            }
+        }
+    }
+    (follow_up, escalate)
 }

@@ -1,4 +1,5 @@
-//! Brake.
+//! The mass-uncertainty brake: when many instances of a zone (or the
+//! fleet) turn uncertain at once, destructive remedies wait for evidence.
 
 use crate::api::Outputs;
 use crate::records::fleet_event;

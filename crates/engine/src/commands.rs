@@ -1,4 +1,4 @@
-//! Commands.
+//! Commands from people and tools: create, delete, switch over, resume, …
 
 use crate::api::{Command, CommandError, Outputs, Reply};
 use crate::fleet::{Inst, Placement, ServicePlace, Svc};

@@ -1,4 +1,5 @@
-//! Deadlines.
+//! Deadlines: when each instance next needs a look, and what a look finds
+//! (silence makes it uncertain, longer silence unavailable).
 
 use crate::api::Outputs;
 use crate::fleet::{Inst, NEVER};

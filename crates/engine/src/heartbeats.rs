@@ -1,4 +1,6 @@
-//! Heartbeats and evidence.
+//! Heartbeats and evidence: what instances say about themselves, and what
+//! corroborates that one is down (a failed probe, a follower whose stream
+//! broke, its provider).
 
 use crate::api::{HeartbeatReceipt, Outputs};
 use crate::fleet::NEVER;

@@ -10,8 +10,20 @@
 //!    primary broke, the provider saying it is gone) makes it `unavailable`;
 //!    silence alone does so only after `presumed_dead_after` with no probe
 //!    answering;
-//! 3. `reconcile` looks at each touched service and opens at most one remedy
-//!    at a time: fence then promote, restart, rebuild, replace, retire.
+//! 3. `reconcile` looks at each touched service: a pure `decide` names the
+//!    one `Remedy` it needs (fence then promote, restart, rebuild, replace a
+//!    follower, retire a leaver, or wait for the brake or a human), and
+//!    `apply` opens it as an action, at most one remedy per service at a time;
+//! 4. the action's result comes back as `Input::ActionResult` and moves the
+//!    fleet on (a fenced primary, a promoted follower), which marks the
+//!    service for reconcile again until nothing is left to do.
+//!
+//! The rooms, one `impl Engine` each: `heartbeats` and `zone_lease` (what is
+//! heard), `deadlines` (silence), `transitions` (the one gate for state
+//! changes), `brake`, `reconcile` (decide and apply), `actions` (open,
+//! budget, dispatch, results), `backups`, `commands`, `restore`, `records`
+//! (records and events for the store), `views` (read-only, for the API).
+//! `fleet` holds the compact in-memory fleet, `api` the contract.
 
 mod actions;
 mod api;

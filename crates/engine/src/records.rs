@@ -1,4 +1,5 @@
-//! Bookkeeping.
+//! Bookkeeping: zones, adding and removing instances, and the records and
+//! events the engine hands to the store.
 
 use crate::api::Outputs;
 use crate::fleet::Inst;

@@ -1,4 +1,4 @@
-//! Restore.
+//! Restore: the engine rebuilt from the store after a restart.
 
 use crate::actions::is_remedy;
 use crate::api::{Config, Outputs};

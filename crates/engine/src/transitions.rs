@@ -1,4 +1,4 @@
-//! Transitions.
+//! Transitions: the one place an instance or a service changes state.
 
 use crate::api::Outputs;
 use crate::{micros, state_index, Engine};
@@ -49,6 +49,28 @@ impl Engine {
         }
         let Some(inst) = self.instances.get_mut(slot) else { return false };
         let (zone, sslot, id) = (inst.zone, inst.service, inst.id);
+        self.count_transition(zone, from, to, now, out);
+        out.changes.events.push(self.event(
+            now,
+            EventSubject::Instance,
+            Some(sslot),
+            Some(id),
+            Some(from.as_str()),
+            Some(to.as_str()),
+            cause,
+        ));
+        if let Some(rec) = self.instance_record(slot) {
+            out.changes.instances.push(rec);
+        }
+        self.schedule_instance(slot, now);
+        self.mark_dirty(sslot);
+        true
+    }
+
+    /// Keeps the fleet's counts in step with a transition in `zone`: per
+    /// state, members and uncertain per zone and fleet, and the onsets the
+    /// mass-uncertainty brake watches (which may engage or release it).
+    fn count_transition(&mut self, zone: u16, from: InstanceState, to: InstanceState, now: i64, out: &mut Outputs) {
         self.state_counts[state_index(from)] -= 1;
         self.state_counts[state_index(to)] += 1;
         if from.is_member() && !to.is_member() {
@@ -77,21 +99,6 @@ impl Engine {
             }
             self.update_brakes(now, out);
         }
-        out.changes.events.push(self.event(
-            now,
-            EventSubject::Instance,
-            Some(sslot),
-            Some(id),
-            Some(from.as_str()),
-            Some(to.as_str()),
-            cause,
-        ));
-        if let Some(rec) = self.instance_record(slot) {
-            out.changes.instances.push(rec);
-        }
-        self.schedule_instance(slot, now);
-        self.mark_dirty(sslot);
-        true
     }
 
     pub(crate) fn set_service_state(&mut self, sslot: u32, to: ServiceState, cause: &str, now: i64, out: &mut Outputs) {

@@ -1,4 +1,4 @@
-//! Zone heartbeat leases.
+//! Zone heartbeat leases: one renewal vouches for every instance of a zone.
 
 use crate::api::{HeartbeatReceipt, Outputs};
 use crate::fleet::Inst;
