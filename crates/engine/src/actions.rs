@@ -431,6 +431,10 @@ impl Engine {
         let (failures, since, already) = (s.remedy_failures, s.failing_since, s.needs_human);
         let failing_for = now - since;
         if already || (failures < max_failures && failing_for < max_time) {
+            // Durable, so a restarted control plane goes on counting.
+            if let Some(rec) = self.service_record(sslot) {
+                out.changes.services.push(rec);
+            }
             return;
         }
         self.set_needs_human(sslot, out);

@@ -288,6 +288,8 @@ impl Engine {
             created_at: Timestamp(now),
             state_since: Timestamp(now),
             needs_human: false,
+            remedy_failures: 0,
+            failing_since: None,
             backups: Default::default(),
         };
         let svc = Svc::from_record(rec, ServicePlace { team, zones: zones.clone(), image, provider });

@@ -179,8 +179,7 @@ pub struct Svc {
     /// A remedy failed for good: a human must look.
     pub needs_human: bool,
     /// Remedies that failed since the service was last available, and when
-    /// the first of them failed (0: none). Not persisted: a restart of the
-    /// control plane starts counting again.
+    /// the first of them failed (0: none). Persisted with the service.
     pub remedy_failures: u32,
     pub failing_since: i64,
     /// Boxed: most services in a big fleet never need more than the default.
@@ -229,8 +228,8 @@ impl Svc {
             held: false,
             dirty: false,
             needs_human: rec.needs_human,
-            remedy_failures: 0,
-            failing_since: 0,
+            remedy_failures: rec.remedy_failures,
+            failing_since: rec.failing_since.map_or(0, |t| t.0),
             backups: Box::new(rec.backups),
             backup_running: false,
             verify_running: false,

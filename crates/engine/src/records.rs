@@ -103,6 +103,8 @@ impl Engine {
             created_at: Timestamp(s.created_at),
             state_since: Timestamp(s.state_since),
             needs_human: s.needs_human,
+            remedy_failures: s.remedy_failures,
+            failing_since: (s.failing_since != 0).then_some(Timestamp(s.failing_since)),
             backups: (*s.backups).clone(),
         })
     }

@@ -479,3 +479,29 @@ fn the_restart_grace_excuses_silence_but_not_a_failed_probe() {
     assert!(unavailable.cause.contains("probe failed"), "{}", unavailable.cause);
     assert_eq!(h.primary("db1").id, follower, "failed over within the grace period, on evidence");
 }
+
+#[test]
+fn failed_remedies_are_still_counted_after_a_control_plane_restart() {
+    let mut h = H::new(fast_config());
+    ready(&mut h, "db1", 1);
+    let follower = h.followers("db1")[0].id;
+    let provisions = |h: &H| h.store.actions.values().filter(|a| a.kind.name() == "provision").count();
+    let failed = |h: &H| {
+        h.store.actions.values().filter(|a| a.kind.name() == "provision" && a.state == ActionState::Failed).count()
+    };
+    let built = provisions(&h);
+    h.world.failing = vec!["provision"];
+    h.chaos(follower, Fault::Crash);
+    while failed(&h) == 0 {
+        h.advance(Duration::from_millis(100));
+    }
+    // kill -9 of the control plane after the first failed rebuild.
+    h.crash_and_restore();
+    h.advance(Duration::from_secs(3600));
+    assert!(h.service("db1").needs_human);
+    assert_eq!(
+        provisions(&h) - built,
+        h.config.max_remedy_failures as usize,
+        "the restart did not start the count again"
+    );
+}

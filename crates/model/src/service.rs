@@ -149,6 +149,13 @@ pub struct ServiceRecord {
     /// A remedy failed for good; automation stops until a person acts.
     #[serde(default)]
     pub needs_human: bool,
+    /// Remedies that failed in a row since the service was last available,
+    /// and when the first of them failed: kept so that a control plane that
+    /// restarts (or crash-loops) cannot retry a broken remedy forever.
+    #[serde(default)]
+    pub remedy_failures: u32,
+    #[serde(default)]
+    pub failing_since: Option<Timestamp>,
     #[serde(default)]
     pub backups: BackupStatus,
 }

@@ -55,6 +55,8 @@ fn service(n: u64, name: &str, state: ServiceState) -> ServiceRecord {
         created_at: Timestamp(T0 + n as i64),
         state_since: Timestamp(T0 + 10 + n as i64),
         needs_human: n.is_multiple_of(2),
+        remedy_failures: (n % 3) as u32,
+        failing_since: (n % 3 != 0).then_some(Timestamp(T0 + 7)),
         backups: BackupStatus { last_backup_at: Some(Timestamp(T0 + 5)), ..Default::default() },
     }
 }
