@@ -56,7 +56,7 @@ fn service(n: u64, name: &str, state: ServiceState) -> ServiceRecord {
         state_since: Timestamp(T0 + 10 + n as i64),
         needs_human: n.is_multiple_of(2),
         remedy_failures: (n % 3) as u32,
-        failing_since: (n % 3 != 0).then_some(Timestamp(T0 + 7)),
+        failing_since: (!n.is_multiple_of(3)).then_some(Timestamp(T0 + 7)),
         backups: BackupStatus { last_backup_at: Some(Timestamp(T0 + 5)), ..Default::default() },
     }
 }
@@ -105,6 +105,8 @@ fn event(service: Option<&str>, instance: Option<InstanceId>, cause: &str) -> Ev
         from: Some("available".into()),
         to: Some("uncertain".into()),
         cause: cause.into(),
+        kind: drover_model::EventKind::Transition,
+        team: Some("db".into()),
     }
 }
 
