@@ -3,6 +3,7 @@
 
 use crate::api::Outputs;
 use crate::{micros, Engine, OpenAction, MAX_RETRY_BACKOFF};
+use drover_model::EventKind;
 use drover_model::{
     ActionId, ActionKind, ActionOutcome, ActionRecord, ActionState, EventSubject, InstanceState, Role, Timestamp,
 };
@@ -360,15 +361,18 @@ impl Engine {
             i.upstream_broken = false;
             i.id
         };
-        out.changes.events.push(self.event(
-            now,
-            EventSubject::Instance,
-            Some(sslot),
-            Some(id),
-            Some("follower"),
-            Some("primary"),
-            format!("promoted{}", detail.map(|d| format!(": {d}")).unwrap_or_default()),
-        ));
+        out.changes.events.push(
+            self.event(
+                now,
+                EventSubject::Instance,
+                Some(sslot),
+                Some(id),
+                Some("follower"),
+                Some("primary"),
+                format!("promoted{}", detail.map(|d| format!(": {d}")).unwrap_or_default()),
+            )
+            .with_kind(EventKind::Promoted),
+        );
         self.instance_changed(slot, out);
     }
 
@@ -402,15 +406,18 @@ impl Engine {
 
     pub(crate) fn invariant_broken(&mut self, sslot: u32, what: &str, now: i64, out: &mut Outputs) {
         self.set_needs_human(sslot, out);
-        out.changes.events.push(self.event(
-            now,
-            EventSubject::Fleet,
-            Some(sslot),
-            None,
-            None,
-            Some("needs_human"),
-            format!("safety invariant at risk: {what}"),
-        ));
+        out.changes.events.push(
+            self.event(
+                now,
+                EventSubject::Fleet,
+                Some(sslot),
+                None,
+                None,
+                Some("needs_human"),
+                format!("safety invariant at risk: {what}"),
+            )
+            .with_kind(EventKind::InvariantAtRisk),
+        );
     }
 
     /// A remedy of service `sslot` failed for good (after its own attempts).
@@ -439,21 +446,24 @@ impl Engine {
         }
         self.set_needs_human(sslot, out);
         let error = failed.error.as_deref().unwrap_or("no result");
-        out.changes.events.push(self.event(
-            now,
-            EventSubject::Service,
-            Some(sslot),
-            Some(failed.instance),
-            None,
-            Some("needs_human"),
-            format!(
-                "{failures} remedies failed in a row over {:.0}s; the engine stopped trying and a human is \
+        out.changes.events.push(
+            self.event(
+                now,
+                EventSubject::Service,
+                Some(sslot),
+                Some(failed.instance),
+                None,
+                Some("needs_human"),
+                format!(
+                    "{failures} remedies failed in a row over {:.0}s; the engine stopped trying and a human is \
                  needed (resume the service once it is fixed). Last: {} attempt {}: {error}",
-                Duration::from_micros(failing_for.max(0) as u64).as_secs_f64(),
-                failed.kind.name(),
-                failed.attempts,
-            ),
-        ));
+                    Duration::from_micros(failing_for.max(0) as u64).as_secs_f64(),
+                    failed.kind.name(),
+                    failed.attempts,
+                ),
+            )
+            .with_kind(EventKind::NeedsHuman),
+        );
     }
 
     pub(crate) fn set_needs_human(&mut self, sslot: u32, out: &mut Outputs) {

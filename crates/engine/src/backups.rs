@@ -3,6 +3,7 @@
 use crate::api::{CommandError, Outputs};
 use crate::fleet::{Svc, NEVER};
 use crate::{micros, Engine};
+use drover_model::EventKind;
 use drover_model::{ActionId, ActionKind, EventSubject, InstanceState, Timestamp};
 use rand::RngCore;
 use std::time::Duration;
@@ -123,6 +124,12 @@ impl Engine {
     ) {
         let Some(s) = self.services.get_mut(sslot) else { return };
         let (follow_up, escalate) = note_backup_outcome(s, kind, error, now);
+        let event_kind = match (kind, error) {
+            (ActionKind::Backup, None) => EventKind::BackupTaken,
+            (ActionKind::Backup, Some(_)) => EventKind::BackupFailed,
+            (_, None) => EventKind::RestoreTestPassed,
+            (_, Some(_)) => EventKind::RestoreTestFailed,
+        };
         let what = match (kind, error) {
             (ActionKind::Backup, None) => {
                 format!("base backup taken{}", detail.map(|d| format!(": {d}")).unwrap_or_default())
@@ -131,25 +138,31 @@ impl Engine {
             (_, None) => format!("restore test passed{}", detail.map(|d| format!(": {d}")).unwrap_or_default()),
             (_, Some(e)) => format!("restore test FAILED: {e}"),
         };
-        out.changes.events.push(self.event(
-            now,
-            EventSubject::Service,
-            Some(sslot),
-            None,
-            None,
-            Some(if error.is_none() { "ok" } else { "failed" }),
-            what,
-        ));
-        if escalate {
-            out.changes.events.push(self.event(
+        out.changes.events.push(
+            self.event(
                 now,
-                EventSubject::Fleet,
+                EventSubject::Service,
                 Some(sslot),
                 None,
                 None,
-                Some("needs_human"),
-                "restore tests keep failing, also on a fresh backup: a human must look at the backups",
-            ));
+                Some(if error.is_none() { "ok" } else { "failed" }),
+                what,
+            )
+            .with_kind(event_kind),
+        );
+        if escalate {
+            out.changes.events.push(
+                self.event(
+                    now,
+                    EventSubject::Fleet,
+                    Some(sslot),
+                    None,
+                    None,
+                    Some("needs_human"),
+                    "restore tests keep failing, also on a fresh backup: a human must look at the backups",
+                )
+                .with_kind(EventKind::NeedsHuman),
+            );
         }
         if let Some(rec) = self.service_record(sslot) {
             out.changes.services.push(rec);

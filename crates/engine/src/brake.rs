@@ -4,6 +4,7 @@
 use crate::api::Outputs;
 use crate::records::fleet_event;
 use crate::{micros, Engine};
+use drover_model::EventKind;
 
 impl Engine {
     pub(crate) fn brake_threshold(&self, members: u32) -> u32 {
@@ -43,6 +44,7 @@ impl Engine {
                 zs.braked_since = Some(now);
                 out.changes.events.push(fleet_event(
                     now,
+                    EventKind::BrakeEngaged { scope: name.clone() },
                     "released",
                     "braked",
                     format!(
@@ -56,6 +58,7 @@ impl Engine {
                 zs.braked_since = None;
                 out.changes.events.push(fleet_event(
                     now,
+                    EventKind::BrakeReleased { scope: name.clone() },
                     "braked",
                     "released",
                     format!("mass-uncertainty brake released for {name}: {uncertain} instances still uncertain"),

@@ -3,6 +3,7 @@
 use crate::api::{Command, CommandError, Outputs, Reply};
 use crate::fleet::{Inst, Placement, ServicePlace, Svc};
 use crate::Engine;
+use drover_model::EventKind;
 use drover_model::{
     ActionId, ActionKind, ActionState, CreateService, EventSubject, Fault, Image, InstanceId, InstanceState, Plan,
     Role, ServiceId, ServiceRecord, ServiceState, Timestamp,
@@ -129,15 +130,18 @@ impl Engine {
                     inst.restarts = 0;
                 }
             }
-            out.changes.events.push(self.event(
-                now,
-                EventSubject::Service,
-                Some(sslot),
-                None,
-                Some("needs_human"),
-                None,
-                "resumed by an operator (see the audit trail): the engine tries its remedies again",
-            ));
+            out.changes.events.push(
+                self.event(
+                    now,
+                    EventSubject::Service,
+                    Some(sslot),
+                    None,
+                    Some("needs_human"),
+                    None,
+                    "resumed by an operator (see the audit trail): the engine tries its remedies again",
+                )
+                .with_kind(EventKind::Resumed),
+            );
             if let Some(rec) = self.service_record(sslot) {
                 out.changes.services.push(rec);
             }

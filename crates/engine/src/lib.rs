@@ -43,6 +43,7 @@ mod zone_lease;
 pub use api::{Command, CommandError, Config, HeartbeatReceipt, Input, Outputs, Reply};
 
 use commands::command_target;
+use drover_model::EventKind;
 use drover_model::{
     ActionId, ActionRecord, AuditEntry, EventSubject, InstanceId, InstanceState, ServiceId, ServiceState, Timestamp,
 };
@@ -203,7 +204,9 @@ impl Engine {
             }
             Input::RouterReport { service, detail } => {
                 if let Some(sslot) = self.service_slot(service) {
-                    let event = self.event(now, EventSubject::Service, Some(sslot), None, None, None, detail);
+                    let event = self
+                        .event(now, EventSubject::Service, Some(sslot), None, None, None, detail)
+                        .with_kind(EventKind::RouterReport);
                     out.changes.events.push(event);
                 }
             }

@@ -3,6 +3,7 @@
 use crate::api::Outputs;
 use crate::fleet::{Inst, Placement};
 use crate::{micros, Engine, MAX_RESTARTS};
+use drover_model::EventKind;
 use drover_model::{ActionKind, EventSubject, InstanceId, InstanceState, Role, ServiceState};
 use rand::RngCore;
 
@@ -395,6 +396,7 @@ impl Engine {
         }
         let primary = self.current_primary(sslot).and_then(|p| self.instances.get(p));
         let remedying = s.open_remedies > 0;
+        let needs_human = s.needs_human;
         let (to, cause): (ServiceState, String) = match primary {
             Some(p) if p.state == InstanceState::Available => {
                 let available_followers = s
@@ -425,6 +427,10 @@ impl Engine {
             Some(p) => (ServiceState::Unavailable, format!("primary {}", p.state)),
             None => (ServiceState::Unavailable, "no writable primary".into()),
         };
-        self.set_service_state(sslot, to, &cause, now, out);
+        // Only the `needs_human` arm above yields `Unavailable` while the
+        // service needs a human (the arms before it never yield `Unavailable`).
+        let kind =
+            if to == ServiceState::Unavailable && needs_human { EventKind::NeedsHuman } else { EventKind::Transition };
+        self.set_service_state_as(sslot, to, &cause, kind, now, out);
     }
 }

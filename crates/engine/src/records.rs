@@ -5,7 +5,7 @@ use crate::api::Outputs;
 use crate::fleet::Inst;
 use crate::{state_index, Engine, ZoneState};
 use drover_model::{
-    ActionRecord, ActionState, Event, EventSubject, InstanceId, InstanceRecord, InstanceState, ServiceId,
+    ActionRecord, ActionState, Event, EventKind, EventSubject, InstanceId, InstanceRecord, InstanceState, ServiceId,
     ServiceRecord, Timestamp,
 };
 
@@ -122,6 +122,10 @@ impl Engine {
         cause: impl Into<String>,
     ) -> Event {
         let service = sslot.and_then(|s| self.services.get(s));
+        let kind = match subject {
+            EventSubject::Instance | EventSubject::Service => EventKind::Transition,
+            _ => EventKind::Other,
+        };
         Event {
             seq: 0,
             at: Timestamp(now),
@@ -133,16 +137,21 @@ impl Engine {
             from: from.map(str::to_string),
             to: to.map(str::to_string),
             cause: cause.into(),
+            kind,
+            team: service.map(|s| self.teams.name(s.team).to_string()),
         }
     }
 
     pub(crate) fn action_event(&self, rec: &ActionRecord, from: ActionState, cause: &str, now: i64) -> Event {
-        let name = self
+        let service = self
             .instance_index
             .get(&rec.instance)
             .and_then(|&i| self.instances.get(i))
-            .and_then(|i| self.services.get(i.service))
-            .map(|s| s.name.to_string());
+            .and_then(|i| self.services.get(i.service));
+        let (name, team) = match service {
+            Some(s) => (Some(s.name.to_string()), Some(self.teams.name(s.team).to_string())),
+            None => (None, None),
+        };
         Event {
             seq: 0,
             at: Timestamp(now),
@@ -154,11 +163,19 @@ impl Engine {
             from: Some(from.as_str().into()),
             to: Some(rec.state.as_str().into()),
             cause: cause.into(),
+            kind: EventKind::ActionStep { action: rec.kind.name().to_string() },
+            team,
         }
     }
 }
 
-pub(crate) fn fleet_event(now: i64, from: impl Into<Option<&'static str>>, to: &str, cause: String) -> Event {
+pub(crate) fn fleet_event(
+    now: i64,
+    kind: EventKind,
+    from: impl Into<Option<&'static str>>,
+    to: &str,
+    cause: String,
+) -> Event {
     Event {
         seq: 0,
         at: Timestamp(now),
@@ -170,5 +187,7 @@ pub(crate) fn fleet_event(now: i64, from: impl Into<Option<&'static str>>, to: &
         from: from.into().map(str::to_string),
         to: Some(to.into()),
         cause,
+        kind,
+        team: None,
     }
 }

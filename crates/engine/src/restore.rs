@@ -5,6 +5,7 @@ use crate::api::{Config, Outputs};
 use crate::fleet::{Inst, Placement, ServicePlace, Svc};
 use crate::records::fleet_event;
 use crate::{micros, Engine, OpenAction};
+use drover_model::EventKind;
 use drover_model::{
     ActionKind, ActionRecord, ActionState, Image, InstanceRecord, ServiceId, ServiceRecord, Snapshot, Timestamp,
 };
@@ -28,6 +29,7 @@ impl Engine {
         let (resumed, pending) = e.resume_actions(snapshot.actions, now, &mut out);
         out.changes.events.push(fleet_event(
             now,
+            EventKind::Started,
             None,
             "running",
             format!(

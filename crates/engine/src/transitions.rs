@@ -2,6 +2,7 @@
 
 use crate::api::Outputs;
 use crate::{micros, state_index, Engine};
+use drover_model::EventKind;
 use drover_model::{EventSubject, InstanceState, ServiceState};
 
 impl Engine {
@@ -19,15 +20,18 @@ impl Engine {
         let from = inst.state;
         if !from.can_become(to) {
             let (id, sslot) = (inst.id, inst.service);
-            out.changes.events.push(self.event(
-                now,
-                EventSubject::Fleet,
-                Some(sslot),
-                Some(id),
-                Some(from.as_str()),
-                Some(to.as_str()),
-                format!("illegal transition refused ({cause})"),
-            ));
+            out.changes.events.push(
+                self.event(
+                    now,
+                    EventSubject::Fleet,
+                    Some(sslot),
+                    Some(id),
+                    Some(from.as_str()),
+                    Some(to.as_str()),
+                    format!("illegal transition refused ({cause})"),
+                )
+                .with_kind(EventKind::IllegalTransition),
+            );
             return false;
         }
         let uncovered_zone = if inst.covered { Some(inst.zone) } else { None };
@@ -102,6 +106,20 @@ impl Engine {
     }
 
     pub(crate) fn set_service_state(&mut self, sslot: u32, to: ServiceState, cause: &str, now: i64, out: &mut Outputs) {
+        self.set_service_state_as(sslot, to, cause, EventKind::Transition, now, out);
+    }
+
+    /// [`Self::set_service_state`], with the event's kind given: `NeedsHuman`
+    /// when the service is unavailable because the engine stopped trying.
+    pub(crate) fn set_service_state_as(
+        &mut self,
+        sslot: u32,
+        to: ServiceState,
+        cause: &str,
+        kind: EventKind,
+        now: i64,
+        out: &mut Outputs,
+    ) {
         let Some(s) = self.services.get_mut(sslot) else { return };
         if s.state == to {
             return;
@@ -117,15 +135,10 @@ impl Engine {
             s.remedy_failures = 0;
             s.failing_since = 0;
         }
-        out.changes.events.push(self.event(
-            now,
-            EventSubject::Service,
-            Some(sslot),
-            None,
-            Some(from.as_str()),
-            Some(to.as_str()),
-            cause,
-        ));
+        out.changes.events.push(
+            self.event(now, EventSubject::Service, Some(sslot), None, Some(from.as_str()), Some(to.as_str()), cause)
+                .with_kind(kind),
+        );
         if let Some(rec) = self.service_record(sslot) {
             out.changes.services.push(rec);
         }

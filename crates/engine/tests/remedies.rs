@@ -221,6 +221,15 @@ fn mass_uncertainty_engages_the_brake_once_and_holds_silence_based_remedies() {
     let engaged: Vec<_> = h.store.events.iter().filter(|e| e.to.as_deref() == Some("braked")).collect();
     assert_eq!(engaged.len(), 2, "one event for zone-a, one for the fleet: {engaged:#?}");
     assert!(engaged.iter().any(|e| e.cause.contains("zone-a")));
+    let mut scopes: Vec<_> = engaged
+        .iter()
+        .map(|e| match &e.kind {
+            EventKind::BrakeEngaged { scope } => scope.as_str(),
+            other => panic!("a brake event of kind {other:?}"),
+        })
+        .collect();
+    scopes.sort();
+    assert_eq!(scopes, ["fleet", "zone-a"], "the brake's scope is typed, not cut out of the prose");
     for id in &zone_a {
         assert_eq!(
             h.e.instance_view(*id).unwrap().state,
@@ -434,6 +443,8 @@ fn a_remedy_failing_forever_stops_needs_a_human_once_and_resume_tries_again() {
     assert_eq!(asks.len(), 1, "a human is asked once: {asks:#?}");
     assert!(asks[0].cause.contains("configured to fail"), "the last error is the evidence: {}", asks[0].cause);
     assert_eq!(asks[0].service.as_deref(), Some("db1"));
+    assert_eq!(asks[0].kind, EventKind::NeedsHuman);
+    assert!(asks[0].team.is_some(), "the owning team travels with the event: {:#?}", asks[0]);
     // Nothing more happens while it waits for a person.
     h.advance(Duration::from_secs(3600));
     assert_eq!(provisions(&h), tried, "no retry while a human is needed");

@@ -3,33 +3,32 @@
 //! test failed. The matching "all clear" events resolve them.
 
 use crate::pager::{Alert, AlertAction, Severity};
-use drover_model::{Event, EventSubject};
+use drover_model::{Event, EventKind, EventSubject};
 
 /// Whether an event could matter to the pager (cheap; runs on every commit).
+/// Matches on the event's kind, subject and target state, never on `cause`.
 pub fn is_relevant(event: &Event) -> bool {
-    let to = event.to.as_deref().unwrap_or("");
-    to == "needs_human"
-        || to == "braked"
-        || event.from.as_deref() == Some("braked")
-        || event.cause.contains("needs_human")
-        || event.cause.contains("a human is needed")
-        || event.cause.contains("restore test FAILED")
-        || event.cause.starts_with("restore test passed")
-        || (event.subject == EventSubject::Service && matches!(to, "available" | "deleted"))
+    match &event.kind {
+        EventKind::BrakeEngaged { .. }
+        | EventKind::BrakeReleased { .. }
+        | EventKind::NeedsHuman
+        | EventKind::InvariantAtRisk
+        | EventKind::RestoreTestFailed
+        | EventKind::RestoreTestPassed => true,
+        EventKind::Transition => is_all_clear(event),
+        _ => false,
+    }
 }
 
-/// The zone (or `fleet`) a brake event names: "... brake engaged for zone-a: ...".
-fn brake_scope(cause: &str) -> String {
-    cause
-        .split_once(" for ")
-        .and_then(|(_, rest)| rest.split_once(':'))
-        .map(|(scope, _)| scope.trim().to_string())
-        .unwrap_or_else(|| "fleet".into())
+/// A service became available or was deleted: whatever needed a human is over.
+fn is_all_clear(event: &Event) -> bool {
+    event.subject == EventSubject::Service && matches!(event.to.as_deref(), Some("available" | "deleted"))
 }
 
-/// Maps one committed engine event to an alert; `team` is the service's team.
+/// Maps one committed engine event to an alert; `team` is the service's
+/// team (the event's own `team` when `None`).
 pub fn to_alert(event: &Event, team: Option<String>) -> Option<Alert> {
-    let to = event.to.as_deref().unwrap_or("");
+    let team = team.or_else(|| event.team.clone());
     let service = event.service.clone();
     let alert = |key: String, action: AlertAction, class: &str, severity: Severity| Alert {
         dedup_key: key,
@@ -48,47 +47,39 @@ pub fn to_alert(event: &Event, team: Option<String>) -> Option<Alert> {
         origin: "engine".into(),
         details: serde_json::json!({ "event_seq": event.seq, "subject": event.subject, "from": event.from, "to": event.to }),
     };
-    if to == "braked" {
-        let scope = brake_scope(&event.cause);
-        return Some(Alert {
+    match &event.kind {
+        EventKind::BrakeEngaged { scope } => Some(Alert {
             service: None,
             ..alert(format!("engine:brake:{scope}"), AlertAction::Trigger, "brake_engaged", Severity::Critical)
-        });
-    }
-    if event.from.as_deref() == Some("braked") {
-        let scope = brake_scope(&event.cause);
-        return Some(Alert {
+        }),
+        EventKind::BrakeReleased { scope } => Some(Alert {
             service: None,
             ..alert(format!("engine:brake:{scope}"), AlertAction::Resolve, "brake_engaged", Severity::Info)
-        });
-    }
-    let name = service.clone()?;
-    if event.cause.contains("restore test FAILED") {
-        return Some(alert(
-            format!("engine:{name}:restore_test"),
+        }),
+        EventKind::RestoreTestFailed => Some(alert(
+            format!("engine:{}:restore_test", service.clone()?),
             AlertAction::Trigger,
             "restore_test_failed",
             Severity::Error,
-        ));
-    }
-    if event.cause.starts_with("restore test passed") {
-        return Some(alert(
-            format!("engine:{name}:restore_test"),
+        )),
+        EventKind::RestoreTestPassed => Some(alert(
+            format!("engine:{}:restore_test", service.clone()?),
             AlertAction::Resolve,
             "restore_test_failed",
             Severity::Info,
-        ));
-    }
-    if to == "needs_human" || event.cause.contains("needs_human") || event.cause.contains("a human is needed") {
-        return Some(alert(
-            format!("engine:{name}:needs_human"),
+        )),
+        EventKind::NeedsHuman | EventKind::InvariantAtRisk => Some(alert(
+            format!("engine:{}:needs_human", service.clone()?),
             AlertAction::Trigger,
             "needs_human",
             Severity::Critical,
-        ));
+        )),
+        EventKind::Transition if is_all_clear(event) => Some(alert(
+            format!("engine:{}:needs_human", service.clone()?),
+            AlertAction::Resolve,
+            "needs_human",
+            Severity::Info,
+        )),
+        _ => None,
     }
-    if event.subject == EventSubject::Service && matches!(to, "available" | "deleted") {
-        return Some(alert(format!("engine:{name}:needs_human"), AlertAction::Resolve, "needs_human", Severity::Info));
-    }
-    None
 }

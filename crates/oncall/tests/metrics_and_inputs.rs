@@ -1,7 +1,7 @@
 //! Pager metrics against a hand-computed history; alerts from Alertmanager,
 //! the Events API v2 and the engine; a property of the whole pager.
 
-use drover_model::{Event, EventSubject, Timestamp};
+use drover_model::{Event, EventKind, EventSubject, Timestamp};
 use drover_oncall::config::Config;
 use drover_oncall::integrations::{self, AlertmanagerPayload, EventV2};
 use drover_oncall::metrics::{svg, weekly};
@@ -137,6 +137,7 @@ fn events_v2_are_validated_like_pagerduty_does() {
 }
 
 fn engine_event(
+    kind: EventKind,
     subject: EventSubject,
     service: Option<&str>,
     from: Option<&str>,
@@ -154,6 +155,8 @@ fn engine_event(
         from: from.map(str::to_string),
         to: to.map(str::to_string),
         cause: cause.into(),
+        kind,
+        team: None,
     }
 }
 
@@ -162,6 +165,7 @@ fn engine_events_that_need_a_person_become_alerts_and_all_clears_resolve_them() 
     let cases = [
         (
             engine_event(
+                EventKind::NeedsHuman,
                 EventSubject::Service,
                 Some("db1"),
                 Some("recovering"),
@@ -171,11 +175,19 @@ fn engine_events_that_need_a_person_become_alerts_and_all_clears_resolve_them() 
             Some(("engine:db1:needs_human", AlertAction::Trigger)),
         ),
         (
-            engine_event(EventSubject::Fleet, Some("db1"), None, Some("needs_human"), "safety invariant at risk: x"),
+            engine_event(
+                EventKind::InvariantAtRisk,
+                EventSubject::Fleet,
+                Some("db1"),
+                None,
+                Some("needs_human"),
+                "safety invariant at risk: x",
+            ),
             Some(("engine:db1:needs_human", AlertAction::Trigger)),
         ),
         (
             engine_event(
+                EventKind::Transition,
                 EventSubject::Service,
                 Some("db1"),
                 Some("unavailable"),
@@ -186,6 +198,7 @@ fn engine_events_that_need_a_person_become_alerts_and_all_clears_resolve_them() 
         ),
         (
             engine_event(
+                EventKind::BrakeEngaged { scope: "zone-a".into() },
                 EventSubject::Fleet,
                 None,
                 Some("released"),
@@ -196,6 +209,7 @@ fn engine_events_that_need_a_person_become_alerts_and_all_clears_resolve_them() 
         ),
         (
             engine_event(
+                EventKind::BrakeReleased { scope: "zone-a".into() },
                 EventSubject::Fleet,
                 None,
                 Some("braked"),
@@ -206,6 +220,7 @@ fn engine_events_that_need_a_person_become_alerts_and_all_clears_resolve_them() 
         ),
         (
             engine_event(
+                EventKind::RestoreTestFailed,
                 EventSubject::Service,
                 Some("db2"),
                 None,
@@ -215,11 +230,37 @@ fn engine_events_that_need_a_person_become_alerts_and_all_clears_resolve_them() 
             Some(("engine:db2:restore_test", AlertAction::Trigger)),
         ),
         (
-            engine_event(EventSubject::Service, Some("db2"), None, Some("ok"), "restore test passed: 12 MB"),
+            engine_event(
+                EventKind::RestoreTestPassed,
+                EventSubject::Service,
+                Some("db2"),
+                None,
+                Some("ok"),
+                "restore test passed: 12 MB",
+            ),
             Some(("engine:db2:restore_test", AlertAction::Resolve)),
         ),
         (
-            engine_event(EventSubject::Instance, Some("db2"), Some("available"), Some("uncertain"), "silent for 3s"),
+            engine_event(
+                EventKind::Transition,
+                EventSubject::Instance,
+                Some("db2"),
+                Some("available"),
+                Some("uncertain"),
+                "silent for 3s",
+            ),
+            None,
+        ),
+        // The prose does not count: only the kind does.
+        (
+            engine_event(
+                EventKind::Transition,
+                EventSubject::Service,
+                Some("db3"),
+                Some("recovering"),
+                Some("unavailable"),
+                "restore test FAILED; a human is needed; needs_human; brake engaged for zone-a: x",
+            ),
             None,
         ),
     ];

@@ -8,7 +8,7 @@
 use crate::error::ErrorBody;
 use crate::http::{self, ChaosRequest, Health, HeartbeatBatch, HeartbeatReceiptDoc};
 use drover_model::{
-    ActionKind, ActionRecord, ActionState, AuditEntry, BackupStatus, Beat, CreateService, EngineKind, Event,
+    ActionKind, ActionRecord, ActionState, AuditEntry, BackupStatus, Beat, CreateService, EngineKind, Event, EventKind,
     EventSubject, Facts, Fault, Image, InstanceState, InstanceView, Plan, Role, ServiceState, ServiceView,
 };
 use serde_json::{json, Value};
@@ -71,6 +71,7 @@ use utoipa::OpenApi;
         ActionKind,
         ActionState,
         Event,
+        EventKind,
         EventSubject,
         AuditEntry,
         Image,

@@ -13,8 +13,8 @@ use crate::report::Report;
 use crate::scenario::{FaultSpec, Scenario};
 use drover_engine::{Command, Config, Engine, Input, Outputs, Reply};
 use drover_model::{
-    ActionKind, ActionOutcome, ActionRecord, Beat, CreateService, EngineKind, Event, EventSubject, Facts, Image,
-    InstanceId, InstanceState, Role, ServiceId, ServiceState, Timestamp,
+    ActionKind, ActionOutcome, ActionRecord, Beat, CreateService, EngineKind, Event, EventKind, EventSubject, Facts,
+    Image, InstanceId, InstanceState, Role, ServiceId, ServiceState, Timestamp,
 };
 use rand::{Rng, SeedableRng};
 use rand_chacha::ChaCha8Rng;
@@ -561,17 +561,21 @@ impl Sim {
             }
             EventSubject::Service => {
                 let Some(s) = e.service.as_deref().and_then(service_index).map(|g| g / self.shards) else { return };
-                if e.to.as_deref() == Some("needs_human") {
+                let to = e.to.as_deref().and_then(|t| t.parse::<ServiceState>().ok());
+                if e.kind == EventKind::NeedsHuman && to.is_none() {
                     // The engine stopped trying (remedies kept failing),
                     // whatever state the service is in.
                     self.needs_human(s);
                     return;
                 }
-                let Some(to) = e.to.as_deref().and_then(|t| t.parse::<ServiceState>().ok()) else { return };
-                self.service_state(s, to, &e.cause);
+                let Some(to) = to else { return };
+                self.service_state(s, to, e.kind == EventKind::NeedsHuman);
             }
             EventSubject::Action => {
-                let kind = e.cause.split_whitespace().next().unwrap_or("");
+                let kind = match &e.kind {
+                    EventKind::ActionStep { action } => action.as_str(),
+                    _ => "",
+                };
                 match e.to.as_deref() {
                     Some("succeeded") if !self.building => {
                         self.c.minutes_avoided += manual_minutes(kind);
@@ -590,10 +594,10 @@ impl Sim {
                 }
             }
             EventSubject::Fleet => {
-                if e.cause.contains("illegal transition") || e.cause.contains("safety invariant") {
+                if matches!(e.kind, EventKind::IllegalTransition | EventKind::InvariantAtRisk) {
                     self.violation(format!("engine: {}", e.cause));
                 }
-                if e.to.as_deref() == Some("braked") {
+                if matches!(e.kind, EventKind::BrakeEngaged { .. }) {
                     self.c.brake_engaged += 1;
                     self.people.page_human(self.now, false, &mut self.rng);
                 }
@@ -601,7 +605,9 @@ impl Sim {
         }
     }
 
-    fn service_state(&mut self, s: u32, to: ServiceState, cause: &str) {
+    /// Service `s` went to `to`; `needs_human` when the engine says it is
+    /// there because it stopped trying.
+    fn service_state(&mut self, s: u32, to: ServiceState, needs_human: bool) {
         let svc = &mut self.svcs[s as usize];
         let from = svc.state;
         svc.state = to;
@@ -621,7 +627,7 @@ impl Sim {
                 self.c.not_available_nh -= 1;
             }
         }
-        if to == ServiceState::Unavailable && cause.contains("human") {
+        if to == ServiceState::Unavailable && needs_human {
             self.needs_human(s);
         }
     }

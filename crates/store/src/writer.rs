@@ -121,6 +121,8 @@ mod tests {
                 from: None,
                 to: None,
                 cause: "test".into(),
+                kind: Default::default(),
+                team: None,
             }],
             ..Default::default()
         }

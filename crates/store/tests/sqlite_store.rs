@@ -105,6 +105,8 @@ fn event(service: Option<&str>, instance: Option<InstanceId>, cause: &str) -> Ev
         from: Some("available".into()),
         to: Some("uncertain".into()),
         cause: cause.into(),
+        kind: drover_model::EventKind::Transition,
+        team: Some("db".into()),
     }
 }
 
