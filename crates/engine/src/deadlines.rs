@@ -131,19 +131,7 @@ impl Engine {
                     // uncertain (agents are still finding the new control
                     // plane), but a probe may find evidence, which counts.
                     if now >= inst.next_probe_at {
-                        let inst = self.instances.get_mut(slot).expect("looked up above");
-                        inst.next_probe_at = now + micros(c.probe_interval);
-                        if !inst.probing {
-                            inst.probing = true;
-                            self.open_action(
-                                slot,
-                                ActionKind::Probe,
-                                "silent during the restart grace: probe it out of band",
-                                false,
-                                now,
-                                out,
-                            );
-                        }
+                        self.probe_because(slot, "silent during the restart grace: probe it out of band", now, out);
                     }
                     return;
                 }
@@ -182,12 +170,18 @@ impl Engine {
     }
 
     pub(crate) fn request_probe(&mut self, slot: u32, now: i64, out: &mut Outputs) {
+        self.probe_because(slot, "instance is uncertain: probe it out of band", now, out);
+    }
+
+    /// Asks for an out-of-band probe (one at a time per instance) and sets
+    /// when the next may be asked.
+    fn probe_because(&mut self, slot: u32, cause: &str, now: i64, out: &mut Outputs) {
         let Some(inst) = self.instances.get_mut(slot) else { return };
         inst.next_probe_at = now + micros(self.config.probe_interval);
         if inst.probing {
             return;
         }
         inst.probing = true;
-        self.open_action(slot, ActionKind::Probe, "instance is uncertain: probe it out of band", false, now, out);
+        self.open_action(slot, ActionKind::Probe, cause, false, now, out);
     }
 }

@@ -379,10 +379,19 @@ impl Inner {
             return;
         }
         tracing::warn!(%instance, %detail, "server gone");
+        self.report(ProviderEvent::Gone { instance, detail });
+    }
+
+    /// Hands `event` to the engine's sink without blocking the caller (a
+    /// full sink is waited on in a task). Nothing is reported after close.
+    fn report(&self, event: ProviderEvent) {
+        if self.closed.load(Ordering::SeqCst) {
+            return;
+        }
         let Some(sink) = lock(&self.sink).clone() else {
             return;
         };
-        if let Err(mpsc::error::TrySendError::Full(event)) = sink.try_send(ProviderEvent::Gone { instance, detail }) {
+        if let Err(mpsc::error::TrySendError::Full(event)) = sink.try_send(event) {
             tokio::spawn(async move {
                 let _ = sink.send(event).await;
             });
@@ -487,17 +496,7 @@ impl Inner {
     }
 
     fn report_router(&self, service: ServiceId, detail: String) {
-        if self.closed.load(Ordering::SeqCst) {
-            return;
-        }
-        let Some(sink) = lock(&self.sink).clone() else {
-            return;
-        };
-        if let Err(mpsc::error::TrySendError::Full(event)) = sink.try_send(ProviderEvent::Router { service, detail }) {
-            tokio::spawn(async move {
-                let _ = sink.send(event).await;
-            });
-        }
+        self.report(ProviderEvent::Router { service, detail });
     }
 
     /// Spawns the postmaster (if none runs) and waits until it accepts connections.
