@@ -4,7 +4,7 @@
 use super::postgres::{self, ServerSettings};
 use super::process::{self, ProcState};
 use super::registry::{InstanceEntry, Lifecycle, ServiceEntry};
-use super::{lock, router, Inner, MAX_ROUTER_PAUSE, ROUTER_COMMAND_TIMEOUT};
+use super::{lock, Inner};
 use drover_model::{ActionKind, ActionOutcome, ActionRecord, Fault, InstanceId, Role, ServiceId};
 use nix::sys::signal::Signal;
 use std::sync::Arc;
@@ -27,15 +27,6 @@ const PROMOTE_POLL_INTERVAL: Duration = Duration::from_millis(5);
 /// machine; a frozen one never answers, so this is what a frozen host costs
 /// on top of the silence (`UNCERTAIN_AFTER`): together under 2 s.
 const PROBE_TIMEOUT: Duration = Duration::from_millis(500);
-/// How long a failover fence waits for the router to show that it holds new
-/// queries before killing the primary anyway. The admin console answers in
-/// milliseconds.
-const HOLD_CONFIRM_TIMEOUT: Duration = Duration::from_millis(500);
-/// How long after the kill of a held primary its connections may take to
-/// close at the router before they are dropped (`KILL <db>`). A killed local
-/// process closes its sockets at once; this bound is for a server that
-/// leaves them open.
-const DEAD_CONNECTIONS_WAIT: Duration = Duration::from_millis(200);
 /// One SQL statement the provider runs as part of an action.
 const SQL_TIMEOUT: Duration = Duration::from_secs(10);
 /// Quorum sync replication to any one streaming follower (Patroni's
@@ -237,7 +228,7 @@ impl Inner {
         self.run_as.prepare_dir(&pgdata, 0o700).map_err(|e| format!("pgdata: {e}"))?;
         let pwfile = entry.dir.join("initdb.pw");
         postgres::write_owned(&self.run_as, &pwfile, &password, 0o600)?;
-        let mut initdb = tokio::process::Command::new(self.binaries.path("initdb"));
+        let mut initdb = tokio::process::Command::new(self.servers.binaries().path("initdb"));
         initdb
             .arg("-D")
             .arg(&pgdata)
@@ -263,7 +254,7 @@ impl Inner {
         let pgdata = entry.pgdata();
         self.run_as.prepare_dir(&pgdata, 0o700).map_err(|e| format!("pgdata: {e}"))?;
         let conninfo = postgres::primary_conninfo(primary.port, &service.password, &entry_id_name(entry));
-        let mut basebackup = tokio::process::Command::new(self.binaries.path("pg_basebackup"));
+        let mut basebackup = tokio::process::Command::new(self.servers.binaries().path("pg_basebackup"));
         basebackup
             .arg("-D")
             .arg(&pgdata)
@@ -290,7 +281,7 @@ impl Inner {
     fn current_primary(&self, service: ServiceId) -> Option<InstanceEntry> {
         let id = lock(&self.registry).services.get(&service)?.primary?;
         let entry = self.entry(id)?;
-        let running = self.server(id).is_some_and(|p| p.is_running());
+        let running = self.servers.running(id);
         (entry.should_run() && running).then_some(entry)
     }
 
@@ -404,7 +395,7 @@ impl Inner {
         };
         let scratch = self.root.join("scratch").join(action.to_string());
         let report = repo
-            .verify_restore(&entry.service_name, &scratch, port, &self.binaries.bindir, None)
+            .verify_restore(&entry.service_name, &scratch, port, &self.servers.binaries().bindir, None)
             .await
             .map_err(|e| fatal(e.to_string()))?;
         if report.ok {
@@ -428,7 +419,7 @@ impl Inner {
             data_dir: entry.pgdata(),
             port: entry.port,
             socket_dir: entry.socket_dir(),
-            bin_dir: self.binaries.bindir.clone(),
+            bin_dir: self.servers.binaries().bindir.clone(),
         }
     }
 
@@ -440,7 +431,7 @@ impl Inner {
         if self.config.same_host_evidence {
             // Same-host shortcuts: a dead or stopped postmaster fails the
             // probe at once, without waiting for the query's timeout.
-            let process = self.server(id).ok_or_else(|| fatal("no postmaster"))?;
+            let process = self.servers.get(id).ok_or_else(|| fatal("no postmaster"))?;
             match process::proc_state(process.pid) {
                 ProcState::Live if !process.has_exited() => {}
                 state => return Err(fatal(format!("postmaster {} is {state:?}", process.pid))),
@@ -458,21 +449,25 @@ impl Inner {
     /// (the local form of powering off a frozen host) and the statements
     /// that were stuck on it fail. Otherwise (a switchover): running
     /// statements finish first and the server shuts down cleanly.
-    async fn fence(self: &Arc<Self>, id: InstanceId, immediate: bool) -> Done {
+    async fn fence(&self, id: InstanceId, immediate: bool) -> Done {
         let Some(entry) = self.entry(id) else {
             return Ok(Some("unknown instance: nothing can write".into()));
         };
         let routed_here = lock(&self.registry).services.get(&entry.service).and_then(|s| s.primary) == Some(id);
         let hold = routed_here && !entry.fenced;
         if immediate {
-            let holding = if hold { self.hold_router(entry.service).await } else { None };
+            let service = if hold { self.service(entry.service).ok() } else { None };
+            let holding = match &service {
+                Some(service) => self.routers.hold(entry.service, service).await,
+                None => None,
+            };
             self.kill_server(id, Some(&entry)).await?;
-            if let Some(holding) = holding {
-                self.release_dead_connections(entry.service, holding).await;
+            if let (Some(service), Some(holding)) = (&service, holding) {
+                self.routers.release_dead_connections(service, holding).await;
             }
         } else {
-            if hold {
-                self.pause_router(entry.service).await;
+            if let Some(service) = if hold { self.service(entry.service).ok() } else { None } {
+                self.routers.pause(entry.service, &service).await;
             }
             self.stop_server(id, Some(&entry)).await?;
         }
@@ -507,13 +502,13 @@ impl Inner {
                 if entry.fenced { "fenced" } else { "not active" }
             )));
         }
-        if !self.server(id).is_some_and(|p| p.is_running()) {
+        if !self.servers.running(id) {
             return Err(fatal("cannot promote: its postmaster is not running"));
         }
         // Never two writable primaries: the old one must be fenced (or dead) first.
         let old = lock(&self.registry).services.get(&entry.service).and_then(|s| s.primary).filter(|p| *p != id);
         if let Some(old) = old {
-            if self.entry(old).is_some_and(|e| e.should_run()) && self.server(old).is_some_and(|p| !p.has_exited()) {
+            if self.entry(old).is_some_and(|e| e.should_run()) && self.servers.alive(old) {
                 return Err(fatal(format!("cannot promote: the primary {old} still runs unfenced; fence it first")));
             }
         }
@@ -608,11 +603,10 @@ impl Inner {
         if entry.lifecycle != Lifecycle::Active {
             return Err(fatal(format!("instance is {:?}, not active", entry.lifecycle)));
         }
-        let healthy =
-            self.server(id).is_some_and(|p| p.is_running()) && postgres::answers(&entry, PROBE_TIMEOUT).await.is_ok();
+        let healthy = self.servers.running(id) && postgres::answers(&entry, PROBE_TIMEOUT).await.is_ok();
         if !healthy {
             // Hung or half-dead: kill the group (a stopped group is killed at once).
-            if self.server(id).is_some() {
+            if self.servers.known(id) {
                 self.stop_server(id, Some(&entry)).await?;
             }
             self.start_server(id, &entry).await?;
@@ -708,10 +702,7 @@ impl Inner {
         if service_empty {
             // Nothing left to route to. The service entry (port, password)
             // stays so a new instance of the same service keeps its URL.
-            let router = lock(&self.routers).remove(&entry.service);
-            if let Some(router) = router {
-                router.stop(Signal::SIGTERM, self.config.stop_timeout).await?;
-            }
+            self.routers.stop(entry.service).await?;
         }
         lock(&self.instance_locks).remove(&id);
         Ok(Some("deleted".into()))
@@ -719,23 +710,14 @@ impl Inner {
 
     async fn inject(&self, id: InstanceId, fault: Fault) -> Done {
         let entry = self.entry(id).ok_or_else(|| fatal("unknown instance"))?;
-        let process = self.server(id).filter(|p| !p.has_exited());
-        let detail = match (fault, &process) {
-            (Fault::Crash, Some(p)) => {
-                process::signal_process(p.pid, Signal::SIGKILL);
-                "postmaster killed (SIGKILL)"
-            }
-            (Fault::Crash, None) => "not running",
-            (Fault::Hang, Some(p)) => {
-                p.signal_family(Signal::SIGSTOP);
-                "postmaster and its backends stopped (SIGSTOP)"
-            }
-            (Fault::Hang, None) => return Err(fatal("cannot hang: not running")),
-            (Fault::Partition, _) => "heartbeats withheld",
-            (Fault::Heal, p) => {
-                if let Some(p) = p {
-                    p.signal_family(Signal::SIGCONT);
-                }
+        let detail = match fault {
+            Fault::Crash if self.servers.crash(id) => "postmaster killed (SIGKILL)",
+            Fault::Crash => "not running",
+            Fault::Hang if self.servers.signal(id, Signal::SIGSTOP) => "postmaster and its backends stopped (SIGSTOP)",
+            Fault::Hang => return Err(fatal("cannot hang: not running")),
+            Fault::Partition => "heartbeats withheld",
+            Fault::Heal => {
+                self.servers.signal(id, Signal::SIGCONT);
                 "healed"
             }
         };
@@ -754,103 +736,10 @@ impl Inner {
         Ok(Some(detail.into()))
     }
 
-    /// Pauses the service's router, waiting (bounded) for running
-    /// statements to finish, and arms the watchdog.
-    async fn pause_router(self: &Arc<Self>, service_id: ServiceId) {
-        let Ok(service) = self.service(service_id) else {
-            return;
-        };
-        if lock(&self.routers).get(&service_id).is_none_or(|p| p.has_exited()) {
-            return;
-        }
-        // PAUSE waits for running transactions: on a dead or hung primary
-        // it may never complete. The admin connection is dropped on timeout,
-        // but pgbouncer stays in "pausing" and queues new clients: enough.
-        if let Err(error) = router::pause(&service, ROUTER_COMMAND_TIMEOUT).await {
-            tracing::info!(service = %service.name, %error, "router pause not confirmed; fencing anyway");
-        }
-        self.arm_pause_watchdog(service_id);
-    }
-
-    /// Holds new queries of the service at its router without waiting for
-    /// the running ones (`PAUSE <db>`, whose answer comes only once they end,
-    /// is left running: the returned task). Returns once the router shows the
-    /// hold (bounded by [`HOLD_CONFIRM_TIMEOUT`]), None without a router.
-    async fn hold_router(self: &Arc<Self>, service_id: ServiceId) -> Option<tokio::task::JoinHandle<()>> {
-        let service = self.service(service_id).ok()?;
-        if lock(&self.routers).get(&service_id).is_none_or(|p| p.has_exited()) {
-            return None;
-        }
-        let pausing = {
-            let service = service.clone();
-            tokio::spawn(async move {
-                if let Err(error) = router::pause_database(&service, ROUTER_COMMAND_TIMEOUT).await {
-                    tracing::info!(service = %service.name, %error, "router pause not confirmed");
-                }
-            })
-        };
-        self.arm_pause_watchdog(service_id);
-        let deadline = Instant::now() + HOLD_CONFIRM_TIMEOUT;
-        loop {
-            match router::database_paused(&service, HOLD_CONFIRM_TIMEOUT).await {
-                Ok(true) => break,
-                Ok(false) | Err(_) if Instant::now() < deadline => tokio::time::sleep(Duration::from_millis(5)).await,
-                other => {
-                    // Fence anyway: the kill does not depend on the router.
-                    tracing::warn!(service = %service.name, answer = ?other, "router hold not confirmed");
-                    break;
-                }
-            }
-        }
-        Some(pausing)
-    }
-
-    /// After the kill of a held service's primary: its server connections
-    /// close with it and the PAUSE completes, keeping idle clients connected
-    /// (transaction pooling sends their next transaction to the new
-    /// primary). Connections a dead server left open (a powered-off host
-    /// closes nothing) would keep the PAUSE waiting: past
-    /// [`DEAD_CONNECTIONS_WAIT`] the router drops them (`KILL <db>`).
-    async fn release_dead_connections(&self, service_id: ServiceId, pausing: tokio::task::JoinHandle<()>) {
-        if tokio::time::timeout(DEAD_CONNECTIONS_WAIT, pausing).await.is_ok() {
-            return;
-        }
-        let Ok(service) = self.service(service_id) else {
-            return;
-        };
-        tracing::info!(service = %service.name, "connections to the killed primary still open: cutting them off");
-        if let Err(error) = router::cut_off(&service, ROUTER_COMMAND_TIMEOUT).await {
-            tracing::warn!(service = %service.name, %error, "router cut-off failed");
-        }
-    }
-
-    /// Resumes the router if nothing else does within [`MAX_ROUTER_PAUSE`]:
-    /// clients must never stay held forever.
-    fn arm_pause_watchdog(self: &Arc<Self>, service_id: ServiceId) {
-        let paused_at = Instant::now();
-        lock(&self.paused).insert(service_id, paused_at);
-        let weak = Arc::downgrade(self);
-        tokio::spawn(async move {
-            tokio::time::sleep(MAX_ROUTER_PAUSE).await;
-            let Some(inner) = weak.upgrade() else { return };
-            let still = lock(&inner.paused).get(&service_id) == Some(&paused_at);
-            if still {
-                tracing::warn!(%service_id, "router paused too long (no promotion followed): resuming");
-                inner.resume_router(service_id).await;
-            }
-        });
-    }
-
+    /// Ends every hold on the service's router.
     pub(super) async fn resume_router(&self, service_id: ServiceId) {
-        lock(&self.paused).remove(&service_id);
-        let Ok(service) = self.service(service_id) else {
-            return;
-        };
-        if lock(&self.routers).get(&service_id).is_none_or(|p| p.has_exited()) {
-            return;
-        }
-        if let Err(error) = router::resume(&service, ROUTER_COMMAND_TIMEOUT).await {
-            tracing::warn!(service = %service.name, %error, "cannot resume router");
+        if let Ok(service) = self.service(service_id) {
+            self.routers.resume(service_id, &service).await;
         }
     }
 }

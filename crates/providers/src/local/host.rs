@@ -5,7 +5,8 @@
 //! primary's writes over SQL, leaving the postmaster running.
 
 use super::probe::{connect, AGENT_APPLICATION_NAME};
-use super::{registry, running_pid, LocalInstanceInfo};
+use super::process::running_pid;
+use super::{registry, LocalInstanceInfo};
 use crate::ProviderError;
 use drover_model::InstanceId;
 use std::path::Path;

@@ -119,6 +119,17 @@ pub fn cmdline(pid: i32) -> Option<String> {
     Some(bytes.split(|b| *b == 0).map(|part| String::from_utf8_lossy(part).into_owned()).collect::<Vec<_>>().join(" "))
 }
 
+/// The pid in a postmaster.pid / pgbouncer.pid file when that process is
+/// alive (not a zombie) and its command line names `program`.
+pub fn running_pid(pid_file: &Path, program: &str) -> Option<i32> {
+    let text = std::fs::read_to_string(pid_file).ok()?;
+    let pid: i32 = text.lines().next()?.trim().parse().ok()?;
+    if proc_state(pid).is_dead() {
+        return None;
+    }
+    cmdline(pid).filter(|c| c.contains(program)).map(|_| pid)
+}
+
 pub fn signal_group(group: i32, signal: Signal) {
     // ESRCH: the group is gone already, which is what every caller wants.
     let _ = killpg(Pid::from_raw(group), signal);
