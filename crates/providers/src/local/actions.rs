@@ -5,6 +5,7 @@ use super::postgres::{self, ServerSettings};
 use super::process::{self, ProcState};
 use super::registry::{InstanceEntry, Lifecycle, ServiceEntry};
 use super::{lock, Inner};
+use crate::ActionError;
 use drover_model::{ActionKind, ActionOutcome, ActionRecord, Fault, InstanceId, Role, ServiceId};
 use nix::sys::signal::Signal;
 use std::sync::Arc;
@@ -33,25 +34,12 @@ const SQL_TIMEOUT: Duration = Duration::from_secs(10);
 /// non-strict synchronous mode, see `Inner::adjust_sync`).
 pub const SYNC_STANDBYS: &str = "ANY 1 (*)";
 
-/// Why one attempt failed.
-pub struct Failure {
-    error: String,
-    retryable: bool,
-}
-fn retry(error: impl Into<String>) -> Failure {
-    Failure { error: error.into(), retryable: true }
-}
-fn fatal(error: impl Into<String>) -> Failure {
-    Failure { error: error.into(), retryable: false }
-}
-impl From<String> for Failure {
-    /// Unclassified errors (I/O, a server slow to start) are worth a retry.
-    fn from(error: String) -> Failure {
-        retry(error)
-    }
-}
+/// What one attempt did, or why it failed.
+type Done = Result<Option<String>, ActionError>;
 
-type Done = Result<Option<String>, Failure>;
+fn invalid(error: impl Into<String>) -> ActionError {
+    ActionError::InvalidState(error.into())
+}
 
 impl Inner {
     pub(super) async fn execute(self: &Arc<Self>, action: ActionRecord) -> ActionOutcome {
@@ -76,7 +64,7 @@ impl Inner {
         };
         let outcome = match result {
             Ok(detail) => ActionOutcome::Succeeded { detail },
-            Err(Failure { error, retryable }) => ActionOutcome::Failed { error, retryable },
+            Err(error) => error.outcome(),
         };
         tracing::info!(
             action = %action.id,
@@ -101,14 +89,16 @@ impl Inner {
         let existing = {
             let registry = lock(&self.registry);
             if registry.tombstones.contains(&id) {
-                return Err(fatal(format!("instance {id} was terminated; a terminated id is never provisioned again")));
+                return Err(invalid(format!(
+                    "instance {id} was terminated; a terminated id is never provisioned again"
+                )));
             }
             registry.instances.get(&id).cloned()
         };
         if let Some(entry) = &existing {
             match entry.lifecycle {
                 Lifecycle::Active if entry.fenced => {
-                    return Err(fatal(format!("instance {id} is fenced; provision a new instance instead")))
+                    return Err(invalid(format!("instance {id} is fenced; provision a new instance instead")))
                 }
                 Lifecycle::Active => {
                     // Already built: make sure it runs (a repeat after a crash).
@@ -119,7 +109,7 @@ impl Inner {
                     return Ok(Some("already provisioned".into()));
                 }
                 Lifecycle::Retired | Lifecycle::Archived => {
-                    return Err(fatal(format!("instance {id} was retired; it is not provisioned again")))
+                    return Err(invalid(format!("instance {id} was retired; it is not provisioned again")))
                 }
                 Lifecycle::Provisioning => {
                     // A half-built attempt: start over in the same place.
@@ -129,7 +119,7 @@ impl Inner {
             }
         }
         let entry = self.register(id, service_id, role, service_name, sync, existing)?;
-        self.run_as.prepare_dir(&entry.dir, 0o700).map_err(|e| format!("instance dir: {e}"))?;
+        self.prepare_dir(&entry.dir)?;
         match role {
             Role::Primary => self.build_primary(&entry).await?,
             Role::Follower => self.build_follower(&entry).await?,
@@ -176,7 +166,7 @@ impl Inner {
         service_name: &str,
         sync: bool,
         existing: Option<InstanceEntry>,
-    ) -> Result<InstanceEntry, Failure> {
+    ) -> Result<InstanceEntry, ActionError> {
         let entry = {
             let mut registry = lock(&self.registry);
             let mut used = registry.ports_in_use();
@@ -222,10 +212,17 @@ impl Inner {
         ServerSettings { archive_command: self.config.archive_command.as_deref(), control_user: &self.control_user }
     }
 
-    async fn build_primary(&self, entry: &InstanceEntry) -> Result<(), Failure> {
+    /// A private directory owned by the server user.
+    fn prepare_dir(&self, dir: &std::path::Path) -> Result<(), ActionError> {
+        self.run_as
+            .prepare_dir(dir, 0o700)
+            .map_err(|e| ActionError::io(format_args!("cannot prepare {}", dir.display()), e))
+    }
+
+    async fn build_primary(&self, entry: &InstanceEntry) -> Result<(), ActionError> {
         let password = self.service(entry.service)?.password;
         let pgdata = entry.pgdata();
-        self.run_as.prepare_dir(&pgdata, 0o700).map_err(|e| format!("pgdata: {e}"))?;
+        self.prepare_dir(&pgdata)?;
         let pwfile = entry.dir.join("initdb.pw");
         postgres::write_owned(&self.run_as, &pwfile, &password, 0o600)?;
         let mut initdb = tokio::process::Command::new(self.servers.binaries().path("initdb"));
@@ -246,13 +243,16 @@ impl Inner {
         Ok(())
     }
 
-    async fn build_follower(&self, entry: &InstanceEntry) -> Result<(), Failure> {
+    async fn build_follower(&self, entry: &InstanceEntry) -> Result<(), ActionError> {
         let service = self.service(entry.service)?;
         let primary = self.current_primary(entry.service).ok_or_else(|| {
-            retry(format!("service {} has no running, unfenced primary to copy a follower from", service.name))
+            ActionError::Unavailable(format!(
+                "service {} has no running, unfenced primary to copy a follower from",
+                service.name
+            ))
         })?;
         let pgdata = entry.pgdata();
-        self.run_as.prepare_dir(&pgdata, 0o700).map_err(|e| format!("pgdata: {e}"))?;
+        self.prepare_dir(&pgdata)?;
         let conninfo = postgres::primary_conninfo(primary.port, &service.password, &entry_id_name(entry));
         let mut basebackup = tokio::process::Command::new(self.servers.binaries().path("pg_basebackup"));
         basebackup
@@ -268,8 +268,8 @@ impl Inner {
         Ok(())
     }
 
-    fn service(&self, id: ServiceId) -> Result<ServiceEntry, Failure> {
-        lock(&self.registry).services.get(&id).cloned().ok_or_else(|| fatal(format!("unknown service {id}")))
+    fn service(&self, id: ServiceId) -> Result<ServiceEntry, ActionError> {
+        lock(&self.registry).services.get(&id).cloned().ok_or_else(|| invalid(format!("unknown service {id}")))
     }
 
     /// [`Inner::current_primary`], for the checks.
@@ -285,7 +285,7 @@ impl Inner {
         (entry.should_run() && running).then_some(entry)
     }
 
-    async fn wait_streaming(&self, entry: &InstanceEntry) -> Result<(), Failure> {
+    async fn wait_streaming(&self, entry: &InstanceEntry) -> Result<(), ActionError> {
         let deadline = Instant::now() + STREAM_TIMEOUT;
         loop {
             let status = postgres::execute(entry, "SELECT status FROM pg_stat_wal_receiver", SQL_TIMEOUT).await;
@@ -295,7 +295,7 @@ impl Inner {
                 }
             }
             if Instant::now() >= deadline {
-                return Err(retry(format!(
+                return Err(ActionError::Timeout(format!(
                     "follower not streaming after {STREAM_TIMEOUT:?} ({status:?}); log: {}",
                     postgres::log_tail(entry)
                 )));
@@ -309,7 +309,7 @@ impl Inner {
     /// (availability over blocking every write). Called when a follower
     /// starts streaming and by the heartbeat loop when a primary's count of
     /// streaming followers changes between none and some.
-    pub(super) async fn adjust_sync(&self, service_id: ServiceId) -> Result<(), String> {
+    pub(super) async fn adjust_sync(&self, service_id: ServiceId) -> Result<(), ActionError> {
         let guard = self.service_lock(service_id);
         let _held = guard.lock().await;
         let Some(service) = lock(&self.registry).services.get(&service_id).cloned() else {
@@ -351,7 +351,9 @@ impl Inner {
                 return Ok(());
             }
             if Instant::now() >= deadline {
-                return Err(format!("no synchronous follower reported {SYNC_TIMEOUT:?} after enabling sync"));
+                return Err(ActionError::Timeout(format!(
+                    "no synchronous follower reported {SYNC_TIMEOUT:?} after enabling sync"
+                )));
             }
             tokio::time::sleep(Duration::from_millis(50)).await;
         }
@@ -360,22 +362,18 @@ impl Inner {
     /// A full base backup of the service from `id` (its primary) into the
     /// pgBackRest repository; the stanza is created on first use.
     async fn backup(&self, id: InstanceId) -> Done {
-        let repo = self
-            .config
-            .backups
-            .clone()
-            .ok_or_else(|| fatal("no backup repository is configured for the local provider"))?;
-        let entry = self.entry(id).ok_or_else(|| fatal("unknown instance"))?;
+        let repo =
+            self.config.backups.clone().ok_or_else(|| {
+                ActionError::Config("no backup repository is configured for the local provider".into())
+            })?;
+        let entry = self.entry(id).ok_or_else(|| invalid("unknown instance"))?;
         if !entry.should_run() {
-            return Err(fatal("the instance does not run: back up from the running primary"));
+            return Err(invalid("the instance does not run: back up from the running primary"));
         }
         let target = self.pg_target(&entry);
         let stanza = entry.service_name.clone();
-        repo.ensure_stanza(&stanza, &target).await.map_err(|e| retry(e.to_string()))?;
-        let info = repo
-            .backup(&stanza, &target, crate::pgbackrest::BackupKind::Full)
-            .await
-            .map_err(|e| retry(e.to_string()))?;
+        repo.ensure_stanza(&stanza, &target).await.map_err(backup_error)?;
+        let info = repo.backup(&stanza, &target, crate::pgbackrest::BackupKind::Full).await.map_err(backup_error)?;
         Ok(Some(format!("backup {} of {} bytes", info.label, info.size_bytes)))
     }
 
@@ -383,12 +381,11 @@ impl Inner {
     /// it, and throws it away. A backup that does not restore is a failure
     /// (not retried: a retry would restore the same broken backup).
     async fn verify_restore(&self, id: InstanceId, action: drover_model::ActionId) -> Done {
-        let repo = self
-            .config
-            .backups
-            .clone()
-            .ok_or_else(|| fatal("no backup repository is configured for the local provider"))?;
-        let entry = self.entry(id).ok_or_else(|| fatal("unknown instance"))?;
+        let repo =
+            self.config.backups.clone().ok_or_else(|| {
+                ActionError::Config("no backup repository is configured for the local provider".into())
+            })?;
+        let entry = self.entry(id).ok_or_else(|| invalid("unknown instance"))?;
         let port = {
             let registry = lock(&self.registry);
             free_port(&registry.ports_in_use())?
@@ -397,7 +394,12 @@ impl Inner {
         let report = repo
             .verify_restore(&entry.service_name, &scratch, port, &self.servers.binaries().bindir, None)
             .await
-            .map_err(|e| fatal(e.to_string()))?;
+            .map_err(|e| match backup_error(e) {
+                // A restore that cannot run for a passing cause is tried
+                // again; anything else is what this backup is worth.
+                retryable if retryable.retryable() => retryable,
+                permanent => ActionError::BrokenBackup(permanent.to_string()),
+            })?;
         if report.ok {
             Ok(Some(format!(
                 "backup {} restored and checked in {:.1}s: {}",
@@ -406,7 +408,7 @@ impl Inner {
                 report.evidence.join("; ")
             )))
         } else {
-            Err(fatal(format!(
+            Err(ActionError::BrokenBackup(format!(
                 "backup {} did not restore: {}",
                 report.backup,
                 report.error.unwrap_or_else(|| report.evidence.join("; "))
@@ -424,20 +426,20 @@ impl Inner {
     }
 
     async fn probe(&self, id: InstanceId) -> Done {
-        let entry = self.entry(id).ok_or_else(|| fatal("unknown instance"))?;
+        let entry = self.entry(id).ok_or_else(|| invalid("unknown instance"))?;
         if !entry.should_run() {
-            return Err(fatal(format!("instance is {}", if entry.fenced { "fenced" } else { "not active" })));
+            return Err(invalid(format!("instance is {}", if entry.fenced { "fenced" } else { "not active" })));
         }
         if self.config.same_host_evidence {
             // Same-host shortcuts: a dead or stopped postmaster fails the
             // probe at once, without waiting for the query's timeout.
-            let process = self.servers.get(id).ok_or_else(|| fatal("no postmaster"))?;
+            let process = self.servers.get(id).ok_or_else(|| ActionError::Unhealthy("no postmaster".into()))?;
             match process::proc_state(process.pid) {
                 ProcState::Live if !process.has_exited() => {}
-                state => return Err(fatal(format!("postmaster {} is {state:?}", process.pid))),
+                state => return Err(ActionError::Unhealthy(format!("postmaster {} is {state:?}", process.pid))),
             }
         }
-        postgres::answers(&entry, PROBE_TIMEOUT).await.map_err(fatal)?;
+        postgres::answers(&entry, PROBE_TIMEOUT).await.map_err(|e| ActionError::Unhealthy(e.to_string()))?;
         Ok(Some("answers SELECT 1".into()))
     }
 
@@ -486,7 +488,7 @@ impl Inner {
     }
 
     async fn promote(self: &Arc<Self>, id: InstanceId) -> Done {
-        let entry = self.entry(id).ok_or_else(|| fatal("unknown instance"))?;
+        let entry = self.entry(id).ok_or_else(|| invalid("unknown instance"))?;
         let result = self.promote_inner(id, &entry).await;
         if result.is_err() {
             // Never leave clients queued behind a failed promotion.
@@ -497,19 +499,19 @@ impl Inner {
 
     async fn promote_inner(self: &Arc<Self>, id: InstanceId, entry: &InstanceEntry) -> Done {
         if !entry.should_run() {
-            return Err(fatal(format!(
+            return Err(invalid(format!(
                 "cannot promote: instance is {}",
                 if entry.fenced { "fenced" } else { "not active" }
             )));
         }
         if !self.servers.running(id) {
-            return Err(fatal("cannot promote: its postmaster is not running"));
+            return Err(invalid("cannot promote: its postmaster is not running"));
         }
         // Never two writable primaries: the old one must be fenced (or dead) first.
         let old = lock(&self.registry).services.get(&entry.service).and_then(|s| s.primary).filter(|p| *p != id);
         if let Some(old) = old {
             if self.entry(old).is_some_and(|e| e.should_run()) && self.servers.alive(old) {
-                return Err(fatal(format!("cannot promote: the primary {old} still runs unfenced; fence it first")));
+                return Err(invalid(format!("cannot promote: the primary {old} still runs unfenced; fence it first")));
             }
         }
         let recovery = postgres::execute(entry, "SELECT pg_is_in_recovery()", SQL_TIMEOUT).await?;
@@ -565,23 +567,23 @@ impl Inner {
 
     /// pg_promote without its wait, then polls for the end of recovery on
     /// one connection (see [`PROMOTE_POLL_INTERVAL`]).
-    async fn end_recovery(&self, entry: &InstanceEntry) -> Result<(), Failure> {
+    async fn end_recovery(&self, entry: &InstanceEntry) -> Result<(), ActionError> {
         let client = postgres::connect(entry, SQL_TIMEOUT).await?;
         let query = |sql: &'static str| {
             let client = &client;
             async move {
                 let messages = tokio::time::timeout(SQL_TIMEOUT, client.simple_query(sql))
                     .await
-                    .map_err(|_| format!("`{sql}` did not finish within {SQL_TIMEOUT:?}"))?
-                    .map_err(|e| postgres::error_text(&e))?;
-                Ok::<_, String>(messages.into_iter().find_map(|m| match m {
+                    .map_err(|_| ActionError::Timeout(format!("`{sql}` did not finish within {SQL_TIMEOUT:?}")))?
+                    .map_err(|e| postgres::sql_error(sql, &e))?;
+                Ok::<_, ActionError>(messages.into_iter().find_map(|m| match m {
                     tokio_postgres::SimpleQueryMessage::Row(row) => row.get(0).map(str::to_string),
                     _ => None,
                 }))
             }
         };
         if query("SELECT pg_promote(wait => false)").await?.as_deref() != Some("t") {
-            return Err(retry("pg_promote could not signal the promotion"));
+            return Err(ActionError::Failed("pg_promote could not signal the promotion".into()));
         }
         let deadline = Instant::now() + PROMOTE_WAIT;
         loop {
@@ -589,19 +591,21 @@ impl Inner {
                 return Ok(());
             }
             if Instant::now() >= deadline {
-                return Err(retry(format!("the promotion did not end recovery within {PROMOTE_WAIT:?}")));
+                return Err(ActionError::Timeout(format!(
+                    "the promotion did not end recovery within {PROMOTE_WAIT:?}"
+                )));
             }
             tokio::time::sleep(PROMOTE_POLL_INTERVAL).await;
         }
     }
 
     async fn restart(self: &Arc<Self>, id: InstanceId) -> Done {
-        let entry = self.entry(id).ok_or_else(|| fatal("unknown instance"))?;
+        let entry = self.entry(id).ok_or_else(|| invalid("unknown instance"))?;
         if entry.fenced {
-            return Err(fatal("instance is fenced: it is never started again"));
+            return Err(invalid("instance is fenced: it is never started again"));
         }
         if entry.lifecycle != Lifecycle::Active {
-            return Err(fatal(format!("instance is {:?}, not active", entry.lifecycle)));
+            return Err(invalid(format!("instance is {:?}, not active", entry.lifecycle)));
         }
         let healthy = self.servers.running(id) && postgres::answers(&entry, PROBE_TIMEOUT).await.is_ok();
         if !healthy {
@@ -655,10 +659,11 @@ impl Inner {
         let target = self.root.join("archive").join(id.to_string());
         if entry.dir.exists() {
             if target.exists() {
-                return Err(fatal(format!("{} already exists; move it aside", target.display())));
+                return Err(ActionError::Config(format!("{} already exists; move it aside", target.display())));
             }
-            std::fs::rename(&entry.dir, &target)
-                .map_err(|e| format!("cannot move {} to {}: {e}", entry.dir.display(), target.display()))?;
+            std::fs::rename(&entry.dir, &target).map_err(|e| {
+                ActionError::io(format_args!("cannot move {} to {}", entry.dir.display(), target.display()), e)
+            })?;
         }
         {
             let mut registry = lock(&self.registry);
@@ -684,7 +689,7 @@ impl Inner {
             match std::fs::remove_dir_all(&dir) {
                 Ok(()) => {}
                 Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
-                Err(e) => return Err(retry(format!("cannot delete {}: {e}", dir.display()))),
+                Err(e) => return Err(ActionError::io(format_args!("cannot delete {}", dir.display()), e)),
             }
         }
         let service_empty = {
@@ -709,12 +714,12 @@ impl Inner {
     }
 
     async fn inject(&self, id: InstanceId, fault: Fault) -> Done {
-        let entry = self.entry(id).ok_or_else(|| fatal("unknown instance"))?;
+        let entry = self.entry(id).ok_or_else(|| invalid("unknown instance"))?;
         let detail = match fault {
             Fault::Crash if self.servers.crash(id) => "postmaster killed (SIGKILL)",
             Fault::Crash => "not running",
             Fault::Hang if self.servers.signal(id, Signal::SIGSTOP) => "postmaster and its backends stopped (SIGSTOP)",
-            Fault::Hang => return Err(fatal("cannot hang: not running")),
+            Fault::Hang => return Err(invalid("cannot hang: not running")),
             Fault::Partition => "heartbeats withheld",
             Fault::Heal => {
                 self.servers.signal(id, Signal::SIGCONT);
@@ -750,24 +755,46 @@ fn entry_id_name(entry: &InstanceEntry) -> String {
 }
 
 /// A free loopback port not already in the registry.
-fn free_port(used: &std::collections::BTreeSet<u16>) -> Result<u16, Failure> {
+fn free_port(used: &std::collections::BTreeSet<u16>) -> Result<u16, ActionError> {
+    let no_port = |e| ActionError::io("cannot find a free port", e);
     for _ in 0..100 {
-        let listener =
-            std::net::TcpListener::bind(("127.0.0.1", 0)).map_err(|e| format!("cannot find a free port: {e}"))?;
-        let port = listener.local_addr().map_err(|e| e.to_string())?.port();
+        let listener = std::net::TcpListener::bind(("127.0.0.1", 0)).map_err(no_port)?;
+        let port = listener.local_addr().map_err(no_port)?.port();
         if !used.contains(&port) {
             return Ok(port);
         }
     }
-    Err(retry("no free loopback port found in 100 tries"))
+    Err(ActionError::Unavailable("no free loopback port found in 100 tries".into()))
 }
 
 /// 24 random bytes as hex (safe in URLs, conninfo and config files).
-fn random_password() -> Result<String, Failure> {
+fn random_password() -> Result<String, ActionError> {
     use std::io::Read;
     let mut bytes = [0u8; 24];
     std::fs::File::open("/dev/urandom")
         .and_then(|mut f| f.read_exact(&mut bytes))
-        .map_err(|e| format!("cannot read /dev/urandom: {e}"))?;
+        .map_err(|e| ActionError::io("cannot read /dev/urandom", e))?;
     Ok(bytes.iter().map(|b| format!("{b:02x}")).collect())
+}
+
+/// A pgBackRest failure as an action's: its own mistakes in the
+/// configuration (a bad stanza, nothing to restore) are permanent; a tool
+/// that could not start is a missing install; the rest (a command that
+/// failed or timed out) may pass.
+fn backup_error(error: crate::pgbackrest::BackupError) -> ActionError {
+    use crate::pgbackrest::BackupError;
+    let text = error.to_string();
+    match error {
+        BackupError::InvalidStanza(_) | BackupError::Spawn { .. } | BackupError::ScratchInUse { .. } => {
+            ActionError::Config(text)
+        }
+        BackupError::NoBackup { .. } => ActionError::InvalidState(text),
+        BackupError::Io { operation, path, source } => {
+            ActionError::io(format_args!("cannot {operation} {}", path.display()), source)
+        }
+        BackupError::Timeout { .. } => ActionError::Timeout(text),
+        BackupError::Command { .. } | BackupError::Parse { .. } | BackupError::BackupMissing { .. } => {
+            ActionError::Failed(text)
+        }
+    }
 }

@@ -82,7 +82,7 @@ impl Inner {
         let mut client = slot.try_lock().ok()?;
         let attempt = async {
             if client.as_ref().is_none_or(|c| c.is_closed()) {
-                *client = Some(postgres::connect(entry, timeout).await?);
+                *client = Some(postgres::connect(entry, timeout).await.map_err(|e| e.to_string())?);
             }
             let connection = client.as_ref().expect("connected just above");
             connection.query_one(FACTS_SQL, &[]).await.map_err(|e| postgres::error_text(&e))

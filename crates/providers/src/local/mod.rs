@@ -35,7 +35,7 @@ mod router;
 mod servers;
 
 use crate::runas::RunAs;
-use crate::{BoxFuture, Provider, ProviderError, ProviderEvent};
+use crate::{ActionError, BoxFuture, Provider, ProviderError, ProviderEvent};
 use drover_model::{ActionOutcome, ActionRecord, InstanceId, Role, ServiceId};
 use nix::sys::signal::Signal;
 use postgres::Binaries;
@@ -326,10 +326,10 @@ impl Drop for LocalProvider {
 }
 
 impl Inner {
-    fn save(&self) -> Result<(), String> {
+    fn save(&self) -> Result<(), ActionError> {
         let _writing = lock(&self.persist_lock);
         let snapshot = lock(&self.registry).clone();
-        registry::write(&self.state_path, &snapshot).map_err(|e| e.to_string())
+        Ok(registry::write(&self.state_path, &snapshot)?)
     }
 
     fn entry(&self, id: InstanceId) -> Option<InstanceEntry> {
@@ -445,29 +445,29 @@ impl Inner {
 
     /// Starts the instance's postmaster (if none runs), reported as gone
     /// if it later exits unasked, and waits until it accepts connections.
-    async fn start_server(self: &Arc<Self>, id: InstanceId, entry: &InstanceEntry) -> Result<(), String> {
+    async fn start_server(self: &Arc<Self>, id: InstanceId, entry: &InstanceEntry) -> Result<(), ActionError> {
         self.servers.start(id, entry, self.on_server_exit(id)).await
     }
 
     /// Stops the instance's postmaster (fast shutdown), dropping its
     /// heartbeat connection.
-    async fn stop_server(&self, id: InstanceId, entry: Option<&InstanceEntry>) -> Result<(), String> {
+    async fn stop_server(&self, id: InstanceId, entry: Option<&InstanceEntry>) -> Result<(), ActionError> {
         lock(&self.beat_clients).remove(&id);
         self.servers.stop(id, entry).await
     }
 
     /// Kills the instance's postmaster and its backends at once.
-    async fn kill_server(&self, id: InstanceId, entry: Option<&InstanceEntry>) -> Result<(), String> {
+    async fn kill_server(&self, id: InstanceId, entry: Option<&InstanceEntry>) -> Result<(), ActionError> {
         lock(&self.beat_clients).remove(&id);
         self.servers.kill(id, entry).await
     }
 
     /// Makes sure the service's router runs and points at its primary.
-    async fn ensure_router(&self, service_id: ServiceId) -> Result<(), String> {
+    async fn ensure_router(&self, service_id: ServiceId) -> Result<(), ActionError> {
         let (service, primary_port) = {
             let registry = lock(&self.registry);
             let Some(service) = registry.services.get(&service_id).cloned() else {
-                return Err("unknown service".into());
+                return Err(ActionError::InvalidState(format!("unknown service {service_id}")));
             };
             let Some(port) = service.primary.and_then(|p| registry.instances.get(&p)).map(|e| e.port) else {
                 return Ok(()); // nothing to route to yet

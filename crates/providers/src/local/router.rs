@@ -17,6 +17,7 @@ use super::process::{running_pid, ServerProcess};
 use super::registry::ServiceEntry;
 use crate::checks::{Check, Status};
 use crate::runas::RunAs;
+use crate::ActionError;
 use drover_model::ServiceId;
 use nix::sys::signal::Signal;
 use std::collections::HashMap;
@@ -116,23 +117,30 @@ impl Routers {
     /// Makes sure the service's router runs and points at `primary_port`:
     /// rewrites its config, then RELOADs a running router or spawns one and
     /// waits for its console.
-    pub async fn ensure(&self, service_id: ServiceId, service: &ServiceEntry, primary_port: u16) -> Result<(), String> {
+    pub async fn ensure(
+        &self,
+        service_id: ServiceId,
+        service: &ServiceEntry,
+        primary_port: u16,
+    ) -> Result<(), ActionError> {
         let dir = self.dir(service_id);
-        self.run_as.prepare_dir(&dir, 0o700).map_err(|e| format!("router dir: {e}"))?;
+        self.run_as
+            .prepare_dir(&dir, 0o700)
+            .map_err(|e| ActionError::io(format_args!("cannot prepare {}", dir.display()), e))?;
         write_config(&self.run_as, &dir, service, primary_port)?;
         if self.running(service_id) {
-            return admin(service, "RELOAD", COMMAND_TIMEOUT).await;
+            return admin(service, "RELOAD", COMMAND_TIMEOUT).await.map_err(ActionError::Unavailable);
         }
         if self.closed.load(Ordering::SeqCst) {
-            return Err("the local provider is shut down".into());
+            return Err(ActionError::Unavailable("the local provider is shut down".into()));
         }
         let log_path = log_path(&dir);
         let log = std::fs::OpenOptions::new()
             .create(true)
             .append(true)
             .open(&log_path)
-            .map_err(|e| format!("cannot open {}: {e}", log_path.display()))?;
-        let log_err = log.try_clone().map_err(|e| e.to_string())?;
+            .map_err(|e| ActionError::io(format_args!("cannot open {}", log_path.display()), e))?;
+        let log_err = log.try_clone().map_err(|e| ActionError::io("cannot share the log file", e))?;
         let mut command = tokio::process::Command::new(&self.pgbouncer);
         command.arg(config_path(&dir)).current_dir(&dir).stdin(std::process::Stdio::null()).stdout(log).stderr(log_err);
         self.run_as.apply_tokio(&mut command);
@@ -142,18 +150,26 @@ impl Routers {
             None,
             Box::new(move |detail| tracing::warn!(service = %name, %detail, "router exited unasked")),
         )
-        .map_err(|e| format!("cannot spawn pgbouncer: {e}"))?;
+        .map_err(|e| match e.kind() {
+            std::io::ErrorKind::NotFound => ActionError::Config(format!(
+                "cannot spawn {}: {e}; install pgbouncer (Debian: apt-get install pgbouncer)",
+                self.pgbouncer.display()
+            )),
+            _ => ActionError::io("cannot spawn pgbouncer", e),
+        })?;
         tracing::info!(service = %service.name, pid = process.pid, port = service.router_port, "router started");
         lock(&self.processes).insert(service_id, process.clone());
         let deadline = Instant::now() + START_TIMEOUT;
         loop {
             if process.has_exited() {
                 let log = std::fs::read_to_string(&log_path).unwrap_or_default();
-                return Err(format!("pgbouncer exited at start: {}", postgres::tail(&log, 800)));
+                return Err(ActionError::Failed(format!("pgbouncer exited at start: {}", postgres::tail(&log, 800))));
             }
             match admin(service, "SHOW VERSION", Duration::from_secs(1)).await {
                 Ok(()) => return Ok(()),
-                Err(e) if Instant::now() >= deadline => return Err(format!("router not answering: {e}")),
+                Err(e) if Instant::now() >= deadline => {
+                    return Err(ActionError::Timeout(format!("router not answering: {e}")))
+                }
                 Err(_) => tokio::time::sleep(Duration::from_millis(50)).await,
             }
         }
@@ -175,7 +191,7 @@ impl Routers {
     }
 
     /// Stops the service's router for good (nothing left to route to).
-    pub async fn stop(&self, service: ServiceId) -> Result<(), String> {
+    pub async fn stop(&self, service: ServiceId) -> Result<(), ActionError> {
         let process = lock(&self.processes).remove(&service);
         lock(&self.paused).remove(&service);
         match process {
@@ -331,7 +347,7 @@ fn log_path(dir: &Path) -> PathBuf {
 }
 
 /// Writes pgbouncer.ini (pointing at `primary_port`) and the userlist.
-fn write_config(run_as: &RunAs, dir: &Path, service: &ServiceEntry, primary_port: u16) -> Result<(), String> {
+fn write_config(run_as: &RunAs, dir: &Path, service: &ServiceEntry, primary_port: u16) -> Result<(), ActionError> {
     let userlist = dir.join("userlist.txt");
     write_owned(run_as, &userlist, &format!("\"{ROLE}\" \"{}\"\n", service.password), 0o600)?;
     let ini = format!(

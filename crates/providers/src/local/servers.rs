@@ -14,6 +14,7 @@ use super::postgres::{self, Binaries};
 use super::process::{self, running_pid, OnUnexpectedExit, ServerProcess};
 use super::registry::InstanceEntry;
 use crate::runas::RunAs;
+use crate::ActionError;
 use drover_model::InstanceId;
 use nix::sys::signal::Signal;
 use std::collections::HashMap;
@@ -84,23 +85,36 @@ impl Servers {
 
     /// Spawns the postmaster (if none runs) and waits until it accepts
     /// connections. `on_exit` is called if it later exits unasked.
-    pub async fn start(&self, id: InstanceId, entry: &InstanceEntry, on_exit: OnUnexpectedExit) -> Result<(), String> {
+    pub async fn start(
+        &self,
+        id: InstanceId,
+        entry: &InstanceEntry,
+        on_exit: OnUnexpectedExit,
+    ) -> Result<(), ActionError> {
         if self.closed.load(Ordering::SeqCst) {
-            return Err("the local provider is shut down".into());
+            return Err(ActionError::Unavailable("the local provider is shut down".into()));
         }
         if !self.alive(id) {
             postgres::check_socket_path(entry)?;
             process::kill_leftovers(&entry.pgdata()).await?;
-            self.run_as.prepare_dir(&entry.socket_dir(), 0o755).map_err(|e| format!("socket dir: {e}"))?;
-            self.run_as.prepare_dir(&entry.log_dir(), 0o700).map_err(|e| format!("log dir: {e}"))?;
+            let socket_dir = entry.socket_dir();
+            let prepare = |dir: &std::path::Path, mode| {
+                self.run_as
+                    .prepare_dir(dir, mode)
+                    .map_err(|e| ActionError::io(format_args!("cannot prepare {}", dir.display()), e))
+            };
+            prepare(&socket_dir, 0o755)?;
+            prepare(&entry.log_dir(), 0o700)?;
             let log_path = entry.log_dir().join("postgres.log");
             let log = std::fs::OpenOptions::new()
                 .create(true)
                 .append(true)
                 .open(&log_path)
-                .map_err(|e| format!("cannot open {}: {e}", log_path.display()))?;
-            self.run_as.chown(&log_path).map_err(|e| format!("cannot chown {}: {e}", log_path.display()))?;
-            let log_err = log.try_clone().map_err(|e| e.to_string())?;
+                .map_err(|e| ActionError::io(format_args!("cannot open {}", log_path.display()), e))?;
+            self.run_as
+                .chown(&log_path)
+                .map_err(|e| ActionError::io(format_args!("cannot chown {}", log_path.display()), e))?;
+            let log_err = log.try_clone().map_err(|e| ActionError::io("cannot share the log file", e))?;
             let mut command = tokio::process::Command::new(self.binaries.path("postgres"));
             command
                 .arg("-D")
@@ -113,32 +127,34 @@ impl Servers {
                 .env("LC_ALL", "C");
             self.run_as.apply_tokio(&mut command);
             let process = ServerProcess::spawn(command, Some(&entry.pgdata()), on_exit)
-                .map_err(|e| format!("cannot spawn postgres: {e}"))?;
+                .map_err(|e| ActionError::io("cannot spawn postgres", e))?;
             tracing::info!(instance = %id, pid = process.pid, port = entry.port, "postmaster started");
             lock(&self.processes).insert(id, process);
         }
         self.wait_ready(id, entry, START_TIMEOUT).await
     }
 
-    async fn wait_ready(&self, id: InstanceId, entry: &InstanceEntry, timeout: Duration) -> Result<(), String> {
+    async fn wait_ready(&self, id: InstanceId, entry: &InstanceEntry, timeout: Duration) -> Result<(), ActionError> {
         let deadline = Instant::now() + timeout;
         loop {
             let Some(process) = self.get(id) else {
-                return Err("no postmaster".into());
+                return Err(ActionError::InvalidState("no postmaster".into()));
             };
             if process.has_exited() {
-                return Err(format!(
+                // Retried: a start can fail for a passing cause (a port
+                // taken for a moment, memory short); the log says which.
+                return Err(ActionError::Failed(format!(
                     "postmaster exited while starting ({}); log: {}",
                     process.exit_detail().unwrap_or_default(),
                     postgres::log_tail(entry)
-                ));
+                )));
             }
             let last_error = match postgres::answers(entry, Duration::from_secs(1)).await {
                 Ok(()) => return Ok(()),
                 Err(e) => e,
             };
             if Instant::now() >= deadline {
-                return Err(format!("not accepting connections after {timeout:?}: {last_error}"));
+                return Err(ActionError::Timeout(format!("not accepting connections after {timeout:?}: {last_error}")));
             }
             tokio::time::sleep(READY_POLL_INTERVAL).await;
         }
@@ -146,13 +162,13 @@ impl Servers {
 
     /// Stops the instance's postmaster (if any) with a fast shutdown,
     /// confirming the whole group dead.
-    pub async fn stop(&self, id: InstanceId, entry: Option<&InstanceEntry>) -> Result<(), String> {
+    pub async fn stop(&self, id: InstanceId, entry: Option<&InstanceEntry>) -> Result<(), ActionError> {
         self.end(id, entry, Signal::SIGINT, self.stop_timeout).await
     }
 
     /// Kills the instance's postmaster and its backends at once (no
     /// shutdown checkpoint, nothing waited for), confirming the group dead.
-    pub async fn kill(&self, id: InstanceId, entry: Option<&InstanceEntry>) -> Result<(), String> {
+    pub async fn kill(&self, id: InstanceId, entry: Option<&InstanceEntry>) -> Result<(), ActionError> {
         self.end(id, entry, Signal::SIGKILL, Duration::ZERO).await
     }
 
@@ -162,7 +178,7 @@ impl Servers {
         entry: Option<&InstanceEntry>,
         first: Signal,
         timeout: Duration,
-    ) -> Result<(), String> {
+    ) -> Result<(), ActionError> {
         if let Some(process) = self.get(id) {
             process.stop(first, timeout).await?;
             lock(&self.processes).remove(&id);
