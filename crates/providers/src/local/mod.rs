@@ -25,8 +25,6 @@
 
 mod actions;
 mod heartbeat;
-pub mod host;
-pub mod lease;
 mod postgres;
 pub mod probe;
 mod process;
@@ -43,6 +41,9 @@ use process::ServerProcess;
 use registry::{InstanceEntry, Registry};
 use router::Routers;
 use servers::Servers;
+
+pub use postgres::{error_text as postgres_error_text, ROLE};
+pub use process::running_pid;
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
@@ -166,10 +167,12 @@ fn now_micros() -> u64 {
 }
 
 impl LocalProvider {
-    /// Opens (or creates) the provider's state under `data_dir/local/`, adopts
-    /// the servers and routers that still run and restarts (in the
-    /// background) those that should run but do not. Must be called inside a
-    /// tokio runtime. One process per data dir: nothing locks it.
+    /// Opens (or creates) the provider's state under `data_dir/local/` and
+    /// adopts the servers and routers that still run. A server that should
+    /// run but does not is reported as gone once the engine listens (the
+    /// engine decides what follows); a missing router is started again in
+    /// the background. Must be called inside a tokio runtime. One process
+    /// per data dir: nothing locks it.
     pub fn open(data_dir: &Path, mut config: LocalConfig) -> Result<Arc<LocalProvider>, ProviderError> {
         if config.archive_command.is_none() {
             if let Some(repo) = &config.backups {
@@ -292,8 +295,9 @@ impl LocalProvider {
 
     /// Stops every server and router: fast shutdown (routers: immediate),
     /// SIGKILL of the group after `stop_timeout`. Blocks the calling thread.
-    /// The registry is left as it is: a provider opened later restarts the
-    /// servers that should run.
+    /// The registry is left as it is: a provider opened later reports the
+    /// servers that should run as gone, and the engine restarts or replaces
+    /// them.
     pub fn shutdown(&self) {
         self.inner.closed.store(true, Ordering::SeqCst);
         let servers = self.inner.servers.drain();
@@ -483,7 +487,7 @@ impl Provider for LocalProvider {
         "local"
     }
 
-    /// PostgreSQL 15 only, for now: Redis and Kafka are later issues.
+    /// PostgreSQL 15 only: it runs no Redis or Kafka servers.
     fn engines(&self) -> &'static [drover_model::EngineKind] {
         &[drover_model::EngineKind::Postgres]
     }
