@@ -379,7 +379,9 @@ impl Inner {
 
     /// Restores the service's latest backup into a scratch server, checks
     /// it, and throws it away. A backup that does not restore is a failure
-    /// (not retried: a retry would restore the same broken backup).
+    /// (not retried: a retry would restore the same broken backup); one
+    /// that could not be tried for a passing cause (the repository did not
+    /// answer) is.
     async fn verify_restore(&self, id: InstanceId, action: drover_model::ActionId) -> Done {
         let repo =
             self.config.backups.clone().ok_or_else(|| {
@@ -394,12 +396,7 @@ impl Inner {
         let report = repo
             .verify_restore(&entry.service_name, &scratch, port, &self.servers.binaries().bindir, None)
             .await
-            .map_err(|e| match backup_error(e) {
-                // A restore that cannot run for a passing cause is tried
-                // again; anything else is what this backup is worth.
-                retryable if retryable.retryable() => retryable,
-                permanent => ActionError::BrokenBackup(permanent.to_string()),
-            })?;
+            .map_err(backup_error)?;
         if report.ok {
             Ok(Some(format!(
                 "backup {} restored and checked in {:.1}s: {}",
