@@ -138,7 +138,8 @@ impl Servers {
         let deadline = Instant::now() + timeout;
         loop {
             let Some(process) = self.get(id) else {
-                return Err(ActionError::InvalidState("no postmaster".into()));
+                // Stopped while it was starting: a new attempt starts it again.
+                return Err(ActionError::Failed("the postmaster was stopped while starting".into()));
             };
             if process.has_exited() {
                 // Retried: a start can fail for a passing cause (a port
