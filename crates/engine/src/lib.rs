@@ -11,9 +11,10 @@
 //!    silence alone does so only after `presumed_dead_after` with no probe
 //!    answering;
 //! 3. `reconcile` looks at each touched service: a pure `decide` names the
-//!    one `Remedy` it needs (fence then promote, restart, rebuild, replace a
-//!    follower, retire a leaver, or wait for the brake or a human), and
-//!    `apply` opens it as an action, at most one remedy per service at a time;
+//!    one `Remedy` its engine's topology needs (fence then promote, restart,
+//!    rebuild, replace a follower or a peer, retire a leaver, or wait for
+//!    the brake or a human), and `apply` opens it as an action, at most one
+//!    remedy per service at a time;
 //! 4. the action's result comes back as `Input::ActionResult` and moves the
 //!    fleet on (a fenced primary, a promoted follower), which marks the
 //!    service for reconcile again until nothing is left to do.
