@@ -120,11 +120,20 @@ fn index(engine: EngineKind) -> usize {
     }
 }
 
+/// The policy a service of `engine` runs under unless `Config.policies`
+/// says otherwise; for callers outside the engine (the simulator) that need
+/// to know, say, which members a plan makes. Redis and Kafka have no policy
+/// of their own yet (issues 13 and 14 bring them; only the `sim` provider
+/// offers those engines today): until then their services run under
+/// PostgreSQL's, as they did before this seam existed.
+pub fn builtin(engine: EngineKind) -> &'static dyn EnginePolicy {
+    match engine {
+        EngineKind::Postgres | EngineKind::Redis | EngineKind::Kafka => &PostgresPolicy,
+    }
+}
+
 impl Default for Policies {
-    /// PostgreSQL's policy. Redis and Kafka have none of their own yet
-    /// (issues 13 and 14 bring them; only the `sim` provider offers those
-    /// engines today): until then their services run under PostgreSQL's
-    /// policy, as they did before this seam existed.
+    /// The [`builtin`] policy of every engine.
     fn default() -> Self {
         let postgres: Arc<dyn EnginePolicy> = Arc::new(PostgresPolicy);
         Policies { by_engine: [postgres.clone(), postgres.clone(), postgres] }
@@ -141,5 +150,50 @@ impl Policies {
         let i = index(policy.engine());
         self.by_engine[i] = policy;
         self
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_default_policies_are_the_builtin_ones_and_with_replaces_only_its_engine() {
+        let plan = Plan { followers: 2, sync: true, max_failover_lag_bytes: 0 };
+        let defaults = Policies::default();
+        for engine in [EngineKind::Postgres, EngineKind::Redis, EngineKind::Kafka] {
+            assert_eq!(defaults.get(engine).members(&plan), builtin(engine).members(&plan));
+            assert_eq!(defaults.get(engine).topology(), builtin(engine).topology());
+        }
+        #[derive(Debug)]
+        struct Peers;
+        impl EnginePolicy for Peers {
+            fn engine(&self) -> EngineKind {
+                EngineKind::Kafka
+            }
+            fn topology(&self) -> Topology {
+                Topology::PeerBrokers
+            }
+            fn members(&self, plan: &Plan) -> Members {
+                Members { brokers: plan.followers, ..Members::default() }
+            }
+            fn can_promote(&self, _: &Candidate, _: &Plan) -> bool {
+                false
+            }
+            fn promotion_order(&self, a: &Candidate, b: &Candidate) -> Ordering {
+                a.id.cmp(&b.id)
+            }
+            fn restarts_before_rebuild(&self) -> u32 {
+                0
+            }
+            fn backups(&self) -> BackupSource {
+                BackupSource::NotOwn { why: "test" }
+            }
+        }
+        let mixed = Policies::default().with(Arc::new(Peers));
+        assert_eq!(mixed.get(EngineKind::Kafka).topology(), Topology::PeerBrokers);
+        assert_eq!(mixed.get(EngineKind::Kafka).members(&plan).roles().collect::<Vec<_>>(), [Role::Broker; 2]);
+        assert_eq!(mixed.get(EngineKind::Postgres).topology(), Topology::PrimaryWithFollowers);
+        assert_eq!(mixed.get(EngineKind::Redis).engine(), EngineKind::Postgres, "Redis still runs under PostgreSQL's");
     }
 }
