@@ -86,6 +86,10 @@ impl Inner {
         service_name: &str,
         sync: bool,
     ) -> Done {
+        if role == Role::Broker {
+            // The engine refuses such services first (`engines()`); this is the backstop.
+            return Err(fatal("the local provider runs PostgreSQL only: it builds no brokers"));
+        }
         let existing = {
             let registry = lock(&self.registry);
             if registry.tombstones.contains(&id) {
@@ -123,6 +127,7 @@ impl Inner {
         match role {
             Role::Primary => self.build_primary(&entry).await?,
             Role::Follower => self.build_follower(&entry).await?,
+            Role::Broker => return Err(fatal("the local provider builds no brokers")),
         }
         self.start_server(id, &entry).await?;
         if role == Role::Follower {
@@ -152,6 +157,7 @@ impl Inner {
                     self.adjust_sync(service_id).await?;
                 }
             }
+            Role::Broker => {}
         }
         Ok(Some(format!("{role} on port {}", entry.port)))
     }
