@@ -88,7 +88,7 @@ impl Inner {
     ) -> Done {
         if role == Role::Broker {
             // The engine refuses such services first (`engines()`); this is the backstop.
-            return Err(fatal("the local provider runs PostgreSQL only: it builds no brokers"));
+            return Err(ActionError::Config("the local provider runs PostgreSQL only: it builds no brokers".into()));
         }
         let existing = {
             let registry = lock(&self.registry);
@@ -127,7 +127,7 @@ impl Inner {
         match role {
             Role::Primary => self.build_primary(&entry).await?,
             Role::Follower => self.build_follower(&entry).await?,
-            Role::Broker => return Err(fatal("the local provider builds no brokers")),
+            Role::Broker => return Err(ActionError::Config("the local provider builds no brokers".into())),
         }
         self.start_server(id, &entry).await?;
         if role == Role::Follower {
