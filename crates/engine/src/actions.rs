@@ -55,6 +55,9 @@ impl Engine {
             if let Some(s) = self.services.get_mut(sslot) {
                 s.open_remedies += 1;
             }
+            if let Some(i) = self.instances.get_mut(slot) {
+                i.open_remedies += 1;
+            }
         }
         self.actions.insert(id, OpenAction { record, remedy, budget_zone, durable });
         let over_budget = budget_zone.is_some_and(|z| {
@@ -162,6 +165,9 @@ impl Engine {
         if a.remedy {
             if let Some(s) = sslot.and_then(|s| self.services.get_mut(s)) {
                 s.open_remedies = s.open_remedies.saturating_sub(1);
+            }
+            if let Some(i) = slot.and_then(|s| self.instances.get_mut(s)) {
+                i.open_remedies = i.open_remedies.saturating_sub(1);
             }
             if state == ActionState::Failed {
                 if let Some(s) = sslot {
@@ -479,8 +485,7 @@ impl Engine {
 
     pub(crate) fn has_open_action_on(&self, slot: u32) -> bool {
         let Some(inst) = self.instances.get(slot) else { return false };
-        let Some(s) = self.services.get(inst.service) else { return false };
-        s.open_remedies > 0 && self.actions.values().any(|a| a.remedy && a.record.instance == inst.id)
+        inst.open_remedies > 0
     }
 }
 

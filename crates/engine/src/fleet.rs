@@ -7,7 +7,13 @@ use drover_model::{
     EngineKind, Facts, ImageId, InstanceId, InstanceRecord, InstanceState, Plan, Role, ServiceId, ServiceRecord,
     ServiceState, Timestamp,
 };
-use hashbrown::HashMap;
+
+/// The engine's hash maps: hashbrown with foldhash seeded by a constant, not
+/// per process (hashbrown's default), so that a map hashes identically in
+/// every run. Nothing that reaches an output may depend on a map's order
+/// anyway (iterations that do are sorted); the fixed seed makes that a
+/// property of the code rather than of luck, and is faster than SipHash.
+pub type HashMap<K, V> = hashbrown::HashMap<K, V, foldhash::fast::FixedState>;
 
 /// "Not scheduled" for a deadline.
 pub const NEVER: i64 = i64::MAX;
@@ -53,6 +59,9 @@ pub struct Inst {
     pub fenced: bool,
     /// A probe action is open for it.
     pub probing: bool,
+    /// Open remedy actions that target it (kept with the open actions, so
+    /// asking "is a remedy open on it" does not scan every open action).
+    pub open_remedies: u16,
     /// Follower fact: its replication stream from the primary is broken.
     pub upstream_broken: bool,
     /// Vouched for by its zone's heartbeat lease (`Input::ZoneLease`): while
@@ -100,6 +109,7 @@ impl Inst {
             state: InstanceState::Installing,
             fenced: false,
             probing: false,
+            open_remedies: 0,
             upstream_broken: false,
             covered: false,
             writable_fact: None,
