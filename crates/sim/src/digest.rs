@@ -81,8 +81,8 @@ impl EventLog {
         EventLog { buf: Vec::with_capacity(CHUNK), events: 0, dump, tx: Some(tx), spare, worker: Some(worker) }
     }
 
-    pub fn push(&mut self, events: Vec<Event>) {
-        for e in &events {
+    pub fn push(&mut self, events: &[Event]) {
+        for e in events {
             encode(e, &mut self.buf);
             if let Some(w) = self.dump.as_mut() {
                 let _ = serde_json::to_writer(&mut *w, e);
