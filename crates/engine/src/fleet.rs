@@ -68,7 +68,6 @@ pub struct Inst {
     /// covered it has no deadline of its own and counts as heard whenever
     /// the lease was last renewed.
     pub covered: bool,
-    pub writable_fact: Option<bool>,
     pub restarts: u32,
     pub created_at: i64,
     pub state_since: i64,
@@ -81,10 +80,71 @@ pub struct Inst {
     pub last_probe_ok: i64,
     /// When corroborating evidence against it last arrived.
     pub evidence_at: i64,
-    pub wal_position: Option<u64>,
-    pub lag_bytes: Option<u64>,
-    pub connections: Option<u32>,
-    pub last_backup_at: Option<i64>,
+    /// What its heartbeats last said (each fact kept until one replaces it).
+    pub reported: Reported,
+}
+
+/// The facts an instance last reported, packed: a bit per fact says whether
+/// it is known. 32 bytes where the `Option`s took 64, for every instance.
+#[derive(Clone, Copy, Debug, Default)]
+pub struct Reported {
+    known: u8,
+    writable: bool,
+    connections: u32,
+    wal_position: u64,
+    lag_bytes: u64,
+    last_backup_at: i64,
+}
+
+const WRITABLE: u8 = 1;
+const CONNECTIONS: u8 = 2;
+const WAL_POSITION: u8 = 4;
+const LAG_BYTES: u8 = 8;
+const LAST_BACKUP_AT: u8 = 16;
+
+impl Reported {
+    fn get<T>(&self, bit: u8, v: T) -> Option<T> {
+        (self.known & bit != 0).then_some(v)
+    }
+    pub fn writable(&self) -> Option<bool> {
+        self.get(WRITABLE, self.writable)
+    }
+    pub fn connections(&self) -> Option<u32> {
+        self.get(CONNECTIONS, self.connections)
+    }
+    pub fn wal_position(&self) -> Option<u64> {
+        self.get(WAL_POSITION, self.wal_position)
+    }
+    pub fn lag_bytes(&self) -> Option<u64> {
+        self.get(LAG_BYTES, self.lag_bytes)
+    }
+    pub fn last_backup_at(&self) -> Option<i64> {
+        self.get(LAST_BACKUP_AT, self.last_backup_at)
+    }
+    /// Takes in what a heartbeat's facts say; a fact it leaves out keeps
+    /// its last value.
+    pub fn update(&mut self, f: &Facts) {
+        if let Some(v) = f.writable {
+            self.writable = v;
+            self.known |= WRITABLE;
+        }
+        if let Some(v) = f.connections {
+            self.connections = v;
+            self.known |= CONNECTIONS;
+        }
+        if let Some(v) = f.wal_position {
+            self.wal_position = v;
+            self.known |= WAL_POSITION;
+        }
+        if let Some(v) = f.replication_lag_bytes {
+            self.lag_bytes = v;
+            self.known |= LAG_BYTES;
+        }
+        if let Some(t) = f.last_backup_at {
+            self.last_backup_at = t.0;
+            self.known |= LAST_BACKUP_AT;
+        }
+    }
 }
 
 /// Where an instance lives, as indices the engine interned.
@@ -112,7 +172,6 @@ impl Inst {
             open_remedies: 0,
             upstream_broken: false,
             covered: false,
-            writable_fact: None,
             restarts: 0,
             created_at: now,
             state_since: now,
@@ -122,10 +181,7 @@ impl Inst {
             next_probe_at: 0,
             last_probe_ok: 0,
             evidence_at: 0,
-            wal_position: None,
-            lag_bytes: None,
-            connections: None,
-            last_backup_at: None,
+            reported: Reported::default(),
         }
     }
 
@@ -150,16 +206,16 @@ impl Inst {
     pub fn facts(&self) -> Facts {
         Facts {
             role: if self.last_heartbeat > 0 { Some(self.role) } else { None },
-            writable: self.writable_fact,
-            wal_position: self.wal_position,
-            replication_lag_bytes: self.lag_bytes,
+            writable: self.reported.writable(),
+            wal_position: self.reported.wal_position(),
+            replication_lag_bytes: self.reported.lag_bytes(),
             upstream_streaming: if self.role == Role::Follower && self.last_heartbeat > 0 {
                 Some(!self.upstream_broken)
             } else {
                 None
             },
-            connections: self.connections,
-            last_backup_at: self.last_backup_at.map(Timestamp),
+            connections: self.reported.connections(),
+            last_backup_at: self.reported.last_backup_at().map(Timestamp),
         }
     }
 }

@@ -116,13 +116,14 @@ impl Engine {
                     && !x.fenced
                     && x.state == InstanceState::Available
                     && self.heard_at(x) >= fresh
-                    && x.lag_bytes.unwrap_or(0) <= s.plan.max_failover_lag_bytes
+                    && x.reported.lag_bytes().unwrap_or(0) <= s.plan.max_failover_lag_bytes
             })
             .max_by(|(_, a), (_, b)| {
-                a.wal_position
+                a.reported
+                    .wal_position()
                     .unwrap_or(0)
-                    .cmp(&b.wal_position.unwrap_or(0))
-                    .then(b.lag_bytes.unwrap_or(0).cmp(&a.lag_bytes.unwrap_or(0)))
+                    .cmp(&b.reported.wal_position().unwrap_or(0))
+                    .then(b.reported.lag_bytes().unwrap_or(0).cmp(&a.reported.lag_bytes().unwrap_or(0)))
                     .then(b.id.cmp(&a.id))
             })
             .map(|(i, _)| i)
