@@ -88,9 +88,11 @@ impl Engine {
     pub(crate) fn start_action(&mut self, id: ActionId, now: i64, out: &mut Outputs) {
         let Some(a) = self.actions.get(&id) else { return };
         let slot = self.instance_index.get(&a.record.instance).copied();
-        let kind = a.record.kind.clone();
-        let cause = a.record.cause.clone();
-        if let Some(slot) = slot {
+        // Only a restart or a retire changes the instance at once; other
+        // kinds need no copy of the record's kind and cause.
+        let immediate = matches!(a.record.kind, ActionKind::Restart | ActionKind::Retire);
+        if let (Some(slot), true) = (slot, immediate) {
+            let (kind, cause) = (a.record.kind.clone(), a.record.cause.clone());
             match kind {
                 ActionKind::Restart => {
                     if let Some(i) = self.instances.get_mut(slot) {
@@ -193,10 +195,13 @@ impl Engine {
                 _ => format!("{} {}", a.record.kind.name(), state),
             };
             out.changes.events.push(self.action_event(&a.record, from, &cause, now));
-            out.changes.actions.push(a.record.clone());
+        }
+        let (budget_zone, durable) = (a.budget_zone, a.durable);
+        if durable {
+            out.changes.actions.push(a.record);
         }
         // A budget slot freed: start whoever waits in that zone.
-        if let Some(z) = a.budget_zone {
+        if let Some(z) = budget_zone {
             if from == ActionState::Running {
                 let zs = self.zone_mut(z);
                 zs.running_budgeted = zs.running_budgeted.saturating_sub(1);
