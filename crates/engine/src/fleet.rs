@@ -307,16 +307,24 @@ impl Svc {
     }
 }
 
-/// A slab: stable `u32` slots with reuse.
+/// A slab: stable `u32` slots with reuse. Stored in fixed chunks, so that
+/// growing never copies what is there nor reserves twice what is needed (a
+/// single `Vec` of a million instances doubled to room for two million,
+/// and held both while copying).
 pub struct Slab<T> {
-    items: Vec<Option<T>>,
+    chunks: Vec<Vec<Option<T>>>,
     free: Vec<u32>,
+    /// Slots ever handed out (the next new slot).
+    slots: usize,
     len: usize,
 }
 
+/// Slots per chunk of a [`Slab`].
+const SLAB_CHUNK: usize = 1 << 14;
+
 impl<T> Default for Slab<T> {
     fn default() -> Self {
-        Slab { items: Vec::new(), free: Vec::new(), len: 0 }
+        Slab { chunks: Vec::new(), free: Vec::new(), slots: 0, len: 0 }
     }
 }
 
@@ -324,15 +332,26 @@ impl<T> Slab<T> {
     pub fn insert(&mut self, item: T) -> u32 {
         self.len += 1;
         if let Some(slot) = self.free.pop() {
-            self.items[slot as usize] = Some(item);
-            slot
-        } else {
-            self.items.push(Some(item));
-            (self.items.len() - 1) as u32
+            if let Some(cell) = self.cell_mut(slot) {
+                *cell = Some(item);
+            }
+            return slot;
         }
+        if self.slots % SLAB_CHUNK == 0 {
+            self.chunks.push(Vec::with_capacity(SLAB_CHUNK));
+        }
+        if let Some(chunk) = self.chunks.last_mut() {
+            chunk.push(Some(item));
+        }
+        self.slots += 1;
+        (self.slots - 1) as u32
+    }
+    fn cell_mut(&mut self, slot: u32) -> Option<&mut Option<T>> {
+        let s = slot as usize;
+        self.chunks.get_mut(s / SLAB_CHUNK)?.get_mut(s % SLAB_CHUNK)
     }
     pub fn remove(&mut self, slot: u32) -> Option<T> {
-        let item = self.items.get_mut(slot as usize)?.take();
+        let item = self.cell_mut(slot)?.take();
         if item.is_some() {
             self.free.push(slot);
             self.len -= 1;
@@ -340,19 +359,50 @@ impl<T> Slab<T> {
         item
     }
     pub fn get(&self, slot: u32) -> Option<&T> {
-        self.items.get(slot as usize)?.as_ref()
+        let s = slot as usize;
+        self.chunks.get(s / SLAB_CHUNK)?.get(s % SLAB_CHUNK)?.as_ref()
     }
     pub fn get_mut(&mut self, slot: u32) -> Option<&mut T> {
-        self.items.get_mut(slot as usize)?.as_mut()
+        self.cell_mut(slot)?.as_mut()
     }
     pub fn len(&self) -> usize {
         self.len
     }
+    /// Occupied slots in slot order.
     pub fn iter(&self) -> impl Iterator<Item = (u32, &T)> {
-        self.items.iter().enumerate().filter_map(|(i, t)| t.as_ref().map(|t| (i as u32, t)))
+        self.chunks.iter().flatten().enumerate().filter_map(|(i, t)| t.as_ref().map(|t| (i as u32, t)))
     }
+    /// Room for `n` more chunks' worth of slots in the chunk table (the
+    /// chunks themselves are allocated as they fill).
     pub fn reserve(&mut self, n: usize) {
-        self.items.reserve(n);
+        self.chunks.reserve(n.div_ceil(SLAB_CHUNK));
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::Slab;
+
+    #[test]
+    fn slab_slots_are_stable_reused_last_freed_first_and_iterated_in_order() {
+        let mut s = Slab::default();
+        let n = 3 * super::SLAB_CHUNK + 5;
+        for i in 0..n {
+            assert_eq!(s.insert(i), i as u32);
+        }
+        assert_eq!(s.len(), n);
+        assert_eq!(s.remove(7), Some(7));
+        assert_eq!(s.remove(7), None);
+        assert_eq!(s.remove(n as u32 - 1), Some(n - 1));
+        assert_eq!(s.get(7), None);
+        assert_eq!(s.insert(1000), n as u32 - 1, "the last freed slot first");
+        assert_eq!(s.insert(1001), 7);
+        assert_eq!(s.insert(1002), n as u32, "then new slots");
+        assert_eq!(s.get(super::SLAB_CHUNK as u32), Some(&super::SLAB_CHUNK));
+        let slots: Vec<u32> = s.iter().map(|(k, _)| k).collect();
+        assert!(slots.windows(2).all(|w| w[0] < w[1]) && slots.len() == n + 1);
+        *s.get_mut(3).unwrap() = 42;
+        assert_eq!(s.get(3), Some(&42));
     }
 }
 
