@@ -9,7 +9,7 @@ use std::sync::mpsc::{sync_channel, Receiver, SyncSender};
 use std::thread::JoinHandle;
 
 /// Batches in flight between the engine thread and the hasher.
-const QUEUE_BATCHES: usize = 64;
+const QUEUE_BATCHES: usize = 4;
 
 /// Bytes of encoded events sent to the hasher at once.
 const CHUNK: usize = 1 << 20;
