@@ -337,7 +337,7 @@ impl<T> Slab<T> {
             }
             return slot;
         }
-        if self.slots % SLAB_CHUNK == 0 {
+        if self.slots.is_multiple_of(SLAB_CHUNK) {
             self.chunks.push(Vec::with_capacity(SLAB_CHUNK));
         }
         if let Some(chunk) = self.chunks.last_mut() {
