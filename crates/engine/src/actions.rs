@@ -55,6 +55,9 @@ impl Engine {
             if let Some(s) = self.services.get_mut(sslot) {
                 s.open_remedies += 1;
             }
+            if let Some(i) = self.instances.get_mut(slot) {
+                i.open_remedies += 1;
+            }
         }
         self.actions.insert(id, OpenAction { record, remedy, budget_zone, durable });
         let over_budget = budget_zone.is_some_and(|z| {
@@ -85,9 +88,11 @@ impl Engine {
     pub(crate) fn start_action(&mut self, id: ActionId, now: i64, out: &mut Outputs) {
         let Some(a) = self.actions.get(&id) else { return };
         let slot = self.instance_index.get(&a.record.instance).copied();
-        let kind = a.record.kind.clone();
-        let cause = a.record.cause.clone();
-        if let Some(slot) = slot {
+        // Only a restart or a retire changes the instance at once; other
+        // kinds need no copy of the record's kind and cause.
+        let immediate = matches!(a.record.kind, ActionKind::Restart | ActionKind::Retire);
+        if let (Some(slot), true) = (slot, immediate) {
+            let (kind, cause) = (a.record.kind.clone(), a.record.cause.clone());
             match kind {
                 ActionKind::Restart => {
                     if let Some(i) = self.instances.get_mut(slot) {
@@ -163,6 +168,9 @@ impl Engine {
             if let Some(s) = sslot.and_then(|s| self.services.get_mut(s)) {
                 s.open_remedies = s.open_remedies.saturating_sub(1);
             }
+            if let Some(i) = slot.and_then(|s| self.instances.get_mut(s)) {
+                i.open_remedies = i.open_remedies.saturating_sub(1);
+            }
             if state == ActionState::Failed {
                 if let Some(s) = sslot {
                     self.remedy_failed(s, &a.record, now, out);
@@ -187,10 +195,13 @@ impl Engine {
                 _ => format!("{} {}", a.record.kind.name(), state),
             };
             out.changes.events.push(self.action_event(&a.record, from, &cause, now));
-            out.changes.actions.push(a.record.clone());
+        }
+        let (budget_zone, durable) = (a.budget_zone, a.durable);
+        if durable {
+            out.changes.actions.push(a.record);
         }
         // A budget slot freed: start whoever waits in that zone.
-        if let Some(z) = a.budget_zone {
+        if let Some(z) = budget_zone {
             if from == ActionState::Running {
                 let zs = self.zone_mut(z);
                 zs.running_budgeted = zs.running_budgeted.saturating_sub(1);
@@ -479,8 +490,7 @@ impl Engine {
 
     pub(crate) fn has_open_action_on(&self, slot: u32) -> bool {
         let Some(inst) = self.instances.get(slot) else { return false };
-        let Some(s) = self.services.get(inst.service) else { return false };
-        s.open_remedies > 0 && self.actions.values().any(|a| a.remedy && a.record.instance == inst.id)
+        inst.open_remedies > 0
     }
 }
 

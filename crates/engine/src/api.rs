@@ -214,6 +214,19 @@ pub struct Outputs {
 }
 
 impl Outputs {
+    /// Empties every part, keeping the vectors' capacity.
+    pub fn clear(&mut self) {
+        let Changes { services, instances, actions, images, events, audit } = &mut self.changes;
+        services.clear();
+        instances.clear();
+        actions.clear();
+        images.clear();
+        events.clear();
+        audit.clear();
+        self.dispatch.clear();
+        self.reply = None;
+    }
+
     pub fn extend(&mut self, other: Outputs) {
         self.changes.extend(other.changes);
         self.dispatch.extend(other.dispatch);

@@ -7,7 +7,13 @@ use drover_model::{
     EngineKind, Facts, ImageId, InstanceId, InstanceRecord, InstanceState, Plan, Role, ServiceId, ServiceRecord,
     ServiceState, Timestamp,
 };
-use hashbrown::HashMap;
+
+/// The engine's hash maps: hashbrown with foldhash seeded by a constant, not
+/// per process (hashbrown's default), so that a map hashes identically in
+/// every run. Nothing that reaches an output may depend on a map's order
+/// anyway (iterations that do are sorted); the fixed seed makes that a
+/// property of the code rather than of luck, and is faster than SipHash.
+pub type HashMap<K, V> = hashbrown::HashMap<K, V, foldhash::fast::FixedState>;
 
 /// "Not scheduled" for a deadline.
 pub const NEVER: i64 = i64::MAX;
@@ -53,13 +59,15 @@ pub struct Inst {
     pub fenced: bool,
     /// A probe action is open for it.
     pub probing: bool,
+    /// Open remedy actions that target it (kept with the open actions, so
+    /// asking "is a remedy open on it" does not scan every open action).
+    pub open_remedies: u16,
     /// Follower fact: its replication stream from the primary is broken.
     pub upstream_broken: bool,
     /// Vouched for by its zone's heartbeat lease (`Input::ZoneLease`): while
     /// covered it has no deadline of its own and counts as heard whenever
     /// the lease was last renewed.
     pub covered: bool,
-    pub writable_fact: Option<bool>,
     pub restarts: u32,
     pub created_at: i64,
     pub state_since: i64,
@@ -72,10 +80,71 @@ pub struct Inst {
     pub last_probe_ok: i64,
     /// When corroborating evidence against it last arrived.
     pub evidence_at: i64,
-    pub wal_position: Option<u64>,
-    pub lag_bytes: Option<u64>,
-    pub connections: Option<u32>,
-    pub last_backup_at: Option<i64>,
+    /// What its heartbeats last said (each fact kept until one replaces it).
+    pub reported: Reported,
+}
+
+/// The facts an instance last reported, packed: a bit per fact says whether
+/// it is known. 32 bytes where the `Option`s took 64, for every instance.
+#[derive(Clone, Copy, Debug, Default)]
+pub struct Reported {
+    known: u8,
+    writable: bool,
+    connections: u32,
+    wal_position: u64,
+    lag_bytes: u64,
+    last_backup_at: i64,
+}
+
+const WRITABLE: u8 = 1;
+const CONNECTIONS: u8 = 2;
+const WAL_POSITION: u8 = 4;
+const LAG_BYTES: u8 = 8;
+const LAST_BACKUP_AT: u8 = 16;
+
+impl Reported {
+    fn get<T>(&self, bit: u8, v: T) -> Option<T> {
+        (self.known & bit != 0).then_some(v)
+    }
+    pub fn writable(&self) -> Option<bool> {
+        self.get(WRITABLE, self.writable)
+    }
+    pub fn connections(&self) -> Option<u32> {
+        self.get(CONNECTIONS, self.connections)
+    }
+    pub fn wal_position(&self) -> Option<u64> {
+        self.get(WAL_POSITION, self.wal_position)
+    }
+    pub fn lag_bytes(&self) -> Option<u64> {
+        self.get(LAG_BYTES, self.lag_bytes)
+    }
+    pub fn last_backup_at(&self) -> Option<i64> {
+        self.get(LAST_BACKUP_AT, self.last_backup_at)
+    }
+    /// Takes in what a heartbeat's facts say; a fact it leaves out keeps
+    /// its last value.
+    pub fn update(&mut self, f: &Facts) {
+        if let Some(v) = f.writable {
+            self.writable = v;
+            self.known |= WRITABLE;
+        }
+        if let Some(v) = f.connections {
+            self.connections = v;
+            self.known |= CONNECTIONS;
+        }
+        if let Some(v) = f.wal_position {
+            self.wal_position = v;
+            self.known |= WAL_POSITION;
+        }
+        if let Some(v) = f.replication_lag_bytes {
+            self.lag_bytes = v;
+            self.known |= LAG_BYTES;
+        }
+        if let Some(t) = f.last_backup_at {
+            self.last_backup_at = t.0;
+            self.known |= LAST_BACKUP_AT;
+        }
+    }
 }
 
 /// Where an instance lives, as indices the engine interned.
@@ -100,9 +169,9 @@ impl Inst {
             state: InstanceState::Installing,
             fenced: false,
             probing: false,
+            open_remedies: 0,
             upstream_broken: false,
             covered: false,
-            writable_fact: None,
             restarts: 0,
             created_at: now,
             state_since: now,
@@ -112,10 +181,7 @@ impl Inst {
             next_probe_at: 0,
             last_probe_ok: 0,
             evidence_at: 0,
-            wal_position: None,
-            lag_bytes: None,
-            connections: None,
-            last_backup_at: None,
+            reported: Reported::default(),
         }
     }
 
@@ -142,16 +208,16 @@ impl Inst {
     pub fn facts(&self) -> Facts {
         Facts {
             role: if self.last_heartbeat > 0 { Some(self.role) } else { None },
-            writable: self.writable_fact,
-            wal_position: self.wal_position,
-            replication_lag_bytes: self.lag_bytes,
+            writable: self.reported.writable(),
+            wal_position: self.reported.wal_position(),
+            replication_lag_bytes: self.reported.lag_bytes(),
             upstream_streaming: if self.role == Role::Follower && self.last_heartbeat > 0 {
                 Some(!self.upstream_broken)
             } else {
                 None
             },
-            connections: self.connections,
-            last_backup_at: self.last_backup_at.map(Timestamp),
+            connections: self.reported.connections(),
+            last_backup_at: self.reported.last_backup_at().map(Timestamp),
         }
     }
 }
@@ -243,16 +309,24 @@ impl Svc {
     }
 }
 
-/// A slab: stable `u32` slots with reuse.
+/// A slab: stable `u32` slots with reuse. Stored in fixed chunks, so that
+/// growing never copies what is there nor reserves twice what is needed (a
+/// single `Vec` of a million instances doubled to room for two million,
+/// and held both while copying).
 pub struct Slab<T> {
-    items: Vec<Option<T>>,
+    chunks: Vec<Vec<Option<T>>>,
     free: Vec<u32>,
+    /// Slots ever handed out (the next new slot).
+    slots: usize,
     len: usize,
 }
 
+/// Slots per chunk of a [`Slab`].
+const SLAB_CHUNK: usize = 1 << 14;
+
 impl<T> Default for Slab<T> {
     fn default() -> Self {
-        Slab { items: Vec::new(), free: Vec::new(), len: 0 }
+        Slab { chunks: Vec::new(), free: Vec::new(), slots: 0, len: 0 }
     }
 }
 
@@ -260,15 +334,26 @@ impl<T> Slab<T> {
     pub fn insert(&mut self, item: T) -> u32 {
         self.len += 1;
         if let Some(slot) = self.free.pop() {
-            self.items[slot as usize] = Some(item);
-            slot
-        } else {
-            self.items.push(Some(item));
-            (self.items.len() - 1) as u32
+            if let Some(cell) = self.cell_mut(slot) {
+                *cell = Some(item);
+            }
+            return slot;
         }
+        if self.slots.is_multiple_of(SLAB_CHUNK) {
+            self.chunks.push(Vec::with_capacity(SLAB_CHUNK));
+        }
+        if let Some(chunk) = self.chunks.last_mut() {
+            chunk.push(Some(item));
+        }
+        self.slots += 1;
+        (self.slots - 1) as u32
+    }
+    fn cell_mut(&mut self, slot: u32) -> Option<&mut Option<T>> {
+        let s = slot as usize;
+        self.chunks.get_mut(s / SLAB_CHUNK)?.get_mut(s % SLAB_CHUNK)
     }
     pub fn remove(&mut self, slot: u32) -> Option<T> {
-        let item = self.items.get_mut(slot as usize)?.take();
+        let item = self.cell_mut(slot)?.take();
         if item.is_some() {
             self.free.push(slot);
             self.len -= 1;
@@ -276,19 +361,50 @@ impl<T> Slab<T> {
         item
     }
     pub fn get(&self, slot: u32) -> Option<&T> {
-        self.items.get(slot as usize)?.as_ref()
+        let s = slot as usize;
+        self.chunks.get(s / SLAB_CHUNK)?.get(s % SLAB_CHUNK)?.as_ref()
     }
     pub fn get_mut(&mut self, slot: u32) -> Option<&mut T> {
-        self.items.get_mut(slot as usize)?.as_mut()
+        self.cell_mut(slot)?.as_mut()
     }
     pub fn len(&self) -> usize {
         self.len
     }
+    /// Occupied slots in slot order.
     pub fn iter(&self) -> impl Iterator<Item = (u32, &T)> {
-        self.items.iter().enumerate().filter_map(|(i, t)| t.as_ref().map(|t| (i as u32, t)))
+        self.chunks.iter().flatten().enumerate().filter_map(|(i, t)| t.as_ref().map(|t| (i as u32, t)))
     }
+    /// Room for `n` more chunks' worth of slots in the chunk table (the
+    /// chunks themselves are allocated as they fill).
     pub fn reserve(&mut self, n: usize) {
-        self.items.reserve(n);
+        self.chunks.reserve(n.div_ceil(SLAB_CHUNK));
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::Slab;
+
+    #[test]
+    fn slab_slots_are_stable_reused_last_freed_first_and_iterated_in_order() {
+        let mut s = Slab::default();
+        let n = 3 * super::SLAB_CHUNK + 5;
+        for i in 0..n {
+            assert_eq!(s.insert(i), i as u32);
+        }
+        assert_eq!(s.len(), n);
+        assert_eq!(s.remove(7), Some(7));
+        assert_eq!(s.remove(7), None);
+        assert_eq!(s.remove(n as u32 - 1), Some(n - 1));
+        assert_eq!(s.get(7), None);
+        assert_eq!(s.insert(1000), n as u32 - 1, "the last freed slot first");
+        assert_eq!(s.insert(1001), 7);
+        assert_eq!(s.insert(1002), n as u32, "then new slots");
+        assert_eq!(s.get(super::SLAB_CHUNK as u32), Some(&super::SLAB_CHUNK));
+        let slots: Vec<u32> = s.iter().map(|(k, _)| k).collect();
+        assert!(slots.windows(2).all(|w| w[0] < w[1]) && slots.len() == n + 1);
+        *s.get_mut(3).unwrap() = 42;
+        assert_eq!(s.get(3), Some(&42));
     }
 }
 

@@ -34,21 +34,7 @@ impl Engine {
             inst.last_seq = beat.seq;
             inst.last_heartbeat = now;
             let f = &beat.facts;
-            if f.writable.is_some() {
-                inst.writable_fact = f.writable;
-            }
-            if f.wal_position.is_some() {
-                inst.wal_position = f.wal_position;
-            }
-            if f.replication_lag_bytes.is_some() {
-                inst.lag_bytes = f.replication_lag_bytes;
-            }
-            if f.connections.is_some() {
-                inst.connections = f.connections;
-            }
-            if let Some(t) = f.last_backup_at {
-                inst.last_backup_at = Some(t.0);
-            }
+            inst.reported.update(f);
             let broke = match f.upstream_streaming {
                 Some(streaming) if inst.role == Role::Follower => {
                     let was = inst.upstream_broken;

@@ -45,13 +45,13 @@ mod zone_lease;
 
 pub use api::{Command, CommandError, Config, HeartbeatReceipt, Input, Outputs, Reply};
 
+use crate::fleet::HashMap;
 use commands::command_target;
 use drover_model::EventKind;
 use drover_model::{
     ActionId, ActionRecord, AuditEntry, EventSubject, InstanceId, InstanceState, ServiceId, ServiceState, Timestamp,
 };
 use fleet::{Images, Inst, Interner, Slab, Svc, Wheel};
-use hashbrown::HashMap;
 use rand::SeedableRng;
 use std::collections::VecDeque;
 use std::time::Duration;
@@ -153,17 +153,17 @@ impl Engine {
             config,
             rng: rand_chacha::ChaCha8Rng::seed_from_u64(seed),
             instances: Slab::default(),
-            instance_index: HashMap::new(),
+            instance_index: HashMap::default(),
             services: Slab::default(),
-            service_names: HashMap::new(),
-            service_ids: HashMap::new(),
+            service_names: HashMap::default(),
+            service_ids: HashMap::default(),
             zones: Interner::default(),
             zone_state: Vec::new(),
             fleet_zone: ZoneState::default(),
             providers,
             teams: Interner::default(),
             images: Images::default(),
-            actions: HashMap::new(),
+            actions: HashMap::default(),
             instance_timers: Wheel::new(BUCKET_MICROS),
             action_timers: Wheel::new(BUCKET_MICROS),
             service_timers: Wheel::new(BUCKET_MICROS),
@@ -187,17 +187,27 @@ impl Engine {
     }
 
     pub fn step(&mut self, input: Input, now: Timestamp) -> Outputs {
-        let now = now.0;
         let mut out = Outputs::default();
+        self.step_into(input, now, &mut out);
+        out
+    }
+
+    /// [`Self::step`] into a caller's buffer: `out` is cleared first, so
+    /// the outputs are exactly those of `step`; its vectors keep their
+    /// capacity, which spares a caller that steps millions of times (the
+    /// simulator) growing them again on every step.
+    pub fn step_into(&mut self, input: Input, now: Timestamp, out: &mut Outputs) {
+        out.clear();
+        let now = now.0;
         match input {
             Input::Heartbeats(beats) => {
-                let receipt = self.heartbeats(&beats, now, &mut out);
+                let receipt = self.heartbeats(&beats, now, out);
                 out.reply = Some(Ok(Reply::Heartbeats(receipt)));
             }
             Input::ProviderReport { instance, gone, detail } => {
                 if gone {
                     if let Some(&slot) = self.instance_index.get(&instance) {
-                        self.evidence(slot, &format!("provider reports it gone: {detail}"), now, &mut out);
+                        self.evidence(slot, &format!("provider reports it gone: {detail}"), now, out);
                     }
                 }
             }
@@ -210,13 +220,13 @@ impl Engine {
                 }
             }
             Input::ActionResult { action, attempt, outcome } => {
-                self.action_result(action, attempt, outcome, now, &mut out);
+                self.action_result(action, attempt, outcome, now, out);
             }
             Input::Command { actor, command } => {
                 let name = command.name();
                 let detail = serde_json::to_value(&command).unwrap_or(serde_json::Value::Null);
                 let target = command_target(&command);
-                let result = self.command(command, now, &mut out);
+                let result = self.command(command, now, out);
                 out.changes.audit.push(AuditEntry {
                     seq: 0,
                     at: Timestamp(now),
@@ -232,16 +242,15 @@ impl Engine {
                 out.reply = Some(result);
             }
             Input::Tick => {
-                self.fire_timers(now, &mut out);
-                self.update_brakes(now, &mut out);
+                self.fire_timers(now, out);
+                self.update_brakes(now, out);
             }
             Input::ZoneLease { zone, cover, withdraw } => {
-                let receipt = self.zone_lease(&zone, &cover, &withdraw, now, &mut out);
+                let receipt = self.zone_lease(&zone, &cover, &withdraw, now, out);
                 out.reply = Some(Ok(Reply::Heartbeats(receipt)));
             }
         }
-        self.reconcile_dirty(now, &mut out);
-        out
+        self.reconcile_dirty(now, out);
     }
 
     /// The earliest time a `Tick` has work to do.

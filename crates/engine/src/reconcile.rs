@@ -121,7 +121,8 @@ impl Engine {
         let s = self.services.get(sslot)?;
         let policy = self.policy_of(s);
         let fresh = now - micros(self.config.uncertain_after);
-        let candidate = |x: &Inst| Candidate { id: x.id, position: x.wal_position, lag_bytes: x.lag_bytes };
+        let candidate =
+            |x: &Inst| Candidate { id: x.id, position: x.reported.wal_position(), lag_bytes: x.reported.lag_bytes() };
         s.instances
             .iter()
             .copied()
@@ -227,7 +228,13 @@ impl Engine {
     /// No writable primary: every primary is fenced (or none exists).
     fn decide_without_primary(&self, sslot: u32, now: i64) -> Remedy {
         if let Some(follower) = self.best_follower(sslot, now) {
-            debug_assert!(self.current_primary(sslot).is_none());
+            // Checked in release builds too (it was a debug_assert): a
+            // promotion beside a writable primary would make two. Not a
+            // panic, which would take the control plane down with every
+            // other service: the service stops and a human is asked.
+            if self.current_primary(sslot).is_some() {
+                return Remedy::InvariantBroken { what: "a promotion was chosen while a writable primary remains" };
+            }
             return Remedy::Promote { follower };
         }
         let Some(s) = self.services.get(sslot) else { return Remedy::Nothing };

@@ -2,6 +2,7 @@
 
 use crate::actions::is_remedy;
 use crate::api::{Config, Outputs};
+use crate::fleet::HashMap;
 use crate::fleet::{Inst, Placement, ServicePlace, Svc};
 use crate::records::fleet_event;
 use crate::{micros, Engine, OpenAction};
@@ -9,7 +10,6 @@ use drover_model::EventKind;
 use drover_model::{
     ActionKind, ActionRecord, ActionState, Image, InstanceRecord, ServiceId, ServiceRecord, Snapshot, Timestamp,
 };
-use hashbrown::HashMap;
 
 impl Engine {
     /// Rebuilds the engine from the store after a restart. Every instance
@@ -53,7 +53,7 @@ impl Engine {
 
     /// Services from their records, with their backup schedules armed.
     fn restore_services(&mut self, records: Vec<ServiceRecord>, now: i64) -> HashMap<ServiceId, u32> {
-        let mut service_by_id: HashMap<ServiceId, u32> = HashMap::new();
+        let mut service_by_id: HashMap<ServiceId, u32> = HashMap::default();
         for rec in records {
             let image = match self.images.index.get(&rec.image) {
                 Some(&i) => i,
@@ -143,6 +143,11 @@ impl Engine {
             }
             if remedy {
                 s.open_remedies += 1;
+            }
+        }
+        if remedy {
+            if let Some(i) = self.instances.get_mut(islot) {
+                i.open_remedies += 1;
             }
         }
         let (id, state) = (rec.id, rec.state);

@@ -1,5 +1,10 @@
 //! `cargo run -p drover-sim --release --example run -- zone-outage 10000 1`:
 //! the simulator without building the whole `drover` binary.
+
+/// The same allocator as the `drover` binary, so figures match.
+#[global_allocator]
+static ALLOC: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 fn main() {
     let args: Vec<String> = std::env::args().collect();
     let scenario = args.get(1).map(String::as_str).unwrap_or("zone-outage");

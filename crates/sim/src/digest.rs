@@ -9,7 +9,7 @@ use std::sync::mpsc::{sync_channel, Receiver, SyncSender};
 use std::thread::JoinHandle;
 
 /// Batches in flight between the engine thread and the hasher.
-const QUEUE_BATCHES: usize = 64;
+const QUEUE_BATCHES: usize = 4;
 
 /// Bytes of encoded events sent to the hasher at once.
 const CHUNK: usize = 1 << 20;
@@ -81,8 +81,8 @@ impl EventLog {
         EventLog { buf: Vec::with_capacity(CHUNK), events: 0, dump, tx: Some(tx), spare, worker: Some(worker) }
     }
 
-    pub fn push(&mut self, events: Vec<Event>) {
-        for e in &events {
+    pub fn push(&mut self, events: &[Event]) {
+        for e in events {
             encode(e, &mut self.buf);
             if let Some(w) = self.dump.as_mut() {
                 let _ = serde_json::to_writer(&mut *w, e);

@@ -19,7 +19,10 @@ use drover_model::{
 use rand::{Rng, SeedableRng};
 use rand_chacha::ChaCha8Rng;
 use std::cmp::Reverse;
-use std::collections::{BinaryHeap, HashMap};
+use std::collections::BinaryHeap;
+
+/// The simulator's maps: a fixed-seed hasher (fast, and the same in every run).
+type HashMap<K, V> = std::collections::HashMap<K, V, foldhash::fast::FixedState>;
 use std::path::PathBuf;
 use std::time::{Duration, Instant};
 
@@ -186,6 +189,8 @@ struct Sim {
     recovered_at: Option<i64>,
     people: People,
     log: EventLog,
+    /// The engine's outputs, reused from step to step.
+    out: Outputs,
     c: Counters,
     shard: u32,
     shards: u32,
@@ -295,9 +300,9 @@ fn run_shard(opts: &Options, shard: u64, shards: u64) -> Result<Report, SimError
         seq: 0,
         queue: BinaryHeap::new(),
         insts: Vec::with_capacity((services as usize) * 5 / 2),
-        by_id: HashMap::with_capacity((services as usize) * 5 / 2),
+        by_id: HashMap::with_capacity_and_hasher((services as usize) * 5 / 2, Default::default()),
         svcs: Vec::with_capacity(services as usize),
-        svc_by_id: HashMap::with_capacity(services as usize),
+        svc_by_id: HashMap::with_capacity_and_hasher(services as usize, Default::default()),
         zones,
         hosts: Vec::new(),
         backup_down: false,
@@ -308,6 +313,7 @@ fn run_shard(opts: &Options, shard: u64, shards: u64) -> Result<Report, SimError
         recovered_at: None,
         people,
         log: EventLog::start(dump),
+        out: Outputs::default(),
         c: Counters::default(),
         shard: shard as u32,
         shards: shards as u32,
@@ -392,7 +398,7 @@ impl Sim {
             self.c.not_available_nh += 1;
             self.c.down += 1;
             self.c.down_nh += 1;
-            let out = self.engine.step(
+            let mut out = self.engine.step(
                 Input::Command { actor: "sim".into(), command: Command::CreateService(req) },
                 Timestamp(self.now),
             );
@@ -403,7 +409,7 @@ impl Sim {
                 }
                 other => return Err(SimError::Build(format!("creating service {i} failed: {other:?}"))),
             }
-            self.absorb(out);
+            self.absorb(&mut out);
         }
         self.building = false;
         self.at(self.now, Ev::Lease);
@@ -490,20 +496,23 @@ impl Sim {
         }
     }
 
+    /// One engine step, into the reused output buffer (a step nested in
+    /// `absorb`, as during the build, gets a fresh one).
     fn step(&mut self, input: Input) {
-        let out = self.engine.step(input, Timestamp(self.now));
-        self.absorb(out);
+        let mut out = std::mem::take(&mut self.out);
+        self.engine.step_into(input, Timestamp(self.now), &mut out);
+        self.absorb(&mut out);
+        self.out = out;
     }
 
-    fn absorb(&mut self, out: Outputs) {
-        let Outputs { changes, dispatch, .. } = out;
-        for a in dispatch {
+    fn absorb(&mut self, out: &mut Outputs) {
+        for a in out.dispatch.drain(..) {
             self.dispatch(a);
         }
-        for e in &changes.events {
+        for e in &out.changes.events {
             self.observe(e);
         }
-        self.log.push(changes.events);
+        self.log.push(&out.changes.events);
     }
 
     fn dispatch(&mut self, a: ActionRecord) {
@@ -1282,7 +1291,7 @@ impl Sim {
     // ------------------------------------------------------------------
 
     fn finish(mut self, services: u64, seed: u64, instances: u64, wall: Instant) -> Report {
-        self.log.push(Vec::new());
+        self.log.push(&[]);
         let advisory_left = self.insts.iter().filter(|x| x.affected && x.exists).count() as u64;
         let converged = self.c.not_available_nh == 0 && self.c.down_nh == 0 && advisory_left == 0;
         let recovered_seconds =
