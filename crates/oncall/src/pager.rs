@@ -62,6 +62,9 @@ pub struct Alert {
     /// Alerts of one service and team group into one open page.
     pub service: Option<String>,
     pub component: Option<String>,
+    /// Alerts of one group and team join one open page (one incident),
+    /// whatever their service: the engine's alerts group by kind of trouble.
+    /// Not kept across a pager restart (grouping starts afresh).
     pub group: Option<String>,
     /// What kind of alert (for "noisiest alerts"): Alertmanager's
     /// `alertname`, the Events API's `class`, the engine's cause kind.
@@ -318,6 +321,12 @@ pub struct Pager {
     by_key: HashMap<String, PageId>,
     /// (team, service) → the open page that groups its alerts.
     by_group: HashMap<(String, String), PageId>,
+    /// (team, alert group) → the open page that groups them: correlated
+    /// trouble (a brake engaged in several scopes, many services needing a
+    /// human at once) is one incident per team, not one page per alert.
+    by_incident: HashMap<(String, String), PageId>,
+    /// Page → its (team, alert group), to unindex it when it resolves.
+    incident_of: HashMap<PageId, (String, String)>,
     /// Alert key → when it opened within the flapping window.
     opens: HashMap<String, VecDeque<i64>>,
     /// (due, page): work per tick is proportional to what is due.
@@ -348,6 +357,8 @@ impl Pager {
             pages: HashMap::new(),
             by_key: HashMap::new(),
             by_group: HashMap::new(),
+            by_incident: HashMap::new(),
+            incident_of: HashMap::new(),
             opens: HashMap::new(),
             timers: BTreeSet::new(),
             seed,
@@ -488,6 +499,22 @@ impl Pager {
                     return Ok(outcome("deduplicated", Some(id)));
                 }
                 let (team, note) = self.team_name(alert.team.as_deref());
+                // Same alert group and team already paging: join it.
+                if let Some(group) = &alert.group {
+                    if let Some(&id) = self.by_incident.get(&(team.clone(), group.clone())) {
+                        let text = {
+                            let page = self.pages.get_mut(&id).expect("by_incident points at an open page");
+                            page.alert_keys.insert(key.clone());
+                            page.open_alerts.insert(key.clone());
+                            page.alerts += 1;
+                            format!("[{team}] {} joined page {} (group {group}): {}", key, id, alert.summary)
+                        };
+                        self.by_key.insert(key.clone(), id);
+                        out.feed.push(FeedPost { at: now, page: Some(id), team: Some(team.clone()), text });
+                        out.pages.push(self.pages[&id].clone());
+                        return Ok(outcome("grouped", Some(id)));
+                    }
+                }
                 // Same service and team already paging: join it.
                 if let Some(service) = &alert.service {
                     if let Some(&id) = self.by_group.get(&(team.clone(), service.clone())) {
@@ -572,6 +599,11 @@ impl Pager {
 
     fn open_page(&mut self, alert: Alert, team: String, flapping: bool, now: Timestamp, out: &mut Outputs) -> PageId {
         let id = PageId::new_at(now.0, self.next_entropy());
+        if let Some(group) = &alert.group {
+            let incident = (team.clone(), group.clone());
+            self.by_incident.insert(incident.clone(), id);
+            self.incident_of.insert(id, incident);
+        }
         let business_hours = self.config.team(&team).is_some_and(|t| t.business_hours.contains(now, &t.time_zone));
         let key = alert.dedup_key.clone();
         let page = Page {
@@ -843,6 +875,11 @@ impl Pager {
             let g = (page.team.clone(), s.clone());
             if self.by_group.get(&g) == Some(&id) {
                 self.by_group.remove(&g);
+            }
+        }
+        if let Some(incident) = self.incident_of.remove(&id) {
+            if self.by_incident.get(&incident) == Some(&id) {
+                self.by_incident.remove(&incident);
             }
         }
         let from = page.status;

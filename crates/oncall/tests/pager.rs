@@ -378,3 +378,36 @@ fn a_custom_policy_with_a_person_step_and_business_hours_timeout() {
     assert_eq!(p.page(id).unwrap().next_at, Some(day().plus(mins(10))));
     assert_eq!(human(mins(75)), "1h 15m");
 }
+
+#[test]
+fn engine_alerts_of_one_kind_and_team_are_one_incident_until_all_resolve() {
+    use drover_model::{Event, EventKind, EventSubject};
+    let mut p = Pager::new(Config::default(), 3);
+    let now = Timestamp(1_798_761_600_000_000);
+    let event = |service: &str, kind: EventKind, to: Option<&str>| Event {
+        seq: 0,
+        at: now,
+        subject: EventSubject::Service,
+        service: Some(service.into()),
+        service_id: None,
+        instance: None,
+        action: None,
+        from: None,
+        to: to.map(str::to_string),
+        cause: "prose".into(),
+        kind,
+        team: Some("platform".into()),
+    };
+    let mut pages = std::collections::BTreeSet::new();
+    for s in ["db1", "db2", "db3"] {
+        let alert = drover_oncall::engine::to_alert(&event(s, EventKind::NeedsHuman, None), None).unwrap();
+        let out = p.step(Input::Alert(alert), now);
+        pages.extend(out.pages.iter().map(|x| x.id));
+    }
+    assert_eq!(pages.len(), 1, "three services needing a human at once are one incident");
+    for (i, s) in ["db1", "db2", "db3"].iter().enumerate() {
+        let clear = drover_oncall::engine::to_alert(&event(s, EventKind::Transition, Some("available")), None).unwrap();
+        p.step(Input::Alert(clear), now);
+        assert_eq!(p.open_pages().count(), usize::from(i < 2), "open until every service is clear");
+    }
+}
