@@ -11,6 +11,7 @@ pub const BUILT_IN: &[(&str, &str)] = &[
     ("kernel-cve-roll", include_str!("../../../scenarios/kernel-cve-roll.toml")),
     ("control-plane-partition", include_str!("../../../scenarios/control-plane-partition.toml")),
     ("flapping-network", include_str!("../../../scenarios/flapping-network.toml")),
+    ("steady-week", include_str!("../../../scenarios/steady-week.toml")),
 ];
 
 #[derive(Debug, thiserror::Error)]
@@ -211,17 +212,23 @@ impl Default for ProviderSpec {
 pub struct Background {
     pub process_crash_per_instance_day: f64,
     pub host_loss_per_host_day: f64,
+    /// Background failures happen from hour 0 until this hour; by default
+    /// until the last scenario fault ends (then the fleet must converge).
+    pub until_hours: Option<f64>,
 }
 
 impl Default for Background {
     fn default() -> Self {
-        Background { process_crash_per_instance_day: 0.0005, host_loss_per_host_day: 0.0005 }
+        Background { process_crash_per_instance_day: 0.0005, host_loss_per_host_day: 0.0005, until_hours: None }
     }
 }
 
 #[derive(Clone, Debug, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct PeopleSpec {
+    /// Operator teams that run the fleet (services are spread over them);
+    /// each has its time zone, business hours, two rotations and a manager.
+    pub teams: u32,
     /// Minutes to acknowledge a page in the day, drawn uniformly.
     pub ack_minutes: [f64; 2],
     /// Acknowledging at night (22:00-07:00) takes this many times longer.
@@ -232,7 +239,7 @@ pub struct PeopleSpec {
 
 impl Default for PeopleSpec {
     fn default() -> Self {
-        PeopleSpec { ack_minutes: [2.0, 15.0], night_factor: 3.0, fix_minutes: [20.0, 120.0] }
+        PeopleSpec { teams: 4, ack_minutes: [2.0, 15.0], night_factor: 3.0, fix_minutes: [20.0, 120.0] }
     }
 }
 
@@ -294,6 +301,9 @@ impl Scenario {
         }
         if s.fleet.zones.is_empty() || s.fleet.zones.len() > 200 {
             return Err(invalid("fleet.zones must list 1 to 200 zones".into()));
+        }
+        if s.people.teams == 0 || s.people.teams > 1000 {
+            return Err(invalid("people.teams must be 1 to 1000".into()));
         }
         if !s.hours.is_finite() || s.hours <= 0.0 {
             return Err(invalid("hours must be a positive number".into()));

@@ -3,6 +3,28 @@
 use super::*;
 
 impl Sim {
+    /// Keeps what the pager acts on (the engine's alerts, by kind), and a
+    /// service's all-clear only when an alert about it went before.
+    pub(super) fn to_pager(&mut self, e: &Event) {
+        if self.building || !drover_oncall::engine::is_relevant(e) {
+            return;
+        }
+        let s = e.service.as_deref().and_then(service_index).map(|g| (g / self.shards) as usize);
+        let trigger =
+            !matches!(e.kind, EventKind::Transition | EventKind::BrakeReleased { .. } | EventKind::RestoreTestPassed);
+        match s {
+            Some(s) if s < self.svcs.len() => {
+                if trigger {
+                    self.svcs[s].alerted = true;
+                } else if !self.svcs[s].alerted {
+                    return;
+                }
+            }
+            _ => {}
+        }
+        self.alerts.push((self.now, e.clone()));
+    }
+
     // ------------------------------------------------------------------
     // What the engine said
     // ------------------------------------------------------------------
@@ -54,10 +76,6 @@ impl Sim {
                             _ => {}
                         }
                     }
-                    Some("failed") => {
-                        // A remedy failed for good: a person is paged.
-                        self.people.page_human(self.now, true, &mut self.rng);
-                    }
                     _ => {}
                 }
             }
@@ -67,7 +85,6 @@ impl Sim {
                 }
                 if matches!(e.kind, EventKind::BrakeEngaged { .. }) {
                     self.c.brake_engaged += 1;
-                    self.people.page_human(self.now, false, &mut self.rng);
                 }
             }
         }
@@ -85,9 +102,6 @@ impl Sim {
             self.c.not_available += 1;
             if !svc.needs_human {
                 self.c.not_available_nh += 1;
-            }
-            if !self.building {
-                self.people.page_bot();
             }
         } else if !was && is {
             self.c.not_available -= 1;
@@ -115,7 +129,6 @@ impl Sim {
             self.c.down_nh -= 1;
         }
         self.c.services_needing_human += 1;
-        self.people.page_human(self.now, true, &mut self.rng);
     }
 
     pub(super) fn track_recovery(&mut self) {

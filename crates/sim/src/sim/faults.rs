@@ -103,11 +103,8 @@ impl Sim {
                 }
             }
             FaultSpec::BackupStoreOutage { .. } => self.backup_down = start,
-            FaultSpec::PagerOutage { .. } => {
-                if start {
-                    self.people.pager_outage(self.now, T0 + micros(b * 3600.0));
-                }
-            }
+            // The pager runs after the shards (crate::oncall reads the window).
+            FaultSpec::PagerOutage { .. } => {}
             FaultSpec::Advisory { .. } => {
                 // Each service has a one-hour maintenance window at a drawn
                 // hour; followers are replaced first, the primary after.

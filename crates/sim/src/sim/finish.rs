@@ -14,7 +14,6 @@ impl Sim {
         let recovered_seconds =
             if converged { self.recovered_at.map(|t| (t - self.fault_start).max(0) as f64 / SEC) } else { None };
         let c = &self.c;
-        let ps = self.people.stats.clone();
         let (digest, events) = self.log.finish();
         Report {
             scenario: self.sc.name.clone(),
@@ -30,21 +29,19 @@ impl Sim {
             replacements: c.replacements,
             restarts: c.restarts,
             probes: c.probes,
-            pages_human: ps.pages_human,
-            pages_bot: ps.pages_bot,
-            after_hours_pages: ps.after_hours_pages,
-            mean_minutes_to_acknowledge: if ps.pages_human > 0 {
-                (ps.ack_minutes_total / ps.pages_human as f64 * 10.0).round() / 10.0
-            } else {
-                0.0
-            },
+            // Filled in by the pager (crate::oncall), which runs after the shards.
+            teams: 0,
+            pages_human: 0,
+            pages_bot: 0,
+            after_hours_pages: 0,
+            mean_minutes_to_acknowledge: 0.0,
             writes_lost: c.writes_lost_sync + c.writes_lost_async + c.writes_lost_rebuild,
             writes_lost_sync: c.writes_lost_sync,
             writes_lost_async: c.writes_lost_async,
             writes_lost_rebuild: c.writes_lost_rebuild,
             services_needing_human: c.services_needing_human,
             person_years_avoided: (c.minutes_avoided / MINUTES_PER_PERSON_YEAR * 1000.0).round() / 1000.0,
-            person_hours_spent: (ps.person_minutes / 60.0 * 10.0).round() / 10.0,
+            person_hours_spent: 0.0,
             brake_engaged: c.brake_engaged,
             advisory_instances_left: advisory_left,
             engine_events: events,

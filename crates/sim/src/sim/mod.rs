@@ -8,7 +8,7 @@
 //! remedies, transitions), not to fleet size × time.
 
 use crate::digest::EventLog;
-use crate::people::{manual_minutes, People, MINUTES_PER_PERSON_YEAR};
+use crate::oncall::{manual_minutes, MINUTES_PER_PERSON_YEAR};
 use crate::report::Report;
 use crate::scenario::{FaultSpec, Scenario};
 use drover_engine::{Command, Config, Engine, Input, Outputs, Reply};
@@ -131,6 +131,8 @@ struct Svc {
     state: ServiceState,
     needs_human: bool,
     down: bool,
+    /// An alert about it went to the pager: its all-clear must follow.
+    alerted: bool,
 }
 
 struct Zone {
@@ -189,7 +191,8 @@ struct Sim {
     #[allow(dead_code)]
     fault_end: i64,
     recovered_at: Option<i64>,
-    people: People,
+    /// Engine events the pager acts on, in order (see crate::oncall).
+    alerts: Vec<(i64, Event)>,
     log: EventLog,
     c: Counters,
     shard: u32,
@@ -205,15 +208,20 @@ fn micros(secs: f64) -> i64 {
 /// control-plane nodes would split a real fleet. Smaller fleets run in one.
 pub const SHARD_FROM_SERVICES: u64 = 100_000;
 
+/// One shard's report and the engine events its pager must see.
+type ShardRun = (Report, Vec<(i64, Event)>);
+
 pub fn run(opts: Options) -> Result<Report, SimError> {
     let wall = Instant::now();
     let shards: u64 = if opts.services >= SHARD_FROM_SERVICES { 2 } else { 1 };
+    let end = T0 + micros(opts.scenario.hours * 3600.0);
     if shards == 1 {
-        let mut r = run_shard(&opts, 0, 1)?;
+        let (mut r, alerts) = run_shard(&opts, 0, 1)?;
+        crate::oncall::page(&opts.scenario, opts.seed, vec![alerts], end).fill(&mut r);
         r.wall_seconds = (wall.elapsed().as_secs_f64() * 100.0).round() / 100.0;
         return Ok(r);
     }
-    let results: Vec<Result<Report, SimError>> = std::thread::scope(|scope| {
+    let results: Vec<Result<ShardRun, SimError>> = std::thread::scope(|scope| {
         let handles: Vec<_> = (0..shards)
             .map(|k| {
                 let opts = &opts;
@@ -225,17 +233,21 @@ pub fn run(opts: Options) -> Result<Report, SimError> {
             .map(|h| h.join().unwrap_or_else(|_| Err(SimError::Build("a shard panicked".into()))))
             .collect()
     });
-    let mut reports = Vec::new();
+    let (mut reports, mut alerts) = (Vec::new(), Vec::new());
     for r in results {
-        reports.push(r?);
+        let (report, a) = r?;
+        reports.push(report);
+        alerts.push(a);
     }
     let mut m = crate::report::merge(&reports);
+    // One pager for the whole fleet: the shards' alerts in time order.
+    crate::oncall::page(&opts.scenario, opts.seed, alerts, end).fill(&mut m);
     m.services = opts.services;
     m.wall_seconds = (wall.elapsed().as_secs_f64() * 100.0).round() / 100.0;
     Ok(m)
 }
 
-fn run_shard(opts: &Options, shard: u64, shards: u64) -> Result<Report, SimError> {
+fn run_shard(opts: &Options, shard: u64, shards: u64) -> Result<ShardRun, SimError> {
     let wall = Instant::now();
     let sc = opts.scenario.clone();
     let services = (opts.services + shards - 1 - shard) / shards;
@@ -291,7 +303,10 @@ fn run_shard(opts: &Options, shard: u64, shards: u64) -> Result<Report, SimError
     if fault_start == i64::MAX {
         fault_start = T0;
     }
-    let people = People::new(sc.people.clone());
+    let background_until = match sc.background.until_hours {
+        Some(h) => T0 + micros(h * 3600.0),
+        None => fault_end,
+    };
     let mut sim = Sim {
         sc,
         rng,
@@ -307,11 +322,11 @@ fn run_shard(opts: &Options, shard: u64, shards: u64) -> Result<Report, SimError
         hosts: Vec::new(),
         backup_down: false,
         building: true,
-        background_until: fault_end,
+        background_until,
         fault_start,
         fault_end,
         recovered_at: None,
-        people,
+        alerts: Vec::new(),
         log: EventLog::start(dump),
         c: Counters::default(),
         shard: shard as u32,
@@ -321,7 +336,8 @@ fn run_shard(opts: &Options, shard: u64, shards: u64) -> Result<Report, SimError
     let end = T0 + micros(sim.sc.hours * 3600.0);
     sim.main_loop(end);
     let instances = sim.insts.len() as u64;
-    Ok(sim.finish(services, opts.seed, instances, wall))
+    let alerts = std::mem::take(&mut sim.alerts);
+    Ok((sim.finish(services, opts.seed, instances, wall), alerts))
 }
 
 impl Sim {
@@ -375,7 +391,7 @@ impl Sim {
                 followers,
                 provider: None,
                 sync: Some(sync),
-                team: None,
+                team: Some(crate::oncall::team_name(i as u32 * self.shards + self.shard, self.sc.people.teams)),
                 zones: Some(zones),
                 max_failover_lag_bytes: None,
             };
@@ -392,6 +408,7 @@ impl Sim {
                 state: ServiceState::Provisioning,
                 needs_human: false,
                 down: true,
+                alerted: false,
             });
             self.c.not_available += 1;
             self.c.not_available_nh += 1;
@@ -490,6 +507,7 @@ impl Sim {
         }
         for e in &changes.events {
             self.observe(e);
+            self.to_pager(e);
         }
         self.log.push(changes.events);
     }
