@@ -2,6 +2,7 @@
 //! provider carrying out each attempt of an action.
 
 use super::*;
+use drover_world::{Effect, Ground, Machine};
 
 impl Sim {
     // ------------------------------------------------------------------
@@ -267,16 +268,14 @@ impl Sim {
             return fail("provider API error (simulated)", true);
         }
         if let ActionKind::Provision { role, zone, .. } = &a.kind {
-            if let Some(i) = known {
-                return if self.insts[i as usize].terminated { fail("instance was terminated", false) } else { ok };
-            }
             let Some(z) = self.zones.iter().position(|x| &x.name == zone) else { return fail("no such zone", false) };
-            if self.zones[z].lost {
-                return fail("zone unavailable: insufficient capacity", false);
-            }
             let Some(&s) = self.svc_by_id.get(&a.service) else { return fail("no such service", false) };
-            if self.backup_down && !self.building {
-                return fail("backup store unavailable: cannot restore a base backup", true);
+            let tombstoned = known.is_some_and(|i| self.insts[i as usize].terminated);
+            let existing = known.filter(|_| !tombstoned).map(|i| self.svcs[self.insts[i as usize].svc as usize].id);
+            // The fleet exists before hour 0: its backups were there.
+            let ground = Ground { host_up: !self.zones[z].lost, backup_store_up: !self.backup_down || self.building };
+            if let Some(answer) = drover_world::admit_provision(tombstoned, existing, a.service, zone, ground) {
+                return answer;
             }
             let host = self.pick_host(z);
             let svc = &self.svcs[s as usize];
@@ -345,60 +344,26 @@ impl Sim {
             self.at(self.now + boot, Ev::Boot(i));
             return ok;
         }
-        let Some(i) = known else {
-            // Unknown or long gone: stopping it again is done; anything else cannot be.
-            return match a.kind {
-                ActionKind::Fence { .. } | ActionKind::Retire | ActionKind::Archive | ActionKind::Terminate => ok,
-                _ => fail("no such instance", false),
-            };
+        // Unknown or terminated (the world keeps a tombstone): stopping it
+        // again is done; anything else cannot be.
+        let Some(i) = known.filter(|&i| !self.insts[i as usize].terminated) else {
+            return drover_world::act_on_missing(&a.kind).0;
         };
-        if self.insts[i as usize].terminated {
-            return match a.kind {
-                ActionKind::Fence { .. } | ActionKind::Retire | ActionKind::Archive | ActionKind::Terminate => ok,
-                _ => fail("instance was terminated", false),
-            };
-        }
-        let s = self.insts[i as usize].svc;
-        match &a.kind {
-            ActionKind::Probe => {
-                // Out of band, through the provider's API: a cut between the
-                // control plane and a zone does not stop it.
-                if self.alive(i) {
-                    ok
-                } else {
-                    fail("not answering", false)
-                }
-            }
-            ActionKind::Fence { .. } => {
-                // Fenced at the network level by the provider, even in a lost zone.
-                self.insts[i as usize].fenced = true;
-                if self.svcs[s as usize].writer == Some(i) {
-                    self.stop_writes(s);
-                }
-                ok
-            }
-            ActionKind::Promote => {
-                if !self.alive(i) || self.insts[i as usize].fenced {
-                    return fail("cannot promote: not running", false);
-                }
-                let members = self.svcs[s as usize].members.clone();
-                for m in members {
-                    let y = &self.insts[m as usize];
-                    if m != i && y.role == Role::Primary && !y.fenced && y.exists && !y.terminated {
-                        self.violation(format!(
-                            "promotion of {} while primary {} of the same service is not fenced",
-                            a.instance, y.id
-                        ));
-                    }
-                }
-                if let Some(w) = self.svcs[s as usize].writer {
-                    if w != i {
-                        self.violation(format!(
-                            "two writable primaries: {} promoted while {} writes",
-                            a.instance, self.insts[w as usize].id
-                        ));
-                    }
-                }
+        let x = &self.insts[i as usize];
+        let s = x.svc;
+        // The world's rules (drover-world) answer; this keeps the physics:
+        // writes, streaming, boots and the collector.
+        let ground = Ground {
+            host_up: self.hosts[x.host as usize].up && !self.zones[x.zone as usize].lost,
+            backup_store_up: !self.backup_down,
+        };
+        let mut m = self.machine(i);
+        let answer = drover_world::act(&mut m, &a.kind, ground);
+        match answer.effect {
+            Effect::Nothing => {}
+            Effect::Promoted => {
+                self.check_promotion(i, a.instance);
+                self.set_machine(i, &m);
                 let pos = self.position(i);
                 let svc = &self.svcs[s as usize];
                 let lost = svc.acked.saturating_sub(pos);
@@ -408,51 +373,82 @@ impl Sim {
                     self.c.writes_lost_async += lost;
                 }
                 let x = &mut self.insts[i as usize];
-                x.role = Role::Primary;
                 x.frozen = STREAMING;
                 x.lag = 0;
                 self.svcs[s as usize].anchor = pos;
                 self.svcs[s as usize].writer = None;
                 self.start_writes(i);
-                ok
             }
-            ActionKind::Restart => {
-                let x = &self.insts[i as usize];
-                if !x.exists || x.drained || !self.hosts[x.host as usize].up || self.zones[x.zone as usize].lost {
-                    return fail("does not start: its host is gone", false);
+            Effect::Fenced => {
+                // Fenced at the network level by the provider, even in a lost zone.
+                self.set_machine(i, &m);
+                if self.svcs[s as usize].writer == Some(i) {
+                    self.stop_writes(s);
                 }
+                self.changed(i);
+            }
+            Effect::Restarted => {
+                self.set_machine(i, &m);
                 let x = &mut self.insts[i as usize];
                 x.up = true;
                 x.booting = true;
                 self.changed(i);
                 let d = self.draw([1.0, 5.0]);
                 self.at(self.now + d, Ev::Boot(i));
-                ok
             }
-            ActionKind::Retire => {
-                self.insts[i as usize].exists = false;
+            Effect::Stopped | Effect::Faulted => {
+                self.set_machine(i, &m);
                 self.changed(i);
-                ok
             }
-            ActionKind::Archive | ActionKind::InjectFault { .. } => ok,
-            // Backups and restore tests need the backup store.
-            ActionKind::Backup | ActionKind::VerifyRestore => {
-                if self.backup_down {
-                    fail("backup store unavailable", true)
-                } else if !self.alive(i) {
-                    fail("not answering", false)
-                } else {
-                    ok
-                }
-            }
-            ActionKind::Terminate => {
+            Effect::Terminated => {
                 let x = &mut self.insts[i as usize];
                 x.exists = false;
                 x.terminated = true;
                 self.svcs[s as usize].members.retain(|&m| m != i);
-                ok
             }
-            ActionKind::Provision { .. } => unreachable!("handled above"),
+        }
+        answer.outcome
+    }
+
+    /// Instance `i` as the world's rules see it: a booting process does not
+    /// answer yet (hung, in their terms); a drained one never starts again.
+    fn machine(&self, i: u32) -> Machine {
+        let x = &self.insts[i as usize];
+        let mut m = Machine::new(x.role);
+        m.crashed = !x.up;
+        m.hung = x.booting;
+        m.fenced = x.fenced;
+        m.running = x.exists;
+        m.broken_for_good = x.drained;
+        m
+    }
+
+    fn set_machine(&mut self, i: u32, m: &Machine) {
+        let x = &mut self.insts[i as usize];
+        x.role = m.role;
+        x.up = !m.crashed;
+        x.booting = m.hung && !m.crashed;
+        x.fenced = m.fenced;
+        x.exists = m.running;
+    }
+
+    /// The state checker's view of a promotion about to happen.
+    fn check_promotion(&mut self, i: u32, id: InstanceId) {
+        let s = self.insts[i as usize].svc;
+        let members = self.svcs[s as usize].members.clone();
+        for m in members {
+            let y = &self.insts[m as usize];
+            if m != i && y.role == Role::Primary && !y.fenced && y.exists && !y.terminated {
+                self.violation(format!("promotion of {id} while primary {} of the same service is not fenced", y.id));
+            }
+        }
+        if let Some(w) = self.svcs[s as usize].writer {
+            if w != i {
+                self.violation(format!(
+                    "two writable primaries: {id} promoted while {} writes",
+                    self.insts[w as usize].id
+                ));
+            }
         }
     }
 }
