@@ -5,7 +5,7 @@ use super::*;
 impl Sim {
     /// Keeps what the pager acts on (the engine's alerts, by kind), and a
     /// service's all-clear only when an alert about it went before.
-    pub(super) fn to_pager(&mut self, e: &Event) {
+    pub(super) fn keep_for_pager(&mut self, e: &Event) {
         if self.building || !drover_oncall::engine::is_relevant(e) {
             return;
         }

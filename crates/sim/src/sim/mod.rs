@@ -507,7 +507,7 @@ impl Sim {
         }
         for e in &changes.events {
             self.observe(e);
-            self.to_pager(e);
+            self.keep_for_pager(e);
         }
         self.log.push(changes.events);
     }
