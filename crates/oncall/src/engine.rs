@@ -47,7 +47,12 @@ pub fn to_alert(event: &Event, team: Option<String>) -> Option<Alert> {
         group: Some(format!("engine:{class}")),
         class: Some(class.into()),
         origin: "engine".into(),
-        details: serde_json::json!({ "event_seq": event.seq, "subject": event.subject, "from": event.from, "to": event.to }),
+        details: serde_json::json!({
+            "event_seq": event.seq, "subject": event.subject, "from": event.from, "to": event.to,
+            // The engine stopped (needs a human, an invariant at risk) or paused
+            // its destructive remedies (the brake): no bot tier to wait for.
+            "needs_person": matches!(event.kind, EventKind::NeedsHuman | EventKind::InvariantAtRisk | EventKind::BrakeEngaged { .. }),
+        }),
     };
     match &event.kind {
         EventKind::BrakeEngaged { scope } => Some(Alert {

@@ -98,6 +98,12 @@ impl Alert {
     pub fn resolve(dedup_key: impl Into<String>) -> Alert {
         Alert::trigger(dedup_key, "").with_action(AlertAction::Resolve)
     }
+    /// Nothing automatic runs for what this alert reports (`details.needs_person`:
+    /// the engine stopped its remedies, or paused them under the brake), so the
+    /// bot tier has nothing to wait for: its page starts at the first person.
+    pub fn needs_person(&self) -> bool {
+        self.details.get("needs_person").and_then(serde_json::Value::as_bool) == Some(true)
+    }
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
@@ -599,6 +605,15 @@ impl Pager {
 
     fn open_page(&mut self, alert: Alert, team: String, flapping: bool, now: Timestamp, out: &mut Outputs) -> PageId {
         let id = PageId::new_at(now.0, self.next_entropy());
+        // Held (flapping) pages stay with the bot tier whatever they report.
+        let first_step = if alert.needs_person() && !flapping {
+            self.config
+                .team(&team)
+                .and_then(|t| t.escalation.iter().position(|s| !matches!(s.target, Target::Bot)))
+                .unwrap_or(0)
+        } else {
+            0
+        };
         if let Some(group) = &alert.group {
             let incident = (team.clone(), group.clone());
             self.by_incident.insert(incident.clone(), id);
@@ -662,7 +677,8 @@ impl Pager {
             ),
         });
         self.pages.insert(id, page);
-        self.enter_step(id, 0, "opened", now, out);
+        let cause = if first_step > 0 { "opened; nothing automatic runs for it: no bot tier" } else { "opened" };
+        self.enter_step(id, first_step, cause, now, out);
         id
     }
 

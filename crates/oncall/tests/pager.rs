@@ -411,3 +411,36 @@ fn engine_alerts_of_one_kind_and_team_are_one_incident_until_all_resolve() {
         assert_eq!(p.open_pages().count(), usize::from(i < 2), "open until every service is clear");
     }
 }
+
+#[test]
+fn what_no_remedy_handles_skips_the_bot_tier_and_the_rest_waits_for_it() {
+    use drover_model::{Event, EventKind, EventSubject};
+    let now = Timestamp(1_798_761_600_000_000);
+    let event = |kind: EventKind, subject: EventSubject, service: Option<&str>| Event {
+        seq: 0,
+        at: now,
+        subject,
+        service: service.map(str::to_string),
+        service_id: None,
+        instance: None,
+        action: None,
+        from: None,
+        to: None,
+        cause: "prose".into(),
+        kind,
+        team: Some("platform".into()),
+    };
+    let people =
+        |out: &Outputs| out.notifications.iter().filter(|n| matches!(n.recipient, Recipient::Person { .. })).count();
+    for (kind, subject, service, at_once) in [
+        (EventKind::NeedsHuman, EventSubject::Service, Some("db1"), true),
+        (EventKind::BrakeEngaged { scope: "zone-a".into() }, EventSubject::Fleet, None, true),
+        (EventKind::RestoreTestFailed, EventSubject::Service, Some("db2"), false),
+    ] {
+        let mut p = Pager::new(Config::default(), 5);
+        let alert = drover_oncall::engine::to_alert(&event(kind.clone(), subject, service), None).unwrap();
+        assert_eq!(alert.needs_person(), at_once, "{kind:?}");
+        let out = p.step(Input::Alert(alert), now);
+        assert_eq!(people(&out) > 0, at_once, "{kind:?}: {:?}", out.notifications);
+    }
+}
