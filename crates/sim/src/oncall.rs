@@ -237,7 +237,12 @@ pub fn page(sc: &Scenario, seed: u64, shards: Vec<Vec<(i64, Event)>>, end: i64) 
                 vec![None]
             };
             for team in targets {
-                if let Some(alert) = drover_oncall::engine::to_alert(event, team) {
+                let per_team = team.clone();
+                if let Some(mut alert) = drover_oncall::engine::to_alert(event, team) {
+                    if let Some(t) = per_team {
+                        // Each team's own incident (a key is one page fleet-wide).
+                        alert.dedup_key = format!("{}:{t}", alert.dedup_key);
+                    }
                     let out = pager.step(Input::Alert(alert), Timestamp(now));
                     people.absorb(out, now);
                 }

@@ -210,9 +210,20 @@ pub fn act(m: &mut Machine, kind: &ActionKind, ground: Ground) -> Answer {
         }
         ActionKind::Terminate => answer(succeeded("terminated: nothing left of it"), Effect::Terminated),
         ActionKind::InjectFault { fault } => inject(m, *fault),
+        // A restore test restores the latest backup from the store into a
+        // scratch machine (as the local provider's pgBackRest does): it
+        // needs the store, not the machine being backed up.
+        ActionKind::VerifyRestore => answer(
+            if ground.backup_store_up {
+                succeeded("simulated: the latest backup restored on a scratch machine")
+            } else {
+                unavailable("backup store unavailable")
+            },
+            Effect::Nothing,
+        ),
         // Simulated backups hold no data: they succeed when the machine
         // could serve one and the backup store answers.
-        ActionKind::Backup | ActionKind::VerifyRestore => {
+        ActionKind::Backup => {
             if !ground.backup_store_up {
                 return answer(unavailable("backup store unavailable"), Effect::Nothing);
             }
@@ -379,6 +390,14 @@ mod tests {
             act(&mut m, &ActionKind::Backup, no_store).outcome,
             ActionOutcome::Failed { retryable: true, .. }
         ));
+        // A restore test needs the store, not the machine.
+        let mut dead = Machine::new(Role::Primary);
+        dead.crashed = true;
+        assert!(matches!(
+            act(&mut dead, &ActionKind::VerifyRestore, Ground::default()).outcome,
+            ActionOutcome::Succeeded { .. }
+        ));
+        assert!(matches!(act(&mut dead, &ActionKind::Backup, Ground::default()).outcome, ActionOutcome::Failed { .. }));
         let s = ServiceId::new_at(0, 1);
         assert!(admit_provision(false, None, s, "zone-a", Ground::default()).is_none());
         assert!(matches!(

@@ -211,8 +211,10 @@ pub const SHARD_FROM_SERVICES: u64 = 100_000;
 /// One shard's report and the engine events its pager must see.
 type ShardRun = (Report, Vec<(i64, Event)>);
 
-pub fn run(opts: Options) -> Result<Report, SimError> {
+pub fn run(mut opts: Options) -> Result<Report, SimError> {
     let wall = Instant::now();
+    // Fault times, zones and background rates of this run, from the seed.
+    opts.scenario = opts.scenario.drawn(opts.seed);
     let shards: u64 = if opts.services >= SHARD_FROM_SERVICES { 2 } else { 1 };
     let end = T0 + micros(opts.scenario.hours * 3600.0);
     if shards == 1 {
