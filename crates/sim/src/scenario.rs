@@ -103,7 +103,7 @@ impl RawFault {
         let bad = |e: String| format!("fault {n} ({kind}): {e}");
         let at_hours = self.at_hours.draw(rng.as_deref_mut()).map_err(bad)?;
         let duration_hours = self.duration_hours.map(|d| d.draw(rng.as_deref_mut()).map_err(bad)).transpose()?;
-        let zone_pick = match (self.zone.as_deref(), rng.as_deref_mut()) {
+        let zone_pick = match (self.zone.as_deref(), rng) {
             (Some("any"), Some(rng)) if !zones.is_empty() => Some(zones[rng.random_range(0..zones.len())].clone()),
             (Some("any"), _) => zones.first().cloned(),
             (z, _) => z.map(str::to_string),
