@@ -42,9 +42,9 @@ pub fn to_alert(event: &Event, team: Option<String>) -> Option<Alert> {
         team: team.clone(),
         service: service.clone(),
         component: None,
-        // One open page per team and kind of trouble: what fails together
-        // (a zone's brake, services a remedy gave up on) is one incident.
-        group: Some(format!("engine:{class}")),
+        // One open page per team for the engine's trouble: what fails
+        // together (a zone's brake, services a remedy gave up on) is one incident.
+        group: Some("engine".into()),
         class: Some(class.into()),
         origin: "engine".into(),
         details: serde_json::json!({

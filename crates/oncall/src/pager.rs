@@ -333,6 +333,9 @@ pub struct Pager {
     by_incident: HashMap<(String, String), PageId>,
     /// Page → its (team, alert group), to unindex it when it resolves.
     incident_of: HashMap<PageId, (String, String)>,
+    /// (team, alert group) → its last resolved incident, kept for
+    /// `Config::regroup` so the group's next alert reopens it.
+    resolved_incidents: HashMap<(String, String), Page>,
     /// Alert key → when it opened within the flapping window.
     opens: HashMap<String, VecDeque<i64>>,
     /// (due, page): work per tick is proportional to what is due.
@@ -365,6 +368,7 @@ impl Pager {
             by_group: HashMap::new(),
             by_incident: HashMap::new(),
             incident_of: HashMap::new(),
+            resolved_incidents: HashMap::new(),
             opens: HashMap::new(),
             timers: BTreeSet::new(),
             seed,
@@ -520,6 +524,9 @@ impl Pager {
                         out.pages.push(self.pages[&id].clone());
                         return Ok(outcome("grouped", Some(id)));
                     }
+                    if let Some(id) = self.reopen(&team, group, &alert, now, out) {
+                        return Ok(outcome("reopened", Some(id)));
+                    }
                 }
                 // Same service and team already paging: join it.
                 if let Some(service) = &alert.service {
@@ -601,6 +608,75 @@ impl Pager {
                 Ok(outcome("resolved", Some(id)))
             }
         }
+    }
+
+    /// Reopens the team's incident of `group` if it resolved within
+    /// `Config::regroup`: the alert joins it and it escalates afresh.
+    fn reopen(&mut self, team: &str, group: &str, alert: &Alert, now: Timestamp, out: &mut Outputs) -> Option<PageId> {
+        let incident = (team.to_string(), group.to_string());
+        let recent = self.resolved_incidents.get(&incident)?;
+        let resolved_at = recent.resolved_at?;
+        if self.config.regroup.is_zero() || now.0 - resolved_at.0 > micros(self.config.regroup) {
+            self.resolved_incidents.remove(&incident);
+            return None;
+        }
+        let mut page = self.resolved_incidents.remove(&incident)?;
+        let id = page.id;
+        let key = alert.dedup_key.clone();
+        // Coming back again and again is flapping: held in the bot tier.
+        let opens = {
+            let window = micros(self.config.flapping.window);
+            let q = self.opens.entry(key.clone()).or_default();
+            while q.front().is_some_and(|&t| t <= now.0 - window) {
+                q.pop_front();
+            }
+            q.push_back(now.0);
+            q.len() as u32
+        };
+        let flapping = opens >= self.config.flapping.threshold;
+        page.flapping = flapping;
+        page.status = PageStatus::Triggered;
+        page.resolved_at = None;
+        page.resolved_by = None;
+        page.acknowledged_at = None;
+        page.acknowledged_by = None;
+        page.alert_keys.insert(key.clone());
+        page.open_alerts = BTreeSet::from([key.clone()]);
+        page.alerts += 1;
+        page.level_name = String::new();
+        let level = page.level;
+        self.by_key.insert(key.clone(), id);
+        self.by_incident.insert(incident.clone(), id);
+        self.incident_of.insert(id, incident);
+        if let Some(s) = &page.service {
+            self.by_group.entry((team.to_string(), s.clone())).or_insert(id);
+        }
+        self.pages.insert(id, page);
+        out.transitions.push(Transition {
+            page: id,
+            at: now,
+            from: "resolved".into(),
+            to: "triggered".into(),
+            level,
+            by: alert.origin.clone(),
+            cause: format!("reopened by {key}: its group {group} is back within {}", human(self.config.regroup)),
+        });
+        out.feed.push(FeedPost {
+            at: now,
+            page: Some(id),
+            team: Some(team.to_string()),
+            text: format!("[{team}] page {id} reopened by {key} ({group}): {}", alert.summary),
+        });
+        let first_step = if alert.needs_person() && !flapping {
+            self.config
+                .team(team)
+                .and_then(|t| t.escalation.iter().position(|s| !matches!(s.target, Target::Bot)))
+                .unwrap_or(0)
+        } else {
+            0
+        };
+        self.enter_step(id, first_step, "reopened", now, out);
+        Some(id)
     }
 
     fn open_page(&mut self, alert: Alert, team: String, flapping: bool, now: Timestamp, out: &mut Outputs) -> PageId {
@@ -893,9 +969,10 @@ impl Pager {
                 self.by_group.remove(&g);
             }
         }
-        if let Some(incident) = self.incident_of.remove(&id) {
-            if self.by_incident.get(&incident) == Some(&id) {
-                self.by_incident.remove(&incident);
+        let incident = self.incident_of.remove(&id);
+        if let Some(incident) = &incident {
+            if self.by_incident.get(incident) == Some(&id) {
+                self.by_incident.remove(incident);
             }
         }
         let from = page.status;
@@ -929,6 +1006,9 @@ impl Pager {
         };
         out.feed.push(FeedPost { at: now, page: Some(id), team: Some(team), text });
         out.pages.push(page.clone());
+        if let Some(incident) = incident.filter(|_| !self.config.regroup.is_zero() && !page.flapping) {
+            self.resolved_incidents.insert(incident, page.clone());
+        }
         Ok(page)
     }
 

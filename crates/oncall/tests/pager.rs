@@ -444,3 +444,19 @@ fn what_no_remedy_handles_skips_the_bot_tier_and_the_rest_waits_for_it() {
         assert_eq!(people(&out) > 0, at_once, "{kind:?}: {:?}", out.notifications);
     }
 }
+
+#[test]
+fn trouble_that_comes_back_within_the_regroup_window_reopens_its_incident() {
+    let toml = format!("regroup_within = \"2h\"\n{}", drover_oncall::config::DEFAULT_TOML);
+    let mut p = Pager::new(Config::from_toml(&toml).unwrap(), 5);
+    let t0 = Timestamp(1_798_761_600_000_000);
+    let alert = |key: &str| Alert { group: Some("engine".into()), ..Alert::trigger(key, "x") };
+    let first = p.step(Input::Alert(alert("a")), t0).pages[0].id;
+    p.step(Input::Alert(Alert::resolve("a")), t0.plus(Duration::from_secs(60)));
+    assert_eq!(p.open_pages().count(), 0);
+    let again = p.step(Input::Alert(alert("b")), t0.plus(Duration::from_secs(3600)));
+    assert_eq!(again.pages[0].id, first, "one incident, reopened");
+    p.step(Input::Alert(Alert::resolve("b")), t0.plus(Duration::from_secs(3700)));
+    let later = p.step(Input::Alert(alert("c")), t0.plus(Duration::from_secs(4 * 3600)));
+    assert_ne!(later.pages[0].id, first, "past the window: a new incident");
+}

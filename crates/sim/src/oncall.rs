@@ -60,10 +60,12 @@ pub fn team_name(index: u32, teams: u32) -> String {
 /// `teams` operator teams, each with two people on weekly rotations
 /// (level 1 and level 2), a manager, its time zone and the default business
 /// hours and escalation policy (bot tier first); one incident commander
-/// rotation for the company.
+/// rotation for the company. A team's engine incident that comes back
+/// within 12 hours is the same incident (`regroup_within`): a zone outage
+/// lasts hours, and what it leaves for a person joins its page.
 pub fn config(teams: u32) -> Config {
     let mut toml = String::from(
-        "default_team = \"ops-1\"\n[incident_commanders]\nrotation = [\"ic-1\", \"ic-2\"]\n\
+        "default_team = \"ops-1\"\nregroup_within = \"12h\"\n[incident_commanders]\nrotation = [\"ic-1\", \"ic-2\"]\n\
          [[people]]\nname = \"ic-1\"\n[[people]]\nname = \"ic-2\"\n",
     );
     for k in 1..=teams.max(1) {
