@@ -158,3 +158,29 @@ fn at_100k_services_a_steady_week_pages_at_most_once() {
     assert!(r.converged, "{r:#?}");
     assert!(r.pages_human <= 1, "at most 1 human page per 100,000 service-weeks: {r:#?}");
 }
+
+#[test]
+fn each_seed_draws_its_faults_within_what_the_scenario_allows() {
+    use drover_sim::scenario::FaultSpec;
+    let s = Scenario::load("zone-outage").unwrap();
+    let mut histories = std::collections::BTreeSet::new();
+    for seed in 0..40 {
+        let d = s.drawn(seed);
+        assert_eq!(format!("{:?}", d.faults), format!("{:?}", s.drawn(seed).faults), "same seed, same faults");
+        let FaultSpec::ZoneLoss { zone, at_hours, duration_hours } = &d.faults[0] else { panic!("{:?}", d.faults) };
+        assert!(s.fleet.zones.contains(zone), "{zone}");
+        assert!((0.5..=3.0).contains(at_hours) && (4.0..=8.0).contains(duration_hours), "{at_hours} {duration_hours}");
+        histories.insert(format!("{zone} {at_hours:.3} {duration_hours:.3}"));
+    }
+    assert!(histories.len() >= 30, "many seeds, many histories: {histories:?}");
+    let zones: std::collections::BTreeSet<_> = histories.iter().map(|h| h.split(' ').next().unwrap()).collect();
+    assert_eq!(zones.len(), 3, "every zone gets lost in some run");
+
+    // A scenario without background failures stays without.
+    let quiet = Scenario::load("control-plane-partition").unwrap().drawn(9);
+    assert_eq!(quiet.background.process_crash_per_instance_day, 0.0);
+    assert_eq!(quiet.background.host_loss_per_host_day, 0.0);
+    // steady-week runs its rates as written.
+    let week = Scenario::load("steady-week").unwrap();
+    assert_eq!(week.drawn(5).background.host_loss_per_host_day, week.background.host_loss_per_host_day);
+}
