@@ -112,8 +112,6 @@ impl Figures {
 #[derive(Default)]
 struct Seen {
     business_hours: bool,
-    /// The alert class that opened it (`needs_human`, `brake_engaged`, ...).
-    work: bool,
     /// When a person was first notified (after a pager outage: delivered).
     notified: Option<i64>,
 }
@@ -139,11 +137,7 @@ impl People {
 
     fn absorb(&mut self, out: Outputs, now: i64) {
         for p in &out.pages {
-            self.seen.entry(p.id).or_insert_with(|| Seen {
-                business_hours: p.business_hours,
-                work: matches!(p.class.as_deref(), Some("needs_human" | "restore_test_failed")),
-                notified: None,
-            });
+            self.seen.entry(p.id).or_insert_with(|| Seen { business_hours: p.business_hours, notified: None });
         }
         for n in out.notifications {
             if !matches!(n.recipient, Recipient::Person { .. }) {
@@ -195,6 +189,8 @@ pub fn page(sc: &Scenario, seed: u64, shards: Vec<Vec<(i64, Event)>>, end: i64) 
         acks: BinaryHeap::new(),
     };
     let (mut ack_minutes, mut acked, mut person_minutes) = (0.0, 0u64, 0.0);
+    // Services a person fixes (once each, however often the engine asks).
+    let mut fixed = std::collections::BTreeSet::new();
     let mut next = 0usize;
     loop {
         let at_event = events.get(next).map(|e| e.0).unwrap_or(i64::MAX);
@@ -214,13 +210,9 @@ pub fn page(sc: &Scenario, seed: u64, shards: Vec<Vec<(i64, Event)>>, end: i64) 
             let waited = (now - notified) as f64 / MICROS_PER_MIN;
             ack_minutes += waited;
             acked += 1;
-            let fix = if s.work {
-                let range = people.spec.fix_minutes;
-                people.draw(range)
-            } else {
-                5.0
-            };
-            person_minutes += waited.min(5.0) + fix;
+            // Acknowledging and looking; each service that needs a person
+            // adds its own fix (counted when it arrives).
+            person_minutes += waited.min(5.0) + 5.0;
             if pager.page(id).is_some() {
                 let out = pager.step(Input::Acknowledge { page: id, by: "on-call (simulated)".into() }, Timestamp(now));
                 people.absorb(out, now);
@@ -228,6 +220,12 @@ pub fn page(sc: &Scenario, seed: u64, shards: Vec<Vec<(i64, Event)>>, end: i64) 
         } else {
             let (_, _, _, event) = &events[next];
             next += 1;
+            if matches!(event.kind, EventKind::NeedsHuman | EventKind::InvariantAtRisk)
+                && fixed.insert(event.service.clone().unwrap_or_default())
+            {
+                let range = people.spec.fix_minutes;
+                person_minutes += people.draw(range);
+            }
             let fleet_wide = event.team.is_none() && event.service.is_none();
             let targets: Vec<Option<String>> = if fleet_wide
                 && matches!(event.kind, EventKind::BrakeEngaged { .. } | EventKind::BrakeReleased { .. })

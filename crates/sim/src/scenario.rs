@@ -259,7 +259,12 @@ pub struct Background {
 
 impl Default for Background {
     fn default() -> Self {
-        Background { process_crash_per_instance_day: 0.0005, host_loss_per_host_day: 0.0005, until_hours: None, swarm: true }
+        Background {
+            process_crash_per_instance_day: 0.0005,
+            host_loss_per_host_day: 0.0005,
+            until_hours: None,
+            swarm: true,
+        }
     }
 }
 

@@ -106,7 +106,6 @@ pub struct World {
     terminated: std::collections::BTreeSet<InstanceId>,
 }
 
-
 impl World {
     pub fn empty(now: i64) -> World {
         World { wal_clock_micros: now, ..World::default() }
@@ -294,9 +293,9 @@ impl World {
 /// An answer about `id`, naming it.
 fn named(id: InstanceId, outcome: ActionOutcome) -> ActionOutcome {
     match outcome {
-        ActionOutcome::Succeeded { detail } => {
-            ActionOutcome::Succeeded { detail: Some(format!("no simulated instance {id}: {}", detail.unwrap_or_default())) }
-        }
+        ActionOutcome::Succeeded { detail } => ActionOutcome::Succeeded {
+            detail: Some(format!("no simulated instance {id}: {}", detail.unwrap_or_default())),
+        },
         ActionOutcome::Failed { error, retryable } => {
             ActionOutcome::Failed { error: format!("simulated instance {id}: {error}"), retryable }
         }
