@@ -202,6 +202,12 @@ pub struct Config {
     pub people: Vec<Person>,
     pub flapping: FlapPolicy,
     pub delivery: Delivery,
+    /// An alert with a group whose team's incident of that group resolved
+    /// less than this long ago reopens that incident instead of opening a
+    /// new page: trouble of one cause that comes back (a zone outage's
+    /// brake, then its services needing a human hours later) is one
+    /// incident. Zero (the default) turns it off.
+    pub regroup: Duration,
 }
 
 /// Bot tier waits: off hours just long enough for the remedy to act (the
@@ -297,6 +303,8 @@ pub mod raw {
         pub flapping: Option<Flapping>,
         #[serde(default)]
         pub delivery: Option<Delivery>,
+        /// How long a resolved incident takes its group's next alert back.
+        pub regroup_within: Option<String>,
     }
 
     #[derive(Debug, Deserialize)]
@@ -673,7 +681,11 @@ impl Config {
                 delivery.backoff = parse_duration(b, "delivery.backoff")?;
             }
         }
-        Ok(Config { teams, default_team, incident_commanders, people, flapping, delivery })
+        let regroup = match &file.regroup_within {
+            Some(r) => parse_duration(r, "regroup_within")?,
+            None => Duration::ZERO,
+        };
+        Ok(Config { teams, default_team, incident_commanders, people, flapping, delivery, regroup })
     }
 
     /// A person by name: the team's own first, then company-wide people.

@@ -42,10 +42,17 @@ pub fn to_alert(event: &Event, team: Option<String>) -> Option<Alert> {
         team: team.clone(),
         service: service.clone(),
         component: None,
-        group: None,
+        // One open page per team for the engine's trouble: what fails
+        // together (a zone's brake, services a remedy gave up on) is one incident.
+        group: Some("engine".into()),
         class: Some(class.into()),
         origin: "engine".into(),
-        details: serde_json::json!({ "event_seq": event.seq, "subject": event.subject, "from": event.from, "to": event.to }),
+        details: serde_json::json!({
+            "event_seq": event.seq, "subject": event.subject, "from": event.from, "to": event.to,
+            // The engine stopped (needs a human, an invariant at risk) or paused
+            // its destructive remedies (the brake): no bot tier to wait for.
+            "needs_person": matches!(event.kind, EventKind::NeedsHuman | EventKind::InvariantAtRisk | EventKind::BrakeEngaged { .. }),
+        }),
     };
     match &event.kind {
         EventKind::BrakeEngaged { scope } => Some(Alert {

@@ -62,6 +62,9 @@ pub struct Alert {
     /// Alerts of one service and team group into one open page.
     pub service: Option<String>,
     pub component: Option<String>,
+    /// Alerts of one group and team join one open page (one incident),
+    /// whatever their service: the engine's alerts group by kind of trouble.
+    /// Not kept across a pager restart (grouping starts afresh).
     pub group: Option<String>,
     /// What kind of alert (for "noisiest alerts"): Alertmanager's
     /// `alertname`, the Events API's `class`, the engine's cause kind.
@@ -94,6 +97,12 @@ impl Alert {
     }
     pub fn resolve(dedup_key: impl Into<String>) -> Alert {
         Alert::trigger(dedup_key, "").with_action(AlertAction::Resolve)
+    }
+    /// Nothing automatic runs for what this alert reports (`details.needs_person`:
+    /// the engine stopped its remedies, or paused them under the brake), so the
+    /// bot tier has nothing to wait for: its page starts at the first person.
+    pub fn needs_person(&self) -> bool {
+        self.details.get("needs_person").and_then(serde_json::Value::as_bool) == Some(true)
     }
 }
 
@@ -318,6 +327,15 @@ pub struct Pager {
     by_key: HashMap<String, PageId>,
     /// (team, service) → the open page that groups its alerts.
     by_group: HashMap<(String, String), PageId>,
+    /// (team, alert group) → the open page that groups them: correlated
+    /// trouble (a brake engaged in several scopes, many services needing a
+    /// human at once) is one incident per team, not one page per alert.
+    by_incident: HashMap<(String, String), PageId>,
+    /// Page → its (team, alert group), to unindex it when it resolves.
+    incident_of: HashMap<PageId, (String, String)>,
+    /// (team, alert group) → its last resolved incident, kept for
+    /// `Config::regroup` so the group's next alert reopens it.
+    resolved_incidents: HashMap<(String, String), Page>,
     /// Alert key → when it opened within the flapping window.
     opens: HashMap<String, VecDeque<i64>>,
     /// (due, page): work per tick is proportional to what is due.
@@ -348,6 +366,9 @@ impl Pager {
             pages: HashMap::new(),
             by_key: HashMap::new(),
             by_group: HashMap::new(),
+            by_incident: HashMap::new(),
+            incident_of: HashMap::new(),
+            resolved_incidents: HashMap::new(),
             opens: HashMap::new(),
             timers: BTreeSet::new(),
             seed,
@@ -488,6 +509,25 @@ impl Pager {
                     return Ok(outcome("deduplicated", Some(id)));
                 }
                 let (team, note) = self.team_name(alert.team.as_deref());
+                // Same alert group and team already paging: join it.
+                if let Some(group) = &alert.group {
+                    if let Some(&id) = self.by_incident.get(&(team.clone(), group.clone())) {
+                        let text = {
+                            let page = self.pages.get_mut(&id).expect("by_incident points at an open page");
+                            page.alert_keys.insert(key.clone());
+                            page.open_alerts.insert(key.clone());
+                            page.alerts += 1;
+                            format!("[{team}] {} joined page {} (group {group}): {}", key, id, alert.summary)
+                        };
+                        self.by_key.insert(key.clone(), id);
+                        out.feed.push(FeedPost { at: now, page: Some(id), team: Some(team.clone()), text });
+                        out.pages.push(self.pages[&id].clone());
+                        return Ok(outcome("grouped", Some(id)));
+                    }
+                    if let Some(id) = self.reopen(&team, group, &alert, now, out) {
+                        return Ok(outcome("reopened", Some(id)));
+                    }
+                }
                 // Same service and team already paging: join it.
                 if let Some(service) = &alert.service {
                     if let Some(&id) = self.by_group.get(&(team.clone(), service.clone())) {
@@ -570,8 +610,91 @@ impl Pager {
         }
     }
 
+    /// Reopens the team's incident of `group` if it resolved within
+    /// `Config::regroup`: the alert joins it and it escalates afresh.
+    fn reopen(&mut self, team: &str, group: &str, alert: &Alert, now: Timestamp, out: &mut Outputs) -> Option<PageId> {
+        let incident = (team.to_string(), group.to_string());
+        let recent = self.resolved_incidents.get(&incident)?;
+        let resolved_at = recent.resolved_at?;
+        if self.config.regroup.is_zero() || now.0 - resolved_at.0 > micros(self.config.regroup) {
+            self.resolved_incidents.remove(&incident);
+            return None;
+        }
+        let mut page = self.resolved_incidents.remove(&incident)?;
+        let id = page.id;
+        let key = alert.dedup_key.clone();
+        // Coming back again and again is flapping: held in the bot tier.
+        let opens = {
+            let window = micros(self.config.flapping.window);
+            let q = self.opens.entry(key.clone()).or_default();
+            while q.front().is_some_and(|&t| t <= now.0 - window) {
+                q.pop_front();
+            }
+            q.push_back(now.0);
+            q.len() as u32
+        };
+        let flapping = opens >= self.config.flapping.threshold;
+        page.flapping = flapping;
+        page.status = PageStatus::Triggered;
+        page.resolved_at = None;
+        page.resolved_by = None;
+        page.acknowledged_at = None;
+        page.acknowledged_by = None;
+        page.alert_keys.insert(key.clone());
+        page.open_alerts = BTreeSet::from([key.clone()]);
+        page.alerts += 1;
+        page.level_name = String::new();
+        let level = page.level;
+        self.by_key.insert(key.clone(), id);
+        self.by_incident.insert(incident.clone(), id);
+        self.incident_of.insert(id, incident);
+        if let Some(s) = &page.service {
+            self.by_group.entry((team.to_string(), s.clone())).or_insert(id);
+        }
+        self.pages.insert(id, page);
+        out.transitions.push(Transition {
+            page: id,
+            at: now,
+            from: "resolved".into(),
+            to: "triggered".into(),
+            level,
+            by: alert.origin.clone(),
+            cause: format!("reopened by {key}: its group {group} is back within {}", human(self.config.regroup)),
+        });
+        out.feed.push(FeedPost {
+            at: now,
+            page: Some(id),
+            team: Some(team.to_string()),
+            text: format!("[{team}] page {id} reopened by {key} ({group}): {}", alert.summary),
+        });
+        let first_step = if alert.needs_person() && !flapping {
+            self.config
+                .team(team)
+                .and_then(|t| t.escalation.iter().position(|s| !matches!(s.target, Target::Bot)))
+                .unwrap_or(0)
+        } else {
+            0
+        };
+        self.enter_step(id, first_step, "reopened", now, out);
+        Some(id)
+    }
+
     fn open_page(&mut self, alert: Alert, team: String, flapping: bool, now: Timestamp, out: &mut Outputs) -> PageId {
         let id = PageId::new_at(now.0, self.next_entropy());
+        // Held (flapping) pages stay with the bot tier whatever they report.
+        let first_step = if alert.needs_person() && !flapping {
+            self.config
+                .team(&team)
+                .and_then(|t| t.escalation.iter().position(|s| !matches!(s.target, Target::Bot)))
+                .unwrap_or(0)
+        } else {
+            0
+        };
+        if let Some(group) = &alert.group {
+            let incident = (team.clone(), group.clone());
+            self.by_incident.insert(incident.clone(), id);
+            self.incident_of.insert(id, incident);
+        }
         let business_hours = self.config.team(&team).is_some_and(|t| t.business_hours.contains(now, &t.time_zone));
         let key = alert.dedup_key.clone();
         let page = Page {
@@ -630,7 +753,8 @@ impl Pager {
             ),
         });
         self.pages.insert(id, page);
-        self.enter_step(id, 0, "opened", now, out);
+        let cause = if first_step > 0 { "opened; nothing automatic runs for it: no bot tier" } else { "opened" };
+        self.enter_step(id, first_step, cause, now, out);
         id
     }
 
@@ -845,6 +969,12 @@ impl Pager {
                 self.by_group.remove(&g);
             }
         }
+        let incident = self.incident_of.remove(&id);
+        if let Some(incident) = &incident {
+            if self.by_incident.get(incident) == Some(&id) {
+                self.by_incident.remove(incident);
+            }
+        }
         let from = page.status;
         page.status = PageStatus::Resolved;
         page.resolved_at = Some(now);
@@ -876,6 +1006,9 @@ impl Pager {
         };
         out.feed.push(FeedPost { at: now, page: Some(id), team: Some(team), text });
         out.pages.push(page.clone());
+        if let Some(incident) = incident.filter(|_| !self.config.regroup.is_zero() && !page.flapping) {
+            self.resolved_incidents.insert(incident, page.clone());
+        }
         Ok(page)
     }
 

@@ -378,3 +378,85 @@ fn a_custom_policy_with_a_person_step_and_business_hours_timeout() {
     assert_eq!(p.page(id).unwrap().next_at, Some(day().plus(mins(10))));
     assert_eq!(human(mins(75)), "1h 15m");
 }
+
+#[test]
+fn engine_alerts_of_one_kind_and_team_are_one_incident_until_all_resolve() {
+    use drover_model::{Event, EventKind, EventSubject};
+    let mut p = Pager::new(Config::default(), 3);
+    let now = Timestamp(1_798_761_600_000_000);
+    let event = |service: &str, kind: EventKind, to: Option<&str>| Event {
+        seq: 0,
+        at: now,
+        subject: EventSubject::Service,
+        service: Some(service.into()),
+        service_id: None,
+        instance: None,
+        action: None,
+        from: None,
+        to: to.map(str::to_string),
+        cause: "prose".into(),
+        kind,
+        team: Some("platform".into()),
+    };
+    let mut pages = std::collections::BTreeSet::new();
+    for s in ["db1", "db2", "db3"] {
+        let alert = drover_oncall::engine::to_alert(&event(s, EventKind::NeedsHuman, None), None).unwrap();
+        let out = p.step(Input::Alert(alert), now);
+        pages.extend(out.pages.iter().map(|x| x.id));
+    }
+    assert_eq!(pages.len(), 1, "three services needing a human at once are one incident");
+    for (i, s) in ["db1", "db2", "db3"].iter().enumerate() {
+        let clear = drover_oncall::engine::to_alert(&event(s, EventKind::Transition, Some("available")), None).unwrap();
+        p.step(Input::Alert(clear), now);
+        assert_eq!(p.open_pages().count(), usize::from(i < 2), "open until every service is clear");
+    }
+}
+
+#[test]
+fn what_no_remedy_handles_skips_the_bot_tier_and_the_rest_waits_for_it() {
+    use drover_model::{Event, EventKind, EventSubject};
+    let now = Timestamp(1_798_761_600_000_000);
+    let event = |kind: EventKind, subject: EventSubject, service: Option<&str>| Event {
+        seq: 0,
+        at: now,
+        subject,
+        service: service.map(str::to_string),
+        service_id: None,
+        instance: None,
+        action: None,
+        from: None,
+        to: None,
+        cause: "prose".into(),
+        kind,
+        team: Some("platform".into()),
+    };
+    let people =
+        |out: &Outputs| out.notifications.iter().filter(|n| matches!(n.recipient, Recipient::Person { .. })).count();
+    for (kind, subject, service, at_once) in [
+        (EventKind::NeedsHuman, EventSubject::Service, Some("db1"), true),
+        (EventKind::BrakeEngaged { scope: "zone-a".into() }, EventSubject::Fleet, None, true),
+        (EventKind::RestoreTestFailed, EventSubject::Service, Some("db2"), false),
+    ] {
+        let mut p = Pager::new(Config::default(), 5);
+        let alert = drover_oncall::engine::to_alert(&event(kind.clone(), subject, service), None).unwrap();
+        assert_eq!(alert.needs_person(), at_once, "{kind:?}");
+        let out = p.step(Input::Alert(alert), now);
+        assert_eq!(people(&out) > 0, at_once, "{kind:?}: {:?}", out.notifications);
+    }
+}
+
+#[test]
+fn trouble_that_comes_back_within_the_regroup_window_reopens_its_incident() {
+    let toml = format!("regroup_within = \"2h\"\n{}", drover_oncall::config::DEFAULT_TOML);
+    let mut p = Pager::new(Config::from_toml(&toml).unwrap(), 5);
+    let t0 = Timestamp(1_798_761_600_000_000);
+    let alert = |key: &str| Alert { group: Some("engine".into()), ..Alert::trigger(key, "x") };
+    let first = p.step(Input::Alert(alert("a")), t0).pages[0].id;
+    p.step(Input::Alert(Alert::resolve("a")), t0.plus(Duration::from_secs(60)));
+    assert_eq!(p.open_pages().count(), 0);
+    let again = p.step(Input::Alert(alert("b")), t0.plus(Duration::from_secs(3600)));
+    assert_eq!(again.pages[0].id, first, "one incident, reopened");
+    p.step(Input::Alert(Alert::resolve("b")), t0.plus(Duration::from_secs(3700)));
+    let later = p.step(Input::Alert(alert("c")), t0.plus(Duration::from_secs(4 * 3600)));
+    assert_ne!(later.pages[0].id, first, "past the window: a new incident");
+}

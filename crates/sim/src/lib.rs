@@ -1,12 +1,13 @@
 //! `drover sim`: the real, pure engine driven in simulated time over a
 //! simulated fleet (hosts in zones, instances with WAL positions, a provider
-//! with latencies and failures, people who sleep). Modelled on TigerBeetle's
+//! with latencies and failures) and the real pager
+//! (`drover-oncall`) paging operator teams whose people sleep. Modelled on TigerBeetle's
 //! VOPR and FoundationDB's simulation: one seed reproduces a run exactly; a
 //! safety phase under faults, then a convergence phase that checks
 //! everything healed. See docs/scenarios.md.
 
 pub mod digest;
-pub mod people;
+pub mod oncall;
 pub mod report;
 pub mod scenario;
 mod sim;

@@ -24,7 +24,11 @@ pub struct Report {
     pub replacements: u64,
     pub restarts: u64,
     pub probes: u64,
+    /// Operator teams paged (services are spread over them).
+    pub teams: u64,
+    /// Pages of the real pager (crate::oncall) that notified a person.
     pub pages_human: u64,
+    /// Pages the bot tier closed without notifying anybody.
     pub pages_bot: u64,
     pub after_hours_pages: u64,
     pub mean_minutes_to_acknowledge: f64,
@@ -82,7 +86,8 @@ impl Report {
                     self.pages_human, self.after_hours_pages, self.mean_minutes_to_acknowledge
                 ),
             ),
-            ("pages to the bot tier", self.pages_bot.to_string()),
+            ("pages to the bot tier only", self.pages_bot.to_string()),
+            ("operator teams", self.teams.to_string()),
             ("brake engaged", self.brake_engaged.to_string()),
             (
                 "acknowledged writes lost",
@@ -116,16 +121,15 @@ impl Report {
 /// One report from the reports of the shards of one run. Counts add up;
 /// peaks add up too (an upper bound of the fleet's peak: the shards' peaks
 /// coincide when one fault hits them all at once); recovery is the slowest
-/// shard's; the digest is SHA-256 over the shards' digests in order.
+/// shard's; the digest is SHA-256 over the shards' digests in order. The
+/// pager's figures are not merged: one pager runs over all shards' alerts.
 pub fn merge(parts: &[Report]) -> Report {
     use sha2::{Digest, Sha256};
     let mut m = parts[0].clone();
     let mut hasher = Sha256::new();
     hasher.update(parts[0].digest.as_bytes());
-    let mut ack_total = parts[0].mean_minutes_to_acknowledge * parts[0].pages_human as f64;
     for p in &parts[1..] {
         hasher.update(p.digest.as_bytes());
-        ack_total += p.mean_minutes_to_acknowledge * p.pages_human as f64;
         m.services += p.services;
         m.instances += p.instances;
         m.recovered_seconds = match (m.recovered_seconds, p.recovered_seconds) {
@@ -138,16 +142,12 @@ pub fn merge(parts: &[Report]) -> Report {
         m.replacements += p.replacements;
         m.restarts += p.restarts;
         m.probes += p.probes;
-        m.pages_human += p.pages_human;
-        m.pages_bot += p.pages_bot;
-        m.after_hours_pages += p.after_hours_pages;
         m.writes_lost += p.writes_lost;
         m.writes_lost_sync += p.writes_lost_sync;
         m.writes_lost_async += p.writes_lost_async;
         m.writes_lost_rebuild += p.writes_lost_rebuild;
         m.services_needing_human += p.services_needing_human;
         m.person_years_avoided += p.person_years_avoided;
-        m.person_hours_spent += p.person_hours_spent;
         m.brake_engaged += p.brake_engaged;
         m.advisory_instances_left += p.advisory_instances_left;
         m.engine_events += p.engine_events;
@@ -158,9 +158,6 @@ pub fn merge(parts: &[Report]) -> Report {
         m.converged &= p.converged;
     }
     m.person_years_avoided = (m.person_years_avoided * 1000.0).round() / 1000.0;
-    m.person_hours_spent = (m.person_hours_spent * 10.0).round() / 10.0;
-    m.mean_minutes_to_acknowledge =
-        if m.pages_human > 0 { (ack_total / m.pages_human as f64 * 10.0).round() / 10.0 } else { 0.0 };
     m.digest = hex::encode(hasher.finalize());
     m
 }

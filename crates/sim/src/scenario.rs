@@ -1,6 +1,8 @@
 //! Scenario files: TOML, documented in docs/scenarios.md. The built-in ones
 //! are embedded so `--scenario zone-outage` works from any directory.
 
+use rand::{Rng, SeedableRng};
+use rand_chacha::ChaCha8Rng;
 use serde::Deserialize;
 use std::path::Path;
 
@@ -11,6 +13,7 @@ pub const BUILT_IN: &[(&str, &str)] = &[
     ("kernel-cve-roll", include_str!("../../../scenarios/kernel-cve-roll.toml")),
     ("control-plane-partition", include_str!("../../../scenarios/control-plane-partition.toml")),
     ("flapping-network", include_str!("../../../scenarios/flapping-network.toml")),
+    ("steady-week", include_str!("../../../scenarios/steady-week.toml")),
 ];
 
 #[derive(Debug, thiserror::Error)]
@@ -46,16 +49,43 @@ pub struct Scenario {
     /// As written: one flat table per fault, so a parse error names its key.
     #[serde(default, rename = "fault")]
     raw_faults: Vec<RawFault>,
+    /// The faults of this run: times and zones drawn from the seed within
+    /// what the file allows (`Scenario::drawn`); after parsing, each range
+    /// at its low end and `zone = "any"` at the first zone.
     #[serde(skip)]
     pub faults: Vec<FaultSpec>,
+}
+
+/// Hours as a number, or a range `[lo, hi]` a run draws from (swarm testing).
+#[derive(Clone, Copy, Debug, Deserialize)]
+#[serde(untagged)]
+enum Hours {
+    At(f64),
+    Range([f64; 2]),
+}
+
+impl Hours {
+    fn draw(self, rng: Option<&mut ChaCha8Rng>) -> Result<f64, String> {
+        let (lo, hi) = match self {
+            Hours::At(h) => (h, h),
+            Hours::Range([a, b]) => (a.min(b), a.max(b)),
+        };
+        if !lo.is_finite() || !hi.is_finite() || lo < 0.0 {
+            return Err("hours must be finite and not negative".into());
+        }
+        Ok(match rng {
+            Some(rng) if hi > lo => rng.random_range(lo..=hi),
+            _ => lo,
+        })
+    }
 }
 
 #[derive(Clone, Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
 struct RawFault {
     kind: String,
-    at_hours: f64,
-    duration_hours: Option<f64>,
+    at_hours: Hours,
+    duration_hours: Option<Hours>,
     zone: Option<String>,
     down_secs: Option<[f64; 2]>,
     up_secs: Option<[f64; 2]>,
@@ -65,12 +95,21 @@ struct RawFault {
 }
 
 impl RawFault {
-    fn into_spec(self, n: usize) -> Result<FaultSpec, String> {
+    /// The fault of one run; `rng` draws the ranges and `zone = "any"`
+    /// (without it: the low ends and the first zone).
+    fn to_spec(&self, n: usize, zones: &[String], mut rng: Option<&mut ChaCha8Rng>) -> Result<FaultSpec, String> {
         let kind = self.kind.clone();
         let need = |field: &str| format!("fault {n} ({kind}): missing field `{field}`");
-        let at_hours = self.at_hours;
-        let duration_hours = || self.duration_hours.ok_or_else(|| need("duration_hours"));
-        let zone = || self.zone.clone().ok_or_else(|| need("zone"));
+        let bad = |e: String| format!("fault {n} ({kind}): {e}");
+        let at_hours = self.at_hours.draw(rng.as_deref_mut()).map_err(bad)?;
+        let duration_hours = self.duration_hours.map(|d| d.draw(rng.as_deref_mut()).map_err(bad)).transpose()?;
+        let zone_pick = match (self.zone.as_deref(), rng) {
+            (Some("any"), Some(rng)) if !zones.is_empty() => Some(zones[rng.random_range(0..zones.len())].clone()),
+            (Some("any"), _) => zones.first().cloned(),
+            (z, _) => z.map(str::to_string),
+        };
+        let duration_hours = || duration_hours.ok_or_else(|| need("duration_hours"));
+        let zone = || zone_pick.clone().ok_or_else(|| need("zone"));
         Ok(match self.kind.as_str() {
             "zone-loss" => FaultSpec::ZoneLoss { zone: zone()?, at_hours, duration_hours: duration_hours()? },
             "network-cut" => FaultSpec::NetworkCut { zone: zone()?, at_hours, duration_hours: duration_hours()? },
@@ -211,17 +250,30 @@ impl Default for ProviderSpec {
 pub struct Background {
     pub process_crash_per_instance_day: f64,
     pub host_loss_per_host_day: f64,
+    /// Background failures happen from hour 0 until this hour; by default
+    /// until the last scenario fault ends (then the fleet must converge).
+    pub until_hours: Option<f64>,
+    /// Each run scales the rates by a factor drawn from the seed in [0.5, 2].
+    pub swarm: bool,
 }
 
 impl Default for Background {
     fn default() -> Self {
-        Background { process_crash_per_instance_day: 0.0005, host_loss_per_host_day: 0.0005 }
+        Background {
+            process_crash_per_instance_day: 0.0005,
+            host_loss_per_host_day: 0.0005,
+            until_hours: None,
+            swarm: true,
+        }
     }
 }
 
 #[derive(Clone, Debug, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct PeopleSpec {
+    /// Operator teams that run the fleet (services are spread over them);
+    /// each has its time zone, business hours, two rotations and a manager.
+    pub teams: u32,
     /// Minutes to acknowledge a page in the day, drawn uniformly.
     pub ack_minutes: [f64; 2],
     /// Acknowledging at night (22:00-07:00) takes this many times longer.
@@ -232,7 +284,7 @@ pub struct PeopleSpec {
 
 impl Default for PeopleSpec {
     fn default() -> Self {
-        PeopleSpec { ack_minutes: [2.0, 15.0], night_factor: 3.0, fix_minutes: [20.0, 120.0] }
+        PeopleSpec { teams: 4, ack_minutes: [2.0, 15.0], night_factor: 3.0, fix_minutes: [20.0, 120.0] }
     }
 }
 
@@ -271,6 +323,37 @@ impl FaultSpec {
 }
 
 impl Scenario {
+    /// This scenario as one run of `seed` plays it (swarm testing, as in
+    /// TigerBeetle's VOPR): each fault's start and length drawn within the
+    /// ranges the file gives, `zone = "any"` drawn from the fleet's zones,
+    /// and each background failure rate scaled by a factor drawn from
+    /// [0.5, 2] (a rate of zero stays zero: a scenario without background
+    /// failures stays without). Many seeds explore many histories. Every
+    /// shard of a run draws the same (the draw uses the seed alone).
+    pub fn drawn(&self, seed: u64) -> Scenario {
+        let mut rng = ChaCha8Rng::seed_from_u64(seed ^ 0x5a7a_4d5e_ed00_0001);
+        let mut s = self.clone();
+        let mut faults = Vec::with_capacity(s.raw_faults.len());
+        for (n, raw) in s.raw_faults.iter().enumerate() {
+            match raw.to_spec(n + 1, &s.fleet.zones, Some(&mut rng)) {
+                Ok(f) => faults.push(f),
+                // Validated when parsed; a hand-built scenario keeps its faults.
+                Err(_) => return self.clone(),
+            }
+        }
+        if !s.raw_faults.is_empty() {
+            s.faults = faults;
+        }
+        if s.background.swarm {
+            let b = &mut s.background;
+            for rate in [&mut b.process_crash_per_instance_day, &mut b.host_loss_per_host_day] {
+                let factor = 2f64.powf(rng.random_range(-1.0..=1.0));
+                *rate *= factor;
+            }
+        }
+        s
+    }
+
     /// A built-in name, or a path to a TOML file.
     pub fn load(name_or_path: &str) -> Result<Scenario, ScenarioError> {
         if let Some((name, text)) = BUILT_IN.iter().find(|(n, _)| *n == name_or_path) {
@@ -289,11 +372,14 @@ impl Scenario {
         let mut s: Scenario =
             toml::from_str(text).map_err(|e| ScenarioError::Parse { file: file.into(), message: e.to_string() })?;
         let invalid = |m: String| ScenarioError::Invalid { file: file.into(), message: m };
-        for (n, raw) in std::mem::take(&mut s.raw_faults).into_iter().enumerate() {
-            s.faults.push(raw.into_spec(n + 1).map_err(invalid)?);
-        }
         if s.fleet.zones.is_empty() || s.fleet.zones.len() > 200 {
             return Err(invalid("fleet.zones must list 1 to 200 zones".into()));
+        }
+        for (n, raw) in s.raw_faults.iter().enumerate() {
+            s.faults.push(raw.to_spec(n + 1, &s.fleet.zones, None).map_err(invalid)?);
+        }
+        if s.people.teams == 0 || s.people.teams > 1000 {
+            return Err(invalid("people.teams must be 1 to 1000".into()));
         }
         if !s.hours.is_finite() || s.hours <= 0.0 {
             return Err(invalid("hours must be a positive number".into()));

@@ -107,3 +107,80 @@ fn a_fleet_of_synchronous_plans_loses_no_acknowledged_write_in_a_zone_outage() {
     assert!(r.failovers > 0);
     assert_eq!(r.writes_lost, 0, "{r:#?}");
 }
+
+/// Issue 9's bar for a zone outage: the real pager pages each operator team
+/// at most once (the brake is one incident per team), somebody is paged.
+fn assert_zone_outage_pages_each_team_at_most_once(r: &Report) {
+    assert_safe(r);
+    assert!(r.converged, "{r:#?}");
+    assert!(r.teams >= 1);
+    assert!(r.pages_human >= 1, "a lost zone wakes somebody: {r:#?}");
+    assert!(r.pages_human <= r.teams, "at most one human page per team: {r:#?}");
+}
+
+#[test]
+fn a_zone_outage_pages_each_operator_team_at_most_once() {
+    for seed in [1, 2] {
+        assert_zone_outage_pages_each_team_at_most_once(&sim("zone-outage", 3_000, seed));
+    }
+}
+
+#[test]
+fn a_steady_week_wakes_nobody() {
+    // At most one human page per 100,000 service-weeks: at 5,000 services
+    // for one week, that is none.
+    let r = sim("steady-week", 5_000, 1);
+    assert_safe(&r);
+    assert!(r.converged, "{r:#?}");
+    assert!(r.failovers + r.replacements + r.restarts > 0, "background failures happened and were fixed: {r:#?}");
+    assert_eq!(r.pages_human, 0, "{r:#?}");
+}
+
+#[test]
+fn the_number_of_operator_teams_is_the_scenarios() {
+    let mut scenario = Scenario::load("zone-outage").unwrap();
+    scenario.people.teams = 2;
+    let r = run(Options { scenario, services: SMALL, seed: 1, event_log: None }).unwrap();
+    assert_eq!(r.teams, 2);
+    assert!(r.pages_human <= 2, "{r:#?}");
+}
+
+/// The bar at the issue's size: one 100,000-service run per scenario.
+#[test]
+fn at_100k_services_a_zone_outage_pages_each_team_at_most_once() {
+    assert_zone_outage_pages_each_team_at_most_once(&sim("zone-outage", 100_000, 1));
+}
+
+#[test]
+fn at_100k_services_a_steady_week_pages_at_most_once() {
+    let r = sim("steady-week", 100_000, 1);
+    assert_safe(&r);
+    assert!(r.converged, "{r:#?}");
+    assert!(r.pages_human <= 1, "at most 1 human page per 100,000 service-weeks: {r:#?}");
+}
+
+#[test]
+fn each_seed_draws_its_faults_within_what_the_scenario_allows() {
+    use drover_sim::scenario::FaultSpec;
+    let s = Scenario::load("zone-outage").unwrap();
+    let mut histories = std::collections::BTreeSet::new();
+    for seed in 0..40 {
+        let d = s.drawn(seed);
+        assert_eq!(format!("{:?}", d.faults), format!("{:?}", s.drawn(seed).faults), "same seed, same faults");
+        let FaultSpec::ZoneLoss { zone, at_hours, duration_hours } = &d.faults[0] else { panic!("{:?}", d.faults) };
+        assert!(s.fleet.zones.contains(zone), "{zone}");
+        assert!((0.5..=3.0).contains(at_hours) && *duration_hours == 6.0, "{at_hours} {duration_hours}");
+        histories.insert(format!("{zone} {at_hours:.3} {duration_hours:.3}"));
+    }
+    assert!(histories.len() >= 30, "many seeds, many histories: {histories:?}");
+    let zones: std::collections::BTreeSet<_> = histories.iter().map(|h| h.split(' ').next().unwrap()).collect();
+    assert_eq!(zones.len(), 3, "every zone gets lost in some run");
+
+    // A scenario without background failures stays without.
+    let quiet = Scenario::load("control-plane-partition").unwrap().drawn(9);
+    assert_eq!(quiet.background.process_crash_per_instance_day, 0.0);
+    assert_eq!(quiet.background.host_loss_per_host_day, 0.0);
+    // steady-week runs its rates as written.
+    let week = Scenario::load("steady-week").unwrap();
+    assert_eq!(week.drawn(5).background.host_loss_per_host_day, week.background.host_loss_per_host_day);
+}

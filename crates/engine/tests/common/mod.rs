@@ -6,24 +6,34 @@
 
 use drover_engine::{Command, Config, Engine, Input, Outputs, Reply};
 use drover_model::*;
+use drover_world::{self as world, Effect, Ground, Machine};
 use std::collections::{BTreeMap, HashMap, VecDeque};
 use std::time::Duration;
 
 pub const T0: i64 = 1_800_000_000_000_000;
 
+/// One machine of the test world: the world's machine (`drover-world`,
+/// reached through `Deref`: `w.crashed`, `w.partitioned`, ...) with its
+/// service, WAL position and beat sequence.
 #[derive(Clone, Debug)]
 pub struct W {
     pub service: ServiceId,
-    pub role: Role,
-    pub crashed: bool,
-    pub hung: bool,
-    pub partitioned: bool,
-    pub fenced: bool,
-    pub running: bool,
+    pub machine: Machine,
     pub wal: u64,
     pub seq: u64,
-    /// Makes restarts fail for this instance.
-    pub broken_for_good: bool,
+}
+
+impl std::ops::Deref for W {
+    type Target = Machine;
+    fn deref(&self) -> &Machine {
+        &self.machine
+    }
+}
+
+impl std::ops::DerefMut for W {
+    fn deref_mut(&mut self) -> &mut Machine {
+        &mut self.machine
+    }
 }
 
 #[derive(Default)]
@@ -37,111 +47,30 @@ pub struct World {
 }
 
 impl World {
-    fn alive(w: &W) -> bool {
-        w.running && !w.crashed && !w.hung
-    }
-    fn primary_of(&self, service: ServiceId) -> Option<&W> {
-        self.insts.values().find(|w| w.service == service && w.role == Role::Primary && !w.fenced && w.running)
-    }
+    /// Carries out one attempt, by the world's rules (`drover-world`).
     pub fn execute(&mut self, a: &ActionRecord) -> ActionOutcome {
         self.executed.push((a.id, a.attempts, a.kind.name(), a.instance));
-        let ok = ActionOutcome::Succeeded { detail: None };
-        let fail = |e: &str| ActionOutcome::Failed { error: e.into(), retryable: false };
         if self.failing.contains(&a.kind.name()) {
-            return fail("configured to fail");
+            return ActionOutcome::Failed { error: "configured to fail".into(), retryable: false };
         }
-        match &a.kind {
-            ActionKind::Provision { .. } if self.tombstones.contains(&a.instance) => fail("instance was terminated"),
-            ActionKind::Provision { role, .. } => {
-                self.insts.entry(a.instance).or_insert(W {
-                    service: a.service,
-                    role: *role,
-                    crashed: false,
-                    hung: false,
-                    partitioned: false,
-                    fenced: false,
-                    running: true,
-                    wal: 0,
-                    seq: 0,
-                    broken_for_good: false,
-                });
-                ok
+        if let ActionKind::Provision { role, zone, .. } = &a.kind {
+            let existing = self.insts.get(&a.instance).map(|w| w.service);
+            let tombstoned = self.tombstones.contains(&a.instance);
+            if let Some(answer) = world::admit_provision(tombstoned, existing, a.service, zone, Ground::default()) {
+                return answer;
             }
-            kind => {
-                let Some(w) = self.insts.get_mut(&a.instance) else {
-                    return match kind {
-                        ActionKind::Fence { .. } | ActionKind::Retire | ActionKind::Archive | ActionKind::Terminate => {
-                            ok
-                        }
-                        _ => fail("no such instance"),
-                    };
-                };
-                match kind {
-                    ActionKind::Probe => {
-                        if World::alive(w) {
-                            ok
-                        } else {
-                            fail("not answering")
-                        }
-                    }
-                    ActionKind::Fence { .. } => {
-                        if w.hung {
-                            w.hung = false;
-                            w.crashed = true;
-                        }
-                        w.fenced = true;
-                        ok
-                    }
-                    ActionKind::Promote => {
-                        if !World::alive(w) || w.fenced {
-                            fail("cannot promote")
-                        } else {
-                            w.role = Role::Primary;
-                            ok
-                        }
-                    }
-                    ActionKind::Restart => {
-                        if w.broken_for_good || !w.running {
-                            fail("does not start")
-                        } else {
-                            w.crashed = false;
-                            w.hung = false;
-                            ok
-                        }
-                    }
-                    ActionKind::Retire => {
-                        w.running = false;
-                        ok
-                    }
-                    ActionKind::Archive => ok,
-                    ActionKind::Terminate => {
-                        self.insts.remove(&a.instance);
-                        self.tombstones.insert(a.instance);
-                        ok
-                    }
-                    ActionKind::InjectFault { fault } => {
-                        match fault {
-                            Fault::Crash => w.crashed = true,
-                            Fault::Hang => w.hung = true,
-                            Fault::Partition => w.partitioned = true,
-                            Fault::Heal => {
-                                w.hung = false;
-                                w.partitioned = false
-                            }
-                        }
-                        ok
-                    }
-                    ActionKind::Backup | ActionKind::VerifyRestore => {
-                        if World::alive(w) {
-                            ok
-                        } else {
-                            fail("not answering")
-                        }
-                    }
-                    ActionKind::Provision { .. } => unreachable!(),
-                }
-            }
+            self.insts.insert(a.instance, W { service: a.service, machine: Machine::new(*role), wal: 0, seq: 0 });
+            return ActionOutcome::Succeeded { detail: None };
         }
+        let Some(w) = self.insts.get_mut(&a.instance) else {
+            return world::act_on_missing(&a.kind).0;
+        };
+        let answer = world::act(&mut w.machine, &a.kind, Ground::default());
+        if answer.effect == Effect::Terminated {
+            self.insts.remove(&a.instance);
+            self.tombstones.insert(a.instance);
+        }
+        answer.outcome
     }
 
     pub fn beats(&mut self) -> Vec<Beat> {
@@ -149,12 +78,12 @@ impl World {
             .insts
             .values()
             .filter(|w| w.role == Role::Primary && !w.fenced && w.running)
-            .map(|w| (w.service, (World::alive(w), w.wal)))
+            .map(|w| (w.service, (w.is_alive(), w.wal)))
             .collect();
         let mut beats = Vec::new();
         for (id, w) in self.insts.iter_mut() {
-            if !World::alive(w) || w.partitioned {
-                if World::alive(w) && w.role == Role::Primary && !w.fenced {
+            if !w.is_audible() {
+                if w.is_writing() {
                     w.wal += 100;
                 }
                 continue;

@@ -4,6 +4,7 @@
 //! rules testable without timing.
 
 use drover_model::{ActionKind, ActionOutcome, ActionRecord, Beat, Facts, Fault, InstanceId, Role, ServiceId};
+use drover_world::{succeeded, Effect, Ground, Machine};
 use serde::{Deserialize, Serialize};
 use std::collections::{BTreeMap, HashMap};
 
@@ -38,13 +39,29 @@ pub struct SimInstance {
 }
 
 impl SimInstance {
+    /// The machine as the world's rules (`drover-world`) see it.
+    fn machine(&self) -> Machine {
+        let mut m = Machine::new(self.role);
+        m.set_fault(self.fault);
+        m.fenced = self.fenced;
+        m.running = self.running;
+        m.archived = self.archived;
+        m
+    }
+    fn set_machine(&mut self, m: &Machine) {
+        self.role = m.role;
+        self.fault = m.fault();
+        self.fenced = m.fenced;
+        self.running = m.running;
+        self.archived = m.archived;
+    }
     /// The process runs and answers (it may still be partitioned from the control plane).
     fn is_alive(&self) -> bool {
-        self.running && !matches!(self.fault, Some(Fault::Crash) | Some(Fault::Hang))
+        self.machine().is_alive()
     }
     /// Accepts writes, so its WAL grows. A partitioned primary still serves its clients.
     fn is_writing(&self) -> bool {
-        self.is_alive() && self.role == Role::Primary && !self.fenced
+        self.machine().is_writing()
     }
 }
 
@@ -87,13 +104,6 @@ pub struct World {
     last_lag: HashMap<InstanceId, u64>,
     /// Tombstones of terminated ids.
     terminated: std::collections::BTreeSet<InstanceId>,
-}
-
-fn succeeded(detail: impl Into<String>) -> ActionOutcome {
-    ActionOutcome::Succeeded { detail: Some(detail.into()) }
-}
-fn refused(error: impl Into<String>) -> ActionOutcome {
-    ActionOutcome::Failed { error: error.into(), retryable: false }
 }
 
 impl World {
@@ -156,80 +166,35 @@ impl World {
     }
 
     /// The outcome, and whether the target is unknown in a way that means its
-    /// machine is gone.
+    /// machine is gone. The rules are the world's (`drover-world`); this
+    /// keeps the map, the tombstones and the file's layout.
     fn apply_kind(&mut self, action: &ActionRecord, now: i64) -> (ActionOutcome, bool) {
         let id = action.instance;
         if let ActionKind::Provision { role, zone, .. } = &action.kind {
             return (self.provision(action.service, id, *role, zone, now), false);
         }
         let Some(instance) = self.instances.get_mut(&id) else {
-            let unknown = format!("no simulated instance {id}");
-            return match &action.kind {
-                ActionKind::Fence { .. } => (succeeded(format!("{unknown}: nothing left that could write")), false),
-                ActionKind::Retire | ActionKind::Archive | ActionKind::Terminate => {
-                    (succeeded(format!("{unknown}: already gone")), false)
-                }
-                _ => {
-                    (refused(format!("{unknown}: the machine does not exist (never provisioned, or terminated)")), true)
-                }
-            };
+            let (outcome, gone) = drover_world::act_on_missing(&action.kind);
+            return (named(id, outcome), gone);
         };
-        let outcome = match &action.kind {
-            ActionKind::Provision { .. } => unreachable!("handled above"),
-            ActionKind::Probe => probe(instance),
-            ActionKind::Fence { .. } => fence(instance),
-            ActionKind::Promote => promote(instance),
-            ActionKind::Restart => restart(instance),
-            ActionKind::Retire => {
-                if instance.running {
-                    instance.running = false;
-                    succeeded("retired: process stopped for good")
-                } else {
-                    succeeded("already retired")
-                }
-            }
-            ActionKind::Archive => {
-                let detail = if instance.archived {
-                    "already archived"
-                } else if instance.running {
-                    "retired, then archived (it was still running)"
-                } else {
-                    "archived"
-                };
-                instance.running = false;
-                instance.archived = true;
-                succeeded(detail)
-            }
-            ActionKind::Terminate => {
-                self.instances.remove(&id);
-                self.last_lag.remove(&id);
-                self.terminated.insert(id);
-                succeeded("terminated: nothing left of it")
-            }
-            ActionKind::InjectFault { fault } => inject(instance, *fault),
-            // Simulated backups hold no data: they succeed when the instance
-            // could serve one, so remedies and checks can be exercised.
-            ActionKind::Backup | ActionKind::VerifyRestore => match probe(instance) {
-                ActionOutcome::Succeeded { .. } => succeeded("simulated: nothing is copied"),
-                failed => failed,
-            },
-        };
-        (outcome, false)
+        let mut machine = instance.machine();
+        let answer = drover_world::act(&mut machine, &action.kind, Ground::default());
+        instance.set_machine(&machine);
+        if answer.effect == Effect::Terminated {
+            self.instances.remove(&id);
+            self.last_lag.remove(&id);
+            self.terminated.insert(id);
+        }
+        (answer.outcome, false)
     }
 
     fn provision(&mut self, service: ServiceId, id: InstanceId, role: Role, zone: &str, now: i64) -> ActionOutcome {
-        if self.terminated.contains(&id) {
-            return refused(format!("instance {id} was terminated; a terminated id is never provisioned again"));
+        let existing = self.instances.get(&id).map(|i| i.service);
+        let tombstoned = self.terminated.contains(&id);
+        if let Some(answer) = drover_world::admit_provision(tombstoned, existing, service, zone, Ground::default()) {
+            return named(id, answer);
         }
-        if let Some(existing) = self.instances.get(&id) {
-            if existing.service != service {
-                return refused(format!(
-                    "instance id {id} already belongs to service {}, not {service}",
-                    existing.service
-                ));
-            }
-            return succeeded("already provisioned");
-        }
+        let m = Machine::new(role);
         self.instances.insert(
             id,
             SimInstance {
@@ -237,10 +202,10 @@ impl World {
                 service,
                 role,
                 zone: zone.to_string(),
-                fault: None,
-                fenced: false,
-                running: true,
-                archived: false,
+                fault: m.fault(),
+                fenced: m.fenced,
+                running: m.running,
+                archived: m.archived,
                 wal_position: 0,
                 seq: now.max(0) as u64,
             },
@@ -327,92 +292,14 @@ impl World {
     }
 }
 
-fn probe(instance: &SimInstance) -> ActionOutcome {
-    if !instance.running {
-        return refused("retired: no process runs");
-    }
-    match instance.fault {
-        Some(Fault::Crash) => refused("process crashed: nothing listens"),
-        Some(Fault::Hang) => refused("process hung: it accepts connections but answers nothing"),
-        Some(Fault::Partition) => succeeded("alive (reached out of band; the control plane cannot hear it)"),
-        Some(Fault::Heal) | None => succeeded("alive"),
-    }
-}
-
-fn fence(instance: &mut SimInstance) -> ActionOutcome {
-    let was_fenced = instance.fenced;
-    instance.fenced = true;
-    let detail = match instance.fault {
-        Some(Fault::Hang) => {
-            // A hung process may wake up and write: kill it.
-            instance.fault = Some(Fault::Crash);
-            "hung process killed and fenced"
-        }
-        Some(Fault::Crash) if was_fenced => "already fenced (and crashed)",
-        Some(Fault::Crash) => "crashed: it already cannot write; fenced",
-        _ if was_fenced => "already fenced",
-        _ if !instance.running => "retired: nothing runs; fenced",
-        Some(Fault::Partition) => "fenced out of band (partitioned from the control plane)",
-        _ => "fenced",
-    };
-    succeeded(detail)
-}
-
-fn promote(instance: &mut SimInstance) -> ActionOutcome {
-    if !instance.running {
-        return refused("cannot promote a retired instance");
-    }
-    match instance.fault {
-        Some(Fault::Crash) => return refused("cannot promote: process crashed"),
-        Some(Fault::Hang) => return refused("cannot promote: process hung"),
-        _ => {}
-    }
-    if instance.fenced {
-        return refused("cannot promote a fenced instance: it must never accept writes again");
-    }
-    if instance.role == Role::Primary {
-        return succeeded("already primary");
-    }
-    instance.role = Role::Primary;
-    succeeded("promoted to primary")
-}
-
-fn restart(instance: &mut SimInstance) -> ActionOutcome {
-    if !instance.running {
-        return refused("cannot restart a retired instance");
-    }
-    let detail = match instance.fault {
-        Some(Fault::Crash) | Some(Fault::Hang) => {
-            instance.fault = None;
-            "process restarted"
-        }
-        // The network is not the process: a restart does not heal a partition.
-        Some(Fault::Partition) => "process restarted; still partitioned from the control plane",
-        Some(Fault::Heal) | None => "process restarted",
-    };
-    succeeded(detail)
-}
-
-fn inject(instance: &mut SimInstance, fault: Fault) -> ActionOutcome {
-    if !instance.running {
-        return refused(format!("cannot inject {fault}: the instance is retired"));
-    }
-    match (fault, instance.fault) {
-        (Fault::Heal, Some(Fault::Crash)) => succeeded("nothing healed: a crashed process needs a restart"),
-        (Fault::Heal, Some(Fault::Hang) | Some(Fault::Partition)) => {
-            instance.fault = None;
-            succeeded("healed")
-        }
-        (Fault::Heal, _) => succeeded("nothing to heal"),
-        (Fault::Crash, _) => {
-            instance.fault = Some(Fault::Crash);
-            succeeded("crashed")
-        }
-        // Setting a hang or partition on a dead process would bring it back.
-        (_, Some(Fault::Crash)) => refused(format!("cannot inject {fault}: the process crashed; restart it first")),
-        (fault, _) => {
-            instance.fault = Some(fault);
-            succeeded(format!("{fault} injected"))
+/// An answer about `id`, naming it.
+fn named(id: InstanceId, outcome: ActionOutcome) -> ActionOutcome {
+    match outcome {
+        ActionOutcome::Succeeded { detail } => ActionOutcome::Succeeded {
+            detail: Some(format!("no simulated instance {id}: {}", detail.unwrap_or_default())),
+        },
+        ActionOutcome::Failed { error, retryable } => {
+            ActionOutcome::Failed { error: format!("simulated instance {id}: {error}"), retryable }
         }
     }
 }

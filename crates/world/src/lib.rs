@@ -1,0 +1,410 @@
+//! One simulated world: the rules by which a simulated provider answers
+//! each action on a simulated machine. Written once, used by the `sim`
+//! provider (`crates/providers/src/sim`), the fleet simulator
+//! (`crates/sim`) and the engine's test harness
+//! (`crates/engine/tests/common`); each keeps only its own bookkeeping
+//! around these rules (a state file, WAL and writers at a million
+//! instances, a map for tests).
+//!
+//! Pure: no clock, no I/O, no randomness. A caller passes the machine, the
+//! action and the [`Ground`] around the machine (its host, the backup
+//! store), and gets the outcome the provider reports and the [`Effect`] it
+//! had, which the caller turns into its own physics (a promoted primary
+//! starts writing, a restarted process boots, ...). Every rule is
+//! idempotent: a retried action finds its effect in place and succeeds.
+
+use drover_model::{ActionKind, ActionOutcome, Fault, Role, ServiceId};
+use serde::{Deserialize, Serialize};
+
+/// One simulated machine running one server of a service.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Machine {
+    pub role: Role,
+    /// The process died (kill -9); it stays dead until restarted.
+    pub crashed: bool,
+    /// The process stopped answering but stays (SIGSTOP; or still booting).
+    pub hung: bool,
+    /// It runs but the control plane cannot hear it (probes reach it out of band).
+    pub partitioned: bool,
+    /// The provider made sure it cannot accept writes. Permanent: a fenced
+    /// machine is replaced, never un-fenced (a restart keeps the fence).
+    pub fenced: bool,
+    /// False once retired: no process, no beats.
+    pub running: bool,
+    pub archived: bool,
+    /// Its disk or host is broken for good: it never starts again.
+    pub broken_for_good: bool,
+}
+
+impl Machine {
+    pub fn new(role: Role) -> Machine {
+        Machine {
+            role,
+            crashed: false,
+            hung: false,
+            partitioned: false,
+            fenced: false,
+            running: true,
+            archived: false,
+            broken_for_good: false,
+        }
+    }
+    /// The process runs and answers (it may still be partitioned).
+    pub fn is_alive(&self) -> bool {
+        self.running && !self.crashed && !self.hung
+    }
+    /// The control plane hears its agent.
+    pub fn is_audible(&self) -> bool {
+        self.is_alive() && !self.partitioned
+    }
+    /// Accepts writes. A partitioned primary still serves its clients.
+    pub fn is_writing(&self) -> bool {
+        self.is_alive() && self.role == Role::Primary && !self.fenced
+    }
+    /// The one fault a provider reports (crash over hang over partition).
+    pub fn fault(&self) -> Option<Fault> {
+        if self.crashed {
+            Some(Fault::Crash)
+        } else if self.hung {
+            Some(Fault::Hang)
+        } else if self.partitioned {
+            Some(Fault::Partition)
+        } else {
+            None
+        }
+    }
+    /// Sets the flags from one fault (`Heal` and `None` clear them).
+    pub fn set_fault(&mut self, fault: Option<Fault>) {
+        self.crashed = fault == Some(Fault::Crash);
+        self.hung = fault == Some(Fault::Hang);
+        self.partitioned = fault == Some(Fault::Partition);
+    }
+}
+
+/// What surrounds a machine when an action reaches it.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Ground {
+    /// Its host (and zone) is up; for a provision, the zone has capacity.
+    pub host_up: bool,
+    /// The backup/WAL store answers: base backups, restore tests and new
+    /// members (restored from a base backup) need it.
+    pub backup_store_up: bool,
+}
+
+impl Default for Ground {
+    fn default() -> Self {
+        Ground { host_up: true, backup_store_up: true }
+    }
+}
+
+/// What an action did to the machine, for the caller's own bookkeeping.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Effect {
+    /// Nothing changed (a refusal, a probe, a repeat).
+    Nothing,
+    /// It was writing and is fenced now (the caller stops its writes).
+    Fenced,
+    /// It became the primary (the caller starts its writes).
+    Promoted,
+    /// Its process (re)started (the caller boots it).
+    Restarted,
+    /// Its process stopped for good (retired or archived).
+    Stopped,
+    /// The caller removes it and keeps a tombstone: an id is never provisioned again.
+    Terminated,
+    /// A fault was injected or healed.
+    Faulted,
+}
+
+/// The provider's answer to one attempt of an action.
+#[derive(Clone, Debug, PartialEq)]
+pub struct Answer {
+    pub outcome: ActionOutcome,
+    pub effect: Effect,
+}
+
+pub fn succeeded(detail: impl Into<String>) -> ActionOutcome {
+    ActionOutcome::Succeeded { detail: Some(detail.into()) }
+}
+
+/// Refused for good: retrying cannot help.
+pub fn refused(error: impl Into<String>) -> ActionOutcome {
+    ActionOutcome::Failed { error: error.into(), retryable: false }
+}
+
+/// Failed for now: the same attempt may succeed later.
+pub fn unavailable(error: impl Into<String>) -> ActionOutcome {
+    ActionOutcome::Failed { error: error.into(), retryable: true }
+}
+
+fn answer(outcome: ActionOutcome, effect: Effect) -> Answer {
+    Answer { outcome, effect }
+}
+
+/// Whether a Provision may create a machine. `Some(outcome)`: answer that
+/// and create nothing (a repeat of an earlier provision succeeds; a
+/// terminated id is refused); `None`: create it.
+pub fn admit_provision(
+    tombstoned: bool,
+    existing: Option<ServiceId>,
+    service: ServiceId,
+    zone: &str,
+    ground: Ground,
+) -> Option<ActionOutcome> {
+    if tombstoned {
+        return Some(refused("the instance was terminated; a terminated id is never provisioned again"));
+    }
+    if let Some(owner) = existing {
+        return Some(if owner == service {
+            succeeded("already provisioned")
+        } else {
+            refused(format!("the instance id already belongs to service {owner}, not {service}"))
+        });
+    }
+    if !ground.host_up {
+        return Some(refused(format!("zone {zone} unavailable: insufficient capacity")));
+    }
+    if !ground.backup_store_up {
+        return Some(unavailable("backup store unavailable: cannot restore a base backup"));
+    }
+    None
+}
+
+/// An action on an id the world does not hold (never provisioned, or
+/// terminated): stopping it again is done; anything else is refused, and
+/// `gone` says the machine does not exist. Provision is not handled here.
+pub fn act_on_missing(kind: &ActionKind) -> (ActionOutcome, bool) {
+    match kind {
+        ActionKind::Fence { .. } => (succeeded("no such machine: nothing left that could write"), false),
+        ActionKind::Retire | ActionKind::Archive | ActionKind::Terminate => {
+            (succeeded("no such machine: already gone"), false)
+        }
+        _ => (refused("the machine does not exist (never provisioned, or terminated)"), true),
+    }
+}
+
+/// One attempt of `kind` on an existing machine.
+pub fn act(m: &mut Machine, kind: &ActionKind, ground: Ground) -> Answer {
+    match kind {
+        ActionKind::Provision { .. } => answer(succeeded("already provisioned"), Effect::Nothing),
+        ActionKind::Probe => answer(probe(m, ground), Effect::Nothing),
+        ActionKind::Fence { .. } => fence(m),
+        ActionKind::Promote => promote(m, ground),
+        ActionKind::Restart => restart(m, ground),
+        ActionKind::Retire => {
+            let detail = if m.running { "retired: process stopped for good" } else { "already retired" };
+            m.running = false;
+            answer(succeeded(detail), Effect::Stopped)
+        }
+        ActionKind::Archive => {
+            let detail = if m.archived {
+                "already archived"
+            } else if m.running {
+                "retired, then archived (it was still running)"
+            } else {
+                "archived"
+            };
+            m.running = false;
+            m.archived = true;
+            answer(succeeded(detail), Effect::Stopped)
+        }
+        ActionKind::Terminate => answer(succeeded("terminated: nothing left of it"), Effect::Terminated),
+        ActionKind::InjectFault { fault } => inject(m, *fault),
+        // A restore test restores the latest backup from the store into a
+        // scratch machine (as the local provider's pgBackRest does): it
+        // needs the store, not the machine being backed up.
+        ActionKind::VerifyRestore => answer(
+            if ground.backup_store_up {
+                succeeded("simulated: the latest backup restored on a scratch machine")
+            } else {
+                unavailable("backup store unavailable")
+            },
+            Effect::Nothing,
+        ),
+        // Simulated backups hold no data: they succeed when the machine
+        // could serve one and the backup store answers.
+        ActionKind::Backup => {
+            if !ground.backup_store_up {
+                return answer(unavailable("backup store unavailable"), Effect::Nothing);
+            }
+            match probe(m, ground) {
+                ActionOutcome::Succeeded { .. } => answer(succeeded("simulated: nothing is copied"), Effect::Nothing),
+                failed => answer(failed, Effect::Nothing),
+            }
+        }
+    }
+}
+
+/// Through the provider's API, out of band: a partition between the
+/// control plane and the machine does not stop it.
+fn probe(m: &Machine, ground: Ground) -> ActionOutcome {
+    if !m.running {
+        refused("retired: no process runs")
+    } else if !ground.host_up {
+        refused("not answering: its host is down")
+    } else if m.crashed {
+        refused("process crashed: nothing listens")
+    } else if m.hung {
+        refused("process hung: it accepts connections but answers nothing")
+    } else if m.partitioned {
+        succeeded("alive (reached out of band; the control plane cannot hear it)")
+    } else {
+        succeeded("alive")
+    }
+}
+
+/// At the network level, by the provider: works even where the host is down.
+fn fence(m: &mut Machine) -> Answer {
+    let was_writing = m.is_writing();
+    let was_fenced = m.fenced;
+    m.fenced = true;
+    let detail = if m.hung {
+        // A hung process may wake up and write: kill it.
+        m.hung = false;
+        m.crashed = true;
+        "hung process killed and fenced"
+    } else if was_fenced {
+        "already fenced"
+    } else if m.crashed {
+        "crashed: it already cannot write; fenced"
+    } else if !m.running {
+        "retired: nothing runs; fenced"
+    } else if m.partitioned {
+        "fenced out of band (partitioned from the control plane)"
+    } else {
+        "fenced"
+    };
+    answer(succeeded(detail), if was_writing || !was_fenced { Effect::Fenced } else { Effect::Nothing })
+}
+
+fn promote(m: &mut Machine, ground: Ground) -> Answer {
+    let refuse = |why: &str| answer(refused(why), Effect::Nothing);
+    if !m.running {
+        return refuse("cannot promote a retired instance");
+    }
+    if m.crashed {
+        return refuse("cannot promote: process crashed");
+    }
+    if m.hung {
+        return refuse("cannot promote: process hung");
+    }
+    if !ground.host_up {
+        return refuse("cannot promote: its host is down");
+    }
+    if m.fenced {
+        return refuse("cannot promote a fenced instance: it must never accept writes again");
+    }
+    if m.role == Role::Primary {
+        return answer(succeeded("already primary"), Effect::Nothing);
+    }
+    m.role = Role::Primary;
+    answer(succeeded("promoted to primary"), Effect::Promoted)
+}
+
+fn restart(m: &mut Machine, ground: Ground) -> Answer {
+    if !m.running {
+        return answer(refused("cannot restart a retired instance"), Effect::Nothing);
+    }
+    if m.broken_for_good || !ground.host_up {
+        return answer(refused("does not start: its host is gone"), Effect::Nothing);
+    }
+    m.crashed = false;
+    m.hung = false;
+    // The network is not the process: a restart does not heal a partition.
+    let detail =
+        if m.partitioned { "process restarted; still partitioned from the control plane" } else { "process restarted" };
+    answer(succeeded(detail), Effect::Restarted)
+}
+
+/// One fault at a time: a later hang or partition replaces an earlier one;
+/// a crash sticks until a restart.
+fn inject(m: &mut Machine, fault: Fault) -> Answer {
+    if !m.running {
+        return answer(refused(format!("cannot inject {fault}: the instance is retired")), Effect::Nothing);
+    }
+    let outcome = match (fault, m.crashed) {
+        (Fault::Heal, true) => succeeded("nothing healed: a crashed process needs a restart"),
+        (Fault::Heal, false) if m.hung || m.partitioned => {
+            m.set_fault(None);
+            succeeded("healed")
+        }
+        (Fault::Heal, false) => succeeded("nothing to heal"),
+        (Fault::Crash, _) => {
+            m.set_fault(Some(Fault::Crash));
+            succeeded("crashed")
+        }
+        // Setting a hang or partition on a dead process would bring it back.
+        (_, true) => refused(format!("cannot inject {fault}: the process crashed; restart it first")),
+        (fault, false) => {
+            m.set_fault(Some(fault));
+            succeeded(format!("{fault} injected"))
+        }
+    };
+    answer(outcome, Effect::Faulted)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_hung_primary_is_killed_when_fenced_and_never_promoted_again() {
+        let mut m = Machine::new(Role::Primary);
+        act(&mut m, &ActionKind::InjectFault { fault: Fault::Hang }, Ground::default());
+        let a = act(&mut m, &ActionKind::Fence { immediate: true }, Ground::default());
+        assert_eq!(a.effect, Effect::Fenced);
+        assert!(m.crashed && m.fenced && !m.is_writing());
+        act(&mut m, &ActionKind::Restart, Ground::default());
+        assert!(m.fenced, "a restart keeps the fence");
+        let again = act(&mut m, &ActionKind::Promote, Ground::default());
+        assert!(matches!(again.outcome, ActionOutcome::Failed { retryable: false, .. }));
+    }
+
+    #[test]
+    fn every_action_is_idempotent() {
+        let g = Ground::default();
+        for kind in
+            [ActionKind::Promote, ActionKind::Fence { immediate: false }, ActionKind::Retire, ActionKind::Archive]
+        {
+            let mut m = Machine::new(Role::Follower);
+            let first = act(&mut m, &kind, g).outcome;
+            let after = m.clone();
+            let second = act(&mut m, &kind, g).outcome;
+            assert_eq!(m, after, "{kind:?} changed the machine twice");
+            assert_eq!(
+                matches!(first, ActionOutcome::Succeeded { .. }),
+                matches!(second, ActionOutcome::Succeeded { .. }),
+                "{kind:?}"
+            );
+        }
+    }
+
+    #[test]
+    fn what_surrounds_a_machine_decides_too() {
+        let mut m = Machine::new(Role::Follower);
+        let down = Ground { host_up: false, backup_store_up: true };
+        assert!(matches!(act(&mut m, &ActionKind::Restart, down).outcome, ActionOutcome::Failed { .. }));
+        assert!(matches!(act(&mut m, &ActionKind::Probe, down).outcome, ActionOutcome::Failed { .. }));
+        let no_store = Ground { host_up: true, backup_store_up: false };
+        assert!(matches!(
+            act(&mut m, &ActionKind::Backup, no_store).outcome,
+            ActionOutcome::Failed { retryable: true, .. }
+        ));
+        // A restore test needs the store, not the machine.
+        let mut dead = Machine::new(Role::Primary);
+        dead.crashed = true;
+        assert!(matches!(
+            act(&mut dead, &ActionKind::VerifyRestore, Ground::default()).outcome,
+            ActionOutcome::Succeeded { .. }
+        ));
+        assert!(matches!(act(&mut dead, &ActionKind::Backup, Ground::default()).outcome, ActionOutcome::Failed { .. }));
+        let s = ServiceId::new_at(0, 1);
+        assert!(admit_provision(false, None, s, "zone-a", Ground::default()).is_none());
+        assert!(matches!(
+            admit_provision(true, None, s, "zone-a", Ground::default()),
+            Some(ActionOutcome::Failed { .. })
+        ));
+        assert!(matches!(act_on_missing(&ActionKind::Probe), (ActionOutcome::Failed { .. }, true)));
+        assert!(matches!(act_on_missing(&ActionKind::Terminate), (ActionOutcome::Succeeded { .. }, false)));
+    }
+}
