@@ -108,6 +108,10 @@ struct ZoneState {
 
 pub struct Engine {
     config: Config,
+    /// The seed `rng` started from; event ids are minted from it too.
+    seed: u64,
+    /// Events this engine has produced: the counter in their ids.
+    events_minted: u64,
     rng: rand_chacha::ChaCha8Rng,
     instances: Slab<Inst>,
     instance_index: HashMap<InstanceId, u32>,
@@ -152,6 +156,8 @@ impl Engine {
         }
         Engine {
             config,
+            seed,
+            events_minted: 0,
             rng: rand_chacha::ChaCha8Rng::seed_from_u64(seed),
             instances: Slab::default(),
             instance_index: HashMap::new(),
@@ -242,6 +248,7 @@ impl Engine {
             }
         }
         self.reconcile_dirty(now, &mut out);
+        self.mint_event_ids(&mut out);
         out
     }
 
