@@ -40,7 +40,7 @@ mod transitions;
 mod views;
 mod zone_lease;
 
-pub use api::{Command, CommandError, Config, HeartbeatReceipt, Input, Outputs, Reply};
+pub use api::{Command, CommandError, Config, Dispatch, HeartbeatReceipt, Input, Outputs, Reply};
 
 use commands::command_target;
 use drover_model::EventKind;

@@ -288,7 +288,7 @@ async fn start_up(
     if !redispatch.is_empty() {
         tracing::info!(actions = redispatch.len(), "re-dispatching actions that were running before the restart");
     }
-    dispatcher.dispatch(&engine, redispatch);
+    dispatcher.dispatch(redispatch);
 
     // On-call: engine events that need a person become alerts.
     let (tap, engine_events) = oncall::event_tap();

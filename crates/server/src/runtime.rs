@@ -7,8 +7,8 @@
 
 use crate::error::ApiError;
 use crate::telemetry;
-use drover_engine::{Engine, Input, Reply};
-use drover_model::{ActionRecord, Changes, Timestamp};
+use drover_engine::{Dispatch, Engine, Input, Reply};
+use drover_model::{Changes, Timestamp};
 use drover_providers::{Provider, ProviderEvent};
 use drover_store::Store;
 use std::collections::HashMap;
@@ -89,10 +89,8 @@ impl EngineHandle {
 /// Hands actions to the providers that carry them out and feeds the results
 /// back to the engine.
 ///
-/// Action records do not name their provider, so the provider is looked up
-/// from the instance's view (`InstanceView::provider`); an instance the
-/// engine cannot show (yet) goes to the default provider. Today every
-/// configured provider name maps to the one sim provider (see `lib.rs`).
+/// Each dispatched action names its provider (the one that built its
+/// instance); a name this server has no provider for goes to the default.
 #[derive(Clone)]
 pub struct Dispatcher {
     providers: HashMap<String, Arc<dyn Provider>>,
@@ -109,12 +107,9 @@ impl Dispatcher {
         Dispatcher { providers, default_provider, engine }
     }
 
-    pub fn dispatch(&self, engine: &Engine, actions: Vec<ActionRecord>) {
-        for action in actions {
-            let provider = engine
-                .instance_view(action.instance)
-                .and_then(|v| self.providers.get(&v.provider).cloned())
-                .unwrap_or_else(|| self.default_provider.clone());
+    pub fn dispatch(&self, actions: Vec<Dispatch>) {
+        for Dispatch { provider, action } in actions {
+            let provider = self.providers.get(&provider).cloned().unwrap_or_else(|| self.default_provider.clone());
             let kind = action.kind.name();
             metrics::counter!(telemetry::ACTIONS_DISPATCHED, "kind" => kind).increment(1);
             tracing::info!(action = %action.id, kind, instance = %action.instance, attempt = action.attempts,
@@ -290,7 +285,7 @@ impl Actor {
                 for (reply, answer) in replies {
                     let _ = reply.send(answer);
                 }
-                self.dispatcher.dispatch(&self.engine, dispatch);
+                self.dispatcher.dispatch(dispatch);
             }
             Err(error) => {
                 // The engine's memory is now ahead of the store. Later commits
@@ -313,7 +308,7 @@ impl Actor {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use drover_model::{ActionOutcome, AuditEntry, CreateService, EngineKind, Event, ServiceId, Snapshot};
+    use drover_model::{ActionOutcome, ActionRecord, AuditEntry, CreateService, EngineKind, Event, ServiceId, Snapshot};
     use drover_providers::BoxFuture;
     use drover_store::{EventFilter, StoreError};
     use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};

@@ -497,8 +497,8 @@ impl Sim {
 
     fn absorb(&mut self, out: Outputs) {
         let Outputs { changes, dispatch, .. } = out;
-        for a in dispatch {
-            self.dispatch(a);
+        for d in dispatch {
+            self.dispatch(d.action);
         }
         for e in &changes.events {
             self.observe(e);
