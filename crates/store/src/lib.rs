@@ -7,7 +7,11 @@
 //!
 //! [`SqliteStore`] is the embedded backend (one file, WAL mode, one writer
 //! thread that group-commits concurrent callers).
+//!
+//! [`oncall::OncallStore`] holds the pager's tables (`oncall.db`: pages,
+//! their transitions, notifications, the feed), in a file of their own.
 
+pub mod oncall;
 mod rows;
 mod sqlite;
 mod writer;

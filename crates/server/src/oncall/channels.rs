@@ -4,7 +4,7 @@
 //! says so. When no contact works, the notification lands in the feed,
 //! which everyone sees.
 
-use super::store::OncallStore;
+use drover_store::oncall::OncallStore;
 use drover_model::Timestamp;
 use drover_oncall::config::{Delivery, Smtp};
 use drover_oncall::{sign, ChannelKind, Contact, FeedPost, Notification, PageId};

@@ -15,7 +15,6 @@
 
 pub mod channels;
 pub mod routes;
-pub mod store;
 
 use crate::error::ApiError;
 use crate::runtime::EngineHandle;
@@ -25,7 +24,7 @@ use drover_oncall::{Config, Input, Pager, PagerError, Reply};
 use std::path::Path;
 use std::sync::Arc;
 use std::time::Duration;
-use store::OncallStore;
+use drover_store::oncall::OncallStore;
 use tokio::sync::{mpsc, oneshot, watch};
 use tokio::task::JoinHandle;
 

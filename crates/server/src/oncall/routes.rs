@@ -39,7 +39,7 @@ fn pager(state: &AppState) -> Result<&PagerHandle, ApiError> {
 }
 
 async fn blocking<R: Send + 'static>(
-    f: impl FnOnce() -> Result<R, super::store::OncallStoreError> + Send + 'static,
+    f: impl FnOnce() -> Result<R, drover_store::oncall::OncallStoreError> + Send + 'static,
 ) -> Result<R, ApiError> {
     match tokio::task::spawn_blocking(f).await {
         Ok(Ok(v)) => Ok(v),
@@ -176,7 +176,7 @@ pub struct PageDetail {
     #[serde(flatten)]
     page: Page,
     transitions: Vec<drover_oncall::Transition>,
-    notifications: Vec<super::store::NotificationRecord>,
+    notifications: Vec<drover_store::oncall::NotificationRecord>,
 }
 
 /// One page with its transitions and notifications.
@@ -379,11 +379,11 @@ pub struct FeedQuery {
 
 /// The company-wide feed, newest first: every page event.
 #[utoipa::path(get, path = "/v1/pager/feed", tag = "oncall", params(FeedQuery),
-    responses((status = 200, description = "The company-wide feed: every page change, visible to all", body = Vec<super::store::FeedRecord>)))]
+    responses((status = 200, description = "The company-wide feed: every page change, visible to all", body = Vec<drover_store::oncall::FeedRecord>)))]
 pub(crate) async fn pager_feed(
     State(state): State<AppState>,
     Query(q): Query<FeedQuery>,
-) -> Result<Json<Vec<super::store::FeedRecord>>, ApiError> {
+) -> Result<Json<Vec<drover_store::oncall::FeedRecord>>, ApiError> {
     let pager = pager(&state)?;
     let store = pager.store.clone();
     let limit = crate::http::limit_in(q.limit, DEFAULT_LIMIT, MAX_LIMIT)?;
