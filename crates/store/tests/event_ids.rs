@@ -119,3 +119,19 @@ fn a_database_from_before_event_ids_migrates_and_its_old_events_read_with_no_id(
     assert_eq!((all[0].id, all[0].cause.as_str()), (EventId::UNSET, "control plane started"));
     assert_eq!((all[1].id, all[1].cause.as_str()), (id, "new"));
 }
+
+#[test]
+fn engine_starts_and_their_seeds_survive_a_reopen() {
+    let dir = TempDir::new("starts");
+    let store = SqliteStore::open(&dir.db()).unwrap();
+    assert_eq!(store.last_event_seq().unwrap(), 0);
+    let first = drover_store::EngineStart { at: Timestamp(10), seed: u64::MAX - 3 };
+    store.record_start(first).unwrap();
+    store.commit(Changes { events: vec![event(EventId::mint(1, 1), "e")], ..Default::default() }).unwrap();
+    drop(store);
+    let store = SqliteStore::open(&dir.db()).unwrap();
+    let second = drover_store::EngineStart { at: Timestamp(20), seed: 7 };
+    store.record_start(second).unwrap();
+    assert_eq!(store.engine_starts().unwrap(), vec![first, second]);
+    assert_eq!(store.last_event_seq().unwrap(), events(&store)[0].seq);
+}
