@@ -33,7 +33,7 @@ struct Inner {
 }
 
 fn now() -> Timestamp {
-    crate::runtime::now()
+    crate::actor::now()
 }
 
 impl Deliverer {
