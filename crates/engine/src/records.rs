@@ -5,8 +5,8 @@ use crate::api::Outputs;
 use crate::fleet::Inst;
 use crate::{state_index, Engine, ZoneState};
 use drover_model::{
-    ActionRecord, ActionState, Event, EventId, EventKind, EventSubject, InstanceId, InstanceRecord, InstanceState, ServiceId,
-    ServiceRecord, Timestamp,
+    ActionRecord, ActionState, Event, EventId, EventKind, EventSubject, InstanceId, InstanceRecord, InstanceState,
+    ServiceId, ServiceRecord, Timestamp,
 };
 
 impl Engine {

@@ -45,8 +45,12 @@ pub trait Machine: Send + 'static {
     /// Time passed: fire whatever deadlines are due at `now`.
     fn tick(&mut self, now: Timestamp, out: &mut Self::Outputs);
     /// Steps one input; `None` when the input has no answer.
-    fn step(&mut self, input: Self::Input, now: Timestamp, out: &mut Self::Outputs)
-        -> Option<Result<Self::Reply, ApiError>>;
+    fn step(
+        &mut self,
+        input: Self::Input,
+        now: Timestamp,
+        out: &mut Self::Outputs,
+    ) -> Option<Result<Self::Reply, ApiError>>;
     /// Makes `out` durable in one commit and, only once it is, lets its
     /// effects out. An error means nothing of `out` may be acted upon.
     fn commit(&mut self, out: Self::Outputs, batch_size: usize) -> impl Future<Output = Result<(), String>> + Send;

@@ -425,4 +425,3 @@ pub(crate) async fn metrics_text(State(state): State<AppState>) -> Response {
     )
         .into_response()
 }
-

@@ -286,8 +286,7 @@ async fn start_up(
     }
     let input_log = match &opts.input_log {
         Some(path) => Some(
-            runtime::InputLog::open(path)
-                .with_context(|| format!("cannot open the input log {}", path.display()))?,
+            runtime::InputLog::open(path).with_context(|| format!("cannot open the input log {}", path.display()))?,
         ),
         None => None,
     };
@@ -306,8 +305,10 @@ async fn start_up(
 
     // The real image last: the engine builds new services from the newest.
     for image in default_images(now).into_iter().chain(extra_images) {
-        let out = machine
-            .step_logged(Input::Command { actor: "system".into(), command: Command::RegisterImage(image.clone()) }, now);
+        let out = machine.step_logged(
+            Input::Command { actor: "system".into(), command: Command::RegisterImage(image.clone()) },
+            now,
+        );
         if let Some(Err(e)) = &out.reply {
             tracing::warn!(image = %image.id, error = %e, "default image refused");
         }
@@ -326,8 +327,7 @@ async fn start_up(
         oncall::start(&opts.data_dir, format!("http://{addr}"), Some(engine_events), stop.clone())
             .await
             .context("cannot start the pager")?;
-    let engine_task =
-        tokio::spawn(actor::Actor { machine, inbox, shutdown: stop, limits: runtime::LIMITS }.run());
+    let engine_task = tokio::spawn(actor::Actor { machine, inbox, shutdown: stop, limits: runtime::LIMITS }.run());
     let actor_task = tokio::spawn(async move {
         let _ = engine_task.await;
         let _ = oncall_task.await;

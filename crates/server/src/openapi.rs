@@ -238,10 +238,8 @@ fn complete_operation(path: &str, op: &mut Value) {
     responses((status = 200, description = "OpenAPI 3 document", content_type = "application/json")))]
 pub(crate) async fn openapi_json(State(state): State<AppState>) -> Response {
     let providers = state.ready.get().map(|r| r.providers.as_slice());
-    ([(header::CONTENT_TYPE, HeaderValue::from_static("application/json"))], document_json(providers))
-        .into_response()
+    ([(header::CONTENT_TYPE, HeaderValue::from_static("application/json"))], document_json(providers)).into_response()
 }
-
 
 #[cfg(test)]
 mod tests {

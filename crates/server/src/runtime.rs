@@ -164,8 +164,14 @@ pub enum LogLine {
     /// The engine was restored from the store with this seed at `at`.
     /// Replay from an empty store needs only what follows; replay of a later
     /// start also needs the store as it was at `at`.
-    Start { at: Timestamp, seed: u64 },
-    Input { at: Timestamp, input: Input },
+    Start {
+        at: Timestamp,
+        seed: u64,
+    },
+    Input {
+        at: Timestamp,
+        input: Input,
+    },
 }
 
 /// Appends every input the engine is given to a file, so the seed (also
@@ -332,11 +338,13 @@ impl Machine for EngineMachine {
 mod tests {
     use super::*;
     use crate::actor::Msg;
-    use drover_model::{ActionOutcome, ActionRecord, AuditEntry, CreateService, EngineKind, Event, ServiceId, Snapshot};
+    use drover_model::{
+        ActionOutcome, ActionRecord, AuditEntry, CreateService, EngineKind, Event, ServiceId, Snapshot,
+    };
     use drover_providers::BoxFuture;
     use drover_store::{EngineStart, EventFilter, StoreError};
-    use tokio::sync::{oneshot, watch};
     use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+    use tokio::sync::{oneshot, watch};
 
     /// A store whose commits fail while `broken` is set.
     #[derive(Default)]

@@ -40,4 +40,3 @@ impl AppState {
         self.ready.get().ok_or_else(|| ApiError::unavailable("Drover is starting; retry in a moment"))
     }
 }
-

@@ -341,9 +341,7 @@ impl Store for SqliteStore {
         let conn = self.reader();
         let mut stmt = conn.prepare_cached("SELECT at, seed FROM engine_starts ORDER BY seq").map_err(&read)?;
         let rows = stmt
-            .query_map([], |r| {
-                Ok(EngineStart { at: Timestamp(r.get::<_, i64>(0)?), seed: r.get::<_, i64>(1)? as u64 })
-            })
+            .query_map([], |r| Ok(EngineStart { at: Timestamp(r.get::<_, i64>(0)?), seed: r.get::<_, i64>(1)? as u64 }))
             .map_err(&read)?;
         rows.collect::<Result<Vec<_>, _>>().map_err(read)
     }
