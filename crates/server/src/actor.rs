@@ -56,7 +56,8 @@ pub trait Machine: Send + 'static {
     fn commit(&mut self, out: Self::Outputs, batch_size: usize) -> impl Future<Output = Result<(), String>> + Send;
 }
 
-pub type ReplySender<M> = oneshot::Sender<Result<<M as Machine>::Reply, ApiError>>;
+pub type Answer<M> = Result<<M as Machine>::Reply, ApiError>;
+pub type ReplySender<M> = oneshot::Sender<Answer<M>>;
 pub type Query<M> = Box<dyn FnOnce(&<M as Machine>::View) + Send + 'static>;
 
 pub enum Msg<M: Machine> {
@@ -177,7 +178,7 @@ impl<M: Machine> Actor<M> {
         let now = now();
         let size = batch.len();
         let mut out = M::Outputs::default();
-        let mut replies: Vec<(ReplySender<M>, Result<M::Reply, ApiError>)> = Vec::new();
+        let mut replies: Vec<(ReplySender<M>, Answer<M>)> = Vec::new();
         let mut deferred: Vec<Query<M>> = Vec::new();
         let mut stepped = false;
 
