@@ -157,7 +157,7 @@ enum Cmd {
         #[arg(long, default_value_t = drover_providers::local::HEARTBEAT_INTERVAL.as_millis() as u64)]
         interval_ms: u64,
         /// Fence the primaries when no batch was acknowledged for this long.
-        #[arg(long, default_value_t = drover_providers::local::lease::DEFAULT_LEASE_TTL.as_secs_f64())]
+        #[arg(long, default_value_t = drover_agent::lease::DEFAULT_LEASE_TTL.as_secs_f64())]
         lease_secs: f64,
         /// URL of the control plane [env: DROVER_URL] [default: http://127.0.0.1:7700].
         #[arg(long)]

@@ -9,10 +9,10 @@
 //! dropped (`kill_servers_on_drop`), and a reaper kills whatever still runs
 //! in the test's directory.
 
+use drover_agent::probe::{connect, probe_instance};
 use drover_model::{
     ActionId, ActionKind, ActionOutcome, ActionRecord, ActionState, ImageId, InstanceId, Role, ServiceId, Timestamp,
 };
-use drover_providers::local::probe::{connect, probe_instance};
 use drover_providers::local::{LocalConfig, LocalInstanceInfo, LocalProvider};
 use drover_providers::Provider;
 use serde_json::{json, Value};
@@ -320,7 +320,7 @@ async fn a_fenced_primary_is_unfenced_only_when_the_control_plane_confirms_it() 
         tokio::time::sleep(Duration::from_millis(200)).await;
     }
     let primary = primary.unwrap();
-    let info = drover_providers::local::host::read_instances(dir.path())
+    let info = drover_agent::host::read_instances(dir.path())
         .unwrap()
         .into_iter()
         .find(|(id, _)| *id == primary)

@@ -1,5 +1,6 @@
 //! The engine's inputs and outputs: the whole contract with its shell.
 
+use crate::policy::Policies;
 use drover_model::{
     ActionId, ActionOutcome, ActionRecord, Beat, Changes, CreateService, EngineKind, Fault, Image, InstanceId,
     ServiceId, ServiceView,
@@ -63,6 +64,9 @@ pub struct Config {
     pub default_provider: String,
     pub default_zones: Vec<String>,
     pub default_team: String,
+    /// What differs between engines (`crate::policy`): PostgreSQL's policy
+    /// by default; a test or a new engine puts its own in with `with`.
+    pub policies: Policies,
 }
 
 impl Default for Config {
@@ -90,6 +94,7 @@ impl Default for Config {
             default_provider: "sim".into(),
             default_zones: vec!["zone-a".into(), "zone-b".into(), "zone-c".into()],
             default_team: "platform".into(),
+            policies: Policies::default(),
         }
     }
 }

@@ -2,6 +2,7 @@
 
 use crate::api::{CommandError, Outputs};
 use crate::fleet::{Svc, NEVER};
+use crate::policy::BackupSource;
 use crate::{micros, Engine};
 use drover_model::EventKind;
 use drover_model::{ActionId, ActionKind, EventSubject, InstanceState, Timestamp};
@@ -12,10 +13,14 @@ impl Engine {
     /// Computes when the next backup and restore test are due, and arms the
     /// service's timer for the earlier one.
     pub(crate) fn schedule_backups(&mut self, sslot: u32, now: i64) {
-        let (backup_every, verify_every) = (self.config.backup_interval, self.config.verify_interval);
+        let (mut backup_every, mut verify_every) = (self.config.backup_interval, self.config.verify_interval);
         // Spread first backups over an hour so a fleet created at once does
         // not back up at once.
         let jitter = (self.rng.next_u64() % 3_600_000_000) as i64;
+        let Some(s) = self.services.get(sslot) else { return };
+        if let BackupSource::NotOwn { .. } = self.policy_of(s).backups() {
+            (backup_every, verify_every) = (None, None);
+        }
         let Some(s) = self.services.get_mut(sslot) else { return };
         s.next_backup_at = match backup_every {
             None => NEVER,
@@ -50,11 +55,7 @@ impl Engine {
             }
             return;
         }
-        let healthy = !s.deleting
-            && self
-                .current_primary(sslot)
-                .and_then(|p| self.instances.get(p))
-                .is_some_and(|p| p.state == InstanceState::Available);
+        let healthy = !s.deleting && self.backup_target(sslot).is_ok();
         if !healthy {
             // Try again later; a backup of a failing service waits for it.
             self.service_timers.schedule(now + micros(Duration::from_secs(600)), sslot);
@@ -93,12 +94,7 @@ impl Engine {
         if running {
             return Err(CommandError::Conflict(format!("a {} of {name:?} is already running", kind.name())));
         }
-        let target = self
-            .current_primary(sslot)
-            .filter(|&p| self.instances.get(p).is_some_and(|i| i.state == InstanceState::Available))
-            .ok_or_else(|| {
-                CommandError::Conflict(format!("{name:?} has no available primary to work from right now"))
-            })?;
+        let target = self.backup_target(sslot)?;
         let id = self
             .open_action(target, kind.clone(), cause, false, now, out)
             .ok_or_else(|| CommandError::NotFound(format!("no service named {name:?}")))?;
@@ -109,6 +105,24 @@ impl Engine {
             }
         }
         Ok(id)
+    }
+
+    /// The member backups are taken from and restore tests check, as its
+    /// engine's policy says: the available primary, or none of its own.
+    fn backup_target(&self, sslot: u32) -> Result<u32, CommandError> {
+        let s = self.services.get(sslot).ok_or_else(|| CommandError::NotFound("no such service".into()))?;
+        let name = &s.name;
+        match self.policy_of(s).backups() {
+            BackupSource::NotOwn { why } => {
+                Err(CommandError::Invalid(format!("{name:?} is a {} service that keeps no backups: {why}", s.engine)))
+            }
+            BackupSource::Primary => self
+                .current_primary(sslot)
+                .filter(|&p| self.instances.get(p).is_some_and(|i| i.state == InstanceState::Available))
+                .ok_or_else(|| {
+                    CommandError::Conflict(format!("{name:?} has no available primary to work from right now"))
+                }),
+        }
     }
 
     /// Records a backup or restore-test outcome. A failed restore test is a

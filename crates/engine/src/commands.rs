@@ -2,6 +2,7 @@
 
 use crate::api::{Command, CommandError, Outputs, Reply};
 use crate::fleet::{Inst, Placement, ServicePlace, Svc};
+use crate::policy::Topology;
 use crate::Engine;
 use drover_model::EventKind;
 use drover_model::{
@@ -81,6 +82,12 @@ impl Engine {
     fn switchover(&mut self, name: String, now: i64, out: &mut Outputs) -> Result<Reply, CommandError> {
         let sslot = self.live_service(&name)?;
         let s = self.services.get(sslot).ok_or_else(|| CommandError::NotFound(name.clone()))?;
+        if self.policy_of(s).topology() != Topology::PrimaryWithFollowers {
+            return Err(CommandError::Invalid(format!(
+                "{name:?} is a {} service: its members are peers, there is no primary to switch over",
+                s.engine
+            )));
+        }
         if s.open_remedies > 0 {
             return Err(CommandError::Conflict(format!(
                 "a remedy of {name:?} is under way; switch over when it finishes"
@@ -204,14 +211,14 @@ impl Engine {
         Ok(provider_name)
     }
 
-    /// The primary and the planned followers of a new service, spread over
-    /// its zones. Built at once, outside the remedy budget.
-    fn build_initial_members(&mut self, sslot: u32, zones: &[u16], followers: u8, now: i64, out: &mut Outputs) {
+    /// The members its engine's policy plans for a new service (a primary
+    /// and its followers, or peers), spread over its zones. Built at once,
+    /// outside the remedy budget.
+    fn build_initial_members(&mut self, sslot: u32, zones: &[u16], now: i64, out: &mut Outputs) {
         let Some(s) = self.services.get(sslot) else { return };
         let (image, provider) = (s.image, s.provider);
-        let n = 1 + usize::from(followers);
-        for k in 0..n {
-            let role = if k == 0 { Role::Primary } else { Role::Follower };
+        let roles: Vec<Role> = self.policy_of(s).members(&s.plan).roles().collect();
+        for (k, role) in roles.into_iter().enumerate() {
             let zone = zones[k % zones.len()];
             let iid = InstanceId::new_at(now, self.rng.next_u64());
             let slot = self.add_instance(Inst::new(iid, sslot, Placement { image, zone, provider }, role, now));
@@ -313,7 +320,7 @@ impl Engine {
         if let Some(rec) = self.service_record(sslot) {
             out.changes.services.push(rec);
         }
-        self.build_initial_members(sslot, &zones, req.followers, now, out);
+        self.build_initial_members(sslot, &zones, now, out);
         self.service_view_slot(sslot, now)
             .map(|v| Reply::Service(Box::new(v)))
             .ok_or_else(|| CommandError::Invalid("service vanished while being created".into()))

@@ -134,6 +134,8 @@ impl Inst {
         }
     }
 
+    /// The service's one writer, which the single-writer invariant counts:
+    /// an unfenced primary. Peers (brokers) each serve, but are not it.
     pub fn writable(&self) -> bool {
         self.role == Role::Primary && !self.fenced && self.state.is_member()
     }

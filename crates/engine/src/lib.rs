@@ -11,9 +11,10 @@
 //!    silence alone does so only after `presumed_dead_after` with no probe
 //!    answering;
 //! 3. `reconcile` looks at each touched service: a pure `decide` names the
-//!    one `Remedy` it needs (fence then promote, restart, rebuild, replace a
-//!    follower, retire a leaver, or wait for the brake or a human), and
-//!    `apply` opens it as an action, at most one remedy per service at a time;
+//!    one `Remedy` its engine's topology needs (fence then promote, restart,
+//!    rebuild, replace a follower or a peer, retire a leaver, or wait for
+//!    the brake or a human), and `apply` opens it as an action, at most one
+//!    remedy per service at a time;
 //! 4. the action's result comes back as `Input::ActionResult` and moves the
 //!    fleet on (a fenced primary, a promoted follower), which marks the
 //!    service for reconcile again until nothing is left to do.
@@ -23,7 +24,8 @@
 //! changes), `brake`, `reconcile` (decide and apply), `actions` (open,
 //! budget, dispatch, results), `backups`, `commands`, `restore`, `records`
 //! (records and events for the store), `views` (read-only, for the API).
-//! `fleet` holds the compact in-memory fleet, `api` the contract.
+//! `fleet` holds the compact in-memory fleet, `api` the contract, `policy`
+//! what differs between engines (the seam every decision above asks).
 
 mod actions;
 mod api;
@@ -33,6 +35,7 @@ mod commands;
 mod deadlines;
 mod fleet;
 mod heartbeats;
+pub mod policy;
 mod reconcile;
 mod records;
 mod restore;
@@ -56,10 +59,6 @@ use std::time::Duration;
 /// Width of a deadline bucket. Deadlines fire up to this late; 50 ms is far
 /// below every timing that matters (heartbeats are seconds apart).
 const BUCKET_MICROS: i64 = 50_000;
-
-/// Restarts tried on a primary with no eligible follower before it is
-/// rebuilt from its image (Heroku: restart first, replace when that fails).
-const MAX_RESTARTS: u32 = 1;
 
 /// A deadline that passed without effect (it waits on an open action or on
 /// the brake) is looked at again after this, not on every tick: with time

@@ -1,8 +1,9 @@
 //! Reconcile: one remedy at a time per service.
 
 use crate::api::Outputs;
-use crate::fleet::{Inst, Placement};
-use crate::{micros, Engine, MAX_RESTARTS};
+use crate::fleet::{Inst, Placement, Svc};
+use crate::policy::{Candidate, EnginePolicy, Topology};
+use crate::{micros, Engine};
 use drover_model::EventKind;
 use drover_model::{ActionKind, EventSubject, InstanceId, InstanceState, Role, ServiceState};
 use rand::RngCore;
@@ -20,8 +21,9 @@ pub(crate) enum Remedy {
     Held { target: u32 },
     /// A safety invariant is at risk: stop and ask a human.
     InvariantBroken { what: &'static str },
-    /// Fence the unavailable writable primary, then `then`.
-    Fence { primary: u32, then: AfterFence },
+    /// Fence the unavailable `member` (the writable primary, or a peer),
+    /// then `then`.
+    Fence { member: u32, then: AfterFence },
     /// Restart the unavailable primary: no follower can take over and it
     /// has not been restarted yet.
     Restart { primary: u32 },
@@ -32,8 +34,9 @@ pub(crate) enum Remedy {
     RebuildPrimary { zone: u16 },
     /// A follower is unavailable: retire it, a replacement follows.
     RetireFollower { follower: u32 },
-    /// Fewer followers than the plan asks for: build one in `zone`.
-    ProvisionFollower { zone: u16 },
+    /// Fewer members of `role` (followers, or peers) than the plan asks
+    /// for: build one in `zone`.
+    Provision { role: Role, zone: u16 },
     /// Move a leaver one step out (retire, archive or terminate).
     Leave { instance: u32, kind: ActionKind, cause: &'static str },
     /// A deleted service whose instances are all gone: forget it.
@@ -47,6 +50,8 @@ pub(crate) enum AfterFence {
     Promote,
     /// Restarting did not help and no follower can take over: rebuild.
     Rebuild,
+    /// A failed peer is cut off; another is built in its place.
+    Replace,
 }
 
 impl Remedy {
@@ -64,7 +69,9 @@ impl Remedy {
                 "no primary and no follower to promote: rebuild the primary from its image"
             }
             Remedy::RetireFollower { .. } => "follower unavailable: retire it, a replacement follows",
-            Remedy::ProvisionFollower { .. } => "plan has fewer followers than it asks for: build one",
+            Remedy::Fence { then: AfterFence::Replace, .. } => "peer unavailable: fence it, a replacement follows",
+            Remedy::Provision { role: Role::Follower, .. } => "plan has fewer followers than it asks for: build one",
+            Remedy::Provision { .. } => "plan has fewer peers than it asks for: build one",
             Remedy::Leave { cause, .. } => cause,
             Remedy::Forget => "every instance terminated",
         }
@@ -96,17 +103,25 @@ impl Engine {
         }
     }
 
+    /// The policy of service `sslot`'s engine: what differs between
+    /// engines is asked here, never by testing the engine's kind.
+    pub(crate) fn policy_of(&self, s: &Svc) -> &dyn EnginePolicy {
+        self.config.policies.get(s.engine)
+    }
+
     /// The writable primary of a service, if any.
     pub(crate) fn current_primary(&self, sslot: u32) -> Option<u32> {
         let s = self.services.get(sslot)?;
         s.instances.iter().copied().find(|&i| self.instances.get(i).is_some_and(|x| x.writable()))
     }
 
-    /// The follower to promote: available, fresh, within the lag bound,
-    /// most advanced.
+    /// The follower to promote: available, fresh, and the first in its
+    /// engine's promotion order among those its policy lets be promoted.
     pub(crate) fn best_follower(&self, sslot: u32, now: i64) -> Option<u32> {
         let s = self.services.get(sslot)?;
+        let policy = self.policy_of(s);
         let fresh = now - micros(self.config.uncertain_after);
+        let candidate = |x: &Inst| Candidate { id: x.id, position: x.wal_position, lag_bytes: x.lag_bytes };
         s.instances
             .iter()
             .copied()
@@ -116,15 +131,9 @@ impl Engine {
                     && !x.fenced
                     && x.state == InstanceState::Available
                     && self.heard_at(x) >= fresh
-                    && x.lag_bytes.unwrap_or(0) <= s.plan.max_failover_lag_bytes
+                    && policy.can_promote(&candidate(x), &s.plan)
             })
-            .max_by(|(_, a), (_, b)| {
-                a.wal_position
-                    .unwrap_or(0)
-                    .cmp(&b.wal_position.unwrap_or(0))
-                    .then(b.lag_bytes.unwrap_or(0).cmp(&a.lag_bytes.unwrap_or(0)))
-                    .then(b.id.cmp(&a.id))
-            })
+            .max_by(|(_, a), (_, b)| policy.promotion_order(&candidate(a), &candidate(b)))
             .map(|(i, _)| i)
     }
 
@@ -165,9 +174,8 @@ impl Engine {
         self.apply(sslot, remedy, now, out);
     }
 
-    /// What service `sslot` needs now, in the order that keeps it safe:
-    /// one writable primary first, then its followers, then the leavers.
-    /// Pure: reads the fleet and changes nothing.
+    /// What service `sslot` needs now, in the order that keeps it safe for
+    /// its engine's topology. Pure: reads the fleet and changes nothing.
     pub(crate) fn decide(&self, sslot: u32, now: i64) -> Remedy {
         let Some(s) = self.services.get(sslot) else { return Remedy::Nothing };
         if s.open_remedies > 0 || s.needs_human {
@@ -176,6 +184,14 @@ impl Engine {
         if s.deleting {
             return self.decide_deleting(&s.instances);
         }
+        match self.policy_of(s).topology() {
+            Topology::PrimaryWithFollowers => self.decide_with_primary(s, sslot, now),
+            Topology::PeerBrokers => self.decide_for_peers(s, sslot).unwrap_or_else(|| self.decide_for_leavers(sslot)),
+        }
+    }
+
+    /// One writable primary first, then its followers, then the leavers.
+    fn decide_with_primary(&self, s: &Svc, sslot: u32, now: i64) -> Remedy {
         let mut writable = s.instances.iter().copied().filter(|&i| self.instances.get(i).is_some_and(|x| x.writable()));
         let primary = writable.next();
         if writable.next().is_some() {
@@ -198,12 +214,13 @@ impl Engine {
         if self.brake_holds(p) {
             return Some(Remedy::Held { target: p });
         }
+        let restarts = self.services.get(sslot).map_or(0, |s| self.policy_of(s).restarts_before_rebuild());
         Some(if self.best_follower(sslot, now).is_some() {
-            Remedy::Fence { primary: p, then: AfterFence::Promote }
-        } else if x.restarts < MAX_RESTARTS {
+            Remedy::Fence { member: p, then: AfterFence::Promote }
+        } else if x.restarts < restarts {
             Remedy::Restart { primary: p }
         } else {
-            Remedy::Fence { primary: p, then: AfterFence::Rebuild }
+            Remedy::Fence { member: p, then: AfterFence::Rebuild }
         })
     }
 
@@ -243,10 +260,34 @@ impl Engine {
                 self.instances.get(i).is_some_and(|x| x.role == Role::Follower && x.state.is_member() && !x.fenced)
             })
             .count();
-        if followers < usize::from(s.plan.followers) {
-            return Some(Remedy::ProvisionFollower { zone: self.zone_for_new_member(sslot) });
+        if followers < usize::from(self.policy_of(s).members(&s.plan).count(Role::Follower)) {
+            return Some(Remedy::Provision { role: Role::Follower, zone: self.zone_for_new_member(sslot) });
         }
         None
+    }
+
+    /// Peers: an unavailable one is fenced (its replacement follows), then
+    /// the plan's count of serving peers is kept.
+    fn decide_for_peers(&self, s: &Svc, sslot: u32) -> Option<Remedy> {
+        for &i in &s.instances {
+            let Some(x) = self.instances.get(i) else { continue };
+            if x.state == InstanceState::Unavailable && !x.fenced {
+                if self.brake_holds(i) {
+                    return Some(Remedy::Held { target: i });
+                }
+                return Some(Remedy::Fence { member: i, then: AfterFence::Replace });
+            }
+        }
+        let planned = self.policy_of(s).members(&s.plan);
+        planned.roles().find_map(|role| {
+            let serving = s
+                .instances
+                .iter()
+                .filter(|&&i| self.instances.get(i).is_some_and(|x| x.role == role && x.state.is_member() && !x.fenced))
+                .count();
+            (serving < usize::from(planned.count(role)))
+                .then(|| Remedy::Provision { role, zone: self.zone_for_new_member(sslot) })
+        })
     }
 
     /// Leavers: fenced old primaries retire; retired archive; archived terminate.
@@ -255,7 +296,10 @@ impl Engine {
         for &i in &s.instances {
             let Some(x) = self.instances.get(i) else { continue };
             let (kind, cause) = match x.state {
-                s if s.is_member() && x.fenced => (ActionKind::Retire, "replaced: retire the fenced old primary"),
+                s if s.is_member() && x.fenced && x.role == Role::Primary => {
+                    (ActionKind::Retire, "replaced: retire the fenced old primary")
+                }
+                s if s.is_member() && x.fenced => (ActionKind::Retire, "replaced: retire the fenced member"),
                 InstanceState::Retiring => (ActionKind::Retire, "finish retiring"),
                 InstanceState::Retired => (ActionKind::Archive, "archive the retired instance"),
                 InstanceState::Archived => (ActionKind::Terminate, "terminate the archived instance"),
@@ -294,8 +338,8 @@ impl Engine {
             Remedy::Nothing | Remedy::Wait => {}
             Remedy::Held { target } => self.hold_for_evidence(sslot, target, now, out),
             Remedy::InvariantBroken { what } => self.invariant_broken(sslot, what, now, out),
-            Remedy::Fence { primary, .. } => {
-                self.open_action(primary, ActionKind::Fence { immediate: true }, cause, true, now, out);
+            Remedy::Fence { member, .. } => {
+                self.open_action(member, ActionKind::Fence { immediate: true }, cause, true, now, out);
             }
             Remedy::Restart { primary } => {
                 self.open_action(primary, ActionKind::Restart, cause, true, now, out);
@@ -309,8 +353,8 @@ impl Engine {
             Remedy::RetireFollower { follower } => {
                 self.open_action(follower, ActionKind::Retire, cause, true, now, out);
             }
-            Remedy::ProvisionFollower { zone } => {
-                self.provision(sslot, Role::Follower, zone, cause, now, out);
+            Remedy::Provision { role, zone } => {
+                self.provision(sslot, role, zone, cause, now, out);
             }
             Remedy::Leave { instance, kind, .. } => {
                 self.open_action(instance, kind, cause, true, now, out);
@@ -387,17 +431,32 @@ impl Engine {
         Some(slot)
     }
 
-    /// The coarse service state, derived from its instances and remedies.
+    /// The coarse service state, derived from its instances and remedies
+    /// as its engine's topology reads them.
     pub(crate) fn derive_service_state(&mut self, sslot: u32, now: i64, out: &mut Outputs) {
         let Some(s) = self.services.get(sslot) else { return };
         if s.deleting {
             self.set_service_state(sslot, ServiceState::Deleting, "deleted by its owner", now, out);
             return;
         }
-        let primary = self.current_primary(sslot).and_then(|p| self.instances.get(p));
-        let remedying = s.open_remedies > 0;
         let needs_human = s.needs_human;
-        let (to, cause): (ServiceState, String) = match primary {
+        let (to, cause) = match self.policy_of(s).topology() {
+            Topology::PrimaryWithFollowers => self.state_with_primary(s, sslot),
+            Topology::PeerBrokers => self.state_of_peers(s),
+        };
+        // Only the `needs_human` arms yield `Unavailable` while the service
+        // needs a human (the arms before them never yield `Unavailable`).
+        let kind =
+            if to == ServiceState::Unavailable && needs_human { EventKind::NeedsHuman } else { EventKind::Transition };
+        self.set_service_state_as(sslot, to, &cause, kind, now, out);
+    }
+
+    /// A primary with followers: available when the primary and every
+    /// planned follower are.
+    fn state_with_primary(&self, s: &Svc, sslot: u32) -> (ServiceState, String) {
+        let primary = self.current_primary(sslot).and_then(|p| self.instances.get(p));
+        let planned = self.policy_of(s).members(&s.plan).count(Role::Follower);
+        match primary {
             Some(p) if p.state == InstanceState::Available => {
                 let available_followers = s
                     .instances
@@ -408,13 +467,10 @@ impl Engine {
                         })
                     })
                     .count();
-                if available_followers >= usize::from(s.plan.followers) {
+                if available_followers >= usize::from(planned) {
                     (ServiceState::Available, "primary and every planned follower available".into())
                 } else {
-                    (
-                        ServiceState::Degraded,
-                        format!("{available_followers} of {} followers available", s.plan.followers),
-                    )
+                    (ServiceState::Degraded, format!("{available_followers} of {planned} followers available"))
                 }
             }
             Some(p) if p.state == InstanceState::Installing && s.state == ServiceState::Provisioning => {
@@ -423,14 +479,42 @@ impl Engine {
             Some(p) if p.state == InstanceState::Uncertain => (ServiceState::Uncertain, "primary is uncertain".into()),
             _ if s.needs_human => (ServiceState::Unavailable, "a remedy failed: a human is needed".into()),
             _ if s.held => (ServiceState::Unavailable, "remedy held by the mass-uncertainty brake".into()),
-            _ if remedying => (ServiceState::Recovering, "primary down: remedy under way".into()),
+            _ if s.open_remedies > 0 => (ServiceState::Recovering, "primary down: remedy under way".into()),
             Some(p) => (ServiceState::Unavailable, format!("primary {}", p.state)),
             None => (ServiceState::Unavailable, "no writable primary".into()),
+        }
+    }
+
+    /// Peers: available when every planned peer serves, degraded while at
+    /// least one does.
+    fn state_of_peers(&self, s: &Svc) -> (ServiceState, String) {
+        let planned = self.policy_of(s).members(&s.plan).total();
+        let count = |state: InstanceState| {
+            s.instances
+                .iter()
+                .filter(|&&i| self.instances.get(i).is_some_and(|x| x.state == state && !x.fenced))
+                .count()
         };
-        // Only the `needs_human` arm above yields `Unavailable` while the
-        // service needs a human (the arms before it never yield `Unavailable`).
-        let kind =
-            if to == ServiceState::Unavailable && needs_human { EventKind::NeedsHuman } else { EventKind::Transition };
-        self.set_service_state_as(sslot, to, &cause, kind, now, out);
+        let available = count(InstanceState::Available);
+        if available > 0 {
+            return if available >= planned {
+                (ServiceState::Available, "every planned peer available".into())
+            } else {
+                (ServiceState::Degraded, format!("{available} of {planned} peers available"))
+            };
+        }
+        if s.state == ServiceState::Provisioning && count(InstanceState::Installing) > 0 {
+            (ServiceState::Provisioning, "building".into())
+        } else if count(InstanceState::Uncertain) > 0 {
+            (ServiceState::Uncertain, "no peer available; some are uncertain".into())
+        } else if s.needs_human {
+            (ServiceState::Unavailable, "a remedy failed: a human is needed".into())
+        } else if s.held {
+            (ServiceState::Unavailable, "remedy held by the mass-uncertainty brake".into())
+        } else if s.open_remedies > 0 {
+            (ServiceState::Recovering, "no peer available: remedy under way".into())
+        } else {
+            (ServiceState::Unavailable, "no peer available".into())
+        }
     }
 }

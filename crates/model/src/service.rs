@@ -35,14 +35,20 @@ impl fmt::Debug for EngineKind {
 #[derive(Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize, utoipa::ToSchema)]
 #[serde(rename_all = "snake_case")]
 pub enum Role {
+    /// The one member that takes writes; followers stream from it.
     Primary,
+    /// Streams from the primary; may be promoted in its place.
     Follower,
+    /// One of several peers that each serve clients (Kafka's brokers):
+    /// none streams from another and none is promoted.
+    Broker,
 }
 impl Role {
     pub fn as_str(self) -> &'static str {
         match self {
             Role::Primary => "primary",
             Role::Follower => "follower",
+            Role::Broker => "broker",
         }
     }
 }

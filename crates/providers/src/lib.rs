@@ -3,19 +3,21 @@
 //!
 //! Every provider sits behind [`Provider`]: the runtime shell hands it one
 //! attempt of an action at a time and forwards its [`ProviderEvent`]s to the
-//! engine. `sim` is the simulated fleet; `local` (real PostgreSQL processes)
-//! and cloud providers plug in behind the same trait later.
+//! engine. `sim` is the simulated fleet; `local` runs real PostgreSQL
+//! servers on this machine. One attempt that fails is an [`ActionError`],
+//! which says whether trying again can help.
 
 pub mod checks;
+mod error;
 pub mod local;
 pub mod pgbackrest;
 pub mod runas;
 pub mod sim;
 
+pub use error::{ActionError, ProviderError};
 pub use sim::{SimConfig, SimInstance, SimProvider};
 
 use drover_model::{ActionOutcome, ActionRecord, Beat, EngineKind, InstanceId, ServiceId};
-use std::path::PathBuf;
 
 /// What a provider tells the control plane on its own initiative.
 #[derive(Clone, Debug)]
@@ -45,7 +47,8 @@ pub trait Provider: Send + Sync + 'static {
     fn engines(&self) -> &'static [EngineKind];
     /// Carries out ONE attempt of `action`. Must be idempotent: executing the same action again (after a
     /// control-plane crash the engine re-dispatches running actions with attempts+1) is harmless and
-    /// reports Succeeded if the effect already holds.
+    /// reports Succeeded if the effect already holds. A failed attempt is an [`ActionError`] reported as
+    /// [`ActionError::outcome`], so the engine retries it only when `retryable()` says another attempt can help.
     fn execute(&self, action: ActionRecord) -> BoxFuture<ActionOutcome>;
     /// Starts the provider's background work (the sim's heartbeat loop), sending into `sink`.
     /// Must be called from within a tokio runtime. The work stops when the sink is closed.
@@ -73,28 +76,4 @@ pub struct ProviderChecks {
     pub followers: Option<Vec<checks::FollowerFacts>>,
     /// The service's router (its stable URL): running and answering.
     pub router: Option<checks::Check>,
-}
-
-/// Why a provider could not be opened or could not keep its own state.
-/// Failures of one action are not errors: they are `ActionOutcome::Failed`.
-#[derive(Debug, thiserror::Error)]
-pub enum ProviderError {
-    #[error("cannot {operation} {path}: {source}; check that the directory exists and is writable by this process")]
-    Io {
-        /// What was being done, e.g. "read the sim state file".
-        operation: &'static str,
-        path: PathBuf,
-        #[source]
-        source: std::io::Error,
-    },
-    #[error(
-        "sim state file {path} is corrupt ({reason}); restore it from a copy, or move it aside to start \
-         an empty simulated world (every simulated instance it held is then forgotten)"
-    )]
-    CorruptState { path: PathBuf, reason: String },
-    #[error(
-        "sim state file {path} has format version {found}, but this build of drover reads only version \
-         {supported}; run the drover build that wrote it, or move the file aside to start an empty world"
-    )]
-    UnsupportedStateFormat { path: PathBuf, found: u64, supported: u64 },
 }

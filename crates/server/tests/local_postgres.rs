@@ -438,6 +438,48 @@ async fn a_rebuild_failing_forever_needs_a_human_pages_once_and_resume_heals_it(
     .await;
 }
 
+/// A cause no retry can cure is not retried: a follower rebuild that the
+/// primary's pg_hba.conf refuses fails its one attempt (the provider calls
+/// the refusal permanent), so with one failed remedy allowed the service
+/// needs a human after a single provision attempt, not after
+/// `max_action_attempts` of them with backoff in between.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_rebuild_refused_by_pg_hba_is_not_retried_and_needs_a_human_after_one_attempt() {
+    const ATTEMPTS: u32 = 5;
+    let (t, _reaper) = start_local_tweaked(|opts| {
+        opts.engine.max_action_attempts = ATTEMPTS;
+        opts.engine.max_remedy_failures = 1;
+    })
+    .await;
+    let before = create_pg(&t, "pgperm").await;
+    let url = before["url"].as_str().unwrap().to_string();
+    let primary_id = id(&primary(&before));
+    let follower_id = id(&followers(&before)[0]);
+    let state: Value =
+        serde_json::from_str(&std::fs::read_to_string(t.dir.path().join("local/state.json")).unwrap()).unwrap();
+    let primary_dir = state["instances"][&primary_id]["dir"].as_str().unwrap().to_string();
+    let hba_path = std::path::Path::new(&primary_dir).join("pgdata/pg_hba.conf");
+    let good_hba = std::fs::read_to_string(&hba_path).unwrap();
+    std::fs::write(&hba_path, format!("host replication all 127.0.0.1/32 reject\n{good_hba}")).unwrap();
+    let c = connect(&url).await.expect("connect through the URL");
+    c.simple_query("SELECT pg_reload_conf()").await.unwrap();
+
+    let (status, body) = t.post("/v1/chaos", json!({"instance": follower_id, "fault": "crash"})).await;
+    assert_eq!(status, 202, "{body}");
+    poll(SLOW, "the service needs a human", || async {
+        let s = t.service("pgperm").await;
+        (s["needs_human"] == true).then_some(s)
+    })
+    .await;
+    let (_, actions) = t.get("/v1/actions?service=pgperm").await;
+    let failed: Vec<&Value> =
+        actions.as_array().unwrap().iter().filter(|a| a["kind"] == "provision" && a["state"] == "failed").collect();
+    assert_eq!(failed.len(), 1, "one failed rebuild: {actions:#}");
+    assert_eq!(failed[0]["attempts"], 1, "a refused login is not retried ({ATTEMPTS} allowed): {:#}", failed[0]);
+    let error = failed[0]["error"].as_str().unwrap_or_default();
+    assert!(error.contains("pg_hba.conf rejects"), "the refusal is the evidence: {error}");
+}
+
 /// The router is a member of the service like its servers: killed, it is
 /// started again on the same port within a second or two, and the event log
 /// says so.

@@ -4,7 +4,8 @@
 use super::postgres::{self, ServerSettings};
 use super::process::{self, ProcState};
 use super::registry::{InstanceEntry, Lifecycle, ServiceEntry};
-use super::{lock, router, Inner, MAX_ROUTER_PAUSE, ROUTER_COMMAND_TIMEOUT};
+use super::{lock, Inner};
+use crate::ActionError;
 use drover_model::{ActionKind, ActionOutcome, ActionRecord, Fault, InstanceId, Role, ServiceId};
 use nix::sys::signal::Signal;
 use std::sync::Arc;
@@ -27,40 +28,18 @@ const PROMOTE_POLL_INTERVAL: Duration = Duration::from_millis(5);
 /// machine; a frozen one never answers, so this is what a frozen host costs
 /// on top of the silence (`UNCERTAIN_AFTER`): together under 2 s.
 const PROBE_TIMEOUT: Duration = Duration::from_millis(500);
-/// How long a failover fence waits for the router to show that it holds new
-/// queries before killing the primary anyway. The admin console answers in
-/// milliseconds.
-const HOLD_CONFIRM_TIMEOUT: Duration = Duration::from_millis(500);
-/// How long after the kill of a held primary its connections may take to
-/// close at the router before they are dropped (`KILL <db>`). A killed local
-/// process closes its sockets at once; this bound is for a server that
-/// leaves them open.
-const DEAD_CONNECTIONS_WAIT: Duration = Duration::from_millis(200);
 /// One SQL statement the provider runs as part of an action.
 const SQL_TIMEOUT: Duration = Duration::from_secs(10);
 /// Quorum sync replication to any one streaming follower (Patroni's
 /// non-strict synchronous mode, see `Inner::adjust_sync`).
 pub const SYNC_STANDBYS: &str = "ANY 1 (*)";
 
-/// Why one attempt failed.
-pub struct Failure {
-    error: String,
-    retryable: bool,
-}
-fn retry(error: impl Into<String>) -> Failure {
-    Failure { error: error.into(), retryable: true }
-}
-fn fatal(error: impl Into<String>) -> Failure {
-    Failure { error: error.into(), retryable: false }
-}
-impl From<String> for Failure {
-    /// Unclassified errors (I/O, a server slow to start) are worth a retry.
-    fn from(error: String) -> Failure {
-        retry(error)
-    }
-}
+/// What one attempt did, or why it failed.
+type Done = Result<Option<String>, ActionError>;
 
-type Done = Result<Option<String>, Failure>;
+fn invalid(error: impl Into<String>) -> ActionError {
+    ActionError::InvalidState(error.into())
+}
 
 impl Inner {
     pub(super) async fn execute(self: &Arc<Self>, action: ActionRecord) -> ActionOutcome {
@@ -85,7 +64,7 @@ impl Inner {
         };
         let outcome = match result {
             Ok(detail) => ActionOutcome::Succeeded { detail },
-            Err(Failure { error, retryable }) => ActionOutcome::Failed { error, retryable },
+            Err(error) => error.outcome(),
         };
         tracing::info!(
             action = %action.id,
@@ -107,17 +86,23 @@ impl Inner {
         service_name: &str,
         sync: bool,
     ) -> Done {
+        if role == Role::Broker {
+            // The engine refuses such services first (`engines()`); this is the backstop.
+            return Err(ActionError::Config("the local provider runs PostgreSQL only: it builds no brokers".into()));
+        }
         let existing = {
             let registry = lock(&self.registry);
             if registry.tombstones.contains(&id) {
-                return Err(fatal(format!("instance {id} was terminated; a terminated id is never provisioned again")));
+                return Err(invalid(format!(
+                    "instance {id} was terminated; a terminated id is never provisioned again"
+                )));
             }
             registry.instances.get(&id).cloned()
         };
         if let Some(entry) = &existing {
             match entry.lifecycle {
                 Lifecycle::Active if entry.fenced => {
-                    return Err(fatal(format!("instance {id} is fenced; provision a new instance instead")))
+                    return Err(invalid(format!("instance {id} is fenced; provision a new instance instead")))
                 }
                 Lifecycle::Active => {
                     // Already built: make sure it runs (a repeat after a crash).
@@ -128,7 +113,7 @@ impl Inner {
                     return Ok(Some("already provisioned".into()));
                 }
                 Lifecycle::Retired | Lifecycle::Archived => {
-                    return Err(fatal(format!("instance {id} was retired; it is not provisioned again")))
+                    return Err(invalid(format!("instance {id} was retired; it is not provisioned again")))
                 }
                 Lifecycle::Provisioning => {
                     // A half-built attempt: start over in the same place.
@@ -138,10 +123,11 @@ impl Inner {
             }
         }
         let entry = self.register(id, service_id, role, service_name, sync, existing)?;
-        self.run_as.prepare_dir(&entry.dir, 0o700).map_err(|e| format!("instance dir: {e}"))?;
+        self.prepare_dir(&entry.dir)?;
         match role {
             Role::Primary => self.build_primary(&entry).await?,
             Role::Follower => self.build_follower(&entry).await?,
+            Role::Broker => return Err(ActionError::Config("the local provider builds no brokers".into())),
         }
         self.start_server(id, &entry).await?;
         if role == Role::Follower {
@@ -171,6 +157,7 @@ impl Inner {
                     self.adjust_sync(service_id).await?;
                 }
             }
+            Role::Broker => {}
         }
         Ok(Some(format!("{role} on port {}", entry.port)))
     }
@@ -185,7 +172,7 @@ impl Inner {
         service_name: &str,
         sync: bool,
         existing: Option<InstanceEntry>,
-    ) -> Result<InstanceEntry, Failure> {
+    ) -> Result<InstanceEntry, ActionError> {
         let entry = {
             let mut registry = lock(&self.registry);
             let mut used = registry.ports_in_use();
@@ -231,13 +218,20 @@ impl Inner {
         ServerSettings { archive_command: self.config.archive_command.as_deref(), control_user: &self.control_user }
     }
 
-    async fn build_primary(&self, entry: &InstanceEntry) -> Result<(), Failure> {
+    /// A private directory owned by the server user.
+    fn prepare_dir(&self, dir: &std::path::Path) -> Result<(), ActionError> {
+        self.run_as
+            .prepare_dir(dir, 0o700)
+            .map_err(|e| ActionError::io(format_args!("cannot prepare {}", dir.display()), e))
+    }
+
+    async fn build_primary(&self, entry: &InstanceEntry) -> Result<(), ActionError> {
         let password = self.service(entry.service)?.password;
         let pgdata = entry.pgdata();
-        self.run_as.prepare_dir(&pgdata, 0o700).map_err(|e| format!("pgdata: {e}"))?;
+        self.prepare_dir(&pgdata)?;
         let pwfile = entry.dir.join("initdb.pw");
         postgres::write_owned(&self.run_as, &pwfile, &password, 0o600)?;
-        let mut initdb = tokio::process::Command::new(self.binaries.path("initdb"));
+        let mut initdb = tokio::process::Command::new(self.servers.binaries().path("initdb"));
         initdb
             .arg("-D")
             .arg(&pgdata)
@@ -255,15 +249,18 @@ impl Inner {
         Ok(())
     }
 
-    async fn build_follower(&self, entry: &InstanceEntry) -> Result<(), Failure> {
+    async fn build_follower(&self, entry: &InstanceEntry) -> Result<(), ActionError> {
         let service = self.service(entry.service)?;
         let primary = self.current_primary(entry.service).ok_or_else(|| {
-            retry(format!("service {} has no running, unfenced primary to copy a follower from", service.name))
+            ActionError::Unavailable(format!(
+                "service {} has no running, unfenced primary to copy a follower from",
+                service.name
+            ))
         })?;
         let pgdata = entry.pgdata();
-        self.run_as.prepare_dir(&pgdata, 0o700).map_err(|e| format!("pgdata: {e}"))?;
+        self.prepare_dir(&pgdata)?;
         let conninfo = postgres::primary_conninfo(primary.port, &service.password, &entry_id_name(entry));
-        let mut basebackup = tokio::process::Command::new(self.binaries.path("pg_basebackup"));
+        let mut basebackup = tokio::process::Command::new(self.servers.binaries().path("pg_basebackup"));
         basebackup
             .arg("-D")
             .arg(&pgdata)
@@ -277,8 +274,8 @@ impl Inner {
         Ok(())
     }
 
-    fn service(&self, id: ServiceId) -> Result<ServiceEntry, Failure> {
-        lock(&self.registry).services.get(&id).cloned().ok_or_else(|| fatal(format!("unknown service {id}")))
+    fn service(&self, id: ServiceId) -> Result<ServiceEntry, ActionError> {
+        lock(&self.registry).services.get(&id).cloned().ok_or_else(|| invalid(format!("unknown service {id}")))
     }
 
     /// [`Inner::current_primary`], for the checks.
@@ -290,11 +287,11 @@ impl Inner {
     fn current_primary(&self, service: ServiceId) -> Option<InstanceEntry> {
         let id = lock(&self.registry).services.get(&service)?.primary?;
         let entry = self.entry(id)?;
-        let running = self.server(id).is_some_and(|p| p.is_running());
+        let running = self.servers.running(id);
         (entry.should_run() && running).then_some(entry)
     }
 
-    async fn wait_streaming(&self, entry: &InstanceEntry) -> Result<(), Failure> {
+    async fn wait_streaming(&self, entry: &InstanceEntry) -> Result<(), ActionError> {
         let deadline = Instant::now() + STREAM_TIMEOUT;
         loop {
             let status = postgres::execute(entry, "SELECT status FROM pg_stat_wal_receiver", SQL_TIMEOUT).await;
@@ -304,7 +301,7 @@ impl Inner {
                 }
             }
             if Instant::now() >= deadline {
-                return Err(retry(format!(
+                return Err(ActionError::Timeout(format!(
                     "follower not streaming after {STREAM_TIMEOUT:?} ({status:?}); log: {}",
                     postgres::log_tail(entry)
                 )));
@@ -318,7 +315,7 @@ impl Inner {
     /// (availability over blocking every write). Called when a follower
     /// starts streaming and by the heartbeat loop when a primary's count of
     /// streaming followers changes between none and some.
-    pub(super) async fn adjust_sync(&self, service_id: ServiceId) -> Result<(), String> {
+    pub(super) async fn adjust_sync(&self, service_id: ServiceId) -> Result<(), ActionError> {
         let guard = self.service_lock(service_id);
         let _held = guard.lock().await;
         let Some(service) = lock(&self.registry).services.get(&service_id).cloned() else {
@@ -360,7 +357,9 @@ impl Inner {
                 return Ok(());
             }
             if Instant::now() >= deadline {
-                return Err(format!("no synchronous follower reported {SYNC_TIMEOUT:?} after enabling sync"));
+                return Err(ActionError::Timeout(format!(
+                    "no synchronous follower reported {SYNC_TIMEOUT:?} after enabling sync"
+                )));
             }
             tokio::time::sleep(Duration::from_millis(50)).await;
         }
@@ -369,44 +368,41 @@ impl Inner {
     /// A full base backup of the service from `id` (its primary) into the
     /// pgBackRest repository; the stanza is created on first use.
     async fn backup(&self, id: InstanceId) -> Done {
-        let repo = self
-            .config
-            .backups
-            .clone()
-            .ok_or_else(|| fatal("no backup repository is configured for the local provider"))?;
-        let entry = self.entry(id).ok_or_else(|| fatal("unknown instance"))?;
+        let repo =
+            self.config.backups.clone().ok_or_else(|| {
+                ActionError::Config("no backup repository is configured for the local provider".into())
+            })?;
+        let entry = self.entry(id).ok_or_else(|| invalid("unknown instance"))?;
         if !entry.should_run() {
-            return Err(fatal("the instance does not run: back up from the running primary"));
+            return Err(invalid("the instance does not run: back up from the running primary"));
         }
         let target = self.pg_target(&entry);
         let stanza = entry.service_name.clone();
-        repo.ensure_stanza(&stanza, &target).await.map_err(|e| retry(e.to_string()))?;
-        let info = repo
-            .backup(&stanza, &target, crate::pgbackrest::BackupKind::Full)
-            .await
-            .map_err(|e| retry(e.to_string()))?;
+        repo.ensure_stanza(&stanza, &target).await.map_err(backup_error)?;
+        let info = repo.backup(&stanza, &target, crate::pgbackrest::BackupKind::Full).await.map_err(backup_error)?;
         Ok(Some(format!("backup {} of {} bytes", info.label, info.size_bytes)))
     }
 
     /// Restores the service's latest backup into a scratch server, checks
     /// it, and throws it away. A backup that does not restore is a failure
-    /// (not retried: a retry would restore the same broken backup).
+    /// (not retried: a retry would restore the same broken backup); one
+    /// that could not be tried for a passing cause (the repository did not
+    /// answer) is.
     async fn verify_restore(&self, id: InstanceId, action: drover_model::ActionId) -> Done {
-        let repo = self
-            .config
-            .backups
-            .clone()
-            .ok_or_else(|| fatal("no backup repository is configured for the local provider"))?;
-        let entry = self.entry(id).ok_or_else(|| fatal("unknown instance"))?;
+        let repo =
+            self.config.backups.clone().ok_or_else(|| {
+                ActionError::Config("no backup repository is configured for the local provider".into())
+            })?;
+        let entry = self.entry(id).ok_or_else(|| invalid("unknown instance"))?;
         let port = {
             let registry = lock(&self.registry);
             free_port(&registry.ports_in_use())?
         };
         let scratch = self.root.join("scratch").join(action.to_string());
         let report = repo
-            .verify_restore(&entry.service_name, &scratch, port, &self.binaries.bindir, None)
+            .verify_restore(&entry.service_name, &scratch, port, &self.servers.binaries().bindir, None)
             .await
-            .map_err(|e| fatal(e.to_string()))?;
+            .map_err(backup_error)?;
         if report.ok {
             Ok(Some(format!(
                 "backup {} restored and checked in {:.1}s: {}",
@@ -415,7 +411,7 @@ impl Inner {
                 report.evidence.join("; ")
             )))
         } else {
-            Err(fatal(format!(
+            Err(ActionError::BrokenBackup(format!(
                 "backup {} did not restore: {}",
                 report.backup,
                 report.error.unwrap_or_else(|| report.evidence.join("; "))
@@ -428,25 +424,25 @@ impl Inner {
             data_dir: entry.pgdata(),
             port: entry.port,
             socket_dir: entry.socket_dir(),
-            bin_dir: self.binaries.bindir.clone(),
+            bin_dir: self.servers.binaries().bindir.clone(),
         }
     }
 
     async fn probe(&self, id: InstanceId) -> Done {
-        let entry = self.entry(id).ok_or_else(|| fatal("unknown instance"))?;
+        let entry = self.entry(id).ok_or_else(|| invalid("unknown instance"))?;
         if !entry.should_run() {
-            return Err(fatal(format!("instance is {}", if entry.fenced { "fenced" } else { "not active" })));
+            return Err(invalid(format!("instance is {}", if entry.fenced { "fenced" } else { "not active" })));
         }
         if self.config.same_host_evidence {
             // Same-host shortcuts: a dead or stopped postmaster fails the
             // probe at once, without waiting for the query's timeout.
-            let process = self.server(id).ok_or_else(|| fatal("no postmaster"))?;
+            let process = self.servers.get(id).ok_or_else(|| ActionError::Unhealthy("no postmaster".into()))?;
             match process::proc_state(process.pid) {
                 ProcState::Live if !process.has_exited() => {}
-                state => return Err(fatal(format!("postmaster {} is {state:?}", process.pid))),
+                state => return Err(ActionError::Unhealthy(format!("postmaster {} is {state:?}", process.pid))),
             }
         }
-        postgres::answers(&entry, PROBE_TIMEOUT).await.map_err(fatal)?;
+        postgres::answers(&entry, PROBE_TIMEOUT).await.map_err(|e| ActionError::Unhealthy(e.to_string()))?;
         Ok(Some("answers SELECT 1".into()))
     }
 
@@ -458,21 +454,25 @@ impl Inner {
     /// (the local form of powering off a frozen host) and the statements
     /// that were stuck on it fail. Otherwise (a switchover): running
     /// statements finish first and the server shuts down cleanly.
-    async fn fence(self: &Arc<Self>, id: InstanceId, immediate: bool) -> Done {
+    async fn fence(&self, id: InstanceId, immediate: bool) -> Done {
         let Some(entry) = self.entry(id) else {
             return Ok(Some("unknown instance: nothing can write".into()));
         };
         let routed_here = lock(&self.registry).services.get(&entry.service).and_then(|s| s.primary) == Some(id);
         let hold = routed_here && !entry.fenced;
         if immediate {
-            let holding = if hold { self.hold_router(entry.service).await } else { None };
+            let service = if hold { self.service(entry.service).ok() } else { None };
+            let holding = match &service {
+                Some(service) => self.routers.hold(entry.service, service).await,
+                None => None,
+            };
             self.kill_server(id, Some(&entry)).await?;
-            if let Some(holding) = holding {
-                self.release_dead_connections(entry.service, holding).await;
+            if let (Some(service), Some(holding)) = (&service, holding) {
+                self.routers.release_dead_connections(service, holding).await;
             }
         } else {
-            if hold {
-                self.pause_router(entry.service).await;
+            if let Some(service) = if hold { self.service(entry.service).ok() } else { None } {
+                self.routers.pause(entry.service, &service).await;
             }
             self.stop_server(id, Some(&entry)).await?;
         }
@@ -491,7 +491,7 @@ impl Inner {
     }
 
     async fn promote(self: &Arc<Self>, id: InstanceId) -> Done {
-        let entry = self.entry(id).ok_or_else(|| fatal("unknown instance"))?;
+        let entry = self.entry(id).ok_or_else(|| invalid("unknown instance"))?;
         let result = self.promote_inner(id, &entry).await;
         if result.is_err() {
             // Never leave clients queued behind a failed promotion.
@@ -502,19 +502,19 @@ impl Inner {
 
     async fn promote_inner(self: &Arc<Self>, id: InstanceId, entry: &InstanceEntry) -> Done {
         if !entry.should_run() {
-            return Err(fatal(format!(
+            return Err(invalid(format!(
                 "cannot promote: instance is {}",
                 if entry.fenced { "fenced" } else { "not active" }
             )));
         }
-        if !self.server(id).is_some_and(|p| p.is_running()) {
-            return Err(fatal("cannot promote: its postmaster is not running"));
+        if !self.servers.running(id) {
+            return Err(invalid("cannot promote: its postmaster is not running"));
         }
         // Never two writable primaries: the old one must be fenced (or dead) first.
         let old = lock(&self.registry).services.get(&entry.service).and_then(|s| s.primary).filter(|p| *p != id);
         if let Some(old) = old {
-            if self.entry(old).is_some_and(|e| e.should_run()) && self.server(old).is_some_and(|p| !p.has_exited()) {
-                return Err(fatal(format!("cannot promote: the primary {old} still runs unfenced; fence it first")));
+            if self.entry(old).is_some_and(|e| e.should_run()) && self.servers.alive(old) {
+                return Err(invalid(format!("cannot promote: the primary {old} still runs unfenced; fence it first")));
             }
         }
         let recovery = postgres::execute(entry, "SELECT pg_is_in_recovery()", SQL_TIMEOUT).await?;
@@ -570,23 +570,23 @@ impl Inner {
 
     /// pg_promote without its wait, then polls for the end of recovery on
     /// one connection (see [`PROMOTE_POLL_INTERVAL`]).
-    async fn end_recovery(&self, entry: &InstanceEntry) -> Result<(), Failure> {
+    async fn end_recovery(&self, entry: &InstanceEntry) -> Result<(), ActionError> {
         let client = postgres::connect(entry, SQL_TIMEOUT).await?;
         let query = |sql: &'static str| {
             let client = &client;
             async move {
                 let messages = tokio::time::timeout(SQL_TIMEOUT, client.simple_query(sql))
                     .await
-                    .map_err(|_| format!("`{sql}` did not finish within {SQL_TIMEOUT:?}"))?
-                    .map_err(|e| postgres::error_text(&e))?;
-                Ok::<_, String>(messages.into_iter().find_map(|m| match m {
+                    .map_err(|_| ActionError::Timeout(format!("`{sql}` did not finish within {SQL_TIMEOUT:?}")))?
+                    .map_err(|e| postgres::sql_error(sql, &e))?;
+                Ok::<_, ActionError>(messages.into_iter().find_map(|m| match m {
                     tokio_postgres::SimpleQueryMessage::Row(row) => row.get(0).map(str::to_string),
                     _ => None,
                 }))
             }
         };
         if query("SELECT pg_promote(wait => false)").await?.as_deref() != Some("t") {
-            return Err(retry("pg_promote could not signal the promotion"));
+            return Err(ActionError::Failed("pg_promote could not signal the promotion".into()));
         }
         let deadline = Instant::now() + PROMOTE_WAIT;
         loop {
@@ -594,25 +594,26 @@ impl Inner {
                 return Ok(());
             }
             if Instant::now() >= deadline {
-                return Err(retry(format!("the promotion did not end recovery within {PROMOTE_WAIT:?}")));
+                return Err(ActionError::Timeout(format!(
+                    "the promotion did not end recovery within {PROMOTE_WAIT:?}"
+                )));
             }
             tokio::time::sleep(PROMOTE_POLL_INTERVAL).await;
         }
     }
 
     async fn restart(self: &Arc<Self>, id: InstanceId) -> Done {
-        let entry = self.entry(id).ok_or_else(|| fatal("unknown instance"))?;
+        let entry = self.entry(id).ok_or_else(|| invalid("unknown instance"))?;
         if entry.fenced {
-            return Err(fatal("instance is fenced: it is never started again"));
+            return Err(invalid("instance is fenced: it is never started again"));
         }
         if entry.lifecycle != Lifecycle::Active {
-            return Err(fatal(format!("instance is {:?}, not active", entry.lifecycle)));
+            return Err(invalid(format!("instance is {:?}, not active", entry.lifecycle)));
         }
-        let healthy =
-            self.server(id).is_some_and(|p| p.is_running()) && postgres::answers(&entry, PROBE_TIMEOUT).await.is_ok();
+        let healthy = self.servers.running(id) && postgres::answers(&entry, PROBE_TIMEOUT).await.is_ok();
         if !healthy {
             // Hung or half-dead: kill the group (a stopped group is killed at once).
-            if self.server(id).is_some() {
+            if self.servers.known(id) {
                 self.stop_server(id, Some(&entry)).await?;
             }
             self.start_server(id, &entry).await?;
@@ -661,10 +662,11 @@ impl Inner {
         let target = self.root.join("archive").join(id.to_string());
         if entry.dir.exists() {
             if target.exists() {
-                return Err(fatal(format!("{} already exists; move it aside", target.display())));
+                return Err(ActionError::Config(format!("{} already exists; move it aside", target.display())));
             }
-            std::fs::rename(&entry.dir, &target)
-                .map_err(|e| format!("cannot move {} to {}: {e}", entry.dir.display(), target.display()))?;
+            std::fs::rename(&entry.dir, &target).map_err(|e| {
+                ActionError::io(format_args!("cannot move {} to {}", entry.dir.display(), target.display()), e)
+            })?;
         }
         {
             let mut registry = lock(&self.registry);
@@ -690,7 +692,7 @@ impl Inner {
             match std::fs::remove_dir_all(&dir) {
                 Ok(()) => {}
                 Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
-                Err(e) => return Err(retry(format!("cannot delete {}: {e}", dir.display()))),
+                Err(e) => return Err(ActionError::io(format_args!("cannot delete {}", dir.display()), e)),
             }
         }
         let service_empty = {
@@ -708,34 +710,22 @@ impl Inner {
         if service_empty {
             // Nothing left to route to. The service entry (port, password)
             // stays so a new instance of the same service keeps its URL.
-            let router = lock(&self.routers).remove(&entry.service);
-            if let Some(router) = router {
-                router.stop(Signal::SIGTERM, self.config.stop_timeout).await?;
-            }
+            self.routers.stop(entry.service).await?;
         }
         lock(&self.instance_locks).remove(&id);
         Ok(Some("deleted".into()))
     }
 
     async fn inject(&self, id: InstanceId, fault: Fault) -> Done {
-        let entry = self.entry(id).ok_or_else(|| fatal("unknown instance"))?;
-        let process = self.server(id).filter(|p| !p.has_exited());
-        let detail = match (fault, &process) {
-            (Fault::Crash, Some(p)) => {
-                process::signal_process(p.pid, Signal::SIGKILL);
-                "postmaster killed (SIGKILL)"
-            }
-            (Fault::Crash, None) => "not running",
-            (Fault::Hang, Some(p)) => {
-                p.signal_family(Signal::SIGSTOP);
-                "postmaster and its backends stopped (SIGSTOP)"
-            }
-            (Fault::Hang, None) => return Err(fatal("cannot hang: not running")),
-            (Fault::Partition, _) => "heartbeats withheld",
-            (Fault::Heal, p) => {
-                if let Some(p) = p {
-                    p.signal_family(Signal::SIGCONT);
-                }
+        let entry = self.entry(id).ok_or_else(|| invalid("unknown instance"))?;
+        let detail = match fault {
+            Fault::Crash if self.servers.crash(id) => "postmaster killed (SIGKILL)",
+            Fault::Crash => "not running",
+            Fault::Hang if self.servers.signal(id, Signal::SIGSTOP) => "postmaster and its backends stopped (SIGSTOP)",
+            Fault::Hang => return Err(invalid("cannot hang: not running")),
+            Fault::Partition => "heartbeats withheld",
+            Fault::Heal => {
+                self.servers.signal(id, Signal::SIGCONT);
                 "healed"
             }
         };
@@ -754,103 +744,10 @@ impl Inner {
         Ok(Some(detail.into()))
     }
 
-    /// Pauses the service's router, waiting (bounded) for running
-    /// statements to finish, and arms the watchdog.
-    async fn pause_router(self: &Arc<Self>, service_id: ServiceId) {
-        let Ok(service) = self.service(service_id) else {
-            return;
-        };
-        if lock(&self.routers).get(&service_id).is_none_or(|p| p.has_exited()) {
-            return;
-        }
-        // PAUSE waits for running transactions: on a dead or hung primary
-        // it may never complete. The admin connection is dropped on timeout,
-        // but pgbouncer stays in "pausing" and queues new clients: enough.
-        if let Err(error) = router::pause(&service, ROUTER_COMMAND_TIMEOUT).await {
-            tracing::info!(service = %service.name, %error, "router pause not confirmed; fencing anyway");
-        }
-        self.arm_pause_watchdog(service_id);
-    }
-
-    /// Holds new queries of the service at its router without waiting for
-    /// the running ones (`PAUSE <db>`, whose answer comes only once they end,
-    /// is left running: the returned task). Returns once the router shows the
-    /// hold (bounded by [`HOLD_CONFIRM_TIMEOUT`]), None without a router.
-    async fn hold_router(self: &Arc<Self>, service_id: ServiceId) -> Option<tokio::task::JoinHandle<()>> {
-        let service = self.service(service_id).ok()?;
-        if lock(&self.routers).get(&service_id).is_none_or(|p| p.has_exited()) {
-            return None;
-        }
-        let pausing = {
-            let service = service.clone();
-            tokio::spawn(async move {
-                if let Err(error) = router::pause_database(&service, ROUTER_COMMAND_TIMEOUT).await {
-                    tracing::info!(service = %service.name, %error, "router pause not confirmed");
-                }
-            })
-        };
-        self.arm_pause_watchdog(service_id);
-        let deadline = Instant::now() + HOLD_CONFIRM_TIMEOUT;
-        loop {
-            match router::database_paused(&service, HOLD_CONFIRM_TIMEOUT).await {
-                Ok(true) => break,
-                Ok(false) | Err(_) if Instant::now() < deadline => tokio::time::sleep(Duration::from_millis(5)).await,
-                other => {
-                    // Fence anyway: the kill does not depend on the router.
-                    tracing::warn!(service = %service.name, answer = ?other, "router hold not confirmed");
-                    break;
-                }
-            }
-        }
-        Some(pausing)
-    }
-
-    /// After the kill of a held service's primary: its server connections
-    /// close with it and the PAUSE completes, keeping idle clients connected
-    /// (transaction pooling sends their next transaction to the new
-    /// primary). Connections a dead server left open (a powered-off host
-    /// closes nothing) would keep the PAUSE waiting: past
-    /// [`DEAD_CONNECTIONS_WAIT`] the router drops them (`KILL <db>`).
-    async fn release_dead_connections(&self, service_id: ServiceId, pausing: tokio::task::JoinHandle<()>) {
-        if tokio::time::timeout(DEAD_CONNECTIONS_WAIT, pausing).await.is_ok() {
-            return;
-        }
-        let Ok(service) = self.service(service_id) else {
-            return;
-        };
-        tracing::info!(service = %service.name, "connections to the killed primary still open: cutting them off");
-        if let Err(error) = router::cut_off(&service, ROUTER_COMMAND_TIMEOUT).await {
-            tracing::warn!(service = %service.name, %error, "router cut-off failed");
-        }
-    }
-
-    /// Resumes the router if nothing else does within [`MAX_ROUTER_PAUSE`]:
-    /// clients must never stay held forever.
-    fn arm_pause_watchdog(self: &Arc<Self>, service_id: ServiceId) {
-        let paused_at = Instant::now();
-        lock(&self.paused).insert(service_id, paused_at);
-        let weak = Arc::downgrade(self);
-        tokio::spawn(async move {
-            tokio::time::sleep(MAX_ROUTER_PAUSE).await;
-            let Some(inner) = weak.upgrade() else { return };
-            let still = lock(&inner.paused).get(&service_id) == Some(&paused_at);
-            if still {
-                tracing::warn!(%service_id, "router paused too long (no promotion followed): resuming");
-                inner.resume_router(service_id).await;
-            }
-        });
-    }
-
+    /// Ends every hold on the service's router.
     pub(super) async fn resume_router(&self, service_id: ServiceId) {
-        lock(&self.paused).remove(&service_id);
-        let Ok(service) = self.service(service_id) else {
-            return;
-        };
-        if lock(&self.routers).get(&service_id).is_none_or(|p| p.has_exited()) {
-            return;
-        }
-        if let Err(error) = router::resume(&service, ROUTER_COMMAND_TIMEOUT).await {
-            tracing::warn!(service = %service.name, %error, "cannot resume router");
+        if let Ok(service) = self.service(service_id) {
+            self.routers.resume(service_id, &service).await;
         }
     }
 }
@@ -861,24 +758,46 @@ fn entry_id_name(entry: &InstanceEntry) -> String {
 }
 
 /// A free loopback port not already in the registry.
-fn free_port(used: &std::collections::BTreeSet<u16>) -> Result<u16, Failure> {
+fn free_port(used: &std::collections::BTreeSet<u16>) -> Result<u16, ActionError> {
+    let no_port = |e| ActionError::io("cannot find a free port", e);
     for _ in 0..100 {
-        let listener =
-            std::net::TcpListener::bind(("127.0.0.1", 0)).map_err(|e| format!("cannot find a free port: {e}"))?;
-        let port = listener.local_addr().map_err(|e| e.to_string())?.port();
+        let listener = std::net::TcpListener::bind(("127.0.0.1", 0)).map_err(no_port)?;
+        let port = listener.local_addr().map_err(no_port)?.port();
         if !used.contains(&port) {
             return Ok(port);
         }
     }
-    Err(retry("no free loopback port found in 100 tries"))
+    Err(ActionError::Unavailable("no free loopback port found in 100 tries".into()))
 }
 
 /// 24 random bytes as hex (safe in URLs, conninfo and config files).
-fn random_password() -> Result<String, Failure> {
+fn random_password() -> Result<String, ActionError> {
     use std::io::Read;
     let mut bytes = [0u8; 24];
     std::fs::File::open("/dev/urandom")
         .and_then(|mut f| f.read_exact(&mut bytes))
-        .map_err(|e| format!("cannot read /dev/urandom: {e}"))?;
+        .map_err(|e| ActionError::io("cannot read /dev/urandom", e))?;
     Ok(bytes.iter().map(|b| format!("{b:02x}")).collect())
+}
+
+/// A pgBackRest failure as an action's: its own mistakes in the
+/// configuration (a bad stanza, nothing to restore) are permanent; a tool
+/// that could not start is a missing install; the rest (a command that
+/// failed or timed out) may pass.
+fn backup_error(error: crate::pgbackrest::BackupError) -> ActionError {
+    use crate::pgbackrest::BackupError;
+    let text = error.to_string();
+    match error {
+        BackupError::InvalidStanza(_) | BackupError::Spawn { .. } | BackupError::ScratchInUse { .. } => {
+            ActionError::Config(text)
+        }
+        BackupError::NoBackup { .. } => ActionError::InvalidState(text),
+        BackupError::Io { operation, path, source } => {
+            ActionError::io(format_args!("cannot {operation} {}", path.display()), source)
+        }
+        BackupError::Timeout { .. } => ActionError::Timeout(text),
+        BackupError::Command { .. } | BackupError::Parse { .. } | BackupError::BackupMissing { .. } => {
+            ActionError::Failed(text)
+        }
+    }
 }

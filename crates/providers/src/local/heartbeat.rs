@@ -48,15 +48,10 @@ impl Inner {
     async fn beat_round(self: &Arc<Self>, timeout: Duration) -> Vec<Beat> {
         let audible: Vec<(InstanceId, InstanceEntry)> = {
             let registry = lock(&self.registry);
-            let servers = lock(&self.servers);
             registry
                 .instances
                 .iter()
-                .filter(|(id, e)| {
-                    e.should_run()
-                        && e.fault != Some(Fault::Partition)
-                        && servers.get(id).is_some_and(|p| !p.has_exited())
-                })
+                .filter(|(id, e)| e.should_run() && e.fault != Some(Fault::Partition) && self.servers.alive(**id))
                 .map(|(id, e)| (*id, e.clone()))
                 .collect()
         };
@@ -87,7 +82,7 @@ impl Inner {
         let mut client = slot.try_lock().ok()?;
         let attempt = async {
             if client.as_ref().is_none_or(|c| c.is_closed()) {
-                *client = Some(postgres::connect(entry, timeout).await?);
+                *client = Some(postgres::connect(entry, timeout).await.map_err(|e| e.to_string())?);
             }
             let connection = client.as_ref().expect("connected just above");
             connection.query_one(FACTS_SQL, &[]).await.map_err(|e| postgres::error_text(&e))
@@ -134,13 +129,7 @@ impl Inner {
     /// A router that died unasked is started again (same port, same
     /// config): the service URL must keep working.
     fn keep_routers(self: &Arc<Self>) {
-        let dead: Vec<(ServiceId, String)> = lock(&self.routers)
-            .iter()
-            .filter(|(_, p)| p.has_exited())
-            .map(|(service, p)| (*service, p.exit_detail().unwrap_or_else(|| "exited".into())))
-            .collect();
-        for (service, exit) in dead {
-            lock(&self.routers).remove(&service);
+        for (service, exit) in self.routers.take_exited() {
             let inner = self.clone();
             tokio::spawn(async move {
                 let guard = inner.service_lock(service);

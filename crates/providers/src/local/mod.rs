@@ -2,11 +2,13 @@
 //! pgbouncer router per service, streaming replication, fencing and
 //! promotion.
 //!
-//! Every server is a child of this process (postmasters spawned directly,
-//! never `pg_ctl start`, which daemonizes), runs as [`RunAs`] (PostgreSQL
-//! refuses root) in its own process group, and is watched by a reaper task:
-//! a postmaster that exits without being asked to is reported at once as
-//! `ProviderEvent::Gone`, the evidence that makes failover fast.
+//! Two types own the processes: [`servers::Servers`] the postmasters (one
+//! per instance, children of this process, see there) and
+//! [`router::Routers`] the pgbouncers (one per service, the stable URL).
+//! This module and `actions` orchestrate them: the registry, the locks, what
+//! is reported to the engine. A postmaster that exits without being asked
+//! to is reported at once as `ProviderEvent::Gone`, the evidence that makes
+//! failover fast.
 //!
 //! What it built is remembered in `data_dir/local/state.json` (see
 //! [`registry`]), written before an action reports its outcome. After a
@@ -23,40 +25,31 @@
 
 mod actions;
 mod heartbeat;
-pub mod host;
-pub mod lease;
 mod postgres;
 pub mod probe;
 mod process;
 pub mod registry;
 mod router;
+mod servers;
 
 use crate::runas::RunAs;
-use crate::{BoxFuture, Provider, ProviderError, ProviderEvent};
+use crate::{ActionError, BoxFuture, Provider, ProviderError, ProviderEvent};
 use drover_model::{ActionOutcome, ActionRecord, InstanceId, Role, ServiceId};
 use nix::sys::signal::Signal;
 use postgres::Binaries;
 use process::ServerProcess;
 use registry::{InstanceEntry, Registry};
+use router::Routers;
+use servers::Servers;
+
+pub use postgres::{error_text as postgres_error_text, ROLE};
+pub use process::running_pid;
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError, Weak};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 use tokio::sync::mpsc;
-
-/// How long a starting server may take to accept connections. Crash
-/// recovery of a busy server can take a while; a fresh one needs ~1 s.
-const START_TIMEOUT: Duration = Duration::from_secs(60);
-/// How long a router may take to answer its console after being spawned.
-const ROUTER_START_TIMEOUT: Duration = Duration::from_secs(10);
-/// Admin console commands are local and instant; PAUSE waits for running
-/// transactions, bounded so a hung server never blocks a fence.
-const ROUTER_COMMAND_TIMEOUT: Duration = Duration::from_secs(3);
-/// A router paused by a fence is resumed after this long even if no
-/// promotion followed: clients must never stay paused forever. Below
-/// pgbouncer's query_wait_timeout (120 s) so queued clients get an answer.
-const MAX_ROUTER_PAUSE: Duration = Duration::from_secs(60);
 
 /// How often the in-process agent beats for every running instance. A
 /// beat is one query on a kept-open local connection (well under a
@@ -136,8 +129,6 @@ struct Inner {
     /// `data_dir/local`.
     root: PathBuf,
     state_path: PathBuf,
-    binaries: Binaries,
-    pgbouncer: PathBuf,
     run_as: RunAs,
     /// The OS user of this process, peer-mapped to the `drover` role.
     control_user: String,
@@ -145,14 +136,14 @@ struct Inner {
     registry: Mutex<Registry>,
     /// Held while writing the state file, so writes land in order.
     persist_lock: Mutex<()>,
-    servers: Mutex<HashMap<InstanceId, ServerProcess>>,
-    routers: Mutex<HashMap<ServiceId, ServerProcess>>,
+    /// The postmasters, one per instance.
+    servers: Servers,
+    /// The routers (pgbouncer), one per service.
+    routers: Arc<Routers>,
     /// One action per instance at a time.
     instance_locks: Mutex<HashMap<InstanceId, Arc<tokio::sync::Mutex<()>>>>,
     /// Router and synchronous-replication changes of one service, one at a time.
     service_locks: Mutex<HashMap<ServiceId, Arc<tokio::sync::Mutex<()>>>>,
-    /// When each paused router was paused (by a fence).
-    paused: Mutex<HashMap<ServiceId, Instant>>,
     sink: Mutex<Option<mpsc::Sender<ProviderEvent>>>,
     /// Servers that should have been running at open but were not, with
     /// what was found; reported as gone when the sink is set.
@@ -176,10 +167,12 @@ fn now_micros() -> u64 {
 }
 
 impl LocalProvider {
-    /// Opens (or creates) the provider's state under `data_dir/local/`, adopts
-    /// the servers and routers that still run and restarts (in the
-    /// background) those that should run but do not. Must be called inside a
-    /// tokio runtime. One process per data dir: nothing locks it.
+    /// Opens (or creates) the provider's state under `data_dir/local/` and
+    /// adopts the servers and routers that still run. A server that should
+    /// run but does not is reported as gone once the engine listens (the
+    /// engine decides what follows); a missing router is started again in
+    /// the background. Must be called inside a tokio runtime. One process
+    /// per data dir: nothing locks it.
     pub fn open(data_dir: &Path, mut config: LocalConfig) -> Result<Arc<LocalProvider>, ProviderError> {
         if config.archive_command.is_none() {
             if let Some(repo) = &config.backups {
@@ -225,24 +218,24 @@ impl LocalProvider {
             .flatten()
             .map(|u| u.name)
             .unwrap_or_else(|| nix::unistd::Uid::effective().to_string());
+        let closed = Arc::new(AtomicBool::new(false));
+        let servers = Servers::new(binaries, run_as.clone(), config.stop_timeout, closed.clone());
+        let routers = Arc::new(Routers::new(run_as.clone(), root.join("routers"), config.stop_timeout, closed.clone()));
         let inner = Arc::new(Inner {
             config,
             root,
             state_path,
-            binaries,
-            pgbouncer: router::binary(),
             run_as,
             control_user,
             registry: Mutex::new(registry),
             persist_lock: Mutex::new(()),
-            servers: Mutex::new(HashMap::new()),
-            routers: Mutex::new(HashMap::new()),
+            servers,
+            routers,
             instance_locks: Mutex::new(HashMap::new()),
             service_locks: Mutex::new(HashMap::new()),
-            paused: Mutex::new(HashMap::new()),
             sink: Mutex::new(None),
             missing_at_open: Mutex::new(Vec::new()),
-            closed: Arc::new(AtomicBool::new(false)),
+            closed,
             loop_generation: AtomicU64::new(0),
             last_seq: AtomicU64::new(0),
             beat_clients: Mutex::new(HashMap::new()),
@@ -283,7 +276,7 @@ impl LocalProvider {
 
     pub fn instance_info(&self, id: InstanceId) -> Option<LocalInstanceInfo> {
         let entry = lock(&self.inner.registry).instances.get(&id).cloned()?;
-        let pid = lock(&self.inner.servers).get(&id).filter(|p| !p.has_exited()).map(|p| p.pid);
+        let pid = self.inner.servers.pid(id);
         Some(LocalInstanceInfo {
             service: entry.service,
             service_name: entry.service_name.clone(),
@@ -302,12 +295,13 @@ impl LocalProvider {
 
     /// Stops every server and router: fast shutdown (routers: immediate),
     /// SIGKILL of the group after `stop_timeout`. Blocks the calling thread.
-    /// The registry is left as it is: a provider opened later restarts the
-    /// servers that should run.
+    /// The registry is left as it is: a provider opened later reports the
+    /// servers that should run as gone, and the engine restarts or replaces
+    /// them.
     pub fn shutdown(&self) {
         self.inner.closed.store(true, Ordering::SeqCst);
-        let servers: Vec<ServerProcess> = lock(&self.inner.servers).drain().map(|(_, p)| p).collect();
-        let routers: Vec<ServerProcess> = lock(&self.inner.routers).drain().map(|(_, p)| p).collect();
+        let servers = self.inner.servers.drain();
+        let routers = self.inner.routers.drain();
         let mut all: Vec<(ServerProcess, Signal)> = servers.into_iter().map(|p| (p, Signal::SIGINT)).collect();
         all.extend(routers.into_iter().map(|p| (p, Signal::SIGTERM)));
         for (process, first) in &all {
@@ -336,18 +330,14 @@ impl Drop for LocalProvider {
 }
 
 impl Inner {
-    fn save(&self) -> Result<(), String> {
+    fn save(&self) -> Result<(), ActionError> {
         let _writing = lock(&self.persist_lock);
         let snapshot = lock(&self.registry).clone();
-        registry::write(&self.state_path, &snapshot).map_err(|e| e.to_string())
+        Ok(registry::write(&self.state_path, &snapshot)?)
     }
 
     fn entry(&self, id: InstanceId) -> Option<InstanceEntry> {
         lock(&self.registry).instances.get(&id).cloned()
-    }
-
-    fn server(&self, id: InstanceId) -> Option<ServerProcess> {
-        lock(&self.servers).get(&id).cloned()
     }
 
     fn instance_lock(&self, id: InstanceId) -> Arc<tokio::sync::Mutex<()>> {
@@ -356,10 +346,6 @@ impl Inner {
 
     fn service_lock(&self, id: ServiceId) -> Arc<tokio::sync::Mutex<()>> {
         lock(&self.service_locks).entry(id).or_default().clone()
-    }
-
-    fn router_dir(&self, service: ServiceId) -> PathBuf {
-        self.root.join("routers").join(service.to_string())
     }
 
     fn next_seq(&self) -> u64 {
@@ -424,23 +410,13 @@ impl Inner {
             if !entry.should_run() {
                 continue;
             }
-            match running_pid(&entry.pgdata().join("postmaster.pid"), "postgres") {
-                Some(pid) => {
-                    let process =
-                        ServerProcess::adopt(pid, Some(&entry.pgdata()), self.closed.clone(), self.on_server_exit(*id));
-                    lock(&self.servers).insert(*id, process);
-                    adopted += 1;
-                }
-                None => to_start.push(*id),
-            }
-        }
-        for service in registry.services.keys() {
-            if let Some(pid) = running_pid(&router::pid_path(&self.router_dir(*service)), "pgbouncer") {
-                let process = ServerProcess::adopt(pid, None, self.closed.clone(), Box::new(|_| {}));
-                lock(&self.routers).insert(*service, process);
+            if self.servers.adopt(*id, entry, self.on_server_exit(*id)) {
                 adopted += 1;
+            } else {
+                to_start.push(*id);
             }
         }
+        adopted += self.routers.adopt(registry.services.keys().copied());
         (adopted, to_start)
     }
 
@@ -452,11 +428,11 @@ impl Inner {
         for service in services {
             let guard = self.service_lock(service);
             let _held = guard.lock().await;
-            let was_running = lock(&self.routers).get(&service).is_some_and(|p| !p.has_exited());
+            let was_running = self.routers.running(service);
             let result = self.ensure_router(service).await;
             let detail = match (&result, was_running) {
                 (Ok(()), true) => continue,
-                (Ok(()), false) if !lock(&self.routers).contains_key(&service) => continue, // no primary yet
+                (Ok(()), false) if !self.routers.known(service) => continue, // no primary yet
                 (Ok(()), false) => {
                     "router (pgbouncer) was not running when the control plane started; started again on its port"
                         .to_string()
@@ -467,205 +443,43 @@ impl Inner {
         }
     }
 
-    /// The router of a service: its process runs and its console answers.
-    async fn router_check(&self, service: ServiceId, entry: &registry::ServiceEntry) -> crate::checks::Check {
-        use crate::checks::{Check, Status};
-        let pid = lock(&self.routers).get(&service).filter(|p| !p.has_exited()).map(|p| p.pid);
-        let evidence = serde_json::json!({ "port": entry.router_port, "pid": pid });
-        let Some(_) = pid else {
-            return Check {
-                status: Status::Crit,
-                summary: "the router (pgbouncer) is not running: clients cannot reach the service; the provider \
-                          starts it again within a heartbeat round"
-                    .into(),
-                evidence,
-            };
-        };
-        match router::admin(entry, "SHOW VERSION", Duration::from_secs(2)).await {
-            Ok(()) => Check {
-                status: Status::Ok,
-                summary: format!("the router answers on port {}", entry.router_port),
-                evidence,
-            },
-            Err(error) => Check {
-                status: Status::Crit,
-                summary: format!("the router runs but does not answer its console: {error}"),
-                evidence,
-            },
-        }
-    }
-
     fn report_router(&self, service: ServiceId, detail: String) {
         self.report(ProviderEvent::Router { service, detail });
     }
 
-    /// Spawns the postmaster (if none runs) and waits until it accepts connections.
-    async fn start_server(self: &Arc<Self>, id: InstanceId, entry: &InstanceEntry) -> Result<(), String> {
-        if self.closed.load(Ordering::SeqCst) {
-            return Err("the local provider is shut down".into());
-        }
-        let existing = self.server(id).filter(|p| !p.has_exited());
-        if existing.is_none() {
-            postgres::check_socket_path(entry)?;
-            process::kill_leftovers(&entry.pgdata()).await?;
-            self.run_as.prepare_dir(&entry.socket_dir(), 0o755).map_err(|e| format!("socket dir: {e}"))?;
-            self.run_as.prepare_dir(&entry.log_dir(), 0o700).map_err(|e| format!("log dir: {e}"))?;
-            let log_path = entry.log_dir().join("postgres.log");
-            let log = std::fs::OpenOptions::new()
-                .create(true)
-                .append(true)
-                .open(&log_path)
-                .map_err(|e| format!("cannot open {}: {e}", log_path.display()))?;
-            self.run_as.chown(&log_path).map_err(|e| format!("cannot chown {}: {e}", log_path.display()))?;
-            let log_err = log.try_clone().map_err(|e| e.to_string())?;
-            let mut command = tokio::process::Command::new(self.binaries.path("postgres"));
-            command
-                .arg("-D")
-                .arg(entry.pgdata())
-                .current_dir(&entry.dir)
-                .stdin(std::process::Stdio::null())
-                .stdout(log)
-                .stderr(log_err)
-                .env_remove("PGDATA")
-                .env("LC_ALL", "C");
-            self.run_as.apply_tokio(&mut command);
-            let process = ServerProcess::spawn(command, Some(&entry.pgdata()), self.on_server_exit(id))
-                .map_err(|e| format!("cannot spawn postgres: {e}"))?;
-            tracing::info!(instance = %id, pid = process.pid, port = entry.port, "postmaster started");
-            lock(&self.servers).insert(id, process);
-        }
-        self.wait_ready(id, entry, START_TIMEOUT).await
+    /// Starts the instance's postmaster (if none runs), reported as gone
+    /// if it later exits unasked, and waits until it accepts connections.
+    async fn start_server(self: &Arc<Self>, id: InstanceId, entry: &InstanceEntry) -> Result<(), ActionError> {
+        self.servers.start(id, entry, self.on_server_exit(id)).await
     }
 
-    async fn wait_ready(&self, id: InstanceId, entry: &InstanceEntry, timeout: Duration) -> Result<(), String> {
-        let deadline = Instant::now() + timeout;
-        loop {
-            let Some(process) = self.server(id) else {
-                return Err("no postmaster".into());
-            };
-            if process.has_exited() {
-                return Err(format!(
-                    "postmaster exited while starting ({}); log: {}",
-                    process.exit_detail().unwrap_or_default(),
-                    postgres::log_tail(entry)
-                ));
-            }
-            let last_error = match postgres::answers(entry, Duration::from_secs(1)).await {
-                Ok(()) => return Ok(()),
-                Err(e) => e,
-            };
-            if Instant::now() >= deadline {
-                return Err(format!("not accepting connections after {timeout:?}: {last_error}"));
-            }
-            tokio::time::sleep(Duration::from_millis(100)).await;
-        }
-    }
-
-    /// Stops the instance's postmaster (if any) with a fast shutdown,
-    /// confirming the whole group dead.
-    async fn stop_server(&self, id: InstanceId, entry: Option<&InstanceEntry>) -> Result<(), String> {
-        self.end_server(id, entry, Signal::SIGINT, self.config.stop_timeout).await
-    }
-
-    /// Kills the instance's postmaster and its backends at once (no
-    /// shutdown checkpoint, nothing waited for), confirming the group dead.
-    async fn kill_server(&self, id: InstanceId, entry: Option<&InstanceEntry>) -> Result<(), String> {
-        self.end_server(id, entry, Signal::SIGKILL, Duration::ZERO).await
-    }
-
-    async fn end_server(
-        &self,
-        id: InstanceId,
-        entry: Option<&InstanceEntry>,
-        first: Signal,
-        timeout: Duration,
-    ) -> Result<(), String> {
+    /// Stops the instance's postmaster (fast shutdown), dropping its
+    /// heartbeat connection.
+    async fn stop_server(&self, id: InstanceId, entry: Option<&InstanceEntry>) -> Result<(), ActionError> {
         lock(&self.beat_clients).remove(&id);
-        if let Some(process) = self.server(id) {
-            process.stop(first, timeout).await?;
-            lock(&self.servers).remove(&id);
-            return Ok(());
-        }
-        // Not known to us (should not happen after adoption): still make sure.
-        if let Some(entry) = entry {
-            if let Some(pid) = running_pid(&entry.pgdata().join("postmaster.pid"), "postgres") {
-                let process = ServerProcess::adopt(pid, Some(&entry.pgdata()), self.closed.clone(), Box::new(|_| {}));
-                process.stop(first, timeout).await?;
-            }
-        }
-        Ok(())
+        self.servers.stop(id, entry).await
+    }
+
+    /// Kills the instance's postmaster and its backends at once.
+    async fn kill_server(&self, id: InstanceId, entry: Option<&InstanceEntry>) -> Result<(), ActionError> {
+        lock(&self.beat_clients).remove(&id);
+        self.servers.kill(id, entry).await
     }
 
     /// Makes sure the service's router runs and points at its primary.
-    async fn ensure_router(self: &Arc<Self>, service_id: ServiceId) -> Result<(), String> {
+    async fn ensure_router(&self, service_id: ServiceId) -> Result<(), ActionError> {
         let (service, primary_port) = {
             let registry = lock(&self.registry);
             let Some(service) = registry.services.get(&service_id).cloned() else {
-                return Err("unknown service".into());
+                return Err(ActionError::InvalidState(format!("unknown service {service_id}")));
             };
             let Some(port) = service.primary.and_then(|p| registry.instances.get(&p)).map(|e| e.port) else {
                 return Ok(()); // nothing to route to yet
             };
             (service, port)
         };
-        let dir = self.router_dir(service_id);
-        self.run_as.prepare_dir(&dir, 0o700).map_err(|e| format!("router dir: {e}"))?;
-        router::write_config(&self.run_as, &dir, &service, primary_port)?;
-        let running = lock(&self.routers).get(&service_id).filter(|p| !p.has_exited()).cloned();
-        if running.is_some() {
-            return router::admin(&service, "RELOAD", ROUTER_COMMAND_TIMEOUT).await;
-        }
-        if self.closed.load(Ordering::SeqCst) {
-            return Err("the local provider is shut down".into());
-        }
-        let log_path = router::log_path(&dir);
-        let log = std::fs::OpenOptions::new()
-            .create(true)
-            .append(true)
-            .open(&log_path)
-            .map_err(|e| format!("cannot open {}: {e}", log_path.display()))?;
-        let log_err = log.try_clone().map_err(|e| e.to_string())?;
-        let mut command = tokio::process::Command::new(&self.pgbouncer);
-        command
-            .arg(router::config_path(&dir))
-            .current_dir(&dir)
-            .stdin(std::process::Stdio::null())
-            .stdout(log)
-            .stderr(log_err);
-        self.run_as.apply_tokio(&mut command);
-        let name = service.name.clone();
-        let process = ServerProcess::spawn(
-            command,
-            None,
-            Box::new(move |detail| tracing::warn!(service = %name, %detail, "router exited unasked")),
-        )
-        .map_err(|e| format!("cannot spawn pgbouncer: {e}"))?;
-        tracing::info!(service = %service.name, pid = process.pid, port = service.router_port, "router started");
-        lock(&self.routers).insert(service_id, process.clone());
-        let deadline = Instant::now() + ROUTER_START_TIMEOUT;
-        loop {
-            if process.has_exited() {
-                let log = std::fs::read_to_string(&log_path).unwrap_or_default();
-                return Err(format!("pgbouncer exited at start: {}", postgres::tail(&log, 800)));
-            }
-            match router::admin(&service, "SHOW VERSION", Duration::from_secs(1)).await {
-                Ok(()) => return Ok(()),
-                Err(e) if Instant::now() >= deadline => return Err(format!("router not answering: {e}")),
-                Err(_) => tokio::time::sleep(Duration::from_millis(50)).await,
-            }
-        }
+        self.routers.ensure(service_id, &service, primary_port).await
     }
-}
-
-/// The pid in a postmaster.pid / pgbouncer.pid file when that process is
-/// alive (not a zombie) and its command line names `program`.
-fn running_pid(pid_file: &Path, program: &str) -> Option<i32> {
-    let text = std::fs::read_to_string(pid_file).ok()?;
-    let pid: i32 = text.lines().next()?.trim().parse().ok()?;
-    if process::proc_state(pid).is_dead() {
-        return None;
-    }
-    process::cmdline(pid).filter(|c| c.contains(program)).map(|_| pid)
 }
 
 impl Provider for LocalProvider {
@@ -673,7 +487,7 @@ impl Provider for LocalProvider {
         "local"
     }
 
-    /// PostgreSQL 15 only, for now: Redis and Kafka are later issues.
+    /// PostgreSQL 15 only: it runs no Redis or Kafka servers.
     fn engines(&self) -> &'static [drover_model::EngineKind] {
         &[drover_model::EngineKind::Postgres]
     }
@@ -714,7 +528,7 @@ impl Provider for LocalProvider {
             let Some((service_id, service_entry)) = found else {
                 return crate::ProviderChecks::default();
             };
-            let router = Some(inner.router_check(service_id, &service_entry).await);
+            let router = Some(inner.routers.check(service_id, &service_entry).await);
             let Some(entry) = inner.current_primary_entry(service_id) else {
                 return crate::ProviderChecks { router, ..Default::default() };
             };

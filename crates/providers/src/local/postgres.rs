@@ -3,6 +3,7 @@
 
 use super::registry::InstanceEntry;
 use crate::runas::RunAs;
+use crate::ActionError;
 use std::io;
 use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
@@ -53,15 +54,18 @@ impl Binaries {
 }
 
 /// Runs a short command to completion; an error carries the tail of its output.
-pub async fn run(mut command: tokio::process::Command, what: &str) -> Result<(), String> {
+pub async fn run(mut command: tokio::process::Command, what: &str) -> Result<(), ActionError> {
     command.stdin(std::process::Stdio::null()).kill_on_drop(true);
-    let output = command.output().await.map_err(|e| format!("cannot run {what}: {e}"))?;
+    let output = command.output().await.map_err(|e| match e.kind() {
+        io::ErrorKind::NotFound => ActionError::Config(format!("cannot run {what}: {e}; install postgresql-15")),
+        _ => ActionError::io(format_args!("cannot run {what}"), e),
+    })?;
     if output.status.success() {
         return Ok(());
     }
     let mut text = String::from_utf8_lossy(&output.stderr).into_owned();
     text.push_str(&String::from_utf8_lossy(&output.stdout));
-    Err(format!("{what} failed ({}): {}", output.status, tail(&text, 1500)))
+    Err(ActionError::command(what, output.status, &tail(&text, 1500)))
 }
 
 pub fn tail(text: &str, max: usize) -> String {
@@ -82,8 +86,8 @@ pub fn log_tail(entry: &InstanceEntry) -> String {
 }
 
 /// Writes `contents` to `path`, owned by the server user, with `mode`.
-pub fn write_owned(run_as: &RunAs, path: &Path, contents: &str, mode: u32) -> Result<(), String> {
-    let error = |e: io::Error| format!("cannot write {}: {e}", path.display());
+pub fn write_owned(run_as: &RunAs, path: &Path, contents: &str, mode: u32) -> Result<(), ActionError> {
+    let error = |e: io::Error| ActionError::io(format_args!("cannot write {}", path.display()), e);
     std::fs::write(path, contents).map_err(error)?;
     std::fs::set_permissions(path, std::fs::Permissions::from_mode(mode)).map_err(error)?;
     run_as.chown(path).map_err(error)
@@ -95,14 +99,14 @@ pub fn conf_quote(value: &str) -> String {
 }
 
 /// Checks the socket path fits before PostgreSQL fails with a vaguer error.
-pub fn check_socket_path(entry: &InstanceEntry) -> Result<(), String> {
+pub fn check_socket_path(entry: &InstanceEntry) -> Result<(), ActionError> {
     let path = entry.socket_dir().join(format!(".s.PGSQL.{}", entry.port));
     if path.as_os_str().len() > MAX_SOCKET_PATH {
-        return Err(format!(
+        return Err(ActionError::Config(format!(
             "socket path {} is longer than {MAX_SOCKET_PATH} bytes (the unix socket limit); open the local \
              provider on a shorter data directory",
             path.display()
-        ));
+        )));
     }
     Ok(())
 }
@@ -116,7 +120,7 @@ pub struct ServerSettings<'a> {
 /// Writes postgresql.conf, pg_hba.conf and pg_ident.conf: the whole
 /// configuration this provider wants, the same for primaries and followers
 /// (a follower's copies came from its primary and name the primary's port).
-pub fn write_config(run_as: &RunAs, entry: &InstanceEntry, settings: &ServerSettings<'_>) -> Result<(), String> {
+pub fn write_config(run_as: &RunAs, entry: &InstanceEntry, settings: &ServerSettings<'_>) -> Result<(), ActionError> {
     let pgdata = entry.pgdata();
     let socket = entry.socket_dir();
     let mut conf = format!(
@@ -178,7 +182,7 @@ pub fn primary_conninfo(primary_port: u16, password: &str, application_name: &st
 
 /// Sets `primary_conninfo` in postgresql.auto.conf (where pg_basebackup -R
 /// and ALTER SYSTEM put it) before the server first starts.
-pub fn set_primary_conninfo(run_as: &RunAs, pgdata: &Path, conninfo: &str) -> Result<(), String> {
+pub fn set_primary_conninfo(run_as: &RunAs, pgdata: &Path, conninfo: &str) -> Result<(), ActionError> {
     let path = pgdata.join("postgresql.auto.conf");
     let old = std::fs::read_to_string(&path).unwrap_or_default();
     let mut text: String = old
@@ -196,7 +200,7 @@ pub fn set_primary_conninfo(run_as: &RunAs, pgdata: &Path, conninfo: &str) -> Re
 }
 
 /// Connects over the instance's unix socket (peer auth) within `timeout`.
-pub async fn connect(entry: &InstanceEntry, timeout: Duration) -> Result<Client, String> {
+pub async fn connect(entry: &InstanceEntry, timeout: Duration) -> Result<Client, ActionError> {
     let mut config = tokio_postgres::Config::new();
     config
         .host_path(entry.socket_dir())
@@ -208,8 +212,8 @@ pub async fn connect(entry: &InstanceEntry, timeout: Duration) -> Result<Client,
     let connecting = config.connect(NoTls);
     let (client, connection) = tokio::time::timeout(timeout, connecting)
         .await
-        .map_err(|_| format!("no connection within {timeout:?}"))?
-        .map_err(|e| format!("cannot connect: {}", error_text(&e)))?;
+        .map_err(|_| ActionError::Timeout(format!("no connection within {timeout:?}")))?
+        .map_err(|e| sql_error("cannot connect", &e))?;
     tokio::spawn(async move {
         let _ = connection.await;
     });
@@ -233,30 +237,54 @@ pub fn error_text(error: &tokio_postgres::Error) -> String {
     }
 }
 
+/// A PostgreSQL error while doing `what`, classified by its SQLSTATE: a
+/// login or a statement refused for lack of rights (class 28, 42501) is
+/// permanent until a person acts, a server that is starting, shutting down
+/// or out of resources (classes 08, 53, 57) is not; so is a connection that
+/// could not be made at all (no server listens yet).
+pub fn sql_error(what: &str, error: &tokio_postgres::Error) -> ActionError {
+    let text = format!("{what}: {}", error_text(error));
+    let Some(code) = error.code() else {
+        return ActionError::Unavailable(text);
+    };
+    let code = code.code();
+    if code.starts_with("28") || code == "42501" {
+        ActionError::Denied(text)
+    } else if ["08", "53", "57"].iter().any(|class| code.starts_with(class)) {
+        ActionError::Unavailable(text)
+    } else {
+        ActionError::Failed(text)
+    }
+}
+
 /// Connects and runs `SELECT 1`, all within `timeout`.
-pub async fn answers(entry: &InstanceEntry, timeout: Duration) -> Result<(), String> {
+pub async fn answers(entry: &InstanceEntry, timeout: Duration) -> Result<(), ActionError> {
     let attempt = async {
         let client = connect(entry, timeout).await?;
-        client.simple_query("SELECT 1").await.map_err(|e| error_text(&e))?;
-        Ok::<(), String>(())
+        client.simple_query("SELECT 1").await.map_err(|e| sql_error("SELECT 1", &e))?;
+        Ok::<(), ActionError>(())
     };
-    tokio::time::timeout(timeout, attempt).await.map_err(|_| format!("no answer to SELECT 1 within {timeout:?}"))?
+    tokio::time::timeout(timeout, attempt)
+        .await
+        .map_err(|_| ActionError::Timeout(format!("no answer to SELECT 1 within {timeout:?}")))?
 }
 
 /// Runs one statement (simple protocol) on a fresh socket connection.
-pub async fn execute(entry: &InstanceEntry, sql: &str, timeout: Duration) -> Result<Vec<Option<String>>, String> {
+pub async fn execute(entry: &InstanceEntry, sql: &str, timeout: Duration) -> Result<Vec<Option<String>>, ActionError> {
     let attempt = async {
         let client = connect(entry, timeout).await?;
-        let messages = client.simple_query(sql).await.map_err(|e| error_text(&e))?;
+        let messages = client.simple_query(sql).await.map_err(|e| sql_error(sql, &e))?;
         let mut values = Vec::new();
         for message in messages {
             if let tokio_postgres::SimpleQueryMessage::Row(row) = message {
                 values.push(row.get(0).map(str::to_string));
             }
         }
-        Ok::<_, String>(values)
+        Ok::<_, ActionError>(values)
     };
-    tokio::time::timeout(timeout, attempt).await.map_err(|_| format!("`{sql}` did not finish within {timeout:?}"))?
+    tokio::time::timeout(timeout, attempt)
+        .await
+        .map_err(|_| ActionError::Timeout(format!("`{sql}` did not finish within {timeout:?}")))?
 }
 
 /// "16/B374D848" → 0x16_B374D848.

@@ -1,20 +1,16 @@
 //! One probe of one PostgreSQL instance: the query every heartbeat runs and
 //! how its answer becomes [`Facts`]. Shared by the in-process heartbeat loop
 //! of `drover serve` (kept-open connections, see `heartbeat`) and by the
-//! standalone `drover agent` ([`probe_host`], fresh connections), so both
+//! standalone agent (the `drover-agent` crate, fresh connections), so both
 //! report exactly the same facts.
 
-use super::LocalInstanceInfo;
 use drover_model::{Facts, InstanceId, Role, ServiceId};
 use std::collections::HashMap;
-use std::path::Path;
-use std::time::Duration;
-use tokio_postgres::{Client, NoTls};
 
 /// Role, WAL position, connections, replication state, and whether the
 /// server accepts writes (the agent's self-fence sets
 /// default_transaction_read_only).
-pub(super) const FACTS_SQL: &str = "SELECT pg_is_in_recovery(), \
+pub const FACTS_SQL: &str = "SELECT pg_is_in_recovery(), \
      (CASE WHEN pg_is_in_recovery() THEN pg_last_wal_replay_lsn() ELSE pg_current_wal_lsn() END)::text, \
      (SELECT count(*) FROM pg_stat_activity)::int4, \
      COALESCE((SELECT status = 'streaming' FROM pg_stat_wal_receiver LIMIT 1), false), \
@@ -37,7 +33,7 @@ pub struct Sample {
 }
 
 impl Sample {
-    pub(super) fn from_row(id: InstanceId, service: ServiceId, row: &tokio_postgres::Row) -> Sample {
+    pub fn from_row(id: InstanceId, service: ServiceId, row: &tokio_postgres::Row) -> Sample {
         let lsn: Option<String> = row.get(1);
         Sample {
             id,
@@ -78,82 +74,6 @@ pub fn round_facts(samples: &[Sample]) -> Vec<(InstanceId, Facts)> {
     let primary_lsn: HashMap<ServiceId, u64> =
         samples.iter().filter(|s| !s.in_recovery).filter_map(|s| Some((s.service, s.lsn?))).collect();
     samples.iter().map(|s| (s.id, s.facts(primary_lsn.get(&s.service).copied()))).collect()
-}
-
-/// Connects to an instance over its unix socket (peer auth, as `drover`)
-/// within `timeout`. The caller's OS user must be mapped in pg_ident.conf:
-/// the server user and the user that ran the control plane are.
-pub async fn connect(
-    socket_dir: &Path,
-    port: u16,
-    application_name: &str,
-    timeout: Duration,
-) -> Result<Client, String> {
-    let mut config = tokio_postgres::Config::new();
-    config
-        .host_path(socket_dir)
-        .port(port)
-        .user(super::postgres::ROLE)
-        .dbname("postgres")
-        .application_name(application_name)
-        .connect_timeout(timeout);
-    let (client, connection) = tokio::time::timeout(timeout, config.connect(NoTls))
-        .await
-        .map_err(|_| format!("no connection within {timeout:?}"))?
-        .map_err(|e| format!("cannot connect: {}", super::postgres::error_text(&e)))?;
-    tokio::spawn(async move {
-        let _ = connection.await;
-    });
-    Ok(client)
-}
-
-/// How the agent's connections show in pg_stat_activity.
-pub const AGENT_APPLICATION_NAME: &str = "drover-agent";
-
-/// Probes one instance on a fresh connection, all within `timeout`; None
-/// when it does not answer (it is then silent this round).
-pub async fn probe_sample(id: InstanceId, info: &LocalInstanceInfo, timeout: Duration) -> Option<Sample> {
-    let attempt = async {
-        let client = connect(&info.socket_dir, info.port, AGENT_APPLICATION_NAME, timeout).await?;
-        client.query_one(FACTS_SQL, &[]).await.map_err(|e| super::postgres::error_text(&e))
-    };
-    match tokio::time::timeout(timeout, attempt).await {
-        Ok(Ok(row)) => Some(Sample::from_row(id, info.service, &row)),
-        Ok(Err(error)) => {
-            tracing::debug!(instance = %id, %error, "probe failed");
-            None
-        }
-        Err(_) => {
-            tracing::debug!(instance = %id, "probe timed out");
-            None
-        }
-    }
-}
-
-/// One instance's facts (no replication lag: that needs its primary's
-/// position from the same round, see [`probe_host`]).
-pub async fn probe_instance(id: InstanceId, info: &LocalInstanceInfo, timeout: Duration) -> Option<Facts> {
-    probe_sample(id, info, timeout).await.map(|s| s.facts(None))
-}
-
-/// Probes every instance concurrently (one hung server never delays the
-/// others), each within `timeout`; returns the facts of those that
-/// answered, followers' lag measured against their primary's position in
-/// this round when that primary is on this host.
-pub async fn probe_host(instances: &[(InstanceId, LocalInstanceInfo)], timeout: Duration) -> Vec<(InstanceId, Facts)> {
-    let mut probes = tokio::task::JoinSet::new();
-    for (id, info) in instances {
-        let (id, info) = (*id, info.clone());
-        probes.spawn(async move { probe_sample(id, &info, timeout).await });
-    }
-    let mut samples = Vec::new();
-    while let Some(joined) = probes.join_next().await {
-        if let Ok(Some(sample)) = joined {
-            samples.push(sample);
-        }
-    }
-    samples.sort_by_key(|s| s.id);
-    round_facts(&samples)
 }
 
 #[cfg(test)]

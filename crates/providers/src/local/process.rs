@@ -13,6 +13,7 @@
 //! these machines reaps orphans only every few seconds, and a zombie answers
 //! `kill -0` as if it were alive.
 
+use crate::ActionError;
 use nix::sys::signal::{kill, killpg, Signal};
 use nix::unistd::Pid;
 use std::io;
@@ -94,7 +95,7 @@ pub fn family(group: i32, dir: Option<&Path>) -> Vec<i32> {
 /// postmaster that died while we were away: orphaned backends keep its
 /// shared memory and stop a new postmaster from starting) and waits until
 /// they are gone.
-pub async fn kill_leftovers(dir: &Path) -> Result<(), String> {
+pub async fn kill_leftovers(dir: &Path) -> Result<(), ActionError> {
     let Ok(dir) = dir.canonicalize() else { return Ok(()) };
     let deadline = Instant::now() + KILL_WAIT;
     loop {
@@ -104,7 +105,7 @@ pub async fn kill_leftovers(dir: &Path) -> Result<(), String> {
             return Ok(());
         }
         if Instant::now() >= deadline {
-            return Err(format!("processes {leftovers:?} in {} survive SIGKILL", dir.display()));
+            return Err(ActionError::Failed(format!("processes {leftovers:?} in {} survive SIGKILL", dir.display())));
         }
         for pid in leftovers {
             signal_process(pid, Signal::SIGKILL);
@@ -117,6 +118,17 @@ pub async fn kill_leftovers(dir: &Path) -> Result<(), String> {
 pub fn cmdline(pid: i32) -> Option<String> {
     let bytes = std::fs::read(format!("/proc/{pid}/cmdline")).ok()?;
     Some(bytes.split(|b| *b == 0).map(|part| String::from_utf8_lossy(part).into_owned()).collect::<Vec<_>>().join(" "))
+}
+
+/// The pid in a postmaster.pid / pgbouncer.pid file when that process is
+/// alive (not a zombie) and its command line names `program`.
+pub fn running_pid(pid_file: &Path, program: &str) -> Option<i32> {
+    let text = std::fs::read_to_string(pid_file).ok()?;
+    let pid: i32 = text.lines().next()?.trim().parse().ok()?;
+    if proc_state(pid).is_dead() {
+        return None;
+    }
+    cmdline(pid).filter(|c| c.contains(program)).map(|_| pid)
 }
 
 pub fn signal_group(group: i32, signal: Signal) {
@@ -236,7 +248,7 @@ impl ServerProcess {
     /// shutdown), up to `timeout`, then SIGKILL to the whole group; returns
     /// once no process of the group is alive (confirmed, or an error).
     /// A stopped (hung) process cannot act on `first`: it is killed at once.
-    pub async fn stop(&self, first: Signal, timeout: Duration) -> Result<(), String> {
+    pub async fn stop(&self, first: Signal, timeout: Duration) -> Result<(), ActionError> {
         self.expect_exit();
         if proc_state(self.pid) == ProcState::Live {
             signal_process(self.pid, first);
@@ -253,7 +265,10 @@ impl ServerProcess {
             tokio::time::sleep(STOP_POLL_INTERVAL).await;
         }
         if self.family_alive() {
-            return Err(format!("process group {} still alive {KILL_WAIT:?} after SIGKILL", self.pid));
+            return Err(ActionError::Failed(format!(
+                "process group {} still alive {KILL_WAIT:?} after SIGKILL",
+                self.pid
+            )));
         }
         Ok(())
     }

@@ -297,6 +297,8 @@ impl World {
             let mut facts = Facts { role: Some(instance.role), ..Facts::default() };
             match instance.role {
                 Role::Primary => facts.writable = Some(!instance.fenced),
+                // A peer serves on its own and streams from nobody.
+                Role::Broker => facts.writable = Some(!instance.fenced),
                 Role::Follower => {
                     let upstream = upstreams.get(&instance.service);
                     // A partitioned follower still streams: the partition is

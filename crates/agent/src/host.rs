@@ -1,13 +1,13 @@
-//! What a second process on this host (the standalone `drover agent`) may
-//! do with the local provider's instances: read the registry without
-//! opening [`super::LocalProvider`] (which adopts, restarts and owns the
-//! servers: a second process must never do that), and fence or un-fence a
-//! primary's writes over SQL, leaving the postmaster running.
+//! What the agent, a second process on this host, may do with the local
+//! provider's instances: read the registry without opening
+//! [`drover_providers::local::LocalProvider`] (which adopts, restarts and
+//! owns the servers: a second process must never do that), and fence or
+//! un-fence a primary's writes over SQL, leaving the postmaster running.
 
-use super::probe::{connect, AGENT_APPLICATION_NAME};
-use super::{registry, running_pid, LocalInstanceInfo};
-use crate::ProviderError;
+use crate::probe::{connect, AGENT_APPLICATION_NAME};
 use drover_model::InstanceId;
+use drover_providers::local::{postgres_error_text, registry, running_pid, LocalInstanceInfo};
+use drover_providers::ProviderError;
 use std::path::Path;
 use std::time::Duration;
 
@@ -60,7 +60,7 @@ const TERMINATE_CLIENTS_SQL: &str = "SELECT count(pg_terminate_backend(pid))::in
 pub async fn fence_writes(info: &LocalInstanceInfo, timeout: Duration) -> Result<u32, String> {
     let attempt = async {
         let client = connect(&info.socket_dir, info.port, AGENT_APPLICATION_NAME, timeout).await?;
-        let sql_error = |e: tokio_postgres::Error| super::postgres::error_text(&e);
+        let sql_error = |e: tokio_postgres::Error| postgres_error_text(&e);
         // One statement per call: ALTER SYSTEM cannot run in a transaction block.
         client.batch_execute("ALTER SYSTEM SET default_transaction_read_only = on").await.map_err(sql_error)?;
         client.batch_execute("SELECT pg_reload_conf()").await.map_err(sql_error)?;
@@ -76,7 +76,7 @@ pub async fn fence_writes(info: &LocalInstanceInfo, timeout: Duration) -> Result
 pub async fn unfence_writes(info: &LocalInstanceInfo, timeout: Duration) -> Result<(), String> {
     let attempt = async {
         let client = connect(&info.socket_dir, info.port, AGENT_APPLICATION_NAME, timeout).await?;
-        let sql_error = |e: tokio_postgres::Error| super::postgres::error_text(&e);
+        let sql_error = |e: tokio_postgres::Error| postgres_error_text(&e);
         client.batch_execute("ALTER SYSTEM RESET default_transaction_read_only").await.map_err(sql_error)?;
         client.batch_execute("SELECT pg_reload_conf()").await.map_err(sql_error)?;
         Ok::<(), String>(())

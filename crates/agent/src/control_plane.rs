@@ -1,0 +1,118 @@
+//! The agent's only channel to the control plane: HTTP. One heartbeat batch
+//! per round (its acknowledgement renews the lease) and, for a fenced
+//! primary, the question whether it is still its service's writable
+//! primary. Network and server errors are answers too: none is fatal.
+
+use drover_model::{Beat, InstanceId};
+use serde_json::Value;
+use std::time::Duration;
+
+/// The longest one HTTP request may take.
+const MAX_REQUEST_TIMEOUT: Duration = Duration::from_secs(5);
+
+/// What the control plane said about one instance.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum InstanceAnswer {
+    /// Its view says writable and not fenced.
+    WritablePrimary,
+    /// Anything else it says with authority: not writable, fenced, unknown.
+    NotWritablePrimary,
+    /// No usable answer (unreachable, a 5xx, an unreadable body): ask again.
+    Unknown,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum ControlPlaneError {
+    #[error("cannot build the HTTP client: {0}")]
+    Client(#[source] reqwest::Error),
+}
+
+/// The control plane at `base`, over HTTP.
+pub struct ControlPlane {
+    base: String,
+    http: reqwest::Client,
+}
+
+impl ControlPlane {
+    /// Requests time out after a quarter of the lease (at most
+    /// [`MAX_REQUEST_TIMEOUT`]): a slow control plane costs a few rounds,
+    /// not the lease.
+    pub fn new(base: &str, lease_ttl: Duration) -> Result<ControlPlane, ControlPlaneError> {
+        let request_timeout = (lease_ttl / 4).clamp(Duration::from_millis(100), MAX_REQUEST_TIMEOUT);
+        let http = reqwest::Client::builder()
+            .timeout(request_timeout)
+            .connect_timeout(request_timeout)
+            .build()
+            .map_err(ControlPlaneError::Client)?;
+        Ok(ControlPlane { base: base.trim_end_matches('/').to_string(), http })
+    }
+
+    pub fn base(&self) -> &str {
+        &self.base
+    }
+
+    /// Posts one batch (also an empty one: it still renews the lease). Ok
+    /// when the control plane acknowledged it (HTTP 200), else why not.
+    pub async fn send_beats(&self, beats: &[Beat]) -> Result<(), String> {
+        let body = serde_json::json!({ "beats": beats });
+        let url = format!("{}/v1/heartbeats", self.base);
+        match self.http.post(&url).json(&body).send().await {
+            Ok(response) if response.status() == reqwest::StatusCode::OK => {
+                let receipt: Value = response.json().await.unwrap_or(Value::Null);
+                let unknown = receipt.get("unknown").and_then(Value::as_array).map_or(0, Vec::len);
+                if unknown > 0 {
+                    tracing::warn!(unknown, receipt = %receipt, "control plane does not know some of this host's instances");
+                }
+                tracing::debug!(beats = beats.len(), receipt = %receipt, "heartbeats acknowledged");
+                Ok(())
+            }
+            Ok(response) => Err(format!("control plane answered {}", response.status())),
+            Err(error) => Err(error_chain(&error)),
+        }
+    }
+
+    /// Asks whether `id` is still its service's writable primary.
+    pub async fn instance(&self, id: InstanceId) -> InstanceAnswer {
+        let url = format!("{}/v1/instances/{id}", self.base);
+        match self.http.get(&url).send().await {
+            Ok(response) if response.status().is_success() => match response.json::<Value>().await {
+                Ok(view) => {
+                    let writable = view.get("writable").and_then(Value::as_bool) == Some(true);
+                    let fenced = view.get("fenced").and_then(Value::as_bool) != Some(false);
+                    if writable && !fenced {
+                        InstanceAnswer::WritablePrimary
+                    } else {
+                        tracing::info!(instance = %id, writable, fenced, "control plane does not confirm this primary: it stays fenced");
+                        InstanceAnswer::NotWritablePrimary
+                    }
+                }
+                Err(error) => {
+                    tracing::warn!(instance = %id, %error, "unreadable instance view; asking again next round");
+                    InstanceAnswer::Unknown
+                }
+            },
+            Ok(response) if response.status() == reqwest::StatusCode::NOT_FOUND => {
+                tracing::info!(instance = %id, "control plane does not know this instance: it stays fenced");
+                InstanceAnswer::NotWritablePrimary
+            }
+            Ok(response) => {
+                tracing::warn!(instance = %id, status = response.status().as_u16(), "control plane cannot answer; asking again next round");
+                InstanceAnswer::Unknown
+            }
+            Err(error) => {
+                tracing::debug!(instance = %id, error = %error_chain(&error), "cannot ask the control plane; asking again next round");
+                InstanceAnswer::Unknown
+            }
+        }
+    }
+}
+
+fn error_chain(error: &dyn std::error::Error) -> String {
+    let mut text = error.to_string();
+    let mut source = error.source();
+    while let Some(inner) = source {
+        text.push_str(&format!(": {inner}"));
+        source = inner.source();
+    }
+    text
+}

@@ -1,0 +1,94 @@
+//! PostgreSQL: a primary with streaming followers.
+//!
+//! A Redis policy (issue 13) would be the same shape with different facts:
+//! `topology` `PrimaryWithFollowers`; `members` one primary and
+//! `plan.followers` replicas; `can_promote` a replica whose replication
+//! offset trails the primary's by at most `plan.max_failover_lag_bytes`
+//! (the agent reports `master_repl_offset` as `wal_position` and the
+//! offset gap as `replication_lag_bytes`); `promotion_order` the highest
+//! offset, then the smallest lag, then the id; `restarts_before_rebuild` 1
+//! (a restart reloads the RDB/AOF, faster than a full resync);
+//! `backups` `Primary` (RDB snapshots taken from it). Nothing else in the
+//! engine changes: fence, promote, retire and backups are the same actions,
+//! which the Redis provider carries out its own way.
+//!
+//! A Kafka policy (issue 14) would answer `PeerBrokers`, `members`
+//! `brokers` peers, never be asked to promote, and `backups`
+//! `NotOwn` (durability and backups live in its storage service).
+
+use super::{BackupSource, Candidate, EnginePolicy, Members, Topology};
+use drover_model::{EngineKind, Plan};
+use std::cmp::Ordering;
+
+/// Restarts tried on a primary with no eligible follower before it is
+/// rebuilt from its image (Heroku: restart first, replace when that fails).
+const MAX_RESTARTS: u32 = 1;
+
+#[derive(Clone, Copy, Debug, Default)]
+pub struct PostgresPolicy;
+
+impl EnginePolicy for PostgresPolicy {
+    fn engine(&self) -> EngineKind {
+        EngineKind::Postgres
+    }
+    fn topology(&self) -> Topology {
+        Topology::PrimaryWithFollowers
+    }
+    fn members(&self, plan: &Plan) -> Members {
+        Members { primaries: 1, followers: plan.followers, brokers: 0 }
+    }
+    /// Within the plan's bound on lost writes: an asynchronous follower
+    /// further behind would lose more than the customer agreed to.
+    fn can_promote(&self, candidate: &Candidate, plan: &Plan) -> bool {
+        candidate.lag_bytes.unwrap_or(0) <= plan.max_failover_lag_bytes
+    }
+    /// The most WAL replayed wins, then the least lag, then the lower id.
+    fn promotion_order(&self, a: &Candidate, b: &Candidate) -> Ordering {
+        a.position
+            .unwrap_or(0)
+            .cmp(&b.position.unwrap_or(0))
+            .then(b.lag_bytes.unwrap_or(0).cmp(&a.lag_bytes.unwrap_or(0)))
+            .then(b.id.cmp(&a.id))
+    }
+    fn restarts_before_rebuild(&self) -> u32 {
+        MAX_RESTARTS
+    }
+    /// pgBackRest base backups and WAL from the primary.
+    fn backups(&self) -> BackupSource {
+        BackupSource::Primary
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use drover_model::{InstanceId, Role};
+
+    fn plan(followers: u8) -> Plan {
+        Plan { followers, sync: followers > 0, max_failover_lag_bytes: 1000 }
+    }
+
+    #[test]
+    fn a_plan_is_one_primary_built_first_then_its_followers() {
+        let m = PostgresPolicy.members(&plan(2));
+        assert_eq!(m.roles().collect::<Vec<_>>(), [Role::Primary, Role::Follower, Role::Follower]);
+        assert_eq!((m.count(Role::Follower), m.count(Role::Broker), m.total()), (2, 0, 3));
+    }
+
+    #[test]
+    fn the_most_advanced_follower_within_the_lag_bound_is_promoted() {
+        let c = |n: u64, position: u64, lag: u64| Candidate {
+            id: InstanceId::new_at(1_800_000_000_000_000, n),
+            position: Some(position),
+            lag_bytes: Some(lag),
+        };
+        let (behind, ahead, far) = (c(1, 100, 0), c(2, 200, 0), c(3, 300, 5000));
+        assert!(!PostgresPolicy.can_promote(&far, &plan(1)), "beyond the lag bound");
+        assert!(PostgresPolicy.can_promote(&ahead, &plan(1)));
+        assert_eq!(PostgresPolicy.promotion_order(&ahead, &behind), Ordering::Greater);
+        let (same_a, same_b) = (c(4, 200, 10), c(5, 200, 0));
+        assert_eq!(PostgresPolicy.promotion_order(&same_a, &same_b), Ordering::Less, "less lag wins a tie");
+        let (twin_a, twin_b) = (c(6, 200, 0), c(7, 200, 0));
+        assert_eq!(PostgresPolicy.promotion_order(&twin_a, &twin_b), Ordering::Greater, "then the lower id");
+    }
+}

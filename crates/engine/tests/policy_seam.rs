@@ -1,0 +1,169 @@
+//! The engine seam (`drover_engine::policy`): a second engine, given only a
+//! policy that names the peer-brokers topology, gets the engine's remedies,
+//! zone budgets and brake with no change to the engine. The policy here is
+//! test-only (Kafka's own arrives with issue 14); PostgreSQL services run
+//! beside it in the same engine under theirs.
+
+mod common;
+
+use common::*;
+use drover_engine::policy::{BackupSource, Candidate, EnginePolicy, Members, Policies, Topology};
+use drover_engine::{Command, CommandError, Config, Input, Reply};
+use drover_model::*;
+use std::cmp::Ordering;
+use std::collections::BTreeSet;
+use std::sync::Arc;
+use std::time::Duration;
+
+/// Peer brokers, as a Kafka policy would describe them. `Plan` has no
+/// broker count yet, so this one reads a plan of `followers` as that many
+/// brokers plus one.
+#[derive(Debug)]
+struct PeerBrokers;
+
+impl EnginePolicy for PeerBrokers {
+    fn engine(&self) -> EngineKind {
+        EngineKind::Kafka
+    }
+    fn topology(&self) -> Topology {
+        Topology::PeerBrokers
+    }
+    fn members(&self, plan: &Plan) -> Members {
+        Members { brokers: plan.followers + 1, ..Members::default() }
+    }
+    fn can_promote(&self, _: &Candidate, _: &Plan) -> bool {
+        false
+    }
+    fn promotion_order(&self, a: &Candidate, b: &Candidate) -> Ordering {
+        a.id.cmp(&b.id)
+    }
+    fn restarts_before_rebuild(&self) -> u32 {
+        0
+    }
+    fn backups(&self) -> BackupSource {
+        BackupSource::NotOwn { why: "its storage service keeps them" }
+    }
+}
+
+fn harness(config: Config) -> H {
+    let config = Config { policies: Policies::default().with(Arc::new(PeerBrokers)), ..config };
+    let mut h = H::new(config);
+    h.command(Command::RegisterImage(image(EngineKind::Kafka))).expect("kafka image registers");
+    h
+}
+
+fn create_cluster(h: &mut H, name: &str, brokers: u8) -> ServiceView {
+    let req = CreateService {
+        name: name.into(),
+        engine: EngineKind::Kafka,
+        followers: brokers - 1,
+        provider: Some("sim".into()),
+        sync: None,
+        team: None,
+        zones: None,
+        max_failover_lag_bytes: None,
+    };
+    match h.command(Command::CreateService(req)) {
+        Ok(Reply::Service(v)) => *v,
+        other => panic!("create failed: {other:?}"),
+    }
+}
+
+fn dispatched(h: &H, kind: &str) -> usize {
+    h.dispatched.iter().filter(|a| a.kind.name() == kind).count()
+}
+
+#[test]
+fn a_failed_broker_is_fenced_and_replaced_in_another_zone_and_nothing_is_promoted() {
+    let mut h = harness(fast_config());
+    let created = create_cluster(&mut h, "kf1", 3);
+    assert!(created.instances.iter().all(|i| i.role == Role::Broker), "{created:#?}");
+    h.create("db1", 1);
+    h.advance(Duration::from_secs(5));
+    let kf = h.service("kf1");
+    assert_eq!(kf.state, ServiceState::Available, "{kf:#?}");
+    assert_eq!(kf.instances.len(), 3);
+    let roles: Vec<Role> = h.service("db1").instances.iter().map(|i| i.role).collect();
+    assert_eq!(roles, [Role::Primary, Role::Follower], "PostgreSQL keeps its own policy");
+
+    let victim = kf.instances[0].clone();
+    h.chaos(victim.id, Fault::Crash);
+    h.advance(Duration::from_secs(60));
+
+    let kf = h.service("kf1");
+    assert_eq!(kf.state, ServiceState::Available, "{kf:#?}");
+    assert_eq!(kf.instances.len(), 3, "the failed broker is gone and one replaced it: {kf:#?}");
+    assert!(kf.instances.iter().all(|i| i.role == Role::Broker && i.state == InstanceState::Available));
+    assert!(kf.instances.iter().all(|i| i.id != victim.id));
+    let fence = h.succeeded("fence").into_iter().find(|a| a.instance == victim.id).expect("the victim was fenced");
+    let replacement = kf.instances.iter().find(|i| !created.instances.iter().any(|c| c.id == i.id)).expect("new");
+    let provision = h.store.actions.values().find(|a| a.instance == replacement.id).expect("its provision");
+    assert!(fence.updated_at <= provision.created_at, "fenced before a replacement was built");
+    assert_ne!(replacement.zone, victim.zone, "the zone where a member just failed comes last");
+    assert_eq!(h.store.instances[&victim.id].state, InstanceState::Terminated);
+    assert_eq!((dispatched(&h, "promote"), dispatched(&h, "restart")), (0, 0), "peers are replaced, never promoted");
+    assert_eq!(h.service("db1").state, ServiceState::Available);
+}
+
+#[test]
+fn peers_have_no_switchover_and_no_backups_of_their_own() {
+    let mut h = harness(fast_config());
+    create_cluster(&mut h, "kf1", 3);
+    h.advance(Duration::from_secs(5));
+    let refused = h.command(Command::Switchover { name: "kf1".into() });
+    assert!(matches!(refused, Err(CommandError::Invalid(_))), "{refused:?}");
+    let refused = h.command(Command::TakeBackup { name: "kf1".into() });
+    assert!(matches!(refused, Err(CommandError::Invalid(_))), "{refused:?}");
+    // Nor does the schedule: a PostgreSQL service's first backup is due
+    // within 70 minutes of its creation; two hours pass without any.
+    h.advance(Duration::from_secs(2 * 3600));
+    assert_eq!(dispatched(&h, "backup") + dispatched(&h, "verify_restore"), 0);
+    assert!(h.service("kf1").backups.last_backup_at.is_none());
+}
+
+/// A zone loses every broker at once: the brake engages, and the remedies
+/// that follow (on fresh evidence from failed probes) run within the zone
+/// budget, fence before they replace, and heal every cluster.
+#[test]
+fn a_zone_losing_every_broker_is_healed_within_its_budget() {
+    let budget = 2;
+    let mut h = harness(Config { zone_budget: budget, ..fast_config() });
+    let names: Vec<String> = (0..10).map(|i| format!("kf{i}")).collect();
+    for name in &names {
+        create_cluster(&mut h, name, 3);
+    }
+    h.advance(Duration::from_secs(5));
+    let lost: Vec<InstanceId> =
+        names.iter().flat_map(|n| h.service(n).instances).filter(|i| i.zone == "zone-a").map(|i| i.id).collect();
+    assert_eq!(lost.len(), 10);
+    for id in &lost {
+        h.chaos(*id, Fault::Crash);
+    }
+    let in_zone_a: BTreeSet<InstanceId> = lost.iter().copied().collect();
+    // Actions run one round per step (what a round dispatches runs in the
+    // next), so what is running and what waits can be seen between steps.
+    h.auto_execute = false;
+    let (mut most_running, mut most_waiting) = (0, 0);
+    for _ in 0..1200 {
+        h.advance(Duration::from_millis(100));
+        let open = h.e.open_actions();
+        let zone_a = |a: &&ActionRecord| a.kind.is_destructive() && in_zone_a.contains(&a.instance);
+        let running = open.iter().filter(zone_a).filter(|a| a.state == ActionState::Running).count();
+        let waiting = open.iter().filter(zone_a).filter(|a| a.state == ActionState::Pending).count();
+        (most_running, most_waiting) = (most_running.max(running), most_waiting.max(waiting));
+        for a in std::mem::take(&mut h.inflight) {
+            let outcome = h.world.execute(&a);
+            h.step(Input::ActionResult { action: a.id, attempt: a.attempts, outcome });
+        }
+    }
+    assert!(h.store.events.iter().any(|e| e.kind == EventKind::BrakeEngaged { scope: "zone-a".into() }));
+    assert_eq!(most_running, budget as usize, "zone-a ran {most_running} at once");
+    assert!(most_waiting > 0, "the rest waited for the budget");
+    assert_eq!(dispatched(&h, "promote"), 0);
+    for name in &names {
+        let s = h.service(name);
+        assert_eq!(s.state, ServiceState::Available, "{s:#?}");
+        assert_eq!(s.instances.len(), 3);
+        assert!(s.instances.iter().all(|i| i.zone != "zone-a" && !in_zone_a.contains(&i.id)), "{s:#?}");
+    }
+}
