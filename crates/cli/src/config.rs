@@ -38,8 +38,9 @@ pub fn init_logs(format: LogFormat) {
     }
 }
 
-/// `drover serve`'s flags. Every setting but `--data-dir` and `--config`
-/// can also be set in the config file under the flag's name with `_`.
+/// `drover serve`'s flags. Every setting but `--data-dir`, `--config` and
+/// `--input-log` can also be set in the config file under the flag's name
+/// with `_`.
 #[derive(Args, Debug, Default)]
 pub struct ServeArgs {
     /// Where the store (drover.db), the sim fleet (sim-provider.json), the
@@ -49,6 +50,10 @@ pub struct ServeArgs {
     /// The config file [default: drover.toml in the data dir, if it exists].
     #[arg(long, env = "DROVER_CONFIG")]
     pub config: Option<PathBuf>,
+    /// Append every input the engine is given to this file (JSON lines), to
+    /// replay a run with the seed the store records [default: no log].
+    #[arg(long, env = "DROVER_INPUT_LOG")]
+    pub input_log: Option<PathBuf>,
     /// Address of the HTTP API [default: 127.0.0.1:7700].
     #[arg(long, env = "DROVER_LISTEN")]
     pub listen: Option<SocketAddr>,
@@ -191,6 +196,7 @@ pub fn resolve(args: ServeArgs, no_local_set: bool) -> anyhow::Result<Settings> 
         None => DEFAULT_LISTEN.parse().expect("the default listen address parses"),
     };
     let mut opts = drover_server::ServeOptions::new(&args.data_dir, listen);
+    opts.input_log = args.input_log.clone();
     if let Some(ms) = args.uncertain_after_ms.or(file.uncertain_after_ms) {
         opts.engine.uncertain_after = Duration::from_millis(ms);
     }
@@ -359,6 +365,15 @@ mod tests {
                 assert!(DOC.contains(env.as_ref()), "docs/configuration.md does not mention {env}");
             }
         }
+    }
+
+    #[test]
+    fn the_input_log_is_off_unless_asked_for() {
+        let data = tempfile::tempdir().unwrap();
+        assert_eq!(resolve(args(data.path(), &[]), false).unwrap().options.input_log, None);
+        let log = data.path().join("inputs.jsonl");
+        let asked = resolve(args(data.path(), &["--input-log", &log.display().to_string()]), false).unwrap();
+        assert_eq!(asked.options.input_log, Some(log));
     }
 
     #[test]

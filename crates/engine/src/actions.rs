@@ -1,7 +1,7 @@
 //! Actions: opened, budgeted per zone, dispatched, retried, finished, and
 //! what their results mean for the fleet.
 
-use crate::api::Outputs;
+use crate::api::{Dispatch, Outputs};
 use crate::{micros, Engine, OpenAction, MAX_RETRY_BACKOFF};
 use drover_model::EventKind;
 use drover_model::{
@@ -142,7 +142,11 @@ impl Engine {
             out.changes.events.push(self.action_event(&rec, from, &cause, now));
             out.changes.actions.push(rec.clone());
         }
-        out.dispatch.push(rec);
+        let provider = match self.instance_index.get(&rec.instance).and_then(|&i| self.instances.get(i)) {
+            Some(inst) => self.providers.name(inst.provider).to_string(),
+            None => self.config.default_provider.clone(),
+        };
+        out.dispatch.push(Dispatch { provider, action: rec });
     }
 
     pub(crate) fn finish_action(

@@ -99,8 +99,10 @@ impl Default for Config {
     }
 }
 
-/// Everything that can happen to the engine.
-#[derive(Clone, Debug)]
+/// Everything that can happen to the engine. Serializable so the server can
+/// log every input for replay (`--input-log`).
+#[derive(Clone, Debug, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
 pub enum Input {
     /// A batch of heartbeats from agents or a provider.
     Heartbeats(Vec<Beat>),
@@ -203,13 +205,29 @@ pub enum CommandError {
     Invalid(String),
 }
 
+/// An action to hand to a provider, with the provider that carries it out
+/// (the one its instance was built by), so the shell routes it without
+/// asking the engine again. Reads as the action it carries.
+#[derive(Clone, Debug, PartialEq)]
+pub struct Dispatch {
+    pub provider: String,
+    pub action: ActionRecord,
+}
+
+impl std::ops::Deref for Dispatch {
+    type Target = ActionRecord;
+    fn deref(&self) -> &ActionRecord {
+        &self.action
+    }
+}
+
 /// Everything one step decided.
 #[derive(Debug, Default)]
 pub struct Outputs {
     /// Must be durable before `dispatch` is sent or `reply` is given.
     pub changes: Changes,
     /// Actions to hand to providers once `changes` are durable.
-    pub dispatch: Vec<ActionRecord>,
+    pub dispatch: Vec<Dispatch>,
     pub reply: Option<Result<Reply, CommandError>>,
 }
 

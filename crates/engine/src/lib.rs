@@ -43,7 +43,7 @@ mod transitions;
 mod views;
 mod zone_lease;
 
-pub use api::{Command, CommandError, Config, HeartbeatReceipt, Input, Outputs, Reply};
+pub use api::{Command, CommandError, Config, Dispatch, HeartbeatReceipt, Input, Outputs, Reply};
 
 use crate::fleet::HashMap;
 use commands::command_target;
@@ -107,6 +107,10 @@ struct ZoneState {
 
 pub struct Engine {
     config: Config,
+    /// The seed `rng` started from; event ids are minted from it too.
+    seed: u64,
+    /// Events this engine has produced: the counter in their ids.
+    events_minted: u64,
     rng: rand_chacha::ChaCha8Rng,
     instances: Slab<Inst>,
     instance_index: HashMap<InstanceId, u32>,
@@ -151,6 +155,8 @@ impl Engine {
         }
         Engine {
             config,
+            seed,
+            events_minted: 0,
             rng: rand_chacha::ChaCha8Rng::seed_from_u64(seed),
             instances: Slab::default(),
             instance_index: HashMap::default(),
@@ -251,6 +257,7 @@ impl Engine {
             }
         }
         self.reconcile_dirty(now, out);
+        self.mint_event_ids(out);
     }
 
     /// The earliest time a `Tick` has work to do.

@@ -5,11 +5,21 @@ use crate::api::Outputs;
 use crate::fleet::Inst;
 use crate::{state_index, Engine, ZoneState};
 use drover_model::{
-    ActionRecord, ActionState, Event, EventKind, EventSubject, InstanceId, InstanceRecord, InstanceState, ServiceId,
-    ServiceRecord, Timestamp,
+    ActionRecord, ActionState, Event, EventId, EventKind, EventSubject, InstanceId, InstanceRecord, InstanceState,
+    ServiceId, ServiceRecord, Timestamp,
 };
 
 impl Engine {
+    /// Gives every event of `out` its stable id, in the order the engine
+    /// produced them: the same seed and inputs mint the same ids (replay),
+    /// and the store appends an id once (a retried commit is idempotent).
+    pub(crate) fn mint_event_ids(&mut self, out: &mut Outputs) {
+        for event in &mut out.changes.events {
+            self.events_minted += 1;
+            event.id = EventId::mint(self.seed, self.events_minted);
+        }
+    }
+
     pub(crate) fn zone(&mut self, name: &str) -> u16 {
         let z = self.zones.intern(name);
         while self.zone_state.len() < self.zones.len() {
@@ -127,6 +137,7 @@ impl Engine {
             _ => EventKind::Other,
         };
         Event {
+            id: EventId::UNSET,
             seq: 0,
             at: Timestamp(now),
             subject,
@@ -153,6 +164,7 @@ impl Engine {
             None => (None, None),
         };
         Event {
+            id: EventId::UNSET,
             seq: 0,
             at: Timestamp(now),
             subject: EventSubject::Action,
@@ -177,6 +189,7 @@ pub(crate) fn fleet_event(
     cause: String,
 ) -> Event {
     Event {
+        id: EventId::UNSET,
         seq: 0,
         at: Timestamp(now),
         subject: EventSubject::Fleet,

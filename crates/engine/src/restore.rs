@@ -48,6 +48,7 @@ impl Engine {
             e.mark_dirty(s);
         }
         e.reconcile_dirty(now, &mut out);
+        e.mint_event_ids(&mut out);
         (e, out)
     }
 

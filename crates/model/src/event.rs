@@ -57,9 +57,50 @@ pub enum EventKind {
     Other,
 }
 
+/// A stable id for one event, minted by the engine from its seed and a
+/// counter of the events it produced ([`EventId::mint`]): the same seed and
+/// the same inputs give the same ids (replay), and a retried append of the
+/// same event is recognised by the store and written once. Events stored
+/// before ids existed read as the nil id ([`EventId::UNSET`]).
+#[derive(Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Default, Serialize, Deserialize, utoipa::ToSchema)]
+#[serde(transparent)]
+#[schema(value_type = String, format = Uuid)]
+pub struct EventId(pub uuid::Uuid);
+
+impl EventId {
+    /// No id: an event built outside the engine, or stored before ids existed.
+    pub const UNSET: EventId = EventId(uuid::Uuid::nil());
+
+    /// The `n`-th event of the engine seeded with `seed`: the seed fills the
+    /// high 64 bits, the counter the low 64, so ids never repeat within a
+    /// run and runs with different seeds never share one.
+    pub fn mint(seed: u64, n: u64) -> EventId {
+        EventId(uuid::Uuid::from_u64_pair(seed, n))
+    }
+
+    pub fn is_unset(&self) -> bool {
+        self.0.is_nil()
+    }
+}
+
+impl std::fmt::Display for EventId {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        std::fmt::Display::fmt(&self.0, f)
+    }
+}
+
+impl std::fmt::Debug for EventId {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        std::fmt::Display::fmt(&self.0, f)
+    }
+}
+
 /// Every transition and every action step, with its cause.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct Event {
+    /// Stable id (see [`EventId`]); the store appends an id only once.
+    #[serde(default)]
+    pub id: EventId,
     /// Position in the log, assigned by the store (0 until persisted).
     pub seq: u64,
     pub at: Timestamp,
@@ -111,10 +152,21 @@ mod tests {
         let old = r#"{"seq":7,"at":1,"subject":"service","service":"db1","service_id":null,"instance":null,
             "action":null,"from":"recovering","to":"unavailable","cause":"a remedy failed: a human is needed"}"#;
         let e: Event = serde_json::from_str(old).unwrap();
-        assert_eq!((e.kind.clone(), e.team.clone()), (EventKind::Other, None));
+        assert_eq!((e.kind.clone(), e.team.clone(), e.id), (EventKind::Other, None, EventId::UNSET));
         let e = e.with_kind(EventKind::BrakeEngaged { scope: "zone-a".into() });
         let json = serde_json::to_value(&e).unwrap();
         assert_eq!(json["kind"], serde_json::json!({"type": "brake_engaged", "scope": "zone-a"}));
         assert_eq!(serde_json::from_value::<Event>(json).unwrap(), e);
+    }
+
+    #[test]
+    fn minted_ids_differ_by_counter_and_by_seed_and_round_trip_as_strings() {
+        let a = EventId::mint(7, 1);
+        assert_ne!(a, EventId::mint(7, 2));
+        assert_ne!(a, EventId::mint(8, 1));
+        assert!(!a.is_unset() && EventId::UNSET.is_unset());
+        let json = serde_json::to_value(a).unwrap();
+        assert!(json.is_string(), "{json}");
+        assert_eq!(serde_json::from_value::<EventId>(json).unwrap(), a);
     }
 }

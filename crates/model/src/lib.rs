@@ -13,7 +13,7 @@ mod states;
 mod time;
 
 pub use action::{ActionKind, ActionOutcome, ActionRecord, ActionState, Fault};
-pub use event::{AuditEntry, Event, EventKind, EventSubject};
+pub use event::{AuditEntry, Event, EventId, EventKind, EventSubject};
 pub use facts::{Beat, Facts};
 pub use ids::{ActionId, InstanceId, NotificationId, PageId, ServiceId};
 pub use image::{Image, ImageId};

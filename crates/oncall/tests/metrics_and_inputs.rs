@@ -145,6 +145,7 @@ fn engine_event(
     cause: &str,
 ) -> Event {
     Event {
+        id: Default::default(),
         seq: 1,
         at: Timestamp(0),
         subject,

@@ -385,6 +385,7 @@ fn engine_alerts_of_one_kind_and_team_are_one_incident_until_all_resolve() {
     let mut p = Pager::new(Config::default(), 3);
     let now = Timestamp(1_798_761_600_000_000);
     let event = |service: &str, kind: EventKind, to: Option<&str>| Event {
+        id: Default::default(),
         seq: 0,
         at: now,
         subject: EventSubject::Service,
@@ -417,6 +418,7 @@ fn what_no_remedy_handles_skips_the_bot_tier_and_the_rest_waits_for_it() {
     use drover_model::{Event, EventKind, EventSubject};
     let now = Timestamp(1_798_761_600_000_000);
     let event = |kind: EventKind, subject: EventSubject, service: Option<&str>| Event {
+        id: Default::default(),
         seq: 0,
         at: now,
         subject,

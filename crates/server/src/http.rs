@@ -1,118 +1,24 @@
-//! The HTTP API: thin handlers over the engine actor and the store. Every
-//! route is listed in `openapi.rs`; every error is `{"error": "..."}`.
+//! The fleet's HTTP handlers: thin wrappers over the engine actor and the
+//! store. The router that mounts them is `routes.rs`; every route is listed
+//! in `openapi.rs`; every error is `{"error": "..."}`.
 
 use crate::error::{ApiError, ErrorBody, Json, Path, Query};
-use crate::runtime::EngineHandle;
+use crate::request::{actor, limit_in};
+use crate::state::AppState;
 use crate::telemetry;
-use axum::body::Body;
-use axum::extract::{DefaultBodyLimit, Request, State};
-use axum::http::{header, HeaderMap, HeaderValue, Method, StatusCode, Uri};
-use axum::middleware::{self, Next};
+use axum::extract::State;
+use axum::http::{header, HeaderMap, HeaderValue, StatusCode};
 use axum::response::{IntoResponse, Response};
-use axum::routing::{get, post};
-use axum::Router;
 use drover_engine::{Command, HeartbeatReceipt, Input, Reply};
 use drover_model::{
     ActionRecord, AuditEntry, Beat, CreateService, Event, Fault, Image, InstanceId, InstanceView, ServiceView,
 };
-use drover_store::{EventFilter, Store};
-use metrics_exporter_prometheus::PrometheusHandle;
+use drover_store::EventFilter;
 use serde::{Deserialize, Serialize};
-use std::sync::{Arc, OnceLock};
 
-/// Largest request body: a heartbeat batch of ~100k beats fits.
-pub const MAX_BODY_BYTES: usize = 16 * 1024 * 1024;
 /// Default and largest page of events, actions or audit entries.
 pub const DEFAULT_LIMIT: usize = 1000;
 pub const MAX_LIMIT: usize = 10_000;
-/// Header naming who issues a command, for the audit trail.
-pub const ACTOR_HEADER: &str = "x-drover-actor";
-const DEFAULT_ACTOR: &str = "api";
-pub(crate) const MAX_ACTOR_LEN: usize = 128;
-
-/// What the handlers reach, filled once start-up is done.
-pub struct Ready {
-    pub engine: EngineHandle,
-    pub store: Arc<dyn Store>,
-    pub providers: Vec<String>,
-    pub provider_objects: std::collections::HashMap<String, Arc<dyn drover_providers::Provider>>,
-    /// The pager actor (on-call).
-    pub oncall: crate::oncall::PagerHandle,
-}
-
-impl Ready {
-    /// Adds what only the provider knows (the stable URL) to a view.
-    fn complete(&self, mut view: ServiceView) -> ServiceView {
-        if let Some(p) = self.provider_objects.get(&view.provider) {
-            view.url = p.service_url(&view.name);
-        }
-        view
-    }
-}
-
-#[derive(Clone)]
-pub struct AppState {
-    pub ready: Arc<OnceLock<Ready>>,
-    pub metrics: PrometheusHandle,
-}
-
-impl AppState {
-    fn ready(&self) -> Result<&Ready, ApiError> {
-        self.ready.get().ok_or_else(|| ApiError::unavailable("Drover is starting; retry in a moment"))
-    }
-}
-
-pub fn router(state: AppState) -> Router {
-    Router::new()
-        .route("/healthz", get(healthz))
-        .route("/v1/services", post(create_service).get(list_services))
-        .route("/v1/services/{name}", get(show_service).delete(delete_service))
-        .route("/v1/services/{name}/switchover", post(post_switchover))
-        .route("/v1/services/{name}/resume", post(post_resume))
-        .route("/v1/services/{name}/checks", get(service_checks))
-        .route("/v1/services/{name}/backups", post(post_backup))
-        .route("/v1/services/{name}/backups/verify", post(post_verify_backup))
-        .route("/v1/instances/{id}", get(show_instance))
-        .route("/v1/events", get(list_events))
-        .route("/v1/heartbeats", post(post_heartbeats))
-        .route("/v1/chaos", post(post_chaos))
-        .route("/v1/actions", get(list_actions))
-        .route("/v1/audit", get(list_audit))
-        .route("/v1/images", get(list_images))
-        .route("/metrics", get(metrics_text))
-        .route("/openapi.json", get(openapi_json))
-        .merge(crate::oncall::routes())
-        .fallback(no_route)
-        .method_not_allowed_fallback(wrong_method)
-        .layer(DefaultBodyLimit::max(MAX_BODY_BYTES))
-        .layer(middleware::from_fn(errors_as_json))
-        .layer(tower_http::catch_panic::CatchPanicLayer::custom(panic_response))
-        .with_state(state)
-}
-
-/// Who issues a command: the actor header (printable ASCII, 1 to 128
-/// characters, as its schema in `openapi.rs` says) or `api` without one.
-pub(crate) fn actor(headers: &HeaderMap) -> Result<String, ApiError> {
-    match headers.get(ACTOR_HEADER) {
-        None => Ok(DEFAULT_ACTOR.to_string()),
-        Some(value) => {
-            let bytes = value.as_bytes();
-            if bytes.is_empty() || bytes.len() > MAX_ACTOR_LEN {
-                return Err(ApiError::bad_request(format!(
-                    "header {ACTOR_HEADER} must be 1 to {MAX_ACTOR_LEN} characters"
-                )));
-            }
-            let printable = bytes.iter().all(|b| (b' '..=b'~').contains(b));
-            let text = std::str::from_utf8(bytes).ok().filter(|t| printable && t.trim() == *t);
-            let text = text.ok_or_else(|| {
-                ApiError::bad_request(format!(
-                    "header {ACTOR_HEADER} must be printable ASCII without leading or trailing spaces"
-                ))
-            })?;
-            Ok(text.to_string())
-        }
-    }
-}
 
 fn parse_instance_id(text: &str) -> Result<InstanceId, ApiError> {
     text.parse::<InstanceId>().map_err(|e| ApiError::bad_request(format!("instance id {text:?} is not a UUID: {e}")))
@@ -249,7 +155,7 @@ pub(crate) async fn service_checks(
         Some(p) => p.service_checks(&view.name).await,
         None => drover_providers::ProviderChecks::default(),
     };
-    Ok(Json(crate::checks::compose(&view, provider, crate::runtime::now())))
+    Ok(Json(crate::checks::compose(&view, provider, crate::actor::now())))
 }
 
 /// Take a base backup now.
@@ -345,15 +251,6 @@ pub struct EventsQuery {
     limit: Option<usize>,
 }
 
-/// The page size asked for, 1 to `max` (the range the query schemas state).
-pub(crate) fn limit_in(requested: Option<usize>, default: usize, max: usize) -> Result<usize, ApiError> {
-    match requested {
-        None => Ok(default),
-        Some(n) if (1..=max).contains(&n) => Ok(n),
-        Some(n) => Err(ApiError::bad_request(format!("limit must be 1 to {max}, got {n}"))),
-    }
-}
-
 fn limit(requested: Option<usize>) -> Result<usize, ApiError> {
     limit_in(requested, DEFAULT_LIMIT, MAX_LIMIT)
 }
@@ -417,6 +314,8 @@ pub(crate) async fn post_heartbeats(
     if batch.beats.is_empty() {
         return Ok(Json(HeartbeatReceipt::default()));
     }
+    // Provider beats are counted where they arrive (`runtime`).
+    metrics::counter!(telemetry::HEARTBEATS_RECEIVED).increment(batch.beats.len() as u64);
     match ready.engine.call(Input::Heartbeats(batch.beats)).await? {
         Reply::Heartbeats(receipt) => Ok(Json(receipt)),
         other => Err(unexpected(other)),
@@ -525,63 +424,4 @@ pub(crate) async fn metrics_text(State(state): State<AppState>) -> Response {
         state.metrics.render(),
     )
         .into_response()
-}
-
-/// This document.
-#[utoipa::path(get, path = "/openapi.json", tag = "health",
-    responses((status = 200, description = "OpenAPI 3 document", content_type = "application/json")))]
-pub(crate) async fn openapi_json(State(state): State<AppState>) -> Response {
-    let providers = state.ready.get().map(|r| r.providers.as_slice());
-    ([(header::CONTENT_TYPE, HeaderValue::from_static("application/json"))], crate::openapi::document_json(providers))
-        .into_response()
-}
-
-async fn no_route(method: Method, uri: Uri) -> ApiError {
-    ApiError::not_found(format!("no route for {method} {}; the API is described at /openapi.json", uri.path()))
-}
-
-async fn wrong_method(method: Method, uri: Uri) -> ApiError {
-    ApiError::new(
-        StatusCode::METHOD_NOT_ALLOWED,
-        format!("{} does not accept {method}; the API is described at /openapi.json", uri.path()),
-    )
-}
-
-/// Last line of defence: any error response that is not JSON yet (a
-/// rejection or status from a layer we did not write) becomes `{"error"}`.
-async fn errors_as_json(request: Request, next: Next) -> Response {
-    let response = next.run(request).await;
-    let status = response.status();
-    if !(status.is_client_error() || status.is_server_error()) {
-        return response;
-    }
-    let is_json = response
-        .headers()
-        .get(header::CONTENT_TYPE)
-        .and_then(|v| v.to_str().ok())
-        .is_some_and(|v| v.starts_with("application/json"));
-    if is_json {
-        return response;
-    }
-    let (mut parts, body) = response.into_parts();
-    let text = axum::body::to_bytes(body, 64 * 1024)
-        .await
-        .ok()
-        .map(|b| String::from_utf8_lossy(&b).trim().to_string())
-        .filter(|t| !t.is_empty())
-        .unwrap_or_else(|| status.canonical_reason().unwrap_or("error").to_string());
-    let body = serde_json::to_vec(&ErrorBody { error: text }).unwrap_or_else(|_| b"{\"error\":\"error\"}".to_vec());
-    parts.headers.insert(header::CONTENT_TYPE, HeaderValue::from_static("application/json"));
-    parts.headers.remove(header::CONTENT_LENGTH);
-    Response::from_parts(parts, Body::from(body))
-}
-
-fn panic_response(panic: Box<dyn std::any::Any + Send + 'static>) -> Response {
-    let detail = panic
-        .downcast_ref::<String>()
-        .map(String::as_str)
-        .or_else(|| panic.downcast_ref::<&str>().copied())
-        .unwrap_or("unknown panic");
-    tracing::error!(panic = detail, "a request handler panicked");
-    ApiError::internal("internal error: the server hit a bug while handling this request; it is logged").into_response()
 }

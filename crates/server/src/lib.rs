@@ -2,18 +2,27 @@
 //! providers and timers, persists what the engine decides before anyone is
 //! told, and dispatches the engine's actions to providers.
 //!
-//! - `runtime`: the engine actor (one task owns the `Engine`), group commit,
-//!   action dispatch, provider events.
-//! - `http`: the axum routes; `openapi`: their OpenAPI document.
+//! - `actor`: the one actor loop (group commit, then effects, then answers)
+//!   that both the engine and the pager run in.
+//! - `runtime`: the engine in that loop, action dispatch, provider events,
+//!   the input log; `oncall`: the pager in that loop, its channels, routes.
+//! - `state`: what handlers share; `request`: what they read alike;
+//!   `http`: the fleet's handlers; `routes`: the router over all handlers;
+//!   `openapi`: the OpenAPI document. Handler modules import `state` and
+//!   `request`, never each other; only `routes` and `openapi` import them.
 //! - `error`: the `{"error"}` shape and the extractors that produce it.
 //! - `telemetry`: Prometheus metrics.
 
+pub mod actor;
 pub mod checks;
 mod error;
 pub mod http;
 pub mod oncall;
 pub mod openapi;
+pub mod request;
+pub mod routes;
 pub mod runtime;
+pub mod state;
 pub mod telemetry;
 
 use anyhow::Context;
@@ -33,7 +42,7 @@ use tokio::net::TcpListener;
 use tokio::sync::{mpsc, watch};
 use tokio::task::JoinHandle;
 
-pub use http::ACTOR_HEADER;
+pub use request::ACTOR_HEADER;
 
 /// Everything `drover serve` is told.
 #[derive(Clone, Debug)]
@@ -46,6 +55,10 @@ pub struct ServeOptions {
     /// Run real PostgreSQL processes here (the `local` provider). `None`
     /// keeps only the sim (fast in-process tests).
     pub local: Option<LocalConfig>,
+    /// Append every input the engine is given to this file (JSON lines,
+    /// `runtime::LogLine`), for replay with the seed the store records.
+    /// `None`: no log.
+    pub input_log: Option<PathBuf>,
 }
 
 impl ServeOptions {
@@ -56,6 +69,7 @@ impl ServeOptions {
             engine: serve_engine_config(),
             sim: SimConfig::default(),
             local: None,
+            input_log: None,
         }
     }
 }
@@ -150,12 +164,12 @@ async fn run(
     opts.data_dir = std::path::absolute(&opts.data_dir)
         .with_context(|| format!("cannot make the data directory {} absolute", opts.data_dir.display()))?;
     let addr = listener.local_addr()?;
-    let state = http::AppState { ready: Arc::new(OnceLock::new()), metrics: telemetry::install() };
+    let state = state::AppState { ready: Arc::new(OnceLock::new()), metrics: telemetry::install() };
     let (stop_tx, stop_rx) = watch::channel(false);
 
     // Serve from the first moment so /healthz can say 503 while we start.
     let mut http_stop = stop_rx.clone();
-    let app = http::router(state.clone());
+    let app = routes::router(state.clone());
     let http_task = tokio::spawn(async move {
         axum::serve(listener, app)
             .with_graceful_shutdown(async move {
@@ -203,7 +217,7 @@ async fn run(
 /// default images, starts the actor and the provider, then marks ready.
 async fn start_up(
     opts: &ServeOptions,
-    state: &http::AppState,
+    state: &state::AppState,
     stop: watch::Receiver<bool>,
     addr: SocketAddr,
 ) -> anyhow::Result<JoinHandle<()>> {
@@ -261,15 +275,40 @@ async fn start_up(
     );
     let now = runtime::now();
     let seed = (now.0 as u64) ^ ((std::process::id() as u64) << 32);
-    let (mut engine, restored) = Engine::restore(engine_config, seed, snapshot, now);
+    {
+        // Before the engine decides anything: its seed is what makes its
+        // decisions (and event ids) reproducible from an input log.
+        let store = store.clone();
+        let start = drover_store::EngineStart { at: now, seed };
+        tokio::task::spawn_blocking(move || store.record_start(start))
+            .await?
+            .context("cannot record the engine's start in the store")?;
+    }
+    let input_log = match &opts.input_log {
+        Some(path) => Some(
+            runtime::InputLog::open(path).with_context(|| format!("cannot open the input log {}", path.display()))?,
+        ),
+        None => None,
+    };
+    let (engine, restored) = Engine::restore(engine_config, seed, snapshot, now);
+
+    let (handle, inbox) = actor::channel::<runtime::EngineMachine>(runtime::LIMITS);
+    let default_provider = providers.get(&engine.config().default_provider).cloned().unwrap_or_else(|| sim.clone());
+    let dispatcher = runtime::Dispatcher::new(providers.clone(), default_provider, handle.clone());
+    let (pager_wakeup, wakeup) = runtime::pager_wakeup(drover_oncall::engine::is_relevant);
+    let mut machine =
+        runtime::EngineMachine::new(engine, store.clone(), dispatcher.clone(), Some(pager_wakeup), input_log);
+    machine.log_start(now, seed);
     let mut changes = restored.changes;
     // Dispatched only after the commit below, like every other output.
     let mut redispatch = restored.dispatch;
 
     // The real image last: the engine builds new services from the newest.
     for image in default_images(now).into_iter().chain(extra_images) {
-        let out =
-            engine.step(Input::Command { actor: "system".into(), command: Command::RegisterImage(image.clone()) }, now);
+        let out = machine.step_logged(
+            Input::Command { actor: "system".into(), command: Command::RegisterImage(image.clone()) },
+            now,
+        );
         if let Some(Err(e)) = &out.reply {
             tracing::warn!(image = %image.id, error = %e, "default image refused");
         }
@@ -277,32 +316,18 @@ async fn start_up(
         redispatch.extend(out.dispatch);
     }
     runtime::commit(&store, changes).await.map_err(|e| anyhow::anyhow!("cannot persist the restored state: {e}"))?;
-
-    let (tx, inbox) = mpsc::channel(runtime::QUEUE_CAPACITY);
-    let handle = runtime::EngineHandle::new(tx);
-    let dispatcher = runtime::Dispatcher::new(
-        providers.clone(),
-        providers.get(&engine.config().default_provider).cloned().unwrap_or_else(|| sim.clone()),
-        handle.clone(),
-    );
     if !redispatch.is_empty() {
         tracing::info!(actions = redispatch.len(), "re-dispatching actions that were running before the restart");
     }
-    dispatcher.dispatch(&engine, redispatch);
+    dispatcher.dispatch(redispatch);
 
     // On-call: engine events that need a person become alerts.
-    let (tap, engine_events) = oncall::event_tap();
-    let (oncall, oncall_task) = oncall::start(
-        &opts.data_dir,
-        format!("http://{addr}"),
-        Some(handle.clone()),
-        Some(engine_events),
-        stop.clone(),
-    )
-    .await
-    .context("cannot start the pager")?;
-    let actor = runtime::Actor { engine, store: store.clone(), dispatcher, inbox, shutdown: stop, tap: Some(tap) };
-    let engine_task = tokio::spawn(actor.run());
+    let engine_events = oncall::EngineEvents { store: store.clone(), wakeup };
+    let (oncall, oncall_task) =
+        oncall::start(&opts.data_dir, format!("http://{addr}"), Some(engine_events), stop.clone())
+            .await
+            .context("cannot start the pager")?;
+    let engine_task = tokio::spawn(actor::Actor { machine, inbox, shutdown: stop, limits: runtime::LIMITS }.run());
     let actor_task = tokio::spawn(async move {
         let _ = engine_task.await;
         let _ = oncall_task.await;
@@ -318,7 +343,7 @@ async fn start_up(
     let mut names: Vec<String> = providers.keys().cloned().collect();
     names.sort();
     let _ =
-        state.ready.set(http::Ready { engine: handle, store, providers: names, provider_objects: providers, oncall });
+        state.ready.set(state::Ready { engine: handle, store, providers: names, provider_objects: providers, oncall });
     Ok(actor_task)
 }
 

@@ -7,6 +7,10 @@
 
 use crate::error::ErrorBody;
 use crate::http::{self, ChaosRequest, Health, HeartbeatBatch, HeartbeatReceiptDoc};
+use crate::state::AppState;
+use axum::extract::State;
+use axum::http::{header, HeaderValue};
+use axum::response::{IntoResponse, Response};
 use drover_model::{
     ActionKind, ActionRecord, ActionState, AuditEntry, BackupStatus, Beat, CreateService, EngineKind, Event, EventKind,
     EventSubject, Facts, Fault, Image, InstanceState, InstanceView, Plan, Role, ServiceState, ServiceView,
@@ -36,7 +40,7 @@ use utoipa::OpenApi;
         http::list_audit,
         http::list_images,
         http::metrics_text,
-        http::openapi_json,
+        openapi_json,
         crate::oncall::routes::post_alertmanager,
         crate::oncall::routes::post_event_v2,
         crate::oncall::routes::list_pages,
@@ -194,9 +198,9 @@ fn complete_operation(path: &str, op: &mut Value) {
             let place = p["in"].as_str().unwrap_or_default().to_string();
             match (place.as_str(), name.as_str()) {
                 // http::actor.
-                ("header", crate::http::ACTOR_HEADER) => {
+                ("header", crate::request::ACTOR_HEADER) => {
                     p["schema"] = json!({"type": "string", "minLength": 1,
-                        "maxLength": crate::http::MAX_ACTOR_LEN, "pattern": ACTOR_PATTERN});
+                        "maxLength": crate::request::MAX_ACTOR_LEN, "pattern": ACTOR_PATTERN});
                 }
                 // No service has a name outside CreateService's rules (404 then).
                 ("path", "name") => {
@@ -227,6 +231,14 @@ fn complete_operation(path: &str, op: &mut Value) {
     if path != "/metrics" && path != "/openapi.json" {
         add("503", "Drover is starting or stopping, or its store cannot answer; retry");
     }
+}
+
+/// This document.
+#[utoipa::path(get, path = "/openapi.json", tag = "health",
+    responses((status = 200, description = "OpenAPI 3 document", content_type = "application/json")))]
+pub(crate) async fn openapi_json(State(state): State<AppState>) -> Response {
+    let providers = state.ready.get().map(|r| r.providers.as_slice());
+    ([(header::CONTENT_TYPE, HeaderValue::from_static("application/json"))], document_json(providers)).into_response()
 }
 
 #[cfg(test)]

@@ -1,103 +1,60 @@
-//! The engine actor: one task owns the `Engine`. Everything that changes the
-//! fleet (HTTP commands, heartbeats, provider results and reports, ticks)
-//! arrives on one channel and is stepped in arrival order. Each loop drains
-//! what is queued, commits everything it decided in ONE store transaction
-//! (group commit), and only after that commit answers callers and dispatches
-//! actions: nobody is told about a change that a crash could lose.
+//! The engine actor: the generic actor loop (`actor.rs`) around the pure
+//! `Engine`. Everything that changes the fleet (HTTP commands, heartbeats,
+//! provider results and reports, ticks) arrives on one channel and is stepped
+//! in arrival order; each batch is committed in ONE store transaction (group
+//! commit), and only after that commit are actions dispatched, the pager
+//! woken and callers answered: nobody is told about a change that a crash
+//! could lose.
 
+use crate::actor::{self, Limits, Machine};
 use crate::error::ApiError;
 use crate::telemetry;
-use drover_engine::{Engine, Input, Reply};
-use drover_model::{ActionRecord, Changes, Timestamp};
+use drover_engine::{Dispatch, Engine, Input, Outputs, Reply};
+use drover_model::{ActionOutcome, Changes, Timestamp};
 use drover_providers::{Provider, ProviderEvent};
 use drover_store::Store;
 use std::collections::HashMap;
+use std::io::Write;
+use std::path::Path;
 use std::sync::Arc;
-use std::time::{Duration, Instant};
-use tokio::sync::{mpsc, oneshot, watch};
+use std::time::Instant;
+use tokio::sync::{mpsc, Semaphore};
+
+pub use crate::actor::now;
 
 /// Messages drained per loop: bounds the latency one loop adds to the first
 /// caller in it, while still amortising one commit over many inputs.
 pub const MAX_BATCH: usize = 1024;
 /// Queue in front of the actor; when full, HTTP callers wait (backpressure).
 pub const QUEUE_CAPACITY: usize = 16 * 1024;
-/// The loop wakes at least this often even when the engine has no deadline,
-/// so a deadline added by an input is never slept through for long.
-const MAX_IDLE: Duration = Duration::from_secs(1);
-/// Floor on the wait before a tick: an engine that keeps reporting a past
-/// deadline must not spin a core.
-const MIN_TICK_WAIT: Duration = Duration::from_millis(5);
+/// The engine actor's limits.
+pub const LIMITS: Limits = Limits { max_batch: MAX_BATCH, queue_capacity: QUEUE_CAPACITY };
 
-pub type ReplySender = oneshot::Sender<Result<Reply, ApiError>>;
-pub type Query = Box<dyn FnOnce(&Engine) + Send + 'static>;
+/// Provider calls (action attempts) running at once. Each attempt of the
+/// local provider runs processes (initdb, pg_basebackup, pg_ctl) on this
+/// host; a zone outage on a large fleet can dispatch thousands of promotes
+/// in one batch, and starting them all at once would make every one of them
+/// slow. The engine's per-zone action budgets already bound what runs; this
+/// bounds what the host does at once (Neon's storage controller likewise
+/// caps concurrent reconciles, at 128). When all permits are taken, further
+/// attempts wait in FIFO order for one; the engine is never blocked. An
+/// attempt that waits past its deadline is retried by the engine as a new
+/// attempt, and the old attempt's late result is dropped as stale.
+pub const MAX_ACTIONS_IN_FLIGHT: usize = 256;
 
-pub enum Msg {
-    Input {
-        input: Input,
-        reply: Option<ReplySender>,
-    },
-    /// Read-only look at the engine. Run after the commit of any input that
-    /// came before it (read-your-writes).
-    Query(Query),
-}
-
-pub fn now() -> Timestamp {
-    Timestamp(jiff::Timestamp::now().as_microsecond())
-}
-
-/// The handle HTTP handlers and providers use to reach the actor.
-#[derive(Clone)]
-pub struct EngineHandle {
-    tx: mpsc::Sender<Msg>,
-}
-
-impl EngineHandle {
-    pub fn new(tx: mpsc::Sender<Msg>) -> Self {
-        EngineHandle { tx }
-    }
-
-    /// Steps `input` and waits until what it decided is durable.
-    pub async fn call(&self, input: Input) -> Result<Reply, ApiError> {
-        let (reply, rx) = oneshot::channel();
-        self.tx
-            .send(Msg::Input { input, reply: Some(reply) })
-            .await
-            .map_err(|_| ApiError::unavailable("the engine is shutting down"))?;
-        rx.await.map_err(|_| ApiError::unavailable("the engine stopped before answering"))?
-    }
-
-    /// Runs `f` on the engine, after every input queued before it is committed.
-    pub async fn query<R, F>(&self, f: F) -> Result<R, ApiError>
-    where
-        R: Send + 'static,
-        F: FnOnce(&Engine) -> R + Send + 'static,
-    {
-        let (tx, rx) = oneshot::channel();
-        let query: Query = Box::new(move |engine: &Engine| {
-            let _ = tx.send(f(engine));
-        });
-        self.tx.send(Msg::Query(query)).await.map_err(|_| ApiError::unavailable("the engine is shutting down"))?;
-        rx.await.map_err(|_| ApiError::unavailable("the engine stopped before answering"))
-    }
-
-    /// Queues an input without waiting for its outcome.
-    pub async fn send(&self, input: Input) -> bool {
-        self.tx.send(Msg::Input { input, reply: None }).await.is_ok()
-    }
-}
+pub type EngineHandle = actor::Handle<EngineMachine>;
 
 /// Hands actions to the providers that carry them out and feeds the results
-/// back to the engine.
+/// back to the engine, at most [`MAX_ACTIONS_IN_FLIGHT`] at once.
 ///
-/// Action records do not name their provider, so the provider is looked up
-/// from the instance's view (`InstanceView::provider`); an instance the
-/// engine cannot show (yet) goes to the default provider. Today every
-/// configured provider name maps to the one sim provider (see `lib.rs`).
+/// Each dispatched action names its provider (the one that built its
+/// instance); a name this server has no provider for goes to the default.
 #[derive(Clone)]
 pub struct Dispatcher {
     providers: HashMap<String, Arc<dyn Provider>>,
     default_provider: Arc<dyn Provider>,
     engine: EngineHandle,
+    in_flight: Arc<Semaphore>,
 }
 
 impl Dispatcher {
@@ -106,27 +63,26 @@ impl Dispatcher {
         default_provider: Arc<dyn Provider>,
         engine: EngineHandle,
     ) -> Self {
-        Dispatcher { providers, default_provider, engine }
+        Dispatcher { providers, default_provider, engine, in_flight: Arc::new(Semaphore::new(MAX_ACTIONS_IN_FLIGHT)) }
     }
 
-    pub fn dispatch(&self, engine: &Engine, actions: Vec<ActionRecord>) {
-        for action in actions {
-            let provider = engine
-                .instance_view(action.instance)
-                .and_then(|v| self.providers.get(&v.provider).cloned())
-                .unwrap_or_else(|| self.default_provider.clone());
+    pub fn dispatch(&self, actions: Vec<Dispatch>) {
+        for Dispatch { provider, action } in actions {
+            let provider = self.providers.get(&provider).cloned().unwrap_or_else(|| self.default_provider.clone());
             let kind = action.kind.name();
             metrics::counter!(telemetry::ACTIONS_DISPATCHED, "kind" => kind).increment(1);
             tracing::info!(action = %action.id, kind, instance = %action.instance, attempt = action.attempts,
                 provider = provider.name(), "dispatching action");
             let (id, attempt) = (action.id, action.attempts);
-            let execution = provider.execute(action);
             let handle = self.engine.clone();
+            let in_flight = self.in_flight.clone();
             tokio::spawn(async move {
-                let outcome = execution.await;
+                // Never closed, so acquiring only waits.
+                let Ok(_permit) = in_flight.acquire_owned().await else { return };
+                let outcome = provider.execute(action).await;
                 let label = match &outcome {
-                    drover_model::ActionOutcome::Succeeded { .. } => "succeeded",
-                    drover_model::ActionOutcome::Failed { .. } => "failed",
+                    ActionOutcome::Succeeded { .. } => "succeeded",
+                    ActionOutcome::Failed { .. } => "failed",
                 };
                 metrics::counter!(telemetry::ACTION_RESULTS, "kind" => kind, "outcome" => label).increment(1);
                 tracing::debug!(action = %id, kind, attempt, outcome = label, "action attempt finished");
@@ -181,142 +137,214 @@ pub async fn commit(store: &Arc<dyn Store>, changes: Changes) -> Result<(), Stri
     result
 }
 
-/// Where committed engine events that pass `filter` are copied (the pager
-/// turns some into alerts). Sent only after the commit, never blocking.
-pub struct EventTap {
+/// Wakes the pager's bridge after a commit that holds events it may care
+/// about. The channel holds ONE pending wake-up: the events themselves are
+/// read back from the store (the log of record), from where the bridge last
+/// stopped. So the channel is never full of work: when a wake-up is already
+/// pending, another adds nothing and is skipped; the engine never waits for
+/// the pager, and no committed event is lost to a full queue (a slow pager
+/// reads a longer stretch of the log the next time).
+#[derive(Clone)]
+pub struct PagerWakeup {
     pub filter: fn(&drover_model::Event) -> bool,
-    pub tx: mpsc::UnboundedSender<Vec<drover_model::Event>>,
+    pub tx: mpsc::Sender<()>,
 }
 
-pub struct Actor {
+/// A wake-up channel for [`PagerWakeup`]: capacity one, see there.
+pub fn pager_wakeup(filter: fn(&drover_model::Event) -> bool) -> (PagerWakeup, mpsc::Receiver<()>) {
+    let (tx, rx) = mpsc::channel(1);
+    (PagerWakeup { filter, tx }, rx)
+}
+
+/// One line of the input log (`--input-log`): the engine's start, or one
+/// input with the time it was stepped at. JSON, one record a line.
+#[derive(Debug, serde::Serialize, serde::Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum LogLine {
+    /// The engine was restored from the store with this seed at `at`.
+    /// Replay from an empty store needs only what follows; replay of a later
+    /// start also needs the store as it was at `at`.
+    Start {
+        at: Timestamp,
+        seed: u64,
+    },
+    Input {
+        at: Timestamp,
+        input: Input,
+    },
+}
+
+/// Appends every input the engine is given to a file, so the seed (also
+/// kept in the store) and this log reproduce the event log exactly. A debug
+/// aid: a write error is logged and turns the log off; it never stops the
+/// engine. Lines are flushed before each batch's commit, so the log holds at
+/// least what the store holds.
+pub struct InputLog {
+    path: std::path::PathBuf,
+    out: std::io::BufWriter<std::fs::File>,
+}
+
+impl InputLog {
+    pub fn open(path: &Path) -> std::io::Result<InputLog> {
+        let file = std::fs::OpenOptions::new().create(true).append(true).open(path)?;
+        Ok(InputLog { path: path.to_path_buf(), out: std::io::BufWriter::new(file) })
+    }
+
+    fn write(&mut self, line: &LogLine) -> std::io::Result<()> {
+        serde_json::to_writer(&mut self.out, line)?;
+        self.out.write_all(b"\n")
+    }
+}
+
+/// Reads an input log written by [`InputLog`].
+pub fn read_input_log(path: &Path) -> anyhow::Result<Vec<LogLine>> {
+    use anyhow::Context;
+    let text = std::fs::read_to_string(path).with_context(|| format!("cannot read {}", path.display()))?;
+    text.lines()
+        .enumerate()
+        .filter(|(_, l)| !l.trim().is_empty())
+        .map(|(n, l)| serde_json::from_str(l).with_context(|| format!("{}:{}", path.display(), n + 1)))
+        .collect()
+}
+
+/// The engine with its store, its dispatcher, the pager's wake-up and the
+/// optional input log: what the engine actor owns.
+pub struct EngineMachine {
     pub engine: Engine,
     pub store: Arc<dyn Store>,
     pub dispatcher: Dispatcher,
-    pub inbox: mpsc::Receiver<Msg>,
-    pub shutdown: watch::Receiver<bool>,
-    pub tap: Option<EventTap>,
+    pub pager: Option<PagerWakeup>,
+    input_log: Option<InputLog>,
 }
 
-impl Actor {
-    pub async fn run(mut self) {
-        let mut batch: Vec<Msg> = Vec::with_capacity(MAX_BATCH);
-        loop {
-            let wait = self.wait_for_deadline();
-            tokio::select! {
-                biased;
-                _ = self.shutdown.changed() => break,
-                received = self.inbox.recv_many(&mut batch, MAX_BATCH) => {
-                    if received == 0 {
-                        break;
-                    }
-                }
-                _ = tokio::time::sleep(wait) => {}
-            }
-            self.handle_batch(&mut batch).await;
-            if *self.shutdown.borrow() {
-                break;
-            }
-        }
-        tracing::info!("engine actor stopped");
+impl EngineMachine {
+    pub fn new(
+        engine: Engine,
+        store: Arc<dyn Store>,
+        dispatcher: Dispatcher,
+        pager: Option<PagerWakeup>,
+        input_log: Option<InputLog>,
+    ) -> Self {
+        EngineMachine { engine, store, dispatcher, pager, input_log }
     }
 
-    fn wait_for_deadline(&self) -> Duration {
-        match self.engine.next_deadline() {
-            Some(deadline) => {
-                let micros = deadline.0.saturating_sub(now().0).max(0) as u64;
-                Duration::from_micros(micros).clamp(MIN_TICK_WAIT, MAX_IDLE)
+    /// Writes the start line of the input log: the seed and restore time.
+    pub fn log_start(&mut self, at: Timestamp, seed: u64) {
+        self.log(|| LogLine::Start { at, seed });
+    }
+
+    fn log(&mut self, line: impl FnOnce() -> LogLine) {
+        if let Some(log) = &mut self.input_log {
+            if let Err(error) = log.write(&line()) {
+                tracing::error!(path = %log.path.display(), %error, "cannot write the input log; it is off from here");
+                self.input_log = None;
             }
-            None => MAX_IDLE,
         }
     }
 
-    async fn handle_batch(&mut self, batch: &mut Vec<Msg>) {
-        let now = now();
-        metrics::histogram!(telemetry::ENGINE_BATCH_SIZE).record(batch.len() as f64);
-        let mut changes = Changes::default();
-        let mut dispatch = Vec::new();
-        let mut replies: Vec<(ReplySender, Result<Reply, ApiError>)> = Vec::new();
-        let mut deferred: Vec<Query> = Vec::new();
-        let mut steps = 0u64;
-
-        if self.engine.next_deadline().is_some_and(|d| d <= now) {
-            let out = self.engine.step(Input::Tick, now);
-            steps += 1;
-            changes.extend(out.changes);
-            dispatch.extend(out.dispatch);
-        }
-        for msg in batch.drain(..) {
-            match msg {
-                Msg::Input { input, reply } => {
-                    if let Input::Heartbeats(beats) = &input {
-                        if reply.is_some() {
-                            // Provider beats are counted where they arrive.
-                            metrics::counter!(telemetry::HEARTBEATS_RECEIVED).increment(beats.len() as u64);
-                        }
-                    }
-                    let out = self.engine.step(input, now);
-                    steps += 1;
-                    changes.extend(out.changes);
-                    dispatch.extend(out.dispatch);
-                    if let Some(reply) = reply {
-                        let answer = match out.reply {
-                            Some(Ok(r)) => Ok(r),
-                            Some(Err(e)) => Err(ApiError::from(e)),
-                            None => Err(ApiError::internal("the engine gave no answer to this request")),
-                        };
-                        replies.push((reply, answer));
-                    }
-                }
-                Msg::Query(query) => {
-                    if steps == 0 {
-                        query(&self.engine);
-                    } else {
-                        deferred.push(query);
-                    }
-                }
+    fn flush_log(&mut self) {
+        if let Some(log) = &mut self.input_log {
+            if let Err(error) = log.out.flush() {
+                tracing::error!(path = %log.path.display(), %error, "cannot write the input log; it is off from here");
+                self.input_log = None;
             }
         }
-        metrics::counter!(telemetry::ENGINE_STEPS).increment(steps);
+    }
 
-        let tapped: Vec<drover_model::Event> = match &self.tap {
-            Some(tap) => changes.events.iter().filter(|e| (tap.filter)(e)).cloned().collect(),
-            None => Vec::new(),
+    /// Steps one input, logging it first (start-up goes through here too).
+    pub fn step_logged(&mut self, input: Input, now: Timestamp) -> Outputs {
+        if let Some(log) = &mut self.input_log {
+            let line = LogLine::Input { at: now, input };
+            let result = log.write(&line);
+            let LogLine::Input { input, .. } = line else { unreachable!("built just above") };
+            if let Err(error) = result {
+                tracing::error!(path = %log.path.display(), %error, "cannot write the input log; it is off from here");
+                self.input_log = None;
+            }
+            return self.engine.step(input, now);
+        }
+        self.engine.step(input, now)
+    }
+}
+
+/// A batch's outputs: the changes to commit and the actions to dispatch.
+#[derive(Default)]
+pub struct Decided {
+    changes: Changes,
+    dispatch: Vec<Dispatch>,
+    steps: u64,
+}
+
+impl Decided {
+    pub fn absorb(&mut self, out: Outputs) {
+        self.changes.extend(out.changes);
+        self.dispatch.extend(out.dispatch);
+        self.steps += 1;
+    }
+}
+
+impl Machine for EngineMachine {
+    type Input = Input;
+    type Reply = Reply;
+    type Outputs = Decided;
+    type View = Engine;
+    const NAME: &'static str = "engine";
+
+    fn view(&self) -> &Engine {
+        &self.engine
+    }
+
+    fn next_deadline(&self) -> Option<Timestamp> {
+        self.engine.next_deadline()
+    }
+
+    fn tick(&mut self, now: Timestamp, out: &mut Decided) {
+        let stepped = self.step_logged(Input::Tick, now);
+        out.absorb(stepped);
+    }
+
+    fn step(&mut self, input: Input, now: Timestamp, out: &mut Decided) -> Option<Result<Reply, ApiError>> {
+        let mut stepped = self.step_logged(input, now);
+        let reply = stepped.reply.take();
+        out.absorb(stepped);
+        reply.map(|r| r.map_err(ApiError::from))
+    }
+
+    async fn commit(&mut self, out: Decided, batch_size: usize) -> Result<(), String> {
+        metrics::histogram!(telemetry::ENGINE_BATCH_SIZE).record(batch_size as f64);
+        metrics::counter!(telemetry::ENGINE_STEPS).increment(out.steps);
+        self.flush_log();
+        let Decided { changes, dispatch, .. } = out;
+        let wake_pager = match &self.pager {
+            Some(p) => changes.events.iter().any(|e| (p.filter)(e)),
+            None => false,
         };
-        match commit(&self.store, changes).await {
-            Ok(()) => {
-                if let (Some(tap), false) = (&self.tap, tapped.is_empty()) {
-                    let _ = tap.tx.send(tapped);
-                }
-                for (reply, answer) in replies {
-                    let _ = reply.send(answer);
-                }
-                self.dispatcher.dispatch(&self.engine, dispatch);
-            }
-            Err(error) => {
-                // The engine's memory is now ahead of the store. Later commits
-                // upsert the newest records again; the running actions that
-                // were not dispatched time out and are retried by the engine.
-                tracing::error!(%error, actions = dispatch.len(), "group commit failed; nothing dispatched, callers told");
-                for (reply, _) in replies {
-                    let _ = reply.send(Err(ApiError::unavailable(format!(
-                        "the store could not persist this change: {error}; retry later"
-                    ))));
-                }
-            }
+        if let Err(error) = commit(&self.store, changes).await {
+            // The running actions that were not dispatched time out and are
+            // retried by the engine.
+            tracing::error!(actions = dispatch.len(), "nothing dispatched: the commit failed");
+            return Err(error);
         }
-        for query in deferred {
-            query(&self.engine);
+        if let (Some(pager), true) = (&self.pager, wake_pager) {
+            // Full means a wake-up is already pending: it will read these too.
+            let _ = pager.tx.try_send(());
         }
+        self.dispatcher.dispatch(dispatch);
+        Ok(())
     }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
-    use drover_model::{ActionOutcome, AuditEntry, CreateService, EngineKind, Event, ServiceId, Snapshot};
+    use crate::actor::Msg;
+    use drover_model::{
+        ActionOutcome, ActionRecord, AuditEntry, CreateService, EngineKind, Event, ServiceId, Snapshot,
+    };
     use drover_providers::BoxFuture;
-    use drover_store::{EventFilter, StoreError};
+    use drover_store::{EngineStart, EventFilter, StoreError};
     use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+    use tokio::sync::{oneshot, watch};
 
     /// A store whose commits fail while `broken` is set.
     #[derive(Default)]
@@ -342,6 +370,15 @@ mod tests {
             Ok(Vec::new())
         }
         fn actions(&self, _service: Option<ServiceId>, _limit: usize) -> Result<Vec<ActionRecord>, StoreError> {
+            Ok(Vec::new())
+        }
+        fn last_event_seq(&self) -> Result<u64, StoreError> {
+            Ok(0)
+        }
+        fn record_start(&self, _start: EngineStart) -> Result<(), StoreError> {
+            Ok(())
+        }
+        fn engine_starts(&self) -> Result<Vec<EngineStart>, StoreError> {
             Ok(Vec::new())
         }
     }
@@ -391,13 +428,13 @@ mod tests {
                 now,
             );
         }
-        let (tx, inbox) = mpsc::channel(QUEUE_CAPACITY);
-        let handle = EngineHandle::new(tx);
+        let (handle, inbox) = actor::channel::<EngineMachine>(LIMITS);
         let provider: Arc<dyn Provider> = provider;
         let dispatcher =
             Dispatcher::new(HashMap::from([("sim".to_string(), provider.clone())]), provider, handle.clone());
         let (stop, shutdown) = watch::channel(false);
-        tokio::spawn(Actor { engine, store, dispatcher, inbox, shutdown, tap: None }.run());
+        let machine = EngineMachine::new(engine, store, dispatcher, None, None);
+        tokio::spawn(actor::Actor { machine, inbox, shutdown, limits: LIMITS }.run());
         (handle, stop)
     }
 

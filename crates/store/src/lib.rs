@@ -7,14 +7,18 @@
 //!
 //! [`SqliteStore`] is the embedded backend (one file, WAL mode, one writer
 //! thread that group-commits concurrent callers).
+//!
+//! [`oncall::OncallStore`] holds the pager's tables (`oncall.db`: pages,
+//! their transitions, notifications, the feed), in a file of their own.
 
+pub mod oncall;
 mod rows;
 mod sqlite;
 mod writer;
 
 pub use sqlite::{SqliteStore, WriterCounters};
 
-use drover_model::{ActionRecord, AuditEntry, Changes, Event, InstanceId, ServiceId, Snapshot};
+use drover_model::{ActionRecord, AuditEntry, Changes, Event, InstanceId, ServiceId, Snapshot, Timestamp};
 use std::path::PathBuf;
 use std::sync::Arc;
 
@@ -88,6 +92,14 @@ pub struct EventFilter {
     pub limit: Option<usize>,
 }
 
+/// One start of the engine: when, and the seed its randomness (and its
+/// event ids) came from.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct EngineStart {
+    pub at: Timestamp,
+    pub seed: u64,
+}
+
 pub trait Store: Send + Sync + 'static {
     /// Live state to resume from: services whose state != deleted, instances
     /// whose state != terminated, actions whose state is pending or running,
@@ -106,4 +118,12 @@ pub trait Store: Send + Sync + 'static {
     /// Actions in any state, newest first, optionally of one service, at most
     /// `limit` (itself clamped to [`MAX_READ_LIMIT`]).
     fn actions(&self, service: Option<ServiceId>, limit: usize) -> Result<Vec<ActionRecord>, StoreError>;
+    /// The seq of the newest event (0 for none): where a reader that only
+    /// wants what comes next starts.
+    fn last_event_seq(&self) -> Result<u64, StoreError>;
+    /// Durably records a start of the engine (its seed), before the engine
+    /// steps anything.
+    fn record_start(&self, start: EngineStart) -> Result<(), StoreError>;
+    /// Every recorded start, oldest first.
+    fn engine_starts(&self) -> Result<Vec<EngineStart>, StoreError>;
 }

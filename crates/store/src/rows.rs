@@ -47,6 +47,9 @@ pub(crate) struct ImageRow {
 }
 
 pub(crate) struct EventRow {
+    /// NULL for an event without an id (built outside the engine): such
+    /// events are always appended.
+    event_id: Option<String>,
     at: i64,
     service: Option<String>,
     instance_id: Option<String>,
@@ -120,6 +123,7 @@ pub(crate) fn encode(changes: &Changes) -> Result<EncodedChanges, StoreError> {
     }
     for (n, e) in changes.events.iter().enumerate() {
         out.events.push(EventRow {
+            event_id: (!e.id.is_unset()).then(|| e.id.to_string()),
             at: e.at.micros(),
             service: e.service.clone(),
             instance_id: e.instance.map(|i| i.to_string()),
@@ -195,10 +199,13 @@ pub(crate) fn apply(tx: &Transaction<'_>, batch: &EncodedChanges) -> rusqlite::R
         }
     }
     if !batch.events.is_empty() {
-        let mut stmt =
-            tx.prepare_cached("INSERT INTO events (at, service, instance_id, record) VALUES (?1, ?2, ?3, ?4)")?;
+        // OR IGNORE: an id already stored means this append is a retry of
+        // one that did reach the disk; the first copy (and its seq) stays.
+        let mut stmt = tx.prepare_cached(
+            "INSERT OR IGNORE INTO events (event_id, at, service, instance_id, record) VALUES (?1, ?2, ?3, ?4, ?5)",
+        )?;
         for r in &batch.events {
-            stmt.execute(params![r.at, r.service, r.instance_id, r.record])?;
+            stmt.execute(params![r.event_id, r.at, r.service, r.instance_id, r.record])?;
         }
     }
     if !batch.audit.is_empty() {

@@ -5,10 +5,10 @@
 
 use crate::rows::{self, decode};
 use crate::writer::{self, Request, WriterStats};
-use crate::{EventFilter, Store, StoreError, DEFAULT_EVENT_LIMIT, MAX_READ_LIMIT};
+use crate::{EngineStart, EventFilter, Store, StoreError, DEFAULT_EVENT_LIMIT, MAX_READ_LIMIT};
 use drover_model::{
     ActionRecord, ActionState, AuditEntry, Changes, Event, Image, InstanceRecord, InstanceState, ServiceId,
-    ServiceRecord, ServiceState, Snapshot,
+    ServiceRecord, ServiceState, Snapshot, Timestamp,
 };
 use rusqlite::types::Value;
 use rusqlite::{Connection, ErrorCode, OpenFlags};
@@ -312,5 +312,37 @@ impl Store for SqliteStore {
             out.push(decode("actions", &id, &record)?);
         }
         Ok(out)
+    }
+
+    fn last_event_seq(&self) -> Result<u64, StoreError> {
+        let read = database("reading the newest event's seq");
+        let seq: i64 =
+            self.reader().query_row("SELECT COALESCE(MAX(seq), 0) FROM events", [], |r| r.get(0)).map_err(read)?;
+        rows::seq_from_column("events", seq)
+    }
+
+    fn record_start(&self, start: EngineStart) -> Result<(), StoreError> {
+        // Its own connection: this happens once per start, before the engine
+        // commits anything, and must not wait behind the writer's queue.
+        let write = database("recording the engine's start");
+        let conn = Connection::open(&self.path).map_err(&write)?;
+        conn.busy_timeout(BUSY_TIMEOUT).map_err(&write)?;
+        conn.pragma_update(None, "synchronous", "FULL").map_err(&write)?;
+        conn.execute(
+            "INSERT INTO engine_starts (at, seed) VALUES (?1, ?2)",
+            rusqlite::params![start.at.micros(), start.seed as i64],
+        )
+        .map_err(&write)?;
+        Ok(())
+    }
+
+    fn engine_starts(&self) -> Result<Vec<EngineStart>, StoreError> {
+        let read = database("reading the engine's starts");
+        let conn = self.reader();
+        let mut stmt = conn.prepare_cached("SELECT at, seed FROM engine_starts ORDER BY seq").map_err(&read)?;
+        let rows = stmt
+            .query_map([], |r| Ok(EngineStart { at: Timestamp(r.get::<_, i64>(0)?), seed: r.get::<_, i64>(1)? as u64 }))
+            .map_err(&read)?;
+        rows.collect::<Result<Vec<_>, _>>().map_err(read)
     }
 }

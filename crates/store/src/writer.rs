@@ -111,6 +111,7 @@ mod tests {
     fn one_event(service: &str) -> Changes {
         Changes {
             events: vec![Event {
+                id: Default::default(),
                 seq: 0,
                 at: Timestamp(1),
                 subject: EventSubject::Fleet,

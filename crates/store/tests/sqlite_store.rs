@@ -95,6 +95,7 @@ fn action(n: u64, service: ServiceId, instance: InstanceId, kind: ActionKind, st
 
 fn event(service: Option<&str>, instance: Option<InstanceId>, cause: &str) -> Event {
     Event {
+        id: Default::default(),
         seq: 4242, // must be ignored
         at: Timestamp(T0),
         subject: EventSubject::Instance,

@@ -234,8 +234,8 @@ impl H {
                 );
             }
         }
-        self.dispatched.extend(out.dispatch.iter().cloned());
-        self.inflight.extend(out.dispatch);
+        self.dispatched.extend(out.dispatch.iter().map(|d| d.action.clone()));
+        self.inflight.extend(out.dispatch.into_iter().map(|d| d.action));
         self.check_invariants();
         out.reply
     }

@@ -4,10 +4,10 @@
 //! says so. When no contact works, the notification lands in the feed,
 //! which everyone sees.
 
-use super::store::OncallStore;
 use drover_model::Timestamp;
 use drover_oncall::config::{Delivery, Smtp};
 use drover_oncall::{sign, ChannelKind, Contact, FeedPost, Notification, PageId};
+use drover_store::oncall::OncallStore;
 use std::sync::Arc;
 use std::time::Duration;
 use tokio::sync::Semaphore;
@@ -33,7 +33,7 @@ struct Inner {
 }
 
 fn now() -> Timestamp {
-    crate::runtime::now()
+    crate::actor::now()
 }
 
 impl Deliverer {

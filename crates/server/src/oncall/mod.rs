@@ -4,57 +4,104 @@
 //! transaction, and only then answers callers and hands notifications and
 //! feed posts to the channels.
 //!
-//! - `store`: `oncall.db` (SQLite, WAL, synchronous=FULL).
+//! - `drover_store::oncall`: `oncall.db` (SQLite, WAL, synchronous=FULL).
 //! - `channels`: Slack-compatible and generic webhooks, SMTP; retries,
 //!   fallback, the feed as the last resort.
 //! - `routes`: the HTTP API (`/v1/integrations/*`, `/v1/pages`, `/v1/pager/*`).
 //!
-//! Engine events reach the pager through a tap on the engine actor's
-//! commits (`runtime::EventTap`): only events `drover_oncall::engine::is_relevant`
-//! accepts cross over, after they are durable.
+//! The pager runs in the generic actor loop (`actor.rs`), like the engine.
+//! Engine events reach it from the engine's store: after a commit holding
+//! events `drover_oncall::engine::is_relevant` accepts, the engine actor
+//! wakes the bridge (a channel of one pending wake-up, never blocking the
+//! engine), which reads the log from where it stopped and turns relevant
+//! events into alerts with the team the event names.
 
 pub mod channels;
 pub mod routes;
-pub mod store;
 
+use crate::actor::{self, Limits, Machine};
 use crate::error::ApiError;
-use crate::runtime::EngineHandle;
 use anyhow::Context;
-use drover_model::{Event, Timestamp};
-use drover_oncall::{Config, Input, Pager, PagerError, Reply};
+use drover_model::Timestamp;
+use drover_oncall::{Config, Input, Outputs, Pager, PagerError, Reply};
+use drover_store::oncall::OncallStore;
+use drover_store::{EventFilter, Store, MAX_READ_LIMIT};
 use std::path::Path;
 use std::sync::Arc;
-use std::time::Duration;
-use store::OncallStore;
-use tokio::sync::{mpsc, oneshot, watch};
+use tokio::sync::{mpsc, watch};
 use tokio::task::JoinHandle;
-
-pub use routes::routes;
 
 /// Messages drained per loop: one commit (one fsync) covers them all.
 pub const MAX_BATCH: usize = 4096;
 /// Queue in front of the pager; when full, senders wait (backpressure).
 pub const QUEUE_CAPACITY: usize = 16 * 1024;
-/// The loop wakes at least this often so new deadlines are never slept through.
-const MAX_IDLE: Duration = Duration::from_secs(1);
-const MIN_TICK_WAIT: Duration = Duration::from_millis(5);
+/// The pager actor's limits.
+pub const LIMITS: Limits = Limits { max_batch: MAX_BATCH, queue_capacity: QUEUE_CAPACITY };
 pub const CONFIG_FILE: &str = "oncall.toml";
 pub const DB_FILE: &str = "oncall.db";
 pub const SECRET_FILE: &str = "oncall.secret";
 
-type Answer = Result<Reply, ApiError>;
-type Query = Box<dyn FnOnce(&Pager) + Send + 'static>;
-
-#[allow(clippy::large_enum_variant)]
-enum Msg {
-    Step { input: Input, reply: Option<oneshot::Sender<Answer>> },
-    Query(Query),
+/// The pager with its store and its channels: what the pager actor owns.
+pub struct PagerMachine {
+    pager: Pager,
+    store: Arc<OncallStore>,
+    deliverer: channels::Deliverer,
 }
 
-/// How handlers reach the pager actor.
+impl Machine for PagerMachine {
+    type Input = Input;
+    type Reply = Reply;
+    type Outputs = Outputs;
+    type View = Pager;
+    const NAME: &'static str = "pager";
+
+    fn view(&self) -> &Pager {
+        &self.pager
+    }
+
+    fn next_deadline(&self) -> Option<Timestamp> {
+        self.pager.next_deadline()
+    }
+
+    fn tick(&mut self, now: Timestamp, out: &mut Outputs) {
+        out.extend(self.pager.step(Input::Tick, now));
+    }
+
+    fn step(&mut self, input: Input, now: Timestamp, out: &mut Outputs) -> Option<Result<Reply, ApiError>> {
+        let mut stepped = self.pager.step(input, now);
+        let answer = stepped.reply.take();
+        out.extend(stepped);
+        answer.map(|a| {
+            a.map_err(|e| match e {
+                PagerError::NotFound(m) => ApiError::not_found(m),
+                PagerError::Invalid(m) => ApiError::bad_request(m),
+            })
+        })
+    }
+
+    async fn commit(&mut self, out: Outputs, _batch_size: usize) -> Result<(), String> {
+        if out.is_empty() {
+            return Ok(());
+        }
+        let store = self.store.clone();
+        let (seqs, out) = tokio::task::spawn_blocking(move || store.commit(&out).map(|seqs| (seqs, out)))
+            .await
+            .map_err(|e| e.to_string())?
+            .map_err(|e| format!("the on-call store: {e}"))?;
+        for n in out.notifications {
+            self.deliverer.notify(n);
+        }
+        for (seq, post) in seqs.into_iter().zip(out.feed) {
+            self.deliverer.post(seq, post);
+        }
+        Ok(())
+    }
+}
+
+/// How handlers reach the pager actor, and what they read besides it.
 #[derive(Clone)]
 pub struct PagerHandle {
-    tx: mpsc::Sender<Msg>,
+    actor: actor::Handle<PagerMachine>,
     pub store: Arc<OncallStore>,
     pub deliverer: channels::Deliverer,
     pub secret: Arc<Vec<u8>>,
@@ -64,28 +111,16 @@ pub struct PagerHandle {
 impl PagerHandle {
     /// Steps `input`; answers once its effects are durable.
     pub async fn call(&self, input: Input) -> Result<Reply, ApiError> {
-        let (reply, rx) = oneshot::channel();
-        self.tx
-            .send(Msg::Step { input, reply: Some(reply) })
-            .await
-            .map_err(|_| ApiError::unavailable("the pager is shutting down"))?;
-        rx.await.map_err(|_| ApiError::unavailable("the pager stopped before answering"))?
+        self.actor.call(input).await
     }
 
     /// Queues an input without waiting.
     pub async fn send(&self, input: Input) -> bool {
-        self.tx.send(Msg::Step { input, reply: None }).await.is_ok()
+        self.actor.send(input).await
     }
 
     pub async fn query<R: Send + 'static>(&self, f: impl FnOnce(&Pager) -> R + Send + 'static) -> Result<R, ApiError> {
-        let (tx, rx) = oneshot::channel();
-        self.tx
-            .send(Msg::Query(Box::new(move |p: &Pager| {
-                let _ = tx.send(f(p));
-            })))
-            .await
-            .map_err(|_| ApiError::unavailable("the pager is shutting down"))?;
-        rx.await.map_err(|_| ApiError::unavailable("the pager stopped before answering"))
+        self.actor.query(f).await
     }
 }
 
@@ -129,10 +164,12 @@ fn load_secret(data_dir: &Path, config: &Config) -> anyhow::Result<Vec<u8>> {
     Ok(text.into_bytes())
 }
 
-/// Engine events relevant to the pager, as the engine actor commits them.
-pub fn event_tap() -> (crate::runtime::EventTap, mpsc::UnboundedReceiver<Vec<Event>>) {
-    let (tx, rx) = mpsc::unbounded_channel();
-    (crate::runtime::EventTap { filter: drover_oncall::engine::is_relevant, tx }, rx)
+/// Where the pager reads engine events from, and when: the engine's store
+/// and the wake-up the engine actor sends after a commit with events the
+/// pager may care about (see `runtime::PagerWakeup`).
+pub struct EngineEvents {
+    pub store: Arc<dyn Store>,
+    pub wakeup: mpsc::Receiver<()>,
 }
 
 /// Opens `oncall.db`, restores the pager, re-sends undelivered
@@ -140,8 +177,7 @@ pub fn event_tap() -> (crate::runtime::EventTap, mpsc::UnboundedReceiver<Vec<Eve
 pub async fn start(
     data_dir: &Path,
     public_url: String,
-    engine: Option<EngineHandle>,
-    engine_events: Option<mpsc::UnboundedReceiver<Vec<Event>>>,
+    engine_events: Option<EngineEvents>,
     stop: watch::Receiver<bool>,
 ) -> anyhow::Result<(PagerHandle, JoinHandle<()>)> {
     let config = load_config(data_dir)?;
@@ -151,7 +187,7 @@ pub async fn start(
         let db = db.clone();
         Arc::new(tokio::task::spawn_blocking(move || OncallStore::open(&db)).await??)
     };
-    let now = crate::runtime::now();
+    let now = actor::now();
     let window = config.flapping.window;
     let (open, recent, pending, pending_feed) = {
         let store = store.clone();
@@ -177,147 +213,59 @@ pub async fn start(
     for f in pending_feed {
         deliverer.post(f.seq, f.post);
     }
-    let (tx, inbox) = mpsc::channel(QUEUE_CAPACITY);
+    let (actor, inbox) = actor::channel::<PagerMachine>(LIMITS);
     let handle = PagerHandle {
-        tx,
+        actor,
         store: store.clone(),
         deliverer: deliverer.clone(),
         secret: Arc::new(secret),
         config: Arc::new(config),
     };
-    let actor = Actor { pager, store, deliverer, inbox, stop };
-    let task = tokio::spawn(actor.run());
-    if let (Some(engine), Some(events)) = (engine, engine_events) {
-        tokio::spawn(bridge_engine_events(events, engine, handle.clone()));
+    let machine = PagerMachine { pager, store, deliverer };
+    let task = tokio::spawn(actor::Actor { machine, inbox, shutdown: stop, limits: LIMITS }.run());
+    if let Some(events) = engine_events {
+        // From the newest event on: what came before was the previous run's.
+        let store = events.store.clone();
+        let cursor = tokio::task::spawn_blocking(move || store.last_event_seq()).await??;
+        tokio::spawn(bridge_engine_events(events, cursor, handle.clone()));
     }
     Ok((handle, task))
 }
 
-/// Turns committed engine events into alerts, with the service's team.
-async fn bridge_engine_events(
-    mut events: mpsc::UnboundedReceiver<Vec<Event>>,
-    engine: EngineHandle,
-    pager: PagerHandle,
-) {
-    while let Some(batch) = events.recv().await {
-        for event in batch {
-            let team = match &event.service {
-                Some(name) => {
-                    let name = name.clone();
-                    engine.query(move |e| e.service_view(&name).map(|v| v.team)).await.ok().flatten()
-                }
-                None => None,
-            };
-            if let Some(alert) = drover_oncall::engine::to_alert(&event, team) {
-                tracing::info!(key = %alert.dedup_key, action = ?alert.action, "engine event becomes an alert");
-                if !pager.send(Input::Alert(alert)).await {
-                    return;
-                }
-            }
-        }
-    }
-}
-
-struct Actor {
-    pager: Pager,
-    store: Arc<OncallStore>,
-    deliverer: channels::Deliverer,
-    inbox: mpsc::Receiver<Msg>,
-    stop: watch::Receiver<bool>,
-}
-
-impl Actor {
-    async fn run(mut self) {
-        let mut batch = Vec::with_capacity(MAX_BATCH);
+/// Turns committed engine events into alerts, each with the team it names.
+/// Reads the engine's event log from `cursor` on whenever woken: every
+/// event is seen once and in order, however far behind the pager falls.
+async fn bridge_engine_events(mut events: EngineEvents, mut cursor: u64, pager: PagerHandle) {
+    while events.wakeup.recv().await.is_some() {
         loop {
-            let wait = match self.pager.next_deadline() {
-                Some(d) => Duration::from_micros(d.0.saturating_sub(crate::runtime::now().0).max(0) as u64)
-                    .clamp(MIN_TICK_WAIT, MAX_IDLE),
-                None => MAX_IDLE,
+            let store = events.store.clone();
+            let filter = EventFilter { after_seq: Some(cursor), limit: Some(MAX_READ_LIMIT), ..Default::default() };
+            let batch = match tokio::task::spawn_blocking(move || store.events(&filter)).await {
+                Ok(Ok(batch)) => batch,
+                Ok(Err(error)) => {
+                    // Read again at the next wake-up (or the next second).
+                    tracing::error!(%error, cursor, "the pager cannot read engine events; retrying");
+                    tokio::time::sleep(std::time::Duration::from_secs(1)).await;
+                    continue;
+                }
+                Err(_) => return,
             };
-            tokio::select! {
-                biased;
-                _ = self.stop.changed() => break,
-                n = self.inbox.recv_many(&mut batch, MAX_BATCH) => if n == 0 { break },
-                _ = tokio::time::sleep(wait) => {}
+            let complete = batch.len() < MAX_READ_LIMIT;
+            for event in batch {
+                cursor = cursor.max(event.seq);
+                if !drover_oncall::engine::is_relevant(&event) {
+                    continue;
+                }
+                if let Some(alert) = drover_oncall::engine::to_alert(&event, event.team.clone()) {
+                    tracing::info!(key = %alert.dedup_key, action = ?alert.action, "engine event becomes an alert");
+                    if !pager.send(Input::Alert(alert)).await {
+                        return;
+                    }
+                }
             }
-            self.handle(&mut batch).await;
-            if *self.stop.borrow() {
+            if complete {
                 break;
             }
-        }
-        tracing::info!("pager actor stopped");
-    }
-
-    async fn handle(&mut self, batch: &mut Vec<Msg>) {
-        let now = crate::runtime::now();
-        let mut outputs = drover_oncall::Outputs::default();
-        let mut replies: Vec<(oneshot::Sender<Answer>, Answer)> = Vec::new();
-        let mut deferred: Vec<Query> = Vec::new();
-        if self.pager.next_deadline().is_some_and(|d| d <= now) {
-            outputs.extend(self.pager.step(Input::Tick, now));
-        }
-        let mut stepped = false;
-        for msg in batch.drain(..) {
-            match msg {
-                Msg::Step { input, reply } => {
-                    let mut out = self.pager.step(input, now);
-                    stepped = true;
-                    let answer = out.reply.take();
-                    outputs.extend(out);
-                    if let Some(reply) = reply {
-                        let answer = match answer {
-                            Some(Ok(r)) => Ok(r),
-                            Some(Err(PagerError::NotFound(m))) => Err(ApiError::not_found(m)),
-                            Some(Err(PagerError::Invalid(m))) => Err(ApiError::bad_request(m)),
-                            None => Err(ApiError::internal("the pager gave no answer")),
-                        };
-                        replies.push((reply, answer));
-                    }
-                }
-                Msg::Query(q) => {
-                    if stepped {
-                        deferred.push(q)
-                    } else {
-                        q(&self.pager)
-                    }
-                }
-            }
-        }
-        if !outputs.is_empty() {
-            let store = self.store.clone();
-            let result = tokio::task::spawn_blocking(move || store.commit(&outputs).map(|seqs| (seqs, outputs))).await;
-            match result {
-                Ok(Ok((seqs, outputs))) => {
-                    for (reply, answer) in replies.drain(..) {
-                        let _ = reply.send(answer);
-                    }
-                    for n in outputs.notifications {
-                        self.deliverer.notify(n);
-                    }
-                    for (seq, post) in seqs.into_iter().zip(outputs.feed) {
-                        self.deliverer.post(seq, post);
-                    }
-                }
-                Ok(Err(e)) => self.refuse(&mut replies, e.to_string()),
-                Err(e) => self.refuse(&mut replies, e.to_string()),
-            }
-        }
-        for (reply, answer) in replies {
-            let _ = reply.send(answer);
-        }
-        for q in deferred {
-            q(&self.pager);
-        }
-    }
-
-    fn refuse(&self, replies: &mut Vec<(oneshot::Sender<Answer>, Answer)>, error: String) {
-        // The pager's memory is ahead of the store now; later commits upsert
-        // the pages again. Callers are told to retry; nobody is notified.
-        tracing::error!(%error, "on-call commit failed; callers told, nothing notified");
-        for (reply, _) in replies.drain(..) {
-            let _ = reply
-                .send(Err(ApiError::unavailable(format!("the on-call store could not persist this: {error}; retry"))));
         }
     }
 }
@@ -328,7 +276,7 @@ impl Actor {
 pub async fn bench_alerts(dir: &Path, alerts: usize, keys: usize, producers: usize) -> anyhow::Result<BenchResult> {
     std::fs::create_dir_all(dir)?;
     let (_stop_tx, stop) = watch::channel(false);
-    let (handle, task) = start(dir, "http://127.0.0.1:0".into(), None, None, stop).await?;
+    let (handle, task) = start(dir, "http://127.0.0.1:0".into(), None, stop).await?;
     let started = std::time::Instant::now();
     let per = alerts / producers.max(1);
     let mut tasks = Vec::new();

@@ -3,7 +3,8 @@
 
 use super::PagerHandle;
 use crate::error::{ApiError, Json, Path, Query};
-use crate::http::AppState;
+use crate::request::{actor, limit_in};
+use crate::state::AppState;
 use axum::extract::State;
 use axum::http::{header, HeaderMap, HeaderValue, StatusCode};
 use axum::response::{IntoResponse, Response};
@@ -39,7 +40,7 @@ fn pager(state: &AppState) -> Result<&PagerHandle, ApiError> {
 }
 
 async fn blocking<R: Send + 'static>(
-    f: impl FnOnce() -> Result<R, super::store::OncallStoreError> + Send + 'static,
+    f: impl FnOnce() -> Result<R, drover_store::oncall::OncallStoreError> + Send + 'static,
 ) -> Result<R, ApiError> {
     match tokio::task::spawn_blocking(f).await {
         Ok(Ok(v)) => Ok(v),
@@ -88,7 +89,7 @@ pub(crate) async fn post_event_v2(
 ) -> Result<Response, ApiError> {
     let pager = pager(&state)?;
     let alert = integrations::from_event_v2(&event, &pager.config, || {
-        drover_oncall::PageId::new_at(crate::runtime::now().0, rand_u64()).to_string()
+        drover_oncall::PageId::new_at(crate::actor::now().0, rand_u64()).to_string()
     })
     .map_err(ApiError::bad_request)?;
     match pager.call(Input::Alert(alert)).await? {
@@ -110,7 +111,7 @@ pub(crate) async fn post_event_v2(
 fn rand_u64() -> u64 {
     use std::hash::{BuildHasher, Hasher};
     let mut h = std::collections::hash_map::RandomState::new().build_hasher();
-    h.write_i64(crate::runtime::now().0);
+    h.write_i64(crate::actor::now().0);
     h.finish()
 }
 
@@ -147,7 +148,7 @@ pub(crate) async fn list_pages(
     Query(q): Query<PagesQuery>,
 ) -> Result<Json<Vec<Page>>, ApiError> {
     let pager = pager(&state)?;
-    let limit = crate::http::limit_in(q.limit, DEFAULT_LIMIT, MAX_LIMIT)?;
+    let limit = limit_in(q.limit, DEFAULT_LIMIT, MAX_LIMIT)?;
     let (status, open_only) = match q.status.as_deref() {
         None => (None, false),
         Some("open") => (None, true),
@@ -176,7 +177,7 @@ pub struct PageDetail {
     #[serde(flatten)]
     page: Page,
     transitions: Vec<drover_oncall::Transition>,
-    notifications: Vec<super::store::NotificationRecord>,
+    notifications: Vec<drover_store::oncall::NotificationRecord>,
 }
 
 /// One page with its transitions and notifications.
@@ -234,7 +235,7 @@ pub(crate) async fn post_ack(
 ) -> Result<Json<Page>, ApiError> {
     let pager = pager(&state)?;
     let id = parse_page_id(&id)?;
-    let by = crate::http::actor(&headers)?;
+    let by = actor(&headers)?;
     Ok(Json(act(pager, id, Input::Acknowledge { page: id, by }).await?))
 }
 
@@ -251,7 +252,7 @@ pub(crate) async fn post_resolve(
 ) -> Result<Json<Page>, ApiError> {
     let pager = pager(&state)?;
     let id = parse_page_id(&id)?;
-    let by = crate::http::actor(&headers)?;
+    let by = actor(&headers)?;
     Ok(Json(act(pager, id, Input::Resolve { page: id, by }).await?))
 }
 
@@ -332,7 +333,7 @@ async fn compute_metrics(state: &AppState, q: MetricsQuery) -> Result<(String, V
     }
     let now = match q.at {
         Some(t) => drover_model::Timestamp::parse(&t).map_err(ApiError::bad_request)?,
-        None => crate::runtime::now(),
+        None => crate::actor::now(),
     };
     // Three extra weeks feed the first week's rolling average; one more for zone slack.
     let since = drover_model::Timestamp(now.0 - (weeks as i64 + 4) * 7 * 86_400_000_000);
@@ -379,14 +380,14 @@ pub struct FeedQuery {
 
 /// The company-wide feed, newest first: every page event.
 #[utoipa::path(get, path = "/v1/pager/feed", tag = "oncall", params(FeedQuery),
-    responses((status = 200, description = "The company-wide feed: every page change, visible to all", body = Vec<super::store::FeedRecord>)))]
+    responses((status = 200, description = "The company-wide feed: every page change, visible to all", body = Vec<drover_store::oncall::FeedRecord>)))]
 pub(crate) async fn pager_feed(
     State(state): State<AppState>,
     Query(q): Query<FeedQuery>,
-) -> Result<Json<Vec<super::store::FeedRecord>>, ApiError> {
+) -> Result<Json<Vec<drover_store::oncall::FeedRecord>>, ApiError> {
     let pager = pager(&state)?;
     let store = pager.store.clone();
-    let limit = crate::http::limit_in(q.limit, DEFAULT_LIMIT, MAX_LIMIT)?;
+    let limit = limit_in(q.limit, DEFAULT_LIMIT, MAX_LIMIT)?;
     Ok(Json(blocking(move || store.feed(limit, q.after)).await?))
 }
 
@@ -403,7 +404,7 @@ pub struct OnCall {
     responses((status = 200, description = "Who is on call now, per team schedule; team `*` is the incident commander", body = Vec<OnCall>)))]
 pub(crate) async fn on_call_now(State(state): State<AppState>) -> Result<Json<Vec<OnCall>>, ApiError> {
     let pager = pager(&state)?;
-    let now = crate::runtime::now();
+    let now = crate::actor::now();
     let mut out = Vec::new();
     for t in &pager.config.teams {
         for s in &t.schedules {

@@ -514,7 +514,7 @@ impl Sim {
 
     fn absorb(&mut self, out: &mut Outputs) {
         for a in out.dispatch.drain(..) {
-            self.dispatch(a);
+            self.dispatch(a.action);
         }
         for e in &out.changes.events {
             self.observe(e);

@@ -1,0 +1,94 @@
+//! The router: every handler module's routes under one `AppState`, the
+//! fallbacks, and the layers that make every error `{"error": "..."}`.
+
+use crate::error::{ApiError, ErrorBody};
+use crate::state::AppState;
+use crate::{http, oncall, openapi};
+use axum::body::Body;
+use axum::extract::{DefaultBodyLimit, Request};
+use axum::http::{header, HeaderValue, Method, StatusCode, Uri};
+use axum::middleware::{self, Next};
+use axum::response::{IntoResponse, Response};
+use axum::routing::{get, post};
+use axum::Router;
+
+/// Largest request body: a heartbeat batch of ~100k beats fits.
+pub const MAX_BODY_BYTES: usize = 16 * 1024 * 1024;
+
+pub fn router(state: AppState) -> Router {
+    Router::new()
+        .route("/healthz", get(http::healthz))
+        .route("/v1/services", post(http::create_service).get(http::list_services))
+        .route("/v1/services/{name}", get(http::show_service).delete(http::delete_service))
+        .route("/v1/services/{name}/switchover", post(http::post_switchover))
+        .route("/v1/services/{name}/resume", post(http::post_resume))
+        .route("/v1/services/{name}/checks", get(http::service_checks))
+        .route("/v1/services/{name}/backups", post(http::post_backup))
+        .route("/v1/services/{name}/backups/verify", post(http::post_verify_backup))
+        .route("/v1/instances/{id}", get(http::show_instance))
+        .route("/v1/events", get(http::list_events))
+        .route("/v1/heartbeats", post(http::post_heartbeats))
+        .route("/v1/chaos", post(http::post_chaos))
+        .route("/v1/actions", get(http::list_actions))
+        .route("/v1/audit", get(http::list_audit))
+        .route("/v1/images", get(http::list_images))
+        .route("/metrics", get(http::metrics_text))
+        .route("/openapi.json", get(openapi::openapi_json))
+        .merge(oncall::routes::routes())
+        .fallback(no_route)
+        .method_not_allowed_fallback(wrong_method)
+        .layer(DefaultBodyLimit::max(MAX_BODY_BYTES))
+        .layer(middleware::from_fn(errors_as_json))
+        .layer(tower_http::catch_panic::CatchPanicLayer::custom(panic_response))
+        .with_state(state)
+}
+
+async fn no_route(method: Method, uri: Uri) -> ApiError {
+    ApiError::not_found(format!("no route for {method} {}; the API is described at /openapi.json", uri.path()))
+}
+
+async fn wrong_method(method: Method, uri: Uri) -> ApiError {
+    ApiError::new(
+        StatusCode::METHOD_NOT_ALLOWED,
+        format!("{} does not accept {method}; the API is described at /openapi.json", uri.path()),
+    )
+}
+
+/// Last line of defence: any error response that is not JSON yet (a
+/// rejection or status from a layer we did not write) becomes `{"error"}`.
+async fn errors_as_json(request: Request, next: Next) -> Response {
+    let response = next.run(request).await;
+    let status = response.status();
+    if !(status.is_client_error() || status.is_server_error()) {
+        return response;
+    }
+    let is_json = response
+        .headers()
+        .get(header::CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok())
+        .is_some_and(|v| v.starts_with("application/json"));
+    if is_json {
+        return response;
+    }
+    let (mut parts, body) = response.into_parts();
+    let text = axum::body::to_bytes(body, 64 * 1024)
+        .await
+        .ok()
+        .map(|b| String::from_utf8_lossy(&b).trim().to_string())
+        .filter(|t| !t.is_empty())
+        .unwrap_or_else(|| status.canonical_reason().unwrap_or("error").to_string());
+    let body = serde_json::to_vec(&ErrorBody { error: text }).unwrap_or_else(|_| b"{\"error\":\"error\"}".to_vec());
+    parts.headers.insert(header::CONTENT_TYPE, HeaderValue::from_static("application/json"));
+    parts.headers.remove(header::CONTENT_LENGTH);
+    Response::from_parts(parts, Body::from(body))
+}
+
+fn panic_response(panic: Box<dyn std::any::Any + Send + 'static>) -> Response {
+    let detail = panic
+        .downcast_ref::<String>()
+        .map(String::as_str)
+        .or_else(|| panic.downcast_ref::<&str>().copied())
+        .unwrap_or("unknown panic");
+    tracing::error!(panic = detail, "a request handler panicked");
+    ApiError::internal("internal error: the server hit a bug while handling this request; it is logged").into_response()
+}
