@@ -103,6 +103,9 @@ struct ZoneState {
     lease_at: i64,
     /// Instances covered by that lease.
     covered: u32,
+    /// Slots of a lapsed lease still to be judged, the next on top (see
+    /// `check_zone_lease`): a lapse is worked through in bounded steps.
+    lapsing: Vec<u32>,
 }
 
 pub struct Engine {

@@ -16,6 +16,9 @@ const END: &str = "--- event log ends ---";
 /// follower hung, the control plane restarted from its store, and time
 /// enough for remedies, backups and restore tests. Returns every event the
 /// engine produced, one JSON line each (including `seq`, `kind`, `team`).
+/// Set in the child process of the two-process test.
+const CHILD: &str = "DROVER_DETERMINISM_CHILD";
+
 fn history() -> String {
     let mut config = fast_config();
     config.backup_interval = Some(Duration::from_secs(120));
@@ -43,14 +46,6 @@ fn history() -> String {
     log
 }
 
-/// Run by `two_processes_fed_the_same_inputs_write_the_same_event_log` in a
-/// child process; ignored in ordinary runs.
-#[test]
-#[ignore = "the child half of a determinism test; run by it"]
-fn child_writes_its_event_log() {
-    println!("{BEGIN}\n{}{END}", history());
-}
-
 #[test]
 fn two_engines_fed_the_same_inputs_write_the_same_event_log() {
     let (a, b) = (history(), history());
@@ -61,9 +56,21 @@ fn two_engines_fed_the_same_inputs_write_the_same_event_log() {
 
 #[test]
 fn two_processes_fed_the_same_inputs_write_the_same_event_log() {
+    // The child half: this same test, run again by the test below in a
+    // process of its own (its own hasher seeds), prints its log and stops.
+    if std::env::var_os(CHILD).is_some() {
+        println!("{BEGIN}\n{}{END}", history());
+        return;
+    }
     let exe = std::env::current_exe().expect("the test binary's path");
     let child = std::process::Command::new(exe)
-        .args(["--exact", "child_writes_its_event_log", "--ignored", "--nocapture", "--test-threads=1"])
+        .env(CHILD, "1")
+        .args([
+            "--exact",
+            "two_processes_fed_the_same_inputs_write_the_same_event_log",
+            "--nocapture",
+            "--test-threads=1",
+        ])
         .output()
         .expect("the test binary runs again as a child");
     assert!(child.status.success(), "child failed: {}", String::from_utf8_lossy(&child.stderr));
