@@ -5,7 +5,14 @@ use crate::api::Outputs;
 use crate::fleet::{Inst, NEVER};
 use crate::{micros, Engine, RECHECK_MICROS};
 use drover_model::{ActionKind, ActionState, InstanceState};
+use std::collections::VecDeque;
 use std::time::Duration;
+
+/// Instance checks done per engine step at most (see `fire_timers`).
+pub(crate) const CHECKS_PER_STEP: usize = 8192;
+
+/// A due check to make whatever the instance's timer says (a lapsed lease).
+pub(crate) const UNCONDITIONAL: i64 = i64::MIN;
 
 impl Engine {
     pub(crate) fn schedule_instance(&mut self, slot: u32, now: i64) {
@@ -83,20 +90,49 @@ impl Engine {
         }
     }
 
+    /// Queues an instance check that is due now (see `fire_timers`).
+    pub(crate) fn check_due(&mut self, key: i64, slot: u32, now: i64) {
+        if self.due_checks.is_empty() {
+            self.due_since = now;
+        }
+        self.due_checks.push_back((key, slot));
+    }
+
+    /// Due timers fire. Instance checks go through `due_checks` and at most
+    /// [`CHECKS_PER_STEP`] are done per step, the rest in the next steps
+    /// (`next_deadline` says they are due): when a zone of a large fleet goes
+    /// silent at once (500k instances per engine at a million services), one
+    /// step's outputs stay bounded, and other inputs are heard in between.
+    /// A check whose instance moved on meanwhile (a heartbeat set a new
+    /// deadline) is found stale and skipped, as in the wheel.
     pub(crate) fn fire_timers(&mut self, now: i64, out: &mut Outputs) {
         for (key, slots) in self.instance_timers.pop_due(now) {
             for slot in slots {
-                match self.instances.get_mut(slot) {
-                    Some(inst) if inst.check_at == key => inst.check_at = NEVER,
-                    _ => continue, // stale entry: the instance moved on
-                }
-                self.check_instance(slot, now, out);
+                self.check_due(key, slot, now);
+            }
+        }
+        let mut done = 0;
+        while done < CHECKS_PER_STEP {
+            let Some((key, slot)) = self.due_checks.pop_front() else { break };
+            match self.instances.get_mut(slot) {
+                Some(_) if key == UNCONDITIONAL => {}
+                Some(inst) if inst.check_at == key => inst.check_at = NEVER,
+                _ => continue, // stale entry: the instance moved on
+            }
+            done += 1;
+            self.check_instance(slot, now, out);
+            if key == UNCONDITIONAL {
+                self.schedule_instance(slot, now);
+            } else {
                 self.reschedule_after_check(slot, now);
             }
         }
+        if self.due_checks.is_empty() {
+            self.due_checks = VecDeque::new(); // give a lapse's memory back
+        }
         for (_, zones) in self.zone_timers.pop_due(now) {
             for z in zones {
-                self.check_zone_lease(z, now, out);
+                self.check_zone_lease(z, now);
             }
         }
         for (_, slots) in self.service_timers.pop_due(now) {

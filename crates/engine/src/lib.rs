@@ -103,9 +103,6 @@ struct ZoneState {
     lease_at: i64,
     /// Instances covered by that lease.
     covered: u32,
-    /// Slots of a lapsed lease still to be judged, the next on top (see
-    /// `check_zone_lease`): a lapse is worked through in bounded steps.
-    lapsing: Vec<u32>,
 }
 
 pub struct Engine {
@@ -128,6 +125,12 @@ pub struct Engine {
     images: Images,
     actions: HashMap<ActionId, OpenAction>,
     instance_timers: Wheel<u32>,
+    /// Instance checks that are due but not yet done, oldest first, with the
+    /// timer key they were due under (`UNCONDITIONAL`: check it whatever its
+    /// timer says). See `fire_timers`: a step does at most `CHECKS_PER_STEP`.
+    due_checks: VecDeque<(i64, u32)>,
+    /// When the oldest of `due_checks` fell due (what `next_deadline` says).
+    due_since: i64,
     action_timers: Wheel<ActionId>,
     /// Backup and restore-test schedules, per service.
     service_timers: Wheel<u32>,
@@ -174,6 +177,8 @@ impl Engine {
             images: Images::default(),
             actions: HashMap::default(),
             instance_timers: Wheel::new(BUCKET_MICROS),
+            due_checks: VecDeque::new(),
+            due_since: 0,
             action_timers: Wheel::new(BUCKET_MICROS),
             service_timers: Wheel::new(BUCKET_MICROS),
             zone_timers: Wheel::new(BUCKET_MICROS),
@@ -265,8 +270,15 @@ impl Engine {
 
     /// The earliest time a `Tick` has work to do.
     pub fn next_deadline(&self) -> Option<Timestamp> {
-        [self.instance_timers.next(), self.action_timers.next(), self.service_timers.next(), self.zone_timers.next()]
-            .into_iter()
+        let backlog = (!self.due_checks.is_empty()).then_some(self.due_since);
+        [
+            backlog,
+            self.instance_timers.next(),
+            self.action_timers.next(),
+            self.service_timers.next(),
+            self.zone_timers.next(),
+        ]
+        .into_iter()
             .flatten()
             .min()
             .map(Timestamp)

@@ -2,6 +2,7 @@
 
 use crate::api::{HeartbeatReceipt, Outputs};
 use crate::fleet::Inst;
+use crate::deadlines::UNCONDITIONAL;
 use crate::{micros, Engine};
 use drover_model::{InstanceId, InstanceState};
 
@@ -86,55 +87,26 @@ impl Engine {
     }
 
     /// A zone's lease deadline: if it was not renewed in time, every
-    /// instance it covers is judged as silent since the last renewal.
-    ///
-    /// At most [`LAPSE_BATCH`] instances are judged per step, in slot order,
-    /// the rest in the next steps at the same time (the zone's timer is set
-    /// again for `now`): one step's outputs stay bounded when a whole zone of
-    /// a large fleet goes silent (a million-service fleet's zone is ~500k
-    /// instances per engine). A renewal in between leaves the rest covered.
-    pub(crate) fn check_zone_lease(&mut self, z: u16, now: i64, out: &mut Outputs) {
+    /// instance it covers is judged as silent since the last renewal (in
+    /// bounded steps: they join the due checks, see `fire_timers`).
+    pub(crate) fn check_zone_lease(&mut self, z: u16, now: i64) {
         let Some(zs) = self.zone_state.get(usize::from(z)) else { return };
         let expires = (zs.lease_at + micros(self.config.uncertain_after)).max(self.grace_until);
-        if now < expires {
-            // Renewed (perhaps between two steps of a lapse): the rest stay covered.
-            self.zone_mut(z).lapsing = Vec::new();
+        if zs.covered == 0 || now < expires {
             return;
         }
-        if zs.lapsing.is_empty() {
-            if zs.covered == 0 {
-                return;
+        let lease_at = zs.lease_at;
+        // Proportional to the fleet, but only when a whole zone's lease
+        // lapses: rare, and every instance found is about to change anyway.
+        let lapsed: Vec<u32> =
+            self.instances.iter().filter(|(_, i)| i.covered && i.zone == z).map(|(slot, _)| slot).collect();
+        self.zone_mut(z).covered = 0;
+        for slot in lapsed {
+            if let Some(inst) = self.instances.get_mut(slot) {
+                inst.covered = false;
+                inst.last_heartbeat = inst.last_heartbeat.max(lease_at);
             }
-            // Proportional to the fleet, but only when a whole zone's lease
-            // lapses: rare, and every instance found is about to change anyway.
-            let mut lapsed: Vec<u32> =
-                self.instances.iter().filter(|(_, i)| i.covered && i.zone == z).map(|(slot, _)| slot).collect();
-            lapsed.reverse();
-            self.zone_mut(z).lapsing = lapsed;
-        }
-        let lease_at = self.zone_state[usize::from(z)].lease_at;
-        for _ in 0..LAPSE_BATCH {
-            let Some(slot) = self.zone_mut(z).lapsing.pop() else { break };
-            match self.instances.get_mut(slot) {
-                Some(inst) if inst.covered && inst.zone == z => {
-                    inst.covered = false;
-                    inst.last_heartbeat = inst.last_heartbeat.max(lease_at);
-                }
-                _ => continue, // withdrawn or gone meanwhile
-            }
-            let zs = self.zone_mut(z);
-            zs.covered = zs.covered.saturating_sub(1);
-            self.check_instance(slot, now, out);
-            self.schedule_instance(slot, now);
-        }
-        let zs = self.zone_mut(z);
-        if zs.lapsing.is_empty() {
-            zs.lapsing = Vec::new(); // give the memory back
-        } else {
-            self.zone_timers.schedule(now, z);
+            self.check_due(UNCONDITIONAL, slot, now);
         }
     }
 }
-
-/// Instances of a lapsed zone lease judged per engine step.
-pub(crate) const LAPSE_BATCH: usize = 8192;
