@@ -59,7 +59,7 @@ impl Engine {
                 i.open_remedies += 1;
             }
         }
-        self.actions.insert(id, OpenAction { record, remedy, budget_zone, durable });
+        self.actions.insert(id, Box::new(OpenAction { record, remedy, budget_zone, durable }));
         let over_budget = budget_zone.is_some_and(|z| {
             let zs = &self.zone_state[usize::from(z)];
             zs.running_budgeted >= self.config.zone_budget || !zs.waiting.is_empty()

@@ -123,7 +123,9 @@ pub struct Engine {
     providers: Interner,
     teams: Interner,
     images: Images,
-    actions: HashMap<ActionId, OpenAction>,
+    /// Boxed: the table grows to its peak (every probe of a lost zone) and
+    /// keeps that capacity; boxed records are freed as actions finish.
+    actions: HashMap<ActionId, Box<OpenAction>>,
     instance_timers: Wheel<u32>,
     /// Instance checks that are due but not yet done, oldest first, with the
     /// timer key they were due under (`UNCONDITIONAL`: check it whatever its

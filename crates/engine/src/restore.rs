@@ -152,7 +152,7 @@ impl Engine {
             }
         }
         let (id, state) = (rec.id, rec.state);
-        self.actions.insert(id, OpenAction { record: rec, remedy, budget_zone, durable: true });
+        self.actions.insert(id, Box::new(OpenAction { record: rec, remedy, budget_zone, durable: true }));
         if state == ActionState::Pending {
             if let Some(z) = budget_zone {
                 self.zone_mut(z).waiting.push_back(id);
