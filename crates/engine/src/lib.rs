@@ -281,8 +281,8 @@ impl Engine {
             self.zone_timers.next(),
         ]
         .into_iter()
-            .flatten()
-            .min()
-            .map(Timestamp)
+        .flatten()
+        .min()
+        .map(Timestamp)
     }
 }

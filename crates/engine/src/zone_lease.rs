@@ -1,8 +1,8 @@
 //! Zone heartbeat leases: one renewal vouches for every instance of a zone.
 
 use crate::api::{HeartbeatReceipt, Outputs};
-use crate::fleet::Inst;
 use crate::deadlines::UNCONDITIONAL;
+use crate::fleet::Inst;
 use crate::{micros, Engine};
 use drover_model::{InstanceId, InstanceState};
 
