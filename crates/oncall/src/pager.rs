@@ -512,16 +512,7 @@ impl Pager {
                 // Same alert group and team already paging: join it.
                 if let Some(group) = &alert.group {
                     if let Some(&id) = self.by_incident.get(&(team.clone(), group.clone())) {
-                        let text = {
-                            let page = self.pages.get_mut(&id).expect("by_incident points at an open page");
-                            page.alert_keys.insert(key.clone());
-                            page.open_alerts.insert(key.clone());
-                            page.alerts += 1;
-                            format!("[{team}] {} joined page {} (group {group}): {}", key, id, alert.summary)
-                        };
-                        self.by_key.insert(key.clone(), id);
-                        out.feed.push(FeedPost { at: now, page: Some(id), team: Some(team.clone()), text });
-                        out.pages.push(self.pages[&id].clone());
+                        self.join_page(id, &key, &team, &format!("group {group}"), &alert.summary, now, out);
                         return Ok(outcome("grouped", Some(id)));
                     }
                     if let Some(id) = self.reopen(&team, group, &alert, now, out) {
@@ -531,16 +522,7 @@ impl Pager {
                 // Same service and team already paging: join it.
                 if let Some(service) = &alert.service {
                     if let Some(&id) = self.by_group.get(&(team.clone(), service.clone())) {
-                        let text = {
-                            let page = self.pages.get_mut(&id).expect("by_group points at an open page");
-                            page.alert_keys.insert(key.clone());
-                            page.open_alerts.insert(key.clone());
-                            page.alerts += 1;
-                            format!("[{team}] {} joined page {} ({service}): {}", key, id, alert.summary)
-                        };
-                        self.by_key.insert(key.clone(), id);
-                        out.feed.push(FeedPost { at: now, page: Some(id), team: Some(team.clone()), text });
-                        out.pages.push(self.pages[&id].clone());
+                        self.join_page(id, &key, &team, service, &alert.summary, now, out);
                         return Ok(outcome("grouped", Some(id)));
                     }
                 }
@@ -608,6 +590,29 @@ impl Pager {
                 Ok(outcome("resolved", Some(id)))
             }
         }
+    }
+
+    /// An alert joins an open page of the same incident (`why`: its group
+    /// or its service): counted on the page, said in the feed.
+    #[allow(clippy::too_many_arguments)]
+    fn join_page(
+        &mut self,
+        id: PageId,
+        key: &str,
+        team: &str,
+        why: &str,
+        summary: &str,
+        now: Timestamp,
+        out: &mut Outputs,
+    ) {
+        let Some(page) = self.pages.get_mut(&id) else { return };
+        page.alert_keys.insert(key.to_string());
+        page.open_alerts.insert(key.to_string());
+        page.alerts += 1;
+        out.pages.push(page.clone());
+        let text = format!("[{team}] {key} joined page {id} ({why}): {summary}");
+        self.by_key.insert(key.to_string(), id);
+        out.feed.push(FeedPost { at: now, page: Some(id), team: Some(team.to_string()), text });
     }
 
     /// Reopens the team's incident of `group` if it resolved within

@@ -367,14 +367,7 @@ async fn a_rebuild_failing_forever_needs_a_human_pages_once_and_resume_heals_it(
     let follower_id = id(&followers(&before)[0]);
 
     // Break replication on the primary, the way a bad config change would.
-    let state: Value =
-        serde_json::from_str(&std::fs::read_to_string(t.dir.path().join("local/state.json")).unwrap()).unwrap();
-    let primary_dir = state["instances"][&primary_id]["dir"].as_str().unwrap().to_string();
-    let hba_path = std::path::Path::new(&primary_dir).join("pgdata/pg_hba.conf");
-    let good_hba = std::fs::read_to_string(&hba_path).unwrap();
-    std::fs::write(&hba_path, format!("host replication all 127.0.0.1/32 reject\n{good_hba}")).unwrap();
-    let c = connect(&url).await.expect("connect through the URL");
-    c.simple_query("SELECT pg_reload_conf()").await.unwrap();
+    let (hba_path, good_hba, c) = reject_replication(&t, &primary_id, &url).await;
 
     let (status, body) = t.post("/v1/chaos", json!({"instance": follower_id, "fault": "crash"})).await;
     assert_eq!(status, 202, "{body}");
@@ -455,14 +448,7 @@ async fn a_rebuild_refused_by_pg_hba_is_not_retried_and_needs_a_human_after_one_
     let url = before["url"].as_str().unwrap().to_string();
     let primary_id = id(&primary(&before));
     let follower_id = id(&followers(&before)[0]);
-    let state: Value =
-        serde_json::from_str(&std::fs::read_to_string(t.dir.path().join("local/state.json")).unwrap()).unwrap();
-    let primary_dir = state["instances"][&primary_id]["dir"].as_str().unwrap().to_string();
-    let hba_path = std::path::Path::new(&primary_dir).join("pgdata/pg_hba.conf");
-    let good_hba = std::fs::read_to_string(&hba_path).unwrap();
-    std::fs::write(&hba_path, format!("host replication all 127.0.0.1/32 reject\n{good_hba}")).unwrap();
-    let c = connect(&url).await.expect("connect through the URL");
-    c.simple_query("SELECT pg_reload_conf()").await.unwrap();
+    let _ = reject_replication(&t, &primary_id, &url).await;
 
     let (status, body) = t.post("/v1/chaos", json!({"instance": follower_id, "fault": "crash"})).await;
     assert_eq!(status, 202, "{body}");
@@ -506,4 +492,23 @@ async fn a_killed_router_comes_back_on_the_same_url_and_the_event_log_says_so() 
     c.simple_query("SELECT 1").await.unwrap();
     let (_, checks) = t.get("/v1/services/pgrt/checks").await;
     assert_eq!(checks["router"]["status"], "ok", "{checks}");
+}
+
+/// Makes the primary's pg_hba.conf reject replication, the way a bad config
+/// change would, and reloads it: the path, the good file to restore, and a
+/// client connected through the URL.
+async fn reject_replication(
+    t: &common::TestServer,
+    primary_id: &str,
+    url: &str,
+) -> (std::path::PathBuf, String, tokio_postgres::Client) {
+    let state: Value =
+        serde_json::from_str(&std::fs::read_to_string(t.dir.path().join("local/state.json")).unwrap()).unwrap();
+    let primary_dir = state["instances"][primary_id]["dir"].as_str().unwrap().to_string();
+    let hba_path = std::path::Path::new(&primary_dir).join("pgdata/pg_hba.conf");
+    let good_hba = std::fs::read_to_string(&hba_path).unwrap();
+    std::fs::write(&hba_path, format!("host replication all 127.0.0.1/32 reject\n{good_hba}")).unwrap();
+    let c = connect(url).await.expect("connect through the URL");
+    c.simple_query("SELECT pg_reload_conf()").await.unwrap();
+    (hba_path, good_hba, c)
 }
