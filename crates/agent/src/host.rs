@@ -24,21 +24,7 @@ pub fn read_instances(data_dir: &Path) -> Result<Vec<(InstanceId, LocalInstanceI
         .instances
         .iter()
         .filter(|(_, entry)| entry.should_run())
-        .map(|(id, entry)| {
-            (
-                *id,
-                LocalInstanceInfo {
-                    service: entry.service,
-                    service_name: entry.service_name.clone(),
-                    port: entry.port,
-                    data_dir: entry.pgdata(),
-                    socket_dir: entry.socket_dir(),
-                    role: entry.role,
-                    pid: running_pid(&entry.pgdata().join("postmaster.pid"), "postgres"),
-                    fenced: entry.fenced,
-                },
-            )
-        })
+        .map(|(id, entry)| (*id, entry.info(running_pid(&entry.pgdata().join("postmaster.pid"), "postgres"))))
         .collect())
 }
 

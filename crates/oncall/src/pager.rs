@@ -526,15 +526,7 @@ impl Pager {
                         return Ok(outcome("grouped", Some(id)));
                     }
                 }
-                let opens = {
-                    let window = micros(self.config.flapping.window);
-                    let q = self.opens.entry(key.clone()).or_default();
-                    while q.front().is_some_and(|&t| t <= now.0 - window) {
-                        q.pop_front();
-                    }
-                    q.push_back(now.0);
-                    q.len() as u32
-                };
+                let opens = self.note_open(&key, now);
                 let flapping = opens >= self.config.flapping.threshold;
                 let id = self.open_page(alert, team.clone(), flapping, now, out);
                 if let Some(note) = note {
@@ -592,6 +584,18 @@ impl Pager {
         }
     }
 
+    /// Counts an opening of `key`; how often it opened within the flapping
+    /// window, this one included.
+    fn note_open(&mut self, key: &str, now: Timestamp) -> u32 {
+        let window = micros(self.config.flapping.window);
+        let q = self.opens.entry(key.to_string()).or_default();
+        while q.front().is_some_and(|&t| t <= now.0 - window) {
+            q.pop_front();
+        }
+        q.push_back(now.0);
+        q.len() as u32
+    }
+
     /// An alert joins an open page of the same incident (`why`: its group
     /// or its service): counted on the page, said in the feed.
     #[allow(clippy::too_many_arguments)]
@@ -629,15 +633,7 @@ impl Pager {
         let id = page.id;
         let key = alert.dedup_key.clone();
         // Coming back again and again is flapping: held in the bot tier.
-        let opens = {
-            let window = micros(self.config.flapping.window);
-            let q = self.opens.entry(key.clone()).or_default();
-            while q.front().is_some_and(|&t| t <= now.0 - window) {
-                q.pop_front();
-            }
-            q.push_back(now.0);
-            q.len() as u32
-        };
+        let opens = self.note_open(&key, now);
         let flapping = opens >= self.config.flapping.threshold;
         page.flapping = flapping;
         page.status = PageStatus::Triggered;

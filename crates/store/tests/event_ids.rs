@@ -1,30 +1,13 @@
 //! Stable event ids: a retried append of an event the store already holds is
 //! ignored, and databases written before ids existed keep working.
 
+mod common;
+use common::TempDir;
 use drover_model::{Changes, Event, EventId, EventKind, EventSubject, Timestamp};
 use drover_store::{EventFilter, SqliteStore, Store};
-use std::path::{Path, PathBuf};
 
 mod embedded {
     refinery::embed_migrations!("migrations");
-}
-
-struct TempDir(PathBuf);
-impl TempDir {
-    fn new(name: &str) -> TempDir {
-        let dir = Path::new(env!("CARGO_TARGET_TMPDIR")).join(format!("store-ids-{name}-{}", std::process::id()));
-        let _ = std::fs::remove_dir_all(&dir);
-        std::fs::create_dir_all(&dir).unwrap();
-        TempDir(dir)
-    }
-    fn db(&self) -> PathBuf {
-        self.0.join("drover.db")
-    }
-}
-impl Drop for TempDir {
-    fn drop(&mut self) {
-        let _ = std::fs::remove_dir_all(&self.0);
-    }
 }
 
 fn event(id: EventId, cause: &str) -> Event {

@@ -1,5 +1,7 @@
 //! The SQLite store through its public API, on real files.
 
+mod common;
+use common::TempDir;
 use drover_model::{
     ActionId, ActionKind, ActionRecord, ActionState, AuditEntry, BackupStatus, Changes, EngineKind, Event,
     EventSubject, Fault, Image, InstanceId, InstanceRecord, InstanceState, Plan, Role, ServiceId, ServiceRecord,
@@ -8,32 +10,13 @@ use drover_model::{
 use drover_store::{EventFilter, SqliteStore, Store, StoreError, MAX_READ_LIMIT};
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::io::{BufRead, BufReader, Write};
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::process::{Command, Stdio};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{mpsc, Arc};
 use std::time::{Duration, Instant};
 
 const T0: i64 = 1_763_700_000_000_000;
-
-/// A fresh directory under cargo's per-target temp dir, removed on drop.
-struct TempDir(PathBuf);
-impl TempDir {
-    fn new(name: &str) -> TempDir {
-        let dir = Path::new(env!("CARGO_TARGET_TMPDIR")).join(format!("store-{name}-{}", std::process::id()));
-        let _ = std::fs::remove_dir_all(&dir);
-        std::fs::create_dir_all(&dir).unwrap();
-        TempDir(dir)
-    }
-    fn db(&self) -> PathBuf {
-        self.0.join("drover.db")
-    }
-}
-impl Drop for TempDir {
-    fn drop(&mut self) {
-        let _ = std::fs::remove_dir_all(&self.0);
-    }
-}
 
 fn image(version: &str) -> Image {
     let packages = BTreeMap::from([("postgresql-15".to_string(), version.to_string())]);

@@ -276,17 +276,7 @@ impl LocalProvider {
 
     pub fn instance_info(&self, id: InstanceId) -> Option<LocalInstanceInfo> {
         let entry = lock(&self.inner.registry).instances.get(&id).cloned()?;
-        let pid = self.inner.servers.pid(id);
-        Some(LocalInstanceInfo {
-            service: entry.service,
-            service_name: entry.service_name.clone(),
-            port: entry.port,
-            data_dir: entry.pgdata(),
-            socket_dir: entry.socket_dir(),
-            role: entry.role,
-            pid,
-            fenced: entry.fenced,
-        })
+        Some(entry.info(self.inner.servers.pid(id)))
     }
 
     pub fn state_path(&self) -> &Path {

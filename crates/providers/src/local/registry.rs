@@ -54,6 +54,20 @@ pub struct InstanceEntry {
 }
 
 impl InstanceEntry {
+    /// What the provider and the agent tell of this instance, with the pid
+    /// of its postmaster as the caller found it.
+    pub fn info(&self, pid: Option<i32>) -> super::LocalInstanceInfo {
+        super::LocalInstanceInfo {
+            service: self.service,
+            service_name: self.service_name.clone(),
+            port: self.port,
+            data_dir: self.pgdata(),
+            socket_dir: self.socket_dir(),
+            role: self.role,
+            pid,
+            fenced: self.fenced,
+        }
+    }
     pub fn pgdata(&self) -> PathBuf {
         self.dir.join("pgdata")
     }
