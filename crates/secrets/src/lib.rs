@@ -113,9 +113,12 @@ impl SecretKey {
             Err(e) if e.kind() == io::ErrorKind::NotFound => {
                 let bytes = XChaCha20Poly1305::generate_key(&mut OsRng);
                 let text = format!("{}\n", hex::encode(bytes));
-                create_private(&path, text.as_bytes())
-                    .map_err(|source| SecretError::Io { what: format!("creating {}", path.display()), source })?;
-                Ok((SecretKey { cipher: XChaCha20Poly1305::new(&bytes) }, KeySource::CreatedFile(path)))
+                match create_private(&path, text.as_bytes()) {
+                    Ok(()) => Ok((SecretKey { cipher: XChaCha20Poly1305::new(&bytes) }, KeySource::CreatedFile(path))),
+                    // Another part of the same start-up made it first: use theirs.
+                    Err(e) if e.kind() == io::ErrorKind::AlreadyExists => Self::load_or_create(data_dir),
+                    Err(source) => Err(SecretError::Io { what: format!("creating {}", path.display()), source }),
+                }
             }
             Err(source) => Err(SecretError::Io { what: format!("reading {}", path.display()), source }),
         }
