@@ -162,6 +162,14 @@ pub fn apply_rules(doc: &mut Value, providers: Option<&[String]>) {
             "description": "A provider this server runs (default: the server's default provider)"
         });
     }
+    // auth::tokens::create_token.
+    let token = &mut schemas["CreateToken"]["properties"];
+    let name = json!({"type": "string", "minLength": 1, "maxLength": crate::auth::tokens::MAX_NAME_LEN,
+        "pattern": crate::auth::tokens::NAME_PATTERN});
+    token["name"] = name.clone();
+    token["team"] = json!({"oneOf": [name.clone(), {"type": "null"}]});
+    token["host"] = json!({"oneOf": [name, {"type": "null"}]});
+    token["expires_in"] = json!({"type": ["string", "null"], "pattern": crate::auth::tokens::EXPIRY_PATTERN});
     // integrations::from_alertmanager.
     let am = &mut schemas["AlertmanagerPayload"]["properties"];
     am["version"] = json!({"type": "string", "enum": ["4"]});

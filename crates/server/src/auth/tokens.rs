@@ -12,8 +12,10 @@ use drover_store::tokens::TokenError;
 use serde::{Deserialize, Serialize};
 use std::sync::Arc;
 
-/// The longest `expires_in`: ten years.
-const MAX_EXPIRY_SECS: i64 = 10 * 366 * 86_400;
+/// The longest `expires_in`: 9999 days.
+const MAX_EXPIRY_SECS: i64 = 9999 * 86_400;
+/// The syntax of `expires_in` (every such value is accepted).
+pub const EXPIRY_PATTERN: &str = "^[1-9][0-9]{0,3}[dhms]$";
 pub const MAX_NAME_LEN: usize = 64;
 /// The syntax of token names, team and host names.
 pub const NAME_PATTERN: &str = "^[A-Za-z0-9][A-Za-z0-9._-]*$";
@@ -56,7 +58,7 @@ pub fn parse_expiry(text: &str) -> Result<i64, String> {
     }
     .ok_or_else(bad)?;
     if secs <= 0 || secs > MAX_EXPIRY_SECS {
-        return Err(format!("expires_in must be between 1s and 3660d, got {text:?}"));
+        return Err(format!("expires_in must be between 1s and 9999d, got {text:?}"));
     }
     Ok(secs)
 }
@@ -159,7 +161,8 @@ mod tests {
     fn expiries_parse() {
         assert_eq!(super::parse_expiry("30d"), Ok(30 * 86_400));
         assert_eq!(super::parse_expiry("90s"), Ok(90));
-        for bad in ["", "d", "0d", "-1h", "5w", "99999999999999d", "1.5h"] {
+        assert_eq!(super::parse_expiry("9999d"), Ok(9999 * 86_400));
+        for bad in ["", "d", "0d", "-1h", "5w", "99999999999999d", "1.5h", "10000d"] {
             assert!(super::parse_expiry(bad).is_err(), "{bad}");
         }
     }

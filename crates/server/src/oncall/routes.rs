@@ -96,17 +96,30 @@ pub struct EventResponse {
 pub(crate) async fn post_event_v2(
     State(state): State<AppState>,
     caller: Option<Caller>,
-    Json(mut event): Json<EventV2>,
+    headers: axum::http::HeaderMap,
+    body: axum::body::Bytes,
 ) -> Result<Response, ApiError> {
     let pager = pager(&state)?;
+    // Without a bearer token the routing_key is the credential: checked
+    // before anything else of the body (a body without one is a 401).
     let caller = match caller {
         Some(Caller(id)) => id,
         None => {
+            let key = serde_json::from_slice::<serde_json::Value>(&body)
+                .ok()
+                .and_then(|v| v.get("routing_key").and_then(|k| k.as_str()).map(str::to_string))
+                .unwrap_or_default();
             let path = "/v1/integrations/events-v2";
-            crate::auth::authenticate_key(&state, &event.routing_key, Permission::Alert, &format!("POST {path}"), path)
-                .await?
+            crate::auth::authenticate_key(&state, &key, Permission::Alert, &format!("POST {path}"), path).await?
         }
     };
+    if !crate::auth::is_json(&headers) {
+        return Err(ApiError::new(
+            StatusCode::UNSUPPORTED_MEDIA_TYPE,
+            "expected a request body with `Content-Type: application/json`",
+        ));
+    }
+    let mut event: EventV2 = crate::error::parse_json_body(&body)?;
     // The token names the team: the event goes to it whatever else it says.
     event.routing_key = caller.team.clone().unwrap_or_else(|| pager.config.default_team.clone());
     let alert = integrations::from_event_v2(&event, &pager.config, || {
