@@ -25,6 +25,8 @@ pub enum InstanceAnswer {
 pub enum ControlPlaneError {
     #[error("cannot build the HTTP client: {0}")]
     Client(#[source] reqwest::Error),
+    #[error("the agent token is not a valid HTTP header value")]
+    Token,
 }
 
 /// The control plane at `base`, over HTTP.
@@ -37,9 +39,15 @@ impl ControlPlane {
     /// Requests time out after a quarter of the lease (at most
     /// [`MAX_REQUEST_TIMEOUT`]): a slow control plane costs a few rounds,
     /// not the lease.
-    pub fn new(base: &str, lease_ttl: Duration) -> Result<ControlPlane, ControlPlaneError> {
+    /// `token` is this host's agent token, sent as the bearer credential.
+    pub fn new(base: &str, lease_ttl: Duration, token: &str) -> Result<ControlPlane, ControlPlaneError> {
         let request_timeout = (lease_ttl / 4).clamp(Duration::from_millis(100), MAX_REQUEST_TIMEOUT);
+        let mut bearer = reqwest::header::HeaderValue::from_str(&format!("Bearer {}", token.trim()))
+            .map_err(|_| ControlPlaneError::Token)?;
+        bearer.set_sensitive(true);
+        let headers = reqwest::header::HeaderMap::from_iter([(reqwest::header::AUTHORIZATION, bearer)]);
         let http = reqwest::Client::builder()
+            .default_headers(headers)
             .timeout(request_timeout)
             .connect_timeout(request_timeout)
             .build()
@@ -65,6 +73,15 @@ impl ControlPlane {
                 }
                 tracing::debug!(beats = beats.len(), receipt = %receipt, "heartbeats acknowledged");
                 Ok(())
+            }
+            Ok(response)
+                if response.status() == reqwest::StatusCode::UNAUTHORIZED
+                    || response.status() == reqwest::StatusCode::FORBIDDEN =>
+            {
+                let status = response.status();
+                let body: Value = response.json().await.unwrap_or(Value::Null);
+                let why = body.get("error").and_then(Value::as_str).unwrap_or("").to_string();
+                Err(format!("control plane refused this agent's token ({status}): {why}"))
             }
             Ok(response) => Err(format!("control plane answered {}", response.status())),
             Err(error) => Err(error_chain(&error)),

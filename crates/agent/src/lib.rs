@@ -46,6 +46,8 @@ pub struct Options {
     pub server: String,
     pub interval: Duration,
     pub lease_ttl: Duration,
+    /// This host's agent token (`drover tokens create NAME --role agent --host HOST`).
+    pub token: String,
 }
 
 /// Why the agent could not start. Once it runs, nothing is fatal.
@@ -60,7 +62,7 @@ pub enum AgentError {
 pub async fn run(options: Options, shutdown: impl Future<Output = ()>) -> Result<(), AgentError> {
     let interval = options.interval.max(MIN_INTERVAL);
     let mut agent = Agent {
-        control_plane: ControlPlane::new(&options.server, options.lease_ttl)?,
+        control_plane: ControlPlane::new(&options.server, options.lease_ttl, &options.token)?,
         data_dir: options.data_dir.clone(),
         lease: Lease::new(options.lease_ttl, Instant::now()),
         probe_timeout: (interval * 8 / 10).min(MAX_PROBE_TIMEOUT),

@@ -33,7 +33,10 @@ pub fn heartbeats(instances: usize, rounds: usize) -> anyhow::Result<()> {
     let mut engine = Engine::new(config, 1);
     engine.reserve(instances);
     let image = Image::new(EngineKind::Postgres, "15-bench", Default::default(), Default::default(), Timestamp(now));
-    engine.step(Input::Command { actor: "bench".into(), command: Command::RegisterImage(image) }, Timestamp(now));
+    engine.step(
+        Input::Command { actor: "bench".into(), role: None, command: Command::RegisterImage(image) },
+        Timestamp(now),
+    );
 
     let setup = Instant::now();
     let services = instances / 2;
@@ -49,8 +52,10 @@ pub fn heartbeats(instances: usize, rounds: usize) -> anyhow::Result<()> {
             zones: None,
             max_failover_lag_bytes: None,
         };
-        let out =
-            engine.step(Input::Command { actor: "bench".into(), command: Command::CreateService(req) }, Timestamp(now));
+        let out = engine.step(
+            Input::Command { actor: "bench".into(), role: None, command: Command::CreateService(req) },
+            Timestamp(now),
+        );
         match out.reply {
             Some(Ok(Reply::Service(v))) => ids.extend(v.instances.iter().map(|i| (i.id, i.role))),
             other => anyhow::bail!("creating a service failed: {other:?}"),
@@ -195,6 +200,7 @@ pub async fn failover(engine: &str, fault: &str, runs: usize) -> anyhow::Result<
             anyhow::ensure!(started.elapsed() < Duration::from_secs(60), "drover did not become ready");
             tokio::time::sleep(Duration::from_millis(50)).await;
         }
+        let http = drover_server::auth::admin_client(dir.path())?;
         let body = serde_json::json!({"name": "bench", "engine": "postgres", "followers": 1, "provider": "local", "sync": true});
         let r = http.post(format!("{api}/v1/services")).json(&body).send().await?;
         anyhow::ensure!(r.status().as_u16() == 201, "create failed: {}", r.text().await?);

@@ -13,6 +13,44 @@ pub struct Client {
     base: String,
     http: reqwest::Client,
     actor: Option<String>,
+    /// The bearer token and where it came from (for error messages).
+    token: Option<(String, String)>,
+}
+
+/// The data dir a client looks in for `admin.token` when given no token:
+/// `DROVER_DATA_DIR`, else `./drover-data` (where `drover serve` and
+/// `./scripts/run` keep it by default).
+pub fn default_token_file() -> std::path::PathBuf {
+    let dir = std::env::var_os("DROVER_DATA_DIR").filter(|d| !d.is_empty()).unwrap_or_else(|| "./drover-data".into());
+    std::path::PathBuf::from(dir).join("admin.token")
+}
+
+/// The token to send, and where it came from: `DROVER_TOKEN`, else the
+/// `--token-file`, else the default data dir's `admin.token` when it is
+/// readable (`default_file`), else none.
+pub fn resolve_token(
+    token_file: Option<&std::path::Path>,
+    default_file: Option<&std::path::Path>,
+) -> anyhow::Result<Option<(String, String)>> {
+    if let Some(token) = std::env::var("DROVER_TOKEN").ok().map(|t| t.trim().to_string()).filter(|t| !t.is_empty()) {
+        return Ok(Some((token, "DROVER_TOKEN".into())));
+    }
+    let read = |path: &std::path::Path| -> std::io::Result<Option<String>> {
+        let text = std::fs::read_to_string(path)?;
+        Ok(Some(text.trim().to_string()).filter(|t| !t.is_empty()))
+    };
+    if let Some(path) = token_file {
+        let token = read(path)
+            .map_err(|e| anyhow!("cannot read the token file {}: {e}", path.display()))?
+            .ok_or_else(|| anyhow!("the token file {} is empty", path.display()))?;
+        return Ok(Some((token, path.display().to_string())));
+    }
+    if let Some(path) = default_file {
+        if let Ok(Some(token)) = read(path) {
+            return Ok(Some((token, path.display().to_string())));
+        }
+    }
+    Ok(None)
 }
 
 /// Percent-encodes one path segment.
@@ -29,16 +67,35 @@ pub fn path_segment(s: &str) -> String {
 }
 
 impl Client {
-    pub fn new(base: &str, actor: Option<String>) -> anyhow::Result<Client> {
+    pub fn new(base: &str, actor: Option<String>, token: Option<(String, String)>) -> anyhow::Result<Client> {
         let http = reqwest::Client::builder()
             .timeout(REQUEST_TIMEOUT)
             .build()
             .map_err(|e| anyhow!("cannot build the HTTP client: {e}"))?;
-        Ok(Client { base: base.trim_end_matches('/').to_string(), http, actor })
+        Ok(Client { base: base.trim_end_matches('/').to_string(), http, actor, token })
     }
 
     pub async fn get(&self, path: &str, query: &[(&str, String)]) -> anyhow::Result<Value> {
         self.send(Method::GET, path, query, None).await
+    }
+    /// A GET whose answer is not JSON (the pager chart).
+    pub async fn get_text(&self, path: &str, query: &[(&str, String)]) -> anyhow::Result<String> {
+        let url = format!("{}{}", self.base, path);
+        let mut request = self.http.get(&url).query(query);
+        if let Some((token, _)) = &self.token {
+            request = request.bearer_auth(token);
+        }
+        let response = request.send().await.map_err(|e| anyhow!("cannot fetch {url}: {e}"))?;
+        let status = response.status();
+        let text = response.text().await.map_err(|e| anyhow!("cannot read the answer from {url}: {e}"))?;
+        if !status.is_success() {
+            let message = serde_json::from_str::<Value>(&text)
+                .ok()
+                .and_then(|v| v.get("error").and_then(Value::as_str).map(str::to_string))
+                .unwrap_or(text);
+            return Err(anyhow!("{message} ({})", status.as_u16()));
+        }
+        Ok(text)
     }
     pub async fn post(&self, path: &str, body: Value) -> anyhow::Result<Value> {
         self.send(Method::POST, path, &[], Some(body)).await
@@ -58,6 +115,9 @@ impl Client {
         let mut request = self.http.request(method, &url).query(query);
         if let Some(actor) = &self.actor {
             request = request.header("x-drover-actor", actor);
+        }
+        if let Some((token, _)) = &self.token {
+            request = request.bearer_auth(token);
         }
         if let Some(body) = body {
             request = request.json(&body);
@@ -86,7 +146,16 @@ impl Client {
             .and_then(Value::as_str)
             .map(str::to_string)
             .unwrap_or_else(|| if text.trim().is_empty() { reason(status) } else { text.trim().to_string() });
-        Err(anyhow!("{message} ({})", status.as_u16()))
+        let hint = match (status, &self.token) {
+            (StatusCode::UNAUTHORIZED, None) => format!(
+                "; no token was sent: set DROVER_TOKEN, pass --token-file, or run where {} is readable",
+                default_token_file().display()
+            ),
+            (StatusCode::UNAUTHORIZED, Some((_, from))) => format!("; the token from {from} was refused"),
+            (StatusCode::FORBIDDEN, Some((_, from))) => format!(" (token from {from})"),
+            _ => String::new(),
+        };
+        Err(anyhow!("{message} ({}){hint}", status.as_u16()))
     }
 }
 

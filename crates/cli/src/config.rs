@@ -54,6 +54,10 @@ pub struct ServeArgs {
     /// replay a run with the seed the store records [default: no log].
     #[arg(long, env = "DROVER_INPUT_LOG")]
     pub input_log: Option<PathBuf>,
+    /// Revoke the `admin` token and write a new one to DATA_DIR/admin.token
+    /// (when that file is lost: only the token's hash is stored).
+    #[arg(long)]
+    pub reset_admin_token: bool,
     /// Address of the HTTP API [default: 127.0.0.1:7700].
     #[arg(long, env = "DROVER_LISTEN")]
     pub listen: Option<SocketAddr>,
@@ -197,6 +201,7 @@ pub fn resolve(args: ServeArgs, no_local_set: bool) -> anyhow::Result<Settings> 
     };
     let mut opts = drover_server::ServeOptions::new(&args.data_dir, listen);
     opts.input_log = args.input_log.clone();
+    opts.reset_admin_token = args.reset_admin_token;
     if let Some(ms) = args.uncertain_after_ms.or(file.uncertain_after_ms) {
         opts.engine.uncertain_after = Duration::from_millis(ms);
     }

@@ -31,9 +31,13 @@ struct Cli {
     /// Print the server's raw JSON instead of tables.
     #[arg(long, help_heading = CLIENT_OPTIONS)]
     json: bool,
-    /// Who issues commands, recorded in the audit trail.
+    /// A note sent as x-drover-actor; the server no longer takes it as
+    /// identity (the token's name is in the audit trail).
     #[arg(long, env = "DROVER_ACTOR", help_heading = CLIENT_OPTIONS)]
     actor: Option<String>,
+    /// A file holding the API token [default: DROVER_TOKEN, else DATA_DIR/admin.token when readable].
+    #[arg(long, env = "DROVER_TOKEN_FILE", help_heading = CLIENT_OPTIONS)]
+    token_file: Option<PathBuf>,
     #[command(subcommand)]
     command: Cmd,
 }
@@ -54,9 +58,12 @@ struct ClientArgs {
     /// Print the server's raw JSON instead of tables.
     #[arg(long, global = true, help_heading = CLIENT_OPTIONS)]
     json: bool,
-    /// Who issues commands, recorded in the audit trail [env: DROVER_ACTOR].
+    /// A note sent as x-drover-actor, not an identity [env: DROVER_ACTOR].
     #[arg(long, global = true, help_heading = CLIENT_OPTIONS)]
     actor: Option<String>,
+    /// A file holding the API token [env: DROVER_TOKEN_FILE].
+    #[arg(long, global = true, help_heading = CLIENT_OPTIONS)]
+    token_file: Option<PathBuf>,
 }
 
 #[derive(Subcommand)]
@@ -141,6 +148,13 @@ enum Cmd {
         #[arg(long)]
         team: Option<String>,
     },
+    /// API tokens: create (shown once), list, revoke. Admin only.
+    Tokens {
+        #[command(subcommand)]
+        cmd: TokensCmd,
+        #[command(flatten)]
+        client: ClientArgs,
+    },
     /// Pager metrics, the company-wide feed, who is on call.
     Pager {
         #[command(subcommand)]
@@ -172,6 +186,10 @@ enum Cmd {
         /// Log lines as text or as JSON objects.
         #[arg(long, env = "DROVER_LOG_FORMAT", value_enum, default_value_t = LogFormat::Text)]
         log_format: LogFormat,
+        /// A file holding this host's agent token (or DROVER_TOKEN):
+        /// `drover tokens create NAME --role agent --host $(hostname)`.
+        #[arg(long)]
+        token_file: Option<PathBuf>,
     },
     /// Run the deterministic fleet simulator: the real engine over a
     /// simulated fleet (scenarios: docs/scenarios.md). Last line: JSON.
@@ -238,6 +256,29 @@ enum ServicesCmd {
     Checks {
         name: String,
     },
+}
+
+#[derive(Subcommand)]
+enum TokensCmd {
+    /// Create a token; prints it once (only its hash is kept).
+    Create {
+        name: String,
+        #[arg(long, value_parser = ["viewer", "operator", "admin", "agent", "integration"])]
+        role: String,
+        /// Limit the token to one team's services (integration: where its alerts go).
+        #[arg(long)]
+        team: Option<String>,
+        /// Agent tokens: the host whose instances it reports.
+        #[arg(long)]
+        host: Option<String>,
+        /// e.g. 30d, 12h, 15m, 90s (default: no expiry).
+        #[arg(long)]
+        expires_in: Option<String>,
+    },
+    /// Every token (no secrets).
+    List,
+    /// Revoke a token at once.
+    Revoke { id: String },
 }
 
 #[derive(Subcommand)]
@@ -349,6 +390,7 @@ impl Cmd {
             | Cmd::Audit { client, .. }
             | Cmd::Images { client }
             | Cmd::Pages { client, .. }
+            | Cmd::Tokens { client, .. }
             | Cmd::Pager { client, .. } => Some(client),
             Cmd::Serve(_) | Cmd::Bench(_) | Cmd::Agent { .. } | Cmd::Sim { .. } | Cmd::Completions { .. } => None,
         }
@@ -363,8 +405,8 @@ fn refuse_misplaced_client_flags(cli: &Cli, matches: &clap::ArgMatches) {
         return;
     }
     let agent = matches!(cli.command, Cmd::Agent { .. });
-    for flag in ["server", "json", "actor"] {
-        if agent && flag == "server" {
+    for flag in ["server", "json", "actor", "token_file"] {
+        if agent && (flag == "server" || flag == "token_file") {
             continue;
         }
         if matches.value_source(flag) == Some(ValueSource::CommandLine) {
@@ -410,18 +452,40 @@ impl Cli {
     fn actor(&self) -> Option<String> {
         self.command.client().and_then(|c| c.actor.clone()).or_else(|| self.actor.clone())
     }
+
+    /// `--token-file`: after the subcommand > before it > `DROVER_TOKEN_FILE`.
+    fn token_file(&self) -> Option<PathBuf> {
+        let after = match &self.command {
+            Cmd::Agent { token_file, .. } => token_file.clone(),
+            other => other.client().and_then(|c| c.token_file.clone()),
+        };
+        after.or_else(|| self.token_file.clone())
+    }
 }
 
 async fn run(cli: Cli, no_local_set: bool) -> anyhow::Result<()> {
     let server = cli.server_url();
     let json = cli.json();
-    let client = client::Client::new(&server, cli.actor())?;
+    let token_file = cli.token_file();
+    let client = if cli.command.client().is_some() {
+        let token = client::resolve_token(token_file.as_deref(), Some(&client::default_token_file()))?;
+        client::Client::new(&server, cli.actor(), token)?
+    } else {
+        client::Client::new(&server, None, None)?
+    };
     match cli.command {
         Cmd::Serve(args) => serve(args, no_local_set).await,
         Cmd::Completions { shell } => completions(shell),
         Cmd::Agent { data_dir, interval_ms, lease_secs, log_format, .. } => {
             agent::init_logs(log_format);
+            let (token, _) = client::resolve_token(token_file.as_deref(), None)?.ok_or_else(|| {
+                anyhow::anyhow!(
+                    "the agent needs this host's agent token: set DROVER_TOKEN or pass --token-file (make one with `drover tokens create agent-{host} --role agent --host {host}`)",
+                    host = drover_server::host_name()
+                )
+            })?;
             let options = agent::Options {
+                token,
                 data_dir,
                 server,
                 interval: Duration::from_millis(interval_ms),
@@ -549,6 +613,33 @@ async fn run(cli: Cli, no_local_set: bool) -> anyhow::Result<()> {
             output::audit(&v, json);
             Ok(())
         }
+        Cmd::Tokens { cmd, .. } => match cmd {
+            TokensCmd::Create { name, role, team, host, expires_in } => {
+                let mut body = serde_json::json!({ "name": name, "role": role });
+                if let Some(t) = team {
+                    body["team"] = t.into();
+                }
+                if let Some(h) = host {
+                    body["host"] = h.into();
+                }
+                if let Some(e) = expires_in {
+                    body["expires_in"] = e.into();
+                }
+                let v = client.post("/v1/tokens", body).await?;
+                output::token_created(&v, json);
+                Ok(())
+            }
+            TokensCmd::List => {
+                let v = client.get("/v1/tokens", &[]).await?;
+                output::tokens(&v, json);
+                Ok(())
+            }
+            TokensCmd::Revoke { id } => {
+                let v = client.delete(&format!("/v1/tokens/{}", client::path_segment(&id))).await?;
+                output::tokens(&serde_json::Value::Array(vec![v]), json);
+                Ok(())
+            }
+        },
         Cmd::Images { .. } => {
             let v = client.get("/v1/images", &[]).await?;
             output::images(&v, json);

@@ -168,15 +168,51 @@ pub fn audit(v: &Value, json: bool) {
     if json {
         return print_json(v);
     }
-    let mut t = table(&["SEQ", "AT", "ACTOR", "COMMAND", "TARGET", "OUTCOME"]);
+    let mut t = table(&["SEQ", "AT", "ACTOR", "ROLE", "COMMAND", "TARGET", "OUTCOME"]);
     for a in items(v) {
         t.add_row(vec![
             text(a, "seq"),
             text(a, "at"),
             text(a, "actor"),
+            text(a, "role"),
             text(a, "command"),
             text(a, "target"),
             text(a, "outcome"),
+        ]);
+    }
+    println!("{t}");
+}
+
+/// A token just created: the secret on its own line, shown this once.
+pub fn token_created(v: &Value, json: bool) {
+    if json {
+        return print_json(v);
+    }
+    println!(
+        "token {} ({}, role {}) created; it is shown only this once:",
+        text(v, "name"),
+        text(v, "id"),
+        text(v, "role")
+    );
+    println!("{}", text(v, "token"));
+}
+
+pub fn tokens(v: &Value, json: bool) {
+    if json {
+        return print_json(v);
+    }
+    let mut t = table(&["ID", "NAME", "ROLE", "TEAM", "HOST", "CREATED", "EXPIRES", "REVOKED", "LAST USED"]);
+    for a in items(v) {
+        t.add_row(vec![
+            text(a, "id"),
+            text(a, "name"),
+            text(a, "role"),
+            text(a, "team"),
+            text(a, "host"),
+            text(a, "created_at"),
+            text(a, "expires_at"),
+            text(a, "revoked_at"),
+            text(a, "last_used"),
         ]);
     }
     println!("{t}");

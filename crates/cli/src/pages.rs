@@ -164,17 +164,8 @@ pub async fn pager(client: &Client, server: &str, cmd: PagerCmd, json: bool) -> 
             }
             let v = client.get("/v1/pager/metrics", &query).await?;
             if let Some(path) = svg {
-                let url = format!("{}/v1/pager/metrics.svg", server.trim_end_matches('/'));
-                let response = reqwest::Client::new()
-                    .get(&url)
-                    .query(&query)
-                    .send()
-                    .await
-                    .map_err(|e| anyhow::anyhow!("cannot fetch the chart from {url}: {e}"))?;
-                if !response.status().is_success() {
-                    anyhow::bail!("the chart request failed: {}", response.status());
-                }
-                let chart = response.text().await?;
+                let _ = server;
+                let chart = client.get_text("/v1/pager/metrics.svg", &query).await?;
                 std::fs::write(&path, chart).map_err(|e| anyhow::anyhow!("cannot write {}: {e}", path.display()))?;
                 eprintln!("chart written to {}", path.display());
             }

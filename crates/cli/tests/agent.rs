@@ -75,7 +75,8 @@ struct Agent {
 }
 
 impl Agent {
-    fn spawn(data_dir: &Path, server: &str, log: PathBuf) -> Agent {
+    /// `token`: the agent token it sends (as `DROVER_TOKEN`).
+    fn spawn(data_dir: &Path, server: &str, token: &str, log: PathBuf) -> Agent {
         let out = std::fs::OpenOptions::new().create(true).append(true).open(&log).unwrap();
         let err = out.try_clone().unwrap();
         let child = Command::new(env!("CARGO_BIN_EXE_drover"))
@@ -87,6 +88,7 @@ impl Agent {
             .args(["--lease-secs", "1"])
             .env("RUST_LOG", "info")
             .env_remove("DROVER_URL")
+            .env("DROVER_TOKEN", token)
             .stdin(Stdio::null())
             .stdout(out)
             .stderr(err)
@@ -191,7 +193,7 @@ async fn an_agent_that_cannot_renew_its_lease_fences_its_primary_and_keeps_it_fe
 
     // Nothing listens there: no heartbeat is ever acknowledged.
     let nowhere = format!("http://127.0.0.1:{}", free_port());
-    let mut agent = Agent::spawn(dir.path(), &nowhere, dir.path().join("agent.log"));
+    let mut agent = Agent::spawn(dir.path(), &nowhere, "drv_unused", dir.path().join("agent.log"));
     let started = Instant::now();
 
     wait_for(Duration::from_secs(15), "the primary to refuse writes", || async {
@@ -283,7 +285,11 @@ async fn a_fenced_primary_is_unfenced_only_when_the_control_plane_confirms_it() 
     });
     let server = drover_server::start(opts).await.expect("server starts");
     let api = server.url();
-    let http = reqwest::Client::builder().timeout(Duration::from_secs(10)).build().unwrap();
+    wait_for(Duration::from_secs(20), "the server to be healthy", || async {
+        reqwest::get(format!("{api}/healthz")).await.ok().is_some_and(|r| r.status() == 200)
+    })
+    .await;
+    let http = drover_server::auth::admin_client(dir.path()).unwrap();
     let get = |path: String| {
         let http = http.clone();
         let url = format!("{api}{path}");
@@ -329,7 +335,16 @@ async fn a_fenced_primary_is_unfenced_only_when_the_control_plane_confirms_it() 
     write(&info).await.expect("the new primary accepts writes");
 
     let proxy = Proxy::start(server.addr).await;
-    let agent = Agent::spawn(dir.path(), &proxy.url, dir.path().join("agent.log"));
+    // This host's agent token.
+    let created = http
+        .post(format!("{api}/v1/tokens"))
+        .json(&json!({"name": "agent-here", "role": "agent", "host": drover_server::host_name()}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(created.status().as_u16(), 201);
+    let token = created.json::<Value>().await.unwrap()["token"].as_str().unwrap().to_string();
+    let agent = Agent::spawn(dir.path(), &proxy.url, &token, dir.path().join("agent.log"));
 
     // Lease renewed every round: never fenced while reachable.
     tokio::time::sleep(Duration::from_secs(3)).await;

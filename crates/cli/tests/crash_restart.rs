@@ -2,6 +2,8 @@
 //! restart on the same data dir the failover completes, with exactly one
 //! writable primary and exactly one successful promote.
 
+mod common;
+
 use serde_json::{json, Value};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
@@ -120,13 +122,14 @@ async fn a_failover_interrupted_by_kill_9_completes_after_restart_without_promot
     let data = dir.path().join("data");
     let log = dir.path().join("drover.log");
     let port = free_port();
-    let api = Api {
+    let mut api = Api {
         http: reqwest::Client::builder().timeout(Duration::from_secs(10)).build().unwrap(),
         url: format!("http://127.0.0.1:{port}"),
     };
 
     let mut first = Server::spawn(&data, port, log.clone());
     api.wait_healthy(&first).await;
+    api.http = common::admin_client(&data);
     let (status, created) =
         api.post("/v1/services", json!({"name": "crashy", "engine": "postgres", "followers": 1})).await;
     assert_eq!(status, 201, "{created}");
@@ -202,7 +205,7 @@ async fn pages_survive_kill_9_and_still_deduplicate() {
     let data = dir.path().join("data");
     let log = dir.path().join("drover.log");
     let port = free_port();
-    let api = Api {
+    let mut api = Api {
         http: reqwest::Client::builder().timeout(Duration::from_secs(10)).build().unwrap(),
         url: format!("http://127.0.0.1:{port}"),
     };
@@ -215,7 +218,15 @@ async fn pages_survive_kill_9_and_still_deduplicate() {
 
     let mut first = Server::spawn(&data, port, log.clone());
     api.wait_healthy(&first).await;
-    let (status, body) = api.post("/v1/integrations/events-v2", event.clone()).await;
+    api.http = common::admin_client(&data);
+    // An Events API sender: no bearer, an integration token as routing_key.
+    let key =
+        common::create_token(&api.http, &api.url, json!({"name": "alerts", "role": "integration", "team": "platform"}))
+            .await;
+    let mut event = event;
+    event["routing_key"] = key.into();
+    let sender = Api { http: reqwest::Client::new(), url: api.url.clone() };
+    let (status, body) = sender.post("/v1/integrations/events-v2", event.clone()).await;
     assert_eq!(status, 202, "{body}");
     let page_id = body["page"].as_str().map(str::to_string).unwrap_or_else(|| panic!("no page id in {body}"));
     let (status, body) = api.post(&format!("/v1/pages/{page_id}/ack"), json!({})).await;
@@ -233,7 +244,7 @@ async fn pages_survive_kill_9_and_still_deduplicate() {
         .find(|p| p["id"] == page_id.as_str())
         .unwrap_or_else(|| panic!("page lost by kill -9: {pages:#?}"));
     assert_eq!(page["status"], "acknowledged", "{page}");
-    let (status, body) = api.post("/v1/integrations/events-v2", event).await;
+    let (status, body) = sender.post("/v1/integrations/events-v2", event).await;
     assert_eq!(status, 202, "{body}");
     assert_eq!(body["page"].as_str(), Some(page_id.as_str()), "the repeat joins the same page: {body}");
     let pages = match api.get("/v1/pages").await {

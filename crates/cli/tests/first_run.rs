@@ -25,6 +25,11 @@ async fn serve_with_no_data_dir_from_a_fresh_directory_runs_a_local_service_that
     let http = reqwest::Client::builder().timeout(Duration::from_secs(10)).build().unwrap();
     serve.wait_healthy(&http, SLOW).await;
     assert!(cwd.join("drover-data").join("drover.db").is_file(), "the store is not in ./drover-data");
+    // The first start wrote the admin token, readable by its user only.
+    let token = cwd.join("drover-data").join("admin.token");
+    let mode = std::os::unix::fs::PermissionsExt::mode(&std::fs::metadata(&token).unwrap().permissions());
+    assert_eq!(mode & 0o777, 0o600, "admin.token mode {mode:o}");
+    let http = common::admin_client(&cwd.join("drover-data"));
 
     // Exactly the README's `drover services create db1 --engine postgres --followers 1 --sync`.
     let created = http

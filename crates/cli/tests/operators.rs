@@ -170,7 +170,7 @@ fn the_config_file_is_read_and_flags_then_environment_win_over_it() {
     // It listens before it is ready (503 "starting"): ask until it answers.
     let deadline = Instant::now() + Duration::from_secs(30);
     let o = loop {
-        let o = run(drover(dir.path()).args([
+        let o = run(drover(dir.path()).env("DROVER_DATA_DIR", "data").args([
             "--json",
             "services",
             "list",
@@ -319,6 +319,7 @@ fn services_resume_posts_to_the_resume_route_and_prints_the_service() {
 fn the_agent_logs_json_when_asked() {
     let dir = tempfile::tempdir().unwrap();
     let child = drover(dir.path())
+        .env("DROVER_TOKEN", "drv_unused")
         .args(["agent", "--data-dir", ".", "--server", "http://127.0.0.1:1", "--log-format", "json"])
         .stdin(Stdio::null())
         .stdout(Stdio::null())

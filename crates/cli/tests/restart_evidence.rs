@@ -28,6 +28,7 @@ async fn a_primary_that_died_while_the_control_plane_was_down_is_evidence_and_th
     let api = serve.api.clone();
     let http = reqwest::Client::builder().timeout(Duration::from_secs(10)).build().unwrap();
     serve.wait_healthy(&http, SLOW).await;
+    let http = common::admin_client(&cwd.join("d"));
     let created = http
         .post(format!("{api}/v1/services"))
         .json(&json!({"name": "ev1", "engine": "postgres", "followers": 1, "sync": true}))

@@ -114,7 +114,14 @@ pub enum Input {
     /// A provider finished one attempt of an action.
     ActionResult { action: ActionId, attempt: u32, outcome: ActionOutcome },
     /// An operator (or API client) asks for something.
-    Command { actor: String, command: Command },
+    /// `role` is the asking token's role, for the audit trail (`None` for
+    /// Drover's own commands; inputs logged before tokens existed have none).
+    Command {
+        actor: String,
+        #[serde(default)]
+        role: Option<String>,
+        command: Command,
+    },
     /// Time passed: fire whatever deadlines are due.
     Tick,
     /// A zone's heartbeat collector renews its lease. Agents beat to a

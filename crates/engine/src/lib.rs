@@ -238,7 +238,7 @@ impl Engine {
             Input::ActionResult { action, attempt, outcome } => {
                 self.action_result(action, attempt, outcome, now, out);
             }
-            Input::Command { actor, command } => {
+            Input::Command { actor, role, command } => {
                 let name = command.name();
                 let detail = serde_json::to_value(&command).unwrap_or(serde_json::Value::Null);
                 let target = command_target(&command);
@@ -247,6 +247,7 @@ impl Engine {
                     seq: 0,
                     at: Timestamp(now),
                     actor,
+                    role,
                     command: name.into(),
                     target,
                     detail,

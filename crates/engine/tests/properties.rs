@@ -77,6 +77,7 @@ fn run(ops: Vec<Op>) {
                         let id = i.id;
                         h.step(Input::Command {
                             actor: "chaos".into(),
+                            role: None,
                             command: drover_engine::Command::Chaos { instance: id, fault },
                         });
                     }

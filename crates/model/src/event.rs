@@ -134,7 +134,13 @@ impl Event {
 pub struct AuditEntry {
     pub seq: u64,
     pub at: Timestamp,
+    /// The name of the token that asked (`anonymous` without one, `invalid
+    /// token` for one the server does not know), or `system` for Drover itself.
     pub actor: String,
+    /// The role of that token (`None` for Drover itself and unknown callers;
+    /// entries written before tokens existed have none).
+    #[serde(default)]
+    pub role: Option<String>,
     pub command: String,
     pub target: Option<String>,
     #[schema(value_type = Object)]

@@ -11,6 +11,7 @@ pub mod objects;
 mod service;
 mod states;
 mod time;
+mod token;
 
 pub use action::{ActionKind, ActionOutcome, ActionRecord, ActionState, Fault};
 pub use event::{AuditEntry, Event, EventId, EventKind, EventSubject};
@@ -22,6 +23,7 @@ pub use service::{
 };
 pub use states::{InstanceState, ServiceState};
 pub use time::Timestamp;
+pub use token::{TokenRecord, TokenRole};
 
 /// Everything the engine needs to resume after a restart: what the store
 /// holds of live services, instances, open actions and images.

@@ -136,6 +136,27 @@ impl<T: DeserializeOwned, S: Send + Sync> FromRequest<S> for Json<T> {
     }
 }
 
+/// Reads a JSON object body already taken as bytes, like [`Json`] does
+/// (400 for bad syntax, 422 for the wrong shape). The content type was
+/// checked by the auth middleware.
+pub(crate) fn parse_json_body<T: DeserializeOwned>(bytes: &[u8]) -> Result<T, ApiError> {
+    match axum::Json::<ObjectOnly<T>>::from_bytes(bytes) {
+        Ok(axum::Json(ObjectOnly(value))) => Ok(value),
+        Err(rejection) => {
+            if matches!(rejection, JsonRejection::JsonDataError(_)) {
+                if let Ok(mut value) = serde_json::from_slice::<serde_json::Value>(bytes) {
+                    if integral_floats_as_integers(&mut value) {
+                        if let Ok(ObjectOnly(parsed)) = serde_json::from_value(value) {
+                            return Ok(parsed);
+                        }
+                    }
+                }
+            }
+            Err(rejection.into())
+        }
+    }
+}
+
 /// Rewrites every float with no fractional part (that fits) as an integer;
 /// says whether it changed anything.
 fn integral_floats_as_integers(value: &mut serde_json::Value) -> bool {

@@ -2,12 +2,13 @@
 //! store. The router that mounts them is `routes.rs`; every route is listed
 //! in `openapi.rs`; every error is `{"error": "..."}`.
 
+use crate::auth::{Caller, Identity};
 use crate::error::{ApiError, ErrorBody, Json, Path, Query};
-use crate::request::{actor, limit_in};
-use crate::state::AppState;
+use crate::request::limit_in;
+use crate::state::{AppState, Ready};
 use crate::telemetry;
 use axum::extract::State;
-use axum::http::{header, HeaderMap, HeaderValue, StatusCode};
+use axum::http::{header, HeaderValue, StatusCode};
 use axum::response::{IntoResponse, Response};
 use drover_engine::{Command, HeartbeatReceipt, Input, Reply};
 use drover_model::{
@@ -22,6 +23,24 @@ pub const MAX_LIMIT: usize = 10_000;
 
 fn parse_instance_id(text: &str) -> Result<InstanceId, ApiError> {
     text.parse::<InstanceId>().map_err(|e| ApiError::bad_request(format!("instance id {text:?} is not a UUID: {e}")))
+}
+
+/// A service by name, if the caller may see it: a token limited to a team
+/// sees only that team's services, and others are "not found" to it (it
+/// learns nothing of them).
+async fn visible_service(ready: &Ready, caller: &Identity, name: &str) -> Result<ServiceView, ApiError> {
+    let lookup = name.to_string();
+    ready
+        .engine
+        .query(move |engine| engine.service_view(&lookup))
+        .await?
+        .filter(|v| caller.sees_team(Some(&v.team)))
+        .ok_or_else(|| ApiError::not_found(format!("no service named {name:?}")))
+}
+
+/// A command of the caller, as the engine's input.
+fn command_of(caller: &Identity, command: Command) -> Input {
+    Input::Command { actor: caller.name.clone(), role: Some(caller.role.as_str().to_string()), command }
 }
 
 fn unexpected(reply: Reply) -> ApiError {
@@ -49,17 +68,31 @@ pub(crate) async fn healthz(State(state): State<AppState>) -> Result<Json<Health
 
 /// Create a service: a primary and its followers, built by a provider.
 #[utoipa::path(post, path = "/v1/services", tag = "services", request_body = CreateService,
-    params(("x-drover-actor" = Option<String>, Header, description = "Who asks, for the audit trail")),
     responses((status = 201, body = ServiceView), (status = 400, body = ErrorBody),
         (status = 409, body = ErrorBody), (status = 422, body = ErrorBody)))]
 pub(crate) async fn create_service(
     State(state): State<AppState>,
-    headers: HeaderMap,
-    Json(request): Json<CreateService>,
+    Caller(caller): Caller,
+    Json(mut request): Json<CreateService>,
 ) -> Result<Response, ApiError> {
     let ready = state.ready()?;
-    let actor = actor(&headers)?;
     request.validate().map_err(ApiError::bad_request)?;
+    if let Some(mine) = &caller.team {
+        match &request.team {
+            None => request.team = Some(mine.clone()),
+            Some(team) if team == mine => {}
+            Some(team) => {
+                let e = ApiError::new(
+                    StatusCode::FORBIDDEN,
+                    format!(
+                        "token {:?} is limited to team {mine:?}; it cannot create a service of team {team:?}",
+                        caller.name
+                    ),
+                );
+                return Err(crate::auth::refuse(&state, &caller, "POST /v1/services", "/v1/services", e).await);
+            }
+        }
+    }
     if let Some(provider) = &request.provider {
         if !ready.providers.iter().any(|p| p == provider) {
             return Err(ApiError::bad_request(format!(
@@ -68,10 +101,10 @@ pub(crate) async fn create_service(
             )));
         }
     }
-    match ready.engine.call(Input::Command { actor, command: Command::CreateService(request) }).await? {
+    match ready.engine.call(command_of(&caller, Command::CreateService(request))).await? {
         Reply::Service(view) => {
             let location = HeaderValue::from_str(&format!("/v1/services/{}", view.name)).ok();
-            let mut response = (StatusCode::CREATED, Json(ready.complete(*view))).into_response();
+            let mut response = (StatusCode::CREATED, Json(ready.complete(*view, &caller))).into_response();
             if let Some(location) = location {
                 response.headers_mut().insert(header::LOCATION, location);
             }
@@ -84,10 +117,15 @@ pub(crate) async fn create_service(
 /// Every service the engine holds.
 #[utoipa::path(get, path = "/v1/services", tag = "services",
     responses((status = 200, body = Vec<ServiceView>)))]
-pub(crate) async fn list_services(State(state): State<AppState>) -> Result<Json<Vec<ServiceView>>, ApiError> {
+pub(crate) async fn list_services(
+    State(state): State<AppState>,
+    Caller(caller): Caller,
+) -> Result<Json<Vec<ServiceView>>, ApiError> {
     let ready = state.ready()?;
     let views = ready.engine.query(|engine| engine.service_views()).await?;
-    Ok(Json(views.into_iter().map(|v| ready.complete(v)).collect()))
+    Ok(Json(
+        views.into_iter().filter(|v| caller.sees_team(Some(&v.team))).map(|v| ready.complete(v, &caller)).collect(),
+    ))
 }
 
 /// One service with its instances.
@@ -96,44 +134,37 @@ pub(crate) async fn list_services(State(state): State<AppState>) -> Result<Json<
     responses((status = 200, body = ServiceView), (status = 404, body = ErrorBody)))]
 pub(crate) async fn show_service(
     State(state): State<AppState>,
+    Caller(caller): Caller,
     Path(name): Path<String>,
 ) -> Result<Json<ServiceView>, ApiError> {
     let ready = state.ready()?;
-    let lookup = name.clone();
-    ready
-        .engine
-        .query(move |engine| engine.service_view(&lookup))
-        .await?
-        .map(|v| Json(ready.complete(v)))
-        .ok_or_else(|| ApiError::not_found(format!("no service named {name:?}")))
+    Ok(Json(ready.complete(visible_service(ready, &caller, &name).await?, &caller)))
 }
 
 /// Planned switchover: fence the primary (routers pause clients), promote
 /// the most advanced follower, build a new follower, retire the old primary.
 #[utoipa::path(post, path = "/v1/services/{name}/switchover", tag = "services",
-    params(("name" = String, Path, description = "Service name"),
-        ("x-drover-actor" = Option<String>, Header, description = "Who asks, for the audit trail")),
+    params(("name" = String, Path, description = "Service name")),
     responses((status = 202, body = ServiceView), (status = 404, body = ErrorBody), (status = 409, body = ErrorBody)))]
 pub(crate) async fn post_switchover(
     State(state): State<AppState>,
-    headers: HeaderMap,
+    Caller(caller): Caller,
     Path(name): Path<String>,
 ) -> Result<Response, ApiError> {
-    service_command(state, headers, Command::Switchover { name }).await
+    service_command(state, caller, Command::Switchover { name: name.clone() }, &name).await
 }
 
 /// Clears "needs a human" after a person looked: the engine tries its
 /// remedies again. Audited under the caller's name.
 #[utoipa::path(post, path = "/v1/services/{name}/resume", tag = "services",
-    params(("name" = String, Path, description = "Service name"),
-        ("x-drover-actor" = Option<String>, Header, description = "Who asks, for the audit trail")),
+    params(("name" = String, Path, description = "Service name")),
     responses((status = 202, body = ServiceView), (status = 404, body = ErrorBody), (status = 409, body = ErrorBody)))]
 pub(crate) async fn post_resume(
     State(state): State<AppState>,
-    headers: HeaderMap,
+    Caller(caller): Caller,
     Path(name): Path<String>,
 ) -> Result<Response, ApiError> {
-    service_command(state, headers, Command::ResumeService { name }).await
+    service_command(state, caller, Command::ResumeService { name: name.clone() }, &name).await
 }
 
 /// Backups, replication, security and performance checks of a service.
@@ -142,15 +173,11 @@ pub(crate) async fn post_resume(
     responses((status = 200, body = crate::checks::ServiceChecks), (status = 404, body = ErrorBody)))]
 pub(crate) async fn service_checks(
     State(state): State<AppState>,
+    Caller(caller): Caller,
     Path(name): Path<String>,
 ) -> Result<Json<crate::checks::ServiceChecks>, ApiError> {
     let ready = state.ready()?;
-    let lookup = name.clone();
-    let view = ready
-        .engine
-        .query(move |engine| engine.service_view(&lookup))
-        .await?
-        .ok_or_else(|| ApiError::not_found(format!("no service named {name:?}")))?;
+    let view = visible_service(ready, &caller, &name).await?;
     let provider = match ready.provider_objects.get(&view.provider) {
         Some(p) => p.service_checks(&view.name).await,
         None => drover_providers::ProviderChecks::default(),
@@ -160,34 +187,32 @@ pub(crate) async fn service_checks(
 
 /// Take a base backup now.
 #[utoipa::path(post, path = "/v1/services/{name}/backups", tag = "backups",
-    params(("name" = String, Path, description = "Service name"),
-        ("x-drover-actor" = Option<String>, Header, description = "Who asks, for the audit trail")),
+    params(("name" = String, Path, description = "Service name")),
     responses((status = 202, body = ActionRecord), (status = 404, body = ErrorBody), (status = 409, body = ErrorBody)))]
 pub(crate) async fn post_backup(
     State(state): State<AppState>,
-    headers: HeaderMap,
+    Caller(caller): Caller,
     Path(name): Path<String>,
 ) -> Result<Response, ApiError> {
-    action_command(state, headers, Command::TakeBackup { name }).await
+    action_command(state, caller, Command::TakeBackup { name: name.clone() }, &name).await
 }
 
 /// Restore the latest backup into a scratch instance and check it, now.
 #[utoipa::path(post, path = "/v1/services/{name}/backups/verify", tag = "backups",
-    params(("name" = String, Path, description = "Service name"),
-        ("x-drover-actor" = Option<String>, Header, description = "Who asks, for the audit trail")),
+    params(("name" = String, Path, description = "Service name")),
     responses((status = 202, body = ActionRecord), (status = 404, body = ErrorBody), (status = 409, body = ErrorBody)))]
 pub(crate) async fn post_verify_backup(
     State(state): State<AppState>,
-    headers: HeaderMap,
+    Caller(caller): Caller,
     Path(name): Path<String>,
 ) -> Result<Response, ApiError> {
-    action_command(state, headers, Command::VerifyBackup { name }).await
+    action_command(state, caller, Command::VerifyBackup { name: name.clone() }, &name).await
 }
 
-async fn action_command(state: AppState, headers: HeaderMap, command: Command) -> Result<Response, ApiError> {
+async fn action_command(state: AppState, caller: Identity, command: Command, name: &str) -> Result<Response, ApiError> {
     let ready = state.ready()?;
-    let actor = actor(&headers)?;
-    match ready.engine.call(Input::Command { actor, command }).await? {
+    visible_service(ready, &caller, name).await?;
+    match ready.engine.call(command_of(&caller, command)).await? {
         Reply::Action(action) => Ok((StatusCode::ACCEPTED, Json(*action)).into_response()),
         other => Err(unexpected(other)),
     }
@@ -195,23 +220,27 @@ async fn action_command(state: AppState, headers: HeaderMap, command: Command) -
 
 /// Delete a service: its instances are retired, then archived.
 #[utoipa::path(delete, path = "/v1/services/{name}", tag = "services",
-    params(("name" = String, Path, description = "Service name"),
-        ("x-drover-actor" = Option<String>, Header, description = "Who asks, for the audit trail")),
+    params(("name" = String, Path, description = "Service name")),
     responses((status = 202, body = ServiceView), (status = 404, body = ErrorBody)))]
 pub(crate) async fn delete_service(
     State(state): State<AppState>,
-    headers: HeaderMap,
+    Caller(caller): Caller,
     Path(name): Path<String>,
 ) -> Result<Response, ApiError> {
-    service_command(state, headers, Command::DeleteService { name }).await
+    service_command(state, caller, Command::DeleteService { name: name.clone() }, &name).await
 }
 
 /// A command answered with the service, accepted (202).
-async fn service_command(state: AppState, headers: HeaderMap, command: Command) -> Result<Response, ApiError> {
+async fn service_command(
+    state: AppState,
+    caller: Identity,
+    command: Command,
+    name: &str,
+) -> Result<Response, ApiError> {
     let ready = state.ready()?;
-    let actor = actor(&headers)?;
-    match ready.engine.call(Input::Command { actor, command }).await? {
-        Reply::Service(view) => Ok((StatusCode::ACCEPTED, Json(ready.complete(*view))).into_response()),
+    visible_service(ready, &caller, name).await?;
+    match ready.engine.call(command_of(&caller, command)).await? {
+        Reply::Service(view) => Ok((StatusCode::ACCEPTED, Json(ready.complete(*view, &caller))).into_response()),
         other => Err(unexpected(other)),
     }
 }
@@ -222,16 +251,27 @@ async fn service_command(state: AppState, headers: HeaderMap, command: Command) 
     responses((status = 200, body = InstanceView), (status = 400, body = ErrorBody), (status = 404, body = ErrorBody)))]
 pub(crate) async fn show_instance(
     State(state): State<AppState>,
+    Caller(caller): Caller,
     Path(id): Path<String>,
 ) -> Result<Json<InstanceView>, ApiError> {
     let ready = state.ready()?;
     let id = parse_instance_id(&id)?;
-    ready
-        .engine
-        .query(move |engine| engine.instance_view(id))
-        .await?
-        .map(Json)
-        .ok_or_else(|| ApiError::not_found(format!("no instance {id}")))
+    let not_found = || ApiError::not_found(format!("no instance {id}"));
+    let view = ready.engine.query(move |engine| engine.instance_view(id)).await?.ok_or_else(not_found)?;
+    // An agent reads only its own host's instances.
+    if caller.host.as_deref().is_some_and(|host| host != instance_host(ready, &view)) {
+        return Err(not_found());
+    }
+    if caller.team.is_some() {
+        visible_service(ready, &caller, &view.service).await.map_err(|_| not_found())?;
+    }
+    Ok(Json(view))
+}
+
+/// The host an instance runs on. Every provider of this control plane
+/// (`local`, `sim`) runs its instances on the control plane's own host.
+fn instance_host<'a>(ready: &'a Ready, _instance: &InstanceView) -> &'a str {
+    &ready.host
 }
 
 #[derive(Debug, Deserialize, utoipa::IntoParams)]
@@ -273,6 +313,7 @@ async fn blocking<R: Send + 'static>(
     responses((status = 200, body = Vec<Event>), (status = 400, body = ErrorBody)))]
 pub(crate) async fn list_events(
     State(state): State<AppState>,
+    Caller(caller): Caller,
     Query(query): Query<EventsQuery>,
 ) -> Result<Json<Vec<Event>>, ApiError> {
     let ready = state.ready()?;
@@ -280,7 +321,9 @@ pub(crate) async fn list_events(
     let filter =
         EventFilter { service: query.service, instance, after_seq: query.after, limit: Some(limit(query.limit)?) };
     let store = ready.store.clone();
-    Ok(Json(blocking(move || store.events(&filter)).await?))
+    let mut events = blocking(move || store.events(&filter)).await?;
+    events.retain(|e| caller.sees_team(e.team.as_deref()));
+    Ok(Json(events))
 }
 
 /// A batch of heartbeats from agents.
@@ -308,11 +351,35 @@ pub struct HeartbeatReceiptDoc {
     responses((status = 200, body = HeartbeatReceiptDoc), (status = 413, body = ErrorBody), (status = 422, body = ErrorBody)))]
 pub(crate) async fn post_heartbeats(
     State(state): State<AppState>,
+    Caller(caller): Caller,
     Json(batch): Json<HeartbeatBatch>,
 ) -> Result<Json<HeartbeatReceipt>, ApiError> {
     let ready = state.ready()?;
     if batch.beats.is_empty() {
         return Ok(Json(HeartbeatReceipt::default()));
+    }
+    // Only the agent of the host that runs an instance may report it.
+    // Beats of instances the engine does not know pass (it answers them
+    // `unknown` and does nothing with them).
+    if caller.host.as_deref() != Some(ready.host.as_str()) {
+        let ids: Vec<InstanceId> = batch.beats.iter().map(|b| b.instance).collect();
+        let foreign: Vec<InstanceId> = ready
+            .engine
+            .query(move |engine| ids.into_iter().filter(|id| engine.instance_view(*id).is_some()).take(5).collect())
+            .await?;
+        if !foreign.is_empty() {
+            let list = foreign.iter().map(|i| i.to_string()).collect::<Vec<_>>().join(", ");
+            let e = ApiError::new(
+                StatusCode::FORBIDDEN,
+                format!(
+                    "token {:?} is the agent of host {:?}; instance(s) {list} run on {:?}: only that host's agent may report them",
+                    caller.name,
+                    caller.host.as_deref().unwrap_or("none"),
+                    ready.host
+                ),
+            );
+            return Err(crate::auth::refuse(&state, &caller, "POST /v1/heartbeats", "/v1/heartbeats", e).await);
+        }
     }
     // Provider beats are counted where they arrive (`runtime`).
     metrics::counter!(telemetry::HEARTBEATS_RECEIVED).increment(batch.beats.len() as u64);
@@ -332,17 +399,26 @@ pub struct ChaosRequest {
 
 /// Inject a fault into an instance (crash, hang, partition, heal).
 #[utoipa::path(post, path = "/v1/chaos", tag = "chaos", request_body = ChaosRequest,
-    params(("x-drover-actor" = Option<String>, Header, description = "Who asks, for the audit trail")),
     responses((status = 202, body = ActionRecord), (status = 404, body = ErrorBody), (status = 422, body = ErrorBody)))]
 pub(crate) async fn post_chaos(
     State(state): State<AppState>,
-    headers: HeaderMap,
+    Caller(caller): Caller,
     Json(request): Json<ChaosRequest>,
 ) -> Result<Response, ApiError> {
     let ready = state.ready()?;
-    let actor = actor(&headers)?;
+    if caller.team.is_some() {
+        let id = request.instance;
+        let service = ready.engine.query(move |engine| engine.instance_view(id).map(|v| v.service)).await?;
+        let visible = match service {
+            Some(name) => visible_service(ready, &caller, &name).await.is_ok(),
+            None => true,
+        };
+        if !visible {
+            return Err(ApiError::not_found(format!("no instance {id}")));
+        }
+    }
     let command = Command::Chaos { instance: request.instance, fault: request.fault };
-    match ready.engine.call(Input::Command { actor, command }).await? {
+    match ready.engine.call(command_of(&caller, command)).await? {
         Reply::Action(action) => Ok((StatusCode::ACCEPTED, Json(*action)).into_response()),
         other => Err(unexpected(other)),
     }
@@ -364,20 +440,25 @@ pub struct ActionsQuery {
     responses((status = 200, body = Vec<ActionRecord>), (status = 404, body = ErrorBody)))]
 pub(crate) async fn list_actions(
     State(state): State<AppState>,
+    Caller(caller): Caller,
     Query(query): Query<ActionsQuery>,
 ) -> Result<Json<Vec<ActionRecord>>, ApiError> {
     let ready = state.ready()?;
     let limit = limit(query.limit)?;
     let service = match query.service {
         None => None,
-        Some(name) => {
-            let lookup = name.clone();
-            let id = ready.engine.query(move |engine| engine.service_view(&lookup).map(|v| v.id)).await?;
-            Some(id.ok_or_else(|| ApiError::not_found(format!("no service named {name:?}")))?)
-        }
+        Some(name) => Some(visible_service(ready, &caller, &name).await?.id),
     };
     let store = ready.store.clone();
-    Ok(Json(blocking(move || store.actions(service, limit)).await?))
+    let mut actions = blocking(move || store.actions(service, limit)).await?;
+    if let Some(team) = caller.team.clone() {
+        let mine: std::collections::HashSet<drover_model::ServiceId> = ready
+            .engine
+            .query(move |engine| engine.service_views().into_iter().filter(|v| v.team == team).map(|v| v.id).collect())
+            .await?;
+        actions.retain(|a| mine.contains(&a.service));
+    }
+    Ok(Json(actions))
 }
 
 #[derive(Debug, Deserialize, utoipa::IntoParams)]
@@ -394,12 +475,24 @@ pub struct AuditQuery {
     responses((status = 200, body = Vec<AuditEntry>)))]
 pub(crate) async fn list_audit(
     State(state): State<AppState>,
+    Caller(caller): Caller,
     Query(query): Query<AuditQuery>,
 ) -> Result<Json<Vec<AuditEntry>>, ApiError> {
     let ready = state.ready()?;
     let limit = limit(query.limit)?;
     let store = ready.store.clone();
-    Ok(Json(blocking(move || store.audit(limit)).await?))
+    let mut entries = blocking(move || store.audit(limit)).await?;
+    // A team's token sees the entries about its team's services.
+    if let Some(team) = caller.team.clone() {
+        let mine: std::collections::HashSet<String> = ready
+            .engine
+            .query(move |engine| {
+                engine.service_views().into_iter().filter(|v| v.team == team).map(|v| v.name).collect()
+            })
+            .await?;
+        entries.retain(|e| e.target.as_ref().is_some_and(|t| mine.contains(t)));
+    }
+    Ok(Json(entries))
 }
 
 /// The image catalog.

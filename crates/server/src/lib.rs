@@ -14,6 +14,7 @@
 //! - `telemetry`: Prometheus metrics.
 
 pub mod actor;
+pub mod auth;
 pub mod checks;
 mod error;
 pub mod http;
@@ -59,6 +60,9 @@ pub struct ServeOptions {
     /// `runtime::LogLine`), for replay with the seed the store records.
     /// `None`: no log.
     pub input_log: Option<PathBuf>,
+    /// Revoke the live `admin` token and write a new one to
+    /// `DATA_DIR/admin.token` (the way back in when that file is lost).
+    pub reset_admin_token: bool,
 }
 
 impl ServeOptions {
@@ -70,6 +74,7 @@ impl ServeOptions {
             sim: SimConfig::default(),
             local: None,
             input_log: None,
+            reset_admin_token: false,
         }
     }
 }
@@ -171,7 +176,7 @@ async fn run(
     let mut http_stop = stop_rx.clone();
     let app = routes::router(state.clone());
     let http_task = tokio::spawn(async move {
-        axum::serve(listener, app)
+        axum::serve(listener, app.into_make_service_with_connect_info::<SocketAddr>())
             .with_graceful_shutdown(async move {
                 let _ = http_stop.wait_for(|stop| *stop).await;
             })
@@ -230,6 +235,16 @@ async fn start_up(
             .await?
             .with_context(|| format!("cannot open the store at {}", db_path.display()))?;
         Arc::new(store)
+    };
+    // Tokens before anything answers: the first start writes admin.token.
+    let auth = {
+        let (db, dir, reset) = (db_path.clone(), opts.data_dir.clone(), opts.reset_admin_token);
+        tokio::task::spawn_blocking(move || -> anyhow::Result<Arc<auth::Tokens>> {
+            let tokens = auth::Tokens::open(&db).context("cannot read the API tokens")?;
+            auth::ensure_admin_token(&dir, &tokens, reset, runtime::now())?;
+            Ok(Arc::new(tokens))
+        })
+        .await??
     };
     let sim_path = opts.data_dir.join("sim-provider.json");
     let sim = SimProvider::open(&sim_path, opts.sim.clone())
@@ -306,7 +321,7 @@ async fn start_up(
     // The real image last: the engine builds new services from the newest.
     for image in default_images(now).into_iter().chain(extra_images) {
         let out = machine.step_logged(
-            Input::Command { actor: "system".into(), command: Command::RegisterImage(image.clone()) },
+            Input::Command { actor: "system".into(), role: None, command: Command::RegisterImage(image.clone()) },
             now,
         );
         if let Some(Err(e)) = &out.reply {
@@ -342,9 +357,27 @@ async fn start_up(
 
     let mut names: Vec<String> = providers.keys().cloned().collect();
     names.sort();
-    let _ =
-        state.ready.set(state::Ready { engine: handle, store, providers: names, provider_objects: providers, oncall });
+    let _ = state.ready.set(state::Ready {
+        engine: handle,
+        store,
+        providers: names,
+        provider_objects: providers,
+        oncall,
+        auth,
+        failures: auth::FailureLimiter::default(),
+        host: host_name(),
+    });
     Ok(actor_task)
+}
+
+/// This machine's host name: the host of every instance the providers of
+/// this control plane run (an agent token's `host` must name it).
+pub fn host_name() -> String {
+    std::fs::read_to_string("/proc/sys/kernel/hostname")
+        .ok()
+        .map(|h| h.trim().to_string())
+        .filter(|h| !h.is_empty())
+        .unwrap_or_else(|| "localhost".into())
 }
 
 /// Opens the local provider with continuous WAL archiving into a pgBackRest

@@ -53,6 +53,9 @@ use utoipa::OpenApi;
         crate::oncall::routes::pager_metrics_svg,
         crate::oncall::routes::pager_feed,
         crate::oncall::routes::on_call_now,
+        crate::auth::tokens::create_token,
+        crate::auth::tokens::list_tokens,
+        crate::auth::tokens::revoke_token,
     ),
     components(schemas(
         ErrorBody,
@@ -80,6 +83,10 @@ use utoipa::OpenApi;
         AuditEntry,
         Image,
         BackupStatus,
+        drover_model::TokenRole,
+        drover_model::TokenRecord,
+        crate::auth::tokens::CreateToken,
+        crate::auth::tokens::CreatedToken,
     ))
 )]
 pub struct ApiDoc;
@@ -117,11 +124,15 @@ fn error_response(description: &str) -> Value {
 /// only the running server knows. Each rule names the code that enforces it.
 pub fn apply_rules(doc: &mut Value, providers: Option<&[String]>) {
     unsigned_ranges(doc);
+    // auth::authorize: the bearer scheme, and per operation what the
+    // permission table says.
+    doc["components"]["securitySchemes"] = json!({"bearer": {"type": "http", "scheme": "bearer",
+        "description": "An API token (`drover tokens create`; the first admin token is DATA_DIR/admin.token)"}});
     if let Some(paths) = doc.get_mut("paths").and_then(Value::as_object_mut) {
         for (path, item) in paths.iter_mut() {
             let Some(item) = item.as_object_mut() else { continue };
-            for (_method, op) in item.iter_mut() {
-                complete_operation(path, op);
+            for (method, op) in item.iter_mut() {
+                complete_operation(path, method, op);
             }
         }
     }
@@ -151,6 +162,14 @@ pub fn apply_rules(doc: &mut Value, providers: Option<&[String]>) {
             "description": "A provider this server runs (default: the server's default provider)"
         });
     }
+    // auth::tokens::create_token.
+    let token = &mut schemas["CreateToken"]["properties"];
+    let name = json!({"type": "string", "minLength": 1, "maxLength": crate::auth::tokens::MAX_NAME_LEN,
+        "pattern": crate::auth::tokens::NAME_PATTERN});
+    token["name"] = name.clone();
+    token["team"] = json!({"oneOf": [name.clone(), {"type": "null"}]});
+    token["host"] = json!({"oneOf": [name, {"type": "null"}]});
+    token["expires_in"] = json!({"type": ["string", "null"], "pattern": crate::auth::tokens::EXPIRY_PATTERN});
     // integrations::from_alertmanager.
     let am = &mut schemas["AlertmanagerPayload"]["properties"];
     am["version"] = json!({"type": "string", "enum": ["4"]});
@@ -189,7 +208,7 @@ fn unsigned_ranges(value: &mut Value) {
     }
 }
 
-fn complete_operation(path: &str, op: &mut Value) {
+fn complete_operation(path: &str, method: &str, op: &mut Value) {
     let mut has_params = false;
     if let Some(params) = op.get_mut("parameters").and_then(Value::as_array_mut) {
         for p in params.iter_mut() {
@@ -214,12 +233,34 @@ fn complete_operation(path: &str, op: &mut Value) {
         }
     }
     let has_body = op.get("requestBody").is_some();
+    let permission = crate::auth::permissions::lookup(&method.to_ascii_uppercase(), path).map(|r| r.permission);
+    let needs_token = permission.is_some_and(|p| !p.is_open());
+    if needs_token {
+        op["security"] = json!([{"bearer": []}]);
+        let roles: Vec<&str> = permission.map(|p| p.roles().iter().map(|r| r.as_str()).collect()).unwrap_or_default();
+        let note = format!("Needs a token with role: {}.", roles.join(", "));
+        let description = match op.get("description").and_then(Value::as_str) {
+            Some(d) => format!("{d}\n\n{note}"),
+            None => note,
+        };
+        op["description"] = json!(description);
+    } else {
+        op["security"] = json!([]);
+    }
     let Some(responses) = op.get_mut("responses").and_then(Value::as_object_mut) else { return };
     let mut add = |code: &str, description: &str| {
         responses.entry(code.to_string()).or_insert_with(|| error_response(description));
     };
     if has_params || has_body {
         add("400", "Bad input: a parameter, header or body the API refuses");
+    }
+    if needs_token {
+        add("401", "No valid token: missing, unknown, expired or revoked");
+        add("403", "The token's role may not do this, or the request comes from another site");
+        add("429", "Too many refused requests from this address");
+        if has_body {
+            add("415", "The body is not `Content-Type: application/json`");
+        }
     }
     if has_body {
         // error::Json and the body limit in http::router.

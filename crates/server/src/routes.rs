@@ -3,7 +3,7 @@
 
 use crate::error::{ApiError, ErrorBody};
 use crate::state::AppState;
-use crate::{http, oncall, openapi};
+use crate::{auth, http, oncall, openapi};
 use axum::body::Body;
 use axum::extract::{DefaultBodyLimit, Request};
 use axum::http::{header, HeaderValue, Method, StatusCode, Uri};
@@ -34,7 +34,12 @@ pub fn router(state: AppState) -> Router {
         .route("/v1/images", get(http::list_images))
         .route("/metrics", get(http::metrics_text))
         .route("/openapi.json", get(openapi::openapi_json))
+        .route("/v1/tokens", post(auth::tokens::create_token).get(auth::tokens::list_tokens))
+        .route("/v1/tokens/{id}", axum::routing::delete(auth::tokens::revoke_token))
         .merge(oncall::routes::routes())
+        // Every route above, and only they, pass the auth middleware: add
+        // new routes above this line (and to auth::permissions::TABLE).
+        .route_layer(middleware::from_fn_with_state(state.clone(), auth::authorize))
         .fallback(no_route)
         .method_not_allowed_fallback(wrong_method)
         .layer(DefaultBodyLimit::max(MAX_BODY_BYTES))

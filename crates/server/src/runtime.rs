@@ -405,6 +405,7 @@ mod tests {
     fn create(name: &str) -> Input {
         Input::Command {
             actor: "test".into(),
+            role: None,
             command: drover_engine::Command::CreateService(CreateService {
                 name: name.into(),
                 engine: EngineKind::Postgres,
@@ -424,7 +425,11 @@ mod tests {
         let (mut engine, _) = Engine::restore(config, 7, Snapshot::default(), now);
         for image in crate::default_images(now) {
             engine.step(
-                Input::Command { actor: "system".into(), command: drover_engine::Command::RegisterImage(image) },
+                Input::Command {
+                    actor: "system".into(),
+                    role: None,
+                    command: drover_engine::Command::RegisterImage(image),
+                },
                 now,
             );
         }

@@ -17,15 +17,39 @@ pub struct Ready {
     pub provider_objects: std::collections::HashMap<String, Arc<dyn drover_providers::Provider>>,
     /// The pager actor (on-call).
     pub oncall: PagerHandle,
+    /// The API tokens (`auth`).
+    pub auth: Arc<crate::auth::Tokens>,
+    /// Failed authentication per client address.
+    pub failures: crate::auth::FailureLimiter,
+    /// The host the providers' instances run on: this machine's name.
+    pub host: String,
 }
 
 impl Ready {
-    /// Adds what only the provider knows (the stable URL) to a view.
-    pub(crate) fn complete(&self, mut view: ServiceView) -> ServiceView {
+    /// Adds what only the provider knows (the stable URL) to a view. The
+    /// URL's password only for a caller allowed to connect.
+    pub(crate) fn complete(&self, mut view: ServiceView, caller: &crate::auth::Identity) -> ServiceView {
         if let Some(p) = self.provider_objects.get(&view.provider) {
             view.url = p.service_url(&view.name);
         }
+        if !caller.may_connect() {
+            view.url = view.url.map(|u| redact_password(&u));
+        }
         view
+    }
+}
+
+/// `scheme://user:password@host/...` without the password.
+pub fn redact_password(url: &str) -> String {
+    let Some((scheme, rest)) = url.split_once("://") else { return url.to_string() };
+    let authority_end = rest.find('/').unwrap_or(rest.len());
+    let (authority, path) = rest.split_at(authority_end);
+    match authority.rsplit_once('@') {
+        Some((userinfo, host)) => {
+            let user = userinfo.split_once(':').map(|(u, _)| u).unwrap_or(userinfo);
+            format!("{scheme}://{user}@{host}{path}")
+        }
+        None => url.to_string(),
     }
 }
 
@@ -38,5 +62,18 @@ pub struct AppState {
 impl AppState {
     pub(crate) fn ready(&self) -> Result<&Ready, ApiError> {
         self.ready.get().ok_or_else(|| ApiError::unavailable("Drover is starting; retry in a moment"))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn passwords_are_cut_from_urls() {
+        assert_eq!(
+            super::redact_password("postgres://app:s3cr:et@127.0.0.1:6432/postgres"),
+            "postgres://app@127.0.0.1:6432/postgres"
+        );
+        assert_eq!(super::redact_password("postgres://127.0.0.1/x"), "postgres://127.0.0.1/x");
+        assert_eq!(super::redact_password("nonsense"), "nonsense");
     }
 }

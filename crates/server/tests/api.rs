@@ -76,17 +76,21 @@ async fn a_created_service_becomes_available_and_is_listed_shown_and_audited() {
     let (status, audit) = t.get("/v1/audit").await;
     assert_eq!(status, 200);
     assert!(
-        audit.as_array().unwrap().iter().any(|a| a["command"] == "services.create" && a["actor"] == "api"),
+        audit
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|a| a["command"] == "services.create" && a["actor"] == "admin" && a["role"] == "admin"),
         "{audit}"
     );
     t.stop().await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn the_actor_header_is_recorded_in_the_audit_trail() {
+async fn a_spoofed_actor_header_changes_nothing_the_token_names_who_asked() {
     let mut t = common::start().await;
-    let r = t
-        .http
+    let ops = t.token(json!({"name": "ops-ann", "role": "operator"})).await;
+    let r = common::client_with(&ops)
         .post(t.at("/v1/services"))
         .header(drover_server::ACTOR_HEADER, "alice")
         .json(&json!({"name": "db-alice", "engine": "redis", "followers": 0}))
@@ -94,8 +98,29 @@ async fn the_actor_header_is_recorded_in_the_audit_trail() {
         .await
         .unwrap();
     assert_eq!(r.status(), 201);
+    // A viewer claiming to be the admin is still a viewer, refused and named.
+    let viewer = t.token(json!({"name": "eve", "role": "viewer"})).await;
+    let r = common::client_with(&viewer)
+        .delete(t.at("/v1/services/db-alice"))
+        .header(drover_server::ACTOR_HEADER, "admin")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 403);
     let (_, audit) = t.get("/v1/audit").await;
-    assert!(audit.as_array().unwrap().iter().any(|a| a["actor"] == "alice"), "{audit}");
+    let audit = audit.as_array().unwrap();
+    assert!(!audit.iter().any(|a| a["actor"] == "alice"), "{audit:?}");
+    assert!(
+        audit.iter().any(|a| a["command"] == "services.create" && a["actor"] == "ops-ann" && a["role"] == "operator"),
+        "{audit:?}"
+    );
+    assert!(
+        audit.iter().any(|a| a["command"] == "DELETE /v1/services/{name}"
+            && a["actor"] == "eve"
+            && a["role"] == "viewer"
+            && a["outcome"].as_str().unwrap().starts_with("refused (403)")),
+        "{audit:?}"
+    );
     t.stop().await;
 }
 
@@ -118,20 +143,21 @@ async fn heartbeats_are_counted_and_unknown_instances_reported() {
     let service = t.create_service("hb", 0).await;
     let id = primary(&service)["id"].as_str().unwrap().to_string();
     let stranger = "01890a5d-ac96-774b-bcce-b302099a8057";
-    let (status, receipt) = t
-        .post(
-            "/v1/heartbeats",
-            json!({"beats": [
-                {"instance": id, "seq": 1_000_000_000u64, "facts": {"role": "primary", "writable": true}},
-                {"instance": stranger, "seq": 1}
-            ]}),
-        )
-        .await;
+    let agent = common::client_with(&t.agent_token().await);
+    let post = |body: Value| {
+        let request = agent.post(t.at("/v1/heartbeats")).json(&body).send();
+        async move { common::split(request.await.unwrap()).await }
+    };
+    let (status, receipt) = post(json!({"beats": [
+        {"instance": id, "seq": 1_000_000_000u64, "facts": {"role": "primary", "writable": true}},
+        {"instance": stranger, "seq": 1}
+    ]}))
+    .await;
     assert_eq!(status, 200, "{receipt}");
     assert_eq!(receipt["unknown"], json!([stranger]), "{receipt}");
     assert!(receipt["accepted"].as_u64().is_some() && receipt["stale"].as_u64().is_some());
 
-    let (status, empty) = t.post("/v1/heartbeats", json!({"beats": []})).await;
+    let (status, empty) = post(json!({"beats": []})).await;
     assert_eq!((status, empty["accepted"].clone()), (200, json!(0)));
 
     let text = t.http.get(t.at("/metrics")).send().await.unwrap().text().await.unwrap();
@@ -233,6 +259,8 @@ async fn openapi_lists_every_route() {
         ("/v1/pager/metrics.svg", &["get"]),
         ("/v1/pager/feed", &["get"]),
         ("/v1/pager/oncall", &["get"]),
+        ("/v1/tokens", &["get", "post"]),
+        ("/v1/tokens/{id}", &["delete"]),
     ];
     for (path, methods) in expect {
         let item: &Value = paths.get(*path).unwrap_or_else(|| panic!("{path} missing from the OpenAPI document"));
@@ -251,13 +279,14 @@ async fn state_survives_a_clean_restart_on_the_same_data_dir() {
     let dir = tempfile::tempdir().unwrap();
     let path = dir.path().to_path_buf();
     let first = drover_server::start(common::fast_options(&path)).await.unwrap();
-    let http = reqwest::Client::new();
     let url = first.url();
     common::poll(Duration::from_secs(10), "first healthy", || async {
-        let r = http.get(format!("{url}/healthz")).send().await.ok()?;
+        let r = reqwest::get(format!("{url}/healthz")).await.ok()?;
         (r.status() == 200).then_some(())
     })
     .await;
+    let token = common::admin_token(&path);
+    let http = common::client_with(&token);
     let r = http
         .post(format!("{url}/v1/services"))
         .json(&json!({"name": "keep", "engine": "postgres", "followers": 1}))
@@ -269,6 +298,8 @@ async fn state_survives_a_clean_restart_on_the_same_data_dir() {
 
     let second = drover_server::start(common::fast_options(&path)).await.unwrap();
     let url = second.url();
+    // The admin token of the first start still works; no second one is made.
+    assert_eq!(common::admin_token(&path), token);
     let service = common::poll(Duration::from_secs(10), "service after restart", || async {
         let r = http.get(format!("{url}/v1/services/keep")).send().await.ok()?;
         if r.status() != 200 {

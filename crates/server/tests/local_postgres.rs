@@ -410,8 +410,8 @@ async fn a_rebuild_failing_forever_needs_a_human_pages_once_and_resume_heals_it(
     // A person fixes pg_hba.conf and resumes the service.
     std::fs::write(&hba_path, good_hba).unwrap();
     c.simple_query("SELECT pg_reload_conf()").await.unwrap();
-    let r = t.http.post(t.at("/v1/services/pgnh/resume")).header("x-drover-actor", "alice").json(&json!({})).send();
-    let (status, body) = common::split(r.await.unwrap()).await;
+    let alice = t.token(json!({"name": "alice", "role": "operator"})).await;
+    let (status, body) = t.post_as(Some(&alice), "/v1/services/pgnh/resume", json!({})).await;
     assert_eq!(status, 202, "{body}");
     assert_eq!(body["needs_human"], false, "{body}");
     poll(SLOW, "the service heals after resume", || async {
@@ -511,4 +511,70 @@ async fn reject_replication(
     let c = connect(url).await.expect("connect through the URL");
     c.simple_query("SELECT pg_reload_conf()").await.unwrap();
     (hba_path, good_hba, c)
+}
+
+/// The attack of issue 10: a hung primary kept "available" by forged
+/// heartbeats (`writable: true`, an ever higher seq). Sent with another
+/// host's agent token and with an integration token, they are refused and
+/// audited, and the engine fails over as if they had never been sent.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_hung_primary_with_forged_heartbeats_still_fails_over_and_the_forgery_is_audited() {
+    let (mut t, _reaper) = start_local_with(false).await;
+    let before = create_pg(&t, "pgforged").await;
+    let old_primary = id(&primary(&before));
+    // The URL's password only for roles that may connect.
+    let url = before["url"].as_str().unwrap().to_string();
+    let password = url.split("://").nth(1).and_then(|r| r.split('@').next()).and_then(|u| u.split(':').nth(1)).unwrap();
+    let viewer = t.token(json!({"name": "watcher", "role": "viewer"})).await;
+    for path in ["/v1/services/pgforged", "/v1/services"] {
+        let (_, seen) = t.get_as(Some(&viewer), path).await;
+        assert!(!seen.to_string().contains(password), "a viewer sees the password: {seen}");
+        assert!(seen.to_string().contains("@127.0.0.1:"), "the URL without its password: {seen}");
+    }
+    let elsewhere = t.token(json!({"name": "agent-elsewhere", "role": "agent", "host": "elsewhere"})).await;
+    let integration = t.integration_token("platform").await;
+    let stop = Arc::new(AtomicBool::new(false));
+    let forger = {
+        let (stop, url, target) = (stop.clone(), t.at("/v1/heartbeats"), old_primary.clone());
+        tokio::spawn(async move {
+            let (mut sent, mut refused) = (0u64, 0u64);
+            let mut seq = 1u64 << 40;
+            while !stop.load(Ordering::Relaxed) {
+                for token in [&elsewhere, &integration] {
+                    seq += 1;
+                    let beat = json!({"beats": [{"instance": target, "seq": seq,
+                        "facts": {"role": "primary", "writable": true}}]});
+                    let r = common::client_with(token).post(&url).json(&beat).send().await;
+                    sent += 1;
+                    // 429 once over the failed-authentication limit of this address.
+                    refused += u64::from(r.is_ok_and(|r| r.status() == 403 || r.status() == 429));
+                }
+                tokio::time::sleep(Duration::from_millis(100)).await;
+            }
+            (sent, refused)
+        })
+    };
+    let (status, body) = t.post("/v1/chaos", json!({"instance": old_primary, "fault": "hang"})).await;
+    assert_eq!(status, 202, "{body}");
+    poll(SLOW, "a failover despite the forged heartbeats", || async {
+        let s = t.service("pgforged").await;
+        (id(&primary(&s)) != old_primary && primary(&s)["writable"] == true).then_some(())
+    })
+    .await;
+    stop.store(true, Ordering::Relaxed);
+    let (sent, refused) = forger.await.unwrap();
+    assert!(sent > 10 && refused == sent, "{refused} of {sent} forged batches refused");
+    let (_, audit) = t.get("/v1/audit?limit=10000").await;
+    let forged: Vec<&Value> = audit
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|a| {
+            a["command"] == "POST /v1/heartbeats" && a["outcome"].as_str().unwrap_or("").starts_with("refused (403)")
+        })
+        .collect();
+    for actor in ["agent-elsewhere", "alerts-platform"] {
+        assert!(forged.iter().any(|a| a["actor"] == actor), "no refused heartbeat of {actor} in the audit trail");
+    }
+    t.stop().await;
 }

@@ -34,7 +34,8 @@ fn binary() -> Option<&'static str> {
         .find(|b| Command::new(b).arg("--version").stdout(Stdio::null()).stderr(Stdio::null()).status().is_ok())
 }
 
-async fn start_alertmanager(receiver: &str) -> Alertmanager {
+/// Alertmanager sends `token` (an integration token) as its bearer credential.
+async fn start_alertmanager(receiver: &str, token: &str) -> Alertmanager {
     let binary = binary().expect(
         "prometheus-alertmanager is not installed: apt-get install prometheus-alertmanager (scripts/lib.sh installs it)",
     );
@@ -45,7 +46,7 @@ async fn start_alertmanager(receiver: &str) -> Alertmanager {
         &config,
         format!(
             "route:\n  receiver: drover\n  group_by: ['alertname', 'service']\n  group_wait: 1s\n  group_interval: 2s\n  repeat_interval: 3s\n\
-             receivers:\n  - name: drover\n    webhook_configs:\n      - url: '{receiver}/v1/integrations/alertmanager'\n        send_resolved: true\n"
+             receivers:\n  - name: drover\n    webhook_configs:\n      - url: '{receiver}/v1/integrations/alertmanager'\n        send_resolved: true\n        http_config:\n          authorization:\n            type: Bearer\n            credentials: '{token}'\n"
         ),
     )
     .unwrap();
@@ -98,7 +99,7 @@ async fn alertmanager_pages(t: &common::TestServer) -> Vec<Value> {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn alertmanager_groups_become_one_page_each_repeats_deduplicate_and_resolve_closes() {
     let mut t = common::start().await;
-    let am = start_alertmanager(&t.url).await;
+    let am = start_alertmanager(&t.url, &t.integration_token("platform").await).await;
     let firing = Some(Duration::from_secs(3600));
 
     // Two groups: DiskFull on orders (two instances), ReplicationLag on users.

@@ -98,6 +98,15 @@ async fn start(receiver: &str, smtp_port: u16) -> common::TestServer {
     common::start_in(dir, |_| {}).await
 }
 
+/// Posts an Events API v2 event the way a sender does: no bearer token,
+/// the integration token of team `db` as `routing_key` (for `db-key`).
+async fn send(t: &common::TestServer, mut event: Value) -> (u16, Value) {
+    if event["routing_key"] == "db-key" {
+        event["routing_key"] = t.integration_token("db").await.into();
+    }
+    t.post_as(None, "/v1/integrations/events-v2", event).await
+}
+
 fn event(action: &str, key: &str) -> Value {
     json!({
         "routing_key": "db-key",
@@ -112,13 +121,13 @@ fn event(action: &str, key: &str) -> Value {
 async fn events_v2_trigger_dedup_acknowledge_resolve_and_refusals() {
     let (_r, url) = Receiver::start().await;
     let mut t = start(&url, 1).await;
-    let (status, body) = t.post("/v1/integrations/events-v2", event("trigger", "disk-1")).await;
+    let (status, body) = send(&t, event("trigger", "disk-1")).await;
     assert_eq!(status, 202, "{body}");
     assert_eq!(
         (body["status"].as_str(), body["result"].as_str(), body["dedup_key"].as_str()),
         (Some("success"), Some("opened"), Some("disk-1"))
     );
-    let (_, again) = t.post("/v1/integrations/events-v2", event("trigger", "disk-1")).await;
+    let (_, again) = send(&t, event("trigger", "disk-1")).await;
     assert_eq!(again["result"], "deduplicated");
     assert_eq!(again["page"], body["page"]);
 
@@ -133,34 +142,53 @@ async fn events_v2_trigger_dedup_acknowledge_resolve_and_refusals() {
     );
     assert_eq!((p["level"].as_u64(), p["alerts"].as_u64()), (Some(0), Some(2)));
 
-    let (_, acked) = t.post("/v1/integrations/events-v2", event("acknowledge", "disk-1")).await;
+    let (_, acked) = send(&t, event("acknowledge", "disk-1")).await;
     assert_eq!(acked["result"], "acknowledged");
-    let (_, resolved) = t.post("/v1/integrations/events-v2", event("resolve", "disk-1")).await;
+    let (_, resolved) = send(&t, event("resolve", "disk-1")).await;
     assert_eq!(resolved["result"], "resolved");
     let (_, page) = t.get(&format!("/v1/pages/{}", body["page"].as_str().unwrap())).await;
     assert_eq!(page["status"], "resolved");
-    let (_, ignored) = t.post("/v1/integrations/events-v2", event("resolve", "never-opened")).await;
+    let (_, ignored) = send(&t, event("resolve", "never-opened")).await;
     assert_eq!(ignored["result"], "ignored");
 
+    // A team's name, or one of its old routing keys, is no token: refused.
+    for key in ["nope", "db", "db-key-not"] {
+        let bad = json!({"routing_key": key, "event_action": "trigger", "payload": {"summary": "s", "source": "s", "severity": "info"}});
+        let (status, body) = send(&t, bad).await;
+        assert_eq!(status, 401, "{body}");
+        assert!(body["error"].as_str().unwrap().contains("routing_key"), "{body}");
+    }
     for (bad, needle) in [
+        (json!({"routing_key": "db-key", "event_action": "explode", "dedup_key": "k"}), "event_action"),
         (
-            json!({"routing_key": "nope", "event_action": "trigger", "payload": {"summary": "s", "source": "s", "severity": "info"}}),
-            "routing_key",
-        ),
-        (json!({"routing_key": "db", "event_action": "explode", "dedup_key": "k"}), "event_action"),
-        (
-            json!({"routing_key": "db", "event_action": "trigger", "payload": {"summary": "s", "source": "s", "severity": "loud"}}),
+            json!({"routing_key": "db-key", "event_action": "trigger", "payload": {"summary": "s", "source": "s", "severity": "loud"}}),
             "severity",
         ),
-        (json!({"routing_key": "db", "event_action": "resolve"}), "dedup_key is required"),
-        (json!({"routing_key": "db", "event_action": "trigger"}), "payload"),
+        (json!({"routing_key": "db-key", "event_action": "resolve"}), "dedup_key is required"),
+        (json!({"routing_key": "db-key", "event_action": "trigger"}), "payload"),
     ] {
-        let (status, body) = t.post("/v1/integrations/events-v2", bad).await;
+        let (status, body) = send(&t, bad).await;
         assert_eq!(status, 400, "{body}");
         assert!(body["error"].as_str().unwrap().contains(needle), "{body}");
     }
-    let (status, body) =
-        t.post("/v1/integrations/alertmanager", json!({"version": "3", "groupKey": "g", "status": "firing"})).await;
+    // Not an integration token: the admin's is refused as a routing key.
+    let admin = common::admin_token(t.dir.path());
+    let (status, _) = t
+        .post_as(
+            None,
+            "/v1/integrations/events-v2",
+            json!({"routing_key": admin, "event_action": "resolve", "dedup_key": "k"}),
+        )
+        .await;
+    assert_eq!(status, 403);
+    let integration = t.integration_token("db").await;
+    let (status, body) = t
+        .post_as(
+            Some(&integration),
+            "/v1/integrations/alertmanager",
+            json!({"version": "3", "groupKey": "g", "status": "firing"}),
+        )
+        .await;
     assert_eq!(status, 400, "{body}");
     assert!(body["error"].as_str().unwrap().contains("version"), "{body}");
     t.stop().await;
@@ -170,13 +198,19 @@ async fn events_v2_trigger_dedup_acknowledge_resolve_and_refusals() {
 async fn acknowledge_and_resolve_by_api_and_by_signed_link() {
     let (_r, url) = Receiver::start().await;
     let mut t = start(&url, 1).await;
-    let (_, a) = t.post("/v1/integrations/events-v2", event("trigger", "a")).await;
-    let (_, b) = t.post("/v1/integrations/events-v2", event("trigger", "b")).await;
+    let (_, a) = send(&t, event("trigger", "a")).await;
+    let (_, b) = send(&t, event("trigger", "b")).await;
     let a: drover_oncall::PageId = a["page"].as_str().unwrap().parse().unwrap();
     let b: drover_oncall::PageId = b["page"].as_str().unwrap().parse().unwrap();
 
-    let r = t.http.post(t.at(&format!("/v1/pages/{a}/ack"))).header("x-drover-actor", "alice").send().await.unwrap();
-    let (status, page) = common::split(r).await;
+    // Acknowledging needs an operator: a viewer and an integration are refused.
+    let viewer = t.token(json!({"name": "watcher", "role": "viewer"})).await;
+    let (status, _) = t.post_as(Some(&viewer), &format!("/v1/pages/{a}/ack"), json!({})).await;
+    assert_eq!(status, 403);
+    let (status, _) = t.post_as(Some(&t.integration_token("db").await), &format!("/v1/pages/{a}/ack"), json!({})).await;
+    assert_eq!(status, 403);
+    let alice = t.token(json!({"name": "alice", "role": "operator"})).await;
+    let (status, page) = t.post_as(Some(&alice), &format!("/v1/pages/{a}/ack"), json!({})).await;
     assert_eq!(
         (status, page["status"].as_str(), page["acknowledged_by"].as_str()),
         (200, Some("acknowledged"), Some("alice"))
@@ -213,7 +247,7 @@ async fn acknowledge_and_resolve_by_api_and_by_signed_link() {
 async fn a_failing_channel_falls_back_and_the_feed_says_so_and_the_link_in_the_message_works() {
     let (r, url) = Receiver::start().await;
     let mut t = start(&url, 1).await;
-    let (_, opened) = t.post("/v1/integrations/events-v2", event("trigger", "disk-9")).await;
+    let (_, opened) = send(&t, event("trigger", "disk-9")).await;
     let id = opened["page"].as_str().unwrap().to_string();
 
     // The bot tier waits 300 ms, then level 1 (alice): her Slack fails, her webhook works.
@@ -269,7 +303,7 @@ async fn a_person_with_no_working_channel_is_posted_in_the_feed() {
     let dir = tempfile::tempdir().unwrap();
     std::fs::write(dir.path().join("oncall.toml"), toml).unwrap();
     let mut t = common::start_in(dir, |_| {}).await;
-    t.post("/v1/integrations/events-v2", event("trigger", "x")).await;
+    send(&t, event("trigger", "x")).await;
     common::poll(Duration::from_secs(20), "could not reach bob", || async {
         let (_, feed) = t.get("/v1/pager/feed").await;
         feed.as_array()
@@ -317,7 +351,7 @@ async fn a_page_reaches_a_person_by_email_over_smtp() {
     let dir = tempfile::tempdir().unwrap();
     std::fs::write(dir.path().join("oncall.toml"), toml).unwrap();
     let mut t = common::start_in(dir, |_| {}).await;
-    t.post("/v1/integrations/events-v2", event("trigger", "mail-me")).await;
+    send(&t, event("trigger", "mail-me")).await;
     let mail = common::poll(Duration::from_secs(20), "an e-mail in the maildir", || async {
         let new = maildir.path().join("mail").join("new");
         let entry = std::fs::read_dir(new).ok()?.next()?.ok()?;
@@ -333,8 +367,8 @@ async fn a_page_reaches_a_person_by_email_over_smtp() {
 async fn metrics_come_as_json_per_week_and_as_a_chart() {
     let (_r, url) = Receiver::start().await;
     let mut t = start(&url, 1).await;
-    t.post("/v1/integrations/events-v2", event("trigger", "m1")).await;
-    t.post("/v1/integrations/events-v2", event("resolve", "m1")).await;
+    send(&t, event("trigger", "m1")).await;
+    send(&t, event("resolve", "m1")).await;
     let (status, weeks) = t.get("/v1/pager/metrics?team=db&weeks=3").await;
     assert_eq!(status, 200, "{weeks}");
     let weeks = weeks.as_array().unwrap();
@@ -372,7 +406,7 @@ async fn metrics_come_as_json_per_week_and_as_a_chart() {
 async fn open_pages_survive_a_restart_and_keep_deduplicating() {
     let (_r, url) = Receiver::start().await;
     let mut t = start(&url, 1).await;
-    let (_, opened) = t.post("/v1/integrations/events-v2", event("trigger", "persist")).await;
+    let (_, opened) = send(&t, event("trigger", "persist")).await;
     // Not a clean stop: the server task is dropped mid-flight.
     let dir = std::mem::replace(&mut t.dir, tempfile::tempdir().unwrap());
     t.server.take().unwrap().abort();
@@ -380,7 +414,7 @@ async fn open_pages_survive_a_restart_and_keep_deduplicating() {
     let mut t2 = common::start_in(dir, |_| {}).await;
     let (_, page) = t2.get(&format!("/v1/pages/{}", opened["page"].as_str().unwrap())).await;
     assert!(page["status"] == "triggered" || page["status"] == "acknowledged", "{page}");
-    let (_, again) = t2.post("/v1/integrations/events-v2", event("trigger", "persist")).await;
+    let (_, again) = send(&t2, event("trigger", "persist")).await;
     assert_eq!((again["result"].as_str(), &again["page"]), (Some("deduplicated"), &opened["page"]));
     t2.stop().await;
 }

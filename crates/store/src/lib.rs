@@ -14,6 +14,7 @@
 pub mod oncall;
 mod rows;
 mod sqlite;
+pub mod tokens;
 mod writer;
 
 pub use sqlite::{SqliteStore, WriterCounters};

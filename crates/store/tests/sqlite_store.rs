@@ -99,6 +99,7 @@ fn audit_entry(n: u64) -> AuditEntry {
         seq: 0,
         at: Timestamp(T0 + n as i64),
         actor: "alice".into(),
+        role: Some("operator".into()),
         command: "failover".into(),
         target: Some(format!("db{n}")),
         detail: serde_json::json!({"n": n, "force": false}),

@@ -121,3 +121,29 @@ where
         tokio::time::sleep(Duration::from_millis(250)).await;
     }
 }
+
+/// A client that sends the admin token `drover serve` wrote to `data_dir`
+/// on its first start (call once the server is healthy).
+pub fn admin_client(data_dir: &Path) -> reqwest::Client {
+    client_with(&admin_token(data_dir))
+}
+
+pub fn admin_token(data_dir: &Path) -> String {
+    std::fs::read_to_string(data_dir.join("admin.token")).expect("admin.token in the data dir").trim().to_string()
+}
+
+/// A client that sends `token` as its bearer credential.
+pub fn client_with(token: &str) -> reqwest::Client {
+    let mut headers = reqwest::header::HeaderMap::new();
+    headers.insert(reqwest::header::AUTHORIZATION, format!("Bearer {token}").parse().unwrap());
+    reqwest::Client::builder().timeout(Duration::from_secs(10)).default_headers(headers).build().unwrap()
+}
+
+/// Creates a token through the API with `admin` and returns its secret.
+pub async fn create_token(admin: &reqwest::Client, api: &str, body: Value) -> String {
+    let r = admin.post(format!("{api}/v1/tokens")).json(&body).send().await.expect("POST /v1/tokens");
+    let status = r.status().as_u16();
+    let created: Value = r.json().await.unwrap_or(Value::Null);
+    assert_eq!(status, 201, "create token {body}: {created}");
+    created["token"].as_str().unwrap().to_string()
+}

@@ -262,7 +262,7 @@ impl H {
     }
 
     pub fn command(&mut self, c: Command) -> Result<Reply, drover_engine::CommandError> {
-        self.step(Input::Command { actor: "test".into(), command: c }).expect("commands reply")
+        self.step(Input::Command { actor: "test".into(), role: None, command: c }).expect("commands reply")
     }
 
     pub fn create(&mut self, name: &str, followers: u8) -> ServiceView {

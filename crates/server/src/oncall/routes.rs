@@ -2,11 +2,13 @@
 //! signed links), the feed, pager metrics and their chart.
 
 use super::PagerHandle;
+use crate::auth::permissions::Permission;
+use crate::auth::{Caller, Identity};
 use crate::error::{ApiError, Json, Path, Query};
-use crate::request::{actor, limit_in};
+use crate::request::limit_in;
 use crate::state::AppState;
 use axum::extract::State;
-use axum::http::{header, HeaderMap, HeaderValue, StatusCode};
+use axum::http::{header, HeaderValue, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use axum::Router;
@@ -54,15 +56,21 @@ fn parse_page_id(text: &str) -> Result<PageId, ApiError> {
 }
 
 /// Alertmanager's webhook receiver (payload version 4): one page per group.
+/// Alertmanager sends an integration token as its bearer credential
+/// (`http_config.authorization`); the token's team is where the page goes.
 #[utoipa::path(post, path = "/v1/integrations/alertmanager", tag = "oncall",
     request_body(content = AlertmanagerPayload, description = "Prometheus Alertmanager webhook payload, version 4"),
     responses((status = 200, description = "Alerts taken: one page per alert group", body = AlertOutcome)))]
 pub(crate) async fn post_alertmanager(
     State(state): State<AppState>,
+    Caller(caller): Caller,
     Json(payload): Json<AlertmanagerPayload>,
 ) -> Result<Json<AlertOutcome>, ApiError> {
     let pager = pager(&state)?;
-    let alert = integrations::from_alertmanager(&payload).map_err(ApiError::bad_request)?;
+    let mut alert = integrations::from_alertmanager(&payload).map_err(ApiError::bad_request)?;
+    if caller.team.is_some() {
+        alert.team = caller.team.clone();
+    }
     match pager.call(Input::Alert(alert)).await? {
         Reply::Alert(outcome) => Ok(Json(outcome)),
         Reply::Page(_) => Err(ApiError::internal("the pager answered an alert with a page")),
@@ -79,15 +87,41 @@ pub struct EventResponse {
     page: Option<PageId>,
 }
 
-/// Events API v2: trigger, acknowledge, resolve by `dedup_key`.
+/// Events API v2: trigger, acknowledge, resolve by `dedup_key`. The
+/// `routing_key` is an integration token (or the token comes as the bearer
+/// credential); the token's team is where the page goes.
 #[utoipa::path(post, path = "/v1/integrations/events-v2", tag = "oncall",
-    request_body(content = EventV2, description = "PagerDuty Events API v2 shaped event: routing_key (a team name or one of its routing keys), event_action, dedup_key, payload"),
+    request_body(content = EventV2, description = "PagerDuty Events API v2 shaped event: routing_key (an integration token), event_action, dedup_key, payload"),
     responses((status = 202, description = "Event processed", body = EventResponse)))]
 pub(crate) async fn post_event_v2(
     State(state): State<AppState>,
-    Json(event): Json<EventV2>,
+    caller: Option<Caller>,
+    headers: axum::http::HeaderMap,
+    body: axum::body::Bytes,
 ) -> Result<Response, ApiError> {
     let pager = pager(&state)?;
+    // Without a bearer token the routing_key is the credential: checked
+    // before anything else of the body (a body without one is a 401).
+    let caller = match caller {
+        Some(Caller(id)) => id,
+        None => {
+            let key = serde_json::from_slice::<serde_json::Value>(&body)
+                .ok()
+                .and_then(|v| v.get("routing_key").and_then(|k| k.as_str()).map(str::to_string))
+                .unwrap_or_default();
+            let path = "/v1/integrations/events-v2";
+            crate::auth::authenticate_key(&state, &key, Permission::Alert, &format!("POST {path}"), path).await?
+        }
+    };
+    if !crate::auth::is_json(&headers) {
+        return Err(ApiError::new(
+            StatusCode::UNSUPPORTED_MEDIA_TYPE,
+            "expected a request body with `Content-Type: application/json`",
+        ));
+    }
+    let mut event: EventV2 = crate::error::parse_json_body(&body)?;
+    // The token names the team: the event goes to it whatever else it says.
+    event.routing_key = caller.team.clone().unwrap_or_else(|| pager.config.default_team.clone());
     let alert = integrations::from_event_v2(&event, &pager.config, || {
         drover_oncall::PageId::new_at(crate::actor::now().0, rand_u64()).to_string()
     })
@@ -145,9 +179,16 @@ enum PagesStatus {
     responses((status = 200, description = "Pages, newest first", body = Vec<Page>)))]
 pub(crate) async fn list_pages(
     State(state): State<AppState>,
-    Query(q): Query<PagesQuery>,
+    Caller(caller): Caller,
+    Query(mut q): Query<PagesQuery>,
 ) -> Result<Json<Vec<Page>>, ApiError> {
     let pager = pager(&state)?;
+    if let Some(mine) = &caller.team {
+        match &q.team {
+            Some(team) if team != mine => return Ok(Json(Vec::new())),
+            _ => q.team = Some(mine.clone()),
+        }
+    }
     let limit = limit_in(q.limit, DEFAULT_LIMIT, MAX_LIMIT)?;
     let (status, open_only) = match q.status.as_deref() {
         None => (None, false),
@@ -186,6 +227,7 @@ pub struct PageDetail {
         (status = 404, body = crate::error::ErrorBody)))]
 pub(crate) async fn show_page(
     State(state): State<AppState>,
+    Caller(caller): Caller,
     Path(id): Path<String>,
 ) -> Result<Json<PageDetail>, ApiError> {
     let pager = pager(&state)?;
@@ -196,7 +238,10 @@ pub(crate) async fn show_page(
         Ok(Some(PageDetail { page, transitions: store.transitions(id)?, notifications: store.notifications(id)? }))
     })
     .await?;
-    detail.map(Json).ok_or_else(|| ApiError::not_found(format!("no page {id}")))
+    detail
+        .filter(|d| caller.sees_team(Some(&d.page.team)))
+        .map(Json)
+        .ok_or_else(|| ApiError::not_found(format!("no page {id}")))
 }
 
 async fn act(pager: &PagerHandle, id: PageId, input: Input) -> Result<Page, ApiError> {
@@ -222,37 +267,49 @@ async fn act(pager: &PagerHandle, id: PageId, input: Input) -> Result<Page, ApiE
     }
 }
 
+/// A page the caller may act on: a team's token acts on its team's pages.
+async fn visible_page(pager: &PagerHandle, caller: &Identity, id: PageId) -> Result<(), ApiError> {
+    if caller.team.is_none() {
+        return Ok(());
+    }
+    let store = pager.store.clone();
+    match blocking(move || store.page(id)).await? {
+        Some(p) if caller.sees_team(Some(&p.team)) => Ok(()),
+        _ => Err(ApiError::not_found(format!("no page {id}"))),
+    }
+}
+
 /// Acknowledge a page.
 #[utoipa::path(post, path = "/v1/pages/{id}/ack", tag = "oncall",
-    params(("id" = String, Path, description = "Page id (UUID)"),
-        ("x-drover-actor" = Option<String>, Header, description = "Who acknowledges")),
+    params(("id" = String, Path, description = "Page id (UUID)")),
     responses((status = 200, description = "The acknowledged page", body = Page), (status = 404, body = crate::error::ErrorBody),
         (status = 409, body = crate::error::ErrorBody)))]
 pub(crate) async fn post_ack(
     State(state): State<AppState>,
-    headers: HeaderMap,
+    Caller(caller): Caller,
     Path(id): Path<String>,
 ) -> Result<Json<Page>, ApiError> {
     let pager = pager(&state)?;
     let id = parse_page_id(&id)?;
-    let by = actor(&headers)?;
+    visible_page(pager, &caller, id).await?;
+    let by = caller.name;
     Ok(Json(act(pager, id, Input::Acknowledge { page: id, by }).await?))
 }
 
 /// Resolve a page.
 #[utoipa::path(post, path = "/v1/pages/{id}/resolve", tag = "oncall",
-    params(("id" = String, Path, description = "Page id (UUID)"),
-        ("x-drover-actor" = Option<String>, Header, description = "Who resolves")),
+    params(("id" = String, Path, description = "Page id (UUID)")),
     responses((status = 200, description = "The resolved page", body = Page), (status = 404, body = crate::error::ErrorBody),
         (status = 409, body = crate::error::ErrorBody)))]
 pub(crate) async fn post_resolve(
     State(state): State<AppState>,
-    headers: HeaderMap,
+    Caller(caller): Caller,
     Path(id): Path<String>,
 ) -> Result<Json<Page>, ApiError> {
     let pager = pager(&state)?;
     let id = parse_page_id(&id)?;
-    let by = actor(&headers)?;
+    visible_page(pager, &caller, id).await?;
+    let by = caller.name;
     Ok(Json(act(pager, id, Input::Resolve { page: id, by }).await?))
 }
 
@@ -318,9 +375,16 @@ pub struct MetricsQuery {
     at: Option<String>,
 }
 
-async fn compute_metrics(state: &AppState, q: MetricsQuery) -> Result<(String, Vec<metrics::WeekMetrics>), ApiError> {
+async fn compute_metrics(
+    state: &AppState,
+    caller: &Identity,
+    q: MetricsQuery,
+) -> Result<(String, Vec<metrics::WeekMetrics>), ApiError> {
     let pager = pager(state)?;
-    let team_name = q.team.unwrap_or_else(|| pager.config.default_team.clone());
+    let team_name = q.team.or_else(|| caller.team.clone()).unwrap_or_else(|| pager.config.default_team.clone());
+    if !caller.sees_team(Some(&team_name)) {
+        return Err(ApiError::not_found(format!("no team {team_name:?}")));
+    }
     let team = pager.config.team(&team_name).cloned().ok_or_else(|| {
         ApiError::not_found(format!(
             "no team {team_name:?}; teams: {}",
@@ -349,9 +413,10 @@ async fn compute_metrics(state: &AppState, q: MetricsQuery) -> Result<(String, V
         (status = 404, body = crate::error::ErrorBody)))]
 pub(crate) async fn pager_metrics(
     State(state): State<AppState>,
+    Caller(caller): Caller,
     Query(q): Query<MetricsQuery>,
 ) -> Result<Json<Vec<metrics::WeekMetrics>>, ApiError> {
-    Ok(Json(compute_metrics(&state, q).await?.1))
+    Ok(Json(compute_metrics(&state, &caller, q).await?.1))
 }
 
 /// The same as an SVG bar chart.
@@ -360,9 +425,10 @@ pub(crate) async fn pager_metrics(
         (status = 404, body = crate::error::ErrorBody)))]
 pub(crate) async fn pager_metrics_svg(
     State(state): State<AppState>,
+    Caller(caller): Caller,
     Query(q): Query<MetricsQuery>,
 ) -> Result<Response, ApiError> {
-    let (team, weeks) = compute_metrics(&state, q).await?;
+    let (team, weeks) = compute_metrics(&state, &caller, q).await?;
     Ok(([(header::CONTENT_TYPE, HeaderValue::from_static("image/svg+xml"))], metrics::svg(&team, &weeks))
         .into_response())
 }

@@ -55,9 +55,23 @@ pub async fn start_in(dir: tempfile::TempDir, tweak: impl FnOnce(&mut ServeOptio
     let server = drover_server::start(opts).await.expect("server starts");
     let url = server.url();
     let http = reqwest::Client::builder().timeout(Duration::from_secs(20)).build().unwrap();
-    let t = TestServer { server: Some(server), url, http, dir };
+    let mut t = TestServer { server: Some(server), url, http, dir };
     t.wait_healthy().await;
+    // Every request of `t.http` carries the admin token of its data dir.
+    t.http = client_with(&admin_token(t.dir.path()));
     t
+}
+
+/// The admin token a server wrote to its data dir on first start.
+pub fn admin_token(data_dir: &std::path::Path) -> String {
+    std::fs::read_to_string(data_dir.join("admin.token")).expect("admin.token").trim().to_string()
+}
+
+/// An HTTP client that sends `token` as its bearer credential.
+pub fn client_with(token: &str) -> reqwest::Client {
+    let mut headers = reqwest::header::HeaderMap::new();
+    headers.insert(reqwest::header::AUTHORIZATION, format!("Bearer {token}").parse().unwrap());
+    reqwest::Client::builder().timeout(Duration::from_secs(20)).default_headers(headers).build().unwrap()
 }
 
 impl TestServer {
@@ -92,6 +106,50 @@ impl TestServer {
     pub async fn delete(&self, path: &str) -> (u16, Value) {
         let r = self.http.delete(self.at(path)).send().await.expect("DELETE sent");
         split(r).await
+    }
+
+    /// POST with `token` as the bearer credential, or with none.
+    pub async fn post_as(&self, token: Option<&str>, path: &str, body: Value) -> (u16, Value) {
+        let http = match token {
+            Some(t) => client_with(t),
+            None => reqwest::Client::builder().timeout(Duration::from_secs(20)).build().unwrap(),
+        };
+        split(http.post(self.at(path)).json(&body).send().await.expect("POST sent")).await
+    }
+
+    /// GET with `token` as the bearer credential, or with none.
+    pub async fn get_as(&self, token: Option<&str>, path: &str) -> (u16, Value) {
+        let http = match token {
+            Some(t) => client_with(t),
+            None => reqwest::Client::builder().timeout(Duration::from_secs(20)).build().unwrap(),
+        };
+        split(http.get(self.at(path)).send().await.expect("GET sent")).await
+    }
+
+    /// An integration token of `team`, made once per server (kept in its data dir).
+    pub async fn integration_token(&self, team: &str) -> String {
+        let path = self.dir.path().join(format!("test-integration-{team}.token"));
+        if let Ok(t) = std::fs::read_to_string(&path) {
+            return t;
+        }
+        let token = self
+            .token(serde_json::json!({"name": format!("alerts-{team}"), "role": "integration", "team": team}))
+            .await;
+        std::fs::write(&path, &token).unwrap();
+        token
+    }
+
+    /// Creates a token (as admin) and returns its secret.
+    pub async fn token(&self, body: Value) -> String {
+        let (status, created) = self.post("/v1/tokens", body.clone()).await;
+        assert_eq!(status, 201, "create token {body}: {created}");
+        created["token"].as_str().unwrap().to_string()
+    }
+
+    /// An agent token of this machine (the host of every local and sim instance).
+    pub async fn agent_token(&self) -> String {
+        self.token(serde_json::json!({"name": format!("agent-{}", rand_suffix()), "role": "agent", "host": drover_server::host_name()}))
+            .await
     }
 
     /// Creates a service and asserts 201.
@@ -171,4 +229,10 @@ pub fn followers(service: &Value) -> Vec<Value> {
         .as_array()
         .map(|i| i.iter().filter(|i| i["role"] == "follower").cloned().collect())
         .unwrap_or_default()
+}
+
+fn rand_suffix() -> String {
+    use std::sync::atomic::{AtomicU64, Ordering};
+    static N: AtomicU64 = AtomicU64::new(0);
+    N.fetch_add(1, Ordering::Relaxed).to_string()
 }

@@ -373,7 +373,7 @@ impl Sim {
     fn build(&mut self, services: u64) -> Result<(), SimError> {
         let image =
             Image::new(EngineKind::Postgres, "16.4-sim", Default::default(), Default::default(), Timestamp(self.now));
-        self.step(Input::Command { actor: "sim".into(), command: Command::RegisterImage(image) });
+        self.step(Input::Command { actor: "sim".into(), role: None, command: Command::RegisterImage(image) });
         // Hosts: enough for the fleet with head room for replacements.
         let nz = self.zones.len();
         let per_zone = ((services as f64 * 2.3 / nz as f64) / f64::from(self.sc.fleet.instances_per_host.max(1))).ceil()
@@ -423,7 +423,7 @@ impl Sim {
             self.c.down += 1;
             self.c.down_nh += 1;
             let mut out = self.engine.step(
-                Input::Command { actor: "sim".into(), command: Command::CreateService(req) },
+                Input::Command { actor: "sim".into(), role: None, command: Command::CreateService(req) },
                 Timestamp(self.now),
             );
             match &out.reply {
