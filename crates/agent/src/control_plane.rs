@@ -25,6 +25,8 @@ pub enum InstanceAnswer {
 pub enum ControlPlaneError {
     #[error("cannot build the HTTP client: {0}")]
     Client(#[source] reqwest::Error),
+    #[error(transparent)]
+    Tls(#[from] crate::tls::TlsError),
 }
 
 /// The control plane at `base`, over HTTP.
@@ -37,9 +39,13 @@ impl ControlPlane {
     /// Requests time out after a quarter of the lease (at most
     /// [`MAX_REQUEST_TIMEOUT`]): a slow control plane costs a few rounds,
     /// not the lease.
-    pub fn new(base: &str, lease_ttl: Duration) -> Result<ControlPlane, ControlPlaneError> {
+    pub fn new(
+        base: &str,
+        lease_ttl: Duration,
+        ca_cert: Option<&std::path::Path>,
+    ) -> Result<ControlPlane, ControlPlaneError> {
         let request_timeout = (lease_ttl / 4).clamp(Duration::from_millis(100), MAX_REQUEST_TIMEOUT);
-        let http = reqwest::Client::builder()
+        let http = crate::tls::client_builder(ca_cert)?
             .timeout(request_timeout)
             .connect_timeout(request_timeout)
             .build()

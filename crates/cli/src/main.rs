@@ -34,6 +34,11 @@ struct Cli {
     /// Who issues commands, recorded in the audit trail.
     #[arg(long, env = "DROVER_ACTOR", help_heading = CLIENT_OPTIONS)]
     actor: Option<String>,
+    /// The CA certificate to trust for an https server [default: the data
+    /// dir's generated tls-cert.pem if the URL is https and it exists, else
+    /// the system's roots].
+    #[arg(long, env = "DROVER_CA_CERT", help_heading = CLIENT_OPTIONS)]
+    ca_cert: Option<PathBuf>,
     #[command(subcommand)]
     command: Cmd,
 }
@@ -57,6 +62,9 @@ struct ClientArgs {
     /// Who issues commands, recorded in the audit trail [env: DROVER_ACTOR].
     #[arg(long, global = true, help_heading = CLIENT_OPTIONS)]
     actor: Option<String>,
+    /// The CA certificate to trust for an https server [env: DROVER_CA_CERT].
+    #[arg(long, global = true, help_heading = CLIENT_OPTIONS)]
+    ca_cert: Option<PathBuf>,
 }
 
 #[derive(Subcommand)]
@@ -169,6 +177,10 @@ enum Cmd {
         /// URL of the control plane [env: DROVER_URL] [default: http://127.0.0.1:7700].
         #[arg(long)]
         server: Option<String>,
+        /// The CA certificate of an https control plane [env: DROVER_CA_CERT]
+        /// [default: tls-cert.pem in --data-dir if the URL is https and it exists].
+        #[arg(long)]
+        ca_cert: Option<PathBuf>,
         /// Log lines as text or as JSON objects.
         #[arg(long, env = "DROVER_LOG_FORMAT", value_enum, default_value_t = LogFormat::Text)]
         log_format: LogFormat,
@@ -319,6 +331,8 @@ fn main() -> ExitCode {
             libc::signal(libc::SIGPIPE, libc::SIG_DFL);
         }
     }
+    // Every HTTP client of this process (reqwest) needs rustls's provider.
+    drover_agent::tls::install_crypto_provider();
     let runtime = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
         Ok(rt) => rt,
         Err(e) => {
@@ -363,8 +377,8 @@ fn refuse_misplaced_client_flags(cli: &Cli, matches: &clap::ArgMatches) {
         return;
     }
     let agent = matches!(cli.command, Cmd::Agent { .. });
-    for flag in ["server", "json", "actor"] {
-        if agent && flag == "server" {
+    for flag in ["server", "json", "actor", "ca_cert"] {
+        if agent && (flag == "server" || flag == "ca_cert") {
             continue;
         }
         if matches.value_source(flag) == Some(ValueSource::CommandLine) {
@@ -372,7 +386,10 @@ fn refuse_misplaced_client_flags(cli: &Cli, matches: &clap::ArgMatches) {
             Cli::command()
                 .error(
                     clap::error::ErrorKind::ArgumentConflict,
-                    format!("--{flag} is an option of the client commands; `drover {name}` does not take it"),
+                    format!(
+                        "--{} is an option of the client commands; `drover {name}` does not take it",
+                        flag.replace('_', "-")
+                    ),
                 )
                 .exit();
         }
@@ -406,6 +423,19 @@ impl Cli {
         self.json || self.command.client().is_some_and(|c| c.json)
     }
 
+    /// The CA certificate to trust: after the subcommand > before it >
+    /// `DROVER_CA_CERT` > the data dir's generated one (https only).
+    fn ca_cert(&self, server: &str) -> Option<PathBuf> {
+        let (after, data_dir) = match &self.command {
+            Cmd::Agent { ca_cert, data_dir, .. } => (ca_cert.clone(), data_dir.clone()),
+            other => (
+                other.client().and_then(|c| c.ca_cert.clone()),
+                std::env::var_os("DROVER_DATA_DIR").map_or_else(|| PathBuf::from("./drover-data"), PathBuf::from),
+            ),
+        };
+        drover_agent::tls::ca_cert_for(server, after.or_else(|| self.ca_cert.clone()), &data_dir)
+    }
+
     /// The actor: after the subcommand > before it > `DROVER_ACTOR`.
     fn actor(&self) -> Option<String> {
         self.command.client().and_then(|c| c.actor.clone()).or_else(|| self.actor.clone())
@@ -415,7 +445,8 @@ impl Cli {
 async fn run(cli: Cli, no_local_set: bool) -> anyhow::Result<()> {
     let server = cli.server_url();
     let json = cli.json();
-    let client = client::Client::new(&server, cli.actor())?;
+    let ca_cert = cli.ca_cert(&server);
+    let client = client::Client::new(&server, cli.actor(), ca_cert.as_deref())?;
     match cli.command {
         Cmd::Serve(args) => serve(args, no_local_set).await,
         Cmd::Completions { shell } => completions(shell),
@@ -426,6 +457,7 @@ async fn run(cli: Cli, no_local_set: bool) -> anyhow::Result<()> {
                 server,
                 interval: Duration::from_millis(interval_ms),
                 lease_ttl: secs(lease_secs, "--lease-secs")?,
+                ca_cert,
             };
             agent::run(options, shutdown_signal()).await
         }
