@@ -111,7 +111,7 @@ pub struct ServeArgs {
     #[arg(long, env = "DROVER_TLS_SELF_SIGNED")]
     pub tls_self_signed: bool,
     /// Open HTTP connections at most; beyond, the oldest without a request
-    /// in flight is closed [default: 10000].
+    /// in flight is closed [default: 20000, capped by the open-files limit].
     #[arg(long, env = "DROVER_MAX_CONNECTIONS")]
     pub max_connections: Option<usize>,
     /// A new connection must send a whole request head within this [default: 10].

@@ -3,6 +3,7 @@
 
 mod agent;
 mod bench;
+mod bench_connections;
 mod client;
 mod config;
 mod output;
@@ -309,6 +310,39 @@ enum BenchCmd {
         #[arg(long, default_value_t = 4)]
         producers: usize,
     },
+    /// Idle and slow-header connections flooding a real `drover serve`
+    /// while /healthz and GET /v1/services are timed (budget: 1 s each).
+    Connections {
+        /// Connections that never send a byte.
+        #[arg(long, default_value_t = 20_000)]
+        idle: usize,
+        /// Connections that send a request head one byte a second.
+        #[arg(long, default_value_t = 10_000)]
+        slow: usize,
+        /// Timed rounds (one /healthz and one GET /v1/services each).
+        #[arg(long, default_value_t = 10)]
+        rounds: usize,
+        /// The server's --max-connections [default: its own default].
+        #[arg(long)]
+        max_connections: Option<usize>,
+        /// An attacker reopens a connection the server closed after this.
+        #[arg(long, default_value_t = 1000)]
+        reconnect_ms: u64,
+    },
+    /// One process of `bench connections`' flood (started by it).
+    #[command(hide = true)]
+    ConnectionsAttacker {
+        #[arg(long)]
+        target: std::net::SocketAddr,
+        #[arg(long)]
+        source: std::net::IpAddr,
+        #[arg(long)]
+        idle: usize,
+        #[arg(long)]
+        slow: usize,
+        #[arg(long)]
+        reconnect_ms: u64,
+    },
 }
 
 fn main() -> ExitCode {
@@ -464,6 +498,12 @@ async fn run(cli: Cli, no_local_set: bool) -> anyhow::Result<()> {
         Cmd::Bench(BenchCmd::Heartbeats { instances, rounds }) => bench::heartbeats(instances, rounds),
         Cmd::Bench(BenchCmd::Failover { engine, fault, runs }) => bench::failover(&engine, &fault, runs).await,
         Cmd::Bench(BenchCmd::Alerts { alerts, keys, producers }) => pages::bench_alerts(alerts, keys, producers).await,
+        Cmd::Bench(BenchCmd::Connections { idle, slow, rounds, max_connections, reconnect_ms }) => {
+            bench_connections::connections(idle, slow, rounds, max_connections, Duration::from_millis(reconnect_ms)).await
+        }
+        Cmd::Bench(BenchCmd::ConnectionsAttacker { target, source, idle, slow, reconnect_ms }) => {
+            bench_connections::attacker(target, source, idle, slow, Duration::from_millis(reconnect_ms)).await
+        }
         Cmd::Pages { cmd, status, team, .. } => pages::pages(&client, cmd, status, team, json).await,
         Cmd::Pager { cmd, .. } => pages::pager(&client, &server, cmd, json).await,
         Cmd::Sim { scenario, services, seed, event_log } => {

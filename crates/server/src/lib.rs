@@ -107,7 +107,7 @@ const SERVE_PROBE_INTERVAL: std::time::Duration = std::time::Duration::from_secs
 /// stops cleanly (in-flight requests finish, the engine's last batch commits).
 pub async fn serve(opts: ServeOptions, shutdown: impl Future<Output = ()> + Send + 'static) -> anyhow::Result<()> {
     let tls = tls_acceptor(&opts)?;
-    let listener = TcpListener::bind(opts.listen).await.with_context(|| format!("cannot listen on {}", opts.listen))?;
+    let listener = listen::bind(opts.listen).with_context(|| format!("cannot listen on {}", opts.listen))?;
     run(listener, tls, opts, shutdown).await
 }
 
@@ -156,7 +156,7 @@ impl RunningServer {
 /// start-up is done, then 200.
 pub async fn start(opts: ServeOptions) -> anyhow::Result<RunningServer> {
     let tls = tls_acceptor(&opts)?;
-    let listener = TcpListener::bind(opts.listen).await.with_context(|| format!("cannot listen on {}", opts.listen))?;
+    let listener = listen::bind(opts.listen).with_context(|| format!("cannot listen on {}", opts.listen))?;
     let addr = listener.local_addr()?;
     let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
     let has_tls = tls.is_some();
