@@ -102,7 +102,10 @@ pub async fn connections(
             .ok_or_else(|| anyhow!("an attacker failed: {line:?}"))?;
         open += count;
     }
-    println!("attackers opened their connections in {:.1}s ({open} were open at the end)", opening.elapsed().as_secs_f64());
+    println!(
+        "attackers opened their connections in {:.1}s ({open} were open at the end)",
+        opening.elapsed().as_secs_f64()
+    );
 
     let mut healthz_max = Duration::ZERO;
     let mut services_max = Duration::ZERO;

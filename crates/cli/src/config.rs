@@ -169,9 +169,10 @@ impl FileConfig {
                 secs(s, &key(k))?;
             }
         }
-        for (k, v) in
-            [("header_read_timeout_secs", config.header_read_timeout_secs), ("idle_timeout_secs", config.idle_timeout_secs)]
-        {
+        for (k, v) in [
+            ("header_read_timeout_secs", config.header_read_timeout_secs),
+            ("idle_timeout_secs", config.idle_timeout_secs),
+        ] {
             positive_secs(v, &key(k))?;
         }
         check_max_connections(config.max_connections, &key("max_connections"))?;
@@ -447,7 +448,8 @@ mod tests {
         assert!(max_header_bytes.is_some(), "max_header_bytes");
         // Paths have no default: they are set in the HTTPS example instead.
         assert_eq!((tls_cert, tls_key), (None, None), "the first example serves plain HTTP");
-        let https = FileConfig::parse(doc_example_https(), "docs/configuration.md").expect("the HTTPS example is valid");
+        let https =
+            FileConfig::parse(doc_example_https(), "docs/configuration.md").expect("the HTTPS example is valid");
         assert!(https.tls_cert.is_some() && https.tls_key.is_some(), "the HTTPS example sets tls_cert and tls_key");
     }
 

@@ -499,7 +499,8 @@ async fn run(cli: Cli, no_local_set: bool) -> anyhow::Result<()> {
         Cmd::Bench(BenchCmd::Failover { engine, fault, runs }) => bench::failover(&engine, &fault, runs).await,
         Cmd::Bench(BenchCmd::Alerts { alerts, keys, producers }) => pages::bench_alerts(alerts, keys, producers).await,
         Cmd::Bench(BenchCmd::Connections { idle, slow, rounds, max_connections, reconnect_ms }) => {
-            bench_connections::connections(idle, slow, rounds, max_connections, Duration::from_millis(reconnect_ms)).await
+            bench_connections::connections(idle, slow, rounds, max_connections, Duration::from_millis(reconnect_ms))
+                .await
         }
         Cmd::Bench(BenchCmd::ConnectionsAttacker { target, source, idle, slow, reconnect_ms }) => {
             bench_connections::attacker(target, source, idle, slow, Duration::from_millis(reconnect_ms)).await

@@ -352,10 +352,9 @@ async fn start_up(
 
     // On-call: engine events that need a person become alerts.
     let engine_events = oncall::EngineEvents { store: store.clone(), wakeup };
-    let (oncall, oncall_task) =
-        oncall::start(&opts.data_dir, base_url, Some(engine_events), stop.clone())
-            .await
-            .context("cannot start the pager")?;
+    let (oncall, oncall_task) = oncall::start(&opts.data_dir, base_url, Some(engine_events), stop.clone())
+        .await
+        .context("cannot start the pager")?;
     let engine_task = tokio::spawn(actor::Actor { machine, inbox, shutdown: stop, limits: runtime::LIMITS }.run());
     let actor_task = tokio::spawn(async move {
         let _ = engine_task.await;

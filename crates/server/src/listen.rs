@@ -152,7 +152,8 @@ pub async fn serve(
         .max_headers(MAX_HEADERS)
         .keep_alive(true);
     let (stop, stopping) = watch::channel(false);
-    let shared = Arc::new(Shared { app, tls, limits, http, registry: Arc::new(Registry::new(max_connections)), stopping });
+    let shared =
+        Arc::new(Shared { app, tls, limits, http, registry: Arc::new(Registry::new(max_connections)), stopping });
     tracing::debug!(max_connections, "accepting HTTP connections");
 
     tokio::pin!(shutdown);
@@ -553,7 +554,11 @@ const KEY_MASK: u64 = PLACE_WAITING - 1;
 
 impl Registry {
     fn new(max_connections: usize) -> Self {
-        Registry { inner: Mutex::new(Queues { next_key: 2, ..Queues::default() }), max_connections, all_closed: Notify::new() }
+        Registry {
+            inner: Mutex::new(Queues { next_key: 2, ..Queues::default() }),
+            max_connections,
+            all_closed: Notify::new(),
+        }
     }
 
     fn lock(&self) -> std::sync::MutexGuard<'_, Queues> {
@@ -694,7 +699,10 @@ mod tests {
     #[test]
     fn long_request_lines_and_big_heads_are_refused() {
         let line = format!("GET /{} HTTP/1.1\r\n\r\n", "a".repeat(MAX_REQUEST_LINE_BYTES));
-        assert_eq!(check_head(line.as_bytes(), 0, 1 << 20).map(|c| matches!(c, HeadCheck::Refused(Refusal::UriTooLong))), Some(true));
+        assert_eq!(
+            check_head(line.as_bytes(), 0, 1 << 20).map(|c| matches!(c, HeadCheck::Refused(Refusal::UriTooLong))),
+            Some(true)
+        );
         // Still without an end of line: refused as soon as it is too long.
         let partial = format!("GET /{}", "a".repeat(MAX_REQUEST_LINE_BYTES));
         assert!(matches!(check_head(partial.as_bytes(), 0, 1 << 20), Some(HeadCheck::Refused(Refusal::UriTooLong))));
