@@ -68,3 +68,23 @@ pub fn certificate_error(error: &(dyn std::error::Error + 'static)) -> Option<St
     }
     None
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_data_dirs_certificate_is_trusted_by_default_only_for_https() {
+        let dir = std::env::temp_dir().join(format!("drover-tls-test-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        assert_eq!(ca_cert_for("https://a:1", None, &dir), None, "no file, no default");
+        std::fs::write(dir.join(DATA_DIR_CERT), "x").unwrap();
+        assert_eq!(ca_cert_for("https://a:1", None, &dir), Some(dir.join(DATA_DIR_CERT)));
+        assert_eq!(ca_cert_for("http://a:1", None, &dir), None);
+        let given = PathBuf::from("/etc/ca.pem");
+        assert_eq!(ca_cert_for("https://a:1", Some(given.clone()), &dir), Some(given));
+        let e = client_builder(Some(&dir.join(DATA_DIR_CERT))).unwrap_err();
+        assert!(matches!(e, TlsError::Empty(_) | TlsError::Parse { .. }), "{e}");
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
+}

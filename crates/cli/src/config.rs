@@ -495,6 +495,34 @@ mod tests {
     }
 
     #[test]
+    fn tls_and_connection_limits_come_from_flags_or_the_file() {
+        let dir = tempfile::tempdir().unwrap();
+        let s = resolve(args(dir.path(), &[]), false).unwrap();
+        assert_eq!((s.options.tls, s.options.http), (None, drover_server::listen::HttpLimits::default()));
+        let s = resolve(
+            args(
+                dir.path(),
+                &["--tls-cert", "c.pem", "--tls-key", "k.pem", "--max-connections", "50", "--idle-timeout-secs", "2.5"],
+            ),
+            false,
+        )
+        .unwrap();
+        let files = drover_server::tls::TlsSource::Files { cert: "c.pem".into(), key: "k.pem".into() };
+        assert_eq!(s.options.tls, Some(files));
+        assert_eq!(s.options.http.max_connections, 50);
+        assert_eq!(s.options.http.idle_timeout, Duration::from_millis(2500));
+        std::fs::write(
+            dir.path().join(FILE_NAME),
+            "tls_self_signed = true\nheader_read_timeout_secs = 3\nmax_header_bytes = 4096\n",
+        )
+        .unwrap();
+        let s = resolve(args(dir.path(), &[]), false).unwrap();
+        assert_eq!(s.options.tls, Some(drover_server::tls::TlsSource::SelfSigned));
+        assert_eq!(s.options.http.header_read_timeout, Duration::from_secs(3));
+        assert_eq!(s.options.http.max_header_bytes, 4096);
+    }
+
+    #[test]
     fn the_input_log_is_off_unless_asked_for() {
         let data = tempfile::tempdir().unwrap();
         assert_eq!(resolve(args(data.path(), &[]), false).unwrap().options.input_log, None);

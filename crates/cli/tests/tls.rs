@@ -43,6 +43,8 @@ fn the_cli_trusts_the_servers_certificate_only_with_the_right_ca() {
     let mut serve = Serve::start(&cwd, port, &["--no-local", "--data-dir", "d", "--tls-self-signed"]);
     let data = cwd.join("d");
     let cert = data.join("tls-cert.pem");
+    // The clients look for the file the server writes.
+    assert_eq!(drover_agent::tls::DATA_DIR_CERT, drover_server::tls::SELF_SIGNED_CERT);
     let https = format!("https://localhost:{port}");
     let deadline = Instant::now() + Duration::from_secs(30);
     while !cert.is_file() {
