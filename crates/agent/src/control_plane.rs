@@ -27,6 +27,8 @@ pub enum ControlPlaneError {
     Client(#[source] reqwest::Error),
     #[error("the agent token is not a valid HTTP header value")]
     Token,
+    #[error(transparent)]
+    Tls(#[from] crate::tls::TlsError),
 }
 
 /// The control plane at `base`, over HTTP.
@@ -39,14 +41,20 @@ impl ControlPlane {
     /// Requests time out after a quarter of the lease (at most
     /// [`MAX_REQUEST_TIMEOUT`]): a slow control plane costs a few rounds,
     /// not the lease.
-    /// `token` is this host's agent token, sent as the bearer credential.
-    pub fn new(base: &str, lease_ttl: Duration, token: &str) -> Result<ControlPlane, ControlPlaneError> {
+    /// `token` is this host's agent token, sent as the bearer credential;
+    /// `ca_cert` the CA that signed an https control plane's certificate.
+    pub fn new(
+        base: &str,
+        lease_ttl: Duration,
+        token: &str,
+        ca_cert: Option<&std::path::Path>,
+    ) -> Result<ControlPlane, ControlPlaneError> {
         let request_timeout = (lease_ttl / 4).clamp(Duration::from_millis(100), MAX_REQUEST_TIMEOUT);
         let mut bearer = reqwest::header::HeaderValue::from_str(&format!("Bearer {}", token.trim()))
             .map_err(|_| ControlPlaneError::Token)?;
         bearer.set_sensitive(true);
         let headers = reqwest::header::HeaderMap::from_iter([(reqwest::header::AUTHORIZATION, bearer)]);
-        let http = reqwest::Client::builder()
+        let http = crate::tls::client_builder(ca_cert)?
             .default_headers(headers)
             .timeout(request_timeout)
             .connect_timeout(request_timeout)

@@ -18,6 +18,7 @@ pub mod control_plane;
 pub mod host;
 pub mod lease;
 pub mod probe;
+pub mod tls;
 
 use control_plane::{ControlPlane, ControlPlaneError, InstanceAnswer};
 use drover_model::{Beat, Facts, InstanceId, Role};
@@ -48,6 +49,9 @@ pub struct Options {
     pub lease_ttl: Duration,
     /// This host's agent token (`drover tokens create NAME --role agent --host HOST`).
     pub token: String,
+    /// The CA certificate that signed an https control plane's certificate
+    /// (`None`: the system's roots; see [`tls::ca_cert_for`]).
+    pub ca_cert: Option<PathBuf>,
 }
 
 /// Why the agent could not start. Once it runs, nothing is fatal.
@@ -62,7 +66,12 @@ pub enum AgentError {
 pub async fn run(options: Options, shutdown: impl Future<Output = ()>) -> Result<(), AgentError> {
     let interval = options.interval.max(MIN_INTERVAL);
     let mut agent = Agent {
-        control_plane: ControlPlane::new(&options.server, options.lease_ttl, &options.token)?,
+        control_plane: ControlPlane::new(
+            &options.server,
+            options.lease_ttl,
+            &options.token,
+            options.ca_cert.as_deref(),
+        )?,
         data_dir: options.data_dir.clone(),
         lease: Lease::new(options.lease_ttl, Instant::now()),
         probe_timeout: (interval * 8 / 10).min(MAX_PROBE_TIMEOUT),

@@ -67,8 +67,13 @@ pub fn path_segment(s: &str) -> String {
 }
 
 impl Client {
-    pub fn new(base: &str, actor: Option<String>, token: Option<(String, String)>) -> anyhow::Result<Client> {
-        let http = reqwest::Client::builder()
+    pub fn new(
+        base: &str,
+        actor: Option<String>,
+        token: Option<(String, String)>,
+        ca_cert: Option<&std::path::Path>,
+    ) -> anyhow::Result<Client> {
+        let http = drover_agent::tls::client_builder(ca_cert)?
             .timeout(REQUEST_TIMEOUT)
             .build()
             .map_err(|e| anyhow!("cannot build the HTTP client: {e}"))?;
@@ -123,7 +128,13 @@ impl Client {
             request = request.json(&body);
         }
         let response = request.send().await.map_err(|e| {
-            if e.is_connect() {
+            if let Some(tls) = drover_agent::tls::certificate_error(&e) {
+                anyhow!(
+                    "the TLS certificate of Drover at {} is not trusted ({tls}): give the CA certificate that signed it \
+                     with --ca-cert or DROVER_CA_CERT",
+                    self.base
+                )
+            } else if e.is_connect() {
                 anyhow!("cannot reach Drover at {}: is `drover serve` running?", self.base)
             } else if e.is_timeout() {
                 anyhow!("Drover at {} did not answer within {}s", self.base, REQUEST_TIMEOUT.as_secs())

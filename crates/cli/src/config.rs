@@ -104,6 +104,29 @@ pub struct ServeArgs {
     /// Log lines as text or as JSON objects [default: text].
     #[arg(long, env = "DROVER_LOG_FORMAT", value_enum)]
     pub log_format: Option<LogFormat>,
+    /// Serve HTTPS with this PEM certificate chain (with --tls-key).
+    #[arg(long, env = "DROVER_TLS_CERT")]
+    pub tls_cert: Option<PathBuf>,
+    /// The PEM private key of --tls-cert.
+    #[arg(long, env = "DROVER_TLS_KEY")]
+    pub tls_key: Option<PathBuf>,
+    /// Serve HTTPS with a self-signed certificate generated into the data
+    /// dir (tls-cert.pem, tls-key.pem) and kept; clients trust tls-cert.pem.
+    #[arg(long, env = "DROVER_TLS_SELF_SIGNED")]
+    pub tls_self_signed: bool,
+    /// Open HTTP connections at most; beyond, the oldest without a request
+    /// in flight is closed [default: 20000, capped by the open-files limit].
+    #[arg(long, env = "DROVER_MAX_CONNECTIONS")]
+    pub max_connections: Option<usize>,
+    /// A new connection must send a whole request head within this [default: 10].
+    #[arg(long, env = "DROVER_HEADER_READ_TIMEOUT_SECS")]
+    pub header_read_timeout_secs: Option<f64>,
+    /// A keep-alive connection is closed after this long without a request [default: 60].
+    #[arg(long, env = "DROVER_IDLE_TIMEOUT_SECS")]
+    pub idle_timeout_secs: Option<f64>,
+    /// The largest request head (request line and headers) in bytes [default: 16384].
+    #[arg(long, env = "DROVER_MAX_HEADER_BYTES")]
+    pub max_header_bytes: Option<usize>,
 }
 
 /// The config file. Every key is optional; an unknown key is an error.
@@ -125,6 +148,13 @@ pub struct FileConfig {
     pub default_provider: Option<String>,
     pub no_local: Option<bool>,
     pub log_format: Option<LogFormat>,
+    pub tls_cert: Option<PathBuf>,
+    pub tls_key: Option<PathBuf>,
+    pub tls_self_signed: Option<bool>,
+    pub max_connections: Option<usize>,
+    pub header_read_timeout_secs: Option<f64>,
+    pub idle_timeout_secs: Option<f64>,
+    pub max_header_bytes: Option<usize>,
 }
 
 impl FileConfig {
@@ -143,6 +173,14 @@ impl FileConfig {
                 secs(s, &key(k))?;
             }
         }
+        for (k, v) in [
+            ("header_read_timeout_secs", config.header_read_timeout_secs),
+            ("idle_timeout_secs", config.idle_timeout_secs),
+        ] {
+            positive_secs(v, &key(k))?;
+        }
+        check_max_connections(config.max_connections, &key("max_connections"))?;
+        check_max_header_bytes(config.max_header_bytes, &key("max_header_bytes"))?;
         check_attempts(config.max_action_attempts, &key("max_action_attempts"))?;
         check_attempts(config.max_remedy_failures, &key("max_remedy_failures"))?;
         check_failure_secs(config.max_action_failure_secs, &key("max_action_failure_secs"))?;
@@ -200,6 +238,7 @@ pub fn resolve(args: ServeArgs, no_local_set: bool) -> anyhow::Result<Settings> 
         None => DEFAULT_LISTEN.parse().expect("the default listen address parses"),
     };
     let mut opts = drover_server::ServeOptions::new(&args.data_dir, listen);
+    opts.tls = tls_source(&args, &file)?;
     opts.input_log = args.input_log.clone();
     opts.reset_admin_token = args.reset_admin_token;
     if let Some(ms) = args.uncertain_after_ms.or(file.uncertain_after_ms) {
@@ -253,12 +292,73 @@ pub fn resolve(args: ServeArgs, no_local_set: bool) -> anyhow::Result<Settings> 
         opts.local = Some(drover_providers::local::LocalConfig::default());
     }
     let log_format = args.log_format.or(file.log_format).unwrap_or_default();
+    check_max_connections(args.max_connections, "--max-connections")?;
+    check_max_header_bytes(args.max_header_bytes, "--max-header-bytes")?;
+    if let Some(n) = args.max_connections.or(file.max_connections) {
+        opts.http.max_connections = n;
+    }
+    if let Some(n) = args.max_header_bytes.or(file.max_header_bytes) {
+        opts.http.max_header_bytes = n;
+    }
+    if let Some(d) = positive_secs(args.header_read_timeout_secs, "--header-read-timeout-secs")?
+        .or(positive_secs(file.header_read_timeout_secs, "header_read_timeout_secs")?)
+    {
+        opts.http.header_read_timeout = d;
+    }
+    if let Some(d) = positive_secs(args.idle_timeout_secs, "--idle-timeout-secs")?
+        .or(positive_secs(file.idle_timeout_secs, "idle_timeout_secs")?)
+    {
+        opts.http.idle_timeout = d;
+    }
     Ok(Settings { options: opts, log_format, config_file, max_action_failure })
 }
 
 /// A number of seconds as a `Duration`, or an error naming where it came from.
 pub fn secs(s: f64, what: &str) -> anyhow::Result<Duration> {
     Duration::try_from_secs_f64(s).map_err(|e| anyhow!("{what} {s} is not a usable duration: {e}"))
+}
+
+/// HTTPS from files (both given, by flags or by the file) or self-signed;
+/// plain HTTP when neither.
+fn tls_source(args: &ServeArgs, file: &FileConfig) -> anyhow::Result<Option<drover_server::tls::TlsSource>> {
+    let cert = args.tls_cert.clone().or_else(|| file.tls_cert.clone());
+    let key = args.tls_key.clone().or_else(|| file.tls_key.clone());
+    let self_signed = args.tls_self_signed || file.tls_self_signed.unwrap_or(false);
+    match (cert, key, self_signed) {
+        (Some(_), Some(_), true) => bail!("--tls-self-signed and --tls-cert/--tls-key exclude each other: choose one"),
+        (Some(cert), Some(key), false) => Ok(Some(drover_server::tls::TlsSource::Files { cert, key })),
+        (Some(_), None, _) => bail!("--tls-cert needs --tls-key (the certificate's private key)"),
+        (None, Some(_), _) => bail!("--tls-key needs --tls-cert (the certificate it belongs to)"),
+        (None, None, true) => Ok(Some(drover_server::tls::TlsSource::SelfSigned)),
+        (None, None, false) => Ok(None),
+    }
+}
+
+/// A timeout in seconds: a usable duration above zero.
+fn positive_secs(s: Option<f64>, what: &str) -> anyhow::Result<Option<Duration>> {
+    match s {
+        None => Ok(None),
+        Some(s) => match secs(s, what)? {
+            d if d.is_zero() => bail!("{what} is 0: a connection needs some time"),
+            d => Ok(Some(d)),
+        },
+    }
+}
+
+fn check_max_connections(n: Option<usize>, what: &str) -> anyhow::Result<()> {
+    match n {
+        Some(0) => bail!("{what} is 0: at least one connection is needed"),
+        _ => Ok(()),
+    }
+}
+
+/// Below a kilobyte, ordinary clients' heads (a bearer token, a user
+/// agent) would be refused.
+fn check_max_header_bytes(n: Option<usize>, what: &str) -> anyhow::Result<()> {
+    match n {
+        Some(n) if n < 1024 => bail!("{what} is {n}: at least 1024 bytes are needed"),
+        _ => Ok(()),
+    }
 }
 
 fn check_attempts(n: Option<u32>, what: &str) -> anyhow::Result<()> {
@@ -323,6 +423,13 @@ mod tests {
             default_provider,
             no_local,
             log_format,
+            tls_cert,
+            tls_key,
+            tls_self_signed,
+            max_connections,
+            header_read_timeout_secs,
+            idle_timeout_secs,
+            max_header_bytes,
         } = c;
         assert!(listen.is_some(), "listen");
         assert!(uncertain_after_ms.is_some(), "uncertain_after_ms");
@@ -339,6 +446,26 @@ mod tests {
         assert!(default_provider.is_some(), "default_provider");
         assert!(no_local.is_some(), "no_local");
         assert!(log_format.is_some(), "log_format");
+        assert!(tls_self_signed.is_some(), "tls_self_signed");
+        assert!(max_connections.is_some(), "max_connections");
+        assert!(header_read_timeout_secs.is_some(), "header_read_timeout_secs");
+        assert!(idle_timeout_secs.is_some(), "idle_timeout_secs");
+        assert!(max_header_bytes.is_some(), "max_header_bytes");
+        // Paths have no default: they are set in the HTTPS example instead.
+        assert_eq!((tls_cert, tls_key), (None, None), "the first example serves plain HTTP");
+        let https =
+            FileConfig::parse(doc_example_https(), "docs/configuration.md").expect("the HTTPS example is valid");
+        assert!(https.tls_cert.is_some() && https.tls_key.is_some(), "the HTTPS example sets tls_cert and tls_key");
+    }
+
+    /// The second ```toml block of docs/configuration.md: HTTPS.
+    fn doc_example_https() -> &'static str {
+        let first = DOC.find("```toml\n").expect("a first example") + 1;
+        let start = DOC[first..].find("```toml\n").expect("docs/configuration.md has a second ```toml example (HTTPS)")
+            + first
+            + "```toml\n".len();
+        let len = DOC[start..].find("```").expect("the example block is closed");
+        &DOC[start..start + len]
     }
 
     #[test]
@@ -370,6 +497,34 @@ mod tests {
                 assert!(DOC.contains(env.as_ref()), "docs/configuration.md does not mention {env}");
             }
         }
+    }
+
+    #[test]
+    fn tls_and_connection_limits_come_from_flags_or_the_file() {
+        let dir = tempfile::tempdir().unwrap();
+        let s = resolve(args(dir.path(), &[]), false).unwrap();
+        assert_eq!((s.options.tls, s.options.http), (None, drover_server::listen::HttpLimits::default()));
+        let s = resolve(
+            args(
+                dir.path(),
+                &["--tls-cert", "c.pem", "--tls-key", "k.pem", "--max-connections", "50", "--idle-timeout-secs", "2.5"],
+            ),
+            false,
+        )
+        .unwrap();
+        let files = drover_server::tls::TlsSource::Files { cert: "c.pem".into(), key: "k.pem".into() };
+        assert_eq!(s.options.tls, Some(files));
+        assert_eq!(s.options.http.max_connections, 50);
+        assert_eq!(s.options.http.idle_timeout, Duration::from_millis(2500));
+        std::fs::write(
+            dir.path().join(FILE_NAME),
+            "tls_self_signed = true\nheader_read_timeout_secs = 3\nmax_header_bytes = 4096\n",
+        )
+        .unwrap();
+        let s = resolve(args(dir.path(), &[]), false).unwrap();
+        assert_eq!(s.options.tls, Some(drover_server::tls::TlsSource::SelfSigned));
+        assert_eq!(s.options.http.header_read_timeout, Duration::from_secs(3));
+        assert_eq!(s.options.http.max_header_bytes, 4096);
     }
 
     #[test]
@@ -407,6 +562,10 @@ mod tests {
             ("log_format = \"xml\"", "log_format"),
             ("no_local = \"yes\"", "no_local"),
             ("[timing]\nprobe_interval_ms = 5", "timing"),
+            ("max_connections = 0", "max_connections"),
+            ("max_header_bytes = 100", "max_header_bytes"),
+            ("idle_timeout_secs = 0", "idle_timeout_secs"),
+            ("header_read_timeout_secs = -1", "header_read_timeout_secs"),
         ] {
             let e = FileConfig::parse(text, "d/drover.toml").expect_err(text).to_string();
             assert!(e.contains(needle) && e.contains("d/drover.toml"), "{text:?} gave {e}");
@@ -498,6 +657,11 @@ mod tests {
             &["--max-action-attempts", "0"][..],
             &["--max-action-failure-secs", "0"],
             &["--presumed-dead-after-secs=-1"],
+            &["--tls-cert", "c.pem"],
+            &["--tls-key", "k.pem"],
+            &["--tls-self-signed", "--tls-cert", "c.pem", "--tls-key", "k.pem"],
+            &["--max-connections", "0"],
+            &["--header-read-timeout-secs", "0"],
         ] {
             let e = resolve(args(dir.path(), flags), false).unwrap_err().to_string();
             assert!(e.contains(flags[0].split('=').next().unwrap()), "{flags:?} gave {e}");

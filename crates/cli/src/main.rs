@@ -3,6 +3,7 @@
 
 mod agent;
 mod bench;
+mod bench_connections;
 mod client;
 mod config;
 mod output;
@@ -38,6 +39,11 @@ struct Cli {
     /// A file holding the API token [default: DROVER_TOKEN, else DATA_DIR/admin.token when readable].
     #[arg(long, env = "DROVER_TOKEN_FILE", help_heading = CLIENT_OPTIONS)]
     token_file: Option<PathBuf>,
+    /// The CA certificate to trust for an https server [default: the data
+    /// dir's generated tls-cert.pem if the URL is https and it exists, else
+    /// the system's roots].
+    #[arg(long, env = "DROVER_CA_CERT", help_heading = CLIENT_OPTIONS)]
+    ca_cert: Option<PathBuf>,
     #[command(subcommand)]
     command: Cmd,
 }
@@ -64,6 +70,9 @@ struct ClientArgs {
     /// A file holding the API token [env: DROVER_TOKEN_FILE].
     #[arg(long, global = true, help_heading = CLIENT_OPTIONS)]
     token_file: Option<PathBuf>,
+    /// The CA certificate to trust for an https server [env: DROVER_CA_CERT].
+    #[arg(long, global = true, help_heading = CLIENT_OPTIONS)]
+    ca_cert: Option<PathBuf>,
 }
 
 #[derive(Subcommand)]
@@ -183,6 +192,10 @@ enum Cmd {
         /// URL of the control plane [env: DROVER_URL] [default: http://127.0.0.1:7700].
         #[arg(long)]
         server: Option<String>,
+        /// The CA certificate of an https control plane [env: DROVER_CA_CERT]
+        /// [default: tls-cert.pem in --data-dir if the URL is https and it exists].
+        #[arg(long)]
+        ca_cert: Option<PathBuf>,
         /// Log lines as text or as JSON objects.
         #[arg(long, env = "DROVER_LOG_FORMAT", value_enum, default_value_t = LogFormat::Text)]
         log_format: LogFormat,
@@ -338,6 +351,39 @@ enum BenchCmd {
         #[arg(long, default_value_t = 4)]
         producers: usize,
     },
+    /// Idle and slow-header connections flooding a real `drover serve`
+    /// while /healthz and GET /v1/services are timed (budget: 1 s each).
+    Connections {
+        /// Connections that never send a byte.
+        #[arg(long, default_value_t = 20_000)]
+        idle: usize,
+        /// Connections that send a request head one byte a second.
+        #[arg(long, default_value_t = 10_000)]
+        slow: usize,
+        /// Timed rounds (one /healthz and one GET /v1/services each).
+        #[arg(long, default_value_t = 10)]
+        rounds: usize,
+        /// The server's --max-connections [default: its own default].
+        #[arg(long)]
+        max_connections: Option<usize>,
+        /// An attacker reopens a connection the server closed after this.
+        #[arg(long, default_value_t = 1000)]
+        reconnect_ms: u64,
+    },
+    /// One process of `bench connections`' flood (started by it).
+    #[command(hide = true)]
+    ConnectionsAttacker {
+        #[arg(long)]
+        target: std::net::SocketAddr,
+        #[arg(long)]
+        source: std::net::IpAddr,
+        #[arg(long)]
+        idle: usize,
+        #[arg(long)]
+        slow: usize,
+        #[arg(long)]
+        reconnect_ms: u64,
+    },
 }
 
 fn main() -> ExitCode {
@@ -360,6 +406,8 @@ fn main() -> ExitCode {
             libc::signal(libc::SIGPIPE, libc::SIG_DFL);
         }
     }
+    // Every HTTP client of this process (reqwest) needs rustls's provider.
+    drover_agent::tls::install_crypto_provider();
     let runtime = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
         Ok(rt) => rt,
         Err(e) => {
@@ -405,8 +453,8 @@ fn refuse_misplaced_client_flags(cli: &Cli, matches: &clap::ArgMatches) {
         return;
     }
     let agent = matches!(cli.command, Cmd::Agent { .. });
-    for flag in ["server", "json", "actor", "token_file"] {
-        if agent && (flag == "server" || flag == "token_file") {
+    for flag in ["server", "json", "actor", "token_file", "ca_cert"] {
+        if agent && (flag == "server" || flag == "token_file" || flag == "ca_cert") {
             continue;
         }
         if matches.value_source(flag) == Some(ValueSource::CommandLine) {
@@ -414,7 +462,10 @@ fn refuse_misplaced_client_flags(cli: &Cli, matches: &clap::ArgMatches) {
             Cli::command()
                 .error(
                     clap::error::ErrorKind::ArgumentConflict,
-                    format!("--{flag} is an option of the client commands; `drover {name}` does not take it"),
+                    format!(
+                        "--{} is an option of the client commands; `drover {name}` does not take it",
+                        flag.replace('_', "-")
+                    ),
                 )
                 .exit();
         }
@@ -448,6 +499,19 @@ impl Cli {
         self.json || self.command.client().is_some_and(|c| c.json)
     }
 
+    /// The CA certificate to trust: after the subcommand > before it >
+    /// `DROVER_CA_CERT` > the data dir's generated one (https only).
+    fn ca_cert(&self, server: &str) -> Option<PathBuf> {
+        let (after, data_dir) = match &self.command {
+            Cmd::Agent { ca_cert, data_dir, .. } => (ca_cert.clone(), data_dir.clone()),
+            other => (
+                other.client().and_then(|c| c.ca_cert.clone()),
+                std::env::var_os("DROVER_DATA_DIR").map_or_else(|| PathBuf::from("./drover-data"), PathBuf::from),
+            ),
+        };
+        drover_agent::tls::ca_cert_for(server, after.or_else(|| self.ca_cert.clone()), &data_dir)
+    }
+
     /// The actor: after the subcommand > before it > `DROVER_ACTOR`.
     fn actor(&self) -> Option<String> {
         self.command.client().and_then(|c| c.actor.clone()).or_else(|| self.actor.clone())
@@ -467,11 +531,12 @@ async fn run(cli: Cli, no_local_set: bool) -> anyhow::Result<()> {
     let server = cli.server_url();
     let json = cli.json();
     let token_file = cli.token_file();
+    let ca_cert = cli.ca_cert(&server);
     let client = if cli.command.client().is_some() {
         let token = client::resolve_token(token_file.as_deref(), Some(&client::default_token_file()))?;
-        client::Client::new(&server, cli.actor(), token)?
+        client::Client::new(&server, cli.actor(), token, ca_cert.as_deref())?
     } else {
-        client::Client::new(&server, None, None)?
+        client::Client::new(&server, None, None, ca_cert.as_deref())?
     };
     match cli.command {
         Cmd::Serve(args) => serve(args, no_local_set).await,
@@ -490,12 +555,20 @@ async fn run(cli: Cli, no_local_set: bool) -> anyhow::Result<()> {
                 server,
                 interval: Duration::from_millis(interval_ms),
                 lease_ttl: secs(lease_secs, "--lease-secs")?,
+                ca_cert,
             };
             agent::run(options, shutdown_signal()).await
         }
         Cmd::Bench(BenchCmd::Heartbeats { instances, rounds }) => bench::heartbeats(instances, rounds),
         Cmd::Bench(BenchCmd::Failover { engine, fault, runs }) => bench::failover(&engine, &fault, runs).await,
         Cmd::Bench(BenchCmd::Alerts { alerts, keys, producers }) => pages::bench_alerts(alerts, keys, producers).await,
+        Cmd::Bench(BenchCmd::Connections { idle, slow, rounds, max_connections, reconnect_ms }) => {
+            bench_connections::connections(idle, slow, rounds, max_connections, Duration::from_millis(reconnect_ms))
+                .await
+        }
+        Cmd::Bench(BenchCmd::ConnectionsAttacker { target, source, idle, slow, reconnect_ms }) => {
+            bench_connections::attacker(target, source, idle, slow, Duration::from_millis(reconnect_ms)).await
+        }
         Cmd::Pages { cmd, status, team, .. } => pages::pages(&client, cmd, status, team, json).await,
         Cmd::Pager { cmd, .. } => pages::pager(&client, &server, cmd, json).await,
         Cmd::Sim { scenario, services, seed, event_log } => {

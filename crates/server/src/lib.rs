@@ -12,12 +12,15 @@
 //!   `request`, never each other; only `routes` and `openapi` import them.
 //! - `error`: the `{"error"}` shape and the extractors that produce it.
 //! - `telemetry`: Prometheus metrics.
+//! - `listen`: the accept loop (connection bound, timeouts, JSON refusals);
+//!   `tls`: the API's certificate.
 
 pub mod actor;
 pub mod auth;
 pub mod checks;
 mod error;
 pub mod http;
+pub mod listen;
 pub mod oncall;
 pub mod openapi;
 pub mod request;
@@ -25,6 +28,7 @@ pub mod routes;
 pub mod runtime;
 pub mod state;
 pub mod telemetry;
+pub mod tls;
 
 use anyhow::Context;
 use drover_engine::{Command, Engine, Input};
@@ -63,6 +67,10 @@ pub struct ServeOptions {
     /// Revoke the live `admin` token and write a new one to
     /// `DATA_DIR/admin.token` (the way back in when that file is lost).
     pub reset_admin_token: bool,
+    /// Serve HTTPS with this certificate; `None`: plain HTTP.
+    pub tls: Option<tls::TlsSource>,
+    /// Connection bound, timeouts, header size (`listen`).
+    pub http: listen::HttpLimits,
 }
 
 impl ServeOptions {
@@ -75,6 +83,8 @@ impl ServeOptions {
             local: None,
             input_log: None,
             reset_admin_token: false,
+            tls: None,
+            http: listen::HttpLimits::default(),
         }
     }
 }
@@ -101,21 +111,36 @@ const SERVE_PROBE_INTERVAL: std::time::Duration = std::time::Duration::from_secs
 /// Binds `opts.listen`, starts up, serves until `shutdown` completes, then
 /// stops cleanly (in-flight requests finish, the engine's last batch commits).
 pub async fn serve(opts: ServeOptions, shutdown: impl Future<Output = ()> + Send + 'static) -> anyhow::Result<()> {
-    let listener = TcpListener::bind(opts.listen).await.with_context(|| format!("cannot listen on {}", opts.listen))?;
-    run(listener, opts, shutdown).await
+    let tls = tls_acceptor(&opts)?;
+    let listener = listen::bind(opts.listen).with_context(|| format!("cannot listen on {}", opts.listen))?;
+    run(listener, tls, opts, shutdown).await
+}
+
+/// The TLS acceptor of `opts.tls` (the self-signed pair generated if asked
+/// and missing), before anything binds: a bad certificate stops the start.
+fn tls_acceptor(opts: &ServeOptions) -> anyhow::Result<Option<tokio_rustls::TlsAcceptor>> {
+    tls::install_crypto_provider();
+    let Some(source) = &opts.tls else { return Ok(None) };
+    let data_dir = std::path::absolute(&opts.data_dir)
+        .with_context(|| format!("cannot make the data directory {} absolute", opts.data_dir.display()))?;
+    let (acceptor, cert) = tls::acceptor(source, &data_dir, opts.listen)?;
+    tracing::info!(cert = %cert.display(), "serving HTTPS");
+    Ok(Some(acceptor))
 }
 
 /// A server started in the background (tests use port 0 and read `addr`).
 pub struct RunningServer {
     pub addr: SocketAddr,
+    tls: bool,
     stop: Option<tokio::sync::oneshot::Sender<()>>,
     task: JoinHandle<anyhow::Result<()>>,
 }
 
 impl RunningServer {
-    /// Base URL, e.g. `http://127.0.0.1:40123`.
+    /// Base URL, e.g. `http://127.0.0.1:40123` (`https://` with TLS).
     pub fn url(&self) -> String {
-        format!("http://{}", self.addr)
+        let scheme = if self.tls { "https" } else { "http" };
+        format!("{scheme}://{}", self.addr)
     }
     /// Asks the server to stop and waits until it has.
     pub async fn stop(mut self) -> anyhow::Result<()> {
@@ -135,13 +160,15 @@ impl RunningServer {
 /// task; returns once the address is bound. `/healthz` answers 503 until
 /// start-up is done, then 200.
 pub async fn start(opts: ServeOptions) -> anyhow::Result<RunningServer> {
-    let listener = TcpListener::bind(opts.listen).await.with_context(|| format!("cannot listen on {}", opts.listen))?;
+    let tls = tls_acceptor(&opts)?;
+    let listener = listen::bind(opts.listen).with_context(|| format!("cannot listen on {}", opts.listen))?;
     let addr = listener.local_addr()?;
     let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
-    let task = tokio::spawn(run(listener, opts, async move {
+    let has_tls = tls.is_some();
+    let task = tokio::spawn(run(listener, tls, opts, async move {
         let _ = stopped.await;
     }));
-    Ok(RunningServer { addr, stop: Some(stop), task })
+    Ok(RunningServer { addr, tls: has_tls, stop: Some(stop), task })
 }
 
 /// The sim images registered at start-up, one per engine kind. Images are
@@ -160,6 +187,7 @@ pub fn default_images(now: drover_model::Timestamp) -> Vec<Image> {
 
 async fn run(
     listener: TcpListener,
+    tls: Option<tokio_rustls::TlsAcceptor>,
     mut opts: ServeOptions,
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> anyhow::Result<()> {
@@ -175,12 +203,13 @@ async fn run(
     // Serve from the first moment so /healthz can say 503 while we start.
     let mut http_stop = stop_rx.clone();
     let app = routes::router(state.clone());
+    let scheme = if tls.is_some() { "https" } else { "http" };
+    let limits = opts.http.clone();
     let http_task = tokio::spawn(async move {
-        axum::serve(listener, app.into_make_service_with_connect_info::<SocketAddr>())
-            .with_graceful_shutdown(async move {
-                let _ = http_stop.wait_for(|stop| *stop).await;
-            })
-            .await
+        listen::serve(listener, app, tls, limits, async move {
+            let _ = http_stop.wait_for(|stop| *stop).await;
+        })
+        .await
     });
     tracing::info!(%addr, data_dir = %opts.data_dir.display(), "drover listening; starting up");
 
@@ -191,7 +220,7 @@ async fn run(
     tokio::pin!(shutdown);
 
     let actor_task = tokio::select! {
-        started = start_up(&opts, &state, stop_rx.clone(), addr) => match started {
+        started = start_up(&opts, &state, stop_rx.clone(), format!("{scheme}://{addr}")) => match started {
             Ok(task) => Some(task),
             Err(e) => {
                 let _ = stop_tx.send(true);
@@ -224,7 +253,7 @@ async fn start_up(
     opts: &ServeOptions,
     state: &state::AppState,
     stop: watch::Receiver<bool>,
-    addr: SocketAddr,
+    base_url: String,
 ) -> anyhow::Result<JoinHandle<()>> {
     std::fs::create_dir_all(&opts.data_dir)
         .with_context(|| format!("cannot create data directory {}", opts.data_dir.display()))?;
@@ -338,10 +367,9 @@ async fn start_up(
 
     // On-call: engine events that need a person become alerts.
     let engine_events = oncall::EngineEvents { store: store.clone(), wakeup };
-    let (oncall, oncall_task) =
-        oncall::start(&opts.data_dir, format!("http://{addr}"), Some(engine_events), stop.clone())
-            .await
-            .context("cannot start the pager")?;
+    let (oncall, oncall_task) = oncall::start(&opts.data_dir, base_url, Some(engine_events), stop.clone())
+        .await
+        .context("cannot start the pager")?;
     let engine_task = tokio::spawn(actor::Actor { machine, inbox, shutdown: stop, limits: runtime::LIMITS }.run());
     let actor_task = tokio::spawn(async move {
         let _ = engine_task.await;

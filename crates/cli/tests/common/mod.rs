@@ -96,7 +96,11 @@ pub fn kill_everything_under(dir: &Path) {
     }
 }
 
+/// Also makes ring the process's rustls provider: reqwest is built without
+/// one and panics building a client otherwise, and every test picks a port
+/// before it builds its client.
 pub fn free_port() -> u16 {
+    drover_agent::tls::install_crypto_provider();
     std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
 }
 

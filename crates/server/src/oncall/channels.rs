@@ -43,6 +43,7 @@ impl Deliverer {
         public_url: String,
         secret: Vec<u8>,
     ) -> anyhow::Result<Deliverer> {
+        crate::tls::install_crypto_provider();
         let http = reqwest::Client::builder().timeout(SEND_TIMEOUT).build()?;
         Ok(Deliverer {
             inner: Arc::new(Inner {
