@@ -219,11 +219,25 @@ enum Cmd {
         #[arg(long)]
         event_log: Option<PathBuf>,
     },
+    /// Secrets at rest: seal a value for oncall.toml with the data dir's key.
+    #[command(subcommand)]
+    Secrets(SecretsCmd),
     /// Print a shell completion script, e.g.
     /// `drover completions bash > /etc/bash_completion.d/drover`.
     Completions {
         #[arg(value_enum)]
         shell: clap_complete::Shell,
+    },
+}
+
+#[derive(Subcommand)]
+enum SecretsCmd {
+    /// Read a value from standard input (a webhook URL, an SMTP password)
+    /// and print it sealed with the data dir's key (`DROVER_SECRET_KEY` or
+    /// DATA_DIR/secret.key, created if missing), to paste into oncall.toml.
+    Seal {
+        #[arg(long, env = "DROVER_DATA_DIR", default_value = "./drover-data")]
+        data_dir: PathBuf,
     },
 }
 
@@ -440,7 +454,12 @@ impl Cmd {
             | Cmd::Pages { client, .. }
             | Cmd::Tokens { client, .. }
             | Cmd::Pager { client, .. } => Some(client),
-            Cmd::Serve(_) | Cmd::Bench(_) | Cmd::Agent { .. } | Cmd::Sim { .. } | Cmd::Completions { .. } => None,
+            Cmd::Serve(_)
+            | Cmd::Bench(_)
+            | Cmd::Agent { .. }
+            | Cmd::Sim { .. }
+            | Cmd::Secrets(_)
+            | Cmd::Completions { .. } => None,
         }
     }
 }
@@ -541,6 +560,7 @@ async fn run(cli: Cli, no_local_set: bool) -> anyhow::Result<()> {
     match cli.command {
         Cmd::Serve(args) => serve(args, no_local_set).await,
         Cmd::Completions { shell } => completions(shell),
+        Cmd::Secrets(SecretsCmd::Seal { data_dir }) => seal(&data_dir),
         Cmd::Agent { data_dir, interval_ms, lease_secs, log_format, .. } => {
             agent::init_logs(log_format);
             let (token, _) = client::resolve_token(token_file.as_deref(), None)?.ok_or_else(|| {
@@ -743,6 +763,27 @@ async fn serve(args: ServeArgs, no_local_set: bool) -> anyhow::Result<()> {
         "settings: flags > environment > config file > defaults"
     );
     drover_server::serve(settings.options, shutdown_signal()).await
+}
+
+/// `drover secrets seal`: stdin (one value, a trailing newline dropped) to
+/// a sealed value for oncall.toml on stdout. The value is read from stdin,
+/// never from the command line, which other users can see in `ps`.
+fn seal(data_dir: &std::path::Path) -> anyhow::Result<()> {
+    use std::io::Read;
+    drover_secrets::datadir::private_umask();
+    drover_secrets::private_dir(data_dir)
+        .map_err(|e| anyhow::anyhow!("cannot create the data dir {}: {e}", data_dir.display()))?;
+    let (key, source) = drover_secrets::SecretKey::load_or_create(data_dir)?;
+    let mut value = String::new();
+    std::io::stdin().read_to_string(&mut value)?;
+    let value = value.strip_suffix('\n').unwrap_or(&value);
+    let value = value.strip_suffix('\r').unwrap_or(value);
+    if value.is_empty() {
+        anyhow::bail!("nothing on standard input: pipe the value in, e.g. `drover secrets seal < password.txt`");
+    }
+    eprintln!("sealed with the key {source}");
+    println!("{}", key.seal_str(drover_server::oncall::CONFIG_CONTEXT, value));
+    Ok(())
 }
 
 /// Completes on Ctrl-C or SIGTERM.

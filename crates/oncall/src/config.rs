@@ -6,6 +6,7 @@
 
 use crate::schedule::{BusinessHours, Schedule};
 use drover_model::Timestamp;
+pub use drover_secrets::Secret;
 use jiff::tz::TimeZone;
 use serde::{Deserialize, Serialize};
 use std::collections::BTreeMap;
@@ -35,10 +36,53 @@ impl ChannelKind {
 
 /// One address on one channel. A list of contacts is tried in order: the
 /// first is preferred, the rest are fallbacks.
-#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
+///
+/// A chat or generic webhook URL is a secret (whoever has it can post as
+/// us): its `Debug` and [`Contact::redacted`] show the host only, and the
+/// shell seals it before storing a notification.
+#[derive(Clone, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct Contact {
     pub kind: ChannelKind,
     pub address: String,
+}
+
+impl Contact {
+    /// Whether the address is a secret (a webhook URL, not an e-mail address).
+    pub fn is_secret(&self) -> bool {
+        matches!(self.kind, ChannelKind::Slack | ChannelKind::Webhook)
+    }
+
+    /// The address as logs, errors and the API may show it: an e-mail
+    /// address as it is; a webhook URL as its scheme and host only
+    /// (`https://hooks.slack.com/…`), a sealed one as `(sealed)`.
+    pub fn redacted(&self) -> String {
+        if !self.is_secret() {
+            return self.address.clone();
+        }
+        redact_url(&self.address)
+    }
+}
+
+/// `scheme://host[:port]/…`: the part of a URL that is not a credential.
+pub fn redact_url(url: &str) -> String {
+    if drover_secrets::is_sealed(url) {
+        return "(sealed)".into();
+    }
+    match url.split_once("://") {
+        Some((scheme, rest)) => {
+            let host = rest.split(['/', '?', '#']).next().unwrap_or("");
+            // user:password@host: keep the host only.
+            let host = host.rsplit_once('@').map_or(host, |(_, h)| h);
+            format!("{scheme}://{host}/…")
+        }
+        None => "(redacted)".into(),
+    }
+}
+
+impl std::fmt::Debug for Contact {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Contact").field("kind", &self.kind).field("address", &self.redacted()).finish()
+    }
 }
 
 /// Who a step of an escalation policy notifies.
@@ -157,8 +201,9 @@ pub struct Delivery {
     pub smtp: Option<Smtp>,
     /// Base URL for the signed acknowledge/resolve links in notifications.
     pub public_url: Option<String>,
-    /// HMAC secret for signed links; generated and kept in the data dir when absent.
-    pub secret: Option<String>,
+    /// HMAC secret for signed links; when absent the shell derives one from
+    /// the data dir's secret key.
+    pub secret: Option<Secret>,
     /// Attempts per contact before falling back to the next one.
     pub attempts: u32,
     /// First retry delay; doubles each attempt.
@@ -178,13 +223,18 @@ impl Default for Delivery {
     }
 }
 
-#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[derive(Clone, Debug, PartialEq, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct Smtp {
     pub host: String,
     #[serde(default = "default_smtp_port")]
     pub port: u16,
     pub from: String,
+    /// SMTP AUTH, when the relay wants it (both or neither).
+    pub username: Option<String>,
+    /// Never printed (`***`); may be given sealed (`sealed:v1:…`, see
+    /// `drover secrets seal`).
+    pub password: Option<Secret>,
 }
 
 fn default_smtp_port() -> u16 {
@@ -286,7 +336,7 @@ pub struct ConfigError(pub String);
 
 pub mod raw {
     //! `oncall.toml` as written.
-    use super::Smtp;
+    use super::{Secret, Smtp};
     use serde::Deserialize;
 
     #[derive(Debug, Deserialize, Default)]
@@ -405,7 +455,7 @@ pub mod raw {
         pub feed: Contacts,
         pub smtp: Option<Smtp>,
         pub public_url: Option<String>,
-        pub secret: Option<String>,
+        pub secret: Option<Secret>,
         pub attempts: Option<u32>,
         pub backoff: Option<String>,
     }
@@ -671,6 +721,11 @@ impl Config {
         let mut delivery = Delivery::default();
         if let Some(d) = &file.delivery {
             delivery.feed = contacts(&d.feed.slack, &d.feed.webhook, &d.feed.email, &d.feed.order, "delivery.feed")?;
+            if let Some(smtp) = &d.smtp {
+                if smtp.username.is_some() != smtp.password.is_some() {
+                    return Err(ConfigError("delivery.smtp: give both username and password, or neither".into()));
+                }
+            }
             delivery.smtp = d.smtp.clone();
             delivery.public_url = d.public_url.clone();
             delivery.secret = d.secret.clone();
@@ -695,6 +750,49 @@ impl Config {
             .or_else(|| self.teams.iter().find_map(|t| t.person(name)))
     }
 
+    /// Opens every value of the file given sealed (`sealed:v1:…`, made by
+    /// `drover secrets seal`): contact addresses, `delivery.smtp.password`,
+    /// `delivery.secret`. `open` is given the sealed text and returns the
+    /// clear one; values in clear are left as they are.
+    pub fn open_sealed(&mut self, open: impl Fn(&str) -> Result<String, String>) -> Result<(), ConfigError> {
+        let open_one = |what: &str, value: &mut String| -> Result<(), ConfigError> {
+            if drover_secrets::is_sealed(value) {
+                *value = open(value).map_err(|e| ConfigError(format!("{what}: {e}")))?;
+            }
+            Ok(())
+        };
+        let mut contacts: Vec<(String, &mut Contact)> = Vec::new();
+        for t in &mut self.teams {
+            for p in &mut t.people {
+                let who = format!("team {:?} person {:?}", t.name, p.name);
+                contacts.extend(p.contacts.iter_mut().map(|c| (who.clone(), c)));
+            }
+            let who = format!("team {:?} chat", t.name);
+            contacts.extend(t.chat.iter_mut().map(|c| (who.clone(), c)));
+        }
+        for p in &mut self.people {
+            let who = format!("person {:?}", p.name);
+            contacts.extend(p.contacts.iter_mut().map(|c| (who.clone(), c)));
+        }
+        contacts.extend(self.delivery.feed.iter_mut().map(|c| ("delivery.feed".to_string(), c)));
+        for (who, c) in contacts {
+            open_one(&format!("{who} {}", c.kind.name()), &mut c.address)?;
+        }
+        if let Some(smtp) = &mut self.delivery.smtp {
+            if let Some(p) = &smtp.password {
+                let mut text = p.expose().to_string();
+                open_one("delivery.smtp.password", &mut text)?;
+                smtp.password = Some(Secret::new(text));
+            }
+        }
+        if let Some(s) = &self.delivery.secret {
+            let mut text = s.expose().to_string();
+            open_one("delivery.secret", &mut text)?;
+            self.delivery.secret = Some(Secret::new(text));
+        }
+        Ok(())
+    }
+
     pub fn team(&self, name: &str) -> Option<&Team> {
         self.teams.iter().find(|t| t.name == name)
     }
@@ -707,5 +805,76 @@ impl Config {
     /// Per team: people, for display.
     pub fn people_by_team(&self) -> BTreeMap<String, Vec<String>> {
         self.teams.iter().map(|t| (t.name.clone(), t.people.iter().map(|p| p.name.clone()).collect())).collect()
+    }
+}
+
+#[cfg(test)]
+mod secret_tests {
+    use super::*;
+
+    const FILE: &str = r#"
+[delivery]
+secret = "sealed:LINK"
+smtp = { host = "h", from = "d@example.com", username = "u", password = "sealed:PW" }
+feed = { webhook = "sealed:FEED" }
+
+[[teams]]
+name = "db"
+chat = { slack = "https://hooks.example.com/services/T/B/xyz" }
+
+[[teams.people]]
+name = "alice"
+slack = "sealed:ALICE"
+email = "alice@example.com"
+
+[[teams.escalation]]
+target = "person:alice"
+timeout = "1h"
+"#;
+
+    /// A stand-in for the shell's key: "sealed:X" opens to "open-X".
+    fn open(text: &str) -> Result<String, String> {
+        text.strip_prefix("sealed:").map(|t| format!("open-{t}")).ok_or_else(|| "not sealed".into())
+    }
+
+    #[test]
+    fn sealed_values_are_opened_and_clear_ones_kept() {
+        let file = FILE.replace("sealed:", "sealed:v1:");
+        let mut config = Config::from_toml(&file).unwrap();
+        config
+            .open_sealed(|t| open(t.strip_prefix("sealed:v1:").map(|r| format!("sealed:{r}")).as_deref().unwrap()))
+            .unwrap();
+        let team = config.team("db").unwrap();
+        assert_eq!(team.person("alice").unwrap().contacts[0].address, "open-ALICE");
+        assert_eq!(team.person("alice").unwrap().contacts[1].address, "alice@example.com");
+        assert_eq!(team.chat[0].address, "https://hooks.example.com/services/T/B/xyz");
+        assert_eq!(config.delivery.feed[0].address, "open-FEED");
+        assert_eq!(config.delivery.smtp.as_ref().unwrap().password.as_ref().unwrap().expose(), "open-PW");
+        assert_eq!(config.delivery.secret.as_ref().unwrap().expose(), "open-LINK");
+        // A value that does not open names where it is.
+        let mut config = Config::from_toml(&file).unwrap();
+        let err = config.open_sealed(|_| Err("damaged".into())).unwrap_err();
+        assert!(err.0.contains("alice") || err.0.contains("delivery"), "{err}");
+    }
+
+    #[test]
+    fn debug_output_shows_no_secret() {
+        let config = Config::from_toml(FILE).unwrap();
+        let text = format!("{config:?}");
+        for secret in ["sealed:PW", "sealed:LINK", "/services/T/B/xyz"] {
+            assert!(!text.contains(secret), "{secret} in {text}");
+        }
+        assert!(text.contains("https://hooks.example.com/…"), "{text}");
+        assert!(text.contains("alice@example.com"));
+    }
+
+    #[test]
+    fn urls_are_redacted_to_scheme_and_host() {
+        assert_eq!(redact_url("https://hooks.slack.com/services/T/B/X?a=b"), "https://hooks.slack.com/…");
+        assert_eq!(redact_url("http://user:pw@host:8080/x"), "http://host:8080/…");
+        assert_eq!(redact_url("no scheme"), "(redacted)");
+        assert_eq!(redact_url("sealed:v1:abc"), "(sealed)");
+        let smtp_only = FILE.replace("username = \"u\", ", "");
+        assert!(Config::from_toml(&smtp_only).unwrap_err().0.contains("both username and password"));
     }
 }

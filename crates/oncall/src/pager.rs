@@ -209,6 +209,14 @@ impl Recipient {
             Recipient::Person { contacts, .. } | Recipient::TeamChat { contacts, .. } => contacts,
         }
     }
+    /// Replaces every contact's address with what `shown` makes of it
+    /// (the shell names webhook URLs by host only in its answers).
+    pub fn redact_contacts(&mut self, shown: impl Fn(&Contact) -> String) {
+        let (Recipient::Person { contacts, .. } | Recipient::TeamChat { contacts, .. }) = self;
+        for c in contacts {
+            c.address = shown(c);
+        }
+    }
     pub fn label(&self) -> String {
         match self {
             Recipient::Person { name, .. } => name.clone(),

@@ -63,8 +63,11 @@ impl RunAs {
     }
 
     /// Creates `dir` (and parents) owned by this user with mode `mode`, and
-    /// makes every ancestor traversable (o+x) so the user can reach it: test
-    /// temp dirs are 0700 and owned by root.
+    /// makes every ancestor the user cannot traverse yet traversable so the
+    /// user can reach it: Drover's data dir and test temp dirs are 0700 and
+    /// owned by root. An ancestor that gives its group nothing is given to
+    /// this user's group with g+x only (0710: the servers may pass, nobody
+    /// else may even do that); any other gets o+x, as before.
     pub fn prepare_dir(&self, dir: &Path, mode: u32) -> io::Result<()> {
         std::fs::create_dir_all(dir)?;
         if self.switch {
@@ -76,7 +79,13 @@ impl RunAs {
                 }
                 let meta = std::fs::metadata(a)?;
                 let perms = meta.permissions().mode();
-                if perms & 0o001 == 0 {
+                use std::os::unix::fs::MetadataExt;
+                let traversable = perms & 0o001 != 0
+                    || (meta.gid() == self.gid && perms & 0o010 != 0)
+                    || (meta.uid() == self.uid && perms & 0o100 != 0);
+                if !traversable && perms & 0o070 == 0 && std::os::unix::fs::chown(a, None, Some(self.gid)).is_ok() {
+                    std::fs::set_permissions(a, std::fs::Permissions::from_mode(perms | 0o010))?;
+                } else if !traversable {
                     std::fs::set_permissions(a, std::fs::Permissions::from_mode(perms | 0o001))?;
                 }
                 ancestor = a.parent();
@@ -105,6 +114,10 @@ mod tests {
         assert_ne!(who.uid, 0, "servers must not run as root");
         let tmp = tempfile::tempdir().unwrap();
         let dir = tmp.path().join("a/b/pgdata");
+        std::fs::create_dir_all(tmp.path().join("a/b")).unwrap();
+        for a in [tmp.path().join("a"), tmp.path().join("a/b")] {
+            std::fs::set_permissions(&a, std::fs::Permissions::from_mode(0o700)).unwrap();
+        }
         who.prepare_dir(&dir, 0o700).unwrap();
         // The user itself can list it.
         let mut cmd = std::process::Command::new("ls");
@@ -112,5 +125,15 @@ mod tests {
         who.apply(&mut cmd);
         let status = cmd.status().unwrap();
         assert!(status.success(), "the server user cannot reach {dir:?}");
+        // Nobody else was let in on the way: the ancestors (0700, root's)
+        // became 0710 in the servers' group, not o+x.
+        if who.switch {
+            use std::os::unix::fs::MetadataExt;
+            for a in [tmp.path().join("a/b"), tmp.path().join("a")] {
+                let meta = std::fs::metadata(&a).unwrap();
+                assert_eq!(meta.permissions().mode() & 0o777, 0o710, "{a:?}");
+                assert_eq!(meta.gid(), who.gid, "{a:?}");
+            }
+        }
     }
 }

@@ -10,6 +10,13 @@
 //!
 //! Files that hold secrets are written with [`write_private`] (0600 from the
 //! first byte, fsync, rename) in directories made by [`private_dir`] (0700).
+//! Keys for other purposes (the on-call link-signing key) are derived from
+//! the one key with a labelled HMAC ([`SecretKey::derive`]), so they need no
+//! file of their own. [`datadir`] holds the data dir's lock (one control
+//! plane per data dir) and the narrowing of files an older version left
+//! readable by others.
+
+pub mod datadir;
 
 use base64::engine::general_purpose::URL_SAFE_NO_PAD;
 use base64::Engine as _;
@@ -66,6 +73,8 @@ impl fmt::Display for KeySource {
 #[derive(Clone)]
 pub struct SecretKey {
     cipher: XChaCha20Poly1305,
+    /// The key itself, for [`SecretKey::derive`] only.
+    raw: [u8; 32],
 }
 
 impl fmt::Debug for SecretKey {
@@ -78,11 +87,22 @@ impl SecretKey {
     /// A fresh random key (the OS's randomness).
     pub fn generate() -> Self {
         let key = XChaCha20Poly1305::generate_key(&mut OsRng);
-        SecretKey { cipher: XChaCha20Poly1305::new(&key) }
+        Self::from_bytes(&key.into())
     }
 
     fn from_bytes(bytes: &[u8; 32]) -> Self {
-        SecretKey { cipher: XChaCha20Poly1305::new(bytes.into()) }
+        SecretKey { cipher: XChaCha20Poly1305::new(bytes.into()), raw: *bytes }
+    }
+
+    /// A 256-bit key for one purpose, derived from this key:
+    /// HMAC-SHA256(key, "drover-derive-v1\n" ‖ label). The same key and
+    /// label always give the same bytes; different labels are independent.
+    pub fn derive(&self, label: &str) -> [u8; 32] {
+        use hmac::{Hmac, Mac};
+        let mut mac = <Hmac<sha2::Sha256> as Mac>::new_from_slice(&self.raw).expect("HMAC takes keys of any length");
+        mac.update(b"drover-derive-v1\n");
+        mac.update(label.as_bytes());
+        mac.finalize().into_bytes().into()
     }
 
     fn parse_hex(text: &str) -> Option<Self> {
@@ -114,7 +134,7 @@ impl SecretKey {
                 let bytes = XChaCha20Poly1305::generate_key(&mut OsRng);
                 let text = format!("{}\n", hex::encode(bytes));
                 match create_private(&path, text.as_bytes()) {
-                    Ok(()) => Ok((SecretKey { cipher: XChaCha20Poly1305::new(&bytes) }, KeySource::CreatedFile(path))),
+                    Ok(()) => Ok((Self::from_bytes(&bytes.into()), KeySource::CreatedFile(path))),
                     // Another part of the same start-up made it first: use theirs.
                     Err(e) if e.kind() == io::ErrorKind::AlreadyExists => Self::load_or_create(data_dir),
                     Err(source) => Err(SecretError::Io { what: format!("creating {}", path.display()), source }),
@@ -182,6 +202,14 @@ impl Secret {
 impl fmt::Debug for Secret {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.write_str("***")
+    }
+}
+
+/// Read from configuration files as a plain string; there is deliberately
+/// no `Serialize`, so a secret is never written back by accident.
+impl<'de> serde::Deserialize<'de> for Secret {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        String::deserialize(d).map(Secret)
     }
 }
 
@@ -298,6 +326,22 @@ mod tests {
         assert_eq!(format!("{s:?} {s}"), "*** ***");
         assert_eq!(s.expose(), "hunter2");
         assert_eq!(format!("{:?}", SecretKey::generate()), "SecretKey(…)");
+        let s: Secret = serde_json::from_str("\"hunter2\"").unwrap();
+        assert_eq!(format!("{s:?}"), "***");
+    }
+
+    #[test]
+    fn derived_keys_are_stable_per_label_and_independent() {
+        let key = SecretKey::generate();
+        assert_eq!(key.derive("a"), key.derive("a"));
+        assert_ne!(key.derive("a"), key.derive("b"));
+        assert_ne!(key.derive("a"), SecretKey::generate().derive("a"));
+        // Known answer: HMAC-SHA256 with the all-zero key.
+        let zero = SecretKey::from_bytes(&[0; 32]);
+        let mut mac = <hmac::Hmac<sha2::Sha256> as hmac::Mac>::new_from_slice(&[0; 32]).unwrap();
+        hmac::Mac::update(&mut mac, b"drover-derive-v1\nlabel");
+        let expected: [u8; 32] = hmac::Mac::finalize(mac).into_bytes().into();
+        assert_eq!(zero.derive("label"), expected);
     }
 
     proptest! {

@@ -14,10 +14,12 @@
 //! - `telemetry`: Prometheus metrics.
 //! - `listen`: the accept loop (connection bound, timeouts, JSON refusals);
 //!   `tls`: the API's certificate.
+//! - `data_dir`: the data dir locked, private, and the secret key loaded.
 
 pub mod actor;
 pub mod auth;
 pub mod checks;
+pub mod data_dir;
 mod error;
 pub mod http;
 pub mod listen;
@@ -110,10 +112,11 @@ const SERVE_PROBE_INTERVAL: std::time::Duration = std::time::Duration::from_secs
 
 /// Binds `opts.listen`, starts up, serves until `shutdown` completes, then
 /// stops cleanly (in-flight requests finish, the engine's last batch commits).
-pub async fn serve(opts: ServeOptions, shutdown: impl Future<Output = ()> + Send + 'static) -> anyhow::Result<()> {
+pub async fn serve(mut opts: ServeOptions, shutdown: impl Future<Output = ()> + Send + 'static) -> anyhow::Result<()> {
+    let prepared = data_dir::prepare(&mut opts)?;
     let tls = tls_acceptor(&opts)?;
     let listener = listen::bind(opts.listen).with_context(|| format!("cannot listen on {}", opts.listen))?;
-    run(listener, tls, opts, shutdown).await
+    run(listener, tls, opts, prepared, shutdown).await
 }
 
 /// The TLS acceptor of `opts.tls` (the self-signed pair generated if asked
@@ -121,9 +124,7 @@ pub async fn serve(opts: ServeOptions, shutdown: impl Future<Output = ()> + Send
 fn tls_acceptor(opts: &ServeOptions) -> anyhow::Result<Option<tokio_rustls::TlsAcceptor>> {
     tls::install_crypto_provider();
     let Some(source) = &opts.tls else { return Ok(None) };
-    let data_dir = std::path::absolute(&opts.data_dir)
-        .with_context(|| format!("cannot make the data directory {} absolute", opts.data_dir.display()))?;
-    let (acceptor, cert) = tls::acceptor(source, &data_dir, opts.listen)?;
+    let (acceptor, cert) = tls::acceptor(source, &opts.data_dir, opts.listen)?;
     tracing::info!(cert = %cert.display(), "serving HTTPS");
     Ok(Some(acceptor))
 }
@@ -159,13 +160,14 @@ impl RunningServer {
 /// Binds (port 0 picks a free port) and starts serving in a background
 /// task; returns once the address is bound. `/healthz` answers 503 until
 /// start-up is done, then 200.
-pub async fn start(opts: ServeOptions) -> anyhow::Result<RunningServer> {
+pub async fn start(mut opts: ServeOptions) -> anyhow::Result<RunningServer> {
+    let prepared = data_dir::prepare(&mut opts)?;
     let tls = tls_acceptor(&opts)?;
     let listener = listen::bind(opts.listen).with_context(|| format!("cannot listen on {}", opts.listen))?;
     let addr = listener.local_addr()?;
     let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
     let has_tls = tls.is_some();
-    let task = tokio::spawn(run(listener, tls, opts, async move {
+    let task = tokio::spawn(run(listener, tls, opts, prepared, async move {
         let _ = stopped.await;
     }));
     Ok(RunningServer { addr, tls: has_tls, stop: Some(stop), task })
@@ -188,14 +190,12 @@ pub fn default_images(now: drover_model::Timestamp) -> Vec<Image> {
 async fn run(
     listener: TcpListener,
     tls: Option<tokio_rustls::TlsAcceptor>,
-    mut opts: ServeOptions,
+    opts: ServeOptions,
+    prepared: data_dir::Prepared,
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> anyhow::Result<()> {
-    // Every path derived from the data dir is handed to child processes
-    // that run elsewhere (initdb and postgres run as another user, in their
-    // own working directory): a relative path would point somewhere else.
-    opts.data_dir = std::path::absolute(&opts.data_dir)
-        .with_context(|| format!("cannot make the data directory {} absolute", opts.data_dir.display()))?;
+    // Held until this function returns: one control plane per data dir.
+    let data_dir::Prepared { lock: _lock, key } = prepared;
     let addr = listener.local_addr()?;
     let state = state::AppState { ready: Arc::new(OnceLock::new()), metrics: telemetry::install() };
     let (stop_tx, stop_rx) = watch::channel(false);
@@ -220,7 +220,7 @@ async fn run(
     tokio::pin!(shutdown);
 
     let actor_task = tokio::select! {
-        started = start_up(&opts, &state, stop_rx.clone(), format!("{scheme}://{addr}")) => match started {
+        started = start_up(&opts, &state, stop_rx.clone(), format!("{scheme}://{addr}"), key) => match started {
             Ok(task) => Some(task),
             Err(e) => {
                 let _ = stop_tx.send(true);
@@ -254,6 +254,7 @@ async fn start_up(
     state: &state::AppState,
     stop: watch::Receiver<bool>,
     base_url: String,
+    key: drover_secrets::SecretKey,
 ) -> anyhow::Result<JoinHandle<()>> {
     std::fs::create_dir_all(&opts.data_dir)
         .with_context(|| format!("cannot create data directory {}", opts.data_dir.display()))?;
@@ -367,7 +368,7 @@ async fn start_up(
 
     // On-call: engine events that need a person become alerts.
     let engine_events = oncall::EngineEvents { store: store.clone(), wakeup };
-    let (oncall, oncall_task) = oncall::start(&opts.data_dir, base_url, Some(engine_events), stop.clone())
+    let (oncall, oncall_task) = oncall::start(&opts.data_dir, base_url, Some(engine_events), stop.clone(), &key)
         .await
         .context("cannot start the pager")?;
     let engine_task = tokio::spawn(actor::Actor { machine, inbox, shutdown: stop, limits: runtime::LIMITS }.run());

@@ -195,7 +195,7 @@ impl LocalProvider {
         let run_as = RunAs::for_servers().map_err(io("choose the server user for", &root))?;
         std::fs::create_dir_all(&root).map_err(io("create the directory", &root))?;
         for sub in ["instances", "routers", "archive"] {
-            run_as.prepare_dir(&root.join(sub), 0o755).map_err(io("prepare the directory", &root.join(sub)))?;
+            run_as.prepare_dir(&root.join(sub), 0o750).map_err(io("prepare the directory", &root.join(sub)))?;
         }
         let registry = match registry::read(&state_path)? {
             Some(mut registry) => {

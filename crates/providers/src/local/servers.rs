@@ -103,7 +103,7 @@ impl Servers {
                     .prepare_dir(dir, mode)
                     .map_err(|e| ActionError::io(format_args!("cannot prepare {}", dir.display()), e))
             };
-            prepare(&socket_dir, 0o755)?;
+            prepare(&socket_dir, 0o750)?;
             prepare(&entry.log_dir(), 0o700)?;
             let log_path = entry.log_dir().join("postgres.log");
             let log = std::fs::OpenOptions::new()

@@ -3,6 +3,10 @@
 //! backoff; when it keeps failing the next contact is tried, and the feed
 //! says so. When no contact works, the notification lands in the feed,
 //! which everyone sees.
+//!
+//! Webhook URLs are secrets: notifications carry them sealed (see
+//! `super::seal_contacts`), they are opened here just before a request, and
+//! every log line, error and feed post names them by host only.
 
 use drover_model::Timestamp;
 use drover_oncall::config::{Delivery, Smtp};
@@ -29,6 +33,7 @@ struct Inner {
     delivery: Delivery,
     public_url: String,
     secret: Vec<u8>,
+    key: drover_secrets::SecretKey,
     permits: Semaphore,
 }
 
@@ -42,6 +47,7 @@ impl Deliverer {
         delivery: Delivery,
         public_url: String,
         secret: Vec<u8>,
+        key: drover_secrets::SecretKey,
     ) -> anyhow::Result<Deliverer> {
         crate::tls::install_crypto_provider();
         let http = reqwest::Client::builder().timeout(SEND_TIMEOUT).build()?;
@@ -52,9 +58,26 @@ impl Deliverer {
                 delivery,
                 public_url: public_url.trim_end_matches('/').to_string(),
                 secret,
+                key,
                 permits: Semaphore::new(MAX_IN_FLIGHT),
             }),
         })
+    }
+
+    /// A contact's address as the API shows it: a webhook URL (sealed or
+    /// not) by scheme and host only, an e-mail address as it is.
+    pub fn shown_address(&self, contact: &Contact) -> String {
+        if !contact.is_secret() {
+            return contact.address.clone();
+        }
+        let clear = match drover_secrets::is_sealed(&contact.address) {
+            true => match self.inner.key.open_str(super::CONTACT_CONTEXT, &contact.address) {
+                Ok(a) => a,
+                Err(_) => return "(sealed under another key)".into(),
+            },
+            false => contact.address.clone(),
+        };
+        drover_oncall::config::redact_url(&clear)
     }
 
     pub fn link(&self, page: PageId, action: &str) -> String {
@@ -161,7 +184,7 @@ impl Deliverer {
                 Err(e) => failures.push(format!(
                     "{} {} failed after {tries} attempts: {e}",
                     contact.kind.name(),
-                    contact.address
+                    contact.redacted()
                 )),
             }
         }
@@ -192,18 +215,27 @@ impl Deliverer {
         subject: &str,
     ) -> (Result<(), String>, u32) {
         let attempts = self.inner.delivery.attempts.max(1);
+        // Stored notifications carry webhook URLs sealed; open in memory only.
+        let address = if drover_secrets::is_sealed(&contact.address) {
+            match self.inner.key.open_str(super::CONTACT_CONTEXT, &contact.address) {
+                Ok(a) => a,
+                Err(e) => return (Err(e.to_string()), 0),
+            }
+        } else {
+            contact.address.clone()
+        };
         let mut backoff = self.inner.delivery.backoff;
         let mut last = String::new();
         for attempt in 1..=attempts {
             let result = match contact.kind {
-                ChannelKind::Slack => self.post_json(&contact.address, &serde_json::json!({ "text": text })).await,
-                ChannelKind::Webhook => self.post_json(&contact.address, body).await,
-                ChannelKind::Email => self.email(&contact.address, subject, text).await,
+                ChannelKind::Slack => self.post_json(&address, &serde_json::json!({ "text": text })).await,
+                ChannelKind::Webhook => self.post_json(&address, body).await,
+                ChannelKind::Email => self.email(&address, subject, text).await,
             };
             match result {
                 Ok(()) => return (Ok(()), attempt),
                 Err(e) => {
-                    tracing::debug!(channel = contact.kind.name(), address = %contact.address, attempt, error = %e, "delivery attempt failed");
+                    tracing::debug!(channel = contact.kind.name(), address = %contact.redacted(), attempt, error = %e, "delivery attempt failed");
                     last = e;
                 }
             }
@@ -216,7 +248,8 @@ impl Deliverer {
     }
 
     async fn post_json(&self, url: &str, body: &serde_json::Value) -> Result<(), String> {
-        let response = self.inner.http.post(url).json(body).send().await.map_err(|e| format!("{e}"))?;
+        // reqwest's errors name the URL, which is a secret here.
+        let response = self.inner.http.post(url).json(body).send().await.map_err(|e| format!("{}", e.without_url()))?;
         if response.status().is_success() {
             Ok(())
         } else {
@@ -246,9 +279,14 @@ async fn send_email(smtp: &Smtp, to: &str, subject: &str, text: &str) -> Result<
         .body(text.to_string())
         .map_err(|e| format!("cannot build the message: {e}"))?;
     // Plain SMTP to a relay (no TLS in this build): point it at a local MTA.
-    let transport = AsyncSmtpTransport::<Tokio1Executor>::builder_dangerous(&smtp.host)
-        .port(smtp.port)
-        .timeout(Some(SEND_TIMEOUT))
-        .build();
+    let mut transport =
+        AsyncSmtpTransport::<Tokio1Executor>::builder_dangerous(&smtp.host).port(smtp.port).timeout(Some(SEND_TIMEOUT));
+    if let (Some(user), Some(password)) = (&smtp.username, &smtp.password) {
+        transport = transport.credentials(lettre::transport::smtp::authentication::Credentials::new(
+            user.clone(),
+            password.expose().to_string(),
+        ));
+    }
+    let transport = transport.build();
     transport.send(message).await.map(|_| ()).map_err(|e| format!("SMTP {}:{}: {e}", smtp.host, smtp.port))
 }

@@ -40,12 +40,36 @@ pub const LIMITS: Limits = Limits { max_batch: MAX_BATCH, queue_capacity: QUEUE_
 pub const CONFIG_FILE: &str = "oncall.toml";
 pub const DB_FILE: &str = "oncall.db";
 pub const SECRET_FILE: &str = "oncall.secret";
+/// What sealed values of `oncall.toml` are bound to (`drover secrets seal`).
+pub const CONFIG_CONTEXT: &str = "oncall.toml";
+/// What the webhook addresses stored with notifications are bound to.
+pub const CONTACT_CONTEXT: &str = "oncall.db/contact";
+/// What a sealed `oncall.secret` (from an older version) is bound to.
+const SECRET_FILE_CONTEXT: &str = "oncall.secret";
+/// The label the link-signing key is derived under from the data dir's key.
+const LINK_KEY_LABEL: &str = "oncall/link-signing";
 
 /// The pager with its store and its channels: what the pager actor owns.
 pub struct PagerMachine {
     pager: Pager,
     store: Arc<OncallStore>,
     deliverer: channels::Deliverer,
+    key: drover_secrets::SecretKey,
+}
+
+/// Seals the webhook addresses of notifications before they are stored:
+/// `oncall.db` and the API show them sealed, the deliverer opens them.
+pub fn seal_contacts(key: &drover_secrets::SecretKey, notifications: &mut [drover_oncall::Notification]) {
+    for n in notifications {
+        let contacts = match &mut n.recipient {
+            drover_oncall::Recipient::Person { contacts, .. } | drover_oncall::Recipient::TeamChat { contacts, .. } => {
+                contacts
+            }
+        };
+        for c in contacts.iter_mut().filter(|c| c.is_secret() && !drover_secrets::is_sealed(&c.address)) {
+            c.address = key.seal_str(CONTACT_CONTEXT, &c.address);
+        }
+    }
 }
 
 impl Machine for PagerMachine {
@@ -79,10 +103,11 @@ impl Machine for PagerMachine {
         })
     }
 
-    async fn commit(&mut self, out: Outputs, _batch_size: usize) -> Result<(), String> {
+    async fn commit(&mut self, mut out: Outputs, _batch_size: usize) -> Result<(), String> {
         if out.is_empty() {
             return Ok(());
         }
+        seal_contacts(&self.key, &mut out.notifications);
         let store = self.store.clone();
         let (seqs, out) = tokio::task::spawn_blocking(move || store.commit(&out).map(|seqs| (seqs, out)))
             .await
@@ -124,43 +149,53 @@ impl PagerHandle {
     }
 }
 
-/// Reads `oncall.toml` from the data dir, or the built-in default.
-pub fn load_config(data_dir: &Path) -> anyhow::Result<Config> {
+/// Reads `oncall.toml` from the data dir, or the built-in default, and
+/// opens the values given sealed with `key`.
+pub fn load_config(data_dir: &Path, key: &drover_secrets::SecretKey) -> anyhow::Result<Config> {
     let path = data_dir.join(CONFIG_FILE);
-    match std::fs::read_to_string(&path) {
-        Ok(text) => Config::from_toml(&text).with_context(|| format!("in {}", path.display())),
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(Config::default()),
-        Err(e) => Err(e).with_context(|| format!("cannot read {}", path.display())),
-    }
+    let mut config = match std::fs::read_to_string(&path) {
+        Ok(text) => Config::from_toml(&text).with_context(|| format!("in {}", path.display()))?,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(Config::default()),
+        Err(e) => return Err(e).with_context(|| format!("cannot read {}", path.display())),
+    };
+    config
+        .open_sealed(|sealed| key.open_str(CONFIG_CONTEXT, sealed).map_err(|e| e.to_string()))
+        .with_context(|| format!("in {}", path.display()))?;
+    Ok(config)
 }
 
-/// The secret for signed links: from the config, else `oncall.secret` in
-/// the data dir, created on first start from the OS's randomness.
-fn load_secret(data_dir: &Path, config: &Config) -> anyhow::Result<Vec<u8>> {
+/// The key for signed links: `delivery.secret` from the config; else an
+/// `oncall.secret` an older version wrote (kept so the links already sent
+/// stay valid; sealed in place if it was in clear); else derived from the
+/// data dir's secret key, so no file holds it.
+fn load_secret(data_dir: &Path, config: &Config, key: &drover_secrets::SecretKey) -> anyhow::Result<Vec<u8>> {
     if let Some(s) = &config.delivery.secret {
-        return Ok(s.as_bytes().to_vec());
+        return Ok(s.expose().as_bytes().to_vec());
     }
     let path = data_dir.join(SECRET_FILE);
-    match std::fs::read_to_string(&path) {
-        Ok(text) if !text.trim().is_empty() => return Ok(text.trim().as_bytes().to_vec()),
-        Ok(_) => {}
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+    let text = match std::fs::read_to_string(&path) {
+        Ok(text) => text.trim().to_string(),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => String::new(),
         Err(e) => return Err(e).with_context(|| format!("cannot read {}", path.display())),
+    };
+    if text.is_empty() {
+        return Ok(key.derive(LINK_KEY_LABEL).to_vec());
     }
-    let mut bytes = [0u8; 32];
-    use std::io::Read;
-    std::fs::File::open("/dev/urandom")
-        .and_then(|mut f| f.read_exact(&mut bytes))
-        .context("cannot read /dev/urandom for the link secret")?;
-    let text = drover_oncall::sign::sign(&bytes, drover_oncall::PageId::new_at(0, 0), "secret");
-    let tmp = path.with_extension("tmp");
-    {
-        use std::io::Write;
-        let mut f = std::fs::File::create(&tmp).with_context(|| format!("cannot write {}", tmp.display()))?;
-        f.write_all(text.as_bytes())?;
-        f.sync_all()?;
+    if drover_secrets::is_sealed(&text) {
+        let secret = key.open_str(SECRET_FILE_CONTEXT, &text).with_context(|| {
+            format!(
+                "{} was sealed under another key: restore the secret key (DROVER_SECRET_KEY or secret.key), \
+                 or delete {} (the signed links already sent stop working)",
+                path.display(),
+                path.display()
+            )
+        })?;
+        return Ok(secret.into_bytes());
     }
-    std::fs::rename(&tmp, &path)?;
+    // An older version's key in clear: seal it in place (0600, atomic).
+    drover_secrets::write_private(&path, key.seal_str(SECRET_FILE_CONTEXT, &text).as_bytes())
+        .with_context(|| format!("cannot seal {}", path.display()))?;
+    tracing::warn!(path = %path.display(), "the link-signing key was stored in clear; sealed it in place");
     Ok(text.into_bytes())
 }
 
@@ -179,9 +214,10 @@ pub async fn start(
     public_url: String,
     engine_events: Option<EngineEvents>,
     stop: watch::Receiver<bool>,
+    key: &drover_secrets::SecretKey,
 ) -> anyhow::Result<(PagerHandle, JoinHandle<()>)> {
-    let config = load_config(data_dir)?;
-    let secret = load_secret(data_dir, &config)?;
+    let config = load_config(data_dir, key)?;
+    let secret = load_secret(data_dir, &config, key)?;
     let db = data_dir.join(DB_FILE);
     let store = {
         let db = db.clone();
@@ -206,7 +242,8 @@ pub async fn start(
     let seed = (now.0 as u64) ^ ((std::process::id() as u64) << 32) ^ 0x0ca1;
     let pager = Pager::restore(config.clone(), seed, open, &recent);
     let public_url = config.delivery.public_url.clone().unwrap_or(public_url);
-    let deliverer = channels::Deliverer::new(store.clone(), config.delivery.clone(), public_url, secret.clone())?;
+    let deliverer =
+        channels::Deliverer::new(store.clone(), config.delivery.clone(), public_url, secret.clone(), key.clone())?;
     for n in pending {
         deliverer.notify(n.notification);
     }
@@ -221,7 +258,7 @@ pub async fn start(
         secret: Arc::new(secret),
         config: Arc::new(config),
     };
-    let machine = PagerMachine { pager, store, deliverer };
+    let machine = PagerMachine { pager, store, deliverer, key: key.clone() };
     let task = tokio::spawn(actor::Actor { machine, inbox, shutdown: stop, limits: LIMITS }.run());
     if let Some(events) = engine_events {
         // From the newest event on: what came before was the previous run's.
@@ -276,7 +313,8 @@ async fn bridge_engine_events(mut events: EngineEvents, mut cursor: u64, pager: 
 pub async fn bench_alerts(dir: &Path, alerts: usize, keys: usize, producers: usize) -> anyhow::Result<BenchResult> {
     std::fs::create_dir_all(dir)?;
     let (_stop_tx, stop) = watch::channel(false);
-    let (handle, task) = start(dir, "http://127.0.0.1:0".into(), None, stop).await?;
+    let (key, _) = drover_secrets::SecretKey::load_or_create(dir)?;
+    let (handle, task) = start(dir, "http://127.0.0.1:0".into(), None, stop, &key).await?;
     let started = std::time::Instant::now();
     let per = alerts / producers.max(1);
     let mut tasks = Vec::new();

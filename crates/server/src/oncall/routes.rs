@@ -233,11 +233,15 @@ pub(crate) async fn show_page(
     let pager = pager(&state)?;
     let id = parse_page_id(&id)?;
     let store = pager.store.clone();
-    let detail = blocking(move || {
+    let mut detail = blocking(move || {
         let Some(page) = store.page(id)? else { return Ok(None) };
         Ok(Some(PageDetail { page, transitions: store.transitions(id)?, notifications: store.notifications(id)? }))
     })
     .await?;
+    // Webhook URLs are stored sealed; the API names them by host only.
+    for n in detail.iter_mut().flat_map(|d| d.notifications.iter_mut()) {
+        n.notification.recipient.redact_contacts(|c| pager.deliverer.shown_address(c));
+    }
     detail
         .filter(|d| caller.sees_team(Some(&d.page.team)))
         .map(Json)
