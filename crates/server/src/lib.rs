@@ -15,6 +15,7 @@
 
 pub mod actor;
 pub mod checks;
+mod credentials;
 mod error;
 pub mod http;
 pub mod oncall;
