@@ -848,3 +848,31 @@ async fn credentials_rotate_under_write_load_without_a_failed_statement_and_the_
     let leaks = files_containing(dir.path(), password.as_bytes());
     assert!(leaks.is_empty(), "the new password is in clear in {leaks:?}");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_registry_with_a_password_in_clear_is_sealed_when_opened_and_the_url_still_carries_it() {
+    let dir = temp_dir();
+    let service = ServiceId::new_at(now_micros(), fresh_id());
+    let local = dir.path().join("local");
+    std::fs::create_dir_all(&local).unwrap();
+    let old = serde_json::json!({
+        "format": 1,
+        "instances": {},
+        "services": { service.to_string(): {
+            "name": "legacy", "router_port": 6543, "password": "plain-old-secret", "primary": null, "sync": false
+        }},
+        "tombstones": []
+    });
+    std::fs::write(local.join("state.json"), serde_json::to_vec(&old).unwrap()).unwrap();
+    let h = Harness::open(&dir, "legacy", service, test_config());
+    let stored = std::fs::read_to_string(h.provider.state_path()).unwrap();
+    assert!(!stored.contains("plain-old-secret"), "still in clear: {stored}");
+    assert!(stored.contains("SCRAM-SHA-256$"), "a verifier for the router: {stored}");
+    assert_eq!(h.url(), "postgres://app_a:plain-old-secret@127.0.0.1:6543/app");
+    drop(h);
+    // Opened again (the key file is reused): the same URL.
+    let h = Harness::open(&dir, "legacy", service, test_config());
+    assert_eq!(h.url(), "postgres://app_a:plain-old-secret@127.0.0.1:6543/app");
+    let key = std::fs::metadata(dir.path().join("secret.key")).unwrap();
+    assert_eq!(std::os::unix::fs::PermissionsExt::mode(&key.permissions()) & 0o777, 0o600);
+}
