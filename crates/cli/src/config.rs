@@ -127,6 +127,14 @@ pub struct ServeArgs {
     /// The largest request head (request line and headers) in bytes [default: 16384].
     #[arg(long, env = "DROVER_MAX_HEADER_BYTES")]
     pub max_header_bytes: Option<usize>,
+    /// After a credential rotation, the old credential keeps working this
+    /// long, then is revoked (local provider) [default: 300].
+    #[arg(long, env = "DROVER_ROTATION_OVERLAP_SECS")]
+    pub rotation_overlap_secs: Option<f64>,
+    /// Rotate every local service's credentials when they are this many
+    /// days old; 0: only on demand [default: 0].
+    #[arg(long, env = "DROVER_CREDENTIAL_ROTATION_DAYS")]
+    pub credential_rotation_days: Option<u32>,
 }
 
 /// The config file. Every key is optional; an unknown key is an error.
@@ -155,6 +163,8 @@ pub struct FileConfig {
     pub header_read_timeout_secs: Option<f64>,
     pub idle_timeout_secs: Option<f64>,
     pub max_header_bytes: Option<usize>,
+    pub rotation_overlap_secs: Option<f64>,
+    pub credential_rotation_days: Option<u32>,
 }
 
 impl FileConfig {
@@ -168,6 +178,7 @@ impl FileConfig {
             ("restart_grace_secs", config.restart_grace_secs),
             ("install_timeout_secs", config.install_timeout_secs),
             ("max_action_failure_secs", config.max_action_failure_secs),
+            ("rotation_overlap_secs", config.rotation_overlap_secs),
         ] {
             if let Some(s) = v {
                 secs(s, &key(k))?;
@@ -289,7 +300,17 @@ pub fn resolve(args: ServeArgs, no_local_set: bool) -> anyhow::Result<Settings> 
     }
     let no_local = if no_local_set { args.no_local } else { file.no_local.unwrap_or(false) };
     if !no_local {
-        opts.local = Some(drover_providers::local::LocalConfig::default());
+        let mut local = drover_providers::local::LocalConfig::default();
+        if let Some(s) = args.rotation_overlap_secs {
+            local.rotation_overlap = secs(s, "--rotation-overlap-secs")?;
+        } else if let Some(s) = file.rotation_overlap_secs {
+            local.rotation_overlap = secs(s, "rotation_overlap_secs")?;
+        }
+        local.rotation_interval = match args.credential_rotation_days.or(file.credential_rotation_days) {
+            None | Some(0) => None,
+            Some(days) => Some(Duration::from_secs(u64::from(days) * 86_400)),
+        };
+        opts.local = Some(local);
     }
     let log_format = args.log_format.or(file.log_format).unwrap_or_default();
     check_max_connections(args.max_connections, "--max-connections")?;
@@ -430,6 +451,8 @@ mod tests {
             header_read_timeout_secs,
             idle_timeout_secs,
             max_header_bytes,
+            rotation_overlap_secs,
+            credential_rotation_days,
         } = c;
         assert!(listen.is_some(), "listen");
         assert!(uncertain_after_ms.is_some(), "uncertain_after_ms");
@@ -466,6 +489,8 @@ mod tests {
             + "```toml\n".len();
         let len = DOC[start..].find("```").expect("the example block is closed");
         &DOC[start..start + len]
+        assert!(rotation_overlap_secs.is_some(), "rotation_overlap_secs");
+        assert!(credential_rotation_days.is_some(), "credential_rotation_days");
     }
 
     #[test]

@@ -283,6 +283,11 @@ enum ServicesCmd {
     Checks {
         name: String,
     },
+    /// A new credential for the service's URL; the old one keeps working
+    /// for the overlap (`rotation_overlap`), then is revoked.
+    RotateCredentials {
+        name: String,
+    },
 }
 
 #[derive(Subcommand)]
@@ -644,6 +649,16 @@ async fn run(cli: Cli, no_local_set: bool) -> anyhow::Result<()> {
                 };
                 let v = client
                     .post(&format!("/v1/services/{}/{suffix}", client::path_segment(&name)), serde_json::json!({}))
+                    .await?;
+                output::actions(&serde_json::Value::Array(vec![v.clone()]), json, Some(&v));
+                Ok(())
+            }
+            ServicesCmd::RotateCredentials { name } => {
+                let v = client
+                    .post(
+                        &format!("/v1/services/{}/credentials/rotate", client::path_segment(&name)),
+                        serde_json::json!({}),
+                    )
                     .await?;
                 output::actions(&serde_json::Value::Array(vec![v.clone()]), json, Some(&v));
                 Ok(())

@@ -356,7 +356,7 @@ impl Engine {
                 let Some(sslot) = self.instances.get(slot).map(|i| i.service) else { return };
                 self.backup_result(sslot, kind, None, detail, now, out);
             }
-            ActionKind::InjectFault { .. } => {}
+            ActionKind::InjectFault { .. } | ActionKind::RotateCredentials => {}
         }
     }
 
@@ -415,7 +415,7 @@ impl Engine {
                     self.backup_result(s, kind, Some(error), None, now, out);
                 }
             }
-            ActionKind::Probe | ActionKind::InjectFault { .. } => {}
+            ActionKind::Probe | ActionKind::InjectFault { .. } | ActionKind::RotateCredentials => {}
         }
     }
 
@@ -500,5 +500,6 @@ impl Engine {
 
 /// Remedies hold their service's one slot; chaos and probes do not.
 pub(crate) fn is_remedy(kind: &ActionKind) -> bool {
-    !matches!(kind, ActionKind::Probe | ActionKind::InjectFault { .. })
+    // A rotation changes no server: it must never hold up a failover.
+    !matches!(kind, ActionKind::Probe | ActionKind::InjectFault { .. } | ActionKind::RotateCredentials)
 }

@@ -161,6 +161,15 @@ pub enum Command {
     },
     /// Add an image to the catalog (idempotent: images are content-addressed).
     RegisterImage(Image),
+    /// Give the service's URL a new credential now; the old one keeps
+    /// working for the provider's overlap, then is revoked.
+    RotateCredentials {
+        name: String,
+        /// Set by the caller when the provider says a rotation is still in
+        /// its overlap: the command is refused (409) and audited as such.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        in_progress: Option<String>,
+    },
     /// A person looked at a service that needs a human: clear that, and let
     /// the engine try its remedies again.
     ResumeService {
@@ -179,6 +188,7 @@ impl Command {
             Command::VerifyBackup { .. } => "backups.verify",
             Command::RegisterImage(_) => "images.register",
             Command::ResumeService { .. } => "services.resume",
+            Command::RotateCredentials { .. } => "services.rotate_credentials",
         }
     }
 }

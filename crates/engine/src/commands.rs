@@ -26,7 +26,44 @@ impl Engine {
             }
             Command::ResumeService { name } => self.resume_service(name, now, out),
             Command::RegisterImage(image) => self.register_image(image, out),
+            Command::RotateCredentials { name, in_progress } => self.rotate_credentials(&name, in_progress, now, out),
         }
+    }
+
+    /// Opens a RotateCredentials action on the service's primary; refused
+    /// while one is open or the provider's previous rotation is still in
+    /// its overlap.
+    fn rotate_credentials(
+        &mut self,
+        name: &str,
+        in_progress: Option<String>,
+        now: i64,
+        out: &mut Outputs,
+    ) -> Result<Reply, CommandError> {
+        let Some(&sslot) = self.service_names.get(name) else {
+            return Err(CommandError::NotFound(format!("no service named {name:?}")));
+        };
+        let sid = self.services.get(sslot).map(|s| s.id);
+        let open = self.actions.values().any(|a| {
+            Some(a.record.service) == sid
+                && a.record.kind == ActionKind::RotateCredentials
+                && matches!(a.record.state, ActionState::Pending | ActionState::Running)
+        });
+        if open {
+            return Err(CommandError::Conflict(format!("a credential rotation of {name:?} is already running")));
+        }
+        if let Some(why) = in_progress {
+            return Err(CommandError::Conflict(why));
+        }
+        let target = self
+            .current_primary(sslot)
+            .ok_or_else(|| CommandError::Conflict(format!("{name:?} has no primary to rotate its credentials on")))?;
+        let id = self
+            .open_action(target, ActionKind::RotateCredentials, "credential rotation requested", false, now, out)
+            .ok_or_else(|| CommandError::NotFound(format!("no service named {name:?}")))?;
+        let rec = out.changes.actions.iter().rev().find(|a| a.id == id).cloned();
+        rec.map(|r| Reply::Action(Box::new(r)))
+            .ok_or_else(|| CommandError::Invalid("rotation action could not be opened".into()))
     }
 
     /// Cancels what waits for the service and starts taking it apart; the
@@ -334,7 +371,8 @@ pub(crate) fn command_target(c: &Command) -> Option<String> {
         | Command::Switchover { name }
         | Command::TakeBackup { name }
         | Command::VerifyBackup { name }
-        | Command::ResumeService { name } => Some(name.clone()),
+        | Command::ResumeService { name }
+        | Command::RotateCredentials { name, .. } => Some(name.clone()),
         Command::Chaos { instance, .. } => Some(instance.to_string()),
         Command::RegisterImage(i) => Some(i.id.to_string()),
     }

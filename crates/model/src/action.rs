@@ -86,6 +86,9 @@ pub enum ActionKind {
     /// Restore the latest backup into a scratch instance, check it, and
     /// record the result (target: the primary whose backups are verified).
     VerifyRestore,
+    /// Give the service's URL a new credential; the old one keeps working
+    /// for an overlap, then the provider revokes it (target: the primary).
+    RotateCredentials,
 }
 
 impl ActionKind {
@@ -102,6 +105,7 @@ impl ActionKind {
             ActionKind::InjectFault { .. } => "inject_fault",
             ActionKind::Backup => "backup",
             ActionKind::VerifyRestore => "verify_restore",
+            ActionKind::RotateCredentials => "rotate_credentials",
         }
     }
     /// Destructive actions change what serves the service; they pause under

@@ -59,6 +59,12 @@ pub trait Provider: Send + Sync + 'static {
     fn service_url(&self, _service: &str) -> Option<String> {
         None
     }
+    /// The credential rotation of a service (by name) still in its overlap
+    /// (the old credential not yet revoked), as a sentence; a new rotation
+    /// is refused meanwhile. None for a provider that rotates nothing.
+    fn rotation_in_progress(&self, _service: &str) -> Option<String> {
+        None
+    }
     /// What only the provider can see of a service's servers: security and
     /// performance checks, and its primary's view of replication. The
     /// default (the `sim` provider) sees nothing: those checks are `unknown`.

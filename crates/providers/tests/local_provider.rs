@@ -35,6 +35,8 @@ fn test_config() -> LocalConfig {
         kill_servers_on_drop: true,
         archive_command: None,
         backups: None,
+        rotation_overlap: Duration::from_secs(3),
+        rotation_interval: None,
     }
 }
 
@@ -135,7 +137,7 @@ impl Harness {
     async fn direct(&self, instance: InstanceId) -> tokio_postgres::Client {
         let info = self.provider.instance_info(instance).expect("known instance");
         let mut config = tokio_postgres::Config::new();
-        config.host_path(&info.socket_dir).port(info.port).user("drover").dbname("postgres");
+        config.host_path(&info.socket_dir).port(info.port).user("drover").dbname("app");
         let (client, connection) = config.connect(tokio_postgres::NoTls).await.expect("connect over the socket");
         tokio::spawn(connection);
         client
@@ -593,4 +595,284 @@ async fn backup_then_restore_test_through_the_provider_and_real_checks() {
     assert_ne!(security.status, drover_providers::checks::Status::Crit, "{security:?}");
     assert!(checks.performance.is_some());
     assert!(checks.followers.expect("pg_stat_replication answered").is_empty(), "no follower in this service");
+}
+
+/// The SQLSTATE of a refused statement, or panics if it was not refused.
+async fn refused(client: &tokio_postgres::Client, sql: &str) -> String {
+    match client.simple_query(sql).await {
+        Ok(_) => panic!("`{sql}` was accepted through the service URL"),
+        Err(e) => e.code().map(|c| c.code().to_string()).unwrap_or_else(|| format!("no code: {e}")),
+    }
+}
+
+/// Every file under `dir` (recursively), with `needle` in its bytes.
+fn files_containing(dir: &std::path::Path, needle: &[u8]) -> Vec<std::path::PathBuf> {
+    let mut found = Vec::new();
+    let mut stack = vec![dir.to_path_buf()];
+    while let Some(d) = stack.pop() {
+        let Ok(entries) = std::fs::read_dir(&d) else { continue };
+        for entry in entries.flatten() {
+            let path = entry.path();
+            let Ok(kind) = entry.file_type() else { continue };
+            if kind.is_dir() {
+                stack.push(path);
+            } else if kind.is_file() {
+                if let Ok(bytes) = std::fs::read(&path) {
+                    if bytes.windows(needle.len()).any(|w| w == needle) {
+                        found.push(path);
+                    }
+                }
+            }
+        }
+    }
+    found
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_url_role_owns_its_database_but_cannot_run_programs_alter_the_system_make_superusers_or_drive_the_router() {
+    let dir = temp_dir();
+    let h = Harness::new(&dir, "tenant");
+    let (primary, _follower) = h.pair().await;
+    let url = h.url();
+    let parsed: tokio_postgres::Config = url.parse().expect("a valid URL");
+    let login = parsed.get_user().expect("a user").to_string();
+    let password = String::from_utf8(parsed.get_password().expect("a password").to_vec()).unwrap();
+    assert_eq!(login, "app_a");
+    assert_eq!(parsed.get_dbname(), Some("app"));
+
+    // The application works: its own tables, owned by its owner role.
+    let client = through_router(&url).await.expect("connect through the URL");
+    client
+        .batch_execute("CREATE TABLE t (id int PRIMARY KEY, note text); INSERT INTO t VALUES (1, 'mine')")
+        .await
+        .expect("the application creates and writes its tables");
+    let rows = client
+        .simple_query(
+            "SELECT current_user, r.rolsuper::text, (SELECT tableowner FROM pg_tables WHERE tablename = 't') \
+             FROM pg_roles r WHERE r.rolname = session_user",
+        )
+        .await
+        .unwrap();
+    let row = rows
+        .iter()
+        .find_map(|m| match m {
+            tokio_postgres::SimpleQueryMessage::Row(r) => {
+                Some((r.get(0).unwrap().to_string(), r.get(1).unwrap().to_string(), r.get(2).unwrap().to_string()))
+            }
+            _ => None,
+        })
+        .unwrap();
+    assert_eq!(row, ("app".to_string(), "false".to_string(), "app".to_string()));
+
+    // What a tenant must never do, each refused for lack of privilege.
+    assert_eq!(refused(&client, "COPY t (note) FROM PROGRAM 'id'").await, "42501");
+    assert_eq!(refused(&client, "ALTER SYSTEM SET work_mem = '8MB'").await, "42501");
+    assert_eq!(refused(&client, "CREATE ROLE intruder SUPERUSER").await, "42501");
+    assert_eq!(refused(&client, "SELECT pg_read_file('/etc/passwd')").await, "42501");
+    assert_eq!(refused(&client, "SET ROLE drover").await, "42501");
+    assert_eq!(refused(&client, "CREATE ROLE helper CREATEROLE").await, "42501");
+    assert_eq!(refused(&client, "GRANT pg_execute_server_program TO app").await, "42501");
+
+    // The router's admin console refuses the URL's credentials.
+    let port = parsed.get_ports()[0];
+    for database in ["pgbouncer", "postgres", "template1"] {
+        let other = format!("postgres://{login}:{password}@127.0.0.1:{port}/{database}");
+        match through_router(&other).await {
+            Err(_) => {}
+            Ok(console) => {
+                for command in ["SHOW POOLS", "PAUSE", "SHUTDOWN"] {
+                    assert!(console.simple_query(command).await.is_err(), "{command} accepted on {database}");
+                }
+                panic!("the router let the URL's role into {database}");
+            }
+        }
+    }
+    // Nor can the URL's password reach the server's other databases, or
+    // Drover's roles log in over TCP.
+    let server_port = h.provider.instance_info(primary).unwrap().port;
+    for (user, database) in [(login.as_str(), "postgres"), ("drover", "postgres"), ("drover_replication", "app")] {
+        let direct = format!("postgres://{user}:{password}@127.0.0.1:{server_port}/{database}");
+        assert!(through_router(&direct).await.is_err(), "{user} reached {database} over TCP");
+    }
+    // The router still serves the application after all that.
+    let rows = client.simple_query("SELECT note FROM t").await.expect("still served");
+    assert!(rows.iter().any(|m| matches!(m, tokio_postgres::SimpleQueryMessage::Row(r) if r.get(0) == Some("mine"))));
+    drop(client);
+
+    // No password in clear anywhere in the data dir.
+    let leaks = files_containing(dir.path(), password.as_bytes());
+    assert!(leaks.is_empty(), "the service password is in clear in {leaks:?}");
+    let registry = std::fs::read_to_string(h.provider.state_path()).unwrap();
+    assert!(registry.contains("\"login\": \"app_a\""), "{registry}");
+}
+
+/// Inserts through `url` until `stop`, returning (ok, failed, last error).
+/// `fresh`: a new connection (with the URL of that moment) per statement,
+/// like a client that reconnects; otherwise one connection kept open.
+async fn write_load(
+    url: impl Fn() -> String,
+    fresh: bool,
+    base: i64,
+    stop: Arc<std::sync::atomic::AtomicBool>,
+) -> (i64, i64, Option<String>) {
+    let (mut ok, mut failed, mut last) = (0i64, 0i64, None);
+    let mut kept: Option<tokio_postgres::Client> = None;
+    let mut n = base;
+    while !stop.load(Ordering::SeqCst) {
+        n += 1;
+        if kept.is_none() || fresh {
+            match through_router(&url()).await {
+                Ok(client) => kept = Some(client),
+                Err(e) => {
+                    failed += 1;
+                    last = Some(format!("connect at {:?}: {e:?}", SystemTime::now()));
+                    tokio::time::sleep(Duration::from_millis(5)).await;
+                    continue;
+                }
+            }
+        }
+        let client = kept.as_ref().expect("connected");
+        match client.batch_execute(&format!("INSERT INTO load VALUES ({n})")).await {
+            Ok(()) => ok += 1,
+            Err(e) => {
+                failed += 1;
+                last = Some(format!("insert at {:?}: {e:?}", SystemTime::now()));
+            }
+        }
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+    (ok, failed, last)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn credentials_rotate_under_write_load_without_a_failed_statement_and_the_old_password_is_refused_after_the_overlap(
+) {
+    let dir = temp_dir();
+    let h = Arc::new(Harness::new(&dir, "rotating"));
+    let (primary, _follower) = h.pair().await;
+    let _events = h.events(); // the heartbeat loop ends overlaps
+    let old_url = h.url();
+    through_router(&old_url).await.unwrap().batch_execute("CREATE TABLE load (n bigint PRIMARY KEY)").await.unwrap();
+
+    let stop_kept = Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let stop_fresh = Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let kept = {
+        let (url, stop) = (old_url.clone(), stop_kept.clone());
+        tokio::spawn(async move { write_load(move || url.clone(), false, 0, stop).await })
+    };
+    let fresh = {
+        let (h, stop) = (h.clone(), stop_fresh.clone());
+        tokio::spawn(async move { write_load(move || h.url(), true, 1_000_000_000, stop).await })
+    };
+    tokio::time::sleep(Duration::from_millis(500)).await;
+
+    let record = h.record(primary, ActionKind::RotateCredentials);
+    let started = Instant::now();
+    eprintln!("rotation starts at {:?}", SystemTime::now());
+    match h.provider.execute(record.clone()).await {
+        ActionOutcome::Succeeded { .. } => {}
+        failed => panic!("rotation failed: {failed:?}"),
+    }
+    let new_url = h.url();
+    assert_ne!(new_url, old_url);
+    assert!(new_url.starts_with("postgres://app_b:"), "the other login role: {new_url}");
+    // A repeat of the same action (a control plane killed in between) finds it done.
+    match h.provider.execute(record).await {
+        ActionOutcome::Succeeded { detail } => assert!(detail.unwrap_or_default().contains("already")),
+        failed => panic!("repeat failed: {failed:?}"),
+    }
+    assert_eq!(h.url(), new_url);
+    // A second rotation is refused while the first is in its overlap.
+    assert!(h.provider.rotation_in_progress("rotating").is_some());
+    match h.run(primary, ActionKind::RotateCredentials).await {
+        ActionOutcome::Failed { retryable: false, .. } => {}
+        other => panic!("a second rotation in the overlap: {other:?}"),
+    }
+    // Both credentials work during the overlap.
+    through_router(&old_url).await.expect("the old URL works during the overlap");
+    through_router(&new_url).await.expect("the new URL works");
+
+    // The kept connection drains before the overlap (3 s) ends.
+    tokio::time::sleep(Duration::from_millis(1500).saturating_sub(started.elapsed())).await;
+    stop_kept.store(true, Ordering::SeqCst);
+    let (kept_ok, kept_failed, kept_error) = kept.await.unwrap();
+
+    // After the overlap the old password is refused.
+    let deadline = Instant::now() + Duration::from_secs(15);
+    let refusal = loop {
+        match through_router(&old_url).await {
+            Err(e) => break e,
+            Ok(_) => {
+                assert!(Instant::now() < deadline, "the old password still works 15 s after the overlap");
+                tokio::time::sleep(Duration::from_millis(100)).await;
+            }
+        }
+    };
+    assert!(started.elapsed() >= Duration::from_secs(3), "revoked before the overlap ended");
+    let refusal = refusal.as_db_error().map(|e| format!("{}: {}", e.code().code(), e.message()));
+    assert!(refusal.is_some(), "the router answered the old password with a refusal");
+    assert!(h.provider.rotation_in_progress("rotating").is_none());
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    stop_fresh.store(true, Ordering::SeqCst);
+    let (fresh_ok, fresh_failed, fresh_error) = fresh.await.unwrap();
+    eprintln!(
+        "rotation: kept connection {kept_ok} ok / {kept_failed} failed, reconnecting client {fresh_ok} ok /          {fresh_failed} failed; old password refused after {:?}: {refusal:?}",
+        started.elapsed()
+    );
+    assert_eq!(kept_failed, 0, "a kept connection failed: {kept_error:?}");
+    assert_eq!(fresh_failed, 0, "a reconnecting client failed: {fresh_error:?}");
+    assert!(kept_ok > 20 && fresh_ok > 20, "the load ran: {kept_ok} and {fresh_ok}");
+
+    // The new credential reaches every row, whichever role wrote it, and the
+    // old role cannot log in to the server either.
+    let client = through_router(&new_url).await.expect("the new URL works after the overlap");
+    let rows = client.simple_query("SELECT count(*) FROM load").await.unwrap();
+    let count: i64 = rows
+        .iter()
+        .find_map(|m| match m {
+            tokio_postgres::SimpleQueryMessage::Row(r) => r.get(0).map(|v| v.parse().unwrap()),
+            _ => None,
+        })
+        .unwrap();
+    assert_eq!(count, kept_ok + fresh_ok, "every acknowledged insert is there");
+    let can_login = h
+        .direct(primary)
+        .await
+        .simple_query("SELECT rolcanlogin::text FROM pg_roles WHERE rolname = 'app_a'")
+        .await
+        .unwrap();
+    assert!(can_login
+        .iter()
+        .any(|m| matches!(m, tokio_postgres::SimpleQueryMessage::Row(r) if r.get(0) == Some("false"))));
+    let password = new_url.split(':').nth(2).unwrap().split('@').next().unwrap().to_string();
+    let leaks = files_containing(dir.path(), password.as_bytes());
+    assert!(leaks.is_empty(), "the new password is in clear in {leaks:?}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_registry_with_a_password_in_clear_is_sealed_when_opened_and_the_url_still_carries_it() {
+    let dir = temp_dir();
+    let service = ServiceId::new_at(now_micros(), fresh_id());
+    let local = dir.path().join("local");
+    std::fs::create_dir_all(&local).unwrap();
+    let old = serde_json::json!({
+        "format": 1,
+        "instances": {},
+        "services": { service.to_string(): {
+            "name": "legacy", "router_port": 6543, "password": "plain-old-secret", "primary": null, "sync": false
+        }},
+        "tombstones": []
+    });
+    std::fs::write(local.join("state.json"), serde_json::to_vec(&old).unwrap()).unwrap();
+    let h = Harness::open(&dir, "legacy", service, test_config());
+    let stored = std::fs::read_to_string(h.provider.state_path()).unwrap();
+    assert!(!stored.contains("plain-old-secret"), "still in clear: {stored}");
+    assert!(stored.contains("SCRAM-SHA-256$"), "a verifier for the router: {stored}");
+    assert_eq!(h.url(), "postgres://app_a:plain-old-secret@127.0.0.1:6543/app");
+    drop(h);
+    // Opened again (the key file is reused): the same URL.
+    let h = Harness::open(&dir, "legacy", service, test_config());
+    assert_eq!(h.url(), "postgres://app_a:plain-old-secret@127.0.0.1:6543/app");
+    let key = std::fs::metadata(dir.path().join("secret.key")).unwrap();
+    assert_eq!(std::os::unix::fs::PermissionsExt::mode(&key.permissions()) & 0o777, 0o600);
 }

@@ -20,6 +20,7 @@ pub mod actor;
 pub mod auth;
 pub mod checks;
 pub mod data_dir;
+mod credentials;
 mod error;
 pub mod http;
 pub mod listen;

@@ -32,6 +32,7 @@ use utoipa::OpenApi;
         http::service_checks,
         http::post_backup,
         http::post_verify_backup,
+        crate::credentials::post_rotate_credentials,
         http::show_instance,
         http::list_events,
         http::post_heartbeats,

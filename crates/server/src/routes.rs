@@ -25,6 +25,7 @@ pub fn router(state: AppState) -> Router {
         .route("/v1/services/{name}/checks", get(http::service_checks))
         .route("/v1/services/{name}/backups", post(http::post_backup))
         .route("/v1/services/{name}/backups/verify", post(http::post_verify_backup))
+        .route("/v1/services/{name}/credentials/rotate", post(crate::credentials::post_rotate_credentials))
         .route("/v1/instances/{id}", get(http::show_instance))
         .route("/v1/events", get(http::list_events))
         .route("/v1/heartbeats", post(http::post_heartbeats))

@@ -494,21 +494,28 @@ async fn a_killed_router_comes_back_on_the_same_url_and_the_event_log_says_so() 
     assert_eq!(checks["router"]["status"], "ok", "{checks}");
 }
 
-/// Makes the primary's pg_hba.conf reject replication, the way a bad config
-/// change would, and reloads it: the path, the good file to restore, and a
-/// client connected through the URL.
+/// Makes the primary's pg_hba.conf reject replication (followers stream
+/// over its unix socket), the way a bad config change would, and reloads
+/// it: the path, the good file to restore, and an administrator's client
+/// (Drover's `drover` role over the socket: the URL's role may not reload).
 async fn reject_replication(
     t: &common::TestServer,
     primary_id: &str,
-    url: &str,
+    _url: &str,
 ) -> (std::path::PathBuf, String, tokio_postgres::Client) {
     let state: Value =
         serde_json::from_str(&std::fs::read_to_string(t.dir.path().join("local/state.json")).unwrap()).unwrap();
-    let primary_dir = state["instances"][primary_id]["dir"].as_str().unwrap().to_string();
-    let hba_path = std::path::Path::new(&primary_dir).join("pgdata/pg_hba.conf");
+    let entry = &state["instances"][primary_id];
+    let primary_dir = std::path::PathBuf::from(entry["dir"].as_str().unwrap());
+    let socket = entry["socket"].as_str().map(std::path::PathBuf::from).unwrap_or_else(|| primary_dir.join("socket"));
+    let port = entry["port"].as_u64().unwrap() as u16;
+    let hba_path = primary_dir.join("pgdata/pg_hba.conf");
     let good_hba = std::fs::read_to_string(&hba_path).unwrap();
-    std::fs::write(&hba_path, format!("host replication all 127.0.0.1/32 reject\n{good_hba}")).unwrap();
-    let c = connect(url).await.expect("connect through the URL");
+    std::fs::write(&hba_path, format!("local replication all reject\n{good_hba}")).unwrap();
+    let mut config = tokio_postgres::Config::new();
+    config.host_path(&socket).port(port).user("drover").dbname("postgres");
+    let (c, connection) = config.connect(tokio_postgres::NoTls).await.expect("connect over the socket as drover");
+    tokio::spawn(connection);
     c.simple_query("SELECT pg_reload_conf()").await.unwrap();
     (hba_path, good_hba, c)
 }
@@ -576,5 +583,55 @@ async fn a_hung_primary_with_forged_heartbeats_still_fails_over_and_the_forgery_
     for actor in ["agent-elsewhere", "alerts-platform"] {
         assert!(forged.iter().any(|a| a["actor"] == actor), "no refused heartbeat of {actor} in the audit trail");
     }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn rotating_credentials_through_the_api_switches_the_url_refuses_a_second_rotation_and_is_audited() {
+    let (mut t, _reaper) = start_local_tweaked(|opts| {
+        if let Some(local) = opts.local.as_mut() {
+            local.rotation_overlap = Duration::from_secs(4);
+        }
+    })
+    .await;
+    let before = create_pg(&t, "pgrot").await;
+    let old_url = before["url"].as_str().unwrap().to_string();
+    assert!(old_url.starts_with("postgres://app_a:") && old_url.ends_with("/app"), "{old_url}");
+    let c = connect(&old_url).await.expect("the URL works");
+    c.batch_execute("CREATE TABLE kept (n int); INSERT INTO kept VALUES (1)").await.unwrap();
+    drop(c);
+
+    let (status, body) = t.post("/v1/services/nosuch/credentials/rotate", json!({})).await;
+    assert_eq!(status, 404, "{body}");
+    let (status, action) = t.post("/v1/services/pgrot/credentials/rotate", json!({})).await;
+    assert_eq!(status, 202, "{action}");
+    assert_eq!(action["kind"], "rotate_credentials", "{action}");
+    let (status, body) = t.post("/v1/services/pgrot/credentials/rotate", json!({})).await;
+    assert_eq!(status, 409, "a second rotation while the first runs or drains: {body}");
+    let new_url = poll(SLOW, "the URL names the new credential", || async {
+        let s = t.service("pgrot").await;
+        let url = s["url"].as_str().unwrap_or_default().to_string();
+        (url != old_url).then_some(url)
+    })
+    .await;
+    assert!(new_url.starts_with("postgres://app_b:"), "{new_url}");
+    let c = connect(&new_url).await.expect("the new URL works");
+    let rows = c.simple_query("SELECT n FROM kept").await.expect("the new role reads the old role's table");
+    assert!(rows.iter().any(|m| matches!(m, tokio_postgres::SimpleQueryMessage::Row(_))));
+    drop(c);
+    poll(SLOW, "the old password refused after the overlap", || async {
+        connect(&old_url).await.is_none().then_some(())
+    })
+    .await;
+    let (status, body) = t.post("/v1/services/pgrot/credentials/rotate", json!({})).await;
+    assert_eq!(status, 202, "a new rotation once the overlap is over: {body}");
+
+    let (_, audit) = t.get("/v1/audit").await;
+    let rotations: Vec<&Value> =
+        audit.as_array().unwrap().iter().filter(|e| e["command"] == "services.rotate_credentials").collect();
+    assert!(rotations.iter().filter(|e| e["outcome"] == "ok").count() >= 2, "{rotations:#?}");
+    assert!(
+        rotations.iter().any(|e| e["outcome"] != "ok" && e["target"] == "pgrot"),
+        "the 409 is audited: {rotations:#?}"
+    );
+    assert!(rotations.iter().any(|e| e["target"] == "nosuch"), "the 404 is audited: {rotations:#?}");
     t.stop().await;
 }

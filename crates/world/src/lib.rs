@@ -232,6 +232,8 @@ pub fn act(m: &mut Machine, kind: &ActionKind, ground: Ground) -> Answer {
                 failed => answer(failed, Effect::Nothing),
             }
         }
+        // Simulated services have no credentials: a rotation changes nothing.
+        ActionKind::RotateCredentials => answer(succeeded("simulated: no credentials to rotate"), Effect::Nothing),
     }
 }
 

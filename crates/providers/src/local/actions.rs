@@ -61,6 +61,7 @@ impl Inner {
             ActionKind::InjectFault { fault } => self.inject(id, *fault).await,
             ActionKind::Backup => self.backup(id).await,
             ActionKind::VerifyRestore => self.verify_restore(id, action.id).await,
+            ActionKind::RotateCredentials => self.rotate_credentials(action.service, action.id).await,
         };
         let outcome = match result {
             Ok(detail) => ActionOutcome::Succeeded { detail },
@@ -108,6 +109,7 @@ impl Inner {
                     // Already built: make sure it runs (a repeat after a crash).
                     self.start_server(id, entry).await?;
                     if entry.role == Role::Primary {
+                        self.ensure_app_roles(entry).await?;
                         self.ensure_router(entry.service).await?;
                     }
                     return Ok(Some("already provisioned".into()));
@@ -130,8 +132,10 @@ impl Inner {
             Role::Broker => return Err(ActionError::Config("the local provider builds no brokers".into())),
         }
         self.start_server(id, &entry).await?;
-        if role == Role::Follower {
-            self.wait_streaming(&entry).await?;
+        match role {
+            Role::Primary => self.ensure_app_roles(&entry).await?,
+            Role::Follower => self.wait_streaming(&entry).await?,
+            Role::Broker => {}
         }
         {
             let mut registry = lock(&self.registry);
@@ -181,10 +185,17 @@ impl Inner {
                     let router_port = free_port(&used)?;
                     used.insert(router_port);
                     let password = random_password()?;
+                    let login = postgres::APP_LOGINS[0].to_string();
+                    let context = super::registry::password_context(service_name, &login);
                     vacant.insert(ServiceEntry {
                         name: service_name.to_string(),
                         router_port,
-                        password,
+                        verifier: postgres::scram_verifier(&password),
+                        password: self.key.seal_str(&context, &password),
+                        login,
+                        previous: None,
+                        rotated_at_ms: now_ms(),
+                        rotation_action: None,
                         primary: None,
                         sync,
                     });
@@ -226,7 +237,10 @@ impl Inner {
     }
 
     async fn build_primary(&self, entry: &InstanceEntry) -> Result<(), ActionError> {
-        let password = self.service(entry.service)?.password;
+        // Drover's superuser logs in by peer over the socket only: its
+        // password is random and never kept (no TCP rule admits it anyway),
+        // so the security check sees a superuser that is never left to trust.
+        let password = random_password()?;
         let pgdata = entry.pgdata();
         self.prepare_dir(&pgdata)?;
         let pwfile = entry.dir.join("initdb.pw");
@@ -259,7 +273,7 @@ impl Inner {
         })?;
         let pgdata = entry.pgdata();
         self.prepare_dir(&pgdata)?;
-        let conninfo = postgres::primary_conninfo(primary.port, &service.password, &entry_id_name(entry));
+        let conninfo = postgres::primary_conninfo(&primary, &entry_id_name(entry));
         let mut basebackup = tokio::process::Command::new(self.servers.binaries().path("pg_basebackup"));
         basebackup
             .arg("-D")
@@ -274,7 +288,14 @@ impl Inner {
         Ok(())
     }
 
-    fn service(&self, id: ServiceId) -> Result<ServiceEntry, ActionError> {
+    /// The application's roles and database on a primary, with the
+    /// service's current login role let in (idempotent).
+    async fn ensure_app_roles(&self, entry: &InstanceEntry) -> Result<(), ActionError> {
+        let service = self.service(entry.service)?;
+        postgres::ensure_app_roles(entry, &service.login, &service.verifier).await
+    }
+
+    pub(super) fn service(&self, id: ServiceId) -> Result<ServiceEntry, ActionError> {
         lock(&self.registry).services.get(&id).cloned().ok_or_else(|| invalid(format!("unknown service {id}")))
     }
 
@@ -468,7 +489,7 @@ impl Inner {
             };
             self.kill_server(id, Some(&entry)).await?;
             if let (Some(service), Some(holding)) = (&service, holding) {
-                self.routers.release_dead_connections(service, holding).await;
+                self.routers.release_dead_connections(entry.service, service, holding).await;
             }
         } else {
             if let Some(service) = if hold { self.service(entry.service).ok() } else { None } {
@@ -553,9 +574,8 @@ impl Inner {
         // without a restart since PostgreSQL 13, and recovery_target_timeline
         // = latest lets them cross the promotion. One that cannot (it was
         // ahead) stops streaming and is replaced by the engine.
-        let password = self.service(entry.service)?.password;
         for (other, other_entry) in others {
-            let conninfo = postgres::primary_conninfo(entry.port, &password, &other.to_string());
+            let conninfo = postgres::primary_conninfo(entry, &other.to_string());
             let sql = format!("ALTER SYSTEM SET primary_conninfo = {}", postgres::conf_quote(&conninfo));
             let repoint = async {
                 postgres::execute(&other_entry, &sql, SQL_TIMEOUT).await?;
@@ -770,8 +790,12 @@ fn free_port(used: &std::collections::BTreeSet<u16>) -> Result<u16, ActionError>
     Err(ActionError::Unavailable("no free loopback port found in 100 tries".into()))
 }
 
+pub(super) fn now_ms() -> u64 {
+    std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_millis() as u64).unwrap_or(0)
+}
+
 /// 24 random bytes as hex (safe in URLs, conninfo and config files).
-fn random_password() -> Result<String, ActionError> {
+pub(super) fn random_password() -> Result<String, ActionError> {
     use std::io::Read;
     let mut bytes = [0u8; 24];
     std::fs::File::open("/dev/urandom")

@@ -24,6 +24,7 @@
 //! and `archive/<id>/` for archived instances.
 
 mod actions;
+mod credentials;
 mod heartbeat;
 mod postgres;
 pub mod probe;
@@ -42,7 +43,7 @@ use registry::{InstanceEntry, Registry};
 use router::Routers;
 use servers::Servers;
 
-pub use postgres::{error_text as postgres_error_text, ROLE};
+pub use postgres::{error_text as postgres_error_text, APP_DATABASE, APP_LOGINS, APP_OWNER, REPLICATION_ROLE, ROLE};
 pub use process::running_pid;
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
@@ -91,7 +92,16 @@ pub struct LocalConfig {
     /// after it). When set and `archive_command` is None, WAL is archived
     /// into it too.
     pub backups: Option<crate::pgbackrest::BackupRepo>,
+    /// How long a rotated-out credential keeps working so connected
+    /// applications drain ([`DEFAULT_ROTATION_OVERLAP`] by default).
+    pub rotation_overlap: Duration,
+    /// Rotate a service's credentials when they are this old (scheduled
+    /// rotation); None: only on demand.
+    pub rotation_interval: Option<Duration>,
 }
+
+/// How long the old credential of a rotation stays valid by default.
+pub const DEFAULT_ROTATION_OVERLAP: Duration = Duration::from_secs(300);
 
 impl Default for LocalConfig {
     fn default() -> Self {
@@ -102,6 +112,8 @@ impl Default for LocalConfig {
             kill_servers_on_drop: false,
             archive_command: None,
             backups: None,
+            rotation_overlap: DEFAULT_ROTATION_OVERLAP,
+            rotation_interval: None,
         }
     }
 }
@@ -130,8 +142,11 @@ struct Inner {
     root: PathBuf,
     state_path: PathBuf,
     run_as: RunAs,
-    /// The OS user of this process, peer-mapped to the `drover` role.
+    /// The OS user of this process, peer-mapped to the `drover` role and
+    /// the router's only admin console user.
     control_user: String,
+    /// Seals and opens the services' passwords in the registry.
+    key: drover_secrets::SecretKey,
     /// Never held across an .await.
     registry: Mutex<Registry>,
     /// Held while writing the state file, so writes land in order.
@@ -153,6 +168,8 @@ struct Inner {
     loop_generation: AtomicU64,
     /// The last heartbeat seq handed out.
     last_seq: AtomicU64,
+    /// Services whose previous credential is being revoked now.
+    revoking: Mutex<std::collections::HashSet<ServiceId>>,
     /// Kept-open heartbeat connections.
     beat_clients: Mutex<HashMap<InstanceId, Arc<tokio::sync::Mutex<Option<tokio_postgres::Client>>>>>,
 }
@@ -197,8 +214,26 @@ impl LocalProvider {
         for sub in ["instances", "routers", "archive"] {
             run_as.prepare_dir(&root.join(sub), 0o750).map_err(io("prepare the directory", &root.join(sub)))?;
         }
+        let (key, _) = drover_secrets::SecretKey::load_or_create(&data_dir)
+            .map_err(|e| io("load the secret key of", &data_dir)(std::io::Error::other(e)))?;
         let registry = match registry::read(&state_path)? {
             Some(mut registry) => {
+                // A registry written before passwords were sealed: seal them now.
+                let mut sealed = false;
+                for service in registry.services.values_mut() {
+                    if !drover_secrets::is_sealed(&service.password) {
+                        if service.verifier.is_empty() {
+                            service.verifier = postgres::scram_verifier(&service.password);
+                        }
+                        let context = registry::password_context(&service.name, &service.login);
+                        service.password = key.seal_str(&context, &service.password);
+                        sealed = true;
+                    }
+                }
+                if sealed {
+                    registry::write(&state_path, &registry)?;
+                    tracing::info!(path = %state_path.display(), "service passwords sealed in the local registry");
+                }
                 // A registry written by a build that kept relative paths.
                 for entry in registry.instances.values_mut() {
                     if entry.dir.is_relative() {
@@ -220,13 +255,20 @@ impl LocalProvider {
             .unwrap_or_else(|| nix::unistd::Uid::effective().to_string());
         let closed = Arc::new(AtomicBool::new(false));
         let servers = Servers::new(binaries, run_as.clone(), config.stop_timeout, closed.clone());
-        let routers = Arc::new(Routers::new(run_as.clone(), root.join("routers"), config.stop_timeout, closed.clone()));
+        let routers = Arc::new(Routers::new(
+            run_as.clone(),
+            root.join("routers"),
+            control_user.clone(),
+            config.stop_timeout,
+            closed.clone(),
+        ));
         let inner = Arc::new(Inner {
             config,
             root,
             state_path,
             run_as,
             control_user,
+            key,
             registry: Mutex::new(registry),
             persist_lock: Mutex::new(()),
             servers,
@@ -238,6 +280,7 @@ impl LocalProvider {
             closed,
             loop_generation: AtomicU64::new(0),
             last_seq: AtomicU64::new(0),
+            revoking: Mutex::new(Default::default()),
             beat_clients: Mutex::new(HashMap::new()),
         });
         let _entered = handle.enter();
@@ -264,14 +307,24 @@ impl LocalProvider {
         Ok(Arc::new(LocalProvider { inner }))
     }
 
-    /// The stable URL of the service named `service_name` (its router).
+    /// The stable URL of the service named `service_name` (its router), as
+    /// its current application login role, to the application's database.
     pub fn service_url(&self, service_name: &str) -> Option<String> {
-        let registry = lock(&self.inner.registry);
-        registry
-            .services
-            .values()
-            .find(|s| s.name == service_name)
-            .map(|s| format!("postgres://{}:{}@127.0.0.1:{}/postgres", postgres::ROLE, s.password, s.router_port))
+        let service = lock(&self.inner.registry).services.values().find(|s| s.name == service_name).cloned()?;
+        let password = match self.inner.password(&service) {
+            Ok(password) => password,
+            Err(error) => {
+                tracing::warn!(service = %service_name, %error, "cannot open the service's sealed password");
+                return None;
+            }
+        };
+        Some(format!(
+            "postgres://{}:{}@127.0.0.1:{}/{}",
+            service.login,
+            password.expose(),
+            service.router_port,
+            postgres::APP_DATABASE
+        ))
     }
 
     pub fn instance_info(&self, id: InstanceId) -> Option<LocalInstanceInfo> {
@@ -320,6 +373,18 @@ impl Drop for LocalProvider {
 }
 
 impl Inner {
+    /// The service's current password, opened from the registry.
+    fn password(&self, service: &registry::ServiceEntry) -> Result<drover_secrets::Secret, ActionError> {
+        let context = registry::password_context(&service.name, &service.login);
+        self.key.open_str(&context, &service.password).map(drover_secrets::Secret::new).map_err(|e| {
+            ActionError::Config(format!(
+                "cannot open the sealed password of service {}: {e}; the data dir's secret key (secret.key or \
+                 DROVER_SECRET_KEY) is not the one it was sealed with",
+                service.name
+            ))
+        })
+    }
+
     fn save(&self) -> Result<(), ActionError> {
         let _writing = lock(&self.persist_lock);
         let snapshot = lock(&self.registry).clone();
@@ -503,6 +568,10 @@ impl Provider for LocalProvider {
 
     fn service_url(&self, service: &str) -> Option<String> {
         LocalProvider::service_url(self, service)
+    }
+
+    fn rotation_in_progress(&self, service: &str) -> Option<String> {
+        self.inner.rotation_in_progress(service)
     }
 
     /// Security, performance and replication as the service's primary sees

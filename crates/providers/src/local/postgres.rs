@@ -13,11 +13,28 @@ use tokio_postgres::{Client, NoTls};
 /// Debian's postgresql-15, used when `pg_config` is missing or names a
 /// folder without a `postgres` binary.
 const DEFAULT_BINDIR: &str = "/usr/lib/postgresql/15/bin";
-/// The login role of every service (initdb's bootstrap superuser): the
-/// provider, pgbouncer and clients of the stable URL all log in as it.
+/// Drover's own administrative role (initdb's bootstrap superuser): the
+/// provider, the agent and pgBackRest log in as it over the instance's unix
+/// socket with peer auth only; its password is random and thrown away at
+/// initdb, so no TCP login can ever use it.
 pub const ROLE: &str = "drover";
+/// Drover's replication role: followers (walreceiver, pg_basebackup) run as
+/// the server user on the same host and connect over the primary's socket
+/// with peer auth; it has no password.
+pub const REPLICATION_ROLE: &str = "drover_replication";
+/// The application's database: owned by [`APP_OWNER`], named in the URL.
+pub const APP_DATABASE: &str = "app";
+/// The NOLOGIN role that owns the application's database and objects; the
+/// two login roles are its members and act as it ([`APP_LOGINS`]).
+pub const APP_OWNER: &str = "app";
+/// The two login roles of the application that alternate on each credential
+/// rotation: the URL names one, the other is NOLOGIN (or in its overlap).
+/// Each has `role = app` as its session default, so what either creates is
+/// owned by `app` and stays reachable by the other.
+pub const APP_LOGINS: [&str; 2] = ["app_a", "app_b"];
 /// The pg_ident.conf map that lets the control plane's OS user (root in CI)
-/// and the server user log in over the socket as `drover` with peer auth.
+/// and the server user log in over the socket as `drover` with peer auth,
+/// and the server user as [`REPLICATION_ROLE`].
 const IDENT_MAP: &str = "drover";
 /// A follower (and pg_basebackup) gives up connecting to a primary that does
 /// not answer after this long, and tries again (walreceiver) or fails (the
@@ -158,26 +175,98 @@ pub fn write_config(run_as: &RunAs, entry: &InstanceEntry, settings: &ServerSett
         conf.push_str(&format!("archive_mode = on\narchive_command = {}\n", conf_quote(&command)));
     }
     write_owned(run_as, &pgdata.join("postgresql.conf"), &conf, 0o600)?;
+    // Drover's roles over the socket only (peer), the application's login
+    // roles over TCP loopback only (SCRAM), to their own database; nothing else.
     let hba = format!(
         "# Written by drover's local provider.\n\
-         local all all peer map={IDENT_MAP}\n\
-         host all all 127.0.0.1/32 scram-sha-256\n\
-         host replication all 127.0.0.1/32 scram-sha-256\n"
+         local all {ROLE} peer map={IDENT_MAP}\n\
+         local replication {REPLICATION_ROLE} peer map={IDENT_MAP}\n\
+         host {APP_DATABASE} {logins} 127.0.0.1/32 scram-sha-256\n",
+        logins = APP_LOGINS.join(","),
     );
     write_owned(run_as, &pgdata.join("pg_hba.conf"), &hba, 0o600)?;
-    let mut ident = format!("# Written by drover's local provider.\n{IDENT_MAP} {} {ROLE}\n", run_as.user);
+    let mut ident = format!(
+        "# Written by drover's local provider.\n{IDENT_MAP} {user} {ROLE}\n{IDENT_MAP} {user} {REPLICATION_ROLE}\n",
+        user = run_as.user
+    );
     if settings.control_user != run_as.user {
         ident.push_str(&format!("{IDENT_MAP} {} {ROLE}\n", settings.control_user));
     }
     write_owned(run_as, &pgdata.join("pg_ident.conf"), &ident, 0o600)
 }
 
-/// The conninfo a follower streams with.
-pub fn primary_conninfo(primary_port: u16, password: &str, application_name: &str) -> String {
+/// The conninfo a follower streams with: the primary's unix socket, as
+/// [`REPLICATION_ROLE`] with peer auth (no password anywhere).
+pub fn primary_conninfo(primary: &InstanceEntry, application_name: &str) -> String {
     format!(
-        "host=127.0.0.1 port={primary_port} user={ROLE} password={password} application_name={application_name} \
-         connect_timeout={REPLICATION_CONNECT_TIMEOUT_SECONDS}"
+        "host={socket} port={port} user={REPLICATION_ROLE} application_name={application_name} \
+         connect_timeout={REPLICATION_CONNECT_TIMEOUT_SECONDS}",
+        socket = conninfo_quote(&primary.socket_dir().to_string_lossy()),
+        port = primary.port,
     )
+}
+
+/// A value quoted for a libpq conninfo string.
+fn conninfo_quote(value: &str) -> String {
+    format!("'{}'", value.replace('\\', "\\\\").replace('\'', "\\'"))
+}
+
+/// A SCRAM-SHA-256 verifier of `password` (random salt, 4096 iterations),
+/// as PostgreSQL stores it in pg_authid and pgbouncer reads it in its
+/// auth_file: the password itself is never sent to the server nor written.
+pub fn scram_verifier(password: &str) -> String {
+    postgres_protocol::password::scram_sha_256(password.as_bytes())
+}
+
+/// The SQL that makes the service's roles and database on its primary, run
+/// over the socket as [`ROLE`]; idempotent (a repeated Provision runs it
+/// again). `login` gets the verifier and LOGIN; the other login role is left
+/// as it is (NOLOGIN on a new service).
+pub async fn ensure_app_roles(entry: &InstanceEntry, login: &str, verifier: &str) -> Result<(), ActionError> {
+    let timeout = Duration::from_secs(10);
+    let mut roles = format!(
+        "DO $$ BEGIN\n\
+         IF NOT EXISTS (SELECT FROM pg_roles WHERE rolname = '{REPLICATION_ROLE}') THEN \
+           CREATE ROLE {REPLICATION_ROLE} LOGIN REPLICATION; END IF;\n\
+         IF NOT EXISTS (SELECT FROM pg_roles WHERE rolname = '{APP_OWNER}') THEN \
+           CREATE ROLE {APP_OWNER} NOLOGIN; END IF;\n"
+    );
+    for role in APP_LOGINS {
+        roles.push_str(&format!(
+            "IF NOT EXISTS (SELECT FROM pg_roles WHERE rolname = '{role}') THEN \
+               CREATE ROLE {role} NOLOGIN IN ROLE {APP_OWNER}; END IF;\n"
+        ));
+    }
+    roles.push_str("END $$;\n");
+    for role in APP_LOGINS {
+        roles.push_str(&format!("ALTER ROLE {role} SET role = '{APP_OWNER}';\n"));
+    }
+    execute(entry, &roles, timeout).await?;
+    execute(entry, &set_login_sql(login, verifier), timeout).await?;
+    let exists =
+        execute(entry, &format!("SELECT 1 FROM pg_database WHERE datname = '{APP_DATABASE}'"), timeout).await?;
+    if exists.is_empty() {
+        execute(entry, &format!("CREATE DATABASE {APP_DATABASE} OWNER {APP_OWNER}"), timeout).await?;
+    }
+    // Nobody but Drover connects to the maintenance databases (pg_hba
+    // already says so; this holds even if it is loosened by hand).
+    execute(
+        entry,
+        "REVOKE CONNECT ON DATABASE postgres FROM PUBLIC; REVOKE CONNECT ON DATABASE template1 FROM PUBLIC",
+        timeout,
+    )
+    .await?;
+    Ok(())
+}
+
+/// Lets `login` in with the SCRAM `verifier`.
+pub fn set_login_sql(login: &str, verifier: &str) -> String {
+    format!("ALTER ROLE {login} LOGIN PASSWORD {}", sql_quote(verifier))
+}
+
+/// A string literal for SQL.
+pub fn sql_quote(value: &str) -> String {
+    format!("'{}'", value.replace('\'', "''"))
 }
 
 /// Sets `primary_conninfo` in postgresql.auto.conf (where pg_basebackup -R

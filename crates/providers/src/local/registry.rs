@@ -4,7 +4,8 @@
 //! control plane killed with -9 finds on restart every server it started,
 //! its port, its data directory and whether it should be running.
 //!
-//! The file holds the services' passwords: it is written with mode 0600.
+//! The file holds the services' passwords sealed with the data dir's secret
+//! key (drover-secrets), never in clear; it is written with mode 0600.
 
 use crate::ProviderError;
 use drover_model::{Fault, InstanceId, Role, ServiceId};
@@ -88,12 +89,64 @@ pub struct ServiceEntry {
     pub name: String,
     /// The pgbouncer port clients use: fixed for the service's life.
     pub router_port: u16,
-    /// The login role `drover`'s password, shared by the servers and the router.
+    /// The password of [`ServiceEntry::login`], the role the URL names,
+    /// sealed with the data dir's secret key (context
+    /// [`password_context`]). A registry written before sealing holds it in
+    /// clear: it is sealed when the provider opens it.
     pub password: String,
+    /// The application's login role the URL names (`app_a` or `app_b`).
+    #[serde(default = "default_login")]
+    pub login: String,
+    /// The SCRAM verifier of `password`, as in pg_authid and the router's
+    /// auth_file (not a password: it cannot be used to log in).
+    #[serde(default)]
+    pub verifier: String,
+    /// The credential being drained after a rotation: still accepted by
+    /// the router and the server until `revoke_after`, then revoked.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub previous: Option<PreviousLogin>,
+    /// When the current credential was made (unix ms; 0: unknown).
+    #[serde(default)]
+    pub rotated_at_ms: u64,
+    /// The RotateCredentials action that made the current credential: a
+    /// repeat of it (after a crash) finds its work done.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub rotation_action: Option<drover_model::ActionId>,
     /// The instance the router sends clients to.
     pub primary: Option<InstanceId>,
     /// The plan replicates synchronously.
     pub sync: bool,
+}
+
+/// The login role a rotation replaced, valid until its overlap ends.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct PreviousLogin {
+    pub login: String,
+    pub verifier: String,
+    /// Unix ms after which it is revoked (NOLOGIN, sessions ended).
+    pub revoke_after_ms: u64,
+}
+
+fn default_login() -> String {
+    super::postgres::APP_LOGINS[0].to_string()
+}
+
+/// The context a service's password is sealed under: bound to the service
+/// and the login role, so a sealed value moved elsewhere does not open.
+pub fn password_context(service: &str, login: &str) -> String {
+    format!("service/{service}/password/{login}")
+}
+
+impl ServiceEntry {
+    /// The login roles the router accepts: the current one, then the one
+    /// in its overlap.
+    pub fn logins(&self) -> Vec<(String, String)> {
+        let mut logins = vec![(self.login.clone(), self.verifier.clone())];
+        if let Some(previous) = &self.previous {
+            logins.push((previous.login.clone(), previous.verifier.clone()));
+        }
+        logins
+    }
 }
 
 #[derive(Clone, Debug, Default, Serialize, Deserialize)]

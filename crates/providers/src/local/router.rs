@@ -12,7 +12,7 @@
 //! unnamed statements (psql, `batch_execute`, `query_typed`).
 
 use super::lock;
-use super::postgres::{self, error_text, write_owned, ROLE};
+use super::postgres::{self, error_text, write_owned, APP_DATABASE};
 use super::process::{running_pid, ServerProcess};
 use super::registry::ServiceEntry;
 use crate::checks::{Check, Status};
@@ -30,7 +30,7 @@ use tokio_postgres::NoTls;
 
 const DEFAULT_PGBOUNCER: &str = "/usr/sbin/pgbouncer";
 /// The one database a router serves (the name in the service's URL).
-const DATABASE: &str = "postgres";
+const DATABASE: &str = APP_DATABASE;
 
 /// How long a router may take to answer its console after being spawned.
 const START_TIMEOUT: Duration = Duration::from_secs(10);
@@ -61,6 +61,9 @@ pub(super) struct Routers {
     run_as: RunAs,
     /// `data_dir/local/routers`: one directory per service.
     root: PathBuf,
+    /// The OS user of the control plane: the console's only user, over the
+    /// router's unix socket with peer auth (no password).
+    control_user: String,
     stop_timeout: Duration,
     /// Set when the provider shuts down: nothing is started after it.
     closed: Arc<AtomicBool>,
@@ -70,11 +73,18 @@ pub(super) struct Routers {
 }
 
 impl Routers {
-    pub fn new(run_as: RunAs, root: PathBuf, stop_timeout: Duration, closed: Arc<AtomicBool>) -> Routers {
+    pub fn new(
+        run_as: RunAs,
+        root: PathBuf,
+        control_user: String,
+        stop_timeout: Duration,
+        closed: Arc<AtomicBool>,
+    ) -> Routers {
         Routers {
             pgbouncer: binary(),
             run_as,
             root,
+            control_user,
             stop_timeout,
             closed,
             processes: Mutex::new(HashMap::new()),
@@ -84,6 +94,35 @@ impl Routers {
 
     fn dir(&self, service: ServiceId) -> PathBuf {
         self.root.join(service.to_string())
+    }
+
+    /// Where the router's unix socket (its admin console) lives: its own
+    /// directory when the socket path fits, else a short one of its own.
+    fn socket_dir(&self, service: ServiceId) -> PathBuf {
+        let dir = self.dir(service);
+        if dir.join(".s.PGSQL.65535").as_os_str().len() <= super::registry::MAX_SOCKET_PATH {
+            return dir;
+        }
+        let uid = nix::unistd::Uid::effective();
+        std::env::temp_dir().join(format!("drover-sockets-{uid}")).join(format!("r{}", service.0.simple()))
+    }
+
+    /// How to reach the admin console of the service's router.
+    fn console(&self, service_id: ServiceId, service: &ServiceEntry) -> Console {
+        Console { socket_dir: self.socket_dir(service_id), port: service.router_port, user: self.control_user.clone() }
+    }
+
+    /// Rewrites the router's auth files for the service's current login
+    /// roles and RELOADs it (a credential rotation), when it runs.
+    pub async fn reload_logins(&self, service_id: ServiceId, service: &ServiceEntry) -> Result<(), ActionError> {
+        let dir = self.dir(service_id);
+        write_auth(&self.run_as, &dir, service, &self.control_user)?;
+        if self.running(service_id) {
+            admin(&self.console(service_id, service), "RELOAD", COMMAND_TIMEOUT)
+                .await
+                .map_err(ActionError::Unavailable)?;
+        }
+        Ok(())
     }
 
     fn get(&self, service: ServiceId) -> Option<ServerProcess> {
@@ -127,9 +166,16 @@ impl Routers {
         self.run_as
             .prepare_dir(&dir, 0o700)
             .map_err(|e| ActionError::io(format_args!("cannot prepare {}", dir.display()), e))?;
-        write_config(&self.run_as, &dir, service, primary_port)?;
+        let socket_dir = self.socket_dir(service_id);
+        if socket_dir != dir {
+            self.run_as
+                .prepare_dir(&socket_dir, 0o755)
+                .map_err(|e| ActionError::io(format_args!("cannot prepare {}", socket_dir.display()), e))?;
+        }
+        write_config(&self.run_as, &dir, &socket_dir, service, primary_port, &self.control_user)?;
+        let console = self.console(service_id, service);
         if self.running(service_id) {
-            return admin(service, "RELOAD", COMMAND_TIMEOUT).await.map_err(ActionError::Unavailable);
+            return admin(&console, "RELOAD", COMMAND_TIMEOUT).await.map_err(ActionError::Unavailable);
         }
         if self.closed.load(Ordering::SeqCst) {
             return Err(ActionError::Unavailable("the local provider is shut down".into()));
@@ -165,7 +211,7 @@ impl Routers {
                 let log = std::fs::read_to_string(&log_path).unwrap_or_default();
                 return Err(ActionError::Failed(format!("pgbouncer exited at start: {}", postgres::tail(&log, 800))));
             }
-            match admin(service, "SHOW VERSION", Duration::from_secs(1)).await {
+            match admin(&console, "SHOW VERSION", Duration::from_secs(1)).await {
                 Ok(()) => return Ok(()),
                 Err(e) if Instant::now() >= deadline => {
                     return Err(ActionError::Timeout(format!("router not answering: {e}")))
@@ -213,7 +259,7 @@ impl Routers {
                 evidence,
             };
         }
-        match admin(service, "SHOW VERSION", CHECK_TIMEOUT).await {
+        match admin(&self.console(service_id, service), "SHOW VERSION", CHECK_TIMEOUT).await {
             Ok(()) => Check {
                 status: Status::Ok,
                 summary: format!("the router answers on port {}", service.router_port),
@@ -236,7 +282,7 @@ impl Routers {
         // PAUSE waits for running transactions: on a dead or hung primary
         // it may never complete. The admin connection is dropped on timeout,
         // but pgbouncer stays in "pausing" and queues new clients: enough.
-        if let Err(error) = pause(service, COMMAND_TIMEOUT).await {
+        if let Err(error) = pause(&self.console(service_id, service), COMMAND_TIMEOUT).await {
             tracing::info!(service = %service.name, %error, "router pause not confirmed; fencing anyway");
         }
         self.arm_pause_watchdog(service_id, service);
@@ -250,18 +296,20 @@ impl Routers {
         if !self.running(service_id) {
             return None;
         }
+        let console = self.console(service_id, service);
         let pausing = {
-            let service = service.clone();
+            let console = console.clone();
+            let name = service.name.clone();
             tokio::spawn(async move {
-                if let Err(error) = pause_database(&service, COMMAND_TIMEOUT).await {
-                    tracing::info!(service = %service.name, %error, "router pause not confirmed");
+                if let Err(error) = pause_database(&console, COMMAND_TIMEOUT).await {
+                    tracing::info!(service = %name, %error, "router pause not confirmed");
                 }
             })
         };
         self.arm_pause_watchdog(service_id, service);
         let deadline = Instant::now() + HOLD_CONFIRM_TIMEOUT;
         loop {
-            match database_paused(service, HOLD_CONFIRM_TIMEOUT).await {
+            match database_paused(&console, HOLD_CONFIRM_TIMEOUT).await {
                 Ok(true) => break,
                 Ok(false) | Err(_) if Instant::now() < deadline => tokio::time::sleep(Duration::from_millis(5)).await,
                 other => {
@@ -280,12 +328,17 @@ impl Routers {
     /// primary). Connections a dead server left open (a powered-off host
     /// closes nothing) would keep the PAUSE waiting: past
     /// [`DEAD_CONNECTIONS_WAIT`] the router drops them (`KILL <db>`).
-    pub async fn release_dead_connections(&self, service: &ServiceEntry, pausing: JoinHandle<()>) {
+    pub async fn release_dead_connections(
+        &self,
+        service_id: ServiceId,
+        service: &ServiceEntry,
+        pausing: JoinHandle<()>,
+    ) {
         if tokio::time::timeout(DEAD_CONNECTIONS_WAIT, pausing).await.is_ok() {
             return;
         }
         tracing::info!(service = %service.name, "connections to the killed primary still open: cutting them off");
-        if let Err(error) = cut_off(service, COMMAND_TIMEOUT).await {
+        if let Err(error) = cut_off(&self.console(service_id, service), COMMAND_TIMEOUT).await {
             tracing::warn!(service = %service.name, %error, "router cut-off failed");
         }
     }
@@ -296,7 +349,7 @@ impl Routers {
         let paused_at = Instant::now();
         lock(&self.paused).insert(service_id, paused_at);
         let weak = Arc::downgrade(self);
-        // A service's router port and password never change.
+        // A service's router port never changes.
         let service = service.clone();
         tokio::spawn(async move {
             tokio::time::sleep(MAX_PAUSE).await;
@@ -315,7 +368,7 @@ impl Routers {
         if !self.running(service_id) {
             return;
         }
-        if let Err(error) = resume(service, COMMAND_TIMEOUT).await {
+        if let Err(error) = resume(&self.console(service_id, service), COMMAND_TIMEOUT).await {
             tracing::warn!(service = %service.name, %error, "cannot resume router");
         }
     }
@@ -346,22 +399,67 @@ fn log_path(dir: &Path) -> PathBuf {
     dir.join("pgbouncer.log")
 }
 
-/// Writes pgbouncer.ini (pointing at `primary_port`) and the userlist.
-fn write_config(run_as: &RunAs, dir: &Path, service: &ServiceEntry, primary_port: u16) -> Result<(), ActionError> {
-    let userlist = dir.join("userlist.txt");
-    write_owned(run_as, &userlist, &format!("\"{ROLE}\" \"{}\"\n", service.password), 0o600)?;
+/// How to reach a router's admin console: its unix socket, as the control
+/// plane's OS user (pgbouncer checks it with peer auth).
+#[derive(Clone, Debug)]
+struct Console {
+    socket_dir: PathBuf,
+    port: u16,
+    user: String,
+}
+
+/// Writes the router's auth_file (SCRAM verifiers of the service's login
+/// roles, never a password) and its hba file: the application's roles over
+/// TCP loopback with SCRAM, to the service's database only; the console
+/// (database `pgbouncer`) only over the unix socket, to the control plane's
+/// OS user by peer auth.
+fn write_auth(run_as: &RunAs, dir: &Path, service: &ServiceEntry, control_user: &str) -> Result<(), ActionError> {
+    let logins = service.logins();
+    let mut userlist = String::new();
+    for (login, verifier) in &logins {
+        userlist.push_str(&format!("\"{login}\" \"{verifier}\"\n"));
+    }
+    // pgbouncer looks the console user up in its auth_file before the hba
+    // rule (peer) applies: a verifier of a random password nobody keeps.
+    let unusable = postgres::scram_verifier(&super::actions::random_password()?);
+    userlist.push_str(&format!("\"{control_user}\" \"{unusable}\"\n"));
+    write_owned(run_as, &dir.join("userlist.txt"), &userlist, 0o600)?;
+    let names: Vec<&str> = logins.iter().map(|(login, _)| login.as_str()).collect();
+    let hba = format!(
+        "# Written by drover's local provider.\n\
+         local pgbouncer {control_user} peer\n\
+         host {DATABASE} {users} 127.0.0.1/32 scram-sha-256\n",
+        users = names.join(","),
+    );
+    write_owned(run_as, &dir.join("pgbouncer_hba.conf"), &hba, 0o600)
+}
+
+/// Writes pgbouncer.ini (pointing at `primary_port`) and its auth files.
+fn write_config(
+    run_as: &RunAs,
+    dir: &Path,
+    socket_dir: &Path,
+    service: &ServiceEntry,
+    primary_port: u16,
+    control_user: &str,
+) -> Result<(), ActionError> {
+    write_auth(run_as, dir, service, control_user)?;
     let ini = format!(
         "; Written by drover's local provider for service {name}; changes here are overwritten.\n\
          [databases]\n\
-         {DATABASE} = host=127.0.0.1 port={primary_port} dbname=postgres user={ROLE}\n\
+         ; No user=: each client's own login role logs in to the server, with\n\
+         ; the SCRAM keys of its own login (pgbouncer's SCRAM pass-through).\n\
+         {DATABASE} = host=127.0.0.1 port={primary_port} dbname={DATABASE}\n\
          \n\
          [pgbouncer]\n\
          listen_addr = 127.0.0.1\n\
          listen_port = {router_port}\n\
-         unix_socket_dir =\n\
-         auth_type = scram-sha-256\n\
+         unix_socket_dir = {socket_dir}\n\
+         auth_type = hba\n\
+         auth_hba_file = {hba}\n\
          auth_file = {userlist}\n\
-         admin_users = {ROLE}\n\
+         admin_users = {control_user}\n\
+         stats_users =\n\
          pool_mode = transaction\n\
          max_client_conn = 500\n\
          default_pool_size = 20\n\
@@ -378,30 +476,31 @@ fn write_config(run_as: &RunAs, dir: &Path, service: &ServiceEntry, primary_port
          ignore_startup_parameters = extra_float_digits,options\n",
         name = service.name,
         router_port = service.router_port,
-        userlist = userlist.display(),
+        userlist = dir.join("userlist.txt").display(),
+        hba = dir.join("pgbouncer_hba.conf").display(),
+        socket_dir = socket_dir.display(),
         pidfile = pid_path(dir).display(),
     );
     write_owned(run_as, &config_path(dir), &ini, 0o600)
 }
 
 /// Runs one admin console command (PAUSE, RELOAD, RESUME, SHOW …) within `timeout`.
-async fn admin(service: &ServiceEntry, command: &str, timeout: Duration) -> Result<(), String> {
-    admin_rows(service, command, timeout).await.map(|_| ())
+async fn admin(console: &Console, command: &str, timeout: Duration) -> Result<(), String> {
+    admin_rows(console, command, timeout).await.map(|_| ())
 }
 
 /// [`admin`], returning the rows it answered.
 async fn admin_rows(
-    service: &ServiceEntry,
+    console: &Console,
     command: &str,
     timeout: Duration,
 ) -> Result<Vec<tokio_postgres::SimpleQueryRow>, String> {
     let attempt = async {
         let mut config = tokio_postgres::Config::new();
         config
-            .host("127.0.0.1")
-            .port(service.router_port)
-            .user(ROLE)
-            .password(service.password.as_str())
+            .host_path(&console.socket_dir)
+            .port(console.port)
+            .user(&console.user)
             .dbname("pgbouncer")
             .connect_timeout(timeout);
         let (client, connection) = config
@@ -429,9 +528,9 @@ async fn admin_rows(
 
 /// Ends both kinds of hold: RESUME (after PAUSE) and `RESUME <db>` (after
 /// [`cut_off`]), treating "not paused" as success.
-async fn resume(service: &ServiceEntry, timeout: Duration) -> Result<(), String> {
+async fn resume(console: &Console, timeout: Duration) -> Result<(), String> {
     for command in ["RESUME".to_string(), format!("RESUME {DATABASE}")] {
-        match admin(service, &command, timeout).await {
+        match admin(console, &command, timeout).await {
             Ok(()) => {}
             Err(e) if e.contains("not paused") => {}
             Err(e) => return Err(e),
@@ -444,8 +543,8 @@ async fn resume(service: &ServiceEntry, timeout: Duration) -> Result<(), String>
 /// server connections is active. The database is marked paused as soon as
 /// pgbouncer reads the command ([`database_paused`] sees it), before the
 /// answer.
-async fn pause_database(service: &ServiceEntry, timeout: Duration) -> Result<(), String> {
-    match admin(service, &format!("PAUSE {DATABASE}"), timeout).await {
+async fn pause_database(console: &Console, timeout: Duration) -> Result<(), String> {
+    match admin(console, &format!("PAUSE {DATABASE}"), timeout).await {
         Ok(()) => Ok(()),
         // A global PAUSE (a switchover) already holds everything.
         Err(e) if e.contains("already") => Ok(()),
@@ -454,8 +553,8 @@ async fn pause_database(service: &ServiceEntry, timeout: Duration) -> Result<(),
 }
 
 /// Whether the service's database is held (by `PAUSE <db>` or `KILL <db>`).
-async fn database_paused(service: &ServiceEntry, timeout: Duration) -> Result<bool, String> {
-    let rows = admin_rows(service, "SHOW DATABASES", timeout).await?;
+async fn database_paused(console: &Console, timeout: Duration) -> Result<bool, String> {
+    let rows = admin_rows(console, "SHOW DATABASES", timeout).await?;
     let row = rows
         .iter()
         .find(|r| r.try_get("name").ok().flatten() == Some(DATABASE))
@@ -469,20 +568,20 @@ async fn database_paused(service: &ServiceEntry, timeout: Duration) -> Result<bo
 /// powered off closes nothing): PAUSE would wait for them until its
 /// timeout. Idle clients lose their connections too, which is why it is the
 /// last resort. KILL is refused during a global PAUSE; that is ended first.
-async fn cut_off(service: &ServiceEntry, timeout: Duration) -> Result<(), String> {
+async fn cut_off(console: &Console, timeout: Duration) -> Result<(), String> {
     let kill = format!("KILL {DATABASE}");
-    match admin(service, &kill, timeout).await {
+    match admin(console, &kill, timeout).await {
         Err(e) if e.contains("already suspended/paused") => {
-            resume(service, timeout).await?;
-            admin(service, &kill, timeout).await
+            resume(console, timeout).await?;
+            admin(console, &kill, timeout).await
         }
         other => other,
     }
 }
 
 /// PAUSE, treating "already paused" as success.
-async fn pause(service: &ServiceEntry, timeout: Duration) -> Result<(), String> {
-    match admin(service, "PAUSE", timeout).await {
+async fn pause(console: &Console, timeout: Duration) -> Result<(), String> {
+    match admin(console, "PAUSE", timeout).await {
         Ok(()) => Ok(()),
         Err(e) if e.contains("already") => Ok(()),
         Err(e) => Err(e),

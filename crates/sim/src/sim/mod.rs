@@ -537,7 +537,7 @@ impl Sim {
             ActionKind::Retire => p.retire_secs,
             ActionKind::Archive => p.archive_secs,
             ActionKind::Terminate => p.terminate_secs,
-            ActionKind::InjectFault { .. } => [0.0, 0.0],
+            ActionKind::InjectFault { .. } | ActionKind::RotateCredentials => [0.0, 0.0],
             // A base backup or a restore test of a small database: minutes,
             // drawn like a provisioning.
             ActionKind::Backup | ActionKind::VerifyRestore => p.provision_secs,

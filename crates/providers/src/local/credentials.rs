@@ -1,0 +1,197 @@
+//! Credential rotation without downtime (issue 10, item 8).
+//!
+//! A service has two login roles, `app_a` and `app_b`, both members of the
+//! NOLOGIN owner role `app` (and acting as it: `ALTER ROLE … SET role`),
+//! so whatever one creates the other reaches. The URL names one of them.
+//! A rotation ([`Inner::rotate_credentials`], the `RotateCredentials`
+//! action):
+//!
+//! 1. gives the other role LOGIN and the SCRAM verifier of a new random
+//!    password, on the primary (replicated to the followers);
+//! 2. rewrites the router's auth_file with both verifiers and RELOADs it
+//!    (before the URL changes: a client that reads the new URL at once is
+//!    let in);
+//! 3. records in the registry, durably, the new role and its sealed
+//!    password as the URL's, and the old one as `previous` with the end of
+//!    its overlap (`LocalConfig::rotation_overlap`).
+//!
+//! Clients holding the old URL keep connecting until the overlap ends; then
+//! the heartbeat loop ([`Inner::end_overlaps`]) revokes the old role: NOLOGIN
+//! and no password on the primary, its sessions ended, and the router's
+//! auth_file without it. Every step is idempotent and its state lives in the
+//! registry, so a control plane killed with -9 anywhere in between finishes
+//! the rotation when it runs again (the engine re-dispatches the action; the
+//! overlap's end is found in the registry).
+
+use super::actions::{now_ms, random_password};
+use super::postgres::{self, APP_LOGINS};
+use super::registry::{password_context, PreviousLogin, ServiceEntry};
+use super::{lock, Inner};
+use crate::ActionError;
+use drover_model::{ActionId, ServiceId};
+use std::sync::Arc;
+use std::time::Duration;
+
+const SQL_TIMEOUT: Duration = Duration::from_secs(10);
+
+impl Inner {
+    /// Steps 1–3 above; the old credential stays valid for the overlap.
+    pub(super) async fn rotate_credentials(
+        &self,
+        service_id: ServiceId,
+        action: ActionId,
+    ) -> Result<Option<String>, ActionError> {
+        let guard = self.service_lock(service_id);
+        let _held = guard.lock().await;
+        let service = self.service(service_id)?;
+        if service.rotation_action == Some(action) {
+            // A repeat after a crash: the registry has switched; make sure
+            // the router has too.
+            self.routers.reload_logins(service_id, &service).await?;
+            return Ok(Some(format!("already rotated: the URL logs in as {}", service.login)));
+        }
+        if let Some(previous) = &service.previous {
+            return Err(ActionError::InvalidState(format!(
+                "the previous rotation of {} is still in its overlap: {} is revoked in {}s; rotate again after",
+                service.name,
+                previous.login,
+                previous.revoke_after_ms.saturating_sub(now_ms()).div_ceil(1000)
+            )));
+        }
+        let primary = self.current_primary_entry(service_id).ok_or_else(|| {
+            ActionError::Unavailable(format!("service {} has no running primary to rotate on", service.name))
+        })?;
+        let new_login = APP_LOGINS.iter().find(|l| **l != service.login).copied().unwrap_or(APP_LOGINS[0]);
+        let password = random_password()?;
+        let verifier = postgres::scram_verifier(&password);
+        postgres::execute(&primary, &postgres::set_login_sql(new_login, &verifier), SQL_TIMEOUT).await?;
+        let overlap = self.config.rotation_overlap;
+        let mut updated = service.clone();
+        updated.previous = Some(PreviousLogin {
+            login: service.login.clone(),
+            verifier: service.verifier.clone(),
+            revoke_after_ms: now_ms() + overlap.as_millis() as u64,
+        });
+        updated.password = self.key.seal_str(&password_context(&service.name, new_login), &password);
+        updated.login = new_login.to_string();
+        updated.verifier = verifier;
+        updated.rotated_at_ms = now_ms();
+        updated.rotation_action = Some(action);
+        // The router accepts both before the URL names the new one: a
+        // client that reads the new URL at once is let in.
+        self.routers.reload_logins(service_id, &updated).await?;
+        {
+            let mut registry = lock(&self.registry);
+            let Some(stored) = registry.services.get_mut(&service_id) else {
+                return Err(ActionError::InvalidState(format!("unknown service {service_id}")));
+            };
+            // Under the service lock nothing else changed the credential;
+            // the primary may have changed (a failover): keep the stored one.
+            let (primary, sync) = (stored.primary, stored.sync);
+            *stored = ServiceEntry { primary, sync, ..updated };
+        }
+        self.save()?;
+        tracing::info!(service = %service.name, login = new_login, old = %service.login, ?overlap, "credentials rotated");
+        Ok(Some(format!(
+            "the URL now logs in as {new_login}; {} keeps working for {}s, then is revoked",
+            service.login,
+            overlap.as_secs()
+        )))
+    }
+
+    /// The rotation still in its overlap for the service named `name`, as a
+    /// sentence, if any.
+    pub(super) fn rotation_in_progress(&self, name: &str) -> Option<String> {
+        let registry = lock(&self.registry);
+        let service = registry.services.values().find(|s| s.name == name)?;
+        let previous = service.previous.as_ref()?;
+        Some(format!(
+            "a credential rotation of {name} is in progress: {} is revoked in {}s",
+            previous.login,
+            previous.revoke_after_ms.saturating_sub(now_ms()).div_ceil(1000)
+        ))
+    }
+
+    /// Called every heartbeat round: revokes the old credentials whose
+    /// overlap has ended, and rotates the credentials that reached
+    /// `rotation_interval` (scheduled rotation, reported as a router event
+    /// the engine records). Each in a task of its own, one at a time per
+    /// service; a failure is tried again next round.
+    pub(super) fn end_overlaps(self: &Arc<Self>) {
+        let now = now_ms();
+        let interval = self.config.rotation_interval.map(|d| d.as_millis() as u64);
+        let due: Vec<(ServiceId, bool)> = lock(&self.registry)
+            .services
+            .iter()
+            .filter_map(|(id, s)| match &s.previous {
+                Some(p) if p.revoke_after_ms <= now => Some((*id, false)),
+                Some(_) => None,
+                None if s.primary.is_some()
+                    && interval.is_some_and(|every| s.rotated_at_ms.saturating_add(every) <= now) =>
+                {
+                    Some((*id, true))
+                }
+                None => None,
+            })
+            .collect();
+        for (service_id, rotate) in due {
+            if !lock(&self.revoking).insert(service_id) {
+                continue;
+            }
+            let inner = self.clone();
+            tokio::spawn(async move {
+                if rotate {
+                    let action = ActionId::new_at(now as i64 * 1000, rand_u64());
+                    match inner.rotate_credentials(service_id, action).await {
+                        Ok(detail) => inner.report_router(
+                            service_id,
+                            format!("credentials rotated on schedule: {}", detail.unwrap_or_default()),
+                        ),
+                        Err(error) => tracing::warn!(%service_id, %error, "scheduled credential rotation failed"),
+                    }
+                } else if let Err(error) = inner.revoke_previous(service_id).await {
+                    tracing::warn!(%service_id, %error, "cannot revoke the previous credential yet");
+                }
+                lock(&inner.revoking).remove(&service_id);
+            });
+        }
+    }
+
+    /// Revokes the previous login role of a service: NOLOGIN without a
+    /// password on the primary, its sessions ended, forgotten in the
+    /// registry, dropped from the router's auth_file.
+    async fn revoke_previous(&self, service_id: ServiceId) -> Result<(), ActionError> {
+        let guard = self.service_lock(service_id);
+        let _held = guard.lock().await;
+        let service = self.service(service_id)?;
+        let Some(previous) = service.previous.clone() else { return Ok(()) };
+        let primary = self.current_primary_entry(service_id).ok_or_else(|| {
+            ActionError::Unavailable(format!("service {} has no running primary to revoke on", service.name))
+        })?;
+        let login = &previous.login;
+        postgres::execute(&primary, &format!("ALTER ROLE {login} NOLOGIN PASSWORD NULL"), SQL_TIMEOUT).await?;
+        postgres::execute(
+            &primary,
+            &format!("SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE usename = '{login}'"),
+            SQL_TIMEOUT,
+        )
+        .await?;
+        let updated = {
+            let mut registry = lock(&self.registry);
+            let Some(stored) = registry.services.get_mut(&service_id) else { return Ok(()) };
+            stored.previous = None;
+            stored.clone()
+        };
+        self.save()?;
+        self.routers.reload_logins(service_id, &updated).await?;
+        tracing::info!(service = %service.name, %login, "previous credential revoked");
+        Ok(())
+    }
+}
+
+fn rand_u64() -> u64 {
+    let mut bytes = [0u8; 8];
+    use std::io::Read;
+    let _ = std::fs::File::open("/dev/urandom").and_then(|mut f| f.read_exact(&mut bytes));
+    u64::from_le_bytes(bytes)
+}
