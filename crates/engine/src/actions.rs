@@ -74,7 +74,7 @@ impl Engine {
                 "waiting for the zone's remedy budget",
                 now,
             ));
-            out.changes.actions.push(rec);
+            self.action_changed(rec, out);
         } else {
             if let Some(z) = budget_zone {
                 self.zone_mut(z).running_budgeted += 1;
@@ -140,7 +140,9 @@ impl Engine {
         if durable {
             let cause = format!("{} attempt {}: {why}", rec.kind.name(), rec.attempts);
             out.changes.events.push(self.action_event(&rec, from, &cause, now));
-            out.changes.actions.push(rec.clone());
+            if self.config.records {
+                out.changes.actions.push(rec.clone());
+            }
         }
         let provider = match self.instance_index.get(&rec.instance).and_then(|&i| self.instances.get(i)) {
             Some(inst) => self.providers.name(inst.provider).to_string(),
@@ -202,7 +204,7 @@ impl Engine {
         }
         let (budget_zone, durable) = (a.budget_zone, a.durable);
         if durable {
-            out.changes.actions.push(a.record);
+            self.action_changed(a.record, out);
         }
         // A budget slot freed: start whoever waits in that zone.
         if let Some(z) = budget_zone {
@@ -454,9 +456,7 @@ impl Engine {
         let failing_for = now - since;
         if already || (failures < max_failures && failing_for < max_time) {
             // Durable, so a restarted control plane goes on counting.
-            if let Some(rec) = self.service_record(sslot) {
-                out.changes.services.push(rec);
-            }
+            self.service_changed(sslot, out);
             return;
         }
         self.set_needs_human(sslot, out);
@@ -485,9 +485,7 @@ impl Engine {
         let Some(svc) = self.services.get_mut(sslot) else { return };
         if !svc.needs_human {
             svc.needs_human = true;
-            if let Some(rec) = self.service_record(sslot) {
-                out.changes.services.push(rec);
-            }
+            self.service_changed(sslot, out);
         }
         self.mark_dirty(sslot);
     }

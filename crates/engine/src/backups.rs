@@ -178,9 +178,7 @@ impl Engine {
                 .with_kind(EventKind::NeedsHuman),
             );
         }
-        if let Some(rec) = self.service_record(sslot) {
-            out.changes.services.push(rec);
-        }
+        self.service_changed(sslot, out);
         self.schedule_backups(sslot, now);
         if let Some((kind, cause)) = follow_up {
             // The running flag of the finished action is cleared after this

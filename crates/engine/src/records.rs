@@ -75,8 +75,26 @@ impl Engine {
     }
 
     pub(crate) fn instance_changed(&self, slot: u32, out: &mut Outputs) {
+        if !self.config.records {
+            return;
+        }
         if let Some(rec) = self.instance_record(slot) {
             out.changes.instances.push(rec);
+        }
+    }
+
+    pub(crate) fn service_changed(&self, sslot: u32, out: &mut Outputs) {
+        if !self.config.records {
+            return;
+        }
+        if let Some(rec) = self.service_record(sslot) {
+            out.changes.services.push(rec);
+        }
+    }
+
+    pub(crate) fn action_changed(&self, rec: ActionRecord, out: &mut Outputs) {
+        if self.config.records {
+            out.changes.actions.push(rec);
         }
     }
 
