@@ -138,8 +138,8 @@ impl Engine {
         let durable = a.durable;
         self.action_timers.schedule(now + timeout, id);
         if durable {
-            let cause = format!("{} attempt {}: {why}", rec.kind.name(), rec.attempts);
-            out.changes.events.push(self.action_event(&rec, from, &cause, now));
+            let cause = attempt_cause(rec.kind.name(), rec.attempts, why);
+            out.changes.events.push(self.action_event(&rec, from, cause, now));
             if self.config.records {
                 out.changes.actions.push(rec.clone());
             }
@@ -198,9 +198,10 @@ impl Engine {
         if a.durable {
             let cause = match &a.record.error {
                 Some(e) if state != ActionState::Succeeded => format!("{}: {e}", a.record.kind.name()),
-                _ => format!("{} {}", a.record.kind.name(), state),
+                // Once per action: concatenated, not formatted.
+                _ => [a.record.kind.name(), " ", state.as_str()].concat(),
             };
-            out.changes.events.push(self.action_event(&a.record, from, &cause, now));
+            out.changes.events.push(self.action_event(&a.record, from, cause, now));
         }
         let (budget_zone, durable) = (a.budget_zone, a.durable);
         if durable {
@@ -499,4 +500,36 @@ impl Engine {
 /// Remedies hold their service's one slot; chaos and probes do not.
 pub(crate) fn is_remedy(kind: &ActionKind) -> bool {
     !matches!(kind, ActionKind::Probe | ActionKind::InjectFault { .. })
+}
+
+/// `"{kind} attempt {n}: {why}"`, the cause of every dispatch, built without
+/// the formatting machinery (one of the simulator's most frequent strings).
+fn attempt_cause(kind: &str, attempts: u32, why: &str) -> String {
+    let mut digits = [0u8; 10];
+    let mut at = digits.len();
+    let mut n = attempts;
+    loop {
+        at -= 1;
+        digits[at] = b'0' + (n % 10) as u8;
+        n /= 10;
+        if n == 0 {
+            break;
+        }
+    }
+    let n = std::str::from_utf8(&digits[at..]).unwrap_or("?");
+    let mut s = String::with_capacity(kind.len() + 10 + n.len() + 2 + why.len());
+    for part in [kind, " attempt ", n, ": ", why] {
+        s.push_str(part);
+    }
+    s
+}
+
+#[cfg(test)]
+mod cause_tests {
+    #[test]
+    fn attempt_cause_reads_as_the_format_it_replaces() {
+        for n in [0, 1, 9, 10, 42, 100, u32::MAX] {
+            assert_eq!(super::attempt_cause("promote", n, "dispatched"), format!("promote attempt {n}: dispatched"));
+        }
+    }
 }

@@ -171,7 +171,13 @@ impl Engine {
         }
     }
 
-    pub(crate) fn action_event(&self, rec: &ActionRecord, from: ActionState, cause: &str, now: i64) -> Event {
+    pub(crate) fn action_event(
+        &self,
+        rec: &ActionRecord,
+        from: ActionState,
+        cause: impl Into<String>,
+        now: i64,
+    ) -> Event {
         let service = self
             .instance_index
             .get(&rec.instance)

@@ -176,6 +176,8 @@ struct Sim {
     log: EventLog,
     /// The engine's outputs, reused from step to step.
     out: Outputs,
+    /// The same for the build's steps (whose results step again into `out`).
+    build_out: Outputs,
     c: Counters,
     shard: u32,
     shards: u32,
@@ -315,6 +317,7 @@ fn run_shard(opts: &Options, shard: u64, shards: u64) -> Result<ShardRun, SimErr
         alerts: Vec::new(),
         log: EventLog::start(dump),
         out: Outputs::default(),
+        build_out: Outputs::default(),
         c: Counters::default(),
         shard: shard as u32,
         shards: shards as u32,
@@ -401,9 +404,11 @@ impl Sim {
             self.c.not_available_nh += 1;
             self.c.down += 1;
             self.c.down_nh += 1;
-            let mut out = self.engine.step(
+            let mut out = std::mem::take(&mut self.build_out);
+            self.engine.step_into(
                 Input::Command { actor: "sim".into(), command: Command::CreateService(req) },
                 Timestamp(self.now),
+                &mut out,
             );
             match &out.reply {
                 Some(Ok(Reply::Service(v))) => {
@@ -413,6 +418,7 @@ impl Sim {
                 other => return Err(SimError::Build(format!("creating service {i} failed: {other:?}"))),
             }
             self.absorb(&mut out);
+            self.build_out = out;
         }
         self.building = false;
         self.at(self.now, Ev::Lease);

@@ -116,7 +116,8 @@ mod tests {
         for round in 0..200_000u64 {
             if rng.random_bool(0.55) || heap.is_empty() {
                 // Ties on `at` are common: small delays, and some of zero.
-                let d = if rng.random_bool(0.2) { 0 } else { rng.random_range(0..1i64 << rng.random_range(1..40)) };
+                let bits = rng.random_range(1..40);
+                let d = if rng.random_bool(0.2) { 0 } else { rng.random_range(0..1i64 << bits) };
                 seq += 1;
                 q.push(now + d, seq, round);
                 heap.push(std::cmp::Reverse((now + d, seq, round)));
