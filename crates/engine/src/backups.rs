@@ -87,7 +87,7 @@ impl Engine {
         out: &mut Outputs,
     ) -> Result<ActionId, CommandError> {
         // The name only for an error (a scheduled backup needs none).
-        let name = |e: &Engine| e.services.get(sslot).map(|s| s.name.to_string()).unwrap_or_default();
+        let name = |e: &Engine| e.services.get(sslot).map(|s| String::from(&*s.name)).unwrap_or_default();
         let running = self.services.get(sslot).is_some_and(|s| match kind {
             ActionKind::Backup => s.backup_running,
             _ => s.verify_running,

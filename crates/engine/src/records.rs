@@ -120,7 +120,7 @@ impl Engine {
         let s = self.services.get(sslot)?;
         Some(ServiceRecord {
             id: s.id,
-            name: s.name.to_string(),
+            name: String::from(&*s.name),
             engine: s.engine,
             plan: s.plan.clone(),
             team: self.teams.name(s.team).into(),
@@ -159,7 +159,7 @@ impl Engine {
             seq: 0,
             at: Timestamp(now),
             subject,
-            service: service.map(|s| s.name.to_string()),
+            service: service.map(|s| String::from(&*s.name)),
             service_id: service.map(|s| s.id),
             instance,
             action: None,
@@ -184,7 +184,7 @@ impl Engine {
             .and_then(|&i| self.instances.get(i))
             .and_then(|i| self.services.get(i.service));
         let (name, team) = match service {
-            Some(s) => (Some(s.name.to_string()), Some(self.teams.name(s.team).to_string())),
+            Some(s) => (Some(String::from(&*s.name)), Some(self.teams.name(s.team).to_string())),
             None => (None, None),
         };
         Event {

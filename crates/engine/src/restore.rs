@@ -68,7 +68,7 @@ impl Engine {
             };
             let id = rec.id;
             let svc = Svc::from_record(rec, place);
-            let name = svc.name.clone();
+            let name: Box<str> = (*svc.name).into();
             let slot = self.services.insert(svc);
             self.service_names.insert(name, slot);
             self.service_ids.insert(id, slot);
