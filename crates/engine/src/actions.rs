@@ -74,7 +74,7 @@ impl Engine {
                 "waiting for the zone's remedy budget",
                 now,
             ));
-            out.changes.actions.push(rec);
+            self.action_changed(rec, out);
         } else {
             if let Some(z) = budget_zone {
                 self.zone_mut(z).running_budgeted += 1;
@@ -138,9 +138,11 @@ impl Engine {
         let durable = a.durable;
         self.action_timers.schedule(now + timeout, id);
         if durable {
-            let cause = format!("{} attempt {}: {why}", rec.kind.name(), rec.attempts);
-            out.changes.events.push(self.action_event(&rec, from, &cause, now));
-            out.changes.actions.push(rec.clone());
+            let cause = attempt_cause(rec.kind.name(), rec.attempts, why);
+            out.changes.events.push(self.action_event(&rec, from, cause, now));
+            if self.config.records {
+                out.changes.actions.push(rec.clone());
+            }
         }
         let provider = match self.instance_index.get(&rec.instance).and_then(|&i| self.instances.get(i)) {
             Some(inst) => self.providers.name(inst.provider).to_string(),
@@ -196,13 +198,14 @@ impl Engine {
         if a.durable {
             let cause = match &a.record.error {
                 Some(e) if state != ActionState::Succeeded => format!("{}: {e}", a.record.kind.name()),
-                _ => format!("{} {}", a.record.kind.name(), state),
+                // Once per action: concatenated, not formatted.
+                _ => [a.record.kind.name(), " ", state.as_str()].concat(),
             };
-            out.changes.events.push(self.action_event(&a.record, from, &cause, now));
+            out.changes.events.push(self.action_event(&a.record, from, cause, now));
         }
         let (budget_zone, durable) = (a.budget_zone, a.durable);
         if durable {
-            out.changes.actions.push(a.record);
+            self.action_changed(a.record, out);
         }
         // A budget slot freed: start whoever waits in that zone.
         if let Some(z) = budget_zone {
@@ -454,9 +457,7 @@ impl Engine {
         let failing_for = now - since;
         if already || (failures < max_failures && failing_for < max_time) {
             // Durable, so a restarted control plane goes on counting.
-            if let Some(rec) = self.service_record(sslot) {
-                out.changes.services.push(rec);
-            }
+            self.service_changed(sslot, out);
             return;
         }
         self.set_needs_human(sslot, out);
@@ -485,9 +486,7 @@ impl Engine {
         let Some(svc) = self.services.get_mut(sslot) else { return };
         if !svc.needs_human {
             svc.needs_human = true;
-            if let Some(rec) = self.service_record(sslot) {
-                out.changes.services.push(rec);
-            }
+            self.service_changed(sslot, out);
         }
         self.mark_dirty(sslot);
     }
@@ -502,4 +501,36 @@ impl Engine {
 pub(crate) fn is_remedy(kind: &ActionKind) -> bool {
     // A rotation changes no server: it must never hold up a failover.
     !matches!(kind, ActionKind::Probe | ActionKind::InjectFault { .. } | ActionKind::RotateCredentials)
+}
+
+/// `"{kind} attempt {n}: {why}"`, the cause of every dispatch, built without
+/// the formatting machinery (one of the simulator's most frequent strings).
+fn attempt_cause(kind: &str, attempts: u32, why: &str) -> String {
+    let mut digits = [0u8; 10];
+    let mut at = digits.len();
+    let mut n = attempts;
+    loop {
+        at -= 1;
+        digits[at] = b'0' + (n % 10) as u8;
+        n /= 10;
+        if n == 0 {
+            break;
+        }
+    }
+    let n = std::str::from_utf8(&digits[at..]).unwrap_or("?");
+    let mut s = String::with_capacity(kind.len() + 10 + n.len() + 2 + why.len());
+    for part in [kind, " attempt ", n, ": ", why] {
+        s.push_str(part);
+    }
+    s
+}
+
+#[cfg(test)]
+mod cause_tests {
+    #[test]
+    fn attempt_cause_reads_as_the_format_it_replaces() {
+        for n in [0, 1, 9, 10, 42, 100, u32::MAX] {
+            assert_eq!(super::attempt_cause("promote", n, "dispatched"), format!("promote attempt {n}: dispatched"));
+        }
+    }
 }

@@ -67,6 +67,11 @@ pub struct Config {
     /// What differs between engines (`crate::policy`): PostgreSQL's policy
     /// by default; a test or a new engine puts its own in with `with`.
     pub policies: Policies,
+    /// Put the store's records (services, instances, actions, audit) in
+    /// `Outputs::changes`. A caller that keeps no store (the simulator)
+    /// turns this off and saves building a record per transition; events,
+    /// dispatches and replies are the same either way.
+    pub records: bool,
 }
 
 impl Default for Config {
@@ -95,6 +100,7 @@ impl Default for Config {
             default_zones: vec!["zone-a".into(), "zone-b".into(), "zone-c".into()],
             default_team: "platform".into(),
             policies: Policies::default(),
+            records: true,
         }
     }
 }

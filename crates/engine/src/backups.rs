@@ -86,18 +86,19 @@ impl Engine {
         now: i64,
         out: &mut Outputs,
     ) -> Result<ActionId, CommandError> {
-        let name = self.services.get(sslot).map(|s| s.name.to_string()).unwrap_or_default();
+        // The name only for an error (a scheduled backup needs none).
+        let name = |e: &Engine| e.services.get(sslot).map(|s| String::from(&*s.name)).unwrap_or_default();
         let running = self.services.get(sslot).is_some_and(|s| match kind {
             ActionKind::Backup => s.backup_running,
             _ => s.verify_running,
         });
         if running {
-            return Err(CommandError::Conflict(format!("a {} of {name:?} is already running", kind.name())));
+            return Err(CommandError::Conflict(format!("a {} of {:?} is already running", kind.name(), name(self))));
         }
         let target = self.backup_target(sslot)?;
-        let id = self
-            .open_action(target, kind.clone(), cause, false, now, out)
-            .ok_or_else(|| CommandError::NotFound(format!("no service named {name:?}")))?;
+        let Some(id) = self.open_action(target, kind.clone(), cause, false, now, out) else {
+            return Err(CommandError::NotFound(format!("no service named {:?}", name(self))));
+        };
         if let Some(s) = self.services.get_mut(sslot) {
             match kind {
                 ActionKind::Backup => s.backup_running = true,
@@ -178,9 +179,7 @@ impl Engine {
                 .with_kind(EventKind::NeedsHuman),
             );
         }
-        if let Some(rec) = self.service_record(sslot) {
-            out.changes.services.push(rec);
-        }
+        self.service_changed(sslot, out);
         self.schedule_backups(sslot, now);
         if let Some((kind, cause)) = follow_up {
             // The running flag of the finished action is cleared after this

@@ -109,7 +109,11 @@ impl Engine {
         let id = self
             .open_action(slot, ActionKind::InjectFault { fault }, &format!("chaos: inject {fault}"), false, now, out)
             .ok_or_else(|| CommandError::NotFound(format!("no instance {instance}")))?;
-        let rec = out.changes.actions.iter().rev().find(|a| a.id == id).cloned();
+        let rec = match self.actions.get(&id) {
+            // Without records (`Config::records`), from the open action.
+            Some(a) if !self.config.records => Some(a.record.clone()),
+            _ => out.changes.actions.iter().rev().find(|a| a.id == id).cloned(),
+        };
         rec.map(|r| Reply::Action(Box::new(r)))
             .ok_or_else(|| CommandError::Invalid("chaos action could not be opened".into()))
     }
@@ -186,9 +190,7 @@ impl Engine {
                 )
                 .with_kind(EventKind::Resumed),
             );
-            if let Some(rec) = self.service_record(sslot) {
-                out.changes.services.push(rec);
-            }
+            self.service_changed(sslot, out);
         }
         self.mark_dirty(sslot);
         self.reconcile_dirty(now, out);
@@ -354,9 +356,7 @@ impl Engine {
             Some(ServiceState::Provisioning.as_str()),
             "created",
         ));
-        if let Some(rec) = self.service_record(sslot) {
-            out.changes.services.push(rec);
-        }
+        self.service_changed(sslot, out);
         self.build_initial_members(sslot, &zones, now, out);
         self.service_view_slot(sslot, now)
             .map(|v| Reply::Service(Box::new(v)))

@@ -222,9 +222,51 @@ impl Inst {
     }
 }
 
+/// A service's name, kept inside its record when short (nearly all are):
+/// every event names its service, and reading the name then costs no trip
+/// to a separate allocation (a cache miss per event at a million services).
+#[derive(Clone)]
+pub enum Name {
+    Inline { len: u8, bytes: [u8; Name::INLINE] },
+    Boxed(Box<str>),
+}
+
+impl Name {
+    const INLINE: usize = 22;
+}
+
+impl From<String> for Name {
+    fn from(s: String) -> Name {
+        if s.len() <= Name::INLINE {
+            let mut bytes = [0u8; Name::INLINE];
+            bytes[..s.len()].copy_from_slice(s.as_bytes());
+            Name::Inline { len: s.len() as u8, bytes }
+        } else {
+            Name::Boxed(s.into())
+        }
+    }
+}
+
+impl std::ops::Deref for Name {
+    type Target = str;
+    fn deref(&self) -> &str {
+        match self {
+            // Copied from a `String`, so always whole UTF-8.
+            Name::Inline { len, bytes } => std::str::from_utf8(&bytes[..usize::from(*len)]).unwrap_or_default(),
+            Name::Boxed(s) => s,
+        }
+    }
+}
+
+impl std::fmt::Debug for Name {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        std::fmt::Debug::fmt(&**self, f)
+    }
+}
+
 pub struct Svc {
     pub id: ServiceId,
-    pub name: Box<str>,
+    pub name: Name,
     pub engine: EngineKind,
     pub plan: Plan,
     pub team: u16,
@@ -383,7 +425,23 @@ impl<T> Slab<T> {
 
 #[cfg(test)]
 mod tests {
-    use super::Slab;
+    use super::{Slab, Wheel};
+
+    #[test]
+    fn wheel_buckets_fire_in_time_order_with_their_entries_in_schedule_order() {
+        let mut w = Wheel::new(10);
+        for (at, item) in [(5, 'a'), (25, 'b'), (7, 'c'), (25, 'd'), (3, 'e'), (40, 'f')] {
+            w.schedule(at, item);
+        }
+        assert_eq!(w.next(), Some(10));
+        assert_eq!(w.pop_due(10), vec![(10, vec!['a', 'c', 'e'])]);
+        // The hot bucket fired: scheduling into its key again makes a new one.
+        w.schedule(9, 'g');
+        w.schedule(26, 'h');
+        assert_eq!(w.pop_due(30), vec![(10, vec!['g']), (30, vec!['b', 'd', 'h'])]);
+        assert_eq!(w.pop_due(100), vec![(50, vec!['f'])]);
+        assert_eq!((w.next(), w.pop_due(1000)), (None, vec![]));
+    }
 
     #[test]
     fn slab_slots_are_stable_reused_last_freed_first_and_iterated_in_order() {
@@ -439,12 +497,24 @@ impl Images {
 /// found stale. Work per tick is the number of entries in due buckets.
 pub struct Wheel<T> {
     width: i64,
-    buckets: std::collections::BTreeMap<i64, Vec<T>>,
+    /// Each bucket's key (its end time) → its entries in `slots`.
+    buckets: std::collections::BTreeMap<i64, u32>,
+    slots: Vec<Vec<T>>,
+    free: Vec<u32>,
+    /// The bucket scheduled into last: the deadlines set one after another
+    /// mostly fall into the same bucket, found then without a tree search.
+    hot: Option<(i64, u32)>,
 }
 
 impl<T> Wheel<T> {
     pub fn new(width_micros: i64) -> Self {
-        Wheel { width: width_micros.max(1), buckets: Default::default() }
+        Wheel {
+            width: width_micros.max(1),
+            buckets: Default::default(),
+            slots: Vec::new(),
+            free: Vec::new(),
+            hot: None,
+        }
     }
     /// The bucket key (its end time) an entry due at `at` goes to. An entry
     /// fires at or after its deadline, never before.
@@ -453,7 +523,25 @@ impl<T> Wheel<T> {
     }
     pub fn schedule(&mut self, at: i64, item: T) -> i64 {
         let key = self.key(at);
-        self.buckets.entry(key).or_default().push(item);
+        let slot = match self.hot {
+            Some((k, slot)) if k == key => slot,
+            _ => {
+                let slot = match self.buckets.get(&key) {
+                    Some(&slot) => slot,
+                    None => {
+                        let slot = self.free.pop().unwrap_or_else(|| {
+                            self.slots.push(Vec::new());
+                            (self.slots.len() - 1) as u32
+                        });
+                        self.buckets.insert(key, slot);
+                        slot
+                    }
+                };
+                self.hot = Some((key, slot));
+                slot
+            }
+        };
+        self.slots[slot as usize].push(item);
         key
     }
     /// Removes and returns every bucket due by `now`.
@@ -464,7 +552,12 @@ impl<T> Wheel<T> {
                 break;
             }
             let key = *entry.key();
-            due.push((key, entry.remove()));
+            let slot = entry.remove();
+            if self.hot.is_some_and(|(k, _)| k == key) {
+                self.hot = None;
+            }
+            due.push((key, std::mem::take(&mut self.slots[slot as usize])));
+            self.free.push(slot);
         }
         due
     }

@@ -238,6 +238,11 @@ impl Engine {
             Input::ActionResult { action, attempt, outcome } => {
                 self.action_result(action, attempt, outcome, now, out);
             }
+            Input::Command { command, .. } if !self.config.records => {
+                // No store: no audit entry either (see `Config::records`).
+                let result = self.command(command, now, out);
+                out.reply = Some(result);
+            }
             Input::Command { actor, role, command } => {
                 let name = command.name();
                 let detail = serde_json::to_value(&command).unwrap_or(serde_json::Value::Null);

@@ -369,7 +369,7 @@ impl Engine {
             Remedy::Forget => {
                 self.set_service_state(sslot, ServiceState::Deleted, cause, now, out);
                 if let Some(s) = self.services.remove(sslot) {
-                    self.service_names.remove(&s.name);
+                    self.service_names.remove(&*s.name);
                     self.service_ids.remove(&s.id);
                 }
             }
@@ -382,7 +382,7 @@ impl Engine {
             role,
             zone: self.zones.name(zone).to_string(),
             image: self.images.id(image),
-            service_name: s.map(|s| s.name.to_string()).unwrap_or_default(),
+            service_name: s.map(|s| String::from(&*s.name)).unwrap_or_default(),
             sync: s.is_some_and(|s| s.plan.sync),
         }
     }

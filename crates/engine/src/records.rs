@@ -75,8 +75,26 @@ impl Engine {
     }
 
     pub(crate) fn instance_changed(&self, slot: u32, out: &mut Outputs) {
+        if !self.config.records {
+            return;
+        }
         if let Some(rec) = self.instance_record(slot) {
             out.changes.instances.push(rec);
+        }
+    }
+
+    pub(crate) fn service_changed(&self, sslot: u32, out: &mut Outputs) {
+        if !self.config.records {
+            return;
+        }
+        if let Some(rec) = self.service_record(sslot) {
+            out.changes.services.push(rec);
+        }
+    }
+
+    pub(crate) fn action_changed(&self, rec: ActionRecord, out: &mut Outputs) {
+        if self.config.records {
+            out.changes.actions.push(rec);
         }
     }
 
@@ -102,7 +120,7 @@ impl Engine {
         let s = self.services.get(sslot)?;
         Some(ServiceRecord {
             id: s.id,
-            name: s.name.to_string(),
+            name: String::from(&*s.name),
             engine: s.engine,
             plan: s.plan.clone(),
             team: self.teams.name(s.team).into(),
@@ -141,7 +159,7 @@ impl Engine {
             seq: 0,
             at: Timestamp(now),
             subject,
-            service: service.map(|s| s.name.to_string()),
+            service: service.map(|s| String::from(&*s.name)),
             service_id: service.map(|s| s.id),
             instance,
             action: None,
@@ -153,14 +171,20 @@ impl Engine {
         }
     }
 
-    pub(crate) fn action_event(&self, rec: &ActionRecord, from: ActionState, cause: &str, now: i64) -> Event {
+    pub(crate) fn action_event(
+        &self,
+        rec: &ActionRecord,
+        from: ActionState,
+        cause: impl Into<String>,
+        now: i64,
+    ) -> Event {
         let service = self
             .instance_index
             .get(&rec.instance)
             .and_then(|&i| self.instances.get(i))
             .and_then(|i| self.services.get(i.service));
         let (name, team) = match service {
-            Some(s) => (Some(s.name.to_string()), Some(self.teams.name(s.team).to_string())),
+            Some(s) => (Some(String::from(&*s.name)), Some(self.teams.name(s.team).to_string())),
             None => (None, None),
         };
         Event {

@@ -68,7 +68,7 @@ impl Engine {
             };
             let id = rec.id;
             let svc = Svc::from_record(rec, place);
-            let name = svc.name.clone();
+            let name: Box<str> = (*svc.name).into();
             let slot = self.services.insert(svc);
             self.service_names.insert(name, slot);
             self.service_ids.insert(id, slot);
@@ -130,7 +130,7 @@ impl Engine {
             rec.updated_at = Timestamp(now);
             rec.error = Some("its instance no longer exists".into());
             out.changes.events.push(self.action_event(&rec, from, "cancelled at restart: instance gone", now));
-            out.changes.actions.push(rec);
+            self.action_changed(rec, out);
             return None;
         };
         let sslot = self.instances.get(islot).map(|i| i.service).unwrap_or(0);

@@ -63,9 +63,7 @@ impl Engine {
             Some(to.as_str()),
             cause,
         ));
-        if let Some(rec) = self.instance_record(slot) {
-            out.changes.instances.push(rec);
-        }
+        self.instance_changed(slot, out);
         self.schedule_instance(slot, now);
         self.mark_dirty(sslot);
         true
@@ -139,8 +137,6 @@ impl Engine {
             self.event(now, EventSubject::Service, Some(sslot), None, Some(from.as_str()), Some(to.as_str()), cause)
                 .with_kind(kind),
         );
-        if let Some(rec) = self.service_record(sslot) {
-            out.changes.services.push(rec);
-        }
+        self.service_changed(sslot, out);
     }
 }

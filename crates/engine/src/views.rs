@@ -28,7 +28,7 @@ impl Engine {
         let s = self.services.get(i.service)?;
         Some(InstanceView {
             id: i.id,
-            service: s.name.to_string(),
+            service: String::from(&*s.name),
             role: i.role,
             zone: self.zones.name(i.zone).into(),
             provider: self.providers.name(i.provider).into(),
@@ -72,7 +72,7 @@ impl Engine {
         };
         Some(ServiceView {
             id: s.id,
-            name: s.name.to_string(),
+            name: String::from(&*s.name),
             engine: s.engine,
             state: s.state,
             plan: s.plan.clone(),

@@ -18,8 +18,6 @@ use drover_model::{
 };
 use rand::{Rng, SeedableRng};
 use rand_chacha::ChaCha8Rng;
-use std::cmp::Reverse;
-use std::collections::BinaryHeap;
 
 /// The simulator's maps: a fixed-seed hasher (fast, and the same in every run).
 type HashMap<K, V> = std::collections::HashMap<K, V, foldhash::fast::FixedState>;
@@ -30,6 +28,7 @@ mod checker;
 mod cluster;
 mod faults;
 mod finish;
+mod queue;
 
 /// Hour 0 of every scenario: 2027-01-01T00:00:00Z, in microseconds.
 const T0: i64 = 1_798_761_600_000_000;
@@ -68,28 +67,6 @@ enum Ev {
     Flap(u16),
     Background,
     Replace(u32),
-}
-
-struct Queued {
-    at: i64,
-    seq: u64,
-    ev: Ev,
-}
-impl PartialEq for Queued {
-    fn eq(&self, o: &Self) -> bool {
-        (self.at, self.seq) == (o.at, o.seq)
-    }
-}
-impl Eq for Queued {}
-impl PartialOrd for Queued {
-    fn partial_cmp(&self, o: &Self) -> Option<std::cmp::Ordering> {
-        Some(self.cmp(o))
-    }
-}
-impl Ord for Queued {
-    fn cmp(&self, o: &Self) -> std::cmp::Ordering {
-        (self.at, self.seq).cmp(&(o.at, o.seq))
-    }
 }
 
 /// One simulated instance (one server of a service).
@@ -180,7 +157,7 @@ struct Sim {
     engine: Engine,
     now: i64,
     seq: u64,
-    queue: BinaryHeap<Reverse<Queued>>,
+    queue: queue::Queue<Ev>,
     insts: Vec<Inst>,
     by_id: HashMap<InstanceId, u32>,
     svcs: Vec<Svc>,
@@ -199,6 +176,8 @@ struct Sim {
     log: EventLog,
     /// The engine's outputs, reused from step to step.
     out: Outputs,
+    /// The same for the build's steps (whose results step again into `out`).
+    build_out: Outputs,
     c: Counters,
     shard: u32,
     shards: u32,
@@ -274,6 +253,8 @@ fn run_shard(opts: &Options, shard: u64, shards: u64) -> Result<ShardRun, SimErr
         providers: vec!["sim".into()],
         default_provider: "sim".into(),
         default_zones: sc.fleet.zones.clone(),
+        // No store here: the engine builds no records for one.
+        records: false,
         ..Config::default()
     };
     let dump: Option<Box<dyn std::io::Write + Send>> = match &opts.event_log {
@@ -320,7 +301,7 @@ fn run_shard(opts: &Options, shard: u64, shards: u64) -> Result<ShardRun, SimErr
         engine,
         now: T0 - BUILD,
         seq: 0,
-        queue: BinaryHeap::new(),
+        queue: queue::Queue::new(),
         insts: Vec::with_capacity((services as usize) * 5 / 2),
         by_id: HashMap::with_capacity_and_hasher((services as usize) * 5 / 2, Default::default()),
         svcs: Vec::with_capacity(services as usize),
@@ -336,6 +317,7 @@ fn run_shard(opts: &Options, shard: u64, shards: u64) -> Result<ShardRun, SimErr
         alerts: Vec::new(),
         log: EventLog::start(dump),
         out: Outputs::default(),
+        build_out: Outputs::default(),
         c: Counters::default(),
         shard: shard as u32,
         shards: shards as u32,
@@ -351,7 +333,7 @@ fn run_shard(opts: &Options, shard: u64, shards: u64) -> Result<ShardRun, SimErr
 impl Sim {
     fn at(&mut self, at: i64, ev: Ev) {
         self.seq += 1;
-        self.queue.push(Reverse(Queued { at, seq: self.seq, ev }));
+        self.queue.push(at, self.seq, ev);
     }
 
     fn draw(&mut self, range: [f64; 2]) -> i64 {
@@ -422,9 +404,11 @@ impl Sim {
             self.c.not_available_nh += 1;
             self.c.down += 1;
             self.c.down_nh += 1;
-            let mut out = self.engine.step(
+            let mut out = std::mem::take(&mut self.build_out);
+            self.engine.step_into(
                 Input::Command { actor: "sim".into(), role: None, command: Command::CreateService(req) },
                 Timestamp(self.now),
+                &mut out,
             );
             match &out.reply {
                 Some(Ok(Reply::Service(v))) => {
@@ -434,6 +418,7 @@ impl Sim {
                 other => return Err(SimError::Build(format!("creating service {i} failed: {other:?}"))),
             }
             self.absorb(&mut out);
+            self.build_out = out;
         }
         self.building = false;
         self.at(self.now, Ev::Lease);
@@ -466,7 +451,7 @@ impl Sim {
                     self.c.not_available
                 );
             }
-            let next_event = self.queue.peek().map(|Reverse(q)| q.at).unwrap_or(i64::MAX);
+            let next_event = self.queue.peek_at().unwrap_or(i64::MAX);
             let next_tick = self.engine.next_deadline().map(|t| t.0).unwrap_or(i64::MAX);
             let at = next_event.min(next_tick);
             if at > end {
@@ -476,8 +461,8 @@ impl Sim {
             self.now = self.now.max(at);
             if next_tick <= next_event {
                 self.step(Input::Tick);
-            } else if let Some(Reverse(q)) = self.queue.pop() {
-                self.handle(q.ev);
+            } else if let Some((_, ev)) = self.queue.pop() {
+                self.handle(ev);
             }
             self.track_recovery();
         }
