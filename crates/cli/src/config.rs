@@ -474,6 +474,8 @@ mod tests {
         assert!(header_read_timeout_secs.is_some(), "header_read_timeout_secs");
         assert!(idle_timeout_secs.is_some(), "idle_timeout_secs");
         assert!(max_header_bytes.is_some(), "max_header_bytes");
+        assert!(rotation_overlap_secs.is_some(), "rotation_overlap_secs");
+        assert!(credential_rotation_days.is_some(), "credential_rotation_days");
         // Paths have no default: they are set in the HTTPS example instead.
         assert_eq!((tls_cert, tls_key), (None, None), "the first example serves plain HTTP");
         let https =
@@ -489,8 +491,6 @@ mod tests {
             + "```toml\n".len();
         let len = DOC[start..].find("```").expect("the example block is closed");
         &DOC[start..start + len]
-        assert!(rotation_overlap_secs.is_some(), "rotation_overlap_secs");
-        assert!(credential_rotation_days.is_some(), "credential_rotation_days");
     }
 
     #[test]

@@ -5,28 +5,31 @@
 //! and revokes the old one after its overlap.
 
 use crate::error::{ApiError, ErrorBody};
-use crate::request::actor;
+use crate::auth::Caller;
 use crate::state::AppState;
 use axum::extract::{Path, State};
-use axum::http::{HeaderMap, StatusCode};
+use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
 use axum::Json;
-use drover_engine::{Command, Input, Reply};
+use drover_engine::{Command, Reply};
 use drover_model::ActionRecord;
 
 /// Rotate the service's credentials: the URL gets a new one now, the old
 /// one keeps working for the overlap (`rotation_overlap`), then is revoked.
 #[utoipa::path(post, path = "/v1/services/{name}/credentials/rotate", tag = "services",
-    params(("name" = String, Path, description = "Service name"),
-        ("x-drover-actor" = Option<String>, Header, description = "Who asks, for the audit trail")),
+    params(("name" = String, Path, description = "Service name")),
     responses((status = 202, body = ActionRecord), (status = 404, body = ErrorBody), (status = 409, body = ErrorBody)))]
 pub(crate) async fn post_rotate_credentials(
     State(state): State<AppState>,
-    headers: HeaderMap,
+    Caller(caller): Caller,
     Path(name): Path<String>,
 ) -> Result<Response, ApiError> {
     let ready = state.ready()?;
-    let actor = actor(&headers)?;
+    // A token limited to a team learns nothing of other teams' services;
+    // for the others an unknown name is refused by the engine, audited.
+    if caller.team.is_some() {
+        ready.visible_service(&caller, &name).await?;
+    }
     let lookup = name.clone();
     let view = ready.engine.query(move |engine| engine.service_view(&lookup)).await?;
     // A rotation still in its overlap lives in the provider: the engine
@@ -35,8 +38,7 @@ pub(crate) async fn post_rotate_credentials(
         .as_ref()
         .and_then(|v| ready.provider_objects.get(&v.provider))
         .and_then(|provider| provider.rotation_in_progress(&name));
-    match ready.engine.call(Input::Command { actor, command: Command::RotateCredentials { name, in_progress } }).await?
-    {
+    match ready.engine.call(caller.command(Command::RotateCredentials { name, in_progress })).await? {
         Reply::Action(action) => Ok((StatusCode::ACCEPTED, Json(*action)).into_response()),
         _ => Err(ApiError::internal("the engine answered a rotation with something other than an action")),
     }

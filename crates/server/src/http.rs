@@ -28,21 +28,6 @@ fn parse_instance_id(text: &str) -> Result<InstanceId, ApiError> {
 /// A service by name, if the caller may see it: a token limited to a team
 /// sees only that team's services, and others are "not found" to it (it
 /// learns nothing of them).
-async fn visible_service(ready: &Ready, caller: &Identity, name: &str) -> Result<ServiceView, ApiError> {
-    let lookup = name.to_string();
-    ready
-        .engine
-        .query(move |engine| engine.service_view(&lookup))
-        .await?
-        .filter(|v| caller.sees_team(Some(&v.team)))
-        .ok_or_else(|| ApiError::not_found(format!("no service named {name:?}")))
-}
-
-/// A command of the caller, as the engine's input.
-fn command_of(caller: &Identity, command: Command) -> Input {
-    Input::Command { actor: caller.name.clone(), role: Some(caller.role.as_str().to_string()), command }
-}
-
 fn unexpected(reply: Reply) -> ApiError {
     let what = match reply {
         Reply::Service(_) => "a service",
@@ -101,7 +86,7 @@ pub(crate) async fn create_service(
             )));
         }
     }
-    match ready.engine.call(command_of(&caller, Command::CreateService(request))).await? {
+    match ready.engine.call(caller.command(Command::CreateService(request))).await? {
         Reply::Service(view) => {
             let location = HeaderValue::from_str(&format!("/v1/services/{}", view.name)).ok();
             let mut response = (StatusCode::CREATED, Json(ready.complete(*view, &caller))).into_response();
@@ -138,7 +123,7 @@ pub(crate) async fn show_service(
     Path(name): Path<String>,
 ) -> Result<Json<ServiceView>, ApiError> {
     let ready = state.ready()?;
-    Ok(Json(ready.complete(visible_service(ready, &caller, &name).await?, &caller)))
+    Ok(Json(ready.complete(ready.visible_service(&caller, &name).await?, &caller)))
 }
 
 /// Planned switchover: fence the primary (routers pause clients), promote
@@ -177,7 +162,7 @@ pub(crate) async fn service_checks(
     Path(name): Path<String>,
 ) -> Result<Json<crate::checks::ServiceChecks>, ApiError> {
     let ready = state.ready()?;
-    let view = visible_service(ready, &caller, &name).await?;
+    let view = ready.visible_service(&caller, &name).await?;
     let provider = match ready.provider_objects.get(&view.provider) {
         Some(p) => p.service_checks(&view.name).await,
         None => drover_providers::ProviderChecks::default(),
@@ -211,8 +196,8 @@ pub(crate) async fn post_verify_backup(
 
 async fn action_command(state: AppState, caller: Identity, command: Command, name: &str) -> Result<Response, ApiError> {
     let ready = state.ready()?;
-    visible_service(ready, &caller, name).await?;
-    match ready.engine.call(command_of(&caller, command)).await? {
+    ready.visible_service(&caller, name).await?;
+    match ready.engine.call(caller.command(command)).await? {
         Reply::Action(action) => Ok((StatusCode::ACCEPTED, Json(*action)).into_response()),
         other => Err(unexpected(other)),
     }
@@ -238,8 +223,8 @@ async fn service_command(
     name: &str,
 ) -> Result<Response, ApiError> {
     let ready = state.ready()?;
-    visible_service(ready, &caller, name).await?;
-    match ready.engine.call(command_of(&caller, command)).await? {
+    ready.visible_service(&caller, name).await?;
+    match ready.engine.call(caller.command(command)).await? {
         Reply::Service(view) => Ok((StatusCode::ACCEPTED, Json(ready.complete(*view, &caller))).into_response()),
         other => Err(unexpected(other)),
     }
@@ -263,7 +248,7 @@ pub(crate) async fn show_instance(
         return Err(not_found());
     }
     if caller.team.is_some() {
-        visible_service(ready, &caller, &view.service).await.map_err(|_| not_found())?;
+        ready.visible_service(&caller, &view.service).await.map_err(|_| not_found())?;
     }
     Ok(Json(view))
 }
@@ -410,7 +395,7 @@ pub(crate) async fn post_chaos(
         let id = request.instance;
         let service = ready.engine.query(move |engine| engine.instance_view(id).map(|v| v.service)).await?;
         let visible = match service {
-            Some(name) => visible_service(ready, &caller, &name).await.is_ok(),
+            Some(name) => ready.visible_service(&caller, &name).await.is_ok(),
             None => true,
         };
         if !visible {
@@ -418,7 +403,7 @@ pub(crate) async fn post_chaos(
         }
     }
     let command = Command::Chaos { instance: request.instance, fault: request.fault };
-    match ready.engine.call(command_of(&caller, command)).await? {
+    match ready.engine.call(caller.command(command)).await? {
         Reply::Action(action) => Ok((StatusCode::ACCEPTED, Json(*action)).into_response()),
         other => Err(unexpected(other)),
     }
@@ -447,7 +432,7 @@ pub(crate) async fn list_actions(
     let limit = limit(query.limit)?;
     let service = match query.service {
         None => None,
-        Some(name) => Some(visible_service(ready, &caller, &name).await?.id),
+        Some(name) => Some(ready.visible_service(&caller, &name).await?.id),
     };
     let store = ready.store.clone();
     let mut actions = blocking(move || store.actions(service, limit)).await?;

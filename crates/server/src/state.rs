@@ -26,6 +26,21 @@ pub struct Ready {
 }
 
 impl Ready {
+    /// The service `name` as the caller may see it: 404 for a service that
+    /// does not exist and for one of another team (the caller learns nothing).
+    pub(crate) async fn visible_service(
+        &self,
+        caller: &crate::auth::Identity,
+        name: &str,
+    ) -> Result<ServiceView, ApiError> {
+        let lookup = name.to_string();
+        self.engine
+            .query(move |engine| engine.service_view(&lookup))
+            .await?
+            .filter(|v| caller.sees_team(Some(&v.team)))
+            .ok_or_else(|| ApiError::not_found(format!("no service named {name:?}")))
+    }
+
     /// Adds what only the provider knows (the stable URL) to a view. The
     /// URL's password only for a caller allowed to connect.
     pub(crate) fn complete(&self, mut view: ServiceView, caller: &crate::auth::Identity) -> ServiceView {

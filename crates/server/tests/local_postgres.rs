@@ -583,6 +583,8 @@ async fn a_hung_primary_with_forged_heartbeats_still_fails_over_and_the_forgery_
     for actor in ["agent-elsewhere", "alerts-platform"] {
         assert!(forged.iter().any(|a| a["actor"] == actor), "no refused heartbeat of {actor} in the audit trail");
     }
+    t.stop().await;
+}
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn rotating_credentials_through_the_api_switches_the_url_refuses_a_second_rotation_and_is_audited() {

@@ -76,6 +76,12 @@ impl Identity {
         }
     }
 
+    /// A command of this caller, as the engine's input (audited under the
+    /// token's name and role).
+    pub fn command(&self, command: drover_engine::Command) -> drover_engine::Input {
+        drover_engine::Input::Command { actor: self.name.clone(), role: Some(self.role.as_str().to_string()), command }
+    }
+
     /// Whether this role may connect to services, and so see their URLs
     /// with the password.
     pub fn may_connect(&self) -> bool {
