@@ -258,7 +258,6 @@ fn complete_operation(path: &str, method: &str, op: &mut Value) {
     if needs_token {
         add("401", "No valid token: missing, unknown, expired or revoked");
         add("403", "The token's role may not do this, or the request comes from another site");
-        add("429", "Too many refused requests from this address");
         if has_body {
             add("415", "The body is not `Content-Type: application/json`");
         }

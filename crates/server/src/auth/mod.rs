@@ -346,8 +346,8 @@ fn write_secret_file(path: &Path, secret: &str) -> anyhow::Result<()> {
 
 /// Failed authentication per client address: a token bucket of
 /// [`FAIL_BURST`] refusals refilled at [`FAIL_PER_SEC`]. Over it, refusals
-/// are answered 429 and not recorded one by one (the one that emptied the
-/// bucket says so); requests with a valid token are served as ever.
+/// (still 401/403) are not recorded one by one (the one that emptied the
+/// bucket says so): the audit trail cannot be flooded.
 pub struct FailureLimiter {
     buckets: Mutex<HashMap<IpAddr, (f64, Instant)>>,
 }
@@ -545,18 +545,14 @@ pub async fn authorize(state: axum::extract::State<AppState>, request: Request, 
     let identity = match outcome {
         Ok(identity) => identity,
         Err(refused) => {
-            // Over the limit: answered without a record (a valid token from
-            // the same address is still served: only failures are limited).
+            // Over the limit: the same refusal, without a record (a valid
+            // token from the same address is still served).
             if ip.is_some_and(|ip| !ready.failures.allows(ip)) {
-                return ApiError::new(
-                    StatusCode::TOO_MANY_REQUESTS,
-                    "too many refused requests from this address; slow down",
-                )
-                .into_response();
+                return ApiError::new(refused.status, refused.message).into_response();
             }
             let over = ip.is_some_and(|ip| ready.failures.charge(ip));
             let outcome = if over {
-                format!("refused ({}): {}; further refusals from this address are answered 429 and not recorded until it slows down", refused.status.as_u16(), refused.message)
+                format!("refused ({}): {}; further refusals from this address are not recorded one by one until it slows down", refused.status.as_u16(), refused.message)
             } else {
                 format!("refused ({}): {}", refused.status.as_u16(), refused.message)
             };

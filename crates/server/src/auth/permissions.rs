@@ -60,8 +60,8 @@ impl Permission {
     }
 }
 
-/// Who records an accepted request in the audit trail. Refusals (401, 403,
-/// 429) are always recorded by the middleware.
+/// Who records an accepted request in the audit trail. Refusals (401, 403)
+/// are recorded by the middleware (within the failed-authentication limit).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Audited {
     /// Reads, and inputs too frequent to record one by one (heartbeats,
