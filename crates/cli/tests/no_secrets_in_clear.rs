@@ -243,14 +243,24 @@ timeout = "1h"
     );
     std::fs::write(data.join("oncall.toml"), config).unwrap();
 
-    let http = reqwest::Client::builder().timeout(Duration::from_secs(10)).build().unwrap();
+    let plain = reqwest::Client::builder().timeout(Duration::from_secs(10)).build().unwrap();
     let mut answers: Vec<(String, String)> = Vec::new();
     let mut page_ids = Vec::new();
+    // The API tokens are secrets too: in clear only in the 0600 admin.token.
+    let mut tokens: Vec<String> = Vec::new();
     for (round, format) in ["text", "json"].into_iter().enumerate() {
         let port = free_port();
         let api = format!("http://127.0.0.1:{port}");
         let server = Killed(Some(serve(&data, port, format, &log)));
-        wait_healthy(&http, &api, &log).await;
+        wait_healthy(&plain, &api, &log).await;
+        let http = common::admin_client(&data);
+        if tokens.is_empty() {
+            tokens.push(common::admin_token(&data));
+            tokens.push(
+                common::create_token(&http, &api, json!({"name": "alerts", "role": "integration", "team": "db"})).await,
+            );
+            tokens.push(common::create_token(&http, &api, json!({"name": "reader", "role": "viewer"})).await);
+        }
 
         // A service (the sim's) and a page through every channel.
         let r = http
@@ -261,10 +271,11 @@ timeout = "1h"
             .unwrap();
         assert_eq!(r.status().as_u16(), 201);
         let event = json!({
-            "routing_key": "db", "event_action": "trigger", "dedup_key": format!("disk-{round}"),
+            "routing_key": tokens[1], "event_action": "trigger", "dedup_key": format!("disk-{round}"),
             "payload": {"summary": "disk full", "source": "host-1", "severity": "critical"}
         });
-        let r = http.post(format!("{api}/v1/integrations/events-v2")).json(&event).send().await.unwrap();
+        // An Events API v2 sender authenticates with its routing key alone.
+        let r = plain.post(format!("{api}/v1/integrations/events-v2")).json(&event).send().await.unwrap();
         let body: Value = r.json().await.unwrap();
         let page = body["page"].as_str().expect("a page").to_string();
         page_ids.push(page.clone());
@@ -326,6 +337,8 @@ timeout = "1h"
     let mut texts: Vec<(&str, String)> = vec![("the logs", log_text)];
     texts.extend(answers.iter().map(|(w, t)| (w.as_str(), t.clone())));
     assert_no_marker(&markers, &data, &texts);
+    let tokens: Vec<&str> = tokens.iter().map(String::as_str).collect();
+    assert_no_marker(&tokens, &data, &texts);
     assert_private(&data);
 }
 
@@ -334,8 +347,8 @@ async fn a_second_serve_on_the_same_data_dir_is_refused_and_kill_9_never_blocks_
     let dir = tempfile::Builder::new().prefix("drover-lock").tempdir_in("/tmp").unwrap();
     let data = dir.path().join("data");
     let log = dir.path().join("serve.log");
-    let http = reqwest::Client::builder().timeout(Duration::from_secs(10)).build().unwrap();
     let port = free_port();
+    let http = reqwest::Client::builder().timeout(Duration::from_secs(10)).build().unwrap();
     let api = format!("http://127.0.0.1:{port}");
     let mut first = Killed(Some(serve(&data, port, "text", &log)));
     wait_healthy(&http, &api, &log).await;

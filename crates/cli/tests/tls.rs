@@ -14,19 +14,27 @@ use std::time::{Duration, Instant};
 fn drover(cwd: &Path, env: &[(&str, &Path)], args: &[&str]) -> Output {
     let mut cmd = Command::new(env!("CARGO_BIN_EXE_drover"));
     cmd.current_dir(cwd).args(args);
-    for var in ["DROVER_URL", "DROVER_CA_CERT", "DROVER_DATA_DIR", "DROVER_ACTOR"] {
+    for var in ["DROVER_URL", "DROVER_CA_CERT", "DROVER_DATA_DIR", "DROVER_ACTOR", "DROVER_TOKEN"] {
         cmd.env_remove(var);
     }
+    // The first server here keeps its data in ./d; the others' tokens are
+    // given as DROVER_TOKEN_FILE.
+    cmd.env("DROVER_TOKEN_FILE", cwd.join("d").join("admin.token"));
     for (k, v) in env {
         cmd.env(k, v);
     }
     cmd.output().expect("drover runs")
 }
 
-fn wait_until_listing(cwd: &Path, api: &str, ca: &Path, serve: &Serve) {
+fn wait_until_listing(cwd: &Path, data: &str, api: &str, ca: &Path, serve: &Serve) {
     let deadline = Instant::now() + Duration::from_secs(60);
+    let token = cwd.join(data).join("admin.token");
     loop {
-        let out = drover(cwd, &[], &["--server", api, "--ca-cert", ca.to_str().unwrap(), "services", "list", "--json"]);
+        let out = drover(
+            cwd,
+            &[("DROVER_TOKEN_FILE", &token)],
+            &["--server", api, "--ca-cert", ca.to_str().unwrap(), "services", "list", "--json"],
+        );
         if out.status.success() {
             return;
         }
@@ -57,7 +65,7 @@ fn the_cli_trusts_the_servers_certificate_only_with_the_right_ca() {
     assert!(serve.log_tail().contains("tls-cert.pem"), "the log names the certificate");
 
     // The right CA, given by flag (also by IP: the certificate names 127.0.0.1).
-    wait_until_listing(&cwd, &https, &cert, &serve);
+    wait_until_listing(&cwd, "d", &https, &cert, &serve);
     let by_ip = format!("https://127.0.0.1:{port}");
     let out = drover(&cwd, &[("DROVER_CA_CERT", &cert)], &["--server", &by_ip, "services", "list", "--json"]);
     assert!(out.status.success(), "{out:?}");
@@ -92,13 +100,18 @@ fn the_cli_trusts_the_servers_certificate_only_with_the_right_ca() {
         port,
         &["--no-local", "--data-dir", "d2", "--tls-cert", cert.to_str().unwrap(), "--tls-key", key.to_str().unwrap()],
     );
-    wait_until_listing(&cwd, &format!("https://localhost:{port}"), &cert, &files);
+    wait_until_listing(&cwd, "d2", &format!("https://localhost:{port}"), &cert, &files);
     drop(files);
     let port = free_port();
     let plain = Serve::start(&cwd, port, &["--no-local", "--data-dir", "d3"]);
     let deadline = Instant::now() + Duration::from_secs(30);
     loop {
-        let out = drover(&cwd, &[], &["--server", &format!("http://127.0.0.1:{port}"), "services", "list"]);
+        let token = cwd.join("d3").join("admin.token");
+        let out = drover(
+            &cwd,
+            &[("DROVER_TOKEN_FILE", &token)],
+            &["--server", &format!("http://127.0.0.1:{port}"), "services", "list"],
+        );
         if out.status.success() {
             break;
         }

@@ -4,8 +4,8 @@
 //! the provider makes the new credential, switches the router and the URL,
 //! and revokes the old one after its overlap.
 
-use crate::error::{ApiError, ErrorBody};
 use crate::auth::Caller;
+use crate::error::{ApiError, ErrorBody};
 use crate::state::AppState;
 use axum::extract::{Path, State};
 use axum::http::StatusCode;

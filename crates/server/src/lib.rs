@@ -19,8 +19,8 @@
 pub mod actor;
 pub mod auth;
 pub mod checks;
-pub mod data_dir;
 mod credentials;
+pub mod data_dir;
 mod error;
 pub mod http;
 pub mod listen;
