@@ -123,7 +123,10 @@ async fn a_failover_interrupted_by_kill_9_completes_after_restart_without_promot
     let log = dir.path().join("drover.log");
     let port = free_port();
     let mut api = Api {
-        http: reqwest::Client::builder().timeout(Duration::from_secs(10)).build().unwrap(),
+        http: {
+            drover_agent::tls::install_crypto_provider();
+            reqwest::Client::builder().timeout(Duration::from_secs(10)).build().unwrap()
+        },
         url: format!("http://127.0.0.1:{port}"),
     };
 
@@ -206,7 +209,10 @@ async fn pages_survive_kill_9_and_still_deduplicate() {
     let log = dir.path().join("drover.log");
     let port = free_port();
     let mut api = Api {
-        http: reqwest::Client::builder().timeout(Duration::from_secs(10)).build().unwrap(),
+        http: {
+            drover_agent::tls::install_crypto_provider();
+            reqwest::Client::builder().timeout(Duration::from_secs(10)).build().unwrap()
+        },
         url: format!("http://127.0.0.1:{port}"),
     };
     let event = json!({

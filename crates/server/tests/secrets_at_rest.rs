@@ -41,7 +41,8 @@ async fn a_clear_link_key_is_sealed_in_place_and_old_links_keep_working() {
 
     let event = json!({"routing_key": "platform", "event_action": "trigger", "dedup_key": "k",
         "payload": {"summary": "s", "source": "h", "severity": "critical"}});
-    let (status, opened) = t.post("/v1/integrations/events-v2", event).await;
+    let (status, opened) =
+        t.post_as(Some(&t.integration_token("platform").await), "/v1/integrations/events-v2", event).await;
     assert_eq!(status, 202, "{opened}");
     let page: PageId = opened["page"].as_str().unwrap().parse().unwrap();
     // Signed with the old key, as a link in an e-mail sent before would be.
@@ -67,7 +68,8 @@ async fn without_a_key_file_the_link_key_is_derived_and_no_file_holds_it() {
     assert!(!t.dir.path().join("oncall.secret").exists());
     let event = json!({"routing_key": "platform", "event_action": "trigger", "dedup_key": "k",
         "payload": {"summary": "s", "source": "h", "severity": "critical"}});
-    let (_, opened) = t.post("/v1/integrations/events-v2", event).await;
+    let (_, opened) =
+        t.post_as(Some(&t.integration_token("platform").await), "/v1/integrations/events-v2", event).await;
     let page: PageId = opened["page"].as_str().unwrap().parse().unwrap();
     // The key is derived from the data dir's key: the same after a restart.
     let (key, _) = drover_secrets::SecretKey::load_or_create(t.dir.path()).unwrap();
