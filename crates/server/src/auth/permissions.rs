@@ -102,7 +102,7 @@ pub const TABLE: &[Rule] = &[
     rule("GET", "/v1/services/{name}/checks", Read, No),
     rule("POST", "/v1/services/{name}/backups", Operate, ByEngine),
     rule("POST", "/v1/services/{name}/backups/verify", Operate, ByEngine),
-    rule("POST", "/v1/services/{name}/credentials/rotate", Operate, Here),
+    rule("POST", "/v1/services/{name}/credentials/rotate", Operate, ByEngine),
     rule("GET", "/v1/instances/{id}", ReadInstance, No),
     rule("GET", "/v1/events", Read, No),
     rule("POST", "/v1/heartbeats", Heartbeat, No),
