@@ -29,7 +29,7 @@ fn service(n: u64, name: &str, state: ServiceState) -> ServiceRecord {
         id: ServiceId::new_at(T0 + n as i64, n),
         name: name.into(),
         engine: EngineKind::Postgres,
-        plan: Plan { followers: 2, sync: true, max_failover_lag_bytes: 16 << 20 },
+        plan: Plan { followers: 2, sync: true, max_failover_lag_bytes: 16 << 20, credential_rotation_days: None },
         team: "payments".into(),
         zones: vec!["a".into(), "b".into()],
         image: image("15.18").id,
