@@ -635,19 +635,20 @@ async fn rotating_credentials_through_the_api_switches_the_url_refuses_a_second_
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_scheduled_rotation_changes_the_password_and_the_old_one_is_refused_after_the_overlap_audited_as_the_schedule(
 ) {
-    // Every 8 s (the control plane's default for plans that do not say), a
-    // 3 s overlap: the engine opens both actions itself.
+    // Every 10 s (the control plane's default for plans that do not say), a
+    // 5 s overlap: the engine opens both actions itself.
     let (mut t, _reaper) = start_local_tweaked(|opts| {
-        opts.engine.credential_rotation = Some(Duration::from_secs(8));
-        opts.engine.rotation_overlap = Duration::from_secs(3);
+        opts.engine.credential_rotation = Some(Duration::from_secs(10));
+        opts.engine.rotation_overlap = Duration::from_secs(5);
     })
     .await;
     let before = create_pg(&t, "pgsched").await;
-    let old_url = before["url"].as_str().unwrap().to_string();
-    assert!(old_url.starts_with("postgres://app_a:"), "{old_url}");
     assert!(before["credentials"]["next_rotation_at"].is_string(), "scheduled: {}", before["credentials"]);
+    // On a loaded machine the first rotation may come before the service is
+    // available: start from whatever the URL names now.
+    let old_url = t.service("pgsched").await["url"].as_str().unwrap().to_string();
     let c = connect(&old_url).await.expect("the URL works");
-    c.batch_execute("CREATE TABLE kept (n int); INSERT INTO kept VALUES (1)").await.unwrap();
+    c.batch_execute("CREATE TABLE IF NOT EXISTS kept (n int); INSERT INTO kept VALUES (1)").await.unwrap();
     drop(c);
 
     let new_url = poll(SLOW, "the schedule rotates the URL's credential", || async {
@@ -657,7 +658,8 @@ async fn a_scheduled_rotation_changes_the_password_and_the_old_one_is_refused_af
     })
     .await;
     let rotated = Instant::now();
-    assert!(new_url.starts_with("postgres://app_b:"), "{new_url}");
+    let login = |url: &str| url.split_once("://").and_then(|(_, r)| r.split_once(':')).unwrap().0.to_string();
+    assert_ne!(login(&new_url), login(&old_url), "the other login role: {old_url} -> {new_url}");
     assert_ne!(password_of(&new_url), password_of(&old_url), "a new password");
     connect(&old_url).await.expect("the old password works in the overlap");
     let c = connect(&new_url).await.expect("the new URL works");
@@ -669,7 +671,7 @@ async fn a_scheduled_rotation_changes_the_password_and_the_old_one_is_refused_af
     .await;
     let refused_after = rotated.elapsed();
     assert!(
-        refused_after >= Duration::from_secs(2),
+        refused_after >= Duration::from_secs(4),
         "revoked {refused_after:?} after the URL changed: overlap cut short"
     );
     let s = t.service("pgsched").await;
@@ -683,7 +685,7 @@ async fn a_scheduled_rotation_changes_the_password_and_the_old_one_is_refused_af
     };
     assert!(by_schedule("services.rotate_credentials"), "the rotation is audited as the schedule's: {audit:#}");
     assert!(by_schedule("services.revoke_previous_credentials"), "so is the revocation: {audit:#}");
-    eprintln!("scheduled rotation: the old password refused {refused_after:?} after the URL changed (overlap 3 s)");
+    eprintln!("scheduled rotation: the old password refused {refused_after:?} after the URL changed (overlap 5 s)");
     t.stop().await;
 }
 
