@@ -676,7 +676,9 @@ mod tests {
     #[test]
     fn last_used_is_due_at_most_once_a_minute_per_token() {
         let dir = tempfile::tempdir().unwrap();
-        let tokens = Tokens::open(&dir.path().join("drover.db")).unwrap();
+        let db = dir.path().join("drover.db");
+        drop(drover_store::SqliteStore::open(&db).unwrap()); // its migrations make the tokens table
+        let tokens = Tokens::open(&db).unwrap();
         let t0 = Timestamp(1_800_000_000_000_000);
         assert!(tokens.touch_due("a", t0), "the first use is written");
         assert!(!tokens.touch_due("a", Timestamp(t0.0 + 1_000_000)));
