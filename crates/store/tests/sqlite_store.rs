@@ -3,8 +3,8 @@
 mod common;
 use common::TempDir;
 use drover_model::{
-    ActionId, ActionKind, ActionRecord, ActionState, AuditEntry, BackupStatus, Changes, EngineKind, Event,
-    EventSubject, Fault, Image, InstanceId, InstanceRecord, InstanceState, Plan, Role, ServiceId, ServiceRecord,
+    ActionId, ActionKind, ActionRecord, ActionState, AuditEntry, BackupStatus, Changes, CredentialStatus, EngineKind,
+    Event, EventSubject, Fault, Image, InstanceId, InstanceRecord, InstanceState, Plan, Role, ServiceId, ServiceRecord,
     ServiceState, Timestamp,
 };
 use drover_store::{EventFilter, SqliteStore, Store, StoreError, MAX_READ_LIMIT};
@@ -41,6 +41,7 @@ fn service(n: u64, name: &str, state: ServiceState) -> ServiceRecord {
         remedy_failures: (n % 3) as u32,
         failing_since: (!n.is_multiple_of(3)).then_some(Timestamp(T0 + 7)),
         backups: BackupStatus { last_backup_at: Some(Timestamp(T0 + 5)), ..Default::default() },
+        credentials: CredentialStatus { last_rotated_at: Some(Timestamp(T0 + 6)), ..Default::default() },
     }
 }
 
