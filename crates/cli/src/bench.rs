@@ -51,6 +51,7 @@ pub fn heartbeats(instances: usize, rounds: usize) -> anyhow::Result<()> {
             team: None,
             zones: None,
             max_failover_lag_bytes: None,
+            credential_rotation_days: None,
         };
         let out = engine.step(
             Input::Command { actor: "bench".into(), role: None, command: Command::CreateService(req) },

@@ -128,11 +128,12 @@ pub struct ServeArgs {
     #[arg(long, env = "DROVER_MAX_HEADER_BYTES")]
     pub max_header_bytes: Option<usize>,
     /// After a credential rotation, the old credential keeps working this
-    /// long, then is revoked (local provider) [default: 300].
+    /// long, then the engine revokes it [default: 300].
     #[arg(long, env = "DROVER_ROTATION_OVERLAP_SECS")]
     pub rotation_overlap_secs: Option<f64>,
-    /// Rotate every local service's credentials when they are this many
-    /// days old; 0: only on demand [default: 0].
+    /// Rotate a service's credentials every this many days when its plan
+    /// does not say (`credential_rotation_days` in the plan); 0: only on
+    /// demand [default: 0].
     #[arg(long, env = "DROVER_CREDENTIAL_ROTATION_DAYS")]
     pub credential_rotation_days: Option<u32>,
 }
@@ -298,19 +299,19 @@ pub fn resolve(args: ServeArgs, no_local_set: bool) -> anyhow::Result<Settings> 
     if let Some(ms) = args.action_latency_ms.or(file.action_latency_ms) {
         opts.sim.action_latency = Duration::from_millis(ms);
     }
+    if let Some(s) = args.rotation_overlap_secs {
+        opts.engine.rotation_overlap = secs(s, "--rotation-overlap-secs")?;
+    } else if let Some(s) = file.rotation_overlap_secs {
+        opts.engine.rotation_overlap = secs(s, "rotation_overlap_secs")?;
+    }
+    // The fallback for plans that do not say (`Plan::credential_rotation_days`).
+    opts.engine.credential_rotation = match args.credential_rotation_days.or(file.credential_rotation_days) {
+        None | Some(0) => None,
+        Some(days) => Some(Duration::from_secs(u64::from(days) * 86_400)),
+    };
     let no_local = if no_local_set { args.no_local } else { file.no_local.unwrap_or(false) };
     if !no_local {
-        let mut local = drover_providers::local::LocalConfig::default();
-        if let Some(s) = args.rotation_overlap_secs {
-            local.rotation_overlap = secs(s, "--rotation-overlap-secs")?;
-        } else if let Some(s) = file.rotation_overlap_secs {
-            local.rotation_overlap = secs(s, "rotation_overlap_secs")?;
-        }
-        local.rotation_interval = match args.credential_rotation_days.or(file.credential_rotation_days) {
-            None | Some(0) => None,
-            Some(days) => Some(Duration::from_secs(u64::from(days) * 86_400)),
-        };
-        opts.local = Some(local);
+        opts.local = Some(drover_providers::local::LocalConfig::default());
     }
     let log_format = args.log_format.or(file.log_format).unwrap_or_default();
     check_max_connections(args.max_connections, "--max-connections")?;

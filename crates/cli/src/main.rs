@@ -260,6 +260,10 @@ enum ServicesCmd {
         /// Zones, comma-separated.
         #[arg(long, value_delimiter = ',')]
         zones: Option<Vec<String>>,
+        /// Rotate the URL's credential every this many days (0: only on
+        /// demand; default: the control plane's `credential_rotation_days`).
+        #[arg(long)]
+        credential_rotation_days: Option<u32>,
     },
     List,
     Show {
@@ -600,7 +604,7 @@ async fn run(cli: Cli, no_local_set: bool) -> anyhow::Result<()> {
             drover_sim::command(&scenario, services, seed, event_log).map(|_| ()).map_err(anyhow::Error::msg)
         }
         Cmd::Services { cmd, .. } => match cmd {
-            ServicesCmd::Create { name, engine, followers, provider, sync, team, zones } => {
+            ServicesCmd::Create { name, engine, followers, provider, sync, team, zones, credential_rotation_days } => {
                 let mut body = serde_json::json!({ "name": name, "engine": engine, "followers": followers });
                 if let Some(p) = provider {
                     body["provider"] = p.into();
@@ -613,6 +617,9 @@ async fn run(cli: Cli, no_local_set: bool) -> anyhow::Result<()> {
                 }
                 if let Some(z) = zones {
                     body["zones"] = z.into();
+                }
+                if let Some(days) = credential_rotation_days {
+                    body["credential_rotation_days"] = days.into();
                 }
                 let v = client.post("/v1/services", body).await?;
                 output::service(&v, json);

@@ -195,6 +195,11 @@ impl Engine {
                 _ => {}
             }
         }
+        if let (Some(s), ActionKind::RotateCredentials | ActionKind::RevokePreviousCredentials) =
+            (sslot, &a.record.kind)
+        {
+            self.rotation_finished(s, &a.record, state, now, out);
+        }
         if a.durable {
             let cause = match &a.record.error {
                 Some(e) if state != ActionState::Succeeded => format!("{}: {e}", a.record.kind.name()),
@@ -359,7 +364,8 @@ impl Engine {
                 let Some(sslot) = self.instances.get(slot).map(|i| i.service) else { return };
                 self.backup_result(sslot, kind, None, detail, now, out);
             }
-            ActionKind::InjectFault { .. } | ActionKind::RotateCredentials => {}
+            // Their outcome is taken in `finish_action` (`rotation_finished`).
+            ActionKind::InjectFault { .. } | ActionKind::RotateCredentials | ActionKind::RevokePreviousCredentials => {}
         }
     }
 
@@ -418,7 +424,10 @@ impl Engine {
                     self.backup_result(s, kind, Some(error), None, now, out);
                 }
             }
-            ActionKind::Probe | ActionKind::InjectFault { .. } | ActionKind::RotateCredentials => {}
+            ActionKind::Probe
+            | ActionKind::InjectFault { .. }
+            | ActionKind::RotateCredentials
+            | ActionKind::RevokePreviousCredentials => {}
         }
     }
 
@@ -500,7 +509,13 @@ impl Engine {
 /// Remedies hold their service's one slot; chaos and probes do not.
 pub(crate) fn is_remedy(kind: &ActionKind) -> bool {
     // A rotation changes no server: it must never hold up a failover.
-    !matches!(kind, ActionKind::Probe | ActionKind::InjectFault { .. } | ActionKind::RotateCredentials)
+    !matches!(
+        kind,
+        ActionKind::Probe
+            | ActionKind::InjectFault { .. }
+            | ActionKind::RotateCredentials
+            | ActionKind::RevokePreviousCredentials
+    )
 }
 
 /// `"{kind} attempt {n}: {why}"`, the cause of every dispatch, built without

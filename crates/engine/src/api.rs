@@ -55,6 +55,12 @@ pub struct Config {
     /// Restore tests run this often per service (None: only on demand). An
     /// unexercised backup is not a backup.
     pub verify_interval: Option<Duration>,
+    /// Credentials are rotated this often per service whose plan does not
+    /// say (`Plan::credential_rotation_days` None); None: only on demand.
+    pub credential_rotation: Option<Duration>,
+    /// After a rotation the previous credential keeps working this long
+    /// (connected applications drain), then the engine revokes it.
+    pub rotation_overlap: Duration,
     /// Providers this control plane can dispatch to.
     pub providers: Vec<String>,
     /// The engines each provider runs (`Provider::engines`); a service of
@@ -94,6 +100,8 @@ impl Default for Config {
             // Heroku takes daily base backups and keeps WAL continuously.
             backup_interval: Some(Duration::from_secs(24 * 3600)),
             verify_interval: Some(Duration::from_secs(7 * 24 * 3600)),
+            credential_rotation: None,
+            rotation_overlap: Duration::from_secs(300),
             providers: vec!["sim".into()],
             provider_engines: std::collections::BTreeMap::new(),
             default_provider: "sim".into(),
@@ -168,7 +176,7 @@ pub enum Command {
     /// Add an image to the catalog (idempotent: images are content-addressed).
     RegisterImage(Image),
     /// Give the service's URL a new credential now; the old one keeps
-    /// working for the provider's overlap, then is revoked.
+    /// working for `Config::rotation_overlap`, then the engine revokes it.
     RotateCredentials {
         name: String,
         /// Set by the caller when the provider says a rotation is still in

@@ -12,7 +12,13 @@ use drover_model::{
 use rand::RngCore;
 
 impl Engine {
-    pub(crate) fn command(&mut self, command: Command, now: i64, out: &mut Outputs) -> Result<Reply, CommandError> {
+    pub(crate) fn command(
+        &mut self,
+        command: Command,
+        actor: &str,
+        now: i64,
+        out: &mut Outputs,
+    ) -> Result<Reply, CommandError> {
         match command {
             Command::CreateService(req) => self.create_service(req, now, out),
             Command::DeleteService { name } => self.delete_service(name, now, out),
@@ -26,44 +32,10 @@ impl Engine {
             }
             Command::ResumeService { name } => self.resume_service(name, now, out),
             Command::RegisterImage(image) => self.register_image(image, out),
-            Command::RotateCredentials { name, in_progress } => self.rotate_credentials(&name, in_progress, now, out),
+            Command::RotateCredentials { name, in_progress } => {
+                self.rotate_credentials(&name, in_progress, actor, now, out)
+            }
         }
-    }
-
-    /// Opens a RotateCredentials action on the service's primary; refused
-    /// while one is open or the provider's previous rotation is still in
-    /// its overlap.
-    fn rotate_credentials(
-        &mut self,
-        name: &str,
-        in_progress: Option<String>,
-        now: i64,
-        out: &mut Outputs,
-    ) -> Result<Reply, CommandError> {
-        let Some(&sslot) = self.service_names.get(name) else {
-            return Err(CommandError::NotFound(format!("no service named {name:?}")));
-        };
-        let sid = self.services.get(sslot).map(|s| s.id);
-        let open = self.actions.values().any(|a| {
-            Some(a.record.service) == sid
-                && a.record.kind == ActionKind::RotateCredentials
-                && matches!(a.record.state, ActionState::Pending | ActionState::Running)
-        });
-        if open {
-            return Err(CommandError::Conflict(format!("a credential rotation of {name:?} is already running")));
-        }
-        if let Some(why) = in_progress {
-            return Err(CommandError::Conflict(why));
-        }
-        let target = self
-            .current_primary(sslot)
-            .ok_or_else(|| CommandError::Conflict(format!("{name:?} has no primary to rotate its credentials on")))?;
-        let id = self
-            .open_action(target, ActionKind::RotateCredentials, "credential rotation requested", false, now, out)
-            .ok_or_else(|| CommandError::NotFound(format!("no service named {name:?}")))?;
-        let rec = out.changes.actions.iter().rev().find(|a| a.id == id).cloned();
-        rec.map(|r| Reply::Action(Box::new(r)))
-            .ok_or_else(|| CommandError::Invalid("rotation action could not be opened".into()))
     }
 
     /// Cancels what waits for the service and starts taking it apart; the
@@ -329,6 +301,7 @@ impl Engine {
                 followers: req.followers,
                 sync: req.sync.unwrap_or(false),
                 max_failover_lag_bytes: req.max_failover_lag_bytes.unwrap_or(self.config.max_failover_lag_bytes),
+                credential_rotation_days: req.credential_rotation_days,
             },
             team: self.teams.name(team).into(),
             zones: zone_names,
@@ -341,12 +314,14 @@ impl Engine {
             remedy_failures: 0,
             failing_since: None,
             backups: Default::default(),
+            credentials: Default::default(),
         };
         let svc = Svc::from_record(rec, ServicePlace { team, zones: zones.clone(), image, provider });
         let sslot = self.services.insert(svc);
         self.service_names.insert(req.name.clone().into(), sslot);
         self.service_ids.insert(id, sslot);
         self.schedule_backups(sslot, now);
+        self.schedule_rotation(sslot, now);
         out.changes.events.push(self.event(
             now,
             EventSubject::Service,

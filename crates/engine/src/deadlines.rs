@@ -140,6 +140,11 @@ impl Engine {
                 self.scheduled_backup_work(sslot, now, out);
             }
         }
+        for (_, slots) in self.rotation_timers.pop_due(now) {
+            for sslot in slots {
+                self.scheduled_rotation_work(sslot, now, out);
+            }
+        }
         for (_, ids) in self.action_timers.pop_due(now) {
             for id in ids {
                 let due = match self.actions.get(&id) {

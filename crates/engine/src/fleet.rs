@@ -304,6 +304,14 @@ pub struct Svc {
     pub verify_failures: u8,
     pub next_backup_at: i64,
     pub next_verify_at: i64,
+    /// Credential rotation (`crate::credentials`): the last one, the end of
+    /// its overlap, the next one due. None while there is nothing to say
+    /// (never rotated, nothing scheduled): boxed, a fleet without rotation
+    /// pays a pointer per service.
+    pub credentials: Option<Box<drover_model::CredentialStatus>>,
+    /// A RotateCredentials / RevokePreviousCredentials action is open.
+    pub rotation_running: bool,
+    pub revoke_running: bool,
 }
 
 /// A service's repeated names, as indices the engine interned.
@@ -347,6 +355,9 @@ impl Svc {
             verify_failures: 0,
             next_backup_at: NEVER,
             next_verify_at: NEVER,
+            credentials: (rec.credentials != Default::default()).then(|| Box::new(rec.credentials)),
+            rotation_running: false,
+            revoke_running: false,
         }
     }
 }

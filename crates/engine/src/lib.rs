@@ -22,7 +22,8 @@
 //! The rooms, one `impl Engine` each: `heartbeats` and `zone_lease` (what is
 //! heard), `deadlines` (silence), `transitions` (the one gate for state
 //! changes), `brake`, `reconcile` (decide and apply), `actions` (open,
-//! budget, dispatch, results), `backups`, `commands`, `restore`, `records`
+//! budget, dispatch, results), `backups`, `credentials` (scheduled
+//! rotation and the end of its overlap), `commands`, `restore`, `records`
 //! (records and events for the store), `views` (read-only, for the API).
 //! `fleet` holds the compact in-memory fleet, `api` the contract, `policy`
 //! what differs between engines (the seam every decision above asks).
@@ -32,6 +33,7 @@ mod api;
 mod backups;
 mod brake;
 mod commands;
+mod credentials;
 mod deadlines;
 mod fleet;
 mod heartbeats;
@@ -136,6 +138,8 @@ pub struct Engine {
     action_timers: Wheel<ActionId>,
     /// Backup and restore-test schedules, per service.
     service_timers: Wheel<u32>,
+    /// Credential rotations and the ends of their overlaps, per service.
+    rotation_timers: Wheel<u32>,
     /// Expiry checks of zone heartbeat leases.
     zone_timers: Wheel<u16>,
     dirty: Vec<u32>,
@@ -183,6 +187,7 @@ impl Engine {
             due_since: 0,
             action_timers: Wheel::new(BUCKET_MICROS),
             service_timers: Wheel::new(BUCKET_MICROS),
+            rotation_timers: Wheel::new(BUCKET_MICROS),
             zone_timers: Wheel::new(BUCKET_MICROS),
             dirty: Vec::new(),
             held: Vec::new(),
@@ -238,16 +243,16 @@ impl Engine {
             Input::ActionResult { action, attempt, outcome } => {
                 self.action_result(action, attempt, outcome, now, out);
             }
-            Input::Command { command, .. } if !self.config.records => {
+            Input::Command { command, actor, .. } if !self.config.records => {
                 // No store: no audit entry either (see `Config::records`).
-                let result = self.command(command, now, out);
+                let result = self.command(command, &actor, now, out);
                 out.reply = Some(result);
             }
             Input::Command { actor, role, command } => {
                 let name = command.name();
                 let detail = serde_json::to_value(&command).unwrap_or(serde_json::Value::Null);
                 let target = command_target(&command);
-                let result = self.command(command, now, out);
+                let result = self.command(command, &actor, now, out);
                 out.changes.audit.push(AuditEntry {
                     seq: 0,
                     at: Timestamp(now),
@@ -284,6 +289,7 @@ impl Engine {
             self.instance_timers.next(),
             self.action_timers.next(),
             self.service_timers.next(),
+            self.rotation_timers.next(),
             self.zone_timers.next(),
         ]
         .into_iter()

@@ -74,6 +74,7 @@ impl Engine {
             self.service_ids.insert(id, slot);
             service_by_id.insert(id, slot);
             self.schedule_backups(slot, now);
+            self.schedule_rotation(slot, now);
         }
         service_by_id
     }
@@ -140,6 +141,8 @@ impl Engine {
             match rec.kind {
                 ActionKind::Backup => s.backup_running = true,
                 ActionKind::VerifyRestore => s.verify_running = true,
+                ActionKind::RotateCredentials => s.rotation_running = true,
+                ActionKind::RevokePreviousCredentials => s.revoke_running = true,
                 _ => {}
             }
             if remedy {

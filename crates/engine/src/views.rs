@@ -86,6 +86,7 @@ impl Engine {
             needs_human: s.needs_human,
             url: None,
             backups: (*s.backups).clone(),
+            credentials: s.credentials.as_deref().cloned().unwrap_or_default(),
             instances,
         })
     }

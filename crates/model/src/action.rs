@@ -87,8 +87,12 @@ pub enum ActionKind {
     /// record the result (target: the primary whose backups are verified).
     VerifyRestore,
     /// Give the service's URL a new credential; the old one keeps working
-    /// for an overlap, then the provider revokes it (target: the primary).
+    /// for an overlap (target: the primary).
     RotateCredentials,
+    /// The end of a rotation's overlap: revoke the credential it replaced
+    /// (target: the primary). Idempotent: with nothing left to revoke it
+    /// succeeds and changes nothing.
+    RevokePreviousCredentials,
 }
 
 impl ActionKind {
@@ -106,6 +110,7 @@ impl ActionKind {
             ActionKind::Backup => "backup",
             ActionKind::VerifyRestore => "verify_restore",
             ActionKind::RotateCredentials => "rotate_credentials",
+            ActionKind::RevokePreviousCredentials => "revoke_previous_credentials",
         }
     }
     /// Destructive actions change what serves the service; they pause under

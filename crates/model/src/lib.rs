@@ -19,7 +19,8 @@ pub use facts::{Beat, Facts};
 pub use ids::{ActionId, InstanceId, NotificationId, PageId, ServiceId};
 pub use image::{Image, ImageId};
 pub use service::{
-    BackupStatus, CreateService, EngineKind, InstanceRecord, InstanceView, Plan, Role, ServiceRecord, ServiceView,
+    BackupStatus, CreateService, CredentialStatus, EngineKind, InstanceRecord, InstanceView, Plan, Role, ServiceRecord,
+    ServiceView,
 };
 pub use states::{InstanceState, ServiceState};
 pub use time::Timestamp;

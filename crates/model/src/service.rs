@@ -71,7 +71,16 @@ pub struct Plan {
     pub sync: bool,
     /// A follower further behind than this is not promoted (data loss bound).
     pub max_failover_lag_bytes: u64,
+    /// Rotate the URL's credential every this many days, scheduled by the
+    /// engine; `0`: only on demand. None (plans from before this field, and
+    /// services created without it): the control plane's
+    /// `credential_rotation_days`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub credential_rotation_days: Option<u32>,
 }
+
+/// The longest rotation period a plan may ask for (ten years).
+pub const MAX_CREDENTIAL_ROTATION_DAYS: u32 = 3650;
 
 /// The body of `POST /v1/services`.
 #[derive(Clone, Debug, Serialize, Deserialize, utoipa::ToSchema)]
@@ -98,6 +107,11 @@ pub struct CreateService {
     pub zones: Option<Vec<String>>,
     #[serde(default)]
     pub max_failover_lag_bytes: Option<u64>,
+    /// Rotate the URL's credential every this many days (0: only on demand;
+    /// absent: the control plane's default).
+    #[serde(default)]
+    #[schema(minimum = 0, maximum = 3650)]
+    pub credential_rotation_days: Option<u32>,
 }
 
 /// The most followers a plan may ask for; more is a typo, not a plan.
@@ -134,6 +148,9 @@ impl CreateService {
                 return Err("team must be 1 to 63 characters".into());
             }
         }
+        if self.credential_rotation_days.is_some_and(|d| d > MAX_CREDENTIAL_ROTATION_DAYS) {
+            return Err(format!("credential_rotation_days must be at most {MAX_CREDENTIAL_ROTATION_DAYS}"));
+        }
         Ok(())
     }
 }
@@ -164,6 +181,23 @@ pub struct ServiceRecord {
     pub failing_since: Option<Timestamp>,
     #[serde(default)]
     pub backups: BackupStatus,
+    #[serde(default)]
+    pub credentials: CredentialStatus,
+}
+
+/// Where a service's credential rotation stands (persisted: a control plane
+/// restarted in an overlap revokes the old credential when it ends).
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize, utoipa::ToSchema)]
+pub struct CredentialStatus {
+    /// When the URL's credential was last rotated (None: never).
+    #[serde(default)]
+    pub last_rotated_at: Option<Timestamp>,
+    /// The previous credential is still accepted until then, then revoked.
+    #[serde(default)]
+    pub overlap_ends_at: Option<Timestamp>,
+    /// When the schedule rotates it next (None: only on demand).
+    #[serde(default)]
+    pub next_rotation_at: Option<Timestamp>,
 }
 
 /// What is known of a service's backups and their restore tests.
@@ -235,6 +269,8 @@ pub struct ServiceView {
     /// switchover or replacement. Filled by the provider (none for `sim`).
     pub url: Option<String>,
     pub backups: BackupStatus,
+    #[serde(default)]
+    pub credentials: CredentialStatus,
     pub instances: Vec<InstanceView>,
 }
 
@@ -252,6 +288,7 @@ mod tests {
             team: None,
             zones: None,
             max_failover_lag_bytes: None,
+            credential_rotation_days: None,
         }
     }
 

@@ -415,6 +415,7 @@ mod tests {
                 team: None,
                 zones: None,
                 max_failover_lag_bytes: None,
+                credential_rotation_days: None,
             }),
         }
     }

@@ -8,7 +8,7 @@ use common::{followers, poll, primary};
 use serde_json::{json, Value};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 const SLOW: Duration = Duration::from_secs(120);
 
@@ -587,12 +587,7 @@ async fn a_hung_primary_with_forged_heartbeats_still_fails_over_and_the_forgery_
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn rotating_credentials_through_the_api_switches_the_url_refuses_a_second_rotation_and_is_audited() {
-    let (mut t, _reaper) = start_local_tweaked(|opts| {
-        if let Some(local) = opts.local.as_mut() {
-            local.rotation_overlap = Duration::from_secs(4);
-        }
-    })
-    .await;
+    let (mut t, _reaper) = start_local_tweaked(|opts| opts.engine.rotation_overlap = Duration::from_secs(4)).await;
     let before = create_pg(&t, "pgrot").await;
     let old_url = before["url"].as_str().unwrap().to_string();
     assert!(old_url.starts_with("postgres://app_a:") && old_url.ends_with("/app"), "{old_url}");
@@ -635,4 +630,66 @@ async fn rotating_credentials_through_the_api_switches_the_url_refuses_a_second_
     );
     assert!(rotations.iter().any(|e| e["target"] == "nosuch"), "the 404 is audited: {rotations:#?}");
     t.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_scheduled_rotation_changes_the_password_and_the_old_one_is_refused_after_the_overlap_audited_as_the_schedule(
+) {
+    // Every 10 s (the control plane's default for plans that do not say), a
+    // 5 s overlap: the engine opens both actions itself.
+    let (mut t, _reaper) = start_local_tweaked(|opts| {
+        opts.engine.credential_rotation = Some(Duration::from_secs(10));
+        opts.engine.rotation_overlap = Duration::from_secs(5);
+    })
+    .await;
+    let before = create_pg(&t, "pgsched").await;
+    assert!(before["credentials"]["next_rotation_at"].is_string(), "scheduled: {}", before["credentials"]);
+    // On a loaded machine the first rotation may come before the service is
+    // available: start from whatever the URL names now.
+    let old_url = t.service("pgsched").await["url"].as_str().unwrap().to_string();
+    let c = connect(&old_url).await.expect("the URL works");
+    c.batch_execute("CREATE TABLE IF NOT EXISTS kept (n int); INSERT INTO kept VALUES (1)").await.unwrap();
+    drop(c);
+
+    let new_url = poll(SLOW, "the schedule rotates the URL's credential", || async {
+        let s = t.service("pgsched").await;
+        let url = s["url"].as_str().unwrap_or_default().to_string();
+        (url != old_url).then_some(url)
+    })
+    .await;
+    let rotated = Instant::now();
+    let login = |url: &str| url.split_once("://").and_then(|(_, r)| r.split_once(':')).unwrap().0.to_string();
+    assert_ne!(login(&new_url), login(&old_url), "the other login role: {old_url} -> {new_url}");
+    assert_ne!(password_of(&new_url), password_of(&old_url), "a new password");
+    connect(&old_url).await.expect("the old password works in the overlap");
+    let c = connect(&new_url).await.expect("the new URL works");
+    c.simple_query("SELECT n FROM kept").await.expect("the new role reads the old role's table");
+    drop(c);
+    poll(SLOW, "the old password refused after the overlap", || async {
+        connect(&old_url).await.is_none().then_some(())
+    })
+    .await;
+    let refused_after = rotated.elapsed();
+    assert!(
+        refused_after >= Duration::from_secs(4),
+        "revoked {refused_after:?} after the URL changed: overlap cut short"
+    );
+    let s = t.service("pgsched").await;
+    assert!(s["credentials"]["last_rotated_at"].is_string(), "{}", s["credentials"]);
+
+    let (_, audit) = t.get("/v1/audit?limit=10000").await;
+    let by_schedule = |command: &str| {
+        audit.as_array().unwrap().iter().any(|e| {
+            e["actor"] == "schedule" && e["command"] == command && e["target"] == "pgsched" && e["outcome"] == "ok"
+        })
+    };
+    assert!(by_schedule("services.rotate_credentials"), "the rotation is audited as the schedule's: {audit:#}");
+    assert!(by_schedule("services.revoke_previous_credentials"), "so is the revocation: {audit:#}");
+    eprintln!("scheduled rotation: the old password refused {refused_after:?} after the URL changed (overlap 5 s)");
+    t.stop().await;
+}
+
+fn password_of(url: &str) -> String {
+    let userinfo = url.split_once("://").and_then(|(_, rest)| rest.split_once('@')).map(|(u, _)| u).unwrap();
+    userinfo.split_once(':').map(|(_, password)| password.to_string()).unwrap()
 }

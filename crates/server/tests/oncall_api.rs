@@ -418,3 +418,53 @@ async fn open_pages_survive_a_restart_and_keep_deduplicating() {
     assert_eq!((again["result"].as_str(), &again["page"]), (Some("deduplicated"), &opened["page"]));
     t2.stop().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_team_token_sees_only_its_teams_feed_and_on_call() {
+    let (_r, url) = Receiver::start().await;
+    let toml = config(&url, 1)
+        + &format!(
+            r#"
+[[teams]]
+name = "web"
+[[teams.people]]
+name = "erin"
+webhook = "{url}/erin"
+[[teams.schedules]]
+name = "web-l1"
+rotation = ["erin"]
+[[teams.escalation]]
+target = "schedule:web-l1"
+timeout = "1h"
+"#
+        );
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::write(dir.path().join("oncall.toml"), toml).unwrap();
+    let mut t = common::start_in(dir, |_| {}).await;
+    let (status, body) = send(&t, event("trigger", "disk-9")).await;
+    assert_eq!(status, 202, "{body}");
+    common::poll(Duration::from_secs(20), "a post of team db in the feed", || async {
+        let (_, feed) = t.get("/v1/pager/feed").await;
+        feed.as_array().unwrap().iter().any(|f| f["team"] == "db").then_some(())
+    })
+    .await;
+    let web = t.token(json!({"name": "web-viewer", "role": "viewer", "team": "web"})).await;
+    let db = t.token(json!({"name": "db-viewer", "role": "viewer", "team": "db"})).await;
+
+    let (status, feed) = t.get_as(Some(&web), "/v1/pager/feed").await;
+    assert_eq!(status, 200, "{feed}");
+    assert!(feed.as_array().unwrap().iter().all(|f| f["team"] == "web"), "another team's posts: {feed}");
+    let (_, feed) = t.get_as(Some(&db), "/v1/pager/feed").await;
+    assert!(!feed.as_array().unwrap().is_empty(), "its own team's posts: {feed}");
+    assert!(feed.as_array().unwrap().iter().all(|f| f["team"] == "db"), "{feed}");
+
+    let teams = |v: &Value| -> Vec<String> {
+        v.as_array().unwrap().iter().map(|o| o["team"].as_str().unwrap().to_string()).collect()
+    };
+    let (status, oncall) = t.get_as(Some(&web), "/v1/pager/oncall").await;
+    assert_eq!(status, 200, "{oncall}");
+    assert_eq!(teams(&oncall), ["web", "*"], "its schedules and the incident commander: {oncall}");
+    let (_, oncall) = t.get("/v1/pager/oncall").await;
+    assert_eq!(teams(&oncall), ["db", "web", "*"], "an unlimited token sees every team: {oncall}");
+    t.stop().await;
+}

@@ -262,6 +262,14 @@ impl OncallStore {
         self.feed_where("WHERE seq > ?1 ORDER BY seq DESC LIMIT ?2", &[&after.unwrap_or(0), &(limit as i64)])
     }
 
+    /// [`Self::feed`] limited to one team's posts.
+    pub fn team_feed(&self, team: &str, limit: usize, after: Option<i64>) -> Result<Vec<FeedRecord>, OncallStoreError> {
+        self.feed_where(
+            "WHERE seq > ?1 AND team = ?3 ORDER BY seq DESC LIMIT ?2",
+            &[&after.unwrap_or(0), &(limit as i64), &team],
+        )
+    }
+
     pub fn pending_feed(&self) -> Result<Vec<FeedRecord>, OncallStoreError> {
         self.feed_where("WHERE state = 'pending' ORDER BY seq", &[])
     }

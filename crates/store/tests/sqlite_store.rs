@@ -3,8 +3,8 @@
 mod common;
 use common::TempDir;
 use drover_model::{
-    ActionId, ActionKind, ActionRecord, ActionState, AuditEntry, BackupStatus, Changes, EngineKind, Event,
-    EventSubject, Fault, Image, InstanceId, InstanceRecord, InstanceState, Plan, Role, ServiceId, ServiceRecord,
+    ActionId, ActionKind, ActionRecord, ActionState, AuditEntry, BackupStatus, Changes, CredentialStatus, EngineKind,
+    Event, EventSubject, Fault, Image, InstanceId, InstanceRecord, InstanceState, Plan, Role, ServiceId, ServiceRecord,
     ServiceState, Timestamp,
 };
 use drover_store::{EventFilter, SqliteStore, Store, StoreError, MAX_READ_LIMIT};
@@ -29,7 +29,7 @@ fn service(n: u64, name: &str, state: ServiceState) -> ServiceRecord {
         id: ServiceId::new_at(T0 + n as i64, n),
         name: name.into(),
         engine: EngineKind::Postgres,
-        plan: Plan { followers: 2, sync: true, max_failover_lag_bytes: 16 << 20 },
+        plan: Plan { followers: 2, sync: true, max_failover_lag_bytes: 16 << 20, credential_rotation_days: None },
         team: "payments".into(),
         zones: vec!["a".into(), "b".into()],
         image: image("15.18").id,
@@ -41,6 +41,7 @@ fn service(n: u64, name: &str, state: ServiceState) -> ServiceRecord {
         remedy_failures: (n % 3) as u32,
         failing_since: (!n.is_multiple_of(3)).then_some(Timestamp(T0 + 7)),
         backups: BackupStatus { last_backup_at: Some(Timestamp(T0 + 5)), ..Default::default() },
+        credentials: CredentialStatus { last_rotated_at: Some(Timestamp(T0 + 6)), ..Default::default() },
     }
 }
 

@@ -234,6 +234,9 @@ pub fn act(m: &mut Machine, kind: &ActionKind, ground: Ground) -> Answer {
         }
         // Simulated services have no credentials: a rotation changes nothing.
         ActionKind::RotateCredentials => answer(succeeded("simulated: no credentials to rotate"), Effect::Nothing),
+        ActionKind::RevokePreviousCredentials => {
+            answer(succeeded("simulated: no previous credential to revoke"), Effect::Nothing)
+        }
     }
 }
 

@@ -65,7 +65,7 @@ mod tests {
     use drover_model::{InstanceId, Role};
 
     fn plan(followers: u8) -> Plan {
-        Plan { followers, sync: followers > 0, max_failover_lag_bytes: 1000 }
+        Plan { followers, sync: followers > 0, max_failover_lag_bytes: 1000, credential_rotation_days: None }
     }
 
     #[test]

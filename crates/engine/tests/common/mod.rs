@@ -275,6 +275,7 @@ impl H {
             team: None,
             zones: None,
             max_failover_lag_bytes: None,
+            credential_rotation_days: None,
         };
         match self.command(Command::CreateService(req)) {
             Ok(Reply::Service(v)) => *v,

@@ -62,6 +62,7 @@ impl Inner {
             ActionKind::Backup => self.backup(id).await,
             ActionKind::VerifyRestore => self.verify_restore(id, action.id).await,
             ActionKind::RotateCredentials => self.rotate_credentials(action.service, action.id).await,
+            ActionKind::RevokePreviousCredentials => self.revoke_previous(action.service).await,
         };
         let outcome = match result {
             Ok(detail) => ActionOutcome::Succeeded { detail },

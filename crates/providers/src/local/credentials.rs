@@ -12,16 +12,16 @@
 //!    (before the URL changes: a client that reads the new URL at once is
 //!    let in);
 //! 3. records in the registry, durably, the new role and its sealed
-//!    password as the URL's, and the old one as `previous` with the end of
-//!    its overlap (`LocalConfig::rotation_overlap`).
+//!    password as the URL's, and the old one as `previous`.
 //!
-//! Clients holding the old URL keep connecting until the overlap ends; then
-//! the heartbeat loop ([`Inner::end_overlaps`]) revokes the old role: NOLOGIN
-//! and no password on the primary, its sessions ended, and the router's
-//! auth_file without it. Every step is idempotent and its state lives in the
-//! registry, so a control plane killed with -9 anywhere in between finishes
-//! the rotation when it runs again (the engine re-dispatches the action; the
-//! overlap's end is found in the registry).
+//! Clients holding the old URL keep connecting until the engine ends the
+//! overlap (it decides when, and when to rotate: see the engine's
+//! `credentials` module) with a `RevokePreviousCredentials` action
+//! ([`Inner::revoke_previous`]): NOLOGIN and no password on the primary, its
+//! sessions ended, and the router's auth_file without it. Every step is
+//! idempotent and its state lives in the registry, so a control plane killed
+//! with -9 anywhere in between finishes when the engine dispatches the
+//! action again; a revocation with no `previous` left changes nothing.
 
 use super::actions::{now_ms, random_password};
 use super::postgres::{self, APP_LOGINS};
@@ -29,7 +29,6 @@ use super::registry::{password_context, PreviousLogin, ServiceEntry};
 use super::{lock, Inner};
 use crate::ActionError;
 use drover_model::{ActionId, ServiceId};
-use std::sync::Arc;
 use std::time::Duration;
 
 const SQL_TIMEOUT: Duration = Duration::from_secs(10);
@@ -51,11 +50,11 @@ impl Inner {
             return Ok(Some(format!("already rotated: the URL logs in as {}", service.login)));
         }
         if let Some(previous) = &service.previous {
+            // The engine opens no rotation before it revoked the last one;
+            // the provider still never cuts an overlap short on its own.
             return Err(ActionError::InvalidState(format!(
-                "the previous rotation of {} is still in its overlap: {} is revoked in {}s; rotate again after",
-                service.name,
-                previous.login,
-                previous.revoke_after_ms.saturating_sub(now_ms()).div_ceil(1000)
+                "the previous rotation of {} is still in its overlap: {} is not revoked yet; rotate again after",
+                service.name, previous.login
             )));
         }
         let primary = self.current_primary_entry(service_id).ok_or_else(|| {
@@ -65,12 +64,11 @@ impl Inner {
         let password = random_password()?;
         let verifier = postgres::scram_verifier(&password);
         postgres::execute(&primary, &postgres::set_login_sql(new_login, &verifier), SQL_TIMEOUT).await?;
-        let overlap = self.config.rotation_overlap;
         let mut updated = service.clone();
         updated.previous = Some(PreviousLogin {
             login: service.login.clone(),
             verifier: service.verifier.clone(),
-            revoke_after_ms: now_ms() + overlap.as_millis() as u64,
+            since_ms: now_ms(),
         });
         updated.password = self.key.seal_str(&password_context(&service.name, new_login), &password);
         updated.login = new_login.to_string();
@@ -91,12 +89,8 @@ impl Inner {
             *stored = ServiceEntry { primary, sync, ..updated };
         }
         self.save()?;
-        tracing::info!(service = %service.name, login = new_login, old = %service.login, ?overlap, "credentials rotated");
-        Ok(Some(format!(
-            "the URL now logs in as {new_login}; {} keeps working for {}s, then is revoked",
-            service.login,
-            overlap.as_secs()
-        )))
+        tracing::info!(service = %service.name, login = new_login, old = %service.login, "credentials rotated");
+        Ok(Some(format!("the URL now logs in as {new_login}; {} keeps working until the overlap ends", service.login)))
     }
 
     /// The rotation still in its overlap for the service named `name`, as a
@@ -106,65 +100,22 @@ impl Inner {
         let service = registry.services.values().find(|s| s.name == name)?;
         let previous = service.previous.as_ref()?;
         Some(format!(
-            "a credential rotation of {name} is in progress: {} is revoked in {}s",
-            previous.login,
-            previous.revoke_after_ms.saturating_sub(now_ms()).div_ceil(1000)
+            "a credential rotation of {name} is in progress: {} still logs in until its overlap ends",
+            previous.login
         ))
     }
 
-    /// Called every heartbeat round: revokes the old credentials whose
-    /// overlap has ended, and rotates the credentials that reached
-    /// `rotation_interval` (scheduled rotation, reported as a router event
-    /// the engine records). Each in a task of its own, one at a time per
-    /// service; a failure is tried again next round.
-    pub(super) fn end_overlaps(self: &Arc<Self>) {
-        let now = now_ms();
-        let interval = self.config.rotation_interval.map(|d| d.as_millis() as u64);
-        let due: Vec<(ServiceId, bool)> = lock(&self.registry)
-            .services
-            .iter()
-            .filter_map(|(id, s)| match &s.previous {
-                Some(p) if p.revoke_after_ms <= now => Some((*id, false)),
-                Some(_) => None,
-                None if s.primary.is_some()
-                    && interval.is_some_and(|every| s.rotated_at_ms.saturating_add(every) <= now) =>
-                {
-                    Some((*id, true))
-                }
-                None => None,
-            })
-            .collect();
-        for (service_id, rotate) in due {
-            if !lock(&self.revoking).insert(service_id) {
-                continue;
-            }
-            let inner = self.clone();
-            tokio::spawn(async move {
-                if rotate {
-                    let action = ActionId::new_at(now as i64 * 1000, rand_u64());
-                    match inner.rotate_credentials(service_id, action).await {
-                        Ok(detail) => inner.report_router(
-                            service_id,
-                            format!("credentials rotated on schedule: {}", detail.unwrap_or_default()),
-                        ),
-                        Err(error) => tracing::warn!(%service_id, %error, "scheduled credential rotation failed"),
-                    }
-                } else if let Err(error) = inner.revoke_previous(service_id).await {
-                    tracing::warn!(%service_id, %error, "cannot revoke the previous credential yet");
-                }
-                lock(&inner.revoking).remove(&service_id);
-            });
-        }
-    }
-
-    /// Revokes the previous login role of a service: NOLOGIN without a
-    /// password on the primary, its sessions ended, forgotten in the
-    /// registry, dropped from the router's auth_file.
-    async fn revoke_previous(&self, service_id: ServiceId) -> Result<(), ActionError> {
+    /// The `RevokePreviousCredentials` action: revokes the previous login
+    /// role of a service (NOLOGIN without a password on the primary, its
+    /// sessions ended, forgotten in the registry, dropped from the router's
+    /// auth_file). With none left (a repeat after a crash) it changes nothing.
+    pub(super) async fn revoke_previous(&self, service_id: ServiceId) -> Result<Option<String>, ActionError> {
         let guard = self.service_lock(service_id);
         let _held = guard.lock().await;
         let service = self.service(service_id)?;
-        let Some(previous) = service.previous.clone() else { return Ok(()) };
+        let Some(previous) = service.previous.clone() else {
+            return Ok(Some("no previous credential left to revoke".into()));
+        };
         let primary = self.current_primary_entry(service_id).ok_or_else(|| {
             ActionError::Unavailable(format!("service {} has no running primary to revoke on", service.name))
         })?;
@@ -178,20 +129,13 @@ impl Inner {
         .await?;
         let updated = {
             let mut registry = lock(&self.registry);
-            let Some(stored) = registry.services.get_mut(&service_id) else { return Ok(()) };
+            let Some(stored) = registry.services.get_mut(&service_id) else { return Ok(None) };
             stored.previous = None;
             stored.clone()
         };
         self.save()?;
         self.routers.reload_logins(service_id, &updated).await?;
         tracing::info!(service = %service.name, %login, "previous credential revoked");
-        Ok(())
+        Ok(Some(format!("{login} revoked: it no longer logs in")))
     }
-}
-
-fn rand_u64() -> u64 {
-    let mut bytes = [0u8; 8];
-    use std::io::Read;
-    let _ = std::fs::File::open("/dev/urandom").and_then(|mut f| f.read_exact(&mut bytes));
-    u64::from_le_bytes(bytes)
 }

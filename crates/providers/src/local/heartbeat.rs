@@ -68,7 +68,6 @@ impl Inner {
         }
         self.keep_sync_mode(&samples);
         self.keep_routers();
-        self.end_overlaps();
         // Lag: the service's primary position (this round) minus the follower's.
         round_facts(&samples)
             .into_iter()

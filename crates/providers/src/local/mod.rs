@@ -92,16 +92,7 @@ pub struct LocalConfig {
     /// after it). When set and `archive_command` is None, WAL is archived
     /// into it too.
     pub backups: Option<crate::pgbackrest::BackupRepo>,
-    /// How long a rotated-out credential keeps working so connected
-    /// applications drain ([`DEFAULT_ROTATION_OVERLAP`] by default).
-    pub rotation_overlap: Duration,
-    /// Rotate a service's credentials when they are this old (scheduled
-    /// rotation); None: only on demand.
-    pub rotation_interval: Option<Duration>,
 }
-
-/// How long the old credential of a rotation stays valid by default.
-pub const DEFAULT_ROTATION_OVERLAP: Duration = Duration::from_secs(300);
 
 impl Default for LocalConfig {
     fn default() -> Self {
@@ -112,8 +103,6 @@ impl Default for LocalConfig {
             kill_servers_on_drop: false,
             archive_command: None,
             backups: None,
-            rotation_overlap: DEFAULT_ROTATION_OVERLAP,
-            rotation_interval: None,
         }
     }
 }
@@ -168,8 +157,6 @@ struct Inner {
     loop_generation: AtomicU64,
     /// The last heartbeat seq handed out.
     last_seq: AtomicU64,
-    /// Services whose previous credential is being revoked now.
-    revoking: Mutex<std::collections::HashSet<ServiceId>>,
     /// Kept-open heartbeat connections.
     beat_clients: Mutex<HashMap<InstanceId, Arc<tokio::sync::Mutex<Option<tokio_postgres::Client>>>>>,
 }
@@ -280,7 +267,6 @@ impl LocalProvider {
             closed,
             loop_generation: AtomicU64::new(0),
             last_seq: AtomicU64::new(0),
-            revoking: Mutex::new(Default::default()),
             beat_clients: Mutex::new(HashMap::new()),
         });
         let _entered = handle.enter();

@@ -102,7 +102,7 @@ pub struct ServiceEntry {
     #[serde(default)]
     pub verifier: String,
     /// The credential being drained after a rotation: still accepted by
-    /// the router and the server until `revoke_after`, then revoked.
+    /// the router and the server until the engine revokes it.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub previous: Option<PreviousLogin>,
     /// When the current credential was made (unix ms; 0: unknown).
@@ -123,8 +123,10 @@ pub struct ServiceEntry {
 pub struct PreviousLogin {
     pub login: String,
     pub verifier: String,
-    /// Unix ms after which it is revoked (NOLOGIN, sessions ended).
-    pub revoke_after_ms: u64,
+    /// When it was rotated out (unix ms). The engine decides when it is
+    /// revoked (`RevokePreviousCredentials`).
+    #[serde(default)]
+    pub since_ms: u64,
 }
 
 fn default_login() -> String {

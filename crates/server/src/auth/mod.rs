@@ -216,16 +216,25 @@ impl Tokens {
         Ok(Identity::of(record))
     }
 
-    /// Stores `last_used` if the last write is older than a minute. Blocking.
-    pub fn touch(&self, id: &str, now: Timestamp) {
-        {
-            let mut touched = self.touched.lock().unwrap_or_else(|p| p.into_inner());
-            let last = touched.entry(id.to_string()).or_insert(i64::MIN);
+    /// Whether `last_used` of token `id` is due for a write at `now` (the
+    /// last is older than a minute); if so, counts it as written. In memory
+    /// and cheap: called inline on every request, so only a due write costs
+    /// a blocking task ([`Self::record_use`]).
+    pub fn touch_due(&self, id: &str, now: Timestamp) -> bool {
+        let mut touched = self.touched.lock().unwrap_or_else(|p| p.into_inner());
+        if let Some(last) = touched.get_mut(id) {
             if now.0.saturating_sub(*last) < TOUCH_EVERY_MICROS {
-                return;
+                return false;
             }
             *last = now.0;
+        } else {
+            touched.insert(id.to_string(), now.0);
         }
+        true
+    }
+
+    /// Stores `last_used` of token `id` (after [`Self::touch_due`]). Blocking.
+    pub fn record_use(&self, id: &str, now: Timestamp) {
         if let Err(e) = self.store.touch(id, now) {
             tracing::warn!(error = %e, "cannot record a token's last use");
             return;
@@ -571,9 +580,12 @@ pub async fn authorize(state: axum::extract::State<AppState>, request: Request, 
     }
     let mut request = request;
     if let Some(id) = &identity {
-        let auth = ready.auth.clone();
-        let token = id.token_id.clone();
-        tokio::task::spawn_blocking(move || auth.touch(&token, now));
+        // At most once a minute per token: a task only when a write is due.
+        if ready.auth.touch_due(&id.token_id, now) {
+            let auth = ready.auth.clone();
+            let token = id.token_id.clone();
+            tokio::task::spawn_blocking(move || auth.record_use(&token, now));
+        }
         request.extensions_mut().insert(id.clone());
     }
     let response = next.run(request).await;
@@ -655,4 +667,23 @@ pub(crate) async fn refuse(
         .await;
     }
     error
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn last_used_is_due_at_most_once_a_minute_per_token() {
+        let dir = tempfile::tempdir().unwrap();
+        let db = dir.path().join("drover.db");
+        drop(drover_store::SqliteStore::open(&db).unwrap()); // its migrations make the tokens table
+        let tokens = Tokens::open(&db).unwrap();
+        let t0 = Timestamp(1_800_000_000_000_000);
+        assert!(tokens.touch_due("a", t0), "the first use is written");
+        assert!(!tokens.touch_due("a", Timestamp(t0.0 + 1_000_000)));
+        assert!(tokens.touch_due("b", Timestamp(t0.0 + 1_000_000)), "per token");
+        assert!(!tokens.touch_due("a", Timestamp(t0.0 + TOUCH_EVERY_MICROS - 1)));
+        assert!(tokens.touch_due("a", Timestamp(t0.0 + TOUCH_EVERY_MICROS)));
+    }
 }

@@ -448,17 +448,25 @@ pub struct FeedQuery {
     after: Option<i64>,
 }
 
-/// The company-wide feed, newest first: every page event.
+/// The company-wide feed, newest first: every page event (a token limited
+/// to a team: that team's posts only).
 #[utoipa::path(get, path = "/v1/pager/feed", tag = "oncall", params(FeedQuery),
-    responses((status = 200, description = "The company-wide feed: every page change, visible to all", body = Vec<drover_store::oncall::FeedRecord>)))]
+    responses((status = 200, description = "The company-wide feed: every page change (a team's token: its team's)", body = Vec<drover_store::oncall::FeedRecord>)))]
 pub(crate) async fn pager_feed(
     State(state): State<AppState>,
+    Caller(caller): Caller,
     Query(q): Query<FeedQuery>,
 ) -> Result<Json<Vec<drover_store::oncall::FeedRecord>>, ApiError> {
     let pager = pager(&state)?;
     let store = pager.store.clone();
     let limit = limit_in(q.limit, DEFAULT_LIMIT, MAX_LIMIT)?;
-    Ok(Json(blocking(move || store.feed(limit, q.after)).await?))
+    Ok(Json(
+        blocking(move || match &caller.team {
+            Some(team) => store.team_feed(team, limit, q.after),
+            None => store.feed(limit, q.after),
+        })
+        .await?,
+    ))
 }
 
 #[derive(Serialize, utoipa::ToSchema)]
@@ -469,14 +477,18 @@ pub struct OnCall {
     next_handoff: Option<drover_model::Timestamp>,
 }
 
-/// Who is on call now, per team schedule (and the incident commander).
+/// Who is on call now, per team schedule (and the incident commander); a
+/// token limited to a team sees its team's schedules (and the commander).
 #[utoipa::path(get, path = "/v1/pager/oncall", tag = "oncall",
     responses((status = 200, description = "Who is on call now, per team schedule; team `*` is the incident commander", body = Vec<OnCall>)))]
-pub(crate) async fn on_call_now(State(state): State<AppState>) -> Result<Json<Vec<OnCall>>, ApiError> {
+pub(crate) async fn on_call_now(
+    State(state): State<AppState>,
+    Caller(caller): Caller,
+) -> Result<Json<Vec<OnCall>>, ApiError> {
     let pager = pager(&state)?;
     let now = crate::actor::now();
     let mut out = Vec::new();
-    for t in &pager.config.teams {
+    for t in pager.config.teams.iter().filter(|t| caller.sees_team(Some(&t.name))) {
         for s in &t.schedules {
             out.push(OnCall {
                 team: t.name.clone(),

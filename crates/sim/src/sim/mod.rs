@@ -384,6 +384,7 @@ impl Sim {
                 team: Some(crate::oncall::team_name(i as u32 * self.shards + self.shard, self.sc.people.teams)),
                 zones: Some(zones),
                 max_failover_lag_bytes: None,
+                credential_rotation_days: None,
             };
             let idx = self.svcs.len() as u32;
             self.svcs.push(Svc {
@@ -522,7 +523,9 @@ impl Sim {
             ActionKind::Retire => p.retire_secs,
             ActionKind::Archive => p.archive_secs,
             ActionKind::Terminate => p.terminate_secs,
-            ActionKind::InjectFault { .. } | ActionKind::RotateCredentials => [0.0, 0.0],
+            ActionKind::InjectFault { .. } | ActionKind::RotateCredentials | ActionKind::RevokePreviousCredentials => {
+                [0.0, 0.0]
+            }
             // A base backup or a restore test of a small database: minutes,
             // drawn like a provisioning.
             ActionKind::Backup | ActionKind::VerifyRestore => p.provision_secs,
