@@ -304,6 +304,8 @@ pub struct Svc {
     pub verify_failures: u8,
     pub next_backup_at: i64,
     pub next_verify_at: i64,
+    /// Its own maintenance window (boxed: most services have none).
+    pub window: Option<Box<drover_model::MaintenanceWindow>>,
 }
 
 /// A service's repeated names, as indices the engine interned.
@@ -347,6 +349,7 @@ impl Svc {
             verify_failures: 0,
             next_backup_at: NEVER,
             next_verify_at: NEVER,
+            window: rec.maintenance_window.map(Box::new),
         }
     }
 }

@@ -134,6 +134,7 @@ impl Engine {
             remedy_failures: s.remedy_failures,
             failing_since: (s.failing_since != 0).then_some(Timestamp(s.failing_since)),
             backups: (*s.backups).clone(),
+            maintenance_window: s.window.as_deref().cloned(),
         })
     }
 

@@ -164,6 +164,9 @@ pub struct ServiceRecord {
     pub failing_since: Option<Timestamp>,
     #[serde(default)]
     pub backups: BackupStatus,
+    /// When a rollout may move it (None: its team's default, else any time).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub maintenance_window: Option<crate::MaintenanceWindow>,
 }
 
 /// What is known of a service's backups and their restore tests.
@@ -236,6 +239,9 @@ pub struct ServiceView {
     pub url: Option<String>,
     pub backups: BackupStatus,
     pub instances: Vec<InstanceView>,
+    /// Its own maintenance window, if it has one (else its team's default applies).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub maintenance_window: Option<crate::MaintenanceWindow>,
 }
 
 #[cfg(test)]
