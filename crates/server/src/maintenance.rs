@@ -17,16 +17,23 @@ use serde::Deserialize;
 /// Weeks of window occurrences the feed lists ahead.
 const FEED_WEEKS: i64 = 4;
 
+/// `{"window": {...}}` sets a service's window, `{"window": null}` clears it.
+#[derive(Debug, Deserialize, utoipa::ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct WindowBody {
+    pub window: Option<MaintenanceWindow>,
+}
+
 /// Set (a window) or clear (`null`) a service's weekly maintenance window.
 #[utoipa::path(put, path = "/v1/services/{name}/maintenance-window", tag = "services",
     params(("name" = String, Path, description = "Service name")),
-    request_body = Option<MaintenanceWindow>,
+    request_body = WindowBody,
     responses((status = 200, body = ServiceView), (status = 400, body = ErrorBody), (status = 404, body = ErrorBody)))]
 pub(crate) async fn put_window(
     State(state): State<AppState>,
     Caller(caller): Caller,
     Path(name): Path<String>,
-    Json(window): Json<Option<MaintenanceWindow>>,
+    Json(WindowBody { window }): Json<WindowBody>,
 ) -> Result<Json<ServiceView>, ApiError> {
     let ready = state.ready()?;
     if let Some(w) = &window {
@@ -43,32 +50,35 @@ pub(crate) async fn put_window(
 #[serde(deny_unknown_fields)]
 pub struct FeedQuery {
     /// The team whose maintenance is listed.
-    pub team: String,
+    pub team: Option<String>,
     /// The feed key: an API token that may read this team.
-    pub key: String,
+    pub key: Option<String>,
 }
 
 /// The team's scheduled maintenance as iCalendar (`text/calendar`).
 #[utoipa::path(get, path = "/v1/maintenance.ics", tag = "rollouts", params(FeedQuery),
     responses((status = 200, description = "iCalendar", body = String, content_type = "text/calendar"),
-        (status = 401, body = ErrorBody), (status = 403, body = ErrorBody)))]
+        (status = 403, body = ErrorBody)))]
 pub(crate) async fn calendar(State(state): State<AppState>, Query(q): Query<FeedQuery>) -> Result<Response, ApiError> {
     let ready = state.ready()?;
     let now = crate::actor::now();
-    let identity = ready
-        .auth
-        .authenticate(&q.key, now)
-        .map_err(|_| ApiError::new(StatusCode::UNAUTHORIZED, "the feed key is unknown, revoked or expired"))?;
-    let may_read = crate::auth::permissions::Permission::Read.allows(identity.role);
-    if !may_read || !identity.sees_team(Some(&q.team)) {
-        return Err(ApiError::new(
+    // Refused alike (403) whatever is wrong with the key: a feed URL is a
+    // capability, and its answer says nothing about which keys exist.
+    let refused = || {
+        ApiError::new(
             StatusCode::FORBIDDEN,
-            format!("this feed key (token {:?}) cannot read team {:?}", identity.name, q.team),
-        ));
+            "this feed URL needs a valid feed key for its team: ?team=T&key=K, K a token that may read team T",
+        )
+    };
+    let (Some(team), Some(key)) = (q.team, q.key) else { return Err(refused()) };
+    let identity = ready.auth.authenticate(&key, now).map_err(|_| refused())?;
+    let may_read = crate::auth::permissions::Permission::Read.allows(identity.role);
+    if !may_read || !identity.sees_team(Some(&team)) {
+        return Err(refused());
     }
-    let team = q.team.clone();
-    let moves = ready.engine.query(move |e| e.maintenance_schedule(&team)).await?;
-    let body = ics(&q.team, &moves, now);
+    let name = team.clone();
+    let moves = ready.engine.query(move |e| e.maintenance_schedule(&name)).await?;
+    let body = ics(&team, &moves, now);
     let mut response = (StatusCode::OK, body).into_response();
     response.headers_mut().insert(header::CONTENT_TYPE, HeaderValue::from_static("text/calendar; charset=utf-8"));
     Ok(response)

@@ -105,6 +105,7 @@ use utoipa::OpenApi;
         drover_model::MemberPhase,
         drover_model::MaintenanceWindow,
         drover_model::Weekday,
+        crate::maintenance::WindowBody,
         BackupStatus,
         drover_model::TokenRole,
         drover_model::TokenRecord,

@@ -681,9 +681,11 @@ async fn a_rollout_under_load_moves_two_services_onto_a_new_setting_without_a_fa
         poll(SLOW, "writes after the roll", || async { (w.acked() > at + 20).then_some(()) }).await;
         let s = t.service(name).await;
         assert_eq!(s["url"].as_str(), Some(url.as_str()), "the URL is unchanged");
-        let members = s["instances"].as_array().unwrap().iter().filter(|i| {
-            !matches!(i["state"].as_str(), Some("retiring" | "retired" | "archived" | "terminated"))
-        });
+        let members = s["instances"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .filter(|i| !matches!(i["state"].as_str(), Some("retiring" | "retired" | "archived" | "terminated")));
         for i in members {
             assert_eq!(i["image"].as_str(), Some(to.as_str()), "{name}: {i}");
         }

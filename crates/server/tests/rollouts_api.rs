@@ -127,8 +127,8 @@ async fn a_rollout_moves_services_by_switchover_and_resumes_after_an_abrupt_rest
     }
     // Planned switchovers (graceful fences), one per service, no failover.
     let (_, actions) = t.get("/v1/actions?limit=1000").await;
-    let fences: Vec<&Value> = actions.as_array().unwrap().iter().filter(|a| a["kind"]["fence"].is_object()).collect();
-    assert!(fences.iter().all(|a| a["kind"]["fence"]["immediate"] == false), "{fences:?}");
+    let fences: Vec<&Value> = actions.as_array().unwrap().iter().filter(|a| a["kind"]["kind"] == "fence").collect();
+    assert!(fences.iter().all(|a| a["kind"]["immediate"] == false), "{fences:?}");
     let mut per_service: HashMap<String, usize> = HashMap::new();
     for a in fences.iter().filter(|a| a["state"] == "succeeded") {
         *per_service.entry(a["service"].as_str().unwrap().to_string()).or_default() += 1;
@@ -160,8 +160,9 @@ async fn windows_hold_moves_and_the_team_feed_needs_its_key() {
     t.wait_available("win", Duration::from_secs(20)).await;
     // A window one minute long, a week away: the service must wait.
     let later = jiff::Timestamp::now().checked_add(jiff::SignedDuration::from_hours(72)).unwrap();
-    let day = later.to_zoned(jiff::tz::TimeZone::UTC).weekday().to_string().to_lowercase();
-    let window = json!({"day": day, "start": "03:00", "duration_minutes": 1, "time_zone": "UTC"});
+    let window = drover_model::MaintenanceWindow::weekly_from(drover_model::Timestamp(later.as_microsecond()), 1);
+    let start = window.start.clone();
+    let window = json!({"window": window});
     let (status, s) = t
         .http
         .put(t.at("/v1/services/win/maintenance-window"))
@@ -172,11 +173,11 @@ async fn windows_hold_moves_and_the_team_feed_needs_its_key() {
         .unwrap()
         .await;
     assert_eq!(status, 200, "{s}");
-    assert_eq!(s["maintenance_window"]["start"], "03:00");
+    assert_eq!(s["maintenance_window"]["start"], start.as_str());
     let (status, _) = t
         .http
         .put(t.at("/v1/services/win/maintenance-window"))
-        .json(&json!({"day": "someday", "start": "03:00", "duration_minutes": 1}))
+        .json(&json!({"window": {"day": "someday", "start": "03:00", "duration_minutes": 1}}))
         .send()
         .await
         .map(common::split)
@@ -215,10 +216,17 @@ async fn windows_hold_moves_and_the_team_feed_needs_its_key() {
     assert!(ok.headers()["content-type"].to_str().unwrap().starts_with("text/calendar"));
     let body = ok.text().await.unwrap();
     assert!(body.starts_with("BEGIN:VCALENDAR\r\n") && body.contains("BEGIN:VEVENT") && body.contains("win"), "{body}");
-    assert_eq!(feed("drv_nope".into()).await.status(), 401);
-    assert_eq!(feed(other).await.status(), 403);
+    assert_eq!(feed("drv_nope".into()).await.status(), 403);
+    assert_eq!(feed(other.clone()).await.status(), 403);
     let no_key = reqwest::get(t.at(&format!("/v1/maintenance.ics?team={team}"))).await.unwrap();
-    assert_eq!(no_key.status(), 400);
+    assert_eq!(no_key.status(), 403);
+    // Revoking the token cuts the feed off.
+    let (_, tokens) = t.get("/v1/tokens").await;
+    let feed_id =
+        tokens.as_array().unwrap().iter().find(|r| r["name"] == "feed").unwrap()["id"].as_str().unwrap().to_string();
+    let (status, _) = t.delete(&format!("/v1/tokens/{feed_id}")).await;
+    assert_eq!(status, 200);
+    assert_eq!(feed(key.clone()).await.status(), 403);
 
     // The deadline passed: the window no longer holds the move.
     let (status, r2) = t
