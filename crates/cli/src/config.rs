@@ -166,6 +166,8 @@ pub struct FileConfig {
     pub max_header_bytes: Option<usize>,
     pub rotation_overlap_secs: Option<f64>,
     pub credential_rotation_days: Option<u32>,
+    pub rollout_zone_concurrency: Option<u32>,
+    pub team_maintenance_windows: Option<std::collections::BTreeMap<String, drover_model::MaintenanceWindow>>,
 }
 
 impl FileConfig {
@@ -313,6 +315,18 @@ pub fn resolve(args: ServeArgs, no_local_set: bool) -> anyhow::Result<Settings> 
     if !no_local {
         opts.local = Some(drover_providers::local::LocalConfig::default());
     }
+    if let Some(n) = file.rollout_zone_concurrency {
+        if n == 0 {
+            return Err(anyhow!("rollout_zone_concurrency must be at least 1"));
+        }
+        opts.engine.rollout_zone_concurrency = n;
+    }
+    if let Some(windows) = &file.team_maintenance_windows {
+        for (team, w) in windows {
+            w.validate().map_err(|e| anyhow!("team_maintenance_windows.{team}: {e}"))?;
+        }
+        opts.engine.team_windows = windows.clone();
+    }
     let log_format = args.log_format.or(file.log_format).unwrap_or_default();
     check_max_connections(args.max_connections, "--max-connections")?;
     check_max_header_bytes(args.max_header_bytes, "--max-header-bytes")?;
@@ -454,6 +468,8 @@ mod tests {
             max_header_bytes,
             rotation_overlap_secs,
             credential_rotation_days,
+            rollout_zone_concurrency,
+            team_maintenance_windows,
         } = c;
         assert!(listen.is_some(), "listen");
         assert!(uncertain_after_ms.is_some(), "uncertain_after_ms");
@@ -477,6 +493,8 @@ mod tests {
         assert!(max_header_bytes.is_some(), "max_header_bytes");
         assert!(rotation_overlap_secs.is_some(), "rotation_overlap_secs");
         assert!(credential_rotation_days.is_some(), "credential_rotation_days");
+        assert!(rollout_zone_concurrency.is_some(), "rollout_zone_concurrency");
+        assert!(team_maintenance_windows.is_some(), "team_maintenance_windows");
         // Paths have no default: they are set in the HTTPS example instead.
         assert_eq!((tls_cert, tls_key), (None, None), "the first example serves plain HTTP");
         let https =

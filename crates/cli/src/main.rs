@@ -8,6 +8,7 @@ mod client;
 mod config;
 mod output;
 mod pages;
+mod rollouts;
 
 use clap::parser::ValueSource;
 use clap::{Args, CommandFactory, FromArgMatches, Parser, Subcommand};
@@ -142,6 +143,13 @@ enum Cmd {
     },
     /// The image catalog.
     Images {
+        #[command(flatten)]
+        client: ClientArgs,
+    },
+    /// Rollouts: move services onto an image in waves, and watch them.
+    Rollouts {
+        #[command(subcommand)]
+        cmd: rollouts::RolloutsCmd,
         #[command(flatten)]
         client: ClientArgs,
     },
@@ -460,6 +468,7 @@ impl Cmd {
             | Cmd::Actions { client, .. }
             | Cmd::Audit { client, .. }
             | Cmd::Images { client }
+            | Cmd::Rollouts { client, .. }
             | Cmd::Pages { client, .. }
             | Cmd::Tokens { client, .. }
             | Cmd::Pager { client, .. } => Some(client),
@@ -760,6 +769,7 @@ async fn run(cli: Cli, no_local_set: bool) -> anyhow::Result<()> {
             output::images(&v, json);
             Ok(())
         }
+        Cmd::Rollouts { cmd, .. } => rollouts::rollouts(&client, cmd, json).await,
     }
 }
 

@@ -3,7 +3,7 @@
 use crate::policy::Policies;
 use drover_model::{
     ActionId, ActionOutcome, ActionRecord, Beat, Changes, CreateService, EngineKind, Fault, Image, InstanceId,
-    ServiceId, ServiceView,
+    RolloutId, RolloutSpec, RolloutView, ServiceId, ServiceView,
 };
 use serde::{Deserialize, Serialize};
 use std::time::Duration;
@@ -73,6 +73,17 @@ pub struct Config {
     /// What differs between engines (`crate::policy`): PostgreSQL's policy
     /// by default; a test or a new engine puts its own in with `with`.
     pub policies: Policies,
+    /// Services a rollout moves at once per zone (the zone of each one's
+    /// primary). A move costs a base backup's I/O in its zone; the same
+    /// bound as destructive remedies (`zone_budget`) keeps a rollout from
+    /// starving repairs.
+    pub rollout_zone_concurrency: u32,
+    /// How often running rollouts are looked at. A step waits at most this
+    /// after the action before it finished; a second is far below a move's
+    /// minutes (a follower's base backup).
+    pub rollout_interval: Duration,
+    /// Each team's default maintenance window, for its services without one.
+    pub team_windows: std::collections::BTreeMap<String, drover_model::MaintenanceWindow>,
     /// Put the store's records (services, instances, actions, audit) in
     /// `Outputs::changes`. A caller that keeps no store (the simulator)
     /// turns this off and saves building a record per transition; events,
@@ -108,6 +119,9 @@ impl Default for Config {
             default_zones: vec!["zone-a".into(), "zone-b".into(), "zone-c".into()],
             default_team: "platform".into(),
             policies: Policies::default(),
+            rollout_zone_concurrency: 16,
+            rollout_interval: Duration::from_secs(1),
+            team_windows: std::collections::BTreeMap::new(),
             records: true,
         }
     }
@@ -189,6 +203,22 @@ pub enum Command {
     ResumeService {
         name: String,
     },
+    /// Set (or clear, with None) a service's weekly maintenance window.
+    SetMaintenanceWindow {
+        name: String,
+        window: Option<drover_model::MaintenanceWindow>,
+    },
+    /// Move the selected services onto an image, in waves.
+    CreateRollout(RolloutSpec),
+    PauseRollout {
+        id: RolloutId,
+    },
+    ResumeRollout {
+        id: RolloutId,
+    },
+    AbortRollout {
+        id: RolloutId,
+    },
 }
 
 impl Command {
@@ -203,6 +233,11 @@ impl Command {
             Command::RegisterImage(_) => "images.register",
             Command::ResumeService { .. } => "services.resume",
             Command::RotateCredentials { .. } => "services.rotate_credentials",
+            Command::CreateRollout(_) => "rollouts.create",
+            Command::SetMaintenanceWindow { .. } => "services.maintenance_window",
+            Command::PauseRollout { .. } => "rollouts.pause",
+            Command::ResumeRollout { .. } => "rollouts.resume",
+            Command::AbortRollout { .. } => "rollouts.abort",
         }
     }
 }
@@ -214,6 +249,7 @@ pub enum Reply {
     Action(Box<ActionRecord>),
     Image(Box<Image>),
     Heartbeats(HeartbeatReceipt),
+    Rollout(Box<RolloutView>),
 }
 
 #[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
@@ -265,7 +301,10 @@ pub struct Outputs {
 impl Outputs {
     /// Empties every part, keeping the vectors' capacity.
     pub fn clear(&mut self) {
-        let Changes { services, instances, actions, images, events, audit } = &mut self.changes;
+        let Changes { services, instances, actions, images, events, audit, rollouts, rollout_members } =
+            &mut self.changes;
+        rollouts.clear();
+        rollout_members.clear();
         services.clear();
         instances.clear();
         actions.clear();

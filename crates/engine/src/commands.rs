@@ -35,6 +35,11 @@ impl Engine {
             Command::RotateCredentials { name, in_progress } => {
                 self.rotate_credentials(&name, in_progress, actor, now, out)
             }
+            Command::CreateRollout(spec) => self.create_rollout(spec, now, out),
+            Command::SetMaintenanceWindow { name, window } => self.set_maintenance_window(&name, window, now, out),
+            Command::PauseRollout { id } => self.steer_rollout(id, drover_model::RolloutState::Paused, now, out),
+            Command::ResumeRollout { id } => self.steer_rollout(id, drover_model::RolloutState::Running, now, out),
+            Command::AbortRollout { id } => self.steer_rollout(id, drover_model::RolloutState::Aborted, now, out),
         }
     }
 
@@ -173,17 +178,11 @@ impl Engine {
 
     /// Registers an image whose id matches its content.
     fn register_image(&mut self, image: Image, out: &mut Outputs) -> Result<Reply, CommandError> {
-        let expected = Image::new(
-            image.engine,
-            image.version.clone(),
-            image.configuration.clone(),
-            image.packages.clone(),
-            image.created_at,
-        );
-        if expected.id != image.id {
+        let expected = image.content_id();
+        if expected != image.id {
             return Err(CommandError::Invalid(format!(
-                "image id {} does not match its content (expected {})",
-                image.id, expected.id
+                "image id {} does not match its content (expected {expected})",
+                image.id
             )));
         }
         let (i, new) = self.images.insert(image);
@@ -315,6 +314,7 @@ impl Engine {
             failing_since: None,
             backups: Default::default(),
             credentials: Default::default(),
+            maintenance_window: None,
         };
         let svc = Svc::from_record(rec, ServicePlace { team, zones: zones.clone(), image, provider });
         let sslot = self.services.insert(svc);
@@ -343,6 +343,7 @@ pub(crate) fn command_target(c: &Command) -> Option<String> {
     match c {
         Command::CreateService(r) => Some(r.name.clone()),
         Command::DeleteService { name }
+        | Command::SetMaintenanceWindow { name, .. }
         | Command::Switchover { name }
         | Command::TakeBackup { name }
         | Command::VerifyBackup { name }
@@ -350,5 +351,9 @@ pub(crate) fn command_target(c: &Command) -> Option<String> {
         | Command::RotateCredentials { name, .. } => Some(name.clone()),
         Command::Chaos { instance, .. } => Some(instance.to_string()),
         Command::RegisterImage(i) => Some(i.id.to_string()),
+        Command::CreateRollout(spec) => Some(spec.to_image.to_string()),
+        Command::PauseRollout { id } | Command::ResumeRollout { id } | Command::AbortRollout { id } => {
+            Some(id.to_string())
+        }
     }
 }

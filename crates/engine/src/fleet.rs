@@ -312,6 +312,8 @@ pub struct Svc {
     /// A RotateCredentials / RevokePreviousCredentials action is open.
     pub rotation_running: bool,
     pub revoke_running: bool,
+    /// Its own maintenance window (boxed: most services have none).
+    pub window: Option<Box<drover_model::MaintenanceWindow>>,
 }
 
 /// A service's repeated names, as indices the engine interned.
@@ -358,6 +360,7 @@ impl Svc {
             credentials: (rec.credentials != Default::default()).then(|| Box::new(rec.credentials)),
             rotation_running: false,
             revoke_running: false,
+            window: rec.maintenance_window.map(Box::new),
         }
     }
 }

@@ -23,7 +23,8 @@
 //! heard), `deadlines` (silence), `transitions` (the one gate for state
 //! changes), `brake`, `reconcile` (decide and apply), `actions` (open,
 //! budget, dispatch, results), `backups`, `credentials` (scheduled
-//! rotation and the end of its overlap), `commands`, `restore`, `records`
+//! rotation and the end of its overlap), `commands`, `restore`, `rollouts`
+//! (services moved onto an image in waves, by replacement), `records`
 //! (records and events for the store), `views` (read-only, for the API).
 //! `fleet` holds the compact in-memory fleet, `api` the contract, `policy`
 //! what differs between engines (the seam every decision above asks).
@@ -41,11 +42,14 @@ pub mod policy;
 mod reconcile;
 mod records;
 mod restore;
+mod rollouts;
 mod transitions;
 mod views;
 mod zone_lease;
 
 pub use api::{Command, CommandError, Config, Dispatch, HeartbeatReceipt, Input, Outputs, Reply};
+pub use rollouts::ScheduledMove;
+pub use views::ImageUsage;
 
 use crate::fleet::HashMap;
 use commands::command_target;
@@ -125,6 +129,7 @@ pub struct Engine {
     providers: Interner,
     teams: Interner,
     images: Images,
+    rollouts: rollouts::Rollouts,
     /// Boxed: the table grows to its peak (every probe of a lost zone) and
     /// keeps that capacity; boxed records are freed as actions finish.
     actions: HashMap<ActionId, Box<OpenAction>>,
@@ -181,6 +186,7 @@ impl Engine {
             providers,
             teams: Interner::default(),
             images: Images::default(),
+            rollouts: rollouts::Rollouts::default(),
             actions: HashMap::default(),
             instance_timers: Wheel::new(BUCKET_MICROS),
             due_checks: VecDeque::new(),
@@ -271,6 +277,7 @@ impl Engine {
             Input::Tick => {
                 self.fire_timers(now, out);
                 self.update_brakes(now, out);
+                self.drive_rollouts(now, out);
             }
             Input::ZoneLease { zone, cover, withdraw } => {
                 let receipt = self.zone_lease(&zone, &cover, &withdraw, now, out);
@@ -291,6 +298,7 @@ impl Engine {
             self.service_timers.next(),
             self.rotation_timers.next(),
             self.zone_timers.next(),
+            self.rollouts.next_deadline(),
         ]
         .into_iter()
         .flatten()

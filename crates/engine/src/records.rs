@@ -135,6 +135,7 @@ impl Engine {
             failing_since: (s.failing_since != 0).then_some(Timestamp(s.failing_since)),
             backups: (*s.backups).clone(),
             credentials: s.credentials.as_deref().cloned().unwrap_or_default(),
+            maintenance_window: s.window.as_deref().cloned(),
         })
     }
 

@@ -27,6 +27,7 @@ impl Engine {
         let service_by_id = e.restore_services(snapshot.services, now);
         let orphans = e.restore_instances(snapshot.instances, &service_by_id, now);
         let (resumed, pending) = e.resume_actions(snapshot.actions, now, &mut out);
+        e.restore_rollouts(snapshot.rollouts, snapshot.rollout_members, now);
         out.changes.events.push(fleet_event(
             now,
             EventKind::Started,

@@ -88,6 +88,7 @@ impl Engine {
             backups: (*s.backups).clone(),
             credentials: s.credentials.as_deref().cloned().unwrap_or_default(),
             instances,
+            maintenance_window: s.window.as_deref().cloned(),
         })
     }
 
@@ -128,4 +129,36 @@ impl Engine {
     pub fn images(&self) -> Vec<Image> {
         self.images.list.clone()
     }
+
+    /// One image with the services built from it (name and team) and the
+    /// live instances running it; `None` for an image not registered.
+    pub fn image_usage(&self, id: &drover_model::ImageId) -> Option<ImageUsage> {
+        let &index = self.images.index.get(id)?;
+        let image = self.images.list.get(index as usize)?.clone();
+        let mut services = Vec::new();
+        let mut instances = Vec::new();
+        for (_, s) in self.services.iter() {
+            let mut on_it = s.image == index;
+            for &i in &s.instances {
+                if let Some(x) = self.instances.get(i).filter(|x| x.image == index && x.state.is_member()) {
+                    instances.push((x.id, self.teams.name(s.team).to_string()));
+                    on_it = true;
+                }
+            }
+            if on_it {
+                services.push((String::from(&*s.name), self.teams.name(s.team).to_string()));
+            }
+        }
+        services.sort();
+        Some(ImageUsage { image, services, instances })
+    }
+}
+
+/// What [`Engine::image_usage`] answers: the image, its services and the
+/// live instances on it, each with its team (for a team's token to filter).
+#[derive(Clone, Debug)]
+pub struct ImageUsage {
+    pub image: Image,
+    pub services: Vec<(String, String)>,
+    pub instances: Vec<(drover_model::InstanceId, String)>,
 }

@@ -54,6 +54,9 @@ pub enum ActionKind {
         /// The plan replicates synchronously.
         #[serde(default)]
         sync: bool,
+        /// The image's engine settings, applied to the new instance.
+        #[serde(default, skip_serializing_if = "std::collections::BTreeMap::is_empty")]
+        settings: std::collections::BTreeMap<String, String>,
     },
     /// Ask the provider, out of band, whether the instance is alive.
     Probe,

@@ -52,6 +52,10 @@ pub enum EventKind {
     RouterReport,
     /// The control plane started (restored from the store).
     Started,
+    /// A rollout paused itself: a wave spent its failure budget. Pages.
+    RolloutPaused {
+        rollout: String,
+    },
     /// Anything else; also what events stored before kinds existed read as.
     #[default]
     Other,

@@ -67,6 +67,10 @@ id_type!(
     /// One notification of a page to one recipient.
     NotificationId
 );
+id_type!(
+    /// One rollout: services moved onto an image in waves.
+    RolloutId
+);
 
 #[cfg(test)]
 mod tests {

@@ -7,7 +7,9 @@ mod event;
 mod facts;
 mod ids;
 mod image;
+mod maintenance;
 pub mod objects;
+mod rollout;
 mod service;
 mod states;
 mod time;
@@ -16,8 +18,12 @@ mod token;
 pub use action::{ActionKind, ActionOutcome, ActionRecord, ActionState, Fault};
 pub use event::{AuditEntry, Event, EventId, EventKind, EventSubject};
 pub use facts::{Beat, Facts};
-pub use ids::{ActionId, InstanceId, NotificationId, PageId, ServiceId};
-pub use image::{Image, ImageId};
+pub use ids::{ActionId, InstanceId, NotificationId, PageId, RolloutId, ServiceId};
+pub use image::{Image, ImageId, Package};
+pub use maintenance::{MaintenanceWindow, Weekday};
+pub use rollout::{
+    default_waves, MemberPhase, RolloutMember, RolloutRecord, RolloutSpec, RolloutState, RolloutView, Selector,
+};
 pub use service::{
     BackupStatus, CreateService, CredentialStatus, EngineKind, InstanceRecord, InstanceView, Plan, Role, ServiceRecord,
     ServiceView,
@@ -37,6 +43,10 @@ pub struct Snapshot {
     /// Actions still pending or running.
     pub actions: Vec<ActionRecord>,
     pub images: Vec<Image>,
+    /// Every rollout (finished ones too: they are few and kept as history).
+    pub rollouts: Vec<RolloutRecord>,
+    /// The members of rollouts not finished.
+    pub rollout_members: Vec<RolloutMember>,
 }
 
 /// What one engine step decided that must be durable before anyone is told:
@@ -50,6 +60,8 @@ pub struct Changes {
     pub images: Vec<Image>,
     pub events: Vec<Event>,
     pub audit: Vec<AuditEntry>,
+    pub rollouts: Vec<RolloutRecord>,
+    pub rollout_members: Vec<RolloutMember>,
 }
 
 impl Changes {
@@ -60,6 +72,8 @@ impl Changes {
             && self.images.is_empty()
             && self.events.is_empty()
             && self.audit.is_empty()
+            && self.rollouts.is_empty()
+            && self.rollout_members.is_empty()
     }
     /// Appends `other`, keeping order (later records win on upsert).
     pub fn extend(&mut self, other: Changes) {
@@ -69,5 +83,7 @@ impl Changes {
         self.images.extend(other.images);
         self.events.extend(other.events);
         self.audit.extend(other.audit);
+        self.rollouts.extend(other.rollouts);
+        self.rollout_members.extend(other.rollout_members);
     }
 }

@@ -183,6 +183,9 @@ pub struct ServiceRecord {
     pub backups: BackupStatus,
     #[serde(default)]
     pub credentials: CredentialStatus,
+    /// When a rollout may move it (None: its team's default, else any time).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub maintenance_window: Option<crate::MaintenanceWindow>,
 }
 
 /// Where a service's credential rotation stands (persisted: a control plane
@@ -272,6 +275,9 @@ pub struct ServiceView {
     #[serde(default)]
     pub credentials: CredentialStatus,
     pub instances: Vec<InstanceView>,
+    /// Its own maintenance window, if it has one (else its team's default applies).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub maintenance_window: Option<crate::MaintenanceWindow>,
 }
 
 #[cfg(test)]

@@ -14,7 +14,8 @@ pub fn is_relevant(event: &Event) -> bool {
         | EventKind::NeedsHuman
         | EventKind::InvariantAtRisk
         | EventKind::RestoreTestFailed
-        | EventKind::RestoreTestPassed => true,
+        | EventKind::RestoreTestPassed
+        | EventKind::RolloutPaused { .. } => true,
         EventKind::Transition => is_all_clear(event),
         _ => false,
     }
@@ -75,6 +76,11 @@ pub fn to_alert(event: &Event, team: Option<String>) -> Option<Alert> {
             "restore_test_failed",
             Severity::Info,
         )),
+        // One page per rollout that paused itself, however often it pauses.
+        EventKind::RolloutPaused { rollout } => Some(Alert {
+            service: None,
+            ..alert(format!("engine:rollout:{rollout}"), AlertAction::Trigger, "rollout_paused", Severity::Error)
+        }),
         EventKind::NeedsHuman | EventKind::InvariantAtRisk => Some(alert(
             format!("engine:{}:needs_human", service.clone()?),
             AlertAction::Trigger,

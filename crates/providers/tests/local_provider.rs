@@ -97,6 +97,7 @@ impl Harness {
             image: ImageId("postgres-15".into()),
             service_name: self.name.clone(),
             sync: true,
+            settings: Default::default(),
         }
     }
 

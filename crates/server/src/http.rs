@@ -34,6 +34,7 @@ fn unexpected(reply: Reply) -> ApiError {
         Reply::Action(_) => "an action",
         Reply::Image(_) => "an image",
         Reply::Heartbeats(_) => "a heartbeat receipt",
+        Reply::Rollout(_) => "a rollout",
     };
     ApiError::internal(format!("the engine answered with {what}, which this request does not expect"))
 }

@@ -23,10 +23,13 @@ mod credentials;
 pub mod data_dir;
 mod error;
 pub mod http;
+mod images;
 pub mod listen;
+mod maintenance;
 pub mod oncall;
 pub mod openapi;
 pub mod request;
+mod rollouts;
 pub mod routes;
 pub mod runtime;
 pub mod state;
@@ -467,5 +470,9 @@ async fn local_postgres_image() -> Option<Image> {
     .into_iter()
     .map(|(k, v)| (k.to_string(), v.to_string()))
     .collect();
-    Some(Image::new(EngineKind::Postgres, version, configuration, packages, runtime::now()))
+    let manifest = images::host_manifest().await;
+    Some(
+        Image::new(EngineKind::Postgres, version, configuration, packages, runtime::now())
+            .with_settings_and_manifest(BTreeMap::new(), manifest),
+    )
 }

@@ -92,6 +92,7 @@ async fn every_route_answers_each_kind_of_caller_as_the_permission_table_says() 
             let request = match method.as_str() {
                 "GET" => http.get(url),
                 "DELETE" => http.delete(url),
+                "PUT" => http.put(url).json(&json!({})),
                 _ => http.post(url).json(&json!({})),
             };
             let response = request.send().await.unwrap();
@@ -99,8 +100,11 @@ async fn every_route_answers_each_kind_of_caller_as_the_permission_table_says() 
             let body: Value = response.json().await.unwrap_or(Value::Null);
             let ok = match (rule.permission, role) {
                 (Permission::Public, _) => (200..300).contains(&status),
-                // The handler checks the link's signature (none here: 403), never a token.
-                (Permission::SignedLink, _) => status == 403 && body["error"].as_str().unwrap_or("").contains("sig"),
+                // The handler checks the link's signature or feed key (none here: 403), never a bearer token.
+                (Permission::SignedLink, _) => {
+                    let error = body["error"].as_str().unwrap_or("");
+                    status == 403 && (error.contains("sig") || error.contains("feed key"))
+                }
                 // Events API v2: without a valid bearer, `{}` has no routing_key: 401.
                 (_, None) => status == 401,
                 (p, Some(role)) if p.allows(*role) => status != 401 && status != 403 && status < 500,

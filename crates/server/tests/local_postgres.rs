@@ -693,3 +693,71 @@ fn password_of(url: &str) -> String {
     let userinfo = url.split_once("://").and_then(|(_, rest)| rest.split_once('@')).map(|(u, _)| u).unwrap();
     userinfo.split_once(':').map(|(_, password)| password.to_string()).unwrap()
 }
+/// Issue 12: two services with a synchronous follower each, rolled onto an
+/// image with a changed setting under a steady write load through their
+/// URLs: every member ends on the image, the setting is in effect, no
+/// statement failed, no acknowledged write is lost, the URLs are the same.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_rollout_under_load_moves_two_services_onto_a_new_setting_without_a_failed_statement() {
+    let (mut t, _reaper) = start_local().await;
+    let mut urls = Vec::new();
+    let mut writers = Vec::new();
+    for name in ["pgra", "pgrb"] {
+        let s = create_pg(&t, name).await;
+        let url = s["url"].as_str().unwrap().to_string();
+        let c = connect(&url).await.unwrap();
+        c.batch_execute("CREATE TABLE writes (n bigint PRIMARY KEY)").await.unwrap();
+        drop(c);
+        writers.push(Writer::start(url.clone()));
+        urls.push(url);
+    }
+    for w in &writers {
+        poll(SLOW, "writes flowing", || async { (w.acked() > 50).then_some(()) }).await;
+    }
+    let (status, image) = t.post("/v1/images", json!({"engine": "postgres", "settings": {"work_mem": "8MB"}})).await;
+    assert!(status == 201 || status == 200, "{image}");
+    let to = image["id"].as_str().unwrap().to_string();
+    let (status, r) = t
+        .post(
+            "/v1/rollouts",
+            json!({"to_image": to, "selector": {"names": ["pgra", "pgrb"]}, "waves": [50, 100], "soak_seconds": 2}),
+        )
+        .await;
+    assert_eq!(status, 201, "{r}");
+    let rid = r["id"].as_str().unwrap().to_string();
+    let done = poll(Duration::from_secs(600), "rollout succeeded", || async {
+        let (_, r) = t.get(&format!("/v1/rollouts/{rid}")).await;
+        assert!(r["state"] != "paused" && r["state"] != "failed", "{r}");
+        (r["state"] == "succeeded").then_some(r)
+    })
+    .await;
+    assert_eq!(done["done"], 2, "{done}");
+    for (w, (name, url)) in writers.iter().zip(["pgra", "pgrb"].iter().zip(&urls)) {
+        let at = w.acked();
+        poll(SLOW, "writes after the roll", || async { (w.acked() > at + 20).then_some(()) }).await;
+        let s = t.service(name).await;
+        assert_eq!(s["url"].as_str(), Some(url.as_str()), "the URL is unchanged");
+        let members = s["instances"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .filter(|i| !matches!(i["state"].as_str(), Some("retiring" | "retired" | "archived" | "terminated")));
+        for i in members {
+            assert_eq!(i["image"].as_str(), Some(to.as_str()), "{name}: {i}");
+        }
+    }
+    for (w, url) in writers.into_iter().zip(&urls) {
+        let (acked, failures) = w.finish().await;
+        assert_eq!(failures, 0, "no statement failed during the roll");
+        let present = rows(url).await;
+        assert!(acked.iter().all(|n| present.contains(n)), "an acknowledged write is missing");
+        let c = connect(url).await.unwrap();
+        let shown = c.simple_query("SHOW work_mem").await.unwrap();
+        let value = shown.iter().find_map(|m| match m {
+            tokio_postgres::SimpleQueryMessage::Row(r) => r.get(0).map(str::to_string),
+            _ => None,
+        });
+        assert_eq!(value.as_deref(), Some("8MB"), "the image's setting is in effect");
+    }
+    t.stop().await;
+}

@@ -21,6 +21,12 @@ pub struct Report {
     /// Peak number of services the engine did not see as `available`.
     pub max_not_available_in_engine: u64,
     pub failovers: u64,
+    /// Services moved onto a new image by a rollout (by planned switchover).
+    pub rolled_services: u64,
+    /// Planned switchovers (a graceful fence, then a promotion): not failovers.
+    pub switchovers: u64,
+    /// Times a rollout paused itself (a wave spent its failure budget).
+    pub rollout_pauses: u64,
     pub replacements: u64,
     pub restarts: u64,
     pub probes: u64,
@@ -76,6 +82,9 @@ impl Report {
             ("peak unavailable services", self.max_unavailable.to_string()),
             ("peak services not available (engine)", self.max_not_available_in_engine.to_string()),
             ("failovers", self.failovers.to_string()),
+            ("planned switchovers", self.switchovers.to_string()),
+            ("services rolled onto a new image", self.rolled_services.to_string()),
+            ("rollouts that paused themselves", self.rollout_pauses.to_string()),
             ("replacements", self.replacements.to_string()),
             ("restarts", self.restarts.to_string()),
             ("probes", self.probes.to_string()),
@@ -139,6 +148,9 @@ pub fn merge(parts: &[Report]) -> Report {
         m.max_unavailable += p.max_unavailable;
         m.max_not_available_in_engine += p.max_not_available_in_engine;
         m.failovers += p.failovers;
+        m.rolled_services += p.rolled_services;
+        m.switchovers += p.switchovers;
+        m.rollout_pauses += p.rollout_pauses;
         m.replacements += p.replacements;
         m.restarts += p.restarts;
         m.probes += p.probes;

@@ -14,6 +14,7 @@ pub const BUILT_IN: &[(&str, &str)] = &[
     ("control-plane-partition", include_str!("../../../scenarios/control-plane-partition.toml")),
     ("flapping-network", include_str!("../../../scenarios/flapping-network.toml")),
     ("steady-week", include_str!("../../../scenarios/steady-week.toml")),
+    ("bad-image-roll", include_str!("../../../scenarios/bad-image-roll.toml")),
 ];
 
 #[derive(Debug, thiserror::Error)]
@@ -128,7 +129,11 @@ impl RawFault {
             },
             "backup-store-outage" => FaultSpec::BackupStoreOutage { at_hours, duration_hours: duration_hours()? },
             "pager-outage" => FaultSpec::PagerOutage { at_hours, duration_hours: duration_hours()? },
-            "advisory" => FaultSpec::Advisory { at_hours, name: self.name.clone().ok_or_else(|| need("name"))? },
+            "advisory" => FaultSpec::Advisory {
+                at_hours,
+                name: self.name.clone().ok_or_else(|| need("name"))?,
+                bad_share: self.share.unwrap_or(0.0).clamp(0.0, 1.0),
+            },
             other => {
                 return Err(format!(
                     "fault {n}: unknown `kind` {other:?}; one of zone-loss, network-cut, flap, slow-disks, \
@@ -304,7 +309,9 @@ pub enum FaultSpec {
     PagerOutage { at_hours: f64, duration_hours: f64 },
     /// A kernel advisory: every instance existing at `at_hours` is replaced
     /// in its service's daily maintenance window (one hour, drawn per service).
-    Advisory { at_hours: f64, name: String },
+    /// `bad_share` of the services cannot boot the patched image (a bad
+    /// image): the rollout's health gate must catch it.
+    Advisory { at_hours: f64, name: String, bad_share: f64 },
 }
 
 impl FaultSpec {

@@ -46,6 +46,22 @@ pub(crate) struct ImageRow {
     record: String,
 }
 
+pub(crate) struct RolloutRow {
+    id: String,
+    state: &'static str,
+    created_at: i64,
+    updated_at: i64,
+    record: String,
+}
+
+pub(crate) struct RolloutMemberRow {
+    rollout_id: String,
+    service_id: String,
+    position: i64,
+    phase: &'static str,
+    record: String,
+}
+
 pub(crate) struct EventRow {
     /// NULL for an event without an id (built outside the engine): such
     /// events are always appended.
@@ -71,6 +87,8 @@ pub(crate) struct EncodedChanges {
     images: Vec<ImageRow>,
     events: Vec<EventRow>,
     audit: Vec<AuditRow>,
+    rollouts: Vec<RolloutRow>,
+    rollout_members: Vec<RolloutMemberRow>,
 }
 
 fn to_json<T: Serialize>(table: &'static str, id: impl ToString, value: &T) -> Result<String, StoreError> {
@@ -119,6 +137,24 @@ pub(crate) fn encode(changes: &Changes) -> Result<EncodedChanges, StoreError> {
             version: m.version.clone(),
             created_at: m.created_at.micros(),
             record: to_json("images", &m.id, m)?,
+        });
+    }
+    for r in &changes.rollouts {
+        out.rollouts.push(RolloutRow {
+            id: r.id.to_string(),
+            state: r.state.as_str(),
+            created_at: r.created_at.micros(),
+            updated_at: r.updated_at.micros(),
+            record: to_json("rollouts", r.id, r)?,
+        });
+    }
+    for m in &changes.rollout_members {
+        out.rollout_members.push(RolloutMemberRow {
+            rollout_id: m.rollout.to_string(),
+            service_id: m.service.to_string(),
+            position: m.position.min(i64::MAX as u64) as i64,
+            phase: m.phase.as_str(),
+            record: to_json("rollout_services", format_args!("{}/{}", m.rollout, m.service), m)?,
         });
     }
     for (n, e) in changes.events.iter().enumerate() {
@@ -196,6 +232,28 @@ pub(crate) fn apply(tx: &Transaction<'_>, batch: &EncodedChanges) -> rusqlite::R
         )?;
         for r in &batch.images {
             stmt.execute(params![r.id, r.engine, r.version, r.created_at, r.record])?;
+        }
+    }
+    // Headers before their members (the members' rows reference them).
+    if !batch.rollouts.is_empty() {
+        let mut stmt = tx.prepare_cached(
+            "INSERT INTO rollouts (id, state, created_at, updated_at, record) VALUES (?1, ?2, ?3, ?4, ?5)
+             ON CONFLICT (id) DO UPDATE SET state = excluded.state, created_at = excluded.created_at,
+               updated_at = excluded.updated_at, record = excluded.record",
+        )?;
+        for r in &batch.rollouts {
+            stmt.execute(params![r.id, r.state, r.created_at, r.updated_at, r.record])?;
+        }
+    }
+    if !batch.rollout_members.is_empty() {
+        let mut stmt = tx.prepare_cached(
+            "INSERT INTO rollout_services (rollout_id, service_id, position, phase, record)
+             VALUES (?1, ?2, ?3, ?4, ?5)
+             ON CONFLICT (rollout_id, service_id) DO UPDATE SET position = excluded.position,
+               phase = excluded.phase, record = excluded.record",
+        )?;
+        for r in &batch.rollout_members {
+            stmt.execute(params![r.rollout_id, r.service_id, r.position, r.phase, r.record])?;
         }
     }
     if !batch.events.is_empty() {

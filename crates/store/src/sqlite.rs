@@ -7,8 +7,8 @@ use crate::rows::{self, decode};
 use crate::writer::{self, Request, WriterStats};
 use crate::{EngineStart, EventFilter, Store, StoreError, DEFAULT_EVENT_LIMIT, MAX_READ_LIMIT};
 use drover_model::{
-    ActionRecord, ActionState, AuditEntry, Changes, Event, Image, InstanceRecord, InstanceState, ServiceId,
-    ServiceRecord, ServiceState, Snapshot, Timestamp,
+    ActionRecord, ActionState, AuditEntry, Changes, Event, Image, InstanceRecord, InstanceState, RolloutMember,
+    RolloutRecord, ServiceId, ServiceRecord, ServiceState, Snapshot, Timestamp,
 };
 use rusqlite::types::Value;
 use rusqlite::{Connection, ErrorCode, OpenFlags};
@@ -220,8 +220,17 @@ impl Store for SqliteStore {
         )?;
         let images: Vec<Image> =
             load_records(&tx, "images", "SELECT id, record FROM images ORDER BY created_at, id", [])?;
+        let rollouts: Vec<RolloutRecord> =
+            load_records(&tx, "rollouts", "SELECT id, record FROM rollouts ORDER BY created_at, id", [])?;
+        let rollout_members: Vec<RolloutMember> = load_records(
+            &tx,
+            "rollout_services",
+            "SELECT m.service_id, m.record FROM rollout_services m JOIN rollouts r ON r.id = m.rollout_id
+             WHERE r.state NOT IN ('succeeded', 'aborted', 'failed') ORDER BY m.rollout_id, m.position",
+            [],
+        )?;
         tx.finish().map_err(database("finishing the load"))?;
-        Ok(Snapshot { services, instances, actions, images })
+        Ok(Snapshot { services, instances, actions, images, rollouts, rollout_members })
     }
 
     fn commit(&self, changes: Changes) -> Result<(), StoreError> {

@@ -42,6 +42,7 @@ fn service(n: u64, name: &str, state: ServiceState) -> ServiceRecord {
         failing_since: (!n.is_multiple_of(3)).then_some(Timestamp(T0 + 7)),
         backups: BackupStatus { last_backup_at: Some(Timestamp(T0 + 5)), ..Default::default() },
         credentials: CredentialStatus { last_rotated_at: Some(Timestamp(T0 + 6)), ..Default::default() },
+        maintenance_window: None,
     }
 }
 
@@ -128,6 +129,7 @@ fn commit_then_load_round_trips_every_record_exactly() {
         image: image("15.18").id,
         service_name: "db1".into(),
         sync: true,
+        settings: Default::default(),
     };
     let a1 = action(1, s1.id, i1.id, provision, ActionState::Pending);
     let a2 = action(2, s2.id, i2.id, ActionKind::InjectFault { fault: Fault::Hang }, ActionState::Running);
@@ -139,6 +141,7 @@ fn commit_then_load_round_trips_every_record_exactly() {
         images: images.clone(),
         events: vec![],
         audit: vec![],
+        ..Default::default()
     };
     store.commit(changes).unwrap();
 

@@ -44,6 +44,8 @@ pub struct World {
     pub executed: Vec<(ActionId, u32, &'static str, InstanceId)>,
     /// Terminated ids: a late, duplicate Provision must not bring one back.
     pub tombstones: std::collections::BTreeSet<InstanceId>,
+    /// Images whose instances cannot be built in this world (a bad image).
+    pub failing_images: Vec<ImageId>,
 }
 
 impl World {
@@ -52,6 +54,11 @@ impl World {
         self.executed.push((a.id, a.attempts, a.kind.name(), a.instance));
         if self.failing.contains(&a.kind.name()) {
             return ActionOutcome::Failed { error: "configured to fail".into(), retryable: false };
+        }
+        if let ActionKind::Provision { image, .. } = &a.kind {
+            if self.failing_images.contains(image) {
+                return ActionOutcome::Failed { error: "this image does not boot".into(), retryable: false };
+            }
         }
         if let ActionKind::Provision { role, zone, .. } = &a.kind {
             let existing = self.insts.get(&a.instance).map(|w| w.service);
@@ -129,6 +136,8 @@ pub struct MemStore {
     pub images: BTreeMap<ImageId, Image>,
     pub events: Vec<Event>,
     pub audit: Vec<AuditEntry>,
+    pub rollouts: BTreeMap<drover_model::RolloutId, drover_model::RolloutRecord>,
+    pub rollout_members: BTreeMap<(drover_model::RolloutId, ServiceId), drover_model::RolloutMember>,
 }
 
 impl MemStore {
@@ -147,6 +156,12 @@ impl MemStore {
         }
         self.events.extend(c.events.iter().cloned());
         self.audit.extend(c.audit.iter().cloned());
+        for r in &c.rollouts {
+            self.rollouts.insert(r.id, r.clone());
+        }
+        for m in &c.rollout_members {
+            self.rollout_members.insert((m.rollout, m.service), m.clone());
+        }
     }
     pub fn snapshot(&self) -> Snapshot {
         Snapshot {
@@ -154,6 +169,13 @@ impl MemStore {
             instances: self.instances.values().filter(|i| i.state != InstanceState::Terminated).cloned().collect(),
             actions: self.actions.values().filter(|a| a.state.is_open()).cloned().collect(),
             images: self.images.values().cloned().collect(),
+            rollouts: self.rollouts.values().cloned().collect(),
+            rollout_members: self
+                .rollout_members
+                .values()
+                .filter(|m| self.rollouts.get(&m.rollout).is_some_and(|r| !r.state.is_finished()))
+                .cloned()
+                .collect(),
         }
     }
 }

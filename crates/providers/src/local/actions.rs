@@ -48,8 +48,8 @@ impl Inner {
         let started = Instant::now();
         let id = action.instance;
         let result = match &action.kind {
-            ActionKind::Provision { role, service_name, sync, .. } => {
-                self.provision(id, action.service, *role, service_name, *sync).await
+            ActionKind::Provision { role, service_name, sync, settings, .. } => {
+                self.provision(id, action.service, *role, service_name, *sync, settings).await
             }
             ActionKind::Probe => self.probe(id).await,
             ActionKind::Fence { immediate } => self.fence(id, *immediate).await,
@@ -87,6 +87,7 @@ impl Inner {
         role: Role,
         service_name: &str,
         sync: bool,
+        settings: &std::collections::BTreeMap<String, String>,
     ) -> Done {
         if role == Role::Broker {
             // The engine refuses such services first (`engines()`); this is the backstop.
@@ -125,7 +126,8 @@ impl Inner {
                 }
             }
         }
-        let entry = self.register(id, service_id, role, service_name, sync, existing)?;
+        postgres::check_settings(settings)?;
+        let entry = self.register(id, service_id, role, service_name, sync, settings, existing)?;
         self.prepare_dir(&entry.dir)?;
         match role {
             Role::Primary => self.build_primary(&entry).await?,
@@ -176,6 +178,7 @@ impl Inner {
         role: Role,
         service_name: &str,
         sync: bool,
+        settings: &std::collections::BTreeMap<String, String>,
         existing: Option<InstanceEntry>,
     ) -> Result<InstanceEntry, ActionError> {
         let entry = {
@@ -218,6 +221,7 @@ impl Inner {
                 lifecycle: Lifecycle::Provisioning,
                 fenced: false,
                 fault: None,
+                settings: settings.clone(),
             };
             registry.instances.insert(id, entry.clone());
             entry

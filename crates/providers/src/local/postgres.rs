@@ -115,6 +115,21 @@ pub fn conf_quote(value: &str) -> String {
     format!("'{}'", value.replace('\'', "''"))
 }
 
+/// Refuses setting names that are not plain PostgreSQL parameter names
+/// (letters, digits, `_` and `.`): a name is written into postgresql.conf
+/// unquoted. Values are quoted. PostgreSQL itself refuses unknown names.
+pub fn check_settings(settings: &std::collections::BTreeMap<String, String>) -> Result<(), ActionError> {
+    for name in settings.keys() {
+        let plain = !name.is_empty()
+            && name.chars().all(|c| c.is_ascii_alphanumeric() || c == '_' || c == '.')
+            && !name.starts_with(|c: char| c.is_ascii_digit());
+        if !plain {
+            return Err(ActionError::Config(format!("image setting {name:?} is not a PostgreSQL parameter name")));
+        }
+    }
+    Ok(())
+}
+
 /// Checks the socket path fits before PostgreSQL fails with a vaguer error.
 pub fn check_socket_path(entry: &InstanceEntry) -> Result<(), ActionError> {
     let path = entry.socket_dir().join(format!(".s.PGSQL.{}", entry.port));
@@ -173,6 +188,13 @@ pub fn write_config(run_as: &RunAs, entry: &InstanceEntry, settings: &ServerSett
     if let Some(template) = settings.archive_command {
         let command = template.replace("{stanza}", &entry.service_name);
         conf.push_str(&format!("archive_mode = on\narchive_command = {}\n", conf_quote(&command)));
+    }
+    if !entry.settings.is_empty() {
+        // Last: a later line of postgresql.conf wins over an earlier one.
+        conf.push_str("# The image's settings.\n");
+        for (name, value) in &entry.settings {
+            conf.push_str(&format!("{name} = {}\n", conf_quote(value)));
+        }
     }
     write_owned(run_as, &pgdata.join("postgresql.conf"), &conf, 0o600)?;
     // Drover's roles over the socket only (peer), the application's login

@@ -52,6 +52,10 @@ pub struct InstanceEntry {
     /// one (see [`InstanceEntry::socket_dir`]); None: `dir/socket`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub socket: Option<PathBuf>,
+    /// Its image's engine settings (`work_mem = 8MB`), written after the
+    /// provider's own so they take effect; kept so a rebuild writes them again.
+    #[serde(default, skip_serializing_if = "std::collections::BTreeMap::is_empty")]
+    pub settings: std::collections::BTreeMap<String, String>,
 }
 
 impl InstanceEntry {

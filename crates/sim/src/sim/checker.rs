@@ -70,7 +70,16 @@ impl Sim {
                     Some("succeeded") if !self.building => {
                         self.c.minutes_avoided += manual_minutes(kind);
                         match kind {
-                            "promote" => self.c.failovers += 1,
+                            "promote" => {
+                                let s = e.service_id.and_then(|id| self.svc_by_id.get(&id).copied());
+                                match s {
+                                    Some(s) if self.svcs[s as usize].switching => {
+                                        self.svcs[s as usize].switching = false;
+                                        self.c.switchovers += 1;
+                                    }
+                                    _ => self.c.failovers += 1,
+                                }
+                            }
                             "provision" => self.c.replacements += 1,
                             "restart" => self.c.restarts += 1,
                             _ => {}
@@ -85,6 +94,9 @@ impl Sim {
                 }
                 if matches!(e.kind, EventKind::BrakeEngaged { .. }) {
                     self.c.brake_engaged += 1;
+                }
+                if matches!(e.kind, EventKind::RolloutPaused { .. }) {
+                    self.c.rollout_pauses += 1;
                 }
             }
         }

@@ -267,9 +267,12 @@ impl Sim {
         {
             return fail("provider API error (simulated)", true);
         }
-        if let ActionKind::Provision { role, zone, .. } = &a.kind {
+        if let ActionKind::Provision { role, zone, image, .. } = &a.kind {
             let Some(z) = self.zones.iter().position(|x| &x.name == zone) else { return fail("no such zone", false) };
             let Some(&s) = self.svc_by_id.get(&a.service) else { return fail("no such service", false) };
+            if self.svcs[s as usize].bad_image && self.patched_image.as_ref() == Some(image) {
+                return fail("the patched image does not boot on this service's hosts (simulated bad image)", false);
+            }
             let tombstoned = known.is_some_and(|i| self.insts[i as usize].terminated);
             let existing = known.filter(|_| !tombstoned).map(|i| self.svcs[self.insts[i as usize].svc as usize].id);
             // The fleet exists before hour 0: its backups were there.
@@ -382,6 +385,19 @@ impl Sim {
             Effect::Fenced => {
                 // Fenced at the network level by the provider, even in a lost zone.
                 self.set_machine(i, &m);
+                if a.kind == (ActionKind::Fence { immediate: false }) && self.svcs[s as usize].writer == Some(i) {
+                    // A planned switchover: running statements finish and
+                    // clients queue, so every follower still streaming
+                    // receives the last commit before the primary stops.
+                    for f in self.svcs[s as usize].members.clone() {
+                        if self.insts[f as usize].role == Role::Follower
+                            && self.alive(f)
+                            && self.insts[f as usize].frozen == STREAMING
+                        {
+                            self.insts[f as usize].lag = 0;
+                        }
+                    }
+                }
                 if self.svcs[s as usize].writer == Some(i) {
                     self.stop_writes(s);
                 }

@@ -105,9 +105,11 @@ impl Sim {
             FaultSpec::BackupStoreOutage { .. } => self.backup_down = start,
             // The pager runs after the shards (crate::oncall reads the window).
             FaultSpec::PagerOutage { .. } => {}
-            FaultSpec::Advisory { .. } => {
-                // Each service has a one-hour maintenance window at a drawn
-                // hour; followers are replaced first, the primary after.
+            FaultSpec::Advisory { name, bad_share, .. } => {
+                // A patched image, and a rollout of every service onto it
+                // by the engine's own rollout code (new followers, planned
+                // switchovers), each service inside its weekly one-hour
+                // maintenance window at a drawn hour within the next day.
                 for s in 0..self.svcs.len() {
                     let hour = self.rng.random_range(0..24) as i64;
                     let day = self.now - (self.now - T0).rem_euclid(86_400_000_000);
@@ -116,15 +118,42 @@ impl Sim {
                         window += 86_400_000_000;
                     }
                     for m in self.svcs[s].members.clone() {
-                        if !self.insts[m as usize].exists {
-                            continue;
+                        if self.insts[m as usize].exists {
+                            self.insts[m as usize].affected = true;
                         }
-                        self.insts[m as usize].affected = true;
-                        let offset = if self.insts[m as usize].role == Role::Primary { 30.0 * 60.0 } else { 0.0 };
-                        let jitter = self.draw([0.0, 20.0 * 60.0]);
-                        self.at(window + micros(offset) + jitter, Ev::Replace(m));
                     }
+                    if bad_share > 0.0 {
+                        self.svcs[s].bad_image = self.rng.random_bool(bad_share);
+                    }
+                    let service = super::service_name(s as u32 * self.shards + self.shard);
+                    let window = MaintenanceWindow::weekly_from(Timestamp(window), 60);
+                    self.step(Input::Command {
+                        actor: "sim".into(),
+                        role: None,
+                        command: Command::SetMaintenanceWindow { name: service, window: Some(window) },
+                    });
                 }
+                let patched = Image::new(
+                    EngineKind::Postgres,
+                    "16.4-sim",
+                    Default::default(),
+                    [("linux-image".to_string(), format!("patched for {name}"))].into_iter().collect(),
+                    Timestamp(self.now),
+                );
+                let to_image = patched.id.clone();
+                self.patched_image = Some(to_image.clone());
+                self.step(Input::Command { actor: "sim".into(), role: None, command: Command::RegisterImage(patched) });
+                let spec = RolloutSpec {
+                    to_image,
+                    selector: Selector { engine: Some(EngineKind::Postgres), ..Default::default() },
+                    waves: drover_model::default_waves(),
+                    soak_seconds: 60,
+                    // A planned roll of healthy services: a failed move
+                    // is news; the default budget pauses on the first.
+                    max_failures: 1,
+                    required_by: None,
+                };
+                self.step(Input::Command { actor: "sim".into(), role: None, command: Command::CreateRollout(spec) });
             }
         }
     }
@@ -160,18 +189,5 @@ impl Sim {
         self.set_cut(z, cut);
         let d = self.draw(if cut { down_secs } else { up_secs });
         self.at(self.now + d, Ev::Flap(k));
-    }
-
-    pub(super) fn replace_for_advisory(&mut self, i: u32) {
-        let x = &self.insts[i as usize];
-        if !x.exists || !x.affected {
-            return;
-        }
-        // The provider drains its host into a patched one: the instance
-        // stops and will not start there again; the engine replaces it.
-        let x = &mut self.insts[i as usize];
-        x.up = false;
-        x.drained = true;
-        self.changed(i);
     }
 }

@@ -14,7 +14,8 @@ use crate::scenario::{FaultSpec, Scenario};
 use drover_engine::{Command, Config, Engine, Input, Outputs, Reply};
 use drover_model::{
     ActionKind, ActionOutcome, ActionRecord, Beat, CreateService, EngineKind, Event, EventKind, EventSubject, Facts,
-    Image, InstanceId, InstanceState, Role, ServiceId, ServiceState, Timestamp,
+    Image, InstanceId, InstanceState, MaintenanceWindow, Role, RolloutSpec, Selector, ServiceId, ServiceState,
+    Timestamp,
 };
 use rand::{Rng, SeedableRng};
 use rand_chacha::ChaCha8Rng;
@@ -66,7 +67,6 @@ enum Ev {
     FaultEnd(u16),
     Flap(u16),
     Background,
-    Replace(u32),
 }
 
 /// One simulated instance (one server of a service).
@@ -113,6 +113,11 @@ struct Svc {
     down: bool,
     /// An alert about it went to the pager: its all-clear must follow.
     alerted: bool,
+    /// The advisory's patched image does not boot on it (a bad image).
+    bad_image: bool,
+    /// A graceful fence of its primary was dispatched: the promotion that
+    /// follows is a planned switchover, not a failover.
+    switching: bool,
 }
 
 struct Zone {
@@ -132,6 +137,8 @@ struct Host {
 #[derive(Default)]
 struct Counters {
     failovers: u64,
+    switchovers: u64,
+    rollout_pauses: u64,
     replacements: u64,
     restarts: u64,
     probes: u64,
@@ -165,6 +172,8 @@ struct Sim {
     zones: Vec<Zone>,
     hosts: Vec<Host>,
     backup_down: bool,
+    /// The image the advisory's rollout moves services onto.
+    patched_image: Option<drover_model::ImageId>,
     building: bool,
     background_until: i64,
     fault_start: i64,
@@ -255,6 +264,10 @@ fn run_shard(opts: &Options, shard: u64, shards: u64) -> Result<ShardRun, SimErr
         default_zones: sc.fleet.zones.clone(),
         // No store here: the engine builds no records for one.
         records: false,
+        // A fleet-wide roll moves thousands of services an hour: the
+        // windows of a day's services spread over 24 hours.
+        rollout_zone_concurrency: ((services / 200) as u32).max(16),
+        rollout_interval: Duration::from_secs(10),
         ..Config::default()
     };
     let dump: Option<Box<dyn std::io::Write + Send>> = match &opts.event_log {
@@ -309,6 +322,7 @@ fn run_shard(opts: &Options, shard: u64, shards: u64) -> Result<ShardRun, SimErr
         zones,
         hosts: Vec::new(),
         backup_down: false,
+        patched_image: None,
         building: true,
         background_until,
         fault_start,
@@ -400,6 +414,8 @@ impl Sim {
                 needs_human: false,
                 down: true,
                 alerted: false,
+                switching: false,
+                bad_image: false,
             });
             self.c.not_available += 1;
             self.c.not_available_nh += 1;
@@ -485,7 +501,6 @@ impl Sim {
             Ev::FaultEnd(k) => self.fault(k, false),
             Ev::Flap(k) => self.flap(k),
             Ev::Background => self.background(),
-            Ev::Replace(i) => self.replace_for_advisory(i),
         }
     }
 
@@ -510,6 +525,11 @@ impl Sim {
     }
 
     fn dispatch(&mut self, a: ActionRecord) {
+        if a.kind == (ActionKind::Fence { immediate: false }) {
+            if let Some(&s) = self.svc_by_id.get(&a.service) {
+                self.svcs[s as usize].switching = true;
+            }
+        }
         let p = &self.sc.provider;
         let range = match &a.kind {
             ActionKind::Provision { .. } => p.provision_secs,

@@ -1,0 +1,814 @@
+//! Rollouts: services moved onto an image by replacement, in waves.
+//!
+//! A service moves in steps the engine takes one at a time, each a remedy
+//! action of the service (so it never overlaps a repair): build a follower
+//! from the new image; once it streams, retire an old follower (there is
+//! always one spare while the old goes); when no old follower is left, a
+//! planned switchover (fence the primary gracefully, promote a follower of
+//! the new image) and the fenced old primary retires as any leaver does.
+//! Never in place, never by failover. Each step is decided from the fleet as
+//! it is, so a step repeated after a restart finds it already done.
+//!
+//! The rollout moves a prefix of its services per wave (cumulative
+//! percentages). A moved service soaks: it must stay available for
+//! `soak_seconds` before it counts as done, and the next wave starts only
+//! when every service of this one is done or failed (the health gate).
+//! `max_failures` failed services in one wave pause the rollout and page.
+//! New moves start only within per-zone concurrency, outside the brake,
+//! and inside each service's maintenance window (unless `required_by` has
+//! passed). Each service's progress is a durable record written in the same
+//! commit as the actions that move it: a restarted control plane resumes and
+//! never starts a service again once its record says it was started.
+
+use crate::api::{CommandError, Outputs, Reply};
+use crate::fleet::HashMap;
+use crate::policy::Topology;
+use crate::records::fleet_event;
+use crate::Engine;
+use drover_model::{
+    ActionKind, EventKind, EventSubject, ImageId, InstanceState, MaintenanceWindow, MemberPhase, Role, RolloutId,
+    RolloutMember, RolloutRecord, RolloutSpec, RolloutState, RolloutView, ServiceId, ServiceState, Timestamp,
+};
+use rand::RngCore;
+
+/// A service not moved within this is failed (it counts against the wave's
+/// budget): a new follower that never streams must not hold a wave forever.
+/// An hour: a base backup of a large database takes tens of minutes.
+const MOVE_TIMEOUT_MICROS: i64 = 3600 * 1_000_000;
+
+/// Members looked at per zone-capacity slot when starting moves: bounds
+/// the scan when many waiting services are outside their windows.
+const START_SCAN_FACTOR: usize = 8;
+
+pub(crate) struct Member {
+    service: ServiceId,
+    name: Box<str>,
+    phase: MemberPhase,
+    started_at: i64,
+    moved_at: i64,
+    detail: Option<String>,
+    /// When its maintenance window next opens (0: any time, or unknown
+    /// after a restart): members are ordered by it, so waves follow time.
+    opens_at: i64,
+}
+
+pub(crate) struct Rollout {
+    record: RolloutRecord,
+    target: u32,
+    members: Vec<Member>,
+    /// Indices of members moving or soaking.
+    active: Vec<usize>,
+    /// Members before this index are started or finished.
+    next: usize,
+}
+
+#[derive(Default)]
+pub(crate) struct Rollouts {
+    list: Vec<Rollout>,
+    /// Services in an unfinished rollout: one rollout moves a service at a time.
+    claimed: HashMap<ServiceId, RolloutId>,
+    /// When running rollouts are looked at next (0: none is running).
+    next_at: i64,
+}
+
+impl Rollouts {
+    pub(crate) fn next_deadline(&self) -> Option<i64> {
+        (self.next_at > 0).then_some(self.next_at)
+    }
+}
+
+fn member_record(r: &RolloutRecord, position: usize, m: &Member) -> RolloutMember {
+    RolloutMember {
+        rollout: r.id,
+        service: m.service,
+        name: m.name.to_string(),
+        position: position as u64,
+        phase: m.phase,
+        started_at: (m.started_at != 0).then_some(Timestamp(m.started_at)),
+        moved_at: (m.moved_at != 0).then_some(Timestamp(m.moved_at)),
+        detail: m.detail.clone(),
+    }
+}
+
+/// One service's scheduled move (for the team's calendar feed).
+#[derive(Clone, Debug)]
+pub struct ScheduledMove {
+    pub rollout: RolloutId,
+    pub service: String,
+    pub to_image: ImageId,
+    pub window: Option<MaintenanceWindow>,
+    pub required_by: Option<Timestamp>,
+}
+
+/// What one look at a moving service decided.
+enum Step {
+    Wait,
+    /// Opened the next action of the move.
+    Acted,
+    /// On the image, every member available: start the soak.
+    Moved,
+    Failed(String),
+}
+
+impl Engine {
+    /// Creates a rollout of the services `spec` selects (those not already
+    /// on the image and not in another unfinished rollout).
+    pub(crate) fn create_rollout(
+        &mut self,
+        spec: RolloutSpec,
+        now: i64,
+        out: &mut Outputs,
+    ) -> Result<Reply, CommandError> {
+        spec.validate().map_err(CommandError::Invalid)?;
+        let &target = self.images.index.get(&spec.to_image).ok_or_else(|| {
+            CommandError::Invalid(format!("no image {}; register it first (POST /v1/images)", spec.to_image))
+        })?;
+        let engine = self.images.list[target as usize].engine;
+        if spec.selector.engine.is_some_and(|e| e != engine) {
+            return Err(CommandError::Invalid(format!(
+                "image {} is a {engine} image: the selector's engine must be {engine}",
+                spec.to_image
+            )));
+        }
+        let from_image = match &spec.selector.image {
+            Some(id) => Some(
+                *self
+                    .images
+                    .index
+                    .get(id)
+                    .ok_or_else(|| CommandError::Invalid(format!("selector names an unknown image {id}")))?,
+            ),
+            None => None,
+        };
+        if let Some(names) = &spec.selector.names {
+            if let Some(missing) = names.iter().find(|n| !self.service_names.contains_key(n.as_str())) {
+                return Err(CommandError::Invalid(format!("selector names {missing:?}, which is no service")));
+            }
+        }
+        let names: Option<std::collections::HashSet<&str>> =
+            spec.selector.names.as_ref().map(|n| n.iter().map(String::as_str).collect());
+        let mut members = Vec::new();
+        for (sslot, s) in self.services.iter() {
+            let team_ok = spec.selector.team.as_deref().is_none_or(|t| self.teams.name(s.team) == t);
+            let name_ok = names.as_ref().is_none_or(|n| n.contains(&*s.name));
+            let on_image = |img: u32| {
+                s.image == img || s.instances.iter().any(|&i| self.instances.get(i).is_some_and(|x| x.image == img))
+            };
+            let image_ok = from_image.is_none_or(on_image);
+            let there = s.image == target
+                && s.instances
+                    .iter()
+                    .all(|&i| self.instances.get(i).is_none_or(|x| x.image == target || !x.state.is_member()));
+            let movable = self.policy_of(s).topology() == Topology::PrimaryWithFollowers;
+            if s.engine == engine
+                && !s.deleting
+                && team_ok
+                && name_ok
+                && image_ok
+                && !there
+                && movable
+                && !self.rollouts.claimed.contains_key(&s.id)
+            {
+                members.push((sslot, s.id, s.name.clone()));
+            }
+        }
+        // Soonest window first (stable: creation order among equals), so
+        // each wave is the services whose windows open next.
+        let mut members: Vec<(i64, (u32, ServiceId, crate::fleet::Name))> = members
+            .into_iter()
+            .map(|m| (self.window_of(m.0).map_or(0, |w| w.next_opening(Timestamp(now)).0.max(now)), m))
+            .collect();
+        members.sort_by_key(|(opens, _)| *opens);
+        let id = RolloutId::new_at(now, self.rng.next_u64());
+        let total = members.len() as u64;
+        let record = RolloutRecord {
+            id,
+            spec,
+            state: if total == 0 { RolloutState::Succeeded } else { RolloutState::Pending },
+            reason: (total == 0).then(|| "no service selected needs moving".to_string()),
+            wave: 0,
+            wave_failed: 0,
+            total,
+            done: 0,
+            failed: 0,
+            created_at: Timestamp(now),
+            updated_at: Timestamp(now),
+            moved_micros: 0,
+        };
+        let members: Vec<Member> = members
+            .into_iter()
+            .map(|(opens_at, (_, service, name))| Member {
+                service,
+                name: String::from(&*name).into(),
+                phase: MemberPhase::Waiting,
+                started_at: 0,
+                moved_at: 0,
+                detail: None,
+                opens_at,
+            })
+            .collect();
+        if total > 0 {
+            for m in &members {
+                self.rollouts.claimed.insert(m.service, id);
+            }
+            self.rollouts.next_at = now;
+        }
+        let rollout = Rollout { record, target, members, active: Vec::new(), next: 0 };
+        if self.config.records {
+            out.changes.rollouts.push(rollout.record.clone());
+            out.changes
+                .rollout_members
+                .extend(rollout.members.iter().enumerate().map(|(i, m)| member_record(&rollout.record, i, m)));
+        }
+        out.changes.events.push(fleet_event(
+            now,
+            EventKind::Other,
+            None,
+            rollout.record.state.as_str(),
+            format!("rollout {id} created: {total} services to move onto image {}", rollout.record.spec.to_image),
+        ));
+        let view = self.rollout_view_of(&rollout, now);
+        self.rollouts.list.push(rollout);
+        Ok(Reply::Rollout(Box::new(view)))
+    }
+
+    /// Pause, resume or abort by a person.
+    pub(crate) fn steer_rollout(
+        &mut self,
+        id: RolloutId,
+        to: RolloutState,
+        now: i64,
+        out: &mut Outputs,
+    ) -> Result<Reply, CommandError> {
+        let r = self
+            .rollouts
+            .list
+            .iter_mut()
+            .find(|r| r.record.id == id)
+            .ok_or_else(|| CommandError::NotFound(format!("no rollout {id}")))?;
+        let from = r.record.state;
+        if from.is_finished() {
+            return Err(CommandError::Conflict(format!("rollout {id} is {}: it cannot change", from.as_str())));
+        }
+        let (to, reason) = match to {
+            RolloutState::Paused if from == RolloutState::Paused => (from, r.record.reason.clone()),
+            RolloutState::Paused => (to, Some("paused by an operator (see the audit trail)".to_string())),
+            RolloutState::Running if from == RolloutState::Paused => {
+                // A fresh failure budget for the wave: a person looked.
+                r.record.wave_failed = 0;
+                (RolloutState::Running, None)
+            }
+            RolloutState::Running => (from, r.record.reason.clone()),
+            _ => (RolloutState::Aborted, Some("aborted by an operator (see the audit trail)".to_string())),
+        };
+        if to != from {
+            r.record.state = to;
+            r.record.reason = reason;
+            r.record.updated_at = Timestamp(now);
+            if to == RolloutState::Aborted {
+                for m in &r.members {
+                    self.rollouts.claimed.remove(&m.service);
+                }
+                r.active.clear();
+            }
+            if self.config.records {
+                out.changes.rollouts.push(r.record.clone());
+            }
+            out.changes.events.push(fleet_event(
+                now,
+                EventKind::Other,
+                None,
+                to.as_str(),
+                format!("rollout {id}: {} by an operator", to.as_str()),
+            ));
+            self.rollouts.next_at = now;
+        }
+        let view = self
+            .rollouts
+            .list
+            .iter()
+            .find(|r| r.record.id == id)
+            .map(|r| self.rollout_view_of(r, now))
+            .ok_or_else(|| CommandError::NotFound(format!("no rollout {id}")))?;
+        Ok(Reply::Rollout(Box::new(view)))
+    }
+
+    /// Drives every running rollout one step; called on ticks.
+    pub(crate) fn drive_rollouts(&mut self, now: i64, out: &mut Outputs) {
+        if self.rollouts.next_at == 0 || now < self.rollouts.next_at {
+            return;
+        }
+        let mut list = std::mem::take(&mut self.rollouts.list);
+        let mut any_running = false;
+        for r in list.iter_mut() {
+            if r.record.state.is_finished() {
+                continue;
+            }
+            self.drive_rollout(r, now, out);
+            any_running |= !r.record.state.is_finished();
+        }
+        self.rollouts.list = list;
+        let interval = crate::micros(self.config.rollout_interval).max(1);
+        self.rollouts.next_at = if any_running { now + interval } else { 0 };
+    }
+
+    fn drive_rollout(&mut self, r: &mut Rollout, now: i64, out: &mut Outputs) {
+        let before = (r.record.state, r.record.wave, r.record.done, r.record.failed, r.record.wave_failed);
+        if r.record.state == RolloutState::Pending {
+            r.record.state = RolloutState::Running;
+            out.changes.events.push(fleet_event(
+                now,
+                EventKind::Other,
+                Some("pending"),
+                "running",
+                format!("rollout {} started: wave 1 of {}", r.record.id, r.record.spec.waves.len()),
+            ));
+        }
+        // In-flight moves finish even while paused: a half-moved service
+        // (an extra follower) is healthy, but finishing is cleaner.
+        self.step_active(r, now, out);
+        if r.record.state == RolloutState::Running && r.record.wave_failed >= r.record.spec.max_failures {
+            r.record.state = RolloutState::Paused;
+            let reason = format!(
+                "paused itself: {} services failed in wave {} (max_failures {})",
+                r.record.wave_failed,
+                r.record.wave + 1,
+                r.record.spec.max_failures
+            );
+            r.record.reason = Some(reason.clone());
+            out.changes.events.push(fleet_event(
+                now,
+                EventKind::RolloutPaused { rollout: r.record.id.to_string() },
+                Some("running"),
+                "paused",
+                format!("rollout {}: {reason}", r.record.id),
+            ));
+        }
+        if r.record.state == RolloutState::Running {
+            self.start_moves(r, now, out);
+            let end = r.record.spec.wave_end(r.record.wave as usize, r.members.len());
+            if r.next >= end && r.active.is_empty() {
+                if (r.record.wave as usize) + 1 < r.record.spec.waves.len() {
+                    r.record.wave += 1;
+                    r.record.wave_failed = 0;
+                    out.changes.events.push(fleet_event(
+                        now,
+                        EventKind::Other,
+                        None,
+                        "running",
+                        format!(
+                            "rollout {}: wave {} passed its health gate; wave {} of {} starts",
+                            r.record.id,
+                            r.record.wave,
+                            r.record.wave + 1,
+                            r.record.spec.waves.len()
+                        ),
+                    ));
+                    self.start_moves(r, now, out);
+                } else {
+                    let (state, reason) = if r.record.failed == 0 {
+                        (RolloutState::Succeeded, None)
+                    } else {
+                        (RolloutState::Failed, Some(format!("{} services could not be moved", r.record.failed)))
+                    };
+                    r.record.state = state;
+                    r.record.reason = reason;
+                    for m in &r.members {
+                        self.rollouts.claimed.remove(&m.service);
+                    }
+                    out.changes.events.push(fleet_event(
+                        now,
+                        EventKind::Other,
+                        Some("running"),
+                        state.as_str(),
+                        format!(
+                            "rollout {} {}: {} moved, {} failed",
+                            r.record.id,
+                            state.as_str(),
+                            r.record.done,
+                            r.record.failed
+                        ),
+                    ));
+                }
+            }
+        }
+        let after = (r.record.state, r.record.wave, r.record.done, r.record.failed, r.record.wave_failed);
+        if after != before {
+            r.record.updated_at = Timestamp(now);
+            if self.config.records {
+                out.changes.rollouts.push(r.record.clone());
+            }
+        }
+    }
+
+    /// Looks at every moving or soaking member once.
+    fn step_active(&mut self, r: &mut Rollout, now: i64, out: &mut Outputs) {
+        let active = std::mem::take(&mut r.active);
+        let mut still = Vec::with_capacity(active.len());
+        for k in active {
+            let phase = r.members[k].phase;
+            let service = r.members[k].service;
+            let changed = match phase {
+                MemberPhase::Moving => match self.step_move(service, r.target, r.members[k].started_at, now, out) {
+                    Step::Wait | Step::Acted => None,
+                    Step::Moved => {
+                        r.members[k].moved_at = now;
+                        Some((MemberPhase::Soaking, None))
+                    }
+                    Step::Failed(why) => Some((MemberPhase::Failed, Some(why))),
+                },
+                MemberPhase::Soaking => {
+                    let m = &r.members[k];
+                    match self.service_health(service) {
+                        Err(why) => Some((MemberPhase::Failed, Some(format!("failed its health gate: {why}")))),
+                        Ok(()) if now >= m.moved_at + (r.record.spec.soak_seconds as i64) * 1_000_000 => {
+                            Some((MemberPhase::Done, None))
+                        }
+                        Ok(()) => None,
+                    }
+                }
+                _ => None,
+            };
+            match changed {
+                None => still.push(k),
+                Some((phase, detail)) => {
+                    let m = &mut r.members[k];
+                    m.phase = phase;
+                    m.detail = detail.clone();
+                    match phase {
+                        MemberPhase::Done => {
+                            r.record.done += 1;
+                            r.record.moved_micros += (m.moved_at - m.started_at).max(0);
+                        }
+                        MemberPhase::Failed => {
+                            r.record.failed += 1;
+                            r.record.wave_failed += 1;
+                            if m.moved_at == 0 {
+                                m.moved_at = now;
+                            }
+                        }
+                        _ => still.push(k),
+                    }
+                    let sslot = self.service_ids.get(&service).copied();
+                    let cause = match (phase, &detail) {
+                        (MemberPhase::Failed, Some(why)) => format!("rollout {}: not moved: {why}", r.record.id),
+                        _ => format!("rollout {}: {}", r.record.id, phase.as_str()),
+                    };
+                    out.changes.events.push(self.event(now, EventSubject::Service, sslot, None, None, None, cause));
+                    if self.config.records {
+                        out.changes.rollout_members.push(member_record(&r.record, k, &r.members[k]));
+                    }
+                }
+            }
+        }
+        r.active = still;
+    }
+
+    /// Starts the waiting members of the current wave that may start now.
+    fn start_moves(&mut self, r: &mut Rollout, now: i64, out: &mut Outputs) {
+        let end = r.record.spec.wave_end(r.record.wave as usize, r.members.len());
+        let limit = self.config.rollout_zone_concurrency.max(1) as usize;
+        let mut per_zone: HashMap<u16, usize> = HashMap::default();
+        for &k in &r.active {
+            if let Some(z) = self.service_ids.get(&r.members[k].service).and_then(|&s| self.primary_zone(s)) {
+                *per_zone.entry(z).or_default() += 1;
+            }
+        }
+        let required_passed = r.record.spec.required_by.is_some_and(|t| now >= t.0);
+        let budget = limit * self.zones.len().max(1) * START_SCAN_FACTOR;
+        let mut k = r.next;
+        let mut scanned = 0;
+        while k < end && scanned < budget {
+            scanned += 1;
+            if r.members[k].phase != MemberPhase::Waiting {
+                if k == r.next {
+                    r.next += 1;
+                }
+                k += 1;
+                continue;
+            }
+            if !required_passed && r.members[k].opens_at > now {
+                // Ordered by window: every later one opens later still.
+                break;
+            }
+            let service = r.members[k].service;
+            let Some(&sslot) = self.service_ids.get(&service) else {
+                self.finish_member_unstarted(r, k, "the service was deleted before its turn", now, out);
+                continue;
+            };
+            let zone = self.primary_zone(sslot).unwrap_or(0);
+            let busy = per_zone.get(&zone).copied().unwrap_or(0) >= limit;
+            let braked = self.braked_since(zone).is_some();
+            let open = required_passed || self.in_maintenance_window(sslot, now);
+            if busy || braked || !open {
+                k += 1;
+                continue;
+            }
+            *per_zone.entry(zone).or_default() += 1;
+            let m = &mut r.members[k];
+            m.phase = MemberPhase::Moving;
+            m.started_at = now;
+            r.active.push(k);
+            if let Some(s) = self.services.get_mut(sslot) {
+                // Replacements built from now on (by this move or by any
+                // repair) come from the new image.
+                s.image = r.target;
+            }
+            self.service_changed(sslot, out);
+            let cause = format!("rollout {}: moving onto image {}", r.record.id, self.images.id(r.target));
+            out.changes.events.push(self.event(now, EventSubject::Service, Some(sslot), None, None, None, cause));
+            if self.config.records {
+                out.changes.rollout_members.push(member_record(&r.record, k, &r.members[k]));
+            }
+            // The first step in the same commit as the record saying it began.
+            if let Step::Failed(why) = self.step_move(service, r.target, now, now, out) {
+                let m = &mut r.members[k];
+                m.phase = MemberPhase::Failed;
+                m.detail = Some(why);
+                m.moved_at = now;
+                r.record.failed += 1;
+                r.record.wave_failed += 1;
+                r.active.pop();
+                if self.config.records {
+                    out.changes.rollout_members.push(member_record(&r.record, k, &r.members[k]));
+                }
+            }
+            if k == r.next {
+                r.next += 1;
+            }
+            k += 1;
+        }
+    }
+
+    fn finish_member_unstarted(&mut self, r: &mut Rollout, k: usize, why: &str, now: i64, out: &mut Outputs) {
+        let m = &mut r.members[k];
+        m.phase = MemberPhase::Failed;
+        m.detail = Some(why.to_string());
+        m.moved_at = now;
+        r.record.failed += 1;
+        r.record.wave_failed += 1;
+        if self.config.records {
+            out.changes.rollout_members.push(member_record(&r.record, k, &r.members[k]));
+        }
+    }
+
+    /// The zone of a service's writable primary (its first zone without one).
+    fn primary_zone(&self, sslot: u32) -> Option<u16> {
+        self.current_primary(sslot)
+            .and_then(|p| self.instances.get(p).map(|x| x.zone))
+            .or_else(|| self.services.get(sslot).and_then(|s| s.zones.first().copied()))
+    }
+
+    /// Whether a service may be moved now by its maintenance window (its
+    /// own, else its team's default); a service with neither: any time.
+    fn in_maintenance_window(&self, sslot: u32, now: i64) -> bool {
+        self.window_of(sslot).is_none_or(|w| w.contains(Timestamp(now)))
+    }
+
+    fn window_of(&self, sslot: u32) -> Option<&MaintenanceWindow> {
+        let s = self.services.get(sslot)?;
+        s.window.as_deref().or_else(|| self.config.team_windows.get(self.teams.name(s.team)))
+    }
+
+    pub(crate) fn set_maintenance_window(
+        &mut self,
+        name: &str,
+        window: Option<MaintenanceWindow>,
+        now: i64,
+        out: &mut Outputs,
+    ) -> Result<Reply, CommandError> {
+        if let Some(w) = &window {
+            w.validate().map_err(CommandError::Invalid)?;
+        }
+        let sslot = self.live_service(name)?;
+        if let Some(s) = self.services.get_mut(sslot) {
+            s.window = window.map(Box::new);
+        }
+        self.service_changed(sslot, out);
+        self.service_view_slot(sslot, now)
+            .map(|v| Reply::Service(Box::new(v)))
+            .ok_or_else(|| CommandError::NotFound(format!("no service named {name:?}")))
+    }
+
+    /// Scheduled maintenance of a team: each of its services still to be
+    /// moved by an unfinished rollout, with its window (None: any time) and
+    /// the rollout's deadline.
+    pub fn maintenance_schedule(&self, team: &str) -> Vec<ScheduledMove> {
+        let mut out = Vec::new();
+        for r in self.rollouts.list.iter().filter(|r| !r.record.state.is_finished()) {
+            for m in r.members.iter().filter(|m| matches!(m.phase, MemberPhase::Waiting | MemberPhase::Moving)) {
+                let Some(&sslot) = self.service_ids.get(&m.service) else { continue };
+                let Some(s) = self.services.get(sslot) else { continue };
+                if self.teams.name(s.team) != team {
+                    continue;
+                }
+                out.push(ScheduledMove {
+                    rollout: r.record.id,
+                    service: m.name.to_string(),
+                    to_image: r.record.spec.to_image.clone(),
+                    window: self.window_of(sslot).cloned(),
+                    required_by: r.record.spec.required_by,
+                });
+            }
+        }
+        out
+    }
+
+    /// Ok when the service passes the health gate now.
+    fn service_health(&self, service: ServiceId) -> Result<(), String> {
+        let s = self.service_ids.get(&service).and_then(|&s| self.services.get(s)).ok_or("the service is gone")?;
+        if s.needs_human {
+            return Err("it needs a human".into());
+        }
+        if s.state != ServiceState::Available {
+            return Err(format!("it is {}", s.state.as_str()));
+        }
+        Ok(())
+    }
+
+    /// The next step of moving one service onto image `target`. Decided
+    /// from the fleet as it is, so a repeat (after a restart) finds a step
+    /// done and goes on from there.
+    fn step_move(&mut self, service: ServiceId, target: u32, started_at: i64, now: i64, out: &mut Outputs) -> Step {
+        let Some(&sslot) = self.service_ids.get(&service) else { return Step::Failed("the service is gone".into()) };
+        let Some(s) = self.services.get(sslot) else { return Step::Failed("the service is gone".into()) };
+        if s.deleting {
+            return Step::Failed("the service is being deleted".into());
+        }
+        if s.needs_human {
+            return Step::Failed("a step failed and the service needs a human".into());
+        }
+        if now - started_at > MOVE_TIMEOUT_MICROS {
+            return Step::Failed(format!("not moved within {} minutes", MOVE_TIMEOUT_MICROS / 60_000_000));
+        }
+        if s.open_remedies > 0 {
+            return Step::Wait;
+        }
+        let planned = usize::from(self.policy_of(s).members(&s.plan).count(Role::Follower));
+        let mut primary = None;
+        let mut old_followers = Vec::new();
+        let mut new_followers = 0usize;
+        let mut old_leavers = 0usize;
+        for &i in &s.instances {
+            let Some(x) = self.instances.get(i) else { continue };
+            if !x.state.is_member() {
+                if x.image != target && x.state == InstanceState::Retiring {
+                    old_leavers += 1;
+                }
+                continue;
+            }
+            if x.fenced {
+                if x.image != target {
+                    old_leavers += 1;
+                }
+                continue;
+            }
+            if x.state != InstanceState::Available {
+                return Step::Wait;
+            }
+            match x.role {
+                Role::Primary => primary = Some(i),
+                Role::Follower if x.image == target => new_followers += 1,
+                Role::Follower => old_followers.push(i),
+                Role::Broker => {}
+            }
+        }
+        let Some(p) = primary else { return Step::Wait };
+        if self.instances.get(p).is_some_and(|x| self.braked_since(x.zone).is_some()) {
+            return Step::Wait;
+        }
+        let primary_old = self.instances.get(p).is_some_and(|x| x.image != target);
+        let id = self.images.id(target);
+        if let Some(&old) = old_followers.first() {
+            if new_followers > 0 && new_followers + old_followers.len() > planned {
+                let cause = format!("rollout onto {id}: retire an old follower, a follower of the new image streams");
+                self.open_action(old, ActionKind::Retire, &cause, true, now, out);
+            } else {
+                self.build_new_follower(sslot, &id, now, out);
+            }
+            return Step::Acted;
+        }
+        if primary_old {
+            if new_followers == 0 {
+                self.build_new_follower(sslot, &id, now, out);
+                return Step::Acted;
+            }
+            if self.best_follower(sslot, now).is_none() {
+                return Step::Wait;
+            }
+            let cause = format!("rollout onto {id}: planned switchover onto a follower of the new image");
+            self.open_action(p, ActionKind::Fence { immediate: false }, &cause, true, now, out);
+            self.mark_dirty(sslot);
+            return Step::Acted;
+        }
+        if new_followers < planned || old_leavers > 0 {
+            // Reconcile builds the missing follower and retires the leavers.
+            self.mark_dirty(sslot);
+            return Step::Wait;
+        }
+        match self.services.get(sslot) {
+            Some(s) if s.state == ServiceState::Available => Step::Moved,
+            _ => Step::Wait,
+        }
+    }
+
+    fn build_new_follower(&mut self, sslot: u32, image: &ImageId, now: i64, out: &mut Outputs) {
+        let zone = self.zone_for_new_member(sslot);
+        let cause = format!("rollout onto {image}: build a follower from the new image");
+        self.provision(sslot, Role::Follower, zone, &cause, now, out);
+    }
+
+    /// Rollouts and their members from the store after a restart: a member
+    /// the records say was started is moving (its next step is read from
+    /// the fleet); one done or failed is never started again.
+    pub(crate) fn restore_rollouts(&mut self, records: Vec<RolloutRecord>, members: Vec<RolloutMember>, now: i64) {
+        let mut by_rollout: HashMap<RolloutId, Vec<RolloutMember>> = HashMap::default();
+        for m in members {
+            by_rollout.entry(m.rollout).or_default().push(m);
+        }
+        for record in records {
+            let target = match self.images.index.get(&record.spec.to_image) {
+                Some(&t) => t,
+                None => continue,
+            };
+            let mut stored = by_rollout.remove(&record.id).unwrap_or_default();
+            stored.sort_by_key(|m| m.position);
+            let mut r = Rollout { record, target, members: Vec::new(), active: Vec::new(), next: 0 };
+            for (k, m) in stored.into_iter().enumerate() {
+                if matches!(m.phase, MemberPhase::Moving | MemberPhase::Soaking) {
+                    r.active.push(k);
+                }
+                if !r.record.state.is_finished() {
+                    self.rollouts.claimed.insert(m.service, r.record.id);
+                }
+                r.members.push(Member {
+                    service: m.service,
+                    name: m.name.into(),
+                    phase: m.phase,
+                    started_at: m.started_at.map_or(0, |t| t.0),
+                    moved_at: m.moved_at.map_or(0, |t| t.0),
+                    detail: m.detail,
+                    opens_at: 0,
+                });
+            }
+            r.next = r.members.iter().position(|m| m.phase == MemberPhase::Waiting).unwrap_or(r.members.len());
+            if !r.record.state.is_finished() {
+                self.rollouts.next_at = now;
+            }
+            self.rollouts.list.push(r);
+        }
+    }
+
+    fn rollout_view_of(&self, r: &Rollout, now: i64) -> RolloutView {
+        let rec = &r.record;
+        let remaining = rec.total.saturating_sub(rec.done + rec.failed);
+        let eta_seconds = if remaining == 0 {
+            Some(0)
+        } else if rec.done == 0 {
+            None
+        } else {
+            // Average move plus soak, over the moves that run side by side.
+            let per = rec.moved_micros / rec.done as i64 + rec.spec.soak_seconds as i64 * 1_000_000;
+            let parallel = (r.active.len() as u64).max(1);
+            Some(((per.max(0) as u64) * remaining / parallel) / 1_000_000)
+        };
+        let _ = now;
+        RolloutView {
+            id: rec.id,
+            state: rec.state,
+            reason: rec.reason.clone(),
+            to_image: rec.spec.to_image.clone(),
+            total: rec.total,
+            done: rec.done,
+            failed: rec.failed,
+            remaining,
+            moving: r.active.len() as u64,
+            wave: rec.wave + 1,
+            waves: rec.spec.waves.clone(),
+            eta_seconds,
+            spec: rec.spec.clone(),
+            created_at: rec.created_at,
+            updated_at: rec.updated_at,
+        }
+    }
+
+    pub fn rollout_view(&self, id: RolloutId, now: Timestamp) -> Option<RolloutView> {
+        self.rollouts.list.iter().find(|r| r.record.id == id).map(|r| self.rollout_view_of(r, now.0))
+    }
+
+    /// Every rollout, newest first.
+    pub fn rollout_views(&self, now: Timestamp) -> Vec<RolloutView> {
+        self.rollouts.list.iter().rev().map(|r| self.rollout_view_of(r, now.0)).collect()
+    }
+
+    /// Services moved onto their image by rollouts so far (the simulator's figure).
+    pub fn rolled_services(&self) -> u64 {
+        self.rollouts.list.iter().map(|r| r.record.done).sum()
+    }
+
+    /// The durable progress of one rollout's services, in order.
+    pub fn rollout_members(&self, id: RolloutId) -> Option<Vec<RolloutMember>> {
+        let r = self.rollouts.list.iter().find(|r| r.record.id == id)?;
+        Some(r.members.iter().enumerate().map(|(k, m)| member_record(&r.record, k, m)).collect())
+    }
+}

@@ -1,0 +1,245 @@
+//! Rollouts in the pure engine: services moved onto an image by
+//! replacement, in waves, with the health gate, the failure budget, and
+//! kill -9 in the middle.
+
+mod common;
+use common::*;
+use drover_engine::{Command, CommandError, Reply};
+use drover_model::*;
+use std::collections::{BTreeMap, HashMap};
+use std::time::Duration;
+
+fn new_image(h: &mut H) -> ImageId {
+    let image = Image::new(
+        EngineKind::Postgres,
+        "15-test",
+        BTreeMap::new(),
+        BTreeMap::from([("postgresql-15".into(), "15.19".into())]),
+        Timestamp(T0),
+    )
+    .with_settings_and_manifest(BTreeMap::from([("work_mem".into(), "8MB".into())]), Vec::new());
+    let id = image.id.clone();
+    h.command(Command::RegisterImage(image)).expect("image registers");
+    id
+}
+
+fn fleet(h: &mut H, n: usize, followers: u8) -> Vec<String> {
+    let names: Vec<String> = (0..n).map(|i| format!("db{i:02}")).collect();
+    for name in &names {
+        h.create(name, followers);
+    }
+    h.advance(Duration::from_secs(3));
+    for name in &names {
+        assert_eq!(h.service(name).state, ServiceState::Available, "{name}");
+    }
+    names
+}
+
+fn spec(to: &ImageId, waves: Vec<u8>, soak: u64) -> RolloutSpec {
+    RolloutSpec {
+        to_image: to.clone(),
+        selector: Selector { engine: Some(EngineKind::Postgres), ..Default::default() },
+        waves,
+        soak_seconds: soak,
+        max_failures: 1,
+        required_by: None,
+    }
+}
+
+fn create(h: &mut H, spec: RolloutSpec) -> RolloutView {
+    match h.command(Command::CreateRollout(spec)) {
+        Ok(Reply::Rollout(v)) => *v,
+        other => panic!("rollout not created: {other:?}"),
+    }
+}
+
+fn view(h: &H, id: RolloutId) -> RolloutView {
+    h.e.rollout_view(id, Timestamp(h.now)).expect("rollout exists")
+}
+
+/// Advances until the rollout is finished or paused, at most `limit`.
+fn run_until_settled(h: &mut H, id: RolloutId, limit: Duration) -> RolloutView {
+    let end = h.now + limit.as_micros() as i64;
+    while h.now < end {
+        h.advance(Duration::from_secs(1));
+        let v = view(h, id);
+        if v.state.is_finished() || v.state == RolloutState::Paused {
+            return v;
+        }
+    }
+    view(h, id)
+}
+
+fn all_on(h: &H, name: &str, image: &ImageId) -> bool {
+    h.service(name).instances.iter().filter(|i| i.state.is_member()).all(|i| i.image == image.0)
+}
+
+#[test]
+fn a_rollout_moves_every_service_by_replacement_in_waves_and_never_fails_over() {
+    let mut h = H::new(fast_config());
+    let names = fleet(&mut h, 10, 1);
+    let urls_before: Vec<ServiceId> = names.iter().map(|n| h.service(n).id).collect();
+    let to = new_image(&mut h);
+    let created = create(&mut h, spec(&to, vec![10, 50, 100], 5));
+    assert_eq!((created.state, created.total, created.remaining), (RolloutState::Pending, 10, 10));
+    let v = run_until_settled(&mut h, created.id, Duration::from_secs(600));
+    assert_eq!(v.state, RolloutState::Succeeded, "{v:?}");
+    assert_eq!((v.done, v.failed, v.remaining, v.eta_seconds), (10, 0, 0, Some(0)));
+    for (name, id) in names.iter().zip(&urls_before) {
+        let s = h.service(name);
+        assert_eq!(s.id, *id, "the same service, not a new one");
+        assert_eq!(s.state, ServiceState::Available, "{name}");
+        assert_eq!(s.image, to.0, "{name}: replacements come from the new image");
+        assert!(all_on(&h, name, &to), "{name}: {s:#?}");
+        assert_eq!(s.instances.iter().filter(|i| i.state.is_member()).count(), 2, "{name}: back to its plan");
+    }
+    // Planned switchovers only: every fence graceful, one per service.
+    let fences = h.succeeded("fence");
+    assert_eq!(fences.len(), 10);
+    assert!(fences.iter().all(|a| a.kind == ActionKind::Fence { immediate: false } && a.cause.contains("switchover")));
+    assert_eq!(h.succeeded("promote").len(), 10);
+    // Every new instance was built with the image's settings.
+    for a in h.succeeded("provision").into_iter().filter(|a| a.created_at.0 > T0 + 3_000_000) {
+        match &a.kind {
+            ActionKind::Provision { image, settings, .. } => {
+                assert_eq!(image, &to);
+                assert_eq!(settings.get("work_mem").map(String::as_str), Some("8MB"));
+            }
+            other => panic!("{other:?}"),
+        }
+    }
+    // Waves: no service of wave 2 started before wave 1 soaked, and so on.
+    let members = h.e.rollout_members(created.id).unwrap();
+    let first = &members[0];
+    let gate = first.moved_at.unwrap().0 + 5_000_000;
+    assert!(members[1..].iter().all(|m| m.started_at.unwrap().0 >= gate), "{members:#?}");
+    let wave2_gate = members[1..5].iter().map(|m| m.moved_at.unwrap().0).max().unwrap() + 5_000_000;
+    assert!(members[5..].iter().all(|m| m.started_at.unwrap().0 >= wave2_gate), "{members:#?}");
+}
+
+#[test]
+fn a_service_without_followers_gets_one_for_the_switchover_and_ends_as_planned() {
+    let mut h = H::new(fast_config());
+    fleet(&mut h, 1, 0);
+    let to = new_image(&mut h);
+    let r = create(&mut h, spec(&to, vec![100], 2));
+    let v = run_until_settled(&mut h, r.id, Duration::from_secs(300));
+    assert_eq!(v.state, RolloutState::Succeeded, "{v:?}");
+    assert!(all_on(&h, "db00", &to));
+    assert_eq!(h.service("db00").instances.iter().filter(|i| i.state.is_member()).count(), 1);
+    assert_eq!(h.succeeded("fence").len(), 1);
+}
+
+#[test]
+fn a_bad_image_fails_its_first_wave_pauses_the_rollout_and_pages_once() {
+    let mut h = H::new(fast_config());
+    let names = fleet(&mut h, 8, 1);
+    let to = new_image(&mut h);
+    h.world.failing_images.push(to.clone());
+    let r = create(&mut h, spec(&to, vec![25, 100], 5));
+    let v = run_until_settled(&mut h, r.id, Duration::from_secs(900));
+    assert_eq!(v.state, RolloutState::Paused, "{v:?}");
+    assert!(v.failed >= 1 && v.done == 0, "{v:?}");
+    assert!(v.reason.as_deref().unwrap().contains("paused itself"));
+    // Nothing of the second wave started; the paused rollout stays paused.
+    h.advance(Duration::from_secs(120));
+    let members = h.e.rollout_members(r.id).unwrap();
+    assert!(members[2..].iter().all(|m| m.phase == MemberPhase::Waiting), "{members:#?}");
+    let pauses = h.store.events.iter().filter(|e| matches!(e.kind, EventKind::RolloutPaused { .. })).count();
+    assert_eq!(pauses, 1, "one page for the pause");
+    // The services themselves still serve, on their old primary.
+    for name in &names {
+        assert!(h.service(name).instances.iter().any(|i| i.writable), "{name}");
+    }
+    assert_eq!(h.succeeded("fence").len(), 0, "no switchover onto a broken image");
+}
+
+#[test]
+fn pause_resume_and_abort_by_a_person() {
+    let mut h = H::new(fast_config());
+    fleet(&mut h, 4, 1);
+    let to = new_image(&mut h);
+    let r = create(&mut h, spec(&to, vec![25, 100], 2));
+    let paused = match h.command(Command::PauseRollout { id: r.id }) {
+        Ok(Reply::Rollout(v)) => *v,
+        other => panic!("{other:?}"),
+    };
+    assert_eq!(paused.state, RolloutState::Paused);
+    h.advance(Duration::from_secs(60));
+    assert_eq!(view(&h, r.id).done, 0, "a paused rollout starts nothing");
+    h.command(Command::ResumeRollout { id: r.id }).unwrap();
+    let v = run_until_settled(&mut h, r.id, Duration::from_secs(600));
+    assert_eq!(v.state, RolloutState::Succeeded, "{v:?}");
+    assert!(matches!(h.command(Command::AbortRollout { id: r.id }), Err(CommandError::Conflict(_))));
+    // A second rollout onto the same image selects nothing left to move.
+    let again = create(&mut h, spec(&to, vec![100], 2));
+    assert_eq!((again.state, again.total), (RolloutState::Succeeded, 0));
+    let bogus = RolloutId::new_at(1, 1);
+    assert!(matches!(h.command(Command::AbortRollout { id: bogus }), Err(CommandError::NotFound(_))));
+}
+
+#[test]
+fn invalid_rollouts_are_refused() {
+    let mut h = H::new(fast_config());
+    fleet(&mut h, 1, 1);
+    let to = new_image(&mut h);
+    for (waves, what) in [(vec![], "empty"), (vec![50, 10, 100], "decreasing"), (vec![50], "not ending at 100")] {
+        assert!(
+            matches!(h.command(Command::CreateRollout(spec(&to, waves, 1))), Err(CommandError::Invalid(_))),
+            "{what}"
+        );
+    }
+    let unknown = spec(&ImageId("sha256:nope".into()), vec![100], 1);
+    assert!(matches!(h.command(Command::CreateRollout(unknown)), Err(CommandError::Invalid(_))));
+    let mut redis = spec(&to, vec![100], 1);
+    redis.selector.engine = Some(EngineKind::Redis);
+    assert!(matches!(h.command(Command::CreateRollout(redis)), Err(CommandError::Invalid(_))));
+    let mut names = spec(&to, vec![100], 1);
+    names.selector.names = Some(vec!["nosuch".into()]);
+    assert!(matches!(h.command(Command::CreateRollout(names)), Err(CommandError::Invalid(_))));
+}
+
+#[test]
+fn kill_and_restart_in_the_middle_resumes_and_never_moves_a_service_twice() {
+    let mut h = H::new(fast_config());
+    let names = fleet(&mut h, 6, 1);
+    let to = new_image(&mut h);
+    let r = create(&mut h, spec(&to, vec![50, 100], 3));
+    // A crash every 700 ms of engine time, at every phase of the moves.
+    let mut crashes = 0;
+    for _ in 0..400 {
+        h.advance(Duration::from_millis(700));
+        h.crash_and_restore();
+        crashes += 1;
+        if view(&h, r.id).state.is_finished() {
+            break;
+        }
+    }
+    let v = run_until_settled(&mut h, r.id, Duration::from_secs(600));
+    assert_eq!(v.state, RolloutState::Succeeded, "after {crashes} crashes: {v:?}");
+    assert_eq!(v.done, 6);
+    for name in &names {
+        assert!(all_on(&h, name, &to), "{name}");
+        assert_eq!(h.service(name).state, ServiceState::Available);
+    }
+    // Each service started moving once and was switched over once.
+    let mut started: HashMap<String, usize> = HashMap::new();
+    for e in &h.store.events {
+        if e.cause.contains("moving onto image") {
+            *started.entry(e.service.clone().unwrap()).or_default() += 1;
+        }
+    }
+    assert!(names.iter().all(|n| started.get(n) == Some(&1)), "{started:?}");
+    let mut fenced: HashMap<ServiceId, usize> = HashMap::new();
+    for a in h.store.actions.values() {
+        if a.kind.name() == "fence" && a.state == ActionState::Succeeded {
+            *fenced.entry(a.service).or_default() += 1;
+        }
+    }
+    assert_eq!(fenced.len(), 6);
+    assert!(fenced.values().all(|&n| n == 1), "{fenced:?}");
+    // The durable member records agree.
+    let stored: Vec<&RolloutMember> = h.store.rollout_members.values().filter(|m| m.rollout == r.id).collect();
+    assert_eq!(stored.len(), 6);
+    assert!(stored.iter().all(|m| m.phase == MemberPhase::Done));
+}
