@@ -52,6 +52,12 @@ pub enum EventKind {
     RouterReport,
     /// The control plane started (restored from the store).
     Started,
+    /// A break-glass runbook run changed state (`to`: requested, approved,
+    /// succeeded, failed, ...).
+    Runbook {
+        run: String,
+        runbook: String,
+    },
     /// Anything else; also what events stored before kinds existed read as.
     #[default]
     Other,

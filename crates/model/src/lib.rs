@@ -17,7 +17,7 @@ pub use action::{ActionKind, ActionOutcome, ActionRecord, ActionState, Fault};
 pub use event::{AuditEntry, Event, EventId, EventKind, EventSubject};
 pub use facts::{Beat, Facts};
 pub use ids::{ActionId, InstanceId, NotificationId, PageId, ServiceId};
-pub use image::{Image, ImageId};
+pub use image::{Image, ImageId, SourcePackage};
 pub use service::{
     BackupStatus, CreateService, EngineKind, InstanceRecord, InstanceView, Plan, Role, ServiceRecord, ServiceView,
 };
