@@ -27,6 +27,13 @@ impl Engine {
             Command::ResumeService { name } => self.resume_service(name, now, out),
             Command::RegisterImage(image) => self.register_image(image, out),
             Command::RotateCredentials { name, in_progress } => self.rotate_credentials(&name, in_progress, now, out),
+            Command::FreezeAutomation { scope } => self.freeze_automation(&scope, true, now, out),
+            Command::ReleaseAutomation { scope } => self.freeze_automation(&scope, false, now, out),
+            Command::Failover { name } => self.failover(&name, now, out),
+            Command::RebuildFollower { name, instance } => self.rebuild_follower(&name, instance, now, out),
+            Command::RecordRunbook { run, runbook, state, detail } => {
+                Ok(self.record_runbook(&run, &runbook, &state, detail, now, out))
+            }
         }
     }
 
@@ -201,17 +208,11 @@ impl Engine {
 
     /// Registers an image whose id matches its content.
     fn register_image(&mut self, image: Image, out: &mut Outputs) -> Result<Reply, CommandError> {
-        let expected = Image::new(
-            image.engine,
-            image.version.clone(),
-            image.configuration.clone(),
-            image.packages.clone(),
-            image.created_at,
-        );
-        if expected.id != image.id {
+        let expected = image.content_id();
+        if expected != image.id {
             return Err(CommandError::Invalid(format!(
-                "image id {} does not match its content (expected {})",
-                image.id, expected.id
+                "image id {} does not match its content (expected {expected})",
+                image.id
             )));
         }
         let (i, new) = self.images.insert(image);
@@ -372,7 +373,11 @@ pub(crate) fn command_target(c: &Command) -> Option<String> {
         | Command::TakeBackup { name }
         | Command::VerifyBackup { name }
         | Command::ResumeService { name }
-        | Command::RotateCredentials { name, .. } => Some(name.clone()),
+        | Command::RotateCredentials { name, .. }
+        | Command::Failover { name }
+        | Command::RebuildFollower { name, .. } => Some(name.clone()),
+        Command::FreezeAutomation { scope } | Command::ReleaseAutomation { scope } => Some(scope.clone()),
+        Command::RecordRunbook { run, .. } => Some(run.clone()),
         Command::Chaos { instance, .. } => Some(instance.to_string()),
         Command::RegisterImage(i) => Some(i.id.to_string()),
     }

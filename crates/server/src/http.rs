@@ -34,6 +34,7 @@ fn unexpected(reply: Reply) -> ApiError {
         Reply::Action(_) => "an action",
         Reply::Image(_) => "an image",
         Reply::Heartbeats(_) => "a heartbeat receipt",
+        Reply::Noted(_) => "a note",
     };
     ApiError::internal(format!("the engine answered with {what}, which this request does not expect"))
 }
@@ -280,7 +281,7 @@ fn limit(requested: Option<usize>) -> Result<usize, ApiError> {
     limit_in(requested, DEFAULT_LIMIT, MAX_LIMIT)
 }
 
-async fn blocking<R: Send + 'static>(
+pub(crate) async fn blocking<R: Send + 'static>(
     f: impl FnOnce() -> Result<R, drover_store::StoreError> + Send + 'static,
 ) -> Result<R, ApiError> {
     match tokio::task::spawn_blocking(f).await {
