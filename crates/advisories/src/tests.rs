@@ -209,3 +209,12 @@ fn epochs_and_tildes_compare_like_dpkg_on_the_cases_that_matter() {
         assert_eq!(compare_versions(a, b), Some(dpkg), "{a} vs {b}");
     }
 }
+
+#[test]
+fn one_record_or_an_array_of_them_parses() {
+    let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../fixtures/osv/DSA-5532-1.json");
+    let one: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(dir).unwrap()).unwrap();
+    let many = serde_json::Value::Array(vec![one.clone(), one.clone()]);
+    assert_eq!(serde_json::from_value::<Records>(one).unwrap().into_vec().len(), 1);
+    assert_eq!(serde_json::from_value::<Records>(many).unwrap().into_vec().len(), 2);
+}

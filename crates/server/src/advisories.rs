@@ -44,9 +44,11 @@ pub(crate) async fn import(
     State(state): State<AppState>,
     Caller(caller): Caller,
     Query(query): Query<ImportQuery>,
-    Json(records): Json<Records>,
+    // axum's extractor, not ours: the body may be an array.
+    body: Result<axum::Json<Records>, axum::extract::rejection::JsonRejection>,
 ) -> Result<(StatusCode, Json<ImportReport>), ApiError> {
     let ready = state.ready()?;
+    let axum::Json(records) = body?;
     let records = records.into_vec();
     if records.is_empty() {
         return Err(ApiError::bad_request("no records to import: send one OSV record or a non-empty array"));

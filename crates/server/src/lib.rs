@@ -411,7 +411,7 @@ async fn start_up(
         runbooks,
     });
     if let Some(ready) = state.ready.get() {
-        runbooks::reapply_freezes(ready).await.context("cannot apply the freezes of automation made by hand")?;
+        runbooks::at_start(ready).await.context("cannot apply the freezes of automation made by hand")?;
     }
     Ok(actor_task)
 }

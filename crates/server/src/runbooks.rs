@@ -531,8 +531,24 @@ async fn load(ready: &Ready, id: &str) -> Result<StoredRun, ApiError> {
         .map_err(|e| ApiError::internal(format!("stored runbook run {id} cannot be read: {e}")))
 }
 
-/// At start-up: automation frozen by hand stays frozen across restarts.
-pub(crate) async fn reapply_freezes(ready: &Ready) -> anyhow::Result<()> {
+/// At start-up: automation frozen by hand stays frozen across restarts,
+/// and a run the previous process was executing is marked failed (the
+/// steps the engine accepted stand, as the audit trail shows; the others
+/// never ran: run it again if it is still needed).
+pub(crate) async fn at_start(ready: &Ready) -> anyhow::Result<()> {
+    let store = ready.breakglass.clone();
+    let running = tokio::task::spawn_blocking(move || store.runs(drover_store::MAX_READ_LIMIT)).await??;
+    for row in running.into_iter().filter(|r| r.state == RunState::Running.as_str()) {
+        let Ok(mut stored) = serde_json::from_str::<StoredRun>(&row.record) else { continue };
+        stored.run.state = RunState::Failed;
+        stored.run.updated_at = crate::runtime::now();
+        for p in stored.run.plan.iter_mut().filter(|p| p.outcome.is_none()) {
+            p.outcome = Some("interrupted by a restart of the control plane: see the audit trail".into());
+        }
+        let Ok(new_row) = stored.row() else { continue };
+        let store = ready.breakglass.clone();
+        tokio::task::spawn_blocking(move || store.transition_run(RunState::Running.as_str(), &new_row)).await??;
+    }
     let store = ready.breakglass.clone();
     let scopes = tokio::task::spawn_blocking(move || store.freezes()).await??;
     for scope in scopes {

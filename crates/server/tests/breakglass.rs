@@ -97,7 +97,6 @@ async fn automation_frozen_by_hand_holds_a_failover_until_released() {
     t.create_service("fz", 1).await;
     let s = t.wait_available("fz", Duration::from_secs(30)).await;
     let old = primary(&s);
-    let zone = old["zone"].as_str().unwrap().to_string();
     let bob = t.token(json!({"name": "bob", "role": "operator"})).await;
 
     // Requested by the admin, approved by bob: the whole fleet frozen.
@@ -108,7 +107,7 @@ async fn automation_frozen_by_hand_holds_a_failover_until_released() {
     assert_eq!((status, done["state"].as_str()), (200, Some("succeeded")), "{done}");
 
     let (status, _) = t.post("/v1/chaos", json!({"instance": old["id"], "fault": "crash"})).await;
-    assert_eq!(status, 200);
+    assert!((200..300).contains(&status), "{status}");
     // Well past uncertain_after, probes and presumed_dead_after (5 s here).
     tokio::time::sleep(Duration::from_secs(7)).await;
     let s = t.service("fz").await;
@@ -124,7 +123,6 @@ async fn automation_frozen_by_hand_holds_a_failover_until_released() {
         (primary(&s)["id"] != old["id"] && primary(&s)["state"] == "available").then_some(())
     })
     .await;
-    let _ = zone;
     t.stop().await;
 }
 
