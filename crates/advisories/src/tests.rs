@@ -74,7 +74,7 @@ fn the_audit_lists_what_affects_installed_packages_and_ignores_fixed_withdrawn_a
     assert_eq!(openssl.package, "openssl");
     assert_eq!(openssl.binaries, ["libssl3", "openssl"], "libssl3 is found through its source, openssl");
     assert_eq!(openssl.fixed.as_deref(), Some("3.0.19-1~deb12u3"));
-    assert_eq!(openssl.images, [image.id.clone()]);
+    assert_eq!(openssl.images, std::slice::from_ref(&image.id));
     assert_eq!(openssl.services, ["billing", "orders"]);
     assert_eq!(openssl.owners, ["payments"]);
     assert_eq!(openssl.instances, 4);

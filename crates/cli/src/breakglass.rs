@@ -121,7 +121,8 @@ pub async fn advisories(client: &Client, cmd: AdvisoriesCmd, json: bool) -> anyh
                 );
             }
             if json {
-                return Ok(print_json(&v));
+                print_json(&v);
+                return Ok(());
             }
             let mut t =
                 table(&["ADVISORY", "PACKAGE", "INSTALLED", "FIXED", "IMAGES", "SERVICES", "INSTANCES", "OWNERS"]);
@@ -162,7 +163,8 @@ pub async fn runbooks(client: &Client, cmd: RunbooksCmd, json: bool) -> anyhow::
         RunbooksCmd::List => {
             let v = client.get("/v1/runbooks", &[]).await?;
             if json {
-                return Ok(print_json(&v));
+                print_json(&v);
+                return Ok(());
             }
             let mut t = table(&["RUNBOOK", "DANGEROUS", "PARAMETERS", "DESCRIPTION"]);
             for r in v.as_array().map(Vec::as_slice).unwrap_or_default() {
