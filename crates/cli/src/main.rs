@@ -4,6 +4,7 @@
 mod agent;
 mod bench;
 mod bench_connections;
+mod breakglass;
 mod client;
 mod config;
 mod output;
@@ -169,6 +170,20 @@ enum Cmd {
     Tokens {
         #[command(subcommand)]
         cmd: TokensCmd,
+        #[command(flatten)]
+        client: ClientArgs,
+    },
+    /// The CVE audit: import OSV advisories, audit the images.
+    Advisories {
+        #[command(subcommand)]
+        cmd: breakglass::AdvisoriesCmd,
+        #[command(flatten)]
+        client: ClientArgs,
+    },
+    /// Break-glass runbooks: list, run (or --dry-run), approve, show.
+    Runbooks {
+        #[command(subcommand)]
+        cmd: breakglass::RunbooksCmd,
         #[command(flatten)]
         client: ClientArgs,
     },
@@ -471,6 +486,8 @@ impl Cmd {
             | Cmd::Rollouts { client, .. }
             | Cmd::Pages { client, .. }
             | Cmd::Tokens { client, .. }
+            | Cmd::Advisories { client, .. }
+            | Cmd::Runbooks { client, .. }
             | Cmd::Pager { client, .. } => Some(client),
             Cmd::Serve(_)
             | Cmd::Bench(_)
@@ -609,6 +626,8 @@ async fn run(cli: Cli, no_local_set: bool) -> anyhow::Result<()> {
         }
         Cmd::Pages { cmd, status, team, .. } => pages::pages(&client, cmd, status, team, json).await,
         Cmd::Pager { cmd, .. } => pages::pager(&client, &server, cmd, json).await,
+        Cmd::Advisories { cmd, .. } => breakglass::advisories(&client, cmd, json).await,
+        Cmd::Runbooks { cmd, .. } => breakglass::runbooks(&client, cmd, json).await,
         Cmd::Sim { scenario, services, seed, event_log } => {
             drover_sim::command(&scenario, services, seed, event_log).map(|_| ()).map_err(anyhow::Error::msg)
         }

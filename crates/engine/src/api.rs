@@ -219,6 +219,36 @@ pub enum Command {
     AbortRollout {
         id: RolloutId,
     },
+    /// Break-glass: the brake by hand. Holds every remedy in a zone, or in
+    /// the whole fleet (`scope: "fleet"`), whatever the evidence, until
+    /// `ReleaseAutomation` of the same scope (`breakglass.rs`).
+    FreezeAutomation {
+        scope: String,
+    },
+    ReleaseAutomation {
+        scope: String,
+    },
+    /// Break-glass: fence the primary at once (its clients are cut off),
+    /// then promote the most advanced follower; unlike `Switchover` the
+    /// primary need not be available.
+    Failover {
+        name: String,
+    },
+    /// Break-glass: retire a follower (`instance`, or the one furthest
+    /// behind); the plan then builds a replacement from the service's image.
+    RebuildFollower {
+        name: String,
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        instance: Option<InstanceId>,
+    },
+    /// A runbook run changed state (requested, approved, ran, failed):
+    /// recorded as an event of the feed and in the audit trail.
+    RecordRunbook {
+        run: String,
+        runbook: String,
+        state: String,
+        detail: String,
+    },
 }
 
 impl Command {
@@ -238,6 +268,11 @@ impl Command {
             Command::PauseRollout { .. } => "rollouts.pause",
             Command::ResumeRollout { .. } => "rollouts.resume",
             Command::AbortRollout { .. } => "rollouts.abort",
+            Command::FreezeAutomation { .. } => "automation.freeze",
+            Command::ReleaseAutomation { .. } => "automation.release",
+            Command::Failover { .. } => "services.failover",
+            Command::RebuildFollower { .. } => "services.rebuild_follower",
+            Command::RecordRunbook { .. } => "runbooks.run",
         }
     }
 }
@@ -250,6 +285,8 @@ pub enum Reply {
     Image(Box<Image>),
     Heartbeats(HeartbeatReceipt),
     Rollout(Box<RolloutView>),
+    /// Done, with what was done in words (commands that change no record).
+    Noted(String),
 }
 
 #[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]

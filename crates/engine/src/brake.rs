@@ -15,6 +15,13 @@ impl Engine {
     pub(crate) fn is_braked(&self, zone: u16) -> bool {
         self.fleet_zone.braked_since.is_some()
             || self.zone_state.get(usize::from(zone)).is_some_and(|z| z.braked_since.is_some())
+            || self.is_frozen(zone)
+    }
+
+    /// Frozen by hand, the zone itself or the whole fleet.
+    pub(crate) fn is_frozen(&self, zone: u16) -> bool {
+        self.fleet_zone.frozen_since.is_some()
+            || self.zone_state.get(usize::from(zone)).is_some_and(|z| z.frozen_since.is_some())
     }
 
     pub(crate) fn braked_since(&self, zone: u16) -> Option<i64> {

@@ -40,6 +40,13 @@ impl Engine {
             Command::PauseRollout { id } => self.steer_rollout(id, drover_model::RolloutState::Paused, now, out),
             Command::ResumeRollout { id } => self.steer_rollout(id, drover_model::RolloutState::Running, now, out),
             Command::AbortRollout { id } => self.steer_rollout(id, drover_model::RolloutState::Aborted, now, out),
+            Command::FreezeAutomation { scope } => self.freeze_automation(&scope, true, now, out),
+            Command::ReleaseAutomation { scope } => self.freeze_automation(&scope, false, now, out),
+            Command::Failover { name } => self.failover(&name, now, out),
+            Command::RebuildFollower { name, instance } => self.rebuild_follower(&name, instance, now, out),
+            Command::RecordRunbook { run, runbook, state, detail } => {
+                Ok(self.record_runbook(&run, &runbook, &state, detail, now, out))
+            }
         }
     }
 
@@ -348,7 +355,11 @@ pub(crate) fn command_target(c: &Command) -> Option<String> {
         | Command::TakeBackup { name }
         | Command::VerifyBackup { name }
         | Command::ResumeService { name }
-        | Command::RotateCredentials { name, .. } => Some(name.clone()),
+        | Command::RotateCredentials { name, .. }
+        | Command::Failover { name }
+        | Command::RebuildFollower { name, .. } => Some(name.clone()),
+        Command::FreezeAutomation { scope } | Command::ReleaseAutomation { scope } => Some(scope.clone()),
+        Command::RecordRunbook { run, .. } => Some(run.clone()),
         Command::Chaos { instance, .. } => Some(instance.to_string()),
         Command::RegisterImage(i) => Some(i.id.to_string()),
         Command::CreateRollout(spec) => Some(spec.to_image.to_string()),

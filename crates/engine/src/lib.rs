@@ -33,6 +33,7 @@ mod actions;
 mod api;
 mod backups;
 mod brake;
+mod breakglass;
 mod commands;
 mod credentials;
 mod deadlines;
@@ -103,6 +104,9 @@ struct ZoneState {
     /// Times instances turned uncertain, within `brake_window`.
     onsets: VecDeque<i64>,
     braked_since: Option<i64>,
+    /// Frozen by hand (`Command::FreezeAutomation`): every remedy waits,
+    /// whatever the evidence, until released by hand.
+    frozen_since: Option<i64>,
     running_budgeted: u32,
     waiting: VecDeque<ActionId>,
     /// Last renewal of the zone's heartbeat lease (0: never).

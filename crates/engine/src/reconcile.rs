@@ -142,7 +142,7 @@ impl Engine {
     /// a remedy runs only on evidence that arrived after it engaged.
     pub(crate) fn brake_holds(&self, target: u32) -> bool {
         let Some(inst) = self.instances.get(target) else { return false };
-        self.braked_since(inst.zone).is_some_and(|since| inst.evidence_at < since)
+        self.is_frozen(inst.zone) || self.braked_since(inst.zone).is_some_and(|since| inst.evidence_at < since)
     }
 
     /// Marks the service held by the brake (released with it) and asks for

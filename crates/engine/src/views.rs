@@ -112,10 +112,10 @@ impl Engine {
             .zone_state
             .iter()
             .enumerate()
-            .filter(|(_, z)| z.braked_since.is_some())
+            .filter(|(_, z)| z.braked_since.is_some() || z.frozen_since.is_some())
             .map(|(i, _)| self.zones.name(i as u16).to_string())
             .collect();
-        if self.fleet_zone.braked_since.is_some() {
+        if self.fleet_zone.braked_since.is_some() || self.fleet_zone.frozen_since.is_some() {
             braked.push("fleet".into());
         }
         FleetStats {

@@ -56,6 +56,12 @@ pub enum EventKind {
     RolloutPaused {
         rollout: String,
     },
+    /// A break-glass runbook run changed state (`to`: requested, approved,
+    /// succeeded, failed, ...).
+    Runbook {
+        run: String,
+        runbook: String,
+    },
     /// Anything else; also what events stored before kinds existed read as.
     #[default]
     Other,

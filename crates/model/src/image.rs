@@ -41,6 +41,14 @@ pub struct Image {
     /// source packages, so the audit maps through this. Empty when unknown.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub manifest: Vec<Package>,
+    /// Binary package name to the source package it was built from, for the
+    /// packages whose source differs in name or version (`libssl3` from
+    /// `openssl`): advisories (OSV `Debian:12`) name source packages. A
+    /// binary missing here is its own source, at its own version. Part of
+    /// the content (and the id) only when not empty, so images registered
+    /// before this field existed keep their ids.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub sources: BTreeMap<String, SourcePackage>,
     pub created_at: Timestamp,
 }
 
@@ -88,6 +96,14 @@ impl Package {
     }
 }
 
+/// The source package a binary package was built from (`dpkg-query`'s
+/// `${source:Package}` and `${source:Version}`).
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
+pub struct SourcePackage {
+    pub name: String,
+    pub version: String,
+}
+
 impl Image {
     /// Builds the image and derives its id from everything but `created_at`.
     pub fn new(
@@ -105,6 +121,7 @@ impl Image {
             packages,
             settings: BTreeMap::new(),
             manifest: Vec::new(),
+            sources: BTreeMap::new(),
             created_at,
         };
         image.id = image.content_id();
@@ -115,6 +132,14 @@ impl Image {
     pub fn with_settings_and_manifest(mut self, settings: BTreeMap<String, String>, manifest: Vec<Package>) -> Image {
         self.settings = settings;
         self.manifest = manifest;
+        self.id = self.content_id();
+        self
+    }
+
+    /// The same image with the source packages of its binaries, and the id
+    /// of that content.
+    pub fn with_sources(mut self, sources: BTreeMap<String, SourcePackage>) -> Image {
+        self.sources = sources;
         self.id = self.content_id();
         self
     }
@@ -134,9 +159,45 @@ impl Image {
         if !self.manifest.is_empty() {
             canonical["manifest"] = serde_json::json!(self.manifest);
         }
-        // BTreeMaps serialize in key order, so this text is canonical.
+        if !self.sources.is_empty() {
+            canonical["sources"] = serde_json::json!(self.sources);
+        }
+        // BTreeMaps (and serde_json's map) serialize in key order, so this
+        // text is canonical.
         let digest = Sha256::digest(canonical.to_string().as_bytes());
         ImageId(format!("sha256:{}", hex::encode(digest)))
+    }
+
+    /// The source package and source version of binary package `binary`
+    /// installed in this image, if it is installed: from the dpkg manifest
+    /// when it lists it, else from `packages` (mapped through `sources`, or
+    /// its own name and version).
+    pub fn source_of<'a>(&'a self, binary: &'a str) -> Option<(&'a str, &'a str)> {
+        if let Some(p) = self.manifest.iter().find(|p| p.name == binary) {
+            return Some((p.source.as_str(), p.source_version.as_str()));
+        }
+        let version = self.packages.get(binary)?;
+        Some(match self.sources.get(binary) {
+            Some(s) => (s.name.as_str(), s.version.as_str()),
+            None => (binary, version.as_str()),
+        })
+    }
+
+    /// Every installed binary package with its source package and source
+    /// version: the dpkg manifest's, then those of `packages` it does not
+    /// list. What a vulnerability audit walks.
+    pub fn binaries(&self) -> Vec<(&str, &str, &str)> {
+        let mut out: Vec<(&str, &str, &str)> =
+            self.manifest.iter().map(|p| (p.name.as_str(), p.source.as_str(), p.source_version.as_str())).collect();
+        for binary in self.packages.keys() {
+            if self.manifest.iter().any(|p| &p.name == binary) {
+                continue;
+            }
+            if let Some((source, version)) = self.source_of(binary) {
+                out.push((binary.as_str(), source, version));
+            }
+        }
+        out
     }
 }
 
@@ -176,5 +237,34 @@ mod tests {
         assert_eq!(m[0].source_version, "5.2.15-2");
         assert_eq!((m[1].name.as_str(), m[1].source.as_str()), ("libssl3", "openssl"));
         assert_eq!((m[2].source.as_str(), m[2].source_version.as_str()), ("zlib1g", "1:1.2.13.dfsg-1"));
+    }
+
+    #[test]
+    fn the_manifest_maps_binaries_to_sources_before_the_sources_map() {
+        let text = "libssl3:amd64\t3.0.17-1~deb12u2\topenssl\t3.0.17-1~deb12u2\n";
+        let pk = BTreeMap::from([("bash".to_string(), "5.2.15-2+b7".to_string())]);
+        let i = Image::new(EngineKind::Postgres, "15", BTreeMap::new(), pk, Timestamp(1))
+            .with_settings_and_manifest(BTreeMap::new(), Package::parse_dpkg_query(text));
+        assert_eq!(i.source_of("libssl3"), Some(("openssl", "3.0.17-1~deb12u2")));
+        assert_eq!(i.binaries(), vec![("libssl3", "openssl", "3.0.17-1~deb12u2"), ("bash", "bash", "5.2.15-2+b7")]);
+    }
+
+    #[test]
+    fn sources_are_content_but_an_image_without_them_keeps_its_old_id() {
+        let pk = BTreeMap::from([("libssl3".to_string(), "3.0.15-1~deb12u1".to_string())]);
+        let plain = Image::new(EngineKind::Postgres, "15.18", BTreeMap::new(), pk.clone(), Timestamp(1));
+        // The id of this content before `sources` existed.
+        let old = serde_json::json!({"engine": EngineKind::Postgres, "version": "15.18",
+            "configuration": BTreeMap::<String, String>::new(), "packages": pk});
+        assert_eq!(plain.id.0, format!("sha256:{}", hex::encode(Sha256::digest(old.to_string().as_bytes()))));
+        let src = SourcePackage { name: "openssl".into(), version: "3.0.15-1~deb12u1".into() };
+        let with = plain.clone().with_sources(BTreeMap::from([("libssl3".to_string(), src)]));
+        assert_ne!(with.id, plain.id);
+        assert_eq!(with.id, with.content_id());
+        assert_eq!(with.source_of("libssl3"), Some(("openssl", "3.0.15-1~deb12u1")));
+        assert_eq!(plain.source_of("libssl3"), Some(("libssl3", "3.0.15-1~deb12u1")));
+        assert_eq!(with.source_of("zlib1g"), None);
+        let back: Image = serde_json::from_str(&serde_json::to_string(&with).unwrap()).unwrap();
+        assert_eq!(back, with);
     }
 }

@@ -19,7 +19,7 @@ pub use action::{ActionKind, ActionOutcome, ActionRecord, ActionState, Fault};
 pub use event::{AuditEntry, Event, EventId, EventKind, EventSubject};
 pub use facts::{Beat, Facts};
 pub use ids::{ActionId, InstanceId, NotificationId, PageId, RolloutId, ServiceId};
-pub use image::{Image, ImageId, Package};
+pub use image::{Image, ImageId, Package, SourcePackage};
 pub use maintenance::{MaintenanceWindow, Weekday};
 pub use rollout::{
     default_waves, MemberPhase, RolloutMember, RolloutRecord, RolloutSpec, RolloutState, RolloutView, Selector,

@@ -35,6 +35,7 @@ fn unexpected(reply: Reply) -> ApiError {
         Reply::Image(_) => "an image",
         Reply::Heartbeats(_) => "a heartbeat receipt",
         Reply::Rollout(_) => "a rollout",
+        Reply::Noted(_) => "a note",
     };
     ApiError::internal(format!("the engine answered with {what}, which this request does not expect"))
 }
@@ -281,7 +282,7 @@ fn limit(requested: Option<usize>) -> Result<usize, ApiError> {
     limit_in(requested, DEFAULT_LIMIT, MAX_LIMIT)
 }
 
-async fn blocking<R: Send + 'static>(
+pub(crate) async fn blocking<R: Send + 'static>(
     f: impl FnOnce() -> Result<R, drover_store::StoreError> + Send + 'static,
 ) -> Result<R, ApiError> {
     match tokio::task::spawn_blocking(f).await {

@@ -17,6 +17,7 @@
 //! - `data_dir`: the data dir locked, private, and the secret key loaded.
 
 pub mod actor;
+pub mod advisories;
 pub mod auth;
 pub mod checks;
 mod credentials;
@@ -31,6 +32,7 @@ pub mod openapi;
 pub mod request;
 mod rollouts;
 pub mod routes;
+pub mod runbooks;
 pub mod runtime;
 pub mod state;
 pub mod telemetry;
@@ -280,6 +282,14 @@ async fn start_up(
         })
         .await??
     };
+    let breakglass = {
+        let db = db_path.clone();
+        let store = tokio::task::spawn_blocking(move || drover_store::breakglass::BreakGlassStore::open(&db))
+            .await?
+            .context("cannot open the advisory and runbook tables")?;
+        Arc::new(store)
+    };
+    let runbooks = runbooks::shipped().map_err(|e| anyhow::anyhow!("a shipped runbook is invalid: {e}"))?;
     let sim_path = opts.data_dir.join("sim-provider.json");
     let sim = SimProvider::open(&sim_path, opts.sim.clone())
         .with_context(|| format!("cannot open the sim provider at {}", sim_path.display()))?;
@@ -399,7 +409,13 @@ async fn start_up(
         auth,
         failures: auth::FailureLimiter::default(),
         host: host_name(),
+        breakglass,
+        advisory_cache: Default::default(),
+        runbooks,
     });
+    if let Some(ready) = state.ready.get() {
+        runbooks::at_start(ready).await.context("cannot apply the freezes of automation made by hand")?;
+    }
     Ok(actor_task)
 }
 

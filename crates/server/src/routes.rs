@@ -3,7 +3,7 @@
 
 use crate::error::{ApiError, ErrorBody};
 use crate::state::AppState;
-use crate::{auth, http, oncall, openapi};
+use crate::{advisories, auth, http, oncall, openapi, runbooks};
 use axum::body::Body;
 use axum::extract::{DefaultBodyLimit, Request};
 use axum::http::{header, HeaderValue, Method, StatusCode, Uri};
@@ -46,6 +46,12 @@ pub fn router(state: AppState) -> Router {
         .route("/openapi.json", get(openapi::openapi_json))
         .route("/v1/tokens", post(auth::tokens::create_token).get(auth::tokens::list_tokens))
         .route("/v1/tokens/{id}", axum::routing::delete(auth::tokens::revoke_token))
+        .route("/v1/advisories", post(advisories::import).get(advisories::status))
+        .route("/v1/advisories/audit", get(advisories::audit))
+        .route("/v1/runbooks", get(runbooks::list))
+        .route("/v1/runbooks/{name}/runs", post(runbooks::run))
+        .route("/v1/runbooks/runs/{id}", get(runbooks::show_run))
+        .route("/v1/runbooks/runs/{id}/approve", post(runbooks::approve))
         .merge(oncall::routes::routes())
         // Every route above, and only they, pass the auth middleware: add
         // new routes above this line (and to auth::permissions::TABLE).

@@ -23,6 +23,11 @@ pub struct Ready {
     pub failures: crate::auth::FailureLimiter,
     /// The host the providers' instances run on: this machine's name.
     pub host: String,
+    /// Advisories, runbook runs and freezes by hand (`drover.db`).
+    pub breakglass: Arc<drover_store::breakglass::BreakGlassStore>,
+    pub advisory_cache: crate::advisories::AdvisoryCache,
+    /// The break-glass runbooks shipped with this Drover.
+    pub runbooks: Vec<crate::runbooks::Runbook>,
 }
 
 impl Ready {

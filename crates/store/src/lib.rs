@@ -11,6 +11,7 @@
 //! [`oncall::OncallStore`] holds the pager's tables (`oncall.db`: pages,
 //! their transitions, notifications, the feed), in a file of their own.
 
+pub mod breakglass;
 pub mod oncall;
 mod rows;
 mod sqlite;

@@ -137,6 +137,15 @@ pub const TABLE: &[Rule] = &[
     rule("POST", "/v1/tokens", Administer, Here),
     rule("GET", "/v1/tokens", Administer, No),
     rule("DELETE", "/v1/tokens/{id}", Administer, Here),
+    rule("POST", "/v1/advisories", Operate, Here),
+    rule("GET", "/v1/advisories", Read, No),
+    rule("GET", "/v1/advisories/audit", Read, No),
+    rule("GET", "/v1/runbooks", Read, No),
+    // Each state of a run is recorded by the engine (`Command::RecordRunbook`),
+    // each step too, under the person who made it run.
+    rule("POST", "/v1/runbooks/{name}/runs", Operate, ByEngine),
+    rule("GET", "/v1/runbooks/runs/{id}", Read, No),
+    rule("POST", "/v1/runbooks/runs/{id}/approve", Operate, ByEngine),
 ];
 
 /// The rule of a request (HEAD is GET's), or `None`: refused.

@@ -1,0 +1,591 @@
+//! Break-glass runbooks: emergency procedures as code. Each is a TOML file
+//! under `runbooks/` (shipped in the binary): a name, a description, its
+//! parameters, and steps that are engine commands (never a shell string).
+//! A run is planned first (a dry run shows the plan and changes nothing);
+//! a dangerous runbook waits for a second person (another token holder)
+//! to approve; every state of a run is an event of the feed and an entry
+//! of the audit trail (`Command::RecordRunbook`), and every step goes
+//! through the engine's durable commands, audited under the person who
+//! made it happen.
+
+use crate::auth::{Caller, Identity};
+use crate::error::{ApiError, ErrorBody, Json, Path};
+use crate::http::blocking;
+use crate::state::{AppState, Ready};
+use axum::extract::State;
+use axum::http::StatusCode;
+use drover_engine::Command;
+use drover_model::{InstanceId, Timestamp};
+use drover_store::breakglass::RunRow;
+use serde::{Deserialize, Serialize};
+use std::collections::BTreeMap;
+
+/// The runbooks shipped with Drover (the files under `runbooks/`).
+const SHIPPED: &[(&str, &str)] = &[
+    ("freeze-automation.toml", include_str!("../../../runbooks/freeze-automation.toml")),
+    ("release-automation.toml", include_str!("../../../runbooks/release-automation.toml")),
+    ("force-failover.toml", include_str!("../../../runbooks/force-failover.toml")),
+    ("rebuild-follower.toml", include_str!("../../../runbooks/rebuild-follower.toml")),
+];
+
+/// Longest parameter value: names and ids are shorter.
+const MAX_PARAM_LEN: usize = 128;
+
+#[derive(Clone, Debug, Serialize, Deserialize, utoipa::ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct Runbook {
+    pub name: String,
+    pub description: String,
+    /// Can lose data, fail over or stop automation: a second person must
+    /// approve a run.
+    pub dangerous: bool,
+    #[serde(default)]
+    pub parameters: Vec<Parameter>,
+    pub steps: Vec<Step>,
+}
+
+#[derive(Clone, Debug, Serialize, Deserialize, utoipa::ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct Parameter {
+    pub name: String,
+    pub description: String,
+    /// Optional parameters have a default (possibly empty).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub default: Option<String>,
+}
+
+/// One step: an engine command. Its fields may name parameters as
+/// `{name}`; a value is a name or an id, checked before anything runs.
+#[derive(Clone, Debug, Serialize, Deserialize, utoipa::ToSchema)]
+#[serde(tag = "do", rename_all = "snake_case", deny_unknown_fields)]
+pub enum Step {
+    /// The brake by hand for a zone or `fleet`.
+    FreezeAutomation {
+        scope: String,
+    },
+    ReleaseAutomation {
+        scope: String,
+    },
+    /// Fence the primary at once, promote the best follower.
+    Failover {
+        service: String,
+    },
+    /// Planned: fence gracefully, promote the best follower.
+    Switchover {
+        service: String,
+    },
+    /// Retire a follower (empty `instance`: the furthest behind); a new one
+    /// is built.
+    RebuildFollower {
+        service: String,
+        #[serde(default)]
+        instance: String,
+    },
+    TakeBackup {
+        service: String,
+    },
+    VerifyBackup {
+        service: String,
+    },
+    ResumeService {
+        service: String,
+    },
+}
+
+impl Step {
+    fn templates(&self) -> Vec<&str> {
+        match self {
+            Step::FreezeAutomation { scope } | Step::ReleaseAutomation { scope } => vec![scope],
+            Step::RebuildFollower { service, instance } => vec![service, instance],
+            Step::Failover { service }
+            | Step::Switchover { service }
+            | Step::TakeBackup { service }
+            | Step::VerifyBackup { service }
+            | Step::ResumeService { service } => vec![service],
+        }
+    }
+}
+
+/// `{name}` in `template` replaced by the parameter's value.
+fn fill(template: &str, params: &BTreeMap<String, String>) -> Result<String, String> {
+    let mut out = String::new();
+    let mut rest = template;
+    while let Some(open) = rest.find('{') {
+        out.push_str(&rest[..open]);
+        let close = rest[open..].find('}').ok_or_else(|| format!("unclosed '{{' in {template:?}"))? + open;
+        let name = &rest[open + 1..close];
+        out.push_str(params.get(name).ok_or_else(|| format!("{template:?} names no parameter {name:?}"))?);
+        rest = &rest[close + 1..];
+    }
+    out.push_str(rest);
+    Ok(out)
+}
+
+/// The shipped runbooks, checked: unique names, steps naming only their
+/// parameters.
+pub fn shipped() -> Result<Vec<Runbook>, String> {
+    let mut out: Vec<Runbook> = Vec::new();
+    for (file, text) in SHIPPED {
+        let r: Runbook = toml::from_str(text).map_err(|e| format!("runbooks/{file}: {e}"))?;
+        if out.iter().any(|o| o.name == r.name) {
+            return Err(format!("runbooks/{file}: a runbook named {:?} exists already", r.name));
+        }
+        if r.steps.is_empty() {
+            return Err(format!("runbooks/{file}: no steps"));
+        }
+        let dummy: BTreeMap<String, String> = r.parameters.iter().map(|p| (p.name.clone(), String::new())).collect();
+        for s in &r.steps {
+            for t in s.templates() {
+                fill(t, &dummy).map_err(|e| format!("runbooks/{file}: {e}"))?;
+            }
+        }
+        out.push(r);
+    }
+    Ok(out)
+}
+
+/// A step as the plan shows it.
+#[derive(Clone, Debug, Serialize, Deserialize, utoipa::ToSchema)]
+pub struct PlannedStep {
+    /// The engine command (`automation.freeze`, `services.failover`, ...).
+    pub command: String,
+    /// The service, zone or scope it acts on.
+    pub target: Option<String>,
+    /// `null` until run; then `ok` or why it failed.
+    pub outcome: Option<String>,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
+#[serde(rename_all = "snake_case")]
+pub enum RunState {
+    /// A dry run: the plan only; nothing was or will be changed.
+    Planned,
+    /// Dangerous: waits for a second person.
+    AwaitingApproval,
+    Running,
+    Succeeded,
+    /// A step was refused or failed; the steps after it did not run.
+    Failed,
+}
+
+impl RunState {
+    fn as_str(self) -> &'static str {
+        match self {
+            RunState::Planned => "planned",
+            RunState::AwaitingApproval => "awaiting_approval",
+            RunState::Running => "running",
+            RunState::Succeeded => "succeeded",
+            RunState::Failed => "failed",
+        }
+    }
+}
+
+/// One run of a runbook.
+#[derive(Clone, Debug, Serialize, Deserialize, utoipa::ToSchema)]
+pub struct RunbookRun {
+    pub id: String,
+    pub runbook: String,
+    pub params: BTreeMap<String, String>,
+    pub dry_run: bool,
+    pub dangerous: bool,
+    pub state: RunState,
+    /// The name of the token that asked.
+    pub requested_by: String,
+    pub approved_by: Option<String>,
+    pub plan: Vec<PlannedStep>,
+    pub created_at: Timestamp,
+    pub updated_at: Timestamp,
+}
+
+/// What is stored: the run, the engine commands its plan was made of, and
+/// the requesting token (a different token holder must approve).
+#[derive(Clone, Debug, Serialize, Deserialize)]
+struct StoredRun {
+    run: RunbookRun,
+    commands: Vec<Command>,
+    requested_by_token: String,
+}
+
+impl StoredRun {
+    fn row(&self) -> Result<RunRow, ApiError> {
+        Ok(RunRow {
+            id: self.run.id.clone(),
+            runbook: self.run.runbook.clone(),
+            state: self.run.state.as_str().into(),
+            created_at: self.run.created_at,
+            updated_at: self.run.updated_at,
+            record: serde_json::to_string(self)
+                .map_err(|e| ApiError::internal(format!("cannot encode runbook run: {e}")))?,
+        })
+    }
+}
+
+#[derive(Debug, Deserialize, utoipa::ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct RunRequest {
+    #[serde(default)]
+    pub params: BTreeMap<String, String>,
+    /// Show the plan, change nothing (default false).
+    #[serde(default)]
+    pub dry_run: bool,
+}
+
+/// The engine commands of `runbook` with `params`, checked.
+fn plan(runbook: &Runbook, given: &BTreeMap<String, String>) -> Result<Vec<Command>, String> {
+    for name in given.keys() {
+        if !runbook.parameters.iter().any(|p| &p.name == name) {
+            return Err(format!("runbook {} has no parameter {name:?}", runbook.name));
+        }
+    }
+    let mut params = BTreeMap::new();
+    for p in &runbook.parameters {
+        let value = match (given.get(&p.name), &p.default) {
+            (Some(v), _) => v.clone(),
+            (None, Some(d)) => d.clone(),
+            (None, None) => return Err(format!("parameter {:?} is required: {}", p.name, p.description)),
+        };
+        let allowed = |c: char| c.is_ascii_alphanumeric() || matches!(c, '-' | '_' | '.');
+        if value.len() > MAX_PARAM_LEN || !value.chars().all(allowed) || (value.is_empty() && p.default.is_none()) {
+            return Err(format!(
+                "parameter {:?} must be a name or an id: 1 to {MAX_PARAM_LEN} letters, digits, '-', '_' or '.'",
+                p.name
+            ));
+        }
+        params.insert(p.name.clone(), value);
+    }
+    let mut out = Vec::new();
+    for step in &runbook.steps {
+        let f = |t: &str| fill(t, &params);
+        out.push(match step {
+            Step::FreezeAutomation { scope } => Command::FreezeAutomation { scope: f(scope)? },
+            Step::ReleaseAutomation { scope } => Command::ReleaseAutomation { scope: f(scope)? },
+            Step::Failover { service } => Command::Failover { name: f(service)? },
+            Step::Switchover { service } => Command::Switchover { name: f(service)? },
+            Step::RebuildFollower { service, instance } => {
+                let instance = f(instance)?;
+                let instance = match instance.as_str() {
+                    "" => None,
+                    text => Some(
+                        text.parse::<InstanceId>()
+                            .map_err(|e| format!("instance {text:?} is not an instance id: {e}"))?,
+                    ),
+                };
+                Command::RebuildFollower { name: f(service)?, instance }
+            }
+            Step::TakeBackup { service } => Command::TakeBackup { name: f(service)? },
+            Step::VerifyBackup { service } => Command::VerifyBackup { name: f(service)? },
+            Step::ResumeService { service } => Command::ResumeService { name: f(service)? },
+        });
+    }
+    Ok(out)
+}
+
+/// The service a command acts on, or the scope it freezes.
+fn target(c: &Command) -> (Option<&str>, Option<&str>) {
+    match c {
+        Command::FreezeAutomation { scope } | Command::ReleaseAutomation { scope } => (None, Some(scope)),
+        Command::Failover { name }
+        | Command::Switchover { name }
+        | Command::RebuildFollower { name, .. }
+        | Command::TakeBackup { name }
+        | Command::VerifyBackup { name }
+        | Command::ResumeService { name } => (Some(name), None),
+        _ => (None, None),
+    }
+}
+
+/// The caller may act on every target: a team's token only on its team's
+/// services, and never on a zone or the fleet.
+async fn check_targets(ready: &Ready, caller: &Identity, commands: &[Command]) -> Result<(), ApiError> {
+    for c in commands {
+        match target(c) {
+            (Some(service), _) => {
+                ready.visible_service(caller, service).await?;
+            }
+            (None, Some(scope)) if caller.team.is_some() => {
+                return Err(ApiError::new(
+                    StatusCode::FORBIDDEN,
+                    format!("token {:?} is limited to a team; it cannot act on {scope:?}", caller.name),
+                ));
+            }
+            _ => {}
+        }
+    }
+    Ok(())
+}
+
+/// Records a state of the run in the feed and the audit trail.
+async fn record(ready: &Ready, who: &Identity, run: &RunbookRun, detail: String) -> Result<(), ApiError> {
+    let command = Command::RecordRunbook {
+        run: run.id.clone(),
+        runbook: run.runbook.clone(),
+        state: run.state.as_str().into(),
+        detail,
+    };
+    ready.engine.call(who.command(command)).await.map(|_| ())
+}
+
+/// Runs the steps in order, under `who` (the approver of a dangerous run);
+/// stops at the first refusal.
+async fn execute(ready: &Ready, who: &Identity, stored: &mut StoredRun) -> Result<(), ApiError> {
+    let mut failed = false;
+    for (i, command) in stored.commands.clone().into_iter().enumerate() {
+        if failed {
+            break;
+        }
+        let freeze = match &command {
+            Command::FreezeAutomation { scope } => Some((scope.clone(), true)),
+            Command::ReleaseAutomation { scope } => Some((scope.clone(), false)),
+            _ => None,
+        };
+        let outcome = match ready.engine.call(who.command(command)).await {
+            Ok(_) => {
+                if let Some((scope, frozen)) = freeze {
+                    // Applied to the engine again at every start.
+                    let (store, run, now) = (ready.breakglass.clone(), stored.run.id.clone(), crate::runtime::now());
+                    blocking(move || store.set_freeze(&scope, frozen, now, &run)).await?;
+                }
+                "ok".to_string()
+            }
+            Err(e) => {
+                failed = true;
+                e.message
+            }
+        };
+        if let Some(p) = stored.run.plan.get_mut(i) {
+            p.outcome = Some(outcome);
+        }
+    }
+    stored.run.state = if failed { RunState::Failed } else { RunState::Succeeded };
+    stored.run.updated_at = crate::runtime::now();
+    let row = stored.row()?;
+    let store = ready.breakglass.clone();
+    blocking(move || store.transition_run(RunState::Running.as_str(), &row)).await?;
+    let summary = stored
+        .run
+        .plan
+        .iter()
+        .map(|p| {
+            format!(
+                "{} {}: {}",
+                p.command,
+                p.target.as_deref().unwrap_or("-"),
+                p.outcome.as_deref().unwrap_or("not run")
+            )
+        })
+        .collect::<Vec<_>>()
+        .join("; ");
+    record(ready, who, &stored.run, format!("{} ({summary})", stored.run.state.as_str())).await
+}
+
+/// Every runbook shipped with this Drover.
+#[utoipa::path(get, path = "/v1/runbooks", tag = "runbooks", responses((status = 200, body = Vec<Runbook>)))]
+pub(crate) async fn list(State(state): State<AppState>) -> Result<Json<Vec<Runbook>>, ApiError> {
+    let ready = state.ready()?;
+    Ok(Json(ready.runbooks.clone()))
+}
+
+/// Run a runbook: `dry_run` shows the plan and changes nothing; a dangerous
+/// runbook waits for another token holder's approval (202); any other runs
+/// now (201).
+#[utoipa::path(post, path = "/v1/runbooks/{name}/runs", tag = "runbooks", request_body = RunRequest,
+    params(("name" = String, Path, description = "Runbook name")),
+    responses((status = 201, body = RunbookRun), (status = 202, body = RunbookRun), (status = 400, body = ErrorBody),
+        (status = 403, body = ErrorBody), (status = 404, body = ErrorBody), (status = 422, body = ErrorBody)))]
+pub(crate) async fn run(
+    State(state): State<AppState>,
+    Caller(caller): Caller,
+    Path(name): Path<String>,
+    Json(request): Json<RunRequest>,
+) -> Result<(StatusCode, Json<RunbookRun>), ApiError> {
+    let ready = state.ready()?;
+    let runbook = ready
+        .runbooks
+        .iter()
+        .find(|r| r.name == name)
+        .ok_or_else(|| ApiError::not_found(format!("no runbook named {name:?}; GET /v1/runbooks lists them")))?;
+    let commands = plan(runbook, &request.params).map_err(ApiError::bad_request)?;
+    check_targets(ready, &caller, &commands).await?;
+    let now = crate::runtime::now();
+    let state = if request.dry_run {
+        RunState::Planned
+    } else if runbook.dangerous {
+        RunState::AwaitingApproval
+    } else {
+        RunState::Running
+    };
+    let mut stored = StoredRun {
+        run: RunbookRun {
+            id: uuid::Uuid::now_v7().to_string(),
+            runbook: runbook.name.clone(),
+            params: request.params,
+            dry_run: request.dry_run,
+            dangerous: runbook.dangerous,
+            state,
+            requested_by: caller.name.clone(),
+            approved_by: None,
+            plan: commands
+                .iter()
+                .map(|c| {
+                    let (service, scope) = target(c);
+                    PlannedStep {
+                        command: c.name().into(),
+                        target: service.or(scope).map(str::to_string),
+                        outcome: None,
+                    }
+                })
+                .collect(),
+            created_at: now,
+            updated_at: now,
+        },
+        commands,
+        requested_by_token: caller.token_id.clone(),
+    };
+    let row = stored.row()?;
+    let store = ready.breakglass.clone();
+    blocking(move || store.insert_run(&row)).await?;
+    let detail = match state {
+        RunState::Planned => format!("dry run by {}: plan shown, nothing changed", caller.name),
+        RunState::AwaitingApproval => {
+            format!("requested by {}; dangerous: waits for another person's approval", caller.name)
+        }
+        _ => format!("requested by {}; running", caller.name),
+    };
+    record(ready, &caller, &stored.run, detail).await?;
+    match state {
+        RunState::Planned => Ok((StatusCode::CREATED, Json(stored.run))),
+        RunState::AwaitingApproval => Ok((StatusCode::ACCEPTED, Json(stored.run))),
+        _ => {
+            execute(ready, &caller, &mut stored).await?;
+            Ok((StatusCode::CREATED, Json(stored.run)))
+        }
+    }
+}
+
+/// Approve a dangerous run: another token holder than the one who asked.
+/// The steps then run, audited under the approver.
+#[utoipa::path(post, path = "/v1/runbooks/runs/{id}/approve", tag = "runbooks",
+    params(("id" = String, Path, description = "Run id")),
+    responses((status = 200, body = RunbookRun), (status = 403, body = ErrorBody), (status = 404, body = ErrorBody),
+        (status = 409, body = ErrorBody)))]
+pub(crate) async fn approve(
+    State(state): State<AppState>,
+    Caller(caller): Caller,
+    Path(id): Path<String>,
+) -> Result<Json<RunbookRun>, ApiError> {
+    let ready = state.ready()?;
+    let mut stored = load(ready, &id).await?;
+    if stored.run.state != RunState::AwaitingApproval {
+        return Err(ApiError::new(
+            StatusCode::CONFLICT,
+            format!("run {id} is {}, not awaiting approval", stored.run.state.as_str()),
+        ));
+    }
+    if caller.token_id == stored.requested_by_token || caller.name == stored.run.requested_by {
+        let e = ApiError::new(
+            StatusCode::FORBIDDEN,
+            format!("run {id} was requested by {:?}: another person (token) must approve it", stored.run.requested_by),
+        );
+        let path = format!("/v1/runbooks/runs/{id}/approve");
+        return Err(crate::auth::refuse(&state, &caller, "POST /v1/runbooks/runs/{id}/approve", &path, e).await);
+    }
+    check_targets(ready, &caller, &stored.commands).await?;
+    stored.run.state = RunState::Running;
+    stored.run.approved_by = Some(caller.name.clone());
+    stored.run.updated_at = crate::runtime::now();
+    let row = stored.row()?;
+    let store = ready.breakglass.clone();
+    let moved = blocking(move || store.transition_run(RunState::AwaitingApproval.as_str(), &row)).await?;
+    if !moved {
+        return Err(ApiError::new(StatusCode::CONFLICT, format!("run {id} was approved by someone else meanwhile")));
+    }
+    record(
+        ready,
+        &caller,
+        &stored.run,
+        format!("approved by {} (requested by {})", caller.name, stored.run.requested_by),
+    )
+    .await?;
+    execute(ready, &caller, &mut stored).await?;
+    Ok(Json(stored.run))
+}
+
+/// One run.
+#[utoipa::path(get, path = "/v1/runbooks/runs/{id}", tag = "runbooks",
+    params(("id" = String, Path, description = "Run id")),
+    responses((status = 200, body = RunbookRun), (status = 404, body = ErrorBody)))]
+pub(crate) async fn show_run(
+    State(state): State<AppState>,
+    Path(id): Path<String>,
+) -> Result<Json<RunbookRun>, ApiError> {
+    let ready = state.ready()?;
+    Ok(Json(load(ready, &id).await?.run))
+}
+
+async fn load(ready: &Ready, id: &str) -> Result<StoredRun, ApiError> {
+    let (store, key) = (ready.breakglass.clone(), id.to_string());
+    let row = blocking(move || store.run(&key))
+        .await?
+        .ok_or_else(|| ApiError::not_found(format!("no runbook run {id:?}")))?;
+    serde_json::from_str(&row.record)
+        .map_err(|e| ApiError::internal(format!("stored runbook run {id} cannot be read: {e}")))
+}
+
+/// At start-up: automation frozen by hand stays frozen across restarts,
+/// and a run the previous process was executing is marked failed (the
+/// steps the engine accepted stand, as the audit trail shows; the others
+/// never ran: run it again if it is still needed).
+pub(crate) async fn at_start(ready: &Ready) -> anyhow::Result<()> {
+    let store = ready.breakglass.clone();
+    let running = tokio::task::spawn_blocking(move || store.runs(drover_store::MAX_READ_LIMIT)).await??;
+    for row in running.into_iter().filter(|r| r.state == RunState::Running.as_str()) {
+        let Ok(mut stored) = serde_json::from_str::<StoredRun>(&row.record) else { continue };
+        stored.run.state = RunState::Failed;
+        stored.run.updated_at = crate::runtime::now();
+        for p in stored.run.plan.iter_mut().filter(|p| p.outcome.is_none()) {
+            p.outcome = Some("interrupted by a restart of the control plane: see the audit trail".into());
+        }
+        let Ok(new_row) = stored.row() else { continue };
+        let store = ready.breakglass.clone();
+        tokio::task::spawn_blocking(move || store.transition_run(RunState::Running.as_str(), &new_row)).await??;
+    }
+    let store = ready.breakglass.clone();
+    let scopes = tokio::task::spawn_blocking(move || store.freezes()).await??;
+    for scope in scopes {
+        let input = drover_engine::Input::Command {
+            actor: "drover".into(),
+            role: None,
+            command: Command::FreezeAutomation { scope: scope.clone() },
+        };
+        if let Err(e) = ready.engine.call(input).await {
+            tracing::error!(scope, error = %e.message, "a freeze of automation could not be applied again");
+        }
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_shipped_runbooks_parse_and_plan_only_typed_commands() {
+        let all = shipped().expect("shipped runbooks are valid");
+        let names: Vec<&str> = all.iter().map(|r| r.name.as_str()).collect();
+        assert_eq!(names, ["freeze-automation", "release-automation", "force-failover", "rebuild-follower"]);
+        let freeze = &all[0];
+        assert!(freeze.dangerous);
+        let p = BTreeMap::from([("scope".to_string(), "zone-a".to_string())]);
+        assert!(matches!(&plan(freeze, &p).unwrap()[..], [Command::FreezeAutomation { scope }] if scope == "zone-a"));
+        assert!(plan(freeze, &BTreeMap::new()).unwrap_err().contains("required"));
+        let evil = BTreeMap::from([("scope".to_string(), "a; rm -rf /".to_string())]);
+        assert!(plan(freeze, &evil).is_err());
+        let unknown = BTreeMap::from([("scope".to_string(), "fleet".to_string()), ("x".to_string(), "y".to_string())]);
+        assert!(plan(freeze, &unknown).is_err());
+        let rebuild = &all[3];
+        let p = BTreeMap::from([("service".to_string(), "orders".to_string())]);
+        assert!(matches!(&plan(rebuild, &p).unwrap()[..], [Command::RebuildFollower { instance: None, .. }]));
+        let bad = BTreeMap::from([("service".to_string(), "orders".to_string()), ("instance".into(), "x".into())]);
+        assert!(plan(rebuild, &bad).is_err());
+    }
+}
