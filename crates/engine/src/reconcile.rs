@@ -384,6 +384,7 @@ impl Engine {
             image: self.images.id(image),
             service_name: s.map(|s| String::from(&*s.name)).unwrap_or_default(),
             sync: s.is_some_and(|s| s.plan.sync),
+            engine: s.map(|s| s.engine).unwrap_or_default(),
         }
     }
 

@@ -54,6 +54,11 @@ pub enum ActionKind {
         /// The plan replicates synchronously.
         #[serde(default)]
         sync: bool,
+        /// The engine the service runs: a provider that runs several
+        /// (`local`: PostgreSQL and Redis) builds this one. Records stored
+        /// before this field existed were PostgreSQL's.
+        #[serde(default)]
+        engine: crate::EngineKind,
     },
     /// Ask the provider, out of band, whether the instance is alive.
     Probe,
