@@ -524,7 +524,7 @@ impl Inner {
                 server::run::<String>(&mut c, &redis::cmd("PING"), Duration::from_secs(1)).await
             };
             match ping.await {
-                Ok(_) => return Ok(()),
+                Ok(_) => break,
                 Err(e) if Instant::now() >= deadline => {
                     return Err(ActionError::Timeout(format!(
                         "redis-server not answering after {START_TIMEOUT:?}: {e}"
@@ -533,10 +533,20 @@ impl Inner {
                 Err(_) => tokio::time::sleep(Duration::from_millis(50)).await,
             }
         }
+        // Every member may have to follow another one day (a switchover's
+        // FAILOVER makes the old primary a replica): its credentials for
+        // that are set at run time, never written.
+        let admin = self.redis_password(&service, server::ADMIN_USER)?;
+        let mut c = self.redis_admin(entry, COMMAND_TIMEOUT).await?;
+        let t = COMMAND_TIMEOUT;
+        server::run::<()>(&mut c, redis::cmd("CONFIG").arg("SET").arg("masteruser").arg(server::ADMIN_USER), t)
+            .await?;
+        server::run::<()>(&mut c, redis::cmd("CONFIG").arg("SET").arg("masterauth").arg(&admin), t).await?;
+        Ok(())
     }
 
-    /// Points a replica at the service's primary (credentials set at run
-    /// time, never written) and waits until its link is up.
+    /// Points a replica at the service's primary and waits until its link
+    /// is up.
     async fn redis_follow(&self, entry: &RedisInstance) -> Result<(), ActionError> {
         let (_, primary) = self.redis_current_primary(entry.service).ok_or_else(|| {
             ActionError::Unavailable(format!("Redis service {} has no running primary to follow", entry.service_name))

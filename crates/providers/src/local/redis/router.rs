@@ -63,7 +63,7 @@ pub fn write_config(
         "# Written by Drover: the stable URL of one Redis service.\n\
          global\n\
          \x20   stats socket {socket} mode 600 level admin\n\
-         \x20   maxconn 10000\n\
+         \x20   maxconn 4000\n\
          defaults\n\
          \x20   mode tcp\n\
          \x20   timeout connect 500ms\n\
