@@ -539,8 +539,7 @@ impl Inner {
         let admin = self.redis_password(&service, server::ADMIN_USER)?;
         let mut c = self.redis_admin(entry, COMMAND_TIMEOUT).await?;
         let t = COMMAND_TIMEOUT;
-        server::run::<()>(&mut c, redis::cmd("CONFIG").arg("SET").arg("masteruser").arg(server::ADMIN_USER), t)
-            .await?;
+        server::run::<()>(&mut c, redis::cmd("CONFIG").arg("SET").arg("masteruser").arg(server::ADMIN_USER), t).await?;
         server::run::<()>(&mut c, redis::cmd("CONFIG").arg("SET").arg("masterauth").arg(&admin), t).await?;
         Ok(())
     }
