@@ -596,6 +596,9 @@ impl Inner {
         if running {
             return router::point(&socket, primary.port).await;
         }
+        if self.closed.load(std::sync::atomic::Ordering::SeqCst) {
+            return Err(ActionError::Unavailable("the local provider is shut down".into()));
+        }
         let name = service.name.clone();
         let process = router::spawn(
             &self.run_as,
