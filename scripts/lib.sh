@@ -3,7 +3,7 @@
 # Debian packages the local provider and its tests need: PostgreSQL 15,
 # pgbouncer (the stable URL) and pgBackRest (backups and restore tests);
 # Alertmanager for the pager's integration test, jq for the README's tour.
-DEBIAN_PACKAGES=(postgresql-15 pgbouncer pgbackrest prometheus-alertmanager jq)
+DEBIAN_PACKAGES=(postgresql-15 pgbouncer pgbackrest prometheus-alertmanager jq redis-server haproxy)
 
 # Python packages the tests need, as pip requirements: a real SMTP server
 # for e-mail pages, and schemathesis, the schema-driven fuzzer of

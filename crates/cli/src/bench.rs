@@ -169,7 +169,10 @@ fn beats(chunk: &[(InstanceId, Role)], seq: u64) -> Vec<Beat> {
 pub async fn failover(engine: &str, fault: &str, runs: usize) -> anyhow::Result<()> {
     use std::sync::atomic::{AtomicBool, Ordering};
     use std::sync::{Arc, Mutex};
-    anyhow::ensure!(engine == "postgres", "only --engine postgres has a local provider so far");
+    if engine == "redis" {
+        return crate::bench_redis::failover(fault, runs).await;
+    }
+    anyhow::ensure!(engine == "postgres", "--engine must be postgres or redis, not {engine:?}");
     anyhow::ensure!(matches!(fault, "crash" | "hang"), "--fault must be crash or hang, not {fault:?}");
     let what = if fault == "crash" { "kill -9" } else { "hang (SIGSTOP)" };
     let _ = tracing_subscriber::fmt()

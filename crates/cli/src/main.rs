@@ -5,6 +5,7 @@ mod agent;
 mod bench;
 mod bench_connections;
 mod breakglass;
+mod bench_redis;
 mod client;
 mod config;
 mod output;
@@ -379,7 +380,9 @@ enum BenchCmd {
     },
     /// Failovers of a real local HA pair under write load (a crash or a hang of its primary).
     Failover {
-        #[arg(long, default_value = "postgres")]
+        /// `postgres` (pgbouncer, sync replication) or `redis` (HAProxy; a
+        /// write is acknowledged by `WAIT 1`).
+        #[arg(long, default_value = "postgres", value_parser = ["postgres", "redis"])]
         engine: String,
         /// `crash` (kill -9) or `hang` (SIGSTOP, without same-host evidence).
         #[arg(long, default_value = "crash", value_parser = ["crash", "hang"])]

@@ -165,6 +165,7 @@ async fn provision_primary(provider: &LocalProvider, service_name: &str) -> Inst
             service_name: service_name.into(),
             sync: false,
             settings: Default::default(),
+            engine: drover_model::EngineKind::Postgres,
         },
         state: ActionState::Running,
         attempts: 1,

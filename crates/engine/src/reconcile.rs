@@ -385,6 +385,7 @@ impl Engine {
             service_name: s.map(|s| String::from(&*s.name)).unwrap_or_default(),
             sync: s.is_some_and(|s| s.plan.sync),
             settings: self.images.list.get(image as usize).map(|im| im.settings.clone()).unwrap_or_default(),
+            engine: s.map(|s| s.engine).unwrap_or_default(),
         }
     }
 

@@ -57,6 +57,11 @@ pub enum ActionKind {
         /// The image's engine settings, applied to the new instance.
         #[serde(default, skip_serializing_if = "std::collections::BTreeMap::is_empty")]
         settings: std::collections::BTreeMap<String, String>,
+        /// The engine the service runs: a provider that runs several
+        /// (`local`: PostgreSQL and Redis) builds this one. Records stored
+        /// before this field existed were PostgreSQL's.
+        #[serde(default)]
+        engine: crate::EngineKind,
     },
     /// Ask the provider, out of band, whether the instance is alive.
     Probe,

@@ -4,9 +4,10 @@ use crate::{Facts, ImageId, InstanceId, InstanceState, ServiceId, ServiceState, 
 use serde::{Deserialize, Serialize};
 use std::fmt;
 
-#[derive(Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize, utoipa::ToSchema)]
+#[derive(Clone, Copy, Default, PartialEq, Eq, Hash, Serialize, Deserialize, utoipa::ToSchema)]
 #[serde(rename_all = "snake_case")]
 pub enum EngineKind {
+    #[default]
     Postgres,
     Redis,
     Kafka,

@@ -98,6 +98,7 @@ impl Harness {
             service_name: self.name.clone(),
             sync: true,
             settings: Default::default(),
+            engine: drover_model::EngineKind::Postgres,
         }
     }
 

@@ -51,6 +51,7 @@ fn provision(role: Role) -> ActionKind {
         service_name: "db".into(),
         sync: false,
         settings: Default::default(),
+        engine: drover_model::EngineKind::Postgres,
     }
 }
 fn inject(fault: Fault) -> ActionKind {

@@ -130,6 +130,7 @@ fn commit_then_load_round_trips_every_record_exactly() {
         service_name: "db1".into(),
         sync: true,
         settings: Default::default(),
+        engine: drover_model::EngineKind::Postgres,
     };
     let a1 = action(1, s1.id, i1.id, provision, ActionState::Pending);
     let a2 = action(2, s2.id, i2.id, ActionKind::InjectFault { fault: Fault::Hang }, ActionState::Running);

@@ -11,8 +11,10 @@
 //! what the engine records and the provider inspects.
 
 mod postgres;
+mod redis;
 
 pub use postgres::PostgresPolicy;
+pub use redis::RedisPolicy;
 
 use drover_model::{EngineKind, InstanceId, Plan, Role};
 use std::cmp::Ordering;
@@ -122,13 +124,14 @@ fn index(engine: EngineKind) -> usize {
 
 /// The policy a service of `engine` runs under unless `Config.policies`
 /// says otherwise; for callers outside the engine (the simulator) that need
-/// to know, say, which members a plan makes. Redis and Kafka have no policy
-/// of their own yet (issues 13 and 14 bring them; only the `sim` provider
-/// offers those engines today): until then their services run under
-/// PostgreSQL's, as they did before this seam existed.
+/// to know, say, which members a plan makes. Kafka has no policy of its own
+/// yet (issue 14 brings it; only the `sim` provider offers it today): until
+/// then its services run under PostgreSQL's, as they did before this seam
+/// existed.
 pub fn builtin(engine: EngineKind) -> &'static dyn EnginePolicy {
     match engine {
-        EngineKind::Postgres | EngineKind::Redis | EngineKind::Kafka => &PostgresPolicy,
+        EngineKind::Postgres | EngineKind::Kafka => &PostgresPolicy,
+        EngineKind::Redis => &RedisPolicy,
     }
 }
 
@@ -136,7 +139,7 @@ impl Default for Policies {
     /// The [`builtin`] policy of every engine.
     fn default() -> Self {
         let postgres: Arc<dyn EnginePolicy> = Arc::new(PostgresPolicy);
-        Policies { by_engine: [postgres.clone(), postgres.clone(), postgres] }
+        Policies { by_engine: [postgres.clone(), Arc::new(RedisPolicy), postgres] }
     }
 }
 
@@ -194,6 +197,11 @@ mod tests {
         assert_eq!(mixed.get(EngineKind::Kafka).topology(), Topology::PeerBrokers);
         assert_eq!(mixed.get(EngineKind::Kafka).members(&plan).roles().collect::<Vec<_>>(), [Role::Broker; 2]);
         assert_eq!(mixed.get(EngineKind::Postgres).topology(), Topology::PrimaryWithFollowers);
-        assert_eq!(mixed.get(EngineKind::Redis).engine(), EngineKind::Postgres, "Redis still runs under PostgreSQL's");
+        assert_eq!(mixed.get(EngineKind::Redis).engine(), EngineKind::Redis, "Redis runs under its own policy");
+        assert_eq!(
+            defaults.get(EngineKind::Kafka).engine(),
+            EngineKind::Postgres,
+            "Kafka still runs under PostgreSQL's"
+        );
     }
 }

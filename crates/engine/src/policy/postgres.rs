@@ -1,16 +1,9 @@
 //! PostgreSQL: a primary with streaming followers.
 //!
-//! A Redis policy (issue 13) would be the same shape with different facts:
-//! `topology` `PrimaryWithFollowers`; `members` one primary and
-//! `plan.followers` replicas; `can_promote` a replica whose replication
-//! offset trails the primary's by at most `plan.max_failover_lag_bytes`
-//! (the agent reports `master_repl_offset` as `wal_position` and the
-//! offset gap as `replication_lag_bytes`); `promotion_order` the highest
-//! offset, then the smallest lag, then the id; `restarts_before_rebuild` 1
-//! (a restart reloads the RDB/AOF, faster than a full resync);
-//! `backups` `Primary` (RDB snapshots taken from it). Nothing else in the
-//! engine changes: fence, promote, retire and backups are the same actions,
-//! which the Redis provider carries out its own way.
+//! Redis's policy (`redis.rs`) is the same shape with Redis's facts (the
+//! replication offset as position, the offset gap as lag). Nothing else in
+//! the engine changes: fence, promote, retire and backups are the same
+//! actions, which the Redis provider carries out its own way.
 //!
 //! A Kafka policy (issue 14) would answer `PeerBrokers`, `members`
 //! `brokers` peers, never be asked to promote, and `backups`

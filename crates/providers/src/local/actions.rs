@@ -47,22 +47,10 @@ impl Inner {
         let _one_at_a_time = guard.lock().await;
         let started = Instant::now();
         let id = action.instance;
-        let result = match &action.kind {
-            ActionKind::Provision { role, service_name, sync, settings, .. } => {
-                self.provision(id, action.service, *role, service_name, *sync, settings).await
-            }
-            ActionKind::Probe => self.probe(id).await,
-            ActionKind::Fence { immediate } => self.fence(id, *immediate).await,
-            ActionKind::Promote => self.promote(id).await,
-            ActionKind::Restart => self.restart(id).await,
-            ActionKind::Retire => self.retire(id).await,
-            ActionKind::Archive => self.archive(id).await,
-            ActionKind::Terminate => self.terminate(id).await,
-            ActionKind::InjectFault { fault } => self.inject(id, *fault).await,
-            ActionKind::Backup => self.backup(id).await,
-            ActionKind::VerifyRestore => self.verify_restore(id, action.id).await,
-            ActionKind::RotateCredentials => self.rotate_credentials(action.service, action.id).await,
-            ActionKind::RevokePreviousCredentials => self.revoke_previous(action.service).await,
+        let result = if self.redis.owns(&action) {
+            self.redis_execute(&action).await
+        } else {
+            self.execute_postgres(&action).await
         };
         let outcome = match result {
             Ok(detail) => ActionOutcome::Succeeded { detail },
@@ -78,6 +66,27 @@ impl Inner {
             "local action executed"
         );
         outcome
+    }
+
+    async fn execute_postgres(self: &Arc<Self>, action: &ActionRecord) -> Done {
+        let id = action.instance;
+        match &action.kind {
+            ActionKind::Provision { role, service_name, sync, settings, .. } => {
+                self.provision(id, action.service, *role, service_name, *sync, settings).await
+            }
+            ActionKind::Probe => self.probe(id).await,
+            ActionKind::Fence { immediate } => self.fence(id, *immediate).await,
+            ActionKind::Promote => self.promote(id).await,
+            ActionKind::Restart => self.restart(id).await,
+            ActionKind::Retire => self.retire(id).await,
+            ActionKind::Archive => self.archive(id).await,
+            ActionKind::Terminate => self.terminate(id).await,
+            ActionKind::InjectFault { fault } => self.inject(id, *fault).await,
+            ActionKind::Backup => self.backup(id).await,
+            ActionKind::VerifyRestore => self.verify_restore(id, action.id).await,
+            ActionKind::RotateCredentials => self.rotate_credentials(action.service, action.id).await,
+            ActionKind::RevokePreviousCredentials => self.revoke_previous(action.service).await,
+        }
     }
 
     async fn provision(
@@ -783,7 +792,7 @@ fn entry_id_name(entry: &InstanceEntry) -> String {
 }
 
 /// A free loopback port not already in the registry.
-fn free_port(used: &std::collections::BTreeSet<u16>) -> Result<u16, ActionError> {
+pub(super) fn free_port(used: &std::collections::BTreeSet<u16>) -> Result<u16, ActionError> {
     let no_port = |e| ActionError::io("cannot find a free port", e);
     for _ in 0..100 {
         let listener = std::net::TcpListener::bind(("127.0.0.1", 0)).map_err(no_port)?;

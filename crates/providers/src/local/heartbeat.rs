@@ -34,7 +34,8 @@ impl Inner {
             {
                 break;
             }
-            let beats = self.beat_round(timeout).await;
+            let mut beats = self.beat_round(timeout).await;
+            beats.extend(self.redis_beats(timeout).await);
             if beats.is_empty() {
                 continue;
             }

@@ -29,6 +29,7 @@ mod heartbeat;
 mod postgres;
 pub mod probe;
 mod process;
+mod redis;
 pub mod registry;
 mod router;
 mod servers;
@@ -159,6 +160,8 @@ struct Inner {
     last_seq: AtomicU64,
     /// Kept-open heartbeat connections.
     beat_clients: Mutex<HashMap<InstanceId, Arc<tokio::sync::Mutex<Option<tokio_postgres::Client>>>>>,
+    /// The Redis services: their own registry, servers and routers.
+    redis: redis::Redis,
 }
 
 fn lock<T>(mutex: &Mutex<T>) -> MutexGuard<'_, T> {
@@ -240,6 +243,7 @@ impl LocalProvider {
             .flatten()
             .map(|u| u.name)
             .unwrap_or_else(|| nix::unistd::Uid::effective().to_string());
+        let redis = redis::Redis::open(&root, &run_as)?;
         let closed = Arc::new(AtomicBool::new(false));
         let servers = Servers::new(binaries, run_as.clone(), config.stop_timeout, closed.clone());
         let routers = Arc::new(Routers::new(
@@ -268,9 +272,13 @@ impl LocalProvider {
             loop_generation: AtomicU64::new(0),
             last_seq: AtomicU64::new(0),
             beat_clients: Mutex::new(HashMap::new()),
+            redis,
         });
         let _entered = handle.enter();
-        let (adopted, to_start) = inner.adopt_running();
+        let (mut adopted, mut to_start) = inner.adopt_running();
+        let (redis_adopted, redis_missing) = inner.redis_adopt();
+        adopted += redis_adopted;
+        to_start.extend(redis_missing);
         tracing::info!(
             path = %inner.state_path.display(),
             instances = lock(&inner.registry).instances.len(),
@@ -290,12 +298,17 @@ impl LocalProvider {
             .collect();
         let routers = inner.clone();
         handle.spawn(async move { routers.start_missing_routers().await });
+        let redis_routers = inner.clone();
+        handle.spawn(async move { redis_routers.redis_start_missing_routers().await });
         Ok(Arc::new(LocalProvider { inner }))
     }
 
     /// The stable URL of the service named `service_name` (its router), as
     /// its current application login role, to the application's database.
     pub fn service_url(&self, service_name: &str) -> Option<String> {
+        if let Some(url) = self.inner.redis_url(service_name) {
+            return Some(url);
+        }
         let service = lock(&self.inner.registry).services.values().find(|s| s.name == service_name).cloned()?;
         let password = match self.inner.password(&service) {
             Ok(password) => password,
@@ -333,6 +346,7 @@ impl LocalProvider {
         let routers = self.inner.routers.drain();
         let mut all: Vec<(ServerProcess, Signal)> = servers.into_iter().map(|p| (p, Signal::SIGINT)).collect();
         all.extend(routers.into_iter().map(|p| (p, Signal::SIGTERM)));
+        all.extend(self.inner.redis_drain());
         for (process, first) in &all {
             process.expect_exit();
             process::signal_process(process.pid, *first);
@@ -528,9 +542,9 @@ impl Provider for LocalProvider {
         "local"
     }
 
-    /// PostgreSQL 15 only: it runs no Redis or Kafka servers.
+    /// PostgreSQL 15 and Redis 7.0; no Kafka.
     fn engines(&self) -> &'static [drover_model::EngineKind] {
-        &[drover_model::EngineKind::Postgres]
+        &[drover_model::EngineKind::Postgres, drover_model::EngineKind::Redis]
     }
 
     fn execute(&self, action: ActionRecord) -> BoxFuture<ActionOutcome> {

@@ -334,6 +334,7 @@ mod tests {
             service_name: "db".into(),
             sync: false,
             settings: Default::default(),
+            engine: drover_model::EngineKind::Postgres,
         }
     }
     fn beat_of(beats: &[Beat], id: InstanceId) -> Option<&Beat> {
