@@ -164,6 +164,7 @@ async fn provision_primary(provider: &LocalProvider, service_name: &str) -> Inst
             image: ImageId("postgres-15".into()),
             service_name: service_name.into(),
             sync: false,
+            host: None,
         },
         state: ActionState::Running,
         attempts: 1,

@@ -54,6 +54,9 @@ pub enum ActionKind {
         /// The plan replicates synchronously.
         #[serde(default)]
         sync: bool,
+        /// The host placement chose (None: an engine without hosts).
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        host: Option<String>,
     },
     /// Ask the provider, out of band, whether the instance is alive.
     Probe,

@@ -5,6 +5,7 @@
 mod action;
 mod event;
 mod facts;
+mod host;
 mod ids;
 mod image;
 pub mod objects;
@@ -16,6 +17,7 @@ mod token;
 pub use action::{ActionKind, ActionOutcome, ActionRecord, ActionState, Fault};
 pub use event::{AuditEntry, Event, EventId, EventKind, EventSubject};
 pub use facts::{Beat, Facts};
+pub use host::{HostRecord, HostState, HostView, RegisterHost};
 pub use ids::{ActionId, InstanceId, NotificationId, PageId, ServiceId};
 pub use image::{Image, ImageId};
 pub use service::{
@@ -36,6 +38,8 @@ pub struct Snapshot {
     /// Actions still pending or running.
     pub actions: Vec<ActionRecord>,
     pub images: Vec<Image>,
+    /// Every registered host.
+    pub hosts: Vec<HostRecord>,
 }
 
 /// What one engine step decided that must be durable before anyone is told:
@@ -49,6 +53,7 @@ pub struct Changes {
     pub images: Vec<Image>,
     pub events: Vec<Event>,
     pub audit: Vec<AuditEntry>,
+    pub hosts: Vec<HostRecord>,
 }
 
 impl Changes {
@@ -59,6 +64,7 @@ impl Changes {
             && self.images.is_empty()
             && self.events.is_empty()
             && self.audit.is_empty()
+            && self.hosts.is_empty()
     }
     /// Appends `other`, keeping order (later records win on upsert).
     pub fn extend(&mut self, other: Changes) {
@@ -68,5 +74,6 @@ impl Changes {
         self.images.extend(other.images);
         self.events.extend(other.events);
         self.audit.extend(other.audit);
+        self.hosts.extend(other.hosts);
     }
 }

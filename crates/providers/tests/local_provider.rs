@@ -99,6 +99,7 @@ impl Harness {
             image: ImageId("postgres-15".into()),
             service_name: self.name.clone(),
             sync: true,
+            host: None,
         }
     }
 

@@ -50,6 +50,7 @@ fn provision(role: Role) -> ActionKind {
         image: ImageId("postgres-17".into()),
         service_name: "db".into(),
         sync: false,
+        host: None,
     }
 }
 fn inject(fault: Fault) -> ActionKind {

@@ -46,6 +46,14 @@ pub(crate) struct ImageRow {
     record: String,
 }
 
+pub(crate) struct HostRow {
+    name: String,
+    zone: String,
+    state: &'static str,
+    registered_at: i64,
+    record: String,
+}
+
 pub(crate) struct EventRow {
     /// NULL for an event without an id (built outside the engine): such
     /// events are always appended.
@@ -71,6 +79,7 @@ pub(crate) struct EncodedChanges {
     images: Vec<ImageRow>,
     events: Vec<EventRow>,
     audit: Vec<AuditRow>,
+    hosts: Vec<HostRow>,
 }
 
 fn to_json<T: Serialize>(table: &'static str, id: impl ToString, value: &T) -> Result<String, StoreError> {
@@ -119,6 +128,15 @@ pub(crate) fn encode(changes: &Changes) -> Result<EncodedChanges, StoreError> {
             version: m.version.clone(),
             created_at: m.created_at.micros(),
             record: to_json("images", &m.id, m)?,
+        });
+    }
+    for h in &changes.hosts {
+        out.hosts.push(HostRow {
+            name: h.name.clone(),
+            zone: h.zone.clone(),
+            state: h.state.as_str(),
+            registered_at: h.registered_at.micros(),
+            record: to_json("hosts", &h.name, h)?,
         });
     }
     for (n, e) in changes.events.iter().enumerate() {
@@ -196,6 +214,16 @@ pub(crate) fn apply(tx: &Transaction<'_>, batch: &EncodedChanges) -> rusqlite::R
         )?;
         for r in &batch.images {
             stmt.execute(params![r.id, r.engine, r.version, r.created_at, r.record])?;
+        }
+    }
+    if !batch.hosts.is_empty() {
+        let mut stmt = tx.prepare_cached(
+            "INSERT INTO hosts (name, zone, state, registered_at, record) VALUES (?1, ?2, ?3, ?4, ?5)
+             ON CONFLICT (name) DO UPDATE SET zone = excluded.zone, state = excluded.state,
+               registered_at = excluded.registered_at, record = excluded.record",
+        )?;
+        for r in &batch.hosts {
+            stmt.execute(params![r.name, r.zone, r.state, r.registered_at, r.record])?;
         }
     }
     if !batch.events.is_empty() {

@@ -7,7 +7,7 @@ use crate::rows::{self, decode};
 use crate::writer::{self, Request, WriterStats};
 use crate::{EngineStart, EventFilter, Store, StoreError, DEFAULT_EVENT_LIMIT, MAX_READ_LIMIT};
 use drover_model::{
-    ActionRecord, ActionState, AuditEntry, Changes, Event, Image, InstanceRecord, InstanceState, ServiceId,
+    ActionRecord, ActionState, AuditEntry, Changes, Event, HostRecord, Image, InstanceRecord, InstanceState, ServiceId,
     ServiceRecord, ServiceState, Snapshot, Timestamp,
 };
 use rusqlite::types::Value;
@@ -220,8 +220,10 @@ impl Store for SqliteStore {
         )?;
         let images: Vec<Image> =
             load_records(&tx, "images", "SELECT id, record FROM images ORDER BY created_at, id", [])?;
+        let hosts: Vec<HostRecord> =
+            load_records(&tx, "hosts", "SELECT name, record FROM hosts ORDER BY registered_at, name", [])?;
         tx.finish().map_err(database("finishing the load"))?;
-        Ok(Snapshot { services, instances, actions, images })
+        Ok(Snapshot { services, instances, actions, images, hosts })
     }
 
     fn commit(&self, changes: Changes) -> Result<(), StoreError> {

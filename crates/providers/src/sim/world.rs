@@ -333,6 +333,7 @@ mod tests {
             image: ImageId("img".into()),
             service_name: "db".into(),
             sync: false,
+            host: None,
         }
     }
     fn beat_of(beats: &[Beat], id: InstanceId) -> Option<&Beat> {
