@@ -2,8 +2,8 @@
 
 use crate::policy::Policies;
 use drover_model::{
-    ActionId, ActionOutcome, ActionRecord, Beat, Changes, CreateService, EngineKind, Fault, Image, InstanceId,
-    ServiceId, ServiceView,
+    ActionId, ActionOutcome, ActionRecord, Beat, Changes, CreateService, EngineKind, Fault, HostView, Image,
+    InstanceId, RegisterHost, ServiceId, ServiceView,
 };
 use serde::{Deserialize, Serialize};
 use std::time::Duration;
@@ -181,6 +181,27 @@ pub enum Command {
     ResumeService {
         name: String,
     },
+    /// An agent registers its host (again after a restart); `builtin`:
+    /// `drover serve` registers its own machine (`HostRecord::builtin`).
+    RegisterHost {
+        host: RegisterHost,
+        #[serde(default)]
+        builtin: bool,
+    },
+    /// No new members on the host; what runs there stays.
+    CordonHost {
+        name: String,
+    },
+    /// No new members on the host, and its members move elsewhere, one
+    /// service at a time.
+    DrainHost {
+        name: String,
+    },
+    /// Chaos for a whole host (`crash` or `hang`).
+    HostChaos {
+        host: String,
+        fault: Fault,
+    },
 }
 
 impl Command {
@@ -195,6 +216,10 @@ impl Command {
             Command::RegisterImage(_) => "images.register",
             Command::ResumeService { .. } => "services.resume",
             Command::RotateCredentials { .. } => "services.rotate_credentials",
+            Command::RegisterHost { .. } => "hosts.register",
+            Command::CordonHost { .. } => "hosts.cordon",
+            Command::DrainHost { .. } => "hosts.drain",
+            Command::HostChaos { .. } => "chaos.host",
         }
     }
 }
@@ -206,6 +231,7 @@ pub enum Reply {
     Action(Box<ActionRecord>),
     Image(Box<Image>),
     Heartbeats(HeartbeatReceipt),
+    Host(Box<HostView>),
 }
 
 #[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
@@ -257,7 +283,8 @@ pub struct Outputs {
 impl Outputs {
     /// Empties every part, keeping the vectors' capacity.
     pub fn clear(&mut self) {
-        let Changes { services, instances, actions, images, events, audit } = &mut self.changes;
+        let Changes { services, instances, actions, images, events, audit, hosts } = &mut self.changes;
+        hosts.clear();
         services.clear();
         instances.clear();
         actions.clear();

@@ -129,6 +129,7 @@ pub struct MemStore {
     pub images: BTreeMap<ImageId, Image>,
     pub events: Vec<Event>,
     pub audit: Vec<AuditEntry>,
+    pub hosts: BTreeMap<String, HostRecord>,
 }
 
 impl MemStore {
@@ -147,6 +148,9 @@ impl MemStore {
         }
         self.events.extend(c.events.iter().cloned());
         self.audit.extend(c.audit.iter().cloned());
+        for h in &c.hosts {
+            self.hosts.insert(h.name.clone(), h.clone());
+        }
     }
     pub fn snapshot(&self) -> Snapshot {
         Snapshot {
@@ -154,6 +158,7 @@ impl MemStore {
             instances: self.instances.values().filter(|i| i.state != InstanceState::Terminated).cloned().collect(),
             actions: self.actions.values().filter(|a| a.state.is_open()).cloned().collect(),
             images: self.images.values().cloned().collect(),
+            hosts: self.hosts.values().cloned().collect(),
         }
     }
 }
@@ -245,6 +250,17 @@ impl H {
             let writable = s.instances.iter().filter(|i| i.writable).count();
             assert!(writable <= 1, "two writable primaries in the engine: {s:#?}");
             assert!(self.world.writable_count(s.id) <= 1, "two writable primaries in the world for {}", s.name);
+            // Placement: never two members of one service on one host (the
+            // built-in host, which stands for a whole machine, excepted).
+            let mut on: Vec<&str> = s
+                .instances
+                .iter()
+                .filter(|i| i.state.is_member() && !i.fenced)
+                .filter_map(|i| i.host.as_deref())
+                .filter(|h| !self.store.hosts.get(*h).is_some_and(|r| r.builtin))
+                .collect();
+            on.sort_unstable();
+            assert!(on.windows(2).all(|w| w[0] != w[1]), "two members of {} on one host: {on:?}", s.name);
         }
         for ev in &self.store.events {
             if ev.subject == EventSubject::Instance {
