@@ -57,6 +57,10 @@ use utoipa::OpenApi;
         crate::auth::tokens::create_token,
         crate::auth::tokens::list_tokens,
         crate::auth::tokens::revoke_token,
+        crate::hosts::list_hosts,
+        crate::hosts::register_host,
+        crate::hosts::post_drain,
+        crate::hosts::post_cordon,
     ),
     components(schemas(
         ErrorBody,
@@ -88,6 +92,9 @@ use utoipa::OpenApi;
         drover_model::TokenRecord,
         crate::auth::tokens::CreateToken,
         crate::auth::tokens::CreatedToken,
+        drover_model::HostView,
+        drover_model::HostState,
+        drover_model::RegisterHost,
     ))
 )]
 pub struct ApiDoc;

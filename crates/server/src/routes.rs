@@ -3,7 +3,7 @@
 
 use crate::error::{ApiError, ErrorBody};
 use crate::state::AppState;
-use crate::{auth, http, oncall, openapi};
+use crate::{auth, hosts, http, oncall, openapi};
 use axum::body::Body;
 use axum::extract::{DefaultBodyLimit, Request};
 use axum::http::{header, HeaderValue, Method, StatusCode, Uri};
@@ -38,6 +38,9 @@ pub fn router(state: AppState) -> Router {
         .route("/v1/tokens", post(auth::tokens::create_token).get(auth::tokens::list_tokens))
         .route("/v1/tokens/{id}", axum::routing::delete(auth::tokens::revoke_token))
         .merge(oncall::routes::routes())
+        .route("/v1/hosts", get(hosts::list_hosts).post(hosts::register_host))
+        .route("/v1/hosts/{name}/drain", post(hosts::post_drain))
+        .route("/v1/hosts/{name}/cordon", post(hosts::post_cordon))
         // Every route above, and only they, pass the auth middleware: add
         // new routes above this line (and to auth::permissions::TABLE).
         .route_layer(middleware::from_fn_with_state(state.clone(), auth::authorize))
