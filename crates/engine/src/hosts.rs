@@ -214,12 +214,8 @@ impl Engine {
             return Err(CommandError::Invalid(format!("a host takes the faults crash and hang, not {fault}")));
         }
         let h = self.host_index(name).ok_or_else(|| CommandError::NotFound(format!("no host named {name:?}")))?;
-        let on: Vec<u32> = self
-            .instances
-            .iter()
-            .filter(|(_, i)| i.host == h && i.state.is_member())
-            .map(|(slot, _)| slot)
-            .collect();
+        let on: Vec<u32> =
+            self.instances.iter().filter(|(_, i)| i.host == h && i.state.is_member()).map(|(slot, _)| slot).collect();
         let cause = format!("chaos: {fault} host {name}");
         for slot in on {
             self.open_action(slot, ActionKind::InjectFault { fault }, &cause, false, now, out);

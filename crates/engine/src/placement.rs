@@ -58,11 +58,7 @@ pub(crate) fn choose_host(hosts: &[Candidate], taken: &[u16], zones: &[u16]) -> 
         }
     }
     let zone = *zones.first()?;
-    hosts
-        .iter()
-        .enumerate()
-        .find(|&(h, c)| c.builtin && fits(h, c))
-        .map(|(h, _)| Placed { zone, host: h as u16 })
+    hosts.iter().enumerate().find(|&(h, c)| c.builtin && fits(h, c)).map(|(h, _)| Placed { zone, host: h as u16 })
 }
 
 impl Engine {
@@ -76,8 +72,13 @@ impl Engine {
             return Ok(None);
         }
         let Some(s) = self.services.get(sslot) else { return Err(()) };
-        let taken: Vec<u16> =
-            s.instances.iter().filter_map(|&i| self.instances.get(i)).map(|x| x.host).filter(|&h| h != NO_HOST).collect();
+        let taken: Vec<u16> = s
+            .instances
+            .iter()
+            .filter_map(|&i| self.instances.get(i))
+            .map(|x| x.host)
+            .filter(|&h| h != NO_HOST)
+            .collect();
         let mut zones = vec![zone];
         zones.extend(self.zone_order(sslot).into_iter().filter(|&z| z != zone));
         choose_host(&self.candidates(), &taken, &zones).map(Some).ok_or(())
@@ -128,7 +129,7 @@ impl Engine {
     /// may be down) before the others, then the fewest members.
     pub(crate) fn zone_order(&self, sslot: u32) -> Vec<u16> {
         let Some(s) = self.services.get(sslot) else { return Vec::new() };
-        let mut count = vec![(0usize, 0usize); 0];
+        let mut count: Vec<(usize, usize)> = Vec::with_capacity(s.zones.len());
         let mut zones = s.zones.clone();
         for &z in &zones {
             let (mut members, mut leavers) = (0, 0);
@@ -210,8 +211,13 @@ mod tests {
         (0u16..4, 0usize..5, 1u32..4, 0u32..4, prop::bool::weighted(0.1)).prop_map(
             |(zone, state, capacity, used, builtin)| Candidate {
                 zone,
-                state: [HostState::Ready, HostState::Cordoned, HostState::Draining, HostState::Uncertain, HostState::Down]
-                    [state],
+                state: [
+                    HostState::Ready,
+                    HostState::Cordoned,
+                    HostState::Draining,
+                    HostState::Uncertain,
+                    HostState::Down,
+                ][state],
                 capacity,
                 used: used.min(capacity),
                 builtin,

@@ -414,7 +414,10 @@ pub(crate) async fn post_chaos(
             if caller.team.is_some() {
                 return Err(ApiError::new(
                     StatusCode::FORBIDDEN,
-                    format!("token {:?} is limited to a team; chaos for a whole host needs a token of no team", caller.name),
+                    format!(
+                        "token {:?} is limited to a team; chaos for a whole host needs a token of no team",
+                        caller.name
+                    ),
                 ));
             }
             let reply = ready.engine.call(caller.command(Command::HostChaos { host, fault: request.fault })).await?;

@@ -32,11 +32,23 @@ async fn the_builtin_host_agents_hosts_cordon_drain_and_a_restart() {
     let (status, body) = t.post_as(Some(&agent), "/v1/hosts", h2.clone()).await;
     assert_eq!(status, 200, "{body}");
     assert_eq!(body, json!({"name": "h2", "zone": "zone-b", "state": "ready", "capacity": 4, "instances": 0}));
-    let (status, body) = t.post_as(Some(&agent), "/v1/hosts", json!({"name": "h3", "zone": "zone-c", "address": "127.0.0.3", "capacity": 4})).await;
+    let (status, body) = t
+        .post_as(
+            Some(&agent),
+            "/v1/hosts",
+            json!({"name": "h3", "zone": "zone-c", "address": "127.0.0.3", "capacity": 4}),
+        )
+        .await;
     assert_eq!(status, 403, "{body}");
     let (status, body) = t.post("/v1/hosts", h2.clone()).await;
     assert_eq!(status, 403, "an admin is not an agent: {body}");
-    let (status, body) = t.post_as(Some(&agent), "/v1/hosts", json!({"name": "h2", "zone": "zone-b", "address": "127.0.0.2", "capacity": 0})).await;
+    let (status, body) = t
+        .post_as(
+            Some(&agent),
+            "/v1/hosts",
+            json!({"name": "h2", "zone": "zone-b", "address": "127.0.0.2", "capacity": 0}),
+        )
+        .await;
     assert_eq!(status, 400, "{body}");
     // The agent of h2 does not read the built-in host's instances.
     let id = db["instances"][0]["id"].as_str().unwrap().to_string();
