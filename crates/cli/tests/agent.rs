@@ -166,6 +166,7 @@ async fn provision_primary(provider: &LocalProvider, service_name: &str) -> Inst
             sync: false,
             settings: Default::default(),
             engine: drover_model::EngineKind::Postgres,
+            host: None,
         },
         state: ActionState::Running,
         attempts: 1,

@@ -2,8 +2,8 @@
 
 use crate::policy::Policies;
 use drover_model::{
-    ActionId, ActionOutcome, ActionRecord, Beat, Changes, CreateService, EngineKind, Fault, Image, InstanceId,
-    RolloutId, RolloutSpec, RolloutView, ServiceId, ServiceView,
+    ActionId, ActionOutcome, ActionRecord, Beat, Changes, CreateService, EngineKind, Fault, HostView, Image,
+    InstanceId, RegisterHost, RolloutId, RolloutSpec, RolloutView, ServiceId, ServiceView,
 };
 use serde::{Deserialize, Serialize};
 use std::time::Duration;
@@ -249,6 +249,27 @@ pub enum Command {
         state: String,
         detail: String,
     },
+    /// An agent registers its host (again after a restart); `builtin`:
+    /// `drover serve` registers its own machine (`HostRecord::builtin`).
+    RegisterHost {
+        host: RegisterHost,
+        #[serde(default)]
+        builtin: bool,
+    },
+    /// No new members on the host; what runs there stays.
+    CordonHost {
+        name: String,
+    },
+    /// No new members on the host, and its members move elsewhere, one
+    /// service at a time.
+    DrainHost {
+        name: String,
+    },
+    /// Chaos for a whole host (`crash` or `hang`).
+    HostChaos {
+        host: String,
+        fault: Fault,
+    },
 }
 
 impl Command {
@@ -273,6 +294,10 @@ impl Command {
             Command::Failover { .. } => "services.failover",
             Command::RebuildFollower { .. } => "services.rebuild_follower",
             Command::RecordRunbook { .. } => "runbooks.run",
+            Command::RegisterHost { .. } => "hosts.register",
+            Command::CordonHost { .. } => "hosts.cordon",
+            Command::DrainHost { .. } => "hosts.drain",
+            Command::HostChaos { .. } => "chaos.host",
         }
     }
 }
@@ -287,6 +312,7 @@ pub enum Reply {
     Rollout(Box<RolloutView>),
     /// Done, with what was done in words (commands that change no record).
     Noted(String),
+    Host(Box<HostView>),
 }
 
 #[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
@@ -338,10 +364,11 @@ pub struct Outputs {
 impl Outputs {
     /// Empties every part, keeping the vectors' capacity.
     pub fn clear(&mut self) {
-        let Changes { services, instances, actions, images, events, audit, rollouts, rollout_members } =
+        let Changes { services, instances, actions, images, events, audit, rollouts, rollout_members, hosts } =
             &mut self.changes;
         rollouts.clear();
         rollout_members.clear();
+        hosts.clear();
         services.clear();
         instances.clear();
         actions.clear();

@@ -2,6 +2,7 @@
 
 use crate::api::{Command, CommandError, Outputs, Reply};
 use crate::fleet::{Inst, Placement, ServicePlace, Svc};
+use crate::placement::Placed;
 use crate::policy::Topology;
 use crate::Engine;
 use drover_model::EventKind;
@@ -31,6 +32,10 @@ impl Engine {
                 self.backup_command(&name, ActionKind::VerifyRestore, "restore test requested", now, out)
             }
             Command::ResumeService { name } => self.resume_service(name, now, out),
+            Command::RegisterHost { host, builtin } => self.register_host(host, builtin, now, out),
+            Command::CordonHost { name } => self.set_host_state(&name, drover_model::HostState::Cordoned, now, out),
+            Command::DrainHost { name } => self.set_host_state(&name, drover_model::HostState::Draining, now, out),
+            Command::HostChaos { host, fault } => self.host_chaos(&host, fault, now, out),
             Command::RegisterImage(image) => self.register_image(image, out),
             Command::RotateCredentials { name, in_progress } => {
                 self.rotate_credentials(&name, in_progress, actor, now, out)
@@ -231,14 +236,17 @@ impl Engine {
     /// The members its engine's policy plans for a new service (a primary
     /// and its followers, or peers), spread over its zones. Built at once,
     /// outside the remedy budget.
-    fn build_initial_members(&mut self, sslot: u32, zones: &[u16], now: i64, out: &mut Outputs) {
+    fn build_initial_members(&mut self, sslot: u32, zones: &[u16], placed: &[Placed], now: i64, out: &mut Outputs) {
         let Some(s) = self.services.get(sslot) else { return };
         let (image, provider) = (s.image, s.provider);
         let roles: Vec<Role> = self.policy_of(s).members(&s.plan).roles().collect();
         for (k, role) in roles.into_iter().enumerate() {
-            let zone = zones[k % zones.len()];
+            let (zone, host) = match placed.get(k) {
+                Some(p) => (p.zone, p.host),
+                None => (zones[k % zones.len()], crate::hosts::NO_HOST),
+            };
             let iid = InstanceId::new_at(now, self.rng.next_u64());
-            let slot = self.add_instance(Inst::new(iid, sslot, Placement { image, zone, provider }, role, now));
+            let slot = self.add_instance(Inst::new(iid, sslot, Placement { image, zone, provider, host }, role, now));
             out.changes.events.push(self.event(
                 now,
                 EventSubject::Instance,
@@ -250,7 +258,7 @@ impl Engine {
             ));
             self.instance_changed(slot, out);
             self.schedule_instance(slot, now);
-            let kind = self.provision_kind(sslot, role, zone, image);
+            let kind = self.provision_kind(sslot, role, zone, image, host);
             self.open_action(slot, kind, "service created", false, now, out);
         }
     }
@@ -323,6 +331,8 @@ impl Engine {
             credentials: Default::default(),
             maintenance_window: None,
         };
+        let members = self.config.policies.get(rec.engine).members(&rec.plan).roles().count();
+        let placed = self.place_new_service(&zones, members).map_err(CommandError::Conflict)?;
         let svc = Svc::from_record(rec, ServicePlace { team, zones: zones.clone(), image, provider });
         let sslot = self.services.insert(svc);
         self.service_names.insert(req.name.clone().into(), sslot);
@@ -339,7 +349,7 @@ impl Engine {
             "created",
         ));
         self.service_changed(sslot, out);
-        self.build_initial_members(sslot, &zones, now, out);
+        self.build_initial_members(sslot, &zones, &placed, now, out);
         self.service_view_slot(sslot, now)
             .map(|v| Reply::Service(Box::new(v)))
             .ok_or_else(|| CommandError::Invalid("service vanished while being created".into()))
@@ -365,6 +375,10 @@ pub(crate) fn command_target(c: &Command) -> Option<String> {
         Command::CreateRollout(spec) => Some(spec.to_image.to_string()),
         Command::PauseRollout { id } | Command::ResumeRollout { id } | Command::AbortRollout { id } => {
             Some(id.to_string())
+        }
+        Command::RegisterHost { host, .. } => Some(host.name.clone()),
+        Command::CordonHost { name } | Command::DrainHost { name } | Command::HostChaos { host: name, .. } => {
+            Some(name.clone())
         }
     }
 }

@@ -54,6 +54,8 @@ pub struct Inst {
     pub image: u32,
     pub zone: u16,
     pub provider: u16,
+    /// The host it was placed on (`hosts::NO_HOST`: none).
+    pub host: u16,
     pub role: Role,
     pub state: InstanceState,
     pub fenced: bool,
@@ -153,6 +155,8 @@ pub struct Placement {
     pub image: u32,
     pub zone: u16,
     pub provider: u16,
+    /// `hosts::NO_HOST` where nothing was placed.
+    pub host: u16,
 }
 
 impl Inst {
@@ -165,6 +169,7 @@ impl Inst {
             image: place.image,
             zone: place.zone,
             provider: place.provider,
+            host: place.host,
             role,
             state: InstanceState::Installing,
             fenced: false,

@@ -39,6 +39,8 @@ mod credentials;
 mod deadlines;
 mod fleet;
 mod heartbeats;
+mod hosts;
+mod placement;
 pub mod policy;
 mod reconcile;
 mod records;
@@ -158,6 +160,8 @@ pub struct Engine {
     grace_until: i64,
     restored_at: i64,
     state_counts: [u64; 10],
+    /// Registered hosts and placement's bookkeeping (`hosts`).
+    hosts: hosts::Hosts,
 }
 
 fn state_index(s: InstanceState) -> usize {
@@ -204,6 +208,7 @@ impl Engine {
             grace_until: 0,
             restored_at: i64::MIN,
             state_counts: [0; 10],
+            hosts: hosts::Hosts::default(),
         }
     }
 

@@ -376,7 +376,7 @@ impl Engine {
         }
     }
 
-    pub(crate) fn provision_kind(&self, sslot: u32, role: Role, zone: u16, image: u32) -> ActionKind {
+    pub(crate) fn provision_kind(&self, sslot: u32, role: Role, zone: u16, image: u32, host: u16) -> ActionKind {
         let s = self.services.get(sslot);
         ActionKind::Provision {
             role,
@@ -386,6 +386,7 @@ impl Engine {
             sync: s.is_some_and(|s| s.plan.sync),
             settings: self.images.list.get(image as usize).map(|im| im.settings.clone()).unwrap_or_default(),
             engine: s.map(|s| s.engine).unwrap_or_default(),
+            host: self.hosts.name(host).map(str::to_string),
         }
     }
 
@@ -420,8 +421,16 @@ impl Engine {
     ) -> Option<u32> {
         let s = self.services.get(sslot)?;
         let (image, provider) = (s.image, s.provider);
+        let (zone, host) = match self.place(sslot, zone) {
+            Ok(None) => (zone, crate::hosts::NO_HOST),
+            Ok(Some(p)) => (p.zone, p.host),
+            Err(()) => {
+                self.wait_for_host(sslot, cause, now, out);
+                return None;
+            }
+        };
         let id = InstanceId::new_at(now, self.rng.next_u64());
-        let inst = Inst::new(id, sslot, Placement { image, zone, provider }, role, now);
+        let inst = Inst::new(id, sslot, Placement { image, zone, provider, host }, role, now);
         let slot = self.add_instance(inst);
         out.changes.events.push(self.event(
             now,
@@ -434,7 +443,7 @@ impl Engine {
         ));
         self.instance_changed(slot, out);
         self.schedule_instance(slot, now);
-        let kind = self.provision_kind(sslot, role, zone, image);
+        let kind = self.provision_kind(sslot, role, zone, image, host);
         let remedy = true;
         self.open_action(slot, kind, cause, remedy, now, out);
         Some(slot)

@@ -37,8 +37,9 @@ impl Engine {
     }
 
     pub(crate) fn add_instance(&mut self, inst: Inst) -> u32 {
-        let (id, zone, state, sslot) = (inst.id, inst.zone, inst.state, inst.service);
+        let (id, zone, state, sslot, host) = (inst.id, inst.zone, inst.state, inst.service, inst.host);
         let slot = self.instances.insert(inst);
+        self.host_used(host, true);
         self.instance_index.insert(id, slot);
         self.state_counts[state_index(state)] += 1;
         if state.is_member() {
@@ -65,6 +66,7 @@ impl Engine {
         }
         self.instance_index.remove(&inst.id);
         self.state_counts[state_index(inst.state)] -= 1;
+        self.host_used(inst.host, false);
         if let Some(s) = self.services.get_mut(inst.service) {
             s.instances.retain(|&i| i != slot);
         }
@@ -113,6 +115,7 @@ impl Engine {
             restarts: i.restarts,
             created_at: Timestamp(i.created_at),
             state_since: Timestamp(i.state_since),
+            host: self.hosts.name(i.host).map(str::to_string),
         })
     }
 

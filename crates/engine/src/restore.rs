@@ -24,6 +24,7 @@ impl Engine {
         for image in snapshot.images {
             e.images.insert(image);
         }
+        e.restore_hosts(snapshot.hosts);
         let service_by_id = e.restore_services(snapshot.services, now);
         let orphans = e.restore_instances(snapshot.instances, &service_by_id, now);
         let (resumed, pending) = e.resume_actions(snapshot.actions, now, &mut out);
@@ -98,7 +99,9 @@ impl Engine {
                 Some(&i) => i,
                 None => 0,
             };
-            let place = Placement { image, zone: self.zone(&rec.zone), provider: self.providers.intern(&rec.provider) };
+            let host = rec.host.as_deref().and_then(|h| self.host_index(h)).unwrap_or(crate::hosts::NO_HOST);
+            let place =
+                Placement { image, zone: self.zone(&rec.zone), provider: self.providers.intern(&rec.provider), host };
             let inst = Inst::from_record(&rec, sslot, place, now);
             let slot = self.add_instance(inst);
             self.schedule_instance(slot, now);

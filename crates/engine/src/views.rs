@@ -31,6 +31,7 @@ impl Engine {
             service: String::from(&*s.name),
             role: i.role,
             zone: self.zones.name(i.zone).into(),
+            host: self.hosts.name(i.host).map(str::to_string),
             provider: self.providers.name(i.provider).into(),
             image: self.images.id(i.image).0,
             state: i.state,

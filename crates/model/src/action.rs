@@ -62,6 +62,9 @@ pub enum ActionKind {
         /// before this field existed were PostgreSQL's.
         #[serde(default)]
         engine: crate::EngineKind,
+        /// The host placement chose (None: an engine without hosts).
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        host: Option<String>,
     },
     /// Ask the provider, out of band, whether the instance is alive.
     Probe,

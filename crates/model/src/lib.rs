@@ -5,6 +5,7 @@
 mod action;
 mod event;
 mod facts;
+mod host;
 mod ids;
 mod image;
 mod maintenance;
@@ -18,6 +19,7 @@ mod token;
 pub use action::{ActionKind, ActionOutcome, ActionRecord, ActionState, Fault};
 pub use event::{AuditEntry, Event, EventId, EventKind, EventSubject};
 pub use facts::{Beat, Facts};
+pub use host::{HostRecord, HostState, HostView, RegisterHost};
 pub use ids::{ActionId, InstanceId, NotificationId, PageId, RolloutId, ServiceId};
 pub use image::{Image, ImageId, Package, SourcePackage};
 pub use maintenance::{MaintenanceWindow, Weekday};
@@ -47,6 +49,8 @@ pub struct Snapshot {
     pub rollouts: Vec<RolloutRecord>,
     /// The members of rollouts not finished.
     pub rollout_members: Vec<RolloutMember>,
+    /// Every registered host.
+    pub hosts: Vec<HostRecord>,
 }
 
 /// What one engine step decided that must be durable before anyone is told:
@@ -62,6 +66,7 @@ pub struct Changes {
     pub audit: Vec<AuditEntry>,
     pub rollouts: Vec<RolloutRecord>,
     pub rollout_members: Vec<RolloutMember>,
+    pub hosts: Vec<HostRecord>,
 }
 
 impl Changes {
@@ -74,6 +79,7 @@ impl Changes {
             && self.audit.is_empty()
             && self.rollouts.is_empty()
             && self.rollout_members.is_empty()
+            && self.hosts.is_empty()
     }
     /// Appends `other`, keeping order (later records win on upsert).
     pub fn extend(&mut self, other: Changes) {
@@ -85,5 +91,6 @@ impl Changes {
         self.audit.extend(other.audit);
         self.rollouts.extend(other.rollouts);
         self.rollout_members.extend(other.rollout_members);
+        self.hosts.extend(other.hosts);
     }
 }

@@ -233,6 +233,10 @@ pub struct InstanceRecord {
     pub restarts: u32,
     pub created_at: Timestamp,
     pub state_since: Timestamp,
+    /// The host it was placed on. None: placed before hosts existed (the
+    /// built-in host adopts it) or by an engine with no hosts (the simulator).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub host: Option<String>,
 }
 
 /// An instance as shown by the API: the record plus what memory knows.
@@ -242,6 +246,8 @@ pub struct InstanceView {
     pub service: String,
     pub role: Role,
     pub zone: String,
+    /// The host it runs on (null where there are no hosts: the simulator).
+    pub host: Option<String>,
     pub provider: String,
     pub image: String,
     pub state: InstanceState,

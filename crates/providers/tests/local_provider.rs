@@ -99,6 +99,7 @@ impl Harness {
             sync: true,
             settings: Default::default(),
             engine: drover_model::EngineKind::Postgres,
+            host: None,
         }
     }
 

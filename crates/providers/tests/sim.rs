@@ -52,6 +52,7 @@ fn provision(role: Role) -> ActionKind {
         sync: false,
         settings: Default::default(),
         engine: drover_model::EngineKind::Postgres,
+        host: None,
     }
 }
 fn inject(fault: Fault) -> ActionKind {

@@ -36,6 +36,7 @@ fn unexpected(reply: Reply) -> ApiError {
         Reply::Heartbeats(_) => "a heartbeat receipt",
         Reply::Rollout(_) => "a rollout",
         Reply::Noted(_) => "a note",
+        Reply::Host(_) => "a host",
     };
     ApiError::internal(format!("the engine answered with {what}, which this request does not expect"))
 }
@@ -255,10 +256,10 @@ pub(crate) async fn show_instance(
     Ok(Json(view))
 }
 
-/// The host an instance runs on. Every provider of this control plane
-/// (`local`, `sim`) runs its instances on the control plane's own host.
-fn instance_host<'a>(ready: &'a Ready, _instance: &InstanceView) -> &'a str {
-    &ready.host
+/// The host an instance runs on: the one placement chose; an instance
+/// with none (an engine without hosts) runs on the control plane's own.
+fn instance_host<'a>(ready: &'a Ready, instance: &'a InstanceView) -> &'a str {
+    instance.host.as_deref().unwrap_or(&ready.host)
 }
 
 #[derive(Debug, Deserialize, utoipa::IntoParams)]
@@ -348,21 +349,27 @@ pub(crate) async fn post_heartbeats(
     // Only the agent of the host that runs an instance may report it.
     // Beats of instances the engine does not know pass (it answers them
     // `unknown` and does nothing with them).
-    if caller.host.as_deref() != Some(ready.host.as_str()) {
+    {
         let ids: Vec<InstanceId> = batch.beats.iter().map(|b| b.instance).collect();
-        let foreign: Vec<InstanceId> = ready
+        let (mine, own) = (caller.host.clone(), ready.host.clone());
+        let foreign: Vec<(InstanceId, String)> = ready
             .engine
-            .query(move |engine| ids.into_iter().filter(|id| engine.instance_view(*id).is_some()).take(5).collect())
+            .query(move |engine| {
+                ids.into_iter()
+                    .filter_map(|id| engine.instance_view(id).map(|v| (id, v.host.unwrap_or_else(|| own.clone()))))
+                    .filter(|(_, host)| mine.as_deref() != Some(host.as_str()))
+                    .take(5)
+                    .collect()
+            })
             .await?;
         if !foreign.is_empty() {
-            let list = foreign.iter().map(|i| i.to_string()).collect::<Vec<_>>().join(", ");
+            let list = foreign.iter().map(|(i, h)| format!("{i} (on {h})")).collect::<Vec<_>>().join(", ");
             let e = ApiError::new(
                 StatusCode::FORBIDDEN,
                 format!(
-                    "token {:?} is the agent of host {:?}; instance(s) {list} run on {:?}: only that host's agent may report them",
+                    "token {:?} is the agent of host {:?}; instance(s) {list} run elsewhere: only their host's agent may report them",
                     caller.name,
                     caller.host.as_deref().unwrap_or("none"),
-                    ready.host
                 ),
             );
             return Err(crate::auth::refuse(&state, &caller, "POST /v1/heartbeats", "/v1/heartbeats", e).await);
@@ -376,25 +383,55 @@ pub(crate) async fn post_heartbeats(
     }
 }
 
+/// `{"instance": ID, "fault": ...}` or `{"host": NAME, "fault": "crash"|"hang"}`.
 #[derive(Debug, Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct ChaosRequest {
-    #[schema(value_type = String, format = Uuid)]
-    pub instance: InstanceId,
+    /// The instance to fault (or give `host`).
+    #[schema(value_type = Option<String>, format = Uuid)]
+    #[serde(default)]
+    pub instance: Option<InstanceId>,
+    /// A whole host to crash or hang (or give `instance`).
+    #[serde(default)]
+    #[schema(min_length = 1, max_length = 63)]
+    pub host: Option<String>,
     pub fault: Fault,
 }
 
-/// Inject a fault into an instance (crash, hang, partition, heal).
+/// Inject a fault into an instance (crash, hang, partition, heal), or into
+/// a whole host (crash, hang: everything placed on it).
 #[utoipa::path(post, path = "/v1/chaos", tag = "chaos", request_body = ChaosRequest,
-    responses((status = 202, body = ActionRecord), (status = 404, body = ErrorBody), (status = 422, body = ErrorBody)))]
+    responses((status = 202, body = ActionRecord), (status = 400, body = ErrorBody), (status = 404, body = ErrorBody),
+        (status = 422, body = ErrorBody)))]
 pub(crate) async fn post_chaos(
     State(state): State<AppState>,
     Caller(caller): Caller,
     Json(request): Json<ChaosRequest>,
 ) -> Result<Response, ApiError> {
     let ready = state.ready()?;
+    let instance = match (request.instance, request.host) {
+        (Some(instance), None) => instance,
+        (None, Some(host)) => {
+            // A whole host holds services of every team: operators without a team only.
+            if caller.team.is_some() {
+                return Err(ApiError::new(
+                    StatusCode::FORBIDDEN,
+                    format!(
+                        "token {:?} is limited to a team; chaos for a whole host needs a token of no team",
+                        caller.name
+                    ),
+                ));
+            }
+            let reply = ready.engine.call(caller.command(Command::HostChaos { host, fault: request.fault })).await?;
+            return match reply {
+                Reply::Host(view) => Ok((StatusCode::ACCEPTED, Json(*view)).into_response()),
+                other => Err(unexpected(other)),
+            };
+        }
+        _ => return Err(ApiError::bad_request("give exactly one of \"instance\" and \"host\"")),
+    };
     if caller.team.is_some() {
-        let id = request.instance;
+        let id = instance;
         let service = ready.engine.query(move |engine| engine.instance_view(id).map(|v| v.service)).await?;
         let visible = match service {
             Some(name) => ready.visible_service(&caller, &name).await.is_ok(),
@@ -404,7 +441,7 @@ pub(crate) async fn post_chaos(
             return Err(ApiError::not_found(format!("no instance {id}")));
         }
     }
-    let command = Command::Chaos { instance: request.instance, fault: request.fault };
+    let command = Command::Chaos { instance, fault: request.fault };
     match ready.engine.call(caller.command(command)).await? {
         Reply::Action(action) => Ok((StatusCode::ACCEPTED, Json(*action)).into_response()),
         other => Err(unexpected(other)),

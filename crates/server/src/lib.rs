@@ -23,6 +23,7 @@ pub mod checks;
 mod credentials;
 pub mod data_dir;
 mod error;
+pub mod hosts;
 pub mod http;
 mod images;
 pub mod listen;
@@ -374,6 +375,23 @@ async fn start_up(
         changes.extend(out.changes);
         redispatch.extend(out.dispatch);
     }
+    // This machine is a host: the built-in agent's (the local and sim
+    // providers run their instances here). It adopts the instances placed
+    // before hosts existed; registering it again on every start is harmless.
+    let builtin = builtin_host(machine.engine.config());
+    let out = machine.step_logged(
+        Input::Command {
+            actor: "system".into(),
+            role: None,
+            command: Command::RegisterHost { host: builtin.clone(), builtin: true },
+        },
+        now,
+    );
+    if let Some(Err(e)) = &out.reply {
+        tracing::warn!(host = %builtin.name, error = %e, "the built-in host was refused");
+    }
+    changes.extend(out.changes);
+    redispatch.extend(out.dispatch);
     runtime::commit(&store, changes).await.map_err(|e| anyhow::anyhow!("cannot persist the restored state: {e}"))?;
     if !redispatch.is_empty() {
         tracing::info!(actions = redispatch.len(), "re-dispatching actions that were running before the restart");
@@ -417,6 +435,23 @@ async fn start_up(
         runbooks::at_start(ready).await.context("cannot apply the freezes of automation made by hand")?;
     }
     Ok(actor_task)
+}
+
+/// Instances the built-in host may hold: as many as one machine ran before
+/// hosts existed (no bound of its own).
+pub const BUILTIN_HOST_CAPACITY: u32 = 1_000_000;
+
+/// The control plane's own machine as a host: named [`host_name`], in the
+/// engine's first default zone (it takes members of every zone, see
+/// `HostRecord::builtin`), reached at 127.0.0.1 (the local provider binds
+/// there).
+pub fn builtin_host(config: &drover_engine::Config) -> drover_model::RegisterHost {
+    drover_model::RegisterHost {
+        name: host_name(),
+        zone: config.default_zones.first().cloned().unwrap_or_else(|| "zone-a".into()),
+        address: "127.0.0.1".into(),
+        capacity: BUILTIN_HOST_CAPACITY,
+    }
 }
 
 /// This machine's host name: the host of every instance the providers of

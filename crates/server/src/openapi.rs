@@ -75,6 +75,10 @@ use utoipa::OpenApi;
         crate::runbooks::run,
         crate::runbooks::show_run,
         crate::runbooks::approve,
+        crate::hosts::list_hosts,
+        crate::hosts::register_host,
+        crate::hosts::post_drain,
+        crate::hosts::post_cordon,
     ),
     components(schemas(
         ErrorBody,
@@ -135,6 +139,9 @@ use utoipa::OpenApi;
         crate::runbooks::PlannedStep,
         crate::runbooks::RunRequest,
         drover_model::SourcePackage,
+        drover_model::HostView,
+        drover_model::HostState,
+        drover_model::RegisterHost,
     ))
 )]
 pub struct ApiDoc;

@@ -3,7 +3,7 @@
 
 use crate::error::{ApiError, ErrorBody};
 use crate::state::AppState;
-use crate::{advisories, auth, http, oncall, openapi, runbooks};
+use crate::{advisories, auth, hosts, http, oncall, openapi, runbooks};
 use axum::body::Body;
 use axum::extract::{DefaultBodyLimit, Request};
 use axum::http::{header, HeaderValue, Method, StatusCode, Uri};
@@ -53,6 +53,9 @@ pub fn router(state: AppState) -> Router {
         .route("/v1/runbooks/runs/{id}", get(runbooks::show_run))
         .route("/v1/runbooks/runs/{id}/approve", post(runbooks::approve))
         .merge(oncall::routes::routes())
+        .route("/v1/hosts", get(hosts::list_hosts).post(hosts::register_host))
+        .route("/v1/hosts/{name}/drain", post(hosts::post_drain))
+        .route("/v1/hosts/{name}/cordon", post(hosts::post_cordon))
         // Every route above, and only they, pass the auth middleware: add
         // new routes above this line (and to auth::permissions::TABLE).
         .route_layer(middleware::from_fn_with_state(state.clone(), auth::authorize))

@@ -61,6 +61,13 @@ pub(crate) struct RolloutMemberRow {
     phase: &'static str,
     record: String,
 }
+pub(crate) struct HostRow {
+    name: String,
+    zone: String,
+    state: &'static str,
+    registered_at: i64,
+    record: String,
+}
 
 pub(crate) struct EventRow {
     /// NULL for an event without an id (built outside the engine): such
@@ -89,6 +96,7 @@ pub(crate) struct EncodedChanges {
     audit: Vec<AuditRow>,
     rollouts: Vec<RolloutRow>,
     rollout_members: Vec<RolloutMemberRow>,
+    hosts: Vec<HostRow>,
 }
 
 fn to_json<T: Serialize>(table: &'static str, id: impl ToString, value: &T) -> Result<String, StoreError> {
@@ -155,6 +163,15 @@ pub(crate) fn encode(changes: &Changes) -> Result<EncodedChanges, StoreError> {
             position: m.position.min(i64::MAX as u64) as i64,
             phase: m.phase.as_str(),
             record: to_json("rollout_services", format_args!("{}/{}", m.rollout, m.service), m)?,
+        });
+    }
+    for h in &changes.hosts {
+        out.hosts.push(HostRow {
+            name: h.name.clone(),
+            zone: h.zone.clone(),
+            state: h.state.as_str(),
+            registered_at: h.registered_at.micros(),
+            record: to_json("hosts", &h.name, h)?,
         });
     }
     for (n, e) in changes.events.iter().enumerate() {
@@ -254,6 +271,16 @@ pub(crate) fn apply(tx: &Transaction<'_>, batch: &EncodedChanges) -> rusqlite::R
         )?;
         for r in &batch.rollout_members {
             stmt.execute(params![r.rollout_id, r.service_id, r.position, r.phase, r.record])?;
+        }
+    }
+    if !batch.hosts.is_empty() {
+        let mut stmt = tx.prepare_cached(
+            "INSERT INTO hosts (name, zone, state, registered_at, record) VALUES (?1, ?2, ?3, ?4, ?5)
+             ON CONFLICT (name) DO UPDATE SET zone = excluded.zone, state = excluded.state,
+               registered_at = excluded.registered_at, record = excluded.record",
+        )?;
+        for r in &batch.hosts {
+            stmt.execute(params![r.name, r.zone, r.state, r.registered_at, r.record])?;
         }
     }
     if !batch.events.is_empty() {

@@ -7,8 +7,8 @@ use crate::rows::{self, decode};
 use crate::writer::{self, Request, WriterStats};
 use crate::{EngineStart, EventFilter, Store, StoreError, DEFAULT_EVENT_LIMIT, MAX_READ_LIMIT};
 use drover_model::{
-    ActionRecord, ActionState, AuditEntry, Changes, Event, Image, InstanceRecord, InstanceState, RolloutMember,
-    RolloutRecord, ServiceId, ServiceRecord, ServiceState, Snapshot, Timestamp,
+    ActionRecord, ActionState, AuditEntry, Changes, Event, HostRecord, Image, InstanceRecord, InstanceState,
+    RolloutMember, RolloutRecord, ServiceId, ServiceRecord, ServiceState, Snapshot, Timestamp,
 };
 use rusqlite::types::Value;
 use rusqlite::{Connection, ErrorCode, OpenFlags};
@@ -229,8 +229,10 @@ impl Store for SqliteStore {
              WHERE r.state NOT IN ('succeeded', 'aborted', 'failed') ORDER BY m.rollout_id, m.position",
             [],
         )?;
+        let hosts: Vec<HostRecord> =
+            load_records(&tx, "hosts", "SELECT name, record FROM hosts ORDER BY registered_at, name", [])?;
         tx.finish().map_err(database("finishing the load"))?;
-        Ok(Snapshot { services, instances, actions, images, rollouts, rollout_members })
+        Ok(Snapshot { services, instances, actions, images, rollouts, rollout_members, hosts })
     }
 
     fn commit(&self, changes: Changes) -> Result<(), StoreError> {

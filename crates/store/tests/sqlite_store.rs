@@ -4,8 +4,8 @@ mod common;
 use common::TempDir;
 use drover_model::{
     ActionId, ActionKind, ActionRecord, ActionState, AuditEntry, BackupStatus, Changes, CredentialStatus, EngineKind,
-    Event, EventSubject, Fault, Image, InstanceId, InstanceRecord, InstanceState, Plan, Role, ServiceId, ServiceRecord,
-    ServiceState, Timestamp,
+    Event, EventSubject, Fault, HostRecord, HostState, Image, InstanceId, InstanceRecord, InstanceState, Plan, Role,
+    ServiceId, ServiceRecord, ServiceState, Timestamp,
 };
 use drover_store::{EventFilter, SqliteStore, Store, StoreError, MAX_READ_LIMIT};
 use std::collections::{BTreeMap, BTreeSet, HashMap};
@@ -59,6 +59,20 @@ fn instance(n: u64, service: ServiceId, state: InstanceState) -> InstanceRecord 
         restarts: n as u32,
         created_at: Timestamp(T0 + n as i64),
         state_since: Timestamp(T0 + 5 + n as i64),
+        host: (n % 2 == 1).then(|| format!("host-{n}")),
+    }
+}
+
+fn host(name: &str, state: HostState) -> HostRecord {
+    HostRecord {
+        name: name.into(),
+        zone: "zone-a".into(),
+        address: "127.0.0.2".into(),
+        capacity: 8,
+        state,
+        registered_at: Timestamp(T0),
+        last_seen: Some(Timestamp(T0 + 1)),
+        builtin: false,
     }
 }
 
@@ -131,6 +145,7 @@ fn commit_then_load_round_trips_every_record_exactly() {
         sync: true,
         settings: Default::default(),
         engine: drover_model::EngineKind::Postgres,
+        host: Some("host-b".into()),
     };
     let a1 = action(1, s1.id, i1.id, provision, ActionState::Pending);
     let a2 = action(2, s2.id, i2.id, ActionKind::InjectFault { fault: Fault::Hang }, ActionState::Running);
@@ -142,6 +157,7 @@ fn commit_then_load_round_trips_every_record_exactly() {
         images: images.clone(),
         events: vec![],
         audit: vec![],
+        hosts: vec![host("h1", HostState::Ready), host("h2", HostState::Ready), host("h2", HostState::Cordoned)],
         ..Default::default()
     };
     store.commit(changes).unwrap();
@@ -154,6 +170,27 @@ fn commit_then_load_round_trips_every_record_exactly() {
     assert_eq!(sorted(&snap.instances, |i| i.id), sorted(&[i1, i2], |i| i.id));
     assert_eq!(sorted(&snap.actions, |a| a.id), sorted(&[a1, a2], |a| a.id));
     assert_eq!(sorted(&snap.images, |m| m.id.clone()), sorted(&images, |m| m.id.clone()));
+    // Upserts by name: the last record of h2 wins.
+    assert_eq!(snap.hosts, vec![host("h1", HostState::Ready), host("h2", HostState::Cordoned)]);
+}
+
+#[test]
+fn records_written_before_hosts_existed_load_without_a_host() {
+    let dir = TempDir::new("pre-hosts");
+    let store = SqliteStore::open(&dir.db()).unwrap();
+    let s = service(1, "orders", ServiceState::Available);
+    let i = InstanceRecord { host: None, ..instance(2, s.id, InstanceState::Available) };
+    store.commit(Changes { services: vec![s], instances: vec![i.clone()], ..Default::default() }).unwrap();
+    drop(store);
+    // A record as Drover wrote it before V5: no `host` key at all.
+    let json = serde_json::to_value(&i).unwrap();
+    assert!(json.get("host").is_none(), "{json}");
+    let conn = rusqlite::Connection::open(dir.db()).unwrap();
+    conn.execute("UPDATE instances SET record = ?1", [json.to_string()]).unwrap();
+    drop(conn);
+    let snap = SqliteStore::open(&dir.db()).unwrap().load().unwrap();
+    assert_eq!(snap.instances, vec![i]);
+    assert!(snap.hosts.is_empty());
 }
 
 #[test]

@@ -138,6 +138,7 @@ pub struct MemStore {
     pub audit: Vec<AuditEntry>,
     pub rollouts: BTreeMap<drover_model::RolloutId, drover_model::RolloutRecord>,
     pub rollout_members: BTreeMap<(drover_model::RolloutId, ServiceId), drover_model::RolloutMember>,
+    pub hosts: BTreeMap<String, HostRecord>,
 }
 
 impl MemStore {
@@ -162,6 +163,9 @@ impl MemStore {
         for m in &c.rollout_members {
             self.rollout_members.insert((m.rollout, m.service), m.clone());
         }
+        for h in &c.hosts {
+            self.hosts.insert(h.name.clone(), h.clone());
+        }
     }
     pub fn snapshot(&self) -> Snapshot {
         Snapshot {
@@ -176,6 +180,7 @@ impl MemStore {
                 .filter(|m| self.rollouts.get(&m.rollout).is_some_and(|r| !r.state.is_finished()))
                 .cloned()
                 .collect(),
+            hosts: self.hosts.values().cloned().collect(),
         }
     }
 }
@@ -267,6 +272,17 @@ impl H {
             let writable = s.instances.iter().filter(|i| i.writable).count();
             assert!(writable <= 1, "two writable primaries in the engine: {s:#?}");
             assert!(self.world.writable_count(s.id) <= 1, "two writable primaries in the world for {}", s.name);
+            // Placement: never two members of one service on one host (the
+            // built-in host, which stands for a whole machine, excepted).
+            let mut on: Vec<&str> = s
+                .instances
+                .iter()
+                .filter(|i| i.state.is_member() && !i.fenced)
+                .filter_map(|i| i.host.as_deref())
+                .filter(|h| !self.store.hosts.get(*h).is_some_and(|r| r.builtin))
+                .collect();
+            on.sort_unstable();
+            assert!(on.windows(2).all(|w| w[0] != w[1]), "two members of {} on one host: {on:?}", s.name);
         }
         for ev in &self.store.events {
             if ev.subject == EventSubject::Instance {

@@ -335,6 +335,7 @@ mod tests {
             sync: false,
             settings: Default::default(),
             engine: drover_model::EngineKind::Postgres,
+            host: None,
         }
     }
     fn beat_of(beats: &[Beat], id: InstanceId) -> Option<&Beat> {

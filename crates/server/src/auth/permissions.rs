@@ -27,7 +27,8 @@ pub enum Permission {
     Operate,
     /// Irreversible or identity-changing: delete a service, tokens.
     Administer,
-    /// Heartbeats: only an agent token, only for its own host's instances.
+    /// Heartbeats: only an agent token, only for its own host's instances;
+    /// and the registration of a host, only by the agent token of that host.
     Heartbeat,
     /// Alerts in: only an integration token (its team is where they go).
     /// The Events API v2 route also takes the token as `routing_key`.
@@ -146,6 +147,10 @@ pub const TABLE: &[Rule] = &[
     rule("POST", "/v1/runbooks/{name}/runs", Operate, ByEngine),
     rule("GET", "/v1/runbooks/runs/{id}", Read, No),
     rule("POST", "/v1/runbooks/runs/{id}/approve", Operate, ByEngine),
+    rule("GET", "/v1/hosts", Read, No),
+    rule("POST", "/v1/hosts", Heartbeat, ByEngine),
+    rule("POST", "/v1/hosts/{name}/drain", Operate, ByEngine),
+    rule("POST", "/v1/hosts/{name}/cordon", Operate, ByEngine),
 ];
 
 /// The rule of a request (HEAD is GET's), or `None`: refused.

@@ -1,0 +1,129 @@
+//! Hosts and placement through the engine's contract: new members go to
+//! ready hosts with room, one member of a service per host, spread over the
+//! plan's zones; cordoned hosts take none; the built-in host adopts what was
+//! placed before hosts; hosts survive a restart.
+
+mod common;
+use common::*;
+use drover_engine::{Command, CommandError, Reply};
+use drover_model::*;
+use std::time::Duration;
+
+fn register(h: &mut H, name: &str, zone: &str, capacity: u32) -> HostView {
+    let host = RegisterHost { name: name.into(), zone: zone.into(), address: "127.0.0.2".into(), capacity };
+    match h.command(Command::RegisterHost { host, builtin: false }) {
+        Ok(Reply::Host(v)) => *v,
+        other => panic!("register failed: {other:?}"),
+    }
+}
+
+fn hosts_of(h: &H, service: &str) -> Vec<(Role, String, String)> {
+    h.service(service)
+        .instances
+        .into_iter()
+        .filter(|i| i.state.is_member() && !i.fenced)
+        .map(|i| (i.role, i.zone, i.host.expect("placed on a host")))
+        .collect()
+}
+
+#[test]
+fn members_go_to_distinct_hosts_in_distinct_zones_and_the_action_carries_the_host() {
+    let mut h = H::new(fast_config());
+    for (name, zone) in [("h1", "zone-a"), ("h2", "zone-b"), ("h3", "zone-c"), ("h4", "zone-a")] {
+        register(&mut h, name, zone, 4);
+    }
+    h.create("db", 2);
+    let placed = hosts_of(&h, "db");
+    assert_eq!(placed.len(), 3);
+    let zones: std::collections::BTreeSet<_> = placed.iter().map(|p| p.1.clone()).collect();
+    assert_eq!(zones.len(), 3, "spread over the three zones: {placed:?}");
+    for (_, zone, host) in &placed {
+        let rec = h.e.host_record(host).unwrap();
+        assert_eq!(&rec.zone, zone, "a member's zone is its host's");
+    }
+    // Every Provision names the host its instance was placed on, and the
+    // stored instance record names it too.
+    for a in h.dispatched.iter().filter(|a| a.kind.name() == "provision") {
+        let ActionKind::Provision { host, .. } = &a.kind else { unreachable!() };
+        let view = h.e.instance_view(a.instance).unwrap();
+        assert_eq!(host, &view.host);
+        assert_eq!(h.store.instances[&a.instance].host, view.host);
+    }
+    let views = h.e.host_views();
+    assert_eq!(views.iter().map(|v| v.instances).sum::<u32>(), 3);
+    assert_eq!(views.iter().map(|v| v.name.as_str()).collect::<Vec<_>>(), ["h1", "h2", "h3", "h4"]);
+}
+
+#[test]
+fn a_service_that_does_not_fit_is_refused_and_cordoned_hosts_take_no_member() {
+    let mut h = H::new(fast_config());
+    register(&mut h, "h1", "zone-a", 1);
+    register(&mut h, "h2", "zone-b", 1);
+    // Three members, two hosts: one per host means no room.
+    let req = |name: &str, followers| CreateService {
+        name: name.into(),
+        engine: EngineKind::Postgres,
+        followers,
+        provider: Some("sim".into()),
+        sync: None,
+        team: None,
+        zones: None,
+        max_failover_lag_bytes: None,
+        credential_rotation_days: None,
+    };
+    let refused = h.command(Command::CreateService(req("big", 2)));
+    assert!(matches!(refused, Err(CommandError::Conflict(ref m)) if m.contains("no room")), "{refused:?}");
+    assert!(h.e.service_view("big").is_none());
+    h.command(Command::CordonHost { name: "h2".into() }).unwrap();
+    assert_eq!(h.e.host_record("h2").unwrap().state, HostState::Cordoned);
+    assert!(h.command(Command::CreateService(req("two", 1))).is_err(), "h2 is cordoned: one host for two members");
+    h.create("one", 0);
+    assert_eq!(hosts_of(&h, "one"), vec![(Role::Primary, "zone-a".into(), "h1".into())]);
+    assert!(matches!(h.command(Command::CordonHost { name: "nope".into() }), Err(CommandError::NotFound(_))));
+}
+
+#[test]
+fn a_lost_member_is_replaced_on_another_host_and_waits_when_none_has_room() {
+    let mut h = H::new(fast_config());
+    for (name, zone) in [("h1", "zone-a"), ("h2", "zone-b")] {
+        register(&mut h, name, zone, 2);
+    }
+    h.create("db", 1);
+    h.advance(Duration::from_secs(5));
+    assert_eq!(h.service("db").state, ServiceState::Available);
+    let follower = h.followers("db")[0].clone();
+    // No third host: the replacement waits (a member stays on each host).
+    h.chaos(follower.id, Fault::Crash);
+    h.advance(Duration::from_secs(90));
+    assert!(h.store.events.iter().any(|e| e.cause.contains("no ready host with room")), "waits for a host");
+    assert_eq!(hosts_of(&h, "db").len(), 1);
+    // A host registers: the follower is built there.
+    register(&mut h, "h3", "zone-c", 2);
+    h.advance(Duration::from_secs(30));
+    let placed = hosts_of(&h, "db");
+    assert_eq!(placed.len(), 2, "{placed:?}");
+    assert!(placed.iter().any(|p| p.1 == "zone-c" && p.2 == "h3"), "{placed:?}");
+    assert_eq!(h.service("db").state, ServiceState::Available);
+}
+
+#[test]
+fn hosts_survive_a_restart_and_the_builtin_host_adopts_instances_placed_before_hosts() {
+    let mut h = H::new(fast_config());
+    h.create("old", 1);
+    h.advance(Duration::from_secs(5));
+    assert!(h.service("old").instances.iter().all(|i| i.host.is_none()), "no host yet: nothing placed");
+    let host = RegisterHost { name: "cp".into(), zone: "zone-a".into(), address: "127.0.0.1".into(), capacity: 1000 };
+    h.command(Command::RegisterHost { host, builtin: true }).unwrap();
+    assert!(h.service("old").instances.iter().all(|i| i.host.as_deref() == Some("cp")));
+    assert!(h.store.instances.values().all(|i| i.host.as_deref() == Some("cp")), "adoption is persisted");
+    // The built-in host takes several members of one service, in every zone.
+    h.create("new", 2);
+    let placed = hosts_of(&h, "new");
+    assert_eq!(placed.iter().map(|p| p.1.as_str()).collect::<Vec<_>>(), ["zone-a", "zone-b", "zone-c"]);
+    h.command(Command::CordonHost { name: "cp".into() }).unwrap();
+    h.crash_and_restore();
+    let rec = h.e.host_record("cp").expect("the host is restored");
+    assert_eq!((rec.state, rec.builtin), (HostState::Cordoned, true));
+    assert_eq!(h.e.host_views()[0].instances, 5);
+    assert!(h.service("new").instances.iter().all(|i| i.host.as_deref() == Some("cp")));
+}
