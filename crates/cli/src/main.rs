@@ -4,8 +4,8 @@
 mod agent;
 mod bench;
 mod bench_connections;
-mod breakglass;
 mod bench_redis;
+mod breakglass;
 mod client;
 mod config;
 mod output;

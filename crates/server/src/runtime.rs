@@ -158,6 +158,8 @@ pub fn pager_wakeup(filter: fn(&drover_model::Event) -> bool) -> (PagerWakeup, m
 
 /// One line of the input log (`--input-log`): the engine's start, or one
 /// input with the time it was stepped at. JSON, one record a line.
+// One line at a time, written and dropped: the size of `Input` costs nothing here.
+#[allow(clippy::large_enum_variant)]
 #[derive(Debug, serde::Serialize, serde::Deserialize)]
 #[serde(rename_all = "snake_case")]
 pub enum LogLine {

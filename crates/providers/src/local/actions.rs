@@ -180,6 +180,7 @@ impl Inner {
 
     /// Records the new instance (and its service, on first use) with fresh
     /// ports, durably, before anything is built: the ports survive a crash.
+    #[allow(clippy::too_many_arguments)]
     fn register(
         &self,
         id: InstanceId,

@@ -414,21 +414,18 @@ impl Inner {
         used.extend(self.redis.ports_in_use());
         let entry = {
             let mut registry = lock(&self.redis.registry);
-            if !registry.services.contains_key(&service_id) {
+            if let std::collections::btree_map::Entry::Vacant(slot) = registry.services.entry(service_id) {
                 let router_port = super::actions::free_port(&used)?;
                 used.insert(router_port);
                 let app = super::actions::random_password()?;
                 let admin = super::actions::random_password()?;
-                registry.services.insert(
-                    service_id,
-                    RedisService {
-                        name: name.to_string(),
-                        router_port,
-                        app_password: self.key.seal_str(&context(name, server::APP_USER), &app),
-                        admin_password: self.key.seal_str(&context(name, server::ADMIN_USER), &admin),
-                        primary: None,
-                    },
-                );
+                slot.insert(RedisService {
+                    name: name.to_string(),
+                    router_port,
+                    app_password: self.key.seal_str(&context(name, server::APP_USER), &app),
+                    admin_password: self.key.seal_str(&context(name, server::ADMIN_USER), &admin),
+                    primary: None,
+                });
             }
             let port = match &existing {
                 Some(e) => e.port,
