@@ -44,7 +44,10 @@ pub struct Affected {
     pub versions: Vec<String>,
 }
 
+/// Named `OsvPackage` in the OpenAPI document: `Package` is an image
+/// manifest's entry (drover_model::Package).
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize, utoipa::ToSchema)]
+#[schema(as = OsvPackage)]
 pub struct Package {
     /// `Debian:12`.
     pub ecosystem: String,
