@@ -33,6 +33,12 @@ impl Drop for Reaper {
 }
 
 async fn start_local() -> (common::TestServer, Reaper) {
+    start_local_tweaked(|_| {}).await
+}
+
+async fn start_local_tweaked(
+    tweak: impl FnOnce(&mut drover_server::ServeOptions) + Send + 'static,
+) -> (common::TestServer, Reaper) {
     let dir = tempfile::Builder::new().prefix("dr").tempdir_in("/tmp").unwrap();
     let t = common::start_in(dir, move |opts| {
         opts.engine.default_provider = "local".into();
@@ -46,6 +52,7 @@ async fn start_local() -> (common::TestServer, Reaper) {
             kill_servers_on_drop: true,
             ..Default::default()
         });
+        tweak(opts);
     })
     .await;
     let reaper = Reaper(t.dir.path().to_path_buf());
@@ -265,4 +272,261 @@ async fn through_the_url_the_application_cannot_run_admin_or_dangerous_commands(
     }
     let wrong = connect(&url.replacen("redis://app:", "redis://app:x", 1)).await;
     assert!(wrong.is_none(), "a wrong password was accepted");
+}
+
+/// `SET <prefix>N N` then `WAIT 1 1000` in a loop: through one connection
+/// kept for the whole run (`reconnect_every` 0), or through a new
+/// connection every `reconnect_every` commands to whatever URL `url` holds
+/// then. Every error, refused login or write not on a replica counts as a
+/// failure; acknowledged writes are kept to be looked for afterwards.
+struct Loader {
+    acked: Arc<Mutex<Vec<u64>>>,
+    failures: Arc<Mutex<Vec<String>>>,
+    stop: Arc<AtomicBool>,
+    task: tokio::task::JoinHandle<()>,
+}
+
+impl Loader {
+    fn start(prefix: &'static str, url: Arc<Mutex<String>>, reconnect_every: u64) -> Loader {
+        let acked = Arc::new(Mutex::new(Vec::new()));
+        let failures = Arc::new(Mutex::new(Vec::new()));
+        let stop = Arc::new(AtomicBool::new(false));
+        let (a, f, s) = (acked.clone(), failures.clone(), stop.clone());
+        let task = tokio::spawn(async move {
+            let fail = |what: String| f.lock().unwrap().push(format!("{what} at {:?}", std::time::SystemTime::now()));
+            let mut next = 1u64;
+            let mut connection = None;
+            while !s.load(Ordering::SeqCst) {
+                if reconnect_every > 0 && next % reconnect_every == 0 {
+                    connection = None;
+                }
+                if connection.is_none() {
+                    let target = url.lock().unwrap().clone();
+                    connection = connect(&target).await;
+                    if connection.is_none() {
+                        fail(format!("cannot connect to {}", target.split('@').nth(1).unwrap_or_default()));
+                        tokio::time::sleep(Duration::from_millis(20)).await;
+                        continue;
+                    }
+                }
+                let c = connection.as_mut().unwrap();
+                let set: redis::RedisResult<()> =
+                    redis::cmd("SET").arg(format!("{prefix}{next}")).arg(next).query_async(c).await;
+                let replicas: redis::RedisResult<i64> = match set {
+                    Ok(()) => redis::cmd("WAIT").arg(1).arg(1000).query_async(c).await,
+                    Err(e) => Err(e),
+                };
+                match replicas {
+                    Ok(n) if n >= 1 => {
+                        a.lock().unwrap().push(next);
+                        next += 1;
+                        tokio::time::sleep(Duration::from_millis(2)).await;
+                    }
+                    Ok(_) => fail(format!("{prefix}{next} not on a replica within 1 s")),
+                    Err(e) => {
+                        fail(format!("{prefix}{next}: {e}"));
+                        connection = None;
+                        tokio::time::sleep(Duration::from_millis(20)).await;
+                    }
+                }
+            }
+        });
+        Loader { acked, failures, stop, task }
+    }
+    fn acked(&self) -> usize {
+        self.acked.lock().unwrap().len()
+    }
+    async fn finish(self) -> (Vec<u64>, Vec<String>) {
+        self.stop.store(true, Ordering::SeqCst);
+        let _ = self.task.await;
+        let acked = self.acked.lock().unwrap().clone();
+        let failures = self.failures.lock().unwrap().clone();
+        (acked, failures)
+    }
+}
+
+/// How many of `acked` (written as `<prefix>N`) are missing behind `url`.
+async fn lost_of(url: &str, prefix: &str, acked: &[u64]) -> usize {
+    let mut c = connect(url).await.expect("connect to count");
+    let mut missing = 0;
+    for chunk in acked.chunks(500) {
+        let keys: Vec<String> = chunk.iter().map(|n| format!("{prefix}{n}")).collect();
+        let values: Vec<Option<u64>> = redis::cmd("MGET").arg(&keys).query_async(&mut c).await.expect("MGET");
+        missing += values.iter().zip(chunk).filter(|(v, n)| **v != Some(**n)).count();
+    }
+    missing
+}
+
+/// The user and the host:port of a `redis://user:password@host:port` URL.
+fn user_and_address(url: &str) -> (String, String) {
+    let rest = url.strip_prefix("redis://").unwrap();
+    let (userinfo, address) = rest.split_once('@').unwrap();
+    (userinfo.split_once(':').unwrap().0.to_string(), address.to_string())
+}
+
+/// The `port` line and the text of every member's redis.conf.
+fn member_configs(t: &common::TestServer) -> Vec<(u16, String)> {
+    let mut configs = Vec::new();
+    for d in std::fs::read_dir(t.dir.path().join("local/redis/instances")).unwrap().flatten() {
+        let Ok(text) = std::fs::read_to_string(d.path().join("redis.conf")) else { continue };
+        let port = text.lines().find_map(|l| l.strip_prefix("port ")).and_then(|p| p.trim().parse().ok()).unwrap();
+        configs.push((port, text));
+    }
+    configs
+}
+
+/// Issue 10 item 8 for Redis: a rotation under a steady write load through
+/// the service URL. One client keeps its connection (logged in as the old
+/// user) until the overlap is nearly over, as a pool drains; one reconnects
+/// every 20 commands with whatever the URL is then. No command fails, every
+/// acknowledged write is there, both users are on every member during the
+/// overlap, the old password is refused after it (everywhere), and it is
+/// all audited.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn rotating_redis_credentials_under_write_load_fails_no_command_and_refuses_the_old_password_after_the_overlap() {
+    const OVERLAP: Duration = Duration::from_secs(6);
+    let (t, _reaper) = start_local_tweaked(|opts| opts.engine.rotation_overlap = OVERLAP).await;
+    let s = create_redis(&t, "rdrot").await;
+    let old_url = s["url"].as_str().unwrap().to_string();
+    assert!(old_url.starts_with("redis://app:"), "{old_url}");
+    let current = Arc::new(Mutex::new(old_url.clone()));
+    let kept = Loader::start("kept:", Arc::new(Mutex::new(old_url.clone())), 0);
+    let fresh = Loader::start("fresh:", current.clone(), 20);
+    poll(SLOW, "both clients write before the rotation", || async {
+        (kept.acked() > 50 && fresh.acked() > 50).then_some(())
+    })
+    .await;
+
+    let (status, action) = t.post("/v1/services/rdrot/credentials/rotate", json!({})).await;
+    assert_eq!(status, 202, "{action}");
+    let (status, body) = t.post("/v1/services/rdrot/credentials/rotate", json!({})).await;
+    assert_eq!(status, 409, "a second rotation while the first runs or drains: {body}");
+    let new_url = poll(SLOW, "the URL names the new credential", || async {
+        let url = t.service("rdrot").await["url"].as_str().unwrap_or_default().to_string();
+        (url != old_url).then_some(url)
+    })
+    .await;
+    let rotated = std::time::Instant::now();
+    *current.lock().unwrap() = new_url.clone();
+    let (old_user, old_address) = user_and_address(&old_url);
+    let (new_user, new_address) = user_and_address(&new_url);
+    assert_eq!((old_user.as_str(), new_user.as_str()), ("app", "app_b"), "{old_url} -> {new_url}");
+    assert_eq!(new_address.split(':').next_back(), old_address.split(':').next_back(), "the same router port");
+
+    // In the overlap both users log in on every member, and every
+    // member's redis.conf names both (a restart keeps them).
+    let password = |url: &str| url.split('@').next().unwrap().rsplit(':').next().unwrap().to_string();
+    let configs = member_configs(&t);
+    assert_eq!(configs.len(), 2, "a primary and a replica");
+    for (port, text) in &configs {
+        assert!(text.contains("user app on #") && text.contains("user app_b on #"), "{port}: {text}");
+        assert!(!text.contains(&password(&new_url)) && !text.contains(&password(&old_url)), "a password in clear");
+        for url in [&old_url, &new_url] {
+            let direct = url
+                .replace(&new_address, &format!("127.0.0.1:{port}"))
+                .replace(&old_address, &format!("127.0.0.1:{port}"));
+            assert!(
+                connect(&direct).await.is_some(),
+                "{} logs in on port {port} in the overlap",
+                user_and_address(url).0
+            );
+        }
+    }
+    assert!(connect(&old_url).await.is_some(), "the old URL works in the overlap");
+
+    // The kept connection drains before the overlap ends.
+    tokio::time::sleep((OVERLAP / 2).saturating_sub(rotated.elapsed())).await;
+    let (kept_acked, kept_failures) = kept.finish().await;
+    poll(SLOW, "the old password refused after the overlap", || async {
+        connect(&old_url).await.is_none().then_some(())
+    })
+    .await;
+    let refused_after = rotated.elapsed();
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let (fresh_acked, fresh_failures) = fresh.finish().await;
+    eprintln!(
+        "Redis rotation under load: kept connection {} acknowledged / {} failed, reconnecting client {} \
+         acknowledged / {} failed; the old password refused {refused_after:?} after the URL changed (overlap \
+         {OVERLAP:?})",
+        kept_acked.len(),
+        kept_failures.len(),
+        fresh_acked.len(),
+        fresh_failures.len()
+    );
+    assert!(kept_failures.is_empty(), "the kept connection failed: {kept_failures:?}");
+    assert!(fresh_failures.is_empty(), "the reconnecting client failed: {fresh_failures:?}");
+    assert!(refused_after >= OVERLAP - Duration::from_secs(1), "revoked {refused_after:?} after: overlap cut short");
+    assert!(kept_acked.len() > 50 && fresh_acked.len() > 50);
+    assert_eq!(lost_of(&new_url, "kept:", &kept_acked).await, 0, "an acknowledged write of the kept client was lost");
+    assert_eq!(lost_of(&new_url, "fresh:", &fresh_acked).await, 0, "an acknowledged write of the other was lost");
+
+    // Revoked on every member, and gone from every config file.
+    for (port, _) in member_configs(&t) {
+        let direct = |url: &str, address: &str| url.replace(address, &format!("127.0.0.1:{port}"));
+        assert!(connect(&direct(&old_url, &old_address)).await.is_none(), "the old user still logs in on {port}");
+        assert!(connect(&direct(&new_url, &new_address)).await.is_some(), "the new user logs in on {port}");
+    }
+    for (port, text) in member_configs(&t) {
+        assert!(!text.contains("user app on #") && text.contains("user app_b on #"), "{port}: {text}");
+    }
+    let s = t.service("rdrot").await;
+    assert!(s["credentials"]["last_rotated_at"].is_string(), "{}", s["credentials"]);
+    let (_, audit) = t.get("/v1/audit?limit=10000").await;
+    let audited = |command: &str| {
+        audit
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|e| e["command"] == command && e["target"] == "rdrot" && e["outcome"] == "ok")
+    };
+    assert!(audited("services.rotate_credentials"), "{audit:#}");
+    assert!(audited("services.revoke_previous_credentials"), "{audit:#}");
+}
+
+/// The schedule rotates a Redis service's credential and revokes the old
+/// one after the overlap, audited as the schedule's (the PostgreSQL test's
+/// twin).
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_scheduled_redis_rotation_changes_the_password_and_the_old_one_is_refused_after_the_overlap() {
+    let (t, _reaper) = start_local_tweaked(|opts| {
+        opts.engine.credential_rotation = Some(Duration::from_secs(10));
+        opts.engine.rotation_overlap = Duration::from_secs(5);
+    })
+    .await;
+    let before = create_redis(&t, "rdsched").await;
+    assert!(before["credentials"]["next_rotation_at"].is_string(), "scheduled: {}", before["credentials"]);
+    let old_url = t.service("rdsched").await["url"].as_str().unwrap().to_string();
+    let mut c = connect(&old_url).await.expect("the URL works");
+    let _: () = redis::cmd("SET").arg("kept").arg(1).query_async(&mut c).await.unwrap();
+    drop(c);
+    let new_url = poll(SLOW, "the schedule rotates the URL's credential", || async {
+        let url = t.service("rdsched").await["url"].as_str().unwrap_or_default().to_string();
+        (url != old_url).then_some(url)
+    })
+    .await;
+    let rotated = std::time::Instant::now();
+    assert_ne!(user_and_address(&new_url).0, user_and_address(&old_url).0, "{old_url} -> {new_url}");
+    connect(&old_url).await.expect("the old password works in the overlap");
+    let mut c = connect(&new_url).await.expect("the new URL works");
+    let kept: u64 =
+        redis::cmd("GET").arg("kept").query_async(&mut c).await.expect("the new user reads the old one's key");
+    assert_eq!(kept, 1);
+    drop(c);
+    poll(SLOW, "the old password refused after the overlap", || async {
+        connect(&old_url).await.is_none().then_some(())
+    })
+    .await;
+    let refused_after = rotated.elapsed();
+    assert!(refused_after >= Duration::from_secs(4), "revoked {refused_after:?} after the URL changed");
+    let (_, audit) = t.get("/v1/audit?limit=10000").await;
+    let by_schedule = |command: &str| {
+        audit.as_array().unwrap().iter().any(|e| {
+            e["actor"] == "schedule" && e["command"] == command && e["target"] == "rdsched" && e["outcome"] == "ok"
+        })
+    };
+    assert!(by_schedule("services.rotate_credentials"), "{audit:#}");
+    assert!(by_schedule("services.revoke_previous_credentials"), "{audit:#}");
+    eprintln!(
+        "scheduled Redis rotation: the old password refused {refused_after:?} after the URL changed (overlap 5 s)"
+    );
 }

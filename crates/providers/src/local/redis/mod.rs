@@ -20,6 +20,7 @@
 //! replica the engine chose (its policy: the highest offset), the router
 //! pointed at it, and the other replicas repointed.
 
+mod credentials;
 mod router;
 pub mod server;
 
@@ -78,6 +79,36 @@ pub struct RedisService {
     /// Drover's admin password, sealed.
     pub admin_password: String,
     pub primary: Option<InstanceId>,
+    /// The application's ACL user the URL names (one of
+    /// [`server::APP_LOGINS`]; a registry from before rotation: `app`).
+    #[serde(default = "default_app_login")]
+    pub login: String,
+    /// The application user a rotation replaced, still accepted until the
+    /// engine revokes it (issue 10 item 8; see `credentials`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub previous: Option<RedisPrevious>,
+    /// When the current credential was made (unix ms; 0: at creation).
+    #[serde(default)]
+    pub rotated_at_ms: u64,
+    /// The RotateCredentials action that made the current credential: a
+    /// repeat of it (after a crash) finds its work done.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub rotation_action: Option<drover_model::ActionId>,
+}
+
+/// The application user a rotation replaced, valid until its overlap ends.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct RedisPrevious {
+    pub login: String,
+    /// The SHA-256 hex of its password, as the ACL rule takes it (it is not
+    /// a password: it cannot be used to log in).
+    pub hash: String,
+    /// When it was rotated out (unix ms).
+    pub since_ms: u64,
+}
+
+fn default_app_login() -> String {
+    server::APP_USER.to_string()
 }
 
 #[derive(Clone, Debug, Default, Serialize, Deserialize)]
@@ -235,7 +266,16 @@ fn invalid(error: impl Into<String>) -> ActionError {
 
 impl Inner {
     fn redis_password(&self, service: &RedisService, user: &str) -> Result<String, ActionError> {
-        let sealed = if user == server::ADMIN_USER { &service.admin_password } else { &service.app_password };
+        let sealed = if user == server::ADMIN_USER {
+            &service.admin_password
+        } else if user == service.login {
+            &service.app_password
+        } else {
+            return Err(ActionError::InvalidState(format!(
+                "Redis service {} has no password for {user}: its application user is {}",
+                service.name, service.login
+            )));
+        };
         self.key.open_str(&context(&service.name, user), sealed).map_err(|e| {
             ActionError::Config(format!(
                 "cannot open the sealed {user} password of Redis service {}: {e}; the data dir's secret key is not \
@@ -248,8 +288,8 @@ impl Inner {
     /// The stable URL of a Redis service, as its application user.
     pub(super) fn redis_url(&self, name: &str) -> Option<String> {
         let service = self.redis.find_service(name)?;
-        let password = self.redis_password(&service, server::APP_USER).ok()?;
-        Some(format!("redis://{}:{password}@127.0.0.1:{}", server::APP_USER, service.router_port))
+        let password = self.redis_password(&service, &service.login).ok()?;
+        Some(format!("redis://{}:{password}@127.0.0.1:{}", service.login, service.router_port))
     }
 
     /// An admin connection to a member.
@@ -329,9 +369,8 @@ impl Inner {
                  item 5)"
                     .into(),
             )),
-            ActionKind::RotateCredentials | ActionKind::RevokePreviousCredentials => Err(ActionError::Config(
-                "credential rotation of Redis services is not built yet in the local provider (issue 10 item 8)".into(),
-            )),
+            ActionKind::RotateCredentials => self.redis_rotate_credentials(action.service, action.id).await,
+            ActionKind::RevokePreviousCredentials => self.redis_revoke_previous(action.service).await,
         }
     }
 
@@ -425,6 +464,10 @@ impl Inner {
                     app_password: self.key.seal_str(&context(name, server::APP_USER), &app),
                     admin_password: self.key.seal_str(&context(name, server::ADMIN_USER), &admin),
                     primary: None,
+                    login: server::APP_USER.to_string(),
+                    previous: None,
+                    rotated_at_ms: 0,
+                    rotation_action: None,
                 });
             }
             let port = match &existing {
@@ -466,15 +509,15 @@ impl Inner {
             let data = server::data_dir(&entry.dir);
             process::kill_leftovers(&data).await?;
             let admin = self.redis_password(&service, server::ADMIN_USER)?;
-            let app = self.redis_password(&service, server::APP_USER)?;
+            let app = self.redis_password(&service, &service.login)?;
             server::write_config(
                 &self.run_as,
                 &server::ServerConfig {
                     port: entry.port,
                     dir: &entry.dir,
                     admin_password: &admin,
-                    app_password: &app,
-                    app_previous: None,
+                    app: (&service.login, &app),
+                    app_previous: service.previous.as_ref().map(|p| (p.login.as_str(), p.hash.as_str())),
                 },
             )?;
             let log_path = server::log_path(&entry.dir);
@@ -538,6 +581,9 @@ impl Inner {
         let t = COMMAND_TIMEOUT;
         server::run::<()>(&mut c, redis::cmd("CONFIG").arg("SET").arg("masteruser").arg(server::ADMIN_USER), t).await?;
         server::run::<()>(&mut c, redis::cmd("CONFIG").arg("SET").arg("masterauth").arg(&admin), t).await?;
+        // A server already running (adopted, or a repeated provision) has
+        // the application users the registry names, as a new one has.
+        self.redis_set_logins(entry, &self.redis.service(entry.service)?).await?;
         Ok(())
     }
 

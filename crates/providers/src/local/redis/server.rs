@@ -26,8 +26,12 @@ pub const ADMIN_USER: &str = "drover";
 /// The router's health check: `nopass`, allowed only `PING` and
 /// `INFO replication` (it sees roles and offsets, nothing else).
 pub const CHECK_USER: &str = "drover_check";
-/// The application's ACL user, the one the service URL names.
+/// The application's ACL user the service URL names when it is created.
 pub const APP_USER: &str = "app";
+/// The two application users a credential rotation alternates between
+/// (issue 10 item 8): the URL names one; the other is absent, or still
+/// accepted during a rotation's overlap.
+pub const APP_LOGINS: [&str; 2] = [APP_USER, "app_b"];
 /// What the application's user may run: every key and channel, every
 /// command but the administrative and dangerous ones (CONFIG, MODULE, ACL,
 /// DEBUG, SHUTDOWN, REPLICAOF, FAILOVER, CLIENT KILL, FLUSHALL, KEYS, …).
@@ -47,7 +51,9 @@ pub fn pid_path(dir: &Path) -> PathBuf {
     dir.join("redis.pid")
 }
 
-fn sha256_hex(password: &str) -> String {
+/// The SHA-256 of a password as an ACL rule takes it (`#<hex>`): what
+/// redis.conf and `ACL SETUSER` carry, never the password itself.
+pub fn sha256_hex(password: &str) -> String {
     hex::encode(Sha256::digest(password.as_bytes()))
 }
 
@@ -56,18 +62,20 @@ pub struct ServerConfig<'a> {
     pub port: u16,
     pub dir: &'a Path,
     pub admin_password: &'a str,
-    pub app_password: &'a str,
-    /// A second application password still accepted (a rotation's overlap).
-    pub app_previous: Option<&'a str>,
+    /// The application's ACL user the URL names, and its password.
+    pub app: (&'a str, &'a str),
+    /// The application user a rotation replaced and the SHA-256 hex of its
+    /// password ([`sha256_hex`]): still accepted during the overlap.
+    pub app_previous: Option<(&'a str, &'a str)>,
 }
 
 /// Writes `redis.conf` (owned by the server user, 0600).
 pub fn write_config(run_as: &RunAs, config: &ServerConfig<'_>) -> Result<(), ActionError> {
-    let ServerConfig { port, dir, admin_password, app_password, app_previous } = config;
+    let ServerConfig { port, dir, admin_password, app: (app_login, app_password), app_previous } = config;
     let data = data_dir(dir);
-    let mut app = format!("user {APP_USER} on #{} {APP_RULES}", sha256_hex(app_password));
-    if let Some(previous) = app_previous {
-        app = format!("user {APP_USER} on #{} #{} {APP_RULES}", sha256_hex(app_password), sha256_hex(previous));
+    let mut app = format!("user {app_login} on #{} {APP_RULES}", sha256_hex(app_password));
+    if let Some((login, hash)) = app_previous {
+        app = format!("{app}\nuser {login} on #{hash} {APP_RULES}");
     }
     let text = format!(
         "# Written by Drover; rewritten on every start. Replication is set at run time.\n\
