@@ -297,7 +297,7 @@ impl Loader {
             let mut next = 1u64;
             let mut connection = None;
             while !s.load(Ordering::SeqCst) {
-                if reconnect_every > 0 && next % reconnect_every == 0 {
+                if reconnect_every > 0 && next.is_multiple_of(reconnect_every) {
                     connection = None;
                 }
                 if connection.is_none() {
