@@ -880,38 +880,3 @@ async fn a_registry_with_a_password_in_clear_is_sealed_when_opened_and_the_url_s
     let key = std::fs::metadata(dir.path().join("secret.key")).unwrap();
     assert_eq!(std::os::unix::fs::PermissionsExt::mode(&key.permissions()) & 0o777, 0o600);
 }
-
-/// The upgrade caveat of issue 10: a registry from before the engine
-/// scheduled revocations may hold a `previous` login without `since_ms`.
-/// No overlap will ever end it, so it must not block rotations: the next
-/// rotation revokes it first.
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_previous_login_left_by_an_older_data_dir_is_revoked_by_the_next_rotation_instead_of_blocking_it() {
-    let dir = temp_dir();
-    let mut first = Harness::new(&dir, "leftover");
-    let (primary, _follower) = first.pair().await;
-    first.ok(primary, ActionKind::RotateCredentials).await;
-    let service = first.service;
-    let state = first.provider.state_path().to_path_buf();
-    // Killed with -9 in the overlap; the registry as an older control plane
-    // left it: the previous login without its time.
-    first.armed = false;
-    drop(first);
-    let mut registry: serde_json::Value = serde_json::from_slice(&std::fs::read(&state).unwrap()).unwrap();
-    let entry = &mut registry["services"][service.to_string()];
-    assert_eq!(entry["previous"]["login"], "app_a", "{entry}");
-    entry["previous"].as_object_mut().unwrap().remove("since_ms");
-    std::fs::write(&state, serde_json::to_vec(&registry).unwrap()).unwrap();
-
-    let h = Harness::open(&dir, "leftover", service, test_config());
-    let _events = h.events();
-    assert!(h.provider.rotation_in_progress("leftover").is_none(), "a leftover does not block a rotation");
-    let old_url = h.url();
-    assert!(old_url.starts_with("postgres://app_b:"), "{old_url}");
-    h.ok(primary, ActionKind::RotateCredentials).await;
-    let new_url = h.url();
-    assert!(new_url.starts_with("postgres://app_a:"), "the leftover revoked, then rotated onto: {new_url}");
-    through_router(&new_url).await.expect("the new URL works");
-    through_router(&old_url).await.expect("the URL's previous credential keeps its own overlap");
-    assert!(h.provider.rotation_in_progress("leftover").is_some(), "this overlap is a real one");
-}

@@ -97,13 +97,15 @@ impl Inner {
     }
 
     /// A member (re)started or adopted has the users the registry names.
-    pub(super) async fn redis_set_logins(
-        &self,
-        entry: &RedisInstance,
-        service: &RedisService,
-    ) -> Result<(), ActionError> {
-        let wanted = self.redis_wanted(service)?;
-        self.redis_apply_logins(entry, service, &wanted).await
+    /// Under the service lock: a rotation or revocation running meanwhile
+    /// applies to the members that ran when it started, then records; a
+    /// member started in between gets what it recorded, here.
+    pub(super) async fn redis_set_logins(&self, entry: &RedisInstance) -> Result<(), ActionError> {
+        let guard = self.service_lock(entry.service);
+        let _held = guard.lock().await;
+        let service = self.redis.service(entry.service)?;
+        let wanted = self.redis_wanted(&service)?;
+        self.redis_apply_logins(entry, &service, &wanted).await
     }
 
     /// Applies `wanted` on every running member; the first that refuses or

@@ -583,7 +583,7 @@ impl Inner {
         server::run::<()>(&mut c, redis::cmd("CONFIG").arg("SET").arg("masterauth").arg(&admin), t).await?;
         // A server already running (adopted, or a repeated provision) has
         // the application users the registry names, as a new one has.
-        self.redis_set_logins(entry, &self.redis.service(entry.service)?).await?;
+        self.redis_set_logins(entry).await?;
         Ok(())
     }
 
