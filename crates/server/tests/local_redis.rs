@@ -33,6 +33,10 @@ impl Drop for Reaper {
 }
 
 async fn start_local() -> (common::TestServer, Reaper) {
+    start_local_with(None).await
+}
+
+async fn start_local_with(redis_maxmemory: Option<u64>) -> (common::TestServer, Reaper) {
     let dir = tempfile::Builder::new().prefix("dr").tempdir_in("/tmp").unwrap();
     let t = common::start_in(dir, move |opts| {
         opts.engine.default_provider = "local".into();
@@ -44,6 +48,7 @@ async fn start_local() -> (common::TestServer, Reaper) {
         opts.local = Some(drover_providers::local::LocalConfig {
             probe_interval: Duration::from_millis(300),
             kill_servers_on_drop: true,
+            redis_maxmemory,
             ..Default::default()
         });
     })
@@ -431,4 +436,75 @@ async fn an_rdb_backup_restores_in_a_scratch_server_and_a_corrupted_one_is_caugh
         (s["backups"]["last_verify_ok"] == true).then_some(())
     })
     .await;
+}
+
+async fn check_until(t: &common::TestServer, name: &str, facet: &str, want: &[&str]) -> Value {
+    let path = format!("/v1/services/{name}/checks");
+    poll(SLOW, &format!("{facet} check {want:?}"), || async {
+        let (status, checks) = t.get(&path).await;
+        (status == 200 && want.contains(&checks[facet]["status"].as_str().unwrap_or(""))).then_some(checks)
+    })
+    .await
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn redis_checks_turn_from_ok_to_warn_or_crit_with_real_causes() {
+    let (t, _reaper) = start_local_with(Some(8 << 20)).await;
+    let s = create_redis(&t, "rdck").await;
+    let url = s["url"].as_str().unwrap().to_string();
+    for facet in ["replication", "performance", "persistence", "security", "router"] {
+        let checks = check_until(&t, "rdck", facet, &["ok"]).await;
+        println!("{facet}: {}", checks[facet]);
+    }
+
+    // Replication: the replica hangs (SIGSTOP); its acknowledgements stop.
+    let follower = followers(&s)[0]["id"].as_str().unwrap().to_string();
+    let (status, body) = t.post("/v1/chaos", json!({"instance": follower, "fault": "hang"})).await;
+    assert_eq!(status, 202, "{body}");
+    let checks = check_until(&t, "rdck", "replication", &["warn", "crit"]).await;
+    println!("replication after the replica hung: {}", checks["replication"]);
+    let _ = t.post("/v1/chaos", json!({"instance": follower, "fault": "heal"})).await;
+    let s = wait_streaming(&t, "rdck", None).await;
+    check_until(&t, "rdck", "replication", &["ok"]).await;
+
+    // Persistence: the primary's data directory refuses writes; a BGSAVE fails.
+    let primary_id = primary(&s)["id"].as_str().unwrap().to_string();
+    let data = t.dir.path().join("local/redis/instances").join(&primary_id).join("data");
+    use std::os::unix::fs::PermissionsExt;
+    std::fs::set_permissions(&data, std::fs::Permissions::from_mode(0o500)).unwrap();
+    let (status, body) = t.post("/v1/services/rdck/backups", json!({})).await;
+    assert_eq!(status, 202, "{body}");
+    let checks = check_until(&t, "rdck", "persistence", &["crit"]).await;
+    println!("persistence with a read-only data directory: {}", checks["persistence"]);
+    std::fs::set_permissions(&data, std::fs::Permissions::from_mode(0o700)).unwrap();
+    // Redis refuses writes after a failed snapshot until one succeeds: the next backup.
+    poll(SLOW, "the failed backup recorded", || async {
+        let (_, checks) = t.get("/v1/services/rdck/checks").await;
+        checks["backups"]["status"].is_string().then_some(())
+    })
+    .await;
+    poll(SLOW, "a backup accepted again", || async {
+        let (status, _) = t.post("/v1/services/rdck/backups", json!({})).await;
+        (status == 202).then_some(())
+    })
+    .await;
+    check_until(&t, "rdck", "persistence", &["ok"]).await;
+
+    // Memory: write through the URL until maxmemory (8 MiB) is nearly reached.
+    let mut c = connect(&url).await.expect("connect");
+    let value = "x".repeat(8192);
+    let mut n = 0u32;
+    let checks = loop {
+        for _ in 0..50 {
+            n += 1;
+            let _: redis::RedisResult<()> =
+                redis::cmd("SET").arg(format!("m:{n}")).arg(&value).query_async(&mut c).await;
+        }
+        let (_, checks) = t.get("/v1/services/rdck/checks").await;
+        if checks["performance"]["status"] == "crit" {
+            break checks;
+        }
+        assert!(n < 5000, "8 MiB written and the memory check is still {}", checks["performance"]);
+    };
+    println!("performance near maxmemory: {}", checks["performance"]);
 }

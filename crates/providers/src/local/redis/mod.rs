@@ -21,12 +21,14 @@
 //! pointed at it, and the other replicas repointed.
 
 mod backup;
+mod checks;
 mod router;
 pub mod server;
 
 use super::process::{self, ProcState, ServerProcess};
 use super::registry::Lifecycle;
 use super::{lock, Inner};
+use crate::checks::{Check, Status};
 use crate::runas::RunAs;
 use crate::{ActionError, ProviderError};
 use drover_model::{ActionKind, ActionRecord, Beat, Facts, Fault, InstanceId, Role, ServiceId};
@@ -583,6 +585,9 @@ impl Inner {
         let t = COMMAND_TIMEOUT;
         server::run::<()>(&mut c, redis::cmd("CONFIG").arg("SET").arg("masteruser").arg(server::ADMIN_USER), t).await?;
         server::run::<()>(&mut c, redis::cmd("CONFIG").arg("SET").arg("masterauth").arg(&admin), t).await?;
+        if let Some(bytes) = self.config.redis_maxmemory {
+            server::run::<()>(&mut c, redis::cmd("CONFIG").arg("SET").arg("maxmemory").arg(bytes), t).await?;
+        }
         Ok(())
     }
 
@@ -911,6 +916,93 @@ impl Inner {
             }
             tokio::time::sleep(Duration::from_millis(2)).await;
         }
+    }
+
+    /// The provider's part of a Redis service's checks (see `checks`);
+    /// None when `name` is not a Redis service of this provider.
+    pub(super) async fn redis_checks(&self, name: &str) -> Option<crate::ProviderChecks> {
+        let (service_id, _) = {
+            let registry = lock(&self.redis.registry);
+            registry.services.iter().find(|(_, s)| s.name == name).map(|(id, s)| (*id, s.clone()))?
+        };
+        let running = lock(&self.redis.routers).get(&service_id).is_some_and(|p| !p.has_exited());
+        let router = Some(if !running {
+            Check {
+                status: Status::Crit,
+                summary: "the router (haproxy) does not run: the URL answers nobody".into(),
+                evidence: serde_json::json!({}),
+            }
+        } else {
+            match router::command_line(&self.redis.router_socket(service_id), "show stat").await {
+                Ok(stat) => {
+                    let line = stat.lines().find(|l| l.starts_with("redis,primary,")).unwrap_or_default().to_string();
+                    let up = line.split(',').nth(17) == Some("UP");
+                    Check {
+                        status: if up { Status::Ok } else { Status::Crit },
+                        summary: if up {
+                            "the router sends clients to a primary that answers its role:master check".into()
+                        } else {
+                            "the router has no primary up behind it: clients are refused".into()
+                        },
+                        evidence: serde_json::json!({ "server": line }),
+                    }
+                }
+                Err(e) => Check {
+                    status: Status::Warn,
+                    summary: format!("the router's admin socket does not answer: {e}"),
+                    evidence: serde_json::json!({}),
+                },
+            }
+        });
+        let Some((_, primary)) = self.redis_current_primary(service_id) else {
+            return Some(crate::ProviderChecks { router, ..Default::default() });
+        };
+        let t = Duration::from_secs(3);
+        let inspected = async {
+            let mut c = self.redis_admin(&primary, t).await?;
+            let text: String = server::run(&mut c, &redis::cmd("INFO").arg("everything"), t).await?;
+            let info = checks::parse_info(&text);
+            let default: redis::Value = server::run(&mut c, redis::cmd("ACL").arg("GETUSER").arg("default"), t).await?;
+            let default_flags = acl_flags(&default);
+            let protected: Vec<String> =
+                server::run(&mut c, redis::cmd("CONFIG").arg("GET").arg("protected-mode"), t).await?;
+            let mut app_allowed_dangerous = Vec::new();
+            for command in checks::DANGEROUS {
+                let mut dry = redis::cmd("ACL");
+                dry.arg("DRYRUN").arg(server::APP_USER);
+                for a in *command {
+                    dry.arg(*a);
+                }
+                if let Ok(redis::Value::Okay) = server::run::<redis::Value>(&mut c, &dry, t).await {
+                    app_allowed_dangerous.push(command.join(" "));
+                }
+            }
+            let facts = checks::SecurityFacts {
+                default_flags,
+                protected_mode: protected.get(1).cloned(),
+                app_allowed_dangerous,
+            };
+            Ok::<_, ActionError>((info, facts))
+        };
+        let Ok((info, facts)) = inspected.await else {
+            return Some(crate::ProviderChecks { router, ..Default::default() });
+        };
+        let by_port: HashMap<u16, InstanceId> = lock(&self.redis.registry)
+            .instances
+            .iter()
+            .filter(|(_, e)| e.service == service_id)
+            .map(|(id, e)| (e.port, *id))
+            .collect();
+        let followers = checks::followers(&info, |port| {
+            by_port.get(&port).map(|i| i.to_string()).unwrap_or_else(|| format!("port {port}"))
+        });
+        Some(crate::ProviderChecks {
+            security: Some(checks::security(&facts)),
+            performance: Some(checks::performance(&info)),
+            followers: Some(followers),
+            router,
+            persistence: Some(checks::persistence(&info)),
+        })
     }
 
     /// The backup repository of a service.
@@ -1308,4 +1400,26 @@ impl Inner {
         all.extend(lock(&self.redis.routers).drain().map(|(_, p)| (p, Signal::SIGTERM)));
         all
     }
+}
+
+/// The flags of an `ACL GETUSER` answer (a map, RESP2: a flat array).
+fn acl_flags(value: &redis::Value) -> Vec<String> {
+    let items: Vec<&redis::Value> = match value {
+        redis::Value::Array(items) => items.iter().collect(),
+        redis::Value::Map(pairs) => pairs.iter().flat_map(|(k, v)| [k, v]).collect(),
+        _ => return Vec::new(),
+    };
+    let text = |v: &redis::Value| match v {
+        redis::Value::BulkString(b) => String::from_utf8_lossy(b).into_owned(),
+        redis::Value::SimpleString(s) => s.clone(),
+        _ => String::new(),
+    };
+    items
+        .chunks(2)
+        .find(|pair| pair.len() == 2 && text(pair[0]) == "flags")
+        .map(|pair| match pair[1] {
+            redis::Value::Array(flags) | redis::Value::Set(flags) => flags.iter().map(text).collect(),
+            _ => Vec::new(),
+        })
+        .unwrap_or_default()
 }
