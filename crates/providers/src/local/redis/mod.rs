@@ -960,7 +960,7 @@ impl Inner {
         let t = Duration::from_secs(3);
         let inspected = async {
             let mut c = self.redis_admin(&primary, t).await?;
-            let text: String = server::run(&mut c, &redis::cmd("INFO").arg("everything"), t).await?;
+            let text: String = server::run(&mut c, redis::cmd("INFO").arg("everything"), t).await?;
             let info = checks::parse_info(&text);
             let default: redis::Value = server::run(&mut c, redis::cmd("ACL").arg("GETUSER").arg("default"), t).await?;
             let default_flags = acl_flags(&default);
