@@ -508,3 +508,36 @@ async fn redis_checks_turn_from_ok_to_warn_or_crit_with_real_causes() {
     };
     println!("performance near maxmemory: {}", checks["performance"]);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_partitioned_replica_or_a_silent_primary_whose_replicas_stream_causes_no_failover() {
+    let (t, _reaper) = start_local().await;
+    let s = create_redis(&t, "rdnp").await;
+    let url = s["url"].as_str().unwrap().to_string();
+    let primary_id = primary(&s)["id"].as_str().unwrap().to_string();
+    let follower = followers(&s)[0]["id"].as_str().unwrap().to_string();
+    let writer = Writer::start(url.clone());
+    poll(SLOW, "writes before the partitions", || async { (writer.acked() > 20).then_some(()) }).await;
+    // Each member in turn stops heartbeating to the control plane for
+    // well past `uncertain_after` (2 s) while the data path still works.
+    for (who, id) in [("the replica", &follower), ("the primary", &primary_id)] {
+        let (status, body) = t.post("/v1/chaos", json!({"instance": id, "fault": "partition"})).await;
+        assert_eq!(status, 202, "{body}");
+        let at = writer.acked();
+        tokio::time::sleep(Duration::from_secs(6)).await;
+        assert!(writer.acked() > at + 20, "writes through the URL stopped while {who} was partitioned");
+        let (status, body) = t.post("/v1/chaos", json!({"instance": id, "fault": "heal"})).await;
+        assert_eq!(status, 202, "{body}");
+    }
+    let s = wait_streaming(&t, "rdnp", None).await;
+    let (acked, _) = writer.finish().await;
+    assert_eq!(primary(&s)["id"].as_str(), Some(primary_id.as_str()), "the primary changed");
+    let events = t.events("service=rdnp").await;
+    let moved: Vec<&str> = events
+        .iter()
+        .filter_map(|e| e["cause"].as_str())
+        .filter(|c| c.contains("fence") || c.starts_with("promoted"))
+        .collect();
+    assert!(moved.is_empty(), "a failover was started: {moved:?}");
+    assert_eq!(lost(&url, &acked).await, 0);
+}
