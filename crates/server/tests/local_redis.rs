@@ -36,6 +36,15 @@ async fn start_local() -> (common::TestServer, Reaper) {
     start_local_tweaked(|_| {}).await
 }
 
+async fn start_local_with(redis_maxmemory: Option<u64>) -> (common::TestServer, Reaper) {
+    start_local_tweaked(move |opts| {
+        if let Some(local) = opts.local.as_mut() {
+            local.redis_maxmemory = redis_maxmemory;
+        }
+    })
+    .await
+}
+
 async fn start_local_tweaked(
     tweak: impl FnOnce(&mut drover_server::ServeOptions) + Send + 'static,
 ) -> (common::TestServer, Reaper) {
@@ -189,26 +198,130 @@ async fn kill_9_of_the_primary_fails_over_behind_the_same_url_losing_no_acknowle
     assert!(events.iter().any(|e| e["to"] == "fenced" || e["cause"].as_str().is_some_and(|c| c.contains("fence"))));
 }
 
+/// A retry-free SET loop through the URL in raw RESP: every command's
+/// answer that is not `+OK` (an error, a closed connection) is a failure.
+/// `pooled`: one connection kept between commands, checked before each
+/// one for a close by the server, as connection pools do (redis-py's);
+/// else a new connection per command.
+struct SetLoop {
+    ok: Arc<AtomicU64>,
+    failures: Arc<AtomicU64>,
+    stop: Arc<AtomicBool>,
+    task: tokio::task::JoinHandle<()>,
+}
+
+impl SetLoop {
+    fn start(url: &str, pooled: bool) -> SetLoop {
+        let rest = url.strip_prefix("redis://app:").unwrap();
+        let (password, port) = rest.rsplit_once("@127.0.0.1:").unwrap();
+        let (password, port) = (password.to_string(), port.parse::<u16>().unwrap());
+        let (ok, failures, stop) =
+            (Arc::new(AtomicU64::new(0)), Arc::new(AtomicU64::new(0)), Arc::new(AtomicBool::new(false)));
+        let (o, f, s) = (ok.clone(), failures.clone(), stop.clone());
+        let task = tokio::spawn(async move {
+            use tokio::io::{AsyncBufReadExt, AsyncWriteExt};
+            let mut kept: Option<tokio::io::BufStream<tokio::net::TcpStream>> = None;
+            let mut n = 0u64;
+            while !s.load(Ordering::SeqCst) {
+                n += 1;
+                if let Some(stream) = &kept {
+                    let mut byte = [0u8; 1];
+                    if !matches!(stream.get_ref().try_read(&mut byte), Err(e) if e.kind() == std::io::ErrorKind::WouldBlock)
+                    {
+                        kept = None; // closed by the server while idle: connect again
+                    }
+                }
+                let attempt = async {
+                    let mut stream = match kept.take() {
+                        Some(stream) => stream,
+                        None => {
+                            let mut stream =
+                                tokio::io::BufStream::new(tokio::net::TcpStream::connect(("127.0.0.1", port)).await?);
+                            stream.write_all(format!("AUTH app {password}\r\n").as_bytes()).await?;
+                            stream.flush().await?;
+                            let mut line = String::new();
+                            stream.read_line(&mut line).await?;
+                            if line != "+OK\r\n" {
+                                return Err(std::io::Error::other(format!("AUTH: {line:?}")));
+                            }
+                            stream
+                        }
+                    };
+                    let (key, value) = (format!("s:{pooled}:{n}"), n.to_string());
+                    let command =
+                        format!("*3\r\n$3\r\nSET\r\n${}\r\n{key}\r\n${}\r\n{value}\r\n", key.len(), value.len());
+                    stream.write_all(command.as_bytes()).await?;
+                    stream.flush().await?;
+                    let mut line = String::new();
+                    stream.read_line(&mut line).await?;
+                    if line != "+OK\r\n" {
+                        return Err(std::io::Error::other(format!("SET: {line:?}")));
+                    }
+                    Ok(stream)
+                };
+                match tokio::time::timeout(Duration::from_secs(15), attempt).await {
+                    Ok(Ok(stream)) => {
+                        o.fetch_add(1, Ordering::SeqCst);
+                        if pooled {
+                            kept = Some(stream);
+                        }
+                    }
+                    Ok(Err(e)) => {
+                        eprintln!("set loop (pooled: {pooled}): {e}");
+                        f.fetch_add(1, Ordering::SeqCst);
+                    }
+                    Err(_) => {
+                        f.fetch_add(1, Ordering::SeqCst);
+                    }
+                }
+                tokio::time::sleep(Duration::from_millis(1)).await;
+            }
+        });
+        SetLoop { ok, failures, stop, task }
+    }
+    fn ok(&self) -> u64 {
+        self.ok.load(Ordering::SeqCst)
+    }
+    async fn finish(self) -> (u64, u64) {
+        self.stop.store(true, Ordering::SeqCst);
+        let _ = self.task.await;
+        (self.ok.load(Ordering::SeqCst), self.failures.load(Ordering::SeqCst))
+    }
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
-async fn a_switchover_hands_over_with_failover_and_loses_no_acknowledged_write() {
+async fn a_switchover_hands_over_with_failover_failing_no_command_and_losing_no_acknowledged_write() {
     let (t, _reaper) = start_local().await;
     let s = create_redis(&t, "rdsw").await;
     let url = s["url"].as_str().unwrap().to_string();
     let old = primary(&s)["id"].as_str().unwrap().to_string();
     let writer = Writer::start(url.clone());
-    poll(SLOW, "writes before the switchover", || async { (writer.acked() > 50).then_some(()) }).await;
+    let per_command = SetLoop::start(&url, false);
+    let pooled = SetLoop::start(&url, true);
+    poll(SLOW, "writes before the switchover", || async {
+        (writer.acked() > 50 && per_command.ok() > 50 && pooled.ok() > 50).then_some(())
+    })
+    .await;
     let (status, body) = t.post("/v1/services/rdsw/switchover", json!({})).await;
     assert!(status == 200 || status == 202, "{status} {body}");
-    let at = writer.acked();
+    let at = (writer.acked(), per_command.ok(), pooled.ok());
     wait_streaming(&t, "rdsw", Some(&old)).await;
-    poll(SLOW, "writes after the switchover", || async { (writer.acked() > at + 50).then_some(()) }).await;
-    let (acked, failures) = writer.finish().await;
+    poll(SLOW, "writes after the switchover", || async {
+        (writer.acked() > at.0 + 50 && per_command.ok() > at.1 + 50 && pooled.ok() > at.2 + 50).then_some(())
+    })
+    .await;
+    let (acked, writer_failures) = writer.finish().await;
+    let (per_command_ok, per_command_failed) = per_command.finish().await;
+    let (pooled_ok, pooled_failed) = pooled.finish().await;
     assert_eq!(lost(&url, &acked).await, 0, "an acknowledged write was lost");
-    let events = t.events("service=rdsw").await;
-    let fence = events.iter().find(|e| e["cause"].as_str().is_some_and(|c| c.contains("handed over")));
-    // Not zero: the router shuts the sessions of the old primary, so a
-    // client's command in flight fails and it reconnects (see the report).
-    println!("switchover: {failures} failed or unacknowledged commands; fence: {fence:?}");
+    println!(
+        "switchover: connection per command {per_command_ok} ok / {per_command_failed} failed; pooled \
+         {pooled_ok} ok / {pooled_failed} failed; multiplexed SET+WAIT writer {} acknowledged / {writer_failures} \
+         failed or unacknowledged (its idle connection closed, it does not check before a command)",
+        acked.len()
+    );
+    assert_eq!(per_command_failed, 0, "a command failed across the switchover");
+    assert_eq!(pooled_failed, 0, "a pooled client's command failed across the switchover");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
@@ -529,4 +642,170 @@ async fn a_scheduled_redis_rotation_changes_the_password_and_the_old_one_is_refu
     eprintln!(
         "scheduled Redis rotation: the old password refused {refused_after:?} after the URL changed (overlap 5 s)"
     );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn an_rdb_backup_restores_in_a_scratch_server_and_a_corrupted_one_is_caught() {
+    let (t, _reaper) = start_local().await;
+    let s = create_redis(&t, "rdbk").await;
+    let url = s["url"].as_str().unwrap().to_string();
+    let mut c = connect(&url).await.expect("connect");
+    for n in 0..500u32 {
+        let _: () = redis::cmd("SET").arg(format!("k:{n}")).arg(n).query_async(&mut c).await.unwrap();
+    }
+    let (status, body) = t.post("/v1/services/rdbk/backups", json!({})).await;
+    assert_eq!(status, 202, "{body}");
+    poll(SLOW, "backup recorded", || async {
+        let s = t.service("rdbk").await;
+        (!s["backups"]["last_backup_at"].is_null()).then_some(())
+    })
+    .await;
+    let repo = t.dir.path().join("local/redis/backups").join(s["id"].as_str().unwrap());
+    let rdbs: Vec<_> = std::fs::read_dir(&repo)
+        .unwrap()
+        .flatten()
+        .map(|e| e.path())
+        .filter(|p| p.extension().is_some_and(|e| e == "rdb"))
+        .collect();
+    assert_eq!(rdbs.len(), 1, "{rdbs:?}");
+    let manifest: Value =
+        serde_json::from_slice(&std::fs::read(rdbs[0].with_extension("json")).unwrap()).expect("a manifest");
+    assert_eq!(manifest["keys"], 500, "{manifest}");
+    let (status, body) = t.post("/v1/services/rdbk/backups/verify", json!({})).await;
+    assert_eq!(status, 202, "{body}");
+    poll(SLOW, "restore test passed", || async {
+        let s = t.service("rdbk").await;
+        (s["backups"]["last_verify_ok"] == true).then_some(())
+    })
+    .await;
+    let events = t.events("service=rdbk").await;
+    let passed = events.iter().filter_map(|e| e["cause"].as_str()).find(|c| c.contains("restore test passed"));
+    assert!(passed.is_some_and(|c| c.contains("500 keys as recorded")), "{passed:?}");
+
+    // Flip bytes in the middle of the snapshot.
+    let mut bytes = std::fs::read(&rdbs[0]).unwrap();
+    let middle = bytes.len() / 2;
+    for b in &mut bytes[middle..middle + 8] {
+        *b ^= 0xff;
+    }
+    std::fs::write(&rdbs[0], bytes).unwrap();
+    let (status, body) = t.post("/v1/services/rdbk/backups/verify", json!({})).await;
+    assert_eq!(status, 202, "{body}");
+    let events = poll(SLOW, "the corrupted backup is caught", || async {
+        let events = t.events("service=rdbk").await;
+        events.iter().any(|e| e["cause"].as_str().is_some_and(|c| c.contains("restore test FAILED"))).then_some(events)
+    })
+    .await;
+    let failed = events.iter().filter_map(|e| e["cause"].as_str()).find(|c| c.contains("restore test FAILED"));
+    assert!(failed.is_some_and(|c| c.contains("corrupt")), "{failed:?}");
+    // The remedy: a fresh backup, and its restore test passes.
+    poll(SLOW, "a fresh backup tested after the failure", || async {
+        let s = t.service("rdbk").await;
+        (s["backups"]["last_verify_ok"] == true).then_some(())
+    })
+    .await;
+}
+
+async fn check_until(t: &common::TestServer, name: &str, facet: &str, want: &[&str]) -> Value {
+    let path = format!("/v1/services/{name}/checks");
+    poll(SLOW, &format!("{facet} check {want:?}"), || async {
+        let (status, checks) = t.get(&path).await;
+        (status == 200 && want.contains(&checks[facet]["status"].as_str().unwrap_or(""))).then_some(checks)
+    })
+    .await
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn redis_checks_turn_from_ok_to_warn_or_crit_with_real_causes() {
+    let (t, _reaper) = start_local_with(Some(8 << 20)).await;
+    let s = create_redis(&t, "rdck").await;
+    let url = s["url"].as_str().unwrap().to_string();
+    for facet in ["replication", "performance", "persistence", "security", "router"] {
+        let checks = check_until(&t, "rdck", facet, &["ok"]).await;
+        println!("{facet}: {}", checks[facet]);
+    }
+
+    // Replication: the replica hangs (SIGSTOP); its acknowledgements stop.
+    let follower = followers(&s)[0]["id"].as_str().unwrap().to_string();
+    let (status, body) = t.post("/v1/chaos", json!({"instance": follower, "fault": "hang"})).await;
+    assert_eq!(status, 202, "{body}");
+    let checks = check_until(&t, "rdck", "replication", &["warn", "crit"]).await;
+    println!("replication after the replica hung: {}", checks["replication"]);
+    let _ = t.post("/v1/chaos", json!({"instance": follower, "fault": "heal"})).await;
+    let s = wait_streaming(&t, "rdck", None).await;
+    check_until(&t, "rdck", "replication", &["ok"]).await;
+
+    // Persistence: the primary's data directory refuses writes; a BGSAVE fails.
+    let primary_id = primary(&s)["id"].as_str().unwrap().to_string();
+    let data = t.dir.path().join("local/redis/instances").join(&primary_id).join("data");
+    use std::os::unix::fs::PermissionsExt;
+    std::fs::set_permissions(&data, std::fs::Permissions::from_mode(0o500)).unwrap();
+    let (status, body) = t.post("/v1/services/rdck/backups", json!({})).await;
+    assert_eq!(status, 202, "{body}");
+    let checks = check_until(&t, "rdck", "persistence", &["crit"]).await;
+    println!("persistence with a read-only data directory: {}", checks["persistence"]);
+    std::fs::set_permissions(&data, std::fs::Permissions::from_mode(0o700)).unwrap();
+    // Redis refuses writes after a failed snapshot until one succeeds: the next backup.
+    poll(SLOW, "the failed backup recorded", || async {
+        let (_, checks) = t.get("/v1/services/rdck/checks").await;
+        checks["backups"]["status"].is_string().then_some(())
+    })
+    .await;
+    poll(SLOW, "a backup accepted again", || async {
+        let (status, _) = t.post("/v1/services/rdck/backups", json!({})).await;
+        (status == 202).then_some(())
+    })
+    .await;
+    check_until(&t, "rdck", "persistence", &["ok"]).await;
+
+    // Memory: write through the URL until maxmemory (8 MiB) is nearly reached.
+    let mut c = connect(&url).await.expect("connect");
+    let value = "x".repeat(8192);
+    let mut n = 0u32;
+    let checks = loop {
+        for _ in 0..50 {
+            n += 1;
+            let _: redis::RedisResult<()> =
+                redis::cmd("SET").arg(format!("m:{n}")).arg(&value).query_async(&mut c).await;
+        }
+        let (_, checks) = t.get("/v1/services/rdck/checks").await;
+        if checks["performance"]["status"] == "crit" {
+            break checks;
+        }
+        assert!(n < 5000, "8 MiB written and the memory check is still {}", checks["performance"]);
+    };
+    println!("performance near maxmemory: {}", checks["performance"]);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_partitioned_replica_or_a_silent_primary_whose_replicas_stream_causes_no_failover() {
+    let (t, _reaper) = start_local().await;
+    let s = create_redis(&t, "rdnp").await;
+    let url = s["url"].as_str().unwrap().to_string();
+    let primary_id = primary(&s)["id"].as_str().unwrap().to_string();
+    let follower = followers(&s)[0]["id"].as_str().unwrap().to_string();
+    let writer = Writer::start(url.clone());
+    poll(SLOW, "writes before the partitions", || async { (writer.acked() > 20).then_some(()) }).await;
+    // Each member in turn stops heartbeating to the control plane for
+    // well past `uncertain_after` (2 s) while the data path still works.
+    for (who, id) in [("the replica", &follower), ("the primary", &primary_id)] {
+        let (status, body) = t.post("/v1/chaos", json!({"instance": id, "fault": "partition"})).await;
+        assert_eq!(status, 202, "{body}");
+        let at = writer.acked();
+        tokio::time::sleep(Duration::from_secs(6)).await;
+        assert!(writer.acked() > at + 20, "writes through the URL stopped while {who} was partitioned");
+        let (status, body) = t.post("/v1/chaos", json!({"instance": id, "fault": "heal"})).await;
+        assert_eq!(status, 202, "{body}");
+    }
+    let s = wait_streaming(&t, "rdnp", None).await;
+    let (acked, _) = writer.finish().await;
+    assert_eq!(primary(&s)["id"].as_str(), Some(primary_id.as_str()), "the primary changed");
+    let events = t.events("service=rdnp").await;
+    let moved: Vec<&str> = events
+        .iter()
+        .filter_map(|e| e["cause"].as_str())
+        .filter(|c| c.contains("fence") || c.starts_with("promoted"))
+        .collect();
+    assert!(moved.is_empty(), "a failover was started: {moved:?}");
+    assert_eq!(lost(&url, &acked).await, 0);
 }
