@@ -268,10 +268,8 @@ async fn kill_9_of_the_control_plane_mid_rollout_resumes_without_moving_a_servic
             "{name}: two members built from the new image, no more: {mine:#?}"
         );
         let events = arr(get(&http, &format!("{api}/v1/events?service={name}&limit=10000")).await);
-        let moving = events
-            .iter()
-            .filter(|e| e["cause"].as_str().is_some_and(|c| c.contains("moving onto image")))
-            .count();
+        let moving =
+            events.iter().filter(|e| e["cause"].as_str().is_some_and(|c| c.contains("moving onto image"))).count();
         assert_eq!(moving, 1, "{name} started moving once: {events:#?}");
     }
     // A member's start, once recorded, is never rewritten by a restart.
