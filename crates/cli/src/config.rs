@@ -58,6 +58,10 @@ pub struct ServeArgs {
     /// (when that file is lost: only the token's hash is stored).
     #[arg(long)]
     pub reset_admin_token: bool,
+    /// Load more runbooks at start: every `*.toml` file in this directory,
+    /// checked like the shipped ones (a bad file stops the start).
+    #[arg(long, env = "DROVER_RUNBOOKS_DIR")]
+    pub runbooks_dir: Option<PathBuf>,
     /// Address of the HTTP API [default: 127.0.0.1:7700].
     #[arg(long, env = "DROVER_LISTEN")]
     pub listen: Option<SocketAddr>,
@@ -255,6 +259,7 @@ pub fn resolve(args: ServeArgs, no_local_set: bool) -> anyhow::Result<Settings> 
     opts.tls = tls_source(&args, &file)?;
     opts.input_log = args.input_log.clone();
     opts.reset_admin_token = args.reset_admin_token;
+    opts.runbooks_dir = args.runbooks_dir.clone();
     if let Some(ms) = args.uncertain_after_ms.or(file.uncertain_after_ms) {
         opts.engine.uncertain_after = Duration::from_millis(ms);
     }

@@ -80,6 +80,9 @@ pub struct ServeOptions {
     pub tls: Option<tls::TlsSource>,
     /// Connection bound, timeouts, header size (`listen`).
     pub http: listen::HttpLimits,
+    /// More runbooks: every `*.toml` file here, loaded and checked at start
+    /// beside the shipped ones (a bad file stops the start).
+    pub runbooks_dir: Option<PathBuf>,
 }
 
 impl ServeOptions {
@@ -94,6 +97,7 @@ impl ServeOptions {
             reset_admin_token: false,
             tls: None,
             http: listen::HttpLimits::default(),
+            runbooks_dir: None,
         }
     }
 }
@@ -290,7 +294,7 @@ async fn start_up(
             .context("cannot open the advisory and runbook tables")?;
         Arc::new(store)
     };
-    let runbooks = runbooks::shipped().map_err(|e| anyhow::anyhow!("a shipped runbook is invalid: {e}"))?;
+    let runbooks = runbooks::load_all(opts.runbooks_dir.as_deref()).map_err(|e| anyhow::anyhow!("{e}"))?;
     let sim_path = opts.data_dir.join("sim-provider.json");
     let sim = SimProvider::open(&sim_path, opts.sim.clone())
         .with_context(|| format!("cannot open the sim provider at {}", sim_path.display()))?;

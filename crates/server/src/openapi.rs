@@ -109,6 +109,7 @@ use utoipa::OpenApi;
         crate::images::CreateImage,
         crate::images::ImageDetail,
         drover_model::RolloutSpec,
+        crate::rollouts::CreateRollout,
         drover_model::Selector,
         drover_model::RolloutView,
         drover_model::RolloutState,
