@@ -326,7 +326,7 @@ impl Engine {
         }
         // In-flight moves finish even while paused: a half-moved service
         // (an extra follower) is healthy, but finishing is cleaner.
-        self.step_active(r, now, out);
+        let mut per_zone = self.step_active(r, now, out);
         if r.record.state == RolloutState::Running && r.record.wave_failed >= r.record.spec.max_failures {
             r.record.state = RolloutState::Paused;
             let reason = format!(
@@ -345,7 +345,7 @@ impl Engine {
             ));
         }
         if r.record.state == RolloutState::Running {
-            self.start_moves(r, now, out);
+            self.start_moves(r, &mut per_zone, now, out);
             let end = r.record.spec.wave_end(r.record.wave as usize, r.members.len());
             if r.next >= end && r.active.is_empty() {
                 if (r.record.wave as usize) + 1 < r.record.spec.waves.len() {
@@ -364,7 +364,9 @@ impl Engine {
                             r.record.spec.waves.len()
                         ),
                     ));
-                    self.start_moves(r, now, out);
+                    // No member is active here: every zone is free.
+                    per_zone.iter_mut().for_each(|n| *n = 0);
+                    self.start_moves(r, &mut per_zone, now, out);
                 } else {
                     let (state, reason) = if r.record.failed == 0 {
                         (RolloutState::Succeeded, None)
@@ -401,10 +403,15 @@ impl Engine {
         }
     }
 
-    /// Looks at every moving or soaking member once.
-    fn step_active(&mut self, r: &mut Rollout, now: i64, out: &mut Outputs) {
+    /// Looks at every moving or soaking member once. Returns how many of
+    /// the members still active have their primary in each zone (indexed by
+    /// zone), counted while each service is at hand: `start_moves` needs
+    /// them, and a second pass over a large active set costs a cache miss
+    /// or more per member.
+    fn step_active(&mut self, r: &mut Rollout, now: i64, out: &mut Outputs) -> Vec<usize> {
         let active = std::mem::take(&mut r.active);
         let mut still = Vec::with_capacity(active.len());
+        let mut per_zone = vec![0usize; self.zones.len().max(1)];
         for k in active {
             let phase = r.members[k].phase;
             let service = r.members[k].service;
@@ -430,7 +437,10 @@ impl Engine {
                 _ => None,
             };
             match changed {
-                None => still.push(k),
+                None => {
+                    still.push(k);
+                    self.count_zone(&mut per_zone, service);
+                }
                 Some((phase, detail)) => {
                     let m = &mut r.members[k];
                     m.phase = phase;
@@ -447,7 +457,10 @@ impl Engine {
                                 m.moved_at = now;
                             }
                         }
-                        _ => still.push(k),
+                        _ => {
+                            still.push(k);
+                            self.count_zone(&mut per_zone, service);
+                        }
                     }
                     let sslot = self.service_ids.get(&service).copied();
                     let cause = match (phase, &detail) {
@@ -462,23 +475,37 @@ impl Engine {
             }
         }
         r.active = still;
+        per_zone
+    }
+
+    fn count_zone(&self, per_zone: &mut Vec<usize>, service: ServiceId) {
+        if let Some(z) = self.service_ids.get(&service).and_then(|&s| self.primary_zone(s)) {
+            let z = usize::from(z);
+            if z >= per_zone.len() {
+                per_zone.resize(z + 1, 0);
+            }
+            per_zone[z] += 1;
+        }
     }
 
     /// Starts the waiting members of the current wave that may start now.
-    fn start_moves(&mut self, r: &mut Rollout, now: i64, out: &mut Outputs) {
+    /// `per_zone`: the active members' primaries per zone (`step_active`).
+    fn start_moves(&mut self, r: &mut Rollout, per_zone: &mut Vec<usize>, now: i64, out: &mut Outputs) {
         let end = r.record.spec.wave_end(r.record.wave as usize, r.members.len());
         let limit = self.config.rollout_zone_concurrency.max(1) as usize;
-        let mut per_zone: HashMap<u16, usize> = HashMap::default();
-        for &k in &r.active {
-            if let Some(z) = self.service_ids.get(&r.members[k].service).and_then(|&s| self.primary_zone(s)) {
-                *per_zone.entry(z).or_default() += 1;
-            }
+        let zones = self.zones.len().max(1);
+        if per_zone.len() < zones {
+            per_zone.resize(zones, 0);
         }
+        // Zones at their limit: once every zone is, no waiting member can
+        // start this tick, so the scan stops (it used to look up each
+        // waiting member's service only to skip it, tick after tick).
+        let mut full = per_zone.iter().take(zones).filter(|&&n| n >= limit).count();
         let required_passed = r.record.spec.required_by.is_some_and(|t| now >= t.0);
         let budget = limit * self.zones.len().max(1) * START_SCAN_FACTOR;
         let mut k = r.next;
         let mut scanned = 0;
-        while k < end && scanned < budget {
+        while k < end && scanned < budget && full < zones {
             scanned += 1;
             if r.members[k].phase != MemberPhase::Waiting {
                 if k == r.next {
@@ -497,14 +524,21 @@ impl Engine {
                 continue;
             };
             let zone = self.primary_zone(sslot).unwrap_or(0);
-            let busy = per_zone.get(&zone).copied().unwrap_or(0) >= limit;
-            let braked = self.braked_since(zone).is_some();
-            let open = required_passed || self.in_maintenance_window(sslot, now);
-            if busy || braked || !open {
+            let z = usize::from(zone);
+            if z >= per_zone.len() {
+                per_zone.resize(z + 1, 0);
+            }
+            // Cheapest test first: the window's is a calendar computation.
+            let busy = per_zone[z] >= limit;
+            if busy || self.braked_since(zone).is_some() || !(required_passed || self.in_maintenance_window(sslot, now))
+            {
                 k += 1;
                 continue;
             }
-            *per_zone.entry(zone).or_default() += 1;
+            per_zone[z] += 1;
+            if per_zone[z] == limit && z < zones {
+                full += 1;
+            }
             let m = &mut r.members[k];
             m.phase = MemberPhase::Moving;
             m.started_at = now;
