@@ -42,6 +42,10 @@ const START_SCAN_FACTOR: usize = 8;
 
 pub(crate) struct Member {
     service: ServiceId,
+    /// The service's slot when last seen (a hint checked against `service`
+    /// before use): a fleet-wide roll looks at thousands of moving services
+    /// every tick, and a hash lookup of a random id misses the cache.
+    slot: u32,
     name: Box<str>,
     phase: MemberPhase,
     started_at: i64,
@@ -197,8 +201,9 @@ impl Engine {
         };
         let members: Vec<Member> = members
             .into_iter()
-            .map(|(opens_at, (_, service, name))| Member {
+            .map(|(opens_at, (slot, service, name))| Member {
                 service,
+                slot,
                 name: String::from(&*name).into(),
                 phase: MemberPhase::Waiting,
                 started_at: 0,
@@ -415,8 +420,9 @@ impl Engine {
         for k in active {
             let phase = r.members[k].phase;
             let service = r.members[k].service;
+            let sslot = self.slot_of(service, r.members[k].slot);
             let changed = match phase {
-                MemberPhase::Moving => match self.step_move(service, r.target, r.members[k].started_at, now, out) {
+                MemberPhase::Moving => match self.step_move(sslot, r.target, r.members[k].started_at, now, out) {
                     Step::Wait | Step::Acted => None,
                     Step::Moved => {
                         r.members[k].moved_at = now;
@@ -426,7 +432,7 @@ impl Engine {
                 },
                 MemberPhase::Soaking => {
                     let m = &r.members[k];
-                    match self.service_health(service) {
+                    match self.service_health(sslot) {
                         Err(why) => Some((MemberPhase::Failed, Some(format!("failed its health gate: {why}")))),
                         Ok(()) if now >= m.moved_at + (r.record.spec.soak_seconds as i64) * 1_000_000 => {
                             Some((MemberPhase::Done, None))
@@ -439,7 +445,7 @@ impl Engine {
             match changed {
                 None => {
                     still.push(k);
-                    self.count_zone(&mut per_zone, service);
+                    self.count_zone(&mut per_zone, sslot);
                 }
                 Some((phase, detail)) => {
                     let m = &mut r.members[k];
@@ -459,10 +465,9 @@ impl Engine {
                         }
                         _ => {
                             still.push(k);
-                            self.count_zone(&mut per_zone, service);
+                            self.count_zone(&mut per_zone, sslot);
                         }
                     }
-                    let sslot = self.service_ids.get(&service).copied();
                     let cause = match (phase, &detail) {
                         (MemberPhase::Failed, Some(why)) => format!("rollout {}: not moved: {why}", r.record.id),
                         _ => format!("rollout {}: {}", r.record.id, phase.as_str()),
@@ -478,8 +483,17 @@ impl Engine {
         per_zone
     }
 
-    fn count_zone(&self, per_zone: &mut Vec<usize>, service: ServiceId) {
-        if let Some(z) = self.service_ids.get(&service).and_then(|&s| self.primary_zone(s)) {
+    /// The slot of a member's service: its `hint` when that slot still
+    /// holds the service, else looked up by id (None: gone).
+    fn slot_of(&self, service: ServiceId, hint: u32) -> Option<u32> {
+        match self.services.get(hint) {
+            Some(s) if s.id == service => Some(hint),
+            _ => self.service_ids.get(&service).copied(),
+        }
+    }
+
+    fn count_zone(&self, per_zone: &mut Vec<usize>, sslot: Option<u32>) {
+        if let Some(z) = sslot.and_then(|s| self.primary_zone(s)) {
             let z = usize::from(z);
             if z >= per_zone.len() {
                 per_zone.resize(z + 1, 0);
@@ -519,7 +533,7 @@ impl Engine {
                 break;
             }
             let service = r.members[k].service;
-            let Some(&sslot) = self.service_ids.get(&service) else {
+            let Some(sslot) = self.slot_of(service, r.members[k].slot) else {
                 self.finish_member_unstarted(r, k, "the service was deleted before its turn", now, out);
                 continue;
             };
@@ -555,7 +569,7 @@ impl Engine {
                 out.changes.rollout_members.push(member_record(&r.record, k, &r.members[k]));
             }
             // The first step in the same commit as the record saying it began.
-            if let Step::Failed(why) = self.step_move(service, r.target, now, now, out) {
+            if let Step::Failed(why) = self.step_move(Some(sslot), r.target, now, now, out) {
                 let m = &mut r.members[k];
                 m.phase = MemberPhase::Failed;
                 m.detail = Some(why);
@@ -649,8 +663,8 @@ impl Engine {
     }
 
     /// Ok when the service passes the health gate now.
-    fn service_health(&self, service: ServiceId) -> Result<(), String> {
-        let s = self.service_ids.get(&service).and_then(|&s| self.services.get(s)).ok_or("the service is gone")?;
+    fn service_health(&self, sslot: Option<u32>) -> Result<(), String> {
+        let s = sslot.and_then(|s| self.services.get(s)).ok_or("the service is gone")?;
         if s.needs_human {
             return Err("it needs a human".into());
         }
@@ -663,8 +677,8 @@ impl Engine {
     /// The next step of moving one service onto image `target`. Decided
     /// from the fleet as it is, so a repeat (after a restart) finds a step
     /// done and goes on from there.
-    fn step_move(&mut self, service: ServiceId, target: u32, started_at: i64, now: i64, out: &mut Outputs) -> Step {
-        let Some(&sslot) = self.service_ids.get(&service) else { return Step::Failed("the service is gone".into()) };
+    fn step_move(&mut self, sslot: Option<u32>, target: u32, started_at: i64, now: i64, out: &mut Outputs) -> Step {
+        let Some(sslot) = sslot else { return Step::Failed("the service is gone".into()) };
         let Some(s) = self.services.get(sslot) else { return Step::Failed("the service is gone".into()) };
         if s.deleting {
             return Step::Failed("the service is being deleted".into());
@@ -777,6 +791,7 @@ impl Engine {
                 }
                 r.members.push(Member {
                     service: m.service,
+                    slot: self.service_ids.get(&m.service).copied().unwrap_or(u32::MAX),
                     name: m.name.into(),
                     phase: m.phase,
                     started_at: m.started_at.map_or(0, |t| t.0),
