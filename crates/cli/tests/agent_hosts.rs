@@ -6,7 +6,8 @@
 //! the server with the local provider's code as its own child and answers
 //! (`POST .../result`); its heartbeats make the service available. Only the
 //! agent of that host may take its actions. When the agent dies (kill -9 of
-//! it and its servers: a host crash) the instance turns uncertain, not dead.
+//! it and its servers: a host crash) the instance turns uncertain, not dead,
+//! and so does its host.
 
 mod common;
 
@@ -142,4 +143,25 @@ async fn an_agent_host_builds_and_runs_the_instances_placed_on_it() {
     })
     .await;
     assert_eq!(state, "uncertain", "silence makes an instance uncertain first");
+    // The host as a whole: its agent fell silent.
+    let (_, hosts) = get(&admin, &format!("{api}/v1/hosts")).await.unwrap();
+    assert_eq!(hosts[0]["state"], "uncertain", "{hosts}");
+
+    // The host comes back (its agent restarted over the same data dir, its
+    // servers gone): it registers again, the engine's probe fails on the
+    // agent, and the restart it decides runs there too.
+    drop(agent);
+    let agent = HostAgent::spawn(tmp.path(), &api, "h1", "zone-a", "127.0.0.2", &token);
+    wait_for(Duration::from_secs(120), "db1 available again after the host came back", &serve, || {
+        let (admin, api) = (admin.clone(), api.clone());
+        async move {
+            let (_, s) = get(&admin, &format!("{api}/v1/services/db1")).await?;
+            (s["state"] == "available" && s["instances"][0]["state"] == "available").then_some(())
+        }
+    })
+    .await;
+    let (_, hosts) = get(&admin, &format!("{api}/v1/hosts")).await.unwrap();
+    assert_eq!(hosts[0]["state"], "ready", "{hosts}");
+    let log = agent.log();
+    assert!(log.contains("kind=\"restart\""), "the restart ran on the agent; its log:\n{log}");
 }
