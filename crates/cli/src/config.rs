@@ -102,7 +102,9 @@ pub struct ServeArgs {
     /// PostgreSQL here, `sim` simulates instances [default: local].
     #[arg(long, env = "DROVER_DEFAULT_PROVIDER", value_parser = PROVIDERS)]
     pub default_provider: Option<String>,
-    /// Do not run the local provider (real PostgreSQL processes).
+    /// Do not run the local provider (real PostgreSQL processes) nor a
+    /// built-in host: a control plane whose `local` services run on the
+    /// hosts of `drover agent --host` (the sim stays the default provider).
     #[arg(long, env = "DROVER_NO_LOCAL")]
     pub no_local: bool,
     /// Log lines as text or as JSON objects [default: text].
@@ -320,6 +322,8 @@ pub fn resolve(args: ServeArgs, no_local_set: bool) -> anyhow::Result<Settings> 
     if !no_local {
         opts.local = Some(drover_providers::local::LocalConfig::default());
     }
+    // No host of its own: `local` services run on the agents' hosts.
+    opts.agents_only = no_local;
     if let Some(n) = file.rollout_zone_concurrency {
         if n == 0 {
             return Err(anyhow!("rollout_zone_concurrency must be at least 1"));

@@ -76,7 +76,9 @@ async fn every_route_answers_each_kind_of_caller_as_the_permission_table_says() 
     callers.push(("expired".into(), Some(expired), None));
 
     let concrete = |path: &str| {
-        path.replace("{name}", "walk")
+        // An agent takes the actions of its own host only (the walk's agent token's).
+        path.replace("/v1/hosts/{name}/actions", &format!("/v1/hosts/{}/actions", drover_server::host_name()))
+            .replace("{name}", "walk")
             .replace("/v1/instances/{id}", &format!("/v1/instances/{instance}"))
             .replace("/v1/tokens/{id}", "/v1/tokens/no-such-token")
             .replace("{id}", "01890a5d-ac96-774b-bcce-b302099a8057")
