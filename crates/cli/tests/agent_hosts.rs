@@ -73,7 +73,7 @@ async fn an_agent_host_builds_and_runs_the_instances_placed_on_it() {
     let tmp = tempfile::Builder::new().prefix("dr-ah").tempdir_in("/tmp").unwrap();
     let port = free_port();
     let serve = Serve::start(tmp.path(), port, &["--no-local", "--data-dir", "cp"]);
-    serve.wait_healthy(&reqwest::Client::new(), Duration::from_secs(30)).await;
+    serve.wait_healthy(&drover_agent::tls::client(), Duration::from_secs(30)).await;
     let admin = admin_client(&tmp.path().join("cp"));
     let api = serve.api.clone();
 

@@ -119,7 +119,7 @@ async fn kill_9_of_the_control_plane_mid_rollout_resumes_without_moving_a_servic
     let cwd = dir.path().canonicalize().unwrap();
     let mut serve = Serve::start(&cwd, free_port(), &["--data-dir", "d", "--default-provider", "local"]);
     let api = serve.api.clone();
-    let anon = reqwest::Client::builder().timeout(Duration::from_secs(10)).build().unwrap();
+    let anon = drover_agent::tls::builder().timeout(Duration::from_secs(10)).build().unwrap();
     serve.wait_healthy(&anon, SLOW).await;
     let http = common::admin_client(&cwd.join("d"));
 

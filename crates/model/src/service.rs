@@ -97,6 +97,11 @@ pub struct CreateService {
     pub followers: u8,
     #[serde(default)]
     pub provider: Option<String>,
+    /// PostgreSQL: a commit is acknowledged once a follower has it
+    /// (synchronous replication). Redis, whose replication is always
+    /// asynchronous: the primary refuses writes while no replica
+    /// acknowledged within 2 s (`min-replicas-to-write 1`), so a primary cut
+    /// off from its replicas fences itself.
     #[serde(default)]
     pub sync: Option<bool>,
     #[serde(default)]

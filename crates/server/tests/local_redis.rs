@@ -809,3 +809,58 @@ async fn a_partitioned_replica_or_a_silent_primary_whose_replicas_stream_causes_
     assert!(moved.is_empty(), "a failover was started: {moved:?}");
     assert_eq!(lost(&url, &acked).await, 0);
 }
+
+/// Issue 13 item 4: a plan with `sync: true` asks every member to refuse
+/// writes as primary while no replica acknowledged within 2 s, so a
+/// primary cut off from its replicas fences itself. The replica hangs
+/// (SIGSTOP): a write through the URL is refused with NOREPLICAS; it heals:
+/// writes are taken again. Without `sync` (every other test here) a hung
+/// replica leaves the primary writable.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_sync_plan_makes_a_primary_without_a_close_replica_refuse_writes() {
+    let (t, _reaper) = start_local().await;
+    let (status, body) = t
+        .post(
+            "/v1/services",
+            json!({"name": "rdsync", "engine": "redis", "followers": 1, "sync": true, "provider": "local"}),
+        )
+        .await;
+    assert_eq!(status, 201, "{body}");
+    let s = wait_streaming(&t, "rdsync", None).await;
+    for (port, text) in member_configs(&t) {
+        assert!(text.contains("min-replicas-to-write 1\n"), "{port}: {text}");
+        assert!(text.contains("min-replicas-max-lag 2\n"), "{port}: {text}");
+    }
+    let url = s["url"].as_str().unwrap().to_string();
+    let write = |n: u32| {
+        let url = url.clone();
+        async move {
+            let mut c = connect(&url).await.ok_or_else(|| "cannot connect".to_string())?;
+            redis::cmd("SET").arg(format!("s:{n}")).arg(n).query_async::<()>(&mut c).await.map_err(|e| e.to_string())
+        }
+    };
+    write(0).await.expect("a write with a streaming replica");
+
+    let follower = followers(&s)[0]["id"].as_str().unwrap().to_string();
+    let (status, body) = t.post("/v1/chaos", json!({"instance": follower, "fault": "hang"})).await;
+    assert_eq!(status, 202, "{body}");
+    let hung = std::time::Instant::now();
+    let mut n = 0;
+    let refused = poll(SLOW, "a write refused while the only replica hangs", || {
+        n += 1;
+        let attempt = write(n);
+        async move { attempt.await.err() }
+    })
+    .await;
+    println!("refused {:?} after the replica hung: {refused}", hung.elapsed());
+    assert!(refused.contains("NOREPLICAS"), "{refused}");
+
+    let (status, body) = t.post("/v1/chaos", json!({"instance": follower, "fault": "heal"})).await;
+    assert_eq!(status, 202, "{body}");
+    poll(SLOW, "writes taken again once the replica acknowledges", || {
+        n += 1;
+        let attempt = write(n);
+        async move { attempt.await.ok() }
+    })
+    .await;
+}

@@ -92,6 +92,7 @@ impl Inner {
                 admin_password: &admin,
                 app: (&wanted.current.0, &current_password),
                 app_previous: wanted.previous.as_ref().map(|(l, h)| (l.as_str(), h.as_str())),
+                refuse_writes_without_replica: service.sync,
             },
         )
     }

@@ -139,6 +139,11 @@ pub struct RedisService {
     /// repeat of it (after a crash) finds its work done.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub rotation_action: Option<drover_model::ActionId>,
+    /// The plan's `sync`: for Redis, every member runs with
+    /// `min-replicas-to-write 1` (see [`server::ServerConfig`]). Fixed at
+    /// creation (a registry from before: false).
+    #[serde(default)]
+    pub sync: bool,
 }
 
 /// The application user a rotation replaced, valid until its overlap ends.
@@ -403,8 +408,8 @@ impl Inner {
     pub(super) async fn redis_execute(self: &Arc<Self>, action: &ActionRecord) -> Done {
         let id = action.instance;
         match &action.kind {
-            ActionKind::Provision { role, service_name, .. } => {
-                self.redis_provision(id, action.service, *role, service_name).await
+            ActionKind::Provision { role, service_name, sync, .. } => {
+                self.redis_provision(id, action.service, *role, service_name, *sync).await
             }
             ActionKind::Probe => self.redis_probe(id).await,
             ActionKind::Fence { immediate } => self.redis_fence(id, *immediate).await,
@@ -421,7 +426,14 @@ impl Inner {
         }
     }
 
-    async fn redis_provision(self: &Arc<Self>, id: InstanceId, service_id: ServiceId, role: Role, name: &str) -> Done {
+    async fn redis_provision(
+        self: &Arc<Self>,
+        id: InstanceId,
+        service_id: ServiceId,
+        role: Role,
+        name: &str,
+        sync: bool,
+    ) -> Done {
         if role == Role::Broker {
             return Err(ActionError::Config("a Redis service has no brokers".into()));
         }
@@ -455,7 +467,7 @@ impl Inner {
                 }
             }
         }
-        let entry = self.redis_register(id, service_id, role, name, existing)?;
+        let entry = self.redis_register(id, service_id, role, name, sync, existing)?;
         for dir in [entry.dir.clone(), server::data_dir(&entry.dir)] {
             self.run_as
                 .prepare_dir(&dir, 0o700)
@@ -494,6 +506,7 @@ impl Inner {
         service_id: ServiceId,
         role: Role,
         name: &str,
+        sync: bool,
         existing: Option<RedisInstance>,
     ) -> Result<RedisInstance, ActionError> {
         let mut used = lock(&self.registry).ports_in_use();
@@ -515,6 +528,7 @@ impl Inner {
                     previous: None,
                     rotated_at_ms: 0,
                     rotation_action: None,
+                    sync,
                 });
             }
             let port = match &existing {
@@ -565,6 +579,7 @@ impl Inner {
                     admin_password: &admin,
                     app: (&service.login, &app),
                     app_previous: service.previous.as_ref().map(|p| (p.login.as_str(), p.hash.as_str())),
+                    refuse_writes_without_replica: service.sync,
                 },
             )?;
             let log_path = server::log_path(&entry.dir);
@@ -631,6 +646,10 @@ impl Inner {
         if let Some(bytes) = self.config.redis_maxmemory {
             server::run::<()>(&mut c, redis::cmd("CONFIG").arg("SET").arg("maxmemory").arg(bytes), t).await?;
         }
+        // An adopted server started before the plan's rule was written.
+        let min_replicas = server::min_replicas_to_write(service.sync);
+        server::run::<()>(&mut c, redis::cmd("CONFIG").arg("SET").arg("min-replicas-to-write").arg(min_replicas), t)
+            .await?;
         // A server already running (adopted, or a repeated provision) has
         // the application users the registry names, as a new one has.
         self.redis_set_logins(entry).await?;

@@ -67,11 +67,31 @@ pub struct ServerConfig<'a> {
     /// The application user a rotation replaced and the SHA-256 hex of its
     /// password ([`sha256_hex`]): still accepted during the overlap.
     pub app_previous: Option<(&'a str, &'a str)>,
+    /// A plan that asks for it (`sync: true`): as primary, refuse writes
+    /// while no replica acknowledged within [`MIN_REPLICAS_MAX_LAG_S`], so
+    /// a primary cut off from its replicas fences itself.
+    pub refuse_writes_without_replica: bool,
+}
+
+/// Seconds since a replica's last acknowledgement (sent every second) for
+/// it to count towards `min-replicas-to-write`.
+pub const MIN_REPLICAS_MAX_LAG_S: u32 = 2;
+
+/// `min-replicas-to-write` for a service whose plan asks for it or not.
+pub fn min_replicas_to_write(refuse_writes_without_replica: bool) -> u32 {
+    u32::from(refuse_writes_without_replica)
 }
 
 /// Writes `redis.conf` (owned by the server user, 0600).
 pub fn write_config(run_as: &RunAs, config: &ServerConfig<'_>) -> Result<(), ActionError> {
-    let ServerConfig { port, dir, admin_password, app: (app_login, app_password), app_previous } = config;
+    let ServerConfig {
+        port,
+        dir,
+        admin_password,
+        app: (app_login, app_password),
+        app_previous,
+        refuse_writes_without_replica,
+    } = config;
     let data = data_dir(dir);
     let mut app = format!("user {app_login} on #{} {APP_RULES}", sha256_hex(app_password));
     if let Some((login, hash)) = app_previous {
@@ -98,6 +118,10 @@ pub fn write_config(run_as: &RunAs, config: &ServerConfig<'_>) -> Result<(), Act
          repl-ping-replica-period 1\n\
          repl-timeout 10\n\
          replica-read-only yes\n\
+         # As primary: writes refused while fewer replicas acknowledged lately\n\
+         # (the plan's `sync`; Redis replication stays asynchronous).\n\
+         min-replicas-to-write {min_replicas}\n\
+         min-replicas-max-lag {MIN_REPLICAS_MAX_LAG_S}\n\
          # Users: nobody unauthenticated; Drover's admin; the router's check; the application.\n\
          user default off resetchannels -@all\n\
          user {ADMIN_USER} on #{admin} ~* &* +@all\n\
@@ -106,6 +130,7 @@ pub fn write_config(run_as: &RunAs, config: &ServerConfig<'_>) -> Result<(), Act
         pid = pid_path(dir).display(),
         data = data.display(),
         admin = sha256_hex(admin_password),
+        min_replicas = min_replicas_to_write(*refuse_writes_without_replica),
     );
     write_owned(run_as, &conf_path(dir), &text, 0o600)
 }
