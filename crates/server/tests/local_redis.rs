@@ -864,3 +864,57 @@ async fn a_sync_plan_makes_a_primary_without_a_close_replica_refuse_writes() {
     })
     .await;
 }
+
+/// Issue 13 item 6, the security facet with real causes: an operator who
+/// holds Drover's admin password (opened here with the data dir's key, as
+/// a break-glass hand would) turns protected mode off (warn), then opens
+/// the default user without a password (crit); undone, the check is ok.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn the_redis_security_check_turns_warn_and_crit_when_an_operator_opens_a_door() {
+    let (t, _reaper) = start_local().await;
+    create_redis(&t, "rdsec").await;
+    check_until(&t, "rdsec", "security", &["ok"]).await;
+
+    let registry: Value =
+        serde_json::from_slice(&std::fs::read(t.dir.path().join("local/redis.json")).unwrap()).unwrap();
+    let sealed = registry["services"]
+        .as_object()
+        .unwrap()
+        .values()
+        .find(|s| s["name"] == "rdsec")
+        .and_then(|s| s["admin_password"].as_str())
+        .expect("the service's sealed admin password")
+        .to_string();
+    let (key, _) = drover_secrets::SecretKey::load_or_create(t.dir.path()).unwrap();
+    let admin = key.open_str("service/rdsec/redis/drover", &sealed).expect("the admin password opens");
+    let mut members = Vec::new();
+    for (port, _) in member_configs(&t) {
+        members.push(connect(&format!("redis://drover:{admin}@127.0.0.1:{port}")).await.expect("admin login"));
+    }
+    let everywhere = |args: &'static [&'static str]| {
+        let mut members = members.clone();
+        async move {
+            for c in &mut members {
+                let mut cmd = redis::cmd(args[0]);
+                for a in &args[1..] {
+                    cmd.arg(*a);
+                }
+                cmd.query_async::<()>(c).await.unwrap();
+            }
+        }
+    };
+
+    everywhere(&["CONFIG", "SET", "protected-mode", "no"]).await;
+    let checks = check_until(&t, "rdsec", "security", &["warn"]).await;
+    println!("protected mode off: {}", checks["security"]);
+    assert!(checks["security"]["summary"].as_str().unwrap().contains("protected mode is off"));
+
+    everywhere(&["ACL", "SETUSER", "default", "on", "nopass"]).await;
+    let checks = check_until(&t, "rdsec", "security", &["crit"]).await;
+    println!("default user open: {}", checks["security"]);
+    assert!(checks["security"]["summary"].as_str().unwrap().contains("default user is on without a password"));
+
+    everywhere(&["ACL", "SETUSER", "default", "off"]).await;
+    everywhere(&["CONFIG", "SET", "protected-mode", "yes"]).await;
+    check_until(&t, "rdsec", "security", &["ok"]).await;
+}
