@@ -290,7 +290,8 @@ enum ServicesCmd {
         followers: u8,
         #[arg(long)]
         provider: Option<String>,
-        /// Synchronous replication.
+        /// Synchronous replication (PostgreSQL); for Redis: the primary
+        /// refuses writes while no replica acknowledged within 2 s.
         #[arg(long)]
         sync: bool,
         #[arg(long)]
