@@ -869,8 +869,10 @@ async fn a_sync_plan_makes_a_primary_without_a_close_replica_refuse_writes() {
 /// holds Drover's admin password (opened here with the data dir's key, as
 /// a break-glass hand would) turns protected mode off (warn), then opens
 /// the default user without a password (crit); undone, the check is ok.
+/// And the router facet: HAProxy frozen (SIGSTOP) answers no admin
+/// command (warn); thawed, ok.
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
-async fn the_redis_security_check_turns_warn_and_crit_when_an_operator_opens_a_door() {
+async fn the_redis_security_and_router_checks_turn_warn_and_crit_with_real_causes() {
     let (t, _reaper) = start_local().await;
     create_redis(&t, "rdsec").await;
     check_until(&t, "rdsec", "security", &["ok"]).await;
@@ -917,4 +919,18 @@ async fn the_redis_security_check_turns_warn_and_crit_when_an_operator_opens_a_d
     everywhere(&["ACL", "SETUSER", "default", "off"]).await;
     everywhere(&["CONFIG", "SET", "protected-mode", "yes"]).await;
     check_until(&t, "rdsec", "security", &["ok"]).await;
+
+    check_until(&t, "rdsec", "router", &["ok"]).await;
+    let service_id = t.service("rdsec").await["id"].as_str().unwrap().to_string();
+    let pid_file = t.dir.path().join("local/redis/routers").join(&service_id).join("haproxy.pid");
+    let pid = std::fs::read_to_string(&pid_file).unwrap().trim().to_string();
+    let signal = |sig: &str| {
+        let status = std::process::Command::new("kill").args([sig, &pid]).status().unwrap();
+        assert!(status.success(), "kill {sig} {pid}");
+    };
+    signal("-STOP");
+    let checks = check_until(&t, "rdsec", "router", &["warn", "crit"]).await;
+    signal("-CONT");
+    println!("router frozen: {}", checks["router"]);
+    check_until(&t, "rdsec", "router", &["ok"]).await;
 }
