@@ -28,6 +28,10 @@ pub struct Server {
     /// A new follower is built from the backup store (PostgreSQL: a base
     /// backup, then WAL) rather than copied from its primary (Redis).
     pub new_follower_needs_backup_store: bool,
+    /// It can hold a commit until a follower has it (PostgreSQL's
+    /// synchronous replication); false: replication is asynchronous
+    /// whatever the plan says (Redis; a client may still `WAIT`).
+    pub synchronous_replication: bool,
     pub fenced: &'static str,
     pub promoted: &'static str,
     pub restarted: &'static str,

@@ -7,6 +7,7 @@ pub(crate) const POSTGRES: Server = Server {
     engine: EngineKind::Postgres,
     // A new member restores a base backup from the store, then replays WAL.
     new_follower_needs_backup_store: true,
+    synchronous_replication: true,
     fenced: "fenced",
     promoted: "promoted to primary",
     restarted: "process restarted",
