@@ -12,7 +12,7 @@ pub mod report;
 pub mod scenario;
 mod sim;
 
-pub use report::Report;
+pub use report::{EngineReport, Report};
 pub use scenario::{Scenario, ScenarioError};
 pub use sim::{run, Options};
 

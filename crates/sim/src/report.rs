@@ -57,6 +57,28 @@ pub struct Report {
     /// Every service available (or counted as needing a human) at the end.
     pub converged: bool,
     pub digest: String,
+    /// A mixed fleet's figures per engine (`fleet.redis_share` > 0), in
+    /// `postgres`, `redis` order; absent for a PostgreSQL-only fleet.
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub engines: Vec<EngineReport>,
+}
+
+/// One engine's part of a mixed fleet's run.
+#[derive(Clone, Debug, Default, Serialize, PartialEq)]
+pub struct EngineReport {
+    pub engine: String,
+    pub services: u64,
+    pub instances: u64,
+    pub failovers: u64,
+    pub switchovers: u64,
+    pub replacements: u64,
+    pub restarts: u64,
+    /// Peak of its services without a working writable primary (the world's view).
+    pub max_unavailable: u64,
+    /// Peak of its services the engine did not see as `available`.
+    pub max_not_available_in_engine: u64,
+    /// Acknowledged writes lost, bytes (failovers and rebuilds).
+    pub writes_lost: u64,
 }
 
 impl Report {
@@ -67,7 +89,7 @@ impl Report {
     }
 
     pub fn table(&self) -> String {
-        let rows: Vec<(&str, String)> = vec![
+        let mut rows: Vec<(String, String)> = vec![
             ("scenario", self.scenario.clone()),
             ("services / instances", format!("{} / {}", self.services, self.instances)),
             ("seed", self.seed.to_string()),
@@ -113,7 +135,32 @@ impl Report {
             ("safety violations", self.safety_violations.to_string()),
             ("converged", self.converged.to_string()),
             ("digest", self.digest.clone()),
-        ];
+        ]
+        .into_iter()
+        .map(|(k, v)| (k.to_string(), v))
+        .collect();
+        // A mixed fleet: one more line per engine, after the fleet's size.
+        for (k, e) in self.engines.iter().enumerate() {
+            rows.insert(
+                2 + k,
+                (
+                    format!("{} services", e.engine),
+                    format!(
+                        "{} ({} instances): {} failovers, {} switchovers, {} replacements, {} restarts; \
+                         peak {} unavailable, {} not available (engine); {} B acknowledged writes lost",
+                        e.services,
+                        e.instances,
+                        e.failovers,
+                        e.switchovers,
+                        e.replacements,
+                        e.restarts,
+                        e.max_unavailable,
+                        e.max_not_available_in_engine,
+                        e.writes_lost
+                    ),
+                ),
+            );
+        }
         let w = rows.iter().map(|(k, _)| k.len()).max().unwrap_or(0);
         let mut out = String::new();
         for (k, v) in rows {
@@ -168,6 +215,17 @@ pub fn merge(parts: &[Report]) -> Report {
             m.first_violation = p.first_violation.clone();
         }
         m.converged &= p.converged;
+        for (e, q) in m.engines.iter_mut().zip(&p.engines) {
+            e.services += q.services;
+            e.instances += q.instances;
+            e.failovers += q.failovers;
+            e.switchovers += q.switchovers;
+            e.replacements += q.replacements;
+            e.restarts += q.restarts;
+            e.max_unavailable += q.max_unavailable;
+            e.max_not_available_in_engine += q.max_not_available_in_engine;
+            e.writes_lost += q.writes_lost;
+        }
     }
     m.person_years_avoided = (m.person_years_avoided * 1000.0).round() / 1000.0;
     m.digest = hex::encode(hasher.finalize());

@@ -15,6 +15,7 @@ pub const BUILT_IN: &[(&str, &str)] = &[
     ("flapping-network", include_str!("../../../scenarios/flapping-network.toml")),
     ("steady-week", include_str!("../../../scenarios/steady-week.toml")),
     ("bad-image-roll", include_str!("../../../scenarios/bad-image-roll.toml")),
+    ("mixed-fleet", include_str!("../../../scenarios/mixed-fleet.toml")),
 ];
 
 #[derive(Debug, thiserror::Error)]
@@ -161,6 +162,10 @@ pub struct FleetSpec {
     pub write_bytes_per_sec: [u32; 2],
     /// Steady lag of an asynchronous follower, bytes, drawn uniformly.
     pub async_lag_bytes: [u32; 2],
+    /// Share of services that run Redis; the rest run PostgreSQL. 0 (the
+    /// default) draws nothing, so a PostgreSQL-only scenario's runs are
+    /// exactly what they were before Redis existed.
+    pub redis_share: f64,
 }
 
 impl Default for FleetSpec {
@@ -172,6 +177,7 @@ impl Default for FleetSpec {
             instances_per_host: 32,
             write_bytes_per_sec: [1_000, 200_000],
             async_lag_bytes: [0, 2_000_000],
+            redis_share: 0.0,
         }
     }
 }
@@ -384,6 +390,9 @@ impl Scenario {
         }
         for (n, raw) in s.raw_faults.iter().enumerate() {
             s.faults.push(raw.to_spec(n + 1, &s.fleet.zones, None).map_err(invalid)?);
+        }
+        if !(0.0..=1.0).contains(&s.fleet.redis_share) {
+            return Err(invalid("fleet.redis_share must be a number from 0 to 1".into()));
         }
         if s.people.teams == 0 || s.people.teams > 1000 {
             return Err(invalid("people.teams must be 1 to 1000".into()));

@@ -204,3 +204,61 @@ fn each_seed_draws_its_faults_within_what_the_scenario_allows() {
     let week = Scenario::load("steady-week").unwrap();
     assert_eq!(week.drawn(5).background.host_loss_per_host_day, week.background.host_loss_per_host_day);
 }
+
+/// Issue 13 item 8: PostgreSQL and Redis services in one fleet, the Redis
+/// ones created as `engine: redis` through the real engine (its Redis
+/// policy) and answered by the world as Redis servers.
+fn engine<'a>(r: &'a Report, name: &str) -> &'a drover_sim::EngineReport {
+    r.engines.iter().find(|e| e.engine == name).unwrap_or_else(|| panic!("no {name} in {:#?}", r.engines))
+}
+
+#[test]
+fn a_mixed_fleet_fails_over_its_redis_services_like_its_postgresql_ones() {
+    let a = sim("mixed-fleet", SMALL, 11);
+    assert_safe(&a);
+    assert!(a.converged, "{a:#?}");
+    let (pg, rd) = (engine(&a, "postgres"), engine(&a, "redis"));
+    assert_eq!(pg.services + rd.services, SMALL);
+    assert!(rd.services >= SMALL / 5 && rd.services <= SMALL * 2 / 5, "about 30% Redis: {a:#?}");
+    assert_eq!(pg.instances + rd.instances, a.instances);
+    for e in [pg, rd] {
+        assert!(e.failovers > 0 && e.replacements > 0, "{} failed over and rebuilt: {a:#?}", e.engine);
+        assert!(e.max_unavailable > 0);
+    }
+    assert_eq!(pg.failovers + rd.failovers, a.failovers);
+    assert_eq!(pg.writes_lost + rd.writes_lost, a.writes_lost);
+    assert_eq!(a.writes_lost_sync, 0, "{a:#?}");
+    assert!(a.table().contains("redis services"), "{}", a.table());
+
+    let b = sim("mixed-fleet", SMALL, 11);
+    assert_eq!(a.digest, b.digest, "same seed, same event log");
+    assert_eq!(a.deterministic(), b.deterministic());
+}
+
+#[test]
+fn redis_primaries_that_crash_are_failed_over_and_the_fleet_converges() {
+    // Crashes only: no zone loss, no host loss; every failover is a crash's.
+    let text = "name = \"redis-crashes\"\ndescription = \"Redis processes crash\"\nhours = 18\n\
+                [fleet]\nredis_share = 1.0\n\
+                [background]\nprocess_crash_per_instance_day = 0.05\nhost_loss_per_host_day = 0.0\n\
+                until_hours = 12\nswarm = false\n";
+    let scenario = Scenario::parse("redis-crashes.toml", text).unwrap();
+    let r = run(Options { scenario, services: SMALL, seed: 4, event_log: None }).unwrap();
+    assert_safe(&r);
+    assert!(r.converged, "{r:#?}");
+    let rd = engine(&r, "redis");
+    assert_eq!(rd.services, SMALL, "every service runs Redis");
+    assert!(rd.failovers > 0, "crashed Redis primaries were failed over: {r:#?}");
+    assert_eq!(r.failovers, rd.failovers);
+    assert_eq!(engine(&r, "postgres").services, 0);
+}
+
+#[test]
+fn a_postgresql_only_fleet_reports_no_engine_lines_and_a_bad_share_is_refused() {
+    let r = sim("zone-outage", SMALL, 1);
+    assert!(r.engines.is_empty());
+    assert!(!r.json().contains("\"engines\"") && !r.table().contains("postgres services"));
+    let bad = "name = \"x\"\ndescription = \"y\"\n[fleet]\nredis_share = 1.5\n";
+    let msg = Scenario::parse("mix.toml", bad).unwrap_err().to_string();
+    assert!(msg.contains("mix.toml") && msg.contains("redis_share"), "{msg}");
+}

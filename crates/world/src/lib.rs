@@ -13,12 +13,50 @@
 //! starts writing, a restarted process boots, ...). Every rule is
 //! idempotent: a retried action finds its effect in place and succeeds.
 
-use drover_model::{ActionKind, ActionOutcome, Fault, Role, ServiceId};
+use drover_model::{ActionKind, ActionOutcome, EngineKind, Fault, Role, ServiceId};
 use serde::{Deserialize, Serialize};
+
+mod postgres;
+mod redis;
+
+/// What differs between engines in how a simulated server answers: its
+/// words, and what building a new follower needs. Found by [`server`];
+/// every rule below is the same for every engine and reads only this.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Server {
+    pub engine: EngineKind,
+    /// A new follower is built from the backup store (PostgreSQL: a base
+    /// backup, then WAL) rather than copied from its primary (Redis).
+    pub new_follower_needs_backup_store: bool,
+    /// It can hold a commit until a follower has it (PostgreSQL's
+    /// synchronous replication); false: replication is asynchronous
+    /// whatever the plan says (Redis; a client may still `WAIT`).
+    pub synchronous_replication: bool,
+    pub fenced: &'static str,
+    pub promoted: &'static str,
+    pub restarted: &'static str,
+    pub backed_up: &'static str,
+    pub restored: &'static str,
+    /// Why a member that needs the backup store cannot be built without it.
+    pub no_backup_store: &'static str,
+}
+
+/// The server of `engine`. Kafka has no simulated server of its own yet
+/// (issue 14): its members answer as PostgreSQL's, as the engine runs its
+/// services under PostgreSQL's policy.
+pub fn server(engine: EngineKind) -> &'static Server {
+    match engine {
+        EngineKind::Postgres | EngineKind::Kafka => &postgres::POSTGRES,
+        EngineKind::Redis => &redis::REDIS,
+    }
+}
 
 /// One simulated machine running one server of a service.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Machine {
+    /// The server it runs; how it words its answers ([`server`]).
+    #[serde(default)]
+    pub engine: EngineKind,
     pub role: Role,
     /// The process died (kill -9); it stays dead until restarted.
     pub crashed: bool,
@@ -37,8 +75,14 @@ pub struct Machine {
 }
 
 impl Machine {
+    /// A PostgreSQL server.
     pub fn new(role: Role) -> Machine {
+        Machine::of(EngineKind::Postgres, role)
+    }
+    /// A server of `engine`.
+    pub fn of(engine: EngineKind, role: Role) -> Machine {
         Machine {
+            engine,
             role,
             crashed: false,
             hung: false,
@@ -165,9 +209,31 @@ pub fn admit_provision(
         return Some(refused(format!("zone {zone} unavailable: insufficient capacity")));
     }
     if !ground.backup_store_up {
-        return Some(unavailable("backup store unavailable: cannot restore a base backup"));
+        return Some(unavailable(server(EngineKind::Postgres).no_backup_store));
     }
     None
+}
+
+/// [`admit_provision`] for a member of `role` on a server of `engine`: a
+/// new follower that copies its primary (Redis) does not need the backup
+/// store; a new primary always does (it is rebuilt from the latest backup).
+pub fn admit_member(
+    engine: EngineKind,
+    role: Role,
+    tombstoned: bool,
+    existing: Option<ServiceId>,
+    service: ServiceId,
+    zone: &str,
+    ground: Ground,
+) -> Option<ActionOutcome> {
+    let srv = server(engine);
+    let needs_store = role == Role::Primary || srv.new_follower_needs_backup_store;
+    let ground = Ground { backup_store_up: ground.backup_store_up || !needs_store, ..ground };
+    // Its only retryable refusal is the missing store: said in the engine's words.
+    match admit_provision(tombstoned, existing, service, zone, ground) {
+        Some(ActionOutcome::Failed { retryable: true, .. }) => Some(unavailable(srv.no_backup_store)),
+        other => other,
+    }
 }
 
 /// An action on an id the world does not hold (never provisioned, or
@@ -215,7 +281,7 @@ pub fn act(m: &mut Machine, kind: &ActionKind, ground: Ground) -> Answer {
         // needs the store, not the machine being backed up.
         ActionKind::VerifyRestore => answer(
             if ground.backup_store_up {
-                succeeded("simulated: the latest backup restored on a scratch machine")
+                succeeded(server(m.engine).restored)
             } else {
                 unavailable("backup store unavailable")
             },
@@ -228,7 +294,7 @@ pub fn act(m: &mut Machine, kind: &ActionKind, ground: Ground) -> Answer {
                 return answer(unavailable("backup store unavailable"), Effect::Nothing);
             }
             match probe(m, ground) {
-                ActionOutcome::Succeeded { .. } => answer(succeeded("simulated: nothing is copied"), Effect::Nothing),
+                ActionOutcome::Succeeded { .. } => answer(succeeded(server(m.engine).backed_up), Effect::Nothing),
                 failed => answer(failed, Effect::Nothing),
             }
         }
@@ -277,7 +343,7 @@ fn fence(m: &mut Machine) -> Answer {
     } else if m.partitioned {
         "fenced out of band (partitioned from the control plane)"
     } else {
-        "fenced"
+        server(m.engine).fenced
     };
     answer(succeeded(detail), if was_writing || !was_fenced { Effect::Fenced } else { Effect::Nothing })
 }
@@ -303,7 +369,7 @@ fn promote(m: &mut Machine, ground: Ground) -> Answer {
         return answer(succeeded("already primary"), Effect::Nothing);
     }
     m.role = Role::Primary;
-    answer(succeeded("promoted to primary"), Effect::Promoted)
+    answer(succeeded(server(m.engine).promoted), Effect::Promoted)
 }
 
 fn restart(m: &mut Machine, ground: Ground) -> Answer {
@@ -316,8 +382,12 @@ fn restart(m: &mut Machine, ground: Ground) -> Answer {
     m.crashed = false;
     m.hung = false;
     // The network is not the process: a restart does not heal a partition.
-    let detail =
-        if m.partitioned { "process restarted; still partitioned from the control plane" } else { "process restarted" };
+    let restarted = server(m.engine).restarted;
+    let detail = if m.partitioned {
+        format!("{restarted}; still partitioned from the control plane")
+    } else {
+        restarted.to_string()
+    };
     answer(succeeded(detail), Effect::Restarted)
 }
 
@@ -411,5 +481,46 @@ mod tests {
         ));
         assert!(matches!(act_on_missing(&ActionKind::Probe), (ActionOutcome::Failed { .. }, true)));
         assert!(matches!(act_on_missing(&ActionKind::Terminate), (ActionOutcome::Succeeded { .. }, false)));
+    }
+
+    #[test]
+    fn a_redis_server_answers_in_its_own_words_under_the_same_rules() {
+        let g = Ground::default();
+        let mut pg = Machine::new(Role::Follower);
+        let mut rd = Machine::of(EngineKind::Redis, Role::Follower);
+        let detail = |a: Answer| match a.outcome {
+            ActionOutcome::Succeeded { detail } => detail.unwrap_or_default(),
+            failed => panic!("{failed:?}"),
+        };
+        assert_eq!(detail(act(&mut pg, &ActionKind::Promote, g)), "promoted to primary");
+        let a = act(&mut rd, &ActionKind::Promote, g);
+        assert_eq!(a.effect, Effect::Promoted, "the same rule");
+        assert!(detail(a).starts_with("REPLICAOF NO ONE"));
+        assert!(rd.is_writing());
+        let a = act(&mut rd, &ActionKind::Fence { immediate: true }, g);
+        assert_eq!(a.effect, Effect::Fenced);
+        assert!(detail(a).contains("router") && !rd.is_writing());
+        assert!(matches!(
+            act(&mut rd, &ActionKind::Promote, g).outcome,
+            ActionOutcome::Failed { retryable: false, .. }
+        ));
+        assert!(detail(act(&mut rd, &ActionKind::Backup, g)).contains("RDB"));
+
+        // A new Redis replica resyncs from its primary: no backup store needed;
+        // a new primary is rebuilt from the latest snapshot: needed.
+        let s = ServiceId::new_at(0, 1);
+        let no_store = Ground { host_up: true, backup_store_up: false };
+        assert!(admit_member(EngineKind::Redis, Role::Follower, false, None, s, "zone-a", no_store).is_none());
+        let primary = admit_member(EngineKind::Redis, Role::Primary, false, None, s, "zone-a", no_store);
+        assert!(matches!(&primary, Some(ActionOutcome::Failed { retryable: true, error }) if error.contains("RDB")));
+        assert_eq!(
+            admit_member(EngineKind::Postgres, Role::Follower, false, None, s, "zone-a", no_store),
+            admit_provision(false, None, s, "zone-a", no_store),
+            "PostgreSQL's answer is unchanged"
+        );
+        assert!(
+            admit_member(EngineKind::Redis, Role::Follower, true, None, s, "zone-a", g).is_some(),
+            "tombstones hold"
+        );
     }
 }

@@ -69,19 +69,29 @@ impl Sim {
                 match e.to.as_deref() {
                     Some("succeeded") if !self.building => {
                         self.c.minutes_avoided += manual_minutes(kind);
+                        let counted = matches!(kind, "promote" | "provision" | "restart");
+                        let s = e.service_id.filter(|_| counted).and_then(|id| self.svc_by_id.get(&id).copied());
+                        let slot = s.map_or(0, |s| usize::from(self.svcs[s as usize].engine));
                         match kind {
-                            "promote" => {
-                                let s = e.service_id.and_then(|id| self.svc_by_id.get(&id).copied());
-                                match s {
-                                    Some(s) if self.svcs[s as usize].switching => {
-                                        self.svcs[s as usize].switching = false;
-                                        self.c.switchovers += 1;
-                                    }
-                                    _ => self.c.failovers += 1,
+                            "promote" => match s {
+                                Some(s) if self.svcs[s as usize].switching => {
+                                    self.svcs[s as usize].switching = false;
+                                    self.c.switchovers += 1;
+                                    self.c.engines[slot].switchovers += 1;
                                 }
+                                _ => {
+                                    self.c.failovers += 1;
+                                    self.c.engines[slot].failovers += 1;
+                                }
+                            },
+                            "provision" => {
+                                self.c.replacements += 1;
+                                self.c.engines[slot].replacements += 1;
                             }
-                            "provision" => self.c.replacements += 1,
-                            "restart" => self.c.restarts += 1,
+                            "restart" => {
+                                self.c.restarts += 1;
+                                self.c.engines[slot].restarts += 1;
+                            }
                             _ => {}
                         }
                     }
@@ -110,6 +120,12 @@ impl Sim {
         svc.state = to;
         let was = from == ServiceState::Available;
         let is = to == ServiceState::Available;
+        let e = &mut self.c.engines[usize::from(svc.engine)];
+        if was && !is {
+            e.not_available += 1;
+        } else if !was && is {
+            e.not_available -= 1;
+        }
         if was && !is {
             self.c.not_available += 1;
             if !svc.needs_human {
@@ -147,6 +163,10 @@ impl Sim {
         if self.now >= T0 {
             self.c.max_down = self.c.max_down.max(self.c.down);
             self.c.max_not_available = self.c.max_not_available.max(self.c.not_available);
+            for e in &mut self.c.engines[..self.engines] {
+                e.max_down = e.max_down.max(e.down);
+                e.max_not_available = e.max_not_available.max(e.not_available);
+            }
         }
         // The last time the whole fleet became healthy again, from the
         // first fault on (the convergence check at the end confirms it).

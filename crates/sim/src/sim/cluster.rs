@@ -41,6 +41,12 @@ impl Sim {
         }
         svc.down = down;
         let nh = !svc.needs_human;
+        let e = &mut self.c.engines[usize::from(svc.engine)];
+        if down {
+            e.down += 1;
+        } else {
+            e.down -= 1;
+        }
         if down {
             self.c.down += 1;
             if nh {
@@ -270,14 +276,17 @@ impl Sim {
         if let ActionKind::Provision { role, zone, image, .. } = &a.kind {
             let Some(z) = self.zones.iter().position(|x| &x.name == zone) else { return fail("no such zone", false) };
             let Some(&s) = self.svc_by_id.get(&a.service) else { return fail("no such service", false) };
-            if self.svcs[s as usize].bad_image && self.patched_image.as_ref() == Some(image) {
+            if self.svcs[s as usize].bad_image && self.patched_images.contains(image) {
                 return fail("the patched image does not boot on this service's hosts (simulated bad image)", false);
             }
             let tombstoned = known.is_some_and(|i| self.insts[i as usize].terminated);
             let existing = known.filter(|_| !tombstoned).map(|i| self.svcs[self.insts[i as usize].svc as usize].id);
             // The fleet exists before hour 0: its backups were there.
             let ground = Ground { host_up: !self.zones[z].lost, backup_store_up: !self.backup_down || self.building };
-            if let Some(answer) = drover_world::admit_provision(tombstoned, existing, a.service, zone, ground) {
+            let engine = ENGINES[usize::from(self.svcs[s as usize].engine)].0;
+            if let Some(answer) =
+                drover_world::admit_member(engine, *role, tombstoned, existing, a.service, zone, ground)
+            {
                 return answer;
             }
             let host = self.pick_host(z);
@@ -311,6 +320,7 @@ impl Sim {
                 let lost = svc.acked.saturating_sub(restored);
                 // No follower survived to be promoted: a double failure.
                 self.c.writes_lost_rebuild += lost;
+                self.c.engines[usize::from(svc.engine)].writes_lost += lost;
                 svc.anchor = restored;
                 svc.acked = restored;
                 frozen = restored;
@@ -375,6 +385,7 @@ impl Sim {
                 } else {
                     self.c.writes_lost_async += lost;
                 }
+                self.c.engines[usize::from(svc.engine)].writes_lost += lost;
                 let x = &mut self.insts[i as usize];
                 x.frozen = STREAMING;
                 x.lag = 0;
@@ -430,7 +441,7 @@ impl Sim {
     /// answer yet (hung, in their terms); a drained one never starts again.
     fn machine(&self, i: u32) -> Machine {
         let x = &self.insts[i as usize];
-        let mut m = Machine::new(x.role);
+        let mut m = Machine::of(ENGINES[usize::from(self.svcs[x.svc as usize].engine)].0, x.role);
         m.crashed = !x.up;
         m.hung = x.booting;
         m.fenced = x.fenced;

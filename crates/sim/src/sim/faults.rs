@@ -133,27 +133,38 @@ impl Sim {
                         command: Command::SetMaintenanceWindow { name: service, window: Some(window) },
                     });
                 }
-                let patched = Image::new(
-                    EngineKind::Postgres,
-                    "16.4-sim",
-                    Default::default(),
-                    [("linux-image".to_string(), format!("patched for {name}"))].into_iter().collect(),
-                    Timestamp(self.now),
-                );
-                let to_image = patched.id.clone();
-                self.patched_image = Some(to_image.clone());
-                self.step(Input::Command { actor: "sim".into(), role: None, command: Command::RegisterImage(patched) });
-                let spec = RolloutSpec {
-                    to_image,
-                    selector: Selector { engine: Some(EngineKind::Postgres), ..Default::default() },
-                    waves: drover_model::default_waves(),
-                    soak_seconds: 60,
-                    // A planned roll of healthy services: a failed move
-                    // is news; the default budget pauses on the first.
-                    max_failures: 1,
-                    required_by: None,
-                };
-                self.step(Input::Command { actor: "sim".into(), role: None, command: Command::CreateRollout(spec) });
+                // One patched image and one rollout per engine of the fleet.
+                for &(engine, version) in &ENGINES[..self.engines] {
+                    let patched = Image::new(
+                        engine,
+                        version,
+                        Default::default(),
+                        [("linux-image".to_string(), format!("patched for {name}"))].into_iter().collect(),
+                        Timestamp(self.now),
+                    );
+                    let to_image = patched.id.clone();
+                    self.patched_images.push(to_image.clone());
+                    self.step(Input::Command {
+                        actor: "sim".into(),
+                        role: None,
+                        command: Command::RegisterImage(patched),
+                    });
+                    let spec = RolloutSpec {
+                        to_image,
+                        selector: Selector { engine: Some(engine), ..Default::default() },
+                        waves: drover_model::default_waves(),
+                        soak_seconds: 60,
+                        // A planned roll of healthy services: a failed move
+                        // is news; the default budget pauses on the first.
+                        max_failures: 1,
+                        required_by: None,
+                    };
+                    self.step(Input::Command {
+                        actor: "sim".into(),
+                        role: None,
+                        command: Command::CreateRollout(spec),
+                    });
+                }
             }
         }
     }

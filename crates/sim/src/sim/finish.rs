@@ -1,6 +1,7 @@
 //! The end of a run: convergence and the report.
 
 use super::*;
+use crate::report::EngineReport;
 
 impl Sim {
     // ------------------------------------------------------------------
@@ -13,6 +14,27 @@ impl Sim {
         let converged = self.c.not_available_nh == 0 && self.c.down_nh == 0 && advisory_left == 0;
         let recovered_seconds =
             if converged { self.recovered_at.map(|t| (t - self.fault_start).max(0) as f64 / SEC) } else { None };
+        let mut engines = Vec::new();
+        if self.engines > 1 {
+            let mut instances = [0u64; ENGINES.len()];
+            for x in &self.insts {
+                instances[usize::from(self.svcs[x.svc as usize].engine)] += 1;
+            }
+            for (k, e) in self.c.engines.iter().enumerate().take(self.engines) {
+                engines.push(EngineReport {
+                    engine: ENGINES[k].0.as_str().into(),
+                    services: e.services,
+                    instances: instances[k],
+                    failovers: e.failovers,
+                    switchovers: e.switchovers,
+                    replacements: e.replacements,
+                    restarts: e.restarts,
+                    max_unavailable: e.max_down,
+                    max_not_available_in_engine: e.max_not_available,
+                    writes_lost: e.writes_lost,
+                });
+            }
+        }
         let c = &self.c;
         let (digest, events) = self.log.finish();
         Report {
@@ -52,6 +74,7 @@ impl Sim {
             first_violation: c.first_violation.clone(),
             converged,
             digest,
+            engines,
         }
     }
 }

@@ -43,6 +43,11 @@ const ARCHIVE_EVERY_SECS: u64 = 60;
 const STREAMING: u64 = u64::MAX;
 const SEC: f64 = 1_000_000.0;
 
+/// The engines a simulated fleet runs, with the version of their images;
+/// a service's engine is its slot here. PostgreSQL always; Redis when the
+/// scenario gives it a share (`fleet.redis_share`).
+const ENGINES: [(EngineKind, &str); 2] = [(EngineKind::Postgres, "16.4-sim"), (EngineKind::Redis, "7.0-sim")];
+
 pub struct Options {
     pub scenario: Scenario,
     pub services: u64,
@@ -100,6 +105,8 @@ struct Inst {
 
 struct Svc {
     id: ServiceId,
+    /// Its engine's slot in `ENGINES`.
+    engine: u8,
     sync: bool,
     rate: u64,
     members: Vec<u32>,
@@ -134,8 +141,25 @@ struct Host {
     members: Vec<u32>,
 }
 
+/// One engine's share of the figures (reported for mixed fleets).
+#[derive(Clone, Copy, Default)]
+struct PerEngine {
+    services: u64,
+    failovers: u64,
+    switchovers: u64,
+    replacements: u64,
+    restarts: u64,
+    writes_lost: u64,
+    not_available: u64,
+    down: u64,
+    max_down: u64,
+    max_not_available: u64,
+}
+
 #[derive(Default)]
 struct Counters {
+    /// Per engine slot (`ENGINES`).
+    engines: [PerEngine; ENGINES.len()],
     failovers: u64,
     switchovers: u64,
     rollout_pauses: u64,
@@ -172,8 +196,10 @@ struct Sim {
     zones: Vec<Zone>,
     hosts: Vec<Host>,
     backup_down: bool,
-    /// The image the advisory's rollout moves services onto.
-    patched_image: Option<drover_model::ImageId>,
+    /// The images the advisory's rollouts move services onto (one per engine).
+    patched_images: Vec<drover_model::ImageId>,
+    /// How many of `ENGINES` the fleet runs (1: PostgreSQL only).
+    engines: usize,
     building: bool,
     background_until: i64,
     fault_start: i64,
@@ -322,7 +348,8 @@ fn run_shard(opts: &Options, shard: u64, shards: u64) -> Result<ShardRun, SimErr
         zones,
         hosts: Vec::new(),
         backup_down: false,
-        patched_image: None,
+        patched_images: Vec::new(),
+        engines: if sc_redis_share(&opts.scenario) > 0.0 { 2 } else { 1 },
         building: true,
         background_until,
         fault_start,
@@ -367,9 +394,11 @@ impl Sim {
     // ------------------------------------------------------------------
 
     fn build(&mut self, services: u64) -> Result<(), SimError> {
-        let image =
-            Image::new(EngineKind::Postgres, "16.4-sim", Default::default(), Default::default(), Timestamp(self.now));
-        self.step(Input::Command { actor: "sim".into(), role: None, command: Command::RegisterImage(image) });
+        for &(engine, version) in &ENGINES[..self.engines] {
+            let image = Image::new(engine, version, Default::default(), Default::default(), Timestamp(self.now));
+            self.step(Input::Command { actor: "sim".into(), role: None, command: Command::RegisterImage(image) });
+        }
+        let redis_share = sc_redis_share(&self.sc);
         // Hosts: enough for the fleet with head room for replacements.
         let nz = self.zones.len();
         let per_zone = ((services as f64 * 2.3 / nz as f64) / f64::from(self.sc.fleet.instances_per_host.max(1))).ceil()
@@ -389,9 +418,15 @@ impl Sim {
             let sync = self.rng.random_bool(self.sc.fleet.sync_share.clamp(0.0, 1.0));
             let [lo, hi] = self.sc.fleet.write_bytes_per_sec;
             let rate = u64::from(self.rng.random_range(lo.min(hi)..=hi.max(lo)));
+            // Drawn only in a mixed fleet: a PostgreSQL-only one draws as before.
+            let slot = usize::from(redis_share > 0.0 && self.rng.random_bool(redis_share));
+            let engine = ENGINES[slot].0;
+            // A server that cannot hold a commit until a follower has it
+            // (Redis: replication is asynchronous) runs every plan async.
+            let sync = sync && drover_world::server(engine).synchronous_replication;
             let req = CreateService {
                 name: service_name(i as u32 * self.shards + self.shard),
-                engine: EngineKind::Postgres,
+                engine,
                 followers,
                 provider: None,
                 sync: Some(sync),
@@ -403,6 +438,7 @@ impl Sim {
             let idx = self.svcs.len() as u32;
             self.svcs.push(Svc {
                 id: ServiceId::new_at(0, 0),
+                engine: slot as u8,
                 sync,
                 rate,
                 members: Vec::with_capacity(3),
@@ -421,6 +457,10 @@ impl Sim {
             self.c.not_available_nh += 1;
             self.c.down += 1;
             self.c.down_nh += 1;
+            let e = &mut self.c.engines[slot];
+            e.services += 1;
+            e.not_available += 1;
+            e.down += 1;
             let mut out = std::mem::take(&mut self.build_out);
             self.engine.step_into(
                 Input::Command { actor: "sim".into(), role: None, command: Command::CreateService(req) },
@@ -558,6 +598,15 @@ impl Sim {
         }
         let d = self.draw(range);
         self.at(self.now + d, Ev::Done(Box::new(a)));
+    }
+}
+
+fn sc_redis_share(sc: &Scenario) -> f64 {
+    let share = sc.fleet.redis_share;
+    if share.is_finite() {
+        share.clamp(0.0, 1.0)
+    } else {
+        0.0
     }
 }
 
