@@ -20,7 +20,8 @@
 //! replica the engine chose (its policy: the highest offset), the router
 //! pointed at it, and the other replicas repointed.
 
-mod router;
+/// Shared with the Kafka half (its router is HAProxy too).
+pub(in crate::local) mod router;
 pub mod server;
 
 use super::process::{self, ProcState, ServerProcess};
