@@ -60,6 +60,9 @@ def consume(bootstrap, topic, group, count, timeout):
         "group.id": group,
         "auto.offset.reset": "earliest",
         "enable.auto.commit": True,
+        # tansu 0.6.0's ListOffsets(latest, read_committed) query needs
+        # PostgreSQL 16; its storage here is 15 (see storage.sql).
+        "isolation.level": "read_uncommitted",
     })
     consumer.subscribe([topic])
     seen = set()

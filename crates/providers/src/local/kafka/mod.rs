@@ -163,9 +163,7 @@ impl Kafka {
             path,
             root,
             tansu: find_tansu(),
-            haproxy: PathBuf::from(
-                std::env::var_os("DROVER_HAPROXY").unwrap_or_else(|| haproxy::DEFAULT_HAPROXY.into()),
-            ),
+            haproxy: PathBuf::from(haproxy::DEFAULT_HAPROXY),
             binaries: Binaries::find().ok(),
             registry: Mutex::new(registry),
             persist: Mutex::new(()),
