@@ -291,6 +291,18 @@ fn router_config(socket: &Path, router_port: u16, slots: &BTreeMap<u8, u16>) -> 
     text
 }
 
+/// The storage's unix socket directory: in the service's directory when
+/// the socket path fits, else a short one of its own under the temp dir.
+fn storage_socket_dir(service_dir: &Path, service: ServiceId) -> PathBuf {
+    let dir = service_dir.join("socket");
+    // Room for "/.s.PGSQL.NNNNN".
+    if dir.as_os_str().len() + 16 <= super::registry::MAX_SOCKET_PATH {
+        return dir;
+    }
+    let uid = nix::unistd::Uid::effective();
+    std::env::temp_dir().join(format!("drover-sockets-{uid}")).join(format!("k{}", service.0.simple()))
+}
+
 impl Inner {
     pub(super) fn kafka_url(&self, name: &str) -> Option<String> {
         let service = self.kafka.find_service(name)?;
@@ -485,7 +497,7 @@ impl Inner {
             self.kafka.binaries.clone().ok_or_else(|| ActionError::Config("no PostgreSQL binaries found".into()))?;
         let dir = self.kafka.service_dir(service_id);
         let pgdata = dir.join("storage");
-        let socket = dir.join("socket");
+        let socket = storage_socket_dir(&dir, service_id);
         for d in [&dir, &socket] {
             self.run_as
                 .prepare_dir(d, 0o700)
@@ -685,7 +697,8 @@ impl Inner {
         for slot in 0..SLOTS {
             match slots.get(&slot) {
                 Some(port) => line.push(format!(
-                    "set server kafka/b{slot} addr 127.0.0.1 port {port}; set server kafka/b{slot} state ready"
+                    "set server kafka/b{slot} addr 127.0.0.1 port {port}; set server kafka/b{slot} state ready; \
+                     set server kafka/b{slot} health up"
                 )),
                 None => {
                     line.push(format!("set server kafka/b{slot} state maint; shutdown sessions server kafka/b{slot}"))
