@@ -58,7 +58,8 @@ TANSU_VERSION=0.6.0
 
 ensure_tansu() {
   local bin=${DROVER_TANSU:-${CARGO_HOME:-$HOME/.cargo}/bin/tansu}
-  if [ -x "$bin" ] && "$bin" --version 2>/dev/null | grep -q " $TANSU_VERSION"; then
+  if [ -x "$bin" ] && { "$bin" --version 2>/dev/null | grep -q " $TANSU_VERSION\b" ||
+    cargo install --list 2>/dev/null | grep -q "^tansu v$TANSU_VERSION:"; }; then
     return 0
   fi
   echo "building tansu $TANSU_VERSION (Kafka services; about 8-10 minutes, once)…" >&2
