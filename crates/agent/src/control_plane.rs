@@ -132,6 +132,68 @@ impl ControlPlane {
     }
 }
 
+impl ControlPlane {
+    /// `POST /v1/hosts`: registers (again) this agent's host.
+    pub async fn register_host(&self, host: &crate::actions::HostOptions) -> Result<(), String> {
+        let body = serde_json::json!({
+            "name": host.name, "zone": host.zone, "address": host.address, "capacity": host.capacity,
+        });
+        let url = format!("{}/v1/hosts", self.base);
+        match self.http.post(&url).json(&body).send().await {
+            Ok(response) if response.status().is_success() => Ok(()),
+            Ok(response) => {
+                let status = response.status();
+                let body: Value = response.json().await.unwrap_or(Value::Null);
+                Err(format!("{status}: {}", body.get("error").and_then(Value::as_str).unwrap_or("")))
+            }
+            Err(error) => Err(error_chain(&error)),
+        }
+    }
+
+    /// `GET /v1/hosts/{host}/actions`: the actions queued for this host
+    /// after `after`, waiting up to `wait` for one (a long poll).
+    pub async fn fetch_actions(
+        &self,
+        host: &str,
+        after: u64,
+        wait: Duration,
+    ) -> Result<Vec<(u64, drover_model::ActionRecord)>, String> {
+        let url = format!("{}/v1/hosts/{host}/actions?after={after}&wait_ms={}", self.base, wait.as_millis());
+        let response =
+            self.http.get(&url).timeout(wait + MAX_REQUEST_TIMEOUT).send().await.map_err(|e| error_chain(&e))?;
+        if !response.status().is_success() {
+            return Err(format!("control plane answered {}", response.status()));
+        }
+        let body: Value = response.json().await.map_err(|e| error_chain(&e))?;
+        let mut actions = Vec::new();
+        for queued in body.get("actions").and_then(Value::as_array).into_iter().flatten() {
+            let seq = queued.get("seq").and_then(Value::as_u64).unwrap_or(0);
+            match queued.get("action").cloned().map(serde_json::from_value::<drover_model::ActionRecord>) {
+                Some(Ok(action)) => actions.push((seq, action)),
+                _ => tracing::warn!(%queued, "an action this agent cannot read; skipped"),
+            }
+        }
+        Ok(actions)
+    }
+
+    /// `POST /v1/hosts/{host}/actions/{id}/result`: one attempt's outcome.
+    pub async fn post_result(
+        &self,
+        host: &str,
+        id: drover_model::ActionId,
+        attempt: u32,
+        outcome: &drover_model::ActionOutcome,
+    ) -> Result<(), String> {
+        let url = format!("{}/v1/hosts/{host}/actions/{id}/result", self.base);
+        let body = serde_json::json!({ "attempt": attempt, "outcome": outcome });
+        match self.http.post(&url).json(&body).send().await {
+            Ok(response) if response.status().is_success() => Ok(()),
+            Ok(response) => Err(format!("control plane answered {}", response.status())),
+            Err(error) => Err(error_chain(&error)),
+        }
+    }
+}
+
 fn error_chain(error: &dyn std::error::Error) -> String {
     let mut text = error.to_string();
     let mut source = error.source();

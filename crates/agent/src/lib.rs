@@ -14,6 +14,7 @@
 //! engine's actions on the host would be another room fed by the same
 //! loop and channel.
 
+pub mod actions;
 pub mod control_plane;
 pub mod host;
 pub mod lease;
@@ -52,6 +53,10 @@ pub struct Options {
     /// The CA certificate that signed an https control plane's certificate
     /// (`None`: the system's roots; see [`tls::ca_cert_for`]).
     pub ca_cert: Option<PathBuf>,
+    /// Register this host and carry out the actions of the instances
+    /// placed on it (`--host`); None: only probe, heartbeat and hold the
+    /// lease for the instances of a control plane on this machine.
+    pub host: Option<actions::HostOptions>,
 }
 
 /// Why the agent could not start. Once it runs, nothing is fatal.
@@ -59,12 +64,36 @@ pub struct Options {
 pub enum AgentError {
     #[error(transparent)]
     ControlPlane(#[from] ControlPlaneError),
+    #[error("cannot open the local provider over the data dir: {0}")]
+    Provider(#[from] drover_providers::ProviderError),
 }
 
 /// Runs until `shutdown` completes. Network and database errors are
 /// logged and retried next round, never fatal.
 pub async fn run(options: Options, shutdown: impl Future<Output = ()>) -> Result<(), AgentError> {
     let interval = options.interval.max(MIN_INTERVAL);
+    // With a host of its own, the agent owns the servers under its data dir:
+    // it registers the host, then runs the provider's actions for it.
+    let mut actions_task = None;
+    if let Some(host) = &options.host {
+        let control_plane = std::sync::Arc::new(ControlPlane::new(
+            &options.server,
+            options.lease_ttl,
+            &options.token,
+            options.ca_cert.as_deref(),
+        )?);
+        let provider = drover_providers::local::LocalProvider::open(
+            &options.data_dir,
+            drover_providers::local::LocalConfig::default(),
+        )?;
+        let (host, data_dir) = (host.clone(), options.data_dir.clone());
+        // In the background: the lease is held meanwhile, even while the
+        // control plane is out of reach.
+        actions_task = Some(tokio::spawn(async move {
+            actions::register(&control_plane, &host).await;
+            actions::run(control_plane, host.name, provider, data_dir).await
+        }));
+    }
     let mut agent = Agent {
         control_plane: ControlPlane::new(
             &options.server,
@@ -99,6 +128,9 @@ pub async fn run(options: Options, shutdown: impl Future<Output = ()>) -> Result
             _ = &mut shutdown => break,
             _ = agent.round() => {}
         }
+    }
+    if let Some(task) = actions_task {
+        task.abort();
     }
     let fenced: Vec<String> = agent.lease.fenced().map(|i| i.to_string()).collect();
     tracing::info!(?fenced, "agent stopped; fenced primaries stay fenced");

@@ -3,8 +3,16 @@
 //! given (`--ca-cert`, `DROVER_CA_CERT`) or else the data dir's generated
 //! certificate when the server URL is https, or else the system's roots.
 //! Never an "accept invalid certificates" mode.
+//!
+//! Every reqwest client of the workspace is built from [`client_builder`]
+//! (or [`builder`]), which hands reqwest a complete rustls `ClientConfig`
+//! made with the ring provider: nothing depends on a process-wide provider
+//! being installed first (reqwest is built with `rustls-no-provider`, and
+//! a plain `reqwest::Client::new()` panics without one).
 
+use rustls::pki_types::{pem::PemObject, CertificateDer};
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
 
 /// The self-signed certificate `drover serve --tls-self-signed` writes into
 /// its data dir (the server's `tls::SELF_SIGNED_CERT`).
@@ -15,13 +23,17 @@ pub enum TlsError {
     #[error("cannot read the CA certificate {path}")]
     Read { path: PathBuf, source: std::io::Error },
     #[error("the CA certificate {path} is not a PEM certificate")]
-    Parse { path: PathBuf, source: reqwest::Error },
+    Parse { path: PathBuf, source: rustls::pki_types::pem::Error },
+    #[error("the CA certificate {path} cannot be trusted")]
+    Trust { path: PathBuf, source: rustls::Error },
     #[error("the CA certificate file {0} holds no certificate")]
     Empty(PathBuf),
 }
 
-/// Makes ring the process's rustls provider (reqwest is built without one
-/// and panics building a client otherwise). Calling it again does nothing.
+/// Makes ring the process's rustls provider, for code that builds rustls
+/// configurations of its own without naming a provider. Drover's HTTP
+/// clients do not need it ([`client_config`] names ring). Calling it again
+/// does nothing.
 pub fn install_crypto_provider() {
     let _ = rustls::crypto::ring::default_provider().install_default();
 }
@@ -35,19 +47,59 @@ pub fn ca_cert_for(server: &str, given: Option<PathBuf>, data_dir: &Path) -> Opt
     })
 }
 
-/// A reqwest client builder that trusts only `ca_cert` when given (the
-/// system's roots otherwise).
-pub fn client_builder(ca_cert: Option<&Path>) -> Result<reqwest::ClientBuilder, TlsError> {
-    install_crypto_provider();
-    let builder = reqwest::Client::builder();
-    let Some(path) = ca_cert else { return Ok(builder) };
+/// The rustls configuration of Drover's HTTP clients: the ring provider,
+/// TLS 1.2 and 1.3, and the certificates it trusts: only those of
+/// `ca_cert` when given, else the system's roots (as reqwest's own default
+/// does, through rustls-platform-verifier). A system without any root
+/// certificate still gets a client (plain http works; https to a public
+/// server is refused as untrusted).
+pub fn client_config(ca_cert: Option<&Path>) -> Result<rustls::ClientConfig, TlsError> {
+    let provider = Arc::new(rustls::crypto::ring::default_provider());
+    let builder = rustls::ClientConfig::builder_with_provider(provider.clone())
+        .with_safe_default_protocol_versions()
+        .expect("ring supports the default TLS versions");
+    let Some(path) = ca_cert else {
+        let config = match rustls_platform_verifier::Verifier::new(provider) {
+            Ok(verifier) => builder.dangerous().with_custom_certificate_verifier(Arc::new(verifier)),
+            Err(error) => {
+                tracing::warn!(%error, "no system root certificates: https servers will not be trusted");
+                builder.with_root_certificates(rustls::RootCertStore::empty())
+            }
+        };
+        return Ok(config.with_no_client_auth());
+    };
     let pem = std::fs::read(path).map_err(|source| TlsError::Read { path: path.to_path_buf(), source })?;
-    let certs = reqwest::Certificate::from_pem_bundle(&pem)
+    let certs = CertificateDer::pem_slice_iter(&pem)
+        .collect::<Result<Vec<_>, _>>()
         .map_err(|source| TlsError::Parse { path: path.to_path_buf(), source })?;
     if certs.is_empty() {
         return Err(TlsError::Empty(path.to_path_buf()));
     }
-    Ok(builder.tls_certs_only(certs))
+    let mut roots = rustls::RootCertStore::empty();
+    for cert in certs {
+        roots.add(cert).map_err(|source| TlsError::Trust { path: path.to_path_buf(), source })?;
+    }
+    Ok(builder.with_root_certificates(roots).with_no_client_auth())
+}
+
+/// A reqwest client builder that trusts only `ca_cert` when given (the
+/// system's roots otherwise), with its TLS configuration made here
+/// ([`client_config`]): building the client never needs a process-wide
+/// rustls provider.
+pub fn client_builder(ca_cert: Option<&Path>) -> Result<reqwest::ClientBuilder, TlsError> {
+    Ok(reqwest::Client::builder().tls_backend_preconfigured(client_config(ca_cert)?))
+}
+
+/// [`client_builder`] trusting the system's roots (cannot fail): the one
+/// way to make a reqwest client that talks to anything but Drover's own
+/// server given a CA certificate.
+pub fn builder() -> reqwest::ClientBuilder {
+    client_builder(None).expect("the system roots' configuration reads no file")
+}
+
+/// `builder().build()`: what `reqwest::Client::new()` would be.
+pub fn client() -> reqwest::Client {
+    builder().build().expect("a client with a preconfigured TLS backend builds")
 }
 
 /// The TLS certificate error somewhere in `error`'s chain (a server whose

@@ -197,7 +197,7 @@ pub async fn failover(engine: &str, fault: &str, runs: usize) -> anyhow::Result<
     });
     let server = drover_server::start(opts).await?;
     let api = server.url();
-    let http = reqwest::Client::new();
+    let http = drover_agent::tls::client();
     let result = async {
         let started = Instant::now();
         while !http.get(format!("{api}/healthz")).send().await.is_ok_and(|r| r.status().is_success()) {

@@ -68,7 +68,7 @@ pub async fn failover(fault: &str, runs: usize) -> anyhow::Result<()> {
     let api = server.url();
     let result = async {
         let started = Instant::now();
-        let plain = reqwest::Client::new();
+        let plain = drover_agent::tls::client();
         while !plain.get(format!("{api}/healthz")).send().await.is_ok_and(|r| r.status().is_success()) {
             anyhow::ensure!(started.elapsed() < Duration::from_secs(60), "drover did not become ready");
             tokio::time::sleep(Duration::from_millis(50)).await;

@@ -58,6 +58,10 @@ pub struct ServeArgs {
     /// (when that file is lost: only the token's hash is stored).
     #[arg(long)]
     pub reset_admin_token: bool,
+    /// Load more runbooks at start: every `*.toml` file in this directory,
+    /// checked like the shipped ones (a bad file stops the start).
+    #[arg(long, env = "DROVER_RUNBOOKS_DIR")]
+    pub runbooks_dir: Option<PathBuf>,
     /// Address of the HTTP API [default: 127.0.0.1:7700].
     #[arg(long, env = "DROVER_LISTEN")]
     pub listen: Option<SocketAddr>,
@@ -98,7 +102,9 @@ pub struct ServeArgs {
     /// PostgreSQL here, `sim` simulates instances [default: local].
     #[arg(long, env = "DROVER_DEFAULT_PROVIDER", value_parser = PROVIDERS)]
     pub default_provider: Option<String>,
-    /// Do not run the local provider (real PostgreSQL processes).
+    /// Do not run the local provider (real PostgreSQL processes) nor a
+    /// built-in host: a control plane whose `local` services run on the
+    /// hosts of `drover agent --host` (the sim stays the default provider).
     #[arg(long, env = "DROVER_NO_LOCAL")]
     pub no_local: bool,
     /// Log lines as text or as JSON objects [default: text].
@@ -255,6 +261,7 @@ pub fn resolve(args: ServeArgs, no_local_set: bool) -> anyhow::Result<Settings> 
     opts.tls = tls_source(&args, &file)?;
     opts.input_log = args.input_log.clone();
     opts.reset_admin_token = args.reset_admin_token;
+    opts.runbooks_dir = args.runbooks_dir.clone();
     if let Some(ms) = args.uncertain_after_ms.or(file.uncertain_after_ms) {
         opts.engine.uncertain_after = Duration::from_millis(ms);
     }
@@ -315,6 +322,8 @@ pub fn resolve(args: ServeArgs, no_local_set: bool) -> anyhow::Result<Settings> 
     if !no_local {
         opts.local = Some(drover_providers::local::LocalConfig::default());
     }
+    // No host of its own: `local` services run on the agents' hosts.
+    opts.agents_only = no_local;
     if let Some(n) = file.rollout_zone_concurrency {
         if n == 0 {
             return Err(anyhow!("rollout_zone_concurrency must be at least 1"));

@@ -227,6 +227,20 @@ enum Cmd {
         /// `drover tokens create NAME --role agent --host $(hostname)`.
         #[arg(long)]
         token_file: Option<PathBuf>,
+        /// Register this host under NAME (`POST /v1/hosts`) and carry out
+        /// the actions of the instances placed on it: the servers under
+        /// --data-dir are then this agent's children (docs/agent.md).
+        #[arg(long, value_name = "NAME", requires_all = ["zone", "address"])]
+        host: Option<String>,
+        /// The zone of --host.
+        #[arg(long, requires = "host")]
+        zone: Option<String>,
+        /// The address --host's servers are reached at (e.g. 127.0.0.2).
+        #[arg(long, requires = "host")]
+        address: Option<String>,
+        /// The instances --host may hold.
+        #[arg(long, default_value_t = 16, requires = "host")]
+        capacity: u32,
     },
     /// Run the deterministic fleet simulator: the real engine over a
     /// simulated fleet (scenarios: docs/scenarios.md). Last line: JSON.
@@ -455,8 +469,6 @@ fn main() -> ExitCode {
             libc::signal(libc::SIGPIPE, libc::SIG_DFL);
         }
     }
-    // Every HTTP client of this process (reqwest) needs rustls's provider.
-    drover_agent::tls::install_crypto_provider();
     let runtime = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
         Ok(rt) => rt,
         Err(e) => {
@@ -599,7 +611,7 @@ async fn run(cli: Cli, no_local_set: bool) -> anyhow::Result<()> {
         Cmd::Serve(args) => serve(args, no_local_set).await,
         Cmd::Completions { shell } => completions(shell),
         Cmd::Secrets(SecretsCmd::Seal { data_dir }) => seal(&data_dir),
-        Cmd::Agent { data_dir, interval_ms, lease_secs, log_format, .. } => {
+        Cmd::Agent { data_dir, interval_ms, lease_secs, log_format, host, zone, address, capacity, .. } => {
             agent::init_logs(log_format);
             let (token, _) = client::resolve_token(token_file.as_deref(), None)?.ok_or_else(|| {
                 anyhow::anyhow!(
@@ -614,6 +626,12 @@ async fn run(cli: Cli, no_local_set: bool) -> anyhow::Result<()> {
                 interval: Duration::from_millis(interval_ms),
                 lease_ttl: secs(lease_secs, "--lease-secs")?,
                 ca_cert,
+                host: host.map(|name| drover_agent::actions::HostOptions {
+                    name,
+                    zone: zone.unwrap_or_default(),
+                    address: address.unwrap_or_default(),
+                    capacity,
+                }),
             };
             agent::run(options, shutdown_signal()).await
         }

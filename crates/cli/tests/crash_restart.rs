@@ -123,10 +123,7 @@ async fn a_failover_interrupted_by_kill_9_completes_after_restart_without_promot
     let log = dir.path().join("drover.log");
     let port = free_port();
     let mut api = Api {
-        http: {
-            drover_agent::tls::install_crypto_provider();
-            reqwest::Client::builder().timeout(Duration::from_secs(10)).build().unwrap()
-        },
+        http: { drover_agent::tls::builder().timeout(Duration::from_secs(10)).build().unwrap() },
         url: format!("http://127.0.0.1:{port}"),
     };
 
@@ -209,10 +206,7 @@ async fn pages_survive_kill_9_and_still_deduplicate() {
     let log = dir.path().join("drover.log");
     let port = free_port();
     let mut api = Api {
-        http: {
-            drover_agent::tls::install_crypto_provider();
-            reqwest::Client::builder().timeout(Duration::from_secs(10)).build().unwrap()
-        },
+        http: { drover_agent::tls::builder().timeout(Duration::from_secs(10)).build().unwrap() },
         url: format!("http://127.0.0.1:{port}"),
     };
     let event = json!({
@@ -231,7 +225,7 @@ async fn pages_survive_kill_9_and_still_deduplicate() {
             .await;
     let mut event = event;
     event["routing_key"] = key.into();
-    let sender = Api { http: reqwest::Client::new(), url: api.url.clone() };
+    let sender = Api { http: drover_agent::tls::client(), url: api.url.clone() };
     let (status, body) = sender.post("/v1/integrations/events-v2", event.clone()).await;
     assert_eq!(status, 202, "{body}");
     let page_id = body["page"].as_str().map(str::to_string).unwrap_or_else(|| panic!("no page id in {body}"));

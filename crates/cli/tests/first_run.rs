@@ -22,7 +22,7 @@ async fn serve_with_no_data_dir_from_a_fresh_directory_runs_a_local_service_that
     let cwd = dir.path().canonicalize().unwrap();
     let serve = Serve::start(&cwd, free_port(), &[]);
     let api = serve.api.clone();
-    let http = reqwest::Client::builder().timeout(Duration::from_secs(10)).build().unwrap();
+    let http = drover_agent::tls::builder().timeout(Duration::from_secs(10)).build().unwrap();
     serve.wait_healthy(&http, SLOW).await;
     assert!(cwd.join("drover-data").join("drover.db").is_file(), "the store is not in ./drover-data");
     // The first start wrote the admin token, readable by its user only.

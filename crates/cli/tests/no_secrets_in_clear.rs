@@ -12,18 +12,16 @@
 //! once they exist; `admin.token` is the one file skipped.
 
 mod common;
+#[path = "../../server/tests/common/receiver.rs"]
+mod receiver;
 
-use axum::extract::State;
-use axum::http::StatusCode;
-use axum::routing::post;
-use axum::Router;
 use common::{free_port, get};
+use receiver::Receiver;
 use serde_json::{json, Value};
 use std::io::Write;
 use std::os::unix::fs::{MetadataExt, PermissionsExt};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
-use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 const SLOW: Duration = Duration::from_secs(60);
@@ -31,33 +29,6 @@ const SLOW: Duration = Duration::from_secs(60);
 /// The one file under the data dir allowed to hold a secret in clear (the
 /// first admin token, 0600, for the operator to read once).
 const ALLOWED_IN_CLEAR: &str = "admin.token";
-
-/// A real HTTP peer recording what it receives.
-#[derive(Clone, Default)]
-struct Receiver {
-    got: Arc<Mutex<Vec<(String, Value)>>>,
-}
-
-impl Receiver {
-    async fn start() -> (Receiver, String) {
-        let r = Receiver::default();
-        async fn ok(State(r): State<Receiver>, uri: axum::http::Uri, body: String) -> StatusCode {
-            r.got.lock().unwrap().push((uri.path().to_string(), serde_json::from_str(&body).unwrap_or(Value::Null)));
-            StatusCode::OK
-        }
-        let app = Router::new().route("/{*path}", post(ok)).with_state(r.clone());
-        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-        let url = format!("http://{}", listener.local_addr().unwrap());
-        tokio::spawn(async move { axum::serve(listener, app).await.unwrap() });
-        (r, url)
-    }
-    fn paths(&self) -> Vec<String> {
-        self.got.lock().unwrap().iter().map(|(p, _)| p.clone()).collect()
-    }
-    fn bodies(&self) -> Vec<Value> {
-        self.got.lock().unwrap().iter().map(|(_, v)| v.clone()).collect()
-    }
-}
 
 fn drover() -> Command {
     let mut cmd = Command::new(env!("CARGO_BIN_EXE_drover"));
@@ -243,7 +214,7 @@ timeout = "1h"
     );
     std::fs::write(data.join("oncall.toml"), config).unwrap();
 
-    let plain = reqwest::Client::builder().timeout(Duration::from_secs(10)).build().unwrap();
+    let plain = drover_agent::tls::builder().timeout(Duration::from_secs(10)).build().unwrap();
     let mut answers: Vec<(String, String)> = Vec::new();
     let mut page_ids = Vec::new();
     // The API tokens are secrets too: in clear only in the 0600 admin.token.
@@ -348,7 +319,7 @@ async fn a_second_serve_on_the_same_data_dir_is_refused_and_kill_9_never_blocks_
     let data = dir.path().join("data");
     let log = dir.path().join("serve.log");
     let port = free_port();
-    let http = reqwest::Client::builder().timeout(Duration::from_secs(10)).build().unwrap();
+    let http = drover_agent::tls::builder().timeout(Duration::from_secs(10)).build().unwrap();
     let api = format!("http://127.0.0.1:{port}");
     let mut first = Killed(Some(serve(&data, port, "text", &log)));
     wait_healthy(&http, &api, &log).await;

@@ -26,7 +26,7 @@ async fn a_primary_that_died_while_the_control_plane_was_down_is_evidence_and_th
     let cwd = dir.path().canonicalize().unwrap();
     let mut serve = Serve::start(&cwd, free_port(), &["--data-dir", "d"]);
     let api = serve.api.clone();
-    let http = reqwest::Client::builder().timeout(Duration::from_secs(10)).build().unwrap();
+    let http = drover_agent::tls::builder().timeout(Duration::from_secs(10)).build().unwrap();
     serve.wait_healthy(&http, SLOW).await;
     let http = common::admin_client(&cwd.join("d"));
     let created = http

@@ -179,6 +179,7 @@ impl Engine {
                 if !inst.covered && now >= silent_at.max(self.grace(inst)) {
                     let cause = format!("no heartbeat for {:.1}s", silent_for.as_secs_f64());
                     if self.transition(slot, InstanceState::Uncertain, &cause, now, out) {
+                        self.host_silent(slot, now, out);
                         self.corroborate_from_followers(slot, now, out);
                         if self.instances.get(slot).map(|i| i.state) == Some(InstanceState::Uncertain) {
                             self.request_probe(slot, now, out);

@@ -51,6 +51,7 @@ impl Engine {
                 InstanceState::Available => {}
                 InstanceState::Uncertain | InstanceState::Installing | InstanceState::Restarting => {
                     self.transition(slot, InstanceState::Available, "heartbeat received", now, out);
+                    self.host_heard(slot, now, out);
                 }
                 InstanceState::Unavailable if !fenced && !self.has_open_action_on(slot) => {
                     self.transition(slot, InstanceState::Available, "heartbeat received again", now, out);

@@ -223,6 +223,47 @@ impl Engine {
         self.host_view(h).map(|v| Reply::Host(Box::new(v))).ok_or_else(|| CommandError::Invalid("host vanished".into()))
     }
 
+    /// Host silence (issue 11): instance `slot` turned uncertain for want
+    /// of heartbeats. When every member on its agent's host is silent too,
+    /// the host turns uncertain as a whole (its agent is what fell silent);
+    /// each instance keeps its own corroboration rules. The built-in host
+    /// (this control plane's own machine) is never judged by silence.
+    pub(crate) fn host_silent(&mut self, slot: u32, now: i64, out: &mut Outputs) {
+        let Some(h) = self.instances.get(slot).map(|i| i.host) else { return };
+        match self.hosts.get(h) {
+            Some(s) if !s.rec.builtin && s.rec.state == HostState::Ready => {}
+            _ => return,
+        }
+        let silent_since = now - crate::micros(self.config.uncertain_after);
+        let all_silent = self
+            .instances
+            .iter()
+            .filter(|(_, i)| i.host == h && i.state.is_member())
+            .all(|(_, i)| i.last_heartbeat <= silent_since);
+        if !all_silent {
+            return;
+        }
+        let Some(slot) = self.hosts.get_mut(h) else { return };
+        slot.rec.state = HostState::Uncertain;
+        let cause = format!("host {}: its agent fell silent (no instance on it heard from)", slot.rec.name);
+        self.host_event(now, HostState::Ready, HostState::Uncertain, cause, out);
+        self.host_changed(h, out);
+    }
+
+    /// A heartbeat from an instance of an uncertain host: its agent is back.
+    pub(crate) fn host_heard(&mut self, slot: u32, now: i64, out: &mut Outputs) {
+        let Some(h) = self.instances.get(slot).map(|i| i.host) else { return };
+        let Some(s) = self.hosts.get_mut(h) else { return };
+        if s.rec.state != HostState::Uncertain {
+            return;
+        }
+        s.rec.state = HostState::Ready;
+        s.rec.last_seen = Some(Timestamp(now));
+        let cause = format!("host {}: its agent is heard from again", s.rec.name);
+        self.host_event(now, HostState::Uncertain, HostState::Ready, cause, out);
+        self.host_changed(h, out);
+    }
+
     /// Reconciles every service with an instance on host `h`.
     pub(crate) fn mark_services_on_host(&mut self, h: u16) {
         let mut services: Vec<u32> =

@@ -42,6 +42,10 @@ const START_SCAN_FACTOR: usize = 8;
 
 pub(crate) struct Member {
     service: ServiceId,
+    /// The service's slot when last seen (a hint checked against `service`
+    /// before use): a fleet-wide roll looks at thousands of moving services
+    /// every tick, and a hash lookup of a random id misses the cache.
+    slot: u32,
     name: Box<str>,
     phase: MemberPhase,
     started_at: i64,
@@ -197,8 +201,9 @@ impl Engine {
         };
         let members: Vec<Member> = members
             .into_iter()
-            .map(|(opens_at, (_, service, name))| Member {
+            .map(|(opens_at, (slot, service, name))| Member {
                 service,
+                slot,
                 name: String::from(&*name).into(),
                 phase: MemberPhase::Waiting,
                 started_at: 0,
@@ -326,7 +331,7 @@ impl Engine {
         }
         // In-flight moves finish even while paused: a half-moved service
         // (an extra follower) is healthy, but finishing is cleaner.
-        self.step_active(r, now, out);
+        let mut per_zone = self.step_active(r, now, out);
         if r.record.state == RolloutState::Running && r.record.wave_failed >= r.record.spec.max_failures {
             r.record.state = RolloutState::Paused;
             let reason = format!(
@@ -345,7 +350,7 @@ impl Engine {
             ));
         }
         if r.record.state == RolloutState::Running {
-            self.start_moves(r, now, out);
+            self.start_moves(r, &mut per_zone, now, out);
             let end = r.record.spec.wave_end(r.record.wave as usize, r.members.len());
             if r.next >= end && r.active.is_empty() {
                 if (r.record.wave as usize) + 1 < r.record.spec.waves.len() {
@@ -364,7 +369,9 @@ impl Engine {
                             r.record.spec.waves.len()
                         ),
                     ));
-                    self.start_moves(r, now, out);
+                    // No member is active here: every zone is free.
+                    per_zone.iter_mut().for_each(|n| *n = 0);
+                    self.start_moves(r, &mut per_zone, now, out);
                 } else {
                     let (state, reason) = if r.record.failed == 0 {
                         (RolloutState::Succeeded, None)
@@ -401,15 +408,21 @@ impl Engine {
         }
     }
 
-    /// Looks at every moving or soaking member once.
-    fn step_active(&mut self, r: &mut Rollout, now: i64, out: &mut Outputs) {
+    /// Looks at every moving or soaking member once. Returns how many of
+    /// the members still active have their primary in each zone (indexed by
+    /// zone), counted while each service is at hand: `start_moves` needs
+    /// them, and a second pass over a large active set costs a cache miss
+    /// or more per member.
+    fn step_active(&mut self, r: &mut Rollout, now: i64, out: &mut Outputs) -> Vec<usize> {
         let active = std::mem::take(&mut r.active);
         let mut still = Vec::with_capacity(active.len());
+        let mut per_zone = vec![0usize; self.zones.len().max(1)];
         for k in active {
             let phase = r.members[k].phase;
             let service = r.members[k].service;
+            let sslot = self.slot_of(service, r.members[k].slot);
             let changed = match phase {
-                MemberPhase::Moving => match self.step_move(service, r.target, r.members[k].started_at, now, out) {
+                MemberPhase::Moving => match self.step_move(sslot, r.target, r.members[k].started_at, now, out) {
                     Step::Wait | Step::Acted => None,
                     Step::Moved => {
                         r.members[k].moved_at = now;
@@ -419,7 +432,7 @@ impl Engine {
                 },
                 MemberPhase::Soaking => {
                     let m = &r.members[k];
-                    match self.service_health(service) {
+                    match self.service_health(sslot) {
                         Err(why) => Some((MemberPhase::Failed, Some(format!("failed its health gate: {why}")))),
                         Ok(()) if now >= m.moved_at + (r.record.spec.soak_seconds as i64) * 1_000_000 => {
                             Some((MemberPhase::Done, None))
@@ -430,7 +443,10 @@ impl Engine {
                 _ => None,
             };
             match changed {
-                None => still.push(k),
+                None => {
+                    still.push(k);
+                    self.count_zone(&mut per_zone, sslot);
+                }
                 Some((phase, detail)) => {
                     let m = &mut r.members[k];
                     m.phase = phase;
@@ -447,9 +463,11 @@ impl Engine {
                                 m.moved_at = now;
                             }
                         }
-                        _ => still.push(k),
+                        _ => {
+                            still.push(k);
+                            self.count_zone(&mut per_zone, sslot);
+                        }
                     }
-                    let sslot = self.service_ids.get(&service).copied();
                     let cause = match (phase, &detail) {
                         (MemberPhase::Failed, Some(why)) => format!("rollout {}: not moved: {why}", r.record.id),
                         _ => format!("rollout {}: {}", r.record.id, phase.as_str()),
@@ -462,23 +480,46 @@ impl Engine {
             }
         }
         r.active = still;
+        per_zone
+    }
+
+    /// The slot of a member's service: its `hint` when that slot still
+    /// holds the service, else looked up by id (None: gone).
+    fn slot_of(&self, service: ServiceId, hint: u32) -> Option<u32> {
+        match self.services.get(hint) {
+            Some(s) if s.id == service => Some(hint),
+            _ => self.service_ids.get(&service).copied(),
+        }
+    }
+
+    fn count_zone(&self, per_zone: &mut Vec<usize>, sslot: Option<u32>) {
+        if let Some(z) = sslot.and_then(|s| self.primary_zone(s)) {
+            let z = usize::from(z);
+            if z >= per_zone.len() {
+                per_zone.resize(z + 1, 0);
+            }
+            per_zone[z] += 1;
+        }
     }
 
     /// Starts the waiting members of the current wave that may start now.
-    fn start_moves(&mut self, r: &mut Rollout, now: i64, out: &mut Outputs) {
+    /// `per_zone`: the active members' primaries per zone (`step_active`).
+    fn start_moves(&mut self, r: &mut Rollout, per_zone: &mut Vec<usize>, now: i64, out: &mut Outputs) {
         let end = r.record.spec.wave_end(r.record.wave as usize, r.members.len());
         let limit = self.config.rollout_zone_concurrency.max(1) as usize;
-        let mut per_zone: HashMap<u16, usize> = HashMap::default();
-        for &k in &r.active {
-            if let Some(z) = self.service_ids.get(&r.members[k].service).and_then(|&s| self.primary_zone(s)) {
-                *per_zone.entry(z).or_default() += 1;
-            }
+        let zones = self.zones.len().max(1);
+        if per_zone.len() < zones {
+            per_zone.resize(zones, 0);
         }
+        // Zones at their limit: once every zone is, no waiting member can
+        // start this tick, so the scan stops (it used to look up each
+        // waiting member's service only to skip it, tick after tick).
+        let mut full = per_zone.iter().take(zones).filter(|&&n| n >= limit).count();
         let required_passed = r.record.spec.required_by.is_some_and(|t| now >= t.0);
         let budget = limit * self.zones.len().max(1) * START_SCAN_FACTOR;
         let mut k = r.next;
         let mut scanned = 0;
-        while k < end && scanned < budget {
+        while k < end && scanned < budget && full < zones {
             scanned += 1;
             if r.members[k].phase != MemberPhase::Waiting {
                 if k == r.next {
@@ -492,19 +533,26 @@ impl Engine {
                 break;
             }
             let service = r.members[k].service;
-            let Some(&sslot) = self.service_ids.get(&service) else {
+            let Some(sslot) = self.slot_of(service, r.members[k].slot) else {
                 self.finish_member_unstarted(r, k, "the service was deleted before its turn", now, out);
                 continue;
             };
             let zone = self.primary_zone(sslot).unwrap_or(0);
-            let busy = per_zone.get(&zone).copied().unwrap_or(0) >= limit;
-            let braked = self.braked_since(zone).is_some();
-            let open = required_passed || self.in_maintenance_window(sslot, now);
-            if busy || braked || !open {
+            let z = usize::from(zone);
+            if z >= per_zone.len() {
+                per_zone.resize(z + 1, 0);
+            }
+            // Cheapest test first: the window's is a calendar computation.
+            let busy = per_zone[z] >= limit;
+            if busy || self.braked_since(zone).is_some() || !(required_passed || self.in_maintenance_window(sslot, now))
+            {
                 k += 1;
                 continue;
             }
-            *per_zone.entry(zone).or_default() += 1;
+            per_zone[z] += 1;
+            if per_zone[z] == limit && z < zones {
+                full += 1;
+            }
             let m = &mut r.members[k];
             m.phase = MemberPhase::Moving;
             m.started_at = now;
@@ -521,7 +569,7 @@ impl Engine {
                 out.changes.rollout_members.push(member_record(&r.record, k, &r.members[k]));
             }
             // The first step in the same commit as the record saying it began.
-            if let Step::Failed(why) = self.step_move(service, r.target, now, now, out) {
+            if let Step::Failed(why) = self.step_move(Some(sslot), r.target, now, now, out) {
                 let m = &mut r.members[k];
                 m.phase = MemberPhase::Failed;
                 m.detail = Some(why);
@@ -615,8 +663,8 @@ impl Engine {
     }
 
     /// Ok when the service passes the health gate now.
-    fn service_health(&self, service: ServiceId) -> Result<(), String> {
-        let s = self.service_ids.get(&service).and_then(|&s| self.services.get(s)).ok_or("the service is gone")?;
+    fn service_health(&self, sslot: Option<u32>) -> Result<(), String> {
+        let s = sslot.and_then(|s| self.services.get(s)).ok_or("the service is gone")?;
         if s.needs_human {
             return Err("it needs a human".into());
         }
@@ -629,8 +677,8 @@ impl Engine {
     /// The next step of moving one service onto image `target`. Decided
     /// from the fleet as it is, so a repeat (after a restart) finds a step
     /// done and goes on from there.
-    fn step_move(&mut self, service: ServiceId, target: u32, started_at: i64, now: i64, out: &mut Outputs) -> Step {
-        let Some(&sslot) = self.service_ids.get(&service) else { return Step::Failed("the service is gone".into()) };
+    fn step_move(&mut self, sslot: Option<u32>, target: u32, started_at: i64, now: i64, out: &mut Outputs) -> Step {
+        let Some(sslot) = sslot else { return Step::Failed("the service is gone".into()) };
         let Some(s) = self.services.get(sslot) else { return Step::Failed("the service is gone".into()) };
         if s.deleting {
             return Step::Failed("the service is being deleted".into());
@@ -743,6 +791,7 @@ impl Engine {
                 }
                 r.members.push(Member {
                     service: m.service,
+                    slot: self.service_ids.get(&m.service).copied().unwrap_or(u32::MAX),
                     name: m.name.into(),
                     phase: m.phase,
                     started_at: m.started_at.map_or(0, |t| t.0),

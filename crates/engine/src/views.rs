@@ -23,6 +23,14 @@ impl Engine {
         self.instance_view_slot(slot)
     }
 
+    /// The name of the host an instance is placed on (None: unplaced or
+    /// unknown). The shell routes an action by it: the built-in host's to
+    /// the in-process providers, any other to that host's agent.
+    pub fn instance_host(&self, id: InstanceId) -> Option<&str> {
+        let &slot = self.instance_index.get(&id)?;
+        self.hosts.name(self.instances.get(slot)?.host)
+    }
+
     pub(crate) fn instance_view_slot(&self, slot: u32) -> Option<InstanceView> {
         let i = self.instances.get(slot)?;
         let s = self.services.get(i.service)?;

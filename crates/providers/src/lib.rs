@@ -82,4 +82,7 @@ pub struct ProviderChecks {
     pub followers: Option<Vec<checks::FollowerFacts>>,
     /// The service's router (its stable URL): running and answering.
     pub router: Option<checks::Check>,
+    /// Whether what is written survives a restart, for engines whose
+    /// persistence can fail apart from backups (Redis: RDB snapshots, AOF).
+    pub persistence: Option<checks::Check>,
 }

@@ -34,6 +34,7 @@ fn test_config() -> LocalConfig {
         stop_timeout: Duration::from_secs(5),
         kill_servers_on_drop: true,
         archive_command: None,
+        redis_maxmemory: None,
         backups: None,
     }
 }

@@ -22,6 +22,11 @@ pub struct ServiceChecks {
     /// The router behind the service's stable URL.
     #[schema(value_type = Object)]
     pub router: Check,
+    /// Whether writes survive a restart (RDB snapshots, AOF): only for
+    /// engines whose persistence can fail apart from backups (Redis).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    #[schema(value_type = Option<Object>)]
+    pub persistence: Option<Check>,
 }
 
 #[derive(Serialize)]
@@ -73,6 +78,7 @@ pub fn compose(view: &ServiceView, provider: ProviderChecks, now: Timestamp) -> 
         security: provider.security.unwrap_or_else(|| unknown("security")),
         performance: provider.performance.unwrap_or_else(|| unknown("performance")),
         router: provider.router.unwrap_or_else(|| unknown("its router")),
+        persistence: provider.persistence,
     }
 }
 

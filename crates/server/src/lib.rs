@@ -18,6 +18,7 @@
 
 pub mod actor;
 pub mod advisories;
+pub mod agents;
 pub mod auth;
 pub mod checks;
 mod credentials;
@@ -80,6 +81,13 @@ pub struct ServeOptions {
     pub tls: Option<tls::TlsSource>,
     /// Connection bound, timeouts, header size (`listen`).
     pub http: listen::HttpLimits,
+    /// More runbooks: every `*.toml` file here, loaded and checked at start
+    /// beside the shipped ones (a bad file stops the start).
+    pub runbooks_dir: Option<PathBuf>,
+    /// A control plane with no host of its own (`--no-local`): no built-in
+    /// host is registered, and the `local` provider's actions all go to the
+    /// agents of the hosts their instances are placed on (`agents`).
+    pub agents_only: bool,
 }
 
 impl ServeOptions {
@@ -94,6 +102,8 @@ impl ServeOptions {
             reset_admin_token: false,
             tls: None,
             http: listen::HttpLimits::default(),
+            runbooks_dir: None,
+            agents_only: false,
         }
     }
 }
@@ -290,7 +300,7 @@ async fn start_up(
             .context("cannot open the advisory and runbook tables")?;
         Arc::new(store)
     };
-    let runbooks = runbooks::shipped().map_err(|e| anyhow::anyhow!("a shipped runbook is invalid: {e}"))?;
+    let runbooks = runbooks::load_all(opts.runbooks_dir.as_deref()).map_err(|e| anyhow::anyhow!("{e}"))?;
     let sim_path = opts.data_dir.join("sim-provider.json");
     let sim = SimProvider::open(&sim_path, opts.sim.clone())
         .with_context(|| format!("cannot open the sim provider at {}", sim_path.display()))?;
@@ -298,7 +308,10 @@ async fn start_up(
     let mut providers: HashMap<String, Arc<dyn Provider>> = HashMap::new();
     providers.insert("sim".into(), sim.clone());
     let mut extra_images = Vec::new();
-    if let Some(local_config) = &opts.local {
+    if opts.agents_only {
+        providers.insert("local".into(), Arc::new(agents::AgentsProvider));
+    }
+    if let Some(local_config) = opts.local.as_ref().filter(|_| !opts.agents_only) {
         match open_local(&opts.data_dir, local_config.clone()).await {
             Ok((local, image)) => {
                 providers.insert("local".into(), local);
@@ -317,6 +330,11 @@ async fn start_up(
         names
     };
     engine_config.provider_engines = providers.iter().map(|(name, p)| (name.clone(), p.engines().to_vec())).collect();
+    // Without a host of its own, a service goes to the agents only when asked
+    // (`"provider": "local"`): the sim stays the default, as before.
+    if opts.agents_only && engine_config.default_provider == "local" {
+        engine_config.default_provider = "sim".into();
+    }
     if !providers.contains_key(&engine_config.default_provider) {
         tracing::warn!(wanted = %engine_config.default_provider, "default provider not available; using sim");
         engine_config.default_provider = "sim".into();
@@ -354,7 +372,10 @@ async fn start_up(
 
     let (handle, inbox) = actor::channel::<runtime::EngineMachine>(runtime::LIMITS);
     let default_provider = providers.get(&engine.config().default_provider).cloned().unwrap_or_else(|| sim.clone());
-    let dispatcher = runtime::Dispatcher::new(providers.clone(), default_provider, handle.clone());
+    let agent_channel = agents::AgentChannel::default();
+    let builtin_host_name = (!opts.agents_only).then(host_name);
+    let dispatcher = runtime::Dispatcher::new(providers.clone(), default_provider, handle.clone())
+        .with_agents(agent_channel.clone(), builtin_host_name);
     let (pager_wakeup, wakeup) = runtime::pager_wakeup(drover_oncall::engine::is_relevant);
     let mut machine =
         runtime::EngineMachine::new(engine, store.clone(), dispatcher.clone(), Some(pager_wakeup), input_log);
@@ -378,25 +399,28 @@ async fn start_up(
     // This machine is a host: the built-in agent's (the local and sim
     // providers run their instances here). It adopts the instances placed
     // before hosts existed; registering it again on every start is harmless.
-    let builtin = builtin_host(machine.engine.config());
-    let out = machine.step_logged(
-        Input::Command {
-            actor: "system".into(),
-            role: None,
-            command: Command::RegisterHost { host: builtin.clone(), builtin: true },
-        },
-        now,
-    );
-    if let Some(Err(e)) = &out.reply {
-        tracing::warn!(host = %builtin.name, error = %e, "the built-in host was refused");
+    // A control plane with no host of its own (`--no-local`) registers none.
+    if !opts.agents_only {
+        let builtin = builtin_host(machine.engine.config());
+        let out = machine.step_logged(
+            Input::Command {
+                actor: "system".into(),
+                role: None,
+                command: Command::RegisterHost { host: builtin.clone(), builtin: true },
+            },
+            now,
+        );
+        if let Some(Err(e)) = &out.reply {
+            tracing::warn!(host = %builtin.name, error = %e, "the built-in host was refused");
+        }
+        changes.extend(out.changes);
+        redispatch.extend(out.dispatch);
     }
-    changes.extend(out.changes);
-    redispatch.extend(out.dispatch);
     runtime::commit(&store, changes).await.map_err(|e| anyhow::anyhow!("cannot persist the restored state: {e}"))?;
     if !redispatch.is_empty() {
         tracing::info!(actions = redispatch.len(), "re-dispatching actions that were running before the restart");
     }
-    dispatcher.dispatch(redispatch);
+    dispatcher.dispatch_routed(&machine.engine, redispatch);
 
     // On-call: engine events that need a person become alerts.
     let engine_events = oncall::EngineEvents { store: store.clone(), wakeup };
@@ -430,6 +454,7 @@ async fn start_up(
         breakglass,
         advisory_cache: Default::default(),
         runbooks,
+        agents: agent_channel,
     });
     if let Some(ready) = state.ready.get() {
         runbooks::at_start(ready).await.context("cannot apply the freezes of automation made by hand")?;

@@ -1,13 +1,14 @@
 //! Rollouts over HTTP: thin wrappers over the engine's rollout commands.
 
 use crate::auth::Caller;
-use crate::error::{ApiError, ErrorBody, Json, Path};
+use crate::error::{parse_json_body, ApiError, ErrorBody, Json, Path};
 use crate::state::AppState;
 use axum::extract::State;
 use axum::http::{header, HeaderValue, StatusCode};
 use axum::response::{IntoResponse, Response};
 use drover_engine::{Command, Reply};
-use drover_model::{RolloutId, RolloutMember, RolloutSpec, RolloutView};
+use drover_model::{EngineKind, ImageId, RolloutId, RolloutMember, RolloutSpec, RolloutView};
+use serde_json::Value;
 
 fn parse_id(text: &str) -> Result<RolloutId, ApiError> {
     text.parse::<RolloutId>().map_err(|e| ApiError::bad_request(format!("rollout id {text:?} is not a UUID: {e}")))
@@ -20,16 +21,75 @@ fn view(reply: Reply) -> Result<RolloutView, ApiError> {
     }
 }
 
-/// Start a rollout: the selected services move onto `to_image` in waves.
-#[utoipa::path(post, path = "/v1/rollouts", tag = "rollouts", request_body = RolloutSpec,
-    responses((status = 201, body = RolloutView), (status = 400, body = ErrorBody), (status = 422, body = ErrorBody)))]
+/// `POST /v1/rollouts`: a [`RolloutSpec`], where `fix` (an advisory id)
+/// may stand instead of `to_image`. Documentation only: the handler reads
+/// the body as a spec after resolving `fix`.
+#[derive(utoipa::ToSchema)]
+#[allow(dead_code)]
+pub struct CreateRollout {
+    /// The image to move onto; required unless `fix` is given.
+    to_image: Option<String>,
+    /// An imported advisory's id (`DSA-5532-1`): the target is the newest
+    /// registered image of the selector's engine that it does not affect.
+    /// Not with `to_image`.
+    #[schema(min_length = 1, max_length = 128)]
+    fix: Option<String>,
+    selector: Option<drover_model::Selector>,
+    waves: Option<Vec<u8>>,
+    soak_seconds: Option<u64>,
+    #[schema(minimum = 1)]
+    max_failures: Option<u32>,
+    #[schema(format = DateTime)]
+    required_by: Option<String>,
+}
+
+/// Start a rollout: the selected services move onto `to_image` in waves;
+/// with `"fix": ADVISORY` instead, onto the newest registered image the
+/// advisory does not affect (404: no such advisory; 409: no such image).
+#[utoipa::path(post, path = "/v1/rollouts", tag = "rollouts", request_body = CreateRollout,
+    responses((status = 201, body = RolloutView), (status = 400, body = ErrorBody), (status = 404, body = ErrorBody),
+        (status = 409, body = ErrorBody), (status = 422, body = ErrorBody)))]
 pub(crate) async fn create_rollout(
     State(state): State<AppState>,
     Caller(caller): Caller,
-    Json(spec): Json<RolloutSpec>,
+    Json(mut body): Json<serde_json::Map<String, Value>>,
 ) -> Result<Response, ApiError> {
     let ready = state.ready()?;
+    let fix = match body.remove("fix") {
+        None | Some(Value::Null) => None,
+        Some(Value::String(s)) if !s.is_empty() => Some(s),
+        Some(other) => return Err(ApiError::bad_request(format!("fix must be an advisory id, not {other}"))),
+    };
+    if fix.is_some() {
+        if body.get("to_image").is_some_and(|v| !v.is_null()) {
+            return Err(ApiError::bad_request("give to_image or fix, not both"));
+        }
+        // Resolved below, once the selector is read.
+        body.insert("to_image".into(), Value::String(String::new()));
+    }
+    let bytes = serde_json::to_vec(&body).map_err(|e| ApiError::internal(e.to_string()))?;
+    let mut spec: RolloutSpec = parse_json_body(&bytes)?;
     spec.validate().map_err(ApiError::bad_request)?;
+    if let Some(fix) = fix {
+        // The engine to fix: the selector's, else that of the services it names.
+        let mut engine = spec.selector.engine;
+        if let (None, Some(names)) = (engine, spec.selector.names.clone()) {
+            let engines = ready
+                .engine
+                .query(move |e| {
+                    let mut v: Vec<EngineKind> =
+                        names.iter().filter_map(|n| e.service_view(n)).map(|s| s.engine).collect();
+                    v.sort_by_key(|k| k.as_str());
+                    v.dedup();
+                    v
+                })
+                .await?;
+            if let [one] = engines.as_slice() {
+                engine = Some(*one);
+            }
+        }
+        spec.to_image = resolve_fix(ready, &fix, engine).await?;
+    }
     if let Some(mine) = &caller.team {
         if spec.selector.team.as_deref() != Some(mine.as_str()) {
             return Err(ApiError::new(
@@ -48,6 +108,57 @@ pub(crate) async fn create_rollout(
         response.headers_mut().insert(header::LOCATION, location);
     }
     Ok(response)
+}
+
+/// The image a rollout fixing advisory `fix` moves onto: the newest
+/// registered image of `engine` (by default the engine of the images the
+/// advisory affects, when that is one) that the advisory does not affect.
+async fn resolve_fix(ready: &crate::state::Ready, fix: &str, engine: Option<EngineKind>) -> Result<ImageId, ApiError> {
+    let records = ready.advisory_cache.records(&ready.breakglass).await?;
+    let record =
+        records.iter().filter(|r| r.id == fix).max_by(|a, b| a.modified.cmp(&b.modified)).ok_or_else(|| {
+            ApiError::not_found(format!("no advisory {fix:?}: import it first (POST /v1/advisories)"))
+        })?;
+    if record.withdrawn.is_some() {
+        return Err(ApiError::new(
+            StatusCode::CONFLICT,
+            format!("advisory {fix} is withdrawn: there is nothing to fix"),
+        ));
+    }
+    let images = ready.engine.query(|e| e.images()).await?;
+    let engine = match engine {
+        Some(e) => e,
+        None => {
+            let mut affected: Vec<EngineKind> =
+                images.iter().filter(|i| drover_advisories::image_affected(record, i)).map(|i| i.engine).collect();
+            affected.sort_by_key(|e| e.as_str());
+            affected.dedup();
+            match affected.as_slice() {
+                [one] => *one,
+                [] => {
+                    return Err(ApiError::new(
+                        StatusCode::CONFLICT,
+                        format!("advisory {fix} affects no registered image: there is nothing to fix"),
+                    ))
+                }
+                _ => {
+                    return Err(ApiError::bad_request(format!(
+                        "advisory {fix} affects images of several engines: say which with selector.engine"
+                    )))
+                }
+            }
+        }
+    };
+    let candidates: Vec<drover_model::Image> = images.into_iter().filter(|i| i.engine == engine).collect();
+    drover_advisories::newest_unaffected_image(record, &candidates).ok_or_else(|| {
+        ApiError::new(
+            StatusCode::CONFLICT,
+            format!(
+                "every registered {engine} image is affected by {fix}: register one with the fixed packages \
+                 first (POST /v1/images)"
+            ),
+        )
+    })
 }
 
 /// Every rollout, newest first.

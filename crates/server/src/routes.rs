@@ -3,7 +3,7 @@
 
 use crate::error::{ApiError, ErrorBody};
 use crate::state::AppState;
-use crate::{advisories, auth, hosts, http, oncall, openapi, runbooks};
+use crate::{advisories, agents, auth, hosts, http, oncall, openapi, runbooks};
 use axum::body::Body;
 use axum::extract::{DefaultBodyLimit, Request};
 use axum::http::{header, HeaderValue, Method, StatusCode, Uri};
@@ -57,6 +57,8 @@ pub fn router(state: AppState) -> Router {
         .route("/v1/hosts/{name}/drain", post(hosts::post_drain))
         .route("/v1/hosts/{name}/cordon", post(hosts::post_cordon))
         // Every route above, and only they, pass the auth middleware: add
+        .route("/v1/hosts/{name}/actions", get(agents::fetch_actions))
+        .route("/v1/hosts/{name}/actions/{id}/result", post(agents::post_action_result))
         // new routes above this line (and to auth::permissions::TABLE).
         .route_layer(middleware::from_fn_with_state(state.clone(), auth::authorize))
         .fallback(no_route)

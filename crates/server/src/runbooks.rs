@@ -126,22 +126,62 @@ fn fill(template: &str, params: &BTreeMap<String, String>) -> Result<String, Str
 pub fn shipped() -> Result<Vec<Runbook>, String> {
     let mut out: Vec<Runbook> = Vec::new();
     for (file, text) in SHIPPED {
-        let r: Runbook = toml::from_str(text).map_err(|e| format!("runbooks/{file}: {e}"))?;
-        if out.iter().any(|o| o.name == r.name) {
-            return Err(format!("runbooks/{file}: a runbook named {:?} exists already", r.name));
-        }
-        if r.steps.is_empty() {
-            return Err(format!("runbooks/{file}: no steps"));
-        }
-        let dummy: BTreeMap<String, String> = r.parameters.iter().map(|p| (p.name.clone(), String::new())).collect();
-        for s in &r.steps {
-            for t in s.templates() {
-                fill(t, &dummy).map_err(|e| format!("runbooks/{file}: {e}"))?;
-            }
-        }
-        out.push(r);
+        add(&mut out, &format!("runbooks/{file}"), text).map_err(|e| format!("a shipped runbook is invalid: {e}"))?;
     }
     Ok(out)
+}
+
+/// The shipped runbooks and every `*.toml` file of `dir` (in name order),
+/// each checked as the shipped ones are; an error names the file.
+pub fn load_all(dir: Option<&std::path::Path>) -> Result<Vec<Runbook>, String> {
+    let mut out = shipped()?;
+    let Some(dir) = dir else { return Ok(out) };
+    let entries =
+        std::fs::read_dir(dir).map_err(|e| format!("--runbooks-dir {}: cannot read it: {e}", dir.display()))?;
+    let mut files: Vec<std::path::PathBuf> = entries
+        .filter_map(|e| e.ok().map(|e| e.path()))
+        .filter(|p| p.extension().is_some_and(|x| x == "toml") && p.is_file())
+        .collect();
+    files.sort();
+    for path in files {
+        let label = path.display().to_string();
+        let text = std::fs::read_to_string(&path).map_err(|e| format!("runbook {label}: cannot read it: {e}"))?;
+        add(&mut out, &label, &text).map_err(|e| format!("runbook {e}"))?;
+    }
+    Ok(out)
+}
+
+/// Parses and checks one runbook file and adds it to `out`.
+fn add(out: &mut Vec<Runbook>, file: &str, text: &str) -> Result<(), String> {
+    let r: Runbook = toml::from_str(text).map_err(|e| format!("{file}: {e}"))?;
+    let plain = |n: &str| {
+        !n.is_empty()
+            && n.len() <= 63
+            && n.bytes().all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-' || b == b'_')
+    };
+    if !plain(&r.name) {
+        return Err(format!("{file}: name {:?} must be 1 to 63 of a-z, 0-9, '-', '_'", r.name));
+    }
+    if out.iter().any(|o| o.name == r.name) {
+        return Err(format!("{file}: a runbook named {:?} exists already", r.name));
+    }
+    if r.steps.is_empty() {
+        return Err(format!("{file}: no steps"));
+    }
+    let mut seen = std::collections::BTreeSet::new();
+    for p in &r.parameters {
+        if !plain(&p.name) || !seen.insert(p.name.as_str()) {
+            return Err(format!("{file}: parameter {:?} is repeated or not 1 to 63 of a-z, 0-9, '-', '_'", p.name));
+        }
+    }
+    let dummy: BTreeMap<String, String> = r.parameters.iter().map(|p| (p.name.clone(), String::new())).collect();
+    for s in &r.steps {
+        for t in s.templates() {
+            fill(t, &dummy).map_err(|e| format!("{file}: {e}"))?;
+        }
+    }
+    out.push(r);
+    Ok(())
 }
 
 /// A step as the plan shows it.
@@ -587,5 +627,44 @@ mod tests {
         assert!(matches!(&plan(rebuild, &p).unwrap()[..], [Command::RebuildFollower { instance: None, .. }]));
         let bad = BTreeMap::from([("service".to_string(), "orders".to_string()), ("instance".into(), "x".into())]);
         assert!(plan(rebuild, &bad).is_err());
+    }
+
+    #[test]
+    fn a_runbooks_dir_adds_checked_runbooks_and_a_bad_file_is_named() {
+        let dir = tempfile::tempdir().unwrap();
+        let good = r#"
+name = "drain-zone"
+description = "freeze a zone by another name"
+dangerous = true
+[[parameters]]
+name = "zone"
+description = "the zone"
+[[steps]]
+do = "freeze_automation"
+scope = "{zone}"
+"#;
+        std::fs::write(dir.path().join("drain-zone.toml"), good).unwrap();
+        std::fs::write(dir.path().join("notes.txt"), "not a runbook").unwrap();
+        let all = load_all(Some(dir.path())).expect("a good file loads");
+        let extra = all.iter().find(|r| r.name == "drain-zone").expect("loaded");
+        let p = BTreeMap::from([("zone".to_string(), "zone-b".to_string())]);
+        assert!(matches!(&plan(extra, &p).unwrap()[..], [Command::FreezeAutomation { scope }] if scope == "zone-b"));
+        assert_eq!(all.len(), shipped().unwrap().len() + 1);
+
+        let cases = [
+            ("dup.toml", good.replace("drain-zone", "force-failover"), "exists already"),
+            ("shell.toml", good.replace("freeze_automation", "shell"), "shell.toml"),
+            ("param.toml", good.replace("{zone}", "{nope}"), "nope"),
+            ("name.toml", good.replace("drain-zone", "../x"), "name"),
+            ("syntax.toml", "name = ".to_string(), "syntax.toml"),
+        ];
+        for (file, text, says) in cases {
+            let bad = tempfile::tempdir().unwrap();
+            std::fs::write(bad.path().join(file), text).unwrap();
+            let e = load_all(Some(bad.path())).expect_err(file);
+            assert!(e.contains(file) && e.contains(says), "{file}: {e}");
+        }
+        let e = load_all(Some(&dir.path().join("missing"))).unwrap_err();
+        assert!(e.contains("--runbooks-dir"), "{e}");
     }
 }

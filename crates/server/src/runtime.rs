@@ -55,6 +55,10 @@ pub struct Dispatcher {
     default_provider: Arc<dyn Provider>,
     engine: EngineHandle,
     in_flight: Arc<Semaphore>,
+    /// The agents' action queues, and the host whose actions stay here
+    /// (None: a control plane with no host of its own, `--no-local`).
+    agents: crate::agents::AgentChannel,
+    builtin_host: Option<String>,
 }
 
 impl Dispatcher {
@@ -63,7 +67,52 @@ impl Dispatcher {
         default_provider: Arc<dyn Provider>,
         engine: EngineHandle,
     ) -> Self {
-        Dispatcher { providers, default_provider, engine, in_flight: Arc::new(Semaphore::new(MAX_ACTIONS_IN_FLIGHT)) }
+        Dispatcher {
+            providers,
+            default_provider,
+            engine,
+            in_flight: Arc::new(Semaphore::new(MAX_ACTIONS_IN_FLIGHT)),
+            agents: Default::default(),
+            builtin_host: None,
+        }
+    }
+
+    /// Actions for instances on another host than `builtin_host` go to
+    /// that host's agent through `agents`.
+    pub fn with_agents(mut self, agents: crate::agents::AgentChannel, builtin_host: Option<String>) -> Self {
+        self.agents = agents;
+        self.builtin_host = builtin_host;
+        self
+    }
+
+    /// Dispatches `actions`, each to the agent of its instance's host
+    /// (`engine` says which) unless that is the built-in host or none.
+    pub fn dispatch_routed(&self, engine: &Engine, actions: Vec<Dispatch>) {
+        let mut here = Vec::with_capacity(actions.len());
+        for dispatch in actions {
+            let host = engine.instance_host(dispatch.action.instance);
+            match host {
+                Some(host) if self.builtin_host.as_deref() != Some(host) => {
+                    self.to_agent(host.to_string(), dispatch.action)
+                }
+                _ => here.push(dispatch),
+            }
+        }
+        self.dispatch(here);
+    }
+
+    fn to_agent(&self, host: String, action: drover_model::ActionRecord) {
+        let kind = action.kind.name();
+        metrics::counter!(telemetry::ACTIONS_DISPATCHED, "kind" => kind).increment(1);
+        tracing::info!(action = %action.id, kind, instance = %action.instance, attempt = action.attempts,
+            %host, "dispatching action to the host's agent");
+        let (id, attempt) = (action.id, action.attempts);
+        let handle = self.engine.clone();
+        let outcome = self.agents.execute(host, action);
+        tokio::spawn(async move {
+            let outcome = outcome.await;
+            handle.send(Input::ActionResult { action: id, attempt, outcome }).await;
+        });
     }
 
     pub fn dispatch(&self, actions: Vec<Dispatch>) {
@@ -331,7 +380,7 @@ impl Machine for EngineMachine {
             // Full means a wake-up is already pending: it will read these too.
             let _ = pager.tx.try_send(());
         }
-        self.dispatcher.dispatch(dispatch);
+        self.dispatcher.dispatch_routed(&self.engine, dispatch);
         Ok(())
     }
 }

@@ -28,6 +28,8 @@ pub struct Ready {
     pub advisory_cache: crate::advisories::AdvisoryCache,
     /// The break-glass runbooks shipped with this Drover.
     pub runbooks: Vec<crate::runbooks::Runbook>,
+    /// The action queues of the agents' hosts (`agents`).
+    pub agents: crate::agents::AgentChannel,
 }
 
 impl Ready {

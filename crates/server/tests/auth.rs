@@ -20,7 +20,7 @@ fn client_from_own_address(token: Option<&str>) -> reqwest::Client {
     static NEXT: AtomicU32 = AtomicU32::new(1);
     let n = NEXT.fetch_add(1, Ordering::Relaxed);
     let ip = Ipv4Addr::new(127, 1 + (n >> 16) as u8, (n >> 8) as u8, n as u8);
-    let mut b = reqwest::Client::builder().timeout(Duration::from_secs(20)).local_address(IpAddr::V4(ip));
+    let mut b = drover_agent::tls::builder().timeout(Duration::from_secs(20)).local_address(IpAddr::V4(ip));
     if let Some(t) = token {
         let mut headers = reqwest::header::HeaderMap::new();
         headers.insert(reqwest::header::AUTHORIZATION, format!("Bearer {t}").parse().unwrap());
@@ -76,7 +76,9 @@ async fn every_route_answers_each_kind_of_caller_as_the_permission_table_says() 
     callers.push(("expired".into(), Some(expired), None));
 
     let concrete = |path: &str| {
-        path.replace("{name}", "walk")
+        // An agent takes the actions of its own host only (the walk's agent token's).
+        path.replace("/v1/hosts/{name}/actions", &format!("/v1/hosts/{}/actions", drover_server::host_name()))
+            .replace("{name}", "walk")
             .replace("/v1/instances/{id}", &format!("/v1/instances/{instance}"))
             .replace("/v1/tokens/{id}", "/v1/tokens/no-such-token")
             .replace("{id}", "01890a5d-ac96-774b-bcce-b302099a8057")
@@ -168,7 +170,7 @@ async fn a_cross_site_form_post_changes_nothing_even_with_a_valid_token() {
     let mut t = common::start().await;
     t.create_service("target", 0).await;
     let admin = common::admin_token(t.dir.path());
-    let http = reqwest::Client::new();
+    let http = drover_agent::tls::client();
     let at = |p: &str| t.at(p);
     // Forms a web page can send without asking (no preflight), with and without the token.
     for (content_type, body) in [

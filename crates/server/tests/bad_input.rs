@@ -121,7 +121,7 @@ async fn every_bad_input_gets_a_json_4xx_and_the_server_keeps_answering() {
     // A fresh connection per request: after refusing a body it did not read
     // (413, 415) the server closes the connection, and a pooled client can
     // race that close. Each case and each health check stands on its own.
-    let http = reqwest::Client::builder()
+    let http = drover_agent::tls::builder()
         .pool_max_idle_per_host(0)
         .timeout(std::time::Duration::from_secs(20))
         .build()

@@ -33,6 +33,21 @@ impl Drop for Reaper {
 }
 
 async fn start_local() -> (common::TestServer, Reaper) {
+    start_local_tweaked(|_| {}).await
+}
+
+async fn start_local_with(redis_maxmemory: Option<u64>) -> (common::TestServer, Reaper) {
+    start_local_tweaked(move |opts| {
+        if let Some(local) = opts.local.as_mut() {
+            local.redis_maxmemory = redis_maxmemory;
+        }
+    })
+    .await
+}
+
+async fn start_local_tweaked(
+    tweak: impl FnOnce(&mut drover_server::ServeOptions) + Send + 'static,
+) -> (common::TestServer, Reaper) {
     let dir = tempfile::Builder::new().prefix("dr").tempdir_in("/tmp").unwrap();
     let t = common::start_in(dir, move |opts| {
         opts.engine.default_provider = "local".into();
@@ -46,6 +61,7 @@ async fn start_local() -> (common::TestServer, Reaper) {
             kill_servers_on_drop: true,
             ..Default::default()
         });
+        tweak(opts);
     })
     .await;
     let reaper = Reaper(t.dir.path().to_path_buf());
@@ -182,26 +198,130 @@ async fn kill_9_of_the_primary_fails_over_behind_the_same_url_losing_no_acknowle
     assert!(events.iter().any(|e| e["to"] == "fenced" || e["cause"].as_str().is_some_and(|c| c.contains("fence"))));
 }
 
+/// A retry-free SET loop through the URL in raw RESP: every command's
+/// answer that is not `+OK` (an error, a closed connection) is a failure.
+/// `pooled`: one connection kept between commands, checked before each
+/// one for a close by the server, as connection pools do (redis-py's);
+/// else a new connection per command.
+struct SetLoop {
+    ok: Arc<AtomicU64>,
+    failures: Arc<AtomicU64>,
+    stop: Arc<AtomicBool>,
+    task: tokio::task::JoinHandle<()>,
+}
+
+impl SetLoop {
+    fn start(url: &str, pooled: bool) -> SetLoop {
+        let rest = url.strip_prefix("redis://app:").unwrap();
+        let (password, port) = rest.rsplit_once("@127.0.0.1:").unwrap();
+        let (password, port) = (password.to_string(), port.parse::<u16>().unwrap());
+        let (ok, failures, stop) =
+            (Arc::new(AtomicU64::new(0)), Arc::new(AtomicU64::new(0)), Arc::new(AtomicBool::new(false)));
+        let (o, f, s) = (ok.clone(), failures.clone(), stop.clone());
+        let task = tokio::spawn(async move {
+            use tokio::io::{AsyncBufReadExt, AsyncWriteExt};
+            let mut kept: Option<tokio::io::BufStream<tokio::net::TcpStream>> = None;
+            let mut n = 0u64;
+            while !s.load(Ordering::SeqCst) {
+                n += 1;
+                if let Some(stream) = &kept {
+                    let mut byte = [0u8; 1];
+                    if !matches!(stream.get_ref().try_read(&mut byte), Err(e) if e.kind() == std::io::ErrorKind::WouldBlock)
+                    {
+                        kept = None; // closed by the server while idle: connect again
+                    }
+                }
+                let attempt = async {
+                    let mut stream = match kept.take() {
+                        Some(stream) => stream,
+                        None => {
+                            let mut stream =
+                                tokio::io::BufStream::new(tokio::net::TcpStream::connect(("127.0.0.1", port)).await?);
+                            stream.write_all(format!("AUTH app {password}\r\n").as_bytes()).await?;
+                            stream.flush().await?;
+                            let mut line = String::new();
+                            stream.read_line(&mut line).await?;
+                            if line != "+OK\r\n" {
+                                return Err(std::io::Error::other(format!("AUTH: {line:?}")));
+                            }
+                            stream
+                        }
+                    };
+                    let (key, value) = (format!("s:{pooled}:{n}"), n.to_string());
+                    let command =
+                        format!("*3\r\n$3\r\nSET\r\n${}\r\n{key}\r\n${}\r\n{value}\r\n", key.len(), value.len());
+                    stream.write_all(command.as_bytes()).await?;
+                    stream.flush().await?;
+                    let mut line = String::new();
+                    stream.read_line(&mut line).await?;
+                    if line != "+OK\r\n" {
+                        return Err(std::io::Error::other(format!("SET: {line:?}")));
+                    }
+                    Ok(stream)
+                };
+                match tokio::time::timeout(Duration::from_secs(15), attempt).await {
+                    Ok(Ok(stream)) => {
+                        o.fetch_add(1, Ordering::SeqCst);
+                        if pooled {
+                            kept = Some(stream);
+                        }
+                    }
+                    Ok(Err(e)) => {
+                        eprintln!("set loop (pooled: {pooled}): {e}");
+                        f.fetch_add(1, Ordering::SeqCst);
+                    }
+                    Err(_) => {
+                        f.fetch_add(1, Ordering::SeqCst);
+                    }
+                }
+                tokio::time::sleep(Duration::from_millis(1)).await;
+            }
+        });
+        SetLoop { ok, failures, stop, task }
+    }
+    fn ok(&self) -> u64 {
+        self.ok.load(Ordering::SeqCst)
+    }
+    async fn finish(self) -> (u64, u64) {
+        self.stop.store(true, Ordering::SeqCst);
+        let _ = self.task.await;
+        (self.ok.load(Ordering::SeqCst), self.failures.load(Ordering::SeqCst))
+    }
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
-async fn a_switchover_hands_over_with_failover_and_loses_no_acknowledged_write() {
+async fn a_switchover_hands_over_with_failover_failing_no_command_and_losing_no_acknowledged_write() {
     let (t, _reaper) = start_local().await;
     let s = create_redis(&t, "rdsw").await;
     let url = s["url"].as_str().unwrap().to_string();
     let old = primary(&s)["id"].as_str().unwrap().to_string();
     let writer = Writer::start(url.clone());
-    poll(SLOW, "writes before the switchover", || async { (writer.acked() > 50).then_some(()) }).await;
+    let per_command = SetLoop::start(&url, false);
+    let pooled = SetLoop::start(&url, true);
+    poll(SLOW, "writes before the switchover", || async {
+        (writer.acked() > 50 && per_command.ok() > 50 && pooled.ok() > 50).then_some(())
+    })
+    .await;
     let (status, body) = t.post("/v1/services/rdsw/switchover", json!({})).await;
     assert!(status == 200 || status == 202, "{status} {body}");
-    let at = writer.acked();
+    let at = (writer.acked(), per_command.ok(), pooled.ok());
     wait_streaming(&t, "rdsw", Some(&old)).await;
-    poll(SLOW, "writes after the switchover", || async { (writer.acked() > at + 50).then_some(()) }).await;
-    let (acked, failures) = writer.finish().await;
+    poll(SLOW, "writes after the switchover", || async {
+        (writer.acked() > at.0 + 50 && per_command.ok() > at.1 + 50 && pooled.ok() > at.2 + 50).then_some(())
+    })
+    .await;
+    let (acked, writer_failures) = writer.finish().await;
+    let (per_command_ok, per_command_failed) = per_command.finish().await;
+    let (pooled_ok, pooled_failed) = pooled.finish().await;
     assert_eq!(lost(&url, &acked).await, 0, "an acknowledged write was lost");
-    let events = t.events("service=rdsw").await;
-    let fence = events.iter().find(|e| e["cause"].as_str().is_some_and(|c| c.contains("handed over")));
-    // Not zero: the router shuts the sessions of the old primary, so a
-    // client's command in flight fails and it reconnects (see the report).
-    println!("switchover: {failures} failed or unacknowledged commands; fence: {fence:?}");
+    println!(
+        "switchover: connection per command {per_command_ok} ok / {per_command_failed} failed; pooled \
+         {pooled_ok} ok / {pooled_failed} failed; multiplexed SET+WAIT writer {} acknowledged / {writer_failures} \
+         failed or unacknowledged (its idle connection closed, it does not check before a command)",
+        acked.len()
+    );
+    assert_eq!(per_command_failed, 0, "a command failed across the switchover");
+    assert_eq!(pooled_failed, 0, "a pooled client's command failed across the switchover");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
@@ -265,4 +385,427 @@ async fn through_the_url_the_application_cannot_run_admin_or_dangerous_commands(
     }
     let wrong = connect(&url.replacen("redis://app:", "redis://app:x", 1)).await;
     assert!(wrong.is_none(), "a wrong password was accepted");
+}
+
+/// `SET <prefix>N N` then `WAIT 1 1000` in a loop: through one connection
+/// kept for the whole run (`reconnect_every` 0), or through a new
+/// connection every `reconnect_every` commands to whatever URL `url` holds
+/// then. Every error, refused login or write not on a replica counts as a
+/// failure; acknowledged writes are kept to be looked for afterwards.
+struct Loader {
+    acked: Arc<Mutex<Vec<u64>>>,
+    failures: Arc<Mutex<Vec<String>>>,
+    stop: Arc<AtomicBool>,
+    task: tokio::task::JoinHandle<()>,
+}
+
+impl Loader {
+    fn start(prefix: &'static str, url: Arc<Mutex<String>>, reconnect_every: u64) -> Loader {
+        let acked = Arc::new(Mutex::new(Vec::new()));
+        let failures = Arc::new(Mutex::new(Vec::new()));
+        let stop = Arc::new(AtomicBool::new(false));
+        let (a, f, s) = (acked.clone(), failures.clone(), stop.clone());
+        let task = tokio::spawn(async move {
+            let fail = |what: String| f.lock().unwrap().push(format!("{what} at {:?}", std::time::SystemTime::now()));
+            let mut next = 1u64;
+            let mut connection = None;
+            while !s.load(Ordering::SeqCst) {
+                if reconnect_every > 0 && next.is_multiple_of(reconnect_every) {
+                    connection = None;
+                }
+                if connection.is_none() {
+                    let target = url.lock().unwrap().clone();
+                    connection = connect(&target).await;
+                    if connection.is_none() {
+                        fail(format!("cannot connect to {}", target.split('@').nth(1).unwrap_or_default()));
+                        tokio::time::sleep(Duration::from_millis(20)).await;
+                        continue;
+                    }
+                }
+                let c = connection.as_mut().unwrap();
+                let set: redis::RedisResult<()> =
+                    redis::cmd("SET").arg(format!("{prefix}{next}")).arg(next).query_async(c).await;
+                let replicas: redis::RedisResult<i64> = match set {
+                    Ok(()) => redis::cmd("WAIT").arg(1).arg(1000).query_async(c).await,
+                    Err(e) => Err(e),
+                };
+                match replicas {
+                    Ok(n) if n >= 1 => {
+                        a.lock().unwrap().push(next);
+                        next += 1;
+                        tokio::time::sleep(Duration::from_millis(2)).await;
+                    }
+                    Ok(_) => fail(format!("{prefix}{next} not on a replica within 1 s")),
+                    Err(e) => {
+                        fail(format!("{prefix}{next}: {e}"));
+                        connection = None;
+                        tokio::time::sleep(Duration::from_millis(20)).await;
+                    }
+                }
+            }
+        });
+        Loader { acked, failures, stop, task }
+    }
+    fn acked(&self) -> usize {
+        self.acked.lock().unwrap().len()
+    }
+    async fn finish(self) -> (Vec<u64>, Vec<String>) {
+        self.stop.store(true, Ordering::SeqCst);
+        let _ = self.task.await;
+        let acked = self.acked.lock().unwrap().clone();
+        let failures = self.failures.lock().unwrap().clone();
+        (acked, failures)
+    }
+}
+
+/// How many of `acked` (written as `<prefix>N`) are missing behind `url`.
+async fn lost_of(url: &str, prefix: &str, acked: &[u64]) -> usize {
+    let mut c = connect(url).await.expect("connect to count");
+    let mut missing = 0;
+    for chunk in acked.chunks(500) {
+        let keys: Vec<String> = chunk.iter().map(|n| format!("{prefix}{n}")).collect();
+        let values: Vec<Option<u64>> = redis::cmd("MGET").arg(&keys).query_async(&mut c).await.expect("MGET");
+        missing += values.iter().zip(chunk).filter(|(v, n)| **v != Some(**n)).count();
+    }
+    missing
+}
+
+/// The user and the host:port of a `redis://user:password@host:port` URL.
+fn user_and_address(url: &str) -> (String, String) {
+    let rest = url.strip_prefix("redis://").unwrap();
+    let (userinfo, address) = rest.split_once('@').unwrap();
+    (userinfo.split_once(':').unwrap().0.to_string(), address.to_string())
+}
+
+/// The `port` line and the text of every member's redis.conf.
+fn member_configs(t: &common::TestServer) -> Vec<(u16, String)> {
+    let mut configs = Vec::new();
+    for d in std::fs::read_dir(t.dir.path().join("local/redis/instances")).unwrap().flatten() {
+        let Ok(text) = std::fs::read_to_string(d.path().join("redis.conf")) else { continue };
+        let port = text.lines().find_map(|l| l.strip_prefix("port ")).and_then(|p| p.trim().parse().ok()).unwrap();
+        configs.push((port, text));
+    }
+    configs
+}
+
+/// Issue 10 item 8 for Redis: a rotation under a steady write load through
+/// the service URL. One client keeps its connection (logged in as the old
+/// user) until the overlap is nearly over, as a pool drains; one reconnects
+/// every 20 commands with whatever the URL is then. No command fails, every
+/// acknowledged write is there, both users are on every member during the
+/// overlap, the old password is refused after it (everywhere), and it is
+/// all audited.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn rotating_redis_credentials_under_write_load_fails_no_command_and_refuses_the_old_password_after_the_overlap() {
+    const OVERLAP: Duration = Duration::from_secs(6);
+    let (t, _reaper) = start_local_tweaked(|opts| opts.engine.rotation_overlap = OVERLAP).await;
+    let s = create_redis(&t, "rdrot").await;
+    let old_url = s["url"].as_str().unwrap().to_string();
+    assert!(old_url.starts_with("redis://app:"), "{old_url}");
+    let current = Arc::new(Mutex::new(old_url.clone()));
+    let kept = Loader::start("kept:", Arc::new(Mutex::new(old_url.clone())), 0);
+    let fresh = Loader::start("fresh:", current.clone(), 20);
+    poll(SLOW, "both clients write before the rotation", || async {
+        (kept.acked() > 50 && fresh.acked() > 50).then_some(())
+    })
+    .await;
+
+    let (status, action) = t.post("/v1/services/rdrot/credentials/rotate", json!({})).await;
+    assert_eq!(status, 202, "{action}");
+    let (status, body) = t.post("/v1/services/rdrot/credentials/rotate", json!({})).await;
+    assert_eq!(status, 409, "a second rotation while the first runs or drains: {body}");
+    let new_url = poll(SLOW, "the URL names the new credential", || async {
+        let url = t.service("rdrot").await["url"].as_str().unwrap_or_default().to_string();
+        (url != old_url).then_some(url)
+    })
+    .await;
+    let rotated = std::time::Instant::now();
+    *current.lock().unwrap() = new_url.clone();
+    let (old_user, old_address) = user_and_address(&old_url);
+    let (new_user, new_address) = user_and_address(&new_url);
+    assert_eq!((old_user.as_str(), new_user.as_str()), ("app", "app_b"), "{old_url} -> {new_url}");
+    assert_eq!(new_address.split(':').next_back(), old_address.split(':').next_back(), "the same router port");
+
+    // In the overlap both users log in on every member, and every
+    // member's redis.conf names both (a restart keeps them).
+    let password = |url: &str| url.split('@').next().unwrap().rsplit(':').next().unwrap().to_string();
+    let configs = member_configs(&t);
+    assert_eq!(configs.len(), 2, "a primary and a replica");
+    for (port, text) in &configs {
+        assert!(text.contains("user app on #") && text.contains("user app_b on #"), "{port}: {text}");
+        assert!(!text.contains(&password(&new_url)) && !text.contains(&password(&old_url)), "a password in clear");
+        for url in [&old_url, &new_url] {
+            let direct = url
+                .replace(&new_address, &format!("127.0.0.1:{port}"))
+                .replace(&old_address, &format!("127.0.0.1:{port}"));
+            assert!(
+                connect(&direct).await.is_some(),
+                "{} logs in on port {port} in the overlap",
+                user_and_address(url).0
+            );
+        }
+    }
+    assert!(connect(&old_url).await.is_some(), "the old URL works in the overlap");
+
+    // The kept connection drains before the overlap ends.
+    tokio::time::sleep((OVERLAP / 2).saturating_sub(rotated.elapsed())).await;
+    let (kept_acked, kept_failures) = kept.finish().await;
+    poll(SLOW, "the old password refused after the overlap", || async {
+        connect(&old_url).await.is_none().then_some(())
+    })
+    .await;
+    let refused_after = rotated.elapsed();
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let (fresh_acked, fresh_failures) = fresh.finish().await;
+    eprintln!(
+        "Redis rotation under load: kept connection {} acknowledged / {} failed, reconnecting client {} \
+         acknowledged / {} failed; the old password refused {refused_after:?} after the URL changed (overlap \
+         {OVERLAP:?})",
+        kept_acked.len(),
+        kept_failures.len(),
+        fresh_acked.len(),
+        fresh_failures.len()
+    );
+    assert!(kept_failures.is_empty(), "the kept connection failed: {kept_failures:?}");
+    assert!(fresh_failures.is_empty(), "the reconnecting client failed: {fresh_failures:?}");
+    assert!(refused_after >= OVERLAP - Duration::from_secs(1), "revoked {refused_after:?} after: overlap cut short");
+    assert!(kept_acked.len() > 50 && fresh_acked.len() > 50);
+    assert_eq!(lost_of(&new_url, "kept:", &kept_acked).await, 0, "an acknowledged write of the kept client was lost");
+    assert_eq!(lost_of(&new_url, "fresh:", &fresh_acked).await, 0, "an acknowledged write of the other was lost");
+
+    // Revoked on every member, and gone from every config file.
+    for (port, _) in member_configs(&t) {
+        let direct = |url: &str, address: &str| url.replace(address, &format!("127.0.0.1:{port}"));
+        assert!(connect(&direct(&old_url, &old_address)).await.is_none(), "the old user still logs in on {port}");
+        assert!(connect(&direct(&new_url, &new_address)).await.is_some(), "the new user logs in on {port}");
+    }
+    for (port, text) in member_configs(&t) {
+        assert!(!text.contains("user app on #") && text.contains("user app_b on #"), "{port}: {text}");
+    }
+    let s = t.service("rdrot").await;
+    assert!(s["credentials"]["last_rotated_at"].is_string(), "{}", s["credentials"]);
+    let (_, audit) = t.get("/v1/audit?limit=10000").await;
+    let audited = |command: &str| {
+        audit
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|e| e["command"] == command && e["target"] == "rdrot" && e["outcome"] == "ok")
+    };
+    assert!(audited("services.rotate_credentials"), "{audit:#}");
+    assert!(audited("services.revoke_previous_credentials"), "{audit:#}");
+}
+
+/// The schedule rotates a Redis service's credential and revokes the old
+/// one after the overlap, audited as the schedule's (the PostgreSQL test's
+/// twin).
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_scheduled_redis_rotation_changes_the_password_and_the_old_one_is_refused_after_the_overlap() {
+    let (t, _reaper) = start_local_tweaked(|opts| {
+        opts.engine.credential_rotation = Some(Duration::from_secs(10));
+        opts.engine.rotation_overlap = Duration::from_secs(5);
+    })
+    .await;
+    let before = create_redis(&t, "rdsched").await;
+    assert!(before["credentials"]["next_rotation_at"].is_string(), "scheduled: {}", before["credentials"]);
+    let old_url = t.service("rdsched").await["url"].as_str().unwrap().to_string();
+    let mut c = connect(&old_url).await.expect("the URL works");
+    let _: () = redis::cmd("SET").arg("kept").arg(1).query_async(&mut c).await.unwrap();
+    drop(c);
+    let new_url = poll(SLOW, "the schedule rotates the URL's credential", || async {
+        let url = t.service("rdsched").await["url"].as_str().unwrap_or_default().to_string();
+        (url != old_url).then_some(url)
+    })
+    .await;
+    let rotated = std::time::Instant::now();
+    assert_ne!(user_and_address(&new_url).0, user_and_address(&old_url).0, "{old_url} -> {new_url}");
+    connect(&old_url).await.expect("the old password works in the overlap");
+    let mut c = connect(&new_url).await.expect("the new URL works");
+    let kept: u64 =
+        redis::cmd("GET").arg("kept").query_async(&mut c).await.expect("the new user reads the old one's key");
+    assert_eq!(kept, 1);
+    drop(c);
+    poll(SLOW, "the old password refused after the overlap", || async {
+        connect(&old_url).await.is_none().then_some(())
+    })
+    .await;
+    let refused_after = rotated.elapsed();
+    assert!(refused_after >= Duration::from_secs(4), "revoked {refused_after:?} after the URL changed");
+    let (_, audit) = t.get("/v1/audit?limit=10000").await;
+    let by_schedule = |command: &str| {
+        audit.as_array().unwrap().iter().any(|e| {
+            e["actor"] == "schedule" && e["command"] == command && e["target"] == "rdsched" && e["outcome"] == "ok"
+        })
+    };
+    assert!(by_schedule("services.rotate_credentials"), "{audit:#}");
+    assert!(by_schedule("services.revoke_previous_credentials"), "{audit:#}");
+    eprintln!(
+        "scheduled Redis rotation: the old password refused {refused_after:?} after the URL changed (overlap 5 s)"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn an_rdb_backup_restores_in_a_scratch_server_and_a_corrupted_one_is_caught() {
+    let (t, _reaper) = start_local().await;
+    let s = create_redis(&t, "rdbk").await;
+    let url = s["url"].as_str().unwrap().to_string();
+    let mut c = connect(&url).await.expect("connect");
+    for n in 0..500u32 {
+        let _: () = redis::cmd("SET").arg(format!("k:{n}")).arg(n).query_async(&mut c).await.unwrap();
+    }
+    let (status, body) = t.post("/v1/services/rdbk/backups", json!({})).await;
+    assert_eq!(status, 202, "{body}");
+    poll(SLOW, "backup recorded", || async {
+        let s = t.service("rdbk").await;
+        (!s["backups"]["last_backup_at"].is_null()).then_some(())
+    })
+    .await;
+    let repo = t.dir.path().join("local/redis/backups").join(s["id"].as_str().unwrap());
+    let rdbs: Vec<_> = std::fs::read_dir(&repo)
+        .unwrap()
+        .flatten()
+        .map(|e| e.path())
+        .filter(|p| p.extension().is_some_and(|e| e == "rdb"))
+        .collect();
+    assert_eq!(rdbs.len(), 1, "{rdbs:?}");
+    let manifest: Value =
+        serde_json::from_slice(&std::fs::read(rdbs[0].with_extension("json")).unwrap()).expect("a manifest");
+    assert_eq!(manifest["keys"], 500, "{manifest}");
+    let (status, body) = t.post("/v1/services/rdbk/backups/verify", json!({})).await;
+    assert_eq!(status, 202, "{body}");
+    poll(SLOW, "restore test passed", || async {
+        let s = t.service("rdbk").await;
+        (s["backups"]["last_verify_ok"] == true).then_some(())
+    })
+    .await;
+    let events = t.events("service=rdbk").await;
+    let passed = events.iter().filter_map(|e| e["cause"].as_str()).find(|c| c.contains("restore test passed"));
+    assert!(passed.is_some_and(|c| c.contains("500 keys as recorded")), "{passed:?}");
+
+    // Flip bytes in the middle of the snapshot.
+    let mut bytes = std::fs::read(&rdbs[0]).unwrap();
+    let middle = bytes.len() / 2;
+    for b in &mut bytes[middle..middle + 8] {
+        *b ^= 0xff;
+    }
+    std::fs::write(&rdbs[0], bytes).unwrap();
+    let (status, body) = t.post("/v1/services/rdbk/backups/verify", json!({})).await;
+    assert_eq!(status, 202, "{body}");
+    let events = poll(SLOW, "the corrupted backup is caught", || async {
+        let events = t.events("service=rdbk").await;
+        events.iter().any(|e| e["cause"].as_str().is_some_and(|c| c.contains("restore test FAILED"))).then_some(events)
+    })
+    .await;
+    let failed = events.iter().filter_map(|e| e["cause"].as_str()).find(|c| c.contains("restore test FAILED"));
+    assert!(failed.is_some_and(|c| c.contains("corrupt")), "{failed:?}");
+    // The remedy: a fresh backup, and its restore test passes.
+    poll(SLOW, "a fresh backup tested after the failure", || async {
+        let s = t.service("rdbk").await;
+        (s["backups"]["last_verify_ok"] == true).then_some(())
+    })
+    .await;
+}
+
+async fn check_until(t: &common::TestServer, name: &str, facet: &str, want: &[&str]) -> Value {
+    let path = format!("/v1/services/{name}/checks");
+    poll(SLOW, &format!("{facet} check {want:?}"), || async {
+        let (status, checks) = t.get(&path).await;
+        (status == 200 && want.contains(&checks[facet]["status"].as_str().unwrap_or(""))).then_some(checks)
+    })
+    .await
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn redis_checks_turn_from_ok_to_warn_or_crit_with_real_causes() {
+    let (t, _reaper) = start_local_with(Some(8 << 20)).await;
+    let s = create_redis(&t, "rdck").await;
+    let url = s["url"].as_str().unwrap().to_string();
+    for facet in ["replication", "performance", "persistence", "security", "router"] {
+        let checks = check_until(&t, "rdck", facet, &["ok"]).await;
+        println!("{facet}: {}", checks[facet]);
+    }
+
+    // Replication: the replica hangs (SIGSTOP); its acknowledgements stop.
+    let follower = followers(&s)[0]["id"].as_str().unwrap().to_string();
+    let (status, body) = t.post("/v1/chaos", json!({"instance": follower, "fault": "hang"})).await;
+    assert_eq!(status, 202, "{body}");
+    let checks = check_until(&t, "rdck", "replication", &["warn", "crit"]).await;
+    println!("replication after the replica hung: {}", checks["replication"]);
+    let _ = t.post("/v1/chaos", json!({"instance": follower, "fault": "heal"})).await;
+    let s = wait_streaming(&t, "rdck", None).await;
+    check_until(&t, "rdck", "replication", &["ok"]).await;
+
+    // Persistence: the primary's data directory refuses writes; a BGSAVE fails.
+    let primary_id = primary(&s)["id"].as_str().unwrap().to_string();
+    let data = t.dir.path().join("local/redis/instances").join(&primary_id).join("data");
+    use std::os::unix::fs::PermissionsExt;
+    std::fs::set_permissions(&data, std::fs::Permissions::from_mode(0o500)).unwrap();
+    let (status, body) = t.post("/v1/services/rdck/backups", json!({})).await;
+    assert_eq!(status, 202, "{body}");
+    let checks = check_until(&t, "rdck", "persistence", &["crit"]).await;
+    println!("persistence with a read-only data directory: {}", checks["persistence"]);
+    std::fs::set_permissions(&data, std::fs::Permissions::from_mode(0o700)).unwrap();
+    // Redis refuses writes after a failed snapshot until one succeeds: the next backup.
+    poll(SLOW, "the failed backup recorded", || async {
+        let (_, checks) = t.get("/v1/services/rdck/checks").await;
+        checks["backups"]["status"].is_string().then_some(())
+    })
+    .await;
+    poll(SLOW, "a backup accepted again", || async {
+        let (status, _) = t.post("/v1/services/rdck/backups", json!({})).await;
+        (status == 202).then_some(())
+    })
+    .await;
+    check_until(&t, "rdck", "persistence", &["ok"]).await;
+
+    // Memory: write through the URL until maxmemory (8 MiB) is nearly reached.
+    let mut c = connect(&url).await.expect("connect");
+    let value = "x".repeat(8192);
+    let mut n = 0u32;
+    let checks = loop {
+        for _ in 0..50 {
+            n += 1;
+            let _: redis::RedisResult<()> =
+                redis::cmd("SET").arg(format!("m:{n}")).arg(&value).query_async(&mut c).await;
+        }
+        let (_, checks) = t.get("/v1/services/rdck/checks").await;
+        if checks["performance"]["status"] == "crit" {
+            break checks;
+        }
+        assert!(n < 5000, "8 MiB written and the memory check is still {}", checks["performance"]);
+    };
+    println!("performance near maxmemory: {}", checks["performance"]);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_partitioned_replica_or_a_silent_primary_whose_replicas_stream_causes_no_failover() {
+    let (t, _reaper) = start_local().await;
+    let s = create_redis(&t, "rdnp").await;
+    let url = s["url"].as_str().unwrap().to_string();
+    let primary_id = primary(&s)["id"].as_str().unwrap().to_string();
+    let follower = followers(&s)[0]["id"].as_str().unwrap().to_string();
+    let writer = Writer::start(url.clone());
+    poll(SLOW, "writes before the partitions", || async { (writer.acked() > 20).then_some(()) }).await;
+    // Each member in turn stops heartbeating to the control plane for
+    // well past `uncertain_after` (2 s) while the data path still works.
+    for (who, id) in [("the replica", &follower), ("the primary", &primary_id)] {
+        let (status, body) = t.post("/v1/chaos", json!({"instance": id, "fault": "partition"})).await;
+        assert_eq!(status, 202, "{body}");
+        let at = writer.acked();
+        tokio::time::sleep(Duration::from_secs(6)).await;
+        assert!(writer.acked() > at + 20, "writes through the URL stopped while {who} was partitioned");
+        let (status, body) = t.post("/v1/chaos", json!({"instance": id, "fault": "heal"})).await;
+        assert_eq!(status, 202, "{body}");
+    }
+    let s = wait_streaming(&t, "rdnp", None).await;
+    let (acked, _) = writer.finish().await;
+    assert_eq!(primary(&s)["id"].as_str(), Some(primary_id.as_str()), "the primary changed");
+    let events = t.events("service=rdnp").await;
+    let moved: Vec<&str> = events
+        .iter()
+        .filter_map(|e| e["cause"].as_str())
+        .filter(|c| c.contains("fence") || c.starts_with("promoted"))
+        .collect();
+    assert!(moved.is_empty(), "a failover was started: {moved:?}");
+    assert_eq!(lost(&url, &acked).await, 0);
 }

@@ -61,7 +61,7 @@ async fn start_alertmanager(receiver: &str, token: &str) -> Alertmanager {
         .spawn()
         .expect("alertmanager starts");
     let am = Alertmanager { child, url: format!("http://127.0.0.1:{port}"), _dir: dir };
-    let http = reqwest::Client::new();
+    let http = drover_agent::tls::client();
     common::poll(Duration::from_secs(20), "alertmanager ready", || async {
         http.get(format!("{}/-/ready", am.url)).send().await.ok().filter(|r| r.status().is_success()).map(|_| ())
     })
@@ -77,7 +77,7 @@ fn rfc3339(offset: Duration, past: bool) -> String {
 
 /// Posts alerts to Alertmanager's API, as Prometheus does.
 async fn post_alerts(am: &Alertmanager, alerts: Value) {
-    let r = reqwest::Client::new().post(format!("{}/api/v2/alerts", am.url)).json(&alerts).send().await.unwrap();
+    let r = drover_agent::tls::client().post(format!("{}/api/v2/alerts", am.url)).json(&alerts).send().await.unwrap();
     assert!(r.status().is_success(), "alertmanager refused alerts: {}", r.status());
 }
 

@@ -5,40 +5,10 @@
 
 mod common;
 
-use axum::extract::State;
-use axum::http::StatusCode;
-use axum::routing::post;
-use axum::Router;
+use common::receiver::Receiver;
+
 use serde_json::{json, Value};
-use std::sync::{Arc, Mutex};
 use std::time::Duration;
-
-/// A real HTTP peer recording what it receives; `/fail` always answers 500.
-#[derive(Clone, Default)]
-struct Receiver {
-    got: Arc<Mutex<Vec<(String, Value)>>>,
-}
-
-impl Receiver {
-    async fn start() -> (Receiver, String) {
-        let r = Receiver::default();
-        async fn ok(State(r): State<Receiver>, uri: axum::http::Uri, body: String) -> StatusCode {
-            r.got.lock().unwrap().push((uri.path().to_string(), serde_json::from_str(&body).unwrap_or(Value::Null)));
-            StatusCode::OK
-        }
-        async fn fail() -> StatusCode {
-            StatusCode::INTERNAL_SERVER_ERROR
-        }
-        let app = Router::new().route("/fail", post(fail)).route("/{*path}", post(ok)).with_state(r.clone());
-        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-        let url = format!("http://{}", listener.local_addr().unwrap());
-        tokio::spawn(async move { axum::serve(listener, app).await.unwrap() });
-        (r, url)
-    }
-    fn at(&self, path: &str) -> Vec<Value> {
-        self.got.lock().unwrap().iter().filter(|(p, _)| p == path).map(|(_, v)| v.clone()).collect()
-    }
-}
 
 const SECRET: &str = "test-secret";
 

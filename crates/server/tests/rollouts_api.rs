@@ -254,3 +254,77 @@ async fn windows_hold_moves_and_the_team_feed_needs_its_key() {
     .await;
     t.stop().await;
 }
+
+/// From an advisory to a fix in one step: `"fix"` instead of `to_image`
+/// targets the newest registered image the advisory does not affect.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_rollout_with_fix_moves_onto_the_newest_image_the_advisory_does_not_affect() {
+    let mut t = common::start().await;
+    t.create_service("fx", 1).await;
+    t.wait_available("fx", Duration::from_secs(20)).await;
+    let body = |fix: &str| json!({"fix": fix, "selector": {"names": ["fx"]}, "waves": [100], "soak_seconds": 1});
+
+    let (status, err) = t.post("/v1/rollouts", body("DSA-6090-1")).await;
+    assert_eq!(status, 404, "not imported yet: {err}");
+    assert!(err["error"].as_str().unwrap().contains("DSA-6090-1"), "{err}");
+    let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../../fixtures/osv");
+    let record: Value = serde_json::from_str(&std::fs::read_to_string(dir.join("DSA-6090-1.json")).unwrap()).unwrap();
+    let (status, report) = t.post("/v1/advisories", record).await;
+    assert_eq!(status, 201, "{report}");
+
+    // Only the sim image (openssl 3.0.17) so far: nothing to move onto.
+    let (status, err) = t.post("/v1/rollouts", body("DSA-6090-1")).await;
+    assert_eq!(status, 409, "{err}");
+    assert!(err["error"].is_string(), "{err}");
+    let mut both = body("DSA-6090-1");
+    both["to_image"] = json!("sha256:whatever");
+    let (status, err) = t.post("/v1/rollouts", both).await;
+    assert_eq!(status, 400, "{err}");
+    let (status, err) = t.post("/v1/rollouts", json!({"fix": 7})).await;
+    assert_eq!(status, 400, "{err}");
+    // The sim registers images of several engines, all with this openssl:
+    // without an engine to go by, which to fix is asked.
+    let (status, err) = t.post("/v1/rollouts", json!({"fix": "DSA-6090-1"})).await;
+    assert_eq!(status, 400, "{err}");
+
+    // The sim image's `openssl` binary and `libssl3`, both built from openssl.
+    let ssl = |version: &str| {
+        json!([
+            {"name": "libssl3", "version": version, "source": "openssl", "source_version": version},
+            {"name": "openssl", "version": version, "source": "openssl", "source_version": version},
+        ])
+    };
+    let register = |settings: Value, manifest: Value| {
+        let t = &t;
+        async move {
+            let (status, image) =
+                t.post("/v1/images", json!({"engine": "postgres", "settings": settings, "manifest": manifest})).await;
+            assert_eq!(status, 201, "{image}");
+            image["id"].as_str().unwrap().to_string()
+        }
+    };
+    let _older_fix = register(json!({"work_mem": "4MB"}), ssl("3.0.19-1~deb12u3")).await;
+    tokio::time::sleep(Duration::from_millis(20)).await;
+    let newest_fix = register(json!({"work_mem": "8MB"}), ssl("1:3.0.19-1~deb12u3")).await;
+    tokio::time::sleep(Duration::from_millis(20)).await;
+    // Newer still, but one stable update behind (and a tilde sorts first).
+    let affected = register(json!({"work_mem": "16MB"}), ssl("3.0.19-1~deb12u2")).await;
+
+    let (status, created) = t.post("/v1/rollouts", body("DSA-6090-1")).await;
+    assert_eq!(status, 201, "{created}");
+    assert_eq!(created["to_image"].as_str(), Some(newest_fix.as_str()), "not {affected}: {created}");
+    let rid = created["id"].as_str().unwrap().to_string();
+    poll(Duration::from_secs(60), "the fix rolled", || async {
+        let (_, r) = t.get(&format!("/v1/rollouts/{rid}")).await;
+        (r["state"] == "succeeded").then_some(())
+    })
+    .await;
+    let s = t.wait_available("fx", Duration::from_secs(30)).await;
+    assert!(member_images(&s).iter().all(|i| *i == newest_fix), "{s}");
+    let (_, audit) = t.get("/v1/advisories/audit").await;
+    let finding = audit.as_array().unwrap().iter().find(|f| f["advisory"] == "DSA-6090-1").cloned();
+    // The affected image registered last still shows, with no service on it.
+    let finding = finding.expect("the affected image is still listed");
+    assert_eq!(finding["services"], json!([]), "fx no longer runs an affected image: {finding}");
+    t.stop().await;
+}

@@ -96,11 +96,8 @@ pub fn kill_everything_under(dir: &Path) {
     }
 }
 
-/// Also makes ring the process's rustls provider: reqwest is built without
-/// one and panics building a client otherwise, and every test picks a port
-/// before it builds its client.
+/// A free TCP port on 127.0.0.1.
 pub fn free_port() -> u16 {
-    drover_agent::tls::install_crypto_provider();
     std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
 }
 
@@ -140,7 +137,7 @@ pub fn admin_token(data_dir: &Path) -> String {
 pub fn client_with(token: &str) -> reqwest::Client {
     let mut headers = reqwest::header::HeaderMap::new();
     headers.insert(reqwest::header::AUTHORIZATION, format!("Bearer {token}").parse().unwrap());
-    reqwest::Client::builder().timeout(Duration::from_secs(10)).default_headers(headers).build().unwrap()
+    drover_agent::tls::builder().timeout(Duration::from_secs(10)).default_headers(headers).build().unwrap()
 }
 
 /// Creates a token through the API with `admin` and returns its secret.

@@ -42,7 +42,14 @@ impl Inner {
     ) -> Result<Option<String>, ActionError> {
         let guard = self.service_lock(service_id);
         let _held = guard.lock().await;
-        let service = self.service(service_id)?;
+        let mut service = self.service(service_id)?;
+        if service.previous.as_ref().is_some_and(is_leftover) {
+            // A login left in its overlap by a control plane from before
+            // the engine scheduled revocations: nobody will revoke it, and
+            // it would block every rotation. Revoked first.
+            self.revoke_login(service_id, &service).await?;
+            service = self.service(service_id)?;
+        }
         if service.rotation_action == Some(action) {
             // A repeat after a crash: the registry has switched; make sure
             // the router has too.
@@ -97,8 +104,12 @@ impl Inner {
     /// sentence, if any.
     pub(super) fn rotation_in_progress(&self, name: &str) -> Option<String> {
         let registry = lock(&self.registry);
-        let service = registry.services.values().find(|s| s.name == name)?;
-        let previous = service.previous.as_ref()?;
+        let Some(service) = registry.services.values().find(|s| s.name == name) else {
+            drop(registry);
+            return self.redis_rotation_in_progress(name);
+        };
+        // A leftover from an older data dir is revoked by the next rotation.
+        let previous = service.previous.as_ref().filter(|p| !is_leftover(p))?;
         Some(format!(
             "a credential rotation of {name} is in progress: {} still logs in until its overlap ends",
             previous.login
@@ -113,6 +124,12 @@ impl Inner {
         let guard = self.service_lock(service_id);
         let _held = guard.lock().await;
         let service = self.service(service_id)?;
+        self.revoke_login(service_id, &service).await
+    }
+
+    /// Revokes the `previous` login of `service` (the caller holds the
+    /// service lock).
+    async fn revoke_login(&self, service_id: ServiceId, service: &ServiceEntry) -> Result<Option<String>, ActionError> {
         let Some(previous) = service.previous.clone() else {
             return Ok(Some("no previous credential left to revoke".into()));
         };
@@ -137,5 +154,26 @@ impl Inner {
         self.routers.reload_logins(service_id, &updated).await?;
         tracing::info!(service = %service.name, %login, "previous credential revoked");
         Ok(Some(format!("{login} revoked: it no longer logs in")))
+    }
+}
+
+/// A `previous` login with no time (`since_ms` 0) was left by a control
+/// plane from before the engine scheduled revocations (its registry had no
+/// such field): the engine holds no overlap for it, so nothing would ever
+/// revoke it.
+fn is_leftover(previous: &PreviousLogin) -> bool {
+    previous.since_ms == 0
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_previous_login_from_an_older_registry_is_a_leftover_a_fresh_one_is_not() {
+        let old: PreviousLogin = serde_json::from_str(r#"{"login":"app_a","verifier":"SCRAM-SHA-256$x"}"#).unwrap();
+        assert!(is_leftover(&old), "no since_ms: written before the engine scheduled revocations");
+        let fresh = PreviousLogin { login: "app_a".into(), verifier: String::new(), since_ms: now_ms() };
+        assert!(!is_leftover(&fresh));
     }
 }

@@ -94,6 +94,9 @@ pub struct LocalConfig {
     /// after it). When set and `archive_command` is None, WAL is archived
     /// into it too.
     pub backups: Option<crate::pgbackrest::BackupRepo>,
+    /// `maxmemory` of every Redis server, in bytes (None: unbounded, the
+    /// memory check then has no limit to compare with).
+    pub redis_maxmemory: Option<u64>,
 }
 
 impl Default for LocalConfig {
@@ -104,6 +107,7 @@ impl Default for LocalConfig {
             stop_timeout: Duration::from_secs(10),
             kill_servers_on_drop: false,
             archive_command: None,
+            redis_maxmemory: None,
             backups: None,
         }
     }
@@ -599,7 +603,7 @@ impl Provider for LocalProvider {
                 registry.services.iter().find(|(_, s)| s.name == service).map(|(id, s)| (*id, s.clone()))
             };
             let Some((service_id, service_entry)) = found else {
-                return crate::ProviderChecks::default();
+                return inner.redis_checks(&service).await.unwrap_or_default();
             };
             let router = Some(inner.routers.check(service_id, &service_entry).await);
             let Some(entry) = inner.current_primary_entry(service_id) else {
@@ -613,7 +617,13 @@ impl Provider for LocalProvider {
             let security = crate::checks::security(&client, &entry.pgdata(), &policy).await;
             let performance = crate::checks::performance(&client).await;
             let followers = crate::checks::follower_facts(&client).await.ok();
-            crate::ProviderChecks { security: Some(security), performance: Some(performance), followers, router }
+            crate::ProviderChecks {
+                security: Some(security),
+                performance: Some(performance),
+                followers,
+                router,
+                persistence: None,
+            }
         })
     }
 }

@@ -327,7 +327,7 @@ pub fn read_admin_token(data_dir: &Path) -> anyhow::Result<String> {
 pub fn admin_client(data_dir: &Path) -> anyhow::Result<reqwest::Client> {
     let mut value = reqwest::header::HeaderValue::from_str(&format!("Bearer {}", read_admin_token(data_dir)?))?;
     value.set_sensitive(true);
-    Ok(reqwest::Client::builder()
+    Ok(drover_agent::tls::builder()
         .default_headers(reqwest::header::HeaderMap::from_iter([(reqwest::header::AUTHORIZATION, value)]))
         .build()?)
 }

@@ -151,6 +151,8 @@ pub const TABLE: &[Rule] = &[
     rule("POST", "/v1/hosts", Heartbeat, ByEngine),
     rule("POST", "/v1/hosts/{name}/drain", Operate, ByEngine),
     rule("POST", "/v1/hosts/{name}/cordon", Operate, ByEngine),
+    rule("GET", "/v1/hosts/{name}/actions", Heartbeat, No),
+    rule("POST", "/v1/hosts/{name}/actions/{id}/result", Heartbeat, No),
 ];
 
 /// The rule of a request (HEAD is GET's), or `None`: refused.

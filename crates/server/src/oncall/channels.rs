@@ -49,8 +49,7 @@ impl Deliverer {
         secret: Vec<u8>,
         key: drover_secrets::SecretKey,
     ) -> anyhow::Result<Deliverer> {
-        crate::tls::install_crypto_provider();
-        let http = reqwest::Client::builder().timeout(SEND_TIMEOUT).build()?;
+        let http = drover_agent::tls::builder().timeout(SEND_TIMEOUT).build()?;
         Ok(Deliverer {
             inner: Arc::new(Inner {
                 http,

@@ -2,6 +2,8 @@
 //! provider and fast timings, and talks to it over real HTTP.
 #![allow(dead_code)]
 
+pub mod receiver;
+
 use drover_server::{RunningServer, ServeOptions};
 use serde_json::Value;
 use std::future::Future;
@@ -54,7 +56,7 @@ pub async fn start_in(dir: tempfile::TempDir, tweak: impl FnOnce(&mut ServeOptio
     tweak(&mut opts);
     let server = drover_server::start(opts).await.expect("server starts");
     let url = server.url();
-    let http = reqwest::Client::builder().timeout(Duration::from_secs(20)).build().unwrap();
+    let http = drover_agent::tls::builder().timeout(Duration::from_secs(20)).build().unwrap();
     let mut t = TestServer { server: Some(server), url, http, dir };
     t.wait_healthy().await;
     // Every request of `t.http` carries the admin token of its data dir.
@@ -71,7 +73,7 @@ pub fn admin_token(data_dir: &std::path::Path) -> String {
 pub fn client_with(token: &str) -> reqwest::Client {
     let mut headers = reqwest::header::HeaderMap::new();
     headers.insert(reqwest::header::AUTHORIZATION, format!("Bearer {token}").parse().unwrap());
-    reqwest::Client::builder().timeout(Duration::from_secs(20)).default_headers(headers).build().unwrap()
+    drover_agent::tls::builder().timeout(Duration::from_secs(20)).default_headers(headers).build().unwrap()
 }
 
 impl TestServer {
@@ -112,7 +114,7 @@ impl TestServer {
     pub async fn post_as(&self, token: Option<&str>, path: &str, body: Value) -> (u16, Value) {
         let http = match token {
             Some(t) => client_with(t),
-            None => reqwest::Client::builder().timeout(Duration::from_secs(20)).build().unwrap(),
+            None => drover_agent::tls::builder().timeout(Duration::from_secs(20)).build().unwrap(),
         };
         split(http.post(self.at(path)).json(&body).send().await.expect("POST sent")).await
     }
@@ -121,7 +123,7 @@ impl TestServer {
     pub async fn get_as(&self, token: Option<&str>, path: &str) -> (u16, Value) {
         let http = match token {
             Some(t) => client_with(t),
-            None => reqwest::Client::builder().timeout(Duration::from_secs(20)).build().unwrap(),
+            None => drover_agent::tls::builder().timeout(Duration::from_secs(20)).build().unwrap(),
         };
         split(http.get(self.at(path)).send().await.expect("GET sent")).await
     }

@@ -20,6 +20,9 @@
 //! replica the engine chose (its policy: the highest offset), the router
 //! pointed at it, and the other replicas repointed.
 
+mod backup;
+mod checks;
+mod credentials;
 /// Shared with the Kafka half (its router is HAProxy too).
 pub(in crate::local) mod router;
 pub mod server;
@@ -27,6 +30,7 @@ pub mod server;
 use super::process::{self, ProcState, ServerProcess};
 use super::registry::Lifecycle;
 use super::{lock, Inner};
+use crate::checks::{Check, Status};
 use crate::runas::RunAs;
 use crate::{ActionError, ProviderError};
 use drover_model::{ActionKind, ActionRecord, Beat, Facts, Fault, InstanceId, Role, ServiceId};
@@ -50,6 +54,48 @@ const PROBE_TIMEOUT: Duration = Duration::from_millis(500);
 const COMMAND_TIMEOUT: Duration = Duration::from_secs(5);
 /// How long a planned switchover's `FAILOVER` may take to hand over.
 const FAILOVER_TIMEOUT_MS: u64 = 5000;
+/// How long a `BGSAVE` may take.
+const BACKUP_TIMEOUT: Duration = Duration::from_secs(600);
+/// How long a switchover waits for the old primary's sessions to end by
+/// themselves (a client's command in flight completes; a connection per
+/// command closes) before it closes those idle between commands.
+const DRAIN_GRACE: Duration = Duration::from_millis(100);
+/// After this every session left is closed, busy or not.
+const DRAIN_TIMEOUT: Duration = Duration::from_millis(1000);
+
+/// What a switchover's drain did to the old primary's sessions.
+#[derive(Clone, Copy, Debug, Default)]
+struct Drain {
+    ended: u32,
+    closed_idle: u32,
+    closed_busy: u32,
+    millis: u64,
+}
+
+/// A connection through the router to its current server that holds the
+/// one slot a switchover leaves (see `router::hold`); it sends PING and
+/// waits for the answer (NOAUTH: it never logs in), so the slot is taken.
+async fn plug(router_port: u16) -> Result<tokio::net::TcpStream, ActionError> {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let attempt = async {
+        let mut stream = tokio::net::TcpStream::connect(("127.0.0.1", router_port)).await?;
+        stream.write_all(b"PING\r\n").await?;
+        let mut byte = [0u8; 1];
+        loop {
+            if stream.read(&mut byte).await? == 0 {
+                return Err(std::io::Error::new(std::io::ErrorKind::UnexpectedEof, "closed"));
+            }
+            if byte[0] == b'\n' {
+                return Ok(stream);
+            }
+        }
+    };
+    match tokio::time::timeout(COMMAND_TIMEOUT, attempt).await {
+        Ok(Ok(stream)) => Ok(stream),
+        Ok(Err(e)) => Err(ActionError::Unavailable(format!("cannot hold the router's slot: {e}"))),
+        Err(_) => Err(ActionError::Timeout("the router's slot connection did not answer".into())),
+    }
+}
 
 #[derive(Clone, Debug, Serialize, Deserialize)]
 pub struct RedisInstance {
@@ -79,6 +125,36 @@ pub struct RedisService {
     /// Drover's admin password, sealed.
     pub admin_password: String,
     pub primary: Option<InstanceId>,
+    /// The application's ACL user the URL names (one of
+    /// [`server::APP_LOGINS`]; a registry from before rotation: `app`).
+    #[serde(default = "default_app_login")]
+    pub login: String,
+    /// The application user a rotation replaced, still accepted until the
+    /// engine revokes it (issue 10 item 8; see `credentials`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub previous: Option<RedisPrevious>,
+    /// When the current credential was made (unix ms; 0: at creation).
+    #[serde(default)]
+    pub rotated_at_ms: u64,
+    /// The RotateCredentials action that made the current credential: a
+    /// repeat of it (after a crash) finds its work done.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub rotation_action: Option<drover_model::ActionId>,
+}
+
+/// The application user a rotation replaced, valid until its overlap ends.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct RedisPrevious {
+    pub login: String,
+    /// The SHA-256 hex of its password, as the ACL rule takes it (it is not
+    /// a password: it cannot be used to log in).
+    pub hash: String,
+    /// When it was rotated out (unix ms).
+    pub since_ms: u64,
+}
+
+fn default_app_login() -> String {
+    server::APP_USER.to_string()
 }
 
 #[derive(Clone, Debug, Default, Serialize, Deserialize)]
@@ -103,6 +179,10 @@ pub(super) struct Redis {
     persist: Mutex<()>,
     servers: Mutex<HashMap<InstanceId, ServerProcess>>,
     routers: Mutex<HashMap<ServiceId, ServerProcess>>,
+    /// The primary port each running router was last pointed at: a router
+    /// already sending clients to the primary is left alone (pointing it
+    /// again would shut the sessions a switchover just kept).
+    routed: Mutex<HashMap<ServiceId, u16>>,
     /// Kept-open admin connections for heartbeats.
     beat_clients: Mutex<HashMap<InstanceId, Arc<tokio::sync::Mutex<Option<MultiplexedConnection>>>>>,
 }
@@ -148,6 +228,7 @@ impl Redis {
             persist: Mutex::new(()),
             servers: Mutex::new(HashMap::new()),
             routers: Mutex::new(HashMap::new()),
+            routed: Mutex::new(HashMap::new()),
             beat_clients: Mutex::new(HashMap::new()),
         })
     }
@@ -236,7 +317,16 @@ fn invalid(error: impl Into<String>) -> ActionError {
 
 impl Inner {
     fn redis_password(&self, service: &RedisService, user: &str) -> Result<String, ActionError> {
-        let sealed = if user == server::ADMIN_USER { &service.admin_password } else { &service.app_password };
+        let sealed = if user == server::ADMIN_USER {
+            &service.admin_password
+        } else if user == service.login {
+            &service.app_password
+        } else {
+            return Err(ActionError::InvalidState(format!(
+                "Redis service {} has no password for {user}: its application user is {}",
+                service.name, service.login
+            )));
+        };
         self.key.open_str(&context(&service.name, user), sealed).map_err(|e| {
             ActionError::Config(format!(
                 "cannot open the sealed {user} password of Redis service {}: {e}; the data dir's secret key is not \
@@ -249,8 +339,8 @@ impl Inner {
     /// The stable URL of a Redis service, as its application user.
     pub(super) fn redis_url(&self, name: &str) -> Option<String> {
         let service = self.redis.find_service(name)?;
-        let password = self.redis_password(&service, server::APP_USER).ok()?;
-        Some(format!("redis://{}:{password}@127.0.0.1:{}", server::APP_USER, service.router_port))
+        let password = self.redis_password(&service, &service.login).ok()?;
+        Some(format!("redis://{}:{password}@127.0.0.1:{}", service.login, service.router_port))
     }
 
     /// An admin connection to a member.
@@ -325,14 +415,10 @@ impl Inner {
             ActionKind::Archive => self.redis_archive(id).await,
             ActionKind::Terminate => self.redis_terminate(id).await,
             ActionKind::InjectFault { fault } => self.redis_inject(id, *fault).await,
-            ActionKind::Backup | ActionKind::VerifyRestore => Err(ActionError::Config(
-                "RDB backups and restore tests of Redis services are not built yet in the local provider (issue 13 \
-                 item 5)"
-                    .into(),
-            )),
-            ActionKind::RotateCredentials | ActionKind::RevokePreviousCredentials => Err(ActionError::Config(
-                "credential rotation of Redis services is not built yet in the local provider (issue 10 item 8)".into(),
-            )),
+            ActionKind::Backup => self.redis_backup(id).await,
+            ActionKind::VerifyRestore => self.redis_verify_restore(id, action.id).await,
+            ActionKind::RotateCredentials => self.redis_rotate_credentials(action.service, action.id).await,
+            ActionKind::RevokePreviousCredentials => self.redis_revoke_previous(action.service).await,
         }
     }
 
@@ -426,6 +512,10 @@ impl Inner {
                     app_password: self.key.seal_str(&context(name, server::APP_USER), &app),
                     admin_password: self.key.seal_str(&context(name, server::ADMIN_USER), &admin),
                     primary: None,
+                    login: server::APP_USER.to_string(),
+                    previous: None,
+                    rotated_at_ms: 0,
+                    rotation_action: None,
                 });
             }
             let port = match &existing {
@@ -467,15 +557,15 @@ impl Inner {
             let data = server::data_dir(&entry.dir);
             process::kill_leftovers(&data).await?;
             let admin = self.redis_password(&service, server::ADMIN_USER)?;
-            let app = self.redis_password(&service, server::APP_USER)?;
+            let app = self.redis_password(&service, &service.login)?;
             server::write_config(
                 &self.run_as,
                 &server::ServerConfig {
                     port: entry.port,
                     dir: &entry.dir,
                     admin_password: &admin,
-                    app_password: &app,
-                    app_previous: None,
+                    app: (&service.login, &app),
+                    app_previous: service.previous.as_ref().map(|p| (p.login.as_str(), p.hash.as_str())),
                 },
             )?;
             let log_path = server::log_path(&entry.dir);
@@ -539,6 +629,12 @@ impl Inner {
         let t = COMMAND_TIMEOUT;
         server::run::<()>(&mut c, redis::cmd("CONFIG").arg("SET").arg("masteruser").arg(server::ADMIN_USER), t).await?;
         server::run::<()>(&mut c, redis::cmd("CONFIG").arg("SET").arg("masterauth").arg(&admin), t).await?;
+        if let Some(bytes) = self.config.redis_maxmemory {
+            server::run::<()>(&mut c, redis::cmd("CONFIG").arg("SET").arg("maxmemory").arg(bytes), t).await?;
+        }
+        // A server already running (adopted, or a repeated provision) has
+        // the application users the registry names, as a new one has.
+        self.redis_set_logins(entry).await?;
         Ok(())
     }
 
@@ -592,7 +688,12 @@ impl Inner {
         router::write_config(&self.run_as, &dir, &socket, service.router_port, primary.port)?;
         let running = lock(&self.redis.routers).get(&service_id).is_some_and(|p| !p.has_exited());
         if running {
-            return router::point(&socket, primary.port).await;
+            if lock(&self.redis.routed).get(&service_id) == Some(&primary.port) {
+                return Ok(());
+            }
+            router::point(&socket, primary.port).await?;
+            lock(&self.redis.routed).insert(service_id, primary.port);
+            return Ok(());
         }
         if self.closed.load(std::sync::atomic::Ordering::SeqCst) {
             return Err(ActionError::Unavailable("the local provider is shut down".into()));
@@ -608,12 +709,14 @@ impl Inner {
         .await?;
         tracing::info!(service = %service.name, pid = process.pid, port = service.router_port, "Redis router started");
         lock(&self.redis.routers).insert(service_id, process);
+        lock(&self.redis.routed).insert(service_id, primary.port);
         Ok(())
     }
 
     /// Cuts the service's router off its primary (a fence), when it runs.
     async fn redis_cut(&self, service_id: ServiceId) {
         let running = lock(&self.redis.routers).get(&service_id).is_some_and(|p| !p.has_exited());
+        lock(&self.redis.routed).remove(&service_id);
         if running {
             if let Err(error) = router::cut(&self.redis.router_socket(service_id)).await {
                 tracing::warn!(%service_id, %error, "cannot cut the Redis router off its primary; fencing anyway");
@@ -698,14 +801,28 @@ impl Inner {
         self.redis.save()?;
         Ok(Some(match (newly, handed_over) {
             (false, _) => "already fenced".into(),
-            (true, Some(port)) => format!("handed over (FAILOVER TO port {port}), stopped and fenced"),
+            (true, Some((port, drain))) => format!(
+                "handed over (FAILOVER TO port {port}; clients held at the router while {} sessions ended, {} idle \
+                 and {} busy were closed in {} ms), stopped and fenced",
+                drain.ended, drain.closed_idle, drain.closed_busy, drain.millis
+            ),
             (true, None) => "cut at the router, stopped and fenced".into(),
         }))
     }
 
-    /// `FAILOVER TO` the most advanced replica whose link is up; returns
-    /// its port once it is the primary and the router sends clients to it.
-    async fn redis_hand_over(self: &Arc<Self>, id: InstanceId, entry: &RedisInstance) -> Result<u16, ActionError> {
+    /// `FAILOVER TO` the most advanced replica whose link is up, without
+    /// failing a client's command: the router holds new sessions in its
+    /// queue, the old primary's application sessions drain (those that end
+    /// by themselves first; then those idle between commands are closed,
+    /// which a pooled client sees before its next command), `FAILOVER TO`
+    /// pauses the primary's writes until the replica has them all and swaps
+    /// the roles, and the router releases the queued sessions to the new
+    /// primary. Returns its port and what the drain did.
+    async fn redis_hand_over(
+        self: &Arc<Self>,
+        id: InstanceId,
+        entry: &RedisInstance,
+    ) -> Result<(u16, Drain), ActionError> {
         let replicas: Vec<(InstanceId, RedisInstance)> = lock(&self.redis.registry)
             .instances
             .iter()
@@ -722,31 +839,56 @@ impl Inner {
             }
         }
         let (_, target, target_entry) = best.ok_or_else(|| ActionError::Unavailable("no replica streams".into()))?;
-        let mut c = self.redis_admin(entry, COMMAND_TIMEOUT).await?;
-        server::run::<()>(
-            &mut c,
-            redis::cmd("FAILOVER")
-                .arg("TO")
-                .arg("127.0.0.1")
-                .arg(target_entry.port)
-                .arg("TIMEOUT")
-                .arg(FAILOVER_TIMEOUT_MS),
-            COMMAND_TIMEOUT,
-        )
-        .await?;
-        let deadline = Instant::now() + Duration::from_millis(FAILOVER_TIMEOUT_MS + 2000);
-        let mut t = self.redis_admin(&target_entry, COMMAND_TIMEOUT).await?;
-        loop {
-            if server::replication(&mut t, COMMAND_TIMEOUT).await?.master {
-                break;
+        let service = self.redis.service(entry.service)?;
+        let socket = self.redis.router_socket(entry.service);
+        let routed = lock(&self.redis.routers).get(&entry.service).is_some_and(|p| !p.has_exited());
+        // The slot the queue waits behind: a connection of our own.
+        let plug = if routed {
+            let plug = plug(service.router_port).await?;
+            router::hold(&socket).await?;
+            Some(plug)
+        } else {
+            None
+        };
+        let handed = async {
+            let drain = self.redis_drain_sessions(entry).await?;
+            let mut c = self.redis_admin(entry, COMMAND_TIMEOUT).await?;
+            server::run::<()>(
+                &mut c,
+                redis::cmd("FAILOVER")
+                    .arg("TO")
+                    .arg("127.0.0.1")
+                    .arg(target_entry.port)
+                    .arg("TIMEOUT")
+                    .arg(FAILOVER_TIMEOUT_MS),
+                COMMAND_TIMEOUT,
+            )
+            .await?;
+            let deadline = Instant::now() + Duration::from_millis(FAILOVER_TIMEOUT_MS + 2000);
+            let mut t = self.redis_admin(&target_entry, COMMAND_TIMEOUT).await?;
+            loop {
+                if server::replication(&mut t, COMMAND_TIMEOUT).await?.master {
+                    return Ok(drain);
+                }
+                if Instant::now() >= deadline {
+                    // FAILOVER ABORT keeps the old primary; the caller stops it.
+                    let _ = server::run::<()>(&mut c, redis::cmd("FAILOVER").arg("ABORT"), COMMAND_TIMEOUT).await;
+                    return Err(ActionError::Timeout("the replica did not become primary".into()));
+                }
+                tokio::time::sleep(Duration::from_millis(2)).await;
             }
-            if Instant::now() >= deadline {
-                // FAILOVER ABORT keeps the old primary; the caller stops it.
-                let _ = server::run::<()>(&mut c, redis::cmd("FAILOVER").arg("ABORT"), COMMAND_TIMEOUT).await;
-                return Err(ActionError::Timeout("the replica did not become primary".into()));
-            }
-            tokio::time::sleep(Duration::from_millis(10)).await;
         }
+        .await;
+        let drain = match handed {
+            Ok(drain) => drain,
+            Err(error) => {
+                if routed {
+                    // The queued sessions go on to the old primary; the caller cuts it.
+                    let _ = router::release(&socket, None).await;
+                }
+                return Err(error);
+            }
+        };
         {
             let mut registry = lock(&self.redis.registry);
             if let Some(stored) = registry.instances.get_mut(&target) {
@@ -760,8 +902,220 @@ impl Inner {
             }
         }
         self.redis.save()?;
-        self.redis_route(entry.service).await?;
-        Ok(target_entry.port)
+        if routed {
+            router::write_config(
+                &self.run_as,
+                &self.redis.router_dir(entry.service),
+                &socket,
+                service.router_port,
+                target_entry.port,
+            )?;
+            router::release(&socket, Some(target_entry.port)).await?;
+            lock(&self.redis.routed).insert(entry.service, target_entry.port);
+        } else {
+            self.redis_route(entry.service).await?;
+        }
+        drop(plug);
+        Ok((target_entry.port, drain))
+    }
+
+    /// Waits until no application session is left on `entry` (the router
+    /// holds new ones): sessions that end by themselves within
+    /// [`DRAIN_GRACE`]; after it, sessions idle between commands are
+    /// closed; after [`DRAIN_TIMEOUT`], every one left is.
+    async fn redis_drain_sessions(&self, entry: &RedisInstance) -> Result<Drain, ActionError> {
+        let mut c = self.redis_admin(entry, COMMAND_TIMEOUT).await?;
+        let start = Instant::now();
+        let mut drain = Drain::default();
+        let mut seen = BTreeSet::new();
+        loop {
+            let list: String =
+                server::run(&mut c, redis::cmd("CLIENT").arg("LIST").arg("TYPE").arg("normal"), COMMAND_TIMEOUT)
+                    .await?;
+            let sessions: Vec<server::Session> =
+                list.lines().filter_map(server::Session::parse).filter(|s| s.is_application()).collect();
+            let now: BTreeSet<u64> = sessions.iter().map(|s| s.id).collect();
+            drain.ended += seen.difference(&now).count() as u32;
+            seen = now;
+            if sessions.is_empty() {
+                drain.millis = start.elapsed().as_millis() as u64;
+                return Ok(drain);
+            }
+            let waited = start.elapsed();
+            for session in &sessions {
+                let close = if waited >= DRAIN_TIMEOUT {
+                    Some(&mut drain.closed_busy)
+                } else if waited >= DRAIN_GRACE && session.idle_between_commands() {
+                    Some(&mut drain.closed_idle)
+                } else {
+                    None
+                };
+                if let Some(count) = close {
+                    let killed: i64 = server::run(
+                        &mut c,
+                        redis::cmd("CLIENT").arg("KILL").arg("ID").arg(session.id),
+                        COMMAND_TIMEOUT,
+                    )
+                    .await?;
+                    *count += killed as u32;
+                    seen.remove(&session.id);
+                }
+            }
+            tokio::time::sleep(Duration::from_millis(2)).await;
+        }
+    }
+
+    /// The provider's part of a Redis service's checks (see `checks`);
+    /// None when `name` is not a Redis service of this provider.
+    pub(super) async fn redis_checks(&self, name: &str) -> Option<crate::ProviderChecks> {
+        let (service_id, _) = {
+            let registry = lock(&self.redis.registry);
+            registry.services.iter().find(|(_, s)| s.name == name).map(|(id, s)| (*id, s.clone()))?
+        };
+        let running = lock(&self.redis.routers).get(&service_id).is_some_and(|p| !p.has_exited());
+        let router = Some(if !running {
+            Check {
+                status: Status::Crit,
+                summary: "the router (haproxy) does not run: the URL answers nobody".into(),
+                evidence: serde_json::json!({}),
+            }
+        } else {
+            match router::command_line(&self.redis.router_socket(service_id), "show stat").await {
+                Ok(stat) => {
+                    let line = stat.lines().find(|l| l.starts_with("redis,primary,")).unwrap_or_default().to_string();
+                    let up = line.split(',').nth(17) == Some("UP");
+                    Check {
+                        status: if up { Status::Ok } else { Status::Crit },
+                        summary: if up {
+                            "the router sends clients to a primary that answers its role:master check".into()
+                        } else {
+                            "the router has no primary up behind it: clients are refused".into()
+                        },
+                        evidence: serde_json::json!({ "server": line }),
+                    }
+                }
+                Err(e) => Check {
+                    status: Status::Warn,
+                    summary: format!("the router's admin socket does not answer: {e}"),
+                    evidence: serde_json::json!({}),
+                },
+            }
+        });
+        let Some((_, primary)) = self.redis_current_primary(service_id) else {
+            return Some(crate::ProviderChecks { router, ..Default::default() });
+        };
+        let t = Duration::from_secs(3);
+        let inspected = async {
+            let mut c = self.redis_admin(&primary, t).await?;
+            let text: String = server::run(&mut c, redis::cmd("INFO").arg("everything"), t).await?;
+            let info = checks::parse_info(&text);
+            let default: redis::Value = server::run(&mut c, redis::cmd("ACL").arg("GETUSER").arg("default"), t).await?;
+            let default_flags = acl_flags(&default);
+            let protected: Vec<String> =
+                server::run(&mut c, redis::cmd("CONFIG").arg("GET").arg("protected-mode"), t).await?;
+            let mut app_allowed_dangerous = Vec::new();
+            for command in checks::DANGEROUS {
+                let mut dry = redis::cmd("ACL");
+                dry.arg("DRYRUN").arg(server::APP_USER);
+                for a in *command {
+                    dry.arg(*a);
+                }
+                if let Ok(redis::Value::Okay) = server::run::<redis::Value>(&mut c, &dry, t).await {
+                    app_allowed_dangerous.push(command.join(" "));
+                }
+            }
+            let facts = checks::SecurityFacts {
+                default_flags,
+                protected_mode: protected.get(1).cloned(),
+                app_allowed_dangerous,
+            };
+            Ok::<_, ActionError>((info, facts))
+        };
+        let Ok((info, facts)) = inspected.await else {
+            return Some(crate::ProviderChecks { router, ..Default::default() });
+        };
+        let by_port: HashMap<u16, InstanceId> = lock(&self.redis.registry)
+            .instances
+            .iter()
+            .filter(|(_, e)| e.service == service_id)
+            .map(|(id, e)| (e.port, *id))
+            .collect();
+        let followers = checks::followers(&info, |port| {
+            by_port.get(&port).map(|i| i.to_string()).unwrap_or_else(|| format!("port {port}"))
+        });
+        Some(crate::ProviderChecks {
+            security: Some(checks::security(&facts)),
+            performance: Some(checks::performance(&info)),
+            followers: Some(followers),
+            router,
+            persistence: Some(checks::persistence(&info)),
+        })
+    }
+
+    /// The backup repository of a service.
+    fn redis_repo(&self, service: ServiceId) -> PathBuf {
+        self.redis.root.join("backups").join(service.to_string())
+    }
+
+    /// `BGSAVE` on the member, then its snapshot into the service's backup
+    /// repository (see `backup`).
+    async fn redis_backup(&self, id: InstanceId) -> Done {
+        let entry = self.redis.instance(id).ok_or_else(|| invalid("unknown instance"))?;
+        if !entry.should_run() || !self.redis.alive(id) {
+            return Err(invalid("the instance does not run: back up from the running primary"));
+        }
+        let mut c = self.redis_admin(&entry, COMMAND_TIMEOUT).await?;
+        let persistence = |text: String| -> HashMap<String, String> {
+            text.lines().filter_map(|l| l.trim().split_once(':')).map(|(k, v)| (k.to_string(), v.to_string())).collect()
+        };
+        let info = redis::cmd("INFO").arg("persistence").clone();
+        let saves = |p: &HashMap<String, String>| p.get("rdb_saves").and_then(|v| v.parse::<u64>().ok()).unwrap_or(0);
+        let before = saves(&persistence(server::run(&mut c, &info, COMMAND_TIMEOUT).await?));
+        match server::run::<String>(&mut c, &redis::cmd("BGSAVE"), COMMAND_TIMEOUT).await {
+            Ok(_) => {}
+            // One under way (the `save` rules): the next finished one serves.
+            Err(ActionError::Failed(e)) if e.contains("in progress") => {}
+            Err(e) => return Err(e),
+        }
+        let deadline = Instant::now() + BACKUP_TIMEOUT;
+        let taken_at = loop {
+            let p = persistence(server::run(&mut c, &info, COMMAND_TIMEOUT).await?);
+            let running = p.get("rdb_bgsave_in_progress").is_some_and(|v| v == "1");
+            if !running && saves(&p) > before {
+                if p.get("rdb_last_bgsave_status").is_some_and(|v| v != "ok") {
+                    return Err(ActionError::Failed("BGSAVE failed: see the server's log".into()));
+                }
+                break p.get("rdb_last_save_time").and_then(|v| v.parse::<i64>().ok()).unwrap_or(0);
+            }
+            if Instant::now() >= deadline {
+                return Err(ActionError::Timeout(format!("BGSAVE not done after {BACKUP_TIMEOUT:?}")));
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        };
+        let label = format!("rdb-{}", jiff::Timestamp::now().as_millisecond());
+        let repo = self.redis_repo(entry.service);
+        let manifest = backup::store(&repo, &server::data_dir(&entry.dir).join("dump.rdb"), &label, taken_at).await?;
+        Ok(Some(format!(
+            "RDB backup {label}: {} bytes, {} keys, SHA-256 {}",
+            manifest.bytes, manifest.keys, manifest.sha256
+        )))
+    }
+
+    /// Restore-tests the service's latest backup in a throwaway server.
+    async fn redis_verify_restore(&self, id: InstanceId, action: drover_model::ActionId) -> Done {
+        let entry = self.redis.instance(id).ok_or_else(|| invalid("unknown instance"))?;
+        let repo = self.redis_repo(entry.service);
+        let latest = backup::list(&repo)
+            .pop()
+            .ok_or_else(|| invalid(format!("Redis service {} has no backup to test yet", entry.service_name)))?;
+        let port = {
+            let mut used = lock(&self.registry).ports_in_use();
+            used.extend(self.redis.ports_in_use());
+            super::actions::free_port(&used)?
+        };
+        let scratch = self.redis.root.join("scratch").join(action.to_string());
+        let detail = backup::verify(&self.run_as, &self.redis.redis_server, &repo, &latest, &scratch, port).await?;
+        Ok(Some(detail))
     }
 
     async fn redis_promote(self: &Arc<Self>, id: InstanceId) -> Done {
@@ -1093,4 +1447,26 @@ impl Inner {
         all.extend(lock(&self.redis.routers).drain().map(|(_, p)| (p, Signal::SIGTERM)));
         all
     }
+}
+
+/// The flags of an `ACL GETUSER` answer (a map, RESP2: a flat array).
+fn acl_flags(value: &redis::Value) -> Vec<String> {
+    let items: Vec<&redis::Value> = match value {
+        redis::Value::Array(items) => items.iter().collect(),
+        redis::Value::Map(pairs) => pairs.iter().flat_map(|(k, v)| [k, v]).collect(),
+        _ => return Vec::new(),
+    };
+    let text = |v: &redis::Value| match v {
+        redis::Value::BulkString(b) => String::from_utf8_lossy(b).into_owned(),
+        redis::Value::SimpleString(s) => s.clone(),
+        _ => String::new(),
+    };
+    items
+        .chunks(2)
+        .find(|pair| pair.len() == 2 && text(pair[0]) == "flags")
+        .map(|pair| match pair[1] {
+            redis::Value::Array(flags) | redis::Value::Set(flags) => flags.iter().map(text).collect(),
+            _ => Vec::new(),
+        })
+        .unwrap_or_default()
 }

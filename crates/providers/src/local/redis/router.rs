@@ -24,6 +24,13 @@ use tokio::io::{AsyncReadExt, AsyncWriteExt};
 pub const DEFAULT_HAPROXY: &str = "/usr/sbin/haproxy";
 /// The backend and server the runtime API commands name.
 const SERVER: &str = "redis/primary";
+/// The server's connection limit in normal times (the global one is 4000);
+/// a switchover lowers it to 1, with one connection of its own holding the
+/// slot, so clients that connect meanwhile wait in HAProxy's queue.
+const MAXCONN: u32 = 3900;
+/// How long a client may wait in that queue (a switchover holds it for
+/// its drain and hand-over, bounded well below this).
+pub const QUEUE_MS: u64 = 10_000;
 /// How long a router may take to answer its admin socket after spawning.
 const START_TIMEOUT: Duration = Duration::from_secs(10);
 /// Runtime API commands are local and instant.
@@ -70,6 +77,7 @@ pub fn write_config(
          \x20   timeout client 1h\n\
          \x20   timeout server 1h\n\
          \x20   timeout check 500ms\n\
+         \x20   timeout queue {QUEUE_MS}ms\n\
          listen redis\n\
          \x20   bind 127.0.0.1:{router_port}\n\
          \x20   option tcp-check\n\
@@ -80,7 +88,7 @@ pub fn write_config(
          \x20   tcp-check expect string role:master\n\
          \x20   tcp-check send QUIT\\r\\n\n\
          \x20   tcp-check expect string +OK\n\
-         \x20   server primary 127.0.0.1:{primary_port} check inter 100ms fastinter 50ms downinter 100ms rise 1 fall 2 on-marked-down shutdown-sessions\n",
+         \x20   server primary 127.0.0.1:{primary_port} check inter 100ms fastinter 50ms downinter 100ms rise 1 fall 2 maxconn {MAXCONN} on-marked-down shutdown-sessions\n",
         socket = socket.display(),
     );
     write_owned(run_as, &config_path(dir), &text, 0o600)
@@ -193,4 +201,19 @@ pub async fn point(socket: &Path, port: u16) -> Result<(), ActionError> {
         ),
     )
     .await
+}
+
+/// New sessions wait in the router's queue (the caller holds the one slot
+/// with a connection of its own), and the `role:master` check is paused so
+/// the old primary turning replica does not shut the queued clients out.
+/// Existing sessions are untouched.
+pub async fn hold(socket: &Path) -> Result<(), ActionError> {
+    change(socket, &format!("disable health {SERVER}; set maxconn server {SERVER} 1")).await
+}
+
+/// Ends a [`hold`]: the queued clients go to the server on `port` (when
+/// given), the check resumes. No session is shut.
+pub async fn release(socket: &Path, port: Option<u16>) -> Result<(), ActionError> {
+    let to = port.map(|p| format!("set server {SERVER} addr 127.0.0.1 port {p}; ")).unwrap_or_default();
+    change(socket, &format!("{to}set maxconn server {SERVER} {MAXCONN}; enable health {SERVER}")).await
 }

@@ -26,8 +26,12 @@ pub const ADMIN_USER: &str = "drover";
 /// The router's health check: `nopass`, allowed only `PING` and
 /// `INFO replication` (it sees roles and offsets, nothing else).
 pub const CHECK_USER: &str = "drover_check";
-/// The application's ACL user, the one the service URL names.
+/// The application's ACL user the service URL names when it is created.
 pub const APP_USER: &str = "app";
+/// The two application users a credential rotation alternates between
+/// (issue 10 item 8): the URL names one; the other is absent, or still
+/// accepted during a rotation's overlap.
+pub const APP_LOGINS: [&str; 2] = [APP_USER, "app_b"];
 /// What the application's user may run: every key and channel, every
 /// command but the administrative and dangerous ones (CONFIG, MODULE, ACL,
 /// DEBUG, SHUTDOWN, REPLICAOF, FAILOVER, CLIENT KILL, FLUSHALL, KEYS, …).
@@ -47,7 +51,9 @@ pub fn pid_path(dir: &Path) -> PathBuf {
     dir.join("redis.pid")
 }
 
-fn sha256_hex(password: &str) -> String {
+/// The SHA-256 of a password as an ACL rule takes it (`#<hex>`): what
+/// redis.conf and `ACL SETUSER` carry, never the password itself.
+pub fn sha256_hex(password: &str) -> String {
     hex::encode(Sha256::digest(password.as_bytes()))
 }
 
@@ -56,18 +62,20 @@ pub struct ServerConfig<'a> {
     pub port: u16,
     pub dir: &'a Path,
     pub admin_password: &'a str,
-    pub app_password: &'a str,
-    /// A second application password still accepted (a rotation's overlap).
-    pub app_previous: Option<&'a str>,
+    /// The application's ACL user the URL names, and its password.
+    pub app: (&'a str, &'a str),
+    /// The application user a rotation replaced and the SHA-256 hex of its
+    /// password ([`sha256_hex`]): still accepted during the overlap.
+    pub app_previous: Option<(&'a str, &'a str)>,
 }
 
 /// Writes `redis.conf` (owned by the server user, 0600).
 pub fn write_config(run_as: &RunAs, config: &ServerConfig<'_>) -> Result<(), ActionError> {
-    let ServerConfig { port, dir, admin_password, app_password, app_previous } = config;
+    let ServerConfig { port, dir, admin_password, app: (app_login, app_password), app_previous } = config;
     let data = data_dir(dir);
-    let mut app = format!("user {APP_USER} on #{} {APP_RULES}", sha256_hex(app_password));
-    if let Some(previous) = app_previous {
-        app = format!("user {APP_USER} on #{} #{} {APP_RULES}", sha256_hex(app_password), sha256_hex(previous));
+    let mut app = format!("user {app_login} on #{} {APP_RULES}", sha256_hex(app_password));
+    if let Some((login, hash)) = app_previous {
+        app = format!("{app}\nuser {login} on #{hash} {APP_RULES}");
     }
     let text = format!(
         "# Written by Drover; rewritten on every start. Replication is set at run time.\n\
@@ -192,9 +200,78 @@ pub async fn replication(
     Ok(Replication::parse(&text))
 }
 
+/// One line of `CLIENT LIST`: what a switchover's drain needs of a session.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct Session {
+    pub id: u64,
+    pub user: String,
+    pub flags: String,
+    pub cmd: String,
+    pub multi: i64,
+    pub qbuf: u64,
+    pub pending_output: bool,
+}
+
+impl Session {
+    pub fn parse(line: &str) -> Option<Session> {
+        let mut s = Session { multi: -1, ..Session::default() };
+        let mut id = None;
+        for field in line.split_whitespace() {
+            let Some((key, value)) = field.split_once('=') else { continue };
+            match key {
+                "id" => id = value.parse().ok(),
+                "user" => s.user = value.to_string(),
+                "flags" => s.flags = value.to_string(),
+                "cmd" => s.cmd = value.to_string(),
+                "multi" => s.multi = value.parse().unwrap_or(-1),
+                "qbuf" => s.qbuf = value.parse().unwrap_or(0),
+                "obl" | "oll" => s.pending_output |= value != "0",
+                _ => {}
+            }
+        }
+        s.id = id?;
+        Some(s)
+    }
+    /// A client's session: not Drover's admin, not the router's check, not
+    /// a connection that never logged in.
+    pub fn is_application(&self) -> bool {
+        ![ADMIN_USER, CHECK_USER, "default"].contains(&self.user.as_str())
+    }
+    /// Between two commands as the server sees it: nothing read and not
+    /// executed, nothing left to send, no transaction or blocking command
+    /// open, and past its login (a new connection's first command is on
+    /// its way).
+    pub fn idle_between_commands(&self) -> bool {
+        self.qbuf == 0
+            && !self.pending_output
+            && self.multi == -1
+            && self.flags == "N"
+            && !["NULL", "auth", "hello"].contains(&self.cmd.as_str())
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn client_list_lines_and_which_sessions_are_idle() {
+        let idle = "id=7 addr=127.0.0.1:5000 laddr=127.0.0.1:6379 fd=9 name= age=3 idle=0 flags=N db=0 sub=0 \
+                    psub=0 ssub=0 multi=-1 qbuf=0 qbuf-free=0 argv-mem=0 multi-mem=0 rbs=1024 rbp=5 obl=0 oll=0 \
+                    omem=0 tot-mem=1800 events=r cmd=set user=app redir=-1 resp=2";
+        let s = Session::parse(idle).unwrap();
+        assert_eq!((s.id, s.user.as_str(), s.cmd.as_str()), (7, "app", "set"));
+        assert!(s.is_application() && s.idle_between_commands());
+        let blocked = idle.replace("flags=N", "flags=b").replace("cmd=set", "cmd=blpop");
+        assert!(!Session::parse(&blocked).unwrap().idle_between_commands());
+        let in_multi = idle.replace("multi=-1", "multi=2");
+        assert!(!Session::parse(&in_multi).unwrap().idle_between_commands());
+        let just_in = idle.replace("cmd=set", "cmd=auth");
+        assert!(!Session::parse(&just_in).unwrap().idle_between_commands());
+        let check = idle.replace("user=app", "user=drover_check");
+        assert!(!Session::parse(&check).unwrap().is_application());
+        assert_eq!(Session::parse("garbage"), None);
+    }
 
     #[test]
     fn info_replication_of_a_master_and_a_replica() {

@@ -1,0 +1,254 @@
+//! The action channel, control plane → agents (issue 11). An action for an
+//! instance placed on an agent's host is not run here: it waits in that
+//! host's queue until the agent fetches it (`GET /v1/hosts/{name}/actions`,
+//! a long poll), and its outcome comes back as
+//! `POST /v1/hosts/{name}/actions/{id}/result`. The dispatcher sees the
+//! same future as for an in-process provider ([`AgentChannel::execute`]),
+//! so the engine's attempts, deadlines and stale results work unchanged.
+//!
+//! Nothing here is durable: after a control-plane restart the engine
+//! re-dispatches its running actions with a new attempt, and the agent
+//! answers a repeated (id, attempt) from its own record without running it
+//! again (docs/agent.md).
+
+use crate::auth::Caller;
+use crate::error::{ApiError, ErrorBody, Json, Path};
+use crate::state::AppState;
+use axum::extract::{Query, State};
+use axum::http::StatusCode;
+use drover_model::{ActionId, ActionOutcome, ActionRecord};
+use drover_providers::BoxFuture;
+use serde::{Deserialize, Serialize};
+use std::collections::{BTreeMap, HashMap};
+use std::sync::{Arc, Mutex, PoisonError};
+use std::time::Duration;
+use tokio::sync::{oneshot, Notify};
+
+/// The longest a fetch waits for an action before answering empty.
+pub const MAX_WAIT: Duration = Duration::from_secs(20);
+/// A fetch that names no wait waits this long.
+pub const DEFAULT_WAIT: Duration = Duration::from_secs(10);
+
+/// One action waiting for its host's agent.
+struct Pending {
+    seq: u64,
+    record: ActionRecord,
+    answer: oneshot::Sender<ActionOutcome>,
+}
+
+#[derive(Default)]
+struct HostQueue {
+    /// Unanswered actions by id (one attempt each: a newer attempt
+    /// replaces an older one).
+    pending: BTreeMap<ActionId, Pending>,
+    notify: Arc<Notify>,
+}
+
+/// The queues of every agent host. Cheap to clone.
+#[derive(Clone, Default)]
+pub struct AgentChannel {
+    inner: Arc<Mutex<Channel>>,
+}
+
+#[derive(Default)]
+struct Channel {
+    hosts: HashMap<String, HostQueue>,
+    seq: u64,
+}
+
+/// One action as the agent receives it: `seq` orders the host's actions,
+/// the agent asks for those after the last it saw.
+#[derive(Clone, Debug, Serialize, Deserialize, utoipa::ToSchema)]
+pub struct QueuedAction {
+    pub seq: u64,
+    pub action: ActionRecord,
+}
+
+/// What `GET /v1/hosts/{name}/actions` answers.
+#[derive(Clone, Debug, Default, Serialize, Deserialize, utoipa::ToSchema)]
+pub struct ActionBatch {
+    pub actions: Vec<QueuedAction>,
+}
+
+/// The agent's answer for one attempt of one action.
+#[derive(Clone, Debug, Serialize, Deserialize, utoipa::ToSchema)]
+pub struct ActionResultBody {
+    pub attempt: u32,
+    /// `{"outcome": "succeeded", "detail"}` or `{"outcome": "failed", "error", "retryable"}`.
+    #[schema(value_type = Object)]
+    pub outcome: ActionOutcome,
+}
+
+#[derive(Debug, Deserialize, utoipa::IntoParams)]
+pub struct FetchParams {
+    /// Only actions queued after this seq (the last one the agent saw).
+    #[serde(default)]
+    pub after: u64,
+    /// How long to wait for one when none is queued (at most 20000).
+    pub wait_ms: Option<u64>,
+}
+
+impl AgentChannel {
+    fn lock(&self) -> std::sync::MutexGuard<'_, Channel> {
+        self.inner.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+
+    /// Queues one attempt of `action` for the agent of `host` and resolves
+    /// with the agent's outcome, or with a retryable failure when the agent
+    /// does not answer before the attempt's deadline (the engine then tries
+    /// again, maybe elsewhere once the host is judged lost).
+    pub fn execute(&self, host: String, action: ActionRecord) -> BoxFuture<ActionOutcome> {
+        let (tx, rx) = oneshot::channel();
+        let deadline_micros = action.deadline.0 - crate::runtime::now().0;
+        {
+            let mut channel = self.lock();
+            channel.seq += 1;
+            let seq = channel.seq;
+            let queue = channel.hosts.entry(host.clone()).or_default();
+            queue.pending.insert(action.id, Pending { seq, record: action, answer: tx });
+            queue.notify.notify_waiters();
+        }
+        let wait = Duration::from_micros(deadline_micros.max(0) as u64) + Duration::from_millis(200);
+        Box::pin(async move {
+            match tokio::time::timeout(wait, rx).await {
+                Ok(Ok(outcome)) => outcome,
+                Ok(Err(_)) => ActionOutcome::Failed {
+                    error: format!("a newer attempt went to the agent of host {host}"),
+                    retryable: true,
+                },
+                Err(_) => ActionOutcome::Failed {
+                    error: format!("the agent of host {host} did not answer within the attempt's deadline"),
+                    retryable: true,
+                },
+            }
+        })
+    }
+
+    /// The actions of `host` queued after `after`, waiting up to `wait`
+    /// for one.
+    pub async fn fetch(&self, host: &str, after: u64, wait: Duration) -> Vec<QueuedAction> {
+        let deadline = tokio::time::Instant::now() + wait;
+        loop {
+            let notify = {
+                let mut channel = self.lock();
+                let queue = channel.hosts.entry(host.to_string()).or_default();
+                let ready: Vec<QueuedAction> = queue
+                    .pending
+                    .values()
+                    .filter(|p| p.seq > after)
+                    .map(|p| QueuedAction { seq: p.seq, action: p.record.clone() })
+                    .collect();
+                if !ready.is_empty() {
+                    let mut ready = ready;
+                    ready.sort_by_key(|a| a.seq);
+                    return ready;
+                }
+                queue.notify.clone()
+            };
+            let notified = notify.notified();
+            tokio::pin!(notified);
+            notified.as_mut().enable();
+            // Queued between the look and the enable: look again.
+            if self.has_after(host, after) {
+                continue;
+            }
+            if tokio::time::timeout_at(deadline, notified).await.is_err() {
+                return Vec::new();
+            }
+        }
+    }
+
+    fn has_after(&self, host: &str, after: u64) -> bool {
+        self.lock().hosts.get(host).is_some_and(|q| q.pending.values().any(|p| p.seq > after))
+    }
+
+    /// The agent's outcome for (`id`, `attempt`). True when it answered the
+    /// attempt waiting for it; false for an unknown or older attempt (already
+    /// answered, superseded, or from before a restart: harmless).
+    pub fn answer(&self, host: &str, id: ActionId, attempt: u32, outcome: ActionOutcome) -> bool {
+        let mut channel = self.lock();
+        let Some(queue) = channel.hosts.get_mut(host) else { return false };
+        match queue.pending.get(&id) {
+            Some(p) if p.record.attempts == attempt => {}
+            _ => return false,
+        }
+        let Some(pending) = queue.pending.remove(&id) else { return false };
+        let _ = pending.answer.send(outcome);
+        true
+    }
+}
+
+fn own_host(caller: &crate::auth::Identity, name: &str) -> Result<(), ApiError> {
+    if caller.host.as_deref() == Some(name) {
+        return Ok(());
+    }
+    Err(ApiError::new(
+        StatusCode::FORBIDDEN,
+        format!(
+            "token {:?} is the agent of host {:?}; only the agent of host {name:?} takes its actions",
+            caller.name,
+            caller.host.as_deref().unwrap_or("none")
+        ),
+    ))
+}
+
+/// The agent of host `name` fetches the actions queued for it (long poll).
+#[utoipa::path(get, path = "/v1/hosts/{name}/actions", tag = "hosts",
+    params(("name" = String, Path, description = "Host name"), FetchParams),
+    responses((status = 200, body = ActionBatch), (status = 403, body = ErrorBody)))]
+pub(crate) async fn fetch_actions(
+    State(state): State<AppState>,
+    Caller(caller): Caller,
+    Path(name): Path<String>,
+    Query(params): Query<FetchParams>,
+) -> Result<Json<ActionBatch>, ApiError> {
+    let ready = state.ready()?;
+    own_host(&caller, &name)?;
+    let wait = params.wait_ms.map(Duration::from_millis).unwrap_or(DEFAULT_WAIT).min(MAX_WAIT);
+    Ok(Json(ActionBatch { actions: ready.agents.fetch(&name, params.after, wait).await }))
+}
+
+/// The agent of host `name` answers one attempt of an action. Idempotent:
+/// an answer for an attempt no longer waited for is acknowledged and dropped.
+#[utoipa::path(post, path = "/v1/hosts/{name}/actions/{id}/result", tag = "hosts",
+    params(("name" = String, Path, description = "Host name"), ("id" = String, Path, description = "Action id")),
+    request_body = ActionResultBody,
+    responses((status = 200, body = serde_json::Value), (status = 400, body = ErrorBody), (status = 403, body = ErrorBody)))]
+pub(crate) async fn post_action_result(
+    State(state): State<AppState>,
+    Caller(caller): Caller,
+    Path((name, id)): Path<(String, String)>,
+    Json(body): Json<ActionResultBody>,
+) -> Result<Json<serde_json::Value>, ApiError> {
+    let ready = state.ready()?;
+    own_host(&caller, &name)?;
+    let id: ActionId = id.parse().map_err(|_| ApiError::bad_request(format!("{id:?} is not an action id")))?;
+    let accepted = ready.agents.answer(&name, id, body.attempt, body.outcome);
+    Ok(Json(serde_json::json!({"accepted": accepted})))
+}
+
+/// The `local` provider of a control plane with no host of its own
+/// (`--no-local`): it runs nothing here; every action goes to the agent of
+/// its instance's host, and an action for an instance on no agent host fails.
+pub struct AgentsProvider;
+
+impl drover_providers::Provider for AgentsProvider {
+    fn name(&self) -> &str {
+        "local"
+    }
+    fn engines(&self) -> &'static [drover_model::EngineKind] {
+        &[drover_model::EngineKind::Postgres]
+    }
+    fn execute(&self, action: ActionRecord) -> BoxFuture<ActionOutcome> {
+        Box::pin(async move {
+            ActionOutcome::Failed {
+                error: format!(
+                    "instance {} is on no agent host; this control plane runs no servers of its own (--no-local)",
+                    action.instance
+                ),
+                retryable: true,
+            }
+        })
+    }
+    fn start(&self, _sink: tokio::sync::mpsc::Sender<drover_providers::ProviderEvent>) {}
+}
