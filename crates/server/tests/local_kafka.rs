@@ -27,6 +27,9 @@ struct Reaper(PathBuf);
 
 impl Drop for Reaper {
     fn drop(&mut self) {
+        if std::thread::panicking() {
+            dump_logs(&self.0);
+        }
         let Ok(entries) = std::fs::read_dir("/proc") else { return };
         let dir = self.0.to_string_lossy().into_owned();
         for e in entries.flatten() {
@@ -36,6 +39,27 @@ impl Drop for Reaper {
             if cwd.starts_with(&self.0) || String::from_utf8_lossy(&cmdline).contains(&dir) {
                 let _ = Command::new("kill").args(["-9", &pid.to_string()]).status();
             }
+        }
+    }
+}
+
+/// On failure: the data dir and the tail of every broker's and storage's
+/// log (the temp dir is deleted when the test ends).
+fn dump_logs(data_dir: &Path) {
+    eprintln!("test data dir (deleted at the end): {}", data_dir.display());
+    let kafka = data_dir.join("local/kafka");
+    let mut logs: Vec<PathBuf> = Vec::new();
+    for (sub, file) in [("brokers", "tansu.log"), ("services", "storage/server.log")] {
+        for e in std::fs::read_dir(kafka.join(sub)).into_iter().flatten().flatten() {
+            logs.push(e.path().join(file));
+        }
+    }
+    for log in logs {
+        let text = std::fs::read_to_string(&log).unwrap_or_default();
+        let tail: Vec<&str> = text.lines().rev().take(40).collect();
+        eprintln!("---- {} (last {} lines)", log.display(), tail.len());
+        for line in tail.iter().rev() {
+            eprintln!("{line}");
         }
     }
 }
@@ -80,13 +104,24 @@ fn serving_brokers(s: &Value) -> Vec<Value> {
 }
 
 async fn wait_brokers(t: &common::TestServer, name: &str, not: Option<&str>) -> Value {
-    poll(SLOW, "three available brokers", || async {
+    let deadline = std::time::Instant::now() + SLOW;
+    loop {
         let s = t.service(name).await;
         let brokers = serving_brokers(&s);
         let without = not.is_none_or(|gone| brokers.iter().all(|b| b["id"] != gone));
-        (s["state"] == "available" && brokers.len() == 3 && without).then_some(s)
-    })
-    .await
+        if s["state"] == "available" && brokers.len() == 3 && without {
+            return s;
+        }
+        if std::time::Instant::now() >= deadline {
+            let events = t.events(&format!("service={name}")).await;
+            let events: Vec<String> = events.iter().rev().take(60).rev().map(Value::to_string).collect();
+            panic!(
+                "timed out after {SLOW:?} waiting for three available brokers: {s:#}\nevents:\n{}",
+                events.join("\n")
+            );
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
 }
 
 /// Runs `client.py` to completion; its stdout.

@@ -115,6 +115,9 @@ pub(super) struct Kafka {
     path: PathBuf,
     root: PathBuf,
     tansu: PathBuf,
+    /// `tansu` as the server user can run it (see [`Inner::kafka_binary`]),
+    /// found on first use.
+    runnable: tokio::sync::Mutex<Option<PathBuf>>,
     haproxy: PathBuf,
     binaries: Option<Binaries>,
     registry: Mutex<KafkaRegistry>,
@@ -137,6 +140,55 @@ fn find_tansu() -> PathBuf {
         return bin;
     }
     PathBuf::from("tansu")
+}
+
+/// `name` as the PATH finds it (a path with a `/` is taken as it is).
+fn resolve_in_path(name: &Path) -> Option<PathBuf> {
+    if name.components().count() > 1 {
+        return Some(name.to_path_buf());
+    }
+    std::env::split_paths(&std::env::var_os("PATH")?).map(|d| d.join(name)).find(|p| p.is_file())
+}
+
+/// Whether `run_as`'s user can execute `path`: every ancestor traversable
+/// and the file executable by it (its owner, primary group or others).
+fn executable_by(run_as: &crate::runas::RunAs, path: &Path) -> bool {
+    use std::os::unix::fs::{MetadataExt, PermissionsExt};
+    let allows = |meta: &std::fs::Metadata| {
+        let mode = meta.permissions().mode();
+        if meta.uid() == run_as.uid {
+            mode & 0o100 != 0
+        } else if meta.gid() == run_as.gid {
+            mode & 0o010 != 0
+        } else {
+            mode & 0o001 != 0
+        }
+    };
+    let Ok(path) = std::fs::canonicalize(path) else { return false };
+    path.ancestors().all(|p| std::fs::metadata(p).is_ok_and(|m| allows(&m)))
+}
+
+/// A copy of `source` at `staged` the server user can run: a hard link
+/// when both are on one filesystem (nothing copied), else a copy; kept
+/// while it is the same file (a link) or as new as the source (a copy).
+fn stage_binary(source: &Path, staged: &Path) -> std::io::Result<()> {
+    use std::os::unix::fs::{MetadataExt, PermissionsExt};
+    let from = std::fs::metadata(source)?;
+    if let Ok(at) = std::fs::metadata(staged) {
+        let same = (at.dev(), at.ino()) == (from.dev(), from.ino());
+        let fresh_copy = at.len() == from.len() && at.modified()? >= from.modified()?;
+        if same || fresh_copy {
+            return Ok(());
+        }
+        std::fs::remove_file(staged)?;
+    }
+    if std::fs::hard_link(source, staged).is_ok() {
+        return Ok(());
+    }
+    let tmp = staged.with_extension("tmp");
+    std::fs::copy(source, &tmp)?;
+    std::fs::set_permissions(&tmp, std::fs::Permissions::from_mode(0o755))?;
+    std::fs::rename(&tmp, staged)
 }
 
 impl Kafka {
@@ -163,6 +215,7 @@ impl Kafka {
             path,
             root,
             tansu: find_tansu(),
+            runnable: tokio::sync::Mutex::new(None),
             haproxy: PathBuf::from(haproxy::DEFAULT_HAPROXY),
             binaries: Binaries::find().ok(),
             registry: Mutex::new(registry),
@@ -608,6 +661,42 @@ impl Inner {
         self.kafka.save()
     }
 
+    /// The broker binary as the server user can run it. As root, brokers run
+    /// as the user `drover`, which cannot reach cargo's bin directory in
+    /// root's home (`/root` is 0700): the binary is then linked (or copied)
+    /// into `kafka/bin/` of the data dir, which that user can reach.
+    async fn kafka_binary(&self) -> Result<PathBuf, ActionError> {
+        let mut known = self.kafka.runnable.lock().await;
+        if let Some(path) = known.as_ref() {
+            return Ok(path.clone());
+        }
+        let source = resolve_in_path(&self.kafka.tansu).ok_or_else(|| {
+            ActionError::Config(format!(
+                "no {} found; install tansu {TANSU_VERSION} (scripts/lib.sh ensure_tansu) or name it in DROVER_TANSU",
+                self.kafka.tansu.display()
+            ))
+        })?;
+        let path = if executable_by(&self.run_as, &source) {
+            source
+        } else {
+            let dir = self.kafka.root.join("bin");
+            self.run_as
+                .prepare_dir(&dir, 0o755)
+                .map_err(|e| ActionError::io(format_args!("cannot prepare {}", dir.display()), e))?;
+            let staged = dir.join("tansu");
+            let (from, to) = (source.clone(), staged.clone());
+            tokio::task::spawn_blocking(move || stage_binary(&from, &to))
+                .await
+                .map_err(|e| ActionError::Failed(format!("staging tansu panicked: {e}")))?
+                .map_err(|e| {
+                    ActionError::io(format_args!("cannot stage {} at {}", source.display(), staged.display()), e)
+                })?;
+            staged
+        };
+        *known = Some(path.clone());
+        Ok(path)
+    }
+
     /// Spawns the broker (if none runs) and waits for ApiVersions.
     async fn kafka_start(self: &Arc<Self>, id: InstanceId, entry: &KafkaBroker) -> Result<(), ActionError> {
         let service = self.kafka.service(entry.service)?;
@@ -621,7 +710,8 @@ impl Inner {
                 .open(&log_path)
                 .map_err(|e| ActionError::io(format_args!("cannot open {}", log_path.display()), e))?;
             let log_err = log.try_clone().map_err(|e| ActionError::io("cannot share the log", e))?;
-            let mut command = tokio::process::Command::new(&self.kafka.tansu);
+            let tansu = self.kafka_binary().await?;
+            let mut command = tokio::process::Command::new(&tansu);
             command
                 .arg("broker")
                 .arg("--cluster-id")
@@ -641,8 +731,11 @@ impl Inner {
             let process = ServerProcess::spawn(command, None, self.kafka_on_exit(id)).map_err(|e| match e.kind() {
                 std::io::ErrorKind::NotFound => ActionError::Config(format!(
                     "cannot spawn {}: {e}; install tansu {TANSU_VERSION} (scripts/lib.sh ensure_tansu)",
-                    self.kafka.tansu.display()
+                    tansu.display()
                 )),
+                std::io::ErrorKind::PermissionDenied => {
+                    ActionError::Config(format!("user {} cannot run {}: {e}", self.run_as.user, tansu.display()))
+                }
                 _ => ActionError::io("cannot spawn tansu", e),
             })?;
             write_owned(&self.run_as, &entry.dir.join("tansu.pid"), &format!("{}\n", process.pid), 0o600)?;
