@@ -194,6 +194,44 @@ fn broker_pid(data_dir: &Path, instance: &str) -> i32 {
     std::fs::read_to_string(&path).unwrap_or_else(|e| panic!("{}: {e}", path.display())).trim().parse().unwrap()
 }
 
+/// The serving broker that holds the most client sessions at the router
+/// (HAProxy's `show stat`, `scur` per server): the producer's, so killing
+/// it cuts the producer's connection rather than an idle broker.
+fn busiest_broker(data_dir: &Path, s: &Value) -> String {
+    let services = data_dir.join("local/kafka/services");
+    let service_dir = std::fs::read_dir(&services).unwrap().flatten().next().expect("one Kafka service").path();
+    let config = std::fs::read_to_string(service_dir.join("router/haproxy.cfg")).unwrap();
+    let socket = config
+        .lines()
+        .find_map(|l| l.trim().strip_prefix("stats socket "))
+        .and_then(|rest| rest.split_whitespace().next())
+        .expect("the router's admin socket");
+    let mut stream = std::os::unix::net::UnixStream::connect(socket).unwrap();
+    std::io::Write::write_all(&mut stream, b"show stat\n").unwrap();
+    let mut stat = String::new();
+    std::io::Read::read_to_string(&mut stream, &mut stat).unwrap();
+    // pxname,svname,qcur,qmax,scur,...
+    let sessions: Vec<(String, u64)> = stat
+        .lines()
+        .map(|l| l.split(',').collect::<Vec<_>>())
+        .filter(|f| f.len() > 4 && f[0] == "kafka" && f[1].starts_with('b'))
+        .map(|f| (f[1].to_string(), f[4].parse().unwrap_or(0)))
+        .collect();
+    let (server, scur) = sessions.iter().max_by_key(|(_, n)| *n).cloned().expect("router servers");
+    assert!(scur > 0, "no client session at the router: {sessions:?}");
+    eprintln!("router sessions per server: {sessions:?}; killing the broker of {server}");
+    let registry: Value = serde_json::from_slice(&std::fs::read(data_dir.join("local/kafka.json")).unwrap()).unwrap();
+    let serving: BTreeSet<String> = serving_brokers(s).iter().map(|b| b["id"].as_str().unwrap().to_string()).collect();
+    let slot: u64 = server[1..].parse().unwrap();
+    registry["instances"]
+        .as_object()
+        .unwrap()
+        .iter()
+        .find(|(id, b)| serving.contains(*id) && b["slot"] == slot)
+        .map(|(id, _)| id.clone())
+        .unwrap_or_else(|| panic!("no serving broker in router slot {server}: {registry}"))
+}
+
 /// Every acknowledged record is consumed back by a consumer group.
 fn consume_all(bootstrap: &str, topic: &str, acks: &[(u64, f64)]) {
     let wanted: BTreeSet<u64> = acks.iter().map(|(n, _)| *n).collect();
@@ -229,8 +267,8 @@ async fn a_kafka_service_takes_records_and_heals_a_killed_broker_under_load_losi
     let producer = Producer::start(&addr, "orders", t.dir.path());
     poll(SLOW, "first acknowledgements", || async { (producer.acked() >= 200).then_some(()) }).await;
 
-    // kill -9 of one broker under load.
-    let victim = serving_brokers(&s)[0]["id"].as_str().unwrap().to_string();
+    // kill -9 of the broker the producer writes through, under load.
+    let victim = busiest_broker(t.dir.path(), &s);
     let pid = broker_pid(t.dir.path(), &victim);
     let before = producer.acked();
     assert!(Command::new("kill").args(["-9", &pid.to_string()]).status().unwrap().success());
