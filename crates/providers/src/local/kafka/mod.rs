@@ -1033,3 +1033,41 @@ impl Inner {
         all
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::os::unix::fs::{MetadataExt, PermissionsExt};
+
+    #[test]
+    fn a_binary_the_server_user_cannot_reach_is_staged_where_it_can() {
+        let run_as = crate::runas::RunAs::for_servers().unwrap();
+        let home = tempfile::tempdir().unwrap();
+        std::fs::set_permissions(home.path(), std::fs::Permissions::from_mode(0o700)).unwrap();
+        let source = home.path().join("tansu");
+        std::fs::write(&source, b"#!/bin/sh\n").unwrap();
+        std::fs::set_permissions(&source, std::fs::Permissions::from_mode(0o755)).unwrap();
+        if !run_as.switch {
+            // Not root: servers run as us, who can reach our own files.
+            assert!(executable_by(&run_as, &source));
+            return;
+        }
+        assert!(!executable_by(&run_as, &source), "a 0700 directory of root's hides it");
+        let data = tempfile::tempdir().unwrap();
+        let bin = data.path().join("kafka/bin");
+        run_as.prepare_dir(&bin, 0o755).unwrap();
+        let staged = bin.join("tansu");
+        stage_binary(&source, &staged).unwrap();
+        assert!(executable_by(&run_as, &staged));
+        let inode = std::fs::metadata(&staged).unwrap().ino();
+        stage_binary(&source, &staged).unwrap();
+        assert_eq!(std::fs::metadata(&staged).unwrap().ino(), inode, "an up-to-date stage is kept");
+        // A reinstall (a new file at the source) is staged again.
+        std::fs::remove_file(&source).unwrap();
+        std::fs::write(&source, b"#!/bin/sh\nexit 0\n").unwrap();
+        std::fs::set_permissions(&source, std::fs::Permissions::from_mode(0o755)).unwrap();
+        stage_binary(&source, &staged).unwrap();
+        assert_eq!(std::fs::read(&staged).unwrap(), std::fs::read(&source).unwrap());
+        assert!(executable_by(&run_as, &staged));
+    }
+}
