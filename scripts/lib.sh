@@ -51,7 +51,8 @@ ensure_packages() {
 # tansu, the Kafka-protocol broker of Kafka services (issue 14): pinned, built
 # from crates.io with its PostgreSQL storage engine. Cached: nothing happens
 # when the pinned version is installed already; the first run (a fresh clone
-# in CI) builds it, about 8-10 minutes on 2 cores. Installed into cargo's
+# in CI) builds it: about 1,050 CPU-seconds, 9-10 minutes on 2 idle cores
+# (18m47s measured on 2 cores shared with other builds). Installed into cargo's
 # root (~/.cargo/bin), where the local provider looks for it (or
 # DROVER_TANSU names the binary); cargo cleans its build directory itself.
 TANSU_VERSION=0.6.0
