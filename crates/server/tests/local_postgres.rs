@@ -324,31 +324,6 @@ fn walk(dir: &std::path::Path) -> Vec<std::path::PathBuf> {
     out
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_local_service_of_an_engine_local_does_not_run_is_refused_and_nothing_is_built() {
-    let (t, _reaper) = start_local().await;
-    // The local provider runs PostgreSQL and Redis (issue 13), not Kafka.
-    for engine in ["kafka"] {
-        let (status, body) =
-            t.post("/v1/services", json!({"name": "rd1", "engine": engine, "followers": 1, "provider": "local"})).await;
-        assert!((400..500).contains(&status), "{engine}: {status} {body}");
-        let error = body["error"].as_str().unwrap_or_default();
-        assert!(error.contains(engine) && error.contains("local (postgres, redis)"), "{engine}: {error}");
-        assert!(error.contains("sim (postgres, redis, kafka)"), "the sim says what it simulates: {error}");
-    }
-    let (_, services) = t.get("/v1/services").await;
-    assert_eq!(services.as_array().map(Vec::len), Some(0), "{services}");
-    let (_, actions) = t.get("/v1/actions").await;
-    assert_eq!(actions.as_array().map(Vec::len), Some(0), "nothing dispatched: {actions}");
-    let state = std::fs::read_to_string(t.dir.path().join("local/state.json")).unwrap();
-    let state: Value = serde_json::from_str(&state).unwrap();
-    assert_eq!(state["instances"].as_object().map(|o| o.len()), Some(0), "nothing built: {state}");
-    // The same engine on the sim provider is fine: it simulates every engine.
-    let (status, body) =
-        t.post("/v1/services", json!({"name": "rd1", "engine": "kafka", "followers": 1, "provider": "sim"})).await;
-    assert_eq!(status, 201, "{body}");
-}
-
 /// A follower that can never be rebuilt (its primary refuses replication
 /// connections, as a broken pg_hba.conf would): the engine stops after a few
 /// failed rebuilds instead of retrying forever, marks the service as needing a

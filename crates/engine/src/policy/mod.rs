@@ -10,9 +10,11 @@
 //! only decides *that* and *when*. Checks are composed by the server from
 //! what the engine records and the provider inspects.
 
+mod kafka;
 mod postgres;
 mod redis;
 
+pub use kafka::{KafkaPolicy, BROKERS as KAFKA_BROKERS};
 pub use postgres::PostgresPolicy;
 pub use redis::RedisPolicy;
 
@@ -124,22 +126,19 @@ fn index(engine: EngineKind) -> usize {
 
 /// The policy a service of `engine` runs under unless `Config.policies`
 /// says otherwise; for callers outside the engine (the simulator) that need
-/// to know, say, which members a plan makes. Kafka has no policy of its own
-/// yet (issue 14 brings it; only the `sim` provider offers it today): until
-/// then its services run under PostgreSQL's, as they did before this seam
-/// existed.
+/// to know, say, which members a plan makes.
 pub fn builtin(engine: EngineKind) -> &'static dyn EnginePolicy {
     match engine {
-        EngineKind::Postgres | EngineKind::Kafka => &PostgresPolicy,
+        EngineKind::Postgres => &PostgresPolicy,
         EngineKind::Redis => &RedisPolicy,
+        EngineKind::Kafka => &KafkaPolicy,
     }
 }
 
 impl Default for Policies {
     /// The [`builtin`] policy of every engine.
     fn default() -> Self {
-        let postgres: Arc<dyn EnginePolicy> = Arc::new(PostgresPolicy);
-        Policies { by_engine: [postgres.clone(), Arc::new(RedisPolicy), postgres] }
+        Policies { by_engine: [Arc::new(PostgresPolicy), Arc::new(RedisPolicy), Arc::new(KafkaPolicy)] }
     }
 }
 
@@ -198,10 +197,6 @@ mod tests {
         assert_eq!(mixed.get(EngineKind::Kafka).members(&plan).roles().collect::<Vec<_>>(), [Role::Broker; 2]);
         assert_eq!(mixed.get(EngineKind::Postgres).topology(), Topology::PrimaryWithFollowers);
         assert_eq!(mixed.get(EngineKind::Redis).engine(), EngineKind::Redis, "Redis runs under its own policy");
-        assert_eq!(
-            defaults.get(EngineKind::Kafka).engine(),
-            EngineKind::Postgres,
-            "Kafka still runs under PostgreSQL's"
-        );
+        assert_eq!(defaults.get(EngineKind::Kafka).topology(), Topology::PeerBrokers, "Kafka runs under its own");
     }
 }

@@ -5,9 +5,9 @@
 //! the engine changes: fence, promote, retire and backups are the same
 //! actions, which the Redis provider carries out its own way.
 //!
-//! A Kafka policy (issue 14) would answer `PeerBrokers`, `members`
-//! `brokers` peers, never be asked to promote, and `backups`
-//! `NotOwn` (durability and backups live in its storage service).
+//! Kafka's policy (`kafka.rs`, issue 14) answers `PeerBrokers`, `members`
+//! brokers as peers, is never asked to promote, and `backups`
+//! `NotOwn` (durability and backups live in its storage).
 
 use super::{BackupSource, Candidate, EnginePolicy, Members, Topology};
 use drover_model::{EngineKind, Plan};

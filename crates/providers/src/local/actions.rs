@@ -49,6 +49,8 @@ impl Inner {
         let id = action.instance;
         let result = if self.redis.owns(&action) {
             self.redis_execute(&action).await
+        } else if self.kafka.owns(&action) {
+            self.kafka_execute(&action).await
         } else {
             self.execute_postgres(&action).await
         };

@@ -36,6 +36,7 @@ impl Inner {
             }
             let mut beats = self.beat_round(timeout).await;
             beats.extend(self.redis_beats(timeout).await);
+            beats.extend(self.kafka_beats(timeout).await);
             if beats.is_empty() {
                 continue;
             }

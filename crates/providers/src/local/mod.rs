@@ -26,6 +26,7 @@
 mod actions;
 mod credentials;
 mod heartbeat;
+mod kafka;
 mod postgres;
 pub mod probe;
 mod process;
@@ -166,6 +167,8 @@ struct Inner {
     beat_clients: Mutex<HashMap<InstanceId, Arc<tokio::sync::Mutex<Option<tokio_postgres::Client>>>>>,
     /// The Redis services: their own registry, servers and routers.
     redis: redis::Redis,
+    /// The Kafka services: brokers, storages and routers.
+    kafka: kafka::Kafka,
 }
 
 fn lock<T>(mutex: &Mutex<T>) -> MutexGuard<'_, T> {
@@ -248,6 +251,7 @@ impl LocalProvider {
             .map(|u| u.name)
             .unwrap_or_else(|| nix::unistd::Uid::effective().to_string());
         let redis = redis::Redis::open(&root, &run_as)?;
+        let kafka = kafka::Kafka::open(&root, &run_as)?;
         let closed = Arc::new(AtomicBool::new(false));
         let servers = Servers::new(binaries, run_as.clone(), config.stop_timeout, closed.clone());
         let routers = Arc::new(Routers::new(
@@ -277,12 +281,16 @@ impl LocalProvider {
             last_seq: AtomicU64::new(0),
             beat_clients: Mutex::new(HashMap::new()),
             redis,
+            kafka,
         });
         let _entered = handle.enter();
         let (mut adopted, mut to_start) = inner.adopt_running();
         let (redis_adopted, redis_missing) = inner.redis_adopt();
         adopted += redis_adopted;
         to_start.extend(redis_missing);
+        let (kafka_adopted, kafka_missing) = inner.kafka_adopt();
+        adopted += kafka_adopted;
+        to_start.extend(kafka_missing);
         tracing::info!(
             path = %inner.state_path.display(),
             instances = lock(&inner.registry).instances.len(),
@@ -304,6 +312,8 @@ impl LocalProvider {
         handle.spawn(async move { routers.start_missing_routers().await });
         let redis_routers = inner.clone();
         handle.spawn(async move { redis_routers.redis_start_missing_routers().await });
+        let kafka = inner.clone();
+        handle.spawn(async move { kafka.kafka_start_missing().await });
         Ok(Arc::new(LocalProvider { inner }))
     }
 
@@ -311,6 +321,9 @@ impl LocalProvider {
     /// its current application login role, to the application's database.
     pub fn service_url(&self, service_name: &str) -> Option<String> {
         if let Some(url) = self.inner.redis_url(service_name) {
+            return Some(url);
+        }
+        if let Some(url) = self.inner.kafka_url(service_name) {
             return Some(url);
         }
         let service = lock(&self.inner.registry).services.values().find(|s| s.name == service_name).cloned()?;
@@ -351,6 +364,7 @@ impl LocalProvider {
         let mut all: Vec<(ServerProcess, Signal)> = servers.into_iter().map(|p| (p, Signal::SIGINT)).collect();
         all.extend(routers.into_iter().map(|p| (p, Signal::SIGTERM)));
         all.extend(self.inner.redis_drain());
+        all.extend(self.inner.kafka_drain());
         for (process, first) in &all {
             process.expect_exit();
             process::signal_process(process.pid, *first);
@@ -546,9 +560,9 @@ impl Provider for LocalProvider {
         "local"
     }
 
-    /// PostgreSQL 15 and Redis 7.0; no Kafka.
+    /// PostgreSQL 15, Redis 7.0 and Kafka (tansu brokers over PostgreSQL).
     fn engines(&self) -> &'static [drover_model::EngineKind] {
-        &[drover_model::EngineKind::Postgres, drover_model::EngineKind::Redis]
+        &[drover_model::EngineKind::Postgres, drover_model::EngineKind::Redis, drover_model::EngineKind::Kafka]
     }
 
     fn execute(&self, action: ActionRecord) -> BoxFuture<ActionOutcome> {

@@ -23,7 +23,8 @@
 mod backup;
 mod checks;
 mod credentials;
-mod router;
+/// Shared with the Kafka half (its router is HAProxy too).
+pub(in crate::local) mod router;
 pub mod server;
 
 use super::process::{self, ProcState, ServerProcess};

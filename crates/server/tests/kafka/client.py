@@ -1,0 +1,94 @@
+"""A real Kafka client (confluent-kafka, librdkafka) for the Kafka tests.
+
+  client.py create BOOTSTRAP TOPIC
+  client.py produce BOOTSTRAP TOPIC STOPFILE   # prints "ack N SECONDS" per acknowledged record
+  client.py consume BOOTSTRAP TOPIC GROUP COUNT TIMEOUT  # prints "got N" per record, until COUNT distinct
+"""
+import os
+import sys
+import time
+
+from confluent_kafka import Consumer, Producer
+from confluent_kafka.admin import AdminClient, NewTopic
+
+
+def create(bootstrap, topic):
+    admin = AdminClient({"bootstrap.servers": bootstrap})
+    futures = admin.create_topics([NewTopic(topic, num_partitions=3, replication_factor=1)], request_timeout=15)
+    for f in futures.values():
+        f.result(timeout=30)
+    print("created", flush=True)
+
+
+def produce(bootstrap, topic, stopfile):
+    producer = Producer({
+        "bootstrap.servers": bootstrap,
+        "enable.idempotence": True,
+        "acks": "all",
+        "linger.ms": 5,
+        "message.timeout.ms": 120000,
+        "reconnect.backoff.ms": 50,
+        "reconnect.backoff.max.ms": 500,
+    })
+    start = time.monotonic()
+
+    def delivered(err, msg):
+        n = int(msg.value())
+        if err is None:
+            print("ack", n, round(time.monotonic() - start, 3), flush=True)
+        else:
+            print("fail", n, str(err).replace("\n", " "), flush=True)
+
+    n = 0
+    while not os.path.exists(stopfile):
+        n += 1
+        while True:
+            try:
+                producer.produce(topic, key=str(n % 7), value=str(n), on_delivery=delivered)
+                break
+            except BufferError:
+                producer.poll(0.05)
+        producer.poll(0)
+        time.sleep(0.005)
+    left = producer.flush(120)
+    print("sent", n, "unflushed", left, flush=True)
+
+
+def consume(bootstrap, topic, group, count, timeout):
+    consumer = Consumer({
+        "bootstrap.servers": bootstrap,
+        "group.id": group,
+        "auto.offset.reset": "earliest",
+        "enable.auto.commit": True,
+        # tansu 0.6.0's ListOffsets(latest, read_committed) query needs
+        # PostgreSQL 16; its storage here is 15 (see storage.sql).
+        "isolation.level": "read_uncommitted",
+    })
+    consumer.subscribe([topic])
+    seen = set()
+    deadline = time.monotonic() + timeout
+    while len(seen) < count and time.monotonic() < deadline:
+        msg = consumer.poll(0.5)
+        if msg is None:
+            continue
+        if msg.error():
+            print("error", msg.error(), flush=True)
+            continue
+        n = int(msg.value())
+        if n not in seen:
+            seen.add(n)
+            print("got", n, flush=True)
+    consumer.close()
+    print("consumed", len(seen), flush=True)
+
+
+if __name__ == "__main__":
+    mode, args = sys.argv[1], sys.argv[2:]
+    if mode == "create":
+        create(*args)
+    elif mode == "produce":
+        produce(*args)
+    elif mode == "consume":
+        consume(args[0], args[1], args[2], int(args[3]), float(args[4]))
+    else:
+        sys.exit("unknown mode " + mode)

@@ -1,0 +1,292 @@
+//! Kafka services of the local provider end to end (issue 14): real `tansu`
+//! brokers (pinned 0.6.0, as user `drover` when run as root) over a
+//! PostgreSQL storage, HAProxy as the bootstrap address, driven through
+//! the HTTP API of an in-process server, and a real Kafka client
+//! (confluent-kafka, i.e. librdkafka, from `tests/kafka/client.py`).
+//!
+//! Needs `tansu` (scripts/lib.sh `ensure_tansu`) and the Python package
+//! `confluent-kafka` (scripts/lib.sh `PYTHON_PACKAGES`).
+
+mod common;
+
+use common::poll;
+use serde_json::{json, Value};
+use std::collections::BTreeSet;
+use std::io::{BufRead, BufReader};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+const SLOW: Duration = Duration::from_secs(180);
+
+/// Kills, on drop, every process whose working directory or command line
+/// is under `dir` (brokers chdir to theirs; postgres and HAProxy name their
+/// files): nothing outlives its test, also when it fails.
+struct Reaper(PathBuf);
+
+impl Drop for Reaper {
+    fn drop(&mut self) {
+        if std::thread::panicking() {
+            dump_logs(&self.0);
+        }
+        let Ok(entries) = std::fs::read_dir("/proc") else { return };
+        let dir = self.0.to_string_lossy().into_owned();
+        for e in entries.flatten() {
+            let Ok(pid) = e.file_name().to_string_lossy().parse::<i32>() else { continue };
+            let cwd = std::fs::read_link(e.path().join("cwd")).unwrap_or_default();
+            let cmdline = std::fs::read(e.path().join("cmdline")).unwrap_or_default();
+            if cwd.starts_with(&self.0) || String::from_utf8_lossy(&cmdline).contains(&dir) {
+                let _ = Command::new("kill").args(["-9", &pid.to_string()]).status();
+            }
+        }
+    }
+}
+
+/// On failure: the data dir and the tail of every broker's and storage's
+/// log (the temp dir is deleted when the test ends).
+fn dump_logs(data_dir: &Path) {
+    eprintln!("test data dir (deleted at the end): {}", data_dir.display());
+    let kafka = data_dir.join("local/kafka");
+    let mut logs: Vec<PathBuf> = Vec::new();
+    for (sub, file) in [("brokers", "tansu.log"), ("services", "storage/server.log")] {
+        for e in std::fs::read_dir(kafka.join(sub)).into_iter().flatten().flatten() {
+            logs.push(e.path().join(file));
+        }
+    }
+    for log in logs {
+        let text = std::fs::read_to_string(&log).unwrap_or_default();
+        let tail: Vec<&str> = text.lines().rev().take(40).collect();
+        eprintln!("---- {} (last {} lines)", log.display(), tail.len());
+        for line in tail.iter().rev() {
+            eprintln!("{line}");
+        }
+    }
+}
+
+async fn start_local() -> (common::TestServer, Reaper) {
+    let dir = tempfile::Builder::new().prefix("dk").tempdir_in("/tmp").unwrap();
+    let t = common::start_in(dir, move |opts| {
+        opts.engine.default_provider = "local".into();
+        opts.engine.uncertain_after = Duration::from_secs(2);
+        opts.engine.install_timeout = Duration::from_secs(120);
+        opts.engine.action_timeout = Duration::from_secs(60);
+        opts.engine.backup_interval = None;
+        opts.engine.verify_interval = None;
+        opts.local = Some(drover_providers::local::LocalConfig {
+            probe_interval: Duration::from_millis(300),
+            kill_servers_on_drop: true,
+            ..Default::default()
+        });
+    })
+    .await;
+    let reaper = Reaper(t.dir.path().to_path_buf());
+    (t, reaper)
+}
+
+fn client_script() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/kafka/client.py")
+}
+
+fn bootstrap(service: &Value) -> String {
+    let url = service["url"].as_str().expect("a Kafka service has a url");
+    url.strip_prefix("kafka://").unwrap_or_else(|| panic!("not a kafka:// url: {url}")).to_string()
+}
+
+fn serving_brokers(s: &Value) -> Vec<Value> {
+    s["instances"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .filter(|i| i["role"] == "broker" && i["state"] == "available" && i["fenced"] != true)
+        .cloned()
+        .collect()
+}
+
+async fn wait_brokers(t: &common::TestServer, name: &str, not: Option<&str>) -> Value {
+    let deadline = std::time::Instant::now() + SLOW;
+    loop {
+        let s = t.service(name).await;
+        let brokers = serving_brokers(&s);
+        let without = not.is_none_or(|gone| brokers.iter().all(|b| b["id"] != gone));
+        if s["state"] == "available" && brokers.len() == 3 && without {
+            return s;
+        }
+        if std::time::Instant::now() >= deadline {
+            let events = t.events(&format!("service={name}")).await;
+            let events: Vec<String> = events.iter().rev().take(60).rev().map(Value::to_string).collect();
+            panic!(
+                "timed out after {SLOW:?} waiting for three available brokers: {s:#}\nevents:\n{}",
+                events.join("\n")
+            );
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+/// Runs `client.py` to completion; its stdout.
+fn run_client(args: &[&str]) -> String {
+    let out = Command::new("python3").arg(client_script()).args(args).output().expect("python3 runs");
+    assert!(
+        out.status.success(),
+        "client.py {args:?} failed: {}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
+/// A producer under load: `client.py produce` in the background, its
+/// acknowledgements collected as they come.
+struct Producer {
+    child: Child,
+    stop_file: PathBuf,
+    /// (record, seconds since the producer started) per acknowledgement.
+    acks: Arc<Mutex<Vec<(u64, f64)>>>,
+    fails: Arc<Mutex<Vec<String>>>,
+    reader: std::thread::JoinHandle<()>,
+}
+
+impl Producer {
+    fn start(bootstrap: &str, topic: &str, dir: &Path) -> Producer {
+        let stop_file = dir.join(format!("stop-{topic}"));
+        let mut child = Command::new("python3")
+            .arg(client_script())
+            .args(["produce", bootstrap, topic])
+            .arg(&stop_file)
+            .stdout(Stdio::piped())
+            .stderr(Stdio::inherit())
+            .spawn()
+            .expect("python3 runs");
+        let stdout = child.stdout.take().unwrap();
+        let acks = Arc::new(Mutex::new(Vec::new()));
+        let fails = Arc::new(Mutex::new(Vec::new()));
+        let (a, f) = (acks.clone(), fails.clone());
+        let reader = std::thread::spawn(move || {
+            for line in BufReader::new(stdout).lines().map_while(Result::ok) {
+                let words: Vec<&str> = line.split_whitespace().collect();
+                match words.as_slice() {
+                    ["ack", n, at] => a.lock().unwrap().push((n.parse().unwrap(), at.parse().unwrap())),
+                    ["fail", ..] => f.lock().unwrap().push(line.clone()),
+                    _ => eprintln!("producer: {line}"),
+                }
+            }
+        });
+        Producer { child, stop_file, acks, fails, reader }
+    }
+    fn acked(&self) -> usize {
+        self.acks.lock().unwrap().len()
+    }
+    /// Stops producing, waits for the last deliveries; the acknowledgements.
+    fn finish(mut self) -> (Vec<(u64, f64)>, Vec<String>) {
+        std::fs::write(&self.stop_file, b"stop").unwrap();
+        let status = self.child.wait().unwrap();
+        self.reader.join().unwrap();
+        assert!(status.success(), "the producer exited with {status}");
+        let acks = self.acks.lock().unwrap().clone();
+        let fails = self.fails.lock().unwrap().clone();
+        (acks, fails)
+    }
+}
+
+fn broker_pid(data_dir: &Path, instance: &str) -> i32 {
+    let path = data_dir.join("local/kafka/brokers").join(instance).join("tansu.pid");
+    std::fs::read_to_string(&path).unwrap_or_else(|e| panic!("{}: {e}", path.display())).trim().parse().unwrap()
+}
+
+/// The serving broker that holds the most client sessions at the router
+/// (HAProxy's `show stat`, `scur` per server): the producer's, so killing
+/// it cuts the producer's connection rather than an idle broker.
+fn busiest_broker(data_dir: &Path, s: &Value) -> String {
+    let services = data_dir.join("local/kafka/services");
+    let service_dir = std::fs::read_dir(&services).unwrap().flatten().next().expect("one Kafka service").path();
+    let config = std::fs::read_to_string(service_dir.join("router/haproxy.cfg")).unwrap();
+    let socket = config
+        .lines()
+        .find_map(|l| l.trim().strip_prefix("stats socket "))
+        .and_then(|rest| rest.split_whitespace().next())
+        .expect("the router's admin socket");
+    let mut stream = std::os::unix::net::UnixStream::connect(socket).unwrap();
+    std::io::Write::write_all(&mut stream, b"show stat\n").unwrap();
+    let mut stat = String::new();
+    std::io::Read::read_to_string(&mut stream, &mut stat).unwrap();
+    // pxname,svname,qcur,qmax,scur,...
+    let sessions: Vec<(String, u64)> = stat
+        .lines()
+        .map(|l| l.split(',').collect::<Vec<_>>())
+        .filter(|f| f.len() > 4 && f[0] == "kafka" && f[1].starts_with('b'))
+        .map(|f| (f[1].to_string(), f[4].parse().unwrap_or(0)))
+        .collect();
+    let (server, scur) = sessions.iter().max_by_key(|(_, n)| *n).cloned().expect("router servers");
+    assert!(scur > 0, "no client session at the router: {sessions:?}");
+    eprintln!("router sessions per server: {sessions:?}; killing the broker of {server}");
+    let registry: Value = serde_json::from_slice(&std::fs::read(data_dir.join("local/kafka.json")).unwrap()).unwrap();
+    let serving: BTreeSet<String> = serving_brokers(s).iter().map(|b| b["id"].as_str().unwrap().to_string()).collect();
+    let slot: u64 = server[1..].parse().unwrap();
+    registry["instances"]
+        .as_object()
+        .unwrap()
+        .iter()
+        .find(|(id, b)| serving.contains(*id) && b["slot"] == slot)
+        .map(|(id, _)| id.clone())
+        .unwrap_or_else(|| panic!("no serving broker in router slot {server}: {registry}"))
+}
+
+/// Every acknowledged record is consumed back by a consumer group.
+fn consume_all(bootstrap: &str, topic: &str, acks: &[(u64, f64)]) {
+    let wanted: BTreeSet<u64> = acks.iter().map(|(n, _)| *n).collect();
+    let out = run_client(&["consume", bootstrap, topic, &format!("g-{topic}"), &wanted.len().to_string(), "120"]);
+    let got: BTreeSet<u64> =
+        out.lines().filter_map(|l| l.strip_prefix("got ")).map(|n| n.trim().parse().unwrap()).collect();
+    let lost: Vec<&u64> = wanted.difference(&got).collect();
+    assert!(
+        lost.is_empty(),
+        "{} acknowledged records not consumed, e.g. {:?}",
+        lost.len(),
+        &lost[..lost.len().min(10)]
+    );
+}
+
+fn longest_gap(acks: &[(u64, f64)]) -> f64 {
+    let mut times: Vec<f64> = acks.iter().map(|(_, at)| *at).collect();
+    times.sort_by(f64::total_cmp);
+    times.windows(2).map(|w| w[1] - w[0]).fold(0.0, f64::max)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_kafka_service_takes_records_and_heals_a_killed_broker_under_load_losing_none() {
+    let (t, _reaper) = start_local().await;
+    let (status, body) = t.post("/v1/services", json!({"name": "k1", "engine": "kafka", "provider": "local"})).await;
+    assert_eq!(status, 201, "{body}");
+    let s = wait_brokers(&t, "k1", None).await;
+    let addr = bootstrap(&s);
+    assert!(addr.starts_with("127.0.0.1:"), "{addr}");
+
+    // Records in and out through the bootstrap address.
+    run_client(&["create", &addr, "orders"]);
+    let producer = Producer::start(&addr, "orders", t.dir.path());
+    poll(SLOW, "first acknowledgements", || async { (producer.acked() >= 200).then_some(()) }).await;
+
+    // kill -9 of the broker the producer writes through, under load.
+    let victim = busiest_broker(t.dir.path(), &s);
+    let pid = broker_pid(t.dir.path(), &victim);
+    let before = producer.acked();
+    assert!(Command::new("kill").args(["-9", &pid.to_string()]).status().unwrap().success());
+    let healed = wait_brokers(&t, "k1", Some(&victim)).await;
+    assert_eq!(bootstrap(&healed), addr, "the bootstrap address is stable");
+    poll(SLOW, "production continues after the kill", || async { (producer.acked() >= before + 300).then_some(()) })
+        .await;
+    let (acks, fails) = producer.finish();
+    assert!(fails.is_empty(), "records the producer gave up on: {fails:?}");
+    let gap = longest_gap(&acks);
+    eprintln!("acknowledged {} records; longest gap between acknowledgements {gap:.3} s", acks.len());
+    assert!(gap < 10.0, "longest gap between acknowledgements {gap:.3} s");
+    consume_all(&addr, "orders", &acks);
+
+    // The killed broker was fenced and replaced.
+    let victim_now = healed["instances"].as_array().unwrap().iter().find(|i| i["id"] == victim).cloned();
+    assert!(
+        victim_now.as_ref().is_none_or(|v| v["fenced"] == true || v["state"] != "available"),
+        "the killed broker still serves: {victim_now:?}"
+    );
+}
