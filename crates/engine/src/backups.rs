@@ -115,7 +115,7 @@ impl Engine {
         let name = &s.name;
         match self.policy_of(s).backups() {
             BackupSource::NotOwn { why } => {
-                Err(CommandError::Invalid(format!("{name:?} is a {} service that keeps no backups: {why}", s.engine)))
+                Err(CommandError::Conflict(format!("{name:?} is a {} service that keeps no backups: {why}", s.engine)))
             }
             BackupSource::Primary => self
                 .current_primary(sslot)

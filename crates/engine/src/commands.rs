@@ -113,7 +113,9 @@ impl Engine {
         let sslot = self.live_service(&name)?;
         let s = self.services.get(sslot).ok_or_else(|| CommandError::NotFound(name.clone()))?;
         if self.policy_of(s).topology() != Topology::PrimaryWithFollowers {
-            return Err(CommandError::Invalid(format!(
+            // The request is well formed; it is the service's kind that
+            // refuses it: a conflict with the resource, not a bad request.
+            return Err(CommandError::Conflict(format!(
                 "{name:?} is a {} service: its members are peers, there is no primary to switch over",
                 s.engine
             )));

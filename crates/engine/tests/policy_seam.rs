@@ -112,9 +112,9 @@ fn peers_have_no_switchover_and_no_backups_of_their_own() {
     create_cluster(&mut h, "kf1", 3);
     h.advance(Duration::from_secs(5));
     let refused = h.command(Command::Switchover { name: "kf1".into() });
-    assert!(matches!(refused, Err(CommandError::Invalid(_))), "{refused:?}");
+    assert!(matches!(refused, Err(CommandError::Conflict(_))), "{refused:?}");
     let refused = h.command(Command::TakeBackup { name: "kf1".into() });
-    assert!(matches!(refused, Err(CommandError::Invalid(_))), "{refused:?}");
+    assert!(matches!(refused, Err(CommandError::Conflict(_))), "{refused:?}");
     // Nor does the schedule: a PostgreSQL service's first backup is due
     // within 70 minutes of its creation; two hours pass without any.
     h.advance(Duration::from_secs(2 * 3600));

@@ -55,6 +55,8 @@ pub(crate) async fn healthz(State(state): State<AppState>) -> Result<Json<Health
 }
 
 /// Create a service: a primary and its followers, built by a provider.
+/// The engine must be one the provider runs (400 names each provider's
+/// engines); a name taken by a live service is 409.
 #[utoipa::path(post, path = "/v1/services", tag = "services", request_body = CreateService,
     responses((status = 201, body = ServiceView), (status = 400, body = ErrorBody),
         (status = 409, body = ErrorBody), (status = 422, body = ErrorBody)))]
