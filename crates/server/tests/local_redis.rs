@@ -649,6 +649,10 @@ async fn an_rdb_backup_restores_in_a_scratch_server_and_a_corrupted_one_is_caugh
     let (t, _reaper) = start_local().await;
     let s = create_redis(&t, "rdbk").await;
     let url = s["url"].as_str().unwrap().to_string();
+    // The backups facet, with real causes: a new service has no backup (crit).
+    let (_, checks) = t.get("/v1/services/rdbk/checks").await;
+    assert_eq!(checks["backups"]["status"], "crit", "{}", checks["backups"]);
+    assert!(checks["backups"]["summary"].as_str().unwrap().contains("no backup exists"), "{}", checks["backups"]);
     let mut c = connect(&url).await.expect("connect");
     for n in 0..500u32 {
         let _: () = redis::cmd("SET").arg(format!("k:{n}")).arg(n).query_async(&mut c).await.unwrap();
@@ -671,6 +675,10 @@ async fn an_rdb_backup_restores_in_a_scratch_server_and_a_corrupted_one_is_caugh
     let manifest: Value =
         serde_json::from_slice(&std::fs::read(rdbs[0].with_extension("json")).unwrap()).expect("a manifest");
     assert_eq!(manifest["keys"], 500, "{manifest}");
+    // A backup nobody restored yet: warn, and the remedy named.
+    let (_, checks) = t.get("/v1/services/rdbk/checks").await;
+    assert_eq!(checks["backups"]["status"], "warn", "{}", checks["backups"]);
+    assert!(checks["backups"]["summary"].as_str().unwrap().contains("no restore"), "{}", checks["backups"]);
     let (status, body) = t.post("/v1/services/rdbk/backups/verify", json!({})).await;
     assert_eq!(status, 202, "{body}");
     poll(SLOW, "restore test passed", || async {
@@ -681,6 +689,7 @@ async fn an_rdb_backup_restores_in_a_scratch_server_and_a_corrupted_one_is_caugh
     let events = t.events("service=rdbk").await;
     let passed = events.iter().filter_map(|e| e["cause"].as_str()).find(|c| c.contains("restore test passed"));
     assert!(passed.is_some_and(|c| c.contains("500 keys as recorded")), "{passed:?}");
+    check_until(&t, "rdbk", "backups", &["ok"]).await;
 
     // Flip bytes in the middle of the snapshot.
     let mut bytes = std::fs::read(&rdbs[0]).unwrap();

@@ -23,6 +23,10 @@ pub struct SimInstance {
     pub id: InstanceId,
     pub service: ServiceId,
     pub role: Role,
+    /// The server it runs (answers in that engine's words). State files
+    /// written before engines existed hold PostgreSQL members.
+    #[serde(default)]
+    pub engine: drover_model::EngineKind,
     pub zone: String,
     /// Crash, Hang or Partition; never Heal. One fault at a time: a later
     /// Hang or Partition replaces an earlier one, a Crash sticks until Restart.
@@ -41,7 +45,7 @@ pub struct SimInstance {
 impl SimInstance {
     /// The machine as the world's rules (`drover-world`) see it.
     fn machine(&self) -> Machine {
-        let mut m = Machine::new(self.role);
+        let mut m = Machine::of(self.engine, self.role);
         m.set_fault(self.fault);
         m.fenced = self.fenced;
         m.running = self.running;
@@ -170,8 +174,8 @@ impl World {
     /// keeps the map, the tombstones and the file's layout.
     fn apply_kind(&mut self, action: &ActionRecord, now: i64) -> (ActionOutcome, bool) {
         let id = action.instance;
-        if let ActionKind::Provision { role, zone, .. } = &action.kind {
-            return (self.provision(action.service, id, *role, zone, now), false);
+        if let ActionKind::Provision { role, zone, engine, .. } = &action.kind {
+            return (self.provision(action.service, id, *engine, *role, zone, now), false);
         }
         let Some(instance) = self.instances.get_mut(&id) else {
             let (outcome, gone) = drover_world::act_on_missing(&action.kind);
@@ -188,19 +192,30 @@ impl World {
         (answer.outcome, false)
     }
 
-    fn provision(&mut self, service: ServiceId, id: InstanceId, role: Role, zone: &str, now: i64) -> ActionOutcome {
+    fn provision(
+        &mut self,
+        service: ServiceId,
+        id: InstanceId,
+        engine: drover_model::EngineKind,
+        role: Role,
+        zone: &str,
+        now: i64,
+    ) -> ActionOutcome {
         let existing = self.instances.get(&id).map(|i| i.service);
         let tombstoned = self.terminated.contains(&id);
-        if let Some(answer) = drover_world::admit_provision(tombstoned, existing, service, zone, Ground::default()) {
+        if let Some(answer) =
+            drover_world::admit_member(engine, role, tombstoned, existing, service, zone, Ground::default())
+        {
             return named(id, answer);
         }
-        let m = Machine::new(role);
+        let m = Machine::of(engine, role);
         self.instances.insert(
             id,
             SimInstance {
                 id,
                 service,
                 role,
+                engine,
                 zone: zone.to_string(),
                 fault: m.fault(),
                 fenced: m.fenced,
@@ -327,6 +342,9 @@ mod tests {
         }
     }
     fn provision(role: Role) -> ActionKind {
+        provision_of(drover_model::EngineKind::Postgres, role)
+    }
+    fn provision_of(engine: drover_model::EngineKind, role: Role) -> ActionKind {
         ActionKind::Provision {
             role,
             zone: "zone-a".into(),
@@ -334,12 +352,37 @@ mod tests {
             service_name: "db".into(),
             sync: false,
             settings: Default::default(),
-            engine: drover_model::EngineKind::Postgres,
+            engine,
             host: None,
         }
     }
     fn beat_of(beats: &[Beat], id: InstanceId) -> Option<&Beat> {
         beats.iter().find(|b| b.instance == id)
+    }
+
+    /// A Redis member of the sim provider answers as a Redis server: in its
+    /// words, and a new replica is copied from its primary (no backup store
+    /// needed); the engine survives the state file.
+    #[test]
+    fn a_redis_member_answers_as_redis_and_keeps_its_engine_across_a_restart() {
+        use drover_model::EngineKind;
+        let service = ServiceId::new_at(T0, 1);
+        let (p, f) = (InstanceId::new_at(T0, 1), InstanceId::new_at(T0, 2));
+        let mut world = World::empty(T0);
+        world.apply(&action(service, p, provision_of(EngineKind::Redis, Role::Primary)), T0);
+        world.apply(&action(service, f, provision_of(EngineKind::Redis, Role::Follower)), T0);
+        let world = World::from_state(world.to_state(), T0).unwrap();
+        assert_eq!(world.get(f).map(|i| i.engine), Some(EngineKind::Redis));
+        let mut world = world;
+        world.apply(&action(service, p, ActionKind::InjectFault { fault: Fault::Crash }), T0);
+        world.apply(&action(service, p, ActionKind::Fence { immediate: true }), T0);
+        let promoted = world.apply(&action(service, f, ActionKind::Promote), T0);
+        match &promoted.outcome {
+            ActionOutcome::Succeeded { detail } => {
+                assert!(detail.as_deref().is_some_and(|d| d.contains("REPLICAOF NO ONE")), "{detail:?}")
+            }
+            other => panic!("{other:?}"),
+        }
     }
 
     #[test]
