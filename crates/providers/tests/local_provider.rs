@@ -881,3 +881,30 @@ async fn a_registry_with_a_password_in_clear_is_sealed_when_opened_and_the_url_s
     let key = std::fs::metadata(dir.path().join("secret.key")).unwrap();
     assert_eq!(std::os::unix::fs::PermissionsExt::mode(&key.permissions()) & 0o777, 0o600);
 }
+
+/// A data dir too deep for a unix socket path puts the server's and the
+/// router's sockets in short directories of their own under the temporary
+/// dir; terminating the instance (the last of its service) removes both, so
+/// nothing collects there over a fleet's life.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_deep_data_dir_starts_and_terminate_removes_its_short_socket_directories() {
+    let dir = temp_dir();
+    let deep = dir.path().join("d".repeat(60)).join("e".repeat(60));
+    std::fs::create_dir_all(&deep).unwrap();
+    let deep = tempfile::TempDir::new_in(&deep).unwrap();
+    let h = Harness::new(&deep, "deep");
+    let primary = instance_id();
+    h.ok(primary, h.provision_kind(Role::Primary)).await;
+    let socket_dir = h.provider.instance_info(primary).unwrap().socket_dir;
+    assert!(!socket_dir.starts_with(deep.path()), "{} is too deep for a socket", deep.path().display());
+    assert!(socket_dir.exists(), "{}", socket_dir.display());
+    let client = through_router(&h.url()).await.expect("the router answers");
+    client.batch_execute("CREATE TABLE t (id int)").await.unwrap();
+    drop(client);
+    let router_sockets = socket_dir.parent().unwrap().join(format!("r{}", h.service.0.simple()));
+    assert!(router_sockets.exists(), "{}", router_sockets.display());
+    h.ok(primary, ActionKind::Fence { immediate: true }).await;
+    h.ok(primary, ActionKind::Terminate).await;
+    assert!(!socket_dir.exists(), "the instance's socket directory is left: {}", socket_dir.display());
+    assert!(!router_sockets.exists(), "the router's socket directory is left: {}", router_sockets.display());
+}

@@ -725,7 +725,11 @@ impl Inner {
             return Ok(Some("nothing left".into()));
         };
         self.stop_server(id, Some(&entry)).await?;
-        for dir in [entry.dir.clone(), self.root.join("archive").join(id.to_string())] {
+        // Its short socket directory under the temporary dir, if it has
+        // one, goes too: nothing else would ever remove it.
+        let dirs =
+            [Some(entry.dir.clone()), Some(self.root.join("archive").join(id.to_string())), entry.socket.clone()];
+        for dir in dirs.into_iter().flatten() {
             match std::fs::remove_dir_all(&dir) {
                 Ok(()) => {}
                 Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}

@@ -240,10 +240,16 @@ impl Routers {
     pub async fn stop(&self, service: ServiceId) -> Result<(), ActionError> {
         let process = lock(&self.processes).remove(&service);
         lock(&self.paused).remove(&service);
-        match process {
-            Some(process) => process.stop(Signal::SIGTERM, self.stop_timeout).await,
-            None => Ok(()),
+        if let Some(process) = process {
+            process.stop(Signal::SIGTERM, self.stop_timeout).await?;
         }
+        // A short socket directory of its own (a deep data dir) goes with
+        // it; one inside the router's directory stays with that.
+        let socket_dir = self.socket_dir(service);
+        if socket_dir != self.dir(service) {
+            let _ = std::fs::remove_dir_all(&socket_dir);
+        }
+        Ok(())
     }
 
     /// The router of a service: its process runs and its console answers.
