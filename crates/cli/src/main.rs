@@ -319,6 +319,17 @@ enum ServicesCmd {
     Switchover {
         name: String,
     },
+    /// A new service with SOURCE's plan and its data as of `--at` (what
+    /// committed before that moment) or its latest: a fork, or a rollback
+    /// to before a bad migration. Needs a backup of SOURCE taken before `--at`.
+    Fork {
+        source: String,
+        /// The new service's name.
+        name: String,
+        /// RFC 3339, fractional seconds allowed (2026-12-01T09:30:00.25Z).
+        #[arg(long)]
+        at: Option<String>,
+    },
     /// Backups, restore tests and service checks.
     #[command(subcommand)]
     Backups(BackupsCmd),
@@ -696,6 +707,15 @@ async fn run(cli: Cli, no_local_set: bool) -> anyhow::Result<()> {
                 let v = client
                     .post(&format!("/v1/services/{}/switchover", client::path_segment(&name)), serde_json::json!({}))
                     .await?;
+                output::service(&v, json);
+                Ok(())
+            }
+            ServicesCmd::Fork { source, name, at } => {
+                let mut body = serde_json::json!({ "name": name });
+                if let Some(at) = at {
+                    body["at"] = serde_json::Value::String(at);
+                }
+                let v = client.post(&format!("/v1/services/{}/fork", client::path_segment(&source)), body).await?;
                 output::service(&v, json);
                 Ok(())
             }

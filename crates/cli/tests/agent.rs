@@ -167,6 +167,7 @@ async fn provision_primary(provider: &LocalProvider, service_name: &str) -> Inst
             settings: Default::default(),
             engine: drover_model::EngineKind::Postgres,
             host: None,
+            restore_from: None,
         },
         state: ActionState::Running,
         attempts: 1,

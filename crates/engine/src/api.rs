@@ -179,6 +179,15 @@ pub enum Command {
     Switchover {
         name: String,
     },
+    /// A new service `name` with the plan of `source` and its data: the
+    /// source's backups and archived WAL replayed to `at` (exclusive), or
+    /// to the end of what is archived.
+    ForkService {
+        source: String,
+        name: String,
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        at: Option<drover_model::Timestamp>,
+    },
     /// Take a base backup now.
     TakeBackup {
         name: String,
@@ -279,6 +288,7 @@ impl Command {
             Command::DeleteService { .. } => "services.delete",
             Command::Chaos { .. } => "chaos",
             Command::Switchover { .. } => "services.switchover",
+            Command::ForkService { .. } => "services.fork",
             Command::TakeBackup { .. } => "backups.take",
             Command::VerifyBackup { .. } => "backups.verify",
             Command::RegisterImage(_) => "images.register",

@@ -21,7 +21,8 @@ impl Engine {
         out: &mut Outputs,
     ) -> Result<Reply, CommandError> {
         match command {
-            Command::CreateService(req) => self.create_service(req, now, out),
+            Command::CreateService(req) => self.create_service(req, None, now, out),
+            Command::ForkService { source, name, at } => self.fork_service(&source, name, at, now, out),
             Command::DeleteService { name } => self.delete_service(name, now, out),
             Command::Chaos { instance, fault } => self.chaos(instance, fault, now, out),
             Command::Switchover { name } => self.switchover(name, now, out),
@@ -289,9 +290,63 @@ impl Engine {
             .ok_or_else(|| CommandError::Invalid("the action finished before it could be shown".into()))
     }
 
+    /// A new service with the plan of `source` (engine, followers, sync,
+    /// team, zones, provider) whose primary is restored from the source's
+    /// backups and archived log, to `at` or to the latest. Its own URL,
+    /// credentials and backups; healed like any other once available.
+    fn fork_service(
+        &mut self,
+        source: &str,
+        name: String,
+        at: Option<Timestamp>,
+        now: i64,
+        out: &mut Outputs,
+    ) -> Result<Reply, CommandError> {
+        let sslot = self.live_service(source)?;
+        let s =
+            self.services.get(sslot).ok_or_else(|| CommandError::NotFound(format!("no service named {source:?}")))?;
+        if !self.policy_of(s).forks_to_a_moment() {
+            return Err(CommandError::Conflict(format!(
+                "{source:?} is a {} service: its backups are snapshots, it cannot be forked to a moment",
+                s.engine
+            )));
+        }
+        let Some(first_backup) = s.backups.last_backup_at else {
+            return Err(CommandError::Conflict(format!(
+                "{source:?} has no backup yet: take one (POST /v1/services/{source}/backups), then fork from a moment after it"
+            )));
+        };
+        if let Some(at) = at {
+            if at.0 > now {
+                return Err(CommandError::Invalid(format!(
+                    "{} is in the future: a fork is of a moment that has passed (or omit `at` for the latest)",
+                    at.to_rfc3339()
+                )));
+            }
+            // The engine remembers the latest backup only; an older moment
+            // may still be covered by an older backup, which the provider
+            // knows: it refuses clearly if none is.
+            let _ = first_backup;
+        }
+        let req = CreateService {
+            name,
+            engine: s.engine,
+            followers: s.plan.followers,
+            sync: Some(s.plan.sync),
+            max_failover_lag_bytes: Some(s.plan.max_failover_lag_bytes),
+            credential_rotation_days: s.plan.credential_rotation_days,
+            team: Some(self.teams.name(s.team).to_string()),
+            zones: Some(s.zones.iter().map(|&z| self.zones.name(z).to_string()).collect()),
+            provider: Some(self.providers.name(s.provider).to_string()),
+        };
+        let from = drover_model::RestoreFrom { service: source.to_string(), at, restored: false };
+        self.create_service(req, Some(from), now, out)
+    }
+
     pub(crate) fn create_service(
         &mut self,
         req: CreateService,
+        forked_from: Option<drover_model::RestoreFrom>,
         now: i64,
         out: &mut Outputs,
     ) -> Result<Reply, CommandError> {
@@ -332,9 +387,14 @@ impl Engine {
             backups: Default::default(),
             credentials: Default::default(),
             maintenance_window: None,
+            forked_from,
         };
         let members = self.config.policies.get(rec.engine).members(&rec.plan).roles().count();
         let placed = self.place_new_service(&zones, members).map_err(CommandError::Conflict)?;
+        let svc_fork_cause = rec.forked_from.as_ref().map(|f| match f.at {
+            Some(at) => format!("created: forked from {} as of {}", f.service, at.to_rfc3339()),
+            None => format!("created: forked from {} (everything archived)", f.service),
+        });
         let svc = Svc::from_record(rec, ServicePlace { team, zones: zones.clone(), image, provider });
         let sslot = self.services.insert(svc);
         self.service_names.insert(req.name.clone().into(), sslot);
@@ -348,7 +408,10 @@ impl Engine {
             None,
             None,
             Some(ServiceState::Provisioning.as_str()),
-            "created",
+            match &svc_fork_cause {
+                Some(cause) => cause.as_str(),
+                None => "created",
+            },
         ));
         self.service_changed(sslot, out);
         self.build_initial_members(sslot, &zones, &placed, now, out);
@@ -361,6 +424,7 @@ impl Engine {
 pub(crate) fn command_target(c: &Command) -> Option<String> {
     match c {
         Command::CreateService(r) => Some(r.name.clone()),
+        Command::ForkService { name, .. } => Some(name.clone()),
         Command::DeleteService { name }
         | Command::SetMaintenanceWindow { name, .. }
         | Command::Switchover { name }

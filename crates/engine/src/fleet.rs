@@ -319,6 +319,8 @@ pub struct Svc {
     pub revoke_running: bool,
     /// Its own maintenance window (boxed: most services have none).
     pub window: Option<Box<drover_model::MaintenanceWindow>>,
+    /// The service and moment it was forked from (boxed: most are not forks).
+    pub forked_from: Option<Box<drover_model::RestoreFrom>>,
 }
 
 /// A service's repeated names, as indices the engine interned.
@@ -366,6 +368,7 @@ impl Svc {
             rotation_running: false,
             revoke_running: false,
             window: rec.maintenance_window.map(Box::new),
+            forked_from: rec.forked_from.map(Box::new),
         }
     }
 }

@@ -387,6 +387,12 @@ impl Engine {
             settings: self.images.list.get(image as usize).map(|im| im.settings.clone()).unwrap_or_default(),
             engine: s.map(|s| s.engine).unwrap_or_default(),
             host: self.hosts.name(host).map(str::to_string),
+            // A fork's primary restores the source's data until the fork
+            // first has a working primary (however many attempts and
+            // replacements that takes); one built later is not restored.
+            restore_from: s
+                .filter(|_| role == Role::Primary)
+                .and_then(|s| s.forked_from.as_deref().filter(|f| !f.restored).cloned()),
         }
     }
 

@@ -133,6 +133,12 @@ impl Engine {
             s.remedy_failures = 0;
             s.failing_since = 0;
         }
+        if matches!(to, ServiceState::Available | ServiceState::Degraded) {
+            // A fork's data is in: a primary built later is not restored again.
+            if let Some(fork) = s.forked_from.as_deref_mut() {
+                fork.restored = true;
+            }
+        }
         out.changes.events.push(
             self.event(now, EventSubject::Service, Some(sslot), None, Some(from.as_str()), Some(to.as_str()), cause)
                 .with_kind(kind),

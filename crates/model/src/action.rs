@@ -65,6 +65,10 @@ pub enum ActionKind {
         /// The host placement chose (None: an engine without hosts).
         #[serde(default, skip_serializing_if = "Option::is_none")]
         host: Option<String>,
+        /// A primary built from another service's backups and archived WAL
+        /// (a fork) instead of an empty cluster. None: a new database.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        restore_from: Option<crate::RestoreFrom>,
     },
     /// Ask the provider, out of band, whether the instance is alive.
     Probe,

@@ -27,8 +27,8 @@ pub use rollout::{
     default_waves, MemberPhase, RolloutMember, RolloutRecord, RolloutSpec, RolloutState, RolloutView, Selector,
 };
 pub use service::{
-    BackupStatus, CreateService, CredentialStatus, EngineKind, InstanceRecord, InstanceView, Plan, Role, ServiceRecord,
-    ServiceView,
+    BackupStatus, CreateService, CredentialStatus, EngineKind, InstanceRecord, InstanceView, Plan, RestoreFrom, Role,
+    ServiceRecord, ServiceView,
 };
 pub use states::{InstanceState, ServiceState};
 pub use time::Timestamp;

@@ -192,6 +192,24 @@ pub struct ServiceRecord {
     /// When a rollout may move it (None: its team's default, else any time).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub maintenance_window: Option<crate::MaintenanceWindow>,
+    /// The service and moment its data was forked from (None: created empty).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub forked_from: Option<RestoreFrom>,
+}
+
+/// Where a fork's data comes from: the backups and archived WAL of
+/// `service`, replayed up to `at` (exclusive: what committed before that
+/// moment), or to the end of what is archived when `at` is None.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
+pub struct RestoreFrom {
+    /// The source service's name (its backups are kept under it).
+    pub service: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub at: Option<Timestamp>,
+    /// The fork's first primary came up with the data: a primary built
+    /// after that is not restored from the source again.
+    #[serde(default)]
+    pub restored: bool,
 }
 
 /// Where a service's credential rotation stands (persisted: a control plane
@@ -290,6 +308,9 @@ pub struct ServiceView {
     /// Its own maintenance window, if it has one (else its team's default applies).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub maintenance_window: Option<crate::MaintenanceWindow>,
+    /// The service and moment its data was forked from, if it is a fork.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub forked_from: Option<RestoreFrom>,
 }
 
 #[cfg(test)]

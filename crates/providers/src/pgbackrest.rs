@@ -368,6 +368,36 @@ impl BackupRepo {
             .ok_or_else(|| BackupError::BackupMissing { stanza: stanza.into(), log_dir: self.log_dir() })
     }
 
+    /// Restores the stanza's data into `pg1_path` (an empty directory) to
+    /// be started as a new server: the backup set pgBackRest picks for the
+    /// target, then archived WAL replayed up to `target` (exclusive: what
+    /// committed before it) or, with None, to the end of the archive; the
+    /// server promotes itself when it gets there. PostgreSQL refuses to
+    /// start (`recovery ended before configured recovery target was
+    /// reached`) rather than open a copy short of the target.
+    pub async fn restore_into(
+        &self,
+        stanza: &str,
+        pg1_path: &Path,
+        target: Option<jiff::Timestamp>,
+    ) -> Result<(), BackupError> {
+        check_stanza_name(stanza)?;
+        let pg1 = format!("--pg1-path={}", pg1_path.display());
+        let mut args = vec!["restore".to_string(), pg1];
+        match target {
+            // pgBackRest selects the backup set by this format only.
+            Some(at) => args.extend([
+                "--type=time".to_string(),
+                format!("--target={}", pgbackrest_time(at)),
+                "--target-exclusive".to_string(),
+                "--target-action=promote".to_string(),
+            ]),
+            None => args.push("--type=default".to_string()),
+        }
+        let args: Vec<&str> = args.iter().map(String::as_str).collect();
+        self.run(stanza, &args, BACKUP_TIMEOUT, HINT_RESTORE).await.map(|_| ())
+    }
+
     /// The stanza's backups, oldest first (empty when the stanza has none or does not exist).
     pub async fn list(&self, stanza: &str) -> Result<Vec<BackupInfo>, BackupError> {
         check_stanza_name(stanza)?;
@@ -606,6 +636,22 @@ const HINT_BACKUP: &str =
     "check that the instance is running and archiving (pgbackrest check) and that the repository has free space";
 const HINT_INFO: &str = "check that the repository is readable by the server user";
 const HINT_VERIFY: &str = "check that the repository is readable by the server user";
+/// `2026-12-01 02:44:49.123456+00`: the one time format pgBackRest reads
+/// to choose a backup set for a time target (and PostgreSQL reads too).
+fn pgbackrest_time(at: jiff::Timestamp) -> String {
+    let z = at.to_zoned(jiff::tz::TimeZone::UTC);
+    format!(
+        "{:04}-{:02}-{:02} {:02}:{:02}:{:02}.{:06}+00",
+        z.year(),
+        z.month(),
+        z.day(),
+        z.hour(),
+        z.minute(),
+        z.second(),
+        z.subsec_nanosecond() / 1000
+    )
+}
+
 const HINT_RESTORE: &str = "if pgBackRest reports a checksum, format or decompression error, the backup is damaged: take a new \
      full backup now and find out what altered the repository; otherwise check that the scratch directory is writable by the \
      server user and has room for the database";

@@ -101,6 +101,7 @@ impl Harness {
             settings: Default::default(),
             engine: drover_model::EngineKind::Postgres,
             host: None,
+            restore_from: None,
         }
     }
 

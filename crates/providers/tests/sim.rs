@@ -53,6 +53,7 @@ fn provision(role: Role) -> ActionKind {
         settings: Default::default(),
         engine: drover_model::EngineKind::Postgres,
         host: None,
+        restore_from: None,
     }
 }
 fn inject(fault: Fault) -> ActionKind {

@@ -144,6 +144,44 @@ pub(crate) async fn post_switchover(
     service_command(state, caller, Command::Switchover { name: name.clone() }, &name).await
 }
 
+/// A fork: a new service `name` with the source's plan and its data as of
+/// `at`, restored from the source's backups and archived WAL.
+#[derive(Deserialize, utoipa::ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct ForkService {
+    /// The new service's name (a DNS label, like any service's).
+    #[schema(pattern = r"^[a-z0-9][a-z0-9-]*$", min_length = 1, max_length = 63)]
+    pub name: String,
+    /// RFC 3339, fractional seconds allowed: the fork holds what committed
+    /// before this moment. Absent: everything the source committed until
+    /// the fork starts (Drover archives it first).
+    #[serde(default)]
+    pub at: Option<String>,
+}
+
+/// Fork a PostgreSQL service, or roll it back into a new one: a new service
+/// with the source's plan (engine, followers, team, zones, provider) and
+/// its own URL and credential, holding the source's data as of `at` (to the
+/// microsecond) or its latest. Needs a backup of the source taken before
+/// `at` (409 when the source has none or cannot be forked); a name taken is 409.
+#[utoipa::path(post, path = "/v1/services/{name}/fork", tag = "services", request_body = ForkService,
+    params(("name" = String, Path, description = "The source service")),
+    responses((status = 202, body = ServiceView), (status = 400, body = ErrorBody), (status = 404, body = ErrorBody),
+        (status = 409, body = ErrorBody), (status = 422, body = ErrorBody)))]
+pub(crate) async fn post_fork(
+    State(state): State<AppState>,
+    Caller(caller): Caller,
+    Path(source): Path<String>,
+    Json(request): Json<ForkService>,
+) -> Result<Response, ApiError> {
+    let at = match request.at.as_deref() {
+        Some(text) => Some(drover_model::Timestamp::parse(text).map_err(ApiError::bad_request)?),
+        None => None,
+    };
+    let command = Command::ForkService { source: source.clone(), name: request.name, at };
+    service_command(state, caller, command, &source).await
+}
+
 /// Clears "needs a human" after a person looked: the engine tries its
 /// remedies again. Audited under the caller's name.
 #[utoipa::path(post, path = "/v1/services/{name}/resume", tag = "services",

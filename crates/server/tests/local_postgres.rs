@@ -737,3 +737,99 @@ async fn a_rollout_under_load_moves_two_services_onto_a_new_setting_without_a_fa
     }
     t.stop().await;
 }
+
+/// Waits for a fork to be available; if it never is, shows why.
+async fn wait_fork(t: &common::TestServer, name: &str) -> Value {
+    let deadline = Instant::now() + SLOW;
+    loop {
+        let s = t.service(name).await;
+        let all =
+            s["instances"].as_array().is_some_and(|i| !i.is_empty() && i.iter().all(|i| i["state"] == "available"));
+        if s["state"] == "available" && all {
+            return s;
+        }
+        if Instant::now() > deadline {
+            let events = t.events(&format!("service={name}")).await;
+            let causes: Vec<_> = events.iter().filter_map(|e| e["cause"].as_str()).collect();
+            panic!("fork {name} not available: {s:#}\nevents: {causes:#?}");
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+/// Inserts `range` through `url`, one autocommit statement each.
+async fn insert(url: &str, range: std::ops::RangeInclusive<u64>) {
+    let c = connect(url).await.expect("connect to write");
+    for n in range {
+        c.execute("INSERT INTO writes VALUES ($1)", &[&(n as i64)]).await.expect("insert");
+    }
+}
+
+/// The fork contract (issue 17): a fork at a given moment holds exactly the
+/// rows committed before it, a fork of "latest" holds every acknowledged
+/// row, each fork has its own URL and credential (the source's password is
+/// refused there) and writes to it leave the source alone; forking a
+/// service with no backup, from the future, or of a name taken is refused.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_fork_at_a_moment_holds_exactly_what_committed_before_it_and_a_fork_of_latest_everything() {
+    let (t, _reaper) = start_local().await;
+    let src = create_pg(&t, "pgsrc").await;
+    let url = src["url"].as_str().unwrap().to_string();
+    let c = connect(&url).await.unwrap();
+    c.batch_execute("CREATE TABLE writes (n bigint PRIMARY KEY)").await.unwrap();
+    insert(&url, 1..=100).await;
+    let (status, body) = t.post("/v1/services/pgsrc/fork", json!({"name": "pgtoo-early"})).await;
+    assert_eq!(status, 409, "no backup yet: {body}");
+    assert!(body["error"].as_str().unwrap().contains("no backup"), "{body}");
+    let (status, body) = t.post("/v1/services/pgsrc/backups", json!({})).await;
+    assert_eq!(status, 202, "{body}");
+    poll(SLOW, "backup recorded", || async {
+        let s = t.service("pgsrc").await;
+        (!s["backups"]["last_backup_at"].is_null()).then_some(())
+    })
+    .await;
+    // Rows after the backup live only in archived WAL.
+    insert(&url, 101..=200).await;
+    let moment: String = c
+        .query_one("SELECT to_char(clock_timestamp() AT TIME ZONE 'UTC', 'YYYY-MM-DD\"T\"HH24:MI:SS.US\"Z\"')", &[])
+        .await
+        .unwrap()
+        .get(0);
+    tokio::time::sleep(Duration::from_millis(20)).await;
+    insert(&url, 201..=300).await;
+
+    let (status, body) = t.post("/v1/services/pgsrc/fork", json!({"name": "pgsrc", "at": moment})).await;
+    assert_eq!(status, 409, "the name is taken: {body}");
+    let (status, body) = t.post("/v1/services/pgsrc/fork", json!({"name": "pgf", "at": "2999-01-01T00:00:00Z"})).await;
+    assert_eq!(status, 400, "a moment in the future: {body}");
+    let (status, body) = t.post("/v1/services/pgsrc/fork", json!({"name": "pgf", "at": "yesterday"})).await;
+    assert_eq!(status, 400, "not a time: {body}");
+
+    let (status, body) = t.post("/v1/services/pgsrc/fork", json!({"name": "pgat", "at": moment})).await;
+    assert_eq!(status, 202, "{body}");
+    assert_eq!(body["forked_from"]["service"], "pgsrc", "{body}");
+    let at = wait_fork(&t, "pgat").await;
+    let at_url = at["url"].as_str().unwrap().to_string();
+    assert_ne!(at_url, url, "a fork has its own URL");
+    let expected: std::collections::BTreeSet<u64> = (1..=200).collect();
+    assert_eq!(rows(&at_url).await, expected, "the fork at {moment} holds exactly rows 1..=200");
+
+    // Latest: a row acknowledged a moment before the fork is in it.
+    insert(&url, 301..=301).await;
+    let (status, body) = t.post("/v1/services/pgsrc/fork", json!({"name": "pglatest"})).await;
+    assert_eq!(status, 202, "{body}");
+    let latest = wait_fork(&t, "pglatest").await;
+    let latest_url = latest["url"].as_str().unwrap().to_string();
+    let expected: std::collections::BTreeSet<u64> = (1..=301).collect();
+    assert_eq!(rows(&latest_url).await, expected, "the fork of latest holds every acknowledged row");
+
+    // Its own credential: the source's password does not open the fork.
+    let port = |u: &str| u.rsplit(':').next().unwrap().split('/').next().unwrap().to_string();
+    let borrowed = url.replace(&format!(":{}/", port(&url)), &format!(":{}/", port(&latest_url)));
+    assert!(connect(&borrowed).await.is_none(), "the source's credential is refused by the fork");
+    // Writes to the fork leave the source alone.
+    insert(&latest_url, 1000..=1000).await;
+    assert!(!rows(&url).await.contains(&1000), "a write to the fork reached the source");
+    let events = t.events("service=pglatest").await;
+    assert!(events.iter().any(|e| e["cause"].as_str().is_some_and(|c| c.contains("forked from pgsrc"))), "{events:#?}");
+}

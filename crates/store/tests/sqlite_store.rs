@@ -43,6 +43,7 @@ fn service(n: u64, name: &str, state: ServiceState) -> ServiceRecord {
         backups: BackupStatus { last_backup_at: Some(Timestamp(T0 + 5)), ..Default::default() },
         credentials: CredentialStatus { last_rotated_at: Some(Timestamp(T0 + 6)), ..Default::default() },
         maintenance_window: None,
+        forked_from: None,
     }
 }
 
@@ -146,6 +147,7 @@ fn commit_then_load_round_trips_every_record_exactly() {
         settings: Default::default(),
         engine: drover_model::EngineKind::Postgres,
         host: Some("host-b".into()),
+        restore_from: None,
     };
     let a1 = action(1, s1.id, i1.id, provision, ActionState::Pending);
     let a2 = action(2, s2.id, i2.id, ActionKind::InjectFault { fault: Fault::Hang }, ActionState::Running);

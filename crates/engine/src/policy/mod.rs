@@ -108,6 +108,12 @@ pub trait EnginePolicy: Send + Sync + fmt::Debug {
     fn restarts_before_rebuild(&self) -> u32;
     /// Where the service's backups come from.
     fn backups(&self) -> BackupSource;
+    /// Whether a new service can be forked from this one's backups and
+    /// archived log, to a moment (PostgreSQL: base backup + WAL replay).
+    /// Engines whose backups are snapshots only cannot.
+    fn forks_to_a_moment(&self) -> bool {
+        false
+    }
 }
 
 /// The policy of each engine kind, looked up per service.

@@ -50,6 +50,10 @@ impl EnginePolicy for PostgresPolicy {
     fn backups(&self) -> BackupSource {
         BackupSource::Primary
     }
+    /// pgBackRest restores a base backup and replays archived WAL to a time.
+    fn forks_to_a_moment(&self) -> bool {
+        true
+    }
 }
 
 #[cfg(test)]

@@ -6,7 +6,7 @@ use super::process::{self, ProcState};
 use super::registry::{InstanceEntry, Lifecycle, ServiceEntry};
 use super::{lock, Inner};
 use crate::ActionError;
-use drover_model::{ActionKind, ActionOutcome, ActionRecord, Fault, InstanceId, Role, ServiceId};
+use drover_model::{ActionKind, ActionOutcome, ActionRecord, Fault, InstanceId, RestoreFrom, Role, ServiceId};
 use nix::sys::signal::Signal;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -73,8 +73,10 @@ impl Inner {
     async fn execute_postgres(self: &Arc<Self>, action: &ActionRecord) -> Done {
         let id = action.instance;
         match &action.kind {
-            ActionKind::Provision { role, service_name, sync, settings, .. } => {
-                self.provision(id, action.service, *role, service_name, *sync, settings).await
+            ActionKind::Provision { role, service_name, sync, settings, restore_from, .. } => {
+                let new =
+                    NewMember { role: *role, service_name, sync: *sync, settings, restore_from: restore_from.as_ref() };
+                self.provision(id, action.service, new).await
             }
             ActionKind::Probe => self.probe(id).await,
             ActionKind::Fence { immediate } => self.fence(id, *immediate).await,
@@ -91,15 +93,8 @@ impl Inner {
         }
     }
 
-    async fn provision(
-        self: &Arc<Self>,
-        id: InstanceId,
-        service_id: ServiceId,
-        role: Role,
-        service_name: &str,
-        sync: bool,
-        settings: &std::collections::BTreeMap<String, String>,
-    ) -> Done {
+    async fn provision(self: &Arc<Self>, id: InstanceId, service_id: ServiceId, new: NewMember<'_>) -> Done {
+        let NewMember { role, service_name, sync, settings, restore_from } = new;
         if role == Role::Broker {
             // The engine refuses such services first (`engines()`); this is the backstop.
             return Err(ActionError::Config("the local provider runs PostgreSQL only: it builds no brokers".into()));
@@ -140,12 +135,21 @@ impl Inner {
         postgres::check_settings(settings)?;
         let entry = self.register(id, service_id, role, service_name, sync, settings, existing)?;
         self.prepare_dir(&entry.dir)?;
-        match role {
-            Role::Primary => self.build_primary(&entry).await?,
-            Role::Follower => self.build_follower(&entry).await?,
-            Role::Broker => return Err(ActionError::Config("the local provider builds no brokers".into())),
+        match (role, restore_from) {
+            (Role::Primary, Some(from)) => self.build_primary_from_backup(&entry, from).await?,
+            (Role::Primary, None) => self.build_primary(&entry).await?,
+            (Role::Follower, _) => self.build_follower(&entry).await?,
+            (Role::Broker, _) => return Err(ActionError::Config("the local provider builds no brokers".into())),
         }
-        self.start_server(id, &entry).await?;
+        if let Err(e) = self.start_server(id, &entry).await {
+            return Err(match restore_from {
+                Some(from) => fork_start_error(from, e, &entry),
+                None => e,
+            });
+        }
+        if let Some(from) = restore_from {
+            self.open_fork(id, &entry, from).await?;
+        }
         match role {
             Role::Primary => self.ensure_app_roles(&entry).await?,
             Role::Follower => self.wait_streaming(&entry).await?,
@@ -278,6 +282,100 @@ impl Inner {
         result?;
         postgres::write_config(&self.run_as, entry, &self.settings())?;
         Ok(())
+    }
+
+    /// A fork's primary: the source service's data restored from its
+    /// backups and archived WAL, then configured as this service's own
+    /// server (its port and socket, WAL archived under its own name).
+    async fn build_primary_from_backup(&self, entry: &InstanceEntry, from: &RestoreFrom) -> Result<(), ActionError> {
+        let repo = self.config.backups.clone().ok_or_else(|| {
+            ActionError::Config(
+                "no backup repository is configured for the local provider: nothing to fork from".into(),
+            )
+        })?;
+        // What the source committed until now must be in the archive: a
+        // commit record after the target (recovery to a time stops at the
+        // first commit past it) and the WAL switched and archived, which
+        // `pgbackrest check` does and waits for.
+        let source = self.primary_by_name(&from.service);
+        let archived = match &source {
+            Some(src) => match postgres::execute(src, "SELECT txid_current()", SQL_TIMEOUT).await {
+                Ok(_) => repo.ensure_stanza(&from.service, &self.pg_target(src)).await.map_err(backup_error),
+                Err(e) => Err(e),
+            },
+            None => Err(ActionError::Unavailable(format!("{} has no running primary here", from.service))),
+        };
+        if let Err(e) = archived {
+            if from.at.is_none() {
+                return Err(ActionError::Unavailable(format!(
+                    "cannot make sure everything {} committed is archived ({e}); a fork of its latest state waits for that",
+                    from.service
+                )));
+            }
+            tracing::warn!(source = %from.service, error = %e, "forking from what is archived already");
+        }
+        let pgdata = entry.pgdata();
+        self.prepare_dir(&pgdata)?;
+        let target = match from.at {
+            Some(at) => Some(
+                jiff::Timestamp::from_microsecond(at.0)
+                    .map_err(|e| ActionError::Config(format!("fork target {}: {e}", at.0)))?,
+            ),
+            None => None,
+        };
+        repo.restore_into(&from.service, &pgdata, target).await.map_err(backup_error)?;
+        // The source's synchronous standbys do not exist here: its first
+        // write would wait for them forever.
+        postgres::drop_auto_conf(&self.run_as, &pgdata, &["synchronous_standby_names"])?;
+        postgres::write_config(&self.run_as, entry, &self.settings())?;
+        Ok(())
+    }
+
+    /// After a fork's server started: waits for its replay to reach the
+    /// target and promote, forgets the recovery settings and the source's
+    /// logins (the fork gets its own credential next), and creates its own
+    /// backup stanza so its WAL is archived from its first write.
+    async fn open_fork(&self, id: InstanceId, entry: &InstanceEntry, from: &RestoreFrom) -> Result<(), ActionError> {
+        let deadline = Instant::now() + PROMOTE_WAIT;
+        loop {
+            let in_recovery = postgres::execute(entry, "SELECT pg_is_in_recovery()", SQL_TIMEOUT).await;
+            match in_recovery.as_deref() {
+                Ok([Some(f)]) if f == "f" => break,
+                _ if !self.servers.running(id) => {
+                    return Err(fork_start_error(
+                        from,
+                        ActionError::Failed("the server stopped during the replay".into()),
+                        entry,
+                    ))
+                }
+                _ if Instant::now() >= deadline => {
+                    return Err(ActionError::Timeout(format!(
+                        "the fork of {} did not finish its replay within {PROMOTE_WAIT:?}",
+                        from.service
+                    )))
+                }
+                _ => tokio::time::sleep(Duration::from_millis(100)).await,
+            }
+        }
+        // One statement per call: ALTER SYSTEM refuses a transaction block.
+        let mut statements = vec!["ALTER SYSTEM RESET ALL".to_string(), "SELECT pg_reload_conf()".to_string()];
+        for login in postgres::APP_LOGINS {
+            statements.push(format!("ALTER ROLE {login} NOLOGIN PASSWORD NULL"));
+        }
+        for sql in &statements {
+            postgres::execute(entry, sql, SQL_TIMEOUT).await?;
+        }
+        if let Some(repo) = &self.config.backups {
+            repo.ensure_stanza(&entry.service_name, &self.pg_target(entry)).await.map_err(backup_error)?;
+        }
+        Ok(())
+    }
+
+    /// The running primary of the service named `name`, if this provider has it.
+    fn primary_by_name(&self, name: &str) -> Option<InstanceEntry> {
+        let registry = lock(&self.registry);
+        let id = registry.services.values().find(|s| s.name == name).and_then(|s| s.primary)?;
+        registry.instances.get(&id).filter(|e| e.should_run()).cloned()
     }
 
     async fn build_follower(&self, entry: &InstanceEntry) -> Result<(), ActionError> {
@@ -791,6 +889,30 @@ impl Inner {
             self.routers.resume(service_id, &service).await;
         }
     }
+}
+
+/// What a new member is built as (the Provision action's fields).
+struct NewMember<'a> {
+    role: Role,
+    service_name: &'a str,
+    sync: bool,
+    settings: &'a std::collections::BTreeMap<String, String>,
+    restore_from: Option<&'a RestoreFrom>,
+}
+
+/// A fork whose server would not start or stopped in its replay: when its
+/// log says the target was never reached (the moment is past the end of
+/// the archive, or before the oldest backup), trying again cannot help.
+fn fork_start_error(from: &RestoreFrom, error: ActionError, entry: &InstanceEntry) -> ActionError {
+    let log = postgres::log_tail(entry);
+    if log.contains("recovery target") || log.contains("recovery ended before") {
+        return ActionError::InvalidState(format!(
+            "the fork of {} cannot reach {}: {log}",
+            from.service,
+            from.at.map_or_else(|| "the end of its archive".to_string(), |t| t.to_rfc3339())
+        ));
+    }
+    error
 }
 
 fn entry_id_name(entry: &InstanceEntry) -> String {

@@ -310,6 +310,19 @@ pub fn set_primary_conninfo(run_as: &RunAs, pgdata: &Path, conninfo: &str) -> Re
     Ok(())
 }
 
+/// Removes `names` from postgresql.auto.conf (what ALTER SYSTEM wrote)
+/// before the server starts.
+pub fn drop_auto_conf(run_as: &RunAs, pgdata: &Path, names: &[&str]) -> Result<(), ActionError> {
+    let path = pgdata.join("postgresql.auto.conf");
+    let Ok(old) = std::fs::read_to_string(&path) else { return Ok(()) };
+    let text: String = old
+        .lines()
+        .filter(|line| !names.iter().any(|n| line.trim_start().starts_with(n)))
+        .map(|line| format!("{line}\n"))
+        .collect();
+    write_owned(run_as, &path, &text, 0o600)
+}
+
 /// Connects over the instance's unix socket (peer auth) within `timeout`.
 pub async fn connect(entry: &InstanceEntry, timeout: Duration) -> Result<Client, ActionError> {
     let mut config = tokio_postgres::Config::new();

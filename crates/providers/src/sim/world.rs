@@ -354,6 +354,7 @@ mod tests {
             settings: Default::default(),
             engine,
             host: None,
+            restore_from: None,
         }
     }
     fn beat_of(beats: &[Beat], id: InstanceId) -> Option<&Beat> {
