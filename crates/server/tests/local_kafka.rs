@@ -364,6 +364,12 @@ async fn a_rollout_replaces_every_broker_under_load_and_no_record_fails_or_is_lo
     let mut built: Vec<i64> =
         succeeded("provision").iter().filter(|a| !is_old(a)).map(|a| at(a, "updated_at")).collect();
     let mut retired: Vec<i64> = succeeded("retire").iter().filter(|a| is_old(a)).map(|a| at(a, "created_at")).collect();
+    let retire_seconds: Vec<String> = succeeded("retire")
+        .iter()
+        .filter(|a| is_old(a))
+        .map(|a| format!("{:.1}", (at(a, "updated_at") - at(a, "created_at")) as f64 / 1e6))
+        .collect();
+    eprintln!("retirements of the old brokers (drain at the router, then stop), seconds: {retire_seconds:?}");
     built.sort();
     retired.sort();
     assert_eq!((built.len(), retired.len()), (3, 3), "{actions:#}");
