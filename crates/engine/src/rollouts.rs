@@ -740,7 +740,9 @@ impl Engine {
         let id = self.images.id(target);
         if let Some(&old) = old_members.first() {
             if new_members > 0 && new_members + old_members.len() > planned {
-                let cause = format!("rollout onto {id}: retire an old {rolled}, a {rolled} of the new image serves");
+                // Followers keep their words (the simulator's digests hash them).
+                let ready = if topology.rolls_by_switchover() { "streams" } else { "serves" };
+                let cause = format!("rollout onto {id}: retire an old {rolled}, a {rolled} of the new image {ready}");
                 self.open_action(old, ActionKind::Retire, &cause, true, now, out);
             } else {
                 self.build_new_member(sslot, rolled, &id, now, out);
