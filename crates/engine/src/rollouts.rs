@@ -6,7 +6,10 @@
 //! always one spare while the old goes); when no old follower is left, a
 //! planned switchover (fence the primary gracefully, promote a follower of
 //! the new image) and the fenced old primary retires as any leaver does.
-//! Never in place, never by failover. Each step is decided from the fleet as
+//! Peers (Kafka's brokers) move the same way without the switchover: a
+//! broker of the new image serves before an old one retires, until none
+//! is left (the topology's `rolled_role`). Never in place, never by
+//! failover. Each step is decided from the fleet as
 //! it is, so a step repeated after a restart finds it already done.
 //!
 //! The rollout moves a prefix of its services per wave (cumulative
@@ -22,7 +25,6 @@
 
 use crate::api::{CommandError, Outputs, Reply};
 use crate::fleet::HashMap;
-use crate::policy::Topology;
 use crate::records::fleet_event;
 use crate::Engine;
 use drover_model::{
@@ -163,14 +165,12 @@ impl Engine {
                 && s.instances
                     .iter()
                     .all(|&i| self.instances.get(i).is_none_or(|x| x.image == target || !x.state.is_member()));
-            let movable = self.policy_of(s).topology() == Topology::PrimaryWithFollowers;
             if s.engine == engine
                 && !s.deleting
                 && team_ok
                 && name_ok
                 && image_ok
                 && !there
-                && movable
                 && !self.rollouts.claimed.contains_key(&s.id)
             {
                 members.push((sslot, s.id, s.name.clone()));
@@ -692,10 +692,14 @@ impl Engine {
         if s.open_remedies > 0 {
             return Step::Wait;
         }
-        let planned = usize::from(self.policy_of(s).members(&s.plan).count(Role::Follower));
+        // What the policy's topology replaces side by side (followers, or
+        // every peer broker), and whether a switchover finishes the move.
+        let topology = self.policy_of(s).topology();
+        let rolled = topology.rolled_role();
+        let planned = usize::from(self.policy_of(s).members(&s.plan).count(rolled));
         let mut primary = None;
-        let mut old_followers = Vec::new();
-        let mut new_followers = 0usize;
+        let mut old_members = Vec::new();
+        let mut new_members = 0usize;
         let mut old_leavers = 0usize;
         for &i in &s.instances {
             let Some(x) = self.instances.get(i) else { continue };
@@ -716,29 +720,38 @@ impl Engine {
             }
             match x.role {
                 Role::Primary => primary = Some(i),
-                Role::Follower if x.image == target => new_followers += 1,
-                Role::Follower => old_followers.push(i),
-                Role::Broker => {}
+                r if r == rolled && x.image == target => new_members += 1,
+                r if r == rolled => old_members.push(i),
+                _ => {}
             }
         }
-        let Some(p) = primary else { return Step::Wait };
-        if self.instances.get(p).is_some_and(|x| self.braked_since(x.zone).is_some()) {
+        // The brake holds moves in the zone of the primary (of an old peer
+        // when there is no primary).
+        let anchor = if topology.rolls_by_switchover() {
+            let Some(p) = primary else { return Step::Wait };
+            Some(p)
+        } else {
+            old_members.first().copied()
+        };
+        if anchor.and_then(|a| self.instances.get(a)).is_some_and(|x| self.braked_since(x.zone).is_some()) {
             return Step::Wait;
         }
-        let primary_old = self.instances.get(p).is_some_and(|x| x.image != target);
+        let primary_old = primary.and_then(|p| self.instances.get(p)).is_some_and(|x| x.image != target);
         let id = self.images.id(target);
-        if let Some(&old) = old_followers.first() {
-            if new_followers > 0 && new_followers + old_followers.len() > planned {
-                let cause = format!("rollout onto {id}: retire an old follower, a follower of the new image streams");
+        if let Some(&old) = old_members.first() {
+            if new_members > 0 && new_members + old_members.len() > planned {
+                // Followers keep their words (the simulator's digests hash them).
+                let ready = if topology.rolls_by_switchover() { "streams" } else { "serves" };
+                let cause = format!("rollout onto {id}: retire an old {rolled}, a {rolled} of the new image {ready}");
                 self.open_action(old, ActionKind::Retire, &cause, true, now, out);
             } else {
-                self.build_new_follower(sslot, &id, now, out);
+                self.build_new_member(sslot, rolled, &id, now, out);
             }
             return Step::Acted;
         }
-        if primary_old {
-            if new_followers == 0 {
-                self.build_new_follower(sslot, &id, now, out);
+        if let Some(p) = primary.filter(|_| primary_old) {
+            if new_members == 0 {
+                self.build_new_member(sslot, rolled, &id, now, out);
                 return Step::Acted;
             }
             if self.best_follower(sslot, now).is_none() {
@@ -749,8 +762,8 @@ impl Engine {
             self.mark_dirty(sslot);
             return Step::Acted;
         }
-        if new_followers < planned || old_leavers > 0 {
-            // Reconcile builds the missing follower and retires the leavers.
+        if new_members < planned || old_leavers > 0 {
+            // Reconcile builds the missing member and retires the leavers.
             self.mark_dirty(sslot);
             return Step::Wait;
         }
@@ -760,10 +773,10 @@ impl Engine {
         }
     }
 
-    fn build_new_follower(&mut self, sslot: u32, image: &ImageId, now: i64, out: &mut Outputs) {
+    fn build_new_member(&mut self, sslot: u32, role: Role, image: &ImageId, now: i64, out: &mut Outputs) {
         let zone = self.zone_for_new_member(sslot);
-        let cause = format!("rollout onto {image}: build a follower from the new image");
-        self.provision(sslot, Role::Follower, zone, &cause, now, out);
+        let cause = format!("rollout onto {image}: build a {role} from the new image");
+        self.provision(sslot, role, zone, &cause, now, out);
     }
 
     /// Rollouts and their members from the store after a restart: a member

@@ -168,3 +168,74 @@ fn a_zone_losing_every_broker_is_healed_within_its_budget() {
         assert!(s.instances.iter().all(|i| i.zone != "zone-a" && !in_zone_a.contains(&i.id)), "{s:#?}");
     }
 }
+
+/// A rollout of a peer-brokers service (issue 14): each broker is replaced
+/// by one built from the new image, which serves before an old one
+/// retires; never fewer serving brokers than planned, never more than one
+/// extra, no fence, no promotion, no switchover.
+#[test]
+fn a_rollout_replaces_every_broker_one_at_a_time_new_before_old() {
+    let mut h = harness(fast_config());
+    let created = create_cluster(&mut h, "kf1", 3);
+    h.advance(Duration::from_secs(5));
+    assert_eq!(h.service("kf1").state, ServiceState::Available);
+    let patched = Image::new(
+        EngineKind::Kafka,
+        "0.6.0-patched",
+        Default::default(),
+        [("linux-image".to_string(), "patched".to_string())].into_iter().collect(),
+        Timestamp(h.now),
+    );
+    let to = patched.id.clone();
+    h.command(Command::RegisterImage(patched)).expect("the new image registers");
+    let spec = RolloutSpec {
+        to_image: to.clone(),
+        selector: Selector { engine: Some(EngineKind::Kafka), ..Default::default() },
+        waves: vec![100],
+        soak_seconds: 5,
+        max_failures: 1,
+        required_by: None,
+    };
+    let id = match h.command(Command::CreateRollout(spec)) {
+        Ok(Reply::Rollout(v)) => {
+            assert_eq!(v.total, 1, "the Kafka service is selected: {v:#?}");
+            v.id
+        }
+        other => panic!("rollout not created: {other:?}"),
+    };
+    let (mut fewest, mut most) = (usize::MAX, 0);
+    for _ in 0..600 {
+        h.advance(Duration::from_millis(500));
+        let s = h.service("kf1");
+        let serving = s.instances.iter().filter(|i| i.state == InstanceState::Available && !i.fenced).count();
+        (fewest, most) = (fewest.min(serving), most.max(serving));
+        if h.e.rollout_view(id, Timestamp(h.now)).is_some_and(|v| v.state.is_finished()) {
+            break;
+        }
+    }
+    let v = h.e.rollout_view(id, Timestamp(h.now)).unwrap();
+    assert_eq!((v.state, v.done, v.failed), (RolloutState::Succeeded, 1, 0), "{v:#?}");
+    h.advance(Duration::from_secs(30));
+    let s = h.service("kf1");
+    assert_eq!(s.state, ServiceState::Available, "{s:#?}");
+    let serving: Vec<&InstanceView> = s.instances.iter().filter(|i| i.state.is_member()).collect();
+    assert_eq!(serving.len(), 3, "{s:#?}");
+    for b in &serving {
+        assert_eq!((b.role, b.image.as_str()), (Role::Broker, to.0.as_str()), "{s:#?}");
+        assert!(created.instances.iter().all(|c| c.id != b.id), "every broker is a new one");
+    }
+    assert_eq!(fewest, 3, "never fewer serving brokers than planned");
+    assert!(most <= 4, "one extra broker at a time, at most: {most}");
+    // The k-th old broker's retirement began after the k-th new broker was built.
+    let is_old = |a: &&ActionRecord| created.instances.iter().any(|c| c.id == a.instance);
+    let mut built: Vec<i64> =
+        h.succeeded("provision").into_iter().filter(|a| !is_old(a)).map(|a| a.updated_at.0).collect();
+    let mut retired: Vec<i64> = h.succeeded("retire").into_iter().filter(is_old).map(|a| a.created_at.0).collect();
+    built.sort();
+    retired.sort();
+    assert_eq!((built.len(), retired.len()), (3, 3), "three built by the roll, three old ones retired");
+    for (k, (b, r)) in built.iter().zip(&retired).enumerate() {
+        assert!(b <= r, "old broker {k} retired at {r} before new broker {k} was built at {b}");
+    }
+    assert_eq!((dispatched(&h, "fence"), dispatched(&h, "promote")), (0, 0), "no fence, no switchover");
+}

@@ -290,3 +290,90 @@ async fn a_kafka_service_takes_records_and_heals_a_killed_broker_under_load_losi
         "the killed broker still serves: {victim_now:?}"
     );
 }
+
+/// Done means of issue 14: a rolling replacement of every broker (a
+/// rollout onto a new Kafka image) under produce load, through the
+/// bootstrap address: each new broker serves before an old one is drained
+/// out of the router and retired; every record is acknowledged (none
+/// failed: what was cut in flight the client resent by itself) and
+/// consumed back, and every broker is a new one on the new image.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_rollout_replaces_every_broker_under_load_and_no_record_fails_or_is_lost() {
+    let (t, _reaper) = start_local().await;
+    let (status, body) = t.post("/v1/services", json!({"name": "kr1", "engine": "kafka", "provider": "local"})).await;
+    assert_eq!(status, 201, "{body}");
+    let s = wait_brokers(&t, "kr1", None).await;
+    let addr = bootstrap(&s);
+    let old: BTreeSet<String> = serving_brokers(&s).iter().map(|b| b["id"].as_str().unwrap().to_string()).collect();
+    let old_image = serving_brokers(&s)[0]["image"].as_str().unwrap().to_string();
+
+    run_client(&["create", &addr, "payments"]);
+    let producer = Producer::start(&addr, "payments", t.dir.path());
+    poll(SLOW, "first acknowledgements", || async { (producer.acked() >= 200).then_some(()) }).await;
+
+    let (status, image) = t.post("/v1/images", json!({"engine": "kafka", "version": "tansu-0.6.0-rolled"})).await;
+    assert!(status == 201 || status == 200, "{image}");
+    let to = image["id"].as_str().unwrap().to_string();
+    assert_ne!(to, old_image, "a new image");
+    let rolled_at = std::time::Instant::now();
+    let (status, r) = t
+        .post(
+            "/v1/rollouts",
+            json!({"to_image": to, "selector": {"engine": "kafka"}, "waves": [100], "soak_seconds": 1}),
+        )
+        .await;
+    assert_eq!(status, 201, "{r}");
+    assert_eq!(r["total"], 1, "the Kafka service is selected: {r}");
+    let rid = r["id"].as_str().unwrap().to_string();
+    poll(SLOW, "rollout succeeded", || async {
+        let (_, r) = t.get(&format!("/v1/rollouts/{rid}")).await;
+        assert!(r["state"] != "paused" && r["state"] != "failed", "{r}");
+        (r["state"] == "succeeded").then_some(())
+    })
+    .await;
+    let roll_seconds = rolled_at.elapsed().as_secs_f64();
+    let rolled = wait_brokers(&t, "kr1", None).await;
+    assert_eq!(bootstrap(&rolled), addr, "the bootstrap address is stable");
+    for b in serving_brokers(&rolled) {
+        assert!(!old.contains(b["id"].as_str().unwrap()), "an old broker still serves: {b}");
+        assert_eq!(b["image"].as_str(), Some(to.as_str()), "{b}");
+    }
+    let after = producer.acked();
+    poll(SLOW, "production continues after the roll", || async { (producer.acked() >= after + 300).then_some(()) })
+        .await;
+    let (acks, fails) = producer.finish();
+    let gap = longest_gap(&acks);
+    eprintln!(
+        "kafka rolling replacement of 3 brokers under load: {} records acknowledged, {} failed, longest gap between \
+         acknowledgements {gap:.3} s, roll {roll_seconds:.1} s",
+        acks.len(),
+        fails.len()
+    );
+    assert!(fails.is_empty(), "records the producer gave up on: {fails:?}");
+    assert!(gap < 10.0, "longest gap between acknowledgements {gap:.3} s");
+    consume_all(&addr, "payments", &acks);
+    // New before old: the k-th old broker began retiring (drained at the
+    // router, then stopped) only after the k-th new broker was built.
+    let (status, actions) = t.get("/v1/actions?service=kr1").await;
+    assert_eq!(status, 200, "{actions}");
+    let at = |a: &Value, field: &str| serde_json::from_value::<drover_model::Timestamp>(a[field].clone()).unwrap().0;
+    let succeeded = |kind: &str| -> Vec<Value> {
+        actions.as_array().unwrap().iter().filter(|a| a["kind"] == kind && a["state"] == "succeeded").cloned().collect()
+    };
+    let is_old = |a: &Value| old.contains(a["instance"].as_str().unwrap());
+    let mut built: Vec<i64> =
+        succeeded("provision").iter().filter(|a| !is_old(a)).map(|a| at(a, "updated_at")).collect();
+    let mut retired: Vec<i64> = succeeded("retire").iter().filter(|a| is_old(a)).map(|a| at(a, "created_at")).collect();
+    let retire_seconds: Vec<String> = succeeded("retire")
+        .iter()
+        .filter(|a| is_old(a))
+        .map(|a| format!("{:.1}", (at(a, "updated_at") - at(a, "created_at")) as f64 / 1e6))
+        .collect();
+    eprintln!("retirements of the old brokers (drain at the router, then stop), seconds: {retire_seconds:?}");
+    built.sort();
+    retired.sort();
+    assert_eq!((built.len(), retired.len()), (3, 3), "{actions:#}");
+    for (k, (b, r)) in built.iter().zip(&retired).enumerate() {
+        assert!(b <= r, "old broker {k} began retiring before new broker {k} was built: {actions:#}");
+    }
+}

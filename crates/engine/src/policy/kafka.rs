@@ -6,6 +6,12 @@
 //! promoted: a broker that fails is fenced (cut at the router) and replaced
 //! by a new one, which serves at once (it holds no data of its own).
 //! Durability is the storage's, not a partition replica's.
+//!
+//! A rollout (`Topology::rolled_role`: brokers, no switchover) replaces the
+//! brokers one at a time: a broker of the new image is built and serves
+//! before an old one retires, and a retiring broker is drained at the
+//! router (no new connection, its sessions given time to end) before it
+//! stops, so a client only ever reconnects to the same bootstrap address.
 
 use super::{BackupSource, Candidate, EnginePolicy, Members, Topology};
 use drover_model::{EngineKind, Plan};

@@ -36,6 +36,25 @@ pub enum Topology {
     PeerBrokers,
 }
 
+impl Topology {
+    /// The members a rolling replacement replaces one at a time, each new
+    /// one built from the new image (and serving) before an old one
+    /// retires: followers of a primary, or every peer.
+    pub fn rolled_role(self) -> Role {
+        match self {
+            Topology::PrimaryWithFollowers => Role::Follower,
+            Topology::PeerBrokers => Role::Broker,
+        }
+    }
+    /// Whether a roll ends with a planned switchover: a primary is the one
+    /// member not replaced side by side (fence it gracefully, promote a
+    /// follower of the new image). Peers have none: the roll is done when
+    /// the last old peer has retired.
+    pub fn rolls_by_switchover(self) -> bool {
+        self == Topology::PrimaryWithFollowers
+    }
+}
+
 /// How many members of each role a plan asks for.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct Members {

@@ -56,6 +56,26 @@ const SLOTS: u8 = 8;
 const START_TIMEOUT: Duration = Duration::from_secs(30);
 /// A probe: ApiVersions on a fresh connection.
 const PROBE_TIMEOUT: Duration = Duration::from_millis(500);
+/// How long a retiring broker drains at the router (no new connection
+/// reaches it) before its remaining sessions are shut. Kafka clients keep
+/// their connections open for good (librdkafka's `connections.max.idle.ms`
+/// is off by default), so most drains end here: the shut sessions'
+/// clients reconnect to the same bootstrap address, which hands them to a
+/// peer, and resend what was in flight (a produce request the client
+/// retries by itself). Long enough for requests in flight to be answered.
+const DRAIN_TIMEOUT: Duration = Duration::from_secs(3);
+/// How often a draining broker's sessions are counted.
+const DRAIN_POLL: Duration = Duration::from_millis(100);
+
+/// Where a retiring broker is in leaving the router (in memory only: a
+/// Retire retried after a restart drains again).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Leaving {
+    /// `drain`: no new connection, its open sessions go on.
+    Draining,
+    /// `maint`, its sessions shut: about to be stopped.
+    Cut,
+}
 /// The cluster id every broker of a service shares.
 fn cluster_id(service: ServiceId) -> String {
     format!("drover-{}", service.0.simple())
@@ -125,6 +145,8 @@ pub(super) struct Kafka {
     brokers: Mutex<HashMap<InstanceId, ServerProcess>>,
     storages: Mutex<HashMap<ServiceId, ServerProcess>>,
     routers: Mutex<HashMap<ServiceId, ServerProcess>>,
+    /// Retiring brokers on their way out of the router.
+    leaving: Mutex<HashMap<InstanceId, Leaving>>,
 }
 
 /// Where the broker binary is: `DROVER_TANSU`, else cargo's bin directory,
@@ -223,6 +245,7 @@ impl Kafka {
             brokers: Mutex::new(HashMap::new()),
             storages: Mutex::new(HashMap::new()),
             routers: Mutex::new(HashMap::new()),
+            leaving: Mutex::new(HashMap::new()),
         })
     }
 
@@ -342,6 +365,19 @@ fn router_config(socket: &Path, router_port: u16, slots: &BTreeMap<u8, u16>) -> 
         ));
     }
     text
+}
+
+/// The sessions the router holds open to server `b<slot>` (`show stat`,
+/// `scur`).
+async fn router_sessions(socket: &Path, slot: u8) -> Result<u64, String> {
+    let stat = haproxy::command_line(socket, "show stat").await?;
+    let server = format!("b{slot}");
+    // pxname,svname,qcur,qmax,scur,...
+    stat.lines()
+        .map(|l| l.split(',').collect::<Vec<_>>())
+        .find(|f| f.len() > 4 && f[0] == "kafka" && f[1] == server)
+        .and_then(|f| f[4].parse().ok())
+        .ok_or_else(|| format!("the router's `show stat` has no sessions count for kafka/{server}"))
 }
 
 /// The storage's unix socket directory: in the service's directory when
@@ -763,12 +799,18 @@ impl Inner {
     /// config; started when not running, else told through its runtime API.
     async fn kafka_route(self: &Arc<Self>, service_id: ServiceId) -> Result<(), ActionError> {
         let service = self.kafka.service(service_id)?;
-        let slots: BTreeMap<u8, u16> = lock(&self.kafka.registry)
-            .instances
-            .values()
-            .filter(|b| b.service == service_id && b.should_run())
-            .map(|b| (b.slot, b.port))
-            .collect();
+        let leaving = lock(&self.kafka.leaving).clone();
+        let (mut slots, mut draining) = (BTreeMap::new(), BTreeMap::new());
+        for (id, b) in lock(&self.kafka.registry).instances.iter() {
+            if b.service != service_id || !b.should_run() {
+                continue;
+            }
+            match leaving.get(id) {
+                None => slots.insert(b.slot, b.port),
+                Some(Leaving::Draining) => draining.insert(b.slot, b.port),
+                Some(Leaving::Cut) => None,
+            };
+        }
         let dir = self.kafka.service_dir(service_id).join("router");
         self.run_as
             .prepare_dir(&dir, 0o700)
@@ -788,12 +830,14 @@ impl Inner {
         }
         let mut line = Vec::new();
         for slot in 0..SLOTS {
-            match slots.get(&slot) {
-                Some(port) => line.push(format!(
+            match (slots.get(&slot), draining.contains_key(&slot)) {
+                (Some(port), _) => line.push(format!(
                     "set server kafka/b{slot} addr 127.0.0.1 port {port}; set server kafka/b{slot} state ready; \
                      set server kafka/b{slot} health up"
                 )),
-                None => {
+                // A (re)started router never routes to it: it starts in maint.
+                (None, true) => line.push(format!("set server kafka/b{slot} state drain")),
+                (None, false) => {
                     line.push(format!("set server kafka/b{slot} state maint; shutdown sessions server kafka/b{slot}"))
                 }
             }
@@ -879,17 +923,55 @@ impl Inner {
         let Some(entry) = self.kafka.broker(id) else {
             return Ok(Some("unknown instance: nothing to do".into()));
         };
+        let serving = entry.should_run() && self.kafka.process(id).is_some_and(|p| p.is_running());
+        let drained = if serving { Some(self.kafka_drain_at_router(id, &entry).await) } else { None };
         self.kafka_stop(id, Signal::SIGTERM).await?;
         if let Some(stored) = lock(&self.kafka.registry).instances.get_mut(&id) {
             stored.lifecycle = to;
         }
         self.kafka.save()?;
+        lock(&self.kafka.leaving).remove(&id);
         let guard = self.service_lock(entry.service);
         let _held = guard.lock().await;
         if lock(&self.kafka.routers).contains_key(&entry.service) {
             self.kafka_route(entry.service).await?;
         }
-        Ok(Some("stopped for good (a broker keeps no data: its records are in the storage)".into()))
+        let how = match drained {
+            Some(Ok(0)) => "drained at the router (its sessions ended), then stopped for good".to_string(),
+            Some(Ok(n)) => format!(
+                "drained at the router for {DRAIN_TIMEOUT:?}, its last {n} sessions shut (their clients reconnect \
+                 to a peer), then stopped for good"
+            ),
+            Some(Err(e)) => format!("stopped for good (the router could not drain it: {e})"),
+            None => "stopped for good".to_string(),
+        };
+        Ok(Some(format!("{how} (a broker keeps no data: its records are in the storage)")))
+    }
+
+    /// Takes a serving broker out of its router without cutting a request
+    /// in flight: `drain` (no new connection reaches it) until its sessions
+    /// end or [`DRAIN_TIMEOUT`], then `maint` with its sessions shut.
+    /// Returns how many sessions were still open when cut.
+    async fn kafka_drain_at_router(self: &Arc<Self>, id: InstanceId, entry: &KafkaBroker) -> Result<u64, String> {
+        let socket = haproxy::socket_path(&self.kafka.service_dir(entry.service).join("router"), entry.service);
+        let route = |state: Leaving| {
+            let this = self.clone();
+            async move {
+                lock(&this.kafka.leaving).insert(id, state);
+                let guard = this.service_lock(entry.service);
+                let _held = guard.lock().await;
+                this.kafka_route(entry.service).await.map_err(|e| e.to_string())
+            }
+        };
+        route(Leaving::Draining).await?;
+        let deadline = Instant::now() + DRAIN_TIMEOUT;
+        let mut open = router_sessions(&socket, entry.slot).await?;
+        while open > 0 && Instant::now() < deadline {
+            tokio::time::sleep(DRAIN_POLL).await;
+            open = router_sessions(&socket, entry.slot).await?;
+        }
+        route(Leaving::Cut).await?;
+        Ok(open)
     }
 
     /// Deletes the broker's directory; the last broker of a service takes
