@@ -42,6 +42,7 @@ impl Engine {
             }
             Command::CreateRollout(spec) => self.create_rollout(spec, now, out),
             Command::SetMaintenanceWindow { name, window } => self.set_maintenance_window(&name, window, now, out),
+            Command::SetLabels { name, labels } => self.set_labels(&name, labels, now, out),
             Command::PauseRollout { id } => self.steer_rollout(id, drover_model::RolloutState::Paused, now, out),
             Command::ResumeRollout { id } => self.steer_rollout(id, drover_model::RolloutState::Running, now, out),
             Command::AbortRollout { id } => self.steer_rollout(id, drover_model::RolloutState::Aborted, now, out),
@@ -332,6 +333,7 @@ impl Engine {
             backups: Default::default(),
             credentials: Default::default(),
             maintenance_window: None,
+            labels: req.labels.clone().unwrap_or_default(),
         };
         let members = self.config.policies.get(rec.engine).members(&rec.plan).roles().count();
         let placed = self.place_new_service(&zones, members).map_err(CommandError::Conflict)?;
@@ -363,6 +365,7 @@ pub(crate) fn command_target(c: &Command) -> Option<String> {
         Command::CreateService(r) => Some(r.name.clone()),
         Command::DeleteService { name }
         | Command::SetMaintenanceWindow { name, .. }
+        | Command::SetLabels { name, .. }
         | Command::Switchover { name }
         | Command::TakeBackup { name }
         | Command::VerifyBackup { name }

@@ -319,6 +319,8 @@ pub struct Svc {
     pub revoke_running: bool,
     /// Its own maintenance window (boxed: most services have none).
     pub window: Option<Box<drover_model::MaintenanceWindow>>,
+    /// Its labels (boxed, None when it has none: most services have none).
+    pub labels: Option<Box<drover_model::Labels>>,
 }
 
 /// A service's repeated names, as indices the engine interned.
@@ -366,6 +368,7 @@ impl Svc {
             rotation_running: false,
             revoke_running: false,
             window: rec.maintenance_window.map(Box::new),
+            labels: (!rec.labels.is_empty()).then(|| Box::new(rec.labels)),
         }
     }
 }

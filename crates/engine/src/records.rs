@@ -139,6 +139,7 @@ impl Engine {
             backups: (*s.backups).clone(),
             credentials: s.credentials.as_deref().cloned().unwrap_or_default(),
             maintenance_window: s.window.as_deref().cloned(),
+            labels: s.labels.as_deref().cloned().unwrap_or_default(),
         })
     }
 

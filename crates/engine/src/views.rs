@@ -98,6 +98,7 @@ impl Engine {
             credentials: s.credentials.as_deref().cloned().unwrap_or_default(),
             instances,
             maintenance_window: s.window.as_deref().cloned(),
+            labels: s.labels.as_deref().cloned().unwrap_or_default(),
         })
     }
 

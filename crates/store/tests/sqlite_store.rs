@@ -43,6 +43,7 @@ fn service(n: u64, name: &str, state: ServiceState) -> ServiceRecord {
         backups: BackupStatus { last_backup_at: Some(Timestamp(T0 + 5)), ..Default::default() },
         credentials: CredentialStatus { last_rotated_at: Some(Timestamp(T0 + 6)), ..Default::default() },
         maintenance_window: None,
+        labels: Default::default(),
     }
 }
 
