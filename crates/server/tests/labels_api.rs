@@ -81,7 +81,11 @@ async fn labels_are_set_checked_and_audited_and_a_label_selector_moves_only_matc
     assert_eq!(t.service("plain").await["labels"], json!({"tier": "silver"}));
     let (_, audit) = t.get("/v1/audit").await;
     assert!(
-        audit.as_array().unwrap().iter().any(|a| a["command"] == "services.labels" && a["target"] == "plain" && a["outcome"] == "ok"),
+        audit
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|a| a["command"] == "services.labels" && a["target"] == "plain" && a["outcome"] == "ok"),
         "{audit}"
     );
 
