@@ -52,6 +52,7 @@ pub fn heartbeats(instances: usize, rounds: usize) -> anyhow::Result<()> {
             zones: None,
             max_failover_lag_bytes: None,
             credential_rotation_days: None,
+            labels: None,
         };
         let out = engine.step(
             Input::Command { actor: "bench".into(), role: None, command: Command::CreateService(req) },

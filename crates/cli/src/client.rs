@@ -105,6 +105,9 @@ impl Client {
     pub async fn post(&self, path: &str, body: Value) -> anyhow::Result<Value> {
         self.send(Method::POST, path, &[], Some(body)).await
     }
+    pub async fn put(&self, path: &str, body: Value) -> anyhow::Result<Value> {
+        self.send(Method::PUT, path, &[], Some(body)).await
+    }
     pub async fn delete(&self, path: &str) -> anyhow::Result<Value> {
         self.send(Method::DELETE, path, &[], None).await
     }

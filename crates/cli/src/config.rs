@@ -174,6 +174,7 @@ pub struct FileConfig {
     pub credential_rotation_days: Option<u32>,
     pub rollout_zone_concurrency: Option<u32>,
     pub team_maintenance_windows: Option<std::collections::BTreeMap<String, drover_model::MaintenanceWindow>>,
+    pub maintenance_notice_hours: Option<f64>,
 }
 
 impl FileConfig {
@@ -336,6 +337,12 @@ pub fn resolve(args: ServeArgs, no_local_set: bool) -> anyhow::Result<Settings> 
         }
         opts.engine.team_windows = windows.clone();
     }
+    if let Some(hours) = file.maintenance_notice_hours {
+        if !hours.is_finite() || !(0.0..=24.0 * 366.0).contains(&hours) {
+            return Err(anyhow!("maintenance_notice_hours must be between 0 and 8784 (a year), got {hours}"));
+        }
+        opts.engine.maintenance_notice = std::time::Duration::from_secs_f64(hours * 3600.0);
+    }
     let log_format = args.log_format.or(file.log_format).unwrap_or_default();
     check_max_connections(args.max_connections, "--max-connections")?;
     check_max_header_bytes(args.max_header_bytes, "--max-header-bytes")?;
@@ -479,6 +486,7 @@ mod tests {
             credential_rotation_days,
             rollout_zone_concurrency,
             team_maintenance_windows,
+            maintenance_notice_hours,
         } = c;
         assert!(listen.is_some(), "listen");
         assert!(uncertain_after_ms.is_some(), "uncertain_after_ms");
@@ -504,6 +512,7 @@ mod tests {
         assert!(credential_rotation_days.is_some(), "credential_rotation_days");
         assert!(rollout_zone_concurrency.is_some(), "rollout_zone_concurrency");
         assert!(team_maintenance_windows.is_some(), "team_maintenance_windows");
+        assert!(maintenance_notice_hours.is_some(), "maintenance_notice_hours");
         // Paths have no default: they are set in the HTTPS example instead.
         assert_eq!((tls_cert, tls_key), (None, None), "the first example serves plain HTTP");
         let https =

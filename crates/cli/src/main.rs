@@ -279,6 +279,16 @@ enum SecretsCmd {
     },
 }
 
+/// `--label key=value`, checked as the server checks it.
+pub(crate) fn parse_label_arg(text: &str) -> Result<(String, String), String> {
+    drover_model::parse_label(text)
+}
+
+/// Labels as the API takes them: `{"key": "value", ...}`.
+pub(crate) fn labels_json(labels: Vec<(String, String)>) -> serde_json::Value {
+    serde_json::Value::Object(labels.into_iter().map(|(k, v)| (k, v.into())).collect())
+}
+
 #[derive(Subcommand)]
 enum ServicesCmd {
     /// Create a service.
@@ -303,6 +313,15 @@ enum ServicesCmd {
         /// demand; default: the control plane's `credential_rotation_days`).
         #[arg(long)]
         credential_rotation_days: Option<u32>,
+        /// A label `key=value` (repeat for more); rollouts select by labels.
+        #[arg(long = "label", value_parser = parse_label_arg)]
+        labels: Vec<(String, String)>,
+    },
+    /// Replace a service's labels with these `key=value` pairs (none: clear them).
+    Label {
+        name: String,
+        #[arg(value_parser = parse_label_arg)]
+        labels: Vec<(String, String)>,
     },
     List,
     Show {
@@ -665,7 +684,17 @@ async fn run(cli: Cli, no_local_set: bool) -> anyhow::Result<()> {
             drover_sim::command(&scenario, services, seed, event_log).map(|_| ()).map_err(anyhow::Error::msg)
         }
         Cmd::Services { cmd, .. } => match cmd {
-            ServicesCmd::Create { name, engine, followers, provider, sync, team, zones, credential_rotation_days } => {
+            ServicesCmd::Create {
+                name,
+                engine,
+                followers,
+                provider,
+                sync,
+                team,
+                zones,
+                credential_rotation_days,
+                labels,
+            } => {
                 let mut body = serde_json::json!({ "name": name, "engine": engine, "followers": followers });
                 if let Some(p) = provider {
                     body["provider"] = p.into();
@@ -682,7 +711,16 @@ async fn run(cli: Cli, no_local_set: bool) -> anyhow::Result<()> {
                 if let Some(days) = credential_rotation_days {
                     body["credential_rotation_days"] = days.into();
                 }
+                if !labels.is_empty() {
+                    body["labels"] = labels_json(labels);
+                }
                 let v = client.post("/v1/services", body).await?;
+                output::service(&v, json);
+                Ok(())
+            }
+            ServicesCmd::Label { name, labels } => {
+                let path = format!("/v1/services/{}/labels", client::path_segment(&name));
+                let v = client.put(&path, serde_json::json!({ "labels": labels_json(labels) })).await?;
                 output::service(&v, json);
                 Ok(())
             }

@@ -67,6 +67,11 @@ pub fn service(v: &Value, json: bool) {
         println!("plan     {} follower(s), sync {}", text(plan, "followers"), text(plan, "sync"));
     }
     println!("provider {}  team {}", text(v, "provider"), text(v, "team"));
+    if let Some(labels) = v.get("labels").and_then(Value::as_object).filter(|l| !l.is_empty()) {
+        let pairs: Vec<String> =
+            labels.iter().map(|(k, v)| format!("{k}={}", v.as_str().unwrap_or_default())).collect();
+        println!("labels   {}", pairs.join(" "));
+    }
     let url = text(v, "url");
     if !url.is_empty() {
         println!("url      {url}");

@@ -27,6 +27,10 @@ pub enum RolloutsCmd {
         /// Select these services (comma-separated).
         #[arg(long, value_delimiter = ',')]
         names: Option<Vec<String>>,
+        /// Select the services carrying this label `key=value` (repeat:
+        /// every one must match).
+        #[arg(long = "label", value_parser = crate::parse_label_arg)]
+        labels: Vec<(String, String)>,
         /// Cumulative percentages, comma-separated (default 1,10,50,100).
         #[arg(long, value_delimiter = ',')]
         waves: Option<Vec<u8>>,
@@ -65,6 +69,7 @@ pub async fn rollouts(client: &Client, cmd: RolloutsCmd, json: bool) -> anyhow::
             image,
             team,
             names,
+            labels,
             waves,
             soak_seconds,
             max_failures,
@@ -82,6 +87,9 @@ pub async fn rollouts(client: &Client, cmd: RolloutsCmd, json: bool) -> anyhow::
             }
             if let Some(n) = names {
                 selector["names"] = n.into();
+            }
+            if !labels.is_empty() {
+                selector["labels"] = crate::labels_json(labels);
             }
             let mut body = serde_json::json!({ "to_image": to_image, "selector": selector });
             if let Some(w) = waves {

@@ -84,6 +84,12 @@ pub struct Config {
     pub rollout_interval: Duration,
     /// Each team's default maintenance window, for its services without one.
     pub team_windows: std::collections::BTreeMap<String, drover_model::MaintenanceWindow>,
+    /// How long before a rollout moves a service in its maintenance window
+    /// its owners are told (a `maintenance_scheduled` event, sent to the
+    /// team's chat); at once when the window opens sooner. A day, as
+    /// Heroku's maintenance notices: time to move the service earlier by
+    /// hand, short enough to be remembered.
+    pub maintenance_notice: Duration,
     /// Put the store's records (services, instances, actions, audit) in
     /// `Outputs::changes`. A caller that keeps no store (the simulator)
     /// turns this off and saves building a record per transition; events,
@@ -122,6 +128,7 @@ impl Default for Config {
             rollout_zone_concurrency: 16,
             rollout_interval: Duration::from_secs(1),
             team_windows: std::collections::BTreeMap::new(),
+            maintenance_notice: Duration::from_secs(24 * 3600),
             records: true,
         }
     }
@@ -217,6 +224,11 @@ pub enum Command {
         name: String,
         window: Option<drover_model::MaintenanceWindow>,
     },
+    /// Replace a service's labels with `labels` (an empty map clears them).
+    SetLabels {
+        name: String,
+        labels: drover_model::Labels,
+    },
     /// Move the selected services onto an image, in waves.
     CreateRollout(RolloutSpec),
     PauseRollout {
@@ -296,6 +308,7 @@ impl Command {
             Command::RotateCredentials { .. } => "services.rotate_credentials",
             Command::CreateRollout(_) => "rollouts.create",
             Command::SetMaintenanceWindow { .. } => "services.maintenance_window",
+            Command::SetLabels { .. } => "services.labels",
             Command::PauseRollout { .. } => "rollouts.pause",
             Command::ResumeRollout { .. } => "rollouts.resume",
             Command::AbortRollout { .. } => "rollouts.abort",

@@ -43,6 +43,7 @@ impl Engine {
             }
             Command::CreateRollout(spec) => self.create_rollout(spec, now, out),
             Command::SetMaintenanceWindow { name, window } => self.set_maintenance_window(&name, window, now, out),
+            Command::SetLabels { name, labels } => self.set_labels(&name, labels, now, out),
             Command::PauseRollout { id } => self.steer_rollout(id, drover_model::RolloutState::Paused, now, out),
             Command::ResumeRollout { id } => self.steer_rollout(id, drover_model::RolloutState::Running, now, out),
             Command::AbortRollout { id } => self.steer_rollout(id, drover_model::RolloutState::Aborted, now, out),
@@ -338,6 +339,9 @@ impl Engine {
             team: Some(self.teams.name(s.team).to_string()),
             zones: Some(s.zones.iter().map(|&z| self.zones.name(z).to_string()).collect()),
             provider: Some(self.providers.name(s.provider).to_string()),
+            // Its labels too: what selects the source (for a rollout, say)
+            // selects its copy.
+            labels: s.labels.as_deref().cloned(),
         };
         let from = drover_model::RestoreFrom { service: source.to_string(), at, restored: false };
         self.create_service(req, Some(from), now, out)
@@ -388,6 +392,7 @@ impl Engine {
             credentials: Default::default(),
             maintenance_window: None,
             forked_from,
+            labels: req.labels.clone().unwrap_or_default(),
         };
         let members = self.config.policies.get(rec.engine).members(&rec.plan).roles().count();
         let placed = self.place_new_service(&zones, members).map_err(CommandError::Conflict)?;
@@ -427,6 +432,7 @@ pub(crate) fn command_target(c: &Command) -> Option<String> {
         Command::ForkService { name, .. } => Some(name.clone()),
         Command::DeleteService { name }
         | Command::SetMaintenanceWindow { name, .. }
+        | Command::SetLabels { name, .. }
         | Command::Switchover { name }
         | Command::TakeBackup { name }
         | Command::VerifyBackup { name }

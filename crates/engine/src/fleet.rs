@@ -321,6 +321,8 @@ pub struct Svc {
     pub window: Option<Box<drover_model::MaintenanceWindow>>,
     /// The service and moment it was forked from (boxed: most are not forks).
     pub forked_from: Option<Box<drover_model::RestoreFrom>>,
+    /// Its labels (boxed, None when it has none: most services have none).
+    pub labels: Option<Box<drover_model::Labels>>,
 }
 
 /// A service's repeated names, as indices the engine interned.
@@ -369,6 +371,7 @@ impl Svc {
             revoke_running: false,
             window: rec.maintenance_window.map(Box::new),
             forked_from: rec.forked_from.map(Box::new),
+            labels: (!rec.labels.is_empty()).then(|| Box::new(rec.labels)),
         }
     }
 }

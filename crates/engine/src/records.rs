@@ -140,6 +140,7 @@ impl Engine {
             credentials: s.credentials.as_deref().cloned().unwrap_or_default(),
             maintenance_window: s.window.as_deref().cloned(),
             forked_from: s.forked_from.as_deref().cloned(),
+            labels: s.labels.as_deref().cloned().unwrap_or_default(),
         })
     }
 

@@ -56,6 +56,8 @@ pub(crate) struct Member {
     /// When its maintenance window next opens (0: any time, or unknown
     /// after a restart): members are ordered by it, so waves follow time.
     opens_at: i64,
+    /// When its owners were told of the move (0: not yet).
+    announced_at: i64,
 }
 
 pub(crate) struct Rollout {
@@ -66,6 +68,9 @@ pub(crate) struct Rollout {
     active: Vec<usize>,
     /// Members before this index are started or finished.
     next: usize,
+    /// Members before this index were announced or looked at for it
+    /// (`announce_moves`).
+    announce_next: usize,
 }
 
 #[derive(Default)]
@@ -93,6 +98,7 @@ fn member_record(r: &RolloutRecord, position: usize, m: &Member) -> RolloutMembe
         started_at: (m.started_at != 0).then_some(Timestamp(m.started_at)),
         moved_at: (m.moved_at != 0).then_some(Timestamp(m.moved_at)),
         detail: m.detail.clone(),
+        announced_at: (m.announced_at != 0).then_some(Timestamp(m.announced_at)),
     }
 }
 
@@ -151,12 +157,14 @@ impl Engine {
                 return Err(CommandError::Invalid(format!("selector names {missing:?}, which is no service")));
             }
         }
+        let wanted_labels = spec.selector.wanted_labels().map_err(CommandError::Invalid)?;
         let names: Option<std::collections::HashSet<&str>> =
             spec.selector.names.as_ref().map(|n| n.iter().map(String::as_str).collect());
         let mut members = Vec::new();
         for (sslot, s) in self.services.iter() {
             let team_ok = spec.selector.team.as_deref().is_none_or(|t| self.teams.name(s.team) == t);
             let name_ok = names.as_ref().is_none_or(|n| n.contains(&*s.name));
+            let labels_ok = drover_model::labels_match(s.labels.as_deref(), &wanted_labels);
             let on_image = |img: u32| {
                 s.image == img || s.instances.iter().any(|&i| self.instances.get(i).is_some_and(|x| x.image == img))
             };
@@ -169,6 +177,7 @@ impl Engine {
                 && !s.deleting
                 && team_ok
                 && name_ok
+                && labels_ok
                 && image_ok
                 && !there
                 && !self.rollouts.claimed.contains_key(&s.id)
@@ -210,6 +219,7 @@ impl Engine {
                 moved_at: 0,
                 detail: None,
                 opens_at,
+                announced_at: 0,
             })
             .collect();
         if total > 0 {
@@ -218,7 +228,7 @@ impl Engine {
             }
             self.rollouts.next_at = now;
         }
-        let rollout = Rollout { record, target, members, active: Vec::new(), next: 0 };
+        let rollout = Rollout { record, target, members, active: Vec::new(), next: 0, announce_next: 0 };
         if self.config.records {
             out.changes.rollouts.push(rollout.record.clone());
             out.changes
@@ -351,6 +361,7 @@ impl Engine {
         }
         if r.record.state == RolloutState::Running {
             self.start_moves(r, &mut per_zone, now, out);
+            self.announce_moves(r, now, out);
             let end = r.record.spec.wave_end(r.record.wave as usize, r.members.len());
             if r.next >= end && r.active.is_empty() {
                 if (r.record.wave as usize) + 1 < r.record.spec.waves.len() {
@@ -372,6 +383,7 @@ impl Engine {
                     // No member is active here: every zone is free.
                     per_zone.iter_mut().for_each(|n| *n = 0);
                     self.start_moves(r, &mut per_zone, now, out);
+                    self.announce_moves(r, now, out);
                 } else {
                     let (state, reason) = if r.record.failed == 0 {
                         (RolloutState::Succeeded, None)
@@ -553,6 +565,11 @@ impl Engine {
             if per_zone[z] == limit && z < zones {
                 full += 1;
             }
+            if r.members[k].announced_at == 0 {
+                // Not told ahead (its window opened sooner than the notice,
+                // or the rollout was just resumed): told as it starts.
+                self.announce_member(r, k, sslot, now, now, out);
+            }
             let m = &mut r.members[k];
             m.phase = MemberPhase::Moving;
             m.started_at = now;
@@ -600,6 +617,62 @@ impl Engine {
         }
     }
 
+    /// Tells the owners of the current wave's waiting services that the
+    /// rollout will move them when their windows open: once each, when the
+    /// opening is within `maintenance_notice` (at once when sooner, or for a
+    /// service with no window). Members are in window order, so a cursor
+    /// stops at the first one not yet due; after a restart (order by
+    /// window unknown) it may stop early, and `start_moves` tells any
+    /// member not yet told as it starts, so none moves untold.
+    fn announce_moves(&mut self, r: &mut Rollout, now: i64, out: &mut Outputs) {
+        let end = r.record.spec.wave_end(r.record.wave as usize, r.members.len());
+        let notice = crate::micros(self.config.maintenance_notice);
+        let required_passed = r.record.spec.required_by.is_some_and(|t| now >= t.0);
+        while r.announce_next < end {
+            let k = r.announce_next;
+            let m = &r.members[k];
+            if m.announced_at != 0 || m.phase != MemberPhase::Waiting {
+                r.announce_next += 1;
+                continue;
+            }
+            if m.opens_at > now.saturating_add(notice) {
+                break;
+            }
+            let Some(sslot) = self.slot_of(m.service, m.slot) else {
+                r.announce_next += 1;
+                continue;
+            };
+            let opens = match self.window_of(sslot) {
+                Some(w) if !required_passed => w.next_opening(Timestamp(now)).0.max(now),
+                _ => now,
+            };
+            if opens > now.saturating_add(notice) {
+                break;
+            }
+            self.announce_member(r, k, sslot, opens, now, out);
+            r.announce_next += 1;
+        }
+    }
+
+    /// One `maintenance_scheduled` event for member `k`, made durable with
+    /// its record so a restarted control plane does not tell it twice.
+    fn announce_member(&mut self, r: &mut Rollout, k: usize, sslot: u32, opens: i64, now: i64, out: &mut Outputs) {
+        r.members[k].announced_at = now;
+        let cause = format!(
+            "rollout {}: maintenance scheduled: to be moved to image {} in its window from {}",
+            r.record.id,
+            self.images.id(r.target),
+            Timestamp(opens)
+        );
+        let event = self.event(now, EventSubject::Service, Some(sslot), None, None, None, cause).with_kind(
+            EventKind::MaintenanceScheduled { rollout: r.record.id.to_string(), window_start: Timestamp(opens) },
+        );
+        out.changes.events.push(event);
+        if self.config.records {
+            out.changes.rollout_members.push(member_record(&r.record, k, &r.members[k]));
+        }
+    }
+
     /// The zone of a service's writable primary (its first zone without one).
     fn primary_zone(&self, sslot: u32) -> Option<u16> {
         self.current_primary(sslot)
@@ -631,6 +704,24 @@ impl Engine {
         let sslot = self.live_service(name)?;
         if let Some(s) = self.services.get_mut(sslot) {
             s.window = window.map(Box::new);
+        }
+        self.service_changed(sslot, out);
+        self.service_view_slot(sslot, now)
+            .map(|v| Reply::Service(Box::new(v)))
+            .ok_or_else(|| CommandError::NotFound(format!("no service named {name:?}")))
+    }
+
+    pub(crate) fn set_labels(
+        &mut self,
+        name: &str,
+        labels: drover_model::Labels,
+        now: i64,
+        out: &mut Outputs,
+    ) -> Result<Reply, CommandError> {
+        drover_model::validate_labels(&labels).map_err(CommandError::Invalid)?;
+        let sslot = self.live_service(name)?;
+        if let Some(s) = self.services.get_mut(sslot) {
+            s.labels = (!labels.is_empty()).then(|| Box::new(labels));
         }
         self.service_changed(sslot, out);
         self.service_view_slot(sslot, now)
@@ -794,7 +885,7 @@ impl Engine {
             };
             let mut stored = by_rollout.remove(&record.id).unwrap_or_default();
             stored.sort_by_key(|m| m.position);
-            let mut r = Rollout { record, target, members: Vec::new(), active: Vec::new(), next: 0 };
+            let mut r = Rollout { record, target, members: Vec::new(), active: Vec::new(), next: 0, announce_next: 0 };
             for (k, m) in stored.into_iter().enumerate() {
                 if matches!(m.phase, MemberPhase::Moving | MemberPhase::Soaking) {
                     r.active.push(k);
@@ -811,6 +902,7 @@ impl Engine {
                     moved_at: m.moved_at.map_or(0, |t| t.0),
                     detail: m.detail,
                     opens_at: 0,
+                    announced_at: m.announced_at.map_or(0, |t| t.0),
                 });
             }
             r.next = r.members.iter().position(|m| m.phase == MemberPhase::Waiting).unwrap_or(r.members.len());

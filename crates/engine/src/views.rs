@@ -99,6 +99,7 @@ impl Engine {
             instances,
             maintenance_window: s.window.as_deref().cloned(),
             forked_from: s.forked_from.as_deref().cloned(),
+            labels: s.labels.as_deref().cloned().unwrap_or_default(),
         })
     }
 

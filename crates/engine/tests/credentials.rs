@@ -31,6 +31,7 @@ fn create(h: &mut H, name: &str, days: Option<u32>) -> ServiceView {
         zones: None,
         max_failover_lag_bytes: None,
         credential_rotation_days: days,
+        labels: None,
     };
     let Ok(Reply::Service(v)) = h.command(Command::CreateService(req)) else { panic!("create {name}") };
     h.advance(Duration::from_secs(3));

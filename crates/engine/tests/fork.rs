@@ -102,6 +102,7 @@ fn a_redis_service_cannot_be_forked_to_a_moment() {
         zones: None,
         max_failover_lag_bytes: None,
         credential_rotation_days: None,
+        labels: None,
     };
     h.command(Command::CreateService(req)).expect("created");
     h.advance(Duration::from_secs(5));

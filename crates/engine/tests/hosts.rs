@@ -70,6 +70,7 @@ fn a_service_that_does_not_fit_is_refused_and_cordoned_hosts_take_no_member() {
         zones: None,
         max_failover_lag_bytes: None,
         credential_rotation_days: None,
+        labels: None,
     };
     let refused = h.command(Command::CreateService(req("big", 2)));
     assert!(matches!(refused, Err(CommandError::Conflict(ref m)) if m.contains("no room")), "{refused:?}");

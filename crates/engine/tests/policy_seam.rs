@@ -63,6 +63,7 @@ fn create_cluster(h: &mut H, name: &str, brokers: u8) -> ServiceView {
         zones: None,
         max_failover_lag_bytes: None,
         credential_rotation_days: None,
+        labels: None,
     };
     match h.command(Command::CreateService(req)) {
         Ok(Reply::Service(v)) => *v,

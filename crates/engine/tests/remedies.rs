@@ -137,6 +137,7 @@ fn a_follower_lagging_past_the_bound_is_not_promoted() {
         zones: None,
         max_failover_lag_bytes: Some(10),
         credential_rotation_days: None,
+        labels: None,
     };
     h.command(Command::CreateService(req)).unwrap();
     h.advance(Duration::from_secs(3));
@@ -363,6 +364,7 @@ fn commands_are_validated_and_audited() {
         zones: None,
         max_failover_lag_bytes: None,
         credential_rotation_days: None,
+        labels: None,
     };
     assert!(matches!(h.command(Command::CreateService(dup.clone())), Err(CommandError::Conflict(_))));
     let mut local = dup.clone();

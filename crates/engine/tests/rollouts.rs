@@ -243,3 +243,142 @@ fn kill_and_restart_in_the_middle_resumes_and_never_moves_a_service_twice() {
     assert_eq!(stored.len(), 6);
     assert!(stored.iter().all(|m| m.phase == MemberPhase::Done));
 }
+
+fn labels(pairs: &[(&str, &str)]) -> Labels {
+    pairs.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect()
+}
+
+fn create_labeled(h: &mut H, name: &str, with: &[(&str, &str)]) {
+    let req = CreateService {
+        name: name.into(),
+        engine: EngineKind::Postgres,
+        followers: 1,
+        provider: Some("sim".into()),
+        sync: Some(true),
+        team: None,
+        zones: None,
+        max_failover_lag_bytes: None,
+        credential_rotation_days: None,
+        labels: (!with.is_empty()).then(|| labels(with)),
+    };
+    h.command(Command::CreateService(req)).expect("service created");
+}
+
+#[test]
+fn a_label_selector_moves_only_the_services_carrying_every_label_and_labels_survive_restarts() {
+    let mut h = H::new(fast_config());
+    create_labeled(&mut h, "gold-eu", &[("tier", "gold"), ("region", "eu")]);
+    create_labeled(&mut h, "gold-us", &[("tier", "gold"), ("region", "us")]);
+    create_labeled(&mut h, "plain", &[]);
+    create_labeled(&mut h, "later", &[]);
+    h.advance(Duration::from_secs(3));
+    // Labels set afterwards, through the engine: the whole map replaced.
+    let set =
+        h.command(Command::SetLabels { name: "later".into(), labels: labels(&[("region", "eu"), ("tier", "gold")]) });
+    assert!(matches!(set, Ok(Reply::Service(ref v)) if v.labels == labels(&[("region", "eu"), ("tier", "gold")])));
+    let bad = h.command(Command::SetLabels { name: "plain".into(), labels: labels(&[("tier", "gold plated")]) });
+    assert!(matches!(bad, Err(CommandError::Invalid(ref m)) if m.contains("label value")), "{bad:?}");
+    assert!(h.service("plain").labels.is_empty(), "a refused change changes nothing");
+    // The labels are durable: a restart reads them back from the records.
+    h.crash_and_restore();
+    assert_eq!(h.service("gold-eu").labels, labels(&[("tier", "gold"), ("region", "eu")]));
+    assert_eq!(h.service("later").labels, labels(&[("tier", "gold"), ("region", "eu")]));
+    assert!(h.service("plain").labels.is_empty());
+    h.advance(Duration::from_secs(3));
+
+    let to = new_image(&mut h);
+    let mut s = spec(&to, vec![100], 2);
+    s.selector.labels = Some(labels(&[("tier", "gold")]));
+    s.selector.label = Some("region=eu".into());
+    let r = create(&mut h, s);
+    assert_eq!(r.total, 2, "gold-eu and later carry both labels: {r:?}");
+    let v = run_until_settled(&mut h, r.id, Duration::from_secs(300));
+    assert_eq!((v.state, v.done), (RolloutState::Succeeded, 2), "{v:?}");
+    assert!(all_on(&h, "gold-eu", &to) && all_on(&h, "later", &to));
+    for name in ["gold-us", "plain"] {
+        assert!(h.service(name).instances.iter().all(|i| i.image != to.0), "{name} was not selected");
+    }
+    // Two values for one key can match nothing: refused, not silently empty.
+    let mut clash = spec(&to, vec![100], 2);
+    clash.selector.labels = Some(labels(&[("region", "us")]));
+    clash.selector.label = Some("region=eu".into());
+    assert!(matches!(h.command(Command::CreateRollout(clash)), Err(CommandError::Invalid(_))));
+    let mut malformed = spec(&to, vec![100], 2);
+    malformed.selector.label = Some("region".into());
+    assert!(matches!(h.command(Command::CreateRollout(malformed)), Err(CommandError::Invalid(_))));
+}
+
+/// The `maintenance_scheduled` events of a service, in order.
+fn announcements(h: &H, name: &str) -> Vec<(i64, RolloutId, Timestamp)> {
+    h.store
+        .events
+        .iter()
+        .filter(|e| e.service.as_deref() == Some(name))
+        .filter_map(|e| match &e.kind {
+            EventKind::MaintenanceScheduled { rollout, window_start } => {
+                Some((e.at.0, rollout.parse().expect("a rollout id"), *window_start))
+            }
+            _ => None,
+        })
+        .collect()
+}
+
+#[test]
+fn owners_are_told_once_a_notice_ahead_of_the_window_or_at_once_when_it_is_sooner() {
+    const MIN: i64 = 60_000_000;
+    let config = drover_engine::Config { maintenance_notice: Duration::from_secs(120), ..fast_config() };
+    let mut h = H::new(config);
+    let names = fleet(&mut h, 3, 1);
+    let (anytime, soon, late) = (&names[0], &names[1], &names[2]);
+    // T0 is on a minute: windows of one minute at T0+1 min and T0+10 min.
+    for (name, at) in [(soon, T0 + MIN), (late, T0 + 10 * MIN)] {
+        let window = MaintenanceWindow::weekly_from(Timestamp(at), 1);
+        h.command(Command::SetMaintenanceWindow { name: name.clone(), window: Some(window) }).expect("window set");
+    }
+    let to = new_image(&mut h);
+    let r = create(&mut h, spec(&to, vec![100], 1));
+    h.advance(Duration::from_secs(2));
+    let created = r.created_at.0;
+    // No window: told at once, the move starts at once. A window sooner
+    // than the notice: told at once, with the window's start.
+    let a = announcements(&h, anytime);
+    assert_eq!(a.len(), 1, "{a:?}");
+    assert!(a[0].0 - created <= 1_100_000 && a[0].2 .0 == a[0].0, "{a:?}");
+    assert_eq!(announcements(&h, soon), vec![(a[0].0, r.id, Timestamp(T0 + MIN))]);
+    assert!(announcements(&h, late).is_empty(), "8 minutes before its notice is due");
+    let team = h.store.events.iter().find(|e| matches!(e.kind, EventKind::MaintenanceScheduled { .. })).unwrap();
+    assert_eq!(team.team.as_deref(), Some("platform"), "the event names the owning team");
+
+    // Crashes before and after the late one's notice: told once all the same.
+    h.advance(Duration::from_secs(3 * 60));
+    h.crash_and_restore();
+    assert!(announcements(&h, late).is_empty());
+    let due = T0 + 8 * MIN;
+    while h.now < due + 2_000_000 {
+        h.advance(Duration::from_secs(1));
+        if h.now < due {
+            assert!(announcements(&h, late).is_empty(), "told before the notice at {}", h.now - T0);
+        }
+    }
+    let l = announcements(&h, late);
+    assert_eq!(l.len(), 1, "{l:?}");
+    assert!(
+        l[0].0 >= due && l[0].0 <= due + 1_100_000,
+        "told {} s after the notice was due",
+        (l[0].0 - due) / 1_000_000
+    );
+    assert_eq!(l[0].2, Timestamp(T0 + 10 * MIN));
+    h.crash_and_restore();
+    let v = run_until_settled(&mut h, r.id, Duration::from_secs(5 * 60));
+    assert_eq!((v.state, v.done), (RolloutState::Succeeded, 3), "{v:?}");
+    // Once per service per rollout, never after its move started.
+    let members = h.e.rollout_members(r.id).unwrap();
+    for m in &members {
+        let told = announcements(&h, &m.name);
+        assert_eq!(told.len(), 1, "{}: {told:?}", m.name);
+        assert!(told[0].0 <= m.started_at.unwrap().0, "{}: told after its move started", m.name);
+        assert!(m.started_at.unwrap() >= told[0].2, "{}: moved before the announced window", m.name);
+    }
+    let stored: Vec<&RolloutMember> = h.store.rollout_members.values().filter(|m| m.rollout == r.id).collect();
+    assert!(stored.iter().all(|m| m.announced_at.is_some()), "durable: {stored:#?}");
+}

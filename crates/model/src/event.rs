@@ -56,6 +56,14 @@ pub enum EventKind {
     RolloutPaused {
         rollout: String,
     },
+    /// A running rollout will move the service when its maintenance window
+    /// opens at `window_start` (now, for a service with no window or whose
+    /// window is open): its owners are told ahead, in the feed and in the
+    /// team's chat. Informational: never a page.
+    MaintenanceScheduled {
+        rollout: String,
+        window_start: crate::Timestamp,
+    },
     /// A break-glass runbook run changed state (`to`: requested, approved,
     /// succeeded, failed, ...).
     Runbook {

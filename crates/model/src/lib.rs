@@ -8,6 +8,7 @@ mod facts;
 mod host;
 mod ids;
 mod image;
+mod labels;
 mod maintenance;
 pub mod objects;
 mod rollout;
@@ -22,6 +23,7 @@ pub use facts::{Beat, Facts};
 pub use host::{HostRecord, HostState, HostView, RegisterHost};
 pub use ids::{ActionId, InstanceId, NotificationId, PageId, RolloutId, ServiceId};
 pub use image::{Image, ImageId, Package, SourcePackage};
+pub use labels::{labels_match, parse_label, validate_labels, Labels, MAX_LABELS, MAX_LABEL_LEN};
 pub use maintenance::{MaintenanceWindow, Weekday};
 pub use rollout::{
     default_waves, MemberPhase, RolloutMember, RolloutRecord, RolloutSpec, RolloutState, RolloutView, Selector,

@@ -20,10 +20,29 @@ pub struct Selector {
     pub team: Option<String>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub names: Option<Vec<String>>,
-    /// A service label (`key=value`). Services carry no labels yet: a
-    /// selector with one is refused rather than silently matching nothing.
+    /// One service label written `key=value`: the same as `labels` with
+    /// that one pair (both may be given; every pair must match).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub label: Option<String>,
+    /// Services carrying every one of these labels (Kubernetes' `matchLabels`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub labels: Option<crate::Labels>,
+}
+
+impl Selector {
+    /// Every label pair the selector asks for (`labels` and `label` together).
+    pub fn wanted_labels(&self) -> Result<crate::Labels, String> {
+        let mut wanted = self.labels.clone().unwrap_or_default();
+        crate::validate_labels(&wanted).map_err(|e| format!("selector: {e}"))?;
+        if let Some(text) = &self.label {
+            let (k, v) = crate::parse_label(text).map_err(|e| format!("selector: {e}"))?;
+            if wanted.get(&k).is_some_and(|have| *have != v) {
+                return Err(format!("selector: label {k:?} is asked with two values: nothing can match"));
+            }
+            wanted.insert(k, v);
+        }
+        Ok(wanted)
+    }
 }
 
 /// What `POST /v1/rollouts` asks for.
@@ -80,9 +99,7 @@ impl RolloutSpec {
         if self.soak_seconds > 7 * 24 * 3600 {
             return Err("soak_seconds must be at most a week".into());
         }
-        if self.selector.label.is_some() {
-            return Err("services carry no labels yet: select by engine, image, team or names".into());
-        }
+        self.selector.wanted_labels()?;
         if self.selector.names.as_ref().is_some_and(|n| n.is_empty()) {
             return Err("selector.names is empty: name at least one service, or leave it out".into());
         }
@@ -199,6 +216,10 @@ pub struct RolloutMember {
     pub moved_at: Option<Timestamp>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub detail: Option<String>,
+    /// When its owners were told of the move (a `maintenance_scheduled`
+    /// event): told once per service per rollout, restarts included.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub announced_at: Option<Timestamp>,
 }
 
 /// What the API shows of a rollout.

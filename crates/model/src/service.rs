@@ -118,6 +118,10 @@ pub struct CreateService {
     #[serde(default)]
     #[schema(minimum = 0, maximum = 3650)]
     pub credential_rotation_days: Option<u32>,
+    /// Labels (`{"tier":"gold"}`): keys and values of 1 to 63 characters of
+    /// `[A-Za-z0-9._-/]`, at most 32 pairs; rollouts select by them.
+    #[serde(default)]
+    pub labels: Option<crate::Labels>,
 }
 
 /// The most followers a plan may ask for; more is a typo, not a plan.
@@ -157,6 +161,9 @@ impl CreateService {
         if self.credential_rotation_days.is_some_and(|d| d > MAX_CREDENTIAL_ROTATION_DAYS) {
             return Err(format!("credential_rotation_days must be at most {MAX_CREDENTIAL_ROTATION_DAYS}"));
         }
+        if let Some(labels) = &self.labels {
+            crate::validate_labels(labels)?;
+        }
         Ok(())
     }
 }
@@ -192,6 +199,9 @@ pub struct ServiceRecord {
     /// When a rollout may move it (None: its team's default, else any time).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub maintenance_window: Option<crate::MaintenanceWindow>,
+    /// Its labels (absent in records from before labels existed).
+    #[serde(default, skip_serializing_if = "std::collections::BTreeMap::is_empty")]
+    pub labels: crate::Labels,
     /// The service and moment its data was forked from (None: created empty).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub forked_from: Option<RestoreFrom>,
@@ -311,6 +321,9 @@ pub struct ServiceView {
     /// The service and moment its data was forked from, if it is a fork.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub forked_from: Option<RestoreFrom>,
+    /// Its labels (`{}` when it has none).
+    #[serde(default)]
+    pub labels: crate::Labels,
 }
 
 #[cfg(test)]
@@ -328,6 +341,7 @@ mod tests {
             zones: None,
             max_failover_lag_bytes: None,
             credential_rotation_days: None,
+            labels: None,
         }
     }
 
@@ -339,6 +353,18 @@ mod tests {
         assert!(req("-x").validate().is_err());
         assert!(req(&"a".repeat(64)).validate().is_err());
         assert!(req("a b").validate().is_err());
+    }
+
+    #[test]
+    fn bad_labels_are_refused_with_what_is_wrong() {
+        let mut r = req("db1");
+        r.labels = Some([("tier".to_string(), "gold".to_string())].into_iter().collect());
+        assert!(r.validate().is_ok());
+        r.labels = Some([("tier".to_string(), "g old".to_string())].into_iter().collect());
+        assert!(r.validate().unwrap_err().contains("label value"));
+        let old = r#"{"id":"0190c8a0-0000-7000-8000-000000000001","name":"a","engine":"postgres","plan":{"followers":0,"sync":false,"max_failover_lag_bytes":1},"team":"t","zones":[],"image":"i","provider":"sim","state":"available","created_at":1,"state_since":1}"#;
+        let rec: ServiceRecord = serde_json::from_str(old).unwrap();
+        assert!(rec.labels.is_empty(), "records from before labels read with none");
     }
 
     #[test]

@@ -1,8 +1,10 @@
 //! Engine events that need a person become alerts: a remedy failed (the
 //! service needs a human), the mass-uncertainty brake engaged, a restore
-//! test failed. The matching "all clear" events resolve them.
+//! test failed. The matching "all clear" events resolve them. Events that
+//! only inform a team (maintenance scheduled) become announcements: a post
+//! in the team's chat, never a page.
 
-use crate::pager::{Alert, AlertAction, Severity};
+use crate::pager::{Alert, AlertAction, Announcement, Severity};
 use drover_model::{Event, EventKind, EventSubject};
 
 /// Whether an event could matter to the pager (cheap; runs on every commit).
@@ -93,6 +95,26 @@ pub fn to_alert(event: &Event, team: Option<String>) -> Option<Alert> {
             "needs_human",
             Severity::Info,
         )),
+        _ => None,
+    }
+}
+
+/// Whether an event is news for a team's chat (cheap; runs on every commit).
+pub fn is_announcement(event: &Event) -> bool {
+    matches!(event.kind, EventKind::MaintenanceScheduled { .. })
+}
+
+/// Maps a committed engine event to an announcement for its team's chat.
+pub fn to_announcement(event: &Event) -> Option<Announcement> {
+    match &event.kind {
+        EventKind::MaintenanceScheduled { rollout, window_start } => Some(Announcement {
+            team: event.team.clone(),
+            text: format!(
+                "Maintenance scheduled: rollout {rollout} will move {} onto a new image in its maintenance window \
+                 starting {window_start} (replacement and a planned switchover; its URL does not change)",
+                event.service.as_deref().unwrap_or("a service")
+            ),
+        }),
         _ => None,
     }
 }

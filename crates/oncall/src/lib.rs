@@ -25,6 +25,6 @@ pub mod sign;
 
 pub use config::{ChannelKind, Config, ConfigError, Contact, Target, Team};
 pub use pager::{
-    Alert, AlertAction, AlertOutcome, FeedPost, Input, Notification, NotificationId, NotifyReason, Outputs, Page,
-    PageId, PageStatus, Pager, PagerError, Recipient, Reply, Severity, Transition,
+    Alert, AlertAction, AlertOutcome, Announcement, FeedPost, Input, Notification, NotificationId, NotifyReason,
+    Outputs, Page, PageId, PageStatus, Pager, PagerError, Recipient, Reply, Severity, Transition,
 };

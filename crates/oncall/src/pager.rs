@@ -236,6 +236,8 @@ pub enum NotifyReason {
     Repeat,
     /// Acknowledged but still open too long.
     Renotify,
+    /// Information for the team's chat, no page: maintenance scheduled.
+    Announce,
 }
 
 /// One message to one recipient. The shell renders links and tries the
@@ -243,7 +245,8 @@ pub enum NotifyReason {
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct Notification {
     pub id: NotificationId,
-    pub page: PageId,
+    /// The page it is about (None: an announcement, no page to act on).
+    pub page: Option<PageId>,
     pub at: Timestamp,
     pub recipient: Recipient,
     pub reason: NotifyReason,
@@ -274,6 +277,18 @@ pub enum Input {
     },
     /// Time passed: escalate, re-notify, close quiet flapping pages.
     Tick,
+    /// Tell a team's chat something that needs no one to act (a rollout
+    /// will move a service in its maintenance window): a notification and
+    /// a feed post, never a page.
+    Announce(Announcement),
+}
+
+/// Information for a team (the service's team; the default team when it
+/// is unknown or absent).
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct Announcement {
+    pub team: Option<String>,
+    pub text: String,
 }
 
 /// What an alert did.
@@ -462,8 +477,26 @@ impl Pager {
                     self.resolve_by_id(page, &by, "resolved by hand", now, &mut out).map(|p| Reply::Page(Box::new(p)));
                 out.reply = Some(reply);
             }
+            Input::Announce(a) => self.announce(a, now, &mut out),
         }
         out
+    }
+
+    /// One chat message to the team and one feed post; no page, no timer.
+    fn announce(&mut self, a: Announcement, now: Timestamp, out: &mut Outputs) {
+        let (team, _) = self.team_name(a.team.as_deref());
+        let text = truncate(a.text, MAX_SUMMARY);
+        let contacts = self.config.team(&team).map(|t| t.chat.clone()).unwrap_or_default();
+        let id = NotificationId::new_at(now.0, self.next_entropy());
+        out.notifications.push(Notification {
+            id,
+            page: None,
+            at: now,
+            recipient: Recipient::TeamChat { team: team.clone(), contacts },
+            reason: NotifyReason::Announce,
+            text: text.clone(),
+        });
+        out.feed.push(FeedPost { at: now, page: None, team: Some(team), text });
     }
 
     fn set_timer(&mut self, id: PageId, at: Option<Timestamp>) {
@@ -909,7 +942,7 @@ impl Pager {
             }
         }
         let id = NotificationId::new_at(now.0, self.next_entropy());
-        out.notifications.push(Notification { id, page, at: now, recipient, reason, text });
+        out.notifications.push(Notification { id, page: Some(page), at: now, recipient, reason, text });
     }
 
     fn acknowledge(&mut self, id: PageId, by: &str, now: Timestamp, out: &mut Outputs) -> Result<Page, PagerError> {

@@ -298,7 +298,7 @@ proptest! {
             }
             for n in &out.notifications {
                 if let Recipient::Person { .. } = n.recipient {
-                    let since = now.since(opened[&n.page]);
+                    let since = now.since(opened[&n.page.expect("a page's notification names it")]);
                     prop_assert!(since >= Duration::from_secs(180), "paged {since:?} after opening");
                 }
             }

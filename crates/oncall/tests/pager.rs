@@ -462,3 +462,38 @@ fn trouble_that_comes_back_within_the_regroup_window_reopens_its_incident() {
     let later = p.step(Input::Alert(alert("c")), t0.plus(Duration::from_secs(4 * 3600)));
     assert_ne!(later.pages[0].id, first, "past the window: a new incident");
 }
+
+#[test]
+fn an_announcement_goes_to_the_team_chat_and_the_feed_and_opens_no_page() {
+    use drover_model::{Event, EventKind, EventSubject};
+    let mut p = pager();
+    let event = Event {
+        id: Default::default(),
+        seq: 9,
+        at: night(),
+        subject: EventSubject::Service,
+        service: Some("db1".into()),
+        service_id: None,
+        instance: None,
+        action: None,
+        from: None,
+        to: None,
+        cause: "prose".into(),
+        kind: EventKind::MaintenanceScheduled { rollout: "r1".into(), window_start: day() },
+        team: Some("db".into()),
+    };
+    assert!(drover_oncall::engine::is_announcement(&event) && !drover_oncall::engine::is_relevant(&event));
+    assert!(drover_oncall::engine::to_alert(&event, None).is_none(), "never a page");
+    let a = drover_oncall::engine::to_announcement(&event).expect("an announcement");
+    assert!(a.text.contains("db1") && a.text.contains("r1") && a.text.contains("2026-03-03T10:00:00Z"), "{}", a.text);
+    let out = p.step(Input::Announce(a), night());
+    assert!(out.pages.is_empty() && out.transitions.is_empty() && p.open_pages().next().is_none());
+    assert_eq!(out.notifications.len(), 1);
+    let n = &out.notifications[0];
+    assert_eq!((n.reason, n.page), (NotifyReason::Announce, None));
+    assert!(
+        matches!(&n.recipient, Recipient::TeamChat { team, contacts } if team == "db" && contacts[0].address == "http://chat.example/db")
+    );
+    assert_eq!((out.feed.len(), out.feed[0].team.as_deref()), (1, Some("db")));
+    assert!(p.next_deadline().is_none(), "nothing to escalate");
+}

@@ -27,6 +27,7 @@ mod error;
 pub mod hosts;
 pub mod http;
 mod images;
+mod labels;
 pub mod listen;
 mod maintenance;
 pub mod oncall;
@@ -376,7 +377,8 @@ async fn start_up(
     let builtin_host_name = (!opts.agents_only).then(host_name);
     let dispatcher = runtime::Dispatcher::new(providers.clone(), default_provider, handle.clone())
         .with_agents(agent_channel.clone(), builtin_host_name);
-    let (pager_wakeup, wakeup) = runtime::pager_wakeup(drover_oncall::engine::is_relevant);
+    let (pager_wakeup, wakeup) =
+        runtime::pager_wakeup(|e| drover_oncall::engine::is_relevant(e) || drover_oncall::engine::is_announcement(e));
     let mut machine =
         runtime::EngineMachine::new(engine, store.clone(), dispatcher.clone(), Some(pager_wakeup), input_log);
     machine.log_start(now, seed);

@@ -42,6 +42,7 @@ pub fn router(state: AppState) -> Router {
         .route("/v1/rollouts/{id}/resume", post(crate::rollouts::resume_rollout))
         .route("/v1/rollouts/{id}/abort", post(crate::rollouts::abort_rollout))
         .route("/v1/services/{name}/maintenance-window", axum::routing::put(crate::maintenance::put_window))
+        .route("/v1/services/{name}/labels", axum::routing::put(crate::labels::put_labels))
         .route("/v1/maintenance.ics", get(crate::maintenance::calendar))
         .route("/metrics", get(http::metrics_text))
         .route("/openapi.json", get(openapi::openapi_json))

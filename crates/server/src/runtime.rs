@@ -467,6 +467,7 @@ mod tests {
                 zones: None,
                 max_failover_lag_bytes: None,
                 credential_rotation_days: None,
+                labels: None,
             }),
         }
     }

@@ -80,7 +80,8 @@ async fn a_rollout_moves_services_by_switchover_and_resumes_after_an_abrupt_rest
         json!({"to_image": to, "waves": [50, 10, 100]}),
         json!({"to_image": to, "waves": [50]}),
         json!({"to_image": "sha256:unknown"}),
-        json!({"to_image": to, "selector": {"label": "tier=gold"}}),
+        json!({"to_image": to, "selector": {"label": "tier"}}),
+        json!({"to_image": to, "selector": {"labels": {"tier": "gold plated"}}}),
         json!({"to_image": to, "max_failures": 0}),
         json!({"to_image": to, "required_by": "not a time"}),
     ];

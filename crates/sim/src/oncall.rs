@@ -140,10 +140,10 @@ impl People {
             self.seen.entry(p.id).or_insert_with(|| Seen { business_hours: p.business_hours, notified: None });
         }
         for n in out.notifications {
-            if !matches!(n.recipient, Recipient::Person { .. }) {
+            let (Recipient::Person { .. }, Some(page)) = (&n.recipient, n.page) else {
                 continue;
-            }
-            let business_hours = match self.seen.get(&n.page) {
+            };
+            let business_hours = match self.seen.get(&page) {
                 Some(s) if s.notified.is_none() => s.business_hours,
                 _ => continue,
             };
@@ -153,10 +153,10 @@ impl People {
             if !business_hours {
                 minutes *= self.spec.night_factor;
             }
-            if let Some(s) = self.seen.get_mut(&n.page) {
+            if let Some(s) = self.seen.get_mut(&page) {
                 s.notified = Some(delivered);
             }
-            self.acks.push(Reverse((delivered + (minutes * MICROS_PER_MIN) as i64, n.page)));
+            self.acks.push(Reverse((delivered + (minutes * MICROS_PER_MIN) as i64, page)));
         }
     }
 }

@@ -114,7 +114,8 @@ impl OncallStore {
             for n in &out.notifications {
                 notification.execute(params![
                     n.id.to_string(),
-                    n.page.to_string(),
+                    // An announcement has no page: '' (the column predates them).
+                    n.page.map(|p| p.to_string()).unwrap_or_default(),
                     n.at.0,
                     serde_json::to_string(n).map_err(corrupt)?
                 ])?;

@@ -44,6 +44,7 @@ fn service(n: u64, name: &str, state: ServiceState) -> ServiceRecord {
         credentials: CredentialStatus { last_rotated_at: Some(Timestamp(T0 + 6)), ..Default::default() },
         maintenance_window: None,
         forked_from: None,
+        labels: Default::default(),
     }
 }
 

@@ -314,6 +314,7 @@ impl H {
             zones: None,
             max_failover_lag_bytes: None,
             credential_rotation_days: None,
+            labels: None,
         };
         match self.command(Command::CreateService(req)) {
             Ok(Reply::Service(v)) => *v,

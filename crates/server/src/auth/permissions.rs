@@ -122,6 +122,7 @@ pub const TABLE: &[Rule] = &[
     rule("POST", "/v1/rollouts/{id}/resume", Operate, ByEngine),
     rule("POST", "/v1/rollouts/{id}/abort", Operate, ByEngine),
     rule("PUT", "/v1/services/{name}/maintenance-window", Operate, ByEngine),
+    rule("PUT", "/v1/services/{name}/labels", Operate, ByEngine),
     // The feed key in the URL is a token the handler checks (calendar apps send no headers).
     rule("GET", "/v1/maintenance.ics", SignedLink, No),
     rule("POST", "/v1/integrations/alertmanager", Alert, No),

@@ -146,10 +146,18 @@ impl Deliverer {
     }
 
     async fn deliver_notification(&self, n: Notification) {
-        let ack = self.link(n.page, "ack");
-        let resolve = self.link(n.page, "resolve");
-        let text = format!("{}\nAcknowledge: {ack}\nResolve: {resolve}", n.text);
-        let body = serde_json::json!({ "notification": n, "text": text, "ack_url": ack, "resolve_url": resolve });
+        let (text, body) = match n.page {
+            Some(page) => {
+                let ack = self.link(page, "ack");
+                let resolve = self.link(page, "resolve");
+                let text = format!("{}\nAcknowledge: {ack}\nResolve: {resolve}", n.text);
+                let body =
+                    serde_json::json!({ "notification": n, "text": text, "ack_url": ack, "resolve_url": resolve });
+                (text, body)
+            }
+            // An announcement: nothing to acknowledge.
+            None => (n.text.clone(), serde_json::json!({ "notification": n, "text": n.text })),
+        };
         let subject = format!("[drover] {}", n.text.lines().next().unwrap_or("page"));
         let mut failures: Vec<String> = Vec::new();
         let mut attempts = 0;
@@ -167,7 +175,7 @@ impl Deliverer {
                     if !failures.is_empty() {
                         self.report(FeedPost {
                             at: now(),
-                            page: Some(n.page),
+                            page: n.page,
                             team: None,
                             text: format!(
                                 "notification to {} fell back to {}: {}",
@@ -195,10 +203,10 @@ impl Deliverer {
             store.mark_notification(&id, "failed", attempts, Some("feed"), Some(&err), now())
         })
         .await;
-        tracing::warn!(page = %n.page, recipient = %n.recipient.label(), reason = %why, "notification not delivered; posted to the feed");
+        tracing::warn!(page = ?n.page, recipient = %n.recipient.label(), reason = %why, "notification not delivered; posted to the feed");
         self.report(FeedPost {
             at: now(),
-            page: Some(n.page),
+            page: n.page,
             team: None,
             text: format!("could not reach {} ({why}); posting here instead: {}", n.recipient.label(), n.text),
         })

@@ -14,7 +14,9 @@
 //! events `drover_oncall::engine::is_relevant` accepts, the engine actor
 //! wakes the bridge (a channel of one pending wake-up, never blocking the
 //! engine), which reads the log from where it stopped and turns relevant
-//! events into alerts with the team the event names.
+//! events into alerts with the team the event names, and announcements
+//! (`drover_oncall::engine::is_announcement`: maintenance scheduled) into
+//! posts in the team's chat and the feed, never pages.
 
 pub mod channels;
 pub mod routes;
@@ -290,6 +292,12 @@ async fn bridge_engine_events(mut events: EngineEvents, mut cursor: u64, pager: 
             let complete = batch.len() < MAX_READ_LIMIT;
             for event in batch {
                 cursor = cursor.max(event.seq);
+                if let Some(announcement) = drover_oncall::engine::to_announcement(&event) {
+                    if !pager.send(Input::Announce(announcement)).await {
+                        return;
+                    }
+                    continue;
+                }
                 if !drover_oncall::engine::is_relevant(&event) {
                     continue;
                 }

@@ -434,6 +434,7 @@ impl Sim {
                 zones: Some(zones),
                 max_failover_lag_bytes: None,
                 credential_rotation_days: None,
+                labels: None,
             };
             let idx = self.svcs.len() as u32;
             self.svcs.push(Svc {
