@@ -92,18 +92,7 @@ fn a_fork_restores_its_first_primary_from_the_source_and_keeps_the_source_plan()
 #[test]
 fn a_redis_service_cannot_be_forked_to_a_moment() {
     let mut h = H::new(fast_config());
-    let req = CreateService {
-        name: "rd".into(),
-        engine: EngineKind::Redis,
-        followers: 1,
-        provider: Some("sim".into()),
-        sync: None,
-        team: None,
-        zones: None,
-        max_failover_lag_bytes: None,
-        credential_rotation_days: None,
-        labels: None,
-    };
+    let req = request("rd", EngineKind::Redis, 1);
     h.command(Command::CreateService(req)).expect("created");
     h.advance(Duration::from_secs(5));
     let refused = h.command(Command::ForkService { source: "rd".into(), name: "rd2".into(), at: None });

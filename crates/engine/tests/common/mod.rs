@@ -207,6 +207,22 @@ pub fn image(engine: EngineKind) -> Image {
     )
 }
 
+/// A service of `engine` on the sim provider, every option at its default.
+pub fn request(name: &str, engine: EngineKind, followers: u8) -> CreateService {
+    CreateService {
+        name: name.into(),
+        engine,
+        followers,
+        provider: Some("sim".into()),
+        sync: None,
+        team: None,
+        zones: None,
+        max_failover_lag_bytes: None,
+        credential_rotation_days: None,
+        labels: None,
+    }
+}
+
 pub struct H {
     pub e: Engine,
     pub config: Config,
@@ -304,18 +320,7 @@ impl H {
     }
 
     pub fn create(&mut self, name: &str, followers: u8) -> ServiceView {
-        let req = CreateService {
-            name: name.into(),
-            engine: EngineKind::Postgres,
-            followers,
-            provider: Some("sim".into()),
-            sync: Some(followers > 0),
-            team: None,
-            zones: None,
-            max_failover_lag_bytes: None,
-            credential_rotation_days: None,
-            labels: None,
-        };
+        let req = CreateService { sync: Some(followers > 0), ..request(name, EngineKind::Postgres, followers) };
         match self.command(Command::CreateService(req)) {
             Ok(Reply::Service(v)) => *v,
             other => panic!("create failed: {other:?}"),
