@@ -384,6 +384,20 @@ impl BackupRepo {
         check_stanza_name(stanza)?;
         let pg1 = format!("--pg1-path={}", pg1_path.display());
         let mut args = vec!["restore".to_string(), pg1];
+        if let Some(at) = target {
+            // pgBackRest picks the newest set whose stop time, in whole
+            // seconds, is before the target; a moment in the same second as
+            // a backup's end (a fork right after a backup) finds none. Then
+            // name the newest set that started before it.
+            let at_micros = at.as_microsecond();
+            let sets = self.list(stanza).await?;
+            if !sets.iter().any(|b| b.finished_at.0 < at_micros - 1_000_000) {
+                match sets.iter().rev().find(|b| b.started_at.0 < at_micros) {
+                    Some(set) => args.push(format!("--set={}", set.label)),
+                    None => return Err(BackupError::NoBackup { stanza: stanza.into() }),
+                }
+            }
+        }
         match target {
             // pgBackRest selects the backup set by this format only.
             Some(at) => args.extend([
