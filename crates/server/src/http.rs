@@ -156,6 +156,7 @@ pub struct ForkService {
     /// before this moment. Absent: everything the source committed until
     /// the fork starts (Drover archives it first).
     #[serde(default)]
+    #[schema(format = DateTime)]
     pub at: Option<String>,
 }
 
