@@ -21,18 +21,8 @@ fn config(every: Option<Duration>, overlap: Duration) -> Config {
 }
 
 fn create(h: &mut H, name: &str, days: Option<u32>) -> ServiceView {
-    let req = CreateService {
-        name: name.into(),
-        engine: EngineKind::Postgres,
-        followers: 1,
-        provider: Some("sim".into()),
-        sync: Some(true),
-        team: None,
-        zones: None,
-        max_failover_lag_bytes: None,
-        credential_rotation_days: days,
-        labels: None,
-    };
+    let req =
+        CreateService { sync: Some(true), credential_rotation_days: days, ..request(name, EngineKind::Postgres, 1) };
     let Ok(Reply::Service(v)) = h.command(Command::CreateService(req)) else { panic!("create {name}") };
     h.advance(Duration::from_secs(3));
     assert_eq!(h.service(name).state, ServiceState::Available);

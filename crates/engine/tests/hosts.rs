@@ -60,18 +60,7 @@ fn a_service_that_does_not_fit_is_refused_and_cordoned_hosts_take_no_member() {
     register(&mut h, "h1", "zone-a", 1);
     register(&mut h, "h2", "zone-b", 1);
     // Three members, two hosts: one per host means no room.
-    let req = |name: &str, followers| CreateService {
-        name: name.into(),
-        engine: EngineKind::Postgres,
-        followers,
-        provider: Some("sim".into()),
-        sync: None,
-        team: None,
-        zones: None,
-        max_failover_lag_bytes: None,
-        credential_rotation_days: None,
-        labels: None,
-    };
+    let req = |name: &str, followers| request(name, EngineKind::Postgres, followers);
     let refused = h.command(Command::CreateService(req("big", 2)));
     assert!(matches!(refused, Err(CommandError::Conflict(ref m)) if m.contains("no room")), "{refused:?}");
     assert!(h.e.service_view("big").is_none());

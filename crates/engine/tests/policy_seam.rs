@@ -53,18 +53,7 @@ fn harness(config: Config) -> H {
 }
 
 fn create_cluster(h: &mut H, name: &str, brokers: u8) -> ServiceView {
-    let req = CreateService {
-        name: name.into(),
-        engine: EngineKind::Kafka,
-        followers: brokers - 1,
-        provider: Some("sim".into()),
-        sync: None,
-        team: None,
-        zones: None,
-        max_failover_lag_bytes: None,
-        credential_rotation_days: None,
-        labels: None,
-    };
+    let req = request(name, EngineKind::Kafka, brokers - 1);
     match h.command(Command::CreateService(req)) {
         Ok(Reply::Service(v)) => *v,
         other => panic!("create failed: {other:?}"),

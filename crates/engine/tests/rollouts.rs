@@ -250,16 +250,9 @@ fn labels(pairs: &[(&str, &str)]) -> Labels {
 
 fn create_labeled(h: &mut H, name: &str, with: &[(&str, &str)]) {
     let req = CreateService {
-        name: name.into(),
-        engine: EngineKind::Postgres,
-        followers: 1,
-        provider: Some("sim".into()),
         sync: Some(true),
-        team: None,
-        zones: None,
-        max_failover_lag_bytes: None,
-        credential_rotation_days: None,
         labels: (!with.is_empty()).then(|| labels(with)),
+        ..request(name, EngineKind::Postgres, 1)
     };
     h.command(Command::CreateService(req)).expect("service created");
 }
