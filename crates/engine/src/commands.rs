@@ -312,11 +312,11 @@ impl Engine {
                 s.engine
             )));
         }
-        let Some(first_backup) = s.backups.last_backup_at else {
+        if s.backups.last_backup_at.is_none() {
             return Err(CommandError::Conflict(format!(
                 "{source:?} has no backup yet: take one (POST /v1/services/{source}/backups), then fork from a moment after it"
             )));
-        };
+        }
         if let Some(at) = at {
             if at.0 > now {
                 return Err(CommandError::Invalid(format!(
@@ -327,7 +327,6 @@ impl Engine {
             // The engine remembers the latest backup only; an older moment
             // may still be covered by an older backup, which the provider
             // knows: it refuses clearly if none is.
-            let _ = first_backup;
         }
         let req = CreateService {
             name,
