@@ -349,6 +349,16 @@ enum ServicesCmd {
         #[arg(long)]
         at: Option<String>,
     },
+    /// Resize by replacement, now: a new member from IMAGE (other settings
+    /// or resources), a planned switchover, the old member retired; the URL
+    /// stays. Prints the one-service rollout that does it (`drover rollouts
+    /// watch ID` follows it).
+    Resize {
+        name: String,
+        /// The image's id (`drover images`, or `POST /v1/images`).
+        #[arg(long)]
+        image: String,
+    },
     /// Backups, restore tests and service checks.
     #[command(subcommand)]
     Backups(BackupsCmd),
@@ -755,6 +765,12 @@ async fn run(cli: Cli, no_local_set: bool) -> anyhow::Result<()> {
                 }
                 let v = client.post(&format!("/v1/services/{}/fork", client::path_segment(&source)), body).await?;
                 output::service(&v, json);
+                Ok(())
+            }
+            ServicesCmd::Resize { name, image } => {
+                let body = serde_json::json!({ "image": image });
+                let v = client.post(&format!("/v1/services/{}/resize", client::path_segment(&name)), body).await?;
+                rollouts::show(&v, json);
                 Ok(())
             }
             ServicesCmd::Backups(cmd) => {

@@ -231,6 +231,14 @@ pub enum Command {
     },
     /// Move the selected services onto an image, in waves.
     CreateRollout(RolloutSpec),
+    /// Resize one service: move it onto `image` (other settings or
+    /// resources) by replacement, now, as a rollout of that one service:
+    /// a new member from the image, catch-up, a planned switchover, the old
+    /// member retired. The URL stays.
+    ResizeService {
+        name: String,
+        image: drover_model::ImageId,
+    },
     PauseRollout {
         id: RolloutId,
     },
@@ -307,6 +315,7 @@ impl Command {
             Command::ResumeService { .. } => "services.resume",
             Command::RotateCredentials { .. } => "services.rotate_credentials",
             Command::CreateRollout(_) => "rollouts.create",
+            Command::ResizeService { .. } => "services.resize",
             Command::SetMaintenanceWindow { .. } => "services.maintenance_window",
             Command::SetLabels { .. } => "services.labels",
             Command::PauseRollout { .. } => "rollouts.pause",
