@@ -735,8 +735,24 @@ async fn run(cli: Cli, no_local_set: bool) -> anyhow::Result<()> {
                 Ok(())
             }
             ServicesCmd::List => {
-                let v = client.get("/v1/services", &[]).await?;
-                output::services(&v, json);
+                // A page at a time, in name order, each after the last name
+                // of the one before, until a short page.
+                const PAGE: usize = 1000;
+                let mut all = Vec::new();
+                loop {
+                    let mut query = vec![("limit", PAGE.to_string())];
+                    if let Some(last) = all.last().and_then(|s: &serde_json::Value| s["name"].as_str()) {
+                        query.push(("after", last.to_string()));
+                    }
+                    let page = client.get("/v1/services", &query).await?;
+                    let page = page.as_array().cloned().unwrap_or_default();
+                    let short = page.len() < PAGE;
+                    all.extend(page);
+                    if short {
+                        break;
+                    }
+                }
+                output::services(&serde_json::Value::Array(all), json);
                 Ok(())
             }
             ServicesCmd::Show { name } => {
