@@ -349,6 +349,9 @@ enum ServicesCmd {
         #[arg(long)]
         at: Option<String>,
     },
+    /// Read replicas on demand (PostgreSQL): each with its own stable read URL.
+    #[command(subcommand)]
+    Followers(FollowersCmd),
     /// Backups, restore tests and service checks.
     #[command(subcommand)]
     Backups(BackupsCmd),
@@ -384,6 +387,20 @@ enum TokensCmd {
     List,
     /// Revoke a token at once.
     Revoke { id: String },
+}
+
+#[derive(Subcommand)]
+enum FollowersCmd {
+    /// Add read replicas (asynchronous followers, each with a read URL
+    /// through the router); at most 8 per service.
+    Add {
+        name: String,
+        #[arg(long, default_value_t = 1)]
+        count: u32,
+    },
+    /// Remove the read replica ID (an instance id from `services show`):
+    /// its read URL goes with it. The primary and the plan's followers stay.
+    Remove { name: String, id: String },
 }
 
 #[derive(Subcommand)]
@@ -754,6 +771,19 @@ async fn run(cli: Cli, no_local_set: bool) -> anyhow::Result<()> {
                     body["at"] = serde_json::Value::String(at);
                 }
                 let v = client.post(&format!("/v1/services/{}/fork", client::path_segment(&source)), body).await?;
+                output::service(&v, json);
+                Ok(())
+            }
+            ServicesCmd::Followers(FollowersCmd::Add { name, count }) => {
+                let path = format!("/v1/services/{}/followers", client::path_segment(&name));
+                let v = client.post(&path, serde_json::json!({ "count": count })).await?;
+                output::service(&v, json);
+                Ok(())
+            }
+            ServicesCmd::Followers(FollowersCmd::Remove { name, id }) => {
+                let path =
+                    format!("/v1/services/{}/followers/{}", client::path_segment(&name), client::path_segment(&id));
+                let v = client.delete(&path).await?;
                 output::service(&v, json);
                 Ok(())
             }
