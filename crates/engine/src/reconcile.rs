@@ -268,13 +268,17 @@ impl Engine {
             .instances
             .iter()
             .filter(|&&i| {
-                self.instances.get(i).is_some_and(|x| {
-                    x.role == Role::Follower && x.read_slot == 0 && x.state.is_member() && !x.fenced
-                })
+                self.instances
+                    .get(i)
+                    .is_some_and(|x| x.role == Role::Follower && x.read_slot == 0 && x.state.is_member() && !x.fenced)
             })
             .count();
         if followers < usize::from(self.policy_of(s).members(&s.plan).count(Role::Follower)) {
-            return Some(Remedy::Provision { role: Role::Follower, zone: self.zone_for_new_member(sslot), read_slot: 0 });
+            return Some(Remedy::Provision {
+                role: Role::Follower,
+                zone: self.zone_for_new_member(sslot),
+                read_slot: 0,
+            });
         }
         if let Some(instance) = self.unwanted_read_replica(s) {
             return Some(Remedy::Leave {
@@ -308,8 +312,11 @@ impl Engine {
                 .iter()
                 .filter(|&&i| self.instances.get(i).is_some_and(|x| x.role == role && x.state.is_member() && !x.fenced))
                 .count();
-            (serving < usize::from(planned.count(role)))
-                .then(|| Remedy::Provision { role, zone: self.zone_for_new_member(sslot), read_slot: 0 })
+            (serving < usize::from(planned.count(role))).then(|| Remedy::Provision {
+                role,
+                zone: self.zone_for_new_member(sslot),
+                read_slot: 0,
+            })
         })
     }
 

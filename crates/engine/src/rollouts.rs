@@ -814,11 +814,8 @@ impl Engine {
                 return Step::Wait;
             }
             match x.role {
-                _ if x.read_slot > 0 => {
-                    if x.image != target {
-                        old_read_replicas.push(i);
-                    }
-                }
+                _ if x.read_slot > 0 && x.image != target => old_read_replicas.push(i),
+                _ if x.read_slot > 0 => {}
                 Role::Primary => primary = Some(i),
                 r if r == rolled && x.image == target => new_members += 1,
                 r if r == rolled => old_members.push(i),
@@ -850,7 +847,8 @@ impl Engine {
             return Step::Acted;
         }
         if let Some(&old) = old_read_replicas.first() {
-            let cause = format!("rollout onto {id}: retire an old read replica, rebuilt in its slot from the new image");
+            let cause =
+                format!("rollout onto {id}: retire an old read replica, rebuilt in its slot from the new image");
             self.open_action(old, ActionKind::Retire, &cause, true, now, out);
             return Step::Acted;
         }

@@ -57,9 +57,9 @@ async fn one(url: &str, sql: &str) -> Option<String> {
 
 /// The live read replica of `slot`, if one is available and streaming.
 fn replica_in_slot(service: &Value, slot: u64) -> Option<Value> {
-    followers(service).into_iter().find(|f| {
-        f["read_slot"] == slot && f["state"] == "available" && f["facts"]["upstream_streaming"] == true
-    })
+    followers(service)
+        .into_iter()
+        .find(|f| f["read_slot"] == slot && f["state"] == "available" && f["facts"]["upstream_streaming"] == true)
 }
 
 /// The pid in `<instance>/pgdata/postmaster.pid`, found under `dir`.
@@ -112,9 +112,11 @@ async fn a_follower_added_on_demand_serves_reads_through_its_url_and_is_rebuilt_
     let url = service["url"].as_str().expect("a stable URL").to_string();
     let plan_follower = id(&followers(&service)[0]);
     let c = connect(&url).await.expect("connect through the URL");
-    c.batch_execute("CREATE TABLE notes (n int PRIMARY KEY, body text); INSERT INTO notes VALUES (1, 'written on the primary')")
-        .await
-        .unwrap();
+    c.batch_execute(
+        "CREATE TABLE notes (n int PRIMARY KEY, body text); INSERT INTO notes VALUES (1, 'written on the primary')",
+    )
+    .await
+    .unwrap();
     drop(c);
 
     // Refusals over HTTP, before anything is added.

@@ -493,11 +493,8 @@ impl Inner {
             let plan: Vec<String> = members.iter().filter(|(_, s)| s.is_none()).map(|(n, _)| n.clone()).collect();
             (plan, members.len() - members.iter().filter(|(_, s)| s.is_none()).count())
         };
-        let streaming = streaming_names
-            .iter()
-            .flatten()
-            .filter(|name| read_replicas == 0 || plan_followers.contains(name))
-            .count();
+        let streaming =
+            streaming_names.iter().flatten().filter(|name| read_replicas == 0 || plan_followers.contains(name)).count();
         let current = postgres::execute(&primary, "SHOW synchronous_standby_names", SQL_TIMEOUT).await?;
         let current = current.first().cloned().flatten().unwrap_or_default();
         let wanted = if service.sync && streaming > 0 {
