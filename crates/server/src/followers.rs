@@ -6,11 +6,10 @@
 //! thin wrappers.
 
 use crate::auth::Caller;
-use crate::error::{ApiError, ErrorBody};
+use crate::error::{ApiError, ErrorBody, Json, Path};
 use crate::state::AppState;
-use axum::extract::{Path, State};
+use axum::extract::State;
 use axum::response::Response;
-use axum::Json;
 use drover_engine::Command;
 use drover_model::{InstanceId, ServiceView};
 use serde::Deserialize;
