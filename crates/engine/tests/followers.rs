@@ -218,3 +218,50 @@ fn a_primary_without_plan_followers_is_restarted_never_replaced_by_its_read_repl
     assert_eq!(read_replicas(&h, "solo").len(), 1, "the read slot is still filled");
     h.check_invariants();
 }
+
+#[test]
+fn a_rollout_replaces_read_replicas_in_their_slots_after_the_plan_members() {
+    let mut h = H::new(fast_config());
+    h.create("db", 1);
+    h.advance(Duration::from_secs(5));
+    add(&mut h, "db", 2).expect("added");
+    h.advance(Duration::from_secs(10));
+    let old: Vec<InstanceId> = read_replicas(&h, "db").into_iter().map(|(_, i)| i.id).collect();
+    let image = Image::new(
+        EngineKind::Postgres,
+        "15-test",
+        std::collections::BTreeMap::new(),
+        std::collections::BTreeMap::from([("postgresql-15".into(), "15.19".into())]),
+        Timestamp(T0),
+    );
+    let to = image.id.clone();
+    h.command(Command::RegisterImage(image)).expect("image registers");
+    let spec = RolloutSpec {
+        to_image: to.clone(),
+        selector: Selector { engine: Some(EngineKind::Postgres), ..Default::default() },
+        waves: vec![100],
+        soak_seconds: 2,
+        max_failures: 1,
+        required_by: None,
+    };
+    let id = match h.command(Command::CreateRollout(spec)) {
+        Ok(Reply::Rollout(v)) => v.id,
+        other => panic!("rollout not created: {other:?}"),
+    };
+    let end = h.now + 600_000_000;
+    while h.now < end && !h.e.rollout_view(id, Timestamp(h.now)).expect("rollout").state.is_finished() {
+        h.advance(Duration::from_secs(1));
+    }
+    let v = h.e.rollout_view(id, Timestamp(h.now)).expect("rollout");
+    assert_eq!(v.state, RolloutState::Succeeded, "{v:?}");
+    let s = h.service("db");
+    assert!(s.instances.iter().filter(|i| i.state.is_member()).all(|i| i.image == to.0), "{s:#?}");
+    let now: Vec<(u32, InstanceId)> = read_replicas(&h, "db").into_iter().map(|(s, i)| (s, i.id)).collect();
+    assert_eq!(now.iter().map(|(s, _)| *s).collect::<Vec<_>>(), vec![1, 2], "both slots filled again");
+    assert!(now.iter().all(|(_, i)| !old.contains(i)), "rebuilt from the new image");
+    assert_eq!(plan_followers(&h, "db").len(), 1, "the plan is kept");
+    assert_eq!(s.instances.iter().filter(|i| i.state.is_member()).count(), 4);
+    assert_eq!(h.succeeded("fence").len(), 1, "one planned switchover");
+    let promoted = h.succeeded("promote");
+    assert!(promoted.iter().all(|a| !old.contains(&a.instance) && !now.iter().any(|(_, i)| *i == a.instance)));
+}
