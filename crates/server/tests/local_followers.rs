@@ -169,6 +169,7 @@ async fn a_follower_added_on_demand_serves_reads_through_its_url_and_is_rebuilt_
 
     // kill -9 of the replica's postmaster: rebuilt in slot 1, same read URL.
     let pid = postmaster_pid(t.dir.path(), &replica_id).expect("the replica's postmaster.pid");
+    let killed_at = std::time::Instant::now();
     let killed = std::process::Command::new("kill").args(["-9", &pid.to_string()]).status().unwrap();
     assert!(killed.success());
     let rebuilt = poll(SLOW, "a new read replica in slot 1", || async {
@@ -187,6 +188,10 @@ async fn a_follower_added_on_demand_serves_reads_through_its_url_and_is_rebuilt_
     })
     .await;
     assert_eq!(seen, "written after the kill");
+    eprintln!(
+        "kill -9 of read replica {replica_id}: the same read URL served reads again after {:?}",
+        killed_at.elapsed()
+    );
     let events = t.events(&format!("instance={replica_id}")).await;
     assert!(events.iter().any(|e| e["to"] == "unavailable"), "the kill was seen: {events:#?}");
     let names = one(&url, "SHOW synchronous_standby_names").await.unwrap_or_default();
