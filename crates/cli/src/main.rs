@@ -359,6 +359,9 @@ enum ServicesCmd {
         #[arg(long)]
         image: String,
     },
+    /// Read replicas on demand (PostgreSQL): each with its own stable read URL.
+    #[command(subcommand)]
+    Followers(FollowersCmd),
     /// Backups, restore tests and service checks.
     #[command(subcommand)]
     Backups(BackupsCmd),
@@ -394,6 +397,20 @@ enum TokensCmd {
     List,
     /// Revoke a token at once.
     Revoke { id: String },
+}
+
+#[derive(Subcommand)]
+enum FollowersCmd {
+    /// Add read replicas (asynchronous followers, each with a read URL
+    /// through the router); at most 8 per service.
+    Add {
+        name: String,
+        #[arg(long, default_value_t = 1)]
+        count: u32,
+    },
+    /// Remove the read replica ID (an instance id from `services show`):
+    /// its read URL goes with it. The primary and the plan's followers stay.
+    Remove { name: String, id: String },
 }
 
 #[derive(Subcommand)]
@@ -787,6 +804,19 @@ async fn run(cli: Cli, no_local_set: bool) -> anyhow::Result<()> {
                 let body = serde_json::json!({ "image": image });
                 let v = client.post(&format!("/v1/services/{}/resize", client::path_segment(&name)), body).await?;
                 rollouts::show(&v, json);
+                Ok(())
+            }
+            ServicesCmd::Followers(FollowersCmd::Add { name, count }) => {
+                let path = format!("/v1/services/{}/followers", client::path_segment(&name));
+                let v = client.post(&path, serde_json::json!({ "count": count })).await?;
+                output::service(&v, json);
+                Ok(())
+            }
+            ServicesCmd::Followers(FollowersCmd::Remove { name, id }) => {
+                let path =
+                    format!("/v1/services/{}/followers/{}", client::path_segment(&name), client::path_segment(&id));
+                let v = client.delete(&path).await?;
+                output::service(&v, json);
                 Ok(())
             }
             ServicesCmd::Backups(cmd) => {

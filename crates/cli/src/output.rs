@@ -76,6 +76,9 @@ pub fn service(v: &Value, json: bool) {
     if !url.is_empty() {
         println!("url      {url}");
     }
+    for read_url in items(v.get("read_urls").unwrap_or(&Value::Null)) {
+        println!("read url {}", read_url.as_str().unwrap_or_default());
+    }
     let remedy = text(v, "remedy");
     if !remedy.is_empty() {
         println!("remedy   {remedy}");
@@ -84,7 +87,10 @@ pub fn service(v: &Value, json: bool) {
     for i in items(v.get("instances").unwrap_or(&Value::Null)) {
         t.add_row(vec![
             text(i, "id"),
-            text(i, "role"),
+            match i.get("read_slot").and_then(Value::as_u64) {
+                Some(slot) => format!("{} (read {slot})", text(i, "role")),
+                None => text(i, "role"),
+            },
             text(i, "state"),
             text(i, "zone"),
             text(i, "writable"),

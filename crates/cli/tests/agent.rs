@@ -168,6 +168,7 @@ async fn provision_primary(provider: &LocalProvider, service_name: &str) -> Inst
             engine: drover_model::EngineKind::Postgres,
             host: None,
             restore_from: None,
+            read_slot: None,
         },
         state: ActionState::Running,
         attempts: 1,

@@ -201,6 +201,19 @@ pub enum Command {
         #[serde(default, skip_serializing_if = "Option::is_none")]
         at: Option<drover_model::Timestamp>,
     },
+    /// Add `count` read replicas on demand (`crate::followers`): each an
+    /// asynchronous follower in a read slot of its own, with a stable read
+    /// URL, rebuilt in the same slot when lost.
+    AddFollowers {
+        name: String,
+        count: u32,
+    },
+    /// Remove one read replica added on demand (never the primary nor a
+    /// follower of the plan): its slot is freed and the instance retired.
+    RemoveFollower {
+        name: String,
+        instance: InstanceId,
+    },
     /// Take a base backup now.
     TakeBackup {
         name: String,
@@ -315,6 +328,8 @@ impl Command {
             Command::Chaos { .. } => "chaos",
             Command::Switchover { .. } => "services.switchover",
             Command::ForkService { .. } => "services.fork",
+            Command::AddFollowers { .. } => "services.followers.add",
+            Command::RemoveFollower { .. } => "services.followers.remove",
             Command::TakeBackup { .. } => "backups.take",
             Command::VerifyBackup { .. } => "backups.verify",
             Command::RegisterImage(_) => "images.register",

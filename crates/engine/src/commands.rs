@@ -23,6 +23,8 @@ impl Engine {
         match command {
             Command::CreateService(req) => self.create_service(req, None, now, out),
             Command::ForkService { source, name, at } => self.fork_service(&source, name, at, now, out),
+            Command::AddFollowers { name, count } => self.add_followers(&name, count, now, out),
+            Command::RemoveFollower { name, instance } => self.remove_follower(&name, instance, now, out),
             Command::DeleteService { name } => self.delete_service(name, now, out),
             Command::Chaos { instance, fault } => self.chaos(instance, fault, now, out),
             Command::Switchover { name } => self.switchover(name, now, out),
@@ -393,6 +395,7 @@ impl Engine {
             maintenance_window: None,
             forked_from,
             labels: req.labels.clone().unwrap_or_default(),
+            read_slots: Vec::new(),
         };
         let members = self.config.policies.get(rec.engine).members(&rec.plan).roles().count();
         let placed = self.place_new_service(&zones, members).map_err(CommandError::Conflict)?;
@@ -440,7 +443,9 @@ pub(crate) fn command_target(c: &Command) -> Option<String> {
         | Command::ResumeService { name }
         | Command::RotateCredentials { name, .. }
         | Command::Failover { name }
-        | Command::RebuildFollower { name, .. } => Some(name.clone()),
+        | Command::RebuildFollower { name, .. }
+        | Command::AddFollowers { name, .. }
+        | Command::RemoveFollower { name, .. } => Some(name.clone()),
         Command::FreezeAutomation { scope } | Command::ReleaseAutomation { scope } => Some(scope.clone()),
         Command::RecordRunbook { run, .. } => Some(run.clone()),
         Command::Chaos { instance, .. } => Some(instance.to_string()),

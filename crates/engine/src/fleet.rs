@@ -57,6 +57,9 @@ pub struct Inst {
     /// The host it was placed on (`hosts::NO_HOST`: none).
     pub host: u16,
     pub role: Role,
+    /// A read replica added on demand: its read slot (1..=8); 0 for the
+    /// primary and the plan's followers. A u8 fits in padding.
+    pub read_slot: u8,
     pub state: InstanceState,
     pub fenced: bool,
     /// A probe action is open for it.
@@ -171,6 +174,7 @@ impl Inst {
             provider: place.provider,
             host: place.host,
             role,
+            read_slot: 0,
             state: InstanceState::Installing,
             fenced: false,
             probing: false,
@@ -198,6 +202,7 @@ impl Inst {
             state: rec.state,
             fenced: rec.fenced,
             restarts: rec.restarts,
+            read_slot: rec.read_slot.and_then(|slot| u8::try_from(slot).ok()).unwrap_or(0),
             state_since: rec.state_since.0,
             last_heartbeat: now,
             next_probe_at: now,
@@ -323,6 +328,9 @@ pub struct Svc {
     pub forked_from: Option<Box<drover_model::RestoreFrom>>,
     /// Its labels (boxed, None when it has none: most services have none).
     pub labels: Option<Box<drover_model::Labels>>,
+    /// The read slots wanted (bit n: slot n, 1..=8): read replicas added on
+    /// demand (`crate::followers`).
+    pub read_slots: u16,
 }
 
 /// A service's repeated names, as indices the engine interned.
@@ -372,6 +380,7 @@ impl Svc {
             window: rec.maintenance_window.map(Box::new),
             forked_from: rec.forked_from.map(Box::new),
             labels: (!rec.labels.is_empty()).then(|| Box::new(rec.labels)),
+            read_slots: crate::followers::slots_mask(&rec.read_slots),
         }
     }
 }

@@ -38,6 +38,7 @@ mod commands;
 mod credentials;
 mod deadlines;
 mod fleet;
+mod followers;
 mod heartbeats;
 mod hosts;
 mod placement;

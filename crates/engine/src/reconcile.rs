@@ -35,8 +35,9 @@ pub(crate) enum Remedy {
     /// A follower is unavailable: retire it, a replacement follows.
     RetireFollower { follower: u32 },
     /// Fewer members of `role` (followers, or peers) than the plan asks
-    /// for: build one in `zone`.
-    Provision { role: Role, zone: u16 },
+    /// for, or a wanted read slot (`read_slot` > 0) without its replica:
+    /// build one in `zone`.
+    Provision { role: Role, zone: u16, read_slot: u8 },
     /// Move a leaver one step out (retire, archive or terminate).
     Leave { instance: u32, kind: ActionKind, cause: &'static str },
     /// A deleted service whose instances are all gone: forget it.
@@ -70,6 +71,7 @@ impl Remedy {
             }
             Remedy::RetireFollower { .. } => "follower unavailable: retire it, a replacement follows",
             Remedy::Fence { then: AfterFence::Replace, .. } => "peer unavailable: fence it, a replacement follows",
+            Remedy::Provision { read_slot: 1.., .. } => "a read replica's slot is empty: build one in it",
             Remedy::Provision { role: Role::Follower, .. } => "plan has fewer followers than it asks for: build one",
             Remedy::Provision { .. } => "plan has fewer peers than it asks for: build one",
             Remedy::Leave { cause, .. } => cause,
@@ -129,6 +131,7 @@ impl Engine {
             .filter_map(|i| self.instances.get(i).map(|x| (i, x)))
             .filter(|(_, x)| {
                 x.role == Role::Follower
+                    && x.read_slot == 0
                     && !x.fenced
                     && x.state == InstanceState::Available
                     && self.heard_at(x) >= fresh
@@ -247,8 +250,9 @@ impl Engine {
         Remedy::RebuildPrimary { zone }
     }
 
-    /// A writable primary exists: replace an unavailable follower, or build
-    /// the followers the plan lacks.
+    /// A writable primary exists: replace an unavailable follower, build
+    /// the followers the plan lacks, retire a read replica no longer
+    /// wanted, fill an empty read slot.
     fn decide_for_followers(&self, sslot: u32) -> Option<Remedy> {
         let s = self.services.get(sslot)?;
         for &i in &s.instances {
@@ -264,11 +268,27 @@ impl Engine {
             .instances
             .iter()
             .filter(|&&i| {
-                self.instances.get(i).is_some_and(|x| x.role == Role::Follower && x.state.is_member() && !x.fenced)
+                self.instances
+                    .get(i)
+                    .is_some_and(|x| x.role == Role::Follower && x.read_slot == 0 && x.state.is_member() && !x.fenced)
             })
             .count();
         if followers < usize::from(self.policy_of(s).members(&s.plan).count(Role::Follower)) {
-            return Some(Remedy::Provision { role: Role::Follower, zone: self.zone_for_new_member(sslot) });
+            return Some(Remedy::Provision {
+                role: Role::Follower,
+                zone: self.zone_for_new_member(sslot),
+                read_slot: 0,
+            });
+        }
+        if let Some(instance) = self.unwanted_read_replica(s) {
+            return Some(Remedy::Leave {
+                instance,
+                kind: ActionKind::Retire,
+                cause: "read replica removed by its owner: retire it",
+            });
+        }
+        if let Some(read_slot) = self.vacant_read_slot(s) {
+            return Some(Remedy::Provision { role: Role::Follower, zone: self.zone_for_new_member(sslot), read_slot });
         }
         None
     }
@@ -292,8 +312,11 @@ impl Engine {
                 .iter()
                 .filter(|&&i| self.instances.get(i).is_some_and(|x| x.role == role && x.state.is_member() && !x.fenced))
                 .count();
-            (serving < usize::from(planned.count(role)))
-                .then(|| Remedy::Provision { role, zone: self.zone_for_new_member(sslot) })
+            (serving < usize::from(planned.count(role))).then(|| Remedy::Provision {
+                role,
+                zone: self.zone_for_new_member(sslot),
+                read_slot: 0,
+            })
         })
     }
 
@@ -360,8 +383,8 @@ impl Engine {
             Remedy::RetireFollower { follower } => {
                 self.open_action(follower, ActionKind::Retire, cause, true, now, out);
             }
-            Remedy::Provision { role, zone } => {
-                self.provision(sslot, role, zone, cause, now, out);
+            Remedy::Provision { role, zone, read_slot } => {
+                self.provision_member(sslot, role, read_slot, zone, cause, now, out);
             }
             Remedy::Leave { instance, kind, .. } => {
                 self.open_action(instance, kind, cause, true, now, out);
@@ -393,6 +416,7 @@ impl Engine {
             restore_from: s
                 .filter(|_| role == Role::Primary)
                 .and_then(|s| s.forked_from.as_deref().filter(|f| !f.restored).cloned()),
+            read_slot: None,
         }
     }
 
@@ -425,6 +449,22 @@ impl Engine {
         now: i64,
         out: &mut Outputs,
     ) -> Option<u32> {
+        self.provision_member(sslot, role, 0, zone, cause, now, out)
+    }
+
+    /// [`Engine::provision`] of a member of the plan (`read_slot` 0) or of
+    /// the read replica of `read_slot`.
+    #[allow(clippy::too_many_arguments)]
+    pub(crate) fn provision_member(
+        &mut self,
+        sslot: u32,
+        role: Role,
+        read_slot: u8,
+        zone: u16,
+        cause: &str,
+        now: i64,
+        out: &mut Outputs,
+    ) -> Option<u32> {
         let s = self.services.get(sslot)?;
         let (image, provider) = (s.image, s.provider);
         let (zone, host) = match self.place(sslot, zone) {
@@ -436,7 +476,7 @@ impl Engine {
             }
         };
         let id = InstanceId::new_at(now, self.rng.next_u64());
-        let inst = Inst::new(id, sslot, Placement { image, zone, provider, host }, role, now);
+        let inst = Inst { read_slot, ..Inst::new(id, sslot, Placement { image, zone, provider, host }, role, now) };
         let slot = self.add_instance(inst);
         out.changes.events.push(self.event(
             now,
@@ -449,7 +489,10 @@ impl Engine {
         ));
         self.instance_changed(slot, out);
         self.schedule_instance(slot, now);
-        let kind = self.provision_kind(sslot, role, zone, image, host);
+        let mut kind = self.provision_kind(sslot, role, zone, image, host);
+        if let ActionKind::Provision { read_slot: wanted, .. } = &mut kind {
+            *wanted = (read_slot > 0).then_some(u32::from(read_slot));
+        }
         let remedy = true;
         self.open_action(slot, kind, cause, remedy, now, out);
         Some(slot)
@@ -487,7 +530,10 @@ impl Engine {
                     .iter()
                     .filter(|&&i| {
                         self.instances.get(i).is_some_and(|x| {
-                            x.role == Role::Follower && x.state == InstanceState::Available && !x.fenced
+                            x.role == Role::Follower
+                                && x.read_slot == 0
+                                && x.state == InstanceState::Available
+                                && !x.fenced
                         })
                     })
                     .count();

@@ -116,6 +116,7 @@ impl Engine {
             created_at: Timestamp(i.created_at),
             state_since: Timestamp(i.state_since),
             host: self.hosts.name(i.host).map(str::to_string),
+            read_slot: (i.read_slot > 0).then_some(u32::from(i.read_slot)),
         })
     }
 
@@ -140,6 +141,7 @@ impl Engine {
             credentials: s.credentials.as_deref().cloned().unwrap_or_default(),
             maintenance_window: s.window.as_deref().cloned(),
             forked_from: s.forked_from.as_deref().cloned(),
+            read_slots: crate::followers::slots_list(s.read_slots),
             labels: s.labels.as_deref().cloned().unwrap_or_default(),
         })
     }

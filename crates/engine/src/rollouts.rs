@@ -842,6 +842,10 @@ impl Engine {
         let planned = usize::from(self.policy_of(s).members(&s.plan).count(rolled));
         let mut primary = None;
         let mut old_members = Vec::new();
+        // Read replicas added on demand are not the plan's: replaced one at
+        // a time after the plan's members (reconcile rebuilds each in its
+        // slot from the service's image, the new one).
+        let mut old_read_replicas = Vec::new();
         let mut new_members = 0usize;
         let mut old_leavers = 0usize;
         for &i in &s.instances {
@@ -862,6 +866,8 @@ impl Engine {
                 return Step::Wait;
             }
             match x.role {
+                _ if x.read_slot > 0 && x.image != target => old_read_replicas.push(i),
+                _ if x.read_slot > 0 => {}
                 Role::Primary => primary = Some(i),
                 r if r == rolled && x.image == target => new_members += 1,
                 r if r == rolled => old_members.push(i),
@@ -890,6 +896,12 @@ impl Engine {
             } else {
                 self.build_new_member(sslot, rolled, &id, now, out);
             }
+            return Step::Acted;
+        }
+        if let Some(&old) = old_read_replicas.first() {
+            let cause =
+                format!("rollout onto {id}: retire an old read replica, rebuilt in its slot from the new image");
+            self.open_action(old, ActionKind::Retire, &cause, true, now, out);
             return Step::Acted;
         }
         if let Some(p) = primary.filter(|_| primary_old) {

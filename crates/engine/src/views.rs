@@ -75,6 +75,7 @@ impl Engine {
             state_since: Timestamp(i.state_since),
             last_heartbeat_at: (self.heard_at(i) > 0).then_some(Timestamp(self.heard_at(i))),
             facts: i.facts(),
+            read_slot: (i.read_slot > 0).then_some(u32::from(i.read_slot)),
         })
     }
 
@@ -126,6 +127,8 @@ impl Engine {
             instances,
             maintenance_window: s.window.as_deref().cloned(),
             forked_from: s.forked_from.as_deref().cloned(),
+            read_slots: crate::followers::slots_list(s.read_slots),
+            read_urls: Vec::new(),
             labels: s.labels.as_deref().cloned().unwrap_or_default(),
         })
     }

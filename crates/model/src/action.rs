@@ -69,6 +69,11 @@ pub enum ActionKind {
         /// (a fork) instead of an empty cluster. None: a new database.
         #[serde(default, skip_serializing_if = "Option::is_none")]
         restore_from: Option<crate::RestoreFrom>,
+        /// A read replica added on demand (`POST /v1/services/{name}/followers`):
+        /// the read slot whose stable read URL (router database
+        /// `app_read<slot>`) points at it. None: a member of the plan.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        read_slot: Option<u32>,
     },
     /// Ask the provider, out of band, whether the instance is alive.
     Probe,

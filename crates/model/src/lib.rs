@@ -30,7 +30,7 @@ pub use rollout::{
 };
 pub use service::{
     BackupStatus, CreateService, CredentialStatus, EngineKind, InstanceRecord, InstanceView, Plan, RestoreFrom, Role,
-    ServiceRecord, ServiceView,
+    ServiceRecord, ServiceView, MAX_READ_REPLICAS,
 };
 pub use states::{InstanceState, ServiceState};
 pub use time::Timestamp;

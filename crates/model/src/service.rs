@@ -205,7 +205,17 @@ pub struct ServiceRecord {
     /// The service and moment its data was forked from (None: created empty).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub forked_from: Option<RestoreFrom>,
+    /// The read slots (1 to [`MAX_READ_REPLICAS`]) whose read replicas the
+    /// owner added on demand: each slot is kept filled by one asynchronous
+    /// follower, rebuilt in the same slot when lost.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub read_slots: Vec<u32>,
 }
+
+/// The most read replicas a service may have on demand, besides its plan's
+/// followers (Heroku allows 5 followers per leader, RDS 15 read replicas;
+/// 8 is the plan's own bound on followers, and the machine's ports).
+pub const MAX_READ_REPLICAS: u32 = 8;
 
 /// Where a fork's data comes from: the backups and archived WAL of
 /// `service`, replayed up to `at` (exclusive: what committed before that
@@ -270,6 +280,10 @@ pub struct InstanceRecord {
     /// built-in host adopts it) or by an engine with no hosts (the simulator).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub host: Option<String>,
+    /// The read slot of a read replica added on demand (None: a member of
+    /// the plan).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub read_slot: Option<u32>,
 }
 
 /// An instance as shown by the API: the record plus what memory knows.
@@ -289,6 +303,11 @@ pub struct InstanceView {
     pub state_since: Timestamp,
     pub last_heartbeat_at: Option<Timestamp>,
     pub facts: Facts,
+    /// A read replica added on demand: its read slot (its stable read URL
+    /// is `read_urls[slot]`'s database `app_read<slot>`). Absent for the
+    /// primary and the plan's followers.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub read_slot: Option<u32>,
 }
 
 /// A service as shown by the API.
@@ -324,6 +343,14 @@ pub struct ServiceView {
     /// Its labels (`{}` when it has none).
     #[serde(default)]
     pub labels: crate::Labels,
+    /// The read slots of its read replicas added on demand (sorted).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub read_slots: Vec<u32>,
+    /// One stable read URL per read replica added on demand, in slot order,
+    /// through the router: it stays the same when the replica is rebuilt.
+    /// Filled by the provider (empty for `sim`).
+    #[serde(default)]
+    pub read_urls: Vec<String>,
 }
 
 #[cfg(test)]

@@ -346,6 +346,11 @@ pub struct ReplicationPlan {
     pub followers: usize,
     /// The plan is synchronous: at least one follower must be a sync standby.
     pub synchronous: bool,
+    /// Read replicas added on demand, streaming besides the plan's
+    /// followers (asynchronous: never a sync standby; their lag is judged
+    /// like a follower's).
+    #[serde(default)]
+    pub on_demand: usize,
 }
 
 /// One follower as the primary sees it (`pg_stat_replication`).
@@ -402,12 +407,15 @@ pub fn replication(plan: &ReplicationPlan, followers: Option<&[FollowerFacts]>) 
     };
     let mut findings = Findings::default();
     let streaming = followers.iter().filter(|f| f.streaming).count();
-    if streaming < plan.followers {
-        let status = if streaming == 0 { Status::Crit } else { Status::Warn };
-        findings.add(
-            status,
-            format!("{streaming} of {} planned followers are streaming: rebuild the missing followers", plan.followers),
-        );
+    let wanted = plan.followers + plan.on_demand;
+    if streaming < wanted {
+        let status = if streaming == 0 && plan.followers > 0 { Status::Crit } else { Status::Warn };
+        let what = if plan.on_demand == 0 {
+            format!("{} planned followers", plan.followers)
+        } else {
+            format!("{} planned followers and {} read replicas", plan.followers, plan.on_demand)
+        };
+        findings.add(status, format!("{streaming} of {what} are streaming: rebuild the missing ones"));
     } else {
         findings.add(Status::Ok, "");
     }
@@ -577,12 +585,12 @@ mod tests {
             replay_lag: Some(Duration::from_secs(0)),
             sync_state: sync.into(),
         };
-        let async_plan = ReplicationPlan { followers: 1, synchronous: false };
-        let sync_plan = ReplicationPlan { followers: 1, synchronous: true };
+        let async_plan = ReplicationPlan { followers: 1, synchronous: false, on_demand: 0 };
+        let sync_plan = ReplicationPlan { followers: 1, synchronous: true, on_demand: 0 };
         assert_eq!(replication(&async_plan, Some(&[f("a", true, 0, "async")])).status, Status::Ok);
         assert_eq!(replication(&async_plan, Some(&[])).status, Status::Crit);
         assert_eq!(
-            replication(&ReplicationPlan { followers: 2, synchronous: false }, Some(&[f("a", true, 0, "async")]))
+            replication(&ReplicationPlan { followers: 2, ..async_plan.clone() }, Some(&[f("a", true, 0, "async")]))
                 .status,
             Status::Warn
         );
@@ -592,5 +600,12 @@ mod tests {
         assert_eq!(replication(&sync_plan, Some(&[f("a", true, 0, "sync")])).status, Status::Ok);
         assert_eq!(replication(&async_plan, None).status, Status::Unknown);
         assert_eq!(replication(&ReplicationPlan::default(), Some(&[])).status, Status::Ok);
+        // Read replicas on demand: counted, their lag judged, never asked to be sync.
+        let with_reads = ReplicationPlan { on_demand: 1, ..sync_plan.clone() };
+        let both = [f("a", true, 0, "quorum"), f("r", true, 0, "async")];
+        assert_eq!(replication(&with_reads, Some(&both)).status, Status::Ok);
+        assert_eq!(replication(&with_reads, Some(&both[..1])).status, Status::Warn, "a read replica is missing");
+        let lagging = [f("a", true, 0, "quorum"), f("r", true, LAG_BYTES_CRIT, "async")];
+        assert_eq!(replication(&with_reads, Some(&lagging)).status, Status::Crit, "a read replica's lag shows");
     }
 }

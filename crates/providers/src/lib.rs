@@ -59,6 +59,12 @@ pub trait Provider: Send + Sync + 'static {
     fn service_url(&self, _service: &str) -> Option<String> {
         None
     }
+    /// The stable read URL of a service's read slot `slot` (a read replica
+    /// added on demand), if this provider gives one. Like the service's URL
+    /// it must not change when the replica is rebuilt.
+    fn read_url(&self, _service: &str, _slot: u32) -> Option<String> {
+        None
+    }
     /// The credential rotation of a service (by name) still in its overlap
     /// (the old credential not yet revoked), as a sentence; a new rotation
     /// is refused meanwhile. None for a provider that rotates nothing.

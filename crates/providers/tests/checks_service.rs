@@ -96,7 +96,8 @@ async fn replication_of_a_primary_without_followers_is_crit_when_the_plan_wants_
     let client = pg.connect().await;
     let followers = checks::follower_facts(&client).await.expect("pg_stat_replication query");
     assert!(followers.is_empty());
-    let check = checks::replication(&ReplicationPlan { followers: 1, synchronous: true }, Some(&followers));
+    let check =
+        checks::replication(&ReplicationPlan { followers: 1, synchronous: true, on_demand: 0 }, Some(&followers));
     assert_eq!(check.status, Status::Crit, "{check:#?}");
     assert_eq!(checks::replication(&ReplicationPlan::default(), Some(&followers)).status, Status::Ok);
 }

@@ -102,6 +102,7 @@ impl Harness {
             engine: drover_model::EngineKind::Postgres,
             host: None,
             restore_from: None,
+            read_slot: None,
         }
     }
 

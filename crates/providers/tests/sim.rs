@@ -54,6 +54,7 @@ fn provision(role: Role) -> ActionKind {
         engine: drover_model::EngineKind::Postgres,
         host: None,
         restore_from: None,
+        read_slot: None,
     }
 }
 fn inject(fault: Fault) -> ActionKind {

@@ -52,7 +52,11 @@ pub fn compose(view: &ServiceView, provider: ProviderChecks, now: Timestamp) -> 
         last_verified_restore_at: b.last_verified_restore_at,
         last_verify_ok: b.last_verify_ok,
     };
-    let plan = ReplicationPlan { followers: usize::from(view.plan.followers), synchronous: view.plan.sync };
+    let plan = ReplicationPlan {
+        followers: usize::from(view.plan.followers),
+        synchronous: view.plan.sync,
+        on_demand: view.read_slots.len(),
+    };
     let from_facts;
     let followers = match &provider.followers {
         Some(f) => Some(f.as_slice()),
@@ -62,6 +66,18 @@ pub fn compose(view: &ServiceView, provider: ProviderChecks, now: Timestamp) -> 
         }
     };
     let mut replication = checks::replication(&plan, followers);
+    if let Some(obj) = replication.evidence.as_object_mut() {
+        // Which of the followers are read replicas added on demand, by slot.
+        let read_replicas: serde_json::Map<String, serde_json::Value> = view
+            .instances
+            .iter()
+            .filter(|i| i.state.is_member())
+            .filter_map(|i| i.read_slot.map(|slot| (i.id.to_string(), slot.into())))
+            .collect();
+        if !read_replicas.is_empty() {
+            obj.insert("read_replicas".into(), read_replicas.into());
+        }
+    }
     if provider.followers.is_none() {
         if let Some(obj) = replication.evidence.as_object_mut() {
             obj.insert("source".into(), "heartbeat facts of the followers".into());
@@ -99,7 +115,14 @@ fn followers_from_heartbeats(view: &ServiceView) -> Vec<FollowerFacts> {
         })
         .collect();
     if view.plan.sync {
-        if let Some(f) = followers.iter_mut().filter(|f| f.streaming).min_by_key(|f| f.lag_bytes.unwrap_or(u64::MAX)) {
+        // A read replica added on demand is asynchronous: never the sync one.
+        let read_replicas: Vec<String> =
+            view.instances.iter().filter(|i| i.read_slot.is_some()).map(|i| i.id.to_string()).collect();
+        if let Some(f) = followers
+            .iter_mut()
+            .filter(|f| f.streaming && !read_replicas.contains(&f.name))
+            .min_by_key(|f| f.lag_bytes.unwrap_or(u64::MAX))
+        {
             f.sync_state = "sync".into();
         }
     }

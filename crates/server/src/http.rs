@@ -291,7 +291,7 @@ pub(crate) async fn delete_service(
 }
 
 /// A command answered with the service, accepted (202).
-async fn service_command(
+pub(crate) async fn service_command(
     state: AppState,
     caller: Identity,
     command: Command,

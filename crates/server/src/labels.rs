@@ -23,7 +23,8 @@ pub struct LabelsBody {
 #[utoipa::path(put, path = "/v1/services/{name}/labels", tag = "services",
     params(("name" = String, Path, description = "Service name")),
     request_body = LabelsBody,
-    responses((status = 200, body = ServiceView), (status = 400, body = ErrorBody), (status = 404, body = ErrorBody)))]
+    responses((status = 200, body = ServiceView), (status = 400, body = ErrorBody), (status = 404, body = ErrorBody),
+        (status = 409, body = ErrorBody)))]
 pub(crate) async fn put_labels(
     State(state): State<AppState>,
     Caller(caller): Caller,

@@ -24,6 +24,7 @@ pub mod checks;
 mod credentials;
 pub mod data_dir;
 mod error;
+mod followers;
 pub mod hosts;
 pub mod http;
 mod images;

@@ -28,7 +28,8 @@ pub struct WindowBody {
 #[utoipa::path(put, path = "/v1/services/{name}/maintenance-window", tag = "services",
     params(("name" = String, Path, description = "Service name")),
     request_body = WindowBody,
-    responses((status = 200, body = ServiceView), (status = 400, body = ErrorBody), (status = 404, body = ErrorBody)))]
+    responses((status = 200, body = ServiceView), (status = 400, body = ErrorBody), (status = 404, body = ErrorBody),
+        (status = 409, body = ErrorBody)))]
 pub(crate) async fn put_window(
     State(state): State<AppState>,
     Caller(caller): Caller,

@@ -9,7 +9,7 @@ use axum::extract::{DefaultBodyLimit, Request};
 use axum::http::{header, HeaderValue, Method, StatusCode, Uri};
 use axum::middleware::{self, Next};
 use axum::response::{IntoResponse, Response};
-use axum::routing::{get, post};
+use axum::routing::{delete, get, post};
 use axum::Router;
 
 /// Largest request body: a heartbeat batch of ~100k beats fits.
@@ -23,6 +23,8 @@ pub fn router(state: AppState) -> Router {
         .route("/v1/services/{name}/switchover", post(http::post_switchover))
         .route("/v1/services/{name}/fork", post(http::post_fork))
         .route("/v1/services/{name}/resize", post(crate::rollouts::resize_service))
+        .route("/v1/services/{name}/followers", post(crate::followers::post_followers))
+        .route("/v1/services/{name}/followers/{id}", delete(crate::followers::delete_follower))
         .route("/v1/services/{name}/resume", post(http::post_resume))
         .route("/v1/services/{name}/checks", get(http::service_checks))
         .route("/v1/services/{name}/backups", post(http::post_backup))

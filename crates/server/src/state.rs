@@ -53,9 +53,11 @@ impl Ready {
     pub(crate) fn complete(&self, mut view: ServiceView, caller: &crate::auth::Identity) -> ServiceView {
         if let Some(p) = self.provider_objects.get(&view.provider) {
             view.url = p.service_url(&view.name);
+            view.read_urls = view.read_slots.iter().filter_map(|&slot| p.read_url(&view.name, slot)).collect();
         }
         if !caller.may_connect() {
             view.url = view.url.map(|u| redact_password(&u));
+            view.read_urls = view.read_urls.iter().map(|u| redact_password(u)).collect();
         }
         view
     }

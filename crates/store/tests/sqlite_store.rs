@@ -45,6 +45,8 @@ fn service(n: u64, name: &str, state: ServiceState) -> ServiceRecord {
         maintenance_window: None,
         forked_from: None,
         labels: Default::default(),
+        // Read replicas added on demand survive a restart with the record.
+        read_slots: if n % 2 == 1 { vec![1, 3] } else { Vec::new() },
     }
 }
 
@@ -62,6 +64,7 @@ fn instance(n: u64, service: ServiceId, state: InstanceState) -> InstanceRecord 
         created_at: Timestamp(T0 + n as i64),
         state_since: Timestamp(T0 + 5 + n as i64),
         host: (n % 2 == 1).then(|| format!("host-{n}")),
+        read_slot: (n % 2 == 1).then_some(3),
     }
 }
 
@@ -149,6 +152,7 @@ fn commit_then_load_round_trips_every_record_exactly() {
         engine: drover_model::EngineKind::Postgres,
         host: Some("host-b".into()),
         restore_from: None,
+        read_slot: None,
     };
     let a1 = action(1, s1.id, i1.id, provision, ActionState::Pending);
     let a2 = action(2, s2.id, i2.id, ActionKind::InjectFault { fault: Fault::Hang }, ActionState::Running);

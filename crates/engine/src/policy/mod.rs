@@ -15,7 +15,7 @@ mod postgres;
 mod redis;
 
 pub use kafka::{KafkaPolicy, BROKERS as KAFKA_BROKERS};
-pub use postgres::PostgresPolicy;
+pub use postgres::{synchronous_standby_names, PostgresPolicy, SYNC_STANDBYS};
 pub use redis::RedisPolicy;
 
 use drover_model::{EngineKind, InstanceId, Plan, Role};
@@ -131,6 +131,13 @@ pub trait EnginePolicy: Send + Sync + fmt::Debug {
     /// archived log, to a moment (PostgreSQL: base backup + WAL replay).
     /// Engines whose backups are snapshots only cannot.
     fn forks_to_a_moment(&self) -> bool {
+        false
+    }
+    /// Whether read replicas can be added on demand (`crate::followers`):
+    /// asynchronous followers beside the plan, each with its own read URL.
+    /// Redis (its replicas are the plan's failover targets) and Kafka
+    /// (peers) have none.
+    fn read_replicas(&self) -> bool {
         false
     }
 }

@@ -54,6 +54,33 @@ impl EnginePolicy for PostgresPolicy {
     fn forks_to_a_moment(&self) -> bool {
         true
     }
+    /// Streaming replicas serve reads; a read URL per replica at the router.
+    fn read_replicas(&self) -> bool {
+        true
+    }
+}
+
+/// Quorum sync replication to any one streaming follower (Patroni's
+/// non-strict synchronous mode): what a synchronous plan's primary waits
+/// for while it has no read replicas.
+pub const SYNC_STANDBYS: &str = "ANY 1 (*)";
+
+/// `synchronous_standby_names` for a synchronous plan's primary with
+/// `plan_followers` streaming (their `application_name`s: the instance
+/// ids) and `read_replicas` read replicas added on demand. A read replica
+/// is asynchronous: never a standby a commit waits for, so with any present
+/// the plan's followers are named one by one instead of `*`. Empty (async)
+/// while no plan follower streams: availability over blocking every write.
+pub fn synchronous_standby_names(plan_followers: &[String], read_replicas: usize) -> String {
+    if plan_followers.is_empty() {
+        return String::new();
+    }
+    if read_replicas == 0 {
+        return SYNC_STANDBYS.to_string();
+    }
+    let mut names: Vec<String> = plan_followers.iter().map(|n| format!("\"{}\"", n.replace('"', "\"\""))).collect();
+    names.sort();
+    format!("ANY 1 ({})", names.join(", "))
 }
 
 #[cfg(test)]

@@ -30,9 +30,6 @@ const PROMOTE_POLL_INTERVAL: Duration = Duration::from_millis(5);
 const PROBE_TIMEOUT: Duration = Duration::from_millis(500);
 /// One SQL statement the provider runs as part of an action.
 const SQL_TIMEOUT: Duration = Duration::from_secs(10);
-/// Quorum sync replication to any one streaming follower (Patroni's
-/// non-strict synchronous mode, see `Inner::adjust_sync`).
-pub const SYNC_STANDBYS: &str = "ANY 1 (*)";
 
 /// What one attempt did, or why it failed.
 type Done = Result<Option<String>, ActionError>;
@@ -73,9 +70,15 @@ impl Inner {
     async fn execute_postgres(self: &Arc<Self>, action: &ActionRecord) -> Done {
         let id = action.instance;
         match &action.kind {
-            ActionKind::Provision { role, service_name, sync, settings, restore_from, .. } => {
-                let new =
-                    NewMember { role: *role, service_name, sync: *sync, settings, restore_from: restore_from.as_ref() };
+            ActionKind::Provision { role, service_name, sync, settings, restore_from, read_slot, .. } => {
+                let new = NewMember {
+                    role: *role,
+                    service_name,
+                    sync: *sync,
+                    settings,
+                    restore_from: restore_from.as_ref(),
+                    read_slot: *read_slot,
+                };
                 self.provision(id, action.service, new).await
             }
             ActionKind::Probe => self.probe(id).await,
@@ -94,7 +97,7 @@ impl Inner {
     }
 
     async fn provision(self: &Arc<Self>, id: InstanceId, service_id: ServiceId, new: NewMember<'_>) -> Done {
-        let NewMember { role, service_name, sync, settings, restore_from } = new;
+        let NewMember { role, service_name, sync, settings, restore_from, read_slot } = new;
         if role == Role::Broker {
             // The engine refuses such services first (`engines()`); this is the backstop.
             return Err(ActionError::Config("the local provider runs PostgreSQL only: it builds no brokers".into()));
@@ -120,6 +123,9 @@ impl Inner {
                         self.ensure_app_roles(entry).await?;
                         self.ensure_router(entry.service).await?;
                     }
+                    if entry.read_slot.is_some() {
+                        self.route_reads(entry.service).await?;
+                    }
                     return Ok(Some("already provisioned".into()));
                 }
                 Lifecycle::Retired | Lifecycle::Archived => {
@@ -133,7 +139,7 @@ impl Inner {
             }
         }
         postgres::check_settings(settings)?;
-        let entry = self.register(id, service_id, role, service_name, sync, settings, existing)?;
+        let entry = self.register(id, service_id, role, service_name, sync, settings, existing, read_slot)?;
         self.prepare_dir(&entry.dir)?;
         match (role, restore_from) {
             (Role::Primary, Some(from)) => self.build_primary_from_backup(&entry, from).await?,
@@ -178,10 +184,16 @@ impl Inner {
                 if sync {
                     self.adjust_sync(service_id).await?;
                 }
+                if read_slot.is_some() {
+                    self.route_reads(service_id).await?;
+                }
             }
             Role::Broker => {}
         }
-        Ok(Some(format!("{role} on port {}", entry.port)))
+        Ok(Some(match read_slot {
+            Some(slot) => format!("read replica (slot {slot}) on port {}", entry.port),
+            None => format!("{role} on port {}", entry.port),
+        }))
     }
 
     /// Records the new instance (and its service, on first use) with fresh
@@ -196,6 +208,7 @@ impl Inner {
         sync: bool,
         settings: &std::collections::BTreeMap<String, String>,
         existing: Option<InstanceEntry>,
+        read_slot: Option<u32>,
     ) -> Result<InstanceEntry, ActionError> {
         let entry = {
             let mut registry = lock(&self.registry);
@@ -238,6 +251,7 @@ impl Inner {
                 fenced: false,
                 fault: None,
                 settings: settings.clone(),
+                read_slot,
             };
             registry.instances.insert(id, entry.clone());
             entry
@@ -460,16 +474,35 @@ impl Inner {
         let Some(primary) = self.current_primary(service_id) else {
             return Ok(());
         };
-        let streaming = postgres::execute(
+        let streaming_names = postgres::execute(
             &primary,
-            "SELECT count(*) FROM pg_stat_replication WHERE state = 'streaming' AND application_name <> 'pg_basebackup'",
+            "SELECT application_name FROM pg_stat_replication WHERE state = 'streaming' AND application_name <> 'pg_basebackup'",
             SQL_TIMEOUT,
         )
         .await?;
-        let streaming: u32 = streaming.first().cloned().flatten().and_then(|n| n.parse().ok()).unwrap_or(0);
+        // Read replicas are asynchronous: only the plan's followers (named
+        // by their instance ids, their application_name) count and are named.
+        let (plan_followers, read_replicas) = {
+            let registry = lock(&self.registry);
+            let members: Vec<(String, Option<u32>)> = registry
+                .instances
+                .iter()
+                .filter(|(_, e)| e.service == service_id && e.role == Role::Follower && e.should_run())
+                .map(|(id, e)| (id.to_string(), e.read_slot))
+                .collect();
+            let plan: Vec<String> = members.iter().filter(|(_, s)| s.is_none()).map(|(n, _)| n.clone()).collect();
+            (plan, members.len() - members.iter().filter(|(_, s)| s.is_none()).count())
+        };
+        let streaming =
+            streaming_names.iter().flatten().filter(|name| read_replicas == 0 || plan_followers.contains(name)).count();
         let current = postgres::execute(&primary, "SHOW synchronous_standby_names", SQL_TIMEOUT).await?;
         let current = current.first().cloned().flatten().unwrap_or_default();
-        let wanted = if service.sync && streaming > 0 { SYNC_STANDBYS } else { "" };
+        let wanted = if service.sync && streaming > 0 {
+            drover_engine::policy::synchronous_standby_names(&plan_followers, read_replicas)
+        } else {
+            String::new()
+        };
+        let wanted = wanted.as_str();
         if current == wanted {
             return Ok(());
         }
@@ -783,6 +816,11 @@ impl Inner {
             }
         }
         self.save()?;
+        if entry.read_slot.is_some() {
+            // Its read database leaves the router until a replica fills
+            // the slot again (a client gets "no such database", not a hang).
+            self.route_reads(entry.service).await?;
+        }
         Ok(Some("stopped for good".into()))
     }
 
@@ -898,6 +936,8 @@ struct NewMember<'a> {
     sync: bool,
     settings: &'a std::collections::BTreeMap<String, String>,
     restore_from: Option<&'a RestoreFrom>,
+    /// A read replica's slot (None: a member of the plan).
+    read_slot: Option<u32>,
 }
 
 /// A fork whose server would not start or stopped in its replay: when its

@@ -53,7 +53,8 @@ impl Inner {
         if service.rotation_action == Some(action) {
             // A repeat after a crash: the registry has switched; make sure
             // the router has too.
-            self.routers.reload_logins(service_id, &service).await?;
+            let reads = lock(&self.registry).read_routes(service_id);
+            self.routers.reload_logins(service_id, &service, &reads).await?;
             return Ok(Some(format!("already rotated: the URL logs in as {}", service.login)));
         }
         if let Some(previous) = &service.previous {
@@ -84,7 +85,8 @@ impl Inner {
         updated.rotation_action = Some(action);
         // The router accepts both before the URL names the new one: a
         // client that reads the new URL at once is let in.
-        self.routers.reload_logins(service_id, &updated).await?;
+        let reads = lock(&self.registry).read_routes(service_id);
+        self.routers.reload_logins(service_id, &updated, &reads).await?;
         {
             let mut registry = lock(&self.registry);
             let Some(stored) = registry.services.get_mut(&service_id) else {
@@ -151,7 +153,8 @@ impl Inner {
             stored.clone()
         };
         self.save()?;
-        self.routers.reload_logins(service_id, &updated).await?;
+        let reads = lock(&self.registry).read_routes(service_id);
+        self.routers.reload_logins(service_id, &updated, &reads).await?;
         tracing::info!(service = %service.name, %login, "previous credential revoked");
         Ok(Some(format!("{login} revoked: it no longer logs in")))
     }

@@ -114,7 +114,13 @@ impl Inner {
                 .iter()
                 .filter(|s| !s.in_recovery)
                 .filter(|s| registry.services.get(&s.service).is_some_and(|svc| svc.sync && svc.primary == Some(s.id)))
-                .filter(|s| (s.streaming_followers == 0) != s.sync_names.is_empty())
+                // With read replicas the count of streaming standbys says
+                // nothing of the plan's followers: adjust_sync looks (and
+                // does nothing when the names are right already).
+                .filter(|s| {
+                    (s.streaming_followers == 0) != s.sync_names.is_empty()
+                        || !registry.read_routes(s.service).is_empty()
+                })
                 .map(|s| s.service)
                 .collect()
         };

@@ -343,6 +343,15 @@ impl LocalProvider {
         ))
     }
 
+    /// The stable read URL of read slot `slot` of the PostgreSQL service
+    /// named `service_name`: its router, database `app_read<slot>`, as the
+    /// URL's login role. The same URL whichever replica fills the slot.
+    pub fn read_url(&self, service_name: &str, slot: u32) -> Option<String> {
+        let url = self.service_url(service_name)?;
+        let base = url.strip_suffix(&format!("/{}", postgres::APP_DATABASE))?;
+        Some(format!("{base}/{}", router::read_database(slot)))
+    }
+
     pub fn instance_info(&self, id: InstanceId) -> Option<LocalInstanceInfo> {
         let entry = lock(&self.inner.registry).instances.get(&id).cloned()?;
         Some(entry.info(self.inner.servers.pid(id)))
@@ -541,7 +550,7 @@ impl Inner {
 
     /// Makes sure the service's router runs and points at its primary.
     async fn ensure_router(&self, service_id: ServiceId) -> Result<(), ActionError> {
-        let (service, primary_port) = {
+        let (service, primary_port, reads) = {
             let registry = lock(&self.registry);
             let Some(service) = registry.services.get(&service_id).cloned() else {
                 return Err(ActionError::InvalidState(format!("unknown service {service_id}")));
@@ -549,9 +558,18 @@ impl Inner {
             let Some(port) = service.primary.and_then(|p| registry.instances.get(&p)).map(|e| e.port) else {
                 return Ok(()); // nothing to route to yet
             };
-            (service, port)
+            (service, port, registry.read_routes(service_id))
         };
-        self.routers.ensure(service_id, &service, primary_port).await
+        self.routers.ensure(service_id, &service, primary_port, &reads).await
+    }
+
+    /// Points the router's read databases (`app_read<slot>`) at the
+    /// service's active read replicas (a new one streaming, or one retired),
+    /// under the service lock like every router change.
+    pub(super) async fn route_reads(&self, service_id: ServiceId) -> Result<(), ActionError> {
+        let guard = self.service_lock(service_id);
+        let _held = guard.lock().await;
+        self.ensure_router(service_id).await
     }
 }
 
@@ -582,6 +600,10 @@ impl Provider for LocalProvider {
         }
         let inner = self.inner.clone();
         tokio::spawn(async move { inner.heartbeat_loop(sink, generation).await });
+    }
+
+    fn read_url(&self, service: &str, slot: u32) -> Option<String> {
+        LocalProvider::read_url(self, service, slot)
     }
 
     fn service_url(&self, service: &str) -> Option<String> {

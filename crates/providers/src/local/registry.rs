@@ -56,6 +56,27 @@ pub struct InstanceEntry {
     /// provider's own so they take effect; kept so a rebuild writes them again.
     #[serde(default, skip_serializing_if = "std::collections::BTreeMap::is_empty")]
     pub settings: std::collections::BTreeMap<String, String>,
+    /// A read replica added on demand: the read slot whose router database
+    /// (`app_read<slot>`) points at it. None: the primary or a plan follower.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub read_slot: Option<u32>,
+}
+
+/// A read slot and the port of the active read replica that fills it.
+pub type ReadRoute = (u32, u16);
+
+impl Registry {
+    /// The service's read slots filled by an active read replica, by slot
+    /// (the newest replica of a slot if two are active for a moment).
+    pub fn read_routes(&self, service: ServiceId) -> Vec<ReadRoute> {
+        let mut routes: std::collections::BTreeMap<u32, u16> = std::collections::BTreeMap::new();
+        for entry in self.instances.values() {
+            if let (true, Some(slot)) = (entry.service == service && entry.should_run(), entry.read_slot) {
+                routes.insert(slot, entry.port);
+            }
+        }
+        routes.into_iter().collect()
+    }
 }
 
 impl InstanceEntry {

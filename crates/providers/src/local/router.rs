@@ -14,7 +14,7 @@
 use super::lock;
 use super::postgres::{self, error_text, write_owned, APP_DATABASE};
 use super::process::{running_pid, ServerProcess};
-use super::registry::ServiceEntry;
+use super::registry::{ReadRoute, ServiceEntry};
 use crate::checks::{Check, Status};
 use crate::runas::RunAs;
 use crate::ActionError;
@@ -31,6 +31,12 @@ use tokio_postgres::NoTls;
 const DEFAULT_PGBOUNCER: &str = "/usr/sbin/pgbouncer";
 /// The one database a router serves (the name in the service's URL).
 const DATABASE: &str = APP_DATABASE;
+
+/// The router database of read slot `slot`: the path of its read URL. It
+/// names a slot, not an instance, so the URL survives the replica's rebuild.
+pub fn read_database(slot: u32) -> String {
+    format!("{DATABASE}_read{slot}")
+}
 
 /// How long a router may take to answer its console after being spawned.
 const START_TIMEOUT: Duration = Duration::from_secs(10);
@@ -114,9 +120,14 @@ impl Routers {
 
     /// Rewrites the router's auth files for the service's current login
     /// roles and RELOADs it (a credential rotation), when it runs.
-    pub async fn reload_logins(&self, service_id: ServiceId, service: &ServiceEntry) -> Result<(), ActionError> {
+    pub async fn reload_logins(
+        &self,
+        service_id: ServiceId,
+        service: &ServiceEntry,
+        reads: &[ReadRoute],
+    ) -> Result<(), ActionError> {
         let dir = self.dir(service_id);
-        write_auth(&self.run_as, &dir, service, &self.control_user)?;
+        write_auth(&self.run_as, &dir, service, reads, &self.control_user)?;
         if self.running(service_id) {
             admin(&self.console(service_id, service), "RELOAD", COMMAND_TIMEOUT)
                 .await
@@ -161,6 +172,7 @@ impl Routers {
         service_id: ServiceId,
         service: &ServiceEntry,
         primary_port: u16,
+        reads: &[ReadRoute],
     ) -> Result<(), ActionError> {
         let dir = self.dir(service_id);
         self.run_as
@@ -172,7 +184,7 @@ impl Routers {
                 .prepare_dir(&socket_dir, 0o755)
                 .map_err(|e| ActionError::io(format_args!("cannot prepare {}", socket_dir.display()), e))?;
         }
-        write_config(&self.run_as, &dir, &socket_dir, service, primary_port, &self.control_user)?;
+        write_config(&self.run_as, &dir, &socket_dir, service, primary_port, reads, &self.control_user)?;
         let console = self.console(service_id, service);
         if self.running(service_id) {
             return admin(&console, "RELOAD", COMMAND_TIMEOUT).await.map_err(ActionError::Unavailable);
@@ -419,7 +431,13 @@ struct Console {
 /// TCP loopback with SCRAM, to the service's database only; the console
 /// (database `pgbouncer`) only over the unix socket, to the control plane's
 /// OS user by peer auth.
-fn write_auth(run_as: &RunAs, dir: &Path, service: &ServiceEntry, control_user: &str) -> Result<(), ActionError> {
+fn write_auth(
+    run_as: &RunAs,
+    dir: &Path,
+    service: &ServiceEntry,
+    reads: &[ReadRoute],
+    control_user: &str,
+) -> Result<(), ActionError> {
     let logins = service.logins();
     let mut userlist = String::new();
     for (login, verifier) in &logins {
@@ -431,31 +449,42 @@ fn write_auth(run_as: &RunAs, dir: &Path, service: &ServiceEntry, control_user: 
     userlist.push_str(&format!("\"{control_user}\" \"{unusable}\"\n"));
     write_owned(run_as, &dir.join("userlist.txt"), &userlist, 0o600)?;
     let names: Vec<&str> = logins.iter().map(|(login, _)| login.as_str()).collect();
+    let databases: Vec<String> =
+        std::iter::once(DATABASE.to_string()).chain(reads.iter().map(|(slot, _)| read_database(*slot))).collect();
     let hba = format!(
         "# Written by drover's local provider.\n\
          local pgbouncer {control_user} peer\n\
-         host {DATABASE} {users} 127.0.0.1/32 scram-sha-256\n",
+         host {databases} {users} 127.0.0.1/32 scram-sha-256\n",
+        databases = databases.join(","),
         users = names.join(","),
     );
     write_owned(run_as, &dir.join("pgbouncer_hba.conf"), &hba, 0o600)
 }
 
-/// Writes pgbouncer.ini (pointing at `primary_port`) and its auth files.
+/// Writes pgbouncer.ini (pointing at `primary_port`, and each read
+/// slot's database at its replica's port) and its auth files.
 fn write_config(
     run_as: &RunAs,
     dir: &Path,
     socket_dir: &Path,
     service: &ServiceEntry,
     primary_port: u16,
+    reads: &[ReadRoute],
     control_user: &str,
 ) -> Result<(), ActionError> {
-    write_auth(run_as, dir, service, control_user)?;
+    write_auth(run_as, dir, service, reads, control_user)?;
+    let read_databases: String = reads
+        .iter()
+        .map(|(slot, port)| format!("{} = host=127.0.0.1 port={port} dbname={DATABASE}\n", read_database(*slot)))
+        .collect();
     let ini = format!(
         "; Written by drover's local provider for service {name}; changes here are overwritten.\n\
          [databases]\n\
          ; No user=: each client's own login role logs in to the server, with\n\
          ; the SCRAM keys of its own login (pgbouncer's SCRAM pass-through).\n\
          {DATABASE} = host=127.0.0.1 port={primary_port} dbname={DATABASE}\n\
+         ; Read replicas added on demand: one database per read slot.\n\
+         {read_databases}\
          \n\
          [pgbouncer]\n\
          listen_addr = 127.0.0.1\n\

@@ -355,6 +355,7 @@ mod tests {
             engine,
             host: None,
             restore_from: None,
+            read_slot: None,
         }
     }
     fn beat_of(beats: &[Beat], id: InstanceId) -> Option<&Beat> {

@@ -101,6 +101,8 @@ pub const TABLE: &[Rule] = &[
     rule("POST", "/v1/services/{name}/switchover", Operate, ByEngine),
     rule("POST", "/v1/services/{name}/fork", Operate, ByEngine),
     rule("POST", "/v1/services/{name}/resize", Operate, ByEngine),
+    rule("POST", "/v1/services/{name}/followers", Operate, ByEngine),
+    rule("DELETE", "/v1/services/{name}/followers/{id}", Operate, ByEngine),
     rule("POST", "/v1/services/{name}/resume", Operate, ByEngine),
     rule("GET", "/v1/services/{name}/checks", Read, No),
     rule("POST", "/v1/services/{name}/backups", Operate, ByEngine),
