@@ -171,6 +171,9 @@ impl Engine {
 
     /// Decides what service `sslot` needs, then does it.
     pub(crate) fn reconcile(&mut self, sslot: u32, now: i64, out: &mut Outputs) {
+        if self.archive_holds_deletion(sslot, now, out) {
+            return;
+        }
         let remedy = self.decide(sslot, now);
         self.apply(sslot, remedy, now, out);
     }

@@ -100,6 +100,7 @@ impl Engine {
             maintenance_window: s.window.as_deref().cloned(),
             forked_from: s.forked_from.as_deref().cloned(),
             labels: s.labels.as_deref().cloned().unwrap_or_default(),
+            recoverable_since: s.backups.kept_backups_started.first().copied().or(s.backups.last_backup_at),
         })
     }
 

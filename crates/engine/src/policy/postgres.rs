@@ -54,6 +54,11 @@ impl EnginePolicy for PostgresPolicy {
     fn forks_to_a_moment(&self) -> bool {
         true
     }
+    /// A deleted database is kept (its final pgBackRest backup) for a
+    /// while: Heroku keeps a deleted database's backups for days.
+    fn archives_on_delete(&self) -> bool {
+        true
+    }
 }
 
 #[cfg(test)]
