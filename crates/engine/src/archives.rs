@@ -33,7 +33,7 @@ const PURGE_RETRY: Duration = Duration::from_secs(3600);
 
 /// A purge due while a service is still being restored from the archive
 /// waits this long: a restore reads the backups the purge removes.
-const PURGE_WAIT_FOR_RESTORE: Duration = Duration::from_secs(600);
+const PURGE_WAIT_FOR_RESTORE: Duration = Duration::from_secs(60);
 
 /// pgBackRest's name for the newest backup set, for an archive whose final
 /// backup's label is not known (a provider that reports none).
