@@ -297,3 +297,26 @@ fn recoverable_since_is_the_start_of_the_oldest_backup_kept() {
     let json = serde_json::to_value(&v).expect("json");
     assert!(json.get("recoverable_since").is_some_and(|t| t.is_string()), "{json}");
 }
+
+#[test]
+fn docs_archive_table_matches_the_code() {
+    let doc =
+        std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/../../docs/states.md")).expect("docs/states.md");
+    let section = doc.split("## Archive states").nth(1).expect("an archive states section");
+    let table = section.split("\n## ").next().unwrap_or(section);
+    let parse = |s: &str| -> ArchiveState { serde_json::from_value(serde_json::json!(s.trim_matches('*'))).expect(s) };
+    let mut lines = table.lines().filter(|l| l.starts_with('|'));
+    let header: Vec<ArchiveState> =
+        lines.next().expect("header").split('|').map(str::trim).filter(|c| !c.is_empty()).skip(1).map(parse).collect();
+    assert_eq!(header.len(), 4, "every state is a column");
+    let mut rows = 0;
+    for line in lines.skip(1) {
+        let cells: Vec<&str> = line.split('|').map(str::trim).filter(|c| !c.is_empty()).collect();
+        let from = parse(cells[0]);
+        for (to, cell) in header.iter().zip(&cells[1..]) {
+            assert_eq!(*cell == "✔", from.can_become(*to), "docs say {from} -> {to} is {cell}");
+        }
+        rows += 1;
+    }
+    assert_eq!(rows, 4, "every state is a row");
+}
