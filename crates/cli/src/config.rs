@@ -177,6 +177,8 @@ pub struct FileConfig {
     pub maintenance_notice_hours: Option<f64>,
     pub archive_retention_hours: Option<f64>,
     pub backup_retention_full: Option<u32>,
+    pub event_retention_days: Option<u32>,
+    pub audit_retention_days: Option<u32>,
 }
 
 impl FileConfig {
@@ -338,6 +340,21 @@ pub fn resolve(args: ServeArgs, no_local_set: bool) -> anyhow::Result<Settings> 
             w.validate().map_err(|e| anyhow!("team_maintenance_windows.{team}: {e}"))?;
         }
         opts.engine.team_windows = windows.clone();
+    }
+    // 0: kept for ever.
+    let days = |d: u32| (d > 0).then(|| Duration::from_secs(u64::from(d) * 86_400));
+    if let Some(d) = file.event_retention_days {
+        opts.retention.events = days(d);
+    }
+    if let Some(d) = file.audit_retention_days {
+        opts.retention.audit = days(d);
+    }
+    if let (Some(events), Some(audit)) = (opts.retention.events, opts.retention.audit) {
+        if audit < events {
+            return Err(anyhow!(
+                "audit_retention_days must be at least event_retention_days: the audit trail outlives the events"
+            ));
+        }
     }
     if let Some(hours) = file.maintenance_notice_hours {
         if !hours.is_finite() || !(0.0..=24.0 * 366.0).contains(&hours) {
@@ -504,6 +521,8 @@ mod tests {
             maintenance_notice_hours,
             archive_retention_hours,
             backup_retention_full,
+            event_retention_days,
+            audit_retention_days,
         } = c;
         assert!(listen.is_some(), "listen");
         assert!(uncertain_after_ms.is_some(), "uncertain_after_ms");
@@ -532,6 +551,8 @@ mod tests {
         assert!(maintenance_notice_hours.is_some(), "maintenance_notice_hours");
         assert!(archive_retention_hours.is_some(), "archive_retention_hours");
         assert!(backup_retention_full.is_some(), "backup_retention_full");
+        assert!(event_retention_days.is_some(), "event_retention_days");
+        assert!(audit_retention_days.is_some(), "audit_retention_days");
         // Paths have no default: they are set in the HTTPS example instead.
         assert_eq!((tls_cert, tls_key), (None, None), "the first example serves plain HTTP");
         let https =
@@ -562,6 +583,20 @@ mod tests {
         assert_eq!(documented.log_format, built_in.log_format);
         // The engine's default for a remedy failing too long.
         assert_eq!(documented.max_action_failure, Some(drover_engine::Config::default().max_action_failure));
+    }
+
+    #[test]
+    fn retention_is_read_in_days_zero_keeps_for_ever_and_the_audit_outlives_the_events() {
+        let data = tempfile::tempdir().unwrap();
+        let with = |text: &str| {
+            let file = data.path().join("retention.toml");
+            std::fs::write(&file, text).unwrap();
+            resolve(args(data.path(), &["--config", &file.display().to_string()]), false)
+        };
+        let r = with("event_retention_days = 7\naudit_retention_days = 0\n").unwrap().options.retention;
+        assert_eq!((r.events, r.audit), (Some(Duration::from_secs(7 * 86_400)), None));
+        let Err(e) = with("event_retention_days = 30\naudit_retention_days = 10\n") else { panic!("refused") };
+        assert!(e.to_string().contains("audit_retention_days must be at least"), "{e}");
     }
 
     #[test]

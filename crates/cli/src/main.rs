@@ -357,6 +357,16 @@ enum ServicesCmd {
         #[arg(long)]
         at: Option<String>,
     },
+    /// Resize by replacement, now: a new member from IMAGE (other settings
+    /// or resources), a planned switchover, the old member retired; the URL
+    /// stays. Prints the one-service rollout that does it (`drover rollouts
+    /// watch ID` follows it).
+    Resize {
+        name: String,
+        /// The image's id (`drover images`, or `POST /v1/images`).
+        #[arg(long)]
+        image: String,
+    },
     /// Backups, restore tests and service checks.
     #[command(subcommand)]
     Backups(BackupsCmd),
@@ -734,8 +744,24 @@ async fn run(cli: Cli, no_local_set: bool) -> anyhow::Result<()> {
                 Ok(())
             }
             ServicesCmd::List => {
-                let v = client.get("/v1/services", &[]).await?;
-                output::services(&v, json);
+                // A page at a time, in name order, each after the last name
+                // of the one before, until a short page.
+                const PAGE: usize = 1000;
+                let mut all = Vec::new();
+                loop {
+                    let mut query = vec![("limit", PAGE.to_string())];
+                    if let Some(last) = all.last().and_then(|s: &serde_json::Value| s["name"].as_str()) {
+                        query.push(("after", last.to_string()));
+                    }
+                    let page = client.get("/v1/services", &query).await?;
+                    let page = page.as_array().cloned().unwrap_or_default();
+                    let short = page.len() < PAGE;
+                    all.extend(page);
+                    if short {
+                        break;
+                    }
+                }
+                output::services(&serde_json::Value::Array(all), json);
                 Ok(())
             }
             ServicesCmd::Show { name } => {
@@ -764,6 +790,12 @@ async fn run(cli: Cli, no_local_set: bool) -> anyhow::Result<()> {
                 }
                 let v = client.post(&format!("/v1/services/{}/fork", client::path_segment(&source)), body).await?;
                 output::service(&v, json);
+                Ok(())
+            }
+            ServicesCmd::Resize { name, image } => {
+                let body = serde_json::json!({ "image": image });
+                let v = client.post(&format!("/v1/services/{}/resize", client::path_segment(&name)), body).await?;
+                rollouts::show(&v, json);
                 Ok(())
             }
             ServicesCmd::Backups(cmd) => {

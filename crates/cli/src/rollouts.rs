@@ -166,7 +166,7 @@ fn line(v: &Value) -> String {
     out
 }
 
-fn show(v: &Value, json: bool) {
+pub(crate) fn show(v: &Value, json: bool) {
     if json {
         println!("{}", serde_json::to_string_pretty(v).unwrap_or_default());
     } else {

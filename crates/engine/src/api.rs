@@ -46,6 +46,11 @@ pub struct Config {
     /// Fewer uncertain instances than this never engage the brake: in a
     /// tiny fleet one failure is already over 10%.
     pub brake_min_instances: u32,
+    /// The brake counts hosts as well: `brake_share` of a zone's (or the
+    /// fleet's) agent hosts, and at least this many, turning uncertain as
+    /// a whole within `brake_window` engage it too, however few instances
+    /// they hold.
+    pub brake_min_hosts: u32,
     /// Destructive actions running at once per zone.
     pub zone_budget: u32,
     /// Default bound on a follower's lag for it to be promoted.
@@ -121,6 +126,7 @@ impl Default for Config {
             brake_share: 0.10,
             brake_window: Duration::from_secs(60),
             brake_min_instances: 5,
+            brake_min_hosts: 2,
             zone_budget: 16,
             max_failover_lag_bytes: 16 * 1024 * 1024,
             // Heroku takes daily base backups and keeps WAL continuously.
@@ -242,6 +248,14 @@ pub enum Command {
     },
     /// Move the selected services onto an image, in waves.
     CreateRollout(RolloutSpec),
+    /// Resize one service: move it onto `image` (other settings or
+    /// resources) by replacement, now, as a rollout of that one service:
+    /// a new member from the image, catch-up, a planned switchover, the old
+    /// member retired. The URL stays.
+    ResizeService {
+        name: String,
+        image: drover_model::ImageId,
+    },
     PauseRollout {
         id: RolloutId,
     },
@@ -324,6 +338,7 @@ impl Command {
             Command::ResumeService { .. } => "services.resume",
             Command::RotateCredentials { .. } => "services.rotate_credentials",
             Command::CreateRollout(_) => "rollouts.create",
+            Command::ResizeService { .. } => "services.resize",
             Command::SetMaintenanceWindow { .. } => "services.maintenance_window",
             Command::SetLabels { .. } => "services.labels",
             Command::PauseRollout { .. } => "rollouts.pause",

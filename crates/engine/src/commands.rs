@@ -42,6 +42,7 @@ impl Engine {
                 self.rotate_credentials(&name, in_progress, actor, now, out)
             }
             Command::CreateRollout(spec) => self.create_rollout(spec, now, out),
+            Command::ResizeService { name, image } => self.resize_service(&name, image, now, out),
             Command::SetMaintenanceWindow { name, window } => self.set_maintenance_window(&name, window, now, out),
             Command::SetLabels { name, labels } => self.set_labels(&name, labels, now, out),
             Command::PauseRollout { id } => self.steer_rollout(id, drover_model::RolloutState::Paused, now, out),
@@ -437,6 +438,7 @@ pub(crate) fn command_target(c: &Command) -> Option<String> {
         Command::DeleteService { name }
         | Command::SetMaintenanceWindow { name, .. }
         | Command::SetLabels { name, .. }
+        | Command::ResizeService { name, .. }
         | Command::Switchover { name }
         | Command::TakeBackup { name }
         | Command::VerifyBackup { name }

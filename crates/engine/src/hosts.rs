@@ -20,6 +20,9 @@ pub(crate) struct HostSlot {
     pub zone: u16,
     /// Instances on it not yet terminated (what capacity counts).
     pub used: u32,
+    /// When it last turned uncertain (0: not since this engine started;
+    /// a host restored uncertain counts from the restart).
+    pub uncertain_since: i64,
 }
 
 #[derive(Default)]
@@ -58,7 +61,7 @@ impl Engine {
             let zone = self.zone(&rec.zone);
             let h = self.hosts.list.len() as u16;
             self.hosts.index.insert(rec.name.as_str().into(), h);
-            self.hosts.list.push(HostSlot { rec, zone, used: 0 });
+            self.hosts.list.push(HostSlot { rec, zone, used: 0, uncertain_since: 0 });
         }
     }
 
@@ -144,7 +147,7 @@ impl Engine {
                 };
                 let cause = format!("host {} registered in zone {} (capacity {})", rec.name, rec.zone, rec.capacity);
                 self.hosts.index.insert(rec.name.as_str().into(), h);
-                self.hosts.list.push(HostSlot { rec, zone, used: 0 });
+                self.hosts.list.push(HostSlot { rec, zone, used: 0, uncertain_since: 0 });
                 out.changes.events.push(self.event(now, EventSubject::Fleet, None, None, None, Some("ready"), cause));
                 h
             }
@@ -245,7 +248,15 @@ impl Engine {
         }
         let Some(slot) = self.hosts.get_mut(h) else { return };
         slot.rec.state = HostState::Uncertain;
+        slot.uncertain_since = now;
+        let zone = slot.zone;
         let cause = format!("host {}: its agent fell silent (no instance on it heard from)", slot.rec.name);
+        // The brake counts hosts too: a few silent hosts holding few
+        // instances each are a mass event all the same.
+        if let Some(zs) = self.zone_state.get_mut(usize::from(zone)) {
+            zs.host_onsets.push_back(now);
+        }
+        self.fleet_zone.host_onsets.push_back(now);
         self.host_event(now, HostState::Ready, HostState::Uncertain, cause, out);
         self.host_changed(h, out);
     }

@@ -106,6 +106,8 @@ struct ZoneState {
     uncertain: u32,
     /// Times instances turned uncertain, within `brake_window`.
     onsets: VecDeque<i64>,
+    /// Times hosts turned uncertain as a whole, within `brake_window`.
+    host_onsets: VecDeque<i64>,
     braked_since: Option<i64>,
     /// Frozen by hand (`Command::FreezeAutomation`): every remedy waits,
     /// whatever the evidence, until released by hand.

@@ -117,3 +117,56 @@ fn hosts_survive_a_restart_and_the_builtin_host_adopts_instances_placed_before_h
     assert_eq!(h.e.host_views()[0].instances, 5);
     assert!(h.service("new").instances.iter().all(|i| i.host.as_deref() == Some("cp")));
 }
+
+/// Issue 11, item 4: the mass-uncertainty brake counts hosts as well as
+/// instances. Two of a zone's four agent hosts freezing at once hold few
+/// instances (far under the instance threshold here), yet they engage the
+/// zone's brake, with the hosts named as the reason; one frozen host does
+/// not.
+#[test]
+fn two_hosts_freezing_at_once_engage_the_brake_though_they_hold_few_instances() {
+    let config = drover_engine::Config { brake_min_instances: 1000, brake_min_hosts: 2, ..fast_config() };
+    let run = |frozen: &[&str]| {
+        let mut h = H::new(config.clone());
+        for (name, zone) in
+            [("a1", "zone-a"), ("a2", "zone-a"), ("a3", "zone-a"), ("a4", "zone-a"), ("b1", "zone-b"), ("c1", "zone-c")]
+        {
+            register(&mut h, name, zone, 10);
+        }
+        for n in 0..8 {
+            h.create(&format!("db{n}"), 2);
+        }
+        h.advance(Duration::from_secs(5));
+        let on_frozen: usize =
+            h.e.host_views().iter().filter(|v| frozen.contains(&v.name.as_str())).map(|v| v.instances as usize).sum();
+        assert!(on_frozen > 0 && on_frozen < 1000, "{on_frozen} instances on the frozen hosts");
+        for host in frozen {
+            h.command(Command::HostChaos { host: host.to_string(), fault: Fault::Hang }).expect("host chaos");
+        }
+        h.advance(Duration::from_secs(20));
+        let states: Vec<HostState> = frozen.iter().map(|n| h.e.host_record(n).expect("host").state).collect();
+        assert!(states.iter().all(|s| *s == HostState::Uncertain), "the frozen hosts are uncertain: {states:?}");
+        h
+    };
+    let brakes = |h: &H| -> Vec<(String, String)> {
+        h.store
+            .events
+            .iter()
+            .filter_map(|e| match &e.kind {
+                EventKind::BrakeEngaged { scope } => Some((scope.clone(), e.cause.clone())),
+                _ => None,
+            })
+            .collect()
+    };
+
+    let h = run(&["a1"]);
+    assert!(brakes(&h).is_empty(), "one frozen host is not a mass event: {:?}", brakes(&h));
+
+    let h = run(&["a1", "a2"]);
+    let engaged = brakes(&h);
+    assert!(
+        engaged.iter().any(|(scope, cause)| scope == "zone-a" && cause.contains("2 of 4 hosts turned uncertain")),
+        "{engaged:?}"
+    );
+    assert!(!engaged.iter().any(|(scope, _)| scope == "zone-b" || scope == "zone-c"), "{engaged:?}");
+}

@@ -375,3 +375,49 @@ fn owners_are_told_once_a_notice_ahead_of_the_window_or_at_once_when_it_is_soone
     let stored: Vec<&RolloutMember> = h.store.rollout_members.values().filter(|m| m.rollout == r.id).collect();
     assert!(stored.iter().all(|m| m.announced_at.is_some()), "durable: {stored:#?}");
 }
+
+fn resize(h: &mut H, name: &str, image: &ImageId) -> Result<Reply, CommandError> {
+    h.command(Command::ResizeService { name: name.into(), image: image.clone() })
+}
+
+/// Issue 17, item 3: a resize moves one service onto another image now (its
+/// window a week away does not hold it back), by a planned switchover, and
+/// nothing else; what cannot be resized is refused with nothing opened.
+#[test]
+fn a_resize_moves_one_service_now_by_replacement_and_refuses_what_it_cannot_do() {
+    let mut h = H::new(fast_config());
+    fleet(&mut h, 2, 1);
+    // db00's window opens in six days: a rollout would wait for it, a resize does not.
+    let window = MaintenanceWindow::weekly_from(Timestamp(h.now + 6 * 24 * 3_600_000_000), 1);
+    h.command(Command::SetMaintenanceWindow { name: "db00".into(), window: Some(window) }).expect("window set");
+    let to = new_image(&mut h);
+
+    assert!(matches!(resize(&mut h, "nosuch", &to), Err(CommandError::NotFound(_))));
+    assert!(matches!(resize(&mut h, "db00", &ImageId("sha256:nope".into())), Err(CommandError::Invalid(_))));
+    let redis = Image::new(EngineKind::Redis, "7.0-test", BTreeMap::new(), BTreeMap::new(), Timestamp(T0));
+    let redis_id = redis.id.clone();
+    h.command(Command::RegisterImage(redis)).expect("image registers");
+    assert!(matches!(resize(&mut h, "db00", &redis_id), Err(CommandError::Conflict(m)) if m.contains("redis image")));
+    assert!(h.e.rollout_views(Timestamp(h.now)).is_empty(), "a refusal opens no rollout");
+
+    let v = match resize(&mut h, "db00", &to) {
+        Ok(Reply::Rollout(v)) => *v,
+        other => panic!("resize refused: {other:?}"),
+    };
+    assert_eq!((v.total, v.spec.waves.clone(), v.spec.soak_seconds), (1, vec![100], 0), "{v:?}");
+    assert!(
+        matches!(resize(&mut h, "db00", &to), Err(CommandError::Conflict(m)) if m.contains("is moving")),
+        "one move at a time"
+    );
+    let done = run_until_settled(&mut h, v.id, Duration::from_secs(300));
+    assert_eq!(done.state, RolloutState::Succeeded, "{done:?}");
+    assert!(all_on(&h, "db00", &to), "{:#?}", h.service("db00"));
+    assert!(!all_on(&h, "db01", &to), "only the service resized moves");
+    assert_eq!(h.succeeded("fence").len(), 1);
+    assert!(h.succeeded("fence").iter().all(|a| a.kind == ActionKind::Fence { immediate: false }), "a switchover");
+    assert_eq!(h.service("db00").instances.iter().filter(|i| i.state.is_member()).count(), 2, "back to its plan");
+    assert!(
+        matches!(resize(&mut h, "db00", &to), Err(CommandError::Conflict(m)) if m.contains("already")),
+        "nothing to do is a conflict, not a silent success"
+    );
+}

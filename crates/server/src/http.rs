@@ -104,18 +104,49 @@ pub(crate) async fn create_service(
     }
 }
 
-/// Every service the engine holds.
-#[utoipa::path(get, path = "/v1/services", tag = "services",
-    responses((status = 200, body = Vec<ServiceView>)))]
+#[derive(Debug, Deserialize, utoipa::IntoParams)]
+#[serde(deny_unknown_fields)]
+#[into_params(parameter_in = Query)]
+pub struct ServicesQuery {
+    /// Only services named after this one (the cursor: the last name of
+    /// the previous page).
+    after: Option<String>,
+    /// At most this many (default 1000).
+    #[param(minimum = 1, maximum = 10000)]
+    limit: Option<usize>,
+}
+
+/// The services, in name order, a page at a time: when more follow, the
+/// `Link` header names the next page (`rel="next"`, RFC 8288), whose
+/// cursor is the last name of this one. A team's token sees its team's.
+#[utoipa::path(get, path = "/v1/services", tag = "services", params(ServicesQuery),
+    responses((status = 200, body = Vec<ServiceView>,
+        headers(("Link" = String, description = "`</v1/services?after=NAME&limit=N>; rel=\"next\"` when more follow"))),
+        (status = 400, body = ErrorBody)))]
 pub(crate) async fn list_services(
     State(state): State<AppState>,
     Caller(caller): Caller,
-) -> Result<Json<Vec<ServiceView>>, ApiError> {
+    Query(query): Query<ServicesQuery>,
+) -> Result<Response, ApiError> {
     let ready = state.ready()?;
-    let views = ready.engine.query(|engine| engine.service_views()).await?;
-    Ok(Json(
-        views.into_iter().filter(|v| caller.sees_team(Some(&v.team))).map(|v| ready.complete(v, &caller)).collect(),
-    ))
+    let limit = limit(query.limit)?;
+    let team = caller.team.clone();
+    let after = query.after;
+    let (views, more) =
+        ready.engine.query(move |engine| engine.service_views_page(after.as_deref(), limit, team.as_deref())).await?;
+    let next = match (more, views.last()) {
+        // A service name is a DNS label: nothing in it needs escaping.
+        (true, Some(last)) => {
+            HeaderValue::from_str(&format!("</v1/services?after={}&limit={limit}>; rel=\"next\"", last.name)).ok()
+        }
+        _ => None,
+    };
+    let views: Vec<ServiceView> = views.into_iter().map(|v| ready.complete(v, &caller)).collect();
+    let mut response = Json(views).into_response();
+    if let Some(next) = next {
+        response.headers_mut().insert(header::LINK, next);
+    }
+    Ok(response)
 }
 
 /// One service with its instances.

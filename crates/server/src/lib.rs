@@ -34,6 +34,7 @@ mod maintenance;
 pub mod oncall;
 pub mod openapi;
 pub mod request;
+pub mod retention;
 mod rollouts;
 pub mod routes;
 pub mod runbooks;
@@ -90,6 +91,9 @@ pub struct ServeOptions {
     /// host is registered, and the `local` provider's actions all go to the
     /// agents of the hosts their instances are placed on (`agents`).
     pub agents_only: bool,
+    /// How long the event log and the audit trail are kept in the store
+    /// before they are archived to compressed files (`retention`).
+    pub retention: retention::Retention,
 }
 
 impl ServeOptions {
@@ -106,6 +110,7 @@ impl ServeOptions {
             http: listen::HttpLimits::default(),
             runbooks_dir: None,
             agents_only: false,
+            retention: retention::Retention::default(),
         }
     }
 }
@@ -430,6 +435,7 @@ async fn start_up(
     let (oncall, oncall_task) = oncall::start(&opts.data_dir, base_url, Some(engine_events), stop.clone(), &key)
         .await
         .context("cannot start the pager")?;
+    retention::spawn(store.clone(), opts.data_dir.clone(), opts.retention, stop.clone());
     let engine_task = tokio::spawn(actor::Actor { machine, inbox, shutdown: stop, limits: runtime::LIMITS }.run());
     let actor_task = tokio::spawn(async move {
         let _ = engine_task.await;

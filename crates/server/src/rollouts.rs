@@ -256,3 +256,44 @@ pub(crate) async fn abort_rollout(
     let id = parse_id(&id)?;
     steer(state, caller, Command::AbortRollout { id }).await
 }
+
+/// `POST /v1/services/{name}/resize`.
+#[derive(serde::Deserialize, utoipa::ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct ResizeService {
+    /// The image to move onto: the same engine, other settings or
+    /// resources (`POST /v1/images` registers it).
+    pub image: String,
+}
+
+/// Resize a service by replacement, now (its maintenance window does not
+/// hold a resize back): a new member built from `image`, caught up, a
+/// planned switchover, the old member retired; the URL stays. Carried out
+/// as a rollout of this one service, which the answer shows (`Location`
+/// names it; `drover rollouts watch ID` follows it). 409: the image is of
+/// another engine, the service is on it already, or another rollout is
+/// moving it.
+#[utoipa::path(post, path = "/v1/services/{name}/resize", tag = "services", request_body = ResizeService,
+    params(("name" = String, Path, description = "Service name")),
+    responses((status = 202, body = RolloutView), (status = 400, body = ErrorBody), (status = 404, body = ErrorBody),
+        (status = 409, body = ErrorBody), (status = 422, body = ErrorBody)))]
+pub(crate) async fn resize_service(
+    State(state): State<AppState>,
+    Caller(caller): Caller,
+    Path(name): Path<String>,
+    Json(request): Json<ResizeService>,
+) -> Result<Response, ApiError> {
+    let ready = state.ready()?;
+    ready.visible_service(&caller, &name).await?;
+    if request.image.is_empty() {
+        return Err(ApiError::bad_request("image is empty: name a registered image's id"));
+    }
+    let command = Command::ResizeService { name, image: ImageId(request.image) };
+    let v = view(ready.engine.call(caller.command(command)).await?)?;
+    let location = HeaderValue::from_str(&format!("/v1/rollouts/{}", v.id)).ok();
+    let mut response = (StatusCode::ACCEPTED, Json(v)).into_response();
+    if let Some(location) = location {
+        response.headers_mut().insert(header::LOCATION, location);
+    }
+    Ok(response)
+}

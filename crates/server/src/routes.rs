@@ -22,6 +22,7 @@ pub fn router(state: AppState) -> Router {
         .route("/v1/services/{name}", get(http::show_service).delete(http::delete_service))
         .route("/v1/services/{name}/switchover", post(http::post_switchover))
         .route("/v1/services/{name}/fork", post(http::post_fork))
+        .route("/v1/services/{name}/resize", post(crate::rollouts::resize_service))
         .route("/v1/services/{name}/resume", post(http::post_resume))
         .route("/v1/services/{name}/checks", get(http::service_checks))
         .route("/v1/services/{name}/backups", post(http::post_backup))

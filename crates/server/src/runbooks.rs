@@ -26,6 +26,7 @@ const SHIPPED: &[(&str, &str)] = &[
     ("release-automation.toml", include_str!("../../../runbooks/release-automation.toml")),
     ("force-failover.toml", include_str!("../../../runbooks/force-failover.toml")),
     ("rebuild-follower.toml", include_str!("../../../runbooks/rebuild-follower.toml")),
+    ("restore-into-new-service.toml", include_str!("../../../runbooks/restore-into-new-service.toml")),
 ];
 
 /// Longest parameter value: names and ids are shorter.
@@ -90,6 +91,15 @@ pub enum Step {
     ResumeService {
         service: String,
     },
+    /// A new service `name` with `service`'s plan and data, restored from
+    /// its backups and archived WAL to `at` (exclusive; RFC 3339) or, with
+    /// an empty `at`, to the latest archived moment.
+    Fork {
+        service: String,
+        name: String,
+        #[serde(default)]
+        at: String,
+    },
 }
 
 impl Step {
@@ -97,6 +107,7 @@ impl Step {
         match self {
             Step::FreezeAutomation { scope } | Step::ReleaseAutomation { scope } => vec![scope],
             Step::RebuildFollower { service, instance } => vec![service, instance],
+            Step::Fork { service, name, at } => vec![service, name, at],
             Step::Failover { service }
             | Step::Switchover { service }
             | Step::TakeBackup { service }
@@ -284,10 +295,12 @@ fn plan(runbook: &Runbook, given: &BTreeMap<String, String>) -> Result<Vec<Comma
             (None, Some(d)) => d.clone(),
             (None, None) => return Err(format!("parameter {:?} is required: {}", p.name, p.description)),
         };
-        let allowed = |c: char| c.is_ascii_alphanumeric() || matches!(c, '-' | '_' | '.');
+        // Names, ids and RFC 3339 moments; a value only ever fills a typed
+        // field, never a shell string.
+        let allowed = |c: char| c.is_ascii_alphanumeric() || matches!(c, '-' | '_' | '.' | ':' | '+');
         if value.len() > MAX_PARAM_LEN || !value.chars().all(allowed) || (value.is_empty() && p.default.is_none()) {
             return Err(format!(
-                "parameter {:?} must be a name or an id: 1 to {MAX_PARAM_LEN} letters, digits, '-', '_' or '.'",
+                "parameter {:?} must be a name or an id: 1 to {MAX_PARAM_LEN} letters, digits, '-', '_', '.', ':' or '+'",
                 p.name
             ));
         }
@@ -315,6 +328,13 @@ fn plan(runbook: &Runbook, given: &BTreeMap<String, String>) -> Result<Vec<Comma
             Step::TakeBackup { service } => Command::TakeBackup { name: f(service)? },
             Step::VerifyBackup { service } => Command::VerifyBackup { name: f(service)? },
             Step::ResumeService { service } => Command::ResumeService { name: f(service)? },
+            Step::Fork { service, name, at } => {
+                let at = match f(at)?.as_str() {
+                    "" => None,
+                    text => Some(Timestamp::parse(text)?),
+                };
+                Command::ForkService { source: f(service)?, name: f(name)?, at }
+            }
         });
     }
     Ok(out)
@@ -329,7 +349,8 @@ fn target(c: &Command) -> (Option<&str>, Option<&str>) {
         | Command::RebuildFollower { name, .. }
         | Command::TakeBackup { name }
         | Command::VerifyBackup { name }
-        | Command::ResumeService { name } => (Some(name), None),
+        | Command::ResumeService { name }
+        | Command::ForkService { source: name, .. } => (Some(name), None),
         _ => (None, None),
     }
 }
@@ -612,7 +633,16 @@ mod tests {
     fn the_shipped_runbooks_parse_and_plan_only_typed_commands() {
         let all = shipped().expect("shipped runbooks are valid");
         let names: Vec<&str> = all.iter().map(|r| r.name.as_str()).collect();
-        assert_eq!(names, ["freeze-automation", "release-automation", "force-failover", "rebuild-follower"]);
+        assert_eq!(
+            names,
+            [
+                "freeze-automation",
+                "release-automation",
+                "force-failover",
+                "rebuild-follower",
+                "restore-into-new-service"
+            ]
+        );
         let freeze = &all[0];
         assert!(freeze.dangerous);
         let p = BTreeMap::from([("scope".to_string(), "zone-a".to_string())]);
@@ -627,6 +657,30 @@ mod tests {
         assert!(matches!(&plan(rebuild, &p).unwrap()[..], [Command::RebuildFollower { instance: None, .. }]));
         let bad = BTreeMap::from([("service".to_string(), "orders".to_string()), ("instance".into(), "x".into())]);
         assert!(plan(rebuild, &bad).is_err());
+
+        let restore = &all[4];
+        assert!(!restore.dangerous, "a restore into a new service loses, fails over and stops nothing");
+        let p = |at: Option<&str>| {
+            let mut p =
+                BTreeMap::from([("service".to_string(), "orders".to_string()), ("name".into(), "orders-copy".into())]);
+            if let Some(at) = at {
+                p.insert("at".into(), at.into());
+            }
+            p
+        };
+        assert!(matches!(
+            &plan(restore, &p(None)).unwrap()[..],
+            [Command::ForkService { source, name, at: None }] if source == "orders" && name == "orders-copy"
+        ));
+        let moment = Timestamp::parse("2026-12-01T09:30:00.25+01:00").unwrap();
+        assert!(matches!(
+            &plan(restore, &p(Some("2026-12-01T09:30:00.25+01:00"))).unwrap()[..],
+            [Command::ForkService { at: Some(at), .. }] if *at == moment
+        ));
+        assert!(plan(restore, &p(Some("yesterday"))).unwrap_err().contains("invalid timestamp"));
+        assert!(plan(restore, &BTreeMap::from([("service".to_string(), "orders".to_string())])).is_err());
+        let planned = plan(restore, &p(None)).unwrap();
+        assert_eq!(target(&planned[0]), (Some("orders"), None), "a team's token may restore only its own service");
     }
 
     #[test]

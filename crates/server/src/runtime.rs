@@ -432,6 +432,22 @@ mod tests {
         fn engine_starts(&self) -> Result<Vec<EngineStart>, StoreError> {
             Ok(Vec::new())
         }
+        fn log_rows_before(
+            &self,
+            _log: drover_store::Log,
+            _cutoff: drover_model::Timestamp,
+            _limit: usize,
+        ) -> Result<Vec<drover_store::LogRow>, StoreError> {
+            Ok(Vec::new())
+        }
+        fn prune_log(
+            &self,
+            _log: drover_store::Log,
+            _through: u64,
+            _cutoff: drover_model::Timestamp,
+        ) -> Result<u64, StoreError> {
+            Ok(0)
+        }
     }
 
     /// A provider that only counts what it is asked to do and never answers.

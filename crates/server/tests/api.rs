@@ -311,3 +311,54 @@ async fn state_survives_a_clean_restart_on_the_same_data_dir() {
     assert_eq!(service["name"], "keep");
     second.stop().await.unwrap();
 }
+
+/// `GET /v1/services` pages (issue 15, item 3): in name order, `limit` at
+/// a time, the `Link` header naming the next page until the last; a team's
+/// token pages through its team's services only; a bad limit is a 400.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_services_list_pages_in_name_order_with_a_next_link() {
+    let mut t = common::start().await;
+    let names = ["pa", "pb", "pc", "pd", "pe", "pf", "pg"];
+    for (i, name) in names.iter().enumerate() {
+        let team = if i % 2 == 0 { "payments" } else { "search" };
+        let (status, body) =
+            t.post("/v1/services", json!({"name": name, "engine": "postgres", "followers": 0, "team": team})).await;
+        assert_eq!(status, 201, "{body}");
+    }
+    // Follows the Link headers from `first`; the names seen, page by page.
+    async fn walk(http: &reqwest::Client, t: &common::TestServer, first: &str) -> Vec<Vec<String>> {
+        let mut pages = Vec::new();
+        let mut next = Some(first.to_string());
+        while let Some(path) = next.take() {
+            let r = http.get(t.at(&path)).send().await.unwrap();
+            assert_eq!(r.status(), 200);
+            next = r.headers().get("link").map(|l| {
+                let l = l.to_str().unwrap();
+                assert!(l.ends_with(">; rel=\"next\""), "{l}");
+                l.trim_start_matches('<').split('>').next().unwrap().to_string()
+            });
+            let page: Vec<Value> = r.json().await.unwrap();
+            pages.push(page.iter().map(|s| s["name"].as_str().unwrap().to_string()).collect());
+            assert!(pages.len() <= 10, "the links end");
+        }
+        pages
+    }
+    let pages = walk(&t.http, &t, "/v1/services?limit=3").await;
+    assert_eq!(pages, [vec!["pa", "pb", "pc"], vec!["pd", "pe", "pf"], vec!["pg"]]);
+    let (status, all) = t.get("/v1/services").await;
+    assert_eq!((status, all.as_array().unwrap().len()), (200, 7), "the default page holds them all");
+    let (_, after) = t.get("/v1/services?after=pe").await;
+    let after: Vec<&str> = after.as_array().unwrap().iter().map(|s| s["name"].as_str().unwrap()).collect();
+    assert_eq!(after, ["pf", "pg"]);
+
+    let pay = t.token(json!({"name": "pay-viewer", "role": "viewer", "team": "payments"})).await;
+    let pages = walk(&common::client_with(&pay), &t, "/v1/services?limit=2").await;
+    assert_eq!(pages, [vec!["pa", "pc"], vec!["pe", "pg"]], "only the team's, paged among themselves");
+
+    for bad in ["limit=0", "limit=10001", "limit=x", "nope=1"] {
+        let (status, body) = t.get(&format!("/v1/services?{bad}")).await;
+        assert_eq!(status, 400, "{bad}: {body}");
+        assert!(body["error"].is_string(), "{body}");
+    }
+    t.stop().await;
+}

@@ -13,7 +13,8 @@ use std::time::Duration;
 async fn actions_of(t: &common::TestServer, kind: &str) -> usize {
     let (status, actions) = t.get("/v1/actions?limit=10000").await;
     assert_eq!(status, 200);
-    actions.as_array().unwrap().iter().filter(|a| a["kind"]["kind"] == kind).count()
+    // An action's kind is flattened into it: `{"kind": "fence", "immediate": …}`.
+    actions.as_array().unwrap().iter().filter(|a| a["kind"] == kind).count()
 }
 
 fn runbook_events<'a>(events: &'a [Value], run: &str) -> Vec<&'a Value> {
@@ -172,5 +173,56 @@ async fn the_audit_of_the_shipped_fixtures_lists_only_what_affects_the_running_i
     assert_eq!(f["services"], json!(["cve"]));
     assert_eq!(f["instances"], 2);
     assert_eq!(f["owners"], json!(["platform"]));
+    t.stop().await;
+}
+
+/// The restore runbook (issue 12): not dangerous, so it runs at once for an
+/// operator; refused while the source has no backup (the run fails and
+/// creates nothing); with a backup, a new service with the source's plan,
+/// as of the moment given, which becomes available; a bad moment is a 400
+/// before anything runs.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_restore_runbook_forks_a_service_into_a_new_one_as_of_a_moment() {
+    let mut t = common::start().await;
+    t.create_service("orders", 1).await;
+    t.wait_available("orders", Duration::from_secs(30)).await;
+    let path = "/v1/runbooks/restore-into-new-service/runs";
+
+    let (status, bad) =
+        t.post(path, json!({"params": {"service": "orders", "name": "orders-copy", "at": "yesterday"}})).await;
+    assert_eq!(status, 400, "{bad}");
+    assert!(bad["error"].as_str().unwrap().contains("invalid timestamp"), "{bad}");
+
+    let (status, refused) = t.post(path, json!({"params": {"service": "orders", "name": "orders-copy"}})).await;
+    assert_eq!(status, 201, "{refused}");
+    assert_eq!(refused["state"], "failed", "{refused}");
+    assert!(refused["plan"][0]["outcome"].as_str().unwrap().contains("no backup"), "{refused}");
+    let (status, _) = t.get("/v1/services/orders-copy").await;
+    assert_eq!(status, 404, "a refused restore creates nothing");
+
+    let (status, body) = t.post("/v1/services/orders/backups", json!({})).await;
+    assert_eq!(status, 202, "{body}");
+    poll(Duration::from_secs(30), "backup recorded", || async {
+        let s = t.service("orders").await;
+        (!s["backups"]["last_backup_at"].is_null()).then_some(())
+    })
+    .await;
+    let at = "2026-01-01T00:00:00.5Z";
+    let params = json!({"params": {"service": "orders", "name": "orders-copy", "at": at}});
+    let (status, dry) = t.post(path, json!({"params": params["params"], "dry_run": true})).await;
+    assert_eq!(status, 201, "{dry}");
+    assert_eq!(dry["plan"], json!([{"command": "services.fork", "target": "orders", "outcome": null}]));
+    let (status, _) = t.get("/v1/services/orders-copy").await;
+    assert_eq!(status, 404, "a dry run creates nothing");
+
+    let (status, run) = t.post(path, params).await;
+    assert_eq!(status, 201, "{run}");
+    assert_eq!(run["state"], "succeeded", "{run}");
+    let copy = t.wait_available("orders-copy", Duration::from_secs(30)).await;
+    assert_eq!(copy["forked_from"]["service"], "orders", "{copy}");
+    assert!(copy["forked_from"]["at"].as_str().unwrap().starts_with("2026-01-01T00:00:00.5"), "{copy}");
+    let (_, audit) = t.get("/v1/audit?limit=10000").await;
+    let forks: Vec<&Value> = audit.as_array().unwrap().iter().filter(|a| a["command"] == "services.fork").collect();
+    assert_eq!(forks.iter().filter(|a| a["outcome"] == "ok").count(), 1, "{forks:#?}");
     t.stop().await;
 }

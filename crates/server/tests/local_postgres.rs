@@ -738,6 +738,73 @@ async fn a_rollout_under_load_moves_two_services_onto_a_new_setting_without_a_fa
     t.stop().await;
 }
 
+/// Issue 17, item 3: a resize under a steady write load through the URL:
+/// the service moves onto an image with other settings by replacement
+/// (a planned switchover, never a failover), the URL is the same, no
+/// statement fails, no acknowledged write is lost, the setting is in effect.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_resize_under_load_keeps_the_url_and_fails_no_statement() {
+    let (mut t, _reaper) = start_local().await;
+    let s = create_pg(&t, "pgsize").await;
+    let url = s["url"].as_str().unwrap().to_string();
+    let c = connect(&url).await.unwrap();
+    c.batch_execute("CREATE TABLE writes (n bigint PRIMARY KEY)").await.unwrap();
+    drop(c);
+    let writer = Writer::start(url.clone());
+    poll(SLOW, "writes flowing", || async { (writer.acked() > 50).then_some(()) }).await;
+    let (status, image) = t
+        .post("/v1/images", json!({"engine": "postgres", "settings": {"work_mem": "12MB", "max_connections": "120"}}))
+        .await;
+    assert!(status == 201 || status == 200, "{image}");
+    let to = image["id"].as_str().unwrap().to_string();
+    let (status, bad) = t.post("/v1/services/pgsize/resize", json!({"image": "sha256:nope"})).await;
+    assert_eq!(status, 400, "{bad}");
+    let (status, r) = t.post("/v1/services/pgsize/resize", json!({"image": to})).await;
+    assert_eq!(status, 202, "{r}");
+    assert_eq!(r["total"], 1, "{r}");
+    let rid = r["id"].as_str().unwrap().to_string();
+    poll(Duration::from_secs(600), "resize done", || async {
+        let (_, r) = t.get(&format!("/v1/rollouts/{rid}")).await;
+        assert!(r["state"] != "paused" && r["state"] != "failed", "{r}");
+        (r["state"] == "succeeded").then_some(r)
+    })
+    .await;
+    let at = writer.acked();
+    poll(SLOW, "writes after the resize", || async { (writer.acked() > at + 20).then_some(()) }).await;
+    let s = t.service("pgsize").await;
+    assert_eq!(s["url"].as_str(), Some(url.as_str()), "the URL is unchanged");
+    for i in s["instances"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|i| !matches!(i["state"].as_str(), Some("retiring" | "retired" | "archived" | "terminated")))
+    {
+        assert_eq!(i["image"].as_str(), Some(to.as_str()), "{i}");
+    }
+    let (acked, failures) = writer.finish().await;
+    assert_eq!(failures, 0, "no statement failed during the resize");
+    let present = rows(&url).await;
+    assert!(acked.iter().all(|n| present.contains(n)), "an acknowledged write is missing");
+    let c = connect(&url).await.unwrap();
+    for (setting, want) in [("work_mem", "12MB"), ("max_connections", "120")] {
+        let shown = c.simple_query(&format!("SHOW {setting}")).await.unwrap();
+        let value = shown.iter().find_map(|m| match m {
+            tokio_postgres::SimpleQueryMessage::Row(r) => r.get(0).map(str::to_string),
+            _ => None,
+        });
+        assert_eq!(value.as_deref(), Some(want), "the image's {setting} is in effect");
+    }
+    let (_, actions) = t.get("/v1/actions?limit=10000").await;
+    let fences: Vec<&Value> =
+        actions.as_array().unwrap().iter().filter(|a| a["kind"] == "fence" && a["service"] == s["id"]).collect();
+    assert_eq!(fences.len(), 1, "one fence, the switchover's: {fences:#?}");
+    assert!(fences.iter().all(|a| a["immediate"] == false), "a switchover, not a failover: {fences:#?}");
+    let (status, again) = t.post("/v1/services/pgsize/resize", json!({"image": to})).await;
+    assert_eq!(status, 409, "already on the image: {again}");
+    eprintln!("resize under load: {} writes acknowledged, 0 failed", acked.len());
+    t.stop().await;
+}
+
 /// Waits for a fork to be available; if it never is, shows why.
 async fn wait_fork(t: &common::TestServer, name: &str) -> Value {
     let deadline = Instant::now() + SLOW;

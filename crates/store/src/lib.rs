@@ -94,6 +94,34 @@ pub struct EventFilter {
     pub limit: Option<usize>,
 }
 
+/// The two append-only logs a retention policy trims.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Log {
+    /// The event log (`GET /v1/events`).
+    Events,
+    /// The audit trail (`GET /v1/audit`).
+    Audit,
+}
+
+impl Log {
+    pub fn table(self) -> &'static str {
+        match self {
+            Log::Events => "events",
+            Log::Audit => "audit",
+        }
+    }
+}
+
+/// One row of a log as the API shows it (an [`Event`] or an
+/// [`AuditEntry`], with its `seq`), for archiving before it is pruned.
+#[derive(Clone, Debug, PartialEq)]
+pub struct LogRow {
+    pub seq: u64,
+    pub at: Timestamp,
+    /// The row as JSON, the same shape the API serves.
+    pub json: String,
+}
+
 /// One start of the engine: when, and the seed its randomness (and its
 /// event ids) came from.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -128,4 +156,12 @@ pub trait Store: Send + Sync + 'static {
     fn record_start(&self, start: EngineStart) -> Result<(), StoreError>;
     /// Every recorded start, oldest first.
     fn engine_starts(&self) -> Result<Vec<EngineStart>, StoreError>;
+    /// The oldest rows of `log` stamped before `cutoff`, in ascending seq,
+    /// at most `limit` (clamped to [`MAX_READ_LIMIT`]): what a retention
+    /// pass archives before it prunes them.
+    fn log_rows_before(&self, log: Log, cutoff: Timestamp, limit: usize) -> Result<Vec<LogRow>, StoreError>;
+    /// Durably deletes the rows of `log` with `seq <= through` stamped
+    /// before `cutoff`; returns how many. A row stamped later is kept even
+    /// with a lower seq (a clock set back), so nothing recent goes.
+    fn prune_log(&self, log: Log, through: u64, cutoff: Timestamp) -> Result<u64, StoreError>;
 }

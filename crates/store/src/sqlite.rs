@@ -5,7 +5,7 @@
 
 use crate::rows::{self, decode};
 use crate::writer::{self, Request, WriterStats};
-use crate::{EngineStart, EventFilter, Store, StoreError, DEFAULT_EVENT_LIMIT, MAX_READ_LIMIT};
+use crate::{EngineStart, EventFilter, Log, LogRow, Store, StoreError, DEFAULT_EVENT_LIMIT, MAX_READ_LIMIT};
 use drover_model::{
     ActionRecord, ActionState, AuditEntry, Changes, Event, HostRecord, Image, InstanceRecord, InstanceState,
     RolloutMember, RolloutRecord, ServiceId, ServiceRecord, ServiceState, Snapshot, Timestamp,
@@ -347,6 +347,45 @@ impl Store for SqliteStore {
         )
         .map_err(&write)?;
         Ok(())
+    }
+
+    fn log_rows_before(&self, log: Log, cutoff: Timestamp, limit: usize) -> Result<Vec<LogRow>, StoreError> {
+        let read = database("reading old log rows");
+        let conn = self.reader();
+        let sql = format!("SELECT seq, at, record FROM {} WHERE at < ?1 ORDER BY seq LIMIT ?2", log.table());
+        let mut stmt = conn.prepare_cached(&sql).map_err(&read)?;
+        let mut rows = stmt.query(rusqlite::params![cutoff.micros(), clamp_limit(limit)]).map_err(&read)?;
+        let mut out = Vec::new();
+        while let Some(row) = rows.next().map_err(&read)? {
+            let seq: i64 = row.get(0).map_err(&read)?;
+            let at: i64 = row.get(1).map_err(&read)?;
+            let record: String = row.get(2).map_err(&read)?;
+            let json = match log {
+                Log::Events => serde_json::to_string(&rows::decode_event(seq, &record)?),
+                Log::Audit => serde_json::to_string(&rows::decode_audit(seq, &record)?),
+            }
+            .map_err(|source| StoreError::CorruptRecord {
+                table: log.table(),
+                id: seq.to_string(),
+                source,
+            })?;
+            out.push(LogRow { seq: rows::seq_from_column(log.table(), seq)?, at: Timestamp(at), json });
+        }
+        Ok(out)
+    }
+
+    fn prune_log(&self, log: Log, through: u64, cutoff: Timestamp) -> Result<u64, StoreError> {
+        // Its own short connection, like `record_start`: one bounded DELETE
+        // (a caller prunes in batches), so the writer's next group waits at
+        // most that long for the lock (within BUSY_TIMEOUT).
+        let write = database("pruning a log");
+        let conn = Connection::open(&self.path).map_err(&write)?;
+        conn.busy_timeout(BUSY_TIMEOUT).map_err(&write)?;
+        conn.pragma_update(None, "synchronous", "FULL").map_err(&write)?;
+        let through = i64::try_from(through).unwrap_or(i64::MAX);
+        let sql = format!("DELETE FROM {} WHERE seq <= ?1 AND at < ?2", log.table());
+        let deleted = conn.execute(&sql, rusqlite::params![through, cutoff.micros()]).map_err(&write)?;
+        Ok(deleted as u64)
     }
 
     fn engine_starts(&self) -> Result<Vec<EngineStart>, StoreError> {

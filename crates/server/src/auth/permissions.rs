@@ -102,6 +102,7 @@ pub const TABLE: &[Rule] = &[
     rule("POST", "/v1/services/{name}/fork", Operate, ByEngine),
     rule("GET", "/v1/archives", Read, No),
     rule("POST", "/v1/archives/{id}/restore", Operate, ByEngine),
+    rule("POST", "/v1/services/{name}/resize", Operate, ByEngine),
     rule("POST", "/v1/services/{name}/resume", Operate, ByEngine),
     rule("GET", "/v1/services/{name}/checks", Read, No),
     rule("POST", "/v1/services/{name}/backups", Operate, ByEngine),
