@@ -175,6 +175,8 @@ pub struct FileConfig {
     pub rollout_zone_concurrency: Option<u32>,
     pub team_maintenance_windows: Option<std::collections::BTreeMap<String, drover_model::MaintenanceWindow>>,
     pub maintenance_notice_hours: Option<f64>,
+    pub archive_retention_hours: Option<f64>,
+    pub backup_retention_full: Option<u32>,
     pub event_retention_days: Option<u32>,
     pub audit_retention_days: Option<u32>,
 }
@@ -360,6 +362,19 @@ pub fn resolve(args: ServeArgs, no_local_set: bool) -> anyhow::Result<Settings> 
         }
         opts.engine.maintenance_notice = std::time::Duration::from_secs_f64(hours * 3600.0);
     }
+    if let Some(hours) = file.archive_retention_hours {
+        // Ten years: past that, a number is a mistake, not a retention.
+        if !hours.is_finite() || !(0.0..=24.0 * 3660.0).contains(&hours) {
+            return Err(anyhow!("archive_retention_hours must be between 0 and 87840 (ten years), got {hours}"));
+        }
+        opts.engine.archive_retention = std::time::Duration::from_secs_f64(hours * 3600.0);
+    }
+    if let Some(n) = file.backup_retention_full {
+        if n == 0 {
+            return Err(anyhow!("backup_retention_full must be at least 1: the newest full backup is always kept"));
+        }
+        opts.engine.backup_retention_full = n;
+    }
     let log_format = args.log_format.or(file.log_format).unwrap_or_default();
     check_max_connections(args.max_connections, "--max-connections")?;
     check_max_header_bytes(args.max_header_bytes, "--max-header-bytes")?;
@@ -504,6 +519,8 @@ mod tests {
             rollout_zone_concurrency,
             team_maintenance_windows,
             maintenance_notice_hours,
+            archive_retention_hours,
+            backup_retention_full,
             event_retention_days,
             audit_retention_days,
         } = c;
@@ -532,6 +549,8 @@ mod tests {
         assert!(rollout_zone_concurrency.is_some(), "rollout_zone_concurrency");
         assert!(team_maintenance_windows.is_some(), "team_maintenance_windows");
         assert!(maintenance_notice_hours.is_some(), "maintenance_notice_hours");
+        assert!(archive_retention_hours.is_some(), "archive_retention_hours");
+        assert!(backup_retention_full.is_some(), "backup_retention_full");
         assert!(event_retention_days.is_some(), "event_retention_days");
         assert!(audit_retention_days.is_some(), "audit_retention_days");
         // Paths have no default: they are set in the HTTPS example instead.

@@ -2,6 +2,7 @@
 //! is a thin HTTP client of a running server.
 
 mod agent;
+mod archives;
 mod bench;
 mod bench_connections;
 mod bench_redis;
@@ -152,6 +153,13 @@ enum Cmd {
     Rollouts {
         #[command(subcommand)]
         cmd: rollouts::RolloutsCmd,
+        #[command(flatten)]
+        client: ClientArgs,
+    },
+    /// Archives of deleted PostgreSQL services: list them, restore one.
+    Archives {
+        #[command(subcommand)]
+        cmd: archives::ArchivesCmd,
         #[command(flatten)]
         client: ClientArgs,
     },
@@ -557,6 +565,7 @@ impl Cmd {
             | Cmd::Audit { client, .. }
             | Cmd::Images { client }
             | Cmd::Rollouts { client, .. }
+            | Cmd::Archives { client, .. }
             | Cmd::Pages { client, .. }
             | Cmd::Tokens { client, .. }
             | Cmd::Advisories { client, .. }
@@ -931,6 +940,7 @@ async fn run(cli: Cli, no_local_set: bool) -> anyhow::Result<()> {
             Ok(())
         }
         Cmd::Rollouts { cmd, .. } => rollouts::rollouts(&client, cmd, json).await,
+        Cmd::Archives { cmd, .. } => archives::archives(&client, cmd, json).await,
     }
 }
 

@@ -146,7 +146,7 @@ impl Engine {
         }
         let provider = match self.instance_index.get(&rec.instance).and_then(|&i| self.instances.get(i)) {
             Some(inst) => self.providers.name(inst.provider).to_string(),
-            None => self.config.default_provider.clone(),
+            None => self.provider_without_instance(&rec),
         };
         out.dispatch.push(Dispatch { provider, action: rec });
     }
@@ -199,6 +199,9 @@ impl Engine {
             (sslot, &a.record.kind)
         {
             self.rotation_finished(s, &a.record, state, now, out);
+        }
+        if matches!(a.record.kind, ActionKind::Backup | ActionKind::PurgeArchive { .. }) {
+            self.archive_action_ended(&a.record, state, now, out);
         }
         if a.durable {
             let cause = match &a.record.error {
@@ -283,6 +286,18 @@ impl Engine {
         let slot = self.instance_index.get(&a.record.instance).copied();
         match outcome {
             ActionOutcome::Succeeded { detail } => {
+                if let (Some(slot), ActionKind::Backup) = (slot, &kind) {
+                    // This attempt's dispatch: no later than the backup's start.
+                    let started = a.record.updated_at;
+                    if let Some(sslot) = self.instances.get(slot).map(|i| i.service) {
+                        self.note_backup_started(sslot, started);
+                    }
+                }
+                if matches!(kind, ActionKind::Backup | ActionKind::PurgeArchive { .. }) {
+                    if let Some(rec) = self.actions.get(&id).map(|a| a.record.clone()) {
+                        self.archive_action_succeeded(&rec, detail.as_deref(), now, out);
+                    }
+                }
                 if let Some(slot) = slot {
                     self.apply_success(slot, &kind, detail.as_deref(), now, out);
                 }
@@ -365,7 +380,10 @@ impl Engine {
                 self.backup_result(sslot, kind, None, detail, now, out);
             }
             // Their outcome is taken in `finish_action` (`rotation_finished`).
-            ActionKind::InjectFault { .. } | ActionKind::RotateCredentials | ActionKind::RevokePreviousCredentials => {}
+            ActionKind::InjectFault { .. }
+            | ActionKind::RotateCredentials
+            | ActionKind::RevokePreviousCredentials
+            | ActionKind::PurgeArchive { .. } => {}
         }
     }
 
@@ -427,7 +445,8 @@ impl Engine {
             ActionKind::Probe
             | ActionKind::InjectFault { .. }
             | ActionKind::RotateCredentials
-            | ActionKind::RevokePreviousCredentials => {}
+            | ActionKind::RevokePreviousCredentials
+            | ActionKind::PurgeArchive { .. } => {}
         }
     }
 
@@ -509,12 +528,14 @@ impl Engine {
 /// Remedies hold their service's one slot; chaos and probes do not.
 pub(crate) fn is_remedy(kind: &ActionKind) -> bool {
     // A rotation changes no server: it must never hold up a failover.
+    // A purge belongs to an archive, not to a service that could need one.
     !matches!(
         kind,
         ActionKind::Probe
             | ActionKind::InjectFault { .. }
             | ActionKind::RotateCredentials
             | ActionKind::RevokePreviousCredentials
+            | ActionKind::PurgeArchive { .. }
     )
 }
 

@@ -95,6 +95,15 @@ pub struct Config {
     /// Heroku's maintenance notices: time to move the service earlier by
     /// hand, short enough to be remembered.
     pub maintenance_notice: Duration,
+    /// How long the final backup of a deleted PostgreSQL service is kept
+    /// (state `archived`) before the engine purges it. A week: Heroku keeps
+    /// a deleted database's backups recoverable for about that long.
+    pub archive_retention: Duration,
+    /// Full backups pgBackRest keeps per service (`repo1-retention-full`):
+    /// the oldest one's start is a service's `recoverable_since`. Four
+    /// daily fulls keep four days of point-in-time recovery (Heroku's
+    /// `pg:fork`/rollback window: 4 days to a week).
+    pub backup_retention_full: u32,
     /// Put the store's records (services, instances, actions, audit) in
     /// `Outputs::changes`. A caller that keeps no store (the simulator)
     /// turns this off and saves building a record per transition; events,
@@ -135,6 +144,8 @@ impl Default for Config {
             rollout_interval: Duration::from_secs(1),
             team_windows: std::collections::BTreeMap::new(),
             maintenance_notice: Duration::from_secs(24 * 3600),
+            archive_retention: Duration::from_secs(168 * 3600),
+            backup_retention_full: 4,
             records: true,
         }
     }
@@ -318,6 +329,12 @@ pub enum Command {
         host: String,
         fault: Fault,
     },
+    /// A new service `name` with the plan and data of a deleted service,
+    /// restored from its archive's final backup.
+    RestoreArchive {
+        id: drover_model::ArchiveId,
+        name: String,
+    },
 }
 
 impl Command {
@@ -351,6 +368,7 @@ impl Command {
             Command::CordonHost { .. } => "hosts.cordon",
             Command::DrainHost { .. } => "hosts.drain",
             Command::HostChaos { .. } => "chaos.host",
+            Command::RestoreArchive { .. } => "archives.restore",
         }
     }
 }
@@ -417,8 +435,9 @@ pub struct Outputs {
 impl Outputs {
     /// Empties every part, keeping the vectors' capacity.
     pub fn clear(&mut self) {
-        let Changes { services, instances, actions, images, events, audit, rollouts, rollout_members, hosts } =
+        let Changes { services, instances, actions, images, events, audit, rollouts, rollout_members, hosts, archives } =
             &mut self.changes;
+        archives.clear();
         rollouts.clear();
         rollout_members.clear();
         hosts.clear();

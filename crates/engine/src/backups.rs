@@ -110,7 +110,7 @@ impl Engine {
 
     /// The member backups are taken from and restore tests check, as its
     /// engine's policy says: the available primary, or none of its own.
-    fn backup_target(&self, sslot: u32) -> Result<u32, CommandError> {
+    pub(crate) fn backup_target(&self, sslot: u32) -> Result<u32, CommandError> {
         let s = self.services.get(sslot).ok_or_else(|| CommandError::NotFound("no such service".into()))?;
         let name = &s.name;
         match self.policy_of(s).backups() {

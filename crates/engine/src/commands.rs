@@ -57,6 +57,7 @@ impl Engine {
             Command::RecordRunbook { run, runbook, state, detail } => {
                 Ok(self.record_runbook(&run, &runbook, &state, detail, now, out))
             }
+            Command::RestoreArchive { id, name } => self.restore_archive(id, name, now, out),
         }
     }
 
@@ -77,6 +78,9 @@ impl Engine {
         for id in waiting {
             self.finish_action(id, ActionState::Cancelled, Some("service deleted".into()), now, out);
         }
+        // Before `deleting` is set: the final backup is taken from a
+        // primary the engine still counts as serving.
+        self.start_archive(sslot, now, out);
         if let Some(s) = self.services.get_mut(sslot) {
             s.deleting = true;
             s.needs_human = false;
@@ -345,7 +349,7 @@ impl Engine {
             // selects its copy.
             labels: s.labels.as_deref().cloned(),
         };
-        let from = drover_model::RestoreFrom { service: source.to_string(), at, restored: false };
+        let from = drover_model::RestoreFrom { service: source.to_string(), at, restored: false, backup: None };
         self.create_service(req, Some(from), now, out)
     }
 
@@ -360,6 +364,7 @@ impl Engine {
         if self.service_names.contains_key(req.name.as_str()) {
             return Err(CommandError::Conflict(format!("a service named {:?} already exists", req.name)));
         }
+        self.name_not_held_by_archive(&req.name)?;
         let provider_name = self.provider_for(&req)?;
         let image = self
             .images
@@ -432,7 +437,7 @@ impl Engine {
 pub(crate) fn command_target(c: &Command) -> Option<String> {
     match c {
         Command::CreateService(r) => Some(r.name.clone()),
-        Command::ForkService { name, .. } => Some(name.clone()),
+        Command::ForkService { name, .. } | Command::RestoreArchive { name, .. } => Some(name.clone()),
         Command::DeleteService { name }
         | Command::SetMaintenanceWindow { name, .. }
         | Command::SetLabels { name, .. }

@@ -31,6 +31,7 @@
 
 mod actions;
 mod api;
+mod archives;
 mod backups;
 mod brake;
 mod breakglass;
@@ -165,6 +166,8 @@ pub struct Engine {
     state_counts: [u64; 10],
     /// Registered hosts and placement's bookkeeping (`hosts`).
     hosts: hosts::Hosts,
+    /// Archives of deleted services and their purges (`archives`).
+    archives: archives::Archives,
 }
 
 fn state_index(s: InstanceState) -> usize {
@@ -212,6 +215,7 @@ impl Engine {
             restored_at: i64::MIN,
             state_counts: [0; 10],
             hosts: hosts::Hosts::default(),
+            archives: archives::Archives::default(),
         }
     }
 
@@ -288,6 +292,7 @@ impl Engine {
             }
             Input::Tick => {
                 self.fire_timers(now, out);
+                self.fire_archive_timers(now, out);
                 self.update_brakes(now, out);
                 self.drive_rollouts(now, out);
             }
@@ -311,6 +316,7 @@ impl Engine {
             self.rotation_timers.next(),
             self.zone_timers.next(),
             self.rollouts.next_deadline(),
+            self.archives.next_deadline(),
         ]
         .into_iter()
         .flatten()

@@ -10,6 +10,9 @@ use rand::RngCore;
 
 /// What reconcile decided for one service, before anything is done. A
 /// service has at most one remedy open at a time, so this is one value.
+// Short-lived, one per decision and never stored: the size of `Leave`'s
+// `ActionKind` (a `Provision` carries a fork's `RestoreFrom`) costs nothing.
+#[allow(clippy::large_enum_variant)]
 #[derive(Clone, Debug, PartialEq)]
 pub(crate) enum Remedy {
     /// Nothing a remedy could fix now.
@@ -174,6 +177,9 @@ impl Engine {
 
     /// Decides what service `sslot` needs, then does it.
     pub(crate) fn reconcile(&mut self, sslot: u32, now: i64, out: &mut Outputs) {
+        if self.archive_holds_deletion(sslot, now, out) {
+            return;
+        }
         let remedy = self.decide(sslot, now);
         self.apply(sslot, remedy, now, out);
     }

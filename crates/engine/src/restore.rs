@@ -27,6 +27,7 @@ impl Engine {
         e.restore_hosts(snapshot.hosts);
         let service_by_id = e.restore_services(snapshot.services, now);
         let orphans = e.restore_instances(snapshot.instances, &service_by_id, now);
+        e.restore_archives(snapshot.archives, now);
         let (resumed, pending) = e.resume_actions(snapshot.actions, now, &mut out);
         e.restore_rollouts(snapshot.rollouts, snapshot.rollout_members, now);
         out.changes.events.push(fleet_event(
@@ -128,6 +129,12 @@ impl Engine {
     /// One stored action: cancelled if its instance is gone, else open again
     /// with its service's and zone's counts. Returns its state if reopened.
     fn resume_action(&mut self, mut rec: ActionRecord, now: i64, out: &mut Outputs) -> Option<ActionState> {
+        if matches!(rec.kind, ActionKind::PurgeArchive { .. }) {
+            // Its instance is gone by design; the archive is what it acts on.
+            if let Some(state) = self.resume_purge(rec.clone(), now, out) {
+                return Some(state);
+            }
+        }
         let Some(&islot) = self.instance_index.get(&rec.instance) else {
             // Its instance is gone: nothing left to act on.
             let from = rec.state;

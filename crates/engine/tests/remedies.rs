@@ -386,7 +386,7 @@ fn commands_are_validated_and_audited() {
 }
 
 #[test]
-fn deleting_a_service_retires_archives_terminates_then_frees_its_name() {
+fn deleting_a_service_retires_archives_terminates_it_and_its_archive_holds_its_name() {
     let mut h = H::new(fast_config());
     ready(&mut h, "db1", 1);
     let ids: Vec<_> = h.service("db1").instances.iter().map(|i| i.id).collect();
@@ -400,7 +400,11 @@ fn deleting_a_service_retires_archives_terminates_then_frees_its_name() {
     }
     let rec = h.store.services.values().find(|s| s.name == "db1").unwrap();
     assert_eq!(rec.state, ServiceState::Deleted);
-    h.create("db1", 0);
+    // A PostgreSQL service's name stays held by its archive until it is
+    // purged (tests/archives.rs); another name is free at once.
+    let held = h.command(Command::CreateService(request("db1", EngineKind::Postgres, 0)));
+    assert!(matches!(held, Err(CommandError::Conflict(_))), "{held:?}");
+    h.create("db2", 0);
 }
 
 #[test]

@@ -113,6 +113,15 @@ pub enum ActionKind {
     /// (target: the primary). Idempotent: with nothing left to revoke it
     /// succeeds and changes nothing.
     RevokePreviousCredentials,
+    /// Remove the backups of an archive past its retention: the pgBackRest
+    /// stanza of the deleted service `service_name` (target: its last
+    /// primary, long gone). Idempotent: nothing left to remove succeeds.
+    PurgeArchive {
+        service_name: String,
+        #[serde(default)]
+        engine: crate::EngineKind,
+        archive: crate::ArchiveId,
+    },
 }
 
 impl ActionKind {
@@ -131,6 +140,7 @@ impl ActionKind {
             ActionKind::VerifyRestore => "verify_restore",
             ActionKind::RotateCredentials => "rotate_credentials",
             ActionKind::RevokePreviousCredentials => "revoke_previous_credentials",
+            ActionKind::PurgeArchive { .. } => "purge_archive",
         }
     }
     /// Destructive actions change what serves the service; they pause under

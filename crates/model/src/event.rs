@@ -70,6 +70,12 @@ pub enum EventKind {
         run: String,
         runbook: String,
     },
+    /// An archive of a deleted service changed state (`to`: archived,
+    /// failed or purged).
+    Archive {
+        archive: crate::ArchiveId,
+        state: crate::ArchiveState,
+    },
     /// Anything else; also what events stored before kinds existed read as.
     #[default]
     Other,

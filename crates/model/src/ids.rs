@@ -14,6 +14,8 @@ macro_rules! id_type {
         pub struct $name(pub Uuid);
 
         impl $name {
+            /// No id: where a record must name one that does not exist.
+            pub const NIL: $name = $name(Uuid::nil());
             /// A v7 id whose time part is `micros` since the Unix epoch and whose
             /// random part is `entropy`: the pure engine mints ids from its own
             /// seeded counter instead of reading a clock or the OS's randomness.
@@ -70,6 +72,10 @@ id_type!(
 id_type!(
     /// One rollout: services moved onto an image in waves.
     RolloutId
+);
+id_type!(
+    /// One archive: the final backup of a deleted service, kept for a while.
+    ArchiveId
 );
 
 #[cfg(test)]

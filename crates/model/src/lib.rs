@@ -3,6 +3,7 @@
 //! parsing and naming lives here.
 
 mod action;
+mod archive;
 mod event;
 mod facts;
 mod host;
@@ -18,10 +19,11 @@ mod time;
 mod token;
 
 pub use action::{ActionKind, ActionOutcome, ActionRecord, ActionState, Fault};
+pub use archive::{backup_detail, backup_label_of, ArchiveRecord, ArchiveState, ArchiveView};
 pub use event::{AuditEntry, Event, EventId, EventKind, EventSubject};
 pub use facts::{Beat, Facts};
 pub use host::{HostRecord, HostState, HostView, RegisterHost};
-pub use ids::{ActionId, InstanceId, NotificationId, PageId, RolloutId, ServiceId};
+pub use ids::{ActionId, ArchiveId, InstanceId, NotificationId, PageId, RolloutId, ServiceId};
 pub use image::{Image, ImageId, Package, SourcePackage};
 pub use labels::{labels_match, parse_label, validate_labels, Labels, MAX_LABELS, MAX_LABEL_LEN};
 pub use maintenance::{MaintenanceWindow, Weekday};
@@ -53,6 +55,8 @@ pub struct Snapshot {
     pub rollout_members: Vec<RolloutMember>,
     /// Every registered host.
     pub hosts: Vec<HostRecord>,
+    /// Every archive of a deleted service (purged ones too: the history).
+    pub archives: Vec<ArchiveRecord>,
 }
 
 /// What one engine step decided that must be durable before anyone is told:
@@ -69,6 +73,7 @@ pub struct Changes {
     pub rollouts: Vec<RolloutRecord>,
     pub rollout_members: Vec<RolloutMember>,
     pub hosts: Vec<HostRecord>,
+    pub archives: Vec<ArchiveRecord>,
 }
 
 impl Changes {
@@ -82,6 +87,7 @@ impl Changes {
             && self.rollouts.is_empty()
             && self.rollout_members.is_empty()
             && self.hosts.is_empty()
+            && self.archives.is_empty()
     }
     /// Appends `other`, keeping order (later records win on upsert).
     pub fn extend(&mut self, other: Changes) {
@@ -94,5 +100,6 @@ impl Changes {
         self.rollouts.extend(other.rollouts);
         self.rollout_members.extend(other.rollout_members);
         self.hosts.extend(other.hosts);
+        self.archives.extend(other.archives);
     }
 }

@@ -230,6 +230,11 @@ pub struct RestoreFrom {
     /// after that is not restored from the source again.
     #[serde(default)]
     pub restored: bool,
+    /// The backup set to restore (an archive's final backup), replayed to
+    /// the end of what is archived: the source service is gone, there is
+    /// no primary to archive its latest WAL first. None: a fork.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub backup: Option<String>,
 }
 
 /// Where a service's credential rotation stands (persisted: a control plane
@@ -256,6 +261,10 @@ pub struct BackupStatus {
     /// Outcome of the latest restore test (None: never tested).
     pub last_verify_ok: Option<bool>,
     pub last_verify_error: Option<String>,
+    /// When each full backup pgBackRest keeps started, oldest first (at
+    /// most `backup_retention_full`): the first is `recoverable_since`.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub kept_backups_started: Vec<Timestamp>,
 }
 
 /// An instance as persisted: everything but heartbeat facts, which live in
@@ -351,6 +360,10 @@ pub struct ServiceView {
     /// Filled by the provider (empty for `sim`).
     #[serde(default)]
     pub read_urls: Vec<String>,
+    /// The oldest moment a fork can go back to: the start of the oldest
+    /// backup kept. Null without a backup.
+    #[serde(default)]
+    pub recoverable_since: Option<Timestamp>,
 }
 
 #[cfg(test)]

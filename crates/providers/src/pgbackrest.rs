@@ -207,6 +207,8 @@ pub struct BackupRepo {
     storage: RepoStorage,
     pgbackrest: PathBuf,
     db_user: Option<String>,
+    /// `repo1-retention-full` ([`RETENTION_FULL`] unless set).
+    retention_full: u32,
 }
 
 impl BackupRepo {
@@ -220,7 +222,14 @@ impl BackupRepo {
     /// Same as [`BackupRepo::open`] with the backup store elsewhere.
     pub fn open_with_storage(root: &Path, run_as: RunAs, storage: RepoStorage) -> Result<BackupRepo, BackupError> {
         let root = absolute(root)?;
-        let repo = BackupRepo { root, run_as, storage, pgbackrest: find_pgbackrest(), db_user: None };
+        let repo = BackupRepo {
+            root,
+            run_as,
+            storage,
+            pgbackrest: find_pgbackrest(),
+            db_user: None,
+            retention_full: RETENTION_FULL,
+        };
         for (dir, mode) in
             [("", 0o750), ("conf", 0o750), ("conf/conf.d", 0o750), ("log", 0o750), ("lock", 0o750), ("spool", 0o750)]
         {
@@ -241,6 +250,19 @@ impl BackupRepo {
     pub fn with_db_user(mut self, user: impl Into<String>) -> BackupRepo {
         self.db_user = Some(user.into());
         self
+    }
+
+    /// Keeps `full` full backups per stanza (`repo1-retention-full`, at
+    /// least one): the configuration is written again.
+    pub fn with_retention_full(mut self, full: u32) -> Result<BackupRepo, BackupError> {
+        self.retention_full = full.max(1);
+        self.write_global_config()?;
+        Ok(self)
+    }
+
+    /// Full backups kept per stanza.
+    pub fn retention_full(&self) -> u32 {
+        self.retention_full
     }
 
     /// Uses this pgBackRest binary (absolute path) instead of the one found on PATH.
@@ -297,7 +319,7 @@ impl BackupRepo {
             lines.push(format!("{k}={v}"));
         }
         let settings = [
-            ("repo1-retention-full", RETENTION_FULL.to_string()),
+            ("repo1-retention-full", self.retention_full.to_string()),
             ("log-path", self.log_dir().display().to_string()),
             ("lock-path", self.root.join("lock").display().to_string()),
             ("spool-path", self.root.join("spool").display().to_string()),
@@ -410,6 +432,55 @@ impl BackupRepo {
         }
         let args: Vec<&str> = args.iter().map(String::as_str).collect();
         self.run(stanza, &args, BACKUP_TIMEOUT, HINT_RESTORE).await.map(|_| ())
+    }
+
+    /// Restores backup set `set` (a label, or `latest`) of the stanza into
+    /// `pg1_path` (an empty directory), then replays every archived WAL
+    /// segment after it: an archive's final backup, restored when its
+    /// service is gone (there is no primary whose latest WAL could be
+    /// archived first). The server promotes itself at the end of the archive.
+    pub async fn restore_set_into(&self, stanza: &str, pg1_path: &Path, set: &str) -> Result<(), BackupError> {
+        check_stanza_name(stanza)?;
+        let pg1 = format!("--pg1-path={}", pg1_path.display());
+        let set = format!("--set={set}");
+        self.run(stanza, &["restore", &pg1, &set, "--type=default"], BACKUP_TIMEOUT, HINT_RESTORE).await.map(|_| ())
+    }
+
+    /// Removes the stanza for good: its backups, its archived WAL and its
+    /// configuration section (`stop`, `stanza-delete --force`, `start`).
+    /// Its server must be gone. Idempotent: returns false when nothing of
+    /// it was left.
+    pub async fn delete_stanza(&self, stanza: &str) -> Result<bool, BackupError> {
+        check_stanza_name(stanza)?;
+        let conf = self.include_dir().join(format!("{stanza}.conf"));
+        let in_store = match &self.storage {
+            RepoStorage::Posix { path } => {
+                path.join("backup").join(stanza).exists() || path.join("archive").join(stanza).exists()
+            }
+        };
+        if !in_store {
+            let _ = std::fs::remove_file(&conf);
+            return Ok(false);
+        }
+        if !conf.exists() {
+            // stanza-delete reads the stanza's section; the server it named
+            // is gone, and `--force` does not look for it.
+            let gone = PgTarget {
+                data_dir: self.root.join("gone").join(stanza),
+                port: 5432,
+                socket_dir: self.root.join("gone"),
+                bin_dir: PathBuf::from("/usr/lib/postgresql/15/bin"),
+            };
+            self.write_stanza_config(stanza, &gone)?;
+        }
+        self.run(stanza, &["stop"], COMMAND_TIMEOUT, HINT_DELETE).await?;
+        let deleted = self.run(stanza, &["stanza-delete", "--force"], COMMAND_TIMEOUT, HINT_DELETE).await;
+        // Whatever the delete did, the stanza must not stay stopped.
+        let started = self.run(stanza, &["start"], COMMAND_TIMEOUT, HINT_DELETE).await;
+        deleted?;
+        started?;
+        std::fs::remove_file(&conf).map_err(BackupError::io("remove", &conf))?;
+        Ok(true)
     }
 
     /// The stanza's backups, oldest first (empty when the stanza has none or does not exist).
@@ -648,6 +719,8 @@ const HINT_CHECK: &str = "WAL archiving is not working: the instance needs archi
      archive_command set to BackupRepo::archive_command for this stanza (then reload); its log shows why archive-push failed";
 const HINT_BACKUP: &str =
     "check that the instance is running and archiving (pgbackrest check) and that the repository has free space";
+const HINT_DELETE: &str =
+    "check that the repository is writable by the server user and that no backup of the stanza runs";
 const HINT_INFO: &str = "check that the repository is readable by the server user";
 const HINT_VERIFY: &str = "check that the repository is readable by the server user";
 /// `2026-12-01 02:44:49.123456+00`: the one time format pgBackRest reads

@@ -19,6 +19,7 @@
 pub mod actor;
 pub mod advisories;
 pub mod agents;
+mod archives;
 pub mod auth;
 pub mod checks;
 mod credentials;
@@ -319,7 +320,7 @@ async fn start_up(
         providers.insert("local".into(), Arc::new(agents::AgentsProvider));
     }
     if let Some(local_config) = opts.local.as_ref().filter(|_| !opts.agents_only) {
-        match open_local(&opts.data_dir, local_config.clone()).await {
+        match open_local(&opts.data_dir, local_config.clone(), opts.engine.backup_retention_full).await {
             Ok((local, image)) => {
                 providers.insert("local".into(), local);
                 extra_images.extend(image);
@@ -505,9 +506,11 @@ pub fn host_name() -> String {
 async fn open_local(
     data_dir: &std::path::Path,
     mut config: LocalConfig,
+    retention_full: u32,
 ) -> anyhow::Result<(Arc<dyn Provider>, Option<Image>)> {
     let run_as = RunAs::for_servers().context("cannot find or create the user servers run as")?;
     let repo = BackupRepo::open(&data_dir.join("local").join("backups"), run_as)
+        .and_then(|repo| repo.with_retention_full(retention_full))
         .context("cannot prepare the pgBackRest repository")?;
     if config.backups.is_none() {
         config.backups = Some(repo);

@@ -86,6 +86,8 @@ use utoipa::OpenApi;
         crate::hosts::post_cordon,
         crate::agents::fetch_actions,
         crate::agents::post_action_result,
+        crate::archives::list_archives,
+        crate::archives::restore_archive,
     ),
     components(schemas(
         ErrorBody,
@@ -158,6 +160,9 @@ use utoipa::OpenApi;
         drover_model::HostView,
         drover_model::HostState,
         drover_model::RegisterHost,
+        drover_model::ArchiveView,
+        drover_model::ArchiveState,
+        crate::archives::RestoreArchive,
     ))
 )]
 pub struct ApiDoc;

@@ -61,6 +61,8 @@ pub fn router(state: AppState) -> Router {
         .route("/v1/hosts", get(hosts::list_hosts).post(hosts::register_host))
         .route("/v1/hosts/{name}/drain", post(hosts::post_drain))
         .route("/v1/hosts/{name}/cordon", post(hosts::post_cordon))
+        .route("/v1/archives", get(crate::archives::list_archives))
+        .route("/v1/archives/{id}/restore", post(crate::archives::restore_archive))
         // Every route above, and only they, pass the auth middleware: add
         .route("/v1/hosts/{name}/actions", get(agents::fetch_actions))
         .route("/v1/hosts/{name}/actions/{id}/result", post(agents::post_action_result))

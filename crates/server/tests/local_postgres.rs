@@ -900,3 +900,73 @@ async fn a_fork_at_a_moment_holds_exactly_what_committed_before_it_and_a_fork_of
     let events = t.events("service=pglatest").await;
     assert!(events.iter().any(|e| e["cause"].as_str().is_some_and(|c| c.contains("forked from pgsrc"))), "{events:#?}");
 }
+
+/// Deprovision keeps the data (issue 17, item 5): a deleted service is
+/// archived (its final backup), listed, restorable into a new service that
+/// holds its rows, its name held meanwhile; past its retention the archive
+/// is purged and its backups are gone from the repository.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_deleted_service_is_archived_restored_with_its_rows_then_purged_with_its_backups() {
+    let retention = Duration::from_secs(30);
+    let (t, _reaper) = start_local_tweaked(move |opts| opts.engine.archive_retention = retention).await;
+    let src = create_pg(&t, "pgdel").await;
+    assert!(src["recoverable_since"].is_null(), "no backup yet: {src}");
+    let url = src["url"].as_str().unwrap().to_string();
+    let c = connect(&url).await.unwrap();
+    c.batch_execute("CREATE TABLE writes (n bigint PRIMARY KEY)").await.unwrap();
+    insert(&url, 1..=250).await;
+    drop(c);
+
+    let (status, body) = t.delete("/v1/services/pgdel").await;
+    assert_eq!(status, 202, "{body}");
+    let archive = poll(SLOW, "the archive archived", || async {
+        let (_, list) = t.get("/v1/archives").await;
+        list.as_array()
+            .and_then(|l| l.iter().find(|a| a["service"] == "pgdel").cloned())
+            .filter(|a| a["state"] == "archived")
+    })
+    .await;
+    let id = archive["id"].as_str().unwrap().to_string();
+    assert_eq!(archive["engine"], "postgres", "{archive}");
+    let label = archive["backup_label"].as_str().expect("the final backup's label").to_string();
+    assert!(!archive["purge_after"].is_null(), "{archive}");
+    poll(SLOW, "the service gone", || async { (t.get("/v1/services/pgdel").await.0 == 404).then_some(()) }).await;
+    let store = t.dir.path().join("local/backups/repo");
+    assert!(store.join("backup/pgdel").join(&label).exists(), "the final backup is in the repository");
+
+    // The name is held; bad restores are refused.
+    let (status, body) =
+        t.post("/v1/services", json!({"name": "pgdel", "engine": "postgres", "provider": "local"})).await;
+    assert_eq!(status, 409, "the name is held by the archive: {body}");
+    let (status, body) =
+        t.post("/v1/archives/01890000-0000-7000-8000-000000000000/restore", json!({"name": "x"})).await;
+    assert_eq!(status, 404, "{body}");
+    let (status, body) = t.post(&format!("/v1/archives/{id}/restore"), json!({"name": "Not A Name"})).await;
+    assert_eq!(status, 400, "{body}");
+    let (status, body) = t.post(&format!("/v1/archives/{id}/restore"), json!({"name": "pgdel"})).await;
+    assert_eq!(status, 409, "{body}");
+
+    let (status, body) = t.post(&format!("/v1/archives/{id}/restore"), json!({"name": "pgback"})).await;
+    assert_eq!(status, 202, "{body}");
+    let back = wait_fork(&t, "pgback").await;
+    let back_url = back["url"].as_str().unwrap().to_string();
+    let expected: std::collections::BTreeSet<u64> = (1..=250).collect();
+    assert_eq!(rows(&back_url).await, expected, "the restored service holds every row of the deleted one");
+
+    // Past its retention: purged, its backups gone, the restored service's own kept.
+    let purged = poll(SLOW + retention, "the archive purged", || async {
+        let (_, list) = t.get("/v1/archives").await;
+        list.as_array()
+            .and_then(|l| l.iter().find(|a| a["id"] == id.as_str()).cloned())
+            .filter(|a| a["state"] == "purged")
+    })
+    .await;
+    assert!(purged["error"].is_null(), "{purged}");
+    assert!(!store.join("backup/pgdel").exists(), "its backups are removed");
+    assert!(!store.join("archive/pgdel").exists(), "its archived WAL is removed");
+    assert!(store.join("archive/pgback").exists(), "the restored service archives under its own name");
+    let events = t.events("service=pgdel").await;
+    let states: Vec<&str> =
+        events.iter().filter(|e| e["kind"]["type"] == "archive").filter_map(|e| e["to"].as_str()).collect();
+    assert_eq!(states, ["archiving", "archived", "purged"], "{events:#?}");
+}

@@ -97,6 +97,16 @@ pub(crate) struct EncodedChanges {
     rollouts: Vec<RolloutRow>,
     rollout_members: Vec<RolloutMemberRow>,
     hosts: Vec<HostRow>,
+    archives: Vec<ArchiveRow>,
+}
+
+pub(crate) struct ArchiveRow {
+    id: String,
+    service_name: String,
+    state: &'static str,
+    created_at: i64,
+    updated_at: i64,
+    record: String,
 }
 
 fn to_json<T: Serialize>(table: &'static str, id: impl ToString, value: &T) -> Result<String, StoreError> {
@@ -172,6 +182,16 @@ pub(crate) fn encode(changes: &Changes) -> Result<EncodedChanges, StoreError> {
             state: h.state.as_str(),
             registered_at: h.registered_at.micros(),
             record: to_json("hosts", &h.name, h)?,
+        });
+    }
+    for a in &changes.archives {
+        out.archives.push(ArchiveRow {
+            id: a.id.to_string(),
+            service_name: a.service_name.clone(),
+            state: a.state.as_str(),
+            created_at: a.created_at.micros(),
+            updated_at: a.updated_at.micros(),
+            record: to_json("archives", a.id, a)?,
         });
     }
     for (n, e) in changes.events.iter().enumerate() {
@@ -281,6 +301,17 @@ pub(crate) fn apply(tx: &Transaction<'_>, batch: &EncodedChanges) -> rusqlite::R
         )?;
         for r in &batch.hosts {
             stmt.execute(params![r.name, r.zone, r.state, r.registered_at, r.record])?;
+        }
+    }
+    if !batch.archives.is_empty() {
+        let mut stmt = tx.prepare_cached(
+            "INSERT INTO archives (id, service_name, state, created_at, updated_at, record)
+             VALUES (?1, ?2, ?3, ?4, ?5, ?6)
+             ON CONFLICT (id) DO UPDATE SET service_name = excluded.service_name, state = excluded.state,
+               created_at = excluded.created_at, updated_at = excluded.updated_at, record = excluded.record",
+        )?;
+        for r in &batch.archives {
+            stmt.execute(params![r.id, r.service_name, r.state, r.created_at, r.updated_at, r.record])?;
         }
     }
     if !batch.events.is_empty() {

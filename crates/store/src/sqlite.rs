@@ -231,8 +231,10 @@ impl Store for SqliteStore {
         )?;
         let hosts: Vec<HostRecord> =
             load_records(&tx, "hosts", "SELECT name, record FROM hosts ORDER BY registered_at, name", [])?;
+        let archives: Vec<drover_model::ArchiveRecord> =
+            load_records(&tx, "archives", "SELECT id, record FROM archives ORDER BY created_at, id", [])?;
         tx.finish().map_err(database("finishing the load"))?;
-        Ok(Snapshot { services, instances, actions, images, rollouts, rollout_members, hosts })
+        Ok(Snapshot { services, instances, actions, images, rollouts, rollout_members, hosts, archives })
     }
 
     fn commit(&self, changes: Changes) -> Result<(), StoreError> {

@@ -245,6 +245,9 @@ pub fn act_on_missing(kind: &ActionKind) -> (ActionOutcome, bool) {
         ActionKind::Retire | ActionKind::Archive | ActionKind::Terminate => {
             (succeeded("no such machine: already gone"), false)
         }
+        // An archive's purge is addressed to its last primary, gone by then:
+        // simulated backups hold nothing, so there is nothing to remove.
+        ActionKind::PurgeArchive { .. } => (succeeded("simulated: no backups to remove"), false),
         _ => (refused("the machine does not exist (never provisioned, or terminated)"), true),
     }
 }
@@ -303,6 +306,7 @@ pub fn act(m: &mut Machine, kind: &ActionKind, ground: Ground) -> Answer {
         ActionKind::RevokePreviousCredentials => {
             answer(succeeded("simulated: no previous credential to revoke"), Effect::Nothing)
         }
+        ActionKind::PurgeArchive { .. } => answer(succeeded("simulated: no backups to remove"), Effect::Nothing),
     }
 }
 

@@ -140,6 +140,12 @@ pub trait EnginePolicy: Send + Sync + fmt::Debug {
     fn read_replicas(&self) -> bool {
         false
     }
+    /// Whether deleting a service first takes a final backup and keeps it
+    /// for `archive_retention` (an archive the owner can restore). Engines
+    /// whose data is a cache or lives elsewhere are deleted at once.
+    fn archives_on_delete(&self) -> bool {
+        false
+    }
 }
 
 /// The policy of each engine kind, looked up per service.

@@ -58,6 +58,11 @@ impl EnginePolicy for PostgresPolicy {
     fn read_replicas(&self) -> bool {
         true
     }
+    /// A deleted database is kept (its final pgBackRest backup) for a
+    /// while: Heroku keeps a deleted database's backups for days.
+    fn archives_on_delete(&self) -> bool {
+        true
+    }
 }
 
 /// Quorum sync replication to any one streaming follower (Patroni's

@@ -139,6 +139,7 @@ pub struct MemStore {
     pub rollouts: BTreeMap<drover_model::RolloutId, drover_model::RolloutRecord>,
     pub rollout_members: BTreeMap<(drover_model::RolloutId, ServiceId), drover_model::RolloutMember>,
     pub hosts: BTreeMap<String, HostRecord>,
+    pub archives: BTreeMap<drover_model::ArchiveId, drover_model::ArchiveRecord>,
 }
 
 impl MemStore {
@@ -166,6 +167,9 @@ impl MemStore {
         for h in &c.hosts {
             self.hosts.insert(h.name.clone(), h.clone());
         }
+        for a in &c.archives {
+            self.archives.insert(a.id, a.clone());
+        }
     }
     pub fn snapshot(&self) -> Snapshot {
         Snapshot {
@@ -181,6 +185,7 @@ impl MemStore {
                 .cloned()
                 .collect(),
             hosts: self.hosts.values().cloned().collect(),
+            archives: self.archives.values().cloned().collect(),
         }
     }
 }

@@ -93,7 +93,28 @@ impl Inner {
             ActionKind::VerifyRestore => self.verify_restore(id, action.id).await,
             ActionKind::RotateCredentials => self.rotate_credentials(action.service, action.id).await,
             ActionKind::RevokePreviousCredentials => self.revoke_previous(action.service).await,
+            ActionKind::PurgeArchive { service_name, .. } => self.purge_archive(service_name).await,
         }
+    }
+
+    /// An archive past its retention: its service's pgBackRest stanza (the
+    /// final backup, older ones and the archived WAL) removed for good.
+    /// Refused while a service of that name runs here (its backups are live).
+    async fn purge_archive(&self, service_name: &str) -> Done {
+        let Some(repo) = self.config.backups.clone() else {
+            return Ok(Some("no backup repository is configured: nothing to remove".into()));
+        };
+        if self.primary_by_name(service_name).is_some() {
+            return Err(invalid(format!(
+                "a service named {service_name} runs here: its backups are not an archive's to remove"
+            )));
+        }
+        let removed = repo.delete_stanza(service_name).await.map_err(backup_error)?;
+        Ok(Some(if removed {
+            format!("the backups of {service_name} are removed")
+        } else {
+            format!("nothing was left of the backups of {service_name}")
+        }))
     }
 
     async fn provision(self: &Arc<Self>, id: InstanceId, service_id: ServiceId, new: NewMember<'_>) -> Done {
@@ -307,6 +328,16 @@ impl Inner {
                 "no backup repository is configured for the local provider: nothing to fork from".into(),
             )
         })?;
+        if let Some(set) = &from.backup {
+            // An archive's backup: its service is gone, the set and the WAL
+            // archived after it are all there is.
+            let pgdata = entry.pgdata();
+            self.prepare_dir(&pgdata)?;
+            repo.restore_set_into(&from.service, &pgdata, set).await.map_err(backup_error)?;
+            postgres::drop_auto_conf(&self.run_as, &pgdata, &["synchronous_standby_names"])?;
+            postgres::write_config(&self.run_as, entry, &self.settings())?;
+            return Ok(());
+        }
         // What the source committed until now must be in the archive: a
         // commit record after the target (recovery to a time stops at the
         // first commit past it) and the WAL switched and archived, which
@@ -549,7 +580,7 @@ impl Inner {
         let stanza = entry.service_name.clone();
         repo.ensure_stanza(&stanza, &target).await.map_err(backup_error)?;
         let info = repo.backup(&stanza, &target, crate::pgbackrest::BackupKind::Full).await.map_err(backup_error)?;
-        Ok(Some(format!("backup {} of {} bytes", info.label, info.size_bytes)))
+        Ok(Some(drover_model::backup_detail(&info.label, info.size_bytes)))
     }
 
     /// Restores the service's latest backup into a scratch server, checks

@@ -100,6 +100,8 @@ pub const TABLE: &[Rule] = &[
     rule("DELETE", "/v1/services/{name}", Administer, ByEngine),
     rule("POST", "/v1/services/{name}/switchover", Operate, ByEngine),
     rule("POST", "/v1/services/{name}/fork", Operate, ByEngine),
+    rule("GET", "/v1/archives", Read, No),
+    rule("POST", "/v1/archives/{id}/restore", Operate, ByEngine),
     rule("POST", "/v1/services/{name}/resize", Operate, ByEngine),
     rule("POST", "/v1/services/{name}/followers", Operate, ByEngine),
     rule("DELETE", "/v1/services/{name}/followers/{id}", Operate, ByEngine),

@@ -584,9 +584,10 @@ impl Sim {
             ActionKind::Retire => p.retire_secs,
             ActionKind::Archive => p.archive_secs,
             ActionKind::Terminate => p.terminate_secs,
-            ActionKind::InjectFault { .. } | ActionKind::RotateCredentials | ActionKind::RevokePreviousCredentials => {
-                [0.0, 0.0]
-            }
+            ActionKind::InjectFault { .. }
+            | ActionKind::RotateCredentials
+            | ActionKind::RevokePreviousCredentials
+            | ActionKind::PurgeArchive { .. } => [0.0, 0.0],
             // A base backup or a restore test of a small database: minutes,
             // drawn like a provisioning.
             ActionKind::Backup | ActionKind::VerifyRestore => p.provision_secs,

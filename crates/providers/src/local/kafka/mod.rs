@@ -470,6 +470,8 @@ impl Inner {
                 "a Kafka service of the local provider has no client credentials to rotate (no authentication yet)"
                     .into(),
             )),
+            // Kafka services are deleted at once (no archive): never sent.
+            ActionKind::PurgeArchive { .. } => Ok(Some("a Kafka service keeps no archive: nothing to remove".into())),
         }
     }
 

@@ -424,6 +424,8 @@ impl Inner {
             ActionKind::VerifyRestore => self.redis_verify_restore(id, action.id).await,
             ActionKind::RotateCredentials => self.redis_rotate_credentials(action.service, action.id).await,
             ActionKind::RevokePreviousCredentials => self.redis_revoke_previous(action.service).await,
+            // Redis services are deleted at once (no archive): never sent.
+            ActionKind::PurgeArchive { .. } => Ok(Some("a Redis service keeps no archive: nothing to remove".into())),
         }
     }
 
