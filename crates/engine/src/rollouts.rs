@@ -250,8 +250,9 @@ impl Engine {
     /// A resize (issue 17): `name` moved onto `image` now, as a rollout of
     /// that one service (one wave, no soak: no later wave waits on it; its
     /// window ignored: a person asked for it now). Refused, and nothing
-    /// opened, for an image of another engine, a service being deleted or
-    /// already on the image, or one another rollout is moving.
+    /// opened, for an image not registered (not found), an image of another
+    /// engine, a service being deleted or already on the image, or one
+    /// another rollout is moving (conflicts).
     pub(crate) fn resize_service(
         &mut self,
         name: &str,
@@ -263,7 +264,7 @@ impl Engine {
             self.service_names.get(name).ok_or_else(|| CommandError::NotFound(format!("no service named {name:?}")))?;
         let &target =
             self.images.index.get(&image).ok_or_else(|| {
-                CommandError::Invalid(format!("no image {image}; register it first (POST /v1/images)"))
+                CommandError::NotFound(format!("no image {image}; register it first (POST /v1/images)"))
             })?;
         let s = self.services.get(sslot).ok_or_else(|| CommandError::NotFound(format!("no service named {name:?}")))?;
         let engine = self.images.list[target as usize].engine;

@@ -393,7 +393,7 @@ fn a_resize_moves_one_service_now_by_replacement_and_refuses_what_it_cannot_do()
     let to = new_image(&mut h);
 
     assert!(matches!(resize(&mut h, "nosuch", &to), Err(CommandError::NotFound(_))));
-    assert!(matches!(resize(&mut h, "db00", &ImageId("sha256:nope".into())), Err(CommandError::Invalid(_))));
+    assert!(matches!(resize(&mut h, "db00", &ImageId("sha256:nope".into())), Err(CommandError::NotFound(_))));
     let redis = Image::new(EngineKind::Redis, "7.0-test", BTreeMap::new(), BTreeMap::new(), Timestamp(T0));
     let redis_id = redis.id.clone();
     h.command(Command::RegisterImage(redis)).expect("image registers");

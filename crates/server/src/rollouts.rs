@@ -262,7 +262,8 @@ pub(crate) async fn abort_rollout(
 #[serde(deny_unknown_fields)]
 pub struct ResizeService {
     /// The image to move onto: the same engine, other settings or
-    /// resources (`POST /v1/images` registers it).
+    /// resources (`POST /v1/images` registers it; 404 when it is not).
+    #[schema(min_length = 1)]
     pub image: String,
 }
 
@@ -270,9 +271,9 @@ pub struct ResizeService {
 /// hold a resize back): a new member built from `image`, caught up, a
 /// planned switchover, the old member retired; the URL stays. Carried out
 /// as a rollout of this one service, which the answer shows (`Location`
-/// names it; `drover rollouts watch ID` follows it). 409: the image is of
-/// another engine, the service is on it already, or another rollout is
-/// moving it.
+/// names it; `drover rollouts watch ID` follows it). 404: no such service
+/// or no such image; 409: the image is of another engine, the service is on
+/// it already, or another rollout is moving it.
 #[utoipa::path(post, path = "/v1/services/{name}/resize", tag = "services", request_body = ResizeService,
     params(("name" = String, Path, description = "Service name")),
     responses((status = 202, body = RolloutView), (status = 400, body = ErrorBody), (status = 404, body = ErrorBody),

@@ -758,6 +758,8 @@ async fn a_resize_under_load_keeps_the_url_and_fails_no_statement() {
     assert!(status == 201 || status == 200, "{image}");
     let to = image["id"].as_str().unwrap().to_string();
     let (status, bad) = t.post("/v1/services/pgsize/resize", json!({"image": "sha256:nope"})).await;
+    assert_eq!(status, 404, "an image not registered: {bad}");
+    let (status, bad) = t.post("/v1/services/pgsize/resize", json!({"image": ""})).await;
     assert_eq!(status, 400, "{bad}");
     let (status, r) = t.post("/v1/services/pgsize/resize", json!({"image": to})).await;
     assert_eq!(status, 202, "{r}");
