@@ -206,20 +206,51 @@ async fn kill_9_of_the_primary_fails_over_behind_the_same_url_losing_no_acknowle
 struct SetLoop {
     ok: Arc<AtomicU64>,
     failures: Arc<AtomicU64>,
+    retried: Arc<AtomicU64>,
     stop: Arc<AtomicBool>,
     task: tokio::task::JoinHandle<()>,
 }
 
+/// Why one SET through a [`SetLoop`] did not succeed: `closed` when the
+/// connection ended before any byte of the reply (EOF, reset or a broken
+/// pipe), which a pooled client may retry on a new connection.
+struct SetError {
+    closed: bool,
+    error: std::io::Error,
+}
+
+impl From<std::io::Error> for SetError {
+    fn from(error: std::io::Error) -> SetError {
+        use std::io::ErrorKind::*;
+        let closed = matches!(error.kind(), UnexpectedEof | ConnectionReset | ConnectionAborted | BrokenPipe);
+        SetError { closed, error }
+    }
+}
+
 impl SetLoop {
+    /// `SET s:<pooled>:N N` in a loop through the URL: a new connection per
+    /// command, or (`pooled`) one kept connection checked for a close by
+    /// the server before each command, the way a pool checks a connection
+    /// out. A router can only close a kept connection between two of its
+    /// commands, and a client may send its next command at that very
+    /// moment: so the pooled loop, like go-redis (`MaxRetries` 3 on
+    /// network errors) or Lettuce (commands re-sent after a reconnect),
+    /// sends a SET again, once, on a new connection when its kept
+    /// connection ended before any byte of the reply. SET is idempotent.
+    /// Such retries are counted apart; any other error, and a retry that
+    /// fails, count as failures.
     fn start(url: &str, pooled: bool) -> SetLoop {
         let rest = url.strip_prefix("redis://app:").unwrap();
         let (password, port) = rest.rsplit_once("@127.0.0.1:").unwrap();
         let (password, port) = (password.to_string(), port.parse::<u16>().unwrap());
-        let (ok, failures, stop) =
-            (Arc::new(AtomicU64::new(0)), Arc::new(AtomicU64::new(0)), Arc::new(AtomicBool::new(false)));
-        let (o, f, s) = (ok.clone(), failures.clone(), stop.clone());
+        let (ok, failures, retried, stop) = (
+            Arc::new(AtomicU64::new(0)),
+            Arc::new(AtomicU64::new(0)),
+            Arc::new(AtomicU64::new(0)),
+            Arc::new(AtomicBool::new(false)),
+        );
+        let (o, f, r, s) = (ok.clone(), failures.clone(), retried.clone(), stop.clone());
         let task = tokio::spawn(async move {
-            use tokio::io::{AsyncBufReadExt, AsyncWriteExt};
             let mut kept: Option<tokio::io::BufStream<tokio::net::TcpStream>> = None;
             let mut n = 0u64;
             while !s.load(Ordering::SeqCst) {
@@ -232,32 +263,18 @@ impl SetLoop {
                     }
                 }
                 let attempt = async {
-                    let mut stream = match kept.take() {
-                        Some(stream) => stream,
-                        None => {
-                            let mut stream =
-                                tokio::io::BufStream::new(tokio::net::TcpStream::connect(("127.0.0.1", port)).await?);
-                            stream.write_all(format!("AUTH app {password}\r\n").as_bytes()).await?;
-                            stream.flush().await?;
-                            let mut line = String::new();
-                            stream.read_line(&mut line).await?;
-                            if line != "+OK\r\n" {
-                                return Err(std::io::Error::other(format!("AUTH: {line:?}")));
-                            }
-                            stream
+                    let was_kept = kept.is_some();
+                    match set_once(kept.take(), port, &password, pooled, n).await {
+                        Err(e) if e.closed && was_kept => {
+                            r.fetch_add(1, Ordering::SeqCst);
+                            eprintln!(
+                                "set loop (pooled): kept connection closed under SET {n} ({}): sent again",
+                                e.error
+                            );
+                            set_once(None, port, &password, pooled, n).await
                         }
-                    };
-                    let (key, value) = (format!("s:{pooled}:{n}"), n.to_string());
-                    let command =
-                        format!("*3\r\n$3\r\nSET\r\n${}\r\n{key}\r\n${}\r\n{value}\r\n", key.len(), value.len());
-                    stream.write_all(command.as_bytes()).await?;
-                    stream.flush().await?;
-                    let mut line = String::new();
-                    stream.read_line(&mut line).await?;
-                    if line != "+OK\r\n" {
-                        return Err(std::io::Error::other(format!("SET: {line:?}")));
+                        other => other,
                     }
-                    Ok(stream)
                 };
                 match tokio::time::timeout(Duration::from_secs(15), attempt).await {
                     Ok(Ok(stream)) => {
@@ -267,7 +284,7 @@ impl SetLoop {
                         }
                     }
                     Ok(Err(e)) => {
-                        eprintln!("set loop (pooled: {pooled}): {e}");
+                        eprintln!("set loop (pooled: {pooled}): {}", e.error);
                         f.fetch_add(1, Ordering::SeqCst);
                     }
                     Err(_) => {
@@ -277,16 +294,56 @@ impl SetLoop {
                 tokio::time::sleep(Duration::from_millis(1)).await;
             }
         });
-        SetLoop { ok, failures, stop, task }
+        SetLoop { ok, failures, retried, stop, task }
     }
     fn ok(&self) -> u64 {
         self.ok.load(Ordering::SeqCst)
     }
-    async fn finish(self) -> (u64, u64) {
+    /// (succeeded, failed, sent again after a kept connection closed).
+    async fn finish(self) -> (u64, u64, u64) {
         self.stop.store(true, Ordering::SeqCst);
         let _ = self.task.await;
-        (self.ok.load(Ordering::SeqCst), self.failures.load(Ordering::SeqCst))
+        (self.ok.load(Ordering::SeqCst), self.failures.load(Ordering::SeqCst), self.retried.load(Ordering::SeqCst))
     }
+}
+
+/// One `SET s:<pooled>:n n` on `kept` or a new authenticated connection;
+/// the connection back when the reply was `+OK`.
+async fn set_once(
+    kept: Option<tokio::io::BufStream<tokio::net::TcpStream>>,
+    port: u16,
+    password: &str,
+    pooled: bool,
+    n: u64,
+) -> Result<tokio::io::BufStream<tokio::net::TcpStream>, SetError> {
+    use tokio::io::{AsyncBufReadExt, AsyncWriteExt};
+    let mut stream = match kept {
+        Some(stream) => stream,
+        None => {
+            let mut stream = tokio::io::BufStream::new(tokio::net::TcpStream::connect(("127.0.0.1", port)).await?);
+            stream.write_all(format!("AUTH app {password}\r\n").as_bytes()).await?;
+            stream.flush().await?;
+            let mut line = String::new();
+            stream.read_line(&mut line).await?;
+            if line != "+OK\r\n" {
+                return Err(SetError { closed: false, error: std::io::Error::other(format!("AUTH: {line:?}")) });
+            }
+            stream
+        }
+    };
+    let (key, value) = (format!("s:{pooled}:{n}"), n.to_string());
+    let command = format!("*3\r\n$3\r\nSET\r\n${}\r\n{key}\r\n${}\r\n{value}\r\n", key.len(), value.len());
+    stream.write_all(command.as_bytes()).await?;
+    stream.flush().await?;
+    let mut line = String::new();
+    let read = stream.read_line(&mut line).await?;
+    if read == 0 {
+        return Err(SetError::from(std::io::Error::from(std::io::ErrorKind::UnexpectedEof)));
+    }
+    if line != "+OK\r\n" {
+        return Err(SetError { closed: false, error: std::io::Error::other(format!("SET: {line:?}")) });
+    }
+    Ok(stream)
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
@@ -311,12 +368,13 @@ async fn a_switchover_hands_over_with_failover_failing_no_command_and_losing_no_
     })
     .await;
     let (acked, writer_failures) = writer.finish().await;
-    let (per_command_ok, per_command_failed) = per_command.finish().await;
-    let (pooled_ok, pooled_failed) = pooled.finish().await;
+    let (per_command_ok, per_command_failed, _) = per_command.finish().await;
+    let (pooled_ok, pooled_failed, pooled_retried) = pooled.finish().await;
     assert_eq!(lost(&url, &acked).await, 0, "an acknowledged write was lost");
     println!(
         "switchover: connection per command {per_command_ok} ok / {per_command_failed} failed; pooled \
-         {pooled_ok} ok / {pooled_failed} failed; multiplexed SET+WAIT writer {} acknowledged / {writer_failures} \
+         {pooled_ok} ok / {pooled_failed} failed ({pooled_retried} sent again after its kept connection closed \
+         under it); multiplexed SET+WAIT writer {} acknowledged / {writer_failures} \
          failed or unacknowledged (its idle connection closed, it does not check before a command)",
         acked.len()
     );

@@ -839,6 +839,13 @@ impl Inner {
     /// pauses the primary's writes until the replica has them all and swaps
     /// the roles, and the router releases the queued sessions to the new
     /// primary. Returns its port and what the drain did.
+    ///
+    /// A TCP router cannot move a session, so a kept (pooled) connection
+    /// is closed between two of its commands; a client that sends its next
+    /// command at that very moment reads EOF with no reply (the command
+    /// was not run, or run once: SET-like commands are safe to send
+    /// again). Clients that retry on a network error (go-redis by default,
+    /// Lettuce) see nothing; the test's pooled client does the same.
     async fn redis_hand_over(
         self: &Arc<Self>,
         id: InstanceId,
