@@ -89,6 +89,21 @@ pub struct FleetStats {
     pub braked: Vec<String>,
 }
 
+/// One engine's services as the status site sees them.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct EngineHealth {
+    pub engine: drover_model::EngineKind,
+    /// Services that exist for their owners: neither still being built
+    /// for the first time nor being deleted.
+    pub live: u64,
+    /// Of those, services whose primary is uncertain, recovering or
+    /// unavailable: writes may fail.
+    pub down: u64,
+    /// The mass-uncertainty brake holds a zone one of them lives in (or
+    /// the whole fleet).
+    pub braked: bool,
+}
+
 /// An open action and what the engine keeps beside it.
 struct OpenAction {
     record: ActionRecord,

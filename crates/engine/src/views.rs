@@ -1,6 +1,6 @@
 //! Read-only views of the fleet for the API.
 
-use crate::{state_index, Engine, FleetStats};
+use crate::{state_index, Engine, EngineHealth, FleetStats};
 use drover_model::{
     ActionRecord, Image, InstanceId, InstanceState, InstanceView, ServiceState, ServiceView, Timestamp,
 };
@@ -166,6 +166,35 @@ impl Engine {
             open_actions: self.actions.len() as u64,
             braked,
         }
+    }
+
+    /// Per engine in use, how many of its services are live and down and
+    /// whether the brake holds one of their zones: what the public status
+    /// site derives its components from. One pass over the services.
+    pub fn engine_health(&self) -> Vec<EngineHealth> {
+        use drover_model::EngineKind;
+        let fleet_braked = self.fleet_zone.braked_since.is_some() || self.fleet_zone.frozen_since.is_some();
+        let braked_zone: Vec<bool> =
+            self.zone_state.iter().map(|z| z.braked_since.is_some() || z.frozen_since.is_some()).collect();
+        let kinds = [EngineKind::Postgres, EngineKind::Redis, EngineKind::Kafka];
+        let mut slots: [Option<EngineHealth>; 3] = [None; 3];
+        for (_, s) in self.services.iter() {
+            let index = kinds.iter().position(|&k| k == s.engine).unwrap_or(0);
+            let h =
+                slots[index].get_or_insert(EngineHealth { engine: s.engine, live: 0, down: 0, braked: fleet_braked });
+            if matches!(s.state, ServiceState::Provisioning | ServiceState::Deleting | ServiceState::Deleted) {
+                continue;
+            }
+            h.live += 1;
+            if matches!(s.state, ServiceState::Uncertain | ServiceState::Recovering | ServiceState::Unavailable) {
+                h.down += 1;
+            }
+            if !h.braked && s.zones.iter().any(|&z| braked_zone.get(z as usize).copied().unwrap_or(false)) {
+                h.braked = true;
+            }
+        }
+        let out: Vec<EngineHealth> = slots.into_iter().flatten().collect();
+        out
     }
 
     pub fn images(&self) -> Vec<Image> {

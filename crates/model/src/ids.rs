@@ -77,6 +77,11 @@ id_type!(
     /// One archive: the final backup of a deleted service, kept for a while.
     ArchiveId
 );
+id_type!(
+    /// One incident: declared by people, run by an incident commander,
+    /// published on the status site.
+    IncidentId
+);
 
 #[cfg(test)]
 mod tests {

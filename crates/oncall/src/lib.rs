@@ -14,6 +14,7 @@
 //! - `engine`: engine events → alerts.
 //! - `metrics`: weekly pager metrics and their SVG chart.
 //! - `sign`: HMAC-signed acknowledge/resolve links.
+//! - `status`: the status site's component states, uptime and incidents.
 
 pub mod config;
 pub mod engine;
@@ -22,6 +23,7 @@ pub mod metrics;
 pub mod pager;
 pub mod schedule;
 pub mod sign;
+pub mod status;
 
 pub use config::{ChannelKind, Config, ConfigError, Contact, Target, Team};
 pub use pager::{

@@ -41,6 +41,7 @@ pub mod routes;
 pub mod runbooks;
 pub mod runtime;
 pub mod state;
+pub mod status;
 pub mod telemetry;
 pub mod tls;
 
@@ -95,6 +96,8 @@ pub struct ServeOptions {
     /// How long the event log and the audit trail are kept in the store
     /// before they are archived to compressed files (`retention`).
     pub retention: retention::Retention,
+    /// The public status site: thresholds, sampling, title (`status`).
+    pub status: status::StatusOptions,
 }
 
 impl ServeOptions {
@@ -112,6 +115,7 @@ impl ServeOptions {
             runbooks_dir: None,
             agents_only: false,
             retention: retention::Retention::default(),
+            status: status::StatusOptions::default(),
         }
     }
 }
@@ -437,6 +441,7 @@ async fn start_up(
         .await
         .context("cannot start the pager")?;
     retention::spawn(store.clone(), opts.data_dir.clone(), opts.retention, stop.clone());
+    let stop_for_status = stop.clone();
     let engine_task = tokio::spawn(actor::Actor { machine, inbox, shutdown: stop, limits: runtime::LIMITS }.run());
     let actor_task = tokio::spawn(async move {
         let _ = engine_task.await;
@@ -465,7 +470,9 @@ async fn start_up(
         advisory_cache: Default::default(),
         runbooks,
         agents: agent_channel,
+        status: status::StatusSite::new(opts.status.clone()),
     });
+    status::spawn_sampler(state.ready.clone(), stop_for_status);
     if let Some(ready) = state.ready.get() {
         runbooks::at_start(ready).await.context("cannot apply the freezes of automation made by hand")?;
     }

@@ -30,6 +30,8 @@ pub struct Ready {
     pub runbooks: Vec<crate::runbooks::Runbook>,
     /// The action queues of the agents' hosts (`agents`).
     pub agents: crate::agents::AgentChannel,
+    /// The public status site (`status`).
+    pub status: crate::status::StatusSite,
 }
 
 impl Ready {

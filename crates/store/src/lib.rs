@@ -15,6 +15,7 @@ pub mod breakglass;
 pub mod oncall;
 mod rows;
 mod sqlite;
+mod status;
 pub mod tokens;
 mod writer;
 

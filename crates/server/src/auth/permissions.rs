@@ -93,6 +93,12 @@ use Permission::*;
 pub const TABLE: &[Rule] = &[
     rule("GET", "/healthz", Public, No),
     rule("GET", "/openapi.json", Public, No),
+    rule("GET", "/status", Public, No),
+    rule("GET", "/status/feed.atom", Public, No),
+    rule("POST", "/v1/incidents", Operate, Here),
+    rule("GET", "/v1/incidents", Read, No),
+    rule("GET", "/v1/incidents/{id}", Read, No),
+    rule("POST", "/v1/incidents/{id}/updates", Operate, Here),
     rule("GET", "/metrics", Read, No),
     rule("POST", "/v1/services", Operate, ByEngine),
     rule("GET", "/v1/services", Read, No),

@@ -1,0 +1,550 @@
+//! The public status site (`/status`, `/status/feed.atom`) and the
+//! incidents behind it (`/v1/incidents`).
+//!
+//! Components are derived from the fleet: one per engine in use, named as
+//! people say it (PostgreSQL, Redis, Kafka), its state from the share of
+//! its services that are down and from the mass-uncertainty brake
+//! (`drover_oncall::status`). A sampler stores each component's state
+//! every `sample_every` into `oncall.db`, which gives the 90-day uptime
+//! bars. The page is plain HTML without JavaScript, cacheable for a few
+//! seconds, and names no service, instance, host or team.
+
+use crate::auth::Caller;
+use crate::error::{ApiError, Json, Path, Query};
+use crate::request::limit_in;
+use crate::state::{AppState, Ready};
+use askama::Template;
+use axum::extract::State;
+use axum::http::{header, HeaderValue, StatusCode};
+use axum::response::{IntoResponse, Response};
+use drover_model::{EngineKind, IncidentId, PageId, Timestamp};
+use drover_oncall::status::{
+    component_state, uptime_over, ComponentState, Incident, IncidentError, IncidentSeverity, IncidentStatus,
+    Thresholds, UptimeDay,
+};
+use drover_oncall::FeedPost;
+use serde::Deserialize;
+use std::sync::{Arc, Mutex, OnceLock};
+use std::time::{Duration, Instant};
+use tokio::sync::watch;
+
+/// Days of uptime history on the page.
+pub const HISTORY_DAYS: usize = 90;
+/// Resolved incidents stay on the page this long.
+const PAST_INCIDENTS: Duration = Duration::from_secs(14 * 86_400);
+/// The page's own answer is reused this long (and cacheable as long).
+const CACHE_FOR: Duration = Duration::from_secs(5);
+
+#[derive(Clone, Debug)]
+pub struct StatusOptions {
+    pub thresholds: Thresholds,
+    /// How often each component's state is sampled for its uptime.
+    pub sample_every: Duration,
+    /// The page's title.
+    pub title: String,
+}
+
+impl Default for StatusOptions {
+    fn default() -> Self {
+        StatusOptions {
+            thresholds: Thresholds::default(),
+            sample_every: Duration::from_secs(60),
+            title: "Drover status".into(),
+        }
+    }
+}
+
+/// What the handlers keep between requests.
+pub struct StatusSite {
+    pub options: StatusOptions,
+    cache: Mutex<Option<(Instant, Arc<String>)>>,
+}
+
+impl StatusSite {
+    pub fn new(options: StatusOptions) -> StatusSite {
+        StatusSite { options, cache: Mutex::new(None) }
+    }
+}
+
+/// The component of an engine, as people say it.
+pub fn component_name(engine: EngineKind) -> &'static str {
+    match engine {
+        EngineKind::Postgres => "PostgreSQL",
+        EngineKind::Redis => "Redis",
+        EngineKind::Kafka => "Kafka",
+    }
+}
+
+/// Every component name an incident may name.
+pub const COMPONENTS: [&str; 3] = ["PostgreSQL", "Redis", "Kafka"];
+
+/// Each component in use and its state now.
+pub async fn components_now(ready: &Ready, t: &Thresholds) -> Result<Vec<(String, ComponentState)>, ApiError> {
+    let health = ready.engine.query(|engine| engine.engine_health()).await?;
+    Ok(health
+        .iter()
+        .map(|h| (component_name(h.engine).to_string(), component_state(h.live, h.down, h.braked, t)))
+        .collect())
+}
+
+fn day_of(t: Timestamp) -> String {
+    match jiff::Timestamp::from_microsecond(t.0) {
+        Ok(ts) => ts.to_zoned(jiff::tz::TimeZone::UTC).date().to_string(),
+        Err(_) => "1970-01-01".into(),
+    }
+}
+
+/// Samples every component's state every `every` into `oncall.db`.
+pub fn spawn_sampler(ready: Arc<OnceLock<Ready>>, mut stop: watch::Receiver<bool>) {
+    tokio::spawn(async move {
+        loop {
+            let every = ready.get().map_or(Duration::from_secs(1), |r| r.status.options.sample_every);
+            tokio::select! {
+                _ = tokio::time::sleep(every) => {}
+                _ = stop.changed() => return,
+            }
+            if *stop.borrow() {
+                return;
+            }
+            let Some(r) = ready.get() else { continue };
+            let Ok(components) = components_now(r, &r.status.options.thresholds).await else { continue };
+            let store = r.oncall.store.clone();
+            let day = day_of(crate::actor::now());
+            let stored = tokio::task::spawn_blocking(move || store.add_component_samples(&day, &components)).await;
+            if let Ok(Err(e)) = stored {
+                tracing::warn!(error = %e, "cannot store the status components' samples");
+            }
+        }
+    });
+}
+
+async fn blocking<R: Send + 'static>(
+    f: impl FnOnce() -> Result<R, drover_store::oncall::OncallStoreError> + Send + 'static,
+) -> Result<R, ApiError> {
+    match tokio::task::spawn_blocking(f).await {
+        Ok(Ok(v)) => Ok(v),
+        Ok(Err(e)) => Err(ApiError::unavailable(format!("the on-call store could not answer: {e}"))),
+        Err(e) => Err(ApiError::internal(format!("on-call store task failed: {e}"))),
+    }
+}
+
+// ----------------------------------------------------------------------
+// The page
+// ----------------------------------------------------------------------
+
+struct Bar {
+    day: String,
+    class: &'static str,
+    title: String,
+}
+
+struct ComponentRow {
+    name: String,
+    state: ComponentState,
+    uptime: String,
+    bars: Vec<Bar>,
+}
+
+struct IncidentRow {
+    title: String,
+    status: IncidentStatus,
+    severity: IncidentSeverity,
+    components: String,
+    updates: Vec<(String, IncidentStatus, String)>,
+}
+
+#[derive(Template)]
+#[template(path = "status.html")]
+struct StatusPage {
+    title: String,
+    overall: ComponentState,
+    components: Vec<ComponentRow>,
+    open: Vec<IncidentRow>,
+    past: Vec<IncidentRow>,
+    generated: String,
+}
+
+fn bar_class(day: Option<&UptimeDay>) -> &'static str {
+    match day.filter(|d| d.samples > 0).map(UptimeDay::worst) {
+        None => "none",
+        Some(ComponentState::Operational) => "ok",
+        Some(ComponentState::DegradedPerformance) => "degraded",
+        Some(ComponentState::PartialOutage) => "partial",
+        Some(ComponentState::MajorOutage) => "major",
+    }
+}
+
+fn incident_row(i: &Incident) -> IncidentRow {
+    IncidentRow {
+        title: i.title.clone(),
+        status: i.status,
+        severity: i.severity,
+        components: i.components.join(", "),
+        updates: i.updates.iter().rev().map(|u| (u.at.to_rfc3339(), u.status, u.message.clone())).collect(),
+    }
+}
+
+async fn render(ready: &Ready) -> Result<String, ApiError> {
+    let site = &ready.status;
+    let now = crate::actor::now();
+    let mut components = components_now(ready, &site.options.thresholds).await?;
+    // An incident names components by hand: show those too.
+    let since = Timestamp(now.0 - PAST_INCIDENTS.as_micros() as i64);
+    let store = ready.oncall.store.clone();
+    let incidents = blocking(move || store.incidents(since, 50)).await?;
+    for i in &incidents {
+        for c in &i.components {
+            if !components.iter().any(|(n, _)| n == c) {
+                components.push((c.clone(), ComponentState::Operational));
+            }
+        }
+    }
+    // Open incidents raise a component to at least what their severity says.
+    for i in incidents.iter().filter(|i| i.resolved_at.is_none()) {
+        let floor = match i.severity {
+            IncidentSeverity::Minor => ComponentState::DegradedPerformance,
+            IncidentSeverity::Major => ComponentState::PartialOutage,
+            IncidentSeverity::Critical => ComponentState::MajorOutage,
+        };
+        for (name, state) in components.iter_mut().filter(|(n, _)| i.components.contains(n)) {
+            let _ = name;
+            *state = (*state).max(floor);
+        }
+    }
+    let days: Vec<String> =
+        (0..HISTORY_DAYS).rev().map(|k| day_of(Timestamp(now.0 - (k as i64) * 86_400 * 1_000_000))).collect();
+    let first = days[0].clone();
+    let mut rows = Vec::new();
+    for (name, state) in &components {
+        let (store, n, f) = (ready.oncall.store.clone(), name.clone(), first.clone());
+        let history = blocking(move || store.component_days(&n, &f)).await?;
+        let bars = days
+            .iter()
+            .map(|d| {
+                let day = history.iter().find(|h| &h.day == d);
+                let title = match day.and_then(UptimeDay::uptime) {
+                    Some(u) => {
+                        format!("{d}: {:.2}% up, worst {}", u * 100.0, day.map(|x| x.worst().label()).unwrap_or(""))
+                    }
+                    None => format!("{d}: no data"),
+                };
+                Bar { day: d.clone(), class: bar_class(day), title }
+            })
+            .collect();
+        let uptime = match uptime_over(&history) {
+            Some(u) => format!("{:.2}% uptime", u * 100.0),
+            None => "no data yet".into(),
+        };
+        rows.push(ComponentRow { name: name.clone(), state: *state, uptime, bars });
+    }
+    let overall = rows.iter().map(|r| r.state).max().unwrap_or(ComponentState::Operational);
+    let page = StatusPage {
+        title: site.options.title.clone(),
+        overall,
+        components: rows,
+        open: incidents.iter().filter(|i| i.resolved_at.is_none()).map(incident_row).collect(),
+        past: incidents.iter().filter(|i| i.resolved_at.is_some()).map(incident_row).collect(),
+        generated: now.to_rfc3339(),
+    };
+    page.render().map_err(|e| ApiError::internal(format!("cannot render the status page: {e}")))
+}
+
+/// The public status page: no login, no JavaScript.
+#[utoipa::path(get, path = "/status", tag = "status",
+    responses((status = 200, description = "The public status page (HTML)", content_type = "text/html", body = String)))]
+pub(crate) async fn status_page(State(state): State<AppState>) -> Response {
+    let ready = match state.ready() {
+        Ok(r) => r,
+        Err(e) => return e.into_response(),
+    };
+    let cached = {
+        let cache = ready.status.cache.lock().unwrap_or_else(|p| p.into_inner());
+        cache.as_ref().filter(|(at, _)| at.elapsed() < CACHE_FOR).map(|(_, html)| html.clone())
+    };
+    let html = match cached {
+        Some(html) => html,
+        None => match render(ready).await {
+            Ok(html) => {
+                let html = Arc::new(html);
+                *ready.status.cache.lock().unwrap_or_else(|p| p.into_inner()) = Some((Instant::now(), html.clone()));
+                html
+            }
+            Err(e) => return e.into_response(),
+        },
+    };
+    (
+        [
+            (header::CONTENT_TYPE, HeaderValue::from_static("text/html; charset=utf-8")),
+            (header::CACHE_CONTROL, HeaderValue::from_static("public, max-age=5")),
+        ],
+        (*html).clone(),
+    )
+        .into_response()
+}
+
+fn forget_page(ready: &Ready) {
+    *ready.status.cache.lock().unwrap_or_else(|p| p.into_inner()) = None;
+}
+
+/// The status site's Atom feed: one entry per incident update, newest first.
+#[utoipa::path(get, path = "/status/feed.atom", tag = "status",
+    responses((status = 200, description = "Incident updates (Atom 1.0)", content_type = "application/atom+xml", body = String)))]
+pub(crate) async fn status_feed(State(state): State<AppState>) -> Response {
+    use atom_syndication::{Content, Entry, Feed, FixedDateTime, Link, Text};
+    let ready = match state.ready() {
+        Ok(r) => r,
+        Err(e) => return e.into_response(),
+    };
+    let now = crate::actor::now();
+    let store = ready.oncall.store.clone();
+    let since = Timestamp(now.0 - 90 * 86_400 * 1_000_000);
+    let incidents = match blocking(move || store.incidents(since, 200)).await {
+        Ok(i) => i,
+        Err(e) => return e.into_response(),
+    };
+    let time = |t: Timestamp| -> FixedDateTime {
+        t.to_rfc3339().parse().unwrap_or_else(|_| "1970-01-01T00:00:00Z".parse().expect("a valid date"))
+    };
+    let mut entries: Vec<Entry> = Vec::new();
+    for i in &incidents {
+        for u in &i.updates {
+            let mut e = Entry::default();
+            e.set_id(format!("urn:uuid:{}#update-{}", i.id, u.seq));
+            e.set_title(Text::plain(format!("{} — {}", i.title, u.status.label())));
+            e.set_updated(time(u.at));
+            e.set_published(Some(time(u.at)));
+            let mut content = Content::default();
+            content.set_content_type(Some("text".to_string()));
+            content.set_value(Some(format!(
+                "{}: {} (components: {})",
+                u.status.label(),
+                u.message,
+                i.components.join(", ")
+            )));
+            e.set_content(Some(content));
+            let mut link = Link::default();
+            link.set_href("/status");
+            e.set_links(vec![link]);
+            entries.push(e);
+        }
+    }
+    entries.sort_by(|a, b| b.updated().cmp(a.updated()).then_with(|| b.id().cmp(a.id())));
+    let mut feed = Feed::default();
+    feed.set_id("urn:drover:status");
+    feed.set_title(Text::plain(ready.status.options.title.clone()));
+    feed.set_updated(entries.first().map(|e| *e.updated()).unwrap_or_else(|| time(now)));
+    let mut link = Link::default();
+    link.set_href("/status");
+    feed.set_links(vec![link]);
+    feed.set_entries(entries);
+    (
+        [
+            (header::CONTENT_TYPE, HeaderValue::from_static("application/atom+xml; charset=utf-8")),
+            (header::CACHE_CONTROL, HeaderValue::from_static("public, max-age=5")),
+        ],
+        feed.to_string(),
+    )
+        .into_response()
+}
+
+// ----------------------------------------------------------------------
+// Incidents
+// ----------------------------------------------------------------------
+
+#[derive(Deserialize, utoipa::ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct DeclareIncident {
+    #[schema(min_length = 1, max_length = 200)]
+    pub title: String,
+    pub severity: IncidentSeverity,
+    /// Status-site components it affects: `PostgreSQL`, `Redis`, `Kafka`.
+    #[serde(default)]
+    pub components: Vec<String>,
+    /// The page it is declared from.
+    #[serde(default)]
+    pub page: Option<PageId>,
+    /// The first public update (default: "We are investigating: TITLE.").
+    #[serde(default)]
+    #[schema(max_length = 5000)]
+    pub message: Option<String>,
+}
+
+#[derive(Deserialize, utoipa::ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct PostUpdate {
+    pub status: IncidentStatus,
+    #[schema(min_length = 1, max_length = 5000)]
+    pub message: String,
+}
+
+#[derive(Deserialize, utoipa::IntoParams)]
+#[into_params(parameter_in = Query)]
+pub struct IncidentsQuery {
+    /// At most this many (default 100, at most 1000), newest first.
+    pub limit: Option<usize>,
+}
+
+fn parse_incident_id(text: &str) -> Result<IncidentId, ApiError> {
+    text.parse().map_err(|_| ApiError::not_found(format!("no incident {text:?}")))
+}
+
+fn check_text(what: &str, text: &str, max: usize) -> Result<(), ApiError> {
+    if text.trim().is_empty() {
+        return Err(ApiError::bad_request(format!("{what} must not be empty")));
+    }
+    if text.chars().count() > max {
+        return Err(ApiError::bad_request(format!("{what} is longer than {max} characters")));
+    }
+    Ok(())
+}
+
+/// Publishes an update where people look: the company-wide feed and the
+/// teams' chat (the feed's channels).
+async fn publish(ready: &Ready, incident: &Incident, text: String) {
+    let post = FeedPost { at: crate::actor::now(), page: incident.page, team: None, text };
+    let store = ready.oncall.store.clone();
+    let stored = post.clone();
+    match tokio::task::spawn_blocking(move || store.add_feed(&stored)).await {
+        Ok(Ok(seq)) => ready.oncall.deliverer.post(seq, post),
+        Ok(Err(e)) => tracing::error!(error = %e, "cannot store an incident's feed post"),
+        Err(e) => tracing::error!(error = %e, "incident feed post task failed"),
+    }
+}
+
+/// Declares an incident: `investigating`, its commander the one on call in
+/// the company-wide incident-commander schedule, its first update published.
+#[utoipa::path(post, path = "/v1/incidents", tag = "status", request_body = DeclareIncident,
+    responses((status = 201, description = "The incident", body = Incident),
+        (status = 400, body = crate::error::ErrorBody),
+        (status = 404, description = "An unknown component or page", body = crate::error::ErrorBody)))]
+pub(crate) async fn declare(
+    State(state): State<AppState>,
+    Caller(caller): Caller,
+    Json(body): Json<DeclareIncident>,
+) -> Result<(StatusCode, Json<Incident>), ApiError> {
+    let ready = state.ready()?;
+    check_text("title", &body.title, 200)?;
+    if let Some(m) = &body.message {
+        if m.chars().count() > 5000 {
+            return Err(ApiError::bad_request("message is longer than 5000 characters"));
+        }
+    }
+    let mut components: Vec<String> = Vec::new();
+    for c in &body.components {
+        let Some(known) = COMPONENTS.iter().find(|k| k.eq_ignore_ascii_case(c)) else {
+            return Err(ApiError::not_found(format!("no component {c:?}; components are {}", COMPONENTS.join(", "))));
+        };
+        if !components.iter().any(|x| x == known) {
+            components.push(known.to_string());
+        }
+    }
+    if let Some(page) = body.page {
+        let store = ready.oncall.store.clone();
+        let found = blocking(move || store.page(page)).await?;
+        if !found.is_some_and(|p| caller.sees_team(Some(&p.team))) {
+            return Err(ApiError::not_found(format!("no page {page}")));
+        }
+    }
+    let now = crate::actor::now();
+    let commander = ready.oncall.config.incident_commanders.on_call(now).map(str::to_string);
+    let incident = Incident::declare(
+        IncidentId(uuid::Uuid::now_v7()),
+        body.title.trim().to_string(),
+        body.severity,
+        components,
+        body.message,
+        caller.name.clone(),
+        commander,
+        body.page,
+        now,
+    );
+    let store = ready.oncall.store.clone();
+    let stored = incident.clone();
+    blocking(move || store.put_incident(&stored)).await?;
+    forget_page(ready);
+    let who = incident.commander.as_deref().unwrap_or("nobody on call");
+    publish(
+        ready,
+        &incident,
+        format!(
+            "Incident declared ({:?}): {} — incident commander: {who}. {}",
+            incident.severity, incident.title, incident.updates[0].message
+        ),
+    )
+    .await;
+    Ok((StatusCode::CREATED, Json(incident)))
+}
+
+/// Posts a status update, written once: on the status page, in its Atom
+/// feed, in the company-wide feed and the teams' chat.
+#[utoipa::path(post, path = "/v1/incidents/{id}/updates", tag = "status", request_body = PostUpdate,
+    params(("id" = String, Path, description = "Incident id (UUID)")),
+    responses((status = 201, description = "The incident with its new update", body = Incident),
+        (status = 400, body = crate::error::ErrorBody),
+        (status = 404, body = crate::error::ErrorBody),
+        (status = 409, description = "The incident is resolved", body = crate::error::ErrorBody)))]
+pub(crate) async fn post_update(
+    State(state): State<AppState>,
+    Caller(caller): Caller,
+    Path(id): Path<String>,
+    Json(body): Json<PostUpdate>,
+) -> Result<(StatusCode, Json<Incident>), ApiError> {
+    let ready = state.ready()?;
+    let id = parse_incident_id(&id)?;
+    check_text("message", &body.message, 5000)?;
+    let (by, now, message, status) = (caller.name.clone(), crate::actor::now(), body.message.clone(), body.status);
+    let store = ready.oncall.store.clone();
+    let updated =
+        blocking(move || store.update_incident(id, |i| i.update(status, message, by, now).map(|u| u.seq))).await?;
+    let (incident, result) = updated.ok_or_else(|| ApiError::not_found(format!("no incident {id}")))?;
+    match result {
+        Ok(_) => {}
+        Err(e @ IncidentError::Resolved(_)) => return Err(ApiError::new(StatusCode::CONFLICT, e.to_string())),
+        Err(e) => return Err(ApiError::bad_request(e.to_string())),
+    }
+    forget_page(ready);
+    publish(ready, &incident, format!("Incident {}: {} — {}", incident.title, status.label(), body.message)).await;
+    Ok((StatusCode::CREATED, Json(incident)))
+}
+
+/// Incidents: every open one and those of the last 90 days, newest first.
+#[utoipa::path(get, path = "/v1/incidents", tag = "status", params(IncidentsQuery),
+    responses((status = 200, description = "Incidents, newest first", body = Vec<Incident>),
+        (status = 400, body = crate::error::ErrorBody)))]
+pub(crate) async fn list(
+    State(state): State<AppState>,
+    Query(q): Query<IncidentsQuery>,
+) -> Result<Json<Vec<Incident>>, ApiError> {
+    let ready = state.ready()?;
+    let limit = limit_in(q.limit, 100, 1000)?;
+    let since = Timestamp(crate::actor::now().0 - 90 * 86_400 * 1_000_000);
+    let store = ready.oncall.store.clone();
+    Ok(Json(blocking(move || store.incidents(since, limit)).await?))
+}
+
+/// One incident with its updates.
+#[utoipa::path(get, path = "/v1/incidents/{id}", tag = "status",
+    params(("id" = String, Path, description = "Incident id (UUID)")),
+    responses((status = 200, description = "The incident", body = Incident),
+        (status = 404, body = crate::error::ErrorBody)))]
+pub(crate) async fn show(State(state): State<AppState>, Path(id): Path<String>) -> Result<Json<Incident>, ApiError> {
+    let ready = state.ready()?;
+    let id = parse_incident_id(&id)?;
+    let store = ready.oncall.store.clone();
+    blocking(move || store.incident(id))
+        .await?
+        .map(Json)
+        .ok_or_else(|| ApiError::not_found(format!("no incident {id}")))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn days_are_utc_dates() {
+        assert_eq!(day_of(Timestamp(0)), "1970-01-01");
+        assert_eq!(day_of(Timestamp(1_796_083_199_000_000)), "2026-11-30");
+        assert_eq!(day_of(Timestamp(1_796_083_200_000_000)), "2026-12-01");
+    }
+}

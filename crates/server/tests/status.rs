@@ -1,0 +1,160 @@
+//! The public status site: components derived from the fleet (the brake
+//! engaged is a major outage, healed is operational again), the uptime
+//! bars from the sampler, incidents declared and updated through the API,
+//! shown on the page and in the Atom feed without logging in.
+
+mod common;
+
+use common::poll;
+use serde_json::json;
+use std::time::Duration;
+
+/// `/status` fetched without any token.
+async fn public(t: &common::TestServer, path: &str) -> (u16, String, String) {
+    let r = reqwest::Client::new().get(t.at(path)).send().await.expect("status answers");
+    let status = r.status().as_u16();
+    let kind = r.headers().get("content-type").and_then(|v| v.to_str().ok()).unwrap_or("").to_string();
+    (status, kind, r.text().await.unwrap())
+}
+
+/// The state the page shows for `component`.
+fn state_of(html: &str, component: &str) -> Option<String> {
+    let at = html.find(&format!("<span class=\"name\">{component}</span>"))?;
+    let rest = &html[at..];
+    let from = rest.find("data-state=\"")? + "data-state=\"".len();
+    Some(rest[from..from + rest[from..].find('"')?].to_string())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_brake_is_a_major_outage_on_the_status_page_and_healing_makes_it_operational_again() {
+    let t = common::start_with(|o| o.status.sample_every = Duration::from_millis(200)).await;
+    let mut primaries = Vec::new();
+    for i in 0..6 {
+        let name = format!("st{i}");
+        t.create_service(&name, 0).await;
+        let s = t.wait_available(&name, Duration::from_secs(15)).await;
+        primaries.push(s["instances"][0]["id"].as_str().unwrap().to_string());
+    }
+    let (status, kind, html) = public(&t, "/status").await;
+    assert_eq!(status, 200);
+    assert!(kind.starts_with("text/html"), "{kind}");
+    assert_eq!(state_of(&html, "PostgreSQL").as_deref(), Some("operational"), "{html}");
+    assert!(html.contains("All systems operational"));
+    for id in &primaries {
+        let (status, body) = t.post("/v1/chaos", json!({"instance": id, "fault": "partition"})).await;
+        assert_eq!(status, 202, "{body}");
+    }
+    let html = poll(Duration::from_secs(60), "a major outage on the status page", || async {
+        let (_, _, html) = public(&t, "/status").await;
+        (state_of(&html, "PostgreSQL").as_deref() == Some("major_outage")).then_some(html)
+    })
+    .await;
+    assert!(html.contains("Major outage"), "the banner says so");
+    // Nothing internal leaks: no service name, no instance id, no team.
+    for (i, id) in primaries.iter().enumerate() {
+        assert!(!html.contains(id.as_str()), "an instance id on the public page");
+        assert!(!html.contains(&format!("st{i}")), "a service name on the public page");
+    }
+    // The sampler counted the outage into today's bar.
+    poll(Duration::from_secs(10), "today's bar shows the outage", || async {
+        let (_, _, html) = public(&t, "/status").await;
+        let today = jiff::Zoned::now().with_time_zone(jiff::tz::TimeZone::UTC).date().to_string();
+        html.contains(&format!("class=\"major\" title=\"{today}:")).then_some(())
+    })
+    .await;
+    for id in &primaries {
+        t.post("/v1/chaos", json!({"instance": id, "fault": "heal"})).await;
+    }
+    poll(Duration::from_secs(60), "operational again", || async {
+        let (_, _, html) = public(&t, "/status").await;
+        (state_of(&html, "PostgreSQL").as_deref() == Some("operational")).then_some(())
+    })
+    .await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_incident_and_its_updates_appear_on_the_status_page_and_in_its_feed() {
+    let t = common::start().await;
+    // Refused as it should be: no token, a viewer, an unknown component, an empty title.
+    let (status, _) = t.post_as(None, "/v1/incidents", json!({"title": "x", "severity": "minor"})).await;
+    assert_eq!(status, 401);
+    let viewer = t.token(json!({"name": "watcher", "role": "viewer"})).await;
+    let (status, _) = t.post_as(Some(&viewer), "/v1/incidents", json!({"title": "x", "severity": "minor"})).await;
+    assert_eq!(status, 403);
+    let (status, body) =
+        t.post("/v1/incidents", json!({"title": "x", "severity": "minor", "components": ["Oracle"]})).await;
+    assert_eq!(status, 404, "{body}");
+    let (status, body) = t.post("/v1/incidents", json!({"title": "  ", "severity": "minor"})).await;
+    assert_eq!(status, 400, "{body}");
+    assert!(body["error"].as_str().unwrap().contains("title"), "{body}");
+
+    let (status, incident) = t
+        .post(
+            "/v1/incidents",
+            json!({"title": "Slow commits in zone b", "severity": "major", "components": ["postgresql"]}),
+        )
+        .await;
+    assert_eq!(status, 201, "{incident}");
+    assert_eq!(incident["status"], "investigating");
+    assert_eq!(incident["components"], json!(["PostgreSQL"]));
+    assert_eq!(incident["commander"], "incident-commander", "the IC on call now: {incident}");
+    let id = incident["id"].as_str().unwrap().to_string();
+
+    let (_, _, html) = public(&t, "/status").await;
+    assert!(html.contains("Slow commits in zone b"), "{html}");
+    // An open major incident lifts its component to at least a partial outage.
+    assert_eq!(state_of(&html, "PostgreSQL").as_deref(), Some("partial_outage"), "{html}");
+
+    let (status, after) = t
+        .post(
+            &format!("/v1/incidents/{id}/updates"),
+            json!({"status": "identified", "message": "A disk <b>filled</b> on one host."}),
+        )
+        .await;
+    assert_eq!(status, 201, "{after}");
+    assert_eq!(after["updates"].as_array().unwrap().len(), 2);
+    let (_, _, html) = public(&t, "/status").await;
+    assert!(
+        html.contains("A disk &#60;b&#62;filled&#60;/b&#62; on one host.")
+            || html.contains("A disk &lt;b&gt;filled&lt;/b&gt; on one host."),
+        "escaped: {html}"
+    );
+    assert!(!html.contains("<b>filled</b>"), "HTML from an update is not rendered");
+
+    let (status, _) =
+        t.post(&format!("/v1/incidents/{id}/updates"), json!({"status": "resolved", "message": "Space freed."})).await;
+    assert_eq!(status, 201);
+    let (status, body) =
+        t.post(&format!("/v1/incidents/{id}/updates"), json!({"status": "monitoring", "message": "again"})).await;
+    assert_eq!(status, 409, "{body}");
+
+    let (status, kind, feed) = public(&t, "/status/feed.atom").await;
+    assert_eq!(status, 200);
+    assert!(kind.starts_with("application/atom+xml"), "{kind}");
+    assert!(feed.contains("<feed xmlns=\"http://www.w3.org/2005/Atom\""), "{feed}");
+    assert_eq!(feed.matches("<entry>").count(), 3, "{feed}");
+    let resolved = feed.find("Space freed.").expect("the resolution in the feed");
+    let first = feed.find("We are investigating").expect("the declaration in the feed");
+    assert!(resolved < first, "newest first");
+
+    let (_, _, html) = public(&t, "/status").await;
+    assert_eq!(state_of(&html, "PostgreSQL").as_deref(), Some("operational"), "resolved: no longer lifts it");
+    assert!(html.contains("Past incidents"), "{html}");
+
+    let (status, list) = t.get_as(Some(&viewer), "/v1/incidents").await;
+    assert_eq!(status, 200);
+    assert_eq!(list[0]["status"], "resolved");
+    let (status, _) = t.get("/v1/incidents/not-a-uuid").await;
+    assert_eq!(status, 404);
+    let (status, _) = t.get(&format!("/v1/incidents/{}", uuid_like())).await;
+    assert_eq!(status, 404);
+    // The company-wide feed got every update too.
+    let (_, posts) = t.get("/v1/pager/feed").await;
+    let texts: Vec<&str> = posts.as_array().unwrap().iter().filter_map(|p| p["text"].as_str()).collect();
+    assert!(texts.iter().any(|p| p.contains("Incident declared") && p.contains("incident-commander")), "{texts:?}");
+    assert!(texts.iter().any(|p| p.contains("Space freed.")), "{texts:?}");
+}
+
+fn uuid_like() -> &'static str {
+    "0190a3e4-0000-7000-8000-000000000000"
+}
