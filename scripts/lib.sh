@@ -4,12 +4,17 @@
 # pgbouncer (the stable URL) and pgBackRest (backups and restore tests);
 # Alertmanager for the pager's integration test, jq for the README's tour.
 DEBIAN_PACKAGES=(postgresql-15 pgbouncer pgbackrest prometheus-alertmanager jq redis-server haproxy)
+# What only the tests need besides: Debian's Chromium for the dashboard's
+# browser tests (driven by Playwright with its executable_path; no browser
+# is downloaded).
+TEST_DEBIAN_PACKAGES=(chromium)
 
 # Python packages the tests need, as pip requirements: a real SMTP server
 # for e-mail pages, and schemathesis, the schema-driven fuzzer of
 # scripts/fuzz-api (pinned: its checks change between releases); confluent-kafka
-# (librdkafka bundled), the real Kafka client of the Kafka tests.
-PYTHON_PACKAGES=(aiosmtpd schemathesis==4.32.5 confluent-kafka==2.16.1)
+# (librdkafka bundled), the real Kafka client of the Kafka tests; Playwright,
+# which drives the system Chromium in the dashboard's browser tests.
+PYTHON_PACKAGES=(aiosmtpd schemathesis==4.32.5 confluent-kafka==2.16.1 playwright==1.65.2)
 
 ensure_python_packages() {
   local missing=()
@@ -34,9 +39,12 @@ ensure_toolchain() {
   fi
 }
 
+# Installs the Debian packages named (default: DEBIAN_PACKAGES) that are missing.
 ensure_packages() {
+  local wanted=("$@")
+  [ ${#wanted[@]} -eq 0 ] && wanted=("${DEBIAN_PACKAGES[@]}")
   local missing=()
-  for p in "${DEBIAN_PACKAGES[@]}"; do
+  for p in "${wanted[@]}"; do
     dpkg -s "$p" >/dev/null 2>&1 || missing+=("$p")
   done
   [ ${#missing[@]} -eq 0 ] && return 0

@@ -179,6 +179,11 @@ pub struct FileConfig {
     pub backup_retention_full: Option<u32>,
     pub event_retention_days: Option<u32>,
     pub audit_retention_days: Option<u32>,
+    pub status_title: Option<String>,
+    pub status_sample_seconds: Option<f64>,
+    pub status_degraded_share: Option<f64>,
+    pub status_partial_share: Option<f64>,
+    pub status_major_share: Option<f64>,
 }
 
 impl FileConfig {
@@ -356,6 +361,36 @@ pub fn resolve(args: ServeArgs, no_local_set: bool) -> anyhow::Result<Settings> 
             ));
         }
     }
+    if let Some(title) = &file.status_title {
+        if title.trim().is_empty() || title.chars().count() > 100 {
+            return Err(anyhow!("status_title must be 1 to 100 characters"));
+        }
+        opts.status.title = title.clone();
+    }
+    if let Some(secs) = file.status_sample_seconds {
+        if !secs.is_finite() || !(1.0..=3600.0).contains(&secs) {
+            return Err(anyhow!("status_sample_seconds must be between 1 and 3600, got {secs}"));
+        }
+        opts.status.sample_every = Duration::from_secs_f64(secs);
+    }
+    let t = &mut opts.status.thresholds;
+    for (key, value, slot) in [
+        ("status_degraded_share", file.status_degraded_share, &mut t.degraded),
+        ("status_partial_share", file.status_partial_share, &mut t.partial),
+        ("status_major_share", file.status_major_share, &mut t.major),
+    ] {
+        if let Some(v) = value {
+            if !v.is_finite() || !(0.0..=1.0).contains(&v) || v == 0.0 {
+                return Err(anyhow!("{key} must be a share above 0 and at most 1, got {v}"));
+            }
+            *slot = v;
+        }
+    }
+    if !(t.degraded <= t.partial && t.partial <= t.major) {
+        return Err(anyhow!(
+            "status shares must rise: status_degraded_share ≤ status_partial_share ≤ status_major_share"
+        ));
+    }
     if let Some(hours) = file.maintenance_notice_hours {
         if !hours.is_finite() || !(0.0..=24.0 * 366.0).contains(&hours) {
             return Err(anyhow!("maintenance_notice_hours must be between 0 and 8784 (a year), got {hours}"));
@@ -523,6 +558,11 @@ mod tests {
             backup_retention_full,
             event_retention_days,
             audit_retention_days,
+            status_title,
+            status_sample_seconds,
+            status_degraded_share,
+            status_partial_share,
+            status_major_share,
         } = c;
         assert!(listen.is_some(), "listen");
         assert!(uncertain_after_ms.is_some(), "uncertain_after_ms");
@@ -553,6 +593,11 @@ mod tests {
         assert!(backup_retention_full.is_some(), "backup_retention_full");
         assert!(event_retention_days.is_some(), "event_retention_days");
         assert!(audit_retention_days.is_some(), "audit_retention_days");
+        assert!(status_title.is_some(), "status_title");
+        assert!(status_sample_seconds.is_some(), "status_sample_seconds");
+        assert!(status_degraded_share.is_some(), "status_degraded_share");
+        assert!(status_partial_share.is_some(), "status_partial_share");
+        assert!(status_major_share.is_some(), "status_major_share");
         // Paths have no default: they are set in the HTTPS example instead.
         assert_eq!((tls_cert, tls_key), (None, None), "the first example serves plain HTTP");
         let https =
@@ -597,6 +642,14 @@ mod tests {
         assert_eq!((r.events, r.audit), (Some(Duration::from_secs(7 * 86_400)), None));
         let Err(e) = with("event_retention_days = 30\naudit_retention_days = 10\n") else { panic!("refused") };
         assert!(e.to_string().contains("audit_retention_days must be at least"), "{e}");
+        let s = with("status_title = \"Acme data\"\nstatus_sample_seconds = 30\nstatus_major_share = 0.4\n")
+            .unwrap()
+            .options
+            .status;
+        assert_eq!((s.title.as_str(), s.sample_every, s.thresholds.major), ("Acme data", Duration::from_secs(30), 0.4));
+        let Err(e) = with("status_partial_share = 0.9\nstatus_major_share = 0.5\n") else { panic!("refused") };
+        assert!(e.to_string().contains("must rise"), "{e}");
+        assert!(with("status_sample_seconds = 0\n").is_err());
     }
 
     #[test]

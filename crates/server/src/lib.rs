@@ -44,6 +44,7 @@ pub mod state;
 pub mod status;
 pub mod telemetry;
 pub mod tls;
+pub mod ui;
 
 use anyhow::Context;
 use drover_engine::{Command, Engine, Input};
@@ -471,6 +472,7 @@ async fn start_up(
         runbooks,
         agents: agent_channel,
         status: status::StatusSite::new(opts.status.clone()),
+        ui: Default::default(),
     });
     status::spawn_sampler(state.ready.clone(), stop_for_status);
     if let Some(ready) = state.ready.get() {

@@ -59,6 +59,15 @@ pub fn router(state: AppState) -> Router {
         .route("/v1/runbooks/runs/{id}/approve", post(runbooks::approve))
         .merge(oncall::routes::routes())
         .route("/status", get(crate::status::status_page))
+        .route("/ui/", get(crate::ui::overview))
+        .route("/ui/login", get(crate::ui::login_page).post(crate::ui::login))
+        .route("/ui/logout", post(crate::ui::logout))
+        .route("/ui/live.js", get(crate::ui::script))
+        .route("/ui/services", get(crate::ui::services))
+        .route("/ui/services/{name}", get(crate::ui::service))
+        .route("/ui/services/{name}/live", get(crate::ui::service_fragment))
+        .route("/ui/pages", get(crate::ui::pages))
+        .route("/ui/pages/{id}/ack", post(crate::ui::acknowledge))
         .route("/status/feed.atom", get(crate::status::status_feed))
         .route("/v1/incidents", post(crate::status::declare).get(crate::status::list))
         .route("/v1/incidents/{id}", get(crate::status::show))
@@ -94,18 +103,17 @@ async fn wrong_method(method: Method, uri: Uri) -> ApiError {
 
 /// Last line of defence: any error response that is not JSON yet (a
 /// rejection or status from a layer we did not write) becomes `{"error"}`.
+/// The dashboard's own error pages (HTML under `/ui/`) are for people and
+/// stay HTML.
 async fn errors_as_json(request: Request, next: Next) -> Response {
+    let dashboard = request.uri().path().starts_with("/ui/");
     let response = next.run(request).await;
     let status = response.status();
     if !(status.is_client_error() || status.is_server_error()) {
         return response;
     }
-    let is_json = response
-        .headers()
-        .get(header::CONTENT_TYPE)
-        .and_then(|v| v.to_str().ok())
-        .is_some_and(|v| v.starts_with("application/json"));
-    if is_json {
+    let kind = response.headers().get(header::CONTENT_TYPE).and_then(|v| v.to_str().ok()).unwrap_or("");
+    if kind.starts_with("application/json") || (dashboard && kind.starts_with("text/html")) {
         return response;
     }
     let (mut parts, body) = response.into_parts();

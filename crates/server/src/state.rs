@@ -32,6 +32,8 @@ pub struct Ready {
     pub agents: crate::agents::AgentChannel,
     /// The public status site (`status`).
     pub status: crate::status::StatusSite,
+    /// The dashboard's sessions (`ui`).
+    pub ui: crate::ui::Sessions,
 }
 
 impl Ready {

@@ -354,7 +354,8 @@ pub(crate) async fn status_feed(State(state): State<AppState>) -> Response {
 #[derive(Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct DeclareIncident {
-    #[schema(min_length = 1, max_length = 200)]
+    /// Not blank.
+    #[schema(min_length = 1, max_length = 200, pattern = r"\S")]
     pub title: String,
     pub severity: IncidentSeverity,
     /// Status-site components it affects: `PostgreSQL`, `Redis`, `Kafka`.
@@ -373,7 +374,8 @@ pub struct DeclareIncident {
 #[serde(deny_unknown_fields)]
 pub struct PostUpdate {
     pub status: IncidentStatus,
-    #[schema(min_length = 1, max_length = 5000)]
+    /// Not blank.
+    #[schema(min_length = 1, max_length = 5000, pattern = r"\S")]
     pub message: String,
 }
 
@@ -381,6 +383,7 @@ pub struct PostUpdate {
 #[into_params(parameter_in = Query)]
 pub struct IncidentsQuery {
     /// At most this many (default 100, at most 1000), newest first.
+    #[param(minimum = 1, maximum = 1000)]
     pub limit: Option<usize>,
 }
 

@@ -46,7 +46,8 @@ async fn every_route_answers_each_kind_of_caller_as_the_permission_table_says() 
     for (method, path) in &documented {
         assert!(permissions::lookup(method, path).is_some(), "{method} {path} is documented but not in the table");
     }
-    for rule in permissions::TABLE {
+    // The dashboard's HTML routes are not the API: they are left out of the document.
+    for rule in permissions::TABLE.iter().filter(|r| r.permission != permissions::Permission::Session) {
         let known = documented.iter().any(|(m, p)| m == rule.method && p == rule.path);
         let name = format!("{} {}", rule.method, rule.path);
         assert!(known, "{name} is in the table but not documented");

@@ -143,7 +143,7 @@ impl Refusal {
             Refusal::Expired(name) | Refusal::Revoked(name) => name.clone(),
         }
     }
-    fn message(&self) -> String {
+    pub(crate) fn message(&self) -> String {
         match self {
             Refusal::Missing => "this route needs `Authorization: Bearer <token>`; `drover tokens create` makes one (the first admin token is in the data dir's admin.token)".into(),
             Refusal::Malformed => "the Authorization header must be `Bearer <token>`".into(),
@@ -437,7 +437,7 @@ pub(crate) fn is_json(headers: &HeaderMap) -> bool {
 
 /// A browser's `Origin` that is not this server's own (the `Host` it was
 /// reached at): a page of another site is making the request.
-fn foreign_origin(headers: &HeaderMap) -> Option<String> {
+pub(crate) fn foreign_origin(headers: &HeaderMap) -> Option<String> {
     let origin = headers.get(header::ORIGIN)?;
     let origin = origin.to_str().unwrap_or("(not text)");
     let host = headers.get(header::HOST).and_then(|h| h.to_str().ok()).unwrap_or("");

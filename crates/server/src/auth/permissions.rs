@@ -14,6 +14,10 @@ pub enum Permission {
     /// No bearer token: the handler checks the link's HMAC signature
     /// (ack/resolve links in chat and e-mail notifications).
     SignedLink,
+    /// The web dashboard (`/ui/…`, HTML, not part of the API document):
+    /// no bearer token; its handlers check the session cookie, the role
+    /// and, for forms, the origin and the session's CSRF token (`ui`).
+    Session,
     /// Fleet data: services, instances, events, actions, images, checks,
     /// pages, pager metrics and feed, Prometheus metrics.
     Read,
@@ -41,7 +45,7 @@ impl Permission {
     pub fn roles(self) -> &'static [TokenRole] {
         use TokenRole::*;
         match self {
-            Permission::Public | Permission::SignedLink => &[],
+            Permission::Public | Permission::SignedLink | Permission::Session => &[],
             Permission::Read => &[Viewer, Operator, Admin],
             Permission::ReadInstance => &[Viewer, Operator, Admin, Agent],
             Permission::ReadAudit | Permission::Operate => &[Operator, Admin],
@@ -57,7 +61,7 @@ impl Permission {
 
     /// Whether the route takes no bearer token at all.
     pub fn is_open(self) -> bool {
-        matches!(self, Permission::Public | Permission::SignedLink)
+        matches!(self, Permission::Public | Permission::SignedLink | Permission::Session)
     }
 }
 
@@ -94,6 +98,16 @@ pub const TABLE: &[Rule] = &[
     rule("GET", "/healthz", Public, No),
     rule("GET", "/openapi.json", Public, No),
     rule("GET", "/status", Public, No),
+    rule("GET", "/ui/", Session, No),
+    rule("GET", "/ui/login", Session, No),
+    rule("POST", "/ui/login", Session, No),
+    rule("POST", "/ui/logout", Session, No),
+    rule("GET", "/ui/live.js", Session, No),
+    rule("GET", "/ui/services", Session, No),
+    rule("GET", "/ui/services/{name}", Session, No),
+    rule("GET", "/ui/services/{name}/live", Session, No),
+    rule("GET", "/ui/pages", Session, No),
+    rule("POST", "/ui/pages/{id}/ack", Session, No),
     rule("GET", "/status/feed.atom", Public, No),
     rule("POST", "/v1/incidents", Operate, Here),
     rule("GET", "/v1/incidents", Read, No),

@@ -1,0 +1,605 @@
+//! The web dashboard (`/ui/`), served by the binary itself: server-rendered
+//! HTML (askama), one small script of our own that refreshes the live parts
+//! of a page, no CDN and nothing fetched at run time.
+//!
+//! Login takes an API token once (`/ui/login`, a form with one input named
+//! `token`) and opens a session: a random id in an HttpOnly, SameSite=Strict
+//! cookie scoped to `/ui`, mapped in memory to the token, which is checked
+//! again on every request (a revoked token ends its sessions at once). The
+//! API itself never reads a cookie. Forms that change something (log in,
+//! acknowledge) refuse a foreign `Origin` and carry the session's CSRF
+//! token. A viewer's session shows everything it may read and no button it
+//! may not press. The views read the engine and the stores directly, like
+//! the API handlers; nothing here is the only way to do anything.
+
+use crate::auth::Identity;
+use crate::state::{AppState, Ready};
+use askama::Template;
+use axum::extract::rejection::FormRejection;
+use axum::extract::{Form, Path, Query, State};
+use axum::http::{header, HeaderMap, HeaderValue, StatusCode};
+use axum::response::{IntoResponse, Redirect, Response};
+use drover_model::TokenRole;
+use drover_oncall::{Input, PageId};
+use serde::Deserialize;
+use std::collections::HashMap;
+use std::sync::Mutex;
+use std::time::{Duration, Instant};
+
+/// The cookie that carries a session id.
+pub const COOKIE: &str = "drover_session";
+/// A session lasts this long from its login.
+const SESSION_FOR: Duration = Duration::from_secs(12 * 3600);
+/// At most this many sessions at once (the oldest go first).
+const MAX_SESSIONS: usize = 10_000;
+/// The dashboard's own script: refreshes `[data-refresh]` parts.
+const SCRIPT: &str = include_str!("../templates/ui/live.js");
+
+struct Session {
+    token: String,
+    csrf: String,
+    until: Instant,
+}
+
+/// Open sessions, in memory (a restart asks people to log in again).
+#[derive(Default)]
+pub struct Sessions {
+    map: Mutex<HashMap<String, Session>>,
+}
+
+fn random_hex() -> String {
+    let mut bytes = [0u8; 32];
+    if getrandom::fill(&mut bytes).is_err() {
+        // No randomness: no session rather than a guessable one.
+        return String::new();
+    }
+    hex::encode(bytes)
+}
+
+impl Sessions {
+    fn open(&self, token: String) -> Option<(String, String)> {
+        let (id, csrf) = (random_hex(), random_hex());
+        if id.is_empty() || csrf.is_empty() {
+            return None;
+        }
+        let mut map = self.map.lock().unwrap_or_else(|p| p.into_inner());
+        let now = Instant::now();
+        map.retain(|_, s| s.until > now);
+        if map.len() >= MAX_SESSIONS {
+            if let Some(oldest) = map.iter().min_by_key(|(_, s)| s.until).map(|(k, _)| k.clone()) {
+                map.remove(&oldest);
+            }
+        }
+        map.insert(id.clone(), Session { token, csrf: csrf.clone(), until: now + SESSION_FOR });
+        Some((id, csrf))
+    }
+    fn get(&self, id: &str) -> Option<(String, String)> {
+        let map = self.map.lock().unwrap_or_else(|p| p.into_inner());
+        map.get(id).filter(|s| s.until > Instant::now()).map(|s| (s.token.clone(), s.csrf.clone()))
+    }
+    fn close(&self, id: &str) {
+        self.map.lock().unwrap_or_else(|p| p.into_inner()).remove(id);
+    }
+}
+
+fn session_id(headers: &HeaderMap) -> Option<String> {
+    headers
+        .get_all(header::COOKIE)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .flat_map(|v| v.split(';'))
+        .filter_map(|kv| kv.trim().split_once('='))
+        .find(|(k, _)| *k == COOKIE)
+        .map(|(_, v)| v.to_string())
+}
+
+/// The caller of a dashboard request: who, and the session's CSRF token.
+struct Viewer {
+    who: Identity,
+    csrf: String,
+    session: String,
+}
+
+fn viewer(ready: &Ready, headers: &HeaderMap) -> Option<Viewer> {
+    let session = session_id(headers)?;
+    let (token, csrf) = ready.ui.get(&session)?;
+    match ready.auth.authenticate(&token, crate::actor::now()) {
+        Ok(who) => Some(Viewer { who, csrf, session }),
+        Err(_) => {
+            ready.ui.close(&session);
+            None
+        }
+    }
+}
+
+fn html(status: StatusCode, body: Result<String, askama::Error>) -> Response {
+    match body {
+        Ok(body) => (
+            status,
+            [
+                (header::CONTENT_TYPE, HeaderValue::from_static("text/html; charset=utf-8")),
+                (header::CACHE_CONTROL, HeaderValue::from_static("no-store")),
+            ],
+            body,
+        )
+            .into_response(),
+        Err(e) => (StatusCode::INTERNAL_SERVER_ERROR, format!("cannot render the page: {e}")).into_response(),
+    }
+}
+
+fn problem(status: StatusCode, who: Option<&Viewer>, message: impl Into<String>) -> Response {
+    html(
+        status,
+        ProblemPage {
+            me: who.map(|v| v.who.name.clone()),
+            csrf: who.map(|v| v.csrf.clone()).unwrap_or_default(),
+            message: message.into(),
+        }
+        .render(),
+    )
+}
+
+#[derive(Template)]
+#[template(path = "ui/login.html")]
+struct LoginPage {
+    me: Option<String>,
+    csrf: String,
+    error: Option<String>,
+}
+
+#[derive(Template)]
+#[template(path = "ui/problem.html")]
+struct ProblemPage {
+    me: Option<String>,
+    csrf: String,
+    message: String,
+}
+
+fn login_form(status: StatusCode, error: Option<String>) -> Response {
+    html(status, LoginPage { me: None, csrf: String::new(), error }.render())
+}
+
+pub(crate) async fn login_page() -> Response {
+    login_form(StatusCode::OK, None)
+}
+
+#[derive(Deserialize)]
+pub(crate) struct LoginForm {
+    token: String,
+}
+
+pub(crate) async fn login(
+    State(state): State<AppState>,
+    headers: HeaderMap,
+    form: Result<Form<LoginForm>, FormRejection>,
+) -> Response {
+    let form = form.ok();
+    let Ok(ready) = state.ready() else {
+        return problem(StatusCode::SERVICE_UNAVAILABLE, None, "Drover is starting; retry in a moment.");
+    };
+    if let Some(origin) = crate::auth::foreign_origin(&headers) {
+        return problem(StatusCode::FORBIDDEN, None, format!("A login from another site ({origin}) is refused."));
+    }
+    let Some(Form(form)) = form else { return login_form(StatusCode::BAD_REQUEST, Some("Give a token.".into())) };
+    let token = form.token.trim().to_string();
+    if let Err(refusal) = ready.auth.authenticate(&token, crate::actor::now()) {
+        return login_form(StatusCode::UNAUTHORIZED, Some(refusal.message()));
+    }
+    let Some((id, _)) = ready.ui.open(token) else {
+        return problem(StatusCode::SERVICE_UNAVAILABLE, None, "No randomness for a session id; try again.");
+    };
+    let cookie = format!("{COOKIE}={id}; Path=/ui; HttpOnly; SameSite=Strict; Max-Age={}", SESSION_FOR.as_secs());
+    let mut r = Redirect::to("/ui/").into_response();
+    if let Ok(v) = HeaderValue::from_str(&cookie) {
+        r.headers_mut().insert(header::SET_COOKIE, v);
+    }
+    r
+}
+
+#[derive(Deserialize)]
+pub(crate) struct CsrfForm {
+    csrf: String,
+}
+
+pub(crate) async fn logout(
+    State(state): State<AppState>,
+    headers: HeaderMap,
+    form: Result<Form<CsrfForm>, FormRejection>,
+) -> Response {
+    let form = form.ok();
+    let Ok(ready) = state.ready() else { return Redirect::to("/ui/login").into_response() };
+    if let Some(v) = viewer(ready, &headers) {
+        if form.is_some_and(|f| f.csrf == v.csrf) && crate::auth::foreign_origin(&headers).is_none() {
+            ready.ui.close(&v.session);
+        }
+    }
+    let mut r = Redirect::to("/ui/login").into_response();
+    r.headers_mut().insert(
+        header::SET_COOKIE,
+        HeaderValue::from_static("drover_session=; Path=/ui; HttpOnly; SameSite=Strict; Max-Age=0"),
+    );
+    r
+}
+
+pub(crate) async fn script() -> Response {
+    (
+        [
+            (header::CONTENT_TYPE, HeaderValue::from_static("text/javascript; charset=utf-8")),
+            (header::CACHE_CONTROL, HeaderValue::from_static("public, max-age=300")),
+        ],
+        SCRIPT,
+    )
+        .into_response()
+}
+
+/// Resolves the session or answers with the login form.
+macro_rules! signed_in {
+    ($state:expr, $headers:expr) => {{
+        let Ok(ready) = $state.ready() else {
+            return problem(StatusCode::SERVICE_UNAVAILABLE, None, "Drover is starting; retry in a moment.");
+        };
+        match viewer(ready, &$headers) {
+            Some(v) => (ready, v),
+            None => return login_form(StatusCode::OK, None),
+        }
+    }};
+}
+
+// ----------------------------------------------------------------------
+// Fleet overview
+// ----------------------------------------------------------------------
+
+#[derive(Template)]
+#[template(path = "ui/overview.html")]
+struct OverviewPage {
+    me: Option<String>,
+    csrf: String,
+    by_state: Vec<(String, u64)>,
+    by_engine: Vec<(String, u64, u64)>,
+    braked: Vec<String>,
+    open_pages: usize,
+    open_actions: u64,
+}
+
+pub(crate) async fn overview(State(state): State<AppState>, headers: HeaderMap) -> Response {
+    let (ready, v) = signed_in!(state, headers);
+    let Ok((stats, health)) = ready.engine.query(|e| (e.stats(), e.engine_health())).await else {
+        return problem(StatusCode::SERVICE_UNAVAILABLE, Some(&v), "The engine did not answer.");
+    };
+    let store = ready.oncall.store.clone();
+    let open_pages = match tokio::task::spawn_blocking(move || store.open_pages()).await {
+        Ok(Ok(p)) => p.iter().filter(|p| v.who.sees_team(Some(&p.team))).count(),
+        _ => 0,
+    };
+    let page = OverviewPage {
+        me: Some(v.who.name.clone()),
+        csrf: v.csrf.clone(),
+        by_state: stats.services_by_state.iter().map(|(s, n)| (s.as_str().to_string(), *n)).collect(),
+        by_engine: health
+            .iter()
+            .map(|h| (crate::status::component_name(h.engine).to_string(), h.live, h.down))
+            .collect(),
+        braked: stats.braked,
+        open_pages,
+        open_actions: stats.open_actions,
+    };
+    html(StatusCode::OK, page.render())
+}
+
+// ----------------------------------------------------------------------
+// Services
+// ----------------------------------------------------------------------
+
+#[derive(Deserialize)]
+pub(crate) struct ServicesFilter {
+    state: Option<String>,
+    engine: Option<String>,
+    after: Option<String>,
+}
+
+struct ServiceRow {
+    name: String,
+    engine: String,
+    state: String,
+    team: String,
+    members: usize,
+}
+
+#[derive(Template)]
+#[template(path = "ui/services.html")]
+struct ServicesPage {
+    me: Option<String>,
+    csrf: String,
+    rows: Vec<ServiceRow>,
+    state: String,
+    engine: String,
+    next: Option<String>,
+}
+
+/// Rows per page of the services list.
+const SERVICES_PER_PAGE: usize = 200;
+
+pub(crate) async fn services(
+    State(state): State<AppState>,
+    headers: HeaderMap,
+    Query(f): Query<ServicesFilter>,
+) -> Response {
+    let (ready, v) = signed_in!(state, headers);
+    let team = v.who.team.clone();
+    let (want_state, want_engine) = (f.state.clone().unwrap_or_default(), f.engine.clone().unwrap_or_default());
+    let after = f.after.clone();
+    // Filters apply to a page of names; a page may show fewer rows.
+    let Ok((views, more)) =
+        ready.engine.query(move |e| e.service_views_page(after.as_deref(), SERVICES_PER_PAGE, team.as_deref())).await
+    else {
+        return problem(StatusCode::SERVICE_UNAVAILABLE, Some(&v), "The engine did not answer.");
+    };
+    let next = if more { views.last().map(|s| s.name.clone()) } else { None };
+    let rows = views
+        .into_iter()
+        .filter(|s| want_state.is_empty() || s.state.as_str() == want_state)
+        .filter(|s| want_engine.is_empty() || s.engine.as_str() == want_engine)
+        .map(|s| ServiceRow {
+            members: s.instances.iter().filter(|i| i.state.is_member()).count(),
+            name: s.name,
+            engine: s.engine.as_str().to_string(),
+            state: s.state.as_str().to_string(),
+            team: s.team,
+        })
+        .collect();
+    html(
+        StatusCode::OK,
+        ServicesPage {
+            me: Some(v.who.name.clone()),
+            csrf: v.csrf.clone(),
+            rows,
+            state: want_state,
+            engine: want_engine,
+            next,
+        }
+        .render(),
+    )
+}
+
+struct InstanceRow {
+    id: String,
+    role: String,
+    state: String,
+    zone: String,
+    host: String,
+    image: String,
+    writable: bool,
+    lag: String,
+}
+
+struct EventRow {
+    at: String,
+    what: String,
+    cause: String,
+}
+
+#[derive(Template)]
+#[template(path = "ui/service_live.html")]
+struct ServiceLive {
+    state: String,
+    remedy: String,
+    instances: Vec<InstanceRow>,
+    events: Vec<EventRow>,
+}
+
+#[derive(Template)]
+#[template(path = "ui/service.html")]
+struct ServicePage {
+    me: Option<String>,
+    csrf: String,
+    name: String,
+    engine: String,
+    team: String,
+    url: String,
+    live: String,
+}
+
+/// Events shown on a service page, newest first.
+const SERVICE_EVENTS: usize = 50;
+
+async fn service_live(ready: &Ready, v: &Viewer, name: &str) -> Result<(drover_model::ServiceView, String), Response> {
+    let view = match ready.visible_service(&v.who, name).await {
+        Ok(view) => ready.complete(view, &v.who),
+        Err(e) => return Err(problem(e.status, Some(v), e.message)),
+    };
+    let filter = drover_store::EventFilter {
+        service: Some(view.name.clone()),
+        instance: None,
+        after_seq: None,
+        limit: Some(drover_store::MAX_READ_LIMIT),
+    };
+    let store = ready.store.clone();
+    let events = match tokio::task::spawn_blocking(move || store.events(&filter)).await {
+        Ok(Ok(events)) => events,
+        _ => Vec::new(),
+    };
+    let live = ServiceLive {
+        state: view.state.as_str().to_string(),
+        remedy: view.remedy.clone().unwrap_or_default(),
+        instances: view
+            .instances
+            .iter()
+            .map(|i| InstanceRow {
+                id: i.id.to_string(),
+                role: serde_json::to_value(i.role)
+                    .ok()
+                    .and_then(|r| r.as_str().map(str::to_string))
+                    .unwrap_or_default(),
+                state: i.state.as_str().to_string(),
+                zone: i.zone.clone(),
+                host: i.host.clone().unwrap_or_default(),
+                image: i.image.clone(),
+                writable: i.writable,
+                lag: i.facts.replication_lag_bytes.map(|b| format!("{b} B")).unwrap_or_default(),
+            })
+            .collect(),
+        events: events
+            .iter()
+            .rev()
+            .take(SERVICE_EVENTS)
+            .map(|e| EventRow {
+                at: e.at.to_rfc3339(),
+                what: match (&e.from, &e.to) {
+                    (Some(f), Some(t)) => format!("{:?} {f} → {t}", e.subject).to_lowercase(),
+                    (None, Some(t)) => format!("{:?} → {t}", e.subject).to_lowercase(),
+                    _ => format!("{:?}", e.subject).to_lowercase(),
+                },
+                cause: e.cause.clone(),
+            })
+            .collect(),
+    };
+    match live.render() {
+        Ok(html) => Ok((view, html)),
+        Err(e) => Err(problem(StatusCode::INTERNAL_SERVER_ERROR, Some(v), format!("cannot render: {e}"))),
+    }
+}
+
+pub(crate) async fn service(State(state): State<AppState>, headers: HeaderMap, Path(name): Path<String>) -> Response {
+    let (ready, v) = signed_in!(state, headers);
+    let (view, live) = match service_live(ready, &v, &name).await {
+        Ok(x) => x,
+        Err(r) => return r,
+    };
+    let page = ServicePage {
+        me: Some(v.who.name.clone()),
+        csrf: v.csrf.clone(),
+        name: view.name.clone(),
+        engine: view.engine.as_str().to_string(),
+        team: view.team.clone(),
+        url: view.url.clone().unwrap_or_default(),
+        live,
+    };
+    html(StatusCode::OK, page.render())
+}
+
+/// The live part of a service page alone (what the script swaps in).
+pub(crate) async fn service_fragment(
+    State(state): State<AppState>,
+    headers: HeaderMap,
+    Path(name): Path<String>,
+) -> Response {
+    let Ok(ready) = state.ready() else { return StatusCode::SERVICE_UNAVAILABLE.into_response() };
+    let Some(v) = viewer(ready, &headers) else { return StatusCode::UNAUTHORIZED.into_response() };
+    match service_live(ready, &v, &name).await {
+        Ok((_, live)) => html(StatusCode::OK, Ok(live)),
+        Err(r) => r,
+    }
+}
+
+// ----------------------------------------------------------------------
+// Pages
+// ----------------------------------------------------------------------
+
+struct PageRow {
+    id: String,
+    summary: String,
+    team: String,
+    status: String,
+    level: String,
+    opened: String,
+}
+
+#[derive(Template)]
+#[template(path = "ui/pages.html")]
+struct PagesPage {
+    me: Option<String>,
+    csrf: String,
+    may_act: bool,
+    rows: Vec<PageRow>,
+    notice: String,
+}
+
+#[derive(Deserialize)]
+pub(crate) struct PagesNotice {
+    acknowledged: Option<String>,
+}
+
+pub(crate) async fn pages(State(state): State<AppState>, headers: HeaderMap, Query(q): Query<PagesNotice>) -> Response {
+    let (ready, v) = signed_in!(state, headers);
+    let store = ready.oncall.store.clone();
+    let open = match tokio::task::spawn_blocking(move || store.open_pages()).await {
+        Ok(Ok(p)) => p,
+        _ => return problem(StatusCode::SERVICE_UNAVAILABLE, Some(&v), "The on-call store did not answer."),
+    };
+    let mut rows: Vec<PageRow> = open
+        .into_iter()
+        .filter(|p| v.who.sees_team(Some(&p.team)))
+        .map(|p| PageRow {
+            id: p.id.to_string(),
+            summary: p.summary.clone(),
+            team: p.team.clone(),
+            status: p.status.name().to_string(),
+            level: p.level_name.clone(),
+            opened: p.opened_at.to_rfc3339(),
+        })
+        .collect();
+    rows.sort_by(|a, b| b.opened.cmp(&a.opened));
+    let page = PagesPage {
+        me: Some(v.who.name.clone()),
+        csrf: v.csrf.clone(),
+        may_act: matches!(v.who.role, TokenRole::Operator | TokenRole::Admin),
+        rows,
+        notice: q.acknowledged.map(|id| format!("Page {id} acknowledged.")).unwrap_or_default(),
+    };
+    html(StatusCode::OK, page.render())
+}
+
+pub(crate) async fn acknowledge(
+    State(state): State<AppState>,
+    headers: HeaderMap,
+    Path(id): Path<String>,
+    form: Result<Form<CsrfForm>, FormRejection>,
+) -> Response {
+    let form = form.ok();
+    let (ready, v) = signed_in!(state, headers);
+    if crate::auth::foreign_origin(&headers).is_some() || form.is_none_or(|f| f.csrf != v.csrf) {
+        return problem(
+            StatusCode::FORBIDDEN,
+            Some(&v),
+            "This form did not come from this dashboard; reload the page and try again.",
+        );
+    }
+    if !matches!(v.who.role, TokenRole::Operator | TokenRole::Admin) {
+        return problem(StatusCode::FORBIDDEN, Some(&v), "Acknowledging a page needs an operator or admin token.");
+    }
+    let Ok(page) = id.parse::<PageId>() else {
+        return problem(StatusCode::NOT_FOUND, Some(&v), format!("No page {id}."));
+    };
+    let store = ready.oncall.store.clone();
+    let found = tokio::task::spawn_blocking(move || store.page(page)).await;
+    if !matches!(&found, Ok(Ok(Some(p))) if v.who.sees_team(Some(&p.team))) {
+        return problem(StatusCode::NOT_FOUND, Some(&v), format!("No page {id}."));
+    }
+    match ready.oncall.call(Input::Acknowledge { page, by: v.who.name.clone() }).await {
+        Ok(_) => Redirect::to(&format!("/ui/pages?acknowledged={page}")).into_response(),
+        Err(e) if e.status == StatusCode::NOT_FOUND => {
+            problem(StatusCode::CONFLICT, Some(&v), format!("Page {id} is no longer open."))
+        }
+        Err(e) => problem(e.status, Some(&v), e.message),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_session_cookie_is_found_among_others_and_sessions_expire_or_close() {
+        let mut h = HeaderMap::new();
+        h.insert(header::COOKIE, HeaderValue::from_static("a=1; drover_session=abc; b=2"));
+        assert_eq!(session_id(&h).as_deref(), Some("abc"));
+        assert_eq!(session_id(&HeaderMap::new()), None);
+        let s = Sessions::default();
+        let (id, csrf) = s.open("tok".into()).unwrap();
+        assert_eq!((id.len(), csrf.len()), (64, 64));
+        assert_ne!(id, csrf);
+        assert_eq!(s.get(&id), Some(("tok".to_string(), csrf)));
+        s.close(&id);
+        assert_eq!(s.get(&id), None);
+    }
+}
