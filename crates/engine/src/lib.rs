@@ -104,6 +104,16 @@ pub struct EngineHealth {
     pub braked: bool,
 }
 
+/// What depends on a component of the lifecycle board: the images whose
+/// manifest holds one of its packages, and the services on those images
+/// or labelled `component=<name>`.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct Dependents {
+    pub images: Vec<String>,
+    /// (service name, its state, its last restore test passed).
+    pub services: Vec<(String, drover_model::ServiceState, bool)>,
+}
+
 /// An open action and what the engine keeps beside it.
 struct OpenAction {
     record: ActionRecord,

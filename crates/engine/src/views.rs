@@ -1,6 +1,6 @@
 //! Read-only views of the fleet for the API.
 
-use crate::{state_index, Engine, EngineHealth, FleetStats};
+use crate::{state_index, Dependents, Engine, EngineHealth, FleetStats};
 use drover_model::{
     ActionRecord, Image, InstanceId, InstanceState, InstanceView, ServiceState, ServiceView, Timestamp,
 };
@@ -195,6 +195,39 @@ impl Engine {
         }
         let out: Vec<EngineHealth> = slots.into_iter().flatten().collect();
         out
+    }
+
+    /// What depends on the component `name` made of `packages` (binary or
+    /// source package names): one pass over the images and the services.
+    pub fn dependents(&self, name: &str, packages: &[String]) -> Dependents {
+        let wanted = |p: &drover_model::Package| packages.iter().any(|w| *w == p.name || *w == p.source);
+        let images: Vec<u32> = self
+            .images
+            .list
+            .iter()
+            .enumerate()
+            .filter(|(_, i)| i.manifest.iter().any(wanted) || packages.iter().any(|w| i.packages.contains_key(w)))
+            .map(|(k, _)| k as u32)
+            .collect();
+        let mut services = Vec::new();
+        for (_, s) in self.services.iter() {
+            if matches!(s.state, ServiceState::Deleting | ServiceState::Deleted) {
+                continue;
+            }
+            let labelled = s.labels.as_deref().is_some_and(|l| l.get("component").is_some_and(|c| c == name));
+            let on_image = images.contains(&s.image)
+                || s.instances
+                    .iter()
+                    .any(|&i| self.instances.get(i).is_some_and(|x| x.state.is_member() && images.contains(&x.image)));
+            if labelled || on_image {
+                services.push((String::from(&*s.name), s.state, s.backups.last_verify_ok == Some(true)));
+            }
+        }
+        services.sort();
+        Dependents {
+            images: images.iter().filter_map(|&k| self.images.list.get(k as usize)).map(|i| i.id.to_string()).collect(),
+            services,
+        }
     }
 
     pub fn images(&self) -> Vec<Image> {

@@ -14,11 +14,13 @@
 //! - `engine`: engine events → alerts.
 //! - `metrics`: weekly pager metrics and their SVG chart.
 //! - `sign`: HMAC-signed acknowledge/resolve links.
+//! - `lifecycle`: the software lifecycle board, its stages and gates.
 //! - `status`: the status site's component states, uptime and incidents.
 
 pub mod config;
 pub mod engine;
 pub mod integrations;
+pub mod lifecycle;
 pub mod metrics;
 pub mod pager;
 pub mod schedule;

@@ -281,6 +281,124 @@ impl Incident {
     }
 }
 
+/// One line of an incident's timeline.
+#[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord)]
+pub struct TimelineEntry {
+    pub at: Timestamp,
+    /// `update`, `page`.
+    pub source: &'static str,
+    pub text: String,
+}
+
+/// The post-incident review, as Markdown, filled with what Drover knows:
+/// the facts, the timeline (the incident's updates and the transitions of
+/// the page it was declared from, in time order), and the sections people
+/// write (impact, what went well, what to improve, action items).
+pub fn review(incident: &Incident, page: &[crate::Transition]) -> String {
+    let mut timeline: Vec<TimelineEntry> = incident
+        .updates
+        .iter()
+        .map(|u| TimelineEntry {
+            at: u.at,
+            source: "update",
+            text: format!("{} ({}): {}", u.status.label(), u.by, u.message),
+        })
+        .collect();
+    timeline.extend(page.iter().map(|t| TimelineEntry {
+        at: t.at,
+        source: "page",
+        text: format!("page {} → {} by {}: {}", t.from, t.to, t.by, t.cause),
+    }));
+    timeline.sort();
+    let duration = incident.resolved_at.map(|r| {
+        let secs = r.since(incident.created_at).as_secs();
+        format!("{}h {:02}m", secs / 3600, (secs % 3600) / 60)
+    });
+    let mut md = format!(
+        "# Post-incident review: {}
+
+",
+        incident.title
+    );
+    md.push_str(&format!(
+        "- **Severity:** {:?}
+",
+        incident.severity
+    ));
+    md.push_str(&format!(
+        "- **Components:** {}
+",
+        if incident.components.is_empty() { "none named".into() } else { incident.components.join(", ") }
+    ));
+    md.push_str(&format!(
+        "- **Declared:** {} by {}
+",
+        incident.created_at, incident.declared_by
+    ));
+    md.push_str(&format!(
+        "- **Incident commander:** {}
+",
+        incident.commander.as_deref().unwrap_or("nobody was on call")
+    ));
+    md.push_str(&format!(
+        "- **Resolved:** {}
+",
+        match (incident.resolved_at, duration) {
+            (Some(at), Some(d)) => format!("{at} (after {d})"),
+            _ => "not yet".into(),
+        }
+    ));
+    if let Some(p) = incident.page {
+        md.push_str(&format!(
+            "- **Page:** {p}
+"
+        ));
+    }
+    md.push_str(
+        "
+## Timeline (UTC)
+
+",
+    );
+    for e in &timeline {
+        md.push_str(&format!(
+            "- {} [{}] {}
+",
+            e.at,
+            e.source,
+            e.text.replace('\n', " ")
+        ));
+    }
+    md.push_str(
+        "
+## Impact
+
+_Who was affected, how, for how long._
+",
+    );
+    md.push_str(
+        "
+## What went well
+
+_\n_
+",
+    );
+    md.push_str(
+        "
+## What to improve
+
+_\n_
+",
+    );
+    md.push_str(
+        "
+## Action items
+
+| Action | Owner | Due |\n|---|---|---|\n| | | |\n",
+    );
+    md
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -310,6 +428,40 @@ mod tests {
             uptime_over(&[day.clone(), quiet]).map(|u| (u * 1e6).round()),
             Some(((1.0 - 44.0 / 2880.0) * 1e6_f64).round())
         );
+    }
+
+    #[test]
+    fn the_review_is_filled_with_the_timeline_in_time_order() {
+        let now = Timestamp(1_800_000_000_000_000);
+        let page = PageId::new_at(now.0, 3);
+        let mut i = Incident::declare(
+            IncidentId::new_at(now.0, 1),
+            "Zone b lost".into(),
+            IncidentSeverity::Critical,
+            vec!["PostgreSQL".into()],
+            None,
+            "alice".into(),
+            Some("ic-bob".into()),
+            Some(page),
+            Timestamp(now.0 + 1_000_000),
+        );
+        i.update(IncidentStatus::Resolved, "Back.".into(), "bob".into(), Timestamp(now.0 + 3_661_000_000)).unwrap();
+        let transitions = vec![crate::Transition {
+            page,
+            at: now,
+            from: "none".into(),
+            to: "triggered".into(),
+            level: 0,
+            by: "engine".into(),
+            cause: "brake engaged in zone-b".into(),
+        }];
+        let md = review(&i, &transitions);
+        assert!(md.starts_with("# Post-incident review: Zone b lost"), "{md}");
+        assert!(md.contains("after 1h 01m") && md.contains("ic-bob"), "{md}");
+        let (page_at, declared_at, resolved_at) =
+            (md.find("[page]").unwrap(), md.find("Investigating (alice)").unwrap(), md.find("Resolved (bob)").unwrap());
+        assert!(page_at < declared_at && declared_at < resolved_at, "time order: {md}");
+        assert!(md.contains("## Action items"));
     }
 
     #[test]

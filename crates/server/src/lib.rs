@@ -30,6 +30,7 @@ pub mod hosts;
 pub mod http;
 mod images;
 mod labels;
+pub mod lifecycle;
 pub mod listen;
 mod maintenance;
 pub mod oncall;

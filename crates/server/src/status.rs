@@ -540,6 +540,33 @@ pub(crate) async fn show(State(state): State<AppState>, Path(id): Path<String>) 
         .ok_or_else(|| ApiError::not_found(format!("no incident {id}")))
 }
 
+/// The post-incident review template, filled with the incident's timeline
+/// (its updates and the transitions of the page it was declared from).
+#[utoipa::path(get, path = "/v1/incidents/{id}/review", tag = "status",
+    params(("id" = String, Path, description = "Incident id (UUID)")),
+    responses((status = 200, description = "The review, Markdown", content_type = "text/markdown", body = String),
+        (status = 404, body = crate::error::ErrorBody)))]
+pub(crate) async fn review(State(state): State<AppState>, Path(id): Path<String>) -> Result<Response, ApiError> {
+    let ready = state.ready()?;
+    let id = parse_incident_id(&id)?;
+    let store = ready.oncall.store.clone();
+    let found = blocking(move || {
+        let Some(incident) = store.incident(id)? else { return Ok(None) };
+        let transitions = match incident.page {
+            Some(p) => store.transitions(p)?,
+            None => Vec::new(),
+        };
+        Ok(Some((incident, transitions)))
+    })
+    .await?;
+    let (incident, transitions) = found.ok_or_else(|| ApiError::not_found(format!("no incident {id}")))?;
+    Ok((
+        [(header::CONTENT_TYPE, HeaderValue::from_static("text/markdown; charset=utf-8"))],
+        drover_oncall::status::review(&incident, &transitions),
+    )
+        .into_response())
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -148,6 +148,16 @@ async fn an_incident_and_its_updates_appear_on_the_status_page_and_in_its_feed()
     assert_eq!(status, 404);
     let (status, _) = t.get(&format!("/v1/incidents/{}", uuid_like())).await;
     assert_eq!(status, 404);
+    // The review template, filled with the timeline.
+    let r = t.http.get(t.at(&format!("/v1/incidents/{id}/review"))).send().await.unwrap();
+    assert_eq!(r.status().as_u16(), 200);
+    let md = r.text().await.unwrap();
+    assert!(md.starts_with("# Post-incident review: Slow commits in zone b"), "{md}");
+    assert!(
+        md.contains("Identified (admin): A disk <b>filled</b> on one host.")
+            && md.contains("Resolved (admin): Space freed."),
+        "{md}"
+    );
     // The company-wide feed got every update too.
     let (_, posts) = t.get("/v1/pager/feed").await;
     let texts: Vec<&str> = posts.as_array().unwrap().iter().filter_map(|p| p["text"].as_str()).collect();

@@ -4,6 +4,7 @@
 
 use crate::oncall::{OncallStore, OncallStoreError};
 use drover_model::{IncidentId, Timestamp};
+use drover_oncall::lifecycle::Component;
 use drover_oncall::status::{ComponentState, Incident, UptimeDay};
 use rusqlite::{params, OptionalExtension};
 
@@ -113,6 +114,38 @@ impl OncallStore {
             })
         })?;
         Ok(rows.collect::<Result<_, _>>()?)
+    }
+}
+
+impl OncallStore {
+    /// Stores a component of the lifecycle board (new or changed).
+    pub fn put_component(&self, c: &Component) -> Result<(), OncallStoreError> {
+        let body = serde_json::to_string(c).map_err(|e| OncallStoreError::Corrupt(e.to_string()))?;
+        self.conn().execute(
+            "INSERT INTO components (name, body) VALUES (?1, ?2) ON CONFLICT (name) DO UPDATE SET body = excluded.body",
+            params![c.name, body],
+        )?;
+        Ok(())
+    }
+
+    pub fn component(&self, name: &str) -> Result<Option<Component>, OncallStoreError> {
+        let body: Option<String> = self
+            .conn()
+            .query_row("SELECT body FROM components WHERE name = ?1", params![name], |r| r.get(0))
+            .optional()?;
+        body.map(|b| serde_json::from_str(&b).map_err(|e| OncallStoreError::Corrupt(e.to_string()))).transpose()
+    }
+
+    /// Every component, by name.
+    pub fn components(&self) -> Result<Vec<Component>, OncallStoreError> {
+        let conn = self.conn();
+        let mut stmt = conn.prepare("SELECT body FROM components ORDER BY name")?;
+        let rows = stmt.query_map([], |r| r.get::<_, String>(0))?;
+        let mut out = Vec::new();
+        for body in rows {
+            out.push(serde_json::from_str(&body?).map_err(|e| OncallStoreError::Corrupt(e.to_string()))?);
+        }
+        Ok(out)
     }
 }
 
