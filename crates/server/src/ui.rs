@@ -492,6 +492,118 @@ pub(crate) async fn service_fragment(
 }
 
 // ----------------------------------------------------------------------
+// Rollouts and images
+// ----------------------------------------------------------------------
+
+struct RolloutRow {
+    id: String,
+    state: String,
+    image: String,
+    done: u64,
+    total: u64,
+    failed: u64,
+    moving: u64,
+    wave: String,
+    eta: String,
+    reason: String,
+}
+
+#[derive(Template)]
+#[template(path = "ui/rollouts_live.html")]
+struct RolloutsLive {
+    rows: Vec<RolloutRow>,
+}
+
+#[derive(Template)]
+#[template(path = "ui/rollouts.html")]
+struct RolloutsPage {
+    me: Option<String>,
+    csrf: String,
+    live: String,
+}
+
+async fn rollouts_live(ready: &Ready) -> Result<String, Response> {
+    let now = drover_model::Timestamp(crate::actor::now().0);
+    let Ok(views) = ready.engine.query(move |e| e.rollout_views(now)).await else {
+        return Err(problem(StatusCode::SERVICE_UNAVAILABLE, None, "The engine did not answer."));
+    };
+    let mut rows: Vec<RolloutRow> = views
+        .into_iter()
+        .map(|r| RolloutRow {
+            id: r.id.to_string(),
+            state: serde_json::to_value(r.state).ok().and_then(|v| v.as_str().map(str::to_string)).unwrap_or_default(),
+            image: r.to_image.to_string(),
+            done: r.done,
+            total: r.total,
+            failed: r.failed,
+            moving: r.moving,
+            wave: format!("{} of {}", (r.wave as usize + 1).min(r.waves.len().max(1)), r.waves.len().max(1)),
+            eta: r.eta_seconds.map(|s| format!("{}m {:02}s", s / 60, s % 60)).unwrap_or_else(|| "—".into()),
+            reason: r.reason.unwrap_or_default(),
+        })
+        .collect();
+    rows.reverse();
+    RolloutsLive { rows }
+        .render()
+        .map_err(|e| problem(StatusCode::INTERNAL_SERVER_ERROR, None, format!("cannot render: {e}")))
+}
+
+pub(crate) async fn rollouts(State(state): State<AppState>, headers: HeaderMap) -> Response {
+    let (ready, v) = signed_in!(state, headers);
+    match rollouts_live(ready).await {
+        Ok(live) => {
+            html(StatusCode::OK, RolloutsPage { me: Some(v.who.name.clone()), csrf: v.csrf.clone(), live }.render())
+        }
+        Err(r) => r,
+    }
+}
+
+pub(crate) async fn rollouts_fragment(State(state): State<AppState>, headers: HeaderMap) -> Response {
+    let Ok(ready) = state.ready() else { return StatusCode::SERVICE_UNAVAILABLE.into_response() };
+    if viewer(ready, &headers).is_none() {
+        return StatusCode::UNAUTHORIZED.into_response();
+    }
+    match rollouts_live(ready).await {
+        Ok(live) => html(StatusCode::OK, Ok(live)),
+        Err(r) => r,
+    }
+}
+
+struct ImageRow {
+    id: String,
+    engine: String,
+    version: String,
+    settings: String,
+    packages: usize,
+}
+
+#[derive(Template)]
+#[template(path = "ui/images.html")]
+struct ImagesPage {
+    me: Option<String>,
+    csrf: String,
+    rows: Vec<ImageRow>,
+}
+
+pub(crate) async fn images(State(state): State<AppState>, headers: HeaderMap) -> Response {
+    let (ready, v) = signed_in!(state, headers);
+    let Ok(list) = ready.engine.query(|e| e.images()).await else {
+        return problem(StatusCode::SERVICE_UNAVAILABLE, Some(&v), "The engine did not answer.");
+    };
+    let rows = list
+        .iter()
+        .map(|i| ImageRow {
+            id: i.id.to_string(),
+            engine: i.engine.as_str().to_string(),
+            version: i.version.clone(),
+            settings: i.settings.iter().map(|(k, v)| format!("{k}={v}")).collect::<Vec<_>>().join(", "),
+            packages: i.manifest.len(),
+        })
+        .collect();
+    html(StatusCode::OK, ImagesPage { me: Some(v.who.name.clone()), csrf: v.csrf.clone(), rows }.render())
+}
+
+// ----------------------------------------------------------------------
 // Pages
 // ----------------------------------------------------------------------
 

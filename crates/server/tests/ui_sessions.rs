@@ -93,6 +93,13 @@ async fn sessions_end_with_their_token_and_forms_need_the_session_the_origin_and
     let (_, service) = t.get("/v1/services/ui1").await;
     let id = service["instances"][0]["id"].as_str().unwrap();
     assert!(html.contains(id), "the instance's full id: {html}");
+    let (status, html) = get(&t, Some(&cookie), "/ui/images").await;
+    assert_eq!(status, 200);
+    let (_, images) = t.get("/v1/images").await;
+    assert!(html.contains(images[0]["id"].as_str().unwrap()), "every image listed: {html}");
+    let (status, html) = get(&t, Some(&cookie), "/ui/rollouts").await;
+    assert_eq!((status, html.contains("data-refresh=\"/ui/rollouts/live\"")), (200, true), "{html}");
+    assert_eq!(get(&t, None, "/ui/rollouts/live").await.0, 401, "no session: no fragment");
     let (status, html) = get(&t, Some(&cookie), "/ui/pages").await;
     assert_eq!(status, 200);
     assert!(html.contains("disk almost full"));
