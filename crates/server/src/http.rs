@@ -449,6 +449,7 @@ pub(crate) async fn post_heartbeats(
     }
     // Provider beats are counted where they arrive (`runtime`).
     metrics::counter!(telemetry::HEARTBEATS_RECEIVED).increment(batch.beats.len() as u64);
+    ready.agents.note_ports(&batch.beats);
     match ready.engine.call(Input::Heartbeats(batch.beats)).await? {
         Reply::Heartbeats(receipt) => Ok(Json(receipt)),
         other => Err(unexpected(other)),
