@@ -132,8 +132,9 @@ impl Fleet {
         for (i, zone) in ["zone-a", "zone-b", "zone-c"].iter().enumerate() {
             let name = format!("h{}", i + 1);
             let address = format!("127.0.0.{}", i + 2);
-            let token = create_token(&admin, &api, json!({"name": format!("agent-{name}"), "role": "agent", "host": name}))
-                .await;
+            let token =
+                create_token(&admin, &api, json!({"name": format!("agent-{name}"), "role": "agent", "host": name}))
+                    .await;
             agents.push((name.clone(), HostAgent::spawn(tmp.path(), &api, &name, zone, &address, &token)));
         }
         wait_for(Duration::from_secs(30), "three hosts registered", &serve, || {
@@ -237,10 +238,14 @@ async fn members_on_two_hosts_replicate_synchronously_over_tcp_and_switch_over()
     let (primary, follower) = fleet.wait_pair("db1", "db1 available on two hosts", Duration::from_secs(180)).await;
     let (p_host, f_host) = (primary["host"].as_str().unwrap(), follower["host"].as_str().unwrap());
     assert_ne!(p_host, f_host, "never two members of one service on one host");
-    let (p_socket, p_port) = fleet.agent(p_host).socket_of(primary["id"].as_str().unwrap()).expect("primary in its registry");
+    let (p_socket, p_port) =
+        fleet.agent(p_host).socket_of(primary["id"].as_str().unwrap()).expect("primary in its registry");
     let (f_socket, f_port) =
         fleet.agent(f_host).socket_of(follower["id"].as_str().unwrap()).expect("follower in its registry");
-    assert!(fleet.agent(f_host).socket_of(primary["id"].as_str().unwrap()).is_none(), "the follower's host built no primary");
+    assert!(
+        fleet.agent(f_host).socket_of(primary["id"].as_str().unwrap()).is_none(),
+        "the follower's host built no primary"
+    );
 
     // The follower streams over TCP from its own host's address, and the
     // primary's agent made it synchronous.
@@ -251,7 +256,10 @@ async fn members_on_two_hosts_replicate_synchronously_over_tcp_and_switch_over()
             let rows = standbys(&p_socket, p_port).await;
             rows.iter()
                 .any(|(name, addr, state, sync)| {
-                    name == &f_id && addr.starts_with("127.") && state == "streaming" && (sync == "quorum" || sync == "sync")
+                    name == &f_id
+                        && addr.starts_with("127.")
+                        && state == "streaming"
+                        && (sync == "quorum" || sync == "sync")
                 })
                 .then_some(rows)
         }
@@ -328,24 +336,28 @@ async fn members_on_two_hosts_replicate_synchronously_over_tcp_and_switch_over()
     .await;
     let old_primary = primary["id"].as_str().unwrap().to_string();
     let fleet_ref = &fleet;
-    let (new_primary, new_follower) = wait_for(Duration::from_secs(180), "switched over with a new follower", &fleet.serve, || {
-        let old_primary = old_primary.clone();
-        async move {
-            let s = fleet_ref.service("db1").await?;
-            let instances = s["instances"].as_array()?;
-            let primary = instances.iter().find(|i| {
-                i["role"] == "primary" && i["writable"] == true && i["state"] == "available" && i["id"] != old_primary.as_str()
-            })?;
-            let follower = instances.iter().find(|i| {
-                i["role"] == "follower"
-                    && i["state"] == "available"
-                    && i["facts"]["upstream_streaming"] == true
-                    && i["host"] != primary["host"]
-            })?;
-            (s["state"] == "available").then(|| (primary.clone(), follower.clone()))
-        }
-    })
-    .await;
+    let (new_primary, new_follower) =
+        wait_for(Duration::from_secs(180), "switched over with a new follower", &fleet.serve, || {
+            let old_primary = old_primary.clone();
+            async move {
+                let s = fleet_ref.service("db1").await?;
+                let instances = s["instances"].as_array()?;
+                let primary = instances.iter().find(|i| {
+                    i["role"] == "primary"
+                        && i["writable"] == true
+                        && i["state"] == "available"
+                        && i["id"] != old_primary.as_str()
+                })?;
+                let follower = instances.iter().find(|i| {
+                    i["role"] == "follower"
+                        && i["state"] == "available"
+                        && i["facts"]["upstream_streaming"] == true
+                        && i["host"] != primary["host"]
+                })?;
+                (s["state"] == "available").then(|| (primary.clone(), follower.clone()))
+            }
+        })
+        .await;
     assert_eq!(new_primary["host"], f_host, "the follower was promoted where it ran");
     let (np_socket, np_port) = fleet.agent(f_host).socket_of(new_primary["id"].as_str().unwrap()).unwrap();
     let nf_host = new_follower["host"].as_str().unwrap();
@@ -356,7 +368,10 @@ async fn members_on_two_hosts_replicate_synchronously_over_tcp_and_switch_over()
             let rows = standbys(&np_socket, np_port).await;
             rows.iter()
                 .any(|(name, addr, state, sync)| {
-                    name == &nf_id && addr.starts_with("127.") && state == "streaming" && (sync == "quorum" || sync == "sync")
+                    name == &nf_id
+                        && addr.starts_with("127.")
+                        && state == "streaming"
+                        && (sync == "quorum" || sync == "sync")
                 })
                 .then_some(())
         }

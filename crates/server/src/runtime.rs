@@ -114,9 +114,10 @@ impl Dispatcher {
         let primary = (*role == drover_model::Role::Follower)
             .then(|| {
                 let view = engine.service_view(service_name)?;
-                let primary = view.instances.iter().find(|i| {
-                    i.role == drover_model::Role::Primary && !i.fenced && i.id != action.instance
-                })?;
+                let primary = view
+                    .instances
+                    .iter()
+                    .find(|i| i.role == drover_model::Role::Primary && !i.fenced && i.id != action.instance)?;
                 let address = engine.host_record(primary.host.as_deref()?)?.address;
                 Some((primary.id, address))
             })
@@ -160,7 +161,8 @@ impl Dispatcher {
                 Some(PendingReplication { password, primary: None }) => Some(Replication { password, primary: None }),
                 Some(PendingReplication { password, primary: Some((primary, address)) }) => {
                     let deadline = action.deadline.0 - now().0;
-                    let until = tokio::time::Instant::now() + std::time::Duration::from_micros(deadline.max(0) as u64 / 2);
+                    let until =
+                        tokio::time::Instant::now() + std::time::Duration::from_micros(deadline.max(0) as u64 / 2);
                     let mut port = agents.port(primary);
                     while port.is_none() && tokio::time::Instant::now() < until {
                         tokio::time::sleep(PRIMARY_PORT_POLL).await;

@@ -71,7 +71,11 @@ impl Inner {
         outcome
     }
 
-    async fn execute_postgres(self: &Arc<Self>, action: &ActionRecord, replication: Option<super::Replication>) -> Done {
+    async fn execute_postgres(
+        self: &Arc<Self>,
+        action: &ActionRecord,
+        replication: Option<super::Replication>,
+    ) -> Done {
         let id = action.instance;
         match &action.kind {
             ActionKind::Provision { role, service_name, sync, settings, restore_from, read_slot, .. } => {
@@ -449,12 +453,7 @@ impl Inner {
             // instance (never in a conninfo, a command line or a log).
             (Some(super::Replication { password, primary: Some(upstream) }), _) => {
                 let passfile = entry.dir.join(postgres::REPLICATION_PASSFILE);
-                postgres::write_owned(
-                    &self.run_as,
-                    &passfile,
-                    &postgres::passfile_line(upstream, password),
-                    0o600,
-                )?;
+                postgres::write_owned(&self.run_as, &passfile, &postgres::passfile_line(upstream, password), 0o600)?;
                 postgres::remote_primary_conninfo(upstream, &passfile, &entry_id_name(entry))
             }
             (_, Some(primary)) => postgres::primary_conninfo(primary, &entry_id_name(entry)),
@@ -504,7 +503,9 @@ impl Inner {
             registry
                 .services
                 .iter()
-                .filter(|(_, s)| s.sync && s.primary.and_then(|p| registry.instances.get(&p)).is_some_and(|e| e.should_run()))
+                .filter(|(_, s)| {
+                    s.sync && s.primary.and_then(|p| registry.instances.get(&p)).is_some_and(|e| e.should_run())
+                })
                 .map(|(id, s)| (*id, s.name.clone()))
                 .collect()
         };
@@ -534,7 +535,9 @@ impl Inner {
                 Ok(true)
             };
             match check.await {
-                Ok(true) => tracing::info!(service = %name, "synchronous replication on (strict: kept while no follower streams)"),
+                Ok(true) => {
+                    tracing::info!(service = %name, "synchronous replication on (strict: kept while no follower streams)")
+                }
                 Ok(false) => {}
                 Err(error) => tracing::debug!(service = %name, %error, "cannot check synchronous replication"),
             }
