@@ -424,9 +424,10 @@ pub(crate) async fn post_heartbeats(
         let silent_and_empty = ready
             .engine
             .query(move |engine| {
-                let record = engine.host_record(&name)?;
+                // Cheap first: only an uncertain host's instances are counted.
+                let record = engine.host_record(&name).filter(|r| r.state == drover_model::HostState::Uncertain)?;
                 let view = engine.host_views().into_iter().find(|v| v.name == name)?;
-                (record.state == drover_model::HostState::Uncertain && view.instances == 0).then_some(record)
+                (view.instances == 0).then_some(record)
             })
             .await?;
         if let Some(record) = silent_and_empty {
