@@ -32,6 +32,7 @@ pub struct Facts {
     /// Not kept by the engine (the control plane's shell remembers the
     /// last one heard).
     #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schema(minimum = 0, maximum = 65535)]
     pub port: Option<u16>,
 }
 
