@@ -14,7 +14,6 @@
 use crate::control_plane::ControlPlane;
 use drover_model::{ActionId, ActionOutcome, ActionRecord};
 use drover_providers::local::LocalProvider;
-use drover_providers::Provider;
 use serde_json::Value;
 use std::collections::HashSet;
 use std::path::{Path, PathBuf};
@@ -103,7 +102,7 @@ pub async fn run(control_plane: Arc<ControlPlane>, host: String, provider: Arc<L
                 continue;
             }
         };
-        for (seq, action) in batch {
+        for (seq, action, replication) in batch {
             after = after.max(seq);
             let key = (action.id, action.attempts);
             if !running.lock().unwrap_or_else(PoisonError::into_inner).insert(key) {
@@ -112,7 +111,7 @@ pub async fn run(control_plane: Arc<ControlPlane>, host: String, provider: Arc<L
             let (control_plane, host, provider, dir, running) =
                 (control_plane.clone(), host.clone(), provider.clone(), dir.clone(), running.clone());
             tokio::spawn(async move {
-                carry_out(&control_plane, &host, &provider, &dir, action).await;
+                carry_out(&control_plane, &host, &provider, &dir, action, replication).await;
                 running.lock().unwrap_or_else(PoisonError::into_inner).remove(&key);
             });
         }
@@ -125,6 +124,7 @@ async fn carry_out(
     provider: &LocalProvider,
     dir: &Path,
     action: ActionRecord,
+    replication: Option<drover_providers::local::Replication>,
 ) {
     let (id, attempt) = (action.id, action.attempts);
     let outcome = match read_outcome(dir, id) {
@@ -135,7 +135,7 @@ async fn carry_out(
         _ => {
             let kind = action.kind.name();
             tracing::info!(action = %id, kind, instance = %action.instance, attempt, "carrying out action");
-            let outcome = provider.execute(action).await;
+            let outcome = provider.execute_with(action, replication).await;
             if let Err(error) = write_outcome(dir, id, attempt, &outcome) {
                 tracing::error!(action = %id, %error, "cannot keep the action's outcome; answering anyway");
             }

@@ -157,7 +157,7 @@ impl ControlPlane {
         host: &str,
         after: u64,
         wait: Duration,
-    ) -> Result<Vec<(u64, drover_model::ActionRecord)>, String> {
+    ) -> Result<Vec<(u64, drover_model::ActionRecord, Option<drover_providers::local::Replication>)>, String> {
         let url = format!("{}/v1/hosts/{host}/actions?after={after}&wait_ms={}", self.base, wait.as_millis());
         let response =
             self.http.get(&url).timeout(wait + MAX_REQUEST_TIMEOUT).send().await.map_err(|e| error_chain(&e))?;
@@ -169,8 +169,11 @@ impl ControlPlane {
         for queued in body.get("actions").and_then(Value::as_array).into_iter().flatten() {
             let seq = queued.get("seq").and_then(Value::as_u64).unwrap_or(0);
             match queued.get("action").cloned().map(serde_json::from_value::<drover_model::ActionRecord>) {
-                Some(Ok(action)) => actions.push((seq, action)),
-                _ => tracing::warn!(%queued, "an action this agent cannot read; skipped"),
+                Some(Ok(action)) => {
+                    let replication = queued.get("replication").cloned().and_then(|r| serde_json::from_value(r).ok());
+                    actions.push((seq, action, replication))
+                }
+                _ => tracing::warn!(seq, "an action this agent cannot read; skipped"),
             }
         }
         Ok(actions)

@@ -68,6 +68,11 @@ pub enum AgentError {
     Provider(#[from] drover_providers::ProviderError),
 }
 
+/// How often the primaries of this host are looked at for strict
+/// synchronous replication (`LocalProvider::hold_strict_sync`): the
+/// heartbeat cadence, so a new follower counts within a beat.
+const STRICT_SYNC_INTERVAL: Duration = Duration::from_millis(250);
+
 /// Runs until `shutdown` completes. Network and database errors are
 /// logged and retried next round, never fatal.
 pub async fn run(options: Options, shutdown: impl Future<Output = ()>) -> Result<(), AgentError> {
@@ -82,10 +87,20 @@ pub async fn run(options: Options, shutdown: impl Future<Output = ()>) -> Result
             &options.token,
             options.ca_cert.as_deref(),
         )?);
-        let provider = drover_providers::local::LocalProvider::open(
-            &options.data_dir,
-            drover_providers::local::LocalConfig::default(),
-        )?;
+        // Its servers listen on the host's address too: followers on other
+        // hosts stream from them over TCP.
+        let config = drover_providers::local::LocalConfig {
+            listen_address: Some(host.address.clone()),
+            ..drover_providers::local::LocalConfig::default()
+        };
+        let provider = drover_providers::local::LocalProvider::open(&options.data_dir, config)?;
+        let sync_provider = provider.clone();
+        tokio::spawn(async move {
+            loop {
+                tokio::time::sleep(STRICT_SYNC_INTERVAL).await;
+                sync_provider.hold_strict_sync().await;
+            }
+        });
         let (host, data_dir) = (host.clone(), options.data_dir.clone());
         // In the background: the lease is held meanwhile, even while the
         // control plane is out of reach.
@@ -157,6 +172,10 @@ impl Agent {
             Err(error) => tracing::warn!(%error, "cannot read the local registry; using the last instances read"),
         }
         let mut facts = probe_host(&self.instances, self.probe_timeout).await;
+        // Where other hosts reach each server (followers elsewhere stream from it).
+        for (id, f) in &mut facts {
+            f.port = self.instances.iter().find(|(i, _)| i == id).map(|(_, info)| info.port);
+        }
         let primaries: Vec<(InstanceId, bool)> = facts
             .iter()
             .filter(|(_, f)| f.role == Some(Role::Primary))

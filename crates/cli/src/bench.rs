@@ -153,6 +153,7 @@ fn beats(chunk: &[(InstanceId, Role)], seq: u64) -> Vec<Beat> {
                 upstream_streaming: (role == Role::Follower).then_some(true),
                 connections: Some(12),
                 last_backup_at: None,
+                port: None,
             },
         })
         .collect()

@@ -228,6 +228,7 @@ impl Inst {
             },
             connections: self.reported.connections(),
             last_backup_at: self.reported.last_backup_at().map(Timestamp),
+            port: None,
         }
     }
 }

@@ -27,6 +27,13 @@ pub struct Facts {
     pub connections: Option<u32>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub last_backup_at: Option<Timestamp>,
+    /// The TCP port the server listens on at its host's address: an agent
+    /// host reports it so followers on other hosts can be pointed at it.
+    /// Not kept by the engine (the control plane's shell remembers the
+    /// last one heard).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schema(minimum = 0, maximum = 65535)]
+    pub port: Option<u16>,
 }
 
 /// One heartbeat: `seq` grows with every beat an agent sends for an instance,

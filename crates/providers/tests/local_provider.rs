@@ -36,6 +36,7 @@ fn test_config() -> LocalConfig {
         archive_command: None,
         redis_maxmemory: None,
         backups: None,
+        listen_address: None,
     }
 }
 

@@ -17,6 +17,7 @@ use crate::state::AppState;
 use axum::extract::{Query, State};
 use axum::http::StatusCode;
 use drover_model::{ActionId, ActionOutcome, ActionRecord};
+use drover_providers::local::Replication;
 use drover_providers::BoxFuture;
 use serde::{Deserialize, Serialize};
 use std::collections::{BTreeMap, HashMap};
@@ -33,6 +34,7 @@ pub const DEFAULT_WAIT: Duration = Duration::from_secs(10);
 struct Pending {
     seq: u64,
     record: ActionRecord,
+    replication: Option<Replication>,
     answer: oneshot::Sender<ActionOutcome>,
 }
 
@@ -54,6 +56,9 @@ pub struct AgentChannel {
 struct Channel {
     hosts: HashMap<String, HostQueue>,
     seq: u64,
+    /// The port each instance on an agent host listens on, as its agent's
+    /// heartbeats last said (memory only: beats say it again every round).
+    ports: HashMap<drover_model::InstanceId, u16>,
 }
 
 /// One action as the agent receives it: `seq` orders the host's actions,
@@ -62,6 +67,11 @@ struct Channel {
 pub struct QueuedAction {
     pub seq: u64,
     pub action: ActionRecord,
+    /// Beside a PostgreSQL Provision: the service's replication password
+    /// and, for a follower, its primary's address and port on another host.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schema(value_type = Option<Object>)]
+    pub replication: Option<Replication>,
 }
 
 /// What `GET /v1/hosts/{name}/actions` answers.
@@ -97,7 +107,12 @@ impl AgentChannel {
     /// with the agent's outcome, or with a retryable failure when the agent
     /// does not answer before the attempt's deadline (the engine then tries
     /// again, maybe elsewhere once the host is judged lost).
-    pub fn execute(&self, host: String, action: ActionRecord) -> BoxFuture<ActionOutcome> {
+    pub fn execute(
+        &self,
+        host: String,
+        action: ActionRecord,
+        replication: Option<Replication>,
+    ) -> BoxFuture<ActionOutcome> {
         let (tx, rx) = oneshot::channel();
         let deadline_micros = action.deadline.0 - crate::runtime::now().0;
         {
@@ -105,7 +120,7 @@ impl AgentChannel {
             channel.seq += 1;
             let seq = channel.seq;
             let queue = channel.hosts.entry(host.clone()).or_default();
-            queue.pending.insert(action.id, Pending { seq, record: action, answer: tx });
+            queue.pending.insert(action.id, Pending { seq, record: action, replication, answer: tx });
             queue.notify.notify_waiters();
         }
         let wait = Duration::from_micros(deadline_micros.max(0) as u64) + Duration::from_millis(200);
@@ -136,7 +151,7 @@ impl AgentChannel {
                     .pending
                     .values()
                     .filter(|p| p.seq > after)
-                    .map(|p| QueuedAction { seq: p.seq, action: p.record.clone() })
+                    .map(|p| QueuedAction { seq: p.seq, action: p.record.clone(), replication: p.replication.clone() })
                     .collect();
                 if !ready.is_empty() {
                     let mut ready = ready;
@@ -156,6 +171,24 @@ impl AgentChannel {
                 return Vec::new();
             }
         }
+    }
+
+    /// Remembers the ports the beats of an agent report.
+    pub fn note_ports(&self, beats: &[drover_model::Beat]) {
+        if beats.iter().all(|b| b.facts.port.is_none()) {
+            return;
+        }
+        let mut channel = self.lock();
+        for beat in beats {
+            if let Some(port) = beat.facts.port {
+                channel.ports.insert(beat.instance, port);
+            }
+        }
+    }
+
+    /// The port instance `id` was last reported listening on.
+    pub fn port(&self, id: drover_model::InstanceId) -> Option<u16> {
+        self.lock().ports.get(&id).copied()
     }
 
     fn has_after(&self, host: &str, after: u64) -> bool {

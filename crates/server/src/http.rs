@@ -415,6 +415,32 @@ pub(crate) async fn post_heartbeats(
     Json(batch): Json<HeartbeatBatch>,
 ) -> Result<Json<HeartbeatReceipt>, ApiError> {
     let ready = state.ready()?;
+    // An agent host whose instances all fell silent turned uncertain; once
+    // none is left on it (replaced elsewhere, terminated), no instance's
+    // beat can make it ready again, but its agent's batch still arrives:
+    // that is the host heard (as if it registered again).
+    if let Some(host) = caller.host.clone().filter(|h| *h != ready.host) {
+        let name = host.clone();
+        let silent_and_empty = ready
+            .engine
+            .query(move |engine| {
+                // Cheap first: only an uncertain host's instances are counted.
+                let record = engine.host_record(&name).filter(|r| r.state == drover_model::HostState::Uncertain)?;
+                let view = engine.host_views().into_iter().find(|v| v.name == name)?;
+                (view.instances == 0).then_some(record)
+            })
+            .await?;
+        if let Some(record) = silent_and_empty {
+            let register = drover_model::RegisterHost {
+                name: record.name,
+                zone: record.zone,
+                address: record.address,
+                capacity: record.capacity,
+            };
+            tracing::info!(%host, "an empty agent host is heard again: ready");
+            ready.engine.call(caller.command(Command::RegisterHost { host: register, builtin: false })).await?;
+        }
+    }
     if batch.beats.is_empty() {
         return Ok(Json(HeartbeatReceipt::default()));
     }
@@ -449,6 +475,7 @@ pub(crate) async fn post_heartbeats(
     }
     // Provider beats are counted where they arrive (`runtime`).
     metrics::counter!(telemetry::HEARTBEATS_RECEIVED).increment(batch.beats.len() as u64);
+    ready.agents.note_ports(&batch.beats);
     match ready.engine.call(Input::Heartbeats(batch.beats)).await? {
         Reply::Heartbeats(receipt) => Ok(Json(receipt)),
         other => Err(unexpected(other)),

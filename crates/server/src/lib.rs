@@ -389,7 +389,8 @@ async fn start_up(
     let agent_channel = agents::AgentChannel::default();
     let builtin_host_name = (!opts.agents_only).then(host_name);
     let dispatcher = runtime::Dispatcher::new(providers.clone(), default_provider, handle.clone())
-        .with_agents(agent_channel.clone(), builtin_host_name);
+        .with_agents(agent_channel.clone(), builtin_host_name)
+        .with_replication_key(key.clone());
     let (pager_wakeup, wakeup) =
         runtime::pager_wakeup(|e| drover_oncall::engine::is_relevant(e) || drover_oncall::engine::is_announcement(e));
     let mut machine =

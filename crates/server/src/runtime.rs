@@ -11,6 +11,7 @@ use crate::error::ApiError;
 use crate::telemetry;
 use drover_engine::{Dispatch, Engine, Input, Outputs, Reply};
 use drover_model::{ActionOutcome, Changes, Timestamp};
+use drover_providers::local::{Replication, UpstreamAddress};
 use drover_providers::{Provider, ProviderEvent};
 use drover_store::Store;
 use std::collections::HashMap;
@@ -59,6 +60,9 @@ pub struct Dispatcher {
     /// (None: a control plane with no host of its own, `--no-local`).
     agents: crate::agents::AgentChannel,
     builtin_host: Option<String>,
+    /// Derives each service's replication password for its members on
+    /// agent hosts (see [`Dispatcher::replication_for`]).
+    replication_key: Option<drover_secrets::SecretKey>,
 }
 
 impl Dispatcher {
@@ -74,6 +78,7 @@ impl Dispatcher {
             in_flight: Arc::new(Semaphore::new(MAX_ACTIONS_IN_FLIGHT)),
             agents: Default::default(),
             builtin_host: None,
+            replication_key: None,
         }
     }
 
@@ -85,6 +90,41 @@ impl Dispatcher {
         self
     }
 
+    /// The key the replication passwords of services on agent hosts are
+    /// derived from (HMAC of the service id).
+    pub fn with_replication_key(mut self, key: drover_secrets::SecretKey) -> Self {
+        self.replication_key = Some(key);
+        self
+    }
+
+    /// What a PostgreSQL member built on an agent host needs to replicate
+    /// with members on other hosts: the service's replication password
+    /// (derived, never stored) and, for a follower, where its primary is
+    /// reached (its host's address; the port its agent reports, looked up
+    /// when the action is queued, see [`Dispatcher::to_agent`]).
+    fn replication_for(&self, engine: &Engine, action: &drover_model::ActionRecord) -> Option<PendingReplication> {
+        let drover_model::ActionKind::Provision { role, engine: kind, service_name, .. } = &action.kind else {
+            return None;
+        };
+        if *kind != drover_model::EngineKind::Postgres {
+            return None;
+        }
+        let key = self.replication_key.as_ref()?;
+        let password = replication_password(key, action.service);
+        let primary = (*role == drover_model::Role::Follower)
+            .then(|| {
+                let view = engine.service_view(service_name)?;
+                let primary = view
+                    .instances
+                    .iter()
+                    .find(|i| i.role == drover_model::Role::Primary && !i.fenced && i.id != action.instance)?;
+                let address = engine.host_record(primary.host.as_deref()?)?.address;
+                Some((primary.id, address))
+            })
+            .flatten();
+        Some(PendingReplication { password, primary })
+    }
+
     /// Dispatches `actions`, each to the agent of its instance's host
     /// (`engine` says which) unless that is the built-in host or none.
     pub fn dispatch_routed(&self, engine: &Engine, actions: Vec<Dispatch>) {
@@ -93,7 +133,8 @@ impl Dispatcher {
             let host = engine.instance_host(dispatch.action.instance);
             match host {
                 Some(host) if self.builtin_host.as_deref() != Some(host) => {
-                    self.to_agent(host.to_string(), dispatch.action)
+                    let replication = self.replication_for(engine, &dispatch.action);
+                    self.to_agent(host.to_string(), dispatch.action, replication)
                 }
                 _ => here.push(dispatch),
             }
@@ -101,16 +142,37 @@ impl Dispatcher {
         self.dispatch(here);
     }
 
-    fn to_agent(&self, host: String, action: drover_model::ActionRecord) {
+    /// Queues `action` for the agent of `host`. A follower whose primary
+    /// has not reported its port yet (both were decided together: the
+    /// primary is still being built) waits for it, within the attempt's
+    /// deadline, before it is queued; past that it goes without, and the
+    /// agent fails the attempt retryably.
+    fn to_agent(&self, host: String, action: drover_model::ActionRecord, replication: Option<PendingReplication>) {
         let kind = action.kind.name();
         metrics::counter!(telemetry::ACTIONS_DISPATCHED, "kind" => kind).increment(1);
         tracing::info!(action = %action.id, kind, instance = %action.instance, attempt = action.attempts,
             %host, "dispatching action to the host's agent");
         let (id, attempt) = (action.id, action.attempts);
         let handle = self.engine.clone();
-        let outcome = self.agents.execute(host, action);
+        let agents = self.agents.clone();
         tokio::spawn(async move {
-            let outcome = outcome.await;
+            let replication = match replication {
+                None => None,
+                Some(PendingReplication { password, primary: None }) => Some(Replication { password, primary: None }),
+                Some(PendingReplication { password, primary: Some((primary, address)) }) => {
+                    let deadline = action.deadline.0 - now().0;
+                    let until =
+                        tokio::time::Instant::now() + std::time::Duration::from_micros(deadline.max(0) as u64 / 2);
+                    let mut port = agents.port(primary);
+                    while port.is_none() && tokio::time::Instant::now() < until {
+                        tokio::time::sleep(PRIMARY_PORT_POLL).await;
+                        port = agents.port(primary);
+                    }
+                    let primary = port.map(|port| UpstreamAddress { address, port });
+                    Some(Replication { password, primary })
+                }
+            };
+            let outcome = agents.execute(host, action, replication).await;
             handle.send(Input::ActionResult { action: id, attempt, outcome }).await;
         });
     }
@@ -139,6 +201,24 @@ impl Dispatcher {
             });
         }
     }
+}
+
+/// [`Replication`] before the primary's port is looked up.
+struct PendingReplication {
+    password: String,
+    /// The primary's id and its host's address.
+    primary: Option<(drover_model::InstanceId, String)>,
+}
+
+/// How often a follower's Provision looks for its primary's port while the
+/// primary is being built (its agent reports it with each beat, every 250 ms).
+const PRIMARY_PORT_POLL: std::time::Duration = std::time::Duration::from_millis(100);
+
+/// The replication password of `service`'s members on agent hosts,
+/// derived from the control plane's secret key and the service id (as hex):
+/// nothing to store, the same after a restart, never in the store or a log.
+fn replication_password(key: &drover_secrets::SecretKey, service: drover_model::ServiceId) -> String {
+    key.derive(&format!("agents/replication/{service}")).iter().map(|b| format!("{b:02x}")).collect()
 }
 
 /// Forwards what providers report on their own to the engine.

@@ -39,7 +39,11 @@ fn invalid(error: impl Into<String>) -> ActionError {
 }
 
 impl Inner {
-    pub(super) async fn execute(self: &Arc<Self>, action: ActionRecord) -> ActionOutcome {
+    pub(super) async fn execute(
+        self: &Arc<Self>,
+        action: ActionRecord,
+        replication: Option<super::Replication>,
+    ) -> ActionOutcome {
         let guard = self.instance_lock(action.instance);
         let _one_at_a_time = guard.lock().await;
         let started = Instant::now();
@@ -49,7 +53,7 @@ impl Inner {
         } else if self.kafka.owns(&action) {
             self.kafka_execute(&action).await
         } else {
-            self.execute_postgres(&action).await
+            self.execute_postgres(&action, replication).await
         };
         let outcome = match result {
             Ok(detail) => ActionOutcome::Succeeded { detail },
@@ -67,7 +71,11 @@ impl Inner {
         outcome
     }
 
-    async fn execute_postgres(self: &Arc<Self>, action: &ActionRecord) -> Done {
+    async fn execute_postgres(
+        self: &Arc<Self>,
+        action: &ActionRecord,
+        replication: Option<super::Replication>,
+    ) -> Done {
         let id = action.instance;
         match &action.kind {
             ActionKind::Provision { role, service_name, sync, settings, restore_from, read_slot, .. } => {
@@ -78,6 +86,7 @@ impl Inner {
                     settings,
                     restore_from: restore_from.as_ref(),
                     read_slot: *read_slot,
+                    replication,
                 };
                 self.provision(id, action.service, new).await
             }
@@ -118,7 +127,7 @@ impl Inner {
     }
 
     async fn provision(self: &Arc<Self>, id: InstanceId, service_id: ServiceId, new: NewMember<'_>) -> Done {
-        let NewMember { role, service_name, sync, settings, restore_from, read_slot } = new;
+        let NewMember { role, service_name, sync, settings, restore_from, read_slot, replication } = new;
         if role == Role::Broker {
             // The engine refuses such services first (`engines()`); this is the backstop.
             return Err(ActionError::Config("the local provider runs PostgreSQL only: it builds no brokers".into()));
@@ -142,6 +151,7 @@ impl Inner {
                     self.start_server(id, entry).await?;
                     if entry.role == Role::Primary {
                         self.ensure_app_roles(entry).await?;
+                        self.set_replication_password(entry, replication.as_ref()).await?;
                         self.ensure_router(entry.service).await?;
                     }
                     if entry.read_slot.is_some() {
@@ -165,7 +175,7 @@ impl Inner {
         match (role, restore_from) {
             (Role::Primary, Some(from)) => self.build_primary_from_backup(&entry, from).await?,
             (Role::Primary, None) => self.build_primary(&entry).await?,
-            (Role::Follower, _) => self.build_follower(&entry).await?,
+            (Role::Follower, _) => self.build_follower(&entry, replication.as_ref()).await?,
             (Role::Broker, _) => return Err(ActionError::Config("the local provider builds no brokers".into())),
         }
         if let Err(e) = self.start_server(id, &entry).await {
@@ -178,7 +188,10 @@ impl Inner {
             self.open_fork(id, &entry, from).await?;
         }
         match role {
-            Role::Primary => self.ensure_app_roles(&entry).await?,
+            Role::Primary => {
+                self.ensure_app_roles(&entry).await?;
+                self.set_replication_password(&entry, replication.as_ref()).await?;
+            }
             Role::Follower => self.wait_streaming(&entry).await?,
             Role::Broker => {}
         }
@@ -282,7 +295,11 @@ impl Inner {
     }
 
     fn settings(&self) -> ServerSettings<'_> {
-        ServerSettings { archive_command: self.config.archive_command.as_deref(), control_user: &self.control_user }
+        ServerSettings {
+            archive_command: self.config.archive_command.as_deref(),
+            listen_address: self.config.listen_address.as_deref(),
+            control_user: &self.control_user,
+        }
     }
 
     /// A private directory owned by the server user.
@@ -423,17 +440,32 @@ impl Inner {
         registry.instances.get(&id).filter(|e| e.should_run()).cloned()
     }
 
-    async fn build_follower(&self, entry: &InstanceEntry) -> Result<(), ActionError> {
+    async fn build_follower(
+        &self,
+        entry: &InstanceEntry,
+        replication: Option<&super::Replication>,
+    ) -> Result<(), ActionError> {
         let service = self.service(entry.service)?;
-        let primary = self.current_primary(entry.service).ok_or_else(|| {
-            ActionError::Unavailable(format!(
-                "service {} has no running, unfenced primary to copy a follower from",
-                service.name
-            ))
-        })?;
+        let local_primary = self.current_primary(entry.service);
+        let conninfo = match (replication, &local_primary) {
+            // The primary runs on another host: over TCP to its address,
+            // with the replication credential in a passfile of this
+            // instance (never in a conninfo, a command line or a log).
+            (Some(super::Replication { password, primary: Some(upstream) }), _) => {
+                let passfile = entry.dir.join(postgres::REPLICATION_PASSFILE);
+                postgres::write_owned(&self.run_as, &passfile, &postgres::passfile_line(upstream, password), 0o600)?;
+                postgres::remote_primary_conninfo(upstream, &passfile, &entry_id_name(entry))
+            }
+            (_, Some(primary)) => postgres::primary_conninfo(primary, &entry_id_name(entry)),
+            (_, None) => {
+                return Err(ActionError::Unavailable(format!(
+                    "service {} has no running, unfenced primary to copy a follower from",
+                    service.name
+                )))
+            }
+        };
         let pgdata = entry.pgdata();
         self.prepare_dir(&pgdata)?;
-        let conninfo = postgres::primary_conninfo(&primary, &entry_id_name(entry));
         let mut basebackup = tokio::process::Command::new(self.servers.binaries().path("pg_basebackup"));
         basebackup
             .arg("-D")
@@ -446,6 +478,70 @@ impl Inner {
         postgres::write_config(&self.run_as, entry, &self.settings())?;
         postgres::set_primary_conninfo(&self.run_as, &pgdata, &conninfo)?;
         Ok(())
+    }
+
+    /// On an agent host: the replication role logs in over TCP with the
+    /// service's replication password (stored as a SCRAM verifier: the
+    /// password itself never reaches the server). Idempotent; nothing on
+    /// the built-in host.
+    async fn set_replication_password(
+        &self,
+        entry: &InstanceEntry,
+        replication: Option<&super::Replication>,
+    ) -> Result<(), ActionError> {
+        let Some(replication) = replication else { return Ok(()) };
+        let verifier = postgres::scram_verifier(&replication.password);
+        let sql = format!("ALTER ROLE {} PASSWORD {}", postgres::REPLICATION_ROLE, postgres::sql_quote(&verifier));
+        postgres::execute(entry, &sql, SQL_TIMEOUT).await?;
+        Ok(())
+    }
+
+    /// See [`super::LocalProvider::hold_strict_sync`].
+    pub(super) async fn hold_strict_sync(&self) {
+        let primaries: Vec<(ServiceId, String)> = {
+            let registry = lock(&self.registry);
+            registry
+                .services
+                .iter()
+                .filter(|(_, s)| {
+                    s.sync && s.primary.and_then(|p| registry.instances.get(&p)).is_some_and(|e| e.should_run())
+                })
+                .map(|(id, s)| (*id, s.name.clone()))
+                .collect()
+        };
+        for (service_id, name) in primaries {
+            let Some(primary) = self.current_primary(service_id) else { continue };
+            let check = async {
+                let current = postgres::execute(&primary, "SHOW synchronous_standby_names", PROBE_TIMEOUT).await?;
+                if current.first().cloned().flatten().is_some_and(|c| !c.is_empty()) {
+                    return Ok::<bool, ActionError>(false);
+                }
+                let streaming = postgres::execute(
+                    &primary,
+                    "SELECT count(*) FROM pg_stat_replication WHERE state = 'streaming' \
+                     AND application_name <> 'pg_basebackup'",
+                    PROBE_TIMEOUT,
+                )
+                .await?;
+                if streaming.first().cloned().flatten().is_none_or(|n| n == "0") {
+                    return Ok(false);
+                }
+                let sql = format!(
+                    "ALTER SYSTEM SET synchronous_standby_names = {}",
+                    postgres::conf_quote(drover_engine::policy::SYNC_STANDBYS)
+                );
+                postgres::execute(&primary, &sql, SQL_TIMEOUT).await?;
+                postgres::execute(&primary, "SELECT pg_reload_conf()", SQL_TIMEOUT).await?;
+                Ok(true)
+            };
+            match check.await {
+                Ok(true) => {
+                    tracing::info!(service = %name, "synchronous replication on (strict: kept while no follower streams)")
+                }
+                Ok(false) => {}
+                Err(error) => tracing::debug!(service = %name, %error, "cannot check synchronous replication"),
+            }
+        }
     }
 
     /// The application's roles and database on a primary, with the
@@ -969,6 +1065,8 @@ struct NewMember<'a> {
     restore_from: Option<&'a RestoreFrom>,
     /// A read replica's slot (None: a member of the plan).
     read_slot: Option<u32>,
+    /// Replication across agent hosts (None: on the built-in host).
+    replication: Option<super::Replication>,
 }
 
 /// A fork whose server would not start or stopped in its replay: when its

@@ -97,6 +97,39 @@ pub struct LocalConfig {
     /// `maxmemory` of every Redis server, in bytes (None: unbounded, the
     /// memory check then has no limit to compare with).
     pub redis_maxmemory: Option<u64>,
+    /// The address other hosts reach this host's servers at (an agent's
+    /// `--address`, e.g. `127.0.0.2`): PostgreSQL listens there besides
+    /// 127.0.0.1, and admits replication over TCP from other loopback
+    /// addresses with the service's replication credential. None: the
+    /// built-in host, whose followers stream over the primary's socket.
+    pub listen_address: Option<String>,
+}
+
+/// What a member built on one agent host needs to replicate with members on
+/// others, handed to the agent with the Provision action by the control
+/// plane (never stored: the password is derived again from the control
+/// plane's secret key at each dispatch).
+#[derive(Clone, serde::Serialize, serde::Deserialize, PartialEq, Eq)]
+pub struct Replication {
+    /// The password of the replication role for this service.
+    pub password: String,
+    /// A follower's primary, where it is reached over TCP. None: the
+    /// action builds a primary.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub primary: Option<UpstreamAddress>,
+}
+
+/// Where a primary is reached: its host's address and its port.
+#[derive(Clone, Debug, serde::Serialize, serde::Deserialize, PartialEq, Eq)]
+pub struct UpstreamAddress {
+    pub address: String,
+    pub port: u16,
+}
+
+impl std::fmt::Debug for Replication {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Replication").field("password", &"<redacted>").field("primary", &self.primary).finish()
+    }
 }
 
 impl Default for LocalConfig {
@@ -109,6 +142,7 @@ impl Default for LocalConfig {
             archive_command: None,
             redis_maxmemory: None,
             backups: None,
+            listen_address: None,
         }
     }
 }
@@ -352,6 +386,24 @@ impl LocalProvider {
         Some(format!("{base}/{}", router::read_database(slot)))
     }
 
+    /// Carries out `action` as [`Provider::execute`] does, with what a
+    /// member on an agent host needs to replicate across hosts (an agent
+    /// receives it beside a Provision).
+    pub async fn execute_with(&self, action: ActionRecord, replication: Option<Replication>) -> ActionOutcome {
+        self.inner.execute(action, replication).await
+    }
+
+    /// Strict synchronous replication for the primaries of this agent host
+    /// (called every round by `drover agent --host`): a sync service's
+    /// primary that has a streaming follower gets `ANY 1 (*)` and keeps it,
+    /// even while no follower streams, so no write is acknowledged that
+    /// only the primary holds (the built-in host keeps Patroni's non-strict
+    /// mode, see `adjust_sync`). A primary just promoted starts without one
+    /// until its new follower streams.
+    pub async fn hold_strict_sync(&self) {
+        self.inner.hold_strict_sync().await
+    }
+
     pub fn instance_info(&self, id: InstanceId) -> Option<LocalInstanceInfo> {
         let entry = lock(&self.inner.registry).instances.get(&id).cloned()?;
         Some(entry.info(self.inner.servers.pid(id)))
@@ -585,7 +637,7 @@ impl Provider for LocalProvider {
 
     fn execute(&self, action: ActionRecord) -> BoxFuture<ActionOutcome> {
         let inner = self.inner.clone();
-        Box::pin(async move { inner.execute(action).await })
+        Box::pin(async move { inner.execute(action, None).await })
     }
 
     /// Starts the heartbeat loop (and sets where `Gone` reports go). A second

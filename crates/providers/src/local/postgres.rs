@@ -145,6 +145,8 @@ pub fn check_socket_path(entry: &InstanceEntry) -> Result<(), ActionError> {
 
 pub struct ServerSettings<'a> {
     pub archive_command: Option<&'a str>,
+    /// An agent host's address (see `LocalConfig::listen_address`).
+    pub listen_address: Option<&'a str>,
     /// The OS user of this process (peer-mapped to `drover`).
     pub control_user: &'a str,
 }
@@ -155,9 +157,13 @@ pub struct ServerSettings<'a> {
 pub fn write_config(run_as: &RunAs, entry: &InstanceEntry, settings: &ServerSettings<'_>) -> Result<(), ActionError> {
     let pgdata = entry.pgdata();
     let socket = entry.socket_dir();
+    let listen = match settings.listen_address {
+        Some(address) if address != "127.0.0.1" => format!("127.0.0.1,{address}"),
+        _ => "127.0.0.1".to_string(),
+    };
     let mut conf = format!(
         "# Written by drover's local provider; changes here are overwritten.\n\
-         listen_addresses = '127.0.0.1'\n\
+         listen_addresses = {listen}\n\
          port = {port}\n\
          unix_socket_directories = {socket}\n\
          unix_socket_permissions = 0777\n\
@@ -184,6 +190,7 @@ pub fn write_config(run_as: &RunAs, entry: &InstanceEntry, settings: &ServerSett
          lc_messages = 'C'\n",
         port = entry.port,
         socket = conf_quote(&socket.to_string_lossy()),
+        listen = conf_quote(&listen),
     );
     if let Some(template) = settings.archive_command {
         let command = template.replace("{stanza}", &entry.service_name);
@@ -199,13 +206,21 @@ pub fn write_config(run_as: &RunAs, entry: &InstanceEntry, settings: &ServerSett
     write_owned(run_as, &pgdata.join("postgresql.conf"), &conf, 0o600)?;
     // Drover's roles over the socket only (peer), the application's login
     // roles over TCP loopback only (SCRAM), to their own database; nothing else.
-    let hba = format!(
+    // On an agent host (several hosts stand on this machine's loopback
+    // addresses), the replication role also over TCP from the other hosts
+    // (SCRAM, the service's replication password), and the application's
+    // roles from the router beside the control plane.
+    let clients = if settings.listen_address.is_some() { LOOPBACK_NETWORK } else { "127.0.0.1/32" };
+    let mut hba = format!(
         "# Written by drover's local provider.\n\
          local all {ROLE} peer map={IDENT_MAP}\n\
          local replication {REPLICATION_ROLE} peer map={IDENT_MAP}\n\
-         host {APP_DATABASE} {logins} 127.0.0.1/32 scram-sha-256\n",
+         host {APP_DATABASE} {logins} {clients} scram-sha-256\n",
         logins = APP_LOGINS.join(","),
     );
+    if settings.listen_address.is_some() {
+        hba.push_str(&format!("host replication {REPLICATION_ROLE} {LOOPBACK_NETWORK} scram-sha-256\n"));
+    }
     write_owned(run_as, &pgdata.join("pg_hba.conf"), &hba, 0o600)?;
     let mut ident = format!(
         "# Written by drover's local provider.\n{IDENT_MAP} {user} {ROLE}\n{IDENT_MAP} {user} {REPLICATION_ROLE}\n",
@@ -225,6 +240,39 @@ pub fn primary_conninfo(primary: &InstanceEntry, application_name: &str) -> Stri
          connect_timeout={REPLICATION_CONNECT_TIMEOUT_SECONDS}",
         socket = conninfo_quote(&primary.socket_dir().to_string_lossy()),
         port = primary.port,
+    )
+}
+
+/// The agent hosts of one machine: every loopback address.
+const LOOPBACK_NETWORK: &str = "127.0.0.0/8";
+
+/// Where a follower on an agent host keeps the replication password for
+/// its primary on another host (in its instance directory, 0600, owned by
+/// the server user: libpq's passfile format).
+pub const REPLICATION_PASSFILE: &str = "replication.pgpass";
+
+/// The passfile line that gives `password` for the replication role at
+/// `upstream` (database `replication`, as walreceiver and pg_basebackup ask).
+pub fn passfile_line(upstream: &super::UpstreamAddress, password: &str) -> String {
+    let escape = |v: &str| v.replace('\\', "\\\\").replace(':', "\\:");
+    format!(
+        "{}:{}:replication:{REPLICATION_ROLE}:{}\n*:*:*:{REPLICATION_ROLE}:{}\n",
+        escape(&upstream.address),
+        upstream.port,
+        escape(password),
+        escape(password)
+    )
+}
+
+/// The conninfo a follower on an agent host streams with: its primary on
+/// another host over TCP, the password from `passfile`.
+pub fn remote_primary_conninfo(upstream: &super::UpstreamAddress, passfile: &Path, application_name: &str) -> String {
+    format!(
+        "host={address} port={port} user={REPLICATION_ROLE} passfile={passfile} \
+         application_name={application_name} connect_timeout={REPLICATION_CONNECT_TIMEOUT_SECONDS}",
+        address = conninfo_quote(&upstream.address),
+        port = upstream.port,
+        passfile = conninfo_quote(&passfile.to_string_lossy()),
     )
 }
 

@@ -64,6 +64,7 @@ impl Sample {
             upstream_streaming: self.in_recovery.then_some(self.streaming),
             connections: Some(self.connections),
             last_backup_at: None,
+            port: None,
         }
     }
 }

@@ -1412,6 +1412,7 @@ impl Inner {
                     upstream_streaming: (!r.master).then_some(r.link_up),
                     connections: r.connected_clients,
                     last_backup_at: None,
+                    port: None,
                 };
                 Beat { instance, seq: self.next_seq(), facts }
             })
