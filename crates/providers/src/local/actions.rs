@@ -70,8 +70,9 @@ impl Inner {
     async fn execute_postgres(self: &Arc<Self>, action: &ActionRecord) -> Done {
         let id = action.instance;
         match &action.kind {
-            ActionKind::Provision { role, service_name, sync, settings, restore_from, read_slot, .. } => {
+            ActionKind::Provision { role, service_name, sync, settings, restore_from, read_slot, version, .. } => {
                 let new = NewMember {
+                    version,
                     role: *role,
                     service_name,
                     sync: *sync,
@@ -118,7 +119,8 @@ impl Inner {
     }
 
     async fn provision(self: &Arc<Self>, id: InstanceId, service_id: ServiceId, new: NewMember<'_>) -> Done {
-        let NewMember { role, service_name, sync, settings, restore_from, read_slot } = new;
+        let NewMember { role, service_name, sync, settings, restore_from, read_slot, version } = new;
+        let major = self.major_for(version)?;
         if role == Role::Broker {
             // The engine refuses such services first (`engines()`); this is the backstop.
             return Err(ActionError::Config("the local provider runs PostgreSQL only: it builds no brokers".into()));
@@ -160,11 +162,18 @@ impl Inner {
             }
         }
         postgres::check_settings(settings)?;
-        let entry = self.register(id, service_id, role, service_name, sync, settings, existing, read_slot)?;
+        let entry = self.register(id, service_id, role, service_name, sync, settings, existing, read_slot, major)?;
         self.prepare_dir(&entry.dir)?;
+        // A follower of another major than the primary: an upgrade's new
+        // member, a logical subscriber of the primary (`upgrade.rs`).
+        let subscribes_to = match role {
+            Role::Follower => self.current_primary(service_id).filter(|p| p.major != entry.major),
+            _ => None,
+        };
         match (role, restore_from) {
             (Role::Primary, Some(from)) => self.build_primary_from_backup(&entry, from).await?,
             (Role::Primary, None) => self.build_primary(&entry).await?,
+            (Role::Follower, _) if subscribes_to.is_some() => self.build_primary(&entry).await?,
             (Role::Follower, _) => self.build_follower(&entry).await?,
             (Role::Broker, _) => return Err(ActionError::Config("the local provider builds no brokers".into())),
         }
@@ -177,10 +186,11 @@ impl Inner {
         if let Some(from) = restore_from {
             self.open_fork(id, &entry, from).await?;
         }
-        match role {
-            Role::Primary => self.ensure_app_roles(&entry).await?,
-            Role::Follower => self.wait_streaming(&entry).await?,
-            Role::Broker => {}
+        match (role, &subscribes_to) {
+            (Role::Primary, _) => self.ensure_app_roles(&entry).await?,
+            (Role::Follower, Some(primary)) => self.subscribe(&entry, primary).await?,
+            (Role::Follower, None) => self.wait_streaming(&entry).await?,
+            (Role::Broker, _) => {}
         }
         {
             let mut registry = lock(&self.registry);
@@ -230,6 +240,7 @@ impl Inner {
         settings: &std::collections::BTreeMap<String, String>,
         existing: Option<InstanceEntry>,
         read_slot: Option<u32>,
+        major: Option<u32>,
     ) -> Result<InstanceEntry, ActionError> {
         let entry = {
             let mut registry = lock(&self.registry);
@@ -273,6 +284,8 @@ impl Inner {
                 fault: None,
                 settings: settings.clone(),
                 read_slot,
+                major,
+                caught_up: false,
             };
             registry.instances.insert(id, entry.clone());
             entry
@@ -301,7 +314,7 @@ impl Inner {
         self.prepare_dir(&pgdata)?;
         let pwfile = entry.dir.join("initdb.pw");
         postgres::write_owned(&self.run_as, &pwfile, &password, 0o600)?;
-        let mut initdb = tokio::process::Command::new(self.servers.binaries().path("initdb"));
+        let mut initdb = tokio::process::Command::new(self.servers.binaries().bindir_for(entry).join("initdb"));
         initdb
             .arg("-D")
             .arg(&pgdata)
@@ -431,6 +444,13 @@ impl Inner {
                 service.name
             ))
         })?;
+        if entry.major.is_some() {
+            return Err(ActionError::Config(format!(
+                "no pg_basebackup for PostgreSQL {} here (Debian has 15 only; npm's build has none): \
+                 a follower of an upgraded primary cannot be built",
+                self.servers.binaries().bindir_for(entry).display()
+            )));
+        }
         let pgdata = entry.pgdata();
         self.prepare_dir(&pgdata)?;
         let conninfo = postgres::primary_conninfo(&primary, &entry_id_name(entry));
@@ -671,8 +691,18 @@ impl Inner {
                 self.routers.release_dead_connections(entry.service, service, holding).await;
             }
         } else {
-            if let Some(service) = if hold { self.service(entry.service).ok() } else { None } {
-                self.routers.pause(entry.service, &service).await;
+            let service = if hold { self.service(entry.service).ok() } else { None };
+            if let Some(service) = &service {
+                self.routers.pause(entry.service, service).await;
+            }
+            // An upgrade's switchover: the new major's subscriber applies
+            // everything this primary wrote before it stops (clients queue
+            // at the paused router meanwhile).
+            if hold && !entry.fenced {
+                if let Err(error) = self.catch_up_subscribers(&entry).await {
+                    self.resume_router(entry.service).await;
+                    return Err(error);
+                }
             }
             self.stop_server(id, Some(&entry)).await?;
         }
@@ -717,6 +747,9 @@ impl Inner {
                 return Err(invalid(format!("cannot promote: the primary {old} still runs unfenced; fence it first")));
             }
         }
+        // An upgrade's subscriber becomes the primary only caught up by a
+        // planned switchover; its subscription ends first.
+        self.end_subscription(id, entry).await?;
         let recovery = postgres::execute(entry, "SELECT pg_is_in_recovery()", SQL_TIMEOUT).await?;
         let was_follower = recovery.first().cloned().flatten().as_deref() == Some("t");
         if was_follower {
@@ -969,6 +1002,8 @@ struct NewMember<'a> {
     restore_from: Option<&'a RestoreFrom>,
     /// A read replica's slot (None: a member of the plan).
     read_slot: Option<u32>,
+    /// Its image's engine version (empty: the default binaries).
+    version: &'a str,
 }
 
 /// A fork whose server would not start or stopped in its replay: when its

@@ -34,6 +34,7 @@ mod redis;
 pub mod registry;
 mod router;
 mod servers;
+mod upgrade;
 
 use crate::runas::RunAs;
 use crate::{ActionError, BoxFuture, Provider, ProviderError, ProviderEvent};
