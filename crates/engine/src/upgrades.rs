@@ -27,10 +27,13 @@ use drover_model::Image;
 /// operator registered for new services.
 pub const NEW_SERVICES_KEY: &str = "new_services";
 
-/// The major of an engine version (`"15.14"` → 15, `"17"` → 17); None when
-/// it does not start with digits.
+/// The major of an engine version: its first number (`"15.14"` → 15,
+/// `"17"` → 17, `"postgres (PostgreSQL) 15.14 (Debian 15.14-0+deb12u1)"`,
+/// what `postgres --version` prints, → 15); None without a number.
 pub fn major_of(version: &str) -> Option<u32> {
-    let digits: &str = &version[..version.find(|c: char| !c.is_ascii_digit()).unwrap_or(version.len())];
+    let start = version.find(|c: char| c.is_ascii_digit())?;
+    let rest = &version[start..];
+    let digits = &rest[..rest.find(|c: char| !c.is_ascii_digit()).unwrap_or(rest.len())];
     digits.parse().ok().filter(|m| *m > 0)
 }
 
@@ -127,7 +130,9 @@ mod tests {
         assert_eq!(major_of("15.14"), Some(15));
         assert_eq!(major_of("17"), Some(17));
         assert_eq!(major_of("17.10 (Debian)"), Some(17));
-        assert_eq!(major_of("x17"), None);
+        assert_eq!(major_of("postgres (PostgreSQL) 15.14 (Debian 15.14-0+deb12u1)"), Some(15));
+        assert_eq!(major_of("15-sim"), Some(15));
+        assert_eq!(major_of("latest"), None);
         assert_eq!(major_of(""), None);
         assert_eq!(major_of("0"), None);
     }

@@ -596,6 +596,14 @@ impl Inner {
         if !entry.should_run() {
             return Err(invalid("the instance does not run: back up from the running primary"));
         }
+        if let Some(major) = entry.major {
+            // Said plainly rather than tried: pgBackRest 2.45 answers "is
+            // this version of PostgreSQL supported?" and nothing is archived.
+            return Err(ActionError::Config(format!(
+                "no backup: Debian's pgBackRest (2.45) does not support PostgreSQL {major}; this upgraded \
+                 service has no backups here (roll it back, or install a pgBackRest that supports {major})"
+            )));
+        }
         let target = self.pg_target(&entry);
         let stanza = entry.service_name.clone();
         repo.ensure_stanza(&stanza, &target).await.map_err(backup_error)?;
