@@ -101,13 +101,23 @@ fn an_upgrade_moves_one_service_onto_the_new_major_by_switchover_and_the_rollbac
 /// old primary) happens once, and the way back survives the restart.
 #[test]
 fn an_upgrade_resumes_after_kill_9_without_a_second_cut_over() {
-    for crash_after_secs in [0u64, 1, 2, 3, 5, 8] {
+    let mut crashed_at = std::collections::BTreeSet::new();
+    for crash_after_secs in [0u64, 1, 2, 3, 4, 5, 6, 8, 10] {
         let mut h = H::new(fast_config());
         h.create("db00", 0);
         h.advance(Duration::from_secs(3));
         let before = h.service("db00").image.clone();
         let v = rollout(upgrade(&mut h, "db00", "17"));
         h.advance(Duration::from_secs(crash_after_secs));
+        let provisioned = !h.succeeded("provision").is_empty();
+        let fenced = !h.succeeded("fence").is_empty();
+        let finished = h.e.rollout_view(v.id, Timestamp(h.now)).is_some_and(|r| r.state.is_finished());
+        crashed_at.insert(match (provisioned, fenced, finished) {
+            (_, _, true) => "after the upgrade",
+            (_, true, false) => "after the cut-over",
+            (true, false, false) => "new member built, before the cut-over",
+            (false, false, false) => "before the new member",
+        });
         h.crash_and_restore();
         assert_eq!(
             h.service("db00").upgraded_from.as_deref(),
@@ -121,4 +131,8 @@ fn an_upgrade_resumes_after_kill_9_without_a_second_cut_over() {
         assert_eq!(fences, 1, "one cut-over, never repeated (crash after {crash_after_secs} s)");
         h.check_invariants();
     }
+    assert!(
+        crashed_at.contains("new member built, before the cut-over") && crashed_at.contains("after the cut-over"),
+        "the crashes fell on both sides of the cut-over: {crashed_at:?}"
+    );
 }
