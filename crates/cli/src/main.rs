@@ -378,7 +378,9 @@ enum ServicesCmd {
     },
     /// Move an upgraded service back onto the major it ran before, the
     /// same way (writes made since the upgrade come back with it).
-    UpgradeRollback { name: String },
+    UpgradeRollback {
+        name: String,
+    },
     /// Read replicas on demand (PostgreSQL): each with its own stable read URL.
     #[command(subcommand)]
     Followers(FollowersCmd),

@@ -55,9 +55,10 @@ impl Engine {
         if !self.config.policies.get(s.engine).upgrades_major_versions() {
             return Err(CommandError::Conflict(format!("{} services have no major-version upgrade", s.engine)));
         }
-        let wanted = major_of(version).filter(|_| version.chars().all(|c| c.is_ascii_digit() || c == '.')).ok_or_else(
-            || CommandError::NotFound(format!("{version:?} is not a major version (give one such as \"17\")")),
-        )?;
+        let wanted =
+            major_of(version).filter(|_| version.chars().all(|c| c.is_ascii_digit() || c == '.')).ok_or_else(|| {
+                CommandError::NotFound(format!("{version:?} is not a major version (give one such as \"17\")"))
+            })?;
         if s.plan.followers > 0 || s.read_slots != 0 {
             return Err(CommandError::Conflict(format!(
                 "{name:?} has followers: a follower of a newer major is a physical copy this host cannot build \
@@ -85,7 +86,8 @@ impl Engine {
         }
         let mut configuration = current.configuration.clone();
         configuration.insert(NEW_SERVICES_KEY.to_string(), "no".to_string());
-        let mut target = Image::new(current.engine, version, configuration, current.packages.clone(), current.created_at);
+        let mut target =
+            Image::new(current.engine, version, configuration, current.packages.clone(), current.created_at);
         target.settings = current.settings.clone();
         target.manifest = current.manifest.clone();
         target.sources = current.sources.clone();
@@ -110,7 +112,9 @@ impl Engine {
         let sslot = self.live_service(name)?;
         let s = self.services.get(sslot).ok_or_else(|| CommandError::NotFound(format!("no service named {name:?}")))?;
         let from = s.upgraded_from.as_deref().cloned().ok_or_else(|| {
-            CommandError::Conflict(format!("{name:?} was not upgraded (or was rolled back already): nothing to roll back"))
+            CommandError::Conflict(format!(
+                "{name:?} was not upgraded (or was rolled back already): nothing to roll back"
+            ))
         })?;
         let reply = self.resize_service(name, from, now, out)?;
         if let Some(s) = self.services.get_mut(sslot) {

@@ -330,7 +330,10 @@ pub(crate) async fn upgrade_service(
     let major = drover_engine::upgrades::major_of(&request.version)
         .filter(|_| request.version.chars().all(|c| c.is_ascii_digit() || c == '.'));
     let Some(major) = major else {
-        return Err(ApiError::not_found(format!("{:?} is not a major version (give one such as \"17\")", request.version)));
+        return Err(ApiError::not_found(format!(
+            "{:?} is not a major version (give one such as \"17\")",
+            request.version
+        )));
     };
     // The local provider's binaries of that major (scripts/lib.sh
     // ensure_pg_majors): an upgrade to a major not installed would fail

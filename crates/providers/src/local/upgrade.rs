@@ -160,7 +160,8 @@ impl Inner {
     async fn copy_schema(&self, entry: &InstanceEntry, primary: &InstanceEntry) -> Result<(), ActionError> {
         let binaries = self.servers.binaries();
         let kept = self.root.join("upgrades").join(entry.service.to_string());
-        std::fs::create_dir_all(&kept).map_err(|e| ActionError::io(format_args!("cannot create {}", kept.display()), e))?;
+        std::fs::create_dir_all(&kept)
+            .map_err(|e| ActionError::io(format_args!("cannot create {}", kept.display()), e))?;
         let schema = kept.join("schema.sql");
         let socket = |e: &InstanceEntry| e.socket_dir().to_string_lossy().into_owned();
         if primary.major.is_none() {
