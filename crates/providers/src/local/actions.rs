@@ -893,6 +893,9 @@ impl Inner {
             // the slot again (a client gets "no such database", not a hang).
             self.route_reads(entry.service).await?;
         }
+        // An upgrade's subscriber retired before its cut-over (an aborted
+        // upgrade): its slot on the primary would hold WAL forever.
+        self.drop_subscriber_slot(id, &entry).await;
         Ok(Some("stopped for good".into()))
     }
 

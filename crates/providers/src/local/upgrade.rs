@@ -255,6 +255,23 @@ impl Inner {
         Ok(())
     }
 
+    /// After a subscriber stopped for good: its slot on the primary goes
+    /// (best effort: a primary that does not answer keeps it, and says so
+    /// in the log).
+    pub(super) async fn drop_subscriber_slot(&self, id: InstanceId, entry: &InstanceEntry) {
+        let Some(primary) = self.current_primary_entry(entry.service).filter(|p| p.major != entry.major) else {
+            return;
+        };
+        let sql = format!(
+            "SELECT pg_drop_replication_slot(slot_name) FROM pg_replication_slots \
+             WHERE slot_name = '{}' AND NOT active",
+            Self::slot_name(id)
+        );
+        if let Err(error) = postgres::execute(&primary, &sql, SQL_TIMEOUT).await {
+            tracing::warn!(subscriber = %id, %error, "cannot drop the retired subscriber's slot on the primary");
+        }
+    }
+
     /// Before a promotion: a subscriber drops its subscription (the slot
     /// went with the stopped primary's service; it is not dropped there).
     /// Refused for one no switchover caught up: a failover onto it could
