@@ -270,6 +270,13 @@ impl Inner {
         if let Err(error) = postgres::execute(&primary, &sql, SQL_TIMEOUT).await {
             tracing::warn!(subscriber = %id, %error, "cannot drop the retired subscriber's slot on the primary");
         }
+        // The publication too: while it publishes every table, an UPDATE or
+        // DELETE on a table without a primary key (no replica identity)
+        // fails on the primary.
+        let drop = format!("DROP PUBLICATION IF EXISTS {SUBSCRIPTION}");
+        if let Err(error) = postgres::execute_in(&primary, APP_DATABASE, &drop, SQL_TIMEOUT).await {
+            tracing::warn!(subscriber = %id, %error, "cannot drop the upgrade's publication on the primary");
+        }
     }
 
     /// Before a promotion: a subscriber drops its subscription (the slot
