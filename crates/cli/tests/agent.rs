@@ -169,6 +169,7 @@ async fn provision_primary(provider: &LocalProvider, service_name: &str) -> Inst
             host: None,
             restore_from: None,
             read_slot: None,
+            version: String::new(),
         },
         state: ActionState::Running,
         attempts: 1,

@@ -269,6 +269,16 @@ pub enum Command {
         name: String,
         image: drover_model::ImageId,
     },
+    /// Upgrade one service to a newer major `version` of its engine
+    /// (`"17"`), by replacement with its URL unchanged (`crate::upgrades`).
+    UpgradeService {
+        name: String,
+        version: String,
+    },
+    /// Move an upgraded service back onto the image it was upgraded from.
+    RollbackUpgrade {
+        name: String,
+    },
     PauseRollout {
         id: RolloutId,
     },
@@ -354,6 +364,8 @@ impl Command {
             Command::RotateCredentials { .. } => "services.rotate_credentials",
             Command::CreateRollout(_) => "rollouts.create",
             Command::ResizeService { .. } => "services.resize",
+            Command::UpgradeService { .. } => "services.upgrade",
+            Command::RollbackUpgrade { .. } => "services.upgrade_rollback",
             Command::SetMaintenanceWindow { .. } => "services.maintenance_window",
             Command::SetLabels { .. } => "services.labels",
             Command::PauseRollout { .. } => "rollouts.pause",

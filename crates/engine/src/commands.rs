@@ -45,6 +45,8 @@ impl Engine {
             }
             Command::CreateRollout(spec) => self.create_rollout(spec, now, out),
             Command::ResizeService { name, image } => self.resize_service(&name, image, now, out),
+            Command::UpgradeService { name, version } => self.upgrade_service(&name, &version, now, out),
+            Command::RollbackUpgrade { name } => self.rollback_upgrade(&name, now, out),
             Command::SetMaintenanceWindow { name, window } => self.set_maintenance_window(&name, window, now, out),
             Command::SetLabels { name, labels } => self.set_labels(&name, labels, now, out),
             Command::PauseRollout { id } => self.steer_rollout(id, drover_model::RolloutState::Paused, now, out),
@@ -401,6 +403,7 @@ impl Engine {
             forked_from,
             labels: req.labels.clone().unwrap_or_default(),
             read_slots: Vec::new(),
+            upgraded_from: None,
         };
         let members = self.config.policies.get(rec.engine).members(&rec.plan).roles().count();
         let placed = self.place_new_service(&zones, members).map_err(CommandError::Conflict)?;
@@ -442,6 +445,8 @@ pub(crate) fn command_target(c: &Command) -> Option<String> {
         | Command::SetMaintenanceWindow { name, .. }
         | Command::SetLabels { name, .. }
         | Command::ResizeService { name, .. }
+        | Command::UpgradeService { name, .. }
+        | Command::RollbackUpgrade { name }
         | Command::Switchover { name }
         | Command::TakeBackup { name }
         | Command::VerifyBackup { name }

@@ -332,6 +332,9 @@ pub struct Svc {
     /// The read slots wanted (bit n: slot n, 1..=8): read replicas added on
     /// demand (`crate::followers`).
     pub read_slots: u16,
+    /// The image before its last major-version upgrade (boxed: most
+    /// services are never upgraded): the way back (`crate::upgrades`).
+    pub upgraded_from: Option<Box<drover_model::ImageId>>,
 }
 
 /// A service's repeated names, as indices the engine interned.
@@ -382,6 +385,7 @@ impl Svc {
             forked_from: rec.forked_from.map(Box::new),
             labels: (!rec.labels.is_empty()).then(|| Box::new(rec.labels)),
             read_slots: crate::followers::slots_mask(&rec.read_slots),
+            upgraded_from: rec.upgraded_from.map(Box::new),
         }
     }
 }
@@ -521,9 +525,16 @@ impl Images {
     pub fn id(&self, i: u32) -> ImageId {
         self.list.get(i as usize).map(|im| im.id.clone()).unwrap_or_else(|| ImageId("unknown".into()))
     }
-    /// The newest image registered for an engine.
+    /// The newest image registered for an engine that new services may be
+    /// created on (not an upgrade's target: `crate::upgrades::NEW_SERVICES_KEY`).
     pub fn latest_for(&self, engine: EngineKind) -> Option<u32> {
-        self.list.iter().rposition(|im| im.engine == engine).map(|i| i as u32)
+        self.list
+            .iter()
+            .rposition(|im| {
+                im.engine == engine
+                    && im.configuration.get(crate::upgrades::NEW_SERVICES_KEY).map(String::as_str) != Some("no")
+            })
+            .map(|i| i as u32)
     }
 }
 

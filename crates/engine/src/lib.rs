@@ -49,6 +49,7 @@ mod records;
 mod restore;
 mod rollouts;
 mod transitions;
+pub mod upgrades;
 mod views;
 mod zone_lease;
 

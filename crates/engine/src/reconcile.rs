@@ -423,6 +423,7 @@ impl Engine {
                 .filter(|_| role == Role::Primary)
                 .and_then(|s| s.forked_from.as_deref().filter(|f| !f.restored).cloned()),
             read_slot: None,
+            version: self.images.list.get(image as usize).map(|im| im.version.clone()).unwrap_or_default(),
         }
     }
 

@@ -142,6 +142,7 @@ impl Engine {
             maintenance_window: s.window.as_deref().cloned(),
             forked_from: s.forked_from.as_deref().cloned(),
             read_slots: crate::followers::slots_list(s.read_slots),
+            upgraded_from: s.upgraded_from.as_deref().cloned(),
             labels: s.labels.as_deref().cloned().unwrap_or_default(),
         })
     }

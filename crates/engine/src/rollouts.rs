@@ -77,7 +77,7 @@ pub(crate) struct Rollout {
 pub(crate) struct Rollouts {
     list: Vec<Rollout>,
     /// Services in an unfinished rollout: one rollout moves a service at a time.
-    claimed: HashMap<ServiceId, RolloutId>,
+    pub(crate) claimed: HashMap<ServiceId, RolloutId>,
     /// When running rollouts are looked at next (0: none is running).
     next_at: i64,
 }

@@ -130,6 +130,7 @@ impl Engine {
             read_slots: crate::followers::slots_list(s.read_slots),
             read_urls: Vec::new(),
             labels: s.labels.as_deref().cloned().unwrap_or_default(),
+            upgraded_from: s.upgraded_from.as_deref().map(|i| i.0.clone()),
             recoverable_since: s.backups.kept_backups_started.first().copied().or(s.backups.last_backup_at),
         })
     }

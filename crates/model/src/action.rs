@@ -74,6 +74,13 @@ pub enum ActionKind {
         /// `app_read<slot>`) points at it. None: a member of the plan.
         #[serde(default, skip_serializing_if = "Option::is_none")]
         read_slot: Option<u32>,
+        /// The image's engine version (`17.10`): a provider builds the
+        /// member with that major's binaries, and a member of another major
+        /// than the service's primary by logical replication (a major
+        /// upgrade). Empty (records stored before this field existed): the
+        /// provider's default.
+        #[serde(default, skip_serializing_if = "String::is_empty")]
+        version: String,
     },
     /// Ask the provider, out of band, whether the instance is alive.
     Probe,

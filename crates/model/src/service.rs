@@ -210,6 +210,11 @@ pub struct ServiceRecord {
     /// follower, rebuilt in the same slot when lost.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub read_slots: Vec<u32>,
+    /// The image it ran before its last major-version upgrade: what
+    /// `POST /v1/services/{name}/upgrade/rollback` moves it back onto.
+    /// None: never upgraded, or rolled back already.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub upgraded_from: Option<crate::ImageId>,
 }
 
 /// The most read replicas a service may have on demand, besides its plan's
@@ -364,6 +369,10 @@ pub struct ServiceView {
     /// backup kept. Null without a backup.
     #[serde(default)]
     pub recoverable_since: Option<Timestamp>,
+    /// The image it ran before its last major-version upgrade, which
+    /// `upgrade/rollback` moves it back onto (absent: nothing to roll back).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub upgraded_from: Option<String>,
 }
 
 #[cfg(test)]

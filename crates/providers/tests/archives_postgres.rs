@@ -63,6 +63,7 @@ fn provision(name: &str, restore_from: Option<RestoreFrom>) -> ActionKind {
         host: None,
         restore_from,
         read_slot: None,
+        version: String::new(),
     }
 }
 

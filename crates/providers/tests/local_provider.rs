@@ -104,6 +104,7 @@ impl Harness {
             host: None,
             restore_from: None,
             read_slot: None,
+            version: String::new(),
         }
     }
 

@@ -55,6 +55,7 @@ fn provision(role: Role) -> ActionKind {
         host: None,
         restore_from: None,
         read_slot: None,
+        version: String::new(),
     }
 }
 fn inject(fault: Fault) -> ActionKind {

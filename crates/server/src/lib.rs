@@ -559,7 +559,7 @@ async fn local_postgres_image() -> Option<Image> {
     let configuration: BTreeMap<String, String> = [
         ("bindir", bindir.as_str()),
         ("template", "drover local provider v1"),
-        ("wal_level", "replica"),
+        ("wal_level", "logical"),
         ("synchronous_commit", "on"),
         ("synchronous_mode", "non-strict (async while no follower streams)"),
         ("archive", "pgbackrest"),

@@ -298,3 +298,80 @@ pub(crate) async fn resize_service(
     }
     Ok(response)
 }
+
+/// `POST /v1/services/{name}/upgrade`.
+#[derive(serde::Deserialize, utoipa::ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct UpgradeService {
+    /// The major version to move onto (`"17"`): newer than the service's.
+    #[schema(min_length = 1, max_length = 16)]
+    pub version: String,
+}
+
+/// Upgrade a service to a newer major version by replacement, now, with
+/// its URL unchanged: a new member of the new major (PostgreSQL: a logical
+/// subscriber of the primary), caught up, a planned switchover, the old
+/// member retired. Carried out as a rollout of this one service (`Location`
+/// names it). `upgrade/rollback` moves it back the same way. 404: no such
+/// service, or that major is not installed here; 409: the service runs
+/// that major or a newer one, has followers, or a rollout is moving it.
+#[utoipa::path(post, path = "/v1/services/{name}/upgrade", tag = "services", request_body = UpgradeService,
+    params(("name" = String, Path, description = "Service name")),
+    responses((status = 202, body = RolloutView), (status = 400, body = ErrorBody), (status = 404, body = ErrorBody),
+        (status = 409, body = ErrorBody), (status = 422, body = ErrorBody)))]
+pub(crate) async fn upgrade_service(
+    State(state): State<AppState>,
+    Caller(caller): Caller,
+    Path(name): Path<String>,
+    Json(request): Json<UpgradeService>,
+) -> Result<Response, ApiError> {
+    let ready = state.ready()?;
+    ready.visible_service(&caller, &name).await?;
+    let major = drover_engine::upgrades::major_of(&request.version)
+        .filter(|_| request.version.chars().all(|c| c.is_ascii_digit() || c == '.'));
+    let Some(major) = major else {
+        return Err(ApiError::not_found(format!(
+            "{:?} is not a major version (give one such as \"17\")",
+            request.version
+        )));
+    };
+    // The local provider's binaries of that major (scripts/lib.sh
+    // ensure_pg_majors): an upgrade to a major not installed would fail
+    // only when its member is built.
+    let default = drover_providers::local::default_major();
+    if major != default && !drover_providers::local::major_installed(major) {
+        return Err(ApiError::not_found(format!(
+            "PostgreSQL {major} is not installed here (scripts/lib.sh ensure_pg_majors installs it)"
+        )));
+    }
+    let command = Command::UpgradeService { name, version: request.version };
+    accepted(view(ready.engine.call(caller.command(command)).await?)?)
+}
+
+/// Roll an upgraded service back onto the image it ran before its last
+/// major-version upgrade, the same way (a new member of the old major fed
+/// by logical replication from the new one, a planned switchover): writes
+/// made since the upgrade come back with it. 409: it was not upgraded, or a
+/// rollout is moving it.
+#[utoipa::path(post, path = "/v1/services/{name}/upgrade/rollback", tag = "services",
+    params(("name" = String, Path, description = "Service name")),
+    responses((status = 202, body = RolloutView), (status = 404, body = ErrorBody), (status = 409, body = ErrorBody)))]
+pub(crate) async fn rollback_upgrade(
+    State(state): State<AppState>,
+    Caller(caller): Caller,
+    Path(name): Path<String>,
+) -> Result<Response, ApiError> {
+    let ready = state.ready()?;
+    ready.visible_service(&caller, &name).await?;
+    let command = Command::RollbackUpgrade { name };
+    accepted(view(ready.engine.call(caller.command(command)).await?)?)
+}
+
+fn accepted(v: RolloutView) -> Result<Response, ApiError> {
+    let location = HeaderValue::from_str(&format!("/v1/rollouts/{}", v.id)).ok();
+    let mut response = (StatusCode::ACCEPTED, Json(v)).into_response();
+    if let Some(location) = location {
+        response.headers_mut().insert(header::LOCATION, location);
+    }
+    Ok(response)
+}

@@ -23,6 +23,8 @@ pub fn router(state: AppState) -> Router {
         .route("/v1/services/{name}/switchover", post(http::post_switchover))
         .route("/v1/services/{name}/fork", post(http::post_fork))
         .route("/v1/services/{name}/resize", post(crate::rollouts::resize_service))
+        .route("/v1/services/{name}/upgrade", post(crate::rollouts::upgrade_service))
+        .route("/v1/services/{name}/upgrade/rollback", post(crate::rollouts::rollback_upgrade))
         .route("/v1/services/{name}/followers", post(crate::followers::post_followers))
         .route("/v1/services/{name}/followers/{id}", delete(crate::followers::delete_follower))
         .route("/v1/services/{name}/resume", post(http::post_resume))

@@ -972,3 +972,125 @@ async fn a_deleted_service_is_archived_restored_with_its_rows_then_purged_with_i
         events.iter().filter(|e| e["kind"]["type"] == "archive").filter_map(|e| e["to"].as_str()).collect();
     assert_eq!(states, ["archiving", "archived", "purged"], "{events:#?}");
 }
+
+async fn server_version(url: &str) -> String {
+    let c = connect(url).await.expect("connect for the version");
+    let shown = c.simple_query("SHOW server_version").await.expect("SHOW server_version");
+    shown
+        .iter()
+        .find_map(|m| match m {
+            tokio_postgres::SimpleQueryMessage::Row(r) => r.get(0).map(str::to_string),
+            _ => None,
+        })
+        .unwrap_or_default()
+}
+
+async fn wait_rollout(t: &common::TestServer, r: &Value) {
+    let rid = id(r);
+    poll(Duration::from_secs(600), "the upgrade's rollout done", || async {
+        let (_, r) = t.get(&format!("/v1/rollouts/{rid}")).await;
+        assert!(r["state"] != "paused" && r["state"] != "failed", "{r}");
+        (r["state"] == "succeeded").then_some(r)
+    })
+    .await;
+}
+
+/// Issue 17 item 4: PostgreSQL 15 → 17 under a steady write load through
+/// the URL (a logical subscriber of 17, a planned switchover), then back to
+/// 15 the same way with the writes made on 17. Needs PostgreSQL 17 in
+/// /var/cache/drover/postgresql/17 (scripts/lib.sh ensure_pg_majors).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_major_upgrade_under_load_keeps_the_url_and_loses_no_write_and_rolls_back() {
+    assert!(
+        drover_providers::local::major_installed(17),
+        "PostgreSQL 17 is not installed: run scripts/lib.sh's ensure_pg_majors (scripts/test does)"
+    );
+    let (mut t, _reaper) = start_local().await;
+    let (status, body) = t
+        .post("/v1/services", json!({"name": "pgup", "engine": "postgres", "followers": 0, "provider": "local"}))
+        .await;
+    assert_eq!(status, 201, "{body}");
+    let s = t.wait_available("pgup", SLOW).await;
+    let url = s["url"].as_str().unwrap().to_string();
+    assert!(server_version(&url).await.starts_with("15."), "starts on 15");
+    let c = connect(&url).await.unwrap();
+    c.batch_execute(
+        "CREATE TABLE writes (n bigint PRIMARY KEY); \
+         CREATE TABLE notes (id bigserial PRIMARY KEY, note text NOT NULL); \
+         INSERT INTO notes (note) VALUES ('one'), ('two'), ('three')",
+    )
+    .await
+    .unwrap();
+    drop(c);
+    let writer = Writer::start(url.clone());
+    poll(SLOW, "writes flowing", || async { (writer.acked() > 50).then_some(()) }).await;
+
+    let (status, bad) = t.post("/v1/services/pgup/upgrade", json!({"version": "99"})).await;
+    assert_eq!(status, 404, "a major not installed: {bad}");
+    let (status, bad) = t.post("/v1/services/pgup/upgrade", json!({"version": "15"})).await;
+    assert_eq!(status, 409, "not newer: {bad}");
+    let (status, bad) = t.post("/v1/services/pgup/upgrade/rollback", json!({})).await;
+    assert_eq!(status, 409, "nothing to roll back yet: {bad}");
+    let started = Instant::now();
+    let (status, r) = t.post("/v1/services/pgup/upgrade", json!({"version": "17"})).await;
+    assert_eq!(status, 202, "{r}");
+    wait_rollout(&t, &r).await;
+    let upgrade_took = started.elapsed();
+    let at = writer.acked();
+    poll(SLOW, "writes after the upgrade", || async { (writer.acked() > at + 20).then_some(()) }).await;
+    let s = t.service("pgup").await;
+    assert_eq!(s["url"].as_str(), Some(url.as_str()), "the URL is unchanged");
+    let version = server_version(&url).await;
+    assert!(version.starts_with("17."), "the URL serves 17 now: {version}");
+    assert!(s["upgraded_from"].is_string(), "the way back is kept: {s}");
+    let c = connect(&url).await.unwrap();
+    let next = c.simple_query("INSERT INTO notes (note) VALUES ('on 17') RETURNING id").await.unwrap();
+    let next: Vec<String> = next
+        .iter()
+        .filter_map(|m| match m {
+            tokio_postgres::SimpleQueryMessage::Row(r) => r.get(0).map(str::to_string),
+            _ => None,
+        })
+        .collect();
+    assert_eq!(next, vec!["4".to_string()], "the sequence continues where 15 left it");
+    drop(c);
+    let (status, again) = t.post("/v1/services/pgup/upgrade", json!({"version": "17"})).await;
+    assert_eq!(status, 409, "on 17 already: {again}");
+    let acked_on_17 = writer.acked();
+
+    let started = Instant::now();
+    let (status, r) = t.post("/v1/services/pgup/upgrade/rollback", json!({})).await;
+    assert_eq!(status, 202, "{r}");
+    wait_rollout(&t, &r).await;
+    let rollback_took = started.elapsed();
+    let at = writer.acked();
+    poll(SLOW, "writes after the rollback", || async { (writer.acked() > at + 20).then_some(()) }).await;
+    let s = t.service("pgup").await;
+    assert_eq!(s["url"].as_str(), Some(url.as_str()), "the URL is unchanged");
+    let version = server_version(&url).await;
+    assert!(version.starts_with("15."), "back on 15: {version}");
+    assert!(s["upgraded_from"].is_null(), "rolled back: {s}");
+    let (acked, failures) = writer.finish().await;
+    let present = rows(&url).await;
+    let missing: Vec<&u64> = acked.iter().filter(|n| !present.contains(n)).collect();
+    assert!(missing.is_empty(), "{} acknowledged writes are missing (first {:?})", missing.len(), missing.first());
+    assert!(acked.len() > acked_on_17, "writes were made on 17 and after");
+    let c = connect(&url).await.unwrap();
+    let notes = c.simple_query("SELECT note FROM notes WHERE id = 4").await.unwrap();
+    assert!(
+        notes.iter().any(|m| matches!(m, tokio_postgres::SimpleQueryMessage::Row(r) if r.get(0) == Some("on 17"))),
+        "the row written on 17 came back to 15"
+    );
+    let (_, actions) = t.get("/v1/actions?limit=10000").await;
+    let fences: Vec<&Value> =
+        actions.as_array().unwrap().iter().filter(|a| a["kind"] == "fence" && a["service"] == s["id"]).collect();
+    assert_eq!(fences.len(), 2, "one switchover each way: {fences:#?}");
+    assert!(fences.iter().all(|a| a["immediate"] == false), "switchovers, not failovers: {fences:#?}");
+    eprintln!(
+        "major upgrade under load: 15 -> 17 in {upgrade_took:?}, back to 15 in {rollback_took:?}; \
+         {} writes acknowledged, {failures} statements failed, 0 lost",
+        acked.len()
+    );
+    assert_eq!(failures, 0, "no statement failed during the upgrade and its rollback");
+    t.stop().await;
+}

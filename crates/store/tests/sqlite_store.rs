@@ -26,6 +26,7 @@ fn image(version: &str) -> Image {
 
 fn service(n: u64, name: &str, state: ServiceState) -> ServiceRecord {
     ServiceRecord {
+        upgraded_from: None,
         id: ServiceId::new_at(T0 + n as i64, n),
         name: name.into(),
         engine: EngineKind::Postgres,
@@ -153,6 +154,7 @@ fn commit_then_load_round_trips_every_record_exactly() {
         host: Some("host-b".into()),
         restore_from: None,
         read_slot: None,
+        version: String::new(),
     };
     let a1 = action(1, s1.id, i1.id, provision, ActionState::Pending);
     let a2 = action(2, s2.id, i2.id, ActionKind::InjectFault { fault: Fault::Hang }, ActionState::Running);

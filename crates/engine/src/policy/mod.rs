@@ -146,6 +146,13 @@ pub trait EnginePolicy: Send + Sync + fmt::Debug {
     fn archives_on_delete(&self) -> bool {
         false
     }
+    /// Whether a service can be moved onto a newer major version of its
+    /// engine (`crate::upgrades`): its provider copies the data into a member
+    /// of the new major while the old one serves (PostgreSQL: logical
+    /// replication), and back on a rollback.
+    fn upgrades_major_versions(&self) -> bool {
+        false
+    }
 }
 
 /// The policy of each engine kind, looked up per service.

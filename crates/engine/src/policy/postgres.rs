@@ -63,6 +63,11 @@ impl EnginePolicy for PostgresPolicy {
     fn archives_on_delete(&self) -> bool {
         true
     }
+    /// By logical replication into a member of the new major (the local
+    /// provider: Debian's 15 clients copy the schema, pgoutput the rows).
+    fn upgrades_major_versions(&self) -> bool {
+        true
+    }
 }
 
 /// Quorum sync replication to any one streaming follower (Patroni's

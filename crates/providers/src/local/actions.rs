@@ -78,8 +78,9 @@ impl Inner {
     ) -> Done {
         let id = action.instance;
         match &action.kind {
-            ActionKind::Provision { role, service_name, sync, settings, restore_from, read_slot, .. } => {
+            ActionKind::Provision { role, service_name, sync, settings, restore_from, read_slot, version, .. } => {
                 let new = NewMember {
+                    version,
                     role: *role,
                     service_name,
                     sync: *sync,
@@ -127,7 +128,8 @@ impl Inner {
     }
 
     async fn provision(self: &Arc<Self>, id: InstanceId, service_id: ServiceId, new: NewMember<'_>) -> Done {
-        let NewMember { role, service_name, sync, settings, restore_from, read_slot, replication } = new;
+        let NewMember { role, service_name, sync, settings, restore_from, read_slot, replication, version } = new;
+        let major = self.major_for(version)?;
         if role == Role::Broker {
             // The engine refuses such services first (`engines()`); this is the backstop.
             return Err(ActionError::Config("the local provider runs PostgreSQL only: it builds no brokers".into()));
@@ -170,11 +172,18 @@ impl Inner {
             }
         }
         postgres::check_settings(settings)?;
-        let entry = self.register(id, service_id, role, service_name, sync, settings, existing, read_slot)?;
+        let entry = self.register(id, service_id, role, service_name, sync, settings, existing, read_slot, major)?;
         self.prepare_dir(&entry.dir)?;
+        // A follower of another major than the primary: an upgrade's new
+        // member, a logical subscriber of the primary (`upgrade.rs`).
+        let subscribes_to = match role {
+            Role::Follower => self.current_primary(service_id).filter(|p| p.major != entry.major),
+            _ => None,
+        };
         match (role, restore_from) {
             (Role::Primary, Some(from)) => self.build_primary_from_backup(&entry, from).await?,
             (Role::Primary, None) => self.build_primary(&entry).await?,
+            (Role::Follower, _) if subscribes_to.is_some() => self.build_primary(&entry).await?,
             (Role::Follower, _) => self.build_follower(&entry, replication.as_ref()).await?,
             (Role::Broker, _) => return Err(ActionError::Config("the local provider builds no brokers".into())),
         }
@@ -187,13 +196,14 @@ impl Inner {
         if let Some(from) = restore_from {
             self.open_fork(id, &entry, from).await?;
         }
-        match role {
-            Role::Primary => {
+        match (role, &subscribes_to) {
+            (Role::Primary, _) => {
                 self.ensure_app_roles(&entry).await?;
                 self.set_replication_password(&entry, replication.as_ref()).await?;
             }
-            Role::Follower => self.wait_streaming(&entry).await?,
-            Role::Broker => {}
+            (Role::Follower, Some(primary)) => self.subscribe(&entry, primary).await?,
+            (Role::Follower, None) => self.wait_streaming(&entry).await?,
+            (Role::Broker, _) => {}
         }
         {
             let mut registry = lock(&self.registry);
@@ -243,6 +253,7 @@ impl Inner {
         settings: &std::collections::BTreeMap<String, String>,
         existing: Option<InstanceEntry>,
         read_slot: Option<u32>,
+        major: Option<u32>,
     ) -> Result<InstanceEntry, ActionError> {
         let entry = {
             let mut registry = lock(&self.registry);
@@ -286,6 +297,8 @@ impl Inner {
                 fault: None,
                 settings: settings.clone(),
                 read_slot,
+                major,
+                caught_up: false,
             };
             registry.instances.insert(id, entry.clone());
             entry
@@ -318,7 +331,7 @@ impl Inner {
         self.prepare_dir(&pgdata)?;
         let pwfile = entry.dir.join("initdb.pw");
         postgres::write_owned(&self.run_as, &pwfile, &password, 0o600)?;
-        let mut initdb = tokio::process::Command::new(self.servers.binaries().path("initdb"));
+        let mut initdb = tokio::process::Command::new(self.servers.binaries().bindir_for(entry).join("initdb"));
         initdb
             .arg("-D")
             .arg(&pgdata)
@@ -446,6 +459,13 @@ impl Inner {
         replication: Option<&super::Replication>,
     ) -> Result<(), ActionError> {
         let service = self.service(entry.service)?;
+        if entry.major.is_some() {
+            return Err(ActionError::Config(format!(
+                "no pg_basebackup for PostgreSQL {} here (Debian has 15 only; npm's build has none): \
+                 a follower of an upgraded primary cannot be built",
+                self.servers.binaries().bindir_for(entry).display()
+            )));
+        }
         let local_primary = self.current_primary(entry.service);
         let conninfo = match (replication, &local_primary) {
             // The primary runs on another host: over TCP to its address,
@@ -672,6 +692,14 @@ impl Inner {
         if !entry.should_run() {
             return Err(invalid("the instance does not run: back up from the running primary"));
         }
+        if let Some(major) = entry.major {
+            // Said plainly rather than tried: pgBackRest 2.45 answers "is
+            // this version of PostgreSQL supported?" and nothing is archived.
+            return Err(ActionError::Config(format!(
+                "no backup: Debian's pgBackRest (2.45) does not support PostgreSQL {major}; this upgraded \
+                 service has no backups here (roll it back, or install a pgBackRest that supports {major})"
+            )));
+        }
         let target = self.pg_target(&entry);
         let stanza = entry.service_name.clone();
         repo.ensure_stanza(&stanza, &target).await.map_err(backup_error)?;
@@ -767,8 +795,18 @@ impl Inner {
                 self.routers.release_dead_connections(entry.service, service, holding).await;
             }
         } else {
-            if let Some(service) = if hold { self.service(entry.service).ok() } else { None } {
-                self.routers.pause(entry.service, &service).await;
+            let service = if hold { self.service(entry.service).ok() } else { None };
+            if let Some(service) = &service {
+                self.routers.pause(entry.service, service).await;
+            }
+            // An upgrade's switchover: the new major's subscriber applies
+            // everything this primary wrote before it stops (clients queue
+            // at the paused router meanwhile).
+            if hold && !entry.fenced {
+                if let Err(error) = self.catch_up_subscribers(&entry).await {
+                    self.resume_router(entry.service).await;
+                    return Err(error);
+                }
             }
             self.stop_server(id, Some(&entry)).await?;
         }
@@ -813,6 +851,9 @@ impl Inner {
                 return Err(invalid(format!("cannot promote: the primary {old} still runs unfenced; fence it first")));
             }
         }
+        // An upgrade's subscriber becomes the primary only caught up by a
+        // planned switchover; its subscription ends first.
+        self.end_subscription(id, entry).await?;
         let recovery = postgres::execute(entry, "SELECT pg_is_in_recovery()", SQL_TIMEOUT).await?;
         let was_follower = recovery.first().cloned().flatten().as_deref() == Some("t");
         if was_follower {
@@ -948,6 +989,9 @@ impl Inner {
             // the slot again (a client gets "no such database", not a hang).
             self.route_reads(entry.service).await?;
         }
+        // An upgrade's subscriber retired before its cut-over (an aborted
+        // upgrade): its slot on the primary would hold WAL forever.
+        self.drop_subscriber_slot(id, &entry).await;
         Ok(Some("stopped for good".into()))
     }
 
@@ -1067,6 +1111,8 @@ struct NewMember<'a> {
     read_slot: Option<u32>,
     /// Replication across agent hosts (None: on the built-in host).
     replication: Option<super::Replication>,
+    /// Its image's engine version (empty: the default binaries).
+    version: &'a str,
 }
 
 /// A fork whose server would not start or stopped in its replay: when its

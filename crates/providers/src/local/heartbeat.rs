@@ -112,7 +112,7 @@ impl Inner {
             let registry = lock(&self.registry);
             samples
                 .iter()
-                .filter(|s| !s.in_recovery)
+                .filter(|s| s.is_primary())
                 .filter(|s| registry.services.get(&s.service).is_some_and(|svc| svc.sync && svc.primary == Some(s.id)))
                 // With read replicas the count of streaming standbys says
                 // nothing of the plan's followers: adjust_sync looks (and

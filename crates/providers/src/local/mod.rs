@@ -34,6 +34,7 @@ mod redis;
 pub mod registry;
 mod router;
 mod servers;
+mod upgrade;
 
 use crate::runas::RunAs;
 use crate::{ActionError, BoxFuture, Provider, ProviderError, ProviderEvent};
@@ -47,6 +48,18 @@ use servers::Servers;
 
 pub use postgres::{error_text as postgres_error_text, APP_DATABASE, APP_LOGINS, APP_OWNER, REPLICATION_ROLE, ROLE};
 pub use process::running_pid;
+
+/// The major of the default PostgreSQL binaries (Debian's 15).
+pub fn default_major() -> u32 {
+    postgres::Binaries::find().map(|b| b.major()).unwrap_or(15)
+}
+
+/// Whether the binaries of PostgreSQL `major` are installed for upgrades
+/// (`scripts/lib.sh` `ensure_pg_majors`).
+pub fn major_installed(major: u32) -> bool {
+    let bin = postgres::majors_dir().join(major.to_string()).join("bin");
+    bin.join("postgres").is_file() && bin.join("initdb").is_file()
+}
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};

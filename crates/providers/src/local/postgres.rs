@@ -68,6 +68,35 @@ impl Binaries {
     pub fn path(&self, name: &str) -> PathBuf {
         self.bindir.join(name)
     }
+    /// The major of these binaries, from their folder (`.../postgresql/15/bin`);
+    /// Debian's 15 when the folder does not say.
+    pub fn major(&self) -> u32 {
+        self.bindir
+            .parent()
+            .and_then(|p| p.file_name())
+            .and_then(|n| n.to_str())
+            .and_then(|n| n.parse().ok())
+            .unwrap_or(DEFAULT_MAJOR)
+    }
+    /// The folder of `entry`'s binaries: its own major's, or these.
+    pub fn bindir_for(&self, entry: &InstanceEntry) -> PathBuf {
+        match entry.major {
+            Some(major) if major != self.major() => majors_dir().join(major.to_string()).join("bin"),
+            _ => self.bindir.clone(),
+        }
+    }
+}
+
+/// The major of [`DEFAULT_BINDIR`].
+const DEFAULT_MAJOR: u32 = 15;
+
+/// Where newer PostgreSQL majors are installed (`scripts/lib.sh`
+/// `ensure_pg_majors`: npm's @embedded-postgres builds, one folder per major
+/// with `bin/ lib/ share/`); `DROVER_PG_MAJORS_DIR` names another.
+pub fn majors_dir() -> PathBuf {
+    std::env::var_os("DROVER_PG_MAJORS_DIR")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| PathBuf::from("/var/cache/drover/postgresql"))
 }
 
 /// Runs a short command to completion; an error carries the tail of its output.
@@ -171,7 +200,12 @@ pub fn write_config(run_as: &RunAs, entry: &InstanceEntry, settings: &ServerSett
          # Many small servers share one machine.\n\
          shared_buffers = 32MB\n\
          dynamic_shared_memory_type = posix\n\
-         wal_level = replica\n\
+         # logical: a major-version upgrade copies the data by logical\n\
+         # replication from a running primary (a restart under load would fail statements).\n\
+         wal_level = logical\n\
+         # An upgrade's subscriber reports what it applied every second, so\n\
+         # the switchover sees it caught up at once.\n\
+         wal_receiver_status_interval = 1s\n\
          max_wal_senders = 10\n\
          max_replication_slots = 10\n\
          # Lets a follower that fell behind catch up without a slot.\n\
@@ -192,7 +226,9 @@ pub fn write_config(run_as: &RunAs, entry: &InstanceEntry, settings: &ServerSett
         socket = conf_quote(&socket.to_string_lossy()),
         listen = conf_quote(&listen),
     );
-    if let Some(template) = settings.archive_command {
+    // pgBackRest 2.45 (Debian's) refuses PostgreSQL 16+: a member of a
+    // newer major archives no WAL (its service has no backups, and says so).
+    if let Some(template) = settings.archive_command.filter(|_| entry.major.is_none()) {
         let command = template.replace("{stanza}", &entry.service_name);
         conf.push_str(&format!("archive_mode = on\narchive_command = {}\n", conf_quote(&command)));
     }
@@ -373,12 +409,17 @@ pub fn drop_auto_conf(run_as: &RunAs, pgdata: &Path, names: &[&str]) -> Result<(
 
 /// Connects over the instance's unix socket (peer auth) within `timeout`.
 pub async fn connect(entry: &InstanceEntry, timeout: Duration) -> Result<Client, ActionError> {
+    connect_to(entry, "postgres", timeout).await
+}
+
+/// [`connect`] to database `dbname`.
+pub async fn connect_to(entry: &InstanceEntry, dbname: &str, timeout: Duration) -> Result<Client, ActionError> {
     let mut config = tokio_postgres::Config::new();
     config
         .host_path(entry.socket_dir())
         .port(entry.port)
         .user(ROLE)
-        .dbname("postgres")
+        .dbname(dbname)
         .application_name("drover-local-provider")
         .connect_timeout(timeout);
     let connecting = config.connect(NoTls);
@@ -443,8 +484,18 @@ pub async fn answers(entry: &InstanceEntry, timeout: Duration) -> Result<(), Act
 
 /// Runs one statement (simple protocol) on a fresh socket connection.
 pub async fn execute(entry: &InstanceEntry, sql: &str, timeout: Duration) -> Result<Vec<Option<String>>, ActionError> {
+    execute_in(entry, "postgres", sql, timeout).await
+}
+
+/// [`execute`] in database `dbname`.
+pub async fn execute_in(
+    entry: &InstanceEntry,
+    dbname: &str,
+    sql: &str,
+    timeout: Duration,
+) -> Result<Vec<Option<String>>, ActionError> {
     let attempt = async {
-        let client = connect(entry, timeout).await?;
+        let client = connect_to(entry, dbname, timeout).await?;
         let messages = client.simple_query(sql).await.map_err(|e| sql_error(sql, &e))?;
         let mut values = Vec::new();
         for message in messages {

@@ -10,13 +10,23 @@ use std::collections::HashMap;
 /// Role, WAL position, connections, replication state, and whether the
 /// server accepts writes (the agent's self-fence sets
 /// default_transaction_read_only).
+/// A member of a major-version upgrade (a logical subscriber of the
+/// service's primary, `drover_upgrade`) is a follower: its position is the
+/// primary's WAL it applied (`latest_end_lsn`), and it streams while its
+/// apply worker runs.
 pub const FACTS_SQL: &str = "SELECT pg_is_in_recovery(), \
-     (CASE WHEN pg_is_in_recovery() THEN pg_last_wal_replay_lsn() ELSE pg_current_wal_lsn() END)::text, \
+     (CASE WHEN pg_is_in_recovery() THEN pg_last_wal_replay_lsn() WHEN s.subscriber THEN s.end_lsn \
+      ELSE pg_current_wal_lsn() END)::text, \
      (SELECT count(*) FROM pg_stat_activity)::int4, \
-     COALESCE((SELECT status = 'streaming' FROM pg_stat_wal_receiver LIMIT 1), false), \
+     COALESCE((SELECT status = 'streaming' FROM pg_stat_wal_receiver LIMIT 1), false) OR s.applying, \
      (SELECT count(*) FROM pg_stat_replication WHERE state = 'streaming' AND application_name <> 'pg_basebackup')::int4, \
      current_setting('synchronous_standby_names'), \
-     current_setting('default_transaction_read_only') = 'off'";
+     current_setting('default_transaction_read_only') = 'off', \
+     s.subscriber \
+     FROM (SELECT EXISTS (SELECT 1 FROM pg_subscription WHERE subname = 'drover_upgrade') AS subscriber, \
+       (SELECT latest_end_lsn FROM pg_stat_subscription WHERE subname = 'drover_upgrade' AND relid IS NULL LIMIT 1) AS end_lsn, \
+       EXISTS (SELECT 1 FROM pg_stat_subscription WHERE subname = 'drover_upgrade' AND relid IS NULL AND pid IS NOT NULL) \
+       AS applying) s";
 
 /// What one instance answered to [`FACTS_SQL`].
 #[derive(Clone, Debug)]
@@ -30,6 +40,8 @@ pub struct Sample {
     pub streaming_followers: u32,
     pub sync_names: String,
     pub read_write: bool,
+    /// A logical subscriber building a major-version upgrade: a follower.
+    pub subscriber: bool,
 }
 
 impl Sample {
@@ -45,23 +57,31 @@ impl Sample {
             streaming_followers: row.get::<_, i32>(4).max(0) as u32,
             sync_names: row.get(5),
             read_write: row.get(6),
+            subscriber: row.get(7),
         }
     }
 
     /// The facts of this sample; `primary_lsn` is its service's primary
     /// position seen in the same round (a follower's lag is measured against it).
+    /// Whether it serves as its service's primary (not a standby, not an
+    /// upgrade's subscriber).
+    pub fn is_primary(&self) -> bool {
+        !self.in_recovery && !self.subscriber
+    }
+
     pub fn facts(&self, primary_lsn: Option<u64>) -> Facts {
-        let role = if self.in_recovery { Role::Follower } else { Role::Primary };
-        let lag = match (self.in_recovery, self.lsn, primary_lsn) {
+        let follows = !self.is_primary();
+        let role = if follows { Role::Follower } else { Role::Primary };
+        let lag = match (follows, self.lsn, primary_lsn) {
             (true, Some(mine), Some(theirs)) => Some(theirs.saturating_sub(mine)),
             _ => None,
         };
         Facts {
             role: Some(role),
-            writable: Some(!self.in_recovery && self.read_write),
+            writable: Some(!follows && self.read_write),
             wal_position: self.lsn,
             replication_lag_bytes: lag,
-            upstream_streaming: self.in_recovery.then_some(self.streaming),
+            upstream_streaming: follows.then_some(self.streaming),
             connections: Some(self.connections),
             last_backup_at: None,
             port: None,
@@ -73,7 +93,7 @@ impl Sample {
 /// follower's lag measured against its service's primary in that round.
 pub fn round_facts(samples: &[Sample]) -> Vec<(InstanceId, Facts)> {
     let primary_lsn: HashMap<ServiceId, u64> =
-        samples.iter().filter(|s| !s.in_recovery).filter_map(|s| Some((s.service, s.lsn?))).collect();
+        samples.iter().filter(|s| s.is_primary()).filter_map(|s| Some((s.service, s.lsn?))).collect();
     samples.iter().map(|s| (s.id, s.facts(primary_lsn.get(&s.service).copied()))).collect()
 }
 
@@ -92,6 +112,7 @@ mod tests {
             streaming_followers: 0,
             sync_names: String::new(),
             read_write,
+            subscriber: false,
         }
     }
 

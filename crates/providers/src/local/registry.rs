@@ -60,6 +60,17 @@ pub struct InstanceEntry {
     /// (`app_read<slot>`) points at it. None: the primary or a plan follower.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub read_slot: Option<u32>,
+    /// The PostgreSQL major it runs when it is not the provider's default
+    /// (Debian's): a major-version upgrade's member, built with the binaries
+    /// in `postgres::majors_dir()/<major>`. None: the default binaries.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub major: Option<u32>,
+    /// A logical subscriber (an upgrade's new member) that a planned
+    /// switchover caught up with its primary (the primary stopped after
+    /// it had applied everything, sequences copied): only then may it be
+    /// promoted (a failover onto a subscriber could lose writes).
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub caught_up: bool,
 }
 
 /// A read slot and the port of the active read replica that fills it.

@@ -115,7 +115,7 @@ impl Servers {
                 .chown(&log_path)
                 .map_err(|e| ActionError::io(format_args!("cannot chown {}", log_path.display()), e))?;
             let log_err = log.try_clone().map_err(|e| ActionError::io("cannot share the log file", e))?;
-            let mut command = tokio::process::Command::new(self.binaries.path("postgres"));
+            let mut command = tokio::process::Command::new(self.binaries.bindir_for(entry).join("postgres"));
             command
                 .arg("-D")
                 .arg(entry.pgdata())

@@ -356,6 +356,7 @@ mod tests {
             host: None,
             restore_from: None,
             read_slot: None,
+            version: String::new(),
         }
     }
     fn beat_of(beats: &[Beat], id: InstanceId) -> Option<&Beat> {

@@ -133,6 +133,8 @@ pub const TABLE: &[Rule] = &[
     rule("GET", "/v1/archives", Read, No),
     rule("POST", "/v1/archives/{id}/restore", Operate, ByEngine),
     rule("POST", "/v1/services/{name}/resize", Operate, ByEngine),
+    rule("POST", "/v1/services/{name}/upgrade", Operate, ByEngine),
+    rule("POST", "/v1/services/{name}/upgrade/rollback", Operate, ByEngine),
     rule("POST", "/v1/services/{name}/followers", Operate, ByEngine),
     rule("DELETE", "/v1/services/{name}/followers/{id}", Operate, ByEngine),
     rule("POST", "/v1/services/{name}/resume", Operate, ByEngine),

@@ -1,0 +1,143 @@
+//! Major-version upgrades (issue 17 item 4): a service moved onto a newer
+//! major of its engine with its URL unchanged, and the way back.
+//!
+//! An upgrade is a resize (`crate::rollouts`, a rollout of one service)
+//! onto an image derived from the service's own: the same configuration,
+//! settings and package manifest, the new engine version. The move is the
+//! rollout's, step by step: a new member from the new image (the provider
+//! builds a member of another major than the primary by logical
+//! replication), a planned switchover (the provider's graceful fence waits
+//! until that member has replayed everything, copies the sequences, then
+//! stops the old primary; its promotion drops the subscription and points
+//! the router at it), the old member retired. A restarted control plane
+//! resumes the rollout from the fleet as it is, so no cut-over is repeated.
+//!
+//! The image it came from is kept on the service (`upgraded_from`, in the
+//! same commit as the rollout): `RollbackUpgrade` moves it back onto that
+//! image the same way (the provider copies the data back by logical
+//! replication from the new major), and forgets it.
+
+use crate::api::{CommandError, Outputs, Reply};
+use crate::Engine;
+use drover_model::Image;
+
+/// An image's `configuration` key that keeps new services off it
+/// (`Images::latest_for`): an upgrade's target image serves the services
+/// moved onto it, and a new service is still created on the newest image an
+/// operator registered for new services.
+pub const NEW_SERVICES_KEY: &str = "new_services";
+
+/// The major of an engine version: its first number (`"15.14"` → 15,
+/// `"17"` → 17, `"postgres (PostgreSQL) 15.14 (Debian 15.14-0+deb12u1)"`,
+/// what `postgres --version` prints, → 15); None without a number.
+pub fn major_of(version: &str) -> Option<u32> {
+    let start = version.find(|c: char| c.is_ascii_digit())?;
+    let rest = &version[start..];
+    let digits = &rest[..rest.find(|c: char| !c.is_ascii_digit()).unwrap_or(rest.len())];
+    digits.parse().ok().filter(|m| *m > 0)
+}
+
+impl Engine {
+    /// Moves `name` onto major `version` of its engine (see the module).
+    /// Refused (409) for an engine without major upgrades, a service with
+    /// followers or read replicas (their physical copy of a newer major
+    /// cannot be built here), a service on that major or a newer one, or
+    /// one a rollout is moving; 404 for a version that is not a major.
+    pub(crate) fn upgrade_service(
+        &mut self,
+        name: &str,
+        version: &str,
+        now: i64,
+        out: &mut Outputs,
+    ) -> Result<Reply, CommandError> {
+        let sslot = self.live_service(name)?;
+        let s = self.services.get(sslot).ok_or_else(|| CommandError::NotFound(format!("no service named {name:?}")))?;
+        if !self.config.policies.get(s.engine).upgrades_major_versions() {
+            return Err(CommandError::Conflict(format!("{} services have no major-version upgrade", s.engine)));
+        }
+        let wanted =
+            major_of(version).filter(|_| version.chars().all(|c| c.is_ascii_digit() || c == '.')).ok_or_else(|| {
+                CommandError::NotFound(format!("{version:?} is not a major version (give one such as \"17\")"))
+            })?;
+        if s.plan.followers > 0 || s.read_slots != 0 {
+            return Err(CommandError::Conflict(format!(
+                "{name:?} has followers: a follower of a newer major is a physical copy this host cannot build \
+                 yet (no pg_basebackup of that major); upgrade a service without followers, then add them"
+            )));
+        }
+        let current = self
+            .images
+            .list
+            .get(s.image as usize)
+            .cloned()
+            .ok_or_else(|| CommandError::Conflict(format!("{name:?} has no known image")))?;
+        let have = major_of(&current.version).unwrap_or(0);
+        if wanted <= have {
+            return Err(CommandError::Conflict(format!(
+                "{name:?} runs {} {} already: an upgrade goes to a newer major (the way back is \
+                 POST /v1/services/{name}/upgrade/rollback)",
+                s.engine, current.version
+            )));
+        }
+        if let Some(other) = self.rollouts.claimed.get(&s.id) {
+            return Err(CommandError::Conflict(format!(
+                "rollout {other} is moving {name:?}: pause or abort it first, or wait for it"
+            )));
+        }
+        let mut configuration = current.configuration.clone();
+        configuration.insert(NEW_SERVICES_KEY.to_string(), "no".to_string());
+        let mut target =
+            Image::new(current.engine, version, configuration, current.packages.clone(), current.created_at);
+        target.settings = current.settings.clone();
+        target.manifest = current.manifest.clone();
+        target.sources = current.sources.clone();
+        target.id = target.content_id();
+        target.created_at = drover_model::Timestamp(now);
+        let (i, new) = self.images.insert(target);
+        let image = self.images.list[i as usize].clone();
+        let reply = self.resize_service(name, image.id.clone(), now, out)?;
+        if new {
+            out.changes.images.push(image);
+        }
+        if let Some(s) = self.services.get_mut(sslot) {
+            s.upgraded_from = Some(Box::new(current.id));
+        }
+        self.service_changed(sslot, out);
+        Ok(reply)
+    }
+
+    /// Moves an upgraded service back onto the image it was upgraded from
+    /// (409 when it was not upgraded, or a rollout is moving it).
+    pub(crate) fn rollback_upgrade(&mut self, name: &str, now: i64, out: &mut Outputs) -> Result<Reply, CommandError> {
+        let sslot = self.live_service(name)?;
+        let s = self.services.get(sslot).ok_or_else(|| CommandError::NotFound(format!("no service named {name:?}")))?;
+        let from = s.upgraded_from.as_deref().cloned().ok_or_else(|| {
+            CommandError::Conflict(format!(
+                "{name:?} was not upgraded (or was rolled back already): nothing to roll back"
+            ))
+        })?;
+        let reply = self.resize_service(name, from, now, out)?;
+        if let Some(s) = self.services.get_mut(sslot) {
+            s.upgraded_from = None;
+        }
+        self.service_changed(sslot, out);
+        Ok(reply)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::major_of;
+
+    #[test]
+    fn the_major_is_the_leading_number_of_a_version() {
+        assert_eq!(major_of("15.14"), Some(15));
+        assert_eq!(major_of("17"), Some(17));
+        assert_eq!(major_of("17.10 (Debian)"), Some(17));
+        assert_eq!(major_of("postgres (PostgreSQL) 15.14 (Debian 15.14-0+deb12u1)"), Some(15));
+        assert_eq!(major_of("15-sim"), Some(15));
+        assert_eq!(major_of("latest"), None);
+        assert_eq!(major_of(""), None);
+        assert_eq!(major_of("0"), None);
+    }
+}

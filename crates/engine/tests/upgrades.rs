@@ -1,0 +1,138 @@
+//! Major-version upgrades in the pure engine (issue 17 item 4): a service
+//! moved onto a newer major by a one-service rollout (a new member, a
+//! planned switchover, the old member retired), the way back kept durably,
+//! no cut-over repeated after a kill -9, and what cannot be upgraded refused
+//! with nothing opened.
+
+mod common;
+use common::*;
+use drover_engine::{Command, CommandError, Reply};
+use drover_model::*;
+use std::time::Duration;
+
+fn upgrade(h: &mut H, name: &str, version: &str) -> Result<Reply, CommandError> {
+    h.command(Command::UpgradeService { name: name.into(), version: version.into() })
+}
+
+fn rollback(h: &mut H, name: &str) -> Result<Reply, CommandError> {
+    h.command(Command::RollbackUpgrade { name: name.into() })
+}
+
+fn rollout(reply: Result<Reply, CommandError>) -> RolloutView {
+    match reply {
+        Ok(Reply::Rollout(v)) => *v,
+        other => panic!("no rollout: {other:?}"),
+    }
+}
+
+fn settle(h: &mut H, id: RolloutId) -> RolloutView {
+    let end = h.now + 600 * 1_000_000;
+    while h.now < end {
+        h.advance(Duration::from_secs(1));
+        let v = h.e.rollout_view(id, Timestamp(h.now)).expect("rollout exists");
+        if v.state.is_finished() || v.state == RolloutState::Paused {
+            return v;
+        }
+    }
+    panic!("rollout {id} did not settle");
+}
+
+fn members_on(h: &H, name: &str) -> Vec<String> {
+    h.service(name).instances.iter().filter(|i| i.state.is_member()).map(|i| i.image.clone()).collect()
+}
+
+#[test]
+fn an_upgrade_moves_one_service_onto_the_new_major_by_switchover_and_the_rollback_moves_it_back() {
+    let mut h = H::new(fast_config());
+    h.create("db00", 0);
+    h.create("db01", 1);
+    h.advance(Duration::from_secs(3));
+    let before = h.service("db00").image.clone();
+
+    // Refusals open nothing.
+    assert!(matches!(upgrade(&mut h, "nosuch", "17"), Err(CommandError::NotFound(_))));
+    assert!(matches!(upgrade(&mut h, "db00", "latest"), Err(CommandError::NotFound(_))));
+    assert!(matches!(upgrade(&mut h, "db00", "15"), Err(CommandError::Conflict(m)) if m.contains("already")));
+    assert!(matches!(upgrade(&mut h, "db00", "14"), Err(CommandError::Conflict(_))));
+    assert!(matches!(upgrade(&mut h, "db01", "17"), Err(CommandError::Conflict(m)) if m.contains("followers")));
+    assert!(matches!(rollback(&mut h, "db00"), Err(CommandError::Conflict(m)) if m.contains("not upgraded")));
+    assert!(h.e.rollout_views(Timestamp(h.now)).is_empty(), "a refusal opens no rollout");
+
+    let v = rollout(upgrade(&mut h, "db00", "17"));
+    assert_eq!(v.total, 1, "{v:?}");
+    let target = v.spec.to_image.clone();
+    assert_eq!(h.service("db00").upgraded_from.as_deref(), Some(before.as_str()), "the way back is kept");
+    assert!(
+        h.store.services.values().any(|s| s.name == "db00" && s.upgraded_from.as_ref().map(|i| &i.0) == Some(&before)),
+        "durably, in the command's commit"
+    );
+    assert!(matches!(upgrade(&mut h, "db00", "17"), Err(CommandError::Conflict(m)) if m.contains("is moving")));
+    let done = settle(&mut h, v.id);
+    assert_eq!(done.state, RolloutState::Succeeded, "{done:?}");
+    assert!(members_on(&h, "db00").iter().all(|i| *i == target.0), "{:#?}", h.service("db00"));
+    let provisions: Vec<&ActionRecord> = h.succeeded("provision");
+    assert!(
+        provisions.iter().any(|a| matches!(&a.kind, ActionKind::Provision { version, image, .. }
+            if version == "17" && *image == target)),
+        "the new member is built as 17: {provisions:#?}"
+    );
+    assert_eq!(h.succeeded("fence").len(), 1, "one switchover");
+    assert!(h.succeeded("fence").iter().all(|a| a.kind == ActionKind::Fence { immediate: false }), "not a failover");
+    assert!(members_on(&h, "db01").iter().all(|i| *i == before), "only db00 moved");
+    assert!(matches!(upgrade(&mut h, "db00", "17"), Err(CommandError::Conflict(m)) if m.contains("already")));
+
+    // A new service is still created on the image for new services, not on the upgrade's target.
+    let fresh = h.create("db02", 0);
+    assert_eq!(fresh.image, before, "new services stay off an upgrade's target image");
+
+    let back = rollout(rollback(&mut h, "db00"));
+    assert_eq!(back.spec.to_image.0, before);
+    assert_eq!(h.service("db00").upgraded_from, None, "rolled back once");
+    assert!(matches!(rollback(&mut h, "db00"), Err(CommandError::Conflict(_))), "nothing left to roll back");
+    let done = settle(&mut h, back.id);
+    assert_eq!(done.state, RolloutState::Succeeded, "{done:?}");
+    assert!(members_on(&h, "db00").iter().all(|i| *i == before), "back on its old image");
+    assert_eq!(h.succeeded("fence").len(), 2, "one switchover each way");
+    h.check_invariants();
+}
+
+/// kill -9 of the control plane in the middle of an upgrade: the restored
+/// engine resumes it from the fleet as it is, the cut-over (the fence of the
+/// old primary) happens once, and the way back survives the restart.
+#[test]
+fn an_upgrade_resumes_after_kill_9_without_a_second_cut_over() {
+    let mut crashed_at = std::collections::BTreeSet::new();
+    for crash_after_secs in [0u64, 1, 2, 3, 4, 5, 6, 8, 10] {
+        let mut h = H::new(fast_config());
+        h.create("db00", 0);
+        h.advance(Duration::from_secs(3));
+        let before = h.service("db00").image.clone();
+        let v = rollout(upgrade(&mut h, "db00", "17"));
+        h.advance(Duration::from_secs(crash_after_secs));
+        let provisioned = !h.succeeded("provision").is_empty();
+        let fenced = !h.succeeded("fence").is_empty();
+        let finished = h.e.rollout_view(v.id, Timestamp(h.now)).is_some_and(|r| r.state.is_finished());
+        crashed_at.insert(match (provisioned, fenced, finished) {
+            (_, _, true) => "after the upgrade",
+            (_, true, false) => "after the cut-over",
+            (true, false, false) => "new member built, before the cut-over",
+            (false, false, false) => "before the new member",
+        });
+        h.crash_and_restore();
+        assert_eq!(
+            h.service("db00").upgraded_from.as_deref(),
+            Some(before.as_str()),
+            "the way back survives a restart ({crash_after_secs} s)"
+        );
+        let done = settle(&mut h, v.id);
+        assert_eq!(done.state, RolloutState::Succeeded, "crash after {crash_after_secs} s: {done:?}");
+        assert!(members_on(&h, "db00").iter().all(|i| *i == v.spec.to_image.0));
+        let fences = h.store.actions.values().filter(|a| a.kind.name() == "fence").count();
+        assert_eq!(fences, 1, "one cut-over, never repeated (crash after {crash_after_secs} s)");
+        h.check_invariants();
+    }
+    assert!(
+        crashed_at.contains("new member built, before the cut-over") && crashed_at.contains("after the cut-over"),
+        "the crashes fell on both sides of the cut-over: {crashed_at:?}"
+    );
+}
