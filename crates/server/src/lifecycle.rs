@@ -7,6 +7,7 @@
 
 use crate::auth::Caller;
 use crate::error::{ApiError, Json, Path};
+use crate::oncall::routes::blocking;
 use crate::state::{AppState, Ready};
 use axum::extract::State;
 use axum::http::{header, HeaderValue, StatusCode};
@@ -15,16 +16,6 @@ use drover_model::ServiceState;
 use drover_oncall::lifecycle::{self, Attestation, Component, Facts, ItemState, Link, MoveError, Stage};
 use serde::{Deserialize, Serialize};
 use std::collections::BTreeMap;
-
-async fn blocking<R: Send + 'static>(
-    f: impl FnOnce() -> Result<R, drover_store::oncall::OncallStoreError> + Send + 'static,
-) -> Result<R, ApiError> {
-    match tokio::task::spawn_blocking(f).await {
-        Ok(Ok(v)) => Ok(v),
-        Ok(Err(e)) => Err(ApiError::unavailable(format!("the on-call store could not answer: {e}"))),
-        Err(e) => Err(ApiError::internal(format!("on-call store task failed: {e}"))),
-    }
-}
 
 /// A component with what depends on it and the gate to its next stage.
 #[derive(Serialize, utoipa::ToSchema)]

@@ -11,6 +11,7 @@
 
 use crate::auth::Caller;
 use crate::error::{ApiError, Json, Path, Query};
+use crate::oncall::routes::blocking;
 use crate::request::limit_in;
 use crate::state::{AppState, Ready};
 use askama::Template;
@@ -116,16 +117,6 @@ pub fn spawn_sampler(ready: Arc<OnceLock<Ready>>, mut stop: watch::Receiver<bool
             }
         }
     });
-}
-
-async fn blocking<R: Send + 'static>(
-    f: impl FnOnce() -> Result<R, drover_store::oncall::OncallStoreError> + Send + 'static,
-) -> Result<R, ApiError> {
-    match tokio::task::spawn_blocking(f).await {
-        Ok(Ok(v)) => Ok(v),
-        Ok(Err(e)) => Err(ApiError::unavailable(format!("the on-call store could not answer: {e}"))),
-        Err(e) => Err(ApiError::internal(format!("on-call store task failed: {e}"))),
-    }
 }
 
 // ----------------------------------------------------------------------

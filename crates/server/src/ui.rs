@@ -387,6 +387,13 @@ struct ServiceLive {
     events: Vec<EventRow>,
 }
 
+struct CheckRow {
+    facet: String,
+    status: String,
+    summary: String,
+    evidence: String,
+}
+
 #[derive(Template)]
 #[template(path = "ui/service.html")]
 struct ServicePage {
@@ -397,6 +404,27 @@ struct ServicePage {
     team: String,
     url: String,
     live: String,
+    checks: Vec<CheckRow>,
+}
+
+/// The service's checks (the same as `GET /v1/services/{name}/checks`),
+/// one row per facet with its evidence.
+async fn check_rows(ready: &Ready, view: &drover_model::ServiceView) -> Vec<CheckRow> {
+    let provider = match ready.provider_objects.get(&view.provider) {
+        Some(p) => p.service_checks(&view.name).await,
+        None => drover_providers::ProviderChecks::default(),
+    };
+    let checks = crate::checks::compose(view, provider, crate::actor::now());
+    let Ok(serde_json::Value::Object(map)) = serde_json::to_value(&checks) else { return Vec::new() };
+    map.into_iter()
+        .filter(|(_, v)| v.is_object())
+        .map(|(facet, v)| CheckRow {
+            facet,
+            status: v["status"].as_str().unwrap_or("unknown").to_string(),
+            summary: v["summary"].as_str().unwrap_or("").to_string(),
+            evidence: v.get("evidence").map(|e| e.to_string()).unwrap_or_default(),
+        })
+        .collect()
 }
 
 /// Events shown on a service page, newest first.
@@ -472,6 +500,7 @@ pub(crate) async fn service(State(state): State<AppState>, headers: HeaderMap, P
         engine: view.engine.as_str().to_string(),
         team: view.team.clone(),
         url: view.url.clone().unwrap_or_default(),
+        checks: check_rows(ready, &view).await,
         live,
     };
     html(StatusCode::OK, page.render())

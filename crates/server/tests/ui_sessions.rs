@@ -93,6 +93,10 @@ async fn sessions_end_with_their_token_and_forms_need_the_session_the_origin_and
     let (_, service) = t.get("/v1/services/ui1").await;
     let id = service["instances"][0]["id"].as_str().unwrap();
     assert!(html.contains(id), "the instance's full id: {html}");
+    // The checks with their evidence, as the API has them.
+    let (_, checks) = t.get("/v1/services/ui1/checks").await;
+    let backups = checks["backups"]["status"].as_str().unwrap();
+    assert!(html.contains(&format!("data-check=\"backups\" data-status=\"{backups}\"")), "{html}");
     let (status, html) = get(&t, Some(&cookie), "/ui/images").await;
     assert_eq!(status, 200);
     let (_, images) = t.get("/v1/images").await;

@@ -41,7 +41,9 @@ fn pager(state: &AppState) -> Result<&PagerHandle, ApiError> {
     state.ready.get().map(|r| &r.oncall).ok_or_else(|| ApiError::unavailable("Drover is starting; retry in a moment"))
 }
 
-async fn blocking<R: Send + 'static>(
+/// Runs an `oncall.db` call on a blocking thread; its errors as 503 (the
+/// store could not answer) or 500 (the task failed).
+pub(crate) async fn blocking<R: Send + 'static>(
     f: impl FnOnce() -> Result<R, drover_store::oncall::OncallStoreError> + Send + 'static,
 ) -> Result<R, ApiError> {
     match tokio::task::spawn_blocking(f).await {
