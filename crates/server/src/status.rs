@@ -197,8 +197,7 @@ async fn render(ready: &Ready) -> Result<String, ApiError> {
             IncidentSeverity::Major => ComponentState::PartialOutage,
             IncidentSeverity::Critical => ComponentState::MajorOutage,
         };
-        for (name, state) in components.iter_mut().filter(|(n, _)| i.components.contains(n)) {
-            let _ = name;
+        for (_, state) in components.iter_mut().filter(|(n, _)| i.components.contains(n)) {
             *state = (*state).max(floor);
         }
     }
