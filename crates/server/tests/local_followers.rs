@@ -206,7 +206,11 @@ async fn a_follower_added_on_demand_serves_reads_through_its_url_and_is_rebuilt_
         (gone && s["read_urls"] == json!([]) && s["state"] == "available").then_some(())
     })
     .await;
-    assert!(one(&read_url, "SELECT 1").await.is_none(), "the read URL no longer serves");
+    // The engine forgets the slot when it decides the retirement; the
+    // router drops the read database when the provider has stopped the
+    // replica, a moment later (the Retire action in flight).
+    poll(SLOW, "the read URL no longer serves", || async { one(&read_url, "SELECT 1").await.is_none().then_some(()) })
+        .await;
     let audit = t.get("/v1/audit").await.1;
     let text = audit.to_string();
     assert!(text.contains("services.followers.add") && text.contains("services.followers.remove"), "{text}");
