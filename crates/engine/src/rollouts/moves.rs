@@ -1,0 +1,195 @@
+//! One service's move onto an image by replacement (a rollout's step and
+//! a resize): a new member, a planned switchover, the old members retired.
+
+use super::*;
+
+impl Engine {
+    /// A resize (issue 17): `name` moved onto `image` now, as a rollout of
+    /// that one service (one wave, no soak: no later wave waits on it; its
+    /// window ignored: a person asked for it now). Refused, and nothing
+    /// opened, for an image not registered (not found), an image of another
+    /// engine, a service being deleted or already on the image, or one
+    /// another rollout is moving (conflicts).
+    pub(crate) fn resize_service(
+        &mut self,
+        name: &str,
+        image: ImageId,
+        now: i64,
+        out: &mut Outputs,
+    ) -> Result<Reply, CommandError> {
+        let &sslot =
+            self.service_names.get(name).ok_or_else(|| CommandError::NotFound(format!("no service named {name:?}")))?;
+        let &target =
+            self.images.index.get(&image).ok_or_else(|| {
+                CommandError::NotFound(format!("no image {image}; register it first (POST /v1/images)"))
+            })?;
+        let s = self.services.get(sslot).ok_or_else(|| CommandError::NotFound(format!("no service named {name:?}")))?;
+        let engine = self.images.list[target as usize].engine;
+        if s.engine != engine {
+            return Err(CommandError::Conflict(format!(
+                "{name:?} is a {} service and image {image} is a {engine} image",
+                s.engine
+            )));
+        }
+        if s.deleting {
+            return Err(CommandError::Conflict(format!("{name:?} is being deleted")));
+        }
+        if let Some(other) = self.rollouts.claimed.get(&s.id) {
+            return Err(CommandError::Conflict(format!(
+                "rollout {other} is moving {name:?}: pause or abort it first, or wait for it"
+            )));
+        }
+        let there = s.image == target
+            && s.instances
+                .iter()
+                .all(|&i| self.instances.get(i).is_none_or(|x| x.image == target || !x.state.is_member()));
+        if there {
+            return Err(CommandError::Conflict(format!("{name:?} is on image {image} already")));
+        }
+        let spec = RolloutSpec {
+            to_image: image,
+            selector: drover_model::Selector { names: Some(vec![name.to_string()]), ..Default::default() },
+            waves: vec![100],
+            soak_seconds: 0,
+            max_failures: 1,
+            required_by: Some(Timestamp(now)),
+        };
+        self.create_rollout(spec, now, out)
+    }
+
+    /// Ok when the service passes the health gate now.
+    pub(super) fn service_health(&self, sslot: Option<u32>) -> Result<(), String> {
+        let s = sslot.and_then(|s| self.services.get(s)).ok_or("the service is gone")?;
+        if s.needs_human {
+            return Err("it needs a human".into());
+        }
+        if s.state != ServiceState::Available {
+            return Err(format!("it is {}", s.state.as_str()));
+        }
+        Ok(())
+    }
+
+    /// The next step of moving one service onto image `target`. Decided
+    /// from the fleet as it is, so a repeat (after a restart) finds a step
+    /// done and goes on from there.
+    pub(super) fn step_move(
+        &mut self,
+        sslot: Option<u32>,
+        target: u32,
+        started_at: i64,
+        now: i64,
+        out: &mut Outputs,
+    ) -> Step {
+        let Some(sslot) = sslot else { return Step::Failed("the service is gone".into()) };
+        let Some(s) = self.services.get(sslot) else { return Step::Failed("the service is gone".into()) };
+        if s.deleting {
+            return Step::Failed("the service is being deleted".into());
+        }
+        if s.needs_human {
+            return Step::Failed("a step failed and the service needs a human".into());
+        }
+        if now - started_at > MOVE_TIMEOUT_MICROS {
+            return Step::Failed(format!("not moved within {} minutes", MOVE_TIMEOUT_MICROS / 60_000_000));
+        }
+        if s.open_remedies > 0 {
+            return Step::Wait;
+        }
+        // What the policy's topology replaces side by side (followers, or
+        // every peer broker), and whether a switchover finishes the move.
+        let topology = self.policy_of(s).topology();
+        let rolled = topology.rolled_role();
+        let planned = usize::from(self.policy_of(s).members(&s.plan).count(rolled));
+        let mut primary = None;
+        let mut old_members = Vec::new();
+        // Read replicas added on demand are not the plan's: replaced one at
+        // a time after the plan's members (reconcile rebuilds each in its
+        // slot from the service's image, the new one).
+        let mut old_read_replicas = Vec::new();
+        let mut new_members = 0usize;
+        let mut old_leavers = 0usize;
+        for &i in &s.instances {
+            let Some(x) = self.instances.get(i) else { continue };
+            if !x.state.is_member() {
+                if x.image != target && x.state == InstanceState::Retiring {
+                    old_leavers += 1;
+                }
+                continue;
+            }
+            if x.fenced {
+                if x.image != target {
+                    old_leavers += 1;
+                }
+                continue;
+            }
+            if x.state != InstanceState::Available {
+                return Step::Wait;
+            }
+            match x.role {
+                _ if x.read_slot > 0 && x.image != target => old_read_replicas.push(i),
+                _ if x.read_slot > 0 => {}
+                Role::Primary => primary = Some(i),
+                r if r == rolled && x.image == target => new_members += 1,
+                r if r == rolled => old_members.push(i),
+                _ => {}
+            }
+        }
+        // The brake holds moves in the zone of the primary (of an old peer
+        // when there is no primary).
+        let anchor = if topology.rolls_by_switchover() {
+            let Some(p) = primary else { return Step::Wait };
+            Some(p)
+        } else {
+            old_members.first().copied()
+        };
+        if anchor.and_then(|a| self.instances.get(a)).is_some_and(|x| self.braked_since(x.zone).is_some()) {
+            return Step::Wait;
+        }
+        let primary_old = primary.and_then(|p| self.instances.get(p)).is_some_and(|x| x.image != target);
+        let id = self.images.id(target);
+        if let Some(&old) = old_members.first() {
+            if new_members > 0 && new_members + old_members.len() > planned {
+                // Followers keep their words (the simulator's digests hash them).
+                let ready = if topology.rolls_by_switchover() { "streams" } else { "serves" };
+                let cause = format!("rollout onto {id}: retire an old {rolled}, a {rolled} of the new image {ready}");
+                self.open_action(old, ActionKind::Retire, &cause, true, now, out);
+            } else {
+                self.build_new_member(sslot, rolled, &id, now, out);
+            }
+            return Step::Acted;
+        }
+        if let Some(&old) = old_read_replicas.first() {
+            let cause =
+                format!("rollout onto {id}: retire an old read replica, rebuilt in its slot from the new image");
+            self.open_action(old, ActionKind::Retire, &cause, true, now, out);
+            return Step::Acted;
+        }
+        if let Some(p) = primary.filter(|_| primary_old) {
+            if new_members == 0 {
+                self.build_new_member(sslot, rolled, &id, now, out);
+                return Step::Acted;
+            }
+            if self.best_follower(sslot, now).is_none() {
+                return Step::Wait;
+            }
+            let cause = format!("rollout onto {id}: planned switchover onto a follower of the new image");
+            self.open_action(p, ActionKind::Fence { immediate: false }, &cause, true, now, out);
+            self.mark_dirty(sslot);
+            return Step::Acted;
+        }
+        if new_members < planned || old_leavers > 0 {
+            // Reconcile builds the missing member and retires the leavers.
+            self.mark_dirty(sslot);
+            return Step::Wait;
+        }
+        match self.services.get(sslot) {
+            Some(s) if s.state == ServiceState::Available => Step::Moved,
+            _ => Step::Wait,
+        }
+    }
+
+    pub(super) fn build_new_member(&mut self, sslot: u32, role: Role, image: &ImageId, now: i64, out: &mut Outputs) {
+        let zone = self.zone_for_new_member(sslot);
+        let cause = format!("rollout onto {image}: build a {role} from the new image");
+        self.provision(sslot, role, zone, &cause, now, out);
+    }
+}
