@@ -131,55 +131,7 @@ impl Engine {
             CommandError::Invalid(format!("no image {}; register it first (POST /v1/images)", spec.to_image))
         })?;
         let engine = self.images.list[target as usize].engine;
-        if spec.selector.engine.is_some_and(|e| e != engine) {
-            return Err(CommandError::Invalid(format!(
-                "image {} is a {engine} image: the selector's engine must be {engine}",
-                spec.to_image
-            )));
-        }
-        let from_image = match &spec.selector.image {
-            Some(id) => Some(
-                *self
-                    .images
-                    .index
-                    .get(id)
-                    .ok_or_else(|| CommandError::Invalid(format!("selector names an unknown image {id}")))?,
-            ),
-            None => None,
-        };
-        if let Some(names) = &spec.selector.names {
-            if let Some(missing) = names.iter().find(|n| !self.service_names.contains_key(n.as_str())) {
-                return Err(CommandError::Invalid(format!("selector names {missing:?}, which is no service")));
-            }
-        }
-        let wanted_labels = spec.selector.wanted_labels().map_err(CommandError::Invalid)?;
-        let names: Option<std::collections::HashSet<&str>> =
-            spec.selector.names.as_ref().map(|n| n.iter().map(String::as_str).collect());
-        let mut members = Vec::new();
-        for (sslot, s) in self.services.iter() {
-            let team_ok = spec.selector.team.as_deref().is_none_or(|t| self.teams.name(s.team) == t);
-            let name_ok = names.as_ref().is_none_or(|n| n.contains(&*s.name));
-            let labels_ok = drover_model::labels_match(s.labels.as_deref(), &wanted_labels);
-            let on_image = |img: u32| {
-                s.image == img || s.instances.iter().any(|&i| self.instances.get(i).is_some_and(|x| x.image == img))
-            };
-            let image_ok = from_image.is_none_or(on_image);
-            let there = s.image == target
-                && s.instances
-                    .iter()
-                    .all(|&i| self.instances.get(i).is_none_or(|x| x.image == target || !x.state.is_member()));
-            if s.engine == engine
-                && !s.deleting
-                && team_ok
-                && name_ok
-                && labels_ok
-                && image_ok
-                && !there
-                && !self.rollouts.claimed.contains_key(&s.id)
-            {
-                members.push((sslot, s.id, s.name.clone()));
-            }
-        }
+        let members = self.select_for_rollout(&spec, target, engine)?;
         // Soonest window first (stable: creation order among equals), so
         // each wave is the services whose windows open next.
         let mut members: Vec<(i64, (u32, ServiceId, crate::fleet::Name))> = members
@@ -240,6 +192,68 @@ impl Engine {
         let view = self.rollout_view_of(&rollout, now);
         self.rollouts.list.push(rollout);
         Ok(Reply::Rollout(Box::new(view)))
+    }
+
+    /// The services a rollout's selector picks: of the image's engine, not
+    /// being deleted, not already wholly on the target image and not in
+    /// another unfinished rollout. An unknown image or service named in the
+    /// selector is the caller's mistake.
+    fn select_for_rollout(
+        &self,
+        spec: &RolloutSpec,
+        target: u32,
+        engine: drover_model::EngineKind,
+    ) -> Result<Vec<(u32, ServiceId, crate::fleet::Name)>, CommandError> {
+        if spec.selector.engine.is_some_and(|e| e != engine) {
+            return Err(CommandError::Invalid(format!(
+                "image {} is a {engine} image: the selector's engine must be {engine}",
+                spec.to_image
+            )));
+        }
+        let from_image = match &spec.selector.image {
+            Some(id) => Some(
+                *self
+                    .images
+                    .index
+                    .get(id)
+                    .ok_or_else(|| CommandError::Invalid(format!("selector names an unknown image {id}")))?,
+            ),
+            None => None,
+        };
+        if let Some(names) = &spec.selector.names {
+            if let Some(missing) = names.iter().find(|n| !self.service_names.contains_key(n.as_str())) {
+                return Err(CommandError::Invalid(format!("selector names {missing:?}, which is no service")));
+            }
+        }
+        let wanted_labels = spec.selector.wanted_labels().map_err(CommandError::Invalid)?;
+        let names: Option<std::collections::HashSet<&str>> =
+            spec.selector.names.as_ref().map(|n| n.iter().map(String::as_str).collect());
+        let mut members = Vec::new();
+        for (sslot, s) in self.services.iter() {
+            let team_ok = spec.selector.team.as_deref().is_none_or(|t| self.teams.name(s.team) == t);
+            let name_ok = names.as_ref().is_none_or(|n| n.contains(&*s.name));
+            let labels_ok = drover_model::labels_match(s.labels.as_deref(), &wanted_labels);
+            let on_image = |img: u32| {
+                s.image == img || s.instances.iter().any(|&i| self.instances.get(i).is_some_and(|x| x.image == img))
+            };
+            let image_ok = from_image.is_none_or(on_image);
+            let there = s.image == target
+                && s.instances
+                    .iter()
+                    .all(|&i| self.instances.get(i).is_none_or(|x| x.image == target || !x.state.is_member()));
+            if s.engine == engine
+                && !s.deleting
+                && team_ok
+                && name_ok
+                && labels_ok
+                && image_ok
+                && !there
+                && !self.rollouts.claimed.contains_key(&s.id)
+            {
+                members.push((sslot, s.id, s.name.clone()));
+            }
+        }
+        Ok(members)
     }
 
     /// Pause, resume or abort by a person.

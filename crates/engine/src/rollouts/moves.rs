@@ -3,6 +3,21 @@
 
 use super::*;
 
+/// What a move still has to do with a service's members (`census`).
+#[derive(Default)]
+struct Census {
+    primary: Option<u32>,
+    /// Members of the rolled role on another image.
+    old_members: Vec<u32>,
+    /// Read replicas added on demand are not the plan's: replaced one at a
+    /// time after the plan's members (reconcile rebuilds each in its slot
+    /// from the service's image, the new one).
+    old_read_replicas: Vec<u32>,
+    new_members: usize,
+    /// Fenced or retiring members of another image, not yet gone.
+    old_leavers: usize,
+}
+
 impl Engine {
     /// A resize (issue 17): `name` moved onto `image` now, as a rollout of
     /// that one service (one wave, no soak: no later wave waits on it; its
@@ -81,58 +96,20 @@ impl Engine {
         out: &mut Outputs,
     ) -> Step {
         let Some(sslot) = sslot else { return Step::Failed("the service is gone".into()) };
+        if let Some(step) = self.move_held(sslot, started_at, now) {
+            return step;
+        }
         let Some(s) = self.services.get(sslot) else { return Step::Failed("the service is gone".into()) };
-        if s.deleting {
-            return Step::Failed("the service is being deleted".into());
-        }
-        if s.needs_human {
-            return Step::Failed("a step failed and the service needs a human".into());
-        }
-        if now - started_at > MOVE_TIMEOUT_MICROS {
-            return Step::Failed(format!("not moved within {} minutes", MOVE_TIMEOUT_MICROS / 60_000_000));
-        }
-        if s.open_remedies > 0 {
-            return Step::Wait;
-        }
         // What the policy's topology replaces side by side (followers, or
         // every peer broker), and whether a switchover finishes the move.
         let topology = self.policy_of(s).topology();
         let rolled = topology.rolled_role();
         let planned = usize::from(self.policy_of(s).members(&s.plan).count(rolled));
-        let mut primary = None;
-        let mut old_members = Vec::new();
-        // Read replicas added on demand are not the plan's: replaced one at
-        // a time after the plan's members (reconcile rebuilds each in its
-        // slot from the service's image, the new one).
-        let mut old_read_replicas = Vec::new();
-        let mut new_members = 0usize;
-        let mut old_leavers = 0usize;
-        for &i in &s.instances {
-            let Some(x) = self.instances.get(i) else { continue };
-            if !x.state.is_member() {
-                if x.image != target && x.state == InstanceState::Retiring {
-                    old_leavers += 1;
-                }
-                continue;
-            }
-            if x.fenced {
-                if x.image != target {
-                    old_leavers += 1;
-                }
-                continue;
-            }
-            if x.state != InstanceState::Available {
-                return Step::Wait;
-            }
-            match x.role {
-                _ if x.read_slot > 0 && x.image != target => old_read_replicas.push(i),
-                _ if x.read_slot > 0 => {}
-                Role::Primary => primary = Some(i),
-                r if r == rolled && x.image == target => new_members += 1,
-                r if r == rolled => old_members.push(i),
-                _ => {}
-            }
-        }
+        let Some(Census { primary, old_members, old_read_replicas, new_members, old_leavers }) =
+            self.census(sslot, target, rolled)
+        else {
+            return Step::Wait;
+        };
         // The brake holds moves in the zone of the primary (of an old peer
         // when there is no primary).
         let anchor = if topology.rolls_by_switchover() {
@@ -185,6 +162,60 @@ impl Engine {
             Some(s) if s.state == ServiceState::Available => Step::Moved,
             _ => Step::Wait,
         }
+    }
+
+    /// Why a move cannot step now: failed for good (the service went, is
+    /// being deleted, needs a human, or took too long) or waiting on an
+    /// open remedy. None: go on.
+    fn move_held(&self, sslot: u32, started_at: i64, now: i64) -> Option<Step> {
+        let Some(s) = self.services.get(sslot) else { return Some(Step::Failed("the service is gone".into())) };
+        if s.deleting {
+            return Some(Step::Failed("the service is being deleted".into()));
+        }
+        if s.needs_human {
+            return Some(Step::Failed("a step failed and the service needs a human".into()));
+        }
+        if now - started_at > MOVE_TIMEOUT_MICROS {
+            return Some(Step::Failed(format!("not moved within {} minutes", MOVE_TIMEOUT_MICROS / 60_000_000)));
+        }
+        if s.open_remedies > 0 {
+            return Some(Step::Wait);
+        }
+        None
+    }
+
+    /// The members of a service being moved onto `target`, by what the move
+    /// still has to do with them; None while a member is not available
+    /// (the move waits).
+    fn census(&self, sslot: u32, target: u32, rolled: Role) -> Option<Census> {
+        let mut c = Census::default();
+        for &i in &self.services.get(sslot)?.instances {
+            let Some(x) = self.instances.get(i) else { continue };
+            if !x.state.is_member() {
+                if x.image != target && x.state == InstanceState::Retiring {
+                    c.old_leavers += 1;
+                }
+                continue;
+            }
+            if x.fenced {
+                if x.image != target {
+                    c.old_leavers += 1;
+                }
+                continue;
+            }
+            if x.state != InstanceState::Available {
+                return None;
+            }
+            match x.role {
+                _ if x.read_slot > 0 && x.image != target => c.old_read_replicas.push(i),
+                _ if x.read_slot > 0 => {}
+                Role::Primary => c.primary = Some(i),
+                r if r == rolled && x.image == target => c.new_members += 1,
+                r if r == rolled => c.old_members.push(i),
+                _ => {}
+            }
+        }
+        Some(c)
     }
 
     pub(super) fn build_new_member(&mut self, sslot: u32, role: Role, image: &ImageId, now: i64, out: &mut Outputs) {

@@ -38,74 +38,11 @@ impl Engine {
         // In-flight moves finish even while paused: a half-moved service
         // (an extra follower) is healthy, but finishing is cleaner.
         let mut per_zone = self.step_active(r, now, out);
-        if r.record.state == RolloutState::Running && r.record.wave_failed >= r.record.spec.max_failures {
-            r.record.state = RolloutState::Paused;
-            let reason = format!(
-                "paused itself: {} services failed in wave {} (max_failures {})",
-                r.record.wave_failed,
-                r.record.wave + 1,
-                r.record.spec.max_failures
-            );
-            r.record.reason = Some(reason.clone());
-            out.changes.events.push(fleet_event(
-                now,
-                EventKind::RolloutPaused { rollout: r.record.id.to_string() },
-                Some("running"),
-                "paused",
-                format!("rollout {}: {reason}", r.record.id),
-            ));
-        }
+        pause_on_failures(r, now, out);
         if r.record.state == RolloutState::Running {
             self.start_moves(r, &mut per_zone, now, out);
             self.announce_moves(r, now, out);
-            let end = r.record.spec.wave_end(r.record.wave as usize, r.members.len());
-            if r.next >= end && r.active.is_empty() {
-                if (r.record.wave as usize) + 1 < r.record.spec.waves.len() {
-                    r.record.wave += 1;
-                    r.record.wave_failed = 0;
-                    out.changes.events.push(fleet_event(
-                        now,
-                        EventKind::Other,
-                        None,
-                        "running",
-                        format!(
-                            "rollout {}: wave {} passed its health gate; wave {} of {} starts",
-                            r.record.id,
-                            r.record.wave,
-                            r.record.wave + 1,
-                            r.record.spec.waves.len()
-                        ),
-                    ));
-                    // No member is active here: every zone is free.
-                    per_zone.iter_mut().for_each(|n| *n = 0);
-                    self.start_moves(r, &mut per_zone, now, out);
-                    self.announce_moves(r, now, out);
-                } else {
-                    let (state, reason) = if r.record.failed == 0 {
-                        (RolloutState::Succeeded, None)
-                    } else {
-                        (RolloutState::Failed, Some(format!("{} services could not be moved", r.record.failed)))
-                    };
-                    r.record.state = state;
-                    r.record.reason = reason;
-                    for m in &r.members {
-                        self.rollouts.claimed.remove(&m.service);
-                    }
-                    out.changes.events.push(fleet_event(
-                        now,
-                        EventKind::Other,
-                        Some("running"),
-                        state.as_str(),
-                        format!(
-                            "rollout {} {}: {} moved, {} failed",
-                            r.record.id,
-                            state.as_str(),
-                            r.record.done,
-                            r.record.failed
-                        ),
-                    ));
-                }
-            }
+            self.close_wave(r, &mut per_zone, now, out);
         }
         let after = (r.record.state, r.record.wave, r.record.done, r.record.failed, r.record.wave_failed);
         if after != before {
@@ -114,6 +51,60 @@ impl Engine {
                 out.changes.rollouts.push(r.record.clone());
             }
         }
+    }
+
+    /// Closes the current wave once every member of it started and none is
+    /// still active (the health gate): the next wave starts, or the
+    /// rollout ends.
+    fn close_wave(&mut self, r: &mut Rollout, per_zone: &mut Vec<usize>, now: i64, out: &mut Outputs) {
+        let end = r.record.spec.wave_end(r.record.wave as usize, r.members.len());
+        if r.next >= end && r.active.is_empty() {
+            if (r.record.wave as usize) + 1 < r.record.spec.waves.len() {
+                r.record.wave += 1;
+                r.record.wave_failed = 0;
+                out.changes.events.push(fleet_event(
+                    now,
+                    EventKind::Other,
+                    None,
+                    "running",
+                    format!(
+                        "rollout {}: wave {} passed its health gate; wave {} of {} starts",
+                        r.record.id,
+                        r.record.wave,
+                        r.record.wave + 1,
+                        r.record.spec.waves.len()
+                    ),
+                ));
+                // No member is active here: every zone is free.
+                per_zone.iter_mut().for_each(|n| *n = 0);
+                self.start_moves(r, per_zone, now, out);
+                self.announce_moves(r, now, out);
+            } else {
+                self.finish_rollout(r, now, out);
+            }
+        }
+    }
+
+    /// The last wave passed: the rollout succeeded or failed, and its
+    /// services may join another rollout.
+    fn finish_rollout(&mut self, r: &mut Rollout, now: i64, out: &mut Outputs) {
+        let (state, reason) = if r.record.failed == 0 {
+            (RolloutState::Succeeded, None)
+        } else {
+            (RolloutState::Failed, Some(format!("{} services could not be moved", r.record.failed)))
+        };
+        r.record.state = state;
+        r.record.reason = reason;
+        for m in &r.members {
+            self.rollouts.claimed.remove(&m.service);
+        }
+        out.changes.events.push(fleet_event(
+            now,
+            EventKind::Other,
+            Some("running"),
+            state.as_str(),
+            format!("rollout {} {}: {} moved, {} failed", r.record.id, state.as_str(), r.record.done, r.record.failed),
+        ));
     }
 
     /// Looks at every moving or soaking member once. Returns how many of
@@ -261,43 +252,51 @@ impl Engine {
             if per_zone[z] == limit && z < zones {
                 full += 1;
             }
-            if r.members[k].announced_at == 0 {
-                // Not told ahead (its window opened sooner than the notice,
-                // or the rollout was just resumed): told as it starts.
-                self.announce_member(r, k, sslot, now, now, out);
-            }
-            let m = &mut r.members[k];
-            m.phase = MemberPhase::Moving;
-            m.started_at = now;
-            r.active.push(k);
-            if let Some(s) = self.services.get_mut(sslot) {
-                // Replacements built from now on (by this move or by any
-                // repair) come from the new image.
-                s.image = r.target;
-            }
-            self.service_changed(sslot, out);
-            let cause = format!("rollout {}: moving onto image {}", r.record.id, self.images.id(r.target));
-            out.changes.events.push(self.event(now, EventSubject::Service, Some(sslot), None, None, None, cause));
-            if self.config.records {
-                out.changes.rollout_members.push(member_record(&r.record, k, &r.members[k]));
-            }
-            // The first step in the same commit as the record saying it began.
-            if let Step::Failed(why) = self.step_move(Some(sslot), r.target, now, now, out) {
-                let m = &mut r.members[k];
-                m.phase = MemberPhase::Failed;
-                m.detail = Some(why);
-                m.moved_at = now;
-                r.record.failed += 1;
-                r.record.wave_failed += 1;
-                r.active.pop();
-                if self.config.records {
-                    out.changes.rollout_members.push(member_record(&r.record, k, &r.members[k]));
-                }
-            }
+            self.start_member(r, k, sslot, now, out);
             if k == r.next {
                 r.next += 1;
             }
             k += 1;
+        }
+    }
+
+    /// Starts moving member `k` (its service in `sslot`): told to its
+    /// owners if not yet, its replacements built from the new image from
+    /// now on, and its first step taken in the same commit as the record
+    /// saying it began.
+    fn start_member(&mut self, r: &mut Rollout, k: usize, sslot: u32, now: i64, out: &mut Outputs) {
+        if r.members[k].announced_at == 0 {
+            // Not told ahead (its window opened sooner than the notice,
+            // or the rollout was just resumed): told as it starts.
+            self.announce_member(r, k, sslot, now, now, out);
+        }
+        let m = &mut r.members[k];
+        m.phase = MemberPhase::Moving;
+        m.started_at = now;
+        r.active.push(k);
+        if let Some(s) = self.services.get_mut(sslot) {
+            // Replacements built from now on (by this move or by any
+            // repair) come from the new image.
+            s.image = r.target;
+        }
+        self.service_changed(sslot, out);
+        let cause = format!("rollout {}: moving onto image {}", r.record.id, self.images.id(r.target));
+        out.changes.events.push(self.event(now, EventSubject::Service, Some(sslot), None, None, None, cause));
+        if self.config.records {
+            out.changes.rollout_members.push(member_record(&r.record, k, &r.members[k]));
+        }
+        // The first step in the same commit as the record saying it began.
+        if let Step::Failed(why) = self.step_move(Some(sslot), r.target, now, now, out) {
+            let m = &mut r.members[k];
+            m.phase = MemberPhase::Failed;
+            m.detail = Some(why);
+            m.moved_at = now;
+            r.record.failed += 1;
+            r.record.wave_failed += 1;
+            r.active.pop();
+            if self.config.records {
+                out.changes.rollout_members.push(member_record(&r.record, k, &r.members[k]));
+            }
         }
     }
 
@@ -318,5 +317,27 @@ impl Engine {
         if self.config.records {
             out.changes.rollout_members.push(member_record(&r.record, k, &r.members[k]));
         }
+    }
+}
+
+/// `max_failures` services failed in the wave: the rollout pauses itself
+/// (a person resumes or aborts it).
+fn pause_on_failures(r: &mut Rollout, now: i64, out: &mut Outputs) {
+    if r.record.state == RolloutState::Running && r.record.wave_failed >= r.record.spec.max_failures {
+        r.record.state = RolloutState::Paused;
+        let reason = format!(
+            "paused itself: {} services failed in wave {} (max_failures {})",
+            r.record.wave_failed,
+            r.record.wave + 1,
+            r.record.spec.max_failures
+        );
+        r.record.reason = Some(reason.clone());
+        out.changes.events.push(fleet_event(
+            now,
+            EventKind::RolloutPaused { rollout: r.record.id.to_string() },
+            Some("running"),
+            "paused",
+            format!("rollout {}: {reason}", r.record.id),
+        ));
     }
 }
