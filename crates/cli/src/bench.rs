@@ -64,7 +64,7 @@ pub fn heartbeats(instances: usize, rounds: usize) -> anyhow::Result<()> {
         }
         // The provider answers at once: no open actions linger.
         for a in out.dispatch {
-            if matches!(a.kind, ActionKind::Provision { .. }) {
+            if matches!(a.kind, ActionKind::Provision(_)) {
                 engine.step(
                     Input::ActionResult {
                         action: a.id,

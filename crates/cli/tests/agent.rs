@@ -158,7 +158,7 @@ async fn provision_primary(provider: &LocalProvider, service_name: &str) -> Inst
         id: ActionId::new_at(now.0, fresh_id()),
         service: ServiceId::new_at(now.0, fresh_id()),
         instance,
-        kind: ActionKind::Provision {
+        kind: ActionKind::Provision(Box::new(drover_model::ProvisionSpec {
             role: Role::Primary,
             zone: "local".into(),
             image: ImageId("postgres-15".into()),
@@ -170,7 +170,7 @@ async fn provision_primary(provider: &LocalProvider, service_name: &str) -> Inst
             restore_from: None,
             read_slot: None,
             version: String::new(),
-        },
+        })),
         state: ActionState::Running,
         attempts: 1,
         cause: "test".into(),

@@ -16,7 +16,7 @@ impl Engine {
             return None;
         }
         match kind {
-            ActionKind::Provision { zone, .. } => self.zones.get(zone),
+            ActionKind::Provision(p) => self.zones.get(&p.zone),
             _ => self.instances.get(target).map(|i| i.zone),
         }
     }
@@ -370,7 +370,7 @@ impl Engine {
                     self.remove_instance(slot);
                 }
             }
-            ActionKind::Provision { .. } | ActionKind::Restart => {
+            ActionKind::Provision(_) | ActionKind::Restart => {
                 // The instance proves itself with a heartbeat; the install
                 // deadline (already scheduled) catches one that never comes.
                 self.schedule_instance(slot, now);
@@ -421,7 +421,7 @@ impl Engine {
     pub(crate) fn apply_failure(&mut self, slot: u32, kind: &ActionKind, error: &str, now: i64, out: &mut Outputs) {
         let sslot = self.instances.get(slot).map(|i| i.service);
         match kind {
-            ActionKind::Provision { .. } => {
+            ActionKind::Provision(_) => {
                 self.evidence(slot, &format!("provisioning failed: {error}"), now, out);
             }
             ActionKind::Restart => {

@@ -455,8 +455,8 @@ impl Engine {
     pub(crate) fn note_backup_started(&mut self, sslot: u32, started: Timestamp) {
         let keep = self.config.backup_retention_full.max(1) as usize;
         let Some(s) = self.services.get_mut(sslot) else { return };
-        let starts = &mut s.backups.kept_backups_started;
-        starts.push(started);
+        let starts = &mut s.backups.kept;
+        starts.push(started.0);
         if starts.len() > keep {
             let extra = starts.len() - keep;
             starts.drain(..extra);

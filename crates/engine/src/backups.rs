@@ -5,7 +5,7 @@ use crate::fleet::{Svc, NEVER};
 use crate::policy::BackupSource;
 use crate::{micros, Engine};
 use drover_model::EventKind;
-use drover_model::{ActionId, ActionKind, EventSubject, InstanceState, Timestamp};
+use drover_model::{ActionId, ActionKind, EventSubject, InstanceState};
 use rand::RngCore;
 use std::time::Duration;
 
@@ -24,14 +24,14 @@ impl Engine {
         let Some(s) = self.services.get_mut(sslot) else { return };
         s.next_backup_at = match backup_every {
             None => NEVER,
-            Some(every) => match s.backups.last_backup_at {
+            Some(every) => match s.backups.last_backup() {
                 Some(t) => t.0 + micros(every),
                 None => now + micros(every.min(Duration::from_secs(600))) + jitter,
             },
         };
         s.next_verify_at = match verify_every {
             None => NEVER,
-            Some(every) => match (s.backups.last_verified_restore_at, s.backups.last_backup_at) {
+            Some(every) => match (s.backups.last_verified_restore(), s.backups.last_backup()) {
                 (Some(t), _) => t.0 + micros(every),
                 // Never tested: test the first backup within the hour.
                 (None, Some(b)) => b.0 + micros(every.min(Duration::from_secs(3600))),
@@ -204,24 +204,24 @@ fn note_backup_outcome(s: &mut Svc, kind: &ActionKind, error: Option<&str>, now:
     let mut escalate = false;
     match (kind, error) {
         (ActionKind::Backup, None) => {
-            s.backups.last_backup_at = Some(Timestamp(now));
-            s.backups.last_backup_error = None;
+            s.backups.last_backup_at = now;
+            s.backups.set_backup_error(None);
             if s.verify_after_backup {
                 s.verify_after_backup = false;
                 follow_up =
                     Some((ActionKind::VerifyRestore, "restore test of the fresh backup taken after a failed test"));
             }
         }
-        (ActionKind::Backup, Some(e)) => s.backups.last_backup_error = Some(e.to_string()),
+        (ActionKind::Backup, Some(e)) => s.backups.set_backup_error(Some(e.to_string())),
         (_, None) => {
-            s.backups.last_verified_restore_at = Some(Timestamp(now));
+            s.backups.last_verified_restore_at = now;
             s.backups.last_verify_ok = Some(true);
-            s.backups.last_verify_error = None;
+            s.backups.set_verify_error(None);
             s.verify_failures = 0;
         }
         (_, Some(e)) => {
             s.backups.last_verify_ok = Some(false);
-            s.backups.last_verify_error = Some(e.to_string());
+            s.backups.set_verify_error(Some(e.to_string()));
             s.verify_failures = s.verify_failures.saturating_add(1);
             if s.verify_failures == 1 {
                 s.verify_after_backup = true;

@@ -173,7 +173,7 @@ impl Engine {
         s.failing_since = 0;
         s.verify_failures = 0;
         if was {
-            let ids: Vec<u32> = s.instances.clone();
+            let ids: Vec<u32> = s.instances.to_vec();
             for i in ids {
                 // A fresh start: a restart already tried may be tried again.
                 if let Some(inst) = self.instances.get_mut(i) {
@@ -321,7 +321,7 @@ impl Engine {
                 s.engine
             )));
         }
-        if s.backups.last_backup_at.is_none() {
+        if s.backups.last_backup().is_none() {
             return Err(CommandError::Conflict(format!(
                 "{source:?} has no backup yet: take one (POST /v1/services/{source}/backups), then fork from a moment after it"
             )));
@@ -411,7 +411,7 @@ impl Engine {
             Some(at) => format!("created: forked from {} as of {}", f.service, at.to_rfc3339()),
             None => format!("created: forked from {} (everything archived)", f.service),
         });
-        let svc = Svc::from_record(rec, ServicePlace { team, zones: zones.clone(), image, provider });
+        let svc = Svc::from_record(rec, ServicePlace { team, zones: zones.as_slice().into(), image, provider });
         let sslot = self.services.insert(svc);
         self.service_names.insert(req.name.clone().into(), sslot);
         self.service_ids.insert(id, sslot);

@@ -275,20 +275,26 @@ impl std::fmt::Debug for Name {
     }
 }
 
+/// A service's zones, by interned index.
+pub type Zones = smallvec::SmallVec<[u16; 4]>;
+
 pub struct Svc {
     pub id: ServiceId,
     pub name: Name,
     pub engine: EngineKind,
     pub plan: Plan,
     pub team: u16,
-    pub zones: Vec<u16>,
+    /// Inline: three zones is the most a plan spans, and a heap allocation
+    /// per service is paid a million times.
+    pub zones: Zones,
     pub image: u32,
     pub provider: u16,
     pub state: ServiceState,
     pub created_at: i64,
     pub state_since: i64,
-    /// Every instance not yet terminated, members and leavers.
-    pub instances: Vec<u32>,
+    /// Every instance not yet terminated, members and leavers (inline up
+    /// to four: a plan's members and one replacement).
+    pub instances: smallvec::SmallVec<[u32; 4]>,
     /// Open remedy actions (pending or running) of this service; chaos and
     /// probes are not counted. Reconcile decides nothing new while > 0.
     pub open_remedies: u32,
@@ -303,8 +309,7 @@ pub struct Svc {
     /// the first of them failed (0: none). Persisted with the service.
     pub remedy_failures: u32,
     pub failing_since: i64,
-    /// Boxed: most services in a big fleet never need more than the default.
-    pub backups: Box<drover_model::BackupStatus>,
+    pub backups: Backups,
     /// A Backup / VerifyRestore action is open (at most one of each).
     pub backup_running: bool,
     pub verify_running: bool,
@@ -337,10 +342,92 @@ pub struct Svc {
     pub upgraded_from: Option<Box<drover_model::ImageId>>,
 }
 
+/// What the engine knows of a service's backups, compact: every service of
+/// a big fleet backs up daily, so this is paid a million times. Times are
+/// micros (0: never); the rare error texts are boxed; the kept backups'
+/// start times (`backup_retention_full`, 4 by default) inline.
+#[derive(Clone, Debug, Default)]
+pub struct Backups {
+    pub last_backup_at: i64,
+    pub last_verified_restore_at: i64,
+    /// Outcome of the latest restore test (None: never tested).
+    pub last_verify_ok: Option<bool>,
+    errors: Option<Box<BackupErrors>>,
+    /// When each full backup kept started, oldest first.
+    pub kept: smallvec::SmallVec<[i64; 4]>,
+}
+
+#[derive(Clone, Debug, Default)]
+struct BackupErrors {
+    backup: Option<String>,
+    verify: Option<String>,
+}
+
+fn at(t: i64) -> Option<Timestamp> {
+    (t != 0).then_some(Timestamp(t))
+}
+
+impl Backups {
+    pub fn from_status(b: drover_model::BackupStatus) -> Backups {
+        let errors = (b.last_backup_error.is_some() || b.last_verify_error.is_some())
+            .then(|| Box::new(BackupErrors { backup: b.last_backup_error, verify: b.last_verify_error }));
+        Backups {
+            last_backup_at: b.last_backup_at.map_or(0, |t| t.0),
+            last_verified_restore_at: b.last_verified_restore_at.map_or(0, |t| t.0),
+            last_verify_ok: b.last_verify_ok,
+            errors,
+            kept: b.kept_backups_started.iter().map(|t| t.0).collect(),
+        }
+    }
+    pub fn status(&self) -> drover_model::BackupStatus {
+        let errors = self.errors.as_deref();
+        drover_model::BackupStatus {
+            last_backup_at: at(self.last_backup_at),
+            last_backup_error: errors.and_then(|e| e.backup.clone()),
+            last_verified_restore_at: at(self.last_verified_restore_at),
+            last_verify_ok: self.last_verify_ok,
+            last_verify_error: errors.and_then(|e| e.verify.clone()),
+            kept_backups_started: self.kept.iter().map(|&t| Timestamp(t)).collect(),
+        }
+    }
+    pub fn last_backup(&self) -> Option<Timestamp> {
+        at(self.last_backup_at)
+    }
+    pub fn last_verified_restore(&self) -> Option<Timestamp> {
+        at(self.last_verified_restore_at)
+    }
+    /// The oldest moment a fork or restore can reach.
+    pub fn recoverable_since(&self) -> Option<Timestamp> {
+        self.kept.first().copied().map(Timestamp).or(self.last_backup())
+    }
+    fn errors_mut(&mut self) -> &mut BackupErrors {
+        self.errors.get_or_insert_with(Default::default)
+    }
+    fn tidy_errors(&mut self) {
+        if self.errors.as_deref().is_some_and(|e| e.backup.is_none() && e.verify.is_none()) {
+            self.errors = None;
+        }
+    }
+    pub fn set_backup_error(&mut self, e: Option<String>) {
+        if e.is_none() && self.errors.is_none() {
+            return;
+        }
+        self.errors_mut().backup = e;
+        self.tidy_errors();
+    }
+    pub fn set_verify_error(&mut self, e: Option<String>) {
+        if e.is_none() && self.errors.is_none() {
+            return;
+        }
+        self.errors_mut().verify = e;
+        self.tidy_errors();
+    }
+}
+
 /// A service's repeated names, as indices the engine interned.
 pub struct ServicePlace {
     pub team: u16,
-    pub zones: Vec<u16>,
+    pub zones: Zones,
     pub image: u32,
     pub provider: u16,
 }
@@ -363,7 +450,7 @@ impl Svc {
             state: rec.state,
             created_at: rec.created_at.0,
             state_since: rec.state_since.0,
-            instances: Vec::new(),
+            instances: Default::default(),
             open_remedies: 0,
             deleting: rec.state == ServiceState::Deleting,
             held: false,
@@ -371,7 +458,7 @@ impl Svc {
             needs_human: rec.needs_human,
             remedy_failures: rec.remedy_failures,
             failing_since: rec.failing_since.map_or(0, |t| t.0),
-            backups: Box::new(rec.backups),
+            backups: Backups::from_status(rec.backups),
             backup_running: false,
             verify_running: false,
             verify_after_backup: false,

@@ -145,7 +145,7 @@ impl Engine {
         let mut order: Vec<usize> = (0..zones.len()).collect();
         order.sort_by_key(|&k| (count[k].1 > 0, count[k].0, count[k].1));
         zones = order.into_iter().map(|k| zones[k]).collect();
-        zones
+        zones.into_vec()
     }
 
     /// No host may take a new member of `sslot` now: say so once, and try

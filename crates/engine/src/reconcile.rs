@@ -407,7 +407,7 @@ impl Engine {
 
     pub(crate) fn provision_kind(&self, sslot: u32, role: Role, zone: u16, image: u32, host: u16) -> ActionKind {
         let s = self.services.get(sslot);
-        ActionKind::Provision {
+        ActionKind::Provision(Box::new(drover_model::ProvisionSpec {
             role,
             zone: self.zones.name(zone).to_string(),
             image: self.images.id(image),
@@ -424,7 +424,7 @@ impl Engine {
                 .and_then(|s| s.forked_from.as_deref().filter(|f| !f.restored).cloned()),
             read_slot: None,
             version: self.images.list.get(image as usize).map(|im| im.version.clone()).unwrap_or_default(),
-        }
+        }))
     }
 
     pub(crate) fn zone_for_new_member(&self, sslot: u32) -> u16 {
@@ -497,8 +497,8 @@ impl Engine {
         self.instance_changed(slot, out);
         self.schedule_instance(slot, now);
         let mut kind = self.provision_kind(sslot, role, zone, image, host);
-        if let ActionKind::Provision { read_slot: wanted, .. } = &mut kind {
-            *wanted = (read_slot > 0).then_some(u32::from(read_slot));
+        if let ActionKind::Provision(spec) = &mut kind {
+            spec.read_slot = (read_slot > 0).then_some(u32::from(read_slot));
         }
         let remedy = true;
         self.open_action(slot, kind, cause, remedy, now, out);

@@ -68,7 +68,7 @@ impl Engine {
         self.state_counts[state_index(inst.state)] -= 1;
         self.host_used(inst.host, false);
         if let Some(s) = self.services.get_mut(inst.service) {
-            s.instances.retain(|&i| i != slot);
+            s.instances.retain(|i| *i != slot);
         }
     }
 
@@ -137,7 +137,7 @@ impl Engine {
             needs_human: s.needs_human,
             remedy_failures: s.remedy_failures,
             failing_since: (s.failing_since != 0).then_some(Timestamp(s.failing_since)),
-            backups: (*s.backups).clone(),
+            backups: s.backups.status(),
             credentials: s.credentials.as_deref().cloned().unwrap_or_default(),
             maintenance_window: s.window.as_deref().cloned(),
             forked_from: s.forked_from.as_deref().cloned(),

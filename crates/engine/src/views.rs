@@ -122,7 +122,7 @@ impl Engine {
             remedy,
             needs_human: s.needs_human,
             url: None,
-            backups: (*s.backups).clone(),
+            backups: s.backups.status(),
             credentials: s.credentials.as_deref().cloned().unwrap_or_default(),
             instances,
             maintenance_window: s.window.as_deref().cloned(),
@@ -131,7 +131,7 @@ impl Engine {
             read_urls: Vec::new(),
             labels: s.labels.as_deref().cloned().unwrap_or_default(),
             upgraded_from: s.upgraded_from.as_deref().map(|i| i.0.clone()),
-            recoverable_since: s.backups.kept_backups_started.first().copied().or(s.backups.last_backup_at),
+            recoverable_since: s.backups.recoverable_since(),
         })
     }
 

@@ -152,8 +152,8 @@ fn restoring_an_archive_builds_a_new_service_whose_primary_restores_the_final_ba
     let provisions: Vec<(Role, Option<RestoreFrom>)> = h
         .dispatched
         .iter()
-        .filter_map(|a| match &a.kind {
-            ActionKind::Provision { role, service_name, restore_from, .. } if service_name == "db2" => {
+        .filter_map(|a| match a.kind.provision() {
+            Some(drover_model::ProvisionSpec { role, service_name, restore_from, .. }) if service_name == "db2" => {
                 Some((*role, restore_from.clone()))
             }
             _ => None,

@@ -64,8 +64,8 @@ fn read_replicas_are_added_in_their_own_slots_and_removed_one_by_one() {
     let provisioned: Vec<Option<u32>> = h
         .dispatched
         .iter()
-        .filter_map(|a| match &a.kind {
-            ActionKind::Provision { read_slot, .. } => Some(*read_slot),
+        .filter_map(|a| match a.kind.provision() {
+            Some(drover_model::ProvisionSpec { read_slot, .. }) => Some(*read_slot),
             _ => None,
         })
         .collect();

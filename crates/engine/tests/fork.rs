@@ -13,8 +13,8 @@ use std::time::Duration;
 fn restore_froms(h: &H, service: &str) -> Vec<(Role, Option<RestoreFrom>)> {
     h.dispatched
         .iter()
-        .filter_map(|a| match &a.kind {
-            ActionKind::Provision { role, service_name, restore_from, .. } if service_name == service => {
+        .filter_map(|a| match a.kind.provision() {
+            Some(drover_model::ProvisionSpec { role, service_name, restore_from, .. }) if service_name == service => {
                 Some((*role, restore_from.clone()))
             }
             _ => None,

@@ -44,7 +44,7 @@ fn members_go_to_distinct_hosts_in_distinct_zones_and_the_action_carries_the_hos
     // Every Provision names the host its instance was placed on, and the
     // stored instance record names it too.
     for a in h.dispatched.iter().filter(|a| a.kind.name() == "provision") {
-        let ActionKind::Provision { host, .. } = &a.kind else { unreachable!() };
+        let Some(drover_model::ProvisionSpec { host, .. }) = a.kind.provision() else { unreachable!() };
         let view = h.e.instance_view(a.instance).unwrap();
         assert_eq!(host, &view.host);
         assert_eq!(h.store.instances[&a.instance].host, view.host);

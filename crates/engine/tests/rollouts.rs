@@ -100,12 +100,12 @@ fn a_rollout_moves_every_service_by_replacement_in_waves_and_never_fails_over() 
     assert_eq!(h.succeeded("promote").len(), 10);
     // Every new instance was built with the image's settings.
     for a in h.succeeded("provision").into_iter().filter(|a| a.created_at.0 > T0 + 3_000_000) {
-        match &a.kind {
-            ActionKind::Provision { image, settings, .. } => {
+        match a.kind.provision() {
+            Some(drover_model::ProvisionSpec { image, settings, .. }) => {
                 assert_eq!(image, &to);
                 assert_eq!(settings.get("work_mem").map(String::as_str), Some("8MB"));
             }
-            other => panic!("{other:?}"),
+            None => panic!("{:?}", a.kind),
         }
     }
     // Waves: no service of wave 2 started before wave 1 soaked, and so on.

@@ -72,7 +72,9 @@ fn an_upgrade_moves_one_service_onto_the_new_major_by_switchover_and_the_rollbac
     assert!(members_on(&h, "db00").iter().all(|i| *i == target.0), "{:#?}", h.service("db00"));
     let provisions: Vec<&ActionRecord> = h.succeeded("provision");
     assert!(
-        provisions.iter().any(|a| matches!(&a.kind, ActionKind::Provision { version, image, .. }
+        provisions
+            .iter()
+            .any(|a| matches!(a.kind.provision(), Some(drover_model::ProvisionSpec { version, image, .. })
             if version == "17" && *image == target)),
         "the new member is built as 17: {provisions:#?}"
     );

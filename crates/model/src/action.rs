@@ -39,49 +39,56 @@ impl fmt::Debug for Fault {
     }
 }
 
+/// What a Provision action builds: the fields of its JSON object, beside
+/// `kind`.
+#[derive(Clone, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
+pub struct ProvisionSpec {
+    pub role: Role,
+    pub zone: String,
+    pub image: ImageId,
+    /// The service's name: providers name routers, databases and backup
+    /// stanzas after it.
+    #[serde(default)]
+    pub service_name: String,
+    /// The plan replicates synchronously.
+    #[serde(default)]
+    pub sync: bool,
+    /// The image's engine settings, applied to the new instance.
+    #[serde(default, skip_serializing_if = "std::collections::BTreeMap::is_empty")]
+    pub settings: std::collections::BTreeMap<String, String>,
+    /// The engine the service runs: a provider that runs several
+    /// (`local`: PostgreSQL and Redis) builds this one. Records stored
+    /// before this field existed were PostgreSQL's.
+    #[serde(default)]
+    pub engine: crate::EngineKind,
+    /// The host placement chose (None: an engine without hosts).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub host: Option<String>,
+    /// A primary built from another service's backups and archived WAL
+    /// (a fork) instead of an empty cluster. None: a new database.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub restore_from: Option<crate::RestoreFrom>,
+    /// A read replica added on demand (`POST /v1/services/{name}/followers`):
+    /// the read slot whose stable read URL (router database
+    /// `app_read<slot>`) points at it. None: a member of the plan.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub read_slot: Option<u32>,
+    /// The image's engine version (`17.10`): a provider builds the
+    /// member with that major's binaries, and a member of another major
+    /// than the service's primary by logical replication (a major
+    /// upgrade). Empty (records stored before this field existed): the
+    /// provider's default.
+    #[serde(default, skip_serializing_if = "String::is_empty")]
+    pub version: String,
+}
+
 #[derive(Clone, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
 #[serde(tag = "kind", rename_all = "snake_case")]
 pub enum ActionKind {
     /// Build a new instance from `image` (followers copy the primary).
-    Provision {
-        role: Role,
-        zone: String,
-        image: ImageId,
-        /// The service's name: providers name routers, databases and backup
-        /// stanzas after it.
-        #[serde(default)]
-        service_name: String,
-        /// The plan replicates synchronously.
-        #[serde(default)]
-        sync: bool,
-        /// The image's engine settings, applied to the new instance.
-        #[serde(default, skip_serializing_if = "std::collections::BTreeMap::is_empty")]
-        settings: std::collections::BTreeMap<String, String>,
-        /// The engine the service runs: a provider that runs several
-        /// (`local`: PostgreSQL and Redis) builds this one. Records stored
-        /// before this field existed were PostgreSQL's.
-        #[serde(default)]
-        engine: crate::EngineKind,
-        /// The host placement chose (None: an engine without hosts).
-        #[serde(default, skip_serializing_if = "Option::is_none")]
-        host: Option<String>,
-        /// A primary built from another service's backups and archived WAL
-        /// (a fork) instead of an empty cluster. None: a new database.
-        #[serde(default, skip_serializing_if = "Option::is_none")]
-        restore_from: Option<crate::RestoreFrom>,
-        /// A read replica added on demand (`POST /v1/services/{name}/followers`):
-        /// the read slot whose stable read URL (router database
-        /// `app_read<slot>`) points at it. None: a member of the plan.
-        #[serde(default, skip_serializing_if = "Option::is_none")]
-        read_slot: Option<u32>,
-        /// The image's engine version (`17.10`): a provider builds the
-        /// member with that major's binaries, and a member of another major
-        /// than the service's primary by logical replication (a major
-        /// upgrade). Empty (records stored before this field existed): the
-        /// provider's default.
-        #[serde(default, skip_serializing_if = "String::is_empty")]
-        version: String,
-    },
+    /// Boxed: a provision carries far more than any other action, and every
+    /// open action (hundreds of thousands in a lost zone) would pay for it.
+    Provision(Box<ProvisionSpec>),
     /// Ask the provider, out of band, whether the instance is alive.
     Probe,
     /// Make sure the instance can no longer accept writes.
@@ -132,9 +139,16 @@ pub enum ActionKind {
 }
 
 impl ActionKind {
+    /// A Provision's fields (None for every other action).
+    pub fn provision(&self) -> Option<&ProvisionSpec> {
+        match self {
+            ActionKind::Provision(spec) => Some(spec),
+            _ => None,
+        }
+    }
     pub fn name(&self) -> &'static str {
         match self {
-            ActionKind::Provision { .. } => "provision",
+            ActionKind::Provision(_) => "provision",
             ActionKind::Probe => "probe",
             ActionKind::Fence { .. } => "fence",
             ActionKind::Promote => "promote",
@@ -153,10 +167,7 @@ impl ActionKind {
     /// Destructive actions change what serves the service; they pause under
     /// the mass-uncertainty brake and count against zone budgets.
     pub fn is_destructive(&self) -> bool {
-        matches!(
-            self,
-            ActionKind::Provision { .. } | ActionKind::Fence { .. } | ActionKind::Promote | ActionKind::Restart
-        )
+        matches!(self, ActionKind::Provision(_) | ActionKind::Fence { .. } | ActionKind::Promote | ActionKind::Restart)
     }
 }
 impl fmt::Debug for ActionKind {
@@ -246,4 +257,49 @@ pub enum ActionOutcome {
         error: String,
         retryable: bool,
     },
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A Provision record keeps the flat JSON shape it had before its
+    /// fields were boxed: stored records and API clients read it.
+    #[test]
+    fn a_provision_record_is_one_flat_object_with_its_kind() {
+        let json = serde_json::json!({
+            "id": "0190a0b0-0000-7000-8000-000000000001",
+            "service": "0190a0b0-0000-7000-8000-000000000002",
+            "instance": "0190a0b0-0000-7000-8000-000000000003",
+            "kind": "provision",
+            "role": "follower",
+            "zone": "z1",
+            "image": "img-1",
+            "service_name": "orders",
+            "sync": true,
+            "engine": "postgres",
+            "read_slot": 2,
+            "version": "17.10",
+            "state": "pending",
+            "attempts": 0,
+            "cause": "a follower is missing",
+            "created_at": "1970-01-01T00:00:00.000001Z",
+            "updated_at": "1970-01-01T00:00:00.000001Z",
+            "deadline": "1970-01-01T00:00:00.000001Z",
+            "error": null
+        });
+        let record: ActionRecord = serde_json::from_value(json.clone()).expect("the old shape parses");
+        let ActionKind::Provision(spec) = &record.kind else { panic!("not a provision: {:?}", record.kind) };
+        assert_eq!((spec.role, spec.zone.as_str(), spec.read_slot, spec.sync), (Role::Follower, "z1", Some(2), true));
+        assert_eq!(serde_json::to_value(&record).unwrap(), json, "and is written back the same");
+        // Records stored before the newer fields existed still load.
+        let old = serde_json::json!({"kind": "provision", "role": "primary", "zone": "z1", "image": "img-1"});
+        let kind: ActionKind = serde_json::from_value(old).expect("an old record loads");
+        assert!(matches!(kind, ActionKind::Provision(s) if s.service_name.is_empty() && s.version.is_empty()));
+    }
+
+    #[test]
+    fn an_action_kind_is_small() {
+        assert!(std::mem::size_of::<ActionKind>() <= 64, "{}", std::mem::size_of::<ActionKind>());
+    }
 }

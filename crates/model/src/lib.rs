@@ -18,7 +18,7 @@ mod states;
 mod time;
 mod token;
 
-pub use action::{ActionKind, ActionOutcome, ActionRecord, ActionState, Fault};
+pub use action::{ActionKind, ActionOutcome, ActionRecord, ActionState, Fault, ProvisionSpec};
 pub use archive::{backup_detail, backup_label_of, ArchiveRecord, ArchiveState, ArchiveView};
 pub use event::{AuditEntry, Event, EventId, EventKind, EventSubject};
 pub use facts::{Beat, Facts};

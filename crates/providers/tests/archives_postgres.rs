@@ -52,7 +52,7 @@ fn action(service: ServiceId, instance: InstanceId, kind: ActionKind) -> ActionR
 }
 
 fn provision(name: &str, restore_from: Option<RestoreFrom>) -> ActionKind {
-    ActionKind::Provision {
+    ActionKind::Provision(Box::new(drover_model::ProvisionSpec {
         role: Role::Primary,
         zone: "local".into(),
         image: ImageId("postgres-15".into()),
@@ -64,7 +64,7 @@ fn provision(name: &str, restore_from: Option<RestoreFrom>) -> ActionKind {
         restore_from,
         read_slot: None,
         version: String::new(),
-    }
+    }))
 }
 
 async fn run(p: &LocalProvider, a: ActionRecord) -> Option<String> {

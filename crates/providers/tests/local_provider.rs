@@ -93,7 +93,7 @@ impl Harness {
     }
 
     fn provision_kind(&self, role: Role) -> ActionKind {
-        ActionKind::Provision {
+        ActionKind::Provision(Box::new(drover_model::ProvisionSpec {
             role,
             zone: "local".into(),
             image: ImageId("postgres-15".into()),
@@ -105,7 +105,7 @@ impl Harness {
             restore_from: None,
             read_slot: None,
             version: String::new(),
-        }
+        }))
     }
 
     async fn run(&self, instance: InstanceId, kind: ActionKind) -> ActionOutcome {

@@ -44,7 +44,7 @@ fn action(service: ServiceId, instance: InstanceId, kind: ActionKind) -> ActionR
 }
 
 fn provision(role: Role) -> ActionKind {
-    ActionKind::Provision {
+    ActionKind::Provision(Box::new(drover_model::ProvisionSpec {
         role,
         zone: "zone-a".into(),
         image: ImageId("postgres-17".into()),
@@ -56,7 +56,7 @@ fn provision(role: Role) -> ActionKind {
         restore_from: None,
         read_slot: None,
         version: String::new(),
-    }
+    }))
 }
 fn inject(fault: Fault) -> ActionKind {
     ActionKind::InjectFault { fault }

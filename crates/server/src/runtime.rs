@@ -103,9 +103,7 @@ impl Dispatcher {
     /// reached (its host's address; the port its agent reports, looked up
     /// when the action is queued, see [`Dispatcher::to_agent`]).
     fn replication_for(&self, engine: &Engine, action: &drover_model::ActionRecord) -> Option<PendingReplication> {
-        let drover_model::ActionKind::Provision { role, engine: kind, service_name, .. } = &action.kind else {
-            return None;
-        };
+        let drover_model::ProvisionSpec { role, engine: kind, service_name, .. } = action.kind.provision()?;
         if *kind != drover_model::EngineKind::Postgres {
             return None;
         }

@@ -88,11 +88,14 @@ impl EventLog {
                 let _ = serde_json::to_writer(&mut *w, e);
                 let _ = w.write_all(b"\n");
             }
+            // Sent as it fills, not after the whole slice: one engine step
+            // can emit hundreds of thousands of events, and a buffer grown
+            // to hold them all stays that size for the rest of the run.
+            if self.buf.len() >= CHUNK {
+                self.flush();
+            }
         }
         self.events += events.len() as u64;
-        if self.buf.len() >= CHUNK {
-            self.flush();
-        }
     }
 
     fn flush(&mut self) {

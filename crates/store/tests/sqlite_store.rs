@@ -143,7 +143,7 @@ fn commit_then_load_round_trips_every_record_exactly() {
     let s2 = service(2, "carts", ServiceState::Degraded);
     let i1 = instance(1, s1.id, InstanceState::Available);
     let i2 = instance(2, s2.id, InstanceState::Uncertain);
-    let provision = ActionKind::Provision {
+    let provision = ActionKind::Provision(Box::new(drover_model::ProvisionSpec {
         role: Role::Follower,
         zone: "b".into(),
         image: image("15.18").id,
@@ -155,7 +155,7 @@ fn commit_then_load_round_trips_every_record_exactly() {
         restore_from: None,
         read_slot: None,
         version: String::new(),
-    };
+    }));
     let a1 = action(1, s1.id, i1.id, provision, ActionState::Pending);
     let a2 = action(2, s2.id, i2.id, ActionKind::InjectFault { fault: Fault::Hang }, ActionState::Running);
     let images = vec![image("15.18"), image("15.19")];

@@ -255,7 +255,7 @@ pub fn act_on_missing(kind: &ActionKind) -> (ActionOutcome, bool) {
 /// One attempt of `kind` on an existing machine.
 pub fn act(m: &mut Machine, kind: &ActionKind, ground: Ground) -> Answer {
     match kind {
-        ActionKind::Provision { .. } => answer(succeeded("already provisioned"), Effect::Nothing),
+        ActionKind::Provision(_) => answer(succeeded("already provisioned"), Effect::Nothing),
         ActionKind::Probe => answer(probe(m, ground), Effect::Nothing),
         ActionKind::Fence { .. } => fence(m),
         ActionKind::Promote => promote(m, ground),

@@ -55,12 +55,12 @@ impl World {
         if self.failing.contains(&a.kind.name()) {
             return ActionOutcome::Failed { error: "configured to fail".into(), retryable: false };
         }
-        if let ActionKind::Provision { image, .. } = &a.kind {
+        if let Some(drover_model::ProvisionSpec { image, .. }) = a.kind.provision() {
             if self.failing_images.contains(image) {
                 return ActionOutcome::Failed { error: "this image does not boot".into(), retryable: false };
             }
         }
-        if let ActionKind::Provision { role, zone, .. } = &a.kind {
+        if let Some(drover_model::ProvisionSpec { role, zone, .. }) = a.kind.provision() {
             let existing = self.insts.get(&a.instance).map(|w| w.service);
             let tombstoned = self.tombstones.contains(&a.instance);
             if let Some(answer) = world::admit_provision(tombstoned, existing, a.service, zone, Ground::default()) {

@@ -78,7 +78,17 @@ impl Inner {
     ) -> Done {
         let id = action.instance;
         match &action.kind {
-            ActionKind::Provision { role, service_name, sync, settings, restore_from, read_slot, version, .. } => {
+            ActionKind::Provision(p) => {
+                let drover_model::ProvisionSpec {
+                    role,
+                    service_name,
+                    sync,
+                    settings,
+                    restore_from,
+                    read_slot,
+                    version,
+                    ..
+                } = &**p;
                 let new = NewMember {
                     version,
                     role: *role,

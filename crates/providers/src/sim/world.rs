@@ -3,7 +3,7 @@
 //! No clock, no I/O: callers pass `now` (Unix microseconds), which keeps the
 //! rules testable without timing.
 
-use drover_model::{ActionKind, ActionOutcome, ActionRecord, Beat, Facts, Fault, InstanceId, Role, ServiceId};
+use drover_model::{ActionOutcome, ActionRecord, Beat, Facts, Fault, InstanceId, Role, ServiceId};
 use drover_world::{succeeded, Effect, Ground, Machine};
 use serde::{Deserialize, Serialize};
 use std::collections::{BTreeMap, HashMap};
@@ -174,7 +174,7 @@ impl World {
     /// keeps the map, the tombstones and the file's layout.
     fn apply_kind(&mut self, action: &ActionRecord, now: i64) -> (ActionOutcome, bool) {
         let id = action.instance;
-        if let ActionKind::Provision { role, zone, engine, .. } = &action.kind {
+        if let Some(drover_model::ProvisionSpec { role, zone, engine, .. }) = action.kind.provision() {
             return (self.provision(action.service, id, *engine, *role, zone, now), false);
         }
         let Some(instance) = self.instances.get_mut(&id) else {
@@ -322,7 +322,7 @@ fn named(id: InstanceId, outcome: ActionOutcome) -> ActionOutcome {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use drover_model::{ActionId, ActionState, ImageId, Timestamp};
+    use drover_model::{ActionId, ActionKind, ActionState, ImageId, Timestamp};
 
     const T0: i64 = 1_800_000_000_000_000;
 
@@ -345,7 +345,7 @@ mod tests {
         provision_of(drover_model::EngineKind::Postgres, role)
     }
     fn provision_of(engine: drover_model::EngineKind, role: Role) -> ActionKind {
-        ActionKind::Provision {
+        ActionKind::Provision(Box::new(drover_model::ProvisionSpec {
             role,
             zone: "zone-a".into(),
             image: ImageId("img".into()),
@@ -357,7 +357,7 @@ mod tests {
             restore_from: None,
             read_slot: None,
             version: String::new(),
-        }
+        }))
     }
     fn beat_of(beats: &[Beat], id: InstanceId) -> Option<&Beat> {
         beats.iter().find(|b| b.instance == id)

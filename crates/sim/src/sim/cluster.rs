@@ -273,13 +273,13 @@ impl Sim {
         {
             return fail("provider API error (simulated)", true);
         }
-        if let ActionKind::Provision { role, zone, image, .. } = &a.kind {
+        if let Some(drover_model::ProvisionSpec { role, zone, image, .. }) = a.kind.provision() {
             let Some(z) = self.zones.iter().position(|x| &x.name == zone) else { return fail("no such zone", false) };
             let Some(&s) = self.svc_by_id.get(&a.service) else { return fail("no such service", false) };
             if self.svcs[s as usize].bad_image && self.patched_images.contains(image) {
                 return fail("the patched image does not boot on this service's hosts (simulated bad image)", false);
             }
-            let tombstoned = known.is_some_and(|i| self.insts[i as usize].terminated);
+            let tombstoned = self.tombstones.contains(&a.instance);
             let existing = known.filter(|_| !tombstoned).map(|i| self.svcs[self.insts[i as usize].svc as usize].id);
             // The fleet exists before hour 0: its backups were there.
             let ground = Ground { host_up: !self.zones[z].lost, backup_store_up: !self.backup_down || self.building };
@@ -431,7 +431,10 @@ impl Sim {
                 let x = &mut self.insts[i as usize];
                 x.exists = false;
                 x.terminated = true;
-                self.svcs[s as usize].members.retain(|&m| m != i);
+                let id = x.id;
+                self.by_id.remove(&id);
+                self.tombstones.insert(id);
+                self.svcs[s as usize].members.retain(|m| *m != i);
             }
         }
         answer.outcome

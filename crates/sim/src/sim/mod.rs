@@ -109,7 +109,9 @@ struct Svc {
     engine: u8,
     sync: bool,
     rate: u64,
-    members: Vec<u32>,
+    /// Inline up to four (a plan's members and a replacement): no heap
+    /// allocation per service.
+    members: smallvec::SmallVec<[u32; 4]>,
     writer: Option<u32>,
     anchor: u64,
     anchor_at: i64,
@@ -190,7 +192,12 @@ struct Sim {
     seq: u64,
     queue: queue::Queue<Ev>,
     insts: Vec<Inst>,
+    /// Instances not terminated, by id (a terminated one leaves it for
+    /// `tombstones`, so the map stays the size of the live fleet).
     by_id: HashMap<InstanceId, u32>,
+    /// Ids of terminated instances: the world remembers them, a Provision
+    /// of one is refused.
+    tombstones: std::collections::HashSet<InstanceId, foldhash::fast::FixedState>,
     svcs: Vec<Svc>,
     svc_by_id: HashMap<ServiceId, u32>,
     zones: Vec<Zone>,
@@ -341,8 +348,15 @@ fn run_shard(opts: &Options, shard: u64, shards: u64) -> Result<ShardRun, SimErr
         now: T0 - BUILD,
         seq: 0,
         queue: queue::Queue::new(),
-        insts: Vec::with_capacity((services as usize) * 5 / 2),
-        by_id: HashMap::with_capacity_and_hasher((services as usize) * 5 / 2, Default::default()),
+        // Instances are never removed here: a fleet of three-member plans
+        // starts at ~3 per service and a day with a lost zone adds ~0.8
+        // replacements. Room for 4 up front: a vector that outgrows its
+        // room doubles, and holds both copies while it moves.
+        insts: Vec::with_capacity((services as usize) * 4),
+        // The live fleet: ~3 per service (a table sized for more would
+        // double its buckets, ~44 MB per 500,000 services).
+        by_id: HashMap::with_capacity_and_hasher((services as usize) * 3, Default::default()),
+        tombstones: Default::default(),
         svcs: Vec::with_capacity(services as usize),
         svc_by_id: HashMap::with_capacity_and_hasher(services as usize, Default::default()),
         zones,
@@ -442,7 +456,7 @@ impl Sim {
                 engine: slot as u8,
                 sync,
                 rate,
-                members: Vec::with_capacity(3),
+                members: Default::default(),
                 writer: None,
                 anchor: 0,
                 anchor_at: self.now,
@@ -573,7 +587,7 @@ impl Sim {
         }
         let p = &self.sc.provider;
         let range = match &a.kind {
-            ActionKind::Provision { .. } => p.provision_secs,
+            ActionKind::Provision(_) => p.provision_secs,
             ActionKind::Probe => {
                 self.c.probes += 1;
                 p.probe_secs

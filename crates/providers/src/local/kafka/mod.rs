@@ -252,7 +252,7 @@ impl Kafka {
     /// Whether `action` is for a Kafka member.
     pub fn owns(&self, action: &ActionRecord) -> bool {
         match &action.kind {
-            ActionKind::Provision { engine, .. } => *engine == EngineKind::Kafka,
+            ActionKind::Provision(p) => p.engine == EngineKind::Kafka,
             _ => {
                 let registry = lock(&self.registry);
                 registry.instances.contains_key(&action.instance) || registry.tombstones.contains(&action.instance)
@@ -450,9 +450,7 @@ impl Inner {
     pub(super) async fn kafka_execute(self: &Arc<Self>, action: &ActionRecord) -> Done {
         let id = action.instance;
         match &action.kind {
-            ActionKind::Provision { role, service_name, .. } => {
-                self.kafka_provision(id, action.service, *role, service_name).await
-            }
+            ActionKind::Provision(p) => self.kafka_provision(id, action.service, p.role, &p.service_name).await,
             ActionKind::Probe => self.kafka_probe(id).await,
             ActionKind::Fence { immediate } => self.kafka_fence(id, *immediate).await,
             ActionKind::Restart => self.kafka_restart(id).await,

@@ -241,7 +241,7 @@ impl Redis {
     /// Whether `action` is for a Redis member.
     pub fn owns(&self, action: &ActionRecord) -> bool {
         match &action.kind {
-            ActionKind::Provision { engine, .. } => *engine == drover_model::EngineKind::Redis,
+            ActionKind::Provision(p) => p.engine == drover_model::EngineKind::Redis,
             _ => {
                 let registry = lock(&self.registry);
                 registry.instances.contains_key(&action.instance) || registry.tombstones.contains(&action.instance)
@@ -409,9 +409,7 @@ impl Inner {
     pub(super) async fn redis_execute(self: &Arc<Self>, action: &ActionRecord) -> Done {
         let id = action.instance;
         match &action.kind {
-            ActionKind::Provision { role, service_name, sync, .. } => {
-                self.redis_provision(id, action.service, *role, service_name, *sync).await
-            }
+            ActionKind::Provision(p) => self.redis_provision(id, action.service, p.role, &p.service_name, p.sync).await,
             ActionKind::Probe => self.redis_probe(id).await,
             ActionKind::Fence { immediate } => self.redis_fence(id, *immediate).await,
             ActionKind::Promote => self.redis_promote(id).await,
