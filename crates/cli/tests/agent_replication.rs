@@ -111,6 +111,23 @@ async fn query_text(client: &tokio_postgres::Client, sql: &str) -> Vec<Vec<Optio
     rows
 }
 
+/// A session through the service's URL (its router beside the control
+/// plane): the simple protocol, as pgbouncer's transaction pooling wants.
+async fn url_client(url: &str) -> Option<tokio_postgres::Client> {
+    let mut config: tokio_postgres::Config = url.parse().ok()?;
+    config.connect_timeout(Duration::from_secs(3));
+    let (client, connection) = config.connect(tokio_postgres::NoTls).await.ok()?;
+    tokio::spawn(async move {
+        let _ = connection.await;
+    });
+    Some(client)
+}
+
+/// The address of the server a URL session reaches (the primary's host).
+async fn server_address(client: &tokio_postgres::Client) -> Option<String> {
+    query_text(client, "SELECT host(inet_server_addr())").await.first()?.first()?.clone()
+}
+
 struct Fleet {
     _tmp: tempfile::TempDir,
     serve: Serve,
@@ -247,6 +264,21 @@ async fn members_on_two_hosts_replicate_synchronously_over_tcp_and_switch_over()
         "the follower's host built no primary"
     );
 
+    // The URL is the router beside the control plane (no database host's),
+    // and it reaches the primary on its host over TCP.
+    let url =
+        fleet.service("db1").await.unwrap()["url"].as_str().expect("a service on agent hosts has a URL").to_string();
+    assert!(url.contains("@127.0.0.1:"), "{url}");
+    let via_url = wait_for(Duration::from_secs(30), "the URL answers", &fleet.serve, || {
+        let url = url.clone();
+        async move { url_client(&url).await }
+    })
+    .await;
+    assert_eq!(server_address(&via_url).await.as_deref(), Some(fleet.agent(p_host).address.as_str()));
+    via_url.batch_execute("CREATE TABLE u (v int); INSERT INTO u VALUES (1)").await.expect("a write through the URL");
+    let router_pids = std::process::Command::new("pgrep").args(["-f", "cp/routers/"]).output().unwrap();
+    assert!(!router_pids.stdout.is_empty(), "pgbouncer runs under the control plane's data dir");
+
     // The follower streams over TCP from its own host's address, and the
     // primary's agent made it synchronous.
     let f_id = follower["id"].as_str().unwrap().to_string();
@@ -377,6 +409,24 @@ async fn members_on_two_hosts_replicate_synchronously_over_tcp_and_switch_over()
         }
     })
     .await;
+    // The same URL now reaches the new primary on its host, and the row
+    // written through it before the switchover is there.
+    let after = wait_for(Duration::from_secs(30), "a write through the URL after the switchover", &fleet.serve, || {
+        let url = url.clone();
+        async move {
+            let client = url_client(&url).await?;
+            client.batch_execute("INSERT INTO u VALUES (2)").await.ok()?;
+            Some(client)
+        }
+    })
+    .await;
+    assert_eq!(
+        server_address(&after).await.as_deref(),
+        Some(fleet.agent(f_host).address.as_str()),
+        "the router follows the primary"
+    );
+    let rows = query_text(&after, "SELECT count(*) FROM u").await;
+    assert_eq!(rows[0][0].as_deref(), Some("2"), "{}", fleet.logs());
     let (nf_socket, nf_port) = fleet.agent(nf_host).socket_of(new_follower["id"].as_str().unwrap()).unwrap();
     let nf_app = admin_sql(&nf_socket, nf_port, "app").await.expect("new follower answers");
     let count = query_text(&nf_app, "SELECT count(*) FROM t").await;

@@ -9,7 +9,19 @@
 use crate::api::{CommandError, Outputs, Reply};
 use crate::fleet::HashMap;
 use crate::Engine;
-use drover_model::{ActionKind, EventSubject, Fault, HostRecord, HostState, HostView, RegisterHost, Timestamp};
+use drover_model::{
+    ActionKind, EventSubject, Fault, HostRecord, HostState, HostView, InstanceId, RegisterHost, ServiceId, Timestamp,
+};
+
+/// A service with members on agent hosts, as its router follows it.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct HostedService {
+    pub id: ServiceId,
+    pub name: String,
+    /// Its writable primary and the address of that primary's host; None
+    /// while it has none (fenced, failing over).
+    pub primary: Option<(InstanceId, String)>,
+}
 
 /// An instance not placed on any host.
 pub(crate) const NO_HOST: u16 = u16::MAX;
@@ -325,6 +337,37 @@ impl Engine {
         let mut v: Vec<HostView> = (0..self.hosts.list.len() as u16).filter_map(|h| self.host_view(h)).collect();
         v.sort_by(|a, b| a.name.cmp(&b.name));
         v
+    }
+
+    /// The PostgreSQL services with a member on an agent host (any host
+    /// but `builtin`), each with where its writable primary is, if it has
+    /// one: what the routers beside the control plane follow (the shell
+    /// repoints a router when the answer changes). One pass over the
+    /// instances, no views built: it is asked several times a second.
+    pub fn services_on_agent_hosts(&self, builtin: Option<&str>) -> Vec<HostedService> {
+        let mut services: Vec<u32> = self
+            .instances
+            .iter()
+            .filter(|(_, i)| self.hosts.name(i.host).is_some_and(|name| Some(name) != builtin))
+            .map(|(_, i)| i.service)
+            .collect();
+        services.sort_unstable();
+        services.dedup();
+        services
+            .into_iter()
+            .filter_map(|slot| {
+                let s = self.services.get(slot)?;
+                if s.engine != drover_model::EngineKind::Postgres {
+                    return None;
+                }
+                let primary = s.instances.iter().find_map(|&i| {
+                    let instance = self.instances.get(i).filter(|i| i.writable())?;
+                    let address = self.hosts.get(instance.host)?.rec.address.clone();
+                    Some((instance.id, address))
+                });
+                Some(HostedService { id: s.id, name: String::from(&*s.name), primary })
+            })
+            .collect()
     }
 
     /// The record of host `name` (its address, last seen, ...).

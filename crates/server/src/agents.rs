@@ -263,9 +263,23 @@ pub(crate) async fn post_action_result(
 /// The `local` provider of a control plane with no host of its own
 /// (`--no-local`): it runs nothing here; every action goes to the agent of
 /// its instance's host, and an action for an instance on no agent host fails.
-pub struct AgentsProvider;
+pub struct AgentsProvider {
+    /// The routers beside the control plane (None: they could not be
+    /// opened; services then have no URL).
+    pub routers: Option<Arc<drover_providers::local::ControlPlaneRouters>>,
+    /// Derives each service's login password (the URL's).
+    pub key: drover_secrets::SecretKey,
+}
 
 impl drover_providers::Provider for AgentsProvider {
+    /// The router beside the control plane: its port, and the login
+    /// password derived from the control plane's key.
+    fn service_url(&self, service: &str) -> Option<String> {
+        let routers = self.routers.as_ref()?;
+        let id = routers.service_id(service)?;
+        routers.url(service, &crate::runtime::login_password(&self.key, id))
+    }
+
     fn name(&self) -> &str {
         "local"
     }
