@@ -432,3 +432,80 @@ async fn members_on_two_hosts_replicate_synchronously_over_tcp_and_switch_over()
     let count = query_text(&nf_app, "SELECT count(*) FROM t").await;
     assert_eq!(count[0][0].as_deref(), Some("101"), "the new follower holds every acknowledged row: {}", fleet.logs());
 }
+
+/// The state letter of process `pid` in /proc (`T`: stopped), None once it is gone.
+fn process_state(pid: u32) -> Option<char> {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    stat[stat.rfind(')')? + 1..].split_whitespace().next()?.chars().next()
+}
+
+/// The postmaster pid of instance `id` on `agent`'s host.
+fn postmaster_pid(agent: &HostAgent, id: &str) -> Option<u32> {
+    let dir = agent.dir_of(id)?;
+    std::fs::read_to_string(dir.join("pgdata/postmaster.pid")).ok()?.lines().next()?.trim().parse().ok()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn host_chaos_is_one_action_of_its_agent_crash_kills_the_tree_and_hang_freezes_it() {
+    let fleet = Fleet::start("dr-hc").await;
+    let r = fleet
+        .admin
+        .post(format!("{}/v1/services", fleet.api))
+        .json(&json!({"name": "db1", "engine": "postgres", "followers": 1, "sync": true, "provider": "local",
+                      "zones": ["zone-a", "zone-b", "zone-c"]}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status().as_u16(), 201, "{}", r.text().await.unwrap_or_default());
+    let (primary, follower) = fleet.wait_pair("db1", "db1 available on two hosts", Duration::from_secs(180)).await;
+    let (p_host, f_host) = (primary["host"].as_str().unwrap(), follower["host"].as_str().unwrap());
+    let p_pid = postmaster_pid(fleet.agent(p_host), primary["id"].as_str().unwrap()).expect("primary's postmaster");
+    let f_pid = postmaster_pid(fleet.agent(f_host), follower["id"].as_str().unwrap()).expect("follower's postmaster");
+    let p_agent = fleet.agent(p_host).child.as_ref().unwrap().id();
+    let f_agent = fleet.agent(f_host).child.as_ref().unwrap().id();
+
+    // Hang: the primary's agent freezes itself and everything it runs.
+    let r = fleet
+        .admin
+        .post(format!("{}/v1/chaos", fleet.api))
+        .json(&json!({"host": p_host, "fault": "hang"}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status().as_u16(), 202, "{}", r.text().await.unwrap_or_default());
+    wait_for(Duration::from_secs(10), "the primary's host frozen", &fleet.serve, || async {
+        (process_state(p_agent) == Some('T') && process_state(p_pid) == Some('T')).then_some(())
+    })
+    .await;
+    assert!(process_state(f_agent).is_some_and(|s| s != 'T'), "the other hosts run on");
+
+    // Crash: the follower's agent SIGKILLs its tree, then itself.
+    let r = fleet
+        .admin
+        .post(format!("{}/v1/chaos", fleet.api))
+        .json(&json!({"host": f_host, "fault": "crash"}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status().as_u16(), 202, "{}", r.text().await.unwrap_or_default());
+    wait_for(Duration::from_secs(10), "the follower's host dead", &fleet.serve, || async {
+        // A killed child stays a zombie until the test reaps it.
+        let agent_dead = matches!(process_state(f_agent), None | Some('Z'));
+        (agent_dead && matches!(process_state(f_pid), None | Some('Z'))).then_some(())
+    })
+    .await;
+    assert!(fleet.agent(f_host).log().contains("chaos: faulting this whole host"), "{}", fleet.logs());
+    let events = get(&fleet.admin, &format!("{}/v1/events?limit=200", fleet.api)).await.map(|(_, e)| e.to_string());
+    assert!(
+        events.unwrap_or_default().contains(&format!("chaos: crash host {f_host}: its agent kills itself")),
+        "the engine recorded the host chaos"
+    );
+
+    // Thawed, the frozen host's processes run again.
+    let _ = Command::new("kill").args(["-CONT", &p_agent.to_string()]).status();
+    for pid in [p_pid] {
+        let _ = Command::new("pkill").args(["-CONT", "-P", &pid.to_string()]).status();
+        let _ = Command::new("kill").args(["-CONT", &pid.to_string()]).status();
+    }
+    assert!(process_state(p_agent).is_some_and(|s| s != 'T'));
+}

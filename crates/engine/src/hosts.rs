@@ -214,14 +214,16 @@ impl Engine {
     }
 
     /// Chaos for a whole host: `crash` or `hang` everything placed on it.
-    /// Here the fault is injected into each instance on the host (what the
-    /// provider that runs them can do); an agent host's own agent is
-    /// killed or frozen by the agent channel (docs/agent.md). The reply is
-    /// the host, with the actions opened in `out`.
+    /// `by_agent`: the host's agent does it as one action (the shell sends
+    /// it; the engine records it, and learns of it as it would of a real
+    /// host failure: silence). Otherwise the fault is injected into each
+    /// instance on the host (what the provider that runs them can do). The
+    /// reply is the host, with the actions opened in `out`.
     pub(crate) fn host_chaos(
         &mut self,
         name: &str,
         fault: Fault,
+        by_agent: bool,
         now: i64,
         out: &mut Outputs,
     ) -> Result<Reply, CommandError> {
@@ -232,6 +234,24 @@ impl Engine {
         let on: Vec<u32> =
             self.instances.iter().filter(|(_, i)| i.host == h && i.state.is_member()).map(|(slot, _)| slot).collect();
         let cause = format!("chaos: {fault} host {name}");
+        if by_agent {
+            out.changes.events.push(self.event(
+                now,
+                EventSubject::Fleet,
+                None,
+                None,
+                None,
+                None,
+                format!(
+                    "{cause}: its agent {} itself and everything it runs",
+                    if fault == Fault::Crash { "kills" } else { "freezes" }
+                ),
+            ));
+            return self
+                .host_view(h)
+                .map(|v| Reply::Host(Box::new(v)))
+                .ok_or_else(|| CommandError::Invalid("host vanished".into()));
+        }
         for slot in on {
             self.open_action(slot, ActionKind::InjectFault { fault }, &cause, false, now, out);
         }

@@ -141,7 +141,8 @@ fn two_hosts_freezing_at_once_engage_the_brake_though_they_hold_few_instances() 
             h.e.host_views().iter().filter(|v| frozen.contains(&v.name.as_str())).map(|v| v.instances as usize).sum();
         assert!(on_frozen > 0 && on_frozen < 1000, "{on_frozen} instances on the frozen hosts");
         for host in frozen {
-            h.command(Command::HostChaos { host: host.to_string(), fault: Fault::Hang }).expect("host chaos");
+            h.command(Command::HostChaos { host: host.to_string(), fault: Fault::Hang, by_agent: false })
+                .expect("host chaos");
         }
         h.advance(Duration::from_secs(20));
         let states: Vec<HostState> = frozen.iter().map(|n| h.e.host_record(n).expect("host").state).collect();
