@@ -503,9 +503,7 @@ async fn host_chaos_is_one_action_of_its_agent_crash_kills_the_tree_and_hang_fre
 
     // Thawed, the frozen host's processes run again.
     let _ = Command::new("kill").args(["-CONT", &p_agent.to_string()]).status();
-    for pid in [p_pid] {
-        let _ = Command::new("pkill").args(["-CONT", "-P", &pid.to_string()]).status();
-        let _ = Command::new("kill").args(["-CONT", &pid.to_string()]).status();
-    }
+    let _ = Command::new("pkill").args(["-CONT", "-P", &p_pid.to_string()]).status();
+    let _ = Command::new("kill").args(["-CONT", &p_pid.to_string()]).status();
     assert!(process_state(p_agent).is_some_and(|s| s != 'T'));
 }
