@@ -19,7 +19,7 @@ pub struct HostedService {
     pub id: ServiceId,
     pub name: String,
     /// Its writable primary and the address of that primary's host; None
-    /// while it has none (fenced, failing over).
+    /// while it has none (being fenced, fenced, failing over).
     pub primary: Option<(InstanceId, String)>,
 }
 
@@ -373,6 +373,17 @@ impl Engine {
             .collect();
         services.sort_unstable();
         services.dedup();
+        if services.is_empty() {
+            return Vec::new();
+        }
+        // A primary being fenced is no longer routed to: its router holds
+        // clients until the next primary is writable.
+        let fencing: std::collections::HashSet<InstanceId> = self
+            .actions
+            .values()
+            .filter(|a| matches!(a.record.kind, ActionKind::Fence { .. }))
+            .map(|a| a.record.instance)
+            .collect();
         services
             .into_iter()
             .filter_map(|slot| {
@@ -381,7 +392,7 @@ impl Engine {
                     return None;
                 }
                 let primary = s.instances.iter().find_map(|&i| {
-                    let instance = self.instances.get(i).filter(|i| i.writable())?;
+                    let instance = self.instances.get(i).filter(|i| i.writable() && !fencing.contains(&i.id))?;
                     let address = self.hosts.get(instance.host)?.rec.address.clone();
                     Some((instance.id, address))
                 });
