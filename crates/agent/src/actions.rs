@@ -94,15 +94,18 @@ pub async fn run(control_plane: Arc<ControlPlane>, host: String, provider: Arc<L
     let running: Arc<Mutex<HashSet<(ActionId, u32)>>> = Arc::default();
     let mut after = 0u64;
     loop {
-        let batch = match control_plane.fetch_actions(&host, after, POLL_WAIT).await {
-            Ok(batch) => batch,
+        let fetched = match control_plane.fetch_actions(&host, after, POLL_WAIT).await {
+            Ok(fetched) => fetched,
             Err(error) => {
                 tracing::debug!(%error, "cannot fetch actions; retrying");
                 tokio::time::sleep(RETRY).await;
                 continue;
             }
         };
-        for (seq, action, replication) in batch {
+        if let Some(fault) = fetched.host_fault {
+            fault_whole_host(&host, fault);
+        }
+        for (seq, action, replication) in fetched.actions {
             after = after.max(seq);
             let key = (action.id, action.attempts);
             if !running.lock().unwrap_or_else(PoisonError::into_inner).insert(key) {
@@ -116,6 +119,55 @@ pub async fn run(control_plane: Arc<ControlPlane>, host: String, provider: Arc<L
             });
         }
     }
+}
+
+/// Chaos for this whole host, as one action (`POST /v1/chaos {"host"}`):
+/// `crash` SIGKILLs every descendant of this process (postmasters, their
+/// backends, routers) and then the agent itself, as a host losing power;
+/// `hang` SIGSTOPs them all, parents first, then itself, as a frozen host
+/// (SIGCONT of the tree thaws it; its lease has expired by then, so it
+/// fences its primaries before anything else). Any other fault is refused.
+pub fn fault_whole_host(host: &str, fault: drover_model::Fault) {
+    use nix::sys::signal::{kill, Signal};
+    use nix::unistd::Pid;
+    let signal = match fault {
+        drover_model::Fault::Crash => Signal::SIGKILL,
+        drover_model::Fault::Hang => Signal::SIGSTOP,
+        other => {
+            tracing::warn!(%other, "a host takes the faults crash and hang only; ignored");
+            return;
+        }
+    };
+    let me = std::process::id() as i32;
+    let tree = descendants(me);
+    tracing::warn!(%host, %fault, processes = tree.len() + 1, "chaos: faulting this whole host");
+    for pid in &tree {
+        let _ = kill(Pid::from_raw(*pid), signal);
+    }
+    let _ = kill(Pid::from_raw(me), signal);
+}
+
+/// Every descendant of `root`, parents before their children, from /proc.
+fn descendants(root: i32) -> Vec<i32> {
+    let mut parents: Vec<(i32, i32)> = Vec::new();
+    for entry in std::fs::read_dir("/proc").into_iter().flatten().flatten() {
+        let Some(pid) = entry.file_name().to_str().and_then(|n| n.parse::<i32>().ok()) else { continue };
+        let Ok(stat) = std::fs::read_to_string(entry.path().join("stat")) else { continue };
+        // `pid (comm) state ppid ...`: comm may hold spaces and parentheses.
+        let Some(after) = stat.rfind(')').map(|i| &stat[i + 1..]) else { continue };
+        if let Some(ppid) = after.split_whitespace().nth(1).and_then(|p| p.parse::<i32>().ok()) {
+            parents.push((pid, ppid));
+        }
+    }
+    let mut found = vec![root];
+    let mut i = 0;
+    while i < found.len() {
+        let parent = found[i];
+        found.extend(parents.iter().filter(|(_, ppid)| *ppid == parent).map(|(pid, _)| *pid));
+        i += 1;
+    }
+    found.remove(0);
+    found
 }
 
 async fn carry_out(
@@ -158,6 +210,26 @@ async fn carry_out(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn the_whole_tree_of_the_agent_is_found_children_and_grandchildren() {
+        let mut child = std::process::Command::new("sh").args(["-c", "sleep 30 & wait"]).spawn().unwrap();
+        let found = (0..50)
+            .map(|_| {
+                std::thread::sleep(Duration::from_millis(20));
+                descendants(std::process::id() as i32)
+            })
+            .find(|tree| tree.len() >= 2)
+            .unwrap_or_default();
+        for pid in found.iter().skip(1) {
+            let _ = std::process::Command::new("kill").arg(pid.to_string()).status();
+        }
+        let _ = child.kill();
+        let _ = child.wait();
+        assert!(found.contains(&(child.id() as i32)), "{found:?}");
+        assert!(found.len() >= 2, "the grandchild (sleep) is found too: {found:?}");
+        assert_eq!(found[0], child.id() as i32, "parents before their children: {found:?}");
+    }
 
     #[test]
     fn a_kept_outcome_is_read_back_for_its_attempt() {

@@ -152,12 +152,7 @@ impl ControlPlane {
 
     /// `GET /v1/hosts/{host}/actions`: the actions queued for this host
     /// after `after`, waiting up to `wait` for one (a long poll).
-    pub async fn fetch_actions(
-        &self,
-        host: &str,
-        after: u64,
-        wait: Duration,
-    ) -> Result<Vec<(u64, drover_model::ActionRecord, Option<drover_providers::local::Replication>)>, String> {
+    pub async fn fetch_actions(&self, host: &str, after: u64, wait: Duration) -> Result<Fetched, String> {
         let url = format!("{}/v1/hosts/{host}/actions?after={after}&wait_ms={}", self.base, wait.as_millis());
         let response =
             self.http.get(&url).timeout(wait + MAX_REQUEST_TIMEOUT).send().await.map_err(|e| error_chain(&e))?;
@@ -166,6 +161,11 @@ impl ControlPlane {
         }
         let body: Value = response.json().await.map_err(|e| error_chain(&e))?;
         let mut actions = Vec::new();
+        let host_fault = body
+            .get("host_fault")
+            .and_then(|f| f.get("fault"))
+            .cloned()
+            .and_then(|f| serde_json::from_value::<drover_model::Fault>(f).ok());
         for queued in body.get("actions").and_then(Value::as_array).into_iter().flatten() {
             let seq = queued.get("seq").and_then(Value::as_u64).unwrap_or(0);
             match queued.get("action").cloned().map(serde_json::from_value::<drover_model::ActionRecord>) {
@@ -176,7 +176,7 @@ impl ControlPlane {
                 _ => tracing::warn!(seq, "an action this agent cannot read; skipped"),
             }
         }
-        Ok(actions)
+        Ok(Fetched { actions, host_fault })
     }
 
     /// `POST /v1/hosts/{host}/actions/{id}/result`: one attempt's outcome.
@@ -195,6 +195,14 @@ impl ControlPlane {
             Err(error) => Err(error_chain(&error)),
         }
     }
+}
+
+/// What one fetch of this host's actions brought.
+pub struct Fetched {
+    /// (seq, action, what a PostgreSQL Provision needs to replicate across hosts).
+    pub actions: Vec<(u64, drover_model::ActionRecord, Option<drover_providers::local::Replication>)>,
+    /// Chaos for the whole host (`crash` or `hang`).
+    pub host_fault: Option<drover_model::Fault>,
 }
 
 fn error_chain(error: &dyn std::error::Error) -> String {

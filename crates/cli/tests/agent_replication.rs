@@ -111,6 +111,23 @@ async fn query_text(client: &tokio_postgres::Client, sql: &str) -> Vec<Vec<Optio
     rows
 }
 
+/// A session through the service's URL (its router beside the control
+/// plane): the simple protocol, as pgbouncer's transaction pooling wants.
+async fn url_client(url: &str) -> Option<tokio_postgres::Client> {
+    let mut config: tokio_postgres::Config = url.parse().ok()?;
+    config.connect_timeout(Duration::from_secs(3));
+    let (client, connection) = config.connect(tokio_postgres::NoTls).await.ok()?;
+    tokio::spawn(async move {
+        let _ = connection.await;
+    });
+    Some(client)
+}
+
+/// The address of the server a URL session reaches (the primary's host).
+async fn server_address(client: &tokio_postgres::Client) -> Option<String> {
+    query_text(client, "SELECT host(inet_server_addr())").await.first()?.first()?.clone()
+}
+
 struct Fleet {
     _tmp: tempfile::TempDir,
     serve: Serve,
@@ -247,6 +264,21 @@ async fn members_on_two_hosts_replicate_synchronously_over_tcp_and_switch_over()
         "the follower's host built no primary"
     );
 
+    // The URL is the router beside the control plane (no database host's),
+    // and it reaches the primary on its host over TCP.
+    let url =
+        fleet.service("db1").await.unwrap()["url"].as_str().expect("a service on agent hosts has a URL").to_string();
+    assert!(url.contains("@127.0.0.1:"), "{url}");
+    let via_url = wait_for(Duration::from_secs(30), "the URL answers", &fleet.serve, || {
+        let url = url.clone();
+        async move { url_client(&url).await }
+    })
+    .await;
+    assert_eq!(server_address(&via_url).await.as_deref(), Some(fleet.agent(p_host).address.as_str()));
+    via_url.batch_execute("CREATE TABLE u (v int); INSERT INTO u VALUES (1)").await.expect("a write through the URL");
+    let router_pids = std::process::Command::new("pgrep").args(["-f", "cp/routers/"]).output().unwrap();
+    assert!(!router_pids.stdout.is_empty(), "pgbouncer runs under the control plane's data dir");
+
     // The follower streams over TCP from its own host's address, and the
     // primary's agent made it synchronous.
     let f_id = follower["id"].as_str().unwrap().to_string();
@@ -377,8 +409,101 @@ async fn members_on_two_hosts_replicate_synchronously_over_tcp_and_switch_over()
         }
     })
     .await;
+    // The same URL now reaches the new primary on its host, and the row
+    // written through it before the switchover is there.
+    let after = wait_for(Duration::from_secs(30), "a write through the URL after the switchover", &fleet.serve, || {
+        let url = url.clone();
+        async move {
+            let client = url_client(&url).await?;
+            client.batch_execute("INSERT INTO u VALUES (2)").await.ok()?;
+            Some(client)
+        }
+    })
+    .await;
+    assert_eq!(
+        server_address(&after).await.as_deref(),
+        Some(fleet.agent(f_host).address.as_str()),
+        "the router follows the primary"
+    );
+    let rows = query_text(&after, "SELECT count(*) FROM u").await;
+    assert_eq!(rows[0][0].as_deref(), Some("2"), "{}", fleet.logs());
     let (nf_socket, nf_port) = fleet.agent(nf_host).socket_of(new_follower["id"].as_str().unwrap()).unwrap();
     let nf_app = admin_sql(&nf_socket, nf_port, "app").await.expect("new follower answers");
     let count = query_text(&nf_app, "SELECT count(*) FROM t").await;
     assert_eq!(count[0][0].as_deref(), Some("101"), "the new follower holds every acknowledged row: {}", fleet.logs());
+}
+
+/// The state letter of process `pid` in /proc (`T`: stopped), None once it is gone.
+fn process_state(pid: u32) -> Option<char> {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    stat[stat.rfind(')')? + 1..].split_whitespace().next()?.chars().next()
+}
+
+/// The postmaster pid of instance `id` on `agent`'s host.
+fn postmaster_pid(agent: &HostAgent, id: &str) -> Option<u32> {
+    let dir = agent.dir_of(id)?;
+    std::fs::read_to_string(dir.join("pgdata/postmaster.pid")).ok()?.lines().next()?.trim().parse().ok()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn host_chaos_is_one_action_of_its_agent_crash_kills_the_tree_and_hang_freezes_it() {
+    let fleet = Fleet::start("dr-hc").await;
+    let r = fleet
+        .admin
+        .post(format!("{}/v1/services", fleet.api))
+        .json(&json!({"name": "db1", "engine": "postgres", "followers": 1, "sync": true, "provider": "local",
+                      "zones": ["zone-a", "zone-b", "zone-c"]}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status().as_u16(), 201, "{}", r.text().await.unwrap_or_default());
+    let (primary, follower) = fleet.wait_pair("db1", "db1 available on two hosts", Duration::from_secs(180)).await;
+    let (p_host, f_host) = (primary["host"].as_str().unwrap(), follower["host"].as_str().unwrap());
+    let p_pid = postmaster_pid(fleet.agent(p_host), primary["id"].as_str().unwrap()).expect("primary's postmaster");
+    let f_pid = postmaster_pid(fleet.agent(f_host), follower["id"].as_str().unwrap()).expect("follower's postmaster");
+    let p_agent = fleet.agent(p_host).child.as_ref().unwrap().id();
+    let f_agent = fleet.agent(f_host).child.as_ref().unwrap().id();
+
+    // Hang: the primary's agent freezes itself and everything it runs.
+    let r = fleet
+        .admin
+        .post(format!("{}/v1/chaos", fleet.api))
+        .json(&json!({"host": p_host, "fault": "hang"}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status().as_u16(), 202, "{}", r.text().await.unwrap_or_default());
+    wait_for(Duration::from_secs(10), "the primary's host frozen", &fleet.serve, || async {
+        (process_state(p_agent) == Some('T') && process_state(p_pid) == Some('T')).then_some(())
+    })
+    .await;
+    assert!(process_state(f_agent).is_some_and(|s| s != 'T'), "the other hosts run on");
+
+    // Crash: the follower's agent SIGKILLs its tree, then itself.
+    let r = fleet
+        .admin
+        .post(format!("{}/v1/chaos", fleet.api))
+        .json(&json!({"host": f_host, "fault": "crash"}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status().as_u16(), 202, "{}", r.text().await.unwrap_or_default());
+    wait_for(Duration::from_secs(10), "the follower's host dead", &fleet.serve, || async {
+        // A killed child stays a zombie until the test reaps it.
+        let agent_dead = matches!(process_state(f_agent), None | Some('Z'));
+        (agent_dead && matches!(process_state(f_pid), None | Some('Z'))).then_some(())
+    })
+    .await;
+    assert!(fleet.agent(f_host).log().contains("chaos: faulting this whole host"), "{}", fleet.logs());
+    let events = get(&fleet.admin, &format!("{}/v1/events?limit=200", fleet.api)).await.map(|(_, e)| e.to_string());
+    assert!(
+        events.unwrap_or_default().contains(&format!("chaos: crash host {f_host}: its agent kills itself")),
+        "the engine recorded the host chaos"
+    );
+
+    // Thawed, the frozen host's processes run again.
+    let _ = Command::new("kill").args(["-CONT", &p_agent.to_string()]).status();
+    let _ = Command::new("pkill").args(["-CONT", "-P", &p_pid.to_string()]).status();
+    let _ = Command::new("kill").args(["-CONT", &p_pid.to_string()]).status();
+    assert!(process_state(p_agent).is_some_and(|s| s != 'T'));
 }

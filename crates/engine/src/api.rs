@@ -338,6 +338,13 @@ pub enum Command {
     HostChaos {
         host: String,
         fault: Fault,
+        /// The host's agent carries the fault out as one action (kill -9
+        /// or SIGSTOP of itself and everything it runs), sent by the shell:
+        /// no action is opened per instance. False: each instance on the
+        /// host gets the fault from its provider (the built-in host, the
+        /// simulator's hosts).
+        #[serde(default)]
+        by_agent: bool,
     },
     /// A new service `name` with the plan and data of a deleted service,
     /// restored from its archive's final backup.

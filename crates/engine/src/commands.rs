@@ -38,7 +38,7 @@ impl Engine {
             Command::RegisterHost { host, builtin } => self.register_host(host, builtin, now, out),
             Command::CordonHost { name } => self.set_host_state(&name, drover_model::HostState::Cordoned, now, out),
             Command::DrainHost { name } => self.set_host_state(&name, drover_model::HostState::Draining, now, out),
-            Command::HostChaos { host, fault } => self.host_chaos(&host, fault, now, out),
+            Command::HostChaos { host, fault, by_agent } => self.host_chaos(&host, fault, by_agent, now, out),
             Command::RegisterImage(image) => self.register_image(image, out),
             Command::RotateCredentials { name, in_progress } => {
                 self.rotate_credentials(&name, in_progress, actor, now, out)

@@ -9,7 +9,19 @@
 use crate::api::{CommandError, Outputs, Reply};
 use crate::fleet::HashMap;
 use crate::Engine;
-use drover_model::{ActionKind, EventSubject, Fault, HostRecord, HostState, HostView, RegisterHost, Timestamp};
+use drover_model::{
+    ActionKind, EventSubject, Fault, HostRecord, HostState, HostView, InstanceId, RegisterHost, ServiceId, Timestamp,
+};
+
+/// A service with members on agent hosts, as its router follows it.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct HostedService {
+    pub id: ServiceId,
+    pub name: String,
+    /// Its writable primary and the address of that primary's host; None
+    /// while it has none (being fenced, fenced, failing over).
+    pub primary: Option<(InstanceId, String)>,
+}
 
 /// An instance not placed on any host.
 pub(crate) const NO_HOST: u16 = u16::MAX;
@@ -202,14 +214,16 @@ impl Engine {
     }
 
     /// Chaos for a whole host: `crash` or `hang` everything placed on it.
-    /// Here the fault is injected into each instance on the host (what the
-    /// provider that runs them can do); an agent host's own agent is
-    /// killed or frozen by the agent channel (docs/agent.md). The reply is
-    /// the host, with the actions opened in `out`.
+    /// `by_agent`: the host's agent does it as one action (the shell sends
+    /// it; the engine records it, and learns of it as it would of a real
+    /// host failure: silence). Otherwise the fault is injected into each
+    /// instance on the host (what the provider that runs them can do). The
+    /// reply is the host, with the actions opened in `out`.
     pub(crate) fn host_chaos(
         &mut self,
         name: &str,
         fault: Fault,
+        by_agent: bool,
         now: i64,
         out: &mut Outputs,
     ) -> Result<Reply, CommandError> {
@@ -220,6 +234,24 @@ impl Engine {
         let on: Vec<u32> =
             self.instances.iter().filter(|(_, i)| i.host == h && i.state.is_member()).map(|(slot, _)| slot).collect();
         let cause = format!("chaos: {fault} host {name}");
+        if by_agent {
+            out.changes.events.push(self.event(
+                now,
+                EventSubject::Fleet,
+                None,
+                None,
+                None,
+                None,
+                format!(
+                    "{cause}: its agent {} itself and everything it runs",
+                    if fault == Fault::Crash { "kills" } else { "freezes" }
+                ),
+            ));
+            return self
+                .host_view(h)
+                .map(|v| Reply::Host(Box::new(v)))
+                .ok_or_else(|| CommandError::Invalid("host vanished".into()));
+        }
         for slot in on {
             self.open_action(slot, ActionKind::InjectFault { fault }, &cause, false, now, out);
         }
@@ -325,6 +357,48 @@ impl Engine {
         let mut v: Vec<HostView> = (0..self.hosts.list.len() as u16).filter_map(|h| self.host_view(h)).collect();
         v.sort_by(|a, b| a.name.cmp(&b.name));
         v
+    }
+
+    /// The PostgreSQL services with a member on an agent host (any host
+    /// but `builtin`), each with where its writable primary is, if it has
+    /// one: what the routers beside the control plane follow (the shell
+    /// repoints a router when the answer changes). One pass over the
+    /// instances, no views built: it is asked several times a second.
+    pub fn services_on_agent_hosts(&self, builtin: Option<&str>) -> Vec<HostedService> {
+        let mut services: Vec<u32> = self
+            .instances
+            .iter()
+            .filter(|(_, i)| self.hosts.name(i.host).is_some_and(|name| Some(name) != builtin))
+            .map(|(_, i)| i.service)
+            .collect();
+        services.sort_unstable();
+        services.dedup();
+        if services.is_empty() {
+            return Vec::new();
+        }
+        // A primary being fenced is no longer routed to: its router holds
+        // clients until the next primary is writable.
+        let fencing: std::collections::HashSet<InstanceId> = self
+            .actions
+            .values()
+            .filter(|a| matches!(a.record.kind, ActionKind::Fence { .. }))
+            .map(|a| a.record.instance)
+            .collect();
+        services
+            .into_iter()
+            .filter_map(|slot| {
+                let s = self.services.get(slot)?;
+                if s.engine != drover_model::EngineKind::Postgres {
+                    return None;
+                }
+                let primary = s.instances.iter().find_map(|&i| {
+                    let instance = self.instances.get(i).filter(|i| i.writable() && !fencing.contains(&i.id))?;
+                    let address = self.hosts.get(instance.host)?.rec.address.clone();
+                    Some((instance.id, address))
+                });
+                Some(HostedService { id: s.id, name: String::from(&*s.name), primary })
+            })
+            .collect()
     }
 
     /// The record of host `name` (its address, last seen, ...).

@@ -54,6 +54,7 @@ mod views;
 mod zone_lease;
 
 pub use api::{Command, CommandError, Config, Dispatch, HeartbeatReceipt, Input, Outputs, Reply};
+pub use hosts::HostedService;
 pub use rollouts::ScheduledMove;
 pub use views::ImageUsage;
 

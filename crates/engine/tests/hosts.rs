@@ -141,7 +141,8 @@ fn two_hosts_freezing_at_once_engage_the_brake_though_they_hold_few_instances() 
             h.e.host_views().iter().filter(|v| frozen.contains(&v.name.as_str())).map(|v| v.instances as usize).sum();
         assert!(on_frozen > 0 && on_frozen < 1000, "{on_frozen} instances on the frozen hosts");
         for host in frozen {
-            h.command(Command::HostChaos { host: host.to_string(), fault: Fault::Hang }).expect("host chaos");
+            h.command(Command::HostChaos { host: host.to_string(), fault: Fault::Hang, by_agent: false })
+                .expect("host chaos");
         }
         h.advance(Duration::from_secs(20));
         let states: Vec<HostState> = frozen.iter().map(|n| h.e.host_record(n).expect("host").state).collect();
@@ -169,4 +170,29 @@ fn two_hosts_freezing_at_once_engage_the_brake_though_they_hold_few_instances() 
         "{engaged:?}"
     );
     assert!(!engaged.iter().any(|(scope, _)| scope == "zone-b" || scope == "zone-c"), "{engaged:?}");
+}
+
+/// What the routers beside the control plane follow: each service on agent
+/// hosts with its writable primary's host address; none while that primary
+/// is being fenced (a switchover), then the promoted one.
+#[test]
+fn the_routed_primary_of_a_service_on_agent_hosts_is_withheld_while_it_is_fenced() {
+    let mut h = H::new(fast_config());
+    for (name, zone) in [("h1", "zone-a"), ("h2", "zone-b"), ("h3", "zone-c")] {
+        register(&mut h, name, zone, 4);
+    }
+    h.create("db", 1);
+    h.advance(Duration::from_secs(5));
+    let routed = h.e.services_on_agent_hosts(None);
+    assert_eq!(routed.len(), 1, "{routed:?}");
+    let primary = h.service("db").instances.into_iter().find(|i| i.writable).expect("a writable primary");
+    assert_eq!(routed[0].name, "db");
+    assert_eq!(routed[0].primary, Some((primary.id, "127.0.0.2".to_string())));
+    assert_eq!(h.e.services_on_agent_hosts(primary.host.as_deref()).len(), 1, "the other member is on another host");
+
+    h.command(Command::Switchover { name: "db".into() }).expect("switchover accepted");
+    assert_eq!(h.e.services_on_agent_hosts(None)[0].primary, None, "the primary being fenced is not routed to");
+    h.advance(Duration::from_secs(10));
+    let after = h.e.services_on_agent_hosts(None)[0].primary.clone().expect("a new primary is routed to");
+    assert_ne!(after.0, primary.id, "the promoted follower");
 }

@@ -43,6 +43,9 @@ struct HostQueue {
     /// Unanswered actions by id (one attempt each: a newer attempt
     /// replaces an older one).
     pending: BTreeMap<ActionId, Pending>,
+    /// Chaos for the whole host, handed to the agent once (the next fetch
+    /// takes it): a restarted agent must not crash itself again.
+    fault: Option<HostFault>,
     notify: Arc<Notify>,
 }
 
@@ -78,6 +81,20 @@ pub struct QueuedAction {
 #[derive(Clone, Debug, Default, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct ActionBatch {
     pub actions: Vec<QueuedAction>,
+    /// Chaos for the whole host: the agent kills (`crash`: SIGKILL) or
+    /// freezes (`hang`: SIGSTOP) everything it runs, then itself. Not
+    /// answered: the control plane learns of it as of a real host failure.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub host_fault: Option<HostFault>,
+}
+
+/// Chaos for a whole agent host, as `POST /v1/chaos {"host"}` asked it.
+#[derive(Clone, Debug, Serialize, Deserialize, utoipa::ToSchema)]
+pub struct HostFault {
+    pub seq: u64,
+    /// `crash` or `hang`.
+    #[schema(value_type = String)]
+    pub fault: drover_model::Fault,
 }
 
 /// The agent's answer for one attempt of one action.
@@ -139,14 +156,27 @@ impl AgentChannel {
         })
     }
 
+    /// Queues chaos for the whole of `host` (its agent's next fetch takes it).
+    pub fn host_fault(&self, host: &str, fault: drover_model::Fault) {
+        let mut channel = self.lock();
+        channel.seq += 1;
+        let seq = channel.seq;
+        let queue = channel.hosts.entry(host.to_string()).or_default();
+        queue.fault = Some(HostFault { seq, fault });
+        queue.notify.notify_waiters();
+    }
+
     /// The actions of `host` queued after `after`, waiting up to `wait`
-    /// for one.
-    pub async fn fetch(&self, host: &str, after: u64, wait: Duration) -> Vec<QueuedAction> {
+    /// for one; a host fault comes alone, at once.
+    pub async fn fetch(&self, host: &str, after: u64, wait: Duration) -> ActionBatch {
         let deadline = tokio::time::Instant::now() + wait;
         loop {
             let notify = {
                 let mut channel = self.lock();
                 let queue = channel.hosts.entry(host.to_string()).or_default();
+                if let Some(fault) = queue.fault.take() {
+                    return ActionBatch { actions: Vec::new(), host_fault: Some(fault) };
+                }
                 let ready: Vec<QueuedAction> = queue
                     .pending
                     .values()
@@ -156,7 +186,7 @@ impl AgentChannel {
                 if !ready.is_empty() {
                     let mut ready = ready;
                     ready.sort_by_key(|a| a.seq);
-                    return ready;
+                    return ActionBatch { actions: ready, host_fault: None };
                 }
                 queue.notify.clone()
             };
@@ -168,7 +198,7 @@ impl AgentChannel {
                 continue;
             }
             if tokio::time::timeout_at(deadline, notified).await.is_err() {
-                return Vec::new();
+                return ActionBatch::default();
             }
         }
     }
@@ -192,7 +222,7 @@ impl AgentChannel {
     }
 
     fn has_after(&self, host: &str, after: u64) -> bool {
-        self.lock().hosts.get(host).is_some_and(|q| q.pending.values().any(|p| p.seq > after))
+        self.lock().hosts.get(host).is_some_and(|q| q.fault.is_some() || q.pending.values().any(|p| p.seq > after))
     }
 
     /// The agent's outcome for (`id`, `attempt`). True when it answered the
@@ -238,7 +268,7 @@ pub(crate) async fn fetch_actions(
     let ready = state.ready()?;
     own_host(&caller, &name)?;
     let wait = params.wait_ms.map(Duration::from_millis).unwrap_or(DEFAULT_WAIT).min(MAX_WAIT);
-    Ok(Json(ActionBatch { actions: ready.agents.fetch(&name, params.after, wait).await }))
+    Ok(Json(ready.agents.fetch(&name, params.after, wait).await))
 }
 
 /// The agent of host `name` answers one attempt of an action. Idempotent:
@@ -263,9 +293,23 @@ pub(crate) async fn post_action_result(
 /// The `local` provider of a control plane with no host of its own
 /// (`--no-local`): it runs nothing here; every action goes to the agent of
 /// its instance's host, and an action for an instance on no agent host fails.
-pub struct AgentsProvider;
+pub struct AgentsProvider {
+    /// The routers beside the control plane (None: they could not be
+    /// opened; services then have no URL).
+    pub routers: Option<Arc<drover_providers::local::ControlPlaneRouters>>,
+    /// Derives each service's login password (the URL's).
+    pub key: drover_secrets::SecretKey,
+}
 
 impl drover_providers::Provider for AgentsProvider {
+    /// The router beside the control plane: its port, and the login
+    /// password derived from the control plane's key.
+    fn service_url(&self, service: &str) -> Option<String> {
+        let routers = self.routers.as_ref()?;
+        let id = routers.service_id(service)?;
+        routers.url(service, &crate::runtime::login_password(&self.key, id))
+    }
+
     fn name(&self) -> &str {
         "local"
     }

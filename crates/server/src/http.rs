@@ -521,9 +521,18 @@ pub(crate) async fn post_chaos(
                     ),
                 ));
             }
-            let reply = ready.engine.call(caller.command(Command::HostChaos { host, fault: request.fault })).await?;
+            // Any host but this control plane's own is an agent's: the
+            // agent does it as one action, to itself and all it runs.
+            let by_agent = host != ready.host;
+            let command = Command::HostChaos { host: host.clone(), fault: request.fault, by_agent };
+            let reply = ready.engine.call(caller.command(command)).await?;
             return match reply {
-                Reply::Host(view) => Ok((StatusCode::ACCEPTED, Json(*view)).into_response()),
+                Reply::Host(view) => {
+                    if by_agent {
+                        ready.agents.host_fault(&host, request.fault);
+                    }
+                    Ok((StatusCode::ACCEPTED, Json(*view)).into_response())
+                }
                 other => Err(unexpected(other)),
             };
         }

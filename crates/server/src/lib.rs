@@ -38,6 +38,7 @@ pub mod openapi;
 pub mod request;
 pub mod retention;
 mod rollouts;
+pub mod routers;
 pub mod routes;
 pub mod runbooks;
 pub mod runtime;
@@ -322,8 +323,24 @@ async fn start_up(
     let mut providers: HashMap<String, Arc<dyn Provider>> = HashMap::new();
     providers.insert("sim".into(), sim.clone());
     let mut extra_images = Vec::new();
+    // Without a host of its own, the routers of the services on agent
+    // hosts run here, beside the control plane.
+    let routers_beside = if opts.agents_only {
+        match drover_providers::local::ControlPlaneRouters::open(&opts.data_dir) {
+            Ok(routers) => Some(routers),
+            Err(e) => {
+                tracing::warn!(error = %e, "cannot open the routers beside the control plane: services on agent hosts have no URL");
+                None
+            }
+        }
+    } else {
+        None
+    };
     if opts.agents_only {
-        providers.insert("local".into(), Arc::new(agents::AgentsProvider));
+        providers.insert(
+            "local".into(),
+            Arc::new(agents::AgentsProvider { routers: routers_beside.clone(), key: key.clone() }),
+        );
     }
     if let Some(local_config) = opts.local.as_ref().filter(|_| !opts.agents_only) {
         match open_local(&opts.data_dir, local_config.clone(), opts.engine.backup_retention_full).await {
@@ -388,9 +405,12 @@ async fn start_up(
     let default_provider = providers.get(&engine.config().default_provider).cloned().unwrap_or_else(|| sim.clone());
     let agent_channel = agents::AgentChannel::default();
     let builtin_host_name = (!opts.agents_only).then(host_name);
-    let dispatcher = runtime::Dispatcher::new(providers.clone(), default_provider, handle.clone())
+    let mut dispatcher = runtime::Dispatcher::new(providers.clone(), default_provider, handle.clone())
         .with_agents(agent_channel.clone(), builtin_host_name)
         .with_replication_key(key.clone());
+    if let Some(routers) = &routers_beside {
+        dispatcher = dispatcher.with_routers(routers.clone());
+    }
     let (pager_wakeup, wakeup) =
         runtime::pager_wakeup(|e| drover_oncall::engine::is_relevant(e) || drover_oncall::engine::is_announcement(e));
     let mut machine =
@@ -445,6 +465,9 @@ async fn start_up(
         .context("cannot start the pager")?;
     retention::spawn(store.clone(), opts.data_dir.clone(), opts.retention, stop.clone());
     let stop_for_status = stop.clone();
+    if let Some(routers) = routers_beside {
+        routers::follow_primaries(handle.clone(), agent_channel.clone(), routers, key.clone(), stop.clone());
+    }
     let engine_task = tokio::spawn(actor::Actor { machine, inbox, shutdown: stop, limits: runtime::LIMITS }.run());
     let actor_task = tokio::spawn(async move {
         let _ = engine_task.await;

@@ -130,6 +130,7 @@ use utoipa::OpenApi;
         Health,
         crate::agents::ActionBatch,
         crate::agents::QueuedAction,
+        crate::agents::HostFault,
         crate::agents::ActionResultBody,
         CreateService,
         http::ForkService,

@@ -63,6 +63,9 @@ pub struct Dispatcher {
     /// Derives each service's replication password for its members on
     /// agent hosts (see [`Dispatcher::replication_for`]).
     replication_key: Option<drover_secrets::SecretKey>,
+    /// The routers beside the control plane of services on agent hosts: a
+    /// Fence of a routed primary holds its router first.
+    routers: Option<Arc<drover_providers::local::ControlPlaneRouters>>,
 }
 
 impl Dispatcher {
@@ -79,6 +82,7 @@ impl Dispatcher {
             agents: Default::default(),
             builtin_host: None,
             replication_key: None,
+            routers: None,
         }
     }
 
@@ -97,6 +101,12 @@ impl Dispatcher {
         self
     }
 
+    /// The routers beside the control plane (`--no-local`).
+    pub fn with_routers(mut self, routers: Arc<drover_providers::local::ControlPlaneRouters>) -> Self {
+        self.routers = Some(routers);
+        self
+    }
+
     /// What a PostgreSQL member built on an agent host needs to replicate
     /// with members on other hosts: the service's replication password
     /// (derived, never stored) and, for a follower, where its primary is
@@ -109,6 +119,19 @@ impl Dispatcher {
         }
         let key = self.replication_key.as_ref()?;
         let password = replication_password(key, action.service);
+        let login_password = login_password(key, action.service);
+        // The verifier the router beside the control plane holds (made and
+        // kept on first ask): the servers must hold the same one.
+        let login = match &self.routers {
+            Some(routers) => match routers.login_verifier(action.service, service_name, &login_password) {
+                Ok(verifier) => Some(drover_providers::local::Login { password: login_password, verifier }),
+                Err(error) => {
+                    tracing::warn!(service = %service_name, %error, "cannot keep the service's login for its router");
+                    None
+                }
+            },
+            None => None,
+        };
         let primary = (*role == drover_model::Role::Follower)
             .then(|| {
                 let view = engine.service_view(service_name)?;
@@ -120,7 +143,7 @@ impl Dispatcher {
                 Some((primary.id, address))
             })
             .flatten();
-        Some(PendingReplication { password, primary })
+        Some(PendingReplication { password, login, primary })
     }
 
     /// Dispatches `actions`, each to the agent of its instance's host
@@ -132,7 +155,8 @@ impl Dispatcher {
             match host {
                 Some(host) if self.builtin_host.as_deref() != Some(host) => {
                     let replication = self.replication_for(engine, &dispatch.action);
-                    self.to_agent(host.to_string(), dispatch.action, replication)
+                    let hold = self.hold_for(engine, &dispatch.action);
+                    self.to_agent(host.to_string(), dispatch.action, replication, hold)
                 }
                 _ => here.push(dispatch),
             }
@@ -140,12 +164,31 @@ impl Dispatcher {
         self.dispatch(here);
     }
 
+    /// A Fence of a service's primary on an agent host: its router beside
+    /// the control plane holds new queries before the fence runs (clients
+    /// queue through the switch instead of meeting a stopping server), as
+    /// the local provider's own fence does.
+    fn hold_for(&self, engine: &Engine, action: &drover_model::ActionRecord) -> Option<RouterHold> {
+        if !matches!(action.kind, drover_model::ActionKind::Fence { .. }) {
+            return None;
+        }
+        let routers = self.routers.clone()?;
+        let instance = engine.instance_view(action.instance)?;
+        (instance.role == drover_model::Role::Primary).then_some(RouterHold { routers })
+    }
+
     /// Queues `action` for the agent of `host`. A follower whose primary
     /// has not reported its port yet (both were decided together: the
     /// primary is still being built) waits for it, within the attempt's
     /// deadline, before it is queued; past that it goes without, and the
     /// agent fails the attempt retryably.
-    fn to_agent(&self, host: String, action: drover_model::ActionRecord, replication: Option<PendingReplication>) {
+    fn to_agent(
+        &self,
+        host: String,
+        action: drover_model::ActionRecord,
+        replication: Option<PendingReplication>,
+        hold: Option<RouterHold>,
+    ) {
         let kind = action.kind.name();
         metrics::counter!(telemetry::ACTIONS_DISPATCHED, "kind" => kind).increment(1);
         tracing::info!(action = %action.id, kind, instance = %action.instance, attempt = action.attempts,
@@ -154,10 +197,15 @@ impl Dispatcher {
         let handle = self.engine.clone();
         let agents = self.agents.clone();
         tokio::spawn(async move {
+            if let Some(RouterHold { routers }) = hold {
+                routers.hold(action.service).await;
+            }
             let replication = match replication {
                 None => None,
-                Some(PendingReplication { password, primary: None }) => Some(Replication { password, primary: None }),
-                Some(PendingReplication { password, primary: Some((primary, address)) }) => {
+                Some(PendingReplication { password, login, primary: None }) => {
+                    Some(Replication { password, primary: None, login })
+                }
+                Some(PendingReplication { password, login, primary: Some((primary, address)) }) => {
                     let deadline = action.deadline.0 - now().0;
                     let until =
                         tokio::time::Instant::now() + std::time::Duration::from_micros(deadline.max(0) as u64 / 2);
@@ -167,7 +215,7 @@ impl Dispatcher {
                         port = agents.port(primary);
                     }
                     let primary = port.map(|port| UpstreamAddress { address, port });
-                    Some(Replication { password, primary })
+                    Some(Replication { password, primary, login })
                 }
             };
             let outcome = agents.execute(host, action, replication).await;
@@ -204,8 +252,16 @@ impl Dispatcher {
 /// [`Replication`] before the primary's port is looked up.
 struct PendingReplication {
     password: String,
+    /// The service's login (see [`login_password`]), when its router
+    /// beside the control plane keeps one.
+    login: Option<drover_providers::local::Login>,
     /// The primary's id and its host's address.
     primary: Option<(drover_model::InstanceId, String)>,
+}
+
+/// A router to hold before an action runs (see [`Dispatcher::hold_for`]).
+struct RouterHold {
+    routers: Arc<drover_providers::local::ControlPlaneRouters>,
 }
 
 /// How often a follower's Provision looks for its primary's port while the
@@ -217,6 +273,14 @@ const PRIMARY_PORT_POLL: std::time::Duration = std::time::Duration::from_millis(
 /// nothing to store, the same after a restart, never in the store or a log.
 fn replication_password(key: &drover_secrets::SecretKey, service: drover_model::ServiceId) -> String {
     key.derive(&format!("agents/replication/{service}")).iter().map(|b| format!("{b:02x}")).collect()
+}
+
+/// The password of the login role of `service`'s URL on agent hosts,
+/// derived like [`replication_password`]: the router beside the control
+/// plane and every host that builds a member agree on it, and nothing is
+/// stored. (A credential rotation on agent hosts is not built yet.)
+pub(crate) fn login_password(key: &drover_secrets::SecretKey, service: drover_model::ServiceId) -> String {
+    key.derive(&format!("agents/login/{service}")).iter().map(|b| format!("{b:02x}")).collect()
 }
 
 /// Forwards what providers report on their own to the engine.

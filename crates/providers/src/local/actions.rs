@@ -182,7 +182,13 @@ impl Inner {
             }
         }
         postgres::check_settings(settings)?;
-        let entry = self.register(id, service_id, role, service_name, sync, settings, existing, read_slot, major)?;
+        let login = replication.as_ref().and_then(|r| r.login.as_ref());
+        let entry = self.register(
+            id,
+            service_id,
+            NewEntry { role, service_name, sync, settings, read_slot, major, login },
+            existing,
+        )?;
         self.prepare_dir(&entry.dir)?;
         // A follower of another major than the primary: an upgrade's new
         // member, a logical subscriber of the primary (`upgrade.rs`).
@@ -252,19 +258,14 @@ impl Inner {
 
     /// Records the new instance (and its service, on first use) with fresh
     /// ports, durably, before anything is built: the ports survive a crash.
-    #[allow(clippy::too_many_arguments)]
     fn register(
         &self,
         id: InstanceId,
         service_id: ServiceId,
-        role: Role,
-        service_name: &str,
-        sync: bool,
-        settings: &std::collections::BTreeMap<String, String>,
+        new: NewEntry<'_>,
         existing: Option<InstanceEntry>,
-        read_slot: Option<u32>,
-        major: Option<u32>,
     ) -> Result<InstanceEntry, ActionError> {
+        let NewEntry { role, service_name, sync, settings, read_slot, major, login } = new;
         let entry = {
             let mut registry = lock(&self.registry);
             let mut used = registry.ports_in_use();
@@ -272,13 +273,20 @@ impl Inner {
                 std::collections::btree_map::Entry::Vacant(vacant) => {
                     let router_port = free_port(&used)?;
                     used.insert(router_port);
-                    let password = random_password()?;
+                    let (password, verifier) = match login {
+                        Some(login) => (login.password.clone(), login.verifier.clone()),
+                        None => {
+                            let password = random_password()?;
+                            let verifier = postgres::scram_verifier(&password);
+                            (password, verifier)
+                        }
+                    };
                     let login = postgres::APP_LOGINS[0].to_string();
                     let context = super::registry::password_context(service_name, &login);
                     vacant.insert(ServiceEntry {
                         name: service_name.to_string(),
                         router_port,
-                        verifier: postgres::scram_verifier(&password),
+                        verifier,
                         password: self.key.seal_str(&context, &password),
                         login,
                         previous: None,
@@ -481,7 +489,7 @@ impl Inner {
             // The primary runs on another host: over TCP to its address,
             // with the replication credential in a passfile of this
             // instance (never in a conninfo, a command line or a log).
-            (Some(super::Replication { password, primary: Some(upstream) }), _) => {
+            (Some(super::Replication { password, primary: Some(upstream), .. }), _) => {
                 let passfile = entry.dir.join(postgres::REPLICATION_PASSFILE);
                 postgres::write_owned(&self.run_as, &passfile, &postgres::passfile_line(upstream, password), 0o600)?;
                 postgres::remote_primary_conninfo(upstream, &passfile, &entry_id_name(entry))
@@ -1123,6 +1131,19 @@ struct NewMember<'a> {
     replication: Option<super::Replication>,
     /// Its image's engine version (empty: the default binaries).
     version: &'a str,
+}
+
+/// What [`Inner::register`] records of a new member.
+struct NewEntry<'a> {
+    role: Role,
+    service_name: &'a str,
+    sync: bool,
+    settings: &'a std::collections::BTreeMap<String, String>,
+    read_slot: Option<u32>,
+    major: Option<u32>,
+    /// The service's login when the control plane chose it (agent hosts:
+    /// its router beside the control plane must hold the same verifier).
+    login: Option<&'a super::Login>,
 }
 
 /// A fork whose server would not start or stopped in its replay: when its

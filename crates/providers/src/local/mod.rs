@@ -33,6 +33,7 @@ mod process;
 mod redis;
 pub mod registry;
 mod router;
+mod routers_beside;
 mod servers;
 mod upgrade;
 
@@ -48,6 +49,7 @@ use servers::Servers;
 
 pub use postgres::{error_text as postgres_error_text, APP_DATABASE, APP_LOGINS, APP_OWNER, REPLICATION_ROLE, ROLE};
 pub use process::running_pid;
+pub use routers_beside::ControlPlaneRouters;
 
 /// The major of the default PostgreSQL binaries (Debian's 15).
 pub fn default_major() -> u32 {
@@ -130,6 +132,20 @@ pub struct Replication {
     /// action builds a primary.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub primary: Option<UpstreamAddress>,
+    /// The service's login (the URL's), chosen by the control plane whose
+    /// router beside it serves the URL: a host registering the service for
+    /// the first time uses it instead of a random one, so every host and
+    /// the router agree. None: random.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub login: Option<Login>,
+}
+
+/// The password of a service's login role and its SCRAM verifier (the
+/// router's and the servers' must be the same one: same salt).
+#[derive(Clone, serde::Serialize, serde::Deserialize, PartialEq, Eq)]
+pub struct Login {
+    pub password: String,
+    pub verifier: String,
 }
 
 /// Where a primary is reached: its host's address and its port.
@@ -141,7 +157,11 @@ pub struct UpstreamAddress {
 
 impl std::fmt::Debug for Replication {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("Replication").field("password", &"<redacted>").field("primary", &self.primary).finish()
+        f.debug_struct("Replication")
+            .field("password", &"<redacted>")
+            .field("primary", &self.primary)
+            .field("login", &self.login.as_ref().map(|_| "<redacted>"))
+            .finish()
     }
 }
 
@@ -614,7 +634,13 @@ impl Inner {
     }
 
     /// Makes sure the service's router runs and points at its primary.
+    /// An agent host (one with a `listen_address`) runs no routers: they
+    /// run beside the control plane ([`ControlPlaneRouters`]), so the URL
+    /// survives the death of any database host.
     async fn ensure_router(&self, service_id: ServiceId) -> Result<(), ActionError> {
+        if self.config.listen_address.is_some() {
+            return Ok(());
+        }
         let (service, primary_port, reads) = {
             let registry = lock(&self.registry);
             let Some(service) = registry.services.get(&service_id).cloned() else {
@@ -625,7 +651,7 @@ impl Inner {
             };
             (service, port, registry.read_routes(service_id))
         };
-        self.routers.ensure(service_id, &service, primary_port, &reads).await
+        self.routers.ensure(service_id, &service, "127.0.0.1", primary_port, &reads).await
     }
 
     /// Points the router's read databases (`app_read<slot>`) at the

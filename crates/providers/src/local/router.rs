@@ -62,7 +62,7 @@ const CHECK_TIMEOUT: Duration = Duration::from_secs(2);
 /// The routers of this host's services: their processes and their holds.
 /// Callers serialize the changes of one service (the provider's service
 /// lock); a router's config comes from the service's registry entry.
-pub(super) struct Routers {
+pub(crate) struct Routers {
     pgbouncer: PathBuf,
     run_as: RunAs,
     /// `data_dir/local/routers`: one directory per service.
@@ -164,13 +164,15 @@ impl Routers {
         adopted
     }
 
-    /// Makes sure the service's router runs and points at `primary_port`:
-    /// rewrites its config, then RELOADs a running router or spawns one and
-    /// waits for its console.
+    /// Makes sure the service's router runs and points at `primary_host`
+    /// port `primary_port` (127.0.0.1 on this host; another host's address
+    /// for a router beside the control plane): rewrites its config, then
+    /// RELOADs a running router or spawns one and waits for its console.
     pub async fn ensure(
         &self,
         service_id: ServiceId,
         service: &ServiceEntry,
+        primary_host: &str,
         primary_port: u16,
         reads: &[ReadRoute],
     ) -> Result<(), ActionError> {
@@ -184,7 +186,15 @@ impl Routers {
                 .prepare_dir(&socket_dir, 0o755)
                 .map_err(|e| ActionError::io(format_args!("cannot prepare {}", socket_dir.display()), e))?;
         }
-        write_config(&self.run_as, &dir, &socket_dir, service, primary_port, reads, &self.control_user)?;
+        write_config(
+            &self.run_as,
+            &dir,
+            &socket_dir,
+            service,
+            (primary_host, primary_port),
+            reads,
+            &self.control_user,
+        )?;
         let console = self.console(service_id, service);
         if self.running(service_id) {
             return admin(&console, "RELOAD", COMMAND_TIMEOUT).await.map_err(ActionError::Unavailable);
@@ -461,14 +471,14 @@ fn write_auth(
     write_owned(run_as, &dir.join("pgbouncer_hba.conf"), &hba, 0o600)
 }
 
-/// Writes pgbouncer.ini (pointing at `primary_port`, and each read
-/// slot's database at its replica's port) and its auth files.
+/// Writes pgbouncer.ini (pointing at `primary` (host, port), and each read
+/// slot's database at its replica's port on this host) and its auth files.
 fn write_config(
     run_as: &RunAs,
     dir: &Path,
     socket_dir: &Path,
     service: &ServiceEntry,
-    primary_port: u16,
+    (primary_host, primary_port): (&str, u16),
     reads: &[ReadRoute],
     control_user: &str,
 ) -> Result<(), ActionError> {
@@ -482,7 +492,7 @@ fn write_config(
          [databases]\n\
          ; No user=: each client's own login role logs in to the server, with\n\
          ; the SCRAM keys of its own login (pgbouncer's SCRAM pass-through).\n\
-         {DATABASE} = host=127.0.0.1 port={primary_port} dbname={DATABASE}\n\
+         {DATABASE} = host={primary_host} port={primary_port} dbname={DATABASE}\n\
          ; Read replicas added on demand: one database per read slot.\n\
          {read_databases}\
          \n\
