@@ -233,3 +233,85 @@ fn note_backup_outcome(s: &mut Svc, kind: &ActionKind, error: Option<&str>, now:
     }
     (follow_up, escalate)
 }
+
+/// What the engine knows of a service's backups, compact: every service of
+/// a big fleet backs up daily, so this is paid a million times. Times are
+/// micros (0: never); the rare error texts are boxed; the kept backups'
+/// start times (`backup_retention_full`, 4 by default) inline.
+#[derive(Clone, Debug, Default)]
+pub struct Backups {
+    pub last_backup_at: i64,
+    pub last_verified_restore_at: i64,
+    /// Outcome of the latest restore test (None: never tested).
+    pub last_verify_ok: Option<bool>,
+    errors: Option<Box<BackupErrors>>,
+    /// When each full backup kept started, oldest first.
+    pub kept: smallvec::SmallVec<[i64; 4]>,
+}
+
+#[derive(Clone, Debug, Default)]
+struct BackupErrors {
+    backup: Option<String>,
+    verify: Option<String>,
+}
+
+fn at(t: i64) -> Option<drover_model::Timestamp> {
+    (t != 0).then_some(drover_model::Timestamp(t))
+}
+
+impl Backups {
+    pub fn from_status(b: drover_model::BackupStatus) -> Backups {
+        let errors = (b.last_backup_error.is_some() || b.last_verify_error.is_some())
+            .then(|| Box::new(BackupErrors { backup: b.last_backup_error, verify: b.last_verify_error }));
+        Backups {
+            last_backup_at: b.last_backup_at.map_or(0, |t| t.0),
+            last_verified_restore_at: b.last_verified_restore_at.map_or(0, |t| t.0),
+            last_verify_ok: b.last_verify_ok,
+            errors,
+            kept: b.kept_backups_started.iter().map(|t| t.0).collect(),
+        }
+    }
+    pub fn status(&self) -> drover_model::BackupStatus {
+        let errors = self.errors.as_deref();
+        drover_model::BackupStatus {
+            last_backup_at: at(self.last_backup_at),
+            last_backup_error: errors.and_then(|e| e.backup.clone()),
+            last_verified_restore_at: at(self.last_verified_restore_at),
+            last_verify_ok: self.last_verify_ok,
+            last_verify_error: errors.and_then(|e| e.verify.clone()),
+            kept_backups_started: self.kept.iter().map(|&t| drover_model::Timestamp(t)).collect(),
+        }
+    }
+    pub fn last_backup(&self) -> Option<drover_model::Timestamp> {
+        at(self.last_backup_at)
+    }
+    pub fn last_verified_restore(&self) -> Option<drover_model::Timestamp> {
+        at(self.last_verified_restore_at)
+    }
+    /// The oldest moment a fork or restore can reach.
+    pub fn recoverable_since(&self) -> Option<drover_model::Timestamp> {
+        self.kept.first().copied().map(drover_model::Timestamp).or(self.last_backup())
+    }
+    fn errors_mut(&mut self) -> &mut BackupErrors {
+        self.errors.get_or_insert_with(Default::default)
+    }
+    fn tidy_errors(&mut self) {
+        if self.errors.as_deref().is_some_and(|e| e.backup.is_none() && e.verify.is_none()) {
+            self.errors = None;
+        }
+    }
+    pub fn set_backup_error(&mut self, e: Option<String>) {
+        if e.is_none() && self.errors.is_none() {
+            return;
+        }
+        self.errors_mut().backup = e;
+        self.tidy_errors();
+    }
+    pub fn set_verify_error(&mut self, e: Option<String>) {
+        if e.is_none() && self.errors.is_none() {
+            return;
+        }
+        self.errors_mut().verify = e;
+        self.tidy_errors();
+    }
+}
