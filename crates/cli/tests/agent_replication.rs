@@ -181,6 +181,20 @@ impl Fleet {
         get(&self.admin, &format!("{}/v1/services/{name}", self.api)).await.map(|(_, s)| s)
     }
 
+    /// Creates PostgreSQL service `name` with one synchronous follower over
+    /// the three zones (so on two of the agents' hosts).
+    async fn create_sync_pair(&self, name: &str) {
+        let r = self
+            .admin
+            .post(format!("{}/v1/services", self.api))
+            .json(&json!({"name": name, "engine": "postgres", "followers": 1, "sync": true, "provider": "local",
+                          "zones": ["zone-a", "zone-b", "zone-c"]}))
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(r.status().as_u16(), 201, "{}", r.text().await.unwrap_or_default());
+    }
+
     /// The service once it is available with a writable primary and an
     /// available follower on another host.
     async fn wait_pair(&self, name: &str, what: &str, timeout: Duration) -> (Value, Value) {
@@ -242,15 +256,7 @@ async fn standbys(primary: &Path, port: u16) -> Vec<(String, String, String, Str
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn members_on_two_hosts_replicate_synchronously_over_tcp_and_switch_over() {
     let fleet = Fleet::start("dr-ar").await;
-    let r = fleet
-        .admin
-        .post(format!("{}/v1/services", fleet.api))
-        .json(&json!({"name": "db1", "engine": "postgres", "followers": 1, "sync": true, "provider": "local",
-                      "zones": ["zone-a", "zone-b", "zone-c"]}))
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(r.status().as_u16(), 201, "{}", r.text().await.unwrap_or_default());
+    fleet.create_sync_pair("db1").await;
 
     let (primary, follower) = fleet.wait_pair("db1", "db1 available on two hosts", Duration::from_secs(180)).await;
     let (p_host, f_host) = (primary["host"].as_str().unwrap(), follower["host"].as_str().unwrap());
@@ -448,15 +454,7 @@ fn postmaster_pid(agent: &HostAgent, id: &str) -> Option<u32> {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn host_chaos_is_one_action_of_its_agent_crash_kills_the_tree_and_hang_freezes_it() {
     let fleet = Fleet::start("dr-hc").await;
-    let r = fleet
-        .admin
-        .post(format!("{}/v1/services", fleet.api))
-        .json(&json!({"name": "db1", "engine": "postgres", "followers": 1, "sync": true, "provider": "local",
-                      "zones": ["zone-a", "zone-b", "zone-c"]}))
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(r.status().as_u16(), 201, "{}", r.text().await.unwrap_or_default());
+    fleet.create_sync_pair("db1").await;
     let (primary, follower) = fleet.wait_pair("db1", "db1 available on two hosts", Duration::from_secs(180)).await;
     let (p_host, f_host) = (primary["host"].as_str().unwrap(), follower["host"].as_str().unwrap());
     let p_pid = postmaster_pid(fleet.agent(p_host), primary["id"].as_str().unwrap()).expect("primary's postmaster");
