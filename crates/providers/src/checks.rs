@@ -492,9 +492,13 @@ impl Default for BackupPolicy {
 /// Crit when there is no backup or the last restore verification failed; warn when the
 /// latest backup is older than the policy or no restore was verified within it.
 /// `last_verify_ok` is the result of the most recent verification (None: never ran);
-/// `last_verified_restore_at` is when it ran.
+/// `last_verified_restore_at` is when it ran. `last_backup_error`: why the
+/// latest backup attempt failed (None: it did not), said in the finding, so
+/// a backup that cannot be taken (a major pgBackRest does not support) says
+/// why rather than only ageing.
 pub fn backups(
     last_backup_at: Option<Timestamp>,
+    last_backup_error: Option<&str>,
     last_verified_restore_at: Option<Timestamp>,
     last_verify_ok: Option<bool>,
     now: Timestamp,
@@ -521,6 +525,10 @@ pub fn backups(
             remedies.push("backup");
         }
         Some(_) => findings.add(Status::Ok, ""),
+    }
+    if let Some(error) = last_backup_error {
+        findings.add(Status::Warn, format!("the latest backup attempt failed: {error}"));
+        remedies.push("backup");
     }
     match (last_verify_ok, verify_age) {
         (Some(false), _) => {
@@ -553,6 +561,7 @@ pub fn backups(
     remedies.dedup();
     let evidence = json!({
         "last_backup_at": last_backup_at.map(|t| t.to_rfc3339()),
+        "last_backup_error": last_backup_error,
         "last_verified_restore_at": last_verified_restore_at.map(|t| t.to_rfc3339()),
         "last_verify_ok": last_verify_ok,
         "backup_age_seconds": backup_age.map(|d| d.as_secs()),

@@ -121,7 +121,7 @@ fn backup_status_table() {
         ("stale and verify failed", ago(48 * hour), ago(hour), Some(false), Status::Crit),
     ];
     for (case, backup, verified, ok, expected) in cases {
-        let check = checks::backups(backup, verified, ok, now, &policy);
+        let check = checks::backups(backup, None, verified, ok, now, &policy);
         assert_eq!(check.status, expected, "{case}: {check:#?}");
         assert_eq!(check.evidence["last_backup_at"], serde_json::json!(backup.map(|t| t.to_rfc3339())), "{case}");
         assert_eq!(
@@ -137,5 +137,18 @@ fn backup_status_table() {
         }
     }
     let strict = BackupPolicy { max_backup_age: hour, max_verify_age: 24 * hour };
-    assert_eq!(checks::backups(ago(2 * hour), ago(hour), Some(true), now, &strict).status, Status::Warn);
+    assert_eq!(checks::backups(ago(2 * hour), None, ago(hour), Some(true), now, &strict).status, Status::Warn);
+
+    // A failed attempt says why, even while the last backup is still fresh.
+    let why = "no backup: Debian's pgBackRest (2.45) does not support PostgreSQL 17";
+    let check = checks::backups(ago(hour), Some(why), ago(hour), Some(true), now, &policy);
+    assert_eq!(check.status, Status::Warn, "{check:#?}");
+    let text = serde_json::to_string(&check).unwrap();
+    assert!(text.contains("the latest backup attempt failed: no backup: Debian's pgBackRest"), "{text}");
+    assert_eq!(check.evidence["last_backup_error"], serde_json::json!(why));
+    assert_eq!(check.evidence["remedies"], serde_json::json!(["backup"]));
+    // And with no backup at all it stays critical, with the reason.
+    let check = checks::backups(None, Some(why), None, None, now, &policy);
+    assert_eq!(check.status, Status::Crit);
+    assert!(serde_json::to_string(&check).unwrap().contains("pgBackRest (2.45)"));
 }

@@ -43,6 +43,7 @@ pub fn compose(view: &ServiceView, provider: ProviderChecks, now: Timestamp) -> 
     let backups = BackupsCheck {
         check: checks::backups(
             b.last_backup_at,
+            b.last_backup_error.as_deref(),
             b.last_verified_restore_at,
             b.last_verify_ok,
             now,

@@ -1056,6 +1056,17 @@ async fn a_major_upgrade_under_load_keeps_the_url_and_loses_no_write_and_rolls_b
     drop(c);
     let (status, again) = t.post("/v1/services/pgup/upgrade", json!({"version": "17"})).await;
     assert_eq!(status, 409, "on 17 already: {again}");
+    // No pgBackRest here supports 17: a backup asked for fails, and the
+    // backups check says why instead of only letting the last one age.
+    let (status, r) = t.post("/v1/services/pgup/backups", json!({})).await;
+    assert_eq!(status, 202, "{r}");
+    let said = poll(SLOW, "the backups check names the failed attempt", || async {
+        let checks = t.get("/v1/services/pgup/checks").await.1;
+        let backups = checks["backups"].to_string();
+        backups.contains("does not support PostgreSQL 17").then_some(backups)
+    })
+    .await;
+    assert!(said.contains("the latest backup attempt failed"), "{said}");
     let acked_on_17 = writer.acked();
 
     let started = Instant::now();
