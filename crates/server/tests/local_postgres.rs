@@ -470,6 +470,36 @@ async fn a_killed_router_comes_back_on_the_same_url_and_the_event_log_says_so() 
     assert_eq!(checks["router"]["status"], "ok", "{checks}");
 }
 
+/// A new database nobody has written to yet: its backup restores as empty,
+/// and the restore test passes (the source has no user table either) rather
+/// than turning the backups check critical and, on the second try, paging.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_empty_database_passes_its_restore_test_as_empty() {
+    let (mut t, _reaper) = start_local().await;
+    let (status, body) = t
+        .post("/v1/services", json!({"name": "pgnew", "engine": "postgres", "followers": 0, "provider": "local"}))
+        .await;
+    assert_eq!(status, 201, "{body}");
+    t.wait_available("pgnew", SLOW).await;
+    let (status, body) = t.post("/v1/services/pgnew/backups", json!({})).await;
+    assert_eq!(status, 202, "{body}");
+    poll(SLOW, "backup recorded", || async {
+        (!t.service("pgnew").await["backups"]["last_backup_at"].is_null()).then_some(())
+    })
+    .await;
+    let (status, body) = t.post("/v1/services/pgnew/backups/verify", json!({})).await;
+    assert_eq!(status, 202, "{body}");
+    let s = poll(SLOW, "the restore test's outcome", || async {
+        let s = t.service("pgnew").await;
+        (!s["backups"]["last_verify_ok"].is_null()).then_some(s)
+    })
+    .await;
+    assert_eq!(s["backups"]["last_verify_ok"], true, "an empty database restores as empty: {s}");
+    let (_, checks) = t.get("/v1/services/pgnew/checks").await;
+    assert_eq!(checks["backups"]["status"], "ok", "{checks}");
+    t.stop().await;
+}
+
 /// Makes the primary's pg_hba.conf reject replication (followers stream
 /// over its unix socket), the way a bad config change would, and reloads
 /// it: the path, the good file to restore, and an administrator's client
