@@ -59,6 +59,10 @@ pub struct ControlPlaneRouters {
     routes: Mutex<HashMap<ServiceId, Route>>,
     /// One change of the routes file at a time.
     persist: Mutex<()>,
+    /// Who the routers run as, to make `routers/` when the first one is
+    /// kept: not before, so that a control plane with no service on agent
+    /// hosts leaves its data dir closed to the servers' user (0700).
+    run_as: RunAs,
 }
 
 impl ControlPlaneRouters {
@@ -73,7 +77,6 @@ impl ControlPlaneRouters {
         let root = data_dir.join("routers");
         let run_as = RunAs::for_servers().map_err(io("choose the server user for", &root))?;
         std::fs::create_dir_all(&data_dir).map_err(io("create the directory", &data_dir))?;
-        run_as.prepare_dir(&root, 0o750).map_err(io("prepare the directory", &root))?;
         let path = root.join("routes.json");
         let kept: BTreeMap<ServiceId, Kept> = match std::fs::read(&path) {
             Ok(bytes) => serde_json::from_slice(&bytes).map_err(|e| ProviderError::CorruptState {
@@ -89,13 +92,13 @@ impl ControlPlaneRouters {
             .map(|u| u.name)
             .unwrap_or_else(|| nix::unistd::Uid::effective().to_string());
         let routers =
-            Arc::new(Routers::new(run_as, root, control_user, STOP_TIMEOUT, Arc::new(AtomicBool::new(false))));
+            Arc::new(Routers::new(run_as.clone(), root, control_user, STOP_TIMEOUT, Arc::new(AtomicBool::new(false))));
         let adopted = routers.adopt(kept.keys().copied());
         if adopted > 0 {
             tracing::info!(adopted, "routers beside the control plane adopted");
         }
         let routes = kept.into_iter().map(|(id, kept)| (id, Route { kept, target: None, held: false })).collect();
-        Ok(Arc::new(ControlPlaneRouters { routers, path, routes: Mutex::new(routes), persist: Mutex::new(()) }))
+        Ok(Arc::new(ControlPlaneRouters { routers, path, routes: Mutex::new(routes), persist: Mutex::new(()), run_as }))
     }
 
     /// The stable URL of service `name` (None before its first router).
@@ -149,6 +152,11 @@ impl ControlPlaneRouters {
 
     fn persist(&self) -> Result<(), ActionError> {
         let _writing = lock(&self.persist);
+        if let Some(root) = self.path.parent().filter(|r| !r.exists()) {
+            self.run_as
+                .prepare_dir(root, 0o750)
+                .map_err(|e| ActionError::io("cannot prepare the routers directory", e))?;
+        }
         let kept: BTreeMap<ServiceId, Kept> = lock(&self.routes).iter().map(|(id, r)| (*id, r.kept.clone())).collect();
         let bytes = serde_json::to_vec_pretty(&kept)
             .map_err(|e| ActionError::Failed(format!("cannot serialize the routes: {e}")))?;
