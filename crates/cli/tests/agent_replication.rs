@@ -181,6 +181,18 @@ impl Fleet {
         get(&self.admin, &format!("{}/v1/services/{name}", self.api)).await.map(|(_, s)| s)
     }
 
+    /// `POST /v1/chaos {"host", "fault"}`, accepted.
+    async fn host_chaos(&self, host: &str, fault: &str) {
+        let r = self
+            .admin
+            .post(format!("{}/v1/chaos", self.api))
+            .json(&json!({"host": host, "fault": fault}))
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(r.status().as_u16(), 202, "{}", r.text().await.unwrap_or_default());
+    }
+
     /// Creates PostgreSQL service `name` with one synchronous follower over
     /// the three zones (so on two of the agents' hosts).
     async fn create_sync_pair(&self, name: &str) {
@@ -463,14 +475,7 @@ async fn host_chaos_is_one_action_of_its_agent_crash_kills_the_tree_and_hang_fre
     let f_agent = fleet.agent(f_host).child.as_ref().unwrap().id();
 
     // Hang: the primary's agent freezes itself and everything it runs.
-    let r = fleet
-        .admin
-        .post(format!("{}/v1/chaos", fleet.api))
-        .json(&json!({"host": p_host, "fault": "hang"}))
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(r.status().as_u16(), 202, "{}", r.text().await.unwrap_or_default());
+    fleet.host_chaos(p_host, "hang").await;
     wait_for(Duration::from_secs(10), "the primary's host frozen", &fleet.serve, || async {
         (process_state(p_agent) == Some('T') && process_state(p_pid) == Some('T')).then_some(())
     })
@@ -478,14 +483,7 @@ async fn host_chaos_is_one_action_of_its_agent_crash_kills_the_tree_and_hang_fre
     assert!(process_state(f_agent).is_some_and(|s| s != 'T'), "the other hosts run on");
 
     // Crash: the follower's agent SIGKILLs its tree, then itself.
-    let r = fleet
-        .admin
-        .post(format!("{}/v1/chaos", fleet.api))
-        .json(&json!({"host": f_host, "fault": "crash"}))
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(r.status().as_u16(), 202, "{}", r.text().await.unwrap_or_default());
+    fleet.host_chaos(f_host, "crash").await;
     wait_for(Duration::from_secs(10), "the follower's host dead", &fleet.serve, || async {
         // A killed child stays a zombie until the test reaps it.
         let agent_dead = matches!(process_state(f_agent), None | Some('Z'));

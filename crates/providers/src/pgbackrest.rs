@@ -857,6 +857,11 @@ impl Drop for ScratchServer {
     }
 }
 
+/// Counts the user tables of the database it runs in (a restore test's
+/// proof of data, and of an empty source).
+pub const USER_TABLES_SQL: &str =
+    "SELECT count(*) FROM pg_catalog.pg_tables WHERE schemaname NOT IN ('pg_catalog', 'information_schema')";
+
 async fn run_restore_checks(
     client: &tokio_postgres::Client,
     socket_dir: &Path,
@@ -890,11 +895,8 @@ async fn run_restore_checks(
     for db in &databases {
         let c =
             connect(socket_dir, port, user, db).await.map_err(|e| format!("cannot connect to database {db}: {e}"))?;
-        let n: i64 = c
-            .query_one("SELECT count(*) FROM pg_catalog.pg_tables WHERE schemaname NOT IN ('pg_catalog', 'information_schema')", &[])
-            .await
-            .map_err(|e| format!("cannot count tables in {db}: {e}"))?
-            .get(0);
+        let n: i64 =
+            c.query_one(USER_TABLES_SQL, &[]).await.map_err(|e| format!("cannot count tables in {db}: {e}"))?.get(0);
         evidence.push(format!("database {db}: {n} user tables"));
         user_tables += n;
         if let (Some(q), None) = (canary, &canary_found_in) {

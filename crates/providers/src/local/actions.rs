@@ -1135,10 +1135,8 @@ const EMPTY_CANARY: &str = "SELECT 1 WHERE NOT EXISTS (SELECT 1 FROM pg_catalog.
 async fn holds_no_user_tables(entry: &InstanceEntry) -> bool {
     let sql = "SELECT datname FROM pg_database WHERE datallowconn AND NOT datistemplate";
     let Ok(databases) = postgres::execute(entry, sql, SQL_TIMEOUT).await else { return false };
-    let count =
-        "SELECT count(*) FROM pg_catalog.pg_tables WHERE schemaname NOT IN ('pg_catalog', 'information_schema')";
     for db in databases.into_iter().flatten() {
-        match postgres::execute_in(entry, &db, count, SQL_TIMEOUT).await {
+        match postgres::execute_in(entry, &db, crate::pgbackrest::USER_TABLES_SQL, SQL_TIMEOUT).await {
             Ok(n) if n.first().cloned().flatten().as_deref() == Some("0") => {}
             _ => return false,
         }
