@@ -35,6 +35,10 @@ pub enum ControlPlaneError {
 pub struct ControlPlane {
     base: String,
     http: reqwest::Client,
+    /// This agent's lease, told to the control plane with every batch: a
+    /// silent host's primaries have surely fenced themselves once it has
+    /// passed since the last batch the control plane acknowledged.
+    lease_ttl: Duration,
 }
 
 impl ControlPlane {
@@ -60,7 +64,7 @@ impl ControlPlane {
             .connect_timeout(request_timeout)
             .build()
             .map_err(ControlPlaneError::Client)?;
-        Ok(ControlPlane { base: base.trim_end_matches('/').to_string(), http })
+        Ok(ControlPlane { base: base.trim_end_matches('/').to_string(), http, lease_ttl })
     }
 
     pub fn base(&self) -> &str {
@@ -70,7 +74,7 @@ impl ControlPlane {
     /// Posts one batch (also an empty one: it still renews the lease). Ok
     /// when the control plane acknowledged it (HTTP 200), else why not.
     pub async fn send_beats(&self, beats: &[Beat]) -> Result<(), String> {
-        let body = serde_json::json!({ "beats": beats });
+        let body = serde_json::json!({ "beats": beats, "lease_ms": self.lease_ttl.as_millis() as u64 });
         let url = format!("{}/v1/heartbeats", self.base);
         match self.http.post(&url).json(&body).send().await {
             Ok(response) if response.status() == reqwest::StatusCode::OK => {

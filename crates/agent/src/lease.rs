@@ -24,6 +24,15 @@ use std::time::{Duration, Instant};
 /// fenced itself long before the engine may fail it over.
 pub const DEFAULT_LEASE_TTL: Duration = Duration::from_secs(10);
 
+/// The lease of an agent with a host of its own (`--host`), whose servers
+/// the control plane fails over: once its agent has been silent this long
+/// (and a margin), a host's Fence is counted done without it, so a dead or
+/// frozen host's failover takes about this long, not `DEFAULT_LEASE_TTL`.
+/// Four heartbeat intervals (250 ms): a lost batch or a slow answer is
+/// survived, two seconds of a control plane out of reach are not (the
+/// primaries are fenced, and un-fenced once it confirms them).
+pub const HOST_LEASE_TTL: Duration = Duration::from_secs(1);
+
 /// What the agent must do next.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord)]
 pub enum Step {

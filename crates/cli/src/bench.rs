@@ -169,12 +169,13 @@ fn beats(chunk: &[(InstanceId, Role)], seq: u64) -> Vec<Beat> {
 /// (`LocalConfig::same_host_evidence`): a frozen host takes its agent with
 /// it, so only silence and a probe over the network tell the engine.
 pub async fn failover(engine: &str, fault: &str, runs: usize) -> anyhow::Result<()> {
-    use std::sync::atomic::{AtomicBool, Ordering};
-    use std::sync::{Arc, Mutex};
     if engine == "redis" {
         return crate::bench_redis::failover(fault, runs).await;
     }
     anyhow::ensure!(engine == "postgres", "--engine must be postgres or redis, not {engine:?}");
+    if fault.starts_with("host-") {
+        return crate::bench_hosts::failover(fault, runs).await;
+    }
     anyhow::ensure!(matches!(fault, "crash" | "hang"), "--fault must be crash or hang, not {fault:?}");
     let what = if fault == "crash" { "kill -9" } else { "hang (SIGSTOP)" };
     let _ = tracing_subscriber::fmt()
@@ -212,43 +213,7 @@ pub async fn failover(engine: &str, fault: &str, runs: usize) -> anyhow::Result<
         anyhow::ensure!(r.status().as_u16() == 201, "create failed: {}", r.text().await?);
         let service = wait_ready(&http, &api, None).await?;
         let url = service["url"].as_str().ok_or_else(|| anyhow::anyhow!("the service has no URL"))?.to_string();
-        let c = pg_connect(&url).await.ok_or_else(|| anyhow::anyhow!("cannot connect to {url}"))?;
-        c.batch_execute("CREATE TABLE writes (n bigint PRIMARY KEY, at timestamptz DEFAULT now())").await?;
-        drop(c);
-
-        let acked: Arc<Mutex<Vec<(u64, Instant)>>> = Arc::new(Mutex::new(Vec::new()));
-        let stop = Arc::new(AtomicBool::new(false));
-        let writer = {
-            let (acked, stop, url) = (acked.clone(), stop.clone(), url.clone());
-            tokio::spawn(async move {
-                let mut next = 1u64;
-                let mut client = None;
-                while !stop.load(Ordering::SeqCst) {
-                    if client.is_none() {
-                        client = pg_connect(&url).await;
-                        if client.is_none() {
-                            tokio::time::sleep(Duration::from_millis(20)).await;
-                            continue;
-                        }
-                    }
-                    // A commit whose answer was lost in the crash is retried:
-                    // it must not fail forever on its own row.
-                    let sql = format!("INSERT INTO writes (n) VALUES ({next}) ON CONFLICT DO NOTHING");
-                    let ok = match &client {
-                        Some(c) => matches!(tokio::time::timeout(Duration::from_secs(5), c.batch_execute(&sql)).await, Ok(Ok(()))),
-                        None => false,
-                    };
-                    if ok {
-                        acked.lock().unwrap_or_else(|e| e.into_inner()).push((next, Instant::now()));
-                        next += 1;
-                        tokio::time::sleep(Duration::from_millis(5)).await;
-                    } else {
-                        client = None;
-                        tokio::time::sleep(Duration::from_millis(20)).await;
-                    }
-                }
-            })
-        };
+        let writer = crate::bench_writes::Writer::start(&url).await?;
         let mut seconds = Vec::new();
         let mut previous_primary = String::new();
         for run in 1..=runs {
@@ -278,57 +243,22 @@ pub async fn failover(engine: &str, fault: &str, runs: usize) -> anyhow::Result<
                         moved_at = Some(Instant::now());
                     }
                 }
-                if let Some(moved_at) = moved_at {
-                    let after = acked.lock().unwrap_or_else(|e| e.into_inner()).iter().filter(|(_, at)| *at > moved_at).count();
-                    if after >= 10 {
-                        break;
-                    }
+                if moved_at.is_some_and(|at| writer.acked_after(at) >= 10) {
+                    break;
                 }
                 anyhow::ensure!(Instant::now() < deadline, "run {run}: writes did not resume within 120 s of the fault");
                 tokio::time::sleep(Duration::from_millis(50)).await;
             }
-            let writable_after = {
-                let acks = acked.lock().unwrap_or_else(|e| e.into_inner());
-                let mut previous = fault_at;
-                let mut longest = (Duration::ZERO, fault_at);
-                for (_, at) in acks.iter().filter(|(_, at)| *at > fault_at) {
-                    let gap = at.duration_since(previous);
-                    if gap > longest.0 {
-                        longest = (gap, *at);
-                    }
-                    previous = *at;
-                }
-                longest.1.duration_since(fault_at)
-            };
+            let writable_after = writer.writable_after(fault_at);
             println!("run {run}: {what} of {primary} → writable through the same URL in {:.2}s", writable_after.as_secs_f64());
             seconds.push(writable_after.as_secs_f64());
             previous_primary = primary;
         }
         let service = wait_ready(&http, &api, Some(&previous_primary)).await?;
-        stop.store(true, Ordering::SeqCst);
-        let _ = writer.await;
-        let acked: Vec<u64> = acked.lock().unwrap_or_else(|e| e.into_inner()).iter().map(|(n, _)| *n).collect();
-        let c = pg_connect(&url).await.ok_or_else(|| anyhow::anyhow!("cannot reconnect to count"))?;
-        let present: std::collections::HashSet<u64> = c
-            .simple_query("SELECT n FROM writes")
-            .await?
-            .iter()
-            .filter_map(|m| match m {
-                tokio_postgres::SimpleQueryMessage::Row(r) => r.get(0).and_then(|v| v.parse().ok()),
-                _ => None,
-            })
-            .collect();
-        let lost = acked.iter().filter(|n| !present.contains(n)).count();
+        let (acknowledged, lost) = writer.finish(&url).await?;
         anyhow::ensure!(service["url"].as_str() == Some(url.as_str()), "the URL changed");
-        let mut sorted = seconds.clone();
-        sorted.sort_by(f64::total_cmp);
-        let median = if sorted.len() % 2 == 1 {
-            sorted[sorted.len() / 2]
-        } else {
-            (sorted[sorted.len() / 2 - 1] + sorted[sorted.len() / 2]) / 2.0
-        };
-        let max = sorted.last().copied().unwrap_or(0.0);
-        println!("{} acknowledged writes, {lost} lost; median {median:.2}s, max {max:.2}s", acked.len());
+        let (median, max) = crate::bench_writes::median_max(&seconds);
+        println!("{acknowledged} acknowledged writes, {lost} lost; median {median:.2}s, max {max:.2}s");
         println!(
             "{}",
             serde_json::json!({
@@ -341,7 +271,7 @@ pub async fn failover(engine: &str, fault: &str, runs: usize) -> anyhow::Result<
                 "median_seconds_to_writable": (median * 1000.0).round() / 1000.0,
                 "max_seconds_to_writable": (max * 1000.0).round() / 1000.0,
                 "seconds_to_writable": seconds,
-                "acknowledged_writes": acked.len(),
+                "acknowledged_writes": acknowledged,
                 "acknowledged_writes_lost": lost,
             })
         );
@@ -350,16 +280,6 @@ pub async fn failover(engine: &str, fault: &str, runs: usize) -> anyhow::Result<
     .await;
     let _ = server.stop().await;
     result
-}
-
-async fn pg_connect(url: &str) -> Option<tokio_postgres::Client> {
-    let (client, connection) =
-        tokio::time::timeout(Duration::from_secs(3), tokio_postgres::connect(url, tokio_postgres::NoTls))
-            .await
-            .ok()?
-            .ok()?;
-    tokio::spawn(connection);
-    Some(client)
 }
 
 async fn service_json(http: &reqwest::Client, api: &str) -> anyhow::Result<serde_json::Value> {

@@ -5,6 +5,8 @@ mod agent;
 mod archives;
 mod bench;
 mod bench_connections;
+mod bench_hosts;
+mod bench_writes;
 mod bench_redis;
 mod breakglass;
 mod client;
@@ -218,9 +220,11 @@ enum Cmd {
         /// beats of this cadence (local::HEARTBEAT_INTERVAL).
         #[arg(long, default_value_t = drover_providers::local::HEARTBEAT_INTERVAL.as_millis() as u64)]
         interval_ms: u64,
-        /// Fence the primaries when no batch was acknowledged for this long.
-        #[arg(long, default_value_t = drover_agent::lease::DEFAULT_LEASE_TTL.as_secs_f64())]
-        lease_secs: f64,
+        /// Fence the primaries when no batch was acknowledged for this long
+        /// [default: 1 with --host (a silent host's primaries are then
+        /// counted fenced, so its failover does not wait), else 10].
+        #[arg(long)]
+        lease_secs: Option<f64>,
         /// URL of the control plane [env: DROVER_URL] [default: http://127.0.0.1:7700].
         #[arg(long)]
         server: Option<String>,
@@ -478,8 +482,10 @@ enum BenchCmd {
         /// write is acknowledged by `WAIT 1`).
         #[arg(long, default_value = "postgres", value_parser = ["postgres", "redis"])]
         engine: String,
-        /// `crash` (kill -9) or `hang` (SIGSTOP, without same-host evidence).
-        #[arg(long, default_value = "crash", value_parser = ["crash", "hang"])]
+        /// `crash` (kill -9) or `hang` (SIGSTOP, without same-host
+        /// evidence) of the primary; `host-crash` or `host-hang` of the
+        /// primary's whole host (PostgreSQL: three agents stand for hosts).
+        #[arg(long, default_value = "crash", value_parser = ["crash", "hang", "host-crash", "host-hang"])]
         fault: String,
         #[arg(long, default_value_t = 5)]
         runs: usize,
@@ -705,7 +711,11 @@ async fn run(cli: Cli, no_local_set: bool) -> anyhow::Result<()> {
                 data_dir,
                 server,
                 interval: Duration::from_millis(interval_ms),
-                lease_ttl: secs(lease_secs, "--lease-secs")?,
+                lease_ttl: match lease_secs {
+                    Some(lease) => secs(lease, "--lease-secs")?,
+                    None if host.is_some() => drover_agent::lease::HOST_LEASE_TTL,
+                    None => drover_agent::lease::DEFAULT_LEASE_TTL,
+                },
                 ca_cert,
                 host: host.map(|name| drover_agent::actions::HostOptions {
                     name,

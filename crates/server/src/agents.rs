@@ -62,6 +62,38 @@ struct Channel {
     /// The port each instance on an agent host listens on, as its agent's
     /// heartbeats last said (memory only: beats say it again every round).
     ports: HashMap<drover_model::InstanceId, u16>,
+    /// Each agent's lease as its acknowledged batches tell it (memory
+    /// only: after a restart a host is judged by its lease only once its
+    /// agent was heard again).
+    leases: HashMap<String, AgentLease>,
+}
+
+/// When an agent's last acknowledged batch arrived, and the lease it holds.
+#[derive(Clone, Copy, Debug)]
+struct AgentLease {
+    heard_at: tokio::time::Instant,
+    ttl: Duration,
+}
+
+/// Added to an agent's lease before its silence says its primaries have
+/// fenced themselves: the fence itself (a reload and a cut of the client
+/// sessions) and the two clocks' drift.
+pub const LEASE_MARGIN: Duration = Duration::from_millis(250);
+
+/// How long an agent's host has been silent, and its lease.
+#[derive(Clone, Copy, Debug)]
+pub struct Silence {
+    pub silent_for: Duration,
+    pub ttl: Duration,
+}
+
+impl Silence {
+    /// Whether every primary of that host has surely stopped taking
+    /// writes: its agent fenced them when its lease ran out (or the host
+    /// is down, or frozen with them).
+    pub fn past_lease(&self) -> bool {
+        self.silent_for > self.ttl + LEASE_MARGIN
+    }
 }
 
 /// One action as the agent receives it: `seq` orders the host's actions,
@@ -212,6 +244,33 @@ impl AgentChannel {
         for beat in beats {
             if let Some(port) = beat.facts.port {
                 channel.ports.insert(beat.instance, port);
+            }
+        }
+    }
+
+    /// The agent of `host` was heard at `at` (a batch of its acknowledged)
+    /// and holds a lease of `ttl`.
+    pub fn heard(&self, host: &str, at: tokio::time::Instant, ttl: Duration) {
+        let mut channel = self.lock();
+        let lease = channel.leases.entry(host.to_string()).or_insert(AgentLease { heard_at: at, ttl });
+        lease.heard_at = lease.heard_at.max(at);
+        lease.ttl = ttl;
+    }
+
+    /// How long the agent of `host` has been silent (None: not heard since
+    /// this control plane started, or it tells no lease).
+    pub fn silence(&self, host: &str) -> Option<Silence> {
+        let lease = *self.lock().leases.get(host)?;
+        Some(Silence { silent_for: lease.heard_at.elapsed(), ttl: lease.ttl })
+    }
+
+    /// Drops the attempt `attempt` of action `id` from `host`'s queue (it
+    /// was answered without its agent); its agent never runs it.
+    pub fn withdraw(&self, host: &str, id: ActionId, attempt: u32) {
+        let mut channel = self.lock();
+        if let Some(queue) = channel.hosts.get_mut(host) {
+            if queue.pending.get(&id).is_some_and(|p| p.record.attempts == attempt) {
+                queue.pending.remove(&id);
             }
         }
     }

@@ -392,6 +392,13 @@ pub(crate) async fn list_events(
 pub struct HeartbeatBatch {
     #[serde(deserialize_with = "drover_model::objects::objects")]
     pub beats: Vec<Beat>,
+    /// The sending agent's lease in milliseconds: with no batch of its
+    /// acknowledged for that long, it has fenced its primaries. An agent
+    /// host's Fence is counted done once its agent has been silent past it
+    /// (docs/agent.md, "A silent host").
+    #[serde(default)]
+    #[schema(minimum = 1, maximum = 3600000)]
+    pub lease_ms: Option<u64>,
 }
 
 /// What the engine made of a heartbeat batch (mirrors `drover_engine::HeartbeatReceipt`).
@@ -415,6 +422,15 @@ pub(crate) async fn post_heartbeats(
     Json(batch): Json<HeartbeatBatch>,
 ) -> Result<Json<HeartbeatReceipt>, ApiError> {
     let ready = state.ready()?;
+    // When the batch arrived: the agent sent it no later, so its lease,
+    // renewed by this acknowledgement, runs out no later than this plus
+    // its TTL (counted on below for a silent host's Fence).
+    let arrived = tokio::time::Instant::now();
+    let agent_lease = caller
+        .host
+        .clone()
+        .filter(|h| *h != ready.host)
+        .zip(batch.lease_ms.map(|ms| std::time::Duration::from_millis(ms.clamp(1, 3_600_000))));
     // An agent host whose instances all fell silent turned uncertain; once
     // none is left on it (replaced elsewhere, terminated), no instance's
     // beat can make it ready again, but its agent's batch still arrives:
@@ -442,6 +458,9 @@ pub(crate) async fn post_heartbeats(
         }
     }
     if batch.beats.is_empty() {
+        if let Some((host, ttl)) = &agent_lease {
+            ready.agents.heard(host, arrived, *ttl);
+        }
         return Ok(Json(HeartbeatReceipt::default()));
     }
     // Only the agent of the host that runs an instance may report it.
@@ -477,7 +496,12 @@ pub(crate) async fn post_heartbeats(
     metrics::counter!(telemetry::HEARTBEATS_RECEIVED).increment(batch.beats.len() as u64);
     ready.agents.note_ports(&batch.beats);
     match ready.engine.call(Input::Heartbeats(batch.beats)).await? {
-        Reply::Heartbeats(receipt) => Ok(Json(receipt)),
+        Reply::Heartbeats(receipt) => {
+            if let Some((host, ttl)) = &agent_lease {
+                ready.agents.heard(host, arrived, *ttl);
+            }
+            Ok(Json(receipt))
+        }
         other => Err(unexpected(other)),
     }
 }

@@ -42,6 +42,7 @@ pub mod routers;
 pub mod routes;
 pub mod runbooks;
 pub mod runtime;
+pub mod silent_hosts;
 pub mod state;
 pub mod status;
 pub mod telemetry;

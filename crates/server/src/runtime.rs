@@ -156,7 +156,8 @@ impl Dispatcher {
                 Some(host) if self.builtin_host.as_deref() != Some(host) => {
                     let replication = self.replication_for(engine, &dispatch.action);
                     let hold = self.hold_for(engine, &dispatch.action);
-                    self.to_agent(host.to_string(), dispatch.action, replication, hold)
+                    let address = engine.host_record(host).map(|h| h.address).filter(|a| !a.is_empty());
+                    self.to_agent(host.to_string(), dispatch.action, replication, hold, address)
                 }
                 _ => here.push(dispatch),
             }
@@ -182,12 +183,18 @@ impl Dispatcher {
     /// primary is still being built) waits for it, within the attempt's
     /// deadline, before it is queued; past that it goes without, and the
     /// agent fails the attempt retryably.
+    ///
+    /// Two actions do not wait for a silent host's agent
+    /// ([`crate::silent_hosts`]): a probe is made from here over the network
+    /// (at the host's `address`), and a fence is counted done once the
+    /// agent has been silent past its lease.
     fn to_agent(
         &self,
         host: String,
         action: drover_model::ActionRecord,
         replication: Option<PendingReplication>,
         hold: Option<RouterHold>,
+        address: Option<String>,
     ) {
         let kind = action.kind.name();
         metrics::counter!(telemetry::ACTIONS_DISPATCHED, "kind" => kind).increment(1);
@@ -196,7 +203,16 @@ impl Dispatcher {
         let (id, attempt) = (action.id, action.attempts);
         let handle = self.engine.clone();
         let agents = self.agents.clone();
+        let login_password = self.replication_key.as_ref().map(|key| login_password(key, action.service));
         tokio::spawn(async move {
+            if action.kind == drover_model::ActionKind::Probe {
+                if let (Some(address), Some(port)) = (address.clone(), agents.port(action.instance)) {
+                    let target = crate::silent_hosts::Target { address, port, login_password };
+                    let outcome = crate::silent_hosts::probe(&target).await;
+                    handle.send(Input::ActionResult { action: id, attempt, outcome }).await;
+                    return;
+                }
+            }
             if let Some(RouterHold { routers }) = hold {
                 routers.hold(action.service).await;
             }
@@ -218,7 +234,21 @@ impl Dispatcher {
                     Some(Replication { password, primary, login })
                 }
             };
-            let outcome = agents.execute(host, action, replication).await;
+            let fence = matches!(action.kind, drover_model::ActionKind::Fence { .. });
+            let instance = action.instance;
+            let answered = agents.execute(host.clone(), action, replication);
+            let outcome = if fence {
+                tokio::select! {
+                    outcome = answered => outcome,
+                    why = crate::silent_hosts::fenced_by_silence(agents.clone(), host.clone(), instance, address) => {
+                        agents.withdraw(&host, id, attempt);
+                        tracing::warn!(action = %id, %instance, %host, %why, "fence counted done without the host's agent");
+                        ActionOutcome::Succeeded { detail: Some(why) }
+                    }
+                }
+            } else {
+                answered.await
+            };
             handle.send(Input::ActionResult { action: id, attempt, outcome }).await;
         });
     }

@@ -369,6 +369,12 @@ impl Routers {
         if let Err(error) = cut_off(&self.console(service_id, service), COMMAND_TIMEOUT).await {
             tracing::warn!(service = %service.name, %error, "router cut-off failed");
         }
+        // The hold may have ended meanwhile (the router already points at
+        // the new primary: a frozen host's failover is that quick); the
+        // KILL held the database again, and nothing else would resume it.
+        if !lock(&self.paused).contains_key(&service_id) {
+            self.resume(service_id, service).await;
+        }
     }
 
     /// Resumes the router if nothing else does within [`MAX_PAUSE`]:
