@@ -209,6 +209,7 @@ impl Engine {
         }
         if to == HostState::Draining {
             self.mark_services_on_host(h);
+            self.wake_drains(now);
         }
         self.host_view(h).map(|v| Reply::Host(Box::new(v))).ok_or_else(|| CommandError::Invalid("host vanished".into()))
     }

@@ -322,6 +322,7 @@ impl Engine {
                 self.fire_archive_timers(now, out);
                 self.update_brakes(now, out);
                 self.drive_rollouts(now, out);
+                self.drive_drains(now, out);
             }
             Input::ZoneLease { zone, cover, withdraw } => {
                 let receipt = self.zone_lease(&zone, &cover, &withdraw, now, out);

@@ -25,6 +25,10 @@ impl Engine {
             e.images.insert(image);
         }
         e.restore_hosts(snapshot.hosts);
+        // A drain under way goes on (nothing but the host's state says so).
+        if e.hosts.list.iter().any(|h| h.rec.state == drover_model::HostState::Draining) {
+            e.wake_drains(now);
+        }
         let service_by_id = e.restore_services(snapshot.services, now);
         let orphans = e.restore_instances(snapshot.instances, &service_by_id, now);
         e.restore_archives(snapshot.archives, now);

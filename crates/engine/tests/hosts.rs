@@ -196,3 +196,52 @@ fn the_routed_primary_of_a_service_on_agent_hosts_is_withheld_while_it_is_fenced
     let after = h.e.services_on_agent_hosts(None)[0].primary.clone().expect("a new primary is routed to");
     assert_ne!(after.0, primary.id, "the promoted follower");
 }
+
+/// Issue 11, item 3: a drained host ends with no member on it. Its
+/// services move one at a time: a follower is rebuilt on another host and
+/// the old one retired; a primary is switched over (planned: fenced, a
+/// follower on another host promoted, never a failover) and a new follower
+/// built elsewhere. A restart of the control plane mid-drain goes on.
+#[test]
+fn a_drained_host_ends_empty_by_switchover_and_rebuild_one_service_at_a_time() {
+    let mut h = H::new(fast_config());
+    for (name, zone) in [("h1", "zone-a"), ("h2", "zone-b"), ("h3", "zone-c")] {
+        register(&mut h, name, zone, 4);
+    }
+    // Both have a member on h1, the only host of zone-a when they are made;
+    // h4 comes after, so zone-a keeps a host to move to.
+    h.create("alpha", 1);
+    h.create("beta", 2);
+    register(&mut h, "h4", "zone-a", 4);
+    h.advance(Duration::from_secs(5));
+    let on_h1 = |h: &H| h.e.host_views().iter().find(|v| v.name == "h1").map_or(0, |v| v.instances);
+    assert_eq!(on_h1(&h), 2, "a member of each on h1: {:?}", h.e.host_views());
+    let primaries_before: Vec<_> = ["alpha", "beta"].iter().map(|s| h.primary(s).id).collect();
+    h.command(Command::DrainHost { name: "h1".into() }).unwrap();
+    // Mid-drain, the control plane restarts: only the host's state says a
+    // drain is under way, and it goes on.
+    h.advance(Duration::from_secs(2));
+    h.crash_and_restore();
+    h.advance(Duration::from_secs(180));
+    assert_eq!(on_h1(&h), 0, "h1 still holds members: {:?}", h.e.host_views());
+    for s in ["alpha", "beta"] {
+        assert_eq!(h.service(s).state, ServiceState::Available, "{s}");
+        let placed = hosts_of(&h, s);
+        assert_eq!(placed.len(), if s == "alpha" { 2 } else { 3 }, "{s}: {placed:?}");
+        assert!(placed.iter().all(|p| p.2 != "h1"), "{s} still on h1: {placed:?}");
+        let distinct: std::collections::BTreeSet<_> = placed.iter().map(|p| &p.2).collect();
+        assert_eq!(distinct.len(), placed.len(), "{s}: two members on one host: {placed:?}");
+    }
+    // Moves, not failovers: every promotion was a planned switchover, and
+    // a service that had its primary on h1 has another one now.
+    let drained = h.dispatched.iter().filter(|a| a.cause.starts_with("drain of host h1")).count();
+    assert!(drained >= 2, "the moves say they are the drain's: {drained}");
+    assert!(!h.store.events.iter().any(|e| e.cause.contains("failover")), "a drain never fails over");
+    for (s, before) in ["alpha", "beta"].iter().zip(primaries_before) {
+        let was_on_h1 = h.store.instances.get(&before).and_then(|i| i.host.clone()).as_deref() == Some("h1");
+        if was_on_h1 {
+            assert_ne!(h.primary(s).id, before, "{s}: its primary moved off h1");
+        }
+    }
+    assert_eq!(h.e.host_record("h1").unwrap().state, HostState::Draining, "it stays draining");
+}

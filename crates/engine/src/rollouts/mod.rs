@@ -33,6 +33,7 @@ use drover_model::{
 };
 use rand::RngCore;
 
+mod drains;
 mod moves;
 mod waves;
 mod windows;
@@ -86,11 +87,13 @@ pub(crate) struct Rollouts {
     pub(crate) claimed: HashMap<ServiceId, RolloutId>,
     /// When running rollouts are looked at next (0: none is running).
     next_at: i64,
+    /// When draining hosts are looked at next (0: none holds a member).
+    drains_at: i64,
 }
 
 impl Rollouts {
     pub(crate) fn next_deadline(&self) -> Option<i64> {
-        (self.next_at > 0).then_some(self.next_at)
+        [self.next_at, self.drains_at].into_iter().filter(|&t| t > 0).min()
     }
 }
 

@@ -18,7 +18,35 @@ struct Census {
     old_leavers: usize,
 }
 
+/// Where a move takes a service's members: onto an image (a rollout, a
+/// resize), or off a host (a drain). A member not there yet is "old".
+#[derive(Clone, Copy, Debug)]
+pub(crate) enum Goal {
+    Image(u32),
+    OffHost(u16),
+}
+
+impl Goal {
+    fn old(self, x: &crate::fleet::Inst) -> bool {
+        match self {
+            Goal::Image(target) => x.image != target,
+            Goal::OffHost(host) => x.host == host,
+        }
+    }
+}
+
 impl Engine {
+    /// How a move's causes begin (the rollouts' words are kept: the
+    /// simulator's digests hash them).
+    fn move_label(&self, goal: Goal) -> String {
+        match goal {
+            Goal::Image(target) => format!("rollout onto {}", self.images.id(target)),
+            Goal::OffHost(h) => {
+                format!("drain of host {}", self.hosts.list.get(usize::from(h)).map_or("?", |x| x.rec.name.as_str()))
+            }
+        }
+    }
+
     /// A resize (issue 17): `name` moved onto `image` now, as a rollout of
     /// that one service (one wave, no soak: no later wave waits on it; its
     /// window ignored: a person asked for it now). Refused, and nothing
@@ -84,13 +112,13 @@ impl Engine {
         Ok(())
     }
 
-    /// The next step of moving one service onto image `target`. Decided
+    /// The next step of moving one service to `goal`. Decided
     /// from the fleet as it is, so a repeat (after a restart) finds a step
     /// done and goes on from there.
     pub(super) fn step_move(
         &mut self,
         sslot: Option<u32>,
-        target: u32,
+        goal: Goal,
         started_at: i64,
         now: i64,
         out: &mut Outputs,
@@ -106,7 +134,7 @@ impl Engine {
         let rolled = topology.rolled_role();
         let planned = usize::from(self.policy_of(s).members(&s.plan).count(rolled));
         let Some(Census { primary, old_members, old_read_replicas, new_members, old_leavers }) =
-            self.census(sslot, target, rolled)
+            self.census(sslot, goal, rolled)
         else {
             return Step::Wait;
         };
@@ -121,34 +149,38 @@ impl Engine {
         if anchor.and_then(|a| self.instances.get(a)).is_some_and(|x| self.braked_since(x.zone).is_some()) {
             return Step::Wait;
         }
-        let primary_old = primary.and_then(|p| self.instances.get(p)).is_some_and(|x| x.image != target);
-        let id = self.images.id(target);
+        let primary_old = primary.and_then(|p| self.instances.get(p)).is_some_and(|x| goal.old(x));
+        let label = self.move_label(goal);
+        let (of_new, from_new) = match goal {
+            Goal::Image(_) => ("of the new image", "from the new image"),
+            Goal::OffHost(_) => ("on another host", "on another host"),
+        };
         if let Some(&old) = old_members.first() {
             if new_members > 0 && new_members + old_members.len() > planned {
                 // Followers keep their words (the simulator's digests hash them).
                 let ready = if topology.rolls_by_switchover() { "streams" } else { "serves" };
-                let cause = format!("rollout onto {id}: retire an old {rolled}, a {rolled} of the new image {ready}");
+                let cause = format!("{label}: retire an old {rolled}, a {rolled} {of_new} {ready}");
                 self.open_action(old, ActionKind::Retire, &cause, true, now, out);
             } else {
-                self.build_new_member(sslot, rolled, &id, now, out);
+                self.build_new_member(sslot, rolled, &format!("{label}: build a {rolled} {from_new}"), now, out);
             }
             return Step::Acted;
         }
         if let Some(&old) = old_read_replicas.first() {
             let cause =
-                format!("rollout onto {id}: retire an old read replica, rebuilt in its slot from the new image");
+                format!("{label}: retire an old read replica, rebuilt in its slot {from_new}");
             self.open_action(old, ActionKind::Retire, &cause, true, now, out);
             return Step::Acted;
         }
         if let Some(p) = primary.filter(|_| primary_old) {
             if new_members == 0 {
-                self.build_new_member(sslot, rolled, &id, now, out);
+                self.build_new_member(sslot, rolled, &format!("{label}: build a {rolled} {from_new}"), now, out);
                 return Step::Acted;
             }
             if self.best_follower(sslot, now).is_none() {
                 return Step::Wait;
             }
-            let cause = format!("rollout onto {id}: planned switchover onto a follower of the new image");
+            let cause = format!("{label}: planned switchover onto a follower {of_new}");
             self.open_action(p, ActionKind::Fence { immediate: false }, &cause, true, now, out);
             self.mark_dirty(sslot);
             return Step::Acted;
@@ -184,21 +216,21 @@ impl Engine {
         None
     }
 
-    /// The members of a service being moved onto `target`, by what the move
+    /// The members of a service being moved to `goal`, by what the move
     /// still has to do with them; None while a member is not available
     /// (the move waits).
-    fn census(&self, sslot: u32, target: u32, rolled: Role) -> Option<Census> {
+    fn census(&self, sslot: u32, goal: Goal, rolled: Role) -> Option<Census> {
         let mut c = Census::default();
         for &i in &self.services.get(sslot)?.instances {
             let Some(x) = self.instances.get(i) else { continue };
             if !x.state.is_member() {
-                if x.image != target && x.state == InstanceState::Retiring {
+                if goal.old(x) && x.state == InstanceState::Retiring {
                     c.old_leavers += 1;
                 }
                 continue;
             }
             if x.fenced {
-                if x.image != target {
+                if goal.old(x) {
                     c.old_leavers += 1;
                 }
                 continue;
@@ -207,10 +239,10 @@ impl Engine {
                 return None;
             }
             match x.role {
-                _ if x.read_slot > 0 && x.image != target => c.old_read_replicas.push(i),
+                _ if x.read_slot > 0 && goal.old(x) => c.old_read_replicas.push(i),
                 _ if x.read_slot > 0 => {}
                 Role::Primary => c.primary = Some(i),
-                r if r == rolled && x.image == target => c.new_members += 1,
+                r if r == rolled && !goal.old(x) => c.new_members += 1,
                 r if r == rolled => c.old_members.push(i),
                 _ => {}
             }
@@ -218,9 +250,8 @@ impl Engine {
         Some(c)
     }
 
-    pub(super) fn build_new_member(&mut self, sslot: u32, role: Role, image: &ImageId, now: i64, out: &mut Outputs) {
+    pub(super) fn build_new_member(&mut self, sslot: u32, role: Role, cause: &str, now: i64, out: &mut Outputs) {
         let zone = self.zone_for_new_member(sslot);
-        let cause = format!("rollout onto {image}: build a {role} from the new image");
-        self.provision(sslot, role, zone, &cause, now, out);
+        self.provision(sslot, role, zone, cause, now, out);
     }
 }

@@ -121,7 +121,7 @@ impl Engine {
             let service = r.members[k].service;
             let sslot = self.slot_of(service, r.members[k].slot);
             let changed = match phase {
-                MemberPhase::Moving => match self.step_move(sslot, r.target, r.members[k].started_at, now, out) {
+                MemberPhase::Moving => match self.step_move(sslot, moves::Goal::Image(r.target), r.members[k].started_at, now, out) {
                     Step::Wait | Step::Acted => None,
                     Step::Moved => {
                         r.members[k].moved_at = now;
@@ -286,7 +286,7 @@ impl Engine {
             out.changes.rollout_members.push(member_record(&r.record, k, &r.members[k]));
         }
         // The first step in the same commit as the record saying it began.
-        if let Step::Failed(why) = self.step_move(Some(sslot), r.target, now, now, out) {
+        if let Step::Failed(why) = self.step_move(Some(sslot), moves::Goal::Image(r.target), now, now, out) {
             let m = &mut r.members[k];
             m.phase = MemberPhase::Failed;
             m.detail = Some(why);
