@@ -149,7 +149,12 @@ async fn run(api: &str, root: &Path, hosts: &mut [Host], chaos: &str, fault: &st
             use std::io::Write;
             use std::os::unix::fs::OpenOptionsExt;
             let path = host.dir.join("agent.token");
-            std::fs::OpenOptions::new().write(true).create_new(true).mode(0o600).open(path)?.write_all(token.as_bytes())?;
+            std::fs::OpenOptions::new()
+                .write(true)
+                .create_new(true)
+                .mode(0o600)
+                .open(path)?
+                .write_all(token.as_bytes())?;
         }
         host.start(api)?;
     }
@@ -161,7 +166,8 @@ async fn run(api: &str, root: &Path, hosts: &mut [Host], chaos: &str, fault: &st
     let service = wait_pair(&http, api, None).await?;
     let url = service["url"].as_str().ok_or_else(|| anyhow::anyhow!("the service has no URL"))?.to_string();
     let writer = Writer::start(&url).await?;
-    let what = if chaos == "crash" { "crash (kill -9 of its agent and servers)" } else { "hang (SIGSTOP of all of it)" };
+    let what =
+        if chaos == "crash" { "crash (kill -9 of its agent and servers)" } else { "hang (SIGSTOP of all of it)" };
     let mut seconds = Vec::new();
     let mut previous: Option<String> = None;
     // (primary's host, follower's host) before each run, and at the end.
@@ -170,13 +176,17 @@ async fn run(api: &str, root: &Path, hosts: &mut [Host], chaos: &str, fault: &st
         let service = wait_pair(&http, api, previous.as_deref()).await?;
         let primary = member(&service, true).ok_or_else(|| anyhow::anyhow!("no writable primary: {service}"))?;
         let follower = member(&service, false).ok_or_else(|| anyhow::anyhow!("no follower: {service}"))?;
-        placements.push((primary["host"].as_str().unwrap_or("").to_string(), follower["host"].as_str().unwrap_or("").to_string()));
+        placements.push((
+            primary["host"].as_str().unwrap_or("").to_string(),
+            follower["host"].as_str().unwrap_or("").to_string(),
+        ));
         let (id, on) = (primary["id"].as_str().unwrap_or("").to_string(), primary["host"].as_str().unwrap_or(""));
         let host = hosts.iter().position(|h| h.name == on).ok_or_else(|| anyhow::anyhow!("primary on {on:?}"))?;
         let port = hosts[host].port_of(&id).ok_or_else(|| anyhow::anyhow!("no port for {id}"))?;
         tokio::time::sleep(Duration::from_secs(1)).await; // steady load before the fault
         let fault_at = Instant::now();
-        let r = http.post(format!("{api}/v1/chaos")).json(&serde_json::json!({"host": on, "fault": chaos})).send().await?;
+        let r =
+            http.post(format!("{api}/v1/chaos")).json(&serde_json::json!({"host": on, "fault": chaos})).send().await?;
         anyhow::ensure!(r.status().as_u16() == 202, "chaos refused: {}", r.text().await?);
         let deadline = fault_at + Duration::from_secs(120);
         let mut moved_at = None;

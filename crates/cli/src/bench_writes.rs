@@ -40,7 +40,10 @@ impl Writer {
                     let sql = format!("INSERT INTO writes (n) VALUES ({next}) ON CONFLICT DO NOTHING");
                     let ok = match &client {
                         Some(c) => {
-                            matches!(tokio::time::timeout(Duration::from_secs(5), c.batch_execute(&sql)).await, Ok(Ok(())))
+                            matches!(
+                                tokio::time::timeout(Duration::from_secs(5), c.batch_execute(&sql)).await,
+                                Ok(Ok(()))
+                            )
                         }
                         None => false,
                     };

@@ -503,3 +503,87 @@ async fn host_chaos_is_one_action_of_its_agent_crash_kills_the_tree_and_hang_fre
     let _ = Command::new("kill").args(["-CONT", &p_pid.to_string()]).status();
     assert!(process_state(p_agent).is_some_and(|s| s != 'T'));
 }
+
+/// Issue 11, "done means": a drained host ends with no instance on it, with
+/// zero failed statements for the services moved. The primary's host is
+/// drained under a steady write load through the URL: the drain switches
+/// the primary over (planned: the router holds new statements, the
+/// follower on another host is promoted, the router follows it) and
+/// rebuilds the follower on the third host; every statement succeeds and
+/// every acknowledged row is there.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_drained_host_ends_empty_with_zero_failed_statements() {
+    use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+    use std::sync::Arc;
+    let fleet = Fleet::start("dr-drain").await;
+    fleet.create_sync_pair("dd").await;
+    let (primary, follower) = fleet.wait_pair("dd", "dd available on two hosts", Duration::from_secs(180)).await;
+    let (p_host, f_host) =
+        (primary["host"].as_str().unwrap().to_string(), follower["host"].as_str().unwrap().to_string());
+    let third = ["h1", "h2", "h3"].into_iter().find(|h| *h != p_host && *h != f_host).unwrap();
+    let url = fleet.service("dd").await.unwrap()["url"].as_str().expect("a URL").to_string();
+    let setup = wait_for(Duration::from_secs(30), "the URL answers", &fleet.serve, || {
+        let url = url.clone();
+        async move { url_client(&url).await }
+    })
+    .await;
+    setup.batch_execute("CREATE TABLE moved (n bigint PRIMARY KEY)").await.unwrap();
+
+    // One session through the router, as an application keeps it.
+    let (acked, failed, stop) =
+        (Arc::new(AtomicU64::new(0)), Arc::new(AtomicU64::new(0)), Arc::new(AtomicBool::new(false)));
+    let writer = {
+        let (acked, failed, stop, client) = (acked.clone(), failed.clone(), stop.clone(), setup);
+        tokio::spawn(async move {
+            let mut errors = Vec::new();
+            while !stop.load(Ordering::SeqCst) {
+                let n = acked.load(Ordering::SeqCst) + 1;
+                match client.batch_execute(&format!("INSERT INTO moved VALUES ({n})")).await {
+                    Ok(()) => {
+                        acked.store(n, Ordering::SeqCst);
+                    }
+                    Err(e) => {
+                        failed.fetch_add(1, Ordering::SeqCst);
+                        errors.push(e.to_string());
+                        tokio::time::sleep(Duration::from_millis(50)).await;
+                    }
+                }
+                tokio::time::sleep(Duration::from_millis(10)).await;
+            }
+            errors
+        })
+    };
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    let r = fleet.admin.post(format!("{}/v1/hosts/{p_host}/drain", fleet.api)).send().await.unwrap();
+    assert!(r.status().is_success(), "{}", r.text().await.unwrap_or_default());
+
+    let (new_primary, new_follower) =
+        wait_for(Duration::from_secs(240), "the drained host empty", &fleet.serve, || async {
+            let (_, hosts) = get(&fleet.admin, &format!("{}/v1/hosts", fleet.api)).await?;
+            let drained = hosts.as_array()?.iter().find(|h| h["name"] == p_host.as_str())?;
+            (drained["instances"] == 0 && drained["state"] == "draining").then_some(())?;
+            let s = fleet.service("dd").await?;
+            let members = s["instances"].as_array()?;
+            let p = members.iter().find(|i| i["writable"] == true && i["state"] == "available")?;
+            let f = members.iter().find(|i| i["role"] == "follower" && i["facts"]["upstream_streaming"] == true)?;
+            (s["state"] == "available" && members.len() == 2).then(|| (p.clone(), f.clone()))
+        })
+        .await;
+    assert_eq!(new_primary["host"], f_host.as_str(), "the follower on another host was promoted");
+    assert_eq!(new_follower["host"], third, "the new follower is on the third host");
+    // A little more load on the new primary, then stop.
+    let before = acked.load(Ordering::SeqCst);
+    wait_for(Duration::from_secs(30), "writes go on", &fleet.serve, || {
+        let acked = acked.clone();
+        async move { (acked.load(Ordering::SeqCst) > before + 10).then_some(()) }
+    })
+    .await;
+    stop.store(true, Ordering::SeqCst);
+    let errors = writer.await.unwrap();
+    assert_eq!(failed.load(Ordering::SeqCst), 0, "failed statements during the drain: {errors:?}\n{}", fleet.logs());
+    let count = url_client(&url).await.expect("the URL answers");
+    let rows = query_text(&count, "SELECT count(*) FROM moved").await;
+    let n = acked.load(Ordering::SeqCst);
+    assert!(n > 20, "too few writes to say anything: {n}");
+    assert_eq!(rows[0][0].as_deref(), Some(n.to_string().as_str()), "every acknowledged row is on the new primary");
+}

@@ -72,7 +72,9 @@ pub async fn probe(target: &Target) -> ActionOutcome {
         // A live server that refuses us still answered, unless it says it
         // cannot take connections (starting up, shutting down, recovering).
         Ok(Err(error))
-            if error.as_db_error().is_some_and(|e| *e.code() != tokio_postgres::error::SqlState::CANNOT_CONNECT_NOW) =>
+            if error
+                .as_db_error()
+                .is_some_and(|e| *e.code() != tokio_postgres::error::SqlState::CANNOT_CONNECT_NOW) =>
         {
             ActionOutcome::Succeeded {
                 detail: Some(format!(
@@ -82,7 +84,10 @@ pub async fn probe(target: &Target) -> ActionOutcome {
             }
         }
         Ok(Err(error)) => ActionOutcome::Failed {
-            error: format!("no answer over the network at {target:?}: {}", drover_providers::local::postgres_error_text(&error)),
+            error: format!(
+                "no answer over the network at {target:?}: {}",
+                drover_providers::local::postgres_error_text(&error)
+            ),
             retryable: false,
         },
         Err(_) => ActionOutcome::Failed {
@@ -95,7 +100,12 @@ pub async fn probe(target: &Target) -> ActionOutcome {
 /// Resolves, with why, once the primary `instance` of silent `host` has
 /// surely stopped taking writes without its agent's answer; never while
 /// the agent is heard.
-pub async fn fenced_by_silence(agents: AgentChannel, host: String, instance: InstanceId, address: Option<String>) -> String {
+pub async fn fenced_by_silence(
+    agents: AgentChannel,
+    host: String,
+    instance: InstanceId,
+    address: Option<String>,
+) -> String {
     loop {
         if let Some(silence) = agents.silence(&host) {
             if silence.past_lease() {

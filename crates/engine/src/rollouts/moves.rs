@@ -167,8 +167,7 @@ impl Engine {
             return Step::Acted;
         }
         if let Some(&old) = old_read_replicas.first() {
-            let cause =
-                format!("{label}: retire an old read replica, rebuilt in its slot {from_new}");
+            let cause = format!("{label}: retire an old read replica, rebuilt in its slot {from_new}");
             self.open_action(old, ActionKind::Retire, &cause, true, now, out);
             return Step::Acted;
         }

@@ -121,14 +121,16 @@ impl Engine {
             let service = r.members[k].service;
             let sslot = self.slot_of(service, r.members[k].slot);
             let changed = match phase {
-                MemberPhase::Moving => match self.step_move(sslot, moves::Goal::Image(r.target), r.members[k].started_at, now, out) {
-                    Step::Wait | Step::Acted => None,
-                    Step::Moved => {
-                        r.members[k].moved_at = now;
-                        Some((MemberPhase::Soaking, None))
+                MemberPhase::Moving => {
+                    match self.step_move(sslot, moves::Goal::Image(r.target), r.members[k].started_at, now, out) {
+                        Step::Wait | Step::Acted => None,
+                        Step::Moved => {
+                            r.members[k].moved_at = now;
+                            Some((MemberPhase::Soaking, None))
+                        }
+                        Step::Failed(why) => Some((MemberPhase::Failed, Some(why))),
                     }
-                    Step::Failed(why) => Some((MemberPhase::Failed, Some(why))),
-                },
+                }
                 MemberPhase::Soaking => {
                     let m = &r.members[k];
                     match self.service_health(sslot) {
