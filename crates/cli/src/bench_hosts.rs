@@ -204,8 +204,10 @@ async fn run(api: &str, root: &Path, hosts: &mut [Host], chaos: &str, fault: &st
             tokio::time::sleep(Duration::from_millis(50)).await;
         }
         let writable_after = writer.writable_after(fault_at);
+        let moved = moved_at.map_or(0.0, |at| at.duration_since(fault_at).as_secs_f64());
         println!(
-            "run {run}: host {on} {what}, primary {id} → writable through the same URL in {:.2}s",
+            "run {run}: host {on} {what}, primary {id} → writable through the same URL in {:.2}s \
+             (another primary shown by the API after {moved:.2}s)",
             writable_after.as_secs_f64()
         );
         seconds.push(writable_after.as_secs_f64());
