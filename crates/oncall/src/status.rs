@@ -203,6 +203,10 @@ pub struct Incident {
     pub commander: Option<String>,
     /// The page it was declared from.
     pub page: Option<PageId>,
+    /// The page that called the incident commander to it (on the pager,
+    /// acknowledged like any page; resolved with the incident).
+    #[serde(default)]
+    pub commander_page: Option<PageId>,
     pub created_at: Timestamp,
     pub resolved_at: Option<Timestamp>,
     /// Oldest first; the first is the declaration's own.
@@ -242,6 +246,7 @@ impl Incident {
             declared_by: declared_by.clone(),
             commander,
             page,
+            commander_page: None,
             created_at: now,
             resolved_at: None,
             updates: vec![IncidentUpdate {

@@ -391,6 +391,15 @@ fn check_text(what: &str, text: &str, max: usize) -> Result<(), ApiError> {
     Ok(())
 }
 
+/// How urgent the commander's page is, from the incident's severity.
+fn pager_severity(s: IncidentSeverity) -> drover_oncall::Severity {
+    match s {
+        IncidentSeverity::Critical => drover_oncall::Severity::Critical,
+        IncidentSeverity::Major => drover_oncall::Severity::Error,
+        IncidentSeverity::Minor => drover_oncall::Severity::Warning,
+    }
+}
+
 /// Publishes an update where people look: the company-wide feed and the
 /// teams' chat (the feed's channels).
 async fn publish(ready: &Ready, incident: &Incident, text: String) {
@@ -405,7 +414,9 @@ async fn publish(ready: &Ready, incident: &Incident, text: String) {
 }
 
 /// Declares an incident: `investigating`, its commander the one on call in
-/// the company-wide incident-commander schedule, its first update published.
+/// the company-wide incident-commander schedule, paged (a page straight to
+/// that schedule, in `GET /v1/pages`, acknowledged like any page; its id is
+/// `commander_page`), its first update published.
 #[utoipa::path(post, path = "/v1/incidents", tag = "status", request_body = DeclareIncident,
     responses((status = 201, description = "The incident", body = Incident),
         (status = 400, body = crate::error::ErrorBody),
@@ -431,11 +442,13 @@ pub(crate) async fn declare(
             components.push(known.to_string());
         }
     }
+    let mut from_page = None;
     if let Some(page) = body.page {
         let store = ready.oncall.store.clone();
         let found = blocking(move || store.page(page)).await?;
-        if !found.is_some_and(|p| caller.sees_team(Some(&p.team))) {
-            return Err(ApiError::not_found(format!("no page {page}")));
+        match found {
+            Some(p) if caller.sees_team(Some(&p.team)) => from_page = Some(p),
+            _ => return Err(ApiError::not_found(format!("no page {page}"))),
         }
     }
     let now = crate::actor::now();
@@ -454,6 +467,40 @@ pub(crate) async fn declare(
     let store = ready.oncall.store.clone();
     let stored = incident.clone();
     blocking(move || store.put_incident(&stored)).await?;
+    // The commander is paged, not only named: a page straight to the
+    // incident-commander schedule, in the team's pages (the declaring
+    // page's team, else the caller's, else the default team). Stored
+    // first, so a crash between the two leaves an incident without its
+    // page, never a page about an incident that does not exist; its key
+    // names the incident, so a repeat is one page.
+    let team = match &from_page {
+        Some(p) => Some(p.team.clone()),
+        None => caller.team.clone(),
+    };
+    let alert = drover_oncall::Alert::incident_commander(
+        &incident.id.to_string(),
+        &incident.title,
+        pager_severity(incident.severity),
+        team,
+        &caller.name,
+    );
+    let mut incident = incident;
+    match ready.oncall.call(drover_oncall::Input::Alert(alert)).await {
+        Ok(drover_oncall::Reply::Alert(outcome)) if outcome.page.is_some() => {
+            let (store, id, page) = (ready.oncall.store.clone(), incident.id, outcome.page);
+            if let Some((updated, _)) = blocking(move || {
+                store.update_incident(id, |i| {
+                    i.commander_page = page;
+                })
+            })
+            .await?
+            {
+                incident = updated;
+            }
+        }
+        Ok(_) => tracing::error!(incident = %incident.id, "the pager opened no page for the incident commander"),
+        Err(e) => tracing::error!(incident = %incident.id, error = %e.message, "cannot page the incident commander"),
+    }
     forget_page(ready);
     let who = incident.commander.as_deref().unwrap_or("nobody on call");
     publish(
@@ -496,6 +543,18 @@ pub(crate) async fn post_update(
         Err(e) => return Err(ApiError::bad_request(e.to_string())),
     }
     forget_page(ready);
+    // A resolved incident needs no commander any more: its page resolves
+    // too (already resolved or acknowledged and resolved by hand: nothing).
+    if status == IncidentStatus::Resolved {
+        if let Some(page) = incident.commander_page {
+            let by = caller.name.clone();
+            if let Err(e) = ready.oncall.call(drover_oncall::Input::Resolve { page, by }).await {
+                if e.status != StatusCode::NOT_FOUND {
+                    tracing::warn!(%page, error = %e.message, "cannot resolve the incident commander's page");
+                }
+            }
+        }
+    }
     publish(ready, &incident, format!("Incident {}: {} — {}", incident.title, status.label(), body.message)).await;
     Ok((StatusCode::CREATED, Json(incident)))
 }

@@ -165,6 +165,61 @@ async fn an_incident_and_its_updates_appear_on_the_status_page_and_in_its_feed()
     assert!(texts.iter().any(|p| p.contains("Space freed.")), "{texts:?}");
 }
 
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn declaring_an_incident_pages_the_incident_commander_through_the_pager() {
+    let t = common::start().await;
+    // A page from an integration, then an incident declared from it.
+    let key = t.integration_token("platform").await;
+    let (status, body) = t
+        .post_as(
+            None,
+            "/v1/integrations/events-v2",
+            json!({"routing_key": key, "event_action": "trigger", "dedup_key": "writes-failing",
+                   "payload": {"summary": "writes failing on orders", "source": "exporter", "severity": "critical"}}),
+        )
+        .await;
+    assert_eq!(status, 202, "{body}");
+    let (_, pages) = t.get("/v1/pages?status=open").await;
+    let from = pages[0]["id"].as_str().unwrap().to_string();
+    let (status, incident) = t
+        .post(
+            "/v1/incidents",
+            json!({"title": "Orders cannot write", "severity": "critical", "components": ["PostgreSQL"], "page": from}),
+        )
+        .await;
+    assert_eq!(status, 201, "{incident}");
+    let id = incident["id"].as_str().unwrap().to_string();
+    let commander_page = incident["commander_page"].as_str().expect("the commander's page id").to_string();
+    assert_ne!(commander_page, from);
+
+    // A real page, routed to the incident-commander schedule, in the pages everyone sees.
+    let (_, pages) = t.get("/v1/pages?status=open").await;
+    let page = pages.as_array().unwrap().iter().find(|p| p["id"] == commander_page.as_str()).expect("listed").clone();
+    assert_eq!(page["origin"], "incident", "{page}");
+    assert_eq!(page["level_name"], "incident_commander", "{page}");
+    assert_eq!(page["notified"], json!(["incident-commander"]), "the IC on call was notified: {page}");
+    assert_eq!(page["team"], "platform", "the declaring page's team: {page}");
+    assert_eq!(page["severity"], "critical");
+    assert!(page["summary"].as_str().unwrap().contains("Orders cannot write"), "{page}");
+    let (_, detail) = t.get(&format!("/v1/pages/{commander_page}")).await;
+    let notes = detail["notifications"].as_array().unwrap();
+    assert!(notes.iter().any(|n| n["recipient"]["name"] == "incident-commander" && n["reason"] == "page"), "{detail}");
+    // Acknowledged like any page.
+    let (status, acked) = t.post(&format!("/v1/pages/{commander_page}/ack"), json!({})).await;
+    assert_eq!(status, 200, "{acked}");
+    assert_eq!(acked["status"], "acknowledged");
+    // The incident resolved: the commander's page resolves with it.
+    let (status, _) =
+        t.post(&format!("/v1/incidents/{id}/updates"), json!({"status": "resolved", "message": "Writes flow."})).await;
+    assert_eq!(status, 201);
+    let (_, after) = t.get(&format!("/v1/pages/{commander_page}")).await;
+    assert_eq!(after["status"], "resolved", "{after}");
+    // An incident declared by hand pages the commander too (the default team).
+    let (_, by_hand) = t.post("/v1/incidents", json!({"title": "Slow dashboards", "severity": "minor"})).await;
+    let (_, page) = t.get(&format!("/v1/pages/{}", by_hand["commander_page"].as_str().unwrap())).await;
+    assert_eq!((page["status"].as_str(), page["severity"].as_str()), (Some("triggered"), Some("warning")), "{page}");
+}
+
 fn uuid_like() -> &'static str {
     "0190a3e4-0000-7000-8000-000000000000"
 }
