@@ -78,6 +78,8 @@ pub fn router(state: AppState) -> Router {
         .route("/v1/incidents/{id}", get(crate::status::show))
         .route("/v1/incidents/{id}/review", get(crate::status::review))
         .route("/v1/incidents/{id}/updates", post(crate::status::post_update))
+        .route("/v1/incidents/{id}/notes", post(crate::status::post_note))
+        .route("/v1/incidents/{id}/timeline", get(crate::status::timeline))
         .route("/v1/components", get(crate::lifecycle::list).post(crate::lifecycle::create))
         .route("/v1/components/{name}/stage", post(crate::lifecycle::move_stage))
         .route("/v1/components/{name}/attest", post(crate::lifecycle::attest))

@@ -117,6 +117,8 @@ pub const TABLE: &[Rule] = &[
     rule("GET", "/v1/incidents/{id}", Read, No),
     rule("GET", "/v1/incidents/{id}/review", Read, No),
     rule("POST", "/v1/incidents/{id}/updates", Operate, Here),
+    rule("POST", "/v1/incidents/{id}/notes", Operate, Here),
+    rule("GET", "/v1/incidents/{id}/timeline", Read, No),
     rule("GET", "/v1/components", Read, No),
     rule("POST", "/v1/components", Operate, Here),
     rule("POST", "/v1/components/{name}/stage", Operate, Here),
