@@ -61,7 +61,8 @@ fn escape(text: &str) -> String {
 pub(crate) fn chart(team: &str, weeks: &[WeekMetrics]) -> String {
     let (w, h, left, bottom, top) = (640.0f64, 260.0f64, 40.0f64, 36.0f64, 16.0f64);
     let plot = h - bottom - top;
-    let max = weeks.iter().map(|m| m.pages).max().unwrap_or(0).max(1) as f64;
+    // At least 2, so the middle grid line is a whole number of pages.
+    let max = weeks.iter().map(|m| m.pages).max().unwrap_or(0).max(2) as f64;
     let slot = (w - left - 8.0) / weeks.len().max(1) as f64;
     let bar = (slot * 0.6).max(2.0);
     let y = |v: f64| top + plot - v / max * plot;
