@@ -391,6 +391,67 @@ fn check_text(what: &str, text: &str, max: usize) -> Result<(), ApiError> {
     Ok(())
 }
 
+/// Pages the incident commander on call for `incident`: a page straight to
+/// the incident-commander schedule, in `team`'s pages (the default team
+/// when None), whose id is kept on the incident as `commander_page`. The
+/// incident is stored before this is asked, so a crash between the two
+/// leaves an incident without its page (paged at the next start, see
+/// [`at_start`]), never a page about an incident that does not exist; the
+/// alert's key names the incident, so asking twice is one page. A pager
+/// that does not answer is logged: the incident stands without its page.
+async fn page_the_commander(
+    ready: &Ready,
+    mut incident: Incident,
+    team: Option<String>,
+    by: &str,
+) -> Result<Incident, ApiError> {
+    let alert = drover_oncall::Alert::incident_commander(
+        &incident.id.to_string(),
+        &incident.title,
+        pager_severity(incident.severity),
+        team,
+        by,
+    );
+    match ready.oncall.call(drover_oncall::Input::Alert(alert)).await {
+        Ok(drover_oncall::Reply::Alert(outcome)) if outcome.page.is_some() => {
+            let (store, id, page) = (ready.oncall.store.clone(), incident.id, outcome.page);
+            if let Some((updated, _)) = blocking(move || {
+                store.update_incident(id, |i| {
+                    i.commander_page = page;
+                })
+            })
+            .await?
+            {
+                incident = updated;
+            }
+        }
+        Ok(_) => tracing::error!(incident = %incident.id, "the pager opened no page for the incident commander"),
+        Err(e) => tracing::error!(incident = %incident.id, error = %e.message, "cannot page the incident commander"),
+    }
+    Ok(incident)
+}
+
+/// At start-up: an open incident whose commander was never paged (the
+/// control plane stopped between storing it and paging) is paged now.
+pub(crate) async fn at_start(ready: &Ready) {
+    let since = Timestamp(crate::actor::now().0 - 90 * 86_400 * 1_000_000);
+    let store = ready.oncall.store.clone();
+    let open = match blocking(move || store.incidents(since, 1000)).await {
+        Ok(list) => list,
+        Err(e) => {
+            tracing::error!(error = %e.message, "cannot read the incidents to page their commanders");
+            return;
+        }
+    };
+    for incident in open.into_iter().filter(|i| i.resolved_at.is_none() && i.commander_page.is_none()) {
+        tracing::warn!(incident = %incident.id, "an open incident's commander was never paged; paging now");
+        let by = incident.declared_by.clone();
+        if let Err(e) = page_the_commander(ready, incident, None, &by).await {
+            tracing::error!(error = %e.message, "cannot page an incident's commander at start");
+        }
+    }
+}
+
 /// How urgent the commander's page is, from the incident's severity.
 fn pager_severity(s: IncidentSeverity) -> drover_oncall::Severity {
     match s {
@@ -467,40 +528,13 @@ pub(crate) async fn declare(
     let store = ready.oncall.store.clone();
     let stored = incident.clone();
     blocking(move || store.put_incident(&stored)).await?;
-    // The commander is paged, not only named: a page straight to the
-    // incident-commander schedule, in the team's pages (the declaring
-    // page's team, else the caller's, else the default team). Stored
-    // first, so a crash between the two leaves an incident without its
-    // page, never a page about an incident that does not exist; its key
-    // names the incident, so a repeat is one page.
+    // The commander is paged, not only named (see `page_the_commander`),
+    // in the declaring page's team, else the caller's, else the default.
     let team = match &from_page {
         Some(p) => Some(p.team.clone()),
         None => caller.team.clone(),
     };
-    let alert = drover_oncall::Alert::incident_commander(
-        &incident.id.to_string(),
-        &incident.title,
-        pager_severity(incident.severity),
-        team,
-        &caller.name,
-    );
-    let mut incident = incident;
-    match ready.oncall.call(drover_oncall::Input::Alert(alert)).await {
-        Ok(drover_oncall::Reply::Alert(outcome)) if outcome.page.is_some() => {
-            let (store, id, page) = (ready.oncall.store.clone(), incident.id, outcome.page);
-            if let Some((updated, _)) = blocking(move || {
-                store.update_incident(id, |i| {
-                    i.commander_page = page;
-                })
-            })
-            .await?
-            {
-                incident = updated;
-            }
-        }
-        Ok(_) => tracing::error!(incident = %incident.id, "the pager opened no page for the incident commander"),
-        Err(e) => tracing::error!(incident = %incident.id, error = %e.message, "cannot page the incident commander"),
-    }
+    let incident = page_the_commander(ready, incident, team, &caller.name).await?;
     forget_page(ready);
     let who = incident.commander.as_deref().unwrap_or("nobody on call");
     publish(

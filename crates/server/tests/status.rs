@@ -313,6 +313,42 @@ async fn an_incident_timeline_gathers_its_pages_the_engines_events_and_actions_a
     }
 }
 
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_open_incident_whose_commander_was_never_paged_is_paged_at_the_next_start() {
+    // What a kill -9 between storing an incident and paging leaves behind.
+    let dir = tempfile::tempdir().unwrap();
+    let now = drover_model::Timestamp(jiff::Timestamp::now().as_microsecond());
+    let store = drover_store::oncall::OncallStore::open(&dir.path().join("oncall.db")).unwrap();
+    let stranded = drover_oncall::status::Incident::declare(
+        drover_model::IncidentId(uuid::Uuid::now_v7()),
+        "Stranded before its page".into(),
+        drover_oncall::status::IncidentSeverity::Critical,
+        vec!["PostgreSQL".into()],
+        None,
+        "alice".into(),
+        Some("incident-commander".into()),
+        None,
+        now,
+    );
+    store.put_incident(&stranded).unwrap();
+    drop(store);
+    let mut t = common::start_in(dir, |_| {}).await;
+    let (_, incident) = t.get(&format!("/v1/incidents/{}", stranded.id)).await;
+    let page = incident["commander_page"].as_str().expect("paged at start").to_string();
+    let (_, page) = t.get(&format!("/v1/pages/{page}")).await;
+    assert_eq!((page["origin"].as_str(), page["status"].as_str()), (Some("incident"), Some("triggered")), "{page}");
+    assert_eq!(page["notified"], json!(["incident-commander"]), "{page}");
+    // A second start finds it paged: no second page.
+    let dir = {
+        t.stop().await;
+        t.dir
+    };
+    let t = common::start_in(dir, |_| {}).await;
+    let (_, pages) = t.get("/v1/pages").await;
+    let commander_pages = pages.as_array().unwrap().iter().filter(|p| p["origin"] == "incident").count();
+    assert_eq!(commander_pages, 1, "{pages}");
+}
+
 fn uuid_like() -> &'static str {
     "0190a3e4-0000-7000-8000-000000000000"
 }
