@@ -30,5 +30,5 @@ pub mod status;
 pub use config::{ChannelKind, Config, ConfigError, Contact, Target, Team};
 pub use pager::{
     Alert, AlertAction, AlertOutcome, Announcement, FeedPost, Input, Notification, NotificationId, NotifyReason,
-    Outputs, Page, PageId, PageStatus, Pager, PagerError, Recipient, Reply, Severity, Transition,
+    Outputs, Page, PageId, PageStatus, Pager, PagerError, Recipient, Reply, Severity, Transition, INCIDENT_ORIGIN,
 };

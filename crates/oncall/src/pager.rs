@@ -98,6 +98,35 @@ impl Alert {
     pub fn resolve(dedup_key: impl Into<String>) -> Alert {
         Alert::trigger(dedup_key, "").with_action(AlertAction::Resolve)
     }
+    /// The alert that pages the incident commander on call to a declared
+    /// incident: straight to the company-wide incident-commander schedule
+    /// (no bot tier, no team level first), repeated until acknowledged,
+    /// one page per incident (its key names the incident).
+    pub fn incident_commander(
+        incident: &str,
+        title: &str,
+        severity: Severity,
+        team: Option<String>,
+        declared_by: &str,
+    ) -> Alert {
+        Alert {
+            dedup_key: format!("incident/{incident}/commander"),
+            action: AlertAction::Trigger,
+            summary: truncate(
+                format!("Incident declared by {declared_by}: {title} (you are the incident commander)"),
+                MAX_SUMMARY,
+            ),
+            source: format!("incident {incident}"),
+            severity,
+            team,
+            service: None,
+            component: None,
+            group: None,
+            class: Some("incident_commander".into()),
+            origin: INCIDENT_ORIGIN.into(),
+            details: serde_json::json!({ "incident": incident }),
+        }
+    }
     /// Nothing automatic runs for what this alert reports (`details.needs_person`:
     /// the engine stopped its remedies, or paused them under the brake), so the
     /// bot tier has nothing to wait for: its page starts at the first person.
@@ -167,7 +196,14 @@ pub struct Page {
     pub details: serde_json::Value,
 }
 
+/// The origin of the page that calls the incident commander to an incident.
+pub const INCIDENT_ORIGIN: &str = "incident";
+
 impl Page {
+    /// This page calls the incident commander to a declared incident.
+    pub fn for_commander(&self) -> bool {
+        self.origin == INCIDENT_ORIGIN
+    }
     pub fn is_open(&self) -> bool {
         self.status != PageStatus::Resolved
     }
@@ -794,7 +830,12 @@ impl Pager {
                 page.source
             ),
         });
+        let commander = page.for_commander();
         self.pages.insert(id, page);
+        if commander {
+            self.page_commander(id, false, now, out);
+            return id;
+        }
         let cause = if first_step > 0 { "opened; nothing automatic runs for it: no bot tier" } else { "opened" };
         self.enter_step(id, first_step, cause, now, out);
         id
@@ -899,6 +940,57 @@ impl Pager {
             out.pages.push(self.pages[&id].clone());
             return;
         }
+    }
+
+    /// Pages (or, `repeat`, pages again) the incident commander on call for
+    /// an incident's page. The page sits at the team's incident-commander
+    /// step (its last step when it has none) and is repeated after that
+    /// step's timeout until someone acknowledges it; with nobody on call
+    /// the feed says so and the next try is at the same timeout.
+    fn page_commander(&mut self, id: PageId, repeat: bool, now: Timestamp, out: &mut Outputs) {
+        let Some(page) = self.pages.get(&id) else { return };
+        let Some(team) = self.config.team(&page.team).or_else(|| self.config.team(&self.config.default_team)).cloned()
+        else {
+            return;
+        };
+        let step = team.escalation.iter().position(|s| matches!(s.target, Target::IncidentCommander));
+        let level = step.unwrap_or(team.escalation.len().saturating_sub(1));
+        let wait = step.map_or(crate::config::DEFAULT_LEVEL_WAIT, |i| team.escalation[i].timeout);
+        let (summary, waited) = (page.summary.clone(), human(now.since(page.opened_at)));
+        let (recipient, skipped) = self.recipient(&team, &Target::IncidentCommander, now);
+        if let Some(p) = self.pages.get_mut(&id) {
+            p.level = level as u32;
+            p.level_name = Target::IncidentCommander.label();
+        }
+        let team_name = team.name.clone();
+        match recipient {
+            Some(r) => {
+                let name = r.label();
+                let (reason, text, post) = if repeat {
+                    (
+                        NotifyReason::Repeat,
+                        format!("STILL UNACKNOWLEDGED after {waited}: page {id} (incident commander): {summary}"),
+                        format!("[{team_name}] page {id} still unacknowledged by the incident commander after {waited}; {name} paged again"),
+                    )
+                } else {
+                    (
+                        NotifyReason::Page,
+                        format!("Page {id} (incident commander): {summary}"),
+                        format!("[{team_name}] page {id}: incident commander {name} paged: {summary}"),
+                    )
+                };
+                self.notify(id, r, reason, text, now, out);
+                out.feed.push(FeedPost { at: now, page: Some(id), team: Some(team_name), text: post });
+            }
+            None => out.feed.push(FeedPost {
+                at: now,
+                page: Some(id),
+                team: Some(team_name),
+                text: format!("[{}] page {id}: {skipped}; trying again in {}", team.name, human(wait)),
+            }),
+        }
+        self.set_timer(id, Some(now.plus(wait)));
+        out.pages.push(self.pages[&id].clone());
     }
 
     /// Who a target means now; `None` with the reason when nobody.
@@ -1070,6 +1162,7 @@ impl Pager {
                 continue;
             }
             match page.status {
+                PageStatus::Triggered if page.for_commander() => self.page_commander(id, true, now, out),
                 PageStatus::Triggered => {
                     let steps = team.escalation.len();
                     let index = page.level as usize;

@@ -203,10 +203,29 @@ pub struct Incident {
     pub commander: Option<String>,
     /// The page it was declared from.
     pub page: Option<PageId>,
+    /// The page that called the incident commander to it (on the pager,
+    /// acknowledged like any page; resolved with the incident).
+    #[serde(default)]
+    pub commander_page: Option<PageId>,
     pub created_at: Timestamp,
     pub resolved_at: Option<Timestamp>,
     /// Oldest first; the first is the declaration's own.
     pub updates: Vec<IncidentUpdate>,
+    /// What the responders noted while they worked, oldest first: on the
+    /// timeline and in the review, never on the public status site.
+    #[serde(default)]
+    pub notes: Vec<IncidentNote>,
+}
+
+/// A responder's note on an incident's timeline (internal, not published).
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize, utoipa::ToSchema)]
+pub struct IncidentNote {
+    /// 1, 2, … within its incident.
+    pub seq: u32,
+    pub at: Timestamp,
+    pub message: String,
+    /// Who wrote it (the token's name).
+    pub by: String,
 }
 
 #[derive(Debug, PartialEq, Eq, thiserror::Error)]
@@ -242,6 +261,7 @@ impl Incident {
             declared_by: declared_by.clone(),
             commander,
             page,
+            commander_page: None,
             created_at: now,
             resolved_at: None,
             updates: vec![IncidentUpdate {
@@ -251,7 +271,20 @@ impl Incident {
                 message,
                 by: declared_by,
             }],
+            notes: Vec::new(),
         }
+    }
+
+    /// Adds a note, also after the incident resolved (the review is
+    /// written then).
+    pub fn note(&mut self, message: String, by: String, now: Timestamp) -> Result<&IncidentNote, IncidentError> {
+        if message.trim().is_empty() {
+            return Err(IncidentError::EmptyMessage);
+        }
+        let seq = self.notes.last().map_or(1, |n| n.seq + 1);
+        let at = self.notes.last().map_or(now, |n| n.at.max(now));
+        self.notes.push(IncidentNote { seq, at, message, by });
+        Ok(self.notes.last().expect("just pushed"))
     }
 
     /// Posts an update: any open status may follow any other (people
@@ -282,34 +315,119 @@ impl Incident {
 }
 
 /// One line of an incident's timeline.
-#[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord)]
+#[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct TimelineEntry {
     pub at: Timestamp,
-    /// `update`, `page`.
-    pub source: &'static str,
+    /// `update` (published), `note` (a responder's), `page` (a page's
+    /// transition), `event` (the engine's event log), `action` (an engine
+    /// action: a remedy, a rollout's step).
+    pub source: String,
     pub text: String,
+    /// The service it concerns, if one.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub service: Option<String>,
+    /// The page it concerns, if one.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub page: Option<PageId>,
 }
 
-/// The post-incident review, as Markdown, filled with what Drover knows:
-/// the facts, the timeline (the incident's updates and the transitions of
-/// the page it was declared from, in time order), and the sections people
-/// write (impact, what went well, what to improve, action items).
-pub fn review(incident: &Incident, page: &[crate::Transition]) -> String {
-    let mut timeline: Vec<TimelineEntry> = incident
+/// What an incident's timeline is gathered from besides the incident
+/// itself: the related pages with their transitions, and the engine's
+/// events and actions of the related services within the window.
+#[derive(Clone, Debug, Default)]
+pub struct Related {
+    pub pages: Vec<(crate::Page, Vec<crate::Transition>)>,
+    pub events: Vec<drover_model::Event>,
+    pub actions: Vec<drover_model::ActionRecord>,
+}
+
+/// An action's kind as the API names it (`promote`, `provision`, …).
+fn action_name(a: &drover_model::ActionRecord) -> String {
+    serde_json::to_value(&a.kind)
+        .ok()
+        .and_then(|v| v.get("kind").and_then(|k| k.as_str()).map(str::to_string))
+        .unwrap_or_else(|| "action".into())
+}
+
+/// The incident's timeline, in time order: its updates and notes, the
+/// transitions of its related pages, the engine's events and actions.
+pub fn timeline(incident: &Incident, related: &Related) -> Vec<TimelineEntry> {
+    let mut out: Vec<TimelineEntry> = incident
         .updates
         .iter()
         .map(|u| TimelineEntry {
             at: u.at,
-            source: "update",
+            source: "update".into(),
             text: format!("{} ({}): {}", u.status.label(), u.by, u.message),
+            service: None,
+            page: None,
         })
         .collect();
-    timeline.extend(page.iter().map(|t| TimelineEntry {
-        at: t.at,
-        source: "page",
-        text: format!("page {} → {} by {}: {}", t.from, t.to, t.by, t.cause),
+    out.extend(incident.notes.iter().map(|n| TimelineEntry {
+        at: n.at,
+        source: "note".into(),
+        text: format!("{}: {}", n.by, n.message),
+        service: None,
+        page: None,
     }));
-    timeline.sort();
+    for (page, transitions) in &related.pages {
+        let what = if page.for_commander() {
+            "incident commander's page".to_string()
+        } else if incident.page == Some(page.id) {
+            format!("page (declared from) \"{}\"", page.summary)
+        } else {
+            format!("page \"{}\"", page.summary)
+        };
+        out.extend(transitions.iter().map(|t| TimelineEntry {
+            at: t.at,
+            source: "page".into(),
+            text: format!("{what} {} → {} by {}: {}", t.from, t.to, t.by, t.cause),
+            service: page.service.clone(),
+            page: Some(page.id),
+        }));
+    }
+    out.extend(related.events.iter().map(|e| {
+        let subject = format!("{:?}", e.subject).to_lowercase();
+        let change = match (&e.from, &e.to) {
+            (Some(f), Some(t)) => format!("{subject} {f} → {t}"),
+            (None, Some(t)) => format!("{subject} → {t}"),
+            _ => subject,
+        };
+        let who = e.service.as_deref().unwrap_or("fleet");
+        TimelineEntry {
+            at: e.at,
+            source: "event".into(),
+            text: format!("{who}: {change}: {}", e.cause),
+            service: e.service.clone(),
+            page: None,
+        }
+    }));
+    out.extend(related.actions.iter().map(|a| {
+        let state = serde_json::to_value(a.state).ok().and_then(|v| v.as_str().map(str::to_string)).unwrap_or_default();
+        let error = a.error.as_deref().map(|e| format!(" ({e})")).unwrap_or_default();
+        TimelineEntry {
+            at: a.created_at,
+            source: "action".into(),
+            text: format!(
+                "{} on instance {}: {state} after {} attempt(s){error}; cause: {}",
+                action_name(a),
+                a.instance,
+                a.attempts,
+                a.cause
+            ),
+            service: None,
+            page: None,
+        }
+    }));
+    out.sort_by(|a, b| a.at.cmp(&b.at).then_with(|| a.source.cmp(&b.source)).then_with(|| a.text.cmp(&b.text)));
+    out
+}
+
+/// The post-incident review, as Markdown, filled with what Drover knows:
+/// the facts, the timeline (see [`timeline`]), and the sections people
+/// write (impact, what went well, what to improve, action items).
+pub fn review(incident: &Incident, related: &Related) -> String {
+    let timeline = timeline(incident, related);
     let duration = incident.resolved_at.map(|r| {
         let secs = r.since(incident.created_at).as_secs();
         format!("{}h {:02}m", secs / 3600, (secs % 3600) / 60)
@@ -455,7 +573,18 @@ mod tests {
             by: "engine".into(),
             cause: "brake engaged in zone-b".into(),
         }];
-        let md = review(&i, &transitions);
+        let page_record: crate::Page = serde_json::from_value(serde_json::json!({
+            "id": page, "dedup_key": "brake", "summary": "brake engaged", "source": "engine", "severity": "critical",
+            "team": "db", "service": null, "class": null, "origin": "engine", "status": "triggered", "level": 0,
+            "level_name": "bot", "opened_at": now, "acknowledged_at": null, "acknowledged_by": null,
+            "resolved_at": null, "resolved_by": null, "alert_keys": [], "open_alerts": [], "alerts": 1,
+            "notified": [], "flapping": false, "flaps": 0, "business_hours": false, "next_at": null,
+            "renotified": 0, "details": null
+        }))
+        .unwrap();
+        i.note("Zone b's switch is down.".into(), "carol".into(), Timestamp(now.0 + 2_000_000)).unwrap();
+        let md = review(&i, &Related { pages: vec![(page_record, transitions)], ..Default::default() });
+        assert!(md.contains("[note] carol: Zone b's switch is down."), "{md}");
         assert!(md.starts_with("# Post-incident review: Zone b lost"), "{md}");
         assert!(md.contains("after 1h 01m") && md.contains("ic-bob"), "{md}");
         let (page_at, declared_at, resolved_at) =

@@ -497,3 +497,41 @@ fn an_announcement_goes_to_the_team_chat_and_the_feed_and_opens_no_page() {
     assert_eq!((out.feed.len(), out.feed[0].team.as_deref()), (1, Some("db")));
     assert!(p.next_deadline().is_none(), "nothing to escalate");
 }
+
+#[test]
+fn a_declared_incident_pages_the_incident_commander_at_once_and_again_until_acknowledged() {
+    let mut p = pager();
+    let now = day();
+    let alert = Alert::incident_commander(
+        "0190a3e4-0000-7000-8000-000000000001",
+        "Zone b lost",
+        drover_oncall::Severity::Critical,
+        Some("db".into()),
+        "alice",
+    );
+    let out = p.step(Input::Alert(alert.clone()), now);
+    let id = match out.reply.as_ref().unwrap().as_ref().unwrap() {
+        drover_oncall::Reply::Alert(o) => o.page.unwrap(),
+        other => panic!("unexpected reply {other:?}"),
+    };
+    // Straight to the commander: no bot tier, no team level, in business hours too.
+    assert_eq!(people(&out), vec!["dave".to_string()]);
+    assert_eq!(out.notifications[0].reason, NotifyReason::Page);
+    let page = out.pages.last().unwrap();
+    assert!(page.for_commander());
+    assert_eq!((page.level, page.level_name.as_str(), page.status), (4, "incident_commander", PageStatus::Triggered));
+    assert_eq!(page.notified, vec!["dave".to_string()]);
+    assert!(out.feed.iter().any(|f| f.text.contains("incident commander dave paged")), "{:?}", out.feed);
+    // Declaring it twice (a retried request) is one page.
+    let again = p.step(Input::Alert(alert), now);
+    assert!(people(&again).is_empty());
+    // Unacknowledged: the commander again, never the team's people.
+    assert!(people(&tick(&mut p, now.plus(mins(14)))).is_empty());
+    let repeat = tick(&mut p, now.plus(mins(15)));
+    assert_eq!(people(&repeat), vec!["dave".to_string()]);
+    assert_eq!(repeat.notifications[0].reason, NotifyReason::Repeat);
+    // Acknowledged like any page: no more repeats until the re-notification.
+    let ack = p.step(Input::Acknowledge { page: id, by: "dave".into() }, now.plus(mins(16)));
+    assert_eq!(ack.pages.last().unwrap().status, PageStatus::Acknowledged);
+    assert!(people(&tick(&mut p, now.plus(mins(40)))).is_empty());
+}

@@ -503,6 +503,7 @@ async fn start_up(
     status::spawn_sampler(state.ready.clone(), stop_for_status);
     if let Some(ready) = state.ready.get() {
         runbooks::at_start(ready).await.context("cannot apply the freezes of automation made by hand")?;
+        status::at_start(ready).await;
     }
     Ok(actor_task)
 }

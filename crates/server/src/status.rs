@@ -21,7 +21,7 @@ use axum::response::{IntoResponse, Response};
 use drover_model::{EngineKind, IncidentId, PageId, Timestamp};
 use drover_oncall::status::{
     component_state, uptime_over, ComponentState, Incident, IncidentError, IncidentSeverity, IncidentStatus,
-    Thresholds, UptimeDay,
+    Thresholds, TimelineEntry, UptimeDay,
 };
 use drover_oncall::FeedPost;
 use serde::Deserialize;
@@ -391,6 +391,76 @@ fn check_text(what: &str, text: &str, max: usize) -> Result<(), ApiError> {
     Ok(())
 }
 
+/// Pages the incident commander on call for `incident`: a page straight to
+/// the incident-commander schedule, in `team`'s pages (the default team
+/// when None), whose id is kept on the incident as `commander_page`. The
+/// incident is stored before this is asked, so a crash between the two
+/// leaves an incident without its page (paged at the next start, see
+/// [`at_start`]), never a page about an incident that does not exist; the
+/// alert's key names the incident, so asking twice is one page. A pager
+/// that does not answer is logged: the incident stands without its page.
+async fn page_the_commander(
+    ready: &Ready,
+    mut incident: Incident,
+    team: Option<String>,
+    by: &str,
+) -> Result<Incident, ApiError> {
+    let alert = drover_oncall::Alert::incident_commander(
+        &incident.id.to_string(),
+        &incident.title,
+        pager_severity(incident.severity),
+        team,
+        by,
+    );
+    match ready.oncall.call(drover_oncall::Input::Alert(alert)).await {
+        Ok(drover_oncall::Reply::Alert(outcome)) if outcome.page.is_some() => {
+            let (store, id, page) = (ready.oncall.store.clone(), incident.id, outcome.page);
+            if let Some((updated, _)) = blocking(move || {
+                store.update_incident(id, |i| {
+                    i.commander_page = page;
+                })
+            })
+            .await?
+            {
+                incident = updated;
+            }
+        }
+        Ok(_) => tracing::error!(incident = %incident.id, "the pager opened no page for the incident commander"),
+        Err(e) => tracing::error!(incident = %incident.id, error = %e.message, "cannot page the incident commander"),
+    }
+    Ok(incident)
+}
+
+/// At start-up: an open incident whose commander was never paged (the
+/// control plane stopped between storing it and paging) is paged now.
+pub(crate) async fn at_start(ready: &Ready) {
+    let since = Timestamp(crate::actor::now().0 - 90 * 86_400 * 1_000_000);
+    let store = ready.oncall.store.clone();
+    let open = match blocking(move || store.incidents(since, 1000)).await {
+        Ok(list) => list,
+        Err(e) => {
+            tracing::error!(error = %e.message, "cannot read the incidents to page their commanders");
+            return;
+        }
+    };
+    for incident in open.into_iter().filter(|i| i.resolved_at.is_none() && i.commander_page.is_none()) {
+        tracing::warn!(incident = %incident.id, "an open incident's commander was never paged; paging now");
+        let by = incident.declared_by.clone();
+        if let Err(e) = page_the_commander(ready, incident, None, &by).await {
+            tracing::error!(error = %e.message, "cannot page an incident's commander at start");
+        }
+    }
+}
+
+/// How urgent the commander's page is, from the incident's severity.
+fn pager_severity(s: IncidentSeverity) -> drover_oncall::Severity {
+    match s {
+        IncidentSeverity::Critical => drover_oncall::Severity::Critical,
+        IncidentSeverity::Major => drover_oncall::Severity::Error,
+        IncidentSeverity::Minor => drover_oncall::Severity::Warning,
+    }
+}
+
 /// Publishes an update where people look: the company-wide feed and the
 /// teams' chat (the feed's channels).
 async fn publish(ready: &Ready, incident: &Incident, text: String) {
@@ -405,7 +475,9 @@ async fn publish(ready: &Ready, incident: &Incident, text: String) {
 }
 
 /// Declares an incident: `investigating`, its commander the one on call in
-/// the company-wide incident-commander schedule, its first update published.
+/// the company-wide incident-commander schedule, paged (a page straight to
+/// that schedule, in `GET /v1/pages`, acknowledged like any page; its id is
+/// `commander_page`), its first update published.
 #[utoipa::path(post, path = "/v1/incidents", tag = "status", request_body = DeclareIncident,
     responses((status = 201, description = "The incident", body = Incident),
         (status = 400, body = crate::error::ErrorBody),
@@ -431,11 +503,13 @@ pub(crate) async fn declare(
             components.push(known.to_string());
         }
     }
+    let mut from_page = None;
     if let Some(page) = body.page {
         let store = ready.oncall.store.clone();
         let found = blocking(move || store.page(page)).await?;
-        if !found.is_some_and(|p| caller.sees_team(Some(&p.team))) {
-            return Err(ApiError::not_found(format!("no page {page}")));
+        match found {
+            Some(p) if caller.sees_team(Some(&p.team)) => from_page = Some(p),
+            _ => return Err(ApiError::not_found(format!("no page {page}"))),
         }
     }
     let now = crate::actor::now();
@@ -454,6 +528,13 @@ pub(crate) async fn declare(
     let store = ready.oncall.store.clone();
     let stored = incident.clone();
     blocking(move || store.put_incident(&stored)).await?;
+    // The commander is paged, not only named (see `page_the_commander`),
+    // in the declaring page's team, else the caller's, else the default.
+    let team = match &from_page {
+        Some(p) => Some(p.team.clone()),
+        None => caller.team.clone(),
+    };
+    let incident = page_the_commander(ready, incident, team, &caller.name).await?;
     forget_page(ready);
     let who = incident.commander.as_deref().unwrap_or("nobody on call");
     publish(
@@ -496,6 +577,18 @@ pub(crate) async fn post_update(
         Err(e) => return Err(ApiError::bad_request(e.to_string())),
     }
     forget_page(ready);
+    // A resolved incident needs no commander any more: its page resolves
+    // too (already resolved or acknowledged and resolved by hand: nothing).
+    if status == IncidentStatus::Resolved {
+        if let Some(page) = incident.commander_page {
+            let by = caller.name.clone();
+            if let Err(e) = ready.oncall.call(drover_oncall::Input::Resolve { page, by }).await {
+                if e.status != StatusCode::NOT_FOUND {
+                    tracing::warn!(%page, error = %e.message, "cannot resolve the incident commander's page");
+                }
+            }
+        }
+    }
     publish(ready, &incident, format!("Incident {}: {} — {}", incident.title, status.label(), body.message)).await;
     Ok((StatusCode::CREATED, Json(incident)))
 }
@@ -530,29 +623,210 @@ pub(crate) async fn show(State(state): State<AppState>, Path(id): Path<String>) 
         .ok_or_else(|| ApiError::not_found(format!("no incident {id}")))
 }
 
+/// The timeline reaches back this far before the declaration: the trouble
+/// that led to it (a page, a failover) began before anyone declared.
+const TIMELINE_LEAD_IN: Duration = Duration::from_secs(30 * 60);
+/// At most this many services' events and actions on one timeline.
+const TIMELINE_SERVICES: usize = 20;
+/// At most this many engine events and actions per service.
+const TIMELINE_PER_SERVICE: usize = 500;
+
+/// Everything an incident's timeline gathers besides the incident: the
+/// page it was declared from and its commander's page; the pages opened
+/// in its window (from `TIMELINE_LEAD_IN` before it until it resolved)
+/// of the declaring page's service or of services of the components it
+/// names; and the engine's events and actions of those services in that
+/// window. What the caller may not see (another team's) is left out.
+pub(crate) async fn related(
+    ready: &Ready,
+    caller: &crate::auth::Identity,
+    incident: &Incident,
+) -> Result<drover_oncall::status::Related, ApiError> {
+    use drover_oncall::status::Related;
+    let now = crate::actor::now();
+    let start = Timestamp(incident.created_at.0 - TIMELINE_LEAD_IN.as_micros() as i64);
+    let end = incident.resolved_at.unwrap_or(now).max(incident.created_at);
+    let in_window = move |t: Timestamp| t >= start && t <= end;
+    let store = ready.oncall.store.clone();
+    let own: Vec<PageId> = incident.page.iter().chain(incident.commander_page.iter()).copied().collect();
+    let (mut candidates, own_pages) = blocking(move || {
+        let opened = store.pages_opened_since(start)?;
+        let mut mine = Vec::new();
+        for id in own {
+            if let Some(p) = store.page(id)? {
+                mine.push(p);
+            }
+        }
+        Ok((opened, mine))
+    })
+    .await?;
+    candidates.retain(|p| p.opened_at <= end && !own_pages.iter().any(|o| o.id == p.id));
+    // The services of pages in the window, with their engine's component.
+    let mut names: Vec<String> = candidates.iter().filter_map(|p| p.service.clone()).collect();
+    names.extend(own_pages.iter().filter_map(|p| p.service.clone()));
+    names.sort();
+    names.dedup();
+    let lookup = names.clone();
+    let views =
+        ready.engine.query(move |e| lookup.iter().filter_map(|n| e.service_view(n)).collect::<Vec<_>>()).await?;
+    let component_of =
+        |service: &str| views.iter().find(|v| v.name == service).map(|v| component_name(v.engine).to_string());
+    let declared_service = own_pages.iter().find(|p| Some(p.id) == incident.page).and_then(|p| p.service.clone());
+    let mut pages: Vec<drover_oncall::Page> = own_pages;
+    pages.extend(candidates.into_iter().filter(|p| match &p.service {
+        Some(s) => {
+            declared_service.as_deref() == Some(s.as_str())
+                || component_of(s).is_some_and(|c| incident.components.contains(&c))
+        }
+        None => false,
+    }));
+    pages.retain(|p| caller.sees_team(Some(&p.team)));
+    let mut services: Vec<String> = pages.iter().filter_map(|p| p.service.clone()).collect();
+    services.sort();
+    services.dedup();
+    services.truncate(TIMELINE_SERVICES);
+    let store = ready.oncall.store.clone();
+    let with_transitions = blocking(move || {
+        let mut out = Vec::new();
+        for p in pages {
+            let t = store.transitions(p.id)?;
+            out.push((p, t));
+        }
+        Ok(out)
+    })
+    .await?;
+    // The engine's log, read forward by service from its start, keeping the window.
+    let engine_store = ready.store.clone();
+    let ids: Vec<(String, Option<drover_model::ServiceId>)> =
+        services.iter().map(|n| (n.clone(), views.iter().find(|v| &v.name == n).map(|v| v.id))).collect();
+    let (events, actions) = tokio::task::spawn_blocking(move || {
+        let mut events = Vec::new();
+        let mut actions = Vec::new();
+        for (name, id) in ids {
+            let mut after = None;
+            let mut kept = Vec::new();
+            let mut service_id = id;
+            'read: for _ in 0..64 {
+                let filter = drover_store::EventFilter {
+                    service: Some(name.clone()),
+                    instance: None,
+                    after_seq: after,
+                    limit: Some(drover_store::MAX_READ_LIMIT),
+                };
+                let batch = engine_store.events(&filter)?;
+                let full = batch.len() >= drover_store::MAX_READ_LIMIT;
+                for e in batch {
+                    after = Some(e.seq);
+                    if e.at > end {
+                        break 'read;
+                    }
+                    service_id = service_id.or(e.service_id);
+                    if in_window(e.at) {
+                        kept.push(e);
+                    }
+                }
+                if !full {
+                    break;
+                }
+            }
+            if kept.len() > TIMELINE_PER_SERVICE {
+                kept.drain(..kept.len() - TIMELINE_PER_SERVICE);
+            }
+            events.extend(kept);
+            if let Some(id) = service_id {
+                let mut mine: Vec<_> = engine_store
+                    .actions(Some(id), drover_store::MAX_READ_LIMIT)?
+                    .into_iter()
+                    .filter(|a| in_window(a.created_at))
+                    .collect();
+                mine.truncate(TIMELINE_PER_SERVICE);
+                actions.extend(mine);
+            }
+        }
+        Ok::<_, drover_store::StoreError>((events, actions))
+    })
+    .await
+    .map_err(|e| ApiError::internal(format!("timeline task failed: {e}")))?
+    .map_err(|e| ApiError::unavailable(format!("the store could not answer: {e}")))?;
+    let events = events.into_iter().filter(|e| caller.sees_team(e.team.as_deref())).collect();
+    Ok(Related { pages: with_transitions, events, actions })
+}
+
+async fn visible_incident(ready: &Ready, id: &str) -> Result<Incident, ApiError> {
+    let id = parse_incident_id(id)?;
+    let store = ready.oncall.store.clone();
+    blocking(move || store.incident(id)).await?.ok_or_else(|| ApiError::not_found(format!("no incident {id}")))
+}
+
+/// An incident's timeline, oldest first: its updates and notes, the
+/// transitions of its pages (the one it was declared from, its
+/// commander's, and those of the services of its components opened from
+/// 30 minutes before it until it resolved), and the engine's events and
+/// actions of those services in that window.
+#[utoipa::path(get, path = "/v1/incidents/{id}/timeline", tag = "status",
+    params(("id" = String, Path, description = "Incident id (UUID)")),
+    responses((status = 200, description = "The timeline, oldest first", body = Vec<TimelineEntry>),
+        (status = 404, body = crate::error::ErrorBody)))]
+pub(crate) async fn timeline(
+    State(state): State<AppState>,
+    Caller(caller): Caller,
+    Path(id): Path<String>,
+) -> Result<Json<Vec<TimelineEntry>>, ApiError> {
+    let ready = state.ready()?;
+    let incident = visible_incident(ready, &id).await?;
+    let related = related(ready, &caller, &incident).await?;
+    Ok(Json(drover_oncall::status::timeline(&incident, &related)))
+}
+
+#[derive(Deserialize, utoipa::ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct PostNote {
+    /// Not blank.
+    #[schema(min_length = 1, max_length = 5000, pattern = r"\S")]
+    pub message: String,
+}
+
+/// Adds a responder's note to the incident's timeline (internal: not on
+/// the status site; also after it resolved, for the review).
+#[utoipa::path(post, path = "/v1/incidents/{id}/notes", tag = "status", request_body = PostNote,
+    params(("id" = String, Path, description = "Incident id (UUID)")),
+    responses((status = 201, description = "The incident with its new note", body = Incident),
+        (status = 400, body = crate::error::ErrorBody),
+        (status = 404, body = crate::error::ErrorBody)))]
+pub(crate) async fn post_note(
+    State(state): State<AppState>,
+    Caller(caller): Caller,
+    Path(id): Path<String>,
+    Json(body): Json<PostNote>,
+) -> Result<(StatusCode, Json<Incident>), ApiError> {
+    let ready = state.ready()?;
+    let id = parse_incident_id(&id)?;
+    check_text("message", &body.message, 5000)?;
+    let (by, now, message) = (caller.name.clone(), crate::actor::now(), body.message.trim().to_string());
+    let store = ready.oncall.store.clone();
+    let updated = blocking(move || store.update_incident(id, |i| i.note(message, by, now).map(|n| n.seq))).await?;
+    let (incident, result) = updated.ok_or_else(|| ApiError::not_found(format!("no incident {id}")))?;
+    result.map_err(|e| ApiError::bad_request(e.to_string()))?;
+    Ok((StatusCode::CREATED, Json(incident)))
+}
+
 /// The post-incident review template, filled with the incident's timeline
-/// (its updates and the transitions of the page it was declared from).
+/// (the same as `GET /v1/incidents/{id}/timeline`).
 #[utoipa::path(get, path = "/v1/incidents/{id}/review", tag = "status",
     params(("id" = String, Path, description = "Incident id (UUID)")),
     responses((status = 200, description = "The review, Markdown", content_type = "text/markdown", body = String),
         (status = 404, body = crate::error::ErrorBody)))]
-pub(crate) async fn review(State(state): State<AppState>, Path(id): Path<String>) -> Result<Response, ApiError> {
+pub(crate) async fn review(
+    State(state): State<AppState>,
+    Caller(caller): Caller,
+    Path(id): Path<String>,
+) -> Result<Response, ApiError> {
     let ready = state.ready()?;
-    let id = parse_incident_id(&id)?;
-    let store = ready.oncall.store.clone();
-    let found = blocking(move || {
-        let Some(incident) = store.incident(id)? else { return Ok(None) };
-        let transitions = match incident.page {
-            Some(p) => store.transitions(p)?,
-            None => Vec::new(),
-        };
-        Ok(Some((incident, transitions)))
-    })
-    .await?;
-    let (incident, transitions) = found.ok_or_else(|| ApiError::not_found(format!("no incident {id}")))?;
+    let incident = visible_incident(ready, &id).await?;
+    let related = related(ready, &caller, &incident).await?;
     Ok((
         [(header::CONTENT_TYPE, HeaderValue::from_static("text/markdown; charset=utf-8"))],
-        drover_oncall::status::review(&incident, &transitions),
+        drover_oncall::status::review(&incident, &related),
     )
         .into_response())
 }

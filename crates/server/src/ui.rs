@@ -245,6 +245,36 @@ macro_rules! signed_in {
     }};
 }
 
+mod incidents;
+mod pager;
+mod runbooks;
+
+pub(crate) use incidents::{
+    declare as declare_incident, incident, incidents, post_note as incident_note, post_update as incident_update,
+};
+pub(crate) use pager::pager;
+pub(crate) use runbooks::{approve_run, request_run, runbooks, show_run as runbook_run};
+
+/// Operators and admins get forms; viewers read.
+fn may_act(v: &Viewer) -> bool {
+    matches!(v.who.role, TokenRole::Operator | TokenRole::Admin)
+}
+
+/// A form that changes something must come from this dashboard: no
+/// foreign `Origin`, and the session's CSRF token among its fields. The
+/// refusal to answer with, or `None` when it is fine.
+fn csrf_ok(headers: &HeaderMap, v: &Viewer, fields: &[(String, String)]) -> Option<Response> {
+    let token = fields.iter().find(|(k, _)| k == "csrf").map(|(_, t)| t.as_str());
+    if crate::auth::foreign_origin(headers).is_some() || token != Some(v.csrf.as_str()) {
+        return Some(problem(
+            StatusCode::FORBIDDEN,
+            Some(v),
+            "This form did not come from this dashboard; reload the page and try again.",
+        ));
+    }
+    None
+}
+
 // ----------------------------------------------------------------------
 // Fleet overview
 // ----------------------------------------------------------------------
@@ -606,12 +636,27 @@ struct ImageRow {
     packages: usize,
 }
 
+struct FindingRow {
+    advisory: String,
+    package: String,
+    installed: String,
+    fixed: String,
+    images: Vec<String>,
+    services: Vec<String>,
+    instances: u64,
+    owners: String,
+    summary: String,
+}
+
 #[derive(Template)]
 #[template(path = "ui/images.html")]
 struct ImagesPage {
     me: Option<String>,
     csrf: String,
     rows: Vec<ImageRow>,
+    findings: Vec<FindingRow>,
+    stale: bool,
+    audit_error: String,
 }
 
 pub(crate) async fn images(State(state): State<AppState>, headers: HeaderMap) -> Response {
@@ -629,7 +674,33 @@ pub(crate) async fn images(State(state): State<AppState>, headers: HeaderMap) ->
             packages: i.manifest.len(),
         })
         .collect();
-    html(StatusCode::OK, ImagesPage { me: Some(v.who.name.clone()), csrf: v.csrf.clone(), rows }.render())
+    // The CVE audit, as `GET /v1/advisories/audit` answers this caller.
+    let (findings, stale, audit_error) =
+        match crate::advisories::audit(State(state.clone()), crate::auth::Caller(v.who.clone())).await {
+            Ok(([(_, stale)], crate::error::Json(findings))) => (
+                findings
+                    .into_iter()
+                    .map(|f| FindingRow {
+                        advisory: f.advisory,
+                        package: f.package,
+                        installed: f.installed,
+                        fixed: f.fixed.unwrap_or_else(|| "no fix yet".into()),
+                        images: f.images.iter().map(|i| i.to_string()).collect(),
+                        services: f.services,
+                        instances: f.instances,
+                        owners: f.owners.join(", "),
+                        summary: f.summary.unwrap_or_default(),
+                    })
+                    .collect(),
+                stale == "true",
+                String::new(),
+            ),
+            Err(e) => (Vec::new(), false, e.message),
+        };
+    html(
+        StatusCode::OK,
+        ImagesPage { me: Some(v.who.name.clone()), csrf: v.csrf.clone(), rows, findings, stale, audit_error }.render(),
+    )
 }
 
 // ----------------------------------------------------------------------
@@ -683,7 +754,7 @@ pub(crate) async fn pages(State(state): State<AppState>, headers: HeaderMap, Que
     let page = PagesPage {
         me: Some(v.who.name.clone()),
         csrf: v.csrf.clone(),
-        may_act: matches!(v.who.role, TokenRole::Operator | TokenRole::Admin),
+        may_act: may_act(&v),
         rows,
         notice: q.acknowledged.map(|id| format!("Page {id} acknowledged.")).unwrap_or_default(),
     };

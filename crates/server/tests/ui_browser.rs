@@ -3,10 +3,11 @@
 //! system Chromium; nothing downloaded). A person logs in with a token,
 //! watches a service page while its primary is crashed and sees the
 //! failover appear without reloading, acknowledges a page with its button,
-//! and finds an incident update on the public status page without logging
-//! in. Screenshots of each view are kept in the test's artifacts folder
-//! (`DROVER_SCREENSHOTS` names a folder to keep them in, e.g.
-//! `docs/screenshots`).
+//! looks at the pager's weekly chart, declares an incident from the
+//! dashboard, posts an update and a note there, and finds the update (not
+//! the note) on the public status page without logging in. Screenshots of
+//! each view are kept in the test's artifacts folder (`DROVER_SCREENSHOTS`
+//! names a folder to keep them in, e.g. `docs/screenshots`).
 
 mod common;
 
@@ -31,6 +32,20 @@ async fn a_person_logs_in_watches_a_failover_acknowledges_a_page_and_sees_the_st
         )
         .await;
     assert_eq!(status, 202, "{body}");
+    // The advisory fixtures, so the images view shows the CVE audit's finding.
+    let fixtures = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../fixtures/osv");
+    let mut records = Vec::new();
+    for entry in std::fs::read_dir(fixtures).unwrap() {
+        let path = entry.unwrap().path();
+        if path.extension().is_some_and(|e| e == "json") {
+            match serde_json::from_str(&std::fs::read_to_string(&path).unwrap()).unwrap() {
+                serde_json::Value::Array(items) => records.extend(items),
+                one => records.push(one),
+            }
+        }
+    }
+    let (status, report) = t.post("/v1/advisories", serde_json::Value::Array(records)).await;
+    assert_eq!(status, 201, "{report}");
     let artifacts = match std::env::var_os("DROVER_SCREENSHOTS") {
         Some(dir) => std::path::PathBuf::from(dir),
         None => t.dir.path().join("screenshots"),
@@ -48,7 +63,14 @@ async fn a_person_logs_in_watches_a_failover_acknowledges_a_page_and_sees_the_st
     let stdout = String::from_utf8_lossy(&out.stdout);
     println!("{stdout}");
     assert!(out.status.success(), "the browser run failed: {stdout}\n{}", String::from_utf8_lossy(&out.stderr));
-    for step in ["logged in", "failover seen on the page", "page acknowledged", "status page shows the update"] {
+    for step in [
+        "logged in",
+        "failover seen on the page",
+        "page acknowledged",
+        "pager chart seen",
+        "incident update posted from the dashboard",
+        "status page shows the update",
+    ] {
         assert!(stdout.contains(step), "step {step:?} missing: {stdout}");
     }
     // What the browser did, as the API sees it.
@@ -61,7 +83,30 @@ async fn a_person_logs_in_watches_a_failover_acknowledges_a_page_and_sees_the_st
         service["instances"].as_array().unwrap().iter().any(|i| i["writable"] == true),
         "a writable primary after the failover: {service}"
     );
-    for view in ["login", "overview", "service", "pages", "status", "service-phone"] {
+    // The incident the browser declared: its commander paged, its update by the session's person.
+    let (_, incidents) = t.get("/v1/incidents").await;
+    let drill =
+        incidents.as_array().unwrap().iter().find(|i| i["title"] == "Failover drill in zone a").expect("declared");
+    assert_eq!(
+        (drill["status"].as_str(), drill["declared_by"].as_str()),
+        (Some("monitoring"), Some("admin")),
+        "{drill}"
+    );
+    assert!(drill["commander_page"].is_string(), "{drill}");
+    assert_eq!(drill["notes"][0]["message"], "Drill run by the browser test.", "{drill}");
+    for view in [
+        "login",
+        "overview",
+        "service",
+        "pages",
+        "pager",
+        "runbooks",
+        "images",
+        "incidents",
+        "incident",
+        "status",
+        "service-phone",
+    ] {
         let file = artifacts.join(format!("{view}.png"));
         let size = std::fs::metadata(&file).map(|m| m.len()).unwrap_or(0);
         assert!(size > 5_000, "screenshot {} missing or empty", file.display());

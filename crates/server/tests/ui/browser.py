@@ -79,17 +79,54 @@ with sync_playwright() as p:
     expect(page.locator("tr", has_text=SUMMARY).locator("td").nth(2)).to_have_text("acknowledged")
     print("page acknowledged", flush=True)
 
-    # An incident update, then the public status page with no session.
-    incident = api("POST", "/v1/incidents",
-                   {"title": "Failover drill in zone a", "severity": "minor", "components": ["PostgreSQL"]})
-    api("POST", "/v1/incidents/%s/updates" % incident["id"],
-        {"status": "monitoring", "message": "The drill's failover finished; watching."})
+    # The pager's weekly chart, server-rendered SVG.
+    page.get_by_role("link", name="Pager", exact=True).click()
+    page.wait_for_url(BASE + "/ui/pager")
+    expect(page.get_by_role("heading", name="Pager", exact=True)).to_be_visible()
+    chart = page.locator("svg[data-chart=pages-per-week]")
+    expect(chart).to_be_visible()
+    expect(chart.locator("rect.bot, rect.human")).not_to_have_count(0)
+    shot(page, "pager")
+    print("pager chart seen", flush=True)
+
+    # Runbooks and the CVE audit, for the screenshots.
+    page.goto(BASE + "/ui/runbooks")
+    expect(page.get_by_role("button", name="Dry run").first).to_be_visible()
+    shot(page, "runbooks")
+    page.goto(BASE + "/ui/images")
+    expect(page.get_by_role("heading", name="CVE audit")).to_be_visible()
+    expect(page.locator("tr[data-advisory]").first).to_be_visible()
+    shot(page, "images")
+
+    # An incident declared and updated from the dashboard, by keyboard-reachable labels.
+    page.goto(BASE + "/ui/incidents")
+    page.get_by_label("Title").fill("Failover drill in zone a")
+    page.get_by_label("Severity").select_option("minor")
+    page.get_by_label("PostgreSQL").check()
+    page.get_by_role("button", name="Declare and page the incident commander").click()
+    page.wait_for_url("**/ui/incidents/*?posted=declared")
+    expect(page.get_by_role("status")).to_contain_text("incident commander was paged")
+    page.get_by_label("Status").select_option("monitoring")
+    page.get_by_label("Message (public)").fill("The drill's failover finished; watching.")
+    page.get_by_role("button", name="Publish update").click()
+    page.wait_for_url("**/ui/incidents/*?posted=update")
+    expect(page.locator("dd[data-status=monitoring]")).to_be_visible()
+    page.get_by_label("Note (internal, on the timeline only)").fill("Drill run by the browser test.")
+    page.get_by_role("button", name="Add note").click()
+    page.wait_for_url("**/ui/incidents/*?posted=note")
+    expect(page.locator("tr[data-source=note]")).to_contain_text("Drill run by the browser test.")
+    expect(page.locator("tr[data-source=page]").first).to_be_visible()
+    shot(page, "incident")
+    page.goto(BASE + "/ui/incidents")
+    shot(page, "incidents")
+    print("incident update posted from the dashboard", flush=True)
     public = browser.new_context(viewport={"width": 1280, "height": 900})
     status = public.new_page()
     status.goto(BASE + "/status")
     expect(status.get_by_text("The drill's failover finished; watching.")).to_be_visible()
     expect(status.get_by_role("heading", name="Failover drill in zone a")).to_be_visible()
     assert not [c for c in public.cookies() if c["name"] == "drover_session"]
+    assert status.get_by_text("Drill run by the browser test.").count() == 0, "notes stay internal"
     shot(status, "status")
     # A phone-sized screen still shows the service page's instances.
     phone = browser.new_context(viewport={"width": 390, "height": 844}, is_mobile=True)
