@@ -135,20 +135,23 @@ async fn an_agent_host_builds_and_runs_the_instances_placed_on_it() {
     // plane then makes over the network (the port refuses) is the evidence.
     agent.crash();
     let id = primary["id"].as_str().unwrap().to_string();
-    let transitions = wait_for(Duration::from_secs(15), "primary out of available after the host crash", &serve, || {
-        let (admin, api, id) = (admin.clone(), api.clone(), id.clone());
-        async move {
-            let (_, events) = get(&admin, &format!("{api}/v1/events?instance={id}&limit=1000")).await?;
-            let transitions: Vec<(String, String)> = events
-                .as_array()?
-                .iter()
-                .filter(|e| e["from"] == "available")
-                .map(|e| (e["to"].as_str().unwrap_or("").to_string(), e["cause"].as_str().unwrap_or("").to_string()))
-                .collect();
-            (!transitions.is_empty()).then_some(transitions)
-        }
-    })
-    .await;
+    let transitions =
+        wait_for(Duration::from_secs(15), "primary out of available after the host crash", &serve, || {
+            let (admin, api, id) = (admin.clone(), api.clone(), id.clone());
+            async move {
+                let (_, events) = get(&admin, &format!("{api}/v1/events?instance={id}&limit=1000")).await?;
+                let transitions: Vec<(String, String)> = events
+                    .as_array()?
+                    .iter()
+                    .filter(|e| e["from"] == "available")
+                    .map(|e| {
+                        (e["to"].as_str().unwrap_or("").to_string(), e["cause"].as_str().unwrap_or("").to_string())
+                    })
+                    .collect();
+                (!transitions.is_empty()).then_some(transitions)
+            }
+        })
+        .await;
     assert_eq!(transitions[0].0, "uncertain", "silence makes an instance uncertain first: {transitions:?}");
     assert!(transitions[0].1.contains("no heartbeat"), "{transitions:?}");
     // The host as a whole: its agent fell silent.
