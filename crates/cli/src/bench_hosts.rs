@@ -117,6 +117,10 @@ pub async fn failover(fault: &str, runs: usize) -> anyhow::Result<()> {
     }
     let _ = server.stop().await;
     signal_under(dir.path(), libc::SIGKILL);
+    // DROVER_BENCH_KEEP=1 keeps the hosts' and routers' logs to read.
+    if std::env::var_os("DROVER_BENCH_KEEP").is_some() {
+        eprintln!("kept {}", dir.keep().display());
+    }
     if result.is_err() {
         for host in &hosts {
             let log = std::fs::read_to_string(host.dir.join("agent.log")).unwrap_or_default();

@@ -426,11 +426,14 @@ pub(crate) async fn post_heartbeats(
     // renewed by this acknowledgement, runs out no later than this plus
     // its TTL (counted on below for a silent host's Fence).
     let arrived = tokio::time::Instant::now();
-    let agent_lease = caller
-        .host
-        .clone()
-        .filter(|h| *h != ready.host)
-        .zip(batch.lease_ms.map(|ms| std::time::Duration::from_millis(ms.clamp(1, 3_600_000))));
+    if let Some(ms) = batch.lease_ms.filter(|ms| !(1..=3_600_000).contains(ms)) {
+        return Err(ApiError::new(
+            StatusCode::UNPROCESSABLE_ENTITY,
+            format!("lease_ms must be between 1 and 3600000 (one hour), not {ms}"),
+        ));
+    }
+    let agent_lease =
+        caller.host.clone().filter(|h| *h != ready.host).zip(batch.lease_ms.map(std::time::Duration::from_millis));
     // An agent host whose instances all fell silent turned uncertain; once
     // none is left on it (replaced elsewhere, terminated), no instance's
     // beat can make it ready again, but its agent's batch still arrives:
