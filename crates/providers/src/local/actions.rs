@@ -34,6 +34,10 @@ const SQL_TIMEOUT: Duration = Duration::from_secs(10);
 /// What one attempt did, or why it failed.
 type Done = Result<Option<String>, ActionError>;
 
+/// The application_name of a base backup's connections (what the
+/// primary's `pg_stat_replication` filters out of its streaming followers).
+const BASEBACKUP_NAME: &str = "pg_basebackup";
+
 fn invalid(error: impl Into<String>) -> ActionError {
     ActionError::InvalidState(error.into())
 }
@@ -485,16 +489,28 @@ impl Inner {
             )));
         }
         let local_primary = self.current_primary(entry.service);
-        let conninfo = match (replication, &local_primary) {
+        // The follower streams under its id; the base backup's own WAL
+        // stream is named `pg_basebackup`, so that the primary never counts
+        // it as a streaming follower: it reports no flush position, and a
+        // primary that turned synchronous for it would hold every commit
+        // until the real follower streams (seen as 1–7 s of stalled writes
+        // after a host failover).
+        let (conninfo, backup_conninfo) = match (replication, &local_primary) {
             // The primary runs on another host: over TCP to its address,
             // with the replication credential in a passfile of this
             // instance (never in a conninfo, a command line or a log).
             (Some(super::Replication { password, primary: Some(upstream), .. }), _) => {
                 let passfile = entry.dir.join(postgres::REPLICATION_PASSFILE);
                 postgres::write_owned(&self.run_as, &passfile, &postgres::passfile_line(upstream, password), 0o600)?;
-                postgres::remote_primary_conninfo(upstream, &passfile, &entry_id_name(entry))
+                (
+                    postgres::remote_primary_conninfo(upstream, &passfile, &entry_id_name(entry)),
+                    postgres::remote_primary_conninfo(upstream, &passfile, BASEBACKUP_NAME),
+                )
             }
-            (_, Some(primary)) => postgres::primary_conninfo(primary, &entry_id_name(entry)),
+            (_, Some(primary)) => (
+                postgres::primary_conninfo(primary, &entry_id_name(entry)),
+                postgres::primary_conninfo(primary, BASEBACKUP_NAME),
+            ),
             (_, None) => {
                 return Err(ActionError::Unavailable(format!(
                     "service {} has no running, unfenced primary to copy a follower from",
@@ -508,7 +524,7 @@ impl Inner {
         basebackup
             .arg("-D")
             .arg(&pgdata)
-            .args(["-R", "-X", "stream", "-c", "fast", "--no-password", "-d", &conninfo])
+            .args(["-R", "-X", "stream", "-c", "fast", "--no-password", "-d", &backup_conninfo])
             .current_dir(&entry.dir)
             .env("LC_ALL", "C");
         self.run_as.apply_tokio(&mut basebackup);
