@@ -356,14 +356,22 @@ async fn members_on_two_hosts_replicate_synchronously_over_tcp_and_switch_over()
     let insert = p_client.batch_execute("INSERT INTO t VALUES (1000)");
     let waited = tokio::time::timeout(Duration::from_secs(60), insert).await;
     assert!(matches!(waited, Ok(Ok(()))), "the commit never returned: {waited:?}");
-    let holders = query_text(
-        &p_client,
-        &format!(
-            "SELECT application_name FROM pg_stat_replication WHERE application_name NOT IN ('{f_id}', 'pg_basebackup') \
-             AND state = 'streaming' AND flush_lsn >= (SELECT pg_current_wal_flush_lsn()) - 8192"
-        ),
-    )
-    .await;
+    // Who held it: the new follower streaming, or its base backup's own WAL
+    // stream (named `pg_basebackup`: it reports a flush position only for
+    // WAL fsynced into the new follower's data dir), which ends when the
+    // backup does; then the new follower streams from the copy. So: a
+    // holder right now, or the new follower holding it soon after.
+    let acked_at = query_text(&p_client, "SELECT pg_current_wal_flush_lsn()").await[0][0].clone().unwrap_or_default();
+    let holders_sql = format!(
+        "SELECT application_name FROM pg_stat_replication WHERE application_name <> '{f_id}' \
+         AND flush_lsn >= '{acked_at}'::pg_lsn - 8192"
+    );
+    let mut holders = query_text(&p_client, &holders_sql).await;
+    let until = std::time::Instant::now() + Duration::from_secs(30);
+    while holders.is_empty() && std::time::Instant::now() < until {
+        tokio::time::sleep(Duration::from_millis(100)).await;
+        holders = query_text(&p_client, &format!("{holders_sql} AND application_name <> 'pg_basebackup'")).await;
+    }
     let _ = Command::new("kill").args(["-CONT", &f_pid.to_string()]).status();
     let _ = Command::new("pkill").args(["-CONT", "-P", &f_pid.to_string()]).status();
     assert!(!holders.is_empty(), "the commit was acknowledged with no other follower holding it: {}", fleet.logs());
