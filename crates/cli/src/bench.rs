@@ -228,27 +228,12 @@ pub async fn failover(engine: &str, fault: &str, runs: usize) -> anyhow::Result<
             let fault_at = Instant::now();
             let r = http.post(format!("{api}/v1/chaos")).json(&serde_json::json!({"instance": primary, "fault": fault})).send().await?;
             anyhow::ensure!(r.status().as_u16() == 202, "chaos refused: {}", r.text().await?);
-            let deadline = fault_at + Duration::from_secs(120);
             // Wait until the engine shows another writable primary and writes
             // flow again, then read the outage off the acknowledgements: the
             // longest silence after the fault ends with the first write on the
             // new primary (writes the old one acknowledged before the signal
             // landed come before it).
-            let mut moved_at = None;
-            loop {
-                if moved_at.is_none() {
-                    let s = service_json(&http, &api).await?;
-                    let moved = s["instances"].as_array().is_some_and(|i| i.iter().any(|i| i["writable"] == true && i["id"] != primary.as_str()));
-                    if moved {
-                        moved_at = Some(Instant::now());
-                    }
-                }
-                if moved_at.is_some_and(|at| writer.acked_after(at) >= 10) {
-                    break;
-                }
-                anyhow::ensure!(Instant::now() < deadline, "run {run}: writes did not resume within 120 s of the fault");
-                tokio::time::sleep(Duration::from_millis(50)).await;
-            }
+            writer.wait_resumed(&http, &api, &primary, fault_at, run).await?;
             let writable_after = writer.writable_after(fault_at);
             println!("run {run}: {what} of {primary} → writable through the same URL in {:.2}s", writable_after.as_secs_f64());
             seconds.push(writable_after.as_secs_f64());
@@ -282,16 +267,12 @@ pub async fn failover(engine: &str, fault: &str, runs: usize) -> anyhow::Result<
     result
 }
 
-async fn service_json(http: &reqwest::Client, api: &str) -> anyhow::Result<serde_json::Value> {
-    Ok(http.get(format!("{api}/v1/services/bench")).send().await?.json().await?)
-}
-
 /// Waits until the service is available with a follower streaming and a
 /// primary other than `not_primary`.
 async fn wait_ready(http: &reqwest::Client, api: &str, not_primary: Option<&str>) -> anyhow::Result<serde_json::Value> {
     let deadline = Instant::now() + Duration::from_secs(300);
     loop {
-        let s = service_json(http, api).await?;
+        let s = crate::bench_writes::service_json(http, api).await?;
         let instances = s["instances"].as_array().cloned().unwrap_or_default();
         let primary_ok = instances.iter().any(|i| {
             i["writable"] == true && i["state"] == "available" && Some(i["id"].as_str().unwrap_or("")) != not_primary

@@ -11,7 +11,7 @@
 //! take a write as a primary, and the next run waits for a new follower on
 //! another host. At the end every acknowledged write is looked for.
 
-use crate::bench_writes::{median_max, Writer};
+use crate::bench_writes::{median_max, service_json, Writer};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
@@ -192,23 +192,9 @@ async fn run(api: &str, root: &Path, hosts: &mut [Host], chaos: &str, fault: &st
         let r =
             http.post(format!("{api}/v1/chaos")).json(&serde_json::json!({"host": on, "fault": chaos})).send().await?;
         anyhow::ensure!(r.status().as_u16() == 202, "chaos refused: {}", r.text().await?);
-        let deadline = fault_at + Duration::from_secs(120);
-        let mut moved_at = None;
-        loop {
-            if moved_at.is_none() {
-                let s = service_json(&http, api).await?;
-                if member(&s, true).is_some_and(|p| p["id"] != id.as_str()) {
-                    moved_at = Some(Instant::now());
-                }
-            }
-            if moved_at.is_some_and(|at| writer.acked_after(at) >= 10) {
-                break;
-            }
-            anyhow::ensure!(Instant::now() < deadline, "run {run}: writes did not resume within 120 s of the fault");
-            tokio::time::sleep(Duration::from_millis(50)).await;
-        }
+        let moved_at = writer.wait_resumed(&http, api, &id, fault_at, run).await?;
         let writable_after = writer.writable_after(fault_at);
-        let moved = moved_at.map_or(0.0, |at| at.duration_since(fault_at).as_secs_f64());
+        let moved = moved_at.duration_since(fault_at).as_secs_f64();
         println!(
             "run {run}: host {on} {what}, primary {id} → writable through the same URL in {:.2}s \
              (another primary shown by the API after {moved:.2}s)",
@@ -297,10 +283,6 @@ fn member(service: &serde_json::Value, primary: bool) -> Option<&serde_json::Val
             i["role"] == "follower" && i["state"] == "available" && i["facts"]["upstream_streaming"] == true
         }
     })
-}
-
-async fn service_json(http: &reqwest::Client, api: &str) -> anyhow::Result<serde_json::Value> {
-    Ok(http.get(format!("{api}/v1/services/bench")).send().await?.json().await?)
 }
 
 async fn wait_hosts_ready(http: &reqwest::Client, api: &str, n: usize) -> anyhow::Result<()> {

@@ -61,6 +61,38 @@ impl Writer {
         Ok(Writer { acked, stop, task })
     }
 
+    /// After a fault injected at `fault_at` into `old_primary`: waits
+    /// until the API shows another writable primary of service `bench` and
+    /// ten writes were acknowledged after that; returns when the API showed
+    /// it. Fails past two minutes.
+    pub async fn wait_resumed(
+        &self,
+        http: &reqwest::Client,
+        api: &str,
+        old_primary: &str,
+        fault_at: Instant,
+        run: usize,
+    ) -> anyhow::Result<Instant> {
+        let deadline = fault_at + Duration::from_secs(120);
+        let mut moved_at = None;
+        loop {
+            if moved_at.is_none() {
+                let s = service_json(http, api).await?;
+                let moved = s["instances"]
+                    .as_array()
+                    .is_some_and(|i| i.iter().any(|i| i["writable"] == true && i["id"] != old_primary));
+                if moved {
+                    moved_at = Some(Instant::now());
+                }
+            }
+            if let Some(at) = moved_at.filter(|at| self.acked_after(*at) >= 10) {
+                return Ok(at);
+            }
+            anyhow::ensure!(Instant::now() < deadline, "run {run}: writes did not resume within 120 s of the fault");
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+
     /// Writes acknowledged after `at`.
     pub fn acked_after(&self, at: Instant) -> usize {
         self.acked.lock().unwrap_or_else(|e| e.into_inner()).iter().filter(|(_, t)| *t > at).count()
@@ -125,4 +157,9 @@ pub async fn pg_connect(url: &str) -> Option<tokio_postgres::Client> {
             .ok()?;
     tokio::spawn(connection);
     Some(client)
+}
+
+/// The benchmark's service, `bench`, as the API shows it.
+pub async fn service_json(http: &reqwest::Client, api: &str) -> anyhow::Result<serde_json::Value> {
+    Ok(http.get(format!("{api}/v1/services/bench")).send().await?.json().await?)
 }

@@ -203,9 +203,11 @@ impl Dispatcher {
         let (id, attempt) = (action.id, action.attempts);
         let handle = self.engine.clone();
         let agents = self.agents.clone();
-        let login_password = self.replication_key.as_ref().map(|key| login_password(key, action.service));
+        let probe = action.kind == drover_model::ActionKind::Probe;
+        let login_password =
+            self.replication_key.as_ref().filter(|_| probe).map(|key| login_password(key, action.service));
         tokio::spawn(async move {
-            if action.kind == drover_model::ActionKind::Probe {
+            if probe {
                 if let (Some(address), Some(port)) = (address.clone(), agents.port(action.instance)) {
                     let target = crate::silent_hosts::Target { address, port, login_password };
                     let outcome = crate::silent_hosts::probe(&target).await;
