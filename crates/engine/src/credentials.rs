@@ -129,6 +129,16 @@ impl Engine {
     /// Refuses a rotation while another is open or in its overlap.
     fn rotation_allowed(&self, sslot: u32) -> Result<(), CommandError> {
         let s = self.services.get(sslot).ok_or_else(|| CommandError::NotFound("no such service".into()))?;
+        if self.on_agent_hosts(sslot) {
+            // The rotation would run on the agent's own router and registry,
+            // while the URL logs in through the router beside the control
+            // plane with the verifier it keeps: the URL would stop working.
+            return Err(CommandError::Conflict(format!(
+                "{:?} runs on agent hosts: credential rotation is not built for them yet (the router beside the \
+                 control plane keeps its own login); its credential is unchanged",
+                &*s.name
+            )));
+        }
         if s.rotation_running {
             return Err(CommandError::Conflict(format!("a credential rotation of {:?} is already running", &*s.name)));
         }

@@ -402,6 +402,16 @@ impl Engine {
             .collect()
     }
 
+    /// Whether a member of service `sslot` runs on an agent host (any host
+    /// but the built-in one of `drover serve`).
+    pub(crate) fn on_agent_hosts(&self, sslot: u32) -> bool {
+        self.services.get(sslot).is_some_and(|s| {
+            s.instances
+                .iter()
+                .any(|&i| self.instances.get(i).and_then(|x| self.hosts.get(x.host)).is_some_and(|h| !h.rec.builtin))
+        })
+    }
+
     /// The record of host `name` (its address, last seen, ...).
     pub fn host_record(&self, name: &str) -> Option<HostRecord> {
         self.host_index(name).and_then(|h| self.hosts.get(h)).map(|s| s.rec.clone())

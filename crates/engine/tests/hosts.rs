@@ -245,3 +245,37 @@ fn a_drained_host_ends_empty_by_switchover_and_rebuild_one_service_at_a_time() {
     }
     assert_eq!(h.e.host_record("h1").unwrap().state, HostState::Draining, "it stays draining");
 }
+
+/// Credential rotation runs in the provider of the primary's host, but the
+/// URL of a service on agent hosts logs in through the router beside the
+/// control plane, with a verifier only the control plane keeps: a rotation
+/// there would break the URL. Until it is built, it is refused (409) and
+/// the schedule opens nothing; a service on the built-in host rotates.
+#[test]
+fn a_service_on_agent_hosts_refuses_credential_rotation_and_the_schedule_opens_none() {
+    let config = drover_engine::Config { credential_rotation: Some(Duration::from_secs(3600)), ..fast_config() };
+    let mut h = H::new(config);
+    let cp = RegisterHost { name: "cp".into(), zone: "zone-a".into(), address: "127.0.0.1".into(), capacity: 1000 };
+    h.command(Command::RegisterHost { host: cp, builtin: true }).unwrap();
+    h.create("here", 0);
+    h.command(Command::CordonHost { name: "cp".into() }).unwrap();
+    for (name, zone) in [("h1", "zone-a"), ("h2", "zone-b")] {
+        register(&mut h, name, zone, 4);
+    }
+    h.create("there", 1);
+    assert!(hosts_of(&h, "there").iter().all(|(_, _, host)| host != "cp"));
+    let rotate = |name: &str| Command::RotateCredentials { name: name.into(), in_progress: None };
+    let refused = h.command(rotate("there"));
+    assert!(matches!(refused, Err(CommandError::Conflict(ref m)) if m.contains("agent hosts")), "{refused:?}");
+    // Two scheduled periods pass: the service on agent hosts gets no
+    // rotation action, the one on the built-in host does.
+    h.advance(Duration::from_secs(2 * 3600 + 600));
+    let rotations = |h: &H, service: &str| {
+        let ids: Vec<InstanceId> = h.service(service).instances.iter().map(|i| i.id).collect();
+        h.dispatched.iter().filter(|a| a.kind == ActionKind::RotateCredentials && ids.contains(&a.instance)).count()
+    };
+    assert_eq!(rotations(&h, "there"), 0);
+    assert!(rotations(&h, "here") >= 1, "the built-in host's service rotates on schedule");
+    let here = h.command(rotate("here"));
+    assert!(!matches!(here, Err(CommandError::Conflict(ref m)) if m.contains("agent hosts")), "{here:?}");
+}
