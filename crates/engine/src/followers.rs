@@ -55,6 +55,14 @@ impl Engine {
                 s.engine
             )));
         }
+        if self.on_agent_hosts(sslot) {
+            // Its read URL would live in the agent's router, which no client
+            // reaches by the service's URL: not built yet (docs/agent.md).
+            return Err(CommandError::Conflict(format!(
+                "{name:?} runs on agent hosts: read replicas on demand are not built for them yet (no read \
+                 router beside the control plane)"
+            )));
+        }
         let have = s.read_slots.count_ones();
         if count == 0 {
             return Err(CommandError::Invalid("count must be at least 1".into()));

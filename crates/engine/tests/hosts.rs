@@ -251,8 +251,9 @@ fn a_drained_host_ends_empty_by_switchover_and_rebuild_one_service_at_a_time() {
 /// control plane, with a verifier only the control plane keeps: a rotation
 /// there would break the URL. Until it is built, it is refused (409) and
 /// the schedule opens nothing; a service on the built-in host rotates.
+/// Read replicas too: their read URL would live in the agent's router.
 #[test]
-fn a_service_on_agent_hosts_refuses_credential_rotation_and_the_schedule_opens_none() {
+fn a_service_on_agent_hosts_refuses_credential_rotation_and_read_replicas_and_the_schedule_opens_none() {
     let config = drover_engine::Config { credential_rotation: Some(Duration::from_secs(3600)), ..fast_config() };
     let mut h = H::new(config);
     let cp = RegisterHost { name: "cp".into(), zone: "zone-a".into(), address: "127.0.0.1".into(), capacity: 1000 };
@@ -265,6 +266,8 @@ fn a_service_on_agent_hosts_refuses_credential_rotation_and_the_schedule_opens_n
     h.create("there", 1);
     assert!(hosts_of(&h, "there").iter().all(|(_, _, host)| host != "cp"));
     let rotate = |name: &str| Command::RotateCredentials { name: name.into(), in_progress: None };
+    let replicas = h.command(Command::AddFollowers { name: "there".into(), count: 1 });
+    assert!(matches!(replicas, Err(CommandError::Conflict(ref m)) if m.contains("agent hosts")), "{replicas:?}");
     let refused = h.command(rotate("there"));
     assert!(matches!(refused, Err(CommandError::Conflict(ref m)) if m.contains("agent hosts")), "{refused:?}");
     // Two scheduled periods pass: the service on agent hosts gets no
