@@ -16,7 +16,12 @@
 //! - within a zone, the host with the most room left, then the earliest
 //!   registered: deterministic, and it spreads load;
 //! - the built-in host only when no other host fits; it takes the most
-//!   wanted zone.
+//!   wanted zone;
+//! - a service's members are all on the built-in host or all on agent
+//!   hosts, never some of each: the built-in host's members replicate and
+//!   are routed through the local provider's own registry and router, the
+//!   agent hosts' through the agents and the routers beside the control
+//!   plane, and the two do not reach each other.
 
 use crate::hosts::NO_HOST;
 use crate::Engine;
@@ -43,8 +48,13 @@ pub(crate) struct Placed {
 /// of a service whose members already sit on `taken`, in the first zone of
 /// `zones` that has room. None: no host may take it.
 pub(crate) fn choose_host(hosts: &[Candidate], taken: &[u16], zones: &[u16]) -> Option<Placed> {
+    let on = |builtin: bool| taken.iter().any(|&h| hosts.get(usize::from(h)).is_some_and(|c| c.builtin == builtin));
+    let (on_builtin, on_agents) = (on(true), on(false));
     let fits = |h: usize, c: &Candidate| {
-        c.state.takes_new_members() && c.used < c.capacity && (c.builtin || !taken.contains(&(h as u16)))
+        c.state.takes_new_members()
+            && c.used < c.capacity
+            && (c.builtin || !taken.contains(&(h as u16)))
+            && if c.builtin { !on_agents } else { !on_builtin }
     };
     for &zone in zones {
         let best = hosts
@@ -59,6 +69,23 @@ pub(crate) fn choose_host(hosts: &[Candidate], taken: &[u16], zones: &[u16]) -> 
     }
     let zone = *zones.first()?;
     hosts.iter().enumerate().find(|&(h, c)| c.builtin && fits(h, c)).map(|(h, _)| Placed { zone, host: h as u16 })
+}
+
+/// Places `members` members of a new service one after another, member `k`
+/// wanted in `zones[k % len]`; Err: how many could be placed.
+fn place_members(mut hosts: Vec<Candidate>, zones: &[u16], members: usize) -> Result<Vec<Placed>, usize> {
+    let mut taken = Vec::new();
+    let mut placed = Vec::with_capacity(members);
+    for k in 0..members {
+        let wanted: Vec<u16> = zones.iter().cycle().skip(k % zones.len()).take(zones.len()).copied().collect();
+        let p = choose_host(&hosts, &taken, &wanted).ok_or(k)?;
+        if let Some(c) = hosts.get_mut(usize::from(p.host)) {
+            c.used += 1;
+        }
+        taken.push(p.host);
+        placed.push(p);
+    }
+    Ok(placed)
 }
 
 impl Engine {
@@ -105,23 +132,21 @@ impl Engine {
         if self.hosts.is_empty() || zones.is_empty() {
             return Ok(Vec::new());
         }
-        let mut hosts = self.candidates();
-        let mut taken = Vec::new();
-        let mut placed = Vec::with_capacity(members);
-        for k in 0..members {
-            let wanted: Vec<u16> = zones.iter().cycle().skip(k % zones.len()).take(zones.len()).copied().collect();
-            let Some(p) = choose_host(&hosts, &taken, &wanted) else {
-                return Err(format!(
-                    "no room for this service: {members} members need {members} ready hosts with room in its zones                      (one member per host), and only {k} could be placed; register hosts or free room first"
-                ));
-            };
-            if let Some(c) = hosts.get_mut(usize::from(p.host)) {
-                c.used += 1;
-            }
-            taken.push(p.host);
-            placed.push(p);
-        }
-        Ok(placed)
+        let hosts = self.candidates();
+        place_members(hosts.clone(), zones, members).or_else(|agents| {
+            // Agent hosts could not take them all: all on the built-in
+            // host, if it can (members are never split between the two).
+            let builtin_only = hosts
+                .into_iter()
+                .map(|c| if c.builtin { c } else { Candidate { state: HostState::Cordoned, ..c } })
+                .collect();
+            place_members(builtin_only, zones, members).map_err(|_| {
+                format!(
+                    "no room for this service: {members} members need {members} ready hosts with room in its zones \
+                     (one member per host), and only {agents} could be placed; register hosts or free room first"
+                )
+            })
+        })
     }
 
     /// The service's zones, most wanted first for a new member: zones
@@ -202,9 +227,22 @@ mod tests {
         let builtin = Candidate { builtin: true, ..host(9, 1000, 3) };
         let hosts = [builtin, host(1, 8, 0)];
         assert_eq!(choose_host(&hosts, &[], &[0, 1]), Some(Placed { zone: 1, host: 1 }));
-        assert_eq!(choose_host(&hosts, &[0, 1], &[0, 1]), Some(Placed { zone: 0, host: 0 }));
+        assert_eq!(choose_host(&hosts, &[0], &[0, 1]), Some(Placed { zone: 0, host: 0 }));
         let cordoned = Candidate { state: HostState::Cordoned, ..builtin };
         assert_eq!(choose_host(&[cordoned], &[], &[0]), None);
+    }
+
+    #[test]
+    fn a_service_is_never_split_between_the_builtin_host_and_agent_hosts() {
+        let builtin = Candidate { builtin: true, ..host(9, 1000, 3) };
+        let hosts = [builtin, host(1, 8, 0), host(2, 8, 0)];
+        // A member on an agent host: the next goes to another agent host,
+        // or nowhere, never to the built-in host.
+        assert_eq!(choose_host(&hosts, &[1], &[1, 2]), Some(Placed { zone: 2, host: 2 }));
+        assert_eq!(choose_host(&hosts, &[1, 2], &[1, 2]), None);
+        // A member on the built-in host: the next stays there, though
+        // agent hosts have room.
+        assert_eq!(choose_host(&hosts, &[0], &[1, 2]), Some(Placed { zone: 1, host: 0 }));
     }
 
     fn candidate() -> impl Strategy<Value = Candidate> {
@@ -240,9 +278,13 @@ mod tests {
             let mut taken: Vec<u16> = Vec::new();
             for k in 0..members {
                 let wanted: Vec<u16> = zones.iter().cycle().skip(k % zones.len()).take(zones.len()).copied().collect();
+                // Never some members on the built-in host and some on agents.
+                let on_builtin = taken.first().map(|&h| hosts[usize::from(h)].builtin);
+                let allowed = |o: &Candidate| on_builtin.is_none_or(|b| b == o.builtin);
                 match choose_host(&hosts, &taken, &wanted) {
                     Some(p) => {
                         let c = hosts[usize::from(p.host)];
+                        prop_assert!(allowed(&c), "a service's members are all built-in or all on agents");
                         prop_assert_eq!(c.state, HostState::Ready);
                         prop_assert!(c.used < c.capacity);
                         prop_assert!(zones.contains(&p.zone));
@@ -258,7 +300,7 @@ mod tests {
                             }
                         } else {
                             // The built-in host only when no other host fits.
-                            prop_assert!(!hosts.iter().enumerate().any(|(h, o)| !o.builtin
+                            prop_assert!(on_builtin.is_some() || !hosts.iter().enumerate().any(|(h, o)| !o.builtin
                                 && o.state == HostState::Ready && o.used < o.capacity
                                 && !taken.contains(&(h as u16)) && wanted.contains(&o.zone)));
                         }
@@ -267,7 +309,7 @@ mod tests {
                     }
                     None => {
                         prop_assert!(!hosts.iter().enumerate().any(|(h, o)| o.state == HostState::Ready
-                            && o.used < o.capacity
+                            && o.used < o.capacity && allowed(o)
                             && (o.builtin || (!taken.contains(&(h as u16)) && wanted.contains(&o.zone)))));
                     }
                 }

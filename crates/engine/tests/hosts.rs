@@ -282,3 +282,25 @@ fn a_service_on_agent_hosts_refuses_credential_rotation_and_read_replicas_and_th
     let here = h.command(rotate("here"));
     assert!(!matches!(here, Err(CommandError::Conflict(ref m)) if m.contains("agent hosts")), "{here:?}");
 }
+
+/// A service is never split between the built-in host and agent hosts
+/// (their members could not replicate with each other): when the agent
+/// hosts cannot take all its members, all go to the built-in host; a
+/// service that fits on agents goes there whole.
+#[test]
+fn a_new_service_goes_whole_to_agent_hosts_or_whole_to_the_builtin_host() {
+    let mut h = H::new(fast_config());
+    let cp = RegisterHost { name: "cp".into(), zone: "zone-a".into(), address: "127.0.0.1".into(), capacity: 1000 };
+    h.command(Command::RegisterHost { host: cp, builtin: true }).unwrap();
+    register(&mut h, "h1", "zone-a", 4);
+    h.create("small", 0);
+    assert_eq!(hosts_of(&h, "small"), vec![(Role::Primary, "zone-a".into(), "h1".into())]);
+    h.create("pair", 1);
+    let placed = hosts_of(&h, "pair");
+    assert_eq!(placed.len(), 2);
+    assert!(placed.iter().all(|(_, _, host)| host == "cp"), "one agent host cannot hold a pair: {placed:?}");
+    register(&mut h, "h2", "zone-b", 4);
+    h.create("pair2", 1);
+    let placed = hosts_of(&h, "pair2");
+    assert!(placed.iter().all(|(_, _, host)| host != "cp"), "two agent hosts hold a pair: {placed:?}");
+}
