@@ -17,6 +17,12 @@ use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::Duration;
 
+/// The built-in host's name (this machine's), with `drover serve` on its
+/// own host.
+fn serve_host() -> String {
+    std::fs::read_to_string("/proc/sys/kernel/hostname").unwrap_or_default().trim().to_string()
+}
+
 /// A `drover agent --host`; killed with its whole tree when dropped.
 struct HostAgent {
     child: Option<Child>,
@@ -139,9 +145,14 @@ struct Fleet {
 impl Fleet {
     /// serve --no-local and three agents h1..h3 on 127.0.0.2..4 in zones a..c.
     async fn start(prefix: &str) -> Fleet {
+        Fleet::start_with(prefix, &["--no-local", "--data-dir", "cp"]).await
+    }
+
+    /// `drover serve ARGS` (its data dir `cp`) and the three agents.
+    async fn start_with(prefix: &str, args: &[&str]) -> Fleet {
         let tmp = tempfile::Builder::new().prefix(prefix).tempdir_in("/tmp").unwrap();
         let port = free_port();
-        let serve = Serve::start(tmp.path(), port, &["--no-local", "--data-dir", "cp"]);
+        let serve = Serve::start(tmp.path(), port, args);
         serve.wait_healthy(&drover_agent::tls::client(), Duration::from_secs(30)).await;
         let admin = admin_client(&tmp.path().join("cp"));
         let api = serve.api.clone();
@@ -158,7 +169,8 @@ impl Fleet {
             let (admin, api) = (admin.clone(), api.clone());
             async move {
                 let (_, hosts) = get(&admin, &format!("{api}/v1/hosts")).await?;
-                (hosts.as_array()?.iter().filter(|h| h["state"] == "ready").count() == 3).then_some(())
+                let agents = hosts.as_array()?.iter().filter(|h| h["state"] == "ready" && h["name"] != serve_host());
+                (agents.count() == 3).then_some(())
             }
         })
         .await;
@@ -594,4 +606,57 @@ async fn a_drained_host_ends_empty_with_zero_failed_statements() {
     let n = acked.load(Ordering::SeqCst);
     assert!(n > 20, "too few writes to say anything: {n}");
     assert_eq!(rows[0][0].as_deref(), Some(n.to_string().as_str()), "every acknowledged row is on the new primary");
+}
+
+/// A control plane with a host of its own (`drover serve` as the README
+/// runs it, local provider and built-in host) and agents beside it: a
+/// service the agents' hosts can hold goes whole to them, and its URL is a
+/// router beside the control plane that reaches its primary on its host;
+/// a switchover moves the primary and the same URL follows.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_control_plane_with_its_own_host_routes_the_services_on_its_agents() {
+    let fleet = Fleet::start_with("dr-arm", &["--data-dir", "cp"]).await;
+    let (_, hosts) = get(&fleet.admin, &format!("{}/v1/hosts", fleet.api)).await.unwrap();
+    assert_eq!(hosts.as_array().unwrap().len(), 4, "the built-in host and three agents: {hosts}");
+    fleet.create_sync_pair("mx").await;
+    let (primary, follower) = fleet.wait_pair("mx", "mx available on two agent hosts", Duration::from_secs(180)).await;
+    let p_host = primary["host"].as_str().unwrap().to_string();
+    for member in [&primary, &follower] {
+        assert!(member["host"].as_str().unwrap().starts_with('h'), "placed on an agent host: {member}");
+    }
+    let url = fleet.service("mx").await.unwrap()["url"]
+        .as_str()
+        .expect("a service on agent hosts has a URL beside a control plane with its own host")
+        .to_string();
+    assert!(url.contains("@127.0.0.1:"), "{url}");
+    let via_url = wait_for(Duration::from_secs(30), "the URL answers", &fleet.serve, || {
+        let url = url.clone();
+        async move { url_client(&url).await }
+    })
+    .await;
+    assert_eq!(server_address(&via_url).await.as_deref(), Some(fleet.agent(&p_host).address.as_str()));
+    via_url.batch_execute("CREATE TABLE m (v int); INSERT INTO m VALUES (1)").await.expect("a write through the URL");
+
+    wait_for(Duration::from_secs(60), "the switchover accepted", &fleet.serve, || async {
+        let r = fleet.admin.post(format!("{}/v1/services/mx/switchover", fleet.api)).send().await.ok()?;
+        match r.status().as_u16() {
+            202 => Some(()),
+            409 => None,
+            other => panic!("switchover answered {other}: {}", r.text().await.unwrap_or_default()),
+        }
+    })
+    .await;
+    let moved = wait_for(Duration::from_secs(120), "the URL reaches the new primary", &fleet.serve, || {
+        let (url, old) = (url.clone(), fleet.agent(&p_host).address.clone());
+        async move {
+            let client = url_client(&url).await?;
+            let address = server_address(&client).await?;
+            let writable = client.batch_execute("INSERT INTO m VALUES (2)").await.is_ok();
+            (address != old && writable).then_some(client)
+        }
+    })
+    .await;
+    let rows = query_text(&moved, "SELECT count(*) FROM m").await;
+    assert_eq!(rows[0][0].as_deref(), Some("2"), "both writes through the same URL are there");
+    assert_eq!(fleet.service("mx").await.unwrap()["url"].as_str(), Some(url.as_str()), "the URL is unchanged");
 }

@@ -349,24 +349,38 @@ pub(crate) async fn post_action_result(
     Ok(Json(serde_json::json!({"accepted": accepted})))
 }
 
+/// The routers beside the control plane of the services on agent hosts,
+/// with the key their login passwords are derived from.
+#[derive(Clone)]
+pub struct RoutersBeside {
+    pub routers: Arc<drover_providers::local::ControlPlaneRouters>,
+    /// Derives each service's login password (the URL's).
+    pub key: drover_secrets::SecretKey,
+}
+
+impl RoutersBeside {
+    /// The stable URL of service `name` through its router here: the
+    /// router's port and the login password derived from the key. None for
+    /// a service with no router here (not on agent hosts).
+    pub fn url(&self, name: &str) -> Option<String> {
+        let id = self.routers.service_id(name)?;
+        self.routers.url(name, &crate::runtime::login_password(&self.key, id))
+    }
+}
+
 /// The `local` provider of a control plane with no host of its own
 /// (`--no-local`): it runs nothing here; every action goes to the agent of
 /// its instance's host, and an action for an instance on no agent host fails.
 pub struct AgentsProvider {
     /// The routers beside the control plane (None: they could not be
     /// opened; services then have no URL).
-    pub routers: Option<Arc<drover_providers::local::ControlPlaneRouters>>,
-    /// Derives each service's login password (the URL's).
-    pub key: drover_secrets::SecretKey,
+    pub routers: Option<RoutersBeside>,
 }
 
 impl drover_providers::Provider for AgentsProvider {
-    /// The router beside the control plane: its port, and the login
-    /// password derived from the control plane's key.
+    /// The router beside the control plane (see [`RoutersBeside::url`]).
     fn service_url(&self, service: &str) -> Option<String> {
-        let routers = self.routers.as_ref()?;
-        let id = routers.service_id(service)?;
-        routers.url(service, &crate::runtime::login_password(&self.key, id))
+        self.routers.as_ref()?.url(service)
     }
 
     fn name(&self) -> &str {

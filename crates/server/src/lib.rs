@@ -324,24 +324,17 @@ async fn start_up(
     let mut providers: HashMap<String, Arc<dyn Provider>> = HashMap::new();
     providers.insert("sim".into(), sim.clone());
     let mut extra_images = Vec::new();
-    // Without a host of its own, the routers of the services on agent
-    // hosts run here, beside the control plane.
-    let routers_beside = if opts.agents_only {
-        match drover_providers::local::ControlPlaneRouters::open(&opts.data_dir) {
-            Ok(routers) => Some(routers),
-            Err(e) => {
-                tracing::warn!(error = %e, "cannot open the routers beside the control plane: services on agent hosts have no URL");
-                None
-            }
+    // The routers of the services on agent hosts run here, beside the
+    // control plane, whether or not it has a host of its own.
+    let routers_beside = match drover_providers::local::ControlPlaneRouters::open(&opts.data_dir) {
+        Ok(routers) => Some(agents::RoutersBeside { routers, key: key.clone() }),
+        Err(e) => {
+            tracing::warn!(error = %e, "cannot open the routers beside the control plane: services on agent hosts have no URL");
+            None
         }
-    } else {
-        None
     };
     if opts.agents_only {
-        providers.insert(
-            "local".into(),
-            Arc::new(agents::AgentsProvider { routers: routers_beside.clone(), key: key.clone() }),
-        );
+        providers.insert("local".into(), Arc::new(agents::AgentsProvider { routers: routers_beside.clone() }));
     }
     if let Some(local_config) = opts.local.as_ref().filter(|_| !opts.agents_only) {
         match open_local(&opts.data_dir, local_config.clone(), opts.engine.backup_retention_full).await {
@@ -407,10 +400,10 @@ async fn start_up(
     let agent_channel = agents::AgentChannel::default();
     let builtin_host_name = (!opts.agents_only).then(host_name);
     let mut dispatcher = runtime::Dispatcher::new(providers.clone(), default_provider, handle.clone())
-        .with_agents(agent_channel.clone(), builtin_host_name)
+        .with_agents(agent_channel.clone(), builtin_host_name.clone())
         .with_replication_key(key.clone());
-    if let Some(routers) = &routers_beside {
-        dispatcher = dispatcher.with_routers(routers.clone());
+    if let Some(beside) = &routers_beside {
+        dispatcher = dispatcher.with_routers(beside.routers.clone());
     }
     let (pager_wakeup, wakeup) =
         runtime::pager_wakeup(|e| drover_oncall::engine::is_relevant(e) || drover_oncall::engine::is_announcement(e));
@@ -466,8 +459,9 @@ async fn start_up(
         .context("cannot start the pager")?;
     retention::spawn(store.clone(), opts.data_dir.clone(), opts.retention, stop.clone());
     let stop_for_status = stop.clone();
-    if let Some(routers) = routers_beside {
-        routers::follow_primaries(handle.clone(), agent_channel.clone(), routers, key.clone(), stop.clone());
+    if let Some(beside) = &routers_beside {
+        let (routers, builtin) = (beside.routers.clone(), builtin_host_name.clone());
+        routers::follow_primaries(handle.clone(), agent_channel.clone(), routers, builtin, key.clone(), stop.clone());
     }
     let engine_task = tokio::spawn(actor::Actor { machine, inbox, shutdown: stop, limits: runtime::LIMITS }.run());
     let actor_task = tokio::spawn(async move {
@@ -498,6 +492,7 @@ async fn start_up(
         runbooks,
         agents: agent_channel,
         status: status::StatusSite::new(opts.status.clone()),
+        routers_beside,
         ui: Default::default(),
     });
     status::spawn_sampler(state.ready.clone(), stop_for_status);

@@ -24,6 +24,7 @@ pub fn follow_primaries(
     engine: EngineHandle,
     agents: crate::agents::AgentChannel,
     routers: Arc<ControlPlaneRouters>,
+    builtin_host: Option<String>,
     key: drover_secrets::SecretKey,
     mut stop: watch::Receiver<bool>,
 ) -> tokio::task::JoinHandle<()> {
@@ -38,7 +39,10 @@ pub fn follow_primaries(
             if *stop.borrow() {
                 return;
             }
-            let Ok(services) = engine.query(|e| e.services_on_agent_hosts(None)).await else { continue };
+            let builtin = builtin_host.clone();
+            let Ok(services) = engine.query(move |e| e.services_on_agent_hosts(builtin.as_deref())).await else {
+                continue;
+            };
             for service in services {
                 let password = login_password(&key, service.id);
                 let target = service.primary.as_ref().and_then(|(instance, address)| {

@@ -34,6 +34,9 @@ pub struct Ready {
     pub status: crate::status::StatusSite,
     /// The dashboard's sessions (`ui`).
     pub ui: crate::ui::Sessions,
+    /// The routers of services on agent hosts (None: they could not be
+    /// opened).
+    pub routers_beside: Option<crate::agents::RoutersBeside>,
 }
 
 impl Ready {
@@ -56,7 +59,10 @@ impl Ready {
     /// URL's password only for a caller allowed to connect.
     pub(crate) fn complete(&self, mut view: ServiceView, caller: &crate::auth::Identity) -> ServiceView {
         if let Some(p) = self.provider_objects.get(&view.provider) {
-            view.url = p.service_url(&view.name);
+            // A service on agent hosts is routed beside the control plane,
+            // also when this control plane has a host of its own.
+            view.url =
+                p.service_url(&view.name).or_else(|| self.routers_beside.as_ref().and_then(|r| r.url(&view.name)));
             view.read_urls = view.read_slots.iter().filter_map(|&slot| p.read_url(&view.name, slot)).collect();
         }
         if !caller.may_connect() {
