@@ -659,4 +659,20 @@ async fn a_control_plane_with_its_own_host_routes_the_services_on_its_agents() {
     let rows = query_text(&moved, "SELECT count(*) FROM m").await;
     assert_eq!(rows[0][0].as_deref(), Some("2"), "both writes through the same URL are there");
     assert_eq!(fleet.service("mx").await.unwrap()["url"].as_str(), Some(url.as_str()), "the URL is unchanged");
+    drop(moved);
+    drop(via_url);
+
+    // Deleted to the end, the service's router beside the control plane
+    // stops and its port is free.
+    let port: u16 = url.rsplit_once(':').and_then(|(_, rest)| rest.split('/').next()?.parse().ok()).expect("a port");
+    let r = fleet.admin.delete(format!("{}/v1/services/mx", fleet.api)).send().await.unwrap();
+    assert_eq!(r.status().as_u16(), 202, "{}", r.text().await.unwrap_or_default());
+    wait_for(Duration::from_secs(120), "the deleted service's router stopped", &fleet.serve, || async {
+        let gone = get(&fleet.admin, &format!("{}/v1/services/mx", fleet.api)).await?.0 == 404;
+        let closed = std::net::TcpStream::connect(("127.0.0.1", port)).is_err();
+        // Forgotten durably too: a restart does not start it again.
+        let routes = std::fs::read_to_string(fleet._tmp.path().join("cp/routers/routes.json")).ok()?;
+        (gone && closed && !routes.contains("\"mx\"")).then_some(())
+    })
+    .await;
 }

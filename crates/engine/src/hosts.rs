@@ -417,6 +417,12 @@ impl Engine {
         })
     }
 
+    /// Of `ids`, the services this engine no longer has (deleted to the
+    /// end): their routers beside the control plane can stop.
+    pub fn services_gone(&self, ids: &[ServiceId]) -> Vec<ServiceId> {
+        ids.iter().copied().filter(|&id| self.service_slot(id).is_none()).collect()
+    }
+
     /// The record of host `name` (its address, last seen, ...).
     pub fn host_record(&self, name: &str) -> Option<HostRecord> {
         self.host_index(name).and_then(|h| self.hosts.get(h)).map(|s| s.rec.clone())

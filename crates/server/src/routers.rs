@@ -19,6 +19,10 @@ use tokio::sync::watch;
 /// (the failover budget is 2 s, DESIGN.md).
 pub const FOLLOW_INTERVAL: Duration = Duration::from_millis(50);
 
+/// Every this many rounds the routers of services the engine no longer has
+/// (deleted to the end) are stopped and forgotten.
+const SWEEP_ROUNDS: u32 = 20;
+
 /// Runs until `stop` says so.
 pub fn follow_primaries(
     engine: EngineHandle,
@@ -31,7 +35,12 @@ pub fn follow_primaries(
     tokio::spawn(async move {
         // Errors are logged once per (service, error), not every round.
         let mut reported: HashSet<(drover_model::ServiceId, String)> = HashSet::new();
+        let mut round = 0u32;
         loop {
+            round = round.wrapping_add(1);
+            if round % SWEEP_ROUNDS == 0 {
+                stop_routers_of_deleted_services(&engine, &routers).await;
+            }
             tokio::select! {
                 _ = tokio::time::sleep(FOLLOW_INTERVAL) => {}
                 _ = stop.changed() => return,
@@ -66,4 +75,21 @@ pub fn follow_primaries(
             }
         }
     })
+}
+
+/// Stops the routers of the services the engine no longer has (a deleted
+/// service's router would otherwise keep its port, serving nothing, until
+/// the data dir goes). A service still being deleted keeps its router.
+async fn stop_routers_of_deleted_services(engine: &EngineHandle, routers: &ControlPlaneRouters) {
+    let kept = routers.services();
+    if kept.is_empty() {
+        return;
+    }
+    let Ok(gone) = engine.query(move |e| e.services_gone(&kept)).await else { return };
+    for service in gone {
+        match routers.remove(service).await {
+            Ok(()) => tracing::info!(%service, "router beside the control plane stopped: its service is gone"),
+            Err(error) => tracing::warn!(%service, %error, "cannot stop the router of a deleted service"),
+        }
+    }
 }

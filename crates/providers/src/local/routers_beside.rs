@@ -222,6 +222,11 @@ impl ControlPlaneRouters {
         tracing::info!(service = %name, "router holds new queries: no writable primary");
     }
 
+    /// The services with a router kept here.
+    pub fn services(&self) -> Vec<ServiceId> {
+        lock(&self.routes).keys().copied().collect()
+    }
+
     /// Stops the router of a service that is gone, and forgets it.
     pub async fn remove(&self, service: ServiceId) -> Result<(), ActionError> {
         self.routers.stop(service).await?;
