@@ -29,6 +29,12 @@ pub struct HostOptions {
     pub address: String,
     /// Instances it may hold.
     pub capacity: u32,
+    /// Where its services' backups and archived WAL go (`--backup-repo`):
+    /// storage every host reaches, standing for an object store or a shared
+    /// filesystem, so a service keeps one backup history whichever host its
+    /// primary is on. None: no backups on this host (said plainly by the
+    /// backup actions and the backups check).
+    pub backup_repo: Option<std::path::PathBuf>,
 }
 
 /// The long poll's wait, asked of the control plane.

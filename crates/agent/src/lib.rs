@@ -66,12 +66,36 @@ pub enum AgentError {
     ControlPlane(#[from] ControlPlaneError),
     #[error("cannot open the local provider over the data dir: {0}")]
     Provider(#[from] drover_providers::ProviderError),
+    #[error("{0}")]
+    Backups(String),
 }
 
 /// How often the primaries of this host are looked at for strict
 /// synchronous replication (`LocalProvider::hold_strict_sync`): the
 /// heartbeat cadence, so a new follower counts within a beat.
 const STRICT_SYNC_INTERVAL: Duration = Duration::from_millis(250);
+
+/// The pgBackRest repository of a host whose backup store is `store`
+/// (shared by every host): its configuration, logs and locks stay under
+/// this host's data dir, the backups and WAL go to the shared store.
+fn shared_backup_repo(
+    data_dir: &std::path::Path,
+    store: &std::path::Path,
+) -> Result<drover_providers::pgbackrest::BackupRepo, AgentError> {
+    let run_as = drover_providers::runas::RunAs::for_servers()
+        .map_err(|e| AgentError::Backups(format!("cannot choose the user servers run as: {e}")))?;
+    let storage = drover_providers::pgbackrest::RepoStorage::Posix {
+        path: std::path::absolute(store).map_err(|e| {
+            AgentError::Backups(format!("cannot make the backup store path {} absolute: {e}", store.display()))
+        })?,
+    };
+    drover_providers::pgbackrest::BackupRepo::open_with_storage(
+        &data_dir.join("local").join("backups"),
+        run_as,
+        storage,
+    )
+    .map_err(|e| AgentError::Backups(format!("cannot prepare the pgBackRest repository on {}: {e}", store.display())))
+}
 
 /// Runs until `shutdown` completes. Network and database errors are
 /// logged and retried next round, never fatal.
@@ -89,8 +113,13 @@ pub async fn run(options: Options, shutdown: impl Future<Output = ()>) -> Result
         )?);
         // Its servers listen on the host's address too: followers on other
         // hosts stream from them over TCP.
+        let backups = match &host.backup_repo {
+            Some(store) => Some(shared_backup_repo(&options.data_dir, store)?),
+            None => None,
+        };
         let config = drover_providers::local::LocalConfig {
             listen_address: Some(host.address.clone()),
+            backups,
             ..drover_providers::local::LocalConfig::default()
         };
         let provider = drover_providers::local::LocalProvider::open(&options.data_dir, config)?;

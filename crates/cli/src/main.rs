@@ -253,6 +253,12 @@ enum Cmd {
         /// The instances --host may hold.
         #[arg(long, default_value_t = 16, requires = "host")]
         capacity: u32,
+        /// A directory every host reaches (a shared filesystem standing for
+        /// an object store) where the backups and archived WAL of --host's
+        /// services go; give every agent the same one. Without it, services
+        /// on this host have no backups (their backups check says so).
+        #[arg(long, value_name = "DIR", requires = "host")]
+        backup_repo: Option<PathBuf>,
     },
     /// Run the deterministic fleet simulator: the real engine over a
     /// simulated fleet (scenarios: docs/scenarios.md). Last line: JSON.
@@ -698,7 +704,18 @@ async fn run(cli: Cli, no_local_set: bool) -> anyhow::Result<()> {
         Cmd::Serve(args) => serve(args, no_local_set).await,
         Cmd::Completions { shell } => completions(shell),
         Cmd::Secrets(SecretsCmd::Seal { data_dir }) => seal(&data_dir),
-        Cmd::Agent { data_dir, interval_ms, lease_secs, log_format, host, zone, address, capacity, .. } => {
+        Cmd::Agent {
+            data_dir,
+            interval_ms,
+            lease_secs,
+            log_format,
+            host,
+            zone,
+            address,
+            capacity,
+            backup_repo,
+            ..
+        } => {
             agent::init_logs(log_format);
             let (token, _) = client::resolve_token(token_file.as_deref(), None)?.ok_or_else(|| {
                 anyhow::anyhow!(
@@ -722,6 +739,7 @@ async fn run(cli: Cli, no_local_set: bool) -> anyhow::Result<()> {
                     zone: zone.unwrap_or_default(),
                     address: address.unwrap_or_default(),
                     capacity,
+                    backup_repo,
                 }),
             };
             agent::run(options, shutdown_signal()).await

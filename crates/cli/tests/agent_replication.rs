@@ -43,6 +43,9 @@ impl HostAgent {
             .arg(dir.join("data"))
             .arg("--token-file")
             .arg(&token_file)
+            // Every host's backups in one store (standing for an object store).
+            .arg("--backup-repo")
+            .arg(root.join("backups"))
             .current_dir(&dir)
             .env_remove("DROVER_TOKEN")
             .env_remove("DROVER_DATA_DIR")
@@ -659,6 +662,20 @@ async fn a_control_plane_with_its_own_host_routes_the_services_on_its_agents() {
     let rows = query_text(&moved, "SELECT count(*) FROM m").await;
     assert_eq!(rows[0][0].as_deref(), Some("2"), "both writes through the same URL are there");
     assert_eq!(fleet.service("mx").await.unwrap()["url"].as_str(), Some(url.as_str()), "the URL is unchanged");
+
+    // Backups of a service on agent hosts go to the store every host shares
+    // (`--backup-repo`): one taken from the new primary's host succeeds.
+    wait_for(Duration::from_secs(60), "a backup requested", &fleet.serve, || async {
+        let r = fleet.admin.post(format!("{}/v1/services/mx/backups", fleet.api)).send().await.ok()?;
+        (r.status().as_u16() == 202).then_some(())
+    })
+    .await;
+    let backups = wait_for(Duration::from_secs(120), "a backup of mx", &fleet.serve, || async {
+        let s = fleet.service("mx").await?;
+        (!s["backups"]["last_backup_at"].is_null()).then(|| s["backups"].clone())
+    })
+    .await;
+    assert!(backups["last_backup_error"].is_null(), "{backups}");
     drop(moved);
     drop(via_url);
 
@@ -675,4 +692,8 @@ async fn a_control_plane_with_its_own_host_routes_the_services_on_its_agents() {
         (gone && closed && !routes.contains("\"mx\"")).then_some(())
     })
     .await;
+    // Its final backup was taken on an agent host, into the shared store.
+    let (_, archives) = get(&fleet.admin, &format!("{}/v1/archives", fleet.api)).await.unwrap();
+    let archive = archives.as_array().unwrap().iter().find(|a| a["service"] == "mx").cloned();
+    assert_eq!(archive.as_ref().map(|a| a["state"].clone()), Some(json!("archived")), "{archives}");
 }
