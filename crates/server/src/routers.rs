@@ -38,7 +38,7 @@ pub fn follow_primaries(
         let mut round = 0u32;
         loop {
             round = round.wrapping_add(1);
-            if round % SWEEP_ROUNDS == 0 {
+            if round.is_multiple_of(SWEEP_ROUNDS) {
                 stop_routers_of_deleted_services(&engine, &routers).await;
             }
             tokio::select! {
