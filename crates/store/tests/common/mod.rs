@@ -20,3 +20,6 @@ impl Drop for TempDir {
         let _ = std::fs::remove_dir_all(&self.0);
     }
 }
+
+#[allow(dead_code)]
+pub mod pg;
