@@ -3,75 +3,21 @@
 //! the case (`postgres::`).
 
 mod common;
-use common::pg::PgServer;
-use common::TempDir;
+use common::{quote, Backend, TempDir, DB};
 use drover_model::{
     ActionId, ActionKind, ActionRecord, ActionState, AuditEntry, BackupStatus, Changes, CredentialStatus, EngineKind,
     Event, EventSubject, Fault, HostRecord, HostState, Image, InstanceId, InstanceRecord, InstanceState, Plan, Role,
     ServiceId, ServiceRecord, ServiceState, Timestamp,
 };
-use drover_store::{EventFilter, PgStore, SqliteStore, Store, StoreError, MAX_READ_LIMIT};
+use drover_store::{EventFilter, PgStore, SqliteStore, StoreError, MAX_READ_LIMIT};
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::io::{BufRead, BufReader, Write};
-use std::path::Path;
 use std::process::{Command, Stdio};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{mpsc, Arc};
 use std::time::{Duration, Instant};
 
 const T0: i64 = 1_763_700_000_000_000;
-/// The database of the test's PostgreSQL server the store uses.
-const DB: &str = "postgres";
-
-/// Where a case runs: a SQLite file, or a real PostgreSQL started for it.
-enum Backend {
-    Sqlite(TempDir),
-    Postgres(PgServer),
-}
-
-impl Backend {
-    fn sqlite(name: &str) -> Backend {
-        Backend::Sqlite(TempDir::new(name))
-    }
-    fn postgres() -> Backend {
-        Backend::Postgres(PgServer::start())
-    }
-    /// What `open_spec` opens: the file's path, or the server's URL.
-    fn spec(&self) -> String {
-        match self {
-            Backend::Sqlite(dir) => format!("sqlite:{}", dir.db().display()),
-            Backend::Postgres(pg) => pg.url(DB),
-        }
-    }
-    fn try_open(&self) -> Result<Arc<dyn Store>, StoreError> {
-        open_spec(&self.spec())
-    }
-    /// Opens (again) the same store.
-    fn open(&self) -> Arc<dyn Store> {
-        self.try_open().unwrap()
-    }
-    /// Runs raw SQL on the store's database, behind the store's back.
-    fn raw(&self, sql: &str) {
-        match self {
-            Backend::Sqlite(dir) => rusqlite::Connection::open(dir.db()).unwrap().execute_batch(sql).unwrap(),
-            Backend::Postgres(pg) => {
-                pg.psql(DB, sql);
-            }
-        }
-    }
-}
-
-fn open_spec(spec: &str) -> Result<Arc<dyn Store>, StoreError> {
-    Ok(match spec.strip_prefix("sqlite:") {
-        Some(path) => Arc::new(SqliteStore::open(Path::new(path))?),
-        None => Arc::new(PgStore::connect(spec)?),
-    })
-}
-
-/// A SQL string literal.
-fn quote(text: &str) -> String {
-    format!("'{}'", text.replace('\'', "''"))
-}
 
 fn image(version: &str) -> Image {
     let packages = BTreeMap::from([("postgresql-15".to_string(), version.to_string())]);
@@ -518,6 +464,22 @@ fn opening_a_file_that_is_not_a_database_is_a_clear_error() {
     assert!(err.to_string().contains("missing-dir"), "{err}");
 }
 
+#[test]
+fn a_postgres_store_that_cannot_be_reached_is_a_clear_error_without_the_password() {
+    // A port nothing listens on (bound, then released).
+    let port = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
+    let err =
+        PgStore::connect(&format!("postgres://alice:s3cret@127.0.0.1:{port}/fleet?connect_timeout=5")).unwrap_err();
+    assert!(matches!(err, StoreError::PgConnect { .. }), "{err:?}");
+    let msg = err.to_string();
+    assert!(msg.contains(&format!("postgres://alice@127.0.0.1:{port}/fleet")), "{msg}");
+    assert!(!msg.contains("s3cret"), "the password must not be shown: {msg}");
+
+    let err = PgStore::connect("mysql://alice@127.0.0.1/fleet").unwrap_err();
+    assert!(matches!(err, StoreError::PgConnect { .. }), "{err:?}");
+    assert!(err.to_string().contains("postgres://USER@HOST:PORT/DB"), "{err}");
+}
+
 fn a_record_that_does_not_decode_is_an_error_naming_table_and_id(b: &Backend) {
     let store = b.open();
     let s = service(1, "orders", ServiceState::Available);
@@ -597,7 +559,7 @@ fn crash_child_writer_loop() {
     let Ok(spec) = std::env::var(CRASH_CHILD_ENV) else {
         return;
     };
-    let store = open_spec(&spec).unwrap();
+    let store = common::open_spec(&spec).unwrap();
     let next = Arc::new(AtomicU64::new(0));
     let writers: Vec<_> = (0..4)
         .map(|_| {
