@@ -719,6 +719,19 @@ mod tests {
     }
 
     #[test]
+    fn the_store_is_sqlite_unless_a_postgres_url_is_given() {
+        let data = tempfile::tempdir().unwrap();
+        assert_eq!(resolve(args(data.path(), &[]), false).unwrap().options.store, None);
+        let url = "postgres://drover@127.0.0.1:5432/fleet";
+        let asked = resolve(args(data.path(), &["--store", url]), false).unwrap();
+        assert_eq!(asked.options.store.as_deref(), Some(url));
+        let Err(e) = resolve(args(data.path(), &["--store", "mysql://drover@127.0.0.1/fleet"]), false) else {
+            panic!("a mysql:// store was accepted")
+        };
+        assert!(e.to_string().contains("postgres://USER@HOST:PORT/DB"), "{e}");
+    }
+
+    #[test]
     fn an_unknown_key_is_an_error_naming_the_key_and_the_file() {
         let e = FileConfig::parse("listen = \"127.0.0.1:1\"\nprobe_intervall_ms = 5\n", "/etc/x/drover.toml")
             .unwrap_err()
