@@ -24,12 +24,14 @@ use drover_model::{
     RolloutMember, RolloutRecord, ServiceId, ServiceRecord, ServiceState, Snapshot, Timestamp,
 };
 use std::future::Future;
+use std::pin::Pin;
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
+use std::task::Poll;
 use std::time::Duration;
 use tokio::sync::mpsc::{self, UnboundedReceiver, UnboundedSender};
 use tokio_postgres::types::ToSql;
-use tokio_postgres::{Config, IsolationLevel, NoTls, Row};
+use tokio_postgres::{Config, IsolationLevel, NoTls, Row, Statement};
 
 pub(crate) mod embedded_pg {
     refinery::embed_migrations!("migrations_pg");
@@ -278,56 +280,176 @@ async fn run_writer(pool: Pool, target: String, mut queue: UnboundedReceiver<Req
 async fn commit_group(pool: &Pool, target: &str, group: &[Request]) -> Result<(), StoreError> {
     let mut client = pool.get().await.map_err(pool_error(target))?;
     let tx = client.transaction().await.map_err(pg("beginning a commit"))?;
+    // Prepared once per connection (deadpool caches them), before any write.
+    let stmts = Statements::prepare(&tx).await.map_err(pg("preparing a commit"))?;
+    let mut pipeline = Pipeline::default();
     for request in group {
-        apply(&tx, &request.batch).await.map_err(pg("writing a commit"))?;
+        pipeline.apply(&tx, &stmts, &request.batch).await.map_err(pg("writing a commit"))?;
     }
+    pipeline.finish().await.map_err(pg("writing a commit"))?;
     // On error the dropped transaction rolls back: nothing of the group stays.
     tx.commit().await.map_err(pg("committing"))
 }
 
-/// Writes one batch inside the writer's open transaction: the statements of
-/// `rows::apply`, in PostgreSQL's dialect and in the same order.
-async fn apply(tx: &deadpool_postgres::Transaction<'_>, batch: &EncodedChanges) -> Result<(), tokio_postgres::Error> {
-    if !batch.services.is_empty() {
-        let stmt = tx
-            .prepare_cached(
-                "INSERT INTO services (id, name, state, created_at, state_since, record)
-                 VALUES ($1, $2, $3, $4, $5, $6)
-                 ON CONFLICT (id) DO UPDATE SET name = excluded.name, state = excluded.state,
-                   created_at = excluded.created_at, state_since = excluded.state_since, record = excluded.record",
-            )
-            .await?;
+/// The upserts and appends of `rows::apply`, in PostgreSQL's dialect.
+struct Statements {
+    services: Statement,
+    instances: Statement,
+    actions: Statement,
+    images: Statement,
+    rollouts: Statement,
+    rollout_members: Statement,
+    hosts: Statement,
+    archives: Statement,
+    events: Statement,
+    audit: Statement,
+}
+
+impl Statements {
+    async fn prepare(tx: &deadpool_postgres::Transaction<'_>) -> Result<Statements, tokio_postgres::Error> {
+        Ok(Statements {
+            services: tx
+                .prepare_cached(
+                    "INSERT INTO services (id, name, state, created_at, state_since, record)
+                     VALUES ($1, $2, $3, $4, $5, $6)
+                     ON CONFLICT (id) DO UPDATE SET name = excluded.name, state = excluded.state,
+                       created_at = excluded.created_at, state_since = excluded.state_since, record = excluded.record",
+                )
+                .await?,
+            instances: tx
+                .prepare_cached(
+                    "INSERT INTO instances (id, service_id, state, created_at, state_since, record)
+                     VALUES ($1, $2, $3, $4, $5, $6)
+                     ON CONFLICT (id) DO UPDATE SET service_id = excluded.service_id, state = excluded.state,
+                       created_at = excluded.created_at, state_since = excluded.state_since, record = excluded.record",
+                )
+                .await?,
+            actions: tx
+                .prepare_cached(
+                    "INSERT INTO actions (id, service_id, instance_id, kind, state, created_at, updated_at, deadline, record)
+                     VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9)
+                     ON CONFLICT (id) DO UPDATE SET service_id = excluded.service_id, instance_id = excluded.instance_id,
+                       kind = excluded.kind, state = excluded.state, created_at = excluded.created_at,
+                       updated_at = excluded.updated_at, deadline = excluded.deadline, record = excluded.record",
+                )
+                .await?,
+            images: tx
+                .prepare_cached(
+                    "INSERT INTO images (id, engine, version, created_at, record) VALUES ($1, $2, $3, $4, $5)
+                     ON CONFLICT (id) DO UPDATE SET engine = excluded.engine, version = excluded.version,
+                       created_at = excluded.created_at, record = excluded.record",
+                )
+                .await?,
+            rollouts: tx
+                .prepare_cached(
+                    "INSERT INTO rollouts (id, state, created_at, updated_at, record) VALUES ($1, $2, $3, $4, $5)
+                     ON CONFLICT (id) DO UPDATE SET state = excluded.state, created_at = excluded.created_at,
+                       updated_at = excluded.updated_at, record = excluded.record",
+                )
+                .await?,
+            rollout_members: tx
+                .prepare_cached(
+                    "INSERT INTO rollout_services (rollout_id, service_id, position, phase, record)
+                     VALUES ($1, $2, $3, $4, $5)
+                     ON CONFLICT (rollout_id, service_id) DO UPDATE SET position = excluded.position,
+                       phase = excluded.phase, record = excluded.record",
+                )
+                .await?,
+            hosts: tx
+                .prepare_cached(
+                    "INSERT INTO hosts (name, zone, state, registered_at, record) VALUES ($1, $2, $3, $4, $5)
+                     ON CONFLICT (name) DO UPDATE SET zone = excluded.zone, state = excluded.state,
+                       registered_at = excluded.registered_at, record = excluded.record",
+                )
+                .await?,
+            archives: tx
+                .prepare_cached(
+                    "INSERT INTO archives (id, service_name, state, created_at, updated_at, record)
+                     VALUES ($1, $2, $3, $4, $5, $6)
+                     ON CONFLICT (id) DO UPDATE SET service_name = excluded.service_name, state = excluded.state,
+                       created_at = excluded.created_at, updated_at = excluded.updated_at, record = excluded.record",
+                )
+                .await?,
+            // DO NOTHING: an id already stored means this append is a retry of
+            // one that did reach the disk; the first copy (and its seq) stays.
+            events: tx
+                .prepare_cached(
+                    "INSERT INTO events (event_id, at, service, instance_id, record) VALUES ($1, $2, $3, $4, $5)
+                     ON CONFLICT (event_id) DO NOTHING",
+                )
+                .await?,
+            audit: tx.prepare_cached("INSERT INTO audit (at, actor, record) VALUES ($1, $2, $3)").await?,
+        })
+    }
+}
+
+/// Statements the writer sends before it waits for their answers.
+const MAX_IN_FLIGHT: usize = 1024;
+
+type Pending<'a> = Pin<Box<dyn Future<Output = Result<u64, tokio_postgres::Error>> + Send + 'a>>;
+
+/// Statements sent back to back on the writer's connection without waiting
+/// for each answer (one round trip for the whole group, not one per row).
+/// Order is kept: a statement is written to the connection on its first
+/// poll, which `send` does at once, and PostgreSQL runs a connection's
+/// statements in the order received; so a later upsert of the same id still
+/// wins and events get their seqs in commit order.
+#[derive(Default)]
+struct Pipeline<'a> {
+    pending: Vec<Pending<'a>>,
+}
+
+impl<'a> Pipeline<'a> {
+    async fn send<const N: usize>(
+        &mut self,
+        tx: &'a deadpool_postgres::Transaction<'_>,
+        statement: &'a Statement,
+        params: [&'a (dyn ToSql + Sync); N],
+    ) -> Result<(), tokio_postgres::Error> {
+        if self.pending.len() >= MAX_IN_FLIGHT {
+            // Bounds the memory and the unread answers of a huge group.
+            for future in self.pending.drain(..) {
+                future.await?;
+            }
+        }
+        let mut future: Pending<'a> = Box::pin(tx.execute_raw(statement, params));
+        match std::future::poll_fn(|cx| Poll::Ready(future.as_mut().poll(cx))).await {
+            Poll::Ready(done) => done.map(drop),
+            Poll::Pending => {
+                self.pending.push(future);
+                Ok(())
+            }
+        }
+    }
+
+    /// Waits for every answer, in order: the first error is the one that
+    /// aborted the transaction.
+    async fn finish(self) -> Result<(), tokio_postgres::Error> {
+        for future in self.pending {
+            future.await?;
+        }
+        Ok(())
+    }
+
+    /// Sends one batch's statements, in `rows::apply`'s order.
+    async fn apply(
+        &mut self,
+        tx: &'a deadpool_postgres::Transaction<'_>,
+        s: &'a Statements,
+        batch: &'a EncodedChanges,
+    ) -> Result<(), tokio_postgres::Error> {
         for r in &batch.services {
-            tx.execute(&stmt, &[&r.id, &r.name, &r.state, &r.created_at, &r.state_since, &r.record]).await?;
+            self.send(tx, &s.services, [&r.id, &r.name, &r.state, &r.created_at, &r.state_since, &r.record]).await?;
         }
-    }
-    if !batch.instances.is_empty() {
-        let stmt = tx
-            .prepare_cached(
-                "INSERT INTO instances (id, service_id, state, created_at, state_since, record)
-                 VALUES ($1, $2, $3, $4, $5, $6)
-                 ON CONFLICT (id) DO UPDATE SET service_id = excluded.service_id, state = excluded.state,
-                   created_at = excluded.created_at, state_since = excluded.state_since, record = excluded.record",
-            )
-            .await?;
         for r in &batch.instances {
-            tx.execute(&stmt, &[&r.id, &r.service_id, &r.state, &r.created_at, &r.state_since, &r.record]).await?;
+            self.send(tx, &s.instances, [&r.id, &r.service_id, &r.state, &r.created_at, &r.state_since, &r.record])
+                .await?;
         }
-    }
-    if !batch.actions.is_empty() {
-        let stmt = tx
-            .prepare_cached(
-                "INSERT INTO actions (id, service_id, instance_id, kind, state, created_at, updated_at, deadline, record)
-                 VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9)
-                 ON CONFLICT (id) DO UPDATE SET service_id = excluded.service_id, instance_id = excluded.instance_id,
-                   kind = excluded.kind, state = excluded.state, created_at = excluded.created_at,
-                   updated_at = excluded.updated_at, deadline = excluded.deadline, record = excluded.record",
-            )
-            .await?;
         for r in &batch.actions {
-            tx.execute(
-                &stmt,
-                &[
+            self.send(
+                tx,
+                &s.actions,
+                [
                     &r.id,
                     &r.service_id,
                     &r.instance_id,
@@ -341,90 +463,31 @@ async fn apply(tx: &deadpool_postgres::Transaction<'_>, batch: &EncodedChanges) 
             )
             .await?;
         }
-    }
-    if !batch.images.is_empty() {
-        let stmt = tx
-            .prepare_cached(
-                "INSERT INTO images (id, engine, version, created_at, record) VALUES ($1, $2, $3, $4, $5)
-                 ON CONFLICT (id) DO UPDATE SET engine = excluded.engine, version = excluded.version,
-                   created_at = excluded.created_at, record = excluded.record",
-            )
-            .await?;
         for r in &batch.images {
-            tx.execute(&stmt, &[&r.id, &r.engine, &r.version, &r.created_at, &r.record]).await?;
+            self.send(tx, &s.images, [&r.id, &r.engine, &r.version, &r.created_at, &r.record]).await?;
         }
-    }
-    // Headers before their members (the members' rows reference them).
-    if !batch.rollouts.is_empty() {
-        let stmt = tx
-            .prepare_cached(
-                "INSERT INTO rollouts (id, state, created_at, updated_at, record) VALUES ($1, $2, $3, $4, $5)
-                 ON CONFLICT (id) DO UPDATE SET state = excluded.state, created_at = excluded.created_at,
-                   updated_at = excluded.updated_at, record = excluded.record",
-            )
-            .await?;
+        // Headers before their members (the members' rows reference them).
         for r in &batch.rollouts {
-            tx.execute(&stmt, &[&r.id, &r.state, &r.created_at, &r.updated_at, &r.record]).await?;
+            self.send(tx, &s.rollouts, [&r.id, &r.state, &r.created_at, &r.updated_at, &r.record]).await?;
         }
-    }
-    if !batch.rollout_members.is_empty() {
-        let stmt = tx
-            .prepare_cached(
-                "INSERT INTO rollout_services (rollout_id, service_id, position, phase, record)
-                 VALUES ($1, $2, $3, $4, $5)
-                 ON CONFLICT (rollout_id, service_id) DO UPDATE SET position = excluded.position,
-                   phase = excluded.phase, record = excluded.record",
-            )
-            .await?;
         for r in &batch.rollout_members {
-            tx.execute(&stmt, &[&r.rollout_id, &r.service_id, &r.position, &r.phase, &r.record]).await?;
+            self.send(tx, &s.rollout_members, [&r.rollout_id, &r.service_id, &r.position, &r.phase, &r.record]).await?;
         }
-    }
-    if !batch.hosts.is_empty() {
-        let stmt = tx
-            .prepare_cached(
-                "INSERT INTO hosts (name, zone, state, registered_at, record) VALUES ($1, $2, $3, $4, $5)
-                 ON CONFLICT (name) DO UPDATE SET zone = excluded.zone, state = excluded.state,
-                   registered_at = excluded.registered_at, record = excluded.record",
-            )
-            .await?;
         for r in &batch.hosts {
-            tx.execute(&stmt, &[&r.name, &r.zone, &r.state, &r.registered_at, &r.record]).await?;
+            self.send(tx, &s.hosts, [&r.name, &r.zone, &r.state, &r.registered_at, &r.record]).await?;
         }
-    }
-    if !batch.archives.is_empty() {
-        let stmt = tx
-            .prepare_cached(
-                "INSERT INTO archives (id, service_name, state, created_at, updated_at, record)
-                 VALUES ($1, $2, $3, $4, $5, $6)
-                 ON CONFLICT (id) DO UPDATE SET service_name = excluded.service_name, state = excluded.state,
-                   created_at = excluded.created_at, updated_at = excluded.updated_at, record = excluded.record",
-            )
-            .await?;
         for r in &batch.archives {
-            tx.execute(&stmt, &[&r.id, &r.service_name, &r.state, &r.created_at, &r.updated_at, &r.record]).await?;
+            self.send(tx, &s.archives, [&r.id, &r.service_name, &r.state, &r.created_at, &r.updated_at, &r.record])
+                .await?;
         }
-    }
-    if !batch.events.is_empty() {
-        // DO NOTHING: an id already stored means this append is a retry of
-        // one that did reach the disk; the first copy (and its seq) stays.
-        let stmt = tx
-            .prepare_cached(
-                "INSERT INTO events (event_id, at, service, instance_id, record) VALUES ($1, $2, $3, $4, $5)
-                 ON CONFLICT (event_id) DO NOTHING",
-            )
-            .await?;
         for r in &batch.events {
-            tx.execute(&stmt, &[&r.event_id, &r.at, &r.service, &r.instance_id, &r.record]).await?;
+            self.send(tx, &s.events, [&r.event_id, &r.at, &r.service, &r.instance_id, &r.record]).await?;
         }
-    }
-    if !batch.audit.is_empty() {
-        let stmt = tx.prepare_cached("INSERT INTO audit (at, actor, record) VALUES ($1, $2, $3)").await?;
         for r in &batch.audit {
-            tx.execute(&stmt, &[&r.at, &r.actor, &r.record]).await?;
+            self.send(tx, &s.audit, [&r.at, &r.actor, &r.record]).await?;
         }
+        Ok(())
     }
-    Ok(())
 }
 
 fn clamp_limit(limit: usize) -> i64 {
