@@ -363,6 +363,11 @@ fn event_limit_defaults_to_1000_and_is_clamped(b: &Backend) {
     assert_eq!(store.events(&EventFilter::default()).unwrap().len(), 1000);
     let clamped = store.events(&EventFilter { limit: Some(usize::MAX), ..Default::default() }).unwrap();
     assert_eq!(clamped.len(), MAX_READ_LIMIT);
+    // One commit's events keep their order in seq (PostgreSQL's writer
+    // pipelines them, in flights of 1024).
+    let causes: Vec<String> = clamped.into_iter().map(|e| e.cause).collect();
+    let expected: Vec<String> = (0..MAX_READ_LIMIT).map(|k| format!("e{k}")).collect();
+    assert_eq!(causes, expected);
 }
 
 fn audit_returns_the_most_recent_entries_in_ascending_seq(b: &Backend) {
