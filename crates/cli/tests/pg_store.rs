@@ -112,3 +112,99 @@ async fn serve_on_a_postgres_store_keeps_services_and_events_across_kill_9() {
 fn rusqlite_count(path: &std::path::Path) -> usize {
     drover_store::Store::load(&drover_store::SqliteStore::open(path).unwrap()).unwrap().services.len()
 }
+
+fn with_role<'a>(service: &'a Value, role: &str) -> Vec<&'a Value> {
+    service["instances"].as_array().map(|i| i.iter().filter(|i| i["role"] == role).collect()).unwrap_or_default()
+}
+
+fn id(v: &Value) -> String {
+    v["id"].as_str().unwrap_or_default().to_string()
+}
+
+/// crash_restart's failover case on a PostgreSQL store: kill -9 while the
+/// failover's fence or promote runs; after the restart the failover
+/// completes with exactly one writable primary and one successful promote
+/// (nothing acknowledged was lost, nothing harmful was repeated).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_failover_interrupted_by_kill_9_completes_once_on_a_postgres_store() {
+    let pg = pg::PgServer::start();
+    let url = pg.url("postgres");
+    let dir = tempfile::tempdir().unwrap();
+    let data = dir.path().join("data");
+    let data_arg = data.to_str().unwrap().to_string();
+    let port = free_port();
+    #[rustfmt::skip]
+    let args = [
+        "--data-dir", &data_arg, "--store", &url,
+        "--uncertain-after-ms", "400", "--restart-grace-secs", "0.3", "--probe-interval-ms", "200",
+        "--action-timeout-ms", "3000", "--heartbeat-interval-ms", "100",
+        "--default-provider", "sim", "--no-local",
+        // A visible window for the kill to land in a fence or promote.
+        "--action-latency-ms", "250",
+    ];
+    let mut serve = Serve::start(dir.path(), port, &args);
+    let plain = drover_agent::tls::builder().timeout(Duration::from_secs(10)).build().unwrap();
+    serve.wait_healthy(&plain, GENEROUS).await;
+    let http = admin_client(&data);
+    let api = serve.api.clone();
+    let post = |path: &str, body: Value| {
+        let request = http.post(format!("{api}{path}")).json(&body).send();
+        async move {
+            let r = request.await.expect("POST");
+            let status = r.status().as_u16();
+            (status, r.json::<Value>().await.unwrap_or(Value::Null))
+        }
+    };
+    let (status, created) = post("/v1/services", json!({"name": "crashy", "engine": "postgres", "followers": 1})).await;
+    assert_eq!(status, 201, "{created}");
+    let before = wait_for(GENEROUS, "crashy available", &serve, || async {
+        let (_, s) = get(&http, &format!("{api}/v1/services/crashy")).await?;
+        let all =
+            s["instances"].as_array().is_some_and(|i| i.len() == 2 && i.iter().all(|i| i["state"] == "available"));
+        (s["state"] == "available" && all).then_some(s)
+    })
+    .await;
+    let old_primary = id(with_role(&before, "primary")[0]);
+    let old_follower = id(with_role(&before, "follower")[0]);
+    let (status, body) = post("/v1/chaos", json!({"instance": old_primary, "fault": "crash"})).await;
+    assert_eq!(status, 202, "{body}");
+
+    let deadline = std::time::Instant::now() + GENEROUS;
+    loop {
+        if let Some((200, Value::Array(actions))) = get(&http, &format!("{api}/v1/actions?service=crashy")).await {
+            if actions.iter().any(|a| (a["kind"] == "fence" || a["kind"] == "promote") && a["state"] == "running") {
+                break;
+            }
+        }
+        assert!(std::time::Instant::now() < deadline, "no fence/promote ever ran\n{}", serve.log_tail());
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    serve.kill9();
+    serve.spawn();
+    serve.wait_healthy(&plain, GENEROUS).await;
+
+    let after = wait_for(GENEROUS, "the failover to complete after the restart", &serve, || async {
+        let (_, s) = get(&http, &format!("{api}/v1/services/crashy")).await?;
+        let primaries = with_role(&s, "primary");
+        let done = primaries.len() == 1
+            && id(primaries[0]) == old_follower
+            && primaries[0]["state"] == "available"
+            && primaries[0]["writable"] == true
+            && s["state"] == "available";
+        done.then_some(s)
+    })
+    .await;
+    let writable = after["instances"].as_array().unwrap().iter().filter(|i| i["writable"] == true).count();
+    assert_eq!(writable, 1, "exactly one writable primary: {after:#}");
+    let Some((200, Value::Array(actions))) = get(&http, &format!("{api}/v1/actions?service=crashy")).await else {
+        panic!("actions after the restart")
+    };
+    let promoted: Vec<&Value> =
+        actions.iter().filter(|a| a["kind"] == "promote" && a["state"] == "succeeded").collect();
+    assert_eq!(promoted.len(), 1, "exactly one successful promote: {actions:#?}");
+    assert_eq!(promoted[0]["instance"], old_follower.as_str());
+    // And PostgreSQL agrees with the API.
+    let in_pg = pg.psql("postgres", "SELECT count(*) FROM actions WHERE kind = 'promote' AND state = 'succeeded'");
+    assert_eq!(in_pg.trim(), "1");
+    drop(serve);
+}
