@@ -9,7 +9,7 @@ use drover_model::{
     Event, EventSubject, Fault, HostRecord, HostState, Image, InstanceId, InstanceRecord, InstanceState, Plan, Role,
     ServiceId, ServiceRecord, ServiceState, Timestamp,
 };
-use drover_store::{EventFilter, PgStore, SqliteStore, StoreError, MAX_READ_LIMIT};
+use drover_store::{EventFilter, PgStore, SqliteStore, Store, StoreError, MAX_READ_LIMIT};
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::io::{BufRead, BufReader, Write};
 use std::process::{Command, Stdio};
@@ -483,6 +483,33 @@ fn a_postgres_store_that_cannot_be_reached_is_a_clear_error_without_the_password
     let err = PgStore::connect("mysql://alice@127.0.0.1/fleet").unwrap_err();
     assert!(matches!(err, StoreError::PgConnect { .. }), "{err:?}");
     assert!(err.to_string().contains("postgres://USER@HOST:PORT/DB"), "{err}");
+}
+
+#[test]
+fn a_postgres_store_fails_commits_while_the_server_is_down_and_recovers_when_it_returns() {
+    let mut pg = common::pg::PgServer::start();
+    let store = PgStore::connect(&pg.url(DB)).unwrap();
+    store.commit(Changes { audit: vec![audit_entry(1)], ..Default::default() }).unwrap();
+
+    pg.stop();
+    // Refused promptly, not hung and not a panic: the pooled connections
+    // are closed, and a new one cannot be opened.
+    let started = Instant::now();
+    let err = store.commit(Changes { audit: vec![audit_entry(2)], ..Default::default() }).unwrap_err();
+    assert!(matches!(err, StoreError::CommitFailed { .. }), "{err:?}");
+    assert!(store.load().is_err());
+    assert!(started.elapsed() < Duration::from_secs(15), "took {:?}", started.elapsed());
+
+    pg.restart();
+    // Fresh connections replace the closed ones (the first try may still
+    // draw a connection the pool has not yet seen closed).
+    let deadline = Instant::now() + Duration::from_secs(15);
+    while store.commit(Changes { audit: vec![audit_entry(3)], ..Default::default() }).is_err() {
+        assert!(Instant::now() < deadline, "the store never recovered");
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    let targets: Vec<_> = store.audit(10).unwrap().into_iter().map(|a| a.target.unwrap()).collect();
+    assert_eq!(targets, ["db1", "db3"], "the refused commit wrote nothing");
 }
 
 fn a_record_that_does_not_decode_is_an_error_naming_table_and_id(b: &Backend) {

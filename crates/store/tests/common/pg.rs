@@ -16,6 +16,7 @@ pub struct PgServer {
     child: Option<Child>,
     pub port: u16,
     pub data: PathBuf,
+    who: Option<(u32, u32)>,
     /// Holds the data dir and the socket; removed after the server stops.
     _dir: tempfile::TempDir,
 }
@@ -74,48 +75,79 @@ impl PgServer {
         .unwrap();
         assert!(out.status.success(), "initdb failed: {}", String::from_utf8_lossy(&out.stderr));
 
+        let mut server = PgServer { child: None, port: 0, data, who, _dir: dir };
         for _attempt in 0..5 {
-            let port = free_port();
-            let mut child = as_server_user(
-                Command::new(Path::new(BIN).join("postgres")).args([
-                    "-D",
-                    data.to_str().unwrap(),
-                    "-p",
-                    &port.to_string(),
-                    "-c",
-                    "listen_addresses=127.0.0.1",
-                    "-c",
-                    &format!("unix_socket_directories={}", dir.path().display()),
-                    "-c",
-                    "max_connections=50",
-                ]),
-                who,
-            )
-            .stdout(Stdio::null())
-            .stderr(Stdio::from(std::fs::File::create(dir.path().join("server.log")).unwrap()))
-            .spawn()
-            .unwrap();
-            let deadline = Instant::now() + Duration::from_secs(30);
-            loop {
-                if let Some(status) = child.try_wait().unwrap() {
-                    // Most likely the port was taken meanwhile: try another.
-                    eprintln!("postgres exited ({status}) on port {port}; retrying");
-                    break;
-                }
-                let ready = Command::new(Path::new(BIN).join("pg_isready"))
-                    .args(["-h", "127.0.0.1", "-p", &port.to_string(), "-U", USER, "-d", "postgres", "-q"])
-                    .status()
-                    .map(|s| s.success())
-                    .unwrap_or(false);
-                if ready {
-                    return PgServer { child: Some(child), port, data, _dir: dir };
-                }
-                assert!(Instant::now() < deadline, "postgres did not become ready on port {port}");
-                std::thread::sleep(Duration::from_millis(50));
+            server.port = free_port();
+            if server.spawn() {
+                return server;
             }
         }
-        let log = std::fs::read_to_string(dir.path().join("server.log")).unwrap_or_default();
+        let log = std::fs::read_to_string(server._dir.path().join("server.log")).unwrap_or_default();
         panic!("postgres did not start: {log}");
+    }
+
+    /// Starts the postmaster on `self.port`; false if it exited at once
+    /// (most likely the port was taken meanwhile).
+    fn spawn(&mut self) -> bool {
+        let dir = self._dir.path();
+        let log = std::fs::OpenOptions::new().create(true).append(true).open(dir.join("server.log")).unwrap();
+        let mut child = as_server_user(
+            Command::new(Path::new(BIN).join("postgres")).args([
+                "-D",
+                self.data.to_str().unwrap(),
+                "-p",
+                &self.port.to_string(),
+                "-c",
+                "listen_addresses=127.0.0.1",
+                "-c",
+                &format!("unix_socket_directories={}", dir.display()),
+                "-c",
+                "max_connections=50",
+            ]),
+            self.who,
+        )
+        .stdout(Stdio::null())
+        .stderr(Stdio::from(log))
+        .spawn()
+        .unwrap();
+        let deadline = Instant::now() + Duration::from_secs(30);
+        loop {
+            if let Some(status) = child.try_wait().unwrap() {
+                eprintln!("postgres exited ({status}) on port {}", self.port);
+                return false;
+            }
+            let ready = Command::new(Path::new(BIN).join("pg_isready"))
+                .args(["-h", "127.0.0.1", "-p", &self.port.to_string(), "-U", USER, "-d", "postgres", "-q"])
+                .status()
+                .map(|s| s.success())
+                .unwrap_or(false);
+            if ready {
+                self.child = Some(child);
+                return true;
+            }
+            assert!(Instant::now() < deadline, "postgres did not become ready on port {}", self.port);
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+
+    /// Stops the server (fast shutdown: sessions are ended) and reaps it.
+    pub fn stop(&mut self) {
+        let Some(mut child) = self.child.take() else { return };
+        let _ = Command::new("kill").args(["-INT", &child.id().to_string()]).status();
+        let deadline = Instant::now() + Duration::from_secs(20);
+        while Instant::now() < deadline {
+            if let Ok(Some(_)) = child.try_wait() {
+                return;
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        let _ = child.kill();
+        let _ = child.wait();
+    }
+
+    /// Starts it again on the same port and data.
+    pub fn restart(&mut self) {
+        assert!(self.spawn(), "postgres did not restart on port {}", self.port);
     }
 
     /// The store URL of database `db`.
@@ -138,17 +170,6 @@ impl PgServer {
 
 impl Drop for PgServer {
     fn drop(&mut self) {
-        let Some(mut child) = self.child.take() else { return };
-        // SIGINT: PostgreSQL's fast shutdown (ends the sessions, checkpoints).
-        let _ = Command::new("kill").args(["-INT", &child.id().to_string()]).status();
-        let deadline = Instant::now() + Duration::from_secs(20);
-        while Instant::now() < deadline {
-            if let Ok(Some(_)) = child.try_wait() {
-                return;
-            }
-            std::thread::sleep(Duration::from_millis(20));
-        }
-        let _ = child.kill();
-        let _ = child.wait();
+        self.stop();
     }
 }
