@@ -287,6 +287,7 @@ async fn commit_group(pool: &Pool, target: &str, group: &[Request]) -> Result<()
         pipeline.apply(&tx, &stmts, &request.batch).await.map_err(pg("writing a commit"))?;
     }
     pipeline.finish().await.map_err(pg("writing a commit"))?;
+    write_instances_and_events(&tx, group).await.map_err(pg("writing a commit"))?;
     // On error the dropped transaction rolls back: nothing of the group stays.
     tx.commit().await.map_err(pg("committing"))
 }
@@ -294,14 +295,12 @@ async fn commit_group(pool: &Pool, target: &str, group: &[Request]) -> Result<()
 /// The upserts and appends of `rows::apply`, in PostgreSQL's dialect.
 struct Statements {
     services: Statement,
-    instances: Statement,
     actions: Statement,
     images: Statement,
     rollouts: Statement,
     rollout_members: Statement,
     hosts: Statement,
     archives: Statement,
-    events: Statement,
     audit: Statement,
 }
 
@@ -313,14 +312,6 @@ impl Statements {
                     "INSERT INTO services (id, name, state, created_at, state_since, record)
                      VALUES ($1, $2, $3, $4, $5, $6)
                      ON CONFLICT (id) DO UPDATE SET name = excluded.name, state = excluded.state,
-                       created_at = excluded.created_at, state_since = excluded.state_since, record = excluded.record",
-                )
-                .await?,
-            instances: tx
-                .prepare_cached(
-                    "INSERT INTO instances (id, service_id, state, created_at, state_since, record)
-                     VALUES ($1, $2, $3, $4, $5, $6)
-                     ON CONFLICT (id) DO UPDATE SET service_id = excluded.service_id, state = excluded.state,
                        created_at = excluded.created_at, state_since = excluded.state_since, record = excluded.record",
                 )
                 .await?,
@@ -370,17 +361,66 @@ impl Statements {
                        created_at = excluded.created_at, updated_at = excluded.updated_at, record = excluded.record",
                 )
                 .await?,
-            // DO NOTHING: an id already stored means this append is a retry of
-            // one that did reach the disk; the first copy (and its seq) stays.
-            events: tx
-                .prepare_cached(
-                    "INSERT INTO events (event_id, at, service, instance_id, record) VALUES ($1, $2, $3, $4, $5)
-                     ON CONFLICT (event_id) DO NOTHING",
-                )
-                .await?,
             audit: tx.prepare_cached("INSERT INTO audit (at, actor, record) VALUES ($1, $2, $3)").await?,
         })
     }
+}
+
+/// The rows the engine writes most (an instance's transition and its
+/// events, for every heartbeat that changes a state) in one multi-row
+/// statement per table for the whole group, instead of one per row.
+/// Instances: the last row of an id wins, as with one upsert per row.
+/// Events: appended in the group's order (`WITH ORDINALITY ... ORDER BY`),
+/// so their seqs follow the commit order; an id already stored, or twice
+/// in the group, is appended once.
+async fn write_instances_and_events(
+    tx: &deadpool_postgres::Transaction<'_>,
+    group: &[Request],
+) -> Result<(), tokio_postgres::Error> {
+    let mut last: std::collections::HashMap<&str, &rows::InstanceRow> = std::collections::HashMap::new();
+    let mut order: Vec<&str> = Vec::new();
+    for r in group.iter().flat_map(|g| &g.batch.instances) {
+        if last.insert(r.id.as_str(), r).is_none() {
+            order.push(r.id.as_str());
+        }
+    }
+    if !order.is_empty() {
+        let rows: Vec<&rows::InstanceRow> = order.iter().map(|id| last[id]).collect();
+        let stmt = tx
+            .prepare_cached(
+                "INSERT INTO instances (id, service_id, state, created_at, state_since, record)
+                 SELECT * FROM unnest($1::text[], $2::text[], $3::text[], $4::int8[], $5::int8[], $6::text[])
+                 ON CONFLICT (id) DO UPDATE SET service_id = excluded.service_id, state = excluded.state,
+                   created_at = excluded.created_at, state_since = excluded.state_since, record = excluded.record",
+            )
+            .await?;
+        let id: Vec<&str> = rows.iter().map(|r| r.id.as_str()).collect();
+        let service_id: Vec<&str> = rows.iter().map(|r| r.service_id.as_str()).collect();
+        let state: Vec<&str> = rows.iter().map(|r| r.state).collect();
+        let created_at: Vec<i64> = rows.iter().map(|r| r.created_at).collect();
+        let state_since: Vec<i64> = rows.iter().map(|r| r.state_since).collect();
+        let record: Vec<&str> = rows.iter().map(|r| r.record.as_str()).collect();
+        tx.execute(&stmt, &[&id, &service_id, &state, &created_at, &state_since, &record]).await?;
+    }
+    let events: Vec<&rows::EventRow> = group.iter().flat_map(|g| &g.batch.events).collect();
+    if !events.is_empty() {
+        let stmt = tx
+            .prepare_cached(
+                "INSERT INTO events (event_id, at, service, instance_id, record)
+                 SELECT e, a, s, i, r
+                 FROM unnest($1::text[], $2::int8[], $3::text[], $4::text[], $5::text[]) WITH ORDINALITY AS u (e, a, s, i, r, n)
+                 ORDER BY n
+                 ON CONFLICT (event_id) DO NOTHING",
+            )
+            .await?;
+        let event_id: Vec<Option<&str>> = events.iter().map(|r| r.event_id.as_deref()).collect();
+        let at: Vec<i64> = events.iter().map(|r| r.at).collect();
+        let service: Vec<Option<&str>> = events.iter().map(|r| r.service.as_deref()).collect();
+        let instance_id: Vec<Option<&str>> = events.iter().map(|r| r.instance_id.as_deref()).collect();
+        let record: Vec<&str> = events.iter().map(|r| r.record.as_str()).collect();
+        tx.execute(&stmt, &[&event_id, &at, &service, &instance_id, &record]).await?;
+    }
+    Ok(())
 }
 
 /// Statements the writer sends before it waits for their answers.
@@ -441,10 +481,8 @@ impl<'a> Pipeline<'a> {
         for r in &batch.services {
             self.send(tx, &s.services, [&r.id, &r.name, &r.state, &r.created_at, &r.state_since, &r.record]).await?;
         }
-        for r in &batch.instances {
-            self.send(tx, &s.instances, [&r.id, &r.service_id, &r.state, &r.created_at, &r.state_since, &r.record])
-                .await?;
-        }
+        // Instances and events: one statement each for the whole group
+        // (`write_instances_and_events`).
         for r in &batch.actions {
             self.send(
                 tx,
@@ -479,9 +517,6 @@ impl<'a> Pipeline<'a> {
         for r in &batch.archives {
             self.send(tx, &s.archives, [&r.id, &r.service_name, &r.state, &r.created_at, &r.updated_at, &r.record])
                 .await?;
-        }
-        for r in &batch.events {
-            self.send(tx, &s.events, [&r.event_id, &r.at, &r.service, &r.instance_id, &r.record]).await?;
         }
         for r in &batch.audit {
             self.send(tx, &s.audit, [&r.at, &r.actor, &r.record]).await?;

@@ -215,7 +215,9 @@ fn upsert_replaces_and_the_last_entry_for_an_id_wins(b: &Backend) {
     store
         .commit(Changes {
             services: vec![degraded, available.clone()],
-            instances: vec![i_up.clone()],
+            // An instance too (PostgreSQL writes a group's instances in one
+            // statement: the last row of an id must still win).
+            instances: vec![InstanceRecord { restarts: 99, ..i_up.clone() }, i_up.clone()],
             ..Default::default()
         })
         .unwrap();
