@@ -47,6 +47,13 @@ pub struct ServeArgs {
     /// local provider's servers and the config file (drover.toml) live.
     #[arg(long, env = "DROVER_DATA_DIR", default_value = "./drover-data")]
     pub data_dir: PathBuf,
+    /// Keep the fleet's state in this PostgreSQL database
+    /// (postgres://USER[:PASSWORD]@HOST:PORT/DB, connected to directly, not
+    /// through a transaction-pooling router) instead of DATA_DIR/drover.db
+    /// [default: the embedded SQLite store]. Tokens, break-glass runs and
+    /// on-call pages stay in the data dir's SQLite files.
+    #[arg(long, env = "DROVER_STORE", value_name = "URL")]
+    pub store: Option<String>,
     /// The config file [default: drover.toml in the data dir, if it exists].
     #[arg(long, env = "DROVER_CONFIG")]
     pub config: Option<PathBuf>,
@@ -270,6 +277,12 @@ pub fn resolve(args: ServeArgs, no_local_set: bool) -> anyhow::Result<Settings> 
     let mut opts = drover_server::ServeOptions::new(&args.data_dir, listen);
     opts.tls = tls_source(&args, &file)?;
     opts.input_log = args.input_log.clone();
+    if let Some(url) = &args.store {
+        if !(url.starts_with("postgres://") || url.starts_with("postgresql://")) {
+            bail!("--store takes a postgres://USER@HOST:PORT/DB URL (got one starting {:?}); leave it out for the embedded SQLite store in the data dir", url.split("://").next().unwrap_or_default());
+        }
+        opts.store = Some(url.clone());
+    }
     opts.reset_admin_token = args.reset_admin_token;
     opts.runbooks_dir = args.runbooks_dir.clone();
     if let Some(ms) = args.uncertain_after_ms.or(file.uncertain_after_ms) {
@@ -703,6 +716,19 @@ mod tests {
         let log = data.path().join("inputs.jsonl");
         let asked = resolve(args(data.path(), &["--input-log", &log.display().to_string()]), false).unwrap();
         assert_eq!(asked.options.input_log, Some(log));
+    }
+
+    #[test]
+    fn the_store_is_sqlite_unless_a_postgres_url_is_given() {
+        let data = tempfile::tempdir().unwrap();
+        assert_eq!(resolve(args(data.path(), &[]), false).unwrap().options.store, None);
+        let url = "postgres://drover@127.0.0.1:5432/fleet";
+        let asked = resolve(args(data.path(), &["--store", url]), false).unwrap();
+        assert_eq!(asked.options.store.as_deref(), Some(url));
+        let Err(e) = resolve(args(data.path(), &["--store", "mysql://drover@127.0.0.1/fleet"]), false) else {
+            panic!("a mysql:// store was accepted")
+        };
+        assert!(e.to_string().contains("postgres://USER@HOST:PORT/DB"), "{e}");
     }
 
     #[test]

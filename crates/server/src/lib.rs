@@ -73,6 +73,11 @@ pub use request::ACTOR_HEADER;
 pub struct ServeOptions {
     /// Holds `drover.db` (the store) and `sim-provider.json` (the sim fleet).
     pub data_dir: PathBuf,
+    /// Keep the fleet's state in this PostgreSQL database
+    /// (`postgres://USER@HOST:PORT/DB`) instead of `DATA_DIR/drover.db`.
+    /// Tokens, break-glass runs and on-call pages stay in the data dir's
+    /// SQLite files either way.
+    pub store: Option<String>,
     pub listen: SocketAddr,
     pub engine: drover_engine::Config,
     pub sim: SimConfig,
@@ -108,6 +113,7 @@ impl ServeOptions {
     pub fn new(data_dir: impl Into<PathBuf>, listen: SocketAddr) -> Self {
         ServeOptions {
             data_dir: data_dir.into(),
+            store: None,
             listen,
             engine: serve_engine_config(),
             sim: SimConfig::default(),
@@ -160,6 +166,33 @@ fn tls_acceptor(opts: &ServeOptions) -> anyhow::Result<Option<tokio_rustls::TlsA
     let (acceptor, cert) = tls::acceptor(source, &opts.data_dir, opts.listen)?;
     tracing::info!(cert = %cert.display(), "serving HTTPS");
     Ok(Some(acceptor))
+}
+
+/// The PostgreSQL store at `url`. The data dir's `drover.db` is still
+/// opened (and migrated) first: the API tokens and the break-glass tables
+/// stay there in this release. A fleet found in it is not the one served
+/// (moving it is `drover store migrate`, issue 16): say so loudly.
+async fn open_postgres_store(url: String, db_path: PathBuf) -> anyhow::Result<drover_store::PgStore> {
+    let path = db_path.clone();
+    let left_behind = tokio::task::spawn_blocking(move || -> Result<usize, drover_store::StoreError> {
+        let sqlite = SqliteStore::open(&path)?;
+        Ok(sqlite.load()?.services.len())
+    })
+    .await?
+    .with_context(|| format!("cannot open {} (tokens and break-glass tables)", db_path.display()))?;
+    let store = tokio::task::spawn_blocking(move || drover_store::PgStore::connect(&url))
+        .await?
+        .context("cannot open the PostgreSQL store")?;
+    if left_behind > 0 {
+        tracing::warn!(
+            services = left_behind,
+            sqlite = %db_path.display(),
+            store = store.target(),
+            "the SQLite store in the data dir holds services that the PostgreSQL store does not serve"
+        );
+    }
+    tracing::info!(store = store.target(), "fleet state in PostgreSQL");
+    Ok(store)
 }
 
 /// A server started in the background (tests use port 0 and read `addr`).
@@ -292,12 +325,15 @@ async fn start_up(
     std::fs::create_dir_all(&opts.data_dir)
         .with_context(|| format!("cannot create data directory {}", opts.data_dir.display()))?;
     let db_path = opts.data_dir.join("drover.db");
-    let store: Arc<dyn Store> = {
-        let path = db_path.clone();
-        let store = tokio::task::spawn_blocking(move || SqliteStore::open(&path))
-            .await?
-            .with_context(|| format!("cannot open the store at {}", db_path.display()))?;
-        Arc::new(store)
+    let store: Arc<dyn Store> = match &opts.store {
+        None => {
+            let path = db_path.clone();
+            let store = tokio::task::spawn_blocking(move || SqliteStore::open(&path))
+                .await?
+                .with_context(|| format!("cannot open the store at {}", db_path.display()))?;
+            Arc::new(store)
+        }
+        Some(url) => Arc::new(open_postgres_store(url.clone(), db_path.clone()).await?),
     };
     // Tokens before anything answers: the first start writes admin.token.
     let auth = {

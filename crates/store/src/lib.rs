@@ -8,17 +8,24 @@
 //! [`SqliteStore`] is the embedded backend (one file, WAL mode, one writer
 //! thread that group-commits concurrent callers).
 //!
+//! [`PgStore`] is the PostgreSQL backend (the same tables, a pool of direct
+//! connections, one writer task that group-commits), for fleets that
+//! outgrow one node. The tokens, break-glass and on-call tables stay in
+//! SQLite files in the data dir in either case (docs/architecture.md).
+//!
 //! [`oncall::OncallStore`] holds the pager's tables (`oncall.db`: pages,
 //! their transitions, notifications, the feed), in a file of their own.
 
 pub mod breakglass;
 pub mod oncall;
+mod pg;
 mod rows;
 mod sqlite;
 mod status;
 pub mod tokens;
 mod writer;
 
+pub use pg::PgStore;
 pub use sqlite::{SqliteStore, WriterCounters};
 
 use drover_model::{ActionRecord, AuditEntry, Changes, Event, InstanceId, ServiceId, Snapshot, Timestamp};
@@ -80,6 +87,16 @@ pub enum StoreError {
         #[source]
         cause: Arc<StoreError>,
     },
+    #[error("cannot use the PostgreSQL store {target}: {detail}; check that the server runs, that the URL names it (postgres://USER@HOST:PORT/DB, connecting directly, not through a transaction-pooling router) and that the user may connect and create tables in that database")]
+    PgConnect { target: String, detail: String },
+    #[error("migrating the schema of the PostgreSQL store {target} failed: {source}; if the database was last used by a newer Drover, run that version or restore a backup made by this one")]
+    PgMigration {
+        target: String,
+        #[source]
+        source: refinery::Error,
+    },
+    #[error("PostgreSQL store error while {operation}: {detail}")]
+    Postgres { operation: &'static str, detail: String },
     #[error("the store's writer thread has stopped, so nothing can be committed; restart the control plane (the logs say why it stopped)")]
     WriterStopped,
 }
@@ -165,4 +182,10 @@ pub trait Store: Send + Sync + 'static {
     /// before `cutoff`; returns how many. A row stamped later is kept even
     /// with a lower seq (a clock set back), so nothing recent goes.
     fn prune_log(&self, log: Log, through: u64, cutoff: Timestamp) -> Result<u64, StoreError>;
+    /// Transactions and batches the group-committing writer has done since
+    /// open (`None` for a store without one): batches per transaction shows
+    /// what group commit saves.
+    fn writer_counters(&self) -> Option<WriterCounters> {
+        None
+    }
 }

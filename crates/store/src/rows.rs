@@ -9,104 +9,104 @@ use serde::de::DeserializeOwned;
 use serde::Serialize;
 
 pub(crate) struct ServiceRow {
-    id: String,
-    name: String,
-    state: &'static str,
-    created_at: i64,
-    state_since: i64,
-    record: String,
+    pub(crate) id: String,
+    pub(crate) name: String,
+    pub(crate) state: &'static str,
+    pub(crate) created_at: i64,
+    pub(crate) state_since: i64,
+    pub(crate) record: String,
 }
 
 pub(crate) struct InstanceRow {
-    id: String,
-    service_id: String,
-    state: &'static str,
-    created_at: i64,
-    state_since: i64,
-    record: String,
+    pub(crate) id: String,
+    pub(crate) service_id: String,
+    pub(crate) state: &'static str,
+    pub(crate) created_at: i64,
+    pub(crate) state_since: i64,
+    pub(crate) record: String,
 }
 
 pub(crate) struct ActionRow {
-    id: String,
-    service_id: String,
-    instance_id: String,
-    kind: &'static str,
-    state: &'static str,
-    created_at: i64,
-    updated_at: i64,
-    deadline: i64,
-    record: String,
+    pub(crate) id: String,
+    pub(crate) service_id: String,
+    pub(crate) instance_id: String,
+    pub(crate) kind: &'static str,
+    pub(crate) state: &'static str,
+    pub(crate) created_at: i64,
+    pub(crate) updated_at: i64,
+    pub(crate) deadline: i64,
+    pub(crate) record: String,
 }
 
 pub(crate) struct ImageRow {
-    id: String,
-    engine: &'static str,
-    version: String,
-    created_at: i64,
-    record: String,
+    pub(crate) id: String,
+    pub(crate) engine: &'static str,
+    pub(crate) version: String,
+    pub(crate) created_at: i64,
+    pub(crate) record: String,
 }
 
 pub(crate) struct RolloutRow {
-    id: String,
-    state: &'static str,
-    created_at: i64,
-    updated_at: i64,
-    record: String,
+    pub(crate) id: String,
+    pub(crate) state: &'static str,
+    pub(crate) created_at: i64,
+    pub(crate) updated_at: i64,
+    pub(crate) record: String,
 }
 
 pub(crate) struct RolloutMemberRow {
-    rollout_id: String,
-    service_id: String,
-    position: i64,
-    phase: &'static str,
-    record: String,
+    pub(crate) rollout_id: String,
+    pub(crate) service_id: String,
+    pub(crate) position: i64,
+    pub(crate) phase: &'static str,
+    pub(crate) record: String,
 }
 pub(crate) struct HostRow {
-    name: String,
-    zone: String,
-    state: &'static str,
-    registered_at: i64,
-    record: String,
+    pub(crate) name: String,
+    pub(crate) zone: String,
+    pub(crate) state: &'static str,
+    pub(crate) registered_at: i64,
+    pub(crate) record: String,
 }
 
 pub(crate) struct EventRow {
     /// NULL for an event without an id (built outside the engine): such
     /// events are always appended.
-    event_id: Option<String>,
-    at: i64,
-    service: Option<String>,
-    instance_id: Option<String>,
-    record: String,
+    pub(crate) event_id: Option<String>,
+    pub(crate) at: i64,
+    pub(crate) service: Option<String>,
+    pub(crate) instance_id: Option<String>,
+    pub(crate) record: String,
 }
 
 pub(crate) struct AuditRow {
-    at: i64,
-    actor: String,
-    record: String,
+    pub(crate) at: i64,
+    pub(crate) actor: String,
+    pub(crate) record: String,
 }
 
 /// One caller's `Changes`, ready for SQL.
 #[derive(Default)]
 pub(crate) struct EncodedChanges {
-    services: Vec<ServiceRow>,
-    instances: Vec<InstanceRow>,
-    actions: Vec<ActionRow>,
-    images: Vec<ImageRow>,
-    events: Vec<EventRow>,
-    audit: Vec<AuditRow>,
-    rollouts: Vec<RolloutRow>,
-    rollout_members: Vec<RolloutMemberRow>,
-    hosts: Vec<HostRow>,
-    archives: Vec<ArchiveRow>,
+    pub(crate) services: Vec<ServiceRow>,
+    pub(crate) instances: Vec<InstanceRow>,
+    pub(crate) actions: Vec<ActionRow>,
+    pub(crate) images: Vec<ImageRow>,
+    pub(crate) events: Vec<EventRow>,
+    pub(crate) audit: Vec<AuditRow>,
+    pub(crate) rollouts: Vec<RolloutRow>,
+    pub(crate) rollout_members: Vec<RolloutMemberRow>,
+    pub(crate) hosts: Vec<HostRow>,
+    pub(crate) archives: Vec<ArchiveRow>,
 }
 
 pub(crate) struct ArchiveRow {
-    id: String,
-    service_name: String,
-    state: &'static str,
-    created_at: i64,
-    updated_at: i64,
-    record: String,
+    pub(crate) id: String,
+    pub(crate) service_name: String,
+    pub(crate) state: &'static str,
+    pub(crate) created_at: i64,
+    pub(crate) updated_at: i64,
+    pub(crate) record: String,
 }
 
 fn to_json<T: Serialize>(table: &'static str, id: impl ToString, value: &T) -> Result<String, StoreError> {

@@ -397,4 +397,8 @@ impl Store for SqliteStore {
             .map_err(&read)?;
         rows.collect::<Result<Vec<_>, _>>().map_err(read)
     }
+
+    fn writer_counters(&self) -> Option<WriterCounters> {
+        Some(SqliteStore::writer_counters(self))
+    }
 }

@@ -2,7 +2,7 @@
 //! ignored, and databases written before ids existed keep working.
 
 mod common;
-use common::TempDir;
+use common::{Backend, TempDir};
 use drover_model::{Changes, Event, EventId, EventKind, EventSubject, Timestamp};
 use drover_store::{EventFilter, SqliteStore, Store};
 
@@ -28,17 +28,15 @@ fn event(id: EventId, cause: &str) -> Event {
     }
 }
 
-fn events(store: &SqliteStore) -> Vec<Event> {
+fn events(store: &dyn Store) -> Vec<Event> {
     store.events(&EventFilter::default()).unwrap()
 }
 
-#[test]
-fn a_retried_append_writes_each_event_once_and_keeps_its_first_seq() {
-    let dir = TempDir::new("retry");
-    let store = SqliteStore::open(&dir.db()).unwrap();
+fn a_retried_append_writes_each_event_once_and_keeps_its_first_seq(b: &Backend) {
+    let store = b.open();
     let batch: Vec<Event> = (1..=3).map(|n| event(EventId::mint(42, n), &format!("e{n}"))).collect();
     store.commit(Changes { events: batch.clone(), ..Default::default() }).unwrap();
-    let first = events(&store);
+    let first = events(&*store);
     assert_eq!(first.len(), 3);
 
     // The same batch again (a commit whose answer was lost and is retried),
@@ -46,37 +44,33 @@ fn a_retried_append_writes_each_event_once_and_keeps_its_first_seq() {
     let mut retry = batch.clone();
     retry.push(event(EventId::mint(42, 4), "e4"));
     store.commit(Changes { events: retry, ..Default::default() }).unwrap();
-    let after = events(&store);
+    let after = events(&*store);
     assert_eq!(after.iter().map(|e| e.cause.as_str()).collect::<Vec<_>>(), ["e1", "e2", "e3", "e4"]);
     assert_eq!(&after[..3], &first[..], "the first copies keep their seqs and content");
     assert_eq!(after[3].id, EventId::mint(42, 4));
 
     // Across a reopen too: the index is on disk.
     drop(store);
-    let store = SqliteStore::open(&dir.db()).unwrap();
+    let store = b.open();
     store.commit(Changes { events: batch, ..Default::default() }).unwrap();
-    assert_eq!(events(&store).len(), 4);
+    assert_eq!(events(&*store).len(), 4);
 }
 
-#[test]
-fn a_duplicate_within_one_commit_is_written_once() {
-    let dir = TempDir::new("same-commit");
-    let store = SqliteStore::open(&dir.db()).unwrap();
+fn a_duplicate_within_one_commit_is_written_once(b: &Backend) {
+    let store = b.open();
     let id = EventId::mint(7, 1);
     store.commit(Changes { events: vec![event(id, "first"), event(id, "again")], ..Default::default() }).unwrap();
-    let all = events(&store);
+    let all = events(&*store);
     assert_eq!(all.len(), 1);
     assert_eq!(all[0].cause, "first");
 }
 
-#[test]
-fn events_without_an_id_are_always_appended() {
-    let dir = TempDir::new("unset");
-    let store = SqliteStore::open(&dir.db()).unwrap();
+fn events_without_an_id_are_always_appended(b: &Backend) {
+    let store = b.open();
     for _ in 0..2 {
         store.commit(Changes { events: vec![event(EventId::UNSET, "no id")], ..Default::default() }).unwrap();
     }
-    assert_eq!(events(&store).len(), 2);
+    assert_eq!(events(&*store).len(), 2);
 }
 
 #[test]
@@ -103,18 +97,41 @@ fn a_database_from_before_event_ids_migrates_and_its_old_events_read_with_no_id(
     assert_eq!((all[1].id, all[1].cause.as_str()), (id, "new"));
 }
 
-#[test]
-fn engine_starts_and_their_seeds_survive_a_reopen() {
-    let dir = TempDir::new("starts");
-    let store = SqliteStore::open(&dir.db()).unwrap();
+fn engine_starts_and_their_seeds_survive_a_reopen(b: &Backend) {
+    let store = b.open();
     assert_eq!(store.last_event_seq().unwrap(), 0);
     let first = drover_store::EngineStart { at: Timestamp(10), seed: u64::MAX - 3 };
     store.record_start(first).unwrap();
     store.commit(Changes { events: vec![event(EventId::mint(1, 1), "e")], ..Default::default() }).unwrap();
     drop(store);
-    let store = SqliteStore::open(&dir.db()).unwrap();
+    let store = b.open();
     let second = drover_store::EngineStart { at: Timestamp(20), seed: 7 };
     store.record_start(second).unwrap();
     assert_eq!(store.engine_starts().unwrap(), vec![first, second]);
-    assert_eq!(store.last_event_seq().unwrap(), events(&store)[0].seq);
+    assert_eq!(store.last_event_seq().unwrap(), events(&*store)[0].seq);
 }
+
+/// Each case as two tests, `sqlite::NAME` and `postgres::NAME`.
+macro_rules! on_both_stores {
+    ($($name:ident),* $(,)?) => {
+        mod sqlite {
+            $(#[test]
+            fn $name() {
+                super::$name(&super::Backend::sqlite(stringify!($name)));
+            })*
+        }
+        mod postgres {
+            $(#[test]
+            fn $name() {
+                super::$name(&super::Backend::postgres());
+            })*
+        }
+    };
+}
+
+on_both_stores!(
+    a_retried_append_writes_each_event_once_and_keeps_its_first_seq,
+    a_duplicate_within_one_commit_is_written_once,
+    events_without_an_id_are_always_appended,
+    engine_starts_and_their_seeds_survive_a_reopen,
+);

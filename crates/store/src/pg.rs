@@ -1,0 +1,786 @@
+//! The PostgreSQL backend: the same tables as SQLite (migrations in
+//! `migrations_pg`, with the same version numbers), a small pool of direct
+//! connections, and one writer task that group-commits concurrent callers in
+//! one transaction, as [`crate::SqliteStore`] does.
+//!
+//! The [`Store`] trait is synchronous and is called from blocking threads
+//! and async tasks alike, so the store owns a runtime of its own (two
+//! threads): each call runs its query there and the caller waits on a
+//! channel. Nothing here ever runs on the caller's runtime, so no call can
+//! panic for blocking inside it.
+//!
+//! Connect directly to PostgreSQL, not through a transaction-pooling router:
+//! the writer holds one connection for a whole transaction and the
+//! migrations hold a session-level advisory lock.
+
+use crate::rows::{self, decode, EncodedChanges};
+use crate::writer::{Request, WriterStats, MAX_BATCHES_PER_GROUP};
+use crate::{
+    EngineStart, EventFilter, Log, LogRow, Store, StoreError, WriterCounters, DEFAULT_EVENT_LIMIT, MAX_READ_LIMIT,
+};
+use deadpool_postgres::{Manager, ManagerConfig, Pool, RecyclingMethod};
+use drover_model::{
+    ActionRecord, ActionState, AuditEntry, Changes, Event, HostRecord, Image, InstanceRecord, InstanceState,
+    RolloutMember, RolloutRecord, ServiceId, ServiceRecord, ServiceState, Snapshot, Timestamp,
+};
+use std::future::Future;
+use std::pin::Pin;
+use std::sync::atomic::Ordering;
+use std::sync::Arc;
+use std::task::Poll;
+use std::time::Duration;
+use tokio::sync::mpsc::{self, UnboundedReceiver, UnboundedSender};
+use tokio_postgres::types::ToSql;
+use tokio_postgres::{Config, IsolationLevel, NoTls, Row, Statement};
+
+pub(crate) mod embedded_pg {
+    refinery::embed_migrations!("migrations_pg");
+}
+
+/// Connections in the pool: the writer's, and a few for readers,
+/// `record_start` and `prune_log`.
+const POOL_SIZE: usize = 4;
+/// How long opening a connection may take before the call fails (unless the
+/// URL sets `connect_timeout`).
+const CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
+/// A connection whose server stops answering is found out by TCP keepalives
+/// after about this long of silence, instead of the kernel's two hours.
+const KEEPALIVES_IDLE: Duration = Duration::from_secs(30);
+/// Key of the session-level advisory lock the migrations hold, so two
+/// control planes starting at once on one database migrate one at a time.
+/// ("drover" as ASCII.)
+const MIGRATION_LOCK: i64 = 0x6472_6f76_6572;
+
+pub struct PgStore {
+    /// `user@host:port/db`, never the password: for messages and logs.
+    target: String,
+    pool: Pool,
+    /// `None` only while dropping: dropping the sender ends the writer task.
+    queue: Option<UnboundedSender<Request>>,
+    /// Disconnected when the writer task ends.
+    writer_done: Option<std::sync::Mutex<std::sync::mpsc::Receiver<()>>>,
+    /// `None` only while dropping.
+    runtime: Option<tokio::runtime::Runtime>,
+    stats: Arc<WriterStats>,
+}
+
+impl std::fmt::Debug for PgStore {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("PgStore").field("target", &self.target).finish_non_exhaustive()
+    }
+}
+
+/// `user@host:port/db` of a parsed URL (the password left out).
+fn describe(config: &Config) -> String {
+    let host = match config.get_hosts().first() {
+        Some(tokio_postgres::config::Host::Tcp(h)) => h.clone(),
+        Some(tokio_postgres::config::Host::Unix(p)) => p.display().to_string(),
+        None => "localhost".into(),
+    };
+    let port = config.get_ports().first().copied().unwrap_or(5432);
+    let user = config.get_user().unwrap_or("?");
+    let db = config.get_dbname().unwrap_or(user);
+    format!("postgres://{user}@{host}:{port}/{db}")
+}
+
+/// The server's own message for a database error, else the client's error
+/// and its causes.
+pub(crate) fn pg_detail(error: &tokio_postgres::Error) -> String {
+    if let Some(db) = error.as_db_error() {
+        return format!("{}: {}", db.severity(), db.message());
+    }
+    let mut detail = error.to_string();
+    let mut source = std::error::Error::source(error);
+    while let Some(cause) = source {
+        let text = cause.to_string();
+        if !detail.contains(&text) {
+            detail.push_str(": ");
+            detail.push_str(&text);
+        }
+        source = cause.source();
+    }
+    detail
+}
+
+fn pg(operation: &'static str) -> impl Fn(tokio_postgres::Error) -> StoreError {
+    move |e| StoreError::Postgres { operation, detail: pg_detail(&e) }
+}
+
+fn pool_error(target: &str) -> impl Fn(deadpool_postgres::PoolError) -> StoreError + '_ {
+    move |e| {
+        let detail = match &e {
+            deadpool_postgres::PoolError::Backend(e) => pg_detail(e),
+            other => other.to_string(),
+        };
+        StoreError::PgConnect { target: target.to_string(), detail }
+    }
+}
+
+impl PgStore {
+    /// Connects to `url` (`postgres://USER[:PASSWORD]@HOST:PORT/DB`, or any
+    /// form `tokio_postgres::Config` parses), runs the migrations under an
+    /// advisory lock and starts the writer. Without TLS: the store is meant
+    /// for a server on the same host or a private network.
+    pub fn connect(url: &str) -> Result<PgStore, StoreError> {
+        let mut config: Config = url.parse().map_err(|e: tokio_postgres::Error| StoreError::PgConnect {
+            target: "(the URL given)".into(),
+            detail: format!("{}; expected postgres://USER@HOST:PORT/DB", pg_detail(&e)),
+        })?;
+        if config.get_connect_timeout().is_none() {
+            config.connect_timeout(CONNECT_TIMEOUT);
+        }
+        config.keepalives_idle(KEEPALIVES_IDLE);
+        config.application_name("drover");
+        let target = describe(&config);
+
+        let runtime = tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(2)
+            .thread_name("drover-pg-store")
+            .enable_all()
+            .build()
+            .map_err(|e| StoreError::PgConnect {
+                target: target.clone(),
+                detail: format!("cannot start its runtime: {e}"),
+            })?;
+
+        // Migrations on a connection of their own, under a session lock that
+        // ends with the connection.
+        runtime.block_on(migrate(config.clone(), target.clone()))?;
+
+        let manager = Manager::from_config(config, NoTls, ManagerConfig { recycling_method: RecyclingMethod::Fast });
+        let pool = Pool::builder(manager)
+            .max_size(POOL_SIZE)
+            .runtime(deadpool_postgres::Runtime::Tokio1)
+            .build()
+            .map_err(|e| StoreError::PgConnect { target: target.clone(), detail: e.to_string() })?;
+
+        let (queue, requests) = mpsc::unbounded_channel();
+        let (done_tx, done_rx) = std::sync::mpsc::channel::<()>();
+        let stats = Arc::new(WriterStats::default());
+        let writer_stats = Arc::clone(&stats);
+        let writer_pool = pool.clone();
+        let writer_target = target.clone();
+        runtime.spawn(async move {
+            run_writer(writer_pool, writer_target, requests, writer_stats).await;
+            drop(done_tx);
+        });
+        tracing::info!(store = %target, "PostgreSQL store opened");
+        Ok(PgStore {
+            target,
+            pool,
+            queue: Some(queue),
+            writer_done: Some(std::sync::Mutex::new(done_rx)),
+            runtime: Some(runtime),
+            stats,
+        })
+    }
+
+    /// `postgres://user@host:port/db` (no password).
+    pub fn target(&self) -> &str {
+        &self.target
+    }
+
+    /// What the writer has done since connect.
+    pub fn writer_counters(&self) -> WriterCounters {
+        WriterCounters {
+            transactions: self.stats.transactions.load(Ordering::Relaxed),
+            batches: self.stats.batches.load(Ordering::Relaxed),
+        }
+    }
+
+    /// Runs `work` with a pooled connection on the store's runtime and
+    /// waits for it.
+    fn with_client<T, F, Fut>(&self, work: F) -> Result<T, StoreError>
+    where
+        T: Send + 'static,
+        F: FnOnce(deadpool_postgres::Object) -> Fut + Send + 'static,
+        Fut: Future<Output = Result<T, StoreError>> + Send,
+    {
+        let runtime = self.runtime.as_ref().ok_or(StoreError::WriterStopped)?;
+        let pool = self.pool.clone();
+        let target = self.target.clone();
+        let (reply, answer) = std::sync::mpsc::sync_channel(1);
+        runtime.spawn(async move {
+            let result = match pool.get().await {
+                Ok(client) => work(client).await,
+                Err(e) => Err(pool_error(&target)(e)),
+            };
+            let _ = reply.send(result);
+        });
+        answer.recv().map_err(|_| StoreError::WriterStopped)?
+    }
+}
+
+impl Drop for PgStore {
+    fn drop(&mut self) {
+        // Callers wait for their commit, so nothing is queued once the last
+        // reference is gone; the writer ends when the queue closes.
+        drop(self.queue.take());
+        if let Some(done) = self.writer_done.take() {
+            let done = done.into_inner().unwrap_or_else(|poisoned| poisoned.into_inner());
+            let _ = done.recv_timeout(Duration::from_secs(30));
+        }
+        if let Some(runtime) = self.runtime.take() {
+            // Never blocks, so dropping the store inside an async task is fine.
+            runtime.shutdown_background();
+        }
+    }
+}
+
+async fn migrate(config: Config, target: String) -> Result<(), StoreError> {
+    let connect_error =
+        |e: tokio_postgres::Error| StoreError::PgConnect { target: target.clone(), detail: pg_detail(&e) };
+    let (mut client, connection) = config.connect(NoTls).await.map_err(connect_error)?;
+    let driver = tokio::spawn(connection);
+    let result = async {
+        client.execute("SELECT pg_advisory_lock($1)", &[&MIGRATION_LOCK]).await.map_err(connect_error)?;
+        embedded_pg::migrations::runner()
+            .run_async(&mut client)
+            .await
+            .map_err(|source| StoreError::PgMigration { target: target.clone(), source })?;
+        Ok(())
+    }
+    .await;
+    // Closing the connection releases the lock.
+    drop(client);
+    let _ = driver.await;
+    result
+}
+
+async fn run_writer(pool: Pool, target: String, mut queue: UnboundedReceiver<Request>, stats: Arc<WriterStats>) {
+    while let Some(first) = queue.recv().await {
+        let mut group = vec![first];
+        while group.len() < MAX_BATCHES_PER_GROUP {
+            match queue.try_recv() {
+                Ok(next) => group.push(next),
+                Err(_) => break,
+            }
+        }
+        let batches = group.len();
+        match commit_group(&pool, &target, &group).await {
+            Ok(()) => {
+                stats.transactions.fetch_add(1, Ordering::Relaxed);
+                stats.batches.fetch_add(batches as u64, Ordering::Relaxed);
+                for request in group {
+                    let _ = request.reply.send(Ok(()));
+                }
+            }
+            Err(error) => {
+                tracing::error!(batches, %error, "store commit failed; every batch of the group is refused");
+                let cause = Arc::new(error);
+                for request in group {
+                    let _ = request.reply.send(Err(StoreError::CommitFailed { batches, cause: Arc::clone(&cause) }));
+                }
+            }
+        }
+    }
+    tracing::debug!("PostgreSQL store writer stopped: the store was dropped");
+}
+
+async fn commit_group(pool: &Pool, target: &str, group: &[Request]) -> Result<(), StoreError> {
+    let mut client = pool.get().await.map_err(pool_error(target))?;
+    let tx = client.transaction().await.map_err(pg("beginning a commit"))?;
+    // Prepared once per connection (deadpool caches them), before any write.
+    let stmts = Statements::prepare(&tx).await.map_err(pg("preparing a commit"))?;
+    let mut pipeline = Pipeline::default();
+    for request in group {
+        pipeline.apply(&tx, &stmts, &request.batch).await.map_err(pg("writing a commit"))?;
+    }
+    pipeline.finish().await.map_err(pg("writing a commit"))?;
+    write_instances_and_events(&tx, group).await.map_err(pg("writing a commit"))?;
+    // On error the dropped transaction rolls back: nothing of the group stays.
+    tx.commit().await.map_err(pg("committing"))
+}
+
+/// The upserts and appends of `rows::apply`, in PostgreSQL's dialect.
+struct Statements {
+    services: Statement,
+    actions: Statement,
+    images: Statement,
+    rollouts: Statement,
+    rollout_members: Statement,
+    hosts: Statement,
+    archives: Statement,
+    audit: Statement,
+}
+
+impl Statements {
+    async fn prepare(tx: &deadpool_postgres::Transaction<'_>) -> Result<Statements, tokio_postgres::Error> {
+        Ok(Statements {
+            services: tx
+                .prepare_cached(
+                    "INSERT INTO services (id, name, state, created_at, state_since, record)
+                     VALUES ($1, $2, $3, $4, $5, $6)
+                     ON CONFLICT (id) DO UPDATE SET name = excluded.name, state = excluded.state,
+                       created_at = excluded.created_at, state_since = excluded.state_since, record = excluded.record",
+                )
+                .await?,
+            actions: tx
+                .prepare_cached(
+                    "INSERT INTO actions (id, service_id, instance_id, kind, state, created_at, updated_at, deadline, record)
+                     VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9)
+                     ON CONFLICT (id) DO UPDATE SET service_id = excluded.service_id, instance_id = excluded.instance_id,
+                       kind = excluded.kind, state = excluded.state, created_at = excluded.created_at,
+                       updated_at = excluded.updated_at, deadline = excluded.deadline, record = excluded.record",
+                )
+                .await?,
+            images: tx
+                .prepare_cached(
+                    "INSERT INTO images (id, engine, version, created_at, record) VALUES ($1, $2, $3, $4, $5)
+                     ON CONFLICT (id) DO UPDATE SET engine = excluded.engine, version = excluded.version,
+                       created_at = excluded.created_at, record = excluded.record",
+                )
+                .await?,
+            rollouts: tx
+                .prepare_cached(
+                    "INSERT INTO rollouts (id, state, created_at, updated_at, record) VALUES ($1, $2, $3, $4, $5)
+                     ON CONFLICT (id) DO UPDATE SET state = excluded.state, created_at = excluded.created_at,
+                       updated_at = excluded.updated_at, record = excluded.record",
+                )
+                .await?,
+            rollout_members: tx
+                .prepare_cached(
+                    "INSERT INTO rollout_services (rollout_id, service_id, position, phase, record)
+                     VALUES ($1, $2, $3, $4, $5)
+                     ON CONFLICT (rollout_id, service_id) DO UPDATE SET position = excluded.position,
+                       phase = excluded.phase, record = excluded.record",
+                )
+                .await?,
+            hosts: tx
+                .prepare_cached(
+                    "INSERT INTO hosts (name, zone, state, registered_at, record) VALUES ($1, $2, $3, $4, $5)
+                     ON CONFLICT (name) DO UPDATE SET zone = excluded.zone, state = excluded.state,
+                       registered_at = excluded.registered_at, record = excluded.record",
+                )
+                .await?,
+            archives: tx
+                .prepare_cached(
+                    "INSERT INTO archives (id, service_name, state, created_at, updated_at, record)
+                     VALUES ($1, $2, $3, $4, $5, $6)
+                     ON CONFLICT (id) DO UPDATE SET service_name = excluded.service_name, state = excluded.state,
+                       created_at = excluded.created_at, updated_at = excluded.updated_at, record = excluded.record",
+                )
+                .await?,
+            audit: tx.prepare_cached("INSERT INTO audit (at, actor, record) VALUES ($1, $2, $3)").await?,
+        })
+    }
+}
+
+/// The rows the engine writes most (an instance's transition and its
+/// events, for every heartbeat that changes a state) in one multi-row
+/// statement per table for the whole group, instead of one per row.
+/// Instances: the last row of an id wins, as with one upsert per row.
+/// Events: appended in the group's order (`WITH ORDINALITY ... ORDER BY`),
+/// so their seqs follow the commit order; an id already stored, or twice
+/// in the group, is appended once.
+async fn write_instances_and_events(
+    tx: &deadpool_postgres::Transaction<'_>,
+    group: &[Request],
+) -> Result<(), tokio_postgres::Error> {
+    let mut last: std::collections::HashMap<&str, &rows::InstanceRow> = std::collections::HashMap::new();
+    let mut order: Vec<&str> = Vec::new();
+    for r in group.iter().flat_map(|g| &g.batch.instances) {
+        if last.insert(r.id.as_str(), r).is_none() {
+            order.push(r.id.as_str());
+        }
+    }
+    if !order.is_empty() {
+        let rows: Vec<&rows::InstanceRow> = order.iter().map(|id| last[id]).collect();
+        let stmt = tx
+            .prepare_cached(
+                "INSERT INTO instances (id, service_id, state, created_at, state_since, record)
+                 SELECT * FROM unnest($1::text[], $2::text[], $3::text[], $4::int8[], $5::int8[], $6::text[])
+                 ON CONFLICT (id) DO UPDATE SET service_id = excluded.service_id, state = excluded.state,
+                   created_at = excluded.created_at, state_since = excluded.state_since, record = excluded.record",
+            )
+            .await?;
+        let id: Vec<&str> = rows.iter().map(|r| r.id.as_str()).collect();
+        let service_id: Vec<&str> = rows.iter().map(|r| r.service_id.as_str()).collect();
+        let state: Vec<&str> = rows.iter().map(|r| r.state).collect();
+        let created_at: Vec<i64> = rows.iter().map(|r| r.created_at).collect();
+        let state_since: Vec<i64> = rows.iter().map(|r| r.state_since).collect();
+        let record: Vec<&str> = rows.iter().map(|r| r.record.as_str()).collect();
+        tx.execute(&stmt, &[&id, &service_id, &state, &created_at, &state_since, &record]).await?;
+    }
+    let events: Vec<&rows::EventRow> = group.iter().flat_map(|g| &g.batch.events).collect();
+    if !events.is_empty() {
+        let stmt = tx
+            .prepare_cached(
+                "INSERT INTO events (event_id, at, service, instance_id, record)
+                 SELECT e, a, s, i, r
+                 FROM unnest($1::text[], $2::int8[], $3::text[], $4::text[], $5::text[]) WITH ORDINALITY AS u (e, a, s, i, r, n)
+                 ORDER BY n
+                 ON CONFLICT (event_id) DO NOTHING",
+            )
+            .await?;
+        let event_id: Vec<Option<&str>> = events.iter().map(|r| r.event_id.as_deref()).collect();
+        let at: Vec<i64> = events.iter().map(|r| r.at).collect();
+        let service: Vec<Option<&str>> = events.iter().map(|r| r.service.as_deref()).collect();
+        let instance_id: Vec<Option<&str>> = events.iter().map(|r| r.instance_id.as_deref()).collect();
+        let record: Vec<&str> = events.iter().map(|r| r.record.as_str()).collect();
+        tx.execute(&stmt, &[&event_id, &at, &service, &instance_id, &record]).await?;
+    }
+    Ok(())
+}
+
+/// Statements the writer sends before it waits for their answers.
+const MAX_IN_FLIGHT: usize = 1024;
+
+type Pending<'a> = Pin<Box<dyn Future<Output = Result<u64, tokio_postgres::Error>> + Send + 'a>>;
+
+/// Statements sent back to back on the writer's connection without waiting
+/// for each answer (one round trip for the whole group, not one per row).
+/// Order is kept: a statement is written to the connection on its first
+/// poll, which `send` does at once, and PostgreSQL runs a connection's
+/// statements in the order received; so a later upsert of the same id still
+/// wins and events get their seqs in commit order.
+#[derive(Default)]
+struct Pipeline<'a> {
+    pending: Vec<Pending<'a>>,
+}
+
+impl<'a> Pipeline<'a> {
+    async fn send<const N: usize>(
+        &mut self,
+        tx: &'a deadpool_postgres::Transaction<'_>,
+        statement: &'a Statement,
+        params: [&'a (dyn ToSql + Sync); N],
+    ) -> Result<(), tokio_postgres::Error> {
+        if self.pending.len() >= MAX_IN_FLIGHT {
+            // Bounds the memory and the unread answers of a huge group.
+            for future in self.pending.drain(..) {
+                future.await?;
+            }
+        }
+        let mut future: Pending<'a> = Box::pin(tx.execute_raw(statement, params));
+        match std::future::poll_fn(|cx| Poll::Ready(future.as_mut().poll(cx))).await {
+            Poll::Ready(done) => done.map(drop),
+            Poll::Pending => {
+                self.pending.push(future);
+                Ok(())
+            }
+        }
+    }
+
+    /// Waits for every answer, in order: the first error is the one that
+    /// aborted the transaction.
+    async fn finish(self) -> Result<(), tokio_postgres::Error> {
+        for future in self.pending {
+            future.await?;
+        }
+        Ok(())
+    }
+
+    /// Sends one batch's statements, in `rows::apply`'s order.
+    async fn apply(
+        &mut self,
+        tx: &'a deadpool_postgres::Transaction<'_>,
+        s: &'a Statements,
+        batch: &'a EncodedChanges,
+    ) -> Result<(), tokio_postgres::Error> {
+        for r in &batch.services {
+            self.send(tx, &s.services, [&r.id, &r.name, &r.state, &r.created_at, &r.state_since, &r.record]).await?;
+        }
+        // Instances and events: one statement each for the whole group
+        // (`write_instances_and_events`).
+        for r in &batch.actions {
+            self.send(
+                tx,
+                &s.actions,
+                [
+                    &r.id,
+                    &r.service_id,
+                    &r.instance_id,
+                    &r.kind,
+                    &r.state,
+                    &r.created_at,
+                    &r.updated_at,
+                    &r.deadline,
+                    &r.record,
+                ],
+            )
+            .await?;
+        }
+        for r in &batch.images {
+            self.send(tx, &s.images, [&r.id, &r.engine, &r.version, &r.created_at, &r.record]).await?;
+        }
+        // Headers before their members (the members' rows reference them).
+        for r in &batch.rollouts {
+            self.send(tx, &s.rollouts, [&r.id, &r.state, &r.created_at, &r.updated_at, &r.record]).await?;
+        }
+        for r in &batch.rollout_members {
+            self.send(tx, &s.rollout_members, [&r.rollout_id, &r.service_id, &r.position, &r.phase, &r.record]).await?;
+        }
+        for r in &batch.hosts {
+            self.send(tx, &s.hosts, [&r.name, &r.zone, &r.state, &r.registered_at, &r.record]).await?;
+        }
+        for r in &batch.archives {
+            self.send(tx, &s.archives, [&r.id, &r.service_name, &r.state, &r.created_at, &r.updated_at, &r.record])
+                .await?;
+        }
+        for r in &batch.audit {
+            self.send(tx, &s.audit, [&r.at, &r.actor, &r.record]).await?;
+        }
+        Ok(())
+    }
+}
+
+fn clamp_limit(limit: usize) -> i64 {
+    limit.min(MAX_READ_LIMIT) as i64
+}
+
+fn column<'a, T: tokio_postgres::types::FromSql<'a>>(
+    row: &'a Row,
+    index: usize,
+    operation: &'static str,
+) -> Result<T, StoreError> {
+    row.try_get(index).map_err(pg(operation))
+}
+
+/// Decodes `(id, record)` rows.
+fn records<T: serde::de::DeserializeOwned>(table: &'static str, rows: &[Row]) -> Result<Vec<T>, StoreError> {
+    let mut out = Vec::with_capacity(rows.len());
+    for row in rows {
+        let id: &str = column(row, 0, "loading the live state")?;
+        let record: &str = column(row, 1, "loading the live state")?;
+        out.push(decode(table, id, record)?);
+    }
+    Ok(out)
+}
+
+fn seq_records<'a>(rows: &'a [Row], operation: &'static str) -> Result<Vec<(i64, &'a str)>, StoreError> {
+    rows.iter().map(|row| Ok((column::<i64>(row, 0, operation)?, column::<&str>(row, 1, operation)?))).collect()
+}
+
+impl Store for PgStore {
+    fn load(&self) -> Result<Snapshot, StoreError> {
+        self.with_client(|mut client| async move {
+            let read = pg("loading the live state");
+            // One snapshot: every table as of the same commit.
+            let tx = client
+                .build_transaction()
+                .isolation_level(IsolationLevel::RepeatableRead)
+                .read_only(true)
+                .start()
+                .await
+                .map_err(&read)?;
+            let services: Vec<ServiceRecord> = records(
+                "services",
+                &tx.query(
+                    "SELECT id, record FROM services WHERE state != $1 ORDER BY created_at, id COLLATE \"C\"",
+                    &[&ServiceState::Deleted.as_str()],
+                )
+                .await
+                .map_err(&read)?,
+            )?;
+            let instances: Vec<InstanceRecord> = records(
+                "instances",
+                &tx.query(
+                    "SELECT id, record FROM instances WHERE state != $1 ORDER BY created_at, id COLLATE \"C\"",
+                    &[&InstanceState::Terminated.as_str()],
+                )
+                .await
+                .map_err(&read)?,
+            )?;
+            let actions: Vec<ActionRecord> = records(
+                "actions",
+                &tx.query(
+                    "SELECT id, record FROM actions WHERE state IN ($1, $2) ORDER BY created_at, id COLLATE \"C\"",
+                    &[&ActionState::Pending.as_str(), &ActionState::Running.as_str()],
+                )
+                .await
+                .map_err(&read)?,
+            )?;
+            let images: Vec<Image> = records(
+                "images",
+                &tx.query("SELECT id, record FROM images ORDER BY created_at, id COLLATE \"C\"", &[]).await.map_err(&read)?,
+            )?;
+            let rollouts: Vec<RolloutRecord> = records(
+                "rollouts",
+                &tx.query("SELECT id, record FROM rollouts ORDER BY created_at, id COLLATE \"C\"", &[]).await.map_err(&read)?,
+            )?;
+            let rollout_members: Vec<RolloutMember> = records(
+                "rollout_services",
+                &tx.query(
+                    "SELECT m.service_id, m.record FROM rollout_services m JOIN rollouts r ON r.id = m.rollout_id
+                     WHERE r.state NOT IN ('succeeded', 'aborted', 'failed') ORDER BY m.rollout_id COLLATE \"C\", m.position",
+                    &[],
+                )
+                .await
+                .map_err(&read)?,
+            )?;
+            let hosts: Vec<HostRecord> = records(
+                "hosts",
+                &tx.query("SELECT name, record FROM hosts ORDER BY registered_at, name COLLATE \"C\"", &[]).await.map_err(&read)?,
+            )?;
+            let archives: Vec<drover_model::ArchiveRecord> = records(
+                "archives",
+                &tx.query("SELECT id, record FROM archives ORDER BY created_at, id COLLATE \"C\"", &[]).await.map_err(&read)?,
+            )?;
+            tx.commit().await.map_err(pg("finishing the load"))?;
+            Ok(Snapshot { services, instances, actions, images, rollouts, rollout_members, hosts, archives })
+        })
+    }
+
+    fn commit(&self, changes: Changes) -> Result<(), StoreError> {
+        if changes.is_empty() {
+            return Ok(());
+        }
+        let batch = rows::encode(&changes)?;
+        let (reply, answer) = std::sync::mpsc::sync_channel(1);
+        let queue = self.queue.as_ref().ok_or(StoreError::WriterStopped)?;
+        queue.send(Request { batch, reply }).map_err(|_| StoreError::WriterStopped)?;
+        answer.recv().map_err(|_| StoreError::WriterStopped)?
+    }
+
+    fn events(&self, filter: &EventFilter) -> Result<Vec<Event>, StoreError> {
+        let limit = clamp_limit(filter.limit.unwrap_or(DEFAULT_EVENT_LIMIT));
+        let after = filter.after_seq.map_or(0, |s| s.min(i64::MAX as u64) as i64);
+        let mut sql = String::from("SELECT seq, record FROM events WHERE seq > $1");
+        let mut params: Vec<Box<dyn ToSql + Sync + Send>> = vec![Box::new(after)];
+        if let Some(service) = &filter.service {
+            params.push(Box::new(service.clone()));
+            sql.push_str(&format!(" AND service = ${}", params.len()));
+        }
+        if let Some(instance) = &filter.instance {
+            params.push(Box::new(instance.to_string()));
+            sql.push_str(&format!(" AND instance_id = ${}", params.len()));
+        }
+        params.push(Box::new(limit));
+        sql.push_str(&format!(" ORDER BY seq LIMIT ${}", params.len()));
+        self.with_client(move |client| async move {
+            let read = "reading events";
+            let refs: Vec<&(dyn ToSql + Sync)> = params.iter().map(|p| p.as_ref() as &(dyn ToSql + Sync)).collect();
+            let stmt = client.prepare_cached(&sql).await.map_err(pg(read))?;
+            let rows = client.query(&stmt, &refs).await.map_err(pg(read))?;
+            seq_records(&rows, read)?.into_iter().map(|(seq, record)| rows::decode_event(seq, record)).collect()
+        })
+    }
+
+    fn audit(&self, limit: usize) -> Result<Vec<AuditEntry>, StoreError> {
+        let limit = clamp_limit(limit);
+        self.with_client(move |client| async move {
+            let read = "reading the audit trail";
+            let rows = client
+                .query("SELECT seq, record FROM audit ORDER BY seq DESC LIMIT $1", &[&limit])
+                .await
+                .map_err(pg(read))?;
+            let mut out = seq_records(&rows, read)?
+                .into_iter()
+                .map(|(seq, record)| rows::decode_audit(seq, record))
+                .collect::<Result<Vec<_>, _>>()?;
+            out.reverse();
+            Ok(out)
+        })
+    }
+
+    fn actions(&self, service: Option<ServiceId>, limit: usize) -> Result<Vec<ActionRecord>, StoreError> {
+        let limit = clamp_limit(limit);
+        self.with_client(move |client| async move {
+            let read = pg("reading actions");
+            // UUID v7 text sorts by creation time, so `id` breaks ties in order.
+            // COLLATE "C": byte order, as SQLite compares text.
+            let rows = match service {
+                Some(service) => client
+                    .query(
+                        "SELECT id, record FROM actions WHERE service_id = $1
+                         ORDER BY created_at DESC, id COLLATE \"C\" DESC LIMIT $2",
+                        &[&service.to_string(), &limit],
+                    )
+                    .await
+                    .map_err(&read)?,
+                None => client
+                    .query(
+                        "SELECT id, record FROM actions ORDER BY created_at DESC, id COLLATE \"C\" DESC LIMIT $1",
+                        &[&limit],
+                    )
+                    .await
+                    .map_err(&read)?,
+            };
+            let mut out = Vec::with_capacity(rows.len());
+            for row in &rows {
+                let id: &str = column(row, 0, "reading actions")?;
+                let record: &str = column(row, 1, "reading actions")?;
+                out.push(decode("actions", id, record)?);
+            }
+            Ok(out)
+        })
+    }
+
+    fn last_event_seq(&self) -> Result<u64, StoreError> {
+        self.with_client(|client| async move {
+            let operation = "reading the newest event's seq";
+            let row = client.query_one("SELECT COALESCE(MAX(seq), 0) FROM events", &[]).await.map_err(pg(operation))?;
+            rows::seq_from_column("events", column(&row, 0, operation)?)
+        })
+    }
+
+    fn record_start(&self, start: EngineStart) -> Result<(), StoreError> {
+        // Its own pooled connection: once per start, before the engine commits
+        // anything, and it must not wait behind the writer's queue.
+        self.with_client(move |client| async move {
+            client
+                .execute(
+                    "INSERT INTO engine_starts (at, seed) VALUES ($1, $2)",
+                    &[&start.at.micros(), &(start.seed as i64)],
+                )
+                .await
+                .map_err(pg("recording the engine's start"))?;
+            Ok(())
+        })
+    }
+
+    fn engine_starts(&self) -> Result<Vec<EngineStart>, StoreError> {
+        self.with_client(|client| async move {
+            let operation = "reading the engine's starts";
+            let rows =
+                client.query("SELECT at, seed FROM engine_starts ORDER BY seq", &[]).await.map_err(pg(operation))?;
+            rows.iter()
+                .map(|r| {
+                    Ok(EngineStart {
+                        at: Timestamp(column(r, 0, operation)?),
+                        seed: column::<i64>(r, 1, operation)? as u64,
+                    })
+                })
+                .collect()
+        })
+    }
+
+    fn log_rows_before(&self, log: Log, cutoff: Timestamp, limit: usize) -> Result<Vec<LogRow>, StoreError> {
+        let limit = clamp_limit(limit);
+        self.with_client(move |client| async move {
+            let operation = "reading old log rows";
+            let sql = format!("SELECT seq, at, record FROM {} WHERE at < $1 ORDER BY seq LIMIT $2", log.table());
+            let rows = client.query(&sql, &[&cutoff.micros(), &limit]).await.map_err(pg(operation))?;
+            let mut out = Vec::with_capacity(rows.len());
+            for row in &rows {
+                let seq: i64 = column(row, 0, operation)?;
+                let at: i64 = column(row, 1, operation)?;
+                let record: &str = column(row, 2, operation)?;
+                let json = match log {
+                    Log::Events => serde_json::to_string(&rows::decode_event(seq, record)?),
+                    Log::Audit => serde_json::to_string(&rows::decode_audit(seq, record)?),
+                }
+                .map_err(|source| StoreError::CorruptRecord {
+                    table: log.table(),
+                    id: seq.to_string(),
+                    source,
+                })?;
+                out.push(LogRow { seq: rows::seq_from_column(log.table(), seq)?, at: Timestamp(at), json });
+            }
+            Ok(out)
+        })
+    }
+
+    fn prune_log(&self, log: Log, through: u64, cutoff: Timestamp) -> Result<u64, StoreError> {
+        let through = i64::try_from(through).unwrap_or(i64::MAX);
+        self.with_client(move |client| async move {
+            let sql = format!("DELETE FROM {} WHERE seq <= $1 AND at < $2", log.table());
+            client.execute(&sql, &[&through, &cutoff.micros()]).await.map_err(pg("pruning a log"))
+        })
+    }
+
+    fn writer_counters(&self) -> Option<WriterCounters> {
+        Some(PgStore::writer_counters(self))
+    }
+}
