@@ -29,6 +29,14 @@ use std::time::{Duration, Instant};
 /// Where pgBackRest is when it is not found on PATH (Debian's package puts it here).
 pub const DEFAULT_PGBACKREST: &str = "/usr/bin/pgbackrest";
 
+/// The pgBackRest used first when it is there: Debian trixie's 2.55.1,
+/// installed by `scripts/lib.sh` `ensure_trixie_pgbackrest`. Bookworm's 2.45
+/// refuses PostgreSQL 16 and 17 ("is this version of PostgreSQL
+/// supported?"); 2.55 supports 15 to 17 and reads the repositories 2.45
+/// wrote, so one binary serves every major (archive-push, backups,
+/// restores). `DROVER_PGBACKREST` names another binary.
+pub const TRIXIE_PGBACKREST: &str = "/var/cache/drover/pgbackrest/2.55.1/bin/pgbackrest";
+
 /// Full backups kept; older ones (and the differential/incremental backups and WAL
 /// that depend on them) are expired after each backup. Four weekly fulls keep about a
 /// month of point-in-time recovery, and bound the repository's size.
@@ -1052,7 +1060,16 @@ fn absolute(path: &Path) -> Result<PathBuf, BackupError> {
     std::path::absolute(path).map_err(BackupError::io("resolve", path))
 }
 
-fn find_pgbackrest() -> PathBuf {
+/// The pgBackRest binary every repository uses: `DROVER_PGBACKREST`, else
+/// [`TRIXIE_PGBACKREST`] when installed, else the first on PATH, else
+/// [`DEFAULT_PGBACKREST`].
+pub fn find_pgbackrest() -> PathBuf {
+    if let Some(program) = std::env::var_os("DROVER_PGBACKREST").filter(|p| !p.is_empty()) {
+        return PathBuf::from(program);
+    }
+    if Path::new(TRIXIE_PGBACKREST).is_file() {
+        return PathBuf::from(TRIXIE_PGBACKREST);
+    }
     if let Some(paths) = std::env::var_os("PATH") {
         for dir in std::env::split_paths(&paths) {
             let candidate = dir.join("pgbackrest");
