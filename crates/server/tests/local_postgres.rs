@@ -1174,3 +1174,90 @@ async fn a_major_upgrade_under_load_keeps_the_url_and_loses_no_write_and_rolls_b
     assert_eq!(failures, 0, "no statement failed during the upgrade and its rollback");
     t.stop().await;
 }
+
+/// Issue 17: PostgreSQL 15 → 17 of a service with a follower under a
+/// steady write load through the URL. Before the cut-over the one member
+/// of 17 is the logical subscriber (the old follower is retired: it cannot
+/// follow 17); after it the plan's follower is restored on 17 from the new
+/// primary's first pgBackRest backup (npm's 17 has no pg_basebackup) and
+/// streams; a read replica added on 17 serves reads through its own URL.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_upgrade_of_a_service_with_a_follower_under_load_rebuilds_it_on_17_and_a_replica_of_17_serves_reads() {
+    assert!(
+        drover_providers::local::major_installed(17),
+        "PostgreSQL 17 is not installed: run scripts/lib.sh's ensure_pg_majors (scripts/test does)"
+    );
+    let (mut t, _reaper) = start_local().await;
+    let (status, body) = t
+        .post("/v1/services", json!({"name": "pgupf", "engine": "postgres", "followers": 1, "provider": "local"}))
+        .await;
+    assert_eq!(status, 201, "{body}");
+    let s = t.wait_available("pgupf", SLOW).await;
+    let url = s["url"].as_str().unwrap().to_string();
+    let old_follower = followers(&s).first().map(|f| f["id"].clone()).expect("a follower on 15");
+    let c = connect(&url).await.unwrap();
+    c.batch_execute("CREATE TABLE writes (n bigint PRIMARY KEY)").await.unwrap();
+    drop(c);
+    let writer = Writer::start(url.clone());
+    poll(SLOW, "writes flowing", || async { (writer.acked() > 50).then_some(()) }).await;
+
+    let started = Instant::now();
+    let (status, r) = t.post("/v1/services/pgupf/upgrade", json!({"version": "17"})).await;
+    assert_eq!(status, 202, "{r}");
+    wait_rollout(&t, &r).await;
+    let upgrade_took = started.elapsed();
+    let s = t.service("pgupf").await;
+    assert_eq!(s["url"].as_str(), Some(url.as_str()), "the URL is unchanged");
+    assert!(server_version(&url).await.starts_with("17."), "the URL serves 17");
+    // The follower of 17: restored from a backup, then streaming.
+    let s = poll(Duration::from_secs(300), "a follower of 17 streams", || async {
+        let s = t.service("pgupf").await;
+        let checks = t.get("/v1/services/pgupf/checks").await.1;
+        let fs = followers(&s);
+        (s["state"] == "available"
+            && fs.len() == 1
+            && fs[0]["id"] != old_follower
+            && fs[0]["state"] == "available"
+            && checks["replication"]["status"] == "ok")
+            .then_some(s)
+    })
+    .await;
+    let follower_after = started.elapsed();
+    assert!(
+        s["instances"].as_array().unwrap().iter().all(|i| i["id"] != old_follower),
+        "the follower of 15 is gone: {s}"
+    );
+    let streaming = scalar(&url, "SELECT count(*) FROM pg_stat_replication WHERE state = 'streaming'").await;
+    assert_eq!(streaming.as_deref(), Some("1"), "the new follower streams from the 17 primary");
+
+    // A read replica added on 17 serves reads through its own URL.
+    let (status, body) = t.post("/v1/services/pgupf/followers", json!({"count": 1})).await;
+    assert_eq!(status, 202, "{body}");
+    let read_url = poll(Duration::from_secs(300), "the read replica of 17 serves its URL", || async {
+        let s = t.service("pgupf").await;
+        let urls = s["read_urls"].as_array().cloned().unwrap_or_default();
+        (s["state"] == "available" && urls.len() == 1).then(|| urls[0].as_str().unwrap_or_default().to_string())
+    })
+    .await;
+    let at = writer.acked();
+    poll(SLOW, "writes after", || async { (writer.acked() > at + 20).then_some(()) }).await;
+    let (acked, failures) = writer.finish().await;
+    let last = *acked.iter().max().expect("writes acknowledged");
+    let seen = poll(SLOW, "the last acknowledged write through the read URL", || async {
+        scalar(&read_url, &format!("SELECT n FROM writes WHERE n = {last}")).await
+    })
+    .await;
+    assert_eq!(seen, last.to_string());
+    assert_eq!(scalar(&read_url, "SELECT pg_is_in_recovery()").await.as_deref(), Some("t"), "served by a replica");
+    assert!(server_version(&read_url).await.starts_with("17."), "a replica of 17");
+    let present = rows(&url).await;
+    let missing: Vec<&u64> = acked.iter().filter(|n| !present.contains(n)).collect();
+    assert!(missing.is_empty(), "{} acknowledged writes are missing (first {:?})", missing.len(), missing.first());
+    eprintln!(
+        "major upgrade of a service with a follower under load: 15 -> 17 in {upgrade_took:?}, a follower of 17 \
+         streaming {follower_after:?} after the request; {} writes acknowledged, {failures} statements failed, 0 lost",
+        acked.len()
+    );
+    assert_eq!(failures, 0, "no statement failed during the upgrade");
+    t.stop().await;
+}
