@@ -697,6 +697,16 @@ impl Inner {
     /// starts streaming and by the heartbeat loop when a primary's count of
     /// streaming followers changes between none and some.
     pub(super) async fn adjust_sync(&self, service_id: ServiceId) -> Result<(), ActionError> {
+        self.adjust_sync_without(service_id, None).await
+    }
+
+    /// [`Self::adjust_sync`] as if follower `leaving` were gone already:
+    /// called before a follower is stopped for good, so that the primary
+    /// never waits on a standby that is about to stop (with no other
+    /// follower streaming, as when an upgrade retires the old major's
+    /// followers before its cut-over, every commit would wait until the
+    /// heartbeat loop noticed).
+    async fn adjust_sync_without(&self, service_id: ServiceId, leaving: Option<InstanceId>) -> Result<(), ActionError> {
         let guard = self.service_lock(service_id);
         let _held = guard.lock().await;
         let Some(service) = lock(&self.registry).services.get(&service_id).cloned() else {
@@ -718,14 +728,29 @@ impl Inner {
             let members: Vec<(String, Option<u32>)> = registry
                 .instances
                 .iter()
-                .filter(|(_, e)| e.service == service_id && e.role == Role::Follower && e.should_run())
+                // An upgrade's subscriber (another major) is no physical
+                // standby: with it counted, `ANY 1 (*)` would make the
+                // primary wait on its logical walsender once the old
+                // followers are retired (seen as a commit held > 5 s).
+                .filter(|(id, e)| {
+                    e.service == service_id
+                        && e.role == Role::Follower
+                        && e.should_run()
+                        && e.major == primary.major
+                        && Some(**id) != leaving
+                })
                 .map(|(id, e)| (id.to_string(), e.read_slot))
                 .collect();
             let plan: Vec<String> = members.iter().filter(|(_, s)| s.is_none()).map(|(n, _)| n.clone()).collect();
             (plan, members.len() - members.iter().filter(|(_, s)| s.is_none()).count())
         };
-        let streaming =
-            streaming_names.iter().flatten().filter(|name| read_replicas == 0 || plan_followers.contains(name)).count();
+        let leaving = leaving.map(|id| id.to_string());
+        let streaming = streaming_names
+            .iter()
+            .flatten()
+            .filter(|name| Some(*name) != leaving.as_ref())
+            .filter(|name| read_replicas == 0 || plan_followers.contains(name))
+            .count();
         let current = postgres::execute(&primary, "SHOW synchronous_standby_names", SQL_TIMEOUT).await?;
         let current = current.first().cloned().flatten().unwrap_or_default();
         let wanted = if service.sync && streaming > 0 {
@@ -1085,6 +1110,13 @@ impl Inner {
         let Some(entry) = self.entry(id) else {
             return Ok(Some("unknown instance: nothing to retire".into()));
         };
+        if entry.role == Role::Follower && entry.read_slot.is_none() && entry.should_run() {
+            // Out of synchronous_standby_names first (best effort: the
+            // heartbeat loop does it anyway once it stops streaming).
+            if let Err(error) = self.adjust_sync_without(entry.service, Some(id)).await {
+                tracing::warn!(instance = %id, %error, "cannot take a retiring follower out of synchronous replication");
+            }
+        }
         self.stop_server(id, Some(&entry)).await?;
         {
             let mut registry = lock(&self.registry);
