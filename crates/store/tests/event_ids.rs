@@ -111,24 +111,6 @@ fn engine_starts_and_their_seeds_survive_a_reopen(b: &Backend) {
     assert_eq!(store.last_event_seq().unwrap(), events(&*store)[0].seq);
 }
 
-/// Each case as two tests, `sqlite::NAME` and `postgres::NAME`.
-macro_rules! on_both_stores {
-    ($($name:ident),* $(,)?) => {
-        mod sqlite {
-            $(#[test]
-            fn $name() {
-                super::$name(&super::Backend::sqlite(stringify!($name)));
-            })*
-        }
-        mod postgres {
-            $(#[test]
-            fn $name() {
-                super::$name(&super::Backend::postgres());
-            })*
-        }
-    };
-}
-
 on_both_stores!(
     a_retried_append_writes_each_event_once_and_keeps_its_first_seq,
     a_duplicate_within_one_commit_is_written_once,

@@ -710,24 +710,6 @@ fn kill_9_loses_no_acknowledged_batch_and_leaves_no_partial_one(b: &Backend) {
     }
 }
 
-/// Each case as two tests, `sqlite::NAME` and `postgres::NAME`.
-macro_rules! on_both_stores {
-    ($($name:ident),* $(,)?) => {
-        mod sqlite {
-            $(#[test]
-            fn $name() {
-                super::$name(&super::Backend::sqlite(stringify!($name)));
-            })*
-        }
-        mod postgres {
-            $(#[test]
-            fn $name() {
-                super::$name(&super::Backend::postgres());
-            })*
-        }
-    };
-}
-
 on_both_stores!(
     commit_then_load_round_trips_every_record_exactly,
     records_written_before_hosts_existed_load_without_a_host,

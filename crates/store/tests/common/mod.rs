@@ -79,3 +79,22 @@ pub fn open_spec(spec: &str) -> Result<Arc<dyn Store>, StoreError> {
 pub fn quote(text: &str) -> String {
     format!("'{}'", text.replace('\'', "''"))
 }
+
+/// Each case as two tests, `sqlite::NAME` and `postgres::NAME`.
+#[macro_export]
+macro_rules! on_both_stores {
+    ($($name:ident),* $(,)?) => {
+        mod sqlite {
+            $(#[test]
+            fn $name() {
+                super::$name(&super::Backend::sqlite(stringify!($name)));
+            })*
+        }
+        mod postgres {
+            $(#[test]
+            fn $name() {
+                super::$name(&super::Backend::postgres());
+            })*
+        }
+    };
+}
