@@ -121,3 +121,53 @@ ensure_pg_majors() {
     rm -rf "$work"
   done
 }
+
+# pgBackRest for every PostgreSQL major the local provider runs (issue 17):
+# Debian bookworm's pgbackrest 2.45 refuses PostgreSQL 16 and 17, so the
+# provider uses Debian trixie's 2.55.1 package instead, which runs on
+# bookworm (its libraries resolve by soname: libc >= 2.34, libssl3, libssh2,
+# libzstd, libpq5) and supports 15, 16 and 17 (it reads the repositories
+# 2.45 wrote). Only the binary is used; the .deb is never installed with
+# dpkg (it would replace bookworm's package and pull trixie's libraries).
+# Pinned: the SHA256 is the one trixie's Packages index lists for this file
+# (dists/trixie/main/binary-amd64/Packages.xz); a download that does not
+# match is refused. Installed into /var/cache/drover/pgbackrest/<version>
+# (readable by every user: the `drover` server user runs it), where the
+# local provider looks first (DROVER_PGBACKREST names another binary).
+# Cached: nothing happens when the stamp of the pinned version is there.
+PGBACKREST_VERSION=2.55.1
+PGBACKREST_DEB_URL=http://deb.debian.org/debian/pool/main/p/pgbackrest/pgbackrest_2.55.1-1_amd64.deb
+PGBACKREST_DEB_SHA256=4143a01dba71c12aab93e67b012b5cb93ec9f80e408080ddbde6261115da381d
+PGBACKREST_DIR=${DROVER_PGBACKREST_DIR:-/var/cache/drover/pgbackrest}
+
+ensure_trixie_pgbackrest() {
+  local dest=$PGBACKREST_DIR/$PGBACKREST_VERSION
+  [ -f "$dest/.drover-stamp" ] && [ "$(cat "$dest/.drover-stamp")" = "$PGBACKREST_DEB_SHA256" ] &&
+    [ -x "$dest/bin/pgbackrest" ] && return 0
+  if [ "$(id -u)" -ne 0 ] && [ ! -w "$PGBACKREST_DIR" ]; then
+    echo "error: pgBackRest $PGBACKREST_VERSION is not installed in $dest; run as root once (scripts/run or scripts/test)" >&2
+    exit 1
+  fi
+  echo "fetching pgBackRest $PGBACKREST_VERSION (Debian trixie's package)…" >&2
+  local work
+  work=$(mktemp -d)
+  if ! curl -fsSL --retry 3 -o "$work/pgbackrest.deb" "$PGBACKREST_DEB_URL"; then
+    rm -rf "$work"
+    echo "error: could not fetch $PGBACKREST_DEB_URL" >&2
+    exit 1
+  fi
+  if ! echo "$PGBACKREST_DEB_SHA256  $work/pgbackrest.deb" | sha256sum --check --status; then
+    rm -rf "$work"
+    echo "error: $PGBACKREST_DEB_URL does not have the SHA256 trixie's Packages lists ($PGBACKREST_DEB_SHA256); refused" >&2
+    exit 1
+  fi
+  dpkg-deb -x "$work/pgbackrest.deb" "$work/x"
+  "$work/x/usr/bin/pgbackrest" version | grep -qx "pgBackRest $PGBACKREST_VERSION" ||
+    { rm -rf "$work"; echo "error: pgBackRest $PGBACKREST_VERSION does not run here" >&2; exit 1; }
+  rm -rf "$dest" && mkdir -p "$dest/bin" "$dest/doc"
+  mv "$work/x/usr/bin/pgbackrest" "$dest/bin/pgbackrest"
+  cp "$work/x/usr/share/doc/pgbackrest/copyright" "$dest/doc/" 2>/dev/null || true
+  echo "$PGBACKREST_DEB_SHA256" >"$dest/.drover-stamp"
+  chmod -R a+rX "$PGBACKREST_DIR"
+  rm -rf "$work"
+}

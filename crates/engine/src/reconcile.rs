@@ -279,6 +279,15 @@ impl Engine {
                     .is_some_and(|x| x.role == Role::Follower && x.read_slot == 0 && x.state.is_member() && !x.fenced)
             })
             .count();
+        if self.awaits_major_cut_over(sslot) {
+            // An upgrade's move builds its one subscriber itself; no
+            // follower of the new major can be built before its cut-over.
+            return self.unwanted_read_replica(s).map(|instance| Remedy::Leave {
+                instance,
+                kind: ActionKind::Retire,
+                cause: "read replica removed by its owner: retire it",
+            });
+        }
         if followers < usize::from(self.policy_of(s).members(&s.plan).count(Role::Follower)) {
             return Some(Remedy::Provision {
                 role: Role::Follower,

@@ -12,6 +12,17 @@
 //! the router at it), the old member retired. A restarted control plane
 //! resumes the rollout from the fleet as it is, so no cut-over is repeated.
 //!
+//! A service with followers or read replicas moves the same way, in the
+//! order the new major allows (`crate::rollouts::moves`): before the
+//! cut-over the provider can build one member of the new major only (the
+//! logical subscriber; a physical copy needs a cluster of that major to
+//! copy), so the move builds it, retires the old followers and read
+//! replicas (they cannot follow a primary of another major), then
+//! switches over; afterwards reconcile builds the plan's followers and the
+//! read replicas from the new primary (the local provider restores them
+//! from its first backup with pgBackRest). Reconcile builds nothing of the
+//! new major before the cut-over ([`Engine::awaits_major_cut_over`]).
+//!
 //! The image it came from is kept on the service (`upgraded_from`, in the
 //! same commit as the rollout): `RollbackUpgrade` moves it back onto that
 //! image the same way (the provider copies the data back by logical
@@ -38,11 +49,31 @@ pub fn major_of(version: &str) -> Option<u32> {
 }
 
 impl Engine {
+    /// The major of image `image` (None: its version has no number).
+    pub(crate) fn image_major(&self, image: u32) -> Option<u32> {
+        self.images.list.get(image as usize).and_then(|i| major_of(&i.version))
+    }
+
+    /// Whether two images are of different majors (both known).
+    pub(crate) fn crosses_major(&self, from: u32, to: u32) -> bool {
+        matches!((self.image_major(from), self.image_major(to)), (Some(a), Some(b)) if a != b)
+    }
+
+    /// Whether service `sslot` is being moved onto another major and its
+    /// writable primary is still on the old one: until the cut-over, the
+    /// one member of the new major is the move's logical subscriber, and
+    /// no follower of the service's (new) image can be built.
+    pub(crate) fn awaits_major_cut_over(&self, sslot: u32) -> bool {
+        let Some(s) = self.services.get(sslot) else { return false };
+        self.current_primary(sslot)
+            .and_then(|p| self.instances.get(p))
+            .is_some_and(|p| self.crosses_major(p.image, s.image))
+    }
+
     /// Moves `name` onto major `version` of its engine (see the module).
-    /// Refused (409) for an engine without major upgrades, a service with
-    /// followers or read replicas (their physical copy of a newer major
-    /// cannot be built here), a service on that major or a newer one, or
-    /// one a rollout is moving; 404 for a version that is not a major.
+    /// Refused (409) for an engine without major upgrades, a service on
+    /// that major or a newer one, or one a rollout is moving; 404 for a
+    /// version that is not a major.
     pub(crate) fn upgrade_service(
         &mut self,
         name: &str,
@@ -59,12 +90,6 @@ impl Engine {
             major_of(version).filter(|_| version.chars().all(|c| c.is_ascii_digit() || c == '.')).ok_or_else(|| {
                 CommandError::NotFound(format!("{version:?} is not a major version (give one such as \"17\")"))
             })?;
-        if s.plan.followers > 0 || s.read_slots != 0 {
-            return Err(CommandError::Conflict(format!(
-                "{name:?} has followers: a follower of a newer major is a physical copy this host cannot build \
-                 yet (no pg_basebackup of that major); upgrade a service without followers, then add them"
-            )));
-        }
         let current = self
             .images
             .list

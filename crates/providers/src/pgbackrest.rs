@@ -29,6 +29,14 @@ use std::time::{Duration, Instant};
 /// Where pgBackRest is when it is not found on PATH (Debian's package puts it here).
 pub const DEFAULT_PGBACKREST: &str = "/usr/bin/pgbackrest";
 
+/// The pgBackRest used first when it is there: Debian trixie's 2.55.1,
+/// installed by `scripts/lib.sh` `ensure_trixie_pgbackrest`. Bookworm's 2.45
+/// refuses PostgreSQL 16 and 17 ("is this version of PostgreSQL
+/// supported?"); 2.55 supports 15 to 17 and reads the repositories 2.45
+/// wrote, so one binary serves every major (archive-push, backups,
+/// restores). `DROVER_PGBACKREST` names another binary.
+pub const TRIXIE_PGBACKREST: &str = "/var/cache/drover/pgbackrest/2.55.1/bin/pgbackrest";
+
 /// Full backups kept; older ones (and the differential/incremental backups and WAL
 /// that depend on them) are expired after each backup. Four weekly fulls keep about a
 /// month of point-in-time recovery, and bound the repository's size.
@@ -136,6 +144,11 @@ pub struct BackupInfo {
     pub wal_stop: String,
     /// Label of the backup this one depends on (diff/incr), if any.
     pub prior: Option<String>,
+    /// The PostgreSQL major it was taken of (a stanza moved to another
+    /// major by `stanza-upgrade` keeps the older major's backups); None
+    /// when `info` does not say.
+    #[serde(default)]
+    pub pg_major: Option<u32>,
 }
 
 /// The result of one restore verification.
@@ -360,11 +373,42 @@ impl BackupRepo {
     /// repository (idempotent), and runs `pgbackrest check`, which proves that the
     /// instance's archive_command delivers WAL to the repository. The instance must be
     /// running with archive_mode=on and [`BackupRepo::archive_command`].
+    ///
+    /// A service moved to another PostgreSQL major (an upgrade, or its
+    /// rollback) is a new cluster of another version: the stanza is moved
+    /// onto it with `stanza-upgrade`, see [`BackupRepo::follow_major`].
     pub async fn ensure_stanza(&self, stanza: &str, pg: &PgTarget) -> Result<(), BackupError> {
+        self.follow_major(stanza, pg).await?;
+        self.check(stanza).await
+    }
+
+    /// Points the stanza at `pg` and makes the repository accept it, without
+    /// waiting for the archive (what [`BackupRepo::ensure_stanza`] adds):
+    /// `stanza-create` (idempotent), and when the stanza was created for a
+    /// cluster of another PostgreSQL major than `pg`'s (its `PG_VERSION`),
+    /// `stanza-upgrade`, which is what pgBackRest asks for after a major
+    /// upgrade: the older major's backups and WAL stay in the history, and
+    /// `pg`'s archive-push is accepted from then on (it is refused before,
+    /// and PostgreSQL keeps the WAL and retries). A cluster of the same
+    /// major with another system id is still refused: that is another
+    /// database, never taken over silently.
+    pub async fn follow_major(&self, stanza: &str, pg: &PgTarget) -> Result<(), BackupError> {
         check_stanza_name(stanza)?;
         self.write_stanza_config(stanza, pg)?;
-        self.run(stanza, &["stanza-create"], COMMAND_TIMEOUT, HINT_STANZA_CREATE).await?;
-        self.check(stanza).await
+        let created = self.run(stanza, &["stanza-create"], COMMAND_TIMEOUT, HINT_STANZA_CREATE).await;
+        let Err(error) = created else { return Ok(()) };
+        // [028]: "backup and archive info files exist but do not match the database".
+        if !matches!(&error, BackupError::Command { detail, .. } if detail.contains("[028]")) {
+            return Err(error);
+        }
+        let Some(major) = pg_major_of(&pg.data_dir) else { return Err(error) };
+        let out = self.run(stanza, &["info", "--output=json"], COMMAND_TIMEOUT, HINT_INFO).await?;
+        let current = current_major(&out.stdout, stanza)?;
+        if current.is_none_or(|c| c == major) {
+            return Err(error);
+        }
+        tracing::info!(stanza, from = ?current, to = major, "pgbackrest stanza-upgrade: the service moved to another major");
+        self.run(stanza, &["stanza-upgrade"], COMMAND_TIMEOUT, HINT_STANZA_CREATE).await.map(|_| ())
     }
 
     /// `pgbackrest check`: the instance is reachable and a forced WAL switch reaches the archive.
@@ -446,6 +490,30 @@ impl BackupRepo {
         self.run(stanza, &["restore", &pg1, &set, "--type=default"], BACKUP_TIMEOUT, HINT_RESTORE).await.map(|_| ())
     }
 
+    /// Restores backup set `set` of the stanza into `pg1_path` (an empty
+    /// directory) as a standby (`--type=standby`: `standby.signal`, and a
+    /// restore_command fetching archived WAL from this repository): a
+    /// physical follower built from a backup instead of `pg_basebackup`
+    /// (Patroni's `create_replica_methods: pgbackrest`), for a major whose
+    /// `pg_basebackup` is not installed. The caller points it at its
+    /// primary (primary_conninfo); it replays the archive until then.
+    pub async fn restore_standby_into(&self, stanza: &str, pg1_path: &Path, set: &str) -> Result<(), BackupError> {
+        check_stanza_name(stanza)?;
+        let pg1 = format!("--pg1-path={}", pg1_path.display());
+        let set = format!("--set={set}");
+        self.run(stanza, &["restore", &pg1, &set, "--type=standby"], BACKUP_TIMEOUT, HINT_RESTORE).await.map(|_| ())
+    }
+
+    /// The newest backup of the stanza's current cluster (the one its
+    /// newest `stanza-create` or `stanza-upgrade` recorded): the backups of
+    /// a cluster the service left by an upgrade or its rollback are not
+    /// copies of its primary. None when that cluster has no backup yet.
+    pub async fn latest_of_current_cluster(&self, stanza: &str) -> Result<Option<BackupInfo>, BackupError> {
+        check_stanza_name(stanza)?;
+        let out = self.run(stanza, &["info", "--output=json"], COMMAND_TIMEOUT, HINT_INFO).await?;
+        latest_of_current_cluster(&out.stdout, stanza)
+    }
+
     /// Removes the stanza for good: its backups, its archived WAL and its
     /// configuration section (`stop`, `stanza-delete --force`, `start`).
     /// Its server must be gone. Idempotent: returns false when nothing of
@@ -490,19 +558,22 @@ impl BackupRepo {
         parse_info(&out.stdout, stanza)
     }
 
-    /// `pgbackrest verify` of one backup set: re-reads every file of the set from the
-    /// repository and checks it against the checksum recorded in its manifest.
-    /// Returns pgBackRest's report lines, or an error describing what is invalid.
-    /// (pgBackRest 2.45 exits 0 even when it finds invalid files: the report is parsed.)
+    /// `pgbackrest verify` of the repository, `label` among it: re-reads every file of
+    /// every backup set and every archived WAL segment and checks it against the
+    /// checksum recorded for it. Returns pgBackRest's report lines, or an error
+    /// describing what is invalid. (pgBackRest exits 0 even when it finds invalid
+    /// files: the report is parsed.)
     pub async fn verify_backup(&self, stanza: &str, label: &str) -> Result<Vec<String>, String> {
-        let set = format!("--set={label}");
+        // The whole repository, not `--set`: pgBackRest 2.55 checks with
+        // --set only the WAL the set itself needs, and a restore test
+        // replays every segment archived after it too (2.45 checked the
+        // whole repository even with --set). A damaged older backup or WAL
+        // segment fails the verification too: the repository is damaged.
         let out = self
-            .run(stanza, &["verify", &set, "--output=text", "--verbose"], COMMAND_TIMEOUT, HINT_VERIFY)
+            .run(stanza, &["verify", "--output=text", "--verbose"], COMMAND_TIMEOUT, HINT_VERIFY)
             .await
             .map_err(|e| e.to_string())?;
         let lines: Vec<String> = out.stdout.lines().map(|l| l.trim().to_string()).filter(|l| !l.is_empty()).collect();
-        // pgBackRest 2.45 checks the whole repository even with --set: a damaged older
-        // backup or WAL segment fails the verification too (the repository is damaged).
         let ours_valid = lines.iter().any(|l| l.starts_with(&format!("backup: {label}, status: valid")));
         let failed = lines.iter().any(|l| l == "status: error" || l.contains("status: invalid"))
             || !lines.iter().any(|l| l == "status: ok")
@@ -537,6 +608,21 @@ impl BackupRepo {
         bin_dir: &Path,
         canary: Option<&str>,
     ) -> Result<VerifyReport, BackupError> {
+        self.verify_restore_with(stanza, scratch_dir, port, &|_| bin_dir.to_path_buf(), canary).await
+    }
+
+    /// [`BackupRepo::verify_restore`] with the scratch server's binaries
+    /// chosen by the major the latest backup was taken of
+    /// ([`BackupInfo::pg_major`]): a stanza that followed an upgrade holds
+    /// backups of two majors.
+    pub async fn verify_restore_with(
+        &self,
+        stanza: &str,
+        scratch_dir: &Path,
+        port: u16,
+        bin_dir_for: &(dyn Fn(Option<u32>) -> PathBuf + Sync),
+        canary: Option<&str>,
+    ) -> Result<VerifyReport, BackupError> {
         check_stanza_name(stanza)?;
         let started = Instant::now();
         let checked_at = now();
@@ -553,7 +639,11 @@ impl BackupRepo {
             latest.size_bytes,
             latest.finished_at.to_rfc3339()
         )];
-        let result = self.restore_and_check(stanza, &latest, &scratch_dir, port, bin_dir, canary, &mut evidence).await;
+        let bin_dir = bin_dir_for(latest.pg_major);
+        if let Some(major) = latest.pg_major {
+            evidence.push(format!("restored with the PostgreSQL {major} binaries in {}", bin_dir.display()));
+        }
+        let result = self.restore_and_check(stanza, &latest, &scratch_dir, port, &bin_dir, canary, &mut evidence).await;
         // The scratch copy is thrown away whatever happened (the guard inside has stopped the server).
         for dir in [scratch_dir.clone(), tablespace_dir(&scratch_dir)] {
             if dir.exists() {
@@ -589,7 +679,7 @@ impl BackupRepo {
         let t = Instant::now();
         let report = self.verify_backup(stanza, &backup.label).await?;
         evidence.push(format!(
-            "pgbackrest verify --set={} passed in {:?}: {}",
+            "pgbackrest verify (the repository, backup {} among it) passed in {:?}: {}",
             backup.label,
             t.elapsed(),
             report.join(" | ")
@@ -959,6 +1049,65 @@ struct InfoStanza {
     name: String,
     #[serde(default)]
     backup: Vec<InfoBackup>,
+    /// The stanza's history of clusters: one entry per `stanza-create` or
+    /// `stanza-upgrade`, the highest id the current one.
+    #[serde(default)]
+    db: Vec<InfoDb>,
+}
+
+#[derive(Deserialize)]
+struct InfoDb {
+    id: u32,
+    version: String,
+}
+
+#[derive(Deserialize)]
+struct InfoDbRef {
+    id: u32,
+}
+
+impl InfoStanza {
+    fn major_of_db(&self, id: u32) -> Option<u32> {
+        self.db.iter().find(|d| d.id == id).and_then(|d| major_of_version(&d.version))
+    }
+}
+
+/// `"15"`, `"17"` (what pgBackRest and `PG_VERSION` say) → the major.
+fn major_of_version(version: &str) -> Option<u32> {
+    version.trim().split('.').next().and_then(|m| m.parse().ok())
+}
+
+/// The major of the cluster in `data_dir`, from its `PG_VERSION`.
+fn pg_major_of(data_dir: &Path) -> Option<u32> {
+    std::fs::read_to_string(data_dir.join("PG_VERSION")).ok().and_then(|v| major_of_version(&v))
+}
+
+/// [`BackupRepo::latest_of_current_cluster`] from `info --output=json`.
+fn latest_of_current_cluster(json: &str, stanza: &str) -> Result<Option<BackupInfo>, BackupError> {
+    let stanzas: Vec<InfoStanza> = serde_json::from_str(json)
+        .map_err(|e| BackupError::Parse { command: "info --output=json".into(), reason: e.to_string() })?;
+    let Some(current) = stanzas.iter().filter(|s| s.name == stanza).find_map(|s| s.db.iter().map(|d| d.id).max())
+    else {
+        return Ok(None);
+    };
+    let of_current: Vec<String> = stanzas
+        .iter()
+        .filter(|s| s.name == stanza)
+        .flat_map(|s| s.backup.iter())
+        .filter(|b| b.database.as_ref().is_some_and(|d| d.id == current))
+        .map(|b| b.label.clone())
+        .collect();
+    Ok(parse_info(json, stanza)?.into_iter().rev().find(|b| of_current.contains(&b.label)))
+}
+
+/// The major of the stanza's current cluster (the newest entry of its history).
+fn current_major(json: &str, stanza: &str) -> Result<Option<u32>, BackupError> {
+    let stanzas: Vec<InfoStanza> = serde_json::from_str(json)
+        .map_err(|e| BackupError::Parse { command: "info --output=json".into(), reason: e.to_string() })?;
+    Ok(stanzas
+        .iter()
+        .filter(|s| s.name == stanza)
+        .find_map(|s| s.db.iter().max_by_key(|d| d.id).map(|d| d.id).and_then(|id| s.major_of_db(id))))
 }
 
 #[derive(Deserialize)]
@@ -972,6 +1121,7 @@ struct InfoBackup {
     prior: Option<String>,
     #[serde(default)]
     error: Option<bool>,
+    database: Option<InfoDbRef>,
 }
 
 #[derive(Deserialize)]
@@ -1001,8 +1151,8 @@ fn parse_info(json: &str, stanza: &str) -> Result<Vec<BackupInfo>, BackupError> 
     let parse_err = |reason: String| BackupError::Parse { command: "info --output=json".into(), reason };
     let stanzas: Vec<InfoStanza> = serde_json::from_str(json).map_err(|e| parse_err(e.to_string()))?;
     let mut out = Vec::new();
-    for s in stanzas.into_iter().filter(|s| s.name == stanza) {
-        for b in s.backup {
+    for mut s in stanzas.into_iter().filter(|s| s.name == stanza) {
+        for b in std::mem::take(&mut s.backup) {
             if b.error == Some(true) {
                 // pgBackRest found page checksum errors while backing up: still listed, but logged.
                 tracing::warn!(stanza, label = %b.label, "pgbackrest reports page checksum errors in this backup");
@@ -1020,6 +1170,7 @@ fn parse_info(json: &str, stanza: &str) -> Result<Vec<BackupInfo>, BackupError> 
                 wal_start: archive.start.unwrap_or_default(),
                 wal_stop: archive.stop.unwrap_or_default(),
                 prior: b.prior,
+                pg_major: b.database.and_then(|d| s.major_of_db(d.id)),
             });
         }
     }
@@ -1052,7 +1203,16 @@ fn absolute(path: &Path) -> Result<PathBuf, BackupError> {
     std::path::absolute(path).map_err(BackupError::io("resolve", path))
 }
 
-fn find_pgbackrest() -> PathBuf {
+/// The pgBackRest binary every repository uses: `DROVER_PGBACKREST`, else
+/// [`TRIXIE_PGBACKREST`] when installed, else the first on PATH, else
+/// [`DEFAULT_PGBACKREST`].
+pub fn find_pgbackrest() -> PathBuf {
+    if let Some(program) = std::env::var_os("DROVER_PGBACKREST").filter(|p| !p.is_empty()) {
+        return PathBuf::from(program);
+    }
+    if Path::new(TRIXIE_PGBACKREST).is_file() {
+        return PathBuf::from(TRIXIE_PGBACKREST);
+    }
     if let Some(paths) = std::env::var_os("PATH") {
         for dir in std::env::split_paths(&paths) {
             let candidate = dir.join("pgbackrest");
@@ -1115,6 +1275,23 @@ mod tests {
         assert_eq!(b.finished_at.micros() - b.started_at.micros(), 8_000_000);
         assert_eq!(b.wal_start, "000000010000000000000002");
         assert!(parse_info(json, "other").unwrap().is_empty());
+    }
+
+    #[test]
+    fn info_json_of_pgbackrest_2_55_after_an_upgrade_and_its_rollback_names_each_backups_major() {
+        // 15 -> stanza-upgrade to 17 -> stanza-upgrade back to 15 (a new 15 cluster: db id 3).
+        let json = r#"[{"archive":[{"database":{"id":1,"repo-key":1},"id":"15-1","max":"000000010000000000000003","min":"000000010000000000000001"},{"database":{"id":2,"repo-key":1},"id":"17-2","max":"000000010000000000000003","min":"000000010000000000000001"},{"database":{"id":3,"repo-key":1},"id":"15-3","max":"000000010000000000000006","min":"000000010000000000000004"}],"backup":[{"archive":{"start":"000000010000000000000002","stop":"000000010000000000000003"},"backrest":{"format":5,"version":"2.55.1"},"database":{"id":1,"repo-key":1},"error":false,"info":{"delta":22992648,"repository":{"delta":3043506,"size":3043506},"size":22992648},"label":"20261201-233638F","lsn":{"start":"0/2000028","stop":"0/3000050"},"prior":null,"reference":null,"timestamp":{"start":1796168198,"stop":1796168203},"type":"full"},{"archive":{"start":"000000010000000000000002","stop":"000000010000000000000003"},"backrest":{"format":5,"version":"2.55.1"},"database":{"id":2,"repo-key":1},"error":false,"info":{"delta":23028717,"repository":{"delta":2967894,"size":2967894},"size":23028717},"label":"20261201-233644F","lsn":{"start":"0/2000028","stop":"0/3000050"},"prior":null,"reference":null,"timestamp":{"start":1796168204,"stop":1796168211},"type":"full"},{"archive":{"start":"000000010000000000000005","stop":"000000010000000000000006"},"backrest":{"format":5,"version":"2.55.1"},"database":{"id":3,"repo-key":1},"error":false,"info":{"delta":22992648,"repository":{"delta":3043508,"size":3043508},"size":22992648},"label":"20261201-233652F","lsn":{"start":"0/5000028","stop":"0/6000050"},"prior":null,"reference":null,"timestamp":{"start":1796168212,"stop":1796168219},"type":"full"}],"cipher":"none","db":[{"id":1,"repo-key":1,"system-id":7714483652820990435,"version":"15"},{"id":2,"repo-key":1,"system-id":7714483658668988939,"version":"17"},{"id":3,"repo-key":1,"system-id":7714483652820990435,"version":"15"}],"name":"s","repo":[{"cipher":"none","key":1,"status":{"code":0,"message":"ok"}}],"status":{"code":0,"lock":{"backup":{"held":false}},"message":"ok"}}]"#;
+        let backups = parse_info(json, "s").unwrap();
+        let majors: Vec<Option<u32>> = backups.iter().map(|b| b.pg_major).collect();
+        assert_eq!(majors, vec![Some(15), Some(17), Some(15)]);
+        assert_eq!(current_major(json, "s").unwrap(), Some(15));
+        let latest = latest_of_current_cluster(json, "s").unwrap().expect("a backup of the current cluster");
+        assert_eq!(latest.label, backups[2].label);
+        assert_eq!(latest_of_current_cluster(json, "other").unwrap(), None);
+        assert_eq!(current_major(json, "other").unwrap(), None);
+        let two_45 = r#"[{"backup":[],"db":[{"id":1,"repo-key":1,"system-id":1,"version":"15"}],"name":"s"}]"#;
+        assert_eq!(current_major(two_45, "s").unwrap(), Some(15));
+        assert_eq!(major_of_version("17\n"), Some(17));
     }
 
     #[test]

@@ -311,10 +311,12 @@ pub struct UpgradeService {
 /// Upgrade a service to a newer major version by replacement, now, with
 /// its URL unchanged: a new member of the new major (PostgreSQL: a logical
 /// subscriber of the primary), caught up, a planned switchover, the old
-/// member retired. Carried out as a rollout of this one service (`Location`
-/// names it). `upgrade/rollback` moves it back the same way. 404: no such
-/// service, or that major is not installed here; 409: the service runs
-/// that major or a newer one, has followers, or a rollout is moving it.
+/// member retired; followers and read replicas are rebuilt on the new major
+/// after the cut-over (PostgreSQL: from its first pgBackRest backup).
+/// Carried out as a rollout of this one service (`Location` names it).
+/// `upgrade/rollback` moves it back the same way. 404: no such service, or
+/// that major is not installed here; 409: the service runs that major or a
+/// newer one, or a rollout is moving it.
 #[utoipa::path(post, path = "/v1/services/{name}/upgrade", tag = "services", request_body = UpgradeService,
     params(("name" = String, Path, description = "Service name")),
     responses((status = 202, body = RolloutView), (status = 400, body = ErrorBody), (status = 404, body = ErrorBody),

@@ -134,7 +134,13 @@ impl Writer {
                         a.lock().unwrap().push(next);
                         next += 1;
                     }
-                    _ => {
+                    failed => {
+                        // Said, so a counted failure can be explained.
+                        let why = match failed {
+                            Ok(Err(e)) => format!("{e:?}"),
+                            _ => "no answer within 5 s".to_string(),
+                        };
+                        eprintln!("writer: statement {next} failed: {why}");
                         f.fetch_add(1, Ordering::SeqCst);
                         client = None;
                         tokio::time::sleep(Duration::from_millis(50)).await;
@@ -1004,15 +1010,46 @@ async fn a_deleted_service_is_archived_restored_with_its_rows_then_purged_with_i
 }
 
 async fn server_version(url: &str) -> String {
-    let c = connect(url).await.expect("connect for the version");
-    let shown = c.simple_query("SHOW server_version").await.expect("SHOW server_version");
-    shown
-        .iter()
-        .find_map(|m| match m {
-            tokio_postgres::SimpleQueryMessage::Row(r) => r.get(0).map(str::to_string),
-            _ => None,
-        })
-        .unwrap_or_default()
+    scalar(url, "SHOW server_version").await.unwrap_or_default()
+}
+
+/// The first column of the first row of `sql` through `url`; None when it
+/// cannot connect or the statement fails (a poll tries again).
+async fn scalar(url: &str, sql: &str) -> Option<String> {
+    let c = connect(url).await?;
+    let shown = c.simple_query(sql).await.ok()?;
+    shown.iter().find_map(|m| match m {
+        tokio_postgres::SimpleQueryMessage::Row(r) => r.get(0).map(str::to_string),
+        _ => None,
+    })
+}
+
+/// Takes a backup of `name` and waits for it to be recorded (a newer
+/// `last_backup_at` than before), then restore-tests it and waits for the
+/// outcome; returns the service after both.
+async fn backup_and_restore_test(t: &common::TestServer, name: &str) -> Value {
+    let before = t.service(name).await["backups"]["last_backup_at"].clone();
+    let verified_before = t.service(name).await["backups"]["last_verified_restore_at"].clone();
+    let (status, body) = t.post(&format!("/v1/services/{name}/backups"), json!({})).await;
+    assert_eq!(status, 202, "{body}");
+    poll(SLOW, "backup recorded", || async {
+        let s = t.service(name).await;
+        let checks = t.get(&format!("/v1/services/{name}/checks")).await.1;
+        assert!(
+            !checks["backups"].to_string().contains("the latest backup attempt failed"),
+            "the backup failed: {checks}"
+        );
+        (!s["backups"]["last_backup_at"].is_null() && s["backups"]["last_backup_at"] != before).then_some(())
+    })
+    .await;
+    let (status, body) = t.post(&format!("/v1/services/{name}/backups/verify"), json!({})).await;
+    assert_eq!(status, 202, "{body}");
+    poll(SLOW, "the restore test's outcome", || async {
+        let s = t.service(name).await;
+        (!s["backups"]["last_verify_ok"].is_null() && s["backups"]["last_verified_restore_at"] != verified_before)
+            .then_some(s)
+    })
+    .await
 }
 
 async fn wait_rollout(t: &common::TestServer, r: &Value) {
@@ -1054,6 +1091,9 @@ async fn a_major_upgrade_under_load_keeps_the_url_and_loses_no_write_and_rolls_b
     drop(c);
     let writer = Writer::start(url.clone());
     poll(SLOW, "writes flowing", || async { (writer.acked() > 50).then_some(()) }).await;
+    // A backup on 15 first: the stanza the upgrade must move onto 17.
+    let s = backup_and_restore_test(&t, "pgup").await;
+    assert_eq!(s["backups"]["last_verify_ok"], true, "15's backup restores: {s}");
 
     let (status, bad) = t.post("/v1/services/pgup/upgrade", json!({"version": "99"})).await;
     assert_eq!(status, 404, "a major not installed: {bad}");
@@ -1086,17 +1126,20 @@ async fn a_major_upgrade_under_load_keeps_the_url_and_loses_no_write_and_rolls_b
     drop(c);
     let (status, again) = t.post("/v1/services/pgup/upgrade", json!({"version": "17"})).await;
     assert_eq!(status, 409, "on 17 already: {again}");
-    // No pgBackRest here supports 17: a backup asked for fails, and the
-    // backups check says why instead of only letting the last one age.
-    let (status, r) = t.post("/v1/services/pgup/backups", json!({})).await;
-    assert_eq!(status, 202, "{r}");
-    let said = poll(SLOW, "the backups check names the failed attempt", || async {
-        let checks = t.get("/v1/services/pgup/checks").await.1;
-        let backups = checks["backups"].to_string();
-        backups.contains("does not support PostgreSQL 17").then_some(backups)
+    // pgBackRest 2.55 archives 17's WAL once the promotion moved the
+    // stanza onto 17 (stanza-upgrade), before any backup is asked for.
+    let archived = poll(SLOW, "17's WAL archived", || async {
+        let sql = "SELECT last_archived_wal FROM pg_stat_archiver \
+                   WHERE last_archived_time > coalesce(last_failed_time, '-infinity')";
+        scalar(&url, sql).await
     })
     .await;
-    assert!(said.contains("the latest backup attempt failed"), "{said}");
+    eprintln!("17 archives WAL after the cut-over: {archived}");
+    // 17 is backed up and its backup restores (with 17's binaries).
+    let s = backup_and_restore_test(&t, "pgup").await;
+    assert_eq!(s["backups"]["last_verify_ok"], true, "17's backup restores: {s}");
+    let (_, checks) = t.get("/v1/services/pgup/checks").await;
+    assert_eq!(checks["backups"]["status"], "ok", "{checks}");
     let acked_on_17 = writer.acked();
 
     let started = Instant::now();
@@ -1111,6 +1154,9 @@ async fn a_major_upgrade_under_load_keeps_the_url_and_loses_no_write_and_rolls_b
     let version = server_version(&url).await;
     assert!(version.starts_with("15."), "back on 15: {version}");
     assert!(s["upgraded_from"].is_null(), "rolled back: {s}");
+    // The stanza follows the way back too (a new 15 cluster).
+    let s = backup_and_restore_test(&t, "pgup").await;
+    assert_eq!(s["backups"]["last_verify_ok"], true, "15's backup after the rollback restores: {s}");
     let (acked, failures) = writer.finish().await;
     let present = rows(&url).await;
     let missing: Vec<&u64> = acked.iter().filter(|n| !present.contains(n)).collect();
@@ -1133,5 +1179,93 @@ async fn a_major_upgrade_under_load_keeps_the_url_and_loses_no_write_and_rolls_b
         acked.len()
     );
     assert_eq!(failures, 0, "no statement failed during the upgrade and its rollback");
+    t.stop().await;
+}
+
+/// Issue 17: PostgreSQL 15 → 17 of a service with a follower under a
+/// steady write load through the URL. Before the cut-over the one member
+/// of 17 is the logical subscriber (the old follower is retired: it cannot
+/// follow 17); after it the plan's follower is restored on 17 from the new
+/// primary's first pgBackRest backup (npm's 17 has no pg_basebackup) and
+/// streams; a read replica added on 17 serves reads through its own URL.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_upgrade_of_a_service_with_a_follower_under_load_rebuilds_it_on_17_and_a_replica_of_17_serves_reads() {
+    assert!(
+        drover_providers::local::major_installed(17),
+        "PostgreSQL 17 is not installed: run scripts/lib.sh's ensure_pg_majors (scripts/test does)"
+    );
+    let (mut t, _reaper) = start_local().await;
+    let (status, body) = t
+        .post("/v1/services", json!({"name": "pgupf", "engine": "postgres", "followers": 1, "provider": "local"}))
+        .await;
+    assert_eq!(status, 201, "{body}");
+    let s = t.wait_available("pgupf", SLOW).await;
+    let url = s["url"].as_str().unwrap().to_string();
+    let old_follower = followers(&s).first().map(|f| f["id"].clone()).expect("a follower on 15");
+    let c = connect(&url).await.unwrap();
+    c.batch_execute("CREATE TABLE writes (n bigint PRIMARY KEY)").await.unwrap();
+    drop(c);
+    let writer = Writer::start(url.clone());
+    poll(SLOW, "writes flowing", || async { (writer.acked() > 50).then_some(()) }).await;
+
+    let started = Instant::now();
+    let (status, r) = t.post("/v1/services/pgupf/upgrade", json!({"version": "17"})).await;
+    assert_eq!(status, 202, "{r}");
+    wait_rollout(&t, &r).await;
+    let upgrade_took = started.elapsed();
+    let s = t.service("pgupf").await;
+    assert_eq!(s["url"].as_str(), Some(url.as_str()), "the URL is unchanged");
+    assert!(server_version(&url).await.starts_with("17."), "the URL serves 17");
+    // The follower of 17: restored from a backup, then streaming.
+    let s = poll(Duration::from_secs(300), "a follower of 17 streams", || async {
+        let s = t.service("pgupf").await;
+        let checks = t.get("/v1/services/pgupf/checks").await.1;
+        let fs = followers(&s);
+        (s["state"] == "available"
+            && fs.len() == 1
+            && fs[0]["id"] != old_follower
+            && fs[0]["state"] == "available"
+            && checks["replication"]["status"] == "ok")
+            .then_some(s)
+    })
+    .await;
+    let follower_after = started.elapsed();
+    assert!(
+        s["instances"].as_array().unwrap().iter().all(|i| i["id"] != old_follower),
+        "the follower of 15 is gone: {s}"
+    );
+    // (The application's role sees pg_stat_replication's rows, not their state.)
+    let streaming = scalar(&url, "SELECT count(*) FROM pg_stat_replication").await;
+    assert_eq!(streaming.as_deref(), Some("1"), "the new follower streams from the 17 primary");
+
+    // A read replica added on 17 serves reads through its own URL.
+    let (status, body) = t.post("/v1/services/pgupf/followers", json!({"count": 1})).await;
+    assert_eq!(status, 202, "{body}");
+    let read_url = poll(Duration::from_secs(300), "the read replica of 17 serves its URL", || async {
+        let s = t.service("pgupf").await;
+        let urls = s["read_urls"].as_array().cloned().unwrap_or_default();
+        (s["state"] == "available" && urls.len() == 1).then(|| urls[0].as_str().unwrap_or_default().to_string())
+    })
+    .await;
+    let at = writer.acked();
+    poll(SLOW, "writes after", || async { (writer.acked() > at + 20).then_some(()) }).await;
+    let (acked, failures) = writer.finish().await;
+    let last = *acked.iter().max().expect("writes acknowledged");
+    let seen = poll(SLOW, "the last acknowledged write through the read URL", || async {
+        scalar(&read_url, &format!("SELECT n FROM writes WHERE n = {last}")).await
+    })
+    .await;
+    assert_eq!(seen, last.to_string());
+    assert_eq!(scalar(&read_url, "SELECT pg_is_in_recovery()").await.as_deref(), Some("t"), "served by a replica");
+    assert!(server_version(&read_url).await.starts_with("17."), "a replica of 17");
+    let present = rows(&url).await;
+    let missing: Vec<&u64> = acked.iter().filter(|n| !present.contains(n)).collect();
+    assert!(missing.is_empty(), "{} acknowledged writes are missing (first {:?})", missing.len(), missing.first());
+    eprintln!(
+        "major upgrade of a service with a follower under load: 15 -> 17 in {upgrade_took:?}, a follower of 17 \
+         streaming {follower_after:?} after the request; {} writes acknowledged, {failures} statements failed, 0 lost",
+        acked.len()
+    );
+    assert_eq!(failures, 0, "no statement failed during the upgrade");
     t.stop().await;
 }

@@ -155,6 +155,35 @@ impl Engine {
             Goal::Image(_) => ("of the new image", "from the new image"),
             Goal::OffHost(_) => ("on another host", "on another host"),
         };
+        // Onto another major (an upgrade, its rollback): the old followers
+        // and read replicas cannot follow a primary of the new major, and
+        // before the cut-over the only member of the new major that can be
+        // built is one logical subscriber (`crate::upgrades`). So: that
+        // member, then the old followers retired, then the switchover;
+        // after it, old members left are retired first and reconcile
+        // builds the plan's followers from the new primary.
+        let crossing = match goal {
+            Goal::Image(target) => {
+                primary.and_then(|p| self.instances.get(p)).is_some_and(|p| self.crosses_major(p.image, target))
+                    || old_members
+                        .iter()
+                        .chain(&old_read_replicas)
+                        .filter_map(|&i| self.instances.get(i))
+                        .any(|x| self.crosses_major(x.image, target))
+            }
+            Goal::OffHost(_) => false,
+        };
+        if crossing {
+            if primary_old && new_members == 0 {
+                self.build_new_member(sslot, rolled, &format!("{label}: build a {rolled} {from_new}"), now, out);
+                return Step::Acted;
+            }
+            if let Some(&old) = old_members.first().or(old_read_replicas.first()) {
+                let cause = format!("{label}: retire an old {rolled} of another major (it cannot follow the new one)");
+                self.open_action(old, ActionKind::Retire, &cause, true, now, out);
+                return Step::Acted;
+            }
+        }
         if let Some(&old) = old_members.first() {
             if new_members > 0 && new_members + old_members.len() > planned {
                 // Followers keep their words (the simulator's digests hash them).

@@ -481,13 +481,6 @@ impl Inner {
         replication: Option<&super::Replication>,
     ) -> Result<(), ActionError> {
         let service = self.service(entry.service)?;
-        if entry.major.is_some() {
-            return Err(ActionError::Config(format!(
-                "no pg_basebackup for PostgreSQL {} here (Debian has 15 only; npm's build has none): \
-                 a follower of an upgraded primary cannot be built",
-                self.servers.binaries().bindir_for(entry).display()
-            )));
-        }
         let local_primary = self.current_primary(entry.service);
         // The follower streams under its id; the base backup's own WAL
         // stream is named `pg_basebackup`, so that the primary never counts
@@ -520,7 +513,17 @@ impl Inner {
         };
         let pgdata = entry.pgdata();
         self.prepare_dir(&pgdata)?;
-        let mut basebackup = tokio::process::Command::new(self.servers.binaries().path("pg_basebackup"));
+        let basebackup = self.servers.binaries().bindir_for(entry).join("pg_basebackup");
+        if !basebackup.is_file() {
+            // npm's builds of newer majors have no pg_basebackup (and 15's
+            // refuses a newer server): the copy comes from the service's
+            // pgBackRest repository instead.
+            self.restore_follower_from_backup(entry, local_primary.as_ref()).await?;
+            postgres::write_config(&self.run_as, entry, &self.settings())?;
+            postgres::set_primary_conninfo(&self.run_as, &pgdata, &conninfo)?;
+            return Ok(());
+        }
+        let mut basebackup = tokio::process::Command::new(basebackup);
         basebackup
             .arg("-D")
             .arg(&pgdata)
@@ -532,6 +535,53 @@ impl Inner {
         postgres::write_config(&self.run_as, entry, &self.settings())?;
         postgres::set_primary_conninfo(&self.run_as, &pgdata, &conninfo)?;
         Ok(())
+    }
+
+    /// A follower's data directory restored as a standby from the newest
+    /// backup of the service's current cluster (`pgbackrest restore
+    /// --type=standby`), for a major without `pg_basebackup` here. When
+    /// that cluster has no backup yet (the first follower after an
+    /// upgrade's cut-over), a full backup of `primary` is taken first: here
+    /// rather than by the engine, because how a member is copied is the
+    /// provider's business (the engine asks for a follower; pg_basebackup
+    /// takes its own backup too). It is an ordinary full backup in the
+    /// repository, kept and expired like the others.
+    async fn restore_follower_from_backup(
+        &self,
+        entry: &InstanceEntry,
+        primary: Option<&InstanceEntry>,
+    ) -> Result<(), ActionError> {
+        let bindir = self.servers.binaries().bindir_for(entry);
+        let repo = self.config.backups.clone().ok_or_else(|| {
+            ActionError::Config(format!(
+                "no pg_basebackup in {} and no backup repository to restore a follower from: \
+                 configure the local provider's backups (pgBackRest) to build followers of this major",
+                bindir.display()
+            ))
+        })?;
+        let primary = primary.ok_or_else(|| {
+            ActionError::Unavailable(
+                "the primary runs on another host: a follower of this major is restored from \
+                 this host's backup repository, which does not back it up"
+                    .into(),
+            )
+        })?;
+        let stanza = entry.service_name.clone();
+        let latest = match repo.latest_of_current_cluster(&stanza).await {
+            Ok(latest) => latest.filter(|b| b.pg_major == entry.major.or(Some(self.servers.binaries().major()))),
+            // A stanza not created yet: no backup.
+            Err(_) => None,
+        };
+        let set = match latest {
+            Some(backup) => backup.label,
+            None => {
+                let target = self.pg_target(primary);
+                repo.ensure_stanza(&stanza, &target).await.map_err(backup_error)?;
+                repo.backup(&stanza, &target, crate::pgbackrest::BackupKind::Full).await.map_err(backup_error)?.label
+            }
+        };
+        tracing::info!(stanza, set, instance = %entry.dir.display(), "a follower restored from a backup (no pg_basebackup of its major)");
+        repo.restore_standby_into(&stanza, &entry.pgdata(), &set).await.map_err(backup_error)
     }
 
     /// On an agent host: the replication role logs in over TCP with the
@@ -647,6 +697,16 @@ impl Inner {
     /// starts streaming and by the heartbeat loop when a primary's count of
     /// streaming followers changes between none and some.
     pub(super) async fn adjust_sync(&self, service_id: ServiceId) -> Result<(), ActionError> {
+        self.adjust_sync_without(service_id, None).await
+    }
+
+    /// [`Self::adjust_sync`] as if follower `leaving` were gone already:
+    /// called before a follower is stopped for good, so that the primary
+    /// never waits on a standby that is about to stop (with no other
+    /// follower streaming, as when an upgrade retires the old major's
+    /// followers before its cut-over, every commit would wait until the
+    /// heartbeat loop noticed).
+    async fn adjust_sync_without(&self, service_id: ServiceId, leaving: Option<InstanceId>) -> Result<(), ActionError> {
         let guard = self.service_lock(service_id);
         let _held = guard.lock().await;
         let Some(service) = lock(&self.registry).services.get(&service_id).cloned() else {
@@ -668,14 +728,29 @@ impl Inner {
             let members: Vec<(String, Option<u32>)> = registry
                 .instances
                 .iter()
-                .filter(|(_, e)| e.service == service_id && e.role == Role::Follower && e.should_run())
+                // An upgrade's subscriber (another major) is no physical
+                // standby: with it counted, `ANY 1 (*)` would make the
+                // primary wait on its logical walsender once the old
+                // followers are retired (seen as a commit held > 5 s).
+                .filter(|(id, e)| {
+                    e.service == service_id
+                        && e.role == Role::Follower
+                        && e.should_run()
+                        && e.major == primary.major
+                        && Some(**id) != leaving
+                })
                 .map(|(id, e)| (id.to_string(), e.read_slot))
                 .collect();
             let plan: Vec<String> = members.iter().filter(|(_, s)| s.is_none()).map(|(n, _)| n.clone()).collect();
             (plan, members.len() - members.iter().filter(|(_, s)| s.is_none()).count())
         };
-        let streaming =
-            streaming_names.iter().flatten().filter(|name| read_replicas == 0 || plan_followers.contains(name)).count();
+        let leaving = leaving.map(|id| id.to_string());
+        let streaming = streaming_names
+            .iter()
+            .flatten()
+            .filter(|name| Some(*name) != leaving.as_ref())
+            .filter(|name| read_replicas == 0 || plan_followers.contains(name))
+            .count();
         let current = postgres::execute(&primary, "SHOW synchronous_standby_names", SQL_TIMEOUT).await?;
         let current = current.first().cloned().flatten().unwrap_or_default();
         let wanted = if service.sync && streaming > 0 {
@@ -726,14 +801,6 @@ impl Inner {
         if !entry.should_run() {
             return Err(invalid("the instance does not run: back up from the running primary"));
         }
-        if let Some(major) = entry.major {
-            // Said plainly rather than tried: pgBackRest 2.45 answers "is
-            // this version of PostgreSQL supported?" and nothing is archived.
-            return Err(ActionError::Config(format!(
-                "no backup: Debian's pgBackRest (2.45) does not support PostgreSQL {major}; this upgraded \
-                 service has no backups here (roll it back, or install a pgBackRest that supports {major})"
-            )));
-        }
         let target = self.pg_target(&entry);
         let stanza = entry.service_name.clone();
         repo.ensure_stanza(&stanza, &target).await.map_err(backup_error)?;
@@ -764,8 +831,12 @@ impl Inner {
         // checked all the same). Otherwise at least one user table.
         let expect_empty = holds_no_user_tables(&entry).await;
         let canary = expect_empty.then_some(EMPTY_CANARY);
+        // The binaries of the major the backup was taken of: after an
+        // upgrade (or its rollback) the latest backup may be of the other one.
+        let binaries = self.servers.binaries();
+        let bin_dir_for = |major: Option<u32>| binaries.bindir_of_major(major);
         let report = repo
-            .verify_restore(&entry.service_name, &scratch, port, &self.servers.binaries().bindir, canary)
+            .verify_restore_with(&entry.service_name, &scratch, port, &bin_dir_for, canary)
             .await
             .map_err(backup_error)?;
         if report.ok {
@@ -789,7 +860,7 @@ impl Inner {
             data_dir: entry.pgdata(),
             port: entry.port,
             socket_dir: entry.socket_dir(),
-            bin_dir: self.servers.binaries().bindir.clone(),
+            bin_dir: self.servers.binaries().bindir_for(entry),
         }
     }
 
@@ -892,6 +963,7 @@ impl Inner {
                 return Err(invalid(format!("cannot promote: the primary {old} still runs unfenced; fence it first")));
             }
         }
+        let major_moved = old.and_then(|old| self.entry(old)).is_some_and(|o| o.major != entry.major);
         // An upgrade's subscriber becomes the primary only caught up by a
         // planned switchover; its subscription ends first.
         self.end_subscription(id, entry).await?;
@@ -942,7 +1014,30 @@ impl Inner {
                 tracing::warn!(follower = %other, %error, "cannot re-point follower at the new primary");
             }
         }
+        if major_moved {
+            self.follow_major_in_background(entry);
+        }
         Ok(Some(if was_follower { "promoted; router switched" } else { "already primary; router switched" }.into()))
+    }
+
+    /// After the cut-over of an upgrade (or its rollback) the service's
+    /// pgBackRest stanza is moved onto the new primary's major
+    /// (`stanza-upgrade`), so that its WAL is archived from now on instead
+    /// of at its first backup; `pgbackrest check` then switches WAL, which
+    /// wakes PostgreSQL's archiver at once (it retries a refused segment
+    /// only every minute otherwise). In the background: it is not part of making
+    /// the primary writable, and its failure harms nothing the next backup
+    /// (which does the same first) does not repair; it is logged.
+    fn follow_major_in_background(&self, entry: &InstanceEntry) {
+        let Some(repo) = self.config.backups.clone() else { return };
+        let target = self.pg_target(entry);
+        let stanza = entry.service_name.clone();
+        tokio::spawn(async move {
+            match repo.ensure_stanza(&stanza, &target).await {
+                Ok(()) => tracing::info!(stanza, "the backup stanza follows the new primary's major"),
+                Err(error) => tracing::warn!(stanza, %error, "cannot move the backup stanza onto the new major"),
+            }
+        });
     }
 
     /// pg_promote without its wait, then polls for the end of recovery on
@@ -1015,6 +1110,13 @@ impl Inner {
         let Some(entry) = self.entry(id) else {
             return Ok(Some("unknown instance: nothing to retire".into()));
         };
+        if entry.role == Role::Follower && entry.read_slot.is_none() && entry.should_run() {
+            // Out of synchronous_standby_names first (best effort: the
+            // heartbeat loop does it anyway once it stops streaming).
+            if let Err(error) = self.adjust_sync_without(entry.service, Some(id)).await {
+                tracing::warn!(instance = %id, %error, "cannot take a retiring follower out of synchronous replication");
+            }
+        }
         self.stop_server(id, Some(&entry)).await?;
         {
             let mut registry = lock(&self.registry);

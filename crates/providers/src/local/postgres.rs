@@ -80,7 +80,11 @@ impl Binaries {
     }
     /// The folder of `entry`'s binaries: its own major's, or these.
     pub fn bindir_for(&self, entry: &InstanceEntry) -> PathBuf {
-        match entry.major {
+        self.bindir_of_major(entry.major)
+    }
+    /// The folder of the binaries of `major` (these when None or theirs).
+    pub fn bindir_of_major(&self, major: Option<u32>) -> PathBuf {
+        match major {
             Some(major) if major != self.major() => majors_dir().join(major.to_string()).join("bin"),
             _ => self.bindir.clone(),
         }
@@ -226,9 +230,11 @@ pub fn write_config(run_as: &RunAs, entry: &InstanceEntry, settings: &ServerSett
         socket = conf_quote(&socket.to_string_lossy()),
         listen = conf_quote(&listen),
     );
-    // pgBackRest 2.45 (Debian's) refuses PostgreSQL 16+: a member of a
-    // newer major archives no WAL (its service has no backups, and says so).
-    if let Some(template) = settings.archive_command.filter(|_| entry.major.is_none()) {
+    // Every major archives (pgBackRest 2.55, `pgbackrest::TRIXIE_PGBACKREST`):
+    // an upgrade's new member is refused by the stanza until its promotion
+    // moves the stanza onto its major (`BackupRepo::follow_major`), and
+    // PostgreSQL keeps its WAL and retries until then.
+    if let Some(template) = settings.archive_command {
         let command = template.replace("{stanza}", &entry.service_name);
         conf.push_str(&format!("archive_mode = on\narchive_command = {}\n", conf_quote(&command)));
     }
