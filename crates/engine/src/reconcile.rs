@@ -288,6 +288,14 @@ impl Engine {
                 cause: "read replica removed by its owner: retire it",
             });
         }
+        if let Some(instance) = self.stray_of_another_major(sslot) {
+            // Counted as a follower above, yet it can follow nothing here.
+            return Some(Remedy::Leave {
+                instance,
+                kind: ActionKind::Retire,
+                cause: "a member of another major than the primary (a move onto it ended): retire it",
+            });
+        }
         if followers < usize::from(self.policy_of(s).members(&s.plan).count(Role::Follower)) {
             return Some(Remedy::Provision {
                 role: Role::Follower,

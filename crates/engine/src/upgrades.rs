@@ -30,7 +30,7 @@
 
 use crate::api::{CommandError, Outputs, Reply};
 use crate::Engine;
-use drover_model::Image;
+use drover_model::{EventSubject, Image, Role};
 
 /// An image's `configuration` key that keeps new services off it
 /// (`Images::latest_for`): an upgrade's target image serves the services
@@ -68,6 +68,64 @@ impl Engine {
         self.current_primary(sslot)
             .and_then(|p| self.instances.get(p))
             .is_some_and(|p| self.crosses_major(p.image, s.image))
+    }
+
+    /// A move onto another major that ends before its cut-over (its member
+    /// failed, or a person aborted its rollout) leaves the service on the
+    /// major its primary runs: its image goes back to the primary's (so
+    /// reconcile builds its followers again: nothing of the new major can
+    /// be built before a cut-over that will not come), the way back that an
+    /// upgrade offered is forgotten (an abandoned rollback keeps offering
+    /// the image it was moving back to), and reconcile retires the new
+    /// major's subscriber ([`Engine::stray_of_another_major`]). Nothing
+    /// when the service is not waiting for such a cut-over.
+    pub(crate) fn abandon_major_move(&mut self, sslot: Option<u32>, now: i64, out: &mut Outputs) {
+        let Some(sslot) = sslot else { return };
+        if !self.awaits_major_cut_over(sslot) {
+            return;
+        }
+        let Some(primary_image) = self.current_primary(sslot).and_then(|p| self.instances.get(p)).map(|p| p.image)
+        else {
+            return;
+        };
+        let Some(s) = self.services.get(sslot) else { return };
+        let target = s.image;
+        let back = match (self.image_major(primary_image), self.image_major(target)) {
+            // A rollback (the primary on the newer major) that did not
+            // happen: the way back is still there.
+            (Some(from), Some(to)) if from > to => Some(Box::new(self.images.id(target))),
+            _ => None,
+        };
+        let cause = format!(
+            "the move onto image {} ended before its cut-over: the service stays on image {} (its primary's), \
+             the member of the other major is retired",
+            self.images.id(target),
+            self.images.id(primary_image)
+        );
+        if let Some(s) = self.services.get_mut(sslot) {
+            s.image = primary_image;
+            s.upgraded_from = back;
+        }
+        out.changes.events.push(self.event(now, EventSubject::Service, Some(sslot), None, None, None, cause));
+        self.service_changed(sslot, out);
+        self.mark_dirty(sslot);
+    }
+
+    /// A member of service `sslot` of another major than its primary while
+    /// the service is on its primary's major (not waiting for a cut-over):
+    /// an abandoned upgrade's subscriber, or an old member a finished move
+    /// left. None when the primary is unknown.
+    pub(crate) fn stray_of_another_major(&self, sslot: u32) -> Option<u32> {
+        let s = self.services.get(sslot)?;
+        let p = self.current_primary(sslot).and_then(|p| self.instances.get(p))?;
+        if self.crosses_major(p.image, s.image) {
+            return None;
+        }
+        s.instances.iter().copied().find(|&i| {
+            self.instances.get(i).is_some_and(|x| {
+                x.role == Role::Follower && x.state.is_member() && self.crosses_major(x.image, p.image)
+            })
+        })
     }
 
     /// Moves `name` onto major `version` of its engine (see the module).

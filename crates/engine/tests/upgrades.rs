@@ -192,3 +192,81 @@ fn an_upgrade_resumes_after_kill_9_without_a_second_cut_over() {
         "the crashes fell on both sides of the cut-over: {crashed_at:?}"
     );
 }
+
+/// Advances until the upgrade of `name` has built its member of the new
+/// major and retired the old follower, before its cut-over.
+fn until_before_cut_over(h: &mut H, name: &str, target: &str) {
+    let end = h.now + 120 * 1_000_000;
+    while h.now < end {
+        h.advance(Duration::from_millis(200));
+        assert!(h.succeeded("fence").is_empty(), "the cut-over came first: {:#?}", h.service(name));
+        let images = members_on(h, name);
+        if images.iter().filter(|i| *i == target).count() == 1 && images.len() == 2 {
+            return;
+        }
+    }
+    panic!("the upgrade of {name} did not reach its cut-over: {:#?}", h.service(name));
+}
+
+/// An upgrade aborted by a person before its cut-over leaves the service
+/// on its old major, whole: the new major's subscriber retired, its image
+/// and followers back on the old one (before: its image stayed on 17 and
+/// reconcile, waiting for a cut-over that would never come, built no
+/// follower again), and no way back offered for an upgrade that did not
+/// happen.
+#[test]
+fn an_upgrade_aborted_before_its_cut_over_leaves_the_service_whole_on_its_old_major() {
+    let mut h = H::new(fast_config());
+    h.create("db01", 1);
+    h.advance(Duration::from_secs(3));
+    let before = h.service("db01").image.clone();
+    let v = rollout(upgrade(&mut h, "db01", "17"));
+    let target = v.spec.to_image.0.clone();
+    until_before_cut_over(&mut h, "db01", &target);
+
+    let aborted = rollout(h.command(Command::AbortRollout { id: v.id }));
+    assert_eq!(aborted.state, RolloutState::Aborted);
+    let s = h.service("db01");
+    assert_eq!(s.image, before, "the service's image is back on its primary's");
+    assert_eq!(s.upgraded_from, None, "no way back from an upgrade that did not happen");
+    assert!(
+        h.store.services.values().any(|r| r.name == "db01" && r.image.0 == before && r.upgraded_from.is_none()),
+        "durably, in the abort's commit"
+    );
+    h.advance(Duration::from_secs(20));
+    let s = h.service("db01");
+    assert_eq!(members_on(&h, "db01"), vec![before.clone(), before.clone()], "{s:#?}");
+    assert_eq!(h.followers("db01").len(), 1, "the follower is rebuilt on the old major: {s:#?}");
+    assert_eq!(s.state, ServiceState::Available, "{s:#?}");
+    assert!(h.succeeded("fence").is_empty(), "no cut-over");
+    h.check_invariants();
+}
+
+/// The same when the move fails on its own (the new major's member
+/// cannot be built): the rollout counts it failed and the service is
+/// left whole on its old major.
+#[test]
+fn an_upgrade_that_fails_before_its_cut_over_leaves_the_service_whole_on_its_old_major() {
+    let mut h = H::new(fast_config());
+    h.create("db01", 1);
+    h.advance(Duration::from_secs(3));
+    let before = h.service("db01").image.clone();
+    let v = rollout(upgrade(&mut h, "db01", "17"));
+    h.world.failing_images.push(v.spec.to_image.clone());
+    let done = settle(&mut h, v.id);
+    assert_eq!(done.failed, 1, "{done:?}");
+    let s = h.service("db01");
+    assert_eq!(s.image, before, "the service's image is back on its primary's: {s:#?}");
+    assert_eq!(s.upgraded_from, None);
+    // A remedy that failed for good asks a person (as everywhere); once
+    // resumed, the member that could not be built goes and the service
+    // is whole on its old major.
+    assert!(s.needs_human, "{s:#?}");
+    h.command(Command::ResumeService { name: "db01".into() }).expect("resumed");
+    h.advance(Duration::from_secs(20));
+    let s = h.service("db01");
+    assert_eq!(members_on(&h, "db01"), vec![before.clone(), before.clone()], "{s:#?}");
+    assert_eq!(s.state, ServiceState::Available, "{s:#?}");
+    assert!(h.succeeded("fence").is_empty(), "no cut-over");
+    h.check_invariants();
+}

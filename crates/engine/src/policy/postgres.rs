@@ -70,23 +70,28 @@ impl EnginePolicy for PostgresPolicy {
     }
 }
 
-/// Quorum sync replication to any one streaming follower (Patroni's
-/// non-strict synchronous mode): what a synchronous plan's primary waits
-/// for while it has no read replicas.
+/// Quorum sync replication to any one streaming standby: what a primary on
+/// an agent host holds in strict mode, where its followers run on other
+/// hosts and its provider does not know their names. `*` matches every
+/// walsender, a logical one (an upgrade's subscriber) included, so the
+/// built-in host names its followers instead
+/// ([`synchronous_standby_names`]).
 pub const SYNC_STANDBYS: &str = "ANY 1 (*)";
 
 /// `synchronous_standby_names` for a synchronous plan's primary with
 /// `plan_followers` streaming (their `application_name`s: the instance
-/// ids) and `read_replicas` read replicas added on demand. A read replica
-/// is asynchronous: never a standby a commit waits for, so with any present
-/// the plan's followers are named one by one instead of `*`. Empty (async)
-/// while no plan follower streams: availability over blocking every write.
-pub fn synchronous_standby_names(plan_followers: &[String], read_replicas: usize) -> String {
+/// ids), always named one by one: never `*`, which would also match a read
+/// replica added on demand (asynchronous by design) and the logical
+/// walsender of a major-version upgrade's subscriber (the old major's
+/// primary subscribing to the new one for the way back), so that a commit
+/// waited for a subscriber's apply and, once that stalled, for ever (seen:
+/// a statement unanswered for 5 s under load right after an upgrade's
+/// cut-over, while the new major's follower was still being restored).
+/// Empty (async) while no plan follower streams: availability over
+/// blocking every write.
+pub fn synchronous_standby_names(plan_followers: &[String]) -> String {
     if plan_followers.is_empty() {
         return String::new();
-    }
-    if read_replicas == 0 {
-        return SYNC_STANDBYS.to_string();
     }
     let mut names: Vec<String> = plan_followers.iter().map(|n| format!("\"{}\"", n.replace('"', "\"\""))).collect();
     names.sort();

@@ -277,6 +277,7 @@ impl Engine {
         if from.is_finished() {
             return Err(CommandError::Conflict(format!("rollout {id} is {}: it cannot change", from.as_str())));
         }
+        let mut moving: Vec<(ServiceId, u32)> = Vec::new();
         let (to, reason) = match to {
             RolloutState::Paused if from == RolloutState::Paused => (from, r.record.reason.clone()),
             RolloutState::Paused => (to, Some("paused by an operator (see the audit trail)".to_string())),
@@ -296,6 +297,7 @@ impl Engine {
                 for m in &r.members {
                     self.rollouts.claimed.remove(&m.service);
                 }
+                moving = r.active.iter().map(|&k| (r.members[k].service, r.members[k].slot)).collect();
                 r.active.clear();
             }
             if self.config.records {
@@ -309,6 +311,12 @@ impl Engine {
                 format!("rollout {id}: {} by an operator", to.as_str()),
             ));
             self.rollouts.next_at = now;
+        }
+        // A member left halfway onto another major goes back to its
+        // primary's (the others finish as reconcile finds them).
+        for (service, hint) in moving {
+            let sslot = self.slot_of(service, hint);
+            self.abandon_major_move(sslot, now, out);
         }
         let view = self
             .rollouts

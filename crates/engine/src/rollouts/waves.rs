@@ -163,6 +163,7 @@ impl Engine {
                             if m.moved_at == 0 {
                                 m.moved_at = now;
                             }
+                            self.abandon_major_move(sslot, now, out);
                         }
                         _ => {
                             still.push(k);
@@ -299,6 +300,7 @@ impl Engine {
             if self.config.records {
                 out.changes.rollout_members.push(member_record(&r.record, k, &r.members[k]));
             }
+            self.abandon_major_move(Some(sslot), now, out);
         }
     }
 
