@@ -721,40 +721,33 @@ impl Inner {
             SQL_TIMEOUT,
         )
         .await?;
-        // Read replicas are asynchronous: only the plan's followers (named
-        // by their instance ids, their application_name) count and are named.
-        let (plan_followers, read_replicas) = {
+        // Only the plan's followers count and are named (by their instance
+        // ids, their application_name): never a read replica (asynchronous),
+        // never an upgrade's subscriber (another major, a logical walsender).
+        let plan_followers: Vec<String> = {
             let registry = lock(&self.registry);
-            let members: Vec<(String, Option<u32>)> = registry
+            registry
                 .instances
                 .iter()
-                // An upgrade's subscriber (another major) is no physical
-                // standby: with it counted, `ANY 1 (*)` would make the
-                // primary wait on its logical walsender once the old
-                // followers are retired (seen as a commit held > 5 s).
                 .filter(|(id, e)| {
                     e.service == service_id
                         && e.role == Role::Follower
+                        && e.read_slot.is_none()
                         && e.should_run()
                         && e.major == primary.major
                         && Some(**id) != leaving
                 })
-                .map(|(id, e)| (id.to_string(), e.read_slot))
-                .collect();
-            let plan: Vec<String> = members.iter().filter(|(_, s)| s.is_none()).map(|(n, _)| n.clone()).collect();
-            (plan, members.len() - members.iter().filter(|(_, s)| s.is_none()).count())
+                .map(|(id, _)| id.to_string())
+                .collect()
         };
-        let leaving = leaving.map(|id| id.to_string());
-        let streaming = streaming_names
-            .iter()
-            .flatten()
-            .filter(|name| Some(*name) != leaving.as_ref())
-            .filter(|name| read_replicas == 0 || plan_followers.contains(name))
-            .count();
+        let streaming: Vec<String> =
+            streaming_names.into_iter().flatten().filter(|n| plan_followers.contains(n)).collect();
         let current = postgres::execute(&primary, "SHOW synchronous_standby_names", SQL_TIMEOUT).await?;
         let current = current.first().cloned().flatten().unwrap_or_default();
-        let wanted = if service.sync && streaming > 0 {
-            drover_engine::policy::synchronous_standby_names(&plan_followers, read_replicas)
+        // Named: those streaming now. A plan follower still being built
+        // is named once it streams (its provisioning calls this again).
+        let wanted = if service.sync && !streaming.is_empty() {
+            drover_engine::policy::synchronous_standby_names(&streaming)
         } else {
             String::new()
         };
@@ -765,7 +758,7 @@ impl Inner {
         let sql = format!("ALTER SYSTEM SET synchronous_standby_names = {}", postgres::conf_quote(wanted));
         postgres::execute(&primary, &sql, SQL_TIMEOUT).await?;
         postgres::execute(&primary, "SELECT pg_reload_conf()", SQL_TIMEOUT).await?;
-        tracing::info!(service = %service.name, synchronous_standby_names = wanted, streaming, "replication mode changed");
+        tracing::info!(service = %service.name, synchronous_standby_names = wanted, streaming = streaming.len(), "replication mode changed");
         if wanted.is_empty() {
             return Ok(());
         }

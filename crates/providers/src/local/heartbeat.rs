@@ -120,6 +120,7 @@ impl Inner {
                 .filter(|s| {
                     (s.streaming_followers == 0) != s.sync_names.is_empty()
                         || !registry.read_routes(s.service).is_empty()
+                        || unnamed_standby(s)
                 })
                 .map(|s| s.service)
                 .collect()
@@ -156,4 +157,15 @@ impl Inner {
             });
         }
     }
+}
+
+/// A standby streams that the primary's named `synchronous_standby_names`
+/// leave out (a follower built since it was set): `adjust_sync` looks,
+/// and names it if it is one of the plan's followers (a read replica
+/// stays out, and `adjust_sync` then changes nothing). `*` (an agent
+/// host's strict mode) names every standby already.
+fn unnamed_standby(s: &Sample) -> bool {
+    !s.sync_names.is_empty()
+        && !s.sync_names.contains('*')
+        && s.standby_names.iter().any(|n| !s.sync_names.contains(&format!("\"{}\"", n.replace('"', "\"\""))))
 }

@@ -14,15 +14,22 @@ use std::collections::HashMap;
 /// service's primary, `drover_upgrade`) is a follower: its position is the
 /// primary's WAL it applied (`latest_end_lsn`), and it streams while its
 /// apply worker runs.
-pub const FACTS_SQL: &str = "SELECT pg_is_in_recovery(), \
+/// Its standbys are the physical walsenders that stream (not a base backup,
+/// not the logical walsender of an upgrade's subscriber: no standby of this
+/// server).
+pub const FACTS_SQL: &str = "WITH standbys AS (SELECT application_name FROM pg_stat_replication \
+       WHERE state = 'streaming' AND application_name <> 'pg_basebackup' \
+       AND pid NOT IN (SELECT active_pid FROM pg_replication_slots WHERE slot_type = 'logical' AND active_pid IS NOT NULL)) \
+     SELECT pg_is_in_recovery(), \
      (CASE WHEN pg_is_in_recovery() THEN pg_last_wal_replay_lsn() WHEN s.subscriber THEN s.end_lsn \
       ELSE pg_current_wal_lsn() END)::text, \
      (SELECT count(*) FROM pg_stat_activity)::int4, \
      COALESCE((SELECT status = 'streaming' FROM pg_stat_wal_receiver LIMIT 1), false) OR s.applying, \
-     (SELECT count(*) FROM pg_stat_replication WHERE state = 'streaming' AND application_name <> 'pg_basebackup')::int4, \
+     (SELECT count(*) FROM standbys)::int4, \
      current_setting('synchronous_standby_names'), \
      current_setting('default_transaction_read_only') = 'off', \
-     s.subscriber \
+     s.subscriber, \
+     (SELECT COALESCE(string_agg(application_name, ',' ORDER BY application_name), '') FROM standbys) \
      FROM (SELECT EXISTS (SELECT 1 FROM pg_subscription WHERE subname = 'drover_upgrade') AS subscriber, \
        (SELECT latest_end_lsn FROM pg_stat_subscription WHERE subname = 'drover_upgrade' AND relid IS NULL LIMIT 1) AS end_lsn, \
        EXISTS (SELECT 1 FROM pg_stat_subscription WHERE subname = 'drover_upgrade' AND relid IS NULL AND pid IS NOT NULL) \
@@ -42,6 +49,8 @@ pub struct Sample {
     pub read_write: bool,
     /// A logical subscriber building a major-version upgrade: a follower.
     pub subscriber: bool,
+    /// The application names of the streaming standbys (sorted).
+    pub standby_names: Vec<String>,
 }
 
 impl Sample {
@@ -58,6 +67,7 @@ impl Sample {
             sync_names: row.get(5),
             read_write: row.get(6),
             subscriber: row.get(7),
+            standby_names: row.get::<_, String>(8).split(',').filter(|n| !n.is_empty()).map(str::to_string).collect(),
         }
     }
 
@@ -113,6 +123,7 @@ mod tests {
             sync_names: String::new(),
             read_write,
             subscriber: false,
+            standby_names: Vec::new(),
         }
     }
 
