@@ -56,6 +56,11 @@ impl Engine {
 
     /// Whether two images are of different majors (both known).
     pub(crate) fn crosses_major(&self, from: u32, to: u32) -> bool {
+        // The common case, without parsing a version (reconcile asks for
+        // every service it looks at).
+        if from == to {
+            return false;
+        }
         matches!((self.image_major(from), self.image_major(to)), (Some(a), Some(b)) if a != b)
     }
 
@@ -118,14 +123,16 @@ impl Engine {
     pub(crate) fn stray_of_another_major(&self, sslot: u32) -> Option<u32> {
         let s = self.services.get(sslot)?;
         let p = self.current_primary(sslot).and_then(|p| self.instances.get(p))?;
-        if self.crosses_major(p.image, s.image) {
-            return None;
-        }
-        s.instances.iter().copied().find(|&i| {
+        // Cheap first: a member on another image than the primary.
+        let stray = s.instances.iter().copied().find(|&i| {
             self.instances.get(i).is_some_and(|x| {
-                x.role == Role::Follower && x.state.is_member() && self.crosses_major(x.image, p.image)
+                x.image != p.image
+                    && x.role == Role::Follower
+                    && x.state.is_member()
+                    && self.crosses_major(x.image, p.image)
             })
-        })
+        })?;
+        (!self.crosses_major(p.image, s.image)).then_some(stray)
     }
 
     /// Moves `name` onto major `version` of its engine (see the module).
