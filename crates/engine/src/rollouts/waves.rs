@@ -266,7 +266,7 @@ impl Engine {
     /// owners if not yet, its replacements built from the new image from
     /// now on, and its first step taken in the same commit as the record
     /// saying it began.
-    fn start_member(&mut self, r: &mut Rollout, k: usize, sslot: u32, now: i64, out: &mut Outputs) {
+    pub(super) fn start_member(&mut self, r: &mut Rollout, k: usize, sslot: u32, now: i64, out: &mut Outputs) {
         if r.members[k].announced_at == 0 {
             // Not told ahead (its window opened sooner than the notice,
             // or the rollout was just resumed): told as it starts.
