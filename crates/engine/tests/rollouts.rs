@@ -477,3 +477,36 @@ fn an_owner_moves_a_waiting_service_ahead_of_its_window_inside_its_rollout() {
     let started = h.store.events.iter().filter(|e| e.cause.contains("moving onto image")).count();
     assert_eq!(started, 1, "db01 started once");
 }
+
+/// Issue 12: new moves start within `rollout_zone_concurrency` per zone,
+/// and the brake holds them: a freeze by hand (the break-glass brake) of
+/// the fleet starts nothing until it is released, then the rollout ends.
+#[test]
+fn moves_stay_within_the_zone_limit_and_a_freeze_by_hand_holds_them_until_released() {
+    let config = drover_engine::Config { rollout_zone_concurrency: 1, ..fast_config() };
+    let zones = config.default_zones.len() as u64;
+    let mut h = H::new(config);
+    let names = fleet(&mut h, 9, 1);
+    let to = new_image(&mut h);
+
+    h.command(Command::FreezeAutomation { scope: "fleet".into() }).expect("frozen");
+    let r = create(&mut h, spec(&to, vec![100], 1));
+    h.advance(Duration::from_secs(60));
+    let v = view(&h, r.id);
+    assert_eq!((v.moving, v.done), (0, 0), "frozen: nothing starts: {v:?}");
+    assert_eq!(h.succeeded("provision").iter().filter(|a| a.created_at.0 > T0 + 3_000_000).count(), 0);
+    h.command(Command::ReleaseAutomation { scope: "fleet".into() }).expect("released");
+
+    let mut peak = 0;
+    let end = h.now + 900_000_000;
+    while h.now < end && !view(&h, r.id).state.is_finished() {
+        h.advance(Duration::from_secs(1));
+        let v = view(&h, r.id);
+        assert!(v.moving <= zones, "{} moving at once over {zones} zones with a limit of 1: {v:?}", v.moving);
+        peak = peak.max(v.moving);
+    }
+    let v = view(&h, r.id);
+    assert_eq!((v.state, v.done), (RolloutState::Succeeded, 9), "{v:?}");
+    assert!(peak >= 2, "zones move side by side (peak {peak})");
+    assert!(names.iter().all(|n| all_on(&h, n, &to)));
+}

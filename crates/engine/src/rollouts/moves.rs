@@ -197,7 +197,8 @@ impl Engine {
         } else {
             old_members.first().copied()
         };
-        if anchor.and_then(|a| self.instances.get(a)).is_some_and(|x| self.braked_since(x.zone).is_some()) {
+        // A freeze by hand (break-glass) holds them as the automatic brake does.
+        if anchor.and_then(|a| self.instances.get(a)).is_some_and(|x| self.is_braked(x.zone)) {
             return Step::Wait;
         }
         let primary_old = primary.and_then(|p| self.instances.get(p)).is_some_and(|x| goal.old(x));

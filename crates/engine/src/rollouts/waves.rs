@@ -245,8 +245,8 @@ impl Engine {
             }
             // Cheapest test first: the window's is a calendar computation.
             let busy = per_zone[z] >= limit;
-            if busy || self.braked_since(zone).is_some() || !(required_passed || self.in_maintenance_window(sslot, now))
-            {
+            // The brake, automatic or by hand (a freeze), holds new moves.
+            if busy || self.is_braked(zone) || !(required_passed || self.in_maintenance_window(sslot, now)) {
                 k += 1;
                 continue;
             }
