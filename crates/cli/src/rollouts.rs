@@ -9,6 +9,8 @@ use std::time::Duration;
 /// How often `watch` asks the server.
 const WATCH_INTERVAL: Duration = Duration::from_secs(1);
 
+// Parsed once per run: the size of the biggest variant costs nothing.
+#[allow(clippy::large_enum_variant)]
 #[derive(Subcommand)]
 pub enum RolloutsCmd {
     /// Move the selected services onto an image, in waves.
