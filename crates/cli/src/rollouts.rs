@@ -9,13 +9,19 @@ use std::time::Duration;
 /// How often `watch` asks the server.
 const WATCH_INTERVAL: Duration = Duration::from_secs(1);
 
+// Parsed once per run: the size of the biggest variant costs nothing.
+#[allow(clippy::large_enum_variant)]
 #[derive(Subcommand)]
 pub enum RolloutsCmd {
     /// Move the selected services onto an image, in waves.
     Create {
         /// The image to move onto (its id, `sha256:…`).
-        #[arg(long = "to-image")]
-        to_image: String,
+        #[arg(long = "to-image", required_unless_present = "fix", conflicts_with = "fix")]
+        to_image: Option<String>,
+        /// Instead of --to-image: an imported advisory's id (`DSA-6090-1`);
+        /// the target is the newest registered image it does not affect.
+        #[arg(long)]
+        fix: Option<String>,
         /// Select by engine (postgres, redis, kafka).
         #[arg(long)]
         engine: Option<String>,
@@ -65,6 +71,7 @@ pub async fn rollouts(client: &Client, cmd: RolloutsCmd, json: bool) -> anyhow::
     match cmd {
         RolloutsCmd::Create {
             to_image,
+            fix,
             engine,
             image,
             team,
@@ -91,7 +98,13 @@ pub async fn rollouts(client: &Client, cmd: RolloutsCmd, json: bool) -> anyhow::
             if !labels.is_empty() {
                 selector["labels"] = crate::labels_json(labels);
             }
-            let mut body = serde_json::json!({ "to_image": to_image, "selector": selector });
+            let mut body = serde_json::json!({ "selector": selector });
+            match (to_image, fix) {
+                (Some(image), _) => body["to_image"] = image.into(),
+                (None, Some(advisory)) => body["fix"] = advisory.into(),
+                // clap requires one of them.
+                (None, None) => anyhow::bail!("give --to-image or --fix"),
+            }
             if let Some(w) = waves {
                 body["waves"] = w.into();
             }

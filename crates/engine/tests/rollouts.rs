@@ -405,6 +405,8 @@ fn a_resize_moves_one_service_now_by_replacement_and_refuses_what_it_cannot_do()
         other => panic!("resize refused: {other:?}"),
     };
     assert_eq!((v.total, v.spec.waves.clone(), v.spec.soak_seconds), (1, vec![100], 0), "{v:?}");
+    // Once its move started (the next tick), a second resize is refused.
+    h.advance(Duration::from_secs(1));
     assert!(
         matches!(resize(&mut h, "db00", &to), Err(CommandError::Conflict(m)) if m.contains("is moving")),
         "one move at a time"
@@ -420,4 +422,91 @@ fn a_resize_moves_one_service_now_by_replacement_and_refuses_what_it_cannot_do()
         matches!(resize(&mut h, "db00", &to), Err(CommandError::Conflict(m)) if m.contains("already")),
         "nothing to do is a conflict, not a silent success"
     );
+}
+
+/// Issue 12: owners can move their service earlier by hand. A service a
+/// rollout holds back until its window (a week away) is resized onto the
+/// rollout's image: it starts moving now, in that rollout (counted there,
+/// moved once), while the rest still wait; onto another image, or once
+/// started, a resize is refused.
+#[test]
+fn an_owner_moves_a_waiting_service_ahead_of_its_window_inside_its_rollout() {
+    let mut h = H::new(fast_config());
+    let names = fleet(&mut h, 3, 1);
+    let week_away = MaintenanceWindow::weekly_from(Timestamp(h.now + 6 * 24 * 3_600_000_000), 1);
+    for name in &names {
+        h.command(Command::SetMaintenanceWindow { name: name.clone(), window: Some(week_away.clone()) }).unwrap();
+    }
+    let to = new_image(&mut h);
+    let r = create(&mut h, spec(&to, vec![100], 2));
+    h.advance(Duration::from_secs(30));
+    let v = view(&h, r.id);
+    assert_eq!((v.state, v.moving, v.done), (RolloutState::Running, 0, 0), "held by the windows: {v:?}");
+
+    let other = Image::new(EngineKind::Postgres, "15-other", BTreeMap::new(), BTreeMap::new(), Timestamp(T0));
+    let other_id = other.id.clone();
+    h.command(Command::RegisterImage(other)).unwrap();
+    assert!(
+        matches!(resize(&mut h, "db01", &other_id), Err(CommandError::Conflict(m)) if m.contains(&to.0)),
+        "the rollout's image, not another"
+    );
+
+    let ahead = match resize(&mut h, "db01", &to) {
+        Ok(Reply::Rollout(v)) => *v,
+        other => panic!("moving ahead refused: {other:?}"),
+    };
+    assert_eq!((ahead.id, ahead.moving, ahead.total), (r.id, 1, 3), "in the same rollout: {ahead:?}");
+    assert!(matches!(resize(&mut h, "db01", &to), Err(CommandError::Conflict(m)) if m.contains("is moving")));
+    let end = h.now + 300_000_000;
+    while h.now < end && view(&h, r.id).done < 1 {
+        h.advance(Duration::from_secs(1));
+    }
+    let v = view(&h, r.id);
+    assert_eq!((v.state, v.done, v.failed, v.remaining), (RolloutState::Running, 1, 0, 2), "{v:?}");
+    assert!(all_on(&h, "db01", &to), "{:#?}", h.service("db01"));
+    assert!(!all_on(&h, "db00", &to) && !all_on(&h, "db02", &to), "the others wait for their windows");
+    assert_eq!(h.succeeded("fence").len(), 1, "one planned switchover");
+    // Durable: after a crash db01 is done and is never moved again.
+    h.crash_and_restore();
+    h.advance(Duration::from_secs(60));
+    let members = h.e.rollout_members(r.id).unwrap();
+    let phases: Vec<(&str, MemberPhase)> = members.iter().map(|m| (m.name.as_str(), m.phase)).collect();
+    assert!(phases.contains(&("db01", MemberPhase::Done)), "{phases:?}");
+    assert_eq!(phases.iter().filter(|(_, p)| *p == MemberPhase::Waiting).count(), 2, "{phases:?}");
+    assert_eq!(h.succeeded("fence").len(), 1);
+    let started = h.store.events.iter().filter(|e| e.cause.contains("moving onto image")).count();
+    assert_eq!(started, 1, "db01 started once");
+}
+
+/// Issue 12: new moves start within `rollout_zone_concurrency` per zone,
+/// and the brake holds them: a freeze by hand (the break-glass brake) of
+/// the fleet starts nothing until it is released, then the rollout ends.
+#[test]
+fn moves_stay_within_the_zone_limit_and_a_freeze_by_hand_holds_them_until_released() {
+    let config = drover_engine::Config { rollout_zone_concurrency: 1, ..fast_config() };
+    let zones = config.default_zones.len() as u64;
+    let mut h = H::new(config);
+    let names = fleet(&mut h, 9, 1);
+    let to = new_image(&mut h);
+
+    h.command(Command::FreezeAutomation { scope: "fleet".into() }).expect("frozen");
+    let r = create(&mut h, spec(&to, vec![100], 1));
+    h.advance(Duration::from_secs(60));
+    let v = view(&h, r.id);
+    assert_eq!((v.moving, v.done), (0, 0), "frozen: nothing starts: {v:?}");
+    assert_eq!(h.succeeded("provision").iter().filter(|a| a.created_at.0 > T0 + 3_000_000).count(), 0);
+    h.command(Command::ReleaseAutomation { scope: "fleet".into() }).expect("released");
+
+    let mut peak = 0;
+    let end = h.now + 900_000_000;
+    while h.now < end && !view(&h, r.id).state.is_finished() {
+        h.advance(Duration::from_secs(1));
+        let v = view(&h, r.id);
+        assert!(v.moving <= zones, "{} moving at once over {zones} zones with a limit of 1: {v:?}", v.moving);
+        peak = peak.max(v.moving);
+    }
+    let v = view(&h, r.id);
+    assert_eq!((v.state, v.done), (RolloutState::Succeeded, 9), "{v:?}");
+    assert!(peak >= 2, "zones move side by side (peak {peak})");
+    assert!(names.iter().all(|n| all_on(&h, n, &to)));
 }

@@ -144,7 +144,11 @@ pub fn ics(team: &str, moves: &[ScheduledMove], now: Timestamp) -> String {
                 deadline,
                 deadline.plus(std::time::Duration::from_secs(900)),
                 format!("Maintenance deadline: {}", m.service),
-                format!("{what}; from this time it moves whatever its window. Move it earlier by hand if you like."),
+                format!(
+                    "{what}; from this time it moves whatever its window. Move it earlier by hand: \
+                     drover services resize {} --image {}",
+                    m.service, m.to_image
+                ),
             );
         }
     }

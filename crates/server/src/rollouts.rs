@@ -273,7 +273,10 @@ pub struct ResizeService {
 /// as a rollout of this one service, which the answer shows (`Location`
 /// names it; `drover rollouts watch ID` follows it). 404: no such service
 /// or no such image; 409: the image is of another engine, the service is on
-/// it already, or another rollout is moving it.
+/// it already, or another rollout is moving it. A service a rollout still
+/// holds back (its window, its wave) resized onto that rollout's image
+/// starts moving now, inside that rollout (the answer shows it): how
+/// owners move their service earlier by hand.
 #[utoipa::path(post, path = "/v1/services/{name}/resize", tag = "services", request_body = ResizeService,
     params(("name" = String, Path, description = "Service name")),
     responses((status = 202, body = RolloutView), (status = 400, body = ErrorBody), (status = 404, body = ErrorBody),

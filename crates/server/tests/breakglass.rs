@@ -155,6 +155,7 @@ async fn the_audit_of_the_shipped_fixtures_lists_only_what_affects_the_running_i
     let (status, err) = t.post("/v1/advisories", json!([bad])).await;
     assert_eq!(status, 400, "{err}");
 
+    let records_again = Value::Array(records.clone());
     let (status, report) = t.post("/v1/advisories", Value::Array(records)).await;
     assert_eq!(status, 201, "{report}");
     assert_eq!((report["imported"].as_u64(), report["withdrawn"].as_u64()), (Some(8), Some(1)));
@@ -173,6 +174,29 @@ async fn the_audit_of_the_shipped_fixtures_lists_only_what_affects_the_running_i
     assert_eq!(f["services"], json!(["cve"]));
     assert_eq!(f["instances"], 2);
     assert_eq!(f["owners"], json!(["platform"]));
+
+    // Staleness is a finding of its own: the newest fixture was modified
+    // on 2026-11-20, more than two days before now, so the database (and
+    // the audit's header) says stale until fresh data is imported.
+    let stale_header = |t: &common::TestServer| {
+        let url = t.at("/v1/advisories/audit");
+        let http = t.http.clone();
+        async move {
+            let r = http.get(url).send().await.unwrap();
+            assert_eq!(r.status(), 200);
+            r.headers()["drover-advisories-stale"].to_str().unwrap().to_string()
+        }
+    };
+    let (_, db) = t.get("/v1/advisories").await;
+    assert_eq!(db["stale"], true, "{db}");
+    assert!(db["fetched_at"].as_str().unwrap().starts_with("2026-11-20"), "{db}");
+    assert_eq!(stale_header(&t).await, "true");
+    let fresh = jiff::Timestamp::now().to_string();
+    let (status, report) = t.post(&format!("/v1/advisories?fetched_at={fresh}"), records_again).await;
+    assert_eq!((status, report["stale"].as_bool()), (201, Some(false)), "{report}");
+    let (_, db) = t.get("/v1/advisories").await;
+    assert_eq!((db["stale"].as_bool(), db["records"].as_u64()), (Some(false), Some(8)), "{db}");
+    assert_eq!(stale_header(&t).await, "false");
     t.stop().await;
 }
 

@@ -83,6 +83,9 @@ fn a_bad_image_pauses_the_rollout_once_and_no_later_wave_starts() {
     let r = sim("bad-image-roll", 1000, 1);
     assert_safe(&r);
     assert_eq!(r.rollout_pauses, 1, "{r:#?}");
+    // Paging once: the pause (and the services that failed its gate, in
+    // the same team's engine group) wake one person, once.
+    assert_eq!(r.pages_human, 1, "{r:#?}");
     assert_eq!(r.failovers, 0, "{r:#?}");
     assert_eq!(r.writes_lost, 0, "{r:#?}");
     // The first wave is 1% (10 services); the rollout stopped within it.

@@ -77,10 +77,9 @@ impl Engine {
         if s.deleting {
             return Err(CommandError::Conflict(format!("{name:?} is being deleted")));
         }
-        if let Some(other) = self.rollouts.claimed.get(&s.id) {
-            return Err(CommandError::Conflict(format!(
-                "rollout {other} is moving {name:?}: pause or abort it first, or wait for it"
-            )));
+        if let Some(&other) = self.rollouts.claimed.get(&s.id) {
+            let service = s.id;
+            return self.move_ahead(other, service, sslot, target, name, now, out);
         }
         let there = s.image == target
             && s.instances
@@ -98,6 +97,58 @@ impl Engine {
             required_by: Some(Timestamp(now)),
         };
         self.create_rollout(spec, now, out)
+    }
+
+    /// A resize of a service that rollout `id` holds: its owners moving it
+    /// earlier by hand (Heroku's `pg:maintenance:run`). When it is still
+    /// waiting and `target` is the rollout's image, it starts moving now,
+    /// in the rollout (its window, wave and zone limit do not hold back
+    /// what a person asked for now; the brake still holds each step), so
+    /// the rollout counts it and never moves it again. Anything else is a
+    /// conflict: another image, or a move already started or finished.
+    #[allow(clippy::too_many_arguments)]
+    fn move_ahead(
+        &mut self,
+        id: RolloutId,
+        service: ServiceId,
+        sslot: u32,
+        target: u32,
+        name: &str,
+        now: i64,
+        out: &mut Outputs,
+    ) -> Result<Reply, CommandError> {
+        let busy = || {
+            CommandError::Conflict(format!("rollout {id} is moving {name:?}: pause or abort it first, or wait for it"))
+        };
+        let mut list = std::mem::take(&mut self.rollouts.list);
+        let result = match list.iter_mut().find(|r| r.record.id == id && !r.record.state.is_finished()) {
+            None => Err(busy()),
+            Some(r) if r.target != target => Err(CommandError::Conflict(format!(
+                "rollout {id} will move {name:?} onto image {}: resize it onto that image to move it now, or abort \
+                 the rollout first",
+                self.images.id(r.target)
+            ))),
+            Some(r) => match r.members.iter().position(|m| m.service == service) {
+                Some(k) if r.members[k].phase == MemberPhase::Waiting => {
+                    self.start_member(r, k, sslot, now, out);
+                    let cause = format!("rollout {id}: {name} moved ahead of its turn by request");
+                    out.changes.events.push(self.event(
+                        now,
+                        EventSubject::Service,
+                        Some(sslot),
+                        None,
+                        None,
+                        None,
+                        cause,
+                    ));
+                    self.rollouts.next_at = now;
+                    Ok(Reply::Rollout(Box::new(self.rollout_view_of(r, now))))
+                }
+                _ => Err(busy()),
+            },
+        };
+        self.rollouts.list = list;
+        result
     }
 
     /// Ok when the service passes the health gate now.
@@ -146,7 +197,8 @@ impl Engine {
         } else {
             old_members.first().copied()
         };
-        if anchor.and_then(|a| self.instances.get(a)).is_some_and(|x| self.braked_since(x.zone).is_some()) {
+        // A freeze by hand (break-glass) holds them as the automatic brake does.
+        if anchor.and_then(|a| self.instances.get(a)).is_some_and(|x| self.is_braked(x.zone)) {
             return Step::Wait;
         }
         let primary_old = primary.and_then(|p| self.instances.get(p)).is_some_and(|x| goal.old(x));

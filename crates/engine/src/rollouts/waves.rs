@@ -246,8 +246,8 @@ impl Engine {
             }
             // Cheapest test first: the window's is a calendar computation.
             let busy = per_zone[z] >= limit;
-            if busy || self.braked_since(zone).is_some() || !(required_passed || self.in_maintenance_window(sslot, now))
-            {
+            // The brake, automatic or by hand (a freeze), holds new moves.
+            if busy || self.is_braked(zone) || !(required_passed || self.in_maintenance_window(sslot, now)) {
                 k += 1;
                 continue;
             }
@@ -267,7 +267,7 @@ impl Engine {
     /// owners if not yet, its replacements built from the new image from
     /// now on, and its first step taken in the same commit as the record
     /// saying it began.
-    fn start_member(&mut self, r: &mut Rollout, k: usize, sslot: u32, now: i64, out: &mut Outputs) {
+    pub(super) fn start_member(&mut self, r: &mut Rollout, k: usize, sslot: u32, now: i64, out: &mut Outputs) {
         if r.members[k].announced_at == 0 {
             // Not told ahead (its window opened sooner than the notice,
             // or the rollout was just resumed): told as it starts.
