@@ -304,10 +304,17 @@ impl BackupRepo {
     }
 
     /// The archive_command for postgresql.conf: absolute paths, this repository's
-    /// configuration, the stanza. Paths that need it are single-quoted for the shell,
-    /// so when writing it into postgresql.conf double any `'` as usual.
-    pub fn archive_command(&self, stanza: &str) -> String {
-        format!("{} archive-push %p", self.command_prefix(stanza))
+    /// configuration, the stanza, the cluster's data directory. Paths that need it
+    /// are single-quoted for the shell, so when writing it into postgresql.conf
+    /// double any `'` as usual. `--pg1-path` is needed: PostgreSQL passes `%p`
+    /// relative to its data directory, and pgBackRest 2.55 refuses a relative
+    /// path without it ("option 'pg1-path' must be specified when relative wal
+    /// paths are used"; 2.45 did not) until a backup wrote the stanza's
+    /// section. Every push before the first backup failed, and the archiver's
+    /// retries at shutdown held a switchover's old primary 4.8 s while its
+    /// router was paused.
+    pub fn archive_command(&self, stanza: &str, pgdata: &str) -> String {
+        format!("{} --pg1-path={} archive-push %p", self.command_prefix(stanza), shell_quote(pgdata))
     }
 
     /// The restore_command matching [`BackupRepo::archive_command`] (for followers

@@ -129,6 +129,7 @@ impl Writer {
                 // A commit whose answer was lost in the crash is retried: it
                 // must not fail forever on its own row.
                 let sql = format!("INSERT INTO writes VALUES ({next}) ON CONFLICT DO NOTHING");
+                let sent = std::time::SystemTime::now();
                 match tokio::time::timeout(Duration::from_secs(5), c.batch_execute(&sql)).await {
                     Ok(Ok(())) => {
                         a.lock().unwrap().push(next);
@@ -140,7 +141,17 @@ impl Writer {
                             Ok(Err(e)) => format!("{e:?}"),
                             _ => "no answer within 5 s".to_string(),
                         };
-                        eprintln!("writer: statement {next} failed: {why}");
+                        // When it was sent (UTC, as the server's log lines), to
+                        // find what the server was doing.
+                        let at = sent.duration_since(std::time::UNIX_EPOCH).unwrap_or_default();
+                        let day = at.as_secs() % 86_400;
+                        eprintln!(
+                            "writer: statement {next} sent at {:02}:{:02}:{:02}.{:03} UTC failed: {why}",
+                            day / 3600,
+                            day / 60 % 60,
+                            day % 60,
+                            at.subsec_millis()
+                        );
                         f.fetch_add(1, Ordering::SeqCst);
                         client = None;
                         tokio::time::sleep(Duration::from_millis(50)).await;

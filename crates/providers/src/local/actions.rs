@@ -740,6 +740,7 @@ impl Inner {
                 .map(|(id, _)| id.to_string())
                 .collect()
         };
+        tracing::debug!(service = %service.name, ?streaming_names, ?plan_followers, sync = service.sync, "adjust_sync");
         let streaming: Vec<String> =
             streaming_names.into_iter().flatten().filter(|n| plan_followers.contains(n)).collect();
         let current = postgres::execute(&primary, "SHOW synchronous_standby_names", SQL_TIMEOUT).await?;
@@ -912,6 +913,7 @@ impl Inner {
                     self.resume_router(entry.service).await;
                     return Err(error);
                 }
+                self.release_subscribers(&entry).await;
             }
             self.stop_server(id, Some(&entry)).await?;
         }

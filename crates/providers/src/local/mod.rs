@@ -103,7 +103,8 @@ pub struct LocalConfig {
     /// this; a control plane does not (its servers must outlive a restart).
     pub kill_servers_on_drop: bool,
     /// PostgreSQL's archive_command, `{stanza}` replaced by the service
-    /// name; archiving is off when None.
+    /// name and `{pgdata}` by the instance's data directory; archiving is
+    /// off when None.
     pub archive_command: Option<String>,
     /// Where Backup and VerifyRestore go (one stanza per service, named
     /// after it). When set and `archive_command` is None, WAL is archived
@@ -257,7 +258,7 @@ impl LocalProvider {
     pub fn open(data_dir: &Path, mut config: LocalConfig) -> Result<Arc<LocalProvider>, ProviderError> {
         if config.archive_command.is_none() {
             if let Some(repo) = &config.backups {
-                config.archive_command = Some(repo.archive_command("{stanza}"));
+                config.archive_command = Some(repo.archive_command("{stanza}", "{pgdata}"));
             }
         }
         let io = |operation: &'static str, path: &Path| {

@@ -235,7 +235,8 @@ pub fn write_config(run_as: &RunAs, entry: &InstanceEntry, settings: &ServerSett
     // moves the stanza onto its major (`BackupRepo::follow_major`), and
     // PostgreSQL keeps its WAL and retries until then.
     if let Some(template) = settings.archive_command {
-        let command = template.replace("{stanza}", &entry.service_name);
+        let command =
+            template.replace("{stanza}", &entry.service_name).replace("{pgdata}", &entry.pgdata().to_string_lossy());
         conf.push_str(&format!("archive_mode = on\narchive_command = {}\n", conf_quote(&command)));
     }
     if !entry.settings.is_empty() {

@@ -171,7 +171,8 @@ pub async fn connect(socket_dir: &Path, port: u16, user: &str) -> tokio_postgres
 pub async fn archiving_instance(dir: &Path, stanza: &str) -> (BackupRepo, TestPg) {
     let run_as = RunAs::for_servers().unwrap();
     let repo = BackupRepo::open(&dir.join("backups"), run_as).expect("open backup repo");
-    let pg = TestPg::start(&dir.join("pg"), Some(&repo.archive_command(stanza)), None);
+    let data = dir.join("pg").join("data");
+    let pg = TestPg::start(&dir.join("pg"), Some(&repo.archive_command(stanza, &data.to_string_lossy())), None);
     repo.ensure_stanza(stanza, &pg.target()).await.expect("stanza-create and check");
     (repo, pg)
 }
