@@ -849,7 +849,7 @@ impl Inner {
         }
     }
 
-    fn pg_target(&self, entry: &InstanceEntry) -> crate::pgbackrest::PgTarget {
+    pub(super) fn pg_target(&self, entry: &InstanceEntry) -> crate::pgbackrest::PgTarget {
         crate::pgbackrest::PgTarget {
             data_dir: entry.pgdata(),
             port: entry.port,
