@@ -835,7 +835,11 @@ async fn a_stalled_engine_does_not_make_an_agent_host_fence_its_primary() {
         acked.len(),
         failed.len()
     );
-    assert!(!agent_log.contains("lease expired: fencing this primary"), "the agent fenced its primary:\n{}", fleet.logs());
+    assert!(
+        !agent_log.contains("lease expired: fencing this primary"),
+        "the agent fenced its primary:\n{}",
+        fleet.logs()
+    );
     assert!(failed.is_empty(), "writes through the URL failed during the stall: {failed:?}\n{}", fleet.logs());
     assert!(during >= 10, "the writer was not writing during the stall ({during} writes)");
     assert!(early >= 1.0, "no batch was answered before the engine took it: the stall was not seen");
@@ -848,7 +852,15 @@ async fn a_stalled_engine_does_not_make_an_agent_host_fence_its_primary() {
     assert_eq!(read_only[0][0].as_deref(), Some("off"), "the primary was fenced");
     let s = fleet.service("solo").await.unwrap();
     let now_primary = s["instances"].as_array().unwrap().iter().find(|i| i["role"] == "primary").cloned().unwrap();
-    assert_eq!((now_primary["id"].as_str(), now_primary["writable"].as_bool()), (Some(p_id.as_str()), Some(true)), "{s}");
+    assert_eq!(
+        (now_primary["id"].as_str(), now_primary["writable"].as_bool()),
+        (Some(p_id.as_str()), Some(true)),
+        "{s}"
+    );
+    let (_, events) = get(&fleet.admin, &format!("{}/v1/events?instance={p_id}", fleet.api)).await.unwrap();
+    for e in events.as_array().into_iter().flatten() {
+        eprintln!("event: {e}");
+    }
     let (_, actions) = get(&fleet.admin, &format!("{}/v1/actions", fleet.api)).await.unwrap();
     let fences: Vec<&Value> = actions.as_array().unwrap().iter().filter(|a| a["kind"] == "fence").collect();
     assert!(fences.is_empty(), "a Fence was decided: {fences:?}");

@@ -139,7 +139,12 @@ mod tests {
         );
         for n in 2..=4 {
             let done = done_tx.clone();
-            feeds.push("h1", Box::pin(async move { let _ = done.send(n); }));
+            feeds.push(
+                "h1",
+                Box::pin(async move {
+                    let _ = done.send(n);
+                }),
+            );
         }
         tokio::time::sleep(Duration::from_millis(50)).await;
         assert!(done_rx.try_recv().is_err(), "a later batch overtook the first one, still being fed");
@@ -167,7 +172,12 @@ mod tests {
         let mut dropped = 0;
         for _ in 0..10 {
             let (tx, rx) = oneshot::channel::<()>();
-            dropped += feeds.push("h1", Box::pin(async move { let _ = tx.send(()); }));
+            dropped += feeds.push(
+                "h1",
+                Box::pin(async move {
+                    let _ = tx.send(());
+                }),
+            );
             answers.push(rx);
         }
         assert_eq!(feeds.waiting("h1"), MAX_QUEUED_BATCHES_PER_HOST);
@@ -178,7 +188,12 @@ mod tests {
         }
         // Another host is fed meanwhile.
         let (tx, rx) = oneshot::channel();
-        feeds.push("h2", Box::pin(async move { let _ = tx.send(()); }));
+        feeds.push(
+            "h2",
+            Box::pin(async move {
+                let _ = tx.send(());
+            }),
+        );
         tokio::time::timeout(Duration::from_secs(5), rx).await.unwrap().unwrap();
     }
 
@@ -187,7 +202,12 @@ mod tests {
         let feeds = HeartbeatFeeds::default();
         feeds.push("h1", Box::pin(async { panic!("a broken batch") }));
         let (tx, rx) = oneshot::channel();
-        feeds.push("h1", Box::pin(async move { let _ = tx.send(()); }));
+        feeds.push(
+            "h1",
+            Box::pin(async move {
+                let _ = tx.send(());
+            }),
+        );
         tokio::time::timeout(Duration::from_secs(5), rx).await.unwrap().unwrap();
     }
 

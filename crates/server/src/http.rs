@@ -433,7 +433,10 @@ impl HeartbeatAnswer {
     }
 
     fn pending(beats: usize) -> Json<HeartbeatAnswer> {
-        Json(HeartbeatAnswer { receipt: HeartbeatReceipt::default(), pending: u32::try_from(beats).unwrap_or(u32::MAX) })
+        Json(HeartbeatAnswer {
+            receipt: HeartbeatReceipt::default(),
+            pending: u32::try_from(beats).unwrap_or(u32::MAX),
+        })
     }
 }
 
@@ -498,7 +501,11 @@ pub(crate) async fn post_heartbeats(
 /// What the engine does with one batch: an empty agent host heard again,
 /// the ownership check, then the beats. Beats of an instance the caller's
 /// host does not run never reach the engine (the batch is refused whole).
-async fn feed_heartbeats(state: &AppState, caller: &Identity, batch: HeartbeatBatch) -> Result<HeartbeatReceipt, ApiError> {
+async fn feed_heartbeats(
+    state: &AppState,
+    caller: &Identity,
+    batch: HeartbeatBatch,
+) -> Result<HeartbeatReceipt, ApiError> {
     let ready = state.ready()?;
     // An agent host whose instances all fell silent turned uncertain; once
     // none is left on it (replaced elsewhere, terminated), no instance's
