@@ -697,3 +697,171 @@ async fn a_control_plane_with_its_own_host_routes_the_services_on_its_agents() {
     let archive = archives.as_array().unwrap().iter().find(|a| a["service"] == "mx").cloned();
     assert_eq!(archive.as_ref().map(|a| a["state"].clone()), Some(json!("archived")), "{archives}");
 }
+
+/// The `POST /v1/heartbeats` counter of batches answered before the engine
+/// took them, from `/metrics`.
+async fn answered_early(fleet: &Fleet) -> f64 {
+    let text = fleet.admin.get(format!("{}/metrics", fleet.api)).send().await.unwrap().text().await.unwrap();
+    text.lines()
+        .find_map(|l| l.strip_prefix("drover_heartbeat_batches_answered_early_total "))
+        .and_then(|v| v.trim().parse().ok())
+        .unwrap_or(0.0)
+}
+
+/// Issue 11's lease hazard: an agent host renews its 1 s lease by the
+/// acknowledgement of its heartbeat batch. The engine is stalled here by a
+/// real cause: another process (an operator's sqlite3 shell, a backup
+/// tool) holds the store's write lock for 2.5 s, so the engine's next group
+/// commit waits for it, and every input behind it with it. The control
+/// plane still answers the agents' batches within its budget, so the
+/// primary's agent does not fence it: every write through the URL during
+/// the stall succeeds, and the primary stays writable.
+/// (Before the heartbeat handler answered within a budget, this test saw
+/// the agent log "lease expired: fencing this primary" and the writer's
+/// sessions cut.)
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_stalled_engine_does_not_make_an_agent_host_fence_its_primary() {
+    /// Longer than the agents' 1 s lease with room to spare.
+    const STALL: Duration = Duration::from_millis(2_500);
+    let fleet = Fleet::start("dr-lease").await;
+    let r = fleet
+        .admin
+        .post(format!("{}/v1/services", fleet.api))
+        .json(&json!({"name": "solo", "engine": "postgres", "provider": "local"}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status().as_u16(), 201, "{}", r.text().await.unwrap_or_default());
+    let primary = wait_for(Duration::from_secs(120), "solo available", &fleet.serve, || async {
+        let s = fleet.service("solo").await?;
+        let primary = s["instances"]
+            .as_array()?
+            .iter()
+            .find(|i| i["role"] == "primary" && i["writable"] == true && i["state"] == "available")?
+            .clone();
+        (s["state"] == "available" && s["url"].is_string()).then_some(primary)
+    })
+    .await;
+    let (p_id, p_host) = (primary["id"].as_str().unwrap().to_string(), primary["host"].as_str().unwrap().to_string());
+    let url = fleet.service("solo").await.unwrap()["url"].as_str().unwrap().to_string();
+    let client = wait_for(Duration::from_secs(30), "the URL answers", &fleet.serve, || {
+        let url = url.clone();
+        async move { url_client(&url).await }
+    })
+    .await;
+    client.batch_execute("CREATE TABLE w (n bigint PRIMARY KEY)").await.expect("a write through the URL");
+
+    // A steady writer through the URL: every statement must be answered
+    // within 3 s and succeed.
+    let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let writer = {
+        let (stop, url) = (stop.clone(), url.clone());
+        tokio::spawn(async move {
+            let mut client = Some(client);
+            let (mut acked, mut failed) = (Vec::new(), Vec::new());
+            let mut n: i64 = 0;
+            while !stop.load(std::sync::atomic::Ordering::Relaxed) {
+                n += 1;
+                let started = std::time::Instant::now();
+                let outcome = match &client {
+                    Some(c) => {
+                        match tokio::time::timeout(
+                            Duration::from_secs(3),
+                            c.batch_execute(&format!("INSERT INTO w VALUES ({n})")),
+                        )
+                        .await
+                        {
+                            Ok(Ok(())) => Ok(()),
+                            Ok(Err(e)) => Err(e.to_string()),
+                            Err(_) => Err("no answer within 3 s".to_string()),
+                        }
+                    }
+                    None => Err("no session".to_string()),
+                };
+                match outcome {
+                    Ok(()) => acked.push(started),
+                    Err(e) => {
+                        failed.push((n, e));
+                        client = url_client(&url).await;
+                    }
+                }
+                tokio::time::sleep(Duration::from_millis(20)).await;
+            }
+            (acked, failed)
+        })
+    };
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    let early_before = answered_early(&fleet).await;
+
+    // The stall: the store's write lock held by another connection.
+    let db = fleet._tmp.path().join("cp/drover.db");
+    let (held_tx, held_rx) = std::sync::mpsc::channel();
+    let locker = std::thread::spawn(move || {
+        let conn = rusqlite::Connection::open(&db).expect("open the store");
+        conn.execute_batch("BEGIN IMMEDIATE").expect("take the store's write lock");
+        held_tx.send(()).unwrap();
+        std::thread::sleep(STALL);
+        conn.execute_batch("ROLLBACK").expect("release the store's write lock");
+    });
+    held_rx.recv().unwrap();
+    let stall_started = std::time::Instant::now();
+    // A change the engine must make durable: its commit waits for the lock.
+    let r = fleet
+        .admin
+        .put(format!("{}/v1/services/solo/labels", fleet.api))
+        .json(&json!({"labels": {"stalled": "yes"}}))
+        .timeout(Duration::from_secs(20))
+        .send()
+        .await
+        .unwrap();
+    let engine_stalled_for = stall_started.elapsed();
+    assert_eq!(r.status().as_u16(), 200, "{}", r.text().await.unwrap_or_default());
+    locker.join().unwrap();
+    assert!(
+        engine_stalled_for >= Duration::from_millis(1_500),
+        "the engine did not stall: the labels change was durable after {engine_stalled_for:?}"
+    );
+    // The agent's lease (1 s) would long have run out; give its fence time
+    // to show.
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    stop.store(true, std::sync::atomic::Ordering::Relaxed);
+    let (acked, failed) = writer.await.unwrap();
+    let during = acked.iter().filter(|t| **t >= stall_started && t.duration_since(stall_started) < STALL).count();
+    let early = answered_early(&fleet).await - early_before;
+    let agent_log = fleet.agent(&p_host).log();
+    eprintln!(
+        "engine stalled {engine_stalled_for:?}; writes acknowledged {} ({during} during the stall), failed {}; \
+         batches answered before the engine took them: {early}",
+        acked.len(),
+        failed.len()
+    );
+    assert!(
+        !agent_log.contains("lease expired: fencing this primary"),
+        "the agent fenced its primary:\n{}",
+        fleet.logs()
+    );
+    assert!(failed.is_empty(), "writes through the URL failed during the stall: {failed:?}\n{}", fleet.logs());
+    assert!(during >= 10, "the writer was not writing during the stall ({during} writes)");
+    assert!(early >= 1.0, "no batch was answered before the engine took it: the stall was not seen");
+
+    // The primary's own server still takes writes, and it is still the
+    // service's writable primary (no failover, no fence).
+    let (socket, port) = fleet.agent(&p_host).socket_of(&p_id).unwrap();
+    let admin = admin_sql(&socket, port, "postgres").await.expect("the primary answers");
+    let read_only = query_text(&admin, "SHOW default_transaction_read_only").await;
+    assert_eq!(read_only[0][0].as_deref(), Some("off"), "the primary was fenced");
+    let s = fleet.service("solo").await.unwrap();
+    let now_primary = s["instances"].as_array().unwrap().iter().find(|i| i["role"] == "primary").cloned().unwrap();
+    assert_eq!(
+        (now_primary["id"].as_str(), now_primary["writable"].as_bool()),
+        (Some(p_id.as_str()), Some(true)),
+        "{s}"
+    );
+    let (_, events) = get(&fleet.admin, &format!("{}/v1/events?instance={p_id}", fleet.api)).await.unwrap();
+    for e in events.as_array().into_iter().flatten() {
+        eprintln!("event: {e}");
+    }
+    let (_, actions) = get(&fleet.admin, &format!("{}/v1/actions", fleet.api)).await.unwrap();
+    let fences: Vec<&Value> = actions.as_array().unwrap().iter().filter(|a| a["kind"] == "fence").collect();
+    assert!(fences.is_empty(), "a Fence was decided: {fences:?}");
+}

@@ -53,6 +53,9 @@ struct HostQueue {
 #[derive(Clone, Default)]
 pub struct AgentChannel {
     inner: Arc<Mutex<Channel>>,
+    /// Each agent host's heartbeat batches on their way into the engine,
+    /// apart from the answer that renews its lease (`heartbeat_feed`).
+    feeds: crate::heartbeat_feed::HeartbeatFeeds,
 }
 
 #[derive(Default)]
@@ -248,8 +251,9 @@ impl AgentChannel {
         }
     }
 
-    /// The agent of `host` was heard at `at` (a batch of its acknowledged)
-    /// and holds a lease of `ttl`.
+    /// The agent of `host` was heard at `at` (a batch of its arrived, and is
+    /// answered: the agent sent it no earlier, so the lease the answer
+    /// renews runs out no later than `at + ttl`) and holds a lease of `ttl`.
     pub fn heard(&self, host: &str, at: tokio::time::Instant, ttl: Duration) {
         let mut channel = self.lock();
         let lease = channel.leases.entry(host.to_string()).or_insert(AgentLease { heard_at: at, ttl });
@@ -273,6 +277,11 @@ impl AgentChannel {
                 queue.pending.remove(&id);
             }
         }
+    }
+
+    /// The queues feeding agent hosts' heartbeat batches to the engine.
+    pub fn feeds(&self) -> &crate::heartbeat_feed::HeartbeatFeeds {
+        &self.feeds
     }
 
     /// The port instance `id` was last reported listening on.

@@ -411,20 +411,51 @@ pub struct HeartbeatReceiptDoc {
     /// Ids the engine does not know.
     #[schema(value_type = Vec<String>)]
     unknown: Vec<InstanceId>,
+    /// Beats of this batch acknowledged before the engine took them (an
+    /// agent host's batch, answered within its budget while the engine was
+    /// slow): they are fed in order behind the host's earlier batches, or
+    /// superseded by its newer ones. Not counted in `accepted`.
+    pending: u32,
 }
 
-/// Post heartbeats (batched). Facts are kept in memory only.
+/// The answer to a heartbeat batch: the engine's receipt, and what of the
+/// batch the engine has not taken yet.
+#[derive(Debug, Serialize)]
+pub struct HeartbeatAnswer {
+    #[serde(flatten)]
+    receipt: HeartbeatReceipt,
+    pending: u32,
+}
+
+impl HeartbeatAnswer {
+    fn fed(receipt: HeartbeatReceipt) -> Json<HeartbeatAnswer> {
+        Json(HeartbeatAnswer { receipt, pending: 0 })
+    }
+
+    fn pending(beats: usize) -> Json<HeartbeatAnswer> {
+        Json(HeartbeatAnswer {
+            receipt: HeartbeatReceipt::default(),
+            pending: u32::try_from(beats).unwrap_or(u32::MAX),
+        })
+    }
+}
+
+/// Post heartbeats (batched). Facts are kept in memory only. An agent
+/// host's batch (one that tells `lease_ms`) is answered within a budget
+/// (150 ms at most) whatever the engine's pace, so a stalled control plane
+/// does not make the agents fence their primaries: what the engine has not
+/// taken by then is `pending` (docs/agent.md).
 #[utoipa::path(post, path = "/v1/heartbeats", tag = "heartbeats", request_body = HeartbeatBatch,
     responses((status = 200, body = HeartbeatReceiptDoc), (status = 413, body = ErrorBody), (status = 422, body = ErrorBody)))]
 pub(crate) async fn post_heartbeats(
     State(state): State<AppState>,
     Caller(caller): Caller,
     Json(batch): Json<HeartbeatBatch>,
-) -> Result<Json<HeartbeatReceipt>, ApiError> {
+) -> Result<Json<HeartbeatAnswer>, ApiError> {
     let ready = state.ready()?;
     // When the batch arrived: the agent sent it no later, so its lease,
     // renewed by this acknowledgement, runs out no later than this plus
-    // its TTL (counted on below for a silent host's Fence).
+    // its TTL (counted on for a silent host's Fence).
     let arrived = tokio::time::Instant::now();
     if let Some(ms) = batch.lease_ms.filter(|ms| !(1..=3_600_000).contains(ms)) {
         return Err(ApiError::new(
@@ -434,6 +465,48 @@ pub(crate) async fn post_heartbeats(
     }
     let agent_lease =
         caller.host.clone().filter(|h| *h != ready.host).zip(batch.lease_ms.map(std::time::Duration::from_millis));
+    let Some((host, ttl)) = agent_lease else {
+        // No lease hangs on this answer: it waits for the engine.
+        return feed_heartbeats(&state, &caller, batch).await.map(HeartbeatAnswer::fed);
+    };
+    // Recorded before any answer can leave: the control plane's judgement
+    // of this host's silence counts from this arrival (never later than
+    // the lease the answer renews), whenever the engine takes the batch.
+    ready.agents.heard(&host, arrived, ttl);
+    let beats = batch.beats.len();
+    let (answer, answered) = tokio::sync::oneshot::channel();
+    let job = {
+        let (state, caller) = (state.clone(), caller.clone());
+        Box::pin(async move {
+            let _ = answer.send(feed_heartbeats(&state, &caller, batch).await);
+        })
+    };
+    let superseded = ready.agents.feeds().push(&host, job);
+    if superseded > 0 {
+        metrics::counter!(telemetry::HEARTBEAT_BATCHES_SUPERSEDED).increment(superseded as u64);
+        tracing::warn!(%host, superseded, "the engine is behind: older heartbeat batches of this host dropped unfed, the newest supersedes them");
+    }
+    match tokio::time::timeout(crate::heartbeat_feed::ack_budget(ttl), answered).await {
+        Ok(Ok(result)) => result.map(HeartbeatAnswer::fed),
+        // Dropped unfed within the budget: a newer batch supersedes it.
+        Ok(Err(_)) => Ok(HeartbeatAnswer::pending(beats)),
+        Err(_) => {
+            metrics::counter!(telemetry::HEARTBEAT_BATCHES_ANSWERED_EARLY).increment(1);
+            tracing::debug!(%host, beats, "heartbeat batch acknowledged before the engine took it");
+            Ok(HeartbeatAnswer::pending(beats))
+        }
+    }
+}
+
+/// What the engine does with one batch: an empty agent host heard again,
+/// the ownership check, then the beats. Beats of an instance the caller's
+/// host does not run never reach the engine (the batch is refused whole).
+async fn feed_heartbeats(
+    state: &AppState,
+    caller: &Identity,
+    batch: HeartbeatBatch,
+) -> Result<HeartbeatReceipt, ApiError> {
+    let ready = state.ready()?;
     // An agent host whose instances all fell silent turned uncertain; once
     // none is left on it (replaced elsewhere, terminated), no instance's
     // beat can make it ready again, but its agent's batch still arrives:
@@ -461,10 +534,7 @@ pub(crate) async fn post_heartbeats(
         }
     }
     if batch.beats.is_empty() {
-        if let Some((host, ttl)) = &agent_lease {
-            ready.agents.heard(host, arrived, *ttl);
-        }
-        return Ok(Json(HeartbeatReceipt::default()));
+        return Ok(HeartbeatReceipt::default());
     }
     // Only the agent of the host that runs an instance may report it.
     // Beats of instances the engine does not know pass (it answers them
@@ -492,19 +562,14 @@ pub(crate) async fn post_heartbeats(
                     caller.host.as_deref().unwrap_or("none"),
                 ),
             );
-            return Err(crate::auth::refuse(&state, &caller, "POST /v1/heartbeats", "/v1/heartbeats", e).await);
+            return Err(crate::auth::refuse(state, caller, "POST /v1/heartbeats", "/v1/heartbeats", e).await);
         }
     }
     // Provider beats are counted where they arrive (`runtime`).
     metrics::counter!(telemetry::HEARTBEATS_RECEIVED).increment(batch.beats.len() as u64);
     ready.agents.note_ports(&batch.beats);
     match ready.engine.call(Input::Heartbeats(batch.beats)).await? {
-        Reply::Heartbeats(receipt) => {
-            if let Some((host, ttl)) = &agent_lease {
-                ready.agents.heard(host, arrived, *ttl);
-            }
-            Ok(Json(receipt))
-        }
+        Reply::Heartbeats(receipt) => Ok(receipt),
         other => Err(unexpected(other)),
     }
 }

@@ -26,6 +26,7 @@ mod credentials;
 pub mod data_dir;
 mod error;
 mod followers;
+pub mod heartbeat_feed;
 pub mod hosts;
 pub mod http;
 mod images;

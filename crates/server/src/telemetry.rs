@@ -8,6 +8,12 @@ use metrics_exporter_prometheus::{Matcher, PrometheusBuilder, PrometheusHandle};
 use std::sync::OnceLock;
 
 pub const HEARTBEATS_RECEIVED: &str = "drover_heartbeats_received_total";
+/// Agent hosts' batches answered before the engine took them (the engine
+/// or the store was slower than the acknowledgement budget).
+pub const HEARTBEAT_BATCHES_ANSWERED_EARLY: &str = "drover_heartbeat_batches_answered_early_total";
+/// Agent hosts' batches dropped unfed, superseded by newer ones of the
+/// same host while the engine was stalled.
+pub const HEARTBEAT_BATCHES_SUPERSEDED: &str = "drover_heartbeat_batches_superseded_total";
 pub const ENGINE_STEPS: &str = "drover_engine_steps_total";
 pub const ENGINE_BATCH_SIZE: &str = "drover_engine_batch_messages";
 pub const COMMIT_SECONDS: &str = "drover_store_commit_seconds";
@@ -46,6 +52,14 @@ pub fn install() -> PrometheusHandle {
 
 fn describe() {
     metrics::describe_counter!(HEARTBEATS_RECEIVED, "Heartbeats received (HTTP and providers).");
+    metrics::describe_counter!(
+        HEARTBEAT_BATCHES_ANSWERED_EARLY,
+        "Agent hosts' heartbeat batches acknowledged before the engine took them (engine slower than the budget)."
+    );
+    metrics::describe_counter!(
+        HEARTBEAT_BATCHES_SUPERSEDED,
+        "Agent hosts' heartbeat batches dropped unfed, superseded by a newer batch of the same host."
+    );
     metrics::describe_counter!(ENGINE_STEPS, "Inputs stepped through the engine.");
     metrics::describe_histogram!(ENGINE_BATCH_SIZE, "Messages handled per engine loop.");
     metrics::describe_histogram!(COMMIT_SECONDS, metrics::Unit::Seconds, "Latency of one group commit to the store.");
@@ -59,6 +73,8 @@ fn describe() {
     // Register the counters so a scrape shows them before the first event.
     metrics::counter!(HEARTBEATS_RECEIVED).increment(0);
     metrics::counter!(ENGINE_STEPS).increment(0);
+    metrics::counter!(HEARTBEAT_BATCHES_ANSWERED_EARLY).increment(0);
+    metrics::counter!(HEARTBEAT_BATCHES_SUPERSEDED).increment(0);
     metrics::counter!(COMMIT_FAILURES).increment(0);
 }
 

@@ -268,6 +268,69 @@ async fn heartbeats_only_from_the_agent_of_the_instances_host_and_forgeries_are_
     t.stop().await;
 }
 
+/// An agent host's batch is answered within its budget while the engine
+/// is stalled (its store's write lock held by another connection), and a
+/// forged one among them is still checked before anything reaches the
+/// engine: refused and audited once the engine is back, its facts never
+/// seen.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_forged_heartbeat_answered_during_an_engine_stall_never_reaches_the_engine() {
+    let mut t = common::start().await;
+    let service = t.create_service("hb-stall", 0).await;
+    let id = common::primary(&service)["id"].as_str().unwrap().to_string();
+    let other_host = t.token(json!({"name": "agent-stalled", "role": "agent", "host": "elsewhere"})).await;
+    let forged = json!({"lease_ms": 1000, "beats": [{"instance": id, "seq": 9_000_000_000_000_000u64,
+        "facts": {"role": "primary", "writable": true, "connections": 4242}}]});
+
+    let db = t.dir.path().join("drover.db");
+    let (held_tx, held_rx) = std::sync::mpsc::channel();
+    let (release_tx, release_rx) = std::sync::mpsc::channel::<()>();
+    let locker = std::thread::spawn(move || {
+        let conn = rusqlite::Connection::open(&db).unwrap();
+        conn.execute_batch("BEGIN IMMEDIATE").unwrap();
+        held_tx.send(()).unwrap();
+        let _ = release_rx.recv_timeout(Duration::from_secs(10));
+        conn.execute_batch("ROLLBACK").unwrap();
+    });
+    held_rx.recv().unwrap();
+    // A change the engine must make durable: it waits for the lock, and so
+    // does every input behind it.
+    let labels = {
+        let (http, url) = (t.http.clone(), t.at("/v1/services/hb-stall/labels"));
+        tokio::spawn(async move {
+            let started = std::time::Instant::now();
+            let r = http.put(url).json(&json!({"labels": {"stalled": "yes"}})).send().await.unwrap();
+            (r.status().as_u16(), started.elapsed())
+        })
+    };
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    let started = std::time::Instant::now();
+    let (status, body) = t.post_as(Some(&other_host), "/v1/heartbeats", forged).await;
+    let answered_in = started.elapsed();
+    assert_eq!((status, body["pending"].as_u64()), (200, Some(1)), "{body}");
+    assert!(answered_in < Duration::from_millis(800), "answered after {answered_in:?}");
+    tokio::time::sleep(Duration::from_millis(700)).await;
+    release_tx.send(()).unwrap();
+    locker.join().unwrap();
+    let (status, stalled_for) = labels.await.unwrap();
+    assert_eq!(status, 200);
+    assert!(stalled_for >= Duration::from_millis(900), "the engine did not stall: {stalled_for:?}");
+
+    // Once the engine is back, the batch is checked: refused and audited.
+    common::poll(Duration::from_secs(10), "the forged batch refused and audited", || async {
+        let (_, audit) = t.get("/v1/audit").await;
+        audit
+            .as_array()?
+            .iter()
+            .any(|a| a["command"] == "POST /v1/heartbeats" && a["actor"] == "agent-stalled")
+            .then_some(())
+    })
+    .await;
+    let (_, instance) = t.get(&format!("/v1/instances/{id}")).await;
+    assert_ne!(instance["facts"]["connections"], json!(4242), "a forged beat reached the engine: {instance}");
+    t.stop().await;
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn tokens_are_shown_once_stored_hashed_and_revocation_is_immediate() {
     let mut t = common::start().await;
