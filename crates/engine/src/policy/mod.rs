@@ -15,7 +15,7 @@ mod postgres;
 mod redis;
 
 pub use kafka::{KafkaPolicy, BROKERS as KAFKA_BROKERS};
-pub use postgres::{synchronous_standby_names, PostgresPolicy, SYNC_STANDBYS};
+pub use postgres::{quoted_standby_name, synchronous_standby_names, PostgresPolicy, SYNC_STANDBYS};
 pub use redis::RedisPolicy;
 
 use drover_model::{EngineKind, InstanceId, Plan, Role};

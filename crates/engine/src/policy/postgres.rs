@@ -78,6 +78,11 @@ impl EnginePolicy for PostgresPolicy {
 /// ([`synchronous_standby_names`]).
 pub const SYNC_STANDBYS: &str = "ANY 1 (*)";
 
+/// A standby's `application_name` as `synchronous_standby_names` names it.
+pub fn quoted_standby_name(name: &str) -> String {
+    format!("\"{}\"", name.replace('"', "\"\""))
+}
+
 /// `synchronous_standby_names` for a synchronous plan's primary with
 /// `plan_followers` streaming (their `application_name`s: the instance
 /// ids), always named one by one: never `*`, which would also match a read
@@ -93,7 +98,7 @@ pub fn synchronous_standby_names(plan_followers: &[String]) -> String {
     if plan_followers.is_empty() {
         return String::new();
     }
-    let mut names: Vec<String> = plan_followers.iter().map(|n| format!("\"{}\"", n.replace('"', "\"\""))).collect();
+    let mut names: Vec<String> = plan_followers.iter().map(|n| quoted_standby_name(n)).collect();
     names.sort();
     format!("ANY 1 ({})", names.join(", "))
 }

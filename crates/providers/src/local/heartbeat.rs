@@ -167,5 +167,5 @@ impl Inner {
 fn unnamed_standby(s: &Sample) -> bool {
     !s.sync_names.is_empty()
         && !s.sync_names.contains('*')
-        && s.standby_names.iter().any(|n| !s.sync_names.contains(&format!("\"{}\"", n.replace('"', "\"\""))))
+        && s.standby_names.iter().any(|n| !s.sync_names.contains(&drover_engine::policy::quoted_standby_name(n)))
 }

@@ -267,14 +267,13 @@ impl Inner {
     }
 
     /// After [`Self::catch_up_subscribers`], before the old primary stops:
-    /// the walsenders of the upgrade's slots are ended, so the shutdown does
-    /// not wait on them. A fast shutdown waits until every walsender's
-    /// client has confirmed the shutdown checkpoint; a logical subscriber
-    /// confirms on its own schedule (seen: the stop took 4.7 s under load,
-    /// the router paused the whole time, and a client's statement went
-    /// unanswered for over 5 s). Everything was applied already; the
-    /// subscription is dropped at the promotion. Best effort: a walsender
-    /// left only makes the stop slower.
+    /// the walsenders of the upgrade's slots are ended, so a fast shutdown,
+    /// which waits for every walsender's client to confirm the shutdown
+    /// checkpoint, never waits on a logical subscriber's own schedule.
+    /// Everything was applied already; the subscription is dropped at the
+    /// promotion. (The 5 s pause first blamed on it was the archiver's
+    /// retries, see `subscribe`; this is a guard, not that fix.) Best
+    /// effort: a walsender left only makes the stop slower.
     pub(super) async fn release_subscribers(&self, primary: &InstanceEntry) {
         let sql = format!(
             "SELECT count(pg_terminate_backend(active_pid)) FROM pg_replication_slots \
