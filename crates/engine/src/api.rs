@@ -87,6 +87,12 @@ pub struct Config {
     /// after the action before it finished; a second is far below a move's
     /// minutes (a follower's base backup).
     pub rollout_interval: Duration,
+    /// Whether a rollout's health gate waits for the control plane's own
+    /// word (`Input::GateReport`: the service's checks and pages, which
+    /// live outside the engine) before a soaked service counts as done.
+    /// Off, the gate is the engine's view alone (available, no human
+    /// needed): the simulator has no checks to report.
+    pub rollout_gate_reports: bool,
     /// Each team's default maintenance window, for its services without one.
     pub team_windows: std::collections::BTreeMap<String, drover_model::MaintenanceWindow>,
     /// How long before a rollout moves a service in its maintenance window
@@ -142,6 +148,7 @@ impl Default for Config {
             policies: Policies::default(),
             rollout_zone_concurrency: 16,
             rollout_interval: Duration::from_secs(1),
+            rollout_gate_reports: false,
             team_windows: std::collections::BTreeMap::new(),
             maintenance_notice: Duration::from_secs(24 * 3600),
             archive_retention: Duration::from_secs(168 * 3600),
@@ -163,6 +170,12 @@ pub enum Input {
     /// A provider reports on a service's router (its stable URL): it exited
     /// unasked and was restarted, or could not be. Recorded as an event.
     RouterReport { service: ServiceId, detail: String },
+    /// The control plane's health gate on a service a rollout moved and
+    /// that soaks: `problem` None when its checks are no worse than before
+    /// the move and no page opened since it started, else what is wrong
+    /// (the service fails its gate). Counted only with
+    /// `Config::rollout_gate_reports`.
+    GateReport { service: ServiceId, problem: Option<String> },
     /// A provider finished one attempt of an action.
     ActionResult { action: ActionId, attempt: u32, outcome: ActionOutcome },
     /// An operator (or API client) asks for something.

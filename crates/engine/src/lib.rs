@@ -55,7 +55,7 @@ mod zone_lease;
 
 pub use api::{Command, CommandError, Config, Dispatch, HeartbeatReceipt, Input, Outputs, Reply};
 pub use hosts::HostedService;
-pub use rollouts::ScheduledMove;
+pub use rollouts::{GateWatch, ScheduledMove};
 pub use views::ImageUsage;
 
 use crate::fleet::HashMap;
@@ -288,6 +288,9 @@ impl Engine {
                         .with_kind(EventKind::RouterReport);
                     out.changes.events.push(event);
                 }
+            }
+            Input::GateReport { service, problem } => {
+                self.gate_report(service, problem, now);
             }
             Input::ActionResult { action, attempt, outcome } => {
                 self.action_result(action, attempt, outcome, now, out);

@@ -510,3 +510,80 @@ fn moves_stay_within_the_zone_limit_and_a_freeze_by_hand_holds_them_until_releas
     assert!(peak >= 2, "zones move side by side (peak {peak})");
     assert!(names.iter().all(|n| all_on(&h, n, &to)));
 }
+
+/// Issue 12: "the service's checks are ok and no new page for a soak
+/// time". With `rollout_gate_reports` the engine waits for the control
+/// plane's word on each soaking service (its checks and pages live outside
+/// the engine): without a report of all well made after the soak, no
+/// service is done; a reported problem fails it, counts against the
+/// wave's budget and pauses the rollout; a report about a service still
+/// moving is ignored.
+#[test]
+fn with_gate_reports_a_soaked_service_waits_for_the_gates_word_and_a_problem_fails_it() {
+    let config = drover_engine::Config { rollout_gate_reports: true, ..fast_config() };
+    let mut h = H::new(config);
+    let names = fleet(&mut h, 4, 1);
+    let ids: Vec<ServiceId> = names.iter().map(|n| h.service(n).id).collect();
+    let to = new_image(&mut h);
+    let mut s = spec(&to, vec![25, 100], 3);
+    s.max_failures = 1;
+    let r = create(&mut h, s);
+    // Moving: a problem reported now is not the gate's (the move is not
+    // over); the service keeps moving.
+    h.advance(Duration::from_secs(1));
+    let watched = h.e.gate_watch();
+    assert_eq!(watched.len(), 1, "one service of the first wave: {watched:?}");
+    assert!(!watched[0].soaking, "{watched:?}");
+    let first = watched[0].service;
+    h.step(drover_engine::Input::GateReport { service: first, problem: Some("early".into()) });
+    // Moved and soaked, but no report: not done, the wave does not close.
+    let end = h.now + 120_000_000;
+    while h.now < end && !h.e.gate_watch().first().is_some_and(|w| w.soaking) {
+        h.advance(Duration::from_secs(1));
+    }
+    assert!(h.e.gate_watch()[0].soaking, "moved within two minutes");
+    // A report of all well made before the soak ended does not finish it.
+    h.step(drover_engine::Input::GateReport { service: first, problem: None });
+    h.advance(Duration::from_secs(10));
+    let v = view(&h, r.id);
+    assert_eq!((v.done, v.failed, v.moving), (0, 0, 1), "soaked but the gate said nothing since: {v:?}");
+    // One made after it does.
+    h.step(drover_engine::Input::GateReport { service: first, problem: None });
+    h.advance(Duration::from_secs(1));
+    let v = view(&h, r.id);
+    assert_eq!((v.done, v.failed), (1, 0), "all well after the soak: done: {v:?}");
+    // Wave 2: the three others. One gets a problem while it soaks.
+    let end = h.now + 300_000_000;
+    let mut failed_one = None;
+    while h.now < end {
+        h.advance(Duration::from_secs(1));
+        for w in h.e.gate_watch() {
+            if !w.soaking {
+                continue;
+            }
+            let problem = (failed_one.is_none() || failed_one == Some(w.service))
+                .then(|| "replication check crit since the move: follower not streaming".to_string());
+            failed_one.get_or_insert(w.service);
+            h.step(drover_engine::Input::GateReport { service: w.service, problem });
+        }
+        let v = view(&h, r.id);
+        if v.state.is_finished() || v.state == RolloutState::Paused {
+            break;
+        }
+    }
+    let v = view(&h, r.id);
+    let failed_one = failed_one.expect("a service of wave 2 soaked");
+    assert_ne!(failed_one, first);
+    assert_eq!(v.state, RolloutState::Paused, "one failure is the wave's budget: {v:?}");
+    assert_eq!(v.failed, 1, "{v:?}");
+    let members = h.e.rollout_members(r.id).unwrap();
+    let m = members.iter().find(|m| m.service == failed_one).unwrap();
+    assert_eq!(m.phase, MemberPhase::Failed);
+    let detail = m.detail.as_deref().unwrap_or_default();
+    assert!(detail.contains("failed its health gate") && detail.contains("replication check crit"), "{detail}");
+    assert!(ids.contains(&failed_one));
+    // The service moved before its gate failed it: it is on the image and
+    // whole (a failed gate pauses the rollout, it does not undo a move).
+    let name = &m.name;
+    assert_eq!(h.service(name).state, ServiceState::Available);
+}

@@ -38,6 +38,7 @@ pub mod oncall;
 pub mod openapi;
 pub mod request;
 pub mod retention;
+pub mod rollout_gate;
 mod rollouts;
 pub mod routers;
 pub mod routes;
@@ -143,6 +144,9 @@ pub fn serve_engine_config() -> drover_engine::Config {
         // connection and one query, and a frozen primary that a first probe
         // missed (it froze while uncertain) costs one second, not five.
         probe_interval: SERVE_PROBE_INTERVAL,
+        // The health gate reads the checks and pages, kept here
+        // (`rollout_gate`).
+        rollout_gate_reports: true,
         ..drover_engine::Config::default()
     }
 }
@@ -532,6 +536,7 @@ async fn start_up(
         routers_beside,
         ui: Default::default(),
     });
+    rollout_gate::spawn(state.ready.clone(), stop_for_status.clone());
     status::spawn_sampler(state.ready.clone(), stop_for_status);
     if let Some(ready) = state.ready.get() {
         runbooks::at_start(ready).await.context("cannot apply the freezes of automation made by hand")?;

@@ -329,3 +329,69 @@ async fn a_rollout_with_fix_moves_onto_the_newest_image_the_advisory_does_not_af
     assert_eq!(finding["services"], json!([]), "fx no longer runs an affected image: {finding}");
     t.stop().await;
 }
+
+/// Issue 12: the health gate between waves reads the pager and the
+/// checks, which live outside the engine (`rollout_gate`): a page about a
+/// moved service while it soaks fails its gate, which spends the wave's
+/// failure budget and pauses the rollout before the next wave; the service
+/// that soaked quietly is done.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_page_about_a_moved_service_while_it_soaks_fails_its_gate_and_pauses_the_rollout() {
+    let mut t = common::start().await;
+    let names = ["ga", "gb", "gc"];
+    for n in names {
+        t.create_service(n, 1).await;
+    }
+    for n in names {
+        t.wait_available(n, Duration::from_secs(20)).await;
+    }
+    let (status, image) = t.post("/v1/images", json!({"engine": "postgres", "settings": {"work_mem": "6MB"}})).await;
+    assert_eq!(status, 201, "{image}");
+    let to = image["id"].as_str().unwrap().to_string();
+    let body = json!({"to_image": to, "selector": {"names": ["ga", "gb", "gc"]}, "waves": [33, 66, 100],
+                      "soak_seconds": 3, "max_failures": 1});
+    let (status, created) = t.post("/v1/rollouts", body).await;
+    assert_eq!(status, 201, "{created}");
+    let rid = created["id"].as_str().unwrap().to_string();
+    let members = |phase: &'static str| {
+        let t = &t;
+        let rid = rid.clone();
+        async move {
+            let (_, members) = t.get(&format!("/v1/rollouts/{rid}/services")).await;
+            members
+                .as_array()
+                .unwrap()
+                .iter()
+                .filter(|m| m["phase"] == phase)
+                .map(|m| m["name"].as_str().unwrap().to_string())
+                .collect::<Vec<_>>()
+        }
+    };
+    // Wave 1 soaks quietly: the gate's report of all well after the soak
+    // finishes it.
+    let first = poll(Duration::from_secs(60), "wave 1 done", || async { members("done").await.pop() }).await;
+    // Wave 2: a page about the service while it soaks.
+    let second = poll(Duration::from_secs(60), "wave 2 soaking", || async { members("soaking").await.pop() }).await;
+    assert_ne!(first, second);
+    let token = t.integration_token("platform").await;
+    let alert = json!({"routing_key": token, "event_action": "trigger", "dedup_key": format!("disk-{second}"),
+        "payload": {"summary": format!("{second}: disk 99% full"), "source": "node-exporter", "severity": "critical",
+                    "custom_details": {"service": second}}});
+    let (status, body) = t.post_as(None, "/v1/integrations/events-v2", alert).await;
+    assert_eq!(status, 202, "{body}");
+    let paused = poll(Duration::from_secs(30), "rollout paused", || async {
+        let (_, r) = t.get(&format!("/v1/rollouts/{rid}")).await;
+        (r["state"] == "paused").then_some(r)
+    })
+    .await;
+    assert_eq!((paused["done"].as_u64(), paused["failed"].as_u64()), (Some(1), Some(1)), "{paused}");
+    let (_, list) = t.get(&format!("/v1/rollouts/{rid}/services")).await;
+    let failed = list.as_array().unwrap().iter().find(|m| m["name"] == second.as_str()).unwrap();
+    assert_eq!(failed["phase"], "failed", "{list}");
+    let detail = failed["detail"].as_str().unwrap_or_default();
+    assert!(detail.contains("failed its health gate") && detail.contains("disk 99% full"), "{detail}");
+    // Wave 3 never started: the budget of wave 2 is spent.
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    assert_eq!(members("waiting").await.len(), 1, "{list}");
+    t.stop().await;
+}

@@ -40,6 +40,19 @@ mod windows;
 
 pub use windows::ScheduledMove;
 
+/// A service a rollout is moving or soaking (`Engine::gate_watch`).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct GateWatch {
+    pub rollout: RolloutId,
+    pub service: ServiceId,
+    pub name: String,
+    /// Moved, and soaking: the gate's reports count now.
+    pub soaking: bool,
+    /// When its move started.
+    pub started_at: Timestamp,
+    pub moved_at: Option<Timestamp>,
+}
+
 /// A service not moved within this is failed (it counts against the wave's
 /// budget): a new follower that never streams must not hold a wave forever.
 /// An hour: a base backup of a large database takes tens of minutes.
@@ -78,6 +91,19 @@ pub(crate) struct Rollout {
     /// Members before this index were announced or looked at for it
     /// (`announce_moves`).
     announce_next: usize,
+    /// What the control plane's health gate said of soaking members, by
+    /// index (`Engine::gate_report`). Not durable: after a restart the next
+    /// report comes within seconds. Empty unless the gate reports.
+    gate: HashMap<usize, Gate>,
+}
+
+/// What the health gate last said of one soaking member.
+#[derive(Clone, Debug, Default)]
+pub(crate) struct Gate {
+    /// When it last found the service well (0: not since it moved).
+    ok_at: i64,
+    /// What it found wrong, if anything: the member fails its gate.
+    problem: Option<String>,
 }
 
 #[derive(Default)]
@@ -178,7 +204,15 @@ impl Engine {
             }
             self.rollouts.next_at = now;
         }
-        let rollout = Rollout { record, target, members, active: Vec::new(), next: 0, announce_next: 0 };
+        let rollout = Rollout {
+            record,
+            target,
+            members,
+            active: Vec::new(),
+            next: 0,
+            announce_next: 0,
+            gate: HashMap::default(),
+        };
         if self.config.records {
             out.changes.rollouts.push(rollout.record.clone());
             out.changes
@@ -343,7 +377,15 @@ impl Engine {
             };
             let mut stored = by_rollout.remove(&record.id).unwrap_or_default();
             stored.sort_by_key(|m| m.position);
-            let mut r = Rollout { record, target, members: Vec::new(), active: Vec::new(), next: 0, announce_next: 0 };
+            let mut r = Rollout {
+                record,
+                target,
+                members: Vec::new(),
+                active: Vec::new(),
+                next: 0,
+                announce_next: 0,
+                gate: HashMap::default(),
+            };
             for (k, m) in stored.into_iter().enumerate() {
                 if matches!(m.phase, MemberPhase::Moving | MemberPhase::Soaking) {
                     r.active.push(k);
@@ -411,6 +453,48 @@ impl Engine {
     /// Every rollout, newest first.
     pub fn rollout_views(&self, now: Timestamp) -> Vec<RolloutView> {
         self.rollouts.list.iter().rev().map(|r| self.rollout_view_of(r, now.0)).collect()
+    }
+
+    /// The services rollouts are moving or soaking, for the control plane's
+    /// health gate (`Input::GateReport`): it takes each one's checks when
+    /// its move starts, and reports on the soaking ones.
+    pub fn gate_watch(&self) -> Vec<GateWatch> {
+        let mut out = Vec::new();
+        for r in self.rollouts.list.iter().filter(|r| !r.record.state.is_finished()) {
+            for &k in &r.active {
+                let m = &r.members[k];
+                out.push(GateWatch {
+                    rollout: r.record.id,
+                    service: m.service,
+                    name: m.name.to_string(),
+                    soaking: m.phase == MemberPhase::Soaking,
+                    started_at: Timestamp(m.started_at),
+                    moved_at: (m.moved_at != 0).then_some(Timestamp(m.moved_at)),
+                });
+            }
+        }
+        out
+    }
+
+    /// The health gate's word on a soaking service: `problem` None when all
+    /// is well, else why not (the member fails at the next step). A report
+    /// on a service that is not soaking is ignored: the gate judges a move
+    /// once it is over.
+    pub(crate) fn gate_report(&mut self, service: ServiceId, problem: Option<String>, now: i64) {
+        let Some(&id) = self.rollouts.claimed.get(&service) else { return };
+        let Some(r) = self.rollouts.list.iter_mut().find(|r| r.record.id == id) else { return };
+        let Some(&k) = r.active.iter().find(|&&k| r.members[k].service == service) else { return };
+        if r.members[k].phase != MemberPhase::Soaking {
+            return;
+        }
+        let gate = r.gate.entry(k).or_default();
+        match problem {
+            None => gate.ok_at = now,
+            Some(p) => {
+                gate.problem.get_or_insert(p);
+            }
+        }
+        // Looked at on the next drive, at most `rollout_interval` away.
     }
 
     /// Services moved onto their image by rollouts so far (the simulator's figure).

@@ -132,12 +132,19 @@ impl Engine {
                     }
                 }
                 MemberPhase::Soaking => {
-                    let m = &r.members[k];
-                    match self.service_health(sslot) {
+                    let soaked_at = r.members[k].moved_at + (r.record.spec.soak_seconds as i64) * 1_000_000;
+                    // The control plane's own gate (checks and pages), when
+                    // it reports: a problem fails the member; done needs a
+                    // report of all well made once the soak was over.
+                    let gate = r.gate.get(&k);
+                    let health = match gate.and_then(|g| g.problem.as_deref()) {
+                        Some(problem) => Err(problem.to_string()),
+                        None => self.service_health(sslot),
+                    };
+                    let gate_passed = !self.config.rollout_gate_reports || gate.is_some_and(|g| g.ok_at >= soaked_at);
+                    match health {
                         Err(why) => Some((MemberPhase::Failed, Some(format!("failed its health gate: {why}")))),
-                        Ok(()) if now >= m.moved_at + (r.record.spec.soak_seconds as i64) * 1_000_000 => {
-                            Some((MemberPhase::Done, None))
-                        }
+                        Ok(()) if now >= soaked_at && gate_passed => Some((MemberPhase::Done, None)),
                         Ok(()) => None,
                     }
                 }
@@ -149,6 +156,9 @@ impl Engine {
                     self.count_zone(&mut per_zone, sslot);
                 }
                 Some((phase, detail)) => {
+                    if matches!(phase, MemberPhase::Done | MemberPhase::Failed) {
+                        r.gate.remove(&k);
+                    }
                     let m = &mut r.members[k];
                     m.phase = phase;
                     m.detail = detail.clone();
