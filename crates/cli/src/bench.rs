@@ -53,6 +53,7 @@ pub fn heartbeats(instances: usize, rounds: usize) -> anyhow::Result<()> {
             max_failover_lag_bytes: None,
             credential_rotation_days: None,
             labels: None,
+            brokers: None,
         };
         let out = engine.step(
             Input::Command { actor: "bench".into(), role: None, command: Command::CreateService(req) },

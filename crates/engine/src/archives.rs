@@ -413,6 +413,7 @@ impl Engine {
             zones: Some(rec.zones.clone()),
             provider: Some(rec.provider.clone()),
             labels: (!rec.labels.is_empty()).then(|| rec.labels.clone()),
+            brokers: rec.plan.brokers,
         };
         req.validate().map_err(CommandError::Invalid)?;
         if rec.state != ArchiveState::Archived {

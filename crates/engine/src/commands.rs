@@ -350,6 +350,7 @@ impl Engine {
             // Its labels too: what selects the source (for a rollout, say)
             // selects its copy.
             labels: s.labels.as_deref().cloned(),
+            brokers: s.plan.brokers,
         };
         let from = drover_model::RestoreFrom { service: source.to_string(), at, restored: false, backup: None };
         self.create_service(req, Some(from), now, out)
@@ -386,6 +387,7 @@ impl Engine {
                 sync: req.sync.unwrap_or(false),
                 max_failover_lag_bytes: req.max_failover_lag_bytes.unwrap_or(self.config.max_failover_lag_bytes),
                 credential_rotation_days: req.credential_rotation_days,
+                brokers: req.brokers,
             },
             team: self.teams.name(team).into(),
             zones: zone_names,

@@ -229,3 +229,33 @@ fn a_rollout_replaces_every_broker_one_at_a_time_new_before_old() {
     }
     assert_eq!((dispatched(&h, "fence"), dispatched(&h, "promote")), (0, 0), "no fence, no switchover");
 }
+
+/// Kafka's own policy reads the plan's `brokers` (issue 14's contract:
+/// `{"engine":"kafka","brokers":N}`), defaults to three, and the field is
+/// refused for other engines and outside 1 to 7.
+#[test]
+fn the_kafka_policy_runs_the_brokers_the_plan_asks_for() {
+    let mut h = H::new(fast_config());
+    h.command(Command::RegisterImage(image(EngineKind::Kafka))).expect("kafka image registers");
+    let brokers_of = |v: &ServiceView| v.instances.iter().filter(|i| i.role == Role::Broker).count();
+    for (name, asked, expected) in [("kf5", Some(5), 5), ("kf1", Some(1), 1), ("kfd", None, 3)] {
+        let req = CreateService { brokers: asked, ..request(name, EngineKind::Kafka, 0) };
+        let view = match h.command(Command::CreateService(req)) {
+            Ok(Reply::Service(v)) => *v,
+            other => panic!("create {name} failed: {other:?}"),
+        };
+        assert_eq!(brokers_of(&view), expected, "{name}: {view:?}");
+        assert_eq!(view.instances.len(), expected, "{name}: brokers only, no follower");
+    }
+    for (name, engine, asked) in [
+        ("pg", EngineKind::Postgres, Some(3)),
+        ("kf0", EngineKind::Kafka, Some(0)),
+        ("kf8", EngineKind::Kafka, Some(8)),
+    ] {
+        let req = CreateService { brokers: asked, ..request(name, engine, 0) };
+        match h.command(Command::CreateService(req)) {
+            Err(CommandError::Invalid(why)) => assert!(why.contains("brokers"), "{name}: {why}"),
+            other => panic!("{name} should be refused, got {other:?}"),
+        }
+    }
+}

@@ -138,6 +138,7 @@ fn a_follower_lagging_past_the_bound_is_not_promoted() {
         max_failover_lag_bytes: Some(10),
         credential_rotation_days: None,
         labels: None,
+        brokers: None,
     };
     h.command(Command::CreateService(req)).unwrap();
     h.advance(Duration::from_secs(3));
@@ -365,6 +366,7 @@ fn commands_are_validated_and_audited() {
         max_failover_lag_bytes: None,
         credential_rotation_days: None,
         labels: None,
+        brokers: None,
     };
     assert!(matches!(h.command(Command::CreateService(dup.clone())), Err(CommandError::Conflict(_))));
     let mut local = dup.clone();

@@ -78,7 +78,15 @@ pub struct Plan {
     /// `credential_rotation_days`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub credential_rotation_days: Option<u32>,
+    /// Kafka: the peer brokers of the cluster (None: the engine's default,
+    /// three).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub brokers: Option<u8>,
 }
+
+/// The most brokers a Kafka plan may ask for: the router has eight slots
+/// and a rolling replacement builds one broker more before one retires.
+pub const MAX_BROKERS: u8 = 7; // also in CreateService's schema
 
 /// The longest rotation period a plan may ask for (ten years).
 pub const MAX_CREDENTIAL_ROTATION_DAYS: u32 = 3650;
@@ -122,6 +130,10 @@ pub struct CreateService {
     /// `[A-Za-z0-9._-/]`, at most 32 pairs; rollouts select by them.
     #[serde(default)]
     pub labels: Option<crate::Labels>,
+    /// Kafka only: the peer brokers of the cluster (1 to 7; default 3).
+    #[serde(default)]
+    #[schema(minimum = 1, maximum = 7)]
+    pub brokers: Option<u8>,
 }
 
 /// The most followers a plan may ask for; more is a typo, not a plan.
@@ -163,6 +175,15 @@ impl CreateService {
         }
         if let Some(labels) = &self.labels {
             crate::validate_labels(labels)?;
+        }
+        match self.brokers {
+            Some(_) if self.engine != crate::EngineKind::Kafka => {
+                return Err(format!("brokers is for Kafka services; a {} service has followers", self.engine));
+            }
+            Some(b) if b == 0 || b > MAX_BROKERS => {
+                return Err(format!("brokers must be 1 to {MAX_BROKERS}, got {b}"));
+            }
+            _ => {}
         }
         Ok(())
     }

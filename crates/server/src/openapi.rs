@@ -266,11 +266,18 @@ pub fn apply_rules(doc: &mut Value, providers: Option<&[String]>) {
     // (`followers` defaults to 0).
     let create = &mut schemas["CreateService"];
     create["properties"]["zones"]["items"] = json!({"type": "string", "minLength": 1, "maxLength": 63});
-    create["not"] = json!({
-        "description": "sync replication needs at least one follower",
-        "required": ["sync"],
-        "properties": {"sync": {"const": true}, "followers": {"maximum": 0}}
-    });
+    create["allOf"] = json!([
+        {"not": {
+            "description": "sync replication needs at least one follower",
+            "required": ["sync"],
+            "properties": {"sync": {"const": true}, "followers": {"maximum": 0}}
+        }},
+        {"not": {
+            "description": "brokers is for Kafka services",
+            "required": ["brokers"],
+            "properties": {"brokers": {"type": "integer"}, "engine": {"not": {"const": "kafka"}}}
+        }}
+    ]);
     // create_service: a provider this server runs.
     if let Some(providers) = providers {
         let mut names: Vec<Value> = providers.iter().map(|p| json!(p)).collect();

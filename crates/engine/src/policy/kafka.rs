@@ -30,10 +30,10 @@ impl EnginePolicy for KafkaPolicy {
     fn topology(&self) -> Topology {
         Topology::PeerBrokers
     }
-    /// [`BROKERS`] brokers, whatever the plan's followers say (a plan has
-    /// no broker count yet).
-    fn members(&self, _plan: &Plan) -> Members {
-        Members { brokers: BROKERS, ..Members::default() }
+    /// The plan's brokers ([`BROKERS`] by default), whatever its followers
+    /// say.
+    fn members(&self, plan: &Plan) -> Members {
+        Members { brokers: plan.brokers.unwrap_or(BROKERS), ..Members::default() }
     }
     /// Brokers are never promoted: nothing to promote to.
     fn can_promote(&self, _candidate: &Candidate, _plan: &Plan) -> bool {
@@ -58,7 +58,8 @@ mod tests {
 
     #[test]
     fn three_peer_brokers_none_promotable() {
-        let plan = Plan { followers: 1, sync: true, max_failover_lag_bytes: 0, credential_rotation_days: None };
+        let plan =
+            Plan { followers: 1, sync: true, max_failover_lag_bytes: 0, credential_rotation_days: None, brokers: None };
         let m = KafkaPolicy.members(&plan);
         assert_eq!(m.roles().collect::<Vec<_>>(), [Role::Broker; 3]);
         assert_eq!((KafkaPolicy.engine(), KafkaPolicy.topology()), (EngineKind::Kafka, Topology::PeerBrokers));

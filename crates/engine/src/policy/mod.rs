@@ -206,7 +206,8 @@ mod tests {
 
     #[test]
     fn the_default_policies_are_the_builtin_ones_and_with_replaces_only_its_engine() {
-        let plan = Plan { followers: 2, sync: true, max_failover_lag_bytes: 0, credential_rotation_days: None };
+        let plan =
+            Plan { followers: 2, sync: true, max_failover_lag_bytes: 0, credential_rotation_days: None, brokers: None };
         let defaults = Policies::default();
         for engine in [EngineKind::Postgres, EngineKind::Redis, EngineKind::Kafka] {
             assert_eq!(defaults.get(engine).members(&plan), builtin(engine).members(&plan));

@@ -109,7 +109,13 @@ mod tests {
     use drover_model::{InstanceId, Role};
 
     fn plan(followers: u8) -> Plan {
-        Plan { followers, sync: followers > 0, max_failover_lag_bytes: 1000, credential_rotation_days: None }
+        Plan {
+            followers,
+            sync: followers > 0,
+            max_failover_lag_bytes: 1000,
+            credential_rotation_days: None,
+            brokers: None,
+        }
     }
 
     #[test]

@@ -60,7 +60,7 @@ mod tests {
     use drover_model::{InstanceId, Role};
 
     fn plan(followers: u8, lag: u64) -> Plan {
-        Plan { followers, sync: false, max_failover_lag_bytes: lag, credential_rotation_days: None }
+        Plan { followers, sync: false, max_failover_lag_bytes: lag, credential_rotation_days: None, brokers: None }
     }
 
     #[test]

@@ -225,6 +225,7 @@ pub fn request(name: &str, engine: EngineKind, followers: u8) -> CreateService {
         max_failover_lag_bytes: None,
         credential_rotation_days: None,
         labels: None,
+        brokers: None,
     }
 }
 

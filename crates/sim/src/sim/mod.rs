@@ -449,6 +449,7 @@ impl Sim {
                 max_failover_lag_bytes: None,
                 credential_rotation_days: None,
                 labels: None,
+                brokers: None,
             };
             let idx = self.svcs.len() as u32;
             self.svcs.push(Svc {
