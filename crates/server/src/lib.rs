@@ -463,6 +463,32 @@ async fn start_up(
         changes.extend(out.changes);
         redispatch.extend(out.dispatch);
     }
+    // Freezes of automation by hand, applied before the engine's first
+    // tick: once the actor runs, a rollout's tick or a remedy would act in
+    // a frozen zone before a freeze applied later (runbooks::at_start)
+    // caught up (seen: a held rollout started both its moves after a
+    // kill -9 and restart).
+    let freezes = {
+        let store = breakglass.clone();
+        tokio::task::spawn_blocking(move || store.freezes())
+            .await?
+            .context("cannot read the freezes of automation made by hand")?
+    };
+    for scope in freezes {
+        let out = machine.step_logged(
+            Input::Command {
+                actor: "drover".into(),
+                role: None,
+                command: Command::FreezeAutomation { scope: scope.clone() },
+            },
+            now,
+        );
+        if let Some(Err(e)) = &out.reply {
+            tracing::error!(scope, error = %e, "a freeze of automation could not be applied again");
+        }
+        changes.extend(out.changes);
+        redispatch.extend(out.dispatch);
+    }
     // This machine is a host: the built-in agent's (the local and sim
     // providers run their instances here). It adopts the instances placed
     // before hosts existed; registering it again on every start is harmless.
