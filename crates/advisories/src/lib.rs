@@ -15,8 +15,8 @@
 pub mod osv;
 
 use debversion::Version;
-use drover_model::{Image, ImageId, Timestamp};
 pub use drover_model::CRATES_IO;
+use drover_model::{Image, ImageId, Timestamp};
 pub use osv::{Record, Records, ECOSYSTEM};
 use serde::{Deserialize, Serialize};
 use std::cmp::Ordering;

@@ -265,7 +265,11 @@ fn the_audit_lists_redis_by_its_debian_source_and_kafka_by_the_tansu_crate() {
     let usage = BTreeMap::from([
         (
             redis.id.clone(),
-            ImageUse { services: BTreeSet::from(["cache".into()]), owners: BTreeSet::from(["web".into()]), instances: 2 },
+            ImageUse {
+                services: BTreeSet::from(["cache".into()]),
+                owners: BTreeSet::from(["web".into()]),
+                instances: 2,
+            },
         ),
         (
             kafka.id.clone(),
@@ -294,10 +298,14 @@ fn the_audit_lists_redis_by_its_debian_source_and_kafka_by_the_tansu_crate() {
     let t = &findings[1];
     assert_eq!((t.package.as_str(), t.installed.as_str(), t.fixed.as_deref()), ("tansu", "0.6.0", Some("0.6.1")));
     assert_eq!(t.images, [kafka.id.clone()], "only the Kafka image has the crate");
-    assert_eq!((t.services.clone(), t.instances, t.owners.clone()), (vec!["events".to_string()], 3, vec!["data".into()]));
+    assert_eq!(
+        (t.services.clone(), t.instances, t.owners.clone()),
+        (vec!["events".to_string()], 3, vec!["data".into()])
+    );
 
     // The fix in one step: an image with tansu 0.6.1 is the newest unaffected.
-    let fixed = engine_image(EngineKind::Kafka, "tansu 0.6.1", vec![drover_model::Package::crate_package("tansu", "0.6.1")]);
+    let fixed =
+        engine_image(EngineKind::Kafka, "tansu 0.6.1", vec![drover_model::Package::crate_package("tansu", "0.6.1")]);
     assert_eq!(newest_unaffected_image(&records[2], &[kafka.clone(), fixed.clone()]), Some(fixed.id));
     // A Debian package named like the crate is not the crate.
     let debian_tansu = drover_model::Package::parse_dpkg_query("tansu\t0.6.0\ttansu\t0.6.0\n");

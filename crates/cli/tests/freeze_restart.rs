@@ -26,8 +26,7 @@ async fn a_freeze_by_hand_survives_kill_9_and_restart_and_a_release_after_it_let
     let dir = tempfile::Builder::new().prefix("dfz").tempdir_in("/tmp").unwrap();
     let cwd = dir.path().to_path_buf();
     // The control plane is what is tested: the sim fleet only.
-    let mut serve =
-        Serve::start(&cwd, free_port(), &["--data-dir", "d", "--default-provider", "sim", "--no-local"]);
+    let mut serve = Serve::start(&cwd, free_port(), &["--data-dir", "d", "--default-provider", "sim", "--no-local"]);
     let anon = drover_agent::tls::builder().timeout(Duration::from_secs(10)).build().unwrap();
     serve.wait_healthy(&anon, SLOW).await;
     let admin = common::admin_client(&cwd.join("d"));
@@ -35,8 +34,12 @@ async fn a_freeze_by_hand_survives_kill_9_and_restart_and_a_release_after_it_let
     let bob = common::client_with(&create_token(&admin, &api, json!({"name": "bob", "role": "operator"})).await);
 
     for name in ["fa", "fb"] {
-        let (status, body) =
-            post(&admin, format!("{api}/v1/services"), json!({"name": name, "engine": "postgres", "followers": 1, "provider": "sim"})).await;
+        let (status, body) = post(
+            &admin,
+            format!("{api}/v1/services"),
+            json!({"name": name, "engine": "postgres", "followers": 1, "provider": "sim"}),
+        )
+        .await;
         assert_eq!(status, 201, "{body}");
     }
     wait_for(SLOW, "both services available", &serve, || async {
@@ -92,8 +95,7 @@ async fn a_freeze_by_hand_survives_kill_9_and_restart_and_a_release_after_it_let
 
     // Released after the restart (not dangerous: at once): the rollout ends.
     let (status, released) =
-        post(&admin, format!("{api}/v1/runbooks/release-automation/runs"), json!({"params": {"scope": "fleet"}}))
-            .await;
+        post(&admin, format!("{api}/v1/runbooks/release-automation/runs"), json!({"params": {"scope": "fleet"}})).await;
     assert_eq!((status, released["state"].as_str()), (201, Some("succeeded")), "{released}");
     assert!(
         !released.to_string().contains("nothing changed"),

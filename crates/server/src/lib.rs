@@ -621,8 +621,11 @@ async fn open_local(
 
 /// `dpkg-query`'s `package version` of each named package this host has.
 async fn dpkg_versions(packages: &[&str]) -> BTreeMap<String, String> {
-    let Ok(output) =
-        tokio::process::Command::new("dpkg-query").args(["-W", "-f", "${Package} ${Version}\\n"]).args(packages).output().await
+    let Ok(output) = tokio::process::Command::new("dpkg-query")
+        .args(["-W", "-f", "${Package} ${Version}\\n"])
+        .args(packages)
+        .output()
+        .await
     else {
         return BTreeMap::new();
     };

@@ -76,7 +76,10 @@ fn streaming_follower(service: &Value, not: Option<&Value>) -> Option<Value> {
 async fn the_rebuild_follower_runbook_replaces_the_named_follower_with_a_new_streaming_one_on_real_postgres() {
     let (mut t, _reaper) = start_local().await;
     let (status, body) = t
-        .post("/v1/services", json!({"name": "rbf", "engine": "postgres", "followers": 1, "provider": "local", "sync": true}))
+        .post(
+            "/v1/services",
+            json!({"name": "rbf", "engine": "postgres", "followers": 1, "provider": "local", "sync": true}),
+        )
         .await;
     assert_eq!(status, 201, "{body}");
     let s = poll(SLOW, "a primary with a streaming follower", || async {
@@ -118,7 +121,8 @@ async fn the_rebuild_follower_runbook_replaces_the_named_follower_with_a_new_str
     assert_eq!(live(&rebuilt).len(), 2, "back to its plan: {rebuilt}");
     let retired = rebuilt["instances"].as_array().unwrap().iter().find(|i| i["id"] == old_id).cloned();
     assert!(
-        retired.is_none() || matches!(retired.as_ref().unwrap()["state"].as_str(), Some("retired" | "archived" | "terminated")),
+        retired.is_none()
+            || matches!(retired.as_ref().unwrap()["state"].as_str(), Some("retired" | "archived" | "terminated")),
         "the old follower is retired: {retired:?}"
     );
 
@@ -222,7 +226,10 @@ async fn redis_and_kafka_images_carry_what_runs_and_the_audit_finds_them_by_debi
     assert!(r["images"].as_array().unwrap().contains(&redis["id"]), "{r}");
     assert!(r["services"].as_array().unwrap().contains(&json!("cache")), "{r}");
     let k = find("RUSTSEC-2026-0101").unwrap_or_else(|| panic!("the tansu record lists: {audit}"));
-    assert_eq!((k["package"].as_str(), k["installed"].as_str(), k["fixed"].as_str()), (Some("tansu"), Some("0.6.0"), Some("0.6.1")));
+    assert_eq!(
+        (k["package"].as_str(), k["installed"].as_str(), k["fixed"].as_str()),
+        (Some("tansu"), Some("0.6.0"), Some("0.6.1"))
+    );
     let kafka_ids: Vec<&Value> = k["images"].as_array().unwrap().iter().collect();
     assert!(kafka_ids.contains(&&kafka["id"]) && kafka_ids.contains(&&rolled["id"]), "{k}");
     assert_eq!(k["services"], json!(["events"]), "{k}");
