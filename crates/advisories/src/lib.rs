@@ -267,12 +267,15 @@ pub struct Finding {
     pub summary: Option<String>,
 }
 
+/// The images holding one source package: (image, binary, source version).
+type Holders<'a> = Vec<(&'a Image, &'a str, &'a str)>;
+
 /// The audit: one finding per advisory (and source package it names) that
 /// affects at least one image. Ordered by advisory id, then package.
 pub fn audit(records: &[Record], images: &[Image], usage: &BTreeMap<ImageId, ImageUse>) -> Vec<Finding> {
     // (Ecosystem, source package) -> (image, binary, source version): an
     // index so each record looks only at the images holding its packages.
-    let mut by_source: BTreeMap<(&str, &str), Vec<(&Image, &str, &str)>> = BTreeMap::new();
+    let mut by_source: BTreeMap<(&str, &str), Holders> = BTreeMap::new();
     for image in images {
         for (ecosystem, binary, source, version) in image.installed() {
             by_source.entry((ecosystem_of(ecosystem), source)).or_default().push((image, binary, version));

@@ -297,7 +297,7 @@ fn the_audit_lists_redis_by_its_debian_source_and_kafka_by_the_tansu_crate() {
 
     let t = &findings[1];
     assert_eq!((t.package.as_str(), t.installed.as_str(), t.fixed.as_deref()), ("tansu", "0.6.0", Some("0.6.1")));
-    assert_eq!(t.images, [kafka.id.clone()], "only the Kafka image has the crate");
+    assert_eq!(t.images, std::slice::from_ref(&kafka.id), "only the Kafka image has the crate");
     assert_eq!(
         (t.services.clone(), t.instances, t.owners.clone()),
         (vec!["events".to_string()], 3, vec!["data".into()])
@@ -335,7 +335,7 @@ fn crates_io_versions_compare_by_semver_and_debian_ones_by_dpkg() {
     let mut bad = rc.clone();
     bad.affected[0].ranges[0].events[1].fixed = Some("0.6".into());
     assert!(
-        matches!(validate(0, &bad), Err(InvalidRecord::Version { ref kind, .. }) if *kind == "semver"),
+        matches!(validate(0, &bad), Err(InvalidRecord::Version { kind, .. }) if kind == "semver"),
         "{:?}",
         validate(0, &bad)
     );
