@@ -7,10 +7,15 @@
 //! (`libssl3`), each mapped to its source by [`Image::source_of`]. Versions
 //! compare in dpkg order (epochs, `~` before anything), through the
 //! `debversion` crate, property-tested against `dpkg --compare-versions`.
+//!
+//! Binaries Drover builds from crates (the tansu broker of Kafka services)
+//! are manifest entries of ecosystem `crates.io`: RustSec's OSV records name
+//! the crate and give `SEMVER` ranges, compared by the `semver` crate.
 
 pub mod osv;
 
 use debversion::Version;
+pub use drover_model::CRATES_IO;
 use drover_model::{Image, ImageId, Timestamp};
 pub use osv::{Record, Records, ECOSYSTEM};
 use serde::{Deserialize, Serialize};
@@ -32,8 +37,8 @@ pub enum InvalidRecord {
     Id { index: usize },
     #[error("record {id}: {field} {value:?} is not an RFC 3339 time")]
     Time { id: String, field: &'static str, value: String },
-    #[error("record {id}: package {package}: version {version:?} is not a Debian version")]
-    Version { id: String, package: String, version: String },
+    #[error("record {id}: package {package}: version {version:?} is not a {kind} version")]
+    Version { id: String, package: String, version: String, kind: &'static str },
     #[error("record {id}: affected package name must not be empty")]
     Package { id: String },
     #[error("record {id}: a range event must set exactly one of introduced, fixed, last_affected, limit")]
@@ -51,8 +56,34 @@ pub fn compare_versions(a: &str, b: &str) -> Option<Ordering> {
     Some(a.parse::<Version>().ok()?.cmp(&b.parse::<Version>().ok()?))
 }
 
+/// The order of two versions in `ecosystem`: semver for crates.io, dpkg
+/// order for everything else (the host's Debian).
+pub fn compare_in(ecosystem: &str, a: &str, b: &str) -> Option<Ordering> {
+    if ecosystem == CRATES_IO {
+        Some(a.parse::<semver::Version>().ok()?.cmp(&b.parse::<semver::Version>().ok()?))
+    } else {
+        compare_versions(a, b)
+    }
+}
+
+/// The range type whose versions an ecosystem's records compare:
+/// `ECOSYSTEM` (dpkg order) for Debian, `SEMVER` for crates.io.
+fn range_kind(ecosystem: &str) -> &'static str {
+    if ecosystem == CRATES_IO {
+        "SEMVER"
+    } else {
+        "ECOSYSTEM"
+    }
+}
+
+/// The OSV ecosystem of an image's package (`None`: the host's Debian).
+fn ecosystem_of(package_ecosystem: Option<&str>) -> &str {
+    package_ecosystem.unwrap_or(ECOSYSTEM)
+}
+
 /// Checks what the audit relies on: an id, RFC 3339 times, package names,
-/// Debian versions in the ranges of Debian records, one value per event.
+/// Debian versions in the `ECOSYSTEM` ranges of Debian records, semver
+/// versions in the `SEMVER` ranges of crates.io records, one value per event.
 pub fn validate(index: usize, r: &Record) -> Result<(), InvalidRecord> {
     if r.id.is_empty() || r.id.len() > 128 {
         return Err(InvalidRecord::Id { index });
@@ -71,6 +102,7 @@ pub fn validate(index: usize, r: &Record) -> Result<(), InvalidRecord> {
             return Err(InvalidRecord::Package { id: r.id.clone() });
         }
         let debian = a.package.ecosystem.starts_with("Debian");
+        let crates = a.package.ecosystem == CRATES_IO;
         for range in &a.ranges {
             for e in &range.events {
                 let set = [&e.introduced, &e.fixed, &e.last_affected, &e.limit];
@@ -78,11 +110,19 @@ pub fn validate(index: usize, r: &Record) -> Result<(), InvalidRecord> {
                     return Err(InvalidRecord::Event { id: r.id.clone() });
                 }
                 let v = set.into_iter().flatten().next().map(String::as_str).unwrap_or("0");
-                if debian && range.kind == "ECOSYSTEM" && v != "0" && v.parse::<Version>().is_err() {
+                let invalid = if debian && range.kind == "ECOSYSTEM" {
+                    v != "0" && v.parse::<Version>().is_err()
+                } else if crates && range.kind == "SEMVER" {
+                    v != "0" && v.parse::<semver::Version>().is_err()
+                } else {
+                    false
+                };
+                if invalid {
                     return Err(InvalidRecord::Version {
                         id: r.id.clone(),
                         package: a.package.name.clone(),
                         version: v.to_string(),
+                        kind: if crates { "semver" } else { "Debian" },
                     });
                 }
             }
@@ -91,25 +131,45 @@ pub fn validate(index: usize, r: &Record) -> Result<(), InvalidRecord> {
     Ok(())
 }
 
-/// Whether `record` affects source package `source` at `version`: `None`
-/// if not; otherwise the version that fixes it (`None` inside: no fix yet).
-/// A withdrawn record affects nothing. A range with no `fixed` event
-/// affects every version from its introduction.
+/// Whether `record` affects Debian source package `source` at `version`:
+/// `None` if not; otherwise the version that fixes it (`None` inside: no
+/// fix yet). A withdrawn record affects nothing. A range with no `fixed`
+/// event affects every version from its introduction.
 pub fn affects(record: &Record, source: &str, version: &str) -> Option<Option<String>> {
+    affects_in(record, ECOSYSTEM, source, version)
+}
+
+/// [`affects`] for a package of `ecosystem`: `Debian:12` compares
+/// `ECOSYSTEM` ranges in dpkg order, `crates.io` `SEMVER` ranges by semver.
+pub fn affects_in(record: &Record, ecosystem: &str, source: &str, version: &str) -> Option<Option<String>> {
+    if ecosystem == CRATES_IO {
+        affects_with::<semver::Version>(record, ecosystem, source, version)
+    } else {
+        affects_with::<Version>(record, ecosystem, source, version)
+    }
+}
+
+fn affects_with<V: Ord + std::str::FromStr>(
+    record: &Record,
+    ecosystem: &str,
+    source: &str,
+    version: &str,
+) -> Option<Option<String>> {
     if record.withdrawn.is_some() {
         return None;
     }
-    let installed: Version = version.parse().ok()?;
+    let installed: V = version.parse().ok()?;
+    let kind = range_kind(ecosystem);
     for a in &record.affected {
-        if a.package.ecosystem != ECOSYSTEM || a.package.name != source {
+        if a.package.ecosystem != ecosystem || a.package.name != source {
             continue;
         }
-        for range in a.ranges.iter().filter(|r| r.kind == "ECOSYSTEM") {
+        for range in a.ranges.iter().filter(|r| r.kind == kind) {
             if let Some(fix) = in_range(&range.events, &installed) {
                 return Some(fix);
             }
         }
-        let listed = a.versions.iter().filter_map(|v| v.parse::<Version>().ok()).any(|v| v == installed);
+        let listed = a.versions.iter().filter_map(|v| v.parse::<V>().ok()).any(|v| v == installed);
         if listed {
             return Some(None);
         }
@@ -126,12 +186,13 @@ enum Step {
     Limit,
 }
 
-/// The OSV evaluation of one ECOSYSTEM range: events in version order;
-/// `introduced` opens (at and after it), `fixed` and `limit` close at and
-/// after, `last_affected` closes after. Returns the fix if `v` is inside.
-fn in_range(events: &[osv::RangeEvent], v: &Version) -> Option<Option<String>> {
+/// The OSV evaluation of one range (`ECOSYSTEM` or `SEMVER`, in the order
+/// of `V`): events in version order; `introduced` opens (at and after it),
+/// `fixed` and `limit` close at and after, `last_affected` closes after.
+/// Returns the fix if `v` is inside.
+fn in_range<V: Ord + std::str::FromStr>(events: &[osv::RangeEvent], v: &V) -> Option<Option<String>> {
     // `None` version: introduced "0", before every version.
-    let mut steps: Vec<(Option<Version>, Step, &str)> = Vec::with_capacity(events.len());
+    let mut steps: Vec<(Option<V>, Step, &str)> = Vec::with_capacity(events.len());
     for e in events {
         let (step, text) = match (&e.introduced, &e.fixed, &e.last_affected, &e.limit) {
             (Some(t), ..) => (Step::Introduced, t),
@@ -143,7 +204,7 @@ fn in_range(events: &[osv::RangeEvent], v: &Version) -> Option<Option<String>> {
         let version = if step == Step::Introduced && text == "0" {
             None
         } else {
-            match text.parse::<Version>() {
+            match text.parse::<V>() {
                 Ok(parsed) => Some(parsed),
                 Err(_) => continue,
             }
@@ -206,23 +267,27 @@ pub struct Finding {
     pub summary: Option<String>,
 }
 
+/// The images holding one source package: (image, binary, source version).
+type Holders<'a> = Vec<(&'a Image, &'a str, &'a str)>;
+
 /// The audit: one finding per advisory (and source package it names) that
 /// affects at least one image. Ordered by advisory id, then package.
 pub fn audit(records: &[Record], images: &[Image], usage: &BTreeMap<ImageId, ImageUse>) -> Vec<Finding> {
-    // Source package -> (image, binary, source version): an index so each
-    // record looks only at the images holding its packages.
-    let mut by_source: BTreeMap<&str, Vec<(&Image, &str, &str)>> = BTreeMap::new();
+    // (Ecosystem, source package) -> (image, binary, source version): an
+    // index so each record looks only at the images holding its packages.
+    let mut by_source: BTreeMap<(&str, &str), Holders> = BTreeMap::new();
     for image in images {
-        for (binary, source, version) in image.binaries() {
-            by_source.entry(source).or_default().push((image, binary, version));
+        for (ecosystem, binary, source, version) in image.installed() {
+            by_source.entry((ecosystem_of(ecosystem), source)).or_default().push((image, binary, version));
         }
     }
     let mut findings: BTreeMap<(String, String), Finding> = BTreeMap::new();
     for record in records.iter().filter(|r| r.withdrawn.is_none()) {
-        for a in record.affected.iter().filter(|a| a.package.ecosystem == ECOSYSTEM) {
-            let Some(holders) = by_source.get(a.package.name.as_str()) else { continue };
+        for a in &record.affected {
+            let ecosystem = a.package.ecosystem.as_str();
+            let Some(holders) = by_source.get(&(ecosystem, a.package.name.as_str())) else { continue };
             for &(image, binary, version) in holders {
-                let Some(fixed) = affects(record, &a.package.name, version) else { continue };
+                let Some(fixed) = affects_in(record, ecosystem, &a.package.name, version) else { continue };
                 let key = (record.id.clone(), a.package.name.clone());
                 let f = findings.entry(key).or_insert_with(|| Finding {
                     advisory: record.id.clone(),
@@ -236,7 +301,7 @@ pub fn audit(records: &[Record], images: &[Image], usage: &BTreeMap<ImageId, Ima
                     owners: Vec::new(),
                     summary: record.summary.clone(),
                 });
-                if compare_versions(version, &f.installed) == Some(Ordering::Less) {
+                if compare_in(ecosystem, version, &f.installed) == Some(Ordering::Less) {
                     f.installed = version.to_string();
                     f.fixed = fixed;
                 }
@@ -269,7 +334,10 @@ pub fn audit(records: &[Record], images: &[Image], usage: &BTreeMap<ImageId, Ima
 
 /// Whether any package of `image` is affected by `record`.
 pub fn image_affected(record: &Record, image: &Image) -> bool {
-    image.binaries().into_iter().any(|(_, source, version)| affects(record, source, version).is_some())
+    image
+        .installed()
+        .into_iter()
+        .any(|(ecosystem, _, source, version)| affects_in(record, ecosystem_of(ecosystem), source, version).is_some())
 }
 
 /// The fix in one step (`POST /v1/rollouts` with `"fix"`): the newest of

@@ -7,7 +7,9 @@
 use serde::{Deserialize, Serialize};
 
 /// The OSV ecosystem of Debian 12 (bookworm) records: the hosts Drover runs
-/// on. Records of other ecosystems are kept but match nothing.
+/// on. Records of `crates.io` match the crates Drover builds binaries from
+/// (`drover_model::CRATES_IO`); records of other ecosystems are kept but
+/// match nothing.
 pub const ECOSYSTEM: &str = "Debian:12";
 
 /// One OSV record.
@@ -49,15 +51,17 @@ pub struct Affected {
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize, utoipa::ToSchema)]
 #[schema(as = OsvPackage)]
 pub struct Package {
-    /// `Debian:12`.
+    /// `Debian:12`, or `crates.io` for a crate Drover builds a binary from.
     pub ecosystem: String,
-    /// For Debian: the SOURCE package (`openssl`, not `libssl3`).
+    /// For Debian: the SOURCE package (`openssl`, not `libssl3`); for
+    /// crates.io: the crate (`tansu`).
     pub name: String,
 }
 
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct Range {
-    /// `ECOSYSTEM` for Debian; `SEMVER` and `GIT` ranges are ignored.
+    /// `ECOSYSTEM` for Debian (dpkg order), `SEMVER` for crates.io; other
+    /// kinds (`GIT`) are ignored.
     #[serde(rename = "type")]
     pub kind: String,
     pub events: Vec<RangeEvent>,

@@ -218,3 +218,125 @@ fn one_record_or_an_array_of_them_parses() {
     assert_eq!(serde_json::from_value::<Records>(one).unwrap().into_vec().len(), 1);
     assert_eq!(serde_json::from_value::<Records>(many).unwrap().into_vec().len(), 2);
 }
+
+/// The records of the engines' own packages (`fixtures/osv/engines`): Redis
+/// from Debian, the tansu broker from crates.io.
+fn engine_fixtures() -> Vec<Record> {
+    let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../fixtures/osv/engines");
+    let mut names: Vec<_> = std::fs::read_dir(&dir)
+        .expect("fixtures/osv/engines exists")
+        .map(|e| e.expect("readable entry").path())
+        .filter(|p| p.extension().is_some_and(|e| e == "json"))
+        .collect();
+    names.sort();
+    let records: Vec<Record> = names
+        .iter()
+        .map(|p| serde_json::from_str(&std::fs::read_to_string(p).unwrap()).unwrap_or_else(|e| panic!("{p:?}: {e}")))
+        .collect();
+    for (i, r) in records.iter().enumerate() {
+        validate(i, r).unwrap_or_else(|e| panic!("fixture invalid: {e}"));
+    }
+    records
+}
+
+/// What `dpkg-query` prints on a bookworm host with Redis and PostgreSQL
+/// (the format `drover serve` reads; versions of this host).
+const HOST_DPKG: &str = "\
+libssl3:amd64\t3.0.19-1~deb12u2\topenssl\t3.0.19-1~deb12u2
+postgresql-15\t15.18-0+deb12u1\tpostgresql-15\t15.18-0+deb12u1
+redis-server\t5:7.0.15-1~deb12u10\tredis\t5:7.0.15-1~deb12u10
+redis-tools\t5:7.0.15-1~deb12u10\tredis\t5:7.0.15-1~deb12u10
+";
+
+fn engine_image(engine: EngineKind, version: &str, manifest: Vec<drover_model::Package>) -> Image {
+    Image::new(engine, version, BTreeMap::new(), BTreeMap::new(), Timestamp(1))
+        .with_settings_and_manifest(BTreeMap::new(), manifest)
+}
+
+#[test]
+fn the_audit_lists_redis_by_its_debian_source_and_kafka_by_the_tansu_crate() {
+    let records = engine_fixtures();
+    assert_eq!(records.len(), 4, "the engines' fixture set changed: update this test");
+    let host = drover_model::Package::parse_dpkg_query(HOST_DPKG);
+    let redis = engine_image(EngineKind::Redis, "7.0.15", host.clone());
+    let mut kafka_manifest = host.clone();
+    kafka_manifest.push(drover_model::Package::crate_package("tansu", "0.6.0"));
+    let kafka = engine_image(EngineKind::Kafka, "tansu 0.6.0", kafka_manifest);
+    let usage = BTreeMap::from([
+        (
+            redis.id.clone(),
+            ImageUse {
+                services: BTreeSet::from(["cache".into()]),
+                owners: BTreeSet::from(["web".into()]),
+                instances: 2,
+            },
+        ),
+        (
+            kafka.id.clone(),
+            ImageUse {
+                services: BTreeSet::from(["events".into()]),
+                owners: BTreeSet::from(["data".into()]),
+                instances: 3,
+            },
+        ),
+    ]);
+    let findings = audit(&records, &[redis.clone(), kafka.clone()], &usage);
+    let ids: Vec<&str> = findings.iter().map(|f| f.advisory.as_str()).collect();
+    // 3312's fix (~deb12u4) and 0102's (0.6.0-rc.1) are at or below what
+    // is installed: not listed.
+    assert_eq!(ids, ["DEBIAN-CVE-2026-3311", "RUSTSEC-2026-0101"], "{findings:#?}");
+
+    let r = &findings[0];
+    assert_eq!((r.package.as_str(), r.installed.as_str()), ("redis", "5:7.0.15-1~deb12u10"));
+    assert_eq!(r.fixed.as_deref(), Some("5:7.0.15-1~deb12u11"));
+    assert_eq!(r.binaries, ["redis-server", "redis-tools"]);
+    // Both images carry the host's redis packages (Kafka's host has Redis
+    // too): the finding names both, and the Redis service.
+    assert_eq!(r.images.len(), 2);
+    assert!(r.services.contains(&"cache".to_string()), "{r:?}");
+
+    let t = &findings[1];
+    assert_eq!((t.package.as_str(), t.installed.as_str(), t.fixed.as_deref()), ("tansu", "0.6.0", Some("0.6.1")));
+    assert_eq!(t.images, std::slice::from_ref(&kafka.id), "only the Kafka image has the crate");
+    assert_eq!(
+        (t.services.clone(), t.instances, t.owners.clone()),
+        (vec!["events".to_string()], 3, vec!["data".into()])
+    );
+
+    // The fix in one step: an image with tansu 0.6.1 is the newest unaffected.
+    let fixed =
+        engine_image(EngineKind::Kafka, "tansu 0.6.1", vec![drover_model::Package::crate_package("tansu", "0.6.1")]);
+    assert_eq!(newest_unaffected_image(&records[2], &[kafka.clone(), fixed.clone()]), Some(fixed.id));
+    // A Debian package named like the crate is not the crate.
+    let debian_tansu = drover_model::Package::parse_dpkg_query("tansu\t0.6.0\ttansu\t0.6.0\n");
+    assert!(!image_affected(&records[2], &engine_image(EngineKind::Kafka, "x", debian_tansu)));
+}
+
+#[test]
+fn crates_io_versions_compare_by_semver_and_debian_ones_by_dpkg() {
+    let records = engine_fixtures();
+    let rc = records.iter().find(|r| r.id == "RUSTSEC-2026-0102").unwrap();
+    // A pre-release sorts before its release in semver; dpkg reads "-rc.1"
+    // as a Debian revision and sorts it after: the order decides the answer.
+    assert_eq!(compare_in(CRATES_IO, "0.6.0-rc.1", "0.6.0"), Some(Ordering::Less));
+    assert_eq!(compare_versions("0.6.0-rc.1", "0.6.0"), Some(Ordering::Greater));
+    assert_eq!(affects_in(rc, CRATES_IO, "tansu", "0.6.0"), None, "fixed by the pre-release");
+    assert_eq!(affects_in(rc, CRATES_IO, "tansu", "0.5.9"), Some(Some("0.6.0-rc.1".into())));
+    assert_eq!(affects_in(rc, CRATES_IO, "tansu", "0.4.0"), None, "before the introduction");
+    assert_eq!(affects_in(rc, ECOSYSTEM, "tansu", "0.5.9"), None, "a crate's record names no Debian package");
+    // Semver orders numerically, not as text: 0.10 after 0.6.
+    assert_eq!(compare_in(CRATES_IO, "0.10.0", "0.6.1"), Some(Ordering::Greater));
+    // Debian records keep dpkg order: the epoch makes 5:7.0.15 newer than 7.0.16.
+    let redis = records.iter().find(|r| r.id == "DEBIAN-CVE-2026-3311").unwrap();
+    assert_eq!(affects(redis, "redis", "5:7.0.15-1~deb12u10"), Some(Some("5:7.0.15-1~deb12u11".into())));
+    assert_eq!(affects(redis, "redis", "5:7.0.15-1~deb12u11"), None);
+    assert_eq!(affects(redis, "redis", "5:7.0.15-1~deb12u11+b1"), None);
+    // A crates.io range version that is not semver is refused at import.
+    let mut bad = rc.clone();
+    bad.affected[0].ranges[0].events[1].fixed = Some("0.6".into());
+    assert!(
+        matches!(validate(0, &bad), Err(InvalidRecord::Version { kind, .. }) if kind == "semver"),
+        "{:?}",
+        validate(0, &bad)
+    );
+}

@@ -587,3 +587,146 @@ fn with_gate_reports_a_soaked_service_waits_for_the_gates_word_and_a_problem_fai
     let name = &m.name;
     assert_eq!(h.service(name).state, ServiceState::Available);
 }
+
+fn create_in(h: &mut H, name: &str, team: Option<&str>, zones: Option<&[&str]>) {
+    let req = CreateService {
+        sync: Some(true),
+        team: team.map(str::to_string),
+        zones: zones.map(|z| z.iter().map(|s| s.to_string()).collect()),
+        ..request(name, EngineKind::Postgres, 1)
+    };
+    h.command(Command::CreateService(req)).expect("service created");
+}
+
+fn untouched(h: &H, name: &str, to: &ImageId) -> bool {
+    h.service(name).instances.iter().all(|i| i.image != to.0)
+}
+
+/// Issue 12: a selector by team moves only that team's services; a selector
+/// by image moves only the services on that image.
+#[test]
+fn a_team_selector_moves_only_that_team_and_an_image_selector_only_that_image() {
+    let mut h = H::new(fast_config());
+    create_in(&mut h, "pay-1", Some("payments"), None);
+    create_in(&mut h, "pay-2", Some("payments"), None);
+    create_in(&mut h, "plat-1", None, None);
+    h.advance(Duration::from_secs(3));
+    let old = h.service("plat-1").image;
+    // A newer image: services created from now on are built from it.
+    let mid = Image::new(EngineKind::Postgres, "15-mid", BTreeMap::new(), BTreeMap::new(), Timestamp(T0 + 1));
+    let mid_id = mid.id.clone();
+    h.command(Command::RegisterImage(mid)).expect("image registers");
+    create_in(&mut h, "plat-mid", None, None);
+    h.advance(Duration::from_secs(3));
+    assert_eq!(h.service("plat-mid").image, mid_id.0, "built from the newest image");
+    assert_eq!(h.service("pay-1").image, old);
+
+    let to = new_image(&mut h);
+    let mut by_team = spec(&to, vec![100], 1);
+    by_team.selector.team = Some("payments".into());
+    let r = create(&mut h, by_team);
+    assert_eq!(r.total, 2, "{r:?}");
+    let v = run_until_settled(&mut h, r.id, Duration::from_secs(300));
+    assert_eq!((v.state, v.done), (RolloutState::Succeeded, 2), "{v:?}");
+    assert!(all_on(&h, "pay-1", &to) && all_on(&h, "pay-2", &to));
+    assert!(untouched(&h, "plat-1", &to) && untouched(&h, "plat-mid", &to), "another team's services stay");
+
+    let mut by_image = spec(&to, vec![100], 1);
+    by_image.selector.image = Some(mid_id.clone());
+    let r = create(&mut h, by_image);
+    assert_eq!(r.total, 1, "only plat-mid is on the mid image: {r:?}");
+    let v = run_until_settled(&mut h, r.id, Duration::from_secs(300));
+    assert_eq!((v.state, v.done), (RolloutState::Succeeded, 1), "{v:?}");
+    assert!(all_on(&h, "plat-mid", &to));
+    assert!(untouched(&h, "plat-1", &to), "a service on another image stays");
+    assert_eq!(h.service("plat-1").image, old);
+    // Both together: a team's services on an image; none here.
+    let mut both = spec(&to, vec![100], 1);
+    both.selector.team = Some("payments".into());
+    both.selector.image = Some(ImageId(old.clone()));
+    let r = h.command(Command::CreateRollout(both));
+    assert!(
+        matches!(&r, Ok(Reply::Rollout(v)) if v.total == 0) || matches!(&r, Err(CommandError::Invalid(_))),
+        "payments has nothing left on the old image: {r:?}"
+    );
+}
+
+/// Issue 12: a service without a window of its own is moved in its team's
+/// default window (`Config::team_windows`, from oncall.toml's teams): it
+/// waits outside it and starts inside it. A service's own window overrides
+/// its team's; a team without a default window is moved at any time.
+#[test]
+fn a_team_default_window_holds_its_services_and_a_services_own_window_overrides_it() {
+    const MIN: i64 = 60_000_000;
+    let mut config = fast_config();
+    // T0 is on a minute: the team's window opens ten minutes on, for two.
+    config.team_windows.insert("payments".into(), MaintenanceWindow::weekly_from(Timestamp(T0 + 10 * MIN), 2));
+    let mut h = H::new(config);
+    create_in(&mut h, "team-window", Some("payments"), None);
+    create_in(&mut h, "own-window", Some("payments"), None);
+    create_in(&mut h, "no-window", None, None);
+    h.advance(Duration::from_secs(3));
+    let own = MaintenanceWindow::weekly_from(Timestamp(T0 + 3 * MIN), 2);
+    h.command(Command::SetMaintenanceWindow { name: "own-window".into(), window: Some(own) }).expect("window set");
+    let to = new_image(&mut h);
+    let r = create(&mut h, spec(&to, vec![100], 1));
+    let v = run_until_settled(&mut h, r.id, Duration::from_secs(20 * 60));
+    assert_eq!((v.state, v.done), (RolloutState::Succeeded, 3), "{v:?}");
+    let started: HashMap<String, i64> =
+        h.e.rollout_members(r.id).unwrap().iter().map(|m| (m.name.clone(), m.started_at.unwrap().0)).collect();
+    let at = |name: &str| started[name] - T0;
+    assert!(at("no-window") < MIN, "no window: moved at once ({} s)", at("no-window") / 1_000_000);
+    assert!(
+        (3 * MIN..5 * MIN).contains(&at("own-window")),
+        "its own window (3 min), not its team's: started at {} s",
+        at("own-window") / 1_000_000
+    );
+    assert!(
+        (10 * MIN..12 * MIN).contains(&at("team-window")),
+        "its team's window (10 min): started at {} s",
+        at("team-window") / 1_000_000
+    );
+    assert!(all_on(&h, "team-window", &to) && all_on(&h, "own-window", &to));
+}
+
+/// Issue 12: a freeze by hand of one zone holds the rollout's moves and the
+/// automatic remedies there only: the services of another zone move, and a
+/// crashed primary in another zone is failed over, while the frozen zone's
+/// services wait until it is released.
+#[test]
+fn a_zone_freeze_holds_moves_and_remedies_in_that_zone_only() {
+    let mut h = H::new(fast_config());
+    for (name, zone) in [("a-1", "zone-a"), ("a-2", "zone-a"), ("b-1", "zone-b"), ("b-2", "zone-b")] {
+        create_in(&mut h, name, None, Some(&[zone]));
+    }
+    h.advance(Duration::from_secs(3));
+    for name in ["a-1", "a-2"] {
+        assert!(h.service(name).instances.iter().all(|i| i.zone == "zone-a"), "{:#?}", h.service(name));
+    }
+    h.command(Command::FreezeAutomation { scope: "zone-a".into() }).expect("frozen");
+    let to = new_image(&mut h);
+    let r = create(&mut h, spec(&to, vec![100], 1));
+    let end = h.now + 300_000_000;
+    while h.now < end && view(&h, r.id).done < 2 {
+        h.advance(Duration::from_secs(1));
+    }
+    h.advance(Duration::from_secs(30));
+    let v = view(&h, r.id);
+    assert_eq!((v.state, v.done, v.moving), (RolloutState::Running, 2, 0), "zone-a waits: {v:?}");
+    assert!(all_on(&h, "b-1", &to) && all_on(&h, "b-2", &to));
+    assert!(untouched(&h, "a-1", &to) && untouched(&h, "a-2", &to), "frozen zone: nothing built");
+
+    // Remedies: a crashed primary in zone-b is failed over, in zone-a not.
+    let (pa, pb) = (h.primary("a-1").id, h.primary("b-1").id);
+    h.chaos(pa, Fault::Crash);
+    h.chaos(pb, Fault::Crash);
+    h.advance(Duration::from_secs(90));
+    assert_ne!(h.primary("b-1").id, pb, "zone-b heals: {:#?}", h.service("b-1"));
+    let a1 = h.service("a-1");
+    assert!(!a1.instances.iter().any(|i| i.writable && i.id != pa), "zone-a frozen: no promotion: {a1:#?}");
+
+    h.command(Command::ReleaseAutomation { scope: "zone-a".into() }).expect("released");
+    let v = run_until_settled(&mut h, r.id, Duration::from_secs(600));
+    assert_eq!((v.state, v.done), (RolloutState::Succeeded, 4), "{v:?}");
+    assert!(all_on(&h, "a-1", &to) && all_on(&h, "a-2", &to));
+}

@@ -64,9 +64,29 @@ pub struct Package {
     pub source: String,
     /// The source version (differs from `version` for binNMUs).
     pub source_version: String,
+    /// The OSV ecosystem the package comes from when it is not one of the
+    /// host's Debian packages: `crates.io` for a binary Drover builds from a
+    /// crate (tansu), whose name is its source and whose version compares by
+    /// semver. Absent (and left out of the content, so ids stay) for dpkg's.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub ecosystem: Option<String>,
 }
 
+/// The OSV ecosystem of crates (`Package::ecosystem`).
+pub const CRATES_IO: &str = "crates.io";
+
 impl Package {
+    /// A binary built from crate `name` at `version` (crates.io).
+    pub fn crate_package(name: &str, version: &str) -> Package {
+        Package {
+            name: name.to_string(),
+            version: version.to_string(),
+            source: name.to_string(),
+            source_version: version.to_string(),
+            ecosystem: Some(CRATES_IO.to_string()),
+        }
+    }
+
     /// Parses `dpkg-query` output in the format above; lines that do not
     /// have four fields are skipped. Sorted by name: the same host gives the
     /// same manifest (and so the same image id) whatever dpkg's order.
@@ -87,6 +107,7 @@ impl Package {
                     version: version.trim().to_string(),
                     source: source.to_string(),
                     source_version: source_version.to_string(),
+                    ecosystem: None,
                 })
             })
             .collect();
@@ -183,9 +204,30 @@ impl Image {
         })
     }
 
+    /// Every installed package with its ecosystem (`None`: the host's
+    /// Debian), binary name, source package and source version: what a
+    /// vulnerability audit walks. The dpkg manifest's and the crates' first,
+    /// then those of `packages` the manifest does not list (Debian's).
+    pub fn installed(&self) -> Vec<(Option<&str>, &str, &str, &str)> {
+        let mut out: Vec<(Option<&str>, &str, &str, &str)> = self
+            .manifest
+            .iter()
+            .map(|p| (p.ecosystem.as_deref(), p.name.as_str(), p.source.as_str(), p.source_version.as_str()))
+            .collect();
+        for binary in self.packages.keys() {
+            if self.manifest.iter().any(|p| &p.name == binary) {
+                continue;
+            }
+            if let Some((source, version)) = self.source_of(binary) {
+                out.push((None, binary.as_str(), source, version));
+            }
+        }
+        out
+    }
+
     /// Every installed binary package with its source package and source
     /// version: the dpkg manifest's, then those of `packages` it does not
-    /// list. What a vulnerability audit walks.
+    /// list (crates included: see [`Image::installed`] for their ecosystem).
     pub fn binaries(&self) -> Vec<(&str, &str, &str)> {
         let mut out: Vec<(&str, &str, &str)> =
             self.manifest.iter().map(|p| (p.name.as_str(), p.source.as_str(), p.source_version.as_str())).collect();

@@ -24,7 +24,7 @@ pub use event::{AuditEntry, Event, EventId, EventKind, EventSubject};
 pub use facts::{Beat, Facts};
 pub use host::{HostRecord, HostState, HostView, RegisterHost};
 pub use ids::{ActionId, ArchiveId, IncidentId, InstanceId, NotificationId, PageId, RolloutId, ServiceId};
-pub use image::{Image, ImageId, Package, SourcePackage};
+pub use image::{Image, ImageId, Package, SourcePackage, CRATES_IO};
 pub use labels::{labels_match, parse_label, validate_labels, Labels, MAX_LABELS, MAX_LABEL_LEN};
 pub use maintenance::{MaintenanceWindow, Weekday};
 pub use rollout::{

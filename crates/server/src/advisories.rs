@@ -29,14 +29,16 @@ pub struct ImportReport {
     pub imported: u64,
     /// Of those, withdrawn records (kept, matched against nothing).
     pub withdrawn: u64,
-    /// Of those, records of another ecosystem than `Debian:12`.
+    /// Of those, records of neither `Debian:12` nor `crates.io` (kept,
+    /// matched against nothing).
     pub other_ecosystems: u64,
     pub fetched_at: String,
     /// The fetch time is older than the staleness limit.
     pub stale: bool,
 }
 
-/// Import OSV advisories (ecosystem `Debian:12`): one record or an array.
+/// Import OSV advisories (ecosystems `Debian:12` and `crates.io`): one
+/// record or an array.
 /// A record already held (same id) is replaced.
 #[utoipa::path(post, path = "/v1/advisories", tag = "advisories", params(ImportQuery), request_body = Records,
     responses((status = 201, body = ImportReport), (status = 400, body = ErrorBody), (status = 422, body = ErrorBody)))]
@@ -70,7 +72,9 @@ pub(crate) async fn import(
         newest = newest.max(modified);
         let withdrawn_at = r.withdrawn.as_deref().and_then(drover_advisories::parse_time);
         withdrawn += u64::from(withdrawn_at.is_some());
-        other += u64::from(!r.affected.iter().any(|a| a.package.ecosystem == drover_advisories::ECOSYSTEM));
+        other += u64::from(!r.affected.iter().any(|a| {
+            a.package.ecosystem == drover_advisories::ECOSYSTEM || a.package.ecosystem == drover_advisories::CRATES_IO
+        }));
         let record =
             serde_json::to_string(r).map_err(|e| ApiError::internal(format!("cannot encode {}: {e}", r.id)))?;
         rows.push(AdvisoryRow { id: r.id.clone(), modified, withdrawn: withdrawn_at, record });

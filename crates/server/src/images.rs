@@ -31,7 +31,8 @@ pub struct CreateImage {
     /// Engine settings (`{"work_mem": "8MB"}`).
     #[serde(default)]
     pub settings: BTreeMap<String, String>,
-    /// Default: this host's packages as `dpkg-query` lists them.
+    /// Default: this host's packages as `dpkg-query` lists them (for
+    /// `kafka`, with the pinned tansu crate, ecosystem `crates.io`).
     #[serde(default)]
     pub manifest: Option<Vec<Package>>,
 }
@@ -89,6 +90,27 @@ pub async fn host_manifest() -> Vec<Package> {
     }
 }
 
+/// The manifest of what a Kafka service runs on this host: its packages
+/// (the storage PostgreSQL's among them) and the pinned tansu broker, a
+/// binary built from crates.io.
+pub fn kafka_manifest(host: &[Package]) -> Vec<Package> {
+    let mut manifest = host.to_vec();
+    manifest.retain(|p| p.name != "tansu");
+    manifest.push(Package::crate_package("tansu", drover_providers::local::TANSU_VERSION));
+    manifest.sort();
+    manifest
+}
+
+/// What an image of `engine` built from this host carries by default: the
+/// host's dpkg manifest, with the tansu crate for Kafka.
+async fn default_manifest(engine: EngineKind) -> Vec<Package> {
+    let host = host_manifest().await;
+    match engine {
+        EngineKind::Kafka => kafka_manifest(&host),
+        _ => host,
+    }
+}
+
 /// Register an image (201), or find the same content registered (200).
 #[utoipa::path(post, path = "/v1/images", tag = "images", request_body = CreateImage,
     responses((status = 201, body = Image), (status = 200, body = Image), (status = 400, body = ErrorBody),
@@ -117,7 +139,7 @@ pub(crate) async fn create_image(
     };
     let manifest = match request.manifest {
         Some(m) => m,
-        None => host_manifest().await,
+        None => default_manifest(engine).await,
     };
     // How the base image is built (its provider's description and
     // packages) stays; the settings and manifest are this image's own.

@@ -379,9 +379,9 @@ async fn start_up(
     }
     if let Some(local_config) = opts.local.as_ref().filter(|_| !opts.agents_only) {
         match open_local(&opts.data_dir, local_config.clone(), opts.engine.backup_retention_full).await {
-            Ok((local, image)) => {
+            Ok((local, images)) => {
                 providers.insert("local".into(), local);
-                extra_images.extend(image);
+                extra_images.extend(images);
             }
             Err(e) => {
                 tracing::warn!(error = %e, "the local provider is not available; only `sim` services can be created")
@@ -463,6 +463,32 @@ async fn start_up(
         );
         if let Some(Err(e)) = &out.reply {
             tracing::warn!(image = %image.id, error = %e, "default image refused");
+        }
+        changes.extend(out.changes);
+        redispatch.extend(out.dispatch);
+    }
+    // Freezes of automation by hand, applied before the engine's first
+    // tick: once the actor runs, a rollout's tick or a remedy would act in
+    // a frozen zone before a freeze applied later (runbooks::at_start)
+    // caught up (seen: a held rollout started both its moves after a
+    // kill -9 and restart).
+    let freezes = {
+        let store = breakglass.clone();
+        tokio::task::spawn_blocking(move || store.freezes())
+            .await?
+            .context("cannot read the freezes of automation made by hand")?
+    };
+    for scope in freezes {
+        let out = machine.step_logged(
+            Input::Command {
+                actor: "drover".into(),
+                role: None,
+                command: Command::FreezeAutomation { scope: scope.clone() },
+            },
+            now,
+        );
+        if let Some(Err(e)) = &out.reply {
+            tracing::error!(scope, error = %e, "a freeze of automation could not be applied again");
         }
         changes.extend(out.changes);
         redispatch.extend(out.dispatch);
@@ -573,14 +599,15 @@ pub fn host_name() -> String {
 }
 
 /// Opens the local provider with continuous WAL archiving into a pgBackRest
-/// repository under the data dir, and describes the image it builds from:
-/// the binaries' own version, the configuration it writes, and the package
-/// manifest as dpkg reports it.
+/// repository under the data dir, and describes the images it builds from,
+/// one per engine whose servers this host has: the binaries' own version,
+/// the configuration it writes, and the package manifest as dpkg reports it
+/// (Kafka's with the tansu crate besides).
 async fn open_local(
     data_dir: &std::path::Path,
     mut config: LocalConfig,
     retention_full: u32,
-) -> anyhow::Result<(Arc<dyn Provider>, Option<Image>)> {
+) -> anyhow::Result<(Arc<dyn Provider>, Vec<Image>)> {
     let run_as = RunAs::for_servers().context("cannot find or create the user servers run as")?;
     let repo = BackupRepo::open(&data_dir.join("local").join("backups"), run_as)
         .and_then(|repo| repo.with_retention_full(retention_full))
@@ -589,36 +616,82 @@ async fn open_local(
         config.backups = Some(repo);
     }
     let local = LocalProvider::open(data_dir, config).context("cannot open the local provider")?;
-    let image = local_postgres_image().await;
-    Ok((local, image))
+    let manifest = images::host_manifest().await;
+    let postgres = local_postgres_image(&manifest).await;
+    // Kafka's brokers keep their records in a PostgreSQL of this host.
+    let kafka = postgres.as_ref().map(|pg| local_kafka_image(pg, &manifest));
+    let images = [postgres, local_redis_image(&manifest).await, kafka];
+    Ok((local, images.into_iter().flatten().collect()))
 }
 
-/// The image of the local provider's PostgreSQL, content-addressed.
-async fn local_postgres_image() -> Option<Image> {
+/// `dpkg-query`'s `package version` of each named package this host has.
+async fn dpkg_versions(packages: &[&str]) -> BTreeMap<String, String> {
+    let Ok(output) = tokio::process::Command::new("dpkg-query")
+        .args(["-W", "-f", "${Package} ${Version}\\n"])
+        .args(packages)
+        .output()
+        .await
+    else {
+        return BTreeMap::new();
+    };
+    String::from_utf8_lossy(&output.stdout)
+        .lines()
+        .filter_map(|l| l.split_once(' ').map(|(p, v)| (p.to_string(), v.to_string())))
+        .collect()
+}
+
+fn text_map(pairs: &[(&str, &str)]) -> BTreeMap<String, String> {
+    pairs.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect()
+}
+
+/// The image of the local provider's Redis (Debian's `redis-server`), with
+/// the host's dpkg manifest (binaries `redis-server`, `redis-tools` from
+/// source `redis`), so the CVE audit sees what runs. None without Redis.
+async fn local_redis_image(manifest: &[drover_model::Package]) -> Option<Image> {
+    let output = tokio::process::Command::new("redis-server").arg("--version").output().await.ok()?;
+    // "Redis server v=7.0.15 sha=00000000:0 malloc=jemalloc-5.3.0 bits=64 build=…"
+    let text = String::from_utf8_lossy(&output.stdout).to_string();
+    let version = text.split_whitespace().find_map(|w| w.strip_prefix("v="))?.to_string();
+    let packages = dpkg_versions(&["redis-server", "redis-tools", "openssl", "libc6"]).await;
+    let configuration = text_map(&[
+        ("template", "drover local provider v1"),
+        ("replication", "replicaof the primary, min-replicas-to-write for synchronous plans"),
+        ("persistence", "RDB snapshots"),
+        ("router", "HAProxy"),
+    ]);
+    Some(
+        Image::new(EngineKind::Redis, version, configuration, packages, runtime::now())
+            .with_settings_and_manifest(BTreeMap::new(), manifest.to_vec()),
+    )
+}
+
+/// The image of the local provider's Kafka services: tansu brokers (the
+/// pinned crate, `crates.io` in the manifest, so advisories of RustSec's
+/// OSV export match it) storing their records in a PostgreSQL of this host
+/// (`postgres`, the local PostgreSQL image: its packages are the host's).
+fn local_kafka_image(postgres: &Image, manifest: &[drover_model::Package]) -> Image {
+    let tansu = drover_providers::local::TANSU_VERSION;
+    let mut packages = postgres.packages.clone();
+    packages.insert("tansu".into(), tansu.into());
+    let configuration = text_map(&[
+        ("template", "drover local provider v1"),
+        ("broker", "tansu (cargo install tansu --features postgres)"),
+        ("storage", postgres.version.as_str()),
+        ("router", "HAProxy"),
+    ]);
+    Image::new(EngineKind::Kafka, format!("tansu {tansu}"), configuration, packages, runtime::now())
+        .with_settings_and_manifest(BTreeMap::new(), images::kafka_manifest(manifest))
+}
+
+/// The image of the local provider's PostgreSQL, content-addressed, with
+/// the host's dpkg `manifest`.
+async fn local_postgres_image(manifest: &[drover_model::Package]) -> Option<Image> {
     let bindir = tokio::process::Command::new("pg_config").arg("--bindir").output().await.ok()?;
     let bindir = String::from_utf8_lossy(&bindir.stdout).trim().to_string();
     let version = tokio::process::Command::new(format!("{bindir}/postgres")).arg("--version").output().await.ok()?;
     let version = String::from_utf8_lossy(&version.stdout).trim().to_string();
-    let manifest = tokio::process::Command::new("dpkg-query")
-        .args([
-            "-W",
-            "-f",
-            "${Package} ${Version}\\n",
-            "postgresql-15",
-            "libpq5",
-            "pgbouncer",
-            "pgbackrest",
-            "openssl",
-            "libc6",
-        ])
-        .output()
-        .await
-        .ok()?;
-    let packages: BTreeMap<String, String> = String::from_utf8_lossy(&manifest.stdout)
-        .lines()
-        .filter_map(|l| l.split_once(' ').map(|(p, v)| (p.to_string(), v.to_string())))
-        .collect();
-    let configuration: BTreeMap<String, String> = [
+    let packages = dpkg_versions(&["postgresql-15", "libpq5", "pgbouncer", "pgbackrest", "openssl", "libc6"]).await;
+    let configuration = text_map(&[
         ("bindir", bindir.as_str()),
         ("template", "drover local provider v1"),
         ("wal_level", "logical"),
@@ -627,13 +700,9 @@ async fn local_postgres_image() -> Option<Image> {
         ("archive", "pgbackrest"),
         ("router", "pgbouncer, pool_mode=transaction"),
         ("auth", "scram-sha-256 over TCP, peer on the local socket"),
-    ]
-    .into_iter()
-    .map(|(k, v)| (k.to_string(), v.to_string()))
-    .collect();
-    let manifest = images::host_manifest().await;
+    ]);
     Some(
         Image::new(EngineKind::Postgres, version, configuration, packages, runtime::now())
-            .with_settings_and_manifest(BTreeMap::new(), manifest),
+            .with_settings_and_manifest(BTreeMap::new(), manifest.to_vec()),
     )
 }

@@ -47,6 +47,7 @@ use registry::{InstanceEntry, Registry};
 use router::Routers;
 use servers::Servers;
 
+pub use kafka::TANSU_VERSION;
 pub use postgres::{error_text as postgres_error_text, APP_DATABASE, APP_LOGINS, APP_OWNER, REPLICATION_ROLE, ROLE};
 pub use process::running_pid;
 pub use routers_beside::ControlPlaneRouters;
