@@ -412,6 +412,7 @@ mod tests {
             max_failover_lag_bytes: None,
             credential_rotation_days: None,
             labels: None,
+            brokers: None,
         }
     }
 
