@@ -865,3 +865,85 @@ async fn a_stalled_engine_does_not_make_an_agent_host_fence_its_primary() {
     let fences: Vec<&Value> = actions.as_array().unwrap().iter().filter(|a| a["kind"] == "fence").collect();
     assert!(fences.is_empty(), "a Fence was decided: {fences:?}");
 }
+
+/// Strict synchronous replication on agent hosts holds across a remote
+/// follower's reconnection: its walsender on the primary ends (the
+/// follower reconnects by itself a few seconds later), and meanwhile the
+/// primary's `synchronous_standby_names` is never emptied (the heartbeat's
+/// non-strict `adjust_sync`, which counts only this host's followers, once
+/// made it async) and a commit made while no follower streams returns only
+/// once the follower holds it again.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn strict_sync_holds_while_a_remote_followers_walsender_drops_and_comes_back() {
+    let fleet = Fleet::start("dr-ws").await;
+    fleet.create_sync_pair("ws").await;
+    let (primary, follower) = fleet.wait_pair("ws", "ws available on two hosts", Duration::from_secs(180)).await;
+    let (p_host, f_id) = (primary["host"].as_str().unwrap(), follower["id"].as_str().unwrap().to_string());
+    let (p_socket, p_port) = fleet.agent(p_host).socket_of(primary["id"].as_str().unwrap()).expect("primary");
+    let p_client = admin_sql(&p_socket, p_port, "app").await.expect("primary answers");
+    p_client.batch_execute("CREATE TABLE t (v int)").await.unwrap();
+    // Strict mode in place first (the primary's agent holds it every round).
+    let names = wait_for(Duration::from_secs(30), "synchronous_standby_names set", &fleet.serve, || async {
+        let names = query_text(&p_client, "SHOW synchronous_standby_names").await[0][0].clone().unwrap_or_default();
+        (!names.is_empty()).then_some(names)
+    })
+    .await;
+
+    let killed = query_text(
+        &p_client,
+        &format!("SELECT pg_terminate_backend(pid) FROM pg_stat_replication WHERE application_name = '{f_id}'"),
+    )
+    .await;
+    assert_eq!(killed.len(), 1, "the follower's walsender ended: {killed:?}");
+    let lsn_at_drop = query_text(&p_client, "SELECT pg_current_wal_lsn()").await[0][0].clone().unwrap_or_default();
+    // A commit while the follower is away, on its own connection.
+    let writer = admin_sql(&p_socket, p_port, "app").await.expect("primary answers");
+    let insert = tokio::spawn(async move {
+        let r = writer.batch_execute("INSERT INTO t VALUES (1)").await;
+        (r, std::time::Instant::now())
+    });
+    // Watch the primary's setting until the follower streams again.
+    let started = std::time::Instant::now();
+    let mut emptied = None;
+    let mut back = None;
+    while started.elapsed() < Duration::from_secs(60) {
+        let names_now = query_text(&p_client, "SHOW synchronous_standby_names").await[0][0].clone().unwrap_or_default();
+        if names_now.is_empty() && emptied.is_none() {
+            emptied = Some(started.elapsed());
+        }
+        let streaming = query_text(
+            &p_client,
+            &format!(
+                "SELECT 1 FROM pg_stat_replication WHERE application_name = '{f_id}' AND state = 'streaming' \
+                 AND flush_lsn > '{lsn_at_drop}'::pg_lsn"
+            ),
+        )
+        .await;
+        if !streaming.is_empty() {
+            back = Some(std::time::Instant::now());
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let back = back.unwrap_or_else(|| panic!("the follower never streamed again: {}", fleet.logs()));
+    let (result, returned) = tokio::time::timeout(Duration::from_secs(30), insert)
+        .await
+        .expect("the commit returned once the follower was back")
+        .unwrap();
+    result.expect("the commit");
+    eprintln!(
+        "walsender dropped: follower streaming again after {:.2} s; synchronous_standby_names was {names:?}, emptied: {emptied:?}; commit returned {:.2} s after the follower was back",
+        (back - started).as_secs_f64(),
+        returned.saturating_duration_since(back).as_secs_f64()
+    );
+    assert!(
+        emptied.is_none(),
+        "strict sync was dropped to async {emptied:?} after the walsender went: {}",
+        fleet.logs()
+    );
+    assert!(
+        returned + Duration::from_millis(300) >= back,
+        "the commit returned {:?} before the follower streamed again: acknowledged on the primary alone",
+        back - returned
+    );
+}
