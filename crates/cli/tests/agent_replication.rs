@@ -865,3 +865,74 @@ async fn a_stalled_engine_does_not_make_an_agent_host_fence_its_primary() {
     let fences: Vec<&Value> = actions.as_array().unwrap().iter().filter(|a| a["kind"] == "fence").collect();
     assert!(fences.is_empty(), "a Fence was decided: {fences:?}");
 }
+
+/// Strict synchronous replication on agent hosts holds across a remote
+/// follower's reconnection: its walsender on the primary ends and stays
+/// away 3 s (the follower's walreceiver is stopped meanwhile, then goes on
+/// and reconnects by itself). All along the primary's
+/// `synchronous_standby_names` is never emptied (the heartbeat's
+/// non-strict `adjust_sync`, which counts only this host's followers,
+/// could make it async), and a commit made while no follower streams has
+/// not returned when the follower comes back, and returns after.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn strict_sync_holds_while_a_remote_followers_walsender_drops_and_comes_back() {
+    let fleet = Fleet::start("dr-ws").await;
+    fleet.create_sync_pair("ws").await;
+    let (primary, follower) = fleet.wait_pair("ws", "ws available on two hosts", Duration::from_secs(180)).await;
+    let (p_host, f_host) = (primary["host"].as_str().unwrap(), follower["host"].as_str().unwrap());
+    let f_id = follower["id"].as_str().unwrap().to_string();
+    let (p_socket, p_port) = fleet.agent(p_host).socket_of(primary["id"].as_str().unwrap()).expect("primary");
+    let (f_socket, f_port) = fleet.agent(f_host).socket_of(&f_id).expect("follower");
+    let p_client = admin_sql(&p_socket, p_port, "app").await.expect("primary answers");
+    p_client.batch_execute("CREATE TABLE t (v int)").await.unwrap();
+    // Strict mode in place first (the primary's agent holds it every round).
+    let names = wait_for(Duration::from_secs(30), "synchronous_standby_names set", &fleet.serve, || async {
+        let names = query_text(&p_client, "SHOW synchronous_standby_names").await[0][0].clone().unwrap_or_default();
+        (!names.is_empty()).then_some(names)
+    })
+    .await;
+    let f_client = admin_sql(&f_socket, f_port, "postgres").await.expect("follower answers");
+    let receiver: i32 = query_text(&f_client, "SELECT pid FROM pg_stat_wal_receiver").await[0][0]
+        .clone()
+        .and_then(|p| p.parse().ok())
+        .expect("the follower's walreceiver");
+    let _ = Command::new("kill").args(["-STOP", &receiver.to_string()]).status();
+    let killed = query_text(
+        &p_client,
+        &format!("SELECT pg_terminate_backend(pid) FROM pg_stat_replication WHERE application_name = '{f_id}'"),
+    )
+    .await;
+    // A commit while the follower is away, on its own connection.
+    let writer = admin_sql(&p_socket, p_port, "app").await.expect("primary answers");
+    let insert = tokio::spawn(async move { writer.batch_execute("INSERT INTO t VALUES (1)").await });
+    let started = std::time::Instant::now();
+    let mut emptied = None;
+    let mut streaming_seen = false;
+    while started.elapsed() < Duration::from_secs(3) {
+        let names_now = query_text(&p_client, "SHOW synchronous_standby_names").await[0][0].clone().unwrap_or_default();
+        if names_now.is_empty() && emptied.is_none() {
+            emptied = Some(started.elapsed());
+        }
+        let streaming =
+            query_text(&p_client, "SELECT 1 FROM pg_stat_replication WHERE application_name <> 'pg_basebackup'").await;
+        streaming_seen |= !streaming.is_empty();
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let returned_while_away = insert.is_finished();
+    let _ = Command::new("kill").args(["-CONT", &receiver.to_string()]).status();
+    let result = tokio::time::timeout(Duration::from_secs(60), insert).await;
+    let came_back = started.elapsed();
+    eprintln!(
+        "walsender dropped 3 s: synchronous_standby_names was {names:?}, emptied: {emptied:?}; commit returned while away: {returned_while_away}; returned {:.2} s after the drop",
+        came_back.as_secs_f64()
+    );
+    assert_eq!(killed.len(), 1, "the follower's walsender ended: {killed:?}");
+    assert!(!streaming_seen, "no standby streamed while the walreceiver was stopped");
+    assert!(
+        emptied.is_none(),
+        "strict sync was dropped to async {emptied:?} after the walsender went: {}",
+        fleet.logs()
+    );
+    assert!(!returned_while_away, "a commit was acknowledged on the primary alone while no follower streamed");
+    assert!(matches!(result, Ok(Ok(Ok(())))), "the commit returned once the follower was back: {result:?}");
+}

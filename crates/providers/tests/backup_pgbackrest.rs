@@ -252,3 +252,55 @@ async fn verify_restore_catches_a_corrupted_archived_wal_segment() {
     assert!(error.contains("damaged") && error.contains("total valid WAL"), "names the WAL problem: {error}");
     assert!(!scratch.exists());
 }
+
+/// pgBackRest does not wait for its stanza lock: a `stanza-create` while a
+/// backup runs is refused at once ([050]). A new primary's stanza-create, a
+/// fork's check and a backup must not fail each other: the repository
+/// waits for the lock. Shown: a bare `pgbackrest stanza-create` is refused
+/// during the backup, while the repository's own calls made at the same
+/// time all succeed.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn stanza_creates_racing_a_backup_and_each_other_all_succeed() {
+    let tmp = tempdir();
+    let (repo, pg) = archiving_instance(tmp.path(), "racing").await;
+    let client = pg.connect().await;
+    client.batch_execute("CREATE TABLE t (id int); INSERT INTO t SELECT generate_series(1, 200000)").await.unwrap();
+    let backup = {
+        let (repo, target) = (repo.clone(), pg.target());
+        tokio::spawn(async move { repo.backup("racing", &target, BackupKind::Full).await })
+    };
+    // The backup holds the stanza's lock from its start to its end.
+    // (`racing-backup.lock` in 2.45, `racing-backup-1.lock` in 2.55.)
+    let locked = || {
+        std::fs::read_dir(tmp.path().join("backups/lock"))
+            .map(|d| d.flatten().any(|e| e.file_name().to_string_lossy().starts_with("racing-backup")))
+            .unwrap_or(false)
+    };
+    let deadline = Instant::now() + std::time::Duration::from_secs(30);
+    while !locked() && Instant::now() < deadline {
+        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+    }
+    let mut bare = tokio::process::Command::new(drover_providers::pgbackrest::find_pgbackrest());
+    bare.arg(format!("--config={}", repo.config_path().display()))
+        .arg(format!("--config-include-path={}", tmp.path().join("backups/conf/conf.d").display()))
+        .args(["--stanza=racing", "stanza-create"]);
+    drover_providers::runas::RunAs::for_servers().unwrap().apply_tokio(&mut bare);
+    let creates: Vec<_> = (0..3)
+        .map(|_| {
+            let (repo, target) = (repo.clone(), pg.target());
+            tokio::spawn(async move { repo.follow_major("racing", &target).await })
+        })
+        .collect();
+    let bare = bare.output().await.expect("run pgbackrest");
+    let said = String::from_utf8_lossy(&bare.stderr).to_string() + &String::from_utf8_lossy(&bare.stdout);
+    assert!(
+        !bare.status.success() && said.contains("[050]"),
+        "a bare stanza-create during the backup is refused: {said}"
+    );
+    for created in creates {
+        created.await.unwrap().expect("a stanza-create racing a backup and two others waits for the lock");
+    }
+    let info = backup.await.unwrap().expect("the backup raced by stanza-creates");
+    assert!(info.label.ends_with('F'), "{info:?}");
+    repo.ensure_stanza("racing", &pg.target()).await.expect("and the stanza is still good");
+}
