@@ -173,7 +173,10 @@ pub async fn failover(engine: &str, fault: &str, runs: usize) -> anyhow::Result<
     if engine == "redis" {
         return crate::bench_redis::failover(fault, runs).await;
     }
-    anyhow::ensure!(engine == "postgres", "--engine must be postgres or redis, not {engine:?}");
+    if engine == "kafka" {
+        return crate::bench_kafka::failover(fault, runs).await;
+    }
+    anyhow::ensure!(engine == "postgres", "--engine must be postgres, redis or kafka, not {engine:?}");
     if fault.starts_with("host-") {
         return crate::bench_hosts::failover(fault, runs).await;
     }

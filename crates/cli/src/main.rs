@@ -6,6 +6,7 @@ mod archives;
 mod bench;
 mod bench_connections;
 mod bench_hosts;
+mod bench_kafka;
 mod bench_redis;
 mod bench_writes;
 mod breakglass;
@@ -482,11 +483,13 @@ enum BenchCmd {
         #[arg(long, default_value_t = 10)]
         rounds: usize,
     },
-    /// Failovers of a real local HA pair under write load (a crash or a hang of its primary).
+    /// Failovers of a real local HA pair under write load (a crash or a hang of its primary);
+    /// for Kafka, kill -9 of the broker a producer writes through.
     Failover {
-        /// `postgres` (pgbouncer, sync replication) or `redis` (HAProxy; a
-        /// write is acknowledged by `WAIT 1`).
-        #[arg(long, default_value = "postgres", value_parser = ["postgres", "redis"])]
+        /// `postgres` (pgbouncer, sync replication), `redis` (HAProxy; a
+        /// write is acknowledged by `WAIT 1`) or `kafka` (three tansu
+        /// brokers behind HAProxy; librdkafka, idempotent, `acks=all`).
+        #[arg(long, default_value = "postgres", value_parser = ["postgres", "redis", "kafka"])]
         engine: String,
         /// `crash` (kill -9) or `hang` (SIGSTOP, without same-host
         /// evidence) of the primary; `host-crash` or `host-hang` of the

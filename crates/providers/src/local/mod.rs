@@ -27,6 +27,7 @@ mod actions;
 mod credentials;
 mod heartbeat;
 mod kafka;
+pub use kafka::busiest_broker as kafka_busiest_broker;
 mod postgres;
 pub mod probe;
 mod process;

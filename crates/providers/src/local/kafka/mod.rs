@@ -380,6 +380,33 @@ async fn router_sessions(socket: &Path, slot: u8) -> Result<u64, String> {
         .ok_or_else(|| format!("the router's `show stat` has no sessions count for kafka/{server}"))
 }
 
+/// The serving broker of the Kafka service `name` that holds the most
+/// client sessions at the service's router, with that count, read from the
+/// local provider's files under `local_root` (a data dir's `local/`): the
+/// broker a producer writes through, which a benchmark or a test kills so
+/// that the kill cuts a client rather than an idle broker.
+pub async fn busiest_broker(local_root: &Path, name: &str) -> Result<(InstanceId, u64), String> {
+    let path = local_root.join("kafka.json");
+    let bytes = std::fs::read(&path).map_err(|e| format!("{}: {e}", path.display()))?;
+    let registry: KafkaRegistry = serde_json::from_slice(&bytes).map_err(|e| format!("{}: {e}", path.display()))?;
+    let (&service, _) = registry
+        .services
+        .iter()
+        .find(|(_, s)| s.name == name)
+        .ok_or_else(|| format!("no Kafka service {name} in {}", path.display()))?;
+    let router = local_root.join("kafka").join("services").join(service.to_string()).join("router");
+    let socket = haproxy::socket_path(&router, service);
+    let mut best: Option<(InstanceId, u64)> = None;
+    for (&id, broker) in registry.instances.iter().filter(|(_, b)| b.service == service && b.should_run() && !b.fenced)
+    {
+        let open = router_sessions(&socket, broker.slot).await?;
+        if best.is_none_or(|(_, n)| open > n) {
+            best = Some((id, open));
+        }
+    }
+    best.ok_or_else(|| format!("the Kafka service {name} has no serving broker"))
+}
+
 /// The storage's unix socket directory: in the service's directory when
 /// the socket path fits, else a short one of its own under the temp dir.
 fn storage_socket_dir(service_dir: &Path, service: ServiceId) -> PathBuf {
