@@ -96,7 +96,7 @@ impl Engine {
             .ok_or_else(|| CommandError::NotFound(format!("no service named {name:?}")))
     }
 
-    /// `DELETE /v1/services/{name}/followers/{id}`: frees the read slot of
+    /// `DELETE /v1/services/{name}/followers/{instance}`: frees the read slot of
     /// the read replica `instance`; reconcile retires it (after any remedy
     /// under way). The primary and the plan's followers are refused (409):
     /// the plan decides those.
@@ -113,10 +113,23 @@ impl Engine {
             .instances
             .iter()
             .filter_map(|&i| self.instances.get(i))
-            .find(|x| x.id == instance && x.state.is_member() && !x.fenced)
-            .ok_or_else(|| CommandError::NotFound(format!("{instance} is not a live member of {name:?}")))?;
+            .find(|x| x.id == instance)
+            .ok_or_else(|| CommandError::NotFound(format!("{instance} is not an instance of {name:?}")))?;
+        // An instance of the service that is not a live member (still
+        // provisioning, fenced, retiring) exists: a conflict, not a 404.
+        if !x.state.is_member() || x.fenced {
+            return Err(CommandError::Conflict(format!(
+                "{instance} of {name:?} is not a live member ({}{}): only a serving read replica is removed this way",
+                x.state,
+                if x.fenced { ", fenced" } else { "" }
+            )));
+        }
         if x.read_slot == 0 {
-            let what = if x.role == Role::Primary { "the primary" } else { "a follower of the plan" };
+            let what = match x.role {
+                Role::Primary => "the primary",
+                Role::Broker => "a broker (the plan's `brokers` decides those)",
+                _ => "a follower of the plan",
+            };
             return Err(CommandError::Conflict(format!(
                 "{instance} is {what} of {name:?}: only read replicas added on demand are removed this way"
             )));

@@ -126,6 +126,14 @@ fn refusals_count_zero_or_over_the_limit_unknown_the_primary_a_plan_follower_and
     h.advance(Duration::from_secs(5));
     let refused = add(&mut h, "rd", 1);
     assert!(matches!(&refused, Err(CommandError::Conflict(m)) if m.contains("redis")), "{refused:?}");
+
+    // A Kafka broker is the plan's (409, not 404: it exists).
+    h.command(Command::RegisterImage(image(EngineKind::Kafka))).expect("kafka image registers");
+    h.command(Command::CreateService(request("kf", EngineKind::Kafka, 0))).expect("kafka created");
+    h.advance(Duration::from_secs(5));
+    let broker = h.service("kf").instances[0].id;
+    let refused = remove(&mut h, "kf", broker);
+    assert!(matches!(&refused, Err(CommandError::Conflict(m)) if m.contains("broker")), "{refused:?}");
 }
 
 #[test]

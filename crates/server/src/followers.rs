@@ -1,6 +1,6 @@
 //! Followers on demand (issue 17 item 2): `POST /v1/services/{name}/followers`
 //! adds read replicas to a PostgreSQL service, `DELETE
-//! /v1/services/{name}/followers/{id}` removes one. Each read replica has
+//! /v1/services/{name}/followers/{instance}` removes one. Each read replica has
 //! its own stable read URL (`read_urls` in the service's JSON). The engine
 //! decides and audits (`services.followers.add` / `.remove`); these are
 //! thin wrappers.
@@ -44,13 +44,14 @@ pub(crate) async fn post_followers(
     crate::http::service_command(state, caller, command, &name).await
 }
 
-/// Remove the read replica `id` added on demand: its read slot (and read
+/// Remove the read replica `instance` added on demand: its read slot (and read
 /// URL) goes, the instance is retired. 404 for an unknown service, or an
-/// id that is malformed or no live member of the service; 409 for the
-/// primary or a follower of the plan (the plan decides those).
-#[utoipa::path(delete, path = "/v1/services/{name}/followers/{id}", tag = "services",
+/// id that is malformed or no instance of the service; 409 for the
+/// primary, a follower of the plan or a broker (the plan decides those),
+/// or an instance that is no longer a live member.
+#[utoipa::path(delete, path = "/v1/services/{name}/followers/{instance}", tag = "services",
     params(("name" = String, Path, description = "Service name"),
-        ("id" = String, Path, description = "The read replica's instance id (UUID)")),
+        ("instance" = String, Path, description = "The read replica's instance id (UUID), as in the service's `instances`")),
     responses((status = 202, body = ServiceView), (status = 404, body = ErrorBody), (status = 409, body = ErrorBody)))]
 pub(crate) async fn delete_follower(
     State(state): State<AppState>,

@@ -26,7 +26,7 @@ pub fn router(state: AppState) -> Router {
         .route("/v1/services/{name}/upgrade", post(crate::rollouts::upgrade_service))
         .route("/v1/services/{name}/upgrade/rollback", post(crate::rollouts::rollback_upgrade))
         .route("/v1/services/{name}/followers", post(crate::followers::post_followers))
-        .route("/v1/services/{name}/followers/{id}", delete(crate::followers::delete_follower))
+        .route("/v1/services/{name}/followers/{instance}", delete(crate::followers::delete_follower))
         .route("/v1/services/{name}/resume", post(http::post_resume))
         .route("/v1/services/{name}/checks", get(http::service_checks))
         .route("/v1/services/{name}/backups", post(http::post_backup))

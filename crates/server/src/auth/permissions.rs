@@ -148,7 +148,7 @@ pub const TABLE: &[Rule] = &[
     rule("POST", "/v1/services/{name}/upgrade", Operate, ByEngine),
     rule("POST", "/v1/services/{name}/upgrade/rollback", Operate, ByEngine),
     rule("POST", "/v1/services/{name}/followers", Operate, ByEngine),
-    rule("DELETE", "/v1/services/{name}/followers/{id}", Operate, ByEngine),
+    rule("DELETE", "/v1/services/{name}/followers/{instance}", Operate, ByEngine),
     rule("POST", "/v1/services/{name}/resume", Operate, ByEngine),
     rule("GET", "/v1/services/{name}/checks", Read, No),
     rule("POST", "/v1/services/{name}/backups", Operate, ByEngine),
