@@ -52,18 +52,6 @@ pub const ARCHIVE_TIMEOUT: Duration = Duration::from_secs(60);
 /// `check` may wait [`ARCHIVE_TIMEOUT`]; the rest is slack.
 pub const COMMAND_TIMEOUT: Duration = Duration::from_secs(300);
 
-/// How long a command refused for pgBackRest's lock on the stanza (error
-/// [050]: another stanza-create, stanza-upgrade, backup or expire of it
-/// runs) is tried again before that refusal is its answer. pgBackRest
-/// itself does not wait: a stanza-create at a primary's provisioning, one
-/// before a fork or a restore and a backup all hold it a moment, and must
-/// not fail each other. A stanza-create holds it well under a second; a
-/// backup may hold it for hours, and whoever waits on that gives up here.
-pub const LOCK_WAIT: Duration = Duration::from_secs(30);
-
-/// Pause between two tries of a command refused for the lock.
-const LOCK_RETRY_INTERVAL: Duration = Duration::from_millis(200);
-
 /// Limit for one backup or restore. Generous: a large database takes hours, and a
 /// backup killed half-way is wasted work; a hung one must still end some day.
 pub const BACKUP_TIMEOUT: Duration = Duration::from_secs(12 * 3600);
@@ -202,8 +190,6 @@ pub enum BackupError {
         stanza: String,
         /// Exit status, what pgBackRest printed (its ERROR lines), where its full log is.
         detail: String,
-        /// pgBackRest's error code (`ERROR: [050]: ...`), when it printed one.
-        code: Option<u32>,
         hint: &'static str,
     },
     #[error("pgbackrest {command} of stanza {stanza} did not finish within {timeout:?} and was killed; look at its log in {log_dir}")]
@@ -221,12 +207,6 @@ pub enum BackupError {
 }
 
 impl BackupError {
-    /// pgBackRest refused the command because another one holds the
-    /// stanza's lock ([050] LockAcquireError): try again later.
-    pub fn is_lock_busy(&self) -> bool {
-        matches!(self, BackupError::Command { code: Some(PGBACKREST_LOCK_ACQUIRE), .. })
-    }
-
     fn io<'a>(operation: &'static str, path: &'a Path) -> impl FnOnce(std::io::Error) -> BackupError + 'a {
         move |source| BackupError::Io { operation, path: path.to_path_buf(), source }
     }
@@ -424,7 +404,8 @@ impl BackupRepo {
         self.write_stanza_config(stanza, pg)?;
         let created = self.run(stanza, &["stanza-create"], COMMAND_TIMEOUT, HINT_STANZA_CREATE).await;
         let Err(error) = created else { return Ok(()) };
-        if !matches!(&error, BackupError::Command { code: Some(PGBACKREST_INFO_MISMATCH), .. }) {
+        // [028]: "backup and archive info files exist but do not match the database".
+        if !matches!(&error, BackupError::Command { detail, .. } if detail.contains("[028]")) {
             return Err(error);
         }
         let Some(major) = pg_major_of(&pg.data_dir) else { return Err(error) };
@@ -786,45 +767,7 @@ impl BackupRepo {
         users
     }
 
-    /// Runs one pgBackRest command; tried again for up to [`LOCK_WAIT`]
-    /// while another command holds the stanza's lock.
     async fn run(
-        &self,
-        stanza: &str,
-        args: &[&str],
-        timeout: Duration,
-        hint: &'static str,
-    ) -> Result<CommandOutput, BackupError> {
-        let started = std::time::Instant::now();
-        let mut tries = 1u32;
-        loop {
-            match self.run_once(stanza, args, timeout, hint).await {
-                Err(error) if error.is_lock_busy() && started.elapsed() < LOCK_WAIT => {
-                    if tries == 1 {
-                        tracing::info!(
-                            stanza,
-                            command = args.join(" "),
-                            "pgbackrest: the stanza's lock is held by another command, waiting for it"
-                        );
-                    }
-                    tries += 1;
-                    tokio::time::sleep(LOCK_RETRY_INTERVAL).await;
-                }
-                Err(error) if error.is_lock_busy() => {
-                    tracing::warn!(stanza, command = args.join(" "), tries, waited = ?started.elapsed(), "pgbackrest: the stanza's lock stayed held, giving up");
-                    return Err(error);
-                }
-                result => {
-                    if tries > 1 {
-                        tracing::info!(stanza, command = args.join(" "), tries, waited = ?started.elapsed(), "pgbackrest: got the stanza's lock");
-                    }
-                    return result;
-                }
-            }
-        }
-    }
-
-    async fn run_once(
         &self,
         stanza: &str,
         args: &[&str],
@@ -856,7 +799,6 @@ impl BackupRepo {
         if !output.status.success() {
             let text = if stderr.trim().is_empty() { stdout.trim() } else { stderr.trim() };
             return Err(BackupError::Command {
-                code: error_code(text),
                 command,
                 stanza: stanza.into(),
                 detail: format!("{} ({}; full log in {})", one_line(text), output.status, self.log_dir().display()),
@@ -865,21 +807,6 @@ impl BackupRepo {
         }
         Ok(CommandOutput { stdout })
     }
-}
-
-/// pgBackRest's error [028]: "backup and archive info files exist but do
-/// not match the database" (a stanza of another cluster or major).
-const PGBACKREST_INFO_MISMATCH: u32 = 28;
-/// pgBackRest's error [050]: "unable to acquire lock": another command of
-/// the stanza holds it.
-const PGBACKREST_LOCK_ACQUIRE: u32 = 50;
-
-/// The code of pgBackRest's first error line (`ERROR: [050]: unable to ...`).
-fn error_code(output: &str) -> Option<u32> {
-    output.lines().find_map(|line| {
-        let rest = line.trim_start().strip_prefix("ERROR: [")?;
-        rest.split_once(']')?.0.parse().ok()
-    })
 }
 
 const HINT_STANZA_CREATE: &str =
@@ -1372,18 +1299,6 @@ mod tests {
         let two_45 = r#"[{"backup":[],"db":[{"id":1,"repo-key":1,"system-id":1,"version":"15"}],"name":"s"}]"#;
         assert_eq!(current_major(two_45, "s").unwrap(), Some(15));
         assert_eq!(major_of_version("17\n"), Some(17));
-    }
-
-    #[test]
-    fn error_codes_are_read_from_pgbackrest_error_lines() {
-        let busy = "WARN: something\nERROR: [050]: unable to acquire lock on file '/x/lock/s-backup.lock': Resource temporarily unavailable\n       HINT: is another pgBackRest process running?";
-        assert_eq!(error_code(busy), Some(PGBACKREST_LOCK_ACQUIRE));
-        assert_eq!(
-            error_code("ERROR: [028]: backup and archive info files exist but do not match the database"),
-            Some(28)
-        );
-        assert_eq!(error_code("ERROR: [xyz]: nonsense"), None);
-        assert_eq!(error_code("no error line"), None);
     }
 
     #[test]

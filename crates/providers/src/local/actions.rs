@@ -31,13 +31,6 @@ const PROBE_TIMEOUT: Duration = Duration::from_millis(500);
 /// One SQL statement the provider runs as part of an action.
 const SQL_TIMEOUT: Duration = Duration::from_secs(10);
 
-/// How long a new primary's provisioning waits for its backup stanza
-/// (`stanza-create`, well under a second; a lock held by another
-/// pgBackRest command is waited for within it). Past it the primary is
-/// provisioned without: a stanza is a convenience here (archiving from the
-/// first segment), the first backup creates it anyway.
-const STANZA_CREATE_WAIT: Duration = Duration::from_secs(15);
-
 /// What one attempt did, or why it failed.
 type Done = Result<Option<String>, ActionError>;
 
@@ -175,7 +168,6 @@ impl Inner {
                     if entry.role == Role::Primary {
                         self.ensure_app_roles(entry).await?;
                         self.set_replication_password(entry, replication.as_ref()).await?;
-                        self.create_stanza(entry).await;
                         self.ensure_router(entry.service).await?;
                     }
                     if entry.read_slot.is_some() {
@@ -228,10 +220,6 @@ impl Inner {
             (Role::Primary, _) => {
                 self.ensure_app_roles(&entry).await?;
                 self.set_replication_password(&entry, replication.as_ref()).await?;
-                if restore_from.is_none() {
-                    // A fork's stanza was made by open_fork, with its check.
-                    self.create_stanza(&entry).await;
-                }
             }
             (Role::Follower, Some(primary)) => self.subscribe(&entry, primary).await?,
             (Role::Follower, None) => self.wait_streaming(&entry).await?,
@@ -478,34 +466,6 @@ impl Inner {
             repo.ensure_stanza(&entry.service_name, &self.pg_target(entry)).await.map_err(backup_error)?;
         }
         Ok(())
-    }
-
-    /// Creates the service's backup stanza for its new primary, before any
-    /// WAL segment is complete, so that its WAL is archived from the first
-    /// segment. Without one (it was made only by the first backup) every
-    /// archive-push was refused, and a switchover's old primary retried
-    /// each refused segment at its shutdown while the router held clients
-    /// (4.8-5.4 s before the first backup). Best effort and bounded: a
-    /// repository that cannot take it now costs that pause, not the
-    /// service; the first backup creates it again. Idempotent
-    /// (`stanza-create` of an existing stanza of this cluster changes
-    /// nothing); another command holding the stanza's lock (a follower's
-    /// restore, a fork, a backup) is waited for.
-    async fn create_stanza(&self, entry: &InstanceEntry) {
-        let Some(repo) = &self.config.backups else { return };
-        let started = Instant::now();
-        let stanza = &entry.service_name;
-        match tokio::time::timeout(STANZA_CREATE_WAIT, repo.follow_major(stanza, &self.pg_target(entry))).await {
-            Ok(Ok(())) => {
-                tracing::info!(stanza, took = ?started.elapsed(), "backup stanza ready: WAL is archived from the first segment")
-            }
-            Ok(Err(error)) => {
-                tracing::warn!(stanza, %error, "cannot create the backup stanza: WAL is not archived until it exists (the first backup creates it), and a switchover's shutdown retries the refused segments")
-            }
-            Err(_) => {
-                tracing::warn!(stanza, wait = ?STANZA_CREATE_WAIT, "the backup stanza was not created in time: WAL is not archived until it exists (the first backup creates it)")
-            }
-        }
     }
 
     /// The running primary of the service named `name`, if this provider has it.
