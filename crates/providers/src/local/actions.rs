@@ -304,7 +304,7 @@ impl Inner {
             }
             let port = match &existing {
                 Some(e) => e.port,
-                None => free_port(&used)?,
+                None => free_port_on(&used, self.config.listen_address.as_deref())?,
             };
             let dir = self.root.join("instances").join(id.to_string());
             let entry = InstanceEntry {
@@ -1307,15 +1307,45 @@ fn entry_id_name(entry: &InstanceEntry) -> String {
 
 /// A free loopback port not already in the registry.
 pub(super) fn free_port(used: &std::collections::BTreeSet<u16>) -> Result<u16, ActionError> {
+    free_port_on(used, None)
+}
+
+/// A port free on 127.0.0.1 and on `also` (an agent host's own loopback
+/// address, where its servers listen too), not already in the registry.
+///
+/// Chosen below the kernel's ephemeral range: a port the kernel handed
+/// out by `bind(0)` is one it may give any outgoing connection a moment
+/// later, and PostgreSQL, finding one of its listen addresses taken, only
+/// warns and listens on the others (a primary the agent sees healthy and
+/// its followers cannot reach: a CI failure once).
+pub(super) fn free_port_on(used: &std::collections::BTreeSet<u16>, also: Option<&str>) -> Result<u16, ActionError> {
     let no_port = |e| ActionError::io("cannot find a free port", e);
+    let ephemeral_start = std::fs::read_to_string("/proc/sys/net/ipv4/ip_local_port_range")
+        .ok()
+        .and_then(|range| range.split_whitespace().next().and_then(|n| n.parse::<u16>().ok()))
+        .unwrap_or(32768);
+    let low = ephemeral_start.saturating_sub(12_000).max(10_000);
+    let free_on = |address: &str, port: u16| std::net::TcpListener::bind((address, port)).is_ok();
+    if low + 100 < ephemeral_start {
+        let mut seed = [0u8; 2];
+        for _ in 0..200 {
+            use std::io::Read;
+            std::fs::File::open("/dev/urandom").and_then(|mut f| f.read_exact(&mut seed)).map_err(no_port)?;
+            let port = low + u16::from_le_bytes(seed) % (ephemeral_start - low);
+            if !used.contains(&port) && free_on("127.0.0.1", port) && also.is_none_or(|a| free_on(a, port)) {
+                return Ok(port);
+            }
+        }
+    }
+    // An unusual port range: whatever the kernel offers.
     for _ in 0..100 {
         let listener = std::net::TcpListener::bind(("127.0.0.1", 0)).map_err(no_port)?;
         let port = listener.local_addr().map_err(no_port)?.port();
-        if !used.contains(&port) {
+        if !used.contains(&port) && also.is_none_or(|a| free_on(a, port)) {
             return Ok(port);
         }
     }
-    Err(ActionError::Unavailable("no free loopback port found in 100 tries".into()))
+    Err(ActionError::Unavailable("no free loopback port found in 300 tries".into()))
 }
 
 pub(super) fn now_ms() -> u64 {
@@ -1350,6 +1380,34 @@ fn backup_error(error: crate::pgbackrest::BackupError) -> ActionError {
         BackupError::Timeout { .. } => ActionError::Timeout(text),
         BackupError::Command { .. } | BackupError::Parse { .. } | BackupError::BackupMissing { .. } => {
             ActionError::Failed(text)
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A chosen port is free on both addresses, outside the registry and
+    /// below the range the kernel hands outgoing connections.
+    #[test]
+    fn a_chosen_port_is_free_on_the_hosts_address_too_and_never_ephemeral() {
+        let ephemeral_start: u16 = std::fs::read_to_string("/proc/sys/net/ipv4/ip_local_port_range")
+            .unwrap()
+            .split_whitespace()
+            .next()
+            .unwrap()
+            .parse()
+            .unwrap();
+        let mut used = std::collections::BTreeSet::new();
+        for _ in 0..50 {
+            let port = free_port_on(&used, Some("127.0.0.2")).unwrap();
+            assert!(port < ephemeral_start, "{port} is in the ephemeral range");
+            assert!(!used.contains(&port));
+            let on_host = std::net::TcpListener::bind(("127.0.0.2", port)).expect("free on the host's address");
+            let on_loopback = std::net::TcpListener::bind(("127.0.0.1", port)).expect("free on 127.0.0.1");
+            drop((on_host, on_loopback));
+            used.insert(port);
         }
     }
 }
