@@ -377,3 +377,82 @@ async fn a_rollout_replaces_every_broker_under_load_and_no_record_fails_or_is_lo
         assert!(b <= r, "old broker {k} began retiring before new broker {k} was built: {actions:#}");
     }
 }
+
+/// The checks of a Kafka service (issue 14): each broker answers Metadata
+/// for its cluster on its own port and is up at the router; a canary
+/// record goes through the bootstrap address and comes back; a consumer
+/// group's lag is what was produced after its last commit; every listener
+/// is on loopback. A hung broker shows in the router check.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_kafka_services_checks_probe_every_broker_send_a_canary_and_measure_group_lag() {
+    let (t, _reaper) = start_local().await;
+    let (status, body) = t.post("/v1/services", json!({"name": "k3", "engine": "kafka", "provider": "local"})).await;
+    assert_eq!(status, 201, "{body}");
+    let s = wait_brokers(&t, "k3", None).await;
+    let addr = bootstrap(&s);
+    let checks = |want: fn(&Value) -> bool| {
+        let t = &t;
+        async move {
+            let mut last = Value::Null;
+            let deadline = std::time::Instant::now() + Duration::from_secs(60);
+            while std::time::Instant::now() < deadline {
+                let (code, c) = t.get("/v1/services/k3/checks").await;
+                assert_eq!(code, 200, "{c}");
+                if want(&c) {
+                    return c;
+                }
+                last = c;
+                tokio::time::sleep(Duration::from_millis(300)).await;
+            }
+            panic!("the checks never became what was wanted: {last:#}");
+        }
+    };
+    let c = checks(|c| c["router"]["status"] == "ok" && c["performance"]["status"] == "ok").await;
+    let brokers = c["router"]["evidence"]["brokers"].as_object().expect("brokers by id");
+    assert_eq!(brokers.len(), 3, "{c:#}");
+    for (id, b) in brokers {
+        assert_eq!(b["metadata"], "ok", "broker {id}: {c:#}");
+        assert_eq!(b["up_at_router"], true, "broker {id}: {c:#}");
+        assert!(serving_brokers(&s).iter().any(|i| i["id"] == id.as_str()), "{id} is no serving broker");
+    }
+    let canary = &c["performance"]["evidence"]["canary"];
+    assert!(canary["offset"].as_i64().is_some() && canary["produce_ms"].as_f64().is_some(), "{c:#}");
+    // A second check produces the next canary record.
+    let again = checks(|c| c["performance"]["evidence"]["canary"]["offset"].as_i64().is_some()).await;
+    assert!(again["performance"]["evidence"]["canary"]["offset"].as_i64() > canary["offset"].as_i64(), "{again:#}");
+    // Security: every listener found, all on loopback; no authentication said.
+    assert_eq!(c["security"]["status"], "warn", "{c:#}");
+    let listening: Vec<String> = serde_json::from_value(c["security"]["evidence"]["listening"].clone()).unwrap();
+    let port = addr.rsplit(':').next().unwrap();
+    assert!(listening.contains(&format!("127.0.0.1:{port}")), "the router's listener is not seen: {listening:?}");
+    assert!(listening.len() >= 5, "router, storage and three brokers: {listening:?}");
+
+    // Lag: 30 records consumed and committed by group g3, then 25 more.
+    run_client(&["create", &addr, "events"]);
+    run_client(&["produce-n", &addr, "events", "30"]);
+    let out = run_client(&["consume", &addr, "events", "g3", "30", "120"]);
+    assert!(out.contains("consumed 30"), "{out}");
+    let c = checks(|c| c["performance"]["evidence"]["consumer_groups"]["g3"]["lag"] == 0).await;
+    let parts = c["performance"]["evidence"]["consumer_groups"]["g3"]["partitions"].as_array().unwrap();
+    let committed: i64 = parts.iter().map(|p| p["committed"].as_i64().unwrap()).sum();
+    assert_eq!(committed, 30, "offsets committed over the partitions: {c:#}");
+    run_client(&["produce-n", &addr, "events", "25"]);
+    let c = checks(|c| c["performance"]["evidence"]["consumer_groups"]["g3"]["lag"] == 25).await;
+    assert_eq!(c["performance"]["status"], "ok", "25 behind is no finding: {c:#}");
+
+    // A hung broker (SIGSTOP) fails its Metadata probe: the router check
+    // names it until the engine has replaced it.
+    let victim = serving_brokers(&s)[0]["id"].as_str().unwrap().to_string();
+    let pid = broker_pid(t.dir.path(), &victim);
+    assert!(Command::new("kill").args(["-STOP", &pid.to_string()]).status().unwrap().success());
+    let (_, c) = t.get("/v1/services/k3/checks").await;
+    let _ = Command::new("kill").args(["-CONT", &pid.to_string()]).status();
+    let seen = &c["router"]["evidence"]["brokers"][&victim];
+    assert!(
+        seen.is_null() || seen["metadata"] != "ok",
+        "a stopped broker answered Metadata, or the check missed it: {c:#}"
+    );
+    if !seen.is_null() {
+        assert_ne!(c["router"]["status"], "ok", "{c:#}");
+    }
+}

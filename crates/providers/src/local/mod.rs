@@ -719,7 +719,10 @@ impl Provider for LocalProvider {
                 registry.services.iter().find(|(_, s)| s.name == service).map(|(id, s)| (*id, s.clone()))
             };
             let Some((service_id, service_entry)) = found else {
-                return inner.redis_checks(&service).await.unwrap_or_default();
+                if let Some(checks) = inner.redis_checks(&service).await {
+                    return checks;
+                }
+                return inner.kafka_checks(&service).await.unwrap_or_default();
             };
             let router = Some(inner.routers.check(service_id, &service_entry).await);
             let Some(entry) = inner.current_primary_entry(service_id) else {

@@ -3,6 +3,7 @@
   client.py create BOOTSTRAP TOPIC
   client.py produce BOOTSTRAP TOPIC STOPFILE   # prints "ack N SECONDS" per acknowledged record
   client.py consume BOOTSTRAP TOPIC GROUP COUNT TIMEOUT  # prints "got N" per record, until COUNT distinct
+  client.py produce-n BOOTSTRAP TOPIC COUNT    # COUNT records, all acknowledged, then "produced COUNT"
 """
 import os
 import sys
@@ -54,6 +55,22 @@ def produce(bootstrap, topic, stopfile):
     print("sent", n, "unflushed", left, flush=True)
 
 
+def produce_n(bootstrap, topic, count):
+    producer = Producer({"bootstrap.servers": bootstrap, "enable.idempotence": True, "acks": "all"})
+    failed = []
+
+    def delivered(err, msg):
+        if err is not None:
+            failed.append(str(err))
+
+    for n in range(count):
+        producer.produce(topic, value=str(n).encode(), callback=delivered)
+    left = producer.flush(60)
+    if left or failed:
+        sys.exit(f"{left} records unacknowledged, failed: {failed}")
+    print("produced", count, flush=True)
+
+
 def consume(bootstrap, topic, group, count, timeout):
     consumer = Consumer({
         "bootstrap.servers": bootstrap,
@@ -88,6 +105,8 @@ if __name__ == "__main__":
         create(*args)
     elif mode == "produce":
         produce(*args)
+    elif mode == "produce-n":
+        produce_n(args[0], args[1], int(args[2]))
     elif mode == "consume":
         consume(args[0], args[1], args[2], int(args[3]), float(args[4]))
     else:

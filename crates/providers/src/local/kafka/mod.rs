@@ -27,6 +27,8 @@
 //! it, `services/<service id>/{storage/,router/}`, `brokers/<id>/` (log,
 //! pid).
 
+pub mod checks;
+
 use super::postgres::{run as run_command, tail, write_owned, Binaries};
 use super::process::{self, ProcState, ServerProcess};
 use super::redis::router as haproxy;
@@ -1073,6 +1075,59 @@ impl Inner {
         }
         self.kafka.save()?;
         Ok(Some(detail.into()))
+    }
+
+    /// The provider's part of a Kafka service's checks (see `checks`);
+    /// None when `name` is not a Kafka service of this provider.
+    pub(super) async fn kafka_checks(&self, name: &str) -> Option<crate::ProviderChecks> {
+        let (service_id, service) = {
+            let registry = lock(&self.kafka.registry);
+            registry.services.iter().find(|(_, s)| s.name == name).map(|(id, s)| (*id, s.clone()))?
+        };
+        let brokers: Vec<(InstanceId, KafkaBroker)> = lock(&self.kafka.registry)
+            .instances
+            .iter()
+            .filter(|(_, b)| b.service == service_id && b.should_run())
+            .map(|(id, b)| (*id, b.clone()))
+            .collect();
+        let t = Duration::from_secs(5);
+        let mut asked = tokio::task::JoinSet::new();
+        for (n, (_, b)) in brokers.iter().enumerate() {
+            let port = b.port;
+            asked.spawn(async move { (n, checks::broker_metadata(port, PROBE_TIMEOUT).await) });
+        }
+        let mut metadata: Vec<Result<checks::BrokerMetadata, String>> =
+            vec![Err("the probe did not finish".to_string()); brokers.len()];
+        while let Some(joined) = asked.join_next().await {
+            if let Ok((n, answer)) = joined {
+                metadata[n] = answer;
+            }
+        }
+        let probes: Vec<(InstanceId, &KafkaBroker, Result<(), String>)> = brokers
+            .iter()
+            .zip(&metadata)
+            .map(|((id, b), answer)| (*id, b, checks::judge_broker(service_id, service.router_port, answer)))
+            .collect();
+        let router_running = lock(&self.kafka.routers).get(&service_id).is_some_and(|p| p.is_running());
+        let socket = haproxy::socket_path(&self.kafka.service_dir(service_id).join("router"), service_id);
+        let stat = haproxy::command_line(&socket, "show stat").await;
+        let router = checks::router_check(&probes, router_running, stat.as_deref().map_err(String::as_str));
+        let canary = checks::canary(&format!("127.0.0.1:{}", service.router_port), t).await;
+        let lags = match self.kafka_storage_url(&service) {
+            Ok(url) => checks::group_lags(&url, t).await,
+            Err(e) => Err(e.to_string()),
+        };
+        let mut ports = vec![service.router_port, service.storage_port];
+        ports.extend(brokers.iter().map(|(_, b)| b.port));
+        let listening = checks::listeners(&ports);
+        let named: Vec<(InstanceId, &KafkaBroker)> = brokers.iter().map(|(id, b)| (*id, b)).collect();
+        Some(crate::ProviderChecks {
+            security: Some(checks::security_check(&service, &named, &listening)),
+            performance: Some(checks::performance_check(&canary, &lags)),
+            followers: None,
+            router: Some(router),
+            persistence: None,
+        })
     }
 
     /// One heartbeat round of the brokers: ApiVersions on each, at once.
