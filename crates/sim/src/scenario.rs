@@ -16,6 +16,7 @@ pub const BUILT_IN: &[(&str, &str)] = &[
     ("steady-week", include_str!("../../../scenarios/steady-week.toml")),
     ("bad-image-roll", include_str!("../../../scenarios/bad-image-roll.toml")),
     ("mixed-fleet", include_str!("../../../scenarios/mixed-fleet.toml")),
+    ("kafka-fleet", include_str!("../../../scenarios/kafka-fleet.toml")),
 ];
 
 #[derive(Debug, thiserror::Error)]

@@ -271,23 +271,9 @@ fn a_postgresql_only_fleet_reports_no_engine_lines_and_a_bad_share_is_refused() 
 /// its Kafka policy, answered by the world as brokers. A broker crash or a
 /// lost zone takes one broker of three: the others serve, the lost one is
 /// fenced and replaced, none is ever promoted.
-fn kafka_fleet(hours: f64, crashes: f64, zone_loss: bool) -> Scenario {
-    let mut text = format!(
-        "name = \"kafka-fleet\"\ndescription = \"PostgreSQL, Redis and Kafka\"\nhours = {hours}\n\
-         [fleet]\nredis_share = 0.2\nkafka_share = 0.3\n\
-         [background]\nprocess_crash_per_instance_day = {crashes}\nhost_loss_per_host_day = 0.0005\n\
-         until_hours = 12\n"
-    );
-    if zone_loss {
-        text.push_str("[[fault]]\nkind = \"zone-loss\"\nzone = \"any\"\nat_hours = [0.5, 3.0]\nduration_hours = 6.0\n");
-    }
-    Scenario::parse("kafka-fleet.toml", &text).expect("the scenario parses")
-}
-
 #[test]
 fn kafka_services_keep_serving_through_broker_crashes_and_a_zone_loss_by_replacement_never_failover() {
-    let scenario = kafka_fleet(24.0, 0.01, true);
-    let a = run(Options { scenario: scenario.clone(), services: SMALL, seed: 5, event_log: None }).unwrap();
+    let a = sim("kafka-fleet", SMALL, 5);
     assert_safe(&a);
     assert!(a.converged, "{a:#?}");
     assert_eq!(a.engines.iter().map(|e| e.engine.as_str()).collect::<Vec<_>>(), ["postgres", "redis", "kafka"]);
@@ -310,7 +296,7 @@ fn kafka_services_keep_serving_through_broker_crashes_and_a_zone_loss_by_replace
     assert!(a.table().contains("kafka services"), "{}", a.table());
     assert!(a.json().contains("\"engine\":\"kafka\""), "{}", a.json());
 
-    let b = run(Options { scenario, services: SMALL, seed: 5, event_log: None }).unwrap();
+    let b = sim("kafka-fleet", SMALL, 5);
     assert_eq!(a.digest, b.digest, "same seed, same event log");
     assert_eq!(a.deterministic(), b.deterministic());
 }
