@@ -57,8 +57,9 @@ pub struct Report {
     /// Every service available (or counted as needing a human) at the end.
     pub converged: bool,
     pub digest: String,
-    /// A mixed fleet's figures per engine (`fleet.redis_share` > 0), in
-    /// `postgres`, `redis` order; absent for a PostgreSQL-only fleet.
+    /// A mixed fleet's figures per engine (`fleet.redis_share` or
+    /// `fleet.kafka_share` > 0), in `postgres`, `redis`, `kafka` order
+    /// (`kafka` only when it has a share); absent for a PostgreSQL-only fleet.
     #[serde(skip_serializing_if = "Vec::is_empty")]
     pub engines: Vec<EngineReport>,
 }
@@ -73,11 +74,13 @@ pub struct EngineReport {
     pub switchovers: u64,
     pub replacements: u64,
     pub restarts: u64,
-    /// Peak of its services without a working writable primary (the world's view).
+    /// Peak of its services without a working writable primary (the world's
+    /// view); for Kafka, without a broker that serves.
     pub max_unavailable: u64,
     /// Peak of its services the engine did not see as `available`.
     pub max_not_available_in_engine: u64,
-    /// Acknowledged writes lost, bytes (failovers and rebuilds).
+    /// Acknowledged writes lost, bytes (failovers and rebuilds). Kafka's
+    /// records are in its storage, which the simulator does not fail: 0.
     pub writes_lost: u64,
 }
 

@@ -16,6 +16,7 @@ pub const BUILT_IN: &[(&str, &str)] = &[
     ("steady-week", include_str!("../../../scenarios/steady-week.toml")),
     ("bad-image-roll", include_str!("../../../scenarios/bad-image-roll.toml")),
     ("mixed-fleet", include_str!("../../../scenarios/mixed-fleet.toml")),
+    ("kafka-fleet", include_str!("../../../scenarios/kafka-fleet.toml")),
 ];
 
 #[derive(Debug, thiserror::Error)]
@@ -166,6 +167,11 @@ pub struct FleetSpec {
     /// default) draws nothing, so a PostgreSQL-only scenario's runs are
     /// exactly what they were before Redis existed.
     pub redis_share: f64,
+    /// Share of services that run Kafka (three peer brokers each, the
+    /// engine's default); `redis_share + kafka_share` is at most 1. 0 (the
+    /// default) draws nothing, so a fleet without Kafka runs exactly as
+    /// before Kafka existed.
+    pub kafka_share: f64,
 }
 
 impl Default for FleetSpec {
@@ -178,6 +184,7 @@ impl Default for FleetSpec {
             write_bytes_per_sec: [1_000, 200_000],
             async_lag_bytes: [0, 2_000_000],
             redis_share: 0.0,
+            kafka_share: 0.0,
         }
     }
 }
@@ -393,6 +400,16 @@ impl Scenario {
         }
         if !(0.0..=1.0).contains(&s.fleet.redis_share) {
             return Err(invalid("fleet.redis_share must be a number from 0 to 1".into()));
+        }
+        if !(0.0..=1.0).contains(&s.fleet.kafka_share) {
+            return Err(invalid("fleet.kafka_share must be a number from 0 to 1".into()));
+        }
+        // A hair of slack for decimal shares that sum to 1 (0.7 + 0.3).
+        if s.fleet.redis_share + s.fleet.kafka_share > 1.0 + 1e-9 {
+            return Err(invalid(format!(
+                "fleet.redis_share + fleet.kafka_share must be at most 1 (the rest run PostgreSQL), got {} + {}",
+                s.fleet.redis_share, s.fleet.kafka_share
+            )));
         }
         if s.people.teams == 0 || s.people.teams > 1000 {
             return Err(invalid("people.teams must be 1 to 1000".into()));

@@ -265,3 +265,74 @@ fn a_postgresql_only_fleet_reports_no_engine_lines_and_a_bad_share_is_refused() 
     let msg = Scenario::parse("mix.toml", bad).unwrap_err().to_string();
     assert!(msg.contains("mix.toml") && msg.contains("redis_share"), "{msg}");
 }
+
+/// Issue 14: Kafka services in a mixed fleet, created as `engine: kafka`
+/// (three peer brokers, the engine's default) through the real engine under
+/// its Kafka policy, answered by the world as brokers. A broker crash or a
+/// lost zone takes one broker of three: the others serve, the lost one is
+/// fenced and replaced, none is ever promoted.
+#[test]
+fn kafka_services_keep_serving_through_broker_crashes_and_a_zone_loss_by_replacement_never_failover() {
+    let a = sim("kafka-fleet", SMALL, 5);
+    assert_safe(&a);
+    assert!(a.converged, "{a:#?}");
+    assert_eq!(a.engines.iter().map(|e| e.engine.as_str()).collect::<Vec<_>>(), ["postgres", "redis", "kafka"]);
+    let (pg, rd, kf) = (engine(&a, "postgres"), engine(&a, "redis"), engine(&a, "kafka"));
+    assert_eq!(pg.services + rd.services + kf.services, SMALL);
+    assert!(kf.services >= SMALL / 5 && kf.services <= SMALL * 2 / 5, "about 30% Kafka: {a:#?}");
+    assert!(rd.services >= SMALL / 10 && rd.services <= SMALL * 3 / 10, "about 20% Redis: {a:#?}");
+    assert_eq!(pg.instances + rd.instances + kf.instances, a.instances);
+    // Three brokers each, and one more for each replacement.
+    assert!(kf.instances >= 3 * kf.services + kf.replacements, "{a:#?}");
+    // Lost brokers were replaced, never failed over or switched over.
+    assert!(kf.replacements > 0, "{a:#?}");
+    assert_eq!((kf.failovers, kf.switchovers), (0, 0), "{a:#?}");
+    // One broker of three lost at a time: the others kept serving.
+    assert_eq!(kf.max_unavailable, 0, "a Kafka service lost every broker at once: {a:#?}");
+    assert_eq!(kf.writes_lost, 0);
+    // The PostgreSQL and Redis services beside them still fail over.
+    assert!(pg.failovers > 0 && rd.failovers > 0, "{a:#?}");
+    assert_eq!(pg.failovers + rd.failovers, a.failovers);
+    assert!(a.table().contains("kafka services"), "{}", a.table());
+    assert!(a.json().contains("\"engine\":\"kafka\""), "{}", a.json());
+
+    let b = sim("kafka-fleet", SMALL, 5);
+    assert_eq!(a.digest, b.digest, "same seed, same event log");
+    assert_eq!(a.deterministic(), b.deterministic());
+}
+
+#[test]
+fn a_kafka_share_is_validated_and_no_share_adds_no_kafka_line() {
+    let bad = "name = \"x\"\ndescription = \"y\"\n[fleet]\nkafka_share = -0.1\n";
+    let msg = Scenario::parse("mix.toml", bad).unwrap_err().to_string();
+    assert!(msg.contains("mix.toml") && msg.contains("kafka_share"), "{msg}");
+    let over = "name = \"x\"\ndescription = \"y\"\n[fleet]\nredis_share = 0.7\nkafka_share = 0.4\n";
+    let msg = Scenario::parse("mix.toml", over).unwrap_err().to_string();
+    assert!(msg.contains("redis_share + fleet.kafka_share"), "{msg}");
+    let all = "name = \"x\"\ndescription = \"y\"\n[fleet]\nredis_share = 0.7\nkafka_share = 0.3\n";
+    assert!(Scenario::parse("mix.toml", all).is_ok(), "shares may sum to 1");
+
+    // The mixed fleet has no Kafka share: its report stays PostgreSQL and Redis.
+    let r = sim("mixed-fleet", 60, 2);
+    assert_eq!(r.engines.iter().map(|e| e.engine.as_str()).collect::<Vec<_>>(), ["postgres", "redis"]);
+    assert!(!r.table().contains("kafka services"));
+}
+
+#[test]
+fn an_all_kafka_fleet_replaces_crashed_brokers_and_converges() {
+    // Crashes only: every replacement is a crashed broker's.
+    let text = "name = \"kafka-crashes\"\ndescription = \"Kafka brokers crash\"\nhours = 18\n\
+                [fleet]\nkafka_share = 1.0\n\
+                [background]\nprocess_crash_per_instance_day = 0.05\nhost_loss_per_host_day = 0.0\n\
+                until_hours = 12\nswarm = false\n";
+    let scenario = Scenario::parse("kafka-crashes.toml", text).unwrap();
+    let r = run(Options { scenario, services: 100, seed: 4, event_log: None }).unwrap();
+    assert_safe(&r);
+    assert!(r.converged, "{r:#?}");
+    let kf = engine(&r, "kafka");
+    assert_eq!((kf.services, engine(&r, "postgres").services, engine(&r, "redis").services), (100, 0, 0));
+    assert!(kf.replacements > 0, "crashed brokers were replaced: {r:#?}");
+    assert_eq!(r.failovers, 0, "nothing to fail over in a fleet of peers: {r:#?}");
+    assert_eq!(kf.max_unavailable, 0, "{r:#?}");
+    assert_eq!(r.writes_lost, 0);
+}

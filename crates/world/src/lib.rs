@@ -13,9 +13,10 @@
 //! starts writing, a restarted process boots, ...). Every rule is
 //! idempotent: a retried action finds its effect in place and succeeds.
 
-use drover_model::{ActionKind, ActionOutcome, EngineKind, Fault, Role, ServiceId};
+use drover_model::{ActionKind, ActionOutcome, EngineKind, Facts, Fault, Role, ServiceId};
 use serde::{Deserialize, Serialize};
 
+mod kafka;
 mod postgres;
 mod redis;
 
@@ -32,6 +33,10 @@ pub struct Server {
     /// synchronous replication); false: replication is asynchronous
     /// whatever the plan says (Redis; a client may still `WAIT`).
     pub synchronous_replication: bool,
+    /// Its members are peer brokers (Kafka): each serves on its own, none
+    /// replicates from another or is promoted, and a lost one is replaced
+    /// (fenced, then a new one built) rather than failed over.
+    pub peer_brokers: bool,
     pub fenced: &'static str,
     pub promoted: &'static str,
     pub restarted: &'static str,
@@ -41,14 +46,21 @@ pub struct Server {
     pub no_backup_store: &'static str,
 }
 
-/// The server of `engine`. Kafka has no simulated server of its own yet
-/// (issue 14): its members answer as PostgreSQL's, as the engine runs its
-/// services under PostgreSQL's policy.
+/// The server of `engine`.
 pub fn server(engine: EngineKind) -> &'static Server {
     match engine {
-        EngineKind::Postgres | EngineKind::Kafka => &postgres::POSTGRES,
+        EngineKind::Postgres => &postgres::POSTGRES,
         EngineKind::Redis => &redis::REDIS,
+        EngineKind::Kafka => &kafka::KAFKA,
     }
+}
+
+/// What the agent beside a broker reports on a heartbeat: a broker that
+/// serves (as the `local` provider's `kafka_beats` say of a live `tansu`);
+/// a fenced one is cut at the router and cannot take writes. No replication
+/// facts: a broker streams from nobody.
+pub fn broker_facts(m: &Machine) -> Facts {
+    Facts { role: Some(Role::Broker), writable: Some(!m.fenced), ..Facts::default() }
 }
 
 /// One simulated machine running one server of a service.
@@ -104,6 +116,11 @@ impl Machine {
     /// Accepts writes. A partitioned primary still serves its clients.
     pub fn is_writing(&self) -> bool {
         self.is_alive() && self.role == Role::Primary && !self.fenced
+    }
+    /// Serves its clients: a writing primary, or a live broker not cut at
+    /// the router (a broker serves on its own; a partitioned one still does).
+    pub fn is_serving(&self) -> bool {
+        self.is_writing() || (self.is_alive() && self.role == Role::Broker && !self.fenced)
     }
     /// The one fault a provider reports (crash over hang over partition).
     pub fn fault(&self) -> Option<Fault> {
@@ -215,8 +232,9 @@ pub fn admit_provision(
 }
 
 /// [`admit_provision`] for a member of `role` on a server of `engine`: a
-/// new follower that copies its primary (Redis) does not need the backup
-/// store; a new primary always does (it is rebuilt from the latest backup).
+/// new follower that copies its primary (Redis) and a new broker (Kafka: it
+/// holds no data) do not need the backup store; a new primary always does
+/// (it is rebuilt from the latest backup).
 pub fn admit_member(
     engine: EngineKind,
     role: Role,
@@ -372,6 +390,9 @@ fn promote(m: &mut Machine, ground: Ground) -> Answer {
     if m.role == Role::Primary {
         return answer(succeeded("already primary"), Effect::Nothing);
     }
+    if m.role == Role::Broker || server(m.engine).peer_brokers {
+        return refuse(server(m.engine).promoted);
+    }
     m.role = Role::Primary;
     answer(succeeded(server(m.engine).promoted), Effect::Promoted)
 }
@@ -526,5 +547,56 @@ mod tests {
             admit_member(EngineKind::Redis, Role::Follower, true, None, s, "zone-a", g).is_some(),
             "tombstones hold"
         );
+    }
+    #[test]
+    fn a_kafka_broker_serves_as_a_peer_is_never_promoted_and_needs_no_backup_store() {
+        let g = Ground::default();
+        let detail = |a: Answer| match a.outcome {
+            ActionOutcome::Succeeded { detail } => detail.unwrap_or_default(),
+            failed => panic!("{failed:?}"),
+        };
+        assert_eq!(server(EngineKind::Kafka).engine, EngineKind::Kafka, "its own server, not PostgreSQL's");
+        assert!(server(EngineKind::Kafka).peer_brokers && !server(EngineKind::Postgres).peer_brokers);
+        assert!(!server(EngineKind::Kafka).synchronous_replication, "no replication of its own");
+
+        let mut b = Machine::of(EngineKind::Kafka, Role::Broker);
+        assert!(b.is_serving() && !b.is_writing(), "a broker serves; it is no primary");
+        let facts = broker_facts(&b);
+        assert_eq!((facts.role, facts.writable), (Some(Role::Broker), Some(true)));
+        assert_eq!((facts.wal_position, facts.upstream_streaming), (None, None), "it streams from nobody");
+
+        // Never promoted, whatever state it is in: peers have no primary.
+        let refused_promotion = act(&mut b, &ActionKind::Promote, g);
+        assert!(matches!(refused_promotion.outcome, ActionOutcome::Failed { retryable: false, .. }));
+        assert_eq!((refused_promotion.effect, b.role), (Effect::Nothing, Role::Broker));
+
+        // Crashed, hung and partitioned like any machine.
+        act(&mut b, &ActionKind::InjectFault { fault: Fault::Partition }, g);
+        assert!(b.is_serving() && !b.is_audible(), "a partitioned broker still serves its clients");
+        act(&mut b, &ActionKind::InjectFault { fault: Fault::Hang }, g);
+        assert!(!b.is_serving());
+        act(&mut b, &ActionKind::InjectFault { fault: Fault::Crash }, g);
+        assert!(!b.is_serving());
+        assert!(detail(act(&mut b, &ActionKind::Restart, g)).starts_with("tansu broker restarted"));
+        assert!(b.is_serving());
+
+        // Lost: fenced at the router, in its own words, and never serves again.
+        let a = act(&mut b, &ActionKind::Fence { immediate: true }, g);
+        assert_eq!(a.effect, Effect::Fenced);
+        assert!(detail(a).contains("router"));
+        assert!(!b.is_serving() && broker_facts(&b).writable == Some(false));
+        act(&mut b, &ActionKind::Restart, g);
+        assert!(!b.is_serving(), "a restart keeps the fence");
+
+        // Its replacement holds no data: built without the backup store.
+        let s = ServiceId::new_at(0, 1);
+        let no_store = Ground { host_up: true, backup_store_up: false };
+        assert!(admit_member(EngineKind::Kafka, Role::Broker, false, None, s, "zone-a", no_store).is_none());
+        let lost_zone = Ground { host_up: false, backup_store_up: true };
+        assert!(matches!(
+            admit_member(EngineKind::Kafka, Role::Broker, false, None, s, "zone-a", lost_zone),
+            Some(ActionOutcome::Failed { retryable: false, .. })
+        ));
+        assert!(admit_member(EngineKind::Kafka, Role::Broker, true, None, s, "zone-a", g).is_some(), "tombstones hold");
     }
 }

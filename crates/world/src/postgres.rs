@@ -8,6 +8,7 @@ pub(crate) const POSTGRES: Server = Server {
     // A new member restores a base backup from the store, then replays WAL.
     new_follower_needs_backup_store: true,
     synchronous_replication: true,
+    peer_brokers: false,
     fenced: "fenced",
     promoted: "promoted to primary",
     restarted: "process restarted",

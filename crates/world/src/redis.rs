@@ -10,6 +10,7 @@ pub(crate) const REDIS: Server = Server {
     engine: EngineKind::Redis,
     new_follower_needs_backup_store: false,
     synchronous_replication: false,
+    peer_brokers: false,
     fenced: "fenced: cut at the router, its sessions shut, writes paused",
     promoted: "REPLICAOF NO ONE: promoted to primary",
     restarted: "redis-server restarted: dataset reloaded from its RDB/AOF",

@@ -72,6 +72,10 @@ impl Sim {
                         let counted = matches!(kind, "promote" | "provision" | "restart");
                         let s = e.service_id.filter(|_| counted).and_then(|id| self.svc_by_id.get(&id).copied());
                         let slot = s.map_or(0, |s| usize::from(self.svcs[s as usize].engine));
+                        if kind == "promote" && slot == KAFKA {
+                            // Brokers are peers: a lost one is replaced, never failed over.
+                            self.violation(format!("a Kafka broker was promoted: {e:?}"));
+                        }
                         match kind {
                             "promote" => match s {
                                 Some(s) if self.svcs[s as usize].switching => {

@@ -137,11 +137,26 @@ impl Sim {
                 self.insts[i as usize].frozen = pos;
             }
         }
+        if role == Role::Broker {
+            self.brokers_changed(s);
+        }
         let x = &mut self.insts[i as usize];
         if x.reported != alive {
             x.reported = alive;
             self.mark_pending(i);
         }
+    }
+
+    /// A Kafka service serves while any of its brokers does (alive, not
+    /// cut at the router): its clients reconnect through the bootstrap
+    /// address to whichever serves. No writes to stop or start: a broker's
+    /// records are in the storage, which the simulator does not lose.
+    pub(super) fn brokers_changed(&mut self, s: u32) {
+        let serving = self.svcs[s as usize].members.iter().any(|&m| {
+            let x = &self.insts[m as usize];
+            x.role == Role::Broker && !x.fenced && self.alive(m)
+        });
+        self.set_down(s, !serving);
     }
 
     pub(super) fn mark_pending(&mut self, i: u32) {
@@ -162,6 +177,11 @@ impl Sim {
 
     pub(super) fn facts(&self, i: u32) -> Facts {
         let x = &self.insts[i as usize];
+        if x.role == Role::Broker {
+            let mut m = Machine::of(EngineKind::Kafka, Role::Broker);
+            m.fenced = x.fenced;
+            return drover_world::broker_facts(&m);
+        }
         let svc = &self.svcs[x.svc as usize];
         let pos = self.position(i);
         if x.role == Role::Primary {
@@ -291,7 +311,8 @@ impl Sim {
             }
             let host = self.pick_host(z);
             let svc = &self.svcs[s as usize];
-            let lag = if *role == Role::Primary {
+            // A broker streams from nobody: no lag to draw.
+            let lag = if matches!(role, Role::Primary | Role::Broker) {
                 0
             } else if svc.sync {
                 let has_sync = svc.members.iter().any(|&m| {
@@ -435,6 +456,9 @@ impl Sim {
                 self.by_id.remove(&id);
                 self.tombstones.insert(id);
                 self.svcs[s as usize].members.retain(|m| *m != i);
+                if self.insts[i as usize].role == Role::Broker {
+                    self.brokers_changed(s);
+                }
             }
         }
         answer.outcome

@@ -45,8 +45,14 @@ const SEC: f64 = 1_000_000.0;
 
 /// The engines a simulated fleet runs, with the version of their images;
 /// a service's engine is its slot here. PostgreSQL always; Redis when the
-/// scenario gives it a share (`fleet.redis_share`).
-const ENGINES: [(EngineKind, &str); 2] = [(EngineKind::Postgres, "16.4-sim"), (EngineKind::Redis, "7.0-sim")];
+/// scenario gives it a share (`fleet.redis_share`); Kafka (its `tansu`
+/// brokers, pinned to 0.6.0 as the local provider's) when it gives Kafka one
+/// (`fleet.kafka_share`).
+const ENGINES: [(EngineKind, &str); 3] =
+    [(EngineKind::Postgres, "16.4-sim"), (EngineKind::Redis, "7.0-sim"), (EngineKind::Kafka, "0.6.0-sim")];
+/// Slots in `ENGINES`.
+const REDIS: usize = 1;
+const KAFKA: usize = 2;
 
 pub struct Options {
     pub scenario: Scenario,
@@ -363,7 +369,13 @@ fn run_shard(opts: &Options, shard: u64, shards: u64) -> Result<ShardRun, SimErr
         hosts: Vec::new(),
         backup_down: false,
         patched_images: Vec::new(),
-        engines: if sc_redis_share(&opts.scenario) > 0.0 { 2 } else { 1 },
+        engines: if sc_share(opts.scenario.fleet.kafka_share) > 0.0 {
+            3
+        } else if sc_share(opts.scenario.fleet.redis_share) > 0.0 {
+            2
+        } else {
+            1
+        },
         building: true,
         background_until,
         fault_start,
@@ -412,7 +424,10 @@ impl Sim {
             let image = Image::new(engine, version, Default::default(), Default::default(), Timestamp(self.now));
             self.step(Input::Command { actor: "sim".into(), role: None, command: Command::RegisterImage(image) });
         }
-        let redis_share = sc_redis_share(&self.sc);
+        let redis_share = sc_share(self.sc.fleet.redis_share);
+        // Kafka's share of what is not Redis: the fleet's share overall.
+        let kafka_share = sc_share(self.sc.fleet.kafka_share);
+        let kafka_of_rest = if redis_share < 1.0 { (kafka_share / (1.0 - redis_share)).min(1.0) } else { 0.0 };
         // Hosts: enough for the fleet with head room for replacements.
         let nz = self.zones.len();
         let per_zone = ((services as f64 * 2.3 / nz as f64) / f64::from(self.sc.fleet.instances_per_host.max(1))).ceil()
@@ -432,8 +447,15 @@ impl Sim {
             let sync = self.rng.random_bool(self.sc.fleet.sync_share.clamp(0.0, 1.0));
             let [lo, hi] = self.sc.fleet.write_bytes_per_sec;
             let rate = u64::from(self.rng.random_range(lo.min(hi)..=hi.max(lo)));
-            // Drawn only in a mixed fleet: a PostgreSQL-only one draws as before.
-            let slot = usize::from(redis_share > 0.0 && self.rng.random_bool(redis_share));
+            // Drawn only in a mixed fleet: a PostgreSQL-only one draws as
+            // before, and one without Kafka as before Kafka existed.
+            let slot = if redis_share > 0.0 && self.rng.random_bool(redis_share) {
+                REDIS
+            } else if kafka_of_rest > 0.0 && self.rng.random_bool(kafka_of_rest) {
+                KAFKA
+            } else {
+                0
+            };
             let engine = ENGINES[slot].0;
             // A server that cannot hold a commit until a follower has it
             // (Redis: replication is asynchronous) runs every plan async.
@@ -449,6 +471,7 @@ impl Sim {
                 max_failover_lag_bytes: None,
                 credential_rotation_days: None,
                 labels: None,
+                // Kafka: the engine's default, three peer brokers.
                 brokers: None,
             };
             let idx = self.svcs.len() as u32;
@@ -618,8 +641,8 @@ impl Sim {
     }
 }
 
-fn sc_redis_share(sc: &Scenario) -> f64 {
-    let share = sc.fleet.redis_share;
+/// A share of the fleet as drawn: within [0, 1], 0 if not a number.
+fn sc_share(share: f64) -> f64 {
     if share.is_finite() {
         share.clamp(0.0, 1.0)
     } else {
