@@ -1,7 +1,8 @@
 """A real Kafka client (confluent-kafka, librdkafka) for the Kafka tests.
 
   client.py create BOOTSTRAP TOPIC
-  client.py produce BOOTSTRAP TOPIC STOPFILE   # prints "ack N SECONDS" per acknowledged record
+  client.py produce BOOTSTRAP TOPIC STOPFILE [plain]  # prints "ack N SECONDS" per acknowledged record
+                                               # (plain: no idempotence, still acks=all)
   client.py consume BOOTSTRAP TOPIC GROUP COUNT TIMEOUT  # prints "got N" per record, until COUNT distinct
   client.py produce-n BOOTSTRAP TOPIC COUNT    # COUNT records, all acknowledged, then "produced COUNT"
 """
@@ -21,10 +22,10 @@ def create(bootstrap, topic):
     print("created", flush=True)
 
 
-def produce(bootstrap, topic, stopfile):
+def produce(bootstrap, topic, stopfile, idempotence="idempotent"):
     producer = Producer({
         "bootstrap.servers": bootstrap,
-        "enable.idempotence": True,
+        "enable.idempotence": idempotence == "idempotent",
         "acks": "all",
         "linger.ms": 5,
         "message.timeout.ms": 120000,

@@ -440,6 +440,42 @@ impl Inner {
         })
     }
 
+    /// A storage server that exits unasked (a crash, a kill -9) is started
+    /// again at once, on the same data (PostgreSQL's crash recovery keeps
+    /// every committed record: a record is acknowledged once committed,
+    /// `fsync` and `synchronous_commit` on), while its service has brokers
+    /// to serve. The brokers' storage connections fail meanwhile and their
+    /// clients retry. Not an engine remedy yet: the storage is the
+    /// provider's, not a member (no follower to fail over to).
+    fn kafka_storage_on_exit(self: &Arc<Self>, service_id: ServiceId) -> process::OnUnexpectedExit {
+        let weak = Arc::downgrade(self);
+        Box::new(move |detail| {
+            let Some(inner) = weak.upgrade() else { return };
+            tracing::warn!(service = %service_id, %detail, "the Kafka storage exited unasked: starting it again");
+            tokio::spawn(async move {
+                for attempt in 1..=30u32 {
+                    tokio::time::sleep(Duration::from_millis(if attempt == 1 { 50 } else { 1_000 })).await;
+                    let serves = lock(&inner.kafka.registry)
+                        .instances
+                        .values()
+                        .any(|b| b.service == service_id && b.should_run());
+                    if !serves || inner.closed.load(std::sync::atomic::Ordering::SeqCst) {
+                        return;
+                    }
+                    match inner.kafka_storage(service_id).await {
+                        Ok(()) => {
+                            tracing::info!(service = %service_id, attempt, "the Kafka storage runs again");
+                            return;
+                        }
+                        Err(error) => {
+                            tracing::warn!(service = %service_id, attempt, %error, "the Kafka storage does not start yet")
+                        }
+                    }
+                }
+            });
+        })
+    }
+
     /// Adopts the brokers, storages and routers that survived a restart;
     /// returns how many, and the brokers that should run but do not.
     pub(super) fn kafka_adopt(self: &Arc<Self>) -> (usize, Vec<InstanceId>) {
@@ -462,8 +498,12 @@ impl Inner {
         for service in registry.services.keys() {
             let dir = self.kafka.service_dir(*service);
             if let Some(pid) = process::running_pid(&dir.join("storage").join("postmaster.pid"), "postgres") {
-                let process =
-                    ServerProcess::adopt(pid, Some(&dir.join("storage")), self.closed.clone(), Box::new(|_| {}));
+                let process = ServerProcess::adopt(
+                    pid,
+                    Some(&dir.join("storage")),
+                    self.closed.clone(),
+                    self.kafka_storage_on_exit(*service),
+                );
                 lock(&self.kafka.storages).insert(*service, process);
                 adopted += 1;
             }
@@ -657,7 +697,7 @@ impl Inner {
                 .stdout(log_file)
                 .stderr(log_err);
             self.run_as.apply_tokio(&mut command);
-            let process = ServerProcess::spawn(command, Some(&pgdata), Box::new(|_| {}))
+            let process = ServerProcess::spawn(command, Some(&pgdata), self.kafka_storage_on_exit(service_id))
                 .map_err(|e| ActionError::io("cannot spawn the Kafka storage's postgres", e))?;
             lock(&self.kafka.storages).insert(service_id, process);
         }
