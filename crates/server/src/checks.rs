@@ -66,7 +66,11 @@ pub fn compose(view: &ServiceView, provider: ProviderChecks, now: Timestamp) -> 
             Some(from_facts.as_slice())
         }
     };
-    let mut replication = checks::replication(&plan, followers);
+    let mut replication = if view.engine == drover_model::EngineKind::Kafka {
+        brokers_check(view)
+    } else {
+        checks::replication(&plan, followers)
+    };
     if let Some(obj) = replication.evidence.as_object_mut() {
         // Which of the followers are read replicas added on demand, by slot.
         let read_replicas: serde_json::Map<String, serde_json::Value> = view
@@ -79,7 +83,7 @@ pub fn compose(view: &ServiceView, provider: ProviderChecks, now: Timestamp) -> 
             obj.insert("read_replicas".into(), read_replicas.into());
         }
     }
-    if provider.followers.is_none() {
+    if provider.followers.is_none() && view.engine != drover_model::EngineKind::Kafka {
         if let Some(obj) = replication.evidence.as_object_mut() {
             obj.insert("source".into(), "heartbeat facts of the followers".into());
         }
@@ -96,6 +100,34 @@ pub fn compose(view: &ServiceView, provider: ProviderChecks, now: Timestamp) -> 
         performance: provider.performance.unwrap_or_else(|| unknown("performance")),
         router: provider.router.unwrap_or_else(|| unknown("its router")),
         persistence: provider.persistence,
+    }
+}
+
+/// A Kafka service's replication: its brokers are peers (no follower
+/// streams from another; the records' durability is the storage's), so
+/// what counts is how many serve against the plan's `brokers`.
+fn brokers_check(view: &ServiceView) -> Check {
+    let planned = usize::from(view.plan.brokers.unwrap_or(drover_engine::policy::KAFKA_BROKERS));
+    let serving: Vec<String> = view
+        .instances
+        .iter()
+        .filter(|i| i.role == Role::Broker && i.state == drover_model::InstanceState::Available && !i.fenced)
+        .map(|i| i.id.to_string())
+        .collect();
+    let (status, summary) = if serving.is_empty() {
+        (Status::Crit, format!("no broker of the {planned} planned serves"))
+    } else if serving.len() < planned {
+        (
+            Status::Warn,
+            format!("{} of {planned} planned brokers serve: the missing ones are being replaced", serving.len()),
+        )
+    } else {
+        (Status::Ok, format!("all {planned} planned brokers serve"))
+    };
+    Check {
+        status,
+        summary,
+        evidence: serde_json::json!({ "plan": { "brokers": planned }, "serving_brokers": serving }),
     }
 }
 

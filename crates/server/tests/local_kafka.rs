@@ -392,7 +392,9 @@ async fn a_rollout_replaces_every_broker_under_load_and_no_record_fails_or_is_lo
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn a_kafka_services_checks_probe_every_broker_send_a_canary_and_measure_group_lag() {
     let (t, _reaper) = start_local().await;
-    let (status, body) = t.post("/v1/services", json!({"name": "k3", "engine": "kafka", "provider": "local"})).await;
+    // `followers` as the CLI sends it by default: a Kafka plan ignores it.
+    let (status, body) =
+        t.post("/v1/services", json!({"name": "k3", "engine": "kafka", "provider": "local", "followers": 1})).await;
     assert_eq!(status, 201, "{body}");
     let s = wait_brokers(&t, "k3", None).await;
     let addr = bootstrap(&s);
@@ -413,7 +415,13 @@ async fn a_kafka_services_checks_probe_every_broker_send_a_canary_and_measure_gr
             panic!("the checks never became what was wanted: {last:#}");
         }
     };
-    let c = checks(|c| c["router"]["status"] == "ok" && c["performance"]["status"] == "ok").await;
+    // Replication of a Kafka service: its serving brokers against the plan.
+    let c = checks(|c| {
+        c["router"]["status"] == "ok" && c["performance"]["status"] == "ok" && c["replication"]["status"] == "ok"
+    })
+    .await;
+    assert_eq!(c["replication"]["evidence"]["plan"]["brokers"], 3, "{c:#}");
+    assert_eq!(c["replication"]["evidence"]["serving_brokers"].as_array().map(Vec::len), Some(3), "{c:#}");
     let brokers = c["router"]["evidence"]["brokers"].as_object().expect("brokers by id");
     assert_eq!(brokers.len(), 3, "{c:#}");
     for (id, b) in brokers {
