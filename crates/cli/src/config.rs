@@ -50,10 +50,19 @@ pub struct ServeArgs {
     /// Keep the fleet's state in this PostgreSQL database
     /// (postgres://USER[:PASSWORD]@HOST:PORT/DB, connected to directly, not
     /// through a transaction-pooling router) instead of DATA_DIR/drover.db
-    /// [default: the embedded SQLite store]. Tokens, break-glass runs and
-    /// on-call pages stay in the data dir's SQLite files.
+    /// [default: the embedded SQLite store]. The API tokens are kept there
+    /// too; break-glass runs and on-call pages stay in the data dir's
+    /// SQLite files.
     #[arg(long, env = "DROVER_STORE", value_name = "URL")]
     pub store: Option<String>,
+    /// This node's name in the fleet's lease, with --store: unique among
+    /// the nodes sharing the store [default: the host name].
+    #[arg(long, env = "DROVER_NODE", value_name = "NAME")]
+    pub node: Option<String>,
+    /// With --store: how long the fleet's lease lasts unrenewed; a standby
+    /// takes over about this long after the holder died [default: 6].
+    #[arg(long, env = "DROVER_LEASE_TTL_SECS")]
+    pub lease_ttl_secs: Option<f64>,
     /// The config file [default: drover.toml in the data dir, if it exists].
     #[arg(long, env = "DROVER_CONFIG")]
     pub config: Option<PathBuf>,
@@ -282,6 +291,18 @@ pub fn resolve(args: ServeArgs, no_local_set: bool) -> anyhow::Result<Settings> 
             bail!("--store takes a postgres://USER@HOST:PORT/DB URL (got one starting {:?}); leave it out for the embedded SQLite store in the data dir", url.split("://").next().unwrap_or_default());
         }
         opts.store = Some(url.clone());
+    }
+    if args.node.is_some() || args.lease_ttl_secs.is_some() {
+        if args.store.is_none() {
+            bail!("--node and --lease-ttl-secs are for nodes sharing a PostgreSQL store: add --store postgres://...");
+        }
+        opts.node = args.node.clone();
+        if let Some(ttl) = positive_secs(args.lease_ttl_secs, "--lease-ttl-secs")? {
+            if ttl < Duration::from_millis(500) {
+                bail!("--lease-ttl-secs must be at least 0.5 (the lease is renewed every quarter of it)");
+            }
+            opts.lease_ttl = ttl;
+        }
     }
     opts.reset_admin_token = args.reset_admin_token;
     opts.runbooks_dir = args.runbooks_dir.clone();

@@ -15,6 +15,7 @@ mod config;
 mod output;
 mod pages;
 mod rollouts;
+mod store;
 
 use clap::parser::ValueSource;
 use clap::{Args, CommandFactory, FromArgMatches, Parser, Subcommand};
@@ -279,11 +280,32 @@ enum Cmd {
     /// Secrets at rest: seal a value for oncall.toml with the data dir's key.
     #[command(subcommand)]
     Secrets(SecretsCmd),
+    /// The control plane's own store: move a fleet from the embedded SQLite
+    /// store to PostgreSQL.
+    #[command(subcommand)]
+    Store(StoreCmd),
     /// Print a shell completion script, e.g.
     /// `drover completions bash > /etc/bash_completion.d/drover`.
     Completions {
         #[arg(value_enum)]
         shell: clap_complete::Shell,
+    },
+}
+
+#[derive(Subcommand)]
+enum StoreCmd {
+    /// Copy every service, instance, action, event and record of the data
+    /// dir's SQLite store into an empty PostgreSQL database, in one
+    /// transaction, and mark the data dir as moved; then start
+    /// `drover serve --data-dir DIR --store URL`. Stop the control plane
+    /// first (the data dir's lock is taken).
+    Migrate {
+        /// The data dir whose `drover.db` is moved.
+        #[arg(long, env = "DROVER_DATA_DIR", default_value = "./drover-data")]
+        from: PathBuf,
+        /// postgres://USER[:PASSWORD]@HOST:PORT/DB, empty, reached directly.
+        #[arg(long)]
+        to: String,
     },
 }
 
@@ -315,8 +337,12 @@ enum ServicesCmd {
         name: String,
         #[arg(long, value_parser = ["postgres", "redis", "kafka"], default_value = "postgres")]
         engine: String,
-        #[arg(long, default_value_t = 1)]
-        followers: u8,
+        /// Followers of the primary (PostgreSQL, Redis; default 1).
+        #[arg(long)]
+        followers: Option<u8>,
+        /// Peer brokers (Kafka; default 3).
+        #[arg(long)]
+        brokers: Option<u8>,
         #[arg(long)]
         provider: Option<String>,
         /// Synchronous replication (PostgreSQL); for Redis: the primary
@@ -605,6 +631,7 @@ impl Cmd {
             | Cmd::Agent { .. }
             | Cmd::Sim { .. }
             | Cmd::Secrets(_)
+            | Cmd::Store(_)
             | Cmd::Completions { .. } => None,
         }
     }
@@ -707,6 +734,7 @@ async fn run(cli: Cli, no_local_set: bool) -> anyhow::Result<()> {
         Cmd::Serve(args) => serve(args, no_local_set).await,
         Cmd::Completions { shell } => completions(shell),
         Cmd::Secrets(SecretsCmd::Seal { data_dir }) => seal(&data_dir),
+        Cmd::Store(StoreCmd::Migrate { from, to }) => store::migrate(&from, &to).await,
         Cmd::Agent {
             data_dir,
             interval_ms,
@@ -769,6 +797,7 @@ async fn run(cli: Cli, no_local_set: bool) -> anyhow::Result<()> {
                 name,
                 engine,
                 followers,
+                brokers,
                 provider,
                 sync,
                 team,
@@ -776,7 +805,16 @@ async fn run(cli: Cli, no_local_set: bool) -> anyhow::Result<()> {
                 credential_rotation_days,
                 labels,
             } => {
-                let mut body = serde_json::json!({ "name": name, "engine": engine, "followers": followers });
+                let mut body = serde_json::json!({ "name": name, "engine": engine });
+                // A Kafka plan has brokers, not followers: none is sent
+                // unless asked (its plan would show one otherwise).
+                match (engine.as_str(), followers) {
+                    ("kafka", None) => {}
+                    (_, followers) => body["followers"] = followers.unwrap_or(1).into(),
+                }
+                if let Some(b) = brokers {
+                    body["brokers"] = b.into();
+                }
                 if let Some(p) = provider {
                     body["provider"] = p.into();
                 }

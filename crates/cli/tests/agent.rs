@@ -170,6 +170,7 @@ async fn provision_primary(provider: &LocalProvider, service_name: &str) -> Inst
             restore_from: None,
             read_slot: None,
             version: String::new(),
+            storage_of: None,
         })),
         state: ActionState::Running,
         attempts: 1,

@@ -177,7 +177,13 @@ async fn kill_9_of_the_control_plane_mid_upgrade_resumes_with_one_cut_over_and_n
 
     let done = wait_for(Duration::from_secs(600), "upgrade succeeded", &serve, || async {
         let (_, r) = get(&http, &format!("{api}/v1/rollouts/{rid}")).await?;
-        assert!(r["state"] != "paused" && r["state"] != "failed", "{r}");
+        if r["state"] == "paused" || r["state"] == "failed" {
+            // Why, in full: the member's detail, the service's story and
+            // the control plane's log (the temp dir goes with the test).
+            let members = get(&http, &format!("{api}/v1/rollouts/{rid}/services")).await;
+            let events = get(&http, &format!("{api}/v1/events?limit=1000")).await;
+            panic!("{r}\nmembers: {members:?}\nevents: {events:#?}\nlog:\n{}", serve.log_tail());
+        }
         (r["state"] == "succeeded").then_some(r)
     })
     .await;

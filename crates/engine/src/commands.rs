@@ -69,6 +69,16 @@ impl Engine {
         let Some(&sslot) = self.service_names.get(name.as_str()) else {
             return Err(CommandError::NotFound(format!("no service named {name:?}")));
         };
+        let storage = self.services.get(sslot).and_then(|s| self.storage_of_kafka(s));
+        if let Some(kafka) = self.services.get(sslot).and_then(|s| self.kafka_of_storage(s)) {
+            if self.services.get(kafka).is_some_and(|k| !k.deleting) {
+                return Err(CommandError::Conflict(format!(
+                    "{name:?} is the storage of the Kafka service {:?}: delete that service, and its storage goes \
+                     with it",
+                    self.services.get(kafka).map(|k| String::from(&*k.name)).unwrap_or_default()
+                )));
+            }
+        }
         let waiting: Vec<ActionId> = {
             let sid = self.services.get(sslot).map(|s| s.id);
             self.actions
@@ -89,9 +99,17 @@ impl Engine {
         }
         self.mark_dirty(sslot);
         self.reconcile_dirty(now, out);
-        self.service_view_slot(sslot, now)
+        let reply = self
+            .service_view_slot(sslot, now)
             .map(|v| Reply::Service(Box::new(v)))
-            .ok_or_else(|| CommandError::NotFound(format!("service {name:?} is gone")))
+            .ok_or_else(|| CommandError::NotFound(format!("service {name:?} is gone")));
+        // A Kafka service's storage goes with it (archived as any
+        // PostgreSQL service is: its records' last backup is kept).
+        if let Some(storage) = storage.and_then(|st| self.services.get(st)).filter(|st| !st.deleting) {
+            let storage = String::from(&*storage.name);
+            self.delete_service(storage, now, out)?;
+        }
+        reply
     }
 
     /// Opens a fault injection on an instance (not a remedy: it takes no
@@ -373,8 +391,20 @@ impl Engine {
             .images
             .latest_for(req.engine)
             .ok_or_else(|| CommandError::Invalid(format!("no image registered for engine {}", req.engine)))?;
+        let storage = match req.engine {
+            drover_model::EngineKind::Kafka if forked_from.is_some() => {
+                return Err(CommandError::Invalid("a Kafka service cannot be forked (not built yet)".into()))
+            }
+            drover_model::EngineKind::Kafka => Some(self.storage_can_be_created(&req)?),
+            _ => None,
+        };
         let zone_names = req.zones.clone().unwrap_or_else(|| self.config.default_zones.clone());
         let zones: Vec<u16> = zone_names.iter().map(|z| self.zone(z)).collect();
+        if let Some(storage) = &storage {
+            // Its storage must fit too, before either is created.
+            let members = 1 + usize::from(storage.followers);
+            self.place_new_service(&zones, members).map_err(CommandError::Conflict)?;
+        }
         let team = self.teams.intern(req.team.as_deref().unwrap_or(&self.config.default_team.clone()));
         let provider = self.providers.intern(&provider_name);
         let id = ServiceId::new_at(now, self.rng.next_u64());
@@ -433,6 +463,12 @@ impl Engine {
         ));
         self.service_changed(sslot, out);
         self.build_initial_members(sslot, &zones, &placed, now, out);
+        if let Some(storage) = storage {
+            // After the Kafka service, so that its storage's members are
+            // provisioned knowing whose storage they are. Every way this
+            // can fail was checked before anything was created.
+            self.create_service(storage, None, now, out)?;
+        }
         self.service_view_slot(sslot, now)
             .map(|v| Reply::Service(Box::new(v)))
             .ok_or_else(|| CommandError::Invalid("service vanished while being created".into()))

@@ -454,6 +454,29 @@ impl<T> Slab<T> {
     pub fn get_mut(&mut self, slot: u32) -> Option<&mut T> {
         self.cell_mut(slot)?.as_mut()
     }
+    /// A hint that `slot` is read soon: its cache lines are fetched while
+    /// other work goes on. Changes nothing; a slot out of range is ignored.
+    /// A loop over thousands of random slots (a fleet-wide roll's moving
+    /// services, every tick) otherwise waits on one cache miss after another.
+    #[inline]
+    pub fn prefetch(&self, slot: u32) {
+        let s = slot as usize;
+        let Some(cell) = self.chunks.get(s / SLAB_CHUNK).and_then(|c| c.get(s % SLAB_CHUNK)) else { return };
+        #[cfg(target_arch = "x86_64")]
+        {
+            use std::arch::x86_64::{_mm_prefetch, _MM_HINT_T0};
+            let start = (cell as *const Option<T>).cast::<i8>();
+            let mut line = 0;
+            while line < std::mem::size_of::<Option<T>>() {
+                // SAFETY: SSE is in every x86_64 target; a prefetch reads
+                // nothing and cannot fault, whatever the address.
+                unsafe { _mm_prefetch::<_MM_HINT_T0>(start.wrapping_add(line)) };
+                line += 64;
+            }
+        }
+        #[cfg(not(target_arch = "x86_64"))]
+        let _ = cell;
+    }
     pub fn len(&self) -> usize {
         self.len
     }

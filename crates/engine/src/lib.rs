@@ -42,6 +42,7 @@ mod fleet;
 mod followers;
 mod heartbeats;
 mod hosts;
+pub mod kafka_storage;
 mod placement;
 pub mod policy;
 mod reconcile;

@@ -441,6 +441,10 @@ impl Engine {
                 .and_then(|s| s.forked_from.as_deref().filter(|f| !f.restored).cloned()),
             read_slot: None,
             version: self.images.list.get(image as usize).map(|im| im.version.clone()).unwrap_or_default(),
+            storage_of: s
+                .and_then(|s| self.kafka_of_storage(s))
+                .and_then(|k| self.services.get(k))
+                .map(|k| String::from(&*k.name)),
         }))
     }
 

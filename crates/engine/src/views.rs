@@ -71,7 +71,12 @@ impl Engine {
             image: self.images.id(i.image).0,
             state: i.state,
             fenced: i.fenced,
-            writable: i.writable(),
+            // A serving broker takes writes as a primary does (the
+            // engine's own `writable` means "the primary" in its decisions).
+            writable: i.writable()
+                || (i.role == drover_model::Role::Broker
+                    && !i.fenced
+                    && i.state == drover_model::InstanceState::Available),
             state_since: Timestamp(i.state_since),
             last_heartbeat_at: (self.heard_at(i) > 0).then_some(Timestamp(self.heard_at(i))),
             facts: i.facts(),
@@ -84,21 +89,36 @@ impl Engine {
         let mut instances: Vec<InstanceView> = s.instances.iter().filter_map(|&i| self.instance_view_slot(i)).collect();
         // Primary first, then by creation.
         instances.sort_by_key(|v| (v.role != drover_model::Role::Primary || v.fenced, v.id));
+        let storage = self.storage_of_kafka(s).and_then(|st| self.services.get(st));
+        if let Some(st) = storage {
+            // A Kafka service's storage members after its brokers.
+            let mut members: Vec<InstanceView> =
+                st.instances.iter().filter_map(|&i| self.instance_view_slot(i)).collect();
+            members.sort_by_key(|v| (v.role != drover_model::Role::Primary || v.fenced, v.id));
+            instances.extend(members);
+        }
+        let storage_of = self.kafka_of_storage(s).and_then(|k| self.services.get(k)).map(|k| String::from(&*k.name));
         let remedy = {
-            let mut open: Vec<String> = self
-                .actions
-                .values()
-                .filter(|a| a.remedy && a.record.service == s.id)
-                .map(|a| {
-                    format!(
-                        "{} {} ({}, attempt {})",
-                        a.record.kind.name(),
-                        a.record.instance,
-                        a.record.state,
-                        a.record.attempts
-                    )
-                })
-                .collect();
+            // `open_remedies` counts exactly these: without one, no scan of
+            // every open action (a fleet-wide command answers a view per
+            // service, and the scan made that quadratic).
+            let mut open: Vec<String> = if s.open_remedies == 0 {
+                Vec::new()
+            } else {
+                self.actions
+                    .values()
+                    .filter(|a| a.remedy && a.record.service == s.id)
+                    .map(|a| {
+                        format!(
+                            "{} {} ({}, attempt {})",
+                            a.record.kind.name(),
+                            a.record.instance,
+                            a.record.state,
+                            a.record.attempts
+                        )
+                    })
+                    .collect()
+            };
             open.sort();
             if s.needs_human {
                 open.push("needs a human: a remedy failed".into());
@@ -132,6 +152,8 @@ impl Engine {
             labels: s.labels.as_deref().cloned().unwrap_or_default(),
             upgraded_from: s.upgraded_from.as_deref().map(|i| i.0.clone()),
             recoverable_since: s.backups.recoverable_since(),
+            storage: storage.map(|st| String::from(&*st.name)),
+            storage_of,
         })
     }
 

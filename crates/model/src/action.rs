@@ -80,6 +80,12 @@ pub struct ProvisionSpec {
     /// provider's default.
     #[serde(default, skip_serializing_if = "String::is_empty")]
     pub version: String,
+    /// A member of a Kafka service's storage: the Kafka service whose
+    /// records this PostgreSQL service holds (its brokers keep prepared
+    /// statements across transactions, so the provider's router pools
+    /// its sessions whole). None: any other member.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub storage_of: Option<String>,
 }
 
 #[derive(Clone, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]

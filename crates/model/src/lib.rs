@@ -31,8 +31,8 @@ pub use rollout::{
     default_waves, MemberPhase, RolloutMember, RolloutRecord, RolloutSpec, RolloutState, RolloutView, Selector,
 };
 pub use service::{
-    BackupStatus, CreateService, CredentialStatus, EngineKind, InstanceRecord, InstanceView, Plan, RestoreFrom, Role,
-    ServiceRecord, ServiceView, MAX_READ_REPLICAS,
+    kafka_storage_name, BackupStatus, CreateService, CredentialStatus, EngineKind, InstanceRecord, InstanceView, Plan,
+    RestoreFrom, Role, ServiceRecord, ServiceView, KAFKA_STORAGE_SUFFIX, MAX_READ_REPLICAS,
 };
 pub use states::{InstanceState, ServiceState};
 pub use time::Timestamp;

@@ -84,6 +84,15 @@ pub struct Plan {
     pub brokers: Option<u8>,
 }
 
+/// What a Kafka service's storage (the PostgreSQL service holding its
+/// records, created and deleted with it) is named after it.
+pub const KAFKA_STORAGE_SUFFIX: &str = "-storage";
+
+/// The name of the Kafka service `kafka`'s storage.
+pub fn kafka_storage_name(kafka: &str) -> String {
+    format!("{kafka}{KAFKA_STORAGE_SUFFIX}")
+}
+
 /// The most brokers a Kafka plan may ask for: the router has eight slots
 /// and a rolling replacement builds one broker more before one retires.
 pub const MAX_BROKERS: u8 = 7; // also in CreateService's schema
@@ -394,6 +403,14 @@ pub struct ServiceView {
     /// `upgrade/rollback` moves it back onto (absent: nothing to roll back).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub upgraded_from: Option<String>,
+    /// A Kafka service: the PostgreSQL service that holds its records
+    /// (`<name>-storage`, created and deleted with it), whose members are
+    /// listed in `instances` after the brokers.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub storage: Option<String>,
+    /// A Kafka service's storage: that Kafka service.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub storage_of: Option<String>,
 }
 
 #[cfg(test)]

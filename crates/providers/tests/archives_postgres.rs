@@ -64,6 +64,7 @@ fn provision(name: &str, restore_from: Option<RestoreFrom>) -> ActionKind {
         restore_from,
         read_slot: None,
         version: String::new(),
+        storage_of: None,
     }))
 }
 

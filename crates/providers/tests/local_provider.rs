@@ -105,6 +105,7 @@ impl Harness {
             restore_from: None,
             read_slot: None,
             version: String::new(),
+            storage_of: None,
         }))
     }
 

@@ -56,6 +56,7 @@ fn provision(role: Role) -> ActionKind {
         restore_from: None,
         read_slot: None,
         version: String::new(),
+        storage_of: None,
     }))
 }
 fn inject(fault: Fault) -> ActionKind {

@@ -38,6 +38,82 @@ pub struct BackupsCheck {
     pub last_verify_ok: Option<bool>,
 }
 
+/// A service's checks as the API answers them: the provider's part asked
+/// for, composed with the engine's view. A Kafka service's backups are its
+/// storage's, and its replication counts the storage's follower too.
+pub async fn of_service(ready: &crate::state::Ready, view: &ServiceView) -> ServiceChecks {
+    let provider = provider_checks(ready, view).await;
+    let mut checks = compose(view, provider, crate::actor::now());
+    let Some(storage) = view.storage.clone() else { return checks };
+    let lookup = storage.clone();
+    let storage_view = ready.engine.query(move |e| e.service_view(&lookup)).await.ok().flatten();
+    match storage_view {
+        Some(storage_view) => {
+            let provider = provider_checks(ready, &storage_view).await;
+            let of_storage = compose(&storage_view, provider, crate::actor::now());
+            with_storage(&mut checks, &storage, of_storage);
+        }
+        None => {
+            checks.backups.check = Check {
+                status: Status::Crit,
+                summary: format!("the storage {storage} holding the records is gone"),
+                evidence: serde_json::json!({ "storage": storage }),
+            };
+        }
+    }
+    checks
+}
+
+async fn provider_checks(ready: &crate::state::Ready, view: &ServiceView) -> ProviderChecks {
+    match ready.provider_objects.get(&view.provider) {
+        Some(p) => p.service_checks(&view.name).await,
+        None => ProviderChecks::default(),
+    }
+}
+
+/// A Kafka service's checks with its storage's: the backups are the
+/// storage's (the brokers keep nothing), the replication the worse of the
+/// brokers' and the storage's, each with its evidence.
+fn with_storage(checks: &mut ServiceChecks, storage: &str, of_storage: ServiceChecks) {
+    let prefixed = |c: &Check| format!("storage {storage}: {}", c.summary);
+    checks.backups = BackupsCheck {
+        check: Check {
+            status: of_storage.backups.check.status,
+            summary: prefixed(&of_storage.backups.check),
+            evidence: serde_json::json!({ "storage": storage, "backups": of_storage.backups.check.evidence }),
+        },
+        ..of_storage.backups
+    };
+    let brokers = std::mem::replace(
+        &mut checks.replication,
+        Check { status: Status::Unknown, summary: String::new(), evidence: serde_json::Value::Null },
+    );
+    let status = worse(brokers.status, of_storage.replication.status);
+    checks.replication = Check {
+        status,
+        summary: format!("{}; {}", brokers.summary, prefixed(&of_storage.replication)),
+        evidence: serde_json::json!({
+            "brokers": brokers.evidence,
+            "storage": { "service": storage, "replication": of_storage.replication.evidence },
+        }),
+    };
+}
+
+/// The worse of two statuses: crit, then warn, then unknown, then ok.
+fn worse(a: Status, b: Status) -> Status {
+    let rank = |s: Status| match s {
+        Status::Ok => 0,
+        Status::Unknown => 1,
+        Status::Warn => 2,
+        Status::Crit => 3,
+    };
+    if rank(b) > rank(a) {
+        b
+    } else {
+        a
+    }
+}
+
 pub fn compose(view: &ServiceView, provider: ProviderChecks, now: Timestamp) -> ServiceChecks {
     let b = &view.backups;
     let backups = BackupsCheck {

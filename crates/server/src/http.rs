@@ -238,11 +238,7 @@ pub(crate) async fn service_checks(
 ) -> Result<Json<crate::checks::ServiceChecks>, ApiError> {
     let ready = state.ready()?;
     let view = ready.visible_service(&caller, &name).await?;
-    let provider = match ready.provider_objects.get(&view.provider) {
-        Some(p) => p.service_checks(&view.name).await,
-        None => drover_providers::ProviderChecks::default(),
-    };
-    Ok(Json(crate::checks::compose(&view, provider, crate::actor::now())))
+    Ok(Json(crate::checks::of_service(ready, &view).await))
 }
 
 /// Take a base backup now.

@@ -22,15 +22,18 @@ pub mod agents;
 mod archives;
 pub mod auth;
 pub mod checks;
+pub mod cluster;
 mod credentials;
 pub mod data_dir;
 mod error;
 mod followers;
+pub mod forward;
 pub mod heartbeat_feed;
 pub mod hosts;
 pub mod http;
 mod images;
 mod labels;
+pub mod lease;
 pub mod lifecycle;
 pub mod listen;
 mod maintenance;
@@ -70,6 +73,9 @@ use tokio::task::JoinHandle;
 
 pub use request::ACTOR_HEADER;
 
+/// [`ServeOptions::lease_ttl`] unless told.
+pub const DEFAULT_LEASE_TTL: std::time::Duration = std::time::Duration::from_secs(6);
+
 /// Everything `drover serve` is told.
 #[derive(Clone, Debug)]
 pub struct ServeOptions {
@@ -77,9 +83,16 @@ pub struct ServeOptions {
     pub data_dir: PathBuf,
     /// Keep the fleet's state in this PostgreSQL database
     /// (`postgres://USER@HOST:PORT/DB`) instead of `DATA_DIR/drover.db`.
-    /// Tokens, break-glass runs and on-call pages stay in the data dir's
+    /// The API tokens with it; break-glass runs and on-call pages stay in the data dir's
     /// SQLite files either way.
     pub store: Option<String>,
+    /// This node's name in the fleet's lease (PostgreSQL store only):
+    /// unique among the nodes sharing the store [default: the host name].
+    pub node: Option<String>,
+    /// How long the fleet's lease lasts unrenewed (PostgreSQL store): a
+    /// standby takes over about this long after the holder died; the
+    /// holder stops itself before it can expire.
+    pub lease_ttl: std::time::Duration,
     pub listen: SocketAddr,
     pub engine: drover_engine::Config,
     pub sim: SimConfig,
@@ -116,6 +129,8 @@ impl ServeOptions {
         ServeOptions {
             data_dir: data_dir.into(),
             store: None,
+            node: None,
+            lease_ttl: DEFAULT_LEASE_TTL,
             listen,
             engine: serve_engine_config(),
             sim: SimConfig::default(),
@@ -174,17 +189,20 @@ fn tls_acceptor(opts: &ServeOptions) -> anyhow::Result<Option<tokio_rustls::TlsA
 }
 
 /// The PostgreSQL store at `url`. The data dir's `drover.db` is still
-/// opened (and migrated) first: the API tokens and the break-glass tables
+/// opened (and migrated) first: the break-glass tables
 /// stay there in this release. A fleet found in it is not the one served
-/// (moving it is `drover store migrate`, issue 16): say so loudly.
+/// (moving it is `drover store migrate`): say so loudly, unless that
+/// command moved it from there.
 async fn open_postgres_store(url: String, db_path: PathBuf) -> anyhow::Result<drover_store::PgStore> {
     let path = db_path.clone();
+    // Moved by `drover store migrate`: the copy left in the file is known.
+    let moved = db_path.with_file_name(drover_store::migrate::MOVED_MARKER).exists();
     let left_behind = tokio::task::spawn_blocking(move || -> Result<usize, drover_store::StoreError> {
         let sqlite = SqliteStore::open(&path)?;
-        Ok(sqlite.load()?.services.len())
+        Ok(if moved { 0 } else { sqlite.load()?.services.len() })
     })
     .await?
-    .with_context(|| format!("cannot open {} (tokens and break-glass tables)", db_path.display()))?;
+    .with_context(|| format!("cannot open {} (the break-glass tables)", db_path.display()))?;
     let store = tokio::task::spawn_blocking(move || drover_store::PgStore::connect(&url))
         .await?
         .context("cannot open the PostgreSQL store")?;
@@ -268,7 +286,8 @@ async fn run(
     // Held until this function returns: one control plane per data dir.
     let data_dir::Prepared { lock: _lock, key } = prepared;
     let addr = listener.local_addr()?;
-    let state = state::AppState { ready: Arc::new(OnceLock::new()), metrics: telemetry::install() };
+    let state =
+        state::AppState { ready: Arc::new(OnceLock::new()), metrics: telemetry::install(), standby: Arc::default() };
     let (stop_tx, stop_rx) = watch::channel(false);
 
     // Serve from the first moment so /healthz can say 503 while we start.
@@ -330,21 +349,58 @@ async fn start_up(
     std::fs::create_dir_all(&opts.data_dir)
         .with_context(|| format!("cannot create data directory {}", opts.data_dir.display()))?;
     let db_path = opts.data_dir.join("drover.db");
+    // The PostgreSQL store, when the fleet is kept there: the API tokens
+    // are too (shared by the nodes).
+    let mut shared: Option<Arc<drover_store::PgStore>> = None;
+    let node_name = lease::node_name(opts.node.as_deref());
+    let node_url = lease::advertised_url(&base_url);
     let store: Arc<dyn Store> = match &opts.store {
         None => {
+            // A fleet moved to PostgreSQL is served from there only: this
+            // file's copy is stale, and acting on it would act twice.
+            let moved = opts.data_dir.join(drover_store::migrate::MOVED_MARKER);
+            if let Ok(text) = std::fs::read_to_string(&moved) {
+                let to = serde_json::from_str::<serde_json::Value>(&text)
+                    .ok()
+                    .and_then(|v| v["to"].as_str().map(str::to_string))
+                    .unwrap_or_else(|| "a PostgreSQL store".into());
+                anyhow::bail!(
+                    "the fleet of {} was moved to {to} by `drover store migrate` ({}): start with --store \
+                     postgres://... (the tokens moved with the fleet; the data dir keeps the key); the SQLite copy is stale \
+                     and is not served",
+                    opts.data_dir.display(),
+                    moved.display()
+                );
+            }
             let path = db_path.clone();
             let store = tokio::task::spawn_blocking(move || SqliteStore::open(&path))
                 .await?
                 .with_context(|| format!("cannot open the store at {}", db_path.display()))?;
             Arc::new(store)
         }
-        Some(url) => Arc::new(open_postgres_store(url.clone(), db_path.clone()).await?),
+        Some(url) => {
+            let store = open_postgres_store(url.clone(), db_path.clone()).await?;
+            let (node, address) = (node_name.clone(), node_url.clone());
+            let standby = Arc::clone(&state.standby);
+            let store = lease::hold_the_fleet(store, node, address, opts.lease_ttl, standby).await?;
+            shared = Some(Arc::clone(&store));
+            store
+        }
+    };
+    let this_node = cluster::ThisNode {
+        name: node_name,
+        url: node_url,
+        shared: shared.clone().map(|store| (store, opts.lease_ttl)),
     };
     // Tokens before anything answers: the first start writes admin.token.
     let auth = {
         let (db, dir, reset) = (db_path.clone(), opts.data_dir.clone(), opts.reset_admin_token);
         tokio::task::spawn_blocking(move || -> anyhow::Result<Arc<auth::Tokens>> {
-            let tokens = auth::Tokens::open(&db).context("cannot read the API tokens")?;
+            let tokens = match shared {
+                Some(pg) => auth::Tokens::with_store(drover_store::tokens::TokenStore::postgres(&db, pg)?),
+                None => auth::Tokens::open(&db),
+            }
+            .context("cannot read the API tokens")?;
             auth::ensure_admin_token(&dir, &tokens, reset, runtime::now())?;
             Ok(Arc::new(tokens))
         })
@@ -561,6 +617,7 @@ async fn start_up(
         status: status::StatusSite::new(opts.status.clone()),
         routers_beside,
         ui: Default::default(),
+        node: this_node,
     });
     rollout_gate::spawn(state.ready.clone(), stop_for_status.clone());
     status::spawn_sampler(state.ready.clone(), stop_for_status);

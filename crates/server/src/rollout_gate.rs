@@ -138,11 +138,7 @@ async fn look(
         if view.id != w.service {
             continue;
         }
-        let provider = match ready.provider_objects.get(&view.provider) {
-            Some(p) => p.service_checks(&view.name).await,
-            None => drover_providers::ProviderChecks::default(),
-        };
-        let checks = crate::checks::compose(&view, provider, crate::actor::now());
+        let checks = crate::checks::of_service(ready, &view).await;
         let list = check_list(&checks);
         let about: Vec<&Page> = pages.iter().filter(|p| about(p, &w.name)).collect();
         let baseline = baselines.entry((w.rollout, w.service)).or_insert_with(|| Baseline {

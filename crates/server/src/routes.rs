@@ -95,6 +95,7 @@ pub fn router(state: AppState) -> Router {
         .route("/v1/catalog/import", post(crate::lifecycle::import))
         .route("/v1/catalog/export", get(crate::lifecycle::export))
         .route("/v1/hosts", get(hosts::list_hosts).post(hosts::register_host))
+        .route("/v1/cluster", get(crate::cluster::show_cluster))
         .route("/v1/hosts/{name}/drain", post(hosts::post_drain))
         .route("/v1/hosts/{name}/cordon", post(hosts::post_cordon))
         .route("/v1/archives", get(crate::archives::list_archives))
@@ -109,6 +110,8 @@ pub fn router(state: AppState) -> Router {
         .layer(DefaultBodyLimit::max(MAX_BODY_BYTES))
         .layer(middleware::from_fn(errors_as_json))
         .layer(tower_http::catch_panic::CatchPanicLayer::custom(panic_response))
+        // Outermost: a standby hands every request to the fleet's holder.
+        .layer(middleware::from_fn_with_state(state.clone(), crate::forward::to_the_holder))
         .with_state(state)
 }
 

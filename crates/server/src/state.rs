@@ -37,6 +37,8 @@ pub struct Ready {
     /// The routers of services on agent hosts (None: they could not be
     /// opened).
     pub routers_beside: Option<crate::agents::RoutersBeside>,
+    /// This node, and the store it shares with others (`GET /v1/cluster`).
+    pub node: crate::cluster::ThisNode,
 }
 
 impl Ready {
@@ -91,6 +93,9 @@ pub fn redact_password(url: &str) -> String {
 pub struct AppState {
     pub ready: Arc<OnceLock<Ready>>,
     pub metrics: PrometheusHandle,
+    /// While this node is a standby of a shared store: the holder, to
+    /// which every request but `/healthz` is forwarded (`forward`).
+    pub standby: crate::lease::Standby,
 }
 
 impl AppState {

@@ -440,11 +440,7 @@ struct ServicePage {
 /// The service's checks (the same as `GET /v1/services/{name}/checks`),
 /// one row per facet with its evidence.
 async fn check_rows(ready: &Ready, view: &drover_model::ServiceView) -> Vec<CheckRow> {
-    let provider = match ready.provider_objects.get(&view.provider) {
-        Some(p) => p.service_checks(&view.name).await,
-        None => drover_providers::ProviderChecks::default(),
-    };
-    let checks = crate::checks::compose(view, provider, crate::actor::now());
+    let checks = crate::checks::of_service(ready, view).await;
     let Ok(serde_json::Value::Object(map)) = serde_json::to_value(&checks) else { return Vec::new() };
     map.into_iter()
         .filter(|(_, v)| v.is_object())

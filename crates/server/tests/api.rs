@@ -15,6 +15,19 @@ async fn healthz_answers_ok_once_ready() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn on_the_embedded_store_the_cluster_is_this_node_holding_the_one_shard() {
+    let mut t = common::start().await;
+    let (status, body) = t.get("/v1/cluster").await;
+    assert_eq!(status, 200, "{body}");
+    assert_eq!((body["shards"].as_u64(), body["store"].as_str()), (Some(1), Some("sqlite")), "{body}");
+    let nodes = body["nodes"].as_array().unwrap();
+    assert_eq!(nodes.len(), 1, "{body}");
+    assert_eq!((&nodes[0]["alive"], &nodes[0]["shards"], &nodes[0]["this"]), (&json!(true), &json!(1), &json!(true)));
+    assert!(nodes[0]["url"].as_str().is_some_and(|u| u.starts_with("http://127.0.0.1:")), "{body}");
+    t.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_created_service_becomes_available_and_is_listed_shown_and_audited() {
     let mut t = common::start().await;
     let created = t.create_service("db1", 1).await;

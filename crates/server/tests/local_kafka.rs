@@ -30,14 +30,23 @@ impl Drop for Reaper {
         if std::thread::panicking() {
             dump_logs(&self.0);
         }
-        let Ok(entries) = std::fs::read_dir("/proc") else { return };
-        let dir = self.0.to_string_lossy().into_owned();
-        for e in entries.flatten() {
-            let Ok(pid) = e.file_name().to_string_lossy().parse::<i32>() else { continue };
-            let cwd = std::fs::read_link(e.path().join("cwd")).unwrap_or_default();
-            let cmdline = std::fs::read(e.path().join("cmdline")).unwrap_or_default();
-            if cwd.starts_with(&self.0) || String::from_utf8_lossy(&cmdline).contains(&dir) {
-                let _ = Command::new("kill").args(["-9", &pid.to_string()]).status();
+        // Twice: a router the provider was starting in the first sweep's
+        // moment (a broker's provision in flight) is caught by the second.
+        for sweep in 0..2 {
+            if sweep > 0 {
+                std::thread::sleep(std::time::Duration::from_millis(300));
+            }
+            let Ok(entries) = std::fs::read_dir("/proc") else { return };
+            let dir = self.0.to_string_lossy().into_owned();
+            for e in entries.flatten() {
+                let Ok(pid) = e.file_name().to_string_lossy().parse::<i32>() else { continue };
+                // As text: once the server has gone its temp dir is deleted,
+                // and a process inside it shows "<dir> (deleted)".
+                let cwd = std::fs::read_link(e.path().join("cwd")).unwrap_or_default();
+                let cmdline = std::fs::read(e.path().join("cmdline")).unwrap_or_default();
+                if cwd.to_string_lossy().starts_with(&dir) || String::from_utf8_lossy(&cmdline).contains(&dir) {
+                    let _ = Command::new("kill").args(["-9", &pid.to_string()]).status();
+                }
             }
         }
     }
@@ -64,8 +73,16 @@ fn dump_logs(data_dir: &Path) {
     }
 }
 
-async fn start_local() -> (common::TestServer, Reaper) {
-    let dir = tempfile::Builder::new().prefix("dk").tempdir_in("/tmp").unwrap();
+/// The reaper first: bound as `let (_reaper, t) = …`, it is dropped after
+/// the server, so nothing the server still starts while it stops escapes
+/// it (a Kafka router outlived its test that way).
+///
+/// The data dir is as deep as a newcomer's checkout (`/root/src/drover/
+/// drover-data`-like and deeper): the router's admin socket in it would pass
+/// HAProxy's 97-byte limit, so every test here runs the short fallback
+/// socket (a first run from such a clone once had no Kafka at all).
+async fn start_local() -> (Reaper, common::TestServer) {
+    let dir = tempfile::Builder::new().prefix("dk-a-checkout-as-deep-as-a-home-dir-").tempdir_in("/tmp").unwrap();
     let t = common::start_in(dir, move |opts| {
         opts.engine.default_provider = "local".into();
         opts.engine.uncertain_after = Duration::from_secs(2);
@@ -81,7 +98,7 @@ async fn start_local() -> (common::TestServer, Reaper) {
     })
     .await;
     let reaper = Reaper(t.dir.path().to_path_buf());
-    (t, reaper)
+    (reaper, t)
 }
 
 fn client_script() -> PathBuf {
@@ -261,7 +278,7 @@ fn longest_gap(acks: &[(u64, f64)]) -> f64 {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn a_kafka_service_takes_records_and_heals_a_killed_broker_under_load_losing_none() {
-    let (t, _reaper) = start_local().await;
+    let (_reaper, t) = start_local().await;
     let (status, body) = t.post("/v1/services", json!({"name": "k1", "engine": "kafka", "provider": "local"})).await;
     assert_eq!(status, 201, "{body}");
     let s = wait_brokers(&t, "k1", None).await;
@@ -297,6 +314,46 @@ async fn a_kafka_service_takes_records_and_heals_a_killed_broker_under_load_losi
     );
 }
 
+/// Issue 14's remedies: "a broker that dies or hangs is fenced at the
+/// router and replaced". Chaos `hang` (SIGSTOP) of the broker the
+/// producer writes through, under load: its heartbeats (ApiVersions) stop,
+/// the engine fences it (cut at the router: its sessions shut, so the
+/// client reconnects to a live peer through the same address and resends)
+/// and replaces it; every acknowledged record is consumed back.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_hung_broker_is_fenced_at_the_router_and_replaced_under_load() {
+    let (_reaper, t) = start_local().await;
+    let (status, body) = t.post("/v1/services", json!({"name": "k5", "engine": "kafka", "provider": "local"})).await;
+    assert_eq!(status, 201, "{body}");
+    let s = wait_brokers(&t, "k5", None).await;
+    let addr = bootstrap(&s);
+    run_client(&["create", &addr, "audit"]);
+    let producer = Producer::start(&addr, "audit", t.dir.path());
+    poll(SLOW, "first acknowledgements", || async { (producer.acked() >= 200).then_some(()) }).await;
+    let victim = busiest_broker(t.dir.path(), &s);
+    let before = producer.acked();
+    let hung_at = std::time::Instant::now();
+    let (status, body) = t.post("/v1/chaos", json!({"instance": victim, "fault": "hang"})).await;
+    assert_eq!(status, 202, "{body}");
+    let healed = wait_brokers(&t, "k5", Some(&victim)).await;
+    let replaced = hung_at.elapsed().as_secs_f64();
+    assert_eq!(bootstrap(&healed), addr, "the bootstrap address is stable");
+    poll(SLOW, "production continues after the hang", || async { (producer.acked() >= before + 300).then_some(()) })
+        .await;
+    let (acks, fails) = producer.finish();
+    eprintln!(
+        "hung broker replaced in {replaced:.2} s: acknowledged {} records, {} failed; longest gap {:.3} s",
+        acks.len(),
+        fails.len(),
+        longest_gap(&acks)
+    );
+    assert!(fails.is_empty(), "records the producer gave up on: {fails:?}");
+    consume_all(&addr, "audit", &acks);
+    let events = t.events("service=k5").await;
+    let fenced = events.iter().any(|e| e["instance"] == victim.as_str() && e.to_string().contains("fence succeeded"));
+    assert!(fenced, "the hung broker was fenced: {events:#?}");
+}
+
 /// Done means of issue 14: a rolling replacement of every broker (a
 /// rollout onto a new Kafka image) under produce load, through the
 /// bootstrap address: each new broker serves before an old one is drained
@@ -305,7 +362,7 @@ async fn a_kafka_service_takes_records_and_heals_a_killed_broker_under_load_losi
 /// consumed back, and every broker is a new one on the new image.
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn a_rollout_replaces_every_broker_under_load_and_no_record_fails_or_is_lost() {
-    let (t, _reaper) = start_local().await;
+    let (_reaper, t) = start_local().await;
     let (status, body) = t.post("/v1/services", json!({"name": "kr1", "engine": "kafka", "provider": "local"})).await;
     assert_eq!(status, 201, "{body}");
     let s = wait_brokers(&t, "kr1", None).await;
@@ -391,7 +448,7 @@ async fn a_rollout_replaces_every_broker_under_load_and_no_record_fails_or_is_lo
 /// is on loopback. A hung broker shows in the router check.
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn a_kafka_services_checks_probe_every_broker_send_a_canary_and_measure_group_lag() {
-    let (t, _reaper) = start_local().await;
+    let (_reaper, t) = start_local().await;
     // `followers` as the CLI sends it by default: a Kafka plan ignores it.
     let (status, body) =
         t.post("/v1/services", json!({"name": "k3", "engine": "kafka", "provider": "local", "followers": 1})).await;
@@ -420,8 +477,9 @@ async fn a_kafka_services_checks_probe_every_broker_send_a_canary_and_measure_gr
         c["router"]["status"] == "ok" && c["performance"]["status"] == "ok" && c["replication"]["status"] == "ok"
     })
     .await;
-    assert_eq!(c["replication"]["evidence"]["plan"]["brokers"], 3, "{c:#}");
-    assert_eq!(c["replication"]["evidence"]["serving_brokers"].as_array().map(Vec::len), Some(3), "{c:#}");
+    assert_eq!(c["replication"]["evidence"]["brokers"]["plan"]["brokers"], 3, "{c:#}");
+    let serving = c["replication"]["evidence"]["brokers"]["serving_brokers"].as_array().map(Vec::len);
+    assert_eq!(serving, Some(3), "{c:#}");
     let brokers = c["router"]["evidence"]["brokers"].as_object().expect("brokers by id");
     assert_eq!(brokers.len(), 3, "{c:#}");
     for (id, b) in brokers {
@@ -434,12 +492,37 @@ async fn a_kafka_services_checks_probe_every_broker_send_a_canary_and_measure_gr
     // A second check produces the next canary record.
     let again = checks(|c| c["performance"]["evidence"]["canary"]["offset"].as_i64().is_some()).await;
     assert!(again["performance"]["evidence"]["canary"]["offset"].as_i64() > canary["offset"].as_i64(), "{again:#}");
+    // The canary topic does not grow for ever: past 100 records behind the
+    // newest, the checks delete them from the storage.
+    for _ in 0..110 {
+        let (code, c) = t.get("/v1/services/k3/checks").await;
+        assert_eq!(code, 200, "{c}");
+    }
+    let storage_url = t.service("k3-storage").await["url"].as_str().expect("the storage's URL").to_string();
+    let (db, connection) = tokio_postgres::connect(&storage_url, tokio_postgres::NoTls).await.unwrap();
+    tokio::spawn(connection);
+    let row = db
+        .query_one(
+            "select count(*), max(r.offset_id) from record r join topition p on p.id = r.topition \
+             join topic t on t.id = p.topic where t.name = '__drover_canary'",
+            &[],
+        )
+        .await
+        .unwrap();
+    let (kept, newest): (i64, Option<i64>) = (row.get(0), row.get(1));
+    assert!(newest.is_some_and(|n| n >= 110), "110 checks, 110 canary records produced: {newest:?}");
+    assert!(kept <= 101, "{kept} canary records kept");
     // Security: every listener found, all on loopback; no authentication said.
     assert_eq!(c["security"]["status"], "warn", "{c:#}");
     let listening: Vec<String> = serde_json::from_value(c["security"]["evidence"]["listening"].clone()).unwrap();
     let port = addr.rsplit(':').next().unwrap();
     assert!(listening.contains(&format!("127.0.0.1:{port}")), "the router's listener is not seen: {listening:?}");
-    assert!(listening.len() >= 5, "router, storage and three brokers: {listening:?}");
+    assert!(listening.len() >= 4, "router and three brokers: {listening:?}");
+    // Its records' backups and replication are its storage's (a
+    // PostgreSQL service with a synchronous follower).
+    assert_eq!(c["backups"]["evidence"]["storage"], "k3-storage", "{c:#}");
+    assert_eq!(c["replication"]["evidence"]["storage"]["service"], "k3-storage", "{c:#}");
+    assert!(c["replication"]["summary"].as_str().unwrap().contains("storage k3-storage"), "{c:#}");
 
     // Lag: 30 records consumed and committed by group g3, then 25 more.
     run_client(&["create", &addr, "events"]);
@@ -471,55 +554,92 @@ async fn a_kafka_services_checks_probe_every_broker_send_a_canary_and_measure_gr
     }
 }
 
-/// The storage's postmaster killed (-9) under produce load: the provider
-/// starts it again on the same data at once, the brokers reconnect, the
-/// producer goes on through the same bootstrap address, and every record
-/// acknowledged before, during and after is consumed back (PostgreSQL's
-/// crash recovery keeps what was committed; a record is acknowledged once
-/// committed). A restart, not a failover: the storage has no follower yet.
-/// The producer is not idempotent: tansu 0.6.0's idempotent producers do
-/// not recover from a storage crash (every produce after it fails its
-/// producer-epoch lookup, `RowCount`, while librdkafka bumps the epoch
-/// again and again; found here, see the README).
+/// Done means of issue 14: "a storage failover under load loses no
+/// acknowledged record". The storage is a PostgreSQL service of its own
+/// (`k4-storage`: a primary and a synchronous follower behind its router);
+/// its primary is killed (-9, chaos `crash`) under produce load (acks=all)
+/// through the bootstrap address: the engine fails it over to the
+/// synchronous follower (PostgreSQL's fenced failover), the brokers'
+/// sessions to the storage's router reconnect to the new primary, the
+/// producer goes on through the same address, and every acknowledged
+/// record is consumed back. The producer is a plain acks=all one, not
+/// idempotent: a produce in flight when the storage's primary dies fails
+/// ("server conn crashed?" through the router, unknown server error to the
+/// client), and an idempotent librdkafka producer then asks for an epoch
+/// bump (InitProducerId with its producer id, KIP-360), which tansu 0.6.0
+/// does not implement (`init_producer`: `todo!()`): every later produce
+/// fails its producer-epoch lookup (`RowCount`) for good. Seen in 1 of 4
+/// runs with an idempotent producer (the other 3: 0 refused); see the
+/// README.
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
-async fn a_killed_storage_is_started_again_under_load_and_no_acknowledged_record_is_lost() {
-    let (t, _reaper) = start_local().await;
+async fn a_storage_failover_under_load_loses_no_acknowledged_record() {
+    let (_reaper, t) = start_local().await;
     let (status, body) = t.post("/v1/services", json!({"name": "k4", "engine": "kafka", "provider": "local"})).await;
     assert_eq!(status, 201, "{body}");
+    assert_eq!(body["storage"], "k4-storage", "{body}");
     let s = wait_brokers(&t, "k4", None).await;
     let addr = bootstrap(&s);
+    let storage = poll(SLOW, "the storage's primary and synchronous follower", || async {
+        let st = t.service("k4-storage").await;
+        let available = |role: &str| {
+            st["instances"].as_array().into_iter().flatten().any(|i| i["role"] == role && i["state"] == "available")
+        };
+        (st["state"] == "available" && available("primary") && available("follower")).then_some(st)
+    })
+    .await;
+    assert_eq!((storage["engine"].as_str(), storage["plan"]["sync"].as_bool()), (Some("postgres"), Some(true)));
+    assert_eq!(storage["storage_of"], "k4", "{storage:#}");
+    // The Kafka service lists its storage's members after its brokers.
+    let listed: Vec<&str> = s["instances"].as_array().unwrap().iter().filter_map(|i| i["service"].as_str()).collect();
+    assert!(listed.contains(&"k4-storage"), "{s:#}");
+    let member = |role: &str| -> String {
+        storage["instances"].as_array().unwrap().iter().find(|i| i["role"] == role).unwrap()["id"]
+            .as_str()
+            .unwrap()
+            .to_string()
+    };
+    let (old_primary, follower) = (member("primary"), member("follower"));
+
     run_client(&["create", &addr, "ledger"]);
     let producer = Producer::start_with(&addr, "ledger", t.dir.path(), "plain");
     poll(SLOW, "first acknowledgements", || async { (producer.acked() >= 200).then_some(()) }).await;
-
-    let services = t.dir.path().join("local/kafka/services");
-    let service_dir = std::fs::read_dir(&services).unwrap().flatten().next().expect("one Kafka service").path();
-    let pid_file = service_dir.join("storage/postmaster.pid");
-    let read_pid = || -> Option<i32> { std::fs::read_to_string(&pid_file).ok()?.lines().next()?.trim().parse().ok() };
-    let old = read_pid().expect("the storage's postmaster.pid");
     let before = producer.acked();
-    assert!(Command::new("kill").args(["-9", &old.to_string()]).status().unwrap().success());
-    let new = poll(SLOW, "the storage started again", || async {
-        read_pid().filter(|p| *p != old && Path::new(&format!("/proc/{p}")).exists())
+    let killed_at = std::time::Instant::now();
+    let (status, body) = t.post("/v1/chaos", json!({"instance": old_primary, "fault": "crash"})).await;
+    assert_eq!(status, 202, "{body}");
+    poll(SLOW, "the storage failed over to its synchronous follower", || async {
+        let st = t.service("k4-storage").await;
+        st["instances"]
+            .as_array()
+            .into_iter()
+            .flatten()
+            .any(|i| i["id"] == follower.as_str() && i["role"] == "primary" && i["state"] == "available")
+            .then_some(())
     })
     .await;
-    eprintln!("storage postmaster {old} killed; {new} runs on the same data");
-    poll(SLOW, "production continues after the storage's restart", || async {
+    let failed_over = killed_at.elapsed().as_secs_f64();
+    poll(SLOW, "production continues after the storage's failover", || async {
         (producer.acked() >= before + 300).then_some(())
     })
     .await;
     let (acks, fails) = producer.finish();
-    // While the storage recovers, tansu answers produce requests with an
-    // unknown server error (-1), which librdkafka does not retry: those
-    // records fail at the client, which knows it; none was acknowledged.
+    // A produce in flight when the primary died: tansu answers it with an
+    // unknown server error (-1), which librdkafka does not retry: the
+    // client knows, nothing was acknowledged. Produces between the kill
+    // and the promotion wait at the router (it holds the sessions).
     assert!(fails.iter().all(|f| f.contains("KafkaError")), "failures that are no broker's answer: {fails:?}");
     eprintln!(
-        "acknowledged {} records, {} refused during the storage's restart; longest gap between acknowledgements {:.3} s",
+        "storage failover in {failed_over:.2} s: acknowledged {} records, {} refused meanwhile; longest gap between \
+         acknowledgements {:.3} s",
         acks.len(),
         fails.len(),
         longest_gap(&acks)
     );
     consume_all(&addr, "ledger", &acks);
-    let (_, c) = t.get("/v1/services/k4/checks").await;
-    assert_ne!(c["performance"]["status"], "crit", "the canary works again: {c:#}");
+    let now = t.service("k4").await;
+    assert_eq!(bootstrap(&now), addr, "the bootstrap address is stable");
+    assert_eq!(serving_brokers(&now).len(), 3, "the brokers were left alone: {now:#}");
+    let promoted = t.events("service=k4-storage").await;
+    let promotions = promoted.iter().filter(|e| e.to_string().contains("promote succeeded")).count();
+    assert_eq!(promotions, 1, "one failover of the storage: {promoted:#?}");
 }

@@ -17,6 +17,7 @@
 //! their transitions, notifications, the feed), in a file of their own.
 
 pub mod breakglass;
+pub mod migrate;
 pub mod oncall;
 mod pg;
 mod rows;
@@ -25,7 +26,7 @@ mod status;
 pub mod tokens;
 mod writer;
 
-pub use pg::PgStore;
+pub use pg::{Cluster, LeaseHeld, LeaseNow, NodeSeen, PgStore, FLEET_SHARD};
 pub use sqlite::{SqliteStore, WriterCounters};
 
 use drover_model::{ActionRecord, AuditEntry, Changes, Event, InstanceId, ServiceId, Snapshot, Timestamp};
@@ -97,6 +98,12 @@ pub enum StoreError {
     },
     #[error("PostgreSQL store error while {operation}: {detail}")]
     Postgres { operation: &'static str, detail: String },
+    #[error("this node ({node}, lease generation {generation}) no longer holds the fleet's lease: another node took the fleet over, and nothing of this commit was written")]
+    LeaseLost { node: String, generation: i64 },
+    /// `drover store migrate` could not move the fleet; the target was
+    /// left as it was found (one transaction).
+    #[error("cannot migrate the store ({step}): {detail}")]
+    Migrate { step: &'static str, detail: String },
     #[error("the store's writer thread has stopped, so nothing can be committed; restart the control plane (the logs say why it stopped)")]
     WriterStopped,
 }

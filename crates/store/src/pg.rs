@@ -62,6 +62,56 @@ pub struct PgStore {
     /// `None` only while dropping.
     runtime: Option<tokio::runtime::Runtime>,
     stats: Arc<WriterStats>,
+    /// The lease every commit must still hold (node, generation), once
+    /// [`PgStore::fence_commits`] set it.
+    fence: Fence,
+}
+
+/// What the writer checks in each commit's transaction.
+type Fence = Arc<std::sync::RwLock<Option<(String, i64)>>>;
+
+/// The shard of the whole fleet: this release has one.
+pub const FLEET_SHARD: i64 = 0;
+
+/// The database's clock in microseconds, in SQL.
+const DB_NOW: &str = "(extract(epoch from clock_timestamp()) * 1000000)::bigint";
+
+/// A node as the store last saw it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct NodeSeen {
+    pub name: String,
+    pub address: String,
+    /// Microseconds since the Unix epoch, by the node's clock.
+    pub started_at: i64,
+    /// How long ago, by the database's clock.
+    pub seen_ago: Duration,
+}
+
+/// The fleet's lease now.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct LeaseNow {
+    pub holder: String,
+    pub generation: i64,
+    /// Negative: expired that long ago.
+    pub expires_in_micros: i64,
+}
+
+/// What `GET /v1/cluster` shows of a shared store.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Cluster {
+    pub nodes: Vec<NodeSeen>,
+    pub lease: Option<LeaseNow>,
+}
+
+/// Who holds the fleet's lease, when this node asked and did not get it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct LeaseHeld {
+    pub holder: String,
+    /// The holder's API URL, as it published it.
+    pub address: String,
+    pub generation: i64,
+    /// Until it expires by the database's clock (zero when it has).
+    pub expires_in: Duration,
 }
 
 impl std::fmt::Debug for PgStore {
@@ -160,8 +210,10 @@ impl PgStore {
         let writer_stats = Arc::clone(&stats);
         let writer_pool = pool.clone();
         let writer_target = target.clone();
+        let fence: Fence = Arc::default();
+        let writer_fence = Arc::clone(&fence);
         runtime.spawn(async move {
-            run_writer(writer_pool, writer_target, requests, writer_stats).await;
+            run_writer(writer_pool, writer_target, requests, writer_stats, writer_fence).await;
             drop(done_tx);
         });
         tracing::info!(store = %target, "PostgreSQL store opened");
@@ -172,7 +224,140 @@ impl PgStore {
             writer_done: Some(std::sync::Mutex::new(done_rx)),
             runtime: Some(runtime),
             stats,
+            fence,
         })
+    }
+
+    /// Takes the fleet's lease for `node` for `ttl` (by the database's
+    /// clock) when nobody holds it, its holder let it expire, or `node`
+    /// held it (a restart of the same node): the generation rises every
+    /// time. `Ok(Err(held))`: another node holds it.
+    /// `address` is this node's API URL, published with the lease.
+    pub fn try_acquire_lease(
+        &self,
+        node: &str,
+        address: &str,
+        ttl: Duration,
+    ) -> Result<Result<i64, LeaseHeld>, StoreError> {
+        let (node, address) = (node.to_string(), address.to_string());
+        let ttl = ttl.as_micros().min(i64::MAX as u128) as i64;
+        self.with_client(move |client| async move {
+            let taken = client
+                .query_opt(
+                    &format!(
+                        "INSERT INTO leases (shard, holder, generation, expires_at, address) \
+                         VALUES ($1, $2, 1, {DB_NOW} + $3, $4) \
+                         ON CONFLICT (shard) DO UPDATE SET holder = EXCLUDED.holder, \
+                           generation = leases.generation + 1, expires_at = EXCLUDED.expires_at, \
+                           address = EXCLUDED.address \
+                         WHERE leases.expires_at < {DB_NOW} OR leases.holder = EXCLUDED.holder \
+                         RETURNING generation"
+                    ),
+                    &[&FLEET_SHARD, &node, &ttl, &address],
+                )
+                .await
+                .map_err(pg("taking the fleet's lease"))?;
+            if let Some(row) = taken {
+                return Ok(Ok(row.get(0)));
+            }
+            let row = client
+                .query_one(
+                    &format!(
+                        "SELECT holder, generation, greatest(expires_at - {DB_NOW}, 0), address FROM leases \
+                         WHERE shard = $1"
+                    ),
+                    &[&FLEET_SHARD],
+                )
+                .await
+                .map_err(pg("reading the fleet's lease"))?;
+            Ok(Err(LeaseHeld {
+                holder: row.get(0),
+                address: row.get(3),
+                generation: row.get(1),
+                expires_in: Duration::from_micros(row.get::<_, i64>(2).max(0) as u64),
+            }))
+        })
+    }
+
+    /// Extends `node`'s lease of generation `generation` by `ttl` from now
+    /// (the database's clock). False: it is not held any more (another
+    /// node took it over).
+    pub fn renew_lease(&self, node: &str, generation: i64, ttl: Duration) -> Result<bool, StoreError> {
+        let (node, ttl) = (node.to_string(), ttl.as_micros().min(i64::MAX as u128) as i64);
+        self.with_client(move |client| async move {
+            let renewed = client
+                .query_opt(
+                    &format!(
+                        "UPDATE leases SET expires_at = {DB_NOW} + $4 \
+                         WHERE shard = $1 AND holder = $2 AND generation = $3 RETURNING 1"
+                    ),
+                    &[&FLEET_SHARD, &node, &generation, &ttl],
+                )
+                .await
+                .map_err(pg("renewing the fleet's lease"))?;
+            Ok(renewed.is_some())
+        })
+    }
+
+    /// Notes that `node` (at `address`, started at `started_at` by its own
+    /// clock) is alive now, by the database's clock.
+    pub fn node_seen(&self, node: &str, address: &str, started_at: i64) -> Result<(), StoreError> {
+        let (node, address) = (node.to_string(), address.to_string());
+        self.with_client(move |client| async move {
+            client
+                .execute(
+                    &format!(
+                        "INSERT INTO nodes (name, address, started_at, last_seen) VALUES ($1, $2, $3, {DB_NOW}) \
+                         ON CONFLICT (name) DO UPDATE SET address = EXCLUDED.address, \
+                           started_at = EXCLUDED.started_at, last_seen = EXCLUDED.last_seen"
+                    ),
+                    &[&node, &address, &started_at],
+                )
+                .await
+                .map_err(pg("noting a node"))?;
+            Ok(())
+        })
+    }
+
+    /// The nodes sharing the store and the fleet's lease, as the database
+    /// sees them now.
+    pub fn cluster(&self) -> Result<Cluster, StoreError> {
+        self.with_client(|client| async move {
+            let read = pg("reading the cluster");
+            let nodes = client
+                .query(
+                    &format!(
+                        "SELECT name, address, started_at, greatest({DB_NOW} - last_seen, 0) FROM nodes ORDER BY name"
+                    ),
+                    &[],
+                )
+                .await
+                .map_err(&read)?
+                .iter()
+                .map(|r| NodeSeen {
+                    name: r.get(0),
+                    address: r.get(1),
+                    started_at: r.get(2),
+                    seen_ago: Duration::from_micros(r.get::<_, i64>(3).max(0) as u64),
+                })
+                .collect();
+            let lease = client
+                .query_opt(
+                    &format!("SELECT holder, generation, expires_at - {DB_NOW} FROM leases WHERE shard = $1"),
+                    &[&FLEET_SHARD],
+                )
+                .await
+                .map_err(&read)?
+                .map(|r| LeaseNow { holder: r.get(0), generation: r.get(1), expires_in_micros: r.get(2) });
+            Ok(Cluster { nodes, lease })
+        })
+    }
+
+    /// From now on every commit checks, in its own transaction, that
+    /// `node` still holds the lease of `generation`; one that does not
+    /// writes nothing ([`StoreError::LeaseLost`]).
+    pub fn fence_commits(&self, node: &str, generation: i64) {
+        *self.fence.write().unwrap_or_else(|p| p.into_inner()) = Some((node.to_string(), generation));
     }
 
     /// `postgres://user@host:port/db` (no password).
@@ -190,7 +375,7 @@ impl PgStore {
 
     /// Runs `work` with a pooled connection on the store's runtime and
     /// waits for it.
-    fn with_client<T, F, Fut>(&self, work: F) -> Result<T, StoreError>
+    pub(crate) fn with_client<T, F, Fut>(&self, work: F) -> Result<T, StoreError>
     where
         T: Send + 'static,
         F: FnOnce(deadpool_postgres::Object) -> Fut + Send + 'static,
@@ -247,7 +432,13 @@ async fn migrate(config: Config, target: String) -> Result<(), StoreError> {
     result
 }
 
-async fn run_writer(pool: Pool, target: String, mut queue: UnboundedReceiver<Request>, stats: Arc<WriterStats>) {
+async fn run_writer(
+    pool: Pool,
+    target: String,
+    mut queue: UnboundedReceiver<Request>,
+    stats: Arc<WriterStats>,
+    fence: Fence,
+) {
     while let Some(first) = queue.recv().await {
         let mut group = vec![first];
         while group.len() < MAX_BATCHES_PER_GROUP {
@@ -257,7 +448,8 @@ async fn run_writer(pool: Pool, target: String, mut queue: UnboundedReceiver<Req
             }
         }
         let batches = group.len();
-        match commit_group(&pool, &target, &group).await {
+        let holder = fence.read().unwrap_or_else(|p| p.into_inner()).clone();
+        match commit_group(&pool, &target, &group, holder.as_ref()).await {
             Ok(()) => {
                 stats.transactions.fetch_add(1, Ordering::Relaxed);
                 stats.batches.fetch_add(batches as u64, Ordering::Relaxed);
@@ -277,9 +469,29 @@ async fn run_writer(pool: Pool, target: String, mut queue: UnboundedReceiver<Req
     tracing::debug!("PostgreSQL store writer stopped: the store was dropped");
 }
 
-async fn commit_group(pool: &Pool, target: &str, group: &[Request]) -> Result<(), StoreError> {
+async fn commit_group(
+    pool: &Pool,
+    target: &str,
+    group: &[Request],
+    holder: Option<&(String, i64)>,
+) -> Result<(), StoreError> {
     let mut client = pool.get().await.map_err(pool_error(target))?;
     let tx = client.transaction().await.map_err(pg("beginning a commit"))?;
+    if let Some((node, generation)) = holder {
+        // The fencing token: still the holder of this generation, and a
+        // takeover waits for this transaction (the row is share-locked)
+        // or, done first, makes it write nothing.
+        let held = tx
+            .query_opt(
+                "SELECT 1 FROM leases WHERE shard = $1 AND holder = $2 AND generation = $3 FOR SHARE",
+                &[&FLEET_SHARD, node, generation],
+            )
+            .await
+            .map_err(pg("checking the fleet's lease"))?;
+        if held.is_none() {
+            return Err(StoreError::LeaseLost { node: node.clone(), generation: *generation });
+        }
+    }
     // Prepared once per connection (deadpool caches them), before any write.
     let stmts = Statements::prepare(&tx).await.map_err(pg("preparing a commit"))?;
     let mut pipeline = Pipeline::default();

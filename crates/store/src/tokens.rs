@@ -28,6 +28,10 @@ pub enum TokenError {
 
 pub struct TokenStore {
     conn: Mutex<Connection>,
+    /// The PostgreSQL store the nodes of a fleet share, when there is one:
+    /// its `tokens` table is the one used (a token made through one node
+    /// is good on every node), the data dir's is left alone.
+    pg: Option<std::sync::Arc<crate::PgStore>>,
 }
 
 fn db(operation: &'static str) -> impl Fn(rusqlite::Error) -> StoreError {
@@ -62,7 +66,13 @@ impl TokenStore {
         let conn = Connection::open(path).map_err(|source| StoreError::Open { path: path.to_path_buf(), source })?;
         conn.busy_timeout(Duration::from_secs(5)).map_err(db("setting the token store's busy timeout"))?;
         conn.pragma_update(None, "synchronous", "FULL").map_err(db("setting synchronous=FULL"))?;
-        Ok(TokenStore { conn: Mutex::new(conn) })
+        Ok(TokenStore { conn: Mutex::new(conn), pg: None })
+    }
+
+    /// The tokens of the PostgreSQL store `store` (its migrations made the
+    /// table); `path` is the data dir's `drover.db`, opened as by [`Self::open`].
+    pub fn postgres(path: &Path, store: std::sync::Arc<crate::PgStore>) -> Result<TokenStore, StoreError> {
+        Ok(TokenStore { pg: Some(store), ..TokenStore::open(path)? })
     }
 
     fn conn(&self) -> std::sync::MutexGuard<'_, Connection> {
@@ -71,6 +81,9 @@ impl TokenStore {
 
     /// Every token, revoked and expired ones too, oldest first.
     pub fn all(&self) -> Result<Vec<StoredToken>, StoreError> {
+        if let Some(pg) = &self.pg {
+            return pg_all(pg);
+        }
         let read = db("reading tokens");
         let conn = self.conn();
         let mut stmt =
@@ -94,6 +107,9 @@ impl TokenStore {
 
     /// Stores a new token; refused if a live token (at `now`) has its name.
     pub fn insert(&self, token: &StoredToken, now: Timestamp) -> Result<(), TokenError> {
+        if let Some(pg) = &self.pg {
+            return pg_insert(pg, token, now);
+        }
         let write = db("creating a token");
         let mut conn = self.conn();
         let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate).map_err(&write)?;
@@ -132,6 +148,9 @@ impl TokenStore {
 
     /// Revokes a token (a no-op if it already is); `None` if no such id.
     pub fn revoke(&self, id: &str, now: Timestamp) -> Result<Option<TokenRecord>, StoreError> {
+        if let Some(pg) = &self.pg {
+            return pg_revoke(pg, id, now);
+        }
         let write = db("revoking a token");
         let conn = self.conn();
         conn.execute(
@@ -146,9 +165,119 @@ impl TokenStore {
 
     /// Records that a token was used.
     pub fn touch(&self, id: &str, at: Timestamp) -> Result<(), StoreError> {
+        if let Some(pg) = &self.pg {
+            let id = id.to_string();
+            return pg.with_client(move |client| async move {
+                client
+                    .execute("UPDATE tokens SET last_used = $2 WHERE id = $1", &[&id, &at.0])
+                    .await
+                    .map_err(pg_error("recording a token's use"))?;
+                Ok(())
+            });
+        }
         self.conn()
             .execute("UPDATE tokens SET last_used = ?2 WHERE id = ?1", rusqlite::params![id, at.0])
             .map_err(db("recording a token's use"))?;
         Ok(())
     }
+}
+
+fn pg_error(operation: &'static str) -> impl Fn(tokio_postgres::Error) -> StoreError {
+    move |e| StoreError::Postgres { operation, detail: crate::pg::pg_detail(&e) }
+}
+
+fn pg_row(row: &tokio_postgres::Row) -> Result<StoredToken, StoreError> {
+    let role: String = row.get(2);
+    let id: String = row.get(0);
+    let role = TokenRole::parse(&role).ok_or_else(|| StoreError::CorruptColumn {
+        table: "tokens",
+        id: id.clone(),
+        column: "role",
+        detail: format!("unknown role {role:?}"),
+    })?;
+    let ts = |i: usize| row.get::<_, Option<i64>>(i).map(Timestamp);
+    Ok(StoredToken {
+        record: TokenRecord {
+            id,
+            name: row.get(1),
+            role,
+            team: row.get(3),
+            host: row.get(4),
+            created_at: Timestamp(row.get(6)),
+            expires_at: ts(7),
+            revoked_at: ts(8),
+            last_used: ts(9),
+        },
+        hash: row.get(5),
+    })
+}
+
+fn pg_all(pg: &crate::PgStore) -> Result<Vec<StoredToken>, StoreError> {
+    pg.with_client(|client| async move {
+        let rows = client
+            .query(&format!("SELECT {COLUMNS} FROM tokens ORDER BY created_at, id"), &[])
+            .await
+            .map_err(pg_error("reading tokens"))?;
+        rows.iter().map(pg_row).collect()
+    })
+}
+
+fn pg_insert(pg: &crate::PgStore, token: &StoredToken, now: Timestamp) -> Result<(), TokenError> {
+    let token = token.clone();
+    let name = token.record.name.clone();
+    let taken = pg.with_client(move |mut client| async move {
+        let write = pg_error("creating a token");
+        let tx = client.transaction().await.map_err(&write)?;
+        // One name check at a time, whichever node asks.
+        tx.execute("LOCK TABLE tokens IN SHARE ROW EXCLUSIVE MODE", &[]).await.map_err(&write)?;
+        let taken = tx
+            .query_opt(
+                "SELECT id FROM tokens WHERE name = $1 AND revoked_at IS NULL \
+                 AND (expires_at IS NULL OR expires_at > $2) LIMIT 1",
+                &[&token.record.name, &now.0],
+            )
+            .await
+            .map_err(&write)?;
+        if taken.is_some() {
+            return Ok(true);
+        }
+        let r = &token.record;
+        tx.execute(
+            &format!("INSERT INTO tokens ({COLUMNS}) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10)"),
+            &[
+                &r.id,
+                &r.name,
+                &r.role.as_str(),
+                &r.team,
+                &r.host,
+                &token.hash,
+                &r.created_at.0,
+                &r.expires_at.map(|t| t.0),
+                &r.revoked_at.map(|t| t.0),
+                &r.last_used.map(|t| t.0),
+            ],
+        )
+        .await
+        .map_err(&write)?;
+        tx.commit().await.map_err(&write)?;
+        Ok(false)
+    })?;
+    if taken {
+        return Err(TokenError::NameTaken(name));
+    }
+    Ok(())
+}
+
+fn pg_revoke(pg: &crate::PgStore, id: &str, now: Timestamp) -> Result<Option<TokenRecord>, StoreError> {
+    let id = id.to_string();
+    pg.with_client(move |client| async move {
+        let write = pg_error("revoking a token");
+        client
+            .execute("UPDATE tokens SET revoked_at = $2 WHERE id = $1 AND revoked_at IS NULL", &[&id, &now.0])
+            .await
+            .map_err(&write)?;
+        let row =
+            client.query_opt(&format!("SELECT {COLUMNS} FROM tokens WHERE id = $1"), &[&id]).await.map_err(&write)?;
+        row.as_ref().map(pg_row).transpose().map(|t| t.map(|t| t.record))
+    })
 }

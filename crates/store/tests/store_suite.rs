@@ -160,6 +160,7 @@ fn commit_then_load_round_trips_every_record_exactly(b: &Backend) {
         restore_from: None,
         read_slot: None,
         version: String::new(),
+        storage_of: None,
     }));
     let a1 = action(1, s1.id, i1.id, provision, ActionState::Pending);
     let a2 = action(2, s2.id, i2.id, ActionKind::InjectFault { fault: Fault::Hang }, ActionState::Running);

@@ -7,12 +7,13 @@ use super::*;
 #[derive(Default)]
 struct Census {
     primary: Option<u32>,
-    /// Members of the rolled role on another image.
-    old_members: Vec<u32>,
+    /// Members of the rolled role on another image. Inline: a move looks
+    /// at every moving service every tick, mostly to wait.
+    old_members: smallvec::SmallVec<[u32; 4]>,
     /// Read replicas added on demand are not the plan's: replaced one at a
     /// time after the plan's members (reconcile rebuilds each in its slot
     /// from the service's image, the new one).
-    old_read_replicas: Vec<u32>,
+    old_read_replicas: smallvec::SmallVec<[u32; 2]>,
     new_members: usize,
     /// Fenced or retiring members of another image, not yet gone.
     old_leavers: usize,
@@ -202,7 +203,8 @@ impl Engine {
             return Step::Wait;
         }
         let primary_old = primary.and_then(|p| self.instances.get(p)).is_some_and(|x| goal.old(x));
-        let label = self.move_label(goal);
+        // Formatted only when a step is taken: most looks wait.
+        let label = || self.move_label(goal);
         let (of_new, from_new) = match goal {
             Goal::Image(_) => ("of the new image", "from the new image"),
             Goal::OffHost(_) => ("on another host", "on another host"),
@@ -227,11 +229,13 @@ impl Engine {
         };
         if crossing {
             if primary_old && new_members == 0 {
-                self.build_new_member(sslot, rolled, &format!("{label}: build a {rolled} {from_new}"), now, out);
+                let cause = format!("{}: build a {rolled} {from_new}", label());
+                self.build_new_member(sslot, rolled, &cause, now, out);
                 return Step::Acted;
             }
             if let Some(&old) = old_members.first().or(old_read_replicas.first()) {
-                let cause = format!("{label}: retire an old {rolled} of another major (it cannot follow the new one)");
+                let cause =
+                    format!("{}: retire an old {rolled} of another major (it cannot follow the new one)", label());
                 self.open_action(old, ActionKind::Retire, &cause, true, now, out);
                 return Step::Acted;
             }
@@ -240,27 +244,29 @@ impl Engine {
             if new_members > 0 && new_members + old_members.len() > planned {
                 // Followers keep their words (the simulator's digests hash them).
                 let ready = if topology.rolls_by_switchover() { "streams" } else { "serves" };
-                let cause = format!("{label}: retire an old {rolled}, a {rolled} {of_new} {ready}");
+                let cause = format!("{}: retire an old {rolled}, a {rolled} {of_new} {ready}", label());
                 self.open_action(old, ActionKind::Retire, &cause, true, now, out);
             } else {
-                self.build_new_member(sslot, rolled, &format!("{label}: build a {rolled} {from_new}"), now, out);
+                let cause = format!("{}: build a {rolled} {from_new}", label());
+                self.build_new_member(sslot, rolled, &cause, now, out);
             }
             return Step::Acted;
         }
         if let Some(&old) = old_read_replicas.first() {
-            let cause = format!("{label}: retire an old read replica, rebuilt in its slot {from_new}");
+            let cause = format!("{}: retire an old read replica, rebuilt in its slot {from_new}", label());
             self.open_action(old, ActionKind::Retire, &cause, true, now, out);
             return Step::Acted;
         }
         if let Some(p) = primary.filter(|_| primary_old) {
             if new_members == 0 {
-                self.build_new_member(sslot, rolled, &format!("{label}: build a {rolled} {from_new}"), now, out);
+                let cause = format!("{}: build a {rolled} {from_new}", label());
+                self.build_new_member(sslot, rolled, &cause, now, out);
                 return Step::Acted;
             }
             if self.best_follower(sslot, now).is_none() {
                 return Step::Wait;
             }
-            let cause = format!("{label}: planned switchover onto a follower {of_new}");
+            let cause = format!("{}: planned switchover onto a follower {of_new}", label());
             self.open_action(p, ActionKind::Fence { immediate: false }, &cause, true, now, out);
             self.mark_dirty(sslot);
             return Step::Acted;

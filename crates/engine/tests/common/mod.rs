@@ -291,7 +291,10 @@ impl H {
 
     pub fn check_invariants(&self) {
         for s in self.e.service_views() {
-            let writable = s.instances.iter().filter(|i| i.writable).count();
+            // Primaries of this service (brokers are peers that all take
+            // writes; a Kafka service lists its storage's members too).
+            let writable =
+                s.instances.iter().filter(|i| i.writable && i.role != Role::Broker && i.service == s.name).count();
             assert!(writable <= 1, "two writable primaries in the engine: {s:#?}");
             assert!(self.world.writable_count(s.id) <= 1, "two writable primaries in the world for {}", s.name);
             // Placement: never two members of one service on one host (the
@@ -299,7 +302,7 @@ impl H {
             let mut on: Vec<&str> = s
                 .instances
                 .iter()
-                .filter(|i| i.state.is_member() && !i.fenced)
+                .filter(|i| i.state.is_member() && !i.fenced && i.service == s.name)
                 .filter_map(|i| i.host.as_deref())
                 .filter(|h| !self.store.hosts.get(*h).is_some_and(|r| r.builtin))
                 .collect();

@@ -91,10 +91,12 @@ impl Inner {
                     restore_from,
                     read_slot,
                     version,
+                    storage_of,
                     ..
                 } = &**p;
                 let new = NewMember {
                     version,
+                    session_pool: storage_of.is_some(),
                     role: *role,
                     service_name,
                     sync: *sync,
@@ -142,7 +144,17 @@ impl Inner {
     }
 
     async fn provision(self: &Arc<Self>, id: InstanceId, service_id: ServiceId, new: NewMember<'_>) -> Done {
-        let NewMember { role, service_name, sync, settings, restore_from, read_slot, replication, version } = new;
+        let NewMember {
+            role,
+            service_name,
+            sync,
+            settings,
+            restore_from,
+            read_slot,
+            replication,
+            version,
+            session_pool,
+        } = new;
         let major = self.major_for(version)?;
         if role == Role::Broker {
             // The engine refuses such services first (`engines()`); this is the backstop.
@@ -190,7 +202,7 @@ impl Inner {
         let entry = self.register(
             id,
             service_id,
-            NewEntry { role, service_name, sync, settings, read_slot, major, login },
+            NewEntry { role, service_name, sync, settings, read_slot, major, login, session_pool },
             existing,
         )?;
         self.prepare_dir(&entry.dir)?;
@@ -269,7 +281,7 @@ impl Inner {
         new: NewEntry<'_>,
         existing: Option<InstanceEntry>,
     ) -> Result<InstanceEntry, ActionError> {
-        let NewEntry { role, service_name, sync, settings, read_slot, major, login } = new;
+        let NewEntry { role, service_name, sync, settings, read_slot, major, login, session_pool } = new;
         let entry = {
             let mut registry = lock(&self.registry);
             let mut used = registry.ports_in_use();
@@ -298,9 +310,14 @@ impl Inner {
                         rotation_action: None,
                         primary: None,
                         sync,
+                        session_pool,
                     });
                 }
-                std::collections::btree_map::Entry::Occupied(mut occupied) => occupied.get_mut().sync = sync,
+                std::collections::btree_map::Entry::Occupied(mut occupied) => {
+                    let service = occupied.get_mut();
+                    service.sync = sync;
+                    service.session_pool |= session_pool;
+                }
             }
             let port = match &existing {
                 Some(e) => e.port,
@@ -1270,6 +1287,8 @@ struct NewMember<'a> {
     replication: Option<super::Replication>,
     /// Its image's engine version (empty: the default binaries).
     version: &'a str,
+    /// The router pools whole sessions (a Kafka service's storage).
+    session_pool: bool,
 }
 
 /// What [`Inner::register`] records of a new member.
@@ -1283,6 +1302,8 @@ struct NewEntry<'a> {
     /// The service's login when the control plane chose it (agent hosts:
     /// its router beside the control plane must hold the same verifier).
     login: Option<&'a super::Login>,
+    /// The router pools whole sessions (a Kafka service's storage).
+    session_pool: bool,
 }
 
 /// A fork whose server would not start or stopped in its replay: when its

@@ -396,21 +396,7 @@ impl LocalProvider {
         if let Some(url) = self.inner.kafka_url(service_name) {
             return Some(url);
         }
-        let service = lock(&self.inner.registry).services.values().find(|s| s.name == service_name).cloned()?;
-        let password = match self.inner.password(&service) {
-            Ok(password) => password,
-            Err(error) => {
-                tracing::warn!(service = %service_name, %error, "cannot open the service's sealed password");
-                return None;
-            }
-        };
-        Some(format!(
-            "postgres://{}:{}@127.0.0.1:{}/{}",
-            service.login,
-            password.expose(),
-            service.router_port,
-            postgres::APP_DATABASE
-        ))
+        self.inner.postgres_url(service_name)
     }
 
     /// The stable read URL of read slot `slot` of the PostgreSQL service
@@ -488,6 +474,27 @@ impl Drop for LocalProvider {
 }
 
 impl Inner {
+    /// The stable URL of the PostgreSQL service named `service_name` (its
+    /// router), as its current application login role, to the
+    /// application's database.
+    fn postgres_url(&self, service_name: &str) -> Option<String> {
+        let service = lock(&self.registry).services.values().find(|s| s.name == service_name).cloned()?;
+        let password = match self.password(&service) {
+            Ok(password) => password,
+            Err(error) => {
+                tracing::warn!(service = %service_name, %error, "cannot open the service's sealed password");
+                return None;
+            }
+        };
+        Some(format!(
+            "postgres://{}:{}@127.0.0.1:{}/{}",
+            service.login,
+            password.expose(),
+            service.router_port,
+            postgres::APP_DATABASE
+        ))
+    }
+
     /// The service's current password, opened from the registry.
     fn password(&self, service: &registry::ServiceEntry) -> Result<drover_secrets::Secret, ActionError> {
         let context = registry::password_context(&service.name, &service.login);

@@ -152,6 +152,11 @@ pub struct ServiceEntry {
     pub primary: Option<InstanceId>,
     /// The plan replicates synchronously.
     pub sync: bool,
+    /// The router pools whole client sessions for it, not transactions:
+    /// a Kafka service's storage, whose brokers (tansu) keep named
+    /// prepared statements across transactions.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub session_pool: bool,
 }
 
 /// The login role a rotation replaced, valid until its overlap ends.

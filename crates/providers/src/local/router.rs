@@ -498,7 +498,7 @@ fn write_config(
          [databases]\n\
          ; No user=: each client's own login role logs in to the server, with\n\
          ; the SCRAM keys of its own login (pgbouncer's SCRAM pass-through).\n\
-         {DATABASE} = host={primary_host} port={primary_port} dbname={DATABASE}\n\
+         {DATABASE} = host={primary_host} port={primary_port} dbname={DATABASE}{pooling}\n\
          ; Read replicas added on demand: one database per read slot.\n\
          {read_databases}\
          \n\
@@ -526,6 +526,11 @@ fn write_config(
          server_connect_timeout = 5\n\
          ignore_startup_parameters = extra_float_digits,options\n",
         name = service.name,
+        // A Kafka service's storage: tansu keeps named prepared statements
+        // on its connections across transactions, which transaction
+        // pooling would hand to other server connections. Each session
+        // holds a server connection (a broker pools at most 16).
+        pooling = if service.session_pool { " pool_mode=session pool_size=90" } else { "" },
         router_port = service.router_port,
         userlist = dir.join("userlist.txt").display(),
         hba = dir.join("pgbouncer_hba.conf").display(),

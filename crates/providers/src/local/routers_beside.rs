@@ -147,6 +147,7 @@ impl ControlPlaneRouters {
             rotation_action: None,
             primary: None,
             sync: false,
+            session_pool: false,
         })
     }
 

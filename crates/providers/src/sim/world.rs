@@ -357,6 +357,7 @@ mod tests {
             restore_from: None,
             read_slot: None,
             version: String::new(),
+            storage_of: None,
         }))
     }
     fn beat_of(beats: &[Beat], id: InstanceId) -> Option<&Beat> {

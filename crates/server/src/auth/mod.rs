@@ -175,7 +175,11 @@ pub struct NewToken {
 
 impl Tokens {
     pub fn open(db: &Path) -> anyhow::Result<Tokens> {
-        let store = TokenStore::open(db)?;
+        Tokens::with_store(TokenStore::open(db)?)
+    }
+
+    /// The tokens of `store` (the data dir's, or a PostgreSQL store's).
+    pub fn with_store(store: TokenStore) -> anyhow::Result<Tokens> {
         let all = store.all()?;
         let by_hash = all.into_iter().map(|t| (t.hash, t.record)).collect();
         Ok(Tokens { store, by_hash: RwLock::new(by_hash), touched: Mutex::new(HashMap::new()) })

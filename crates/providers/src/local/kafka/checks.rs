@@ -9,15 +9,17 @@
 //!   [`CANARY_TOPIC`] and fetched back, both timed; consumer-group lag
 //!   (the storage's high watermark less each group's committed offset,
 //!   read from the storage database the brokers share).
-//! - **security**: every listening socket of the service (router, brokers,
-//!   storage) is on loopback, read from the kernel (`/proc/net/tcp`); the
-//!   brokers ask no client for credentials (tansu 0.6 as Drover runs it),
+//! - **security**: every listening socket of the service (router and
+//!   brokers; the storage's servers have their own service's checks) is on
+//!   loopback, read from the kernel (`/proc/net/tcp`); the brokers ask no client for credentials (tansu 0.6 as Drover runs it),
 //!   which is said, as a warning.
 
-use super::{cluster_id, KafkaBroker, KafkaService, STORAGE_DATABASE};
+use super::{cluster_id, KafkaBroker, KafkaService};
 use crate::checks::{Check, Status};
 use drover_model::{InstanceId, ServiceId};
-use kafka_protocol::messages::{ApiKey, MetadataRequest, MetadataResponse, RequestHeader, ResponseHeader};
+use kafka_protocol::messages::{
+    ApiKey, ApiVersionsRequest, ApiVersionsResponse, MetadataRequest, MetadataResponse, RequestHeader, ResponseHeader,
+};
 use kafka_protocol::protocol::{Decodable, Encodable, HeaderVersion, StrBytes};
 use serde_json::json;
 use std::time::{Duration, Instant};
@@ -46,44 +48,66 @@ pub struct BrokerMetadata {
     pub advertised: Vec<String>,
 }
 
+/// One request and its answer on a fresh connection to the broker on
+/// `port`, framed and encoded by the kafka-protocol crate.
+pub async fn exchange<Req, Resp>(port: u16, key: ApiKey, version: i16, request: &Req) -> Result<Resp, String>
+where
+    Req: Encodable + HeaderVersion,
+    Resp: Decodable + HeaderVersion,
+{
+    const CORRELATION: i32 = 11;
+    let mut stream = tokio::net::TcpStream::connect(("127.0.0.1", port)).await.map_err(|e| e.to_string())?;
+    let header = RequestHeader::default()
+        .with_request_api_key(key as i16)
+        .with_request_api_version(version)
+        .with_correlation_id(CORRELATION)
+        .with_client_id(Some(StrBytes::from_static_str("drover-probe")));
+    let mut body = bytes::BytesMut::new();
+    header.encode(&mut body, Req::header_version(version)).map_err(|e| e.to_string())?;
+    request.encode(&mut body, version).map_err(|e| e.to_string())?;
+    let mut frame = (body.len() as i32).to_be_bytes().to_vec();
+    frame.extend_from_slice(&body);
+    stream.write_all(&frame).await.map_err(|e| e.to_string())?;
+    let size = stream.read_i32().await.map_err(|e| e.to_string())?;
+    if !(4..=1 << 20).contains(&size) {
+        return Err(format!("a {key:?} answer of {size} bytes"));
+    }
+    let mut answer = vec![0u8; size as usize];
+    stream.read_exact(&mut answer).await.map_err(|e| e.to_string())?;
+    let mut answer = bytes::Bytes::from(answer);
+    let header = ResponseHeader::decode(&mut answer, Resp::header_version(version))
+        .map_err(|e| format!("an unreadable {key:?} answer: {e}"))?;
+    if header.correlation_id != CORRELATION {
+        return Err(format!("{key:?} answered correlation id {}, not {CORRELATION}", header.correlation_id));
+    }
+    Resp::decode(&mut answer, version).map_err(|e| format!("an unreadable {key:?} answer: {e}"))
+}
+
 /// Metadata (no topics) on a fresh connection to `port`.
 pub async fn broker_metadata(port: u16, timeout: Duration) -> Result<BrokerMetadata, String> {
-    let attempt = async {
-        let mut stream = tokio::net::TcpStream::connect(("127.0.0.1", port)).await.map_err(|e| e.to_string())?;
-        let header = RequestHeader::default()
-            .with_request_api_key(ApiKey::Metadata as i16)
-            .with_request_api_version(METADATA_VERSION)
-            .with_correlation_id(11)
-            .with_client_id(Some(StrBytes::from_static_str("drover-probe")));
-        let mut body = bytes::BytesMut::new();
-        header.encode(&mut body, MetadataRequest::header_version(METADATA_VERSION)).map_err(|e| e.to_string())?;
-        MetadataRequest::default()
-            .with_topics(Some(Vec::new()))
-            .encode(&mut body, METADATA_VERSION)
-            .map_err(|e| e.to_string())?;
-        let mut frame = (body.len() as i32).to_be_bytes().to_vec();
-        frame.extend_from_slice(&body);
-        stream.write_all(&frame).await.map_err(|e| e.to_string())?;
-        let size = stream.read_i32().await.map_err(|e| e.to_string())?;
-        if !(4..=1 << 20).contains(&size) {
-            return Err(format!("a Metadata answer of {size} bytes"));
-        }
-        let mut answer = vec![0u8; size as usize];
-        stream.read_exact(&mut answer).await.map_err(|e| e.to_string())?;
-        let mut answer = bytes::Bytes::from(answer);
-        let header = ResponseHeader::decode(&mut answer, MetadataResponse::header_version(METADATA_VERSION))
-            .map_err(|e| format!("an unreadable Metadata answer: {e}"))?;
-        if header.correlation_id != 11 {
-            return Err(format!("Metadata answered correlation id {}, not 11", header.correlation_id));
-        }
-        let response = MetadataResponse::decode(&mut answer, METADATA_VERSION)
-            .map_err(|e| format!("an unreadable Metadata answer: {e}"))?;
-        Ok(BrokerMetadata {
-            cluster_id: response.cluster_id.map(|c| c.to_string()),
-            advertised: response.brokers.iter().map(|b| format!("{}:{}", b.host.as_str(), b.port)).collect(),
-        })
-    };
-    tokio::time::timeout(timeout, attempt).await.map_err(|_| format!("no Metadata answer within {timeout:?}"))?
+    let request = MetadataRequest::default().with_topics(Some(Vec::new()));
+    let attempt = exchange::<_, MetadataResponse>(port, ApiKey::Metadata, METADATA_VERSION, &request);
+    let response = tokio::time::timeout(timeout, attempt)
+        .await
+        .map_err(|_| format!("no Metadata answer within {timeout:?}"))??;
+    Ok(BrokerMetadata {
+        cluster_id: response.cluster_id.map(|c| c.to_string()),
+        advertised: response.brokers.iter().map(|b| format!("{}:{}", b.host.as_str(), b.port)).collect(),
+    })
+}
+
+/// ApiVersions (v0) on a fresh connection to `port`: the broker answers
+/// it before anything else, with error code 0 (the heartbeat's probe).
+pub async fn api_versions(port: u16, timeout: Duration) -> Result<(), String> {
+    let request = ApiVersionsRequest::default();
+    let attempt = exchange::<_, ApiVersionsResponse>(port, ApiKey::ApiVersions, 0, &request);
+    let response = tokio::time::timeout(timeout, attempt)
+        .await
+        .map_err(|_| format!("no ApiVersions answer within {timeout:?}"))??;
+    match response.error_code {
+        0 => Ok(()),
+        code => Err(format!("ApiVersions answered error code {code}")),
+    }
 }
 
 /// One broker's probe against what the service expects of it.
@@ -284,6 +308,33 @@ pub async fn group_lags(storage_url: &str, timeout: Duration) -> Result<Vec<Grou
         .map_err(|_| format!("the storage did not answer within {timeout:?}"))?
 }
 
+/// Canary records kept behind the newest (the rest are deleted).
+pub const CANARY_KEPT: i64 = 100;
+
+/// Deletes the canary records more than [`CANARY_KEPT`] behind `newest`
+/// from the storage, directly: Drover owns that database, and tansu 0.6's
+/// DeleteRecords deletes the records *from* the offset on, not before it
+/// (tansu-storage `pg.rs` `delete_records`: `record.id >= $4`). Returns how
+/// many were deleted.
+pub async fn trim_canary(storage_url: &str, newest: i64, timeout: Duration) -> Result<u64, String> {
+    let attempt = async {
+        let (client, connection) =
+            tokio_postgres::connect(storage_url, tokio_postgres::NoTls).await.map_err(|e| e.to_string())?;
+        tokio::spawn(connection);
+        client
+            .execute(
+                "delete from record r using topition p, topic t \
+                 where r.topition = p.id and p.topic = t.id and t.name = $1 and r.offset_id < $2",
+                &[&CANARY_TOPIC, &(newest - CANARY_KEPT)],
+            )
+            .await
+            .map_err(|e| e.to_string())
+    };
+    tokio::time::timeout(timeout, attempt)
+        .await
+        .map_err(|_| format!("the storage did not answer within {timeout:?}"))?
+}
+
 /// The performance check: the canary's latency and the groups' lag.
 pub fn performance_check(canary: &Result<Canary, String>, lags: &Result<Vec<GroupLag>, String>) -> Check {
     let mut status = Status::Ok;
@@ -402,7 +453,7 @@ pub fn security_check(
     brokers: &[(InstanceId, &KafkaBroker)],
     listening: &[(u16, String)],
 ) -> Check {
-    let mut ports = vec![("router", service.router_port), ("storage", service.storage_port)];
+    let mut ports = vec![("router", service.router_port)];
     ports.extend(brokers.iter().map(|(_, b)| ("broker", b.port)));
     let exposed: Vec<String> = listening
         .iter()
@@ -415,7 +466,7 @@ pub fn security_check(
     let evidence = json!({
         "listening": listening.iter().map(|(p, a)| format!("{a}:{p}")).collect::<Vec<_>>(),
         "authentication": "none",
-        "storage_database": STORAGE_DATABASE,
+        "storage": drover_model::kafka_storage_name(&service.name),
     });
     if !exposed.is_empty() {
         return Check {

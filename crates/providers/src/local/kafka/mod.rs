@@ -13,23 +13,26 @@
 //! port. All brokers share one node id (tansu's), so the metadata a client
 //! sees is the same whichever broker answers.
 //!
-//! The storage is a PostgreSQL 15 server per service, run as the server
-//! user, listening on loopback and on a unix socket in its directory, with
-//! the schema of `storage.sql` applied at creation (tansu's PostgreSQL
-//! engine does not create its own). It is the provider's, not an engine
-//! member: no follower, no failover, no backups of its own yet (see the
-//! README: partial).
+//! The storage is the service's own PostgreSQL service, `<name>-storage`,
+//! which the engine creates with it (`drover_engine::kafka_storage`): a
+//! primary and a synchronous follower behind its pgbouncer router, fenced
+//! failover, backups, all as for any PostgreSQL service. Brokers reach it
+//! through that router's stable URL (sessions pooled whole: tansu keeps
+//! prepared statements across transactions), so a storage failover costs
+//! them a reconnect to the same address. The first broker applies the
+//! schema of `storage.sql` (tansu's PostgreSQL engine does not create its
+//! own), once, under an advisory lock.
 //!
 //! Brokers are this process's children, reaped at once: one that exits
 //! unasked is reported `Gone`, the engine fences it (cut at the router:
 //! `maint`, sessions shut) and provisions a replacement, which takes a free
 //! router slot. Layout under `data_dir/local/kafka/`: `kafka.json` beside
-//! it, `services/<service id>/{storage/,router/}`, `brokers/<id>/` (log,
+//! it, `services/<service id>/router/`, `brokers/<id>/` (log,
 //! pid).
 
 pub mod checks;
 
-use super::postgres::{run as run_command, tail, write_owned, Binaries};
+use super::postgres::{tail, write_owned};
 use super::process::{self, ProcState, ServerProcess};
 use super::redis::router as haproxy;
 use super::registry::Lifecycle;
@@ -42,20 +45,20 @@ use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
 const REGISTRY_FORMAT: u64 = 1;
 /// The pinned broker (scripts/lib.sh installs this version).
 pub const TANSU_VERSION: &str = "0.6.0";
 /// The storage schema tansu's PostgreSQL engine needs.
 const STORAGE_DDL: &str = include_str!("storage.sql");
-/// The storage database and its login.
-const STORAGE_DATABASE: &str = "tansu";
-const STORAGE_USER: &str = "tansu";
 /// Router slots: brokers a service may have at once, replacements included.
 const SLOTS: u8 = 8;
-/// How long a new broker or storage server may take to answer.
+/// How long a new broker may take to answer.
 const START_TIMEOUT: Duration = Duration::from_secs(30);
+/// How long a broker's provisioning waits for its service's storage to
+/// take writes (it is created in the same moment: a primary and its
+/// follower take a few seconds).
+const STORAGE_TIMEOUT: Duration = Duration::from_secs(40);
 /// A probe: ApiVersions on a fresh connection.
 const PROBE_TIMEOUT: Duration = Duration::from_millis(500);
 /// How long a retiring broker drains at the router (no new connection
@@ -107,10 +110,8 @@ impl KafkaBroker {
 pub struct KafkaService {
     pub name: String,
     pub router_port: u16,
-    pub storage_port: u16,
-    /// The storage login's password, sealed.
-    pub storage_password: String,
-    /// Whether the storage was initialised (initdb, role, schema).
+    /// Whether the storage's schema was applied.
+    #[serde(default)]
     pub storage_ready: bool,
 }
 
@@ -120,10 +121,6 @@ pub struct KafkaRegistry {
     pub instances: BTreeMap<InstanceId, KafkaBroker>,
     pub services: BTreeMap<ServiceId, KafkaService>,
     pub tombstones: BTreeSet<InstanceId>,
-}
-
-fn context(service: &str) -> String {
-    format!("service/{service}/kafka/{STORAGE_USER}")
 }
 
 fn invalid(error: impl Into<String>) -> ActionError {
@@ -141,11 +138,9 @@ pub(super) struct Kafka {
     /// found on first use.
     runnable: tokio::sync::Mutex<Option<PathBuf>>,
     haproxy: PathBuf,
-    binaries: Option<Binaries>,
     registry: Mutex<KafkaRegistry>,
     persist: Mutex<()>,
     brokers: Mutex<HashMap<InstanceId, ServerProcess>>,
-    storages: Mutex<HashMap<ServiceId, ServerProcess>>,
     routers: Mutex<HashMap<ServiceId, ServerProcess>>,
     /// Retiring brokers on their way out of the router.
     leaving: Mutex<HashMap<InstanceId, Leaving>>,
@@ -241,11 +236,9 @@ impl Kafka {
             tansu: find_tansu(),
             runnable: tokio::sync::Mutex::new(None),
             haproxy: PathBuf::from(haproxy::DEFAULT_HAPROXY),
-            binaries: Binaries::find().ok(),
             registry: Mutex::new(registry),
             persist: Mutex::new(()),
             brokers: Mutex::new(HashMap::new()),
-            storages: Mutex::new(HashMap::new()),
             routers: Mutex::new(HashMap::new()),
             leaving: Mutex::new(HashMap::new()),
         })
@@ -265,7 +258,7 @@ impl Kafka {
     pub fn ports_in_use(&self) -> BTreeSet<u16> {
         let registry = lock(&self.registry);
         let mut ports: BTreeSet<u16> = registry.instances.values().map(|i| i.port).collect();
-        ports.extend(registry.services.values().flat_map(|s| [s.router_port, s.storage_port]));
+        ports.extend(registry.services.values().map(|s| s.router_port));
         ports
     }
 
@@ -303,36 +296,6 @@ impl Kafka {
     pub fn find_service(&self, name: &str) -> Option<KafkaService> {
         lock(&self.registry).services.values().find(|s| s.name == name).cloned()
     }
-}
-
-/// One Kafka ApiVersions (v0) request on `stream`: the broker answers it
-/// before anything else, with error code 0.
-async fn api_versions(port: u16, timeout: Duration) -> Result<(), String> {
-    let attempt = async {
-        let mut stream = tokio::net::TcpStream::connect(("127.0.0.1", port)).await.map_err(|e| e.to_string())?;
-        let client = b"drover-probe";
-        let mut body = Vec::new();
-        body.extend_from_slice(&18i16.to_be_bytes()); // ApiVersions
-        body.extend_from_slice(&0i16.to_be_bytes()); // version 0
-        body.extend_from_slice(&7i32.to_be_bytes()); // correlation id
-        body.extend_from_slice(&(client.len() as i16).to_be_bytes());
-        body.extend_from_slice(client);
-        let mut request = (body.len() as i32).to_be_bytes().to_vec();
-        request.extend_from_slice(&body);
-        stream.write_all(&request).await.map_err(|e| e.to_string())?;
-        let size = stream.read_i32().await.map_err(|e| e.to_string())?;
-        if !(6..=1 << 20).contains(&size) {
-            return Err(format!("ApiVersions answer of {size} bytes"));
-        }
-        let correlation = stream.read_i32().await.map_err(|e| e.to_string())?;
-        let error = stream.read_i16().await.map_err(|e| e.to_string())?;
-        match (correlation, error) {
-            (7, 0) => Ok(()),
-            (7, code) => Err(format!("ApiVersions answered error code {code}")),
-            (other, _) => Err(format!("ApiVersions answered correlation id {other}, not 7")),
-        }
-    };
-    tokio::time::timeout(timeout, attempt).await.map_err(|_| format!("no ApiVersions answer within {timeout:?}"))?
 }
 
 /// `haproxy.cfg` of a Kafka service's router: every slot a server, the
@@ -409,18 +372,6 @@ pub async fn busiest_broker(local_root: &Path, name: &str) -> Result<(InstanceId
     best.ok_or_else(|| format!("the Kafka service {name} has no serving broker"))
 }
 
-/// The storage's unix socket directory: in the service's directory when
-/// the socket path fits, else a short one of its own under the temp dir.
-fn storage_socket_dir(service_dir: &Path, service: ServiceId) -> PathBuf {
-    let dir = service_dir.join("socket");
-    // Room for "/.s.PGSQL.NNNNN".
-    if dir.as_os_str().len() + 16 <= super::registry::MAX_SOCKET_PATH {
-        return dir;
-    }
-    let uid = nix::unistd::Uid::effective();
-    std::env::temp_dir().join(format!("drover-sockets-{uid}")).join(format!("k{}", service.0.simple()))
-}
-
 impl Inner {
     pub(super) fn kafka_url(&self, name: &str) -> Option<String> {
         let service = self.kafka.find_service(name)?;
@@ -440,43 +391,7 @@ impl Inner {
         })
     }
 
-    /// A storage server that exits unasked (a crash, a kill -9) is started
-    /// again at once, on the same data (PostgreSQL's crash recovery keeps
-    /// every committed record: a record is acknowledged once committed,
-    /// `fsync` and `synchronous_commit` on), while its service has brokers
-    /// to serve. The brokers' storage connections fail meanwhile and their
-    /// clients retry. Not an engine remedy yet: the storage is the
-    /// provider's, not a member (no follower to fail over to).
-    fn kafka_storage_on_exit(self: &Arc<Self>, service_id: ServiceId) -> process::OnUnexpectedExit {
-        let weak = Arc::downgrade(self);
-        Box::new(move |detail| {
-            let Some(inner) = weak.upgrade() else { return };
-            tracing::warn!(service = %service_id, %detail, "the Kafka storage exited unasked: starting it again");
-            tokio::spawn(async move {
-                for attempt in 1..=30u32 {
-                    tokio::time::sleep(Duration::from_millis(if attempt == 1 { 50 } else { 1_000 })).await;
-                    let serves = lock(&inner.kafka.registry)
-                        .instances
-                        .values()
-                        .any(|b| b.service == service_id && b.should_run());
-                    if !serves || inner.closed.load(std::sync::atomic::Ordering::SeqCst) {
-                        return;
-                    }
-                    match inner.kafka_storage(service_id).await {
-                        Ok(()) => {
-                            tracing::info!(service = %service_id, attempt, "the Kafka storage runs again");
-                            return;
-                        }
-                        Err(error) => {
-                            tracing::warn!(service = %service_id, attempt, %error, "the Kafka storage does not start yet")
-                        }
-                    }
-                }
-            });
-        })
-    }
-
-    /// Adopts the brokers, storages and routers that survived a restart;
+    /// Adopts the brokers and routers that survived a restart;
     /// returns how many, and the brokers that should run but do not.
     pub(super) fn kafka_adopt(self: &Arc<Self>) -> (usize, Vec<InstanceId>) {
         let registry = lock(&self.kafka.registry).clone();
@@ -497,16 +412,6 @@ impl Inner {
         }
         for service in registry.services.keys() {
             let dir = self.kafka.service_dir(*service);
-            if let Some(pid) = process::running_pid(&dir.join("storage").join("postmaster.pid"), "postgres") {
-                let process = ServerProcess::adopt(
-                    pid,
-                    Some(&dir.join("storage")),
-                    self.closed.clone(),
-                    self.kafka_storage_on_exit(*service),
-                );
-                lock(&self.kafka.storages).insert(*service, process);
-                adopted += 1;
-            }
             if let Some(pid) = haproxy::adopt_pid(&dir.join("router")) {
                 let process = ServerProcess::adopt(pid, None, self.closed.clone(), Box::new(|_| {}));
                 lock(&self.kafka.routers).insert(*service, process);
@@ -529,8 +434,8 @@ impl Inner {
             ActionKind::InjectFault { fault } => self.kafka_inject(id, *fault).await,
             ActionKind::Promote => Err(invalid("a Kafka broker is never promoted: its peers serve already")),
             ActionKind::Backup | ActionKind::VerifyRestore => Err(ActionError::Config(
-                "a Kafka service's records are in its storage database; its backups are not built yet in the local \
-                 provider (issue 14)"
+                "a Kafka service's records are in its storage, a PostgreSQL service of its own (`<name>-storage`): \
+                 its backups are that service's"
                     .into(),
             )),
             ActionKind::RotateCredentials | ActionKind::RevokePreviousCredentials => Err(ActionError::Config(
@@ -595,16 +500,7 @@ impl Inner {
             if let std::collections::btree_map::Entry::Vacant(slot) = registry.services.entry(service_id) {
                 let router_port = super::actions::free_port(&used)?;
                 used.insert(router_port);
-                let storage_port = super::actions::free_port(&used)?;
-                used.insert(storage_port);
-                let password = super::actions::random_password()?;
-                slot.insert(KafkaService {
-                    name: name.to_string(),
-                    router_port,
-                    storage_port,
-                    storage_password: self.key.seal_str(&context(name), &password),
-                    storage_ready: false,
-                });
+                slot.insert(KafkaService { name: name.to_string(), router_port, storage_ready: false });
             }
             if let Some(e) = existing {
                 return Ok(e);
@@ -639,127 +535,73 @@ impl Inner {
         Ok(entry)
     }
 
-    /// The storage URL brokers are given.
+    /// The storage URL brokers are given: the stable URL of the service's
+    /// storage, a PostgreSQL service of this provider.
     fn kafka_storage_url(&self, service: &KafkaService) -> Result<String, ActionError> {
-        let password = self.key.open_str(&context(&service.name), &service.storage_password).map_err(|e| {
-            ActionError::Config(format!("cannot open the sealed storage password of {}: {e}", service.name))
-        })?;
-        Ok(format!("postgres://{STORAGE_USER}:{password}@127.0.0.1:{}/{STORAGE_DATABASE}", service.storage_port))
+        let storage = drover_model::kafka_storage_name(&service.name);
+        self.postgres_url(&storage).ok_or_else(|| {
+            ActionError::Unavailable(format!(
+                "the storage {storage} of the Kafka service {} is not built yet",
+                service.name
+            ))
+        })
     }
 
-    /// Makes sure the service's storage server runs, initialised once:
-    /// initdb, the broker's login, the database and the schema.
+    /// Waits until the service's storage takes writes through its URL, and
+    /// applies tansu's schema there once (the first broker does it, under
+    /// an advisory lock; the others find it).
     async fn kafka_storage(self: &Arc<Self>, service_id: ServiceId) -> Result<(), ActionError> {
         let service = self.kafka.service(service_id)?;
-        let binaries =
-            self.kafka.binaries.clone().ok_or_else(|| ActionError::Config("no PostgreSQL binaries found".into()))?;
-        let dir = self.kafka.service_dir(service_id);
-        let pgdata = dir.join("storage");
-        let socket = storage_socket_dir(&dir, service_id);
-        for d in [&dir, &socket] {
-            self.run_as
-                .prepare_dir(d, 0o700)
-                .map_err(|e| ActionError::io(format_args!("cannot prepare {}", d.display()), e))?;
-        }
-        if !service.storage_ready && !pgdata.join("PG_VERSION").exists() {
-            let _ = std::fs::remove_dir_all(&pgdata);
-            let mut initdb = tokio::process::Command::new(binaries.path("initdb"));
-            initdb.arg("-D").arg(&pgdata).args([
-                "-U",
-                "drover",
-                "--auth-local=trust",
-                "--auth-host=scram-sha-256",
-                "-E",
-                "UTF8",
-            ]);
-            self.run_as.apply_tokio(&mut initdb);
-            run_command(initdb, "initdb (Kafka storage)").await?;
-        }
-        let running = lock(&self.kafka.storages).get(&service_id).is_some_and(|p| p.is_running());
-        if !running {
-            let log = pgdata.join("server.log");
-            let log_file = std::fs::OpenOptions::new()
-                .create(true)
-                .append(true)
-                .open(&log)
-                .map_err(|e| ActionError::io(format_args!("cannot open {}", log.display()), e))?;
-            let _ = self.run_as.chown(&log);
-            let log_err = log_file.try_clone().map_err(|e| ActionError::io("cannot share the log", e))?;
-            let mut command = tokio::process::Command::new(binaries.path("postgres"));
-            command
-                .arg("-D")
-                .arg(&pgdata)
-                .args(["-p", &service.storage_port.to_string(), "-c", "listen_addresses=127.0.0.1"])
-                .arg("-c")
-                .arg(format!("unix_socket_directories={}", socket.display()))
-                .args(["-c", "synchronous_commit=on", "-c", "fsync=on", "-c", "max_connections=200"])
-                .stdin(std::process::Stdio::null())
-                .stdout(log_file)
-                .stderr(log_err);
-            self.run_as.apply_tokio(&mut command);
-            let process = ServerProcess::spawn(command, Some(&pgdata), self.kafka_storage_on_exit(service_id))
-                .map_err(|e| ActionError::io("cannot spawn the Kafka storage's postgres", e))?;
-            lock(&self.kafka.storages).insert(service_id, process);
-        }
-        let deadline = Instant::now() + START_TIMEOUT;
+        let deadline = Instant::now() + STORAGE_TIMEOUT;
         let client = loop {
-            let mut config = tokio_postgres::Config::new();
-            config.host_path(&socket).port(service.storage_port).user("drover").dbname("postgres");
-            config.connect_timeout(Duration::from_secs(2));
-            match config.connect(tokio_postgres::NoTls).await {
-                Ok((client, connection)) => {
-                    tokio::spawn(connection);
-                    break client;
+            let attempt = async {
+                let url = self.kafka_storage_url(&service)?;
+                let (client, connection) =
+                    tokio::time::timeout(Duration::from_secs(3), tokio_postgres::connect(&url, tokio_postgres::NoTls))
+                        .await
+                        .map_err(|_| ActionError::Unavailable("the storage did not answer within 3 s".into()))?
+                        .map_err(|e| ActionError::Unavailable(super::postgres::error_text(&e)))?;
+                tokio::spawn(connection);
+                let row = client
+                    .query_one("select pg_is_in_recovery()", &[])
+                    .await
+                    .map_err(|e| ActionError::Unavailable(super::postgres::error_text(&e)))?;
+                if row.get::<_, bool>(0) {
+                    return Err(ActionError::Unavailable("the storage's router leads to a standby".into()));
                 }
+                Ok(client)
+            };
+            match attempt.await {
+                Ok(client) => break client,
                 Err(e) if Instant::now() >= deadline => {
-                    let log = std::fs::read_to_string(pgdata.join("server.log")).unwrap_or_default();
                     return Err(ActionError::Timeout(format!(
-                        "the Kafka storage does not answer: {e}; {}",
-                        tail(&log, 600)
-                    )));
+                        "the storage of the Kafka service {} does not take writes after {STORAGE_TIMEOUT:?}: {e}",
+                        service.name
+                    )))
                 }
-                Err(_) => tokio::time::sleep(Duration::from_millis(100)).await,
+                Err(_) => tokio::time::sleep(Duration::from_millis(250)).await,
             }
         };
         if service.storage_ready {
             return Ok(());
         }
-        let password = self.key.open_str(&context(&service.name), &service.storage_password).map_err(|e| {
-            ActionError::Config(format!("cannot open the sealed storage password of {}: {e}", service.name))
-        })?;
-        let sql_error = |what: &str| {
-            let what = what.to_string();
+        let sql_error = |what: &'static str| {
             move |e: tokio_postgres::Error| ActionError::Failed(format!("{what}: {}", super::postgres::error_text(&e)))
         };
-        let exists = client
-            .query_opt("select 1 from pg_roles where rolname = $1", &[&STORAGE_USER])
+        // One transaction: the lock is held until the schema is in (or
+        // found), so brokers provisioned together apply it once.
+        let mut client = client;
+        let tx = client.transaction().await.map_err(sql_error("begin"))?;
+        tx.batch_execute("select pg_advisory_xact_lock(7140514)").await.map_err(sql_error("lock the schema"))?;
+        let missing = tx
+            .query_one("select to_regclass('cluster') is null", &[])
             .await
-            .map_err(sql_error("look for the storage role"))?
-            .is_some();
-        let quoted = super::postgres::sql_quote(&password);
-        let role_sql = if exists {
-            format!("alter role {STORAGE_USER} with login password {quoted}")
-        } else {
-            format!("create role {STORAGE_USER} with login password {quoted}")
-        };
-        client.batch_execute(&role_sql).await.map_err(sql_error("create the storage role"))?;
-        let db_exists = client
-            .query_opt("select 1 from pg_database where datname = $1", &[&STORAGE_DATABASE])
-            .await
-            .map_err(sql_error("look for the storage database"))?
-            .is_some();
-        if !db_exists {
-            client
-                .batch_execute(&format!("create database {STORAGE_DATABASE} owner {STORAGE_USER}"))
-                .await
-                .map_err(sql_error("create the storage database"))?;
+            .map_err(sql_error("look for the schema"))?
+            .get::<_, bool>(0);
+        if missing {
+            tx.batch_execute(STORAGE_DDL).await.map_err(sql_error("apply the storage schema"))?;
         }
-        let mut config = tokio_postgres::Config::new();
-        config.host_path(&socket).port(service.storage_port).user(STORAGE_USER).dbname(STORAGE_DATABASE);
-        let (schema_client, connection) =
-            config.connect(tokio_postgres::NoTls).await.map_err(sql_error("connect to the storage database"))?;
-        tokio::spawn(connection);
-        schema_client.batch_execute(STORAGE_DDL).await.map_err(sql_error("apply the storage schema"))?;
+        tx.commit().await.map_err(sql_error("commit the storage schema"))?;
         if let Some(stored) = lock(&self.kafka.registry).services.get_mut(&service_id) {
             stored.storage_ready = true;
         }
@@ -853,7 +695,7 @@ impl Inner {
                 let log = std::fs::read_to_string(&log_path).unwrap_or_default();
                 return Err(ActionError::Failed(format!("tansu exited at start: {}", tail(&log, 800))));
             }
-            match api_versions(entry.port, PROBE_TIMEOUT).await {
+            match checks::api_versions(entry.port, PROBE_TIMEOUT).await {
                 Ok(()) => return Ok(()),
                 Err(e) if Instant::now() >= deadline => {
                     process.stop(Signal::SIGKILL, Duration::from_secs(1)).await?;
@@ -885,6 +727,7 @@ impl Inner {
             .prepare_dir(&dir, 0o700)
             .map_err(|e| ActionError::io(format_args!("cannot prepare {}", dir.display()), e))?;
         let socket = haproxy::socket_path(&dir, service_id);
+        haproxy::prepare_socket_dir(&self.run_as, &dir, &socket)?;
         write_owned(
             &self.run_as,
             &haproxy::config_path(&dir),
@@ -936,7 +779,7 @@ impl Inner {
                 state => return Err(ActionError::Unhealthy(format!("tansu {} is {state:?}", process.pid))),
             }
         }
-        api_versions(entry.port, PROBE_TIMEOUT).await.map_err(ActionError::Unhealthy)?;
+        checks::api_versions(entry.port, PROBE_TIMEOUT).await.map_err(ActionError::Unhealthy)?;
         Ok(Some("answers ApiVersions".into()))
     }
 
@@ -1044,7 +887,8 @@ impl Inner {
     }
 
     /// Deletes the broker's directory; the last broker of a service takes
-    /// its router and storage with it.
+    /// its router with it (its storage is a service of its own, which the
+    /// engine deletes with it).
     async fn kafka_terminate(self: &Arc<Self>, id: InstanceId) -> Done {
         let Some(entry) = self.kafka.broker(id) else {
             if lock(&self.kafka.registry).tombstones.insert(id) {
@@ -1073,10 +917,6 @@ impl Inner {
             if let Some(router) = router {
                 router.stop(Signal::SIGTERM, self.config.stop_timeout).await?;
             }
-            let storage = lock(&self.kafka.storages).remove(&entry.service);
-            if let Some(storage) = storage {
-                storage.stop(Signal::SIGINT, self.config.stop_timeout).await?;
-            }
             let dir = self.kafka.service_dir(entry.service);
             if let Err(e) = std::fs::remove_dir_all(&dir) {
                 if e.kind() != std::io::ErrorKind::NotFound {
@@ -1085,7 +925,7 @@ impl Inner {
             }
         }
         self.kafka.save()?;
-        Ok(Some(if service_empty { "deleted, with the service's router and storage" } else { "deleted" }.into()))
+        Ok(Some(if service_empty { "deleted, with the service's router" } else { "deleted" }.into()))
     }
 
     async fn kafka_inject(&self, id: InstanceId, fault: Fault) -> Done {
@@ -1154,10 +994,19 @@ impl Inner {
         let router = checks::router_check(&probes, router_running, stat.as_deref().map_err(String::as_str));
         let canary = checks::canary(&format!("127.0.0.1:{}", service.router_port), t).await;
         let lags = match self.kafka_storage_url(&service) {
-            Ok(url) => checks::group_lags(&url, t).await,
+            Ok(url) => {
+                if let Ok(c) = &canary {
+                    // One canary record per check would grow the topic for
+                    // ever (the rollout gate checks every second).
+                    if let Err(error) = checks::trim_canary(&url, c.offset, t).await {
+                        tracing::debug!(service = %service.name, %error, "canary records not trimmed");
+                    }
+                }
+                checks::group_lags(&url, t).await
+            }
             Err(e) => Err(e.to_string()),
         };
-        let mut ports = vec![service.router_port, service.storage_port];
+        let mut ports = vec![service.router_port];
         ports.extend(brokers.iter().map(|(_, b)| b.port));
         let listening = checks::listeners(&ports);
         let named: Vec<(InstanceId, &KafkaBroker)> = brokers.iter().map(|(id, b)| (*id, b)).collect();
@@ -1188,7 +1037,7 @@ impl Inner {
         };
         let mut probes = tokio::task::JoinSet::new();
         for (id, entry) in audible {
-            probes.spawn(async move { api_versions(entry.port, timeout).await.ok().map(|()| id) });
+            probes.spawn(async move { checks::api_versions(entry.port, timeout).await.ok().map(|()| id) });
         }
         let mut beats = Vec::new();
         while let Some(joined) = probes.join_next().await {
@@ -1200,8 +1049,9 @@ impl Inner {
         beats
     }
 
-    /// Starts the routers and storages of services whose brokers should
-    /// run (after a control-plane restart).
+    /// Starts the routers of services whose brokers should run (after a
+    /// control-plane restart): the storage is a PostgreSQL service, which
+    /// starts with the provider's other servers.
     pub(super) async fn kafka_start_missing(self: Arc<Self>) {
         let services: Vec<ServiceId> = {
             let registry = lock(&self.kafka.registry);
@@ -1217,23 +1067,17 @@ impl Inner {
         for service in services {
             let guard = self.service_lock(service);
             let _held = guard.lock().await;
-            let result = async {
-                self.kafka_storage(service).await?;
-                self.kafka_route(service).await
-            }
-            .await;
-            if let Err(error) = result {
-                self.report_router(service, format!("Kafka storage or router cannot be started: {error}"));
+            if let Err(error) = self.kafka_route(service).await {
+                self.report_router(service, format!("Kafka router cannot be started: {error}"));
             }
         }
     }
 
-    /// Stops every broker, router and storage (the provider's shutdown).
+    /// Stops every broker and router (the provider's shutdown).
     pub(super) fn kafka_drain(&self) -> Vec<(ServerProcess, Signal)> {
         let mut all: Vec<(ServerProcess, Signal)> =
             lock(&self.kafka.brokers).drain().map(|(_, p)| (p, Signal::SIGTERM)).collect();
         all.extend(lock(&self.kafka.routers).drain().map(|(_, p)| (p, Signal::SIGTERM)));
-        all.extend(lock(&self.kafka.storages).drain().map(|(_, p)| (p, Signal::SIGINT)));
         all
     }
 }

@@ -699,11 +699,7 @@ impl Inner {
             .prepare_dir(&dir, 0o700)
             .map_err(|e| ActionError::io(format_args!("cannot prepare {}", dir.display()), e))?;
         let socket = self.redis.router_socket(service_id);
-        if let Some(parent) = socket.parent().filter(|p| *p != dir) {
-            self.run_as
-                .prepare_dir(parent, 0o755)
-                .map_err(|e| ActionError::io(format_args!("cannot prepare {}", parent.display()), e))?;
-        }
+        router::prepare_socket_dir(&self.run_as, &dir, &socket)?;
         router::write_config(&self.run_as, &dir, &socket, service.router_port, primary.port)?;
         let running = lock(&self.redis.routers).get(&service_id).is_some_and(|p| !p.has_exited());
         if running {

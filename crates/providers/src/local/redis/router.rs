@@ -46,15 +46,32 @@ pub fn log_path(dir: &Path) -> PathBuf {
     dir.join("haproxy.log")
 }
 
+/// The longest `stats socket` path HAProxy accepts: it binds
+/// `<path>.<pid>.tmp` first and renames, so it refuses anything over 97
+/// bytes ("socket path too long (max 97)") though the kernel takes 107.
+pub const MAX_HAPROXY_SOCKET_PATH: usize = 97;
+
 /// Where the admin socket of the router in `dir` goes: there when the path
-/// fits a unix socket, else a short directory of its own.
+/// fits, else a short directory of its own (made ready for the server user
+/// by [`prepare_socket_dir`] before HAProxy starts).
 pub fn socket_path(dir: &Path, service: drover_model::ServiceId) -> PathBuf {
     let path = dir.join("admin.sock");
-    if path.as_os_str().len() <= super::super::registry::MAX_SOCKET_PATH {
+    if path.as_os_str().len() <= MAX_HAPROXY_SOCKET_PATH {
         return path;
     }
     let uid = nix::unistd::Uid::effective();
     std::env::temp_dir().join(format!("drover-sockets-{uid}")).join(format!("h{}.sock", service.0.simple()))
+}
+
+/// Makes the directory of `socket` writable by the server user HAProxy
+/// runs as, when it is not the router's own `dir` (already prepared).
+pub fn prepare_socket_dir(run_as: &RunAs, dir: &Path, socket: &Path) -> Result<(), ActionError> {
+    match socket.parent().filter(|p| *p != dir) {
+        Some(parent) => run_as
+            .prepare_dir(parent, 0o755)
+            .map_err(|e| ActionError::io(format_args!("cannot prepare {}", parent.display()), e)),
+        None => Ok(()),
+    }
 }
 
 /// Writes `haproxy.cfg` (0600, the server user's) for a router on
@@ -216,4 +233,24 @@ pub async fn hold(socket: &Path) -> Result<(), ActionError> {
 pub async fn release(socket: &Path, port: Option<u16>) -> Result<(), ActionError> {
     let to = port.map(|p| format!("set server {SERVER} addr 127.0.0.1 port {p}; ")).unwrap_or_default();
     change(socket, &format!("{to}set maxconn server {SERVER} {MAXCONN}; enable health {SERVER}")).await
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_admin_socket_fits_haproxys_limit_from_any_data_dir() {
+        let service = drover_model::ServiceId::new_at(1_764_000_000_000_000, 7);
+        let short = Path::new("/tmp/d/local/kafka/services/x/router");
+        assert_eq!(socket_path(short, service), short.join("admin.sock"));
+        // A clone in a home directory: `<data>/local/kafka/services/<uuid>/router/admin.sock`.
+        let deep = Path::new("/root/work/checkouts/drover/drover-data/local/kafka/services")
+            .join(service.to_string())
+            .join("router");
+        assert!(deep.join("admin.sock").as_os_str().len() > MAX_HAPROXY_SOCKET_PATH);
+        let socket = socket_path(&deep, service);
+        assert!(socket.as_os_str().len() <= MAX_HAPROXY_SOCKET_PATH, "{}", socket.display());
+        assert_ne!(socket.parent(), Some(deep.as_path()));
+    }
 }

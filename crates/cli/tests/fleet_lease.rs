@@ -1,0 +1,159 @@
+//! Two `drover serve` nodes on one PostgreSQL store (issue 16, first step:
+//! the whole fleet is one shard). One holds the fleet's lease and acts; the
+//! other is a standby (`/healthz` 503) that forwards every other request to
+//! the holder, with the caller's token (tokens live in the shared store;
+//! only the first node wrote an admin token). kill -9 of the holder and the
+//! standby serves the fleet within the lease's TTL and a few seconds. A
+//! holder paused (SIGSTOP) past its lease loses it to the other node and,
+//! resumed, stops itself (exit code 3) instead of acting.
+
+mod common;
+#[path = "../../store/tests/common/pg.rs"]
+#[allow(dead_code)]
+mod pg;
+
+use common::{admin_client, free_port, get, wait_for, Serve};
+use serde_json::json;
+use std::path::Path;
+use std::time::{Duration, Instant};
+
+const GENEROUS: Duration = Duration::from_secs(60);
+const TTL_SECS: f64 = 3.0;
+
+fn node(cwd: &Path, name: &str, url: &str) -> Serve {
+    let ttl = TTL_SECS.to_string();
+    #[rustfmt::skip]
+    let args = [
+        "--data-dir", name, "--store", url, "--node", name, "--lease-ttl-secs", &ttl,
+        "--default-provider", "sim", "--no-local", "--heartbeat-interval-ms", "100", "--action-latency-ms", "20",
+    ];
+    Serve::start(cwd, free_port(), &args)
+}
+
+async fn healthy(http: &reqwest::Client, serve: &Serve) -> bool {
+    matches!(get(http, &format!("{}/healthz", serve.api)).await, Some((200, _)))
+}
+
+fn lease(pg: &pg::PgServer) -> (String, i64) {
+    let row = pg.psql("postgres", "SELECT holder || ' ' || generation FROM leases WHERE shard = 0");
+    let mut parts = row.split_whitespace();
+    (parts.next().unwrap_or_default().to_string(), parts.next().and_then(|g| g.parse().ok()).unwrap_or(0))
+}
+
+fn signal(serve: &Serve, sig: &str) {
+    let pid = serve.child.as_ref().expect("running").id().to_string();
+    assert!(std::process::Command::new("kill").args([sig, &pid]).status().unwrap().success());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn one_node_acts_a_standby_takes_over_a_dead_or_paused_holder_and_the_stale_one_stops() {
+    let pg = pg::PgServer::start();
+    let url = pg.url("postgres");
+    let dir = tempfile::tempdir().unwrap();
+    let cwd = dir.path();
+    let plain = drover_agent::tls::builder().timeout(Duration::from_secs(5)).build().unwrap();
+
+    let mut a = node(cwd, "a", &url);
+    a.wait_healthy(&plain, GENEROUS).await;
+    assert_eq!(lease(&pg), ("a".to_string(), 1));
+    let http_a = admin_client(&cwd.join("a"));
+    let r = http_a
+        .post(format!("{}/v1/services", a.api))
+        .json(&json!({"name": "s1", "engine": "postgres", "followers": 1}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status().as_u16(), 201);
+    wait_for(GENEROUS, "s1 available through a", &a, || async {
+        let (_, s) = get(&http_a, &format!("{}/v1/services/s1", a.api)).await?;
+        (s["state"] == "available").then_some(())
+    })
+    .await;
+
+    // b waits while a holds the lease, however long, and forwards: what
+    // is asked through b is answered and done by a, with a's token.
+    let mut b = node(cwd, "b", &url);
+    tokio::time::sleep(Duration::from_secs_f64(TTL_SECS * 2.0)).await;
+    assert!(!healthy(&plain, &b).await, "b serves while a holds the lease:\n{}", b.log_tail());
+    assert!(b.log_tail().contains("standby"), "{}", b.log_tail());
+    assert_eq!(lease(&pg).0, "a");
+    assert!(!cwd.join("b/admin.token").exists(), "only the first node writes an admin token");
+    let (status, through_b) = get(&http_a, &format!("{}/v1/services/s1", b.api)).await.unwrap();
+    assert_eq!(status, 200, "{through_b}");
+    assert_eq!(through_b["id"], get(&http_a, &format!("{}/v1/services/s1", a.api)).await.unwrap().1["id"]);
+    let r = http_a
+        .post(format!("{}/v1/services", b.api))
+        .json(&json!({"name": "via-b", "engine": "postgres", "followers": 0}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status().as_u16(), 201, "a command through the standby is carried out by the holder");
+    let (status, _) = get(&http_a, &format!("{}/v1/services/via-b", a.api)).await.unwrap();
+    assert_eq!(status, 200, "the holder has the service created through the standby");
+    let (status, body) = get(&plain, &format!("{}/v1/services", b.api)).await.unwrap();
+    assert_eq!(status, 401, "no token, forwarded or not, is still no token: {body}");
+    // The cluster, asked through the standby: both nodes alive, a holds
+    // the one shard at generation 1.
+    let (status, cluster) = get(&http_a, &format!("{}/v1/cluster", b.api)).await.unwrap();
+    assert_eq!(status, 200, "{cluster}");
+    assert_eq!((cluster["shards"].as_u64(), cluster["generation"].as_i64()), (Some(1), Some(1)), "{cluster}");
+    let by_name = |c: &serde_json::Value, n: &str| {
+        c["nodes"].as_array().unwrap().iter().find(|x| x["name"] == n).cloned().unwrap_or_default()
+    };
+    assert_eq!((&by_name(&cluster, "a")["alive"], &by_name(&cluster, "a")["shards"]), (&json!(true), &json!(1)));
+    assert_eq!((&by_name(&cluster, "b")["alive"], &by_name(&cluster, "b")["shards"]), (&json!(true), &json!(0)));
+    assert_eq!(by_name(&cluster, "a")["url"].as_str(), Some(a.api.as_str()));
+
+    // kill -9 of a: b takes over within the TTL and a few seconds, and
+    // serves the fleet a created.
+    a.kill9();
+    let killed = Instant::now();
+    b.wait_healthy(&plain, GENEROUS).await;
+    let took = killed.elapsed();
+    eprintln!("takeover after kill -9 of the holder: {:.2} s (lease TTL {TTL_SECS} s)", took.as_secs_f64());
+    assert!(took < Duration::from_secs_f64(TTL_SECS + 5.0), "takeover took {took:?}");
+    assert_eq!(lease(&pg), ("b".to_string(), 2));
+    let (status, s) = get(&http_a, &format!("{}/v1/services/s1", b.api)).await.unwrap();
+    assert_eq!(status, 200, "a's admin token is good on b (one token table): {s}");
+    let cluster = wait_for(GENEROUS, "a seen dead in the cluster", &b, || async {
+        let (_, c) = get(&http_a, &format!("{}/v1/cluster", b.api)).await?;
+        (by_name(&c, "a")["alive"] == false).then_some(c)
+    })
+    .await;
+    assert_eq!((&by_name(&cluster, "b")["shards"], &by_name(&cluster, "a")["shards"]), (&json!(1), &json!(0)));
+    assert_eq!(cluster["generation"].as_i64(), Some(2), "{cluster}");
+
+    // a comes back as the standby; b paused past its lease loses it to a.
+    a.spawn();
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    assert!(!healthy(&plain, &a).await, "a serves while b holds the lease");
+    signal(&b, "-STOP");
+    let paused = Instant::now();
+    a.wait_healthy(&plain, GENEROUS).await;
+    eprintln!("takeover from a paused holder: {:.2} s", paused.elapsed().as_secs_f64());
+    assert_eq!(lease(&pg), ("a".to_string(), 3));
+    let r = http_a
+        .post(format!("{}/v1/services", a.api))
+        .json(&json!({"name": "s2", "engine": "postgres", "followers": 0}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status().as_u16(), 201, "the new holder takes commands");
+
+    // Resumed, b finds itself without the lease and stops, never acting.
+    signal(&b, "-CONT");
+    let deadline = Instant::now() + Duration::from_secs(10);
+    let status = loop {
+        if let Some(status) = b.child.as_mut().unwrap().try_wait().unwrap() {
+            break status;
+        }
+        assert!(Instant::now() < deadline, "b still runs after losing the lease:\n{}", b.log_tail());
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    };
+    assert_eq!(status.code(), Some(3), "{}", b.log_tail());
+    assert!(b.log_tail().contains("lease"), "{}", b.log_tail());
+    assert_eq!(lease(&pg), ("a".to_string(), 3), "the stale node took nothing back");
+    let shown = get(&http_a, &format!("{}/v1/services", a.api)).await.unwrap().1;
+    let names: Vec<&str> = shown.as_array().unwrap().iter().filter_map(|s| s["name"].as_str()).collect();
+    assert_eq!(names, ["s1", "s2", "via-b"], "{shown}");
+}

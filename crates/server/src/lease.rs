@@ -1,0 +1,176 @@
+//! The fleet's lease on a PostgreSQL store shared by several control-plane
+//! nodes (issue 16, first step: one shard, the whole fleet).
+//!
+//! A node starts as a standby until it holds the lease
+//! ([`drover_store::PgStore::try_acquire_lease`]: the generation rises on
+//! every acquisition); only then does it load the fleet and act. It renews
+//! every quarter of the TTL, by the database's clock. Two guards keep a
+//! node that lost the lease from acting on the fleet:
+//!
+//! - **fencing**: every commit checks holder and generation in its own
+//!   transaction ([`drover_store::PgStore::fence_commits`]); the engine
+//!   dispatches an action only after its commit, so a stale node's
+//!   decisions are never carried out;
+//! - **self-fencing**: a node that has not renewed for 4/5 of the TTL (by
+//!   its own monotonic clock, counted from when it sent the last renewal
+//!   that succeeded, so before the database's expiry) or that finds the
+//!   lease taken stops at once (exit code 3), as if killed -9: a
+//!   supervisor starts it again, as a standby.
+//!
+//! Not built yet: several shards and their rebalancing, answers and
+//! forwarding from standbys (a standby does not listen until it holds the
+//! lease), providers and agents rejecting a lower generation.
+
+use drover_store::PgStore;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Weak};
+use std::time::{Duration, Instant};
+
+/// The exit code of a node that stopped itself for its lease.
+pub const LEASE_EXIT_CODE: i32 = 3;
+
+/// `--node`, else the host's name.
+pub fn node_name(node: Option<&str>) -> String {
+    if let Some(node) = node.map(str::trim).filter(|n| !n.is_empty()) {
+        return node.to_string();
+    }
+    std::fs::read_to_string("/proc/sys/kernel/hostname")
+        .ok()
+        .map(|h| h.trim().to_string())
+        .filter(|h| !h.is_empty())
+        .unwrap_or_else(|| "drover".into())
+}
+
+/// Who holds the fleet, as a standby last saw it: where it forwards.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Holder {
+    pub node: String,
+    /// Its API URL (`http://host:port`).
+    pub url: String,
+}
+
+/// What a standby tells its HTTP layer (None: not a standby, or no holder).
+pub type Standby = Arc<std::sync::RwLock<Option<Holder>>>;
+
+/// The URL other nodes reach this one at: the listen URL, with the host's
+/// name for an unspecified address (`0.0.0.0`).
+pub fn advertised_url(listen_url: &str) -> String {
+    match listen_url.split_once("://") {
+        Some((scheme, rest)) if rest.starts_with("0.0.0.0:") || rest.starts_with("[::]:") => {
+            let port = rest.rsplit(':').next().unwrap_or_default();
+            format!("{scheme}://{}:{port}", node_name(None))
+        }
+        _ => listen_url.to_string(),
+    }
+}
+
+/// Waits (a standby, publishing the holder in `standby` for the HTTP
+/// layer to forward to) until `node` holds the fleet's lease, fences the
+/// store's commits with it and starts its renewal; returns the store.
+pub async fn hold_the_fleet(
+    store: PgStore,
+    node: String,
+    address: String,
+    ttl: Duration,
+    standby: Standby,
+) -> anyhow::Result<Arc<PgStore>> {
+    let store = Arc::new(store);
+    let waiting = Arc::clone(&store);
+    let name = node.clone();
+    let published = Arc::clone(&standby);
+    let started_at = crate::runtime::now().0;
+    let seen_address = address.clone();
+    let generation = tokio::task::spawn_blocking(move || -> anyhow::Result<i64> {
+        let mut said: Option<(String, i64)> = None;
+        loop {
+            if let Err(error) = waiting.node_seen(&name, &address, started_at) {
+                tracing::warn!(node = %name, %error, "cannot note this node in the store");
+            }
+            match waiting.try_acquire_lease(&name, &address, ttl)? {
+                Ok(generation) => {
+                    *published.write().unwrap_or_else(|p| p.into_inner()) = None;
+                    return Ok(generation);
+                }
+                Err(held) => {
+                    let holder = (!held.address.is_empty())
+                        .then(|| Holder { node: held.holder.clone(), url: held.address.clone() });
+                    *published.write().unwrap_or_else(|p| p.into_inner()) = holder;
+                    let who = (held.holder.clone(), held.generation);
+                    if said.as_ref() != Some(&who) {
+                        tracing::warn!(
+                            node = %name,
+                            holder = %held.holder,
+                            generation = held.generation,
+                            expires_in_ms = held.expires_in.as_millis() as u64,
+                            "standby: another node holds the fleet's lease; taking over when it expires"
+                        );
+                        said = Some(who);
+                    }
+                    std::thread::sleep((ttl / 8).clamp(Duration::from_millis(100), Duration::from_secs(1)));
+                }
+            }
+        }
+    })
+    .await??;
+    store.fence_commits(&node, generation);
+    tracing::info!(%node, generation, ttl_ms = ttl.as_millis() as u64, "this node holds the fleet's lease");
+    keep(Arc::downgrade(&store), node, seen_address, started_at, generation, ttl);
+    Ok(store)
+}
+
+/// Renews the lease every TTL/4 and stops the process once it is lost or
+/// could not be renewed in time (see the module). Ends with the store.
+fn keep(store: Weak<PgStore>, node: String, address: String, started_at: i64, generation: i64, ttl: Duration) {
+    let base = Instant::now();
+    let margin = ttl / 5;
+    let at = move |i: Instant| i.duration_since(base).as_micros() as u64;
+    // Just acquired: the database's expiry is at least a TTL away.
+    let deadline = Arc::new(AtomicU64::new(at(Instant::now() + ttl - margin)));
+    let watched = Arc::clone(&deadline);
+    let watched_store = store.clone();
+    let watch_node = node.clone();
+    std::thread::Builder::new()
+        .name("drover-lease-watchdog".into())
+        .spawn(move || loop {
+            std::thread::sleep(Duration::from_millis(50));
+            if watched_store.strong_count() == 0 {
+                return;
+            }
+            if at(Instant::now()) >= watched.load(Ordering::SeqCst) {
+                stop(&format!(
+                    "node {watch_node} could not renew the fleet's lease (generation {generation}) in time; it \
+                     stops before the lease can expire"
+                ));
+            }
+        })
+        .expect("spawn the lease watchdog");
+    std::thread::Builder::new()
+        .name("drover-lease".into())
+        .spawn(move || loop {
+            std::thread::sleep(ttl / 4);
+            let Some(store) = store.upgrade() else { return };
+            let sent = Instant::now();
+            match store.renew_lease(&node, generation, ttl) {
+                Ok(true) => {
+                    deadline.fetch_max(at(sent + ttl - margin), Ordering::SeqCst);
+                    if let Err(error) = store.node_seen(&node, &address, started_at) {
+                        tracing::warn!(%node, %error, "cannot note this node in the store");
+                    }
+                }
+                Ok(false) => stop(&format!(
+                    "node {node} lost the fleet's lease (generation {generation}): another node took the fleet over"
+                )),
+                Err(error) => tracing::warn!(%node, %error, "cannot renew the fleet's lease; retrying"),
+            }
+        })
+        .expect("spawn the lease renewal");
+}
+
+/// Stops the process at once: nothing more of this node's may reach the
+/// fleet (its commits are refused anyway), and its servers live on for the
+/// next holder, as after a kill -9.
+fn stop(why: &str) -> ! {
+    tracing::error!("{why}; exiting with code {LEASE_EXIT_CODE}");
+    eprintln!("drover serve: {why}; exiting with code {LEASE_EXIT_CODE}");
+    std::process::exit(LEASE_EXIT_CODE)
+}

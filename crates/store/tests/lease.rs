@@ -1,0 +1,76 @@
+//! The fleet's lease on a PostgreSQL store (issue 16): one holder at a
+//! time, a generation that rises on every takeover, and commits fenced by
+//! it: a node that lost the lease writes nothing, whatever it believes.
+
+mod common;
+use common::pg::PgServer;
+use drover_model::{AuditEntry, Changes, Timestamp};
+use drover_store::{PgStore, Store, StoreError};
+use std::time::Duration;
+
+fn audit(n: u64) -> Changes {
+    Changes {
+        audit: vec![AuditEntry {
+            seq: 0,
+            at: Timestamp(1_763_700_000_000_000 + n as i64),
+            actor: "test".into(),
+            role: None,
+            command: "lease.test".into(),
+            target: Some(format!("row {n}")),
+            detail: serde_json::json!({}),
+            outcome: "ok".into(),
+        }],
+        ..Default::default()
+    }
+}
+
+#[test]
+fn one_holder_at_a_time_and_a_stale_holders_commits_are_refused() {
+    let pg = PgServer::start();
+    let url = pg.url(common::DB);
+    let a = PgStore::connect(&url).unwrap();
+    let b = PgStore::connect(&url).unwrap();
+    let ttl = Duration::from_millis(600);
+
+    let ga = a.try_acquire_lease("a", "http://a.test:7700", ttl).unwrap().expect("a takes the free lease");
+    a.fence_commits("a", ga);
+    a.commit(audit(1)).unwrap();
+    // Held and not expired: b waits, told by whom.
+    let held = b.try_acquire_lease("b", "http://b.test:7700", ttl).unwrap().expect_err("b must not take a held lease");
+    assert_eq!((held.holder.as_str(), held.address.as_str(), held.generation), ("a", "http://a.test:7700", ga));
+    assert!(held.expires_in > Duration::ZERO && held.expires_in <= ttl, "{held:?}");
+    assert!(a.renew_lease("a", ga, ttl).unwrap(), "the holder renews");
+
+    // a stops renewing (paused, partitioned): once expired, b takes over
+    // with a higher generation.
+    std::thread::sleep(ttl + Duration::from_millis(200));
+    let gb = b.try_acquire_lease("b", "http://b.test:7700", ttl).unwrap().expect("b takes the expired lease");
+    assert!(gb > ga, "generation {gb} after {ga}");
+    b.fence_commits("b", gb);
+
+    // a comes back believing it holds the lease: its commit is refused and
+    // nothing of it is written; its renewal fails; b's commits go through.
+    let before = a.audit(100).unwrap().len();
+    match a.commit(audit(2)) {
+        Err(StoreError::CommitFailed { cause, .. }) => {
+            assert!(
+                matches!(*cause, StoreError::LeaseLost { ref node, generation } if node == "a" && generation == ga),
+                "{cause}"
+            )
+        }
+        other => panic!("a stale holder's commit must be refused: {other:?}"),
+    }
+    assert!(!a.renew_lease("a", ga, ttl).unwrap(), "a stale holder cannot renew");
+    b.commit(audit(3)).unwrap();
+    let rows = b.audit(100).unwrap();
+    assert_eq!(rows.len(), before + 1, "only b's commit was written");
+    assert!(rows.iter().all(|r| r.target.as_deref() != Some("row 2")));
+
+    // The same node restarting takes its own lease back at once, with a
+    // new generation that fences its previous process.
+    let gb2 = b.try_acquire_lease("b", "http://b.test:7700", ttl).unwrap().expect("b's restart takes its own lease");
+    assert!(gb2 > gb);
+    assert!(matches!(b.commit(audit(4)), Err(StoreError::CommitFailed { .. })), "the old process's fence is stale");
+    b.fence_commits("b", gb2);
+    b.commit(audit(5)).unwrap();
+}
