@@ -57,13 +57,10 @@ async fn one_node_acts_a_standby_takes_over_a_dead_or_paused_holder_and_the_stal
     a.wait_healthy(&plain, GENEROUS).await;
     assert_eq!(lease(&pg), ("a".to_string(), 1));
     let http_a = admin_client(&cwd.join("a"));
-    let r = http_a
-        .post(format!("{}/v1/services", a.api))
-        .json(&json!({"name": "s1", "engine": "postgres", "followers": 1}))
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(r.status().as_u16(), 201);
+    let (status, body) =
+        common::post(&http_a, &a.api, "/v1/services", json!({"name": "s1", "engine": "postgres", "followers": 1}))
+            .await;
+    assert_eq!(status, 201, "{body}");
     wait_for(GENEROUS, "s1 available through a", &a, || async {
         let (_, s) = get(&http_a, &format!("{}/v1/services/s1", a.api)).await?;
         (s["state"] == "available").then_some(())
@@ -81,13 +78,10 @@ async fn one_node_acts_a_standby_takes_over_a_dead_or_paused_holder_and_the_stal
     let (status, through_b) = get(&http_a, &format!("{}/v1/services/s1", b.api)).await.unwrap();
     assert_eq!(status, 200, "{through_b}");
     assert_eq!(through_b["id"], get(&http_a, &format!("{}/v1/services/s1", a.api)).await.unwrap().1["id"]);
-    let r = http_a
-        .post(format!("{}/v1/services", b.api))
-        .json(&json!({"name": "via-b", "engine": "postgres", "followers": 0}))
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(r.status().as_u16(), 201, "a command through the standby is carried out by the holder");
+    let (status, body) =
+        common::post(&http_a, &b.api, "/v1/services", json!({"name": "via-b", "engine": "postgres", "followers": 0}))
+            .await;
+    assert_eq!(status, 201, "a command through the standby is carried out by the holder: {body}");
     let (status, _) = get(&http_a, &format!("{}/v1/services/via-b", a.api)).await.unwrap();
     assert_eq!(status, 200, "the holder has the service created through the standby");
     let (status, body) = get(&plain, &format!("{}/v1/services", b.api)).await.unwrap();
@@ -132,13 +126,10 @@ async fn one_node_acts_a_standby_takes_over_a_dead_or_paused_holder_and_the_stal
     a.wait_healthy(&plain, GENEROUS).await;
     eprintln!("takeover from a paused holder: {:.2} s", paused.elapsed().as_secs_f64());
     assert_eq!(lease(&pg), ("a".to_string(), 3));
-    let r = http_a
-        .post(format!("{}/v1/services", a.api))
-        .json(&json!({"name": "s2", "engine": "postgres", "followers": 0}))
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(r.status().as_u16(), 201, "the new holder takes commands");
+    let (status, body) =
+        common::post(&http_a, &a.api, "/v1/services", json!({"name": "s2", "engine": "postgres", "followers": 0}))
+            .await;
+    assert_eq!(status, 201, "the new holder takes commands: {body}");
 
     // Resumed, b finds itself without the lease and stops, never acting.
     signal(&b, "-CONT");

@@ -57,14 +57,8 @@ async fn serve_on_a_postgres_store_keeps_services_and_events_across_kill_9() {
     let http = admin_client(&data);
     let api = serve.api.clone();
 
-    let r = http
-        .post(format!("{api}/v1/services"))
-        .json(&json!({"name": "kept", "engine": "postgres", "followers": 1}))
-        .send()
-        .await
-        .unwrap();
-    let status = r.status().as_u16();
-    let created: Value = r.json().await.unwrap();
+    let (status, created) =
+        common::post(&http, &api, "/v1/services", json!({"name": "kept", "engine": "postgres", "followers": 1})).await;
     assert_eq!(status, 201, "{created}");
     let service_id = created["id"].as_str().expect("the new service's id").to_string();
 

@@ -74,13 +74,10 @@ async fn a_sqlite_fleet_moves_to_postgres_losing_no_event_and_is_never_served_tw
     let http = admin_client(&data);
     let api = serve.api.clone();
     for name in ["m1", "m2", "m3"] {
-        let r = http
-            .post(format!("{api}/v1/services"))
-            .json(&json!({"name": name, "engine": "postgres", "followers": 1}))
-            .send()
-            .await
-            .unwrap();
-        assert_eq!(r.status().as_u16(), 201, "{}", r.text().await.unwrap_or_default());
+        let (status, body) =
+            common::post(&http, &api, "/v1/services", json!({"name": name, "engine": "postgres", "followers": 1}))
+                .await;
+        assert_eq!(status, 201, "{body}");
     }
     wait_for(GENEROUS, "three services available", &serve, || async {
         let Some((200, Value::Array(s))) = get(&http, &format!("{api}/v1/services")).await else { return None };
@@ -143,13 +140,9 @@ async fn a_sqlite_fleet_moves_to_postgres_losing_no_event_and_is_never_served_tw
     assert!(lost.is_empty(), "events lost by the move: {lost:?}");
     let (status, _) = get(&common::client_with(&reader), &format!("{api}/v1/services/m1")).await.unwrap();
     assert_eq!(status, 200, "the viewer token works on the moved fleet");
-    let r = http
-        .post(format!("{api}/v1/services"))
-        .json(&json!({"name": "m4", "engine": "postgres", "followers": 0}))
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(r.status().as_u16(), 201);
+    let (status, body) =
+        common::post(&http, &api, "/v1/services", json!({"name": "m4", "engine": "postgres", "followers": 0})).await;
+    assert_eq!(status, 201, "{body}");
     let newest_before = before_events.iter().map(|(seq, _)| *seq).max().unwrap();
     let m4 = match get(&http, &format!("{api}/v1/events?service=m4")).await {
         Some((200, Value::Array(e))) => e,

@@ -58,7 +58,7 @@ pub async fn to_the_holder(State(state): State<AppState>, request: Request, next
         ))
         .into_response();
     }
-    match forward(&holder, request).await {
+    match forward(&holder, &state.node, request).await {
         Ok(response) => response,
         Err(why) => ApiError::unavailable(format!(
             "this node is a standby and the fleet's holder {} ({}) did not answer: {why}; retry in a moment",
@@ -68,7 +68,7 @@ pub async fn to_the_holder(State(state): State<AppState>, request: Request, next
     }
 }
 
-async fn forward(holder: &crate::lease::Holder, request: Request) -> Result<Response, String> {
+async fn forward(holder: &crate::lease::Holder, this_node: &str, request: Request) -> Result<Response, String> {
     let (parts, body) = request.into_parts();
     let path = parts.uri.path_and_query().map_or("/", |p| p.as_str());
     let url = format!("{}{path}", holder.url.trim_end_matches('/'));
@@ -79,8 +79,7 @@ async fn forward(holder: &crate::lease::Holder, request: Request) -> Result<Resp
             out = out.header(name, value);
         }
     }
-    let node = crate::lease::node_name(None);
-    out = out.header(FORWARDED_BY, node);
+    out = out.header(FORWARDED_BY, this_node);
     let answer = out.send().await.map_err(|e| e.to_string())?;
     let mut response = Response::builder().status(answer.status());
     for (name, value) in answer.headers() {

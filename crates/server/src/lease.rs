@@ -34,11 +34,7 @@ pub fn node_name(node: Option<&str>) -> String {
     if let Some(node) = node.map(str::trim).filter(|n| !n.is_empty()) {
         return node.to_string();
     }
-    std::fs::read_to_string("/proc/sys/kernel/hostname")
-        .ok()
-        .map(|h| h.trim().to_string())
-        .filter(|h| !h.is_empty())
-        .unwrap_or_else(|| "drover".into())
+    crate::host_name()
 }
 
 /// Who holds the fleet, as a standby last saw it: where it forwards.
@@ -58,7 +54,7 @@ pub fn advertised_url(listen_url: &str) -> String {
     match listen_url.split_once("://") {
         Some((scheme, rest)) if rest.starts_with("0.0.0.0:") || rest.starts_with("[::]:") => {
             let port = rest.rsplit(':').next().unwrap_or_default();
-            format!("{scheme}://{}:{port}", node_name(None))
+            format!("{scheme}://{}:{port}", crate::host_name())
         }
         _ => listen_url.to_string(),
     }

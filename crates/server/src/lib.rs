@@ -286,8 +286,13 @@ async fn run(
     // Held until this function returns: one control plane per data dir.
     let data_dir::Prepared { lock: _lock, key } = prepared;
     let addr = listener.local_addr()?;
-    let state =
-        state::AppState { ready: Arc::new(OnceLock::new()), metrics: telemetry::install(), standby: Arc::default() };
+    let node_name = lease::node_name(opts.node.as_deref());
+    let state = state::AppState {
+        ready: Arc::new(OnceLock::new()),
+        metrics: telemetry::install(),
+        standby: Arc::default(),
+        node: node_name.as_str().into(),
+    };
     let (stop_tx, stop_rx) = watch::channel(false);
 
     // Serve from the first moment so /healthz can say 503 while we start.
@@ -406,12 +411,17 @@ async fn start_up(
         })
         .await??
     };
-    let breakglass = {
-        let db = db_path.clone();
-        let store = tokio::task::spawn_blocking(move || drover_store::breakglass::BreakGlassStore::open(&db))
-            .await?
-            .context("cannot open the advisory and runbook tables")?;
-        Arc::new(store)
+    // Shared by the nodes with a PostgreSQL store: a freeze of automation
+    // made through one node holds on the node that takes the fleet over.
+    let breakglass = match &this_node.shared {
+        Some((pg, _)) => Arc::new(drover_store::breakglass::BreakGlassStore::postgres(Arc::clone(pg))),
+        None => {
+            let db = db_path.clone();
+            let store = tokio::task::spawn_blocking(move || drover_store::breakglass::BreakGlassStore::open(&db))
+                .await?
+                .context("cannot open the advisory and runbook tables")?;
+            Arc::new(store)
+        }
     };
     let runbooks = runbooks::load_all(opts.runbooks_dir.as_deref()).map_err(|e| anyhow::anyhow!("{e}"))?;
     let sim_path = opts.data_dir.join("sim-provider.json");

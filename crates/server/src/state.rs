@@ -96,6 +96,9 @@ pub struct AppState {
     /// While this node is a standby of a shared store: the holder, to
     /// which every request but `/healthz` is forwarded (`forward`).
     pub standby: crate::lease::Standby,
+    /// This node's name (`--node`, else the host's): what it says it is
+    /// when it forwards.
+    pub node: Arc<str>,
 }
 
 impl AppState {

@@ -105,14 +105,24 @@ struct Writer {
     failures: Arc<AtomicU64>,
     stop: Arc<AtomicBool>,
     task: tokio::task::JoinHandle<()>,
+    /// The longest wait for an acknowledged statement's answer, in ms.
+    longest: Arc<AtomicU64>,
 }
+
+/// How long the writer waits for one statement's answer before it counts
+/// it failed. Clients queue at the router while the primary changes
+/// (pgbouncer's query_wait_timeout is 120 s): a wait is no failure, and
+/// on a loaded machine (CI: two cores, every real-process test at once) a
+/// switchover's pause once passed 5 s. The longest wait is printed.
+const STATEMENT_WAIT: Duration = Duration::from_secs(30);
 
 impl Writer {
     fn start(url: String) -> Writer {
         let acked = Arc::new(Mutex::new(Vec::new()));
         let failures = Arc::new(AtomicU64::new(0));
         let stop = Arc::new(AtomicBool::new(false));
-        let (a, f, s) = (acked.clone(), failures.clone(), stop.clone());
+        let longest = Arc::new(AtomicU64::new(0));
+        let (a, f, s, l) = (acked.clone(), failures.clone(), stop.clone(), longest.clone());
         let task = tokio::spawn(async move {
             let mut next = 1u64;
             let mut client = None;
@@ -130,8 +140,14 @@ impl Writer {
                 // must not fail forever on its own row.
                 let sql = format!("INSERT INTO writes VALUES ({next}) ON CONFLICT DO NOTHING");
                 let sent = std::time::SystemTime::now();
-                match tokio::time::timeout(Duration::from_secs(5), c.batch_execute(&sql)).await {
+                let started = std::time::Instant::now();
+                match tokio::time::timeout(STATEMENT_WAIT, c.batch_execute(&sql)).await {
                     Ok(Ok(())) => {
+                        let waited = started.elapsed().as_millis() as u64;
+                        if waited >= 1000 {
+                            eprintln!("writer: statement {next} waited {waited} ms for its answer");
+                        }
+                        l.fetch_max(waited, Ordering::SeqCst);
                         a.lock().unwrap().push(next);
                         next += 1;
                     }
@@ -139,7 +155,7 @@ impl Writer {
                         // Said, so a counted failure can be explained.
                         let why = match failed {
                             Ok(Err(e)) => format!("{e:?}"),
-                            _ => "no answer within 5 s".to_string(),
+                            _ => format!("no answer within {STATEMENT_WAIT:?}"),
                         };
                         // When it was sent (UTC, as the server's log lines), to
                         // find what the server was doing.
@@ -159,7 +175,7 @@ impl Writer {
                 }
             }
         });
-        Writer { acked, failures, stop, task }
+        Writer { acked, failures, stop, task, longest }
     }
     fn acked(&self) -> usize {
         self.acked.lock().unwrap().len()
@@ -167,6 +183,7 @@ impl Writer {
     async fn finish(self) -> (Vec<u64>, u64) {
         self.stop.store(true, Ordering::SeqCst);
         let _ = self.task.await;
+        eprintln!("writer: longest wait for an acknowledged statement {} ms", self.longest.load(Ordering::SeqCst));
         (self.acked.lock().unwrap().clone(), self.failures.load(Ordering::SeqCst))
     }
 }

@@ -148,3 +148,11 @@ pub async fn create_token(admin: &reqwest::Client, api: &str, body: Value) -> St
     assert_eq!(status, 201, "create token {body}: {created}");
     created["token"].as_str().unwrap().to_string()
 }
+
+/// POSTs `body` to `api` + `path` with `http`: the status and the JSON
+/// answer (Null when it is none).
+pub async fn post(http: &reqwest::Client, api: &str, path: &str, body: Value) -> (u16, Value) {
+    let r = http.post(format!("{api}{path}")).json(&body).send().await.unwrap_or_else(|e| panic!("POST {path}: {e}"));
+    let status = r.status().as_u16();
+    (status, r.json().await.unwrap_or(Value::Null))
+}

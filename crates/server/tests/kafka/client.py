@@ -72,7 +72,19 @@ def produce_n(bootstrap, topic, count):
     print("produced", count, flush=True)
 
 
-def consume(bootstrap, topic, group, count, timeout):
+def consume(bootstrap, topic, group, wanted, timeout):
+    """Consumes until `wanted` is seen: a count of distinct records, or
+    `@FILE` naming the records (one per line) that must all come back. A
+    count alone is not enough after a refused produce: a record whose
+    produce was answered with an error may still have been written, and
+    counting it stops the consumer one record short of the last one."""
+    if wanted.startswith("@"):
+        with open(wanted[1:]) as f:
+            want = {int(line) for line in f if line.strip()}
+        done = lambda seen: want <= seen
+    else:
+        count = int(wanted)
+        done = lambda seen: len(seen) >= count
     consumer = Consumer({
         "bootstrap.servers": bootstrap,
         "group.id": group,
@@ -85,7 +97,7 @@ def consume(bootstrap, topic, group, count, timeout):
     consumer.subscribe([topic])
     seen = set()
     deadline = time.monotonic() + timeout
-    while len(seen) < count and time.monotonic() < deadline:
+    while not done(seen) and time.monotonic() < deadline:
         msg = consumer.poll(0.5)
         if msg is None:
             continue
@@ -109,6 +121,6 @@ if __name__ == "__main__":
     elif mode == "produce-n":
         produce_n(args[0], args[1], int(args[2]))
     elif mode == "consume":
-        consume(args[0], args[1], args[2], int(args[3]), float(args[4]))
+        consume(args[0], args[1], args[2], args[3], float(args[4]))
     else:
         sys.exit("unknown mode " + mode)
