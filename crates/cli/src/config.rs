@@ -63,6 +63,11 @@ pub struct ServeArgs {
     /// takes over about this long after the holder died [default: 6].
     #[arg(long, env = "DROVER_LEASE_TTL_SECS")]
     pub lease_ttl_secs: Option<f64>,
+    /// Use the simulated world served by `drover sim-provider` at this URL
+    /// (shared by every node) for `sim` services, instead of the data dir's
+    /// own world (sim-provider.json), which dies with this node.
+    #[arg(long, env = "DROVER_SIM_PROVIDER_URL", value_name = "URL")]
+    pub sim_provider_url: Option<String>,
     /// The config file [default: drover.toml in the data dir, if it exists].
     #[arg(long, env = "DROVER_CONFIG")]
     pub config: Option<PathBuf>,
@@ -303,6 +308,12 @@ pub fn resolve(args: ServeArgs, no_local_set: bool) -> anyhow::Result<Settings> 
             }
             opts.lease_ttl = ttl;
         }
+    }
+    if let Some(url) = &args.sim_provider_url {
+        if !(url.starts_with("http://") || url.starts_with("https://")) {
+            bail!("--sim-provider-url takes the http://HOST:PORT of a `drover sim-provider`, got {url:?}");
+        }
+        opts.sim_provider_url = Some(url.clone());
     }
     opts.reset_admin_token = args.reset_admin_token;
     opts.runbooks_dir = args.runbooks_dir.clone();
@@ -750,6 +761,19 @@ mod tests {
             panic!("a mysql:// store was accepted")
         };
         assert!(e.to_string().contains("postgres://USER@HOST:PORT/DB"), "{e}");
+    }
+
+    #[test]
+    fn the_sim_world_is_the_data_dirs_unless_a_sim_provider_url_is_given() {
+        let data = tempfile::tempdir().unwrap();
+        assert_eq!(resolve(args(data.path(), &[]), false).unwrap().options.sim_provider_url, None);
+        let url = "http://127.0.0.1:7800";
+        let asked = resolve(args(data.path(), &["--sim-provider-url", url]), false).unwrap();
+        assert_eq!(asked.options.sim_provider_url.as_deref(), Some(url));
+        let Err(e) = resolve(args(data.path(), &["--sim-provider-url", "127.0.0.1:7800"]), false) else {
+            panic!("a URL without a scheme was accepted")
+        };
+        assert!(e.to_string().contains("drover sim-provider"), "{e}");
     }
 
     #[test]

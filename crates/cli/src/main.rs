@@ -277,6 +277,21 @@ enum Cmd {
         #[arg(long)]
         event_log: Option<PathBuf>,
     },
+    /// The simulated world as its own process (a small fake cloud API):
+    /// nodes started with `serve --sim-provider-url` share it, so simulated
+    /// machines outlive the node that created them.
+    SimProvider {
+        /// Address to listen on (loopback unless the nodes are elsewhere).
+        #[arg(long, env = "DROVER_SIM_PROVIDER_LISTEN", default_value = "127.0.0.1:7800")]
+        listen: std::net::SocketAddr,
+        /// Where the world (sim-provider.json) and the newest lease
+        /// generation seen (sim-generation) are kept.
+        #[arg(long, env = "DROVER_SIM_PROVIDER_DATA_DIR", default_value = "./drover-sim")]
+        data_dir: PathBuf,
+        /// How long each action takes.
+        #[arg(long, default_value_t = 50)]
+        action_latency_ms: u64,
+    },
     /// Secrets at rest: seal a value for oncall.toml with the data dir's key.
     #[command(subcommand)]
     Secrets(SecretsCmd),
@@ -579,7 +594,7 @@ fn main() -> ExitCode {
     let no_local_set = matches.subcommand_matches("serve").is_some_and(|m| {
         matches!(m.value_source("no_local"), Some(ValueSource::CommandLine | ValueSource::EnvVariable))
     });
-    if !matches!(cli.command, Cmd::Serve(_) | Cmd::Agent { .. } | Cmd::Bench(_)) {
+    if !matches!(cli.command, Cmd::Serve(_) | Cmd::SimProvider { .. } | Cmd::Agent { .. } | Cmd::Bench(_)) {
         // A client's output piped into `head` or `grep -q` ends quietly, as
         // with every Unix tool, instead of a "Broken pipe" panic. The
         // long-running commands keep Rust's default (SIGPIPE ignored): a
@@ -630,6 +645,7 @@ impl Cmd {
             | Cmd::Bench(_)
             | Cmd::Agent { .. }
             | Cmd::Sim { .. }
+            | Cmd::SimProvider { .. }
             | Cmd::Secrets(_)
             | Cmd::Store(_)
             | Cmd::Completions { .. } => None,
@@ -732,6 +748,15 @@ async fn run(cli: Cli, no_local_set: bool) -> anyhow::Result<()> {
     };
     match cli.command {
         Cmd::Serve(args) => serve(args, no_local_set).await,
+        Cmd::SimProvider { listen, data_dir, action_latency_ms } => {
+            config::init_logs(config::LogFormat::Text);
+            let sim = drover_providers::SimConfig {
+                action_latency: std::time::Duration::from_millis(action_latency_ms),
+                ..Default::default()
+            };
+            let opts = drover_server::sim_provider::SimProviderOptions { data_dir, listen, sim };
+            drover_server::sim_provider::serve_sim_provider(opts, shutdown_signal()).await
+        }
         Cmd::Completions { shell } => completions(shell),
         Cmd::Secrets(SecretsCmd::Seal { data_dir }) => seal(&data_dir),
         Cmd::Store(StoreCmd::Migrate { from, to }) => store::migrate(&from, &to).await,

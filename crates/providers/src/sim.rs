@@ -150,6 +150,33 @@ impl SimProvider {
     pub fn state_path(&self) -> &Path {
         &self.inner.state_path
     }
+
+    /// One attempt of `action` (after the configured latency), with the
+    /// detail of a `Gone` when the target's machine is known to be gone:
+    /// what `execute` does, for a caller that reports `Gone` itself (the
+    /// world served as its own process, `drover sim-provider`).
+    pub async fn carry_out(&self, action: ActionRecord) -> (ActionOutcome, Option<String>) {
+        if !self.inner.config.action_latency.is_zero() {
+            tokio::time::sleep(self.inner.config.action_latency).await;
+        }
+        let worker = self.inner.clone();
+        match tokio::task::spawn_blocking(move || worker.apply(&action)).await {
+            Ok(applied) => applied,
+            Err(error) => (
+                ActionOutcome::Failed {
+                    error: format!("the sim provider failed while applying the action: {error}"),
+                    retryable: true,
+                },
+                None,
+            ),
+        }
+    }
+
+    /// One heartbeat round now: a beat for every instance the control plane
+    /// can hear (what the loop `start` runs sends each period).
+    pub fn heartbeat_round(&self) -> Vec<drover_model::Beat> {
+        lock(&self.inner.world).world.heartbeat(now_micros())
+    }
 }
 
 impl Inner {
@@ -227,25 +254,14 @@ impl Provider for SimProvider {
     }
 
     fn execute(&self, action: ActionRecord) -> BoxFuture<ActionOutcome> {
-        let inner = self.inner.clone();
+        let this = SimProvider { inner: self.inner.clone() };
         Box::pin(async move {
-            if !inner.config.action_latency.is_zero() {
-                tokio::time::sleep(inner.config.action_latency).await;
-            }
             let target = action.instance;
-            let worker = inner.clone();
-            match tokio::task::spawn_blocking(move || worker.apply(&action)).await {
-                Ok((outcome, gone)) => {
-                    if let Some(detail) = gone {
-                        inner.report_gone(target, detail);
-                    }
-                    outcome
-                }
-                Err(error) => ActionOutcome::Failed {
-                    error: format!("the sim provider failed while applying the action: {error}"),
-                    retryable: true,
-                },
+            let (outcome, gone) = this.carry_out(action).await;
+            if let Some(detail) = gone {
+                this.inner.report_gone(target, detail);
             }
+            outcome
         })
     }
 

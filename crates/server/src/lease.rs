@@ -62,14 +62,15 @@ pub fn advertised_url(listen_url: &str) -> String {
 
 /// Waits (a standby, publishing the holder in `standby` for the HTTP
 /// layer to forward to) until `node` holds the fleet's lease, fences the
-/// store's commits with it and starts its renewal; returns the store.
+/// store's commits with it and starts its renewal; returns the store and
+/// the lease's generation (sent with every action: `sim_provider`).
 pub async fn hold_the_fleet(
     store: PgStore,
     node: String,
     address: String,
     ttl: Duration,
     standby: Standby,
-) -> anyhow::Result<Arc<PgStore>> {
+) -> anyhow::Result<(Arc<PgStore>, i64)> {
     let store = Arc::new(store);
     let waiting = Arc::clone(&store);
     let name = node.clone();
@@ -111,7 +112,7 @@ pub async fn hold_the_fleet(
     store.fence_commits(&node, generation);
     tracing::info!(%node, generation, ttl_ms = ttl.as_millis() as u64, "this node holds the fleet's lease");
     keep(Arc::downgrade(&store), node, seen_address, started_at, generation, ttl);
-    Ok(store)
+    Ok((store, generation))
 }
 
 /// Renews the lease every TTL/4 and stops the process once it is lost or

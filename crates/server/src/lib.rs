@@ -48,6 +48,7 @@ pub mod routes;
 pub mod runbooks;
 pub mod runtime;
 pub mod silent_hosts;
+pub mod sim_provider;
 pub mod state;
 pub mod status;
 pub mod telemetry;
@@ -93,6 +94,9 @@ pub struct ServeOptions {
     /// standby takes over about this long after the holder died; the
     /// holder stops itself before it can expire.
     pub lease_ttl: std::time::Duration,
+    /// The simulated world served by `drover sim-provider` at this URL
+    /// (shared by the nodes) instead of `DATA_DIR/sim-provider.json`.
+    pub sim_provider_url: Option<String>,
     pub listen: SocketAddr,
     pub engine: drover_engine::Config,
     pub sim: SimConfig,
@@ -131,6 +135,7 @@ impl ServeOptions {
             store: None,
             node: None,
             lease_ttl: DEFAULT_LEASE_TTL,
+            sim_provider_url: None,
             listen,
             engine: serve_engine_config(),
             sim: SimConfig::default(),
@@ -357,6 +362,7 @@ async fn start_up(
     // The PostgreSQL store, when the fleet is kept there: the API tokens
     // are too (shared by the nodes).
     let mut shared: Option<Arc<drover_store::PgStore>> = None;
+    let mut generation: Option<i64> = None;
     let node_name = lease::node_name(opts.node.as_deref());
     let node_url = lease::advertised_url(&base_url);
     let store: Arc<dyn Store> = match &opts.store {
@@ -387,8 +393,9 @@ async fn start_up(
             let store = open_postgres_store(url.clone(), db_path.clone()).await?;
             let (node, address) = (node_name.clone(), node_url.clone());
             let standby = Arc::clone(&state.standby);
-            let store = lease::hold_the_fleet(store, node, address, opts.lease_ttl, standby).await?;
+            let (store, held) = lease::hold_the_fleet(store, node, address, opts.lease_ttl, standby).await?;
             shared = Some(Arc::clone(&store));
+            generation = Some(held);
             store
         }
     };
@@ -424,10 +431,15 @@ async fn start_up(
         }
     };
     let runbooks = runbooks::load_all(opts.runbooks_dir.as_deref()).map_err(|e| anyhow::anyhow!("{e}"))?;
-    let sim_path = opts.data_dir.join("sim-provider.json");
-    let sim = SimProvider::open(&sim_path, opts.sim.clone())
-        .with_context(|| format!("cannot open the sim provider at {}", sim_path.display()))?;
-    let sim: Arc<dyn Provider> = sim;
+    let sim: Arc<dyn Provider> = match &opts.sim_provider_url {
+        // The world as its own process, shared by every node (issue 16).
+        Some(url) => sim_provider::RemoteSim::new(url, this_node.name.clone(), generation, opts.sim.heartbeat_interval),
+        None => {
+            let sim_path = opts.data_dir.join("sim-provider.json");
+            SimProvider::open(&sim_path, opts.sim.clone())
+                .with_context(|| format!("cannot open the sim provider at {}", sim_path.display()))?
+        }
+    };
     let mut providers: HashMap<String, Arc<dyn Provider>> = HashMap::new();
     providers.insert("sim".into(), sim.clone());
     let mut extra_images = Vec::new();

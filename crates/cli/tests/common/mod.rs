@@ -20,12 +20,21 @@ pub struct Serve {
 
 impl Serve {
     pub fn start(cwd: &Path, port: u16, args: &[&str]) -> Serve {
+        Serve::start_command(cwd, port, "serve", args)
+    }
+
+    /// Another long-running command of the binary (`sim-provider`), run
+    /// and cleaned up the same way; its log is `<command>.log`.
+    pub fn start_command(cwd: &Path, port: u16, command: &str, args: &[&str]) -> Serve {
         let mut serve = Serve {
             child: None,
             cwd: cwd.to_path_buf(),
-            log: cwd.join("serve.log"),
+            log: cwd.join(format!("{command}.log")),
             api: format!("http://127.0.0.1:{port}"),
-            args: args.iter().map(|s| s.to_string()).chain(["--listen".into(), format!("127.0.0.1:{port}")]).collect(),
+            args: std::iter::once(command.to_string())
+                .chain(args.iter().map(|s| s.to_string()))
+                .chain(["--listen".into(), format!("127.0.0.1:{port}")])
+                .collect(),
         };
         serve.spawn();
         serve
@@ -35,7 +44,6 @@ impl Serve {
     pub fn spawn(&mut self) {
         let out = std::fs::OpenOptions::new().create(true).append(true).open(&self.log).unwrap();
         let child = Command::new(env!("CARGO_BIN_EXE_drover"))
-            .arg("serve")
             .args(&self.args)
             .current_dir(&self.cwd)
             // Nothing from the environment may point it elsewhere.

@@ -1,0 +1,271 @@
+//! Three `drover serve` nodes on one PostgreSQL store and one simulated
+//! world served as its own process (`drover sim-provider`), issue 16's
+//! done-means: services created through one node are healed through the
+//! others; kill -9 of the holder while primaries crash → the fleet is taken
+//! over within 10 s and every crashed primary is failed over exactly once;
+//! a holder paused past its lease and resumed acts on nothing (the store
+//! refuses its commits, the world its actions of an older generation) and
+//! stops itself (exit code 3).
+
+mod common;
+#[path = "../../store/tests/common/pg.rs"]
+#[allow(dead_code)]
+mod pg;
+
+use common::{admin_client, free_port, get, wait_for, Serve};
+use serde_json::{json, Value};
+use std::path::Path;
+use std::time::{Duration, Instant};
+
+const GENEROUS: Duration = Duration::from_secs(60);
+const TTL_SECS: f64 = 3.0;
+
+fn node(root: &Path, name: &str, store: &str, world: &str) -> Serve {
+    let cwd = root.join(name);
+    std::fs::create_dir_all(&cwd).unwrap();
+    let ttl = TTL_SECS.to_string();
+    #[rustfmt::skip]
+    let args = [
+        "--data-dir", "data", "--store", store, "--node", name, "--lease-ttl-secs", &ttl,
+        "--sim-provider-url", world,
+        "--default-provider", "sim", "--no-local", "--heartbeat-interval-ms", "100",
+        "--uncertain-after-ms", "400", "--restart-grace-secs", "0.5", "--probe-interval-ms", "200",
+        "--action-timeout-ms", "3000",
+    ];
+    Serve::start(&cwd, free_port(), &args)
+}
+
+fn lease(pg: &pg::PgServer) -> (String, i64) {
+    let row = pg.psql("postgres", "SELECT holder || ' ' || generation FROM leases WHERE shard = 0");
+    let mut parts = row.split_whitespace();
+    (parts.next().unwrap_or_default().to_string(), parts.next().and_then(|g| g.parse().ok()).unwrap_or(0))
+}
+
+fn signal(serve: &Serve, sig: &str) {
+    let pid = serve.child.as_ref().expect("running").id().to_string();
+    assert!(std::process::Command::new("kill").args([sig, &pid]).status().unwrap().success());
+}
+
+async fn healthy(http: &reqwest::Client, serve: &Serve) -> bool {
+    matches!(get(http, &format!("{}/healthz", serve.api)).await, Some((200, _)))
+}
+
+fn with_role<'a>(service: &'a Value, role: &str) -> Vec<&'a Value> {
+    service["instances"].as_array().map(|i| i.iter().filter(|i| i["role"] == role).collect()).unwrap_or_default()
+}
+
+fn id(instance: &Value) -> String {
+    instance["id"].as_str().unwrap_or_default().to_string()
+}
+
+/// The service once it is available with every instance available.
+async fn settled(http: &reqwest::Client, via: &Serve, name: &str) -> Value {
+    wait_for(GENEROUS, &format!("{name} available through {}", via.api), via, || async {
+        let (_, s) = get(http, &format!("{}/v1/services/{name}", via.api)).await?;
+        let all =
+            s["instances"].as_array().is_some_and(|i| i.len() == 2 && i.iter().all(|i| i["state"] == "available"));
+        (s["state"] == "available" && all).then_some(s)
+    })
+    .await
+}
+
+/// Waits until `old_follower` is the service's one available primary.
+async fn failed_over(http: &reqwest::Client, via: &Serve, name: &str, old_follower: &str) -> Value {
+    wait_for(GENEROUS, &format!("{name} failed over to {old_follower}"), via, || async {
+        let (_, s) = get(http, &format!("{}/v1/services/{name}", via.api)).await?;
+        let primaries = with_role(&s, "primary");
+        let done = primaries.len() == 1
+            && id(primaries[0]) == old_follower
+            && primaries[0]["state"] == "available"
+            && s["state"] == "available";
+        done.then_some(s)
+    })
+    .await
+}
+
+async fn actions(http: &reqwest::Client, via: &Serve, name: &str) -> Vec<Value> {
+    match get(http, &format!("{}/v1/actions?service={name}", via.api)).await {
+        Some((200, Value::Array(actions))) => actions,
+        other => panic!("actions of {name}: {other:?}"),
+    }
+}
+
+fn promotes(actions: &[Value]) -> Vec<&Value> {
+    actions.iter().filter(|a| a["kind"] == "promote" && a["state"] == "succeeded").collect()
+}
+
+/// The world's own view: how many running, unfenced, unbroken primaries
+/// the service of id `service` has.
+async fn writable_primaries(http: &reqwest::Client, world: &str, service: &str) -> usize {
+    let (status, instances) = get(http, &format!("{world}/v1/instances")).await.expect("the world answers");
+    assert_eq!(status, 200, "{instances}");
+    let instances = instances.as_array().expect("a list of instances").clone();
+    instances
+        .iter()
+        .filter(|i| i["service"] == service && i["role"] == "primary" && i["running"] == true && i["fenced"] == false)
+        .filter(|i| i["fault"].is_null())
+        .count()
+}
+
+async fn chaos(http: &reqwest::Client, world: &str, instance: &str) {
+    let (status, body) = common::post(http, world, "/v1/chaos", json!({"instance": instance, "fault": "crash"})).await;
+    assert_eq!(status, 200, "{body}");
+    assert_eq!(body["outcome"]["outcome"], "succeeded", "{body}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn three_nodes_heal_one_fleet_through_a_holder_killed_and_a_holder_paused() {
+    let pg = pg::PgServer::start();
+    let store = pg.url("postgres");
+    let dir = tempfile::tempdir().unwrap();
+    let root = dir.path();
+    let plain = drover_agent::tls::builder().timeout(Duration::from_secs(5)).build().unwrap();
+
+    std::fs::create_dir_all(root.join("world")).unwrap();
+    let world = Serve::start_command(
+        &root.join("world"),
+        free_port(),
+        "sim-provider",
+        &["--data-dir", "data", "--action-latency-ms", "20"],
+    );
+    world.wait_healthy(&plain, GENEROUS).await;
+    let w = world.api.clone();
+
+    let mut a = node(root, "a", &store, &w);
+    a.wait_healthy(&plain, GENEROUS).await;
+    assert_eq!(lease(&pg), ("a".to_string(), 1));
+    let http = admin_client(&root.join("a/data"));
+    let mut b = node(root, "b", &store, &w);
+    let mut c = node(root, "c", &store, &w);
+    for standby in [&b, &c] {
+        wait_for(GENEROUS, "the standby answering (503)", standby, || async {
+            get(&plain, &format!("{}/healthz", standby.api)).await.filter(|(s, _)| *s == 503)
+        })
+        .await;
+    }
+
+    // Created through every node; the standbys forward to a.
+    for (via, name) in [(&b, "s1"), (&c, "s2"), (&a, "s3")] {
+        let body = json!({"name": name, "engine": "postgres", "followers": 1});
+        let (status, created) = common::post(&http, &via.api, "/v1/services", body).await;
+        assert_eq!(status, 201, "{name} through {}: {created}", via.api);
+    }
+    let mut followers = std::collections::BTreeMap::new();
+    let mut primaries = std::collections::BTreeMap::new();
+    let mut ids = std::collections::BTreeMap::new();
+    for name in ["s1", "s2", "s3"] {
+        let s = settled(&http, &c, name).await;
+        ids.insert(name, s["id"].as_str().unwrap().to_string());
+        primaries.insert(name, id(with_role(&s, "primary")[0]));
+        followers.insert(name, id(with_role(&s, "follower")[0]));
+    }
+    assert!(!healthy(&plain, &b).await && !healthy(&plain, &c).await, "b and c are standbys");
+
+    // kill -9 of the holder, and two primaries crash with it: the machines
+    // live in the world, not in a, so whoever takes over must heal them.
+    a.kill9();
+    let killed = Instant::now();
+    chaos(&plain, &w, &primaries["s1"]).await;
+    chaos(&plain, &w, &primaries["s2"]).await;
+    let deadline = killed + GENEROUS;
+    let (holder, standby) = loop {
+        if healthy(&plain, &b).await {
+            break (&mut b, &mut c);
+        }
+        if healthy(&plain, &c).await {
+            break (&mut c, &mut b);
+        }
+        assert!(Instant::now() < deadline, "nobody took over:\n{}\n{}", b.log_tail(), c.log_tail());
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    };
+    let took = killed.elapsed();
+    eprintln!("takeover after kill -9 of the holder: {:.2} s (lease TTL {TTL_SECS} s)", took.as_secs_f64());
+    assert!(took < Duration::from_secs(10), "takeover took {took:?}");
+    let (new_holder, generation) = lease(&pg);
+    assert_eq!(generation, 2);
+    assert!(holder.log_tail().contains("holds the fleet's lease"), "{}", holder.log_tail());
+    // Healed by the new holder, asked through the other standby.
+    for name in ["s1", "s2"] {
+        failed_over(&http, standby, name, &followers[name]).await;
+        assert_eq!(writable_primaries(&plain, &w, &ids[name]).await, 1, "{name}: one writable primary in the world");
+    }
+    let s3 = settled(&http, standby, "s3").await;
+    assert_eq!(id(with_role(&s3, "primary")[0]), primaries["s3"], "s3 was not touched");
+    eprintln!("failed over after kill -9 of the holder: {:.2} s", killed.elapsed().as_secs_f64());
+    // Exactly once each (a's engine may have been in the middle of nothing:
+    // it died before the crash was seen).
+    for name in ["s1", "s2"] {
+        let done = actions(&http, standby, name).await;
+        let promoted = promotes(&done);
+        assert_eq!(promoted.len(), 1, "{name}: exactly one promote: {done:#?}");
+        assert_eq!(promoted[0]["instance"], followers[name].as_str());
+    }
+    assert!(promotes(&actions(&http, standby, "s3").await).is_empty());
+
+    // The world refuses an action of the old generation (a's, had it
+    // woken up with one in flight), and takes the same from the holder.
+    let resent = promotes(&actions(&http, standby, "s1").await)[0].clone();
+    let send = |generation: i64| {
+        plain
+            .post(format!("{w}/v1/actions"))
+            .header("x-drover-generation", generation.to_string())
+            .header("x-drover-node", "a")
+            .json(&resent)
+            .send()
+    };
+    let refused = send(1).await.unwrap();
+    assert_eq!(refused.status().as_u16(), 409);
+    let body: Value = refused.json().await.unwrap();
+    assert!(body["error"].as_str().unwrap_or_default().contains("generation 1"), "{body}");
+    assert_eq!(send(2).await.unwrap().status().as_u16(), 200, "the holder's generation is taken");
+
+    // The cluster, asked through the standby: a dead, the holder with the shard.
+    let cluster = wait_for(GENEROUS, "a seen dead", standby, || async {
+        let (_, c) = get(&http, &format!("{}/v1/cluster", standby.api)).await?;
+        let a = c["nodes"].as_array()?.iter().find(|n| n["name"] == "a")?.clone();
+        (a["alive"] == false).then_some(c)
+    })
+    .await;
+    let shards_of =
+        |n: &str| cluster["nodes"].as_array().unwrap().iter().find(|x| x["name"] == n).map(|x| x["shards"].clone());
+    assert_eq!(shards_of(&new_holder), Some(json!(1)), "{cluster}");
+    assert_eq!(cluster["generation"].as_i64(), Some(2), "{cluster}");
+
+    // The holder paused past its lease: the standby takes over (generation
+    // 3) and heals a primary that crashes meanwhile; the paused node,
+    // resumed, stops (exit code 3) and acts on nothing.
+    signal(holder, "-STOP");
+    let paused = Instant::now();
+    chaos(&plain, &w, &primaries["s3"]).await;
+    standby.wait_healthy(&plain, GENEROUS).await;
+    eprintln!("takeover from a paused holder: {:.2} s", paused.elapsed().as_secs_f64());
+    assert_eq!(lease(&pg).1, 3);
+    failed_over(&http, standby, "s3", &followers["s3"]).await;
+    signal(holder, "-CONT");
+    let deadline = Instant::now() + Duration::from_secs(10);
+    let status = loop {
+        if let Some(status) = holder.child.as_mut().unwrap().try_wait().unwrap() {
+            break status;
+        }
+        assert!(Instant::now() < deadline, "the paused holder still runs:\n{}", holder.log_tail());
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    };
+    assert_eq!(status.code(), Some(3), "{}", holder.log_tail());
+    let done = actions(&http, standby, "s3").await;
+    assert_eq!(promotes(&done).len(), 1, "s3: exactly one promote: {done:#?}");
+    assert_eq!(writable_primaries(&plain, &w, &ids["s3"]).await, 1);
+    for name in ["s1", "s2"] {
+        assert_eq!(promotes(&actions(&http, standby, name).await).len(), 1, "{name} was not failed over again");
+    }
+    // Every holder sent its generation: the world noted the newest.
+    let noted = std::fs::read_to_string(root.join("world/data/sim-generation")).unwrap();
+    assert_eq!(noted.trim(), "3");
+    let refusals = std::fs::read_to_string(&world.log).unwrap().matches("refused: a stale generation").count();
+    eprintln!("actions the world refused for a stale generation: {refusals} (1 sent by the test)");
+    assert!(refusals >= 1);
+    let (status, _) = get(&plain, &format!("{w}/v1/nonsense")).await.unwrap();
+    assert_eq!(status, 404);
+    let (status, body) = common::post(&plain, &w, "/v1/chaos", json!({"instance": "nope", "fault": "crash"})).await;
+    assert_eq!(status, 422, "{body}");
+    assert!(body["error"].is_string(), "{body}");
+}

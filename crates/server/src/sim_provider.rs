@@ -1,0 +1,351 @@
+//! The simulated world as its own process (`drover sim-provider`, issue
+//! 16): a small fake cloud API that every control-plane node talks to, so
+//! simulated machines outlive the node that created them, as real ones
+//! outlive a node on the agents' hosts.
+//!
+//! The process serves one [`SimProvider`] world (`DATA_DIR/sim-provider.json`,
+//! durable before any action answers, as in a node):
+//! - `POST /v1/actions` (an [`ActionRecord`]) carries out one attempt and
+//!   answers `{"outcome": …, "gone": …}`;
+//! - `GET /v1/beats` is one heartbeat round: a beat for every instance the
+//!   control plane can hear (the node polls it at its heartbeat interval);
+//! - `POST /v1/chaos` `{"instance", "fault"}` breaks a machine without any
+//!   node (a test kills a primary while the node that holds it dies);
+//! - `GET /v1/instances`, `GET /healthz`.
+//!
+//! **Fencing.** A node sends its lease's generation with every action
+//! (header [`GENERATION_HEADER`]). The world keeps the highest it has seen
+//! (in `DATA_DIR/sim-generation`, written before the action is carried out)
+//! and refuses an action of a lower one with 409: a node paused past its
+//! lease that wakes up and sends what it had in flight acts on nothing
+//! (the store already refuses its commits; this refuses its actions). An
+//! action without the header (a node on the embedded SQLite store, alone by
+//! definition) is not checked.
+//!
+//! [`RemoteSim`] is the node's side: the `sim` provider of a node started
+//! with `--sim-provider-url`.
+
+use crate::error::{ApiError, Json};
+use axum::extract::State;
+use axum::http::{HeaderMap, StatusCode};
+use axum::response::IntoResponse;
+use axum::routing::{get, post};
+use drover_model::{ActionKind, ActionOutcome, ActionRecord, ActionState, Beat, Fault, InstanceId, Timestamp};
+use drover_providers::{BoxFuture, Provider, ProviderEvent, SimConfig, SimInstance, SimProvider};
+use serde::{Deserialize, Serialize};
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+use tokio::sync::mpsc;
+
+/// The lease generation of the node that sends an action.
+pub const GENERATION_HEADER: &str = "x-drover-generation";
+/// The node that sends an action (for the world's log).
+pub const NODE_HEADER: &str = "x-drover-node";
+
+/// What `POST /v1/actions` answers.
+#[derive(Debug, Serialize, Deserialize)]
+pub struct Carried {
+    pub outcome: ActionOutcome,
+    /// Set when the target's machine is known to be gone (`ProviderEvent::Gone`).
+    pub gone: Option<String>,
+}
+
+/// `POST /v1/chaos`.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct ChaosBody {
+    instance: InstanceId,
+    fault: Fault,
+}
+
+#[derive(Clone)]
+struct World {
+    sim: Arc<SimProvider>,
+    fence: Arc<Fence>,
+}
+
+/// The highest generation seen, kept in a file so a restart of the world
+/// does not let a stale node back in.
+struct Fence {
+    path: PathBuf,
+    highest: Mutex<i64>,
+}
+
+impl Fence {
+    fn open(path: PathBuf) -> anyhow::Result<Fence> {
+        let highest = match std::fs::read_to_string(&path) {
+            Ok(text) => text
+                .trim()
+                .parse()
+                .map_err(|e| anyhow::anyhow!("{} does not hold a generation number: {e}", path.display()))?,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => 0,
+            Err(e) => return Err(anyhow::anyhow!("cannot read {}: {e}", path.display())),
+        };
+        Ok(Fence { path, highest: Mutex::new(highest) })
+    }
+
+    /// Admits `generation` if no higher one was seen, noting it (durably)
+    /// when it is the highest yet. Blocking: the note is an fsync'd file.
+    fn admit(&self, generation: i64) -> Result<(), ApiError> {
+        let mut highest = self.highest.lock().unwrap_or_else(|p| p.into_inner());
+        if generation < *highest {
+            return Err(ApiError::new(
+                StatusCode::CONFLICT,
+                format!(
+                    "generation {generation} is older than {} (the newest this world has seen): the node sending it \
+                     lost its lease, and the world takes no action from it",
+                    *highest
+                ),
+            ));
+        }
+        if generation > *highest {
+            write_atomically(&self.path, generation.to_string().as_bytes())
+                .map_err(|e| ApiError::unavailable(format!("cannot note generation {generation}: {e}")))?;
+            *highest = generation;
+        }
+        Ok(())
+    }
+}
+
+fn write_atomically(path: &Path, bytes: &[u8]) -> std::io::Result<()> {
+    use std::io::Write;
+    let tmp = path.with_extension("tmp");
+    let mut file = std::fs::File::create(&tmp)?;
+    file.write_all(bytes)?;
+    file.sync_all()?;
+    std::fs::rename(&tmp, path)?;
+    if let Some(dir) = path.parent() {
+        std::fs::File::open(dir)?.sync_all()?;
+    }
+    Ok(())
+}
+
+/// `drover sim-provider`'s settings.
+#[derive(Clone, Debug)]
+pub struct SimProviderOptions {
+    pub data_dir: PathBuf,
+    pub listen: SocketAddr,
+    /// Only `action_latency` counts here: the nodes poll the beats.
+    pub sim: SimConfig,
+}
+
+/// Serves the world until `shutdown` completes.
+pub async fn serve_sim_provider(
+    opts: SimProviderOptions,
+    shutdown: impl std::future::Future<Output = ()> + Send + 'static,
+) -> anyhow::Result<()> {
+    std::fs::create_dir_all(&opts.data_dir)
+        .map_err(|e| anyhow::anyhow!("cannot create the data dir {}: {e}", opts.data_dir.display()))?;
+    let path = opts.data_dir.join("sim-provider.json");
+    let sim = SimProvider::open(&path, opts.sim.clone())
+        .map_err(|e| anyhow::anyhow!("cannot open the simulated world at {}: {e}", path.display()))?;
+    let fence = Arc::new(Fence::open(opts.data_dir.join("sim-generation"))?);
+    let world = World { sim, fence };
+    let app = axum::Router::new()
+        .route("/healthz", get(|| async { "ok" }))
+        .route("/v1/beats", get(beats))
+        .route("/v1/instances", get(instances))
+        .route("/v1/actions", post(carry_out))
+        .route("/v1/chaos", post(chaos))
+        .fallback(|| async { ApiError::not_found("no such route") })
+        .with_state(world);
+    let listener = tokio::net::TcpListener::bind(opts.listen)
+        .await
+        .map_err(|e| anyhow::anyhow!("cannot listen on {}: {e}", opts.listen))?;
+    tracing::info!(listen = %opts.listen, world = %path.display(), "sim provider serving");
+    axum::serve(listener, app).with_graceful_shutdown(shutdown).await?;
+    Ok(())
+}
+
+async fn beats(State(world): State<World>) -> axum::Json<Vec<Beat>> {
+    axum::Json(world.sim.heartbeat_round())
+}
+
+async fn instances(State(world): State<World>) -> axum::Json<Vec<SimInstance>> {
+    axum::Json(world.sim.instances())
+}
+
+fn header_of<'a>(headers: &'a HeaderMap, name: &str) -> Option<&'a str> {
+    headers.get(name).and_then(|v| v.to_str().ok())
+}
+
+async fn carry_out(
+    State(world): State<World>,
+    headers: HeaderMap,
+    Json(action): Json<ActionRecord>,
+) -> Result<axum::Json<Carried>, ApiError> {
+    let node = header_of(&headers, NODE_HEADER).unwrap_or("-").to_string();
+    if let Some(raw) = header_of(&headers, GENERATION_HEADER) {
+        let generation: i64 = raw
+            .parse()
+            .map_err(|_| ApiError::bad_request(format!("{GENERATION_HEADER} must be an integer, got {raw:?}")))?;
+        let fence = Arc::clone(&world.fence);
+        if let Err(refused) = tokio::task::spawn_blocking(move || fence.admit(generation))
+            .await
+            .map_err(|e| ApiError::internal(e.to_string()))?
+        {
+            tracing::warn!(%node, generation, action = %action.id, kind = action.kind.name(), "refused: a stale generation");
+            return Err(refused);
+        }
+    }
+    tracing::debug!(%node, action = %action.id, kind = action.kind.name(), instance = %action.instance, "carrying out");
+    let (outcome, gone) = world.sim.carry_out(action).await;
+    Ok(axum::Json(Carried { outcome, gone }))
+}
+
+async fn chaos(State(world): State<World>, Json(body): Json<ChaosBody>) -> Result<impl IntoResponse, ApiError> {
+    let Some(target) = world.sim.instance(body.instance) else {
+        return Err(ApiError::not_found(format!("no simulated instance {}", body.instance)));
+    };
+    let now = crate::runtime::now();
+    let action = ActionRecord {
+        id: drover_model::ActionId::new_at(now.0, entropy()),
+        service: target.service,
+        instance: body.instance,
+        kind: ActionKind::InjectFault { fault: body.fault },
+        state: ActionState::Running,
+        attempts: 1,
+        cause: "chaos asked of the simulated world".into(),
+        created_at: now,
+        updated_at: now,
+        deadline: Timestamp(now.0),
+        error: None,
+    };
+    let (outcome, _) = world.sim.carry_out(action).await;
+    Ok(axum::Json(Carried { outcome, gone: None }))
+}
+
+fn entropy() -> u64 {
+    let mut bytes = [0u8; 8];
+    // An id only: a clock-derived fallback is unique enough.
+    if getrandom::fill(&mut bytes).is_err() {
+        return crate::runtime::now().0 as u64;
+    }
+    u64::from_le_bytes(bytes)
+}
+
+/// A node's `sim` provider when the world is its own process.
+#[derive(Clone)]
+pub struct RemoteSim {
+    base: String,
+    http: reqwest::Client,
+    /// The node's lease generation (`None`: a node alone on SQLite).
+    generation: Option<i64>,
+    node: String,
+    heartbeat_interval: Duration,
+    sink: Arc<Mutex<Option<mpsc::Sender<ProviderEvent>>>>,
+}
+
+/// How long one call to the world may take (an action's latency and its fsync included).
+const CALL_TIMEOUT: Duration = Duration::from_secs(30);
+
+impl RemoteSim {
+    pub fn new(url: &str, node: String, generation: Option<i64>, heartbeat_interval: Duration) -> Arc<RemoteSim> {
+        let http = reqwest::Client::builder().timeout(CALL_TIMEOUT).build().unwrap_or_default();
+        Arc::new(RemoteSim {
+            base: url.trim_end_matches('/').to_string(),
+            http,
+            generation,
+            node,
+            heartbeat_interval: heartbeat_interval.max(Duration::from_millis(1)),
+            sink: Arc::new(Mutex::new(None)),
+        })
+    }
+
+    async fn send(&self, action: &ActionRecord) -> Result<Carried, (String, bool)> {
+        let mut request = self.http.post(format!("{}/v1/actions", self.base)).json(action);
+        request = request.header(NODE_HEADER, self.node.as_str());
+        if let Some(generation) = self.generation {
+            request = request.header(GENERATION_HEADER, generation.to_string());
+        }
+        let response = request
+            .send()
+            .await
+            .map_err(|e| (format!("the sim provider at {} did not answer: {e}", self.base), true))?;
+        let status = response.status();
+        if status.is_success() {
+            return response
+                .json::<Carried>()
+                .await
+                .map_err(|e| (format!("the sim provider's answer is not understood: {e}"), true));
+        }
+        let text = response.text().await.unwrap_or_default();
+        let error = serde_json::from_str::<serde_json::Value>(&text)
+            .ok()
+            .and_then(|v| v["error"].as_str().map(str::to_string))
+            .unwrap_or(text);
+        // A refused generation will be refused again: this node lost its lease.
+        Err((format!("the sim provider answered {status}: {error}"), status != StatusCode::CONFLICT))
+    }
+}
+
+impl Provider for RemoteSim {
+    fn name(&self) -> &str {
+        "sim"
+    }
+
+    fn engines(&self) -> &'static [drover_model::EngineKind] {
+        &[drover_model::EngineKind::Postgres, drover_model::EngineKind::Redis, drover_model::EngineKind::Kafka]
+    }
+
+    fn execute(&self, action: ActionRecord) -> BoxFuture<ActionOutcome> {
+        let this = self.clone();
+        Box::pin(async move {
+            match this.send(&action).await {
+                Ok(Carried { outcome, gone }) => {
+                    let sink = this.sink.lock().unwrap_or_else(|p| p.into_inner()).clone();
+                    if let (Some(detail), Some(sink)) = (gone, sink) {
+                        let _ = sink.send(ProviderEvent::Gone { instance: action.instance, detail }).await;
+                    }
+                    outcome
+                }
+                Err((error, retryable)) => ActionOutcome::Failed { error, retryable },
+            }
+        })
+    }
+
+    /// Polls the world's beats every heartbeat interval. While the world
+    /// does not answer, nothing is heard: its instances fall silent, which
+    /// the engine reads as unknown, not dead.
+    fn start(&self, sink: mpsc::Sender<ProviderEvent>) {
+        *self.sink.lock().unwrap_or_else(|p| p.into_inner()) = Some(sink.clone());
+        let (http, url, period) = (self.http.clone(), format!("{}/v1/beats", self.base), self.heartbeat_interval);
+        tokio::spawn(async move {
+            let mut ticker = tokio::time::interval(period);
+            ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+            let mut failing = false;
+            loop {
+                ticker.tick().await;
+                if sink.is_closed() {
+                    break;
+                }
+                let beats = match http.get(&url).send().await {
+                    Ok(response) if response.status().is_success() => {
+                        response.json::<Vec<Beat>>().await.map_err(|e| e.to_string())
+                    }
+                    Ok(response) => Err(format!("answered {}", response.status())),
+                    Err(e) => Err(e.to_string()),
+                };
+                match beats {
+                    Ok(beats) => {
+                        if failing {
+                            tracing::info!(%url, "the sim provider answers again");
+                            failing = false;
+                        }
+                        if !beats.is_empty() && sink.send(ProviderEvent::Beats(beats)).await.is_err() {
+                            break;
+                        }
+                    }
+                    Err(error) => {
+                        if !failing {
+                            tracing::warn!(%url, %error, "cannot hear the simulated world: its instances are silent");
+                            failing = true;
+                        }
+                    }
+                }
+            }
+        });
+    }
+}
