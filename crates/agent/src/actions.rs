@@ -97,6 +97,17 @@ pub async fn run(control_plane: Arc<ControlPlane>, host: String, provider: Arc<L
         tracing::error!(path = %dir.display(), %error, "cannot create the outcomes directory; actions are not run");
         return;
     }
+    // The newest lease generation of the control-plane nodes that sent
+    // actions: a batch from a node of an older one (it lost the fleet and
+    // does not know yet) is not carried out.
+    let fence_path = data_dir.join("agent").join("generation");
+    let fence = match crate::fence::GenerationFence::open(&fence_path) {
+        Ok(fence) => Arc::new(fence),
+        Err(error) => {
+            tracing::error!(%error, "cannot read the newest lease generation seen; actions are not run");
+            return;
+        }
+    };
     let running: Arc<Mutex<HashSet<(ActionId, u32)>>> = Arc::default();
     let mut after = 0u64;
     loop {
@@ -108,6 +119,24 @@ pub async fn run(control_plane: Arc<ControlPlane>, host: String, provider: Arc<L
                 continue;
             }
         };
+        tracing::debug!(actions = fetched.actions.len(), generation = ?fetched.generation, after, "fetched actions");
+        if let Some(generation) = fetched.generation {
+            let fence = Arc::clone(&fence);
+            let admitted = tokio::task::spawn_blocking(move || fence.admit(generation)).await;
+            match admitted {
+                Ok(Ok(())) => {}
+                Ok(Err(error)) => {
+                    tracing::warn!(generation, actions = fetched.actions.len(), %error, "refused a batch of actions");
+                    tokio::time::sleep(RETRY).await;
+                    continue;
+                }
+                Err(error) => {
+                    tracing::error!(%error, "the generation check failed; retrying");
+                    tokio::time::sleep(RETRY).await;
+                    continue;
+                }
+            }
+        }
         if let Some(fault) = fetched.host_fault {
             fault_whole_host(&host, fault);
         }

@@ -180,7 +180,8 @@ impl ControlPlane {
                 _ => tracing::warn!(seq, "an action this agent cannot read; skipped"),
             }
         }
-        Ok(Fetched { actions, host_fault })
+        let generation = body.get("generation").and_then(Value::as_i64);
+        Ok(Fetched { actions, host_fault, generation })
     }
 
     /// `POST /v1/hosts/{host}/actions/{id}/result`: one attempt's outcome.
@@ -207,6 +208,8 @@ pub struct Fetched {
     pub actions: Vec<(u64, drover_model::ActionRecord, Option<drover_providers::local::Replication>)>,
     /// Chaos for the whole host (`crash` or `hang`).
     pub host_fault: Option<drover_model::Fault>,
+    /// The lease generation of the node that sent them (PostgreSQL store).
+    pub generation: Option<i64>,
 }
 
 fn error_chain(error: &dyn std::error::Error) -> String {

@@ -16,6 +16,7 @@
 
 pub mod actions;
 pub mod control_plane;
+pub mod fence;
 pub mod host;
 pub mod lease;
 pub mod probe;

@@ -11,62 +11,10 @@
 
 mod common;
 
-use common::{admin_client, client_with, create_token, free_port, get, kill_everything_under, wait_for, Serve};
+use common::host_agent::HostAgent;
+use common::{admin_client, client_with, create_token, free_port, get, wait_for, Serve};
 use serde_json::{json, Value};
-use std::path::Path;
-use std::process::{Child, Command, Stdio};
 use std::time::Duration;
-
-/// A `drover agent --host`; killed with its whole tree when dropped.
-struct HostAgent {
-    child: Option<Child>,
-    dir: std::path::PathBuf,
-}
-
-impl HostAgent {
-    fn spawn(root: &Path, api: &str, name: &str, zone: &str, address: &str, token: &str) -> HostAgent {
-        let dir = root.join(name);
-        std::fs::create_dir_all(&dir).unwrap();
-        let token_file = dir.join("agent.token");
-        std::fs::write(&token_file, token).unwrap();
-        let log = std::fs::File::create(dir.join("agent.log")).unwrap();
-        let child = Command::new(env!("CARGO_BIN_EXE_drover"))
-            .args(["agent", "--server", api, "--host", name, "--zone", zone, "--address", address, "--capacity", "4"])
-            .arg("--data-dir")
-            .arg(dir.join("data"))
-            .arg("--token-file")
-            .arg(&token_file)
-            .current_dir(&dir)
-            .env_remove("DROVER_TOKEN")
-            .env_remove("DROVER_DATA_DIR")
-            .env("RUST_LOG", "info")
-            .stdin(Stdio::null())
-            .stdout(log.try_clone().unwrap())
-            .stderr(log)
-            .spawn()
-            .expect("spawn drover agent");
-        HostAgent { child: Some(child), dir }
-    }
-
-    /// A host crash: the agent and everything it runs, kill -9.
-    fn crash(&mut self) {
-        if let Some(mut child) = self.child.take() {
-            let _ = child.kill();
-            let _ = child.wait();
-        }
-        kill_everything_under(&self.dir);
-    }
-
-    fn log(&self) -> String {
-        std::fs::read_to_string(self.dir.join("agent.log")).unwrap_or_default()
-    }
-}
-
-impl Drop for HostAgent {
-    fn drop(&mut self) {
-        self.crash();
-    }
-}
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_agent_host_builds_and_runs_the_instances_placed_on_it() {

@@ -85,6 +85,17 @@ async fn a_sqlite_fleet_moves_to_postgres_losing_no_event_and_is_never_served_tw
     })
     .await;
     let reader = common::create_token(&http, &api, json!({"name": "reader", "role": "viewer"})).await;
+    // A page (oncall.db) moves with the fleet: the pager's tables are the
+    // PostgreSQL store's too.
+    let alerts =
+        common::create_token(&http, &api, json!({"name": "alerts", "role": "integration", "team": "platform"})).await;
+    let alert = json!({"routing_key": alerts, "event_action": "trigger", "dedup_key": "disk-m1",
+                       "payload": {"summary": "m1's disk is full", "source": "m1", "severity": "critical"}});
+    let (status, opened) = common::post(&plain, &api, "/v1/integrations/events-v2", alert).await;
+    assert_eq!(status, 202, "{opened}");
+    let page_id = opened["page"].as_str().expect("a page was opened").to_string();
+    let (status, page_before) = get(&http, &format!("{api}/v1/pages/{page_id}")).await.unwrap();
+    assert_eq!(status, 200, "{page_before}");
 
     // While the control plane runs, the data dir is locked: refused, and
     // PostgreSQL is not even touched.
@@ -140,6 +151,12 @@ async fn a_sqlite_fleet_moves_to_postgres_losing_no_event_and_is_never_served_tw
     assert!(lost.is_empty(), "events lost by the move: {lost:?}");
     let (status, _) = get(&common::client_with(&reader), &format!("{api}/v1/services/m1")).await.unwrap();
     assert_eq!(status, 200, "the viewer token works on the moved fleet");
+    let (status, page_after) = get(&http, &format!("{api}/v1/pages/{page_id}")).await.unwrap();
+    assert_eq!(status, 200, "the page moved: {page_after}");
+    assert_eq!(page_after["id"].as_str(), Some(page_id.as_str()), "{page_after}");
+    assert_eq!(page_after["summary"], "m1's disk is full", "{page_after}");
+    assert_eq!(page_after["transitions"], page_before["transitions"], "{page_after}");
+    assert!(count(&pg, "SELECT count(*) FROM page_transitions") >= 1);
     let (status, body) =
         common::post(&http, &api, "/v1/services", json!({"name": "m4", "engine": "postgres", "followers": 0})).await;
     assert_eq!(status, 201, "{body}");

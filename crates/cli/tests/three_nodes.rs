@@ -160,6 +160,15 @@ async fn three_nodes_heal_one_fleet_through_a_holder_killed_and_a_holder_paused(
         followers.insert(name, id(with_role(&s, "follower")[0]));
     }
     assert!(!healthy(&plain, &b).await && !healthy(&plain, &c).await, "b and c are standbys");
+    // A page opened through a standby (the holder's pager): it is the
+    // shared store's, so whoever takes over has it.
+    let alerts =
+        common::create_token(&http, &c.api, json!({"name": "alerts", "role": "integration", "team": "platform"})).await;
+    let alert = json!({"routing_key": alerts, "event_action": "trigger", "dedup_key": "disk-s1",
+                       "payload": {"summary": "s1's disk is full", "source": "s1", "severity": "critical"}});
+    let (status, opened) = common::post(&plain, &b.api, "/v1/integrations/events-v2", alert).await;
+    assert_eq!(status, 202, "{opened}");
+    let page_id = opened["page"].as_str().expect("a page was opened").to_string();
 
     // kill -9 of the holder, and two primaries crash with it: the machines
     // live in the world, not in a, so whoever takes over must heal them.
@@ -201,6 +210,11 @@ async fn three_nodes_heal_one_fleet_through_a_holder_killed_and_a_holder_paused(
         assert_eq!(promoted[0]["instance"], followers[name].as_str());
     }
     assert!(promotes(&actions(&http, standby, "s3").await).is_empty());
+    // The page a's pager opened, acknowledged through the new holder.
+    let (status, page) = get(&http, &format!("{}/v1/pages/{page_id}", standby.api)).await.unwrap();
+    assert_eq!((status, page["summary"].as_str()), (200, Some("s1's disk is full")), "{page}");
+    let (status, acked) = common::post(&http, &holder.api, &format!("/v1/pages/{page_id}/ack"), json!({})).await;
+    assert_eq!((status, acked["status"].as_str()), (200, Some("acknowledged")), "{acked}");
 
     // The world refuses an action of the old generation (a's, had it
     // woken up with one in flight), and takes the same from the holder.

@@ -61,7 +61,11 @@ pub struct AgentChannel {
 #[derive(Default)]
 struct Channel {
     hosts: HashMap<String, HostQueue>,
+    /// The last sequence number handed out (see [`AgentChannel::new`]).
     seq: u64,
+    /// This node's lease generation (PostgreSQL store), sent with every
+    /// batch: an agent refuses a batch older than the newest it has seen.
+    generation: Option<i64>,
     /// The port each instance on an agent host listens on, as its agent's
     /// heartbeats last said (memory only: beats say it again every round).
     ports: HashMap<drover_model::InstanceId, u16>,
@@ -116,6 +120,10 @@ pub struct QueuedAction {
 #[derive(Clone, Debug, Default, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct ActionBatch {
     pub actions: Vec<QueuedAction>,
+    /// The lease generation of the node that queued them (PostgreSQL
+    /// store; absent on SQLite, where one node is alone).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub generation: Option<i64>,
     /// Chaos for the whole host: the agent kills (`crash`: SIGKILL) or
     /// freezes (`hang`: SIGSTOP) everything it runs, then itself. Not
     /// answered: the control plane learns of it as of a real host failure.
@@ -151,6 +159,21 @@ pub struct FetchParams {
 }
 
 impl AgentChannel {
+    /// The channel of this process. Its sequence numbers start at the wall
+    /// clock's microseconds: an agent asks for the actions after the last
+    /// number it saw, which a previous process (or the node that held the
+    /// fleet before) handed out, so numbers counted from 0 again would be
+    /// skipped until they passed it.
+    pub fn new(generation: Option<i64>) -> AgentChannel {
+        let channel = AgentChannel::default();
+        {
+            let mut inner = channel.lock();
+            inner.seq = crate::runtime::now().0.max(0) as u64;
+            inner.generation = generation;
+        }
+        channel
+    }
+
     fn lock(&self) -> std::sync::MutexGuard<'_, Channel> {
         self.inner.lock().unwrap_or_else(PoisonError::into_inner)
     }
@@ -208,9 +231,10 @@ impl AgentChannel {
         loop {
             let notify = {
                 let mut channel = self.lock();
+                let generation = channel.generation;
                 let queue = channel.hosts.entry(host.to_string()).or_default();
                 if let Some(fault) = queue.fault.take() {
-                    return ActionBatch { actions: Vec::new(), host_fault: Some(fault) };
+                    return ActionBatch { actions: Vec::new(), host_fault: Some(fault), generation };
                 }
                 let ready: Vec<QueuedAction> = queue
                     .pending
@@ -221,7 +245,7 @@ impl AgentChannel {
                 if !ready.is_empty() {
                     let mut ready = ready;
                     ready.sort_by_key(|a| a.seq);
-                    return ActionBatch { actions: ready, host_fault: None };
+                    return ActionBatch { actions: ready, host_fault: None, generation };
                 }
                 queue.notify.clone()
             };
@@ -233,7 +257,7 @@ impl AgentChannel {
                 continue;
             }
             if tokio::time::timeout_at(deadline, notified).await.is_err() {
-                return ActionBatch::default();
+                return ActionBatch { generation: self.lock().generation, ..ActionBatch::default() };
             }
         }
     }

@@ -516,7 +516,7 @@ async fn start_up(
 
     let (handle, inbox) = actor::channel::<runtime::EngineMachine>(runtime::LIMITS);
     let default_provider = providers.get(&engine.config().default_provider).cloned().unwrap_or_else(|| sim.clone());
-    let agent_channel = agents::AgentChannel::default();
+    let agent_channel = agents::AgentChannel::new(generation);
     let builtin_host_name = (!opts.agents_only).then(host_name);
     let mut dispatcher = runtime::Dispatcher::new(providers.clone(), default_provider, handle.clone())
         .with_agents(agent_channel.clone(), builtin_host_name.clone())
@@ -599,9 +599,11 @@ async fn start_up(
 
     // On-call: engine events that need a person become alerts.
     let engine_events = oncall::EngineEvents { store: store.clone(), wakeup };
-    let (oncall, oncall_task) = oncall::start(&opts.data_dir, base_url, Some(engine_events), stop.clone(), &key)
-        .await
-        .context("cannot start the pager")?;
+    let shared_pager = this_node.shared.as_ref().map(|(pg, _)| Arc::clone(pg));
+    let (oncall, oncall_task) =
+        oncall::start(&opts.data_dir, base_url, Some(engine_events), stop.clone(), &key, shared_pager)
+            .await
+            .context("cannot start the pager")?;
     retention::spawn(store.clone(), opts.data_dir.clone(), opts.retention, stop.clone());
     let stop_for_status = stop.clone();
     if let Some(beside) = &routers_beside {

@@ -15,7 +15,8 @@
 //!
 //! **Fencing.** A node sends its lease's generation with every action
 //! (header [`GENERATION_HEADER`]). The world keeps the highest it has seen
-//! (in `DATA_DIR/sim-generation`, written before the action is carried out)
+//! ([`GenerationFence`], in `DATA_DIR/sim-generation`, written before the
+//! action is carried out)
 //! and refuses an action of a lower one with 409: a node paused past its
 //! lease that wakes up and sends what it had in flight acts on nothing
 //! (the store already refuses its commits; this refuses its actions). An
@@ -30,11 +31,12 @@ use axum::extract::State;
 use axum::http::{HeaderMap, StatusCode};
 use axum::response::IntoResponse;
 use axum::routing::{get, post};
+use drover_agent::fence::{FenceError, GenerationFence};
 use drover_model::{ActionKind, ActionOutcome, ActionRecord, ActionState, Beat, Fault, InstanceId, Timestamp};
 use drover_providers::{BoxFuture, Provider, ProviderEvent, SimConfig, SimInstance, SimProvider};
 use serde::{Deserialize, Serialize};
 use std::net::SocketAddr;
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 use tokio::sync::mpsc;
@@ -63,63 +65,7 @@ struct ChaosBody {
 #[derive(Clone)]
 struct World {
     sim: Arc<SimProvider>,
-    fence: Arc<Fence>,
-}
-
-/// The highest generation seen, kept in a file so a restart of the world
-/// does not let a stale node back in.
-struct Fence {
-    path: PathBuf,
-    highest: Mutex<i64>,
-}
-
-impl Fence {
-    fn open(path: PathBuf) -> anyhow::Result<Fence> {
-        let highest = match std::fs::read_to_string(&path) {
-            Ok(text) => text
-                .trim()
-                .parse()
-                .map_err(|e| anyhow::anyhow!("{} does not hold a generation number: {e}", path.display()))?,
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => 0,
-            Err(e) => return Err(anyhow::anyhow!("cannot read {}: {e}", path.display())),
-        };
-        Ok(Fence { path, highest: Mutex::new(highest) })
-    }
-
-    /// Admits `generation` if no higher one was seen, noting it (durably)
-    /// when it is the highest yet. Blocking: the note is an fsync'd file.
-    fn admit(&self, generation: i64) -> Result<(), ApiError> {
-        let mut highest = self.highest.lock().unwrap_or_else(|p| p.into_inner());
-        if generation < *highest {
-            return Err(ApiError::new(
-                StatusCode::CONFLICT,
-                format!(
-                    "generation {generation} is older than {} (the newest this world has seen): the node sending it \
-                     lost its lease, and the world takes no action from it",
-                    *highest
-                ),
-            ));
-        }
-        if generation > *highest {
-            write_atomically(&self.path, generation.to_string().as_bytes())
-                .map_err(|e| ApiError::unavailable(format!("cannot note generation {generation}: {e}")))?;
-            *highest = generation;
-        }
-        Ok(())
-    }
-}
-
-fn write_atomically(path: &Path, bytes: &[u8]) -> std::io::Result<()> {
-    use std::io::Write;
-    let tmp = path.with_extension("tmp");
-    let mut file = std::fs::File::create(&tmp)?;
-    file.write_all(bytes)?;
-    file.sync_all()?;
-    std::fs::rename(&tmp, path)?;
-    if let Some(dir) = path.parent() {
-        std::fs::File::open(dir)?.sync_all()?;
-    }
-    Ok(())
+    fence: Arc<GenerationFence>,
 }
 
 /// `drover sim-provider`'s settings.
@@ -141,7 +87,7 @@ pub async fn serve_sim_provider(
     let path = opts.data_dir.join("sim-provider.json");
     let sim = SimProvider::open(&path, opts.sim.clone())
         .map_err(|e| anyhow::anyhow!("cannot open the simulated world at {}: {e}", path.display()))?;
-    let fence = Arc::new(Fence::open(opts.data_dir.join("sim-generation"))?);
+    let fence = Arc::new(GenerationFence::open(&opts.data_dir.join("sim-generation")).map_err(|e| anyhow::anyhow!(e))?);
     let world = World { sim, fence };
     let app = axum::Router::new()
         .route("/healthz", get(|| async { "ok" }))
@@ -182,12 +128,16 @@ async fn carry_out(
             .parse()
             .map_err(|_| ApiError::bad_request(format!("{GENERATION_HEADER} must be an integer, got {raw:?}")))?;
         let fence = Arc::clone(&world.fence);
-        if let Err(refused) = tokio::task::spawn_blocking(move || fence.admit(generation))
+        let admitted = tokio::task::spawn_blocking(move || fence.admit(generation))
             .await
-            .map_err(|e| ApiError::internal(e.to_string()))?
-        {
-            tracing::warn!(%node, generation, action = %action.id, kind = action.kind.name(), "refused: a stale generation");
-            return Err(refused);
+            .map_err(|e| ApiError::internal(e.to_string()))?;
+        match admitted {
+            Ok(()) => {}
+            Err(FenceError::Stale(stale)) => {
+                tracing::warn!(%node, generation, action = %action.id, kind = action.kind.name(), "refused: a stale generation");
+                return Err(ApiError::new(StatusCode::CONFLICT, stale.to_string()));
+            }
+            Err(FenceError::Io(e)) => return Err(ApiError::unavailable(e)),
         }
     }
     tracing::debug!(%node, action = %action.id, kind = action.kind.name(), instance = %action.instance, "carrying out");

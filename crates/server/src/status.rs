@@ -416,7 +416,7 @@ async fn page_the_commander(
         Ok(drover_oncall::Reply::Alert(outcome)) if outcome.page.is_some() => {
             let (store, id, page) = (ready.oncall.store.clone(), incident.id, outcome.page);
             if let Some((updated, _)) = blocking(move || {
-                store.update_incident(id, |i| {
+                store.update_incident(id, move |i| {
                     i.commander_page = page;
                 })
             })
@@ -569,7 +569,7 @@ pub(crate) async fn post_update(
     let (by, now, message, status) = (caller.name.clone(), crate::actor::now(), body.message.clone(), body.status);
     let store = ready.oncall.store.clone();
     let updated =
-        blocking(move || store.update_incident(id, |i| i.update(status, message, by, now).map(|u| u.seq))).await?;
+        blocking(move || store.update_incident(id, move |i| i.update(status, message, by, now).map(|u| u.seq))).await?;
     let (incident, result) = updated.ok_or_else(|| ApiError::not_found(format!("no incident {id}")))?;
     match result {
         Ok(_) => {}
@@ -804,7 +804,7 @@ pub(crate) async fn post_note(
     check_text("message", &body.message, 5000)?;
     let (by, now, message) = (caller.name.clone(), crate::actor::now(), body.message.trim().to_string());
     let store = ready.oncall.store.clone();
-    let updated = blocking(move || store.update_incident(id, |i| i.note(message, by, now).map(|n| n.seq))).await?;
+    let updated = blocking(move || store.update_incident(id, move |i| i.note(message, by, now).map(|n| n.seq))).await?;
     let (incident, result) = updated.ok_or_else(|| ApiError::not_found(format!("no incident {id}")))?;
     result.map_err(|e| ApiError::bad_request(e.to_string()))?;
     Ok((StatusCode::CREATED, Json(incident)))

@@ -19,6 +19,7 @@
 pub mod breakglass;
 pub mod migrate;
 pub mod oncall;
+mod oncall_pg;
 mod pg;
 mod rows;
 mod sqlite;

@@ -31,6 +31,10 @@ pub const MOVED_MARKER: &str = "store-moved.json";
 /// The migrations' bookkeeping: each side has its own, never copied.
 const HISTORY: &str = "refinery_schema_history";
 
+/// The pager's SQLite file beside `drover.db`: its tables are the
+/// PostgreSQL store's too (V10), so they move with the fleet.
+pub const ONCALL_DB: &str = "oncall.db";
+
 /// Rows sent per `COPY` before the next read of the SQLite side.
 const CHUNK: usize = 10_000;
 
@@ -66,6 +70,10 @@ pub async fn sqlite_to_postgres(sqlite: &Path, url: &str) -> Result<MigrateRepor
             });
         }
         drop(crate::SqliteStore::open(&path)?);
+        // The pager's tables live beside it (created empty if the pager
+        // never ran, so there is always something to read).
+        let oncall = path.with_file_name(ONCALL_DB);
+        drop(crate::oncall::OncallStore::open(&oncall).map_err(|e| db("opening the on-call store")(e.to_string()))?);
         let pg = crate::PgStore::connect(&pg_url)?;
         Ok(pg.target().to_string())
     })
@@ -88,6 +96,9 @@ async fn copy_all(sqlite: &Path, client: &mut tokio_postgres::Client) -> Result<
     let lite_err = db("reading the SQLite store");
     let mut lite = rusqlite::Connection::open_with_flags(sqlite, rusqlite::OpenFlags::SQLITE_OPEN_READ_ONLY)
         .map_err(|e| lite_err(e.to_string()))?;
+    // Read-only like the main file; one read transaction over both.
+    let oncall = sqlite.with_file_name(ONCALL_DB);
+    lite.execute("ATTACH DATABASE ?1 AS oncall", [oncall.to_string_lossy()]).map_err(|e| lite_err(e.to_string()))?;
     // One snapshot of the whole file.
     let lite_tx = lite.transaction().map_err(|e| lite_err(e.to_string()))?;
     let tx = client.transaction().await.map_err(|e| pg_err(e.to_string()))?;
@@ -104,20 +115,31 @@ async fn copy_all(sqlite: &Path, client: &mut tokio_postgres::Client) -> Result<
         .iter()
         .map(|r| r.get(0))
         .collect();
-    let lite_tables: Vec<String> = {
+    // Each SQLite table with the schema (file) it is read from.
+    let mut sources: std::collections::BTreeMap<String, &'static str> = std::collections::BTreeMap::new();
+    for schema in ["main", "oncall"] {
         let mut stmt = lite_tx
-            .prepare(
-                "SELECT name FROM sqlite_master WHERE type = 'table' AND name NOT LIKE 'sqlite_%' AND name <> ?1 \
-                 ORDER BY name",
-            )
+            .prepare(&format!(
+                "SELECT name FROM {schema}.sqlite_master WHERE type = 'table' AND name NOT LIKE 'sqlite_%' \
+                 AND name <> ?1 ORDER BY name"
+            ))
             .map_err(|e| lite_err(e.to_string()))?;
         let names = stmt
             .query_map([HISTORY], |r| r.get::<_, String>(0))
             .map_err(|e| lite_err(e.to_string()))?
             .collect::<Result<Vec<_>, _>>()
             .map_err(|e| lite_err(e.to_string()))?;
-        names
-    };
+        for name in names {
+            if let Some(other) = sources.insert(name.clone(), schema) {
+                return Err(StoreError::Migrate {
+                    step: "comparing the schemas",
+                    detail: format!("table {name} is in both drover.db and {ONCALL_DB} ({other}): nothing was copied"),
+                });
+            }
+        }
+    }
+    let lite_tables: Vec<String> = sources.keys().cloned().collect();
+    let source = |table: &str| format!("{}.{}", sources.get(table).copied().unwrap_or("main"), ident(table));
     if pg_tables != lite_tables {
         return Err(StoreError::Migrate {
             step: "comparing the schemas",
@@ -167,8 +189,9 @@ async fn copy_all(sqlite: &Path, client: &mut tokio_postgres::Client) -> Result<
             })
             .collect();
         let lite_columns: Vec<String> = {
+            let schema = sources.get(table.as_str()).copied().unwrap_or("main");
             let mut stmt = lite_tx
-                .prepare(&format!("PRAGMA table_info({})", ident(table)))
+                .prepare(&format!("PRAGMA {schema}.table_info({})", ident(table)))
                 .map_err(|e| lite_err(e.to_string()))?;
             let names = stmt
                 .query_map([], |r| r.get::<_, String>(1))
@@ -198,7 +221,7 @@ async fn copy_all(sqlite: &Path, client: &mut tokio_postgres::Client) -> Result<
                 });
             }
         }
-        let copied = copy_table(&lite_tx, &tx, table, &columns).await?;
+        let copied = copy_table(&lite_tx, &tx, table, &source(table), &columns).await?;
         // The identity behind `events.seq` (and any other) continues after
         // the highest copied value.
         for (column, _) in &columns {
@@ -226,14 +249,14 @@ async fn copy_all(sqlite: &Path, client: &mut tokio_postgres::Client) -> Result<
             .await
             .map_err(|e| pg_err(e.to_string()))?
             .get::<_, i64>(0);
-        let source: i64 = lite_tx
-            .query_row(&format!("SELECT count(*) FROM {}", ident(table)), [], |r| r.get(0))
+        let in_sqlite: i64 = lite_tx
+            .query_row(&format!("SELECT count(*) FROM {}", source(table)), [], |r| r.get(0))
             .map_err(|e| lite_err(e.to_string()))?;
-        if counted != source || counted as u64 != copied {
+        if counted != in_sqlite || counted as u64 != copied {
             return Err(StoreError::Migrate {
                 step: "checking the copy",
                 detail: format!(
-                    "table {table}: {source} rows in SQLite, {copied} sent, {counted} in PostgreSQL: rolled back"
+                    "table {table}: {in_sqlite} rows in SQLite, {copied} sent, {counted} in PostgreSQL: rolled back"
                 ),
             });
         }
@@ -248,13 +271,14 @@ async fn copy_table(
     lite: &rusqlite::Transaction<'_>,
     tx: &tokio_postgres::Transaction<'_>,
     table: &str,
+    source: &str,
     columns: &[(String, Type)],
 ) -> Result<u64, StoreError> {
     let lite_err = db("reading the SQLite store");
     let pg_err = db("copying into PostgreSQL");
     let list = columns.iter().map(|(c, _)| ident(c)).collect::<Vec<_>>().join(", ");
     let types: Vec<Type> = columns.iter().map(|(_, t)| t.clone()).collect();
-    let select = format!("SELECT rowid, {list} FROM {} WHERE rowid > ?1 ORDER BY rowid LIMIT {CHUNK}", ident(table));
+    let select = format!("SELECT rowid, {list} FROM {source} WHERE rowid > ?1 ORDER BY rowid LIMIT {CHUNK}");
     let mut after: i64 = i64::MIN;
     let mut copied = 0u64;
     loop {

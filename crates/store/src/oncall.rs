@@ -10,7 +10,7 @@ use rusqlite::{params, Connection, OptionalExtension};
 use serde::Serialize;
 use std::collections::HashMap;
 use std::path::Path;
-use std::sync::Mutex;
+use std::sync::{Arc, Mutex};
 
 mod embedded {
     refinery::embed_migrations!("migrations_oncall");
@@ -24,11 +24,22 @@ pub enum OncallStoreError {
     Sql(#[from] rusqlite::Error),
     #[error("on-call store holds a record it cannot read: {0}")]
     Corrupt(String),
+    /// The shared PostgreSQL store's tables (several nodes).
+    #[error("on-call store: {0}")]
+    Shared(#[from] crate::StoreError),
 }
 
 pub struct OncallStore {
-    conn: Mutex<Connection>,
+    backend: Backend,
 }
+
+enum Backend {
+    Sqlite(Mutex<Connection>),
+    /// The pager's tables in the shared PostgreSQL store (`oncall_pg`).
+    Postgres(Arc<crate::PgStore>),
+}
+
+type PgParams = Vec<Box<dyn tokio_postgres::types::ToSql + Send + Sync>>;
 
 /// A notification as stored, with how its delivery went.
 #[derive(Clone, Debug, Serialize, utoipa::ToSchema)]
@@ -69,17 +80,30 @@ impl OncallStore {
         // FULL: a page we acknowledged to Alertmanager must survive power loss too.
         conn.pragma_update(None, "synchronous", "FULL").map_err(|e| fail(e.to_string()))?;
         embedded::migrations::runner().run(&mut conn).map_err(|e| fail(format!("migrations failed: {e}")))?;
-        Ok(OncallStore { conn: Mutex::new(conn) })
+        Ok(OncallStore { backend: Backend::Sqlite(Mutex::new(conn)) })
     }
 
-    pub(crate) fn conn(&self) -> std::sync::MutexGuard<'_, Connection> {
-        self.conn.lock().unwrap_or_else(|p| p.into_inner())
+    /// The pager's tables in the PostgreSQL store `store` (its migrations
+    /// made them): every node sharing the store pages from the same rows.
+    pub fn postgres(store: Arc<crate::PgStore>) -> OncallStore {
+        OncallStore { backend: Backend::Postgres(store) }
+    }
+
+    /// The SQLite connection, or the PostgreSQL store.
+    pub(crate) fn sqlite(&self) -> Result<std::sync::MutexGuard<'_, Connection>, &crate::PgStore> {
+        match &self.backend {
+            Backend::Sqlite(conn) => Ok(conn.lock().unwrap_or_else(|p| p.into_inner())),
+            Backend::Postgres(pg) => Err(pg),
+        }
     }
 
     /// Persists one batch of pager outputs in one transaction. Returns the
     /// feed sequence numbers, in order.
     pub fn commit(&self, out: &Outputs) -> Result<Vec<i64>, OncallStoreError> {
-        let mut conn = self.conn();
+        let mut conn = match self.sqlite() {
+            Ok(conn) => conn,
+            Err(pg) => return crate::oncall_pg::commit(pg, out),
+        };
         let tx = conn.transaction()?;
         // Later versions of a page win; write each page once.
         let mut latest: HashMap<PageId, &Page> = HashMap::new();
@@ -136,7 +160,10 @@ impl OncallStore {
 
     /// Adds a feed post outside a pager batch (delivery reports).
     pub fn add_feed(&self, post: &FeedPost) -> Result<i64, OncallStoreError> {
-        let conn = self.conn();
+        let conn = match self.sqlite() {
+            Ok(conn) => conn,
+            Err(pg) => return crate::oncall_pg::add_feed(pg, post),
+        };
         conn.execute(
             "INSERT INTO feed (at, page, team, text, state) VALUES (?1, ?2, ?3, ?4, 'pending')",
             params![post.at.0, post.page.map(|p| p.to_string()), post.team, post.text],
@@ -145,7 +172,15 @@ impl OncallStore {
     }
 
     pub fn mark_feed(&self, seq: i64, state: &str) -> Result<(), OncallStoreError> {
-        self.conn().execute("UPDATE feed SET state = ?2 WHERE seq = ?1", params![seq, state])?;
+        let conn = match self.sqlite() {
+            Ok(conn) => conn,
+            Err(pg) => {
+                let params: PgParams = vec![Box::new(seq), Box::new(state.to_string())];
+                let sql = "UPDATE feed SET state = $2 WHERE seq = $1";
+                return crate::oncall_pg::execute(pg, "marking a feed post", sql, params).map(drop);
+            }
+        };
+        conn.execute("UPDATE feed SET state = ?2 WHERE seq = ?1", params![seq, state])?;
         Ok(())
     }
 
@@ -158,7 +193,23 @@ impl OncallStore {
         error: Option<&str>,
         at: Timestamp,
     ) -> Result<(), OncallStoreError> {
-        self.conn().execute(
+        let conn = match self.sqlite() {
+            Ok(conn) => conn,
+            Err(pg) => {
+                let params: PgParams = vec![
+                    Box::new(id.to_string()),
+                    Box::new(state.to_string()),
+                    Box::new(i64::from(attempts)),
+                    Box::new(channel.map(str::to_string)),
+                    Box::new(error.map(str::to_string)),
+                    Box::new(at.0),
+                ];
+                let sql = "UPDATE notifications SET state = $2, attempts = $3, channel = $4, error = $5, \
+                           delivered_at = CASE WHEN $2 = 'delivered' THEN $6 ELSE delivered_at END WHERE id = $1";
+                return crate::oncall_pg::execute(pg, "marking a notification", sql, params).map(drop);
+            }
+        };
+        conn.execute(
             "UPDATE notifications SET state = ?2, attempts = ?3, channel = ?4, error = ?5, delivered_at = CASE WHEN ?2 = 'delivered' THEN ?6 ELSE delivered_at END WHERE id = ?1",
             params![id, state, attempts, channel, error, at.0],
         )?;
@@ -166,7 +217,9 @@ impl OncallStore {
     }
 
     fn pages_where(&self, sql: &str, args: &[&dyn rusqlite::ToSql]) -> Result<Vec<Page>, OncallStoreError> {
-        let conn = self.conn();
+        let Ok(conn) = self.sqlite() else {
+            return Err(OncallStoreError::Corrupt("pages_where is SQLite's (a bug)".into()));
+        };
         let mut stmt = conn.prepare(&format!("SELECT body FROM pages {sql}"))?;
         let rows = stmt.query_map(args, |r| r.get::<_, String>(0))?;
         let mut out = Vec::new();
@@ -177,14 +230,24 @@ impl OncallStore {
     }
 
     pub fn open_pages(&self) -> Result<Vec<Page>, OncallStoreError> {
+        if let Err(pg) = self.sqlite() {
+            return crate::oncall_pg::pages_where(pg, "WHERE status != 'resolved'", Vec::new());
+        }
         self.pages_where("WHERE status != 'resolved'", &[])
     }
 
     pub fn pages_opened_since(&self, since: Timestamp) -> Result<Vec<Page>, OncallStoreError> {
+        if let Err(pg) = self.sqlite() {
+            return crate::oncall_pg::pages_where(pg, "WHERE opened_at >= $1", vec![Box::new(since.0)]);
+        }
         self.pages_where("WHERE opened_at >= ?1", &[&since.0])
     }
 
     pub fn team_pages_since(&self, team: &str, since: Timestamp) -> Result<Vec<Page>, OncallStoreError> {
+        if let Err(pg) = self.sqlite() {
+            let params: PgParams = vec![Box::new(team.to_string()), Box::new(since.0)];
+            return crate::oncall_pg::pages_where(pg, "WHERE team = $1 AND opened_at >= $2", params);
+        }
         self.pages_where("WHERE team = ?1 AND opened_at >= ?2", &[&team, &since.0])
     }
 
@@ -196,6 +259,15 @@ impl OncallStore {
         limit: usize,
     ) -> Result<Vec<Page>, OncallStoreError> {
         let status = status.map(|s| s.name().to_string());
+        if let Err(pg) = self.sqlite() {
+            let params: PgParams = vec![Box::new(status), Box::new(team.map(str::to_string)), Box::new(limit as i64)];
+            return crate::oncall_pg::pages_where(
+                pg,
+                "WHERE ($1::text IS NULL OR status = $1) AND ($2::text IS NULL OR team = $2) \
+                 ORDER BY opened_at DESC, id DESC LIMIT $3",
+                params,
+            );
+        }
         self.pages_where(
             "WHERE (?1 IS NULL OR status = ?1) AND (?2 IS NULL OR team = ?2) ORDER BY opened_at DESC, id DESC LIMIT ?3",
             &[&status, &team, &(limit as i64)],
@@ -203,15 +275,20 @@ impl OncallStore {
     }
 
     pub fn page(&self, id: PageId) -> Result<Option<Page>, OncallStoreError> {
-        let body: Option<String> = self
-            .conn()
-            .query_row("SELECT body FROM pages WHERE id = ?1", params![id.to_string()], |r| r.get(0))
-            .optional()?;
+        let conn = match self.sqlite() {
+            Ok(conn) => conn,
+            Err(pg) => return crate::oncall_pg::page(pg, id),
+        };
+        let body: Option<String> =
+            conn.query_row("SELECT body FROM pages WHERE id = ?1", params![id.to_string()], |r| r.get(0)).optional()?;
         body.map(|b| serde_json::from_str(&b).map_err(corrupt)).transpose()
     }
 
     pub fn transitions(&self, id: PageId) -> Result<Vec<Transition>, OncallStoreError> {
-        let conn = self.conn();
+        let conn = match self.sqlite() {
+            Ok(conn) => conn,
+            Err(pg) => return crate::oncall_pg::transitions(pg, id),
+        };
         let mut stmt = conn.prepare("SELECT body FROM page_transitions WHERE page = ?1 ORDER BY seq")?;
         let rows = stmt.query_map(params![id.to_string()], |r| r.get::<_, String>(0))?;
         rows.map(|r| serde_json::from_str(&r?).map_err(corrupt)).collect()
@@ -222,7 +299,9 @@ impl OncallStore {
         sql: &str,
         args: &[&dyn rusqlite::ToSql],
     ) -> Result<Vec<NotificationRecord>, OncallStoreError> {
-        let conn = self.conn();
+        let Ok(conn) = self.sqlite() else {
+            return Err(OncallStoreError::Corrupt("notifications_where is SQLite's (a bug)".into()));
+        };
         let mut stmt = conn
             .prepare(&format!("SELECT body, state, attempts, channel, error, delivered_at FROM notifications {sql}"))?;
         let rows = stmt.query_map(args, |r| {
@@ -251,20 +330,36 @@ impl OncallStore {
     }
 
     pub fn notifications(&self, page: PageId) -> Result<Vec<NotificationRecord>, OncallStoreError> {
+        if let Err(pg) = self.sqlite() {
+            let params: PgParams = vec![Box::new(page.to_string())];
+            return crate::oncall_pg::notifications_where(pg, "WHERE page = $1 ORDER BY at, id", params);
+        }
         self.notifications_where("WHERE page = ?1 ORDER BY at, id", &[&page.to_string()])
     }
 
     pub fn pending_notifications(&self) -> Result<Vec<NotificationRecord>, OncallStoreError> {
+        if let Err(pg) = self.sqlite() {
+            return crate::oncall_pg::notifications_where(pg, "WHERE state = 'pending' ORDER BY at, id", Vec::new());
+        }
         self.notifications_where("WHERE state = 'pending' ORDER BY at, id", &[])
     }
 
     /// Newest first.
     pub fn feed(&self, limit: usize, after: Option<i64>) -> Result<Vec<FeedRecord>, OncallStoreError> {
+        if let Err(pg) = self.sqlite() {
+            let params: PgParams = vec![Box::new(after.unwrap_or(0)), Box::new(limit as i64)];
+            return crate::oncall_pg::feed_where(pg, "WHERE seq > $1 ORDER BY seq DESC LIMIT $2", params);
+        }
         self.feed_where("WHERE seq > ?1 ORDER BY seq DESC LIMIT ?2", &[&after.unwrap_or(0), &(limit as i64)])
     }
 
     /// [`Self::feed`] limited to one team's posts.
     pub fn team_feed(&self, team: &str, limit: usize, after: Option<i64>) -> Result<Vec<FeedRecord>, OncallStoreError> {
+        if let Err(pg) = self.sqlite() {
+            let params: PgParams =
+                vec![Box::new(after.unwrap_or(0)), Box::new(limit as i64), Box::new(team.to_string())];
+            return crate::oncall_pg::feed_where(pg, "WHERE seq > $1 AND team = $3 ORDER BY seq DESC LIMIT $2", params);
+        }
         self.feed_where(
             "WHERE seq > ?1 AND team = ?3 ORDER BY seq DESC LIMIT ?2",
             &[&after.unwrap_or(0), &(limit as i64), &team],
@@ -272,11 +367,16 @@ impl OncallStore {
     }
 
     pub fn pending_feed(&self) -> Result<Vec<FeedRecord>, OncallStoreError> {
+        if let Err(pg) = self.sqlite() {
+            return crate::oncall_pg::feed_where(pg, "WHERE state = 'pending' ORDER BY seq", Vec::new());
+        }
         self.feed_where("WHERE state = 'pending' ORDER BY seq", &[])
     }
 
     fn feed_where(&self, sql: &str, args: &[&dyn rusqlite::ToSql]) -> Result<Vec<FeedRecord>, OncallStoreError> {
-        let conn = self.conn();
+        let Ok(conn) = self.sqlite() else {
+            return Err(OncallStoreError::Corrupt("feed_where is SQLite's (a bug)".into()));
+        };
         let mut stmt = conn.prepare(&format!("SELECT seq, at, page, team, text, state FROM feed {sql}"))?;
         let rows = stmt.query_map(args, |r| {
             Ok((

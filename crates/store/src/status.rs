@@ -11,8 +11,12 @@ use rusqlite::{params, OptionalExtension};
 impl OncallStore {
     /// Stores a new incident, or its new state after an update.
     pub fn put_incident(&self, incident: &Incident) -> Result<(), OncallStoreError> {
+        let conn = match self.sqlite() {
+            Ok(conn) => conn,
+            Err(pg) => return crate::oncall_pg::put_incident(pg, incident),
+        };
         let body = serde_json::to_string(incident).map_err(|e| OncallStoreError::Corrupt(e.to_string()))?;
-        self.conn().execute(
+        conn.execute(
             "INSERT INTO incidents (id, created_at, resolved_at, body) VALUES (?1, ?2, ?3, ?4)
              ON CONFLICT (id) DO UPDATE SET resolved_at = excluded.resolved_at, body = excluded.body",
             params![incident.id.to_string(), incident.created_at.0, incident.resolved_at.map(|t| t.0), body],
@@ -22,12 +26,15 @@ impl OncallStore {
 
     /// Reads an incident, changes it with `f` and stores it, in one
     /// transaction (two people posting at once each get their own update).
-    pub fn update_incident<R>(
+    pub fn update_incident<R: Send + 'static>(
         &self,
         id: IncidentId,
-        f: impl FnOnce(&mut Incident) -> R,
+        f: impl FnOnce(&mut Incident) -> R + Send + 'static,
     ) -> Result<Option<(Incident, R)>, OncallStoreError> {
-        let mut conn = self.conn();
+        let mut conn = match self.sqlite() {
+            Ok(conn) => conn,
+            Err(pg) => return crate::oncall_pg::update_incident(pg, id, f),
+        };
         let tx = conn.transaction()?;
         let body: Option<String> = tx
             .query_row("SELECT body FROM incidents WHERE id = ?1", params![id.to_string()], |r| r.get(0))
@@ -46,8 +53,11 @@ impl OncallStore {
     }
 
     pub fn incident(&self, id: IncidentId) -> Result<Option<Incident>, OncallStoreError> {
-        let body: Option<String> = self
-            .conn()
+        let conn = match self.sqlite() {
+            Ok(conn) => conn,
+            Err(pg) => return crate::oncall_pg::incident(pg, id),
+        };
+        let body: Option<String> = conn
             .query_row("SELECT body FROM incidents WHERE id = ?1", params![id.to_string()], |r| r.get(0))
             .optional()?;
         body.map(|b| serde_json::from_str(&b).map_err(|e| OncallStoreError::Corrupt(e.to_string()))).transpose()
@@ -56,7 +66,10 @@ impl OncallStore {
     /// Incidents still open, and those created since `since`, newest first,
     /// at most `limit`.
     pub fn incidents(&self, since: Timestamp, limit: usize) -> Result<Vec<Incident>, OncallStoreError> {
-        let conn = self.conn();
+        let conn = match self.sqlite() {
+            Ok(conn) => conn,
+            Err(pg) => return crate::oncall_pg::incidents(pg, since, limit),
+        };
         let mut stmt = conn.prepare(
             "SELECT body FROM incidents WHERE resolved_at IS NULL OR created_at >= ?1
              ORDER BY created_at DESC, id DESC LIMIT ?2",
@@ -75,7 +88,10 @@ impl OncallStore {
         day: &str,
         samples: &[(String, ComponentState)],
     ) -> Result<(), OncallStoreError> {
-        let mut conn = self.conn();
+        let mut conn = match self.sqlite() {
+            Ok(conn) => conn,
+            Err(pg) => return crate::oncall_pg::add_component_samples(pg, day, samples),
+        };
         let tx = conn.transaction()?;
         for (component, state) in samples {
             let (d, p, m) = match state {
@@ -99,7 +115,10 @@ impl OncallStore {
 
     /// The days of `component` from `first_day` (`YYYY-MM-DD`) on, oldest first.
     pub fn component_days(&self, component: &str, first_day: &str) -> Result<Vec<UptimeDay>, OncallStoreError> {
-        let conn = self.conn();
+        let conn = match self.sqlite() {
+            Ok(conn) => conn,
+            Err(pg) => return crate::oncall_pg::component_days(pg, component, first_day),
+        };
         let mut stmt = conn.prepare(
             "SELECT day, samples, degraded, partial, major FROM component_days
              WHERE component = ?1 AND day >= ?2 ORDER BY day",
@@ -120,8 +139,12 @@ impl OncallStore {
 impl OncallStore {
     /// Stores a component of the lifecycle board (new or changed).
     pub fn put_component(&self, c: &Component) -> Result<(), OncallStoreError> {
+        let conn = match self.sqlite() {
+            Ok(conn) => conn,
+            Err(pg) => return crate::oncall_pg::put_component(pg, c),
+        };
         let body = serde_json::to_string(c).map_err(|e| OncallStoreError::Corrupt(e.to_string()))?;
-        self.conn().execute(
+        conn.execute(
             "INSERT INTO components (name, body) VALUES (?1, ?2) ON CONFLICT (name) DO UPDATE SET body = excluded.body",
             params![c.name, body],
         )?;
@@ -129,16 +152,21 @@ impl OncallStore {
     }
 
     pub fn component(&self, name: &str) -> Result<Option<Component>, OncallStoreError> {
-        let body: Option<String> = self
-            .conn()
-            .query_row("SELECT body FROM components WHERE name = ?1", params![name], |r| r.get(0))
-            .optional()?;
+        let conn = match self.sqlite() {
+            Ok(conn) => conn,
+            Err(pg) => return crate::oncall_pg::component(pg, name),
+        };
+        let body: Option<String> =
+            conn.query_row("SELECT body FROM components WHERE name = ?1", params![name], |r| r.get(0)).optional()?;
         body.map(|b| serde_json::from_str(&b).map_err(|e| OncallStoreError::Corrupt(e.to_string()))).transpose()
     }
 
     /// Every component, by name.
     pub fn components(&self) -> Result<Vec<Component>, OncallStoreError> {
-        let conn = self.conn();
+        let conn = match self.sqlite() {
+            Ok(conn) => conn,
+            Err(pg) => return crate::oncall_pg::components(pg),
+        };
         let mut stmt = conn.prepare("SELECT body FROM components ORDER BY name")?;
         let rows = stmt.query_map([], |r| r.get::<_, String>(0))?;
         let mut out = Vec::new();
@@ -172,7 +200,7 @@ mod tests {
         );
         store.put_incident(&i).unwrap();
         let (after, seq) = store
-            .update_incident(i.id, |x| {
+            .update_incident(i.id, move |x| {
                 x.update(IncidentStatus::Resolved, "Fixed.".into(), "bob".into(), Timestamp(now.0 + 10)).map(|u| u.seq)
             })
             .unwrap()

@@ -3,6 +3,8 @@
 //! behind killed when the test ends, whatever happened.
 #![allow(dead_code)]
 
+pub mod host_agent;
+
 use serde_json::Value;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};

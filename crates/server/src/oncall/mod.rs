@@ -209,21 +209,27 @@ pub struct EngineEvents {
     pub wakeup: mpsc::Receiver<()>,
 }
 
-/// Opens `oncall.db`, restores the pager, re-sends undelivered
-/// notifications, and starts the actor and the engine-event bridge.
+/// Opens `oncall.db` (or, with `shared`, the pager's tables of the
+/// PostgreSQL store every node shares), restores the pager, re-sends
+/// undelivered notifications, and starts the actor and the engine-event
+/// bridge.
 pub async fn start(
     data_dir: &Path,
     public_url: String,
     engine_events: Option<EngineEvents>,
     stop: watch::Receiver<bool>,
     key: &drover_secrets::SecretKey,
+    shared: Option<Arc<drover_store::PgStore>>,
 ) -> anyhow::Result<(PagerHandle, JoinHandle<()>)> {
     let config = load_config(data_dir, key)?;
     let secret = load_secret(data_dir, &config, key)?;
-    let db = data_dir.join(DB_FILE);
-    let store = {
-        let db = db.clone();
-        Arc::new(tokio::task::spawn_blocking(move || OncallStore::open(&db)).await??)
+    let shared_store = shared.is_some();
+    let store = match shared {
+        Some(pg) => Arc::new(OncallStore::postgres(pg)),
+        None => {
+            let db = data_dir.join(DB_FILE);
+            Arc::new(tokio::task::spawn_blocking(move || OncallStore::open(&db)).await??)
+        }
     };
     let now = actor::now();
     let window = config.flapping.window;
@@ -240,7 +246,7 @@ pub async fn start(
         })
         .await??
     };
-    tracing::info!(open_pages = open.len(), undelivered = pending.len(), db = %db.display(), "pager restored");
+    tracing::info!(open_pages = open.len(), undelivered = pending.len(), shared = shared_store, "pager restored");
     let seed = (now.0 as u64) ^ ((std::process::id() as u64) << 32) ^ 0x0ca1;
     let pager = Pager::restore(config.clone(), seed, open, &recent);
     let public_url = config.delivery.public_url.clone().unwrap_or(public_url);
@@ -322,7 +328,7 @@ pub async fn bench_alerts(dir: &Path, alerts: usize, keys: usize, producers: usi
     std::fs::create_dir_all(dir)?;
     let (_stop_tx, stop) = watch::channel(false);
     let (key, _) = drover_secrets::SecretKey::load_or_create(dir)?;
-    let (handle, task) = start(dir, "http://127.0.0.1:0".into(), None, stop, &key).await?;
+    let (handle, task) = start(dir, "http://127.0.0.1:0".into(), None, stop, &key, None).await?;
     let started = std::time::Instant::now();
     let per = alerts / producers.max(1);
     let mut tasks = Vec::new();

@@ -1,0 +1,4 @@
+-- Version 10 of the PostgreSQL store moved the pager's tables into the
+-- shared store (issue 16). The embedded SQLite store keeps them in the
+-- data dir's oncall.db (migrations_oncall), so drover.db gains nothing
+-- here: the version is kept in step with migrations_pg.
