@@ -625,7 +625,7 @@ async fn start_up(
 
     let mut names: Vec<String> = providers.keys().cloned().collect();
     names.sort();
-    let _ = state.ready.set(state::Ready {
+    let ready = state::Ready {
         engine: handle,
         store,
         providers: names,
@@ -642,13 +642,15 @@ async fn start_up(
         routers_beside,
         ui: Default::default(),
         node: this_node,
-    });
+    };
+    // What a kill -9 left half done is finished before the first request is
+    // served: nobody reads an incident as unpaged, or automation as unfrozen,
+    // in the moment after a restart.
+    runbooks::at_start(&ready).await.context("cannot apply the freezes of automation made by hand")?;
+    status::at_start(&ready).await;
+    let _ = state.ready.set(ready);
     rollout_gate::spawn(state.ready.clone(), stop_for_status.clone());
     status::spawn_sampler(state.ready.clone(), stop_for_status);
-    if let Some(ready) = state.ready.get() {
-        runbooks::at_start(ready).await.context("cannot apply the freezes of automation made by hand")?;
-        status::at_start(ready).await;
-    }
     Ok(actor_task)
 }
 
