@@ -2,9 +2,16 @@
 //! per round (its acknowledgement renews the lease) and, for a fenced
 //! primary, the question whether it is still its service's writable
 //! primary. Network and server errors are answers too: none is fatal.
+//!
+//! Several control-plane nodes may be named (`--server URL,URL,…`): every
+//! request goes to the node that answered last; one that cannot be reached
+//! or answers 502/503/504 passes the request to the next, which is then
+//! kept. Any node answers (a standby forwards to the fleet's holder), so
+//! with the node it knew dead the agent keeps its lease and its actions.
 
 use drover_model::{Beat, InstanceId};
 use serde_json::Value;
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::Duration;
 
 /// The longest one HTTP request may take.
@@ -31,9 +38,12 @@ pub enum ControlPlaneError {
     Tls(#[from] crate::tls::TlsError),
 }
 
-/// The control plane at `base`, over HTTP.
+/// The control plane at one of `bases`, over HTTP.
 pub struct ControlPlane {
-    base: String,
+    /// The nodes' base URLs, in the order given.
+    bases: Vec<String>,
+    /// The index in `bases` of the node that answered last.
+    current: AtomicUsize,
     http: reqwest::Client,
     /// This agent's lease, told to the control plane with every batch: a
     /// silent host's primaries have surely fenced themselves once it has
@@ -45,10 +55,12 @@ impl ControlPlane {
     /// Requests time out after a quarter of the lease (at most
     /// [`MAX_REQUEST_TIMEOUT`]): a slow control plane costs a few rounds,
     /// not the lease.
-    /// `token` is this host's agent token, sent as the bearer credential;
-    /// `ca_cert` the CA that signed an https control plane's certificate.
+    /// `servers` is one base URL or several separated by commas (the
+    /// nodes of one control plane); `token` is this host's agent token,
+    /// sent as the bearer credential; `ca_cert` the CA that signed an https
+    /// control plane's certificate.
     pub fn new(
-        base: &str,
+        servers: &str,
         lease_ttl: Duration,
         token: &str,
         ca_cert: Option<&std::path::Path>,
@@ -64,19 +76,58 @@ impl ControlPlane {
             .connect_timeout(request_timeout)
             .build()
             .map_err(ControlPlaneError::Client)?;
-        Ok(ControlPlane { base: base.trim_end_matches('/').to_string(), http, lease_ttl })
+        let mut bases: Vec<String> =
+            servers.split(',').map(|b| b.trim().trim_end_matches('/').to_string()).filter(|b| !b.is_empty()).collect();
+        if bases.is_empty() {
+            bases.push(String::new()); // every request then fails and says why
+        }
+        Ok(ControlPlane { bases, current: AtomicUsize::new(0), http, lease_ttl })
     }
 
+    /// The node that answered last (the first given until one has).
     pub fn base(&self) -> &str {
-        &self.base
+        &self.bases[self.current.load(Ordering::Relaxed) % self.bases.len()]
+    }
+
+    /// Sends the request `build` makes for a node's base URL to the node
+    /// that answered last; if it cannot be reached or answers 502, 503 or
+    /// 504, to the next one, and so on once round. The node that answers
+    /// is kept for the next requests. With one node: its answer, whatever
+    /// it is.
+    async fn send(&self, build: impl Fn(&str) -> reqwest::RequestBuilder) -> Result<reqwest::Response, reqwest::Error> {
+        let n = self.bases.len();
+        let first = self.current.load(Ordering::Relaxed) % n;
+        let mut last = None;
+        for k in 0..n {
+            let i = (first + k) % n;
+            let answer = build(&self.bases[i]).send().await;
+            let passes_on = match &answer {
+                Ok(response) => k + 1 < n && matches!(response.status().as_u16(), 502..=504),
+                Err(_) => k + 1 < n,
+            };
+            if passes_on {
+                let why = match &answer {
+                    Ok(response) => format!("answered {}", response.status()),
+                    Err(e) => error_chain(e),
+                };
+                tracing::debug!(server = %self.bases[i], %why, "trying the next control-plane node");
+                last = Some(answer);
+                continue;
+            }
+            if i != first && answer.is_ok() {
+                self.current.store(i, Ordering::Relaxed);
+                tracing::info!(server = %self.bases[i], was = %self.bases[first], "now talking to another control-plane node");
+            }
+            return answer;
+        }
+        last.expect("at least one node was tried")
     }
 
     /// Posts one batch (also an empty one: it still renews the lease). Ok
     /// when the control plane acknowledged it (HTTP 200), else why not.
     pub async fn send_beats(&self, beats: &[Beat]) -> Result<(), String> {
         let body = serde_json::json!({ "beats": beats, "lease_ms": self.lease_ttl.as_millis() as u64 });
-        let url = format!("{}/v1/heartbeats", self.base);
-        match self.http.post(&url).json(&body).send().await {
+        match self.send(|base| self.http.post(format!("{base}/v1/heartbeats")).json(&body)).await {
             Ok(response) if response.status() == reqwest::StatusCode::OK => {
                 let receipt: Value = response.json().await.unwrap_or(Value::Null);
                 let unknown = receipt.get("unknown").and_then(Value::as_array).map_or(0, Vec::len);
@@ -102,8 +153,7 @@ impl ControlPlane {
 
     /// Asks whether `id` is still its service's writable primary.
     pub async fn instance(&self, id: InstanceId) -> InstanceAnswer {
-        let url = format!("{}/v1/instances/{id}", self.base);
-        match self.http.get(&url).send().await {
+        match self.send(|base| self.http.get(format!("{base}/v1/instances/{id}"))).await {
             Ok(response) if response.status().is_success() => match response.json::<Value>().await {
                 Ok(view) => {
                     let writable = view.get("writable").and_then(Value::as_bool) == Some(true);
@@ -142,8 +192,7 @@ impl ControlPlane {
         let body = serde_json::json!({
             "name": host.name, "zone": host.zone, "address": host.address, "capacity": host.capacity,
         });
-        let url = format!("{}/v1/hosts", self.base);
-        match self.http.post(&url).json(&body).send().await {
+        match self.send(|base| self.http.post(format!("{base}/v1/hosts")).json(&body)).await {
             Ok(response) if response.status().is_success() => Ok(()),
             Ok(response) => {
                 let status = response.status();
@@ -157,9 +206,14 @@ impl ControlPlane {
     /// `GET /v1/hosts/{host}/actions`: the actions queued for this host
     /// after `after`, waiting up to `wait` for one (a long poll).
     pub async fn fetch_actions(&self, host: &str, after: u64, wait: Duration) -> Result<Fetched, String> {
-        let url = format!("{}/v1/hosts/{host}/actions?after={after}&wait_ms={}", self.base, wait.as_millis());
-        let response =
-            self.http.get(&url).timeout(wait + MAX_REQUEST_TIMEOUT).send().await.map_err(|e| error_chain(&e))?;
+        let wait_ms = wait.as_millis();
+        let response = self
+            .send(|base| {
+                let url = format!("{base}/v1/hosts/{host}/actions?after={after}&wait_ms={wait_ms}");
+                self.http.get(url).timeout(wait + MAX_REQUEST_TIMEOUT)
+            })
+            .await
+            .map_err(|e| error_chain(&e))?;
         if !response.status().is_success() {
             return Err(format!("control plane answered {}", response.status()));
         }
@@ -192,9 +246,9 @@ impl ControlPlane {
         attempt: u32,
         outcome: &drover_model::ActionOutcome,
     ) -> Result<(), String> {
-        let url = format!("{}/v1/hosts/{host}/actions/{id}/result", self.base);
         let body = serde_json::json!({ "attempt": attempt, "outcome": outcome });
-        match self.http.post(&url).json(&body).send().await {
+        match self.send(|base| self.http.post(format!("{base}/v1/hosts/{host}/actions/{id}/result")).json(&body)).await
+        {
             Ok(response) if response.status().is_success() => Ok(()),
             Ok(response) => Err(format!("control plane answered {}", response.status())),
             Err(error) => Err(error_chain(&error)),

@@ -45,7 +45,7 @@ const FENCE_TIMEOUT: Duration = Duration::from_secs(3);
 pub struct Options {
     /// The control plane's data dir: `local/state.json` lists the instances.
     pub data_dir: PathBuf,
-    /// The control plane's base URL.
+    /// The control plane's base URL, or its nodes' separated by commas.
     pub server: String,
     pub interval: Duration,
     pub lease_ttl: Duration,
@@ -105,13 +105,16 @@ pub async fn run(options: Options, shutdown: impl Future<Output = ()>) -> Result
     // With a host of its own, the agent owns the servers under its data dir:
     // it registers the host, then runs the provider's actions for it.
     let mut actions_task = None;
+    // One channel for the beats and the actions: the node found to answer
+    // is kept for both.
+    let control_plane = std::sync::Arc::new(ControlPlane::new(
+        &options.server,
+        options.lease_ttl,
+        &options.token,
+        options.ca_cert.as_deref(),
+    )?);
     if let Some(host) = &options.host {
-        let control_plane = std::sync::Arc::new(ControlPlane::new(
-            &options.server,
-            options.lease_ttl,
-            &options.token,
-            options.ca_cert.as_deref(),
-        )?);
+        let control_plane = std::sync::Arc::clone(&control_plane);
         // Its servers listen on the host's address too: followers on other
         // hosts stream from them over TCP.
         let backups = match &host.backup_repo {
@@ -140,12 +143,7 @@ pub async fn run(options: Options, shutdown: impl Future<Output = ()>) -> Result
         }));
     }
     let mut agent = Agent {
-        control_plane: ControlPlane::new(
-            &options.server,
-            options.lease_ttl,
-            &options.token,
-            options.ca_cert.as_deref(),
-        )?,
+        control_plane,
         data_dir: options.data_dir.clone(),
         lease: Lease::new(options.lease_ttl, Instant::now()),
         probe_timeout: (interval * 8 / 10).min(MAX_PROBE_TIMEOUT),
@@ -183,7 +181,7 @@ pub async fn run(options: Options, shutdown: impl Future<Output = ()>) -> Result
 }
 
 struct Agent {
-    control_plane: ControlPlane,
+    control_plane: std::sync::Arc<ControlPlane>,
     data_dir: PathBuf,
     lease: Lease,
     probe_timeout: Duration,

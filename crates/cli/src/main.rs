@@ -238,7 +238,9 @@ enum Cmd {
         /// counted fenced, so its failover does not wait), else 10].
         #[arg(long)]
         lease_secs: Option<f64>,
-        /// URL of the control plane [env: DROVER_URL] [default: http://127.0.0.1:7700].
+        /// URL of the control plane, or of its nodes separated by commas
+        /// (the agent moves on to the next when one cannot be reached)
+        /// [env: DROVER_URL] [default: http://127.0.0.1:7700].
         #[arg(long)]
         server: Option<String>,
         /// The CA certificate of an https control plane [env: DROVER_CA_CERT]

@@ -8,6 +8,9 @@
 //! `drover_agent::fence`). The sequence numbers of the new holder's
 //! actions start above the old holder's, so the agent, which asks for
 //! those after the last it saw, skips none.
+//!
+//! The second test gives the agent both nodes (`--server A,B`): it talks to
+//! the holder itself, and once that is dead, to the other node.
 
 mod common;
 #[path = "../../store/tests/common/pg.rs"]
@@ -36,8 +39,25 @@ fn noted_generation(agent: &HostAgent) -> String {
     std::fs::read_to_string(agent.dir.join("data/agent/generation")).unwrap_or_default().trim().to_string()
 }
 
+/// Which nodes the agent is told of.
+enum Knows {
+    /// Only the standby: everything it sends is forwarded to the holder.
+    TheStandby,
+    /// Both, the holder first.
+    Both,
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_agent_host_is_driven_by_whichever_node_holds_the_fleet() {
+    drive_an_agent_host_across_a_takeover(Knows::TheStandby).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_agent_told_every_node_moves_on_to_another_when_its_node_dies() {
+    drive_an_agent_host_across_a_takeover(Knows::Both).await;
+}
+
+async fn drive_an_agent_host_across_a_takeover(knows: Knows) {
     let pg = pg::PgServer::start();
     let store = pg.url("postgres");
     let tmp = tempfile::Builder::new().prefix("dr-at").tempdir_in("/tmp").unwrap();
@@ -53,10 +73,14 @@ async fn an_agent_host_is_driven_by_whichever_node_holds_the_fleet() {
     })
     .await;
 
-    // The agent knows only b: its registration, fetches and answers are
-    // forwarded to a.
+    // Knowing only b, its registration, fetches and answers are forwarded
+    // to a; knowing both, it talks to a.
     let token = create_token(&http, &b.api, json!({"name": "agent-h1", "role": "agent", "host": "h1"})).await;
-    let agent = HostAgent::spawn(root, &b.api, "h1", "zone-a", "127.0.0.2", &token);
+    let servers = match knows {
+        Knows::TheStandby => b.api.clone(),
+        Knows::Both => format!("{},{}", a.api, b.api),
+    };
+    let agent = HostAgent::spawn(root, &servers, "h1", "zone-a", "127.0.0.2", &token);
     wait_for(GENEROUS, "host h1 registered", &a, || async {
         let (_, hosts) = get(&http, &format!("{}/v1/hosts", b.api)).await?;
         (hosts[0]["name"] == "h1").then_some(())
@@ -99,4 +123,12 @@ async fn an_agent_host_is_driven_by_whichever_node_holds_the_fleet() {
     assert!(log.contains("kind=\"inject_fault\""), "the chaos reached the agent:\n{log}");
     assert!(log.contains("kind=\"restart\""), "the restart ran on the agent:\n{log}");
     assert!(!log.contains("refused a batch"), "{log}");
+    let moved_on = log.contains("now talking to another control-plane node");
+    match knows {
+        Knows::TheStandby => assert!(!moved_on, "one node known, none to move to:\n{log}"),
+        Knows::Both => {
+            assert!(moved_on, "the agent moved from the dead node to the other:\n{log}");
+            assert!(log.contains(&format!("server={}", b.api)), "{log}");
+        }
+    }
 }
