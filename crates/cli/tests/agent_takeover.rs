@@ -32,6 +32,7 @@ fn node(root: &Path, name: &str, store: &str) -> Serve {
     let args = [
         "--data-dir", "data", "--store", store, "--node", name, "--lease-ttl-secs", "3", "--no-local",
     ];
+    common::share_the_key(&cwd.join("data"));
     Serve::start(&cwd, free_port(), &args)
 }
 

@@ -27,6 +27,7 @@ fn node(cwd: &Path, name: &str, url: &str) -> Serve {
         "--data-dir", name, "--store", url, "--node", name, "--lease-ttl-secs", &ttl,
         "--default-provider", "sim", "--no-local", "--heartbeat-interval-ms", "100", "--action-latency-ms", "20",
     ];
+    common::share_the_key(&cwd.join(name));
     Serve::start(cwd, free_port(), &args)
 }
 
@@ -86,6 +87,38 @@ async fn one_node_acts_a_standby_takes_over_a_dead_or_paused_holder_and_the_stal
     assert_eq!(status, 200, "the holder has the service created through the standby");
     let (status, body) = get(&plain, &format!("{}/v1/services", b.api)).await.unwrap();
     assert_eq!(status, 401, "no token, forwarded or not, is still no token: {body}");
+    // The holder counts a forwarded refusal against the caller's address,
+    // as b vouched for it, not against b's; a vouch made up by a caller is
+    // not believed.
+    let from = |ip: [u8; 4]| {
+        drover_agent::tls::builder()
+            .local_address(std::net::IpAddr::from(ip))
+            .timeout(Duration::from_secs(10))
+            .build()
+            .unwrap()
+    };
+    let bad = |c: reqwest::Client, api: String| async move {
+        c.get(format!("{api}/v1/services"))
+            .bearer_auth("drv_not-a-token")
+            .header("x-drover-forwarded-for", "sealed:made-up")
+            .send()
+            .await
+            .unwrap()
+            .status()
+            .as_u16()
+    };
+    assert_eq!(bad(from([127, 0, 0, 9]), b.api.clone()).await, 401);
+    assert_eq!(bad(from([127, 0, 0, 8]), a.api.clone()).await, 401);
+    let (_, audit) = get(&http_a, &format!("{}/v1/audit", a.api)).await.unwrap();
+    let clients: Vec<&str> = audit
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|e| e["outcome"].as_str().is_some_and(|o| o.starts_with("refused (401)")))
+        .filter_map(|e| e["detail"]["client"].as_str())
+        .collect();
+    assert!(clients.contains(&"127.0.0.9"), "the caller through b, as b vouched: {clients:?}\n{audit}");
+    assert!(clients.contains(&"127.0.0.8"), "a made-up vouch is ignored: {clients:?}");
     // The cluster, asked through the standby: both nodes alive, a holds
     // the one shard at generation 1.
     let (status, cluster) = get(&http_a, &format!("{}/v1/cluster", b.api)).await.unwrap();

@@ -32,6 +32,7 @@ fn node(root: &Path, name: &str, store: &str, world: &str) -> Serve {
         "--uncertain-after-ms", "400", "--restart-grace-secs", "0.5", "--probe-interval-ms", "200",
         "--action-timeout-ms", "3000",
     ];
+    common::share_the_key(&cwd.join("data"));
     Serve::start(&cwd, free_port(), &args)
 }
 

@@ -23,6 +23,36 @@ use std::time::Duration;
 /// Set on a forwarded request: the node that forwarded it.
 pub const FORWARDED_BY: &str = "x-drover-forwarded-by";
 
+/// Set on a forwarded request: the caller's address and when the standby
+/// saw it, sealed with the key every node shares. The holder's failure
+/// limiter and audit trail use it instead of the standby's own address
+/// (else one caller's refusals through a standby would slow down every
+/// caller of that standby). Anyone without the key cannot make one; a
+/// copy is honoured for [`VOUCH_FOR`] only.
+pub const FORWARDED_FOR: &str = "x-drover-forwarded-for";
+const VOUCH_CONTEXT: &str = "drover forwarded-for v1";
+const VOUCH_FOR: u64 = 60;
+
+fn unix_secs() -> u64 {
+    std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_secs())
+}
+
+/// The sealed header a standby adds for the caller at `ip`.
+pub(crate) fn vouch(key: &drover_secrets::SecretKey, ip: std::net::IpAddr) -> String {
+    key.seal_str(VOUCH_CONTEXT, &format!("{ip} {}", unix_secs()))
+}
+
+/// The caller's address a node of this control plane vouched for, if the
+/// request carries a fresh one sealed with the shared key.
+pub(crate) fn vouched_ip(key: &drover_secrets::SecretKey, headers: &axum::http::HeaderMap) -> Option<std::net::IpAddr> {
+    let sealed = headers.get(FORWARDED_FOR)?.to_str().ok()?;
+    let text = key.open_str(VOUCH_CONTEXT, sealed).ok()?;
+    let (ip, at) = text.split_once(' ')?;
+    let at: u64 = at.parse().ok()?;
+    (unix_secs().abs_diff(at) <= VOUCH_FOR).then_some(())?;
+    ip.parse().ok()
+}
+
 /// How long the holder may take to answer a forwarded request.
 const FORWARD_TIMEOUT: Duration = Duration::from_secs(60);
 
@@ -58,7 +88,7 @@ pub async fn to_the_holder(State(state): State<AppState>, request: Request, next
         ))
         .into_response();
     }
-    match forward(&holder, &state.node, request).await {
+    match forward(&holder, &state.node, &state.key, request).await {
         Ok(response) => response,
         Err(why) => ApiError::unavailable(format!(
             "this node is a standby and the fleet's holder {} ({}) did not answer: {why}; retry in a moment",
@@ -68,18 +98,27 @@ pub async fn to_the_holder(State(state): State<AppState>, request: Request, next
     }
 }
 
-async fn forward(holder: &crate::lease::Holder, this_node: &str, request: Request) -> Result<Response, String> {
+async fn forward(
+    holder: &crate::lease::Holder,
+    this_node: &str,
+    key: &drover_secrets::SecretKey,
+    request: Request,
+) -> Result<Response, String> {
     let (parts, body) = request.into_parts();
+    let caller = parts.extensions.get::<axum::extract::ConnectInfo<std::net::SocketAddr>>().map(|c| c.0.ip());
     let path = parts.uri.path_and_query().map_or("/", |p| p.as_str());
     let url = format!("{}{path}", holder.url.trim_end_matches('/'));
     let body = axum::body::to_bytes(body, crate::routes::MAX_BODY_BYTES).await.map_err(|e| e.to_string())?;
     let mut out = client().request(parts.method.clone(), &url).body(body);
     for (name, value) in &parts.headers {
-        if !skipped(name) {
+        if !skipped(name) && name.as_str() != FORWARDED_FOR {
             out = out.header(name, value);
         }
     }
     out = out.header(FORWARDED_BY, this_node);
+    if let Some(ip) = caller {
+        out = out.header(FORWARDED_FOR, vouch(key, ip));
+    }
     let answer = out.send().await.map_err(|e| e.to_string())?;
     let mut response = Response::builder().status(answer.status());
     for (name, value) in answer.headers() {
@@ -89,4 +128,33 @@ async fn forward(holder: &crate::lease::Holder, this_node: &str, request: Reques
     }
     let bytes = answer.bytes().await.map_err(|e| e.to_string())?;
     response.body(axum::body::Body::from(bytes)).map_err(|e| e.to_string())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use axum::http::{HeaderMap, HeaderValue};
+
+    fn headers(value: &str) -> HeaderMap {
+        HeaderMap::from_iter([(HeaderName::from_static(FORWARDED_FOR), HeaderValue::from_str(value).unwrap())])
+    }
+
+    #[test]
+    fn a_vouch_is_believed_only_sealed_with_the_shared_key_and_fresh() {
+        let key = drover_secrets::SecretKey::generate();
+        let ip: std::net::IpAddr = "203.0.113.7".parse().unwrap();
+        assert_eq!(vouched_ip(&key, &headers(&vouch(&key, ip))), Some(ip));
+        let other = drover_secrets::SecretKey::generate();
+        assert_eq!(vouched_ip(&other, &headers(&vouch(&key, ip))), None, "another control plane's key");
+        let stale = key.seal_str(VOUCH_CONTEXT, &format!("{ip} {}", unix_secs() - VOUCH_FOR - 5));
+        assert_eq!(vouched_ip(&key, &headers(&stale)), None, "an old copy");
+        let other_context = key.seal_str("something else", &format!("{ip} {}", unix_secs()));
+        assert_eq!(vouched_ip(&key, &headers(&other_context)), None, "sealed for another purpose");
+        for garbage in ["", "203.0.113.7", "sealed:", "sealed:AAAA"] {
+            assert_eq!(vouched_ip(&key, &headers(garbage)), None, "{garbage:?}");
+        }
+        let nonsense = key.seal_str(VOUCH_CONTEXT, "not-an-ip 12");
+        assert_eq!(vouched_ip(&key, &headers(&nonsense)), None);
+        assert_eq!(vouched_ip(&key, &HeaderMap::new()), None);
+    }
 }

@@ -297,6 +297,7 @@ async fn run(
         metrics: telemetry::install(),
         standby: Arc::default(),
         node: node_name.as_str().into(),
+        key: key.clone(),
     };
     let (stop_tx, stop_rx) = watch::channel(false);
 

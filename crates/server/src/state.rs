@@ -99,6 +99,9 @@ pub struct AppState {
     /// This node's name (`--node`, else the host's): what it says it is
     /// when it forwards.
     pub node: Arc<str>,
+    /// The key every node of this control plane shares (a standby vouches
+    /// for its callers' addresses with it: `forward::FORWARDED_FOR`).
+    pub key: drover_secrets::SecretKey,
 }
 
 impl AppState {

@@ -106,6 +106,14 @@ pub fn kill_everything_under(dir: &Path) {
     }
 }
 
+/// Gives a node's data dir the key every node of the test's control plane
+/// shares (as an operator copies `secret.key`, or sets DROVER_SECRET_KEY).
+#[allow(dead_code)]
+pub fn share_the_key(data_dir: &Path) {
+    std::fs::create_dir_all(data_dir).unwrap();
+    std::fs::write(data_dir.join("secret.key"), format!("{}\n", "5e".repeat(32))).unwrap();
+}
+
 /// A free TCP port on 127.0.0.1.
 pub fn free_port() -> u16 {
     std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()

@@ -514,7 +514,8 @@ pub async fn authorize(state: axum::extract::State<AppState>, request: Request, 
         return ApiError::unavailable("Drover is starting; retry in a moment").into_response();
     };
     let command = format!("{method} {template}");
-    let ip = client_ip(&request);
+    // A forwarded request's caller, as the standby vouched; else the peer.
+    let ip = crate::forward::vouched_ip(&state.0.key, request.headers()).or_else(|| client_ip(&request));
     let detail =
         |status: StatusCode| serde_json::json!({"status": status.as_u16(), "client": ip.map(|i| i.to_string())});
     let now = crate::actor::now();
