@@ -180,4 +180,27 @@ async fn one_node_acts_a_standby_takes_over_a_dead_or_paused_holder_and_the_stal
     let shown = get(&http_a, &format!("{}/v1/services", a.api)).await.unwrap().1;
     let names: Vec<&str> = shown.as_array().unwrap().iter().filter_map(|s| s["name"].as_str()).collect();
     assert_eq!(names, ["s1", "s2", "via-b"], "{shown}");
+
+    // A node started with another key than the others' refuses to start:
+    // what they sealed it could not open.
+    let odd = cwd.join("odd");
+    std::fs::create_dir_all(&odd).unwrap();
+    std::fs::write(odd.join("secret.key"), format!("{}\n", "0d".repeat(32))).unwrap();
+    let ttl = TTL_SECS.to_string();
+    let mut c = Serve::start(
+        cwd,
+        free_port(),
+        &["--data-dir", "odd", "--store", &url, "--node", "odd", "--lease-ttl-secs", &ttl, "--no-local"],
+    );
+    let deadline = Instant::now() + GENEROUS;
+    let status = loop {
+        if let Some(status) = c.child.as_mut().unwrap().try_wait().unwrap() {
+            break status;
+        }
+        assert!(Instant::now() < deadline, "a node with another key runs:\n{}", c.log_tail());
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    };
+    assert!(!status.success(), "{}", c.log_tail());
+    assert!(c.log_tail().contains("is not the one the other nodes of this store use"), "{}", c.log_tail());
+    assert!(healthy(&plain, &a).await, "the holder serves on");
 }

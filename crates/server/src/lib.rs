@@ -392,6 +392,22 @@ async fn start_up(
         }
         Some(url) => {
             let store = open_postgres_store(url.clone(), db_path.clone()).await?;
+            let check: String = key.derive("drover key check v1").iter().map(|b| format!("{b:02x}")).collect();
+            let (store, other) = {
+                let node = node_name.clone();
+                tokio::task::spawn_blocking(move || {
+                    let other = store.agree_on_key(&node, &check);
+                    (store, other)
+                })
+                .await?
+            };
+            if let Some(by) = other.context("cannot check this node's secret key against the store's")? {
+                anyhow::bail!(
+                    "this node's secret key is not the one the other nodes of this store use (node {by:?} started with \
+                     another): what one node seals the others could not open. Give every node the same key: \
+                     DROVER_SECRET_KEY, or a copy of {by}'s secret.key in this data dir"
+                );
+            }
             let (node, address) = (node_name.clone(), node_url.clone());
             let standby = Arc::clone(&state.standby);
             let (store, held) = lease::hold_the_fleet(store, node, address, opts.lease_ttl, standby).await?;

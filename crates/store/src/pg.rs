@@ -299,6 +299,31 @@ impl PgStore {
         })
     }
 
+    /// Whether this node's key agrees with the other nodes': the first
+    /// node to ask writes `check` (derived from its key); later ones get
+    /// `Ok(None)` when theirs is the same, else `Ok(Some(node))`, the node
+    /// that wrote the other one.
+    pub fn agree_on_key(&self, node: &str, check: &str) -> Result<Option<String>, StoreError> {
+        let (node, check) = (node.to_string(), check.to_string());
+        self.with_client(move |client| async move {
+            let err = pg("checking this node's key against the store's");
+            client
+                .execute(
+                    &format!(
+                        "INSERT INTO key_check (id, check_value, node, at) VALUES (0, $1, $2, {DB_NOW}) \
+                         ON CONFLICT (id) DO NOTHING"
+                    ),
+                    &[&check, &node],
+                )
+                .await
+                .map_err(&err)?;
+            let row =
+                client.query_one("SELECT check_value, node FROM key_check WHERE id = 0", &[]).await.map_err(&err)?;
+            let (stored, by): (String, String) = (row.get(0), row.get(1));
+            Ok((stored != check).then_some(by))
+        })
+    }
+
     /// Notes that `node` (at `address`, started at `started_at` by its own
     /// clock) is alive now, by the database's clock.
     pub fn node_seen(&self, node: &str, address: &str, started_at: i64) -> Result<(), StoreError> {
