@@ -74,25 +74,12 @@ impl GenerationFence {
             return Err(FenceError::Stale(Stale { generation, newest: *newest }));
         }
         if generation > *newest {
-            write_atomically(&self.path, generation.to_string().as_bytes())
+            drover_secrets::write_private(&self.path, generation.to_string().as_bytes())
                 .map_err(|e| FenceError::Io(format!("{}: {e}", self.path.display())))?;
             *newest = generation;
         }
         Ok(())
     }
-}
-
-fn write_atomically(path: &Path, bytes: &[u8]) -> std::io::Result<()> {
-    use std::io::Write;
-    let tmp = path.with_extension("tmp");
-    let mut file = std::fs::File::create(&tmp)?;
-    file.write_all(bytes)?;
-    file.sync_all()?;
-    std::fs::rename(&tmp, path)?;
-    if let Some(dir) = path.parent() {
-        std::fs::File::open(dir)?.sync_all()?;
-    }
-    Ok(())
 }
 
 #[cfg(test)]

@@ -216,39 +216,35 @@ impl OncallStore {
         Ok(())
     }
 
-    fn pages_where(&self, sql: &str, args: &[&dyn rusqlite::ToSql]) -> Result<Vec<Page>, OncallStoreError> {
-        let Ok(conn) = self.sqlite() else {
-            return Err(OncallStoreError::Corrupt("pages_where is SQLite's (a bug)".into()));
-        };
-        let mut stmt = conn.prepare(&format!("SELECT body FROM pages {sql}"))?;
-        let rows = stmt.query_map(args, |r| r.get::<_, String>(0))?;
-        let mut out = Vec::new();
-        for row in rows {
-            out.push(serde_json::from_str(&row?).map_err(corrupt)?);
-        }
-        Ok(out)
-    }
-
     pub fn open_pages(&self) -> Result<Vec<Page>, OncallStoreError> {
-        if let Err(pg) = self.sqlite() {
-            return crate::oncall_pg::pages_where(pg, "WHERE status != 'resolved'", Vec::new());
-        }
-        self.pages_where("WHERE status != 'resolved'", &[])
+        let conn = match self.sqlite() {
+            Ok(conn) => conn,
+            Err(pg) => {
+                return crate::oncall_pg::pages_where(pg, "WHERE status != 'resolved'", Vec::new());
+            }
+        };
+        pages_where(&conn, "WHERE status != 'resolved'", &[])
     }
 
     pub fn pages_opened_since(&self, since: Timestamp) -> Result<Vec<Page>, OncallStoreError> {
-        if let Err(pg) = self.sqlite() {
-            return crate::oncall_pg::pages_where(pg, "WHERE opened_at >= $1", vec![Box::new(since.0)]);
-        }
-        self.pages_where("WHERE opened_at >= ?1", &[&since.0])
+        let conn = match self.sqlite() {
+            Ok(conn) => conn,
+            Err(pg) => {
+                return crate::oncall_pg::pages_where(pg, "WHERE opened_at >= $1", vec![Box::new(since.0)]);
+            }
+        };
+        pages_where(&conn, "WHERE opened_at >= ?1", &[&since.0])
     }
 
     pub fn team_pages_since(&self, team: &str, since: Timestamp) -> Result<Vec<Page>, OncallStoreError> {
-        if let Err(pg) = self.sqlite() {
-            let params: PgParams = vec![Box::new(team.to_string()), Box::new(since.0)];
-            return crate::oncall_pg::pages_where(pg, "WHERE team = $1 AND opened_at >= $2", params);
-        }
-        self.pages_where("WHERE team = ?1 AND opened_at >= ?2", &[&team, &since.0])
+        let conn = match self.sqlite() {
+            Ok(conn) => conn,
+            Err(pg) => {
+                let params: PgParams = vec![Box::new(team.to_string()), Box::new(since.0)];
+                return crate::oncall_pg::pages_where(pg, "WHERE team = $1 AND opened_at >= $2", params);
+            }
+        };
+        pages_where(&conn, "WHERE team = ?1 AND opened_at >= ?2", &[&team, &since.0])
     }
 
     /// Newest first.
@@ -259,16 +255,21 @@ impl OncallStore {
         limit: usize,
     ) -> Result<Vec<Page>, OncallStoreError> {
         let status = status.map(|s| s.name().to_string());
-        if let Err(pg) = self.sqlite() {
-            let params: PgParams = vec![Box::new(status), Box::new(team.map(str::to_string)), Box::new(limit as i64)];
-            return crate::oncall_pg::pages_where(
-                pg,
-                "WHERE ($1::text IS NULL OR status = $1) AND ($2::text IS NULL OR team = $2) \
-                 ORDER BY opened_at DESC, id DESC LIMIT $3",
-                params,
-            );
-        }
-        self.pages_where(
+        let conn = match self.sqlite() {
+            Ok(conn) => conn,
+            Err(pg) => {
+                let params: PgParams =
+                    vec![Box::new(status), Box::new(team.map(str::to_string)), Box::new(limit as i64)];
+                return crate::oncall_pg::pages_where(
+                    pg,
+                    "WHERE ($1::text IS NULL OR status = $1) AND ($2::text IS NULL OR team = $2) \
+                     ORDER BY opened_at DESC, id DESC LIMIT $3",
+                    params,
+                );
+            }
+        };
+        pages_where(
+            &conn,
             "WHERE (?1 IS NULL OR status = ?1) AND (?2 IS NULL OR team = ?2) ORDER BY opened_at DESC, id DESC LIMIT ?3",
             &[&status, &team, &(limit as i64)],
         )
@@ -294,107 +295,142 @@ impl OncallStore {
         rows.map(|r| serde_json::from_str(&r?).map_err(corrupt)).collect()
     }
 
-    fn notifications_where(
-        &self,
-        sql: &str,
-        args: &[&dyn rusqlite::ToSql],
-    ) -> Result<Vec<NotificationRecord>, OncallStoreError> {
-        let Ok(conn) = self.sqlite() else {
-            return Err(OncallStoreError::Corrupt("notifications_where is SQLite's (a bug)".into()));
-        };
-        let mut stmt = conn
-            .prepare(&format!("SELECT body, state, attempts, channel, error, delivered_at FROM notifications {sql}"))?;
-        let rows = stmt.query_map(args, |r| {
-            Ok((
-                r.get::<_, String>(0)?,
-                r.get::<_, String>(1)?,
-                r.get::<_, u32>(2)?,
-                r.get::<_, Option<String>>(3)?,
-                r.get::<_, Option<String>>(4)?,
-                r.get::<_, Option<i64>>(5)?,
-            ))
-        })?;
-        let mut out = Vec::new();
-        for row in rows {
-            let (body, state, attempts, channel, error, delivered_at) = row?;
-            out.push(NotificationRecord {
-                notification: serde_json::from_str(&body).map_err(corrupt)?,
-                state,
-                attempts,
-                channel,
-                error,
-                delivered_at: delivered_at.map(Timestamp),
-            });
-        }
-        Ok(out)
-    }
-
     pub fn notifications(&self, page: PageId) -> Result<Vec<NotificationRecord>, OncallStoreError> {
-        if let Err(pg) = self.sqlite() {
-            let params: PgParams = vec![Box::new(page.to_string())];
-            return crate::oncall_pg::notifications_where(pg, "WHERE page = $1 ORDER BY at, id", params);
-        }
-        self.notifications_where("WHERE page = ?1 ORDER BY at, id", &[&page.to_string()])
+        let conn = match self.sqlite() {
+            Ok(conn) => conn,
+            Err(pg) => {
+                let params: PgParams = vec![Box::new(page.to_string())];
+                return crate::oncall_pg::notifications_where(pg, "WHERE page = $1 ORDER BY at, id", params);
+            }
+        };
+        notifications_where(&conn, "WHERE page = ?1 ORDER BY at, id", &[&page.to_string()])
     }
 
     pub fn pending_notifications(&self) -> Result<Vec<NotificationRecord>, OncallStoreError> {
-        if let Err(pg) = self.sqlite() {
-            return crate::oncall_pg::notifications_where(pg, "WHERE state = 'pending' ORDER BY at, id", Vec::new());
-        }
-        self.notifications_where("WHERE state = 'pending' ORDER BY at, id", &[])
+        let conn = match self.sqlite() {
+            Ok(conn) => conn,
+            Err(pg) => {
+                return crate::oncall_pg::notifications_where(
+                    pg,
+                    "WHERE state = 'pending' ORDER BY at, id",
+                    Vec::new(),
+                );
+            }
+        };
+        notifications_where(&conn, "WHERE state = 'pending' ORDER BY at, id", &[])
     }
 
     /// Newest first.
     pub fn feed(&self, limit: usize, after: Option<i64>) -> Result<Vec<FeedRecord>, OncallStoreError> {
-        if let Err(pg) = self.sqlite() {
-            let params: PgParams = vec![Box::new(after.unwrap_or(0)), Box::new(limit as i64)];
-            return crate::oncall_pg::feed_where(pg, "WHERE seq > $1 ORDER BY seq DESC LIMIT $2", params);
-        }
-        self.feed_where("WHERE seq > ?1 ORDER BY seq DESC LIMIT ?2", &[&after.unwrap_or(0), &(limit as i64)])
+        let conn = match self.sqlite() {
+            Ok(conn) => conn,
+            Err(pg) => {
+                let params: PgParams = vec![Box::new(after.unwrap_or(0)), Box::new(limit as i64)];
+                return crate::oncall_pg::feed_where(pg, "WHERE seq > $1 ORDER BY seq DESC LIMIT $2", params);
+            }
+        };
+        feed_where(&conn, "WHERE seq > ?1 ORDER BY seq DESC LIMIT ?2", &[&after.unwrap_or(0), &(limit as i64)])
     }
 
     /// [`Self::feed`] limited to one team's posts.
     pub fn team_feed(&self, team: &str, limit: usize, after: Option<i64>) -> Result<Vec<FeedRecord>, OncallStoreError> {
-        if let Err(pg) = self.sqlite() {
-            let params: PgParams =
-                vec![Box::new(after.unwrap_or(0)), Box::new(limit as i64), Box::new(team.to_string())];
-            return crate::oncall_pg::feed_where(pg, "WHERE seq > $1 AND team = $3 ORDER BY seq DESC LIMIT $2", params);
-        }
-        self.feed_where(
+        let conn = match self.sqlite() {
+            Ok(conn) => conn,
+            Err(pg) => {
+                let params: PgParams =
+                    vec![Box::new(after.unwrap_or(0)), Box::new(limit as i64), Box::new(team.to_string())];
+                return crate::oncall_pg::feed_where(
+                    pg,
+                    "WHERE seq > $1 AND team = $3 ORDER BY seq DESC LIMIT $2",
+                    params,
+                );
+            }
+        };
+        feed_where(
+            &conn,
             "WHERE seq > ?1 AND team = ?3 ORDER BY seq DESC LIMIT ?2",
             &[&after.unwrap_or(0), &(limit as i64), &team],
         )
     }
 
     pub fn pending_feed(&self) -> Result<Vec<FeedRecord>, OncallStoreError> {
-        if let Err(pg) = self.sqlite() {
-            return crate::oncall_pg::feed_where(pg, "WHERE state = 'pending' ORDER BY seq", Vec::new());
-        }
-        self.feed_where("WHERE state = 'pending' ORDER BY seq", &[])
-    }
-
-    fn feed_where(&self, sql: &str, args: &[&dyn rusqlite::ToSql]) -> Result<Vec<FeedRecord>, OncallStoreError> {
-        let Ok(conn) = self.sqlite() else {
-            return Err(OncallStoreError::Corrupt("feed_where is SQLite's (a bug)".into()));
+        let conn = match self.sqlite() {
+            Ok(conn) => conn,
+            Err(pg) => {
+                return crate::oncall_pg::feed_where(pg, "WHERE state = 'pending' ORDER BY seq", Vec::new());
+            }
         };
-        let mut stmt = conn.prepare(&format!("SELECT seq, at, page, team, text, state FROM feed {sql}"))?;
-        let rows = stmt.query_map(args, |r| {
-            Ok((
-                r.get::<_, i64>(0)?,
-                r.get::<_, i64>(1)?,
-                r.get::<_, Option<String>>(2)?,
-                r.get::<_, Option<String>>(3)?,
-                r.get::<_, String>(4)?,
-                r.get::<_, String>(5)?,
-            ))
-        })?;
-        let mut out = Vec::new();
-        for row in rows {
-            let (seq, at, page, team, text, state) = row?;
-            let page =
-                page.map(|p| p.parse::<PageId>().map_err(|e| OncallStoreError::Corrupt(e.to_string()))).transpose()?;
-            out.push(FeedRecord { seq, post: FeedPost { at: Timestamp(at), page, team, text }, state });
-        }
-        Ok(out)
+        feed_where(&conn, "WHERE state = 'pending' ORDER BY seq", &[])
     }
+}
+
+/// The pages a `WHERE …` clause of SQLite picks.
+fn pages_where(conn: &Connection, sql: &str, args: &[&dyn rusqlite::ToSql]) -> Result<Vec<Page>, OncallStoreError> {
+    let mut stmt = conn.prepare(&format!("SELECT body FROM pages {sql}"))?;
+    let rows = stmt.query_map(args, |r| r.get::<_, String>(0))?;
+    let mut out = Vec::new();
+    for row in rows {
+        out.push(serde_json::from_str(&row?).map_err(corrupt)?);
+    }
+    Ok(out)
+}
+
+/// The notifications a `WHERE …` clause of SQLite picks.
+fn notifications_where(
+    conn: &Connection,
+    sql: &str,
+    args: &[&dyn rusqlite::ToSql],
+) -> Result<Vec<NotificationRecord>, OncallStoreError> {
+    let mut stmt =
+        conn.prepare(&format!("SELECT body, state, attempts, channel, error, delivered_at FROM notifications {sql}"))?;
+    let rows = stmt.query_map(args, |r| {
+        Ok((
+            r.get::<_, String>(0)?,
+            r.get::<_, String>(1)?,
+            r.get::<_, u32>(2)?,
+            r.get::<_, Option<String>>(3)?,
+            r.get::<_, Option<String>>(4)?,
+            r.get::<_, Option<i64>>(5)?,
+        ))
+    })?;
+    let mut out = Vec::new();
+    for row in rows {
+        let (body, state, attempts, channel, error, delivered_at) = row?;
+        out.push(NotificationRecord {
+            notification: serde_json::from_str(&body).map_err(corrupt)?,
+            state,
+            attempts,
+            channel,
+            error,
+            delivered_at: delivered_at.map(Timestamp),
+        });
+    }
+    Ok(out)
+}
+
+/// The feed posts a `WHERE …` clause of SQLite picks.
+fn feed_where(
+    conn: &Connection,
+    sql: &str,
+    args: &[&dyn rusqlite::ToSql],
+) -> Result<Vec<FeedRecord>, OncallStoreError> {
+    let mut stmt = conn.prepare(&format!("SELECT seq, at, page, team, text, state FROM feed {sql}"))?;
+    let rows = stmt.query_map(args, |r| {
+        Ok((
+            r.get::<_, i64>(0)?,
+            r.get::<_, i64>(1)?,
+            r.get::<_, Option<String>>(2)?,
+            r.get::<_, Option<String>>(3)?,
+            r.get::<_, String>(4)?,
+            r.get::<_, String>(5)?,
+        ))
+    })?;
+    let mut out = Vec::new();
+    for row in rows {
+        let (seq, at, page, team, text, state) = row?;
+        let page =
+            page.map(|p| p.parse::<PageId>().map_err(|e| OncallStoreError::Corrupt(e.to_string()))).transpose()?;
+        out.push(FeedRecord { seq, post: FeedPost { at: Timestamp(at), page, team, text }, state });
+    }
+    Ok(out)
 }

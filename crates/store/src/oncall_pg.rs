@@ -12,6 +12,11 @@ use drover_oncall::{FeedPost, Outputs, Page, PageId, Transition};
 use std::collections::HashMap;
 use tokio_postgres::types::ToSql;
 
+/// Owned query parameters as the references `tokio_postgres` takes.
+fn refs(params: &[Box<dyn ToSql + Send + Sync>]) -> Vec<&(dyn ToSql + Sync)> {
+    params.iter().map(|p| p.as_ref() as &(dyn ToSql + Sync)).collect()
+}
+
 fn pg_error(operation: &'static str) -> impl Fn(tokio_postgres::Error) -> StoreError {
     move |e| StoreError::Postgres { operation, detail: crate::pg::pg_detail(&e) }
 }
@@ -32,7 +37,7 @@ fn body_rows(
     params: Vec<Box<dyn ToSql + Send + Sync>>,
 ) -> Result<Vec<String>, StoreError> {
     pg.with_client(move |client| async move {
-        let refs: Vec<&(dyn ToSql + Sync)> = params.iter().map(|p| p.as_ref() as &(dyn ToSql + Sync)).collect();
+        let refs = refs(&params);
         let rows = client.query(&sql, &refs).await.map_err(pg_error(operation))?;
         Ok(rows.iter().map(|r| r.get::<_, String>(0)).collect())
     })
@@ -138,7 +143,7 @@ pub(crate) fn execute(
     params: Vec<Box<dyn ToSql + Send + Sync>>,
 ) -> Result<u64, OncallStoreError> {
     Ok(pg.with_client(move |client| async move {
-        let refs: Vec<&(dyn ToSql + Sync)> = params.iter().map(|p| p.as_ref() as &(dyn ToSql + Sync)).collect();
+        let refs = refs(&params);
         client.execute(sql, &refs).await.map_err(pg_error(operation))
     })?)
 }
@@ -173,7 +178,7 @@ pub(crate) fn notifications_where(
 ) -> Result<Vec<NotificationRecord>, OncallStoreError> {
     let sql = format!("SELECT body, state, attempts, channel, error, delivered_at FROM notifications {sql}");
     let rows = pg.with_client(move |client| async move {
-        let refs: Vec<&(dyn ToSql + Sync)> = params.iter().map(|p| p.as_ref() as &(dyn ToSql + Sync)).collect();
+        let refs = refs(&params);
         let rows = client.query(&sql, &refs).await.map_err(pg_error("reading notifications"))?;
         Ok(rows
             .iter()
@@ -210,7 +215,7 @@ pub(crate) fn feed_where(
 ) -> Result<Vec<FeedRecord>, OncallStoreError> {
     let sql = format!("SELECT seq, at, page, team, text, state FROM feed {sql}");
     let rows = pg.with_client(move |client| async move {
-        let refs: Vec<&(dyn ToSql + Sync)> = params.iter().map(|p| p.as_ref() as &(dyn ToSql + Sync)).collect();
+        let refs = refs(&params);
         let rows = client.query(&sql, &refs).await.map_err(pg_error("reading the feed"))?;
         Ok(rows
             .iter()
