@@ -198,16 +198,18 @@ impl BreakGlassStore {
         let conn = match self.sqlite() {
             Ok(conn) => conn,
             Err(pg) => {
-                let run = run.clone();
-                return pg.with_client(move |client| async move {
-                    client
-                        .execute(
-                            &format!("INSERT INTO runbook_runs ({RUN_COLUMNS}) VALUES ($1, $2, $3, $4, $5, $6)"),
-                            &[&run.id, &run.runbook, &run.state, &run.created_at.0, &run.updated_at.0, &run.record],
-                        )
-                        .await
-                        .map_err(pg_error("storing a runbook run"))?;
-                    Ok(())
+                let (run, holder) = (run.clone(), pg.holder());
+                return pg.with_client(move |mut client| async move {
+                    let write = pg_error("storing a runbook run");
+                    let tx = client.transaction().await.map_err(&write)?;
+                    crate::pg::check_lease(&tx, holder.as_ref()).await?;
+                    tx.execute(
+                        &format!("INSERT INTO runbook_runs ({RUN_COLUMNS}) VALUES ($1, $2, $3, $4, $5, $6)"),
+                        &[&run.id, &run.runbook, &run.state, &run.created_at.0, &run.updated_at.0, &run.record],
+                    )
+                    .await
+                    .map_err(&write)?;
+                    tx.commit().await.map_err(&write)
                 });
             }
         };
@@ -226,15 +228,19 @@ impl BreakGlassStore {
         let conn = match self.sqlite() {
             Ok(conn) => conn,
             Err(pg) => {
-                let (run, from) = (run.clone(), from.to_string());
-                return pg.with_client(move |client| async move {
-                    let n = client
+                let (run, from, holder) = (run.clone(), from.to_string(), pg.holder());
+                return pg.with_client(move |mut client| async move {
+                    let write = pg_error("updating a runbook run");
+                    let tx = client.transaction().await.map_err(&write)?;
+                    crate::pg::check_lease(&tx, holder.as_ref()).await?;
+                    let n = tx
                         .execute(
                             "UPDATE runbook_runs SET state = $3, updated_at = $4, record = $5 WHERE id = $1 AND state = $2",
                             &[&run.id, &from, &run.state, &run.updated_at.0, &run.record],
                         )
                         .await
-                        .map_err(pg_error("updating a runbook run"))?;
+                        .map_err(&write)?;
+                    tx.commit().await.map_err(&write)?;
                     Ok(n == 1)
                 });
             }
@@ -303,25 +309,25 @@ impl BreakGlassStore {
         let conn = match self.sqlite() {
             Ok(conn) => conn,
             Err(pg) => {
-                let (scope, run) = (scope.to_string(), run.to_string());
-                return pg.with_client(move |client| async move {
+                let (scope, run, holder) = (scope.to_string(), run.to_string(), pg.holder());
+                return pg.with_client(move |mut client| async move {
                     let write = pg_error("recording a freeze of automation");
+                    let tx = client.transaction().await.map_err(&write)?;
+                    crate::pg::check_lease(&tx, holder.as_ref()).await?;
                     if frozen {
-                        client
-                            .execute(
-                                "INSERT INTO automation_freezes (scope, since, run) VALUES ($1, $2, $3) \
+                        tx.execute(
+                            "INSERT INTO automation_freezes (scope, since, run) VALUES ($1, $2, $3) \
                                  ON CONFLICT (scope) DO NOTHING",
-                                &[&scope, &since.0, &run],
-                            )
-                            .await
-                            .map_err(&write)?;
+                            &[&scope, &since.0, &run],
+                        )
+                        .await
+                        .map_err(&write)?;
                     } else {
-                        client
-                            .execute("DELETE FROM automation_freezes WHERE scope = $1", &[&scope])
+                        tx.execute("DELETE FROM automation_freezes WHERE scope = $1", &[&scope])
                             .await
                             .map_err(&write)?;
                     }
-                    Ok(())
+                    tx.commit().await.map_err(&write)
                 });
             }
         };

@@ -78,9 +78,11 @@ pub(crate) fn commit(pg: &PgStore, out: &Outputs) -> Result<Vec<i64>, OncallStor
         .collect::<Result<Vec<_>, OncallStoreError>>()?;
     let feed: Vec<(i64, Option<String>, Option<String>, String)> =
         out.feed.iter().map(|f| (f.at.0, f.page.map(|p| p.to_string()), f.team.clone(), f.text.clone())).collect();
+    let holder = pg.holder();
     let seqs = pg.with_client(move |mut client| async move {
         let write = pg_error("storing pager outputs");
         let tx = client.transaction().await.map_err(&write)?;
+        crate::pg::check_lease(&tx, holder.as_ref()).await?;
         for (id, team, status, dedup, opened, updated, body) in &pages {
             tx.execute(
                 "INSERT INTO pages (id, team, status, dedup_key, opened_at, updated_at, body) \
@@ -124,14 +126,19 @@ pub(crate) fn commit(pg: &PgStore, out: &Outputs) -> Result<Vec<i64>, OncallStor
 
 pub(crate) fn add_feed(pg: &PgStore, post: &FeedPost) -> Result<i64, OncallStoreError> {
     let (at, page, team, text) = (post.at.0, post.page.map(|p| p.to_string()), post.team.clone(), post.text.clone());
-    Ok(pg.with_client(move |client| async move {
-        let row = client
+    let holder = pg.holder();
+    Ok(pg.with_client(move |mut client| async move {
+        let write = pg_error("adding a feed post");
+        let tx = client.transaction().await.map_err(&write)?;
+        crate::pg::check_lease(&tx, holder.as_ref()).await?;
+        let row = tx
             .query_one(
                 "INSERT INTO feed (at, page, team, text, state) VALUES ($1, $2, $3, $4, 'pending') RETURNING seq",
                 &[&at, &page, &team, &text],
             )
             .await
-            .map_err(pg_error("adding a feed post"))?;
+            .map_err(&write)?;
+        tx.commit().await.map_err(&write)?;
         Ok(row.get::<_, i64>(0))
     })?)
 }
@@ -142,9 +149,15 @@ pub(crate) fn execute(
     sql: &'static str,
     params: Vec<Box<dyn ToSql + Send + Sync>>,
 ) -> Result<u64, OncallStoreError> {
-    Ok(pg.with_client(move |client| async move {
+    let holder = pg.holder();
+    Ok(pg.with_client(move |mut client| async move {
+        let write = pg_error(operation);
+        let tx = client.transaction().await.map_err(&write)?;
+        crate::pg::check_lease(&tx, holder.as_ref()).await?;
         let refs = refs(&params);
-        client.execute(sql, &refs).await.map_err(pg_error(operation))
+        let changed = tx.execute(sql, &refs).await.map_err(&write)?;
+        tx.commit().await.map_err(&write)?;
+        Ok(changed)
     })?)
 }
 
@@ -266,9 +279,11 @@ pub(crate) fn update_incident<R: Send + 'static>(
     f: impl FnOnce(&mut Incident) -> R + Send + 'static,
 ) -> Result<Option<(Incident, R)>, OncallStoreError> {
     let id = id.to_string();
+    let holder = pg.holder();
     let done = pg.with_client(move |mut client| async move {
         let write = pg_error("updating an incident");
         let tx = client.transaction().await.map_err(&write)?;
+        crate::pg::check_lease(&tx, holder.as_ref()).await?;
         let row = tx.query_opt("SELECT body FROM incidents WHERE id = $1 FOR UPDATE", &[&id]).await.map_err(&write)?;
         let Some(row) = row else { return Ok(None) };
         let mut incident: Incident = match serde_json::from_str(&row.get::<_, String>(0)) {
@@ -335,9 +350,11 @@ pub(crate) fn add_component_samples(
             (component.clone(), d, p, m)
         })
         .collect();
+    let holder = pg.holder();
     pg.with_client(move |mut client| async move {
         let write = pg_error("counting status samples");
         let tx = client.transaction().await.map_err(&write)?;
+        crate::pg::check_lease(&tx, holder.as_ref()).await?;
         for (component, d, p, m) in &rows {
             tx.execute(
                 "INSERT INTO component_days (component, day, samples, degraded, partial, major) \

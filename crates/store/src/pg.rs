@@ -381,6 +381,12 @@ impl PgStore {
     /// From now on every commit checks, in its own transaction, that
     /// `node` still holds the lease of `generation`; one that does not
     /// writes nothing ([`StoreError::LeaseLost`]).
+    /// This node's fencing token, once [`PgStore::fence_commits`] set it:
+    /// the pager's and break-glass's writes check it like the fleet's.
+    pub(crate) fn holder(&self) -> Option<(String, i64)> {
+        self.fence.read().unwrap_or_else(|p| p.into_inner()).clone()
+    }
+
     pub fn fence_commits(&self, node: &str, generation: i64) {
         *self.fence.write().unwrap_or_else(|p| p.into_inner()) = Some((node.to_string(), generation));
     }
@@ -502,21 +508,7 @@ async fn commit_group(
 ) -> Result<(), StoreError> {
     let mut client = pool.get().await.map_err(pool_error(target))?;
     let tx = client.transaction().await.map_err(pg("beginning a commit"))?;
-    if let Some((node, generation)) = holder {
-        // The fencing token: still the holder of this generation, and a
-        // takeover waits for this transaction (the row is share-locked)
-        // or, done first, makes it write nothing.
-        let held = tx
-            .query_opt(
-                "SELECT 1 FROM leases WHERE shard = $1 AND holder = $2 AND generation = $3 FOR SHARE",
-                &[&FLEET_SHARD, node, generation],
-            )
-            .await
-            .map_err(pg("checking the fleet's lease"))?;
-        if held.is_none() {
-            return Err(StoreError::LeaseLost { node: node.clone(), generation: *generation });
-        }
-    }
+    check_lease(&tx, holder).await?;
     // Prepared once per connection (deadpool caches them), before any write.
     let stmts = Statements::prepare(&tx).await.map_err(pg("preparing a commit"))?;
     let mut pipeline = Pipeline::default();
@@ -527,6 +519,29 @@ async fn commit_group(
     write_instances_and_events(&tx, group).await.map_err(pg("writing a commit"))?;
     // On error the dropped transaction rolls back: nothing of the group stays.
     tx.commit().await.map_err(pg("committing"))
+}
+
+/// The fencing token, checked inside `tx` before it writes: `holder`
+/// (this node and its lease's generation, once it holds the fleet) still
+/// holds it; a takeover waits for `tx` (the lease row is share-locked) or,
+/// done first, makes it write nothing. `None`: not fenced (a store no
+/// node holds yet, or a tool such as `store migrate`).
+pub(crate) async fn check_lease(
+    tx: &tokio_postgres::Transaction<'_>,
+    holder: Option<&(String, i64)>,
+) -> Result<(), StoreError> {
+    let Some((node, generation)) = holder else { return Ok(()) };
+    let held = tx
+        .query_opt(
+            "SELECT 1 FROM leases WHERE shard = $1 AND holder = $2 AND generation = $3 FOR SHARE",
+            &[&FLEET_SHARD, node, generation],
+        )
+        .await
+        .map_err(pg("checking the fleet's lease"))?;
+    match held {
+        Some(_) => Ok(()),
+        None => Err(StoreError::LeaseLost { node: node.clone(), generation: *generation }),
+    }
 }
 
 /// The upserts and appends of `rows::apply`, in PostgreSQL's dialect.

@@ -159,3 +159,54 @@ fn on_postgres_shared_by_two_nodes() {
     let b = OncallStore::postgres(Arc::new(PgStore::connect(&url).unwrap()));
     exercise(&a, &b);
 }
+
+/// The pager's and break-glass's writes are fenced like the fleet's: once
+/// another node took the lease over, the old holder's writes fail and
+/// leave nothing, the new holder's go through.
+#[test]
+fn a_node_that_lost_the_lease_writes_no_page_and_no_runbook_run() {
+    let pg = PgServer::start();
+    let url = pg.url(common::DB);
+    let (old, new) = (Arc::new(PgStore::connect(&url).unwrap()), Arc::new(PgStore::connect(&url).unwrap()));
+    let ttl = Duration::from_millis(300);
+    let first = old.try_acquire_lease("old", "http://old", ttl).unwrap().expect("the lease is free");
+    old.fence_commits("old", first);
+    let (a, b) = (OncallStore::postgres(Arc::clone(&old)), OncallStore::postgres(Arc::clone(&new)));
+    let mut pager = Pager::new(Config::default(), 7);
+    let out = pager.step(Input::Alert(Alert::trigger("db1-down", "db1 is down")), day());
+    a.commit(&out).expect("the holder writes");
+
+    std::thread::sleep(ttl * 2);
+    let second = new.try_acquire_lease("new", "http://new", ttl).unwrap().expect("expired: taken over");
+    assert_eq!(second, first + 1);
+    new.fence_commits("new", second);
+    let stale = pager.step(Input::Alert(Alert::trigger("db2-down", "db2 is down")), day().plus(Duration::from_secs(60)));
+    let Some(Ok(Reply::Alert(opened))) = &stale.reply else { panic!("{:?}", stale.reply) };
+    let err = a.commit(&stale).expect_err("the old holder's page");
+    assert!(err.to_string().contains("lease"), "{err}");
+    assert_eq!(b.page(opened.page.unwrap()).unwrap(), None, "nothing of the refused commit stays");
+    let post = FeedPost { at: day(), page: None, team: None, text: "from the old holder".into() };
+    assert!(a.add_feed(&post).is_err());
+    assert!(b.feed(10, None).unwrap().iter().all(|f| f.post.text != post.text));
+    b.commit(&stale).expect("the new holder writes");
+    assert!(b.page(opened.page.unwrap()).unwrap().is_some());
+
+    let run = drover_store::breakglass::RunRow {
+        id: "run-1".into(),
+        runbook: "freeze-zone".into(),
+        state: "running".into(),
+        created_at: day(),
+        updated_at: day(),
+        record: "{}".into(),
+    };
+    let (old_bg, new_bg) = (
+        drover_store::breakglass::BreakGlassStore::postgres(Arc::clone(&old)),
+        drover_store::breakglass::BreakGlassStore::postgres(Arc::clone(&new)),
+    );
+    assert!(old_bg.insert_run(&run).is_err(), "the old holder's runbook run");
+    assert!(old_bg.set_freeze("zone-a", true, day(), "run-1").is_err(), "the old holder's freeze");
+    assert_eq!(new_bg.run("run-1").unwrap(), None);
+    assert!(new_bg.freezes().unwrap().is_empty());
+    new_bg.insert_run(&run).expect("the new holder's");
+    assert!(new_bg.run("run-1").unwrap().is_some());
+}
