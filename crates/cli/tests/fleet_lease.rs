@@ -76,6 +76,7 @@ async fn one_node_acts_a_standby_takes_over_a_dead_or_paused_holder_and_the_stal
     assert!(b.log_tail().contains("standby"), "{}", b.log_tail());
     assert_eq!(lease(&pg).0, "a");
     assert!(!cwd.join("b/admin.token").exists(), "only the first node writes an admin token");
+    assert!(!cwd.join("b/drover.db").exists(), "a node on a shared store keeps no SQLite store");
     let (status, through_b) = get(&http_a, &format!("{}/v1/services/s1", b.api)).await.unwrap();
     assert_eq!(status, 200, "{through_b}");
     assert_eq!(through_b["id"], get(&http_a, &format!("{}/v1/services/s1", a.api)).await.unwrap().1["id"]);

@@ -201,13 +201,18 @@ fn tls_acceptor(opts: &ServeOptions) -> anyhow::Result<Option<tokio_rustls::TlsA
 async fn open_postgres_store(url: String, db_path: PathBuf) -> anyhow::Result<drover_store::PgStore> {
     let path = db_path.clone();
     // Moved by `drover store migrate`: the copy left in the file is known.
+    // A data dir that never had an SQLite store gets none: nothing of a node
+    // on a shared store lives in drover.db.
     let moved = db_path.with_file_name(drover_store::migrate::MOVED_MARKER).exists();
-    let left_behind = tokio::task::spawn_blocking(move || -> Result<usize, drover_store::StoreError> {
-        let sqlite = SqliteStore::open(&path)?;
-        Ok(if moved { 0 } else { sqlite.load()?.services.len() })
-    })
-    .await?
-    .with_context(|| format!("cannot open {} (the break-glass tables)", db_path.display()))?;
+    let left_behind = if moved || !db_path.exists() {
+        0
+    } else {
+        tokio::task::spawn_blocking(move || -> Result<usize, drover_store::StoreError> {
+            Ok(SqliteStore::open(&path)?.load()?.services.len())
+        })
+        .await?
+        .with_context(|| format!("cannot read {} to see whether it holds a fleet", db_path.display()))?
+    };
     let store = tokio::task::spawn_blocking(move || drover_store::PgStore::connect(&url))
         .await?
         .context("cannot open the PostgreSQL store")?;
@@ -426,7 +431,7 @@ async fn start_up(
         let (db, dir, reset) = (db_path.clone(), opts.data_dir.clone(), opts.reset_admin_token);
         tokio::task::spawn_blocking(move || -> anyhow::Result<Arc<auth::Tokens>> {
             let tokens = match shared {
-                Some(pg) => auth::Tokens::with_store(drover_store::tokens::TokenStore::postgres(&db, pg)?),
+                Some(pg) => auth::Tokens::with_store(drover_store::tokens::TokenStore::postgres(pg)),
                 None => auth::Tokens::open(&db),
             }
             .context("cannot read the API tokens")?;

@@ -27,11 +27,15 @@ pub enum TokenError {
 }
 
 pub struct TokenStore {
-    conn: Mutex<Connection>,
-    /// The PostgreSQL store the nodes of a fleet share, when there is one:
-    /// its `tokens` table is the one used (a token made through one node
-    /// is good on every node), the data dir's is left alone.
-    pg: Option<std::sync::Arc<crate::PgStore>>,
+    backend: Backend,
+}
+
+enum Backend {
+    /// The data dir's `drover.db` (one node).
+    Sqlite(Mutex<Connection>),
+    /// The PostgreSQL store the nodes of a fleet share: its `tokens` table
+    /// (a token made through one node is good on every node).
+    Postgres(std::sync::Arc<crate::PgStore>),
 }
 
 fn db(operation: &'static str) -> impl Fn(rusqlite::Error) -> StoreError {
@@ -66,26 +70,30 @@ impl TokenStore {
         let conn = Connection::open(path).map_err(|source| StoreError::Open { path: path.to_path_buf(), source })?;
         conn.busy_timeout(Duration::from_secs(5)).map_err(db("setting the token store's busy timeout"))?;
         conn.pragma_update(None, "synchronous", "FULL").map_err(db("setting synchronous=FULL"))?;
-        Ok(TokenStore { conn: Mutex::new(conn), pg: None })
+        Ok(TokenStore { backend: Backend::Sqlite(Mutex::new(conn)) })
     }
 
     /// The tokens of the PostgreSQL store `store` (its migrations made the
-    /// table); `path` is the data dir's `drover.db`, opened as by [`Self::open`].
-    pub fn postgres(path: &Path, store: std::sync::Arc<crate::PgStore>) -> Result<TokenStore, StoreError> {
-        Ok(TokenStore { pg: Some(store), ..TokenStore::open(path)? })
+    /// table); no SQLite file is opened.
+    pub fn postgres(store: std::sync::Arc<crate::PgStore>) -> TokenStore {
+        TokenStore { backend: Backend::Postgres(store) }
     }
 
-    fn conn(&self) -> std::sync::MutexGuard<'_, Connection> {
-        self.conn.lock().unwrap_or_else(|p| p.into_inner())
+    /// The SQLite connection, locked, or the PostgreSQL store.
+    fn sqlite(&self) -> Result<std::sync::MutexGuard<'_, Connection>, &crate::PgStore> {
+        match &self.backend {
+            Backend::Sqlite(conn) => Ok(conn.lock().unwrap_or_else(|p| p.into_inner())),
+            Backend::Postgres(pg) => Err(pg),
+        }
     }
 
     /// Every token, revoked and expired ones too, oldest first.
     pub fn all(&self) -> Result<Vec<StoredToken>, StoreError> {
-        if let Some(pg) = &self.pg {
-            return pg_all(pg);
-        }
+        let conn = match self.sqlite() {
+            Ok(conn) => conn,
+            Err(pg) => return pg_all(pg),
+        };
         let read = db("reading tokens");
-        let conn = self.conn();
         let mut stmt =
             conn.prepare_cached(&format!("SELECT {COLUMNS} FROM tokens ORDER BY created_at, id")).map_err(&read)?;
         let rows = stmt.query_map([], row_to_token).map_err(&read)?;
@@ -107,11 +115,11 @@ impl TokenStore {
 
     /// Stores a new token; refused if a live token (at `now`) has its name.
     pub fn insert(&self, token: &StoredToken, now: Timestamp) -> Result<(), TokenError> {
-        if let Some(pg) = &self.pg {
-            return pg_insert(pg, token, now);
-        }
+        let mut conn = match self.sqlite() {
+            Ok(conn) => conn,
+            Err(pg) => return pg_insert(pg, token, now),
+        };
         let write = db("creating a token");
-        let mut conn = self.conn();
         let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate).map_err(&write)?;
         let taken: Option<String> = tx
             .query_row(
@@ -148,11 +156,11 @@ impl TokenStore {
 
     /// Revokes a token (a no-op if it already is); `None` if no such id.
     pub fn revoke(&self, id: &str, now: Timestamp) -> Result<Option<TokenRecord>, StoreError> {
-        if let Some(pg) = &self.pg {
-            return pg_revoke(pg, id, now);
-        }
+        let conn = match self.sqlite() {
+            Ok(conn) => conn,
+            Err(pg) => return pg_revoke(pg, id, now),
+        };
         let write = db("revoking a token");
-        let conn = self.conn();
         conn.execute(
             "UPDATE tokens SET revoked_at = ?2 WHERE id = ?1 AND revoked_at IS NULL",
             rusqlite::params![id, now.0],
@@ -165,18 +173,20 @@ impl TokenStore {
 
     /// Records that a token was used.
     pub fn touch(&self, id: &str, at: Timestamp) -> Result<(), StoreError> {
-        if let Some(pg) = &self.pg {
-            let id = id.to_string();
-            return pg.with_client(move |client| async move {
-                client
-                    .execute("UPDATE tokens SET last_used = $2 WHERE id = $1", &[&id, &at.0])
-                    .await
-                    .map_err(pg_error("recording a token's use"))?;
-                Ok(())
-            });
-        }
-        self.conn()
-            .execute("UPDATE tokens SET last_used = ?2 WHERE id = ?1", rusqlite::params![id, at.0])
+        let conn = match self.sqlite() {
+            Ok(conn) => conn,
+            Err(pg) => {
+                let id = id.to_string();
+                return pg.with_client(move |client| async move {
+                    client
+                        .execute("UPDATE tokens SET last_used = $2 WHERE id = $1", &[&id, &at.0])
+                        .await
+                        .map_err(pg_error("recording a token's use"))?;
+                    Ok(())
+                });
+            }
+        };
+        conn.execute("UPDATE tokens SET last_used = ?2 WHERE id = ?1", rusqlite::params![id, at.0])
             .map_err(db("recording a token's use"))?;
         Ok(())
     }

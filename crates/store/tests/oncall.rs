@@ -180,7 +180,8 @@ fn a_node_that_lost_the_lease_writes_no_page_and_no_runbook_run() {
     let second = new.try_acquire_lease("new", "http://new", ttl).unwrap().expect("expired: taken over");
     assert_eq!(second, first + 1);
     new.fence_commits("new", second);
-    let stale = pager.step(Input::Alert(Alert::trigger("db2-down", "db2 is down")), day().plus(Duration::from_secs(60)));
+    let stale =
+        pager.step(Input::Alert(Alert::trigger("db2-down", "db2 is down")), day().plus(Duration::from_secs(60)));
     let Some(Ok(Reply::Alert(opened))) = &stale.reply else { panic!("{:?}", stale.reply) };
     let err = a.commit(&stale).expect_err("the old holder's page");
     assert!(err.to_string().contains("lease"), "{err}");
