@@ -31,19 +31,10 @@ fn node(cwd: &Path, name: &str, url: &str) -> Serve {
     Serve::start(cwd, free_port(), &args)
 }
 
-async fn healthy(http: &reqwest::Client, serve: &Serve) -> bool {
-    matches!(get(http, &format!("{}/healthz", serve.api)).await, Some((200, _)))
-}
-
 fn lease(pg: &pg::PgServer) -> (String, i64) {
     let row = pg.psql("postgres", "SELECT holder || ' ' || generation FROM leases WHERE shard = 0");
     let mut parts = row.split_whitespace();
     (parts.next().unwrap_or_default().to_string(), parts.next().and_then(|g| g.parse().ok()).unwrap_or(0))
-}
-
-fn signal(serve: &Serve, sig: &str) {
-    let pid = serve.child.as_ref().expect("running").id().to_string();
-    assert!(std::process::Command::new("kill").args([sig, &pid]).status().unwrap().success());
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -72,7 +63,7 @@ async fn one_node_acts_a_standby_takes_over_a_dead_or_paused_holder_and_the_stal
     // is asked through b is answered and done by a, with a's token.
     let mut b = node(cwd, "b", &url);
     tokio::time::sleep(Duration::from_secs_f64(TTL_SECS * 2.0)).await;
-    assert!(!healthy(&plain, &b).await, "b serves while a holds the lease:\n{}", b.log_tail());
+    assert!(!b.healthy(&plain).await, "b serves while a holds the lease:\n{}", b.log_tail());
     assert!(b.log_tail().contains("standby"), "{}", b.log_tail());
     assert_eq!(lease(&pg).0, "a");
     assert!(!cwd.join("b/admin.token").exists(), "only the first node writes an admin token");
@@ -154,8 +145,8 @@ async fn one_node_acts_a_standby_takes_over_a_dead_or_paused_holder_and_the_stal
     // a comes back as the standby; b paused past its lease loses it to a.
     a.spawn();
     tokio::time::sleep(Duration::from_secs(1)).await;
-    assert!(!healthy(&plain, &a).await, "a serves while b holds the lease");
-    signal(&b, "-STOP");
+    assert!(!a.healthy(&plain).await, "a serves while b holds the lease");
+    b.signal("-STOP");
     let paused = Instant::now();
     a.wait_healthy(&plain, GENEROUS).await;
     eprintln!("takeover from a paused holder: {:.2} s", paused.elapsed().as_secs_f64());
@@ -166,7 +157,7 @@ async fn one_node_acts_a_standby_takes_over_a_dead_or_paused_holder_and_the_stal
     assert_eq!(status, 201, "the new holder takes commands: {body}");
 
     // Resumed, b finds itself without the lease and stops, never acting.
-    signal(&b, "-CONT");
+    b.signal("-CONT");
     let deadline = Instant::now() + Duration::from_secs(10);
     let status = loop {
         if let Some(status) = b.child.as_mut().unwrap().try_wait().unwrap() {
@@ -203,5 +194,5 @@ async fn one_node_acts_a_standby_takes_over_a_dead_or_paused_holder_and_the_stal
     };
     assert!(!status.success(), "{}", c.log_tail());
     assert!(c.log_tail().contains("is not the one the other nodes of this store use"), "{}", c.log_tail());
-    assert!(healthy(&plain, &a).await, "the holder serves on");
+    assert!(a.healthy(&plain).await, "the holder serves on");
 }

@@ -42,15 +42,6 @@ fn lease(pg: &pg::PgServer) -> (String, i64) {
     (parts.next().unwrap_or_default().to_string(), parts.next().and_then(|g| g.parse().ok()).unwrap_or(0))
 }
 
-fn signal(serve: &Serve, sig: &str) {
-    let pid = serve.child.as_ref().expect("running").id().to_string();
-    assert!(std::process::Command::new("kill").args([sig, &pid]).status().unwrap().success());
-}
-
-async fn healthy(http: &reqwest::Client, serve: &Serve) -> bool {
-    matches!(get(http, &format!("{}/healthz", serve.api)).await, Some((200, _)))
-}
-
 fn with_role<'a>(service: &'a Value, role: &str) -> Vec<&'a Value> {
     service["instances"].as_array().map(|i| i.iter().filter(|i| i["role"] == role).collect()).unwrap_or_default()
 }
@@ -160,7 +151,7 @@ async fn three_nodes_heal_one_fleet_through_a_holder_killed_and_a_holder_paused(
         primaries.insert(name, id(with_role(&s, "primary")[0]));
         followers.insert(name, id(with_role(&s, "follower")[0]));
     }
-    assert!(!healthy(&plain, &b).await && !healthy(&plain, &c).await, "b and c are standbys");
+    assert!(!b.healthy(&plain).await && !c.healthy(&plain).await, "b and c are standbys");
     // A page opened through a standby (the holder's pager): it is the
     // shared store's, so whoever takes over has it.
     let alerts =
@@ -179,10 +170,10 @@ async fn three_nodes_heal_one_fleet_through_a_holder_killed_and_a_holder_paused(
     chaos(&plain, &w, &primaries["s2"]).await;
     let deadline = killed + GENEROUS;
     let (holder, standby) = loop {
-        if healthy(&plain, &b).await {
+        if b.healthy(&plain).await {
             break (&mut b, &mut c);
         }
-        if healthy(&plain, &c).await {
+        if c.healthy(&plain).await {
             break (&mut c, &mut b);
         }
         assert!(Instant::now() < deadline, "nobody took over:\n{}\n{}", b.log_tail(), c.log_tail());
@@ -249,14 +240,14 @@ async fn three_nodes_heal_one_fleet_through_a_holder_killed_and_a_holder_paused(
     // The holder paused past its lease: the standby takes over (generation
     // 3) and heals a primary that crashes meanwhile; the paused node,
     // resumed, stops (exit code 3) and acts on nothing.
-    signal(holder, "-STOP");
+    holder.signal("-STOP");
     let paused = Instant::now();
     chaos(&plain, &w, &primaries["s3"]).await;
     standby.wait_healthy(&plain, GENEROUS).await;
     eprintln!("takeover from a paused holder: {:.2} s", paused.elapsed().as_secs_f64());
     assert_eq!(lease(&pg).1, 3);
     failed_over(&http, standby, "s3", &followers["s3"]).await;
-    signal(holder, "-CONT");
+    holder.signal("-CONT");
     let deadline = Instant::now() + Duration::from_secs(10);
     let status = loop {
         if let Some(status) = holder.child.as_mut().unwrap().try_wait().unwrap() {

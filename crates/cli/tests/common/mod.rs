@@ -62,6 +62,17 @@ impl Serve {
         self.child = Some(child);
     }
 
+    /// Sends `sig` (`-STOP`, `-CONT`, …) to the process.
+    pub fn signal(&self, sig: &str) {
+        let pid = self.child.as_ref().expect("running").id().to_string();
+        assert!(Command::new("kill").args([sig, &pid]).status().unwrap().success());
+    }
+
+    /// Whether it answers `/healthz` with 200 (a standby says 503).
+    pub async fn healthy(&self, http: &reqwest::Client) -> bool {
+        matches!(get(http, &format!("{}/healthz", self.api)).await, Some((200, _)))
+    }
+
     /// SIGKILL of the control plane only: its servers live on.
     pub fn kill9(&mut self) {
         if let Some(mut child) = self.child.take() {
