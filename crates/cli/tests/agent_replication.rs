@@ -11,91 +11,17 @@
 
 mod common;
 
-use common::{admin_client, create_token, free_port, get, kill_everything_under, wait_for, Serve};
+use common::host_agent::HostAgent;
+use common::{admin_client, create_token, free_port, get, wait_for, Serve};
 use serde_json::{json, Value};
-use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
+use std::path::Path;
+use std::process::Command;
 use std::time::Duration;
 
 /// The built-in host's name (this machine's), with `drover serve` on its
 /// own host.
 fn serve_host() -> String {
     std::fs::read_to_string("/proc/sys/kernel/hostname").unwrap_or_default().trim().to_string()
-}
-
-/// A `drover agent --host`; killed with its whole tree when dropped.
-struct HostAgent {
-    child: Option<Child>,
-    dir: PathBuf,
-    address: String,
-}
-
-impl HostAgent {
-    fn spawn(root: &Path, api: &str, name: &str, zone: &str, address: &str, token: &str) -> HostAgent {
-        let dir = root.join(name);
-        std::fs::create_dir_all(&dir).unwrap();
-        let token_file = dir.join("agent.token");
-        std::fs::write(&token_file, token).unwrap();
-        let log = std::fs::OpenOptions::new().create(true).append(true).open(dir.join("agent.log")).unwrap();
-        let child = Command::new(env!("CARGO_BIN_EXE_drover"))
-            .args(["agent", "--server", api, "--host", name, "--zone", zone, "--address", address, "--capacity", "4"])
-            .arg("--data-dir")
-            .arg(dir.join("data"))
-            .arg("--token-file")
-            .arg(&token_file)
-            // Every host's backups in one store (standing for an object store).
-            .arg("--backup-repo")
-            .arg(root.join("backups"))
-            .current_dir(&dir)
-            .env_remove("DROVER_TOKEN")
-            .env_remove("DROVER_DATA_DIR")
-            .env("RUST_LOG", "info")
-            .stdin(Stdio::null())
-            .stdout(log.try_clone().unwrap())
-            .stderr(log)
-            .spawn()
-            .expect("spawn drover agent");
-        HostAgent { child: Some(child), dir, address: address.to_string() }
-    }
-
-    fn crash(&mut self) {
-        if let Some(mut child) = self.child.take() {
-            let _ = child.kill();
-            let _ = child.wait();
-        }
-        kill_everything_under(&self.dir);
-    }
-
-    fn log(&self) -> String {
-        std::fs::read_to_string(self.dir.join("agent.log")).unwrap_or_default()
-    }
-
-    /// The directory of instance `id` on this host, from its registry.
-    fn dir_of(&self, id: &str) -> Option<PathBuf> {
-        let text = std::fs::read_to_string(self.dir.join("data/local/state.json")).ok()?;
-        let registry: Value = serde_json::from_str(&text).ok()?;
-        registry["instances"][id]["dir"].as_str().map(PathBuf::from)
-    }
-
-    /// The unix socket directory and port of instance `id` on this host,
-    /// from the local provider's registry.
-    fn socket_of(&self, id: &str) -> Option<(PathBuf, u16)> {
-        let text = std::fs::read_to_string(self.dir.join("data/local/state.json")).ok()?;
-        let registry: Value = serde_json::from_str(&text).ok()?;
-        let entry = &registry["instances"][id];
-        let port = u16::try_from(entry["port"].as_u64()?).ok()?;
-        let socket = match entry["socket"].as_str() {
-            Some(s) => PathBuf::from(s),
-            None => PathBuf::from(entry["dir"].as_str()?).join("socket"),
-        };
-        Some((socket, port))
-    }
-}
-
-impl Drop for HostAgent {
-    fn drop(&mut self) {
-        self.crash();
-    }
 }
 
 /// A SQL session as Drover's own role over the instance's socket (the test
@@ -166,7 +92,10 @@ impl Fleet {
             let token =
                 create_token(&admin, &api, json!({"name": format!("agent-{name}"), "role": "agent", "host": name}))
                     .await;
-            agents.push((name.clone(), HostAgent::spawn(tmp.path(), &api, &name, zone, &address, &token)));
+            agents.push((
+                name.clone(),
+                HostAgent::spawn_sharing_backups(tmp.path(), &api, &name, zone, &address, &token),
+            ));
         }
         wait_for(Duration::from_secs(30), "three hosts registered", &serve, || {
             let (admin, api) = (admin.clone(), api.clone());
