@@ -148,9 +148,13 @@ impl Client {
             }
         })?;
         let status = response.status();
+        let deferred = response.headers().get(DEFERRED_HEADER).and_then(|v| v.to_str().ok()).map(str::to_string);
         let text =
             response.text().await.map_err(|e| anyhow!("cannot read the answer from Drover at {}: {e}", self.base))?;
         let value: Option<Value> = serde_json::from_str(&text).ok();
+        if let (StatusCode::ACCEPTED, Some(id)) = (status, deferred) {
+            return self.outcome_of(&id).await;
+        }
         if status.is_success() {
             return value.ok_or_else(|| anyhow!("Drover answered {status} with a body that is not JSON"));
         }
@@ -170,6 +174,66 @@ impl Client {
             _ => String::new(),
         };
         Err(anyhow!("{message} ({}){hint}", status.as_u16()))
+    }
+}
+
+/// Set by a standby that kept a command because the fleet's holder did
+/// not answer (its value is the command's id).
+const DEFERRED_HEADER: &str = "x-drover-deferred";
+
+/// How long the CLI waits for a kept command (the server gives up on it
+/// after 300 s).
+const DEFERRED_WAIT: Duration = Duration::from_secs(320);
+
+impl Client {
+    /// Waits for a command a standby kept to be carried out by the node
+    /// that takes the fleet over, and answers as the API did then.
+    async fn outcome_of(&self, id: &str) -> anyhow::Result<Value> {
+        eprintln!(
+            "the fleet's holder did not answer: {} kept the command as {id}; waiting for another node to take the \
+             fleet over and carry it out",
+            self.base
+        );
+        let url = format!("{}/v1/commands/{id}", self.base);
+        let until = std::time::Instant::now() + DEFERRED_WAIT;
+        while std::time::Instant::now() < until {
+            tokio::time::sleep(Duration::from_millis(500)).await;
+            let mut request = self.http.get(&url);
+            if let Some((token, _)) = &self.token {
+                request = request.bearer_auth(token);
+            }
+            // Until a node holds the fleet, reads are refused (503): wait.
+            let Ok(response) = request.send().await else { continue };
+            let status = response.status();
+            if status == StatusCode::SERVICE_UNAVAILABLE || status.is_server_error() {
+                continue;
+            }
+            let command: Value = response.json().await.unwrap_or_default();
+            if !status.is_success() {
+                let error = command["error"].as_str().unwrap_or("no answer");
+                return Err(anyhow!("cannot follow command {id}: {error} ({})", status.as_u16()));
+            }
+            match command["state"].as_str() {
+                Some("pending" | "running") => continue,
+                Some("done") => {
+                    let answered = command["status"].as_u64().unwrap_or_default();
+                    let answer = command["answer"].clone();
+                    if (200..300).contains(&answered) {
+                        return Ok(answer);
+                    }
+                    let error = answer["error"].as_str().map(str::to_string).unwrap_or_else(|| answer.to_string());
+                    return Err(anyhow!("{error} ({answered}; command {id}, carried out after a takeover)"));
+                }
+                _ => {
+                    let message = command["message"].as_str().unwrap_or("not carried out");
+                    return Err(anyhow!("command {id}: {message}"));
+                }
+            }
+        }
+        Err(anyhow!(
+            "command {id} was kept but not carried out within {} s; `GET /v1/commands/{id}` tells where it stands",
+            DEFERRED_WAIT.as_secs()
+        ))
     }
 }
 

@@ -124,9 +124,45 @@ async fn one_node_acts_a_standby_takes_over_a_dead_or_paused_holder_and_the_stal
     assert_eq!(by_name(&cluster, "a")["url"].as_str(), Some(a.api.as_str()));
 
     // kill -9 of a: b takes over within the TTL and a few seconds, and
-    // serves the fleet a created.
+    // serves the fleet a created. Commands sent to b meanwhile are kept
+    // (202) and carried out once b holds the fleet; the caller is checked
+    // at once.
+    let viewer =
+        common::client_with(&common::create_token(&http_a, &a.api, json!({"name": "watcher", "role": "viewer"})).await);
+    let operator_token = common::create_token(&http_a, &a.api, json!({"name": "ops", "role": "operator"})).await;
+    let operator = common::client_with(&operator_token);
     a.kill9();
     let killed = Instant::now();
+    let kept = operator
+        .post(format!("{}/v1/services", b.api))
+        .json(&json!({"name": "kept", "engine": "postgres", "followers": 0}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(kept.status().as_u16(), 202, "a command while the holder is dead is kept");
+    let id = kept.headers()["x-drover-deferred"].to_str().unwrap().to_string();
+    assert_eq!(kept.headers()["location"].to_str().unwrap(), format!("/v1/commands/{id}"));
+    let kept: serde_json::Value = kept.json().await.unwrap();
+    assert_eq!((kept["id"].as_str(), kept["state"].as_str()), (Some(id.as_str()), Some("pending")), "{kept}");
+    assert_eq!(kept["received_by"], "b");
+    let (status, body) =
+        common::post(&viewer, &b.api, "/v1/services", json!({"name": "nope", "engine": "postgres"})).await;
+    assert_eq!(status, 403, "a viewer's command is refused at once, not kept: {body}");
+    let (status, body) = common::post(&plain, &b.api, "/v1/chaos", json!({"instance": "x", "fault": "crash"})).await;
+    assert_eq!(status, 401, "no token: refused at once: {body}");
+    let (status, body) = get(&operator, &format!("{}/v1/services", b.api)).await.unwrap();
+    assert_eq!(status, 503, "a read is not kept: {body}");
+    // The CLI waits for a kept command's outcome and prints it as if answered.
+    let cli = std::process::Command::new(env!("CARGO_BIN_EXE_drover"))
+        .args(["services", "create", "kept-cli", "--engine", "postgres", "--server", &b.api])
+        .current_dir(cwd)
+        .env("DROVER_TOKEN", &operator_token)
+        .env_remove("DROVER_URL")
+        .env_remove("DROVER_CONFIG")
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
     b.wait_healthy(&plain, GENEROUS).await;
     let took = killed.elapsed();
     eprintln!("takeover after kill -9 of the holder: {:.2} s (lease TTL {TTL_SECS} s)", took.as_secs_f64());
@@ -141,6 +177,29 @@ async fn one_node_acts_a_standby_takes_over_a_dead_or_paused_holder_and_the_stal
     .await;
     assert_eq!((&by_name(&cluster, "b")["shards"], &by_name(&cluster, "a")["shards"]), (&json!(1), &json!(0)));
     assert_eq!(cluster["generation"].as_i64(), Some(2), "{cluster}");
+    let done = wait_for(GENEROUS, "the kept command carried out", &b, || async {
+        let (_, c) = get(&operator, &format!("{}/v1/commands/{id}", b.api)).await?;
+        (c["state"] == "done").then_some(c)
+    })
+    .await;
+    assert_eq!((done["status"].as_u64(), done["carried_out_by"].as_str()), (Some(201), Some("b")), "{done}");
+    assert_eq!((done["answer"]["name"].as_str(), done["generation"].as_i64()), (Some("kept"), Some(2)), "{done}");
+    let (status, s) = get(&http_a, &format!("{}/v1/services/kept", b.api)).await.unwrap();
+    assert_eq!((status, s["team"].as_str().is_some()), (200, true), "{s}");
+    let (status, _) = get(&viewer, &format!("{}/v1/commands/{id}", b.api)).await.unwrap();
+    assert_eq!(status, 404, "another caller's command is not shown");
+    let (status, _) = get(&http_a, &format!("{}/v1/commands/{id}", b.api)).await.unwrap();
+    assert_eq!(status, 200, "an admin sees every command");
+    let (_, audit) = get(&http_a, &format!("{}/v1/audit", b.api)).await.unwrap();
+    assert!(
+        audit.as_array().unwrap().iter().any(|e| e["actor"] == "ops" && e["target"].as_str() == Some("kept")),
+        "the kept command is audited as its sender's: {audit}"
+    );
+    let cli = cli.wait_with_output().unwrap();
+    let (out, err) = (String::from_utf8_lossy(&cli.stdout), String::from_utf8_lossy(&cli.stderr));
+    assert!(cli.status.success(), "the CLI's command through a standby: {out}\n{err}");
+    assert!(err.contains("kept the command"), "{err}");
+    assert!(out.contains("kept-cli"), "{out}");
 
     // a comes back as the standby; b paused past its lease loses it to a.
     a.spawn();
@@ -171,7 +230,7 @@ async fn one_node_acts_a_standby_takes_over_a_dead_or_paused_holder_and_the_stal
     assert_eq!(lease(&pg), ("a".to_string(), 3), "the stale node took nothing back");
     let shown = get(&http_a, &format!("{}/v1/services", a.api)).await.unwrap().1;
     let names: Vec<&str> = shown.as_array().unwrap().iter().filter_map(|s| s["name"].as_str()).collect();
-    assert_eq!(names, ["s1", "s2", "via-b"], "{shown}");
+    assert_eq!(names, ["kept", "kept-cli", "s1", "s2", "via-b"], "{shown}");
 
     // A node started with another key than the others' refuses to start:
     // what they sealed it could not open.

@@ -8,7 +8,9 @@
 //! A request forwarded once is never forwarded again (a standby that finds
 //! the holder it was told about is itself not ready answers 503), and a
 //! holder that does not answer is a 503 naming it: the client retries, by
-//! which time a standby may have taken over. Bodies are buffered (at most
+//! which time a standby may have taken over — unless it is a command and
+//! the holder could not be reached at all: then it is kept for the next
+//! holder and answered 202 (`deferred`). Bodies are buffered (at most
 //! [`crate::routes::MAX_BODY_BYTES`]); a streamed answer arrives whole.
 
 use crate::error::ApiError;
@@ -88,27 +90,45 @@ pub async fn to_the_holder(State(state): State<AppState>, request: Request, next
         ))
         .into_response();
     }
-    match forward(&holder, &state.node, &state.key, request).await {
-        Ok(response) => response,
-        Err(why) => ApiError::unavailable(format!(
-            "this node is a standby and the fleet's holder {} ({}) did not answer: {why}; retry in a moment",
-            holder.node, holder.url
-        ))
-        .into_response(),
-    }
+    let (parts, body) = request.into_parts();
+    let body = match axum::body::to_bytes(body, crate::routes::MAX_BODY_BYTES).await {
+        Ok(body) => body,
+        Err(e) => return ApiError::bad_request(format!("cannot read the request body: {e}")).into_response(),
+    };
+    let why = match forward(&holder, &state.node, &state.key, &parts, body.clone()).await {
+        Ok(response) => return response,
+        // Never sent: a command can be kept for the next holder.
+        Err(Failed::NotSent(why)) => match crate::deferred::accept(&state, &parts, &body, &holder.node).await {
+            Some(kept) => return kept,
+            None => why,
+        },
+        Err(Failed::NoAnswer(why)) => why,
+    };
+    ApiError::unavailable(format!(
+        "this node is a standby and the fleet's holder {} ({}) did not answer: {why}; retry in a moment",
+        holder.node, holder.url
+    ))
+    .into_response()
+}
+
+/// Why a forward failed.
+enum Failed {
+    /// The holder could not be reached: the request was not sent.
+    NotSent(String),
+    /// Sent (or perhaps sent): whether the holder acted on it is unknown.
+    NoAnswer(String),
 }
 
 async fn forward(
     holder: &crate::lease::Holder,
     this_node: &str,
     key: &drover_secrets::SecretKey,
-    request: Request,
-) -> Result<Response, String> {
-    let (parts, body) = request.into_parts();
+    parts: &axum::http::request::Parts,
+    body: axum::body::Bytes,
+) -> Result<Response, Failed> {
     let caller = parts.extensions.get::<axum::extract::ConnectInfo<std::net::SocketAddr>>().map(|c| c.0.ip());
     let path = parts.uri.path_and_query().map_or("/", |p| p.as_str());
     let url = format!("{}{path}", holder.url.trim_end_matches('/'));
-    let body = axum::body::to_bytes(body, crate::routes::MAX_BODY_BYTES).await.map_err(|e| e.to_string())?;
     let mut out = client().request(parts.method.clone(), &url).body(body);
     for (name, value) in &parts.headers {
         if !skipped(name) && name.as_str() != FORWARDED_FOR {
@@ -119,15 +139,21 @@ async fn forward(
     if let Some(ip) = caller {
         out = out.header(FORWARDED_FOR, vouch(key, ip));
     }
-    let answer = out.send().await.map_err(|e| e.to_string())?;
+    let answer = out.send().await.map_err(|e| {
+        if e.is_connect() {
+            Failed::NotSent(e.to_string())
+        } else {
+            Failed::NoAnswer(e.to_string())
+        }
+    })?;
     let mut response = Response::builder().status(answer.status());
     for (name, value) in answer.headers() {
         if !skipped(name) {
             response = response.header(name, value);
         }
     }
-    let bytes = answer.bytes().await.map_err(|e| e.to_string())?;
-    response.body(axum::body::Body::from(bytes)).map_err(|e| e.to_string())
+    let bytes = answer.bytes().await.map_err(|e| Failed::NoAnswer(e.to_string()))?;
+    response.body(axum::body::Body::from(bytes)).map_err(|e| Failed::NoAnswer(e.to_string()))
 }
 
 #[cfg(test)]

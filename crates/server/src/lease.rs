@@ -65,13 +65,12 @@ pub fn advertised_url(listen_url: &str) -> String {
 /// store's commits with it and starts its renewal; returns the store and
 /// the lease's generation (sent with every action: `sim_provider`).
 pub async fn hold_the_fleet(
-    store: PgStore,
+    store: Arc<PgStore>,
     node: String,
     address: String,
     ttl: Duration,
     standby: Standby,
 ) -> anyhow::Result<(Arc<PgStore>, i64)> {
-    let store = Arc::new(store);
     let waiting = Arc::clone(&store);
     let name = node.clone();
     let published = Arc::clone(&standby);

@@ -25,6 +25,7 @@ pub mod checks;
 pub mod cluster;
 mod credentials;
 pub mod data_dir;
+pub mod deferred;
 mod error;
 mod followers;
 pub mod forward;
@@ -303,6 +304,7 @@ async fn run(
         standby: Arc::default(),
         node: node_name.as_str().into(),
         key: key.clone(),
+        desk: Arc::default(),
     };
     let (stop_tx, stop_rx) = watch::channel(false);
 
@@ -415,6 +417,9 @@ async fn start_up(
             }
             let (node, address) = (node_name.clone(), node_url.clone());
             let standby = Arc::clone(&state.standby);
+            let store = Arc::new(store);
+            // A standby keeps commands its holder could not take (`deferred`).
+            let _ = state.desk.set(Arc::clone(&store));
             let (store, held) = lease::hold_the_fleet(store, node, address, opts.lease_ttl, standby).await?;
             shared = Some(Arc::clone(&store));
             generation = Some(held);
@@ -672,6 +677,10 @@ async fn start_up(
     status::at_start(&ready).await;
     let _ = state.ready.set(ready);
     rollout_gate::spawn(state.ready.clone(), stop_for_status.clone());
+    // What standbys kept while no node held the fleet, carried out now.
+    if let Some(store) = state.desk.get() {
+        deferred::spawn_carry_out(state.clone(), Arc::clone(store), stop_for_status.clone());
+    }
     status::spawn_sampler(state.ready.clone(), stop_for_status);
     Ok(actor_task)
 }

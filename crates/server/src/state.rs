@@ -102,6 +102,9 @@ pub struct AppState {
     /// The key every node of this control plane shares (a standby vouches
     /// for its callers' addresses with it: `forward::FORWARDED_FOR`).
     pub key: drover_secrets::SecretKey,
+    /// The shared store once it is open, also while a standby: where it
+    /// keeps commands its holder could not take (`deferred`).
+    pub desk: crate::deferred::Desk,
 }
 
 impl AppState {

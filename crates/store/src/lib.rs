@@ -17,6 +17,7 @@
 //! their transitions, notifications, the feed), in a file of their own.
 
 pub mod breakglass;
+pub mod deferred;
 pub mod migrate;
 pub mod oncall;
 mod oncall_pg;

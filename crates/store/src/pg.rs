@@ -74,7 +74,7 @@ type Fence = Arc<std::sync::RwLock<Option<(String, i64)>>>;
 pub const FLEET_SHARD: i64 = 0;
 
 /// The database's clock in microseconds, in SQL.
-const DB_NOW: &str = "(extract(epoch from clock_timestamp()) * 1000000)::bigint";
+pub(crate) const DB_NOW: &str = "(extract(epoch from clock_timestamp()) * 1000000)::bigint";
 
 /// A node as the store last saw it.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -152,7 +152,7 @@ pub(crate) fn pg_detail(error: &tokio_postgres::Error) -> String {
     detail
 }
 
-fn pg(operation: &'static str) -> impl Fn(tokio_postgres::Error) -> StoreError {
+pub(crate) fn pg(operation: &'static str) -> impl Fn(tokio_postgres::Error) -> StoreError {
     move |e| StoreError::Postgres { operation, detail: pg_detail(&e) }
 }
 

@@ -74,3 +74,63 @@ fn one_holder_at_a_time_and_a_stale_holders_commits_are_refused() {
     b.fence_commits("b", gb2);
     b.commit(audit(5)).unwrap();
 }
+
+fn deferred(id: &str) -> drover_store::deferred::NewDeferred {
+    drover_store::deferred::NewDeferred {
+        id: id.into(),
+        received_by: "c".into(),
+        token_id: "tok-1".into(),
+        method: "POST".into(),
+        path: "/v1/services".into(),
+        request: format!("sealed request {id}"),
+    }
+}
+
+#[test]
+fn deferred_commands_are_taken_in_order_by_the_holder_only_and_never_twice() {
+    let pg = PgServer::start();
+    let url = pg.url(common::DB);
+    let (a, b, c) = (PgStore::connect(&url).unwrap(), PgStore::connect(&url).unwrap(), PgStore::connect(&url).unwrap());
+    let ttl = Duration::from_millis(400);
+    let ga = a.try_acquire_lease("a", "http://a.test", ttl).unwrap().expect("free");
+    a.fence_commits("a", ga);
+
+    // A standby queues without holding anything.
+    let first = c.defer_command(deferred("cmd-1")).unwrap();
+    assert_eq!((first.state.as_str(), first.received_by.as_str()), ("pending", "c"));
+    assert!(first.received_at > 0);
+    c.defer_command(deferred("cmd-2")).unwrap();
+    assert!(c.defer_command(deferred("cmd-1")).is_err(), "an id is stored once");
+    assert!(c.take_deferred_command(Duration::from_secs(300)).is_err(), "a node holding no lease takes nothing");
+
+    let taken = a.take_deferred_command(Duration::from_secs(300)).unwrap().expect("the oldest");
+    assert_eq!((taken.id.as_str(), taken.state.as_str()), ("cmd-1", "running"));
+    assert_eq!((taken.taken_by.as_deref(), taken.generation), (Some("a"), Some(ga)));
+    assert_eq!(taken.request, "sealed request cmd-1");
+    assert!(a.finish_deferred_command("cmd-1", 201, "sealed answer").unwrap());
+    assert!(!a.finish_deferred_command("cmd-1", 201, "again").unwrap(), "finished once");
+    let done = c.deferred_command("cmd-1").unwrap().unwrap();
+    assert_eq!((done.state.as_str(), done.status, done.answer.as_deref()), ("done", Some(201), Some("sealed answer")));
+    assert!(done.finished_at.is_some());
+
+    // a takes cmd-2 and stops before it finishes; b takes the fleet over.
+    assert_eq!(a.take_deferred_command(Duration::from_secs(300)).unwrap().unwrap().id, "cmd-2");
+    std::thread::sleep(ttl * 2);
+    let gb = b.try_acquire_lease("b", "http://b.test", ttl).unwrap().expect("expired");
+    b.fence_commits("b", gb);
+    c.defer_command(deferred("cmd-3")).unwrap();
+    let next = b.take_deferred_command(Duration::from_secs(300)).unwrap().expect("cmd-3");
+    assert_eq!(next.id, "cmd-3", "cmd-2 is not run again");
+    let cut = c.deferred_command("cmd-2").unwrap().unwrap();
+    assert_eq!(cut.state, "interrupted", "its outcome is unknown: never run twice");
+    assert!(matches!(a.finish_deferred_command("cmd-2", 201, "late"), Err(StoreError::LeaseLost { .. })));
+    assert!(matches!(a.take_deferred_command(Duration::from_secs(300)), Err(StoreError::LeaseLost { .. })));
+    assert_eq!(c.deferred_command("cmd-2").unwrap().unwrap().state, "interrupted");
+
+    // Nobody took it in time: expired, not run.
+    c.defer_command(deferred("cmd-4")).unwrap();
+    std::thread::sleep(Duration::from_millis(20));
+    assert_eq!(b.take_deferred_command(Duration::from_millis(10)).unwrap(), None);
+    assert_eq!(c.deferred_command("cmd-4").unwrap().unwrap().state, "expired");
+    assert_eq!(c.deferred_command("nope").unwrap(), None);
+}

@@ -410,7 +410,7 @@ fn client_ip(req: &Request) -> Option<IpAddr> {
 }
 
 /// The bearer token of a request: `Authorization: Bearer <token>` only.
-fn bearer(headers: &HeaderMap) -> Result<&str, Refusal> {
+pub(crate) fn bearer(headers: &HeaderMap) -> Result<&str, Refusal> {
     let value = headers.get(header::AUTHORIZATION).ok_or(Refusal::Missing)?;
     let text = value.to_str().map_err(|_| Refusal::Malformed)?;
     let (scheme, token) = text.split_once(' ').ok_or(Refusal::Malformed)?;

@@ -200,6 +200,7 @@ pub const TABLE: &[Rule] = &[
     rule("POST", "/v1/runbooks/runs/{id}/approve", Operate, ByEngine),
     rule("GET", "/v1/hosts", Read, No),
     rule("GET", "/v1/cluster", Read, No),
+    rule("GET", "/v1/commands/{id}", Read, No),
     rule("POST", "/v1/hosts", Heartbeat, ByEngine),
     rule("POST", "/v1/hosts/{name}/drain", Operate, ByEngine),
     rule("POST", "/v1/hosts/{name}/cordon", Operate, ByEngine),
