@@ -19,7 +19,11 @@ async fn on_the_embedded_store_the_cluster_is_this_node_holding_the_one_shard() 
     let mut t = common::start().await;
     let (status, body) = t.get("/v1/cluster").await;
     assert_eq!(status, 200, "{body}");
-    assert_eq!((body["shards"].as_u64(), body["store"].as_str()), (Some(1), Some("sqlite")), "{body}");
+    // Alone on a PostgreSQL store (DROVER_TEST_STORE): the same, at the
+    // lease's first generation.
+    let (store, generation) = if common::on_postgres() { ("postgres", json!(1)) } else { ("sqlite", json!(null)) };
+    assert_eq!((body["shards"].as_u64(), body["store"].as_str()), (Some(1), Some(store)), "{body}");
+    assert_eq!(body["generation"], generation, "{body}");
     let nodes = body["nodes"].as_array().unwrap();
     assert_eq!(nodes.len(), 1, "{body}");
     assert_eq!((&nodes[0]["alive"], &nodes[0]["shards"], &nodes[0]["this"]), (&json!(true), &json!(1), &json!(true)));

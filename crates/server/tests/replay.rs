@@ -13,7 +13,7 @@ use serde_json::json;
 use std::time::Duration;
 
 /// Every event of the store, in seq order.
-fn stored_events(store: &SqliteStore) -> Vec<Event> {
+fn stored_events(store: &dyn Store) -> Vec<Event> {
     let mut all: Vec<Event> = Vec::new();
     loop {
         let filter =
@@ -58,11 +58,19 @@ async fn a_servers_seed_and_input_log_reproduce_its_event_log_exactly() {
     let db = t.dir.path().join("drover.db");
     t.server.take().unwrap().stop().await.unwrap();
 
-    // What the server recorded: its seed in the store, its inputs in the log.
-    let store = SqliteStore::open(&db).unwrap();
+    // What the server recorded: its seed in the store, its inputs in the log
+    // (DROVER_TEST_STORE=postgres: its PostgreSQL store, connected on a
+    // thread of its own, as it runs its own runtime).
+    let store: Box<dyn Store> = match &t.pg {
+        Some(pg) => {
+            let url = pg.url("postgres");
+            Box::new(std::thread::spawn(move || drover_store::PgStore::connect(&url).unwrap()).join().unwrap())
+        }
+        None => Box::new(SqliteStore::open(&db).unwrap()),
+    };
     let starts = store.engine_starts().unwrap();
     assert_eq!(starts.len(), 1, "one start: {starts:?}");
-    let stored = stored_events(&store);
+    let stored = stored_events(store.as_ref());
     assert!(stored.len() > 20, "too little activity to prove anything: {} events", stored.len());
     let lines = read_input_log(&log).unwrap();
     let (at, seed) = match lines.first() {

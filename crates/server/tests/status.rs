@@ -318,7 +318,18 @@ async fn an_open_incident_whose_commander_was_never_paged_is_paged_at_the_next_s
     // What a kill -9 between storing an incident and paging leaves behind.
     let dir = tempfile::tempdir().unwrap();
     let now = drover_model::Timestamp(jiff::Timestamp::now().as_microsecond());
-    let store = drover_store::oncall::OncallStore::open(&dir.path().join("oncall.db")).unwrap();
+    // The pager's store as the server will open it (a PostgreSQL store's
+    // with DROVER_TEST_STORE=postgres).
+    let pg = common::on_postgres().then(|| common::pg_for(dir.path()));
+    let store = match &pg {
+        Some(pg) => {
+            // Its own runtime: connected outside this test's.
+            let url = pg.url("postgres");
+            let store = std::thread::spawn(move || drover_store::PgStore::connect(&url).unwrap()).join().unwrap();
+            drover_store::oncall::OncallStore::postgres(std::sync::Arc::new(store))
+        }
+        None => drover_store::oncall::OncallStore::open(&dir.path().join("oncall.db")).unwrap(),
+    };
     let stranded = drover_oncall::status::Incident::declare(
         drover_model::IncidentId(uuid::Uuid::now_v7()),
         "Stranded before its page".into(),

@@ -2,6 +2,8 @@
 //! provider and fast timings, and talks to it over real HTTP.
 #![allow(dead_code)]
 
+#[path = "../../../store/tests/common/pg.rs"]
+pub mod pg;
 pub mod receiver;
 
 use drover_server::{RunningServer, ServeOptions};
@@ -14,11 +16,46 @@ pub struct TestServer {
     pub url: String,
     pub http: reqwest::Client,
     pub dir: tempfile::TempDir,
+    /// The PostgreSQL server of its store, with `DROVER_TEST_STORE=postgres`
+    /// (dropped after the control plane: fields drop in order).
+    pub pg: Option<std::sync::Arc<pg::PgServer>>,
+}
+
+/// The PostgreSQL server of each data dir's store while a test holds it:
+/// a server restarted on the same data dir finds the same store.
+fn stores() -> &'static std::sync::Mutex<std::collections::HashMap<std::path::PathBuf, std::sync::Weak<pg::PgServer>>> {
+    static STORES: std::sync::OnceLock<
+        std::sync::Mutex<std::collections::HashMap<std::path::PathBuf, std::sync::Weak<pg::PgServer>>>,
+    > = std::sync::OnceLock::new();
+    STORES.get_or_init(Default::default)
+}
+
+/// The PostgreSQL server of `dir`'s store, started on first use.
+pub fn pg_for(dir: &std::path::Path) -> std::sync::Arc<pg::PgServer> {
+    let mut stores = stores().lock().unwrap();
+    if let Some(pg) = stores.get(dir).and_then(std::sync::Weak::upgrade) {
+        return pg;
+    }
+    let pg = std::sync::Arc::new(pg::PgServer::start());
+    stores.insert(dir.to_path_buf(), std::sync::Arc::downgrade(&pg));
+    pg
+}
+
+/// `DROVER_TEST_STORE=postgres`: every test server keeps its fleet in a
+/// PostgreSQL store of its own (a fresh cluster), as one node holding the
+/// lease; else the embedded SQLite store. The same suite runs on both.
+pub fn on_postgres() -> bool {
+    std::env::var("DROVER_TEST_STORE").is_ok_and(|s| s == "postgres")
 }
 
 /// Timings short enough for tests, in the ratios of the defaults.
 pub fn fast_options(dir: &std::path::Path) -> ServeOptions {
     let mut opts = ServeOptions::new(dir, "127.0.0.1:0".parse().unwrap());
+    // On PostgreSQL: the store a test holds for this data dir (`pg_for`).
+    if let Some(pg) = stores().lock().unwrap().get(dir).and_then(std::sync::Weak::upgrade) {
+        opts.store = Some(pg.url("postgres"));
+        opts.node = Some("test".into());
+    }
     opts.engine.uncertain_after = Duration::from_millis(400);
     opts.engine.presumed_dead_after = Duration::from_secs(5);
     opts.engine.restart_grace = Duration::from_millis(300);
@@ -52,12 +89,13 @@ pub async fn start_with(tweak: impl FnOnce(&mut ServeOptions)) -> TestServer {
 /// paths: unix socket paths are limited to ~100 bytes).
 pub async fn start_in(dir: tempfile::TempDir, tweak: impl FnOnce(&mut ServeOptions)) -> TestServer {
     init_logs();
+    let pg = on_postgres().then(|| pg_for(dir.path()));
     let mut opts = fast_options(dir.path());
     tweak(&mut opts);
     let server = drover_server::start(opts).await.expect("server starts");
     let url = server.url();
     let http = drover_agent::tls::builder().timeout(Duration::from_secs(20)).build().unwrap();
-    let mut t = TestServer { server: Some(server), url, http, dir };
+    let mut t = TestServer { server: Some(server), url, http, dir, pg };
     t.wait_healthy().await;
     // Every request of `t.http` carries the admin token of its data dir.
     t.http = client_with(&admin_token(t.dir.path()));
