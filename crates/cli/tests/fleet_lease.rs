@@ -31,12 +31,6 @@ fn node(cwd: &Path, name: &str, url: &str) -> Serve {
     Serve::start(cwd, free_port(), &args)
 }
 
-fn lease(pg: &pg::PgServer) -> (String, i64) {
-    let row = pg.psql("postgres", "SELECT holder || ' ' || generation FROM leases WHERE shard = 0");
-    let mut parts = row.split_whitespace();
-    (parts.next().unwrap_or_default().to_string(), parts.next().and_then(|g| g.parse().ok()).unwrap_or(0))
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn one_node_acts_a_standby_takes_over_a_dead_or_paused_holder_and_the_stale_one_stops() {
     let pg = pg::PgServer::start();
@@ -47,7 +41,7 @@ async fn one_node_acts_a_standby_takes_over_a_dead_or_paused_holder_and_the_stal
 
     let mut a = node(cwd, "a", &url);
     a.wait_healthy(&plain, GENEROUS).await;
-    assert_eq!(lease(&pg), ("a".to_string(), 1));
+    assert_eq!(pg.lease(), ("a".to_string(), 1));
     let http_a = admin_client(&cwd.join("a"));
     let (status, body) =
         common::post(&http_a, &a.api, "/v1/services", json!({"name": "s1", "engine": "postgres", "followers": 1}))
@@ -65,7 +59,7 @@ async fn one_node_acts_a_standby_takes_over_a_dead_or_paused_holder_and_the_stal
     tokio::time::sleep(Duration::from_secs_f64(TTL_SECS * 2.0)).await;
     assert!(!b.healthy(&plain).await, "b serves while a holds the lease:\n{}", b.log_tail());
     assert!(b.log_tail().contains("standby"), "{}", b.log_tail());
-    assert_eq!(lease(&pg).0, "a");
+    assert_eq!(pg.lease().0, "a");
     assert!(!cwd.join("b/admin.token").exists(), "only the first node writes an admin token");
     assert!(!cwd.join("b/drover.db").exists(), "a node on a shared store keeps no SQLite store");
     let (status, through_b) = get(&http_a, &format!("{}/v1/services/s1", b.api)).await.unwrap();
@@ -167,7 +161,7 @@ async fn one_node_acts_a_standby_takes_over_a_dead_or_paused_holder_and_the_stal
     let took = killed.elapsed();
     eprintln!("takeover after kill -9 of the holder: {:.2} s (lease TTL {TTL_SECS} s)", took.as_secs_f64());
     assert!(took < Duration::from_secs_f64(TTL_SECS + 5.0), "takeover took {took:?}");
-    assert_eq!(lease(&pg), ("b".to_string(), 2));
+    assert_eq!(pg.lease(), ("b".to_string(), 2));
     let (status, s) = get(&http_a, &format!("{}/v1/services/s1", b.api)).await.unwrap();
     assert_eq!(status, 200, "a's admin token is good on b (one token table): {s}");
     let cluster = wait_for(GENEROUS, "a seen dead in the cluster", &b, || async {
@@ -209,7 +203,7 @@ async fn one_node_acts_a_standby_takes_over_a_dead_or_paused_holder_and_the_stal
     let paused = Instant::now();
     a.wait_healthy(&plain, GENEROUS).await;
     eprintln!("takeover from a paused holder: {:.2} s", paused.elapsed().as_secs_f64());
-    assert_eq!(lease(&pg), ("a".to_string(), 3));
+    assert_eq!(pg.lease(), ("a".to_string(), 3));
     let (status, body) =
         common::post(&http_a, &a.api, "/v1/services", json!({"name": "s2", "engine": "postgres", "followers": 0}))
             .await;
@@ -227,7 +221,7 @@ async fn one_node_acts_a_standby_takes_over_a_dead_or_paused_holder_and_the_stal
     };
     assert_eq!(status.code(), Some(3), "{}", b.log_tail());
     assert!(b.log_tail().contains("lease"), "{}", b.log_tail());
-    assert_eq!(lease(&pg), ("a".to_string(), 3), "the stale node took nothing back");
+    assert_eq!(pg.lease(), ("a".to_string(), 3), "the stale node took nothing back");
     let shown = get(&http_a, &format!("{}/v1/services", a.api)).await.unwrap().1;
     let names: Vec<&str> = shown.as_array().unwrap().iter().filter_map(|s| s["name"].as_str()).collect();
     assert_eq!(names, ["kept", "kept-cli", "s1", "s2", "via-b"], "{shown}");

@@ -36,12 +36,6 @@ fn node(root: &Path, name: &str, store: &str, world: &str) -> Serve {
     Serve::start(&cwd, free_port(), &args)
 }
 
-fn lease(pg: &pg::PgServer) -> (String, i64) {
-    let row = pg.psql("postgres", "SELECT holder || ' ' || generation FROM leases WHERE shard = 0");
-    let mut parts = row.split_whitespace();
-    (parts.next().unwrap_or_default().to_string(), parts.next().and_then(|g| g.parse().ok()).unwrap_or(0))
-}
-
 fn with_role<'a>(service: &'a Value, role: &str) -> Vec<&'a Value> {
     service["instances"].as_array().map(|i| i.iter().filter(|i| i["role"] == role).collect()).unwrap_or_default()
 }
@@ -125,7 +119,7 @@ async fn three_nodes_heal_one_fleet_through_a_holder_killed_and_a_holder_paused(
 
     let mut a = node(root, "a", &store, &w);
     a.wait_healthy(&plain, GENEROUS).await;
-    assert_eq!(lease(&pg), ("a".to_string(), 1));
+    assert_eq!(pg.lease(), ("a".to_string(), 1));
     let http = admin_client(&root.join("a/data"));
     let mut b = node(root, "b", &store, &w);
     let mut c = node(root, "c", &store, &w);
@@ -182,7 +176,7 @@ async fn three_nodes_heal_one_fleet_through_a_holder_killed_and_a_holder_paused(
     let took = killed.elapsed();
     eprintln!("takeover after kill -9 of the holder: {:.2} s (lease TTL {TTL_SECS} s)", took.as_secs_f64());
     assert!(took < Duration::from_secs(10), "takeover took {took:?}");
-    let (new_holder, generation) = lease(&pg);
+    let (new_holder, generation) = pg.lease();
     assert_eq!(generation, 2);
     assert!(holder.log_tail().contains("holds the fleet's lease"), "{}", holder.log_tail());
     // Healed by the new holder, asked through the other standby.
@@ -245,7 +239,7 @@ async fn three_nodes_heal_one_fleet_through_a_holder_killed_and_a_holder_paused(
     chaos(&plain, &w, &primaries["s3"]).await;
     standby.wait_healthy(&plain, GENEROUS).await;
     eprintln!("takeover from a paused holder: {:.2} s", paused.elapsed().as_secs_f64());
-    assert_eq!(lease(&pg).1, 3);
+    assert_eq!(pg.lease().1, 3);
     failed_over(&http, standby, "s3", &followers["s3"]).await;
     holder.signal("-CONT");
     let deadline = Instant::now() + Duration::from_secs(10);

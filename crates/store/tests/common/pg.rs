@@ -168,6 +168,16 @@ impl PgServer {
     }
 }
 
+impl PgServer {
+    /// The fleet's lease in the `postgres` database, as (holder, generation)
+    /// (empty and 0 while nobody took it).
+    pub fn lease(&self) -> (String, i64) {
+        let row = self.psql("postgres", "SELECT holder || ' ' || generation FROM leases WHERE shard = 0");
+        let mut parts = row.split_whitespace();
+        (parts.next().unwrap_or_default().to_string(), parts.next().and_then(|g| g.parse().ok()).unwrap_or(0))
+    }
+}
+
 impl Drop for PgServer {
     fn drop(&mut self) {
         self.stop();
