@@ -1,0 +1,392 @@
+//! Issue 16's benchmark: heartbeats through HTTP into three `drover serve`
+//! nodes on one PostgreSQL store holding a fleet of simulated-size
+//! instances, and the time a node needs to take that fleet over after a
+//! kill -9 of its holder. Ignored (minutes and gigabytes at full size); run
+//! with
+//!
+//! ```sh
+//! DROVER_BENCH_INSTANCES=1000000 cargo nextest run --release -p drover \
+//!   --test cluster_bench --run-ignored only --no-capture
+//! ```
+//!
+//! The fleet is built by the real engine in this process (services of a
+//! primary and a synchronous follower, placed on 30 agent hosts in three
+//! zones, provisioned, one round of beats) and committed to the store
+//! through `PgStore`'s own commits: the rows are those a node writes. The
+//! nodes then load it as they load any fleet. The heartbeats are those an
+//! agent sends (`POST /v1/heartbeats` with its host's agent token, batches
+//! of [`BATCH`] beats), spread evenly over the three nodes: the two
+//! standbys forward theirs to the holder. Everything runs on this one
+//! machine (PostgreSQL, three nodes, the sender), as the issue asks.
+//!
+//! Printed: the first load, beats per second over [`ROUNDS`] rounds, the
+//! holder's resident memory per instance (the whole process), and the
+//! takeover (kill -9 of the holder to a standby answering `/healthz` 200).
+//! The last line is one JSON object with the figures.
+
+mod common;
+#[path = "../../store/tests/common/pg.rs"]
+#[allow(dead_code)]
+mod pg;
+
+use common::{free_port, get, Serve};
+use drover_engine::{Command, Config, Engine, Input, Reply};
+use drover_model::{
+    ActionKind, ActionOutcome, Beat, Changes, CreateService, EngineKind, Facts, Image, InstanceId, RegisterHost, Role,
+    Timestamp,
+};
+use drover_store::Store;
+use serde_json::json;
+use std::path::Path;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+const HOSTS: usize = 30;
+const ZONES: [&str; 3] = ["zone-a", "zone-b", "zone-c"];
+/// Beats per request, as an agent of a large host sends them.
+const BATCH: usize = 5_000;
+const ROUNDS: u64 = 5;
+/// Requests in flight at once, over all nodes.
+const IN_FLIGHT: usize = 12;
+const TTL_SECS: &str = "3";
+
+fn now_micros() -> i64 {
+    std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().as_micros() as i64
+}
+
+fn host_name(h: usize) -> String {
+    format!("h{h:02}")
+}
+
+fn merge(into: &mut Changes, from: Changes) {
+    into.services.extend(from.services);
+    into.instances.extend(from.instances);
+    into.actions.extend(from.actions);
+    into.images.extend(from.images);
+    into.events.extend(from.events);
+    into.audit.extend(from.audit);
+    into.rollouts.extend(from.rollouts);
+    into.rollout_members.extend(from.rollout_members);
+    into.hosts.extend(from.hosts);
+    into.archives.extend(from.archives);
+}
+
+fn facts(role: Role, seq: u64) -> Facts {
+    Facts {
+        role: Some(role),
+        writable: Some(role == Role::Primary),
+        wal_position: Some(seq * 8192),
+        replication_lag_bytes: (role == Role::Follower).then_some(0),
+        upstream_streaming: (role == Role::Follower).then_some(true),
+        connections: Some(12),
+        last_backup_at: None,
+        port: Some(5432),
+    }
+}
+
+/// Builds the fleet with the engine and commits what it decided to the
+/// store, a chunk of services per commit (on another thread, so building
+/// and writing overlap). Returns every instance with its host and role.
+fn seed(store_url: &str, instances: usize) -> Vec<(InstanceId, usize, Role)> {
+    let store = drover_store::PgStore::connect(store_url).expect("the store");
+    let (tx, rx) = std::sync::mpsc::sync_channel::<Changes>(4);
+    let writer = std::thread::spawn(move || {
+        for changes in rx {
+            store.commit(changes).expect("seeding commit");
+        }
+    });
+    let config =
+        Config { default_provider: "local".into(), providers: vec!["sim".into(), "local".into()], ..Config::default() };
+    let mut engine = Engine::new(config, 16);
+    engine.reserve(instances);
+    let now = Timestamp(now_micros());
+    let mut pending = Changes::default();
+    let step = |engine: &mut Engine, input: Input, pending: &mut Changes| {
+        let mut out = engine.step(input, now);
+        merge(pending, std::mem::take(&mut out.changes));
+        out
+    };
+    let image = Image::new(EngineKind::Postgres, "15-bench", Default::default(), Default::default(), now);
+    step(
+        &mut engine,
+        Input::Command { actor: "bench".into(), role: None, command: Command::RegisterImage(image) },
+        &mut pending,
+    );
+    let capacity = (instances / HOSTS * 2 + 100) as u32;
+    for h in 0..HOSTS {
+        let host = RegisterHost {
+            name: host_name(h),
+            zone: ZONES[h % 3].into(),
+            address: format!("127.0.1.{}", h + 1),
+            capacity,
+        };
+        let out = step(
+            &mut engine,
+            Input::Command {
+                actor: "bench".into(),
+                role: None,
+                command: Command::RegisterHost { host, builtin: false },
+            },
+            &mut pending,
+        );
+        assert!(matches!(out.reply, Some(Ok(_))), "registering a host: {:?}", out.reply);
+    }
+    let host_index: std::collections::HashMap<String, usize> = (0..HOSTS).map(|h| (host_name(h), h)).collect();
+    let mut placed: Vec<(InstanceId, usize, Role)> = Vec::with_capacity(instances);
+    for s in 0..instances / 2 {
+        let req = CreateService {
+            name: format!("svc-{s}"),
+            engine: EngineKind::Postgres,
+            followers: 1,
+            provider: Some("local".into()),
+            sync: Some(true),
+            team: None,
+            zones: None,
+            max_failover_lag_bytes: None,
+            credential_rotation_days: None,
+            labels: None,
+            brokers: None,
+        };
+        let out = step(
+            &mut engine,
+            Input::Command { actor: "bench".into(), role: None, command: Command::CreateService(req) },
+            &mut pending,
+        );
+        match out.reply {
+            Some(Ok(Reply::Service(v))) => placed.extend(v.instances.iter().map(|i| {
+                let host = i.host.as_deref().and_then(|h| host_index.get(h)).copied();
+                (
+                    i.id,
+                    host.unwrap_or_else(|| panic!("instance {} placed on no agent host: {:?}", i.id, i.host)),
+                    i.role,
+                )
+            })),
+            other => panic!("creating a service failed: {other:?}"),
+        }
+        for a in out.dispatch {
+            if matches!(a.kind, ActionKind::Provision(_)) {
+                let result = Input::ActionResult {
+                    action: a.id,
+                    attempt: a.attempts,
+                    outcome: ActionOutcome::Succeeded { detail: None },
+                };
+                step(&mut engine, result, &mut pending);
+            }
+        }
+        if s % 2_000 == 1_999 {
+            tx.send(std::mem::take(&mut pending)).unwrap();
+        }
+    }
+    // One round of beats: everyone available, as a running fleet is.
+    for chunk in placed.chunks(BATCH) {
+        let beats = chunk.iter().map(|&(id, _, role)| Beat { instance: id, seq: 1, facts: facts(role, 1) }).collect();
+        step(&mut engine, Input::Heartbeats(beats), &mut pending);
+    }
+    tx.send(pending).unwrap();
+    drop(tx);
+    writer.join().expect("the seeding writer");
+    placed
+}
+
+fn node(root: &Path, name: &str, store: &str) -> Serve {
+    let cwd = root.join(name);
+    std::fs::create_dir_all(&cwd).unwrap();
+    #[rustfmt::skip]
+    let args = [
+        "--data-dir", "data", "--store", store, "--node", name, "--lease-ttl-secs", TTL_SECS,
+        "--no-local",
+        // The bench measures ingest, not failure detection: a round of a
+        // million beats may take longer than the default silence bounds.
+        "--uncertain-after-ms", "120000", "--presumed-dead-after-secs", "300", "--restart-grace-secs", "300",
+    ];
+    common::share_the_key(&cwd.join("data"));
+    Serve::start(&cwd, free_port(), &args)
+}
+
+fn rss_bytes(serve: &Serve) -> u64 {
+    let pid = serve.child.as_ref().expect("running").id();
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap_or_default();
+    status
+        .lines()
+        .find_map(|l| l.strip_prefix("VmRSS:"))
+        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse::<u64>().ok())
+        .unwrap_or(0)
+        * 1024
+}
+
+/// The node answering `/healthz` 200 among `nodes`, waiting up to `timeout`.
+async fn holder(http: &reqwest::Client, nodes: &[Serve], timeout: Duration) -> usize {
+    let deadline = Instant::now() + timeout;
+    loop {
+        for (i, n) in nodes.iter().enumerate() {
+            if n.child.is_some() && n.healthy(http).await {
+                return i;
+            }
+        }
+        assert!(
+            Instant::now() < deadline,
+            "no node holds the fleet:\n{}",
+            nodes.iter().map(|n| n.log_tail()).collect::<Vec<_>>().join("\n---\n")
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+/// One round's request bodies: per host, batches of [`BATCH`] beats.
+fn round_bodies(placed: &[(InstanceId, usize, Role)], seq: u64) -> Vec<(usize, Vec<u8>)> {
+    let mut by_host: Vec<Vec<Beat>> = vec![Vec::new(); HOSTS];
+    for &(id, host, role) in placed {
+        by_host[host].push(Beat { instance: id, seq, facts: facts(role, seq) });
+    }
+    let mut bodies = Vec::new();
+    for (host, beats) in by_host.into_iter().enumerate() {
+        for chunk in beats.chunks(BATCH) {
+            let body = serde_json::to_vec(&json!({ "beats": chunk })).unwrap();
+            bodies.push((host, body));
+        }
+    }
+    bodies
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "a benchmark: minutes and gigabytes at full size (run with --run-ignored only)"]
+async fn heartbeats_into_three_nodes_and_a_takeover_of_the_fleet() {
+    let instances: usize =
+        std::env::var("DROVER_BENCH_INSTANCES").ok().and_then(|v| v.parse().ok()).unwrap_or(1_000_000);
+    assert!(instances >= 2 * HOSTS, "DROVER_BENCH_INSTANCES must be at least {}", 2 * HOSTS);
+    let pg = pg::PgServer::start();
+    let store = pg.url("postgres");
+    let dir = tempfile::tempdir().unwrap();
+    let root = dir.path();
+    let plain = drover_agent::tls::builder().timeout(Duration::from_secs(120)).build().unwrap();
+
+    let started = Instant::now();
+    let placed = tokio::task::spawn_blocking({
+        let store = store.clone();
+        move || seed(&store, instances)
+    })
+    .await
+    .unwrap();
+    let n = placed.len();
+    let seeded = started.elapsed().as_secs_f64();
+    eprintln!("fleet of {n} instances on {HOSTS} hosts built and committed to the store in {seeded:.1} s");
+
+    let start = Instant::now();
+    let mut nodes = vec![node(root, "a", &store)];
+    let first = holder(&plain, &nodes, Duration::from_secs(900)).await;
+    let first_load = start.elapsed().as_secs_f64();
+    eprintln!("node a loaded the fleet and holds it after {first_load:.1} s");
+    nodes.push(node(root, "b", &store));
+    nodes.push(node(root, "c", &store));
+    let admin = common::admin_client(&root.join("a/data"));
+    for n in &nodes[1..] {
+        let deadline = Instant::now() + Duration::from_secs(120);
+        while !matches!(get(&plain, &format!("{}/healthz", n.api)).await, Some((503, _))) {
+            assert!(Instant::now() < deadline, "the standby never answered:\n{}", n.log_tail());
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    }
+    let mut tokens = Vec::with_capacity(HOSTS);
+    for h in 0..HOSTS {
+        let body = json!({"name": format!("agent-{}", host_name(h)), "role": "agent", "host": host_name(h)});
+        tokens.push(format!("Bearer {}", common::create_token(&admin, &nodes[first].api, body).await));
+    }
+    let holder_rss_loaded = rss_bytes(&nodes[first]);
+
+    // The rounds: every instance beats once per round; each host's batches
+    // go to the nodes in turn, [`IN_FLIGHT`] requests at once.
+    let apis: Vec<String> = nodes.iter().map(|n| n.api.clone()).collect();
+    let accepted = Arc::new(AtomicU64::new(0));
+    let mut busy = Duration::ZERO;
+    let mut sent = 0u64;
+    for round in 0..ROUNDS {
+        let seq = round + 2;
+        let bodies = round_bodies(&placed, seq);
+        let began = Instant::now();
+        let work = Arc::new(std::sync::Mutex::new(bodies.into_iter().enumerate()));
+        let mut senders = Vec::new();
+        for _ in 0..IN_FLIGHT {
+            let (work, apis, tokens, http, accepted) =
+                (work.clone(), apis.clone(), tokens.clone(), plain.clone(), accepted.clone());
+            senders.push(tokio::spawn(async move {
+                loop {
+                    let Some((i, (host, body))) = work.lock().unwrap().next() else { return };
+                    let api = &apis[i % apis.len()];
+                    let r = http
+                        .post(format!("{api}/v1/heartbeats"))
+                        .header("authorization", &tokens[host])
+                        .header("content-type", "application/json")
+                        .body(body)
+                        .send()
+                        .await
+                        .unwrap_or_else(|e| panic!("POST /v1/heartbeats to {api}: {e}"));
+                    let status = r.status().as_u16();
+                    let answer: serde_json::Value = r.json().await.unwrap_or_default();
+                    assert_eq!(status, 200, "POST /v1/heartbeats to {api}: {answer}");
+                    assert_eq!(answer["stale"], 0, "{answer}");
+                    assert_eq!(answer["unknown"].as_array().map(Vec::len), Some(0), "{answer}");
+                    accepted.fetch_add(answer["accepted"].as_u64().unwrap_or(0), Ordering::Relaxed);
+                }
+            }));
+        }
+        for s in senders {
+            s.await.expect("a sender");
+        }
+        let took = began.elapsed();
+        busy += took;
+        sent += n as u64;
+        eprintln!("round {round}: {n} beats in {:.2} s ({:.0}/s)", took.as_secs_f64(), n as f64 / took.as_secs_f64());
+    }
+    let accepted = accepted.load(Ordering::Relaxed);
+    assert_eq!(accepted, sent, "every beat accepted by the holder's engine");
+    let per_sec = accepted as f64 / busy.as_secs_f64();
+    let holder_rss = rss_bytes(&nodes[first]);
+    let per_instance = holder_rss as f64 / n as f64;
+    eprintln!("{accepted} heartbeats in {:.1} s: {per_sec:.0} per second through three nodes", busy.as_secs_f64());
+    eprintln!(
+        "holder's resident memory: {} MiB loaded, {} MiB after the rounds: {per_instance:.0} bytes per instance",
+        holder_rss_loaded >> 20,
+        holder_rss >> 20
+    );
+    // Every instance is still available: the beats were taken, not dropped.
+    let (status, cluster) = get(&admin, &format!("{}/v1/cluster", nodes[first].api)).await.unwrap();
+    assert_eq!(status, 200, "{cluster}");
+
+    // The takeover: kill -9 of the holder, until another answers 200.
+    nodes[first].kill9();
+    let killed = Instant::now();
+    let next = holder(&plain, &nodes, Duration::from_secs(900)).await;
+    let takeover = killed.elapsed().as_secs_f64();
+    let next_rss = rss_bytes(&nodes[next]);
+    eprintln!(
+        "takeover of {n} instances: {takeover:.2} s from kill -9 to {} ready (lease TTL {TTL_SECS} s), {} MiB resident",
+        ["a", "b", "c"][next],
+        next_rss >> 20
+    );
+    let (generation, holder_name) = {
+        let (h, g) = pg.lease();
+        (g, h)
+    };
+    assert_eq!(generation, 2, "one takeover");
+    assert_eq!(holder_name, ["a", "b", "c"][next]);
+    println!(
+        "{}",
+        json!({
+            "bench": "cluster",
+            "nodes": 3,
+            "instances": n,
+            "hosts": HOSTS,
+            "batch": BATCH,
+            "rounds": ROUNDS,
+            "seed_seconds": seeded,
+            "first_load_seconds": first_load,
+            "heartbeats": accepted,
+            "heartbeats_per_sec": per_sec.round(),
+            "holder_rss_bytes": holder_rss,
+            "bytes_per_instance": per_instance.round(),
+            "takeover_seconds": takeover,
+            "lease_ttl_seconds": TTL_SECS.parse::<f64>().unwrap(),
+        })
+    );
+}
