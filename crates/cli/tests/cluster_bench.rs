@@ -46,6 +46,7 @@ const HOSTS: usize = 30;
 const ZONES: [&str; 3] = ["zone-a", "zone-b", "zone-c"];
 /// Beats per request, as an agent of a large host sends them.
 const BATCH: usize = 5_000;
+/// Rounds of beats unless `DROVER_BENCH_ROUNDS` says.
 const ROUNDS: u64 = 5;
 /// Requests in flight at once, over all nodes.
 const IN_FLIGHT: usize = 12;
@@ -254,6 +255,7 @@ fn round_bodies(placed: &[(InstanceId, usize, Role)], seq: u64) -> Vec<(usize, V
 async fn heartbeats_into_three_nodes_and_a_takeover_of_the_fleet() {
     let instances: usize =
         std::env::var("DROVER_BENCH_INSTANCES").ok().and_then(|v| v.parse().ok()).unwrap_or(1_000_000);
+    let rounds: u64 = std::env::var("DROVER_BENCH_ROUNDS").ok().and_then(|v| v.parse().ok()).unwrap_or(ROUNDS);
     assert!(instances >= 2 * HOSTS, "DROVER_BENCH_INSTANCES must be at least {}", 2 * HOSTS);
     let pg = pg::PgServer::start();
     let store = pg.url("postgres");
@@ -300,7 +302,7 @@ async fn heartbeats_into_three_nodes_and_a_takeover_of_the_fleet() {
     let accepted = Arc::new(AtomicU64::new(0));
     let mut busy = Duration::ZERO;
     let mut sent = 0u64;
-    for round in 0..ROUNDS {
+    for round in 0..rounds {
         let seq = round + 2;
         let bodies = round_bodies(&placed, seq);
         let began = Instant::now();
@@ -378,7 +380,7 @@ async fn heartbeats_into_three_nodes_and_a_takeover_of_the_fleet() {
             "instances": n,
             "hosts": HOSTS,
             "batch": BATCH,
-            "rounds": ROUNDS,
+            "rounds": rounds,
             "seed_seconds": seeded,
             "first_load_seconds": first_load,
             "heartbeats": accepted,

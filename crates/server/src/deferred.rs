@@ -29,6 +29,7 @@
 
 use crate::auth::permissions::{self, Permission, Rule};
 use crate::auth::{Caller, Refusal};
+use crate::error::blocking_task as blocking;
 use crate::error::ApiError;
 use crate::state::AppState;
 use axum::body::Bytes;
@@ -168,10 +169,6 @@ fn view(command: DeferredCommand, key: &drover_secrets::SecretKey) -> CommandVie
     }
 }
 
-async fn blocking<R: Send + 'static>(f: impl FnOnce() -> R + Send + 'static) -> Result<R, ApiError> {
-    tokio::task::spawn_blocking(f).await.map_err(|e| ApiError::internal(e.to_string()))
-}
-
 /// At a standby whose holder could not be reached: the command kept and
 /// 202, a refusal of the caller, or `None` when the request is not one
 /// to keep (the caller answers 503).
@@ -210,23 +207,8 @@ async fn keep(
     .await?
     .map_err(|e| ApiError::unavailable(format!("cannot read the API tokens from the store: {e}; retry in a moment")))?
     .map_err(|refusal| ApiError::new(StatusCode::UNAUTHORIZED, refusal.message()))?;
-    if !rule.permission.allows(identity.role) {
-        return Err(ApiError::new(
-            StatusCode::FORBIDDEN,
-            format!(
-                "token {:?} has role {}; {command} needs one of: {}",
-                identity.name,
-                identity.role,
-                rule.permission.roles().iter().map(|r| r.as_str()).collect::<Vec<_>>().join(", ")
-            ),
-        ));
-    }
-    if let Some(origin) = crate::auth::foreign_origin(&parts.headers) {
-        return Err(ApiError::new(
-            StatusCode::FORBIDDEN,
-            format!("cross-site request from {origin:?} refused; the API is not for web pages of other sites"),
-        ));
-    }
+    let identity = crate::auth::admit(rule, &command, identity, &parts.headers)
+        .map_err(|refused| ApiError::new(refused.status, refused.message))?;
     if !body.is_empty() && !crate::auth::is_json(&parts.headers) {
         return Err(ApiError::new(
             StatusCode::UNSUPPORTED_MEDIA_TYPE,

@@ -118,6 +118,11 @@ impl<T: DeserializeOwned, S: Send + Sync> FromRequest<S> for Json<T> {
         let bytes =
             axum::body::Bytes::from_request(req, state).await.map_err(|r| ApiError::new(r.status(), r.body_text()))?;
         // A body is an object: serde would also read a struct from an array.
+        // The plain parse first (a heartbeat batch is megabytes); only a
+        // body it refuses is parsed again for the path of what is wrong.
+        if let Ok(ObjectOnly(value)) = serde_json::from_slice::<ObjectOnly<T>>(&bytes) {
+            return Ok(Json(value));
+        }
         match axum::Json::<ObjectOnly<T>>::from_bytes(&bytes) {
             Ok(axum::Json(ObjectOnly(value))) => Ok(Json(value)),
             Err(rejection) => {
@@ -256,4 +261,10 @@ mod tests {
             assert!(check_query_utf8(bad).is_err(), "{bad:?} is not UTF-8");
         }
     }
+}
+
+/// Runs `f` on the blocking pool (store and token reads); a panic in it
+/// answers 500.
+pub(crate) async fn blocking_task<R: Send + 'static>(f: impl FnOnce() -> R + Send + 'static) -> Result<R, ApiError> {
+    tokio::task::spawn_blocking(f).await.map_err(|e| ApiError::internal(format!("a blocking task failed: {e}")))
 }

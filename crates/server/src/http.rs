@@ -542,6 +542,9 @@ async fn feed_heartbeats(
             .engine
             .query(move |engine| {
                 ids.into_iter()
+                    // The common case first, without building a view: the
+                    // instance is placed on the caller's own host.
+                    .filter(|&id| mine.is_none() || engine.instance_host(id) != mine.as_deref())
                     .filter_map(|id| engine.instance_view(id).map(|v| (id, v.host.unwrap_or_else(|| own.clone()))))
                     .filter(|(_, host)| mine.as_deref() != Some(host.as_str()))
                     .take(5)

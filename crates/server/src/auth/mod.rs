@@ -26,7 +26,7 @@ use axum::response::{IntoResponse, Response};
 use drover_model::{AuditEntry, Changes, Timestamp, TokenRecord, TokenRole};
 use drover_store::tokens::{StoredToken, TokenError, TokenStore};
 use drover_store::Store;
-use permissions::{Audited, Permission};
+use permissions::{Audited, Permission, Rule};
 use sha2::{Digest, Sha256};
 use std::collections::HashMap;
 use std::io::Write;
@@ -453,11 +453,39 @@ pub(crate) fn foreign_origin(headers: &HeaderMap) -> Option<String> {
 }
 
 /// A refusal: its answer, and the audit entry to record.
-struct Refused {
-    status: StatusCode,
-    message: String,
+pub(crate) struct Refused {
+    pub(crate) status: StatusCode,
+    pub(crate) message: String,
     actor: String,
     role: Option<TokenRole>,
+}
+
+/// What an authenticated caller must also pass to send `command` (matched
+/// by `rule`): its token's role, and no foreign web page behind it. Shared
+/// by the middleware and a standby keeping a command (`deferred`).
+pub(crate) fn admit(rule: &Rule, command: &str, id: Identity, headers: &HeaderMap) -> Result<Identity, Refused> {
+    if !rule.permission.allows(id.role) {
+        return Err(Refused {
+            status: StatusCode::FORBIDDEN,
+            message: format!(
+                "token {:?} has role {}; {command} needs one of: {}",
+                id.name,
+                id.role,
+                rule.permission.roles().iter().map(|r| r.as_str()).collect::<Vec<_>>().join(", ")
+            ),
+            actor: id.name,
+            role: Some(id.role),
+        });
+    }
+    if let Some(origin) = foreign_origin(headers) {
+        return Err(Refused {
+            status: StatusCode::FORBIDDEN,
+            message: format!("cross-site request from {origin:?} refused; the API is not for web pages of other sites"),
+            actor: id.name,
+            role: Some(id.role),
+        });
+    }
+    Ok(id)
 }
 
 /// Records one audit entry now (awaited: a refused caller reading the
@@ -532,28 +560,7 @@ pub async fn authorize(state: axum::extract::State<AppState>, request: Request, 
                 actor: refusal.actor(),
                 role: None,
             }),
-            Ok(id) if !rule.permission.allows(id.role) => Err(Refused {
-                status: StatusCode::FORBIDDEN,
-                message: format!(
-                    "token {:?} has role {}; {command} needs one of: {}",
-                    id.name,
-                    id.role,
-                    rule.permission.roles().iter().map(|r| r.as_str()).collect::<Vec<_>>().join(", ")
-                ),
-                actor: id.name.clone(),
-                role: Some(id.role),
-            }),
-            Ok(id) => match foreign_origin(request.headers()) {
-                Some(origin) => Err(Refused {
-                    status: StatusCode::FORBIDDEN,
-                    message: format!(
-                        "cross-site request from {origin:?} refused; the API is not for web pages of other sites"
-                    ),
-                    actor: id.name.clone(),
-                    role: Some(id.role),
-                }),
-                None => Ok(Some(id)),
-            },
+            Ok(id) => admit(rule, &command, id, request.headers()).map(Some),
         }
     };
     let identity = match outcome {

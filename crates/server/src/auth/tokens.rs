@@ -2,6 +2,7 @@
 //! no hashes), revoke (at once). Admin only (see the permission table).
 
 use super::{NewToken, Tokens};
+use crate::error::blocking_task as blocking;
 use crate::error::{ApiError, ErrorBody, Json, Path};
 use crate::state::AppState;
 use axum::extract::State;
@@ -75,10 +76,6 @@ fn check_name(what: &str, text: &str) -> Result<(), ApiError> {
             "{what} {text:?} must be 1 to {MAX_NAME_LEN} letters, digits, '.', '_' or '-', starting with a letter or digit"
         )))
     }
-}
-
-async fn blocking<R: Send + 'static>(f: impl FnOnce() -> R + Send + 'static) -> Result<R, ApiError> {
-    tokio::task::spawn_blocking(f).await.map_err(|e| ApiError::internal(format!("token task failed: {e}")))
 }
 
 fn tokens(state: &AppState) -> Result<Arc<Tokens>, ApiError> {
