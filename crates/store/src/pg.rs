@@ -790,7 +790,28 @@ fn column<'a, T: tokio_postgres::types::FromSql<'a>>(
 }
 
 /// Decodes `(id, record)` rows.
-fn records<T: serde::de::DeserializeOwned>(table: &'static str, rows: &[Row]) -> Result<Vec<T>, StoreError> {
+/// Decodes `rows` (id, record) of `table`; a large table on every core at
+/// once: a takeover's load is mostly this (a million instances' JSON).
+fn records<T: serde::de::DeserializeOwned + Send>(table: &'static str, rows: &[Row]) -> Result<Vec<T>, StoreError> {
+    const PARALLEL_FROM: usize = 20_000;
+    let threads = std::thread::available_parallelism().map_or(1, |n| n.get()).min(8);
+    if rows.len() < PARALLEL_FROM || threads < 2 {
+        return decode_rows(table, rows);
+    }
+    std::thread::scope(|scope| {
+        let parts: Vec<_> = rows
+            .chunks(rows.len().div_ceil(threads))
+            .map(|part| scope.spawn(move || decode_rows(table, part)))
+            .collect();
+        let mut out = Vec::with_capacity(rows.len());
+        for part in parts {
+            out.extend(part.join().unwrap_or_else(|panic| std::panic::resume_unwind(panic))?);
+        }
+        Ok(out)
+    })
+}
+
+fn decode_rows<T: serde::de::DeserializeOwned>(table: &'static str, rows: &[Row]) -> Result<Vec<T>, StoreError> {
     let mut out = Vec::with_capacity(rows.len());
     for row in rows {
         let id: &str = column(row, 0, "loading the live state")?;
