@@ -333,7 +333,13 @@ async fn heartbeats_into_three_nodes_and_a_takeover_of_the_fleet() {
             }));
         }
         for s in senders {
-            s.await.expect("a sender");
+            if let Err(e) = s.await {
+                // Say why: a node that stopped answering left its reason in its log.
+                for node in &nodes {
+                    eprintln!("--- {}:\n{}", node.api, node.log_tail());
+                }
+                panic!("a sender: {e}");
+            }
         }
         let took = began.elapsed();
         busy += took;

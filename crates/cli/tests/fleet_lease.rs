@@ -125,6 +125,12 @@ async fn one_node_acts_a_standby_takes_over_a_dead_or_paused_holder_and_the_stal
         common::client_with(&common::create_token(&http_a, &a.api, json!({"name": "watcher", "role": "viewer"})).await);
     let operator_token = common::create_token(&http_a, &a.api, json!({"name": "ops", "role": "operator"})).await;
     let operator = common::client_with(&operator_token);
+    let (status, gone) = common::post(&http_a, &a.api, "/v1/tokens", json!({"name": "gone", "role": "operator"})).await;
+    assert_eq!(status, 201, "{gone}");
+    let revoked = http_a.delete(format!("{}/v1/tokens/{}", a.api, gone["id"].as_str().unwrap())).send().await.unwrap();
+    assert_eq!(revoked.status().as_u16(), 200);
+    let revoked = common::client_with(gone["token"].as_str().unwrap());
+    let forged = common::client_with("drv_not-a-token-anyone-was-given");
     a.kill9();
     let killed = Instant::now();
     let kept = operator
@@ -144,6 +150,12 @@ async fn one_node_acts_a_standby_takes_over_a_dead_or_paused_holder_and_the_stal
     assert_eq!(status, 403, "a viewer's command is refused at once, not kept: {body}");
     let (status, body) = common::post(&plain, &b.api, "/v1/chaos", json!({"instance": "x", "fault": "crash"})).await;
     assert_eq!(status, 401, "no token: refused at once: {body}");
+    // The standby reads the caller's own token row from the shared store.
+    let (status, body) = common::post(&revoked, &b.api, "/v1/chaos", json!({"instance": "x", "fault": "crash"})).await;
+    assert_eq!(status, 401, "a revoked token: refused at once: {body}");
+    assert!(body["error"].as_str().is_some_and(|e| e.contains("revoked")), "{body}");
+    let (status, body) = common::post(&forged, &b.api, "/v1/chaos", json!({"instance": "x", "fault": "crash"})).await;
+    assert_eq!(status, 401, "a token nobody was given: refused at once: {body}");
     let (status, body) = get(&operator, &format!("{}/v1/services", b.api)).await.unwrap();
     assert_eq!(status, 503, "a read is not kept: {body}");
     // The CLI waits for a kept command's outcome and prints it as if answered.

@@ -193,16 +193,16 @@ async fn keep(
 ) -> Result<Response, ApiError> {
     let command = format!("{} {}", rule.method, rule.path);
     let token = crate::auth::bearer(&parts.headers).map(str::to_string);
-    // The tokens as the store has them now (a standby keeps no copy).
+    // The caller's token as the store has it now (a standby keeps no
+    // copy): its one row, not every token.
     let tokens_store = Arc::clone(&store);
     let identity = blocking(move || -> Result<Result<crate::auth::Identity, Refusal>, String> {
         let token = match token {
             Ok(token) => token,
             Err(refusal) => return Ok(Err(refusal)),
         };
-        let tokens = crate::auth::Tokens::with_store(drover_store::tokens::TokenStore::postgres(tokens_store))
-            .map_err(|e| e.to_string())?;
-        Ok(tokens.authenticate(&token, crate::actor::now()))
+        let tokens = drover_store::tokens::TokenStore::postgres(tokens_store);
+        crate::auth::Tokens::authenticate_in(&tokens, &token, crate::actor::now()).map_err(|e| e.to_string())
     })
     .await?
     .map_err(|e| ApiError::unavailable(format!("cannot read the API tokens from the store: {e}; retry in a moment")))?

@@ -238,6 +238,12 @@ fn check_query_utf8(query: &str) -> Result<(), ApiError> {
 #[from_request(via(axum::extract::Path), rejection(ApiError))]
 pub struct Path<T>(pub T);
 
+/// Runs `f` on the blocking pool (store and token reads); a panic in it
+/// answers 500.
+pub(crate) async fn blocking_task<R: Send + 'static>(f: impl FnOnce() -> R + Send + 'static) -> Result<R, ApiError> {
+    tokio::task::spawn_blocking(f).await.map_err(|e| ApiError::internal(format!("a blocking task failed: {e}")))
+}
+
 #[cfg(test)]
 mod tests {
     use super::check_query_utf8;
@@ -261,10 +267,4 @@ mod tests {
             assert!(check_query_utf8(bad).is_err(), "{bad:?} is not UTF-8");
         }
     }
-}
-
-/// Runs `f` on the blocking pool (store and token reads); a panic in it
-/// answers 500.
-pub(crate) async fn blocking_task<R: Send + 'static>(f: impl FnOnce() -> R + Send + 'static) -> Result<R, ApiError> {
-    tokio::task::spawn_blocking(f).await.map_err(|e| ApiError::internal(format!("a blocking task failed: {e}")))
 }

@@ -9,7 +9,7 @@
 
 use crate::runtime::{login_password, EngineHandle};
 use drover_providers::local::{ControlPlaneRouters, UpstreamAddress};
-use std::collections::HashSet;
+use std::collections::{HashMap, HashSet};
 use std::sync::Arc;
 use std::time::Duration;
 use tokio::sync::watch;
@@ -23,6 +23,41 @@ pub const FOLLOW_INTERVAL: Duration = Duration::from_millis(50);
 /// (deleted to the end) are stopped and forgotten.
 const SWEEP_ROUNDS: u32 = 20;
 
+/// A round of a large fleet (a pass over every instance on the engine's
+/// thread, then one compare per service) is followed by a pause of this
+/// many times its own length, if that is longer than [`FOLLOW_INTERVAL`]:
+/// following the routers takes at most about a tenth of the time, however
+/// large the fleet. A million instances on agent hosts: rounds of tens of
+/// milliseconds, repeated every few hundred.
+const PAUSE_PER_ROUND: u32 = 9;
+
+/// A service whose router could not be pointed (its start failed: a
+/// missing binary, a port taken) is tried again after this, doubling up
+/// to [`RETRY_MAX`]: a failure that lasts is not a process spawned every
+/// round.
+const RETRY_FIRST: Duration = Duration::from_millis(500);
+const RETRY_MAX: Duration = Duration::from_secs(30);
+
+/// When a service's router is tried again after failing.
+#[derive(Clone, Copy, Debug, PartialEq)]
+struct Retry {
+    at: tokio::time::Instant,
+    wait: Duration,
+}
+
+impl Retry {
+    /// After a failure at `now` (following `previous`, if it failed before).
+    fn after(previous: Option<Retry>, now: tokio::time::Instant) -> Retry {
+        let wait = previous.map_or(RETRY_FIRST, |r| (r.wait * 2).min(RETRY_MAX));
+        Retry { at: now + wait, wait }
+    }
+}
+
+/// The pause after a round that took `took`.
+fn pause_after(took: Duration) -> Duration {
+    (took * PAUSE_PER_ROUND).max(FOLLOW_INTERVAL)
+}
+
 /// Runs until `stop` says so.
 pub fn follow_primaries(
     engine: EngineHandle,
@@ -35,33 +70,48 @@ pub fn follow_primaries(
     tokio::spawn(async move {
         // Errors are logged once per (service, error), not every round.
         let mut reported: HashSet<(drover_model::ServiceId, String)> = HashSet::new();
+        let mut retry: HashMap<drover_model::ServiceId, Retry> = HashMap::new();
         let mut round = 0u32;
+        let mut pause = FOLLOW_INTERVAL;
         loop {
             round = round.wrapping_add(1);
             if round.is_multiple_of(SWEEP_ROUNDS) {
                 stop_routers_of_deleted_services(&engine, &routers).await;
+                let now = tokio::time::Instant::now();
+                retry.retain(|_, r| r.at + RETRY_MAX > now);
             }
             tokio::select! {
-                _ = tokio::time::sleep(FOLLOW_INTERVAL) => {}
+                _ = tokio::time::sleep(pause) => {}
                 _ = stop.changed() => return,
             }
             if *stop.borrow() {
                 return;
             }
+            let started = tokio::time::Instant::now();
             let builtin = builtin_host.clone();
             let Ok(services) = engine.query(move |e| e.services_on_agent_hosts(builtin.as_deref())).await else {
                 continue;
             };
             for service in services {
-                let password = login_password(&key, service.id);
                 let target = service.primary.as_ref().and_then(|(instance, address)| {
                     agents.port(*instance).map(|port| UpstreamAddress { address: address.clone(), port })
                 });
                 match (&service.primary, target) {
                     (Some(_), Some(target)) => {
+                        let failed_before = retry.get(&service.id).copied();
+                        if failed_before.is_some_and(|r| r.at > tokio::time::Instant::now()) {
+                            continue;
+                        }
+                        let password = login_password(&key, service.id);
                         match routers.route(service.id, &service.name, &password, &target).await {
-                            Ok(()) => reported.retain(|(id, _)| *id != service.id),
+                            Ok(()) => {
+                                if failed_before.is_some() {
+                                    retry.remove(&service.id);
+                                    reported.retain(|(id, _)| *id != service.id);
+                                }
+                            }
                             Err(error) => {
+                                retry.insert(service.id, Retry::after(failed_before, tokio::time::Instant::now()));
                                 if reported.insert((service.id, error.to_string())) {
                                     tracing::warn!(service = %service.name, %error, "cannot point the router at the primary");
                                 }
@@ -73,6 +123,7 @@ pub fn follow_primaries(
                     (None, _) => routers.hold(service.id).await,
                 }
             }
+            pause = pause_after(started.elapsed());
         }
     })
 }
@@ -91,5 +142,36 @@ async fn stop_routers_of_deleted_services(engine: &EngineHandle, routers: &Contr
             Ok(()) => tracing::info!(%service, "router beside the control plane stopped: its service is gone"),
             Err(error) => tracing::warn!(%service, %error, "cannot stop the router of a deleted service"),
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_router_that_keeps_failing_is_tried_less_and_less_often_up_to_a_limit() {
+        let now = tokio::time::Instant::now();
+        let first = Retry::after(None, now);
+        assert_eq!(first, Retry { at: now + RETRY_FIRST, wait: RETRY_FIRST });
+        let mut last = first;
+        let mut waits = vec![first.wait];
+        for _ in 0..10 {
+            last = Retry::after(Some(last), now);
+            waits.push(last.wait);
+        }
+        assert_eq!(&waits[..4], [500, 1000, 2000, 4000].map(Duration::from_millis));
+        assert_eq!(last.wait, RETRY_MAX, "doubling stops at the limit");
+        assert_eq!(last.at, now + RETRY_MAX);
+    }
+
+    #[test]
+    fn the_pause_between_rounds_grows_with_the_round_so_following_costs_a_tenth() {
+        assert_eq!(pause_after(Duration::ZERO), FOLLOW_INTERVAL, "a small fleet is followed every interval");
+        assert_eq!(pause_after(Duration::from_millis(5)), FOLLOW_INTERVAL);
+        let took = Duration::from_millis(40);
+        let pause = pause_after(took);
+        assert_eq!(pause, Duration::from_millis(360));
+        assert!(took.as_secs_f64() / (took + pause).as_secs_f64() <= 0.1 + 1e-9);
     }
 }

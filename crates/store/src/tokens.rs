@@ -113,6 +113,30 @@ impl TokenStore {
         Ok(out)
     }
 
+    /// The token whose secret hashes to `hash` (hex SHA-256), revoked and
+    /// expired ones too, by the column's unique index: one row read, where
+    /// [`Self::all`] reads every token (a standby checking one caller).
+    pub fn find(&self, hash: &str) -> Result<Option<StoredToken>, StoreError> {
+        let conn = match self.sqlite() {
+            Ok(conn) => conn,
+            Err(pg) => return pg_find(pg, hash),
+        };
+        let read = db("reading a token");
+        let mut stmt = conn.prepare_cached(&format!("SELECT {COLUMNS} FROM tokens WHERE hash = ?1")).map_err(&read)?;
+        let Some((token, role)) = stmt.query_row([hash], row_to_token).optional().map_err(&read)? else {
+            return Ok(None);
+        };
+        if TokenRole::parse(&role).is_none() {
+            return Err(StoreError::CorruptColumn {
+                table: "tokens",
+                id: token.record.id,
+                column: "role",
+                detail: format!("unknown role {role:?}"),
+            });
+        }
+        Ok(Some(token))
+    }
+
     /// Stores a new token; refused if a live token (at `now`) has its name.
     pub fn insert(&self, token: &StoredToken, now: Timestamp) -> Result<(), TokenError> {
         let mut conn = match self.sqlite() {
@@ -229,6 +253,17 @@ fn pg_all(pg: &crate::PgStore) -> Result<Vec<StoredToken>, StoreError> {
             .await
             .map_err(pg_error("reading tokens"))?;
         rows.iter().map(pg_row).collect()
+    })
+}
+
+fn pg_find(pg: &crate::PgStore, hash: &str) -> Result<Option<StoredToken>, StoreError> {
+    let hash = hash.to_string();
+    pg.with_client(move |client| async move {
+        let row = client
+            .query_opt(&format!("SELECT {COLUMNS} FROM tokens WHERE hash = $1"), &[&hash])
+            .await
+            .map_err(pg_error("reading a token"))?;
+        row.as_ref().map(pg_row).transpose()
     })
 }
 

@@ -173,6 +173,30 @@ pub struct NewToken {
     pub expires_at: Option<Timestamp>,
 }
 
+/// The hex SHA-256 a presented token is looked up by, unless it cannot
+/// be one of ours.
+fn digest_of(token: &str) -> Result<String, Refusal> {
+    if !token.starts_with(TOKEN_PREFIX) || token.len() > 200 {
+        return Err(Refusal::Unknown);
+    }
+    Ok(hash(token))
+}
+
+/// Whether the token stored under `stored` (found for `digest`) lets its
+/// caller in at `now`.
+fn judge(stored: &str, record: &TokenRecord, digest: &str, now: Timestamp) -> Result<Identity, Refusal> {
+    if !constant_time_eq(stored.as_bytes(), digest.as_bytes()) {
+        return Err(Refusal::Unknown);
+    }
+    if record.revoked_at.is_some() {
+        return Err(Refusal::Revoked(record.name.clone()));
+    }
+    if !record.is_live(now) {
+        return Err(Refusal::Expired(record.name.clone()));
+    }
+    Ok(Identity::of(record))
+}
+
 impl Tokens {
     pub fn open(db: &Path) -> anyhow::Result<Tokens> {
         Tokens::with_store(TokenStore::open(db)?)
@@ -202,22 +226,28 @@ impl Tokens {
 
     /// Checks a presented token at `now`.
     pub fn authenticate(&self, token: &str, now: Timestamp) -> Result<Identity, Refusal> {
-        if !token.starts_with(TOKEN_PREFIX) || token.len() > 200 {
-            return Err(Refusal::Unknown);
-        }
-        let digest = hash(token);
+        let digest = digest_of(token)?;
         let map = self.read();
         let (stored, record) = map.get_key_value(&digest).ok_or(Refusal::Unknown)?;
-        if !constant_time_eq(stored.as_bytes(), digest.as_bytes()) {
-            return Err(Refusal::Unknown);
-        }
-        if record.revoked_at.is_some() {
-            return Err(Refusal::Revoked(record.name.clone()));
-        }
-        if !record.is_live(now) {
-            return Err(Refusal::Expired(record.name.clone()));
-        }
-        Ok(Identity::of(record))
+        judge(stored, record, &digest, now)
+    }
+
+    /// Checks a presented token at `now` against `store` itself, reading
+    /// only its row: for a standby, which keeps no copy of the tokens.
+    /// Blocking. `Err` when the store cannot be read.
+    pub fn authenticate_in(
+        store: &TokenStore,
+        token: &str,
+        now: Timestamp,
+    ) -> Result<Result<Identity, Refusal>, drover_store::StoreError> {
+        let digest = match digest_of(token) {
+            Ok(digest) => digest,
+            Err(refusal) => return Ok(Err(refusal)),
+        };
+        Ok(match store.find(&digest)? {
+            Some(found) => judge(&found.hash, &found.record, &digest, now),
+            None => Err(Refusal::Unknown),
+        })
     }
 
     /// Whether `last_used` of token `id` is due for a write at `now` (the
