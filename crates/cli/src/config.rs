@@ -63,6 +63,11 @@ pub struct ServeArgs {
     /// takes over about this long after the holder died [default: 6].
     #[arg(long, env = "DROVER_LEASE_TTL_SECS")]
     pub lease_ttl_secs: Option<f64>,
+    /// At most this many routers (one pgbouncer each) beside the control
+    /// plane, for services on agent hosts; a service past it gets no URL
+    /// here and its creation fails saying so [default: 1000].
+    #[arg(long, env = "DROVER_MAX_ROUTERS_BESIDE", value_name = "N")]
+    pub max_routers_beside: Option<usize>,
     /// Use the simulated world served by `drover sim-provider` at this URL
     /// (shared by every node) for `sim` services, instead of the data dir's
     /// own world (sim-provider.json), which dies with this node.
@@ -314,6 +319,9 @@ pub fn resolve(args: ServeArgs, no_local_set: bool) -> anyhow::Result<Settings> 
             bail!("--sim-provider-url takes the http://HOST:PORT of a `drover sim-provider`, got {url:?}");
         }
         opts.sim_provider_url = Some(url.clone());
+    }
+    if let Some(max) = args.max_routers_beside {
+        opts.max_routers_beside = max;
     }
     opts.reset_admin_token = args.reset_admin_token;
     opts.runbooks_dir = args.runbooks_dir.clone();

@@ -97,7 +97,7 @@ struct ClientArgs {
 #[derive(Subcommand)]
 enum Cmd {
     /// Run the control plane (HTTP API, engine, sim provider).
-    Serve(ServeArgs),
+    Serve(Box<ServeArgs>),
     /// Create, list, show and delete services.
     Services {
         #[command(subcommand)]
@@ -760,7 +760,7 @@ async fn run(cli: Cli, no_local_set: bool) -> anyhow::Result<()> {
         client::Client::new(&server, None, None, ca_cert.as_deref())?
     };
     match cli.command {
-        Cmd::Serve(args) => serve(args, no_local_set).await,
+        Cmd::Serve(args) => serve(*args, no_local_set).await,
         Cmd::SimProvider { listen, data_dir, action_latency_ms } => {
             config::init_logs(config::LogFormat::Text);
             let sim = drover_providers::SimConfig {

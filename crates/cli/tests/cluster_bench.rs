@@ -197,6 +197,9 @@ fn node(root: &Path, name: &str, store: &str) -> Serve {
     let args = [
         "--data-dir", "data", "--store", store, "--node", name, "--lease-ttl-secs", TTL_SECS,
         "--no-local",
+        // The hosts are addresses with no server behind them: a router
+        // (a pgbouncer) per service would measure forks, not ingest.
+        "--max-routers-beside", "0",
         // The bench measures ingest, not failure detection: a round of a
         // million beats may take longer than the default silence bounds.
         "--uncertain-after-ms", "120000", "--presumed-dead-after-secs", "300", "--restart-grace-secs", "300",

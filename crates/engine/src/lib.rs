@@ -196,6 +196,9 @@ pub struct Engine {
     hosts: hosts::Hosts,
     /// Archives of deleted services and their purges (`archives`).
     archives: archives::Archives,
+    /// Moves on every step that changed a record of a service, an
+    /// instance, an action or a host (see [`Engine::records_epoch`]).
+    records_epoch: u64,
 }
 
 fn state_index(s: InstanceState) -> usize {
@@ -244,6 +247,7 @@ impl Engine {
             state_counts: [0; 10],
             hosts: hosts::Hosts::default(),
             archives: archives::Archives::default(),
+            records_epoch: 0,
         }
     }
 
@@ -335,6 +339,24 @@ impl Engine {
         }
         self.reconcile_dirty(now, out);
         self.mint_event_ids(out);
+        let c = &out.changes;
+        let changed = !(c.services.is_empty() && c.instances.is_empty() && c.actions.is_empty() && c.hosts.is_empty());
+        // With records off nothing says what changed: every step counts.
+        if changed || !self.config.records {
+            self.records_epoch = self.records_epoch.wrapping_add(1);
+        }
+    }
+
+    /// A number that moves whenever a step changed what the engine keeps
+    /// of a service, an instance, an open action or a host: while it stands
+    /// still, every answer derived from those alone (where each service's
+    /// writable primary is, `services_on_agent_hosts`) stands too, so a
+    /// shell loop that follows them asks again only when it moved. A
+    /// healthy heartbeat changes no record and does not move it. (Anything
+    /// the engine decides is in a record, or it would not survive a
+    /// restart.)
+    pub fn records_epoch(&self) -> u64 {
+        self.records_epoch
     }
 
     /// The earliest time a `Tick` has work to do.

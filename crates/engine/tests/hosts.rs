@@ -5,7 +5,7 @@
 
 mod common;
 use common::*;
-use drover_engine::{Command, CommandError, Reply};
+use drover_engine::{Command, CommandError, Input, Reply};
 use drover_model::*;
 use std::time::Duration;
 
@@ -190,7 +190,17 @@ fn the_routed_primary_of_a_service_on_agent_hosts_is_withheld_while_it_is_fenced
     assert_eq!(routed[0].primary, Some((primary.id, "127.0.0.2".to_string())));
     assert_eq!(h.e.services_on_agent_hosts(primary.host.as_deref()).len(), 1, "the other member is on another host");
 
+    // Healthy beats and quiet ticks change no record: the epoch the
+    // routers' loop asks again on stands still.
+    let settled = h.e.records_epoch();
+    let beats = h.world.beats();
+    assert!(!beats.is_empty());
+    h.step(Input::Heartbeats(beats));
+    h.step(Input::Tick);
+    assert_eq!(h.e.records_epoch(), settled, "a healthy beat moved the records epoch");
+
     h.command(Command::Switchover { name: "db".into() }).expect("switchover accepted");
+    assert_ne!(h.e.records_epoch(), settled, "the fence of the routed primary moves the epoch");
     assert_eq!(h.e.services_on_agent_hosts(None)[0].primary, None, "the primary being fenced is not routed to");
     h.advance(Duration::from_secs(10));
     let after = h.e.services_on_agent_hosts(None)[0].primary.clone().expect("a new primary is routed to");

@@ -71,6 +71,8 @@ struct Channel {
     /// (foldhash: a million instances are looked up every round, and
     /// SipHash was a tenth of the holder's heartbeat cost.)
     ports: HashMap<drover_model::InstanceId, u16, foldhash::fast::RandomState>,
+    /// Moves whenever an entry of `ports` is new or changed.
+    ports_epoch: u64,
     /// Each agent's lease as its acknowledged batches tell it (memory
     /// only: after a restart a host is judged by its lease only once its
     /// agent was heard again).
@@ -275,6 +277,7 @@ impl AgentChannel {
                 // Unchanged almost always: no write to the entry then.
                 if channel.ports.get(&beat.instance) != Some(&port) {
                     channel.ports.insert(beat.instance, port);
+                    channel.ports_epoch = channel.ports_epoch.wrapping_add(1);
                 }
             }
         }
@@ -316,6 +319,19 @@ impl AgentChannel {
     /// The port instance `id` was last reported listening on.
     pub fn port(&self, id: drover_model::InstanceId) -> Option<u16> {
         self.lock().ports.get(&id).copied()
+    }
+
+    /// The ports of `ids` (in order; None for None), under one lock.
+    pub fn ports(&self, ids: impl IntoIterator<Item = Option<drover_model::InstanceId>>) -> Vec<Option<u16>> {
+        let channel = self.lock();
+        ids.into_iter().map(|id| id.and_then(|id| channel.ports.get(&id).copied())).collect()
+    }
+
+    /// A number that moves whenever an instance's reported port is new or
+    /// changed: while it and the engine's `records_epoch` stand still, the
+    /// routers beside the control plane have nothing to follow.
+    pub fn ports_epoch(&self) -> u64 {
+        self.lock().ports_epoch
     }
 
     fn has_after(&self, host: &str, after: u64) -> bool {

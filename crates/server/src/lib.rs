@@ -98,6 +98,9 @@ pub struct ServeOptions {
     /// The simulated world served by `drover sim-provider` at this URL
     /// (shared by the nodes) instead of `DATA_DIR/sim-provider.json`.
     pub sim_provider_url: Option<String>,
+    /// At most this many routers (one pgbouncer each) beside the control
+    /// plane, for services on agent hosts [`DEFAULT_MAX_ROUTERS_BESIDE`].
+    pub max_routers_beside: usize,
     pub listen: SocketAddr,
     pub engine: drover_engine::Config,
     pub sim: SimConfig,
@@ -129,6 +132,11 @@ pub struct ServeOptions {
     pub status: status::StatusOptions,
 }
 
+/// [`ServeOptions::max_routers_beside`] unless told: a pgbouncer takes a few
+/// megabytes and a process; past a thousand, routers belong on hosts of
+/// their own.
+pub const DEFAULT_MAX_ROUTERS_BESIDE: usize = 1000;
+
 impl ServeOptions {
     pub fn new(data_dir: impl Into<PathBuf>, listen: SocketAddr) -> Self {
         ServeOptions {
@@ -137,6 +145,7 @@ impl ServeOptions {
             node: None,
             lease_ttl: DEFAULT_LEASE_TTL,
             sim_provider_url: None,
+            max_routers_beside: DEFAULT_MAX_ROUTERS_BESIDE,
             listen,
             engine: serve_engine_config(),
             sim: SimConfig::default(),
@@ -473,7 +482,10 @@ async fn start_up(
     // The routers of the services on agent hosts run here, beside the
     // control plane, whether or not it has a host of its own.
     let routers_beside = match drover_providers::local::ControlPlaneRouters::open(&opts.data_dir) {
-        Ok(routers) => Some(agents::RoutersBeside { routers, key: key.clone() }),
+        Ok(routers) => {
+            routers.limit_to(opts.max_routers_beside);
+            Some(agents::RoutersBeside { routers, key: key.clone() })
+        }
         Err(e) => {
             tracing::warn!(error = %e, "cannot open the routers beside the control plane: services on agent hosts have no URL");
             None

@@ -1,10 +1,11 @@
 //! The routers of services on agent hosts run beside the control plane
 //! (`drover_providers::local::ControlPlaneRouters`), and follow each
-//! service's writable primary as the engine sees it: every
-//! [`FOLLOW_INTERVAL`] this loop asks the engine where each such service's
-//! writable primary is, and repoints the router when that changed
-//! (rewrite, RELOAD, RESUME), or holds new queries while there is none
-//! (a fence, a failover under way). A Fence dispatched for a routed
+//! service's writable primary as the engine sees it: within a
+//! [`FOLLOW_INTERVAL`] of a change of the engine's records or of an
+//! agent's reported port, this loop asks the engine where each such
+//! service's writable primary is, and repoints the router when that
+//! changed (rewrite, RELOAD, RESUME), or holds new queries while there is
+//! none (a fence, a failover under way). A Fence dispatched for a routed
 //! primary holds its router before the agent runs it (`runtime.rs`).
 
 use crate::runtime::{login_password, EngineHandle};
@@ -22,6 +23,14 @@ pub const FOLLOW_INTERVAL: Duration = Duration::from_millis(50);
 /// Every this many rounds the routers of services the engine no longer has
 /// (deleted to the end) are stopped and forgotten.
 const SWEEP_ROUNDS: u32 = 20;
+
+/// However still the engine and the agents' ports stand, every service is
+/// compared with its router at least this often (see [`follow_primaries`]).
+pub const FULL_PASS_EVERY: Duration = Duration::from_secs(1);
+
+/// A full pass that took long (the engine's answer for a million
+/// instances) is the next only after this many times its length.
+const FULL_PASS_SHARE: u32 = 30;
 
 /// A round of a large fleet (a pass over every instance on the engine's
 /// thread, then one compare per service) is followed by a pause of this
@@ -58,7 +67,18 @@ fn pause_after(took: Duration) -> Duration {
     (took * PAUSE_PER_ROUND).max(FOLLOW_INTERVAL)
 }
 
+/// What a service's router should do, as the engine and the agents'
+/// ports say: point at this primary, or hold new queries.
+type Wanted = Option<UpstreamAddress>;
+
 /// Runs until `stop` says so.
+///
+/// A round asks the engine only when its `records_epoch` or the agents'
+/// `ports_epoch` moved (a healthy fleet's heartbeats move neither), and
+/// then touches only the routers whose service wants something else than
+/// the loop last made it do. Every [`FULL_PASS_EVERY`] (and when a failed
+/// router's back-off ends) a full pass compares every service with its
+/// router whatever moved: a pgbouncer that exited unasked starts again.
 pub fn follow_primaries(
     engine: EngineHandle,
     agents: crate::agents::AgentChannel,
@@ -71,6 +91,13 @@ pub fn follow_primaries(
         // Errors are logged once per (service, error), not every round.
         let mut reported: HashSet<(drover_model::ServiceId, String)> = HashSet::new();
         let mut retry: HashMap<drover_model::ServiceId, Retry> = HashMap::new();
+        // What each router was last made to do (and did).
+        let mut applied: HashMap<drover_model::ServiceId, Wanted> = HashMap::new();
+        // The (records, ports) epochs the last pass answered.
+        let mut seen: Option<(u64, u64)> = None;
+        let mut next_full = tokio::time::Instant::now();
+        // Services left without a router by the limit, as last logged.
+        let mut unrouted_logged = 0usize;
         let mut round = 0u32;
         let mut pause = FOLLOW_INTERVAL;
         loop {
@@ -88,40 +115,78 @@ pub fn follow_primaries(
                 return;
             }
             let started = tokio::time::Instant::now();
+            let full = started >= next_full || retry.values().any(|r| r.at <= started);
+            let ports_epoch = agents.ports_epoch();
+            let known = seen.filter(|&(_, ports)| !full && ports == ports_epoch).map(|(records, _)| records);
             let builtin = builtin_host.clone();
-            let Ok(services) = engine.query(move |e| e.services_on_agent_hosts(builtin.as_deref())).await else {
+            let answer = engine.query(move |e| {
+                let epoch = e.records_epoch();
+                (known != Some(epoch)).then(|| (epoch, e.services_on_agent_hosts(builtin.as_deref())))
+            });
+            let Ok(Some((epoch, services))) = answer.await else {
+                pause = FOLLOW_INTERVAL;
                 continue;
             };
-            for service in services {
-                let target = service.primary.as_ref().and_then(|(instance, address)| {
-                    agents.port(*instance).map(|port| UpstreamAddress { address: address.clone(), port })
-                });
-                match (&service.primary, target) {
-                    (Some(_), Some(target)) => {
-                        let failed_before = retry.get(&service.id).copied();
-                        if failed_before.is_some_and(|r| r.at > tokio::time::Instant::now()) {
-                            continue;
-                        }
-                        let password = login_password(&key, service.id);
-                        match routers.route(service.id, &service.name, &password, &target).await {
-                            Ok(()) => {
-                                if failed_before.is_some() {
-                                    retry.remove(&service.id);
-                                    reported.retain(|(id, _)| *id != service.id);
-                                }
-                            }
-                            Err(error) => {
-                                retry.insert(service.id, Retry::after(failed_before, tokio::time::Instant::now()));
-                                if reported.insert((service.id, error.to_string())) {
-                                    tracing::warn!(service = %service.name, %error, "cannot point the router at the primary");
-                                }
-                            }
+            seen = Some((epoch, ports_epoch));
+            if full {
+                // A full pass of a large fleet comes at most every
+                // FULL_PASS_SHARE times its own length.
+                next_full = started + FULL_PASS_EVERY.max(started.elapsed() * FULL_PASS_SHARE);
+                let listed: HashSet<drover_model::ServiceId> = services.iter().map(|s| s.id).collect();
+                applied.retain(|id, _| listed.contains(id));
+            }
+            let ports = agents.ports(services.iter().map(|s| s.primary.as_ref().map(|(instance, _)| *instance)));
+            let mut unrouted = 0usize;
+            for (service, port) in services.into_iter().zip(ports) {
+                let wanted: Wanted = match (&service.primary, port) {
+                    (Some((_, address)), Some(port)) => Some(UpstreamAddress { address: address.clone(), port }),
+                    // A primary whose port no beat said yet (just built).
+                    (Some(_), None) => continue,
+                    (None, _) => None,
+                };
+                if !full && applied.get(&service.id) == Some(&wanted) {
+                    continue;
+                }
+                let Some(target) = &wanted else {
+                    routers.hold(service.id).await;
+                    applied.insert(service.id, None);
+                    continue;
+                };
+                let failed_before = retry.get(&service.id).copied();
+                if failed_before.is_some_and(|r| r.at > tokio::time::Instant::now()) {
+                    continue;
+                }
+                if routers.full_for(service.id) {
+                    unrouted += 1;
+                    continue;
+                }
+                let password = login_password(&key, service.id);
+                match routers.route(service.id, &service.name, &password, target).await {
+                    Ok(()) => {
+                        applied.insert(service.id, wanted);
+                        if failed_before.is_some() {
+                            retry.remove(&service.id);
+                            reported.retain(|(id, _)| *id != service.id);
                         }
                     }
-                    // A primary whose port no beat said yet (just built).
-                    (Some(_), None) => {}
-                    (None, _) => routers.hold(service.id).await,
+                    Err(error) => {
+                        applied.remove(&service.id);
+                        retry.insert(service.id, Retry::after(failed_before, tokio::time::Instant::now()));
+                        if reported.insert((service.id, error.to_string())) {
+                            tracing::warn!(service = %service.name, %error, "cannot point the router at the primary");
+                        }
+                    }
                 }
+            }
+            if full && unrouted != unrouted_logged {
+                if unrouted > 0 {
+                    tracing::warn!(
+                        services = unrouted,
+                        "services on agent hosts have no router beside the control plane: it keeps at most \
+                         --max-routers-beside"
+                    );
+                }
+                unrouted_logged = unrouted;
             }
             pause = pause_after(started.elapsed());
         }

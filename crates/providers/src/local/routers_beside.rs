@@ -27,7 +27,7 @@ use drover_model::ServiceId;
 use serde::{Deserialize, Serialize};
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::path::{Path, PathBuf};
-use std::sync::atomic::AtomicBool;
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -59,6 +59,8 @@ pub struct ControlPlaneRouters {
     routes: Mutex<HashMap<ServiceId, Route>>,
     /// One change of the routes file at a time.
     persist: Mutex<()>,
+    /// How many routers may be kept here at most ([`Self::limit_to`]).
+    limit: AtomicUsize,
     /// Who the routers run as, to make `routers/` when the first one is
     /// kept: not before, so that a control plane with no service on agent
     /// hosts leaves its data dir closed to the servers' user (0700).
@@ -98,7 +100,30 @@ impl ControlPlaneRouters {
             tracing::info!(adopted, "routers beside the control plane adopted");
         }
         let routes = kept.into_iter().map(|(id, kept)| (id, Route { kept, target: None, held: false })).collect();
-        Ok(Arc::new(ControlPlaneRouters { routers, path, routes: Mutex::new(routes), persist: Mutex::new(()), run_as }))
+        Ok(Arc::new(ControlPlaneRouters {
+            routers,
+            path,
+            routes: Mutex::new(routes),
+            persist: Mutex::new(()),
+            limit: AtomicUsize::new(usize::MAX),
+            run_as,
+        }))
+    }
+
+    /// Keeps at most `max` routers here: each is a pgbouncer process, a
+    /// child of this control plane, and a fleet of a hundred thousand
+    /// services on agent hosts would be as many processes. A service past
+    /// the limit gets no router (its Provision fails with that reason);
+    /// routers kept already, past a lowered limit, stay.
+    pub fn limit_to(&self, max: usize) {
+        self.limit.store(max, Ordering::Relaxed);
+    }
+
+    /// Whether `service` has no router kept here and the limit leaves no
+    /// room for one: [`Self::route`] would refuse it.
+    pub fn full_for(&self, service: ServiceId) -> bool {
+        let routes = lock(&self.routes);
+        !routes.contains_key(&service) && routes.len() >= self.limit.load(Ordering::Relaxed)
     }
 
     /// The stable URL of service `name` (None before its first router).
@@ -119,6 +144,13 @@ impl ControlPlaneRouters {
             let mut routes = lock(&self.routes);
             if let Some(route) = routes.get(&service) {
                 return Ok(route.kept.verifier.clone());
+            }
+            let limit = self.limit.load(Ordering::Relaxed);
+            if routes.len() >= limit {
+                return Err(ActionError::Config(format!(
+                    "no router for service {name}: this control plane keeps at most {limit} routers beside it \
+                     (--max-routers-beside), one pgbouncer each"
+                )));
             }
             let used: BTreeSet<u16> = routes.values().map(|r| r.kept.port).collect();
             let port = super::actions::free_port(&used)?;
@@ -256,4 +288,38 @@ fn write_atomically(path: &Path, bytes: &[u8]) -> std::io::Result<()> {
     drop(file);
     std::fs::rename(&temporary, path)?;
     std::fs::File::open(&directory)?.sync_all()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A control plane with a limit makes logins (and so routers) for that
+    /// many services; the next is refused with the flag to raise, and
+    /// nothing of it is kept; a service kept already is served whatever
+    /// the limit.
+    #[test]
+    fn routers_past_the_limit_are_refused_and_nothing_of_them_is_kept() {
+        let dir = tempfile::tempdir().unwrap();
+        let routers = ControlPlaneRouters::open(dir.path()).expect("opens");
+        routers.limit_to(2);
+        let ids: Vec<ServiceId> = (0..3).map(|n| ServiceId::new_at(1_000_000, n)).collect();
+        for (n, id) in ids.iter().take(2).enumerate() {
+            assert!(!routers.full_for(*id));
+            routers.login_verifier(*id, &format!("db{n}"), "secret").expect("within the limit");
+        }
+        assert!(routers.full_for(ids[2]), "a third service has no room");
+        assert!(!routers.full_for(ids[0]), "a kept one is not refused");
+        let refused = routers.login_verifier(ids[2], "db2", "secret").expect_err("past the limit");
+        assert!(matches!(refused, ActionError::Config(_)), "{refused:?}");
+        assert!(refused.to_string().contains("--max-routers-beside"), "{refused}");
+        assert_eq!(routers.services().len(), 2);
+        routers.login_verifier(ids[0], "db0", "secret").expect("a kept service keeps its login");
+
+        // The limit is not kept: opened again without it, the third fits.
+        drop(routers);
+        let reopened = ControlPlaneRouters::open(dir.path()).expect("opens again");
+        assert_eq!(reopened.services().len(), 2, "the two kept survive a restart");
+        reopened.login_verifier(ids[2], "db2", "secret").expect("no limit set");
+    }
 }
