@@ -201,6 +201,22 @@ async fn one_node_acts_a_standby_takes_over_a_dead_or_paused_holder_and_the_stal
         audit.as_array().unwrap().iter().any(|e| e["actor"] == "ops" && e["target"].as_str() == Some("kept")),
         "the kept command is audited as its sender's: {audit}"
     );
+    // The refusals b made while a standby are in the shared audit trail.
+    let refused_at_b: Vec<(&str, &str)> = audit
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|e| e["detail"]["received_by"] == "b")
+        .filter_map(|e| Some((e["actor"].as_str()?, e["outcome"].as_str()?)))
+        .collect();
+    for (actor, outcome) in
+        [("watcher", "refused (403)"), ("gone", "refused (401)"), ("invalid token", "refused (401)")]
+    {
+        assert!(
+            refused_at_b.iter().any(|(a, o)| *a == actor && o.starts_with(outcome)),
+            "{actor}'s refusal at the standby is audited: {refused_at_b:?}"
+        );
+    }
     let cli = cli.wait_with_output().unwrap();
     let (out, err) = (String::from_utf8_lossy(&cli.stdout), String::from_utf8_lossy(&cli.stderr));
     assert!(cli.status.success(), "the CLI's command through a standby: {out}\n{err}");

@@ -206,9 +206,31 @@ async fn keep(
     })
     .await?
     .map_err(|e| ApiError::unavailable(format!("cannot read the API tokens from the store: {e}; retry in a moment")))?
-    .map_err(|refusal| ApiError::new(StatusCode::UNAUTHORIZED, refusal.message()))?;
-    let identity = crate::auth::admit(rule, &command, identity, &parts.headers)
-        .map_err(|refused| ApiError::new(refused.status, refused.message))?;
+    .map_err(crate::auth::Refused::from)
+    .and_then(|identity| crate::auth::admit(rule, &command, identity, &parts.headers));
+    let client = parts.extensions.get::<axum::extract::ConnectInfo<std::net::SocketAddr>>().map(|c| c.0.ip());
+    let identity = match identity {
+        Ok(identity) => identity,
+        Err(refused) => {
+            // Audited here, in the shared store, as the holder would.
+            let detail = serde_json::json!({
+                "status": refused.status.as_u16(),
+                "client": client.map(|i| i.to_string()),
+                "received_by": &*state.node,
+            });
+            let store: Arc<dyn drover_store::Store> = store;
+            return Err(crate::auth::refuse_and_record(
+                &store,
+                &state.failures,
+                client,
+                refused,
+                command,
+                path,
+                detail,
+            )
+            .await);
+        }
+    };
     if !body.is_empty() && !crate::auth::is_json(&parts.headers) {
         return Err(ApiError::new(
             StatusCode::UNSUPPORTED_MEDIA_TYPE,
@@ -220,7 +242,6 @@ async fn keep(
         .iter()
         .filter_map(|name| Some((name.as_str().to_string(), parts.headers.get(name)?.to_str().ok()?.to_string())))
         .collect();
-    let client = parts.extensions.get::<axum::extract::ConnectInfo<std::net::SocketAddr>>().map(|c| c.0.ip());
     let kept = serde_json::to_string(&Kept { headers, body, client }).map_err(|e| ApiError::internal(e.to_string()))?;
     let new = NewDeferred {
         id: format!("cmd-{}", uuid::Uuid::now_v7().simple()),

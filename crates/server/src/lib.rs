@@ -314,6 +314,7 @@ async fn run(
         node: node_name.as_str().into(),
         key: key.clone(),
         desk: Arc::default(),
+        failures: Arc::default(),
     };
     let (stop_tx, stop_rx) = watch::channel(false);
 
@@ -671,7 +672,6 @@ async fn start_up(
         provider_objects: providers,
         oncall,
         auth,
-        failures: auth::FailureLimiter::default(),
         host: host_name(),
         breakglass,
         advisory_cache: Default::default(),

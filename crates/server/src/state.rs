@@ -19,8 +19,6 @@ pub struct Ready {
     pub oncall: PagerHandle,
     /// The API tokens (`auth`).
     pub auth: Arc<crate::auth::Tokens>,
-    /// Failed authentication per client address.
-    pub failures: crate::auth::FailureLimiter,
     /// The host the providers' instances run on: this machine's name.
     pub host: String,
     /// Advisories, runbook runs and freezes by hand (`drover.db`).
@@ -105,6 +103,8 @@ pub struct AppState {
     /// The shared store once it is open, also while a standby: where it
     /// keeps commands its holder could not take (`deferred`).
     pub desk: crate::deferred::Desk,
+    /// Failed authentication per client address (while a standby too).
+    pub failures: Arc<crate::auth::FailureLimiter>,
 }
 
 impl AppState {

@@ -789,7 +789,6 @@ fn column<'a, T: tokio_postgres::types::FromSql<'a>>(
     row.try_get(index).map_err(pg(operation))
 }
 
-/// Decodes `(id, record)` rows.
 /// Decodes `rows` (id, record) of `table`; a large table on every core at
 /// once: a takeover's load is mostly this (a million instances' JSON).
 fn records<T: serde::de::DeserializeOwned + Send>(table: &'static str, rows: &[Row]) -> Result<Vec<T>, StoreError> {

@@ -44,6 +44,18 @@ fn db(operation: &'static str) -> impl Fn(rusqlite::Error) -> StoreError {
 
 const COLUMNS: &str = "id, name, role, team, host, hash, created_at, expires_at, revoked_at, last_used";
 
+/// A SQLite row's token, refused if its role is none Drover knows.
+fn checked((token, role): (StoredToken, String)) -> Result<StoredToken, StoreError> {
+    match TokenRole::parse(&role) {
+        Some(_) => Ok(token),
+        None => Err(unknown_role(token.record.id, &role)),
+    }
+}
+
+fn unknown_role(id: String, role: &str) -> StoreError {
+    StoreError::CorruptColumn { table: "tokens", id, column: "role", detail: format!("unknown role {role:?}") }
+}
+
 fn row_to_token(row: &rusqlite::Row<'_>) -> rusqlite::Result<(StoredToken, String)> {
     let role: String = row.get(2)?;
     let ts = |i: usize| -> rusqlite::Result<Option<Timestamp>> { Ok(row.get::<_, Option<i64>>(i)?.map(Timestamp)) };
@@ -99,16 +111,7 @@ impl TokenStore {
         let rows = stmt.query_map([], row_to_token).map_err(&read)?;
         let mut out = Vec::new();
         for row in rows {
-            let (token, role) = row.map_err(&read)?;
-            if TokenRole::parse(&role).is_none() {
-                return Err(StoreError::CorruptColumn {
-                    table: "tokens",
-                    id: token.record.id,
-                    column: "role",
-                    detail: format!("unknown role {role:?}"),
-                });
-            }
-            out.push(token);
+            out.push(checked(row.map_err(&read)?)?);
         }
         Ok(out)
     }
@@ -123,18 +126,7 @@ impl TokenStore {
         };
         let read = db("reading a token");
         let mut stmt = conn.prepare_cached(&format!("SELECT {COLUMNS} FROM tokens WHERE hash = ?1")).map_err(&read)?;
-        let Some((token, role)) = stmt.query_row([hash], row_to_token).optional().map_err(&read)? else {
-            return Ok(None);
-        };
-        if TokenRole::parse(&role).is_none() {
-            return Err(StoreError::CorruptColumn {
-                table: "tokens",
-                id: token.record.id,
-                column: "role",
-                detail: format!("unknown role {role:?}"),
-            });
-        }
-        Ok(Some(token))
+        stmt.query_row([hash], row_to_token).optional().map_err(&read)?.map(checked).transpose()
     }
 
     /// Stores a new token; refused if a live token (at `now`) has its name.
@@ -223,12 +215,7 @@ fn pg_error(operation: &'static str) -> impl Fn(tokio_postgres::Error) -> StoreE
 fn pg_row(row: &tokio_postgres::Row) -> Result<StoredToken, StoreError> {
     let role: String = row.get(2);
     let id: String = row.get(0);
-    let role = TokenRole::parse(&role).ok_or_else(|| StoreError::CorruptColumn {
-        table: "tokens",
-        id: id.clone(),
-        column: "role",
-        detail: format!("unknown role {role:?}"),
-    })?;
+    let role = TokenRole::parse(&role).ok_or_else(|| unknown_role(id.clone(), &role))?;
     let ts = |i: usize| row.get::<_, Option<i64>>(i).map(Timestamp);
     Ok(StoredToken {
         record: TokenRecord {

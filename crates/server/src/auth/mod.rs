@@ -134,6 +134,12 @@ pub enum Refusal {
     Revoked(String),
 }
 
+impl From<Refusal> for Refused {
+    fn from(refusal: Refusal) -> Refused {
+        Refused { status: StatusCode::UNAUTHORIZED, message: refusal.message(), actor: refusal.actor(), role: None }
+    }
+}
+
 impl Refusal {
     /// The name the audit trail records.
     fn actor(&self) -> String {
@@ -518,6 +524,37 @@ pub(crate) fn admit(rule: &Rule, command: &str, id: Identity, headers: &HeaderMa
     Ok(id)
 }
 
+/// Records `refused` in the audit trail (unless `ip` refused too often
+/// lately: the same answer then, without a record, so the trail cannot be
+/// flooded; a valid token from the same address is still served) and
+/// returns its answer. Shared by the middleware and a standby keeping a
+/// command (`deferred`): a refusal is audited on whichever node made it.
+pub(crate) async fn refuse_and_record(
+    store: &Arc<dyn Store>,
+    failures: &FailureLimiter,
+    ip: Option<IpAddr>,
+    refused: Refused,
+    command: String,
+    path: String,
+    detail: serde_json::Value,
+) -> ApiError {
+    if ip.is_some_and(|ip| !failures.allows(ip)) {
+        return ApiError::new(refused.status, refused.message);
+    }
+    let over = ip.is_some_and(|ip| failures.charge(ip));
+    let outcome = if over {
+        format!(
+            "refused ({}): {}; further refusals from this address are not recorded one by one until it slows down",
+            refused.status.as_u16(),
+            refused.message
+        )
+    } else {
+        format!("refused ({}): {}", refused.status.as_u16(), refused.message)
+    };
+    record(store, entry(refused.actor, refused.role, command, path, detail, outcome)).await;
+    ApiError::new(refused.status, refused.message)
+}
+
 /// Records one audit entry now (awaited: a refused caller reading the
 /// audit trail right after sees its refusal).
 pub(crate) async fn record(store: &Arc<dyn Store>, entry: AuditEntry) {
@@ -584,32 +621,17 @@ pub async fn authorize(state: axum::extract::State<AppState>, request: Request, 
         Ok(None)
     } else {
         match bearer(request.headers()).and_then(|t| ready.auth.authenticate(t, now)) {
-            Err(refusal) => Err(Refused {
-                status: StatusCode::UNAUTHORIZED,
-                message: refusal.message(),
-                actor: refusal.actor(),
-                role: None,
-            }),
+            Err(refusal) => Err(refusal.into()),
             Ok(id) => admit(rule, &command, id, request.headers()).map(Some),
         }
     };
     let identity = match outcome {
         Ok(identity) => identity,
         Err(refused) => {
-            // Over the limit: the same refusal, without a record (a valid
-            // token from the same address is still served).
-            if ip.is_some_and(|ip| !ready.failures.allows(ip)) {
-                return ApiError::new(refused.status, refused.message).into_response();
-            }
-            let over = ip.is_some_and(|ip| ready.failures.charge(ip));
-            let outcome = if over {
-                format!("refused ({}): {}; further refusals from this address are not recorded one by one until it slows down", refused.status.as_u16(), refused.message)
-            } else {
-                format!("refused ({}): {}", refused.status.as_u16(), refused.message)
-            };
-            record(&ready.store, entry(refused.actor, refused.role, command, path, detail(refused.status), outcome))
-                .await;
-            return ApiError::new(refused.status, refused.message).into_response();
+            let detail = detail(refused.status);
+            return refuse_and_record(&ready.store, &state.0.failures, ip, refused, command, path, detail)
+                .await
+                .into_response();
         }
     };
     // (An Events API body is checked by its handler, once its key is.)
