@@ -64,8 +64,8 @@ pub struct ServeArgs {
     #[arg(long, env = "DROVER_LEASE_TTL_SECS")]
     pub lease_ttl_secs: Option<f64>,
     /// At most this many routers (one pgbouncer each) beside the control
-    /// plane, for services on agent hosts; a service past it gets no URL
-    /// here and its creation fails saying so [default: 1000].
+    /// plane, for services on agent hosts; a service past it is built
+    /// without a URL, and the log says why [default: 1000].
     #[arg(long, env = "DROVER_MAX_ROUTERS_BESIDE", value_name = "N")]
     pub max_routers_beside: Option<usize>,
     /// Use the simulated world served by `drover sim-provider` at this URL

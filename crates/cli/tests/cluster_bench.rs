@@ -51,6 +51,9 @@ const ROUNDS: u64 = 5;
 /// Requests in flight at once, over all nodes.
 const IN_FLIGHT: usize = 12;
 const TTL_SECS: &str = "3";
+/// The lines of a node's log that mark the phases of a takeover.
+const PHASES: [&str; 6] =
+    ["lease", "fleet state in", "store loaded", "re-dispatching", "drover ready", "holds the fleet"];
 
 fn now_micros() -> i64 {
     std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().as_micros() as i64
@@ -375,6 +378,11 @@ async fn heartbeats_into_three_nodes_and_a_takeover_of_the_fleet() {
         ["a", "b", "c"][next],
         next_rss >> 20
     );
+    // Where the takeover's time went, as the new holder's log says.
+    let log = std::fs::read_to_string(&nodes[next].log).unwrap_or_default();
+    for line in log.lines().filter(|l| PHASES.iter().any(|p| l.contains(p))).take(20) {
+        eprintln!("  {line}");
+    }
     let (generation, holder_name) = {
         let (h, g) = pg.lease();
         (g, h)

@@ -113,8 +113,9 @@ impl ControlPlaneRouters {
     /// Keeps at most `max` routers here: each is a pgbouncer process, a
     /// child of this control plane, and a fleet of a hundred thousand
     /// services on agent hosts would be as many processes. A service past
-    /// the limit gets no router (its Provision fails with that reason);
-    /// routers kept already, past a lowered limit, stay.
+    /// the limit gets no router and no login for one (its members are
+    /// built without, and the shell logs this error); routers kept
+    /// already, past a lowered limit, stay.
     pub fn limit_to(&self, max: usize) {
         self.limit.store(max, Ordering::Relaxed);
     }
