@@ -65,13 +65,7 @@ pub struct PgStore {
     /// The lease every commit must still hold (node, generation), once
     /// [`PgStore::fence_commits`] set it.
     fence: Fence,
-    /// Rows per decoding thread of a load's large tables
-    /// ([`PgStore::decode_loads_in_chunks_of`]).
-    load_chunk: std::sync::atomic::AtomicUsize,
 }
-
-/// [`PgStore::decode_loads_in_chunks_of`] unless told.
-const LOAD_CHUNK: usize = 25_000;
 
 /// What the writer checks in each commit's transaction.
 type Fence = Arc<std::sync::RwLock<Option<(String, i64)>>>;
@@ -231,15 +225,7 @@ impl PgStore {
             runtime: Some(runtime),
             stats,
             fence,
-            load_chunk: LOAD_CHUNK.into(),
         })
-    }
-
-    /// A load decodes the services and instances as they arrive, every
-    /// `rows` of them on a thread of its own (25,000 unless told; a test
-    /// makes it small to load many chunks from a small fleet).
-    pub fn decode_loads_in_chunks_of(&self, rows: usize) {
-        self.load_chunk.store(rows.max(1), Ordering::Relaxed);
     }
 
     /// Takes the fleet's lease for `node` for `ttl` (by the database's
@@ -824,46 +810,6 @@ fn records<T: serde::de::DeserializeOwned + Send>(table: &'static str, rows: &[R
     })
 }
 
-/// The (id, record) rows of `sql` (one text parameter) decoded as they
-/// arrive: every `chunk` rows go to a thread of their own while
-/// the next are received, so a takeover's load overlaps PostgreSQL's
-/// sending with the JSON decoding instead of one after the other. In
-/// order.
-async fn streamed_records<T: serde::de::DeserializeOwned + Send + 'static>(
-    tx: &deadpool_postgres::Transaction<'_>,
-    table: &'static str,
-    sql: &str,
-    parameter: &str,
-    chunk_rows: usize,
-) -> Result<Vec<T>, StoreError> {
-    use futures_util::TryStreamExt;
-    let read = pg("loading the live state");
-    let statement = tx.prepare(sql).await.map_err(&read)?;
-    let stream = tx.query_raw(&statement, [parameter]).await.map_err(&read)?;
-    let mut stream = std::pin::pin!(stream);
-    let mut parts: Vec<std::thread::JoinHandle<Result<Vec<T>, StoreError>>> = Vec::new();
-    let mut chunk = Vec::new();
-    let mut total = 0usize;
-    while let Some(row) = stream.try_next().await.map_err(&read)? {
-        chunk.push(row);
-        if chunk.len() == chunk_rows {
-            let part = std::mem::replace(&mut chunk, Vec::with_capacity(chunk_rows));
-            total += part.len();
-            parts.push(std::thread::spawn(move || decode_rows(table, &part)));
-        }
-    }
-    if parts.is_empty() {
-        return decode_rows(table, &chunk);
-    }
-    total += chunk.len();
-    parts.push(std::thread::spawn(move || decode_rows(table, &chunk)));
-    let mut out = Vec::with_capacity(total);
-    for part in parts {
-        out.extend(part.join().unwrap_or_else(|panic| std::panic::resume_unwind(panic))?);
-    }
-    Ok(out)
-}
-
 fn decode_rows<T: serde::de::DeserializeOwned>(table: &'static str, rows: &[Row]) -> Result<Vec<T>, StoreError> {
     let mut out = Vec::with_capacity(rows.len());
     for row in rows {
@@ -880,8 +826,7 @@ fn seq_records<'a>(rows: &'a [Row], operation: &'static str) -> Result<Vec<(i64,
 
 impl Store for PgStore {
     fn load(&self) -> Result<Snapshot, StoreError> {
-        let chunk = self.load_chunk.load(Ordering::Relaxed);
-        self.with_client(move |mut client| async move {
+        self.with_client(|mut client| async move {
             let read = pg("loading the live state");
             // One snapshot: every table as of the same commit.
             let tx = client
@@ -891,22 +836,24 @@ impl Store for PgStore {
                 .start()
                 .await
                 .map_err(&read)?;
-            let services: Vec<ServiceRecord> = streamed_records(
-                &tx,
+            let services: Vec<ServiceRecord> = records(
                 "services",
-                "SELECT id, record FROM services WHERE state != $1 ORDER BY created_at, id COLLATE \"C\"",
-                ServiceState::Deleted.as_str(),
-                chunk,
-            )
-            .await?;
-            let instances: Vec<InstanceRecord> = streamed_records(
-                &tx,
+                &tx.query(
+                    "SELECT id, record FROM services WHERE state != $1 ORDER BY created_at, id COLLATE \"C\"",
+                    &[&ServiceState::Deleted.as_str()],
+                )
+                .await
+                .map_err(&read)?,
+            )?;
+            let instances: Vec<InstanceRecord> = records(
                 "instances",
-                "SELECT id, record FROM instances WHERE state != $1 ORDER BY created_at, id COLLATE \"C\"",
-                InstanceState::Terminated.as_str(),
-                chunk,
-            )
-            .await?;
+                &tx.query(
+                    "SELECT id, record FROM instances WHERE state != $1 ORDER BY created_at, id COLLATE \"C\"",
+                    &[&InstanceState::Terminated.as_str()],
+                )
+                .await
+                .map_err(&read)?,
+            )?;
             let actions: Vec<ActionRecord> = records(
                 "actions",
                 &tx.query(

@@ -189,28 +189,6 @@ fn commit_then_load_round_trips_every_record_exactly(b: &Backend) {
     assert_eq!(snap.hosts, vec![host("h1", HostState::Ready), host("h2", HostState::Cordoned)]);
 }
 
-/// A load decodes the services and instances as they arrive, in chunks
-/// on threads of their own (the suite's PostgreSQL store: chunks of two):
-/// every record comes back whole, in the order they were created, and
-/// none twice, whether the fleet is a chunk, a few or a few and a part.
-fn a_load_in_many_chunks_keeps_every_record_in_order(b: &Backend) {
-    let store = b.open();
-    for n in 1..=7u64 {
-        let s = service(n, &format!("s{n}"), ServiceState::Available);
-        let i = instance(n, s.id, InstanceState::Available);
-        store.commit(Changes { services: vec![s], instances: vec![i], ..Default::default() }).unwrap();
-        let snap = store.load().unwrap();
-        let names: Vec<String> = snap.services.iter().map(|s| s.name.to_string()).collect();
-        assert_eq!(names, (1..=n).map(|k| format!("s{k}")).collect::<Vec<_>>());
-        assert_eq!(
-            snap.instances,
-            (1..=n)
-                .map(|k| instance(k, snap.services[k as usize - 1].id, InstanceState::Available))
-                .collect::<Vec<_>>()
-        );
-    }
-}
-
 fn records_written_before_hosts_existed_load_without_a_host(b: &Backend) {
     let store = b.open();
     let s = service(1, "orders", ServiceState::Available);
@@ -741,7 +719,6 @@ fn kill_9_loses_no_acknowledged_batch_and_leaves_no_partial_one(b: &Backend) {
 
 on_both_stores!(
     commit_then_load_round_trips_every_record_exactly,
-    a_load_in_many_chunks_keeps_every_record_in_order,
     records_written_before_hosts_existed_load_without_a_host,
     upsert_replaces_and_the_last_entry_for_an_id_wins,
     load_skips_deleted_services_terminated_instances_and_finished_actions,

@@ -71,12 +71,7 @@ impl Backend {
 pub fn open_spec(spec: &str) -> Result<Arc<dyn Store>, StoreError> {
     Ok(match spec.strip_prefix("sqlite:") {
         Some(path) => Arc::new(SqliteStore::open(Path::new(path))?),
-        None => {
-            let store = PgStore::connect(spec)?;
-            // Every load of the suite decodes in many chunks, in order.
-            store.decode_loads_in_chunks_of(2);
-            Arc::new(store)
-        }
+        None => Arc::new(PgStore::connect(spec)?),
     })
 }
 
