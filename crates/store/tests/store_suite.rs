@@ -717,7 +717,71 @@ fn kill_9_loses_no_acknowledged_batch_and_leaves_no_partial_one(b: &Backend) {
     }
 }
 
+/// The engine is restored from the load in creation order (ties by id, an
+/// id's text order), whatever order the rows were written and rewritten in.
+fn load_gives_records_in_creation_order_then_by_id(b: &Backend) {
+    let store = b.open();
+    // Ids whose order disagrees with their creation times, and ties.
+    let n = 60u64;
+    let made = |k: u64| (k * 7919) % n;
+    let services: Vec<ServiceRecord> = (0..n)
+        .map(|k| {
+            let mut s = service(made(k), &format!("s{k}"), ServiceState::Available);
+            s.created_at = Timestamp(T0 + (k % 4) as i64);
+            s
+        })
+        .collect();
+    let instances: Vec<InstanceRecord> = (0..n)
+        .map(|k| {
+            let mut i = instance(made(k), services[k as usize].id, InstanceState::Available);
+            i.created_at = Timestamp(T0 + (k % 3) as i64);
+            i
+        })
+        .collect();
+    let actions: Vec<ActionRecord> = (0..n)
+        .map(|k| {
+            let mut a = action(made(k), services[0].id, instances[0].id, ActionKind::Probe, ActionState::Pending);
+            a.created_at = Timestamp(T0 + (k % 5) as i64);
+            a
+        })
+        .collect();
+    // Written in three commits, backwards, then half of them rewritten.
+    for part in [2, 1, 0] {
+        fn range<T: Clone>(v: &[T], part: usize) -> Vec<T> {
+            v.iter().skip(part * 20).take(20).rev().cloned().collect()
+        }
+        store
+            .commit(Changes {
+                services: range(&services, part),
+                instances: range(&instances, part),
+                actions: range(&actions, part),
+                ..Default::default()
+            })
+            .unwrap();
+    }
+    store
+        .commit(Changes {
+            services: services.iter().step_by(2).cloned().collect(),
+            instances: instances.iter().step_by(2).cloned().collect(),
+            actions: actions.iter().step_by(2).cloned().collect(),
+            ..Default::default()
+        })
+        .unwrap();
+    let loaded = store.load().unwrap();
+    let order = |mut keys: Vec<(Timestamp, String)>| {
+        keys.sort();
+        keys
+    };
+    let got: Vec<_> = loaded.services.iter().map(|s| (s.created_at, s.id.to_string())).collect();
+    assert_eq!(got, order(services.iter().map(|s| (s.created_at, s.id.to_string())).collect()));
+    let got: Vec<_> = loaded.instances.iter().map(|i| (i.created_at, i.id.to_string())).collect();
+    assert_eq!(got, order(instances.iter().map(|i| (i.created_at, i.id.to_string())).collect()));
+    let got: Vec<_> = loaded.actions.iter().map(|a| (a.created_at, a.id.to_string())).collect();
+    assert_eq!(got, order(actions.iter().map(|a| (a.created_at, a.id.to_string())).collect()));
+}
+
 on_both_stores!(
+    load_gives_records_in_creation_order_then_by_id,
     commit_then_load_round_trips_every_record_exactly,
     records_written_before_hosts_existed_load_without_a_host,
     upsert_replaces_and_the_last_entry_for_an_id_wins,
