@@ -70,7 +70,7 @@ async fn drive_an_agent_host_across_a_takeover(knows: Knows) {
     let http = admin_client(&root.join("a/data"));
     let b = node(root, "b", &store);
     wait_for(GENEROUS, "b answering as a standby", &b, || async {
-        get(&plain, &format!("{}/healthz", b.api)).await.filter(|(s, _)| *s == 503)
+        get(&plain, &format!("{}/healthz", b.api)).await.filter(|(s, h)| *s == 503 && common::is_standby(h))
     })
     .await;
 

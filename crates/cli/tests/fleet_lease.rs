@@ -31,6 +31,61 @@ fn node(cwd: &Path, name: &str, url: &str) -> Serve {
     Serve::start(cwd, free_port(), &args)
 }
 
+/// A `psql` session that queues for the lock the lease holder of
+/// `generation` keeps on its own connection (`drover_store::HOLDER_LOCK`),
+/// returned once it waits: when that holder dies, the lock goes to this
+/// session before any standby can take it.
+fn linger_holder_lock(pg: &pg::PgServer, generation: i64) -> std::process::Child {
+    use std::io::Write;
+    let mut psql = std::process::Command::new("psql")
+        .args(["-h", "127.0.0.1", "-p", &pg.port.to_string(), "-U", "drover", "-d", "postgres", "-X", "-q"])
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::null())
+        .spawn()
+        .expect("psql");
+    let stdin = psql.stdin.as_mut().unwrap();
+    writeln!(stdin, "SELECT pg_advisory_lock({}, {generation});", drover_store::HOLDER_LOCK).unwrap();
+    stdin.flush().unwrap();
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while pg.psql("postgres", "SELECT count(*) FROM pg_locks WHERE locktype = 'advisory' AND NOT granted").trim() != "1"
+    {
+        assert!(Instant::now() < deadline, "psql never queued for the holder's lock");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    psql
+}
+
+/// kill -9 of the holder: its connection to the database closes with it,
+/// and the standby takes over at once, not when the lease expires (30 s).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_dead_holder_is_taken_over_long_before_its_lease_expires() {
+    let pg = pg::PgServer::start();
+    let url = pg.url("postgres");
+    let dir = tempfile::tempdir().unwrap();
+    let cwd = dir.path();
+    let plain = drover_agent::tls::builder().timeout(Duration::from_secs(5)).build().unwrap();
+    #[rustfmt::skip]
+    let args = |name: &'static str| [
+        "--data-dir", name, "--store", &url, "--node", name, "--lease-ttl-secs", "30",
+        "--default-provider", "sim", "--no-local",
+    ];
+    common::share_the_key(&cwd.join("a"));
+    let mut a = Serve::start(cwd, free_port(), &args("a"));
+    a.wait_healthy(&plain, GENEROUS).await;
+    common::share_the_key(&cwd.join("b"));
+    let b = Serve::start(cwd, free_port(), &args("b"));
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    assert!(!b.healthy(&plain).await, "b serves while a holds the lease:\n{}", b.log_tail());
+    a.kill9();
+    let killed = Instant::now();
+    b.wait_healthy(&plain, GENEROUS).await;
+    let took = killed.elapsed();
+    eprintln!("takeover after kill -9 of the holder, lease TTL 30 s: {:.2} s", took.as_secs_f64());
+    // Renewed every 7.5 s, a's lease had at least 22 s left when it died.
+    assert!(took < Duration::from_secs(20), "b waited for the lease's expiry: {took:?}\n{}", b.log_tail());
+    assert_eq!(pg.lease(), ("b".to_string(), 2));
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn one_node_acts_a_standby_takes_over_a_dead_or_paused_holder_and_the_stale_one_stops() {
     let pg = pg::PgServer::start();
@@ -59,6 +114,9 @@ async fn one_node_acts_a_standby_takes_over_a_dead_or_paused_holder_and_the_stal
     tokio::time::sleep(Duration::from_secs_f64(TTL_SECS * 2.0)).await;
     assert!(!b.healthy(&plain).await, "b serves while a holds the lease:\n{}", b.log_tail());
     assert!(b.log_tail().contains("standby"), "{}", b.log_tail());
+    let (status, health) = get(&plain, &format!("{}/healthz", b.api)).await.unwrap();
+    assert_eq!(status, 503);
+    assert!(common::is_standby(&health) && health["error"].as_str().unwrap().contains(&a.api), "{health}");
     assert_eq!(pg.lease().0, "a");
     assert!(!cwd.join("b/admin.token").exists(), "only the first node writes an admin token");
     assert!(!cwd.join("b/drover.db").exists(), "a node on a shared store keeps no SQLite store");
@@ -131,6 +189,11 @@ async fn one_node_acts_a_standby_takes_over_a_dead_or_paused_holder_and_the_stal
     assert_eq!(revoked.status().as_u16(), 200);
     let revoked = common::client_with(gone["token"].as_str().unwrap());
     let forged = common::client_with("drv_not-a-token-anyone-was-given");
+    // As if the database had not noticed yet that a's connection is gone
+    // (a host that vanished without closing it): a's lock lingers, so b
+    // takes over when a's lease expires, not at once, and the commands
+    // sent meanwhile find no holder.
+    let mut lingering = linger_holder_lock(&pg, 1);
     a.kill9();
     let killed = Instant::now();
     let kept = operator
@@ -174,6 +237,8 @@ async fn one_node_acts_a_standby_takes_over_a_dead_or_paused_holder_and_the_stal
     eprintln!("takeover after kill -9 of the holder: {:.2} s (lease TTL {TTL_SECS} s)", took.as_secs_f64());
     assert!(took < Duration::from_secs_f64(TTL_SECS + 5.0), "takeover took {took:?}");
     assert_eq!(pg.lease(), ("b".to_string(), 2));
+    let _ = lingering.kill();
+    let _ = lingering.wait();
     let (status, s) = get(&http_a, &format!("{}/v1/services/s1", b.api)).await.unwrap();
     assert_eq!(status, 200, "a's admin token is good on b (one token table): {s}");
     let cluster = wait_for(GENEROUS, "a seen dead in the cluster", &b, || async {

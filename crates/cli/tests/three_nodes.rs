@@ -125,7 +125,7 @@ async fn three_nodes_heal_one_fleet_through_a_holder_killed_and_a_holder_paused(
     let mut c = node(root, "c", &store, &w);
     for standby in [&b, &c] {
         wait_for(GENEROUS, "the standby answering (503)", standby, || async {
-            get(&plain, &format!("{}/healthz", standby.api)).await.filter(|(s, _)| *s == 503)
+            get(&plain, &format!("{}/healthz", standby.api)).await.filter(|(s, h)| *s == 503 && common::is_standby(h))
         })
         .await;
     }

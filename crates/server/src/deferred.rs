@@ -256,7 +256,7 @@ async fn keep(
         .map_err(|e| ApiError::unavailable(format!("cannot keep the command in the store: {e}; retry in a moment")))?;
     tracing::warn!(
         command = %stored.id, %holder, request = %format!("{} {}", stored.method, stored.path), caller = %identity.name,
-        "the fleet's holder does not answer: command kept for the node that takes the fleet over"
+        "no node serves the fleet at this moment: command kept for the node that takes it over"
     );
     let location = format!("/v1/commands/{}", stored.id);
     let id = stored.id.clone();

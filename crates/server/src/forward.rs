@@ -82,7 +82,23 @@ pub async fn to_the_holder(State(state): State<AppState>, request: Request, next
         return next.run(request).await;
     }
     let holder = state.standby.read().unwrap_or_else(|p| p.into_inner()).clone();
-    let Some(holder) = holder else { return next.run(request).await };
+    let Some(holder) = holder else {
+        if !state.taking_over.load(std::sync::atomic::Ordering::SeqCst) {
+            return next.run(request).await;
+        }
+        // This node holds the lease and is loading the fleet: a command is
+        // kept for it, as for a holder that died, and carried out once it
+        // is ready; anything else is answered "starting" (503).
+        let (parts, body) = request.into_parts();
+        let body = match axum::body::to_bytes(body, crate::routes::MAX_BODY_BYTES).await {
+            Ok(body) => body,
+            Err(e) => return ApiError::bad_request(format!("cannot read the request body: {e}")).into_response(),
+        };
+        if let Some(kept) = crate::deferred::accept(&state, &parts, &body, &state.node).await {
+            return kept;
+        }
+        return next.run(Request::from_parts(parts, axum::body::Body::from(body))).await;
+    };
     if request.headers().contains_key(FORWARDED_BY) {
         return ApiError::unavailable(format!(
             "forwarded to a node that does not hold the fleet either (it sees {} as the holder); retry in a moment",

@@ -50,6 +50,20 @@ pub struct Health {
 #[utoipa::path(get, path = "/healthz", tag = "health",
     responses((status = 200, body = Health), (status = 503, body = ErrorBody)))]
 pub(crate) async fn healthz(State(state): State<AppState>) -> Result<Json<Health>, ApiError> {
+    if state.ready.get().is_none() {
+        // 503 all the same: what this node is doing instead of serving.
+        if let Some(holder) = state.standby.read().unwrap_or_else(|p| p.into_inner()).clone() {
+            return Err(ApiError::unavailable(format!(
+                "this node is a standby: node {} ({}) holds the fleet, and requests are forwarded to it",
+                holder.node, holder.url
+            )));
+        }
+        if state.taking_over.load(std::sync::atomic::Ordering::SeqCst) {
+            return Err(ApiError::unavailable(
+                "this node holds the fleet's lease and is loading the fleet; retry in a moment",
+            ));
+        }
+    }
     state.ready()?;
     Ok(Json(Health { status: "ok" }))
 }

@@ -13,13 +13,18 @@
 //!   decisions are never carried out;
 //! - **self-fencing**: a node that has not renewed for 4/5 of the TTL (by
 //!   its own monotonic clock, counted from when it sent the last renewal
-//!   that succeeded, so before the database's expiry) or that finds the
-//!   lease taken stops at once (exit code 3), as if killed -9: a
-//!   supervisor starts it again, as a standby.
+//!   that succeeded, so before the database's expiry), that finds the
+//!   lease taken, or whose lease connection closed stops at once (exit
+//!   code 3), as if killed -9: a supervisor starts it again, as a standby.
 //!
-//! Not built yet: several shards and their rebalancing, answers and
-//! forwarding from standbys (a standby does not listen until it holds the
-//! lease), providers and agents rejecting a lower generation.
+//! A holder that dies is not waited for: it holds an advisory lock for its
+//! generation on a connection of its own, which PostgreSQL lets go of when
+//! the process's socket closes, and a standby that finds the lock free
+//! takes the lease over before its expiry (`PgStore::try_acquire_lease`).
+//! A paused holder keeps its connection, and so its lock: it is taken over
+//! when its lease expires, as before.
+//!
+//! Not built yet: several shards and their rebalancing.
 
 use drover_store::PgStore;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -98,11 +103,13 @@ pub async fn hold_the_fleet(
                             holder = %held.holder,
                             generation = held.generation,
                             expires_in_ms = held.expires_in.as_millis() as u64,
-                            "standby: another node holds the fleet's lease; taking over when it expires"
+                            "standby: another node holds the fleet's lease; taking over when it expires or its holder dies"
                         );
                         said = Some(who);
                     }
-                    std::thread::sleep((ttl / 8).clamp(Duration::from_millis(100), Duration::from_secs(1)));
+                    // Often: a holder that died is found out by its lock,
+                    // not by its lease's expiry.
+                    std::thread::sleep((ttl / 8).clamp(Duration::from_millis(100), Duration::from_millis(250)));
                 }
             }
         }
@@ -129,9 +136,14 @@ fn keep(store: Weak<PgStore>, node: String, address: String, started_at: i64, ge
         .name("drover-lease-watchdog".into())
         .spawn(move || loop {
             std::thread::sleep(Duration::from_millis(50));
-            if watched_store.strong_count() == 0 {
-                return;
+            let Some(store) = watched_store.upgrade() else { return };
+            if store.lease_session_lost() {
+                stop(&format!(
+                    "node {watch_node} lost its connection to the store that holds its lease's lock (generation \
+                     {generation}); another node may take the fleet over at once, so it stops"
+                ));
             }
+            drop(store);
             if at(Instant::now()) >= watched.load(Ordering::SeqCst) {
                 stop(&format!(
                     "node {watch_node} could not renew the fleet's lease (generation {generation}) in time; it \

@@ -315,6 +315,7 @@ async fn run(
         key: key.clone(),
         desk: Arc::default(),
         failures: Arc::default(),
+        taking_over: Arc::default(),
     };
     let (stop_tx, stop_rx) = watch::channel(false);
 
@@ -431,6 +432,7 @@ async fn start_up(
             // A standby keeps commands its holder could not take (`deferred`).
             let _ = state.desk.set(Arc::clone(&store));
             let (store, held) = lease::hold_the_fleet(store, node, address, opts.lease_ttl, standby).await?;
+            state.taking_over.store(true, std::sync::atomic::Ordering::SeqCst);
             shared = Some(Arc::clone(&store));
             generation = Some(held);
             store

@@ -105,6 +105,9 @@ pub struct AppState {
     pub desk: crate::deferred::Desk,
     /// Failed authentication per client address (while a standby too).
     pub failures: Arc<crate::auth::FailureLimiter>,
+    /// This node holds the shared store's lease and is loading the fleet:
+    /// commands are kept for it (`deferred`) until it is ready.
+    pub taking_over: Arc<std::sync::atomic::AtomicBool>,
 }
 
 impl AppState {

@@ -28,7 +28,7 @@ mod status;
 pub mod tokens;
 mod writer;
 
-pub use pg::{Cluster, LeaseHeld, LeaseNow, NodeSeen, PgStore, FLEET_SHARD};
+pub use pg::{Cluster, LeaseHeld, LeaseNow, NodeSeen, PgStore, FLEET_SHARD, HOLDER_LOCK};
 pub use sqlite::{SqliteStore, WriterCounters};
 
 use drover_model::{ActionRecord, AuditEntry, Changes, Event, InstanceId, ServiceId, Snapshot, Timestamp};

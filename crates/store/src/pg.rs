@@ -50,6 +50,14 @@ const KEEPALIVES_IDLE: Duration = Duration::from_secs(30);
 /// control planes starting at once on one database migrate one at a time.
 /// ("drover" as ASCII.)
 const MIGRATION_LOCK: i64 = 0x6472_6f76_6572;
+/// First key of the session-level advisory lock a node takes, on a
+/// connection of its own, for the lease generation it is about to hold
+/// (the second key), and keeps for as long as it lives: a holder whose
+/// process died (its connection closed with it) has let go of it at once,
+/// so a standby finding it free takes the lease over without waiting for
+/// the TTL. ("Drov" as ASCII; the two-key form never meets
+/// [`MIGRATION_LOCK`]'s.)
+pub const HOLDER_LOCK: i32 = 0x4472_6f76;
 
 pub struct PgStore {
     /// `user@host:port/db`, never the password: for messages and logs.
@@ -65,6 +73,57 @@ pub struct PgStore {
     /// The lease every commit must still hold (node, generation), once
     /// [`PgStore::fence_commits`] set it.
     fence: Fence,
+    /// For the lease's own connection ([`LeaseSession`]).
+    config: Config,
+    lease_session: Arc<tokio::sync::Mutex<Option<LeaseSession>>>,
+    /// Whether the lease's connection closed (false before it opened).
+    lease_session_closed: Arc<std::sync::Mutex<Arc<std::sync::atomic::AtomicBool>>>,
+}
+
+/// The lease's own connection, never pooled: the holder's advisory lock
+/// ([`HOLDER_LOCK`]) lives and dies with it.
+struct LeaseSession {
+    client: tokio_postgres::Client,
+    closed: Arc<std::sync::atomic::AtomicBool>,
+}
+
+impl LeaseSession {
+    async fn connect(config: &Config, target: &str) -> Result<LeaseSession, StoreError> {
+        let (client, connection) = config
+            .connect(NoTls)
+            .await
+            .map_err(|e| StoreError::PgConnect { target: target.to_string(), detail: pg_detail(&e) })?;
+        let closed = Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let flag = Arc::clone(&closed);
+        tokio::spawn(async move {
+            let _ = connection.await;
+            flag.store(true, Ordering::SeqCst);
+        });
+        Ok(LeaseSession { client, closed })
+    }
+
+    /// Takes the lock of `generation` unless another session holds it.
+    async fn try_lock(&self, generation: i64) -> Result<bool, StoreError> {
+        let row = self
+            .client
+            .query_one("SELECT pg_try_advisory_lock($1, $2)", &[&HOLDER_LOCK, &generation_key(generation)])
+            .await
+            .map_err(pg("taking the lease generation's lock"))?;
+        Ok(row.get(0))
+    }
+
+    async fn unlock(&self, generation: i64) -> Result<(), StoreError> {
+        self.client
+            .execute("SELECT pg_advisory_unlock($1, $2)", &[&HOLDER_LOCK, &generation_key(generation)])
+            .await
+            .map_err(pg("letting go of the lease generation's lock"))?;
+        Ok(())
+    }
+}
+
+/// The second key of [`HOLDER_LOCK`] for `generation`.
+fn generation_key(generation: i64) -> i32 {
+    (generation & 0x7fff_ffff) as i32
 }
 
 /// What the writer checks in each commit's transaction.
@@ -197,7 +256,8 @@ impl PgStore {
         // ends with the connection.
         runtime.block_on(migrate(config.clone(), target.clone()))?;
 
-        let manager = Manager::from_config(config, NoTls, ManagerConfig { recycling_method: RecyclingMethod::Fast });
+        let manager =
+            Manager::from_config(config.clone(), NoTls, ManagerConfig { recycling_method: RecyclingMethod::Fast });
         let pool = Pool::builder(manager)
             .max_size(POOL_SIZE)
             .runtime(deadpool_postgres::Runtime::Tokio1)
@@ -225,13 +285,18 @@ impl PgStore {
             runtime: Some(runtime),
             stats,
             fence,
+            config,
+            lease_session: Arc::default(),
+            lease_session_closed: Arc::default(),
         })
     }
 
     /// Takes the fleet's lease for `node` for `ttl` (by the database's
-    /// clock) when nobody holds it, its holder let it expire, or `node`
-    /// held it (a restart of the same node): the generation rises every
-    /// time. `Ok(Err(held))`: another node holds it.
+    /// clock) when nobody holds it, its holder let it expire, its holder's
+    /// connection to the database is gone (its process died: see
+    /// [`HOLDER_LOCK`]), or `node` held it (a restart of the same node):
+    /// the generation rises every time. `Ok(Err(held))`: another node holds
+    /// it, or is taking it over at this moment.
     /// `address` is this node's API URL, published with the lease.
     pub fn try_acquire_lease(
         &self,
@@ -241,42 +306,98 @@ impl PgStore {
     ) -> Result<Result<i64, LeaseHeld>, StoreError> {
         let (node, address) = (node.to_string(), address.to_string());
         let ttl = ttl.as_micros().min(i64::MAX as u128) as i64;
+        let (session, closed_flag) = (Arc::clone(&self.lease_session), Arc::clone(&self.lease_session_closed));
+        let (config, target) = (self.config.clone(), self.target.clone());
         self.with_client(move |client| async move {
+            let current = read_lease(&client).await?;
+            let mut session_slot = session.lock().await;
+            if session_slot.as_ref().is_none_or(|s| s.closed.load(Ordering::SeqCst)) {
+                if let Some(held) = current.as_ref().filter(|h| !h.expires_in.is_zero() && h.holder != node) {
+                    // Who holds it first (a standby forwards to it from
+                    // then on); its lock is probed from the next try, on a
+                    // connection opened meanwhile.
+                    drop(session_slot);
+                    tokio::spawn(async move {
+                        let mut slot = session.lock().await;
+                        if slot.as_ref().is_none_or(|s| s.closed.load(Ordering::SeqCst)) {
+                            match LeaseSession::connect(&config, &target).await {
+                                Ok(fresh) => {
+                                    *closed_flag.lock().unwrap_or_else(|p| p.into_inner()) = Arc::clone(&fresh.closed);
+                                    *slot = Some(fresh);
+                                }
+                                Err(error) => {
+                                    tracing::warn!(%error, "cannot open the lease's own connection; retrying")
+                                }
+                            }
+                        }
+                    });
+                    return Ok(Err(held.clone()));
+                }
+                let fresh = LeaseSession::connect(&config, &target).await?;
+                *closed_flag.lock().unwrap_or_else(|p| p.into_inner()) = Arc::clone(&fresh.closed);
+                *session_slot = Some(fresh);
+            }
+            let Some(session) = session_slot.as_ref() else { unreachable!("connected above") };
+            let (observed, orphaned) = match &current {
+                None => (0, false),
+                Some(held) if held.expires_in.is_zero() || held.holder == node => (held.generation, false),
+                Some(held) => {
+                    // A live holder keeps its generation's lock: free, the
+                    // holder's connection (and so its process) is gone.
+                    if !session.try_lock(held.generation).await? {
+                        return Ok(Err(held.clone()));
+                    }
+                    session.unlock(held.generation).await?;
+                    (held.generation, true)
+                }
+            };
+            let next = observed + 1;
+            // Taken before the lease names it, and held while this node lives.
+            if !session.try_lock(next).await? {
+                // Another node is taking the lease over right now.
+                return Ok(Err(read_lease(&client).await?.unwrap_or_else(|| LeaseHeld {
+                    holder: String::new(),
+                    address: String::new(),
+                    generation: observed,
+                    expires_in: Duration::ZERO,
+                })));
+            }
             let taken = client
                 .query_opt(
                     &format!(
                         "INSERT INTO leases (shard, holder, generation, expires_at, address) \
-                         VALUES ($1, $2, 1, {DB_NOW} + $3, $4) \
+                         VALUES ($1, $2, $5, {DB_NOW} + $3, $4) \
                          ON CONFLICT (shard) DO UPDATE SET holder = EXCLUDED.holder, \
-                           generation = leases.generation + 1, expires_at = EXCLUDED.expires_at, \
+                           generation = EXCLUDED.generation, expires_at = EXCLUDED.expires_at, \
                            address = EXCLUDED.address \
-                         WHERE leases.expires_at < {DB_NOW} OR leases.holder = EXCLUDED.holder \
+                         WHERE leases.generation = $6 \
+                           AND (leases.expires_at < {DB_NOW} OR leases.holder = EXCLUDED.holder OR $7) \
                          RETURNING generation"
                     ),
-                    &[&FLEET_SHARD, &node, &ttl, &address],
+                    &[&FLEET_SHARD, &node, &ttl, &address, &next, &observed, &orphaned],
                 )
                 .await
                 .map_err(pg("taking the fleet's lease"))?;
-            if let Some(row) = taken {
-                return Ok(Ok(row.get(0)));
+            if taken.is_some() {
+                return Ok(Ok(next));
             }
-            let row = client
-                .query_one(
-                    &format!(
-                        "SELECT holder, generation, greatest(expires_at - {DB_NOW}, 0), address FROM leases \
-                         WHERE shard = $1"
-                    ),
-                    &[&FLEET_SHARD],
-                )
-                .await
-                .map_err(pg("reading the fleet's lease"))?;
-            Ok(Err(LeaseHeld {
-                holder: row.get(0),
-                address: row.get(3),
-                generation: row.get(1),
-                expires_in: Duration::from_micros(row.get::<_, i64>(2).max(0) as u64),
-            }))
+            // Renewed, or taken by another node, since it was read.
+            session.unlock(next).await?;
+            match read_lease(&client).await? {
+                Some(held) => Ok(Err(held)),
+                None => Err(StoreError::Postgres {
+                    operation: "taking the fleet's lease",
+                    detail: "the lease row vanished while it was taken".into(),
+                }),
+            }
         })
+    }
+
+    /// Whether the lease's own connection closed (the database restarted,
+    /// the network failed, an administrator ended it): the holder's lock
+    /// is gone with it, so another node may take the fleet over at once.
+    pub fn lease_session_lost(&self) -> bool {
+        self.lease_session_closed.lock().unwrap_or_else(|p| p.into_inner()).load(Ordering::SeqCst)
     }
 
     /// Extends `node`'s lease of generation `generation` by `ttl` from now
@@ -519,6 +640,25 @@ async fn commit_group(
     write_instances_and_events(&tx, group).await.map_err(pg("writing a commit"))?;
     // On error the dropped transaction rolls back: nothing of the group stays.
     tx.commit().await.map_err(pg("committing"))
+}
+
+/// The fleet's lease row now (`expires_in` zero once expired).
+async fn read_lease(client: &tokio_postgres::Client) -> Result<Option<LeaseHeld>, StoreError> {
+    let row = client
+        .query_opt(
+            &format!(
+                "SELECT holder, generation, greatest(expires_at - {DB_NOW}, 0), address FROM leases WHERE shard = $1"
+            ),
+            &[&FLEET_SHARD],
+        )
+        .await
+        .map_err(pg("reading the fleet's lease"))?;
+    Ok(row.map(|row| LeaseHeld {
+        holder: row.get(0),
+        address: row.get(3),
+        generation: row.get(1),
+        expires_in: Duration::from_micros(row.get::<_, i64>(2).max(0) as u64),
+    }))
 }
 
 /// The fencing token, checked inside `tx` before it writes: `holder`

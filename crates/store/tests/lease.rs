@@ -134,3 +134,61 @@ fn deferred_commands_are_taken_in_order_by_the_holder_only_and_never_twice() {
     assert_eq!(c.deferred_command("cmd-4").unwrap().unwrap().state, "expired");
     assert_eq!(c.deferred_command("nope").unwrap(), None);
 }
+
+/// Takes the lease for `node`, trying for up to 5 s (PostgreSQL lets go of
+/// a closed connection's locks once its backend has noticed).
+fn take_within_5s(store: &PgStore, node: &str, ttl: Duration) -> i64 {
+    let start = std::time::Instant::now();
+    loop {
+        match store.try_acquire_lease(node, &format!("http://{node}.test"), ttl).unwrap() {
+            Ok(generation) => return generation,
+            Err(held) if start.elapsed() > Duration::from_secs(5) => {
+                panic!("{node} could not take the lease: {held:?}")
+            }
+            Err(_) => std::thread::sleep(Duration::from_millis(50)),
+        }
+    }
+}
+
+#[test]
+fn a_holder_whose_connection_is_gone_is_taken_over_long_before_its_lease_expires() {
+    let pg = PgServer::start();
+    let url = pg.url(common::DB);
+    let (a, b, c) = (PgStore::connect(&url).unwrap(), PgStore::connect(&url).unwrap(), PgStore::connect(&url).unwrap());
+    let ttl = Duration::from_secs(120);
+    let ga = a.try_acquire_lease("a", "http://a.test", ttl).unwrap().expect("free");
+    assert!(!a.lease_session_lost());
+    // Alive (its lock held): nobody takes it, however often they try.
+    for _ in 0..3 {
+        let held = b.try_acquire_lease("b", "http://b.test", ttl).unwrap().expect_err("a is alive");
+        assert_eq!((held.holder.as_str(), held.generation), ("a", ga));
+        assert!(held.expires_in > Duration::from_secs(100), "{held:?}");
+    }
+
+    // a's process ends, its connections with it: b takes the fleet over
+    // now, not in two minutes.
+    drop(a);
+    let gb = take_within_5s(&b, "b", ttl);
+    assert_eq!(gb, ga + 1);
+    b.fence_commits("b", gb);
+    b.commit(audit(1)).unwrap();
+    let held = c.try_acquire_lease("c", "http://c.test", ttl).unwrap().expect_err("b is alive");
+    assert_eq!((held.holder.as_str(), held.generation), ("b", gb));
+
+    // b's lease connection is ended from the database's side while b goes
+    // on: b finds out (and the server stops itself on it), c takes over,
+    // and b's commits are refused from then on.
+    let ended = pg.psql(
+        common::DB,
+        "SELECT count(pg_terminate_backend(pid)) FROM pg_locks WHERE locktype = 'advisory' AND objsubid = 2 AND granted",
+    );
+    assert_eq!(ended.trim(), "1", "one holder lock, on b's lease connection");
+    let start = std::time::Instant::now();
+    while !b.lease_session_lost() {
+        assert!(start.elapsed() < Duration::from_secs(5), "b never noticed its lease connection ended");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    let gc = take_within_5s(&c, "c", ttl);
+    assert_eq!(gc, gb + 1);
+    assert!(matches!(b.commit(audit(2)), Err(StoreError::CommitFailed { .. })), "b is fenced");
+}

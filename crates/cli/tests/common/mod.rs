@@ -96,6 +96,11 @@ impl Serve {
     }
 }
 
+/// A `/healthz` answer of a standby that knows the holder it forwards to.
+pub fn is_standby(health: &serde_json::Value) -> bool {
+    health["error"].as_str().is_some_and(|e| e.contains("is a standby"))
+}
+
 impl Drop for Serve {
     fn drop(&mut self) {
         self.kill9();
