@@ -13,9 +13,12 @@
 //!   decisions are never carried out;
 //! - **self-fencing**: a node that has not renewed for 4/5 of the TTL (by
 //!   its own monotonic clock, counted from when it sent the last renewal
-//!   that succeeded, so before the database's expiry), that finds the
-//!   lease taken, or whose lease connection closed stops at once (exit
-//!   code 3), as if killed -9: a supervisor starts it again, as a standby.
+//!   that succeeded, so before the database's expiry) or that finds the
+//!   lease taken stops at once (exit code 3), as if killed -9: a
+//!   supervisor starts it again, as a standby. A holder whose lease
+//!   connection closed (the database restarted) takes its lock again on a
+//!   new one before it renews; if a standby took the fleet over meanwhile,
+//!   the renewal fails and it stops.
 //!
 //! A holder that dies is not waited for: it holds an advisory lock for its
 //! generation on a connection of its own, which PostgreSQL lets go of when
@@ -136,14 +139,9 @@ fn keep(store: Weak<PgStore>, node: String, address: String, started_at: i64, ge
         .name("drover-lease-watchdog".into())
         .spawn(move || loop {
             std::thread::sleep(Duration::from_millis(50));
-            let Some(store) = watched_store.upgrade() else { return };
-            if store.lease_session_lost() {
-                stop(&format!(
-                    "node {watch_node} lost its connection to the store that holds its lease's lock (generation \
-                     {generation}); another node may take the fleet over at once, so it stops"
-                ));
+            if watched_store.strong_count() == 0 {
+                return;
             }
-            drop(store);
             if at(Instant::now()) >= watched.load(Ordering::SeqCst) {
                 stop(&format!(
                     "node {watch_node} could not renew the fleet's lease (generation {generation}) in time; it \
@@ -158,6 +156,24 @@ fn keep(store: Weak<PgStore>, node: String, address: String, started_at: i64, ge
             std::thread::sleep(ttl / 4);
             let Some(store) = store.upgrade() else { return };
             let sent = Instant::now();
+            if store.lease_session_lost() {
+                // The database restarted, or the connection was cut: the
+                // lock went with it, and a standby may have taken the
+                // fleet over meanwhile (then the renewal below fails).
+                match store.reclaim_lease_lock(generation) {
+                    Ok(true) => {
+                        tracing::warn!(%node, generation, "the lease's connection was lost; its lock is taken again")
+                    }
+                    Ok(false) => stop(&format!(
+                        "node {node} lost its lease's connection and another node holds the lock of generation \
+                         {generation}"
+                    )),
+                    Err(error) => {
+                        tracing::warn!(%node, %error, "cannot take the lease's lock again; retrying");
+                        continue;
+                    }
+                }
+            }
             match store.renew_lease(&node, generation, ttl) {
                 Ok(true) => {
                     deadline.fetch_max(at(sent + ttl - margin), Ordering::SeqCst);

@@ -400,6 +400,26 @@ impl PgStore {
         self.lease_session_closed.lock().unwrap_or_else(|p| p.into_inner()).load(Ordering::SeqCst)
     }
 
+    /// After [`PgStore::lease_session_lost`]: takes the lock of
+    /// `generation` again on a new connection. True: nobody took it
+    /// meanwhile (whether the lease is still this node's is for its
+    /// renewal to say: a node that took the fleet over in between holds a
+    /// higher generation, and the renewal fails).
+    pub fn reclaim_lease_lock(&self, generation: i64) -> Result<bool, StoreError> {
+        let (session, closed_flag) = (Arc::clone(&self.lease_session), Arc::clone(&self.lease_session_closed));
+        let (config, target) = (self.config.clone(), self.target.clone());
+        self.with_client(move |_client| async move {
+            let mut slot = session.lock().await;
+            if slot.as_ref().is_none_or(|s| s.closed.load(Ordering::SeqCst)) {
+                let fresh = LeaseSession::connect(&config, &target).await?;
+                *closed_flag.lock().unwrap_or_else(|p| p.into_inner()) = Arc::clone(&fresh.closed);
+                *slot = Some(fresh);
+            }
+            let Some(session) = slot.as_ref() else { unreachable!("connected above") };
+            session.try_lock(generation).await
+        })
+    }
+
     /// Extends `node`'s lease of generation `generation` by `ttl` from now
     /// (the database's clock). False: it is not held any more (another
     /// node took it over).

@@ -191,4 +191,28 @@ fn a_holder_whose_connection_is_gone_is_taken_over_long_before_its_lease_expires
     let gc = take_within_5s(&c, "c", ttl);
     assert_eq!(gc, gb + 1);
     assert!(matches!(b.commit(audit(2)), Err(StoreError::CommitFailed { .. })), "b is fenced");
+    // b takes its old generation's lock again (nobody holds it), but the
+    // lease is c's: its renewal fails, and the server stops on that.
+    assert!(b.reclaim_lease_lock(gb).unwrap());
+    assert!(!b.renew_lease("b", gb, ttl).unwrap());
+
+    // c's connection is cut the same way, and c takes its lock again
+    // before anyone noticed: the lease stays c's.
+    let ended = pg.psql(
+        common::DB,
+        &format!(
+            "SELECT count(pg_terminate_backend(pid)) FROM pg_locks WHERE locktype = 'advisory' AND objsubid = 2 \
+             AND granted AND objid = {gc}"
+        ),
+    );
+    assert_eq!(ended.trim(), "1", "c's lock");
+    let start = std::time::Instant::now();
+    while !c.lease_session_lost() {
+        assert!(start.elapsed() < Duration::from_secs(5), "c never noticed its lease connection ended");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    assert!(c.reclaim_lease_lock(gc).unwrap());
+    assert!(c.renew_lease("c", gc, ttl).unwrap());
+    let held = b.try_acquire_lease("b", "http://b.test", ttl).unwrap().expect_err("c holds it, lock and all");
+    assert_eq!((held.holder.as_str(), held.generation), ("c", gc));
 }
