@@ -90,9 +90,9 @@ pub async fn to_the_holder(State(state): State<AppState>, request: Request, next
         // kept for it, as for a holder that died, and carried out once it
         // is ready; anything else is answered "starting" (503).
         let (parts, body) = request.into_parts();
-        let body = match axum::body::to_bytes(body, crate::routes::MAX_BODY_BYTES).await {
+        let body = match buffered(body).await {
             Ok(body) => body,
-            Err(e) => return ApiError::bad_request(format!("cannot read the request body: {e}")).into_response(),
+            Err(refused) => return refused,
         };
         if let Some(kept) = crate::deferred::accept(&state, &parts, &body, &state.node).await {
             return kept;
@@ -107,9 +107,9 @@ pub async fn to_the_holder(State(state): State<AppState>, request: Request, next
         .into_response();
     }
     let (parts, body) = request.into_parts();
-    let body = match axum::body::to_bytes(body, crate::routes::MAX_BODY_BYTES).await {
+    let body = match buffered(body).await {
         Ok(body) => body,
-        Err(e) => return ApiError::bad_request(format!("cannot read the request body: {e}")).into_response(),
+        Err(refused) => return refused,
     };
     let why = match forward(&holder, &state.node, &state.key, &parts, body.clone()).await {
         Ok(response) => return response,
@@ -125,6 +125,13 @@ pub async fn to_the_holder(State(state): State<AppState>, request: Request, next
         holder.node, holder.url
     ))
     .into_response()
+}
+
+/// A request's whole body (a standby forwards or keeps it whole).
+async fn buffered(body: axum::body::Body) -> Result<axum::body::Bytes, Response> {
+    axum::body::to_bytes(body, crate::routes::MAX_BODY_BYTES)
+        .await
+        .map_err(|e| ApiError::bad_request(format!("cannot read the request body: {e}")).into_response())
 }
 
 /// Why a forward failed.

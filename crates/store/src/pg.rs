@@ -121,6 +121,25 @@ impl LeaseSession {
     }
 }
 
+/// The lease's connection in `slot`, opened (again) when there is none or
+/// it closed; `closed` then follows the new one's state.
+async fn open_lease_session<'a>(
+    slot: &'a mut Option<LeaseSession>,
+    closed: &std::sync::Mutex<Arc<std::sync::atomic::AtomicBool>>,
+    config: &Config,
+    target: &str,
+) -> Result<&'a LeaseSession, StoreError> {
+    if slot.as_ref().is_none_or(|s| s.closed.load(Ordering::SeqCst)) {
+        let fresh = LeaseSession::connect(config, target).await?;
+        *closed.lock().unwrap_or_else(|p| p.into_inner()) = Arc::clone(&fresh.closed);
+        return Ok(slot.insert(fresh));
+    }
+    match slot.as_ref() {
+        Some(session) => Ok(session),
+        None => unreachable!("opened above"),
+    }
+}
+
 /// The second key of [`HOLDER_LOCK`] for `generation`.
 fn generation_key(generation: i64) -> i32 {
     (generation & 0x7fff_ffff) as i32
@@ -319,25 +338,14 @@ impl PgStore {
                     drop(session_slot);
                     tokio::spawn(async move {
                         let mut slot = session.lock().await;
-                        if slot.as_ref().is_none_or(|s| s.closed.load(Ordering::SeqCst)) {
-                            match LeaseSession::connect(&config, &target).await {
-                                Ok(fresh) => {
-                                    *closed_flag.lock().unwrap_or_else(|p| p.into_inner()) = Arc::clone(&fresh.closed);
-                                    *slot = Some(fresh);
-                                }
-                                Err(error) => {
-                                    tracing::warn!(%error, "cannot open the lease's own connection; retrying")
-                                }
-                            }
+                        if let Err(error) = open_lease_session(&mut slot, &closed_flag, &config, &target).await {
+                            tracing::warn!(%error, "cannot open the lease's own connection; retrying");
                         }
                     });
                     return Ok(Err(held.clone()));
                 }
-                let fresh = LeaseSession::connect(&config, &target).await?;
-                *closed_flag.lock().unwrap_or_else(|p| p.into_inner()) = Arc::clone(&fresh.closed);
-                *session_slot = Some(fresh);
             }
-            let Some(session) = session_slot.as_ref() else { unreachable!("connected above") };
+            let session = open_lease_session(&mut session_slot, &closed_flag, &config, &target).await?;
             let (observed, orphaned) = match &current {
                 None => (0, false),
                 Some(held) if held.expires_in.is_zero() || held.holder == node => (held.generation, false),
@@ -410,13 +418,7 @@ impl PgStore {
         let (config, target) = (self.config.clone(), self.target.clone());
         self.with_client(move |_client| async move {
             let mut slot = session.lock().await;
-            if slot.as_ref().is_none_or(|s| s.closed.load(Ordering::SeqCst)) {
-                let fresh = LeaseSession::connect(&config, &target).await?;
-                *closed_flag.lock().unwrap_or_else(|p| p.into_inner()) = Arc::clone(&fresh.closed);
-                *slot = Some(fresh);
-            }
-            let Some(session) = slot.as_ref() else { unreachable!("connected above") };
-            session.try_lock(generation).await
+            open_lease_session(&mut slot, &closed_flag, &config, &target).await?.try_lock(generation).await
         })
     }
 
