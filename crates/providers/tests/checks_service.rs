@@ -152,3 +152,41 @@ fn backup_status_table() {
     assert_eq!(check.status, Status::Crit);
     assert!(serde_json::to_string(&check).unwrap().contains("pgBackRest (2.45)"));
 }
+
+/// A Kafka service's group lag, read from its storage (tansu's schema, as
+/// Drover creates it): every partition of a topic the group commits on is
+/// the group's, also one it never committed on; records produced there
+/// are lag, counted from the partition's earliest kept record.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn kafka_group_lag_counts_a_partition_the_group_never_committed_on() {
+    use drover_providers::local::{kafka_group_lags, KafkaGroupLag};
+    let tmp = tempdir();
+    let pg = TestPg::start(tmp.path(), None, None);
+    let client = pg.connect().await;
+    client.batch_execute(include_str!("../src/local/kafka/storage.sql")).await.unwrap();
+    client
+        .batch_execute(
+            "insert into cluster (name) values ('c'); \
+             insert into topic (cluster, name, uuid, partitions, replication_factor) \
+               values (1, 'events', gen_random_uuid(), 3, 1), (1, 'other', gen_random_uuid(), 1, 1); \
+             insert into topition (topic, partition) values (1, 0), (1, 1), (1, 2), (2, 0); \
+             insert into watermark (topition, low, high) values (1, 0, 33), (2, 3, 8), (3, 0, 17), (4, 0, 50); \
+             insert into consumer_group (cluster, name) values (1, 'g3'); \
+             insert into consumer_offset (consumer_group, topition, committed_offset) values (1, 1, 29), (1, 3, 1);",
+        )
+        .await
+        .unwrap();
+    let url = format!("host={} port={} user={} dbname=postgres", pg.socket_dir.display(), pg.port, pg.run_as.user);
+    let lags = kafka_group_lags(&url, Duration::from_secs(10)).await.unwrap();
+    let lag = |partition, committed, low, high| KafkaGroupLag {
+        group: "g3".into(),
+        topic: "events".into(),
+        partition,
+        committed,
+        low_watermark: low,
+        high_watermark: high,
+    };
+    // Topic `other` is not read by g3: not its lag.
+    assert_eq!(lags, vec![lag(0, Some(29), 0, 33), lag(1, None, 3, 8), lag(2, Some(1), 0, 17)]);
+    assert_eq!(lags.iter().map(KafkaGroupLag::lag).sum::<i64>(), 4 + 5 + 16);
+}

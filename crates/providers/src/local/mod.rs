@@ -28,6 +28,7 @@ mod credentials;
 mod heartbeat;
 mod kafka;
 pub use kafka::busiest_broker as kafka_busiest_broker;
+pub use kafka::checks::{group_lags as kafka_group_lags, GroupLag as KafkaGroupLag};
 mod postgres;
 pub mod probe;
 mod process;

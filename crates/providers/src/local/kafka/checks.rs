@@ -261,18 +261,27 @@ pub struct GroupLag {
     pub group: String,
     pub topic: String,
     pub partition: i32,
-    pub committed: i64,
+    /// `None`: the group reads the topic but has never committed on this
+    /// partition (it had no record there when it last committed).
+    pub committed: Option<i64>,
+    /// The partition's earliest kept offset: where a group that never
+    /// committed on it starts (Drover's clients reset to the earliest).
+    pub low_watermark: i64,
     pub high_watermark: i64,
 }
 
 impl GroupLag {
     pub fn lag(&self) -> i64 {
-        (self.high_watermark - self.committed).max(0)
+        (self.high_watermark - self.committed.unwrap_or(self.low_watermark)).max(0)
     }
 }
 
-/// Every committed offset of every group, with its partition's high
-/// watermark, from the storage database (`storage_url`).
+/// Every partition of every topic a group has committed on, with the
+/// group's committed offset there (if any) and the partition's watermarks,
+/// from the storage database (`storage_url`). A partition the group never
+/// committed on is still its partition: records produced there are lag
+/// too. (Listing only the committed offsets once hid five records
+/// produced to a partition the group had never read from.)
 pub async fn group_lags(storage_url: &str, timeout: Duration) -> Result<Vec<GroupLag>, String> {
     let attempt = async {
         let (client, connection) =
@@ -280,13 +289,17 @@ pub async fn group_lags(storage_url: &str, timeout: Duration) -> Result<Vec<Grou
         tokio::spawn(connection);
         let rows = client
             .query(
-                "select g.name, t.name, p.partition, o.committed_offset, coalesce(w.high, 0) \
-                 from consumer_offset o \
-                 join consumer_group g on g.id = o.consumer_group \
-                 join topition p on p.id = o.topition \
-                 join topic t on t.id = p.topic \
+                "with reads as ( \
+                     select distinct o.consumer_group, p.topic from consumer_offset o \
+                     join topition p on p.id = o.topition where o.committed_offset is not null) \
+                 select g.name, t.name, p.partition, o.committed_offset, \
+                        coalesce(w.low, 0), coalesce(w.high, 0) \
+                 from reads r \
+                 join consumer_group g on g.id = r.consumer_group \
+                 join topic t on t.id = r.topic \
+                 join topition p on p.topic = r.topic \
+                 left join consumer_offset o on o.consumer_group = r.consumer_group and o.topition = p.id \
                  left join watermark w on w.topition = p.id \
-                 where o.committed_offset is not null \
                  order by 1, 2, 3",
                 &[],
             )
@@ -299,7 +312,8 @@ pub async fn group_lags(storage_url: &str, timeout: Duration) -> Result<Vec<Grou
                 topic: r.get(1),
                 partition: r.get::<_, Option<i32>>(2).unwrap_or(0),
                 committed: r.get(3),
-                high_watermark: r.get(4),
+                low_watermark: r.get(4),
+                high_watermark: r.get(5),
             })
             .collect())
     };
@@ -513,7 +527,8 @@ mod tests {
             group: "g".into(),
             topic: "t".into(),
             partition: 0,
-            committed,
+            committed: Some(committed),
+            low_watermark: 0,
             high_watermark: high,
         };
         let canary = Ok(Canary { produce: Duration::from_millis(3), fetch: Duration::from_millis(2), offset: 9 });
@@ -522,6 +537,13 @@ mod tests {
         assert_eq!(behind.status, Status::Warn, "{behind:?}");
         assert_eq!(behind.evidence["consumer_groups"]["g"]["lag"], LAG_WARN);
         assert_eq!(performance_check(&canary, &Ok(vec![lag(0, LAG_CRIT)])).status, Status::Crit);
+        // Never committed on a partition: counted from its earliest kept
+        // record, and said so (committed null).
+        let never = GroupLag { committed: None, low_watermark: 4, ..lag(0, 4 + LAG_WARN) };
+        let c = performance_check(&canary, &Ok(vec![lag(10, 12), never]));
+        assert_eq!(c.status, Status::Warn, "{c:?}");
+        assert_eq!(c.evidence["consumer_groups"]["g"]["lag"], 2 + LAG_WARN);
+        assert_eq!(c.evidence["consumer_groups"]["g"]["partitions"][1]["committed"], serde_json::Value::Null);
         assert_eq!(performance_check(&Err("refused".into()), &Ok(vec![])).status, Status::Crit);
         let slow = Ok(Canary { produce: CANARY_WARN, fetch: Duration::ZERO, offset: 1 });
         assert_eq!(performance_check(&slow, &Ok(vec![])).status, Status::Warn);
