@@ -278,8 +278,10 @@ enum Cmd {
     /// Run the deterministic fleet simulator: the real engine over a
     /// simulated fleet (scenarios: docs/scenarios.md). Last line: JSON.
     Sim {
-        /// A built-in scenario (zone-outage, object-store-outage,
-        /// kernel-cve-roll, control-plane-partition, flapping-network) or a path.
+        /// A built-in scenario (zone-outage, steady-week, object-store-outage,
+        /// kernel-cve-roll, control-plane-partition, flapping-network,
+        /// bad-image-roll, mixed-fleet, kafka-fleet, control-plane-nodes) or a
+        /// path to a TOML file (docs/scenarios.md).
         #[arg(long)]
         scenario: String,
         #[arg(long, default_value_t = 10_000)]

@@ -49,6 +49,7 @@ mod reconcile;
 mod records;
 mod restore;
 mod rollouts;
+pub mod shard_lease;
 mod transitions;
 pub mod upgrades;
 mod views;

@@ -27,7 +27,9 @@
 //! A paused holder keeps its connection, and so its lock: it is taken over
 //! when its lease expires, as before.
 //!
-//! Not built yet: several shards and their rebalancing.
+//! What to do with a lease that was read is `drover_engine::shard_lease`
+//! (pure, and driven by the simulator's `control-plane-nodes`). Not built
+//! yet here: several shards (that module's `rebalance`) in the server.
 
 use drover_store::PgStore;
 use std::sync::atomic::{AtomicU64, Ordering};

@@ -6,6 +6,7 @@
 //! safety phase under faults, then a convergence phase that checks
 //! everything healed. See docs/scenarios.md.
 
+pub mod control_plane;
 pub mod digest;
 pub mod oncall;
 pub mod report;

@@ -62,6 +62,11 @@ pub struct Report {
     /// (`kafka` only when it has a share); absent for a PostgreSQL-only fleet.
     #[serde(skip_serializing_if = "Vec::is_empty")]
     pub engines: Vec<EngineReport>,
+    /// Control-plane nodes that died, paused and returned (a scenario's
+    /// `[control_plane]`); absent without one. Its violations and
+    /// convergence are counted in `safety_violations` and `converged`.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub control_plane: Option<crate::control_plane::ControlPlaneReport>,
 }
 
 /// One engine's part of a mixed fleet's run.
@@ -160,6 +165,45 @@ impl Report {
                         e.max_unavailable,
                         e.max_not_available_in_engine,
                         e.writes_lost
+                    ),
+                ),
+            );
+        }
+        if let Some(cp) = &self.control_plane {
+            let at = rows.len() - 3;
+            rows.insert(
+                at,
+                (
+                    "control-plane nodes / shards".into(),
+                    format!(
+                        "{} / {}: {} killed, {} paused, {} vanished; {} self-fenced",
+                        cp.nodes, cp.shards, cp.crashes, cp.pauses, cp.vanishes, cp.self_fenced
+                    ),
+                ),
+            );
+            rows.insert(
+                at + 1,
+                (
+                    "shard takeovers".into(),
+                    format!(
+                        "{} of a killed holder (longest {:.2} s), {} waited out (longest {:.2} s), {} handed over \
+                         (longest {:.2} s)",
+                        cp.takes_orphaned,
+                        cp.longest_takeover_after_kill_secs,
+                        cp.takes_expired,
+                        cp.longest_takeover_after_pause_secs,
+                        cp.released,
+                        cp.longest_handover_secs
+                    ),
+                ),
+            );
+            rows.insert(
+                at + 2,
+                (
+                    "stale control-plane work refused".into(),
+                    format!(
+                        "{} commits (fence), {} actions (older generation); {} carried out",
+                        cp.stale_commits_refused, cp.stale_actions_refused, cp.actions_carried_out
                     ),
                 ),
             );

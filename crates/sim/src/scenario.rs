@@ -17,6 +17,7 @@ pub const BUILT_IN: &[(&str, &str)] = &[
     ("bad-image-roll", include_str!("../../../scenarios/bad-image-roll.toml")),
     ("mixed-fleet", include_str!("../../../scenarios/mixed-fleet.toml")),
     ("kafka-fleet", include_str!("../../../scenarios/kafka-fleet.toml")),
+    ("control-plane-nodes", include_str!("../../../scenarios/control-plane-nodes.toml")),
 ];
 
 #[derive(Debug, thiserror::Error)]
@@ -49,6 +50,10 @@ pub struct Scenario {
     pub background: Background,
     #[serde(default)]
     pub people: PeopleSpec,
+    /// Control-plane nodes that die, pause and return, run on the real
+    /// shard and lease logic beside the fleet (`crate::control_plane`).
+    #[serde(default)]
+    pub control_plane: Option<crate::control_plane::ControlPlaneSpec>,
     /// As written: one flat table per fault, so a parse error names its key.
     #[serde(default, rename = "fault")]
     raw_faults: Vec<RawFault>,
@@ -410,6 +415,9 @@ impl Scenario {
                 "fleet.redis_share + fleet.kafka_share must be at most 1 (the rest run PostgreSQL), got {} + {}",
                 s.fleet.redis_share, s.fleet.kafka_share
             )));
+        }
+        if let Some(cp) = &s.control_plane {
+            cp.validate().map_err(invalid)?;
         }
         if s.people.teams == 0 || s.people.teams > 1000 {
             return Err(invalid("people.teams must be 1 to 1000".into()));

@@ -19,6 +19,7 @@ use crate::{
     EngineStart, EventFilter, Log, LogRow, Store, StoreError, WriterCounters, DEFAULT_EVENT_LIMIT, MAX_READ_LIMIT,
 };
 use deadpool_postgres::{Manager, ManagerConfig, Pool, RecyclingMethod};
+use drover_engine::shard_lease::{self, Claim, LeaseView, Take};
 use drover_model::{
     ActionRecord, ActionState, AuditEntry, Changes, Event, HostRecord, Image, InstanceRecord, InstanceState,
     RolloutMember, RolloutRecord, ServiceId, ServiceRecord, ServiceState, Snapshot, Timestamp,
@@ -331,7 +332,9 @@ impl PgStore {
             let current = read_lease(&client).await?;
             let mut session_slot = session.lock().await;
             if session_slot.as_ref().is_none_or(|s| s.closed.load(Ordering::SeqCst)) {
-                if let Some(held) = current.as_ref().filter(|h| !h.expires_in.is_zero() && h.holder != node) {
+                let probe_first =
+                    |h: &&LeaseHeld| matches!(shard_lease::claim(Some(&view(h)), &node), Claim::Probe { .. });
+                if let Some(held) = current.as_ref().filter(probe_first) {
                     // Who holds it first (a standby forwards to it from
                     // then on); its lock is probed from the next try, on a
                     // connection opened meanwhile.
@@ -346,20 +349,19 @@ impl PgStore {
                 }
             }
             let session = open_lease_session(&mut session_slot, &closed_flag, &config, &target).await?;
-            let (observed, orphaned) = match &current {
-                None => (0, false),
-                Some(held) if held.expires_in.is_zero() || held.holder == node => (held.generation, false),
-                Some(held) => {
+            let Take { observed, next, orphaned } = match shard_lease::claim(current.as_ref().map(view).as_ref(), &node)
+            {
+                Claim::Take(take) => take,
+                Claim::Probe { generation } => {
                     // A live holder keeps its generation's lock: free, the
                     // holder's connection (and so its process) is gone.
-                    if !session.try_lock(held.generation).await? {
-                        return Ok(Err(held.clone()));
+                    if !session.try_lock(generation).await? {
+                        return Ok(Err(current.clone().expect("a holder to probe was read")));
                     }
-                    session.unlock(held.generation).await?;
-                    (held.generation, true)
+                    session.unlock(generation).await?;
+                    shard_lease::orphaned(generation)
                 }
             };
-            let next = observed + 1;
             // Taken before the lease names it, and held while this node lives.
             if !session.try_lock(next).await? {
                 // Another node is taking the lease over right now.
@@ -379,7 +381,7 @@ impl PgStore {
                            generation = EXCLUDED.generation, expires_at = EXCLUDED.expires_at, \
                            address = EXCLUDED.address \
                          WHERE leases.generation = $6 \
-                           AND (leases.expires_at < {DB_NOW} OR leases.holder = EXCLUDED.holder OR $7) \
+                           AND (leases.expires_at <= {DB_NOW} OR leases.holder = EXCLUDED.holder OR $7) \
                          RETURNING generation"
                     ),
                     &[&FLEET_SHARD, &node, &ttl, &address, &next, &observed, &orphaned],
@@ -665,6 +667,11 @@ async fn commit_group(
 }
 
 /// The fleet's lease row now (`expires_in` zero once expired).
+/// A lease as the shard logic reads it ([`drover_engine::shard_lease`]).
+fn view(held: &LeaseHeld) -> LeaseView {
+    LeaseView { holder: held.holder.clone(), generation: held.generation, expired: held.expires_in.is_zero() }
+}
+
 async fn read_lease(client: &tokio_postgres::Client) -> Result<Option<LeaseHeld>, StoreError> {
     let row = client
         .query_opt(

@@ -75,6 +75,7 @@ impl Sim {
             converged,
             digest,
             engines,
+            control_plane: None,
         }
     }
 }

@@ -252,6 +252,7 @@ pub fn run(mut opts: Options) -> Result<Report, SimError> {
     if shards == 1 {
         let (mut r, alerts) = run_shard(&opts, 0, 1)?;
         crate::oncall::page(&opts.scenario, opts.seed, vec![alerts], end).fill(&mut r);
+        control_plane(&opts, &mut r);
         r.wall_seconds = (wall.elapsed().as_secs_f64() * 100.0).round() / 100.0;
         return Ok(r);
     }
@@ -277,8 +278,22 @@ pub fn run(mut opts: Options) -> Result<Report, SimError> {
     // One pager for the whole fleet: the shards' alerts in time order.
     crate::oncall::page(&opts.scenario, opts.seed, alerts, end).fill(&mut m);
     m.services = opts.services;
+    control_plane(&opts, &mut m);
     m.wall_seconds = (wall.elapsed().as_secs_f64() * 100.0).round() / 100.0;
     Ok(m)
+}
+
+/// The scenario's control-plane nodes, if it has any: their run from the
+/// same seed, its violations counted as the fleet's.
+fn control_plane(opts: &Options, r: &mut Report) {
+    let Some(spec) = &opts.scenario.control_plane else { return };
+    let cp = crate::control_plane::run(spec, opts.seed, crate::control_plane::Mutation::None);
+    r.safety_violations += cp.violations;
+    if r.first_violation.is_none() {
+        r.first_violation = cp.first_violation.as_ref().map(|v| format!("control plane: {v}"));
+    }
+    r.converged &= cp.converged;
+    r.control_plane = Some(cp);
 }
 
 fn run_shard(opts: &Options, shard: u64, shards: u64) -> Result<ShardRun, SimError> {
