@@ -62,7 +62,7 @@ pub const HOLDER_LOCK: i32 = 0x4472_6f76;
 
 pub struct PgStore {
     /// `user@host:port/db`, never the password: for messages and logs.
-    target: String,
+    pub(crate) target: String,
     pool: Pool,
     /// `None` only while dropping: dropping the sender ends the writer task.
     queue: Option<UnboundedSender<Request>>,
@@ -75,15 +75,15 @@ pub struct PgStore {
     /// [`PgStore::fence_commits`] set it.
     fence: Fence,
     /// For the lease's own connection ([`LeaseSession`]).
-    config: Config,
-    lease_session: Arc<tokio::sync::Mutex<Option<LeaseSession>>>,
+    pub(crate) config: Config,
+    pub(crate) lease_session: Arc<tokio::sync::Mutex<Option<LeaseSession>>>,
     /// Whether the lease's connection closed (false before it opened).
-    lease_session_closed: Arc<std::sync::Mutex<Arc<std::sync::atomic::AtomicBool>>>,
+    pub(crate) lease_session_closed: Arc<std::sync::Mutex<Arc<std::sync::atomic::AtomicBool>>>,
 }
 
 /// The lease's own connection, never pooled: the holder's advisory lock
 /// ([`HOLDER_LOCK`]) lives and dies with it.
-struct LeaseSession {
+pub(crate) struct LeaseSession {
     client: tokio_postgres::Client,
     closed: Arc<std::sync::atomic::AtomicBool>,
 }
@@ -103,19 +103,19 @@ impl LeaseSession {
         Ok(LeaseSession { client, closed })
     }
 
-    /// Takes the lock of `generation` unless another session holds it.
-    async fn try_lock(&self, generation: i64) -> Result<bool, StoreError> {
+    /// Takes the lock of `shard`'s `generation` unless another session holds it.
+    pub(crate) async fn try_lock(&self, shard: i64, generation: i64) -> Result<bool, StoreError> {
         let row = self
             .client
-            .query_one("SELECT pg_try_advisory_lock($1, $2)", &[&HOLDER_LOCK, &generation_key(generation)])
+            .query_one("SELECT pg_try_advisory_lock($1, $2)", &[&HOLDER_LOCK, &lock_key(shard, generation)])
             .await
             .map_err(pg("taking the lease generation's lock"))?;
         Ok(row.get(0))
     }
 
-    async fn unlock(&self, generation: i64) -> Result<(), StoreError> {
+    pub(crate) async fn unlock(&self, shard: i64, generation: i64) -> Result<(), StoreError> {
         self.client
-            .execute("SELECT pg_advisory_unlock($1, $2)", &[&HOLDER_LOCK, &generation_key(generation)])
+            .execute("SELECT pg_advisory_unlock($1, $2)", &[&HOLDER_LOCK, &lock_key(shard, generation)])
             .await
             .map_err(pg("letting go of the lease generation's lock"))?;
         Ok(())
@@ -123,15 +123,19 @@ impl LeaseSession {
 }
 
 /// The lease's connection in `slot`, opened (again) when there is none or
-/// it closed; `closed` then follows the new one's state.
-async fn open_lease_session<'a>(
+/// it closed; `closed` then follows the new one's state. Named
+/// [`lease_application_name`] of `node`: other nodes see it alive by it.
+pub(crate) async fn open_lease_session<'a>(
     slot: &'a mut Option<LeaseSession>,
     closed: &std::sync::Mutex<Arc<std::sync::atomic::AtomicBool>>,
     config: &Config,
     target: &str,
+    node: &str,
 ) -> Result<&'a LeaseSession, StoreError> {
     if slot.as_ref().is_none_or(|s| s.closed.load(Ordering::SeqCst)) {
-        let fresh = LeaseSession::connect(config, target).await?;
+        let mut config = config.clone();
+        config.application_name(lease_application_name(node));
+        let fresh = LeaseSession::connect(&config, target).await?;
         *closed.lock().unwrap_or_else(|p| p.into_inner()) = Arc::clone(&fresh.closed);
         return Ok(slot.insert(fresh));
     }
@@ -141,9 +145,22 @@ async fn open_lease_session<'a>(
     }
 }
 
-/// The second key of [`HOLDER_LOCK`] for `generation`.
-fn generation_key(generation: i64) -> i32 {
-    (generation & 0x7fff_ffff) as i32
+/// The second key of [`HOLDER_LOCK`] for `shard`'s `generation`: the
+/// shard in the 11 bits above the generation's low 20 (a generation wraps
+/// after a million takeovers of one shard; two live holders a million
+/// generations apart cannot be).
+pub(crate) fn lock_key(shard: i64, generation: i64) -> i32 {
+    (((shard & 0x7ff) << 20) | (generation & 0xf_ffff)) as i32
+}
+
+/// The `application_name` of a node's lease connection (at most 63 bytes,
+/// as PostgreSQL keeps): a node is alive while it is connected.
+pub(crate) fn lease_application_name(node: &str) -> String {
+    let mut name = format!("drover-lease:{node}");
+    while name.len() > 63 {
+        name.pop();
+    }
+    name
 }
 
 /// What the writer checks in each commit's transaction.
@@ -341,29 +358,29 @@ impl PgStore {
                     drop(session_slot);
                     tokio::spawn(async move {
                         let mut slot = session.lock().await;
-                        if let Err(error) = open_lease_session(&mut slot, &closed_flag, &config, &target).await {
+                        if let Err(error) = open_lease_session(&mut slot, &closed_flag, &config, &target, &node).await {
                             tracing::warn!(%error, "cannot open the lease's own connection; retrying");
                         }
                     });
                     return Ok(Err(held.clone()));
                 }
             }
-            let session = open_lease_session(&mut session_slot, &closed_flag, &config, &target).await?;
+            let session = open_lease_session(&mut session_slot, &closed_flag, &config, &target, &node).await?;
             let Take { observed, next, orphaned } = match shard_lease::claim(current.as_ref().map(view).as_ref(), &node)
             {
                 Claim::Take(take) => take,
                 Claim::Probe { generation } => {
                     // A live holder keeps its generation's lock: free, the
                     // holder's connection (and so its process) is gone.
-                    if !session.try_lock(generation).await? {
+                    if !session.try_lock(FLEET_SHARD, generation).await? {
                         return Ok(Err(current.clone().expect("a holder to probe was read")));
                     }
-                    session.unlock(generation).await?;
+                    session.unlock(FLEET_SHARD, generation).await?;
                     shard_lease::orphaned(generation)
                 }
             };
             // Taken before the lease names it, and held while this node lives.
-            if !session.try_lock(next).await? {
+            if !session.try_lock(FLEET_SHARD, next).await? {
                 // Another node is taking the lease over right now.
                 return Ok(Err(read_lease(&client).await?.unwrap_or_else(|| LeaseHeld {
                     holder: String::new(),
@@ -392,7 +409,7 @@ impl PgStore {
                 return Ok(Ok(next));
             }
             // Renewed, or taken by another node, since it was read.
-            session.unlock(next).await?;
+            session.unlock(FLEET_SHARD, next).await?;
             match read_lease(&client).await? {
                 Some(held) => Ok(Err(held)),
                 None => Err(StoreError::Postgres {
@@ -418,9 +435,13 @@ impl PgStore {
     pub fn reclaim_lease_lock(&self, generation: i64) -> Result<bool, StoreError> {
         let (session, closed_flag) = (Arc::clone(&self.lease_session), Arc::clone(&self.lease_session_closed));
         let (config, target) = (self.config.clone(), self.target.clone());
+        let node = self.holder().map(|(node, _)| node).unwrap_or_default();
         self.with_client(move |_client| async move {
             let mut slot = session.lock().await;
-            open_lease_session(&mut slot, &closed_flag, &config, &target).await?.try_lock(generation).await
+            open_lease_session(&mut slot, &closed_flag, &config, &target, &node)
+                .await?
+                .try_lock(FLEET_SHARD, generation)
+                .await
         })
     }
 

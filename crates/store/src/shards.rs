@@ -1,0 +1,247 @@
+//! Several shards on a PostgreSQL store shared by control-plane nodes
+//! (issue 16): one round of a node over every shard's lease, deciding with
+//! the pure logic of [`drover_engine::shard_lease`] (what the simulator's
+//! `control-plane-nodes` scenario drives) against the database as it is.
+//!
+//! A round, on the node's own lease connection and a pooled one:
+//! 1. notes the node (`nodes.last_seen`, the database's clock);
+//! 2. renews every lease it holds in one statement (holder and generation
+//!    must still be its own); the others are lost, and their locks let go;
+//! 3. reads every shard's lease, the holder locks granted (`pg_locks`: a
+//!    lease whose generation's lock nobody holds is orphaned, its holder's
+//!    process gone) and the live nodes (seen within a TTL, and connected
+//!    under their lease connection's `application_name`);
+//! 4. plans with [`shard_lease::rebalance`], and takes shards as
+//!    `PgStore::try_acquire_lease` takes the fleet's: the lock of the next
+//!    generation first, then an update conditional on the generation read.
+//!
+//! Hand-overs are the caller's to finish: it stops acting on a shard, then
+//! calls [`PgStore::release_shards`]. The server does not run on several
+//! shards yet (it holds [`crate::FLEET_SHARD`], the whole fleet); this is
+//! the store's part, tested against a real PostgreSQL
+//! (`crates/store/tests/shards.rs`).
+
+use crate::pg::{lock_key, open_lease_session, pg, DB_NOW, HOLDER_LOCK};
+use crate::{PgStore, StoreError};
+use drover_engine::shard_lease::{self, Claim, ShardView, Take};
+use std::collections::HashSet;
+use std::sync::Arc;
+use std::time::Duration;
+
+/// At most this many shards (the lock key keeps 11 bits for the shard).
+pub const MAX_SHARDS: u32 = 2048;
+
+/// A free shard left for a node under its share is anybody's after this.
+pub const HANDOVER_GRACE: Duration = Duration::from_secs(1);
+
+/// What one round did ([`PgStore::shard_round`]).
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct ShardRound {
+    /// Held before the round and renewed (the holder's own deadline counts
+    /// from when it started the round: [`shard_lease::SelfFence`]).
+    pub renewed: Vec<(u32, i64)>,
+    /// Held before and no longer this node's: it stops acting on them.
+    pub lost: Vec<(u32, i64)>,
+    /// Taken this round, with their generation.
+    pub taken: Vec<(u32, i64)>,
+    /// To hand over: stop acting on them, then [`PgStore::release_shards`].
+    pub to_release: Vec<(u32, i64)>,
+    /// The live nodes the round saw.
+    pub live: Vec<String>,
+}
+
+impl ShardRound {
+    /// What this node holds after the round (before its hand-overs).
+    pub fn held(&self) -> Vec<(u32, i64)> {
+        let mut held: Vec<(u32, i64)> = self.renewed.iter().chain(&self.taken).copied().collect();
+        held.sort();
+        held
+    }
+}
+
+impl PgStore {
+    /// One round of `node` over `shards` shards (see the module): renews
+    /// what it `held`, takes its share and what nobody holds, and says what
+    /// to hand over (at most `max_moving` shards free at once).
+    #[allow(clippy::too_many_arguments)]
+    pub fn shard_round(
+        &self,
+        node: &str,
+        address: &str,
+        started_at: i64,
+        ttl: Duration,
+        shards: u32,
+        max_moving: u32,
+        held: &[(u32, i64)],
+    ) -> Result<ShardRound, StoreError> {
+        if shards == 0 || shards > MAX_SHARDS {
+            return Err(StoreError::Postgres {
+                operation: "a round over the shards",
+                detail: format!("shards must be 1 to {MAX_SHARDS}, not {shards}"),
+            });
+        }
+        let (node, address, held) = (node.to_string(), address.to_string(), held.to_vec());
+        let ttl = ttl.as_micros().min(i64::MAX as u128) as i64;
+        let grace = HANDOVER_GRACE.as_micros() as i64;
+        let (session, closed_flag) = (Arc::clone(&self.lease_session), Arc::clone(&self.lease_session_closed));
+        let (config, target) = (self.config.clone(), self.target.clone());
+        self.with_client(move |client| async move {
+            let mut slot = session.lock().await;
+            let session = open_lease_session(&mut slot, &closed_flag, &config, &target, &node).await?;
+            client
+                .execute(
+                    &format!(
+                        "INSERT INTO nodes (name, address, started_at, last_seen) VALUES ($1, $2, $3, {DB_NOW}) \
+                         ON CONFLICT (name) DO UPDATE SET address = EXCLUDED.address, \
+                           started_at = EXCLUDED.started_at, last_seen = EXCLUDED.last_seen"
+                    ),
+                    &[&node, &address, &started_at],
+                )
+                .await
+                .map_err(pg("noting a node"))?;
+            // Renew what it holds, in one statement.
+            let (held_shards, held_generations): (Vec<i64>, Vec<i64>) =
+                held.iter().map(|(s, g)| (*s as i64, *g)).unzip();
+            let renewed: HashSet<(u32, i64)> = client
+                .query(
+                    &format!(
+                        "UPDATE leases SET expires_at = {DB_NOW} + $2 \
+                         WHERE holder = $1 AND (shard, generation) IN \
+                           (SELECT * FROM unnest($3::bigint[], $4::bigint[])) \
+                         RETURNING shard, generation"
+                    ),
+                    &[&node, &ttl, &held_shards, &held_generations],
+                )
+                .await
+                .map_err(pg("renewing the shards' leases"))?
+                .iter()
+                .map(|r| (r.get::<_, i64>(0) as u32, r.get::<_, i64>(1)))
+                .collect();
+            let mut round = ShardRound::default();
+            for h in &held {
+                if renewed.contains(h) {
+                    round.renewed.push(*h);
+                } else {
+                    // Taken over (it had expired): its lock is stale.
+                    session.unlock(h.0 as i64, h.1).await?;
+                    round.lost.push(*h);
+                }
+            }
+            // Every lease, the locks granted, the live nodes.
+            let rows = client
+                .query(
+                    &format!(
+                        "SELECT shard, holder, generation, expires_at <= {DB_NOW}, {DB_NOW} - expires_at > $2 \
+                         FROM leases WHERE shard >= 0 AND shard < $1"
+                    ),
+                    &[&(shards as i64), &grace],
+                )
+                .await
+                .map_err(pg("reading the shards' leases"))?;
+            let locked: HashSet<i64> = client
+                .query(
+                    "SELECT objid::bigint FROM pg_locks \
+                     WHERE locktype = 'advisory' AND classid::bigint = $1 AND objsubid = 2 AND granted",
+                    &[&(HOLDER_LOCK as i64)],
+                )
+                .await
+                .map_err(pg("reading the holders' locks"))?
+                .iter()
+                .map(|r| r.get(0))
+                .collect();
+            let lock_held = |shard: i64, generation: i64| locked.contains(&(lock_key(shard, generation) as u32 as i64));
+            round.live = client
+                .query(
+                    &format!(
+                        "SELECT n.name FROM nodes n WHERE {DB_NOW} - n.last_seen < $1 AND EXISTS \
+                           (SELECT 1 FROM pg_stat_activity a WHERE a.application_name = \
+                              left('drover-lease:' || n.name, 63)) ORDER BY n.name"
+                    ),
+                    &[&ttl],
+                )
+                .await
+                .map_err(pg("reading the live nodes"))?
+                .iter()
+                .map(|r| r.get(0))
+                .collect();
+            let mut views: Vec<ShardView> =
+                (0..shards).map(|s| ShardView { shard: s, holder: None, last: None, overdue: false }).collect();
+            let mut leases = vec![None; shards as usize];
+            for r in &rows {
+                let shard: i64 = r.get(0);
+                let (holder, generation, expired, overdue): (String, i64, bool, bool) =
+                    (r.get(1), r.get(2), r.get(3), r.get(4));
+                let view = &mut views[shard as usize];
+                view.holder = (!expired && lock_held(shard, generation)).then(|| holder.clone());
+                view.last = Some(holder.clone());
+                view.overdue = overdue;
+                leases[shard as usize] = Some(shard_lease::LeaseView { holder: holder.clone(), generation, expired });
+            }
+            // The views count what it just renewed as its own.
+            let plan = shard_lease::rebalance(&node, &round.live, &views, max_moving as usize);
+            round.to_release =
+                plan.release.iter().filter_map(|s| round.renewed.iter().find(|(r, _)| r == s).copied()).collect();
+            for shard in plan.take {
+                let lease = leases[shard as usize].as_ref();
+                let Take { observed, next, orphaned } = match shard_lease::claim(lease, &node) {
+                    Claim::Take(take) => take,
+                    Claim::Probe { generation } if !lock_held(shard as i64, generation) => {
+                        shard_lease::orphaned(generation)
+                    }
+                    Claim::Probe { .. } => continue,
+                };
+                if !session.try_lock(shard as i64, next).await? {
+                    continue; // Another node is taking it right now.
+                }
+                let taken = client
+                    .query_opt(
+                        &format!(
+                            "INSERT INTO leases (shard, holder, generation, expires_at, address) \
+                             VALUES ($1, $2, $5, {DB_NOW} + $3, $4) \
+                             ON CONFLICT (shard) DO UPDATE SET holder = EXCLUDED.holder, \
+                               generation = EXCLUDED.generation, expires_at = EXCLUDED.expires_at, \
+                               address = EXCLUDED.address \
+                             WHERE leases.generation = $6 \
+                               AND (leases.expires_at <= {DB_NOW} OR leases.holder = EXCLUDED.holder OR $7) \
+                             RETURNING generation"
+                        ),
+                        &[&(shard as i64), &node, &ttl, &address, &next, &observed, &orphaned],
+                    )
+                    .await
+                    .map_err(pg("taking a shard's lease"))?;
+                if taken.is_some() {
+                    round.taken.push((shard, next));
+                } else {
+                    session.unlock(shard as i64, next).await?;
+                }
+            }
+            Ok(round)
+        })
+    }
+
+    /// Hands `released` over (the caller no longer acts on them): each
+    /// lease, if still this node's, expires now, and its lock is let go.
+    pub fn release_shards(&self, node: &str, released: &[(u32, i64)]) -> Result<(), StoreError> {
+        let (node, released) = (node.to_string(), released.to_vec());
+        let (session, closed_flag) = (Arc::clone(&self.lease_session), Arc::clone(&self.lease_session_closed));
+        let (config, target) = (self.config.clone(), self.target.clone());
+        self.with_client(move |client| async move {
+            let mut slot = session.lock().await;
+            let session = open_lease_session(&mut slot, &closed_flag, &config, &target, &node).await?;
+            for (shard, generation) in released {
+                client
+                    .execute(
+                        &format!(
+                            "UPDATE leases SET expires_at = {DB_NOW} \
+                             WHERE shard = $1 AND holder = $2 AND generation = $3"
+                        ),
+                        &[&(shard as i64), &node, &generation],
+                    )
+                    .await
+                    .map_err(pg("handing a shard over"))?;
+                session.unlock(shard as i64, generation).await?;
+            }
+            Ok(())
+        })
+    }
+}
