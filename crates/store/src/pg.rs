@@ -85,7 +85,7 @@ pub struct PgStore {
 /// ([`HOLDER_LOCK`]) lives and dies with it.
 pub(crate) struct LeaseSession {
     client: tokio_postgres::Client,
-    closed: Arc<std::sync::atomic::AtomicBool>,
+    pub(crate) closed: Arc<std::sync::atomic::AtomicBool>,
 }
 
 impl LeaseSession {

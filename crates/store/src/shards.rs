@@ -6,7 +6,9 @@
 //! A round, on the node's own lease connection and a pooled one:
 //! 1. notes the node (`nodes.last_seen`, the database's clock);
 //! 2. renews every lease it holds in one statement (holder and generation
-//!    must still be its own); the others are lost, and their locks let go;
+//!    must still be its own); the others are lost, and their locks let go
+//!    (after its lease connection closed, it locks what it renewed again
+//!    on the new one, and counts as lost what it cannot);
 //! 3. reads every shard's lease, the holder locks granted (`pg_locks`: a
 //!    lease whose generation's lock nobody holds is orphaned, its holder's
 //!    process gone) and the live nodes (seen within a TTL, and connected
@@ -87,6 +89,10 @@ impl PgStore {
         let (config, target) = (self.config.clone(), self.target.clone());
         self.with_client(move |client| async move {
             let mut slot = session.lock().await;
+            // A lease connection that closed (the database restarted, an
+            // administrator ended it) took this node's locks with it:
+            // other nodes see its shards orphaned from then on.
+            let reopened = slot.as_ref().is_some_and(|s| s.closed.load(std::sync::atomic::Ordering::SeqCst));
             let session = open_lease_session(&mut slot, &closed_flag, &config, &target, &node).await?;
             client
                 .execute(
@@ -119,7 +125,10 @@ impl PgStore {
                 .collect();
             let mut round = ShardRound::default();
             for h in &held {
-                if renewed.contains(h) {
+                // Its locks again on the new connection, before it counts
+                // a shard as its own; one it cannot lock, it gives up.
+                let relocked = !reopened || !renewed.contains(h) || session.try_lock(h.0 as i64, h.1).await?;
+                if renewed.contains(h) && relocked {
                     round.renewed.push(*h);
                 } else {
                     // Taken over (it had expired): its lock is stale.

@@ -119,6 +119,33 @@ fn nodes_share_the_shards_take_a_dead_ones_at_once_and_hand_over_to_a_new_one() 
     assert_eq!(lost, b_before, "a paused node's leases are all lost when it resumes");
     settle(&mut [&mut a, &mut b], &[6, 6], &mut ledger, Duration::from_secs(20));
 
+    // a's lease connection is ended (an administrator, a database
+    // restart): its locks go with it; its next round takes them again on
+    // a new connection and keeps its shards.
+    let ended = pg.psql(
+        common::DB,
+        "SELECT count(pg_terminate_backend(pid)) FROM pg_stat_activity WHERE application_name = 'drover-lease:a'",
+    );
+    assert_eq!(ended.trim(), "1", "a's lease connection");
+    let a_before = a.held.clone();
+    let start = Instant::now();
+    while !a.store.lease_session_lost() {
+        assert!(start.elapsed() < Duration::from_secs(5), "a never noticed its lease connection ended");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    let r = a.round();
+    assert!(r.lost.is_empty(), "{r:?}");
+    assert_eq!(a.held, a_before);
+    let locks = pg.psql(
+        common::DB,
+        "SELECT count(*) FROM pg_locks l JOIN pg_stat_activity s ON s.pid = l.pid WHERE l.locktype = 'advisory' \
+         AND l.objsubid = 2 AND l.granted AND s.application_name = 'drover-lease:a'",
+    );
+    assert_eq!(locks.trim(), "6", "a's six locks, taken again");
+    let rb = b.round();
+    assert!(rb.taken.is_empty(), "b took shards of a live a: {rb:?}");
+    settle(&mut [&mut a, &mut b], &[6, 6], &mut ledger, Duration::from_secs(5));
+
     // d joins: shares of four, at most two shards moving at once.
     let mut d = Node::start(&url, "d");
     settle(&mut [&mut a, &mut b, &mut d], &[4, 4, 4], &mut ledger, Duration::from_secs(30));
