@@ -204,6 +204,58 @@ pub fn rebalance(node: &str, live: &[String], shards: &[ShardView], max_moving: 
     plan
 }
 
+/// One shard's lease as a node's round reads it.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct ShardLease {
+    /// None: no row yet.
+    pub lease: Option<LeaseView>,
+    /// The lock of its generation is held (by a live session).
+    pub locked: bool,
+    /// Free for longer than [`ShardView::overdue`]'s grace.
+    pub overdue: bool,
+}
+
+/// What a round decided: the shards to hand over, and the takes to try
+/// (each: the next generation's lock, then the conditional write).
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct RoundPlan {
+    pub release: Vec<u32>,
+    pub take: Vec<(u32, Take)>,
+}
+
+/// A node's round over every shard (`shards[i]` is shard `i`), after its
+/// renewals: who holds what ([`ShardView`]: a lease that expired, or whose
+/// lock nobody holds, is free), the rebalancing, and a [`claim`] for each
+/// shard to take. The store (`PgStore::shard_round`) and the simulator
+/// (`control-plane-nodes`) both decide through this.
+pub fn plan_round(node: &str, live: &[String], shards: &[ShardLease], max_moving: usize) -> RoundPlan {
+    let views: Vec<ShardView> = shards
+        .iter()
+        .enumerate()
+        .map(|(i, s)| ShardView {
+            shard: i as u32,
+            holder: s.lease.as_ref().filter(|l| !l.expired && s.locked).map(|l| l.holder.clone()),
+            last: s.lease.as_ref().map(|l| l.holder.clone()),
+            overdue: s.overdue,
+        })
+        .collect();
+    let plan = rebalance(node, live, &views, max_moving);
+    let take = plan
+        .take
+        .into_iter()
+        .filter_map(|shard| {
+            let s = &shards[shard as usize];
+            match claim(s.lease.as_ref(), node) {
+                Claim::Take(take) => Some((shard, take)),
+                // Its holder's lock is free: the holder is gone.
+                Claim::Probe { generation } if !s.locked => Some((shard, orphaned(generation))),
+                Claim::Probe { .. } => None,
+            }
+        })
+        .collect();
+    RoundPlan { release: plan.release, take }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -271,6 +323,27 @@ mod tests {
 
     fn names(n: &[&str]) -> Vec<String> {
         n.iter().map(|s| s.to_string()).collect()
+    }
+
+    #[test]
+    fn a_round_takes_an_orphaned_lease_and_leaves_a_live_one() {
+        let lease = |holder: &str, generation, expired, locked| ShardLease {
+            lease: Some(row(holder, generation, expired)),
+            locked,
+            overdue: false,
+        };
+        let shards = vec![
+            lease("a", 3, false, true),  // a's, live
+            lease("c", 7, false, false), // c died: its lock is free
+            lease("b", 2, true, true),   // b's lease expired
+            ShardLease { lease: None, locked: false, overdue: false },
+        ];
+        let plan = plan_round("a", &names(&["a", "b"]), &shards, 1);
+        assert_eq!(plan.release, Vec::<u32>::new());
+        assert!(plan.take.contains(&(1, orphaned(7))), "{plan:?}");
+        assert!(plan.take.iter().all(|(s, _)| *s != 0), "{plan:?}");
+        let b = plan_round("b", &names(&["a", "b"]), &shards, 1);
+        assert!(b.take.contains(&(2, Take { observed: 2, next: 3, orphaned: false })), "its own expired lease: {b:?}");
     }
 
     #[test]

@@ -2,7 +2,8 @@
 //! the real shard and lease logic ([`drover_engine::shard_lease`]: what a
 //! node does with a lease it read, what the store's conditional writes let
 //! through, the holder's own deadline, the rebalancing when nodes join or
-//! leave), in simulated time from one seed.
+//! leave; each round decided by `shard_lease::plan_round`, as
+//! `PgStore::shard_round` decides), in simulated time from one seed.
 //!
 //! The store is modelled as PostgreSQL behaves for `PgStore`: one lease row
 //! per shard on the database's clock; advisory locks held by a node's
@@ -23,7 +24,7 @@
 //! from two nodes; at the end (after the last fault and a settling time)
 //! every shard is held by a running node and the shares are even.
 
-use drover_engine::shard_lease::{self, Claim, LeaseView, SelfFence, ShardView, Take};
+use drover_engine::shard_lease::{self, LeaseView, SelfFence, ShardLease, Take};
 use rand::{Rng, SeedableRng};
 use rand_chacha::ChaCha8Rng;
 use serde::{Deserialize, Serialize};
@@ -593,25 +594,18 @@ impl World {
         }
         // Rebalancing: read every shard's lease and the live nodes.
         let live = self.live();
-        let shards: Vec<ShardView> = (0..self.spec.shards)
+        let shards: Vec<ShardLease> = (0..self.spec.shards)
             .map(|s| {
-                let row = self.view(s);
-                let last = row.as_ref().map(|v| v.holder.clone());
-                let overdue = self.rows[s as usize].as_ref().is_some_and(|r| now - r.expires_at > HANDOVER_GRACE);
-                let holder = row.filter(|v| !v.expired && !self.lock_free(s, v.generation)).map(|v| v.holder);
-                ShardView { shard: s, holder, last, overdue }
+                let lease = self.view(s);
+                ShardLease {
+                    locked: lease.as_ref().is_some_and(|l| !self.lock_free(s, l.generation)),
+                    overdue: self.rows[s as usize].as_ref().is_some_and(|r| now - r.expires_at > HANDOVER_GRACE),
+                    lease,
+                }
             })
             .collect();
-        let plan = shard_lease::rebalance(&name, &live, &shards, self.spec.max_moving as usize);
-        let mut takes = Vec::new();
-        for s in plan.take {
-            let take = match shard_lease::claim(self.view(s).as_ref(), &name) {
-                Claim::Take(t) => t,
-                Claim::Probe { generation } if self.lock_free(s, generation) => shard_lease::orphaned(generation),
-                Claim::Probe { .. } => continue,
-            };
-            takes.push((s, take));
-        }
+        let plan = shard_lease::plan_round(&name, &live, &shards, self.spec.max_moving as usize);
+        let takes = plan.take;
         if !plan.release.is_empty() || !takes.is_empty() {
             // It stops acting on what it hands over before it writes so.
             for s in &plan.release {

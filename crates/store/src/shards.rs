@@ -13,7 +13,7 @@
 //!    lease whose generation's lock nobody holds is orphaned, its holder's
 //!    process gone) and the live nodes (seen within a TTL, and connected
 //!    under their lease connection's `application_name`);
-//! 4. plans with [`shard_lease::rebalance`], and takes shards as
+//! 4. plans with [`shard_lease::plan_round`], and takes shards as
 //!    `PgStore::try_acquire_lease` takes the fleet's: the lock of the next
 //!    generation first, then an update conditional on the generation read.
 //!
@@ -25,7 +25,7 @@
 
 use crate::pg::{lock_key, open_lease_session, pg, DB_NOW, HOLDER_LOCK};
 use crate::{PgStore, StoreError};
-use drover_engine::shard_lease::{self, Claim, ShardView, Take};
+use drover_engine::shard_lease::{self, ShardLease, Take};
 use std::collections::HashSet;
 use std::sync::Arc;
 use std::time::Duration;
@@ -173,32 +173,23 @@ impl PgStore {
                 .iter()
                 .map(|r| r.get(0))
                 .collect();
-            let mut views: Vec<ShardView> =
-                (0..shards).map(|s| ShardView { shard: s, holder: None, last: None, overdue: false }).collect();
-            let mut leases = vec![None; shards as usize];
+            let mut leases: Vec<ShardLease> =
+                (0..shards).map(|_| ShardLease { lease: None, locked: false, overdue: false }).collect();
             for r in &rows {
                 let shard: i64 = r.get(0);
                 let (holder, generation, expired, overdue): (String, i64, bool, bool) =
                     (r.get(1), r.get(2), r.get(3), r.get(4));
-                let view = &mut views[shard as usize];
-                view.holder = (!expired && lock_held(shard, generation)).then(|| holder.clone());
-                view.last = Some(holder.clone());
-                view.overdue = overdue;
-                leases[shard as usize] = Some(shard_lease::LeaseView { holder: holder.clone(), generation, expired });
+                leases[shard as usize] = ShardLease {
+                    lease: Some(shard_lease::LeaseView { holder, generation, expired }),
+                    locked: lock_held(shard, generation),
+                    overdue,
+                };
             }
-            // The views count what it just renewed as its own.
-            let plan = shard_lease::rebalance(&node, &round.live, &views, max_moving as usize);
+            // What it just renewed reads as its own.
+            let plan = shard_lease::plan_round(&node, &round.live, &leases, max_moving as usize);
             round.to_release =
                 plan.release.iter().filter_map(|s| round.renewed.iter().find(|(r, _)| r == s).copied()).collect();
-            for shard in plan.take {
-                let lease = leases[shard as usize].as_ref();
-                let Take { observed, next, orphaned } = match shard_lease::claim(lease, &node) {
-                    Claim::Take(take) => take,
-                    Claim::Probe { generation } if !lock_held(shard as i64, generation) => {
-                        shard_lease::orphaned(generation)
-                    }
-                    Claim::Probe { .. } => continue,
-                };
+            for (shard, Take { observed, next, orphaned }) in plan.take {
                 if !session.try_lock(shard as i64, next).await? {
                     continue; // Another node is taking it right now.
                 }
