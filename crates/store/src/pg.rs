@@ -389,23 +389,8 @@ impl PgStore {
                     expires_in: Duration::ZERO,
                 })));
             }
-            let taken = client
-                .query_opt(
-                    &format!(
-                        "INSERT INTO leases (shard, holder, generation, expires_at, address) \
-                         VALUES ($1, $2, $5, {DB_NOW} + $3, $4) \
-                         ON CONFLICT (shard) DO UPDATE SET holder = EXCLUDED.holder, \
-                           generation = EXCLUDED.generation, expires_at = EXCLUDED.expires_at, \
-                           address = EXCLUDED.address \
-                         WHERE leases.generation = $6 \
-                           AND (leases.expires_at <= {DB_NOW} OR leases.holder = EXCLUDED.holder OR $7) \
-                         RETURNING generation"
-                    ),
-                    &[&FLEET_SHARD, &node, &ttl, &address, &next, &observed, &orphaned],
-                )
-                .await
-                .map_err(pg("taking the fleet's lease"))?;
-            if taken.is_some() {
+            let take = Take { observed, next, orphaned };
+            if take_lease_row(&client, FLEET_SHARD, &node, &address, ttl, &take).await? {
                 return Ok(Ok(next));
             }
             // Renewed, or taken by another node, since it was read.
@@ -494,20 +479,7 @@ impl PgStore {
     /// clock) is alive now, by the database's clock.
     pub fn node_seen(&self, node: &str, address: &str, started_at: i64) -> Result<(), StoreError> {
         let (node, address) = (node.to_string(), address.to_string());
-        self.with_client(move |client| async move {
-            client
-                .execute(
-                    &format!(
-                        "INSERT INTO nodes (name, address, started_at, last_seen) VALUES ($1, $2, $3, {DB_NOW}) \
-                         ON CONFLICT (name) DO UPDATE SET address = EXCLUDED.address, \
-                           started_at = EXCLUDED.started_at, last_seen = EXCLUDED.last_seen"
-                    ),
-                    &[&node, &address, &started_at],
-                )
-                .await
-                .map_err(pg("noting a node"))?;
-            Ok(())
-        })
+        self.with_client(move |client| async move { note_node(&client, &node, &address, started_at).await })
     }
 
     /// The nodes sharing the store and the fleet's lease, as the database
@@ -688,6 +660,57 @@ async fn commit_group(
 }
 
 /// The fleet's lease row now (`expires_in` zero once expired).
+/// Notes that `node` is alive now, by the database's clock.
+pub(crate) async fn note_node(
+    client: &tokio_postgres::Client,
+    node: &str,
+    address: &str,
+    started_at: i64,
+) -> Result<(), StoreError> {
+    client
+        .execute(
+            &format!(
+                "INSERT INTO nodes (name, address, started_at, last_seen) VALUES ($1, $2, $3, {DB_NOW}) \
+                 ON CONFLICT (name) DO UPDATE SET address = EXCLUDED.address, \
+                   started_at = EXCLUDED.started_at, last_seen = EXCLUDED.last_seen"
+            ),
+            &[&node, &address, &started_at],
+        )
+        .await
+        .map_err(pg("noting a node"))?;
+    Ok(())
+}
+
+/// The conditional write of a take ([`shard_lease::take_applies`] in SQL):
+/// true if `shard`'s lease is now `node`'s, of generation `take.next`,
+/// expiring `ttl` microseconds from now.
+pub(crate) async fn take_lease_row(
+    client: &tokio_postgres::Client,
+    shard: i64,
+    node: &str,
+    address: &str,
+    ttl: i64,
+    take: &Take,
+) -> Result<bool, StoreError> {
+    let taken = client
+        .query_opt(
+            &format!(
+                "INSERT INTO leases (shard, holder, generation, expires_at, address) \
+                 VALUES ($1, $2, $5, {DB_NOW} + $3, $4) \
+                 ON CONFLICT (shard) DO UPDATE SET holder = EXCLUDED.holder, \
+                   generation = EXCLUDED.generation, expires_at = EXCLUDED.expires_at, \
+                   address = EXCLUDED.address \
+                 WHERE leases.generation = $6 \
+                   AND (leases.expires_at <= {DB_NOW} OR leases.holder = EXCLUDED.holder OR $7) \
+                 RETURNING generation"
+            ),
+            &[&shard, &node, &ttl, &address, &take.next, &take.observed, &take.orphaned],
+        )
+        .await
+        .map_err(pg("taking a lease"))?;
+    Ok(taken.is_some())
+}
+
 /// A lease as the shard logic reads it ([`drover_engine::shard_lease`]).
 fn view(held: &LeaseHeld) -> LeaseView {
     LeaseView { holder: held.holder.clone(), generation: held.generation, expired: held.expires_in.is_zero() }

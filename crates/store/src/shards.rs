@@ -23,9 +23,9 @@
 //! the store's part, tested against a real PostgreSQL
 //! (`crates/store/tests/shards.rs`).
 
-use crate::pg::{lock_key, open_lease_session, pg, DB_NOW, HOLDER_LOCK};
+use crate::pg::{lock_key, note_node, open_lease_session, pg, take_lease_row, DB_NOW, HOLDER_LOCK};
 use crate::{PgStore, StoreError};
-use drover_engine::shard_lease::{self, ShardLease, Take};
+use drover_engine::shard_lease::{self, ShardLease};
 use std::collections::HashSet;
 use std::sync::Arc;
 use std::time::Duration;
@@ -94,17 +94,7 @@ impl PgStore {
             // other nodes see its shards orphaned from then on.
             let reopened = slot.as_ref().is_some_and(|s| s.closed.load(std::sync::atomic::Ordering::SeqCst));
             let session = open_lease_session(&mut slot, &closed_flag, &config, &target, &node).await?;
-            client
-                .execute(
-                    &format!(
-                        "INSERT INTO nodes (name, address, started_at, last_seen) VALUES ($1, $2, $3, {DB_NOW}) \
-                         ON CONFLICT (name) DO UPDATE SET address = EXCLUDED.address, \
-                           started_at = EXCLUDED.started_at, last_seen = EXCLUDED.last_seen"
-                    ),
-                    &[&node, &address, &started_at],
-                )
-                .await
-                .map_err(pg("noting a node"))?;
+            note_node(&client, &node, &address, started_at).await?;
             // Renew what it holds, in one statement.
             let (held_shards, held_generations): (Vec<i64>, Vec<i64>) =
                 held.iter().map(|(s, g)| (*s as i64, *g)).unzip();
@@ -189,30 +179,14 @@ impl PgStore {
             let plan = shard_lease::plan_round(&node, &round.live, &leases, max_moving as usize);
             round.to_release =
                 plan.release.iter().filter_map(|s| round.renewed.iter().find(|(r, _)| r == s).copied()).collect();
-            for (shard, Take { observed, next, orphaned }) in plan.take {
-                if !session.try_lock(shard as i64, next).await? {
+            for (shard, take) in plan.take {
+                if !session.try_lock(shard as i64, take.next).await? {
                     continue; // Another node is taking it right now.
                 }
-                let taken = client
-                    .query_opt(
-                        &format!(
-                            "INSERT INTO leases (shard, holder, generation, expires_at, address) \
-                             VALUES ($1, $2, $5, {DB_NOW} + $3, $4) \
-                             ON CONFLICT (shard) DO UPDATE SET holder = EXCLUDED.holder, \
-                               generation = EXCLUDED.generation, expires_at = EXCLUDED.expires_at, \
-                               address = EXCLUDED.address \
-                             WHERE leases.generation = $6 \
-                               AND (leases.expires_at <= {DB_NOW} OR leases.holder = EXCLUDED.holder OR $7) \
-                             RETURNING generation"
-                        ),
-                        &[&(shard as i64), &node, &ttl, &address, &next, &observed, &orphaned],
-                    )
-                    .await
-                    .map_err(pg("taking a shard's lease"))?;
-                if taken.is_some() {
-                    round.taken.push((shard, next));
+                if take_lease_row(&client, shard as i64, &node, &address, ttl, &take).await? {
+                    round.taken.push((shard, take.next));
                 } else {
-                    session.unlock(shard as i64, next).await?;
+                    session.unlock(shard as i64, take.next).await?;
                 }
             }
             Ok(round)
