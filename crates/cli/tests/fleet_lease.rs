@@ -174,6 +174,9 @@ async fn one_node_acts_a_standby_takes_over_a_dead_or_paused_holder_and_the_stal
     assert_eq!((&by_name(&cluster, "a")["alive"], &by_name(&cluster, "a")["shards"]), (&json!(true), &json!(1)));
     assert_eq!((&by_name(&cluster, "b")["alive"], &by_name(&cluster, "b")["shards"]), (&json!(true), &json!(0)));
     assert_eq!(by_name(&cluster, "a")["url"].as_str(), Some(a.api.as_str()));
+    let leases = cluster["leases"].as_array().expect("leases");
+    assert_eq!(leases.len(), 1, "{cluster}");
+    assert_eq!((&leases[0]["holder"], &leases[0]["generation"]), (&json!("a"), &json!(1)), "{cluster}");
 
     // kill -9 of a: b takes over within the TTL and a few seconds, and
     // serves the fleet a created. Commands sent to b meanwhile are kept

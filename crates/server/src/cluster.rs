@@ -2,9 +2,10 @@
 //! shards as this node's store sees them. On a shared PostgreSQL store:
 //! every node that noted itself (standbys while they wait, the holder when
 //! it renews), alive when seen within two lease TTLs by the database's
-//! clock, and the one shard of this release held by the lease's holder
-//! with its generation. On the embedded SQLite store: this node alone,
-//! holding the one shard.
+//! clock, and every shard's lease (holder, generation, expiry; this
+//! release's server holds one shard, the whole fleet, but the store's
+//! `shard_round` writes one row per shard). On the embedded SQLite store:
+//! this node alone, holding the one shard.
 
 use crate::error::ApiError;
 use crate::state::AppState;
@@ -28,7 +29,7 @@ pub struct ClusterNode {
     pub name: String,
     /// Seen within two lease TTLs (always, for this node on SQLite).
     pub alive: bool,
-    /// Shards it holds (this release: 1 for the lease's holder, else 0).
+    /// Shards whose lease it holds and has not let expire.
     pub shards: u32,
     /// Its API URL (where standbys forward).
     pub url: String,
@@ -38,11 +39,24 @@ pub struct ClusterNode {
     pub this: bool,
 }
 
+/// One shard's lease.
+#[derive(Serialize, utoipa::ToSchema, Debug)]
+pub struct ClusterLease {
+    pub shard: i64,
+    pub holder: String,
+    /// Rises on every takeover of the shard.
+    pub generation: i64,
+    /// Until it expires by the store's clock; negative: expired that long ago.
+    pub expires_in_ms: i64,
+}
+
 #[derive(Serialize, utoipa::ToSchema, Debug)]
 pub struct ClusterView {
     pub nodes: Vec<ClusterNode>,
-    /// Shards of the fleet (this release: 1, the whole fleet).
+    /// Shards of the fleet (at least 1: the whole fleet, before any lease).
     pub shards: u32,
+    /// Every shard's lease, by shard (none on SQLite).
+    pub leases: Vec<ClusterLease>,
     /// The lease's generation (rises on every takeover); none on SQLite.
     pub generation: Option<i64>,
     /// `postgres` (shared by nodes) or `sqlite` (one node).
@@ -66,6 +80,7 @@ pub(crate) async fn show_cluster(State(state): State<AppState>) -> Result<Json<C
                 this: true,
             }],
             shards: 1,
+            leases: Vec::new(),
             generation: None,
             store: "sqlite",
         }));
@@ -74,18 +89,35 @@ pub(crate) async fn show_cluster(State(state): State<AppState>) -> Result<Json<C
         .await
         .map_err(|e| ApiError::internal(e.to_string()))?
         .map_err(|e| ApiError::unavailable(format!("cannot read the cluster from the store: {e}")))?;
-    let holder = cluster.lease.as_ref().filter(|l| l.expires_in_micros > 0).map(|l| l.holder.clone());
+    let held =
+        |name: &str| cluster.leases.iter().filter(|(_, l)| l.expires_in_micros > 0 && l.holder == name).count() as u32;
     let nodes = cluster
         .nodes
         .into_iter()
         .map(|n| ClusterNode {
             alive: n.seen_ago <= ttl * 2,
-            shards: u32::from(holder.as_deref() == Some(n.name.as_str())),
+            shards: held(&n.name),
             this: n.name == node.name,
             seen_ms_ago: n.seen_ago.as_millis() as u64,
             url: n.address,
             name: n.name,
         })
         .collect();
-    Ok(Json(ClusterView { nodes, shards: 1, generation: cluster.lease.map(|l| l.generation), store: "postgres" }))
+    let leases: Vec<ClusterLease> = cluster
+        .leases
+        .iter()
+        .map(|(shard, l)| ClusterLease {
+            shard: *shard,
+            holder: l.holder.clone(),
+            generation: l.generation,
+            expires_in_ms: l.expires_in_micros / 1000,
+        })
+        .collect();
+    Ok(Json(ClusterView {
+        nodes,
+        shards: (leases.len() as u32).max(1),
+        leases,
+        generation: cluster.lease.map(|l| l.generation),
+        store: "postgres",
+    }))
 }

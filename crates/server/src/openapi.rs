@@ -205,6 +205,7 @@ use utoipa::OpenApi;
         drover_model::HostView,
         crate::cluster::ClusterView,
         crate::cluster::ClusterNode,
+        crate::cluster::ClusterLease,
         crate::deferred::CommandView,
         drover_model::HostState,
         drover_model::RegisterHost,

@@ -24,6 +24,15 @@ async fn on_the_embedded_store_the_cluster_is_this_node_holding_the_one_shard() 
     let (store, generation) = if common::on_postgres() { ("postgres", json!(1)) } else { ("sqlite", json!(null)) };
     assert_eq!((body["shards"].as_u64(), body["store"].as_str()), (Some(1), Some(store)), "{body}");
     assert_eq!(body["generation"], generation, "{body}");
+    // Every shard's lease: the fleet's, held by this node, on PostgreSQL.
+    let leases = body["leases"].as_array().expect("leases");
+    if common::on_postgres() {
+        assert_eq!(leases.len(), 1, "{body}");
+        assert_eq!((&leases[0]["shard"], &leases[0]["generation"]), (&json!(0), &json!(1)), "{body}");
+        assert!(leases[0]["expires_in_ms"].as_i64().is_some_and(|ms| ms > 0), "{body}");
+    } else {
+        assert!(leases.is_empty(), "{body}");
+    }
     let nodes = body["nodes"].as_array().unwrap();
     assert_eq!(nodes.len(), 1, "{body}");
     assert_eq!((&nodes[0]["alive"], &nodes[0]["shards"], &nodes[0]["this"]), (&json!(true), &json!(1), &json!(true)));

@@ -196,7 +196,10 @@ pub struct LeaseNow {
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Cluster {
     pub nodes: Vec<NodeSeen>,
+    /// The fleet's lease ([`FLEET_SHARD`]).
     pub lease: Option<LeaseNow>,
+    /// Every shard's lease, by shard (the fleet's among them).
+    pub leases: Vec<(i64, LeaseNow)>,
 }
 
 /// Who holds the fleet's lease, when this node asked and did not get it.
@@ -504,15 +507,18 @@ impl PgStore {
                     seen_ago: Duration::from_micros(r.get::<_, i64>(3).max(0) as u64),
                 })
                 .collect();
-            let lease = client
-                .query_opt(
-                    &format!("SELECT holder, generation, expires_at - {DB_NOW} FROM leases WHERE shard = $1"),
-                    &[&FLEET_SHARD],
+            let leases: Vec<(i64, LeaseNow)> = client
+                .query(
+                    &format!("SELECT shard, holder, generation, expires_at - {DB_NOW} FROM leases ORDER BY shard"),
+                    &[],
                 )
                 .await
                 .map_err(&read)?
-                .map(|r| LeaseNow { holder: r.get(0), generation: r.get(1), expires_in_micros: r.get(2) });
-            Ok(Cluster { nodes, lease })
+                .iter()
+                .map(|r| (r.get(0), LeaseNow { holder: r.get(1), generation: r.get(2), expires_in_micros: r.get(3) }))
+                .collect();
+            let lease = leases.iter().find(|(shard, _)| *shard == FLEET_SHARD).map(|(_, l)| l.clone());
+            Ok(Cluster { nodes, lease, leases })
         })
     }
 

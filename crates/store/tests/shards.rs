@@ -151,6 +151,17 @@ fn nodes_share_the_shards_take_a_dead_ones_at_once_and_hand_over_to_a_new_one() 
     settle(&mut [&mut a, &mut b, &mut d], &[4, 4, 4], &mut ledger, Duration::from_secs(30));
     let last = a.round();
     assert_eq!(last.live, vec!["a".to_string(), "b".to_string(), "d".to_string()], "{last:?}");
+    // The cluster view (GET /v1/cluster) reads every shard's lease: the
+    // holders and generations the nodes hold.
+    let cluster = a.store.cluster().unwrap();
+    assert_eq!(cluster.leases.len(), SHARDS as usize, "{cluster:?}");
+    for n in [&a, &b, &d] {
+        for &(s, g) in &n.held {
+            let (_, lease) = cluster.leases.iter().find(|(shard, _)| *shard == s as i64).expect("a lease row");
+            assert_eq!((lease.holder.as_str(), lease.generation), (n.name.as_str(), g), "shard {s}");
+            assert!(lease.expires_in_micros > 0, "shard {s}: {lease:?}");
+        }
+    }
 }
 
 #[test]
