@@ -114,6 +114,11 @@ impl SelfFence {
     }
 }
 
+/// A free shard left for a node under its share is anybody's after this
+/// long (by the database's clock since its lease expired or was released):
+/// the store's rounds and the simulator's read `overdue` by it.
+pub const HANDOVER_GRACE: std::time::Duration = std::time::Duration::from_secs(1);
+
 /// One shard's lease as the rebalancing sees it.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct ShardView {

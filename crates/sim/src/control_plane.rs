@@ -24,7 +24,7 @@
 //! from two nodes; at the end (after the last fault and a settling time)
 //! every shard is held by a running node and the shares are even.
 
-use drover_engine::shard_lease::{self, LeaseView, SelfFence, ShardLease, Take};
+use drover_engine::shard_lease::{self, LeaseView, SelfFence, ShardLease, Take, HANDOVER_GRACE};
 use rand::{Rng, SeedableRng};
 use rand_chacha::ChaCha8Rng;
 use serde::{Deserialize, Serialize};
@@ -176,8 +176,6 @@ pub enum Mutation {
 
 type Micros = i64;
 const SEC: Micros = 1_000_000;
-/// A free shard left for a node under its share is anybody's after this.
-const HANDOVER_GRACE: Micros = SEC;
 
 fn secs(s: f64) -> Micros {
     (s * 1e6).round() as Micros
@@ -599,7 +597,9 @@ impl World {
                 let lease = self.view(s);
                 ShardLease {
                     locked: lease.as_ref().is_some_and(|l| !self.lock_free(s, l.generation)),
-                    overdue: self.rows[s as usize].as_ref().is_some_and(|r| now - r.expires_at > HANDOVER_GRACE),
+                    overdue: self.rows[s as usize]
+                        .as_ref()
+                        .is_some_and(|r| now - r.expires_at > HANDOVER_GRACE.as_micros() as Micros),
                     lease,
                 }
             })

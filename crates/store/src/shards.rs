@@ -25,16 +25,13 @@
 
 use crate::pg::{lock_key, note_node, open_lease_session, pg, take_lease_row, DB_NOW, HOLDER_LOCK};
 use crate::{PgStore, StoreError};
-use drover_engine::shard_lease::{self, ShardLease};
+use drover_engine::shard_lease::{self, ShardLease, HANDOVER_GRACE};
 use std::collections::HashSet;
 use std::sync::Arc;
 use std::time::Duration;
 
 /// At most this many shards (the lock key keeps 11 bits for the shard).
 pub const MAX_SHARDS: u32 = 2048;
-
-/// A free shard left for a node under its share is anybody's after this.
-pub const HANDOVER_GRACE: Duration = Duration::from_secs(1);
 
 /// What one round did ([`PgStore::shard_round`]).
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
