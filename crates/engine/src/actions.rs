@@ -35,7 +35,7 @@ impl Engine {
         let inst = self.instances.get(slot)?;
         let (iid, sslot) = (inst.id, inst.service);
         let service_id = self.services.get(sslot)?.id;
-        let id = ActionId::new_at(now, self.rng.next_u64());
+        let id = ActionId::new_at(now, self.rng.next_u64()).in_slot(service_id.slot());
         let durable = kind != ActionKind::Probe;
         let budget_zone = if remedy { self.budget_zone(&kind, slot) } else { None };
         let record = ActionRecord {

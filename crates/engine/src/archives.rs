@@ -92,7 +92,7 @@ impl Engine {
             return;
         }
         let rec = ArchiveRecord {
-            id: ArchiveId::new_at(now, self.rng.next_u64()),
+            id: ArchiveId::new_at(now, self.rng.next_u64()).in_slot(s.id.slot()),
             service_id: s.id,
             service_name: String::from(&*s.name),
             engine: s.engine,
@@ -324,7 +324,7 @@ impl Engine {
             return;
         }
         let record = ActionRecord {
-            id: ActionId::new_at(now, self.rng.next_u64()),
+            id: ActionId::new_at(now, self.rng.next_u64()).in_slot(rec.service_id.slot()),
             service: rec.service_id,
             instance: rec.primary.unwrap_or(InstanceId::NIL),
             kind: ActionKind::PurgeArchive { service_name: rec.service_name.clone(), engine: rec.engine, archive: id },

@@ -269,14 +269,14 @@ impl Engine {
     /// outside the remedy budget.
     fn build_initial_members(&mut self, sslot: u32, zones: &[u16], placed: &[Placed], now: i64, out: &mut Outputs) {
         let Some(s) = self.services.get(sslot) else { return };
-        let (image, provider) = (s.image, s.provider);
+        let (image, provider, service_slot) = (s.image, s.provider, s.id.slot());
         let roles: Vec<Role> = self.policy_of(s).members(&s.plan).roles().collect();
         for (k, role) in roles.into_iter().enumerate() {
             let (zone, host) = match placed.get(k) {
                 Some(p) => (p.zone, p.host),
                 None => (zones[k % zones.len()], crate::hosts::NO_HOST),
             };
-            let iid = InstanceId::new_at(now, self.rng.next_u64());
+            let iid = InstanceId::new_at(now, self.rng.next_u64()).in_slot(service_slot);
             let slot = self.add_instance(Inst::new(iid, sslot, Placement { image, zone, provider, host }, role, now));
             out.changes.events.push(self.event(
                 now,
@@ -407,7 +407,9 @@ impl Engine {
         }
         let team = self.teams.intern(req.team.as_deref().unwrap_or(&self.config.default_team.clone()));
         let provider = self.providers.intern(&provider_name);
-        let id = ServiceId::new_at(now, self.rng.next_u64());
+        // In its name's slot (`drover_model::Slot`): any node routes by
+        // the name or by any id minted for the service.
+        let id = ServiceId::new_at(now, self.rng.next_u64()).in_slot(drover_model::Slot::of_name(&req.name));
         let rec = ServiceRecord {
             id,
             name: req.name.clone(),

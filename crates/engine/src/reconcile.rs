@@ -494,7 +494,7 @@ impl Engine {
         out: &mut Outputs,
     ) -> Option<u32> {
         let s = self.services.get(sslot)?;
-        let (image, provider) = (s.image, s.provider);
+        let (image, provider, service_slot) = (s.image, s.provider, s.id.slot());
         let (zone, host) = match self.place(sslot, zone) {
             Ok(None) => (zone, crate::hosts::NO_HOST),
             Ok(Some(p)) => (p.zone, p.host),
@@ -503,7 +503,7 @@ impl Engine {
                 return None;
             }
         };
-        let id = InstanceId::new_at(now, self.rng.next_u64());
+        let id = InstanceId::new_at(now, self.rng.next_u64()).in_slot(service_slot);
         let inst = Inst { read_slot, ..Inst::new(id, sslot, Placement { image, zone, provider, host }, role, now) };
         let slot = self.add_instance(inst);
         out.changes.events.push(self.event(

@@ -526,3 +526,29 @@ fn failed_remedies_are_still_counted_after_a_control_plane_restart() {
         "the restart did not start the count again"
     );
 }
+
+/// Issue 16: a service's id carries its name's slot, and so does every id
+/// minted for it (instances built at creation and by a failover, actions,
+/// the archive), so a node routes any of them with no lookup.
+#[test]
+fn every_id_minted_for_a_service_carries_its_name_s_slot() {
+    let mut h = H::new(fast_config());
+    for name in ["db1", "orders", "a-much-longer-service-name-0042"] {
+        ready(&mut h, name, 1);
+        let slot = Slot::of_name(name);
+        let v = h.service(name);
+        assert_eq!(v.id.slot(), slot, "{name}");
+        let old = h.primary(name).id;
+        h.chaos(old, Fault::Crash);
+        h.advance(Duration::from_secs(15));
+        assert_eq!(h.service(name).state, ServiceState::Available);
+        let ids: Vec<InstanceId> = h.store.instances.values().filter(|i| i.service == v.id).map(|i| i.id).collect();
+        assert!(ids.len() >= 3, "the failover built a new follower: {ids:?}");
+        assert!(ids.iter().all(|i| i.slot() == slot), "{name}: {ids:?}");
+        let actions: Vec<&ActionRecord> = h.store.actions.values().filter(|a| a.service == v.id).collect();
+        assert!(actions.iter().any(|a| a.kind.name() == "promote"), "{name}");
+        assert!(actions.iter().all(|a| a.id.slot() == slot), "{name}");
+    }
+    // Names in different slots: the slot is not a constant.
+    assert_ne!(Slot::of_name("db1"), Slot::of_name("orders"));
+}

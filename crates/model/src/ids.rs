@@ -29,6 +29,14 @@ macro_rules! id_type {
             pub fn as_uuid(&self) -> &Uuid {
                 &self.0
             }
+            /// This id with `slot` written into it (`crate::slots`).
+            pub fn in_slot(self, slot: crate::Slot) -> Self {
+                $name(slot.stamp(self.0))
+            }
+            /// The slot this id carries (`crate::slots`).
+            pub fn slot(&self) -> crate::Slot {
+                crate::Slot::of_uuid(&self.0)
+            }
         }
         impl fmt::Display for $name {
             fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {

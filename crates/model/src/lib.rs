@@ -14,6 +14,7 @@ mod maintenance;
 pub mod objects;
 mod rollout;
 mod service;
+mod slots;
 mod states;
 mod time;
 mod token;
@@ -34,6 +35,7 @@ pub use service::{
     kafka_storage_name, BackupStatus, CreateService, CredentialStatus, EngineKind, InstanceRecord, InstanceView, Plan,
     RestoreFrom, Role, ServiceRecord, ServiceView, KAFKA_STORAGE_SUFFIX, MAX_READ_REPLICAS,
 };
+pub use slots::{slot_sql, Slot, SLOTS};
 pub use states::{InstanceState, ServiceState};
 pub use time::Timestamp;
 pub use token::{TokenRecord, TokenRole};

@@ -30,7 +30,7 @@ pub mod tokens;
 mod writer;
 
 pub use pg::{Cluster, LeaseHeld, LeaseNow, NodeSeen, PgStore, FLEET_SHARD, HOLDER_LOCK};
-pub use shards::{ShardRound, MAX_SHARDS};
+pub use shards::{ShardFilter, ShardRound, MAX_SHARDS};
 pub use sqlite::{SqliteStore, WriterCounters};
 
 use drover_model::{ActionRecord, AuditEntry, Changes, Event, InstanceId, ServiceId, Snapshot, Timestamp};
@@ -106,6 +106,9 @@ pub enum StoreError {
     LeaseLost { node: String, generation: i64 },
     /// `drover store migrate` could not move the fleet; the target was
     /// left as it was found (one transaction).
+    /// A setting or an argument the store refuses (the message says why).
+    #[error("{0}")]
+    Invalid(String),
     #[error("cannot migrate the store ({step}): {detail}")]
     Migrate { step: &'static str, detail: String },
     #[error("the store's writer thread has stopped, so nothing can be committed; restart the control plane (the logs say why it stopped)")]

@@ -33,6 +33,23 @@ use std::time::Duration;
 /// At most this many shards (the lock key keeps 11 bits for the shard).
 pub const MAX_SHARDS: u32 = 2048;
 
+/// The shards a node loads: `held` of the fleet's `shards`.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct ShardFilter {
+    pub shards: u16,
+    pub held: Vec<u16>,
+}
+
+impl ShardFilter {
+    /// Whether a record of `slot` is in one of the held shards.
+    pub fn holds(&self, slot: drover_model::Slot) -> bool {
+        self.held.contains(&slot.shard(self.shards))
+    }
+}
+
+/// The `cluster_settings` row of the shard count.
+const SHARD_COUNT: &str = "shards";
+
 /// What one round did ([`PgStore::shard_round`]).
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct ShardRound {
@@ -59,6 +76,56 @@ impl ShardRound {
 }
 
 impl PgStore {
+    /// The fleet's shard count, fixed by the first node that starts on the
+    /// store: `requested` is stored if none is yet; a node that asks for
+    /// another count than the stored one is refused (moving services
+    /// between shards is not built: a slot's shard is `slot % shards`).
+    pub fn shard_count(&self, requested: Option<u16>) -> Result<u16, StoreError> {
+        if let Some(n) = requested.filter(|n| *n == 0 || u32::from(*n) > MAX_SHARDS) {
+            return Err(StoreError::Invalid(format!("a fleet has between 1 and {MAX_SHARDS} shards, not {n}")));
+        }
+        self.with_client(move |client| async move {
+            let op = pg("reading the shard count");
+            if let Some(n) = requested {
+                client
+                    .execute(
+                        "INSERT INTO cluster_settings (name, value) VALUES ($1, $2) ON CONFLICT (name) DO NOTHING",
+                        &[&SHARD_COUNT, &n.to_string()],
+                    )
+                    .await
+                    .map_err(&op)?;
+            }
+            let stored: Option<String> = client
+                .query_opt("SELECT value FROM cluster_settings WHERE name = $1", &[&SHARD_COUNT])
+                .await
+                .map_err(&op)?
+                .map(|row| row.get(0));
+            let stored = match stored {
+                None => 1,
+                Some(v) => {
+                    v.parse::<u16>().ok().filter(|n| *n >= 1 && u32::from(*n) <= MAX_SHARDS).ok_or_else(|| {
+                        StoreError::Invalid(format!(
+                            "the store's shard count {v:?} is not a number from 1 to {MAX_SHARDS}"
+                        ))
+                    })?
+                }
+            };
+            match requested {
+                Some(n) if n != stored => Err(StoreError::Invalid(format!(
+                    "this store's fleet has {stored} shards, fixed when it was first served; a node cannot serve it \
+                     with {n} (start it with --shards {stored}, or without --shards)"
+                ))),
+                _ => Ok(stored),
+            }
+        })
+    }
+
+    /// The live state of the shards in `filter` only (what a node loads
+    /// when it takes them; see `PgStore::load_where`).
+    pub fn load_shards(&self, filter: &ShardFilter) -> Result<drover_model::Snapshot, StoreError> {
+        self.load_where(Some(filter))
+    }
+
     /// One round of `node` over `shards` shards (see the module): renews
     /// what it `held`, takes its share and what nobody holds, and says what
     /// to hand over (at most `max_moving` shards free at once).

@@ -13,82 +13,14 @@
 //! sorting and sending the rows, no decoding) and the decoding alone.
 
 mod common;
+use common::fleet::seed;
 use common::{Backend, DB};
-use drover_model::{
-    BackupStatus, Changes, CredentialStatus, EngineKind, ImageId, InstanceId, InstanceRecord, InstanceState, Plan,
-    Role, ServiceId, ServiceRecord, ServiceState, Timestamp,
-};
-use drover_store::{PgStore, Store};
+use drover_model::{InstanceRecord, Timestamp};
+use drover_store::{PgStore, ShardFilter, Store};
 use std::time::Instant;
-
-const T0: i64 = 1_763_700_000_000_000;
 
 fn instances() -> usize {
     std::env::var("DROVER_BENCH_INSTANCES").ok().and_then(|v| v.parse().ok()).unwrap_or(300_000)
-}
-
-fn service(n: u64) -> ServiceRecord {
-    ServiceRecord {
-        upgraded_from: None,
-        id: ServiceId::new_at(T0 + n as i64, n),
-        name: format!("svc-{n}"),
-        engine: EngineKind::Postgres,
-        plan: Plan {
-            followers: 1,
-            sync: true,
-            max_failover_lag_bytes: 16 << 20,
-            credential_rotation_days: None,
-            brokers: None,
-        },
-        team: "default".into(),
-        zones: vec!["zone-a".into(), "zone-b".into(), "zone-c".into()],
-        image: ImageId("sha256:0f5c2a9d1e7b4c3a8f6e5d4c3b2a19087f6e5d4c3b2a19087f6e5d4c3b2a1908".into()),
-        provider: "local".into(),
-        state: ServiceState::Available,
-        created_at: Timestamp(T0 + n as i64),
-        state_since: Timestamp(T0 + 10 + n as i64),
-        needs_human: false,
-        remedy_failures: 0,
-        failing_since: None,
-        backups: BackupStatus { last_backup_at: Some(Timestamp(T0 + 5)), ..Default::default() },
-        credentials: CredentialStatus { last_rotated_at: Some(Timestamp(T0 + 6)), ..Default::default() },
-        maintenance_window: None,
-        forked_from: None,
-        labels: Default::default(),
-        read_slots: Vec::new(),
-    }
-}
-
-fn instance(n: u64, service: &ServiceRecord, role: Role) -> InstanceRecord {
-    InstanceRecord {
-        id: InstanceId::new_at(T0 + n as i64, n),
-        service: service.id,
-        role,
-        zone: service.zones[(n % 3) as usize].clone(),
-        provider: "local".into(),
-        image: service.image.clone(),
-        state: InstanceState::Available,
-        fenced: false,
-        restarts: 0,
-        created_at: Timestamp(T0 + n as i64),
-        state_since: Timestamp(T0 + 5 + n as i64),
-        host: Some(format!("h{:02}", n % 30)),
-        read_slot: None,
-    }
-}
-
-fn seed(store: &PgStore, instances: usize) {
-    let mut changes = Changes::default();
-    for s in 0..(instances / 2) as u64 {
-        let svc = service(s);
-        changes.instances.push(instance(2 * s, &svc, Role::Primary));
-        changes.instances.push(instance(2 * s + 1, &svc, Role::Follower));
-        changes.services.push(svc);
-        if changes.services.len() == 5_000 {
-            store.commit(std::mem::take(&mut changes)).expect("seeding");
-        }
-    }
-    store.commit(changes).expect("seeding");
 }
 
 #[test]
@@ -109,6 +41,29 @@ fn load_of_a_large_fleet_from_postgres() {
         assert_eq!(snapshot.instances.len(), n, "every instance loaded");
         assert_eq!(snapshot.services.len(), n / 2, "every service loaded");
         println!("load {round}: {:.3} s", started.elapsed().as_secs_f64());
+    }
+    // A takeover of a third of the fleet (issue 16: at most 5 s for a
+    // third of a million instances, and ready): four shards of twelve
+    // loaded, then the engine restored from them.
+    for round in 0..3 {
+        let started = Instant::now();
+        let third = store.load_shards(&ShardFilter { shards: 12, held: vec![0, 3, 6, 9] }).expect("the load");
+        let loaded = started.elapsed();
+        let instances = third.instances.len();
+        assert!(instances > n / 4 && instances < n * 5 / 12, "about a third: {instances} of {n}");
+        let (engine, _out) = drover_engine::Engine::restore(
+            drover_engine::Config::default(),
+            round,
+            third,
+            Timestamp(common::fleet::T0 + 3_600_000_000),
+        );
+        let restored = started.elapsed();
+        assert_eq!(engine.instance_count(), instances);
+        println!(
+            "a third (4 of 12 shards, {instances} instances): load {:.3} s, restored and ready {:.3} s",
+            loaded.as_secs_f64(),
+            restored.as_secs_f64()
+        );
     }
     // The instances' query alone, and its rows' decoding alone.
     let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();

@@ -173,3 +173,91 @@ fn a_bad_number_of_shards_is_refused() {
         assert!(err.to_string().contains("shards must be"), "{err}");
     }
 }
+
+/// A node that takes some shards loads their services, instances, actions
+/// and archives only (issue 16: a takeover loads a third of the fleet, not
+/// all of it): the loads of every shard, one by one, are disjoint and
+/// together the whole load; a service whose id predates slots is loaded
+/// with its instances and actions by its own id's slot.
+#[test]
+fn a_node_loads_only_the_shards_it_takes() {
+    use common::fleet;
+    use drover_model::{ActionState, Changes, InstanceId, Role, ServiceId, Slot};
+    use drover_store::{ShardFilter, Store};
+    let pg = PgServer::start();
+    let store = PgStore::connect(&pg.url(common::DB)).unwrap();
+    let mut changes = Changes::default();
+    for n in 0..600u64 {
+        let mut svc = fleet::service(n);
+        if n % 100 == 7 {
+            // Minted before slots: random bits where the slot goes, and
+            // instances whose own bits disagree with their service's.
+            svc.id = ServiceId::new_at(fleet::T0 + n as i64, 0x9e37_79b9_7f4a_7c15 ^ n);
+        }
+        let primary = fleet::instance(2 * n, &svc, Role::Primary);
+        let mut follower = fleet::instance(2 * n + 1, &svc, Role::Follower);
+        if n % 100 == 7 {
+            follower.id = InstanceId::new_at(fleet::T0, 0x1234_5678 ^ n);
+        }
+        changes.actions.push(fleet::action(n, &primary, ActionState::Running));
+        changes.instances.push(primary);
+        changes.instances.push(follower);
+        changes.services.push(svc);
+    }
+    store.commit(changes).unwrap();
+    let all = store.load().unwrap();
+    assert_eq!((all.services.len(), all.instances.len(), all.actions.len()), (600, 1200, 600));
+
+    const COUNT: u16 = 12;
+    let mut seen = std::collections::HashSet::new();
+    let mut loaded = 0;
+    for shard in 0..COUNT {
+        let part = store.load_shards(&ShardFilter { shards: COUNT, held: vec![shard] }).unwrap();
+        assert!(!part.services.is_empty(), "600 services leave no shard of 12 empty");
+        for s in &part.services {
+            assert_eq!(s.id.slot().shard(COUNT), shard, "{}", s.name);
+            assert!(seen.insert(s.id), "{} loaded by two shards", s.name);
+        }
+        let ids: std::collections::HashSet<ServiceId> = part.services.iter().map(|s| s.id).collect();
+        assert_eq!(part.instances.len(), 2 * part.services.len(), "shard {shard}: every instance of its services");
+        assert!(part.instances.iter().all(|i| ids.contains(&i.service)));
+        assert_eq!(part.actions.len(), part.services.len());
+        assert!(part.actions.iter().all(|a| ids.contains(&a.service)));
+        // In creation order, as the whole load gives them.
+        assert!(part.instances.windows(2).all(|w| (w[0].created_at, w[0].id) <= (w[1].created_at, w[1].id)));
+        loaded += part.services.len();
+    }
+    assert_eq!(loaded, 600);
+
+    // Several shards at once: a third of the fleet.
+    let third = store.load_shards(&ShardFilter { shards: COUNT, held: vec![0, 3, 6, 9] }).unwrap();
+    let want = all.services.iter().filter(|s| s.id.slot().shard(COUNT) % 3 == 0).count();
+    assert_eq!(third.services.len(), want);
+    assert!((150..250).contains(&want), "about a third: {want}");
+    // Names route as ids do.
+    let minted_with_slots = |name: &str| name.trim_start_matches("svc-").parse::<u64>().unwrap() % 100 != 7;
+    assert!(third
+        .services
+        .iter()
+        .filter(|s| minted_with_slots(&s.name))
+        .all(|s| Slot::of_name(&s.name) == s.id.slot()));
+}
+
+/// The shard count is fixed by the first node: another count is refused
+/// with the stored one named, a node that names none reads it.
+#[test]
+fn the_shard_count_is_fixed_by_the_first_node() {
+    let pg = PgServer::start();
+    let store = PgStore::connect(&pg.url(common::DB)).unwrap();
+    assert_eq!(store.shard_count(None).unwrap(), 1, "a store nobody set has one shard");
+    assert_eq!(store.shard_count(Some(12)).unwrap(), 12);
+    assert_eq!(store.shard_count(Some(12)).unwrap(), 12);
+    assert_eq!(store.shard_count(None).unwrap(), 12);
+    let err = store.shard_count(Some(16)).unwrap_err().to_string();
+    assert!(err.contains("has 12 shards") && err.contains("--shards 12"), "{err}");
+    for bad in [0, 4096] {
+        let err = store.shard_count(Some(bad)).unwrap_err().to_string();
+        assert!(err.contains("between 1 and 2048"), "{err}");
+    }
+    assert_eq!(store.shard_count(None).unwrap(), 12, "a refused count changed nothing");
+}

@@ -25,6 +25,7 @@ impl Drop for TempDir {
     }
 }
 
+pub mod fleet;
 pub mod pg;
 
 /// The database of the test's PostgreSQL server the store uses.
