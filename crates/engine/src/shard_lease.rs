@@ -86,6 +86,26 @@ pub fn fence_admits(row: Option<&LeaseView>, node: &str, generation: i64) -> boo
     renew_applies(row, node, generation)
 }
 
+/// Which batches of a commit group a node fenced on the shards `held`
+/// (shard -> generation) writes: a batch whose shards are all held and
+/// still found with that generation and this node as holder (`found`: what
+/// the commit's transaction read, share-locked, so no take commits before
+/// it). Each refused batch names the first shard that refuses it; the
+/// others are written.
+pub fn batches_admitted(
+    batches: &[Vec<u32>],
+    held: &std::collections::BTreeMap<u32, i64>,
+    found: &std::collections::BTreeSet<u32>,
+) -> Vec<Result<(), u32>> {
+    batches
+        .iter()
+        .map(|shards| match shards.iter().find(|s| !held.contains_key(s) || !found.contains(s)) {
+            Some(&refused) => Err(refused),
+            None => Ok(()),
+        })
+        .collect()
+}
+
 /// Whether an action of `generation` is carried out by whoever receives it
 /// (a provider, an agent) that has seen `newest` before: a lower one comes
 /// from a node that lost the lease.
@@ -263,6 +283,19 @@ pub fn plan_round(node: &str, live: &[String], shards: &[ShardLease], max_moving
 
 #[cfg(test)]
 mod tests {
+    #[test]
+    fn a_batch_is_written_only_if_all_its_shards_are_held_and_found() {
+        use std::collections::{BTreeMap, BTreeSet};
+        let held: BTreeMap<u32, i64> = [(1, 4), (2, 7)].into();
+        let found: BTreeSet<u32> = [1].into();
+        let batches = vec![vec![1], vec![1, 2], vec![3], vec![], vec![2, 1]];
+        assert_eq!(
+            super::batches_admitted(&batches, &held, &found),
+            vec![Ok(()), Err(2), Err(3), Ok(()), Err(2)],
+            "shard 2 held but not found (taken over); 3 never held; no shard: the fleet's records"
+        );
+    }
+
     use super::*;
 
     fn row(holder: &str, generation: i64, expired: bool) -> LeaseView {

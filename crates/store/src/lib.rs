@@ -29,7 +29,7 @@ mod status;
 pub mod tokens;
 mod writer;
 
-pub use pg::{Cluster, LeaseHeld, LeaseNow, NodeSeen, PgStore, FLEET_SHARD, HOLDER_LOCK};
+pub use pg::{Cluster, LeaseHeld, LeaseNow, NodeSeen, PgStore, ShardFence, FLEET_SHARD, HOLDER_LOCK};
 pub use shards::{ShardFilter, ShardRound, MAX_SHARDS};
 pub use sqlite::{SqliteStore, WriterCounters};
 
@@ -104,6 +104,8 @@ pub enum StoreError {
     Postgres { operation: &'static str, detail: String },
     #[error("this node ({node}, lease generation {generation}) no longer holds the fleet's lease: another node took the fleet over, and nothing of this commit was written")]
     LeaseLost { node: String, generation: i64 },
+    #[error("this node ({node}) does not hold shard {shard} of the fleet (or no longer: another node took it over), so nothing of this commit was written")]
+    ShardNotHeld { node: String, shard: u32 },
     /// `drover store migrate` could not move the fleet; the target was
     /// left as it was found (one transaction).
     /// A setting or an argument the store refuses (the message says why).

@@ -74,6 +74,9 @@ pub struct PgStore {
     /// The lease every commit must still hold (node, generation), once
     /// [`PgStore::fence_commits`] set it.
     fence: Fence,
+    /// The shards every commit must still hold, once
+    /// [`PgStore::fence_shards`] set them.
+    shard_fence: ShardFenceCell,
     /// For the lease's own connection ([`LeaseSession`]).
     pub(crate) config: Config,
     pub(crate) lease_session: Arc<tokio::sync::Mutex<Option<LeaseSession>>>,
@@ -165,6 +168,19 @@ pub(crate) fn lease_application_name(node: &str) -> String {
 
 /// What the writer checks in each commit's transaction.
 type Fence = Arc<std::sync::RwLock<Option<(String, i64)>>>;
+
+/// The shards a node of a store of several shards holds, which its commits
+/// must still hold ([`PgStore::fence_shards`]).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct ShardFence {
+    pub node: String,
+    /// The store's shard count.
+    pub shards: u16,
+    /// Shard -> the generation this node holds it with.
+    pub held: std::collections::BTreeMap<u32, i64>,
+}
+
+type ShardFenceCell = Arc<std::sync::RwLock<Option<ShardFence>>>;
 
 /// The shard of the whole fleet: this release has one.
 pub const FLEET_SHARD: i64 = 0;
@@ -312,8 +328,10 @@ impl PgStore {
         let writer_target = target.clone();
         let fence: Fence = Arc::default();
         let writer_fence = Arc::clone(&fence);
+        let shard_fence: ShardFenceCell = Arc::default();
+        let writer_shard_fence = Arc::clone(&shard_fence);
         runtime.spawn(async move {
-            run_writer(writer_pool, writer_target, requests, writer_stats, writer_fence).await;
+            run_writer(writer_pool, writer_target, requests, writer_stats, writer_fence, writer_shard_fence).await;
             drop(done_tx);
         });
         tracing::info!(store = %target, "PostgreSQL store opened");
@@ -325,6 +343,7 @@ impl PgStore {
             runtime: Some(runtime),
             stats,
             fence,
+            shard_fence,
             config,
             lease_session: Arc::default(),
             lease_session_closed: Arc::default(),
@@ -535,6 +554,17 @@ impl PgStore {
         *self.fence.write().unwrap_or_else(|p| p.into_inner()) = Some((node.to_string(), generation));
     }
 
+    /// From now on every commit checks, in its own transaction, that this
+    /// node still holds the shard of every service it writes, with the
+    /// generation `fence` gives: a batch that touches a shard not in
+    /// `fence`, or one whose lease the transaction no longer finds so, is
+    /// refused ([`StoreError::ShardNotHeld`]) and writes nothing; the other
+    /// batches of its group are written. Records of the whole fleet
+    /// (images, hosts, rollouts, audit, events) need no shard.
+    pub fn fence_shards(&self, fence: ShardFence) {
+        *self.shard_fence.write().unwrap_or_else(|p| p.into_inner()) = Some(fence);
+    }
+
     /// `postgres://user@host:port/db` (no password).
     pub fn target(&self) -> &str {
         &self.target
@@ -613,6 +643,7 @@ async fn run_writer(
     mut queue: UnboundedReceiver<Request>,
     stats: Arc<WriterStats>,
     fence: Fence,
+    shard_fence: ShardFenceCell,
 ) {
     while let Some(first) = queue.recv().await {
         let mut group = vec![first];
@@ -624,12 +655,17 @@ async fn run_writer(
         }
         let batches = group.len();
         let holder = fence.read().unwrap_or_else(|p| p.into_inner()).clone();
-        match commit_group(&pool, &target, &group, holder.as_ref()).await {
-            Ok(()) => {
+        let shards = shard_fence.read().unwrap_or_else(|p| p.into_inner()).clone();
+        match commit_group(&pool, &target, &group, holder.as_ref(), shards.as_ref()).await {
+            Ok(admitted) => {
                 stats.transactions.fetch_add(1, Ordering::Relaxed);
                 stats.batches.fetch_add(batches as u64, Ordering::Relaxed);
-                for request in group {
-                    let _ = request.reply.send(Ok(()));
+                for (request, admitted) in group.into_iter().zip(admitted) {
+                    let answer = admitted.map_err(|shard| StoreError::ShardNotHeld {
+                        node: shards.as_ref().map(|f| f.node.clone()).unwrap_or_default(),
+                        shard,
+                    });
+                    let _ = request.reply.send(answer);
                 }
             }
             Err(error) => {
@@ -649,20 +685,73 @@ async fn commit_group(
     target: &str,
     group: &[Request],
     holder: Option<&(String, i64)>,
-) -> Result<(), StoreError> {
+    shards: Option<&ShardFence>,
+) -> Result<Vec<Result<(), u32>>, StoreError> {
     let mut client = pool.get().await.map_err(pool_error(target))?;
     let tx = client.transaction().await.map_err(pg("beginning a commit"))?;
     check_lease(&tx, holder).await?;
+    let admitted = match shards {
+        None => vec![Ok(()); group.len()],
+        Some(fence) => check_shards(&tx, group, fence).await?,
+    };
+    let written: Vec<&Request> = group.iter().zip(&admitted).filter(|(_, a)| a.is_ok()).map(|(r, _)| r).collect();
+    if written.is_empty() {
+        return Ok(admitted);
+    }
     // Prepared once per connection (deadpool caches them), before any write.
     let stmts = Statements::prepare(&tx).await.map_err(pg("preparing a commit"))?;
     let mut pipeline = Pipeline::default();
-    for request in group {
+    for request in &written {
         pipeline.apply(&tx, &stmts, &request.batch).await.map_err(pg("writing a commit"))?;
     }
     pipeline.finish().await.map_err(pg("writing a commit"))?;
-    write_instances_and_events(&tx, group).await.map_err(pg("writing a commit"))?;
+    write_instances_and_events(&tx, &written).await.map_err(pg("writing a commit"))?;
     // On error the dropped transaction rolls back: nothing of the group stays.
-    tx.commit().await.map_err(pg("committing"))
+    tx.commit().await.map_err(pg("committing"))?;
+    Ok(admitted)
+}
+
+/// Which batches of `group` a node fenced on `fence` may write
+/// ([`shard_lease::batches_admitted`]): the leases of the shards the group
+/// touches are read share-locked in the commit's transaction, so a node
+/// that takes one over waits for this commit, or, done first, makes the
+/// batches that need it write nothing.
+async fn check_shards(
+    tx: &deadpool_postgres::Transaction<'_>,
+    group: &[Request],
+    fence: &ShardFence,
+) -> Result<Vec<Result<(), u32>>, StoreError> {
+    let batches: Vec<Vec<u32>> = group
+        .iter()
+        .map(|r| {
+            let mut shards: Vec<u32> = r.slots.iter().map(|s| u32::from(s.shard(fence.shards))).collect();
+            shards.dedup();
+            shards
+        })
+        .collect();
+    let mut wanted: Vec<u32> = batches.iter().flatten().copied().filter(|s| fence.held.contains_key(s)).collect();
+    wanted.sort_unstable();
+    wanted.dedup();
+    let mut found = std::collections::BTreeSet::new();
+    if !wanted.is_empty() {
+        let shards: Vec<i64> = wanted.iter().map(|&s| i64::from(s)).collect();
+        let generations: Vec<i64> = wanted.iter().map(|s| fence.held[s]).collect();
+        let rows = tx
+            .query(
+                "SELECT l.shard FROM leases l \
+                 JOIN unnest($2::bigint[], $3::bigint[]) AS f(shard, generation) \
+                   ON l.shard = f.shard AND l.generation = f.generation \
+                 WHERE l.holder = $1 FOR SHARE OF l",
+                &[&fence.node, &shards, &generations],
+            )
+            .await
+            .map_err(pg("checking the shards' leases"))?;
+        for row in rows {
+            let shard: i64 = row.try_get(0).map_err(pg("checking the shards' leases"))?;
+            found.insert(shard as u32);
+        }
+    }
+    Ok(shard_lease::batches_admitted(&batches, &fence.held, &found))
 }
 
 /// The fleet's lease row now (`expires_in` zero once expired).
@@ -846,7 +935,7 @@ impl Statements {
 /// in the group, is appended once.
 async fn write_instances_and_events(
     tx: &deadpool_postgres::Transaction<'_>,
-    group: &[Request],
+    group: &[&Request],
 ) -> Result<(), tokio_postgres::Error> {
     let mut last: std::collections::HashMap<&str, &rows::InstanceRow> = std::collections::HashMap::new();
     let mut order: Vec<&str> = Vec::new();
@@ -1167,9 +1256,10 @@ impl Store for PgStore {
             return Ok(());
         }
         let batch = rows::encode(&changes)?;
+        let slots = changes.slots();
         let (reply, answer) = std::sync::mpsc::sync_channel(1);
         let queue = self.queue.as_ref().ok_or(StoreError::WriterStopped)?;
-        queue.send(Request { batch, reply }).map_err(|_| StoreError::WriterStopped)?;
+        queue.send(Request { batch, slots, reply }).map_err(|_| StoreError::WriterStopped)?;
         answer.recv().map_err(|_| StoreError::WriterStopped)?
     }
 

@@ -244,7 +244,7 @@ impl Store for SqliteStore {
         let batch = rows::encode(&changes)?;
         let (reply, answer) = mpsc::sync_channel(1);
         let queue = self.queue.as_ref().ok_or(StoreError::WriterStopped)?;
-        queue.send(Request { batch, reply }).map_err(|_| StoreError::WriterStopped)?;
+        queue.send(Request { batch, slots: Vec::new(), reply }).map_err(|_| StoreError::WriterStopped)?;
         // The writer drops `reply` unanswered only if it died mid-group.
         answer.recv().map_err(|_| StoreError::WriterStopped)?
     }

@@ -18,6 +18,9 @@ pub(crate) const MAX_BATCHES_PER_GROUP: usize = 4096;
 
 pub(crate) struct Request {
     pub(crate) batch: EncodedChanges,
+    /// The slots of the services the batch writes (`drover_model::Slot`):
+    /// on a store of several shards, the batch needs all of theirs.
+    pub(crate) slots: Vec<drover_model::Slot>,
     pub(crate) reply: SyncSender<Result<(), StoreError>>,
 }
 
@@ -139,7 +142,7 @@ mod tests {
         let mut answers = Vec::new();
         for changes in batches {
             let (reply, answer) = mpsc::sync_channel(1);
-            queue.send(Request { batch: rows::encode(&changes).unwrap(), reply }).unwrap();
+            queue.send(Request { batch: rows::encode(&changes).unwrap(), slots: Vec::new(), reply }).unwrap();
             answers.push(answer);
         }
         drop(queue);

@@ -261,3 +261,96 @@ fn the_shard_count_is_fixed_by_the_first_node() {
     }
     assert_eq!(store.shard_count(None).unwrap(), 12, "a refused count changed nothing");
 }
+
+/// A node fenced on its shards writes the services of those shards only:
+/// a batch of a shard another node holds, or one this node held and lost
+/// (its lease now someone else's), is refused and writes nothing, while
+/// its other shards' batches and the fleet's records go on being written.
+#[test]
+fn a_node_writes_only_the_shards_it_holds() {
+    use common::fleet;
+    use drover_model::{Changes, Role, Slot};
+    use drover_store::{ShardFence, Store, StoreError};
+    const COUNT: u32 = 4;
+    let pg = PgServer::start();
+    let url = pg.url(common::DB);
+    let (a, b) = (PgStore::connect(&url).unwrap(), PgStore::connect(&url).unwrap());
+    let mut held_a: Vec<(u32, i64)> = Vec::new();
+    let mut held_b: Vec<(u32, i64)> = Vec::new();
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while held_a.len() != 2 || held_b.len() != 2 {
+        assert!(Instant::now() < deadline, "a {held_a:?}, b {held_b:?}");
+        for (store, name, held) in [(&a, "a", &mut held_a), (&b, "b", &mut held_b)] {
+            let r = store.shard_round(name, "http://x.test", 1, TTL, COUNT, 1, held).unwrap();
+            let mut now = r.held();
+            if !r.to_release.is_empty() {
+                now.retain(|h| !r.to_release.contains(h));
+                store.release_shards(name, &r.to_release).unwrap();
+            }
+            *held = now;
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    a.fence_shards(ShardFence { node: "a".into(), shards: COUNT as u16, held: held_a.iter().copied().collect() });
+
+    // One service per shard, its name chosen so.
+    let named_in = |shard: u32| {
+        (0u64..)
+            .map(fleet::service)
+            .find(|s| u32::from(Slot::of_name(&s.name).shard(COUNT as u16)) == shard)
+            .unwrap()
+    };
+    let commit = |store: &PgStore, shard: u32| {
+        let svc = named_in(shard);
+        let changes = Changes {
+            instances: vec![fleet::instance(1, &svc, Role::Primary)],
+            services: vec![svc],
+            ..Default::default()
+        };
+        store.commit(changes)
+    };
+    let written = |shard: u32| {
+        let svc = named_in(shard);
+        b.load().unwrap().services.iter().any(|s| s.id == svc.id)
+    };
+    let (mine, theirs) = (held_a[0].0, held_b[0].0);
+    commit(&a, mine).expect("a writes a service of its own shard");
+    assert!(written(mine));
+    match commit(&a, theirs) {
+        Err(StoreError::ShardNotHeld { node, shard }) => assert_eq!((node.as_str(), shard), ("a", theirs)),
+        other => panic!("a wrote into b's shard {theirs}: {other:?}"),
+    }
+    assert!(!written(theirs), "nothing of the refused batch was written");
+    // The fleet's records need no shard.
+    let image = drover_model::Image::new(
+        drover_model::EngineKind::Postgres,
+        "15.8",
+        Default::default(),
+        [("postgresql-15".to_string(), "15.8".to_string())].into(),
+        drover_model::Timestamp(fleet::T0),
+    );
+    let image = Changes { images: vec![image], ..Default::default() };
+    a.commit(image).expect("a writes the fleet's records");
+
+    // a hands its other shard over and b takes it: a's fence still names
+    // it, with the generation b's take raised past.
+    let (lost, old_generation) = held_a[1];
+    a.release_shards("a", &[(lost, old_generation)]).unwrap();
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while !held_b.iter().any(|(s, _)| *s == lost) {
+        assert!(Instant::now() < deadline, "b never took shard {lost}: {held_b:?}");
+        let r = b.shard_round("b", "http://x.test", 1, TTL, COUNT, 4, &held_b).unwrap();
+        held_b = r.held();
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    assert!(held_b.iter().any(|&(s, g)| s == lost && g > old_generation));
+    match commit(&a, lost) {
+        Err(StoreError::ShardNotHeld { shard, .. }) => assert_eq!(shard, lost),
+        other => panic!("a wrote into the shard it lost: {other:?}"),
+    }
+    assert!(!written(lost));
+    commit(&a, mine).expect("a still writes the shard it holds");
+    // b, which holds it now and is not fenced, writes it.
+    commit(&b, lost).expect("b writes its new shard");
+    assert!(written(lost));
+}
