@@ -86,6 +86,35 @@ impl PgStore {
         }
         self.with_client(move |client| async move {
             let op = pg("reading the shard count");
+            if let Some(n) = requested.filter(|n| *n > 1) {
+                // Slots are what a node routes by: a service minted before
+                // them (its id's slot not its name's) would be routed by its
+                // name to one shard and loaded by its id into another.
+                let set = client
+                    .query_opt("SELECT 1 FROM cluster_settings WHERE name = $1", &[&SHARD_COUNT])
+                    .await
+                    .map_err(&op)?
+                    .is_some();
+                if !set {
+                    let rows = client
+                        .query("SELECT id, name FROM services WHERE state != 'deleted'", &[])
+                        .await
+                        .map_err(&op)?;
+                    let unslotted = rows.iter().find(|row| {
+                        let (id, name): (&str, &str) = (row.get(0), row.get(1));
+                        id.parse::<drover_model::ServiceId>()
+                            .map_or(true, |id| id.slot() != drover_model::Slot::of_name(name))
+                    });
+                    if let Some(row) = unslotted {
+                        let name: &str = row.get(1);
+                        return Err(StoreError::Invalid(format!(
+                            "this store's fleet cannot be split into {n} shards: service {name:?} was created by a \
+                             Drover before slots (its id does not carry its name's slot), so it could not be routed; \
+                             serve this store without --shards (one shard)"
+                        )));
+                    }
+                }
+            }
             if let Some(n) = requested {
                 client
                     .execute(

@@ -260,6 +260,20 @@ fn the_shard_count_is_fixed_by_the_first_node() {
         assert!(err.contains("between 1 and 2048"), "{err}");
     }
     assert_eq!(store.shard_count(None).unwrap(), 12, "a refused count changed nothing");
+
+    // A fleet with a service from before slots stays one shard.
+    let pg2 = PgServer::start();
+    let store = PgStore::connect(&pg2.url(common::DB)).unwrap();
+    let mut old = common::fleet::service(3);
+    old.id = drover_model::ServiceId::new_at(common::fleet::T0, 0x5eed);
+    assert_ne!(old.id.slot(), drover_model::Slot::of_name(&old.name), "the test's premise");
+    use drover_store::Store;
+    let changes = drover_model::Changes { services: vec![common::fleet::service(1), old], ..Default::default() };
+    store.commit(changes).unwrap();
+    let err = store.shard_count(Some(3)).unwrap_err().to_string();
+    assert!(err.contains("\"svc-3\"") && err.contains("before slots"), "{err}");
+    assert_eq!(store.shard_count(None).unwrap(), 1, "nothing was stored");
+    assert_eq!(store.shard_count(Some(1)).unwrap(), 1, "one shard is always possible");
 }
 
 /// A node fenced on its shards writes the services of those shards only:
@@ -295,10 +309,7 @@ fn a_node_writes_only_the_shards_it_holds() {
 
     // One service per shard, its name chosen so.
     let named_in = |shard: u32| {
-        (0u64..)
-            .map(fleet::service)
-            .find(|s| u32::from(Slot::of_name(&s.name).shard(COUNT as u16)) == shard)
-            .unwrap()
+        (0u64..).map(fleet::service).find(|s| u32::from(Slot::of_name(&s.name).shard(COUNT as u16)) == shard).unwrap()
     };
     let commit = |store: &PgStore, shard: u32| {
         let svc = named_in(shard);
