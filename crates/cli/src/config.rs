@@ -306,6 +306,9 @@ pub fn resolve(args: ServeArgs, no_local_set: bool) -> anyhow::Result<Settings> 
         if args.store.is_none() {
             bail!("--node and --lease-ttl-secs are for nodes sharing a PostgreSQL store: add --store postgres://...");
         }
+        if let Some(node) = &args.node {
+            drover_server::lease::check_node_name(node).map_err(|e| anyhow::anyhow!("--node: {e}"))?;
+        }
         opts.node = args.node.clone();
         if let Some(ttl) = positive_secs(args.lease_ttl_secs, "--lease-ttl-secs")? {
             if ttl < Duration::from_millis(500) {
@@ -896,6 +899,18 @@ mod tests {
         assert!(s.options.local.is_some());
         assert_eq!(s.log_format, LogFormat::Text);
         assert_eq!((s.config_file, s.max_action_failure), (None, None));
+    }
+
+    #[test]
+    fn a_node_name_postgres_cannot_keep_whole_is_refused() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = "postgres://drover@127.0.0.1:5432/drover";
+        let long = "a-node-name-far-too-long-for-its-connection-s-name-in-postgres";
+        for (node, why) in [("nœud", "printable ASCII"), (long, "1 to 50 characters")] {
+            let e = resolve(args(dir.path(), &["--store", store, "--node", node]), false).unwrap_err().to_string();
+            assert!(e.starts_with("--node: ") && e.contains(why), "{node}: {e}");
+        }
+        assert!(resolve(args(dir.path(), &["--store", store, "--node", "cp-1"]), false).is_ok());
     }
 
     #[test]

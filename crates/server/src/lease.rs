@@ -47,6 +47,32 @@ pub fn node_name(node: Option<&str>) -> String {
     crate::host_name()
 }
 
+/// The longest node name: its lease connection's `application_name`
+/// (`drover-lease:` and the name) must fit PostgreSQL's 63 bytes, or two
+/// names alike in their first 50 would pass for one another.
+pub const MAX_NODE_NAME: usize = 63 - "drover-lease:".len();
+
+/// Why `name` cannot name a node sharing a PostgreSQL store: the other
+/// nodes see it alive by its lease connection's `application_name`, which
+/// PostgreSQL keeps to 63 bytes of printable ASCII (anything else turned
+/// into `?`, and such a node would never count as alive).
+pub fn check_node_name(name: &str) -> Result<(), String> {
+    if name.is_empty() || name.len() > MAX_NODE_NAME {
+        return Err(format!(
+            "the node name {name:?} must be 1 to {MAX_NODE_NAME} characters (it names the node's connection to the \
+             store, which PostgreSQL keeps to 63 bytes); pass a shorter --node"
+        ));
+    }
+    if let Some(c) = name.chars().find(|c| !(' '..='~').contains(c)) {
+        return Err(format!(
+            "the node name {name:?} has {c:?}: a node name is printable ASCII only (PostgreSQL shows any other \
+             character of a connection's name as '?', and the other nodes would never see this one alive); pass \
+             another --node"
+        ));
+    }
+    Ok(())
+}
+
 /// Who holds the fleet, as a standby last saw it: where it forwards.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Holder {
@@ -199,4 +225,26 @@ fn stop(why: &str) -> ! {
     tracing::error!("{why}; exiting with code {LEASE_EXIT_CODE}");
     eprintln!("drover serve: {why}; exiting with code {LEASE_EXIT_CODE}");
     std::process::exit(LEASE_EXIT_CODE)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_node_name_fits_its_connection_s_name_in_printable_ascii() {
+        for ok in ["a", "node-1", "cp 2.eu-west", &"n".repeat(MAX_NODE_NAME)] {
+            assert_eq!(check_node_name(ok), Ok(()), "{ok}");
+        }
+        assert_eq!(MAX_NODE_NAME, 50);
+        let long = "n".repeat(MAX_NODE_NAME + 1);
+        assert!(check_node_name(&long).unwrap_err().contains("1 to 50 characters"));
+        assert!(check_node_name("").unwrap_err().contains("1 to 50"));
+        for bad in ["nœud", "tab\there", "a\u{7f}"] {
+            let err = check_node_name(bad).unwrap_err();
+            assert!(err.contains("printable ASCII"), "{bad}: {err}");
+        }
+        // What the store names the connection: the name whole.
+        assert_eq!(format!("drover-lease:{long}").len(), 64, "one past PostgreSQL's 63");
+    }
 }

@@ -409,6 +409,7 @@ async fn start_up(
             Arc::new(store)
         }
         Some(url) => {
+            lease::check_node_name(&node_name).map_err(|e| anyhow::anyhow!(e))?;
             let store = open_postgres_store(url.clone(), db_path.clone()).await?;
             let check: String = key.derive("drover key check v1").iter().map(|b| format!("{b:02x}")).collect();
             let (store, other) = {
