@@ -48,6 +48,7 @@ pub mod routers;
 pub mod routes;
 pub mod runbooks;
 pub mod runtime;
+pub mod shard_route;
 pub mod silent_hosts;
 pub mod sim_provider;
 pub mod state;

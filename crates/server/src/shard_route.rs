@@ -1,0 +1,424 @@
+//! Where each request goes when the fleet is split into shards (issue 16;
+//! the plan is docs/architecture.md, "The server on several shards").
+//!
+//! Every route of the API ([`crate::auth::permissions::TABLE`], which a
+//! test walks against this one both ways) has a [`Rule`]: answered by the
+//! node asked, sent to the holder of one slot's shard (a service by name,
+//! anything by an id that carries its service's slot), to the holder of
+//! shard 0 (the fleet-wide records and the singletons: the pager, the
+//! status site, rollouts' waves, runbooks), to every holder with the
+//! answers merged (lists), split by slot (a heartbeat batch), or
+//! [`Rule::Across`]: a request that touches several shards at once, for
+//! which the rule names what the server must settle before it can run on
+//! several shards. [`target`] reads a request's shard from its path and,
+//! where the path does not say, from its body, as the handler would: a
+//! body the handler would refuse is refused here with the same kind of
+//! message, and nothing here panics on any input.
+//!
+//! Not wired yet: the server holds one shard, the whole fleet, and
+//! [`crate::forward`] sends everything to its holder, which is what every
+//! rule but `Here` comes to with one shard.
+
+use drover_model::{InstanceId, Slot};
+use serde::Deserialize;
+use std::collections::BTreeMap;
+
+/// How a route finds the node that answers it.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Rule {
+    /// Any node answers from what every node has: the store (tokens,
+    /// deferred commands, the cluster's leases), its own process
+    /// (`/metrics`, scraped from every node), or nothing (`/healthz`).
+    Here,
+    /// The holder of shard 0: fleet-wide records (images, hosts, the
+    /// catalog) and the singletons that run there.
+    Fleet,
+    /// The holder of the shard of the service named by the path's
+    /// `{name}`.
+    ServiceInPath,
+    /// The holder of the shard of the id in this path parameter: every id
+    /// the engine mints for a service carries its slot.
+    IdInPath(&'static str),
+    /// The holder of the shard of the service named by the body's `name`
+    /// (a service created).
+    NameInBody,
+    /// Chaos: the instance's shard, or every holder for a whole host.
+    Chaos,
+    /// A heartbeat batch, split by its beats' instances' slots.
+    Heartbeats,
+    /// Every holder's part, merged by the node asked.
+    FanOut,
+    /// Several shards at once: what must be settled first.
+    Across(&'static str),
+}
+
+/// One row of [`TABLE`].
+#[derive(Clone, Copy, Debug)]
+pub struct Placed {
+    pub method: &'static str,
+    pub path: &'static str,
+    pub rule: Rule,
+}
+
+const fn placed(method: &'static str, path: &'static str, rule: Rule) -> Placed {
+    Placed { method, path, rule }
+}
+
+use Rule::*;
+
+const DASHBOARD: &str = "the dashboard renders HTML from its own node's engine: on several shards its pages must \
+                         read through the routed API (a service's page from its holder, the lists merged)";
+const FORK: &str = "a fork reads its source (in the source name's shard) and creates a service in the new name's \
+                    shard: the source's holder must hand the new service's creation to the other holder";
+const DRAIN: &str = "a host is fleet-wide but its instances are in every shard: the host's record changes on shard \
+                     0's holder, then every holder moves its own instances off it";
+const AGENT_ACTIONS: &str = "an agent's actions wait in the memory of the node that decided them: they must be \
+                             queued in the store so an agent's poll of any node finds every holder's";
+const FEED: &str = "the maintenance calendar lists every service's window: merged from every holder as one \
+                    calendar";
+
+/// Every route, by method and path template (axum's `MatchedPath`).
+pub const TABLE: &[Placed] = &[
+    placed("GET", "/healthz", Here),
+    placed("GET", "/openapi.json", Here),
+    placed("GET", "/metrics", Here),
+    placed("GET", "/v1/cluster", Here),
+    placed("GET", "/v1/commands/{id}", Here),
+    placed("POST", "/v1/tokens", Here),
+    placed("GET", "/v1/tokens", Here),
+    placed("DELETE", "/v1/tokens/{id}", Here),
+    // The status site, incidents and the pager run on shard 0's holder.
+    placed("GET", "/status", Fleet),
+    placed("GET", "/status/feed.atom", Fleet),
+    placed("POST", "/v1/incidents", Fleet),
+    placed("GET", "/v1/incidents", Fleet),
+    placed("GET", "/v1/incidents/{id}", Fleet),
+    placed("GET", "/v1/incidents/{id}/review", Fleet),
+    placed("POST", "/v1/incidents/{id}/updates", Fleet),
+    placed("POST", "/v1/incidents/{id}/notes", Fleet),
+    placed("GET", "/v1/incidents/{id}/timeline", Fleet),
+    placed("POST", "/v1/integrations/alertmanager", Fleet),
+    placed("POST", "/v1/integrations/events-v2", Fleet),
+    placed("GET", "/v1/pages", Fleet),
+    placed("GET", "/v1/pages/{id}", Fleet),
+    placed("POST", "/v1/pages/{id}/ack", Fleet),
+    placed("GET", "/v1/pages/{id}/ack", Fleet),
+    placed("POST", "/v1/pages/{id}/resolve", Fleet),
+    placed("GET", "/v1/pages/{id}/resolve", Fleet),
+    placed("GET", "/v1/pager/metrics", Fleet),
+    placed("GET", "/v1/pager/metrics.svg", Fleet),
+    placed("GET", "/v1/pager/feed", Fleet),
+    placed("GET", "/v1/pager/oncall", Fleet),
+    // The software catalog, images, advisories and hosts: fleet-wide records.
+    placed("GET", "/v1/components", Fleet),
+    placed("POST", "/v1/components", Fleet),
+    placed("POST", "/v1/components/{name}/stage", Fleet),
+    placed("POST", "/v1/components/{name}/attest", Fleet),
+    placed("POST", "/v1/catalog/import", Fleet),
+    placed("GET", "/v1/catalog/export", Fleet),
+    placed("GET", "/v1/images", Fleet),
+    placed("POST", "/v1/images", Fleet),
+    placed("GET", "/v1/images/{id}", Fleet),
+    placed("POST", "/v1/advisories", Fleet),
+    placed("GET", "/v1/advisories", Fleet),
+    placed(
+        "GET",
+        "/v1/advisories/audit",
+        Across("the audit names the services on each affected image: those of every shard, merged"),
+    ),
+    placed("GET", "/v1/hosts", Fleet),
+    placed("POST", "/v1/hosts", Fleet),
+    placed("POST", "/v1/hosts/{name}/drain", Across(DRAIN)),
+    placed("POST", "/v1/hosts/{name}/cordon", Fleet),
+    placed("GET", "/v1/hosts/{name}/actions", Across(AGENT_ACTIONS)),
+    placed("POST", "/v1/hosts/{name}/actions/{id}/result", IdInPath("id")),
+    // Rollouts' waves and runbooks are singletons; a wave's moves and a
+    // runbook's steps are commands to each service's holder.
+    placed("POST", "/v1/rollouts", Fleet),
+    placed("GET", "/v1/rollouts", Fleet),
+    placed("GET", "/v1/rollouts/{id}", Fleet),
+    placed("GET", "/v1/rollouts/{id}/services", Fleet),
+    placed("POST", "/v1/rollouts/{id}/pause", Fleet),
+    placed("POST", "/v1/rollouts/{id}/resume", Fleet),
+    placed("POST", "/v1/rollouts/{id}/abort", Fleet),
+    placed("GET", "/v1/runbooks", Fleet),
+    placed("POST", "/v1/runbooks/{name}/runs", Fleet),
+    placed("GET", "/v1/runbooks/runs/{id}", Fleet),
+    placed("POST", "/v1/runbooks/runs/{id}/approve", Fleet),
+    // One service: its name's shard.
+    placed("POST", "/v1/services", NameInBody),
+    placed("GET", "/v1/services", FanOut),
+    placed("GET", "/v1/services/{name}", ServiceInPath),
+    placed("DELETE", "/v1/services/{name}", ServiceInPath),
+    placed("POST", "/v1/services/{name}/switchover", ServiceInPath),
+    placed("POST", "/v1/services/{name}/fork", Across(FORK)),
+    placed("POST", "/v1/services/{name}/resize", ServiceInPath),
+    placed("POST", "/v1/services/{name}/upgrade", ServiceInPath),
+    placed("POST", "/v1/services/{name}/upgrade/rollback", ServiceInPath),
+    placed("POST", "/v1/services/{name}/followers", ServiceInPath),
+    placed("DELETE", "/v1/services/{name}/followers/{instance}", ServiceInPath),
+    placed("POST", "/v1/services/{name}/resume", ServiceInPath),
+    placed("GET", "/v1/services/{name}/checks", ServiceInPath),
+    placed("POST", "/v1/services/{name}/backups", ServiceInPath),
+    placed("POST", "/v1/services/{name}/backups/verify", ServiceInPath),
+    placed("POST", "/v1/services/{name}/credentials/rotate", ServiceInPath),
+    placed("PUT", "/v1/services/{name}/maintenance-window", ServiceInPath),
+    placed("PUT", "/v1/services/{name}/labels", ServiceInPath),
+    placed("GET", "/v1/maintenance.ics", Across(FEED)),
+    // An archive's id carries its deleted service's slot; the service
+    // restored keeps its name, so its shard.
+    placed("GET", "/v1/archives", FanOut),
+    placed("POST", "/v1/archives/{id}/restore", IdInPath("id")),
+    placed("GET", "/v1/instances/{id}", IdInPath("id")),
+    placed("POST", "/v1/heartbeats", Heartbeats),
+    placed("POST", "/v1/chaos", Chaos),
+    placed("GET", "/v1/events", FanOut),
+    placed("GET", "/v1/actions", FanOut),
+    placed("GET", "/v1/audit", FanOut),
+    // The dashboard.
+    placed("GET", "/ui/login", Here),
+    placed("POST", "/ui/login", Here),
+    placed("POST", "/ui/logout", Here),
+    placed("GET", "/ui/live.js", Here),
+    placed("GET", "/ui/", Across(DASHBOARD)),
+    placed("GET", "/ui/services", Across(DASHBOARD)),
+    placed("GET", "/ui/services/{name}", Across(DASHBOARD)),
+    placed("GET", "/ui/services/{name}/live", Across(DASHBOARD)),
+    placed("GET", "/ui/pages", Fleet),
+    placed("POST", "/ui/pages/{id}/ack", Fleet),
+    placed("GET", "/ui/pager", Fleet),
+    placed("GET", "/ui/rollouts", Fleet),
+    placed("GET", "/ui/rollouts/live", Fleet),
+    placed("GET", "/ui/images", Fleet),
+    placed("GET", "/ui/runbooks", Fleet),
+    placed("POST", "/ui/runbooks/{name}/runs", Fleet),
+    placed("GET", "/ui/runbooks/runs/{id}", Fleet),
+    placed("POST", "/ui/runbooks/runs/{id}/approve", Fleet),
+    placed("GET", "/ui/incidents", Fleet),
+    placed("POST", "/ui/incidents", Fleet),
+    placed("GET", "/ui/incidents/{id}", Fleet),
+    placed("POST", "/ui/incidents/{id}/updates", Fleet),
+    placed("POST", "/ui/incidents/{id}/notes", Fleet),
+];
+
+/// The rule of a route (HEAD is GET's), or `None`: no such route.
+pub fn lookup(method: &str, template: &str) -> Option<Rule> {
+    let method = if method == "HEAD" { "GET" } else { method };
+    TABLE.iter().find(|p| p.method == method && p.path == template).map(|p| p.rule)
+}
+
+/// Where one request goes.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Target {
+    /// Answered by the node asked.
+    Here,
+    /// The holder of shard 0.
+    Fleet,
+    /// The holder of this shard.
+    Shard(u16),
+    /// Every holder, the answers merged.
+    Every,
+    /// A heartbeat batch's beats (their indices, in the batch's order) by
+    /// the shard each goes to.
+    Split(BTreeMap<u16, Vec<usize>>),
+    /// Not routable to one shard yet: why.
+    Across(&'static str),
+}
+
+/// Where a request to the route `template` (as axum matched it) at `path`
+/// with `body` goes on a fleet of `shards` shards. `Err` is the client's
+/// mistake, as the handler would name it (answered 4xx, nothing sent on).
+pub fn target(method: &str, template: &str, path: &str, body: &[u8], shards: u16) -> Result<Target, String> {
+    let Some(rule) = lookup(method, template) else {
+        return Err(format!("no route for {method} {template}"));
+    };
+    let shard = |slot: Slot| Target::Shard(slot.shard(shards));
+    Ok(match rule {
+        Here => Target::Here,
+        Fleet => Target::Fleet,
+        FanOut => Target::Every,
+        Across(why) => Target::Across(why),
+        ServiceInPath => shard(Slot::of_name(&param(template, path, "name")?)),
+        IdInPath(name) => {
+            let text = param(template, path, name)?;
+            let id = uuid::Uuid::parse_str(&text).map_err(|e| format!("{name} {text:?} is not an id: {e}"))?;
+            shard(Slot::of_uuid(&id))
+        }
+        NameInBody => {
+            #[derive(Deserialize)]
+            struct Named {
+                name: String,
+            }
+            let named: Named =
+                serde_json::from_slice(body).map_err(|e| format!("the body is not a service to create: {e}"))?;
+            shard(Slot::of_name(&named.name))
+        }
+        Chaos => {
+            #[derive(Deserialize)]
+            struct Aimed {
+                #[serde(default)]
+                instance: Option<InstanceId>,
+                #[serde(default)]
+                host: Option<String>,
+            }
+            let aimed: Aimed = serde_json::from_slice(body).map_err(|e| format!("the body is not a fault: {e}"))?;
+            match (aimed.instance, aimed.host) {
+                (Some(instance), None) => shard(instance.slot()),
+                (None, Some(_)) => Target::Every,
+                _ => return Err("give either instance or host".into()),
+            }
+        }
+        Heartbeats => Target::Split(split_heartbeats(body, shards)?),
+    })
+}
+
+/// A heartbeat batch's beats by the shard of their instance (indices in
+/// the batch's order; every beat in exactly one part).
+pub fn split_heartbeats(body: &[u8], shards: u16) -> Result<BTreeMap<u16, Vec<usize>>, String> {
+    #[derive(Deserialize)]
+    struct Beat {
+        instance: InstanceId,
+    }
+    #[derive(Deserialize)]
+    struct Batch {
+        #[serde(deserialize_with = "drover_model::objects::objects")]
+        beats: Vec<Beat>,
+    }
+    let batch: Batch = serde_json::from_slice(body).map_err(|e| format!("the body is not a heartbeat batch: {e}"))?;
+    let mut parts: BTreeMap<u16, Vec<usize>> = BTreeMap::new();
+    for (i, beat) in batch.beats.iter().enumerate() {
+        parts.entry(beat.instance.slot().shard(shards)).or_default().push(i);
+    }
+    Ok(parts)
+}
+
+/// The path parameter `name` of `template` in `path`, percent-decoded as
+/// axum's `Path` decodes it.
+fn param(template: &str, path: &str, name: &str) -> Result<String, String> {
+    let wanted = format!("{{{name}}}");
+    let at = template.split('/').position(|s| s == wanted).ok_or_else(|| format!("{template} has no {wanted}"))?;
+    let raw = path.split('/').nth(at).filter(|s| !s.is_empty()).ok_or_else(|| format!("{path} has no {name}"))?;
+    percent_encoding::percent_decode_str(raw)
+        .decode_utf8()
+        .map(|s| s.into_owned())
+        .map_err(|_| format!("the {name} in {path} is not UTF-8 once decoded"))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::auth::permissions;
+
+    #[test]
+    fn every_route_has_one_rule_and_every_rule_a_route() {
+        for p in TABLE {
+            assert!(permissions::lookup(p.method, p.path).is_some(), "{p:?} is not a route");
+            assert_eq!(TABLE.iter().filter(|q| q.method == p.method && q.path == p.path).count(), 1, "{p:?} twice");
+        }
+        for r in permissions::TABLE {
+            assert!(lookup(r.method, r.path).is_some(), "{} {} has no shard rule", r.method, r.path);
+        }
+        // What the rules read is in the path they are given.
+        for p in TABLE {
+            match p.rule {
+                ServiceInPath => assert!(p.path.starts_with("/v1/services/{name}"), "{p:?}"),
+                IdInPath(name) => assert!(p.path.contains(&format!("{{{name}}}")), "{p:?}"),
+                _ => {}
+            }
+        }
+    }
+
+    #[test]
+    fn a_service_goes_to_its_name_s_shard_by_path_or_body() {
+        // Redis Cluster's examples: "foo" is slot 12182, "bar" 5061.
+        let t = |m, tpl, path, body: &str| target(m, tpl, path, body.as_bytes(), 12);
+        assert_eq!(t("GET", "/v1/services/{name}", "/v1/services/foo", ""), Ok(Target::Shard(12182 % 12)));
+        assert_eq!(
+            t("POST", "/v1/services", "/v1/services", r#"{"name":"bar","engine":"postgres"}"#),
+            Ok(Target::Shard(5061 % 12))
+        );
+        // Decoded as axum decodes it: %66oo is foo.
+        assert_eq!(t("DELETE", "/v1/services/{name}", "/v1/services/%66oo", ""), Ok(Target::Shard(12182 % 12)));
+        assert_eq!(
+            t("DELETE", "/v1/services/{name}/followers/{instance}", "/v1/services/bar/followers/x", ""),
+            Ok(Target::Shard(5061 % 12))
+        );
+        // One shard: everything that is not answered here goes to its holder.
+        assert_eq!(target("GET", "/v1/services/{name}", "/v1/services/foo", b"", 1), Ok(Target::Shard(0)));
+        assert_eq!(t("HEAD", "/v1/services", "/v1/services", ""), Ok(Target::Every));
+        assert_eq!(t("GET", "/v1/images", "/v1/images", ""), Ok(Target::Fleet));
+        assert_eq!(t("GET", "/healthz", "/healthz", ""), Ok(Target::Here));
+        assert!(matches!(t("POST", "/v1/services/{name}/fork", "/v1/services/foo/fork", ""), Ok(Target::Across(_))));
+    }
+
+    #[test]
+    fn an_id_goes_to_the_shard_of_the_slot_it_carries() {
+        let slot = Slot::of_name("orders");
+        let instance = InstanceId::new_at(1_700_000_000_000_000, 42).in_slot(slot);
+        let path = format!("/v1/instances/{instance}");
+        assert_eq!(target("GET", "/v1/instances/{id}", &path, b"", 16), Ok(Target::Shard(slot.shard(16))));
+        let chaos = format!(r#"{{"instance":"{instance}","fault":"crash"}}"#);
+        assert_eq!(target("POST", "/v1/chaos", "/v1/chaos", chaos.as_bytes(), 16), Ok(Target::Shard(slot.shard(16))));
+        let host = br#"{"host":"h1","fault":"crash"}"#;
+        assert_eq!(target("POST", "/v1/chaos", "/v1/chaos", host, 16), Ok(Target::Every));
+        let result = format!("/v1/hosts/h1/actions/{instance}/result");
+        assert_eq!(
+            target("POST", "/v1/hosts/{name}/actions/{id}/result", &result, b"", 16),
+            Ok(Target::Shard(slot.shard(16)))
+        );
+    }
+
+    #[test]
+    fn bad_requests_are_named_not_routed() {
+        let cases: &[(&str, &str, &str, &[u8])] = &[
+            ("GET", "/v1/instances/{id}", "/v1/instances/nope", b""),
+            ("GET", "/v1/instances/{id}", "/v1/instances/", b""),
+            ("POST", "/v1/services", "/v1/services", b"{"),
+            ("POST", "/v1/services", "/v1/services", br#"{"name":7}"#),
+            ("POST", "/v1/chaos", "/v1/chaos", br#"{"fault":"crash"}"#),
+            ("POST", "/v1/chaos", "/v1/chaos", br#"{"instance":"x","fault":"crash"}"#),
+            ("POST", "/v1/heartbeats", "/v1/heartbeats", br#"{"beats":[1]}"#),
+            ("POST", "/v1/heartbeats", "/v1/heartbeats", br#"{"beats":[{"instance":"x","seq":1}]}"#),
+            ("GET", "/v1/services/{name}", "/v1/services/%ff", b""),
+            ("PUT", "/v1/services", "/v1/services", b""),
+        ];
+        for (method, template, path, body) in cases {
+            let err = target(method, template, path, body, 8).unwrap_err();
+            assert!(!err.is_empty(), "{method} {path}");
+        }
+    }
+
+    proptest::proptest! {
+        /// A batch's split is a partition: every beat in exactly one part,
+        /// in order, each in its instance's shard.
+        #[test]
+        fn a_heartbeat_batch_splits_into_a_partition(
+            names in proptest::collection::vec("[a-z][a-z0-9-]{0,20}", 0..60),
+            shards in 1u16..64,
+        ) {
+            let ids: Vec<InstanceId> = names
+                .iter()
+                .enumerate()
+                .map(|(i, n)| InstanceId::new_at(1_700_000_000_000_000 + i as i64, i as u64).in_slot(Slot::of_name(n)))
+                .collect();
+            let beats: Vec<serde_json::Value> =
+                ids.iter().map(|id| serde_json::json!({"instance": id, "seq": 1, "facts": {}})).collect();
+            let body = serde_json::to_vec(&serde_json::json!({"beats": beats, "lease_ms": 5000})).unwrap();
+            let Ok(Target::Split(parts)) = target("POST", "/v1/heartbeats", "/v1/heartbeats", &body, shards) else {
+                panic!("not split");
+            };
+            let mut seen: Vec<usize> = parts.values().flatten().copied().collect();
+            for part in parts.values() {
+                proptest::prop_assert!(part.windows(2).all(|w| w[0] < w[1]), "in order");
+            }
+            seen.sort_unstable();
+            proptest::prop_assert_eq!(seen, (0..ids.len()).collect::<Vec<_>>());
+            for (shard, part) in &parts {
+                proptest::prop_assert!(*shard < shards);
+                for &i in part {
+                    proptest::prop_assert_eq!(Slot::of_name(&names[i]).shard(shards), *shard);
+                }
+            }
+        }
+    }
+}
