@@ -74,6 +74,11 @@ const DRAIN: &str = "a host is fleet-wide but its instances are in every shard: 
                      0's holder, then every holder moves its own instances off it";
 const AGENT_ACTIONS: &str = "an agent's actions wait in the memory of the node that decided them: they must be \
                              queued in the store so an agent's poll of any node finds every holder's";
+const RESTORE: &str = "an archive's id carries its deleted service's slot, but it is restored into a service of a \
+                       new name, in that name's shard: as a fork, handed from one holder to the other";
+const AUDIT: &str = "the audit trail is in the shared store, but a team's token sees the entries of its team's \
+                     services, which are in every shard: the team's services must be read from every holder, or \
+                     the entries carry their team";
 const FEED: &str = "the maintenance calendar lists every service's window: merged from every holder as one \
                     calendar";
 
@@ -165,16 +170,16 @@ pub const TABLE: &[Placed] = &[
     placed("PUT", "/v1/services/{name}/maintenance-window", ServiceInPath),
     placed("PUT", "/v1/services/{name}/labels", ServiceInPath),
     placed("GET", "/v1/maintenance.ics", Across(FEED)),
-    // An archive's id carries its deleted service's slot; the service
-    // restored keeps its name, so its shard.
     placed("GET", "/v1/archives", FanOut),
-    placed("POST", "/v1/archives/{id}/restore", IdInPath("id")),
+    placed("POST", "/v1/archives/{id}/restore", Across(RESTORE)),
     placed("GET", "/v1/instances/{id}", IdInPath("id")),
     placed("POST", "/v1/heartbeats", Heartbeats),
     placed("POST", "/v1/chaos", Chaos),
-    placed("GET", "/v1/events", FanOut),
-    placed("GET", "/v1/actions", FanOut),
-    placed("GET", "/v1/audit", FanOut),
+    // Read from the store every node shares (see docs/architecture.md on
+    // `after_seq` with several writers).
+    placed("GET", "/v1/events", Here),
+    placed("GET", "/v1/actions", Here),
+    placed("GET", "/v1/audit", Across(AUDIT)),
     // The dashboard.
     placed("GET", "/ui/login", Here),
     placed("POST", "/ui/login", Here),
@@ -292,6 +297,27 @@ pub fn split_heartbeats(body: &[u8], shards: u16) -> Result<BTreeMap<u16, Vec<us
     Ok(parts)
 }
 
+/// One page of a list ordered by a key (services by name), merged from
+/// every holder's page: each holder answered the same `after` and `limit`
+/// over its own shards, with whether more followed there. The merged page
+/// is the first `limit` of them all in key order, and more follow when any
+/// holder had more or some were cut here: the page the whole fleet would
+/// give, so a client pages on by the last key as before.
+pub fn merge_pages<T, K: Ord>(parts: Vec<(Vec<T>, bool)>, limit: usize, key: impl Fn(&T) -> K) -> (Vec<T>, bool) {
+    let mut more = false;
+    let mut all = Vec::new();
+    for (items, more_there) in parts {
+        more |= more_there;
+        all.extend(items);
+    }
+    all.sort_by(|a, b| key(a).cmp(&key(b)));
+    if all.len() > limit {
+        all.truncate(limit);
+        more = true;
+    }
+    (all, more)
+}
+
 /// The path parameter `name` of `template` in `path`, percent-decoded as
 /// axum's `Path` decodes it.
 fn param(template: &str, path: &str, name: &str) -> Result<String, String> {
@@ -388,7 +414,44 @@ mod tests {
         }
     }
 
+    /// A page of `names` after `after`, as one engine gives it.
+    fn page(names: &[String], after: Option<&str>, limit: usize) -> (Vec<String>, bool) {
+        let mut rest: Vec<String> = names.iter().filter(|n| after.is_none_or(|a| n.as_str() > a)).cloned().collect();
+        rest.sort();
+        let more = rest.len() > limit;
+        rest.truncate(limit);
+        (rest, more)
+    }
+
     proptest::proptest! {
+        /// Paging through the merged pages of several holders gives every
+        /// service once, in order, as paging the whole fleet does.
+        #[test]
+        fn merged_pages_page_as_the_whole_fleet_does(
+            names in proptest::collection::btree_set("[a-z][a-z0-9-]{0,8}", 0..80),
+            shards in 1u16..9,
+            limit in 1usize..12,
+        ) {
+            let names: Vec<String> = names.into_iter().collect();
+            let held: Vec<Vec<String>> = (0..shards)
+                .map(|s| names.iter().filter(|n| Slot::of_name(n).shard(shards) == s).cloned().collect())
+                .collect();
+            let mut after: Option<String> = None;
+            let mut seen = Vec::new();
+            for _ in 0..=names.len() {
+                let parts = held.iter().map(|h| page(h, after.as_deref(), limit)).collect();
+                let (merged, more) = merge_pages(parts, limit, |n: &String| n.clone());
+                proptest::prop_assert_eq!((merged.clone(), more), page(&names, after.as_deref(), limit));
+                seen.extend(merged.iter().cloned());
+                if !more {
+                    break;
+                }
+                after = merged.last().cloned();
+            }
+            proptest::prop_assert_eq!(seen, names);
+        }
+
+
         /// A batch's split is a partition: every beat in exactly one part,
         /// in order, each in its instance's shard.
         #[test]
