@@ -310,7 +310,7 @@ pub fn merge_pages<T, K: Ord>(parts: Vec<(Vec<T>, bool)>, limit: usize, key: imp
         more |= more_there;
         all.extend(items);
     }
-    all.sort_by(|a, b| key(a).cmp(&key(b)));
+    all.sort_by_key(key);
     if all.len() > limit {
         all.truncate(limit);
         more = true;
