@@ -62,7 +62,7 @@ impl Engine {
         self.actions.insert(id, Box::new(OpenAction { record, remedy, budget_zone, durable }));
         let over_budget = budget_zone.is_some_and(|z| {
             let zs = &self.zone_state[usize::from(z)];
-            zs.running_budgeted >= self.config.zone_budget || !zs.waiting.is_empty()
+            zs.running_budgeted >= self.config.share.of_budget(self.config.zone_budget) || !zs.waiting.is_empty()
         });
         if over_budget {
             let z = budget_zone.unwrap_or_default();
@@ -233,7 +233,7 @@ impl Engine {
 
     pub(crate) fn start_waiting(&mut self, zone: u16, now: i64, out: &mut Outputs) {
         loop {
-            let budget = self.config.zone_budget;
+            let budget = self.config.share.of_budget(self.config.zone_budget);
             let zs = self.zone_mut(zone);
             if zs.running_budgeted >= budget {
                 return;

@@ -53,6 +53,13 @@ pub struct Config {
     pub brake_min_hosts: u32,
     /// Destructive actions running at once per zone.
     pub zone_budget: u32,
+    /// This engine's part of the fleet: the shards its node holds of all
+    /// (issue 16). The whole fleet on one node, as the server runs today.
+    /// A part places against its share of each host's room and runs its
+    /// share of each zone's budget, so the engines of several nodes,
+    /// each seeing only its own shards' instances, never fill the same
+    /// room twice (see [`Share`]).
+    pub share: Share,
     /// Default bound on a follower's lag for it to be promoted.
     pub max_failover_lag_bytes: u64,
     /// Base backups are taken this often per service (None: only on demand).
@@ -134,6 +141,7 @@ impl Default for Config {
             brake_min_instances: 5,
             brake_min_hosts: 2,
             zone_budget: 16,
+            share: Share::WHOLE,
             max_failover_lag_bytes: 16 * 1024 * 1024,
             // Heroku takes daily base backups and keeps WAL continuously.
             backup_interval: Some(Duration::from_secs(24 * 3600)),
@@ -155,6 +163,50 @@ impl Default for Config {
             backup_retention_full: 4,
             records: true,
         }
+    }
+}
+
+/// The part of the fleet one engine runs: `held` of `of` shards.
+///
+/// Each node's engine sees only the instances of the shards it holds, so
+/// it cannot see what the others put on a host. It places against
+/// `capacity * held / of` of each host (rounded down: the parts' rooms add
+/// up to at most the host's capacity, whichever shards they hold) and
+/// runs at most `zone_budget * held / of` destructive actions at once in
+/// a zone, but never fewer than one, so a part's repairs never stop: the
+/// parts together may then run one more per node than the budget. The
+/// price of a fixed share: a part whose shards hold more than their share
+/// of services finds a host full while the others still have room there
+/// (rebalancing by shard count does not follow load).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Share {
+    pub held: u16,
+    pub of: u16,
+}
+
+impl Share {
+    /// The whole fleet.
+    pub const WHOLE: Share = Share { held: 1, of: 1 };
+
+    /// `held` of `of` shards (`held` at most `of`, `of` at least one).
+    pub fn new(held: u16, of: u16) -> Share {
+        let of = of.max(1);
+        Share { held: held.min(of), of }
+    }
+
+    /// This part's room on a host of `capacity`.
+    pub fn of_capacity(self, capacity: u32) -> u32 {
+        let of = u64::from(self.of.max(1));
+        (u64::from(capacity) * u64::from(self.held.min(self.of)) / of) as u32
+    }
+
+    /// This part's share of a zone's budget of destructive actions: at
+    /// least one (none only when the budget is none).
+    pub fn of_budget(self, budget: u32) -> u32 {
+        if budget == 0 {
+            return 0;
+        }
+        self.of_capacity(budget).max(1)
     }
 }
 
@@ -489,5 +541,42 @@ impl Outputs {
         if other.reply.is_some() {
             self.reply = other.reply;
         }
+    }
+}
+
+#[cfg(test)]
+mod share_tests {
+    use super::Share;
+
+    proptest::proptest! {
+        /// Whichever shards the nodes hold, their rooms on a host add up to
+        /// at most its capacity, and the whole fleet's room is all of it;
+        /// each part's budget is at least one.
+        #[test]
+        fn parts_never_exceed_a_host_and_each_keeps_a_budget(
+            cuts in proptest::collection::vec(0u16..64, 0..8),
+            capacity in 0u32..2_000_000,
+            budget in 1u32..64,
+        ) {
+            let of: u16 = cuts.iter().sum::<u16>().max(1);
+            let total: u64 = cuts.iter().map(|&held| u64::from(Share::new(held, of).of_capacity(capacity))).sum();
+            proptest::prop_assert!(total <= u64::from(capacity));
+            proptest::prop_assert_eq!(Share::WHOLE.of_capacity(capacity), capacity);
+            proptest::prop_assert_eq!(Share::new(of, of).of_capacity(capacity), capacity);
+            for &held in &cuts {
+                let part = Share::new(held, of).of_budget(budget);
+                proptest::prop_assert!(part >= 1 && part <= budget);
+            }
+        }
+    }
+
+    #[test]
+    fn a_share_is_clamped_and_no_budget_stays_none() {
+        assert_eq!(Share::new(9, 4), Share { held: 4, of: 4 });
+        assert_eq!(Share::new(1, 0), Share { held: 1, of: 1 });
+        assert_eq!(Share::new(1, 3).of_budget(0), 0);
+        assert_eq!(Share::new(1, 3).of_budget(16), 5);
+        assert_eq!(Share::new(1, 100).of_budget(16), 1);
+        assert_eq!(Share::new(1, 3).of_capacity(u32::MAX), u32::MAX / 3);
     }
 }

@@ -55,7 +55,7 @@ pub mod upgrades;
 mod views;
 mod zone_lease;
 
-pub use api::{Command, CommandError, Config, Dispatch, HeartbeatReceipt, Input, Outputs, Reply};
+pub use api::{Command, CommandError, Config, Dispatch, HeartbeatReceipt, Input, Outputs, Reply, Share};
 pub use hosts::HostedService;
 pub use rollouts::{GateWatch, ScheduledMove};
 pub use views::ImageUsage;

@@ -118,7 +118,8 @@ impl Engine {
             .map(|h| Candidate {
                 zone: h.zone,
                 state: h.rec.state,
-                capacity: h.rec.capacity,
+                // This engine's part of the host (`Share`).
+                capacity: self.config.share.of_capacity(h.rec.capacity),
                 used: h.used,
                 builtin: h.rec.builtin,
             })

@@ -5,7 +5,7 @@
 
 mod common;
 use common::*;
-use drover_engine::{Command, CommandError, Input, Reply};
+use drover_engine::{Command, CommandError, Config, Input, Reply, Share};
 use drover_model::*;
 use std::time::Duration;
 
@@ -313,4 +313,51 @@ fn a_new_service_goes_whole_to_agent_hosts_or_whole_to_the_builtin_host() {
     h.create("pair2", 1);
     let placed = hosts_of(&h, "pair2");
     assert!(placed.iter().all(|(_, _, host)| host != "cp"), "two agent hosts hold a pair: {placed:?}");
+}
+
+/// Issue 16: the engines of several nodes each see only their own shards'
+/// instances; each places against its share of a host's room, so together
+/// they never put more on a host than it holds, and each gets its part.
+#[test]
+fn engines_of_several_shards_share_a_host_s_room_and_never_overfill_it() {
+    let hosts = [("h1", "zone-a"), ("h2", "zone-b"), ("h3", "zone-c")];
+    // Three nodes holding 5, 4 and 3 of 12 shards; hosts of room 7.
+    let parts = [Share::new(5, 12), Share::new(4, 12), Share::new(3, 12)];
+    let mut used = std::collections::BTreeMap::<String, u32>::new();
+    for (p, share) in parts.iter().enumerate() {
+        let mut h = H::new(Config { share: *share, ..fast_config() });
+        for (name, zone) in hosts {
+            register(&mut h, name, zone, 7);
+        }
+        let mut placed = 0;
+        for n in 0.. {
+            let req = request(&format!("p{p}-db{n}"), EngineKind::Postgres, 0);
+            match h.command(Command::CreateService(req)) {
+                Ok(_) => placed += 1,
+                Err(CommandError::Conflict(m)) => {
+                    assert!(m.contains("no room"), "{m}");
+                    break;
+                }
+                Err(e) => panic!("{e:?}"),
+            }
+        }
+        // Its part of each host: 7 * 5 / 12 = 2, 7 * 4 / 12 = 2, 7 * 3 / 12 = 1.
+        let room = share.of_capacity(7);
+        assert_eq!(placed, 3 * room, "part {p} ({share:?}) fills its part of the three hosts");
+        for v in h.e.host_views() {
+            assert!(v.instances <= room, "part {p} put {} on {} (its part: {room})", v.instances, v.name);
+            *used.entry(v.name).or_default() += v.instances;
+        }
+    }
+    for (host, n) in &used {
+        assert!(*n <= 7, "{host} holds {n} of its 7");
+    }
+    assert_eq!(used.values().sum::<u32>(), 3 * (2 + 2 + 1));
+    // The whole fleet on one node places as before: the host's whole room.
+    let mut whole = H::new(fast_config());
+    register(&mut whole, "h1", "zone-a", 7);
+    for n in 0..7 {
+        whole.create(&format!("db{n}"), 0);
+    }
+    assert!(whole.command(Command::CreateService(request("db7", EngineKind::Postgres, 0))).is_err());
 }
