@@ -21,7 +21,8 @@
 
 use drover_model::{InstanceId, Slot};
 use serde::Deserialize;
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, HashMap};
+use std::sync::OnceLock;
 
 /// How a route finds the node that answers it.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -230,22 +231,46 @@ pub enum Target {
     Across(&'static str),
 }
 
-/// Where a request to the route `template` (as axum matched it) at `path`
-/// with `body` goes on a fleet of `shards` shards. `Err` is the client's
-/// mistake, as the handler would name it (answered 4xx, nothing sent on).
-pub fn target(method: &str, template: &str, path: &str, body: &[u8], shards: u16) -> Result<Target, String> {
-    let Some(rule) = lookup(method, template) else {
-        return Err(format!("no route for {method} {template}"));
+/// The table's templates by method, matched as axum's router matches them
+/// (the same crate, as `deferred` does for the permission table): the
+/// forwarder runs before axum routes a request.
+fn routes() -> &'static HashMap<&'static str, matchit::Router<Rule>> {
+    static ROUTES: OnceLock<HashMap<&'static str, matchit::Router<Rule>>> = OnceLock::new();
+    ROUTES.get_or_init(|| {
+        let mut by_method: HashMap<&'static str, matchit::Router<Rule>> = HashMap::new();
+        for p in TABLE {
+            // The table's templates are unique (its test), so insert cannot conflict.
+            let _ = by_method.entry(p.method).or_default().insert(p.path, p.rule);
+        }
+        by_method
+    })
+}
+
+/// Where a request at `path` with `body` goes on a fleet of `shards`
+/// shards. `Err` is the client's mistake, as the handler would name it
+/// (answered 4xx, nothing sent on).
+pub fn target(method: &str, path: &str, body: &[u8], shards: u16) -> Result<Target, String> {
+    let method = if method == "HEAD" { "GET" } else { method };
+    let matched =
+        routes().get(method).and_then(|r| r.at(path).ok()).ok_or_else(|| format!("no route for {method} {path}"))?;
+    // A path parameter, percent-decoded as axum's `Path` decodes it.
+    let param = |name: &str| -> Result<String, String> {
+        let raw = matched.params.get(name).ok_or_else(|| format!("{path} has no {name}"))?;
+        percent_encoding::percent_decode_str(raw)
+            .decode_utf8()
+            .map(|s| s.into_owned())
+            .map_err(|_| format!("the {name} in {path} is not UTF-8 once decoded"))
     };
+    let rule = *matched.value;
     let shard = |slot: Slot| Target::Shard(slot.shard(shards));
     Ok(match rule {
         Here => Target::Here,
         Fleet => Target::Fleet,
         FanOut => Target::Every,
         Across(why) => Target::Across(why),
-        ServiceInPath => shard(Slot::of_name(&param(template, path, "name")?)),
+        ServiceInPath => shard(Slot::of_name(&param("name")?)),
         IdInPath(name) => {
-            let text = param(template, path, name)?;
+            let text = param(name)?;
             let id = uuid::Uuid::parse_str(&text).map_err(|e| format!("{name} {text:?} is not an id: {e}"))?;
             shard(Slot::of_uuid(&id))
         }
@@ -318,18 +343,6 @@ pub fn merge_pages<T, K: Ord>(parts: Vec<(Vec<T>, bool)>, limit: usize, key: imp
     (all, more)
 }
 
-/// The path parameter `name` of `template` in `path`, percent-decoded as
-/// axum's `Path` decodes it.
-fn param(template: &str, path: &str, name: &str) -> Result<String, String> {
-    let wanted = format!("{{{name}}}");
-    let at = template.split('/').position(|s| s == wanted).ok_or_else(|| format!("{template} has no {wanted}"))?;
-    let raw = path.split('/').nth(at).filter(|s| !s.is_empty()).ok_or_else(|| format!("{path} has no {name}"))?;
-    percent_encoding::percent_decode_str(raw)
-        .decode_utf8()
-        .map(|s| s.into_owned())
-        .map_err(|_| format!("the {name} in {path} is not UTF-8 once decoded"))
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -357,24 +370,18 @@ mod tests {
     #[test]
     fn a_service_goes_to_its_name_s_shard_by_path_or_body() {
         // Redis Cluster's examples: "foo" is slot 12182, "bar" 5061.
-        let t = |m, tpl, path, body: &str| target(m, tpl, path, body.as_bytes(), 12);
-        assert_eq!(t("GET", "/v1/services/{name}", "/v1/services/foo", ""), Ok(Target::Shard(12182 % 12)));
-        assert_eq!(
-            t("POST", "/v1/services", "/v1/services", r#"{"name":"bar","engine":"postgres"}"#),
-            Ok(Target::Shard(5061 % 12))
-        );
+        let t = |m, path, body: &str| target(m, path, body.as_bytes(), 12);
+        assert_eq!(t("GET", "/v1/services/foo", ""), Ok(Target::Shard(12182 % 12)));
+        assert_eq!(t("POST", "/v1/services", r#"{"name":"bar","engine":"postgres"}"#), Ok(Target::Shard(5061 % 12)));
         // Decoded as axum decodes it: %66oo is foo.
-        assert_eq!(t("DELETE", "/v1/services/{name}", "/v1/services/%66oo", ""), Ok(Target::Shard(12182 % 12)));
-        assert_eq!(
-            t("DELETE", "/v1/services/{name}/followers/{instance}", "/v1/services/bar/followers/x", ""),
-            Ok(Target::Shard(5061 % 12))
-        );
+        assert_eq!(t("DELETE", "/v1/services/%66oo", ""), Ok(Target::Shard(12182 % 12)));
+        assert_eq!(t("DELETE", "/v1/services/bar/followers/x", ""), Ok(Target::Shard(5061 % 12)));
         // One shard: everything that is not answered here goes to its holder.
-        assert_eq!(target("GET", "/v1/services/{name}", "/v1/services/foo", b"", 1), Ok(Target::Shard(0)));
-        assert_eq!(t("HEAD", "/v1/services", "/v1/services", ""), Ok(Target::Every));
-        assert_eq!(t("GET", "/v1/images", "/v1/images", ""), Ok(Target::Fleet));
-        assert_eq!(t("GET", "/healthz", "/healthz", ""), Ok(Target::Here));
-        assert!(matches!(t("POST", "/v1/services/{name}/fork", "/v1/services/foo/fork", ""), Ok(Target::Across(_))));
+        assert_eq!(target("GET", "/v1/services/foo", b"", 1), Ok(Target::Shard(0)));
+        assert_eq!(t("HEAD", "/v1/services", ""), Ok(Target::Every));
+        assert_eq!(t("GET", "/v1/images", ""), Ok(Target::Fleet));
+        assert_eq!(t("GET", "/healthz", ""), Ok(Target::Here));
+        assert!(matches!(t("POST", "/v1/services/foo/fork", ""), Ok(Target::Across(_))));
     }
 
     #[test]
@@ -382,34 +389,31 @@ mod tests {
         let slot = Slot::of_name("orders");
         let instance = InstanceId::new_at(1_700_000_000_000_000, 42).in_slot(slot);
         let path = format!("/v1/instances/{instance}");
-        assert_eq!(target("GET", "/v1/instances/{id}", &path, b"", 16), Ok(Target::Shard(slot.shard(16))));
+        assert_eq!(target("GET", &path, b"", 16), Ok(Target::Shard(slot.shard(16))));
         let chaos = format!(r#"{{"instance":"{instance}","fault":"crash"}}"#);
-        assert_eq!(target("POST", "/v1/chaos", "/v1/chaos", chaos.as_bytes(), 16), Ok(Target::Shard(slot.shard(16))));
+        assert_eq!(target("POST", "/v1/chaos", chaos.as_bytes(), 16), Ok(Target::Shard(slot.shard(16))));
         let host = br#"{"host":"h1","fault":"crash"}"#;
-        assert_eq!(target("POST", "/v1/chaos", "/v1/chaos", host, 16), Ok(Target::Every));
+        assert_eq!(target("POST", "/v1/chaos", host, 16), Ok(Target::Every));
         let result = format!("/v1/hosts/h1/actions/{instance}/result");
-        assert_eq!(
-            target("POST", "/v1/hosts/{name}/actions/{id}/result", &result, b"", 16),
-            Ok(Target::Shard(slot.shard(16)))
-        );
+        assert_eq!(target("POST", &result, b"", 16), Ok(Target::Shard(slot.shard(16))));
     }
 
     #[test]
     fn bad_requests_are_named_not_routed() {
-        let cases: &[(&str, &str, &str, &[u8])] = &[
-            ("GET", "/v1/instances/{id}", "/v1/instances/nope", b""),
-            ("GET", "/v1/instances/{id}", "/v1/instances/", b""),
-            ("POST", "/v1/services", "/v1/services", b"{"),
-            ("POST", "/v1/services", "/v1/services", br#"{"name":7}"#),
-            ("POST", "/v1/chaos", "/v1/chaos", br#"{"fault":"crash"}"#),
-            ("POST", "/v1/chaos", "/v1/chaos", br#"{"instance":"x","fault":"crash"}"#),
-            ("POST", "/v1/heartbeats", "/v1/heartbeats", br#"{"beats":[1]}"#),
-            ("POST", "/v1/heartbeats", "/v1/heartbeats", br#"{"beats":[{"instance":"x","seq":1}]}"#),
-            ("GET", "/v1/services/{name}", "/v1/services/%ff", b""),
-            ("PUT", "/v1/services", "/v1/services", b""),
+        let cases: &[(&str, &str, &[u8])] = &[
+            ("GET", "/v1/instances/nope", b""),
+            ("GET", "/v1/instances/", b""),
+            ("POST", "/v1/services", b"{"),
+            ("POST", "/v1/services", br#"{"name":7}"#),
+            ("POST", "/v1/chaos", br#"{"fault":"crash"}"#),
+            ("POST", "/v1/chaos", br#"{"instance":"x","fault":"crash"}"#),
+            ("POST", "/v1/heartbeats", br#"{"beats":[1]}"#),
+            ("POST", "/v1/heartbeats", br#"{"beats":[{"instance":"x","seq":1}]}"#),
+            ("GET", "/v1/services/%ff", b""),
+            ("PUT", "/v1/services", b""),
         ];
-        for (method, template, path, body) in cases {
-            let err = target(method, template, path, body, 8).unwrap_err();
+        for (method, path, body) in cases {
+            let err = target(method, path, body, 8).unwrap_err();
             assert!(!err.is_empty(), "{method} {path}");
         }
     }
@@ -467,7 +471,7 @@ mod tests {
             let beats: Vec<serde_json::Value> =
                 ids.iter().map(|id| serde_json::json!({"instance": id, "seq": 1, "facts": {}})).collect();
             let body = serde_json::to_vec(&serde_json::json!({"beats": beats, "lease_ms": 5000})).unwrap();
-            let Ok(Target::Split(parts)) = target("POST", "/v1/heartbeats", "/v1/heartbeats", &body, shards) else {
+            let Ok(Target::Split(parts)) = target("POST", "/v1/heartbeats", &body, shards) else {
                 panic!("not split");
             };
             let mut seen: Vec<usize> = parts.values().flatten().copied().collect();
