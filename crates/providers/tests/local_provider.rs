@@ -572,11 +572,12 @@ async fn a_dead_sync_follower_does_not_block_writes_and_restart_brings_it_back_s
     }
 }
 
-/// Backup and VerifyRestore actions run pgBackRest against the service's
-/// primary; a restore test passes on a good backup, and the service's checks
-/// see the real server.
+/// A new primary's WAL is archived from the start, before any backup (the
+/// stanza is made at provision); Backup and VerifyRestore actions run
+/// pgBackRest against the service's primary; a restore test passes on a
+/// good backup, and the service's checks see the real server.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn backup_then_restore_test_through_the_provider_and_real_checks() {
+async fn wal_is_archived_from_provision_then_backup_and_restore_test_through_the_provider_and_real_checks() {
     let dir = temp_dir();
     let run_as = drover_providers::runas::RunAs::for_servers().unwrap();
     let repo = drover_providers::pgbackrest::BackupRepo::open(&dir.path().join("bk"), run_as).unwrap();
@@ -586,6 +587,24 @@ async fn backup_then_restore_test_through_the_provider_and_real_checks() {
     h.ok(primary, h.provision_kind(Role::Primary)).await;
     let client = through_router(&h.url()).await.expect("connect through the router");
     client.batch_execute("CREATE TABLE items (id int PRIMARY KEY); INSERT INTO items VALUES (1), (2)").await.unwrap();
+    // No backup yet: the archiver delivers WAL (stanza-create ran at provision).
+    let direct = h.direct(primary).await;
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(60);
+    loop {
+        let row = direct
+            .query_one("SELECT archived_count, failed_count FROM pg_stat_archiver", &[])
+            .await
+            .expect("pg_stat_archiver");
+        let (done, failed) = (row.get::<_, i64>(0), row.get::<_, i64>(1));
+        if done > 0 {
+            break;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "no WAL segment archived within 60 s of provision ({failed} attempts failed): the stanza waits for the first backup"
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(200)).await;
+    }
     match h.run(primary, ActionKind::Backup).await {
         ActionOutcome::Succeeded { detail } => assert!(detail.unwrap_or_default().contains("bytes")),
         failed => panic!("backup failed: {failed:?}"),

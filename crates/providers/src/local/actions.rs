@@ -255,6 +255,11 @@ impl Inner {
                 let _held = service_guard.lock().await;
                 self.ensure_router(service_id).await?;
                 self.resume_router(service_id).await;
+                // Its WAL is archived from now on, not from its first
+                // backup (scheduled 10 minutes to an hour later): without
+                // the stanza, archive-push is refused and the service's
+                // first minutes have no point-in-time recovery.
+                self.stanza_in_background(&entry, "the backup stanza is ready: WAL is archived from the start");
             }
             Role::Follower => {
                 if sync {
@@ -814,6 +819,8 @@ impl Inner {
         }
         let target = self.pg_target(&entry);
         let stanza = entry.service_name.clone();
+        let stanza_lock = self.stanza_lock(&stanza);
+        let _held = stanza_lock.lock().await;
         repo.ensure_stanza(&stanza, &target).await.map_err(backup_error)?;
         let info = repo.backup(&stanza, &target, crate::pgbackrest::BackupKind::Full).await.map_err(backup_error)?;
         Ok(Some(drover_model::backup_detail(&info.label, info.size_bytes)))
@@ -1036,27 +1043,30 @@ impl Inner {
             }
         }
         if major_moved {
-            self.follow_major_in_background(entry);
+            self.stanza_in_background(entry, "the backup stanza follows the new primary's major");
         }
         Ok(Some(if was_follower { "promoted; router switched" } else { "already primary; router switched" }.into()))
     }
 
-    /// After the cut-over of an upgrade (or its rollback) the service's
-    /// pgBackRest stanza is moved onto the new primary's major
-    /// (`stanza-upgrade`), so that its WAL is archived from now on instead
-    /// of at its first backup; `pgbackrest check` then switches WAL, which
-    /// wakes PostgreSQL's archiver at once (it retries a refused segment
-    /// only every minute otherwise). In the background: it is not part of making
-    /// the primary writable, and its failure harms nothing the next backup
-    /// (which does the same first) does not repair; it is logged.
-    fn follow_major_in_background(&self, entry: &InstanceEntry) {
+    /// Makes the service's pgBackRest stanza accept `entry`'s WAL: created
+    /// for a new primary, moved onto the new primary's major after the
+    /// cut-over of an upgrade or its rollback (`stanza-upgrade`), so that
+    /// WAL is archived from now on instead of from the next backup;
+    /// `pgbackrest check` then switches WAL, which wakes PostgreSQL's
+    /// archiver at once (it retries a refused segment only every minute
+    /// otherwise). In the background: it is not part of making the primary
+    /// writable, and its failure harms nothing the next backup (which does
+    /// the same first) does not repair; it is logged.
+    fn stanza_in_background(&self, entry: &InstanceEntry, done: &'static str) {
         let Some(repo) = self.config.backups.clone() else { return };
         let target = self.pg_target(entry);
         let stanza = entry.service_name.clone();
+        let stanza_lock = self.stanza_lock(&stanza);
         tokio::spawn(async move {
+            let _held = stanza_lock.lock().await;
             match repo.ensure_stanza(&stanza, &target).await {
-                Ok(()) => tracing::info!(stanza, "the backup stanza follows the new primary's major"),
-                Err(error) => tracing::warn!(stanza, %error, "cannot move the backup stanza onto the new major"),
+                Ok(()) => tracing::info!(stanza, "{done}"),
+                Err(error) => tracing::warn!(stanza, %error, "cannot make the backup stanza accept the primary's WAL"),
             }
         });
     }

@@ -225,6 +225,11 @@ struct Inner {
     instance_locks: Mutex<HashMap<InstanceId, Arc<tokio::sync::Mutex<()>>>>,
     /// Router and synchronous-replication changes of one service, one at a time.
     service_locks: Mutex<HashMap<ServiceId, Arc<tokio::sync::Mutex<()>>>>,
+    /// One pgBackRest stanza command at a time per stanza (`stanza-create`
+    /// takes the stanza's lock and refuses a second one rather than wait):
+    /// the stanza made in the background at provision and a backup soon
+    /// after must not fail one another.
+    stanza_locks: Mutex<HashMap<String, Arc<tokio::sync::Mutex<()>>>>,
     sink: Mutex<Option<mpsc::Sender<ProviderEvent>>>,
     /// Servers that should have been running at open but were not, with
     /// what was found; reported as gone when the sink is set.
@@ -345,6 +350,7 @@ impl LocalProvider {
             routers,
             instance_locks: Mutex::new(HashMap::new()),
             service_locks: Mutex::new(HashMap::new()),
+            stanza_locks: Mutex::new(HashMap::new()),
             sink: Mutex::new(None),
             missing_at_open: Mutex::new(Vec::new()),
             closed,
@@ -524,6 +530,10 @@ impl Inner {
 
     fn service_lock(&self, id: ServiceId) -> Arc<tokio::sync::Mutex<()>> {
         lock(&self.service_locks).entry(id).or_default().clone()
+    }
+
+    fn stanza_lock(&self, stanza: &str) -> Arc<tokio::sync::Mutex<()>> {
+        lock(&self.stanza_locks).entry(stanza.to_string()).or_default().clone()
     }
 
     fn next_seq(&self) -> u64 {
