@@ -13,6 +13,7 @@
 use crate::error::ApiError;
 use drover_model::Timestamp;
 use std::future::Future;
+use std::sync::{Arc, PoisonError, RwLock};
 use std::time::Duration;
 use tokio::sync::{mpsc, oneshot, watch};
 
@@ -70,22 +71,45 @@ pub enum Msg<M: Machine> {
     Query(Query<M>),
 }
 
-/// How handlers reach an actor.
+/// How handlers reach an actor. Every clone reaches the same actor, and
+/// all of them the next one after [`Handle::redirect`]: a node that hands
+/// its engine over (another set of shards, issue 16) swaps the actor behind
+/// the handles the dispatcher, the HTTP layer and the feeds keep.
 pub struct Handle<M: Machine> {
-    pub(crate) tx: mpsc::Sender<Msg<M>>,
+    tx: Arc<RwLock<mpsc::Sender<Msg<M>>>>,
 }
 
 impl<M: Machine> Clone for Handle<M> {
     fn clone(&self) -> Self {
-        Handle { tx: self.tx.clone() }
+        Handle { tx: Arc::clone(&self.tx) }
     }
 }
 
 impl<M: Machine> Handle<M> {
+    /// The channel of the actor this handle reaches now.
+    pub(crate) fn sender(&self) -> mpsc::Sender<Msg<M>> {
+        self.tx.read().unwrap_or_else(PoisonError::into_inner).clone()
+    }
+
+    /// Sends every later message to a new channel, whose receiver is
+    /// returned for the next actor; the current actor still gets what was
+    /// sent before (or is being sent now), and its loop ends once it has
+    /// handled all of it (its channel closes with its last sender). So a
+    /// hand-over loses no input and keeps each caller's order: start the
+    /// next actor once the current one has ended (with the machine it
+    /// hands back, [`Actor::run_to_end`]) and on this receiver. Until then,
+    /// callers wait in the new channel (and past its capacity, in `send`).
+    pub fn redirect(&self, limits: Limits) -> mpsc::Receiver<Msg<M>> {
+        let (tx, rx) = mpsc::channel(limits.queue_capacity);
+        // The old sender drops here, outside the lock's scope of any sender.
+        let _old = std::mem::replace(&mut *self.tx.write().unwrap_or_else(PoisonError::into_inner), tx);
+        rx
+    }
+
     /// Steps `input` and waits until what it decided is durable.
     pub async fn call(&self, input: M::Input) -> Result<M::Reply, ApiError> {
         let (reply, rx) = oneshot::channel();
-        self.tx
+        self.sender()
             .send(Msg::Input { input, reply: Some(reply) })
             .await
             .map_err(|_| ApiError::unavailable(format!("the {} is shutting down", M::NAME)))?;
@@ -102,7 +126,7 @@ impl<M: Machine> Handle<M> {
         let query: Query<M> = Box::new(move |view: &M::View| {
             let _ = tx.send(f(view));
         });
-        self.tx
+        self.sender()
             .send(Msg::Query(query))
             .await
             .map_err(|_| ApiError::unavailable(format!("the {} is shutting down", M::NAME)))?;
@@ -112,7 +136,7 @@ impl<M: Machine> Handle<M> {
     /// Queues an input without waiting for its outcome. False once the actor
     /// has stopped.
     pub async fn send(&self, input: M::Input) -> bool {
-        self.tx.send(Msg::Input { input, reply: None }).await.is_ok()
+        self.sender().send(Msg::Input { input, reply: None }).await.is_ok()
     }
 }
 
@@ -131,7 +155,7 @@ pub struct Limits {
 /// Creates the channel in front of an actor.
 pub fn channel<M: Machine>(limits: Limits) -> (Handle<M>, mpsc::Receiver<Msg<M>>) {
     let (tx, rx) = mpsc::channel(limits.queue_capacity);
-    (Handle { tx }, rx)
+    (Handle { tx: Arc::new(RwLock::new(tx)) }, rx)
 }
 
 pub struct Actor<M: Machine> {
@@ -142,7 +166,14 @@ pub struct Actor<M: Machine> {
 }
 
 impl<M: Machine> Actor<M> {
-    pub async fn run(mut self) {
+    pub async fn run(self) {
+        let _ = self.run_to_end().await;
+    }
+
+    /// Runs until shut down or until its channel closed and was drained
+    /// (every handle [`Handle::redirect`]ed or dropped), and hands the
+    /// machine back, every batch committed.
+    pub async fn run_to_end(mut self) -> M {
         let mut batch: Vec<Msg<M>> = Vec::with_capacity(self.limits.max_batch);
         loop {
             let wait = self.wait_for_deadline();
@@ -162,6 +193,7 @@ impl<M: Machine> Actor<M> {
             }
         }
         tracing::info!(actor = M::NAME, "actor stopped");
+        self.machine
     }
 
     fn wait_for_deadline(&self) -> Duration {
@@ -229,5 +261,140 @@ impl<M: Machine> Actor<M> {
         for query in deferred {
             query(self.machine.view());
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::collections::BTreeMap;
+
+    /// Counts inputs and notes which machine (its generation) stepped each.
+    struct Counter {
+        generation: u32,
+        count: u64,
+        stepped: Vec<(u32, u64)>,
+        commits: u64,
+    }
+
+    impl Machine for Counter {
+        type Input = (u32, u64);
+        type Reply = (u32, u64);
+        type Outputs = ();
+        type View = u64;
+        const NAME: &'static str = "counter";
+
+        fn view(&self) -> &u64 {
+            &self.count
+        }
+        fn next_deadline(&self) -> Option<Timestamp> {
+            None
+        }
+        fn tick(&mut self, _now: Timestamp, _out: &mut ()) {}
+        fn step(
+            &mut self,
+            (caller, n): (u32, u64),
+            _now: Timestamp,
+            _out: &mut (),
+        ) -> Option<Result<(u32, u64), ApiError>> {
+            self.count += 1;
+            self.stepped.push((caller, n));
+            Some(Ok((self.generation, self.count)))
+        }
+        async fn commit(&mut self, _out: (), _batch_size: usize) -> Result<(), String> {
+            // A commit that takes time, so a hand-over meets queued inputs.
+            tokio::task::yield_now().await;
+            self.commits += 1;
+            Ok(())
+        }
+    }
+
+    const SMALL: Limits = Limits { max_batch: 8, queue_capacity: 4 };
+
+    /// Callers keep calling through clones of one handle while the actor
+    /// behind it is handed over to a machine built from the old one: every
+    /// call is answered, every input is stepped exactly once by one of the
+    /// two, each caller's inputs in order, and once the new machine answered
+    /// a caller the old one never does again.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_hand_over_behind_the_handle_loses_no_input_and_keeps_each_caller_s_order() {
+        let mut split = 0;
+        for round in 0..20u64 {
+            let (handle, inbox) = channel::<Counter>(SMALL);
+            let (_stop, shutdown) = watch::channel(false);
+            let first = Counter { generation: 1, count: 0, stepped: Vec::new(), commits: 0 };
+            let old =
+                tokio::spawn(Actor { machine: first, inbox, shutdown: shutdown.clone(), limits: SMALL }.run_to_end());
+            const CALLERS: u32 = 4;
+            const CALLS: u64 = 300;
+            let callers: Vec<_> = (0..CALLERS)
+                .map(|caller| {
+                    let handle = handle.clone();
+                    tokio::spawn(async move {
+                        let mut answers = Vec::new();
+                        for n in 0..CALLS {
+                            answers.push(handle.call((caller, n)).await.expect("every call is answered"));
+                        }
+                        answers
+                    })
+                })
+                .collect();
+            // Somewhere in the middle of the calls.
+            let midway = 100 + round * 40;
+            while handle.query(|count| *count).await.unwrap() < midway {
+                tokio::task::yield_now().await;
+            }
+            let inbox = handle.redirect(SMALL);
+            let old = old.await.expect("the old actor ends once its channel is drained");
+            let handed = old.count;
+            let second = Counter { generation: 2, count: old.count, stepped: Vec::new(), commits: 0 };
+            let new =
+                tokio::spawn(Actor { machine: second, inbox, shutdown: shutdown.clone(), limits: SMALL }.run_to_end());
+            let mut answered = BTreeMap::new();
+            for (caller, task) in callers.into_iter().enumerate() {
+                answered.insert(caller as u32, task.await.unwrap());
+            }
+            drop(handle);
+            let new = new.await.unwrap();
+            assert_eq!(new.count, u64::from(CALLERS) * CALLS, "round {round}: every input stepped once in all");
+            assert_eq!(old.stepped.len() as u64 + new.stepped.len() as u64, new.count, "round {round}");
+            for caller in 0..CALLERS {
+                let mine: Vec<u64> =
+                    old.stepped.iter().chain(&new.stepped).filter(|(c, _)| *c == caller).map(|(_, n)| *n).collect();
+                assert_eq!(
+                    mine,
+                    (0..CALLS).collect::<Vec<_>>(),
+                    "round {round}: caller {caller}'s inputs once, in order"
+                );
+                let generations: Vec<u32> = answered[&caller].iter().map(|(g, _)| *g).collect();
+                assert!(generations.windows(2).all(|w| w[0] <= w[1]), "round {round}: an old answer after a new one");
+            }
+            let counts: Vec<u64> = answered.values().flatten().map(|(_, c)| *c).collect();
+            let mut sorted = counts.clone();
+            sorted.sort_unstable();
+            sorted.dedup();
+            assert_eq!(sorted.len(), counts.len(), "round {round}: no count answered twice");
+            assert!(handed <= new.count && old.commits > 0, "round {round}");
+            split += usize::from(!old.stepped.is_empty() && !new.stepped.is_empty());
+        }
+        assert!(split >= 10, "the hand-over fell in the middle of the calls in only {split} of 20 rounds");
+    }
+
+    #[tokio::test]
+    async fn a_redirected_handle_whose_next_actor_never_starts_makes_its_callers_wait_not_fail() {
+        let (handle, inbox) = channel::<Counter>(SMALL);
+        let (_stop, shutdown) = watch::channel(false);
+        let first = Counter { generation: 1, count: 0, stepped: Vec::new(), commits: 0 };
+        let old = tokio::spawn(Actor { machine: first, inbox, shutdown, limits: SMALL }.run_to_end());
+        assert_eq!(handle.call((0, 0)).await.unwrap(), (1, 1));
+        let inbox = handle.redirect(SMALL);
+        assert_eq!(old.await.unwrap().count, 1);
+        let waiting = handle.clone();
+        let call = tokio::spawn(async move { waiting.call((0, 1)).await });
+        tokio::time::sleep(Duration::from_millis(50)).await;
+        assert!(!call.is_finished(), "a call made during the hand-over waits for the next actor");
+        drop(inbox);
+        let err = call.await.unwrap().expect_err("its channel closed with the receiver");
+        assert!(format!("{err:?}").contains("counter"), "{err:?}");
     }
 }

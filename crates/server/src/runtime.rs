@@ -713,11 +713,11 @@ mod tests {
         // Current-thread runtime: the actor cannot run before we yield, so
         // both messages land in one batch, the command first.
         let (reply, replied) = oneshot::channel();
-        handle.tx.try_send(Msg::Input { input: create("db1"), reply: Some(reply) }).ok().unwrap();
+        handle.sender().try_send(Msg::Input { input: create("db1"), reply: Some(reply) }).ok().unwrap();
         let (seen, saw) = oneshot::channel();
         let commits_before_query = store.clone();
         handle
-            .tx
+            .sender()
             .try_send(Msg::Query(Box::new(move |e: &Engine| {
                 let _ =
                     seen.send((e.service_view("db1").is_some(), commits_before_query.commits.load(Ordering::SeqCst)));
