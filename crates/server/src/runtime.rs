@@ -492,6 +492,93 @@ impl EngineMachine {
     }
 }
 
+/// What the engine of another part of the fleet starts from (a hand-over,
+/// [`hand_over_engine`]): read from the store after the running engine's
+/// last commit.
+pub struct Reload {
+    /// The shards now held: their services, instances, actions and
+    /// archives, and the fleet-wide records (`PgStore::load_shards`).
+    pub snapshot: drover_model::Snapshot,
+    /// Which part of the fleet that is (`held` of all shards).
+    pub share: drover_engine::Share,
+    /// The freezes of automation made by hand (the break-glass store's):
+    /// engine memory only, applied again before the new engine's first
+    /// tick, as at start-up.
+    pub freezes: Vec<String>,
+}
+
+impl EngineMachine {
+    /// The same shell (store, dispatcher, pager wake-up, input log) around a
+    /// new engine restored from `reload` at `now`: the old engine's
+    /// configuration with the new share. Returns what the restore and the
+    /// freezes decided, to commit before the new engine runs, and the
+    /// running actions to dispatch again after that commit (the agents and
+    /// providers answer a repeated action from their own record).
+    pub fn reload(mut self, reload: Reload, seed: u64, now: Timestamp) -> (Self, Changes, Vec<Dispatch>) {
+        let Reload { snapshot, share, freezes } = reload;
+        let mut config = self.engine.config().clone();
+        config.share = share;
+        let (engine, restored) = Engine::restore(config, seed, snapshot, now);
+        self.engine = engine;
+        self.log_start(now, seed);
+        let (mut changes, mut dispatch) = (restored.changes, restored.dispatch);
+        for scope in freezes {
+            let command = drover_engine::Command::FreezeAutomation { scope: scope.clone() };
+            let out = self.step_logged(Input::Command { actor: "drover".into(), role: None, command }, now);
+            if let Some(Err(error)) = &out.reply {
+                tracing::error!(scope, %error, "a freeze of automation could not be applied again");
+            }
+            changes.extend(out.changes);
+            dispatch.extend(out.dispatch);
+        }
+        (self, changes, dispatch)
+    }
+}
+
+/// Hands the engine behind `handle` (its actor `running`) over to an engine
+/// of another part of the fleet (issue 16: the shards a node holds
+/// changed). Every input sent before is stepped and committed by the
+/// running engine; every input sent from now on waits for the new one,
+/// whose part is read by `load` only after that last commit, so it starts
+/// from all of it. The new engine's restore is committed before its actor
+/// starts and its running actions are dispatched after that commit, as at
+/// start-up. On an error the handle's callers are answered 503 until the
+/// next hand-over.
+pub async fn hand_over_engine<L>(
+    handle: &EngineHandle,
+    running: tokio::task::JoinHandle<EngineMachine>,
+    load: L,
+    shutdown: tokio::sync::watch::Receiver<bool>,
+) -> anyhow::Result<tokio::task::JoinHandle<EngineMachine>>
+where
+    L: FnOnce() -> anyhow::Result<Reload> + Send + 'static,
+{
+    let inbox = handle.redirect(LIMITS);
+    let old = running.await.map_err(|e| anyhow::anyhow!("the running engine's task failed: {e}"))?;
+    let reload = tokio::task::spawn_blocking(load).await??;
+    let now = now();
+    let seed = (now.0 as u64) ^ ((std::process::id() as u64) << 32);
+    {
+        let store = Arc::clone(&old.store);
+        let start = drover_store::EngineStart { at: now, seed };
+        tokio::task::spawn_blocking(move || store.record_start(start)).await??;
+    }
+    let (held, of, services) = (reload.share.held, reload.share.of, reload.snapshot.services.len());
+    let (machine, changes, redispatch) = old.reload(reload, seed, now);
+    commit(&machine.store, changes)
+        .await
+        .map_err(|e| anyhow::anyhow!("cannot persist the new engine's restore: {e}"))?;
+    tracing::info!(
+        held,
+        of,
+        services,
+        redispatched = redispatch.len(),
+        "the engine was handed over to the shards now held"
+    );
+    machine.dispatcher.dispatch_routed(&machine.engine, redispatch);
+    Ok(tokio::spawn(actor::Actor { machine, inbox, shutdown, limits: LIMITS }.run_to_end()))
+}
+
 /// A batch's outputs: the changes to commit and the actions to dispatch.
 #[derive(Default)]
 pub struct Decided {
@@ -685,6 +772,97 @@ mod tests {
         let machine = EngineMachine::new(engine, store, dispatcher, None, None);
         tokio::spawn(actor::Actor { machine, inbox, shutdown, limits: LIMITS }.run());
         (handle, stop)
+    }
+
+    fn in_shard(name: &str, shard: u16, of: u16) -> bool {
+        drover_model::Slot::of_name(name).shard(of) == shard
+    }
+
+    /// A node that now holds shard 0 of 2 hands its engine over while
+    /// creates keep coming: every create is answered, the new engine has
+    /// exactly shard 0's services (those committed by the old engine,
+    /// read from the store after its last commit, and those sent during
+    /// the hand-over), runs its share of the fleet, and has the freezes
+    /// made by hand applied again.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn an_engine_handed_over_to_the_shards_now_held_starts_from_all_that_was_committed_and_loses_no_command() {
+        let dir = tempfile::tempdir().unwrap();
+        let store: Arc<dyn Store> = Arc::new(drover_store::SqliteStore::open(&dir.path().join("drover.db")).unwrap());
+        let now = now();
+        let (mut engine, _) = Engine::restore(drover_engine::Config::default(), 7, store.load().unwrap(), now);
+        let mut images = Changes::default();
+        for image in crate::default_images(now) {
+            let command = drover_engine::Command::RegisterImage(image);
+            images.extend(engine.step(Input::Command { actor: "system".into(), role: None, command }, now).changes);
+        }
+        commit(&store, images).await.unwrap();
+        let (handle, inbox) = actor::channel::<EngineMachine>(LIMITS);
+        let provider: Arc<dyn Provider> = Arc::new(CountingProvider::default());
+        let dispatcher =
+            Dispatcher::new(HashMap::from([("sim".to_string(), provider.clone())]), provider, handle.clone());
+        let (_stop, shutdown) = watch::channel(false);
+        let machine = EngineMachine::new(engine, Arc::clone(&store), dispatcher, None, None);
+        let running =
+            tokio::spawn(actor::Actor { machine, inbox, shutdown: shutdown.clone(), limits: LIMITS }.run_to_end());
+
+        let early: Vec<String> = (0..16).map(|i| format!("early-{i}")).collect();
+        for name in &early {
+            handle.call(create(name)).await.expect("created");
+        }
+        // Sent while the engine is handed over: shard 0's only (routing
+        // the others to their holders is not the engine's job).
+        let late: Vec<String> = (0..200).map(|i| format!("late-{i}")).filter(|n| in_shard(n, 0, 2)).take(24).collect();
+        let senders: Vec<_> = late
+            .chunks(6)
+            .map(|names| {
+                let (handle, names) = (handle.clone(), names.to_vec());
+                tokio::spawn(async move {
+                    for name in names {
+                        handle.call(create(&name)).await.expect("a create sent during the hand-over is answered");
+                    }
+                })
+            })
+            .collect();
+        let from = Arc::clone(&store);
+        let new = hand_over_engine(
+            &handle,
+            running,
+            move || {
+                let mut snapshot = from.load()?;
+                let kept: std::collections::HashSet<ServiceId> =
+                    snapshot.services.iter().filter(|s| in_shard(&s.name, 0, 2)).map(|s| s.id).collect();
+                snapshot.services.retain(|s| kept.contains(&s.id));
+                snapshot.instances.retain(|i| kept.contains(&i.service));
+                snapshot.actions.retain(|a| kept.contains(&a.service));
+                Ok(Reload { snapshot, share: drover_engine::Share::new(1, 2), freezes: vec!["fleet".into()] })
+            },
+            shutdown,
+        )
+        .await
+        .expect("handed over");
+        for sender in senders {
+            sender.await.unwrap();
+        }
+        let (names, share, braked) = handle
+            .query(|e: &Engine| {
+                let mut names: Vec<String> = e.service_views().into_iter().map(|v| v.name).collect();
+                names.sort();
+                (names, e.config().share, e.stats().braked)
+            })
+            .await
+            .unwrap();
+        let mut expected: Vec<String> =
+            early.iter().filter(|n| in_shard(n, 0, 2)).chain(late.iter()).cloned().collect();
+        expected.sort();
+        assert!(early.iter().any(|n| !in_shard(n, 0, 2)), "some early service is in the other shard");
+        assert_eq!(names, expected, "the new engine holds shard 0's services, none lost, none of shard 1");
+        assert_eq!(share, drover_engine::Share::new(1, 2));
+        assert_eq!(braked, vec!["fleet".to_string()], "the freeze made by hand applies again");
+        // Everything the new engine did is in the store too.
+        let stored: Vec<String> = store.load().unwrap().services.into_iter().map(|s| s.name).collect();
+        assert!(late.iter().all(|n| stored.contains(n)), "the late creates were committed");
+        drop(handle);
+        drop(new);
     }
 
     #[tokio::test]
