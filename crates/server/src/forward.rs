@@ -78,8 +78,15 @@ fn client() -> &'static reqwest::Client {
 }
 
 pub async fn to_the_holder(State(state): State<AppState>, request: Request, next: Next) -> Response {
-    if state.ready.get().is_some() || request.uri().path() == "/healthz" {
+    if request.uri().path() == "/healthz" {
         return next.run(request).await;
+    }
+    if state.ready.get().is_some() {
+        let whole = state.shards.read().unwrap_or_else(|p| p.into_inner()).whole();
+        if whole {
+            return next.run(request).await;
+        }
+        return to_the_shard_s_holder(&state, request, next).await;
     }
     let holder = state.standby.read().unwrap_or_else(|p| p.into_inner()).clone();
     let Some(holder) = holder else {
@@ -111,20 +118,88 @@ pub async fn to_the_holder(State(state): State<AppState>, request: Request, next
         Ok(body) => body,
         Err(refused) => return refused,
     };
-    let why = match forward(&holder, &state.node, &state.key, &parts, body.clone()).await {
+    forward_or_keep(&state, &holder, &parts, body, "this node is a standby and the fleet's holder").await
+}
+
+/// A ready node that holds only some of the shards: a request for what it
+/// holds is answered here, one for another shard is forwarded to that
+/// shard's holder (or kept for the next one when it has none or cannot be
+/// reached, as a standby keeps it), and what needs several holders at once
+/// is refused for now (503, naming why).
+async fn to_the_shard_s_holder(state: &AppState, request: Request, next: Next) -> Response {
+    let (parts, body) = request.into_parts();
+    let body = match buffered(body).await {
+        Ok(body) => body,
+        Err(refused) => return refused,
+    };
+    let map = state.shards.read().unwrap_or_else(|p| p.into_inner()).clone();
+    let target = match crate::shard_route::target(parts.method.as_str(), parts.uri.path(), &body, map.shards) {
+        Ok(target) => target,
+        // No such route: the router answers 404 (405) as usual.
+        Err(_) if !crate::shard_route::is_route(parts.method.as_str(), parts.uri.path()) => {
+            return next.run(Request::from_parts(parts, axum::body::Body::from(body))).await
+        }
+        Err(why) => return ApiError::bad_request(why).into_response(),
+    };
+    let shard = match crate::shard_route::decide(target, map.shards, |s| map.held.contains(&s)) {
+        crate::shard_route::Decision::Here => {
+            return next.run(Request::from_parts(parts, axum::body::Body::from(body))).await
+        }
+        crate::shard_route::Decision::Forward(shard) => shard,
+        crate::shard_route::Decision::Split(_) | crate::shard_route::Decision::Every => {
+            return ApiError::unavailable(
+                "this request needs every node holding a part of the fleet, which is not served yet while the fleet \
+                 is split between nodes",
+            )
+            .into_response()
+        }
+        crate::shard_route::Decision::NotYet(why) => {
+            return ApiError::unavailable(format!(
+                "this request is not served yet while the fleet is split between nodes: {why}"
+            ))
+            .into_response()
+        }
+    };
+    let Some(holder) = map.holders.get(&shard).cloned() else {
+        // Its holder just died: a command is kept for the next one.
+        let lost = format!("shard {shard}'s last holder");
+        if let Some(kept) = crate::deferred::accept(state, &parts, &body, &lost).await {
+            return kept;
+        }
+        return ApiError::unavailable(format!("no node holds shard {shard} at the moment; retry in a moment"))
+            .into_response();
+    };
+    if parts.headers.contains_key(FORWARDED_BY) {
+        return ApiError::unavailable(format!(
+            "forwarded to a node that does not hold shard {shard} (it sees {} as its holder); retry in a moment",
+            holder.node
+        ))
+        .into_response();
+    }
+    forward_or_keep(state, &holder, &parts, body, &format!("shard {shard}'s holder")).await
+}
+
+/// Sends the request to `holder` and returns its answer; one that could
+/// not be sent at all is kept for the next holder when it is a command
+/// (`deferred`), else 503 naming `whose` holder did not answer.
+async fn forward_or_keep(
+    state: &AppState,
+    holder: &crate::lease::Holder,
+    parts: &axum::http::request::Parts,
+    body: axum::body::Bytes,
+    whose: &str,
+) -> Response {
+    let why = match forward(holder, &state.node, &state.key, parts, body.clone()).await {
         Ok(response) => return response,
         // Never sent: a command can be kept for the next holder.
-        Err(Failed::NotSent(why)) => match crate::deferred::accept(&state, &parts, &body, &holder.node).await {
+        Err(Failed::NotSent(why)) => match crate::deferred::accept(state, parts, &body, &holder.node).await {
             Some(kept) => return kept,
             None => why,
         },
         Err(Failed::NoAnswer(why)) => why,
     };
-    ApiError::unavailable(format!(
-        "this node is a standby and the fleet's holder {} ({}) did not answer: {why}; retry in a moment",
-        holder.node, holder.url
-    ))
-    .into_response()
+    ApiError::unavailable(format!("{whose} {} ({}) did not answer: {why}; retry in a moment", holder.node, holder.url))
+        .into_response()
 }
 
 /// A request's whole body (a standby forwards or keeps it whole).

@@ -84,6 +84,30 @@ pub struct Holder {
 /// What a standby tells its HTTP layer (None: not a standby, or no holder).
 pub type Standby = Arc<std::sync::RwLock<Option<Holder>>>;
 
+/// Which shards a ready node holds and who holds the others, as its lease
+/// rounds last saw them: where its HTTP layer sends a request for a shard
+/// it does not hold (`forward`, `shard_route::decide`). The default is a
+/// fleet not split, which this node answers whole once ready.
+#[derive(Clone, Debug, Default)]
+pub struct ShardMap {
+    /// The fleet's shard count (0 or 1: not split).
+    pub shards: u16,
+    /// The shards this node holds and acts on.
+    pub held: std::collections::BTreeSet<u16>,
+    /// The holder of each other shard that has one.
+    pub holders: std::collections::BTreeMap<u16, Holder>,
+}
+
+impl ShardMap {
+    /// Whether this node answers every request itself.
+    pub fn whole(&self) -> bool {
+        self.shards <= 1 || (0..self.shards).all(|s| self.held.contains(&s))
+    }
+}
+
+/// A ready node's [`ShardMap`], shared with its HTTP layer.
+pub type Shards = Arc<std::sync::RwLock<ShardMap>>;
+
 /// The URL other nodes reach this one at: the listen URL, with the host's
 /// name for an unspecified address (`0.0.0.0`).
 pub fn advertised_url(listen_url: &str) -> String {

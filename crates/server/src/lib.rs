@@ -191,7 +191,7 @@ pub async fn serve(mut opts: ServeOptions, shutdown: impl Future<Output = ()> + 
     let prepared = data_dir::prepare(&mut opts)?;
     let tls = tls_acceptor(&opts)?;
     let listener = listen::bind(opts.listen).with_context(|| format!("cannot listen on {}", opts.listen))?;
-    run(listener, tls, opts, prepared, shutdown).await
+    run(listener, tls, opts, prepared, Arc::default(), shutdown).await
 }
 
 /// The TLS acceptor of `opts.tls` (the self-signed pair generated if asked
@@ -245,6 +245,9 @@ pub struct RunningServer {
     tls: bool,
     stop: Option<tokio::sync::oneshot::Sender<()>>,
     task: JoinHandle<anyhow::Result<()>>,
+    /// The shards this node holds and the other shards' holders, as its
+    /// HTTP layer routes by them (not split by default).
+    pub shards: lease::Shards,
 }
 
 impl RunningServer {
@@ -277,10 +280,11 @@ pub async fn start(mut opts: ServeOptions) -> anyhow::Result<RunningServer> {
     let addr = listener.local_addr()?;
     let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
     let has_tls = tls.is_some();
-    let task = tokio::spawn(run(listener, tls, opts, prepared, async move {
+    let shards = lease::Shards::default();
+    let task = tokio::spawn(run(listener, tls, opts, prepared, Arc::clone(&shards), async move {
         let _ = stopped.await;
     }));
-    Ok(RunningServer { addr, tls: has_tls, stop: Some(stop), task })
+    Ok(RunningServer { addr, tls: has_tls, stop: Some(stop), task, shards })
 }
 
 /// The sim images registered at start-up, one per engine kind. Images are
@@ -302,6 +306,7 @@ async fn run(
     tls: Option<tokio_rustls::TlsAcceptor>,
     opts: ServeOptions,
     prepared: data_dir::Prepared,
+    shards: lease::Shards,
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> anyhow::Result<()> {
     // Held until this function returns: one control plane per data dir.
@@ -312,6 +317,7 @@ async fn run(
         ready: Arc::new(OnceLock::new()),
         metrics: telemetry::install(),
         standby: Arc::default(),
+        shards,
         node: node_name.as_str().into(),
         key: key.clone(),
         desk: Arc::default(),

@@ -15,9 +15,11 @@
 //! body the handler would refuse is refused here with the same kind of
 //! message, and nothing here panics on any input.
 //!
-//! Not wired yet: the server holds one shard, the whole fleet, and
-//! [`crate::forward`] sends everything to its holder, which is what every
-//! rule but `Here` comes to with one shard.
+//! [`decide`] turns a target into who answers, on a node holding some of
+//! the shards; [`crate::forward`] follows it once this node is ready.
+//! Today the server holds one shard, the whole fleet, so a ready node
+//! answers everything itself and a standby forwards everything to the
+//! holder, which is what every rule comes to with one shard.
 
 use drover_model::{InstanceId, Slot};
 use serde::Deserialize;
@@ -246,6 +248,13 @@ fn routes() -> &'static HashMap<&'static str, matchit::Router<Rule>> {
     })
 }
 
+/// Whether `method` `path` is a route of the API at all (else the router
+/// answers it: 404 or 405).
+pub fn is_route(method: &str, path: &str) -> bool {
+    let method = if method == "HEAD" { "GET" } else { method };
+    routes().get(method).is_some_and(|r| r.at(path).is_ok())
+}
+
 /// Where a request at `path` with `body` goes on a fleet of `shards`
 /// shards. `Err` is the client's mistake, as the handler would name it
 /// (answered 4xx, nothing sent on).
@@ -300,6 +309,49 @@ pub fn target(method: &str, path: &str, body: &[u8], shards: u16) -> Result<Targ
         }
         Heartbeats => Target::Split(split_heartbeats(body, shards)?),
     })
+}
+
+/// Who answers a request, on a node that holds some of the shards.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Decision {
+    /// This node: it holds everything the request touches.
+    Here,
+    /// The holder of this shard, the request forwarded as it came.
+    Forward(u16),
+    /// A heartbeat batch in parts, each to its shard's holder (this
+    /// node's own parts included): the agent's answer waits for them all.
+    Split(BTreeMap<u16, Vec<usize>>),
+    /// Every holder, the answers merged.
+    Every,
+    /// Not served while the fleet is split between nodes: why.
+    NotYet(&'static str),
+}
+
+/// Where a request for `target` is answered, on a node that holds the
+/// shards for which `holds` is true of `shards` in all. A node holding
+/// every shard answers everything itself (one node, or the fleet's only
+/// live node), whatever the rule.
+pub fn decide(target: Target, shards: u16, holds: impl Fn(u16) -> bool) -> Decision {
+    if matches!(target, Target::Here) || (0..shards.max(1)).all(&holds) {
+        return Decision::Here;
+    }
+    let to = |shard: u16| if holds(shard) { Decision::Here } else { Decision::Forward(shard) };
+    match target {
+        Target::Here => Decision::Here,
+        Target::Fleet => to(0),
+        Target::Shard(shard) => to(shard),
+        Target::Split(parts) => {
+            if parts.keys().all(|&shard| holds(shard)) {
+                Decision::Here
+            } else if parts.len() == 1 {
+                parts.keys().next().map_or(Decision::Here, |&shard| to(shard))
+            } else {
+                Decision::Split(parts)
+            }
+        }
+        Target::Every => Decision::Every,
+        Target::Across(why) => Decision::NotYet(why),
+    }
 }
 
 /// A heartbeat batch's beats by the shard of their instance (indices in
@@ -455,6 +507,52 @@ mod tests {
             proptest::prop_assert_eq!(seen, names);
         }
 
+
+        /// A node answers a request itself exactly when it holds every
+        /// shard the request touches (all of them, or the rule needs none);
+        /// else it goes to the one holder it needs, or in parts, or to
+        /// every holder, and never to a shard this node holds.
+        #[test]
+        fn a_request_is_answered_here_exactly_when_this_node_holds_what_it_touches(
+            shards in 1u16..12,
+            held_bits in proptest::num::u16::ANY,
+            shard in 0u16..12,
+            parts in proptest::collection::btree_set(0u16..12, 1..5),
+            which in 0usize..6,
+        ) {
+            let shard = shard % shards;
+            let holds = |s: u16| held_bits & (1 << s) != 0;
+            let all = (0..shards).all(holds);
+            let parts: BTreeMap<u16, Vec<usize>> =
+                parts.into_iter().map(|p| p % shards).enumerate().map(|(i, p)| (p, vec![i])).collect();
+            let target = [
+                Target::Here,
+                Target::Fleet,
+                Target::Shard(shard),
+                Target::Every,
+                Target::Split(parts.clone()),
+                Target::Across("a fork"),
+            ][which].clone();
+            let touched: Vec<u16> = match &target {
+                Target::Here => vec![],
+                Target::Fleet => vec![0],
+                Target::Shard(s) => vec![*s],
+                Target::Split(p) => p.keys().copied().collect(),
+                Target::Every | Target::Across(_) => (0..shards).collect(),
+            };
+            let decision = decide(target, shards, holds);
+            let here = all || touched.iter().all(|&s| holds(s));
+            proptest::prop_assert_eq!(decision == Decision::Here, here, "{:?}", decision);
+            match decision {
+                Decision::Forward(s) => {
+                    proptest::prop_assert!(!holds(s) && touched == vec![s]);
+                }
+                Decision::Split(p) => {
+                    proptest::prop_assert!(p.len() > 1 && p.keys().any(|&s| !holds(s)));
+                }
+                Decision::Every | Decision::NotYet(_) | Decision::Here => {}
+            }
+        }
 
         /// A batch's split is a partition: every beat in exactly one part,
         /// in order, each in its instance's shard.

@@ -94,6 +94,9 @@ pub struct AppState {
     /// While this node is a standby of a shared store: the holder, to
     /// which every request but `/healthz` is forwarded (`forward`).
     pub standby: crate::lease::Standby,
+    /// Once ready: the shards this node holds and the holders of the
+    /// others (a fleet split between nodes; not split by default).
+    pub shards: crate::lease::Shards,
     /// This node's name (`--node`, else the host's): what it says it is
     /// when it forwards.
     pub node: Arc<str>,

@@ -14,6 +14,66 @@ async fn healthz_answers_ok_once_ready() {
     t.stop().await;
 }
 
+/// A ready node that holds shard 0 of 2 answers what is its own and
+/// forwards the rest to shard 1's holder: each of the two servers knows
+/// only its own admin token, so an answer to the other's token shows which
+/// node answered. What needs every holder is refused for now (503 naming
+/// why) and a body that names no shard is the client's mistake (400).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_node_holding_some_shards_answers_its_own_and_forwards_the_others_to_their_holder() {
+    let mut a = common::start().await;
+    let mut b = common::start().await;
+    let (a_token, b_token) = (common::admin_token(a.dir.path()), common::admin_token(b.dir.path()));
+    *a.server.as_ref().unwrap().shards.write().unwrap() = drover_server::lease::ShardMap {
+        shards: 2,
+        held: [0].into(),
+        holders: [(1, drover_server::lease::Holder { node: "b".into(), url: b.url.clone() })].into(),
+    };
+    let name_in = |shard: u16| {
+        (0..).map(|i| format!("svc-{i}")).find(|n| drover_model::Slot::of_name(n).shard(2) == shard).unwrap()
+    };
+    let (mine, theirs) = (name_in(0), name_in(1));
+    let create = |name: &str| json!({"name": name, "engine": "postgres", "followers": 0, "provider": "sim"});
+
+    // Shard 1's service through A, with B's token: made by B.
+    let (status, body) = a.post_as(Some(&b_token), "/v1/services", create(&theirs)).await;
+    assert_eq!(status, 201, "{body}");
+    assert_eq!(b.get(&format!("/v1/services/{theirs}")).await.0, 200, "B holds it");
+    let (status, body) = a.get_as(Some(&b_token), &format!("/v1/services/{theirs}")).await;
+    assert_eq!((status, body["name"].as_str()), (200, Some(theirs.as_str())), "read through A from B: {body}");
+    // With A's token, B refuses it: the request went to B.
+    let (status, _) = a.get_as(Some(&a_token), &format!("/v1/services/{theirs}")).await;
+    assert_eq!(status, 401, "forwarded to B, which does not know A's token");
+
+    // Shard 0's service through A, with A's token: made by A, unknown to B.
+    let (status, body) = a.post_as(Some(&a_token), "/v1/services", create(&mine)).await;
+    assert_eq!(status, 201, "{body}");
+    assert_eq!(a.get(&format!("/v1/services/{mine}")).await.0, 200);
+    assert_eq!(b.get(&format!("/v1/services/{mine}")).await.0, 404, "A answered it itself");
+
+    // Every holder's list, and a fork (two shards): not served yet.
+    let (status, body) = a.get_as(Some(&a_token), "/v1/services").await;
+    assert_eq!(status, 503, "{body}");
+    assert!(body["error"].as_str().unwrap().contains("every node"), "{body}");
+    let (status, body) = a.post_as(Some(&a_token), &format!("/v1/services/{mine}/fork"), json!({"name": "f"})).await;
+    assert_eq!(status, 503, "{body}");
+    assert!(body["error"].as_str().unwrap().contains("split between nodes"), "{body}");
+    // A create whose body names nothing: 400 here, nothing forwarded.
+    let (status, body) = a.post_as(Some(&a_token), "/v1/services", json!({"engine": "postgres"})).await;
+    assert_eq!(status, 400, "{body}");
+    assert!(body["error"].as_str().is_some(), "{body}");
+    // Routes of no shard and unknown paths as before.
+    assert_eq!(a.get("/healthz").await.0, 200);
+    assert_eq!(a.get_as(Some(&a_token), "/v1/no-such-route").await.0, 404);
+
+    // Shard 1's holder gone: a command for it is kept (202) on a shared
+    // store, else refused 503; a read is 503 either way.
+    b.stop().await;
+    let (status, body) = a.get_as(Some(&b_token), &format!("/v1/services/{theirs}")).await;
+    assert_eq!(status, 503, "{body}");
+    a.stop().await;
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn on_the_embedded_store_the_cluster_is_this_node_holding_the_one_shard() {
     let mut t = common::start().await;
