@@ -25,6 +25,12 @@ use std::time::Duration;
 /// Set on a forwarded request: the node that forwarded it.
 pub const FORWARDED_BY: &str = "x-drover-forwarded-by";
 
+/// Set on a request a node sends every holder for its own part of a list
+/// (`shard_route::Rule::FanOut`): the node answers from its own engine and
+/// sends it nowhere. A client that sets it gets one node's part, and only
+/// what its token lets it see there.
+pub const PART: &str = "x-drover-part";
+
 /// Set on a forwarded request: the caller's address and when the standby
 /// saw it, sealed with the key every node shares. The holder's failure
 /// limiter and audit trail use it instead of the standby's own address
@@ -132,6 +138,9 @@ async fn to_the_shard_s_holder(state: &AppState, request: Request, next: Next) -
         Ok(body) => body,
         Err(refused) => return refused,
     };
+    if parts.headers.contains_key(PART) {
+        return next.run(Request::from_parts(parts, axum::body::Body::from(body))).await;
+    }
     let map = state.shards.read().unwrap_or_else(|p| p.into_inner()).clone();
     let target = match crate::shard_route::target(parts.method.as_str(), parts.uri.path(), &body, map.shards) {
         Ok(target) => target,
@@ -146,6 +155,9 @@ async fn to_the_shard_s_holder(state: &AppState, request: Request, next: Next) -
             return next.run(Request::from_parts(parts, axum::body::Body::from(body))).await
         }
         crate::shard_route::Decision::Forward(shard) => shard,
+        crate::shard_route::Decision::Every if parts.method == axum::http::Method::GET => {
+            return fan_out(state, &map, parts, body, next).await
+        }
         crate::shard_route::Decision::Split(_) | crate::shard_route::Decision::Every => {
             return ApiError::unavailable(
                 "this request needs every node holding a part of the fleet, which is not served yet while the fleet \
@@ -177,6 +189,99 @@ async fn to_the_shard_s_holder(state: &AppState, request: Request, next: Next) -
         .into_response();
     }
     forward_or_keep(state, &holder, &parts, body, &format!("shard {shard}'s holder")).await
+}
+
+/// A list of the whole fleet, on a node that holds part of it: every
+/// holder's own part (this node's through its own router), merged as the
+/// whole fleet would list it (`shard_route::merge_pages`). A part that
+/// fails fails the list (a list missing a part would say services are
+/// gone): the first refusal as it came, else 503 naming the node.
+async fn fan_out(
+    state: &AppState,
+    map: &crate::lease::ShardMap,
+    mut parts: axum::http::request::Parts,
+    body: axum::body::Bytes,
+    next: Next,
+) -> Response {
+    parts.headers.insert(HeaderName::from_static(PART), axum::http::HeaderValue::from_static("1"));
+    let mut holders: Vec<crate::lease::Holder> =
+        map.holders.values().filter(|h| *h.node != *state.node).cloned().collect();
+    holders.sort_by(|a, b| a.node.cmp(&b.node));
+    holders.dedup_by(|a, b| a.node == b.node);
+    let mut asked = tokio::task::JoinSet::new();
+    for holder in holders {
+        let (node, key, parts, body) = (state.node.to_string(), state.key.clone(), parts.clone(), body.clone());
+        asked.spawn(async move {
+            let answer = forward(&holder, &node, &key, &parts, body).await;
+            (holder, answer)
+        });
+    }
+    let own = next.run(Request::from_parts(parts.clone(), axum::body::Body::from(body))).await;
+    let mut answers = vec![(state.node.to_string(), own)];
+    while let Some(joined) = asked.join_next().await {
+        match joined {
+            Ok((holder, Ok(response))) => answers.push((holder.node, response)),
+            Ok((holder, Err(Failed::NotSent(why) | Failed::NoAnswer(why)))) => {
+                return ApiError::unavailable(format!(
+                    "node {} ({}), which holds part of the fleet, did not answer its part of this list: {why}; retry \
+                     in a moment",
+                    holder.node, holder.url
+                ))
+                .into_response()
+            }
+            Err(e) => return ApiError::internal(format!("a part of this list failed: {e}")).into_response(),
+        }
+    }
+    let mut lists = Vec::with_capacity(answers.len());
+    for (node, answer) in answers {
+        if answer.status() != axum::http::StatusCode::OK {
+            return answer;
+        }
+        let more = answer
+            .headers()
+            .get(header::LINK)
+            .and_then(|l| l.to_str().ok())
+            .is_some_and(|l| l.contains("rel=\"next\""));
+        let bytes = match axum::body::to_bytes(answer.into_body(), usize::MAX).await {
+            Ok(bytes) => bytes,
+            Err(e) => return ApiError::unavailable(format!("node {node}'s part was cut short: {e}")).into_response(),
+        };
+        match serde_json::from_slice::<Vec<serde_json::Value>>(&bytes) {
+            Ok(items) => lists.push((items, more)),
+            Err(e) => {
+                return ApiError::internal(format!("node {node}'s part of this list is not a list: {e}"))
+                    .into_response()
+            }
+        }
+    }
+    merged(parts.uri.path(), parts.uri.query(), lists)
+}
+
+/// The merged answer of a listing route: services by name, paged by
+/// `after` and `limit` as one node pages them; archives by id.
+fn merged(path: &str, query: Option<&str>, lists: Vec<(Vec<serde_json::Value>, bool)>) -> Response {
+    let text = |v: &serde_json::Value, field: &str| v[field].as_str().unwrap_or_default().to_string();
+    if path == "/v1/archives" {
+        let (items, _) = crate::shard_route::merge_pages(lists, usize::MAX, |v| text(v, "id"));
+        return axum::Json(items).into_response();
+    }
+    let limit = query
+        .into_iter()
+        .flat_map(|q| q.split('&'))
+        .find_map(|pair| pair.strip_prefix("limit="))
+        .and_then(|l| l.parse().ok())
+        .unwrap_or(crate::http::DEFAULT_LIMIT);
+    let (items, more) = crate::shard_route::merge_pages(lists, limit, |v| text(v, "name"));
+    let next = more.then(|| items.last().map(|v| text(v, "name"))).flatten();
+    let mut response = axum::Json(items).into_response();
+    if let Some(last) = next {
+        if let Ok(link) =
+            axum::http::HeaderValue::from_str(&format!("</v1/services?after={last}&limit={limit}>; rel=\"next\""))
+        {
+            response.headers_mut().insert(header::LINK, link);
+        }
+    }
+    response
 }
 
 /// Sends the request to `holder` and returns its answer; one that could

@@ -14,63 +14,116 @@ async fn healthz_answers_ok_once_ready() {
     t.stop().await;
 }
 
-/// A ready node that holds shard 0 of 2 answers what is its own and
-/// forwards the rest to shard 1's holder: each of the two servers knows
-/// only its own admin token, so an answer to the other's token shows which
-/// node answered. What needs every holder is refused for now (503 naming
-/// why) and a body that names no shard is the client's mistake (400).
+/// Two nodes of one control plane, each on its own SQLite copy of one
+/// first start (so they share the tokens and the key, as nodes on one
+/// PostgreSQL store do); which shard each holds is set by hand (the lease
+/// rounds that will set it are not what this tests).
+async fn two_nodes() -> (common::TestServer, common::TestServer) {
+    async fn on(dir: tempfile::TempDir) -> common::TestServer {
+        let server = drover_server::start(common::fast_options(dir.path())).await.expect("server starts");
+        let url = server.url();
+        let http = drover_agent::tls::builder().build().unwrap();
+        let mut t = common::TestServer { server: Some(server), url, http, dir, pg: None };
+        t.wait_healthy().await;
+        t.http = common::client_with(&common::admin_token(t.dir.path()));
+        t
+    }
+    let mut first = on(tempfile::tempdir().unwrap()).await;
+    first.stop().await;
+    let copy = tempfile::tempdir().unwrap();
+    fn copy_dir(from: &std::path::Path, to: &std::path::Path) {
+        for entry in std::fs::read_dir(from).unwrap() {
+            let entry = entry.unwrap();
+            let target = to.join(entry.file_name());
+            if entry.file_type().unwrap().is_dir() {
+                std::fs::create_dir_all(&target).unwrap();
+                copy_dir(&entry.path(), &target);
+            } else {
+                std::fs::copy(entry.path(), &target).unwrap();
+            }
+        }
+    }
+    copy_dir(first.dir.path(), copy.path());
+    let dir = first.dir;
+    (on(dir).await, on(copy).await)
+}
+
+/// A ready node that holds shard 0 of 2 answers what is its own, forwards
+/// a request for shard 1 to its holder, and lists the whole fleet from
+/// both; a body that names no shard is the client's mistake (400), a fork
+/// (two shards) is not served yet (503 naming why), and a list with a
+/// part missing is refused rather than short.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_node_holding_some_shards_answers_its_own_and_forwards_the_others_to_their_holder() {
-    let mut a = common::start().await;
-    let mut b = common::start().await;
-    let (a_token, b_token) = (common::admin_token(a.dir.path()), common::admin_token(b.dir.path()));
-    *a.server.as_ref().unwrap().shards.write().unwrap() = drover_server::lease::ShardMap {
+async fn a_node_holding_some_shards_answers_its_own_forwards_the_others_and_lists_the_whole_fleet() {
+    let (mut a, mut b) = two_nodes().await;
+    let set_a = |map: drover_server::lease::ShardMap| *a.server.as_ref().unwrap().shards.write().unwrap() = map;
+    set_a(drover_server::lease::ShardMap {
         shards: 2,
         held: [0].into(),
         holders: [(1, drover_server::lease::Holder { node: "b".into(), url: b.url.clone() })].into(),
+    });
+    let names_in = |shard: u16| -> Vec<String> {
+        (0..).map(|i| format!("svc-{i}")).filter(|n| drover_model::Slot::of_name(n).shard(2) == shard).take(2).collect()
     };
-    let name_in = |shard: u16| {
-        (0..).map(|i| format!("svc-{i}")).find(|n| drover_model::Slot::of_name(n).shard(2) == shard).unwrap()
-    };
-    let (mine, theirs) = (name_in(0), name_in(1));
-    let create = |name: &str| json!({"name": name, "engine": "postgres", "followers": 0, "provider": "sim"});
+    let (mine, theirs) = (names_in(0), names_in(1));
+    for name in mine.iter().chain(&theirs) {
+        a.create_service(name, 0).await;
+    }
+    // Each was made by its shard's holder only.
+    for name in &theirs {
+        assert_eq!(b.get(&format!("/v1/services/{name}")).await.0, 200, "B holds {name}");
+        assert_eq!(a.service(name).await["name"], json!(name), "read through A from B");
+    }
+    for name in &mine {
+        assert_eq!(b.get(&format!("/v1/services/{name}")).await.0, 404, "A answered {name} itself");
+    }
 
-    // Shard 1's service through A, with B's token: made by B.
-    let (status, body) = a.post_as(Some(&b_token), "/v1/services", create(&theirs)).await;
-    assert_eq!(status, 201, "{body}");
-    assert_eq!(b.get(&format!("/v1/services/{theirs}")).await.0, 200, "B holds it");
-    let (status, body) = a.get_as(Some(&b_token), &format!("/v1/services/{theirs}")).await;
-    assert_eq!((status, body["name"].as_str()), (200, Some(theirs.as_str())), "read through A from B: {body}");
-    // With A's token, B refuses it: the request went to B.
-    let (status, _) = a.get_as(Some(&a_token), &format!("/v1/services/{theirs}")).await;
-    assert_eq!(status, 401, "forwarded to B, which does not know A's token");
+    // The whole fleet's list through A: both parts, in name order, paged.
+    let mut all: Vec<String> = mine.iter().chain(&theirs).cloned().collect();
+    all.sort();
+    let (status, body) = a.get("/v1/services").await;
+    assert_eq!(status, 200, "{body}");
+    let listed: Vec<String> =
+        body.as_array().unwrap().iter().map(|s| s["name"].as_str().unwrap().to_string()).collect();
+    assert_eq!(listed, all);
+    let mut paged = Vec::new();
+    let mut next = Some("/v1/services?limit=1".to_string());
+    while let Some(path) = next.take() {
+        let response = a.http.get(a.at(&path)).send().await.unwrap();
+        assert_eq!(response.status(), 200);
+        next = response.headers().get("link").map(|l| {
+            let l = l.to_str().unwrap();
+            l[l.find('<').unwrap() + 1..l.find('>').unwrap()].to_string()
+        });
+        let page: Value = response.json().await.unwrap();
+        assert!(page.as_array().unwrap().len() <= 1);
+        paged.extend(page.as_array().unwrap().iter().map(|s| s["name"].as_str().unwrap().to_string()));
+    }
+    assert_eq!(paged, all, "paging the merged list by its Link gives the fleet once, in order");
+    let (status, body) = a.get("/v1/archives").await;
+    assert_eq!((status, body), (200, json!([])));
 
-    // Shard 0's service through A, with A's token: made by A, unknown to B.
-    let (status, body) = a.post_as(Some(&a_token), "/v1/services", create(&mine)).await;
-    assert_eq!(status, 201, "{body}");
-    assert_eq!(a.get(&format!("/v1/services/{mine}")).await.0, 200);
-    assert_eq!(b.get(&format!("/v1/services/{mine}")).await.0, 404, "A answered it itself");
-
-    // Every holder's list, and a fork (two shards): not served yet.
-    let (status, body) = a.get_as(Some(&a_token), "/v1/services").await;
-    assert_eq!(status, 503, "{body}");
-    assert!(body["error"].as_str().unwrap().contains("every node"), "{body}");
-    let (status, body) = a.post_as(Some(&a_token), &format!("/v1/services/{mine}/fork"), json!({"name": "f"})).await;
+    let (status, body) = a.post(&format!("/v1/services/{}/fork", mine[0]), json!({"name": "f"})).await;
     assert_eq!(status, 503, "{body}");
     assert!(body["error"].as_str().unwrap().contains("split between nodes"), "{body}");
-    // A create whose body names nothing: 400 here, nothing forwarded.
-    let (status, body) = a.post_as(Some(&a_token), "/v1/services", json!({"engine": "postgres"})).await;
+    let (status, body) = a.post("/v1/services", json!({"engine": "postgres"})).await;
     assert_eq!(status, 400, "{body}");
     assert!(body["error"].as_str().is_some(), "{body}");
-    // Routes of no shard and unknown paths as before.
     assert_eq!(a.get("/healthz").await.0, 200);
-    assert_eq!(a.get_as(Some(&a_token), "/v1/no-such-route").await.0, 404);
+    assert_eq!(a.get("/v1/no-such-route").await.0, 404);
 
-    // Shard 1's holder gone: a command for it is kept (202) on a shared
-    // store, else refused 503; a read is 503 either way.
+    // Shard 1's holder gone: its reads and the fleet's list are 503.
     b.stop().await;
-    let (status, body) = a.get_as(Some(&b_token), &format!("/v1/services/{theirs}")).await;
+    let (status, body) = a.get(&format!("/v1/services/{}", theirs[0])).await;
     assert_eq!(status, 503, "{body}");
+    let (status, body) = a.get("/v1/services").await;
+    assert_eq!(status, 503, "{body}");
+    assert!(body["error"].as_str().unwrap().contains("node b"), "{body}");
+    // A holding the whole fleet again answers from its own engine alone.
+    set_a(drover_server::lease::ShardMap::default());
+    let (status, body) = a.get("/v1/services").await;
+    assert_eq!(status, 200);
+    assert_eq!(body.as_array().unwrap().len(), mine.len(), "{body}");
     a.stop().await;
 }
 
