@@ -150,28 +150,30 @@ async fn to_the_shard_s_holder(state: &AppState, request: Request, next: Next) -
         }
         Err(why) => return ApiError::bad_request(why).into_response(),
     };
-    let shard = match crate::shard_route::decide(target, map.shards, |s| map.held.contains(&s)) {
-        crate::shard_route::Decision::Here => {
-            return next.run(Request::from_parts(parts, axum::body::Body::from(body))).await
-        }
-        crate::shard_route::Decision::Forward(shard) => shard,
-        crate::shard_route::Decision::Every if parts.method == axum::http::Method::GET => {
-            return fan_out(state, &map, parts, body, next).await
-        }
-        crate::shard_route::Decision::Split(_) | crate::shard_route::Decision::Every => {
-            return ApiError::unavailable(
+    let shard =
+        match crate::shard_route::decide(target, map.shards, |s| map.held.contains(&s)) {
+            crate::shard_route::Decision::Here => {
+                return next.run(Request::from_parts(parts, axum::body::Body::from(body))).await
+            }
+            crate::shard_route::Decision::Forward(shard) => shard,
+            crate::shard_route::Decision::Every if parts.method == axum::http::Method::GET => {
+                return fan_out(state, &map, parts, body, next).await
+            }
+            crate::shard_route::Decision::Split(split) => {
+                return heartbeat_parts(state, &map, parts, body, split, next).await
+            }
+            crate::shard_route::Decision::Every => return ApiError::unavailable(
                 "this request needs every node holding a part of the fleet, which is not served yet while the fleet \
                  is split between nodes",
             )
-            .into_response()
-        }
-        crate::shard_route::Decision::NotYet(why) => {
-            return ApiError::unavailable(format!(
-                "this request is not served yet while the fleet is split between nodes: {why}"
-            ))
-            .into_response()
-        }
-    };
+            .into_response(),
+            crate::shard_route::Decision::NotYet(why) => {
+                return ApiError::unavailable(format!(
+                    "this request is not served yet while the fleet is split between nodes: {why}"
+                ))
+                .into_response()
+            }
+        };
     let Some(holder) = map.holders.get(&shard).cloned() else {
         // Its holder just died: a command is kept for the next one.
         let lost = format!("shard {shard}'s last holder");
@@ -255,6 +257,87 @@ async fn fan_out(
         }
     }
     merged(parts.uri.path(), parts.uri.query(), lists)
+}
+
+/// A heartbeat batch whose beats are in several holders' shards: each
+/// part goes to its holder (this node's own through its own router), and
+/// the agent is answered once every part was: the receipts added up. A
+/// part refused (a beat of another host's instance: 403) refuses the
+/// batch. A part whose shard has no holder or whose holder did not answer
+/// is `pending`, as beats the engine has not taken yet: the agent's lease
+/// is renewed (failing the whole batch would make it fence the primaries
+/// of every shard for one shard's takeover), and the next holder judges
+/// those instances by their next beats.
+async fn heartbeat_parts(
+    state: &AppState,
+    map: &crate::lease::ShardMap,
+    mut parts: axum::http::request::Parts,
+    body: axum::body::Bytes,
+    split: std::collections::BTreeMap<u16, Vec<usize>>,
+    next: Next,
+) -> Response {
+    // `shard_route::target` read the batch already: it is an object with
+    // an array of beats.
+    let Ok(serde_json::Value::Object(batch)) = serde_json::from_slice::<serde_json::Value>(&body) else {
+        return ApiError::bad_request("the body is not a heartbeat batch").into_response();
+    };
+    let beats = batch.get("beats").and_then(|b| b.as_array()).cloned().unwrap_or_default();
+    let part_body = |indices: &[usize]| -> axum::body::Bytes {
+        let mut part = batch.clone();
+        let chosen: Vec<serde_json::Value> = indices.iter().filter_map(|&i| beats.get(i).cloned()).collect();
+        part.insert("beats".into(), serde_json::Value::Array(chosen));
+        serde_json::to_vec(&part).unwrap_or_default().into()
+    };
+    parts.headers.insert(HeaderName::from_static(PART), axum::http::HeaderValue::from_static("1"));
+    let mut asked = tokio::task::JoinSet::new();
+    let mut own: Vec<usize> = Vec::new();
+    let mut unheard = 0u32;
+    for (shard, indices) in &split {
+        if map.held.contains(shard) {
+            own.extend(indices);
+            continue;
+        }
+        let Some(holder) = map.holders.get(shard).cloned() else {
+            unheard += indices.len() as u32;
+            continue;
+        };
+        let (node, key, parts, body) = (state.node.to_string(), state.key.clone(), parts.clone(), part_body(indices));
+        let beats = indices.len() as u32;
+        asked.spawn(async move { (forward(&holder, &node, &key, &parts, body).await, beats) });
+    }
+    let mut answers = Vec::new();
+    if !own.is_empty() {
+        own.sort_unstable();
+        answers.push(next.run(Request::from_parts(parts.clone(), axum::body::Body::from(part_body(&own)))).await);
+    }
+    while let Some(joined) = asked.join_next().await {
+        match joined {
+            Ok((Ok(answer), _)) => answers.push(answer),
+            Ok((Err(Failed::NotSent(why) | Failed::NoAnswer(why)), beats)) => {
+                tracing::warn!(beats, %why, "a holder did not take its part of a heartbeat batch: pending");
+                unheard += beats;
+            }
+            Err(e) => return ApiError::internal(format!("a part of this batch failed: {e}")).into_response(),
+        }
+    }
+    let mut total = serde_json::json!({"accepted": 0, "stale": 0, "unknown": [], "pending": unheard});
+    for answer in answers {
+        if answer.status() != axum::http::StatusCode::OK {
+            return answer;
+        }
+        let receipt = match axum::body::to_bytes(answer.into_body(), crate::routes::MAX_BODY_BYTES).await {
+            Ok(bytes) => serde_json::from_slice::<serde_json::Value>(&bytes).unwrap_or_default(),
+            Err(e) => return ApiError::unavailable(format!("a part's answer was cut short: {e}")).into_response(),
+        };
+        for field in ["accepted", "stale", "pending"] {
+            let sum = total[field].as_u64().unwrap_or(0) + receipt[field].as_u64().unwrap_or(0);
+            total[field] = sum.into();
+        }
+        if let (Some(all), Some(these)) = (total["unknown"].as_array_mut(), receipt["unknown"].as_array()) {
+            all.extend(these.iter().cloned());
+        }
+    }
+    axum::Json(total).into_response()
 }
 
 /// The merged answer of a listing route: services by name, paged by

@@ -18,7 +18,7 @@ async fn healthz_answers_ok_once_ready() {
 /// first start (so they share the tokens and the key, as nodes on one
 /// PostgreSQL store do); which shard each holds is set by hand (the lease
 /// rounds that will set it are not what this tests).
-async fn two_nodes() -> (common::TestServer, common::TestServer) {
+async fn two_nodes() -> (common::TestServer, common::TestServer, String) {
     async fn on(dir: tempfile::TempDir) -> common::TestServer {
         let server = drover_server::start(common::fast_options(dir.path())).await.expect("server starts");
         let url = server.url();
@@ -29,6 +29,8 @@ async fn two_nodes() -> (common::TestServer, common::TestServer) {
         t
     }
     let mut first = on(tempfile::tempdir().unwrap()).await;
+    // The built-in host's agent, known to both.
+    let agent = first.agent_token().await;
     first.stop().await;
     let copy = tempfile::tempdir().unwrap();
     fn copy_dir(from: &std::path::Path, to: &std::path::Path) {
@@ -45,7 +47,7 @@ async fn two_nodes() -> (common::TestServer, common::TestServer) {
     }
     copy_dir(first.dir.path(), copy.path());
     let dir = first.dir;
-    (on(dir).await, on(copy).await)
+    (on(dir).await, on(copy).await, agent)
 }
 
 /// A ready node that holds shard 0 of 2 answers what is its own, forwards
@@ -55,7 +57,7 @@ async fn two_nodes() -> (common::TestServer, common::TestServer) {
 /// part missing is refused rather than short.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_node_holding_some_shards_answers_its_own_forwards_the_others_and_lists_the_whole_fleet() {
-    let (mut a, mut b) = two_nodes().await;
+    let (mut a, mut b, _) = two_nodes().await;
     let set_a = |map: drover_server::lease::ShardMap| *a.server.as_ref().unwrap().shards.write().unwrap() = map;
     set_a(drover_server::lease::ShardMap {
         shards: 2,
@@ -124,6 +126,55 @@ async fn a_node_holding_some_shards_answers_its_own_forwards_the_others_and_list
     let (status, body) = a.get("/v1/services").await;
     assert_eq!(status, 200);
     assert_eq!(body.as_array().unwrap().len(), mine.len(), "{body}");
+    a.stop().await;
+}
+
+/// An agent's batch with beats of two holders' shards, posted to one of
+/// them: each part is stepped by its shard's holder (the node asked does
+/// not know the other's instance: alone it would answer it unknown), the
+/// receipts are added up, and once the other holder is gone its part is
+/// pending rather than the batch refused (the agent's lease still renews).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_heartbeat_batch_reaches_each_part_s_holder_and_is_answered_once_all_were() {
+    let (mut a, mut b, agent) = two_nodes().await;
+    *a.server.as_ref().unwrap().shards.write().unwrap() = drover_server::lease::ShardMap {
+        shards: 2,
+        held: [0].into(),
+        holders: [(1, drover_server::lease::Holder { node: "b".into(), url: b.url.clone() })].into(),
+    };
+    let name_in = |shard: u16| {
+        (0..).map(|i| format!("beat-{i}")).find(|n| drover_model::Slot::of_name(n).shard(2) == shard).unwrap()
+    };
+    let (mine, theirs) = (name_in(0), name_in(1));
+    let mine_id = primary(&a.create_service(&mine, 0).await)["id"].clone();
+    let theirs_id = primary(&a.create_service(&theirs, 0).await)["id"].clone();
+    assert!(mine_id.is_string() && theirs_id.is_string());
+    let stranger =
+        drover_model::InstanceId::new_at(1_700_000_000_000_000, 7).in_slot(drover_model::Slot::of_name(&mine));
+    let stranger = serde_json::to_value(stranger).unwrap();
+    let batch = |seq: u64| {
+        json!({"beats": [
+            {"instance": theirs_id, "seq": seq, "facts": {}},
+            {"instance": mine_id, "seq": seq, "facts": {}},
+            {"instance": stranger, "seq": seq, "facts": {}},
+        ]})
+    };
+    let seq = 1u64 << 60;
+    let (status, receipt) = a.post_as(Some(&agent), "/v1/heartbeats", batch(seq)).await;
+    assert_eq!(status, 200, "{receipt}");
+    assert_eq!(
+        (receipt["accepted"].clone(), receipt["stale"].clone(), receipt["pending"].clone()),
+        (json!(2), json!(0), json!(0)),
+        "each beat stepped by its holder: {receipt}"
+    );
+    assert_eq!(receipt["unknown"], json!([stranger]), "{receipt}");
+    let (_, again) = a.post_as(Some(&agent), "/v1/heartbeats", batch(seq)).await;
+    assert_eq!((again["accepted"].clone(), again["stale"].clone()), (json!(0), json!(2)), "{again}");
+
+    b.stop().await;
+    let (status, receipt) = a.post_as(Some(&agent), "/v1/heartbeats", batch(seq + 1)).await;
+    assert_eq!(status, 200, "{receipt}");
+    assert_eq!((receipt["accepted"].clone(), receipt["pending"].clone()), (json!(1), json!(1)), "{receipt}");
     a.stop().await;
 }
 
