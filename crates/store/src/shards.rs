@@ -64,6 +64,10 @@ pub struct ShardRound {
     pub to_release: Vec<(u32, i64)>,
     /// The live nodes the round saw.
     pub live: Vec<String>,
+    /// The shards other nodes hold as the round read them (lease not
+    /// expired, holder's lock granted), with the holder and the address it
+    /// serves at: where this node forwards their requests.
+    pub holders: Vec<(u32, String, String)>,
 }
 
 impl ShardRound {
@@ -223,8 +227,8 @@ impl PgStore {
             let rows = client
                 .query(
                     &format!(
-                        "SELECT shard, holder, generation, expires_at <= {DB_NOW}, {DB_NOW} - expires_at > $2 \
-                         FROM leases WHERE shard >= 0 AND shard < $1"
+                        "SELECT shard, holder, generation, expires_at <= {DB_NOW}, {DB_NOW} - expires_at > $2, \
+                           address FROM leases WHERE shard >= 0 AND shard < $1"
                     ),
                     &[&(shards as i64), &grace],
                 )
@@ -262,6 +266,9 @@ impl PgStore {
                 let shard: i64 = r.get(0);
                 let (holder, generation, expired, overdue): (String, i64, bool, bool) =
                     (r.get(1), r.get(2), r.get(3), r.get(4));
+                if !expired && lock_held(shard, generation) && holder != node {
+                    round.holders.push((shard as u32, holder.clone(), r.get(5)));
+                }
                 leases[shard as usize] = ShardLease {
                     lease: Some(shard_lease::LeaseView { holder, generation, expired }),
                     locked: lock_held(shard, generation),
@@ -278,6 +285,7 @@ impl PgStore {
                 }
                 if take_lease_row(&client, shard as i64, &node, &address, ttl, &take).await? {
                     round.taken.push((shard, take.next));
+                    round.holders.retain(|(s, _, _)| *s != shard);
                 } else {
                     session.unlock(shard as i64, take.next).await?;
                 }

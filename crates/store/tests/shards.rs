@@ -151,6 +151,15 @@ fn nodes_share_the_shards_take_a_dead_ones_at_once_and_hand_over_to_a_new_one() 
     settle(&mut [&mut a, &mut b, &mut d], &[4, 4, 4], &mut ledger, Duration::from_secs(30));
     let last = a.round();
     assert_eq!(last.live, vec!["a".to_string(), "b".to_string(), "d".to_string()], "{last:?}");
+    // The round names the other nodes' shards, where a forwards them.
+    let mut others: Vec<(u32, String, String)> = [&b, &d]
+        .iter()
+        .flat_map(|n| n.held.iter().map(|&(s, _)| (s, n.name.clone(), format!("http://{}.test:7700", n.name))))
+        .collect();
+    others.sort();
+    let mut holders = last.holders.clone();
+    holders.sort();
+    assert_eq!(holders, others, "{last:?}");
     // The cluster view (GET /v1/cluster) reads every shard's lease: the
     // holders and generations the nodes hold.
     let cluster = a.store.cluster().unwrap();
