@@ -245,7 +245,7 @@ fn keep(store: Weak<PgStore>, node: String, address: String, started_at: i64, ge
 /// Stops the process at once: nothing more of this node's may reach the
 /// fleet (its commits are refused anyway), and its servers live on for the
 /// next holder, as after a kill -9.
-fn stop(why: &str) -> ! {
+pub(crate) fn stop(why: &str) -> ! {
     tracing::error!("{why}; exiting with code {LEASE_EXIT_CODE}");
     eprintln!("drover serve: {why}; exiting with code {LEASE_EXIT_CODE}");
     std::process::exit(LEASE_EXIT_CODE)

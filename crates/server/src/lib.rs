@@ -30,6 +30,7 @@ mod error;
 mod followers;
 pub mod forward;
 pub mod heartbeat_feed;
+pub mod held;
 pub mod hosts;
 pub mod http;
 mod images;

@@ -538,7 +538,8 @@ impl EngineMachine {
 /// Hands the engine behind `handle` (its actor `running`) over to an engine
 /// of another part of the fleet (issue 16: the shards a node holds
 /// changed). Every input sent before is stepped and committed by the
-/// running engine; every input sent from now on waits for the new one,
+/// running engine; every input sent once `redirected` is called waits for
+/// the new one,
 /// whose part is read by `load` only after that last commit, so it starts
 /// from all of it. The new engine's restore is committed before its actor
 /// starts and its running actions are dispatched after that commit, as at
@@ -549,11 +550,14 @@ pub async fn hand_over_engine<L>(
     running: tokio::task::JoinHandle<EngineMachine>,
     load: L,
     shutdown: tokio::sync::watch::Receiver<bool>,
+    redirected: impl FnOnce(),
 ) -> anyhow::Result<tokio::task::JoinHandle<EngineMachine>>
 where
     L: FnOnce() -> anyhow::Result<Reload> + Send + 'static,
 {
     let inbox = handle.redirect(LIMITS);
+    // Whatever is sent from here on waits for the new engine.
+    redirected();
     let old = running.await.map_err(|e| anyhow::anyhow!("the running engine's task failed: {e}"))?;
     let reload = tokio::task::spawn_blocking(load).await??;
     let now = now();
@@ -837,6 +841,7 @@ mod tests {
                 Ok(Reload { snapshot, share: drover_engine::Share::new(1, 2), freezes: vec!["fleet".into()] })
             },
             shutdown,
+            || {},
         )
         .await
         .expect("handed over");

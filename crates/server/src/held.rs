@@ -1,0 +1,298 @@
+//! The shards a node holds on a PostgreSQL store split into several
+//! (issue 16, items 1 and 2): its rounds over the leases
+//! (`PgStore::shard_round`, every TTL/8), the store's fence on what it
+//! holds (`PgStore::fence_shards`), its engine handed over whenever that
+//! changes ([`crate::runtime::hand_over_engine`]: the running engine
+//! finishes what was sent to it, the new part is loaded after its last
+//! commit), and the map its HTTP layer routes by ([`crate::lease::ShardMap`]).
+//!
+//! One change, in order: the fence admits what the node renewed and took;
+//! the engine is handed over to the shards it keeps and took (the map
+//! published once new requests wait for the new engine, so none reaches
+//! an engine without its shard); the fence narrows to them; only then are
+//! the shards it hands over released, so their next holder starts after
+//! this node's last commit on them.
+//!
+//! Self-fencing: a node whose rounds have not succeeded for 4/5 of the TTL
+//! (by its own clock, from when it sent the last one that did) narrows its
+//! fence to nothing at once, from a watchdog of its own, before any lease
+//! can expire: its engine's commits on every shard are refused from then
+//! on, and an action is dispatched only after its commit. The next round
+//! that succeeds finds what it still holds (or nothing: lost) and hands the
+//! engine over to that, so a paused node rejoins without a restart.
+//!
+//! Not settled here (docs/architecture.md, "The server on several
+//! shards"): the singletons (pager, status, rollouts' waves, deferred
+//! commands) on shard 0's holder, the fleet-wide records every engine
+//! keeps a copy of, and the agents' action queue; `drover serve` does not
+//! run a fleet of several shards yet.
+
+use crate::lease::{Holder, ShardMap, Shards};
+use crate::runtime::{self, EngineHandle, EngineMachine, Reload};
+use drover_engine::shard_lease::SelfFence;
+use drover_engine::Share;
+use drover_store::{PgStore, ShardFence, ShardFilter, ShardRound};
+use std::collections::BTreeMap;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+use tokio::sync::watch;
+use tokio::task::JoinHandle;
+
+/// At most this many shards are handed over at once by one node.
+pub const MAX_MOVING: u32 = 2;
+
+/// The freezes of automation made by hand, read again for every new
+/// engine (the break-glass store's).
+pub type Freezes = Arc<dyn Fn() -> anyhow::Result<Vec<String>> + Send + Sync>;
+
+/// One node's hold on its shards.
+pub struct Keeper {
+    store: Arc<PgStore>,
+    node: String,
+    address: String,
+    started_at: i64,
+    ttl: Duration,
+    shards: u16,
+    /// What this node acts on, with the generations it holds them with.
+    held: Vec<(u32, i64)>,
+    map: Shards,
+    /// Microseconds since `base` after which this node may no longer act
+    /// (the watchdog's deadline).
+    act_until: Arc<AtomicU64>,
+    base: Instant,
+}
+
+impl Keeper {
+    pub fn new(store: Arc<PgStore>, node: String, address: String, ttl: Duration, shards: u16, map: Shards) -> Keeper {
+        let started_at = crate::runtime::now().0;
+        Keeper {
+            store,
+            node,
+            address,
+            started_at,
+            ttl,
+            shards,
+            held: Vec::new(),
+            map,
+            act_until: Arc::new(AtomicU64::new(0)),
+            base: Instant::now(),
+        }
+    }
+
+    /// What this node holds now, with generations.
+    pub fn held(&self) -> &[(u32, i64)] {
+        &self.held
+    }
+
+    /// The first round, before the node has an engine: takes what it may,
+    /// hands back at once what the round says to hand over (nothing acted
+    /// on it here), fences the store on the rest, and returns what to load
+    /// and the engine's share of the fleet.
+    pub async fn first(&mut self) -> anyhow::Result<(ShardFilter, Share)> {
+        let sent = Instant::now();
+        let round = self.round().await?;
+        self.renewed_at(sent);
+        let mut held = round.held();
+        if !round.to_release.is_empty() {
+            held.retain(|h| !round.to_release.contains(h));
+            self.fence(&held);
+            self.release(round.to_release.clone()).await?;
+        }
+        self.fence(&held);
+        self.held = held;
+        self.publish(&round);
+        Ok((self.filter(), self.share()))
+    }
+
+    /// Runs the rounds until `stop`, handing the engine behind `handle`
+    /// (its actor `running`) over whenever the held set changes. Returns
+    /// the last engine's actor.
+    pub async fn keep(
+        mut self,
+        handle: EngineHandle,
+        mut running: JoinHandle<EngineMachine>,
+        freezes: Freezes,
+        mut stop: watch::Receiver<bool>,
+    ) -> JoinHandle<EngineMachine> {
+        let watchdog = self.watchdog(stop.clone());
+        let every = (self.ttl / 8).max(Duration::from_millis(50));
+        loop {
+            tokio::select! {
+                _ = stop.wait_for(|s| *s) => break,
+                _ = tokio::time::sleep(every) => {}
+            }
+            let sent = Instant::now();
+            let round = match self.round().await {
+                Ok(round) => round,
+                Err(error) => {
+                    tracing::warn!(node = %self.node, %error, "a round over the shards' leases failed; retrying");
+                    continue;
+                }
+            };
+            let fenced_out = self.expired();
+            self.renewed_at(sent);
+            match self.apply(round, fenced_out, &handle, running, &freezes, &stop).await {
+                Ok(next) => running = next,
+                Err(error) => {
+                    // The engine is gone (its load failed): callers are
+                    // answered 503 and nothing more is acted on; a
+                    // supervisor starts the node again.
+                    tracing::error!(node = %self.node, %error, "the engine could not be handed over; this node stops");
+                    crate::lease::stop(&format!("node {} could not hand its engine over: {error}", self.node));
+                }
+            }
+        }
+        watchdog.abort();
+        running
+    }
+
+    /// One round's outcome: nothing to do, or a hand-over.
+    async fn apply(
+        &mut self,
+        round: ShardRound,
+        fenced_out: bool,
+        handle: &EngineHandle,
+        running: JoinHandle<EngineMachine>,
+        freezes: &Freezes,
+        stop: &watch::Receiver<bool>,
+    ) -> anyhow::Result<JoinHandle<EngineMachine>> {
+        let mut next: Vec<(u32, i64)> = round.held();
+        next.retain(|h| !round.to_release.contains(h));
+        if next == self.held && round.to_release.is_empty() && !fenced_out {
+            self.publish(&round);
+            return Ok(running);
+        }
+        if !round.lost.is_empty() {
+            tracing::warn!(node = %self.node, lost = ?round.lost, "shards lost: another node took them over");
+        }
+        tracing::info!(
+            node = %self.node,
+            from = ?self.held.iter().map(|h| h.0).collect::<Vec<_>>(),
+            to = ?next.iter().map(|h| h.0).collect::<Vec<_>>(),
+            "the shards this node holds changed: handing its engine over"
+        );
+        // Still acting on what it hands over until the hand-over is done.
+        self.fence(&round.held());
+        let (store, filter) = (
+            Arc::clone(&self.store),
+            ShardFilter { shards: self.shards, held: next.iter().map(|h| h.0 as u16).collect() },
+        );
+        let share = Share::new(filter.held.len() as u16, self.shards);
+        let read = Arc::clone(freezes);
+        let load = move || -> anyhow::Result<Reload> {
+            let snapshot = store.load_shards(&filter)?;
+            Ok(Reload { snapshot, share, freezes: read()? })
+        };
+        let published = self.map_of(&round, &next);
+        let map = Arc::clone(&self.map);
+        let publish = move || *map.write().unwrap_or_else(|p| p.into_inner()) = published;
+        let new = runtime::hand_over_engine(handle, running, load, stop.clone(), publish).await?;
+        self.fence(&next);
+        self.held = next;
+        if !round.to_release.is_empty() {
+            self.release(round.to_release).await?;
+        }
+        Ok(new)
+    }
+
+    async fn round(&self) -> anyhow::Result<ShardRound> {
+        let (store, node, address, started_at, ttl, shards, held) = (
+            Arc::clone(&self.store),
+            self.node.clone(),
+            self.address.clone(),
+            self.started_at,
+            self.ttl,
+            u32::from(self.shards),
+            self.held.clone(),
+        );
+        // A round that hangs (the database unreachable) is abandoned: the
+        // watchdog fences the node meanwhile.
+        let round = tokio::task::spawn_blocking(move || {
+            store.shard_round(&node, &address, started_at, ttl, shards, MAX_MOVING, &held)
+        });
+        Ok(tokio::time::timeout(self.ttl / 2, round).await.map_err(|_| anyhow::anyhow!("no answer in time"))???)
+    }
+
+    async fn release(&self, released: Vec<(u32, i64)>) -> anyhow::Result<()> {
+        let (store, node) = (Arc::clone(&self.store), self.node.clone());
+        tokio::task::spawn_blocking(move || store.release_shards(&node, &released)).await??;
+        Ok(())
+    }
+
+    fn fence(&self, held: &[(u32, i64)]) {
+        let held: BTreeMap<u32, i64> = held.iter().copied().collect();
+        self.store.fence_shards(ShardFence { node: self.node.clone(), shards: self.shards, held });
+    }
+
+    fn filter(&self) -> ShardFilter {
+        ShardFilter { shards: self.shards, held: self.held.iter().map(|h| h.0 as u16).collect() }
+    }
+
+    fn share(&self) -> Share {
+        Share::new(self.held.len() as u16, self.shards)
+    }
+
+    fn map_of(&self, round: &ShardRound, held: &[(u32, i64)]) -> ShardMap {
+        ShardMap {
+            shards: self.shards,
+            held: held.iter().map(|h| h.0 as u16).collect(),
+            holders: round
+                .holders
+                .iter()
+                .map(|(shard, node, url)| (*shard as u16, Holder { node: node.clone(), url: url.clone() }))
+                .collect(),
+        }
+    }
+
+    fn publish(&self, round: &ShardRound) {
+        let map = self.map_of(round, &self.held);
+        *self.map.write().unwrap_or_else(|p| p.into_inner()) = map;
+    }
+
+    fn micros(&self, at: Instant) -> u64 {
+        at.saturating_duration_since(self.base).as_micros() as u64
+    }
+
+    fn renewed_at(&self, sent: Instant) {
+        let fence = SelfFence { ttl_micros: self.ttl.as_micros() as i64 };
+        let until = fence.act_until(self.micros(sent) as i64).max(0) as u64;
+        self.act_until.store(until, Ordering::SeqCst);
+    }
+
+    /// Whether the watchdog fenced this node out since its last round.
+    fn expired(&self) -> bool {
+        self.micros(Instant::now()) >= self.act_until.load(Ordering::SeqCst)
+    }
+
+    /// Narrows the fence to nothing once the node may no longer act (see
+    /// the module), checking every 20 ms.
+    fn watchdog(&self, mut stop: watch::Receiver<bool>) -> JoinHandle<()> {
+        let (store, node, shards, act_until, base, map) = (
+            Arc::clone(&self.store),
+            self.node.clone(),
+            self.shards,
+            Arc::clone(&self.act_until),
+            self.base,
+            Arc::clone(&self.map),
+        );
+        tokio::spawn(async move {
+            let mut fenced = false;
+            loop {
+                tokio::select! {
+                    _ = stop.wait_for(|s| *s) => return,
+                    _ = tokio::time::sleep(Duration::from_millis(20)) => {}
+                }
+                let now = Instant::now().saturating_duration_since(base).as_micros() as u64;
+                let expired = now >= act_until.load(Ordering::SeqCst);
+                if expired && !fenced {
+                    tracing::error!(%node, "the shards' leases could not be renewed in time: this node stops acting on them");
+                    store.fence_shards(ShardFence { node: node.clone(), shards, held: BTreeMap::new() });
+                    let mut map = map.write().unwrap_or_else(|p| p.into_inner());
+                    map.held.clear();
+                }
+                fenced = expired;
+            }
+        })
+    }
+}

@@ -1,0 +1,193 @@
+//! Nodes of one control plane on a PostgreSQL store split into shards
+//! (issue 16, item 1): each runs one engine over the shards it holds
+//! (`held::Keeper`), handed over as shards move between nodes, its commits
+//! fenced on what it holds. A real PostgreSQL; the engines' actions go to a
+//! provider that never answers (what is tested is who holds what).
+
+#[path = "../../store/tests/common/pg.rs"]
+#[allow(dead_code)]
+mod pg;
+
+use drover_engine::{Command, Config, Engine, Input};
+use drover_model::{ActionOutcome, ActionRecord, CreateService, EngineKind, Slot};
+use drover_providers::{BoxFuture, Provider, ProviderEvent};
+use drover_server::runtime::{self, EngineHandle, EngineMachine};
+use drover_server::{actor, held, lease};
+use drover_store::{PgStore, Store};
+use std::collections::{BTreeSet, HashMap};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+use tokio::sync::{mpsc, watch};
+use tokio::task::JoinHandle;
+
+const SHARDS: u16 = 4;
+const TTL: Duration = Duration::from_secs(3);
+
+/// Takes every action and never answers.
+struct Idle;
+impl Provider for Idle {
+    fn name(&self) -> &str {
+        "sim"
+    }
+    fn engines(&self) -> &'static [EngineKind] {
+        &[EngineKind::Postgres]
+    }
+    fn execute(&self, _action: ActionRecord) -> BoxFuture<ActionOutcome> {
+        Box::pin(std::future::pending())
+    }
+    fn start(&self, _sink: mpsc::Sender<ProviderEvent>) {}
+}
+
+struct Node {
+    name: String,
+    handle: EngineHandle,
+    map: lease::Shards,
+    stop: watch::Sender<bool>,
+    keeper: JoinHandle<JoinHandle<EngineMachine>>,
+}
+
+impl Node {
+    async fn start(url: &str, name: &str) -> Node {
+        let store = {
+            let url = url.to_string();
+            Arc::new(tokio::task::spawn_blocking(move || PgStore::connect(&url)).await.unwrap().unwrap())
+        };
+        let counted = Arc::clone(&store);
+        let count = tokio::task::spawn_blocking(move || counted.shard_count(Some(SHARDS))).await.unwrap().unwrap();
+        assert_eq!(count, SHARDS);
+        let map = lease::Shards::default();
+        let address = format!("http://{name}.test:7700");
+        let mut keeper = held::Keeper::new(Arc::clone(&store), name.into(), address, TTL, SHARDS, Arc::clone(&map));
+        let (filter, share) = keeper.first().await.expect("the first round");
+        let snapshot = {
+            let store = Arc::clone(&store);
+            tokio::task::spawn_blocking(move || store.load_shards(&filter)).await.unwrap().unwrap()
+        };
+        let now = runtime::now();
+        let config = Config { share, ..Config::default() };
+        let (engine, restored) = Engine::restore(config, 7, snapshot, now);
+        let dyn_store: Arc<dyn Store> = store;
+        runtime::commit(&dyn_store, restored.changes).await.unwrap();
+        let (handle, inbox) = actor::channel::<EngineMachine>(runtime::LIMITS);
+        let provider: Arc<dyn Provider> = Arc::new(Idle);
+        let dispatcher =
+            runtime::Dispatcher::new(HashMap::from([("sim".to_string(), provider.clone())]), provider, handle.clone());
+        let machine = EngineMachine::new(engine, dyn_store, dispatcher, None, None);
+        let (stop, shutdown) = watch::channel(false);
+        let running = tokio::spawn(
+            actor::Actor { machine, inbox, shutdown: shutdown.clone(), limits: runtime::LIMITS }.run_to_end(),
+        );
+        let freezes: held::Freezes = Arc::new(|| Ok(Vec::new()));
+        let keeper = tokio::spawn(keeper.keep(handle.clone(), running, freezes, shutdown));
+        Node { name: name.into(), handle, map, stop, keeper }
+    }
+
+    fn held(&self) -> BTreeSet<u16> {
+        self.map.read().unwrap().held.clone()
+    }
+
+    async fn services(&self) -> BTreeSet<String> {
+        self.handle.query(|e: &Engine| e.service_views().into_iter().map(|v| v.name).collect()).await.unwrap()
+    }
+
+    /// Stops its rounds and its engine, and lets go of its store (its
+    /// lease connection closes, its locks with it): as a node killed.
+    async fn kill(self) {
+        let _ = self.stop.send(true);
+        let running = self.keeper.await.unwrap();
+        drop(running.await.unwrap());
+        drop(self.handle);
+    }
+}
+
+fn create(name: &str) -> Input {
+    Input::Command {
+        actor: "test".into(),
+        role: None,
+        command: Command::CreateService(CreateService {
+            name: name.into(),
+            engine: EngineKind::Postgres,
+            followers: 0,
+            provider: None,
+            sync: None,
+            team: None,
+            zones: None,
+            max_failover_lag_bytes: None,
+            credential_rotation_days: None,
+            labels: None,
+            brokers: None,
+        }),
+    }
+}
+
+fn shard_of(name: &str) -> u16 {
+    Slot::of_name(name).shard(SHARDS)
+}
+
+async fn until(what: &str, within: Duration, mut done: impl FnMut() -> bool) {
+    let start = Instant::now();
+    while !done() {
+        assert!(start.elapsed() < within, "not within {within:?}: {what}");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn each_node_runs_one_engine_over_the_shards_it_holds_and_hands_it_over_as_they_move() {
+    let pg = tokio::task::spawn_blocking(pg::PgServer::start).await.unwrap();
+    let url = pg.url("postgres");
+
+    // Alone, a holds every shard and creates the whole fleet.
+    let a = Node::start(&url, "a").await;
+    assert_eq!(a.held(), (0..SHARDS).collect(), "alone, a node holds every shard");
+    for image in drover_server::default_images(runtime::now()) {
+        let command = Command::RegisterImage(image);
+        a.handle.call(Input::Command { actor: "system".into(), role: None, command }).await.unwrap();
+    }
+    let fleet: BTreeSet<String> = (0..16).map(|i| format!("svc-{i}")).collect();
+    for name in &fleet {
+        a.handle.call(create(name)).await.expect("created on a");
+    }
+    assert_eq!(a.services().await, fleet);
+
+    // b joins: a hands two shards over, b takes them, and each engine
+    // then has exactly its shards' services.
+    let b = Node::start(&url, "b").await;
+    until("two shards each", Duration::from_secs(20), || a.held().len() == 2 && b.held().len() == 2).await;
+    let (a_held, b_held) = (a.held(), b.held());
+    assert!(a_held.is_disjoint(&b_held));
+    let on = |held: &BTreeSet<u16>| -> BTreeSet<String> {
+        fleet.iter().filter(|n| held.contains(&shard_of(n))).cloned().collect()
+    };
+    assert_eq!(a.services().await, on(&a_held), "a's engine was handed over to a's shards");
+    assert_eq!(b.services().await, on(&b_held), "b's engine loaded b's shards, all that a committed on them");
+    // a's next round sees b holding them: where a routes them.
+    until("a routes b's shards to b", Duration::from_secs(5), || {
+        let map = a.map.read().unwrap();
+        b_held.iter().all(|s| map.holders.get(s).is_some_and(|h| h.url == "http://b.test:7700" && h.node == "b"))
+    })
+    .await;
+
+    // b acts on its shards; a's commits on them are refused by the fence.
+    let b_name = (0..).map(|i| format!("late-{i}")).find(|n| b_held.contains(&shard_of(n))).unwrap();
+    b.handle.call(create(&b_name)).await.expect("b creates in its own shard");
+    let a_name = (0..).map(|i| format!("stray-{i}")).find(|n| b_held.contains(&shard_of(n))).unwrap();
+    let refused = a.handle.call(create(&a_name)).await.expect_err("a cannot write b's shard");
+    assert!(format!("{refused:?}").contains("persist"), "{refused:?}");
+
+    // b is killed: its locks go with its connection and a takes its
+    // shards at once, its engine handed over to the whole fleet as the
+    // store has it (b's service in, a's refused one not).
+    let b_name_kept = b_name.clone();
+    let b_node = b.name.clone();
+    b.kill().await;
+    let killed = Instant::now();
+    until(&format!("a takes {b_node}'s shards"), Duration::from_secs(10), || a.held().len() == SHARDS as usize).await;
+    eprintln!("a killed node's shards taken in {:?}", killed.elapsed());
+    let mut whole = fleet.clone();
+    whole.insert(b_name_kept);
+    // The map is published once new requests wait for the new engine.
+    assert_eq!(a.services().await, whole);
+    let _ = a.stop.send(true);
+    drop(a.keeper.await.unwrap().await.unwrap());
+}
