@@ -191,3 +191,65 @@ async fn each_node_runs_one_engine_over_the_shards_it_holds_and_hands_it_over_as
     let _ = a.stop.send(true);
     drop(a.keeper.await.unwrap().await.unwrap());
 }
+
+/// A node paused past its leases (its runtime's only worker blocked: its
+/// rounds, watchdog and engine stop, its connections and locks stay, as
+/// under SIGSTOP) has its shards taken over once they expire; resumed, it
+/// does not act on them (a command queued for it during the pause is
+/// refused and the store never has it), and it rejoins: its share is
+/// handed back to it and its engine loads it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_node_paused_past_its_leases_acts_on_nothing_it_lost_and_rejoins() {
+    let pg = tokio::task::spawn_blocking(pg::PgServer::start).await.unwrap();
+    let url = pg.url("postgres");
+    let a = Node::start(&url, "a").await;
+    for image in drover_server::default_images(runtime::now()) {
+        let command = Command::RegisterImage(image);
+        a.handle.call(Input::Command { actor: "system".into(), role: None, command }).await.unwrap();
+    }
+    let fleet: BTreeSet<String> = (0..16).map(|i| format!("svc-{i}")).collect();
+    for name in &fleet {
+        a.handle.call(create(name)).await.expect("created on a");
+    }
+    // b on a runtime of its own, with one worker: what pauses it.
+    let b_runtime = tokio::runtime::Builder::new_multi_thread().worker_threads(1).enable_all().build().unwrap();
+    let b = {
+        let url = url.clone();
+        b_runtime.spawn(async move { Node::start(&url, "b").await }).await.unwrap()
+    };
+    until("two shards each", Duration::from_secs(20), || a.held().len() == 2 && b.held().len() == 2).await;
+    let b_held = b.held();
+
+    // Paused for longer than a lease.
+    let pause = TTL + Duration::from_secs(4);
+    b_runtime.spawn(async move { std::thread::sleep(pause) });
+    let paused = Instant::now();
+    let stray = (0..).map(|i| format!("paused-{i}")).find(|n| b_held.contains(&shard_of(n))).unwrap();
+    let queued = {
+        let (handle, stray) = (b.handle.clone(), stray.clone());
+        tokio::spawn(async move { handle.call(create(&stray)).await })
+    };
+    until("a takes the paused node's shards", pause, || a.held().len() == SHARDS as usize).await;
+    assert!(paused.elapsed() >= TTL - TTL / 5, "taken before b's leases could expire: {:?}", paused.elapsed());
+
+    // Resumed: what it was asked while paused is refused, not written.
+    let answer = tokio::time::timeout(Duration::from_secs(15), queued).await.expect("answered").unwrap();
+    let refused = format!("{:?}", answer.expect_err("a paused node acted on a shard it lost"));
+    assert!(refused.contains("does not hold shard"), "refused by the fence: {refused}");
+    let check = {
+        let url = url.clone();
+        tokio::task::spawn_blocking(move || PgStore::connect(&url).unwrap().load().unwrap()).await.unwrap()
+    };
+    assert!(!check.services.iter().any(|s| s.name == stray), "the store has what the paused node was asked");
+
+    // And it rejoins with its share, its engine over it.
+    until("b rejoins with two shards", Duration::from_secs(20), || a.held().len() == 2 && b.held().len() == 2).await;
+    let b_now = b.held();
+    let expected: BTreeSet<String> = fleet.iter().filter(|n| b_now.contains(&shard_of(n))).cloned().collect();
+    assert_eq!(b.services().await, expected);
+    let b_kill = b_runtime.spawn(b.kill());
+    b_kill.await.unwrap();
+    let _ = a.stop.send(true);
+    drop(a.keeper.await.unwrap().await.unwrap());
+    b_runtime.shutdown_background();
+}
