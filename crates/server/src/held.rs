@@ -13,6 +13,10 @@
 //! the shards it hands over released, so their next holder starts after
 //! this node's last commit on them.
 //!
+//! The singletons' writes (the pager's, break-glass's) are fenced by shard
+//! 0's lease (`PgStore::fence_commits` with its generation, or 0 on a node
+//! without it): they are refused on every node but shard 0's holder.
+//!
 //! Self-fencing: a node whose rounds have not succeeded for 4/5 of the TTL
 //! (by its own clock, from when it sent the last one that did) narrows its
 //! fence to nothing at once, from a watchdog of its own, before any lease
@@ -22,8 +26,8 @@
 //! engine over to that, so a paused node rejoins without a restart.
 //!
 //! Not settled here (docs/architecture.md, "The server on several
-//! shards"): the singletons (pager, status, rollouts' waves, deferred
-//! commands) on shard 0's holder, the fleet-wide records every engine
+//! shards"): starting and stopping the singletons (pager, status,
+//! rollouts' waves, deferred commands) with shard 0, the fleet-wide records every engine
 //! keeps a copy of, and the agents' action queue; `drover serve` does not
 //! run a fleet of several shards yet.
 
@@ -220,9 +224,14 @@ impl Keeper {
         Ok(())
     }
 
+    /// The store's fences on `held`: each shard's commits, and the
+    /// singletons' writes by shard 0's generation (0, which no lease has,
+    /// when this node does not hold shard 0: they are refused here).
     fn fence(&self, held: &[(u32, i64)]) {
+        let fleet = held.iter().find(|h| h.0 == 0).map_or(0, |h| h.1);
         let held: BTreeMap<u32, i64> = held.iter().copied().collect();
         self.store.fence_shards(ShardFence { node: self.node.clone(), shards: self.shards, held });
+        self.store.fence_commits(&self.node, fleet);
     }
 
     fn filter(&self) -> ShardFilter {
@@ -288,6 +297,7 @@ impl Keeper {
                 if expired && !fenced {
                     tracing::error!(%node, "the shards' leases could not be renewed in time: this node stops acting on them");
                     store.fence_shards(ShardFence { node: node.clone(), shards, held: BTreeMap::new() });
+                    store.fence_commits(&node, 0);
                     let mut map = map.write().unwrap_or_else(|p| p.into_inner());
                     map.held.clear();
                 }

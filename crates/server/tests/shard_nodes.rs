@@ -40,6 +40,7 @@ impl Provider for Idle {
 
 struct Node {
     name: String,
+    store: Arc<PgStore>,
     handle: EngineHandle,
     map: lease::Shards,
     stop: watch::Sender<bool>,
@@ -66,7 +67,7 @@ impl Node {
         let now = runtime::now();
         let config = Config { share, ..Config::default() };
         let (engine, restored) = Engine::restore(config, 7, snapshot, now);
-        let dyn_store: Arc<dyn Store> = store;
+        let dyn_store: Arc<dyn Store> = Arc::clone(&store) as Arc<dyn Store>;
         runtime::commit(&dyn_store, restored.changes).await.unwrap();
         let (handle, inbox) = actor::channel::<EngineMachine>(runtime::LIMITS);
         let provider: Arc<dyn Provider> = Arc::new(Idle);
@@ -79,7 +80,7 @@ impl Node {
         );
         let freezes: held::Freezes = Arc::new(|| Ok(Vec::new()));
         let keeper = tokio::spawn(keeper.keep(handle.clone(), running, freezes, shutdown));
-        Node { name: name.into(), handle, map, stop, keeper }
+        Node { name: name.into(), store, handle, map, stop, keeper }
     }
 
     fn held(&self) -> BTreeSet<u16> {
@@ -167,6 +168,18 @@ async fn each_node_runs_one_engine_over_the_shards_it_holds_and_hands_it_over_as
         b_held.iter().all(|s| map.holders.get(s).is_some_and(|h| h.url == "http://b.test:7700" && h.node == "b"))
     })
     .await;
+
+    // The singletons' writes are fenced to shard 0's holder; the other
+    // node's engine commits on its own shards all the same.
+    let (zero, other) = if a_held.contains(&0) { (&a, &b) } else { (&b, &a) };
+    let generation = zero.store.holder().expect("fenced").1;
+    assert!(generation > 0, "shard 0's holder is fenced with its generation");
+    assert_eq!(other.store.holder(), Some((other.name.clone(), 0)), "no lease has generation 0");
+    let other_held = other.held();
+    let name = (0..).map(|i| format!("own-{i}")).find(|n| other_held.contains(&shard_of(n))).unwrap();
+    other.handle.call(create(&name)).await.expect("a node without shard 0 commits on its own shards");
+    let mut fleet = fleet;
+    fleet.insert(name);
 
     // b acts on its shards; a's commits on them are refused by the fence.
     let b_name = (0..).map(|i| format!("late-{i}")).find(|n| b_held.contains(&shard_of(n))).unwrap();

@@ -541,15 +541,20 @@ impl PgStore {
         })
     }
 
-    /// From now on every commit checks, in its own transaction, that
-    /// `node` still holds the lease of `generation`; one that does not
-    /// writes nothing ([`StoreError::LeaseLost`]).
     /// This node's fencing token, once [`PgStore::fence_commits`] set it:
     /// the pager's and break-glass's writes check it like the fleet's.
-    pub(crate) fn holder(&self) -> Option<(String, i64)> {
+    pub fn holder(&self) -> Option<(String, i64)> {
         self.fence.read().unwrap_or_else(|p| p.into_inner()).clone()
     }
 
+    /// From now on every commit checks, in its own transaction, that
+    /// `node` still holds the lease of `generation` (shard 0's, the
+    /// fleet's); one that does not writes nothing ([`StoreError::LeaseLost`]).
+    /// On a fleet of several shards ([`PgStore::fence_shards`] set) the
+    /// engine's commits are fenced by their shards instead, and this token
+    /// fences only what runs on shard 0's holder alone: the pager's and
+    /// break-glass's writes (a node without shard 0 sets a generation no
+    /// lease has, 0, and they are refused there).
     pub fn fence_commits(&self, node: &str, generation: i64) {
         *self.fence.write().unwrap_or_else(|p| p.into_inner()) = Some((node.to_string(), generation));
     }
@@ -689,9 +694,13 @@ async fn commit_group(
 ) -> Result<Vec<Result<(), u32>>, StoreError> {
     let mut client = pool.get().await.map_err(pool_error(target))?;
     let tx = client.transaction().await.map_err(pg("beginning a commit"))?;
-    check_lease(&tx, holder).await?;
+    // Several shards: each batch is fenced by the shards it writes, and
+    // the fleet's token (shard 0's) fences only the singletons' writes.
     let admitted = match shards {
-        None => vec![Ok(()); group.len()],
+        None => {
+            check_lease(&tx, holder).await?;
+            vec![Ok(()); group.len()]
+        }
         Some(fence) => check_shards(&tx, group, fence).await?,
     };
     let written: Vec<&Request> = group.iter().zip(&admitted).filter(|(_, a)| a.is_ok()).map(|(r, _)| r).collect();
