@@ -45,6 +45,11 @@ use tokio::sync::mpsc;
 pub const GENERATION_HEADER: &str = "x-drover-generation";
 /// The node that sends an action (for the world's log).
 pub const NODE_HEADER: &str = "x-drover-node";
+/// On a fleet of several shards: the shard of the action, as `S/N` (shard
+/// `S` of `N`), whose lease the generation is of. The world keeps the
+/// newest generation per shard and checks that the action's id is in that
+/// shard. Without it: shard 0, the fleet's (one shard).
+pub const SHARD_HEADER: &str = "x-drover-shard";
 
 /// What `POST /v1/actions` answers.
 #[derive(Debug, Serialize, Deserialize)]
@@ -88,21 +93,45 @@ pub async fn serve_sim_provider(
     let sim = SimProvider::open(&path, opts.sim.clone())
         .map_err(|e| anyhow::anyhow!("cannot open the simulated world at {}: {e}", path.display()))?;
     let fence = Arc::new(GenerationFence::open(&opts.data_dir.join("sim-generation")).map_err(|e| anyhow::anyhow!(e))?);
-    let world = World { sim, fence };
-    let app = axum::Router::new()
-        .route("/healthz", get(|| async { "ok" }))
-        .route("/v1/beats", get(beats))
-        .route("/v1/instances", get(instances))
-        .route("/v1/actions", post(carry_out))
-        .route("/v1/chaos", post(chaos))
-        .fallback(|| async { ApiError::not_found("no such route") })
-        .with_state(world);
+    let app = app(World { sim, fence });
     let listener = tokio::net::TcpListener::bind(opts.listen)
         .await
         .map_err(|e| anyhow::anyhow!("cannot listen on {}: {e}", opts.listen))?;
     tracing::info!(listen = %opts.listen, world = %path.display(), "sim provider serving");
     axum::serve(listener, app).with_graceful_shutdown(shutdown).await?;
     Ok(())
+}
+
+fn app(world: World) -> axum::Router {
+    axum::Router::new()
+        .route("/healthz", get(|| async { "ok" }))
+        .route("/v1/beats", get(beats))
+        .route("/v1/instances", get(instances))
+        .route("/v1/actions", post(carry_out))
+        .route("/v1/chaos", post(chaos))
+        .fallback(|| async { ApiError::not_found("no such route") })
+        .with_state(world)
+}
+
+/// The shard an action's generation is of: `S/N` in [`SHARD_HEADER`] (the
+/// action's id must be in shard `S` of `N`), else shard 0.
+fn shard_of(headers: &HeaderMap, action: &ActionRecord) -> Result<u32, ApiError> {
+    let Some(raw) = header_of(headers, SHARD_HEADER) else { return Ok(0) };
+    let bad = || ApiError::bad_request(format!("{SHARD_HEADER} must be SHARD/SHARDS (e.g. 3/12), got {raw:?}"));
+    let (shard, shards) = raw.split_once('/').ok_or_else(bad)?;
+    let (shard, shards): (u16, u16) =
+        (shard.trim().parse().map_err(|_| bad())?, shards.trim().parse().map_err(|_| bad())?);
+    if shards == 0 || u32::from(shards) > drover_store::MAX_SHARDS || shard >= shards {
+        return Err(bad());
+    }
+    let actual = action.id.slot().shard(shards);
+    if actual != shard {
+        return Err(ApiError::bad_request(format!(
+            "action {} is in shard {actual} of {shards}, not {shard}: its generation cannot be of shard {shard}",
+            action.id
+        )));
+    }
+    Ok(u32::from(shard))
 }
 
 async fn beats(State(world): State<World>) -> axum::Json<Vec<Beat>> {
@@ -127,8 +156,9 @@ async fn carry_out(
         let generation: i64 = raw
             .parse()
             .map_err(|_| ApiError::bad_request(format!("{GENERATION_HEADER} must be an integer, got {raw:?}")))?;
+        let shard = shard_of(&headers, &action)?;
         let fence = Arc::clone(&world.fence);
-        let admitted = tokio::task::spawn_blocking(move || fence.admit(generation))
+        let admitted = tokio::task::spawn_blocking(move || fence.admit_in(shard, generation))
             .await
             .map_err(|e| ApiError::internal(e.to_string()))?;
         match admitted {
@@ -297,5 +327,77 @@ impl Provider for RemoteSim {
                 }
             }
         });
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use axum::body::Body;
+    use drover_model::{ActionId, ActionKind, ServiceId, Slot};
+    use tower::ServiceExt;
+
+    fn action_in(name: &str) -> ActionRecord {
+        let slot = Slot::of_name(name);
+        let now = Timestamp(1_700_000_000_000_000);
+        ActionRecord {
+            id: ActionId::new_at(now.0, 1).in_slot(slot),
+            service: ServiceId::new_at(now.0, 2).in_slot(slot),
+            instance: InstanceId::new_at(now.0, 3).in_slot(slot),
+            kind: ActionKind::Probe,
+            state: ActionState::Running,
+            attempts: 1,
+            cause: "test".into(),
+            created_at: now,
+            updated_at: now,
+            deadline: now,
+            error: None,
+        }
+    }
+
+    async fn post(app: &axum::Router, action: &ActionRecord, generation: i64, shard: Option<&str>) -> (u16, String) {
+        let mut request = axum::http::Request::post("/v1/actions")
+            .header("content-type", "application/json")
+            .header(GENERATION_HEADER, generation.to_string());
+        if let Some(shard) = shard {
+            request = request.header(SHARD_HEADER, shard);
+        }
+        let request = request.body(Body::from(serde_json::to_vec(action).unwrap())).unwrap();
+        let response = app.clone().oneshot(request).await.unwrap();
+        let status = response.status().as_u16();
+        let body = axum::body::to_bytes(response.into_body(), usize::MAX).await.unwrap();
+        (status, String::from_utf8_lossy(&body).into_owned())
+    }
+
+    /// Nodes holding different shards have unrelated generations: the
+    /// world refuses an older generation of the same shard only, and an
+    /// action whose id is not in the shard it names.
+    #[tokio::test]
+    async fn the_world_keeps_the_newest_generation_of_each_shard() {
+        let dir = tempfile::tempdir().unwrap();
+        let sim = SimProvider::open(&dir.path().join("sim-provider.json"), SimConfig::default()).unwrap();
+        let fence = Arc::new(GenerationFence::open(&dir.path().join("sim-generation")).unwrap());
+        let app = app(World { sim, fence });
+        let name_in =
+            |shard: u16| (0..).map(|i| format!("db-{i}")).find(|n| Slot::of_name(n).shard(4) == shard).unwrap();
+        let (one, two) = (action_in(&name_in(1)), action_in(&name_in(2)));
+        assert_eq!(post(&app, &one, 7, Some("1/4")).await.0, 200);
+        assert_eq!(
+            post(&app, &two, 3, Some("2/4")).await.0,
+            200,
+            "shard 2's generation 3 is not older than shard 1's 7"
+        );
+        let (status, body) = post(&app, &two, 2, Some("2/4")).await;
+        assert_eq!(status, 409, "{body}");
+        assert!(body.contains("of shard 2 is older than 3"), "{body}");
+        assert_eq!(post(&app, &one, 7, Some("1/4")).await.0, 200);
+        // Without the header: shard 0, the fleet's.
+        assert_eq!(post(&app, &one, 1, None).await.0, 200);
+        for bad in ["2/4", "1", "4/4", "1/0", "x/4", "1/99999"] {
+            let (status, body) = post(&app, &one, 9, Some(bad)).await;
+            assert_eq!(status, 400, "{bad}: {body}");
+        }
+        let (_, body) = post(&app, &one, 9, Some("2/4")).await;
+        assert!(body.contains("is in shard 1 of 4, not 2"), "{body}");
     }
 }
