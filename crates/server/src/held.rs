@@ -246,6 +246,7 @@ impl Keeper {
         ShardMap {
             shards: self.shards,
             held: held.iter().map(|h| h.0 as u16).collect(),
+            generations: held.iter().map(|h| (h.0 as u16, h.1)).collect(),
             holders: round
                 .holders
                 .iter()
@@ -300,6 +301,7 @@ impl Keeper {
                     store.fence_commits(&node, 0);
                     let mut map = map.write().unwrap_or_else(|p| p.into_inner());
                     map.held.clear();
+                    map.generations.clear();
                 }
                 fenced = expired;
             }

@@ -96,6 +96,9 @@ pub struct ShardMap {
     pub held: std::collections::BTreeSet<u16>,
     /// The holder of each other shard that has one.
     pub holders: std::collections::BTreeMap<u16, Holder>,
+    /// The generation this node holds each of `held` with: what its
+    /// actions on that shard carry (`sim_provider::RemoteSim`).
+    pub generations: std::collections::BTreeMap<u16, i64>,
 }
 
 impl ShardMap {

@@ -216,6 +216,10 @@ pub struct RemoteSim {
     node: String,
     heartbeat_interval: Duration,
     sink: Arc<Mutex<Option<mpsc::Sender<ProviderEvent>>>>,
+    /// On a fleet of several shards: the shards this node holds and their
+    /// generations; an action carries its shard's, and one of a shard not
+    /// held is not sent.
+    shards: Option<crate::lease::Shards>,
 }
 
 /// How long one call to the world may take (an action's latency and its fsync included).
@@ -231,14 +235,50 @@ impl RemoteSim {
             node,
             heartbeat_interval: heartbeat_interval.max(Duration::from_millis(1)),
             sink: Arc::new(Mutex::new(None)),
+            shards: None,
         })
     }
 
+    /// The same world for a node of a fleet split into shards: each action
+    /// carries the generation of its shard as `map` has it.
+    pub fn with_shards(
+        url: &str,
+        node: String,
+        heartbeat_interval: Duration,
+        map: crate::lease::Shards,
+    ) -> Arc<RemoteSim> {
+        let mut sim = Arc::unwrap_or_clone(RemoteSim::new(url, node, None, heartbeat_interval));
+        sim.shards = Some(map);
+        Arc::new(sim)
+    }
+
+    /// The generation `action` is sent with, and its shard (`S/N`) on a
+    /// split fleet; `Err` when this node does not hold the action's shard.
+    fn generation_of(&self, action: &ActionRecord) -> Result<(Option<i64>, Option<String>), String> {
+        let Some(map) = &self.shards else { return Ok((self.generation, None)) };
+        let map = map.read().unwrap_or_else(|p| p.into_inner());
+        if map.shards <= 1 {
+            return Ok((map.generations.get(&0).copied(), None));
+        }
+        let shard = action.id.slot().shard(map.shards);
+        match map.generations.get(&shard) {
+            Some(generation) => Ok((Some(*generation), Some(format!("{shard}/{}", map.shards)))),
+            None => Err(format!(
+                "this node ({}) does not hold shard {shard} of action {} (any more): it is not sent",
+                self.node, action.id
+            )),
+        }
+    }
+
     async fn send(&self, action: &ActionRecord) -> Result<Carried, (String, bool)> {
+        let (generation, shard) = self.generation_of(action).map_err(|e| (e, false))?;
         let mut request = self.http.post(format!("{}/v1/actions", self.base)).json(action);
         request = request.header(NODE_HEADER, self.node.as_str());
-        if let Some(generation) = self.generation {
+        if let Some(generation) = generation {
             request = request.header(GENERATION_HEADER, generation.to_string());
+        }
+        if let Some(shard) = shard {
+            request = request.header(SHARD_HEADER, shard);
         }
         let response = request
             .send()
@@ -399,5 +439,53 @@ mod tests {
         }
         let (_, body) = post(&app, &one, 9, Some("2/4")).await;
         assert!(body.contains("is in shard 1 of 4, not 2"), "{body}");
+    }
+
+    /// Two nodes of a split fleet share one world: each action carries its
+    /// own shard's generation, a node's action of a shard it does not hold
+    /// is not sent, and a node with an older generation of a shard than
+    /// the world saw is refused (not retried).
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn nodes_of_a_split_fleet_send_each_action_with_its_shard_s_generation() {
+        crate::tls::install_crypto_provider();
+        let dir = tempfile::tempdir().unwrap();
+        let sim = SimProvider::open(&dir.path().join("sim-provider.json"), SimConfig::default()).unwrap();
+        let fence = Arc::new(GenerationFence::open(&dir.path().join("sim-generation")).unwrap());
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let url = format!("http://{}", listener.local_addr().unwrap());
+        tokio::spawn(async move { axum::serve(listener, app(World { sim, fence })).await });
+        let name_in =
+            |shard: u16| (0..).map(|i| format!("db-{i}")).find(|n| Slot::of_name(n).shard(4) == shard).unwrap();
+        let map = |held: &[(u16, i64)]| -> crate::lease::Shards {
+            Arc::new(std::sync::RwLock::new(crate::lease::ShardMap {
+                shards: 4,
+                held: held.iter().map(|h| h.0).collect(),
+                generations: held.iter().copied().collect(),
+                holders: Default::default(),
+            }))
+        };
+        let refusal = |outcome: ActionOutcome| match outcome {
+            ActionOutcome::Failed { error, retryable } => Some((error, retryable)),
+            _ => None,
+        };
+        let a = RemoteSim::with_shards(&url, "a".into(), Duration::from_secs(1), map(&[(1, 7), (2, 3)]));
+        for shard in [1, 2] {
+            let outcome = a.execute(action_in(&name_in(shard))).await;
+            assert!(refusal(outcome.clone()).is_none_or(|(e, _)| !e.contains("older")), "shard {shard}: {outcome:?}");
+        }
+        let (error, retryable) = refusal(a.execute(action_in(&name_in(3))).await).expect("not sent");
+        assert!(error.contains("does not hold shard 3") && !retryable, "{error}");
+        // b took shard 2 over with generation 4; a paused a with 3 is refused.
+        let b = RemoteSim::with_shards(&url, "b".into(), Duration::from_secs(1), map(&[(2, 4)]));
+        let outcome = b.execute(action_in(&name_in(2))).await;
+        assert!(refusal(outcome.clone()).is_none_or(|(e, _)| !e.contains("older")), "{outcome:?}");
+        let (error, retryable) = refusal(a.execute(action_in(&name_in(2))).await).expect("refused");
+        assert!(
+            error.contains("409") && error.contains("generation 3 of shard 2 is older than 4") && !retryable,
+            "{error}"
+        );
+        // a's shard 1 is its own still.
+        let outcome = a.execute(action_in(&name_in(1))).await;
+        assert!(refusal(outcome.clone()).is_none_or(|(e, _)| !e.contains("older")), "{outcome:?}");
     }
 }

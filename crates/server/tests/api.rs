@@ -63,6 +63,7 @@ async fn a_node_holding_some_shards_answers_its_own_forwards_the_others_and_list
         shards: 2,
         held: [0].into(),
         holders: [(1, drover_server::lease::Holder { node: "b".into(), url: b.url.clone() })].into(),
+        ..Default::default()
     });
     let names_in = |shard: u16| -> Vec<String> {
         (0..).map(|i| format!("svc-{i}")).filter(|n| drover_model::Slot::of_name(n).shard(2) == shard).take(2).collect()
@@ -141,6 +142,7 @@ async fn a_heartbeat_batch_reaches_each_part_s_holder_and_is_answered_once_all_w
         shards: 2,
         held: [0].into(),
         holders: [(1, drover_server::lease::Holder { node: "b".into(), url: b.url.clone() })].into(),
+        ..Default::default()
     };
     let name_in = |shard: u16| {
         (0..).map(|i| format!("beat-{i}")).find(|n| drover_model::Slot::of_name(n).shard(2) == shard).unwrap()
