@@ -63,6 +63,13 @@ pub struct ServeArgs {
     /// takes over about this long after the holder died [default: 6].
     #[arg(long, env = "DROVER_LEASE_TTL_SECS")]
     pub lease_ttl_secs: Option<f64>,
+    /// With --store: split the fleet into this many shards, each held by
+    /// one node (fixed by the first node that serves the store; 1 to
+    /// 2048). Experimental (issue 16): the pager and the other fleet-wide
+    /// jobs are not yet moved to shard 0's holder (their writes are only
+    /// refused elsewhere). [default: the store's, else 1]
+    #[arg(long, env = "DROVER_SHARDS", value_name = "N")]
+    pub shards: Option<u16>,
     /// At most this many routers (one pgbouncer each) beside the control
     /// plane, for services on agent hosts; a service past it is built
     /// without a URL, and the log says why [default: 1000].
@@ -302,9 +309,17 @@ pub fn resolve(args: ServeArgs, no_local_set: bool) -> anyhow::Result<Settings> 
         }
         opts.store = Some(url.clone());
     }
-    if args.node.is_some() || args.lease_ttl_secs.is_some() {
+    if args.node.is_some() || args.lease_ttl_secs.is_some() || args.shards.is_some() {
         if args.store.is_none() {
-            bail!("--node and --lease-ttl-secs are for nodes sharing a PostgreSQL store: add --store postgres://...");
+            bail!(
+                "--node, --lease-ttl-secs and --shards are for nodes sharing a PostgreSQL store: add --store postgres://..."
+            );
+        }
+        if let Some(n) = args.shards {
+            if n == 0 || u32::from(n) > drover_store::MAX_SHARDS {
+                bail!("--shards must be 1 to {}, not {n}", drover_store::MAX_SHARDS);
+            }
+            opts.shards = Some(n);
         }
         if let Some(node) = &args.node {
             drover_server::lease::check_node_name(node).map_err(|e| anyhow::anyhow!("--node: {e}"))?;

@@ -21,6 +21,10 @@ const GENEROUS: Duration = Duration::from_secs(60);
 const TTL_SECS: f64 = 3.0;
 
 fn node(root: &Path, name: &str, store: &str, world: &str) -> Serve {
+    node_with(root, name, store, world, &[])
+}
+
+fn node_with(root: &Path, name: &str, store: &str, world: &str, extra: &[&str]) -> Serve {
     let cwd = root.join(name);
     std::fs::create_dir_all(&cwd).unwrap();
     let ttl = TTL_SECS.to_string();
@@ -32,6 +36,7 @@ fn node(root: &Path, name: &str, store: &str, world: &str) -> Serve {
         "--uncertain-after-ms", "400", "--restart-grace-secs", "0.5", "--probe-interval-ms", "200",
         "--action-timeout-ms", "3000",
     ];
+    let args: Vec<&str> = args.iter().copied().chain(extra.iter().copied()).collect();
     common::share_the_key(&cwd.join("data"));
     Serve::start(&cwd, free_port(), &args)
 }
@@ -268,4 +273,128 @@ async fn three_nodes_heal_one_fleet_through_a_holder_killed_and_a_holder_paused(
     let (status, body) = common::post(&plain, &w, "/v1/chaos", json!({"instance": "nope", "fault": "crash"})).await;
     assert_eq!(status, 422, "{body}");
     assert!(body["error"].is_string(), "{body}");
+}
+
+/// The holder of each shard, as `/v1/cluster` reads the leases (live ones).
+async fn holders(http: &reqwest::Client, via: &Serve) -> Option<std::collections::BTreeMap<u16, String>> {
+    let (status, cluster) = get(http, &format!("{}/v1/cluster", via.api)).await?;
+    (status == 200).then_some(())?;
+    Some(
+        cluster["leases"]
+            .as_array()?
+            .iter()
+            .filter(|l| l["expires_in_ms"].as_i64().unwrap_or(0) > 0)
+            .map(|l| (l["shard"].as_u64().unwrap_or(0) as u16, l["holder"].as_str().unwrap_or_default().to_string()))
+            .collect(),
+    )
+}
+
+/// Issue 16 on a fleet split into three shards, one per node: services
+/// created through any node land on their shard's holder and are read
+/// and listed through any other; kill -9 of a node while the primaries
+/// of its shard crash → its shard is taken over within 10 s and each of
+/// those primaries is failed over exactly once, through the survivors.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn three_nodes_on_three_shards_heal_the_fleet_through_a_node_killed() {
+    const SHARDS: u16 = 3;
+    let pg = pg::PgServer::start();
+    let store = pg.url("postgres");
+    let dir = tempfile::tempdir().unwrap();
+    let root = dir.path();
+    let plain = drover_agent::tls::builder().timeout(Duration::from_secs(5)).build().unwrap();
+    std::fs::create_dir_all(root.join("world")).unwrap();
+    let world = Serve::start_command(
+        &root.join("world"),
+        free_port(),
+        "sim-provider",
+        &["--data-dir", "data", "--action-latency-ms", "20"],
+    );
+    world.wait_healthy(&plain, GENEROUS).await;
+    let w = world.api.clone();
+
+    let shards = SHARDS.to_string();
+    let mut nodes = Vec::new();
+    for name in ["a", "b", "c"] {
+        let n = node_with(root, name, &store, &w, &["--shards", &shards]);
+        n.wait_healthy(&plain, GENEROUS).await;
+        nodes.push((name, n));
+    }
+    let http = admin_client(&root.join("a/data"));
+    let spread = wait_for(GENEROUS, "one shard per node", &nodes[0].1, || async {
+        let h = holders(&http, &nodes[0].1).await?;
+        let mut by: Vec<&String> = h.values().collect();
+        by.sort();
+        by.dedup();
+        (h.len() == SHARDS as usize && by.len() == 3).then_some(h)
+    })
+    .await;
+    // Each node learns the others' shards at its next round (every TTL/8).
+    tokio::time::sleep(Duration::from_secs_f64(TTL_SECS / 2.0)).await;
+
+    // Two services in each shard, each created through a node that does
+    // not hold it (forwarded by name).
+    let shard_of = |name: &str| drover_model::Slot::of_name(name).shard(SHARDS);
+    let mut names = Vec::new();
+    for shard in 0..SHARDS {
+        names.extend((0..).map(|i| format!("s{i}")).filter(|n| shard_of(n) == shard).take(2));
+    }
+    for name in &names {
+        let holder = &spread[&shard_of(name)];
+        let (_, via) = nodes.iter().find(|(n, _)| *n != holder.as_str()).unwrap();
+        let body = json!({"name": name, "engine": "postgres", "followers": 1});
+        let (status, created) = common::post(&http, &via.api, "/v1/services", body).await;
+        assert_eq!(status, 201, "{name} through {}: {created}", via.api);
+    }
+    let mut followers = std::collections::BTreeMap::new();
+    let mut primaries = std::collections::BTreeMap::new();
+    let mut ids = std::collections::BTreeMap::new();
+    for (i, name) in names.iter().enumerate() {
+        let via = &nodes[i % 3].1;
+        let s = settled(&http, via, name).await;
+        ids.insert(name.clone(), s["id"].as_str().unwrap().to_string());
+        primaries.insert(name.clone(), id(with_role(&s, "primary")[0]));
+        followers.insert(name.clone(), id(with_role(&s, "follower")[0]));
+    }
+    // The whole fleet's list, through any node.
+    for (_, via) in &nodes {
+        let (status, list) = get(&http, &format!("{}/v1/services", via.api)).await.unwrap();
+        assert_eq!(status, 200, "{list}");
+        let mut listed: Vec<String> =
+            list.as_array().unwrap().iter().map(|s| s["name"].as_str().unwrap().to_string()).collect();
+        listed.sort();
+        let mut all = names.clone();
+        all.sort();
+        assert_eq!(listed, all, "the list through {}", via.api);
+    }
+
+    // kill -9 of the holder of c's shard, and its shard's primaries crash.
+    let (victim_shard, victim) = spread.iter().find(|(_, n)| n.as_str() == "c").map(|(s, n)| (*s, n.clone())).unwrap();
+    let crashed: Vec<String> = names.iter().filter(|n| shard_of(n) == victim_shard).cloned().collect();
+    let (_, mut c) = nodes.pop().unwrap();
+    assert_eq!(victim, "c");
+    c.kill9();
+    let killed = Instant::now();
+    for name in &crashed {
+        chaos(&plain, &w, &primaries[name]).await;
+    }
+    let survivor = &nodes[0].1;
+    let taken = wait_for(GENEROUS, "c's shard taken over", survivor, || async {
+        let h = holders(&http, survivor).await?;
+        h.get(&victim_shard).filter(|n| n.as_str() != "c").cloned()
+    })
+    .await;
+    let took = killed.elapsed();
+    eprintln!("shard {victim_shard} of a node killed -9 taken over by {taken} in {:.2} s", took.as_secs_f64());
+    assert!(took < Duration::from_secs(10), "takeover took {took:?}");
+    for (i, name) in crashed.iter().enumerate() {
+        let via = &nodes[i % 2].1;
+        failed_over(&http, via, name, &followers[name]).await;
+        assert_eq!(writable_primaries(&plain, &w, &ids[name]).await, 1, "{name}: one writable primary in the world");
+    }
+    eprintln!("failed over after kill -9 of a node: {:.2} s", killed.elapsed().as_secs_f64());
+    for name in &names {
+        let promoted = promotes(&actions(&http, survivor, name).await).len();
+        let want = usize::from(crashed.contains(name));
+        assert_eq!(promoted, want, "{name}: {promoted} promotes");
+    }
 }

@@ -142,7 +142,8 @@ async fn to_the_shard_s_holder(state: &AppState, request: Request, next: Next) -
         return next.run(Request::from_parts(parts, axum::body::Body::from(body))).await;
     }
     let map = state.shards.read().unwrap_or_else(|p| p.into_inner()).clone();
-    let target = match crate::shard_route::target(parts.method.as_str(), parts.uri.path(), &body, map.shards) {
+    let path = parts.uri.path_and_query().map_or(parts.uri.path(), |p| p.as_str());
+    let target = match crate::shard_route::target(parts.method.as_str(), path, &body, map.shards) {
         Ok(target) => target,
         // No such route: the router answers 404 (405) as usual.
         Err(_) if !crate::shard_route::is_route(parts.method.as_str(), parts.uri.path()) => {

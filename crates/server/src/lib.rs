@@ -97,6 +97,9 @@ pub struct ServeOptions {
     /// standby takes over about this long after the holder died; the
     /// holder stops itself before it can expire.
     pub lease_ttl: std::time::Duration,
+    /// Split the fleet into this many shards (PostgreSQL store; the first
+    /// node fixes the count). `None`: the store's count, one if unset.
+    pub shards: Option<u16>,
     /// The simulated world served by `drover sim-provider` at this URL
     /// (shared by the nodes) instead of `DATA_DIR/sim-provider.json`.
     pub sim_provider_url: Option<String>,
@@ -146,6 +149,7 @@ impl ServeOptions {
             store: None,
             node: None,
             lease_ttl: DEFAULT_LEASE_TTL,
+            shards: None,
             sim_provider_url: None,
             max_routers_beside: DEFAULT_MAX_ROUTERS_BESIDE,
             listen,
@@ -390,6 +394,8 @@ async fn start_up(
     // are too (shared by the nodes).
     let mut shared: Option<Arc<drover_store::PgStore>> = None;
     let mut generation: Option<i64> = None;
+    // A fleet of several shards: this node's hold on its own.
+    let mut split: Option<(held::Keeper, drover_store::ShardFilter, drover_engine::Share)> = None;
     let node_name = lease::node_name(opts.node.as_deref());
     let node_url = lease::advertised_url(&base_url);
     let store: Arc<dyn Store> = match &opts.store {
@@ -436,15 +442,40 @@ async fn start_up(
                 );
             }
             let (node, address) = (node_name.clone(), node_url.clone());
-            let standby = Arc::clone(&state.standby);
             let store = Arc::new(store);
             // A standby keeps commands its holder could not take (`deferred`).
             let _ = state.desk.set(Arc::clone(&store));
-            let (store, held) = lease::hold_the_fleet(store, node, address, opts.lease_ttl, standby).await?;
-            state.taking_over.store(true, std::sync::atomic::Ordering::SeqCst);
-            shared = Some(Arc::clone(&store));
-            generation = Some(held);
-            store
+            let count = {
+                let (store, requested) = (Arc::clone(&store), opts.shards);
+                tokio::task::spawn_blocking(move || store.shard_count(requested))
+                    .await?
+                    .map_err(|e| anyhow::anyhow!("{e}"))?
+            };
+            if count > 1 {
+                // A fleet split into shards: ready at once, over the
+                // shards the first round gives (maybe none), handed over
+                // as they move (`held`).
+                let mut keeper = held::Keeper::new(
+                    Arc::clone(&store),
+                    node,
+                    address,
+                    opts.lease_ttl,
+                    count,
+                    Arc::clone(&state.shards),
+                );
+                let (filter, share) = keeper.first().await.context("cannot take this node's shards")?;
+                tracing::info!(node = %node_name, shards = count, held = ?filter.held, "this node holds its shards of the fleet");
+                split = Some((keeper, filter, share));
+                shared = Some(Arc::clone(&store));
+                store
+            } else {
+                let standby = Arc::clone(&state.standby);
+                let (store, held) = lease::hold_the_fleet(store, node, address, opts.lease_ttl, standby).await?;
+                state.taking_over.store(true, std::sync::atomic::Ordering::SeqCst);
+                shared = Some(Arc::clone(&store));
+                generation = Some(held);
+                store
+            }
         }
     };
     let this_node = cluster::ThisNode {
@@ -481,6 +512,12 @@ async fn start_up(
     let runbooks = runbooks::load_all(opts.runbooks_dir.as_deref()).map_err(|e| anyhow::anyhow!("{e}"))?;
     let sim: Arc<dyn Provider> = match &opts.sim_provider_url {
         // The world as its own process, shared by every node (issue 16).
+        Some(url) if split.is_some() => sim_provider::RemoteSim::with_shards(
+            url,
+            this_node.name.clone(),
+            opts.sim.heartbeat_interval,
+            Arc::clone(&state.shards),
+        ),
         Some(url) => sim_provider::RemoteSim::new(url, this_node.name.clone(), generation, opts.sim.heartbeat_interval),
         None => {
             let sim_path = opts.data_dir.join("sim-provider.json");
@@ -535,9 +572,18 @@ async fn start_up(
         engine_config.default_provider = "sim".into();
     }
 
-    let snapshot = {
-        let store = store.clone();
-        tokio::task::spawn_blocking(move || store.load()).await?.context("cannot load the store")?
+    let snapshot = match (&split, &this_node.shared) {
+        (Some((_, filter, share)), Some((pg, _))) => {
+            engine_config.share = *share;
+            let (pg, filter) = (Arc::clone(pg), filter.clone());
+            tokio::task::spawn_blocking(move || pg.load_shards(&filter))
+                .await?
+                .context("cannot load this node's shards")?
+        }
+        _ => {
+            let store = store.clone();
+            tokio::task::spawn_blocking(move || store.load()).await?.context("cannot load the store")?
+        }
     };
     tracing::info!(
         services = snapshot.services.len(),
@@ -661,7 +707,22 @@ async fn start_up(
         let (routers, builtin) = (beside.routers.clone(), builtin_host_name.clone());
         routers::follow_primaries(handle.clone(), agent_channel.clone(), routers, builtin, key.clone(), stop.clone());
     }
-    let engine_task = tokio::spawn(actor::Actor { machine, inbox, shutdown: stop, limits: runtime::LIMITS }.run());
+    let engine_task = match split {
+        None => tokio::spawn(actor::Actor { machine, inbox, shutdown: stop, limits: runtime::LIMITS }.run()),
+        Some((keeper, _, _)) => {
+            let running = tokio::spawn(
+                actor::Actor { machine, inbox, shutdown: stop.clone(), limits: runtime::LIMITS }.run_to_end(),
+            );
+            let read = Arc::clone(&breakglass);
+            let freezes: held::Freezes = Arc::new(move || Ok(read.freezes()?));
+            let kept = tokio::spawn(keeper.keep(handle.clone(), running, freezes, stop));
+            tokio::spawn(async move {
+                if let Ok(last) = kept.await {
+                    let _ = last.await;
+                }
+            })
+        }
+    };
     let actor_task = tokio::spawn(async move {
         let _ = engine_task.await;
         let _ = oncall_task.await;

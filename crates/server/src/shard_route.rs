@@ -42,6 +42,10 @@ pub enum Rule {
     /// The holder of the shard of the id in this path parameter: every id
     /// the engine mints for a service carries its slot.
     IdInPath(&'static str),
+    /// The holder of the shard of the service named by the query's
+    /// `service` (the handler looks the name up in its engine); without
+    /// one, any node.
+    ServiceInQuery,
     /// The holder of the shard of the service named by the body's `name`
     /// (a service created).
     NameInBody,
@@ -181,7 +185,7 @@ pub const TABLE: &[Placed] = &[
     // Read from the store every node shares (see docs/architecture.md on
     // `after_seq` with several writers).
     placed("GET", "/v1/events", Here),
-    placed("GET", "/v1/actions", Here),
+    placed("GET", "/v1/actions", ServiceInQuery),
     placed("GET", "/v1/audit", Across(AUDIT)),
     // The dashboard.
     placed("GET", "/ui/login", Here),
@@ -260,6 +264,8 @@ pub fn is_route(method: &str, path: &str) -> bool {
 /// (answered 4xx, nothing sent on).
 pub fn target(method: &str, path: &str, body: &[u8], shards: u16) -> Result<Target, String> {
     let method = if method == "HEAD" { "GET" } else { method };
+    // `path` may carry its query (`ServiceInQuery` reads it).
+    let (path, query) = path.split_once('?').unwrap_or((path, ""));
     let matched =
         routes().get(method).and_then(|r| r.at(path).ok()).ok_or_else(|| format!("no route for {method} {path}"))?;
     // A path parameter, percent-decoded as axum's `Path` decodes it.
@@ -278,6 +284,19 @@ pub fn target(method: &str, path: &str, body: &[u8], shards: u16) -> Result<Targ
         FanOut => Target::Every,
         Across(why) => Target::Across(why),
         ServiceInPath => shard(Slot::of_name(&param("name")?)),
+        ServiceInQuery => {
+            let named = query.split('&').find_map(|pair| pair.strip_prefix("service="));
+            match named {
+                None => Target::Here,
+                Some(raw) => {
+                    let name = percent_encoding::percent_decode_str(&raw.replace('+', " "))
+                        .decode_utf8()
+                        .map(|s| s.into_owned())
+                        .map_err(|_| "the service in the query is not UTF-8 once decoded".to_string())?;
+                    shard(Slot::of_name(&name))
+                }
+            }
+        }
         IdInPath(name) => {
             let text = param(name)?;
             let id = uuid::Uuid::parse_str(&text).map_err(|e| format!("{name} {text:?} is not an id: {e}"))?;
@@ -422,6 +441,12 @@ mod tests {
     #[test]
     fn a_service_goes_to_its_name_s_shard_by_path_or_body() {
         // Redis Cluster's examples: "foo" is slot 12182, "bar" 5061.
+        // A service named in the query: its shard; none named: any node.
+        let slot = Slot::of_name("ledger");
+        assert_eq!(target("GET", "/v1/actions?limit=5&service=ledger", b"", 12), Ok(Target::Shard(slot.shard(12))));
+        assert_eq!(target("GET", "/v1/actions?service=l%65dger", b"", 12), Ok(Target::Shard(slot.shard(12))));
+        assert_eq!(target("GET", "/v1/actions?limit=5", b"", 12), Ok(Target::Here));
+        assert_eq!(target("GET", "/v1/actions", b"", 12), Ok(Target::Here));
         let t = |m, path, body: &str| target(m, path, body.as_bytes(), 12);
         assert_eq!(t("GET", "/v1/services/foo", ""), Ok(Target::Shard(12182 % 12)));
         assert_eq!(t("POST", "/v1/services", r#"{"name":"bar","engine":"postgres"}"#), Ok(Target::Shard(5061 % 12)));
