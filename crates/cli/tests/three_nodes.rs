@@ -397,4 +397,36 @@ async fn three_nodes_on_three_shards_heal_the_fleet_through_a_node_killed() {
         let want = usize::from(crashed.contains(name));
         assert_eq!(promoted, want, "{name}: {promoted} promotes");
     }
+
+    // A page opened through either node (the pager of shard 0's holder);
+    // that holder killed, the survivor takes shard 0 and its pager is
+    // restored from the store: it knows the page and acknowledges it.
+    let alerts = common::create_token(
+        &http,
+        &nodes[1].1.api,
+        json!({"name": "alerts", "role": "integration", "team": "platform"}),
+    )
+    .await;
+    let alert = json!({"routing_key": alerts, "event_action": "trigger", "dedup_key": "disk-1",
+                       "payload": {"summary": "a disk is full", "source": "s1", "severity": "critical"}});
+    let (status, opened) = common::post(&plain, &nodes[1].1.api, "/v1/integrations/events-v2", alert).await;
+    assert_eq!(status, 202, "{opened}");
+    let page_id = opened["page"].as_str().expect("a page was opened").to_string();
+    let zero_holder = holders(&http, &nodes[0].1).await.unwrap()[&0].clone();
+    let at = nodes.iter().position(|(n, _)| *n == zero_holder.as_str()).expect("shard 0's holder is alive");
+    let (_, mut zero) = nodes.remove(at);
+    let (_, other) = &nodes[0];
+    zero.kill9();
+    wait_for(GENEROUS, "the survivor holds every shard", other, || async {
+        let h = holders(&http, other).await?;
+        (h.len() == SHARDS as usize && h.values().all(|n| n.as_str() != zero_holder.as_str())).then_some(())
+    })
+    .await;
+    let acked = wait_for(GENEROUS, "the page acknowledged through the survivor", other, || async {
+        let (status, acked) = common::post(&http, &other.api, &format!("/v1/pages/{page_id}/ack"), json!({})).await;
+        (status == 200).then_some(acked)
+    })
+    .await;
+    assert_eq!(acked["status"].as_str(), Some("acknowledged"), "{acked}");
+    assert_eq!(acked["summary"].as_str(), Some("a disk is full"), "{acked}");
 }

@@ -65,6 +65,9 @@ pub struct Keeper {
     /// (the watchdog's deadline).
     act_until: Arc<AtomicU64>,
     base: Instant,
+    /// Whether this node holds shard 0 (and acts on it): the singletons
+    /// that run only there follow it (the pager: `oncall::start`).
+    zero: Arc<watch::Sender<bool>>,
 }
 
 impl Keeper {
@@ -81,7 +84,18 @@ impl Keeper {
             map,
             act_until: Arc::new(AtomicU64::new(0)),
             base: Instant::now(),
+            zero: Arc::new(watch::channel(false).0),
         }
+    }
+
+    /// Whether this node holds shard 0 now, and each change of it.
+    pub fn shard_zero(&self) -> watch::Receiver<bool> {
+        self.zero.subscribe()
+    }
+
+    fn note_zero(&self) {
+        let holds = self.held.iter().any(|h| h.0 == 0);
+        self.zero.send_if_modified(|z| std::mem::replace(z, holds) != holds);
     }
 
     /// What this node holds now, with generations.
@@ -105,6 +119,7 @@ impl Keeper {
         }
         self.fence(&held);
         self.held = held;
+        self.note_zero();
         self.publish(&round);
         Ok((self.filter(), self.share()))
     }
@@ -194,6 +209,7 @@ impl Keeper {
         let new = runtime::hand_over_engine(handle, running, load, stop.clone(), publish).await?;
         self.fence(&next);
         self.held = next;
+        self.note_zero();
         if !round.to_release.is_empty() {
             self.release(round.to_release).await?;
         }
@@ -278,13 +294,14 @@ impl Keeper {
     /// Narrows the fence to nothing once the node may no longer act (see
     /// the module), checking every 20 ms.
     fn watchdog(&self, mut stop: watch::Receiver<bool>) -> JoinHandle<()> {
-        let (store, node, shards, act_until, base, map) = (
+        let (store, node, shards, act_until, base, map, zero) = (
             Arc::clone(&self.store),
             self.node.clone(),
             self.shards,
             Arc::clone(&self.act_until),
             self.base,
             Arc::clone(&self.map),
+            Arc::clone(&self.zero),
         );
         tokio::spawn(async move {
             let mut fenced = false;
@@ -299,6 +316,8 @@ impl Keeper {
                     tracing::error!(%node, "the shards' leases could not be renewed in time: this node stops acting on them");
                     store.fence_shards(ShardFence { node: node.clone(), shards, held: BTreeMap::new() });
                     store.fence_commits(&node, 0);
+                    // Taken again later, shard 0 restores the pager again.
+                    zero.send_if_modified(|z| std::mem::replace(z, false));
                     let mut map = map.write().unwrap_or_else(|p| p.into_inner());
                     map.held.clear();
                     map.generations.clear();

@@ -697,8 +697,9 @@ async fn start_up(
     // On-call: engine events that need a person become alerts.
     let engine_events = oncall::EngineEvents { store: store.clone(), wakeup };
     let shared_pager = this_node.shared.as_ref().map(|(pg, _)| Arc::clone(pg));
+    let shard_zero = split.as_ref().map(|(keeper, _, _)| keeper.shard_zero());
     let (oncall, oncall_task) =
-        oncall::start(&opts.data_dir, base_url, Some(engine_events), stop.clone(), &key, shared_pager)
+        oncall::start(&opts.data_dir, base_url, Some(engine_events), stop.clone(), &key, shared_pager, shard_zero)
             .await
             .context("cannot start the pager")?;
     retention::spawn(store.clone(), opts.data_dir.clone(), opts.retention, stop.clone());
@@ -706,6 +707,23 @@ async fn start_up(
     if let Some(beside) = &routers_beside {
         let (routers, builtin) = (beside.routers.clone(), builtin_host_name.clone());
         routers::follow_primaries(handle.clone(), agent_channel.clone(), routers, builtin, key.clone(), stop.clone());
+    }
+    if split.is_some() {
+        // Tokens created or revoked through the other nodes (the shared
+        // store's): learned here within a second.
+        let (tokens, mut stop) = (Arc::clone(&auth), stop.clone());
+        tokio::spawn(async move {
+            loop {
+                tokio::select! {
+                    _ = stop.wait_for(|s| *s) => return,
+                    _ = tokio::time::sleep(std::time::Duration::from_secs(1)) => {}
+                }
+                let tokens = Arc::clone(&tokens);
+                if let Ok(Err(error)) = tokio::task::spawn_blocking(move || tokens.refresh()).await {
+                    tracing::warn!(%error, "cannot read the API tokens again from the store");
+                }
+            }
+        });
     }
     let engine_task = match split {
         None => tokio::spawn(actor::Actor { machine, inbox, shutdown: stop, limits: runtime::LIMITS }.run()),

@@ -215,6 +215,36 @@ impl Tokens {
         Ok(Tokens { store, by_hash: RwLock::new(by_hash), touched: Mutex::new(HashMap::new()) })
     }
 
+    /// Reads every token from the store again: on a fleet split between
+    /// nodes, each node creates and revokes tokens in the shared store, and
+    /// the others learn them here (`held`: every second).
+    pub fn refresh(&self) -> Result<(), drover_store::StoreError> {
+        let all = self.store.all()?;
+        let by_hash = all.into_iter().map(|t| (t.hash, t.record)).collect();
+        *self.by_hash.write().unwrap_or_else(|p| p.into_inner()) = by_hash;
+        Ok(())
+    }
+
+    /// [`Tokens::authenticate`], and for a token this node does not know
+    /// yet, its row in the store (a token another node just created): found
+    /// there, it is kept.
+    pub async fn authenticate_or_read(this: &Arc<Tokens>, token: &str, now: Timestamp) -> Result<Identity, Refusal> {
+        match this.authenticate(token, now) {
+            Err(Refusal::Unknown) if digest_of(token).is_ok() => {
+                let (tokens, digest) = (Arc::clone(this), hash(token));
+                let found = tokio::task::spawn_blocking(move || tokens.store.find(&digest)).await;
+                let Ok(Ok(Some(found))) = found else { return Err(Refusal::Unknown) };
+                self::Tokens::keep(this, found.hash, found.record);
+                this.authenticate(token, now)
+            }
+            other => other,
+        }
+    }
+
+    fn keep(this: &Arc<Tokens>, hash: String, record: TokenRecord) {
+        this.by_hash.write().unwrap_or_else(|p| p.into_inner()).insert(hash, record);
+    }
+
     fn read(&self) -> std::sync::RwLockReadGuard<'_, HashMap<String, TokenRecord>> {
         self.by_hash.read().unwrap_or_else(|p| p.into_inner())
     }
@@ -620,7 +650,11 @@ pub async fn authorize(state: axum::extract::State<AppState>, request: Request, 
     let outcome: Result<Option<Identity>, Refused> = if body_auth {
         Ok(None)
     } else {
-        match bearer(request.headers()).and_then(|t| ready.auth.authenticate(t, now)) {
+        let authenticated = match bearer(request.headers()) {
+            Ok(token) => Tokens::authenticate_or_read(&ready.auth, token, now).await,
+            Err(refusal) => Err(refusal),
+        };
+        match authenticated {
             Err(refusal) => Err(refusal.into()),
             Ok(id) => admit(rule, &command, id, request.headers()).map(Some),
         }
@@ -674,7 +708,7 @@ pub(crate) async fn authenticate_key(
 ) -> Result<Identity, ApiError> {
     let ready = state.ready()?;
     let now = crate::actor::now();
-    let (status, message, actor, role) = match ready.auth.authenticate(token, now) {
+    let (status, message, actor, role) = match Tokens::authenticate_or_read(&ready.auth, token, now).await {
         Ok(id) if permission.allows(id.role) => return Ok(id),
         Ok(id) => (
             StatusCode::FORBIDDEN,

@@ -220,6 +220,7 @@ pub async fn start(
     stop: watch::Receiver<bool>,
     key: &drover_secrets::SecretKey,
     shared: Option<Arc<drover_store::PgStore>>,
+    shard_zero: Option<watch::Receiver<bool>>,
 ) -> anyhow::Result<(PagerHandle, JoinHandle<()>)> {
     let config = load_config(data_dir, key)?;
     let secret = load_secret(data_dir, &config, key)?;
@@ -232,10 +233,49 @@ pub async fn start(
         }
     };
     let now = actor::now();
-    let window = config.flapping.window;
+    let public_url = config.delivery.public_url.clone().unwrap_or(public_url);
+    let deliverer =
+        channels::Deliverer::new(store.clone(), config.delivery.clone(), public_url, secret.clone(), key.clone())?;
+    let pager = restore(&store, &config, &deliverer, now).await?;
+    tracing::info!(open_pages = pager.open_pages().count(), shared = shared_store, "pager restored");
+    let (actor, inbox) = actor::channel::<PagerMachine>(LIMITS);
+    let handle = PagerHandle {
+        actor,
+        store: store.clone(),
+        deliverer: deliverer.clone(),
+        secret: Arc::new(secret),
+        config: Arc::new(config),
+    };
+    let machine = PagerMachine { pager, store, deliverer, key: key.clone() };
+    let task = tokio::spawn(actor::Actor { machine, inbox, shutdown: stop.clone(), limits: LIMITS }.run_to_end());
+    let task = match shard_zero {
+        None => tokio::spawn(async move {
+            let _ = task.await;
+        }),
+        Some(zero) => tokio::spawn(follow_shard_zero(handle.actor.clone(), task, zero, stop)),
+    };
+    if let Some(events) = engine_events {
+        // From the newest event on: what came before was the previous run's.
+        let store = events.store.clone();
+        let cursor = tokio::task::spawn_blocking(move || store.last_event_seq()).await??;
+        tokio::spawn(bridge_engine_events(events, cursor, handle.clone()));
+    }
+    Ok((handle, task))
+}
+
+/// The pager as the store has it: its open pages and those opened within
+/// the flapping window, and every notification and feed post not yet
+/// delivered handed to `deliverer` again (a node that died before
+/// delivering them, or this one's previous run).
+async fn restore(
+    store: &Arc<OncallStore>,
+    config: &Config,
+    deliverer: &channels::Deliverer,
+    now: Timestamp,
+) -> anyhow::Result<Pager> {
     let (open, recent, pending, pending_feed) = {
         let store = store.clone();
-        let since = Timestamp(now.0 - window.as_micros() as i64);
+        let since = Timestamp(now.0 - config.flapping.window.as_micros() as i64);
         tokio::task::spawn_blocking(move || -> anyhow::Result<_> {
             Ok((
                 store.open_pages()?,
@@ -246,42 +286,74 @@ pub async fn start(
         })
         .await??
     };
-    tracing::info!(open_pages = open.len(), undelivered = pending.len(), shared = shared_store, "pager restored");
     let seed = (now.0 as u64) ^ ((std::process::id() as u64) << 32) ^ 0x0ca1;
     let pager = Pager::restore(config.clone(), seed, open, &recent);
-    let public_url = config.delivery.public_url.clone().unwrap_or(public_url);
-    let deliverer =
-        channels::Deliverer::new(store.clone(), config.delivery.clone(), public_url, secret.clone(), key.clone())?;
     for n in pending {
         deliverer.notify(n.notification);
     }
     for f in pending_feed {
         deliverer.post(f.seq, f.post);
     }
-    let (actor, inbox) = actor::channel::<PagerMachine>(LIMITS);
-    let handle = PagerHandle {
-        actor,
-        store: store.clone(),
-        deliverer: deliverer.clone(),
-        secret: Arc::new(secret),
-        config: Arc::new(config),
-    };
-    let machine = PagerMachine { pager, store, deliverer, key: key.clone() };
-    let task = tokio::spawn(actor::Actor { machine, inbox, shutdown: stop, limits: LIMITS }.run());
-    if let Some(events) = engine_events {
-        // From the newest event on: what came before was the previous run's.
-        let store = events.store.clone();
-        let cursor = tokio::task::spawn_blocking(move || store.last_event_seq()).await??;
-        tokio::spawn(bridge_engine_events(events, cursor, handle.clone()));
+    Ok(pager)
+}
+
+/// On a fleet of several shards, the pager acts only on shard 0's holder
+/// (its writes are fenced there: `held::Keeper`). Whenever this node takes
+/// shard 0, its pager is restored again from the shared store (what the
+/// previous holder's pager did since this one was last restored: pages
+/// opened, acknowledged, notifications not yet delivered) behind the same
+/// handle, inputs sent meanwhile kept for it (`Handle::redirect`).
+async fn follow_shard_zero(
+    handle: actor::Handle<PagerMachine>,
+    mut running: JoinHandle<PagerMachine>,
+    mut zero: watch::Receiver<bool>,
+    stop: watch::Receiver<bool>,
+) {
+    let mut held = *zero.borrow_and_update();
+    loop {
+        tokio::select! {
+            changed = zero.changed() => if changed.is_err() { break },
+            _ = &mut running => return,
+        }
+        let now_held = *zero.borrow_and_update();
+        if now_held && !held {
+            let inbox = handle.redirect(LIMITS);
+            let Ok(old) = (&mut running).await else { return };
+            match restore(&old.store, old.pager.config(), &old.deliverer, actor::now()).await {
+                Ok(pager) => {
+                    tracing::info!(
+                        open_pages = pager.open_pages().count(),
+                        "this node took shard 0: its pager restored from the store"
+                    );
+                    let machine = PagerMachine { pager, ..old };
+                    running = tokio::spawn(
+                        actor::Actor { machine, inbox, shutdown: stop.clone(), limits: LIMITS }.run_to_end(),
+                    );
+                }
+                Err(error) => {
+                    // Its callers are answered 503 from here on; the node's
+                    // pager is gone until it restarts.
+                    tracing::error!(%error, "this node took shard 0 but cannot restore its pager");
+                    return;
+                }
+            }
+        }
+        held = now_held;
     }
-    Ok((handle, task))
+    let _ = running.await;
 }
 
 /// Turns committed engine events into alerts, each with the team it names.
 /// Reads the engine's event log from `cursor` on whenever woken: every
 /// event is seen once and in order, however far behind the pager falls.
 async fn bridge_engine_events(mut events: EngineEvents, mut cursor: u64, pager: PagerHandle) {
-    while events.wakeup.recv().await.is_some() {
+    loop {
+        // Woken by this node's engine; and every second, for the events
+        // of the other nodes' engines on a fleet split into shards.
+        tokio::select! {
+            woken = events.wakeup.recv() => if woken.is_none() { return },
+            _ = tokio::time::sleep(std::time::Duration::from_secs(1)) => {}
+        }
         loop {
             let store = events.store.clone();
             let filter = EventFilter { after_seq: Some(cursor), limit: Some(MAX_READ_LIMIT), ..Default::default() };
@@ -328,7 +400,7 @@ pub async fn bench_alerts(dir: &Path, alerts: usize, keys: usize, producers: usi
     std::fs::create_dir_all(dir)?;
     let (_stop_tx, stop) = watch::channel(false);
     let (key, _) = drover_secrets::SecretKey::load_or_create(dir)?;
-    let (handle, task) = start(dir, "http://127.0.0.1:0".into(), None, stop, &key, None).await?;
+    let (handle, task) = start(dir, "http://127.0.0.1:0".into(), None, stop, &key, None, None).await?;
     let started = std::time::Instant::now();
     let per = alerts / producers.max(1);
     let mut tasks = Vec::new();
