@@ -2,9 +2,9 @@
 //! shards as this node's store sees them. On a shared PostgreSQL store:
 //! every node that noted itself (standbys while they wait, the holder when
 //! it renews), alive when seen within two lease TTLs by the database's
-//! clock, and every shard's lease (holder, generation, expiry; this
-//! release's server holds one shard, the whole fleet, but the store's
-//! `shard_round` writes one row per shard). On the embedded SQLite store:
+//! clock, and every shard's lease (holder, generation, expiry; one row,
+//! the whole fleet's, unless it is split with `--shards`). On the
+//! embedded SQLite store:
 //! this node alone, holding the one shard.
 
 use crate::error::ApiError;

@@ -25,11 +25,11 @@
 //! that succeeds finds what it still holds (or nothing: lost) and hands the
 //! engine over to that, so a paused node rejoins without a restart.
 //!
-//! Not settled here (docs/architecture.md, "The server on several
-//! shards"): starting and stopping the singletons (pager, status,
-//! rollouts' waves, deferred commands) with shard 0, the fleet-wide records every engine
-//! keeps a copy of, and the agents' action queue; `drover serve` does not
-//! run a fleet of several shards yet.
+//! Run by `drover serve --shards N`. Not settled here (docs/architecture.md,
+//! "The server on several shards"): the singletons but the pager (which
+//! follows [`Keeper::shard_zero`]) moved to shard 0's holder, the
+//! fleet-wide records every engine keeps a copy of, and the agents'
+//! action queue.
 
 use crate::lease::{Holder, ShardMap, Shards};
 use crate::runtime::{self, EngineHandle, EngineMachine, Reload};

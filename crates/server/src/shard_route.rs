@@ -17,9 +17,9 @@
 //!
 //! [`decide`] turns a target into who answers, on a node holding some of
 //! the shards; [`crate::forward`] follows it once this node is ready.
-//! Today the server holds one shard, the whole fleet, so a ready node
-//! answers everything itself and a standby forwards everything to the
-//! holder, which is what every rule comes to with one shard.
+//! On a fleet of one shard (the default) a ready node answers everything
+//! itself and a standby forwards everything to the holder, which is what
+//! every rule comes to with one shard; `--shards N` splits it.
 
 use drover_model::{InstanceId, Slot};
 use serde::Deserialize;

@@ -18,9 +18,9 @@
 //!    generation first, then an update conditional on the generation read.
 //!
 //! Hand-overs are the caller's to finish: it stops acting on a shard, then
-//! calls [`PgStore::release_shards`]. The server does not run on several
-//! shards yet (it holds [`crate::FLEET_SHARD`], the whole fleet); this is
-//! the store's part, tested against a real PostgreSQL
+//! calls [`PgStore::release_shards`] (the server's side is
+//! `drover_server::held::Keeper`, run by `drover serve --shards N`). This
+//! is the store's part, tested against a real PostgreSQL
 //! (`crates/store/tests/shards.rs`).
 
 use crate::pg::{lock_key, note_node, open_lease_session, pg, take_lease_row, DB_NOW, HOLDER_LOCK};
