@@ -430,3 +430,73 @@ async fn three_nodes_on_three_shards_heal_the_fleet_through_a_node_killed() {
     assert_eq!(acked["status"].as_str(), Some("acknowledged"), "{acked}");
     assert_eq!(acked["summary"].as_str(), Some("a disk is full"), "{acked}");
 }
+
+/// A node of a split fleet paused (SIGSTOP) past its lease: the other takes
+/// its shard and fails over the primary that crashed meanwhile, exactly
+/// once; resumed, the paused node acts on nothing it lost (no second
+/// promote), keeps running (no restart needed) and rejoins with a shard of
+/// its own.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_node_of_a_split_fleet_paused_past_its_lease_acts_on_nothing_and_rejoins() {
+    const SHARDS: u16 = 2;
+    let pg = pg::PgServer::start();
+    let store = pg.url("postgres");
+    let dir = tempfile::tempdir().unwrap();
+    let root = dir.path();
+    let plain = drover_agent::tls::builder().timeout(Duration::from_secs(5)).build().unwrap();
+    std::fs::create_dir_all(root.join("world")).unwrap();
+    let world = Serve::start_command(
+        &root.join("world"),
+        free_port(),
+        "sim-provider",
+        &["--data-dir", "data", "--action-latency-ms", "20"],
+    );
+    world.wait_healthy(&plain, GENEROUS).await;
+    let w = world.api.clone();
+    let shards = SHARDS.to_string();
+    let a = node_with(root, "a", &store, &w, &["--shards", &shards]);
+    a.wait_healthy(&plain, GENEROUS).await;
+    let mut b = node_with(root, "b", &store, &w, &["--shards", &shards]);
+    b.wait_healthy(&plain, GENEROUS).await;
+    let http = admin_client(&root.join("a/data"));
+    let one_each = |h: &std::collections::BTreeMap<u16, String>| {
+        h.len() == SHARDS as usize && h.values().any(|n| n == "a") && h.values().any(|n| n == "b")
+    };
+    let spread = wait_for(GENEROUS, "one shard each", &a, || async {
+        let h = holders(&http, &a).await?;
+        one_each(&h).then_some(h)
+    })
+    .await;
+    tokio::time::sleep(Duration::from_secs_f64(TTL_SECS / 2.0)).await;
+    let b_shard = *spread.iter().find(|(_, n)| n.as_str() == "b").unwrap().0;
+    let name =
+        (0..).map(|i| format!("p{i}")).find(|n| drover_model::Slot::of_name(n).shard(SHARDS) == b_shard).unwrap();
+    let body = json!({"name": name, "engine": "postgres", "followers": 1});
+    let (status, created) = common::post(&http, &a.api, "/v1/services", body).await;
+    assert_eq!(status, 201, "{created}");
+    let s = settled(&http, &a, &name).await;
+    let (primary, follower) = (id(with_role(&s, "primary")[0]), id(with_role(&s, "follower")[0]));
+
+    b.signal("-STOP");
+    let paused = Instant::now();
+    chaos(&plain, &w, &primary).await;
+    failed_over(&http, &a, &name, &follower).await;
+    eprintln!("failed over by a while b was paused: {:.2} s after the pause", paused.elapsed().as_secs_f64());
+    assert!(paused.elapsed() >= Duration::from_secs_f64(TTL_SECS * 0.8), "taken before b's lease could expire");
+    b.signal("-CONT");
+    // b rejoins (its process still running) with a shard of its own.
+    wait_for(GENEROUS, "b rejoins with a shard", &a, || async {
+        let h = holders(&http, &a).await?;
+        one_each(&h).then_some(())
+    })
+    .await;
+    assert!(b.child.as_mut().unwrap().try_wait().unwrap().is_none(), "b stopped:\n{}", b.log_tail());
+    b.wait_healthy(&plain, GENEROUS).await;
+    // Nothing acted twice: one promote, one writable primary in the world.
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    let done = actions(&http, &b, &name).await;
+    assert_eq!(promotes(&done).len(), 1, "exactly one promote: {done:#?}");
+    let s_id = s["id"].as_str().unwrap().to_string();
+    assert_eq!(writable_primaries(&plain, &w, &s_id).await, 1);
+    assert!(b.log_tail().contains("shards lost") || b.log_tail().contains("could not be renewed"), "{}", b.log_tail());
+}
