@@ -33,17 +33,36 @@ async fn two_nodes() -> (common::TestServer, common::TestServer, String) {
     let agent = first.agent_token().await;
     first.stop().await;
     let copy = tempfile::tempdir().unwrap();
+    // What a stopped server leaves (its files; not a socket, nor a
+    // temporary file that vanished while the copy was being made).
     fn copy_dir(from: &std::path::Path, to: &std::path::Path) {
         for entry in std::fs::read_dir(from).unwrap() {
             let entry = entry.unwrap();
             let target = to.join(entry.file_name());
-            if entry.file_type().unwrap().is_dir() {
+            let Ok(kind) = entry.file_type() else { continue };
+            if kind.is_dir() {
                 std::fs::create_dir_all(&target).unwrap();
                 copy_dir(&entry.path(), &target);
-            } else {
-                std::fs::copy(entry.path(), &target).unwrap();
+            } else if kind.is_file() {
+                match std::fs::copy(entry.path(), &target) {
+                    Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+                    other => {
+                        other.unwrap();
+                    }
+                }
             }
         }
+    }
+    // The store's last connections close after the server's task ended:
+    // copied once SQLite has folded its write-ahead logs in (or 5 s on).
+    let settled = std::time::Instant::now() + Duration::from_secs(5);
+    while std::time::Instant::now() < settled
+        && std::fs::read_dir(first.dir.path())
+            .unwrap()
+            .flatten()
+            .any(|e| e.file_name().to_string_lossy().ends_with("-wal"))
+    {
+        tokio::time::sleep(Duration::from_millis(50)).await;
     }
     copy_dir(first.dir.path(), copy.path());
     let dir = first.dir;
