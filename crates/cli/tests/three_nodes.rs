@@ -41,6 +41,19 @@ fn node_with(root: &Path, name: &str, store: &str, world: &str, extra: &[&str]) 
     Serve::start(&cwd, free_port(), &args)
 }
 
+/// The simulated world as its own process (`drover sim-provider`), ready.
+async fn start_world(root: &Path, http: &reqwest::Client) -> Serve {
+    std::fs::create_dir_all(root.join("world")).unwrap();
+    let world = Serve::start_command(
+        &root.join("world"),
+        free_port(),
+        "sim-provider",
+        &["--data-dir", "data", "--action-latency-ms", "20"],
+    );
+    world.wait_healthy(http, GENEROUS).await;
+    world
+}
+
 fn with_role<'a>(service: &'a Value, role: &str) -> Vec<&'a Value> {
     service["instances"].as_array().map(|i| i.iter().filter(|i| i["role"] == role).collect()).unwrap_or_default()
 }
@@ -112,14 +125,7 @@ async fn three_nodes_heal_one_fleet_through_a_holder_killed_and_a_holder_paused(
     let root = dir.path();
     let plain = drover_agent::tls::builder().timeout(Duration::from_secs(5)).build().unwrap();
 
-    std::fs::create_dir_all(root.join("world")).unwrap();
-    let world = Serve::start_command(
-        &root.join("world"),
-        free_port(),
-        "sim-provider",
-        &["--data-dir", "data", "--action-latency-ms", "20"],
-    );
-    world.wait_healthy(&plain, GENEROUS).await;
+    let world = start_world(root, &plain).await;
     let w = world.api.clone();
 
     let mut a = node(root, "a", &store, &w);
@@ -302,14 +308,7 @@ async fn three_nodes_on_three_shards_heal_the_fleet_through_a_node_killed() {
     let dir = tempfile::tempdir().unwrap();
     let root = dir.path();
     let plain = drover_agent::tls::builder().timeout(Duration::from_secs(5)).build().unwrap();
-    std::fs::create_dir_all(root.join("world")).unwrap();
-    let world = Serve::start_command(
-        &root.join("world"),
-        free_port(),
-        "sim-provider",
-        &["--data-dir", "data", "--action-latency-ms", "20"],
-    );
-    world.wait_healthy(&plain, GENEROUS).await;
+    let world = start_world(root, &plain).await;
     let w = world.api.clone();
 
     let shards = SHARDS.to_string();
@@ -444,14 +443,7 @@ async fn a_node_of_a_split_fleet_paused_past_its_lease_acts_on_nothing_and_rejoi
     let dir = tempfile::tempdir().unwrap();
     let root = dir.path();
     let plain = drover_agent::tls::builder().timeout(Duration::from_secs(5)).build().unwrap();
-    std::fs::create_dir_all(root.join("world")).unwrap();
-    let world = Serve::start_command(
-        &root.join("world"),
-        free_port(),
-        "sim-provider",
-        &["--data-dir", "data", "--action-latency-ms", "20"],
-    );
-    world.wait_healthy(&plain, GENEROUS).await;
+    let world = start_world(root, &plain).await;
     let w = world.api.clone();
     let shards = SHARDS.to_string();
     let a = node_with(root, "a", &store, &w, &["--shards", &shards]);

@@ -112,12 +112,11 @@ impl Keeper {
         let round = self.round().await?;
         self.renewed_at(sent);
         let mut held = round.held();
+        held.retain(|h| !round.to_release.contains(h));
+        self.fence(&held);
         if !round.to_release.is_empty() {
-            held.retain(|h| !round.to_release.contains(h));
-            self.fence(&held);
             self.release(round.to_release.clone()).await?;
         }
-        self.fence(&held);
         self.held = held;
         self.note_zero();
         self.publish(&round);

@@ -234,15 +234,11 @@ impl Tokens {
                 let (tokens, digest) = (Arc::clone(this), hash(token));
                 let found = tokio::task::spawn_blocking(move || tokens.store.find(&digest)).await;
                 let Ok(Ok(Some(found))) = found else { return Err(Refusal::Unknown) };
-                self::Tokens::keep(this, found.hash, found.record);
+                this.by_hash.write().unwrap_or_else(|p| p.into_inner()).insert(found.hash, found.record);
                 this.authenticate(token, now)
             }
             other => other,
         }
-    }
-
-    fn keep(this: &Arc<Tokens>, hash: String, record: TokenRecord) {
-        this.by_hash.write().unwrap_or_else(|p| p.into_inner()).insert(hash, record);
     }
 
     fn read(&self) -> std::sync::RwLockReadGuard<'_, HashMap<String, TokenRecord>> {

@@ -247,18 +247,20 @@ pub async fn start(
         config: Arc::new(config),
     };
     let machine = PagerMachine { pager, store, deliverer, key: key.clone() };
-    let task = tokio::spawn(actor::Actor { machine, inbox, shutdown: stop.clone(), limits: LIMITS }.run_to_end());
+    // On a split fleet: the other nodes' engines' events are read every second too.
+    let poll = shard_zero.is_some().then_some(std::time::Duration::from_secs(1));
+    let actor = actor::Actor { machine, inbox, shutdown: stop.clone(), limits: LIMITS };
     let task = match shard_zero {
-        None => tokio::spawn(async move {
-            let _ = task.await;
-        }),
-        Some(zero) => tokio::spawn(follow_shard_zero(handle.actor.clone(), task, zero, stop)),
+        None => tokio::spawn(actor.run()),
+        Some(zero) => {
+            tokio::spawn(follow_shard_zero(handle.actor.clone(), tokio::spawn(actor.run_to_end()), zero, stop))
+        }
     };
     if let Some(events) = engine_events {
         // From the newest event on: what came before was the previous run's.
         let store = events.store.clone();
         let cursor = tokio::task::spawn_blocking(move || store.last_event_seq()).await??;
-        tokio::spawn(bridge_engine_events(events, cursor, handle.clone()));
+        tokio::spawn(bridge_engine_events(events, cursor, handle.clone(), poll));
     }
     Ok((handle, task))
 }
@@ -344,15 +346,20 @@ async fn follow_shard_zero(
 }
 
 /// Turns committed engine events into alerts, each with the team it names.
-/// Reads the engine's event log from `cursor` on whenever woken: every
-/// event is seen once and in order, however far behind the pager falls.
-async fn bridge_engine_events(mut events: EngineEvents, mut cursor: u64, pager: PagerHandle) {
+/// Reads the engine's event log from `cursor` on whenever woken (and
+/// every `poll`, on a fleet split into shards: the other nodes' engines do
+/// not wake it): every event is seen once and in order, however far
+/// behind the pager falls.
+async fn bridge_engine_events(
+    mut events: EngineEvents,
+    mut cursor: u64,
+    pager: PagerHandle,
+    poll: Option<std::time::Duration>,
+) {
     loop {
-        // Woken by this node's engine; and every second, for the events
-        // of the other nodes' engines on a fleet split into shards.
         tokio::select! {
             woken = events.wakeup.recv() => if woken.is_none() { return },
-            _ = tokio::time::sleep(std::time::Duration::from_secs(1)) => {}
+            _ = tokio::time::sleep(poll.unwrap_or(std::time::Duration::from_secs(3600))), if poll.is_some() => {}
         }
         loop {
             let store = events.store.clone();
