@@ -193,7 +193,7 @@ fn seed(store_url: &str, instances: usize) -> Vec<(InstanceId, usize, Role)> {
     placed
 }
 
-fn node(root: &Path, name: &str, store: &str) -> Serve {
+fn node(root: &Path, name: &str, store: &str, extra: &[&str]) -> Serve {
     let cwd = root.join(name);
     std::fs::create_dir_all(&cwd).unwrap();
     #[rustfmt::skip]
@@ -208,6 +208,7 @@ fn node(root: &Path, name: &str, store: &str) -> Serve {
         "--uncertain-after-ms", "120000", "--presumed-dead-after-secs", "300", "--restart-grace-secs", "300",
     ];
     common::share_the_key(&cwd.join("data"));
+    let args: Vec<&str> = args.iter().chain(extra).copied().collect();
     Serve::start(&cwd, free_port(), &args)
 }
 
@@ -256,6 +257,57 @@ fn round_bodies(placed: &[(InstanceId, usize, Role)], seq: u64) -> Vec<(usize, V
     bodies
 }
 
+/// Sends one round's bodies, [`IN_FLIGHT`] at once, each host's batches to
+/// the nodes in turn; every beat must be taken by its holder's engine (none
+/// stale, unknown or pending). Returns how long the round took.
+async fn send_round(
+    http: &reqwest::Client,
+    nodes: &[Serve],
+    apis: &[String],
+    tokens: &[String],
+    bodies: Vec<(usize, Vec<u8>)>,
+    accepted: &Arc<AtomicU64>,
+) -> Duration {
+    let began = Instant::now();
+    let work = Arc::new(std::sync::Mutex::new(bodies.into_iter().enumerate()));
+    let mut senders = Vec::new();
+    for _ in 0..IN_FLIGHT {
+        let (work, apis, tokens, http, accepted) =
+            (work.clone(), apis.to_vec(), tokens.to_vec(), http.clone(), accepted.clone());
+        senders.push(tokio::spawn(async move {
+            loop {
+                let Some((i, (host, body))) = work.lock().unwrap().next() else { return };
+                let api = &apis[i % apis.len()];
+                let r = http
+                    .post(format!("{api}/v1/heartbeats"))
+                    .header("authorization", &tokens[host])
+                    .header("content-type", "application/json")
+                    .body(body)
+                    .send()
+                    .await
+                    .unwrap_or_else(|e| panic!("POST /v1/heartbeats to {api}: {e}"));
+                let status = r.status().as_u16();
+                let answer: serde_json::Value = r.json().await.unwrap_or_default();
+                assert_eq!(status, 200, "POST /v1/heartbeats to {api}: {answer}");
+                assert_eq!(answer["stale"], 0, "{answer}");
+                assert_eq!(answer["unknown"].as_array().map(Vec::len), Some(0), "{answer}");
+                assert_eq!(answer["pending"].as_u64().unwrap_or(0), 0, "{answer}");
+                accepted.fetch_add(answer["accepted"].as_u64().unwrap_or(0), Ordering::Relaxed);
+            }
+        }));
+    }
+    for s in senders {
+        if let Err(e) = s.await {
+            // Say why: a node that stopped answering left its reason in its log.
+            for node in nodes {
+                eprintln!("--- {}:\n{}", node.api, node.log_tail());
+            }
+            panic!("a sender: {e}");
+        }
+    }
+    began.elapsed()
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 #[ignore = "a benchmark: minutes and gigabytes at full size (run with --run-ignored only)"]
 async fn heartbeats_into_three_nodes_and_a_takeover_of_the_fleet() {
@@ -281,12 +333,12 @@ async fn heartbeats_into_three_nodes_and_a_takeover_of_the_fleet() {
     eprintln!("fleet of {n} instances on {HOSTS} hosts built and committed to the store in {seeded:.1} s");
 
     let start = Instant::now();
-    let mut nodes = vec![node(root, "a", &store)];
+    let mut nodes = vec![node(root, "a", &store, &[])];
     let first = holder(&plain, &nodes, Duration::from_secs(900)).await;
     let first_load = start.elapsed().as_secs_f64();
     eprintln!("node a loaded the fleet and holds it after {first_load:.1} s");
-    nodes.push(node(root, "b", &store));
-    nodes.push(node(root, "c", &store));
+    nodes.push(node(root, "b", &store, &[]));
+    nodes.push(node(root, "c", &store, &[]));
     let admin = common::admin_client(&root.join("a/data"));
     for n in &nodes[1..] {
         let deadline = Instant::now() + Duration::from_secs(120);
@@ -309,45 +361,7 @@ async fn heartbeats_into_three_nodes_and_a_takeover_of_the_fleet() {
     let mut busy = Duration::ZERO;
     let mut sent = 0u64;
     for round in 0..rounds {
-        let seq = round + 2;
-        let bodies = round_bodies(&placed, seq);
-        let began = Instant::now();
-        let work = Arc::new(std::sync::Mutex::new(bodies.into_iter().enumerate()));
-        let mut senders = Vec::new();
-        for _ in 0..IN_FLIGHT {
-            let (work, apis, tokens, http, accepted) =
-                (work.clone(), apis.clone(), tokens.clone(), plain.clone(), accepted.clone());
-            senders.push(tokio::spawn(async move {
-                loop {
-                    let Some((i, (host, body))) = work.lock().unwrap().next() else { return };
-                    let api = &apis[i % apis.len()];
-                    let r = http
-                        .post(format!("{api}/v1/heartbeats"))
-                        .header("authorization", &tokens[host])
-                        .header("content-type", "application/json")
-                        .body(body)
-                        .send()
-                        .await
-                        .unwrap_or_else(|e| panic!("POST /v1/heartbeats to {api}: {e}"));
-                    let status = r.status().as_u16();
-                    let answer: serde_json::Value = r.json().await.unwrap_or_default();
-                    assert_eq!(status, 200, "POST /v1/heartbeats to {api}: {answer}");
-                    assert_eq!(answer["stale"], 0, "{answer}");
-                    assert_eq!(answer["unknown"].as_array().map(Vec::len), Some(0), "{answer}");
-                    accepted.fetch_add(answer["accepted"].as_u64().unwrap_or(0), Ordering::Relaxed);
-                }
-            }));
-        }
-        for s in senders {
-            if let Err(e) = s.await {
-                // Say why: a node that stopped answering left its reason in its log.
-                for node in &nodes {
-                    eprintln!("--- {}:\n{}", node.api, node.log_tail());
-                }
-                panic!("a sender: {e}");
-            }
-        }
-        let took = began.elapsed();
+        let took = send_round(&plain, &nodes, &apis, &tokens, round_bodies(&placed, round + 2), &accepted).await;
         busy += took;
         sent += n as u64;
         eprintln!("round {round}: {n} beats in {:.2} s ({:.0}/s)", took.as_secs_f64(), n as f64 / took.as_secs_f64());
@@ -404,6 +418,213 @@ async fn heartbeats_into_three_nodes_and_a_takeover_of_the_fleet() {
             "heartbeats_per_sec": per_sec.round(),
             "holder_rss_bytes": holder_rss,
             "bytes_per_instance": per_instance.round(),
+            "takeover_seconds": takeover,
+            "lease_ttl_seconds": TTL_SECS.parse::<f64>().unwrap(),
+        })
+    );
+}
+
+/// The holder and generation of each shard's lease, from the store.
+fn shard_leases(pg: &pg::PgServer) -> std::collections::BTreeMap<u16, (String, i64)> {
+    pg.psql("postgres", "SELECT shard || ' ' || holder || ' ' || generation FROM leases ORDER BY shard")
+        .lines()
+        .filter_map(|l| {
+            let mut f = l.split_whitespace();
+            Some((f.next()?.parse().ok()?, (f.next()?.to_string(), f.next()?.parse().ok()?)))
+        })
+        .collect()
+}
+
+/// Sends one beat of `instance` (on `host`) through `api`: whether its
+/// holder's engine took it.
+async fn beat_taken(
+    http: &reqwest::Client,
+    api: &str,
+    token: &str,
+    instance: InstanceId,
+    role: Role,
+    seq: u64,
+) -> bool {
+    let body = json!({"beats": [Beat { instance, seq, facts: facts(role, seq) }]});
+    let Ok(r) = http.post(format!("{api}/v1/heartbeats")).header("authorization", token).json(&body).send().await
+    else {
+        return false;
+    };
+    let ok = r.status().as_u16() == 200;
+    let answer: serde_json::Value = r.json().await.unwrap_or_default();
+    ok && answer["accepted"].as_u64() == Some(1)
+}
+
+/// Issue 16's benchmark on a fleet split over the nodes (`--shards 3`, one
+/// shard each): heartbeats through HTTP into the three, each batch split
+/// by its beats' shards (a third kept, two thirds forwarded to their
+/// holders), and the time a survivor needs to take over the third of a node
+/// killed -9 and take its beats. Run with
+///
+/// ```sh
+/// DROVER_BENCH_INSTANCES=1000000 cargo nextest run --release -p drover \
+///   --test cluster_bench --run-ignored only --no-capture split
+/// ```
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "a benchmark: minutes and gigabytes at full size (run with --run-ignored only)"]
+async fn heartbeats_into_a_fleet_split_over_three_nodes_and_a_takeover_of_a_third() {
+    const SHARDS: u16 = 3;
+    let instances: usize =
+        std::env::var("DROVER_BENCH_INSTANCES").ok().and_then(|v| v.parse().ok()).unwrap_or(1_000_000);
+    let rounds: u64 = std::env::var("DROVER_BENCH_ROUNDS").ok().and_then(|v| v.parse().ok()).unwrap_or(ROUNDS);
+    assert!(instances >= 2 * HOSTS, "DROVER_BENCH_INSTANCES must be at least {}", 2 * HOSTS);
+    let pg = pg::PgServer::start();
+    let store = pg.url("postgres");
+    let dir = tempfile::tempdir().unwrap();
+    // DROVER_BENCH_KEEP=1 keeps the nodes' directories and logs.
+    let dir = if std::env::var_os("DROVER_BENCH_KEEP").is_some() {
+        eprintln!("the nodes' directories are kept in {}", dir.path().display());
+        tempfile::Builder::new().keep(true).tempdir_in(dir.into_path()).unwrap()
+    } else {
+        dir
+    };
+    let root = dir.path();
+    let plain = drover_agent::tls::builder().timeout(Duration::from_secs(120)).build().unwrap();
+
+    let started = Instant::now();
+    let placed = tokio::task::spawn_blocking({
+        let store = store.clone();
+        move || seed(&store, instances)
+    })
+    .await
+    .unwrap();
+    let n = placed.len();
+    let seeded = started.elapsed().as_secs_f64();
+    eprintln!("fleet of {n} instances on {HOSTS} hosts built and committed to the store in {seeded:.1} s");
+    let shard_of = |id: InstanceId| id.slot().shard(SHARDS);
+    let mut per_shard = [0usize; SHARDS as usize];
+    for &(id, _, _) in &placed {
+        per_shard[shard_of(id) as usize] += 1;
+    }
+    eprintln!("instances per shard: {per_shard:?}");
+
+    // a first (it makes the admin token), then b and c: the shards spread
+    // one per node, each move a hand-over of the engines concerned.
+    let shards = SHARDS.to_string();
+    let extra = ["--shards", shards.as_str()];
+    let start = Instant::now();
+    let mut nodes = vec![node(root, "a", &store, &extra)];
+    nodes[0].wait_healthy(&plain, Duration::from_secs(900)).await;
+    nodes.push(node(root, "b", &store, &extra));
+    nodes.push(node(root, "c", &store, &extra));
+    let names = ["a", "b", "c"];
+    let deadline = Instant::now() + Duration::from_secs(900);
+    let spread = loop {
+        let leases = shard_leases(&pg);
+        let mut by: Vec<&String> = leases.values().map(|(h, _)| h).collect();
+        by.sort();
+        by.dedup();
+        if leases.len() == SHARDS as usize && by.len() == 3 {
+            break leases;
+        }
+        assert!(Instant::now() < deadline, "the shards never spread: {leases:?}");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    };
+    let admin = common::admin_client(&root.join("a/data"));
+    let mut tokens = Vec::with_capacity(HOSTS);
+    for h in 0..HOSTS {
+        let body = json!({"name": format!("agent-{}", host_name(h)), "role": "agent", "host": host_name(h)});
+        tokens.push(format!("Bearer {}", common::create_token(&admin, &nodes[0].api, body).await));
+    }
+    // Ready: a beat of each shard taken through every node.
+    let probes: Vec<(InstanceId, usize, Role)> =
+        (0..SHARDS).map(|s| *placed.iter().find(|p| shard_of(p.0) == s).unwrap()).collect();
+    // (Each beat a later `seq`: a repeated one is stale, not taken.)
+    let mut seq = 2;
+    for node in &nodes {
+        for &(id, host, role) in &probes {
+            let deadline = Instant::now() + Duration::from_secs(900);
+            loop {
+                seq += 1;
+                if beat_taken(&plain, &node.api, &tokens[host], id, role, seq).await {
+                    break;
+                }
+                assert!(Instant::now() < deadline, "shard {} never ready through {}", shard_of(id), node.api);
+                tokio::time::sleep(Duration::from_millis(50)).await;
+            }
+        }
+    }
+    let spread_at = start.elapsed().as_secs_f64();
+    eprintln!("the shards spread one per node ({spread:?}) and every node ready after {spread_at:.1} s");
+    let rss_loaded: Vec<u64> = nodes.iter().map(rss_bytes).collect();
+
+    let apis: Vec<String> = nodes.iter().map(|n| n.api.clone()).collect();
+    let accepted = Arc::new(AtomicU64::new(0));
+    let mut busy = Duration::ZERO;
+    let mut sent = 0u64;
+    for round in 0..rounds {
+        let took = send_round(&plain, &nodes, &apis, &tokens, round_bodies(&placed, seq + 1 + round), &accepted).await;
+        busy += took;
+        sent += n as u64;
+        eprintln!("round {round}: {n} beats in {:.2} s ({:.0}/s)", took.as_secs_f64(), n as f64 / took.as_secs_f64());
+    }
+    seq += rounds + 1;
+    let accepted = accepted.load(Ordering::Relaxed);
+    assert_eq!(accepted, sent, "every beat accepted by its holder's engine");
+    let per_sec = accepted as f64 / busy.as_secs_f64();
+    let rss: Vec<u64> = nodes.iter().map(rss_bytes).collect();
+    let per_instance = rss.iter().sum::<u64>() as f64 / n as f64;
+    eprintln!("{accepted} heartbeats in {:.1} s: {per_sec:.0} per second through three nodes", busy.as_secs_f64());
+    eprintln!(
+        "resident memory: {:?} MiB loaded, {:?} MiB after the rounds: {per_instance:.0} bytes per instance over the three",
+        rss_loaded.iter().map(|r| r >> 20).collect::<Vec<_>>(),
+        rss.iter().map(|r| r >> 20).collect::<Vec<_>>()
+    );
+
+    // The takeover: kill -9 of c, until a beat of its shard is taken
+    // through a survivor (its new holder's engine has it loaded).
+    let (victim_shard, _) = spread.iter().find(|(_, (h, _))| h == "c").map(|(s, l)| (*s, l.clone())).unwrap();
+    let (probe, host, role) = probes[victim_shard as usize];
+    let mut victim = nodes.pop().unwrap();
+    victim.kill9();
+    let killed = Instant::now();
+    let deadline = Instant::now() + Duration::from_secs(900);
+    loop {
+        seq += 1;
+        if beat_taken(&plain, &nodes[(seq % 2) as usize].api, &tokens[host], probe, role, seq).await {
+            break;
+        }
+        assert!(Instant::now() < deadline, "c's shard {victim_shard} never taken over");
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    let takeover = killed.elapsed().as_secs_f64();
+    let leases = shard_leases(&pg);
+    let (taker, generation) = leases[&victim_shard].clone();
+    assert_ne!(taker, "c", "{leases:?}");
+    assert_eq!(generation, spread[&victim_shard].1 + 1, "one takeover of shard {victim_shard}: {leases:?}");
+    let third = per_shard[victim_shard as usize];
+    eprintln!(
+        "takeover of shard {victim_shard} ({third} instances) by {taker}: {takeover:.2} s from kill -9 to its beats taken"
+    );
+    let taker_node = &nodes[names.iter().position(|n| *n == taker).unwrap()];
+    let log = std::fs::read_to_string(&taker_node.log).unwrap_or_default();
+    let phases: Vec<&str> =
+        log.lines().filter(|l| l.contains("handing its engine over") || l.contains("handed over")).collect();
+    for line in &phases[phases.len().saturating_sub(2)..] {
+        eprintln!("  {line}");
+    }
+    println!(
+        "{}",
+        json!({
+            "bench": "cluster-split",
+            "nodes": 3,
+            "shards": SHARDS,
+            "instances": n,
+            "hosts": HOSTS,
+            "batch": BATCH,
+            "rounds": rounds,
+            "seed_seconds": seeded,
+            "spread_seconds": spread_at,
+            "heartbeats": accepted,
+            "heartbeats_per_sec": per_sec.round(),
+            "rss_bytes": rss,
+            "bytes_per_instance": per_instance.round(),
+            "takeover_instances": third,
             "takeover_seconds": takeover,
             "lease_ttl_seconds": TTL_SECS.parse::<f64>().unwrap(),
         })

@@ -274,26 +274,15 @@ async fn heartbeat_parts(
     map: &crate::lease::ShardMap,
     mut parts: axum::http::request::Parts,
     body: axum::body::Bytes,
-    split: std::collections::BTreeMap<u16, Vec<usize>>,
+    split: crate::shard_route::Beats,
     next: Next,
 ) -> Response {
-    // `shard_route::target` read the batch already: it is an object with
-    // an array of beats.
-    let Ok(serde_json::Value::Object(batch)) = serde_json::from_slice::<serde_json::Value>(&body) else {
-        return ApiError::bad_request("the body is not a heartbeat batch").into_response();
-    };
-    let beats = batch.get("beats").and_then(|b| b.as_array()).cloned().unwrap_or_default();
-    let part_body = |indices: &[usize]| -> axum::body::Bytes {
-        let mut part = batch.clone();
-        let chosen: Vec<serde_json::Value> = indices.iter().filter_map(|&i| beats.get(i).cloned()).collect();
-        part.insert("beats".into(), serde_json::Value::Array(chosen));
-        serde_json::to_vec(&part).unwrap_or_default().into()
-    };
+    let part_body = |indices: &[usize]| -> axum::body::Bytes { split.part(&body, indices).into() };
     parts.headers.insert(HeaderName::from_static(PART), axum::http::HeaderValue::from_static("1"));
     let mut asked = tokio::task::JoinSet::new();
     let mut own: Vec<usize> = Vec::new();
     let mut unheard = 0u32;
-    for (shard, indices) in &split {
+    for (shard, indices) in &split.parts {
         if map.held.contains(shard) {
             own.extend(indices);
             continue;

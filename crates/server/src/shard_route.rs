@@ -24,6 +24,7 @@
 use drover_model::{InstanceId, Slot};
 use serde::Deserialize;
 use std::collections::{BTreeMap, HashMap};
+use std::ops::Range;
 use std::sync::OnceLock;
 
 /// How a route finds the node that answers it.
@@ -230,9 +231,8 @@ pub enum Target {
     Shard(u16),
     /// Every holder, the answers merged.
     Every,
-    /// A heartbeat batch's beats (their indices, in the batch's order) by
-    /// the shard each goes to.
-    Split(BTreeMap<u16, Vec<usize>>),
+    /// A heartbeat batch's beats by the shard each goes to.
+    Split(Beats),
     /// Not routable to one shard yet: why.
     Across(&'static str),
 }
@@ -339,7 +339,7 @@ pub enum Decision {
     Forward(u16),
     /// A heartbeat batch in parts, each to its shard's holder (this
     /// node's own parts included): the agent's answer waits for them all.
-    Split(BTreeMap<u16, Vec<usize>>),
+    Split(Beats),
     /// Every holder, the answers merged.
     Every,
     /// Not served while the fleet is split between nodes: why.
@@ -359,13 +359,13 @@ pub fn decide(target: Target, shards: u16, holds: impl Fn(u16) -> bool) -> Decis
         Target::Here => Decision::Here,
         Target::Fleet => to(0),
         Target::Shard(shard) => to(shard),
-        Target::Split(parts) => {
-            if parts.keys().all(|&shard| holds(shard)) {
+        Target::Split(beats) => {
+            if beats.parts.keys().all(|&shard| holds(shard)) {
                 Decision::Here
-            } else if parts.len() == 1 {
-                parts.keys().next().map_or(Decision::Here, |&shard| to(shard))
+            } else if beats.parts.len() == 1 {
+                beats.parts.keys().next().map_or(Decision::Here, |&shard| to(shard))
             } else {
-                Decision::Split(parts)
+                Decision::Split(beats)
             }
         }
         Target::Every => Decision::Every,
@@ -373,24 +373,103 @@ pub fn decide(target: Target, shards: u16, holds: impl Fn(u16) -> bool) -> Decis
     }
 }
 
-/// A heartbeat batch's beats by the shard of their instance (indices in
-/// the batch's order; every beat in exactly one part).
-pub fn split_heartbeats(body: &[u8], shards: u16) -> Result<BTreeMap<u16, Vec<usize>>, String> {
+/// A heartbeat batch read just enough to split it: each beat's shard and
+/// where the beat and the batch's other fields are in the body, so a part
+/// is its beats' bytes as sent, copied, never parsed into values again.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Beats {
+    /// Each shard's beats: their indices, in the batch's order.
+    pub parts: BTreeMap<u16, Vec<usize>>,
+    /// Where each beat is in the body.
+    spans: Vec<Range<usize>>,
+    /// The batch's other fields (`lease_ms`): each name and where its value is.
+    rest: Vec<(String, Range<usize>)>,
+}
+
+impl Beats {
+    /// The body of a batch of the beats at `indices` of `body` (the body
+    /// this was read from), with the batch's other fields as they came.
+    pub fn part(&self, body: &[u8], indices: &[usize]) -> Vec<u8> {
+        let size: usize = indices.iter().filter_map(|&i| self.spans.get(i)).map(|r| r.len() + 1).sum();
+        let mut out = Vec::with_capacity(size + 64);
+        out.extend_from_slice(b"{\"beats\":[");
+        for (n, span) in indices.iter().filter_map(|&i| self.spans.get(i)).enumerate() {
+            if n > 0 {
+                out.push(b',');
+            }
+            out.extend_from_slice(&body[span.clone()]);
+        }
+        out.push(b']');
+        for (name, span) in &self.rest {
+            out.push(b',');
+            // A name read from JSON writes back as JSON.
+            out.extend_from_slice(&serde_json::to_vec(name).unwrap_or_default());
+            out.push(b':');
+            out.extend_from_slice(&body[span.clone()]);
+        }
+        out.push(b'}');
+        out
+    }
+}
+
+/// A heartbeat batch's beats by the shard of their instance (every beat in
+/// exactly one part), read without building values: the beats as raw JSON
+/// in place, and of each only its instance.
+pub fn split_heartbeats(body: &[u8], shards: u16) -> Result<Beats, String> {
+    use serde_json::value::RawValue;
     #[derive(Deserialize)]
     struct Beat {
         instance: InstanceId,
     }
-    #[derive(Deserialize)]
-    struct Batch {
-        #[serde(deserialize_with = "drover_model::objects::objects")]
-        beats: Vec<Beat>,
+    let bad = |e: serde_json::Error| format!("the body is not a heartbeat batch: {e}");
+    let fields: Vec<(String, &RawValue)> = serde_json::from_slice::<Fields>(body).map_err(bad)?.0;
+    let at = |raw: &RawValue| {
+        let start = raw.get().as_ptr() as usize - body.as_ptr() as usize;
+        start..start + raw.get().len()
+    };
+    let mut beats = None;
+    let mut rest = Vec::new();
+    for (name, raw) in fields {
+        if name == "beats" {
+            beats = Some(raw);
+        } else {
+            rest.retain(|(n, _): &(String, Range<usize>)| *n != name);
+            rest.push((name, at(raw)));
+        }
     }
-    let batch: Batch = serde_json::from_slice(body).map_err(|e| format!("the body is not a heartbeat batch: {e}"))?;
+    let beats = beats.ok_or("the body is not a heartbeat batch: missing field `beats`")?;
+    let beats: Vec<&RawValue> = serde_json::from_str(beats.get()).map_err(bad)?;
     let mut parts: BTreeMap<u16, Vec<usize>> = BTreeMap::new();
-    for (i, beat) in batch.beats.iter().enumerate() {
-        parts.entry(beat.instance.slot().shard(shards)).or_default().push(i);
+    let mut spans = Vec::with_capacity(beats.len());
+    for (i, raw) in beats.into_iter().enumerate() {
+        let beat: drover_model::objects::ObjectOnly<Beat> = serde_json::from_str(raw.get()).map_err(bad)?;
+        parts.entry(beat.0.instance.slot().shard(shards)).or_default().push(i);
+        spans.push(at(raw));
     }
-    Ok(parts)
+    Ok(Beats { parts, spans, rest })
+}
+
+/// A JSON object's fields in order, each value as raw JSON in place.
+struct Fields<'a>(Vec<(String, &'a serde_json::value::RawValue)>);
+
+impl<'de: 'a, 'a> Deserialize<'de> for Fields<'a> {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        struct V<'a>(std::marker::PhantomData<&'a ()>);
+        impl<'de: 'a, 'a> serde::de::Visitor<'de> for V<'a> {
+            type Value = Fields<'a>;
+            fn expecting(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+                f.write_str("a JSON object")
+            }
+            fn visit_map<A: serde::de::MapAccess<'de>>(self, mut map: A) -> Result<Fields<'a>, A::Error> {
+                let mut out = Vec::new();
+                while let Some(entry) = map.next_entry::<String, &'de serde_json::value::RawValue>()? {
+                    out.push(entry);
+                }
+                Ok(Fields(out))
+            }
+        }
+        d.deserialize_map(V(std::marker::PhantomData))
+    }
 }
 
 /// One page of a list ordered by a key (services by name), merged from
@@ -555,14 +634,14 @@ mod tests {
                 Target::Fleet,
                 Target::Shard(shard),
                 Target::Every,
-                Target::Split(parts.clone()),
+                Target::Split(Beats { parts: parts.clone(), spans: vec![], rest: vec![] }),
                 Target::Across("a fork"),
             ][which].clone();
             let touched: Vec<u16> = match &target {
                 Target::Here => vec![],
                 Target::Fleet => vec![0],
                 Target::Shard(s) => vec![*s],
-                Target::Split(p) => p.keys().copied().collect(),
+                Target::Split(p) => p.parts.keys().copied().collect(),
                 Target::Every | Target::Across(_) => (0..shards).collect(),
             };
             let decision = decide(target, shards, holds);
@@ -573,7 +652,7 @@ mod tests {
                     proptest::prop_assert!(!holds(s) && touched == vec![s]);
                 }
                 Decision::Split(p) => {
-                    proptest::prop_assert!(p.len() > 1 && p.keys().any(|&s| !holds(s)));
+                    proptest::prop_assert!(p.parts.len() > 1 && p.parts.keys().any(|&s| !holds(s)));
                 }
                 Decision::Every | Decision::NotYet(_) | Decision::Here => {}
             }
@@ -594,16 +673,25 @@ mod tests {
             let beats: Vec<serde_json::Value> =
                 ids.iter().map(|id| serde_json::json!({"instance": id, "seq": 1, "facts": {}})).collect();
             let body = serde_json::to_vec(&serde_json::json!({"beats": beats, "lease_ms": 5000})).unwrap();
-            let Ok(Target::Split(parts)) = target("POST", "/v1/heartbeats", &body, shards) else {
+            let Ok(Target::Split(split)) = target("POST", "/v1/heartbeats", &body, shards) else {
                 panic!("not split");
             };
+            let parts = &split.parts;
+            // Each part's body is a batch of exactly its beats, as sent,
+            // with the batch's other fields.
+            for part in parts.values() {
+                let sent: serde_json::Value = serde_json::from_slice(&split.part(&body, part)).unwrap();
+                let want: Vec<serde_json::Value> = part.iter().map(|&i| beats[i].clone()).collect();
+                proptest::prop_assert_eq!(&sent["beats"], &serde_json::Value::Array(want));
+                proptest::prop_assert_eq!(&sent["lease_ms"], &serde_json::json!(5000));
+            }
             let mut seen: Vec<usize> = parts.values().flatten().copied().collect();
             for part in parts.values() {
                 proptest::prop_assert!(part.windows(2).all(|w| w[0] < w[1]), "in order");
             }
             seen.sort_unstable();
             proptest::prop_assert_eq!(seen, (0..ids.len()).collect::<Vec<_>>());
-            for (shard, part) in &parts {
+            for (shard, part) in parts {
                 proptest::prop_assert!(*shard < shards);
                 for &i in part {
                     proptest::prop_assert_eq!(Slot::of_name(&names[i]).shard(shards), *shard);
