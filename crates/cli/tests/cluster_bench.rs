@@ -48,8 +48,13 @@ const ZONES: [&str; 3] = ["zone-a", "zone-b", "zone-c"];
 const BATCH: usize = 5_000;
 /// Rounds of beats unless `DROVER_BENCH_ROUNDS` says.
 const ROUNDS: u64 = 5;
-/// Requests in flight at once, over all nodes.
+/// Requests in flight at once, over all nodes, unless
+/// `DROVER_BENCH_IN_FLIGHT` says.
 const IN_FLIGHT: usize = 12;
+
+fn in_flight() -> usize {
+    std::env::var("DROVER_BENCH_IN_FLIGHT").ok().and_then(|v| v.parse().ok()).unwrap_or(IN_FLIGHT)
+}
 const TTL_SECS: &str = "3";
 /// The lines of a node's log that mark the phases of a takeover.
 const PHASES: [&str; 6] =
@@ -257,7 +262,7 @@ fn round_bodies(placed: &[(InstanceId, usize, Role)], seq: u64) -> Vec<(usize, V
     bodies
 }
 
-/// Sends one round's bodies, [`IN_FLIGHT`] at once, each host's batches to
+/// Sends one round's bodies, [`in_flight`] at once, each host's batches to
 /// the nodes in turn; every beat must be taken by its holder's engine (none
 /// stale, unknown or pending). Returns how long the round took.
 async fn send_round(
@@ -271,7 +276,7 @@ async fn send_round(
     let began = Instant::now();
     let work = Arc::new(std::sync::Mutex::new(bodies.into_iter().enumerate()));
     let mut senders = Vec::new();
-    for _ in 0..IN_FLIGHT {
+    for _ in 0..in_flight() {
         let (work, apis, tokens, http, accepted) =
             (work.clone(), apis.to_vec(), tokens.to_vec(), http.clone(), accepted.clone());
         senders.push(tokio::spawn(async move {
@@ -617,6 +622,7 @@ async fn heartbeats_into_a_fleet_split_over_three_nodes_and_a_takeover_of_a_thir
             "instances": n,
             "hosts": HOSTS,
             "batch": BATCH,
+            "in_flight": in_flight(),
             "rounds": rounds,
             "seed_seconds": seeded,
             "spread_seconds": spread_at,

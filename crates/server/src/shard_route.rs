@@ -422,23 +422,13 @@ pub fn split_heartbeats(body: &[u8], shards: u16) -> Result<Beats, String> {
         instance: InstanceId,
     }
     let bad = |e: serde_json::Error| format!("the body is not a heartbeat batch: {e}");
-    let fields: Vec<(String, &RawValue)> = serde_json::from_slice::<Fields>(body).map_err(bad)?.0;
+    let batch = serde_json::from_slice::<RawBatch>(body).map_err(bad)?;
     let at = |raw: &RawValue| {
         let start = raw.get().as_ptr() as usize - body.as_ptr() as usize;
         start..start + raw.get().len()
     };
-    let mut beats = None;
-    let mut rest = Vec::new();
-    for (name, raw) in fields {
-        if name == "beats" {
-            beats = Some(raw);
-        } else {
-            rest.retain(|(n, _): &(String, Range<usize>)| *n != name);
-            rest.push((name, at(raw)));
-        }
-    }
-    let beats = beats.ok_or("the body is not a heartbeat batch: missing field `beats`")?;
-    let beats: Vec<&RawValue> = serde_json::from_str(beats.get()).map_err(bad)?;
+    let rest = batch.rest.into_iter().map(|(name, raw)| (name, at(raw))).collect();
+    let beats = batch.beats.ok_or("the body is not a heartbeat batch: missing field `beats`")?;
     let mut parts: BTreeMap<u16, Vec<usize>> = BTreeMap::new();
     let mut spans = Vec::with_capacity(beats.len());
     for (i, raw) in beats.into_iter().enumerate() {
@@ -449,23 +439,34 @@ pub fn split_heartbeats(body: &[u8], shards: u16) -> Result<Beats, String> {
     Ok(Beats { parts, spans, rest })
 }
 
-/// A JSON object's fields in order, each value as raw JSON in place.
-struct Fields<'a>(Vec<(String, &'a serde_json::value::RawValue)>);
+/// A heartbeat batch read in one pass, every value as raw JSON in place:
+/// its beats, and its other fields in order (the last of a repeated name).
+struct RawBatch<'a> {
+    beats: Option<Vec<&'a serde_json::value::RawValue>>,
+    rest: Vec<(String, &'a serde_json::value::RawValue)>,
+}
 
-impl<'de: 'a, 'a> Deserialize<'de> for Fields<'a> {
+impl<'de: 'a, 'a> Deserialize<'de> for RawBatch<'a> {
     fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        use serde_json::value::RawValue;
         struct V<'a>(std::marker::PhantomData<&'a ()>);
         impl<'de: 'a, 'a> serde::de::Visitor<'de> for V<'a> {
-            type Value = Fields<'a>;
+            type Value = RawBatch<'a>;
             fn expecting(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
                 f.write_str("a JSON object")
             }
-            fn visit_map<A: serde::de::MapAccess<'de>>(self, mut map: A) -> Result<Fields<'a>, A::Error> {
-                let mut out = Vec::new();
-                while let Some(entry) = map.next_entry::<String, &'de serde_json::value::RawValue>()? {
-                    out.push(entry);
+            fn visit_map<A: serde::de::MapAccess<'de>>(self, mut map: A) -> Result<RawBatch<'a>, A::Error> {
+                let mut batch = RawBatch { beats: None, rest: Vec::new() };
+                while let Some(name) = map.next_key::<String>()? {
+                    if name == "beats" {
+                        batch.beats = Some(map.next_value::<Vec<&'de RawValue>>()?);
+                    } else {
+                        let value = map.next_value::<&'de RawValue>()?;
+                        batch.rest.retain(|(n, _)| *n != name);
+                        batch.rest.push((name, value));
+                    }
                 }
-                Ok(Fields(out))
+                Ok(batch)
             }
         }
         d.deserialize_map(V(std::marker::PhantomData))
