@@ -484,7 +484,7 @@ async fn heartbeats_into_a_fleet_split_over_three_nodes_and_a_takeover_of_a_thir
     // DROVER_BENCH_KEEP=1 keeps the nodes' directories and logs.
     let dir = if std::env::var_os("DROVER_BENCH_KEEP").is_some() {
         eprintln!("the nodes' directories are kept in {}", dir.path().display());
-        tempfile::Builder::new().keep(true).tempdir_in(dir.into_path()).unwrap()
+        tempfile::Builder::new().disable_cleanup(true).tempdir_in(dir.keep()).unwrap()
     } else {
         dir
     };

@@ -270,12 +270,26 @@ async fn keep(
 
 /// At the holder: carries out the commands standbys kept, oldest first,
 /// until `stop` (or the lease is lost: the node then stops itself).
-pub(crate) fn spawn_carry_out(state: AppState, store: Arc<PgStore>, mut stop: tokio::sync::watch::Receiver<bool>) {
+pub(crate) fn spawn_carry_out(
+    state: AppState,
+    store: Arc<PgStore>,
+    zero: crate::held::ShardZero,
+    mut stop: tokio::sync::watch::Receiver<bool>,
+) {
     let router = crate::routes::router(state.clone());
     tokio::spawn(async move {
         loop {
             if *stop.borrow() {
                 return;
+            }
+            if !zero.here() {
+                // Shard 0's holder carries them out (each to its shard's
+                // holder, through the router's forwarding).
+                tokio::select! {
+                    _ = tokio::time::sleep(POLL * 8) => {}
+                    _ = stop.changed() => {}
+                }
+                continue;
             }
             let taking = Arc::clone(&store);
             let taken = match blocking(move || taking.take_deferred_command(EXPIRE_AFTER)).await {
@@ -288,7 +302,11 @@ pub(crate) fn spawn_carry_out(state: AppState, store: Arc<PgStore>, mut stop: to
                     continue;
                 }
                 Ok(None) => POLL,
-                Err(StoreError::LeaseLost { .. }) => return,
+                // One holder of the fleet: it lost it, and a standby takes
+                // this up when it holds the fleet. A split fleet: shard 0
+                // moved meanwhile; taken up again if it comes back.
+                Err(StoreError::LeaseLost { .. }) if !zero.split() => return,
+                Err(StoreError::LeaseLost { .. }) => POLL * 8,
                 Err(error) => {
                     tracing::warn!(%error, "cannot take the commands kept by standbys; trying again");
                     POLL * 8

@@ -50,6 +50,31 @@ pub const MAX_MOVING: u32 = 2;
 /// engine (the break-glass store's).
 pub type Freezes = Arc<dyn Fn() -> anyhow::Result<Vec<String>> + Send + Sync>;
 
+/// Where a job for the whole fleet runs (the status sampler, event
+/// retention, the commands kept while a shard had no holder): on a fleet
+/// one node holds, wherever it was started (only the holder starts them);
+/// on a split fleet, only on shard 0's holder at the moment, so one node
+/// runs it and another takes it up when shard 0 moves.
+#[derive(Clone, Default)]
+pub struct ShardZero(Option<watch::Receiver<bool>>);
+
+impl ShardZero {
+    /// On a split fleet: following whether this node holds shard 0.
+    pub fn follow(holds: watch::Receiver<bool>) -> ShardZero {
+        ShardZero(Some(holds))
+    }
+
+    /// Whether the fleet's jobs run here now.
+    pub fn here(&self) -> bool {
+        self.0.as_ref().is_none_or(|holds| *holds.borrow())
+    }
+
+    /// Whether the fleet is split (a job may become this node's later).
+    pub fn split(&self) -> bool {
+        self.0.is_some()
+    }
+}
+
 /// One node's hold on its shards.
 pub struct Keeper {
     store: Arc<PgStore>,
@@ -68,6 +93,19 @@ pub struct Keeper {
     /// Whether this node holds shard 0 (and acts on it): the singletons
     /// that run only there follow it (the pager: `oncall::start`).
     zero: Arc<watch::Sender<bool>>,
+    /// The renewals between the first round and [`Keeper::keep`] (the
+    /// node's first load).
+    meanwhile: Option<AbortOnDrop>,
+}
+
+/// A task stopped when this is dropped (the Keeper gone with a start that
+/// failed, or `keep` started).
+struct AbortOnDrop(JoinHandle<()>);
+
+impl Drop for AbortOnDrop {
+    fn drop(&mut self) {
+        self.0.abort();
+    }
 }
 
 impl Keeper {
@@ -85,6 +123,7 @@ impl Keeper {
             act_until: Arc::new(AtomicU64::new(0)),
             base: Instant::now(),
             zero: Arc::new(watch::channel(false).0),
+            meanwhile: None,
         }
     }
 
@@ -120,7 +159,38 @@ impl Keeper {
         self.held = held;
         self.note_zero();
         self.publish(&round);
+        self.meanwhile = Some(AbortOnDrop(self.renewing(self.held.clone())));
         Ok((self.filter(), self.share()))
+    }
+
+    /// Renews `held` every TTL/8 until aborted, moving the watchdog's
+    /// deadline on each renewal of them all: while the engine is loaded
+    /// (a hand-over, the first load), which outlasts the lease on a large
+    /// fleet and must not cost the node what it is loading.
+    fn renewing(&self, held: Vec<(u32, i64)>) -> JoinHandle<()> {
+        let (store, node, address, started_at, ttl) =
+            (Arc::clone(&self.store), self.node.clone(), self.address.clone(), self.started_at, self.ttl);
+        let (act_until, base) = (Arc::clone(&self.act_until), self.base);
+        tokio::spawn(async move {
+            loop {
+                tokio::time::sleep(ttl / 8).await;
+                let sent = Instant::now();
+                let (store, node, address, asked) = (Arc::clone(&store), node.clone(), address.clone(), held.clone());
+                let renewing =
+                    tokio::task::spawn_blocking(move || store.renew_shards(&node, &address, started_at, ttl, &asked));
+                match tokio::time::timeout(ttl / 2, renewing).await {
+                    Ok(Ok(Ok(renewed))) if renewed.len() == held.len() => {
+                        let fence = SelfFence { ttl_micros: ttl.as_micros() as i64 };
+                        let since = sent.saturating_duration_since(base).as_micros() as i64;
+                        act_until.store(fence.act_until(since).max(0) as u64, Ordering::SeqCst);
+                    }
+                    // Lost some: the next round says which.
+                    Ok(Ok(Ok(_))) => {}
+                    Ok(Ok(Err(error))) => tracing::warn!(%error, "renewing the shards' leases during a load failed"),
+                    Ok(Err(_)) | Err(_) => tracing::warn!("renewing the shards' leases during a load took too long"),
+                }
+            }
+        })
     }
 
     /// Runs the rounds until `stop`, handing the engine behind `handle`
@@ -133,6 +203,7 @@ impl Keeper {
         freezes: Freezes,
         mut stop: watch::Receiver<bool>,
     ) -> JoinHandle<EngineMachine> {
+        self.meanwhile = None;
         let watchdog = self.watchdog(stop.clone());
         let every = (self.ttl / 8).max(Duration::from_millis(50));
         loop {
@@ -205,7 +276,10 @@ impl Keeper {
         let published = self.map_of(&round, &next);
         let map = Arc::clone(&self.map);
         let publish = move || *map.write().unwrap_or_else(|p| p.into_inner()) = published;
-        let new = runtime::hand_over_engine(handle, running, load, stop.clone(), publish).await?;
+        let renewing = AbortOnDrop(self.renewing(round.held()));
+        let new = runtime::hand_over_engine(handle, running, load, stop.clone(), publish).await;
+        drop(renewing);
+        let new = new?;
         self.fence(&next);
         self.held = next;
         self.note_zero();

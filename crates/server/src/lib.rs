@@ -698,11 +698,12 @@ async fn start_up(
     let engine_events = oncall::EngineEvents { store: store.clone(), wakeup };
     let shared_pager = this_node.shared.as_ref().map(|(pg, _)| Arc::clone(pg));
     let shard_zero = split.as_ref().map(|(keeper, _, _)| keeper.shard_zero());
+    let fleet_jobs = shard_zero.clone().map(held::ShardZero::follow).unwrap_or_default();
     let (oncall, oncall_task) =
         oncall::start(&opts.data_dir, base_url, Some(engine_events), stop.clone(), &key, shared_pager, shard_zero)
             .await
             .context("cannot start the pager")?;
-    retention::spawn(store.clone(), opts.data_dir.clone(), opts.retention, stop.clone());
+    retention::spawn(store.clone(), opts.data_dir.clone(), opts.retention, fleet_jobs.clone(), stop.clone());
     let stop_for_status = stop.clone();
     if let Some(beside) = &routers_beside {
         let (routers, builtin) = (beside.routers.clone(), builtin_host_name.clone());
@@ -781,9 +782,9 @@ async fn start_up(
     rollout_gate::spawn(state.ready.clone(), stop_for_status.clone());
     // What standbys kept while no node held the fleet, carried out now.
     if let Some(store) = state.desk.get() {
-        deferred::spawn_carry_out(state.clone(), Arc::clone(store), stop_for_status.clone());
+        deferred::spawn_carry_out(state.clone(), Arc::clone(store), fleet_jobs.clone(), stop_for_status.clone());
     }
-    status::spawn_sampler(state.ready.clone(), stop_for_status);
+    status::spawn_sampler(state.ready.clone(), fleet_jobs, stop_for_status);
     Ok(actor_task)
 }
 

@@ -130,7 +130,13 @@ pub fn pass(store: &dyn Store, data_dir: &Path, retention: Retention, now: Times
 }
 
 /// Runs [`pass`] on its schedule until `stop`.
-pub fn spawn(store: Arc<dyn Store>, data_dir: PathBuf, retention: Retention, mut stop: watch::Receiver<bool>) {
+pub fn spawn(
+    store: Arc<dyn Store>,
+    data_dir: PathBuf,
+    retention: Retention,
+    zero: crate::held::ShardZero,
+    mut stop: watch::Receiver<bool>,
+) {
     if retention.events.is_none() && retention.audit.is_none() {
         return;
     }
@@ -143,6 +149,11 @@ pub fn spawn(store: Arc<dyn Store>, data_dir: PathBuf, retention: Retention, mut
             }
             if *stop.borrow() {
                 return;
+            }
+            if !zero.here() {
+                // Another node runs the passes; asked again in a while.
+                wait = FIRST_AFTER;
+                continue;
             }
             let (store, dir) = (store.clone(), data_dir.clone());
             let _ = tokio::task::spawn_blocking(move || pass(&*store, &dir, retention, crate::runtime::now())).await;

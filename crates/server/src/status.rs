@@ -95,8 +95,9 @@ fn day_of(t: Timestamp) -> String {
     }
 }
 
-/// Samples every component's state every `every` into `oncall.db`.
-pub fn spawn_sampler(ready: Arc<OnceLock<Ready>>, mut stop: watch::Receiver<bool>) {
+/// Samples every component's state every `every` into `oncall.db`, on
+/// the node that runs the fleet's jobs (`zero`).
+pub fn spawn_sampler(ready: Arc<OnceLock<Ready>>, zero: crate::held::ShardZero, mut stop: watch::Receiver<bool>) {
     tokio::spawn(async move {
         loop {
             let every = ready.get().map_or(Duration::from_secs(1), |r| r.status.options.sample_every);
@@ -108,6 +109,9 @@ pub fn spawn_sampler(ready: Arc<OnceLock<Ready>>, mut stop: watch::Receiver<bool
                 return;
             }
             let Some(r) = ready.get() else { continue };
+            if !zero.here() {
+                continue;
+            }
             let Ok(components) = components_now(r, &r.status.options.thresholds).await else { continue };
             let store = r.oncall.store.clone();
             let day = day_of(crate::actor::now());

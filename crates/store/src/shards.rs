@@ -294,6 +294,39 @@ impl PgStore {
         })
     }
 
+    /// Renews `held` only, nothing taken or handed over: what a node does
+    /// while it loads the shards a round gave it (a load of a large fleet
+    /// outlasts the lease). Returns those renewed, still its own; a lost
+    /// one is the next round's to say.
+    pub fn renew_shards(
+        &self,
+        node: &str,
+        address: &str,
+        started_at: i64,
+        ttl: Duration,
+        held: &[(u32, i64)],
+    ) -> Result<Vec<(u32, i64)>, StoreError> {
+        let (node, address) = (node.to_string(), address.to_string());
+        let ttl = ttl.as_micros().min(i64::MAX as u128) as i64;
+        let (shards, generations): (Vec<i64>, Vec<i64>) = held.iter().map(|(s, g)| (*s as i64, *g)).unzip();
+        self.with_client(move |client| async move {
+            note_node(&client, &node, &address, started_at).await?;
+            let renewed = client
+                .query(
+                    &format!(
+                        "UPDATE leases SET expires_at = {DB_NOW} + $2 \
+                         WHERE holder = $1 AND (shard, generation) IN \
+                           (SELECT * FROM unnest($3::bigint[], $4::bigint[])) \
+                         RETURNING shard, generation"
+                    ),
+                    &[&node, &ttl, &shards, &generations],
+                )
+                .await
+                .map_err(pg("renewing the shards' leases"))?;
+            Ok(renewed.iter().map(|r| (r.get::<_, i64>(0) as u32, r.get::<_, i64>(1))).collect())
+        })
+    }
+
     /// Hands `released` over (the caller no longer acts on them): each
     /// lease, if still this node's, expires now, and its lock is let go.
     pub fn release_shards(&self, node: &str, released: &[(u32, i64)]) -> Result<(), StoreError> {
