@@ -340,6 +340,8 @@ pub struct AlertOutcome {
 pub enum Reply {
     Alert(AlertOutcome),
     Page(Box<Page>),
+    /// An announcement queued for its team's chat and feed.
+    Announced,
 }
 
 #[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
@@ -533,6 +535,7 @@ impl Pager {
             text: text.clone(),
         });
         out.feed.push(FeedPost { at: now, page: None, team: Some(team), text });
+        out.reply = Some(Ok(Reply::Announced));
     }
 
     fn set_timer(&mut self, id: PageId, at: Option<Timestamp>) {

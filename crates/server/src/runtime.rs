@@ -691,6 +691,12 @@ mod tests {
         fn last_event_seq(&self) -> Result<u64, StoreError> {
             Ok(0)
         }
+        fn setting(&self, _name: &str) -> Result<Option<String>, StoreError> {
+            Ok(None)
+        }
+        fn put_setting(&self, _name: &str, _value: &str) -> Result<(), StoreError> {
+            Ok(())
+        }
         fn record_start(&self, _start: EngineStart) -> Result<(), StoreError> {
             Ok(())
         }

@@ -438,3 +438,66 @@ timeout = "1h"
     assert_eq!(teams(&oncall), ["db", "web", "*"], "an unlimited token sees every team: {oncall}");
     t.stop().await;
 }
+
+/// The pager's reading of the engine's event log is kept in the store: an
+/// engine event committed while the control plane was down (as one
+/// committed in the moment before a kill -9, never read) becomes a page
+/// after the restart, once; a restart reads on from where the last run
+/// stopped, not from the newest event.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_engine_event_the_pager_never_read_is_paged_after_a_restart() {
+    let (_r, url) = Receiver::start().await;
+    let mut t = start(&url, 1).await;
+    t.stop().await;
+    let dir = std::mem::replace(&mut t.dir, tempfile::tempdir().unwrap());
+    let store: Box<dyn drover_store::Store> = match &t.pg {
+        Some(pg) => Box::new(drover_store::PgStore::connect(&pg.url("postgres")).unwrap()),
+        None => Box::new(drover_store::SqliteStore::open(&dir.path().join("drover.db")).unwrap()),
+    };
+    let needs_human = drover_model::Event {
+        id: Default::default(),
+        seq: 0,
+        at: drover_model::Timestamp(
+            std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().as_micros() as i64,
+        ),
+        subject: drover_model::EventSubject::Service,
+        service: Some("ghost".into()),
+        service_id: None,
+        instance: None,
+        action: None,
+        from: None,
+        to: None,
+        cause: "the remedy gave up".into(),
+        kind: drover_model::EventKind::NeedsHuman,
+        team: Some("db".into()),
+    };
+    store.commit(drover_model::Changes { events: vec![needs_human], ..Default::default() }).unwrap();
+    drop(store);
+    let pg = t.pg.take();
+    let mut t2 = common::start_in(dir, |_| {}).await;
+    t2.pg = pg;
+    let ghost = |pages: &Value| -> Vec<Value> {
+        pages
+            .as_array()
+            .map(|a| a.iter().filter(|p| p["summary"].as_str().is_some_and(|s| s.contains("ghost"))).cloned().collect())
+            .unwrap_or_default()
+    };
+    let pages = common::poll(Duration::from_secs(20), "a page for the event committed while down", || async {
+        let (_, pages) = t2.get("/v1/pages").await;
+        (!ghost(&pages).is_empty()).then_some(pages)
+    })
+    .await;
+    assert_eq!(ghost(&pages).len(), 1, "{pages}");
+    // Restarted again: the event is not read a second time.
+    t2.stop().await;
+    let dir = std::mem::replace(&mut t2.dir, tempfile::tempdir().unwrap());
+    let pg = t2.pg.take();
+    let mut t3 = common::start_in(dir, |_| {}).await;
+    t3.pg = pg;
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    let (_, pages) = t3.get("/v1/pages").await;
+    assert_eq!(ghost(&pages).len(), 1, "{pages}");
+    let page = &ghost(&pages)[0];
+    assert_eq!(page["alerts"].as_u64(), Some(1), "the event was read once: {page}");
+    t3.stop().await;
+}

@@ -185,6 +185,12 @@ pub trait Store: Send + Sync + 'static {
     /// The seq of the newest event (0 for none): where a reader that only
     /// wants what comes next starts.
     fn last_event_seq(&self) -> Result<u64, StoreError>;
+    /// A setting of the control plane as a whole (`cluster_settings`), if
+    /// one was put.
+    fn setting(&self, name: &str) -> Result<Option<String>, StoreError>;
+    /// Durably puts a setting of the control plane as a whole (replacing
+    /// its value).
+    fn put_setting(&self, name: &str, value: &str) -> Result<(), StoreError>;
     /// Durably records a start of the engine (its seed), before the engine
     /// steps anything.
     fn record_start(&self, start: EngineStart) -> Result<(), StoreError>;

@@ -1354,6 +1354,33 @@ impl Store for PgStore {
         })
     }
 
+    fn setting(&self, name: &str) -> Result<Option<String>, StoreError> {
+        let name = name.to_string();
+        self.with_client(move |client| async move {
+            let operation = "reading a setting";
+            let row = client
+                .query_opt("SELECT value FROM cluster_settings WHERE name = $1", &[&name])
+                .await
+                .map_err(pg(operation))?;
+            row.map(|r| column(&r, 0, operation)).transpose()
+        })
+    }
+
+    fn put_setting(&self, name: &str, value: &str) -> Result<(), StoreError> {
+        let (name, value) = (name.to_string(), value.to_string());
+        self.with_client(move |client| async move {
+            client
+                .execute(
+                    "INSERT INTO cluster_settings (name, value) VALUES ($1, $2) \
+                     ON CONFLICT (name) DO UPDATE SET value = excluded.value",
+                    &[&name, &value],
+                )
+                .await
+                .map_err(pg("putting a setting"))?;
+            Ok(())
+        })
+    }
+
     fn record_start(&self, start: EngineStart) -> Result<(), StoreError> {
         // Its own pooled connection: once per start, before the engine commits
         // anything, and it must not wait behind the writer's queue.

@@ -11,7 +11,7 @@ use drover_model::{
     RolloutMember, RolloutRecord, ServiceId, ServiceRecord, ServiceState, Snapshot, Timestamp,
 };
 use rusqlite::types::Value;
-use rusqlite::{Connection, ErrorCode, OpenFlags};
+use rusqlite::{Connection, ErrorCode, OpenFlags, OptionalExtension};
 use std::path::{Path, PathBuf};
 use std::sync::atomic::Ordering;
 use std::sync::mpsc::{self, Sender};
@@ -332,6 +332,29 @@ impl Store for SqliteStore {
         let seq: i64 =
             self.reader().query_row("SELECT COALESCE(MAX(seq), 0) FROM events", [], |r| r.get(0)).map_err(read)?;
         rows::seq_from_column("events", seq)
+    }
+
+    fn setting(&self, name: &str) -> Result<Option<String>, StoreError> {
+        let read = database("reading a setting");
+        self.reader()
+            .query_row("SELECT value FROM cluster_settings WHERE name = ?1", [name], |r| r.get(0))
+            .optional()
+            .map_err(read)
+    }
+
+    fn put_setting(&self, name: &str, value: &str) -> Result<(), StoreError> {
+        // Its own connection, as `record_start`: not behind the writer's queue.
+        let write = database("putting a setting");
+        let conn = Connection::open(&self.path).map_err(&write)?;
+        conn.busy_timeout(BUSY_TIMEOUT).map_err(&write)?;
+        conn.pragma_update(None, "synchronous", "FULL").map_err(&write)?;
+        conn.execute(
+            "INSERT INTO cluster_settings (name, value) VALUES (?1, ?2) \
+             ON CONFLICT (name) DO UPDATE SET value = excluded.value",
+            rusqlite::params![name, value],
+        )
+        .map_err(&write)?;
+        Ok(())
     }
 
     fn record_start(&self, start: EngineStart) -> Result<(), StoreError> {

@@ -379,6 +379,19 @@ fn event_limit_defaults_to_1000_and_is_clamped(b: &Backend) {
     assert_eq!(causes, expected);
 }
 
+fn a_setting_is_absent_until_put_then_replaced_and_kept_across_a_reopen(b: &Backend) {
+    let store = b.open();
+    assert_eq!(store.setting("pager_event_cursor").unwrap(), None);
+    store.put_setting("pager_event_cursor", "17").unwrap();
+    store.put_setting("pager_event_cursor", "42").unwrap();
+    store.put_setting("another", "x'; DROP TABLE events; --").unwrap();
+    drop(store);
+    let store = b.open();
+    assert_eq!(store.setting("pager_event_cursor").unwrap().as_deref(), Some("42"));
+    assert_eq!(store.setting("another").unwrap().as_deref(), Some("x'; DROP TABLE events; --"));
+    assert_eq!(store.last_event_seq().unwrap(), 0, "the events table is still there, empty");
+}
+
 fn audit_returns_the_most_recent_entries_in_ascending_seq(b: &Backend) {
     let store = b.open();
     for chunk in 0..3 {
@@ -789,6 +802,7 @@ on_both_stores!(
     events_get_increasing_seq_across_commits_whatever_seq_they_carry,
     event_filters_by_service_instance_after_seq_and_limit,
     event_limit_defaults_to_1000_and_is_clamped,
+    a_setting_is_absent_until_put_then_replaced_and_kept_across_a_reopen,
     audit_returns_the_most_recent_entries_in_ascending_seq,
     actions_are_listed_newest_first_and_filtered_by_service,
     concurrent_commits_all_succeed_are_grouped_and_store_each_event_once,

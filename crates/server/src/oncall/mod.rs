@@ -19,6 +19,7 @@
 //! posts in the team's chat and the feed, never pages.
 
 pub mod channels;
+pub mod cursor;
 pub mod routes;
 
 use crate::actor::{self, Limits, Machine};
@@ -250,6 +251,7 @@ pub async fn start(
     // On a split fleet: the other nodes' engines' events are read every second too.
     let poll = shard_zero.is_some().then_some(std::time::Duration::from_secs(1));
     let actor = actor::Actor { machine, inbox, shutdown: stop.clone(), limits: LIMITS };
+    let zero_for_bridge = shard_zero.clone();
     let task = match shard_zero {
         None => tokio::spawn(actor.run()),
         Some(zero) => {
@@ -257,10 +259,8 @@ pub async fn start(
         }
     };
     if let Some(events) = engine_events {
-        // From the newest event on: what came before was the previous run's.
-        let store = events.store.clone();
-        let cursor = tokio::task::spawn_blocking(move || store.last_event_seq()).await??;
-        tokio::spawn(bridge_engine_events(events, cursor, handle.clone(), poll));
+        let zero = zero_for_bridge.map(crate::held::ShardZero::follow).unwrap_or_default();
+        tokio::spawn(bridge_engine_events(events, handle.clone(), poll, zero));
     }
     Ok((handle, task))
 }
@@ -346,55 +346,134 @@ async fn follow_shard_zero(
 }
 
 /// Turns committed engine events into alerts, each with the team it names.
-/// Reads the engine's event log from `cursor` on whenever woken (and
+/// Reads the engine's event log on from its cursor whenever woken (and
 /// every `poll`, on a fleet split into shards: the other nodes' engines do
-/// not wake it): every event is seen once and in order, however far
-/// behind the pager falls.
+/// not wake it), on the node that runs the fleet's jobs (`zero`). Every
+/// event committed is handed on at least once, in the order read, however
+/// far behind the pager falls: the cursor is kept in the store and read
+/// again after a restart or when this node takes shard 0 (`cursor`).
 async fn bridge_engine_events(
     mut events: EngineEvents,
-    mut cursor: u64,
     pager: PagerHandle,
     poll: Option<std::time::Duration>,
+    zero: crate::held::ShardZero,
 ) {
+    use cursor::{EventCursor, SETTING};
+    let second = std::time::Duration::from_secs(1);
+    let mut reading: Option<EventCursor> = None;
+    let mut kept = 0u64;
+    let mut lost = false;
+    // The first pass at once: what was committed before a restart.
+    let mut first = true;
     loop {
-        tokio::select! {
-            woken = events.wakeup.recv() => if woken.is_none() { return },
-            _ = tokio::time::sleep(poll.unwrap_or(std::time::Duration::from_secs(3600))), if poll.is_some() => {}
+        let wait = if poll.is_some() || reading.as_ref().is_some_and(EventCursor::waiting) {
+            poll.unwrap_or(second)
+        } else {
+            std::time::Duration::from_secs(3600)
+        };
+        if !std::mem::take(&mut first) {
+            tokio::select! {
+                woken = events.wakeup.recv() => if woken.is_none() { return },
+                _ = tokio::time::sleep(wait) => {}
+            }
         }
+        if !zero.here() {
+            // Another node reads them; its cursor is read when this node
+            // takes shard 0 again.
+            reading = None;
+            continue;
+        }
+        let cursor = match &mut reading {
+            Some(cursor) => cursor,
+            None => {
+                let store = events.store.clone();
+                let low = tokio::task::spawn_blocking(move || -> anyhow::Result<(u64, bool)> {
+                    match store.setting(SETTING)? {
+                        Some(kept) => Ok((kept.parse()?, true)),
+                        // The first start with a kept cursor: from the newest
+                        // event on, as before there was one (kept at once).
+                        None => Ok((store.last_event_seq()?, false)),
+                    }
+                })
+                .await;
+                match low {
+                    Ok(Ok((low, stored))) => {
+                        kept = if stored { low } else { u64::MAX };
+                        reading.insert(EventCursor::at(low))
+                    }
+                    Ok(Err(error)) => {
+                        tracing::error!(%error, "the pager cannot read where it stopped reading engine events; retrying");
+                        tokio::time::sleep(second).await;
+                        first = true;
+                        continue;
+                    }
+                    Err(_) => return,
+                }
+            }
+        };
+        let mut after = cursor.low();
         loop {
             let store = events.store.clone();
-            let filter = EventFilter { after_seq: Some(cursor), limit: Some(MAX_READ_LIMIT), ..Default::default() };
+            let filter = EventFilter { after_seq: Some(after), limit: Some(MAX_READ_LIMIT), ..Default::default() };
             let batch = match tokio::task::spawn_blocking(move || store.events(&filter)).await {
                 Ok(Ok(batch)) => batch,
                 Ok(Err(error)) => {
                     // Read again at the next wake-up (or the next second).
-                    tracing::error!(%error, cursor, "the pager cannot read engine events; retrying");
-                    tokio::time::sleep(std::time::Duration::from_secs(1)).await;
+                    tracing::error!(%error, after, "the pager cannot read engine events; retrying");
+                    tokio::time::sleep(second).await;
                     continue;
                 }
                 Err(_) => return,
             };
             let complete = batch.len() < MAX_READ_LIMIT;
             for event in batch {
-                cursor = cursor.max(event.seq);
-                if let Some(announcement) = drover_oncall::engine::to_announcement(&event) {
-                    if !pager.send(Input::Announce(announcement)).await {
-                        return;
+                after = after.max(event.seq);
+                if !cursor.take(event.seq) {
+                    continue;
+                }
+                let input = match drover_oncall::engine::to_announcement(&event) {
+                    Some(announcement) => Input::Announce(announcement),
+                    None if !drover_oncall::engine::is_relevant(&event) => continue,
+                    None => match drover_oncall::engine::to_alert(&event, event.team.clone()) {
+                        Some(alert) => {
+                            tracing::info!(key = %alert.dedup_key, action = ?alert.action, "engine event becomes an alert");
+                            Input::Alert(alert)
+                        }
+                        None => continue,
+                    },
+                };
+                // Answered once the pager has it durably: only then may the
+                // cursor pass it.
+                match pager.call(input).await {
+                    Ok(_) => {}
+                    Err(error) if error.status.is_client_error() => {
+                        tracing::warn!(seq = event.seq, error = %error.message, "the pager refused an engine event");
                     }
-                    continue;
-                }
-                if !drover_oncall::engine::is_relevant(&event) {
-                    continue;
-                }
-                if let Some(alert) = drover_oncall::engine::to_alert(&event, event.team.clone()) {
-                    tracing::info!(key = %alert.dedup_key, action = ?alert.action, "engine event becomes an alert");
-                    if !pager.send(Input::Alert(alert)).await {
-                        return;
+                    Err(error) => {
+                        // Its pager stopped or is fenced (shard 0 moved on):
+                        // read again from the kept cursor next time.
+                        tracing::warn!(seq = event.seq, error = %error.message, "the pager did not take an engine event");
+                        lost = true;
+                        break;
                     }
                 }
             }
-            if complete {
+            if complete || lost {
                 break;
+            }
+        }
+        if std::mem::take(&mut lost) {
+            reading = None;
+            continue;
+        }
+        cursor.settle(std::time::Instant::now());
+        if cursor.low() != kept {
+            let (store, low) = (events.store.clone(), cursor.low());
+            match tokio::task::spawn_blocking(move || store.put_setting(SETTING, &low.to_string())).await {
+                Ok(Ok(())) => kept = low,
+                // Kept at the next pass; meanwhile a restart reads some again.
+                Ok(Err(error)) => tracing::warn!(%error, "the pager cannot keep where it read engine events to"),
+                Err(_) => return,
             }
         }
     }

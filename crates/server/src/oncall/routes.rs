@@ -75,7 +75,7 @@ pub(crate) async fn post_alertmanager(
     }
     match pager.call(Input::Alert(alert)).await? {
         Reply::Alert(outcome) => Ok(Json(outcome)),
-        Reply::Page(_) => Err(ApiError::internal("the pager answered an alert with a page")),
+        Reply::Page(_) | Reply::Announced => Err(ApiError::internal("the pager answered an alert with no outcome")),
     }
 }
 
@@ -140,7 +140,7 @@ pub(crate) async fn post_event_v2(
             }),
         )
             .into_response()),
-        Reply::Page(_) => Err(ApiError::internal("the pager answered an event with a page")),
+        Reply::Page(_) | Reply::Announced => Err(ApiError::internal("the pager answered an event with no outcome")),
     }
 }
 
@@ -253,7 +253,7 @@ pub(crate) async fn show_page(
 async fn act(pager: &PagerHandle, id: PageId, input: Input) -> Result<Page, ApiError> {
     match pager.call(input).await {
         Ok(Reply::Page(p)) => Ok(*p),
-        Ok(Reply::Alert(_)) => Err(ApiError::internal("the pager answered with an alert outcome")),
+        Ok(Reply::Alert(_) | Reply::Announced) => Err(ApiError::internal("the pager answered with no page")),
         Err(e) if e.status == StatusCode::NOT_FOUND => {
             // Not open: say whether it exists at all.
             let store = pager.store.clone();
