@@ -450,29 +450,35 @@ async fn an_engine_event_the_pager_never_read_is_paged_after_a_restart() {
     let mut t = start(&url, 1).await;
     t.stop().await;
     let dir = std::mem::replace(&mut t.dir, tempfile::tempdir().unwrap());
-    let store: Box<dyn drover_store::Store> = match &t.pg {
-        Some(pg) => Box::new(drover_store::PgStore::connect(&pg.url("postgres")).unwrap()),
-        None => Box::new(drover_store::SqliteStore::open(&dir.path().join("drover.db")).unwrap()),
-    };
-    let needs_human = drover_model::Event {
-        id: Default::default(),
-        seq: 0,
-        at: drover_model::Timestamp(
-            std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().as_micros() as i64,
-        ),
-        subject: drover_model::EventSubject::Service,
-        service: Some("ghost".into()),
-        service_id: None,
-        instance: None,
-        action: None,
-        from: None,
-        to: None,
-        cause: "the remedy gave up".into(),
-        kind: drover_model::EventKind::NeedsHuman,
-        team: Some("db".into()),
-    };
-    store.commit(drover_model::Changes { events: vec![needs_human], ..Default::default() }).unwrap();
-    drop(store);
+    // The stores block on a runtime of their own: opened and used off
+    // the test's.
+    let (path, store_url) = (dir.path().join("drover.db"), t.pg.as_ref().map(|pg| pg.url("postgres")));
+    tokio::task::spawn_blocking(move || {
+        let store: Box<dyn drover_store::Store> = match store_url {
+            Some(url) => Box::new(drover_store::PgStore::connect(&url).unwrap()),
+            None => Box::new(drover_store::SqliteStore::open(&path).unwrap()),
+        };
+        let needs_human = drover_model::Event {
+            id: Default::default(),
+            seq: 0,
+            at: drover_model::Timestamp(
+                std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().as_micros() as i64,
+            ),
+            subject: drover_model::EventSubject::Service,
+            service: Some("ghost".into()),
+            service_id: None,
+            instance: None,
+            action: None,
+            from: None,
+            to: None,
+            cause: "the remedy gave up".into(),
+            kind: drover_model::EventKind::NeedsHuman,
+            team: Some("db".into()),
+        };
+        store.commit(drover_model::Changes { events: vec![needs_human], ..Default::default() }).unwrap();
+    })
+    .await
+    .unwrap();
     let pg = t.pg.take();
     let mut t2 = common::start_in(dir, |_| {}).await;
     t2.pg = pg;
