@@ -198,6 +198,26 @@ fn seed(store_url: &str, instances: usize) -> Vec<(InstanceId, usize, Role)> {
     placed
 }
 
+/// The fleet's size and the rounds of beats, from `DROVER_BENCH_INSTANCES`
+/// and `DROVER_BENCH_ROUNDS`.
+fn sizes() -> (usize, u64) {
+    let instances: usize =
+        std::env::var("DROVER_BENCH_INSTANCES").ok().and_then(|v| v.parse().ok()).unwrap_or(1_000_000);
+    let rounds: u64 = std::env::var("DROVER_BENCH_ROUNDS").ok().and_then(|v| v.parse().ok()).unwrap_or(ROUNDS);
+    assert!(instances >= 2 * HOSTS, "DROVER_BENCH_INSTANCES must be at least {}", 2 * HOSTS);
+    (instances, rounds)
+}
+
+/// [`seed`] off the test's runtime: the instances placed, and how long it took.
+async fn seeded(store: &str, instances: usize) -> (Vec<(InstanceId, usize, Role)>, f64) {
+    let started = Instant::now();
+    let store = store.to_string();
+    let placed = tokio::task::spawn_blocking(move || seed(&store, instances)).await.unwrap();
+    let took = started.elapsed().as_secs_f64();
+    eprintln!("fleet of {} instances on {HOSTS} hosts built and committed to the store in {took:.1} s", placed.len());
+    (placed, took)
+}
+
 fn node(root: &Path, name: &str, store: &str, extra: &[&str]) -> Serve {
     let cwd = root.join(name);
     std::fs::create_dir_all(&cwd).unwrap();
@@ -316,26 +336,15 @@ async fn send_round(
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 #[ignore = "a benchmark: minutes and gigabytes at full size (run with --run-ignored only)"]
 async fn heartbeats_into_three_nodes_and_a_takeover_of_the_fleet() {
-    let instances: usize =
-        std::env::var("DROVER_BENCH_INSTANCES").ok().and_then(|v| v.parse().ok()).unwrap_or(1_000_000);
-    let rounds: u64 = std::env::var("DROVER_BENCH_ROUNDS").ok().and_then(|v| v.parse().ok()).unwrap_or(ROUNDS);
-    assert!(instances >= 2 * HOSTS, "DROVER_BENCH_INSTANCES must be at least {}", 2 * HOSTS);
+    let (instances, rounds) = sizes();
     let pg = pg::PgServer::start();
     let store = pg.url("postgres");
     let dir = tempfile::tempdir().unwrap();
     let root = dir.path();
     let plain = drover_agent::tls::builder().timeout(Duration::from_secs(120)).build().unwrap();
 
-    let started = Instant::now();
-    let placed = tokio::task::spawn_blocking({
-        let store = store.clone();
-        move || seed(&store, instances)
-    })
-    .await
-    .unwrap();
+    let (placed, seeded) = seeded(&store, instances).await;
     let n = placed.len();
-    let seeded = started.elapsed().as_secs_f64();
-    eprintln!("fleet of {n} instances on {HOSTS} hosts built and committed to the store in {seeded:.1} s");
 
     let start = Instant::now();
     let mut nodes = vec![node(root, "a", &store, &[])];
@@ -474,10 +483,7 @@ async fn beat_taken(
 #[ignore = "a benchmark: minutes and gigabytes at full size (run with --run-ignored only)"]
 async fn heartbeats_into_a_fleet_split_over_three_nodes_and_a_takeover_of_a_third() {
     const SHARDS: u16 = 3;
-    let instances: usize =
-        std::env::var("DROVER_BENCH_INSTANCES").ok().and_then(|v| v.parse().ok()).unwrap_or(1_000_000);
-    let rounds: u64 = std::env::var("DROVER_BENCH_ROUNDS").ok().and_then(|v| v.parse().ok()).unwrap_or(ROUNDS);
-    assert!(instances >= 2 * HOSTS, "DROVER_BENCH_INSTANCES must be at least {}", 2 * HOSTS);
+    let (instances, rounds) = sizes();
     let pg = pg::PgServer::start();
     let store = pg.url("postgres");
     let dir = tempfile::tempdir().unwrap();
@@ -491,16 +497,8 @@ async fn heartbeats_into_a_fleet_split_over_three_nodes_and_a_takeover_of_a_thir
     let root = dir.path();
     let plain = drover_agent::tls::builder().timeout(Duration::from_secs(120)).build().unwrap();
 
-    let started = Instant::now();
-    let placed = tokio::task::spawn_blocking({
-        let store = store.clone();
-        move || seed(&store, instances)
-    })
-    .await
-    .unwrap();
+    let (placed, seeded) = seeded(&store, instances).await;
     let n = placed.len();
-    let seeded = started.elapsed().as_secs_f64();
-    eprintln!("fleet of {n} instances on {HOSTS} hosts built and committed to the store in {seeded:.1} s");
     let shard_of = |id: InstanceId| id.slot().shard(SHARDS);
     let mut per_shard = [0usize; SHARDS as usize];
     for &(id, _, _) in &placed {

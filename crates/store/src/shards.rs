@@ -193,23 +193,7 @@ impl PgStore {
             let session = open_lease_session(&mut slot, &closed_flag, &config, &target, &node).await?;
             note_node(&client, &node, &address, started_at).await?;
             // Renew what it holds, in one statement.
-            let (held_shards, held_generations): (Vec<i64>, Vec<i64>) =
-                held.iter().map(|(s, g)| (*s as i64, *g)).unzip();
-            let renewed: HashSet<(u32, i64)> = client
-                .query(
-                    &format!(
-                        "UPDATE leases SET expires_at = {DB_NOW} + $2 \
-                         WHERE holder = $1 AND (shard, generation) IN \
-                           (SELECT * FROM unnest($3::bigint[], $4::bigint[])) \
-                         RETURNING shard, generation"
-                    ),
-                    &[&node, &ttl, &held_shards, &held_generations],
-                )
-                .await
-                .map_err(pg("renewing the shards' leases"))?
-                .iter()
-                .map(|r| (r.get::<_, i64>(0) as u32, r.get::<_, i64>(1)))
-                .collect();
+            let renewed: HashSet<(u32, i64)> = renew(&client, &node, ttl, &held).await?.into_iter().collect();
             let mut round = ShardRound::default();
             for h in &held {
                 // Its locks again on the new connection, before it counts
@@ -308,22 +292,10 @@ impl PgStore {
     ) -> Result<Vec<(u32, i64)>, StoreError> {
         let (node, address) = (node.to_string(), address.to_string());
         let ttl = ttl.as_micros().min(i64::MAX as u128) as i64;
-        let (shards, generations): (Vec<i64>, Vec<i64>) = held.iter().map(|(s, g)| (*s as i64, *g)).unzip();
+        let held = held.to_vec();
         self.with_client(move |client| async move {
             note_node(&client, &node, &address, started_at).await?;
-            let renewed = client
-                .query(
-                    &format!(
-                        "UPDATE leases SET expires_at = {DB_NOW} + $2 \
-                         WHERE holder = $1 AND (shard, generation) IN \
-                           (SELECT * FROM unnest($3::bigint[], $4::bigint[])) \
-                         RETURNING shard, generation"
-                    ),
-                    &[&node, &ttl, &shards, &generations],
-                )
-                .await
-                .map_err(pg("renewing the shards' leases"))?;
-            Ok(renewed.iter().map(|r| (r.get::<_, i64>(0) as u32, r.get::<_, i64>(1))).collect())
+            renew(&client, &node, ttl, &held).await
         })
     }
 
@@ -352,4 +324,28 @@ impl PgStore {
             Ok(())
         })
     }
+}
+
+/// Renews `node`'s leases of `held` for `ttl` microseconds by the
+/// database's clock, in one statement: those still its own.
+async fn renew(
+    client: &tokio_postgres::Client,
+    node: &str,
+    ttl: i64,
+    held: &[(u32, i64)],
+) -> Result<Vec<(u32, i64)>, StoreError> {
+    let (shards, generations): (Vec<i64>, Vec<i64>) = held.iter().map(|(s, g)| (*s as i64, *g)).unzip();
+    let renewed = client
+        .query(
+            &format!(
+                "UPDATE leases SET expires_at = {DB_NOW} + $2 \
+                 WHERE holder = $1 AND (shard, generation) IN \
+                   (SELECT * FROM unnest($3::bigint[], $4::bigint[])) \
+                 RETURNING shard, generation"
+            ),
+            &[&node, &ttl, &shards, &generations],
+        )
+        .await
+        .map_err(pg("renewing the shards' leases"))?;
+    Ok(renewed.iter().map(|r| (r.get::<_, i64>(0) as u32, r.get::<_, i64>(1))).collect())
 }
