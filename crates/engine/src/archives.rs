@@ -41,7 +41,7 @@ const LATEST_SET: &str = "latest";
 
 /// Every archive, with the indexes the engine asks.
 pub(crate) struct Archives {
-    by_id: BTreeMap<ArchiveId, ArchiveRecord>,
+    pub(crate) by_id: BTreeMap<ArchiveId, ArchiveRecord>,
     /// Archives still `archiving`, by the service being deleted.
     archiving: HashMap<ServiceId, ArchiveId>,
     /// Names held by archives not yet purged.

@@ -59,6 +59,66 @@ impl Engine {
         (e, out)
     }
 
+    /// Takes another part of the fleet into the running engine (issue 16:
+    /// a node took shards over from one that died): `part`'s services,
+    /// instances, open actions and archives are added as [`Engine::restore`]
+    /// would have restored them, and the engine's share of the fleet becomes
+    /// `share`. The fleet-wide records (images, hosts, rollouts) are this
+    /// engine's already and are not read from `part`. A record already here
+    /// is skipped. As after a restart, every instance gets `restart_grace`
+    /// before silence counts against it (the kept ones too: one window for
+    /// the whole engine). Returns what to commit (the part's actions
+    /// reopened, the reconciliation of its services) and the running
+    /// actions to dispatch again after that commit.
+    pub fn absorb(&mut self, part: Snapshot, share: crate::api::Share, now: Timestamp) -> Outputs {
+        let now = now.0;
+        let mut out = Outputs::default();
+        self.config.share = share;
+        self.grace_until = now + micros(self.config.restart_grace);
+        self.restored_at = now;
+        let services: Vec<ServiceRecord> =
+            part.services.into_iter().filter(|s| !self.service_ids.contains_key(&s.id)).collect();
+        let instances: Vec<InstanceRecord> =
+            part.instances.into_iter().filter(|i| !self.instance_index.contains_key(&i.id)).collect();
+        let actions: Vec<ActionRecord> =
+            part.actions.into_iter().filter(|a| !self.actions.contains_key(&a.id)).collect();
+        let archives = part.archives.into_iter().filter(|a| !self.archives.by_id.contains_key(&a.id)).collect();
+        let service_by_id = self.restore_services(services, now);
+        let orphans = self.restore_instances(instances, &service_by_id, now);
+        self.restore_archives(archives, now);
+        let (resumed, pending) = self.resume_actions(actions, now, &mut out);
+        // A larger share has room for more of what waits for a zone's budget.
+        for zone in 0..self.zone_state.len() as u16 {
+            self.start_waiting(zone, now, &mut out);
+        }
+        let instances =
+            service_by_id.values().filter_map(|&s| self.services.get(s)).map(|s| s.instances.len()).sum::<usize>();
+        out.changes.events.push(fleet_event(
+            now,
+            EventKind::Started,
+            None,
+            "running",
+            format!(
+                "control plane took over {}/{} of the fleet: {} services and {} instances added, {} actions resumed, \
+                 {} pending; silence ignored for {:?}{}",
+                share.held,
+                share.of,
+                service_by_id.len(),
+                instances,
+                resumed,
+                pending,
+                self.config.restart_grace,
+                if orphans > 0 { format!("; {orphans} instances without a service skipped") } else { String::new() }
+            ),
+        ));
+        for &slot in service_by_id.values() {
+            self.mark_dirty(slot);
+        }
+        self.reconcile_dirty(now, &mut out);
+        self.mint_event_ids(&mut out);
+        out
+    }
+
     /// Services from their records, with their backup schedules armed.
     fn restore_services(&mut self, records: Vec<ServiceRecord>, now: i64) -> HashMap<ServiceId, u32> {
         let mut service_by_id: HashMap<ServiceId, u32> = HashMap::default();

@@ -440,6 +440,10 @@ pub struct EngineMachine {
     pub dispatcher: Dispatcher,
     pub pager: Option<PagerWakeup>,
     input_log: Option<InputLog>,
+    /// Whether a commit failed since the engine was last loaded: its memory
+    /// may hold what the store refused (a change on a shard this node no
+    /// longer holds), so it is not merged with more (`absorb_into_engine`).
+    refused: bool,
 }
 
 impl EngineMachine {
@@ -450,7 +454,7 @@ impl EngineMachine {
         pager: Option<PagerWakeup>,
         input_log: Option<InputLog>,
     ) -> Self {
-        EngineMachine { engine, store, dispatcher, pager, input_log }
+        EngineMachine { engine, store, dispatcher, pager, input_log, refused: false }
     }
 
     /// Writes the start line of the input log: the seed and restore time.
@@ -520,6 +524,7 @@ impl EngineMachine {
         config.share = share;
         let (engine, restored) = Engine::restore(config, seed, snapshot, now);
         self.engine = engine;
+        self.refused = false;
         self.log_start(now, seed);
         let (mut changes, mut dispatch) = (restored.changes, restored.dispatch);
         for scope in freezes {
@@ -532,6 +537,16 @@ impl EngineMachine {
             dispatch.extend(out.dispatch);
         }
         (self, changes, dispatch)
+    }
+
+    /// `part` merged into the running engine, its share now `share`
+    /// (`Engine::absorb`). The input log cannot replay a merge (it starts
+    /// from a restore of the store), so it ends here.
+    pub fn absorb(&mut self, part: drover_model::Snapshot, share: drover_engine::Share, now: Timestamp) -> Outputs {
+        if let Some(log) = self.input_log.take() {
+            tracing::warn!(path = %log.path.display(), "the input log ends here: it cannot replay shards merged into the running engine");
+        }
+        self.engine.absorb(part, share, now)
     }
 }
 
@@ -559,6 +574,21 @@ where
     // Whatever is sent from here on waits for the new engine.
     redirected();
     let old = running.await.map_err(|e| anyhow::anyhow!("the running engine's task failed: {e}"))?;
+    reload_machine(old, inbox, load, shutdown).await
+}
+
+/// The second half of [`hand_over_engine`]: `old`, its inputs all stepped
+/// and committed, restored from what `load` reads now, and its actor
+/// started again on `inbox`.
+async fn reload_machine<L>(
+    old: EngineMachine,
+    inbox: tokio::sync::mpsc::Receiver<actor::Msg<EngineMachine>>,
+    load: L,
+    shutdown: tokio::sync::watch::Receiver<bool>,
+) -> anyhow::Result<tokio::task::JoinHandle<EngineMachine>>
+where
+    L: FnOnce() -> anyhow::Result<Reload> + Send + 'static,
+{
     let reload = tokio::task::spawn_blocking(load).await??;
     let now = now();
     let seed = (now.0 as u64) ^ ((std::process::id() as u64) << 32);
@@ -580,6 +610,54 @@ where
         "the engine was handed over to the shards now held"
     );
     machine.dispatcher.dispatch_routed(&machine.engine, redispatch);
+    Ok(tokio::spawn(actor::Actor { machine, inbox, shutdown, limits: LIMITS }.run_to_end()))
+}
+
+/// Takes shards over into the engine behind `handle` (its actor `running`)
+/// without reloading what it already runs (issue 16: a node took the shards
+/// of one that died): `part`, read beforehand while the engine ran on, is
+/// merged into it (`Engine::absorb`) and its share becomes `share`. Every
+/// input sent before is stepped and committed by the running actor; every
+/// input sent once `redirected` is called waits for the merged engine. What
+/// the merge decided is committed before the actor starts again and its
+/// running actions are dispatched after that commit, as at start-up.
+///
+/// An engine a commit of which failed since its last load may hold in
+/// memory what the store refused (a change on a shard this node had lost):
+/// it is restored from `whole` instead, as [`hand_over_engine`] does.
+pub async fn absorb_into_engine<L>(
+    handle: &EngineHandle,
+    running: tokio::task::JoinHandle<EngineMachine>,
+    part: drover_model::Snapshot,
+    share: drover_engine::Share,
+    whole: L,
+    shutdown: tokio::sync::watch::Receiver<bool>,
+    redirected: impl FnOnce(),
+) -> anyhow::Result<tokio::task::JoinHandle<EngineMachine>>
+where
+    L: FnOnce() -> anyhow::Result<Reload> + Send + 'static,
+{
+    let inbox = handle.redirect(LIMITS);
+    redirected();
+    let mut machine = running.await.map_err(|e| anyhow::anyhow!("the running engine's task failed: {e}"))?;
+    if machine.refused {
+        tracing::warn!("a commit failed since the engine was loaded: it is loaded again whole rather than merged into");
+        return reload_machine(machine, inbox, whole, shutdown).await;
+    }
+    let (services, instances) = (part.services.len(), part.instances.len());
+    let out = machine.absorb(part, share, now());
+    commit(&machine.store, out.changes)
+        .await
+        .map_err(|e| anyhow::anyhow!("cannot persist what the engine decided on the shards it took: {e}"))?;
+    tracing::info!(
+        held = share.held,
+        of = share.of,
+        services,
+        instances,
+        redispatched = out.dispatch.len(),
+        "the shards taken over were merged into the running engine"
+    );
+    machine.dispatcher.dispatch_routed(&machine.engine, out.dispatch);
     Ok(tokio::spawn(actor::Actor { machine, inbox, shutdown, limits: LIMITS }.run_to_end()))
 }
 
@@ -639,6 +717,7 @@ impl Machine for EngineMachine {
             // The running actions that were not dispatched time out and are
             // retried by the engine.
             tracing::error!(actions = dispatch.len(), "nothing dispatched: the commit failed");
+            self.refused = true;
             return Err(error);
         }
         if let (Some(pager), true) = (&self.pager, wake_pager) {

@@ -205,6 +205,62 @@ async fn each_node_runs_one_engine_over_the_shards_it_holds_and_hands_it_over_as
     drop(a.keeper.await.unwrap().await.unwrap());
 }
 
+/// A node that keeps all it held and takes a dead node's shards merges
+/// them into its running engine (`Engine::absorb`) instead of loading its
+/// own again: the engine then runs the whole fleet as the store has it,
+/// says what it took in the event log, and commits on the shards it took.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_node_taking_a_dead_node_s_shards_merges_them_into_its_running_engine() {
+    let pg = tokio::task::spawn_blocking(pg::PgServer::start).await.unwrap();
+    let url = pg.url("postgres");
+    let a = Node::start(&url, "a").await;
+    for image in drover_server::default_images(runtime::now()) {
+        let command = Command::RegisterImage(image);
+        a.handle.call(Input::Command { actor: "system".into(), role: None, command }).await.unwrap();
+    }
+    let mut fleet: BTreeSet<String> = (0..12).map(|i| format!("svc-{i}")).collect();
+    for name in &fleet {
+        a.handle.call(create(name)).await.expect("created on a");
+    }
+    let b = Node::start(&url, "b").await;
+    until("two shards each", Duration::from_secs(20), || a.held().len() == 2 && b.held().len() == 2).await;
+    let (a_held, b_held) = (a.held(), b.held());
+    // Each creates in its own shards only: no commit of either is refused.
+    let b_name = (0..).map(|i| format!("late-{i}")).find(|n| b_held.contains(&shard_of(n))).unwrap();
+    b.handle.call(create(&b_name)).await.expect("b creates in its own shard");
+    fleet.insert(b_name);
+    let a_name = (0..).map(|i| format!("own-{i}")).find(|n| a_held.contains(&shard_of(n))).unwrap();
+    a.handle.call(create(&a_name)).await.expect("a creates in its own shard");
+    fleet.insert(a_name);
+
+    b.kill().await;
+    until("a takes b's shards", Duration::from_secs(10), || a.held().len() == SHARDS as usize).await;
+    assert_eq!(a.services().await, fleet, "a's engine runs the whole fleet, each service once");
+    let share = a.handle.query(|e: &Engine| e.config().share).await.unwrap();
+    assert_eq!(share, drover_engine::Share::new(SHARDS, SHARDS), "a's engine's share is the whole fleet");
+    let events = {
+        let store = Arc::clone(&a.store);
+        tokio::task::spawn_blocking(move || {
+            store.events(&drover_store::EventFilter { limit: Some(1000), ..Default::default() })
+        })
+        .await
+        .unwrap()
+        .unwrap()
+    };
+    let merged: Vec<&drover_model::Event> =
+        events.iter().filter(|e| e.cause.starts_with("control plane took over")).collect();
+    assert_eq!(merged.len(), 1, "the shards were merged into the running engine once: {merged:#?}");
+    assert!(merged[0].cause.contains(&format!("took over {SHARDS}/{SHARDS} of the fleet")), "{merged:#?}");
+    let reloaded: Vec<&drover_model::Event> =
+        events.iter().filter(|e| e.cause.starts_with("control plane started") && e.seq > merged[0].seq).collect();
+    assert!(reloaded.is_empty(), "no engine was loaded again after the merge: {reloaded:#?}");
+    // a commits on a shard it took.
+    let taken = (0..).map(|i| format!("after-{i}")).find(|n| b_held.contains(&shard_of(n))).unwrap();
+    a.handle.call(create(&taken)).await.expect("a creates in a shard it took over");
+    let _ = a.stop.send(true);
+    drop(a.keeper.await.unwrap().await.unwrap());
+}
+
 /// A node paused past its leases (its runtime's only worker blocked: its
 /// rounds, watchdog and engine stop, its connections and locks stay, as
 /// under SIGSTOP) has its shards taken over once they expire; resumed, it

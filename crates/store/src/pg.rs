@@ -1159,9 +1159,13 @@ impl PgStore {
     /// service's (see `drover_model::Slot`), archives by their service's id.
     /// Images, hosts and rollouts belong to the whole fleet: every load
     /// reads them all.
-    pub(crate) fn load_where(&self, filter: Option<&crate::shards::ShardFilter>) -> Result<Snapshot, StoreError> {
+    pub(crate) fn load_where(
+        &self,
+        filter: Option<&crate::shards::ShardFilter>,
+        fleet_wide: bool,
+    ) -> Result<Snapshot, StoreError> {
         let filter = filter.cloned();
-        self.with_client(|mut client| async move {
+        self.with_client(move |mut client| async move {
             let (count, held): (i32, Vec<i32>) = match &filter {
                 Some(f) => (i32::from(f.shards), f.held.iter().map(|&s| i32::from(s)).collect()),
                 None => (1, vec![0]),
@@ -1210,28 +1214,34 @@ impl PgStore {
                 .await
                 .map_err(&read)?,
             )?;
-            let images: Vec<Image> = records(
-                "images",
-                &tx.query("SELECT id, record FROM images ORDER BY created_at, id COLLATE \"C\"", &[]).await.map_err(&read)?,
-            )?;
-            let rollouts: Vec<RolloutRecord> = records(
-                "rollouts",
-                &tx.query("SELECT id, record FROM rollouts ORDER BY created_at, id COLLATE \"C\"", &[]).await.map_err(&read)?,
-            )?;
-            let rollout_members: Vec<RolloutMember> = records(
-                "rollout_services",
-                &tx.query(
-                    "SELECT m.service_id, m.record FROM rollout_services m JOIN rollouts r ON r.id = m.rollout_id
-                     WHERE r.state NOT IN ('succeeded', 'aborted', 'failed') ORDER BY m.rollout_id COLLATE \"C\", m.position",
-                    &[],
-                )
-                .await
-                .map_err(&read)?,
-            )?;
-            let hosts: Vec<HostRecord> = records(
-                "hosts",
-                &tx.query("SELECT name, record FROM hosts ORDER BY registered_at, name COLLATE \"C\"", &[]).await.map_err(&read)?,
-            )?;
+            // The fleet-wide records, unless the engine has them (a part taken over).
+            let (images, rollouts, rollout_members, hosts) = if fleet_wide {
+                let images: Vec<Image> = records(
+                    "images",
+                    &tx.query("SELECT id, record FROM images ORDER BY created_at, id COLLATE \"C\"", &[]).await.map_err(&read)?,
+                )?;
+                let rollouts: Vec<RolloutRecord> = records(
+                    "rollouts",
+                    &tx.query("SELECT id, record FROM rollouts ORDER BY created_at, id COLLATE \"C\"", &[]).await.map_err(&read)?,
+                )?;
+                let rollout_members: Vec<RolloutMember> = records(
+                    "rollout_services",
+                    &tx.query(
+                        "SELECT m.service_id, m.record FROM rollout_services m JOIN rollouts r ON r.id = m.rollout_id
+                         WHERE r.state NOT IN ('succeeded', 'aborted', 'failed') ORDER BY m.rollout_id COLLATE \"C\", m.position",
+                        &[],
+                    )
+                    .await
+                    .map_err(&read)?,
+                )?;
+                let hosts: Vec<HostRecord> = records(
+                    "hosts",
+                    &tx.query("SELECT name, record FROM hosts ORDER BY registered_at, name COLLATE \"C\"", &[]).await.map_err(&read)?,
+                )?;
+                (images, rollouts, rollout_members, hosts)
+            } else {
+                (Vec::new(), Vec::new(), Vec::new(), Vec::new())
+            };
             let archives: Vec<drover_model::ArchiveRecord> = records(
                 "archives",
                 &tx.query("SELECT id, record FROM archives ORDER BY created_at, id COLLATE \"C\"", &[]).await.map_err(&read)?,
@@ -1257,7 +1267,7 @@ impl PgStore {
 
 impl Store for PgStore {
     fn load(&self) -> Result<Snapshot, StoreError> {
-        self.load_where(None)
+        self.load_where(None, true)
     }
 
     fn commit(&self, changes: Changes) -> Result<(), StoreError> {

@@ -156,7 +156,15 @@ impl PgStore {
     /// The live state of the shards in `filter` only (what a node loads
     /// when it takes them; see `PgStore::load_where`).
     pub fn load_shards(&self, filter: &ShardFilter) -> Result<drover_model::Snapshot, StoreError> {
-        self.load_where(Some(filter))
+        self.load_where(Some(filter), true)
+    }
+
+    /// Only the shards' own records in `filter` (services, instances, open
+    /// actions, archives): what a node running an engine adds to it when it
+    /// takes shards over (`Engine::absorb`); the fleet-wide records are left
+    /// out, its engine has them.
+    pub fn load_shards_part(&self, filter: &ShardFilter) -> Result<drover_model::Snapshot, StoreError> {
+        self.load_where(Some(filter), false)
     }
 
     /// One round of `node` over `shards` shards (see the module): renews

@@ -1,0 +1,158 @@
+//! `Engine::absorb`: a running engine that takes another part of the fleet
+//! over (a node took the shards of one that died, issue 16) ends as an
+//! engine restored from the whole of it would be, and goes on healing.
+
+mod common;
+
+use common::*;
+use drover_engine::{Engine, Share};
+use drover_model::*;
+use std::collections::BTreeSet;
+use std::time::Duration;
+
+const SHARDS: u16 = 2;
+
+fn shard_of(service: ServiceId) -> u16 {
+    service.slot().shard(SHARDS)
+}
+
+/// `snapshot` with only the services (their instances, actions and
+/// archives) of `shard`; the fleet-wide records whole, as the store's
+/// `load_shards` reads them.
+fn part(snapshot: &Snapshot, shard: u16) -> Snapshot {
+    let mut part = snapshot.clone();
+    part.services.retain(|s| shard_of(s.id) == shard);
+    part.instances.retain(|i| shard_of(i.service) == shard);
+    part.actions.retain(|a| shard_of(a.service) == shard);
+    part.archives.retain(|a| shard_of(a.service_id) == shard);
+    part
+}
+
+/// Everything the engine shows of its fleet, in one comparable order.
+fn seen(e: &Engine) -> (Vec<String>, Vec<String>, usize) {
+    let mut services: Vec<String> = e.service_views().iter().map(|s| format!("{s:?}")).collect();
+    services.sort();
+    let mut actions: Vec<String> = e.open_actions().iter().map(|a| format!("{a:?}")).collect();
+    actions.sort();
+    (services, actions, e.instance_count())
+}
+
+/// A fleet with services in both shards, one primary in each shard
+/// crashed and its failover under way when the shards' holder dies.
+fn fleet_mid_failover() -> (H, Vec<InstanceId>) {
+    let mut h = H::new(fast_config());
+    let mut names = Vec::new();
+    for n in 0.. {
+        let name = format!("db{n}");
+        let shard = Slot::of_name(&name).shard(SHARDS);
+        if names.iter().filter(|(_, s)| *s == shard).count() < 4 {
+            names.push((name, shard));
+        }
+        if names.len() == 8 {
+            break;
+        }
+    }
+    for (name, _) in &names {
+        h.create(name, 1);
+    }
+    h.advance(Duration::from_secs(30));
+    let mut crashed = Vec::new();
+    for shard in 0..SHARDS {
+        let (name, _) = names.iter().find(|(_, s)| *s == shard).expect("a service in each shard");
+        let primary = h.primary(name);
+        assert_eq!(h.service(name).state, ServiceState::Available, "{name} is healthy before the crash");
+        h.chaos(primary.id, Fault::Crash);
+        crashed.push(primary.id);
+    }
+    // Failovers decided and dispatched, not yet carried out.
+    h.auto_execute = false;
+    h.advance(Duration::from_secs(10));
+    let open: Vec<ActionRecord> = h.store.actions.values().filter(|a| a.state.is_open()).cloned().collect();
+    assert!(
+        crashed
+            .iter()
+            .all(|c| open.iter().any(|a| h.store.instances[&a.instance].service == h.store.instances[c].service)),
+        "each crashed primary's service has an action open: {open:#?}"
+    );
+    (h, crashed)
+}
+
+#[test]
+fn an_engine_that_absorbs_another_shard_is_the_engine_restored_from_both() {
+    let (h, _) = fleet_mid_failover();
+    let snapshot = h.store.snapshot();
+    let now = Timestamp(h.now);
+    let mut config = h.config.clone();
+
+    config.share = Share::new(2, SHARDS);
+    let (whole, restored) = Engine::restore(config.clone(), 11, snapshot.clone(), now);
+
+    config.share = Share::new(1, SHARDS);
+    let (mut merged, first) = Engine::restore(config, 11, part(&snapshot, 0), now);
+    let absorbed = merged.absorb(part(&snapshot, 1), Share::new(2, SHARDS), now);
+
+    assert_eq!(merged.config().share, Share::new(2, SHARDS), "the engine's share is the new one");
+    assert_eq!(seen(&merged), seen(&whole), "the merged engine shows what the whole restore shows");
+    let ids = |d: &[drover_engine::Dispatch]| d.iter().map(|d| d.action.id).collect::<BTreeSet<ActionId>>();
+    let redispatched: BTreeSet<ActionId> = ids(&first.dispatch).union(&ids(&absorbed.dispatch)).copied().collect();
+    assert!(!redispatched.is_empty(), "running actions are dispatched again");
+    assert_eq!(redispatched, ids(&restored.dispatch), "the same running actions are dispatched again");
+    assert!(
+        absorbed.dispatch.iter().all(|d| shard_of(d.action.service) == 1),
+        "the absorb dispatches only the absorbed shard's actions again"
+    );
+    assert_eq!(merged.next_deadline(), whole.next_deadline(), "the same next deadline");
+    assert!(
+        absorbed.changes.events.iter().any(|e| e.kind == EventKind::Started && e.cause.contains("took over 2/2")),
+        "the absorb says what it took: {:#?}",
+        absorbed.changes.events
+    );
+}
+
+#[test]
+fn absorbing_a_shard_twice_adds_nothing_the_second_time() {
+    let (h, _) = fleet_mid_failover();
+    let snapshot = h.store.snapshot();
+    let now = Timestamp(h.now);
+    let mut config = h.config.clone();
+    config.share = Share::new(1, SHARDS);
+    let (mut e, _) = Engine::restore(config, 11, part(&snapshot, 0), now);
+    e.absorb(part(&snapshot, 1), Share::new(2, SHARDS), now);
+    let before = seen(&e);
+    let again = e.absorb(part(&snapshot, 1), Share::new(2, SHARDS), now);
+    assert_eq!(seen(&e), before, "nothing is added twice");
+    assert!(again.dispatch.is_empty(), "nothing is dispatched twice: {:#?}", again.dispatch);
+}
+
+#[test]
+fn a_crashed_primary_of_an_absorbed_shard_is_failed_over_exactly_once() {
+    let (mut h, crashed) = fleet_mid_failover();
+    // The node holding shard 0 dies with its engine; the one holding
+    // shard 1 takes shard 0 over into its running engine.
+    let snapshot = h.store.snapshot();
+    let now = Timestamp(h.now);
+    let mut config = h.config.clone();
+    config.share = Share::new(1, SHARDS);
+    let (e, out) = Engine::restore(config, 21, part(&snapshot, 1), now);
+    h.e = e;
+    h.inflight.clear();
+    h.absorb(out);
+    let out = h.e.absorb(part(&snapshot, 0), Share::new(2, SHARDS), now);
+    h.absorb(out);
+    h.auto_execute = true;
+    h.advance(Duration::from_secs(60));
+    for c in &crashed {
+        let service = h.store.instances[c].service;
+        let name = h.store.services[&service].name.clone();
+        let promoted: Vec<&ActionRecord> = h
+            .store
+            .actions
+            .values()
+            .filter(|a| a.service == service && a.kind == ActionKind::Promote && a.state == ActionState::Succeeded)
+            .collect();
+        assert_eq!(promoted.len(), 1, "{name} was failed over exactly once: {promoted:#?}");
+        assert_ne!(h.primary(&name).id, *c, "{name} has a new primary");
+        assert_eq!(h.service(&name).state, ServiceState::Available, "{name} is healthy again");
+    }
+    assert_eq!(h.e.service_views().len(), 8, "the engine holds both shards' services");
+}
