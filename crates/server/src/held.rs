@@ -41,7 +41,7 @@ use drover_engine::shard_lease::SelfFence;
 use drover_engine::Share;
 use drover_store::{PgStore, ShardFence, ShardFilter, ShardRound};
 use std::collections::BTreeMap;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 use tokio::sync::watch;
@@ -99,16 +99,18 @@ pub struct Keeper {
     zero: Arc<watch::Sender<bool>>,
     /// The renewals between the first round and [`Keeper::keep`] (the
     /// node's first load).
-    meanwhile: Option<AbortOnDrop>,
+    meanwhile: Option<StopOnDrop>,
+    /// The runtime `keep` was called on: the hand-overs run there.
+    main: Option<tokio::runtime::Handle>,
 }
 
-/// A task stopped when this is dropped (the Keeper gone with a start that
-/// failed, or `keep` started).
-struct AbortOnDrop(JoinHandle<()>);
+/// A thread of the Keeper's told to stop when this is dropped (the Keeper
+/// gone with a start that failed, `keep` started, a load done).
+struct StopOnDrop(Arc<AtomicBool>);
 
-impl Drop for AbortOnDrop {
+impl Drop for StopOnDrop {
     fn drop(&mut self) {
-        self.0.abort();
+        self.0.store(true, Ordering::SeqCst);
     }
 }
 
@@ -128,6 +130,7 @@ impl Keeper {
             base: Instant::now(),
             zero: Arc::new(watch::channel(false).0),
             meanwhile: None,
+            main: None,
         }
     }
 
@@ -163,44 +166,85 @@ impl Keeper {
         self.held = held;
         self.note_zero();
         self.publish(&round);
-        self.meanwhile = Some(AbortOnDrop(self.renewing(self.held.clone())));
+        self.meanwhile = Some(self.renewing(self.held.clone()));
         Ok((self.filter(), self.share()))
     }
 
-    /// Renews `held` every TTL/8 until aborted, moving the watchdog's
-    /// deadline on each renewal of them all: while the engine is loaded
-    /// (a hand-over, the first load), which outlasts the lease on a large
-    /// fleet and must not cost the node what it is loading.
-    fn renewing(&self, held: Vec<(u32, i64)>) -> JoinHandle<()> {
+    /// Renews `held` every TTL/8 until the returned guard is dropped,
+    /// moving the watchdog's deadline on each renewal of them all: while
+    /// the engine is loaded (a hand-over, the first load), which outlasts
+    /// the lease on a large fleet and must not cost the node what it is
+    /// loading. A thread of its own: busy async workers cannot delay it.
+    fn renewing(&self, held: Vec<(u32, i64)>) -> StopOnDrop {
         let (store, node, address, started_at, ttl) =
             (Arc::clone(&self.store), self.node.clone(), self.address.clone(), self.started_at, self.ttl);
         let (act_until, base) = (Arc::clone(&self.act_until), self.base);
-        tokio::spawn(async move {
-            loop {
-                tokio::time::sleep(ttl / 8).await;
-                let sent = Instant::now();
-                let (store, node, address, asked) = (Arc::clone(&store), node.clone(), address.clone(), held.clone());
-                let renewing =
-                    tokio::task::spawn_blocking(move || store.renew_shards(&node, &address, started_at, ttl, &asked));
-                match tokio::time::timeout(ttl / 2, renewing).await {
-                    Ok(Ok(Ok(renewed))) if renewed.len() == held.len() => {
-                        let fence = SelfFence { ttl_micros: ttl.as_micros() as i64 };
-                        let since = sent.saturating_duration_since(base).as_micros() as i64;
-                        act_until.store(fence.act_until(since).max(0) as u64, Ordering::SeqCst);
-                    }
-                    // Lost some: the next round says which.
-                    Ok(Ok(Ok(_))) => {}
-                    Ok(Ok(Err(error))) => tracing::warn!(%error, "renewing the shards' leases during a load failed"),
-                    Ok(Err(_)) | Err(_) => tracing::warn!("renewing the shards' leases during a load took too long"),
-                }
+        let stopped = Arc::new(AtomicBool::new(false));
+        let stop = Arc::clone(&stopped);
+        let spawned = std::thread::Builder::new().name("drover-shard-renew".into()).spawn(move || loop {
+            std::thread::sleep(ttl / 8);
+            if stop.load(Ordering::SeqCst) {
+                return;
             }
-        })
+            let sent = Instant::now();
+            match store.renew_shards(&node, &address, started_at, ttl, &held) {
+                // Renewed too late to count: the watchdog fenced meanwhile.
+                Ok(renewed) if renewed.len() == held.len() && sent.elapsed() < ttl / 2 => {
+                    let fence = SelfFence { ttl_micros: ttl.as_micros() as i64 };
+                    let since = sent.saturating_duration_since(base).as_micros() as i64;
+                    act_until.fetch_max(fence.act_until(since).max(0) as u64, Ordering::SeqCst);
+                }
+                // Lost some: the next round says which.
+                Ok(_) => {}
+                Err(error) => tracing::warn!(%error, "renewing the shards' leases during a load failed"),
+            }
+        });
+        if let Err(error) = spawned {
+            // The rounds renew as before; only a long load may outlast them.
+            tracing::error!(%error, "cannot start the thread renewing the shards' leases during a load");
+        }
+        StopOnDrop(stopped)
     }
 
     /// Runs the rounds until `stop`, handing the engine behind `handle`
     /// (its actor `running`) over whenever the held set changes. Returns
     /// the last engine's actor.
+    ///
+    /// The rounds, the renewals during a load and the watchdog run on
+    /// threads of their own (the rounds on a runtime of their own), so
+    /// async workers kept busy by heartbeats or a large load cannot delay
+    /// a renewal past the watchdog's deadline; the hand-overs run on the
+    /// runtime that called this, where the engine's actor runs.
     pub async fn keep(
+        mut self,
+        handle: EngineHandle,
+        running: JoinHandle<EngineMachine>,
+        freezes: Freezes,
+        stop: watch::Receiver<bool>,
+    ) -> JoinHandle<EngineMachine> {
+        self.main = Some(tokio::runtime::Handle::current());
+        let node = self.node.clone();
+        let (done, last) = tokio::sync::oneshot::channel();
+        let spawned = std::thread::Builder::new().name("drover-shards".into()).spawn(move || {
+            let runtime = match tokio::runtime::Builder::new_current_thread().enable_all().build() {
+                Ok(runtime) => runtime,
+                Err(error) => crate::lease::stop(&format!("cannot start the runtime of the shards' rounds: {error}")),
+            };
+            let running = runtime.block_on(self.rounds(handle, running, freezes, stop));
+            // A round abandoned on a hung database may still be running.
+            runtime.shutdown_background();
+            let _ = done.send(running);
+        });
+        if let Err(error) = spawned {
+            crate::lease::stop(&format!("node {node} cannot start the thread of its shards' rounds: {error}"));
+        }
+        match last.await {
+            Ok(running) => running,
+            Err(_) => crate::lease::stop(&format!("node {node}'s rounds over its shards' leases ended in a panic")),
+        }
+    }
+
+    async fn rounds(
         mut self,
         handle: EngineHandle,
         mut running: JoinHandle<EngineMachine>,
@@ -236,8 +280,20 @@ impl Keeper {
                 }
             }
         }
-        watchdog.abort();
+        drop(watchdog);
         running
+    }
+
+    /// `work` (a hand-over) on the runtime that called [`Keeper::keep`],
+    /// where the engine's actor and what it spawns belong.
+    async fn on_main<T: Send + 'static>(
+        &self,
+        work: impl std::future::Future<Output = anyhow::Result<T>> + Send + 'static,
+    ) -> anyhow::Result<T> {
+        match &self.main {
+            Some(main) => main.spawn(work).await.map_err(|e| anyhow::anyhow!("the hand-over's task failed: {e}"))?,
+            None => work.await,
+        }
     }
 
     /// One round's outcome: nothing to do, or a hand-over.
@@ -275,8 +331,10 @@ impl Keeper {
         let published = self.map_of(&round, &next);
         let map = Arc::clone(&self.map);
         let publish = move || *map.write().unwrap_or_else(|p| p.into_inner()) = published;
-        let renewing = AbortOnDrop(self.renewing(round.held()));
-        let new = runtime::hand_over_engine(handle, running, load, stop.clone(), publish).await;
+        let renewing = self.renewing(round.held());
+        let (handle, stop) = (handle.clone(), stop.clone());
+        let new =
+            self.on_main(async move { runtime::hand_over_engine(&handle, running, load, stop, publish).await }).await;
         drop(renewing);
         let new = new?;
         self.fence(&next);
@@ -304,7 +362,7 @@ impl Keeper {
     ) -> anyhow::Result<JoinHandle<EngineMachine>> {
         let taken: Vec<u16> =
             next.iter().filter(|h| !self.held.iter().any(|k| k.0 == h.0)).map(|h| h.0 as u16).collect();
-        let renewing = AbortOnDrop(self.renewing(round.held()));
+        let renewing = self.renewing(round.held());
         let (store, filter) = (Arc::clone(&self.store), ShardFilter { shards: self.shards, held: taken });
         // An error stops the node, as a hand-over's does (`keep`).
         let part = tokio::task::spawn_blocking(move || store.load_shards_part(&filter)).await??;
@@ -313,7 +371,12 @@ impl Keeper {
         let map = Arc::clone(&self.map);
         let publish = move || *map.write().unwrap_or_else(|p| p.into_inner()) = published;
         let whole = self.whole(&next, freezes);
-        let new = runtime::absorb_into_engine(handle, running, part, share, whole, stop.clone(), publish).await;
+        let (handle, stop) = (handle.clone(), stop.clone());
+        let new = self
+            .on_main(
+                async move { runtime::absorb_into_engine(&handle, running, part, share, whole, stop, publish).await },
+            )
+            .await;
         drop(renewing);
         let new = new?;
         self.fence(&next);
@@ -414,8 +477,9 @@ impl Keeper {
     }
 
     /// Narrows the fence to nothing once the node may no longer act (see
-    /// the module), checking every 20 ms.
-    fn watchdog(&self, mut stop: watch::Receiver<bool>) -> JoinHandle<()> {
+    /// the module), checking every 20 ms on a thread of its own, until
+    /// `stop` or the returned guard is dropped.
+    fn watchdog(&self, stop: watch::Receiver<bool>) -> StopOnDrop {
         let (store, node, shards, act_until, base, map, zero) = (
             Arc::clone(&self.store),
             self.node.clone(),
@@ -425,12 +489,14 @@ impl Keeper {
             Arc::clone(&self.map),
             Arc::clone(&self.zero),
         );
-        tokio::spawn(async move {
+        let stopped = Arc::new(AtomicBool::new(false));
+        let ended = Arc::clone(&stopped);
+        let spawned = std::thread::Builder::new().name("drover-shard-watchdog".into()).spawn(move || {
             let mut fenced = false;
             loop {
-                tokio::select! {
-                    _ = stop.wait_for(|s| *s) => return,
-                    _ = tokio::time::sleep(Duration::from_millis(20)) => {}
+                std::thread::sleep(Duration::from_millis(20));
+                if ended.load(Ordering::SeqCst) || *stop.borrow() {
+                    return;
                 }
                 let now = Instant::now().saturating_duration_since(base).as_micros() as u64;
                 let expired = now >= act_until.load(Ordering::SeqCst);
@@ -446,6 +512,11 @@ impl Keeper {
                 }
                 fenced = expired;
             }
-        })
+        });
+        if let Err(error) = spawned {
+            // Without it nothing fences this node in time: it must not act.
+            crate::lease::stop(&format!("node {} cannot start its shards' watchdog: {error}", self.node));
+        }
+        StopOnDrop(stopped)
     }
 }

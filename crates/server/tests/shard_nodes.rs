@@ -261,14 +261,62 @@ async fn a_node_taking_a_dead_node_s_shards_merges_them_into_its_running_engine(
     drop(a.keeper.await.unwrap().await.unwrap());
 }
 
-/// A node paused past its leases (its runtime's only worker blocked: its
-/// rounds, watchdog and engine stop, its connections and locks stay, as
-/// under SIGSTOP) has its shards taken over once they expire; resumed, it
-/// does not act on them (a command queued for it during the pause is
-/// refused and the store never has it), and it rejoins: its share is
-/// handed back to it and its engine loads it.
+/// A relay between a node and PostgreSQL that can hold every byte both
+/// ways: its connections and their locks stay open and nothing gets
+/// through, as for a node cut off by the network or whose every thread is
+/// stopped (SIGSTOP: `three_nodes` sends a real one to a real process).
+struct Relay {
+    url: String,
+    held: watch::Sender<bool>,
+}
+
+/// Bytes from one end to the other, waiting while `holding`.
+async fn pipe(
+    mut from: tokio::net::tcp::OwnedReadHalf,
+    mut to: tokio::net::tcp::OwnedWriteHalf,
+    mut holding: watch::Receiver<bool>,
+) {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let mut buf = vec![0u8; 64 * 1024];
+    loop {
+        let n = match from.read(&mut buf).await {
+            Ok(0) | Err(_) => return,
+            Ok(n) => n,
+        };
+        if holding.wait_for(|h| !*h).await.is_err() || to.write_all(&buf[..n]).await.is_err() {
+            return;
+        }
+    }
+}
+
+impl Relay {
+    async fn to(pg: &pg::PgServer) -> Relay {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let url = pg
+            .url("postgres")
+            .replace(&format!(":{}/", pg.port), &format!(":{}/", listener.local_addr().unwrap().port()));
+        let (held, holding) = watch::channel(false);
+        let port = pg.port;
+        tokio::spawn(async move {
+            while let Ok((client, _)) = listener.accept().await {
+                let Ok(server) = tokio::net::TcpStream::connect(("127.0.0.1", port)).await else { continue };
+                let ((cr, cw), (sr, sw)) = (client.into_split(), server.into_split());
+                tokio::spawn(pipe(cr, sw, holding.clone()));
+                tokio::spawn(pipe(sr, cw, holding.clone()));
+            }
+        });
+        Relay { url, held }
+    }
+}
+
+/// A node cut off from the database past its leases (its rounds hang, its
+/// connections and locks stay open) is fenced by its own watchdog before
+/// they can expire and has its shards taken over once they do; back, it
+/// does not act on them (a command it was asked meanwhile is refused and
+/// the store never has it), and it rejoins: its share is handed back to it
+/// and its engine loads it.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_node_paused_past_its_leases_acts_on_nothing_it_lost_and_rejoins() {
+async fn a_node_cut_off_past_its_leases_acts_on_nothing_it_lost_and_rejoins() {
     let pg = tokio::task::spawn_blocking(pg::PgServer::start).await.unwrap();
     let url = pg.url("postgres");
     let a = Node::start(&url, "a").await;
@@ -280,28 +328,28 @@ async fn a_node_paused_past_its_leases_acts_on_nothing_it_lost_and_rejoins() {
     for name in &fleet {
         a.handle.call(create(name)).await.expect("created on a");
     }
-    // b on a runtime of its own, with one worker: what pauses it.
-    let b_runtime = tokio::runtime::Builder::new_multi_thread().worker_threads(1).enable_all().build().unwrap();
-    let b = {
-        let url = url.clone();
-        b_runtime.spawn(async move { Node::start(&url, "b").await }).await.unwrap()
-    };
+    let relay = Relay::to(&pg).await;
+    let b = Node::start(&relay.url, "b").await;
     until("two shards each", Duration::from_secs(20), || a.held().len() == 2 && b.held().len() == 2).await;
     let b_held = b.held();
 
-    // Paused for longer than a lease.
-    let pause = TTL + Duration::from_secs(4);
-    b_runtime.spawn(async move { std::thread::sleep(pause) });
+    // Cut off for longer than a lease.
+    let cut = TTL + Duration::from_secs(4);
+    relay.held.send_replace(true);
     let paused = Instant::now();
     let stray = (0..).map(|i| format!("paused-{i}")).find(|n| b_held.contains(&shard_of(n))).unwrap();
     let queued = {
         let (handle, stray) = (b.handle.clone(), stray.clone());
         tokio::spawn(async move { handle.call(create(&stray)).await })
     };
-    until("a takes the paused node's shards", pause, || a.held().len() == SHARDS as usize).await;
+    until("b fences itself", TTL, || b.held().is_empty()).await;
+    assert!(a.held().len() == 2, "b fenced itself before its leases could expire: a holds {:?}", a.held());
+    until("a takes the cut-off node's shards", cut, || a.held().len() == SHARDS as usize).await;
     assert!(paused.elapsed() >= TTL - TTL / 5, "taken before b's leases could expire: {:?}", paused.elapsed());
+    tokio::time::sleep(cut.saturating_sub(paused.elapsed())).await;
+    relay.held.send_replace(false);
 
-    // Resumed: what it was asked while paused is refused, not written.
+    // Back: what it was asked while cut off is refused, not written.
     let answer = tokio::time::timeout(Duration::from_secs(15), queued).await.expect("answered").unwrap();
     let refused = format!("{:?}", answer.expect_err("a paused node acted on a shard it lost"));
     assert!(refused.contains("does not hold shard"), "refused by the fence: {refused}");
@@ -316,9 +364,7 @@ async fn a_node_paused_past_its_leases_acts_on_nothing_it_lost_and_rejoins() {
     let b_now = b.held();
     let expected: BTreeSet<String> = fleet.iter().filter(|n| b_now.contains(&shard_of(n))).cloned().collect();
     assert_eq!(b.services().await, expected);
-    let b_kill = b_runtime.spawn(b.kill());
-    b_kill.await.unwrap();
+    b.kill().await;
     let _ = a.stop.send(true);
     drop(a.keeper.await.unwrap().await.unwrap());
-    b_runtime.shutdown_background();
 }
