@@ -252,6 +252,13 @@ pub enum Input {
     /// zone is judged as silent since the last renewal. A covered instance
     /// costs nothing per second: one deadline per zone, not per instance.
     ZoneLease { zone: String, cover: Vec<InstanceId>, withdraw: Vec<InstanceId> },
+    /// Records of the whole fleet another node committed (a fleet split
+    /// into shards: images and hosts are registered through shard 0's
+    /// holder, and every other holder's engine learns them from the store).
+    /// An image or a host this engine does not have is added, as at a
+    /// restore; what it has stays as it is. Nothing is committed: the
+    /// store has them.
+    FleetRecords { images: Vec<drover_model::Image>, hosts: Vec<drover_model::HostRecord> },
 }
 
 #[derive(Clone, Debug, Serialize, Deserialize)]

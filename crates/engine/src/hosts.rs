@@ -77,6 +77,42 @@ impl Engine {
         }
     }
 
+    /// Images and hosts another node registered (`Input::FleetRecords`):
+    /// those this engine lacks are added; a new host lets the services
+    /// waiting for room try again. Returns how many images and hosts were new.
+    pub(crate) fn learn_fleet_records(
+        &mut self,
+        images: Vec<drover_model::Image>,
+        hosts: Vec<HostRecord>,
+    ) -> (usize, usize) {
+        let mut new_images = 0;
+        for image in images {
+            match self.images.index.get(&image.id) {
+                // A stand-in for an image a record named before it was
+                // learned (`restore::placeholder_image`): the real one now.
+                Some(&i) => {
+                    if let Some(held) = self.images.list.get_mut(i as usize) {
+                        if crate::restore::is_placeholder(held) && !crate::restore::is_placeholder(&image) {
+                            *held = image;
+                            new_images += 1;
+                        }
+                    }
+                }
+                None => {
+                    self.images.insert(image);
+                    new_images += 1;
+                }
+            }
+        }
+        let before = self.hosts.list.len();
+        self.restore_hosts(hosts);
+        let new_hosts = self.hosts.list.len() - before;
+        if new_hosts > 0 {
+            self.wake_waiting();
+        }
+        (new_images, new_hosts)
+    }
+
     pub(crate) fn host_index(&self, name: &str) -> Option<u16> {
         self.hosts.index.get(name).copied()
     }

@@ -337,6 +337,10 @@ impl Engine {
                 let receipt = self.zone_lease(&zone, &cover, &withdraw, now, out);
                 out.reply = Some(Ok(Reply::Heartbeats(receipt)));
             }
+            Input::FleetRecords { images, hosts } => {
+                let (images, hosts) = self.learn_fleet_records(images, hosts);
+                out.reply = Some(Ok(Reply::Noted(format!("learned {images} images and {hosts} hosts"))));
+            }
         }
         self.reconcile_dirty(now, out);
         self.mint_event_ids(out);

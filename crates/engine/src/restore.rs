@@ -245,10 +245,18 @@ impl Engine {
     }
 }
 
-/// A stand-in when a stored service names an image the store lost; keeps
-/// the engine running and the gap visible.
+/// A stand-in when a stored service names an image the store lost (or
+/// this engine has not learned yet: a split fleet); keeps the engine
+/// running and the gap visible.
 pub(crate) fn placeholder_image(rec: &ServiceRecord) -> Image {
-    let mut img = Image::new(rec.engine, "unknown", Default::default(), Default::default(), rec.created_at);
+    let mut img = Image::new(rec.engine, PLACEHOLDER_VERSION, Default::default(), Default::default(), rec.created_at);
     img.id = rec.image.clone();
     img
+}
+
+const PLACEHOLDER_VERSION: &str = "unknown";
+
+/// Whether `image` is a [`placeholder_image`].
+pub(crate) fn is_placeholder(image: &Image) -> bool {
+    image.version == PLACEHOLDER_VERSION && image.packages.is_empty() && image.configuration.is_empty()
 }

@@ -27,6 +27,7 @@ mod credentials;
 pub mod data_dir;
 pub mod deferred;
 mod error;
+pub mod fleet_records;
 mod followers;
 pub mod forward;
 pub mod heartbeat_feed;
@@ -708,6 +709,10 @@ async fn start_up(
     if let Some(beside) = &routers_beside {
         let (routers, builtin) = (beside.routers.clone(), builtin_host_name.clone());
         routers::follow_primaries(handle.clone(), agent_channel.clone(), routers, builtin, key.clone(), stop.clone());
+    }
+    if let (Some(_), Some((pg, _))) = (&split, &this_node.shared) {
+        // Images and hosts registered through shard 0's holder.
+        fleet_records::spawn(handle.clone(), Arc::clone(pg), stop.clone());
     }
     if split.is_some() {
         // Tokens created or revoked through the other nodes (the shared

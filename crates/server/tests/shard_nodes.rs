@@ -79,6 +79,7 @@ impl Node {
             actor::Actor { machine, inbox, shutdown: shutdown.clone(), limits: runtime::LIMITS }.run_to_end(),
         );
         let freezes: held::Freezes = Arc::new(|| Ok(Vec::new()));
+        drover_server::fleet_records::spawn(handle.clone(), Arc::clone(&store), shutdown.clone());
         let keeper = tokio::spawn(keeper.keep(handle.clone(), running, freezes, shutdown));
         Node { name: name.into(), store, handle, map, stop, keeper }
     }
@@ -259,6 +260,67 @@ async fn a_node_taking_a_dead_node_s_shards_merges_them_into_its_running_engine(
     a.handle.call(create(&taken)).await.expect("a creates in a shard it took over");
     let _ = a.stop.send(true);
     drop(a.keeper.await.unwrap().await.unwrap());
+}
+
+/// Images and hosts are registered through shard 0's holder; the other
+/// node's engine learns them from the store (`fleet_records`) and creates
+/// its own shards' services on them.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn images_and_hosts_registered_through_shard_zero_s_holder_are_learned_by_every_node() {
+    let pg = tokio::task::spawn_blocking(pg::PgServer::start).await.unwrap();
+    let url = pg.url("postgres");
+    let a = Node::start(&url, "a").await;
+    for image in drover_server::default_images(runtime::now()) {
+        let command = Command::RegisterImage(image);
+        a.handle.call(Input::Command { actor: "system".into(), role: None, command }).await.unwrap();
+    }
+    let b = Node::start(&url, "b").await;
+    until("two shards each", Duration::from_secs(20), || a.held().len() == 2 && b.held().len() == 2).await;
+    let (zero, other) = if a.held().contains(&0) { (&a, &b) } else { (&b, &a) };
+
+    let newer = drover_model::Image::new(
+        EngineKind::Postgres,
+        "15-newer",
+        Default::default(),
+        [("postgresql-15".to_string(), "15.99".to_string())].into(),
+        runtime::now(),
+    );
+    let host = drover_model::RegisterHost {
+        name: "h9".into(),
+        zone: "zone-a".into(),
+        address: "127.0.0.9".into(),
+        capacity: 8,
+    };
+    for command in [Command::RegisterImage(newer.clone()), Command::RegisterHost { host, builtin: false }] {
+        zero.handle.call(Input::Command { actor: "test".into(), role: None, command }).await.expect("registered");
+    }
+    let learned = Instant::now();
+    loop {
+        let id = newer.id.clone();
+        let knows = other
+            .handle
+            .query(move |e: &Engine| e.images().iter().any(|i| i.id == id) && e.host_record("h9").is_some())
+            .await
+            .unwrap();
+        if knows {
+            break;
+        }
+        assert!(learned.elapsed() < Duration::from_secs(5), "{} never learned the image and the host", other.name);
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    eprintln!("learned in {:?}", learned.elapsed());
+    let held = other.held();
+    let name = (0..).map(|i| format!("new-{i}")).find(|n| held.contains(&shard_of(n))).unwrap();
+    let created = other.handle.call(create(&name)).await.expect("created in its own shard");
+    let drover_engine::Reply::Service(view) = created else { panic!("{created:?}") };
+    assert_eq!(view.image, newer.id.0, "created on the image registered through the other node");
+    assert!(
+        view.instances.iter().all(|i| i.host.as_deref() == Some("h9")),
+        "placed on the host registered through the other node: {view:#?}"
+    );
+    for node in [a, b] {
+        node.kill().await;
+    }
 }
 
 /// A relay between a node and PostgreSQL that can hold every byte both

@@ -1108,7 +1108,10 @@ fn column<'a, T: tokio_postgres::types::FromSql<'a>>(
 
 /// Decodes `rows` (id, record) of `table`; a large table on every core at
 /// once: a takeover's load is mostly this (a million instances' JSON).
-fn records<T: serde::de::DeserializeOwned + Send>(table: &'static str, rows: &[Row]) -> Result<Vec<T>, StoreError> {
+pub(crate) fn records<T: serde::de::DeserializeOwned + Send>(
+    table: &'static str,
+    rows: &[Row],
+) -> Result<Vec<T>, StoreError> {
     const PARALLEL_FROM: usize = 20_000;
     let threads = std::thread::available_parallelism().map_or(1, |n| n.get()).min(8);
     if rows.len() < PARALLEL_FROM || threads < 2 {

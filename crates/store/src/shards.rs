@@ -167,6 +167,43 @@ impl PgStore {
         self.load_where(Some(filter), false)
     }
 
+    /// How many images and hosts the store has: they are only ever added,
+    /// so a node that saw these numbers has seen them all
+    /// (`PgStore::fleet_records`).
+    pub fn fleet_record_counts(&self) -> Result<(i64, i64), StoreError> {
+        self.with_client(|client| async move {
+            let row = client
+                .query_one("SELECT (SELECT count(*) FROM images), (SELECT count(*) FROM hosts)", &[])
+                .await
+                .map_err(pg("counting the fleet's images and hosts"))?;
+            Ok((row.get(0), row.get(1)))
+        })
+    }
+
+    /// Every image and host of the fleet, in the order a load reads them:
+    /// what the engines of a split fleet learn from the store once shard
+    /// 0's holder registered them.
+    pub fn fleet_records(&self) -> Result<(Vec<drover_model::Image>, Vec<drover_model::HostRecord>), StoreError> {
+        self.with_client(|client| async move {
+            let read = pg("reading the fleet's images and hosts");
+            let images = crate::pg::records(
+                "images",
+                &client
+                    .query("SELECT id, record FROM images ORDER BY created_at, id COLLATE \"C\"", &[])
+                    .await
+                    .map_err(&read)?,
+            )?;
+            let hosts = crate::pg::records(
+                "hosts",
+                &client
+                    .query("SELECT name, record FROM hosts ORDER BY registered_at, name COLLATE \"C\"", &[])
+                    .await
+                    .map_err(&read)?,
+            )?;
+            Ok((images, hosts))
+        })
+    }
+
     /// One round of `node` over `shards` shards (see the module): renews
     /// what it `held`, takes its share and what nobody holds, and says what
     /// to hand over (at most `max_moving` shards free at once).

@@ -1,11 +1,13 @@
-//! `Engine::absorb`: a running engine that takes another part of the fleet
-//! over (a node took the shards of one that died, issue 16) ends as an
-//! engine restored from the whole of it would be, and goes on healing.
+//! An engine of a fleet split into shards (issue 16). `Engine::absorb`: a
+//! running engine that takes another part of the fleet over (a node took
+//! the shards of one that died) ends as an engine restored from the whole
+//! of it would be, and goes on healing. `Input::FleetRecords`: images and
+//! hosts registered through another node's engine are learned, and used.
 
 mod common;
 
 use common::*;
-use drover_engine::{Engine, Share};
+use drover_engine::{Command, Engine, Input, Reply, Share};
 use drover_model::*;
 use std::collections::BTreeSet;
 use std::time::Duration;
@@ -155,4 +157,64 @@ fn a_crashed_primary_of_an_absorbed_shard_is_failed_over_exactly_once() {
         assert_eq!(h.service(&name).state, ServiceState::Available, "{name} is healthy again");
     }
     assert_eq!(h.e.service_views().len(), 8, "the engine holds both shards' services");
+}
+
+fn register_host(h: &mut H, name: &str, zone: &str) -> HostRecord {
+    let host = RegisterHost { name: name.into(), zone: zone.into(), address: "127.0.0.2".into(), capacity: 4 };
+    h.command(Command::RegisterHost { host, builtin: false }).expect("host registers");
+    h.store.hosts[name].clone()
+}
+
+#[test]
+fn an_engine_learns_the_images_and_hosts_another_node_registered_and_uses_them() {
+    // Shard 0's holder registers a host and an image...
+    let mut zero = H::new(fast_config());
+    let h2 = register_host(&mut zero, "h2", "zone-b");
+    let newer = Image::new(
+        EngineKind::Postgres,
+        "15-newer",
+        Default::default(),
+        [("postgresql-15".to_string(), "15.19".to_string())].into(),
+        Timestamp(T0 + 1),
+    );
+    zero.command(Command::RegisterImage(newer.clone())).expect("image registers");
+    let images: Vec<Image> = zero.store.images.values().cloned().collect();
+
+    // ...while another holder's engine has one host, too few for a
+    // service with a follower (one member per host).
+    let mut other = H::new(fast_config());
+    let h1 = register_host(&mut other, "h1", "zone-a");
+    let refused = other.command(Command::CreateService(request("db", EngineKind::Postgres, 1)));
+    assert!(matches!(refused, Err(drover_engine::CommandError::Conflict(_))), "{refused:?}");
+
+    let out = other.e.step(Input::FleetRecords { images, hosts: vec![h1.clone(), h2.clone()] }, Timestamp(other.now));
+    assert!(matches!(&out.reply, Some(Ok(Reply::Noted(n))) if n == "learned 1 images and 1 hosts"), "{:?}", out.reply);
+    assert!(out.changes.images.is_empty() && out.changes.hosts.is_empty(), "nothing of the learned records is written");
+    other.absorb(out);
+    assert!(other.e.images().iter().any(|i| i.id == newer.id), "the image is known");
+    assert_eq!(other.e.host_record("h2").map(|r| r.zone), Some("zone-b".into()), "the host is known");
+    let db = other.create("db", 1);
+    let hosts: std::collections::BTreeSet<String> = db.instances.iter().filter_map(|i| i.host.clone()).collect();
+    assert_eq!(hosts, ["h1".to_string(), "h2".to_string()].into(), "placed on the learned host too: {db:#?}");
+    assert_eq!(db.image, newer.id.0, "created on the newest image, learned");
+    // Learned twice: nothing new.
+    let again =
+        other.e.step(Input::FleetRecords { images: vec![newer.clone()], hosts: vec![h2] }, Timestamp(other.now));
+    assert!(matches!(&again.reply, Some(Ok(Reply::Noted(n))) if n == "learned 0 images and 0 hosts"));
+}
+
+#[test]
+fn a_learned_image_replaces_the_stand_in_a_taken_service_named_it_by() {
+    let (h, _) = fleet_mid_failover();
+    let mut snapshot = h.store.snapshot();
+    let real = snapshot.images.iter().find(|i| i.engine == EngineKind::Postgres).cloned().expect("an image");
+    // An engine that had not learned the image its services run.
+    snapshot.images.retain(|i| i.id != real.id);
+    let (mut e, _) = Engine::restore(h.config.clone(), 3, snapshot, Timestamp(h.now));
+    let held = e.images().into_iter().find(|i| i.id == real.id).expect("a stand-in");
+    assert_eq!(held.version, "unknown");
+    e.step(Input::FleetRecords { images: vec![real.clone()], hosts: Vec::new() }, Timestamp(h.now));
+    let held = e.images().into_iter().find(|i| i.id == real.id).expect("the image");
+    assert_eq!(held.version, real.version, "the real image replaced the stand-in");
+    assert_eq!(e.images().iter().filter(|i| i.id == real.id).count(), 1);
 }
