@@ -109,9 +109,11 @@ pub async fn run(control_plane: Arc<ControlPlane>, host: String, provider: Arc<L
         }
     };
     let running: Arc<Mutex<HashSet<(ActionId, u32)>>> = Arc::default();
-    let mut after = 0u64;
+    // The newest seq seen, or on a split fleet the last batch's cursor.
+    let (mut after, mut cursor) = (0u64, None::<String>);
     loop {
-        let fetched = match control_plane.fetch_actions(&host, after, POLL_WAIT).await {
+        let from = cursor.clone().unwrap_or_else(|| after.to_string());
+        let fetched = match control_plane.fetch_actions(&host, &from, POLL_WAIT).await {
             Ok(fetched) => fetched,
             Err(error) => {
                 tracing::debug!(%error, "cannot fetch actions; retrying");
@@ -140,8 +142,27 @@ pub async fn run(control_plane: Arc<ControlPlane>, host: String, provider: Arc<L
         if let Some(fault) = fetched.host_fault {
             fault_whole_host(&host, fault);
         }
-        for (seq, action, replication) in fetched.actions {
+        if fetched.cursor.is_some() {
+            cursor = fetched.cursor;
+        }
+        for queued in fetched.actions {
+            let crate::control_plane::QueuedAction { seq, action, replication, shard } = queued;
             after = after.max(seq);
+            if let Some((shard, generation)) = shard {
+                // A split fleet: each shard's holder has a generation of its own.
+                let fence = Arc::clone(&fence);
+                match tokio::task::spawn_blocking(move || fence.admit_in(shard, generation)).await {
+                    Ok(Ok(())) => {}
+                    Ok(Err(error)) => {
+                        tracing::warn!(shard, generation, action = %action.id, %error, "refused an action");
+                        continue;
+                    }
+                    Err(error) => {
+                        tracing::error!(%error, "the generation check failed; the action is skipped (the engine tries it again after its deadline)");
+                        continue;
+                    }
+                }
+            }
             let key = (action.id, action.attempts);
             if !running.lock().unwrap_or_else(PoisonError::into_inner).insert(key) {
                 continue;

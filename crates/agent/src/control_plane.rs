@@ -204,8 +204,9 @@ impl ControlPlane {
     }
 
     /// `GET /v1/hosts/{host}/actions`: the actions queued for this host
-    /// after `after`, waiting up to `wait` for one (a long poll).
-    pub async fn fetch_actions(&self, host: &str, after: u64, wait: Duration) -> Result<Fetched, String> {
+    /// after `after` (the last seq seen, or the last batch's cursor),
+    /// waiting up to `wait` for one (a long poll).
+    pub async fn fetch_actions(&self, host: &str, after: &str, wait: Duration) -> Result<Fetched, String> {
         let wait_ms = wait.as_millis();
         let response = self
             .send(|base| {
@@ -229,13 +230,16 @@ impl ControlPlane {
             match queued.get("action").cloned().map(serde_json::from_value::<drover_model::ActionRecord>) {
                 Some(Ok(action)) => {
                     let replication = queued.get("replication").cloned().and_then(|r| serde_json::from_value(r).ok());
-                    actions.push((seq, action, replication))
+                    let shard = queued.get("shard").and_then(Value::as_u64).and_then(|s| u32::try_from(s).ok());
+                    let generation = queued.get("generation").and_then(Value::as_i64);
+                    actions.push(QueuedAction { seq, action, replication, shard: shard.zip(generation) })
                 }
                 _ => tracing::warn!(seq, "an action this agent cannot read; skipped"),
             }
         }
         let generation = body.get("generation").and_then(Value::as_i64);
-        Ok(Fetched { actions, host_fault, generation })
+        let cursor = body.get("cursor").and_then(Value::as_str).map(str::to_string);
+        Ok(Fetched { actions, host_fault, generation, cursor })
     }
 
     /// `POST /v1/hosts/{host}/actions/{id}/result`: one attempt's outcome.
@@ -258,12 +262,26 @@ impl ControlPlane {
 
 /// What one fetch of this host's actions brought.
 pub struct Fetched {
-    /// (seq, action, what a PostgreSQL Provision needs to replicate across hosts).
-    pub actions: Vec<(u64, drover_model::ActionRecord, Option<drover_providers::local::Replication>)>,
+    pub actions: Vec<QueuedAction>,
     /// Chaos for the whole host (`crash` or `hang`).
     pub host_fault: Option<drover_model::Fault>,
     /// The lease generation of the node that sent them (PostgreSQL store).
     pub generation: Option<i64>,
+    /// On a fleet split between nodes: where this batch leaves off on each
+    /// node, to send back as `after` (else the newest seq is).
+    pub cursor: Option<String>,
+}
+
+/// One action fetched.
+pub struct QueuedAction {
+    /// Orders the host's actions on the node that queued it.
+    pub seq: u64,
+    pub action: drover_model::ActionRecord,
+    /// What a PostgreSQL Provision needs to replicate across hosts.
+    pub replication: Option<drover_providers::local::Replication>,
+    /// On a fleet split between nodes: the shard of the action's service
+    /// and the lease generation its node holds it with.
+    pub shard: Option<(u32, i64)>,
 }
 
 fn error_chain(error: &dyn std::error::Error) -> String {

@@ -118,12 +118,23 @@ pub struct QueuedAction {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     #[schema(value_type = Option<Object>)]
     pub replication: Option<Replication>,
+    /// On a fleet split between nodes: the shard of the action's service
+    /// and the lease generation its node holds it with. An agent refuses
+    /// an action older than the newest generation it saw for that shard.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub shard: Option<u32>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub generation: Option<i64>,
 }
 
 /// What `GET /v1/hosts/{name}/actions` answers.
 #[derive(Clone, Debug, Default, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct ActionBatch {
     pub actions: Vec<QueuedAction>,
+    /// On a fleet split between nodes: where this batch leaves off on each
+    /// node (each numbers its own queue), to send back as `after`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub cursor: Option<String>,
     /// The lease generation of the node that queued them (PostgreSQL
     /// store; absent on SQLite, where one node is alone).
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -155,11 +166,80 @@ pub struct ActionResultBody {
 
 #[derive(Debug, Deserialize, utoipa::IntoParams)]
 pub struct FetchParams {
-    /// Only actions queued after this seq (the last one the agent saw).
+    /// Only actions queued after this: the last seq the agent saw, or on a
+    /// fleet split between nodes the last batch's `cursor` (a seq per node).
     #[serde(default)]
-    pub after: u64,
+    pub after: String,
     /// How long to wait for one when none is queued (at most 20000).
     pub wait_ms: Option<u64>,
+}
+
+/// Where an agent's fetches left off. Each node numbers its own queue, so
+/// on a fleet split between nodes the agent keeps a number per node:
+/// `BASE~NODE.SEQ~NODE.SEQ`, each node's name in hex (safe in a query
+/// string as it is), BASE what a node not named starts from. A plain
+/// number (a fleet one node holds) is BASE alone.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct Cursor {
+    base: u64,
+    nodes: BTreeMap<String, u64>,
+}
+
+/// At most this many nodes in a cursor.
+const MAX_CURSOR_NODES: usize = 256;
+
+impl Cursor {
+    pub fn parse(text: &str) -> Result<Cursor, String> {
+        let bad = |why: &str| format!("after must be a number or a cursor this control plane gave: {why}");
+        let mut parts = text.split('~');
+        let base = match parts.next().map(str::trim) {
+            None | Some("") => 0,
+            Some(n) => n.parse::<u64>().map_err(|_| bad(&format!("{n:?} is not a number")))?,
+        };
+        let mut nodes = BTreeMap::new();
+        for part in parts {
+            let (node, seq) = part.split_once('.').ok_or_else(|| bad(&format!("{part:?} is not NODE.SEQ")))?;
+            let node = hex::decode(node)
+                .ok()
+                .and_then(|n| String::from_utf8(n).ok())
+                .ok_or_else(|| bad(&format!("{node:?} is not a node's name in hex")))?;
+            let seq = seq.parse::<u64>().map_err(|_| bad(&format!("{seq:?} is not a number")))?;
+            nodes.insert(node, seq);
+            if nodes.len() > MAX_CURSOR_NODES {
+                return Err(bad(&format!("more than {MAX_CURSOR_NODES} nodes")));
+            }
+        }
+        Ok(Cursor { base, nodes })
+    }
+
+    /// Where the agent left off on `node`.
+    pub fn after(&self, node: &str) -> u64 {
+        self.nodes.get(node).copied().unwrap_or(self.base)
+    }
+
+    /// `node`'s queue seen up to `seq`.
+    pub fn advance(&mut self, node: &str, seq: u64) {
+        let base = self.base;
+        let at = self.nodes.entry(node.to_string()).or_insert(base);
+        *at = (*at).max(seq);
+    }
+
+    /// Every node's place in `other` too (the later of the two).
+    pub fn merge(&mut self, other: &Cursor) {
+        for (node, &seq) in &other.nodes {
+            self.advance(node, seq);
+        }
+    }
+}
+
+impl std::fmt::Display for Cursor {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{}", self.base)?;
+        for (node, seq) in &self.nodes {
+            write!(f, "~{}.{seq}", hex::encode(node))?;
+        }
+        Ok(())
+    }
 }
 
 impl AgentChannel {
@@ -238,18 +318,24 @@ impl AgentChannel {
                 let generation = channel.generation;
                 let queue = channel.hosts.entry(host.to_string()).or_default();
                 if let Some(fault) = queue.fault.take() {
-                    return ActionBatch { actions: Vec::new(), host_fault: Some(fault), generation };
+                    return ActionBatch { actions: Vec::new(), host_fault: Some(fault), generation, cursor: None };
                 }
                 let ready: Vec<QueuedAction> = queue
                     .pending
                     .values()
                     .filter(|p| p.seq > after)
-                    .map(|p| QueuedAction { seq: p.seq, action: p.record.clone(), replication: p.replication.clone() })
+                    .map(|p| QueuedAction {
+                        seq: p.seq,
+                        action: p.record.clone(),
+                        replication: p.replication.clone(),
+                        shard: None,
+                        generation: None,
+                    })
                     .collect();
                 if !ready.is_empty() {
                     let mut ready = ready;
                     ready.sort_by_key(|a| a.seq);
-                    return ActionBatch { actions: ready, host_fault: None, generation };
+                    return ActionBatch { actions: ready, host_fault: None, generation, cursor: None };
                 }
                 queue.notify.clone()
             };
@@ -381,7 +467,31 @@ pub(crate) async fn fetch_actions(
     let ready = state.ready()?;
     own_host(&caller, &name)?;
     let wait = params.wait_ms.map(Duration::from_millis).unwrap_or(DEFAULT_WAIT).min(MAX_WAIT);
-    Ok(Json(ready.agents.fetch(&name, params.after, wait).await))
+    let mut cursor = Cursor::parse(&params.after).map_err(ApiError::bad_request)?;
+    let after = cursor.after(&state.node);
+    let mut batch = ready.agents.fetch(&name, after, wait).await;
+    let map = state.shards.read().unwrap_or_else(PoisonError::into_inner).clone();
+    if map.shards > 1 {
+        // This node's part of a split fleet's queue (`forward` asks every
+        // holder and merges): only what it still holds, each action with
+        // its shard's generation; the cursor moves past what is left out,
+        // which the shard's next holder queues again.
+        let seen = batch.actions.iter().map(|a| a.seq).max().unwrap_or(after);
+        cursor.advance(&state.node, seen);
+        batch.actions.retain_mut(|queued| {
+            let shard = queued.action.service.slot().shard(map.shards);
+            let Some(&generation) = map.generations.get(&shard) else { return false };
+            queued.shard = Some(u32::from(shard));
+            queued.generation = Some(generation);
+            true
+        });
+        batch.generation = None;
+        batch.cursor = Some(
+            Cursor { base: cursor.base, nodes: [(state.node.to_string(), cursor.after(&state.node))].into() }
+                .to_string(),
+        );
+    }
+    Ok(Json(batch))
 }
 
 /// The agent of host `name` answers one attempt of an action. Idempotent:
@@ -455,4 +565,53 @@ impl drover_providers::Provider for AgentsProvider {
         })
     }
     fn start(&self, _sink: tokio::sync::mpsc::Sender<drover_providers::ProviderEvent>) {}
+}
+
+#[cfg(test)]
+mod tests {
+    use super::Cursor;
+
+    #[test]
+    fn a_cursor_keeps_a_place_per_node_and_reads_back_what_it_wrote() {
+        // A plain number (a fleet one node holds) is every node's place.
+        let plain = Cursor::parse("1700000000000042").unwrap();
+        assert_eq!(plain.after("a"), 1_700_000_000_000_042);
+        assert_eq!(plain.to_string(), "1700000000000042");
+        assert_eq!(Cursor::parse("").unwrap(), Cursor::default(), "no after: from the start");
+
+        let mut cursor = plain.clone();
+        cursor.advance("a", 5);
+        assert_eq!(cursor.after("a"), 1_700_000_000_000_042, "a place never moves back");
+        cursor.advance("node b", 1_800_000_000_000_000);
+        let mut theirs = Cursor::default();
+        theirs.advance("c~.&=", 7);
+        cursor.merge(&theirs);
+        let text = cursor.to_string();
+        assert!(
+            text.chars().all(|c| c.is_ascii_alphanumeric() || c == '~' || c == '.'),
+            "safe in a query string as it is: {text}"
+        );
+        let read = Cursor::parse(&text).unwrap();
+        assert_eq!(read, cursor);
+        assert_eq!(read.after("node b"), 1_800_000_000_000_000);
+        assert_eq!(read.after("c~.&="), 1_700_000_000_000_042, "merged: the later of the two");
+        assert_eq!(read.after("unheard"), 1_700_000_000_000_042, "a node not named starts from the base");
+    }
+
+    #[test]
+    fn a_cursor_this_control_plane_did_not_give_is_refused_with_why() {
+        for (bad, why) in [
+            ("x", "\"x\" is not a number"),
+            ("0~61", "is not NODE.SEQ"),
+            ("0~zz.1", "is not a node's name in hex"),
+            ("0~61.-1", "is not a number"),
+            ("0~ff.1", "is not a node's name in hex"),
+        ] {
+            let error = Cursor::parse(bad).unwrap_err();
+            assert!(error.contains(why), "{bad}: {error}");
+            assert!(error.starts_with("after must be a number or a cursor"), "{error}");
+        }
+        let many: String = (0..300).map(|i| format!("~{}.1", hex::encode(format!("n{i}")))).collect();
+        assert!(Cursor::parse(&format!("0{many}")).unwrap_err().contains("more than 256 nodes"));
+    }
 }

@@ -163,6 +163,7 @@ async fn to_the_shard_s_holder(state: &AppState, request: Request, next: Next) -
             crate::shard_route::Decision::Split(split) => {
                 return heartbeat_parts(state, &map, parts, body, split, next).await
             }
+            crate::shard_route::Decision::Actions => return agent_actions(state, &map, parts, body, next).await,
             crate::shard_route::Decision::Every => return ApiError::unavailable(
                 "this request needs every node holding a part of the fleet, which is not served yet while the fleet \
                  is split between nodes",
@@ -192,6 +193,99 @@ async fn to_the_shard_s_holder(state: &AppState, request: Request, next: Next) -
         .into_response();
     }
     forward_or_keep(state, &holder, &parts, body, &format!("shard {shard}'s holder")).await
+}
+
+/// An agent's long poll for its host's actions on a fleet split between
+/// nodes: every holder's queue for the host (this node's through its own
+/// router), each asked with the agent's cursor (each answers from where it
+/// says the agent left off on it, `agents::Cursor`). Answered as soon as
+/// one part has something, or once every part has waited out its time; the
+/// parts' cursors merged. A holder that cannot be reached, or answers 5xx,
+/// is left out (its shards' next holder queues their running actions
+/// again); a 4xx (the caller's token or host) is answered as it came.
+async fn agent_actions(
+    state: &AppState,
+    map: &crate::lease::ShardMap,
+    mut parts: axum::http::request::Parts,
+    body: axum::body::Bytes,
+    next: Next,
+) -> Response {
+    use crate::agents::{ActionBatch, Cursor};
+    parts.headers.insert(HeaderName::from_static(PART), axum::http::HeaderValue::from_static("1"));
+    let after = parts.uri.query().unwrap_or("").split('&').find_map(|pair| pair.strip_prefix("after="));
+    let read = after.map(|raw| {
+        percent_encoding::percent_decode_str(raw)
+            .decode_utf8()
+            .map_err(|_| "after is not UTF-8 once decoded".to_string())
+            .and_then(|text| Cursor::parse(&text))
+    });
+    let mut cursor = match read {
+        None => Cursor::default(),
+        Some(Ok(cursor)) => cursor,
+        Some(Err(why)) => return ApiError::bad_request(why).into_response(),
+    };
+    let mut holders: Vec<crate::lease::Holder> =
+        map.holders.values().filter(|h| *h.node != *state.node).cloned().collect();
+    holders.sort_by(|a, b| a.node.cmp(&b.node));
+    holders.dedup_by(|a, b| a.node == b.node);
+    let mut asked = tokio::task::JoinSet::new();
+    {
+        let (node, parts, body) = (state.node.to_string(), parts.clone(), body.clone());
+        asked.spawn(async move {
+            let own = next.run(Request::from_parts(parts, axum::body::Body::from(body))).await;
+            (node, Ok(own))
+        });
+    }
+    for holder in holders {
+        let (node, key, parts, body) = (state.node.to_string(), state.key.clone(), parts.clone(), body.clone());
+        asked.spawn(async move {
+            let answer = forward(&holder, &node, &key, &parts, body).await;
+            (holder.node, answer)
+        });
+    }
+    let (mut merged, mut answered) = (ActionBatch::default(), false);
+    while let Some(joined) = asked.join_next().await {
+        let Ok((node, answer)) = joined else { continue };
+        let response = match answer {
+            Ok(response) => response,
+            Err(Failed::NotSent(why) | Failed::NoAnswer(why)) => {
+                tracing::debug!(%node, %why, "a holder's part of an agent's actions did not answer");
+                continue;
+            }
+        };
+        if response.status().is_client_error() {
+            return response;
+        }
+        if response.status() != axum::http::StatusCode::OK {
+            tracing::debug!(%node, status = %response.status(), "a holder's part of an agent's actions was refused");
+            continue;
+        }
+        let Ok(bytes) = axum::body::to_bytes(response.into_body(), usize::MAX).await else { continue };
+        let Ok(part) = serde_json::from_slice::<ActionBatch>(&bytes) else {
+            tracing::warn!(%node, "a holder's part of an agent's actions is not a batch of actions");
+            continue;
+        };
+        answered = true;
+        if let Some(Ok(theirs)) = part.cursor.as_deref().map(Cursor::parse) {
+            cursor.merge(&theirs);
+        }
+        let something = !part.actions.is_empty() || part.host_fault.is_some();
+        merged.actions.extend(part.actions);
+        merged.host_fault = merged.host_fault.or(part.host_fault);
+        if something {
+            break;
+        }
+    }
+    asked.abort_all();
+    if !answered {
+        return ApiError::unavailable(
+            "no node holding a part of the fleet answered for this host's actions; retry in a moment",
+        )
+        .into_response();
+    }
+    merged.actions.sort_by_key(|a| (a.action.created_at, a.seq));
+    merged.cursor = Some(cursor.to_string());
+    axum::Json(merged).into_response()
 }
 
 /// A list of the whole fleet, on a node that holds part of it: every

@@ -56,6 +56,9 @@ pub enum Rule {
     Heartbeats,
     /// Every holder's part, merged by the node asked.
     FanOut,
+    /// An agent's long poll for its host's actions: every holder's queue
+    /// for it, answered as soon as one has something (`forward`).
+    AgentActions,
     /// Several shards at once: what must be settled first.
     Across(&'static str),
 }
@@ -80,8 +83,6 @@ const FORK: &str = "a fork reads its source (in the source name's shard) and cre
                     shard: the source's holder must hand the new service's creation to the other holder";
 const DRAIN: &str = "a host is fleet-wide but its instances are in every shard: the host's record changes on shard \
                      0's holder, then every holder moves its own instances off it";
-const AGENT_ACTIONS: &str = "an agent's actions wait in the memory of the node that decided them: they must be \
-                             queued in the store so an agent's poll of any node finds every holder's";
 const RESTORE: &str = "an archive's id carries its deleted service's slot, but it is restored into a service of a \
                        new name, in that name's shard: as a fork, handed from one holder to the other";
 const AUDIT: &str = "the audit trail is in the shared store, but a team's token sees the entries of its team's \
@@ -143,7 +144,7 @@ pub const TABLE: &[Placed] = &[
     placed("POST", "/v1/hosts", Fleet),
     placed("POST", "/v1/hosts/{name}/drain", Across(DRAIN)),
     placed("POST", "/v1/hosts/{name}/cordon", Fleet),
-    placed("GET", "/v1/hosts/{name}/actions", Across(AGENT_ACTIONS)),
+    placed("GET", "/v1/hosts/{name}/actions", AgentActions),
     placed("POST", "/v1/hosts/{name}/actions/{id}/result", IdInPath("id")),
     // Rollouts' waves and runbooks are singletons; a wave's moves and a
     // runbook's steps are commands to each service's holder.
@@ -233,6 +234,8 @@ pub enum Target {
     Every,
     /// A heartbeat batch's beats by the shard each goes to.
     Split(Beats),
+    /// An agent's actions: every holder's queue for its host.
+    Actions,
     /// Not routable to one shard yet: why.
     Across(&'static str),
 }
@@ -282,6 +285,7 @@ pub fn target(method: &str, path: &str, body: &[u8], shards: u16) -> Result<Targ
         Here => Target::Here,
         Fleet => Target::Fleet,
         FanOut => Target::Every,
+        AgentActions => Target::Actions,
         Across(why) => Target::Across(why),
         ServiceInPath => shard(Slot::of_name(&param("name")?)),
         ServiceInQuery => {
@@ -342,6 +346,8 @@ pub enum Decision {
     Split(Beats),
     /// Every holder, the answers merged.
     Every,
+    /// Every holder's queue of an agent's actions (a long poll).
+    Actions,
     /// Not served while the fleet is split between nodes: why.
     NotYet(&'static str),
 }
@@ -369,6 +375,7 @@ pub fn decide(target: Target, shards: u16, holds: impl Fn(u16) -> bool) -> Decis
             }
         }
         Target::Every => Decision::Every,
+        Target::Actions => Decision::Actions,
         Target::Across(why) => Decision::NotYet(why),
     }
 }
@@ -643,7 +650,7 @@ mod tests {
                 Target::Fleet => vec![0],
                 Target::Shard(s) => vec![*s],
                 Target::Split(p) => p.parts.keys().copied().collect(),
-                Target::Every | Target::Across(_) => (0..shards).collect(),
+                Target::Every | Target::Actions | Target::Across(_) => (0..shards).collect(),
             };
             let decision = decide(target, shards, holds);
             let here = all || touched.iter().all(|&s| holds(s));
@@ -655,7 +662,7 @@ mod tests {
                 Decision::Split(p) => {
                     proptest::prop_assert!(p.parts.len() > 1 && p.parts.keys().any(|&s| !holds(s)));
                 }
-                Decision::Every | Decision::NotYet(_) | Decision::Here => {}
+                Decision::Every | Decision::Actions | Decision::NotYet(_) | Decision::Here => {}
             }
         }
 
