@@ -79,6 +79,13 @@ pub struct Config {
     /// another engine is refused. A provider missing here runs every engine
     /// (configurations built by hand, as in the simulator and tests).
     pub provider_engines: std::collections::BTreeMap<String, Vec<EngineKind>>,
+    /// Providers whose instances run only on a registered host (the
+    /// `local` provider of a control plane with no host of its own,
+    /// `drover serve --no-local`): while no host is registered, a service
+    /// of one is refused (no room) and a new member waits for a host,
+    /// rather than being built nowhere. Others (the simulator) are placed
+    /// on no host while there is none.
+    pub hosted_providers: Vec<String>,
     pub default_provider: String,
     pub default_zones: Vec<String>,
     pub default_team: String,
@@ -150,6 +157,7 @@ impl Default for Config {
             rotation_overlap: Duration::from_secs(300),
             providers: vec!["sim".into()],
             provider_engines: std::collections::BTreeMap::new(),
+            hosted_providers: Vec::new(),
             default_provider: "sim".into(),
             default_zones: vec!["zone-a".into(), "zone-b".into(), "zone-c".into()],
             default_team: "platform".into(),

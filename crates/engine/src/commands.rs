@@ -403,7 +403,7 @@ impl Engine {
         if let Some(storage) = &storage {
             // Its storage must fit too, before either is created.
             let members = 1 + usize::from(storage.followers);
-            self.place_new_service(&zones, members).map_err(CommandError::Conflict)?;
+            self.place_new_service(&provider_name, &zones, members).map_err(CommandError::Conflict)?;
         }
         let team = self.teams.intern(req.team.as_deref().unwrap_or(&self.config.default_team.clone()));
         let provider = self.providers.intern(&provider_name);
@@ -440,7 +440,7 @@ impl Engine {
             upgraded_from: None,
         };
         let members = self.config.policies.get(rec.engine).members(&rec.plan).roles().count();
-        let placed = self.place_new_service(&zones, members).map_err(CommandError::Conflict)?;
+        let placed = self.place_new_service(&rec.provider, &zones, members).map_err(CommandError::Conflict)?;
         let svc_fork_cause = rec.forked_from.as_ref().map(|f| match f.at {
             Some(at) => format!("created: forked from {} as of {}", f.service, at.to_rfc3339()),
             None => format!("created: forked from {} (everything archived)", f.service),

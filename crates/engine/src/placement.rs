@@ -95,10 +95,11 @@ impl Engine {
     /// all (the simulator), so nothing is placed and the member keeps
     /// `zone`. `Err(())`: hosts exist but none may take it now.
     pub(crate) fn place(&self, sslot: u32, zone: u16) -> Result<Option<Placed>, ()> {
-        if self.hosts.is_empty() {
-            return Ok(None);
-        }
         let Some(s) = self.services.get(sslot) else { return Err(()) };
+        if self.hosts.is_empty() {
+            // A provider that runs only on hosts waits for one.
+            return if self.hosted(self.providers.name(s.provider)) { Err(()) } else { Ok(None) };
+        }
         let taken: Vec<u16> = s
             .instances
             .iter()
@@ -109,6 +110,12 @@ impl Engine {
         let mut zones = vec![zone];
         zones.extend(self.zone_order(sslot).into_iter().filter(|&z| z != zone));
         choose_host(&self.candidates(), &taken, &zones).map(Some).ok_or(())
+    }
+
+    /// Whether `provider`'s instances run only on a registered host
+    /// (`Config::hosted_providers`).
+    pub(crate) fn hosted(&self, provider: &str) -> bool {
+        self.config.hosted_providers.iter().any(|p| p == provider)
     }
 
     fn candidates(&self) -> Vec<Candidate> {
@@ -129,7 +136,18 @@ impl Engine {
     /// Placements of a new service's `members` first members, member `k`
     /// wanted in `zones[k % len]` as before hosts, or why they do not fit.
     /// Empty where no host is registered (nothing is placed).
-    pub(crate) fn place_new_service(&self, zones: &[u16], members: usize) -> Result<Vec<Placed>, String> {
+    pub(crate) fn place_new_service(
+        &self,
+        provider: &str,
+        zones: &[u16],
+        members: usize,
+    ) -> Result<Vec<Placed>, String> {
+        if self.hosts.is_empty() && self.hosted(provider) {
+            return Err(format!(
+                "no host is registered yet: a {provider:?} service runs on agent hosts (`drover agent`), and this \
+                 control plane has no host of its own; register a host first"
+            ));
+        }
         if self.hosts.is_empty() || zones.is_empty() {
             return Ok(Vec::new());
         }

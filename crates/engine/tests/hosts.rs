@@ -361,3 +361,23 @@ fn engines_of_several_shards_share_a_host_s_room_and_never_overfill_it() {
     }
     assert!(whole.command(Command::CreateService(request("db7", EngineKind::Postgres, 0))).is_err());
 }
+
+#[test]
+fn a_service_of_a_provider_that_runs_only_on_hosts_waits_for_the_first_host() {
+    // `drover serve --no-local`: its `local` services run on agent hosts only.
+    let mut h = H::new(Config { hosted_providers: vec!["sim".into()], ..fast_config() });
+    let refused = h.command(Command::CreateService(request("early", EngineKind::Postgres, 0)));
+    match refused {
+        Err(CommandError::Conflict(why)) => assert!(why.contains("no host is registered yet"), "{why}"),
+        other => panic!("created with no host to run on: {other:?}"),
+    }
+    assert!(h.e.service_view("early").is_none(), "nothing was created");
+    register(&mut h, "h1", "zone-a", 4);
+    h.create("db", 0);
+    assert_eq!(hosts_of(&h, "db").len(), 1, "placed on the host once there is one");
+
+    // Another provider is placed on no host while there is none, as before.
+    let mut sim = H::new(Config { hosted_providers: vec!["local".into()], ..fast_config() });
+    let db = sim.create("db", 0);
+    assert!(db.instances.iter().all(|i| i.host.is_none()), "{db:#?}");
+}

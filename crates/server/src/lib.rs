@@ -568,6 +568,12 @@ async fn start_up(
     if opts.agents_only && engine_config.default_provider == "local" {
         engine_config.default_provider = "sim".into();
     }
+    if opts.agents_only {
+        // Its `local` services run on agent hosts only: none is built
+        // nowhere before the first host registers (or, on a split fleet,
+        // before this node learns it).
+        engine_config.hosted_providers = vec!["local".into()];
+    }
     if !providers.contains_key(&engine_config.default_provider) {
         tracing::warn!(wanted = %engine_config.default_provider, "default provider not available; using sim");
         engine_config.default_provider = "sim".into();
