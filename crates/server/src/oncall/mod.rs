@@ -363,10 +363,13 @@ async fn bridge_engine_events(
     let mut reading: Option<EventCursor> = None;
     let mut kept = 0u64;
     let mut lost = false;
+    // After the pager did not take an event: read again within a second,
+    // not at the next wake-up (on one node, the next engine event).
+    let mut retry = false;
     // The first pass at once: what was committed before a restart.
     let mut first = true;
     loop {
-        let wait = if poll.is_some() || reading.as_ref().is_some_and(EventCursor::waiting) {
+        let wait = if poll.is_some() || retry || reading.as_ref().is_some_and(EventCursor::waiting) {
             poll.unwrap_or(second)
         } else {
             std::time::Duration::from_secs(3600)
@@ -464,8 +467,10 @@ async fn bridge_engine_events(
         }
         if std::mem::take(&mut lost) {
             reading = None;
+            retry = true;
             continue;
         }
+        retry = false;
         cursor.settle(std::time::Instant::now());
         if cursor.low() != kept {
             let (store, low) = (events.store.clone(), cursor.low());
