@@ -327,24 +327,34 @@ mod tests {
                 tokio::spawn(Actor { machine: first, inbox, shutdown: shutdown.clone(), limits: SMALL }.run_to_end());
             const CALLERS: u32 = 4;
             const CALLS: u64 = 300;
+            // Two callers wait at a call of theirs until the hand-over, so
+            // it falls in the middle of their calls however loaded the
+            // machine; the other two race it.
+            let (redirected, gate) = watch::channel(false);
+            let gate_at = 50 + round * 10;
             let callers: Vec<_> = (0..CALLERS)
                 .map(|caller| {
-                    let handle = handle.clone();
+                    let (handle, mut gate) = (handle.clone(), gate.clone());
                     tokio::spawn(async move {
                         let mut answers = Vec::new();
                         for n in 0..CALLS {
+                            if caller < 2 && n == gate_at {
+                                let _ = gate.wait_for(|r| *r).await;
+                            }
                             answers.push(handle.call((caller, n)).await.expect("every call is answered"));
                         }
                         answers
                     })
                 })
                 .collect();
-            // Somewhere in the middle of the calls.
-            let midway = 100 + round * 40;
+            // Somewhere in the middle of the calls (reached before the gate
+            // opens: the racing callers alone make 600).
+            let midway = 100 + round * 20;
             while handle.query(|count| *count).await.unwrap() < midway {
                 tokio::task::yield_now().await;
             }
             let inbox = handle.redirect(SMALL);
+            redirected.send_replace(true);
             let old = old.await.expect("the old actor ends once its channel is drained");
             let handed = old.count;
             let second = Counter { generation: 2, count: old.count, stepped: Vec::new(), commits: 0 };
@@ -377,7 +387,7 @@ mod tests {
             assert!(handed <= new.count && old.commits > 0, "round {round}");
             split += usize::from(!old.stepped.is_empty() && !new.stepped.is_empty());
         }
-        assert!(split >= 10, "the hand-over fell in the middle of the calls in only {split} of 20 rounds");
+        assert_eq!(split, 20, "the hand-over fell in the middle of the calls in only {split} of 20 rounds");
     }
 
     #[tokio::test]

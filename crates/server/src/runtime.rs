@@ -646,9 +646,15 @@ where
     }
     let (services, instances) = (part.services.len(), part.instances.len());
     let out = machine.absorb(part, share, now());
-    commit(&machine.store, out.changes)
-        .await
-        .map_err(|e| anyhow::anyhow!("cannot persist what the engine decided on the shards it took: {e}"))?;
+    if let Err(error) = commit(&machine.store, out.changes).await {
+        // As a batch's failed commit: nothing dispatched (the running
+        // actions time out and are retried), later commits write the
+        // newest records again, and the next hand-over loads it whole. The
+        // engine runs on for the shards it kept.
+        tracing::error!(%error, "what the engine decided on the shards it took could not be persisted");
+        machine.refused = true;
+        return Ok(tokio::spawn(actor::Actor { machine, inbox, shutdown, limits: LIMITS }.run_to_end()));
+    }
     tracing::info!(
         held = share.held,
         of = share.of,

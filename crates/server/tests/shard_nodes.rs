@@ -394,6 +394,9 @@ async fn a_node_cut_off_past_its_leases_acts_on_nothing_it_lost_and_rejoins() {
     let b = Node::start(&relay.url, "b").await;
     until("two shards each", Duration::from_secs(20), || a.held().len() == 2 && b.held().len() == 2).await;
     let b_held = b.held();
+    // b's engine has taken them (answered after the hand-over's commit).
+    let expected: BTreeSet<String> = fleet.iter().filter(|n| b_held.contains(&shard_of(n))).cloned().collect();
+    assert_eq!(b.services().await, expected);
 
     // Cut off for longer than a lease.
     let cut = TTL + Duration::from_secs(4);

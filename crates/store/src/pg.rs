@@ -38,6 +38,11 @@ pub(crate) mod embedded_pg {
     refinery::embed_migrations!("migrations_pg");
 }
 
+/// How long a fenced commit's transaction may wait for the node's next
+/// statement before the server ends it (`commit_group`): far above the
+/// gaps of a live node's pipelined commit, below the default lease (3 s).
+const FENCED_COMMIT_IDLE: &str = "SET LOCAL idle_in_transaction_session_timeout = '2s'";
+
 /// Connections in the pool: the writer's, and a few for readers,
 /// `record_start` and `prune_log`.
 const POOL_SIZE: usize = 4;
@@ -694,6 +699,14 @@ async fn commit_group(
 ) -> Result<Vec<Result<(), u32>>, StoreError> {
     let mut client = pool.get().await.map_err(pool_error(target))?;
     let tx = client.transaction().await.map_err(pg("beginning a commit"))?;
+    if holder.is_some() || shards.is_some() {
+        // The fence below holds its lease rows FOR SHARE until the commit:
+        // a node cut off or stopped in the middle of one must not keep
+        // them locked (and the next holder from taking them) until TCP
+        // gives up. The server ends the transaction once it waited this
+        // long for the node's next statement.
+        tx.batch_execute(FENCED_COMMIT_IDLE).await.map_err(pg("beginning a commit"))?;
+    }
     // Several shards: each batch is fenced by the shards it writes, and
     // the fleet's token (shard 0's) fences only the singletons' writes.
     let admitted = match shards {
