@@ -62,6 +62,15 @@ impl Hosts {
     }
 }
 
+/// What an engine learned from the fleet's records (`Input::FleetRecords`).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub(crate) struct FleetLearned {
+    pub images: usize,
+    pub hosts: usize,
+    /// Hosts it had that an operator cordoned or drained since.
+    pub host_states: usize,
+}
+
 impl Engine {
     /// Hosts from their records, at a restart (before the instances, which
     /// name them).
@@ -79,13 +88,18 @@ impl Engine {
 
     /// Images and hosts another node registered (`Input::FleetRecords`):
     /// those this engine lacks are added; a new host lets the services
-    /// waiting for room try again. Returns how many images and hosts were new.
+    /// waiting for room try again. An operator's cordon or drain of a host
+    /// (through shard 0's holder) is taken on as this engine's own: no new
+    /// member of its services goes there, and a drain moves its members
+    /// off. Nothing learned is written: the store has it. Returns how many
+    /// images, hosts and host states were new.
     pub(crate) fn learn_fleet_records(
         &mut self,
         images: Vec<drover_model::Image>,
         hosts: Vec<HostRecord>,
-    ) -> (usize, usize) {
-        let mut new_images = 0;
+        now: i64,
+    ) -> FleetLearned {
+        let mut learned = FleetLearned::default();
         for image in images {
             match self.images.index.get(&image.id) {
                 // A stand-in for an image a record named before it was
@@ -94,23 +108,45 @@ impl Engine {
                     if let Some(held) = self.images.list.get_mut(i as usize) {
                         if crate::restore::is_placeholder(held) && !crate::restore::is_placeholder(&image) {
                             *held = image;
-                            new_images += 1;
+                            learned.images += 1;
                         }
                     }
                 }
                 None => {
                     self.images.insert(image);
-                    new_images += 1;
+                    learned.images += 1;
                 }
             }
         }
         let before = self.hosts.list.len();
+        let operator_states: Vec<(String, HostState)> = hosts
+            .iter()
+            .filter(|r| matches!(r.state, HostState::Cordoned | HostState::Draining))
+            .map(|r| (r.name.clone(), r.state))
+            .collect();
         self.restore_hosts(hosts);
-        let new_hosts = self.hosts.list.len() - before;
-        if new_hosts > 0 {
+        learned.hosts = self.hosts.list.len() - before;
+        for (name, to) in operator_states {
+            let Some(h) = self.host_index(&name) else { continue };
+            let Some(slot) = self.hosts.get_mut(h) else { continue };
+            let new = usize::from(h) >= before;
+            let from = slot.rec.state;
+            if !new && (from == to || (from == HostState::Draining && to == HostState::Cordoned)) {
+                continue;
+            }
+            slot.rec.state = to;
+            if !new {
+                learned.host_states += 1;
+            }
+            if to == HostState::Draining {
+                self.mark_services_on_host(h);
+                self.wake_drains(now);
+            }
+        }
+        if learned.hosts > 0 {
             self.wake_waiting();
         }
-        (new_images, new_hosts)
+        learned
     }
 
     pub(crate) fn host_index(&self, name: &str) -> Option<u16> {

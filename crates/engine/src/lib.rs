@@ -338,8 +338,11 @@ impl Engine {
                 out.reply = Some(Ok(Reply::Heartbeats(receipt)));
             }
             Input::FleetRecords { images, hosts } => {
-                let (images, hosts) = self.learn_fleet_records(images, hosts);
-                out.reply = Some(Ok(Reply::Noted(format!("learned {images} images and {hosts} hosts"))));
+                let learned = self.learn_fleet_records(images, hosts, now);
+                out.reply = Some(Ok(Reply::Noted(format!(
+                    "learned {} images, {} hosts and {} host states",
+                    learned.images, learned.hosts, learned.host_states
+                ))));
             }
         }
         self.reconcile_dirty(now, out);

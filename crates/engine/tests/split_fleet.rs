@@ -188,7 +188,11 @@ fn an_engine_learns_the_images_and_hosts_another_node_registered_and_uses_them()
     assert!(matches!(refused, Err(drover_engine::CommandError::Conflict(_))), "{refused:?}");
 
     let out = other.e.step(Input::FleetRecords { images, hosts: vec![h1.clone(), h2.clone()] }, Timestamp(other.now));
-    assert!(matches!(&out.reply, Some(Ok(Reply::Noted(n))) if n == "learned 1 images and 1 hosts"), "{:?}", out.reply);
+    assert!(
+        matches!(&out.reply, Some(Ok(Reply::Noted(n))) if n == "learned 1 images, 1 hosts and 0 host states"),
+        "{:?}",
+        out.reply
+    );
     assert!(out.changes.images.is_empty() && out.changes.hosts.is_empty(), "nothing of the learned records is written");
     other.absorb(out);
     assert!(other.e.images().iter().any(|i| i.id == newer.id), "the image is known");
@@ -200,7 +204,7 @@ fn an_engine_learns_the_images_and_hosts_another_node_registered_and_uses_them()
     // Learned twice: nothing new.
     let again =
         other.e.step(Input::FleetRecords { images: vec![newer.clone()], hosts: vec![h2] }, Timestamp(other.now));
-    assert!(matches!(&again.reply, Some(Ok(Reply::Noted(n))) if n == "learned 0 images and 0 hosts"));
+    assert!(matches!(&again.reply, Some(Ok(Reply::Noted(n))) if n == "learned 0 images, 0 hosts and 0 host states"));
 }
 
 #[test]
@@ -217,4 +221,59 @@ fn a_learned_image_replaces_the_stand_in_a_taken_service_named_it_by() {
     let held = e.images().into_iter().find(|i| i.id == real.id).expect("the image");
     assert_eq!(held.version, real.version, "the real image replaced the stand-in");
     assert_eq!(e.images().iter().filter(|i| i.id == real.id).count(), 1);
+}
+
+/// A cordon or a drain is ordered through shard 0's holder, whose engine
+/// writes the host's new state; every other engine learns it from the
+/// store (`Input::FleetRecords`) and acts on its own services: a cordoned
+/// host takes none of its new members, a draining one is emptied of them
+/// as a drain ordered to it would (moves, never failovers).
+#[test]
+fn an_engine_learns_a_cordon_and_a_drain_ordered_through_another_node_and_acts_on_its_own_services() {
+    let mut other = H::new(fast_config());
+    for (name, zone) in [("h1", "zone-a"), ("h2", "zone-b"), ("h3", "zone-c")] {
+        register_host(&mut other, name, zone);
+    }
+    other.create("alpha", 1);
+    other.create("beta", 2);
+    register_host(&mut other, "h4", "zone-a");
+    other.advance(Duration::from_secs(5));
+    let on = |h: &H, host: &str| h.e.host_views().iter().find(|v| v.name == host).map_or(0, |v| v.instances);
+    assert_eq!(on(&other, "h1"), 2, "a member of each on h1: {:?}", other.e.host_views());
+
+    // Shard 0's holder's record of h4 after a cordon there.
+    let mut h4 = other.store.hosts["h4"].clone();
+    h4.state = HostState::Cordoned;
+    let out = other.e.step(Input::FleetRecords { images: Vec::new(), hosts: vec![h4.clone()] }, Timestamp(other.now));
+    assert!(
+        matches!(&out.reply, Some(Ok(Reply::Noted(n))) if n == "learned 0 images, 0 hosts and 1 host states"),
+        "{:?}",
+        out.reply
+    );
+    assert!(out.changes.hosts.is_empty() && out.changes.events.is_empty(), "the cordon's record is the other node's");
+    other.absorb(out);
+    assert_eq!(other.e.host_record("h4").unwrap().state, HostState::Cordoned);
+    let gamma = other.create("gamma", 0);
+    assert!(gamma.instances.iter().all(|i| i.host.as_deref() == Some("h1")), "zone-a's only open host: {gamma:#?}");
+
+    // Then a drain of h1 and of h4 (a cordoned host may be drained).
+    let mut h1 = other.store.hosts["h1"].clone();
+    h1.state = HostState::Draining;
+    let cordoned_again = h4.clone();
+    h4.state = HostState::Draining;
+    let out = other.e.step(Input::FleetRecords { images: Vec::new(), hosts: vec![h1, h4] }, Timestamp(other.now));
+    assert!(matches!(&out.reply, Some(Ok(Reply::Noted(n))) if n.ends_with("and 2 host states")), "{:?}", out.reply);
+    other.absorb(out);
+    // A stale cordon read after the drain does not undo it.
+    other.e.step(Input::FleetRecords { images: Vec::new(), hosts: vec![cordoned_again] }, Timestamp(other.now));
+    assert_eq!(other.e.host_record("h4").unwrap().state, HostState::Draining, "a drain is never undone by a cordon");
+    register_host(&mut other, "h5", "zone-a");
+    other.advance(Duration::from_secs(180));
+    assert_eq!(on(&other, "h1"), 0, "h1 still holds members: {:?}", other.e.host_views());
+    for s in ["alpha", "beta", "gamma"] {
+        assert_eq!(other.service(s).state, ServiceState::Available, "{s}");
+    }
+    let drained = other.dispatched.iter().filter(|a| a.cause.starts_with("drain of host h1")).count();
+    assert!(drained >= 3, "the moves say they are the drain's: {drained}");
+    assert!(!other.store.events.iter().any(|e| e.cause.contains("failover")), "a drain never fails over");
 }

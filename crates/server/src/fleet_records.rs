@@ -3,12 +3,16 @@
 //! hosts are registered through shard 0's holder (`shard_route`'s `Fleet`
 //! rule), and every node's engine learns those it lacks from the shared
 //! store within [`POLL`] (`Input::FleetRecords`), so a service of any shard
-//! can be created on a new image or placed on a new host. Both are only
-//! ever added, so their counts say when there is something to learn.
+//! can be created on a new image or placed on a new host. An operator's
+//! cordon or drain of a host, ordered through shard 0's holder too, is
+//! learned the same way: each engine then keeps its own services' new
+//! members off the host, and moves them off a drained one. Images and
+//! hosts are only ever added and a host's operator state only moves
+//! forward, so counts say when there is something to learn.
 //!
-//! Not learned here: changes of a host's state (cordon, drain), which
-//! each engine acts on for its own instances, and rollouts, whose waves
-//! run on shard 0's holder.
+//! Not learned here: a host's silence, which each engine judges from its
+//! own instances' heartbeats, and rollouts, whose waves run on shard 0's
+//! holder.
 
 use crate::runtime::EngineHandle;
 use drover_engine::Input;
@@ -17,14 +21,15 @@ use std::sync::Arc;
 use std::time::Duration;
 use tokio::sync::watch;
 
-/// How often a node asks the store whether images or hosts were added.
+/// How often a node asks the store whether images or hosts were added, or
+/// a host cordoned or drained.
 pub const POLL: Duration = Duration::from_millis(500);
 
 /// Runs until `stop`: the engine behind `engine` learns every image and
 /// host `store` has.
 pub fn spawn(engine: EngineHandle, store: Arc<PgStore>, mut stop: watch::Receiver<bool>) {
     tokio::spawn(async move {
-        let mut seen: Option<(i64, i64)> = None;
+        let mut seen: Option<drover_store::FleetRecordCounts> = None;
         loop {
             tokio::select! {
                 _ = stop.wait_for(|s| *s) => return,

@@ -81,8 +81,6 @@ const DASHBOARD: &str = "the dashboard renders HTML from its own node's engine: 
                          read through the routed API (a service's page from its holder, the lists merged)";
 const FORK: &str = "a fork reads its source (in the source name's shard) and creates a service in the new name's \
                     shard: the source's holder must hand the new service's creation to the other holder";
-const DRAIN: &str = "a host is fleet-wide but its instances are in every shard: the host's record changes on shard \
-                     0's holder, then every holder moves its own instances off it";
 const RESTORE: &str = "an archive's id carries its deleted service's slot, but it is restored into a service of a \
                        new name, in that name's shard: as a fork, handed from one holder to the other";
 const AUDIT: &str = "the audit trail is in the shared store, but a team's token sees the entries of its team's \
@@ -123,7 +121,9 @@ pub const TABLE: &[Placed] = &[
     placed("GET", "/v1/pager/metrics.svg", Fleet),
     placed("GET", "/v1/pager/feed", Fleet),
     placed("GET", "/v1/pager/oncall", Fleet),
-    // The software catalog, images, advisories and hosts: fleet-wide records.
+    // The software catalog, images, advisories and hosts: fleet-wide records
+    // (a host's cordon or drain is learned by every node's engine,
+    // `fleet_records`, which moves its own services' members).
     placed("GET", "/v1/components", Fleet),
     placed("POST", "/v1/components", Fleet),
     placed("POST", "/v1/components/{name}/stage", Fleet),
@@ -142,7 +142,7 @@ pub const TABLE: &[Placed] = &[
     ),
     placed("GET", "/v1/hosts", Fleet),
     placed("POST", "/v1/hosts", Fleet),
-    placed("POST", "/v1/hosts/{name}/drain", Across(DRAIN)),
+    placed("POST", "/v1/hosts/{name}/drain", Fleet),
     placed("POST", "/v1/hosts/{name}/cordon", Fleet),
     placed("GET", "/v1/hosts/{name}/actions", AgentActions),
     placed("POST", "/v1/hosts/{name}/actions/{id}/result", IdInPath("id")),

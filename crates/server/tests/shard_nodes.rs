@@ -9,7 +9,7 @@
 mod pg;
 
 use drover_engine::{Command, Config, Engine, Input};
-use drover_model::{ActionOutcome, ActionRecord, CreateService, EngineKind, Slot};
+use drover_model::{ActionOutcome, ActionRecord, CreateService, EngineKind, HostState, Slot};
 use drover_providers::{BoxFuture, Provider, ProviderEvent};
 use drover_server::runtime::{self, EngineHandle, EngineMachine};
 use drover_server::{actor, held, lease};
@@ -318,6 +318,25 @@ async fn images_and_hosts_registered_through_shard_zero_s_holder_are_learned_by_
         view.instances.iter().all(|i| i.host.as_deref() == Some("h9")),
         "placed on the host registered through the other node: {view:#?}"
     );
+
+    // A cordon, then a drain, ordered through shard 0's holder: the other
+    // node's engine takes them on (its own services' moves are
+    // `split_fleet`'s, in the engine's tests).
+    for (command, state) in [
+        (Command::CordonHost { name: "h9".into() }, HostState::Cordoned),
+        (Command::DrainHost { name: "h9".into() }, HostState::Draining),
+    ] {
+        zero.handle.call(Input::Command { actor: "test".into(), role: None, command }).await.expect("ordered");
+        let ordered = Instant::now();
+        loop {
+            let now = other.handle.query(|e: &Engine| e.host_record("h9").map(|r| r.state)).await.unwrap();
+            if now == Some(state) {
+                break;
+            }
+            assert!(ordered.elapsed() < Duration::from_secs(5), "{} never learned h9 {state}: {now:?}", other.name);
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
     for node in [a, b] {
         node.kill().await;
     }

@@ -30,7 +30,7 @@ pub mod tokens;
 mod writer;
 
 pub use pg::{Cluster, LeaseHeld, LeaseNow, NodeSeen, PgStore, ShardFence, FLEET_SHARD, HOLDER_LOCK};
-pub use shards::{ShardFilter, ShardRound, MAX_SHARDS};
+pub use shards::{FleetRecordCounts, ShardFilter, ShardRound, MAX_SHARDS};
 pub use sqlite::{SqliteStore, WriterCounters};
 
 use drover_model::{ActionRecord, AuditEntry, Changes, Event, InstanceId, ServiceId, Snapshot, Timestamp};

@@ -874,6 +874,18 @@ pub(crate) async fn check_lease(
     }
 }
 
+/// A host's record, written by whichever node's engine changed it. An
+/// operator's cordon or drain (ordered through shard 0's holder) is never
+/// taken back by a write from an engine that has not learned it yet (a
+/// silence judged on another node, `fleet_records`): such a write is
+/// dropped, and that engine learns the operator's state within a poll.
+pub(crate) const HOSTS_UPSERT: &str =
+    "INSERT INTO hosts (name, zone, state, registered_at, record) VALUES ($1, $2, $3, $4, $5)
+     ON CONFLICT (name) DO UPDATE SET zone = excluded.zone, state = excluded.state,
+       registered_at = excluded.registered_at, record = excluded.record
+     WHERE NOT (hosts.state IN ('cordoned', 'draining') AND excluded.state NOT IN ('cordoned', 'draining'))
+       AND NOT (hosts.state = 'draining' AND excluded.state = 'cordoned')";
+
 /// The upserts and appends of `rows::apply`, in PostgreSQL's dialect.
 struct Statements {
     services: Statement,
@@ -930,9 +942,7 @@ impl Statements {
                 .await?,
             hosts: tx
                 .prepare_cached(
-                    "INSERT INTO hosts (name, zone, state, registered_at, record) VALUES ($1, $2, $3, $4, $5)
-                     ON CONFLICT (name) DO UPDATE SET zone = excluded.zone, state = excluded.state,
-                       registered_at = excluded.registered_at, record = excluded.record",
+                    HOSTS_UPSERT,
                 )
                 .await?,
             archives: tx

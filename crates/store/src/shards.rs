@@ -51,6 +51,15 @@ impl ShardFilter {
 const SHARD_COUNT: &str = "shards";
 
 /// What one round did ([`PgStore::shard_round`]).
+/// What `PgStore::fleet_record_counts` counts.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct FleetRecordCounts {
+    pub images: i64,
+    pub hosts: i64,
+    pub cordoned: i64,
+    pub draining: i64,
+}
+
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct ShardRound {
     /// Held before the round and renewed (the holder's own deadline counts
@@ -167,16 +176,23 @@ impl PgStore {
         self.load_where(Some(filter), false)
     }
 
-    /// How many images and hosts the store has: they are only ever added,
-    /// so a node that saw these numbers has seen them all
+    /// How many images and hosts the store has, and how many hosts an
+    /// operator cordoned or drained: images and hosts are only ever added,
+    /// and a host's operator state only moves forward (ready → cordoned →
+    /// draining; the hosts' upsert never takes it back, `pg::HOSTS_UPSERT`),
+    /// so a node that saw these numbers has seen it all
     /// (`PgStore::fleet_records`).
-    pub fn fleet_record_counts(&self) -> Result<(i64, i64), StoreError> {
+    pub fn fleet_record_counts(&self) -> Result<FleetRecordCounts, StoreError> {
         self.with_client(|client| async move {
             let row = client
-                .query_one("SELECT (SELECT count(*) FROM images), (SELECT count(*) FROM hosts)", &[])
+                .query_one(
+                    "SELECT (SELECT count(*) FROM images), count(*), count(*) FILTER (WHERE state = 'cordoned'),
+                       count(*) FILTER (WHERE state = 'draining') FROM hosts",
+                    &[],
+                )
                 .await
                 .map_err(pg("counting the fleet's images and hosts"))?;
-            Ok((row.get(0), row.get(1)))
+            Ok(FleetRecordCounts { images: row.get(0), hosts: row.get(1), cordoned: row.get(2), draining: row.get(3) })
         })
     }
 

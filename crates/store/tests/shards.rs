@@ -374,3 +374,54 @@ fn a_node_writes_only_the_shards_it_holds() {
     commit(&b, lost).expect("b writes its new shard");
     assert!(written(lost));
 }
+
+/// A host's operator state (cordoned, draining) only moves forward in the
+/// store: a write from an engine that has not learned it yet (its own
+/// judgement of the host's silence, or an older view) is dropped, and
+/// `fleet_record_counts` changes with every step, so every node's poll
+/// learns it (`drover_server::fleet_records`).
+#[test]
+fn an_operator_s_cordon_or_drain_is_never_taken_back_by_a_node_that_has_not_learned_it() {
+    use drover_model::{Changes, HostRecord, HostState, Timestamp};
+    use drover_store::{FleetRecordCounts, Store};
+    let pg = PgServer::start();
+    let store = PgStore::connect(&pg.url(common::DB)).unwrap();
+    let host = |state: HostState, capacity: u32| HostRecord {
+        name: "h1".into(),
+        zone: "zone-a".into(),
+        address: "127.0.0.2".into(),
+        capacity,
+        state,
+        registered_at: Timestamp(1),
+        last_seen: None,
+        builtin: false,
+    };
+    let write = |state: HostState, capacity: u32| {
+        store.commit(Changes { hosts: vec![host(state, capacity)], ..Default::default() }).unwrap();
+    };
+    let stored = || {
+        let hosts = store.load().unwrap().hosts;
+        assert_eq!(hosts.len(), 1);
+        (hosts[0].state, hosts[0].capacity)
+    };
+    let counts = |cordoned, draining| FleetRecordCounts { images: 0, hosts: 1, cordoned, draining };
+
+    write(HostState::Ready, 4);
+    assert_eq!(store.fleet_record_counts().unwrap(), counts(0, 0));
+    write(HostState::Uncertain, 5);
+    assert_eq!(stored(), (HostState::Uncertain, 5), "a host's own states are written as they come");
+    write(HostState::Cordoned, 6);
+    assert_eq!(store.fleet_record_counts().unwrap(), counts(1, 0));
+    for stale in [HostState::Ready, HostState::Uncertain, HostState::Down] {
+        write(stale, 7);
+        assert_eq!(stored(), (HostState::Cordoned, 6), "{stale} took a cordon back");
+    }
+    write(HostState::Draining, 8);
+    assert_eq!(store.fleet_record_counts().unwrap(), counts(0, 1));
+    for stale in [HostState::Ready, HostState::Cordoned, HostState::Uncertain] {
+        write(stale, 9);
+        assert_eq!(stored(), (HostState::Draining, 8), "{stale} took a drain back");
+    }
+    write(HostState::Draining, 10);
+    assert_eq!(stored(), (HostState::Draining, 10), "the holder of a drain still writes its host");
+}
