@@ -11,6 +11,21 @@ use drover_model::{ActionKind, EventKind, EventSubject, InstanceId, InstanceStat
 pub const FLEET_SCOPE: &str = "fleet";
 
 impl Engine {
+    /// The scopes whose automation is frozen by hand: [`FLEET_SCOPE`] and
+    /// zone names.
+    pub fn frozen_scopes(&self) -> Vec<String> {
+        let mut scopes: Vec<String> = Vec::new();
+        if self.fleet_zone.frozen_since.is_some() {
+            scopes.push(FLEET_SCOPE.to_string());
+        }
+        for (z, zs) in self.zone_state.iter().enumerate() {
+            if zs.frozen_since.is_some() {
+                scopes.push(self.zones.name(z as u16).to_string());
+            }
+        }
+        scopes
+    }
+
     /// Freezes (or releases) automation in a zone or the fleet. Freezing a
     /// zone no service uses yet is allowed: a freeze may come first.
     pub(crate) fn freeze_automation(

@@ -94,7 +94,7 @@ pub struct FleetStats {
 }
 
 /// One engine's services as the status site sees them.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub struct EngineHealth {
     pub engine: drover_model::EngineKind,
     /// Services that exist for their owners: neither still being built
@@ -106,6 +106,25 @@ pub struct EngineHealth {
     /// The mass-uncertainty brake holds a zone one of them lives in (or
     /// the whole fleet).
     pub braked: bool,
+}
+
+impl EngineHealth {
+    /// Parts of one fleet (each shard's, on a fleet split between nodes)
+    /// added up per engine, in the order each engine first appears.
+    pub fn sum(parts: impl IntoIterator<Item = EngineHealth>) -> Vec<EngineHealth> {
+        let mut total: Vec<EngineHealth> = Vec::new();
+        for part in parts {
+            match total.iter_mut().find(|t| t.engine == part.engine) {
+                Some(t) => {
+                    t.live += part.live;
+                    t.down += part.down;
+                    t.braked |= part.braked;
+                }
+                None => total.push(part),
+            }
+        }
+        total
+    }
 }
 
 /// What depends on a component of the lifecycle board: the images whose

@@ -195,14 +195,29 @@ impl Engine {
     /// whether the brake holds one of their zones: what the public status
     /// site derives its components from. One pass over the services.
     pub fn engine_health(&self) -> Vec<EngineHealth> {
+        self.health_by(|_| ()).remove(&()).unwrap_or_default()
+    }
+
+    /// [`Engine::engine_health`] of each shard of `shards` this engine has
+    /// services in (a fleet split between nodes: the status site sums every
+    /// shard's, `EngineHealth::sum`).
+    pub fn engine_health_by_shard(&self, shards: u16) -> std::collections::BTreeMap<u16, Vec<EngineHealth>> {
+        self.health_by(|s| s.id.slot().shard(shards))
+    }
+
+    fn health_by<K: Ord>(
+        &self,
+        key: impl Fn(&crate::fleet::Svc) -> K,
+    ) -> std::collections::BTreeMap<K, Vec<EngineHealth>> {
         use drover_model::EngineKind;
         let fleet_braked = self.fleet_zone.braked_since.is_some() || self.fleet_zone.frozen_since.is_some();
         let braked_zone: Vec<bool> =
             self.zone_state.iter().map(|z| z.braked_since.is_some() || z.frozen_since.is_some()).collect();
         let kinds = [EngineKind::Postgres, EngineKind::Redis, EngineKind::Kafka];
-        let mut slots: [Option<EngineHealth>; 3] = [None; 3];
+        let mut parts: std::collections::BTreeMap<K, [Option<EngineHealth>; 3]> = std::collections::BTreeMap::new();
         for (_, s) in self.services.iter() {
             let index = kinds.iter().position(|&k| k == s.engine).unwrap_or(0);
+            let slots = parts.entry(key(s)).or_default();
             let h =
                 slots[index].get_or_insert(EngineHealth { engine: s.engine, live: 0, down: 0, braked: fleet_braked });
             if matches!(s.state, ServiceState::Provisioning | ServiceState::Deleting | ServiceState::Deleted) {
@@ -216,8 +231,7 @@ impl Engine {
                 h.braked = true;
             }
         }
-        let out: Vec<EngineHealth> = slots.into_iter().flatten().collect();
-        out
+        parts.into_iter().map(|(k, slots)| (k, slots.into_iter().flatten().collect())).collect()
     }
 
     /// What depends on the component `name` made of `packages` (binary or

@@ -22,6 +22,8 @@ pub struct ThisNode {
     pub name: String,
     pub url: String,
     pub shared: Option<(Arc<drover_store::PgStore>, Duration)>,
+    /// The shards it holds and their holders (`lease::ShardMap`).
+    pub shards: crate::lease::Shards,
 }
 
 #[derive(Serialize, utoipa::ToSchema, Debug)]

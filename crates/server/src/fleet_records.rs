@@ -10,13 +10,18 @@
 //! hosts are only ever added and a host's operator state only moves
 //! forward, so counts say when there is something to learn.
 //!
+//! Freezes of automation by hand (a runbook run on shard 0's holder) are
+//! learned the same way: every engine stops its remedies in the zone.
+//!
 //! Not learned here: a host's silence, which each engine judges from its
 //! own instances' heartbeats, and rollouts, whose waves run on shard 0's
 //! holder.
 
 use crate::runtime::EngineHandle;
-use drover_engine::Input;
+use drover_engine::{Command, Input};
+use drover_store::breakglass::BreakGlassStore;
 use drover_store::PgStore;
+use std::collections::BTreeSet;
 use std::sync::Arc;
 use std::time::Duration;
 use tokio::sync::watch;
@@ -26,45 +31,94 @@ use tokio::sync::watch;
 pub const POLL: Duration = Duration::from_millis(500);
 
 /// Runs until `stop`: the engine behind `engine` learns every image and
-/// host `store` has.
-pub fn spawn(engine: EngineHandle, store: Arc<PgStore>, mut stop: watch::Receiver<bool>) {
+/// host `store` has, and every freeze of automation by hand `breakglass`
+/// has (a runbook's freeze runs on shard 0's holder's engine; every other
+/// engine must stop its remedies in that zone too).
+pub fn spawn(
+    engine: EngineHandle,
+    store: Arc<PgStore>,
+    breakglass: Arc<BreakGlassStore>,
+    mut stop: watch::Receiver<bool>,
+) {
     tokio::spawn(async move {
         let mut seen: Option<drover_store::FleetRecordCounts> = None;
+        let mut frozen: Option<BTreeSet<String>> = None;
         loop {
             tokio::select! {
                 _ = stop.wait_for(|s| *s) => return,
                 _ = tokio::time::sleep(POLL) => {}
             }
-            let counting = Arc::clone(&store);
-            let counts = match tokio::task::spawn_blocking(move || counting.fleet_record_counts()).await {
-                Ok(Ok(counts)) => counts,
-                Ok(Err(error)) => {
-                    tracing::warn!(%error, "cannot count the fleet's images and hosts; retrying");
-                    continue;
-                }
-                Err(_) => continue,
-            };
-            if seen == Some(counts) {
-                continue;
-            }
-            let reading = Arc::clone(&store);
-            let (images, hosts) = match tokio::task::spawn_blocking(move || reading.fleet_records()).await {
-                Ok(Ok(records)) => records,
-                Ok(Err(error)) => {
-                    tracing::warn!(%error, "cannot read the fleet's images and hosts; retrying");
-                    continue;
-                }
-                Err(_) => continue,
-            };
-            // Counted before they were read: at least what was counted.
-            match engine.call(Input::FleetRecords { images, hosts }).await {
-                Ok(reply) => {
-                    tracing::debug!(?reply, "the engine learned the fleet's images and hosts");
-                    seen = Some(counts);
-                }
-                // Handed over or stopping: asked again at the next poll.
-                Err(error) => tracing::debug!(%error, "the engine did not take the fleet's images and hosts"),
-            }
+            learn_records(&engine, &store, &mut seen).await;
+            learn_freezes(&engine, &breakglass, &mut frozen).await;
         }
     });
+}
+
+async fn learn_records(
+    engine: &EngineHandle,
+    store: &Arc<PgStore>,
+    seen: &mut Option<drover_store::FleetRecordCounts>,
+) {
+    let counting = Arc::clone(store);
+    let counts = match tokio::task::spawn_blocking(move || counting.fleet_record_counts()).await {
+        Ok(Ok(counts)) => counts,
+        Ok(Err(error)) => {
+            tracing::warn!(%error, "cannot count the fleet's images and hosts; retrying");
+            return;
+        }
+        Err(_) => return,
+    };
+    if *seen == Some(counts) {
+        return;
+    }
+    let reading = Arc::clone(store);
+    let (images, hosts) = match tokio::task::spawn_blocking(move || reading.fleet_records()).await {
+        Ok(Ok(records)) => records,
+        Ok(Err(error)) => {
+            tracing::warn!(%error, "cannot read the fleet's images and hosts; retrying");
+            return;
+        }
+        Err(_) => return,
+    };
+    // Counted before they were read: at least what was counted.
+    match engine.call(Input::FleetRecords { images, hosts }).await {
+        Ok(reply) => {
+            tracing::debug!(?reply, "the engine learned the fleet's images and hosts");
+            *seen = Some(counts);
+        }
+        // Handed over or stopping: asked again at the next poll.
+        Err(error) => tracing::debug!(%error, "the engine did not take the fleet's images and hosts"),
+    }
+}
+
+/// The freezes the store has that were not there at the last poll are
+/// applied to the engine, and those gone are released (the first poll
+/// applies every one: freezing again is a no-op). Only changes are acted
+/// on: on the node whose runbook froze or released a zone, the engine
+/// changes before the store does, and must not be put back in between.
+/// An engine handed over starts with the store's freezes (`held::Freezes`).
+async fn learn_freezes(engine: &EngineHandle, breakglass: &Arc<BreakGlassStore>, seen: &mut Option<BTreeSet<String>>) {
+    let reading = Arc::clone(breakglass);
+    let now: BTreeSet<String> = match tokio::task::spawn_blocking(move || reading.freezes()).await {
+        Ok(Ok(scopes)) => scopes.into_iter().collect(),
+        Ok(Err(error)) => {
+            tracing::warn!(%error, "cannot read the freezes of automation; retrying");
+            return;
+        }
+        Err(_) => return,
+    };
+    let before = seen.clone().unwrap_or_default();
+    if seen.as_ref() == Some(&now) {
+        return;
+    }
+    let freeze = now.difference(&before).map(|s| Command::FreezeAutomation { scope: s.clone() });
+    let release = before.difference(&now).map(|s| Command::ReleaseAutomation { scope: s.clone() });
+    for command in freeze.chain(release).collect::<Vec<_>>() {
+        if let Err(error) = engine.call(Input::Command { actor: "drover".into(), role: None, command }).await {
+            // Handed over or stopping: asked again at the next poll.
+            tracing::debug!(%error, "the engine did not take a freeze of automation made through another node");
+            return;
+        }
+    }
+    *seen = Some(now);
 }

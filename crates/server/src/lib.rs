@@ -27,6 +27,7 @@ mod credentials;
 pub mod data_dir;
 pub mod deferred;
 mod error;
+pub mod fleet_health;
 pub mod fleet_records;
 mod followers;
 pub mod forward;
@@ -483,6 +484,7 @@ async fn start_up(
         name: node_name,
         url: node_url,
         shared: shared.clone().map(|store| (store, opts.lease_ttl)),
+        shards: Arc::clone(&state.shards),
     };
     // Tokens before anything answers: the first start writes admin.token.
     let auth = {
@@ -717,8 +719,11 @@ async fn start_up(
         routers::follow_primaries(handle.clone(), agent_channel.clone(), routers, builtin, key.clone(), stop.clone());
     }
     if let (Some(_), Some((pg, _))) = (&split, &this_node.shared) {
-        // Images and hosts registered through shard 0's holder.
-        fleet_records::spawn(handle.clone(), Arc::clone(pg), stop.clone());
+        // Images, hosts and freezes registered through shard 0's holder.
+        fleet_records::spawn(handle.clone(), Arc::clone(pg), breakglass.clone(), stop.clone());
+        // What the status site sums: this node's shards' health.
+        let shards = Arc::clone(&state.shards);
+        fleet_health::spawn(handle.clone(), Arc::clone(pg), shards, this_node.name.clone(), stop.clone());
     }
     if split.is_some() {
         // Tokens created or revoked through the other nodes (the shared

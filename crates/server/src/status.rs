@@ -79,9 +79,21 @@ pub fn component_name(engine: EngineKind) -> &'static str {
 /// Every component name an incident may name.
 pub const COMPONENTS: [&str; 3] = ["PostgreSQL", "Redis", "Kafka"];
 
-/// Each component in use and its state now.
+/// Each component in use and its state now: the whole fleet's, summed
+/// from every shard's holder on a fleet split between nodes
+/// (`fleet_health`).
 pub async fn components_now(ready: &Ready, t: &Thresholds) -> Result<Vec<(String, ComponentState)>, ApiError> {
-    let health = ready.engine.query(|engine| engine.engine_health()).await?;
+    let map = ready.node.shards.read().unwrap_or_else(|p| p.into_inner()).clone();
+    let health = match &ready.node.shared {
+        Some((pg, _)) if !map.whole() => {
+            let (health, missing) = crate::fleet_health::whole(&ready.engine, pg, &map).await?;
+            if !missing.is_empty() {
+                tracing::warn!(?missing, "the status site has no recent word of these shards: left out");
+            }
+            health
+        }
+        _ => ready.engine.query(|engine| engine.engine_health()).await?,
+    };
     Ok(health
         .iter()
         .map(|h| (component_name(h.engine).to_string(), component_state(h.live, h.down, h.braked, t)))

@@ -30,7 +30,7 @@ impl Provider for Idle {
         "sim"
     }
     fn engines(&self) -> &'static [EngineKind] {
-        &[EngineKind::Postgres]
+        &[EngineKind::Postgres, EngineKind::Redis]
     }
     fn execute(&self, _action: ActionRecord) -> BoxFuture<ActionOutcome> {
         Box::pin(std::future::pending())
@@ -79,7 +79,10 @@ impl Node {
             actor::Actor { machine, inbox, shutdown: shutdown.clone(), limits: runtime::LIMITS }.run_to_end(),
         );
         let freezes: held::Freezes = Arc::new(|| Ok(Vec::new()));
-        drover_server::fleet_records::spawn(handle.clone(), Arc::clone(&store), shutdown.clone());
+        let breakglass = Arc::new(drover_store::breakglass::BreakGlassStore::postgres(Arc::clone(&store)));
+        drover_server::fleet_records::spawn(handle.clone(), Arc::clone(&store), breakglass, shutdown.clone());
+        let health = (Arc::clone(&store), Arc::clone(&map), name.to_string());
+        drover_server::fleet_health::spawn(handle.clone(), health.0, health.1, health.2, shutdown.clone());
         let keeper = tokio::spawn(keeper.keep(handle.clone(), running, freezes, shutdown));
         Node { name: name.into(), store, handle, map, stop, keeper }
     }
@@ -103,12 +106,16 @@ impl Node {
 }
 
 fn create(name: &str) -> Input {
+    create_of(name, EngineKind::Postgres)
+}
+
+fn create_of(name: &str, engine: EngineKind) -> Input {
     Input::Command {
         actor: "test".into(),
         role: None,
         command: Command::CreateService(CreateService {
             name: name.into(),
-            engine: EngineKind::Postgres,
+            engine,
             followers: 0,
             provider: None,
             sync: None,
@@ -340,6 +347,93 @@ async fn images_and_hosts_registered_through_shard_zero_s_holder_are_learned_by_
     for node in [a, b] {
         node.kill().await;
     }
+}
+
+/// A freeze of automation made through shard 0's holder (a runbook's
+/// step: the engine, then the shared store) is learned by every other
+/// node's engine, and so is its release; the status site's components on
+/// shard 0's holder are the whole fleet's, every node's shards summed
+/// (`fleet_health`): an engine kind only the other node's shards run is
+/// there, and once the other node is killed and its shards taken, nothing
+/// is missing.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn freezes_and_the_status_site_s_health_reach_across_the_nodes_of_a_split_fleet() {
+    let pg = tokio::task::spawn_blocking(pg::PgServer::start).await.unwrap();
+    let url = pg.url("postgres");
+    let a = Node::start(&url, "a").await;
+    for image in drover_server::default_images(runtime::now()) {
+        let command = Command::RegisterImage(image);
+        a.handle.call(Input::Command { actor: "system".into(), role: None, command }).await.unwrap();
+    }
+    let b = Node::start(&url, "b").await;
+    until("two shards each", Duration::from_secs(20), || a.held().len() == 2 && b.held().len() == 2).await;
+    let (zero, other) = if a.held().contains(&0) { (a, b) } else { (b, a) };
+
+    // The freeze, as a runbook's step makes it on shard 0's holder.
+    let breakglass = drover_store::breakglass::BreakGlassStore::postgres(Arc::clone(&zero.store));
+    let breakglass = Arc::new(breakglass);
+    for (freeze, scope) in [(true, "zone-b"), (false, "zone-b")] {
+        let command = if freeze {
+            Command::FreezeAutomation { scope: scope.into() }
+        } else {
+            Command::ReleaseAutomation { scope: scope.into() }
+        };
+        zero.handle.call(Input::Command { actor: "test".into(), role: None, command }).await.expect("applied");
+        let store = Arc::clone(&breakglass);
+        tokio::task::spawn_blocking(move || store.set_freeze(scope, freeze, runtime::now(), "run-1"))
+            .await
+            .unwrap()
+            .unwrap();
+        let asked = Instant::now();
+        loop {
+            let scopes = other.handle.query(|e: &Engine| e.frozen_scopes()).await.unwrap();
+            if scopes.contains(&scope.to_string()) == freeze {
+                break;
+            }
+            assert!(
+                asked.elapsed() < Duration::from_secs(5),
+                "{} never learned freeze={freeze}: {scopes:?}",
+                other.name
+            );
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        let on_zero = zero.handle.query(|e: &Engine| e.frozen_scopes()).await.unwrap();
+        assert_eq!(on_zero.contains(&scope.to_string()), freeze, "shard 0's holder's own engine: {on_zero:?}");
+    }
+
+    // A Redis service in a shard only the other node holds.
+    let held = other.held();
+    let cache = (0..).map(|i| format!("cache-{i}")).find(|n| held.contains(&shard_of(n))).unwrap();
+    other.handle.call(create_of(&cache, EngineKind::Redis)).await.expect("created in its own shard");
+    let zero_held = zero.held();
+    let db = (0..).map(|i| format!("db-{i}")).find(|n| zero_held.contains(&shard_of(n))).unwrap();
+    zero.handle.call(create(&db)).await.expect("created in its own shard");
+    let kinds = |health: &[drover_engine::EngineHealth]| -> BTreeSet<String> {
+        health.iter().map(|h| h.engine.to_string()).collect()
+    };
+    let own = zero.handle.query(|e: &Engine| e.engine_health()).await.unwrap();
+    assert_eq!(kinds(&own), ["postgres".to_string()].into(), "shard 0's holder's own engine runs no Redis");
+    let summed = Instant::now();
+    loop {
+        let map = zero.map.read().unwrap().clone();
+        let (health, missing) = drover_server::fleet_health::whole(&zero.handle, &zero.store, &map).await.unwrap();
+        if kinds(&health) == ["postgres".to_string(), "redis".to_string()].into() {
+            assert!(missing.is_empty(), "every shard has a recent word: {missing:?}");
+            break;
+        }
+        assert!(
+            summed.elapsed() < drover_server::fleet_health::PUBLISH_EVERY * 3,
+            "the other node's shards never reached the sum: {health:?} (missing {missing:?})"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    other.kill().await;
+    until("the survivor holds every shard", Duration::from_secs(10), || zero.held().len() == SHARDS as usize).await;
+    let map = zero.map.read().unwrap().clone();
+    let (health, missing) = drover_server::fleet_health::whole(&zero.handle, &zero.store, &map).await.unwrap();
+    assert_eq!(kinds(&health), ["postgres".to_string(), "redis".to_string()].into(), "{health:?}");
+    assert!(missing.is_empty(), "{missing:?}");
+    zero.kill().await;
 }
 
 /// A relay between a node and PostgreSQL that can hold every byte both

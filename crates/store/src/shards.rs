@@ -196,6 +196,54 @@ impl PgStore {
         })
     }
 
+    /// Writes how `node`'s engine sees each shard it holds (`rows`: shard,
+    /// the generation it holds it with, the health as JSON). A row is
+    /// replaced only by the same or a newer generation: a node that lost a
+    /// shard does not write over its new holder's. Returns how many rows
+    /// were written.
+    pub fn put_shard_health(&self, node: &str, rows: &[(u16, i64, String)]) -> Result<u64, StoreError> {
+        let (node, rows) = (node.to_string(), rows.to_vec());
+        self.with_client(move |client| async move {
+            let write = pg("writing the shards' health");
+            let statement = client
+                .prepare_cached(&format!(
+                    "INSERT INTO shard_health (shard, generation, node, health, at) VALUES ($1, $2, $3, $4, {DB_NOW})
+                     ON CONFLICT (shard) DO UPDATE SET generation = excluded.generation, node = excluded.node,
+                       health = excluded.health, at = excluded.at
+                     WHERE shard_health.generation <= excluded.generation"
+                ))
+                .await
+                .map_err(&write)?;
+            let mut written = 0;
+            for (shard, generation, health) in &rows {
+                written += client
+                    .execute(&statement, &[&i64::from(*shard), generation, &node, health])
+                    .await
+                    .map_err(&write)?;
+            }
+            Ok(written)
+        })
+    }
+
+    /// Every shard's health written within `fresh` (by the database's
+    /// clock): shard, the node that wrote it, the JSON.
+    pub fn shard_health(&self, fresh: Duration) -> Result<Vec<(u16, String, String)>, StoreError> {
+        let fresh = fresh.as_micros().min(i64::MAX as u128) as i64;
+        self.with_client(move |client| async move {
+            let rows = client
+                .query(
+                    &format!("SELECT shard, node, health FROM shard_health WHERE {DB_NOW} - at < $1 ORDER BY shard"),
+                    &[&fresh],
+                )
+                .await
+                .map_err(pg("reading the shards' health"))?;
+            Ok(rows
+                .iter()
+                .filter_map(|r| Some((u16::try_from(r.get::<_, i64>(0)).ok()?, r.get(1), r.get(2))))
+                .collect())
+        })
+    }
+
     /// Every image and host of the fleet, in the order a load reads them:
     /// what the engines of a split fleet learn from the store once shard
     /// 0's holder registered them.

@@ -425,3 +425,25 @@ fn an_operator_s_cordon_or_drain_is_never_taken_back_by_a_node_that_has_not_lear
     write(HostState::Draining, 10);
     assert_eq!(stored(), (HostState::Draining, 10), "the holder of a drain still writes its host");
 }
+
+/// Each node writes its shards' health for the status site
+/// (`drover_server::fleet_health`): a node that lost a shard (an older
+/// generation) does not write over its new holder's row, and only rows
+/// written within the freshness asked for are read.
+#[test]
+fn a_shard_s_health_is_written_by_its_newest_holder_only() {
+    let pg = PgServer::start();
+    let store = PgStore::connect(&pg.url(common::DB)).unwrap();
+    assert_eq!(store.put_shard_health("a", &[(0, 2, "[a0]".into()), (1, 2, "[a1]".into())]).unwrap(), 2);
+    let read = || store.shard_health(Duration::from_secs(60)).unwrap();
+    assert_eq!(read(), vec![(0, "a".to_string(), "[a0]".to_string()), (1, "a".to_string(), "[a1]".to_string())]);
+    // b held shard 1 before a took it (generation 1): its late write is dropped.
+    assert_eq!(store.put_shard_health("b", &[(1, 1, "[b1]".into())]).unwrap(), 0);
+    assert_eq!(read()[1], (1, "a".to_string(), "[a1]".to_string()));
+    // b takes it over (generation 3).
+    assert_eq!(store.put_shard_health("b", &[(1, 3, "[b1]".into())]).unwrap(), 1);
+    assert_eq!(read()[1], (1, "b".to_string(), "[b1]".to_string()));
+    assert_eq!(store.put_shard_health("a", &[(0, 2, "[a0 again]".into())]).unwrap(), 1, "the holder writes again");
+    std::thread::sleep(Duration::from_millis(20));
+    assert!(store.shard_health(Duration::from_millis(10)).unwrap().is_empty(), "nothing written within 10 ms");
+}
