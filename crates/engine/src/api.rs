@@ -292,6 +292,14 @@ pub enum Command {
         #[serde(default, skip_serializing_if = "Option::is_none")]
         at: Option<drover_model::Timestamp>,
     },
+    /// A new service restored from another's data, planned by the engine
+    /// that holds the source (`Engine::fork_plan`, `Engine::archive_plan`)
+    /// and created by the one that holds the new name's shard: a fork or
+    /// an archive's restore across the shards of a split fleet.
+    CreateRestored {
+        request: Box<CreateService>,
+        from: drover_model::RestoreFrom,
+    },
     /// Add `count` read replicas on demand (`crate::followers`): each an
     /// asynchronous follower in a read slot of its own, with a stable read
     /// URL, rebuilt in the same slot when lost.
@@ -468,6 +476,7 @@ impl Command {
             Command::DrainHost { .. } => "hosts.drain",
             Command::HostChaos { .. } => "chaos.host",
             Command::RestoreArchive { .. } => "archives.restore",
+            Command::CreateRestored { .. } => "services.create_restored",
         }
     }
 }

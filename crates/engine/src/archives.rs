@@ -401,6 +401,15 @@ impl Engine {
         now: i64,
         out: &mut Outputs,
     ) -> Result<Reply, CommandError> {
+        let (req, from) = self.archive_plan(id, name)?;
+        self.create_service(req, Some(from), now, out)
+    }
+
+    /// What the restore of archive `id` into `name` creates: the new
+    /// service's request (the deleted service's plan) and where its data
+    /// comes from. The name is checked where it is created
+    /// (`Command::CreateRestored` on a fleet split between nodes).
+    pub fn archive_plan(&self, id: ArchiveId, name: String) -> Result<(CreateService, RestoreFrom), CommandError> {
         let rec = self.archives.by_id.get(&id).ok_or_else(|| CommandError::NotFound(format!("no archive {id}")))?;
         let req = CreateService {
             name,
@@ -429,7 +438,7 @@ impl Engine {
             restored: false,
             backup: Some(rec.backup_label.clone().unwrap_or_else(|| LATEST_SET.to_string())),
         };
-        self.create_service(req, Some(from), now, out)
+        Ok((req, from))
     }
 
     /// Every archive, oldest first.

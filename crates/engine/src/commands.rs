@@ -60,6 +60,7 @@ impl Engine {
                 Ok(self.record_runbook(&run, &runbook, &state, detail, now, out))
             }
             Command::RestoreArchive { id, name } => self.restore_archive(id, name, now, out),
+            Command::CreateRestored { request, from } => self.create_service(*request, Some(from), now, out),
         }
     }
 
@@ -330,6 +331,22 @@ impl Engine {
         now: i64,
         out: &mut Outputs,
     ) -> Result<Reply, CommandError> {
+        let (req, from) = self.fork_plan(source, name, at, Timestamp(now))?;
+        self.create_service(req, Some(from), now, out)
+    }
+
+    /// What a fork of `source` into `name` creates: the new service's
+    /// request (the source's plan) and where its data comes from. Checked
+    /// against the source only; the name is checked where it is created
+    /// (on a fleet split between nodes, maybe another node's engine:
+    /// `Command::CreateRestored`).
+    pub fn fork_plan(
+        &self,
+        source: &str,
+        name: String,
+        at: Option<Timestamp>,
+        now: Timestamp,
+    ) -> Result<(CreateService, drover_model::RestoreFrom), CommandError> {
         let sslot = self.live_service(source)?;
         let s =
             self.services.get(sslot).ok_or_else(|| CommandError::NotFound(format!("no service named {source:?}")))?;
@@ -345,7 +362,7 @@ impl Engine {
             )));
         }
         if let Some(at) = at {
-            if at.0 > now {
+            if at.0 > now.0 {
                 return Err(CommandError::Invalid(format!(
                     "{} is in the future: a fork is of a moment that has passed (or omit `at` for the latest)",
                     at.to_rfc3339()
@@ -370,8 +387,9 @@ impl Engine {
             labels: s.labels.as_deref().cloned(),
             brokers: s.plan.brokers,
         };
+        req.validate().map_err(CommandError::Invalid)?;
         let from = drover_model::RestoreFrom { service: source.to_string(), at, restored: false, backup: None };
-        self.create_service(req, Some(from), now, out)
+        Ok((req, from))
     }
 
     pub(crate) fn create_service(
@@ -480,6 +498,7 @@ impl Engine {
 pub(crate) fn command_target(c: &Command) -> Option<String> {
     match c {
         Command::CreateService(r) => Some(r.name.clone()),
+        Command::CreateRestored { request, .. } => Some(request.name.clone()),
         Command::ForkService { name, .. } | Command::RestoreArchive { name, .. } => Some(name.clone()),
         Command::DeleteService { name }
         | Command::SetMaintenanceWindow { name, .. }

@@ -60,8 +60,17 @@ pub(crate) async fn restore_archive(
     if archive.is_none_or(|a| !caller.sees_team(Some(&a.team))) {
         return Err(ApiError::not_found(format!("no archive {id}")));
     }
-    match ready.engine.call(caller.command(Command::RestoreArchive { id, name: request.name })).await? {
-        Reply::Service(view) => {
+    // On a fleet split between nodes the new name may be in another node's
+    // shard: planned here (the archive is here), created there.
+    let name = request.name;
+    let created = if crate::node_commands::is_across(ready, &name) {
+        let (request, from) = ready.engine.query(move |e| e.archive_plan(id, name)).await?.map_err(ApiError::from)?;
+        crate::node_commands::create_restored(ready, &caller, request, from).await?.map(|v| Reply::Service(Box::new(v)))
+    } else {
+        Some(ready.engine.call(caller.command(Command::RestoreArchive { id, name })).await?)
+    };
+    match created {
+        Some(Reply::Service(view)) => {
             let location = HeaderValue::from_str(&format!("/v1/services/{}", view.name)).ok();
             let mut response = (StatusCode::ACCEPTED, Json(ready.complete(*view, &caller))).into_response();
             if let Some(location) = location {

@@ -24,6 +24,8 @@ pub struct ThisNode {
     pub shared: Option<(Arc<drover_store::PgStore>, Duration)>,
     /// The shards it holds and their holders (`lease::ShardMap`).
     pub shards: crate::lease::Shards,
+    /// The key every node shares (`node_commands` seals with it).
+    pub key: drover_secrets::SecretKey,
 }
 
 #[derive(Serialize, utoipa::ToSchema, Debug)]

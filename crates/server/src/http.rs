@@ -225,7 +225,14 @@ pub(crate) async fn post_fork(
         None => None,
     };
     let command = Command::ForkService { source: source.clone(), name: request.name, at };
-    service_command(state, caller, command, &source).await
+    let ready = state.ready()?;
+    ready.visible_service(&caller, &source).await?;
+    // On a fleet split between nodes the new name may be in another
+    // node's shard: planned here, created there (`node_commands`).
+    match crate::node_commands::run_as(ready, &caller, command, false).await? {
+        Some(view) => Ok((StatusCode::ACCEPTED, Json(ready.complete(view, &caller))).into_response()),
+        None => Err(ApiError::internal("the engine answered a fork with something other than a service")),
+    }
 }
 
 /// Clears "needs a human" after a person looked: the engine tries its

@@ -41,6 +41,7 @@ pub mod lease;
 pub mod lifecycle;
 pub mod listen;
 mod maintenance;
+pub mod node_commands;
 pub mod oncall;
 pub mod openapi;
 pub mod request;
@@ -485,6 +486,7 @@ async fn start_up(
         url: node_url,
         shared: shared.clone().map(|store| (store, opts.lease_ttl)),
         shards: Arc::clone(&state.shards),
+        key: key.clone(),
     };
     // Tokens before anything answers: the first start writes admin.token.
     let auth = {

@@ -84,6 +84,7 @@ use utoipa::OpenApi;
         crate::runbooks::approve,
         crate::hosts::list_hosts,
         crate::cluster::show_cluster,
+        crate::node_commands::take,
         crate::deferred::show_command,
         crate::hosts::register_host,
         crate::hosts::post_drain,
@@ -110,6 +111,7 @@ use utoipa::OpenApi;
     ),
     components(schemas(
         ErrorBody,
+        crate::node_commands::NodeCommand,
         crate::status::DeclareIncident,
         crate::lifecycle::ComponentView,
         crate::lifecycle::Gate,

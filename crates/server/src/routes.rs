@@ -96,6 +96,7 @@ pub fn router(state: AppState) -> Router {
         .route("/v1/catalog/export", get(crate::lifecycle::export))
         .route("/v1/hosts", get(hosts::list_hosts).post(hosts::register_host))
         .route("/v1/cluster", get(crate::cluster::show_cluster))
+        .route("/v1/cluster/commands", post(crate::node_commands::take))
         .route("/v1/commands/{id}", get(crate::deferred::show_command))
         .route("/v1/hosts/{name}/drain", post(hosts::post_drain))
         .route("/v1/hosts/{name}/cordon", post(hosts::post_cordon))

@@ -360,8 +360,10 @@ fn target(c: &Command) -> (Option<&str>, Option<&str>) {
 async fn check_targets(ready: &Ready, caller: &Identity, commands: &[Command]) -> Result<(), ApiError> {
     for c in commands {
         match target(c) {
-            (Some(service), _) => {
-                ready.visible_service(caller, service).await?;
+            // The service's holder says (`node_commands`: on a split
+            // fleet, maybe another node).
+            (Some(_), _) => {
+                crate::node_commands::run_as(ready, caller, c.clone(), true).await?;
             }
             (None, Some(scope)) if caller.team.is_some() => {
                 return Err(ApiError::new(
@@ -399,7 +401,8 @@ async fn execute(ready: &Ready, who: &Identity, stored: &mut StoredRun) -> Resul
             Command::ReleaseAutomation { scope } => Some((scope.clone(), false)),
             _ => None,
         };
-        let outcome = match ready.engine.call(who.command(command)).await {
+        // A step naming a service runs on the engine that holds it.
+        let outcome = match crate::node_commands::run_as(ready, who, command, false).await {
             Ok(_) => {
                 if let Some((scope, frozen)) = freeze {
                     // Applied to the engine again at every start.

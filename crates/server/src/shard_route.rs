@@ -79,10 +79,6 @@ use Rule::*;
 
 const DASHBOARD: &str = "the dashboard renders HTML from its own node's engine: on several shards its pages must \
                          read through the routed API (a service's page from its holder, the lists merged)";
-const FORK: &str = "a fork reads its source (in the source name's shard) and creates a service in the new name's \
-                    shard: the source's holder must hand the new service's creation to the other holder";
-const RESTORE: &str = "an archive's id carries its deleted service's slot, but it is restored into a service of a \
-                       new name, in that name's shard: as a fork, handed from one holder to the other";
 const AUDIT: &str = "the audit trail is in the shared store, but a team's token sees the entries of its team's \
                      services, which are in every shard: the team's services must be read from every holder, or \
                      the entries carry their team";
@@ -95,6 +91,8 @@ pub const TABLE: &[Placed] = &[
     placed("GET", "/openapi.json", Here),
     placed("GET", "/metrics", Here),
     placed("GET", "/v1/cluster", Here),
+    // Sent by another node to the holder it found (`node_commands`).
+    placed("POST", "/v1/cluster/commands", Here),
     placed("GET", "/v1/commands/{id}", Here),
     placed("POST", "/v1/tokens", Here),
     placed("GET", "/v1/tokens", Here),
@@ -165,7 +163,7 @@ pub const TABLE: &[Placed] = &[
     placed("GET", "/v1/services/{name}", ServiceInPath),
     placed("DELETE", "/v1/services/{name}", ServiceInPath),
     placed("POST", "/v1/services/{name}/switchover", ServiceInPath),
-    placed("POST", "/v1/services/{name}/fork", Across(FORK)),
+    placed("POST", "/v1/services/{name}/fork", ServiceInPath),
     placed("POST", "/v1/services/{name}/resize", ServiceInPath),
     placed("POST", "/v1/services/{name}/upgrade", ServiceInPath),
     placed("POST", "/v1/services/{name}/upgrade/rollback", ServiceInPath),
@@ -180,7 +178,7 @@ pub const TABLE: &[Placed] = &[
     placed("PUT", "/v1/services/{name}/labels", ServiceInPath),
     placed("GET", "/v1/maintenance.ics", Across(FEED)),
     placed("GET", "/v1/archives", FanOut),
-    placed("POST", "/v1/archives/{id}/restore", Across(RESTORE)),
+    placed("POST", "/v1/archives/{id}/restore", IdInPath("id")),
     placed("GET", "/v1/instances/{id}", IdInPath("id")),
     placed("POST", "/v1/heartbeats", Heartbeats),
     placed("POST", "/v1/chaos", Chaos),
@@ -545,7 +543,10 @@ mod tests {
         assert_eq!(t("HEAD", "/v1/services", ""), Ok(Target::Every));
         assert_eq!(t("GET", "/v1/images", ""), Ok(Target::Fleet));
         assert_eq!(t("GET", "/healthz", ""), Ok(Target::Here));
-        assert!(matches!(t("POST", "/v1/services/foo/fork", ""), Ok(Target::Across(_))));
+        // A fork goes to its source's holder (which hands the new service's
+        // creation to its name's holder, `node_commands`).
+        assert_eq!(t("POST", "/v1/services/foo/fork", r#"{"name":"bar"}"#), Ok(Target::Shard(12182 % 12)));
+        assert!(matches!(t("GET", "/v1/maintenance.ics", ""), Ok(Target::Across(_))));
     }
 
     #[test]

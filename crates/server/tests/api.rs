@@ -71,8 +71,8 @@ async fn two_nodes() -> (common::TestServer, common::TestServer, String) {
 
 /// A ready node that holds shard 0 of 2 answers what is its own, forwards
 /// a request for shard 1 to its holder, and lists the whole fleet from
-/// both; a body that names no shard is the client's mistake (400), a fork
-/// (two shards) is not served yet (503 naming why), and a list with a
+/// both; a body that names no shard is the client's mistake (400), the
+/// maintenance calendar is not served yet (503 naming why), and a list with a
 /// part missing is refused rather than short.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_node_holding_some_shards_answers_its_own_forwards_the_others_and_lists_the_whole_fleet() {
@@ -125,7 +125,11 @@ async fn a_node_holding_some_shards_answers_its_own_forwards_the_others_and_list
     let (status, body) = a.get("/v1/archives").await;
     assert_eq!((status, body), (200, json!([])));
 
-    let (status, body) = a.post(&format!("/v1/services/{}/fork", mine[0]), json!({"name": "f"})).await;
+    // A fork goes to its source's holder, which checks it there.
+    let (status, body) = a.post(&format!("/v1/services/{}/fork", theirs[0]), json!({"name": "f"})).await;
+    assert_eq!(status, 409, "{body}");
+    assert!(body["error"].as_str().unwrap().contains("no backup yet"), "{body}");
+    let (status, body) = a.get("/v1/maintenance.ics").await;
     assert_eq!(status, 503, "{body}");
     assert!(body["error"].as_str().unwrap().contains("split between nodes"), "{body}");
     let (status, body) = a.post("/v1/services", json!({"engine": "postgres"})).await;
@@ -147,6 +151,134 @@ async fn a_node_holding_some_shards_answers_its_own_forwards_the_others_and_list
     assert_eq!(status, 200);
     assert_eq!(body.as_array().unwrap().len(), mine.len(), "{body}");
     a.stop().await;
+}
+
+/// A runbook run on the node holding shard 0 whose step names a service
+/// of another holder's shard: the step is checked and carried out by that
+/// holder (`node_commands`, sealed with the nodes' shared key), under the
+/// approver's name; a service no holder has is refused before anything
+/// runs, and a client cannot send a node's command.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_runbook_step_on_a_service_of_another_holder_s_shard_is_carried_out_by_that_holder() {
+    let (mut a, mut b, _) = two_nodes().await;
+    *a.server.as_ref().unwrap().shards.write().unwrap() = drover_server::lease::ShardMap {
+        shards: 2,
+        held: [0].into(),
+        holders: [(1, drover_server::lease::Holder { node: "b".into(), url: b.url.clone() })].into(),
+        ..Default::default()
+    };
+    let in_shard_1 = |prefix: &str| {
+        (0..).map(|i| format!("{prefix}-{i}")).find(|n| drover_model::Slot::of_name(n).shard(2) == 1).unwrap()
+    };
+    let theirs = in_shard_1("fo");
+    a.create_service(&theirs, 1).await;
+    let before = a.wait_available(&theirs, Duration::from_secs(30)).await;
+    let old_primary = primary(&before)["id"].clone();
+    let alice = a.token(json!({"name": "alice", "role": "operator"})).await;
+    let bob = a.token(json!({"name": "bob", "role": "operator"})).await;
+
+    // A service no node has: refused at the request, nothing runs.
+    let nowhere = in_shard_1("nowhere");
+    let (status, refused) =
+        a.post_as(Some(&alice), "/v1/runbooks/force-failover/runs", json!({"params": {"service": nowhere}})).await;
+    assert_eq!(status, 404, "{refused}");
+    assert!(refused["error"].as_str().unwrap().contains("on b"), "said by its shard's holder: {refused}");
+
+    let (status, run) =
+        a.post_as(Some(&alice), "/v1/runbooks/force-failover/runs", json!({"params": {"service": theirs}})).await;
+    assert_eq!(status, 202, "{run}");
+    let approve = format!("/v1/runbooks/runs/{}/approve", run["id"].as_str().unwrap());
+    let (status, done) = a.post_as(Some(&bob), &approve, json!({})).await;
+    assert_eq!(status, 200, "{done}");
+    assert_eq!(
+        (done["state"].as_str(), done["plan"][0]["outcome"].as_str()),
+        (Some("succeeded"), Some("ok")),
+        "{done}"
+    );
+    common::poll(Duration::from_secs(30), "the follower promoted", || async {
+        let s = a.service(&theirs).await;
+        let p = primary(&s);
+        (p["id"] != old_primary && p["state"] == "available").then_some(())
+    })
+    .await;
+    // Carried out by b's engine, under the approver's name.
+    let (_, audit) = b.get("/v1/audit?limit=10000").await;
+    let failover: Vec<&Value> =
+        audit.as_array().unwrap().iter().filter(|e| e["command"] == "services.failover").collect();
+    assert_eq!(failover.len(), 1, "{audit}");
+    assert_eq!((failover[0]["actor"].as_str(), failover[0]["outcome"].as_str()), (Some("bob"), Some("ok")));
+
+    // A client's command, with or without a token, is not a node's.
+    let forged = json!({"actor": "mallory", "role": "admin", "team": null,
+                        "command": {"Failover": {"name": theirs}}});
+    for node in [&a, &b] {
+        let (status, body) = node.post("/v1/cluster/commands", forged.clone()).await;
+        assert_eq!(status, 403, "{body}");
+        assert!(body["error"].as_str().unwrap().contains("not a command of a node"), "{body}");
+    }
+    a.stop().await;
+    b.stop().await;
+}
+
+/// A fork whose new name is in another holder's shard: the source's
+/// holder plans it (the source is there) and the new name's holder
+/// creates it (`Command::CreateRestored`, sent as a node's command), asked
+/// through either node, by the API or by the restore runbook.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_fork_into_another_holder_s_shard_is_planned_by_the_source_s_holder_and_created_by_the_other() {
+    let (mut a, mut b, _) = two_nodes().await;
+    let map = |held: u16, other: &str, url: &str| drover_server::lease::ShardMap {
+        shards: 2,
+        held: [held].into(),
+        holders: [(1 - held, drover_server::lease::Holder { node: other.into(), url: url.into() })].into(),
+        ..Default::default()
+    };
+    *a.server.as_ref().unwrap().shards.write().unwrap() = map(0, "b", &b.url);
+    *b.server.as_ref().unwrap().shards.write().unwrap() = map(1, "a", &a.url);
+    let in_shard = |prefix: &str, shard: u16| {
+        (0..).map(|i| format!("{prefix}-{i}")).find(|n| drover_model::Slot::of_name(n).shard(2) == shard).unwrap()
+    };
+    let source = in_shard("orders", 1);
+    a.create_service(&source, 1).await;
+    a.wait_available(&source, Duration::from_secs(30)).await;
+    let (status, body) = a.post(&format!("/v1/services/{source}/backups"), json!({})).await;
+    assert_eq!(status, 202, "{body}");
+    common::poll(Duration::from_secs(30), "backup recorded", || async {
+        let s = a.service(&source).await;
+        (!s["backups"]["last_backup_at"].is_null()).then_some(())
+    })
+    .await;
+
+    // Through a: forwarded to b (the source's), created on a.
+    let copy = in_shard("copy", 0);
+    let (status, forked) = a.post(&format!("/v1/services/{source}/fork"), json!({"name": copy})).await;
+    assert_eq!(status, 202, "{forked}");
+    assert_eq!((forked["name"].as_str(), forked["forked_from"]["service"].as_str()), (Some(&*copy), Some(&*source)));
+    let own = |node: &common::TestServer| {
+        let request = node.http.get(node.at("/v1/services")).header(drover_server::forward::PART, "1");
+        async move {
+            let part: Value = request.send().await.unwrap().json().await.unwrap();
+            part.as_array().unwrap().iter().map(|s| s["name"].as_str().unwrap().to_string()).collect::<Vec<_>>()
+        }
+    };
+    assert!(own(&a).await.contains(&copy), "the fork is a's (its name's shard)");
+    assert!(!own(&b).await.contains(&copy), "not b's, which planned it");
+    let made = a.wait_available(&copy, Duration::from_secs(30)).await;
+    assert_eq!(made["team"], forked["team"]);
+    // Its name taken: refused by the node that would create it.
+    let (status, body) = b.post(&format!("/v1/services/{source}/fork"), json!({"name": copy})).await;
+    assert_eq!(status, 409, "{body}");
+    assert!(body["error"].as_str().unwrap().contains("already exists"), "{body}");
+
+    // The restore runbook, run on a (shard 0's), of b's service into a's shard.
+    let again = in_shard("again", 0);
+    let params = json!({"params": {"service": source, "name": again}});
+    let (status, run) = a.post("/v1/runbooks/restore-into-new-service/runs", params).await;
+    assert_eq!(status, 201, "{run}");
+    assert_eq!(run["state"], "succeeded", "{run}");
+    assert!(own(&a).await.contains(&again), "the runbook's fork is a's too");
+    a.stop().await;
+    b.stop().await;
 }
 
 /// An agent's batch with beats of two holders' shards, posted to one of

@@ -12,7 +12,8 @@ pub enum Permission {
     /// No token: liveness and the API's own description.
     Public,
     /// No bearer token: the handler checks the link's HMAC signature
-    /// (ack/resolve links in chat and e-mail notifications).
+    /// (ack/resolve links in chat and e-mail notifications), or another
+    /// node's seal made with the key every node shares (`node_commands`).
     SignedLink,
     /// The web dashboard (`/ui/…`, HTML, not part of the API document):
     /// no bearer token; its handlers check the session cookie, the role
@@ -174,6 +175,9 @@ pub const TABLE: &[Rule] = &[
     rule("PUT", "/v1/services/{name}/labels", Operate, ByEngine),
     // The feed key in the URL is a token the handler checks (calendar apps send no headers).
     rule("GET", "/v1/maintenance.ics", SignedLink, No),
+    // Another node's command for a service this one holds: sealed with the
+    // nodes' shared key; audited by the engine under the operator's name.
+    rule("POST", "/v1/cluster/commands", SignedLink, ByEngine),
     rule("POST", "/v1/integrations/alertmanager", Alert, No),
     rule("POST", "/v1/integrations/events-v2", Alert, No),
     rule("GET", "/v1/pages", Read, No),
