@@ -157,12 +157,17 @@ pub(crate) async fn audit(
 }
 
 /// The records, parsed once per import rather than per audit: an import
-/// bumps the generation, a read parses again when its copy is older.
+/// through this node bumps the generation, and one through another node of
+/// a split fleet changes the store's counts (read with every audit: one
+/// small query), so a read parses again when its copy is older.
 #[derive(Default)]
 pub struct AdvisoryCache {
     generation: std::sync::atomic::AtomicU64,
-    records: std::sync::Mutex<Option<(u64, Arc<Vec<Record>>)>>,
+    records: std::sync::Mutex<Option<(CacheKey, Arc<Vec<Record>>)>>,
 }
+
+/// This node's generation, and the store's counts and newest import.
+type CacheKey = (u64, u64, u64, Option<i64>);
 
 impl AdvisoryCache {
     pub fn invalidate(&self) {
@@ -170,7 +175,14 @@ impl AdvisoryCache {
     }
 
     pub async fn records(&self, store: &Arc<BreakGlassStore>) -> Result<Arc<Vec<Record>>, ApiError> {
-        let generation = self.generation.load(std::sync::atomic::Ordering::SeqCst);
+        let counting = store.clone();
+        let counts = blocking(move || counting.advisory_counts()).await?;
+        let generation = (
+            self.generation.load(std::sync::atomic::Ordering::SeqCst),
+            counts.records,
+            counts.withdrawn,
+            counts.imported_at.map(|t| t.0),
+        );
         {
             let held = self.records.lock().unwrap_or_else(|p| p.into_inner());
             if let Some((g, r)) = held.as_ref() {

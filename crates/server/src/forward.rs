@@ -329,7 +329,12 @@ async fn fan_out(
             Err(e) => return ApiError::internal(format!("a part of this list failed: {e}")).into_response(),
         }
     }
+    if parts.uri.path() == "/v1/maintenance.ics" {
+        return merged_calendar(answers).await;
+    }
     let mut lists = Vec::with_capacity(answers.len());
+    // Said alike by every part (the store's): this node's.
+    let stale = answers.first().and_then(|(_, a)| a.headers().get(ADVISORIES_STALE).cloned());
     for (node, answer) in answers {
         if answer.status() != axum::http::StatusCode::OK {
             return answer;
@@ -351,8 +356,14 @@ async fn fan_out(
             }
         }
     }
-    merged(parts.uri.path(), parts.uri.query(), lists)
+    let mut response = merged(parts.uri.path(), parts.uri.query(), lists);
+    if let Some(stale) = stale {
+        response.headers_mut().insert(ADVISORIES_STALE, stale);
+    }
+    response
 }
+
+const ADVISORIES_STALE: &str = "drover-advisories-stale";
 
 /// A heartbeat batch whose beats are in several holders' shards: each
 /// part goes to its holder (this node's own through its own router), and
@@ -428,6 +439,12 @@ async fn heartbeat_parts(
 /// `after` and `limit` as one node pages them; archives by id.
 fn merged(path: &str, query: Option<&str>, lists: Vec<(Vec<serde_json::Value>, bool)>) -> Response {
     let text = |v: &serde_json::Value, field: &str| v[field].as_str().unwrap_or_default().to_string();
+    if path == "/v1/audit" {
+        return merged_audit(query, lists);
+    }
+    if path == "/v1/advisories/audit" {
+        return merged_findings(lists);
+    }
     if path == "/v1/archives" {
         let (items, _) = crate::shard_route::merge_pages(lists, usize::MAX, |v| text(v, "id"));
         return axum::Json(items).into_response();
@@ -449,6 +466,91 @@ fn merged(path: &str, query: Option<&str>, lists: Vec<(Vec<serde_json::Value>, b
         }
     }
     response
+}
+
+/// The audit trail is in the store every node shares, but a team's token
+/// sees only the entries of its team's services, which each holder knows
+/// of its own shards: every part is the last `limit` entries its node
+/// lets the caller see; together, in order, the last `limit` of them (an
+/// entry several parts have, once).
+fn merged_audit(query: Option<&str>, lists: Vec<(Vec<serde_json::Value>, bool)>) -> Response {
+    let limit = query
+        .into_iter()
+        .flat_map(|q| q.split('&'))
+        .find_map(|pair| pair.strip_prefix("limit="))
+        .and_then(|l| l.parse().ok())
+        .unwrap_or(crate::http::DEFAULT_LIMIT);
+    let mut all: Vec<(u64, String, serde_json::Value)> = lists
+        .into_iter()
+        .flat_map(|(items, _)| items)
+        .map(|v| (v["seq"].as_u64().unwrap_or(0), v.to_string(), v))
+        .collect();
+    all.sort_by(|a, b| (a.0, &a.1).cmp(&(b.0, &b.1)));
+    all.dedup_by(|a, b| a.1 == b.1);
+    let skip = all.len().saturating_sub(limit);
+    axum::Json(all.into_iter().skip(skip).map(|(_, _, v)| v).collect::<Vec<_>>()).into_response()
+}
+
+/// The maintenance calendar: every part's events (each holder's services)
+/// in one calendar, with the first part's heading.
+async fn merged_calendar(answers: Vec<(String, Response)>) -> Response {
+    let mut heading: Option<String> = None;
+    let mut events = String::new();
+    let mut content_type = None;
+    for (node, answer) in answers {
+        if answer.status() != axum::http::StatusCode::OK {
+            return answer;
+        }
+        content_type = content_type.or_else(|| answer.headers().get(header::CONTENT_TYPE).cloned());
+        let text = match axum::body::to_bytes(answer.into_body(), usize::MAX).await {
+            Ok(bytes) => String::from_utf8_lossy(&bytes).into_owned(),
+            Err(e) => return ApiError::unavailable(format!("node {node}'s part was cut short: {e}")).into_response(),
+        };
+        let body = text.trim_end().strip_suffix("END:VCALENDAR").unwrap_or(&text);
+        let (head, own) = body.split_once("BEGIN:VEVENT").map_or((body, ""), |(h, e)| (h, e));
+        heading.get_or_insert_with(|| head.to_string());
+        if !own.is_empty() {
+            events.push_str("BEGIN:VEVENT");
+            events.push_str(own);
+        }
+    }
+    let calendar = format!("{}{events}END:VCALENDAR\r\n", heading.unwrap_or_default());
+    let mut response = (axum::http::StatusCode::OK, calendar).into_response();
+    if let Some(content_type) = content_type {
+        response.headers_mut().insert(header::CONTENT_TYPE, content_type);
+    }
+    response
+}
+
+/// The CVE audit: every node knows every image (the findings are alike)
+/// but only its own shards' services on them: one finding per advisory
+/// and package, its services, owners and instances those of every part.
+fn merged_findings(lists: Vec<(Vec<serde_json::Value>, bool)>) -> Response {
+    use drover_advisories::Finding;
+    let mut by: std::collections::BTreeMap<(String, String), Finding> = std::collections::BTreeMap::new();
+    for (items, _) in lists {
+        for item in items {
+            let Ok(f) = serde_json::from_value::<Finding>(item) else {
+                return ApiError::internal("a node's part of the audit is not a list of findings").into_response();
+            };
+            match by.entry((f.advisory.clone(), f.package.clone())) {
+                std::collections::btree_map::Entry::Vacant(v) => {
+                    v.insert(f);
+                }
+                std::collections::btree_map::Entry::Occupied(mut o) => {
+                    let have = o.get_mut();
+                    have.services.extend(f.services);
+                    have.owners.extend(f.owners);
+                    have.instances += f.instances;
+                    for list in [&mut have.services, &mut have.owners] {
+                        list.sort();
+                        list.dedup();
+                    }
+                }
+            }
+        }
+    }
+    axum::Json(by.into_values().collect::<Vec<_>>()).into_response()
 }
 
 /// Sends the request to `holder` and returns its answer; one that could

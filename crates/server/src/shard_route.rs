@@ -79,11 +79,6 @@ use Rule::*;
 
 const DASHBOARD: &str = "the dashboard renders HTML from its own node's engine: on several shards its pages must \
                          read through the routed API (a service's page from its holder, the lists merged)";
-const AUDIT: &str = "the audit trail is in the shared store, but a team's token sees the entries of its team's \
-                     services, which are in every shard: the team's services must be read from every holder, or \
-                     the entries carry their team";
-const FEED: &str = "the maintenance calendar lists every service's window: merged from every holder as one \
-                    calendar";
 
 /// Every route, by method and path template (axum's `MatchedPath`).
 pub const TABLE: &[Placed] = &[
@@ -133,11 +128,8 @@ pub const TABLE: &[Placed] = &[
     placed("GET", "/v1/images/{id}", Fleet),
     placed("POST", "/v1/advisories", Fleet),
     placed("GET", "/v1/advisories", Fleet),
-    placed(
-        "GET",
-        "/v1/advisories/audit",
-        Across("the audit names the services on each affected image: those of every shard, merged"),
-    ),
+    // The services on each affected image: those of every shard, merged.
+    placed("GET", "/v1/advisories/audit", FanOut),
     placed("GET", "/v1/hosts", Fleet),
     placed("POST", "/v1/hosts", Fleet),
     placed("POST", "/v1/hosts/{name}/drain", Fleet),
@@ -176,7 +168,7 @@ pub const TABLE: &[Placed] = &[
     placed("POST", "/v1/services/{name}/credentials/rotate", ServiceInPath),
     placed("PUT", "/v1/services/{name}/maintenance-window", ServiceInPath),
     placed("PUT", "/v1/services/{name}/labels", ServiceInPath),
-    placed("GET", "/v1/maintenance.ics", Across(FEED)),
+    placed("GET", "/v1/maintenance.ics", FanOut),
     placed("GET", "/v1/archives", FanOut),
     placed("POST", "/v1/archives/{id}/restore", IdInPath("id")),
     placed("GET", "/v1/instances/{id}", IdInPath("id")),
@@ -186,7 +178,7 @@ pub const TABLE: &[Placed] = &[
     // `after_seq` with several writers).
     placed("GET", "/v1/events", Here),
     placed("GET", "/v1/actions", ServiceInQuery),
-    placed("GET", "/v1/audit", Across(AUDIT)),
+    placed("GET", "/v1/audit", FanOut),
     // The dashboard.
     placed("GET", "/ui/login", Here),
     placed("POST", "/ui/login", Here),
@@ -546,7 +538,7 @@ mod tests {
         // A fork goes to its source's holder (which hands the new service's
         // creation to its name's holder, `node_commands`).
         assert_eq!(t("POST", "/v1/services/foo/fork", r#"{"name":"bar"}"#), Ok(Target::Shard(12182 % 12)));
-        assert!(matches!(t("GET", "/v1/maintenance.ics", ""), Ok(Target::Across(_))));
+        assert!(matches!(t("GET", "/ui/services", ""), Ok(Target::Across(_))));
     }
 
     #[test]

@@ -19,6 +19,12 @@ async fn healthz_answers_ok_once_ready() {
 /// PostgreSQL store do); which shard each holds is set by hand (the lease
 /// rounds that will set it are not what this tests).
 async fn two_nodes() -> (common::TestServer, common::TestServer, String) {
+    let (a, b, agent, _) = two_nodes_and_a_team_token().await;
+    (a, b, agent)
+}
+
+/// Also a token of an operator of team `t`, known to both.
+async fn two_nodes_and_a_team_token() -> (common::TestServer, common::TestServer, String, String) {
     async fn on(dir: tempfile::TempDir) -> common::TestServer {
         let server = drover_server::start(common::fast_options(dir.path())).await.expect("server starts");
         let url = server.url();
@@ -31,6 +37,7 @@ async fn two_nodes() -> (common::TestServer, common::TestServer, String) {
     let mut first = on(tempfile::tempdir().unwrap()).await;
     // The built-in host's agent, known to both.
     let agent = first.agent_token().await;
+    let team = first.token(json!({"name": "t-operator", "role": "operator", "team": "t"})).await;
     first.stop().await;
     let copy = tempfile::tempdir().unwrap();
     // What a stopped server leaves (its files; not a socket, nor a
@@ -66,13 +73,13 @@ async fn two_nodes() -> (common::TestServer, common::TestServer, String) {
     }
     copy_dir(first.dir.path(), copy.path());
     let dir = first.dir;
-    (on(dir).await, on(copy).await, agent)
+    (on(dir).await, on(copy).await, agent, team)
 }
 
 /// A ready node that holds shard 0 of 2 answers what is its own, forwards
 /// a request for shard 1 to its holder, and lists the whole fleet from
 /// both; a body that names no shard is the client's mistake (400), the
-/// maintenance calendar is not served yet (503 naming why), and a list with a
+/// dashboard's fleet pages are not served yet (503 naming why), and a list with a
 /// part missing is refused rather than short.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_node_holding_some_shards_answers_its_own_forwards_the_others_and_lists_the_whole_fleet() {
@@ -129,7 +136,7 @@ async fn a_node_holding_some_shards_answers_its_own_forwards_the_others_and_list
     let (status, body) = a.post(&format!("/v1/services/{}/fork", theirs[0]), json!({"name": "f"})).await;
     assert_eq!(status, 409, "{body}");
     assert!(body["error"].as_str().unwrap().contains("no backup yet"), "{body}");
-    let (status, body) = a.get("/v1/maintenance.ics").await;
+    let (status, body) = a.get("/ui/services").await;
     assert_eq!(status, 503, "{body}");
     assert!(body["error"].as_str().unwrap().contains("split between nodes"), "{body}");
     let (status, body) = a.post("/v1/services", json!({"engine": "postgres"})).await;
@@ -277,6 +284,155 @@ async fn a_fork_into_another_holder_s_shard_is_planned_by_the_source_s_holder_an
     assert_eq!(status, 201, "{run}");
     assert_eq!(run["state"], "succeeded", "{run}");
     assert!(own(&a).await.contains(&again), "the runbook's fork is a's too");
+    a.stop().await;
+    b.stop().await;
+}
+
+/// The audit trail through a node of a split fleet: a team's token sees
+/// the entries of its team's services in every holder's shards (each
+/// holder knows its own), and an entry only once.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_team_s_audit_trail_has_its_services_of_every_shard() {
+    let (mut a, mut b, _, team) = two_nodes_and_a_team_token().await;
+    *a.server.as_ref().unwrap().shards.write().unwrap() = drover_server::lease::ShardMap {
+        shards: 2,
+        held: [0].into(),
+        holders: [(1, drover_server::lease::Holder { node: "b".into(), url: b.url.clone() })].into(),
+        ..Default::default()
+    };
+    let in_shard = |prefix: &str, shard: u16| {
+        (0..).map(|i| format!("{prefix}-{i}")).find(|n| drover_model::Slot::of_name(n).shard(2) == shard).unwrap()
+    };
+    let (mine, theirs, other) = (in_shard("t-db", 0), in_shard("t-db", 1), in_shard("u-db", 1));
+    for (name, owner) in [(&mine, "t"), (&theirs, "t"), (&other, "u")] {
+        let body = json!({"name": name, "engine": "postgres", "followers": 0, "team": owner});
+        let (status, created) = a.post("/v1/services", body).await;
+        assert_eq!(status, 201, "{created}");
+    }
+    let created = |entries: &Value| -> Vec<String> {
+        let mut names: Vec<String> = entries
+            .as_array()
+            .unwrap()
+            .iter()
+            .filter(|e| e["command"] == "services.create")
+            .map(|e| e["target"].as_str().unwrap().to_string())
+            .collect();
+        names.sort();
+        names
+    };
+    let (status, seen) = a.get_as(Some(&team), "/v1/audit?limit=10000").await;
+    assert_eq!(status, 200, "{seen}");
+    let mut want = vec![mine.clone(), theirs.clone()];
+    want.sort();
+    assert_eq!(created(&seen), want, "team t's services of both shards, not team u's: {seen}");
+    let (status, all) = a.get("/v1/audit?limit=10000").await;
+    assert_eq!(status, 200, "{all}");
+    let mut every = vec![mine, theirs, other];
+    every.sort();
+    assert_eq!(created(&all), every, "the admin's, once each");
+    let (_, last) = a.get("/v1/audit?limit=1").await;
+    assert_eq!(last.as_array().unwrap().len(), 1, "{last}");
+    a.stop().await;
+    b.stop().await;
+}
+
+/// The CVE audit through a node of a split fleet: each affected image's
+/// services, owners and instances are those of every holder's shards.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_cve_audit_names_the_affected_services_of_every_shard() {
+    let (mut a, mut b) = {
+        let (a, b, _) = two_nodes().await;
+        (a, b)
+    };
+    *a.server.as_ref().unwrap().shards.write().unwrap() = drover_server::lease::ShardMap {
+        shards: 2,
+        held: [0].into(),
+        holders: [(1, drover_server::lease::Holder { node: "b".into(), url: b.url.clone() })].into(),
+        ..Default::default()
+    };
+    let in_shard = |shard: u16| {
+        (0..).map(|i| format!("cve-{i}")).find(|n| drover_model::Slot::of_name(n).shard(2) == shard).unwrap()
+    };
+    let (mine, theirs) = (in_shard(0), in_shard(1));
+    for name in [&mine, &theirs] {
+        a.create_service(name, 1).await;
+    }
+    let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../../fixtures/osv");
+    let mut records = Vec::new();
+    for entry in std::fs::read_dir(dir).unwrap() {
+        let path = entry.unwrap().path();
+        if path.extension().is_some_and(|e| e == "json") {
+            match serde_json::from_str::<Value>(&std::fs::read_to_string(&path).unwrap()).unwrap() {
+                Value::Array(items) => records.extend(items),
+                one => records.push(one),
+            }
+        }
+    }
+    // Each test node has a store of its own; the nodes of a real split
+    // fleet share theirs.
+    for node in [&a, &b] {
+        let (status, report) = node.post("/v1/advisories", Value::Array(records.clone())).await;
+        assert_eq!(status, 201, "{report}");
+    }
+    let response = a.http.get(a.at("/v1/advisories/audit")).send().await.unwrap();
+    assert_eq!(response.status(), 200);
+    assert_eq!(response.headers()["drover-advisories-stale"], "true", "the store's word, through the merge");
+    let audit: Value = response.json().await.unwrap();
+    let findings = audit.as_array().unwrap();
+    assert_eq!(findings.len(), 1, "{audit}");
+    let mut both = vec![mine, theirs];
+    both.sort();
+    assert_eq!(findings[0]["advisory"], "DSA-6090-1");
+    assert_eq!(findings[0]["services"], json!(both), "{audit}");
+    assert_eq!(findings[0]["instances"], 4, "two instances in each shard: {audit}");
+    assert_eq!(findings[0]["owners"], json!(["platform"]));
+    a.stop().await;
+    b.stop().await;
+}
+
+/// A team's maintenance calendar through a node of a split fleet: the
+/// events of every holder's services, in one calendar.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_team_s_maintenance_calendar_has_the_moves_of_every_holder() {
+    let (mut a, mut b, _, key) = two_nodes_and_a_team_token().await;
+    *a.server.as_ref().unwrap().shards.write().unwrap() = drover_server::lease::ShardMap {
+        shards: 2,
+        held: [0].into(),
+        holders: [(1, drover_server::lease::Holder { node: "b".into(), url: b.url.clone() })].into(),
+        ..Default::default()
+    };
+    let theirs = (0..).map(|i| format!("win-{i}")).find(|n| drover_model::Slot::of_name(n).shard(2) == 1).unwrap();
+    let (status, created) =
+        a.post("/v1/services", json!({"name": theirs, "engine": "postgres", "followers": 1, "team": "t"})).await;
+    assert_eq!(status, 201, "{created}");
+    a.wait_available(&theirs, Duration::from_secs(30)).await;
+    let later = jiff::Timestamp::now().checked_add(jiff::SignedDuration::from_hours(72)).unwrap();
+    let window = drover_model::MaintenanceWindow::weekly_from(drover_model::Timestamp(later.as_microsecond()), 1);
+    let response = a
+        .http
+        .put(a.at(&format!("/v1/services/{theirs}/maintenance-window")))
+        .json(&json!({"window": window}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status(), 200);
+    // A rollout of b's own (its engine's services): the move waits for the window.
+    let (_, image) = b.post("/v1/images", json!({"engine": "postgres", "settings": {"work_mem": "16MB"}})).await;
+    let body = json!({"to_image": image["id"], "selector": {"names": [theirs]}, "waves": [100], "soak_seconds": 1});
+    let (status, rollout) = b.post("/v1/rollouts", body).await;
+    assert_eq!(status, 201, "{rollout}");
+
+    let url = a.at(&format!("/v1/maintenance.ics?team=t&key={key}"));
+    let answer = reqwest::get(url).await.unwrap();
+    assert_eq!(answer.status(), 200);
+    assert!(answer.headers()["content-type"].to_str().unwrap().starts_with("text/calendar"));
+    let calendar = answer.text().await.unwrap();
+    assert!(calendar.starts_with("BEGIN:VCALENDAR\r\n") && calendar.ends_with("END:VCALENDAR\r\n"), "{calendar}");
+    assert_eq!(calendar.matches("BEGIN:VCALENDAR").count(), 1, "one calendar: {calendar}");
+    assert!(calendar.contains("BEGIN:VEVENT") && calendar.contains(&theirs), "b's service's window: {calendar}");
+    assert_eq!(calendar.matches("BEGIN:VEVENT").count(), calendar.matches("END:VEVENT").count(), "{calendar}");
+    let refused = reqwest::get(a.at("/v1/maintenance.ics?team=t&key=drv_nope")).await.unwrap();
+    assert_eq!(refused.status(), 403, "a bad key, refused as one node refuses it");
     a.stop().await;
     b.stop().await;
 }
