@@ -788,7 +788,6 @@ async fn start_up(
         agents: agent_channel,
         status: status::StatusSite::new(opts.status.clone()),
         routers_beside,
-        ui: Default::default(),
         node: this_node,
     };
     // What a kill -9 left half done is finished before the first request is

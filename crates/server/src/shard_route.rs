@@ -77,8 +77,8 @@ const fn placed(method: &'static str, path: &'static str, rule: Rule) -> Placed 
 
 use Rule::*;
 
-const DASHBOARD: &str = "the dashboard renders HTML from its own node's engine: on several shards its pages must \
-                         read through the routed API (a service's page from its holder, the lists merged)";
+const DASHBOARD: &str = "the dashboard's overview and list render HTML from its own node's engine: on several shards \
+                         they must read through the routed API (the lists merged)";
 
 /// Every route, by method and path template (axum's `MatchedPath`).
 pub const TABLE: &[Placed] = &[
@@ -186,8 +186,10 @@ pub const TABLE: &[Placed] = &[
     placed("GET", "/ui/live.js", Here),
     placed("GET", "/ui/", Across(DASHBOARD)),
     placed("GET", "/ui/services", Across(DASHBOARD)),
-    placed("GET", "/ui/services/{name}", Across(DASHBOARD)),
-    placed("GET", "/ui/services/{name}/live", Across(DASHBOARD)),
+    // A service's page, rendered by its holder (the session is in the
+    // store every node shares).
+    placed("GET", "/ui/services/{name}", ServiceInPath),
+    placed("GET", "/ui/services/{name}/live", ServiceInPath),
     placed("GET", "/ui/pages", Fleet),
     placed("POST", "/ui/pages/{id}/ack", Fleet),
     placed("GET", "/ui/pager", Fleet),

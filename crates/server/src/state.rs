@@ -30,8 +30,6 @@ pub struct Ready {
     pub agents: crate::agents::AgentChannel,
     /// The public status site (`status`).
     pub status: crate::status::StatusSite,
-    /// The dashboard's sessions (`ui`).
-    pub ui: crate::ui::Sessions,
     /// The routers of services on agent hosts (None: they could not be
     /// opened).
     pub routers_beside: Option<crate::agents::RoutersBeside>,

@@ -22,30 +22,19 @@ use axum::response::{IntoResponse, Redirect, Response};
 use drover_model::TokenRole;
 use drover_oncall::{Input, PageId};
 use serde::Deserialize;
-use std::collections::HashMap;
-use std::sync::Mutex;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 /// The cookie that carries a session id.
 pub const COOKIE: &str = "drover_session";
 /// A session lasts this long from its login.
 const SESSION_FOR: Duration = Duration::from_secs(12 * 3600);
-/// At most this many sessions at once (the oldest go first).
-const MAX_SESSIONS: usize = 10_000;
+/// At most `drover_store::tokens::MAX_SESSIONS` sessions are kept at once
+/// (the ones ending soonest go first).
 /// The dashboard's own script: refreshes `[data-refresh]` parts.
 const SCRIPT: &str = include_str!("../templates/ui/live.js");
 
-struct Session {
-    token: String,
-    csrf: String,
-    until: Instant,
-}
-
-/// Open sessions, in memory (a restart asks people to log in again).
-#[derive(Default)]
-pub struct Sessions {
-    map: Mutex<HashMap<String, Session>>,
-}
+/// What a session's token is sealed for (`drover_secrets`).
+const SESSION_SEAL: &str = "drover ui session v1";
 
 fn random_hex() -> String {
     let mut bytes = [0u8; 32];
@@ -56,29 +45,56 @@ fn random_hex() -> String {
     hex::encode(bytes)
 }
 
-impl Sessions {
-    fn open(&self, token: String) -> Option<(String, String)> {
-        let (id, csrf) = (random_hex(), random_hex());
-        if id.is_empty() || csrf.is_empty() {
+/// A session's id as its row is keyed: the cookie's secret is never stored.
+fn id_hash(id: &str) -> String {
+    use sha2::Digest;
+    hex::encode(sha2::Sha256::digest(id.as_bytes()))
+}
+
+/// The sessions are in the store (`ui_sessions`), the store every node
+/// of a split fleet shares: a session opened through one node is good on
+/// every node, and a logout ends it on all of them. A restart keeps them.
+async fn open_session(ready: &Ready, token: String) -> Option<(String, String)> {
+    let (id, csrf) = (random_hex(), random_hex());
+    if id.is_empty() || csrf.is_empty() {
+        return None;
+    }
+    let now = crate::actor::now().0;
+    let session = drover_store::tokens::StoredSession {
+        token_sealed: ready.node.key.seal_str(SESSION_SEAL, &token),
+        csrf: csrf.clone(),
+        until: now + SESSION_FOR.as_micros() as i64,
+    };
+    let (auth, key) = (ready.auth.clone(), id_hash(&id));
+    match tokio::task::spawn_blocking(move || auth.store().open_session(&key, &session, now)).await {
+        Ok(Ok(())) => Some((id, csrf)),
+        Ok(Err(error)) => {
+            tracing::warn!(%error, "cannot store a dashboard session");
+            None
+        }
+        Err(_) => None,
+    }
+}
+
+/// The token and CSRF token of session `id`, while it lasts.
+async fn session(ready: &Ready, id: &str) -> Option<(String, String)> {
+    let (auth, key, now) = (ready.auth.clone(), id_hash(id), crate::actor::now().0);
+    let stored = match tokio::task::spawn_blocking(move || auth.store().session(&key, now)).await {
+        Ok(Ok(stored)) => stored?,
+        Ok(Err(error)) => {
+            tracing::warn!(%error, "cannot read a dashboard session");
             return None;
         }
-        let mut map = self.map.lock().unwrap_or_else(|p| p.into_inner());
-        let now = Instant::now();
-        map.retain(|_, s| s.until > now);
-        if map.len() >= MAX_SESSIONS {
-            if let Some(oldest) = map.iter().min_by_key(|(_, s)| s.until).map(|(k, _)| k.clone()) {
-                map.remove(&oldest);
-            }
-        }
-        map.insert(id.clone(), Session { token, csrf: csrf.clone(), until: now + SESSION_FOR });
-        Some((id, csrf))
-    }
-    fn get(&self, id: &str) -> Option<(String, String)> {
-        let map = self.map.lock().unwrap_or_else(|p| p.into_inner());
-        map.get(id).filter(|s| s.until > Instant::now()).map(|s| (s.token.clone(), s.csrf.clone()))
-    }
-    fn close(&self, id: &str) {
-        self.map.lock().unwrap_or_else(|p| p.into_inner()).remove(id);
+        Err(_) => return None,
+    };
+    let token = ready.node.key.open_str(SESSION_SEAL, &stored.token_sealed).ok()?;
+    Some((token, stored.csrf))
+}
+
+async fn close_session(ready: &Ready, id: &str) {
+    let (auth, key) = (ready.auth.clone(), id_hash(id));
+    if let Ok(Err(error)) = tokio::task::spawn_blocking(move || auth.store().close_session(&key)).await {
+        tracing::warn!(%error, "cannot end a dashboard session");
     }
 }
 
@@ -100,13 +116,13 @@ struct Viewer {
     session: String,
 }
 
-fn viewer(ready: &Ready, headers: &HeaderMap) -> Option<Viewer> {
-    let session = session_id(headers)?;
-    let (token, csrf) = ready.ui.get(&session)?;
+async fn viewer(ready: &Ready, headers: &HeaderMap) -> Option<Viewer> {
+    let session_id = session_id(headers)?;
+    let (token, csrf) = session(ready, &session_id).await?;
     match ready.auth.authenticate(&token, crate::actor::now()) {
-        Ok(who) => Some(Viewer { who, csrf, session }),
+        Ok(who) => Some(Viewer { who, csrf, session: session_id }),
         Err(_) => {
-            ready.ui.close(&session);
+            close_session(ready, &session_id).await;
             None
         }
     }
@@ -185,7 +201,7 @@ pub(crate) async fn login(
     if let Err(refusal) = ready.auth.authenticate(&token, crate::actor::now()) {
         return login_form(StatusCode::UNAUTHORIZED, Some(refusal.message()));
     }
-    let Some((id, _)) = ready.ui.open(token) else {
+    let Some((id, _)) = open_session(ready, token).await else {
         return problem(StatusCode::SERVICE_UNAVAILABLE, None, "No randomness for a session id; try again.");
     };
     let cookie = format!("{COOKIE}={id}; Path=/ui; HttpOnly; SameSite=Strict; Max-Age={}", SESSION_FOR.as_secs());
@@ -208,9 +224,9 @@ pub(crate) async fn logout(
 ) -> Response {
     let form = form.ok();
     let Ok(ready) = state.ready() else { return Redirect::to("/ui/login").into_response() };
-    if let Some(v) = viewer(ready, &headers) {
+    if let Some(v) = viewer(ready, &headers).await {
         if form.is_some_and(|f| f.csrf == v.csrf) && crate::auth::foreign_origin(&headers).is_none() {
-            ready.ui.close(&v.session);
+            close_session(ready, &v.session).await;
         }
     }
     let mut r = Redirect::to("/ui/login").into_response();
@@ -238,7 +254,7 @@ macro_rules! signed_in {
         let Ok(ready) = $state.ready() else {
             return problem(StatusCode::SERVICE_UNAVAILABLE, None, "Drover is starting; retry in a moment.");
         };
-        match viewer(ready, &$headers) {
+        match viewer(ready, &$headers).await {
             Some(v) => (ready, v),
             None => return login_form(StatusCode::OK, None),
         }
@@ -539,7 +555,7 @@ pub(crate) async fn service_fragment(
     Path(name): Path<String>,
 ) -> Response {
     let Ok(ready) = state.ready() else { return StatusCode::SERVICE_UNAVAILABLE.into_response() };
-    let Some(v) = viewer(ready, &headers) else { return StatusCode::UNAUTHORIZED.into_response() };
+    let Some(v) = viewer(ready, &headers).await else { return StatusCode::UNAUTHORIZED.into_response() };
     match service_live(ready, &v, &name).await {
         Ok((_, live)) => html(StatusCode::OK, Ok(live)),
         Err(r) => r,
@@ -615,7 +631,7 @@ pub(crate) async fn rollouts(State(state): State<AppState>, headers: HeaderMap) 
 
 pub(crate) async fn rollouts_fragment(State(state): State<AppState>, headers: HeaderMap) -> Response {
     let Ok(ready) = state.ready() else { return StatusCode::SERVICE_UNAVAILABLE.into_response() };
-    if viewer(ready, &headers).is_none() {
+    if viewer(ready, &headers).await.is_none() {
         return StatusCode::UNAUTHORIZED.into_response();
     }
     match rollouts_live(ready).await {
@@ -797,17 +813,12 @@ mod tests {
     use super::*;
 
     #[test]
-    fn the_session_cookie_is_found_among_others_and_sessions_expire_or_close() {
+    fn the_session_cookie_is_found_among_others() {
         let mut h = HeaderMap::new();
         h.insert(header::COOKIE, HeaderValue::from_static("a=1; drover_session=abc; b=2"));
         assert_eq!(session_id(&h).as_deref(), Some("abc"));
         assert_eq!(session_id(&HeaderMap::new()), None);
-        let s = Sessions::default();
-        let (id, csrf) = s.open("tok".into()).unwrap();
-        assert_eq!((id.len(), csrf.len()), (64, 64));
-        assert_ne!(id, csrf);
-        assert_eq!(s.get(&id), Some(("tok".to_string(), csrf)));
-        s.close(&id);
-        assert_eq!(s.get(&id), None);
+        assert_eq!(random_hex().len(), 64);
+        assert_ne!(id_hash("abc"), "abc");
     }
 }

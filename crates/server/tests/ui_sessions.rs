@@ -151,3 +151,81 @@ async fn sessions_end_with_their_token_and_forms_need_the_session_the_origin_and
     assert_eq!(status, 200);
     assert!(html.contains("name=\"token\"") && !html.contains(id), "back to the login form");
 }
+
+/// Two nodes of a fleet split into two shards on one PostgreSQL store:
+/// a session opened through one is good on the other (the sessions are in
+/// the store they share), a service's page is rendered by its shard's
+/// holder whichever node was asked, and a logout through one node ends the
+/// session on both.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_dashboard_session_is_good_on_every_node_of_a_split_fleet() {
+    let (dir_a, dir_b) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
+    let pg = common::pg_for(dir_a.path());
+    let url = pg.url("postgres");
+    let split = |node: &'static str, url: String| {
+        move |o: &mut drover_server::ServeOptions| {
+            o.store = Some(url);
+            o.node = Some(node.into());
+            o.shards = Some(2);
+            o.lease_ttl = Duration::from_secs(2);
+        }
+    };
+    let a = common::start_in(dir_a, split("a", url.clone())).await;
+    // The same key (a node started with another is refused) and the first
+    // node's admin token.
+    for file in ["secret.key", "admin.token"] {
+        std::fs::copy(a.dir.path().join(file), dir_b.path().join(file)).unwrap();
+    }
+    let b = common::start_in(dir_b, split("b", url)).await;
+    let holders = || async {
+        let (_, cluster) = a.get("/v1/cluster").await;
+        cluster["nodes"].as_array().map_or(0, |n| n.iter().filter(|n| n["shards"] == 1).count())
+    };
+    common::poll(Duration::from_secs(30), "one shard each", || async { (holders().await == 2).then_some(()) }).await;
+    let in_shard = |shard: u16| {
+        (0..).map(|i| format!("page-{i}")).find(|n| drover_model::Slot::of_name(n).shard(2) == shard).unwrap()
+    };
+    let names = [in_shard(0), in_shard(1)];
+    for name in &names {
+        // Right after the shards moved, a node may not know the other's
+        // holder yet: the create is then kept for later (202), and a
+        // second one finds the name taken (409).
+        let (status, body) = a.post("/v1/services", json!({"name": name, "engine": "postgres", "followers": 0})).await;
+        assert!(status == 201 || status == 202, "{body}");
+        common::poll(Duration::from_secs(20), "created through a", || async {
+            (a.get(&format!("/v1/services/{name}")).await.0 == 200).then_some(())
+        })
+        .await;
+    }
+
+    let (cookie, _) = login(&a, &common::admin_token(a.dir.path())).await;
+    for node in [&a, &b] {
+        for name in &names {
+            let (status, page) = get(node, Some(&cookie), &format!("/ui/services/{name}")).await;
+            assert_eq!(status, 200, "{name} through {}: {page}", node.url);
+            assert!(page.contains(name.as_str()) && !page.contains("name=\"token\""), "the page, not the login form");
+        }
+        let (status, page) = get(node, Some(&cookie), "/ui/pages").await;
+        assert_eq!(status, 200);
+        assert!(!page.contains("name=\"token\""), "shard 0's holder knows the session: {page}");
+    }
+    // Logged out through b: the session ends on a too.
+    let (_, page) = get(&b, Some(&cookie), "/ui/pages").await;
+    let csrf = csrf_of(&page);
+    let r = client()
+        .post(b.at("/ui/logout"))
+        .header("cookie", &cookie)
+        .header("origin", b.url.clone())
+        .form_of("csrf", &csrf)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status().as_u16(), 303);
+    let (_, page) = get(&a, Some(&cookie), &format!("/ui/services/{}", names[0])).await;
+    assert!(page.contains("name=\"token\""), "logged out everywhere: {page}");
+    let mut a = a;
+    let mut b = b;
+    b.stop().await;
+    a.stop().await;
+    drop(pg);
+}

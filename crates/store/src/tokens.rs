@@ -313,3 +313,111 @@ fn pg_revoke(pg: &crate::PgStore, id: &str, now: Timestamp) -> Result<Option<Tok
         row.as_ref().map(pg_row).transpose().map(|t| t.map(|t| t.record))
     })
 }
+
+/// A dashboard session as stored: the token it acts with (sealed by the
+/// caller), its CSRF token, and until when it lasts (microseconds).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct StoredSession {
+    pub token_sealed: String,
+    pub csrf: String,
+    pub until: i64,
+}
+
+/// At most this many sessions are kept: the ones ending soonest go first.
+pub const MAX_SESSIONS: i64 = 10_000;
+
+impl TokenStore {
+    /// Stores a session under `id_hash` (the SHA-256 of its id); drops
+    /// the sessions ended by `now`, and the oldest beyond [`MAX_SESSIONS`].
+    pub fn open_session(&self, id_hash: &str, session: &StoredSession, now: i64) -> Result<(), StoreError> {
+        let conn = match self.sqlite() {
+            Ok(conn) => conn,
+            Err(pg) => {
+                let (id_hash, s) = (id_hash.to_string(), session.clone());
+                return pg.with_client(move |client| async move {
+                    let write = pg_error("storing a dashboard session");
+                    client.execute("DELETE FROM ui_sessions WHERE until <= $1", &[&now]).await.map_err(&write)?;
+                    client
+                        .execute(
+                            "DELETE FROM ui_sessions WHERE id_hash IN (SELECT id_hash FROM ui_sessions \
+                             ORDER BY until DESC OFFSET $1)",
+                            &[&(MAX_SESSIONS - 1)],
+                        )
+                        .await
+                        .map_err(&write)?;
+                    client
+                        .execute(
+                            "INSERT INTO ui_sessions (id_hash, token_sealed, csrf, until) VALUES ($1, $2, $3, $4)",
+                            &[&id_hash, &s.token_sealed, &s.csrf, &s.until],
+                        )
+                        .await
+                        .map_err(&write)?;
+                    Ok(())
+                });
+            }
+        };
+        let write = db("storing a dashboard session");
+        conn.execute("DELETE FROM ui_sessions WHERE until <= ?1", [now]).map_err(&write)?;
+        conn.execute(
+            "DELETE FROM ui_sessions WHERE id_hash IN (SELECT id_hash FROM ui_sessions ORDER BY until DESC \
+             LIMIT -1 OFFSET ?1)",
+            [MAX_SESSIONS - 1],
+        )
+        .map_err(&write)?;
+        conn.execute(
+            "INSERT INTO ui_sessions (id_hash, token_sealed, csrf, until) VALUES (?1, ?2, ?3, ?4)",
+            rusqlite::params![id_hash, session.token_sealed, session.csrf, session.until],
+        )
+        .map_err(&write)?;
+        Ok(())
+    }
+
+    /// The session stored under `id_hash`, if it lasts past `now`.
+    pub fn session(&self, id_hash: &str, now: i64) -> Result<Option<StoredSession>, StoreError> {
+        let conn = match self.sqlite() {
+            Ok(conn) => conn,
+            Err(pg) => {
+                let id_hash = id_hash.to_string();
+                return pg.with_client(move |client| async move {
+                    let row = client
+                        .query_opt(
+                            "SELECT token_sealed, csrf, until FROM ui_sessions WHERE id_hash = $1 AND until > $2",
+                            &[&id_hash, &now],
+                        )
+                        .await
+                        .map_err(pg_error("reading a dashboard session"))?;
+                    Ok(row.map(|r| StoredSession { token_sealed: r.get(0), csrf: r.get(1), until: r.get(2) }))
+                });
+            }
+        };
+        let read = db("reading a dashboard session");
+        let mut stmt = conn
+            .prepare_cached("SELECT token_sealed, csrf, until FROM ui_sessions WHERE id_hash = ?1 AND until > ?2")
+            .map_err(&read)?;
+        stmt.query_row(rusqlite::params![id_hash, now], |r| {
+            Ok(StoredSession { token_sealed: r.get(0)?, csrf: r.get(1)?, until: r.get(2)? })
+        })
+        .optional()
+        .map_err(&read)
+    }
+
+    /// Ends the session stored under `id_hash` (logout), on every node.
+    pub fn close_session(&self, id_hash: &str) -> Result<(), StoreError> {
+        let conn = match self.sqlite() {
+            Ok(conn) => conn,
+            Err(pg) => {
+                let id_hash = id_hash.to_string();
+                return pg.with_client(move |client| async move {
+                    client
+                        .execute("DELETE FROM ui_sessions WHERE id_hash = $1", &[&id_hash])
+                        .await
+                        .map_err(pg_error("ending a dashboard session"))?;
+                    Ok(())
+                });
+            }
+        };
+        conn.execute("DELETE FROM ui_sessions WHERE id_hash = ?1", [id_hash])
+            .map_err(db("ending a dashboard session"))?;
+        Ok(())
+    }
+}

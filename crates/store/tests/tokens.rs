@@ -44,6 +44,22 @@ fn exercise(a: &TokenStore, b: &TokenStore) {
     a.revoke("tok-1", Timestamp(20)).unwrap();
     let revoked = b.find("ab12").unwrap().expect("a revoked token is still found, to say so");
     assert_eq!(revoked.record.revoked_at, Some(Timestamp(20)));
+
+    // A dashboard session opened through one node is good on the other
+    // until it ends or is closed there.
+    use drover_store::tokens::StoredSession;
+    let session = |csrf: &str, until| StoredSession { token_sealed: "sealed:x".into(), csrf: csrf.into(), until };
+    a.open_session("h1", &session("c1", 1_000), 100).unwrap();
+    a.open_session("h2", &session("c2", 150), 100).unwrap();
+    assert_eq!(b.session("h1", 200).unwrap(), Some(session("c1", 1_000)));
+    assert_eq!(b.session("h2", 200).unwrap(), None, "ended");
+    assert_eq!(b.session("nope", 200).unwrap(), None);
+    assert_eq!(b.session("h1' OR '1'='1", 200).unwrap(), None, "a bound parameter");
+    b.close_session("h1").unwrap();
+    assert_eq!(a.session("h1", 200).unwrap(), None, "closed through the other node");
+    // Opening one drops those that ended.
+    a.open_session("h3", &session("c3", 2_000), 500).unwrap();
+    assert_eq!(a.session("h2", 120).unwrap(), None, "dropped once ended, whatever the reader's clock");
 }
 
 #[test]

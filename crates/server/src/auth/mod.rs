@@ -257,6 +257,11 @@ impl Tokens {
     }
 
     /// Checks a presented token at `now`.
+    /// The store the tokens (and the dashboard's sessions) are kept in.
+    pub fn store(&self) -> &TokenStore {
+        &self.store
+    }
+
     pub fn authenticate(&self, token: &str, now: Timestamp) -> Result<Identity, Refusal> {
         let digest = digest_of(token)?;
         let map = self.read();
