@@ -108,6 +108,39 @@ pub struct EngineHealth {
     pub braked: bool,
 }
 
+/// One shard's part of the fleet as its holder's engine sees it: what a
+/// node of a split fleet publishes for the status site and the dashboard's
+/// overview (summed over the shards, [`ShardHealth::sum`]).
+#[derive(Clone, Debug, Default, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct ShardHealth {
+    pub engines: Vec<EngineHealth>,
+    /// Its services by state (`ServiceState::as_str`).
+    pub services_by_state: std::collections::BTreeMap<String, u64>,
+    pub open_actions: u64,
+    /// Zones (and `"fleet"`) braked or frozen in its holder's engine.
+    pub braked: Vec<String>,
+}
+
+impl ShardHealth {
+    /// The parts added up.
+    pub fn sum(parts: impl IntoIterator<Item = ShardHealth>) -> ShardHealth {
+        let mut total = ShardHealth::default();
+        let mut engines = Vec::new();
+        for part in parts {
+            engines.extend(part.engines);
+            for (state, n) in part.services_by_state {
+                *total.services_by_state.entry(state).or_default() += n;
+            }
+            total.open_actions += part.open_actions;
+            total.braked.extend(part.braked);
+        }
+        total.engines = EngineHealth::sum(engines);
+        total.braked.sort();
+        total.braked.dedup();
+        total
+    }
+}
+
 impl EngineHealth {
     /// Parts of one fleet (each shard's, on a fleet split between nodes)
     /// added up per engine, in the order each engine first appears.

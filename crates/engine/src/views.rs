@@ -198,11 +198,27 @@ impl Engine {
         self.health_by(|_| ()).remove(&()).unwrap_or_default()
     }
 
-    /// [`Engine::engine_health`] of each shard of `shards` this engine has
-    /// services in (a fleet split between nodes: the status site sums every
-    /// shard's, `EngineHealth::sum`).
-    pub fn engine_health_by_shard(&self, shards: u16) -> std::collections::BTreeMap<u16, Vec<EngineHealth>> {
-        self.health_by(|s| s.id.slot().shard(shards))
+    /// Each shard of `shards` this engine has services or actions in, as
+    /// [`crate::ShardHealth`] (a fleet split between nodes: the status
+    /// site and the dashboard sum every shard's).
+    pub fn health_by_shard(&self, shards: u16) -> std::collections::BTreeMap<u16, crate::ShardHealth> {
+        let mut out: std::collections::BTreeMap<u16, crate::ShardHealth> = self
+            .health_by(|s| s.id.slot().shard(shards))
+            .into_iter()
+            .map(|(shard, engines)| (shard, crate::ShardHealth { engines, ..Default::default() }))
+            .collect();
+        for (_, s) in self.services.iter() {
+            let part = out.entry(s.id.slot().shard(shards)).or_default();
+            *part.services_by_state.entry(s.state.as_str().to_string()).or_default() += 1;
+        }
+        for a in self.actions.values() {
+            out.entry(a.record.service.slot().shard(shards)).or_default().open_actions += 1;
+        }
+        let braked = self.stats().braked;
+        for part in out.values_mut() {
+            part.braked.clone_from(&braked);
+        }
+        out
     }
 
     fn health_by<K: Ord>(

@@ -1,18 +1,20 @@
 //! The status site of a fleet split between nodes (issue 16): its
 //! components are the whole fleet's, but each node's engine has only the
 //! shards it holds. Every node writes, every [`PUBLISH_EVERY`], how its
-//! engine sees each shard it holds (`EngineHealth` per engine kind) into
+//! engine sees each shard it holds (`ShardHealth`: per engine kind, its
+//! services by state, open actions, the brake) into
 //! the shared store with the generation it holds the shard with
 //! (`PgStore::put_shard_health`: a node that lost a shard cannot write
 //! over its new holder's row), and the node that renders `/status` or
-//! samples the components (shard 0's holder) adds its own engine's shards
+//! samples the components (shard 0's holder), or the dashboard's overview
+//! on any node, adds its own engine's shards
 //! to the other shards' rows written within [`FRESH`]. A shard with no
 //! fresh row (its holder died and nobody has taken it yet) is left out of
 //! the sums and named in a warning: its services are unknown, not down.
 
 use crate::lease::{ShardMap, Shards};
 use crate::runtime::EngineHandle;
-use drover_engine::{Engine, EngineHealth};
+use drover_engine::{Engine, ShardHealth};
 use drover_store::PgStore;
 use std::collections::BTreeMap;
 use std::sync::Arc;
@@ -38,7 +40,7 @@ pub fn spawn(engine: EngineHandle, store: Arc<PgStore>, shards: Shards, node: St
                 continue;
             }
             let count = map.shards;
-            let Ok(mut by_shard) = engine.query(move |e: &Engine| e.engine_health_by_shard(count)).await else {
+            let Ok(mut by_shard) = engine.query(move |e: &Engine| e.health_by_shard(count)).await else {
                 continue;
             };
             let rows: Vec<(u16, i64, String)> = map
@@ -70,20 +72,20 @@ pub async fn whole(
     engine: &EngineHandle,
     store: &Arc<PgStore>,
     map: &ShardMap,
-) -> Result<(Vec<EngineHealth>, Vec<u16>), crate::error::ApiError> {
+) -> Result<(ShardHealth, Vec<u16>), crate::error::ApiError> {
     let count = map.shards;
-    let own = engine.query(move |e: &Engine| e.engine_health_by_shard(count)).await?;
+    let own = engine.query(move |e: &Engine| e.health_by_shard(count)).await?;
     let reading = Arc::clone(store);
     let rows = tokio::task::spawn_blocking(move || reading.shard_health(FRESH))
         .await
         .map_err(|e| crate::error::ApiError::internal(format!("reading the shards' health failed: {e}")))?
         .map_err(|e| crate::error::ApiError::unavailable(format!("cannot read the shards' health: {e}")))?;
-    let mut parts: BTreeMap<u16, Vec<EngineHealth>> = BTreeMap::new();
+    let mut parts: BTreeMap<u16, ShardHealth> = BTreeMap::new();
     for (shard, node, json) in rows {
         if map.held.contains(&shard) {
             continue;
         }
-        match serde_json::from_str::<Vec<EngineHealth>>(&json) {
+        match serde_json::from_str::<ShardHealth>(&json) {
             Ok(health) => {
                 parts.insert(shard, health);
             }
@@ -94,5 +96,5 @@ pub async fn whole(
         parts.insert(*shard, own.get(shard).cloned().unwrap_or_default());
     }
     let missing: Vec<u16> = (0..count).filter(|s| !parts.contains_key(s)).collect();
-    Ok((EngineHealth::sum(parts.into_values().flatten()), missing))
+    Ok((ShardHealth::sum(parts.into_values()), missing))
 }

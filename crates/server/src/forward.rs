@@ -72,6 +72,11 @@ fn skipped(name: &HeaderName) -> bool {
     ) || name == header::PROXY_AUTHORIZATION
 }
 
+/// The client nodes ask each other (and themselves) with.
+pub(crate) fn node_client() -> &'static reqwest::Client {
+    client()
+}
+
 fn client() -> &'static reqwest::Client {
     static CLIENT: OnceLock<reqwest::Client> = OnceLock::new();
     CLIENT.get_or_init(|| {

@@ -10,8 +10,9 @@
 //! answers merged (lists), split by slot (a heartbeat batch), or
 //! [`Rule::Across`]: a request that touches several shards at once, for
 //! which the rule names what the server must settle before it can run on
-//! several shards. [`target`] reads a request's shard from its path and,
-//! where the path does not say, from its body, as the handler would: a
+//! several shards (no route needs it now: answered 503 naming why).
+//! [`target`] reads a request's shard from its path and, where the path
+//! does not say, from its body, as the handler would: a
 //! body the handler would refuse is refused here with the same kind of
 //! message, and nothing here panics on any input.
 //!
@@ -76,9 +77,6 @@ const fn placed(method: &'static str, path: &'static str, rule: Rule) -> Placed 
 }
 
 use Rule::*;
-
-const DASHBOARD: &str = "the dashboard's overview and list render HTML from its own node's engine: on several shards \
-                         they must read through the routed API (the lists merged)";
 
 /// Every route, by method and path template (axum's `MatchedPath`).
 pub const TABLE: &[Placed] = &[
@@ -184,8 +182,10 @@ pub const TABLE: &[Placed] = &[
     placed("POST", "/ui/login", Here),
     placed("POST", "/ui/logout", Here),
     placed("GET", "/ui/live.js", Here),
-    placed("GET", "/ui/", Across(DASHBOARD)),
-    placed("GET", "/ui/services", Across(DASHBOARD)),
+    // The overview and the list, rendered by the node asked from every
+    // shard's part (`fleet_health`, the routed `GET /v1/services`).
+    placed("GET", "/ui/", Here),
+    placed("GET", "/ui/services", Here),
     // A service's page, rendered by its holder (the session is in the
     // store every node shares).
     placed("GET", "/ui/services/{name}", ServiceInPath),
@@ -540,7 +540,6 @@ mod tests {
         // A fork goes to its source's holder (which hands the new service's
         // creation to its name's holder, `node_commands`).
         assert_eq!(t("POST", "/v1/services/foo/fork", r#"{"name":"bar"}"#), Ok(Target::Shard(12182 % 12)));
-        assert!(matches!(t("GET", "/ui/services", ""), Ok(Target::Across(_))));
     }
 
     #[test]

@@ -90,7 +90,7 @@ pub async fn components_now(ready: &Ready, t: &Thresholds) -> Result<Vec<(String
             if !missing.is_empty() {
                 tracing::warn!(?missing, "the status site has no recent word of these shards: left out");
             }
-            health
+            health.engines
         }
         _ => ready.engine.query(|engine| engine.engine_health()).await?,
     };

@@ -114,13 +114,15 @@ struct Viewer {
     who: Identity,
     csrf: String,
     session: String,
+    /// The token the session acts with (the routed API is asked with it).
+    token: String,
 }
 
 async fn viewer(ready: &Ready, headers: &HeaderMap) -> Option<Viewer> {
     let session_id = session_id(headers)?;
     let (token, csrf) = session(ready, &session_id).await?;
     match ready.auth.authenticate(&token, crate::actor::now()) {
-        Ok(who) => Some(Viewer { who, csrf, session: session_id }),
+        Ok(who) => Some(Viewer { who, csrf, session: session_id, token }),
         Err(_) => {
             close_session(ready, &session_id).await;
             None
@@ -312,6 +314,25 @@ pub(crate) async fn overview(State(state): State<AppState>, headers: HeaderMap) 
     let Ok((stats, health)) = ready.engine.query(|e| (e.stats(), e.engine_health())).await else {
         return problem(StatusCode::SERVICE_UNAVAILABLE, Some(&v), "The engine did not answer.");
     };
+    let mut by_state: Vec<(String, u64)> =
+        stats.services_by_state.iter().map(|(s, n)| (s.as_str().to_string(), *n)).collect();
+    let (mut health, mut braked, mut open_actions) = (health, stats.braked, stats.open_actions);
+    // On a fleet split between nodes: every shard's part (`fleet_health`).
+    let map = ready.node.shards.read().unwrap_or_else(|p| p.into_inner()).clone();
+    if let (Some((pg, _)), false) = (&ready.node.shared, map.whole()) {
+        match crate::fleet_health::whole(&ready.engine, pg, &map).await {
+            Ok((whole, missing)) => {
+                for (state, n) in &mut by_state {
+                    *n = whole.services_by_state.get(state.as_str()).copied().unwrap_or(0);
+                }
+                (health, braked, open_actions) = (whole.engines, whole.braked, whole.open_actions);
+                if !missing.is_empty() {
+                    tracing::warn!(?missing, "the overview has no recent word of these shards: left out");
+                }
+            }
+            Err(e) => return problem(StatusCode::SERVICE_UNAVAILABLE, Some(&v), e.message),
+        }
+    }
     let store = ready.oncall.store.clone();
     let open_pages = match tokio::task::spawn_blocking(move || store.open_pages()).await {
         Ok(Ok(p)) => p.iter().filter(|p| v.who.sees_team(Some(&p.team))).count(),
@@ -320,14 +341,14 @@ pub(crate) async fn overview(State(state): State<AppState>, headers: HeaderMap) 
     let page = OverviewPage {
         me: Some(v.who.name.clone()),
         csrf: v.csrf.clone(),
-        by_state: stats.services_by_state.iter().map(|(s, n)| (s.as_str().to_string(), *n)).collect(),
+        by_state,
         by_engine: health
             .iter()
             .map(|h| (crate::status::component_name(h.engine).to_string(), h.live, h.down))
             .collect(),
-        braked: stats.braked,
+        braked,
         open_pages,
-        open_actions: stats.open_actions,
+        open_actions,
     };
     html(StatusCode::OK, page.render())
 }
@@ -374,11 +395,28 @@ pub(crate) async fn services(
     let team = v.who.team.clone();
     let (want_state, want_engine) = (f.state.clone().unwrap_or_default(), f.engine.clone().unwrap_or_default());
     let after = f.after.clone();
-    // Filters apply to a page of names; a page may show fewer rows.
-    let Ok((views, more)) =
-        ready.engine.query(move |e| e.service_views_page(after.as_deref(), SERVICES_PER_PAGE, team.as_deref())).await
-    else {
-        return problem(StatusCode::SERVICE_UNAVAILABLE, Some(&v), "The engine did not answer.");
+    // Filters apply to a page of names; a page may show fewer rows. On a
+    // fleet split between nodes, the page of the whole fleet's list, as
+    // the API merges it from every holder.
+    let split = !ready.node.shards.read().unwrap_or_else(|p| p.into_inner()).whole();
+    let page = if split {
+        routed_services_page(ready, &v, after.as_deref()).await
+    } else {
+        ready
+            .engine
+            .query(move |e| e.service_views_page(after.as_deref(), SERVICES_PER_PAGE, team.as_deref()))
+            .await
+            .map_err(|e| e.message)
+    };
+    let (views, more) = match page {
+        Ok(page) => page,
+        Err(why) => {
+            return problem(
+                StatusCode::SERVICE_UNAVAILABLE,
+                Some(&v),
+                format!("The fleet's list is not at hand: {why}"),
+            )
+        }
     };
     let next = if more { views.last().map(|s| s.name.clone()) } else { None };
     let rows = views
@@ -405,6 +443,31 @@ pub(crate) async fn services(
         }
         .render(),
     )
+}
+
+/// A page of the whole fleet's services through this node's own API (the
+/// routed one: every holder's part, merged), asked with the session's token.
+async fn routed_services_page(
+    ready: &Ready,
+    v: &Viewer,
+    after: Option<&str>,
+) -> Result<(Vec<drover_model::ServiceView>, bool), String> {
+    let mut url = format!("{}/v1/services?limit={SERVICES_PER_PAGE}", ready.node.url.trim_end_matches('/'));
+    if let Some(after) = after {
+        url.push_str("&after=");
+        url.extend(percent_encoding::utf8_percent_encode(after, percent_encoding::NON_ALPHANUMERIC));
+    }
+    let answer =
+        crate::forward::node_client().get(&url).bearer_auth(&v.token).send().await.map_err(|e| e.to_string())?;
+    if !answer.status().is_success() {
+        let status = answer.status();
+        let text = answer.text().await.unwrap_or_default();
+        return Err(format!("{status}: {text}"));
+    }
+    let more =
+        answer.headers().get(header::LINK).and_then(|l| l.to_str().ok()).is_some_and(|l| l.contains("rel=\"next\""));
+    let views = answer.json::<Vec<drover_model::ServiceView>>().await.map_err(|e| e.to_string())?;
+    Ok((views, more))
 }
 
 struct InstanceRow {

@@ -417,7 +417,7 @@ async fn freezes_and_the_status_site_s_health_reach_across_the_nodes_of_a_split_
     loop {
         let map = zero.map.read().unwrap().clone();
         let (health, missing) = drover_server::fleet_health::whole(&zero.handle, &zero.store, &map).await.unwrap();
-        if kinds(&health) == ["postgres".to_string(), "redis".to_string()].into() {
+        if kinds(&health.engines) == ["postgres".to_string(), "redis".to_string()].into() {
             assert!(missing.is_empty(), "every shard has a recent word: {missing:?}");
             break;
         }
@@ -431,7 +431,9 @@ async fn freezes_and_the_status_site_s_health_reach_across_the_nodes_of_a_split_
     until("the survivor holds every shard", Duration::from_secs(10), || zero.held().len() == SHARDS as usize).await;
     let map = zero.map.read().unwrap().clone();
     let (health, missing) = drover_server::fleet_health::whole(&zero.handle, &zero.store, &map).await.unwrap();
-    assert_eq!(kinds(&health), ["postgres".to_string(), "redis".to_string()].into(), "{health:?}");
+    assert_eq!(kinds(&health.engines), ["postgres".to_string(), "redis".to_string()].into(), "{health:?}");
+    assert_eq!(health.services_by_state.values().sum::<u64>(), 2, "both services, once: {health:?}");
+    assert!(health.open_actions >= 2, "their creations' actions: {health:?}");
     assert!(missing.is_empty(), "{missing:?}");
     zero.kill().await;
 }

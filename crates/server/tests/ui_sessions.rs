@@ -155,8 +155,8 @@ async fn sessions_end_with_their_token_and_forms_need_the_session_the_origin_and
 /// Two nodes of a fleet split into two shards on one PostgreSQL store:
 /// a session opened through one is good on the other (the sessions are in
 /// the store they share), a service's page is rendered by its shard's
-/// holder whichever node was asked, and a logout through one node ends the
-/// session on both.
+/// holder whichever node was asked, the list and the overview are the
+/// whole fleet's, and a logout through one node ends the session on both.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_dashboard_session_is_good_on_every_node_of_a_split_fleet() {
     let (dir_a, dir_b) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
@@ -208,6 +208,22 @@ async fn a_dashboard_session_is_good_on_every_node_of_a_split_fleet() {
         let (status, page) = get(node, Some(&cookie), "/ui/pages").await;
         assert_eq!(status, 200);
         assert!(!page.contains("name=\"token\""), "shard 0's holder knows the session: {page}");
+    }
+    // The list and the overview through either node are the whole fleet's.
+    for name in &names {
+        a.wait_available(name, Duration::from_secs(30)).await;
+    }
+    for node in [&a, &b] {
+        let (status, page) = get(node, Some(&cookie), "/ui/services").await;
+        assert_eq!(status, 200, "{page}");
+        for name in &names {
+            assert!(page.contains(&format!(">{name}<")), "{name} listed through {}: {page}", node.url);
+        }
+        common::poll(Duration::from_secs(15), "the overview counts both shards' services", || async {
+            let (_, page) = get(node, Some(&cookie), "/ui/").await;
+            page.contains("PostgreSQL</h2><p>2 live").then_some(())
+        })
+        .await;
     }
     // Logged out through b: the session ends on a too.
     let (_, page) = get(&b, Some(&cookie), "/ui/pages").await;
