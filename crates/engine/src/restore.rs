@@ -34,22 +34,8 @@ impl Engine {
         e.restore_archives(snapshot.archives, now);
         let (resumed, pending) = e.resume_actions(snapshot.actions, now, &mut out);
         e.restore_rollouts(snapshot.rollouts, snapshot.rollout_members, now);
-        out.changes.events.push(fleet_event(
-            now,
-            EventKind::Started,
-            None,
-            "running",
-            format!(
-                "control plane started: {} services, {} instances, {} actions resumed, {} pending; \
-                 silence ignored for {:?}{}",
-                e.services.len(),
-                e.instances.len(),
-                resumed,
-                pending,
-                e.config.restart_grace,
-                if orphans > 0 { format!("; {orphans} instances without a service skipped") } else { String::new() }
-            ),
-        ));
+        let what = format!("control plane started: {} services, {} instances", e.services.len(), e.instances.len());
+        out.changes.events.push(started(now, what, (resumed, pending), e.config.restart_grace, orphans));
         let slots: Vec<u32> = e.services.iter().map(|(s, _)| s).collect();
         for s in slots {
             e.mark_dirty(s);
@@ -93,24 +79,14 @@ impl Engine {
         }
         let instances =
             service_by_id.values().filter_map(|&s| self.services.get(s)).map(|s| s.instances.len()).sum::<usize>();
-        out.changes.events.push(fleet_event(
-            now,
-            EventKind::Started,
-            None,
-            "running",
-            format!(
-                "control plane took over {}/{} of the fleet: {} services and {} instances added, {} actions resumed, \
-                 {} pending; silence ignored for {:?}{}",
-                share.held,
-                share.of,
-                service_by_id.len(),
-                instances,
-                resumed,
-                pending,
-                self.config.restart_grace,
-                if orphans > 0 { format!("; {orphans} instances without a service skipped") } else { String::new() }
-            ),
-        ));
+        let what = format!(
+            "control plane took over {}/{} of the fleet: {} services and {} instances added",
+            share.held,
+            share.of,
+            service_by_id.len(),
+            instances
+        );
+        out.changes.events.push(started(now, what, (resumed, pending), self.config.restart_grace, orphans));
         for &slot in service_by_id.values() {
             self.mark_dirty(slot);
         }
@@ -259,4 +235,23 @@ const PLACEHOLDER_VERSION: &str = "unknown";
 /// Whether `image` is a [`placeholder_image`].
 pub(crate) fn is_placeholder(image: &Image) -> bool {
     image.version == PLACEHOLDER_VERSION && image.packages.is_empty() && image.configuration.is_empty()
+}
+
+/// The event a restore or a merge ends with: `what` it took, the actions
+/// it resumed and left pending, and how long silence is ignored.
+fn started(
+    now: i64,
+    what: String,
+    (resumed, pending): (usize, usize),
+    grace: std::time::Duration,
+    orphans: usize,
+) -> drover_model::Event {
+    let skipped = if orphans > 0 { format!("; {orphans} instances without a service skipped") } else { String::new() };
+    fleet_event(
+        now,
+        EventKind::Started,
+        None,
+        "running",
+        format!("{what}, {resumed} actions resumed, {pending} pending; silence ignored for {grace:?}{skipped}"),
+    )
 }

@@ -570,11 +570,32 @@ pub async fn hand_over_engine<L>(
 where
     L: FnOnce() -> anyhow::Result<Reload> + Send + 'static,
 {
-    let inbox = handle.redirect(LIMITS);
-    // Whatever is sent from here on waits for the new engine.
-    redirected();
-    let old = running.await.map_err(|e| anyhow::anyhow!("the running engine's task failed: {e}"))?;
+    let (old, inbox) = stop_running(handle, running, redirected).await?;
     reload_machine(old, inbox, load, shutdown).await
+}
+
+/// Redirects `handle` to a new inbox (whatever is sent from then on waits
+/// for the next engine), says so (`redirected`), and waits for the running
+/// actor to step and commit every input sent before: its machine, and the
+/// new inbox.
+async fn stop_running(
+    handle: &EngineHandle,
+    running: tokio::task::JoinHandle<EngineMachine>,
+    redirected: impl FnOnce(),
+) -> anyhow::Result<(EngineMachine, tokio::sync::mpsc::Receiver<actor::Msg<EngineMachine>>)> {
+    let inbox = handle.redirect(LIMITS);
+    redirected();
+    let machine = running.await.map_err(|e| anyhow::anyhow!("the running engine's task failed: {e}"))?;
+    Ok((machine, inbox))
+}
+
+/// `machine`'s actor, started on `inbox`.
+fn run_on(
+    machine: EngineMachine,
+    inbox: tokio::sync::mpsc::Receiver<actor::Msg<EngineMachine>>,
+    shutdown: tokio::sync::watch::Receiver<bool>,
+) -> tokio::task::JoinHandle<EngineMachine> {
+    tokio::spawn(actor::Actor { machine, inbox, shutdown, limits: LIMITS }.run_to_end())
 }
 
 /// The second half of [`hand_over_engine`]: `old`, its inputs all stepped
@@ -610,7 +631,7 @@ where
         "the engine was handed over to the shards now held"
     );
     machine.dispatcher.dispatch_routed(&machine.engine, redispatch);
-    Ok(tokio::spawn(actor::Actor { machine, inbox, shutdown, limits: LIMITS }.run_to_end()))
+    Ok(run_on(machine, inbox, shutdown))
 }
 
 /// Takes shards over into the engine behind `handle` (its actor `running`)
@@ -637,9 +658,7 @@ pub async fn absorb_into_engine<L>(
 where
     L: FnOnce() -> anyhow::Result<Reload> + Send + 'static,
 {
-    let inbox = handle.redirect(LIMITS);
-    redirected();
-    let mut machine = running.await.map_err(|e| anyhow::anyhow!("the running engine's task failed: {e}"))?;
+    let (mut machine, inbox) = stop_running(handle, running, redirected).await?;
     if machine.refused {
         tracing::warn!("a commit failed since the engine was loaded: it is loaded again whole rather than merged into");
         return reload_machine(machine, inbox, whole, shutdown).await;
@@ -653,7 +672,7 @@ where
         // engine runs on for the shards it kept.
         tracing::error!(%error, "what the engine decided on the shards it took could not be persisted");
         machine.refused = true;
-        return Ok(tokio::spawn(actor::Actor { machine, inbox, shutdown, limits: LIMITS }.run_to_end()));
+        return Ok(run_on(machine, inbox, shutdown));
     }
     tracing::info!(
         held = share.held,
@@ -664,7 +683,7 @@ where
         "the shards taken over were merged into the running engine"
     );
     machine.dispatcher.dispatch_routed(&machine.engine, out.dispatch);
-    Ok(tokio::spawn(actor::Actor { machine, inbox, shutdown, limits: LIMITS }.run_to_end()))
+    Ok(run_on(machine, inbox, shutdown))
 }
 
 /// A batch's outputs: the changes to commit and the actions to dispatch.

@@ -699,22 +699,29 @@ async fn commit_group(
 ) -> Result<Vec<Result<(), u32>>, StoreError> {
     let mut client = pool.get().await.map_err(pool_error(target))?;
     let tx = client.transaction().await.map_err(pg("beginning a commit"))?;
-    if holder.is_some() || shards.is_some() {
-        // The fence below holds its lease rows FOR SHARE until the commit:
-        // a node cut off or stopped in the middle of one must not keep
-        // them locked (and the next holder from taking them) until TCP
-        // gives up. The server ends the transaction once it waited this
-        // long for the node's next statement.
-        tx.batch_execute(FENCED_COMMIT_IDLE).await.map_err(pg("beginning a commit"))?;
-    }
     // Several shards: each batch is fenced by the shards it writes, and
     // the fleet's token (shard 0's) fences only the singletons' writes.
-    let admitted = match shards {
-        None => {
-            check_lease(&tx, holder).await?;
-            vec![Ok(()); group.len()]
+    let fenced = async {
+        match shards {
+            None => {
+                check_lease(&tx, holder).await?;
+                Ok(vec![Ok(()); group.len()])
+            }
+            Some(fence) => check_shards(&tx, group, fence).await,
         }
-        Some(fence) => check_shards(&tx, group, fence).await?,
+    };
+    let admitted = if holder.is_some() || shards.is_some() {
+        // The fence holds its lease rows FOR SHARE until the commit: a node
+        // cut off or stopped in the middle of one must not keep them locked
+        // (and the next holder from taking them) until TCP gives up. The
+        // server ends the transaction once it waited this long for the
+        // node's next statement. Sent ahead of the fence in one pipeline
+        // (tokio-postgres sends both before it reads an answer): no round
+        // trip of its own.
+        let idle = async { tx.batch_execute(FENCED_COMMIT_IDLE).await.map_err(pg("beginning a commit")) };
+        tokio::try_join!(idle, fenced)?.1
+    } else {
+        fenced.await?
     };
     let written: Vec<&Request> = group.iter().zip(&admitted).filter(|(_, a)| a.is_ok()).map(|(r, _)| r).collect();
     if written.is_empty() {
