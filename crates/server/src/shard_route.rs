@@ -10,7 +10,7 @@
 //! answers merged (lists), split by slot (a heartbeat batch), or
 //! [`Rule::Across`]: a request that touches several shards at once, for
 //! which the rule names what the server must settle before it can run on
-//! several shards (no route needs it now: answered 503 naming why).
+//! several shards (answered 503 naming why: a new rollout).
 //! [`target`] reads a request's shard from its path and, where the path
 //! does not say, from its body, as the handler would: a
 //! body the handler would refuse is refused here with the same kind of
@@ -78,6 +78,9 @@ const fn placed(method: &'static str, path: &'static str, rule: Rule) -> Placed 
 
 use Rule::*;
 
+const ROLLOUT: &str = "a rollout moves services of every shard, but its waves run in one engine over that engine's \
+                       services only: started on a split fleet it would patch part of the fleet and say it is done";
+
 /// Every route, by method and path template (axum's `MatchedPath`).
 pub const TABLE: &[Placed] = &[
     placed("GET", "/healthz", Here),
@@ -136,7 +139,7 @@ pub const TABLE: &[Placed] = &[
     placed("POST", "/v1/hosts/{name}/actions/{id}/result", IdInPath("id")),
     // Rollouts' waves and runbooks are singletons; a wave's moves and a
     // runbook's steps are commands to each service's holder.
-    placed("POST", "/v1/rollouts", Fleet),
+    placed("POST", "/v1/rollouts", Across(ROLLOUT)),
     placed("GET", "/v1/rollouts", Fleet),
     placed("GET", "/v1/rollouts/{id}", Fleet),
     placed("GET", "/v1/rollouts/{id}/services", Fleet),
@@ -510,7 +513,7 @@ mod tests {
         // What the rules read is in the path they are given.
         for p in TABLE {
             match p.rule {
-                ServiceInPath => assert!(p.path.starts_with("/v1/services/{name}"), "{p:?}"),
+                ServiceInPath => assert!(p.path.contains("/services/{name}"), "{p:?}"),
                 IdInPath(name) => assert!(p.path.contains(&format!("{{{name}}}")), "{p:?}"),
                 _ => {}
             }

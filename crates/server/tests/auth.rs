@@ -103,10 +103,11 @@ async fn every_route_answers_each_kind_of_caller_as_the_permission_table_says() 
             let body: Value = response.json().await.unwrap_or(Value::Null);
             let ok = match (rule.permission, role) {
                 (Permission::Public, _) => (200..300).contains(&status),
-                // The handler checks the link's signature or feed key (none here: 403), never a bearer token.
+                // The handler checks the link's signature, the feed key or another
+                // node's seal (none here: 403), never a bearer token.
                 (Permission::SignedLink, _) => {
                     let error = body["error"].as_str().unwrap_or("");
-                    status == 403 && (error.contains("sig") || error.contains("feed key"))
+                    status == 403 && (error.contains("sig") || error.contains("feed key") || error.contains("seal"))
                 }
                 // Events API v2: without a valid bearer, `{}` has no routing_key: 401.
                 (_, None) => status == 401,
