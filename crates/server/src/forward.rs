@@ -454,12 +454,7 @@ fn merged(path: &str, query: Option<&str>, lists: Vec<(Vec<serde_json::Value>, b
         let (items, _) = crate::shard_route::merge_pages(lists, usize::MAX, |v| text(v, "id"));
         return axum::Json(items).into_response();
     }
-    let limit = query
-        .into_iter()
-        .flat_map(|q| q.split('&'))
-        .find_map(|pair| pair.strip_prefix("limit="))
-        .and_then(|l| l.parse().ok())
-        .unwrap_or(crate::http::DEFAULT_LIMIT);
+    let limit = query_limit(query);
     let (items, more) = crate::shard_route::merge_pages(lists, limit, |v| text(v, "name"));
     let next = more.then(|| items.last().map(|v| text(v, "name"))).flatten();
     let mut response = axum::Json(items).into_response();
@@ -473,18 +468,23 @@ fn merged(path: &str, query: Option<&str>, lists: Vec<(Vec<serde_json::Value>, b
     response
 }
 
+/// The `limit` a list was asked with (the API's default without one).
+fn query_limit(query: Option<&str>) -> usize {
+    query
+        .into_iter()
+        .flat_map(|q| q.split('&'))
+        .find_map(|pair| pair.strip_prefix("limit="))
+        .and_then(|l| l.parse().ok())
+        .unwrap_or(crate::http::DEFAULT_LIMIT)
+}
+
 /// The audit trail is in the store every node shares, but a team's token
 /// sees only the entries of its team's services, which each holder knows
 /// of its own shards: every part is the last `limit` entries its node
 /// lets the caller see; together, in order, the last `limit` of them (an
 /// entry several parts have, once).
 fn merged_audit(query: Option<&str>, lists: Vec<(Vec<serde_json::Value>, bool)>) -> Response {
-    let limit = query
-        .into_iter()
-        .flat_map(|q| q.split('&'))
-        .find_map(|pair| pair.strip_prefix("limit="))
-        .and_then(|l| l.parse().ok())
-        .unwrap_or(crate::http::DEFAULT_LIMIT);
+    let limit = query_limit(query);
     let mut all: Vec<(u64, String, serde_json::Value)> = lists
         .into_iter()
         .flat_map(|(items, _)| items)

@@ -231,17 +231,6 @@ pub fn service_of(c: &Command) -> Option<&str> {
     }
 }
 
-fn client() -> &'static reqwest::Client {
-    static CLIENT: OnceLock<reqwest::Client> = OnceLock::new();
-    CLIENT.get_or_init(|| {
-        drover_agent::tls::builder()
-            .timeout(TIMEOUT)
-            .redirect(reqwest::redirect::Policy::none())
-            .build()
-            .unwrap_or_default()
-    })
-}
-
 /// Runs `command` as `who` on the engine that holds its service: this
 /// node's own when it holds it (or the fleet is not split), else its
 /// holder's through `POST /v1/cluster/commands`. `check_only`: only
@@ -285,8 +274,9 @@ async fn send(
         NodeCommand { actor: who.actor.clone(), role: who.role.clone(), team: who.team.clone(), check_only, command };
     let body = serde_json::to_vec(&asked).map_err(|e| ApiError::internal(format!("cannot encode a command: {e}")))?;
     let url = format!("{}/v1/cluster/commands", holder.url.trim_end_matches('/'));
-    let answer = client()
+    let answer = crate::forward::node_client()
         .post(&url)
+        .timeout(TIMEOUT)
         .header(SEAL, seal(&ready.node.key, &body))
         .header(axum::http::header::CONTENT_TYPE, "application/json")
         .body(body)

@@ -344,14 +344,7 @@ fn plan(runbook: &Runbook, given: &BTreeMap<String, String>) -> Result<Vec<Comma
 fn target(c: &Command) -> (Option<&str>, Option<&str>) {
     match c {
         Command::FreezeAutomation { scope } | Command::ReleaseAutomation { scope } => (None, Some(scope)),
-        Command::Failover { name }
-        | Command::Switchover { name }
-        | Command::RebuildFollower { name, .. }
-        | Command::TakeBackup { name }
-        | Command::VerifyBackup { name }
-        | Command::ResumeService { name }
-        | Command::ForkService { source: name, .. } => (Some(name), None),
-        _ => (None, None),
+        other => (crate::node_commands::service_of(other), None),
     }
 }
 
