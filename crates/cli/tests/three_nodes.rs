@@ -295,27 +295,26 @@ async fn holders(http: &reqwest::Client, via: &Serve) -> Option<std::collections
     )
 }
 
-/// Issue 16 on a fleet split into three shards, one per node: services
-/// created through any node land on their shard's holder and are read
-/// and listed through any other; kill -9 of a node while the primaries
-/// of its shard crash → its shard is taken over within 10 s and each of
-/// those primaries is failed over exactly once, through the survivors.
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn three_nodes_on_three_shards_heal_the_fleet_through_a_node_killed() {
-    const SHARDS: u16 = 3;
-    let pg = pg::PgServer::start();
-    let store = pg.url("postgres");
-    let dir = tempfile::tempdir().unwrap();
-    let root = dir.path();
-    let plain = drover_agent::tls::builder().timeout(Duration::from_secs(5)).build().unwrap();
-    let world = start_world(root, &plain).await;
-    let w = world.api.clone();
+const SHARDS: u16 = 3;
 
+fn shard_of(name: &str) -> u16 {
+    drover_model::Slot::of_name(name).shard(SHARDS)
+}
+
+/// Three nodes on three shards, one each (their holders by shard), and
+/// two services with a follower in each shard, each created through a node
+/// that does not hold it (forwarded by name).
+async fn three_nodes_two_services_a_shard(
+    root: &Path,
+    store: &str,
+    world: &str,
+    plain: &reqwest::Client,
+) -> (Vec<(&'static str, Serve)>, reqwest::Client, std::collections::BTreeMap<u16, String>, Vec<String>) {
     let shards = SHARDS.to_string();
     let mut nodes = Vec::new();
     for name in ["a", "b", "c"] {
-        let n = node_with(root, name, &store, &w, &["--shards", &shards]);
-        n.wait_healthy(&plain, GENEROUS).await;
+        let n = node_with(root, name, store, world, &["--shards", &shards]);
+        n.wait_healthy(plain, GENEROUS).await;
         nodes.push((name, n));
     }
     let http = admin_client(&root.join("a/data"));
@@ -329,10 +328,6 @@ async fn three_nodes_on_three_shards_heal_the_fleet_through_a_node_killed() {
     .await;
     // Each node learns the others' shards at its next round (every TTL/8).
     tokio::time::sleep(Duration::from_secs_f64(TTL_SECS / 2.0)).await;
-
-    // Two services in each shard, each created through a node that does
-    // not hold it (forwarded by name).
-    let shard_of = |name: &str| drover_model::Slot::of_name(name).shard(SHARDS);
     let mut names = Vec::new();
     for shard in 0..SHARDS {
         names.extend((0..).map(|i| format!("s{i}")).filter(|n| shard_of(n) == shard).take(2));
@@ -344,6 +339,24 @@ async fn three_nodes_on_three_shards_heal_the_fleet_through_a_node_killed() {
         let (status, created) = common::post(&http, &via.api, "/v1/services", body).await;
         assert_eq!(status, 201, "{name} through {}: {created}", via.api);
     }
+    (nodes, http, spread, names)
+}
+
+/// Issue 16 on a fleet split into three shards, one per node: services
+/// created through any node land on their shard's holder and are read
+/// and listed through any other; kill -9 of a node while the primaries
+/// of its shard crash → its shard is taken over within 10 s and each of
+/// those primaries is failed over exactly once, through the survivors.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn three_nodes_on_three_shards_heal_the_fleet_through_a_node_killed() {
+    let pg = pg::PgServer::start();
+    let store = pg.url("postgres");
+    let dir = tempfile::tempdir().unwrap();
+    let root = dir.path();
+    let plain = drover_agent::tls::builder().timeout(Duration::from_secs(5)).build().unwrap();
+    let world = start_world(root, &plain).await;
+    let w = world.api.clone();
+    let (mut nodes, http, spread, names) = three_nodes_two_services_a_shard(root, &store, &w, &plain).await;
     let mut followers = std::collections::BTreeMap::new();
     let mut primaries = std::collections::BTreeMap::new();
     let mut ids = std::collections::BTreeMap::new();
@@ -428,6 +441,75 @@ async fn three_nodes_on_three_shards_heal_the_fleet_through_a_node_killed() {
     .await;
     assert_eq!(acked["status"].as_str(), Some("acknowledged"), "{acked}");
     assert_eq!(acked["summary"].as_str(), Some("a disk is full"), "{acked}");
+}
+
+/// A rollout on a fleet split into three shards, one per node (issue 16:
+/// every route behaves the same on every node): created through a node
+/// that does not keep its record, it moves every shard's services onto the
+/// new image wave by wave, each moved by its own shard's holder, and shard
+/// 0's holder opens the second wave only once every shard closed the
+/// first. Its record, read through any node, is the fleet's sums.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_rollout_on_three_shards_moves_every_shard_s_services_wave_by_wave() {
+    let pg = pg::PgServer::start();
+    let store = pg.url("postgres");
+    let dir = tempfile::tempdir().unwrap();
+    let root = dir.path();
+    let plain = drover_agent::tls::builder().timeout(Duration::from_secs(5)).build().unwrap();
+    let world = start_world(root, &plain).await;
+    let (nodes, http, spread, names) = three_nodes_two_services_a_shard(root, &store, &world.api, &plain).await;
+    for (i, name) in names.iter().enumerate() {
+        settled(&http, &nodes[i % 3].1, name).await;
+    }
+    let zero = &spread[&0];
+    let (_, other) = nodes.iter().find(|(n, _)| *n != zero.as_str()).unwrap();
+    let body = json!({"engine": "postgres", "settings": {"work_mem": "16MB"}});
+    let (status, image) = common::post(&http, &other.api, "/v1/images", body).await;
+    assert_eq!(status, 201, "{image}");
+    let image = image["id"].as_str().unwrap().to_string();
+    // Every holder learns the image within a poll (half a second).
+    tokio::time::sleep(Duration::from_secs(2)).await;
+
+    let body = json!({"to_image": image, "waves": [34, 100], "soak_seconds": 1, "max_failures": 2});
+    let (status, created) = common::post(&http, &other.api, "/v1/rollouts", body).await;
+    assert_eq!(status, 201, "a rollout through {other:?}, not shard 0's holder: {created}", other = other.api);
+    let id = created["id"].as_str().unwrap().to_string();
+    // Read through the third node until it ends, noting each wave and
+    // how many were done then.
+    let mut waves_seen = std::collections::BTreeSet::new();
+    let asked = Instant::now();
+    let done = loop {
+        let (status, r) = get(&http, &format!("{}/v1/rollouts/{id}", nodes[2].1.api)).await.expect("an answer");
+        assert_eq!(status, 200, "{r}");
+        waves_seen.insert((r["wave"].as_u64().unwrap(), r["done"].as_u64().unwrap()));
+        if r["state"] != "pending" && r["state"] != "running" {
+            break r;
+        }
+        assert!(asked.elapsed() < Duration::from_secs(180), "the rollout never ended: {r}");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    };
+    eprintln!("rollout over three shards: {:.1} s; (wave, done) seen: {waves_seen:?}", asked.elapsed().as_secs_f64());
+    assert_eq!(done["state"], "succeeded", "{done}");
+    assert_eq!((done["total"].as_u64(), done["done"].as_u64(), done["failed"].as_u64()), (Some(6), Some(6), Some(0)));
+    assert_eq!(done["wave"], 2, "{done}");
+    // Wave 2 opened only after wave 1 was done in every shard: no look at
+    // the record saw wave 2 with fewer done than the three shards' first
+    // waves (one service of each).
+    assert!(waves_seen.iter().filter(|(wave, _)| *wave == 2).all(|(_, done)| *done >= 3), "{waves_seen:?}");
+    for (i, name) in names.iter().enumerate() {
+        let (_, s) = get(&http, &format!("{}/v1/services/{name}", nodes[i % 3].1.api)).await.unwrap();
+        assert_eq!(s["image"], image.as_str(), "{name}: {s}");
+        let instances = s["instances"].as_array().unwrap();
+        assert!(instances.iter().all(|i| i["image"] == image.as_str()), "{name}: every instance on the image: {s}");
+    }
+    let (status, moved) = get(&http, &format!("{}/v1/rollouts/{id}/services", other.api)).await.unwrap();
+    assert_eq!(status, 200, "{moved}");
+    let mut listed: Vec<&str> = moved.as_array().unwrap().iter().filter_map(|m| m["name"].as_str()).collect();
+    listed.sort();
+    let mut all: Vec<&str> = names.iter().map(String::as_str).collect();
+    all.sort();
+    assert_eq!(listed, all, "every shard's services, done: {moved}");
+    assert!(moved.as_array().unwrap().iter().all(|m| m["phase"] == "done"), "{moved}");
 }
 
 /// A node of a split fleet paused (SIGSTOP) past its lease: the other takes

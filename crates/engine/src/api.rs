@@ -267,6 +267,16 @@ pub enum Input {
     /// restore; what it has stays as it is. Nothing is committed: the
     /// store has them.
     FleetRecords { images: Vec<drover_model::Image>, hosts: Vec<drover_model::HostRecord> },
+    /// Split rollouts' records (a fleet split into shards: rollouts are
+    /// created and steered through shard 0's holder) and the shards this
+    /// engine holds now: each of its parts follows its record, and a held
+    /// shard with no part of an unfinished rollout gets one (its members
+    /// selected and written).
+    Rollouts { records: Vec<drover_model::RolloutRecord>, held: Vec<u16> },
+    /// To shard 0's holder: the other shards' parts of split rollouts, as
+    /// their holders last reported them. It opens waves, pauses and ends
+    /// rollouts on the sums (`rollouts::split`).
+    RolloutProgress { parts: std::collections::BTreeMap<u16, Vec<crate::RolloutPart>> },
 }
 
 #[derive(Clone, Debug, Serialize, Deserialize)]

@@ -43,6 +43,9 @@ impl Engine {
             Command::RotateCredentials { name, in_progress } => {
                 self.rotate_credentials(&name, in_progress, actor, now, out)
             }
+            // A fleet split into shards: a record each shard's holder
+            // takes its part of (`rollouts::split`).
+            Command::CreateRollout(spec) if self.config.share.of > 1 => self.create_split_rollout(spec, now, out),
             Command::CreateRollout(spec) => self.create_rollout(spec, now, out),
             Command::ResizeService { name, image } => self.resize_service(&name, image, now, out),
             Command::UpgradeService { name, version } => self.upgrade_service(&name, &version, now, out),

@@ -57,7 +57,7 @@ mod zone_lease;
 
 pub use api::{Command, CommandError, Config, Dispatch, HeartbeatReceipt, Input, Outputs, Reply, Share};
 pub use hosts::HostedService;
-pub use rollouts::{GateWatch, ScheduledMove};
+pub use rollouts::{GateWatch, RolloutPart, ScheduledMove};
 pub use views::ImageUsage;
 
 use crate::fleet::HashMap;
@@ -119,6 +119,9 @@ pub struct ShardHealth {
     pub open_actions: u64,
     /// Zones (and `"fleet"`) braked or frozen in its holder's engine.
     pub braked: Vec<String>,
+    /// Its parts of split rollouts (`Input::RolloutProgress`); not summed.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub rollouts: Vec<RolloutPart>,
 }
 
 impl ShardHealth {
@@ -395,6 +398,12 @@ impl Engine {
                     "learned {} images, {} hosts and {} host states",
                     learned.images, learned.hosts, learned.host_states
                 ))));
+            }
+            Input::Rollouts { records, held } => {
+                self.learn_rollouts(records, held, now, out);
+            }
+            Input::RolloutProgress { parts } => {
+                self.coordinate_rollouts(parts, now, out);
             }
         }
         self.reconcile_dirty(now, out);

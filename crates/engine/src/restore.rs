@@ -49,8 +49,9 @@ impl Engine {
     /// a node took shards over from one that died): `part`'s services,
     /// instances, open actions and archives are added as [`Engine::restore`]
     /// would have restored them, and the engine's share of the fleet becomes
-    /// `share`. The fleet-wide records (images, hosts, rollouts) are this
-    /// engine's already and are not read from `part`. A record already here
+    /// `share`. The fleet-wide records (images, hosts) are this engine's
+    /// already and are not read from `part`; rollouts' members of the
+    /// part's services are (`restore_rollouts`). A record already here
     /// is skipped. As after a restart, every instance gets `restart_grace`
     /// before silence counts against it (the kept ones too: one window for
     /// the whole engine). Returns what to commit (the part's actions
@@ -73,6 +74,9 @@ impl Engine {
         let orphans = self.restore_instances(instances, &service_by_id, now);
         self.restore_archives(archives, now);
         let (resumed, pending) = self.resume_actions(actions, now, &mut out);
+        // The parts of split rollouts (and resizes) the shards' members
+        // were in: resumed where their records say.
+        self.restore_rollouts(part.rollouts, part.rollout_members, now);
         // A larger share has room for more of what waits for a zone's budget.
         for zone in 0..self.zone_state.len() as u16 {
             self.start_waiting(zone, now, &mut out);

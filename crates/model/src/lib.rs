@@ -80,9 +80,9 @@ pub struct Changes {
 
 impl Changes {
     /// The slots of the services these changes write records of (services,
-    /// instances, actions, archives), sorted, once each: on a store of
-    /// several shards a commit needs the lease of each one's shard.
-    /// Images, hosts, rollouts, audit and events belong to the fleet.
+    /// instances, actions, archives, rollouts' members), sorted, once each:
+    /// on a store of several shards a commit needs the lease of each one's
+    /// shard. Images, hosts, rollouts, audit and events belong to the fleet.
     pub fn slots(&self) -> Vec<Slot> {
         let mut slots: Vec<Slot> = self
             .services
@@ -91,6 +91,7 @@ impl Changes {
             .chain(self.instances.iter().map(|i| i.service.slot()))
             .chain(self.actions.iter().map(|a| a.service.slot()))
             .chain(self.archives.iter().map(|a| a.service_id.slot()))
+            .chain(self.rollout_members.iter().map(|m| m.service.slot()))
             .collect();
         slots.sort_unstable();
         slots.dedup();

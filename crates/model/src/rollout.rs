@@ -166,6 +166,18 @@ pub struct RolloutRecord {
     /// Sum of the move times of `done` services (for the ETA).
     #[serde(default)]
     pub moved_micros: i64,
+    /// 0: run whole by one engine (a fleet of one shard, or a resize).
+    /// More: the fleet is split into this many shards, and each shard's
+    /// holder moves its own services (a part of the rollout) while shard
+    /// 0's holder keeps this record: it opens each wave once every shard
+    /// closed the one before, pauses on the failures summed over the
+    /// shards, and its counters are the shards' sums.
+    #[serde(default, skip_serializing_if = "is_zero")]
+    pub parts: u16,
+}
+
+fn is_zero(n: &u16) -> bool {
+    *n == 0
 }
 
 /// Where one service is in a rollout.

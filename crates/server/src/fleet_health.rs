@@ -11,10 +11,15 @@
 //! to the other shards' rows written within [`FRESH`]. A shard with no
 //! fresh row (its holder died and nobody has taken it yet) is left out of
 //! the sums and named in a warning: its services are unknown, not down.
+//!
+//! A shard's row also carries its holder's parts of split rollouts
+//! (`RolloutPart`): shard 0's holder gives the other shards' fresh ones to
+//! its engine after each write (`Input::RolloutProgress`), which opens
+//! waves, pauses and ends the rollouts on them.
 
 use crate::lease::{ShardMap, Shards};
 use crate::runtime::EngineHandle;
-use drover_engine::{Engine, ShardHealth};
+use drover_engine::{Engine, Input, RolloutPart, ShardHealth};
 use drover_store::PgStore;
 use std::collections::BTreeMap;
 use std::sync::Arc;
@@ -40,7 +45,8 @@ pub fn spawn(engine: EngineHandle, store: Arc<PgStore>, shards: Shards, node: St
                 continue;
             }
             let count = map.shards;
-            let Ok(mut by_shard) = engine.query(move |e: &Engine| e.health_by_shard(count)).await else {
+            let asked = engine.query(move |e: &Engine| (e.health_by_shard(count), e.rollout_parts())).await;
+            let Ok((mut by_shard, mut parts)) = asked else {
                 continue;
             };
             let rows: Vec<(u16, i64, String)> = map
@@ -48,7 +54,8 @@ pub fn spawn(engine: EngineHandle, store: Arc<PgStore>, shards: Shards, node: St
                 .iter()
                 .filter_map(|shard| {
                     let generation = *map.generations.get(shard)?;
-                    let health = by_shard.remove(shard).unwrap_or_default();
+                    let mut health = by_shard.remove(shard).unwrap_or_default();
+                    health.rollouts = parts.remove(shard).unwrap_or_default();
                     Some((*shard, generation, serde_json::to_string(&health).ok()?))
                 })
                 .collect();
@@ -61,8 +68,40 @@ pub fn spawn(engine: EngineHandle, store: Arc<PgStore>, shards: Shards, node: St
                 Ok(Err(error)) => tracing::warn!(%error, "cannot write this node's shards' health; retrying"),
                 Err(_) => {}
             }
+            if map.held.contains(&0) {
+                drive_rollouts(&engine, &store, &map).await;
+            }
         }
     });
+}
+
+/// On shard 0's holder: the other shards' fresh parts of rollouts to its
+/// engine (`Input::RolloutProgress`).
+async fn drive_rollouts(engine: &EngineHandle, store: &Arc<PgStore>, map: &ShardMap) {
+    let reading = Arc::clone(store);
+    let rows = match tokio::task::spawn_blocking(move || reading.shard_health(FRESH)).await {
+        Ok(Ok(rows)) => rows,
+        Ok(Err(error)) => {
+            tracing::warn!(%error, "cannot read the shards' parts of rollouts; retrying");
+            return;
+        }
+        Err(_) => return,
+    };
+    let mut parts: BTreeMap<u16, Vec<RolloutPart>> = BTreeMap::new();
+    for (shard, node, json) in rows {
+        if map.held.contains(&shard) {
+            continue;
+        }
+        match serde_json::from_str::<ShardHealth>(&json) {
+            Ok(health) => {
+                parts.insert(shard, health.rollouts);
+            }
+            Err(error) => tracing::warn!(shard, %node, %error, "a shard's health in the store is unreadable"),
+        }
+    }
+    if let Err(error) = engine.call(Input::RolloutProgress { parts }).await {
+        tracing::debug!(%error, "the engine did not take the shards' parts of rollouts");
+    }
 }
 
 /// The whole fleet's health as this node sees it: its own engine's for

@@ -13,10 +13,14 @@
 //! Freezes of automation by hand (a runbook run on shard 0's holder) are
 //! learned the same way: every engine stops its remedies in the zone.
 //!
+//! Rollouts of the split fleet (`drover_engine`'s `rollouts::split`):
+//! their records, kept by shard 0's holder, are followed by every engine's
+//! parts, and a shard this node holds gets its part of an unfinished one.
+//!
 //! Not learned here: a host's silence, which each engine judges from its
-//! own instances' heartbeats, and rollouts, whose waves run on shard 0's
-//! holder.
+//! own instances' heartbeats.
 
+use crate::lease::Shards;
 use crate::runtime::EngineHandle;
 use drover_engine::{Command, Input};
 use drover_store::breakglass::BreakGlassStore;
@@ -38,11 +42,13 @@ pub fn spawn(
     engine: EngineHandle,
     store: Arc<PgStore>,
     breakglass: Arc<BreakGlassStore>,
+    shards: Shards,
     mut stop: watch::Receiver<bool>,
 ) {
     tokio::spawn(async move {
         let mut seen: Option<drover_store::FleetRecordCounts> = None;
         let mut frozen: Option<BTreeSet<String>> = None;
+        let mut rollouts = RolloutsSeen::default();
         loop {
             tokio::select! {
                 _ = stop.wait_for(|s| *s) => return,
@@ -50,8 +56,65 @@ pub fn spawn(
             }
             learn_records(&engine, &store, &mut seen).await;
             learn_freezes(&engine, &breakglass, &mut frozen).await;
+            learn_rollouts(&engine, &store, &shards, &mut rollouts).await;
         }
     });
+}
+
+/// What the engine was last given of the rollouts.
+#[derive(Default)]
+struct RolloutsSeen {
+    /// Each record's last write given.
+    written: std::collections::HashMap<drover_model::RolloutId, i64>,
+    /// The newest write given (micros).
+    newest: i64,
+    held: Option<BTreeSet<u16>>,
+    /// Polls since the engine was last given anything: every
+    /// [`FOLLOW_ANYWAY`] it is given the held shards again (an engine
+    /// handed over starts without them).
+    idle: u32,
+}
+
+const FOLLOW_ANYWAY: u32 = 10;
+/// Finished records are read again for this long after the newest write
+/// seen: a record written by a node whose clock is a little behind.
+const FINISHED_LOOKBACK_MICROS: i64 = 60_000_000;
+
+/// The rollouts' records written since the last poll (and every
+/// unfinished one) and the shards this node holds go to the engine when
+/// either changed (`Input::Rollouts`).
+async fn learn_rollouts(engine: &EngineHandle, store: &Arc<PgStore>, shards: &Shards, seen: &mut RolloutsSeen) {
+    let held = shards.read().unwrap_or_else(|p| p.into_inner()).held.clone();
+    let reading = Arc::clone(store);
+    let since = seen.newest - FINISHED_LOOKBACK_MICROS;
+    let records = match tokio::task::spawn_blocking(move || reading.rollouts_since(since)).await {
+        Ok(Ok(records)) => records,
+        Ok(Err(error)) => {
+            tracing::warn!(%error, "cannot read the rollouts; retrying");
+            return;
+        }
+        Err(_) => return,
+    };
+    let records: Vec<drover_model::RolloutRecord> =
+        records.into_iter().filter(|r| r.parts > 1 && seen.written.get(&r.id) != Some(&r.updated_at.0)).collect();
+    seen.idle += 1;
+    if records.is_empty() && seen.held.as_ref() == Some(&held) && seen.idle < FOLLOW_ANYWAY {
+        return;
+    }
+    let written: Vec<(drover_model::RolloutId, i64)> = records.iter().map(|r| (r.id, r.updated_at.0)).collect();
+    let input = Input::Rollouts { records, held: held.iter().copied().collect() };
+    match engine.call(input).await {
+        Ok(_) => {
+            for (id, at) in written {
+                seen.written.insert(id, at);
+                seen.newest = seen.newest.max(at);
+            }
+            seen.held = Some(held);
+            seen.idle = 0;
+        }
+        // Handed over or stopping: given again at the next poll.
+        Err(error) => tracing::debug!(%error, "the engine did not take the rollouts' records"),
+    }
 }
 
 async fn learn_records(

@@ -174,12 +174,6 @@ async fn to_the_shard_s_holder(state: &AppState, request: Request, next: Next) -
                  is split between nodes",
             )
             .into_response(),
-            crate::shard_route::Decision::NotYet(why) => {
-                return ApiError::unavailable(format!(
-                    "this request is not served yet while the fleet is split between nodes: {why}"
-                ))
-                .into_response()
-            }
         };
     let Some(holder) = map.holders.get(&shard).cloned() else {
         // Its holder just died: a command is kept for the next one.
@@ -340,7 +334,16 @@ async fn fan_out(
     let mut lists = Vec::with_capacity(answers.len());
     // Said alike by every part (the store's): this node's.
     let stale = answers.first().and_then(|(_, a)| a.headers().get(ADVISORIES_STALE).cloned());
+    // A rollout's services are in the parts of the holders that have
+    // any: a node that has no part of it (a resize of another holder's
+    // service) does not know it.
+    let members = parts.uri.path().starts_with("/v1/rollouts/");
+    let mut unknown = None;
     for (node, answer) in answers {
+        if members && answer.status() == axum::http::StatusCode::NOT_FOUND {
+            unknown = Some(answer);
+            continue;
+        }
         if answer.status() != axum::http::StatusCode::OK {
             return answer;
         }
@@ -360,6 +363,9 @@ async fn fan_out(
                     .into_response()
             }
         }
+    }
+    if let (true, Some(unknown)) = (lists.is_empty(), unknown) {
+        return unknown;
     }
     let mut response = merged(parts.uri.path(), parts.uri.query(), lists);
     if let Some(stale) = stale {
@@ -452,6 +458,13 @@ fn merged(path: &str, query: Option<&str>, lists: Vec<(Vec<serde_json::Value>, b
     }
     if path == "/v1/archives" {
         let (items, _) = crate::shard_route::merge_pages(lists, usize::MAX, |v| text(v, "id"));
+        return axum::Json(items).into_response();
+    }
+    if path.starts_with("/v1/rollouts/") {
+        // Each part in its own order: by position (each shard's part
+        // counts from 0), then name.
+        let mut items: Vec<serde_json::Value> = lists.into_iter().flat_map(|(items, _)| items).collect();
+        items.sort_by_key(|v| (v["position"].as_u64().unwrap_or(0), text(v, "name")));
         return axum::Json(items).into_response();
     }
     let limit = query_limit(query);

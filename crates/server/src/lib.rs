@@ -721,10 +721,11 @@ async fn start_up(
         routers::follow_primaries(handle.clone(), agent_channel.clone(), routers, builtin, key.clone(), stop.clone());
     }
     if let (Some(_), Some((pg, _))) = (&split, &this_node.shared) {
-        // Images, hosts and freezes registered through shard 0's holder.
-        fleet_records::spawn(handle.clone(), Arc::clone(pg), breakglass.clone(), stop.clone());
-        // What the status site sums: this node's shards' health.
+        // Images, hosts, freezes and rollouts' records kept by shard 0's holder.
         let shards = Arc::clone(&state.shards);
+        fleet_records::spawn(handle.clone(), Arc::clone(pg), breakglass.clone(), Arc::clone(&shards), stop.clone());
+        // What the status site sums: this node's shards' health (and
+        // their parts of rollouts, which shard 0's holder drives on).
         fleet_health::spawn(handle.clone(), Arc::clone(pg), shards, this_node.name.clone(), stop.clone());
     }
     if split.is_some() {

@@ -6,11 +6,8 @@
 //! node asked, sent to the holder of one slot's shard (a service by name,
 //! anything by an id that carries its service's slot), to the holder of
 //! shard 0 (the fleet-wide records and the singletons: the pager, the
-//! status site, rollouts' waves, runbooks), to every holder with the
-//! answers merged (lists), split by slot (a heartbeat batch), or
-//! [`Rule::Across`]: a request that touches several shards at once, for
-//! which the rule names what the server must settle before it can run on
-//! several shards (answered 503 naming why: a new rollout).
+//! status site, rollouts' records, runbooks), to every holder with the
+//! answers merged (lists), or split by slot (a heartbeat batch).
 //! [`target`] reads a request's shard from its path and, where the path
 //! does not say, from its body, as the handler would: a
 //! body the handler would refuse is refused here with the same kind of
@@ -60,8 +57,6 @@ pub enum Rule {
     /// An agent's long poll for its host's actions: every holder's queue
     /// for it, answered as soon as one has something (`forward`).
     AgentActions,
-    /// Several shards at once: what must be settled first.
-    Across(&'static str),
 }
 
 /// One row of [`TABLE`].
@@ -77,9 +72,6 @@ const fn placed(method: &'static str, path: &'static str, rule: Rule) -> Placed 
 }
 
 use Rule::*;
-
-const ROLLOUT: &str = "a rollout moves services of every shard, but its waves run in one engine over that engine's \
-                       services only: started on a split fleet it would patch part of the fleet and say it is done";
 
 /// Every route, by method and path template (axum's `MatchedPath`).
 pub const TABLE: &[Placed] = &[
@@ -139,10 +131,13 @@ pub const TABLE: &[Placed] = &[
     placed("POST", "/v1/hosts/{name}/actions/{id}/result", IdInPath("id")),
     // Rollouts' waves and runbooks are singletons; a wave's moves and a
     // runbook's steps are commands to each service's holder.
-    placed("POST", "/v1/rollouts", Across(ROLLOUT)),
+    // Its record is shard 0's holder's; every holder moves its own
+    // shards' services (`drover_engine`'s `rollouts::split`).
+    placed("POST", "/v1/rollouts", Fleet),
     placed("GET", "/v1/rollouts", Fleet),
     placed("GET", "/v1/rollouts/{id}", Fleet),
-    placed("GET", "/v1/rollouts/{id}/services", Fleet),
+    // Each shard's part is its holder's (`rollouts::split`).
+    placed("GET", "/v1/rollouts/{id}/services", FanOut),
     placed("POST", "/v1/rollouts/{id}/pause", Fleet),
     placed("POST", "/v1/rollouts/{id}/resume", Fleet),
     placed("POST", "/v1/rollouts/{id}/abort", Fleet),
@@ -231,8 +226,6 @@ pub enum Target {
     Split(Beats),
     /// An agent's actions: every holder's queue for its host.
     Actions,
-    /// Not routable to one shard yet: why.
-    Across(&'static str),
 }
 
 /// The table's templates by method, matched as axum's router matches them
@@ -281,7 +274,6 @@ pub fn target(method: &str, path: &str, body: &[u8], shards: u16) -> Result<Targ
         Fleet => Target::Fleet,
         FanOut => Target::Every,
         AgentActions => Target::Actions,
-        Across(why) => Target::Across(why),
         ServiceInPath => shard(Slot::of_name(&param("name")?)),
         ServiceInQuery => {
             let named = query.split('&').find_map(|pair| pair.strip_prefix("service="));
@@ -343,8 +335,6 @@ pub enum Decision {
     Every,
     /// Every holder's queue of an agent's actions (a long poll).
     Actions,
-    /// Not served while the fleet is split between nodes: why.
-    NotYet(&'static str),
 }
 
 /// Where a request for `target` is answered, on a node that holds the
@@ -371,7 +361,6 @@ pub fn decide(target: Target, shards: u16, holds: impl Fn(u16) -> bool) -> Decis
         }
         Target::Every => Decision::Every,
         Target::Actions => Decision::Actions,
-        Target::Across(why) => Decision::NotYet(why),
     }
 }
 
@@ -627,7 +616,7 @@ mod tests {
             held_bits in proptest::num::u16::ANY,
             shard in 0u16..12,
             parts in proptest::collection::btree_set(0u16..12, 1..5),
-            which in 0usize..6,
+            which in 0usize..5,
         ) {
             let shard = shard % shards;
             let holds = |s: u16| held_bits & (1 << s) != 0;
@@ -640,14 +629,13 @@ mod tests {
                 Target::Shard(shard),
                 Target::Every,
                 Target::Split(Beats { parts: parts.clone(), spans: vec![], rest: vec![] }),
-                Target::Across("a fork"),
             ][which].clone();
             let touched: Vec<u16> = match &target {
                 Target::Here => vec![],
                 Target::Fleet => vec![0],
                 Target::Shard(s) => vec![*s],
                 Target::Split(p) => p.parts.keys().copied().collect(),
-                Target::Every | Target::Actions | Target::Across(_) => (0..shards).collect(),
+                Target::Every | Target::Actions => (0..shards).collect(),
             };
             let decision = decide(target, shards, holds);
             let here = all || touched.iter().all(|&s| holds(s));
@@ -659,7 +647,7 @@ mod tests {
                 Decision::Split(p) => {
                     proptest::prop_assert!(p.parts.len() > 1 && p.parts.keys().any(|&s| !holds(s)));
                 }
-                Decision::Every | Decision::Actions | Decision::NotYet(_) | Decision::Here => {}
+                Decision::Every | Decision::Actions | Decision::Here => {}
             }
         }
 

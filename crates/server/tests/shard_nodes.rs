@@ -80,7 +80,13 @@ impl Node {
         );
         let freezes: held::Freezes = Arc::new(|| Ok(Vec::new()));
         let breakglass = Arc::new(drover_store::breakglass::BreakGlassStore::postgres(Arc::clone(&store)));
-        drover_server::fleet_records::spawn(handle.clone(), Arc::clone(&store), breakglass, shutdown.clone());
+        drover_server::fleet_records::spawn(
+            handle.clone(),
+            Arc::clone(&store),
+            breakglass,
+            Arc::clone(&map),
+            shutdown.clone(),
+        );
         let health = (Arc::clone(&store), Arc::clone(&map), name.to_string());
         drover_server::fleet_health::spawn(handle.clone(), health.0, health.1, health.2, shutdown.clone());
         let keeper = tokio::spawn(keeper.keep(handle.clone(), running, freezes, shutdown));

@@ -1247,12 +1247,9 @@ impl PgStore {
                 .await
                 .map_err(&read)?,
             )?;
-            // The fleet-wide records, unless the engine has them (a part taken over).
-            let (images, rollouts, rollout_members, hosts) = if fleet_wide {
-                let images: Vec<Image> = records(
-                    "images",
-                    &tx.query("SELECT id, record FROM images ORDER BY created_at, id COLLATE \"C\"", &[]).await.map_err(&read)?,
-                )?;
+            // Rollouts and their members, every load: a part taken over
+            // brings its services' members (the records name the rollouts).
+            let (rollouts, rollout_members) = {
                 let rollouts: Vec<RolloutRecord> = records(
                     "rollouts",
                     &tx.query("SELECT id, record FROM rollouts ORDER BY created_at, id COLLATE \"C\"", &[]).await.map_err(&read)?,
@@ -1267,13 +1264,25 @@ impl PgStore {
                     .await
                     .map_err(&read)?,
                 )?;
+                let rollout_members: Vec<RolloutMember> = match &filter {
+                    Some(f) => rollout_members.into_iter().filter(|m| f.holds(m.service.slot())).collect(),
+                    None => rollout_members,
+                };
+                (rollouts, rollout_members)
+            };
+            // The fleet-wide records, unless the engine has them (a part taken over).
+            let (images, hosts) = if fleet_wide {
+                let images: Vec<Image> = records(
+                    "images",
+                    &tx.query("SELECT id, record FROM images ORDER BY created_at, id COLLATE \"C\"", &[]).await.map_err(&read)?,
+                )?;
                 let hosts: Vec<HostRecord> = records(
                     "hosts",
                     &tx.query("SELECT name, record FROM hosts ORDER BY registered_at, name COLLATE \"C\"", &[]).await.map_err(&read)?,
                 )?;
-                (images, rollouts, rollout_members, hosts)
+                (images, hosts)
             } else {
-                (Vec::new(), Vec::new(), Vec::new(), Vec::new())
+                (Vec::new(), Vec::new())
             };
             let archives: Vec<drover_model::ArchiveRecord> = records(
                 "archives",

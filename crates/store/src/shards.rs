@@ -268,6 +268,27 @@ impl PgStore {
         })
     }
 
+    /// The rollouts' records not finished, and those written at or after
+    /// `since` (micros, the writer's clock), oldest write first: what the
+    /// engines of a split fleet follow of the rollouts shard 0's holder
+    /// keeps.
+    pub fn rollouts_since(&self, since: i64) -> Result<Vec<drover_model::RolloutRecord>, StoreError> {
+        self.with_client(move |client| async move {
+            let read = pg("reading the rollouts");
+            crate::pg::records(
+                "rollouts",
+                &client
+                    .query(
+                        "SELECT id, record FROM rollouts WHERE updated_at >= $1 OR state IN ('pending', 'running', 'paused') \
+                         ORDER BY updated_at, id COLLATE \"C\"",
+                        &[&since],
+                    )
+                    .await
+                    .map_err(&read)?,
+            )
+        })
+    }
+
     /// One round of `node` over `shards` shards (see the module): renews
     /// what it `held`, takes its share and what nobody holds, and says what
     /// to hand over (at most `max_moving` shards free at once).

@@ -35,9 +35,11 @@ use rand::RngCore;
 
 mod drains;
 mod moves;
+mod split;
 mod waves;
 mod windows;
 
+pub use split::RolloutPart;
 pub use windows::ScheduledMove;
 
 /// A service a rollout is moving or soaking (`Engine::gate_watch`).
@@ -95,6 +97,12 @@ pub(crate) struct Rollout {
     /// index (`Engine::gate_report`). Not durable: after a restart the next
     /// report comes within seconds. Empty unless the gate reports.
     gate: HashMap<usize, Gate>,
+    /// None: the whole rollout. Some: this engine's part of a split
+    /// rollout in that shard (`split`): `record` is the part's own, its
+    /// counters the part's, its state and wave following the fleet's.
+    shard: Option<u16>,
+    /// When the fleet's record a part last followed was written (micros).
+    record_at: i64,
 }
 
 /// What the health gate last said of one soaking member.
@@ -115,6 +123,13 @@ pub(crate) struct Rollouts {
     next_at: i64,
     /// When draining hosts are looked at next (0: none holds a member).
     drains_at: i64,
+    /// The fleet-wide records of split rollouts (`split`), summed counters.
+    split: Vec<RolloutRecord>,
+    /// The shards this engine holds, as the shell last said (split fleets).
+    held: Vec<u16>,
+    /// When shard 0's holder resumed each split rollout (micros): a part's
+    /// failures count against the budget once it followed the resume.
+    resumed: HashMap<RolloutId, i64>,
 }
 
 impl Rollouts {
@@ -160,7 +175,7 @@ impl Engine {
             CommandError::Invalid(format!("no image {}; register it first (POST /v1/images)", spec.to_image))
         })?;
         let engine = self.images.list[target as usize].engine;
-        let members = self.select_for_rollout(&spec, target, engine)?;
+        let members = self.select_members(&spec, target, engine, true)?;
         // Soonest window first (stable: creation order among equals), so
         // each wave is the services whose windows open next.
         let mut members: Vec<(i64, (u32, ServiceId, crate::fleet::Name))> = members
@@ -183,6 +198,7 @@ impl Engine {
             created_at: Timestamp(now),
             updated_at: Timestamp(now),
             moved_micros: 0,
+            parts: 0,
         };
         let members: Vec<Member> = members
             .into_iter()
@@ -212,6 +228,8 @@ impl Engine {
             next: 0,
             announce_next: 0,
             gate: HashMap::default(),
+            shard: None,
+            record_at: 0,
         };
         if self.config.records {
             out.changes.rollouts.push(rollout.record.clone());
@@ -234,12 +252,14 @@ impl Engine {
     /// The services a rollout's selector picks: of the image's engine, not
     /// being deleted, not already wholly on the target image and not in
     /// another unfinished rollout. An unknown image or service named in the
-    /// selector is the caller's mistake.
-    fn select_for_rollout(
+    /// selector is the caller's mistake (a name only when `strict_names`:
+    /// a part of a split rollout has only its shard's services).
+    fn select_members(
         &self,
         spec: &RolloutSpec,
         target: u32,
         engine: drover_model::EngineKind,
+        strict_names: bool,
     ) -> Result<Vec<(u32, ServiceId, crate::fleet::Name)>, CommandError> {
         if spec.selector.engine.is_some_and(|e| e != engine) {
             return Err(CommandError::Invalid(format!(
@@ -257,7 +277,7 @@ impl Engine {
             ),
             None => None,
         };
-        if let Some(names) = &spec.selector.names {
+        if let Some(names) = spec.selector.names.as_ref().filter(|_| strict_names) {
             if let Some(missing) = names.iter().find(|n| !self.service_names.contains_key(n.as_str())) {
                 return Err(CommandError::Invalid(format!("selector names {missing:?}, which is no service")));
             }
@@ -301,11 +321,14 @@ impl Engine {
         now: i64,
         out: &mut Outputs,
     ) -> Result<Reply, CommandError> {
+        if self.rollouts.split.iter().any(|r| r.id == id) {
+            return self.steer_split(id, to, now, out);
+        }
         let r = self
             .rollouts
             .list
             .iter_mut()
-            .find(|r| r.record.id == id)
+            .find(|r| r.record.id == id && r.shard.is_none())
             .ok_or_else(|| CommandError::NotFound(format!("no rollout {id}")))?;
         let from = r.record.state;
         if from.is_finished() {
@@ -356,7 +379,7 @@ impl Engine {
             .rollouts
             .list
             .iter()
-            .find(|r| r.record.id == id)
+            .find(|r| r.record.id == id && r.shard.is_none())
             .map(|r| self.rollout_view_of(r, now))
             .ok_or_else(|| CommandError::NotFound(format!("no rollout {id}")))?;
         Ok(Reply::Rollout(Box::new(view)))
@@ -365,9 +388,19 @@ impl Engine {
     /// Rollouts and their members from the store after a restart: a member
     /// the records say was started is moving (its next step is read from
     /// the fleet); one done or failed is never started again.
+    ///
+    /// On a split fleet (a share of more than one shard, or a part taken
+    /// over: `absorb`) only members of services this engine has are
+    /// restored: a split rollout's record is kept and a part made per shard
+    /// its members are in; a whole rollout (a resize) is restored where its
+    /// service is. What this engine runs already is left as it is.
     pub(crate) fn restore_rollouts(&mut self, records: Vec<RolloutRecord>, members: Vec<RolloutMember>, now: i64) {
+        let split_fleet = self.config.share.of > 1;
         let mut by_rollout: HashMap<RolloutId, Vec<RolloutMember>> = HashMap::default();
         for m in members {
+            if split_fleet && !self.service_ids.contains_key(&m.service) {
+                continue;
+            }
             by_rollout.entry(m.rollout).or_default().push(m);
         }
         for record in records {
@@ -377,7 +410,15 @@ impl Engine {
             };
             let mut stored = by_rollout.remove(&record.id).unwrap_or_default();
             stored.sort_by_key(|m| m.position);
-            let mut r = Rollout {
+            if record.parts > 1 {
+                self.restore_parts(record, target, stored, now);
+                continue;
+            }
+            let known = self.rollouts.list.iter().any(|r| r.record.id == record.id);
+            if known || (split_fleet && stored.is_empty() && !record.state.is_finished()) {
+                continue;
+            }
+            let r = Rollout {
                 record,
                 target,
                 members: Vec::new(),
@@ -385,32 +426,81 @@ impl Engine {
                 next: 0,
                 announce_next: 0,
                 gate: HashMap::default(),
+                shard: None,
+                record_at: 0,
             };
-            for (k, m) in stored.into_iter().enumerate() {
-                if matches!(m.phase, MemberPhase::Moving | MemberPhase::Soaking) {
-                    r.active.push(k);
-                }
-                if !r.record.state.is_finished() {
-                    self.rollouts.claimed.insert(m.service, r.record.id);
-                }
-                r.members.push(Member {
-                    service: m.service,
-                    slot: self.service_ids.get(&m.service).copied().unwrap_or(u32::MAX),
-                    name: m.name.into(),
-                    phase: m.phase,
-                    started_at: m.started_at.map_or(0, |t| t.0),
-                    moved_at: m.moved_at.map_or(0, |t| t.0),
-                    detail: m.detail,
-                    opens_at: 0,
-                    announced_at: m.announced_at.map_or(0, |t| t.0),
-                });
-            }
-            r.next = r.members.iter().position(|m| m.phase == MemberPhase::Waiting).unwrap_or(r.members.len());
-            if !r.record.state.is_finished() {
-                self.rollouts.next_at = now;
-            }
-            self.rollouts.list.push(r);
+            self.restore_members(r, stored, now);
         }
+    }
+
+    /// A split rollout's record kept, and a part per shard of `stored`
+    /// that has none here yet, its counters its members'.
+    fn restore_parts(&mut self, record: RolloutRecord, target: u32, stored: Vec<RolloutMember>, now: i64) {
+        if !self.rollouts.split.iter().any(|r| r.id == record.id) {
+            self.rollouts.split.push(record.clone());
+        }
+        let mut by_shard: std::collections::BTreeMap<u16, Vec<RolloutMember>> = Default::default();
+        for m in stored {
+            by_shard.entry(m.service.slot().shard(record.parts)).or_default().push(m);
+        }
+        for (shard, members) in by_shard {
+            if self.rollouts.list.iter().any(|r| r.record.id == record.id && r.shard == Some(shard)) {
+                continue;
+            }
+            let count = |phase: MemberPhase| members.iter().filter(|m| m.phase == phase).count() as u64;
+            let part = RolloutRecord {
+                total: members.len() as u64,
+                done: count(MemberPhase::Done),
+                failed: count(MemberPhase::Failed),
+                wave_failed: 0,
+                moved_micros: members
+                    .iter()
+                    .filter(|m| m.phase == MemberPhase::Done)
+                    .map(|m| m.moved_at.zip(m.started_at).map_or(0, |(a, b)| (a.0 - b.0).max(0)))
+                    .sum(),
+                ..record.clone()
+            };
+            let r = Rollout {
+                record: part,
+                target,
+                members: Vec::new(),
+                active: Vec::new(),
+                next: 0,
+                announce_next: 0,
+                gate: HashMap::default(),
+                shard: Some(shard),
+                record_at: record.updated_at.0,
+            };
+            self.restore_members(r, members, now);
+        }
+    }
+
+    /// `r` with its members' records, pushed.
+    fn restore_members(&mut self, mut r: Rollout, stored: Vec<RolloutMember>, now: i64) {
+        for (k, m) in stored.into_iter().enumerate() {
+            if matches!(m.phase, MemberPhase::Moving | MemberPhase::Soaking) {
+                r.active.push(k);
+            }
+            if !r.record.state.is_finished() {
+                self.rollouts.claimed.insert(m.service, r.record.id);
+            }
+            r.members.push(Member {
+                service: m.service,
+                slot: self.service_ids.get(&m.service).copied().unwrap_or(u32::MAX),
+                name: m.name.into(),
+                phase: m.phase,
+                started_at: m.started_at.map_or(0, |t| t.0),
+                moved_at: m.moved_at.map_or(0, |t| t.0),
+                detail: m.detail,
+                opens_at: 0,
+                announced_at: m.announced_at.map_or(0, |t| t.0),
+            });
+        }
+        r.next = r.members.iter().position(|m| m.phase == MemberPhase::Waiting).unwrap_or(r.members.len());
+        if !r.record.state.is_finished() {
+            self.rollouts.next_at = now;
+        }
+        self.rollouts.list.push(r);
     }
 
     fn rollout_view_of(&self, r: &Rollout, now: i64) -> RolloutView {
@@ -447,12 +537,24 @@ impl Engine {
     }
 
     pub fn rollout_view(&self, id: RolloutId, now: Timestamp) -> Option<RolloutView> {
+        if let Some(record) = self.rollouts.split.iter().find(|r| r.id == id) {
+            return Some(self.split_view(record));
+        }
         self.rollouts.list.iter().find(|r| r.record.id == id).map(|r| self.rollout_view_of(r, now.0))
     }
 
-    /// Every rollout, newest first.
+    /// Every rollout, newest first (a split one once, as its record).
     pub fn rollout_views(&self, now: Timestamp) -> Vec<RolloutView> {
-        self.rollouts.list.iter().rev().map(|r| self.rollout_view_of(r, now.0)).collect()
+        let mut views: Vec<RolloutView> = self
+            .rollouts
+            .list
+            .iter()
+            .filter(|r| r.shard.is_none())
+            .map(|r| self.rollout_view_of(r, now.0))
+            .chain(self.rollouts.split.iter().map(|r| self.split_view(r)))
+            .collect();
+        views.sort_by(|a, b| b.created_at.cmp(&a.created_at).then_with(|| b.id.to_string().cmp(&a.id.to_string())));
+        views
     }
 
     /// The services rollouts are moving or soaking, for the control plane's
@@ -482,8 +584,13 @@ impl Engine {
     /// once it is over.
     pub(crate) fn gate_report(&mut self, service: ServiceId, problem: Option<String>, now: i64) {
         let Some(&id) = self.rollouts.claimed.get(&service) else { return };
-        let Some(r) = self.rollouts.list.iter_mut().find(|r| r.record.id == id) else { return };
-        let Some(&k) = r.active.iter().find(|&&k| r.members[k].service == service) else { return };
+        // A split rollout has a part per shard: the one moving the service.
+        let Some((r, k)) = self.rollouts.list.iter_mut().filter(|r| r.record.id == id).find_map(|r| {
+            let k = r.active.iter().copied().find(|&k| r.members[k].service == service)?;
+            Some((r, k))
+        }) else {
+            return;
+        };
         if r.members[k].phase != MemberPhase::Soaking {
             return;
         }
@@ -503,8 +610,13 @@ impl Engine {
     }
 
     /// The durable progress of one rollout's services, in order.
+    /// Of a split rollout, those of the parts this engine runs.
     pub fn rollout_members(&self, id: RolloutId) -> Option<Vec<RolloutMember>> {
-        let r = self.rollouts.list.iter().find(|r| r.record.id == id)?;
-        Some(r.members.iter().enumerate().map(|(k, m)| member_record(&r.record, k, m)).collect())
+        let known = self.rollouts.split.iter().any(|r| r.id == id);
+        let mut parts = self.rollouts.list.iter().filter(|r| r.record.id == id).peekable();
+        if parts.peek().is_none() && !known {
+            return None;
+        }
+        Some(parts.flat_map(|r| r.members.iter().enumerate().map(|(k, m)| member_record(&r.record, k, m))).collect())
     }
 }

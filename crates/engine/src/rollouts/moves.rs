@@ -122,7 +122,11 @@ impl Engine {
             CommandError::Conflict(format!("rollout {id} is moving {name:?}: pause or abort it first, or wait for it"))
         };
         let mut list = std::mem::take(&mut self.rollouts.list);
-        let result = match list.iter_mut().find(|r| r.record.id == id && !r.record.state.is_finished()) {
+        // A split rollout has a part per shard: the one with the service.
+        let holding = |r: &&mut Rollout| {
+            r.record.id == id && !r.record.state.is_finished() && r.members.iter().any(|m| m.service == service)
+        };
+        let result = match list.iter_mut().find(holding) {
             None => Err(busy()),
             Some(r) if r.target != target => Err(CommandError::Conflict(format!(
                 "rollout {id} will move {name:?} onto image {}: resize it onto that image to move it now, or abort \

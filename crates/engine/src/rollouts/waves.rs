@@ -25,7 +25,10 @@ impl Engine {
 
     pub(super) fn drive_rollout(&mut self, r: &mut Rollout, now: i64, out: &mut Outputs) {
         let before = (r.record.state, r.record.wave, r.record.done, r.record.failed, r.record.wave_failed);
-        if r.record.state == RolloutState::Pending {
+        // A part of a split rollout: its state and waves are the record's,
+        // kept by shard 0's holder (`split`).
+        let part = r.shard.is_some();
+        if r.record.state == RolloutState::Pending && !part {
             r.record.state = RolloutState::Running;
             out.changes.events.push(fleet_event(
                 now,
@@ -38,16 +41,26 @@ impl Engine {
         // In-flight moves finish even while paused: a half-moved service
         // (an extra follower) is healthy, but finishing is cleaner.
         let mut per_zone = self.step_active(r, now, out);
-        pause_on_failures(r, now, out);
+        if part {
+            // Its own failures at the budget: no new move here, before the
+            // record pauses (it sums every shard's).
+            if r.record.state == RolloutState::Running && r.record.wave_failed >= r.record.spec.max_failures {
+                r.record.state = RolloutState::Paused;
+            }
+        } else {
+            pause_on_failures(r, now, out);
+        }
         if r.record.state == RolloutState::Running {
             self.start_moves(r, &mut per_zone, now, out);
             self.announce_moves(r, now, out);
-            self.close_wave(r, &mut per_zone, now, out);
+            if !part {
+                self.close_wave(r, &mut per_zone, now, out);
+            }
         }
         let after = (r.record.state, r.record.wave, r.record.done, r.record.failed, r.record.wave_failed);
         if after != before {
             r.record.updated_at = Timestamp(now);
-            if self.config.records {
+            if self.config.records && !part {
                 out.changes.rollouts.push(r.record.clone());
             }
         }
