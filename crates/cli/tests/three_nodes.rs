@@ -448,7 +448,9 @@ async fn three_nodes_on_three_shards_heal_the_fleet_through_a_node_killed() {
 /// that does not keep its record, it moves every shard's services onto the
 /// new image wave by wave, each moved by its own shard's holder, and shard
 /// 0's holder opens the second wave only once every shard closed the
-/// first. Its record, read through any node, is the fleet's sums.
+/// first. Its record, read through any node, is the fleet's sums. The
+/// holder of another shard is killed (-9) as the rollout starts: the node
+/// that takes its shard over moves its services, each started once.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_rollout_on_three_shards_moves_every_shard_s_services_wave_by_wave() {
     let pg = pg::PgServer::start();
@@ -457,11 +459,16 @@ async fn a_rollout_on_three_shards_moves_every_shard_s_services_wave_by_wave() {
     let root = dir.path();
     let plain = drover_agent::tls::builder().timeout(Duration::from_secs(5)).build().unwrap();
     let world = start_world(root, &plain).await;
-    let (nodes, http, spread, names) = three_nodes_two_services_a_shard(root, &store, &world.api, &plain).await;
+    let (mut nodes, http, spread, names) = three_nodes_two_services_a_shard(root, &store, &world.api, &plain).await;
     for (i, name) in names.iter().enumerate() {
         settled(&http, &nodes[i % 3].1, name).await;
     }
-    let zero = &spread[&0];
+    let zero = spread[&0].clone();
+    // Shard 0's holder keeps the record; one of the others dies as the
+    // rollout starts, and the rollout is asked about through the third.
+    let (victim_shard, victim) = spread.iter().find(|(_, n)| **n != zero).map(|(s, n)| (*s, n.clone())).unwrap();
+    let at = nodes.iter().position(|(n, _)| *n == victim.as_str()).unwrap();
+    let (_, mut doomed) = nodes.remove(at);
     let (_, other) = nodes.iter().find(|(n, _)| *n != zero.as_str()).unwrap();
     let body = json!({"engine": "postgres", "settings": {"work_mem": "16MB"}});
     let (status, image) = common::post(&http, &other.api, "/v1/images", body).await;
@@ -474,12 +481,15 @@ async fn a_rollout_on_three_shards_moves_every_shard_s_services_wave_by_wave() {
     let (status, created) = common::post(&http, &other.api, "/v1/rollouts", body).await;
     assert_eq!(status, 201, "a rollout through {other:?}, not shard 0's holder: {created}", other = other.api);
     let id = created["id"].as_str().unwrap().to_string();
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    doomed.kill9();
+    eprintln!("killed {victim}, the holder of shard {victim_shard}, 1.5 s into the rollout");
     // Read through the third node until it ends, noting each wave and
     // how many were done then.
     let mut waves_seen = std::collections::BTreeSet::new();
     let asked = Instant::now();
     let done = loop {
-        let (status, r) = get(&http, &format!("{}/v1/rollouts/{id}", nodes[2].1.api)).await.expect("an answer");
+        let (status, r) = get(&http, &format!("{}/v1/rollouts/{id}", other.api)).await.expect("an answer");
         assert_eq!(status, 200, "{r}");
         waves_seen.insert((r["wave"].as_u64().unwrap(), r["done"].as_u64().unwrap()));
         if r["state"] != "pending" && r["state"] != "running" {
@@ -497,8 +507,17 @@ async fn a_rollout_on_three_shards_moves_every_shard_s_services_wave_by_wave() {
     // waves (one service of each).
     assert!(waves_seen.iter().filter(|(wave, _)| *wave == 2).all(|(_, done)| *done >= 3), "{waves_seen:?}");
     for (i, name) in names.iter().enumerate() {
-        let (_, s) = get(&http, &format!("{}/v1/services/{name}", nodes[i % 3].1.api)).await.unwrap();
+        let api = &nodes[i % 2].1.api;
+        let (_, s) = get(&http, &format!("{api}/v1/services/{name}")).await.unwrap();
         assert_eq!(s["image"], image.as_str(), "{name}: {s}");
+        let (_, events) = get(&http, &format!("{api}/v1/events?service={name}&limit=10000")).await.unwrap();
+        let started = events
+            .as_array()
+            .unwrap()
+            .iter()
+            .filter(|e| e["cause"].as_str().is_some_and(|c| c.contains("moving onto image")))
+            .count();
+        assert_eq!(started, 1, "{name} (shard {}) started moving once", shard_of(name));
         let instances = s["instances"].as_array().unwrap();
         assert!(instances.iter().all(|i| i["image"] == image.as_str()), "{name}: every instance on the image: {s}");
     }
