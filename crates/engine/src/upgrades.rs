@@ -137,8 +137,8 @@ impl Engine {
 
     /// Moves `name` onto major `version` of its engine (see the module).
     /// Refused (409) for an engine without major upgrades, a service on
-    /// that major or a newer one, or one a rollout is moving; 404 for a
-    /// version that is not a major.
+    /// that major or a newer one, or one a rollout is moving; invalid for
+    /// a version that is not a major.
     pub(crate) fn upgrade_service(
         &mut self,
         name: &str,
@@ -153,7 +153,7 @@ impl Engine {
         }
         let wanted =
             major_of(version).filter(|_| version.chars().all(|c| c.is_ascii_digit() || c == '.')).ok_or_else(|| {
-                CommandError::NotFound(format!("{version:?} is not a major version (give one such as \"17\")"))
+                CommandError::Invalid(format!("{version:?} is not a major version (give one such as \"17\")"))
             })?;
         let current = self
             .images

@@ -51,7 +51,7 @@ fn an_upgrade_moves_one_service_onto_the_new_major_by_switchover_and_the_rollbac
 
     // Refusals open nothing.
     assert!(matches!(upgrade(&mut h, "nosuch", "17"), Err(CommandError::NotFound(_))));
-    assert!(matches!(upgrade(&mut h, "db00", "latest"), Err(CommandError::NotFound(_))));
+    assert!(matches!(upgrade(&mut h, "db00", "latest"), Err(CommandError::Invalid(_))));
     assert!(matches!(upgrade(&mut h, "db00", "15"), Err(CommandError::Conflict(m)) if m.contains("already")));
     assert!(matches!(upgrade(&mut h, "db00", "14"), Err(CommandError::Conflict(_))));
     assert!(matches!(rollback(&mut h, "db00"), Err(CommandError::Conflict(m)) if m.contains("not upgraded")));

@@ -317,9 +317,9 @@ pub struct UpgradeService {
 /// member retired; followers and read replicas are rebuilt on the new major
 /// after the cut-over (PostgreSQL: from its first pgBackRest backup).
 /// Carried out as a rollout of this one service (`Location` names it).
-/// `upgrade/rollback` moves it back the same way. 404: no such service, or
-/// that major is not installed here; 409: the service runs that major or a
-/// newer one, or a rollout is moving it.
+/// `upgrade/rollback` moves it back the same way. 400: not a major version;
+/// 404: no such service; 409: that major is not installed here, the
+/// service runs that major or a newer one, or a rollout is moving it.
 #[utoipa::path(post, path = "/v1/services/{name}/upgrade", tag = "services", request_body = UpgradeService,
     params(("name" = String, Path, description = "Service name")),
     responses((status = 202, body = RolloutView), (status = 400, body = ErrorBody), (status = 404, body = ErrorBody),
@@ -335,7 +335,7 @@ pub(crate) async fn upgrade_service(
     let major = drover_engine::upgrades::major_of(&request.version)
         .filter(|_| request.version.chars().all(|c| c.is_ascii_digit() || c == '.'));
     let Some(major) = major else {
-        return Err(ApiError::not_found(format!(
+        return Err(ApiError::bad_request(format!(
             "{:?} is not a major version (give one such as \"17\")",
             request.version
         )));
@@ -345,9 +345,10 @@ pub(crate) async fn upgrade_service(
     // only when its member is built.
     let default = drover_providers::local::default_major();
     if major != default && !drover_providers::local::major_installed(major) {
-        return Err(ApiError::not_found(format!(
-            "PostgreSQL {major} is not installed here (scripts/lib.sh ensure_pg_majors installs it)"
-        )));
+        return Err(ApiError::new(
+            StatusCode::CONFLICT,
+            format!("PostgreSQL {major} is not installed here (scripts/lib.sh ensure_pg_majors installs it)"),
+        ));
     }
     let command = Command::UpgradeService { name, version: request.version };
     accepted(view(ready.engine.call(caller.command(command)).await?)?)

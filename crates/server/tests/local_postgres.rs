@@ -1124,7 +1124,9 @@ async fn a_major_upgrade_under_load_keeps_the_url_and_loses_no_write_and_rolls_b
     assert_eq!(s["backups"]["last_verify_ok"], true, "15's backup restores: {s}");
 
     let (status, bad) = t.post("/v1/services/pgup/upgrade", json!({"version": "99"})).await;
-    assert_eq!(status, 404, "a major not installed: {bad}");
+    assert_eq!(status, 409, "a major not installed: {bad}");
+    let (status, bad) = t.post("/v1/services/pgup/upgrade", json!({"version": "latest"})).await;
+    assert_eq!(status, 400, "not a major version: {bad}");
     let (status, bad) = t.post("/v1/services/pgup/upgrade", json!({"version": "15"})).await;
     assert_eq!(status, 409, "not newer: {bad}");
     let (status, bad) = t.post("/v1/services/pgup/upgrade/rollback", json!({})).await;

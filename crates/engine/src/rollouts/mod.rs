@@ -103,6 +103,10 @@ pub(crate) struct Rollout {
     shard: Option<u16>,
     /// When the fleet's record a part last followed was written (micros).
     record_at: i64,
+    /// The state of the fleet's record a part last followed: a part acts
+    /// on the record's changes of state only (its own pause at its budget
+    /// holds until the record pauses and is resumed).
+    followed: RolloutState,
 }
 
 /// What the health gate last said of one soaking member.
@@ -230,6 +234,7 @@ impl Engine {
             gate: HashMap::default(),
             shard: None,
             record_at: 0,
+            followed: RolloutState::Pending,
         };
         if self.config.records {
             out.changes.rollouts.push(rollout.record.clone());
@@ -428,6 +433,7 @@ impl Engine {
                 gate: HashMap::default(),
                 shard: None,
                 record_at: 0,
+                followed: RolloutState::Pending,
             };
             self.restore_members(r, stored, now);
         }
@@ -470,6 +476,7 @@ impl Engine {
                 gate: HashMap::default(),
                 shard: Some(shard),
                 record_at: record.updated_at.0,
+                followed: record.state,
             };
             self.restore_members(r, members, now);
         }

@@ -164,7 +164,9 @@ impl Engine {
             r.record.wave_failed = 0;
         }
         let from = r.record.state;
-        if from.is_finished() {
+        let changed = record.state != r.followed;
+        r.followed = record.state;
+        if from.is_finished() || !changed {
             return;
         }
         match record.state {
@@ -250,6 +252,7 @@ impl Engine {
             gate: HashMap::default(),
             shard: Some(shard),
             record_at: record.updated_at.0,
+            followed: record.state,
         };
         if self.config.records {
             out.changes
