@@ -307,7 +307,9 @@ pub(crate) async fn resize_service(
 #[serde(deny_unknown_fields)]
 pub struct UpgradeService {
     /// The major version to move onto (`"17"`): newer than the service's.
-    #[schema(min_length = 1, max_length = 16)]
+    /// Anything but a major (with a minor at most) is the client's mistake
+    /// (400); a major not installed here is a conflict (409).
+    #[schema(min_length = 1, max_length = 16, pattern = r"^[1-9][0-9]{0,8}(\.[0-9]{1,6})?$")]
     pub version: String,
 }
 
