@@ -44,6 +44,9 @@ pub struct ControlPlane {
     bases: Vec<String>,
     /// The index in `bases` of the node that answered last.
     current: AtomicUsize,
+    /// Each shard's holder, as the last answer to a batch told it (none:
+    /// a fleet of one shard, or not told yet: whole batches to any node).
+    holders: std::sync::Mutex<Option<crate::holders::Holders>>,
     http: reqwest::Client,
     /// This agent's lease, told to the control plane with every batch: a
     /// silent host's primaries have surely fenced themselves once it has
@@ -81,7 +84,7 @@ impl ControlPlane {
         if bases.is_empty() {
             bases.push(String::new()); // every request then fails and says why
         }
-        Ok(ControlPlane { bases, current: AtomicUsize::new(0), http, lease_ttl })
+        Ok(ControlPlane { bases, current: AtomicUsize::new(0), holders: Default::default(), http, lease_ttl })
     }
 
     /// The node that answered last (the first given until one has).
@@ -124,17 +127,85 @@ impl ControlPlane {
     }
 
     /// Posts one batch (also an empty one: it still renews the lease). Ok
-    /// when the control plane acknowledged it (HTTP 200), else why not.
+    /// when the control plane acknowledged it (HTTP 200), else why not. On
+    /// a fleet split between nodes whose map this agent was told
+    /// (`holders`), each holder gets its shards' beats straight, all at
+    /// once; a part its holder does not take goes to any node, which
+    /// passes it on, and the map is forgotten until an answer tells it
+    /// again. Acknowledged when every part was.
     pub async fn send_beats(&self, beats: &[Beat]) -> Result<(), String> {
+        let holders = self.holders.lock().unwrap_or_else(|p| p.into_inner()).clone();
+        let Some(holders) = holders.filter(|_| !beats.is_empty()) else {
+            return self.acknowledged(self.send(|base| self.post_beats(base, beats)).await, beats.len()).await;
+        };
+        let parts = holders.split(beats);
+        let mut sent = tokio::task::JoinSet::new();
+        for (k, (holder, part)) in parts.iter().enumerate() {
+            if let Some(url) = holder {
+                let request = self.post_beats(url, part);
+                sent.spawn(async move { (k, request.send().await) });
+            }
+        }
+        let mut outcome = Ok(());
+        let mut answered = Vec::new();
+        while let Some(joined) = sent.join_next().await {
+            let Ok((k, answer)) = joined else { continue };
+            match answer {
+                Ok(response) if !matches!(response.status().as_u16(), 502..=504) => {
+                    answered.push(k);
+                    let result = self.acknowledged(Ok(response), parts[k].1.len()).await;
+                    outcome = outcome.and(result);
+                }
+                Ok(response) => tracing::debug!(status = %response.status(), "a shard's holder did not take its beats"),
+                Err(error) => tracing::debug!(error = %error_chain(&error), "a shard's holder could not be reached"),
+            }
+        }
+        for (k, (_, part)) in parts.iter().enumerate() {
+            if answered.contains(&k) {
+                continue;
+            }
+            if parts[k].0.is_some() {
+                // Its holder moved or died: any node passes it on.
+                *self.holders.lock().unwrap_or_else(|p| p.into_inner()) = None;
+            }
+            let result = self.acknowledged(self.send(|base| self.post_beats(base, part)).await, part.len()).await;
+            outcome = outcome.and(result);
+        }
+        outcome
+    }
+
+    /// The request of a batch of `beats` to the node at `base`.
+    fn post_beats(&self, base: &str, beats: &[Beat]) -> reqwest::RequestBuilder {
         let body = serde_json::json!({ "beats": beats, "lease_ms": self.lease_ttl.as_millis() as u64 });
-        match self.send(|base| self.http.post(format!("{base}/v1/heartbeats")).json(&body)).await {
+        self.http.post(format!("{base}/v1/heartbeats")).json(&body)
+    }
+
+    /// Whether a node acknowledged a batch of `beats` beats (and what it
+    /// told of the shards' holders, kept for the next batches).
+    async fn acknowledged(
+        &self,
+        answer: Result<reqwest::Response, reqwest::Error>,
+        beats: usize,
+    ) -> Result<(), String> {
+        if let Ok(response) = &answer {
+            if let Some(told) = response.headers().get(crate::holders::HEADER).and_then(|v| v.to_str().ok()) {
+                let map = crate::holders::Holders::parse(told).map(|map| map.among(&self.bases));
+                let mut known = self.holders.lock().unwrap_or_else(|p| p.into_inner());
+                if *known != map {
+                    let holders = map.as_ref().map(|m| m.render());
+                    tracing::info!(?holders, "told which node holds each shard: beats go straight to their holders");
+                }
+                *known = map;
+            }
+        }
+        match answer {
             Ok(response) if response.status() == reqwest::StatusCode::OK => {
                 let receipt: Value = response.json().await.unwrap_or(Value::Null);
                 let unknown = receipt.get("unknown").and_then(Value::as_array).map_or(0, Vec::len);
                 if unknown > 0 {
                     tracing::warn!(unknown, receipt = %receipt, "control plane does not know some of this host's instances");
                 }
-                tracing::debug!(beats = beats.len(), receipt = %receipt, "heartbeats acknowledged");
+                tracing::debug!(beats, receipt = %receipt, "heartbeats acknowledged");
                 Ok(())
             }
             Ok(response)

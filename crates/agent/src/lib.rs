@@ -17,6 +17,7 @@
 pub mod actions;
 pub mod control_plane;
 pub mod fence;
+pub mod holders;
 pub mod host;
 pub mod lease;
 pub mod probe;

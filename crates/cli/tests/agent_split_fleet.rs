@@ -106,3 +106,90 @@ async fn one_agent_carries_out_the_actions_of_every_shard_s_holder() {
         .count();
     assert_eq!(fences, 2, "a generation kept per shard");
 }
+
+/// The count `name` on `api`'s `/metrics` (0 before it is first counted).
+async fn counted(http: &reqwest::Client, api: &str, name: &str) -> u64 {
+    let r = http.get(format!("{api}/metrics")).send().await.unwrap();
+    assert_eq!(r.status().as_u16(), 200, "GET {api}/metrics");
+    let text = r.text().await.unwrap();
+    text.lines()
+        .filter(|l| l.starts_with(name))
+        .filter_map(|l| l.split_whitespace().last()?.parse::<f64>().ok())
+        .map(|v| v as u64)
+        .sum()
+}
+
+/// Issue 16, "agents told which node holds their shard": an agent given
+/// both nodes sends its first batch whole to the node it knows (which
+/// passes the other shard's part on) and learns the holders from the
+/// answer; from then on each holder gets its shard's beats straight, and
+/// nothing is passed on. With a holder killed, its part goes to a node
+/// that answers (pending until the shard is taken over) and the batch is
+/// still acknowledged: the agent's lease does not lapse for a takeover.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_agent_told_the_holders_sends_each_holder_its_shard_s_beats() {
+    use drover_model::{Beat, InstanceId, Slot};
+    let pg = pg::PgServer::start();
+    let store = pg.url("postgres");
+    let dir = tempfile::Builder::new().prefix("dr-ah").tempdir_in("/tmp").unwrap();
+    let root = dir.path();
+    let plain = drover_agent::tls::builder().timeout(Duration::from_secs(5)).build().unwrap();
+    let a = node(root, "a", &store);
+    a.wait_healthy(&plain, GENEROUS).await;
+    let mut b = node(root, "b", &store);
+    b.wait_healthy(&plain, GENEROUS).await;
+    let http = admin_client(&root.join("a/data"));
+    wait_for(GENEROUS, "one shard per node", &a, || async {
+        let (_, cluster) = get(&http, &format!("{}/v1/cluster", a.api)).await?;
+        let nodes = cluster["nodes"].as_array()?;
+        let held: Vec<u64> = nodes.iter().filter(|n| n["alive"] == true).filter_map(|n| n["shards"].as_u64()).collect();
+        (held.len() == 2 && held.iter().all(|&s| s == 1)).then_some(())
+    })
+    .await;
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    let token = create_token(&http, &a.api, json!({"name": "agent-h1", "role": "agent", "host": "h1"})).await;
+    let servers = format!("{},{}", a.api, b.api);
+    let agent =
+        drover_agent::control_plane::ControlPlane::new(&servers, Duration::from_secs(10), &token, None).unwrap();
+    // Ten instances of each shard (none known to an engine: each answered
+    // `unknown`, which is routed all the same).
+    let ids: Vec<InstanceId> = (0..SHARDS)
+        .flat_map(|s| (0..).map(|i| format!("svc{i}")).filter(move |n| Slot::of_name(n).shard(SHARDS) == s).take(10))
+        .enumerate()
+        .map(|(i, n)| InstanceId::new_at(1_700_000_000_000_000, i as u64).in_slot(Slot::of_name(&n)))
+        .collect();
+    let beats = |seq: u64| -> Vec<Beat> {
+        ids.iter().map(|&instance| Beat { instance, seq, facts: Default::default() }).collect()
+    };
+    let forwarded = |api: String| {
+        let http = http.clone();
+        async move { counted(&http, &api, "drover_heartbeats_forwarded_total").await }
+    };
+    let received = |api: String| {
+        let http = http.clone();
+        async move { counted(&http, &api, "drover_heartbeats_received_total").await }
+    };
+
+    // The first batch: whole, to the node the agent knows first (a), which
+    // passes b's shard's ten on.
+    let (fa, ra, rb) = (forwarded(a.api.clone()).await, received(a.api.clone()).await, received(b.api.clone()).await);
+    agent.send_beats(&beats(1)).await.expect("the first batch acknowledged");
+    assert_eq!(forwarded(a.api.clone()).await - fa, 10, "a passed the other shard's part on");
+    assert_eq!(received(a.api.clone()).await - ra, 10);
+    assert_eq!(received(b.api.clone()).await - rb, 10);
+    // Then each holder its own: nothing passed on by either.
+    let (fa, fb) = (forwarded(a.api.clone()).await, forwarded(b.api.clone()).await);
+    let (ra, rb) = (received(a.api.clone()).await, received(b.api.clone()).await);
+    for seq in 2..5 {
+        agent.send_beats(&beats(seq)).await.expect("a batch in parts acknowledged");
+    }
+    assert_eq!(forwarded(a.api.clone()).await, fa, "a passed nothing on");
+    assert_eq!(forwarded(b.api.clone()).await, fb, "b passed nothing on");
+    assert_eq!(received(a.api.clone()).await - ra, 30, "a got its shard's beats straight");
+    assert_eq!(received(b.api.clone()).await - rb, 30, "b got its shard's beats straight");
+
+    // b dies: its part goes to a, and the batch is still acknowledged.
+    b.kill9();
+    agent.send_beats(&beats(5)).await.expect("a batch acknowledged with a holder dead");
+    agent.send_beats(&beats(6)).await.expect("and the next, whole, to the node that answers");
+}

@@ -266,17 +266,30 @@ async fn holder(http: &reqwest::Client, nodes: &[Serve], timeout: Duration) -> u
     }
 }
 
-/// One round's request bodies: per host, batches of [`BATCH`] beats.
-fn round_bodies(placed: &[(InstanceId, usize, Role)], seq: u64) -> Vec<(usize, Vec<u8>)> {
+/// One round's request bodies: per host, batches of [`BATCH`] beats. With
+/// the shards' holders (as a node tells an agent, `drover_agent::holders`),
+/// each host's beats by holder, each batch for its holder's URL (as the
+/// agent sends them); without, for any node.
+fn round_bodies(
+    placed: &[(InstanceId, usize, Role)],
+    seq: u64,
+    holders: Option<&drover_agent::holders::Holders>,
+) -> Vec<(usize, Option<String>, Vec<u8>)> {
     let mut by_host: Vec<Vec<Beat>> = vec![Vec::new(); HOSTS];
     for &(id, host, role) in placed {
         by_host[host].push(Beat { instance: id, seq, facts: facts(role, seq) });
     }
     let mut bodies = Vec::new();
     for (host, beats) in by_host.into_iter().enumerate() {
-        for chunk in beats.chunks(BATCH) {
-            let body = serde_json::to_vec(&json!({ "beats": chunk })).unwrap();
-            bodies.push((host, body));
+        let parts = match holders {
+            Some(map) => map.split(&beats).into_iter().map(|(url, part)| (url.map(str::to_string), part)).collect(),
+            None => vec![(None, beats)],
+        };
+        for (url, part) in parts {
+            for chunk in part.chunks(BATCH) {
+                let body = serde_json::to_vec(&json!({ "beats": chunk })).unwrap();
+                bodies.push((host, url.clone(), body));
+            }
         }
     }
     bodies
@@ -290,7 +303,7 @@ async fn send_round(
     nodes: &[Serve],
     apis: &[String],
     tokens: &[String],
-    bodies: Vec<(usize, Vec<u8>)>,
+    bodies: Vec<(usize, Option<String>, Vec<u8>)>,
     accepted: &Arc<AtomicU64>,
 ) -> Duration {
     let began = Instant::now();
@@ -301,8 +314,8 @@ async fn send_round(
             (work.clone(), apis.to_vec(), tokens.to_vec(), http.clone(), accepted.clone());
         senders.push(tokio::spawn(async move {
             loop {
-                let Some((i, (host, body))) = work.lock().unwrap().next() else { return };
-                let api = &apis[i % apis.len()];
+                let Some((i, (host, url, body))) = work.lock().unwrap().next() else { return };
+                let api = url.as_ref().unwrap_or(&apis[i % apis.len()]);
                 let r = http
                     .post(format!("{api}/v1/heartbeats"))
                     .header("authorization", &tokens[host])
@@ -375,7 +388,7 @@ async fn heartbeats_into_three_nodes_and_a_takeover_of_the_fleet() {
     let mut busy = Duration::ZERO;
     let mut sent = 0u64;
     for round in 0..rounds {
-        let took = send_round(&plain, &nodes, &apis, &tokens, round_bodies(&placed, round + 2), &accepted).await;
+        let took = send_round(&plain, &nodes, &apis, &tokens, round_bodies(&placed, round + 2, None), &accepted).await;
         busy += took;
         sent += n as u64;
         eprintln!("round {round}: {n} beats in {:.2} s ({:.0}/s)", took.as_secs_f64(), n as f64 / took.as_secs_f64());
@@ -557,11 +570,37 @@ async fn heartbeats_into_a_fleet_split_over_three_nodes_and_a_takeover_of_a_thir
     let rss_loaded: Vec<u64> = nodes.iter().map(rss_bytes).collect();
 
     let apis: Vec<String> = nodes.iter().map(|n| n.api.clone()).collect();
+    // Where each shard's beats go, as a node tells an agent in its answer
+    // (DROVER_BENCH_ROUTE=any: every batch to any node, split there).
+    let direct = std::env::var("DROVER_BENCH_ROUTE").map_or(true, |r| r != "any");
+    let holders = if direct {
+        seq += 1;
+        let (probe, host, role) = probes[0];
+        let body = json!({"beats": [Beat { instance: probe, seq, facts: facts(role, seq) }]});
+        let r = plain
+            .post(format!("{}/v1/heartbeats", nodes[1].api))
+            .header("authorization", &tokens[host])
+            .json(&body)
+            .send()
+            .await
+            .unwrap();
+        let told = r.headers().get(drover_agent::holders::HEADER).and_then(|v| v.to_str().ok()).map(str::to_string);
+        let told =
+            told.unwrap_or_else(|| panic!("no {} in the answer of a split fleet", drover_agent::holders::HEADER));
+        let map = drover_agent::holders::Holders::parse(&told).unwrap_or_else(|| panic!("{told:?} is not a map"));
+        let map = map.among(&apis);
+        assert_eq!(map.render().split(' ').count(), 1 + SHARDS as usize, "every holder one of the nodes: {told}");
+        eprintln!("the nodes' map of holders: {told}");
+        Some(map)
+    } else {
+        None
+    };
     let accepted = Arc::new(AtomicU64::new(0));
     let mut busy = Duration::ZERO;
     let mut sent = 0u64;
     for round in 0..rounds {
-        let took = send_round(&plain, &nodes, &apis, &tokens, round_bodies(&placed, seq + 1 + round), &accepted).await;
+        let bodies = round_bodies(&placed, seq + 1 + round, holders.as_ref());
+        let took = send_round(&plain, &nodes, &apis, &tokens, bodies, &accepted).await;
         busy += took;
         sent += n as u64;
         eprintln!("round {round}: {n} beats in {:.2} s ({:.0}/s)", took.as_secs_f64(), n as f64 / took.as_secs_f64());
@@ -622,6 +661,7 @@ async fn heartbeats_into_a_fleet_split_over_three_nodes_and_a_takeover_of_a_thir
             "batch": BATCH,
             "in_flight": in_flight(),
             "rounds": rounds,
+            "route": if direct { "each holder its shard's beats" } else { "any node, split there" },
             "seed_seconds": seeded,
             "spread_seconds": spread_at,
             "heartbeats": accepted,

@@ -98,23 +98,28 @@ impl From<PathRejection> for ApiError {
 /// as integers (only refused bodies pay for the second reading).
 pub struct Json<T>(pub T);
 
+/// A request says its body is JSON (`application/json` or `application/*+json`), or 415.
+pub(crate) fn json_content(headers: &axum::http::HeaderMap) -> Result<(), ApiError> {
+    let is_json = headers
+        .get(axum::http::header::CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.split(';').next())
+        .map(|essence| essence.trim().to_ascii_lowercase())
+        .is_some_and(|m| m == "application/json" || (m.starts_with("application/") && m.ends_with("+json")));
+    if !is_json {
+        return Err(ApiError::new(
+            StatusCode::UNSUPPORTED_MEDIA_TYPE,
+            "expected a request body with `Content-Type: application/json`",
+        ));
+    }
+    Ok(())
+}
+
 impl<T: DeserializeOwned, S: Send + Sync> FromRequest<S> for Json<T> {
     type Rejection = ApiError;
 
     async fn from_request(req: axum::extract::Request, state: &S) -> Result<Self, Self::Rejection> {
-        let is_json = req
-            .headers()
-            .get(axum::http::header::CONTENT_TYPE)
-            .and_then(|v| v.to_str().ok())
-            .and_then(|v| v.split(';').next())
-            .map(|essence| essence.trim().to_ascii_lowercase())
-            .is_some_and(|m| m == "application/json" || (m.starts_with("application/") && m.ends_with("+json")));
-        if !is_json {
-            return Err(ApiError::new(
-                StatusCode::UNSUPPORTED_MEDIA_TYPE,
-                "expected a request body with `Content-Type: application/json`",
-            ));
-        }
+        json_content(req.headers())?;
         let bytes =
             axum::body::Bytes::from_request(req, state).await.map_err(|r| ApiError::new(r.status(), r.body_text()))?;
         // A body is an object: serde would also read a struct from an array.
@@ -145,6 +150,11 @@ impl<T: DeserializeOwned, S: Send + Sync> FromRequest<S> for Json<T> {
 /// (400 for bad syntax, 422 for the wrong shape). The content type was
 /// checked by the auth middleware.
 pub(crate) fn parse_json_body<T: DeserializeOwned>(bytes: &[u8]) -> Result<T, ApiError> {
+    // The plain parse first, as `Json` does: the path of what is wrong
+    // costs, and only a refused body needs it.
+    if let Ok(ObjectOnly(value)) = serde_json::from_slice::<ObjectOnly<T>>(bytes) {
+        return Ok(value);
+    }
     match axum::Json::<ObjectOnly<T>>::from_bytes(bytes) {
         Ok(axum::Json(ObjectOnly(value))) => Ok(value),
         Err(rejection) => {

@@ -376,16 +376,39 @@ async fn fan_out(
 
 const ADVISORIES_STALE: &str = "drover-advisories-stale";
 
-/// A heartbeat batch whose beats are in several holders' shards: each
-/// part goes to its holder (this node's own through its own router), and
-/// the agent is answered once every part was: the receipts added up. A
-/// part refused (a beat of another host's instance: 403) refuses the
-/// batch. A part whose shard has no holder or whose holder did not answer
-/// is `pending`, as beats the engine has not taken yet: the agent's lease
-/// is renewed (failing the whole batch would make it fence the primaries
-/// of every shard for one shard's takeover), and the next holder judges
-/// those instances by their next beats.
+/// A heartbeat batch on a node that holds some of the shards: each part
+/// goes to its holder, this node's own fed to its engine through its own
+/// router as parsed (`http::Batch`), and the agent is answered once every
+/// part was: the receipts added up. A batch that is all one other
+/// holder's goes as it came. A part refused (a beat of another host's
+/// instance: 403) refuses the batch. A part whose shard has no holder or
+/// whose holder did not answer is `pending`, as beats the engine has not
+/// taken yet: the agent's lease is renewed (failing the whole batch would
+/// make it fence the primaries of every shard for one shard's takeover),
+/// and the next holder judges those instances by their next beats.
 async fn heartbeat_parts(
+    state: &AppState,
+    map: &crate::lease::ShardMap,
+    parts: axum::http::request::Parts,
+    body: axum::body::Bytes,
+    split: crate::shard_route::Beats,
+    next: Next,
+) -> Response {
+    let mut response = fed_in_parts(state, map, parts, body, split, next).await;
+    // Tells the agent where each shard's beats go from now on.
+    let own = state.ready.get().map(|ready| ready.node.url.clone());
+    let urls = (0..map.shards).filter_map(|s| {
+        let url = if map.held.contains(&s) { own.clone() } else { map.holders.get(&s).map(|h| h.url.clone()) };
+        url.map(|url| (s, url))
+    });
+    let told = drover_agent::holders::Holders::new(map.shards, urls).render();
+    if let Ok(value) = axum::http::HeaderValue::from_str(&told) {
+        response.headers_mut().insert(HeaderName::from_static(drover_agent::holders::HEADER), value);
+    }
+    response
+}
+
+async fn fed_in_parts(
     state: &AppState,
     map: &crate::lease::ShardMap,
     mut parts: axum::http::request::Parts,
@@ -393,28 +416,39 @@ async fn heartbeat_parts(
     split: crate::shard_route::Beats,
     next: Next,
 ) -> Response {
-    let part_body = |indices: &[usize]| -> axum::body::Bytes { split.part(&body, indices).into() };
     parts.headers.insert(HeaderName::from_static(PART), axum::http::HeaderValue::from_static("1"));
+    let whole = split.parts.len() == 1;
+    // An empty batch still renews the agent's lease: heard here.
+    let empty = split.parts.is_empty();
     let mut asked = tokio::task::JoinSet::new();
-    let mut own: Vec<usize> = Vec::new();
+    let mut own: Vec<drover_model::Beat> = Vec::new();
     let mut unheard = 0u32;
-    for (shard, indices) in &split.parts {
-        if map.held.contains(shard) {
-            own.extend(indices);
+    let lease_ms = split.lease_ms;
+    for (shard, beats) in split.parts {
+        if map.held.contains(&shard) {
+            own.extend(beats);
             continue;
         }
-        let Some(holder) = map.holders.get(shard).cloned() else {
-            unheard += indices.len() as u32;
+        let Some(holder) = map.holders.get(&shard).cloned() else {
+            unheard += beats.len() as u32;
             continue;
         };
-        let (node, key, parts, body) = (state.node.to_string(), state.key.clone(), parts.clone(), part_body(indices));
-        let beats = indices.len() as u32;
-        asked.spawn(async move { (forward(&holder, &node, &key, &parts, body).await, beats) });
+        let sent = if whole { body.clone() } else { crate::shard_route::Beats::body_of(&beats, lease_ms).into() };
+        let (node, key, parts) = (state.node.to_string(), state.key.clone(), parts.clone());
+        let beats = beats.len() as u32;
+        metrics::counter!(crate::telemetry::HEARTBEATS_FORWARDED).increment(u64::from(beats));
+        asked.spawn(async move { (forward(&holder, &node, &key, &parts, sent).await, beats) });
     }
     let mut answers = Vec::new();
-    if !own.is_empty() {
-        own.sort_unstable();
-        answers.push(next.run(Request::from_parts(parts.clone(), axum::body::Body::from(part_body(&own)))).await);
+    if !own.is_empty() || empty {
+        let mut request = Request::from_parts(parts, axum::body::Body::empty());
+        request.extensions_mut().insert(crate::http::Parsed(crate::http::HeartbeatBatch { beats: own, lease_ms }));
+        let answer = next.run(request).await;
+        if asked.is_empty() && unheard == 0 {
+            // All of it this node's (an agent that sends each holder its part).
+            return answer;
+        }
+        answers.push(answer);
     }
     while let Some(joined) = asked.join_next().await {
         match joined {

@@ -404,7 +404,7 @@ pub(crate) async fn list_events(
 }
 
 /// A batch of heartbeats from agents.
-#[derive(Debug, Deserialize, utoipa::ToSchema)]
+#[derive(Clone, Debug, Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct HeartbeatBatch {
     #[serde(deserialize_with = "drover_model::objects::objects")]
@@ -457,6 +457,29 @@ impl HeartbeatAnswer {
     }
 }
 
+/// A heartbeat batch as the handler takes it: read from the body, or, on
+/// a fleet split between nodes, this node's part of a batch the shard
+/// router already parsed to take it apart (`forward::heartbeat_parts`), so
+/// no beat is parsed twice on its way to the engine.
+pub(crate) struct Batch(pub HeartbeatBatch);
+
+/// This node's part of a batch, parsed by the shard router.
+#[derive(Clone)]
+pub(crate) struct Parsed(pub HeartbeatBatch);
+
+impl<S: Send + Sync> axum::extract::FromRequest<S> for Batch {
+    type Rejection = ApiError;
+
+    async fn from_request(mut req: axum::extract::Request, state: &S) -> Result<Self, Self::Rejection> {
+        if let Some(Parsed(batch)) = req.extensions_mut().remove::<Parsed>() {
+            crate::error::json_content(req.headers())?;
+            return Ok(Batch(batch));
+        }
+        let Json(batch) = <Json<HeartbeatBatch> as axum::extract::FromRequest<S>>::from_request(req, state).await?;
+        Ok(Batch(batch))
+    }
+}
+
 /// Post heartbeats (batched). Facts are kept in memory only. An agent
 /// host's batch (one that tells `lease_ms`) is answered within a budget
 /// (150 ms at most) whatever the engine's pace, so a stalled control plane
@@ -467,7 +490,7 @@ impl HeartbeatAnswer {
 pub(crate) async fn post_heartbeats(
     State(state): State<AppState>,
     Caller(caller): Caller,
-    Json(batch): Json<HeartbeatBatch>,
+    Batch(batch): Batch,
 ) -> Result<Json<HeartbeatAnswer>, ApiError> {
     let ready = state.ready()?;
     // When the batch arrived: the agent sent it no later, so its lease,

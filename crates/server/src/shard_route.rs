@@ -19,10 +19,9 @@
 //! itself and a standby forwards everything to the holder, which is what
 //! every rule comes to with one shard; `--shards N` splits it.
 
-use drover_model::{InstanceId, Slot};
+use drover_model::{Beat, InstanceId, Slot};
 use serde::Deserialize;
 use std::collections::{BTreeMap, HashMap};
-use std::ops::Range;
 use std::sync::OnceLock;
 
 /// How a route finds the node that answers it.
@@ -317,7 +316,7 @@ pub fn target(method: &str, path: &str, body: &[u8], shards: u16) -> Result<Targ
                 _ => return Err("give either instance or host".into()),
             }
         }
-        Heartbeats => Target::Split(split_heartbeats(body, shards)?),
+        Heartbeats => split_heartbeats(body, shards).map_or(Target::Here, Target::Split),
     })
 }
 
@@ -329,7 +328,8 @@ pub enum Decision {
     /// The holder of this shard, the request forwarded as it came.
     Forward(u16),
     /// A heartbeat batch in parts, each to its shard's holder (this
-    /// node's own parts included): the agent's answer waits for them all.
+    /// node's own part included; all of it, when it holds every shard the
+    /// batch touches): the agent's answer waits for them all.
     Split(Beats),
     /// Every holder, the answers merged.
     Every,
@@ -350,118 +350,66 @@ pub fn decide(target: Target, shards: u16, holds: impl Fn(u16) -> bool) -> Decis
         Target::Here => Decision::Here,
         Target::Fleet => to(0),
         Target::Shard(shard) => to(shard),
-        Target::Split(beats) => {
-            if beats.parts.keys().all(|&shard| holds(shard)) {
-                Decision::Here
-            } else if beats.parts.len() == 1 {
-                beats.parts.keys().next().map_or(Decision::Here, |&shard| to(shard))
-            } else {
-                Decision::Split(beats)
-            }
-        }
+        // Taken apart here even when this node holds all it touches: its
+        // part is fed as parsed, not parsed again by the handler.
+        Target::Split(beats) => Decision::Split(beats),
         Target::Every => Decision::Every,
         Target::Actions => Decision::Actions,
     }
 }
 
-/// A heartbeat batch read just enough to split it: each beat's shard and
-/// where the beat and the batch's other fields are in the body, so a part
-/// is its beats' bytes as sent, copied, never parsed into values again.
-#[derive(Clone, Debug, PartialEq, Eq)]
+/// A heartbeat batch parsed once, as the handler parses it, and its beats
+/// by the shard of their instance: the part this node holds is fed to its
+/// engine as parsed (`http::Batch`), each other part goes to its holder as
+/// a batch of its own (the whole body as it came when all of it is one
+/// other holder's: an agent that sends each holder its part, or a batch
+/// that is one shard's).
+#[derive(Clone, Debug)]
 pub struct Beats {
-    /// Each shard's beats: their indices, in the batch's order.
-    pub parts: BTreeMap<u16, Vec<usize>>,
-    /// Where each beat is in the body.
-    spans: Vec<Range<usize>>,
-    /// The batch's other fields (`lease_ms`): each name and where its value is.
-    rest: Vec<(String, Range<usize>)>,
+    /// Each shard's beats, in the batch's order.
+    pub parts: BTreeMap<u16, Vec<Beat>>,
+    /// The batch's `lease_ms`, given to every part.
+    pub lease_ms: Option<u64>,
 }
 
+/// Beats from JSON hold no NaN (JSON has none), so equality is total here.
+impl PartialEq for Beats {
+    fn eq(&self, other: &Beats) -> bool {
+        self.parts == other.parts && self.lease_ms == other.lease_ms
+    }
+}
+impl Eq for Beats {}
+
 impl Beats {
-    /// The body of a batch of the beats at `indices` of `body` (the body
-    /// this was read from), with the batch's other fields as they came.
-    pub fn part(&self, body: &[u8], indices: &[usize]) -> Vec<u8> {
-        let size: usize = indices.iter().filter_map(|&i| self.spans.get(i)).map(|r| r.len() + 1).sum();
-        let mut out = Vec::with_capacity(size + 64);
-        out.extend_from_slice(b"{\"beats\":[");
-        for (n, span) in indices.iter().filter_map(|&i| self.spans.get(i)).enumerate() {
-            if n > 0 {
-                out.push(b',');
-            }
-            out.extend_from_slice(&body[span.clone()]);
+    /// The body of a batch of `beats` with this batch's lease.
+    pub fn body(&self, beats: &[Beat]) -> Vec<u8> {
+        Beats::body_of(beats, self.lease_ms)
+    }
+
+    /// The body of a batch of `beats` with the lease `lease_ms`.
+    pub fn body_of(beats: &[Beat], lease_ms: Option<u64>) -> Vec<u8> {
+        #[derive(serde::Serialize)]
+        struct Part<'a> {
+            beats: &'a [Beat],
+            #[serde(skip_serializing_if = "Option::is_none")]
+            lease_ms: Option<u64>,
         }
-        out.push(b']');
-        for (name, span) in &self.rest {
-            out.push(b',');
-            // A name read from JSON writes back as JSON.
-            out.extend_from_slice(&serde_json::to_vec(name).unwrap_or_default());
-            out.push(b':');
-            out.extend_from_slice(&body[span.clone()]);
-        }
-        out.push(b'}');
-        out
+        serde_json::to_vec(&Part { beats, lease_ms }).unwrap_or_default()
     }
 }
 
 /// A heartbeat batch's beats by the shard of their instance (every beat in
-/// exactly one part), read without building values: the beats as raw JSON
-/// in place, and of each only its instance.
-pub fn split_heartbeats(body: &[u8], shards: u16) -> Result<Beats, String> {
-    use serde_json::value::RawValue;
-    #[derive(Deserialize)]
-    struct Beat {
-        instance: InstanceId,
+/// exactly one part, in order), or None for a body the handler refuses:
+/// that request is answered by the node asked, whose handler names what
+/// is wrong exactly as on a fleet of one shard (nothing of it reaches an
+/// engine).
+pub fn split_heartbeats(body: &[u8], shards: u16) -> Option<Beats> {
+    let batch = crate::error::parse_json_body::<crate::http::HeartbeatBatch>(body).ok()?;
+    let mut parts: BTreeMap<u16, Vec<Beat>> = BTreeMap::new();
+    for beat in batch.beats {
+        parts.entry(beat.instance.slot().shard(shards)).or_default().push(beat);
     }
-    let bad = |e: serde_json::Error| format!("the body is not a heartbeat batch: {e}");
-    let batch = serde_json::from_slice::<RawBatch>(body).map_err(bad)?;
-    let at = |raw: &RawValue| {
-        let start = raw.get().as_ptr() as usize - body.as_ptr() as usize;
-        start..start + raw.get().len()
-    };
-    let rest = batch.rest.into_iter().map(|(name, raw)| (name, at(raw))).collect();
-    let beats = batch.beats.ok_or("the body is not a heartbeat batch: missing field `beats`")?;
-    let mut parts: BTreeMap<u16, Vec<usize>> = BTreeMap::new();
-    let mut spans = Vec::with_capacity(beats.len());
-    for (i, raw) in beats.into_iter().enumerate() {
-        let beat: drover_model::objects::ObjectOnly<Beat> = serde_json::from_str(raw.get()).map_err(bad)?;
-        parts.entry(beat.0.instance.slot().shard(shards)).or_default().push(i);
-        spans.push(at(raw));
-    }
-    Ok(Beats { parts, spans, rest })
-}
-
-/// A heartbeat batch read in one pass, every value as raw JSON in place:
-/// its beats, and its other fields in order (the last of a repeated name).
-struct RawBatch<'a> {
-    beats: Option<Vec<&'a serde_json::value::RawValue>>,
-    rest: Vec<(String, &'a serde_json::value::RawValue)>,
-}
-
-impl<'de: 'a, 'a> Deserialize<'de> for RawBatch<'a> {
-    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
-        use serde_json::value::RawValue;
-        struct V<'a>(std::marker::PhantomData<&'a ()>);
-        impl<'de: 'a, 'a> serde::de::Visitor<'de> for V<'a> {
-            type Value = RawBatch<'a>;
-            fn expecting(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-                f.write_str("a JSON object")
-            }
-            fn visit_map<A: serde::de::MapAccess<'de>>(self, mut map: A) -> Result<RawBatch<'a>, A::Error> {
-                let mut batch = RawBatch { beats: None, rest: Vec::new() };
-                while let Some(name) = map.next_key::<String>()? {
-                    if name == "beats" {
-                        batch.beats = Some(map.next_value::<Vec<&'de RawValue>>()?);
-                    } else {
-                        let value = map.next_value::<&'de RawValue>()?;
-                        batch.rest.retain(|(n, _)| *n != name);
-                        batch.rest.push((name, value));
-                    }
-                }
-                Ok(batch)
-            }
-        }
-        d.deserialize_map(V(std::marker::PhantomData))
-    }
+    Some(Beats { parts, lease_ms: batch.lease_ms })
 }
 
 /// One page of a list ordered by a key (services by name), merged from
@@ -557,14 +505,19 @@ mod tests {
             ("POST", "/v1/services", br#"{"name":7}"#),
             ("POST", "/v1/chaos", br#"{"fault":"crash"}"#),
             ("POST", "/v1/chaos", br#"{"instance":"x","fault":"crash"}"#),
-            ("POST", "/v1/heartbeats", br#"{"beats":[1]}"#),
-            ("POST", "/v1/heartbeats", br#"{"beats":[{"instance":"x","seq":1}]}"#),
             ("GET", "/v1/services/%ff", b""),
             ("PUT", "/v1/services", b""),
         ];
         for (method, path, body) in cases {
             let err = target(method, path, body, 8).unwrap_err();
             assert!(!err.is_empty(), "{method} {path}");
+        }
+        // A heartbeat batch the handler refuses is answered by the node
+        // asked: its handler names what is wrong (400 or 422), as on one
+        // shard, and none of it reaches an engine.
+        let bad: &[&[u8]] = &[br#"{"beats":[1]}"#, br#"{"beats":[{"instance":"x","seq":1}]}"#, b"{", b"[]"];
+        for body in bad {
+            assert_eq!(target("POST", "/v1/heartbeats", body, 8), Ok(Target::Here), "{body:?}");
         }
     }
 
@@ -621,14 +574,21 @@ mod tests {
             let shard = shard % shards;
             let holds = |s: u16| held_bits & (1 << s) != 0;
             let all = (0..shards).all(holds);
-            let parts: BTreeMap<u16, Vec<usize>> =
-                parts.into_iter().map(|p| p % shards).enumerate().map(|(i, p)| (p, vec![i])).collect();
+            let parts: BTreeMap<u16, Vec<Beat>> = parts
+                .into_iter()
+                .map(|p| p % shards)
+                .enumerate()
+                .map(|(i, p)| {
+                    let instance = InstanceId::new_at(1_700_000_000_000_000, i as u64);
+                    (p, vec![Beat { instance, seq: 1, facts: Default::default() }])
+                })
+                .collect();
             let target = [
                 Target::Here,
                 Target::Fleet,
                 Target::Shard(shard),
                 Target::Every,
-                Target::Split(Beats { parts: parts.clone(), spans: vec![], rest: vec![] }),
+                Target::Split(Beats { parts: parts.clone(), lease_ms: None }),
             ][which].clone();
             let touched: Vec<u16> = match &target {
                 Target::Here => vec![],
@@ -637,15 +597,18 @@ mod tests {
                 Target::Split(p) => p.parts.keys().copied().collect(),
                 Target::Every | Target::Actions => (0..shards).collect(),
             };
+            let split = matches!(target, Target::Split(_));
             let decision = decide(target, shards, holds);
-            let here = all || touched.iter().all(|&s| holds(s));
+            // A batch is taken apart by any node that does not hold every
+            // shard (its own part fed as parsed, not parsed again).
+            let here = all || (!split && touched.iter().all(|&s| holds(s)));
             proptest::prop_assert_eq!(decision == Decision::Here, here, "{:?}", decision);
             match decision {
                 Decision::Forward(s) => {
                     proptest::prop_assert!(!holds(s) && touched == vec![s]);
                 }
                 Decision::Split(p) => {
-                    proptest::prop_assert!(p.parts.len() > 1 && p.parts.keys().any(|&s| !holds(s)));
+                    proptest::prop_assert!(split && !all && p.parts.keys().copied().eq(touched.iter().copied()));
                 }
                 Decision::Every | Decision::Actions | Decision::Here => {}
             }
@@ -670,24 +633,26 @@ mod tests {
                 panic!("not split");
             };
             let parts = &split.parts;
-            // Each part's body is a batch of exactly its beats, as sent,
-            // with the batch's other fields.
+            // Each part's body is a batch of exactly its beats, in order,
+            // with the batch's lease, that the handler reads as it is.
             for part in parts.values() {
-                let sent: serde_json::Value = serde_json::from_slice(&split.part(&body, part)).unwrap();
-                let want: Vec<serde_json::Value> = part.iter().map(|&i| beats[i].clone()).collect();
-                proptest::prop_assert_eq!(&sent["beats"], &serde_json::Value::Array(want));
+                let sent: serde_json::Value = serde_json::from_slice(&split.body(part)).unwrap();
                 proptest::prop_assert_eq!(&sent["lease_ms"], &serde_json::json!(5000));
+                let read = crate::error::parse_json_body::<crate::http::HeartbeatBatch>(&split.body(part)).unwrap();
+                proptest::prop_assert_eq!(&read.beats, part);
             }
-            let mut seen: Vec<usize> = parts.values().flatten().copied().collect();
+            // Every beat in exactly one part, in the batch's order.
+            let index = |b: &Beat| ids.iter().position(|id| *id == b.instance).unwrap();
+            let mut seen: Vec<usize> = parts.values().flatten().map(index).collect();
             for part in parts.values() {
-                proptest::prop_assert!(part.windows(2).all(|w| w[0] < w[1]), "in order");
+                proptest::prop_assert!(part.windows(2).all(|w| index(&w[0]) < index(&w[1])), "in order");
             }
             seen.sort_unstable();
             proptest::prop_assert_eq!(seen, (0..ids.len()).collect::<Vec<_>>());
             for (shard, part) in parts {
                 proptest::prop_assert!(*shard < shards);
-                for &i in part {
-                    proptest::prop_assert_eq!(Slot::of_name(&names[i]).shard(shards), *shard);
+                for beat in part {
+                    proptest::prop_assert_eq!(Slot::of_name(&names[index(beat)]).shard(shards), *shard);
                 }
             }
         }

@@ -8,6 +8,8 @@ use metrics_exporter_prometheus::{Matcher, PrometheusBuilder, PrometheusHandle};
 use std::sync::OnceLock;
 
 pub const HEARTBEATS_RECEIVED: &str = "drover_heartbeats_received_total";
+/// Heartbeats a node passed on to their shard's holder (a split fleet).
+pub const HEARTBEATS_FORWARDED: &str = "drover_heartbeats_forwarded_total";
 /// Agent hosts' batches answered before the engine took them (the engine
 /// or the store was slower than the acknowledgement budget).
 pub const HEARTBEAT_BATCHES_ANSWERED_EARLY: &str = "drover_heartbeat_batches_answered_early_total";
@@ -52,6 +54,10 @@ pub fn install() -> PrometheusHandle {
 
 fn describe() {
     metrics::describe_counter!(HEARTBEATS_RECEIVED, "Heartbeats received (HTTP and providers).");
+    metrics::describe_counter!(
+        HEARTBEATS_FORWARDED,
+        "Heartbeats passed on to the node holding their shard (an agent not told the holders, or told stale ones)."
+    );
     metrics::describe_counter!(
         HEARTBEAT_BATCHES_ANSWERED_EARLY,
         "Agent hosts' heartbeat batches acknowledged before the engine took them (engine slower than the budget)."
