@@ -9,20 +9,6 @@ use drover_model::*;
 use std::collections::{BTreeMap, HashMap};
 use std::time::Duration;
 
-fn new_image(h: &mut H) -> ImageId {
-    let image = Image::new(
-        EngineKind::Postgres,
-        "15-test",
-        BTreeMap::new(),
-        BTreeMap::from([("postgresql-15".into(), "15.19".into())]),
-        Timestamp(T0),
-    )
-    .with_settings_and_manifest(BTreeMap::from([("work_mem".into(), "8MB".into())]), Vec::new());
-    let id = image.id.clone();
-    h.command(Command::RegisterImage(image)).expect("image registers");
-    id
-}
-
 fn fleet(h: &mut H, n: usize, followers: u8) -> Vec<String> {
     let names: Vec<String> = (0..n).map(|i| format!("db{i:02}")).collect();
     for name in &names {
@@ -79,7 +65,7 @@ fn a_rollout_moves_every_service_by_replacement_in_waves_and_never_fails_over() 
     let mut h = H::new(fast_config());
     let names = fleet(&mut h, 10, 1);
     let urls_before: Vec<ServiceId> = names.iter().map(|n| h.service(n).id).collect();
-    let to = new_image(&mut h);
+    let to = register_newer_image(&mut h);
     let created = create(&mut h, spec(&to, vec![10, 50, 100], 5));
     assert_eq!((created.state, created.total, created.remaining), (RolloutState::Pending, 10, 10));
     let v = run_until_settled(&mut h, created.id, Duration::from_secs(600));
@@ -121,7 +107,7 @@ fn a_rollout_moves_every_service_by_replacement_in_waves_and_never_fails_over() 
 fn a_service_without_followers_gets_one_for_the_switchover_and_ends_as_planned() {
     let mut h = H::new(fast_config());
     fleet(&mut h, 1, 0);
-    let to = new_image(&mut h);
+    let to = register_newer_image(&mut h);
     let r = create(&mut h, spec(&to, vec![100], 2));
     let v = run_until_settled(&mut h, r.id, Duration::from_secs(300));
     assert_eq!(v.state, RolloutState::Succeeded, "{v:?}");
@@ -134,7 +120,7 @@ fn a_service_without_followers_gets_one_for_the_switchover_and_ends_as_planned()
 fn a_bad_image_fails_its_first_wave_pauses_the_rollout_and_pages_once() {
     let mut h = H::new(fast_config());
     let names = fleet(&mut h, 8, 1);
-    let to = new_image(&mut h);
+    let to = register_newer_image(&mut h);
     h.world.failing_images.push(to.clone());
     let r = create(&mut h, spec(&to, vec![25, 100], 5));
     let v = run_until_settled(&mut h, r.id, Duration::from_secs(900));
@@ -158,7 +144,7 @@ fn a_bad_image_fails_its_first_wave_pauses_the_rollout_and_pages_once() {
 fn pause_resume_and_abort_by_a_person() {
     let mut h = H::new(fast_config());
     fleet(&mut h, 4, 1);
-    let to = new_image(&mut h);
+    let to = register_newer_image(&mut h);
     let r = create(&mut h, spec(&to, vec![25, 100], 2));
     let paused = match h.command(Command::PauseRollout { id: r.id }) {
         Ok(Reply::Rollout(v)) => *v,
@@ -182,7 +168,7 @@ fn pause_resume_and_abort_by_a_person() {
 fn invalid_rollouts_are_refused() {
     let mut h = H::new(fast_config());
     fleet(&mut h, 1, 1);
-    let to = new_image(&mut h);
+    let to = register_newer_image(&mut h);
     for (waves, what) in [(vec![], "empty"), (vec![50, 10, 100], "decreasing"), (vec![50], "not ending at 100")] {
         assert!(
             matches!(h.command(Command::CreateRollout(spec(&to, waves, 1))), Err(CommandError::Invalid(_))),
@@ -203,7 +189,7 @@ fn invalid_rollouts_are_refused() {
 fn kill_and_restart_in_the_middle_resumes_and_never_moves_a_service_twice() {
     let mut h = H::new(fast_config());
     let names = fleet(&mut h, 6, 1);
-    let to = new_image(&mut h);
+    let to = register_newer_image(&mut h);
     let r = create(&mut h, spec(&to, vec![50, 100], 3));
     // A crash every 700 ms of engine time, at every phase of the moves.
     let mut crashes = 0;
@@ -279,7 +265,7 @@ fn a_label_selector_moves_only_the_services_carrying_every_label_and_labels_surv
     assert!(h.service("plain").labels.is_empty());
     h.advance(Duration::from_secs(3));
 
-    let to = new_image(&mut h);
+    let to = register_newer_image(&mut h);
     let mut s = spec(&to, vec![100], 2);
     s.selector.labels = Some(labels(&[("tier", "gold")]));
     s.selector.label = Some("region=eu".into());
@@ -328,7 +314,7 @@ fn owners_are_told_once_a_notice_ahead_of_the_window_or_at_once_when_it_is_soone
         let window = MaintenanceWindow::weekly_from(Timestamp(at), 1);
         h.command(Command::SetMaintenanceWindow { name: name.clone(), window: Some(window) }).expect("window set");
     }
-    let to = new_image(&mut h);
+    let to = register_newer_image(&mut h);
     let r = create(&mut h, spec(&to, vec![100], 1));
     h.advance(Duration::from_secs(2));
     let created = r.created_at.0;
@@ -390,7 +376,7 @@ fn a_resize_moves_one_service_now_by_replacement_and_refuses_what_it_cannot_do()
     // db00's window opens in six days: a rollout would wait for it, a resize does not.
     let window = MaintenanceWindow::weekly_from(Timestamp(h.now + 6 * 24 * 3_600_000_000), 1);
     h.command(Command::SetMaintenanceWindow { name: "db00".into(), window: Some(window) }).expect("window set");
-    let to = new_image(&mut h);
+    let to = register_newer_image(&mut h);
 
     assert!(matches!(resize(&mut h, "nosuch", &to), Err(CommandError::NotFound(_))));
     assert!(matches!(resize(&mut h, "db00", &ImageId("sha256:nope".into())), Err(CommandError::NotFound(_))));
@@ -437,7 +423,7 @@ fn an_owner_moves_a_waiting_service_ahead_of_its_window_inside_its_rollout() {
     for name in &names {
         h.command(Command::SetMaintenanceWindow { name: name.clone(), window: Some(week_away.clone()) }).unwrap();
     }
-    let to = new_image(&mut h);
+    let to = register_newer_image(&mut h);
     let r = create(&mut h, spec(&to, vec![100], 2));
     h.advance(Duration::from_secs(30));
     let v = view(&h, r.id);
@@ -487,7 +473,7 @@ fn moves_stay_within_the_zone_limit_and_a_freeze_by_hand_holds_them_until_releas
     let zones = config.default_zones.len() as u64;
     let mut h = H::new(config);
     let names = fleet(&mut h, 9, 1);
-    let to = new_image(&mut h);
+    let to = register_newer_image(&mut h);
 
     h.command(Command::FreezeAutomation { scope: "fleet".into() }).expect("frozen");
     let r = create(&mut h, spec(&to, vec![100], 1));
@@ -524,7 +510,7 @@ fn with_gate_reports_a_soaked_service_waits_for_the_gates_word_and_a_problem_fai
     let mut h = H::new(config);
     let names = fleet(&mut h, 4, 1);
     let ids: Vec<ServiceId> = names.iter().map(|n| h.service(n).id).collect();
-    let to = new_image(&mut h);
+    let to = register_newer_image(&mut h);
     let mut s = spec(&to, vec![25, 100], 3);
     s.max_failures = 1;
     let r = create(&mut h, s);
@@ -621,7 +607,7 @@ fn a_team_selector_moves_only_that_team_and_an_image_selector_only_that_image() 
     assert_eq!(h.service("plat-mid").image, mid_id.0, "built from the newest image");
     assert_eq!(h.service("pay-1").image, old);
 
-    let to = new_image(&mut h);
+    let to = register_newer_image(&mut h);
     let mut by_team = spec(&to, vec![100], 1);
     by_team.selector.team = Some("payments".into());
     let r = create(&mut h, by_team);
@@ -668,7 +654,7 @@ fn a_team_default_window_holds_its_services_and_a_services_own_window_overrides_
     h.advance(Duration::from_secs(3));
     let own = MaintenanceWindow::weekly_from(Timestamp(T0 + 3 * MIN), 2);
     h.command(Command::SetMaintenanceWindow { name: "own-window".into(), window: Some(own) }).expect("window set");
-    let to = new_image(&mut h);
+    let to = register_newer_image(&mut h);
     let r = create(&mut h, spec(&to, vec![100], 1));
     let v = run_until_settled(&mut h, r.id, Duration::from_secs(20 * 60));
     assert_eq!((v.state, v.done), (RolloutState::Succeeded, 3), "{v:?}");
@@ -704,7 +690,7 @@ fn a_zone_freeze_holds_moves_and_remedies_in_that_zone_only() {
         assert!(h.service(name).instances.iter().all(|i| i.zone == "zone-a"), "{:#?}", h.service(name));
     }
     h.command(Command::FreezeAutomation { scope: "zone-a".into() }).expect("frozen");
-    let to = new_image(&mut h);
+    let to = register_newer_image(&mut h);
     let r = create(&mut h, spec(&to, vec![100], 1));
     let end = h.now + 300_000_000;
     while h.now < end && view(&h, r.id).done < 2 {

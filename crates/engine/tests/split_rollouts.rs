@@ -20,20 +20,6 @@ fn names_in(shard: u16, n: usize) -> Vec<String> {
     (0..).map(|i| format!("db{i:02}")).filter(|name| Slot::of_name(name).shard(SHARDS) == shard).take(n).collect()
 }
 
-fn register(h: &mut H) -> ImageId {
-    let image = Image::new(
-        EngineKind::Postgres,
-        "15-test",
-        BTreeMap::new(),
-        BTreeMap::from([("postgresql-15".into(), "15.19".into())]),
-        Timestamp(T0),
-    )
-    .with_settings_and_manifest(BTreeMap::from([("work_mem".into(), "8MB".into())]), Vec::new());
-    let id = image.id.clone();
-    h.command(Command::RegisterImage(image)).expect("image registers");
-    id
-}
-
 struct Fleet {
     /// Shard 0's holder: the record's keeper.
     zero: H,
@@ -58,8 +44,8 @@ impl Fleet {
                 assert_eq!(h.service(name).state, ServiceState::Available, "{name}");
             }
         }
-        let image = register(&mut zero);
-        assert_eq!(register(&mut one), image, "the same image on both (learned from the store)");
+        let image = register_newer_image(&mut zero);
+        assert_eq!(register_newer_image(&mut one), image, "the same image on both (learned from the store)");
         Fleet { zero, one, names, image, one_reports: true }
     }
 

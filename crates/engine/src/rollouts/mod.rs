@@ -109,6 +109,42 @@ pub(crate) struct Rollout {
     followed: RolloutState,
 }
 
+impl Rollout {
+    /// A rollout (or, with `shard`, a part of a split one) that has
+    /// started nothing yet: what it tracks while it runs starts empty.
+    fn new(
+        record: RolloutRecord,
+        target: u32,
+        members: Vec<Member>,
+        shard: Option<u16>,
+        record_at: i64,
+        followed: RolloutState,
+    ) -> Rollout {
+        Rollout {
+            record,
+            target,
+            members,
+            active: Vec::new(),
+            next: 0,
+            announce_next: 0,
+            gate: HashMap::default(),
+            shard,
+            record_at,
+            followed,
+        }
+    }
+}
+
+/// How a rollout ends once nothing is left to move: succeeded, or failed
+/// naming how many of its services could not be moved.
+fn outcome(failed: u64) -> (RolloutState, Option<String>) {
+    if failed == 0 {
+        (RolloutState::Succeeded, None)
+    } else {
+        (RolloutState::Failed, Some(format!("{failed} services could not be moved")))
+    }
+}
+
 /// What the health gate last said of one soaking member.
 #[derive(Clone, Debug, Default)]
 pub(crate) struct Gate {
@@ -180,13 +216,7 @@ impl Engine {
         })?;
         let engine = self.images.list[target as usize].engine;
         let members = self.select_members(&spec, target, engine, true)?;
-        // Soonest window first (stable: creation order among equals), so
-        // each wave is the services whose windows open next.
-        let mut members: Vec<(i64, (u32, ServiceId, crate::fleet::Name))> = members
-            .into_iter()
-            .map(|m| (self.window_of(m.0).map_or(0, |w| w.next_opening(Timestamp(now)).0.max(now)), m))
-            .collect();
-        members.sort_by_key(|(opens, _)| *opens);
+        let members = self.waiting_members(members, now);
         let id = RolloutId::new_at(now, self.rng.next_u64());
         let total = members.len() as u64;
         let record = RolloutRecord {
@@ -204,38 +234,13 @@ impl Engine {
             moved_micros: 0,
             parts: 0,
         };
-        let members: Vec<Member> = members
-            .into_iter()
-            .map(|(opens_at, (slot, service, name))| Member {
-                service,
-                slot,
-                name: String::from(&*name).into(),
-                phase: MemberPhase::Waiting,
-                started_at: 0,
-                moved_at: 0,
-                detail: None,
-                opens_at,
-                announced_at: 0,
-            })
-            .collect();
         if total > 0 {
             for m in &members {
                 self.rollouts.claimed.insert(m.service, id);
             }
             self.rollouts.next_at = now;
         }
-        let rollout = Rollout {
-            record,
-            target,
-            members,
-            active: Vec::new(),
-            next: 0,
-            announce_next: 0,
-            gate: HashMap::default(),
-            shard: None,
-            record_at: 0,
-            followed: RolloutState::Pending,
-        };
+        let rollout = Rollout::new(record, target, members, None, 0, RolloutState::Pending);
         if self.config.records {
             out.changes.rollouts.push(rollout.record.clone());
             out.changes
@@ -252,6 +257,31 @@ impl Engine {
         let view = self.rollout_view_of(&rollout, now);
         self.rollouts.list.push(rollout);
         Ok(Reply::Rollout(Box::new(view)))
+    }
+
+    /// The services `picked` as members that wait to move, soonest window
+    /// first (stable: the selection's order among equals), so each wave is
+    /// the services whose windows open next.
+    fn waiting_members(&self, picked: Vec<(u32, ServiceId, crate::fleet::Name)>, now: i64) -> Vec<Member> {
+        let mut picked: Vec<(i64, (u32, ServiceId, crate::fleet::Name))> = picked
+            .into_iter()
+            .map(|m| (self.window_of(m.0).map_or(0, |w| w.next_opening(Timestamp(now)).0.max(now)), m))
+            .collect();
+        picked.sort_by_key(|(opens, _)| *opens);
+        picked
+            .into_iter()
+            .map(|(opens_at, (slot, service, name))| Member {
+                service,
+                slot,
+                name: String::from(&*name).into(),
+                phase: MemberPhase::Waiting,
+                started_at: 0,
+                moved_at: 0,
+                detail: None,
+                opens_at,
+                announced_at: 0,
+            })
+            .collect()
     }
 
     /// The services a rollout's selector picks: of the image's engine, not
@@ -423,18 +453,7 @@ impl Engine {
             if known || (split_fleet && stored.is_empty() && !record.state.is_finished()) {
                 continue;
             }
-            let r = Rollout {
-                record,
-                target,
-                members: Vec::new(),
-                active: Vec::new(),
-                next: 0,
-                announce_next: 0,
-                gate: HashMap::default(),
-                shard: None,
-                record_at: 0,
-                followed: RolloutState::Pending,
-            };
+            let r = Rollout::new(record, target, Vec::new(), None, 0, RolloutState::Pending);
             self.restore_members(r, stored, now);
         }
     }
@@ -466,18 +485,7 @@ impl Engine {
                     .sum(),
                 ..record.clone()
             };
-            let r = Rollout {
-                record: part,
-                target,
-                members: Vec::new(),
-                active: Vec::new(),
-                next: 0,
-                announce_next: 0,
-                gate: HashMap::default(),
-                shard: Some(shard),
-                record_at: record.updated_at.0,
-                followed: record.state,
-            };
+            let r = Rollout::new(part, target, Vec::new(), Some(shard), record.updated_at.0, record.state);
             self.restore_members(r, members, now);
         }
     }

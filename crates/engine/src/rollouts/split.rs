@@ -206,14 +206,10 @@ impl Engine {
         let Some(&target) = self.images.index.get(&record.spec.to_image) else { return };
         let engine = self.images.list[target as usize].engine;
         let Ok(picked) = self.select_members(&record.spec, target, engine, false) else { return };
-        let mut picked: Vec<(i64, (u32, ServiceId, crate::fleet::Name))> = picked
-            .into_iter()
-            .filter(|(_, id, _)| id.slot().shard(record.parts) == shard)
-            .map(|m| (self.window_of(m.0).map_or(0, |w| w.next_opening(Timestamp(now)).0.max(now)), m))
-            .collect();
-        picked.sort_by_key(|(opens, _)| *opens);
-        let mut part = RolloutRecord {
-            total: picked.len() as u64,
+        let picked: Vec<_> = picked.into_iter().filter(|(_, id, _)| id.slot().shard(record.parts) == shard).collect();
+        let members = self.waiting_members(picked, now);
+        let part = RolloutRecord {
+            total: members.len() as u64,
             done: 0,
             failed: 0,
             wave: record.wave,
@@ -221,39 +217,10 @@ impl Engine {
             moved_micros: 0,
             ..record.clone()
         };
-        part.state = match record.state {
-            RolloutState::Pending => RolloutState::Pending,
-            s => s,
-        };
-        let members: Vec<Member> = picked
-            .into_iter()
-            .map(|(opens_at, (slot, service, name))| Member {
-                service,
-                slot,
-                name: String::from(&*name).into(),
-                phase: MemberPhase::Waiting,
-                started_at: 0,
-                moved_at: 0,
-                detail: None,
-                opens_at,
-                announced_at: 0,
-            })
-            .collect();
         for m in &members {
             self.rollouts.claimed.insert(m.service, record.id);
         }
-        let r = Rollout {
-            record: part,
-            target,
-            members,
-            active: Vec::new(),
-            next: 0,
-            announce_next: 0,
-            gate: HashMap::default(),
-            shard: Some(shard),
-            record_at: record.updated_at.0,
-            followed: record.state,
-        };
+        let r = Rollout::new(part, target, members, Some(shard), record.updated_at.0, record.state);
         if self.config.records {
             out.changes
                 .rollout_members
@@ -358,11 +325,7 @@ impl Engine {
                         ),
                     ));
                 } else {
-                    let (state, reason) = if next.failed == 0 {
-                        (RolloutState::Succeeded, None)
-                    } else {
-                        (RolloutState::Failed, Some(format!("{} services could not be moved", next.failed)))
-                    };
+                    let (state, reason) = super::outcome(next.failed);
                     next.state = state;
                     next.reason = reason;
                     out.changes.events.push(fleet_event(

@@ -101,11 +101,7 @@ impl Engine {
     /// The last wave passed: the rollout succeeded or failed, and its
     /// services may join another rollout.
     fn finish_rollout(&mut self, r: &mut Rollout, now: i64, out: &mut Outputs) {
-        let (state, reason) = if r.record.failed == 0 {
-            (RolloutState::Succeeded, None)
-        } else {
-            (RolloutState::Failed, Some(format!("{} services could not be moved", r.record.failed)))
-        };
+        let (state, reason) = super::outcome(r.record.failed);
         r.record.state = state;
         r.record.reason = reason;
         for m in &r.members {

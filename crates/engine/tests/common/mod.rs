@@ -212,6 +212,22 @@ pub fn image(engine: EngineKind) -> Image {
     )
 }
 
+/// A newer PostgreSQL image than every service's (15.19 against 15.18,
+/// with a setting of its own), registered: what a rollout moves onto.
+pub fn register_newer_image(h: &mut H) -> ImageId {
+    let image = Image::new(
+        EngineKind::Postgres,
+        "15-test",
+        BTreeMap::new(),
+        BTreeMap::from([("postgresql-15".into(), "15.19".into())]),
+        Timestamp(T0),
+    )
+    .with_settings_and_manifest(BTreeMap::from([("work_mem".into(), "8MB".into())]), Vec::new());
+    let id = image.id.clone();
+    h.command(Command::RegisterImage(image)).expect("image registers");
+    id
+}
+
 /// A service of `engine` on the sim provider, every option at its default.
 pub fn request(name: &str, engine: EngineKind, followers: u8) -> CreateService {
     CreateService {
