@@ -483,10 +483,12 @@ async fn beat_taken(
 }
 
 /// Issue 16's benchmark on a fleet split over the nodes (`--shards 3`, one
-/// shard each): heartbeats through HTTP into the three, each batch split
-/// by its beats' shards (a third kept, two thirds forwarded to their
-/// holders), and the time a survivor needs to take over the third of a node
-/// killed -9 and take its beats. Run with
+/// shard each): heartbeats through HTTP into the three, each host's beats
+/// sent to their shards' holders as a node's answer names them, as the
+/// agent sends them (`DROVER_BENCH_ROUTE=any`: each batch to any node,
+/// which keeps its part and forwards the rest to their holders), and the
+/// time a survivor needs to take over the third of a node killed -9 and
+/// take its beats. Run with
 ///
 /// ```sh
 /// DROVER_BENCH_INSTANCES=1000000 cargo nextest run --release -p drover \
