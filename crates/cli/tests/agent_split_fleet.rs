@@ -93,6 +93,14 @@ async fn one_agent_carries_out_the_actions_of_every_shard_s_holder() {
             assert_eq!(primary["facts"]["writable"], true, "its facts come from the agent's heartbeats: {service}");
         }
     }
+    // The hosts through either node: h1 with both shards' instances.
+    for via in [&a, &b] {
+        let (status, hosts) = get(&http, &format!("{}/v1/hosts", via.api)).await.unwrap();
+        assert_eq!(status, 200, "{hosts}");
+        let h1 = hosts.as_array().unwrap().iter().find(|h| h["name"] == "h1").expect("h1 listed").clone();
+        assert_eq!(h1["instances"], 2, "one primary of each shard's service, through {}: {hosts}", via.api);
+        assert_eq!(h1["state"], "ready", "{hosts}");
+    }
     let log = agent.log();
     let provisions =
         log.lines().filter(|l| l.contains("carrying out action") && l.contains("kind=\"provision\"")).count();

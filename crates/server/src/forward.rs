@@ -19,6 +19,7 @@ use axum::extract::{Request, State};
 use axum::http::{header, HeaderName};
 use axum::middleware::Next;
 use axum::response::{IntoResponse, Response};
+use std::collections::BTreeMap;
 use std::sync::OnceLock;
 use std::time::Duration;
 
@@ -490,6 +491,9 @@ fn merged(path: &str, query: Option<&str>, lists: Vec<(Vec<serde_json::Value>, b
     if path == "/v1/advisories/audit" {
         return merged_findings(lists);
     }
+    if path == "/v1/hosts" {
+        return merged_hosts(lists);
+    }
     if path == "/v1/archives" {
         let (items, _) = crate::shard_route::merge_pages(lists, usize::MAX, |v| text(v, "id"));
         return axum::Json(items).into_response();
@@ -513,6 +517,33 @@ fn merged(path: &str, query: Option<&str>, lists: Vec<(Vec<serde_json::Value>, b
         }
     }
     response
+}
+
+/// The hosts as one engine lists them: every engine knows every host (the
+/// fleet's records), each counts the instances of its own shards on it.
+/// Merged by name: the instances added up, and the state the gravest any
+/// holder sees (a host's silence is judged by each holder from its own
+/// instances' beats; a holder with none there sees it ready).
+fn merged_hosts(lists: Vec<(Vec<serde_json::Value>, bool)>) -> Response {
+    const GRAVITY: [&str; 5] = ["ready", "cordoned", "draining", "uncertain", "down"];
+    let grave = |v: &serde_json::Value| GRAVITY.iter().position(|s| v["state"] == *s).unwrap_or(0);
+    let mut by_name: BTreeMap<String, serde_json::Value> = BTreeMap::new();
+    for host in lists.into_iter().flat_map(|(items, _)| items) {
+        let name = host["name"].as_str().unwrap_or_default().to_string();
+        match by_name.get_mut(&name) {
+            None => {
+                by_name.insert(name, host);
+            }
+            Some(seen) => {
+                let instances = seen["instances"].as_u64().unwrap_or(0) + host["instances"].as_u64().unwrap_or(0);
+                seen["instances"] = instances.into();
+                if grave(&host) > grave(seen) {
+                    seen["state"] = host["state"].clone();
+                }
+            }
+        }
+    }
+    axum::Json(by_name.into_values().collect::<Vec<_>>()).into_response()
 }
 
 /// The `limit` a list was asked with (the API's default without one).

@@ -122,7 +122,7 @@ pub const TABLE: &[Placed] = &[
     placed("GET", "/v1/advisories", Fleet),
     // The services on each affected image: those of every shard, merged.
     placed("GET", "/v1/advisories/audit", FanOut),
-    placed("GET", "/v1/hosts", Fleet),
+    placed("GET", "/v1/hosts", FanOut),
     placed("POST", "/v1/hosts", Fleet),
     placed("POST", "/v1/hosts/{name}/drain", Fleet),
     placed("POST", "/v1/hosts/{name}/cordon", Fleet),
