@@ -160,11 +160,11 @@ impl ControlPlane {
                 Err(error) => tracing::debug!(error = %error_chain(&error), "a shard's holder could not be reached"),
             }
         }
-        for (k, (_, part)) in parts.iter().enumerate() {
+        for (k, (holder, part)) in parts.iter().enumerate() {
             if answered.contains(&k) {
                 continue;
             }
-            if parts[k].0.is_some() {
+            if holder.is_some() {
                 // Its holder moved or died: any node passes it on.
                 *self.holders.lock().unwrap_or_else(|p| p.into_inner()) = None;
             }

@@ -33,16 +33,13 @@ fn node(root: &Path, name: &str, store: &str) -> Serve {
     Serve::start(&cwd, free_port(), &args)
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn one_agent_carries_out_the_actions_of_every_shard_s_holder() {
-    let pg = pg::PgServer::start();
-    let store = pg.url("postgres");
-    let dir = tempfile::Builder::new().prefix("dr-as").tempdir_in("/tmp").unwrap();
-    let root = dir.path();
+/// Nodes a and b, one shard each and each knowing the other's, and the
+/// admin's client.
+async fn two_nodes_a_shard_each(root: &Path, store: &str) -> (Serve, Serve, reqwest::Client) {
     let plain = drover_agent::tls::builder().timeout(Duration::from_secs(5)).build().unwrap();
-    let a = node(root, "a", &store);
+    let a = node(root, "a", store);
     a.wait_healthy(&plain, GENEROUS).await;
-    let b = node(root, "b", &store);
+    let b = node(root, "b", store);
     b.wait_healthy(&plain, GENEROUS).await;
     let http = admin_client(&root.join("a/data"));
     wait_for(GENEROUS, "one shard per node", &a, || async {
@@ -54,6 +51,16 @@ async fn one_agent_carries_out_the_actions_of_every_shard_s_holder() {
     .await;
     // Each node learns the other's shard at its next round.
     tokio::time::sleep(Duration::from_secs(2)).await;
+    (a, b, http)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn one_agent_carries_out_the_actions_of_every_shard_s_holder() {
+    let pg = pg::PgServer::start();
+    let store = pg.url("postgres");
+    let dir = tempfile::Builder::new().prefix("dr-as").tempdir_in("/tmp").unwrap();
+    let root = dir.path();
+    let (a, b, http) = two_nodes_a_shard_each(root, &store).await;
 
     let token = create_token(&http, &a.api, json!({"name": "agent-h1", "role": "agent", "host": "h1"})).await;
     let agent = HostAgent::spawn(root, &a.api, "h1", "zone-a", "127.0.0.2", &token);
@@ -141,20 +148,7 @@ async fn an_agent_told_the_holders_sends_each_holder_its_shard_s_beats() {
     let store = pg.url("postgres");
     let dir = tempfile::Builder::new().prefix("dr-ah").tempdir_in("/tmp").unwrap();
     let root = dir.path();
-    let plain = drover_agent::tls::builder().timeout(Duration::from_secs(5)).build().unwrap();
-    let a = node(root, "a", &store);
-    a.wait_healthy(&plain, GENEROUS).await;
-    let mut b = node(root, "b", &store);
-    b.wait_healthy(&plain, GENEROUS).await;
-    let http = admin_client(&root.join("a/data"));
-    wait_for(GENEROUS, "one shard per node", &a, || async {
-        let (_, cluster) = get(&http, &format!("{}/v1/cluster", a.api)).await?;
-        let nodes = cluster["nodes"].as_array()?;
-        let held: Vec<u64> = nodes.iter().filter(|n| n["alive"] == true).filter_map(|n| n["shards"].as_u64()).collect();
-        (held.len() == 2 && held.iter().all(|&s| s == 1)).then_some(())
-    })
-    .await;
-    tokio::time::sleep(Duration::from_secs(2)).await;
+    let (a, mut b, http) = two_nodes_a_shard_each(root, &store).await;
     let token = create_token(&http, &a.api, json!({"name": "agent-h1", "role": "agent", "host": "h1"})).await;
     let servers = format!("{},{}", a.api, b.api);
     let agent =

@@ -122,27 +122,7 @@ impl<T: DeserializeOwned, S: Send + Sync> FromRequest<S> for Json<T> {
         json_content(req.headers())?;
         let bytes =
             axum::body::Bytes::from_request(req, state).await.map_err(|r| ApiError::new(r.status(), r.body_text()))?;
-        // A body is an object: serde would also read a struct from an array.
-        // The plain parse first (a heartbeat batch is megabytes); only a
-        // body it refuses is parsed again for the path of what is wrong.
-        if let Ok(ObjectOnly(value)) = serde_json::from_slice::<ObjectOnly<T>>(&bytes) {
-            return Ok(Json(value));
-        }
-        match axum::Json::<ObjectOnly<T>>::from_bytes(&bytes) {
-            Ok(axum::Json(ObjectOnly(value))) => Ok(Json(value)),
-            Err(rejection) => {
-                if matches!(rejection, JsonRejection::JsonDataError(_)) {
-                    if let Ok(mut value) = serde_json::from_slice::<serde_json::Value>(&bytes) {
-                        if integral_floats_as_integers(&mut value) {
-                            if let Ok(ObjectOnly(parsed)) = serde_json::from_value(value) {
-                                return Ok(Json(parsed));
-                            }
-                        }
-                    }
-                }
-                Err(rejection.into())
-            }
-        }
+        parse_json_body(&bytes).map(Json)
     }
 }
 
@@ -150,8 +130,9 @@ impl<T: DeserializeOwned, S: Send + Sync> FromRequest<S> for Json<T> {
 /// (400 for bad syntax, 422 for the wrong shape). The content type was
 /// checked by the auth middleware.
 pub(crate) fn parse_json_body<T: DeserializeOwned>(bytes: &[u8]) -> Result<T, ApiError> {
-    // The plain parse first, as `Json` does: the path of what is wrong
-    // costs, and only a refused body needs it.
+    // A body is an object: serde would also read a struct from an array.
+    // The plain parse first (a heartbeat batch is megabytes); only a body
+    // it refuses is parsed again for the path of what is wrong.
     if let Ok(ObjectOnly(value)) = serde_json::from_slice::<ObjectOnly<T>>(bytes) {
         return Ok(value);
     }

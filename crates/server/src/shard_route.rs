@@ -381,11 +381,6 @@ impl PartialEq for Beats {
 impl Eq for Beats {}
 
 impl Beats {
-    /// The body of a batch of `beats` with this batch's lease.
-    pub fn body(&self, beats: &[Beat]) -> Vec<u8> {
-        Beats::body_of(beats, self.lease_ms)
-    }
-
     /// The body of a batch of `beats` with the lease `lease_ms`.
     pub fn body_of(beats: &[Beat], lease_ms: Option<u64>) -> Vec<u8> {
         #[derive(serde::Serialize)]
@@ -636,9 +631,9 @@ mod tests {
             // Each part's body is a batch of exactly its beats, in order,
             // with the batch's lease, that the handler reads as it is.
             for part in parts.values() {
-                let sent: serde_json::Value = serde_json::from_slice(&split.body(part)).unwrap();
+                let sent: serde_json::Value = serde_json::from_slice(&Beats::body_of(part, split.lease_ms)).unwrap();
                 proptest::prop_assert_eq!(&sent["lease_ms"], &serde_json::json!(5000));
-                let read = crate::error::parse_json_body::<crate::http::HeartbeatBatch>(&split.body(part)).unwrap();
+                let read = crate::error::parse_json_body::<crate::http::HeartbeatBatch>(&Beats::body_of(part, split.lease_ms)).unwrap();
                 proptest::prop_assert_eq!(&read.beats, part);
             }
             // Every beat in exactly one part, in the batch's order.
